@@ -1,0 +1,86 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use dinov2::{Dtype, Head};
+
+/// DINOv2 vision transformers with Hugging Face transformers parity.
+#[derive(Debug, Parser)]
+#[command(name = "dinov2", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a checkpoint on pixel values from a safetensors file and write its outputs.
+    Forward(ForwardArgs),
+    /// Describe a checkpoint: variant, sizes, parameters, dtype, head, labels.
+    Info(InfoArgs),
+}
+
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("unknown device {s:?}: expected cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ForwardArgs {
+    /// Model directory (config.json + model.safetensors or a sharded index).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Safetensors file with `pixel_values` (B x C x H x W), optionally `bool_masked_pos`
+    /// (B x num_patches, u8 or bool) and `labels` (for the classifier's loss).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Where to write the outputs (f32 tensors named as transformers names them).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+    /// Compute precision, whatever the stored one: f32, f16, bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: Dtype,
+    /// Also write hidden_states.0 .. hidden_states.L.
+    #[arg(long)]
+    pub hidden_states: bool,
+    /// Also write attentions.0 .. attentions.{L-1}.
+    #[arg(long)]
+    pub attentions: bool,
+    /// Resize position embeddings as transformers <= 4.44 and the original DINOv2 code do.
+    #[arg(long)]
+    pub legacy_interpolation: bool,
+    /// Head to run (default: from `architectures` in config.json).
+    #[arg(long)]
+    pub head: Option<Head>,
+    /// Backbone stages to output, e.g. `4,8,-1` (default: from config.json).
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    pub out_indices: Option<Vec<i64>>,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+}

@@ -1,0 +1,193 @@
+//! Multi-head scaled dot-product attention over packed QKV rows.
+
+use rayon::prelude::*;
+
+use crate::matmul::{matmul, View};
+
+/// A raw output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: each task writes a disjoint set of elements (its own head's columns), see `attention`.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer; a method so that closures capture the whole (Sync) wrapper, not its field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Softmax attention for each image and head.
+///
+/// `qkv` is `[B, N, 3·nh·d]`, each row `[q | k | v]`, head `j` at columns `j·d..(j+1)·d` of each
+/// part. Returns the heads' outputs concatenated, `[B, N, nh·d]`, and when `want_probs` the
+/// post-softmax probabilities `[B, nh, N, N]`. Scores are `q·kᵀ·scale`; the softmax subtracts the
+/// row maximum and sums in f64.
+pub fn attention(
+    qkv: &[f32],
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+    scale: f64,
+    want_probs: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    let h = heads * head_dim;
+    assert_eq!(
+        qkv.len(),
+        batch * seq * 3 * h,
+        "attention: qkv is not [B, N, 3h]"
+    );
+    let mut out = vec![0.0f32; batch * seq * h];
+    let mut probs = if want_probs {
+        vec![0.0f32; batch * heads * seq * seq]
+    } else {
+        Vec::new()
+    };
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    let task = |index: usize, scores: &mut [f32]| {
+        let (b, head) = (index / heads, index % heads);
+        let base = b * seq * 3 * h;
+        let q = View {
+            offset: base + head * head_dim,
+            rs: 3 * h,
+            cs: 1,
+        };
+        // kᵀ: element (t, j) = k[j][t].
+        let kt = View {
+            offset: base + h + head * head_dim,
+            rs: 1,
+            cs: 3 * h,
+        };
+        let v = View {
+            offset: base + 2 * h + head * head_dim,
+            rs: 3 * h,
+            cs: 1,
+        };
+        let s = View {
+            offset: 0,
+            rs: seq,
+            cs: 1,
+        };
+        // SAFETY: views stay inside `qkv` / `scores` (shapes asserted above).
+        unsafe {
+            matmul(
+                (seq, seq, head_dim),
+                scores.as_mut_ptr(),
+                s,
+                qkv.as_ptr(),
+                q,
+                qkv.as_ptr(),
+                kt,
+            )
+        };
+        for row in scores.chunks_exact_mut(seq) {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64 * scale;
+            let mut sum = 0.0f64;
+            for x in row.iter_mut() {
+                let e = ((*x as f64 * scale - max) as f32).exp();
+                *x = e;
+                sum += e as f64;
+            }
+            let inv = 1.0 / sum;
+            for x in row.iter_mut() {
+                *x = (*x as f64 * inv) as f32;
+            }
+        }
+        let o = View {
+            offset: b * seq * h + head * head_dim,
+            rs: h,
+            cs: 1,
+        };
+        // SAFETY: this task alone writes image b, head `head`: rows of image b, columns of the head.
+        unsafe {
+            matmul(
+                (seq, head_dim, seq),
+                out_ptr.get(),
+                o,
+                scores.as_ptr(),
+                s,
+                qkv.as_ptr(),
+                v,
+            )
+        };
+    };
+    if want_probs {
+        probs
+            .par_chunks_mut(seq * seq)
+            .enumerate()
+            .for_each(|(index, scores)| task(index, scores));
+    } else {
+        (0..batch * heads).into_par_iter().for_each_init(
+            || vec![0.0f32; seq * seq],
+            |scores, index| task(index, scores),
+        );
+    }
+    (out, want_probs.then_some(probs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Straightforward f64 attention for comparison.
+    fn naive(
+        qkv: &[f32],
+        b: usize,
+        n: usize,
+        nh: usize,
+        d: usize,
+        scale: f64,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let h = nh * d;
+        let at = |bb: usize, t: usize, part: usize, head: usize, c: usize| {
+            qkv[(bb * n + t) * 3 * h + part * h + head * d + c] as f64
+        };
+        let mut out = vec![0.0; b * n * h];
+        let mut probs = vec![0.0; b * nh * n * n];
+        for bb in 0..b {
+            for head in 0..nh {
+                for i in 0..n {
+                    let s: Vec<f64> = (0..n)
+                        .map(|j| {
+                            (0..d)
+                                .map(|c| at(bb, i, 0, head, c) * at(bb, j, 1, head, c))
+                                .sum::<f64>()
+                                * scale
+                        })
+                        .collect();
+                    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                    for j in 0..n {
+                        let p = (s[j] - m).exp() / z;
+                        probs[((bb * nh + head) * n + i) * n + j] = p;
+                        for c in 0..d {
+                            out[(bb * n + i) * h + head * d + c] += p * at(bb, j, 2, head, c);
+                        }
+                    }
+                }
+            }
+        }
+        (out, probs)
+    }
+
+    #[test]
+    fn matches_naive_on_awkward_sizes() {
+        let (b, n, nh, d) = (2, 13, 3, 8);
+        let qkv: Vec<f32> = (0..b * n * 3 * nh * d)
+            .map(|i| ((i * 7919) % 97) as f32 / 30.0 - 1.5)
+            .collect();
+        let scale = 1.0 / (d as f64).sqrt();
+        let (out, probs) = attention(&qkv, b, n, nh, d, scale, true);
+        let (out2, _) = attention(&qkv, b, n, nh, d, scale, false);
+        let (want_out, want_probs) = naive(&qkv, b, n, nh, d, scale);
+        assert_eq!(out, out2);
+        for (a, w) in out.iter().zip(&want_out) {
+            assert!((*a as f64 - w).abs() < 1e-5, "{a} vs {w}");
+        }
+        for (a, w) in probs.unwrap().iter().zip(&want_probs) {
+            assert!((*a as f64 - w).abs() < 1e-6);
+        }
+    }
+}

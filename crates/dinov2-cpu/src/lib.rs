@@ -1,0 +1,20 @@
+//! The f32 CPU backend of dinov2, and its numerical reference: plain operations over row-major
+//! buffers (GEMM with bias, LayerNorm, activations, attention, patch extraction, bicubic
+//! resampling). It knows nothing of the model; `dinov2-model` assembles the ViT from these, and
+//! every CUDA kernel has its twin here.
+
+mod activation;
+mod attention;
+mod matmul;
+mod norm;
+mod patch;
+mod resample;
+mod tensor;
+
+pub use activation::{apply_activation, swiglu, Activation};
+pub use attention::attention;
+pub use matmul::{linear, matmul, View};
+pub use norm::layer_norm;
+pub use patch::im2col;
+pub use resample::{resize_grid, scale_factor_output, Resample};
+pub use tensor::Tensor;

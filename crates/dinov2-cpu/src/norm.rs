@@ -1,0 +1,41 @@
+//! LayerNorm over the last dimension: biased variance, statistics accumulated in f64.
+
+use rayon::prelude::*;
+
+/// `y = (x − mean) / sqrt(var + eps) · w + b` for each row of `x` (`w.len()` wide).
+pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f64) -> Vec<f32> {
+    let h = w.len();
+    assert_eq!(b.len(), h, "layer_norm: bias and weight differ in length");
+    assert_eq!(x.len() % h, 0, "layer_norm: input rows are not {h} wide");
+    let mut y = vec![0.0f32; x.len()];
+    y.par_chunks_mut(h)
+        .zip(x.par_chunks(h))
+        .for_each(|(yr, xr)| {
+            let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / h as f64;
+            let var = xr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / h as f64;
+            let inv = 1.0 / (var + eps).sqrt();
+            for (((o, &v), &g), &bb) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                *o = ((v as f64 - mean) * inv * g as f64 + bb as f64) as f32;
+            }
+        });
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_rows() {
+        let y = layer_norm(
+            &[1.0, 2.0, 3.0, 4.0, -1.0, 1.0],
+            &[1.0, 1.0, 1.0],
+            &[0.0, 0.0, 0.5],
+            0.0,
+        );
+        let s = (2.0f64 / 3.0).sqrt();
+        assert!((y[0] as f64 + 1.0 / s).abs() < 1e-6);
+        assert!((y[2] as f64 - (1.0 / s + 0.5)).abs() < 1e-6);
+        assert!(y[3..].iter().all(|v| v.is_finite()));
+    }
+}

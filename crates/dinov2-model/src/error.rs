@@ -1,0 +1,32 @@
+//! The one error type of the model crate.
+
+use dinov2_checkpoint::CheckpointError;
+
+/// What can go wrong when building or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The checkpoint could not be read or does not fit its config.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// An input has the wrong shape or value.
+    #[error("input `{name}`: {reason}")]
+    Input { name: String, reason: String },
+    /// A head or option the checkpoint cannot serve.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The backend failed (device errors, allocation).
+    #[error("{backend} backend: {reason}")]
+    Backend { backend: String, reason: String },
+}
+
+impl ModelError {
+    pub(crate) fn input(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        ModelError::Input {
+            name: name.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

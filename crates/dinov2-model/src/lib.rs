@@ -1,0 +1,24 @@
+//! The DINOv2 vision transformer, written once over a [`Backend`]: `Dinov2Model`,
+//! `Dinov2WithRegistersModel`, their image classifiers and backbones, as transformers 5.17.0
+//! computes them. The CPU backend ([`CpuBackend`]) is the reference; the CUDA backend plugs into the
+//! same trait.
+
+mod backend;
+mod cpu;
+mod error;
+mod head;
+mod loss;
+mod model;
+mod outputs;
+mod params;
+mod positions;
+
+pub use backend::{Backend, Dtype, TokenParams};
+pub use cpu::CpuBackend;
+pub use dinov2_cpu::Tensor;
+pub use error::{ModelError, Result};
+pub use head::Head;
+pub use loss::{loss, resolve_problem_type, Labels};
+pub use model::{Dinov2, ForwardOptions};
+pub use outputs::{BackboneOutput, ClassifierOutput, ModelOutput, Output};
+pub use positions::Interpolation;

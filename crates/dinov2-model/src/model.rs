@@ -1,0 +1,422 @@
+//! `Dinov2`: the vision transformer written once over a [`Backend`], with its three heads.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use dinov2_checkpoint::{Activation, Checkpoint, Dinov2Config};
+
+use crate::backend::{Backend, TokenParams};
+use crate::error::{ModelError, Result};
+use crate::loss::{loss, resolve_problem_type, Labels};
+use crate::outputs::{BackboneOutput, ClassifierOutput, ModelOutput};
+use crate::params::{Ffn, HostParams, Layer, Params};
+use crate::positions::{resized_positions, Interpolation};
+use crate::Tensor;
+
+/// Options of a forward pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForwardOptions {
+    /// Return the embeddings and every layer's output.
+    pub hidden_states: bool,
+    /// Return every layer's attention probabilities.
+    pub attentions: bool,
+    /// The position-embedding rule.
+    pub interpolation: Interpolation,
+}
+
+/// The encoder's raw result, still on the backend.
+struct Encoded<T> {
+    last: T,
+    hidden_states: Vec<T>,
+    attentions: Vec<T>,
+}
+
+/// Identifies a resized position table: patch grid, pixel squareness (the skip rule), rule.
+type PositionKey = (usize, usize, bool, Interpolation);
+
+/// A DINOv2 model (plain or with registers) on a backend.
+pub struct Dinov2<B: Backend> {
+    backend: B,
+    config: Dinov2Config,
+    params: Params<B::Weight>,
+    host: HostParams,
+    /// Position embeddings per (grid, pixel squareness, rule), uploaded once.
+    positions: Mutex<HashMap<PositionKey, Arc<B::Weight>>>,
+}
+
+impl<B: Backend> Dinov2<B> {
+    /// Uploads the checkpoint's parameters to `backend`.
+    pub fn load(backend: B, checkpoint: &Checkpoint) -> Result<Self> {
+        let (params, host) = Params::load(&backend, checkpoint)?;
+        Ok(Dinov2 {
+            backend,
+            config: checkpoint.config.clone(),
+            params,
+            host,
+            positions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &Dinov2Config {
+        &self.config
+    }
+
+    /// The backend it runs on.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Whether the checkpoint carries a classification head.
+    pub fn has_classifier(&self) -> bool {
+        self.host.classifier.is_some()
+    }
+
+    /// Checks `pixel_values` `[B, C, H, W]` and returns `(B, H, W)`.
+    fn check_pixels(&self, pixels: &Tensor) -> Result<(usize, usize, usize)> {
+        let bad = |reason: String| ModelError::input("pixel_values", reason);
+        let [b, c, h, w] = pixels.shape[..] else {
+            return Err(bad(format!(
+                "expected 4 dimensions [B, C, H, W], found shape {:?}",
+                pixels.shape
+            )));
+        };
+        if pixels.data.len() != b * c * h * w {
+            return Err(bad(format!(
+                "holds {} values, shape {:?} needs {}",
+                pixels.data.len(),
+                pixels.shape,
+                b * c * h * w
+            )));
+        }
+        if b == 0 {
+            return Err(bad("the batch is empty".into()));
+        }
+        if c != self.config.num_channels {
+            return Err(bad(format!(
+                "has {c} channels, the model expects {}",
+                self.config.num_channels
+            )));
+        }
+        let p = self.config.patch_size;
+        if h < p || w < p {
+            return Err(bad(format!(
+                "{h}x{w} pixels is smaller than one {p}x{p} patch"
+            )));
+        }
+        Ok((b, h, w))
+    }
+
+    fn positions(
+        &self,
+        height: usize,
+        width: usize,
+        rule: Interpolation,
+    ) -> Result<Arc<B::Weight>> {
+        let p = self.config.patch_size;
+        let key = (height / p, width / p, height == width, rule);
+        if let Some(w) = self.positions.lock().map_err(|_| poisoned())?.get(&key) {
+            return Ok(w.clone());
+        }
+        let values = resized_positions(&self.config, &self.host.positions, height, width, rule)?;
+        let rows = values.len() / self.config.hidden_size;
+        let w = Arc::new(
+            self.backend
+                .weight(values, vec![rows, self.config.hidden_size])?,
+        );
+        self.positions
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(key, w.clone());
+        Ok(w)
+    }
+
+    fn layer(
+        &self,
+        layer: &Layer<B::Weight>,
+        x: &mut B::Tensor,
+        want_probs: bool,
+    ) -> Result<Option<B::Tensor>> {
+        let be = &self.backend;
+        let eps = self.config.layer_norm_eps;
+        let y = be.layer_norm(x, &layer.norm1.weight, &layer.norm1.bias, eps)?;
+        let qkv = be.linear(
+            &y,
+            &layer.qkv.weight,
+            layer.qkv.bias.as_ref(),
+            Activation::Identity,
+        )?;
+        let (attended, probs) = be.attention(&qkv, self.config.num_attention_heads, want_probs)?;
+        let a = be.linear(
+            &attended,
+            &layer.proj.weight,
+            layer.proj.bias.as_ref(),
+            Activation::Identity,
+        )?;
+        be.add_scaled(x, &a, &layer.layer_scale1)?;
+        let y = be.layer_norm(x, &layer.norm2.weight, &layer.norm2.bias, eps)?;
+        let f = match &layer.ffn {
+            Ffn::Mlp { fc1, fc2 } => {
+                let u = be.linear(&y, &fc1.weight, fc1.bias.as_ref(), self.config.hidden_act)?;
+                be.linear(&u, &fc2.weight, fc2.bias.as_ref(), Activation::Identity)?
+            }
+            Ffn::SwiGlu {
+                weights_in,
+                weights_out,
+            } => {
+                let z = be.linear(
+                    &y,
+                    &weights_in.weight,
+                    weights_in.bias.as_ref(),
+                    Activation::Identity,
+                )?;
+                let g = be.swiglu(&z)?;
+                be.linear(
+                    &g,
+                    &weights_out.weight,
+                    weights_out.bias.as_ref(),
+                    Activation::Identity,
+                )?
+            }
+        };
+        be.add_scaled(x, &f, &layer.layer_scale2)?;
+        Ok(probs)
+    }
+
+    /// Embeddings and encoder; `keep_hidden` keeps every layer's input and the final output.
+    fn encode(
+        &self,
+        pixels: &Tensor,
+        mask: Option<&[bool]>,
+        opts: &ForwardOptions,
+        keep_hidden: bool,
+    ) -> Result<Encoded<B::Tensor>>
+    where
+        B::Tensor: Clone,
+    {
+        let (b, height, width) = self.check_pixels(pixels)?;
+        let p = self.config.patch_size;
+        let patches = (height / p) * (width / p);
+        let mask = match mask {
+            Some(m) if m.len() != b * patches => {
+                return Err(ModelError::input(
+                    "bool_masked_pos",
+                    format!(
+                        "holds {} values, expected [B={b}, num_patches={patches}]",
+                        m.len()
+                    ),
+                ))
+            }
+            // transformers ignores the mask when the model has no mask token.
+            Some(m) => self.params.mask_token.as_ref().map(|t| (t, m)),
+            None => None,
+        };
+        let positions = self.positions(height, width, opts.interpolation)?;
+        let be = &self.backend;
+        let pixels = be.upload(pixels)?;
+        let embedded =
+            be.patch_embed(
+                &pixels,
+                &self.params.patch.weight,
+                self.params.patch.bias.as_ref().ok_or_else(|| {
+                    ModelError::Unsupported("patch embedding without a bias".into())
+                })?,
+                p,
+            )?;
+        let mut x = be.embed_tokens(
+            &embedded,
+            TokenParams {
+                cls: &self.params.cls,
+                positions: &positions,
+                registers: self.params.registers.as_ref(),
+                mask,
+            },
+        )?;
+        let mut hidden_states = Vec::new();
+        let mut attentions = Vec::new();
+        for layer in &self.params.layers {
+            if keep_hidden {
+                hidden_states.push(x.clone());
+            }
+            if let Some(probs) = self.layer(layer, &mut x, opts.attentions)? {
+                attentions.push(probs);
+            }
+        }
+        if keep_hidden {
+            hidden_states.push(x.clone());
+        }
+        Ok(Encoded {
+            last: x,
+            hidden_states,
+            attentions,
+        })
+    }
+
+    fn download_all(&self, list: Vec<B::Tensor>, keep: bool) -> Result<Option<Vec<Tensor>>> {
+        if !keep {
+            return Ok(None);
+        }
+        list.iter()
+            .map(|t| self.backend.download(t))
+            .collect::<Result<_>>()
+            .map(Some)
+    }
+
+    /// `Dinov2Model.forward`: `pixel_values` `[B, C, H, W]`, optional `bool_masked_pos` `[B·N]`.
+    pub fn forward(
+        &self,
+        pixels: &Tensor,
+        mask: Option<&[bool]>,
+        opts: &ForwardOptions,
+    ) -> Result<ModelOutput>
+    where
+        B::Tensor: Clone,
+    {
+        let enc = self.encode(pixels, mask, opts, opts.hidden_states)?;
+        let norm = &self.params.norm;
+        let last = self.backend.layer_norm(
+            &enc.last,
+            &norm.weight,
+            &norm.bias,
+            self.config.layer_norm_eps,
+        )?;
+        let last_hidden_state = self.backend.download(&last)?;
+        let pooler_output = token_rows(&last_hidden_state, 0, 1);
+        Ok(ModelOutput {
+            pooler_output: Tensor {
+                shape: vec![last_hidden_state.shape[0], self.config.hidden_size],
+                data: pooler_output.data,
+            },
+            last_hidden_state,
+            hidden_states: self.download_all(enc.hidden_states, opts.hidden_states)?,
+            attentions: self.download_all(enc.attentions, opts.attentions)?,
+        })
+    }
+
+    /// `Dinov2ForImageClassification.forward`: logits of `[CLS, mean(patch tokens)]`, and the loss
+    /// when labels are given.
+    pub fn classify(
+        &self,
+        pixels: &Tensor,
+        labels: Option<&Labels>,
+        opts: &ForwardOptions,
+    ) -> Result<ClassifierOutput>
+    where
+        B::Tensor: Clone,
+    {
+        let (weight, bias) = self.host.classifier.as_ref().ok_or_else(|| {
+            ModelError::Unsupported(
+                "the checkpoint has no classification head (classifier.weight is absent)".into(),
+            )
+        })?;
+        let out = self.forward(pixels, None, opts)?;
+        let s = &out.last_hidden_state;
+        let (b, seq, h) = (s.shape[0], s.shape[1], s.shape[2]);
+        let first_patch = self.config.num_prefix_tokens();
+        let mut input = vec![0.0f32; b * 2 * h];
+        for (i, row) in input.chunks_exact_mut(2 * h).enumerate() {
+            let img = &s.data[i * seq * h..(i + 1) * seq * h];
+            row[..h].copy_from_slice(&img[..h]);
+            let n = (seq - first_patch) as f64;
+            for c in 0..h {
+                let sum: f64 = (first_patch..seq).map(|t| img[t * h + c] as f64).sum();
+                row[h + c] = (sum / n) as f32;
+            }
+        }
+        let c = bias.len();
+        let logits = Tensor {
+            shape: vec![b, c],
+            data: dinov2_cpu::linear(&input, b, 2 * h, weight, c, Some(bias)),
+        };
+        let loss = labels
+            .map(|l| {
+                loss(
+                    resolve_problem_type(self.config.problem_type, c, l),
+                    &logits,
+                    l,
+                )
+            })
+            .transpose()?;
+        Ok(ClassifierOutput {
+            logits,
+            loss,
+            hidden_states: out.hidden_states,
+            attentions: out.attentions,
+        })
+    }
+
+    /// `Dinov2Backbone.forward`: the stages of `config.out_indices`, normalized by the final
+    /// LayerNorm when `apply_layernorm`, reshaped to `[B, h, gh, gw]` when `reshape_hidden_states`.
+    pub fn backbone(&self, pixels: &Tensor, opts: &ForwardOptions) -> Result<BackboneOutput>
+    where
+        B::Tensor: Clone,
+    {
+        let enc = self.encode(pixels, None, opts, true)?;
+        let (_, height, width) = self.check_pixels(pixels)?;
+        let p = self.config.patch_size;
+        let (gh, gw) = (height / p, width / p);
+        let norm = &self.params.norm;
+        let mut feature_maps = Vec::new();
+        for &stage in &self.config.out_indices {
+            let state = &enc.hidden_states[stage];
+            let state = if self.config.apply_layernorm {
+                let y = self.backend.layer_norm(
+                    state,
+                    &norm.weight,
+                    &norm.bias,
+                    self.config.layer_norm_eps,
+                )?;
+                self.backend.download(&y)?
+            } else {
+                self.backend.download(state)?
+            };
+            feature_maps.push(if self.config.reshape_hidden_states {
+                let patches = token_rows(&state, self.config.num_prefix_tokens(), gh * gw);
+                channels_first(&patches, gh, gw)
+            } else {
+                state
+            });
+        }
+        Ok(BackboneOutput {
+            feature_maps,
+            hidden_states: self.download_all(enc.hidden_states, opts.hidden_states)?,
+            attentions: self.download_all(enc.attentions, opts.attentions)?,
+        })
+    }
+}
+
+fn poisoned() -> ModelError {
+    ModelError::Unsupported(
+        "a previous forward pass panicked while caching position embeddings".into(),
+    )
+}
+
+/// Tokens `start..start + count` of each image of `[B, S, h]`: `[B, count, h]`.
+fn token_rows(x: &Tensor, start: usize, count: usize) -> Tensor {
+    let (b, s, h) = (x.shape[0], x.shape[1], x.shape[2]);
+    let mut data = Vec::with_capacity(b * count * h);
+    for i in 0..b {
+        data.extend_from_slice(&x.data[(i * s + start) * h..(i * s + start + count) * h]);
+    }
+    Tensor {
+        shape: vec![b, count, h],
+        data,
+    }
+}
+
+/// `[B, gh·gw, h]` to `[B, h, gh, gw]`.
+fn channels_first(x: &Tensor, gh: usize, gw: usize) -> Tensor {
+    let (b, n, h) = (x.shape[0], x.shape[1], x.shape[2]);
+    let mut data = vec![0.0f32; x.len()];
+    for i in 0..b {
+        for t in 0..n {
+            for c in 0..h {
+                data[(i * h + c) * n + t] = x.data[(i * n + t) * h + c];
+            }
+        }
+    }
+    Tensor {
+        shape: vec![b, h, gh, gw],
+        data,
+    }
+}

@@ -1,0 +1,162 @@
+//! Safetensors files of tensors: the forward inputs (`pixel_values`, `bool_masked_pos`, `labels`)
+//! and named f32 outputs, as `dinov2 forward` reads and writes them.
+
+use std::path::Path;
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+use crate::{Labels, Tensor};
+
+/// The tensors of a forward pass's input file.
+#[derive(Debug, Clone)]
+pub struct ForwardInputs {
+    /// `[B, C, H, W]`.
+    pub pixel_values: Tensor,
+    /// `[B·num_patches]`, true = masked.
+    pub bool_masked_pos: Option<Vec<bool>>,
+    pub labels: Option<Labels>,
+}
+
+/// The values of a float tensor (f32, f64, f16, bf16) as f32.
+fn floats(name: &str, view: &TensorView<'_>) -> Result<Vec<f32>, String> {
+    let b = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F64 => b
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect(),
+        Dtype::F16 => b
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => b
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(format!(
+                "tensor `{name}` has dtype {other:?}, expected F32, F64, F16 or BF16"
+            ))
+        }
+    })
+}
+
+/// The values of an integer or boolean tensor as i64.
+fn integers(name: &str, view: &TensorView<'_>) -> Result<Vec<i64>, String> {
+    let b = view.data();
+    Ok(match view.dtype() {
+        Dtype::I64 => b
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect(),
+        Dtype::I32 => b
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+            .collect(),
+        Dtype::U8 | Dtype::BOOL => b.iter().map(|&v| v as i64).collect(),
+        other => {
+            return Err(format!(
+                "tensor `{name}` has dtype {other:?}, expected I64, I32, U8 or BOOL"
+            ))
+        }
+    })
+}
+
+fn parse_inputs(st: &SafeTensors<'_>) -> Result<ForwardInputs, String> {
+    for name in st.names() {
+        if !["pixel_values", "bool_masked_pos", "labels"].contains(&name) {
+            return Err(format!(
+                "unexpected tensor `{name}` (expected pixel_values, bool_masked_pos, labels)"
+            ));
+        }
+    }
+    let pixels = st
+        .tensor("pixel_values")
+        .map_err(|_| "no tensor `pixel_values`".to_owned())?;
+    let pixel_values = Tensor {
+        shape: pixels.shape().to_vec(),
+        data: floats("pixel_values", &pixels)?,
+    };
+    let bool_masked_pos = match st.tensor("bool_masked_pos") {
+        Ok(view) => {
+            if !matches!(view.dtype(), Dtype::U8 | Dtype::BOOL) {
+                return Err(format!(
+                    "tensor `bool_masked_pos` has dtype {:?}, expected U8 or BOOL",
+                    view.dtype()
+                ));
+            }
+            let batch = pixel_values.shape.first().copied().unwrap_or(0);
+            if view.shape().len() != 2 || view.shape()[0] != batch {
+                return Err(format!(
+                    "tensor `bool_masked_pos` has shape {:?}, expected [B={batch}, num_patches]",
+                    view.shape()
+                ));
+            }
+            Some(
+                integers("bool_masked_pos", &view)?
+                    .into_iter()
+                    .map(|v| v != 0)
+                    .collect(),
+            )
+        }
+        Err(_) => None,
+    };
+    let labels = match st.tensor("labels") {
+        Ok(view) => Some(match view.dtype() {
+            Dtype::I64 | Dtype::I32 => Labels::Classes(integers("labels", &view)?),
+            _ => Labels::Targets(Tensor {
+                shape: view.shape().to_vec(),
+                data: floats("labels", &view)?,
+            }),
+        }),
+        Err(_) => None,
+    };
+    Ok(ForwardInputs {
+        pixel_values,
+        bool_masked_pos,
+        labels,
+    })
+}
+
+/// Reads `pixel_values` and the optional `bool_masked_pos` and `labels` from a safetensors file.
+pub fn read_forward_inputs(path: &Path) -> Result<ForwardInputs> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
+    parse_inputs(&st).map_err(|reason| Error::format(path, reason))
+}
+
+/// Writes named f32 tensors to `path`, through a temporary file renamed into place.
+pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let views = tensors
+        .iter()
+        .map(|(name, t)| {
+            TensorView::new(Dtype::F32, t.shape.clone(), bytemuck::cast_slice(&t.data))
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::format(path, format!("cannot encode tensor `{name}`: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, None)
+        .map_err(|e| Error::format(path, format!("cannot encode: {e}")))?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|source| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::Io {
+                path: path.to_owned(),
+                source,
+            }
+        })
+}

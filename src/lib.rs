@@ -1,0 +1,36 @@
+//! dinov2: Meta's DINOv2 vision transformers as Hugging Face transformers defines them, in Rust.
+//!
+//! This facade re-exports what applications use: [`Checkpoint`] to open a model directory,
+//! [`Dinov2`] over a backend ([`CpuBackend`]) to run it, and the output types.
+//!
+//! ```no_run
+//! use dinov2::{Checkpoint, CpuBackend, Dinov2, ForwardOptions, Tensor};
+//!
+//! let checkpoint = Checkpoint::open("path/to/dinov2-small")?;
+//! let model = Dinov2::load(CpuBackend, &checkpoint)?;
+//! let pixels = Tensor::zeros(vec![1, 3, 224, 224]);
+//! let out = model.forward(&pixels, None, &ForwardOptions::default())?;
+//! assert_eq!(out.pooler_output.shape, vec![1, 384]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod error;
+pub mod io;
+
+pub use error::{Error, Result};
+
+pub use dinov2_checkpoint::{
+    Activation, Checkpoint, CheckpointError, Dinov2Config, ModelType, ProblemType, StorageDtype,
+    Weights,
+};
+pub use dinov2_model::{
+    BackboneOutput, Backend, ClassifierOutput, CpuBackend, Dinov2, Dtype, ForwardOptions, Head,
+    Interpolation, Labels, ModelError, ModelOutput, Output, Tensor,
+};
+
+/// The crates behind the facade, for users who need their lower-level pieces.
+pub mod crates {
+    pub use dinov2_checkpoint as checkpoint;
+    pub use dinov2_cpu as cpu;
+    pub use dinov2_model as model;
+}
