@@ -16,8 +16,10 @@
 
 mod error;
 pub mod io;
+mod pooling;
 
 pub use error::{Error, Result};
+pub use pooling::{pool, Embedding, Pooling};
 
 pub use dinov2_checkpoint::{
     Activation, Checkpoint, CheckpointError, Dinov2Config, ModelType, ProblemType, StorageDtype,

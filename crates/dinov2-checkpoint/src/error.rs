@@ -25,6 +25,9 @@ pub enum CheckpointError {
     /// A safetensors file is malformed.
     #[error("{path} is not a valid safetensors file: {reason}")]
     Safetensors { path: PathBuf, reason: String },
+    /// A `model.safetensors.index.json` that does not describe its shards.
+    #[error("shard index {path}: {reason}")]
+    Index { path: PathBuf, reason: String },
     /// The directory holds no weights in a format we read.
     #[error("no weights found in {dir}: expected model.safetensors or model.safetensors.index.json{hint}")]
     NoWeights { dir: PathBuf, hint: String },

@@ -4,6 +4,7 @@
 
 mod config;
 mod error;
+mod hub;
 mod names;
 mod weights;
 
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 pub use config::{Activation, Dinov2Config, ModelType, ProblemType};
 pub use error::{CheckpointError, Result};
+pub use hub::{find_in_cache, hub_cache_dir, HubId};
 pub use names::{expected_tensors, ExpectedTensor};
 pub use weights::{StorageDtype, TensorRef, Weights};
 
@@ -27,9 +29,14 @@ impl Checkpoint {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         if !dir.is_dir() {
+            let (kind, reason) = if dir.exists() {
+                (std::io::ErrorKind::InvalidInput, "not a directory")
+            } else {
+                (std::io::ErrorKind::NotFound, "the directory does not exist")
+            };
             return Err(CheckpointError::Io {
                 path: dir.to_owned(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+                source: std::io::Error::new(kind, reason),
             });
         }
         let config = Dinov2Config::from_file(&dir.join("config.json"))?;

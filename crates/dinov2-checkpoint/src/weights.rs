@@ -151,14 +151,14 @@ impl Weights {
         let map = value
             .get("weight_map")
             .and_then(|m| m.as_object())
-            .ok_or_else(|| CheckpointError::Safetensors {
+            .ok_or_else(|| CheckpointError::Index {
                 path: index.to_owned(),
                 reason: "no `weight_map` object".into(),
             })?;
         let dir = index.parent().unwrap_or(Path::new("."));
         let mut shards = BTreeSet::new();
         for (name, file) in map {
-            let file = file.as_str().ok_or_else(|| CheckpointError::Safetensors {
+            let file = file.as_str().ok_or_else(|| CheckpointError::Index {
                 path: index.to_owned(),
                 reason: format!("weight_map entry of `{name}` is not a file name"),
             })?;
@@ -175,7 +175,7 @@ impl Weights {
                 })
             });
             if !found {
-                return Err(CheckpointError::Safetensors {
+                return Err(CheckpointError::Index {
                     path: index.to_owned(),
                     reason: format!("the index places `{name}` in {file}, which does not hold it"),
                 });

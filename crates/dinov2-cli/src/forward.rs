@@ -17,7 +17,16 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     let backend = CpuBackend::new(args.dtype)?;
     let mut checkpoint = Checkpoint::open(&args.model)?;
     if let Some(indices) = &args.out_indices {
-        checkpoint.config.set_out_indices(indices)?;
+        // The config's validation speaks of the config field; here the user typed a flag.
+        checkpoint
+            .config
+            .set_out_indices(indices)
+            .map_err(|e| match e {
+                dinov2::CheckpointError::Config { reason, .. } => {
+                    CliError(format!("--out-indices: {reason}"))
+                }
+                other => other.into(),
+            })?;
     }
     let head = match args.head {
         Some(h) => h,

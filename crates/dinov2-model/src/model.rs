@@ -195,6 +195,11 @@ impl<B: Backend> Dinov2<B> {
         B::Tensor: Clone,
     {
         let (b, height, width) = self.check_pixels(pixels)?;
+        if opts.interpolation == Interpolation::Legacy && self.config.num_register_tokens > 0 {
+            return Err(ModelError::Unsupported(
+                "the legacy position-embedding rule exists only for dinov2 models, not dinov2_with_registers".into(),
+            ));
+        }
         let p = self.config.patch_size;
         let patches = (height / p) * (width / p);
         let mask = match mask {

@@ -1,0 +1,748 @@
+//! The `dinov2` binary end to end: its outputs against transformers' float64 truth (the golden
+//! fixtures), and one `error:` line naming the culprit for every input a user can get wrong.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use tempfile::TempDir;
+
+/// Largest relative L2 error accepted against the float64 truth.
+const TOLERANCE: f64 = 1e-5;
+
+fn golden(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/golden")
+        .join(case)
+}
+
+fn dinov2(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dinov2"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .output()
+        .expect("the dinov2 binary runs")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// One tensor of a safetensors file, owned.
+#[derive(Debug, Clone)]
+struct Stored {
+    name: String,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl Stored {
+    fn new(name: &str, dtype: Dtype, shape: Vec<usize>, bytes: Vec<u8>) -> Self {
+        Stored {
+            name: name.to_owned(),
+            dtype,
+            shape,
+            bytes,
+        }
+    }
+
+    fn f32(name: &str, shape: Vec<usize>, values: &[f32]) -> Self {
+        Self::new(
+            name,
+            Dtype::F32,
+            shape,
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        )
+    }
+
+    fn values(&self) -> Vec<f64> {
+        let b = &self.bytes;
+        match self.dtype {
+            Dtype::F64 => b
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            Dtype::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            other => panic!("`{}` is {other:?}, not a float tensor", self.name),
+        }
+    }
+}
+
+fn read_tensors(path: &Path) -> Vec<Stored> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<Stored> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| Stored::new(&name, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+fn write_tensors(path: &Path, tensors: &[Stored]) {
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                TensorView::new(t.dtype, t.shape.clone(), &t.bytes).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+fn rel_l2(found: &[f64], expected: &[f64]) -> f64 {
+    let diff: f64 = found
+        .iter()
+        .zip(expected)
+        .map(|(a, b)| (a - b).powi(2))
+        .sum();
+    let norm: f64 = expected.iter().map(|b| b * b).sum();
+    (diff / norm).sqrt()
+}
+
+/// Compares every tensor of `output` with `expected`: same names, same shapes, and each within
+/// [`TOLERANCE`] (relative L2). `rename` maps an output name to the expected one it must match.
+fn compare(output: &Path, expected: &[Stored], rename: &dyn Fn(&str) -> String) {
+    let found = read_tensors(output);
+    let mut found_names: Vec<String> = found.iter().map(|t| rename(&t.name)).collect();
+    found_names.sort();
+    let expected_names: Vec<&str> = expected.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(found_names, expected_names, "{}", output.display());
+    for t in &found {
+        assert_eq!(t.dtype, Dtype::F32, "`{}`", t.name);
+        let e = expected.iter().find(|e| e.name == rename(&t.name)).unwrap();
+        assert_eq!(t.shape, e.shape, "shape of `{}`", t.name);
+        let err = rel_l2(&t.values(), &e.values());
+        assert!(
+            err <= TOLERANCE,
+            "`{}`: relative L2 error {err:e} > {TOLERANCE:e}",
+            t.name
+        );
+    }
+}
+
+/// Runs `dinov2 forward` on a golden run and checks every output against its expected file.
+fn forward_matches(case: &str, run: &str, extra: &[&str]) {
+    let dir = golden(case);
+    let tmp = TempDir::new().unwrap();
+    let out = tmp.path().join("out.safetensors");
+    let input = dir.join(format!("{run}.inputs.safetensors"));
+    let mut args = vec![
+        "forward",
+        "--model",
+        s(&dir),
+        "--input",
+        s(&input),
+        "--output",
+        s(&out),
+    ];
+    args.extend_from_slice(extra);
+    let result = dinov2(&args);
+    assert!(
+        result.status.success(),
+        "{case}/{run}: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(result.stderr.is_empty(), "{case}/{run}: stderr not empty");
+    let expected = read_tensors(&dir.join(format!("{run}.expected.safetensors")));
+    compare(&out, &expected, &|n| n.to_owned());
+}
+
+#[test]
+fn model_with_mask_hidden_states_and_attentions() {
+    forward_matches(
+        "dinov2_mlp",
+        "rect24x40_mask",
+        &["--hidden-states", "--attentions"],
+    );
+}
+
+#[test]
+fn model_at_the_pretraining_size() {
+    forward_matches("dinov2_mlp", "sq32", &["--hidden-states", "--attentions"]);
+}
+
+#[test]
+fn classifier_with_labels_writes_the_loss() {
+    forward_matches("classifier_single", "loss", &[]);
+    forward_matches("classifier_multi", "loss", &[]);
+}
+
+#[test]
+fn classifier_checkpoint_run_as_the_bare_model() {
+    forward_matches("classifier_single", "as_model", &["--head", "model"]);
+}
+
+#[test]
+fn backbone() {
+    forward_matches("backbone", "rect24x40", &[]);
+    forward_matches("backbone", "up44x36_hidden", &["--hidden-states"]);
+}
+
+#[test]
+fn backbone_out_indices_select_stages() {
+    // The fixture's backbone outputs stages 1 and 3; pick one at a time, by positive and negative
+    // index, and check each against the matching expected feature map.
+    let dir = golden("backbone");
+    let expected = read_tensors(&dir.join("rect24x40.expected.safetensors"));
+    for (indices, stage_map) in [
+        ("1", "feature_maps.0"),
+        ("-1", "feature_maps.1"),
+        ("3", "feature_maps.1"),
+    ] {
+        let tmp = TempDir::new().unwrap();
+        let out = tmp.path().join("out.safetensors");
+        let result = dinov2(&[
+            "forward",
+            "--model",
+            s(&dir),
+            "--input",
+            s(&dir.join("rect24x40.inputs.safetensors")),
+            "--output",
+            s(&out),
+            "--out-indices",
+            indices,
+        ]);
+        assert!(
+            result.status.success(),
+            "--out-indices {indices}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let wanted: Vec<Stored> = expected
+            .iter()
+            .filter(|t| t.name == stage_map)
+            .cloned()
+            .collect();
+        compare(&out, &wanted, &|n| {
+            assert_eq!(n, "feature_maps.0");
+            stage_map.to_owned()
+        });
+    }
+    // Both stages, as a comma list: the full expected file.
+    forward_matches("backbone", "rect24x40", &["--out-indices", "1,-1"]);
+}
+
+#[test]
+fn legacy_interpolation() {
+    for run in ["rect24x40", "sq30", "up44x36"] {
+        forward_matches(
+            "legacy_444",
+            run,
+            &["--legacy-interpolation", "--hidden-states"],
+        );
+    }
+    // Without the flag the positions are resized by the current rule: the outputs differ.
+    let dir = golden("legacy_444");
+    let tmp = TempDir::new().unwrap();
+    let out = tmp.path().join("out.safetensors");
+    let result = dinov2(&[
+        "forward",
+        "--model",
+        s(&dir),
+        "--input",
+        s(&dir.join("rect24x40.inputs.safetensors")),
+        "--output",
+        s(&out),
+    ]);
+    assert!(result.status.success());
+    let expected = read_tensors(&dir.join("rect24x40.expected.safetensors"));
+    let last = |t: &[Stored]| {
+        t.iter()
+            .find(|t| t.name == "last_hidden_state")
+            .unwrap()
+            .values()
+    };
+    assert!(rel_l2(&last(&read_tensors(&out)), &last(&expected)) > 1e-3);
+}
+
+#[test]
+fn info_describes_the_checkpoint() {
+    let cases = [
+        (
+            "dinov2_mlp",
+            "DINOv2 (model_type dinov2)",
+            "MLP (gelu), hidden 128",
+        ),
+        (
+            "registers_mlp",
+            "DINOv2 with 4 register tokens (model_type dinov2_with_registers)",
+            "MLP (gelu), hidden 128",
+        ),
+        (
+            "dinov2_original_names",
+            "DINOv2 (model_type dinov2)",
+            "SwiGLU, hidden 88",
+        ),
+    ];
+    for (case, variant, ffn) in cases {
+        let dir = golden(case);
+        let result = dinov2(&["info", "--model", s(&dir)]);
+        let stdout = String::from_utf8(result.stdout).unwrap();
+        assert!(
+            result.status.success(),
+            "{case}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let line = |key: &str| {
+            stdout
+                .lines()
+                .find(|l| l.starts_with(key))
+                .unwrap_or_else(|| panic!("{case}: no `{key}` line in\n{stdout}"))
+                .to_owned()
+        };
+        assert!(line("variant:").contains(variant), "{stdout}");
+        let sizes = line("sizes:");
+        assert!(
+            sizes.contains("hidden 32, 3 layers, 2 heads of 16"),
+            "{sizes}"
+        );
+        assert!(sizes.contains(ffn), "{sizes}");
+        assert!(line("patches:").contains("4x4 pixels"), "{stdout}");
+        // The parameter count is that of the stored tensors (the fused qkv counts once).
+        let stored: usize = read_tensors(&dir.join("model.safetensors"))
+            .iter()
+            .map(|t| t.shape.iter().product::<usize>())
+            .sum();
+        let params = line("parameters:");
+        assert_eq!(
+            params.split_whitespace().nth(1),
+            Some(stored.to_string().as_str()),
+            "{params}"
+        );
+    }
+    let result = dinov2(&["info", "--model", s(&golden("classifier_single"))]);
+    let stdout = String::from_utf8(result.stdout).unwrap();
+    assert!(stdout.contains("classifier weights present"), "{stdout}");
+    assert!(
+        stdout.contains("labels:       5 (cat, dog, bird, fish, horse)"),
+        "{stdout}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input: each gives one `error:` line on stderr that names the culprit, and a failure status.
+
+/// Checks a failure: status 1 (not a panic's 101), stderr exactly one line `error: ...` holding
+/// every needle, nothing on stdout. Returns the line.
+fn assert_one_line_error(result: &Output, needles: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
+    assert_eq!(result.status.code(), Some(1), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line, found: {stderr}");
+    assert!(stderr.ends_with('\n'), "{stderr:?}");
+    let line = lines[0];
+    assert!(line.starts_with("error: "), "{line}");
+    for needle in needles {
+        assert!(line.contains(needle), "does not name {needle:?}: {line}");
+    }
+    assert!(result.stdout.is_empty(), "stdout: {:?}", result.stdout);
+    // Shown with --nocapture: the list of messages the note quotes.
+    println!("{line}");
+    line.to_owned()
+}
+
+/// A usage error from clap: failure status 2, the bad value named, no panic.
+fn assert_usage_error(result: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
+    assert_eq!(result.status.code(), Some(2), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    for needle in needles {
+        assert!(
+            stderr.contains(needle),
+            "does not name {needle:?}: {stderr}"
+        );
+    }
+    println!("{}", stderr.lines().next().unwrap());
+}
+
+/// A scratch directory for one bad-input case.
+struct Case {
+    tmp: TempDir,
+}
+
+impl Case {
+    fn new() -> Self {
+        Case {
+            tmp: TempDir::new().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    fn out(&self) -> PathBuf {
+        self.path("out.safetensors")
+    }
+
+    /// A copy of a golden model directory (config and weights).
+    fn model(&self, case: &str) -> PathBuf {
+        let dir = self.path(case);
+        std::fs::create_dir(&dir).unwrap();
+        for entry in std::fs::read_dir(golden(case)).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            if name == "config.json" || name.starts_with("model") {
+                std::fs::copy(&path, dir.join(&name)).unwrap();
+            }
+        }
+        dir
+    }
+
+    /// A golden run's inputs passed through `edit`, written under `name`.
+    fn input(&self, case: &str, run: &str, edit: impl FnOnce(&mut Vec<Stored>)) -> PathBuf {
+        let mut tensors = read_tensors(&golden(case).join(format!("{run}.inputs.safetensors")));
+        edit(&mut tensors);
+        let path = self.path("input.safetensors");
+        write_tensors(&path, &tensors);
+        path
+    }
+
+    /// `dinov2 forward --model <model> --input <input> --output <self.out()> <extra>`; the output
+    /// file must not be written.
+    fn forward(&self, model: &Path, input: &Path, extra: &[&str]) -> Output {
+        let out = self.out();
+        let mut args = vec![
+            "forward",
+            "--model",
+            s(model),
+            "--input",
+            s(input),
+            "--output",
+            s(&out),
+        ];
+        args.extend_from_slice(extra);
+        let result = dinov2(&args);
+        assert!(!out.exists(), "an output was written despite the error");
+        let partial = self.path("out.safetensors.partial");
+        assert!(!partial.exists(), "a partial output was left behind");
+        result
+    }
+}
+
+fn mlp_input() -> PathBuf {
+    golden("dinov2_mlp").join("rect24x40_mask.inputs.safetensors")
+}
+
+fn find<'a>(tensors: &'a mut [Stored], name: &str) -> &'a mut Stored {
+    tensors.iter_mut().find(|t| t.name == name).unwrap()
+}
+
+#[test]
+fn model_directory_missing() {
+    let c = Case::new();
+    let model = c.path("no-such-model");
+    let r = c.forward(&model, &mlp_input(), &[]);
+    assert_one_line_error(&r, &["no-such-model", "does not exist"]);
+    let r = dinov2(&["info", "--model", s(&model)]);
+    assert_one_line_error(&r, &["no-such-model", "does not exist"]);
+}
+
+#[test]
+fn bad_config() {
+    let c = Case::new();
+    let model = c.model("dinov2_mlp");
+    let config = model.join("config.json");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("\"hidden_size\": 32", "\"hidden_size\": \"32\"");
+    std::fs::write(&config, text).unwrap();
+    let r = c.forward(&model, &mlp_input(), &[]);
+    assert_one_line_error(&r, &["`hidden_size`", "\"32\""]);
+
+    std::fs::write(&config, "{ not json").unwrap();
+    let r = c.forward(&model, &mlp_input(), &[]);
+    assert_one_line_error(&r, &["config.json", "not valid JSON"]);
+    let r = dinov2(&["info", "--model", s(&model)]);
+    assert_one_line_error(&r, &["config.json", "not valid JSON"]);
+}
+
+#[test]
+fn missing_tensor() {
+    let c = Case::new();
+    let model = c.model("dinov2_mlp");
+    let weights = model.join("model.safetensors");
+    let mut tensors = read_tensors(&weights);
+    tensors.retain(|t| t.name != "encoder.layer.2.norm1.bias");
+    write_tensors(&weights, &tensors);
+    let r = c.forward(&model, &mlp_input(), &[]);
+    assert_one_line_error(&r, &["`encoder.layer.2.norm1.bias`", "[32]"]);
+    let r = dinov2(&["info", "--model", s(&model)]);
+    assert_one_line_error(&r, &["`encoder.layer.2.norm1.bias`", "[32]"]);
+}
+
+#[test]
+fn input_file_missing() {
+    let c = Case::new();
+    let input = c.path("no-such-input.safetensors");
+    let r = c.forward(&golden("dinov2_mlp"), &input, &[]);
+    assert_one_line_error(&r, &["no-such-input.safetensors", "No such file"]);
+}
+
+#[test]
+fn input_not_safetensors() {
+    let c = Case::new();
+    let input = c.path("pixels.npy");
+    std::fs::write(&input, b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', ...}").unwrap();
+    let r = c.forward(&golden("dinov2_mlp"), &input, &[]);
+    assert_one_line_error(&r, &["pixels.npy", "not a valid safetensors file"]);
+    // A directory instead of a file.
+    let r = c.forward(&golden("dinov2_mlp"), c.tmp.path(), &[]);
+    assert_one_line_error(&r, &[s(c.tmp.path())]);
+}
+
+#[test]
+fn input_without_pixel_values() {
+    let c = Case::new();
+    let input = c.input("dinov2_mlp", "rect24x40_mask", |t| {
+        t.retain(|t| t.name != "pixel_values")
+    });
+    let r = c.forward(&golden("dinov2_mlp"), &input, &[]);
+    assert_one_line_error(&r, &["input.safetensors", "`pixel_values`"]);
+}
+
+#[test]
+fn input_with_an_unknown_tensor() {
+    let c = Case::new();
+    let input = c.input("dinov2_mlp", "rect24x40_mask", |t| {
+        t.push(Stored::new(
+            "pixel_mask",
+            Dtype::U8,
+            vec![2, 60],
+            vec![1; 120],
+        ))
+    });
+    let r = c.forward(&golden("dinov2_mlp"), &input, &[]);
+    assert_one_line_error(&r, &["input.safetensors", "`pixel_mask`"]);
+}
+
+#[test]
+fn pixel_values_with_three_dimensions() {
+    let c = Case::new();
+    let input = c.input("dinov2_mlp", "sq32", |t| {
+        find(t, "pixel_values").shape = vec![6, 32, 32];
+    });
+    let r = c.forward(&golden("dinov2_mlp"), &input, &[]);
+    assert_one_line_error(&r, &["`pixel_values`", "4 dimensions", "[6, 32, 32]"]);
+}
+
+#[test]
+fn pixel_values_of_an_integer_dtype() {
+    let c = Case::new();
+    let input = c.input("dinov2_mlp", "sq32", |t| {
+        let p = find(t, "pixel_values");
+        p.dtype = Dtype::U8;
+        p.bytes = vec![128; 2 * 3 * 32 * 32];
+    });
+    let r = c.forward(&golden("dinov2_mlp"), &input, &[]);
+    assert_one_line_error(&r, &["`pixel_values`", "U8"]);
+}
+
+#[test]
+fn wrong_channel_count() {
+    let c = Case::new();
+    let input = c.input("dinov2_mlp", "sq32", |t| {
+        let p = find(t, "pixel_values");
+        p.shape = vec![6, 1, 32, 32];
+    });
+    let r = c.forward(&golden("dinov2_mlp"), &input, &[]);
+    assert_one_line_error(&r, &["`pixel_values`", "1 channel", "expects 3"]);
+}
+
+#[test]
+fn image_smaller_than_one_patch() {
+    let c = Case::new();
+    let input = c.input("dinov2_mlp", "sq32", |t| {
+        *find(t, "pixel_values") = Stored::f32("pixel_values", vec![1, 3, 3, 40], &[0.5; 360]);
+    });
+    let r = c.forward(&golden("dinov2_mlp"), &input, &[]);
+    assert_one_line_error(&r, &["`pixel_values`", "3x40", "4x4 patch"]);
+}
+
+#[test]
+fn empty_batch() {
+    let c = Case::new();
+    let input = c.input("dinov2_mlp", "sq32", |t| {
+        *find(t, "pixel_values") = Stored::f32("pixel_values", vec![0, 3, 32, 32], &[]);
+    });
+    let r = c.forward(&golden("dinov2_mlp"), &input, &[]);
+    assert_one_line_error(&r, &["`pixel_values`", "empty"]);
+}
+
+#[test]
+fn bool_masked_pos_with_a_wrong_shape() {
+    let c = Case::new();
+    // 59 patches where the 6x10 grid has 60.
+    let input = c.input("dinov2_mlp", "rect24x40_mask", |t| {
+        *find(t, "bool_masked_pos") =
+            Stored::new("bool_masked_pos", Dtype::U8, vec![2, 59], vec![0; 118]);
+    });
+    let r = c.forward(&golden("dinov2_mlp"), &input, &[]);
+    assert_one_line_error(&r, &["`bool_masked_pos`", "num_patches=60"]);
+    // Flat instead of [B, num_patches].
+    let input = c.input("dinov2_mlp", "rect24x40_mask", |t| {
+        find(t, "bool_masked_pos").shape = vec![120];
+    });
+    let r = c.forward(&golden("dinov2_mlp"), &input, &[]);
+    assert_one_line_error(&r, &["`bool_masked_pos`", "[120]"]);
+    // A float mask.
+    let input = c.input("dinov2_mlp", "rect24x40_mask", |t| {
+        *find(t, "bool_masked_pos") = Stored::f32("bool_masked_pos", vec![2, 60], &[0.0; 120]);
+    });
+    let r = c.forward(&golden("dinov2_mlp"), &input, &[]);
+    assert_one_line_error(&r, &["`bool_masked_pos`", "F32"]);
+}
+
+#[test]
+fn bool_masked_pos_with_the_classifier_head() {
+    let c = Case::new();
+    let r = c.forward(&golden("classifier_single"), &mlp_input(), &[]);
+    assert_one_line_error(&r, &["`bool_masked_pos`", "classifier head"]);
+    let r = c.forward(
+        &golden("classifier_single"),
+        &mlp_input(),
+        &["--head", "classifier"],
+    );
+    assert_one_line_error(&r, &["`bool_masked_pos`", "classifier head"]);
+}
+
+#[test]
+fn labels_with_the_model_head() {
+    let c = Case::new();
+    let input = golden("classifier_single").join("loss.inputs.safetensors");
+    let r = c.forward(&golden("classifier_single"), &input, &["--head", "model"]);
+    assert_one_line_error(&r, &["`labels`", "model head"]);
+    let r = c.forward(&golden("dinov2_mlp"), &input, &[]);
+    assert_one_line_error(&r, &["`labels`", "model head"]);
+}
+
+#[test]
+fn labels_out_of_range() {
+    let c = Case::new();
+    for ids in [[1i64, 5], [-2, 0]] {
+        let input = c.input("classifier_single", "loss", |t| {
+            find(t, "labels").bytes = ids.iter().flat_map(|v| v.to_le_bytes()).collect();
+        });
+        let r = c.forward(&golden("classifier_single"), &input, &[]);
+        let bad = if ids[0] == 1 { ids[1] } else { ids[0] };
+        assert_one_line_error(&r, &["`labels`", &format!("class id {bad}"), "0..5"]);
+    }
+}
+
+#[test]
+fn labels_of_the_wrong_count() {
+    let c = Case::new();
+    let input = c.input("classifier_single", "loss", |t| {
+        *find(t, "labels") = Stored::new("labels", Dtype::I64, vec![3], vec![0; 24]);
+    });
+    let r = c.forward(&golden("classifier_single"), &input, &[]);
+    assert_one_line_error(&r, &["`labels`", "expected 2 class ids, found 3"]);
+}
+
+#[test]
+fn device_cuda_is_not_built() {
+    let c = Case::new();
+    for device in ["cuda", "cuda:1"] {
+        let r = c.forward(&golden("dinov2_mlp"), &mlp_input(), &["--device", device]);
+        assert_one_line_error(&r, &["--device cuda", "not available"]);
+    }
+}
+
+#[test]
+fn unknown_device() {
+    let c = Case::new();
+    for device in ["tpu", "cuda:x"] {
+        let r = c.forward(&golden("dinov2_mlp"), &mlp_input(), &["--device", device]);
+        assert_usage_error(&r, &[device, "--device"]);
+    }
+}
+
+#[test]
+fn half_precision_on_the_cpu() {
+    let c = Case::new();
+    for dtype in ["f16", "bf16"] {
+        let r = c.forward(&golden("dinov2_mlp"), &mlp_input(), &["--dtype", dtype]);
+        assert_one_line_error(&r, &[&format!("--dtype {dtype}"), "CPU"]);
+    }
+    let r = c.forward(&golden("dinov2_mlp"), &mlp_input(), &["--dtype", "f8"]);
+    assert_usage_error(&r, &["f8", "--dtype"]);
+}
+
+#[test]
+fn legacy_interpolation_on_a_registers_model() {
+    let c = Case::new();
+    let model = golden("registers_mlp");
+    let input = model.join("rect24x40_mask.inputs.safetensors");
+    let r = c.forward(&model, &input, &["--legacy-interpolation"]);
+    assert_one_line_error(&r, &["legacy", "dinov2_with_registers"]);
+}
+
+#[test]
+fn classifier_head_without_classifier_weights() {
+    let c = Case::new();
+    let input = golden("dinov2_mlp").join("sq32.inputs.safetensors");
+    let r = c.forward(&golden("dinov2_mlp"), &input, &["--head", "classifier"]);
+    assert_one_line_error(&r, &["classification head", "classifier.weight"]);
+}
+
+#[test]
+fn unknown_head() {
+    let c = Case::new();
+    let r = c.forward(&golden("dinov2_mlp"), &mlp_input(), &["--head", "nonsense"]);
+    assert_usage_error(&r, &["nonsense", "--head"]);
+}
+
+#[test]
+fn out_indices_out_of_range() {
+    let c = Case::new();
+    let model = golden("backbone");
+    let input = model.join("rect24x40.inputs.safetensors");
+    for (indices, needle) in [
+        ("99", "index 99 is out of range"),
+        ("-5", "index -5 is out of range"),
+        ("3,1", "order"),
+        ("2,2", "duplicates"),
+    ] {
+        let r = c.forward(&model, &input, &["--out-indices", indices]);
+        assert_one_line_error(&r, &["--out-indices", needle]);
+    }
+    let r = c.forward(&model, &input, &["--out-indices", "one"]);
+    assert_usage_error(&r, &["one", "--out-indices"]);
+}
+
+#[test]
+fn output_in_a_missing_directory() {
+    let c = Case::new();
+    let out = c.path("no-such-dir").join("out.safetensors");
+    let r = dinov2(&[
+        "forward",
+        "--model",
+        s(&golden("dinov2_mlp")),
+        "--input",
+        s(&mlp_input()),
+        "--output",
+        s(&out),
+    ]);
+    assert_one_line_error(&r, &[s(&out), "No such file or directory"]);
+    assert!(!c.path("no-such-dir").exists());
+}
+
+#[test]
+fn missing_required_arguments() {
+    let r = dinov2(&["forward", "--model", s(&golden("dinov2_mlp"))]);
+    assert_usage_error(&r, &["--input", "--output"]);
+    let r = dinov2(&["embed"]);
+    assert_usage_error(&r, &["embed"]);
+}
