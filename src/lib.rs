@@ -22,12 +22,12 @@ pub use error::{Error, Result};
 pub use pooling::{pool, Embedding, Pooling};
 
 pub use dinov2_checkpoint::{
-    Activation, Checkpoint, CheckpointError, Dinov2Config, ModelType, ProblemType, StorageDtype,
-    Weights,
+    released, released_json, Activation, Checkpoint, CheckpointError, Dinov2Config, ModelType,
+    ProblemType, StorageDtype, Weights, RELEASED,
 };
 pub use dinov2_model::{
-    BackboneOutput, Backend, ClassifierOutput, CpuBackend, Dinov2, Dtype, ForwardOptions, Head,
-    Interpolation, Labels, ModelError, ModelOutput, Output, Tensor,
+    flops_per_image, BackboneOutput, Backend, ClassifierOutput, CpuBackend, Dinov2, Dtype,
+    ForwardOptions, Head, Interpolation, Labels, ModelError, ModelOutput, Output, Tensor,
 };
 
 /// The crates behind the facade, for users who need their lower-level pieces.

@@ -6,6 +6,7 @@ mod config;
 mod error;
 mod hub;
 mod names;
+mod presets;
 mod weights;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ pub use config::{Activation, Dinov2Config, ModelType, ProblemType};
 pub use error::{CheckpointError, Result};
 pub use hub::{find_in_cache, hub_cache_dir, HubId};
 pub use names::{expected_tensors, ExpectedTensor};
+pub use presets::{released, released_json, RELEASED};
 pub use weights::{StorageDtype, TensorRef, Weights};
 
 /// A model directory: its config and its memory-mapped weights.

@@ -19,6 +19,8 @@ pub enum Command {
     Forward(ForwardArgs),
     /// Describe a checkpoint: variant, sizes, parameters, dtype, head, labels.
     Info(InfoArgs),
+    /// Time forward passes of an architecture or checkpoint, optionally beside PyTorch.
+    Bench(BenchArgs),
 }
 
 /// Where the model runs.
@@ -83,4 +85,38 @@ pub struct InfoArgs {
     /// Model directory.
     #[arg(long)]
     pub model: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A released architecture with random weights: vits14, vitb14, vitl14, vitg14 (+ `-reg`).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Or a model directory.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+    /// Compute precision: f32, f16, bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: Dtype,
+    /// Batch sizes to time, e.g. 1,8,64.
+    #[arg(long, value_delimiter = ',', default_value = "8")]
+    pub batch_size: Vec<usize>,
+    /// Square input side in pixels.
+    #[arg(long, default_value_t = 224)]
+    pub image_size: usize,
+    /// Untimed passes before timing.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Timed passes; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Python with torch 2.11 + transformers 5.17: times the same model in PyTorch in this run.
+    #[arg(long)]
+    pub peer: Option<PathBuf>,
+    /// Also write the results as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }

@@ -1,6 +1,7 @@
 //! `dinov2`: run DINOv2 checkpoints from the command line.
 
 mod args;
+mod bench;
 mod error;
 mod forward;
 mod info;
@@ -12,6 +13,7 @@ fn main() {
     let result = match cli.command {
         args::Command::Forward(a) => forward::run(a),
         args::Command::Info(a) => info::run(a),
+        args::Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

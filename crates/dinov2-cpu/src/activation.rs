@@ -2,6 +2,8 @@
 
 use rayon::prelude::*;
 
+use crate::fastmath::{exp_f32, gelu_f32, map_in_place};
+
 /// The activations transformers' `ACT2FN` offers for DINOv2's MLP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -50,16 +52,29 @@ impl Activation {
     }
 }
 
-/// Applies `act` to every element in place.
+/// Applies `act` to every element in place: GELU and SiLU through the vectorized f32 kernels of
+/// [`crate::fastmath`], the others through [`Activation::eval`].
 pub fn apply_activation(x: &mut [f32], act: Activation) {
-    if act == Activation::Identity {
-        return;
+    match act {
+        Activation::Identity => {}
+        Activation::Gelu => x
+            .par_chunks_mut(1 << 14)
+            .for_each(|c| map_in_place(c, gelu_f32)),
+        Activation::Silu => x
+            .par_chunks_mut(1 << 14)
+            .for_each(|c| map_in_place(c, silu_f32)),
+        _ => x.par_chunks_mut(1 << 14).for_each(|chunk| {
+            for v in chunk {
+                *v = act.eval(*v as f64) as f32;
+            }
+        }),
     }
-    x.par_chunks_mut(4096).for_each(|chunk| {
-        for v in chunk {
-            *v = act.eval(*v as f64) as f32;
-        }
-    });
+}
+
+/// `x·σ(x)` in f32.
+#[inline(always)]
+fn silu_f32(x: f32) -> f32 {
+    x / (1.0 + exp_f32(-x))
 }
 
 /// SwiGLU over rows of `z = [x1 | x2]` (each half `f` wide): returns `silu(x1) · x2`, `[rows, f]`.

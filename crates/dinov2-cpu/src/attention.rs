@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use crate::fastmath::{exp_f32, map_in_place};
 use crate::matmul::{matmul, View};
 
 /// A raw output pointer shared by tasks that write disjoint elements.
@@ -23,7 +24,7 @@ impl SharedOut {
 /// `qkv` is `[B, N, 3·nh·d]`, each row `[q | k | v]`, head `j` at columns `j·d..(j+1)·d` of each
 /// part. Returns the heads' outputs concatenated, `[B, N, nh·d]`, and when `want_probs` the
 /// post-softmax probabilities `[B, nh, N, N]`. Scores are `q·kᵀ·scale`; the softmax subtracts the
-/// row maximum and sums in f64.
+/// row maximum (scale > 0).
 pub fn attention(
     qkv: &[f32],
     batch: usize,
@@ -82,18 +83,12 @@ pub fn attention(
                 kt,
             )
         };
+        let scale = scale as f32;
         for row in scores.chunks_exact_mut(seq) {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64 * scale;
-            let mut sum = 0.0f64;
-            for x in row.iter_mut() {
-                let e = ((*x as f64 * scale - max) as f32).exp();
-                *x = e;
-                sum += e as f64;
-            }
-            let inv = 1.0 / sum;
-            for x in row.iter_mut() {
-                *x = (*x as f64 * inv) as f32;
-            }
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            map_in_place(row, |x| exp_f32((x - max) * scale));
+            let inv = 1.0 / row.iter().sum::<f32>();
+            map_in_place(row, |x| x * inv);
         }
         let o = View {
             offset: b * seq * h + head * head_dim,

@@ -5,6 +5,7 @@
 
 mod activation;
 mod attention;
+pub mod fastmath;
 mod matmul;
 mod norm;
 mod patch;

@@ -6,6 +6,7 @@
 mod backend;
 mod cpu;
 mod error;
+mod flops;
 mod head;
 mod loss;
 mod model;
@@ -17,8 +18,10 @@ pub use backend::{Backend, Dtype, TokenParams};
 pub use cpu::CpuBackend;
 pub use dinov2_cpu::Tensor;
 pub use error::{ModelError, Result};
+pub use flops::flops_per_image;
 pub use head::Head;
 pub use loss::{loss, resolve_problem_type, Labels};
 pub use model::{Dinov2, ForwardOptions};
 pub use outputs::{BackboneOutput, ClassifierOutput, ModelOutput, Output};
+pub use params::{ParamSource, RandomParams};
 pub use positions::Interpolation;

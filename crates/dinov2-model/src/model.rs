@@ -9,7 +9,7 @@ use crate::backend::{Backend, TokenParams};
 use crate::error::{ModelError, Result};
 use crate::loss::{loss, resolve_problem_type, Labels};
 use crate::outputs::{BackboneOutput, ClassifierOutput, ModelOutput};
-use crate::params::{Ffn, HostParams, Layer, Params};
+use crate::params::{Ffn, HostParams, Layer, ParamSource, Params, RandomParams};
 use crate::positions::{resized_positions, Interpolation};
 use crate::Tensor;
 
@@ -47,10 +47,24 @@ pub struct Dinov2<B: Backend> {
 impl<B: Backend> Dinov2<B> {
     /// Uploads the checkpoint's parameters to `backend`.
     pub fn load(backend: B, checkpoint: &Checkpoint) -> Result<Self> {
-        let (params, host) = Params::load(&backend, checkpoint)?;
+        Self::from_source(backend, &checkpoint.config, &checkpoint.weights)
+    }
+
+    /// A model of the architecture `config` with deterministic random weights (for benchmarks).
+    pub fn random(backend: B, config: &Dinov2Config, seed: u64) -> Result<Self> {
+        Self::from_source(backend, config, &RandomParams::new(config, seed))
+    }
+
+    /// Uploads the parameters of `config` read from `source`.
+    pub fn from_source(
+        backend: B,
+        config: &Dinov2Config,
+        source: &dyn ParamSource,
+    ) -> Result<Self> {
+        let (params, host) = Params::load(&backend, config, source)?;
         Ok(Dinov2 {
             backend,
-            config: checkpoint.config.clone(),
+            config: config.clone(),
             params,
             host,
             positions: Mutex::new(HashMap::new()),

@@ -1,7 +1,7 @@
 //! The model's parameters, read from a checkpoint into a backend's weights once: QKV fused into one
 //! `[3h, h]` projection, the patch convolution flattened to a `[h, C·p·p]` linear layer.
 
-use dinov2_checkpoint::{Checkpoint, Dinov2Config, Weights};
+use dinov2_checkpoint::{expected_tensors, Dinov2Config, Weights};
 
 use crate::backend::Backend;
 use crate::error::Result;
@@ -59,14 +59,98 @@ pub(crate) struct HostParams {
     pub classifier: Option<(Vec<f32>, Vec<f32>)>,
 }
 
+/// Where parameters come from: a checkpoint's weights, or random values for benchmarks.
+pub trait ParamSource {
+    /// The tensor `name` (transformers' naming) as shape and f32 values.
+    fn tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)>;
+    /// Whether the tensor exists.
+    fn has(&self, name: &str) -> bool;
+}
+
+impl ParamSource for Weights {
+    fn tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let t = self.require(name)?;
+        Ok((t.shape.to_vec(), t.to_f32()))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+}
+
+/// Deterministic random parameters of the shapes a config implies, scaled like a trained ViT's
+/// (unit LayerNorm gains, `1/√fan_in` weights, small layer scales), for benchmarks without a
+/// checkpoint. Includes a classifier when the config has labels.
+pub struct RandomParams {
+    shapes: std::collections::HashMap<String, Vec<usize>>,
+    seed: u64,
+}
+
+impl RandomParams {
+    /// Random parameters for `config`, reproducible from `seed`.
+    pub fn new(config: &Dinov2Config, seed: u64) -> Self {
+        let shapes = expected_tensors(config)
+            .into_iter()
+            .map(|t| (t.name, t.shape))
+            .collect();
+        RandomParams { shapes, seed }
+    }
+}
+
+impl ParamSource for RandomParams {
+    fn tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let shape = self.shapes.get(name).cloned().ok_or_else(|| {
+            crate::ModelError::Unsupported(format!("no tensor `{name}` in this architecture"))
+        })?;
+        let n: usize = shape.iter().product();
+        // SplitMix64 seeded by the name, uniform in [-1, 1).
+        let mut state = name
+            .bytes()
+            .fold(self.seed ^ 0x9e37_79b9_7f4a_7c15, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+            });
+        let mut next = move || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        let (offset, scale) = if name.ends_with("norm1.weight")
+            || name.ends_with("norm2.weight")
+            || name == "layernorm.weight"
+        {
+            (1.0, 0.1)
+        } else if name.ends_with(".bias") {
+            (0.0, 0.02)
+        } else if name.contains("lambda1") {
+            (0.1, 0.05)
+        } else if shape.len() >= 2 && !name.starts_with("embeddings.")
+            || name.ends_with("projection.weight")
+        {
+            (
+                0.0,
+                (3.0 / shape[1..].iter().product::<usize>() as f32).sqrt(),
+            )
+        } else {
+            (0.0, 0.5)
+        };
+        Ok((shape, (0..n).map(|_| offset + scale * next()).collect()))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.shapes.contains_key(name)
+    }
+}
+
 struct Loader<'a, B: Backend> {
     backend: &'a B,
-    weights: &'a Weights,
+    source: &'a dyn ParamSource,
 }
 
 impl<B: Backend> Loader<'_, B> {
     fn host(&self, name: &str) -> Result<Vec<f32>> {
-        Ok(self.weights.require(name)?.to_f32())
+        Ok(self.source.tensor(name)?.1)
     }
 
     fn tensor(&self, name: &str, shape: Vec<usize>) -> Result<B::Weight> {
@@ -80,10 +164,10 @@ impl<B: Backend> Loader<'_, B> {
     }
 
     fn linear(&self, prefix: &str) -> Result<Linear<B::Weight>> {
-        let w = self.weights.require(&format!("{prefix}.weight"))?;
-        let shape = vec![w.shape[0], w.shape[1..].iter().product()];
+        let (shape, values) = self.source.tensor(&format!("{prefix}.weight"))?;
+        let shape = vec![shape[0], shape[1..].iter().product()];
         Ok(Linear {
-            weight: self.backend.weight(w.to_f32(), shape)?,
+            weight: self.backend.weight(values, shape)?,
             bias: Some(self.vector(&format!("{prefix}.bias"))?),
         })
     }
@@ -117,17 +201,14 @@ impl<B: Backend> Loader<'_, B> {
 }
 
 impl<W> Params<W> {
-    /// Reads every parameter of `checkpoint` onto `backend`.
+    /// Reads every parameter from `source` onto `backend`.
     pub(crate) fn load<B: Backend<Weight = W>>(
         backend: &B,
-        checkpoint: &Checkpoint,
+        config: &Dinov2Config,
+        source: &dyn ParamSource,
     ) -> Result<(Self, HostParams)> {
-        let config = &checkpoint.config;
         let h = config.hidden_size;
-        let l = Loader {
-            backend,
-            weights: &checkpoint.weights,
-        };
+        let l = Loader { backend, source };
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let p = format!("encoder.layer.{i}");
@@ -172,7 +253,7 @@ impl<W> Params<W> {
             layers,
             norm: l.norm("layernorm")?,
         };
-        let classifier = if checkpoint.weights.has_classifier() {
+        let classifier = if source.has("classifier.weight") {
             Some((l.host("classifier.weight")?, l.host("classifier.bias")?))
         } else {
             None

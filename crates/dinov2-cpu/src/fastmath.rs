@@ -1,0 +1,150 @@
+//! Branch-free f32 `exp` and `erf` that the compiler vectorizes, and runtime dispatch of
+//! element-wise loops to the widest instruction set the CPU has (AVX-512, AVX2+FMA, else SSE2).
+//!
+//! Accuracy, checked by the tests against f64: `exp_f32` within 2 ulp; `erf_f32` within 1.6e-7
+//! absolute (PyTorch's own vectorized CPU `erf`, Abramowitz-Stegun 7.1.26, is within 1.5e-7).
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_145_75;
+const LN2_LO: f32 = 1.428_606_8e-6;
+
+/// `eˣ` for f32, correct to about 2 ulp over the finite range; flushes to 0 below −87.3.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    let tiny = x < -87.3;
+    let x = x.clamp(-87.3, 88.7);
+    // Round to nearest with the 1.5·2²³ trick (exact for |x·log2e| < 2²²).
+    let shifter = 12_582_912.0f32;
+    let k = (x * LOG2E + shifter) - shifter;
+    let r = x - k * LN2_HI - k * LN2_LO;
+    // Taylor series to r⁷ on |r| ≤ ln2/2: truncation below 6e-9 relative.
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let y = p * f32::from_bits(((k as i32 + 127) << 23) as u32);
+    if tiny {
+        0.0
+    } else {
+        y
+    }
+}
+
+/// `erf(x)` for f32: `z·P(z²)` below 1, `1 − t·Q(t)·e^(−z²)` with `t = 1/(1 + z/2)` above
+/// (coefficients fitted by least squares on the two ranges), saturating at ±1 beyond 4.
+#[inline(always)]
+pub fn erf_f32(x: f32) -> f32 {
+    const P: [f32; 7] = [
+        std::f32::consts::FRAC_2_SQRT_PI,
+        -0.376_126_3,
+        0.112_836_35,
+        -0.026_856_07,
+        0.005_192_958,
+        -8.053_751e-4,
+        8.006_874e-5,
+    ];
+    const Q: [f32; 7] = [
+        0.282_601_42,
+        0.274_398_57,
+        0.296_256_54,
+        0.003_771_076_4,
+        0.430_258_13,
+        -0.380_484_76,
+        0.093_065_49,
+    ];
+    let z = x.abs().min(4.0);
+    let z2 = z * z;
+    let small = z
+        * (P[0] + z2 * (P[1] + z2 * (P[2] + z2 * (P[3] + z2 * (P[4] + z2 * (P[5] + z2 * P[6]))))));
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let q = t * (Q[0] + t * (Q[1] + t * (Q[2] + t * (Q[3] + t * (Q[4] + t * (Q[5] + t * Q[6]))))));
+    let large = 1.0 - q * exp_f32(-z2);
+    let e = if z < 1.0 { small } else { large };
+    e.copysign(x)
+}
+
+/// Exact-form GELU `0.5·x·(1 + erf(x/√2))` in f32.
+#[inline(always)]
+pub fn gelu_f32(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// Applies `f` to every element, compiled for the widest vector unit the CPU offers.
+#[inline(always)]
+pub fn map_in_place<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
+    #[inline(always)]
+    fn body<F: Fn(f32) -> f32>(x: &mut [f32], f: &F) {
+        for v in x.iter_mut() {
+            *v = f(*v);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+        unsafe fn avx512<F: Fn(f32) -> f32>(x: &mut [f32], f: &F) {
+            body(x, f)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<F: Fn(f32) -> f32>(x: &mut [f32], f: &F) {
+            body(x, f)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { avx512(x, &f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            return unsafe { avx2(x, &f) };
+        }
+    }
+    body(x, &f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_two_ulp() {
+        let mut worst = 0.0f64;
+        for i in -870_000..=880_000 {
+            let x = i as f32 * 1e-4;
+            let want = (x as f64).exp();
+            let got = exp_f32(x) as f64;
+            if want > 1e-37 {
+                let ulp = (want as f32).to_bits();
+                let ulp = (f32::from_bits(ulp + 1) as f64 - want as f32 as f64).abs();
+                worst = worst.max((got - want).abs() / ulp);
+            }
+        }
+        assert!(worst <= 2.0, "exp error {worst} ulp");
+        assert_eq!(exp_f32(-200.0), 0.0);
+    }
+
+    #[test]
+    fn erf_is_within_1_6e_minus_7() {
+        let mut worst = 0.0f64;
+        for i in -60_000..=60_000 {
+            let x = i as f32 * 1e-4;
+            worst = worst.max((erf_f32(x) as f64 - libm::erf(x as f64)).abs());
+        }
+        assert!(worst < 1.6e-7, "erf error {worst}");
+        assert_eq!(erf_f32(10.0), 1.0);
+        assert_eq!(erf_f32(-10.0), -1.0);
+    }
+
+    #[test]
+    fn dispatch_matches_scalar() {
+        let mut v: Vec<f32> = (0..1001).map(|i| i as f32 * 0.013 - 6.0).collect();
+        let want: Vec<f32> = v.iter().map(|&x| gelu_f32(x)).collect();
+        map_in_place(&mut v, gelu_f32);
+        for (a, b) in v.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-3), "{a} vs {b}");
+        }
+    }
+}
