@@ -14,7 +14,11 @@ fn image(batch: &Tensor, i: usize) -> Tensor {
 }
 
 fn rel(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum();
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum();
     let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
     (num / den).sqrt()
 }
@@ -32,13 +36,22 @@ fn check(case: &str, run: &str, head: Head) {
         ..Default::default()
     };
     let mask = inputs.bool_masked_pos.as_deref();
-    let together = model.run(head, pixels, mask, None, &opts).unwrap().into_named();
+    let together = model
+        .run(head, pixels, mask, None, &opts)
+        .unwrap()
+        .into_named();
     for i in 0..b {
         let m = mask.map(|m| &m[i * m.len() / b..(i + 1) * m.len() / b]);
-        let alone = model.run(head, &image(pixels, i), m, None, &opts).unwrap().into_named();
+        let alone = model
+            .run(head, &image(pixels, i), m, None, &opts)
+            .unwrap()
+            .into_named();
         for ((name, all), (_, one)) in together.iter().zip(&alone) {
             let err = rel(&image(all, i).data, &one.data);
-            assert!(err < 1e-6, "{case}/{run} image {i} `{name}`: batch vs single {err:.2e}");
+            assert!(
+                err < 1e-6,
+                "{case}/{run} image {i} `{name}`: batch vs single {err:.2e}"
+            );
         }
     }
 }
