@@ -9,6 +9,11 @@ pub enum Error {
     Checkpoint(#[from] dinov2_checkpoint::CheckpointError),
     #[error(transparent)]
     Model(#[from] dinov2_model::ModelError),
+    #[error(transparent)]
+    Image(#[from] dinov2_image::ImageError),
+    /// The batch an item belonged to failed as a whole.
+    #[error("the batch failed: {0}")]
+    Batch(String),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

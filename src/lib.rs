@@ -14,10 +14,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod embed;
 mod error;
 pub mod io;
 mod pooling;
 
+pub use embed::{preprocess_config, Embedder};
 pub use error::{Error, Result};
 pub use pooling::{pool, Embedding, Pooling};
 
@@ -29,6 +31,9 @@ pub use dinov2_model::{
     flops_per_image, BackboneOutput, Backend, ClassifierOutput, CpuBackend, Dinov2, Dtype,
     ForwardOptions, Head, Interpolation, Labels, ModelError, ModelOutput, Output, Tensor,
 };
+
+/// Image decoding and preprocessing (Pillow parity).
+pub use dinov2_image as image;
 
 /// The crates behind the facade, for users who need their lower-level pieces.
 pub mod crates {

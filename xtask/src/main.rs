@@ -4,7 +4,9 @@
 //!
 //! * `golden`: regenerate the golden parity fixtures in `tests/fixtures/golden/` by running
 //!   `xtask/golden/make_golden.py` under the pinned transformers 5.17.0 environment, then (for the
-//!   `legacy_444` case) with `--legacy` under transformers 4.44.2.
+//!   `legacy_444` case) with `--legacy` under transformers 4.44.2; also the preprocessing
+//!   fixtures in `tests/fixtures/preprocess/` (`xtask/golden/make_preprocess.py`, 5.17.0) and the
+//!   sample checkpoint `assets/models/dinov2-tiny-random` (`xtask/golden/make_sample_model.py`).
 
 use std::env;
 use std::ffi::OsString;
@@ -16,7 +18,8 @@ usage: cargo xtask <command> [options]
 
 commands:
   golden [--python PATH] [--legacy-python PATH] [--out DIR]
-      Regenerate tests/fixtures/golden/ with xtask/golden/make_golden.py.
+      Regenerate tests/fixtures/golden/ with xtask/golden/make_golden.py, then (without --out)
+      tests/fixtures/preprocess/ with xtask/golden/make_preprocess.py under the same --python.
       --python         interpreter with xtask/golden/requirements-5.17.txt
                        (default: $DINOV2_REF_PYTHON, else python3)
       --legacy-python  interpreter with xtask/golden/requirements-4.44.txt, for legacy_444
@@ -115,6 +118,18 @@ fn golden(args: &[String]) -> Result<(), String> {
     }
 
     run_python(&python, &script, &root, &extra)?;
+
+    // The preprocessing fixtures (tests/fixtures/preprocess/) come from the same environment;
+    // `--out` only redirects the model fixtures, so they are left alone then.
+    if option(&options, "--out").is_none() {
+        let preprocess = root.join("xtask").join("golden").join("make_preprocess.py");
+        run_python(&python, &preprocess, &root, &[])?;
+        let sample = root
+            .join("xtask")
+            .join("golden")
+            .join("make_sample_model.py");
+        run_python(&python, &sample, &root, &[])?;
+    }
 
     match legacy_python {
         Some(legacy_python) => {

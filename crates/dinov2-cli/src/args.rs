@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use dinov2::{Dtype, Head};
+use dinov2::{Dtype, Head, Pooling};
+
+use crate::embed::OnError;
 
 /// DINOv2 vision transformers with Hugging Face transformers parity.
 #[derive(Debug, Parser)]
@@ -19,6 +21,12 @@ pub enum Command {
     Forward(ForwardArgs),
     /// Describe a checkpoint: variant, sizes, parameters, dtype, head, labels.
     Info(InfoArgs),
+    /// Embed images (files, folders, @lists) into Parquet, npy or safetensors vectors.
+    Embed(EmbedArgs),
+    /// Decode and preprocess images as the checkpoint's image processor does; write pixel values.
+    Preprocess(PreprocessArgs),
+    /// Classify images with a checkpoint's classification head: top labels with probabilities.
+    Classify(ClassifyArgs),
     /// Time forward passes of an architecture or checkpoint, optionally beside PyTorch.
     Bench(BenchArgs),
 }
@@ -119,4 +127,97 @@ pub struct BenchArgs {
     /// Also write the results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// Where the images are and how to decode them.
+#[derive(Debug, Args)]
+pub struct DecodeArgs {
+    /// Rotate images by their EXIF orientation tag (transformers does not).
+    #[arg(long)]
+    pub apply_exif_orientation: bool,
+    /// Refuse images with more pixels than this (decompression bombs).
+    #[arg(long, default_value_t = dinov2::image::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// Model directory, or a hub id such as facebook/dinov2-small (from the Hugging Face cache,
+    /// downloaded when absent and a network is there).
+    #[arg(long, env = "DINOV2_MODEL")]
+    pub model: String,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", env = "DINOV2_DEVICE")]
+    pub device: Device,
+    /// Compute precision: f32, f16, bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: Dtype,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32, env = "DINOV2_BATCH_SIZE")]
+    pub batch_size: usize,
+    /// cls (pooler_output), mean (of the patch tokens), cls+mean, or patch (the token grid).
+    #[arg(long, default_value = "cls")]
+    pub pooling: Pooling,
+    /// L2-normalize each vector (each patch vector with --pooling patch).
+    #[arg(long)]
+    pub normalize: bool,
+    /// Output file: .parquet, .npy (with FILE.paths.txt) or .safetensors (with FILE.paths.txt).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Replace an existing output (or interrupted job).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+    /// Continue an interrupted job with the same inputs and options.
+    #[arg(long)]
+    pub resume: bool,
+    /// skip: report bad inputs and embed the rest (exit status 1 at the end); fail: stop at the first.
+    #[arg(long, value_enum, default_value = "skip")]
+    pub on_error: OnError,
+    /// Decoding threads (default: all cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Rows per committed chunk of the resumable job.
+    #[arg(long, default_value_t = 1024, hide = true)]
+    pub chunk_rows: usize,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    /// Image files, folders (searched recursively, sorted by path) and @lists (one path per line).
+    #[arg(required = true)]
+    pub inputs: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PreprocessArgs {
+    /// Model directory or hub id (its preprocessor_config.json; the DINOv2 defaults without one).
+    #[arg(long)]
+    pub model: String,
+    /// Safetensors file: one f32 tensor [3, H, W] per image, named by its path as given.
+    #[arg(long)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    /// Image files.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// Model directory or hub id of an image classifier (e.g. facebook/dinov2-small-imagenet1k-1-layer).
+    #[arg(long)]
+    pub model: String,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+    /// Compute precision: f32, f16, bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: Dtype,
+    /// How many labels to print per image.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    /// Image files.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
 }

@@ -2,9 +2,14 @@
 
 mod args;
 mod bench;
+mod classify;
+mod embed;
+mod embed_verb;
 mod error;
 mod forward;
 mod info;
+mod model_dir;
+mod preprocess;
 
 use clap::Parser;
 
@@ -14,6 +19,9 @@ fn main() {
         args::Command::Forward(a) => forward::run(a),
         args::Command::Info(a) => info::run(a),
         args::Command::Bench(a) => bench::run(a),
+        args::Command::Embed(a) => embed_verb::run(a),
+        args::Command::Preprocess(a) => preprocess::run(a),
+        args::Command::Classify(a) => classify::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

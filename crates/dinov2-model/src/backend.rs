@@ -54,8 +54,8 @@ pub struct TokenParams<'a, W> {
 pub trait Backend: Send + Sync {
     /// Activations living on the backend.
     type Tensor;
-    /// Parameters, uploaded once.
-    type Weight;
+    /// Parameters, uploaded once (shared by the threads that use the model).
+    type Weight: Send + Sync;
 
     /// A short name for messages (`cpu`, `cuda:0`).
     fn name(&self) -> String;

@@ -20,7 +20,8 @@ pub enum ModelError {
 }
 
 impl ModelError {
-    pub(crate) fn input(name: impl Into<String>, reason: impl Into<String>) -> Self {
+    /// An [`ModelError::Input`] naming the input and the reason.
+    pub fn input(name: impl Into<String>, reason: impl Into<String>) -> Self {
         ModelError::Input {
             name: name.into(),
             reason: reason.into(),

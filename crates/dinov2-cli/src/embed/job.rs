@@ -1,0 +1,297 @@
+//! The resumable state of an embed job, kept in `OUT.partial/` beside the output: chunk files of
+//! finished rows and `state.json` naming them. A chunk is written to a temporary name and renamed;
+//! `state.json` is replaced the same way after it, so a job killed at any point resumes from the last
+//! state it recorded and yields the same rows as one clean run.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde_json::{json, Value};
+
+use crate::error::{CliError, Result};
+
+/// One embedded image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Position in the input list.
+    pub index: usize,
+    pub path: String,
+    /// Size of the original image.
+    pub width: u32,
+    pub height: u32,
+    /// The patch grid, for patch pooling.
+    pub grid: Option<(usize, usize)>,
+    pub values: Vec<f32>,
+}
+
+/// One input that could not be embedded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub index: usize,
+    pub path: String,
+    pub error: String,
+}
+
+/// The job's recorded progress.
+#[derive(Debug)]
+pub struct Job {
+    dir: PathBuf,
+    /// Identifies the inputs and options; a resume must match it.
+    fingerprint: String,
+    /// Inputs `0..done` are embedded or failed.
+    pub done: usize,
+    chunks: Vec<String>,
+    pub failures: Vec<Failure>,
+    /// Rows written so far.
+    pub rows: usize,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> CliError + '_ {
+    move |e| CliError(format!("{}: {e}", path.display()))
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so that `path` is never partial.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// A 64-bit FNV-1a digest, stable across builds (for fingerprints).
+pub fn digest(parts: impl IntoIterator<Item = impl AsRef<[u8]>>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in part.as_ref().iter().chain(&[0xff]) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+impl Job {
+    /// Starts a new job in `dir` (which must not exist).
+    pub fn create(dir: &Path, fingerprint: String) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let job = Job {
+            dir: dir.to_owned(),
+            fingerprint,
+            done: 0,
+            chunks: Vec::new(),
+            failures: Vec::new(),
+            rows: 0,
+        };
+        job.save()?;
+        Ok(job)
+    }
+
+    /// Reopens the job recorded in `dir`, checking that it was started with the same inputs and
+    /// options.
+    pub fn open(dir: &Path, fingerprint: &str) -> Result<Self> {
+        let state = dir.join("state.json");
+        let text = std::fs::read_to_string(&state).map_err(io(&state))?;
+        let bad = |what: &str| {
+            CliError(format!(
+                "{}: {what}; remove {} to start over",
+                state.display(),
+                dir.display()
+            ))
+        };
+        let v: Value = serde_json::from_str(&text).map_err(|_| bad("not valid JSON"))?;
+        let found = v["fingerprint"].as_str().unwrap_or_default();
+        if found != fingerprint {
+            return Err(CliError(format!(
+                "the interrupted job in {} was started with other inputs or options; rerun it with the same \
+                 ones, or use --overwrite to start over",
+                dir.display()
+            )));
+        }
+        let chunks: Vec<String> = v["chunks"]
+            .as_array()
+            .ok_or_else(|| bad("no chunk list"))?
+            .iter()
+            .map(|c| {
+                c.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| bad("bad chunk name"))
+            })
+            .collect::<Result<_>>()?;
+        let failures = v["failures"]
+            .as_array()
+            .ok_or_else(|| bad("no failure list"))?
+            .iter()
+            .map(|f| {
+                Some(Failure {
+                    index: f["index"].as_u64()? as usize,
+                    path: f["path"].as_str()?.to_owned(),
+                    error: f["error"].as_str()?.to_owned(),
+                })
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| bad("bad failure entry"))?;
+        Ok(Job {
+            dir: dir.to_owned(),
+            fingerprint: fingerprint.to_owned(),
+            done: v["done"].as_u64().ok_or_else(|| bad("no progress count"))? as usize,
+            rows: v["rows"].as_u64().ok_or_else(|| bad("no row count"))? as usize,
+            chunks,
+            failures,
+        })
+    }
+
+    fn save(&self) -> Result<()> {
+        let failures: Vec<Value> = self
+            .failures
+            .iter()
+            .map(|f| json!({"index": f.index, "path": f.path, "error": f.error}))
+            .collect();
+        let state = json!({
+            "version": 1,
+            "fingerprint": self.fingerprint,
+            "done": self.done,
+            "rows": self.rows,
+            "chunks": self.chunks,
+            "failures": failures,
+        });
+        write_atomic(&self.dir.join("state.json"), state.to_string().as_bytes())
+    }
+
+    /// Records rows and failures for inputs up to `done`, durably.
+    pub fn commit(&mut self, rows: &[Row], failures: Vec<Failure>, done: usize) -> Result<()> {
+        if !rows.is_empty() {
+            let name = format!("chunk-{:06}.safetensors", self.chunks.len());
+            write_atomic(&self.dir.join(&name), &encode_chunk(rows)?)?;
+            self.chunks.push(name);
+            self.rows += rows.len();
+        }
+        self.failures.extend(failures);
+        self.done = done;
+        self.save()
+    }
+
+    /// The committed rows, chunk by chunk, in input order.
+    pub fn chunks(&self) -> impl Iterator<Item = Result<Vec<Row>>> + '_ {
+        self.chunks.iter().map(|name| {
+            let path = self.dir.join(name);
+            let bytes = std::fs::read(&path).map_err(io(&path))?;
+            decode_chunk(&bytes).map_err(|e| CliError(format!("{}: {e}", path.display())))
+        })
+    }
+
+    /// Deletes the job folder once the output is complete.
+    pub fn remove(self) -> Result<()> {
+        std::fs::remove_dir_all(&self.dir).map_err(io(&self.dir))
+    }
+}
+
+fn encode_chunk(rows: &[Row]) -> Result<Vec<u8>> {
+    let dim = rows[0].values.len();
+    let mut values = Vec::with_capacity(rows.len() * dim);
+    let mut meta = Vec::with_capacity(rows.len());
+    for r in rows {
+        if r.values.len() != dim {
+            return Err(CliError("rows of one chunk differ in length".into()));
+        }
+        values.extend_from_slice(&r.values);
+        meta.push(
+            json!({"index": r.index, "path": r.path, "width": r.width, "height": r.height,
+                         "grid": r.grid.map(|(h, w)| [h, w])}),
+        );
+    }
+    let view = TensorView::new(
+        Dtype::F32,
+        vec![rows.len(), dim],
+        bytemuck::cast_slice(&values),
+    )
+    .map_err(|e| CliError(format!("cannot encode a chunk: {e}")))?;
+    let metadata = HashMap::from([("rows".to_owned(), Value::Array(meta).to_string())]);
+    safetensors::serialize([("values", view)], Some(metadata))
+        .map_err(|e| CliError(format!("cannot encode a chunk: {e}")))
+}
+
+fn decode_chunk(bytes: &[u8]) -> std::result::Result<Vec<Row>, String> {
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
+    let values = st.tensor("values").map_err(|e| e.to_string())?;
+    let dim = values.shape()[1];
+    let data: Vec<f32> = values
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let rows_json = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("rows"))
+        .ok_or("no row metadata")?;
+    let rows: Value = serde_json::from_str(rows_json).map_err(|e| e.to_string())?;
+    rows.as_array()
+        .ok_or("row metadata is not a list")?
+        .iter()
+        .zip(data.chunks_exact(dim))
+        .map(|(r, v)| {
+            let row = || -> Option<Row> {
+                Some(Row {
+                    index: r["index"].as_u64()? as usize,
+                    path: r["path"].as_str()?.to_owned(),
+                    width: r["width"].as_u64()? as u32,
+                    height: r["height"].as_u64()? as u32,
+                    grid: r["grid"].as_array().map(|g| {
+                        (
+                            g[0].as_u64().unwrap_or(0) as usize,
+                            g[1].as_u64().unwrap_or(0) as usize,
+                        )
+                    }),
+                    values: v.to_vec(),
+                })
+            };
+            row().ok_or_else(|| "bad row metadata".to_owned())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(index: usize) -> Row {
+        Row {
+            index,
+            path: format!("img{index}.png"),
+            width: 10 + index as u32,
+            height: 20,
+            grid: Some((1, 2)),
+            values: vec![index as f32, 0.5, -1.0, 2.0],
+        }
+    }
+
+    #[test]
+    fn commits_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let job_dir = dir.path().join("out.npy.partial");
+        let mut job = Job::create(&job_dir, "fp".into()).unwrap();
+        job.commit(
+            &[row(0), row(2)],
+            vec![Failure {
+                index: 1,
+                path: "bad.jpg".into(),
+                error: "truncated".into(),
+            }],
+            3,
+        )
+        .unwrap();
+        job.commit(&[row(3)], vec![], 4).unwrap();
+        let again = Job::open(&job_dir, "fp").unwrap();
+        assert_eq!((again.done, again.rows, again.failures.len()), (4, 3, 1));
+        let rows: Vec<Row> = again.chunks().flat_map(|c| c.unwrap()).collect();
+        assert_eq!(rows, vec![row(0), row(2), row(3)]);
+        assert!(Job::open(&job_dir, "other")
+            .unwrap_err()
+            .0
+            .contains("other inputs or options"));
+    }
+}

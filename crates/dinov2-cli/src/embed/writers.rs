@@ -1,0 +1,256 @@
+//! The embed verb's output files, written from the job's chunks in one streaming pass (memory stays
+//! bounded by one chunk): Parquet (path, width, height, embedding; grid_h, grid_w for patches), npy
+//! (`N x D` or `N x gh x gw x D` float32) or safetensors (`embeddings`), the latter two with
+//! `FILE.paths.txt` naming each row's input.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::{FixedSizeListBuilder, Float32Builder, ListBuilder};
+use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
+use arrow_schema::{DataType, Field, Schema};
+use parquet::arrow::ArrowWriter;
+
+use super::job::{write_atomic, Job, Row};
+use crate::error::{CliError, Result};
+
+/// Output formats, chosen by the output file's extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Parquet,
+    Npy,
+    Safetensors,
+}
+
+impl Format {
+    /// The format of `path`, from its extension.
+    pub fn of(path: &Path) -> Result<Self> {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("parquet") => Ok(Format::Parquet),
+            Some("npy") => Ok(Format::Npy),
+            Some("safetensors") => Ok(Format::Safetensors),
+            _ => Err(CliError(format!(
+                "--output {}: unknown format; use a .parquet, .npy or .safetensors file name",
+                path.display()
+            ))),
+        }
+    }
+}
+
+/// A sibling path: `FILE` + `suffix` (e.g. `out.npy.paths.txt`).
+pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> CliError + '_ {
+    move |e| CliError(format!("cannot write {}: {e}", path.display()))
+}
+
+/// The shape of one row: `[D]` or `[gh, gw, D]`; an error when rows disagree (patch grids of
+/// different sizes fit only Parquet).
+fn row_shape(job: &Job, format: Format) -> Result<Option<Vec<usize>>> {
+    let mut shape: Option<Vec<usize>> = None;
+    for chunk in job.chunks() {
+        for row in chunk? {
+            let s = match row.grid {
+                Some((h, w)) => vec![h, w, row.values.len() / (h * w).max(1)],
+                None => vec![row.values.len()],
+            };
+            match &shape {
+                None => shape = Some(s),
+                Some(prev) if *prev != s && format != Format::Parquet => {
+                    return Err(CliError(format!(
+                        "rows differ in shape ({prev:?} and {s:?}, from {}); {:?} needs one shape: write Parquet \
+                         or preprocess to one size",
+                        row.path, format
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(shape)
+}
+
+/// Writes the final output of `job` to `out` (via a temporary file renamed into place).
+pub fn write_output(job: &Job, out: &Path, format: Format) -> Result<()> {
+    let shape = row_shape(job, format)?;
+    let tmp = sibling(out, ".tmp");
+    match format {
+        Format::Parquet => write_parquet(job, &tmp, shape.as_ref().is_some_and(|s| s.len() == 3))?,
+        Format::Npy | Format::Safetensors => {
+            let mut full = vec![job.rows];
+            full.extend(shape.clone().unwrap_or_else(|| vec![0]));
+            write_dense(job, &tmp, format, &full)?;
+            let mut paths = String::new();
+            for chunk in job.chunks() {
+                for row in chunk? {
+                    paths.push_str(&row.path);
+                    paths.push('\n');
+                }
+            }
+            write_atomic(&sibling(out, ".paths.txt"), paths.as_bytes())?;
+        }
+    }
+    std::fs::rename(&tmp, out).map_err(io(out))
+}
+
+fn write_dense(job: &Job, path: &Path, format: Format, shape: &[usize]) -> Result<()> {
+    let file = File::create(path).map_err(io(path))?;
+    let mut w = BufWriter::new(file);
+    let bytes: usize = shape.iter().product::<usize>() * 4;
+    let header = match format {
+        Format::Npy => {
+            let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+            let dims = if dims.len() == 1 {
+                format!("{},", dims[0])
+            } else {
+                dims.join(", ")
+            };
+            let mut dict =
+                format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({dims}), }}");
+            // Magic (6) + version (2) + length (2) + dict + '\n' is a multiple of 64.
+            while (10 + dict.len() + 1) % 64 != 0 {
+                dict.push(' ');
+            }
+            dict.push('\n');
+            let mut h = b"\x93NUMPY\x01\x00".to_vec();
+            h.extend((dict.len() as u16).to_le_bytes());
+            h.extend(dict.as_bytes());
+            h
+        }
+        _ => {
+            let mut json = serde_json::json!({
+                "embeddings": {"dtype": "F32", "shape": shape, "data_offsets": [0, bytes]},
+                "__metadata__": {"format": "dinov2 embed", "paths": "see FILE.paths.txt"},
+            })
+            .to_string();
+            while json.len() % 8 != 0 {
+                json.push(' ');
+            }
+            let mut h = (json.len() as u64).to_le_bytes().to_vec();
+            h.extend(json.as_bytes());
+            h
+        }
+    };
+    w.write_all(&header).map_err(io(path))?;
+    for chunk in job.chunks() {
+        for row in chunk? {
+            w.write_all(bytemuck::cast_slice(&row.values))
+                .map_err(io(path))?;
+        }
+    }
+    w.flush().map_err(io(path))?;
+    w.into_inner()
+        .map_err(|e| io(path)(e.into_error()))?
+        .sync_all()
+        .map_err(io(path))
+}
+
+fn write_parquet(job: &Job, path: &Path, patch: bool) -> Result<()> {
+    let file = File::create(path).map_err(io(path))?;
+    let pq = |e: parquet::errors::ParquetError| {
+        CliError(format!("cannot write {}: {e}", path.display()))
+    };
+    let arrow =
+        |e: arrow_schema::ArrowError| CliError(format!("cannot write {}: {e}", path.display()));
+    let mut writer: Option<ArrowWriter<File>> = None;
+    let mut file = Some(file);
+    for chunk in job.chunks() {
+        let rows: Vec<Row> = chunk?;
+        let dim = rows[0].values.len();
+        let item = Arc::new(Field::new("item", DataType::Float32, false));
+        let mut columns: Vec<(&str, ArrayRef)> = vec![
+            (
+                "path",
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|r| r.path.as_str()),
+                )),
+            ),
+            (
+                "width",
+                Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.width))),
+            ),
+            (
+                "height",
+                Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.height))),
+            ),
+        ];
+        let embedding: ArrayRef = if patch {
+            let mut b = ListBuilder::new(Float32Builder::new()).with_field(item.clone());
+            for r in &rows {
+                b.values().append_slice(&r.values);
+                b.append(true);
+            }
+            Arc::new(b.finish())
+        } else {
+            let mut b = FixedSizeListBuilder::new(Float32Builder::new(), dim as i32)
+                .with_field(item.clone());
+            for r in &rows {
+                b.values().append_slice(&r.values);
+                b.append(true);
+            }
+            Arc::new(b.finish())
+        };
+        columns.push(("embedding", embedding));
+        if patch {
+            let grid = |f: fn((usize, usize)) -> usize| -> ArrayRef {
+                Arc::new(UInt32Array::from_iter_values(
+                    rows.iter().map(|r| f(r.grid.unwrap_or((0, 0))) as u32),
+                ))
+            };
+            columns.push(("grid_h", grid(|g| g.0)));
+            columns.push(("grid_w", grid(|g| g.1)));
+        }
+        let fields: Vec<Field> = columns
+            .iter()
+            .map(|(name, array)| Field::new(*name, array.data_type().clone(), false))
+            .collect();
+        let schema = Arc::new(Schema::new(fields));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            columns.into_iter().map(|(_, a)| a).collect(),
+        )
+        .map_err(arrow)?;
+        if writer.is_none() {
+            writer = Some(
+                ArrowWriter::try_new(file.take().expect("file is taken once"), schema, None)
+                    .map_err(pq)?,
+            );
+        }
+        writer
+            .as_mut()
+            .expect("writer was just created")
+            .write(&batch)
+            .map_err(pq)?;
+    }
+    match writer {
+        Some(w) => {
+            w.close().map_err(pq)?;
+        }
+        None => {
+            // No image was embedded: an empty file with the columns, so readers see the schema.
+            let item = Arc::new(Field::new("item", DataType::Float32, false));
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("path", DataType::Utf8, false),
+                Field::new("width", DataType::UInt32, false),
+                Field::new("height", DataType::UInt32, false),
+                Field::new("embedding", DataType::List(item), false),
+            ]));
+            ArrowWriter::try_new(file.take().expect("file is unused"), schema, None)
+                .map_err(pq)?
+                .close()
+                .map_err(pq)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! `dinov2 embed`: builds the embedder from the arguments and runs the job.
+
+use dinov2::image::DecodeOptions;
+use dinov2::{preprocess_config, Checkpoint, CpuBackend, Dinov2, Embedder};
+
+use crate::args::{DecodeArgs, Device, EmbedArgs};
+use crate::embed::{expand_inputs, run as run_job, Format, Settings};
+use crate::error::{CliError, Result};
+use crate::model_dir::resolve;
+
+/// Decoding options from the command line.
+pub fn decode_options(args: &DecodeArgs) -> DecodeOptions {
+    DecodeOptions {
+        max_pixels: args.max_pixels,
+        apply_exif_orientation: args.apply_exif_orientation,
+        ..DecodeOptions::default()
+    }
+}
+
+/// Runs the embed verb.
+pub fn run(args: EmbedArgs) -> Result<()> {
+    if let Device::Cuda(_) = args.device {
+        return Err(CliError(
+            "--device cuda: the CUDA backend is not available in this build yet; use --device cpu"
+                .into(),
+        ));
+    }
+    if args.batch_size == 0 {
+        return Err(CliError("--batch-size must be at least 1".into()));
+    }
+    let format = Format::of(&args.output)?;
+    let inputs = expand_inputs(&args.inputs)?;
+    let dir = resolve(&args.model)?;
+    let checkpoint = Checkpoint::open(&dir)?;
+    let preprocess = preprocess_config(&dir)?;
+    let identity = vec![
+        std::fs::canonicalize(&dir)
+            .unwrap_or(dir.clone())
+            .display()
+            .to_string(),
+        format!("{:?}", args.device),
+        args.dtype.to_string(),
+        format!("{preprocess:?}"),
+        format!("{:?}", decode_options(&args.decode)),
+    ];
+    let model = Dinov2::load(CpuBackend::new(args.dtype)?, &checkpoint)?;
+    let embedder = Embedder::new(model, preprocess)
+        .with_pooling(args.pooling)
+        .with_normalize(args.normalize)
+        .with_decode_options(decode_options(&args.decode));
+    let settings = Settings {
+        inputs,
+        output: args.output,
+        format,
+        batch_size: args.batch_size,
+        pooling: args.pooling,
+        normalize: args.normalize,
+        on_error: args.on_error,
+        overwrite: args.overwrite,
+        resume: args.resume,
+        workers: args
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        chunk_rows: args.chunk_rows.max(1),
+        identity,
+    };
+    run_job(&embedder, settings)
+}

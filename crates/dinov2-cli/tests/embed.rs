@@ -1,0 +1,454 @@
+//! `dinov2 embed` end to end, on the sample checkpoint and images that ship with the repository:
+//! parity with transformers (PIL processor + float64 model), bad files skipped and named, every
+//! output format, pooling choices, and an interrupted job resumed into the same rows.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use safetensors::SafeTensors;
+use tempfile::TempDir;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn model() -> String {
+    root()
+        .join("assets/models/dinov2-tiny-random")
+        .display()
+        .to_string()
+}
+
+fn dinov2(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dinov2"))
+        .args(args)
+        .output()
+        .expect("dinov2 runs")
+}
+
+/// The sample photos, copied into `dir` (sorted names).
+fn sample_images(dir: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(root().join("assets/images")).unwrap() {
+        let path = entry.unwrap().path();
+        if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("jpg" | "png")
+        ) {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            std::fs::copy(&path, dir.join(&name)).unwrap();
+            names.push(name);
+        }
+    }
+    names.sort();
+    names
+}
+
+/// An `.npy` file of f32: shape and values.
+fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    assert_eq!((10 + len) % 64, 0, "header is 64-byte aligned");
+    let header = std::str::from_utf8(&bytes[10..10 + len]).unwrap();
+    assert!(
+        header.contains("'descr': '<f4'") && header.contains("'fortran_order': False"),
+        "{header}"
+    );
+    let dims = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let shape: Vec<usize> = dims
+        .split(',')
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| d.trim().parse().unwrap())
+        .collect();
+    let values: Vec<f32> = bytes[10 + len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(values.len(), shape.iter().product::<usize>());
+    (shape, values)
+}
+
+fn expected(name: &str) -> Vec<f64> {
+    let bytes = std::fs::read(root().join("tests/fixtures/embed/expected.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    t.data()
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    (num / den).sqrt()
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn folder_with_bad_files_matches_transformers() {
+    let dir = TempDir::new().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(images.join("nested")).unwrap();
+    let names = sample_images(&images);
+    std::fs::write(images.join("garbage.jpg"), b"this is not an image").unwrap();
+    std::fs::write(images.join("empty.png"), b"").unwrap();
+    let jpeg = std::fs::read(images.join("chelsea.jpg")).unwrap();
+    std::fs::write(images.join("nested/truncated.jpg"), &jpeg[..jpeg.len() / 3]).unwrap();
+    let out = dir.path().join("emb.npy");
+    let r = dinov2(&[
+        "embed",
+        "--model",
+        &model(),
+        "--batch-size",
+        "3",
+        "--output",
+        out.to_str().unwrap(),
+        images.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    for bad in ["garbage.jpg", "empty.png", "truncated.jpg"] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with("skipped") && l.contains(bad)),
+            "{bad}: {stderr}"
+        );
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let errors = lines(&PathBuf::from(format!("{}.errors.jsonl", out.display())));
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    let paths = lines(&PathBuf::from(format!("{}.paths.txt", out.display())));
+    let got: Vec<String> = paths
+        .iter()
+        .map(|p| {
+            Path::new(p)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(got, names, "every good image, in path order");
+    let (shape, values) = read_npy(&out);
+    assert_eq!(shape, vec![names.len(), 48]);
+    for (i, name) in names.iter().enumerate() {
+        let err = rel_l2(
+            &values[i * 48..(i + 1) * 48],
+            &expected(&format!("{name}.cls")),
+        );
+        assert!(
+            err <= 1e-5,
+            "{name}: relative L2 {err:.2e} against transformers (float64)"
+        );
+    }
+    assert!(!PathBuf::from(format!("{}.partial", out.display())).exists());
+}
+
+#[test]
+fn embed_equals_forward_on_preprocessed_images() {
+    let dir = TempDir::new().unwrap();
+    let names = sample_images(dir.path());
+    let images: Vec<String> = names
+        .iter()
+        .map(|n| dir.path().join(n).display().to_string())
+        .collect();
+    let pre = dir.path().join("pixels.safetensors");
+    let model = model();
+    let mut args = vec![
+        "preprocess",
+        "--model",
+        &model,
+        "--output",
+        pre.to_str().unwrap(),
+    ];
+    args.extend(images.iter().map(String::as_str));
+    assert!(dinov2(&args).status.success());
+    let emb = dir.path().join("emb.safetensors");
+    let mut args = vec![
+        "embed",
+        "--model",
+        &model,
+        "--pooling",
+        "cls+mean",
+        "--output",
+        emb.to_str().unwrap(),
+    ];
+    args.extend(images.iter().map(String::as_str));
+    let r = dinov2(&args);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let emb_bytes = std::fs::read(&emb).unwrap();
+    let st = SafeTensors::deserialize(&emb_bytes).unwrap();
+    let e = st.tensor("embeddings").unwrap();
+    assert_eq!(e.shape(), [names.len(), 96]);
+    let e: Vec<f32> = e
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let pre_bytes = std::fs::read(&pre).unwrap();
+    let pre_st = SafeTensors::deserialize(&pre_bytes).unwrap();
+    for (i, image) in images.iter().enumerate() {
+        // forward on the preprocessed image alone.
+        let t = pre_st.tensor(image).unwrap();
+        assert_eq!(t.shape(), [3, 224, 224]);
+        let input = dir.path().join(format!("in{i}.safetensors"));
+        let mut shape = vec![1];
+        shape.extend(t.shape());
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, t.data()).unwrap();
+        safetensors::serialize_to_file([("pixel_values", view)], None, &input).unwrap();
+        let output = dir.path().join(format!("out{i}.safetensors"));
+        assert!(dinov2(&[
+            "forward",
+            "--model",
+            &model,
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap()
+        ])
+        .status
+        .success());
+        let out_bytes = std::fs::read(&output).unwrap();
+        let out = SafeTensors::deserialize(&out_bytes).unwrap();
+        let pooled: Vec<f32> = out
+            .tensor("pooler_output")
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let row = &e[i * 96..(i + 1) * 96];
+        let diff = row[..48]
+            .iter()
+            .zip(&pooled)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 1e-5, "{image}: embed and forward differ by {diff}");
+        let mean_err = rel_l2(&row[48..], &expected(&format!("{}.mean", names[i])));
+        assert!(mean_err <= 1e-5, "{image}: patch mean {mean_err:.2e}");
+    }
+}
+
+#[test]
+fn parquet_patch_and_normalize() {
+    let dir = TempDir::new().unwrap();
+    sample_images(dir.path());
+    let images = dir.path().display().to_string();
+    let pq = dir.path().join("emb.parquet");
+    let r = dinov2(&[
+        "embed",
+        "--model",
+        &model(),
+        "--normalize",
+        "--output",
+        pq.to_str().unwrap(),
+        &images,
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let reader =
+        parquet::file::reader::SerializedFileReader::new(File::open(&pq).unwrap()).unwrap();
+    use parquet::file::reader::FileReader;
+    let meta = reader.metadata();
+    assert_eq!(meta.file_metadata().num_rows(), 7);
+    let columns: Vec<String> = meta
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .map(|c| c.path().string())
+        .collect();
+    assert_eq!(columns, ["path", "width", "height", "embedding.list.item"]);
+
+    let npy = dir.path().join("patch.npy");
+    let r = dinov2(&[
+        "embed",
+        "--model",
+        &model(),
+        "--pooling",
+        "patch",
+        "--normalize",
+        "--output",
+        npy.to_str().unwrap(),
+        &images,
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let (shape, values) = read_npy(&npy);
+    assert_eq!(shape, vec![7, 16, 16, 48]);
+    for v in values.chunks_exact(48) {
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+    }
+}
+
+#[test]
+fn existing_output_is_never_silently_replaced() {
+    let dir = TempDir::new().unwrap();
+    sample_images(dir.path());
+    let images = dir.path().display().to_string();
+    let out = dir.path().join("emb.npy");
+    std::fs::write(&out, b"precious").unwrap();
+    let r = dinov2(&[
+        "embed",
+        "--model",
+        &model(),
+        "--output",
+        out.to_str().unwrap(),
+        &images,
+    ]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("--overwrite"));
+    assert_eq!(std::fs::read(&out).unwrap(), b"precious");
+    let r = dinov2(&[
+        "embed",
+        "--model",
+        &model(),
+        "--resume",
+        "--output",
+        out.to_str().unwrap(),
+        &images,
+    ]);
+    assert!(
+        r.status.success(),
+        "a complete output has nothing to resume"
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"precious");
+    let r = dinov2(&[
+        "embed",
+        "--model",
+        &model(),
+        "--overwrite",
+        "--output",
+        out.to_str().unwrap(),
+        &images,
+    ]);
+    assert!(r.status.success());
+    assert_eq!(read_npy(&out).0, vec![7, 48]);
+    let r = dinov2(&[
+        "embed",
+        "--model",
+        &model(),
+        "--output",
+        dir.path().join("x.csv").to_str().unwrap(),
+        &images,
+    ]);
+    assert!(String::from_utf8_lossy(&r.stderr).contains(".parquet, .npy or .safetensors"));
+}
+
+#[test]
+fn on_error_fail_stops_at_the_first_bad_input() {
+    let dir = TempDir::new().unwrap();
+    sample_images(dir.path());
+    std::fs::write(dir.path().join("b_bad.png"), b"nope").unwrap();
+    let out = dir.path().join("emb.npy");
+    let r = dinov2(&[
+        "embed",
+        "--model",
+        &model(),
+        "--on-error",
+        "fail",
+        "--output",
+        out.to_str().unwrap(),
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("b_bad.png"));
+    assert!(!out.exists());
+}
+
+/// Kills a job (SIGKILL) after it committed some rows, resumes it, and compares with a clean run.
+#[test]
+fn killed_job_resumes_into_the_same_rows() {
+    let dir = TempDir::new().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let names = sample_images(&images);
+    for copy in 0..5 {
+        for n in &names {
+            std::fs::copy(images.join(n), images.join(format!("copy{copy}_{n}"))).unwrap();
+        }
+    }
+    let images = images.display().to_string();
+    let run = |out: &Path, extra: &[&str]| -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dinov2"));
+        c.args([
+            "embed",
+            "--model",
+            &model(),
+            "--batch-size",
+            "2",
+            "--chunk-rows",
+            "2",
+            "--workers",
+            "1",
+            "--output",
+        ])
+        .arg(out)
+        .args(extra)
+        .arg(&images)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        c
+    };
+    let clean = dir.path().join("clean.npy");
+    assert!(run(&clean, &[]).status().unwrap().success());
+
+    let out = dir.path().join("resumed.npy");
+    let state = dir.path().join("resumed.npy.partial/state.json");
+    let mut child = run(&out, &[]).spawn().unwrap();
+    let started = Instant::now();
+    let mut killed_mid_job = false;
+    while started.elapsed() < Duration::from_secs(60) {
+        let done = std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|v| v["done"].as_u64())
+            .unwrap_or(0);
+        if done > 0 {
+            child.kill().unwrap();
+            killed_mid_job = !out.exists();
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = child.wait();
+    assert!(
+        killed_mid_job,
+        "the job was not caught mid-way; the test needs a slower job"
+    );
+    let r = run(&out, &["--resume"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&clean).unwrap(),
+        "resumed rows differ from a clean run"
+    );
+    assert_eq!(
+        std::fs::read(format!("{}.paths.txt", out.display())).unwrap(),
+        std::fs::read(format!("{}.paths.txt", clean.display())).unwrap()
+    );
+}

@@ -1,0 +1,72 @@
+//! Image decoding and DINOv2 preprocessing with Hugging Face transformers parity.
+//!
+//! The reference is transformers 5.17.0's `BitImageProcessorPil` (the PIL backend of the
+//! processor every facebook/dinov2-* checkpoint names) with Pillow 13: the decoded RGB pixels,
+//! the resized 8-bit image and the float32 `pixel_values` are reproduced bit for bit (the tests
+//! compare against fixtures written by `xtask/golden/make_preprocess.py`).
+//!
+//! ```no_run
+//! use dinov2_image::{load_and_preprocess, DecodeOptions, PreprocessConfig};
+//!
+//! let config = PreprocessConfig::from_file("model/preprocessor_config.json")?;
+//! let (pixels, (width, height)) =
+//!     load_and_preprocess("cat.jpg", &DecodeOptions::default(), &config)?;
+//! assert_eq!(pixels.shape, [3, 224, 224]);
+//! # let _ = (width, height);
+//! # Ok::<(), dinov2_image::ImageError>(())
+//! ```
+//!
+//! Steps, each public on its own: [`decode`] / [`decode_file`] (bytes to [`RgbImage`], as
+//! Pillow's `Image.open(...).convert("RGB")`), [`resize_output_size`] and [`resize`] (Pillow's
+//! `Image.resize`), [`center_crop`], and [`preprocess`] for the whole pipeline.
+
+mod config;
+mod convert;
+mod decode;
+mod error;
+mod exif;
+mod preprocess;
+mod resize;
+mod rgb;
+
+use std::path::Path;
+
+pub use config::{
+    HeightWidth, PreprocessConfig, Resample, SizeSpec, IMAGENET_MEAN, IMAGENET_STD,
+    OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+};
+pub use decode::{
+    decode, decode_file, detect_format, DecodeOptions, DEFAULT_MAX_DIMENSION, DEFAULT_MAX_PIXELS,
+};
+pub use error::{ImageError, ImageFormat, Result};
+pub use exif::Orientation;
+pub use preprocess::{
+    center_crop, preprocess, resize_output_size, PixelValues, MAX_RESIZED_PIXELS,
+};
+pub use resize::resize;
+pub use rgb::RgbImage;
+
+/// Reads, decodes and preprocesses one image file. Returns the `pixel_values` and the size
+/// `(width, height)` of the decoded image (after the EXIF rotation, when that is enabled).
+pub fn load_and_preprocess(
+    path: impl AsRef<Path>,
+    decode_options: &DecodeOptions,
+    config: &PreprocessConfig,
+) -> Result<(PixelValues, (u32, u32))> {
+    let path = path.as_ref();
+    let image = decode_file(path, decode_options)?;
+    let size = (image.width, image.height);
+    let values = preprocess(&image, config).map_err(|e| match e {
+        ImageError::Preprocess {
+            width,
+            height,
+            detail,
+        } => ImageError::Preprocess {
+            width,
+            height,
+            detail: format!("{} ({})", detail, path.display()),
+        },
+        other => other,
+    })?;
+    Ok((values, size))
+}

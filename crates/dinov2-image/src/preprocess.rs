@@ -1,0 +1,291 @@
+//! The `BitImageProcessorPil` pipeline of transformers 5.17.0 on one RGB image:
+//! resize (PIL) -> center crop (zero padding) -> rescale -> normalise -> pad, giving float32
+//! `pixel_values` in `[3, H, W]` (channels first).
+//!
+//! * Output size of the resize: transformers' `get_resize_output_image_size` (shortest edge),
+//!   `get_size_with_aspect_ratio` (shortest + longest edge), `get_image_size_for_max_height_width`
+//!   or the plain `{height, width}`; Python's float arithmetic and `int()` truncation are
+//!   reproduced.
+//! * Center crop (`image_transforms.center_crop`): `top = (H - h) // 2` (floor); if the crop
+//!   does not fit, the image is first placed on a zero canvas of `max(H, h) x max(W, w)` at
+//!   `ceil((max - H) / 2)`.
+//! * Rescale: `float32(float64(u8) * rescale_factor)`; normalise in float32:
+//!   `(v - float32(mean)) / float32(std)`; without rescale the uint8 values are cast to float32.
+//! * Pad (`do_pad`): zeros at the bottom and right up to `pad_size`, after normalisation.
+
+use crate::config::{HeightWidth, PreprocessConfig, SizeSpec};
+use crate::error::{ImageError, Result};
+use crate::resize::resize;
+use crate::rgb::RgbImage;
+
+/// Model input for one image: float32, channels first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PixelValues {
+    /// `[3, height, width]`.
+    pub shape: [usize; 3],
+    /// `3 * height * width` values, channel planes R, G, B one after another, each row-major.
+    pub data: Vec<f32>,
+}
+
+impl PixelValues {
+    /// Height of the planes.
+    pub fn height(&self) -> usize {
+        self.shape[1]
+    }
+
+    /// Width of the planes.
+    pub fn width(&self) -> usize {
+        self.shape[2]
+    }
+}
+
+/// Largest image the resize may produce (the same bound as the decoders' default pixel limit),
+/// so that an extreme aspect ratio cannot ask for gigabytes.
+pub const MAX_RESIZED_PIXELS: u64 = crate::decode::DEFAULT_MAX_PIXELS;
+
+fn preprocess_err(image: &RgbImage, detail: String) -> ImageError {
+    ImageError::Preprocess {
+        width: image.width,
+        height: image.height,
+        detail,
+    }
+}
+
+/// The `(height, width)` transformers 5.17's PIL backend resizes a `height x width` image to for
+/// `size`. Errors when the result would be empty.
+pub fn resize_output_size(height: u32, width: u32, size: &SizeSpec) -> Result<(u32, u32)> {
+    let (h, w) = (height as u64, width as u64);
+    let (oh, ow): (u64, u64) = match *size {
+        SizeSpec::ShortestEdge(s) => {
+            let s = s as u64;
+            let (short, long) = if w <= h { (w, h) } else { (h, w) };
+            // Python: int(s * long / short), an exact integer product, true division, truncation.
+            let new_long = ((s * long) as f64 / short as f64) as u64;
+            if w <= h {
+                (new_long, s)
+            } else {
+                (s, new_long)
+            }
+        }
+        SizeSpec::ShortestLongest {
+            shortest_edge,
+            longest_edge,
+        } => size_with_aspect_ratio(h, w, shortest_edge as u64, longest_edge as u64),
+        SizeSpec::Exact { height, width } => (height as u64, width as u64),
+        SizeSpec::MaxHeightWidth {
+            max_height,
+            max_width,
+        } => {
+            let height_scale = max_height as f64 / h as f64;
+            let width_scale = max_width as f64 / w as f64;
+            let min_scale = if width_scale < height_scale {
+                width_scale
+            } else {
+                height_scale
+            };
+            ((h as f64 * min_scale) as u64, (w as f64 * min_scale) as u64)
+        }
+    };
+    if oh == 0 || ow == 0 || oh > u32::MAX as u64 || ow > u32::MAX as u64 {
+        return Err(ImageError::Preprocess {
+            width,
+            height,
+            detail: format!(
+                "resize with size {size:?}: expected a non-empty output size that fits in 32 bits, \
+                 found {oh}x{ow} (height x width)"
+            ),
+        });
+    }
+    Ok((oh as u32, ow as u32))
+}
+
+/// transformers' `get_size_with_aspect_ratio((h, w), size, max_size)`.
+fn size_with_aspect_ratio(h: u64, w: u64, size: u64, max_size: u64) -> (u64, u64) {
+    let mut size = size;
+    let mut raw_size: Option<f64> = None;
+    let min_original = h.min(w) as f64;
+    let max_original = h.max(w) as f64;
+    if max_original / min_original * size as f64 > max_size as f64 {
+        let raw = max_size as f64 * min_original / max_original;
+        raw_size = Some(raw);
+        size = raw.round_ties_even() as u64;
+    }
+    if (h <= w && h == size) || (w <= h && w == size) {
+        (h, w)
+    } else if w < h {
+        let oh = match raw_size {
+            Some(raw) => (raw * h as f64 / w as f64) as u64,
+            None => ((size * h) as f64 / w as f64) as u64,
+        };
+        (oh, size)
+    } else {
+        let ow = match raw_size {
+            Some(raw) => (raw * w as f64 / h as f64) as u64,
+            None => ((size * w) as f64 / h as f64) as u64,
+        };
+        (size, ow)
+    }
+}
+
+/// transformers' `center_crop` on an RGB image: crop `crop.height x crop.width` around the
+/// center (offsets rounded down), zero-padding where the image is smaller.
+pub fn center_crop(image: &RgbImage, crop: HeightWidth) -> Result<RgbImage> {
+    image.validate()?;
+    if crop.height == 0 || crop.width == 0 {
+        return Err(preprocess_err(
+            image,
+            format!(
+                "center crop to {}x{}: expected a non-empty size",
+                crop.height, crop.width
+            ),
+        ));
+    }
+    let (h, w) = (image.height as i64, image.width as i64);
+    let (ch, cw) = (crop.height as i64, crop.width as i64);
+    let mut top = (h - ch).div_euclid(2);
+    let mut left = (w - cw).div_euclid(2);
+    let (mut pad_top, mut pad_left) = (0i64, 0i64);
+    if !(top >= 0 && top + ch <= h && left >= 0 && left + cw <= w) {
+        let new_h = ch.max(h);
+        let new_w = cw.max(w);
+        pad_top = (new_h - h + 1) / 2; // ceil((new_h - h) / 2), non-negative
+        pad_left = (new_w - w + 1) / 2;
+        top += pad_top;
+        left += pad_left;
+    }
+    // Output (y, x) reads padded (top + y, left + x) = image (top + y - pad_top, ...), or 0.
+    let mut out = vec![0u8; (ch * cw * 3) as usize];
+    let row_bytes = (cw * 3) as usize;
+    for (y, out_row) in out.chunks_exact_mut(row_bytes).enumerate() {
+        let sy = top + y as i64 - pad_top;
+        if sy < 0 || sy >= h {
+            continue;
+        }
+        let x0 = (pad_left - left).max(0); // first output column inside the image
+        let x1 = (w + pad_left - left).min(cw); // one past the last
+        if x0 >= x1 {
+            continue;
+        }
+        let sx0 = left + x0 - pad_left;
+        let src = ((sy * w + sx0) * 3) as usize;
+        let len = ((x1 - x0) * 3) as usize;
+        out_row[(x0 * 3) as usize..(x0 * 3) as usize + len]
+            .copy_from_slice(&image.data[src..src + len]);
+    }
+    Ok(RgbImage {
+        width: crop.width,
+        height: crop.height,
+        data: out,
+    })
+}
+
+/// Runs the whole `BitImageProcessorPil` pipeline of `config` on `image`.
+///
+/// `do_convert_rgb` has no effect: the input is RGB already (decoding converts as Pillow does).
+pub fn preprocess(image: &RgbImage, config: &PreprocessConfig) -> Result<PixelValues> {
+    image.validate()?;
+    let resized;
+    let mut current = image;
+    if config.do_resize {
+        let (oh, ow) = resize_output_size(image.height, image.width, &config.size)?;
+        if oh as u64 * ow as u64 > MAX_RESIZED_PIXELS {
+            return Err(preprocess_err(
+                image,
+                format!(
+                    "resize with size {:?} would give {oh}x{ow} (height x width) pixels, more than \
+                     the limit of {MAX_RESIZED_PIXELS}",
+                    config.size
+                ),
+            ));
+        }
+        resized = resize(image, ow, oh, config.resample)?;
+        current = &resized;
+    }
+    let cropped;
+    if config.do_center_crop {
+        cropped = center_crop(current, config.crop_size)?;
+        current = &cropped;
+    }
+    let (h, w) = (current.height as usize, current.width as usize);
+    let plane = h * w;
+    let mut data = vec![0f32; 3 * plane];
+    let mean = config.image_mean.map(|m| m as f32);
+    let std = config.image_std.map(|s| s as f32);
+    for (i, px) in current.data.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            let mut v = if config.do_rescale {
+                (px[c] as f64 * config.rescale_factor) as f32
+            } else {
+                px[c] as f32
+            };
+            if config.do_normalize {
+                v = (v - mean[c]) / std[c];
+            }
+            data[c * plane + i] = v;
+        }
+    }
+    let mut values = PixelValues {
+        shape: [3, h, w],
+        data,
+    };
+    if config.do_pad {
+        if let Some(pad) = config.pad_size {
+            values =
+                pad_bottom_right(values, pad).map_err(|detail| preprocess_err(image, detail))?;
+        }
+    }
+    Ok(values)
+}
+
+fn pad_bottom_right(values: PixelValues, pad: HeightWidth) -> Result<PixelValues, String> {
+    let (h, w) = (values.height(), values.width());
+    let (ph, pw) = (pad.height as usize, pad.width as usize);
+    if ph < h || pw < w {
+        return Err(format!(
+            "pad to {ph}x{pw}: expected a pad_size at least the image size {h}x{w} (height x width)"
+        ));
+    }
+    if (ph, pw) == (h, w) {
+        return Ok(values);
+    }
+    let mut data = vec![0f32; 3 * ph * pw];
+    for c in 0..3 {
+        for y in 0..h {
+            let src = &values.data[(c * h + y) * w..(c * h + y + 1) * w];
+            data[(c * ph + y) * pw..(c * ph + y) * pw + w].copy_from_slice(src);
+        }
+    }
+    Ok(PixelValues {
+        shape: [3, ph, pw],
+        data,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shortest_edge_examples_from_the_spec() {
+        let s = SizeSpec::ShortestEdge(256);
+        assert_eq!(resize_output_size(480, 640, &s).unwrap(), (256, 341));
+        assert_eq!(resize_output_size(1000, 333, &s).unwrap(), (768, 256));
+        assert_eq!(resize_output_size(256, 256, &s).unwrap(), (256, 256));
+    }
+
+    #[test]
+    fn crop_with_padding_centres_the_image() {
+        let img = RgbImage::new(1, 1, vec![9, 9, 9]).unwrap();
+        let out = center_crop(
+            &img,
+            HeightWidth {
+                height: 3,
+                width: 2,
+            },
+        )
+        .unwrap();
+        // new 3x2 canvas, pad_top = ceil(2/2) = 1, pad_left = ceil(1/2) = 1.
+        assert_eq!(out.pixel(1, 1), Some([9, 9, 9]));
+        assert_eq!(out.data.iter().filter(|&&v| v == 9).count(), 3);
+    }
+}

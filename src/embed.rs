@@ -1,0 +1,189 @@
+//! Embedding images from Rust: paths, encoded bytes or decoded RGB images in, one [`Embedding`]
+//! each out, with the checkpoint's preprocessing (Pillow parity) and the chosen pooling.
+//!
+//! ```no_run
+//! use dinov2::{CpuBackend, Embedder, Pooling};
+//!
+//! let embedder = Embedder::from_dir("path/to/dinov2-small", CpuBackend)?
+//!     .with_pooling(Pooling::Cls)
+//!     .with_normalize(true);
+//! for result in embedder.embed_paths(&["cat.jpg", "dog.png"]) {
+//!     println!("{:?}", result.map(|e| e.values.len()));
+//! }
+//! # Ok::<(), dinov2::Error>(())
+//! ```
+
+use std::path::Path;
+
+use dinov2_image::{
+    decode, decode_file, preprocess, DecodeOptions, PixelValues, PreprocessConfig, RgbImage,
+};
+
+use crate::error::{Error, Result};
+use crate::pooling::{pool, Embedding, Pooling};
+use crate::{Backend, Checkpoint, Dinov2, ForwardOptions, Tensor};
+
+/// A model with its preprocessing and pooling.
+pub struct Embedder<B: Backend> {
+    model: Dinov2<B>,
+    preprocess: PreprocessConfig,
+    decode: DecodeOptions,
+    pooling: Pooling,
+    normalize: bool,
+}
+
+/// The checkpoint's `preprocessor_config.json`, or the facebook/dinov2 values when it has none.
+pub fn preprocess_config(dir: &Path) -> Result<PreprocessConfig> {
+    let path = dir.join("preprocessor_config.json");
+    if path.is_file() {
+        Ok(PreprocessConfig::from_file(&path)?)
+    } else {
+        Ok(PreprocessConfig::default())
+    }
+}
+
+impl<B: Backend> Embedder<B>
+where
+    B::Tensor: Clone,
+{
+    /// An embedder over `model` with `preprocess`; CLS pooling, not normalized.
+    pub fn new(model: Dinov2<B>, preprocess: PreprocessConfig) -> Self {
+        Embedder {
+            model,
+            preprocess,
+            decode: DecodeOptions::default(),
+            pooling: Pooling::Cls,
+            normalize: false,
+        }
+    }
+
+    /// Loads the checkpoint in `dir` and its preprocessing onto `backend`.
+    pub fn from_dir(dir: impl AsRef<Path>, backend: B) -> Result<Self> {
+        let dir = dir.as_ref();
+        let checkpoint = Checkpoint::open(dir)?;
+        let model = Dinov2::load(backend, &checkpoint)?;
+        Ok(Self::new(model, preprocess_config(dir)?))
+    }
+
+    /// Chooses the pooling.
+    pub fn with_pooling(mut self, pooling: Pooling) -> Self {
+        self.pooling = pooling;
+        self
+    }
+
+    /// L2-normalizes each output vector (each patch vector for patch pooling).
+    pub fn with_normalize(mut self, normalize: bool) -> Self {
+        self.normalize = normalize;
+        self
+    }
+
+    /// Sets the decoding limits and the EXIF option.
+    pub fn with_decode_options(mut self, options: DecodeOptions) -> Self {
+        self.decode = options;
+        self
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Dinov2<B> {
+        &self.model
+    }
+
+    /// Decodes and preprocesses an image file: its pixel values and original `(width, height)`.
+    pub fn prepare_path(&self, path: impl AsRef<Path>) -> Result<(PixelValues, (u32, u32))> {
+        let image = decode_file(path.as_ref(), &self.decode)?;
+        Ok((
+            preprocess(&image, &self.preprocess)?,
+            (image.width, image.height),
+        ))
+    }
+
+    /// Decodes and preprocesses encoded image bytes.
+    pub fn prepare_bytes(&self, bytes: &[u8]) -> Result<(PixelValues, (u32, u32))> {
+        let image = decode(bytes, &self.decode)?;
+        Ok((
+            preprocess(&image, &self.preprocess)?,
+            (image.width, image.height),
+        ))
+    }
+
+    /// Runs the model on preprocessed images, batching those of equal size together.
+    pub fn embed_prepared(&self, images: &[PixelValues]) -> Result<Vec<Embedding>> {
+        let mut out = Vec::with_capacity(images.len());
+        let config = self.model.config();
+        for group in images.chunk_by(|a, b| a.shape == b.shape) {
+            let [c, h, w] = group[0].shape;
+            let mut data = Vec::with_capacity(group.len() * c * h * w);
+            group.iter().for_each(|p| data.extend_from_slice(&p.data));
+            let pixels = Tensor::new(vec![group.len(), c, h, w], data).ok_or_else(|| {
+                Error::Model(crate::ModelError::input(
+                    "pixel_values",
+                    "inconsistent sizes",
+                ))
+            })?;
+            let output = self
+                .model
+                .forward(&pixels, None, &ForwardOptions::default())?;
+            let grid = (h / config.patch_size, w / config.patch_size);
+            out.extend(pool(
+                &output,
+                config.num_prefix_tokens(),
+                grid,
+                self.pooling,
+                self.normalize,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Embeds decoded RGB images.
+    pub fn embed_images(&self, images: &[RgbImage]) -> Result<Vec<Embedding>> {
+        let prepared = images
+            .iter()
+            .map(|i| preprocess(i, &self.preprocess).map_err(Error::from))
+            .collect::<Result<Vec<_>>>()?;
+        self.embed_prepared(&prepared)
+    }
+
+    /// Embeds image files; a file that cannot be read or decoded gives its own error.
+    pub fn embed_paths<P: AsRef<Path>>(&self, paths: &[P]) -> Vec<Result<Embedding>> {
+        self.embed_each(
+            paths
+                .iter()
+                .map(|p| self.prepare_path(p).map(|r| r.0))
+                .collect(),
+        )
+    }
+
+    /// Embeds encoded images (JPEG, PNG, ...); a bad one gives its own error.
+    pub fn embed_bytes(&self, encoded: &[&[u8]]) -> Vec<Result<Embedding>> {
+        self.embed_each(
+            encoded
+                .iter()
+                .map(|b| self.prepare_bytes(b).map(|r| r.0))
+                .collect(),
+        )
+    }
+
+    fn embed_each(&self, prepared: Vec<Result<PixelValues>>) -> Vec<Result<Embedding>> {
+        let good: Vec<PixelValues> = prepared
+            .iter()
+            .filter_map(|p| p.as_ref().ok().cloned())
+            .collect();
+        match self.embed_prepared(&good) {
+            Ok(embeddings) => {
+                let mut embeddings = embeddings.into_iter();
+                prepared
+                    .into_iter()
+                    .map(|p| p.map(|_| embeddings.next().expect("one embedding per good image")))
+                    .collect()
+            }
+            Err(e) => {
+                let message = e.to_string();
+                prepared
+                    .into_iter()
+                    .map(|p| p.and_then(|_| Err(Error::Batch(message.clone()))))
+                    .collect()
+            }
+        }
+    }
+}
