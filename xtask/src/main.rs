@@ -7,11 +7,18 @@
 //!   `legacy_444` case) with `--legacy` under transformers 4.44.2; also the preprocessing
 //!   fixtures in `tests/fixtures/preprocess/` (`xtask/golden/make_preprocess.py`, 5.17.0) and the
 //!   sample checkpoint `assets/models/dinov2-tiny-random` (`xtask/golden/make_sample_model.py`).
+//! * `kernels [--check]`: compile `kernels/*.cu` into the embedded artifacts of `dinov2-kernels`
+//!   (see `kernels.rs`); `--check` only compares source hashes with the manifest.
+//! * `gpu-bundle`: build the GPU test and bench binaries and gather them with the fixtures and the
+//!   device script into `bundle/` (see `bundle.rs`).
 
 use std::env;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+
+mod bundle;
+mod kernels;
 
 const USAGE: &str = "\
 usage: cargo xtask <command> [options]
@@ -25,6 +32,13 @@ commands:
       --legacy-python  interpreter with xtask/golden/requirements-4.44.txt, for legacy_444
                        (default: $DINOV2_REF444_PYTHON; skipped when neither is given)
       --out DIR        output folder (default: tests/fixtures/golden)
+  kernels [--check] [--nvcc PATH]
+      Compile kernels/*.cu with nvcc 13.0 (default: $NVCC, else nvcc on PATH) into
+      crates/dinov2-kernels/artifacts/ (compute_80 PTX, sm_90 cubins, ptxas report, manifest).
+      --check   compare the sources with the manifest's hashes only (no nvcc needed)
+  gpu-bundle [--out DIR]
+      Build the GPU test and bench binaries (release) and gather them with the fixtures and
+      run.sh into bundle/ (default), for `bash bundle/run.sh` on the GPU machine.
   help
       Print this message.
 ";
@@ -33,6 +47,8 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("golden") => golden(&args[1..]),
+        Some("kernels") => kernels::run(&repo_root(), &args[1..]),
+        Some("gpu-bundle") => bundle::run(&repo_root(), &args[1..]),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
             Ok(())

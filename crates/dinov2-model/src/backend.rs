@@ -114,4 +114,18 @@ pub trait Backend: Send + Sync {
         branch: &Self::Tensor,
         gamma: &Self::Weight,
     ) -> Result<()>;
+    /// `x += gamma ⊙ branch`, then `LayerNorm(x)`: the residual update of a pre-norm block fused
+    /// with the next block's norm. Backends with a fused kernel override it.
+    fn add_scaled_layer_norm(
+        &self,
+        x: &mut Self::Tensor,
+        branch: &Self::Tensor,
+        gamma: &Self::Weight,
+        weight: &Self::Weight,
+        bias: &Self::Weight,
+        eps: f64,
+    ) -> Result<Self::Tensor> {
+        self.add_scaled(x, branch, gamma)?;
+        self.layer_norm(x, weight, bias, eps)
+    }
 }

@@ -5,6 +5,7 @@
 
 mod backend;
 mod cpu;
+mod cuda;
 mod error;
 mod flops;
 mod head;
@@ -16,6 +17,7 @@ mod positions;
 
 pub use backend::{Backend, Dtype, TokenParams};
 pub use cpu::CpuBackend;
+pub use cuda::{CudaBackend, CudaTensor, CudaWeight};
 pub use dinov2_cpu::Tensor;
 pub use error::{ModelError, Result};
 pub use flops::flops_per_image;

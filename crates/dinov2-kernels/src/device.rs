@@ -1,0 +1,457 @@
+//! [`Device`]: a CUDA context, one non-default stream, the embedded kernel modules and the
+//! cuBLAS(Lt) handles; allocation, upload and download of [`Buffer`]s.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{
+    result as dresult, sys as dsys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream,
+    LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+use half::{bf16, f16};
+
+use crate::artifacts::ARTIFACTS;
+use crate::buffer::{Buffer, DType};
+use crate::error::{DriverContext, KernelError, Result};
+use crate::gemm::Blas;
+
+/// Oldest driver that loads our artifacts (PTX ISA 9.0 and nvcc 13.0 cubins): CUDA 13.0.
+const MIN_DRIVER: i32 = 13000;
+
+/// Which embedded code the device runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeKind {
+    /// sm_90 SASS (compute capability 9.0).
+    CubinSm90,
+    /// compute_80 PTX, JIT-compiled by the driver.
+    Ptx,
+}
+
+/// Facts about the device, for messages and reports.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    /// e.g. 13000 for CUDA 13.0.
+    pub driver_version: i32,
+    pub multiprocessors: u32,
+    pub code: CodeKind,
+    /// The cuBLAS that was loaded, `major·10000 + minor·100 + patch` (13.x expected).
+    pub cublas_version: i32,
+}
+
+/// A span of stream time, from [`Device::start_timer`].
+pub struct Timer {
+    start: CudaEvent,
+}
+
+/// A kernel argument, kept alive until the launch.
+pub(crate) enum Arg {
+    Ptr(u64),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+}
+
+/// One GPU with our kernels loaded. All work goes to one non-default stream, in order; methods
+/// return once the work is queued, except the downloads, which wait for it.
+pub struct Device {
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    modules: Vec<Arc<CudaModule>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+    pub(crate) blas: Blas,
+    info: DeviceInfo,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device").field("info", &self.info).finish()
+    }
+}
+
+/// Lets the stream-ordered allocator keep freed memory for reuse instead of returning it to the
+/// driver at every synchronization (what a caching allocator does). Best effort.
+fn keep_freed_memory(ctx: &CudaContext) {
+    if !ctx.has_async_alloc() {
+        return;
+    }
+    let mut pool: dsys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: the pool handle is written by the driver and only used for this attribute.
+    unsafe {
+        if dsys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+            == dsys::CUresult::CUDA_SUCCESS
+        {
+            let _ = dsys::cuMemPoolSetAttribute(
+                pool,
+                dsys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold) as *mut u64 as *mut std::ffi::c_void,
+            );
+        }
+    }
+}
+
+/// The library search hint of every "not found" message.
+const LIB_HINT: &str = "put the directory that holds it on LD_LIBRARY_PATH before starting the \
+    program (for a PyTorch install: site-packages/nvidia/cu13/lib; for the CUDA toolkit: \
+    /usr/local/cuda/lib64)";
+
+/// Checks that the driver and the cuBLAS libraries can be loaded, without panicking.
+pub fn probe_libraries() -> Result<()> {
+    // SAFETY: these only try dlopen on the candidate names and close the handles again.
+    if !unsafe { dsys::is_culib_present() } {
+        return Err(KernelError::Library(
+            "no CUDA driver found (libcuda.so.1 could not be loaded): is an NVIDIA GPU with its \
+             driver installed?"
+                .into(),
+        ));
+    }
+    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        return Err(KernelError::Library(format!(
+            "cuBLAS not found (libcublas.so.13): {LIB_HINT}"
+        )));
+    }
+    if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
+        return Err(KernelError::Library(format!(
+            "cuBLASLt not found (libcublasLt.so.13): {LIB_HINT}"
+        )));
+    }
+    Ok(())
+}
+
+impl Device {
+    /// Opens GPU `ordinal`: checks the libraries and the driver version, creates the context and
+    /// stream, loads the kernels (the sm_90 cubins on compute capability 9.0, else the PTX) and
+    /// the cuBLAS handles. Never panics for a missing library or device: those are errors.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        probe_libraries()?;
+        let mut version = 0i32;
+        // SAFETY: writes one int.
+        unsafe { dsys::cuDriverGetVersion(&mut version) }
+            .result()
+            .ctx(|| "reading the driver version".into())?;
+        if version < MIN_DRIVER {
+            return Err(KernelError::Unsupported(format!(
+                "the CUDA driver supports CUDA {}.{}, the kernels need 13.0 or newer (driver 580+)",
+                version / 1000,
+                (version % 1000) / 10
+            )));
+        }
+        let count = CudaContext::device_count().ctx(|| "counting CUDA devices".into())?;
+        if ordinal >= count.max(0) as usize {
+            return Err(KernelError::Unsupported(format!(
+                "cuda:{ordinal} requested, {count} CUDA device(s) present"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).ctx(|| format!("opening cuda:{ordinal}"))?;
+        // One stream, ordered by us: per-buffer events would cost API calls and break capture.
+        // SAFETY: called before any allocation on this context by this crate.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().ctx(|| "creating a stream".into())?;
+        keep_freed_memory(&ctx);
+        let compute_capability = ctx
+            .compute_capability()
+            .ctx(|| "reading the compute capability".into())?;
+        if compute_capability.0 < 8 {
+            return Err(KernelError::Unsupported(format!(
+                "compute capability {}.{}: the kernels need 8.0 (Ampere) or newer",
+                compute_capability.0, compute_capability.1
+            )));
+        }
+        let code = if compute_capability == (9, 0) {
+            CodeKind::CubinSm90
+        } else {
+            CodeKind::Ptx
+        };
+        let mut modules = Vec::new();
+        for artifact in ARTIFACTS {
+            let image = match code {
+                CodeKind::CubinSm90 => Ptx::from_binary(artifact.cubin_sm90.to_vec()),
+                CodeKind::Ptx => Ptx::from_src(artifact.ptx),
+            };
+            let module = ctx.load_module(image).ctx(|| {
+                format!(
+                    "loading the {} kernels ({code:?}, driver {version})",
+                    artifact.name
+                )
+            })?;
+            modules.push(module);
+        }
+        let multiprocessors = ctx
+            .attribute(dsys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .ctx(|| "reading the SM count".into())? as u32;
+        let blas = Blas::new(&stream, compute_capability.0)?;
+        let cublas_version = blas.version();
+        if cublas_version / 10000 < 12 && cublas_version != 0 {
+            return Err(KernelError::Library(format!(
+                "cuBLAS {cublas_version} was loaded; cuBLAS 13 is needed: {LIB_HINT}"
+            )));
+        }
+        let info = DeviceInfo {
+            ordinal,
+            name: ctx.name().unwrap_or_else(|_| "unknown GPU".into()),
+            compute_capability,
+            driver_version: version,
+            multiprocessors,
+            code,
+            cublas_version,
+        };
+        Ok(Device {
+            ctx,
+            stream,
+            modules,
+            functions: Mutex::new(HashMap::new()),
+            blas,
+            info,
+        })
+    }
+
+    /// What this device is.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// The stream all work goes to (for timing with events, or graph capture).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Waits for all queued work and reports any error it raised.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .ctx(|| "waiting for the stream".into())?;
+        self.ctx
+            .check_err()
+            .ctx(|| "a previous asynchronous operation".into())
+    }
+
+    /// Starts timing the stream's work (a CUDA event recorded now).
+    pub fn start_timer(&self) -> Result<Timer> {
+        let start = self
+            .stream
+            .record_event(Some(dsys::CUevent_flags::CU_EVENT_DEFAULT))
+            .ctx(|| "recording an event".into())?;
+        Ok(Timer { start })
+    }
+
+    /// Milliseconds of stream time since `timer` started; waits for the work queued so far.
+    pub fn stop_timer(&self, timer: Timer) -> Result<f32> {
+        let end = self
+            .stream
+            .record_event(Some(dsys::CUevent_flags::CU_EVENT_DEFAULT))
+            .ctx(|| "recording an event".into())?;
+        timer
+            .start
+            .elapsed_ms(&end)
+            .ctx(|| "timing with events".into())
+    }
+
+    /// Free and total device memory in bytes.
+    pub fn memory(&self) -> Result<(usize, usize)> {
+        self.ctx.mem_get_info().ctx(|| "reading memory info".into())
+    }
+
+    /// An uninitialized buffer.
+    pub fn alloc(&self, dtype: DType, shape: &[usize]) -> Result<Buffer> {
+        let bytes = shape.iter().product::<usize>() * dtype.size();
+        // Zero-byte allocations are legal for the driver but cudarc wants at least one element.
+        // SAFETY: u8 has no invalid bit patterns; kernels write before anyone reads.
+        let data = unsafe { self.stream.alloc::<u8>(bytes.max(1)) }
+            .ctx(|| format!("allocating {bytes} bytes"))?;
+        Ok(Buffer {
+            data,
+            dtype,
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// A zero-filled buffer.
+    pub fn zeros(&self, dtype: DType, shape: &[usize]) -> Result<Buffer> {
+        let mut b = self.alloc(dtype, shape)?;
+        self.memset(&mut b, 0)?;
+        Ok(b)
+    }
+
+    /// Fills every byte with 0xff: NaN in f32, f16 and bf16. Tests poison outputs with it so that
+    /// an element a kernel forgot to write shows.
+    pub fn poison(&self, buffer: &mut Buffer) -> Result<()> {
+        self.memset(buffer, 0xff)
+    }
+
+    fn memset(&self, buffer: &mut Buffer, byte: u8) -> Result<()> {
+        let ptr = buffer.ptr(&self.stream);
+        self.ctx
+            .bind_to_thread()
+            .ctx(|| "binding the context".into())?;
+        // SAFETY: the range is the buffer's own allocation.
+        unsafe { dresult::memset_d8_async(ptr, byte, buffer.data.len(), self.stream.cu_stream()) }
+            .ctx(|| "filling a buffer".into())
+    }
+
+    /// Uploads f32 values as `dtype` (rounded to nearest even on the host).
+    pub fn upload(&self, values: &[f32], shape: &[usize], dtype: DType) -> Result<Buffer> {
+        let n: usize = shape.iter().product();
+        if n != values.len() {
+            return Err(KernelError::shape(
+                "upload",
+                format!("{} values for shape {shape:?}", values.len()),
+            ));
+        }
+        let bytes: Vec<u8> = match dtype {
+            DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            DType::F16 => values
+                .iter()
+                .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+                .collect(),
+            DType::BF16 => values
+                .iter()
+                .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+                .collect(),
+            DType::U8 => {
+                return Err(KernelError::Unsupported(
+                    "upload f32 values as u8: use upload_bytes".into(),
+                ))
+            }
+        };
+        self.upload_raw(&bytes, shape, dtype)
+    }
+
+    /// Uploads bytes (for masks: one u8 per element).
+    pub fn upload_bytes(&self, bytes: &[u8], shape: &[usize]) -> Result<Buffer> {
+        if shape.iter().product::<usize>() != bytes.len() {
+            return Err(KernelError::shape(
+                "upload_bytes",
+                format!("{} bytes for shape {shape:?}", bytes.len()),
+            ));
+        }
+        self.upload_raw(bytes, shape, DType::U8)
+    }
+
+    fn upload_raw(&self, bytes: &[u8], shape: &[usize], dtype: DType) -> Result<Buffer> {
+        let mut b = self.alloc(dtype, shape)?;
+        if !bytes.is_empty() {
+            let mut view = b.data.slice_mut(0..bytes.len());
+            self.stream
+                .memcpy_htod(bytes, &mut view)
+                .ctx(|| format!("uploading {} bytes", bytes.len()))?;
+        }
+        Ok(b)
+    }
+
+    /// Copies a buffer back as f32 values; waits for the queued work.
+    pub fn download(&self, buffer: &Buffer) -> Result<Vec<f32>> {
+        let bytes = self.download_bytes(buffer)?;
+        Ok(match buffer.dtype {
+            DType::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            DType::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            DType::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            DType::U8 => bytes.iter().map(|&b| b as f32).collect(),
+        })
+    }
+
+    /// Copies a buffer's bytes back; waits for the queued work.
+    pub fn download_bytes(&self, buffer: &Buffer) -> Result<Vec<u8>> {
+        let n = buffer.bytes();
+        let mut host = vec![0u8; n];
+        if n > 0 {
+            let view = buffer.data.slice(0..n);
+            self.stream
+                .memcpy_dtoh(&view, &mut host)
+                .ctx(|| format!("downloading {n} bytes"))?;
+        }
+        self.synchronize()?;
+        Ok(host)
+    }
+
+    /// A device-side copy.
+    pub fn copy(&self, src: &Buffer) -> Result<Buffer> {
+        let mut dst = self.alloc(src.dtype, &src.shape)?;
+        let n = src.bytes();
+        if n > 0 {
+            let view = src.data.slice(0..n);
+            let mut out = dst.data.slice_mut(0..n);
+            self.stream
+                .memcpy_dtod(&view, &mut out)
+                .ctx(|| format!("copying {n} bytes"))?;
+        }
+        Ok(dst)
+    }
+
+    /// The kernel `name`, looked up once in the loaded modules.
+    pub(crate) fn function(&self, name: &str) -> Result<CudaFunction> {
+        let mut cache = self
+            .functions
+            .lock()
+            .map_err(|_| KernelError::Unsupported("kernel cache poisoned by a panic".into()))?;
+        if let Some(f) = cache.get(name) {
+            return Ok(f.clone());
+        }
+        for module in &self.modules {
+            if let Ok(f) = module.load_function(name) {
+                cache.insert(name.to_string(), f.clone());
+                return Ok(f);
+            }
+        }
+        Err(KernelError::Unsupported(format!(
+            "kernel `{name}` is not in the embedded artifacts (rebuild them with `cargo xtask kernels`)"
+        )))
+    }
+
+    /// Launches kernel `name` on the stream.
+    ///
+    /// # Safety
+    /// The arguments must match the kernel's parameters, and every pointer must address a live
+    /// allocation large enough for what the kernel reads and writes with these shapes.
+    pub(crate) unsafe fn launch(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        args: &[Arg],
+    ) -> Result<()> {
+        let f = self.function(name)?;
+        if smem > 48 * 1024 {
+            f.set_attribute(
+                dsys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .ctx(|| format!("allowing {smem} bytes of shared memory for {name}"))?;
+        }
+        let mut b = self.stream.launch_builder(&f);
+        for a in args {
+            match a {
+                Arg::Ptr(p) => b.arg(p),
+                Arg::I32(v) => b.arg(v),
+                Arg::I64(v) => b.arg(v),
+                Arg::F32(v) => b.arg(v),
+            };
+        }
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        b.launch(cfg).ctx(|| format!("launching {name}"))?;
+        Ok(())
+    }
+
+    /// Blocks for a grid-stride loop over `n` elements with 256 threads per block.
+    pub(crate) fn grid_for(&self, n: usize) -> u32 {
+        let blocks = n.div_ceil(256).max(1);
+        blocks.min(self.info.multiprocessors.max(1) as usize * 32) as u32
+    }
+}

@@ -1,0 +1,257 @@
+//! Checks that need no GPU: the embedded artifacts match the kernel sources and the manifest,
+//! the PTX loads on a CUDA 13.0 driver (ISA <= 9.0, sm_80), every kernel the launchers name is
+//! present, no hot kernel spills, and opening a device fails with an error (not a panic) where
+//! there is no driver.
+
+use std::path::{Path, PathBuf};
+
+use dinov2_kernels::artifacts::{ARTIFACTS, MANIFEST, RESOURCES};
+use sha2::{Digest, Sha256};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn manifest() -> serde_json::Value {
+    serde_json::from_str(MANIFEST).expect("manifest.json is JSON")
+}
+
+#[test]
+fn manifest_matches_the_sources() {
+    let m = manifest();
+    let recorded = m["sources"].as_object().expect("sources");
+    let mut on_disk: Vec<String> = std::fs::read_dir(repo_root().join("kernels"))
+        .expect("kernels/")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".cu") || n.ends_with(".cuh") || n.ends_with(".h"))
+        .map(|n| format!("kernels/{n}"))
+        .collect();
+    on_disk.sort();
+    let listed: Vec<String> = recorded.keys().cloned().collect();
+    assert_eq!(
+        on_disk, listed,
+        "kernel sources differ from the manifest: run `cargo xtask kernels`"
+    );
+    for (path, hash) in recorded {
+        let bytes = std::fs::read(repo_root().join(path)).unwrap();
+        assert_eq!(
+            sha256(&bytes),
+            hash.as_str().unwrap(),
+            "{path} changed since the artifacts were built: run `cargo xtask kernels`"
+        );
+    }
+    assert!(m["nvcc"].as_str().unwrap().contains("release 13.0"));
+}
+
+#[test]
+fn embedded_artifacts_are_the_manifests() {
+    let m = manifest();
+    let hashes = m["artifacts"].as_object().expect("artifacts");
+    let units = m["sources"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.ends_with(".cu"))
+        .count();
+    assert_eq!(
+        ARTIFACTS.len(),
+        units,
+        "one embedded artifact per kernels/*.cu"
+    );
+    for a in ARTIFACTS {
+        assert_eq!(
+            hashes[&format!("{}.ptx", a.name)].as_str(),
+            Some(sha256(a.ptx.as_bytes()).as_str()),
+            "{}.ptx",
+            a.name
+        );
+        assert_eq!(
+            hashes[&format!("{}.sm_90.cubin", a.name)].as_str(),
+            Some(sha256(a.cubin_sm90).as_str()),
+            "{}.sm_90.cubin",
+            a.name
+        );
+    }
+    assert_eq!(
+        hashes["resources.txt"].as_str(),
+        Some(sha256(RESOURCES.as_bytes()).as_str())
+    );
+}
+
+#[test]
+fn ptx_loads_on_a_cuda_13_0_driver() {
+    for a in ARTIFACTS {
+        let version = a
+            .ptx
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(".version "))
+            .unwrap_or_else(|| panic!("{}.ptx has no .version", a.name));
+        let (major, minor) = version.trim().split_once('.').unwrap();
+        let v = (major.parse::<u32>().unwrap(), minor.parse::<u32>().unwrap());
+        assert!(
+            v <= (9, 0),
+            "{}.ptx is PTX ISA {version}, newer than 9.0",
+            a.name
+        );
+        assert!(
+            a.ptx.lines().any(|l| l.trim() == ".target sm_80"),
+            "{}.ptx does not target sm_80",
+            a.name
+        );
+        assert_eq!(
+            &a.cubin_sm90[..4],
+            b"\x7fELF",
+            "{}.sm_90.cubin is not an ELF",
+            a.name
+        );
+    }
+}
+
+/// Every kernel name the launchers build.
+fn launched_kernels() -> Vec<String> {
+    let mut names = Vec::new();
+    for t in ["f32", "f16", "bf16"] {
+        for op in [
+            "bias_act",
+            "bias_act_v8",
+            "swiglu",
+            "add_scaled",
+            "add_scaled_layer_norm",
+            "add_scaled_layer_norm_wide",
+            "attention_probs",
+            "im2col",
+            "embed_tokens",
+            "mean_pool",
+            "layer_norm",
+            "layer_norm_wide",
+        ] {
+            names.push(format!("{op}_{t}"));
+        }
+    }
+    for t in ["f16", "bf16"] {
+        names.push(format!("layer_norm_f32_{t}"));
+        names.push(format!("layer_norm_wide_f32_{t}"));
+        names.push(format!("cast_f32_{t}"));
+        names.push(format!("cast_{t}_f32"));
+        for pad in [16, 32, 64, 96, 128] {
+            names.push(format!("attention_{t}_d{pad}"));
+        }
+    }
+    names.push("attention_f32".into());
+    names
+}
+
+#[test]
+fn every_launched_kernel_is_embedded() {
+    for name in launched_kernels() {
+        let entry = format!(".entry {name}(");
+        let found: Vec<&str> = ARTIFACTS
+            .iter()
+            .filter(|a| a.ptx.contains(&entry))
+            .map(|a| a.name)
+            .collect();
+        assert_eq!(found.len(), 1, "kernel {name} found in {found:?}");
+        let in_report = RESOURCES
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(name.as_str()));
+        assert!(in_report, "{name} missing from resources.txt");
+    }
+}
+
+#[test]
+fn no_kernel_spills_registers() {
+    let mut rows = 0;
+    for line in RESOURCES.lines().filter(|l| l.contains(" regs ")) {
+        rows += 1;
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let spills = fields[fields.iter().position(|f| *f == "spills").unwrap() + 1];
+        assert_eq!(spills, "0/0", "register spills: {line}");
+        let stack = fields[fields.iter().position(|f| *f == "stack").unwrap() + 1];
+        assert_eq!(stack, "0", "stack frame: {line}");
+    }
+    assert!(rows >= launched_kernels().len());
+}
+
+#[test]
+fn opening_a_device_without_a_driver_is_an_error() {
+    // On a GPU machine this opens the device; here (no libcuda) it must be an Err, not a panic.
+    let present = unsafe { cudarc::driver::sys::is_culib_present() };
+    match dinov2_kernels::Device::new(0) {
+        Ok(dev) => assert!(present, "opened {:?} without a driver?", dev.info()),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(!msg.is_empty());
+            if !present {
+                assert!(msg.contains("driver"), "{msg}");
+            }
+        }
+    }
+}
+
+/// The parameter types of a kernel as the PTX declares them.
+fn ptx_params(name: &str) -> Vec<String> {
+    let entry = format!(".entry {name}(");
+    let ptx = ARTIFACTS
+        .iter()
+        .find(|a| a.ptx.contains(&entry))
+        .unwrap_or_else(|| panic!("{name} not embedded"))
+        .ptx;
+    let start = ptx.find(&entry).unwrap() + entry.len();
+    let end = start + ptx[start..].find(')').unwrap();
+    ptx[start..end]
+        .split(',')
+        .filter_map(|p| p.split_whitespace().nth(1).map(|t| t.to_string()))
+        .collect()
+}
+
+/// The launchers in `ops.rs` pass pointers as u64, `long` as i64, `int` as i32, `float` as f32:
+/// the kernels' signatures must stay what they push, in this order.
+#[test]
+fn kernel_signatures_match_the_launchers() {
+    const P: &str = ".u64"; // pointer or long
+    const I: &str = ".u32";
+    const F: &str = ".f32";
+    let table: &[(&str, &[&str])] = &[
+        ("bias_act", &[P, P, P, I, I]),
+        ("bias_act_v8", &[P, P, P, I, I]),
+        ("swiglu", &[P, P, P, I]),
+        ("layer_norm", &[P, P, P, P, I, I, F]),
+        ("layer_norm_wide", &[P, P, P, P, I, F]),
+        ("add_scaled", &[P, P, P, P, I]),
+        ("add_scaled_layer_norm", &[P, P, P, P, P, P, I, I, F]),
+        ("add_scaled_layer_norm_wide", &[P, P, P, P, P, P, I, F]),
+        ("attention_probs", &[P, P, P, I, I, I, F]),
+        ("im2col", &[P, P, I, I, I, I, I]),
+        ("embed_tokens", &[P, P, P, P, P, P, P, I, I, I, I]),
+        ("mean_pool", &[P, P, I, I, I, I]),
+    ];
+    for (op, want) in table {
+        for t in ["f32", "f16", "bf16"] {
+            assert_eq!(ptx_params(&format!("{op}_{t}")), *want, "{op}_{t}");
+        }
+    }
+    for t in ["f16", "bf16"] {
+        for pad in [16, 32, 64, 96, 128] {
+            assert_eq!(
+                ptx_params(&format!("attention_{t}_d{pad}")),
+                [P, P, I, I, I, F],
+                "attention_{t}_d{pad}"
+            );
+        }
+        assert_eq!(
+            ptx_params(&format!("layer_norm_f32_{t}")),
+            [P, P, P, P, I, I, F]
+        );
+        assert_eq!(ptx_params(&format!("cast_f32_{t}")), [P, P, P]);
+        assert_eq!(ptx_params(&format!("cast_{t}_f32")), [P, P, P]);
+    }
+    assert_eq!(ptx_params("attention_f32"), [P, P, I, I, I, F]);
+}

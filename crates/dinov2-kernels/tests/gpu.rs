@@ -1,0 +1,485 @@
+//! Every kernel against its CPU twin from `dinov2-cpu`, on random inputs of awkward sizes, with
+//! the outputs poisoned (NaN) first so that an element a kernel forgot to write shows. Inputs are
+//! rounded to the storage type on the host, so both sides compute on the same values.
+//!
+//! These need a CUDA device: `cargo test -p dinov2-kernels -- --include-ignored` on a GPU machine.
+
+use dinov2_cpu as cpu;
+use dinov2_kernels::{Act, Buffer, DType, Device, GemmPath};
+use half::{bf16, f16};
+
+const GPU: &str = "needs a CUDA device";
+
+fn device() -> Device {
+    Device::new(0).unwrap_or_else(|e| panic!("cannot open cuda:0: {e}"))
+}
+
+/// Deterministic values in [-scale, scale).
+fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x1234_5678;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            let u = ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32;
+            (2.0 * u - 1.0) * scale
+        })
+        .collect()
+}
+
+/// The values as the device stores them in `dtype`.
+fn round(values: &[f32], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::F16 => values.iter().map(|&v| f16::from_f32(v).to_f32()).collect(),
+        DType::BF16 => values.iter().map(|&v| bf16::from_f32(v).to_f32()).collect(),
+        _ => values.to_vec(),
+    }
+}
+
+fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 2e-5,
+        DType::F16 => 4e-3,
+        DType::BF16 => 3e-2,
+        DType::U8 => 0.0,
+    }
+}
+
+fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn check(what: &str, got: &[f32], want: &[f32], tol: f64) {
+    assert!(
+        got.iter().all(|v| v.is_finite()),
+        "{what}: non-finite output (unwritten?)"
+    );
+    let err = rel_l2(got, want);
+    eprintln!("{what}: rel L2 {err:.2e}");
+    assert!(
+        err <= tol,
+        "{what}: relative L2 error {err:.3e} > {tol:.0e}"
+    );
+}
+
+fn upload(dev: &Device, values: &[f32], shape: &[usize], dtype: DType) -> Buffer {
+    dev.upload(values, shape, dtype).unwrap()
+}
+
+fn poisoned(dev: &Device, dtype: DType, shape: &[usize]) -> Buffer {
+    let mut b = dev.alloc(dtype, shape).unwrap();
+    dev.poison(&mut b).unwrap();
+    b
+}
+
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn linear_matches_cpu() {
+    let _ = GPU;
+    let dev = device();
+    for &(m, k, n) in &[
+        (13, 32, 24),
+        (257, 384, 1152),
+        (1031, 48, 40),
+        (7, 588, 64),
+        (5, 13, 3),
+    ] {
+        for dtype in DTYPES {
+            let x = round(&random(m * k, 1, 1.0), dtype);
+            let w = round(&random(n * k, 2, (1.0 / k as f32).sqrt()), dtype);
+            let b = round(&random(n, 3, 0.5), dtype);
+            let want = cpu::linear(&x, m, k, &w, n, Some(&b));
+            let (xd, wd) = (
+                upload(&dev, &x, &[m, k], dtype),
+                upload(&dev, &w, &[n, k], dtype),
+            );
+            for bias_dtype in [dtype, DType::F32] {
+                let bd = upload(&dev, &b, &[n], bias_dtype);
+                let mut y = poisoned(&dev, dtype, &[m, n]);
+                let path = dev.linear(&xd, &wd, Some(&bd), &mut y, (m, n, k)).unwrap();
+                let got = dev.download(&y).unwrap();
+                check(
+                    &format!("linear {dtype} m={m} k={k} n={n} bias {bias_dtype} via {path:?}"),
+                    &got,
+                    &round(&want, dtype),
+                    tolerance(dtype),
+                );
+            }
+            let mut y = poisoned(&dev, dtype, &[m, n]);
+            dev.linear(&xd, &wd, None, &mut y, (m, n, k)).unwrap();
+            let want = cpu::linear(&x, m, k, &w, n, None);
+            check(
+                &format!("linear {dtype} no bias"),
+                &dev.download(&y).unwrap(),
+                &want,
+                tolerance(dtype),
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gemm_path_is_reported() {
+    let dev = device();
+    let x = upload(&dev, &random(64 * 64, 1, 1.0), &[64, 64], DType::F16);
+    let mut y = dev.alloc(DType::F16, &[64, 64]).unwrap();
+    let path = dev.linear(&x, &x, None, &mut y, (64, 64, 64)).unwrap();
+    eprintln!("device {:?}", dev.info());
+    eprintln!("f16 64^3 went through {path:?}");
+    assert_eq!(dev.info().cublas_version / 10000, 13, "expected cuBLAS 13");
+    assert!(matches!(path, GemmPath::Lt | GemmPath::GemmEx));
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn bias_act_matches_cpu() {
+    let dev = device();
+    let acts = [
+        (Act::Identity, cpu::Activation::Identity),
+        (Act::Gelu, cpu::Activation::Gelu),
+        (Act::GeluTanh, cpu::Activation::GeluTanh),
+        (Act::QuickGelu, cpu::Activation::QuickGelu),
+        (Act::Relu, cpu::Activation::Relu),
+        (Act::Relu6, cpu::Activation::Relu6),
+        (Act::Selu, cpu::Activation::Selu),
+        (Act::Silu, cpu::Activation::Silu),
+        (Act::Tanh, cpu::Activation::Tanh),
+        (Act::Sigmoid, cpu::Activation::Sigmoid),
+    ];
+    // 37 columns: the scalar kernel; 40: the 8-wide one.
+    for (rows, cols, dtype) in DTYPES.iter().flat_map(|&t| [(257, 37, t), (13, 40, t)]) {
+        let y0 = round(&random(rows * cols, 4, 8.0), dtype);
+        let bias = random(cols, 5, 1.0);
+        for (act, cpu_act) in acts {
+            let mut want: Vec<f32> = y0
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| v + bias[i % cols])
+                .collect();
+            cpu::apply_activation(&mut want, cpu_act);
+            let mut y = upload(&dev, &y0, &[rows, cols], dtype);
+            let b = upload(&dev, &bias, &[cols], DType::F32);
+            dev.bias_act(&mut y, Some(&b), rows, cols, act).unwrap();
+            check(
+                &format!("bias_act {act:?} {dtype} {rows}x{cols}"),
+                &dev.download(&y).unwrap(),
+                &round(&want, dtype),
+                tolerance(dtype),
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn swiglu_matches_cpu() {
+    let dev = device();
+    for dtype in DTYPES {
+        for &(rows, f) in &[(13, 8), (257, 1031)] {
+            let z = round(&random(rows * 2 * f, 6, 4.0), dtype);
+            let want = cpu::swiglu(&z, f);
+            let zd = upload(&dev, &z, &[rows, 2 * f], dtype);
+            let mut out = poisoned(&dev, dtype, &[rows, f]);
+            dev.swiglu(&zd, &mut out, rows, f).unwrap();
+            check(
+                &format!("swiglu {dtype} {rows}x{f}"),
+                &dev.download(&out).unwrap(),
+                &round(&want, dtype),
+                tolerance(dtype),
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn layer_norm_matches_cpu() {
+    let dev = device();
+    let pairs = [
+        (DType::F32, DType::F32),
+        (DType::F16, DType::F16),
+        (DType::BF16, DType::BF16),
+        (DType::F32, DType::F16),
+        (DType::F32, DType::BF16),
+    ];
+    for &(rows, h) in &[(13, 32), (257, 384), (31, 1024), (7, 1536), (3, 4099)] {
+        for (tx, ty) in pairs {
+            let x: Vec<f32> = round(&random(rows * h, 7, 3.0), tx)
+                .iter()
+                .map(|v| v + 5.0)
+                .collect();
+            let x = round(&x, tx);
+            let w = random(h, 8, 1.0);
+            let b = random(h, 9, 1.0);
+            let want = cpu::layer_norm(&x, &w, &b, 1e-6);
+            let xd = upload(&dev, &x, &[rows, h], tx);
+            let (wd, bd) = (
+                upload(&dev, &w, &[h], DType::F32),
+                upload(&dev, &b, &[h], DType::F32),
+            );
+            let mut y = poisoned(&dev, ty, &[rows, h]);
+            dev.layer_norm(&xd, &wd, &bd, &mut y, rows, h, 1e-6)
+                .unwrap();
+            check(
+                &format!("layer_norm {tx}->{ty} {rows}x{h}"),
+                &dev.download(&y).unwrap(),
+                &round(&want, ty),
+                tolerance(ty),
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn residual_updates_match_cpu() {
+    let dev = device();
+    for &(rows, h) in &[(13, 32), (257, 384), (5, 1536)] {
+        for dtype in DTYPES {
+            let x = random(rows * h, 10, 2.0);
+            let branch = round(&random(rows * h, 11, 2.0), dtype);
+            let gamma = random(h, 12, 1.0);
+            let (w, b) = (random(h, 13, 1.0), random(h, 14, 1.0));
+            let updated: Vec<f32> = x
+                .iter()
+                .zip(&branch)
+                .enumerate()
+                .map(|(i, (&xv, &bv))| xv + gamma[i % h] * bv)
+                .collect();
+            let normed = cpu::layer_norm(&updated, &w, &b, 1e-6);
+            let bd = upload(&dev, &branch, &[rows, h], dtype);
+            let gd = upload(&dev, &gamma, &[h], DType::F32);
+
+            let mut xd = upload(&dev, &x, &[rows, h], DType::F32);
+            dev.add_scaled(&mut xd, &bd, &gd, rows, h).unwrap();
+            check(
+                &format!("add_scaled {dtype} {rows}x{h}"),
+                &dev.download(&xd).unwrap(),
+                &updated,
+                1e-6,
+            );
+
+            let mut xd = upload(&dev, &x, &[rows, h], DType::F32);
+            let (wd, bbd) = (
+                upload(&dev, &w, &[h], DType::F32),
+                upload(&dev, &b, &[h], DType::F32),
+            );
+            let mut y = poisoned(&dev, dtype, &[rows, h]);
+            dev.add_scaled_layer_norm(&mut xd, &bd, &gd, &wd, &bbd, &mut y, rows, h, 1e-6)
+                .unwrap();
+            check(
+                &format!("add_scaled_layer_norm x {dtype} {rows}x{h}"),
+                &dev.download(&xd).unwrap(),
+                &updated,
+                1e-6,
+            );
+            check(
+                &format!("add_scaled_layer_norm y {dtype} {rows}x{h}"),
+                &dev.download(&y).unwrap(),
+                &round(&normed, dtype),
+                tolerance(dtype),
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn attention_matches_cpu() {
+    let dev = device();
+    // (batch, n, heads, d): odd lengths, every padded head dim, one tile and many.
+    let cases = [
+        (2, 13, 3, 8),
+        (1, 257, 6, 64),
+        (2, 261, 2, 64),
+        (1, 1031, 2, 128),
+        (3, 65, 2, 16),
+        (1, 100, 1, 24),
+        (1, 77, 2, 40),
+        (1, 50, 2, 96),
+        (1, 33, 2, 12),
+        (1, 1, 1, 8),
+    ];
+    for &(b, n, heads, d) in &cases {
+        let h = heads * d;
+        let scale = (d as f64).powf(-0.5);
+        for dtype in DTYPES {
+            let qkv = round(&random(b * n * 3 * h, 15 + n as u64, 2.0), dtype);
+            let (want, want_probs) = cpu::attention(&qkv, b, n, heads, d, scale, true);
+            let want_probs = want_probs.unwrap();
+            let qd = upload(&dev, &qkv, &[b, n, 3 * h], dtype);
+            let mut out = poisoned(&dev, dtype, &[b, n, h]);
+            dev.attention(&qd, &mut out, b, n, heads, d, scale as f32)
+                .unwrap();
+            let what = format!("attention {dtype} b={b} n={n} heads={heads} d={d}");
+            check(
+                &what,
+                &dev.download(&out).unwrap(),
+                &round(&want, dtype),
+                tolerance(dtype),
+            );
+
+            let mut out = poisoned(&dev, dtype, &[b, n, h]);
+            let mut probs = poisoned(&dev, DType::F32, &[b, heads, n, n]);
+            dev.attention_probs(&qd, &mut out, &mut probs, b, n, heads, d, scale as f32)
+                .unwrap();
+            check(
+                &format!("{what} (probs path) out"),
+                &dev.download(&out).unwrap(),
+                &round(&want, dtype),
+                tolerance(dtype),
+            );
+            check(
+                &format!("{what} (probs path) probs"),
+                &dev.download(&probs).unwrap(),
+                &want_probs,
+                2e-5,
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn embedding_ops_match_cpu() {
+    let dev = device();
+    let (b, c, hh, ww, p) = (2, 3, 30, 44, 4); // 7x11 grid, remainders dropped
+    let px = random(b * c * hh * ww, 20, 2.0);
+    let want = cpu::im2col(&px, b, c, hh, ww, p);
+    let (gh, gw) = (hh / p, ww / p);
+    let n = gh * gw;
+    for dtype in DTYPES {
+        let pd = upload(&dev, &px, &[b, c, hh, ww], DType::F32);
+        let mut cols = poisoned(&dev, dtype, &[b * n, c * p * p]);
+        dev.im2col(&pd, &mut cols, b, c, hh, ww, p).unwrap();
+        check(
+            &format!("im2col {dtype}"),
+            &dev.download(&cols).unwrap(),
+            &round(&want, dtype),
+            tolerance(dtype),
+        );
+    }
+
+    let (h, r) = (24, 4);
+    for dtype in DTYPES {
+        let patches = round(&random(b * n * h, 21, 1.0), dtype);
+        let cls = random(h, 22, 1.0);
+        let pos = round(&random((1 + n) * h, 23, 1.0), dtype);
+        let regs = round(&random(r * h, 24, 1.0), dtype);
+        let token = random(h, 25, 1.0);
+        let mask: Vec<u8> = (0..b * n).map(|i| (i % 3 == 1) as u8).collect();
+        let seq = 1 + r + n;
+        let mut want = vec![0.0f32; b * seq * h];
+        for i in 0..b {
+            for ch in 0..h {
+                want[(i * seq) * h + ch] = cls[ch] + pos[ch];
+            }
+            for t in 0..r {
+                for ch in 0..h {
+                    want[(i * seq + 1 + t) * h + ch] = regs[t * h + ch];
+                }
+            }
+            for t in 0..n {
+                for ch in 0..h {
+                    let e = if mask[i * n + t] == 1 {
+                        token[ch]
+                    } else {
+                        patches[(i * n + t) * h + ch]
+                    };
+                    want[(i * seq + 1 + r + t) * h + ch] = e + pos[(1 + t) * h + ch];
+                }
+            }
+        }
+        let pd = upload(&dev, &patches, &[b, n, h], dtype);
+        let cd = upload(&dev, &cls, &[h], DType::F32);
+        let posd = upload(&dev, &pos, &[1 + n, h], dtype);
+        let rd = upload(&dev, &regs, &[r, h], dtype);
+        let td = upload(&dev, &token, &[h], DType::F32);
+        let md = dev.upload_bytes(&mask, &[b * n]).unwrap();
+        let mut x = poisoned(&dev, DType::F32, &[b, seq, h]);
+        dev.embed_tokens(
+            &pd,
+            &cd,
+            &posd,
+            Some(&rd),
+            Some((&td, &md)),
+            &mut x,
+            (b, n, h),
+        )
+        .unwrap();
+        check(
+            &format!("embed_tokens {dtype}"),
+            &dev.download(&x).unwrap(),
+            &want,
+            1e-6,
+        );
+
+        let mut pooled = poisoned(&dev, DType::F32, &[b, h]);
+        let xs = upload(&dev, &round(&want, dtype), &[b, seq, h], dtype);
+        dev.mean_pool(&xs, &mut pooled, (b, seq, h), 1 + r).unwrap();
+        let wx = round(&want, dtype);
+        let mut want_pool = vec![0.0f32; b * h];
+        for i in 0..b {
+            for ch in 0..h {
+                let s: f64 = (1 + r..seq)
+                    .map(|t| wx[(i * seq + t) * h + ch] as f64)
+                    .sum();
+                want_pool[i * h + ch] = (s / n as f64) as f32;
+            }
+        }
+        check(
+            &format!("mean_pool {dtype}"),
+            &dev.download(&pooled).unwrap(),
+            &want_pool,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn casts_round_like_the_host() {
+    let dev = device();
+    let v = random(1031, 30, 100.0);
+    for dtype in [DType::F16, DType::BF16] {
+        let src = upload(&dev, &v, &[1031], DType::F32);
+        let mut dst = poisoned(&dev, dtype, &[1031]);
+        dev.cast(&src, &mut dst).unwrap();
+        assert_eq!(
+            dev.download(&dst).unwrap(),
+            round(&v, dtype),
+            "f32 -> {dtype}"
+        );
+        let mut back = poisoned(&dev, DType::F32, &[1031]);
+        dev.cast(&dst, &mut back).unwrap();
+        assert_eq!(
+            dev.download(&back).unwrap(),
+            round(&v, dtype),
+            "{dtype} -> f32"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn shape_errors_are_errors() {
+    let dev = device();
+    let x = dev.alloc(DType::F16, &[4, 8]).unwrap();
+    let mut y = dev.alloc(DType::F32, &[4, 8]).unwrap();
+    assert!(dev.swiglu(&x, &mut y, 4, 4).is_err());
+    let mut out = dev.alloc(DType::F16, &[1, 1, 129]).unwrap();
+    let qkv = dev.alloc(DType::F16, &[1, 1, 3 * 129]).unwrap();
+    assert!(dev.attention(&qkv, &mut out, 1, 1, 1, 129, 1.0).is_err());
+}

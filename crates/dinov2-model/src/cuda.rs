@@ -1,0 +1,467 @@
+//! The CUDA backend: the model's operations mapped onto `dinov2-kernels`.
+//!
+//! Weights are uploaded once in the compute dtype (f32, f16 or bf16); one-dimensional weights
+//! (biases, LayerNorm parameters, layer scales, CLS and mask tokens) are also kept in f32 for the
+//! kernels that read them in f32. Activations are in the compute dtype, except the residual
+//! stream (the output of `embed_tokens`, updated by `add_scaled`), which stays f32. Every
+//! operation is queued on the device's stream; only `download` waits.
+
+use std::sync::Arc;
+
+use dinov2_checkpoint::Activation;
+use dinov2_kernels::{Act, Buffer, DType, Device, KernelError};
+
+use crate::backend::{Backend, Dtype, TokenParams};
+use crate::error::{ModelError, Result};
+use crate::Tensor;
+
+/// Runs the model on one NVIDIA GPU.
+#[derive(Clone)]
+pub struct CudaBackend {
+    device: Arc<Device>,
+    dtype: Dtype,
+    name: String,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBackend")
+            .field("device", self.device.info())
+            .field("dtype", &self.dtype)
+            .finish()
+    }
+}
+
+/// An activation on the device. Clones share the memory; a write to a shared tensor copies it
+/// first (copy on write), so the model can keep hidden states while the stream moves on.
+#[derive(Clone)]
+pub struct CudaTensor {
+    buf: Arc<Buffer>,
+}
+
+impl CudaTensor {
+    fn new(buf: Buffer) -> Self {
+        CudaTensor { buf: Arc::new(buf) }
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        self.buf.shape()
+    }
+
+    /// The element type on the device.
+    pub fn dtype(&self) -> DType {
+        self.buf.dtype()
+    }
+
+    /// The device buffer.
+    pub fn buffer(&self) -> &Buffer {
+        &self.buf
+    }
+
+    fn rows(&self) -> usize {
+        let last = self.shape().last().copied().unwrap_or(1).max(1);
+        self.buf.len() / last
+    }
+
+    fn last_dim(&self) -> usize {
+        self.shape().last().copied().unwrap_or(1)
+    }
+}
+
+/// A parameter on the device: in the compute dtype, plus an f32 copy for one-dimensional ones
+/// when the compute dtype is not f32.
+pub struct CudaWeight {
+    main: Buffer,
+    f32: Option<Buffer>,
+}
+
+impl CudaWeight {
+    /// The parameter in the compute dtype.
+    pub fn buffer(&self) -> &Buffer {
+        &self.main
+    }
+
+    /// The parameter in f32 (one-dimensional parameters, or everything when computing in f32).
+    fn as_f32(&self) -> &Buffer {
+        self.f32.as_ref().unwrap_or(&self.main)
+    }
+
+    fn shape(&self) -> &[usize] {
+        self.main.shape()
+    }
+}
+
+fn kernel_dtype(dtype: Dtype) -> DType {
+    match dtype {
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
+    }
+}
+
+fn kernel_act(act: Activation) -> Act {
+    match act {
+        Activation::Gelu => Act::Gelu,
+        Activation::GeluTanh => Act::GeluTanh,
+        Activation::QuickGelu => Act::QuickGelu,
+        Activation::Relu => Act::Relu,
+        Activation::Relu6 => Act::Relu6,
+        Activation::Selu => Act::Selu,
+        Activation::Silu => Act::Silu,
+        Activation::Tanh => Act::Tanh,
+        Activation::Sigmoid => Act::Sigmoid,
+        Activation::Identity => Act::Identity,
+    }
+}
+
+fn with_last(shape: &[usize], last: usize) -> Vec<usize> {
+    let mut s = shape.to_vec();
+    if let Some(l) = s.last_mut() {
+        *l = last;
+    }
+    s
+}
+
+impl CudaBackend {
+    /// Opens GPU `ordinal` computing in `dtype`. Fails with a clear message where there is no
+    /// driver, no GPU or no cuBLAS (set LD_LIBRARY_PATH to the directory of libcublas.so.13).
+    pub fn new(ordinal: usize, dtype: Dtype) -> Result<Self> {
+        let name = format!("cuda:{ordinal}");
+        let device = Device::new(ordinal).map_err(|e| ModelError::Backend {
+            backend: name.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(CudaBackend {
+            device: Arc::new(device),
+            dtype,
+            name,
+        })
+    }
+
+    /// The device, for direct use of the kernels (benchmarks, tests).
+    pub fn device(&self) -> &Arc<Device> {
+        &self.device
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// Waits for all queued work.
+    pub fn synchronize(&self) -> Result<()> {
+        self.device.synchronize().map_err(|e| self.err(e))
+    }
+
+    fn err(&self, e: KernelError) -> ModelError {
+        ModelError::Backend {
+            backend: self.name.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn compute(&self) -> DType {
+        kernel_dtype(self.dtype)
+    }
+
+    /// `t` in the compute dtype (a cast when it is not).
+    fn in_compute(&self, t: &CudaTensor) -> Result<CudaTensor> {
+        if t.dtype() == self.compute() {
+            return Ok(t.clone());
+        }
+        let mut out = self
+            .device
+            .alloc(self.compute(), t.shape())
+            .map_err(|e| self.err(e))?;
+        self.device
+            .cast(&t.buf, &mut out)
+            .map_err(|e| self.err(e))?;
+        Ok(CudaTensor::new(out))
+    }
+
+    /// The residual stream `x` as an f32 buffer this call may write (copied when shared).
+    fn residual<'a>(&self, x: &'a mut CudaTensor) -> Result<&'a mut Buffer> {
+        if x.dtype() != DType::F32 {
+            let mut out = self
+                .device
+                .alloc(DType::F32, x.shape())
+                .map_err(|e| self.err(e))?;
+            self.device
+                .cast(&x.buf, &mut out)
+                .map_err(|e| self.err(e))?;
+            x.buf = Arc::new(out);
+        } else if Arc::get_mut(&mut x.buf).is_none() {
+            let copy = self.device.copy(&x.buf).map_err(|e| self.err(e))?;
+            x.buf = Arc::new(copy);
+        }
+        Ok(Arc::get_mut(&mut x.buf).expect("unique after the copy above"))
+    }
+
+    fn alloc(&self, dtype: DType, shape: &[usize]) -> Result<Buffer> {
+        self.device.alloc(dtype, shape).map_err(|e| self.err(e))
+    }
+}
+
+impl Backend for CudaBackend {
+    type Tensor = CudaTensor;
+    type Weight = CudaWeight;
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn weight(&self, values: Vec<f32>, shape: Vec<usize>) -> Result<CudaWeight> {
+        if shape.iter().product::<usize>() != values.len() {
+            return Err(ModelError::Backend {
+                backend: self.name.clone(),
+                reason: format!("weight of shape {shape:?} given {} values", values.len()),
+            });
+        }
+        let main = self
+            .device
+            .upload(&values, &shape, self.compute())
+            .map_err(|e| self.err(e))?;
+        let f32 = if shape.len() == 1 && self.compute() != DType::F32 {
+            Some(
+                self.device
+                    .upload(&values, &shape, DType::F32)
+                    .map_err(|e| self.err(e))?,
+            )
+        } else {
+            None
+        };
+        Ok(CudaWeight { main, f32 })
+    }
+
+    fn upload(&self, tensor: &Tensor) -> Result<CudaTensor> {
+        let buf = self
+            .device
+            .upload(&tensor.data, &tensor.shape, DType::F32)
+            .map_err(|e| self.err(e))?;
+        Ok(CudaTensor::new(buf))
+    }
+
+    fn download(&self, tensor: &CudaTensor) -> Result<Tensor> {
+        let data = self.device.download(&tensor.buf).map_err(|e| self.err(e))?;
+        Ok(Tensor {
+            shape: tensor.shape().to_vec(),
+            data,
+        })
+    }
+
+    fn patch_embed(
+        &self,
+        pixels: &CudaTensor,
+        weight: &CudaWeight,
+        bias: &CudaWeight,
+        patch: usize,
+    ) -> Result<CudaTensor> {
+        let [b, c, h, w] = pixels.shape()[..] else {
+            return Err(ModelError::input("pixel_values", "expected 4 dimensions"));
+        };
+        let pixels32;
+        let px = if pixels.dtype() == DType::F32 {
+            pixels
+        } else {
+            let mut out = self.alloc(DType::F32, pixels.shape())?;
+            self.device
+                .cast(&pixels.buf, &mut out)
+                .map_err(|e| self.err(e))?;
+            pixels32 = CudaTensor::new(out);
+            &pixels32
+        };
+        let (gh, gw) = (h / patch.max(1), w / patch.max(1));
+        let (rows, k, n) = (b * gh * gw, c * patch * patch, weight.shape()[0]);
+        let mut cols = self.alloc(self.compute(), &[rows, k])?;
+        self.device
+            .im2col(&px.buf, &mut cols, b, c, h, w, patch)
+            .map_err(|e| self.err(e))?;
+        let mut y = self.alloc(self.compute(), &[b, gh * gw, n])?;
+        self.device
+            .linear(&cols, &weight.main, Some(&bias.main), &mut y, (rows, n, k))
+            .map_err(|e| self.err(e))?;
+        Ok(CudaTensor::new(y))
+    }
+
+    fn embed_tokens(
+        &self,
+        patches: &CudaTensor,
+        p: TokenParams<'_, CudaWeight>,
+    ) -> Result<CudaTensor> {
+        let [b, n, h] = patches.shape()[..] else {
+            return Err(ModelError::input(
+                "patch embeddings",
+                "expected 3 dimensions",
+            ));
+        };
+        let patches = self.in_compute(patches)?;
+        let r = p.registers.map_or(0, |t| t.shape()[0]);
+        let mask = match p.mask {
+            Some((token, m)) => {
+                let bytes: Vec<u8> = m.iter().map(|&v| v as u8).collect();
+                let md = self
+                    .device
+                    .upload_bytes(&bytes, &[bytes.len()])
+                    .map_err(|e| self.err(e))?;
+                Some((token, md))
+            }
+            None => None,
+        };
+        let mut x = self.alloc(DType::F32, &[b, 1 + r + n, h])?;
+        self.device
+            .embed_tokens(
+                &patches.buf,
+                p.cls.as_f32(),
+                &p.positions.main,
+                p.registers.map(|t| &t.main),
+                mask.as_ref().map(|(t, m)| (t.as_f32(), m)),
+                &mut x,
+                (b, n, h),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(CudaTensor::new(x))
+    }
+
+    fn layer_norm(
+        &self,
+        x: &CudaTensor,
+        weight: &CudaWeight,
+        bias: &CudaWeight,
+        eps: f64,
+    ) -> Result<CudaTensor> {
+        let h = x.last_dim();
+        // f32 input (the residual stream) or compute-dtype input; output in the compute dtype.
+        let x = if x.dtype() == DType::F32 || x.dtype() == self.compute() {
+            x.clone()
+        } else {
+            self.in_compute(x)?
+        };
+        let mut y = self.alloc(self.compute(), x.shape())?;
+        self.device
+            .layer_norm(
+                &x.buf,
+                weight.as_f32(),
+                bias.as_f32(),
+                &mut y,
+                x.rows(),
+                h,
+                eps as f32,
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(CudaTensor::new(y))
+    }
+
+    fn linear(
+        &self,
+        x: &CudaTensor,
+        weight: &CudaWeight,
+        bias: Option<&CudaWeight>,
+        act: Activation,
+    ) -> Result<CudaTensor> {
+        let x = self.in_compute(x)?;
+        let (n, k) = (weight.shape()[0], weight.shape()[1]);
+        let rows = x.rows();
+        let mut y = self.alloc(self.compute(), &with_last(x.shape(), n))?;
+        self.device
+            .linear(
+                &x.buf,
+                &weight.main,
+                bias.map(|b| &b.main),
+                &mut y,
+                (rows, n, k),
+            )
+            .map_err(|e| self.err(e))?;
+        let act = kernel_act(act);
+        if act != Act::Identity {
+            self.device
+                .bias_act(&mut y, None, rows, n, act)
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(CudaTensor::new(y))
+    }
+
+    fn swiglu(&self, x: &CudaTensor) -> Result<CudaTensor> {
+        let x = self.in_compute(x)?;
+        let f = x.last_dim() / 2;
+        let mut out = self.alloc(self.compute(), &with_last(x.shape(), f))?;
+        self.device
+            .swiglu(&x.buf, &mut out, x.rows(), f)
+            .map_err(|e| self.err(e))?;
+        Ok(CudaTensor::new(out))
+    }
+
+    fn attention(
+        &self,
+        qkv: &CudaTensor,
+        heads: usize,
+        want_probs: bool,
+    ) -> Result<(CudaTensor, Option<CudaTensor>)> {
+        let [b, n, three_h] = qkv.shape()[..] else {
+            return Err(ModelError::input("qkv", "expected 3 dimensions"));
+        };
+        let qkv = self.in_compute(qkv)?;
+        let h = three_h / 3;
+        let d = h / heads.max(1);
+        let scale = (d as f64).powf(-0.5) as f32;
+        let mut out = self.alloc(self.compute(), &[b, n, h])?;
+        let probs = if want_probs {
+            let mut probs = self.alloc(DType::F32, &[b, heads, n, n])?;
+            self.device
+                .attention_probs(&qkv.buf, &mut out, &mut probs, b, n, heads, d, scale)
+                .map_err(|e| self.err(e))?;
+            Some(CudaTensor::new(probs))
+        } else {
+            self.device
+                .attention(&qkv.buf, &mut out, b, n, heads, d, scale)
+                .map_err(|e| self.err(e))?;
+            None
+        };
+        Ok((CudaTensor::new(out), probs))
+    }
+
+    fn add_scaled(
+        &self,
+        x: &mut CudaTensor,
+        branch: &CudaTensor,
+        gamma: &CudaWeight,
+    ) -> Result<()> {
+        let h = gamma.main.len();
+        let rows = x.rows();
+        let branch = self.in_compute(branch)?;
+        let dev = self.device.clone();
+        let xb = self.residual(x)?;
+        dev.add_scaled(xb, &branch.buf, gamma.as_f32(), rows, h)
+            .map_err(|e| self.err(e))
+    }
+
+    fn add_scaled_layer_norm(
+        &self,
+        x: &mut CudaTensor,
+        branch: &CudaTensor,
+        gamma: &CudaWeight,
+        weight: &CudaWeight,
+        bias: &CudaWeight,
+        eps: f64,
+    ) -> Result<CudaTensor> {
+        let h = gamma.main.len();
+        let rows = x.rows();
+        let branch = self.in_compute(branch)?;
+        let mut y = self.alloc(self.compute(), x.shape())?;
+        let dev = self.device.clone();
+        let xb = self.residual(x)?;
+        dev.add_scaled_layer_norm(
+            xb,
+            &branch.buf,
+            gamma.as_f32(),
+            weight.as_f32(),
+            bias.as_f32(),
+            &mut y,
+            rows,
+            h,
+            eps as f32,
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(CudaTensor::new(y))
+    }
+}

@@ -1,0 +1,355 @@
+//! Every golden fixture end to end on the GPU (`CudaBackend`):
+//! * f32: every output within relative L2 1e-4 of transformers' float64 result;
+//! * f16 / bf16, against the CPU f32 path on the same inputs: relative L2 <= 1e-2 / 3e-2 on
+//!   `last_hidden_state` (and on logits and feature maps for the other heads), and pooled-output
+//!   cosine >= 0.9999 / 0.9995 per image.
+//!
+//! They need a CUDA device; the fixtures are found through `DINOV2_GOLDEN_DIR` (the device bundle
+//! sets it) or else at `tests/fixtures/golden` in the repository.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use dinov2_checkpoint::Checkpoint;
+use dinov2_model::{
+    Backend, CpuBackend, CudaBackend, Dinov2, Dtype, ForwardOptions, Head, Interpolation, Labels,
+    Tensor,
+};
+use safetensors::{Dtype as StDtype, SafeTensors};
+
+fn golden_dir() -> PathBuf {
+    match std::env::var_os("DINOV2_GOLDEN_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden"),
+    }
+}
+
+fn cases() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(golden_dir())
+        .unwrap_or_else(|e| panic!("{}: {e}", golden_dir().display()))
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.join("runs.json").is_file())
+        .collect();
+    out.sort();
+    assert!(
+        !out.is_empty(),
+        "no golden cases in {}",
+        golden_dir().display()
+    );
+    out
+}
+
+struct Run {
+    name: String,
+    head: Head,
+    opts: ForwardOptions,
+}
+
+fn runs(case: &Path) -> Vec<Run> {
+    let text = std::fs::read_to_string(case.join("runs.json")).expect("runs.json");
+    let value: serde_json::Value = serde_json::from_str(&text).expect("runs.json is JSON");
+    value
+        .as_array()
+        .expect("a list of runs")
+        .iter()
+        .map(|r| Run {
+            name: r["name"].as_str().expect("name").to_owned(),
+            head: r["head"].as_str().expect("head").parse().expect("head"),
+            opts: ForwardOptions {
+                hidden_states: r["hidden_states"].as_bool().unwrap_or(false),
+                attentions: r["attentions"].as_bool().unwrap_or(false),
+                interpolation: if r["legacy_interpolation"].as_bool().unwrap_or(false) {
+                    Interpolation::Legacy
+                } else {
+                    Interpolation::Current
+                },
+            },
+        })
+        .collect()
+}
+
+fn floats(view: &safetensors::tensor::TensorView<'_>) -> Vec<f64> {
+    let b = view.data();
+    match view.dtype() {
+        StDtype::F64 => b
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        StDtype::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        other => panic!("unexpected float dtype {other:?}"),
+    }
+}
+
+fn integers(view: &safetensors::tensor::TensorView<'_>) -> Vec<i64> {
+    let b = view.data();
+    match view.dtype() {
+        StDtype::I64 => b
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        StDtype::I32 => b
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
+            .collect(),
+        StDtype::U8 | StDtype::BOOL => b.iter().map(|&v| v as i64).collect(),
+        other => panic!("unexpected integer dtype {other:?}"),
+    }
+}
+
+struct Inputs {
+    pixels: Tensor,
+    mask: Option<Vec<bool>>,
+    labels: Option<Labels>,
+}
+
+fn read_inputs(path: &Path) -> Inputs {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).expect("safetensors");
+    let px = st.tensor("pixel_values").expect("pixel_values");
+    let pixels = Tensor {
+        shape: px.shape().to_vec(),
+        data: floats(&px).into_iter().map(|v| v as f32).collect(),
+    };
+    let mask = st
+        .tensor("bool_masked_pos")
+        .ok()
+        .map(|v| integers(&v).into_iter().map(|x| x != 0).collect());
+    let labels = st.tensor("labels").ok().map(|v| match v.dtype() {
+        StDtype::I64 | StDtype::I32 => Labels::Classes(integers(&v)),
+        _ => Labels::Targets(Tensor {
+            shape: v.shape().to_vec(),
+            data: floats(&v).into_iter().map(|x| x as f32).collect(),
+        }),
+    });
+    Inputs {
+        pixels,
+        mask,
+        labels,
+    }
+}
+
+type Expected = BTreeMap<String, (Vec<usize>, Vec<f64>)>;
+
+fn read_expected(path: &Path) -> Expected {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).expect("safetensors");
+    st.tensors()
+        .into_iter()
+        .map(|(name, v)| (name, (v.shape().to_vec(), floats(&v))))
+        .collect()
+}
+
+fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// The smallest cosine similarity between matching rows of `[rows, cols]` tensors.
+fn min_cosine(a: &[f32], b: &[f64], cols: usize) -> f64 {
+    a.chunks(cols)
+        .zip(b.chunks(cols))
+        .map(|(x, y)| {
+            let dot: f64 = x.iter().zip(y).map(|(&p, &q)| p as f64 * q).sum();
+            let nx: f64 = x.iter().map(|&p| (p as f64).powi(2)).sum::<f64>().sqrt();
+            let ny: f64 = y.iter().map(|q| q * q).sum::<f64>().sqrt();
+            dot / (nx * ny).max(1e-300)
+        })
+        .fold(1.0, f64::min)
+}
+
+fn run_model<B: Backend>(
+    model: &Dinov2<B>,
+    run: &Run,
+    inputs: &Inputs,
+) -> Result<Vec<(String, Tensor)>, String>
+where
+    B::Tensor: Clone,
+{
+    model
+        .run(
+            run.head,
+            &inputs.pixels,
+            inputs.mask.as_deref(),
+            inputs.labels.as_ref(),
+            &run.opts,
+        )
+        .map(|o| o.into_named())
+        .map_err(|e| e.to_string())
+}
+
+fn gpu(dtype: Dtype) -> CudaBackend {
+    CudaBackend::new(0, dtype).unwrap_or_else(|e| panic!("cannot open cuda:0: {e}"))
+}
+
+/// Runs `check` on every run of every case; collects the failures so that one bad case does not
+/// hide the others.
+fn for_each_run(
+    mut check: impl FnMut(&Path, &Checkpoint, &Run, &Inputs) -> Result<String, String>,
+) {
+    let mut failures = Vec::new();
+    for case in cases() {
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        let checkpoint = Checkpoint::open(&case).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for run in runs(&case) {
+            let inputs = read_inputs(&case.join(format!("{}.inputs.safetensors", run.name)));
+            let context = format!("{name}/{}", run.name);
+            match check(&case, &checkpoint, &run, &inputs) {
+                Ok(report) => eprintln!("{context}: {report}"),
+                Err(why) => {
+                    eprintln!("{context}: FAILED {why}");
+                    failures.push(format!("{context}: {why}"));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} run(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn golden_f32_on_gpu_matches_float64_truth() {
+    let backend = gpu(Dtype::F32);
+    for_each_run(|case, checkpoint, run, inputs| {
+        let model = Dinov2::load(backend.clone(), checkpoint).map_err(|e| e.to_string())?;
+        let got = run_model(&model, run, inputs)?;
+        let expected = read_expected(&case.join(format!("{}.expected.safetensors", run.name)));
+        let mut names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort_unstable();
+        let want: Vec<&str> = expected.keys().map(String::as_str).collect();
+        if names != want {
+            return Err(format!("outputs {names:?}, expected {want:?}"));
+        }
+        let mut worst = 0.0f64;
+        for (name, t) in &got {
+            let (shape, values) = &expected[name];
+            if &t.shape != shape {
+                return Err(format!("`{name}` shape {:?}, expected {shape:?}", t.shape));
+            }
+            let err = rel_l2(&t.data, values);
+            if err.is_nan() || err > 1e-4 {
+                return Err(format!("`{name}` relative L2 {err:.3e} > 1e-4"));
+            }
+            worst = worst.max(err);
+        }
+        Ok(format!("f32 worst relative L2 {worst:.2e}"))
+    });
+}
+
+fn half_precision(dtype: Dtype, rel_tol: f64, cos_tol: f64) {
+    let backend = gpu(dtype);
+    for_each_run(|_, checkpoint, run, inputs| {
+        let reference = Dinov2::load(CpuBackend, checkpoint).map_err(|e| e.to_string())?;
+        let model = Dinov2::load(backend.clone(), checkpoint).map_err(|e| e.to_string())?;
+        let want: BTreeMap<String, Tensor> =
+            run_model(&reference, run, inputs)?.into_iter().collect();
+        let got = run_model(&model, run, inputs)?;
+        let mut report = Vec::new();
+        for (name, t) in &got {
+            let w = want
+                .get(name)
+                .ok_or_else(|| format!("`{name}` not in the CPU output"))?;
+            if t.shape != w.shape {
+                return Err(format!("`{name}` shape {:?}, CPU {:?}", t.shape, w.shape));
+            }
+            if t.data.iter().any(|v| !v.is_finite()) {
+                return Err(format!("`{name}` has non-finite values"));
+            }
+            let w64: Vec<f64> = w.data.iter().map(|&v| v as f64).collect();
+            if name == "last_hidden_state" || name == "logits" || name.starts_with("feature_maps") {
+                let err = rel_l2(&t.data, &w64);
+                if err.is_nan() || err > rel_tol {
+                    return Err(format!("`{name}` relative L2 {err:.3e} > {rel_tol:.0e}"));
+                }
+                report.push(format!("{name} {err:.2e}"));
+            }
+            if name == "pooler_output" {
+                let cols = t.shape.last().copied().unwrap_or(1).max(1);
+                let cos = min_cosine(&t.data, &w64, cols);
+                if cos.is_nan() || cos < cos_tol {
+                    return Err(format!("`{name}` cosine {cos:.6} < {cos_tol}"));
+                }
+                report.push(format!("{name} cosine {cos:.6}"));
+            }
+        }
+        Ok(format!("{dtype}: {}", report.join(", ")))
+    });
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn golden_f16_on_gpu_matches_cpu_f32() {
+    half_precision(Dtype::F16, 1e-2, 0.9999);
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn golden_bf16_on_gpu_matches_cpu_f32() {
+    half_precision(Dtype::BF16, 3e-2, 0.9995);
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn fused_residual_norm_matches_the_unfused_ops() {
+    let cpu = CpuBackend;
+    let vals = |n: usize, k: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * k).sin()).collect() };
+    let (rows, h) = (37, 48);
+    let x = Tensor {
+        shape: vec![rows, h],
+        data: vals(rows * h, 0.37),
+    };
+    let branch = Tensor {
+        shape: vec![rows, h],
+        data: vals(rows * h, 0.11),
+    };
+    let (g, w, b) = (vals(h, 0.7), vals(h, 0.3), vals(h, 0.9));
+    let mut xc = x.clone();
+    let gc = cpu.weight(g.clone(), vec![h]).unwrap();
+    let wc = cpu.weight(w.clone(), vec![h]).unwrap();
+    let bc = cpu.weight(b.clone(), vec![h]).unwrap();
+    let yc = cpu
+        .add_scaled_layer_norm(&mut xc, &branch, &gc, &wc, &bc, 1e-6)
+        .unwrap();
+    let to64 = |t: &Tensor| t.data.iter().map(|&v| v as f64).collect::<Vec<_>>();
+    for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+        let be = gpu(dtype);
+        let mut xg = be.upload(&x).unwrap();
+        let keep = xg.clone(); // shared: the update must copy, not write through
+        let bg = be.upload(&branch).unwrap();
+        let gg = be.weight(g.clone(), vec![h]).unwrap();
+        let wg = be.weight(w.clone(), vec![h]).unwrap();
+        let bbg = be.weight(b.clone(), vec![h]).unwrap();
+        let yg = be
+            .add_scaled_layer_norm(&mut xg, &bg, &gg, &wg, &bbg, 1e-6)
+            .unwrap();
+        let tol = match dtype {
+            Dtype::F32 => 1e-5,
+            Dtype::F16 => 5e-3,
+            Dtype::BF16 => 3e-2,
+        };
+        // The branch is rounded to the compute dtype before the update.
+        let x_err = rel_l2(&be.download(&xg).unwrap().data, &to64(&xc));
+        assert!(x_err < tol, "{dtype}: residual {x_err:.2e}");
+        let y_err = rel_l2(&be.download(&yg).unwrap().data, &to64(&yc));
+        assert!(y_err < tol, "{dtype}: normed {y_err:.2e}");
+        assert_eq!(
+            be.download(&keep).unwrap().data,
+            x.data,
+            "{dtype}: a clone was written through"
+        );
+    }
+}

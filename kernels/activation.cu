@@ -1,0 +1,73 @@
+// Epilogues of a GEMM and the gated FFN, computed in f32 in place or out of place:
+//   bias_act_{f32,f16,bf16}(y, bias, rows, cols, act)   y = act(y + bias[col]); bias may be null
+//   bias_act_v8_{f32,f16,bf16}(...)                     the same, 8 elements per access (cols % 8 == 0)
+//   swiglu_{f32,f16,bf16}(z, out, rows, f)              out = silu(z[:, :f]) · z[:, f:]
+// `act` is the Act code of common.cuh (the order of dinov2_checkpoint::Activation).
+#include "common.cuh"
+
+template <typename T>
+__device__ __forceinline__ void bias_act(T* __restrict__ y, const float* __restrict__ bias,
+                                         long rows, int cols, int act) {
+    const long n = rows * cols;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long)gridDim.x * blockDim.x) {
+        float v = to_f32(y[i]);
+        if (bias) v += bias[i % cols];
+        y[i] = from_f32<T>(activate(v, act));
+    }
+}
+
+// The same with 16-byte accesses: 8 elements per step (cols % 8 == 0, y 16-byte aligned).
+template <typename T>
+__device__ __forceinline__ void bias_act_v8(T* __restrict__ y, const float* __restrict__ bias,
+                                            long rows, int cols, int act) {
+    constexpr int WORDS = sizeof(T) * 8 / 16; // uint4 per 8 elements: 1 (f16/bf16), 2 (f32)
+    const long n8 = rows * cols / 8;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n8;
+         i += (long)gridDim.x * blockDim.x) {
+        uint4* p = reinterpret_cast<uint4*>(y + i * 8);
+        union {
+            uint4 raw[WORDS];
+            T v[8];
+        } u;
+#pragma unroll
+        for (int w = 0; w < WORDS; w++) u.raw[w] = p[w];
+        const int c0 = (int)((i * 8) % cols);
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            float v = to_f32(u.v[e]);
+            if (bias) v += bias[c0 + e];
+            u.v[e] = from_f32<T>(activate(v, act));
+        }
+#pragma unroll
+        for (int w = 0; w < WORDS; w++) p[w] = u.raw[w];
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void swiglu(const T* __restrict__ z, T* __restrict__ out, long rows,
+                                       int f) {
+    const long n = rows * f;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long)gridDim.x * blockDim.x) {
+        const long r = i / f, c = i - r * f;
+        const float a = to_f32(z[r * 2 * f + c]);
+        const float g = to_f32(z[r * 2 * f + f + c]);
+        out[i] = from_f32<T>(a * sigmoidf_(a) * g);
+    }
+}
+
+#define ACTIVATION(name, T)                                                                        \
+    extern "C" __global__ void bias_act_##name(T* y, const float* bias, long rows, int cols,       \
+                                               int act) {                                          \
+        bias_act<T>(y, bias, rows, cols, act);                                                     \
+    }                                                                                              \
+    extern "C" __global__ void bias_act_v8_##name(T* y, const float* bias, long rows, int cols,    \
+                                                  int act) {                                       \
+        bias_act_v8<T>(y, bias, rows, cols, act);                                                  \
+    }                                                                                              \
+    extern "C" __global__ void swiglu_##name(const T* z, T* out, long rows, int f) {               \
+        swiglu<T>(z, out, rows, f);                                                                \
+    }
+
+DINOV2_FOR_EACH_DTYPE(ACTIVATION)

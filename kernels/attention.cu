@@ -1,0 +1,400 @@
+// Multi-head softmax attention over packed QKV rows: qkv [B, N, 3·heads·d] (each row [q | k | v],
+// head j at columns j·d..(j+1)·d of each part) -> out [B, N, heads·d]; scores q·kᵀ·scale.
+//
+//   attention_{f16,bf16}_d{16,32,64,96,128}  flash attention on tensor cores (mma.sync m16n8k16,
+//       f32 accumulation, online softmax in f32). One block = 4 warps = 64 query rows of one
+//       (image, head); K/V tiles of 64 keys double-buffered in shared memory with cp.async. The
+//       suffix is the head dim padded to a multiple of 16 (any d that is a multiple of 8, d <= pad).
+//       Grid (ceil(N/64), heads, B), 128 threads, dynamic shared memory 320·(pad + 8)·2 bytes.
+//   attention_f32   the f32 path: SIMT, 16 query rows per block (4 per warp), 32-key tiles, d <= 128.
+//       Grid (ceil(N/16), heads, B), 128 threads.
+//   attention_probs_{f32,f16,bf16}  the path that also writes the f32 probabilities
+//       [B, heads, N, N]: one block per query row, exact two-pass softmax. d <= 128.
+//       Grid (N, heads, B), 128 threads.
+#include "common.cuh"
+
+// ---------------------------------------------------------------------------------------------
+// PTX helpers (sm_80+).
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+// 16-byte asynchronous copy global -> shared; zero-fills the destination when !valid.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+    const int bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+template <typename T> struct Mma;
+
+template <> struct Mma<f16> {
+    // c += a · b for one m16n8k16 tile (row-major A, column-major B, f32 C).
+    static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                               uint32_t b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+                     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    // Two f32 values as one register of two halves (x in the low half).
+    static __device__ __forceinline__ uint32_t pack(float x, float y) {
+        __half2 h = __floats2half2_rn(x, y);
+        return *reinterpret_cast<uint32_t*>(&h);
+    }
+};
+
+template <> struct Mma<bf16> {
+    static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                               uint32_t b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+                     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    static __device__ __forceinline__ uint32_t pack(float x, float y) {
+        __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+        return *reinterpret_cast<uint32_t*>(&h);
+    }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Flash attention, f16/bf16.
+
+#define FA_BM 64
+#define FA_BN 64
+#define FA_THREADS 128
+
+// Copies rows row0..row0+64 (row stride ld) of one head's columns into a [64][DP + 8] tile,
+// zero-filling rows >= n and columns >= d.
+template <typename T, int DP>
+__device__ __forceinline__ void fa_load_tile(T* dst, const T* src, int row0, int n, int d, long ld) {
+    constexpr int LDS = DP + 8, CPR = DP / 8, CHUNKS = FA_BM * CPR;
+#pragma unroll
+    for (int c = threadIdx.x; c < CHUNKS; c += FA_THREADS) {
+        const int r = c / CPR, col = (c % CPR) * 8;
+        const int gr = row0 + r;
+        const bool ok = gr < n && col < d;
+        const T* g = ok ? src + (long)gr * ld + col : src;
+        cp_async16(smem_addr(dst + r * LDS + col), g, ok);
+    }
+}
+
+template <typename T, int DP>
+__device__ __forceinline__ void flash_attention(const T* __restrict__ qkv, T* __restrict__ out,
+                                                int n, int heads, int d, float scale_log2) {
+    constexpr int LDS = DP + 8;        // padded row: conflict-free ldmatrix
+    constexpr int KSTEPS = DP / 16;    // k-steps of S = Q·Kᵀ
+    constexpr int STILES = FA_BN / 8;  // n-tiles of S (keys)
+    constexpr int OTILES = DP / 8;     // n-tiles of O (head dims)
+    extern __shared__ __align__(16) unsigned char fa_smem[];
+    T* sQ = reinterpret_cast<T*>(fa_smem);  // [64][LDS]
+    T* sK = sQ + FA_BM * LDS;               // [2][64][LDS]
+    T* sV = sK + 2 * FA_BN * LDS;           // [2][64][LDS]
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, tig = lane & 3;
+    const int head = blockIdx.y, img = blockIdx.z;
+    const int q0 = blockIdx.x * FA_BM;
+    const int hd = heads * d;
+    const long ld = 3L * hd;
+    const T* base = qkv + (long)img * n * ld + (long)head * d;
+    const T* kbase = base + hd;
+    const T* vbase = base + 2 * hd;
+    const int ntiles = (n + FA_BN - 1) / FA_BN;
+
+    fa_load_tile<T, DP>(sQ, base, q0, n, d, ld);
+    fa_load_tile<T, DP>(sK, kbase, 0, n, d, ld);
+    fa_load_tile<T, DP>(sV, vbase, 0, n, d, ld);
+    cp_async_commit();
+
+    uint32_t qf[KSTEPS][4];
+    float o[OTILES][4];
+#pragma unroll
+    for (int t = 0; t < OTILES; t++) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+
+    for (int j = 0; j < ntiles; j++) {
+        const int buf = j & 1;
+        if (j + 1 < ntiles) {
+            fa_load_tile<T, DP>(sK + (buf ^ 1) * FA_BN * LDS, kbase, (j + 1) * FA_BN, n, d, ld);
+            fa_load_tile<T, DP>(sV + (buf ^ 1) * FA_BN * LDS, vbase, (j + 1) * FA_BN, n, d, ld);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        if (j == 0) {
+#pragma unroll
+            for (int kk = 0; kk < KSTEPS; kk++)
+                ldmatrix_x4(qf[kk], smem_addr(sQ + (warp * 16 + (lane & 15)) * LDS + kk * 16 +
+                                              (lane >> 4) * 8));
+        }
+
+        // S = Q·Kᵀ for this warp's 16 rows and the tile's 64 keys.
+        const T* k = sK + buf * FA_BN * LDS;
+        float s[STILES][4];
+#pragma unroll
+        for (int t = 0; t < STILES; t++) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; kk++) {
+#pragma unroll
+            for (int np = 0; np < STILES / 2; np++) {
+                const int mat = lane >> 3;
+                const int key = np * 16 + (lane & 7) + (mat >> 1) * 8;
+                const int dim = kk * 16 + (mat & 1) * 8;
+                uint32_t b[4];
+                ldmatrix_x4(b, smem_addr(k + key * LDS + dim));
+                Mma<T>::run(s[2 * np], qf[kk], b[0], b[1]);
+                Mma<T>::run(s[2 * np + 1], qf[kk], b[2], b[3]);
+            }
+        }
+
+        // Online softmax (log2 domain); rows g (elements 0, 1) and g + 8 (elements 2, 3).
+        const int key0 = j * FA_BN + tig * 2;
+        const bool tail = (j + 1) * FA_BN > n;
+        float mx0 = m0, mx1 = m1;
+#pragma unroll
+        for (int t = 0; t < STILES; t++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float v = s[t][e] * scale_log2;
+                if (tail && key0 + t * 8 + (e & 1) >= n) v = -INFINITY;
+                s[t][e] = v;
+            }
+            mx0 = fmaxf(mx0, fmaxf(s[t][0], s[t][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[t][2], s[t][3]));
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float alpha0 = exp2f(m0 - mx0), alpha1 = exp2f(m1 - mx1);
+        m0 = mx0;
+        m1 = mx1;
+        float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+        for (int t = 0; t < STILES; t++) {
+            s[t][0] = exp2f(s[t][0] - m0);
+            s[t][1] = exp2f(s[t][1] - m0);
+            s[t][2] = exp2f(s[t][2] - m1);
+            s[t][3] = exp2f(s[t][3] - m1);
+            sum0 += s[t][0] + s[t][1];
+            sum1 += s[t][2] + s[t][3];
+        }
+        l0 = l0 * alpha0 + sum0;
+        l1 = l1 * alpha1 + sum1;
+#pragma unroll
+        for (int t = 0; t < OTILES; t++) {
+            o[t][0] *= alpha0;
+            o[t][1] *= alpha0;
+            o[t][2] *= alpha1;
+            o[t][3] *= alpha1;
+        }
+
+        // O += P·V: P straight from the S accumulators (their layout is the A-fragment layout).
+        const T* v = sV + buf * FA_BN * LDS;
+#pragma unroll
+        for (int kk = 0; kk < FA_BN / 16; kk++) {
+            uint32_t a[4];
+            a[0] = Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]);
+            a[1] = Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]);
+            a[2] = Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            a[3] = Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int dp = 0; dp < DP / 16; dp++) {
+                const int mat = lane >> 3;
+                const int key = kk * 16 + (lane & 7) + (mat & 1) * 8;
+                const int dim = dp * 16 + (mat >> 1) * 8;
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, smem_addr(v + key * LDS + dim));
+                Mma<T>::run(o[2 * dp], a, b[0], b[1]);
+                Mma<T>::run(o[2 * dp + 1], a, b[2], b[3]);
+            }
+        }
+        __syncthreads();
+    }
+
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
+    const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;
+    T* obase = out + (long)img * n * hd + (long)head * d + tig * 2;
+#pragma unroll
+    for (int t = 0; t < OTILES; t++) {
+        if (t * 8 < d) {
+            if (r0 < n)
+                *reinterpret_cast<uint32_t*>(obase + (long)r0 * hd + t * 8) =
+                    Mma<T>::pack(o[t][0] * inv0, o[t][1] * inv0);
+            if (r1 < n)
+                *reinterpret_cast<uint32_t*>(obase + (long)r1 * hd + t * 8) =
+                    Mma<T>::pack(o[t][2] * inv1, o[t][3] * inv1);
+        }
+    }
+}
+
+#define FLASH(name, T, DP)                                                                         \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS)                                       \
+        attention_##name##_d##DP(const T* qkv, T* out, int n, int heads, int d,                   \
+                                 float scale_log2) {                                               \
+        flash_attention<T, DP>(qkv, out, n, heads, d, scale_log2);                                 \
+    }
+
+FLASH(f16, f16, 16)
+FLASH(f16, f16, 32)
+FLASH(f16, f16, 64)
+FLASH(f16, f16, 96)
+FLASH(f16, f16, 128)
+FLASH(bf16, bf16, 16)
+FLASH(bf16, bf16, 32)
+FLASH(bf16, bf16, 64)
+FLASH(bf16, bf16, 96)
+FLASH(bf16, bf16, 128)
+
+// ---------------------------------------------------------------------------------------------
+// f32 attention (SIMT, online softmax with accurate expf).
+
+#define F32_BQ 16
+#define F32_BK 32
+#define DMAX 128
+
+extern "C" __global__ void __launch_bounds__(128)
+    attention_f32(const float* __restrict__ qkv, float* __restrict__ out, int n, int heads, int d,
+                  float scale) {
+    __shared__ float sQ[F32_BQ][DMAX];
+    __shared__ float sK[F32_BK][DMAX + 1];
+    __shared__ float sV[F32_BK][DMAX];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int head = blockIdx.y, img = blockIdx.z, q0 = blockIdx.x * F32_BQ;
+    const int hd = heads * d;
+    const long ld = 3L * hd;
+    const float* base = qkv + (long)img * n * ld + (long)head * d;
+    for (int i = threadIdx.x; i < F32_BQ * d; i += blockDim.x) {
+        const int r = i / d, c = i - r * d;
+        sQ[r][c] = q0 + r < n ? base[(long)(q0 + r) * ld + c] : 0.0f;
+    }
+    float m[4], l[4], o[4][4];
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < 4; c++) o[r][c] = 0.0f;
+    }
+    for (int k0 = 0; k0 < n; k0 += F32_BK) {
+        __syncthreads();
+        for (int i = threadIdx.x; i < F32_BK * d; i += blockDim.x) {
+            const int r = i / d, c = i - r * d;
+            const bool ok = k0 + r < n;
+            const long at = (long)(k0 + r) * ld + c;
+            sK[r][c] = ok ? base[hd + at] : 0.0f;
+            sV[r][c] = ok ? base[2 * hd + at] : 0.0f;
+        }
+        __syncthreads();
+        const bool valid = k0 + lane < n;
+#pragma unroll
+        for (int rr = 0; rr < 4; rr++) {
+            const float* q = sQ[warp * 4 + rr];
+            float s = 0.0f;
+            for (int c = 0; c < d; c++) s = fmaf(q[c], sK[lane][c], s);
+            s = valid ? s * scale : -INFINITY;
+            const float mx = fmaxf(m[rr], warp_max(s));
+            const float alpha = expf(m[rr] - mx);
+            const float p = valid ? expf(s - mx) : 0.0f;
+            l[rr] = l[rr] * alpha + warp_sum(p);
+            m[rr] = mx;
+#pragma unroll
+            for (int cc = 0; cc < 4; cc++) o[rr][cc] *= alpha;
+            for (int jj = 0; jj < F32_BK; jj++) {
+                const float pj = __shfl_sync(0xffffffffu, p, jj);
+#pragma unroll
+                for (int cc = 0; cc < 4; cc++) {
+                    const int c = lane + 32 * cc;
+                    if (c < d) o[rr][cc] = fmaf(pj, sV[jj][c], o[rr][cc]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int rr = 0; rr < 4; rr++) {
+        const int row = q0 + warp * 4 + rr;
+        if (row >= n) continue;
+        const float inv = 1.0f / l[rr];
+        float* orow = out + ((long)img * n + row) * hd + (long)head * d;
+#pragma unroll
+        for (int cc = 0; cc < 4; cc++) {
+            const int c = lane + 32 * cc;
+            if (c < d) orow[c] = o[rr][cc] * inv;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention that also writes the probabilities (f32), one block per query row.
+
+template <typename T>
+__device__ __forceinline__ void attention_probs(const T* __restrict__ qkv, T* __restrict__ out,
+                                                float* __restrict__ probs, int n, int heads, int d,
+                                                float scale) {
+    __shared__ float sq[DMAX];
+    __shared__ float scratch[32];
+    const int row = blockIdx.x, head = blockIdx.y, img = blockIdx.z;
+    const int hd = heads * d;
+    const long ld = 3L * hd;
+    const T* base = qkv + (long)img * n * ld + (long)head * d;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) sq[c] = to_f32(base[(long)row * ld + c]);
+    __syncthreads();
+    float* pr = probs + (((long)img * heads + head) * n + row) * n;
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const T* kr = base + hd + (long)j * ld;
+        float s = 0.0f;
+        for (int c = 0; c < d; c++) s = fmaf(sq[c], to_f32(kr[c]), s);
+        s *= scale;
+        pr[j] = s;
+        mx = fmaxf(mx, s);
+    }
+    mx = block_max(mx, scratch);
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const float e = expf(pr[j] - mx);
+        pr[j] = e;
+        sum += e;
+    }
+    const float inv = 1.0f / block_sum(sum, scratch);
+    for (int j = threadIdx.x; j < n; j += blockDim.x) pr[j] *= inv;
+    __syncthreads();
+    T* orow = out + ((long)img * n + row) * hd + (long)head * d;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        const T* vc = base + 2 * hd + c;
+        float acc = 0.0f;
+        for (int j = 0; j < n; j++) acc = fmaf(pr[j], to_f32(vc[(long)j * ld]), acc);
+        orow[c] = from_f32<T>(acc);
+    }
+}
+
+#define PROBS(name, T)                                                                             \
+    extern "C" __global__ void __launch_bounds__(128) attention_probs_##name(                      \
+        const T* qkv, T* out, float* probs, int n, int heads, int d, float scale) {                \
+        attention_probs<T>(qkv, out, probs, n, heads, d, scale);                                   \
+    }
+
+DINOV2_FOR_EACH_DTYPE(PROBS)

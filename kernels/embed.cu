@@ -1,0 +1,107 @@
+// Patch embedding input, token assembly, pooling and dtype casts.
+//   im2col_{f32,f16,bf16}       f32 pixels [B, C, H, W] -> [B·gh·gw, C·p·p] rows in (c, dy, dx) order
+//                               (the flattened Conv2d weight layout; remainder pixels dropped)
+//   embed_tokens_{f32,f16,bf16} patches [B, N, h] (T) -> f32 tokens [B, 1 + R + N, h]:
+//                               row 0 = cls + pos[0]; rows 1..=R = registers; row 1 + R + t =
+//                               (mask[b·N + t] ? mask_token : patch) + pos[1 + t]
+//   mean_pool_{f32,f16,bf16}    x [B, S, h] -> f32 [B, h], the mean of tokens start..S
+//   cast_{f32_f16,f32_bf16,f16_f32,bf16_f32}
+#include "common.cuh"
+
+template <typename T>
+__device__ __forceinline__ void im2col(const float* __restrict__ px, T* __restrict__ cols, int b,
+                                       int c, int h, int w, int p) {
+    const int gh = h / p, gw = w / p, k = c * p * p;
+    const long n = (long)b * gh * gw * k;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long)gridDim.x * blockDim.x) {
+        const long row = i / k;
+        const int col = (int)(i - row * k);
+        const int img = (int)(row / (gh * gw));
+        const int cell = (int)(row - (long)img * gh * gw);
+        const int gi = cell / gw, gj = cell - gi * gw;
+        const int ch = col / (p * p), r = col - ch * p * p;
+        const int dy = r / p, dx = r - dy * p;
+        const long src = (((long)img * c + ch) * h + gi * p + dy) * w + gj * p + dx;
+        cols[i] = from_f32<T>(px[src]);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void embed_tokens(const T* __restrict__ patches, float* __restrict__ x,
+                                             const float* __restrict__ cls,
+                                             const T* __restrict__ pos, const T* __restrict__ regs,
+                                             const float* __restrict__ mask_token,
+                                             const uint8_t* __restrict__ mask, int b, int n, int r,
+                                             int h) {
+    const int seq = 1 + r + n;
+    const long total = (long)b * seq * h;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (long)gridDim.x * blockDim.x) {
+        const long row = i / h;
+        const int c = (int)(i - row * h);
+        const int img = (int)(row / seq);
+        const int t = (int)(row - (long)img * seq);
+        float v;
+        if (t == 0) {
+            v = cls[c] + to_f32(pos[c]);
+        } else if (t <= r) {
+            v = to_f32(regs[(long)(t - 1) * h + c]);
+        } else {
+            const int p = t - 1 - r;
+            const long cell = (long)img * n + p;
+            const float e = (mask && mask[cell]) ? mask_token[c] : to_f32(patches[cell * h + c]);
+            v = e + to_f32(pos[(long)(1 + p) * h + c]);
+        }
+        x[i] = v;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void mean_pool(const T* __restrict__ x, float* __restrict__ out, int b,
+                                          int s, int start, int h) {
+    const long n = (long)b * h;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long)gridDim.x * blockDim.x) {
+        const int img = (int)(i / h), c = (int)(i - (long)img * h);
+        const T* base = x + (long)img * s * h + c;
+        float acc = 0.0f;
+        for (int t = start; t < s; t++) acc += to_f32(base[(long)t * h]);
+        out[i] = acc / (float)(s - start);
+    }
+}
+
+#define EMBED(name, T)                                                                             \
+    extern "C" __global__ void im2col_##name(const float* px, T* cols, int b, int c, int h, int w, \
+                                             int p) {                                              \
+        im2col<T>(px, cols, b, c, h, w, p);                                                        \
+    }                                                                                              \
+    extern "C" __global__ void embed_tokens_##name(const T* patches, float* x, const float* cls,   \
+                                                   const T* pos, const T* regs,                    \
+                                                   const float* mask_token, const uint8_t* mask,   \
+                                                   int b, int n, int r, int h) {                   \
+        embed_tokens<T>(patches, x, cls, pos, regs, mask_token, mask, b, n, r, h);                 \
+    }                                                                                              \
+    extern "C" __global__ void mean_pool_##name(const T* x, float* out, int b, int s, int start,   \
+                                                int h) {                                           \
+        mean_pool<T>(x, out, b, s, start, h);                                                      \
+    }
+
+DINOV2_FOR_EACH_DTYPE(EMBED)
+
+template <typename TI, typename TO>
+__device__ __forceinline__ void cast(const TI* __restrict__ in, TO* __restrict__ out, long n) {
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long)gridDim.x * blockDim.x)
+        out[i] = from_f32<TO>(to_f32(in[i]));
+}
+
+#define CAST(name, TI, TO)                                                                         \
+    extern "C" __global__ void cast_##name(const TI* in, TO* out, long n) {                        \
+        cast<TI, TO>(in, out, n);                                                                  \
+    }
+
+CAST(f32_f16, float, f16)
+CAST(f32_bf16, float, bf16)
+CAST(f16_f32, f16, float)
+CAST(bf16_f32, bf16, float)

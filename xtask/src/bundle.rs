@@ -1,0 +1,156 @@
+//! `cargo xtask gpu-bundle`: everything the GPU machine runs, built here (it has no Rust
+//! toolchain): the release binaries of the GPU tests (`dinov2-kernels`' `gpu`, `dinov2-model`'s
+//! `cuda`) and of the `cuda_bench` example, the golden fixtures, the PyTorch peer and table
+//! scripts, and `run.sh` (from `scripts/gpu/`), gathered into `bundle/`.
+//!
+//! On the GPU machine, from the repository root: `bash bundle/run.sh` (writes its log under $OUT).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The binaries: (cargo arguments, file-name prefix of the executable, name in `bundle/bin`).
+const BINARIES: &[(&[&str], &str, &str)] = &[
+    (
+        &["test", "--no-run", "-p", "dinov2-kernels", "--test", "gpu"],
+        "gpu-",
+        "kernels-gpu",
+    ),
+    (
+        &["test", "--no-run", "-p", "dinov2-model", "--test", "cuda"],
+        "cuda-",
+        "model-cuda",
+    ),
+    (
+        &["build", "-p", "dinov2-model", "--example", "cuda_bench"],
+        "cuda_bench",
+        "cuda_bench",
+    ),
+];
+
+/// Runs the `gpu-bundle` command.
+pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
+    let mut out = root.join("bundle");
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--out" => out = root.join(iter.next().ok_or("option --out needs a value")?),
+            other => return Err(format!("gpu-bundle: unknown option {other:?}")),
+        }
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut built = Vec::new();
+    for (cargo_args, prefix, name) in BINARIES {
+        let exe = build(&cargo, root, cargo_args, prefix)?;
+        built.push((exe, *name));
+    }
+
+    if out.exists() {
+        fs::remove_dir_all(&out).map_err(|e| format!("cannot clear {}: {e}", out.display()))?;
+    }
+    let bin = out.join("bin");
+    fs::create_dir_all(&bin).map_err(|e| format!("cannot create {}: {e}", bin.display()))?;
+    for (exe, name) in &built {
+        let dst = bin.join(name);
+        fs::copy(exe, &dst).map_err(|e| format!("cannot copy {}: {e}", exe.display()))?;
+        // Debug info is most of the size; the bundle travels with a size limit.
+        let _ = Command::new("strip")
+            .arg("--strip-debug")
+            .arg(&dst)
+            .status();
+    }
+    copy_tree(
+        &root.join("tests/fixtures/golden"),
+        &out.join("fixtures/golden"),
+    )?;
+    let scripts = root.join("scripts/gpu");
+    for file in ["run.sh", "torch_peer.py", "table.py"] {
+        let dst = if file == "run.sh" {
+            out.join(file)
+        } else {
+            out.join("scripts").join(file)
+        };
+        if let Some(parent) = dst.parent() {
+            fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        fs::copy(scripts.join(file), &dst)
+            .map_err(|e| format!("cannot copy scripts/gpu/{file}: {e}"))?;
+    }
+    let size = dir_size(&out);
+    eprintln!(
+        "xtask: wrote {} ({:.1} MiB). On the GPU machine, from the repository root: bash bundle/run.sh",
+        out.display(),
+        size as f64 / (1 << 20) as f64
+    );
+    Ok(())
+}
+
+/// Builds one target in release mode and returns its executable.
+fn build(cargo: &str, root: &Path, args: &[&str], prefix: &str) -> Result<PathBuf, String> {
+    eprintln!("xtask: cargo {} --release", args.join(" "));
+    let output = Command::new(cargo)
+        .args(args)
+        .args(["--release", "--message-format=json"])
+        .current_dir(root)
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "`cargo {}` failed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let start = line.find("\"executable\":\"")? + "\"executable\":\"".len();
+            let end = line[start..].find('"')? + start;
+            Some(PathBuf::from(&line[start..end]))
+        })
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+        })
+        .ok_or_else(|| {
+            format!(
+                "`cargo {}` reported no executable {prefix}*",
+                args.join(" ")
+            )
+        })
+}
+
+fn copy_tree(src: &Path, dst: &Path) -> Result<(), String> {
+    fs::create_dir_all(dst).map_err(|e| format!("cannot create {}: {e}", dst.display()))?;
+    let entries = fs::read_dir(src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{}: {e}", src.display()))?;
+        let path = entry.path();
+        let target = dst.join(entry.file_name());
+        if path.is_dir() {
+            copy_tree(&path, &target)?;
+        } else {
+            fs::copy(&path, &target).map_err(|e| format!("cannot copy {}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        dir_size(&p)
+                    } else {
+                        e.metadata().map(|m| m.len()).unwrap_or(0)
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
