@@ -42,10 +42,7 @@ pub fn preprocess_config(dir: &Path) -> Result<PreprocessConfig> {
     }
 }
 
-impl<B: Backend> Embedder<B>
-where
-    B::Tensor: Clone,
-{
+impl<B: Backend> Embedder<B> {
     /// An embedder over `model` with `preprocess`; CLS pooling, not normalized.
     pub fn new(model: Dinov2<B>, preprocess: PreprocessConfig) -> Self {
         Embedder {

@@ -1,7 +1,8 @@
 //! dinov2: Meta's DINOv2 vision transformers as Hugging Face transformers defines them, in Rust.
 //!
 //! This facade re-exports what applications use: [`Checkpoint`] to open a model directory,
-//! [`Dinov2`] over a backend ([`CpuBackend`]) to run it, and the output types.
+//! [`Dinov2`] over a backend ([`CpuBackend`], [`CudaBackend`]) to run it, [`Embedder`] for images,
+//! and the output types.
 //!
 //! ```no_run
 //! use dinov2::{Checkpoint, CpuBackend, Dinov2, ForwardOptions, Tensor};
@@ -28,8 +29,8 @@ pub use dinov2_checkpoint::{
     ProblemType, StorageDtype, Weights, RELEASED,
 };
 pub use dinov2_model::{
-    flops_per_image, BackboneOutput, Backend, ClassifierOutput, CpuBackend, Dinov2, Dtype,
-    ForwardOptions, Head, Interpolation, Labels, ModelError, ModelOutput, Output, Tensor,
+    flops_per_image, BackboneOutput, Backend, ClassifierOutput, CpuBackend, CudaBackend, Dinov2,
+    Dtype, ForwardOptions, Head, Interpolation, Labels, ModelError, ModelOutput, Output, Tensor,
 };
 
 /// Image decoding and preprocessing (Pillow parity).

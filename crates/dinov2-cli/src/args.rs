@@ -38,6 +38,24 @@ pub enum Device {
     Cuda(usize),
 }
 
+/// Runs `$body` with `$backend` bound to the backend `$device` names, in `$dtype`: the body is
+/// written once and instantiated for each backend.
+macro_rules! with_backend {
+    ($device:expr, $dtype:expr, |$backend:ident| $body:expr) => {
+        match $device {
+            $crate::args::Device::Cpu => {
+                let $backend = dinov2::CpuBackend::new($dtype)?;
+                $body
+            }
+            $crate::args::Device::Cuda(ordinal) => {
+                let $backend = dinov2::CudaBackend::new(ordinal, $dtype)?;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_backend;
+
 impl std::str::FromStr for Device {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

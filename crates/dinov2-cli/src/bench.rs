@@ -7,12 +7,12 @@ use std::process::Command;
 use std::time::Instant;
 
 use dinov2::{
-    flops_per_image, released_json, Checkpoint, CpuBackend, Dinov2, Dinov2Config, ForwardOptions,
+    flops_per_image, released_json, Backend, Checkpoint, Dinov2, Dinov2Config, ForwardOptions,
     Tensor,
 };
 use serde_json::{json, Value};
 
-use crate::args::{BenchArgs, Device};
+use crate::args::{with_backend, BenchArgs, Device};
 use crate::error::{CliError, Result};
 
 const PEER_SCRIPT: &str = include_str!("../../../benches/peer_torch.py");
@@ -94,13 +94,7 @@ fn run_peer(python: &PathBuf, config_json: &str, args: &BenchArgs) -> Result<Vec
 
 /// Runs the bench verb.
 pub fn run(args: BenchArgs) -> Result<()> {
-    if let Device::Cuda(_) = args.device {
-        return Err(CliError(
-            "--device cuda: the CUDA backend is not available in this build yet; use --device cpu"
-                .into(),
-        ));
-    }
-    let (name, config, config_json, model) = match (&args.arch, &args.model) {
+    let (name, config, config_json, checkpoint) = match (&args.arch, &args.model) {
         (Some(arch), None) => {
             let value = released_json(arch).ok_or_else(|| {
                 CliError(format!(
@@ -109,31 +103,48 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 ))
             })?;
             let config = Dinov2Config::from_json(&value)?;
-            let model = Dinov2::random(CpuBackend::new(args.dtype)?, &config, 0)?;
-            (arch.clone(), config, value.to_string(), model)
+            (arch.clone(), config, value.to_string(), None)
         }
         (None, Some(dir)) => {
             let ckpt = Checkpoint::open(dir)?;
-            let text = std::fs::read_to_string(dir.join("config.json")).map_err(|e| {
-                CliError(format!(
-                    "cannot read {}: {e}",
-                    dir.join("config.json").display()
-                ))
-            })?;
-            let model = Dinov2::load(CpuBackend::new(args.dtype)?, &ckpt)?;
-            (dir.display().to_string(), ckpt.config.clone(), text, model)
+            let path = dir.join("config.json");
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| CliError(format!("cannot read {}: {e}", path.display())))?;
+            (
+                dir.display().to_string(),
+                ckpt.config.clone(),
+                text,
+                Some(ckpt),
+            )
         }
         _ => return Err(CliError("give exactly one of --arch and --model".into())),
     };
+    with_backend!(args.device, args.dtype, |backend| {
+        let model = match &checkpoint {
+            Some(ckpt) => Dinov2::load(backend, ckpt)?,
+            None => Dinov2::random(backend, &config, 0)?,
+        };
+        bench_on(&model, &name, &config_json, &args)
+    })
+}
+
+fn bench_on<B: Backend>(
+    model: &Dinov2<B>,
+    name: &str,
+    config_json: &str,
+    args: &BenchArgs,
+) -> Result<()> {
+    let config = model.config();
+    let device = model.backend().name();
     let peer = match &args.peer {
-        Some(python) => Some(run_peer(python, &config_json, &args)?),
+        Some(python) => Some(run_peer(python, config_json, args)?),
         None => None,
     };
     let size = args.image_size;
-    let gflop = flops_per_image(&config, size, size) / 1e9;
+    let gflop = flops_per_image(config, size, size) / 1e9;
     let threads = rayon::current_num_threads();
     println!(
-        "{name} on cpu ({threads} threads), {} at {size}x{size}: {gflop:.2} GFLOP/image",
+        "{name} on {device} ({threads} CPU threads), {} at {size}x{size}: {gflop:.2} GFLOP/image",
         args.dtype
     );
     println!(
@@ -167,7 +178,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             peer_ips.map_or("-".into(), |p| format!("{:.2}x", ips / p)),
         );
         results.push(json!({
-            "arch": name, "device": "cpu", "threads": threads, "dtype": args.dtype.to_string(), "batch": b,
+            "arch": name, "device": device, "threads": threads, "dtype": args.dtype.to_string(), "batch": b,
             "image_size": size, "median_s": med, "images_per_s": ips, "gflop_per_image": gflop,
             "peer_images_per_s": peer_ips,
         }));

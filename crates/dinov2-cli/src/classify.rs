@@ -1,25 +1,25 @@
 //! `dinov2 classify`: the top labels of a classification checkpoint, with probabilities.
 
 use dinov2::image::PixelValues;
-use dinov2::{preprocess_config, Checkpoint, CpuBackend, Dinov2, Embedder, ForwardOptions, Tensor};
+use dinov2::{preprocess_config, Backend, Checkpoint, Dinov2, Embedder, ForwardOptions, Tensor};
 
-use crate::args::{ClassifyArgs, Device};
+use crate::args::{with_backend, ClassifyArgs};
 use crate::embed_verb::decode_options;
 use crate::error::{CliError, Result};
 use crate::model_dir::resolve;
 
 /// Runs the classify verb: one block per image, `label  probability` lines.
 pub fn run(args: ClassifyArgs) -> Result<()> {
-    if let Device::Cuda(_) = args.device {
-        return Err(CliError(
-            "--device cuda: the CUDA backend is not available in this build yet; use --device cpu"
-                .into(),
-        ));
-    }
+    with_backend!(args.device, args.dtype, |backend| classify_on(
+        backend, &args
+    ))
+}
+
+fn classify_on<B: Backend>(backend: B, args: &ClassifyArgs) -> Result<()> {
     let dir = resolve(&args.model)?;
     let checkpoint = Checkpoint::open(&dir)?;
     let labels = checkpoint.config.id2label.clone();
-    let model = Dinov2::load(CpuBackend::new(args.dtype)?, &checkpoint)?;
+    let model = Dinov2::load(backend, &checkpoint)?;
     if !model.has_classifier() {
         return Err(CliError(format!(
             "{} has no classification head (classifier.weight); use a *-imagenet1k-1-layer checkpoint",

@@ -1,9 +1,10 @@
 //! `dinov2 embed`: builds the embedder from the arguments and runs the job.
 
 use dinov2::image::DecodeOptions;
-use dinov2::{preprocess_config, Checkpoint, CpuBackend, Dinov2, Embedder};
+use dinov2::image::PreprocessConfig;
+use dinov2::{preprocess_config, Backend, Checkpoint, Dinov2, Embedder};
 
-use crate::args::{DecodeArgs, Device, EmbedArgs};
+use crate::args::{with_backend, DecodeArgs, EmbedArgs};
 use crate::embed::{expand_inputs, run as run_job, Format, Settings};
 use crate::error::{CliError, Result};
 use crate::model_dir::resolve;
@@ -19,12 +20,6 @@ pub fn decode_options(args: &DecodeArgs) -> DecodeOptions {
 
 /// Runs the embed verb.
 pub fn run(args: EmbedArgs) -> Result<()> {
-    if let Device::Cuda(_) = args.device {
-        return Err(CliError(
-            "--device cuda: the CUDA backend is not available in this build yet; use --device cpu"
-                .into(),
-        ));
-    }
     if args.batch_size == 0 {
         return Err(CliError("--batch-size must be at least 1".into()));
     }
@@ -43,11 +38,6 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         format!("{preprocess:?}"),
         format!("{:?}", decode_options(&args.decode)),
     ];
-    let model = Dinov2::load(CpuBackend::new(args.dtype)?, &checkpoint)?;
-    let embedder = Embedder::new(model, preprocess)
-        .with_pooling(args.pooling)
-        .with_normalize(args.normalize)
-        .with_decode_options(decode_options(&args.decode));
     let settings = Settings {
         inputs,
         output: args.output,
@@ -64,5 +54,23 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         chunk_rows: args.chunk_rows.max(1),
         identity,
     };
+    let decode = decode_options(&args.decode);
+    with_backend!(args.device, args.dtype, |backend| {
+        embed_on(backend, &checkpoint, preprocess, decode, settings)
+    })
+}
+
+fn embed_on<B: Backend>(
+    backend: B,
+    checkpoint: &Checkpoint,
+    preprocess: PreprocessConfig,
+    decode: DecodeOptions,
+    settings: Settings,
+) -> Result<()> {
+    let model = Dinov2::load(backend, checkpoint)?;
+    let embedder = Embedder::new(model, preprocess)
+        .with_pooling(settings.pooling)
+        .with_normalize(settings.normalize)
+        .with_decode_options(decode);
     run_job(&embedder, settings)
 }

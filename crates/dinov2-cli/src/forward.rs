@@ -1,20 +1,13 @@
 //! `dinov2 forward`: pixel values in, transformers-named outputs out.
 
-use dinov2::io::{read_forward_inputs, write_tensors};
-use dinov2::{Checkpoint, CpuBackend, Dinov2, ForwardOptions, Head, Interpolation};
+use dinov2::io::{read_forward_inputs, write_tensors, ForwardInputs};
+use dinov2::{Backend, Checkpoint, Dinov2, ForwardOptions, Head, Interpolation, Output};
 
-use crate::args::{Device, ForwardArgs};
+use crate::args::{with_backend, ForwardArgs};
 use crate::error::{CliError, Result};
 
-/// Runs the forward verb.
+/// Runs the forward verb: the checkpoint and inputs are checked before the device is opened.
 pub fn run(args: ForwardArgs) -> Result<()> {
-    if let Device::Cuda(_) = args.device {
-        return Err(CliError(
-            "--device cuda: the CUDA backend is not available in this build yet; use --device cpu"
-                .into(),
-        ));
-    }
-    let backend = CpuBackend::new(args.dtype)?;
     let mut checkpoint = Checkpoint::open(&args.model)?;
     if let Some(indices) = &args.out_indices {
         // The config's validation speaks of the config field; here the user typed a flag.
@@ -33,7 +26,6 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         None => Head::from_config(&checkpoint.config)?,
     };
     let inputs = read_forward_inputs(&args.input)?;
-    let model = Dinov2::load(backend, &checkpoint)?;
     let opts = ForwardOptions {
         hidden_states: args.hidden_states,
         attentions: args.attentions,
@@ -43,12 +35,25 @@ pub fn run(args: ForwardArgs) -> Result<()> {
             Interpolation::Current
         },
     };
-    let output = model.run(
+    let output = with_backend!(args.device, args.dtype, |backend| {
+        execute(backend, &checkpoint, head, &inputs, &opts)?
+    });
+    Ok(write_tensors(&args.output, &output.into_named())?)
+}
+
+fn execute<B: Backend>(
+    backend: B,
+    checkpoint: &Checkpoint,
+    head: Head,
+    inputs: &ForwardInputs,
+    opts: &ForwardOptions,
+) -> Result<Output> {
+    let model = Dinov2::load(backend, checkpoint)?;
+    Ok(model.run(
         head,
         &inputs.pixel_values,
         inputs.bool_masked_pos.as_deref(),
         inputs.labels.as_ref(),
-        &opts,
-    )?;
-    Ok(write_tensors(&args.output, &output.into_named())?)
+        opts,
+    )?)
 }

@@ -52,8 +52,8 @@ pub struct TokenParams<'a, W> {
 
 /// A compute backend. Shapes are row-major; "rows" means all leading dimensions flattened.
 pub trait Backend: Send + Sync {
-    /// Activations living on the backend.
-    type Tensor;
+    /// Activations living on the backend (cloned to keep hidden states).
+    type Tensor: Clone;
     /// Parameters, uploaded once (shared by the threads that use the model).
     type Weight: Send + Sync;
 

@@ -58,10 +58,7 @@ impl std::str::FromStr for Head {
     }
 }
 
-impl<B: Backend> Dinov2<B>
-where
-    B::Tensor: Clone,
-{
+impl<B: Backend> Dinov2<B> {
     /// Runs `head` on the inputs; a mask or labels the head does not take are errors.
     pub fn run(
         &self,

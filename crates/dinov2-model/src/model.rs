@@ -9,7 +9,7 @@ use crate::backend::{Backend, TokenParams};
 use crate::error::{ModelError, Result};
 use crate::loss::{loss, resolve_problem_type, Labels};
 use crate::outputs::{BackboneOutput, ClassifierOutput, ModelOutput};
-use crate::params::{Ffn, HostParams, Layer, ParamSource, Params, RandomParams};
+use crate::params::{Ffn, HostParams, Layer, Norm, ParamSource, Params, RandomParams};
 use crate::positions::{resized_positions, Interpolation};
 use crate::Tensor;
 
@@ -26,7 +26,8 @@ pub struct ForwardOptions {
 
 /// The encoder's raw result, still on the backend.
 struct Encoded<T> {
-    last: T,
+    /// The final LayerNorm of the last layer's output: `last_hidden_state`.
+    normed: T,
     hidden_states: Vec<T>,
     attentions: Vec<T>,
 }
@@ -145,17 +146,21 @@ impl<B: Backend> Dinov2<B> {
         Ok(w)
     }
 
+    /// One block on the residual stream `x`, given `y = norm1(x)`; returns `next(x)` (the next
+    /// block's `norm1`, or the final LayerNorm) through the fused residual-and-norm operation, and
+    /// the attention probabilities when asked.
     fn layer(
         &self,
         layer: &Layer<B::Weight>,
         x: &mut B::Tensor,
+        y: &B::Tensor,
+        next: &Norm<B::Weight>,
         want_probs: bool,
-    ) -> Result<Option<B::Tensor>> {
+    ) -> Result<(B::Tensor, Option<B::Tensor>)> {
         let be = &self.backend;
         let eps = self.config.layer_norm_eps;
-        let y = be.layer_norm(x, &layer.norm1.weight, &layer.norm1.bias, eps)?;
         let qkv = be.linear(
-            &y,
+            y,
             &layer.qkv.weight,
             layer.qkv.bias.as_ref(),
             Activation::Identity,
@@ -167,8 +172,8 @@ impl<B: Backend> Dinov2<B> {
             layer.proj.bias.as_ref(),
             Activation::Identity,
         )?;
-        be.add_scaled(x, &a, &layer.layer_scale1)?;
-        let y = be.layer_norm(x, &layer.norm2.weight, &layer.norm2.bias, eps)?;
+        let n2 = &layer.norm2;
+        let y = be.add_scaled_layer_norm(x, &a, &layer.layer_scale1, &n2.weight, &n2.bias, eps)?;
         let f = match &layer.ffn {
             Ffn::Mlp { fc1, fc2 } => {
                 let u = be.linear(&y, &fc1.weight, fc1.bias.as_ref(), self.config.hidden_act)?;
@@ -193,8 +198,9 @@ impl<B: Backend> Dinov2<B> {
                 )?
             }
         };
-        be.add_scaled(x, &f, &layer.layer_scale2)?;
-        Ok(probs)
+        let y_next =
+            be.add_scaled_layer_norm(x, &f, &layer.layer_scale2, &next.weight, &next.bias, eps)?;
+        Ok((y_next, probs))
     }
 
     /// Embeddings and encoder; `keep_hidden` keeps every layer's input and the final output.
@@ -204,10 +210,7 @@ impl<B: Backend> Dinov2<B> {
         mask: Option<&[bool]>,
         opts: &ForwardOptions,
         keep_hidden: bool,
-    ) -> Result<Encoded<B::Tensor>>
-    where
-        B::Tensor: Clone,
-    {
+    ) -> Result<Encoded<B::Tensor>> {
         let (b, height, width) = self.check_pixels(pixels)?;
         if opts.interpolation == Interpolation::Legacy && self.config.num_register_tokens > 0 {
             return Err(ModelError::Unsupported(
@@ -253,19 +256,25 @@ impl<B: Backend> Dinov2<B> {
         )?;
         let mut hidden_states = Vec::new();
         let mut attentions = Vec::new();
-        for layer in &self.params.layers {
+        let layers = &self.params.layers;
+        let eps = self.config.layer_norm_eps;
+        let mut y = be.layer_norm(&x, &layers[0].norm1.weight, &layers[0].norm1.bias, eps)?;
+        for (i, layer) in layers.iter().enumerate() {
             if keep_hidden {
                 hidden_states.push(x.clone());
             }
-            if let Some(probs) = self.layer(layer, &mut x, opts.attentions)? {
+            let next = layers.get(i + 1).map_or(&self.params.norm, |l| &l.norm1);
+            let (y_next, probs) = self.layer(layer, &mut x, &y, next, opts.attentions)?;
+            y = y_next;
+            if let Some(probs) = probs {
                 attentions.push(probs);
             }
         }
         if keep_hidden {
-            hidden_states.push(x.clone());
+            hidden_states.push(x);
         }
         Ok(Encoded {
-            last: x,
+            normed: y,
             hidden_states,
             attentions,
         })
@@ -287,19 +296,9 @@ impl<B: Backend> Dinov2<B> {
         pixels: &Tensor,
         mask: Option<&[bool]>,
         opts: &ForwardOptions,
-    ) -> Result<ModelOutput>
-    where
-        B::Tensor: Clone,
-    {
+    ) -> Result<ModelOutput> {
         let enc = self.encode(pixels, mask, opts, opts.hidden_states)?;
-        let norm = &self.params.norm;
-        let last = self.backend.layer_norm(
-            &enc.last,
-            &norm.weight,
-            &norm.bias,
-            self.config.layer_norm_eps,
-        )?;
-        let last_hidden_state = self.backend.download(&last)?;
+        let last_hidden_state = self.backend.download(&enc.normed)?;
         let pooler_output = token_rows(&last_hidden_state, 0, 1);
         Ok(ModelOutput {
             pooler_output: Tensor {
@@ -319,10 +318,7 @@ impl<B: Backend> Dinov2<B> {
         pixels: &Tensor,
         labels: Option<&Labels>,
         opts: &ForwardOptions,
-    ) -> Result<ClassifierOutput>
-    where
-        B::Tensor: Clone,
-    {
+    ) -> Result<ClassifierOutput> {
         let (weight, bias) = self.host.classifier.as_ref().ok_or_else(|| {
             ModelError::Unsupported(
                 "the checkpoint has no classification head (classifier.weight is absent)".into(),
@@ -366,10 +362,7 @@ impl<B: Backend> Dinov2<B> {
 
     /// `Dinov2Backbone.forward`: the stages of `config.out_indices`, normalized by the final
     /// LayerNorm when `apply_layernorm`, reshaped to `[B, h, gh, gw]` when `reshape_hidden_states`.
-    pub fn backbone(&self, pixels: &Tensor, opts: &ForwardOptions) -> Result<BackboneOutput>
-    where
-        B::Tensor: Clone,
-    {
+    pub fn backbone(&self, pixels: &Tensor, opts: &ForwardOptions) -> Result<BackboneOutput> {
         let enc = self.encode(pixels, None, opts, true)?;
         let (_, height, width) = self.check_pixels(pixels)?;
         let p = self.config.patch_size;

@@ -171,10 +171,7 @@ fn run_model<B: Backend>(
     model: &Dinov2<B>,
     run: &Run,
     inputs: &Inputs,
-) -> Result<Vec<(String, Tensor)>, String>
-where
-    B::Tensor: Clone,
-{
+) -> Result<Vec<(String, Tensor)>, String> {
     model
         .run(
             run.head,

@@ -126,10 +126,7 @@ fn embed_group<B: Backend>(
     paths: &[PathBuf],
     rows: &mut Vec<Row>,
     failures: &mut Vec<Failure>,
-) -> Result<()>
-where
-    B::Tensor: Clone,
-{
+) -> Result<()> {
     let pixels: Vec<PixelValues> = group.iter().map(|(_, p)| p.pixels.clone()).collect();
     match embedder.embed_prepared(&pixels) {
         Ok(embeddings) => {
@@ -159,10 +156,7 @@ where
 }
 
 /// Runs the embed job with `model`.
-pub fn run<B: Backend>(embedder: &Embedder<B>, s: Settings) -> Result<()>
-where
-    B::Tensor: Clone,
-{
+pub fn run<B: Backend>(embedder: &Embedder<B>, s: Settings) -> Result<()> {
     let Some(mut job) = open_job(&s)? else {
         return Ok(());
     };
