@@ -73,9 +73,9 @@ impl std::str::FromStr for Device {
 
 #[derive(Debug, Args)]
 pub struct ForwardArgs {
-    /// Model directory (config.json + model.safetensors or a sharded index).
+    /// Model directory (config.json + model.safetensors or a sharded index), or a hub id.
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: String,
     /// Safetensors file with `pixel_values` (B x C x H x W), optionally `bool_masked_pos`
     /// (B x num_patches, u8 or bool) and `labels` (for the classifier's loss).
     #[arg(long)]
@@ -108,9 +108,9 @@ pub struct ForwardArgs {
 
 #[derive(Debug, Args)]
 pub struct InfoArgs {
-    /// Model directory.
+    /// Model directory or hub id.
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: String,
 }
 
 #[derive(Debug, Args)]

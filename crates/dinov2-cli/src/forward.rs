@@ -8,7 +8,7 @@ use crate::error::{CliError, Result};
 
 /// Runs the forward verb: the checkpoint and inputs are checked before the device is opened.
 pub fn run(args: ForwardArgs) -> Result<()> {
-    let mut checkpoint = Checkpoint::open(&args.model)?;
+    let mut checkpoint = Checkpoint::open(crate::model_dir::resolve(&args.model)?)?;
     if let Some(indices) = &args.out_indices {
         // The config's validation speaks of the config field; here the user typed a flag.
         checkpoint

@@ -7,7 +7,7 @@ use crate::error::Result;
 
 /// Prints a description of the checkpoint.
 pub fn run(args: InfoArgs) -> Result<()> {
-    let ckpt = Checkpoint::open(&args.model)?;
+    let ckpt = Checkpoint::open(crate::model_dir::resolve(&args.model)?)?;
     let c = &ckpt.config;
     let w = &ckpt.weights;
     let variant = match c.model_type {

@@ -7,16 +7,15 @@ use dinov2::crates::checkpoint::{find_in_cache, hub_cache_dir, HubId};
 
 use crate::error::{CliError, Result};
 
-/// The directory `spec` names.
+/// The directory `spec` names (a path that is not a hub id is returned as given).
 pub fn resolve(spec: &str) -> Result<PathBuf> {
     let path = Path::new(spec);
     if path.exists() {
         return Ok(path.to_owned());
     }
     let Some(id) = HubId::parse(spec) else {
-        return Err(CliError(format!(
-            "--model {spec}: no such directory, and not a hub id like facebook/dinov2-small"
-        )));
+        // Not a hub id: the checkpoint reader says what is wrong with the path.
+        return Ok(path.to_owned());
     };
     let cache = hub_cache_dir().ok_or_else(|| {
         CliError(format!(

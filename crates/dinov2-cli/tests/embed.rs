@@ -452,3 +452,51 @@ fn killed_job_resumes_into_the_same_rows() {
         std::fs::read(format!("{}.paths.txt", clean.display())).unwrap()
     );
 }
+
+/// `--model org/name` is found in a Hugging Face cache laid out in a temporary folder (no network).
+#[test]
+fn hub_id_from_the_local_cache() {
+    let cache = TempDir::new().unwrap();
+    let repo = cache.path().join("models--example--dinov2-tiny");
+    let snapshot = repo.join("snapshots/0123abcd");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ] {
+        std::fs::copy(Path::new(&model()).join(f), snapshot.join(f)).unwrap();
+    }
+    let info = Command::new(env!("CARGO_BIN_EXE_dinov2"))
+        .args(["info", "--model", "example/dinov2-tiny"])
+        .env("HF_HUB_CACHE", cache.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    assert!(
+        stdout.contains("0123abcd") && stdout.contains("hidden 48"),
+        "{stdout}"
+    );
+    let out = cache.path().join("one.npy");
+    let r = Command::new(env!("CARGO_BIN_EXE_dinov2"))
+        .args([
+            "embed",
+            "--model",
+            "example/dinov2-tiny@0123abcd",
+            "--output",
+            out.to_str().unwrap(),
+        ])
+        .arg(root().join("assets/images/chelsea.jpg"))
+        .env("HF_HUB_CACHE", cache.path())
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(read_npy(&out).0, vec![1, 48]);
+}
