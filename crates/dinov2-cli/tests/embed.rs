@@ -500,3 +500,49 @@ fn hub_id_from_the_local_cache() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(read_npy(&out).0, vec![1, 48]);
 }
+
+/// `dinov2 classify` prints the top labels of a classification checkpoint, probabilities summing
+/// to at most 1 and sorted; a checkpoint without a head is one clear error.
+#[test]
+fn classify_prints_top_labels() {
+    let classifier = root().join("tests/fixtures/golden/classifier_single");
+    let image = root().join("assets/images/chelsea.jpg");
+    let r = dinov2(&[
+        "classify",
+        "--model",
+        classifier.to_str().unwrap(),
+        "--top-k",
+        "3",
+        image.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    let probs: Vec<f64> = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        probs.windows(2).all(|w| w[0] >= w[1]) && probs.iter().sum::<f64>() <= 1.0 + 1e-9,
+        "{stdout}"
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(classifier.join("config.json")).unwrap())
+            .unwrap();
+    let labels: Vec<&str> = config["id2label"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        lines[1..]
+            .iter()
+            .all(|l| labels.iter().any(|lab| l.ends_with(lab))),
+        "{stdout}"
+    );
+    let r = dinov2(&["classify", "--model", &model(), image.to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("no classification head"));
+}
