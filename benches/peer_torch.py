@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
-"""The peer for `dinov2 bench`: transformers' Dinov2Model with the same architecture and random
-weights, timed the same way (warm-up, then the median of repeated forward passes).
+"""The peer for `dinov2 bench`: transformers' Dinov2Model (or Dinov2WithRegistersModel) with the
+same architecture and random weights, SDPA attention, timed as `dinov2 bench` times ours.
 
-Run by `dinov2 bench --peer PYTHON` in the same invocation as our own timing, so that every result
-is a ratio measured side by side. Pinned reference: torch 2.11.0, transformers 5.17.0
-(xtask/golden/requirements-5.17.txt). Prints one JSON object per batch size on stdout.
+Timed per pass: `model(pixel_values=x).pooler_output` with `x` already on the device, then a device
+synchronization (ours: pixels on the device -> CLS vectors [B, h] copied to the host, which waits
+for the device). Warm-up passes first (with --compile they compile the model), then the median of
+the repeats. Memory is the driver's used-memory delta during the passes, measured from a baseline
+taken after `torch.cuda.empty_cache()` (ours releases its allocator's cached blocks the same way).
+
+Run by `dinov2 bench --peer PYTHON [--peer-compile]` in the same invocation as our own timing, so
+that every result is a ratio measured side by side. Pinned reference: torch 2.11.0, transformers
+5.17.0 (xtask/golden/requirements-5.17.txt). Prints one JSON object per batch size on stdout.
 """
 import argparse
 import json
@@ -26,55 +32,68 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (compiled during warm-up)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    # Ours computes f32 GEMMs in true f32: no TF32 for the peer either (matters only for --dtype f32).
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     cfg = json.loads(a.config)
     registers = cfg.get("model_type") == "dinov2_with_registers"
     config_cls, model_cls = (
         (Dinov2WithRegistersConfig, Dinov2WithRegistersModel) if registers else (Dinov2Config, Dinov2Model)
     )
-    known = {k: v for k, v in cfg.items() if k not in ("model_type", "architectures")}
-    config = config_cls(**known)
-    config._attn_implementation = "sdpa"
+    known = {k: v for k, v in cfg.items() if k not in ("model_type", "architectures", "attn_implementation")}
+    config = config_cls(**known, attn_implementation="sdpa")
     dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[a.dtype]
     device = torch.device(a.device)
-    torch.manual_seed(0)
-    model = model_cls(config).eval().to(device=device, dtype=dtype)
-    if a.compile:
-        model = torch.compile(model)
     cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    with device:  # initialize on the device: a CPU init of ViT-g's 1.1 B parameters is slow
+        model = model_cls(config)
+    model = model.to(dtype=dtype).eval()
+    attn = getattr(model.config, "_attn_implementation", None) or "?"
+    run = torch.compile(model) if a.compile else model
+    # Compilation happens in the first pass (and a shape change may recompile): warm up enough.
+    warmup = max(a.warmup, 2) if a.compile else a.warmup
 
     def sync():
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
 
     for b in [int(x) for x in a.batch_sizes.split(",")]:
         x = torch.randn(b, 3, a.image_size, a.image_size, device=device, dtype=dtype)
+        sync()
         if cuda:
             torch.cuda.empty_cache()
-            free_before = torch.cuda.mem_get_info()[0]
+            free_before = torch.cuda.mem_get_info(device)[0]
         peak_used = 0
+        first_s = None
         with torch.inference_mode():
-            for _ in range(a.warmup):
-                model(pixel_values=x)
-            sync()
-            times = []
-            for _ in range(a.repeats):
+            for i in range(warmup):
                 t = time.perf_counter()
-                model(pixel_values=x)
+                run(pixel_values=x).pooler_output
+                sync()
+                if i == 0:
+                    first_s = time.perf_counter() - t
+            times = []
+            for _ in range(max(a.repeats, 1)):
+                t = time.perf_counter()
+                run(pixel_values=x).pooler_output
                 sync()
                 times.append(time.perf_counter() - t)
                 if cuda:
-                    peak_used = max(peak_used, free_before - torch.cuda.mem_get_info()[0])
+                    peak_used = max(peak_used, free_before - torch.cuda.mem_get_info(device)[0])
         med = statistics.median(times)
         print(json.dumps({
             "peer": "torch", "torch": torch.__version__, "transformers": transformers.__version__,
-            "device": torch.cuda.get_device_name() if cuda else "cpu", "threads": torch.get_num_threads(),
-            "batch": b, "image_size": a.image_size, "dtype": a.dtype, "compile": a.compile,
-            "median_s": med, "images_per_s": b / med, "memory_delta_bytes": peak_used,
+            "device": torch.cuda.get_device_name(device) if cuda else "cpu", "threads": torch.get_num_threads(),
+            "batch": b, "image_size": a.image_size, "dtype": a.dtype, "attn": attn, "compile": a.compile,
+            "warmup": warmup, "first_pass_s": first_s, "median_s": med, "images_per_s": b / med,
+            "memory_delta_bytes": max(peak_used, 0),
         }), flush=True)
+        del x
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@
 //                               row 0 = cls + pos[0]; rows 1..=R = registers; row 1 + R + t =
 //                               (mask[b·N + t] ? mask_token : patch) + pos[1 + t]
 //   mean_pool_{f32,f16,bf16}    x [B, S, h] -> f32 [B, h], the mean of tokens start..S
+//   pool_tokens_{f32,f16,bf16}  x [B, S, h] -> f32 [B, (cls + mean)·h]: token 0 (when cls), then
+//                               the mean of tokens start..S (when mean); the embedding poolings
 //   cast_{f32_f16,f32_bf16,f16_f32,bf16_f32}
 #include "common.cuh"
 
@@ -57,6 +59,14 @@ __device__ __forceinline__ void embed_tokens(const T* __restrict__ patches, floa
     }
 }
 
+// The f32 mean of column `c` of tokens start..s, `base` pointing at token 0, column c.
+template <typename T>
+__device__ __forceinline__ float token_mean(const T* __restrict__ base, int s, int start, int h) {
+    float acc = 0.0f;
+    for (int t = start; t < s; t++) acc += to_f32(base[(long)t * h]);
+    return acc / (float)(s - start);
+}
+
 template <typename T>
 __device__ __forceinline__ void mean_pool(const T* __restrict__ x, float* __restrict__ out, int b,
                                           int s, int start, int h) {
@@ -64,10 +74,26 @@ __device__ __forceinline__ void mean_pool(const T* __restrict__ x, float* __rest
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long)gridDim.x * blockDim.x) {
         const int img = (int)(i / h), c = (int)(i - (long)img * h);
+        out[i] = token_mean(x + (long)img * s * h + c, s, start, h);
+    }
+}
+
+// One thread per (image, column): consecutive threads read consecutive columns of a token row.
+template <typename T>
+__device__ __forceinline__ void pool_tokens(const T* __restrict__ x, float* __restrict__ out, int b,
+                                            int s, int start, int h, int cls, int mean) {
+    const long n = (long)b * h;
+    const int width = (cls + mean) * h;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long)gridDim.x * blockDim.x) {
+        const int img = (int)(i / h), c = (int)(i - (long)img * h);
         const T* base = x + (long)img * s * h + c;
-        float acc = 0.0f;
-        for (int t = start; t < s; t++) acc += to_f32(base[(long)t * h]);
-        out[i] = acc / (float)(s - start);
+        float* o = out + (long)img * width + c;
+        if (cls) {
+            *o = to_f32(base[0]);
+            o += h;
+        }
+        if (mean) *o = token_mean(base, s, start, h);
     }
 }
 
@@ -85,6 +111,10 @@ __device__ __forceinline__ void mean_pool(const T* __restrict__ x, float* __rest
     extern "C" __global__ void mean_pool_##name(const T* x, float* out, int b, int s, int start,   \
                                                 int h) {                                           \
         mean_pool<T>(x, out, b, s, start, h);                                                      \
+    }                                                                                              \
+    extern "C" __global__ void pool_tokens_##name(const T* x, float* out, int b, int s, int start, \
+                                                  int h, int cls, int mean) {                      \
+        pool_tokens<T>(x, out, b, s, start, h, cls, mean);                                         \
     }
 
 DINOV2_FOR_EACH_DTYPE(EMBED)

@@ -20,8 +20,7 @@ use dinov2_image::{
 };
 
 use crate::error::{Error, Result};
-use crate::pooling::{pool, Embedding, Pooling};
-use crate::{Backend, Checkpoint, Dinov2, ForwardOptions, Tensor};
+use crate::{Backend, Checkpoint, Dinov2, Embedding, Pooling, Tensor};
 
 /// A model with its preprocessing and pooling.
 pub struct Embedder<B: Backend> {
@@ -103,10 +102,10 @@ impl<B: Backend> Embedder<B> {
         ))
     }
 
-    /// Runs the model on preprocessed images, batching those of equal size together.
+    /// Runs the model on preprocessed images, batching those of equal size together. Pooling runs
+    /// on the model's backend ([`Dinov2::embed`]): only the vectors are copied back.
     pub fn embed_prepared(&self, images: &[PixelValues]) -> Result<Vec<Embedding>> {
         let mut out = Vec::with_capacity(images.len());
-        let config = self.model.config();
         for group in images.chunk_by(|a, b| a.shape == b.shape) {
             let [c, h, w] = group[0].shape;
             let mut data = Vec::with_capacity(group.len() * c * h * w);
@@ -117,17 +116,7 @@ impl<B: Backend> Embedder<B> {
                     "inconsistent sizes",
                 ))
             })?;
-            let output = self
-                .model
-                .forward(&pixels, None, &ForwardOptions::default())?;
-            let grid = (h / config.patch_size, w / config.patch_size);
-            out.extend(pool(
-                &output,
-                config.num_prefix_tokens(),
-                grid,
-                self.pooling,
-                self.normalize,
-            ));
+            out.extend(self.model.embed(&pixels, self.pooling, self.normalize)?);
         }
         Ok(out)
     }

@@ -18,19 +18,18 @@
 mod embed;
 mod error;
 pub mod io;
-mod pooling;
 
 pub use embed::{preprocess_config, Embedder};
 pub use error::{Error, Result};
-pub use pooling::{pool, Embedding, Pooling};
 
 pub use dinov2_checkpoint::{
     released, released_json, Activation, Checkpoint, CheckpointError, Dinov2Config, ModelType,
     ProblemType, StorageDtype, Weights, RELEASED,
 };
 pub use dinov2_model::{
-    flops_per_image, BackboneOutput, Backend, ClassifierOutput, CpuBackend, CudaBackend, Dinov2,
-    Dtype, ForwardOptions, Head, Interpolation, Labels, ModelError, ModelOutput, Output, Tensor,
+    flops_per_image, pool, pool_tokens, BackboneOutput, Backend, ClassifierOutput, CpuBackend,
+    CudaBackend, Dinov2, Dtype, Embedding, ForwardOptions, Head, Interpolation, Labels, ModelError,
+    ModelOutput, Output, PixelBatch, Pooling, Tensor,
 };
 
 /// Image decoding and preprocessing (Pillow parity).
@@ -40,5 +39,6 @@ pub use dinov2_image as image;
 pub mod crates {
     pub use dinov2_checkpoint as checkpoint;
     pub use dinov2_cpu as cpu;
+    pub use dinov2_kernels as kernels;
     pub use dinov2_model as model;
 }

@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
 # The device script, copied into bundle/ by `cargo xtask gpu-bundle`. On the GPU machine, from the
-# repository root: `bash bundle/run.sh`. Fits one 10-minute command:
+# repository root: `bash bundle/run.sh`. Ends within DINOV2_DEADLINE_S seconds (default 480: one
+# 10-minute command with room for the machine start and a rerun inside 15 minutes of device time):
 #   1. finds libcublas.so.13 / libcublasLt.so.13 and exports LD_LIBRARY_PATH (it must be set before
 #      the binaries start: cudarc dlopens by name);
-#   2. runs every GPU test (--include-ignored): kernels against their CPU twins, golden fixtures;
-#   3. ViT-B/14, 224 px, batch 256, f16: ours (cuda_bench) against PyTorch + transformers (SDPA);
-#   4. other sizes and batches while time remains;
-#   5. prints one table last. The full log goes to $OUT/run.log (or bundle/out/).
+#   2. runs every GPU test (--include-ignored): kernels against their CPU twins, golden fixtures,
+#      pooling on the device;
+#   3. `dinov2 bench`: ViT-B/14, 224 px, batch 256, f16, ours against PyTorch + transformers (SDPA)
+#      in the same invocation;
+#   4. ViT-S, L, g at batches 1, 64, 256 (then ViT-B at 1 and 64) while time remains, short
+#      warm-up and repeats; the peer under torch.compile and the criterion kernel benches last,
+#      only if time remains;
+#   5. prints one table last. The full log goes to $OUT/run.log (or bundle/out/), the benches'
+#      JSON to $OUT/bench/, criterion's reports to $OUT/criterion/.
 set -u
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 OUT="${OUT:-$HERE/out}"
-mkdir -p "$OUT"
+mkdir -p "$OUT/bench"
 LOG="$OUT/run.log"
-RESULTS="$OUT/results.txt"
-: >"$RESULTS"
 # Everything must end well inside the device tool's 600 s per command: each step gets at most
-# the time left before DEADLINE, and optional steps start only with MIN_STEP seconds to spare.
-DEADLINE="${DINOV2_DEADLINE_S:-560}"
-MIN_STEP=75
+# the time left before DEADLINE, and optional steps start only with enough seconds to spare.
+DEADLINE="${DINOV2_DEADLINE_S:-480}"
+MIN_STEP=60
+PYTHON="${DINOV2_PEER_PYTHON:-python3}"
 left() { echo $((DEADLINE - SECONDS)); }
 cap() { # min($1, seconds left), at least 1 (timeout 0 would mean no limit)
     local l
@@ -30,7 +35,7 @@ cap() { # min($1, seconds left), at least 1 (timeout 0 would mean no limit)
 
 find_cublas() {
     local dirs d
-    dirs="$(python3 - <<'PY' 2>/dev/null
+    dirs="$("$PYTHON" - <<'PY' 2>/dev/null
 import glob, os, site
 roots = []
 try:
@@ -60,6 +65,25 @@ PY
     return 1
 }
 
+# bench TAG LIMIT_S ARGS...: one `dinov2 bench` on cuda, its JSON in $OUT/bench/TAG.json.
+bench() {
+    local tag=$1 limit=$2 rc
+    shift 2
+    echo "-- [$tag at ${SECONDS}s] dinov2 bench --device cuda $*"
+    timeout "$(cap "$limit")" "$HERE/bin/dinov2" bench --device cuda --json "$OUT/bench/$tag.json" "$@"
+    rc=$?
+    [ "$rc" -eq 0 ] || echo "!! $tag: exit status $rc$([ "$rc" -eq 124 ] && echo ' (time limit)')"
+    return 0
+}
+
+# room SECONDS: true when that many seconds are left before the deadline.
+room() {
+    if [ "$(left)" -lt "$1" ]; then
+        echo "(skipping: ${SECONDS}s used, deadline ${DEADLINE}s, this step wants $1 s)"
+        return 1
+    fi
+}
+
 main() {
     local status=0
     echo "== dinov2-rs device run $(date -u +%FT%TZ)"
@@ -84,25 +108,28 @@ main() {
     done
     echo "== tests done at ${SECONDS}s (status $status)"
 
-    bench() { # model batch dtype
-        local args=(--model "$1" --batch "$2" --dtype "$3" --size 224)
-        echo "-- ours vit$1 batch $2 $3"
-        timeout "$(cap 120)" "$HERE/bin/cuda_bench" "${args[@]}" | tee -a "$RESULTS"
-        echo "-- torch vit$1 batch $2 $3"
-        timeout "$(cap 150)" python3 "$HERE/scripts/torch_peer.py" "${args[@]}" | tee -a "$RESULTS"
-    }
-    echo "== benchmarks"
-    if [ "$(left)" -gt 20 ]; then
-        bench b 256 f16
+    echo "== benchmarks (f16, 224 px; timed: pixels on the device -> CLS vectors on the host)"
+    # The headline first: ViT-B/14 at batch 256 against PyTorch SDPA (eager).
+    if room 30; then
+        bench vitb14-256 150 --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON"
     fi
-    for cfg in "s 256 f16" "b 64 f16" "b 1 f16" "l 256 f16" "b 256 bf16" "g 64 f16"; do
-        if [ "$(left)" -lt "$MIN_STEP" ]; then
-            echo "(skipping $cfg and the rest: ${SECONDS}s used, deadline ${DEADLINE}s)"
-            break
-        fi
-        # shellcheck disable=SC2086
-        bench $cfg
+    # The other sizes, then ViT-B's small batches, while time remains.
+    local arch batches
+    for step in "vits14 1,64,256" "vitl14 1,64,256" "vitg14 1,64,256" "vitb14 1,64"; do
+        read -r arch batches <<<"$step"
+        room "$MIN_STEP" || break
+        bench "$arch-${batches//,/-}" 150 --dtype f16 --arch "$arch" --batch-size "$batches" --warmup 2 --repeats 5 --peer "$PYTHON"
     done
+    # The peer under torch.compile (it compiles for a minute or more), only with time to spare.
+    if room 180; then
+        bench vitb14-256-compile 170 --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON" --peer-compile
+    fi
+    # The criterion kernel benches, short settings, last.
+    if [ -x "$HERE/bin/kernel-bench" ] && room "$MIN_STEP"; then
+        echo "-- [kernel benches at ${SECONDS}s]"
+        CRITERION_HOME="$OUT/criterion" timeout "$(cap 200)" "$HERE/bin/kernel-bench" --bench \
+            --warm-up-time 1 --measurement-time 3 || echo "!! kernel benches: exit status $?"
+    fi
     echo "== done at ${SECONDS}s"
     return $status
 }
@@ -110,6 +137,6 @@ main() {
 main 2>&1 | tee "$LOG"
 status=${PIPESTATUS[0]}
 echo
-echo "== summary (tests: $([ "$status" -eq 0 ] && echo passed || echo FAILED); full log: $LOG)"
-python3 "$HERE/scripts/table.py" "$RESULTS" | tee -a "$LOG"
+echo "== summary (tests: $([ "$status" -eq 0 ] && echo passed || echo FAILED); full log: $LOG; JSON: $OUT/bench/)" | tee -a "$LOG"
+"$PYTHON" "$HERE/scripts/table.py" "$OUT/bench" 2>&1 | tee -a "$LOG"
 exit "$status"

@@ -1,58 +1,72 @@
 #!/usr/bin/env python3
-"""Reads the `RESULT <who> key=value ...` lines of the device run and prints one table: img/s,
-ratio ours/PyTorch and % of the card's dense f16/bf16 tensor peak, per (model, batch, dtype)."""
+"""Prints one table from the `--json` files that `dinov2 bench` wrote during the device run: per
+(model, batch, dtype, peer mode) our img/s and PyTorch's, the ratio, each side's share of the card's
+dense f16/bf16 tensor peak, and each side's device memory (the driver's used-memory delta).
 
-import re
-import shlex
+    python3 table.py DIR_OR_FILE...
+"""
+
+import glob
+import json
+import os
 import sys
 
-# Dense f16/bf16 tensor-core peaks in TFLOP/s (no sparsity).
-PEAKS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+
+def load(paths):
+    files = []
+    for p in paths:
+        files += sorted(glob.glob(os.path.join(p, "*.json"))) if os.path.isdir(p) else [p]
+    rows = []
+    for f in files:
+        try:
+            with open(f, encoding="utf-8") as fh:
+                rows += json.load(fh).get("results", [])
+        except (OSError, ValueError) as e:
+            print(f"(skipping {f}: {e})")
+    return rows
 
 
-def peak(device: str) -> float | None:
-    for key, value in PEAKS.items():
-        if key in device:
-            return value
-    return None
+def fmt(v, digits=1):
+    return "-" if v is None else f"{v:.{digits}f}"
 
 
-def main(path: str) -> int:
-    rows: dict[tuple, dict[str, dict[str, str]]] = {}
-    for line in open(path, encoding="utf-8", errors="replace"):
-        if not line.startswith("RESULT "):
-            continue
-        parts = shlex.split(line.strip())
-        who = parts[1]
-        kv = dict(p.split("=", 1) for p in parts[2:] if "=" in p)
-        key = (kv.get("model"), kv.get("batch"), kv.get("dtype"), kv.get("size"))
-        rows.setdefault(key, {})[who] = kv
+def mib(v):
+    return "-" if v is None else str(int(v) >> 20)
+
+
+def main(paths):
+    rows = load(paths)
     if not rows:
-        print("no RESULT lines")
+        print("no benchmark results (see the log above for why)")
         return 1
-    head = f"{'model':<9}{'batch':>6}{'dtype':>6}{'ours img/s':>12}{'torch img/s':>12}{'ratio':>7}{'ours %pk':>9}{'torch %pk':>10}{'ours MiB':>9}{'torch MiB':>10}"
+    head = (
+        f"{'model':<10}{'batch':>6}{'dtype':>6}{'peer':>8}{'ours img/s':>12}{'torch img/s':>12}"
+        f"{'ratio':>7}{'ours %pk':>9}{'torch %pk':>10}{'ours MiB':>9}{'torch MiB':>10}"
+    )
     print(head)
     print("-" * len(head))
-    device = ""
-    for key, who in rows.items():
-        ours, torch_ = who.get("ours", {}), who.get("torch", {})
-        device = ours.get("device") or torch_.get("device") or device
-        pk = peak(device)
-        def num(d, k):
-            try:
-                return float(d[k])
-            except (KeyError, ValueError):
-                return None
-        oi, ti = num(ours, "img_s"), num(torch_, "img_s")
-        ratio = f"{oi / ti:.2f}" if oi and ti else "-"
-        def pct(d):
-            t = num(d, "tflops")
-            return f"{100 * t / pk:.1f}" if t and pk else "-"
-        fmt = lambda v: f"{v:.1f}" if v is not None else "-"
-        print(f"{key[0]:<9}{key[1]:>6}{key[2]:>6}{fmt(oi):>12}{fmt(ti):>12}{ratio:>7}{pct(ours):>9}{pct(torch_):>10}{ours.get('mem_mib', '-'):>9}{torch_.get('mem_mib', '-'):>10}")
-    print(f"device: {device or 'unknown'}; %pk = share of the dense f16 tensor peak ({peak(device) or '?'} TFLOP/s)")
+    devices, peaks = set(), set()
+    for r in rows:
+        ours, torch_ = r.get("ours") or {}, r.get("torch") or {}
+        devices.add(r.get("device_name") or "?")
+        peaks.add(r.get("peak_tflop_per_s"))
+        ratio = r.get("ratio")
+        peer = "-" if not torch_ else ("compile" if r.get("peer_compile") else "eager")
+        print(
+            f"{os.path.basename(str(r.get('arch', '?'))):<10}{r.get('batch', '?'):>6}{r.get('dtype', '?'):>6}{peer:>8}"
+            f"{fmt(ours.get('images_per_s')):>12}{fmt(torch_.get('images_per_s')):>12}"
+            f"{(fmt(ratio, 2) + 'x') if ratio else '-':>7}"
+            f"{fmt(ours.get('percent_of_peak')):>9}{fmt(torch_.get('percent_of_peak')):>10}"
+            f"{mib(ours.get('memory_delta_bytes')):>9}{mib(torch_.get('memory_delta_bytes')):>10}"
+        )
+    peak = ", ".join(fmt(p, 0) for p in peaks if p) or "unknown"
+    print(
+        f"device: {', '.join(sorted(devices))}; %pk = share of the dense f16/bf16 tensor peak "
+        f"({peak} TFLOP/s); timed: pixels on the device -> CLS vectors, median of the repeats; "
+        f"MiB = the driver's used-memory delta during the passes"
+    )
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "/dev/stdin"))
+    sys.exit(main(sys.argv[1:] or ["."]))

@@ -1,7 +1,8 @@
 //! `cargo xtask gpu-bundle`: everything the GPU machine runs, built here (it has no Rust
 //! toolchain): the release binaries of the GPU tests (`dinov2-kernels`' `gpu`, `dinov2-model`'s
-//! `cuda`) and of the `cuda_bench` example, the golden fixtures, the PyTorch peer and table
-//! scripts, and `run.sh` (from `scripts/gpu/`), gathered into `bundle/`.
+//! `cuda`), of the `dinov2` program (whose `bench` verb times ours against the PyTorch peer it
+//! carries) and of the criterion kernel benches (`benches/cuda_kernels.rs`), the golden fixtures,
+//! the table script and `run.sh` (from `scripts/gpu/`), gathered into `bundle/`.
 //!
 //! On the GPU machine, from the repository root: `bash bundle/run.sh` (writes its log under $OUT).
 
@@ -10,23 +11,55 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The binaries: (cargo arguments, file-name prefix of the executable, name in `bundle/bin`).
+/// All are release builds (`cargo bench` builds with the release-based bench profile).
 const BINARIES: &[(&[&str], &str, &str)] = &[
     (
-        &["test", "--no-run", "-p", "dinov2-kernels", "--test", "gpu"],
+        &[
+            "test",
+            "--release",
+            "--no-run",
+            "-p",
+            "dinov2-kernels",
+            "--test",
+            "gpu",
+        ],
         "gpu-",
         "kernels-gpu",
     ),
     (
-        &["test", "--no-run", "-p", "dinov2-model", "--test", "cuda"],
+        &[
+            "test",
+            "--release",
+            "--no-run",
+            "-p",
+            "dinov2-model",
+            "--test",
+            "cuda",
+        ],
         "cuda-",
         "model-cuda",
     ),
     (
-        &["build", "-p", "dinov2-model", "--example", "cuda_bench"],
-        "cuda_bench",
-        "cuda_bench",
+        &["build", "--release", "-p", "dinov2-cli", "--bin", "dinov2"],
+        "dinov2",
+        "dinov2",
+    ),
+    (
+        &[
+            "bench",
+            "--no-run",
+            "-p",
+            "dinov2",
+            "--bench",
+            "cuda_kernels",
+        ],
+        "cuda_kernels-",
+        "kernel-bench",
     ),
 ];
+
+/// The scripts from `scripts/gpu/`: (file, path in the bundle).
+const SCRIPTS: &[(&str, &str)] = &[("run.sh", "run.sh"), ("table.py", "scripts/table.py")];
 
 /// Runs the `gpu-bundle` command.
 pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
@@ -64,12 +97,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
         &out.join("fixtures/golden"),
     )?;
     let scripts = root.join("scripts/gpu");
-    for file in ["run.sh", "torch_peer.py", "table.py"] {
-        let dst = if file == "run.sh" {
-            out.join(file)
-        } else {
-            out.join("scripts").join(file)
-        };
+    for (file, target) in SCRIPTS {
+        let dst = out.join(target);
         if let Some(parent) = dst.parent() {
             fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
         }
@@ -85,12 +114,12 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds one target in release mode and returns its executable.
+/// Builds one target (release: the arguments say so) and returns its executable.
 fn build(cargo: &str, root: &Path, args: &[&str], prefix: &str) -> Result<PathBuf, String> {
-    eprintln!("xtask: cargo {} --release", args.join(" "));
+    eprintln!("xtask: cargo {}", args.join(" "));
     let output = Command::new(cargo)
         .args(args)
-        .args(["--release", "--message-format=json"])
+        .arg("--message-format=json")
         .current_dir(root)
         .output()
         .map_err(|e| format!("cannot run cargo: {e}"))?;

@@ -139,9 +139,13 @@ pub struct BenchArgs {
     /// Timed passes; the median is reported.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
-    /// Python with torch 2.11 + transformers 5.17: times the same model in PyTorch in this run.
+    /// Python with torch 2.11 + transformers 5.17: times the same model in PyTorch in this run
+    /// (SDPA attention, eager unless --peer-compile).
     #[arg(long)]
     pub peer: Option<PathBuf>,
+    /// Run the peer under torch.compile (compiled during its warm-up passes).
+    #[arg(long, requires = "peer")]
+    pub peer_compile: bool,
     /// Also write the results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,

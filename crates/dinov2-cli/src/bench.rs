@@ -1,5 +1,15 @@
-//! `dinov2 bench`: forward-pass throughput of a released architecture (random weights) or a
-//! checkpoint, per batch size, with the PyTorch peer timed in the same invocation when asked.
+//! `dinov2 bench`: embedding throughput of a released architecture (random weights) or a
+//! checkpoint, per batch size, on any device, with the PyTorch peer timed in the same invocation
+//! when asked.
+//!
+//! What is timed is what embedding users run: pixel values already on the device (uploaded once,
+//! as the peer's input tensor lives on its device) through the encoder to the CLS vectors `[B, h]`
+//! on the host ([`Dinov2::embed_batch`]: pooling on the device, then the copy back, which waits
+//! for the device). The peer times `model(pixel_values).pooler_output` followed by a device
+//! synchronization. Each side reports the median over the repeats, images per second, achieved
+//! FLOP/s (2 per multiply-add of the GEMMs, attention products and patch convolution), the share
+//! of the card's dense f16/bf16 tensor peak, and device memory as the driver's used-memory delta
+//! during the passes (cached blocks released first: `torch.cuda.empty_cache()` for the peer).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -7,7 +17,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use dinov2::{
-    flops_per_image, released_json, Backend, Checkpoint, Dinov2, Dinov2Config, ForwardOptions,
+    flops_per_image, released_json, Backend, Checkpoint, Dinov2, Dinov2Config, Dtype, Pooling,
     Tensor,
 };
 use serde_json::{json, Value};
@@ -16,6 +26,25 @@ use crate::args::{with_backend, BenchArgs, Device};
 use crate::error::{CliError, Result};
 
 const PEER_SCRIPT: &str = include_str!("../../../benches/peer_torch.py");
+
+/// Dense (no sparsity) f16/bf16 tensor-core peaks in TFLOP/s, by a substring of the device name
+/// as the driver reports it; the first match wins, so the more specific names come first.
+const DENSE_F16_PEAKS: &[(&str, f64)] = &[
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),
+    ("H200 NVL", 835.0),
+    ("H200", 989.0),
+    ("A100", 312.0),
+];
+
+/// The card's dense f16/bf16 peak, when the table knows it.
+pub fn dense_f16_peak(device_name: &str) -> Option<f64> {
+    DENSE_F16_PEAKS
+        .iter()
+        .find(|(key, _)| device_name.contains(key))
+        .map(|&(_, peak)| peak)
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -48,8 +77,8 @@ fn run_peer(python: &PathBuf, config_json: &str, args: &BenchArgs) -> Result<Vec
         Device::Cpu => "cpu".to_owned(),
         Device::Cuda(n) => format!("cuda:{n}"),
     };
-    let out = Command::new(python)
-        .arg(&script)
+    let mut cmd = Command::new(python);
+    cmd.arg(&script)
         .args([
             "--config",
             config_json,
@@ -70,15 +99,18 @@ fn run_peer(python: &PathBuf, config_json: &str, args: &BenchArgs) -> Result<Vec
             "--repeats",
             &args.repeats.to_string(),
         ])
-        .args(["--threads", &rayon::current_num_threads().to_string()])
-        .output()
-        .map_err(|e| {
-            CliError(format!(
-                "cannot run the peer with {}: {e}",
-                python.display()
-            ))
-        })?;
+        .args(["--threads", &rayon::current_num_threads().to_string()]);
+    if args.peer_compile {
+        cmd.arg("--compile");
+    }
+    let out = cmd.output().map_err(|e| {
+        CliError(format!(
+            "cannot run the peer with {}: {e}",
+            python.display()
+        ))
+    });
     let _ = std::fs::remove_dir_all(&dir);
+    let out = out?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let last = err.lines().last().unwrap_or("no message");
@@ -86,6 +118,7 @@ fn run_peer(python: &PathBuf, config_json: &str, args: &BenchArgs) -> Result<Vec
     }
     String::from_utf8_lossy(&out.stdout)
         .lines()
+        .filter(|l| l.trim_start().starts_with('{'))
         .map(|l| {
             serde_json::from_str(l).map_err(|e| CliError(format!("the peer printed {l:?}: {e}")))
         })
@@ -119,6 +152,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         _ => return Err(CliError("give exactly one of --arch and --model".into())),
     };
+    if args.batch_size.contains(&0) {
+        return Err(CliError(
+            "--batch-size: every batch size must be at least 1".into(),
+        ));
+    }
     with_backend!(args.device, args.dtype, |backend| {
         let model = match &checkpoint {
             Some(ckpt) => Dinov2::load(backend, ckpt)?,
@@ -128,6 +166,72 @@ pub fn run(args: BenchArgs) -> Result<()> {
     })
 }
 
+/// One side's measurement of one batch size.
+struct Measured {
+    median_s: f64,
+    images_per_s: f64,
+    tflop_per_s: f64,
+    percent_of_peak: Option<f64>,
+    memory_delta_bytes: Option<u64>,
+}
+
+impl Measured {
+    fn new(batch: usize, median_s: f64, gflop: f64, peak: Option<f64>, mem: Option<u64>) -> Self {
+        let images_per_s = batch as f64 / median_s;
+        let tflop_per_s = images_per_s * gflop / 1e3;
+        Measured {
+            median_s,
+            images_per_s,
+            tflop_per_s,
+            percent_of_peak: peak.map(|p| 100.0 * tflop_per_s / p),
+            memory_delta_bytes: mem,
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "median_s": self.median_s, "ms_per_batch": self.median_s * 1e3,
+            "images_per_s": self.images_per_s, "tflop_per_s": self.tflop_per_s,
+            "percent_of_peak": self.percent_of_peak, "memory_delta_bytes": self.memory_delta_bytes,
+        })
+    }
+}
+
+/// Times `embed_batch` with CLS pooling on one batch; memory as the used-memory delta.
+fn measure<B: Backend>(
+    model: &Dinov2<B>,
+    batch: usize,
+    args: &BenchArgs,
+) -> Result<(f64, Option<u64>)> {
+    let be = model.backend();
+    let x = model.upload_pixels(&pixels(batch, args.image_size))?;
+    be.release_cached_memory()?;
+    let base = be.memory_used();
+    for _ in 0..args.warmup {
+        model.embed_batch(&x, Pooling::Cls, false)?;
+    }
+    let mut times = Vec::new();
+    let mut used = 0usize;
+    for _ in 0..args.repeats.max(1) {
+        let t = Instant::now();
+        // The copy of [B, h] back to the host waits for the device: no separate sync needed.
+        model.embed_batch(&x, Pooling::Cls, false)?;
+        times.push(t.elapsed().as_secs_f64());
+        if let (Some(base), Some(now)) = (base, be.memory_used()) {
+            used = used.max(now.saturating_sub(base));
+        }
+    }
+    Ok((median(times), base.map(|_| used as u64)))
+}
+
+fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.decimals$}"))
+}
+
+fn mib(v: Option<u64>) -> String {
+    v.map_or("-".into(), |b| format!("{}", b >> 20))
+}
+
 fn bench_on<B: Backend>(
     model: &Dinov2<B>,
     name: &str,
@@ -135,7 +239,15 @@ fn bench_on<B: Backend>(
     args: &BenchArgs,
 ) -> Result<()> {
     let config = model.config();
-    let device = model.backend().name();
+    let be = model.backend();
+    let device = be.name();
+    let device_name = be.device_name();
+    let on_gpu = !matches!(args.device, Device::Cpu);
+    let peak = if on_gpu && matches!(args.dtype, Dtype::F16 | Dtype::BF16) {
+        dense_f16_peak(&device_name)
+    } else {
+        None
+    };
     let peer = match &args.peer {
         Some(python) => Some(run_peer(python, config_json, args)?),
         None => None,
@@ -143,44 +255,94 @@ fn bench_on<B: Backend>(
     let size = args.image_size;
     let gflop = flops_per_image(config, size, size) / 1e9;
     let threads = rayon::current_num_threads();
+    let card_peak = dense_f16_peak(&device_name)
+        .filter(|_| on_gpu)
+        .map_or(String::new(), |p| {
+            format!("; dense f16/bf16 peak {p:.0} TFLOP/s")
+        });
     println!(
-        "{name} on {device} ({threads} CPU threads), {} at {size}x{size}: {gflop:.2} GFLOP/image",
-        args.dtype
+        "{name} on {device} ({device_name}, {threads} CPU threads), {} at {size}x{size}: \
+         {gflop:.2} GFLOP/image{card_peak}",
+        args.dtype,
     );
     println!(
-        "{:>6} {:>12} {:>10} {:>10} {:>12} {:>8}",
-        "batch", "ms/batch", "img/s", "GFLOP/s", "torch img/s", "ratio"
+        "timed: pixels on the device -> CLS [B, h] on the host; {} warm-up, median of {}",
+        args.warmup,
+        args.repeats.max(1)
+    );
+    if let Some(first) = peer.as_ref().and_then(|p| p.first()) {
+        println!(
+            "peer: torch {} + transformers {}, attention {}, {} on {}",
+            first["torch"].as_str().unwrap_or("?"),
+            first["transformers"].as_str().unwrap_or("?"),
+            first["attn"].as_str().unwrap_or("?"),
+            if first["compile"].as_bool() == Some(true) {
+                "torch.compile"
+            } else {
+                "eager"
+            },
+            first["device"].as_str().unwrap_or("?"),
+        );
+    }
+    // TFLOP/s on a GPU, GFLOP/s on the CPU.
+    let (unit, scale) = if on_gpu {
+        ("TFLOP/s", 1.0)
+    } else {
+        ("GFLOP/s", 1e3)
+    };
+    println!(
+        "{:>6} {:>10} {:>10} {:>9} {:>6} {:>7} | {:>10} {:>10} {:>9} {:>6} {:>7} | {:>6}",
+        "batch",
+        "ms/batch",
+        "img/s",
+        unit,
+        "%peak",
+        "MiB",
+        "torch ms",
+        "torch img/s",
+        unit,
+        "%peak",
+        "MiB",
+        "ratio"
     );
     let mut results = Vec::new();
     for &b in &args.batch_size {
-        let x = pixels(b, size);
-        let opts = ForwardOptions::default();
-        for _ in 0..args.warmup {
-            model.forward(&x, None, &opts)?;
-        }
-        let mut times = Vec::new();
-        for _ in 0..args.repeats.max(1) {
-            let t = Instant::now();
-            model.forward(&x, None, &opts)?;
-            times.push(t.elapsed().as_secs_f64());
-        }
-        let med = median(times);
-        let ips = b as f64 / med;
-        let peer_ips = peer
+        let (med, mem) = measure(model, b, args)?;
+        let ours = Measured::new(b, med, gflop, peak, mem);
+        let theirs = peer
             .as_ref()
             .and_then(|p| p.iter().find(|r| r["batch"].as_u64() == Some(b as u64)))
-            .and_then(|r| r["images_per_s"].as_f64());
+            .and_then(|r| {
+                let median_s = r["median_s"].as_f64()?;
+                let mem = on_gpu.then(|| r["memory_delta_bytes"].as_u64()).flatten();
+                Some(Measured::new(b, median_s, gflop, peak, mem))
+            });
+        let ratio = theirs.as_ref().map(|t| ours.images_per_s / t.images_per_s);
         println!(
-            "{b:>6} {:>12.1} {ips:>10.2} {:>10.1} {:>12} {:>8}",
+            "{b:>6} {:>10.2} {:>10.2} {:>9.2} {:>6} {:>7} | {:>10} {:>10} {:>9} {:>6} {:>7} | {:>6}",
             med * 1e3,
-            ips * gflop,
-            peer_ips.map_or("-".into(), |p| format!("{p:.2}")),
-            peer_ips.map_or("-".into(), |p| format!("{:.2}x", ips / p)),
+            ours.images_per_s,
+            ours.tflop_per_s * scale,
+            fmt_opt(ours.percent_of_peak, 1),
+            mib(ours.memory_delta_bytes),
+            fmt_opt(theirs.as_ref().map(|t| t.median_s * 1e3), 2),
+            fmt_opt(theirs.as_ref().map(|t| t.images_per_s), 2),
+            fmt_opt(theirs.as_ref().map(|t| t.tflop_per_s * scale), 2),
+            fmt_opt(theirs.as_ref().and_then(|t| t.percent_of_peak), 1),
+            mib(theirs.as_ref().and_then(|t| t.memory_delta_bytes)),
+            ratio.map_or("-".into(), |r| format!("{r:.2}x")),
         );
         results.push(json!({
-            "arch": name, "device": device, "threads": threads, "dtype": args.dtype.to_string(), "batch": b,
-            "image_size": size, "median_s": med, "images_per_s": ips, "gflop_per_image": gflop,
-            "peer_images_per_s": peer_ips,
+            "arch": name, "device": device, "device_name": device_name, "threads": threads,
+            "dtype": args.dtype.to_string(), "batch": b, "image_size": size,
+            "gflop_per_image": gflop, "peak_tflop_per_s": peak, "pooling": "cls",
+            "warmup": args.warmup, "repeats": args.repeats.max(1),
+            "median_s": med, "images_per_s": ours.images_per_s,
+            "ours": ours.json(),
+            "torch": theirs.as_ref().map(Measured::json),
+            "peer_images_per_s": theirs.as_ref().map(|t| t.images_per_s),
+            "peer_compile": args.peer_compile && peer.is_some(),
+            "ratio": ratio,
         }));
     }
     if let Some(path) = &args.json {
@@ -191,4 +353,24 @@ fn bench_on<B: Backend>(
             .map_err(|e| CliError(format!("cannot write {}: {e}", path.display())))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peaks_by_device_name() {
+        assert_eq!(dense_f16_peak("NVIDIA H100 80GB HBM3"), Some(989.0));
+        assert_eq!(dense_f16_peak("NVIDIA H100 PCIe"), Some(756.0));
+        assert_eq!(dense_f16_peak("NVIDIA H200"), Some(989.0));
+        assert_eq!(dense_f16_peak("NVIDIA GeForce RTX 4090"), None);
+        assert_eq!(dense_f16_peak("cpu"), None);
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
 }

@@ -61,7 +61,9 @@ pub struct Device {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
     modules: Vec<Arc<CudaModule>>,
-    functions: Mutex<HashMap<String, CudaFunction>>,
+    /// Kernels looked up so far, with the dynamic shared memory each was allowed (0: the default
+    /// 48 KiB, never raised).
+    functions: Mutex<HashMap<String, (CudaFunction, u32)>>,
     pub(crate) blas: Blas,
     info: DeviceInfo,
 }
@@ -255,6 +257,30 @@ impl Device {
         self.ctx.mem_get_info().ctx(|| "reading memory info".into())
     }
 
+    /// Waits for the queued work, then hands the freed memory that the stream-ordered allocator
+    /// keeps for reuse back to the driver (what `torch.cuda.empty_cache()` does for PyTorch's
+    /// caching allocator), so that a used-memory delta measures one workload.
+    pub fn release_cached_memory(&self) -> Result<()> {
+        self.synchronize()?;
+        if !self.ctx.has_async_alloc() {
+            return Ok(());
+        }
+        self.ctx
+            .bind_to_thread()
+            .ctx(|| "binding the context".into())?;
+        let mut pool: dsys::CUmemoryPool = std::ptr::null_mut();
+        // SAFETY: the pool handle is written by the driver and used only to trim it; every block
+        // freed on our stream has completed (synchronized above).
+        unsafe {
+            dsys::cuDeviceGetDefaultMemPool(&mut pool, self.ctx.cu_device())
+                .result()
+                .ctx(|| "reading the default memory pool".into())?;
+            dsys::cuMemPoolTrimTo(pool, 0)
+                .result()
+                .ctx(|| "trimming the memory pool".into())
+        }
+    }
+
     /// An uninitialized buffer.
     pub fn alloc(&self, dtype: DType, shape: &[usize]) -> Result<Buffer> {
         let bytes = shape.iter().product::<usize>() * dtype.size();
@@ -282,7 +308,7 @@ impl Device {
         self.memset(buffer, 0xff)
     }
 
-    fn memset(&self, buffer: &mut Buffer, byte: u8) -> Result<()> {
+    pub(crate) fn memset(&self, buffer: &mut Buffer, byte: u8) -> Result<()> {
         let ptr = buffer.ptr(&self.stream);
         self.ctx
             .bind_to_thread()
@@ -390,24 +416,54 @@ impl Device {
         Ok(dst)
     }
 
-    /// The kernel `name`, looked up once in the loaded modules.
-    pub(crate) fn function(&self, name: &str) -> Result<CudaFunction> {
+    /// The kernel `name`, looked up once in the loaded modules, allowed at least `smem` bytes of
+    /// dynamic shared memory.
+    ///
+    /// Above 48 KiB a kernel must opt in (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`) or its
+    /// launch fails; the attribute is set once per kernel, the first time a launch needs it. The
+    /// context is bound first: the lookup and the attribute are driver calls on this context,
+    /// and the calling thread (any thread sharing the device) may have none current.
+    pub(crate) fn function(&self, name: &str, smem: u32) -> Result<CudaFunction> {
         let mut cache = self
             .functions
             .lock()
             .map_err(|_| KernelError::Unsupported("kernel cache poisoned by a panic".into()))?;
-        if let Some(f) = cache.get(name) {
-            return Ok(f.clone());
-        }
-        for module in &self.modules {
-            if let Ok(f) = module.load_function(name) {
-                cache.insert(name.to_string(), f.clone());
-                return Ok(f);
+        if let Some((f, allowed)) = cache.get(name) {
+            if !needs_smem_opt_in(smem, *allowed) {
+                return Ok(f.clone());
             }
         }
-        Err(KernelError::Unsupported(format!(
-            "kernel `{name}` is not in the embedded artifacts (rebuild them with `cargo xtask kernels`)"
-        )))
+        self.ctx
+            .bind_to_thread()
+            .ctx(|| "binding the context".into())?;
+        let (f, allowed) = match cache.get(name) {
+            Some((f, allowed)) => (f.clone(), *allowed),
+            None => {
+                let f = self
+                    .modules
+                    .iter()
+                    .find_map(|m| m.load_function(name).ok())
+                    .ok_or_else(|| {
+                        KernelError::Unsupported(format!(
+                            "kernel `{name}` is not in the embedded artifacts (rebuild them with \
+                             `cargo xtask kernels`)"
+                        ))
+                    })?;
+                (f, 0)
+            }
+        };
+        let allowed = if needs_smem_opt_in(smem, allowed) {
+            f.set_attribute(
+                dsys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .ctx(|| format!("allowing {smem} bytes of dynamic shared memory for {name}"))?;
+            smem
+        } else {
+            allowed
+        };
+        cache.insert(name.to_string(), (f.clone(), allowed));
+        Ok(f)
     }
 
     /// Launches kernel `name` on the stream.
@@ -423,14 +479,7 @@ impl Device {
         smem: u32,
         args: &[Arg],
     ) -> Result<()> {
-        let f = self.function(name)?;
-        if smem > 48 * 1024 {
-            f.set_attribute(
-                dsys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )
-            .ctx(|| format!("allowing {smem} bytes of shared memory for {name}"))?;
-        }
+        let f = self.function(name, smem)?;
         let mut b = self.stream.launch_builder(&f);
         for a in args {
             match a {
@@ -451,7 +500,50 @@ impl Device {
 
     /// Blocks for a grid-stride loop over `n` elements with 256 threads per block.
     pub(crate) fn grid_for(&self, n: usize) -> u32 {
-        let blocks = n.div_ceil(256).max(1);
-        blocks.min(self.info.multiprocessors.max(1) as usize * 32) as u32
+        grid_stride_blocks(n, self.info.multiprocessors)
+    }
+}
+
+/// Dynamic shared memory a kernel may use without opting in.
+const DEFAULT_DYNAMIC_SMEM: u32 = 48 * 1024;
+
+/// True when a launch with `smem` bytes of dynamic shared memory needs the kernel's opt-in raised
+/// above what it was already `allowed` (0 when never raised).
+fn needs_smem_opt_in(smem: u32, allowed: u32) -> bool {
+    smem > DEFAULT_DYNAMIC_SMEM && smem > allowed
+}
+
+/// Blocks of a grid-stride loop over `n` elements with 256 threads per block, on a device with
+/// `multiprocessors` SMs: enough to cover `n`, at most 32 per SM (the loops stride past that),
+/// never 0 (a zero grid is a launch error).
+pub(crate) fn grid_stride_blocks(n: usize, multiprocessors: u32) -> u32 {
+    let blocks = n.div_ceil(256).max(1);
+    blocks.min(multiprocessors.max(1) as usize * 32) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_memory_opt_in_is_set_once_and_only_above_48k() {
+        assert!(!needs_smem_opt_in(0, 0));
+        assert!(!needs_smem_opt_in(48 * 1024, 0));
+        // attention_*_d96 and _d128: 320·(P + 8)·2 bytes.
+        assert!(needs_smem_opt_in(66_560, 0));
+        assert!(needs_smem_opt_in(87_040, 0));
+        assert!(!needs_smem_opt_in(87_040, 87_040));
+        assert!(!needs_smem_opt_in(66_560, 87_040));
+        assert!(needs_smem_opt_in(87_040, 66_560));
+    }
+
+    #[test]
+    fn grid_stride_blocks_cover_small_inputs_and_cap_large_ones() {
+        assert_eq!(grid_stride_blocks(0, 132), 1);
+        assert_eq!(grid_stride_blocks(1, 132), 1);
+        assert_eq!(grid_stride_blocks(256, 132), 1);
+        assert_eq!(grid_stride_blocks(257, 132), 2);
+        assert_eq!(grid_stride_blocks(usize::MAX / 2, 132), 132 * 32);
+        assert_eq!(grid_stride_blocks(1 << 20, 0), 32);
     }
 }

@@ -185,32 +185,79 @@ impl Blas {
                 }
             }
         }
-        let (mi, ni, ki) = (dim(m)?, dim(n)?, dim(k)?);
+        let p = col_major_gemm((m, n, k));
         let t = blas_type(dtype)?;
         let (alpha, beta) = (1.0f32, 0.0f32);
         bres::gemm_ex(
             *inner.blas.handle(),
-            bsys::cublasOperation_t::CUBLAS_OP_T,
-            bsys::cublasOperation_t::CUBLAS_OP_N,
-            ni,
-            mi,
-            ki,
+            blas_op(p.transa),
+            blas_op(p.transb),
+            dim(p.m)?,
+            dim(p.n)?,
+            dim(p.k)?,
             (&alpha) as *const f32 as *const c_void,
             w as *const c_void,
             t,
-            ki,
+            dim(p.a.2)?,
             x as *const c_void,
             t,
-            ki,
+            dim(p.b.2)?,
             (&beta) as *const f32 as *const c_void,
             y as *mut c_void,
             t,
-            ni,
+            dim(p.c.2)?,
             bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
         .map_err(blas_err(format!("cublasGemmEx {dtype} m={m} n={n} k={k}")))?;
         Ok(GemmPath::GemmEx)
+    }
+}
+
+/// The column-major problem cuBLAS solves for the row-major `y[m, n] = x[m, k] · w[n, k]ᵀ`.
+///
+/// A row-major `[r, c]` array is the column-major `c × r` matrix with leading dimension `c`, so
+/// `y` is `D` (`n × m`, ld `n`), `w` is `A` stored `k × n` (ld `k`) and used transposed, `x` is
+/// `B` stored `k × m` (ld `k`): `D = Aᵀ · B`, i.e. `yᵀ = w · xᵀ` (the "TN" layout). cuBLASLt's
+/// bias epilogue adds a vector of length "rows of D", broadcast over D's columns: `bias[n]`
+/// along y's rows, as `nn.Linear` wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ColMajorGemm {
+    /// Rows of `op(A)` and `D`.
+    pub m: usize,
+    /// Columns of `op(B)` and `D`.
+    pub n: usize,
+    /// The inner dimension.
+    pub k: usize,
+    /// `op(A) = Aᵀ`.
+    pub transa: bool,
+    /// `op(B) = Bᵀ`.
+    pub transb: bool,
+    /// Stored `(rows, cols, leading dimension)` of A (`w`), B (`x`) and C = D (`y`).
+    pub a: (usize, usize, usize),
+    pub b: (usize, usize, usize),
+    pub c: (usize, usize, usize),
+}
+
+/// See [`ColMajorGemm`].
+pub(crate) fn col_major_gemm((m, n, k): (usize, usize, usize)) -> ColMajorGemm {
+    ColMajorGemm {
+        m: n,
+        n: m,
+        k,
+        transa: true,
+        transb: false,
+        a: (k, n, k),
+        b: (k, m, k),
+        c: (n, m, n),
+    }
+}
+
+fn blas_op(trans: bool) -> bsys::cublasOperation_t {
+    if trans {
+        bsys::cublasOperation_t::CUBLAS_OP_T
+    } else {
+        bsys::cublasOperation_t::CUBLAS_OP_N
     }
 }
 
@@ -294,17 +341,24 @@ unsafe fn make_plan(
         lsys::cudaDataType::CUDA_R_32F,
     )
     .map_err(lt_err("creating a matmul descriptor"))?;
-    let (m64, n64, k64) = (m as u64, n as u64, k as u64);
+    let p = col_major_gemm((m, n, k));
+    let layout = |(rows, cols, ld): (usize, usize, usize), what: &str| {
+        lres::create_matrix_layout(t, rows as u64, cols as u64, ld as i64)
+            .map_err(lt_err(format!("layout of {what}")))
+    };
+    // Layouts are made one by one: should a later one fail, `desc` and the earlier ones leak
+    // (once per shape; creation only fails for invalid sizes, which the callers rule out).
     let mut plan = Plan {
         desc,
-        a: lres::create_matrix_layout(t, k64, n64, k as i64).map_err(lt_err("layout of w"))?,
-        b: lres::create_matrix_layout(t, k64, m64, k as i64).map_err(lt_err("layout of x"))?,
-        c: lres::create_matrix_layout(t, n64, m64, n as i64).map_err(lt_err("layout of y"))?,
+        a: layout(p.a, "w")?,
+        b: layout(p.b, "x")?,
+        c: layout(p.c, "y")?,
         // SAFETY: plain data, overwritten by the heuristic below.
         algo: std::mem::zeroed(),
     };
-    let trans_a: i32 = 1; // CUBLAS_OP_T
-    let trans_b: i32 = 0; // CUBLAS_OP_N
+    // cublasOperation_t values (CUBLAS_OP_N = 0, CUBLAS_OP_T = 1), as the attribute's int32.
+    let trans_a = blas_op(p.transa) as i32;
+    let trans_b = blas_op(p.transb) as i32;
     lres::set_matmul_desc_attribute(
         desc,
         lsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
@@ -349,4 +403,97 @@ unsafe fn make_plan(
         plan.algo = h.algo;
         plan
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Element `(i, j)` of a column-major matrix stored with leading dimension `ld`.
+    fn at(buf: &[f64], ld: usize, i: usize, j: usize) -> f64 {
+        buf[i + j * ld]
+    }
+
+    /// `D = op(A) · op(B) + bias[row of D]` exactly as the BLAS (and cuBLASLt's BIAS epilogue)
+    /// define it on column-major storage, returned as D's storage.
+    fn blas_emulation(p: &ColMajorGemm, a: &[f64], b: &[f64], bias: Option<&[f64]>) -> Vec<f64> {
+        // Stored shapes agree with the operations.
+        let (a_rows, a_cols) = if p.transa {
+            (p.a.1, p.a.0)
+        } else {
+            (p.a.0, p.a.1)
+        };
+        let (b_rows, b_cols) = if p.transb {
+            (p.b.1, p.b.0)
+        } else {
+            (p.b.0, p.b.1)
+        };
+        assert_eq!((a_rows, a_cols), (p.m, p.k), "op(A) is m x k");
+        assert_eq!((b_rows, b_cols), (p.k, p.n), "op(B) is k x n");
+        assert_eq!((p.c.0, p.c.1), (p.m, p.n), "D is m x n");
+        for (rows, _, ld) in [p.a, p.b, p.c] {
+            assert!(ld >= rows.max(1), "leading dimension below the row count");
+        }
+        let opa = |i: usize, l: usize| {
+            if p.transa {
+                at(a, p.a.2, l, i)
+            } else {
+                at(a, p.a.2, i, l)
+            }
+        };
+        let opb = |l: usize, j: usize| {
+            if p.transb {
+                at(b, p.b.2, j, l)
+            } else {
+                at(b, p.b.2, l, j)
+            }
+        };
+        let mut d = vec![f64::NAN; p.c.2 * p.c.1];
+        for j in 0..p.n {
+            for i in 0..p.m {
+                let s: f64 = (0..p.k).map(|l| opa(i, l) * opb(l, j)).sum();
+                d[i + j * p.c.2] = s + bias.map_or(0.0, |v| v[i]);
+            }
+        }
+        d
+    }
+
+    #[test]
+    fn the_column_major_problem_is_the_row_major_linear() {
+        for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (13, 24, 32), (5, 3, 13), (8, 1, 4)] {
+            let x: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+            let w: Vec<f64> = (0..n * k).map(|i| (i as f64 * 0.11).cos()).collect();
+            let bias: Vec<f64> = (0..n).map(|i| i as f64 - 0.5).collect();
+            let p = col_major_gemm((m, n, k));
+            // Storage sizes: the row-major buffers are exactly the stored matrices.
+            assert_eq!(p.a.2 * p.a.1, n * k);
+            assert_eq!(p.b.2 * p.b.1, m * k);
+            assert_eq!(p.c.2 * p.c.1, m * n);
+            // The bias epilogue's vector has one entry per row of D: the n outputs.
+            assert_eq!(p.m, n);
+            let y = blas_emulation(&p, &w, &x, Some(&bias));
+            for r in 0..m {
+                for c in 0..n {
+                    let want: f64 =
+                        (0..k).map(|l| x[r * k + l] * w[c * k + l]).sum::<f64>() + bias[c];
+                    let got = y[r * n + c];
+                    assert!((got - want).abs() < 1e-12, "m={m} n={n} k={k} y[{r},{c}]");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cublas_operations_have_the_documented_values() {
+        // cuBLASLt's TRANSA/TRANSB attributes take the cublasOperation_t value as an int32.
+        assert_eq!(blas_op(false) as i32, 0);
+        assert_eq!(blas_op(true) as i32, 1);
+        // The epilogue attribute is a uint32: the enum must be passed with that size.
+        assert_eq!(size_of::<lsys::cublasLtEpilogue_t>(), 4);
+        assert_eq!(lsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS as u32, 4);
+        assert_eq!(
+            lsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT as u32,
+            1
+        );
+    }
 }

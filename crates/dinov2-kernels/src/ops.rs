@@ -29,6 +29,86 @@ const FLASH_PADS: [usize; 5] = [16, 32, 64, 96, 128];
 /// The largest head dim of every attention kernel.
 pub const MAX_HEAD_DIM: usize = 128;
 
+// Launch geometry the kernels assume (the #defines of kernels/*.cu): keep in sync.
+/// Query rows per flash block (`FA_BM`; 4 warps x 16 rows) and keys per K/V tile (`FA_BN`).
+const FLASH_BM: usize = 64;
+const FLASH_BN: usize = 64;
+/// Threads of every attention block (`FA_THREADS`, and the f32 and probs kernels).
+const ATTENTION_THREADS: u32 = 128;
+/// Query rows per block of `attention_f32` (`F32_BQ`).
+const F32_ROWS: usize = 16;
+/// Widest row of the warp-per-row LayerNorm kernels (32 lanes x `LN_VPL`).
+const LN_WARP_MAX_H: usize = 32 * 32;
+/// Rows per block of the warp-per-row LayerNorm kernels (128 threads).
+const LN_WARP_ROWS: usize = 4;
+/// Threads per block of the block-per-row (`_wide`) LayerNorm kernels.
+const LN_WIDE_THREADS: u32 = 256;
+// block_sum reduces 32 warp partials: whole warps, at most 1024 threads.
+const _: () = assert!(LN_WIDE_THREADS % 32 == 0 && LN_WIDE_THREADS <= 1024);
+
+/// Which attention kernel runs a head dim and dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttentionKernel {
+    /// `attention_{t}_d{pad}`: tensor cores, 16-byte cp.async loads (d % 8 == 0, qkv 16-byte
+    /// aligned).
+    Flash { pad: usize },
+    /// `attention_f32`: SIMT, any d.
+    F32,
+    /// `attention_probs_{t}` with a scratch probability buffer: any d, any alignment.
+    Rows,
+}
+
+/// The kernel for `dtype` and head dim `d` (1..=128); `simple` forces the row kernel;
+/// `qkv_aligned`: the qkv and out pointers are 16-byte aligned.
+fn attention_kernel(dtype: DType, d: usize, simple: bool, qkv_aligned: bool) -> AttentionKernel {
+    if simple {
+        return AttentionKernel::Rows;
+    }
+    if dtype == DType::F32 {
+        return AttentionKernel::F32;
+    }
+    match FLASH_PADS.into_iter().find(|&p| p >= d) {
+        Some(pad) if d % 8 == 0 && qkv_aligned => AttentionKernel::Flash { pad },
+        _ => AttentionKernel::Rows,
+    }
+}
+
+/// Dynamic shared memory of a flash kernel: Q [64][pad + 8], K and V [2][64][pad + 8] (double
+/// buffered), 2-byte elements; rows padded by 8 elements so that ldmatrix is conflict-free.
+fn flash_smem_bytes(pad: usize) -> u32 {
+    ((FLASH_BM + 4 * FLASH_BN) * (pad + 8) * 2) as u32
+}
+
+/// Grid of the flash kernels: (query tiles, heads, images).
+fn flash_grid(batch: usize, n: usize, heads: usize) -> (u32, u32, u32) {
+    (n.div_ceil(FLASH_BM) as u32, heads as u32, batch as u32)
+}
+
+/// Grid of `attention_f32`: (16-row query tiles, heads, images).
+fn f32_attention_grid(batch: usize, n: usize, heads: usize) -> (u32, u32, u32) {
+    (n.div_ceil(F32_ROWS) as u32, heads as u32, batch as u32)
+}
+
+/// How a LayerNorm over `[rows, h]` is launched: (wide kernel, grid, block).
+fn layer_norm_launch(rows: usize, h: usize) -> (bool, u32, u32) {
+    if h <= LN_WARP_MAX_H {
+        (
+            false,
+            rows.div_ceil(LN_WARP_ROWS) as u32,
+            32 * LN_WARP_ROWS as u32,
+        )
+    } else {
+        (true, rows as u32, LN_WIDE_THREADS)
+    }
+}
+
+/// Whether `bias_act` may take the 8-wide kernel: its 16-byte accesses need rows of whole
+/// 8-element groups (no group wraps into the next row, so bias[c0..c0 + 8] is in range) and a
+/// 16-byte aligned base.
+fn bias_act_vectorized(cols: usize, y_ptr: u64) -> bool {
+    cols % 8 == 0 && y_ptr % 16 == 0
+}
+
 fn expect(op: &'static str, what: &str, b: &Buffer, dtype: DType, len: usize) -> Result<()> {
     if b.dtype() != dtype {
         return Err(KernelError::shape(
@@ -95,6 +175,12 @@ impl Device {
         if m == 0 || n == 0 {
             return Ok(GemmPath::GemmEx);
         }
+        if k == 0 {
+            // An empty sum: y = bias (or 0). cuBLASLt rejects zero-sized layouts.
+            self.memset(y, 0)?;
+            self.add_bias(y, bias, m, n)?;
+            return Ok(GemmPath::GemmEx);
+        }
         let s = &self.stream;
         let lt_bias = bias.filter(|b| b.dtype() == t).map(|b| b.ptr(s));
         let allow_lt = bias.is_none() || lt_bias.is_some();
@@ -110,16 +196,23 @@ impl Device {
                 allow_lt,
             )?
         };
-        if let (GemmPath::GemmEx, Some(b)) = (path, bias) {
-            if b.dtype() == DType::F32 {
-                self.bias_act(y, Some(b), m, n, Act::Identity)?;
-            } else {
-                let mut b32 = self.alloc(DType::F32, &[n])?;
-                self.cast(b, &mut b32)?;
-                self.bias_act(y, Some(&b32), m, n, Act::Identity)?;
-            }
+        if path == GemmPath::GemmEx {
+            self.add_bias(y, bias, m, n)?;
         }
         Ok(path)
+    }
+
+    /// `y[m, n] += bias[n]` with `bias` in any float type (cast to f32 for `bias_act`).
+    fn add_bias(&self, y: &mut Buffer, bias: Option<&Buffer>, m: usize, n: usize) -> Result<()> {
+        match bias {
+            None => Ok(()),
+            Some(b) if b.dtype() == DType::F32 => self.bias_act(y, Some(b), m, n, Act::Identity),
+            Some(b) => {
+                let mut b32 = self.alloc(DType::F32, &[n])?;
+                self.cast(b, &mut b32)?;
+                self.bias_act(y, Some(&b32), m, n, Act::Identity)
+            }
+        }
     }
 
     /// `y = act(y + bias[col])` in place over `[rows, cols]`; `bias` is f32 `[cols]`.
@@ -148,8 +241,8 @@ impl Device {
             Arg::I32(i32_of(OP, cols)?),
             Arg::I32(act as i32),
         ];
-        // 16-byte accesses when rows never split an 8-element group (buffers are 256-byte aligned).
-        let (name, grid) = if cols % 8 == 0 {
+        // 16-byte accesses when rows never split an 8-element group and y is 16-byte aligned.
+        let (name, grid) = if bias_act_vectorized(cols, y.ptr(s)) {
             (format!("bias_act_v8_{t}"), self.grid_for(rows * cols / 8))
         } else {
             (format!("bias_act_{t}"), self.grid_for(rows * cols))
@@ -217,27 +310,17 @@ impl Device {
             Arg::Ptr(w.ptr(s)),
             Arg::Ptr(b.ptr(s)),
         ];
+        i32_of(OP, rows)?;
+        let (wide, grid, block) = layer_norm_launch(rows, h);
+        let name = if wide {
+            args.extend([Arg::I32(i32_of(OP, h)?), Arg::F32(eps)]);
+            format!("layer_norm_wide_{suffix}")
+        } else {
+            args.extend([Arg::I32(rows as i32), Arg::I32(h as i32), Arg::F32(eps)]);
+            format!("layer_norm_{suffix}")
+        };
         // SAFETY: sizes checked.
-        unsafe {
-            if h <= 1024 {
-                args.extend([
-                    Arg::I32(i32_of(OP, rows)?),
-                    Arg::I32(h as i32),
-                    Arg::F32(eps),
-                ]);
-                let grid = rows.div_ceil(4) as u32;
-                self.launch(&format!("layer_norm_{suffix}"), (grid, 1, 1), 128, 0, &args)
-            } else {
-                args.extend([Arg::I32(i32_of(OP, h)?), Arg::F32(eps)]);
-                self.launch(
-                    &format!("layer_norm_wide_{suffix}"),
-                    (i32_of(OP, rows)? as u32, 1, 1),
-                    256,
-                    0,
-                    &args,
-                )
-            }
-        }
+        unsafe { self.launch(&name, (grid, 1, 1), block, 0, &args) }
     }
 
     /// `x += gamma ⊙ branch` over `[rows, h]`: `x` and `gamma` f32, `branch` any float type.
@@ -304,33 +387,17 @@ impl Device {
             Arg::Ptr(w.ptr(s)),
             Arg::Ptr(b.ptr(s)),
         ];
+        i32_of(OP, rows)?;
+        let (wide, grid, block) = layer_norm_launch(rows, h);
+        let name = if wide {
+            args.extend([Arg::I32(i32_of(OP, h)?), Arg::F32(eps)]);
+            format!("add_scaled_layer_norm_wide_{t}")
+        } else {
+            args.extend([Arg::I32(rows as i32), Arg::I32(h as i32), Arg::F32(eps)]);
+            format!("add_scaled_layer_norm_{t}")
+        };
         // SAFETY: sizes checked.
-        unsafe {
-            if h <= 1024 {
-                args.extend([
-                    Arg::I32(i32_of(OP, rows)?),
-                    Arg::I32(h as i32),
-                    Arg::F32(eps),
-                ]);
-                let grid = rows.div_ceil(4) as u32;
-                self.launch(
-                    &format!("add_scaled_layer_norm_{t}"),
-                    (grid, 1, 1),
-                    128,
-                    0,
-                    &args,
-                )
-            } else {
-                args.extend([Arg::I32(i32_of(OP, h)?), Arg::F32(eps)]);
-                self.launch(
-                    &format!("add_scaled_layer_norm_wide_{t}"),
-                    (i32_of(OP, rows)? as u32, 1, 1),
-                    256,
-                    0,
-                    &args,
-                )
-            }
-        }
+        unsafe { self.launch(&name, (grid, 1, 1), block, 0, &args) }
     }
 
     /// Softmax attention over packed `qkv` `[batch, n, 3·heads·d]` into `out` `[batch, n, heads·d]`
@@ -358,43 +425,41 @@ impl Device {
             return Ok(());
         }
         let simple = std::env::var("DINOV2_ATTENTION").is_ok_and(|v| v == "simple");
-        if simple || (t != DType::F32 && d % 8 != 0) {
-            // The tensor-core kernel loads 8-element chunks; the row kernel takes any d.
+        let s = &self.stream;
+        let (qp, op) = (qkv.ptr(s), out.ptr(s));
+        let kernel = attention_kernel(t, d, simple, qp % 16 == 0 && op % 16 == 0);
+        if kernel == AttentionKernel::Rows {
+            // The tensor-core kernel loads 8-element (16-byte) chunks; the row kernel takes any
+            // d. It needs a [batch, heads, n, n] f32 scratch buffer.
             let mut probs = self.alloc(DType::F32, &[batch, heads, n, n])?;
             return self.attention_probs(qkv, out, &mut probs, batch, n, heads, d, scale);
         }
-        let s = &self.stream;
         let mut args = vec![
-            Arg::Ptr(qkv.ptr(s)),
-            Arg::Ptr(out.ptr(s)),
+            Arg::Ptr(qp),
+            Arg::Ptr(op),
             Arg::I32(i32_of(OP, n)?),
             Arg::I32(heads as i32),
             Arg::I32(d as i32),
         ];
-        let (y, z) = (heads as u32, batch as u32);
-        // SAFETY: sizes checked; d <= the kernel's padded head dim.
+        // SAFETY: sizes checked; d <= the kernel's padded head dim; 16-byte alignment checked.
         unsafe {
-            if t == DType::F32 {
-                args.push(Arg::F32(scale));
+            if let AttentionKernel::Flash { pad } = kernel {
+                // The flash kernels work in the log2 domain (exp2f): the scale carries log2(e).
+                args.push(Arg::F32(scale * std::f32::consts::LOG2_E));
                 self.launch(
-                    "attention_f32",
-                    (n.div_ceil(16) as u32, y, z),
-                    128,
-                    0,
+                    &format!("attention_{t}_d{pad}"),
+                    flash_grid(batch, n, heads),
+                    ATTENTION_THREADS,
+                    flash_smem_bytes(pad),
                     &args,
                 )
             } else {
-                let pad = FLASH_PADS
-                    .into_iter()
-                    .find(|&p| p >= d)
-                    .expect("d <= 128 checked");
-                args.push(Arg::F32(scale * std::f32::consts::LOG2_E));
-                let smem = (320 * (pad + 8) * 2) as u32;
+                args.push(Arg::F32(scale));
                 self.launch(
-                    &format!("attention_{t}_d{pad}"),
-                    (n.div_ceil(64) as u32, y, z),
-                    128,
-                    smem,
+                    "attention_f32",
+                    f32_attention_grid(batch, n, heads),
+                    ATTENTION_THREADS,
+                    0,
                     &args,
                 )
             }
@@ -436,7 +501,15 @@ impl Device {
         ];
         let grid = (i32_of(OP, n)? as u32, heads as u32, batch as u32);
         // SAFETY: sizes checked.
-        unsafe { self.launch(&format!("attention_probs_{t}"), grid, 128, 0, &args) }
+        unsafe {
+            self.launch(
+                &format!("attention_probs_{t}"),
+                grid,
+                ATTENTION_THREADS,
+                0,
+                &args,
+            )
+        }
     }
 
     /// Unfolds f32 pixels `[b, c, h, w]` into `cols` `[b·(h/p)·(w/p), c·p·p]` (any float type).
@@ -571,6 +644,47 @@ impl Device {
         unsafe { self.launch(&format!("mean_pool_{t}"), (grid, 1, 1), 256, 0, &args) }
     }
 
+    /// The embedding poolings of `x` `[b, s, h]` into f32 `out` `[b, (cls + mean)·h]`: per image
+    /// token 0 (when `cls`), then the mean of tokens `start..s` (when `mean`).
+    pub fn pool_tokens(
+        &self,
+        x: &Buffer,
+        out: &mut Buffer,
+        (b, s, h): (usize, usize, usize),
+        start: usize,
+        cls: bool,
+        mean: bool,
+    ) -> Result<()> {
+        const OP: &str = "pool_tokens";
+        let t = float(OP, x)?;
+        let parts = cls as usize + mean as usize;
+        if parts == 0 {
+            return Err(KernelError::shape(OP, "neither cls nor mean asked for"));
+        }
+        expect(OP, "x", x, t, b * s * h)?;
+        expect(OP, "out", out, DType::F32, b * parts * h)?;
+        if s == 0 || (mean && start >= s) {
+            return Err(KernelError::shape(OP, format!("no token in {start}..{s}")));
+        }
+        if b * h == 0 {
+            return Ok(());
+        }
+        let st = &self.stream;
+        let args = [
+            Arg::Ptr(x.ptr(st)),
+            Arg::Ptr(out.ptr(st)),
+            Arg::I32(i32_of(OP, b)?),
+            Arg::I32(i32_of(OP, s)?),
+            Arg::I32(i32_of(OP, start)?),
+            Arg::I32(i32_of(OP, h)?),
+            Arg::I32(cls as i32),
+            Arg::I32(mean as i32),
+        ];
+        let grid = self.grid_for(b * h);
+        // SAFETY: sizes checked.
+        unsafe { self.launch(&format!("pool_tokens_{t}"), (grid, 1, 1), 256, 0, &args) }
+    }
+
     /// Converts `src` into `dst` (same element count): f32 <-> f16/bf16, or a copy.
     pub fn cast(&self, src: &Buffer, dst: &mut Buffer) -> Result<()> {
         const OP: &str = "cast";
@@ -621,4 +735,145 @@ fn check_heads(op: &'static str, batch: usize, heads: usize, d: usize) -> Result
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel_source(name: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../kernels")
+            .join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// The value of `#define NAME value` in a kernel source.
+    fn define(source: &str, name: &str) -> usize {
+        source
+            .lines()
+            .find_map(|l| {
+                let mut it = l.split_whitespace();
+                (it.next() == Some("#define") && it.next() == Some(name))
+                    .then(|| it.next().unwrap().parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("no #define {name}"))
+    }
+
+    #[test]
+    fn launch_geometry_matches_the_kernel_sources() {
+        let attention = kernel_source("attention.cu");
+        assert_eq!(define(&attention, "FA_BM"), FLASH_BM);
+        assert_eq!(define(&attention, "FA_BN"), FLASH_BN);
+        assert_eq!(define(&attention, "FA_THREADS"), ATTENTION_THREADS as usize);
+        // 4 warps of 16 query rows each (one m16 MMA tile per warp).
+        assert_eq!(FLASH_BM, 16 * ATTENTION_THREADS as usize / 32);
+        assert_eq!(define(&attention, "F32_BQ"), F32_ROWS);
+        // attention_f32: 4 warps x 4 rows; 32-key tiles, one key per lane.
+        assert_eq!(F32_ROWS, 4 * ATTENTION_THREADS as usize / 32);
+        assert_eq!(define(&attention, "F32_BK"), 32);
+        assert_eq!(define(&attention, "DMAX"), MAX_HEAD_DIM);
+        let layer_norm = kernel_source("layer_norm.cu");
+        assert_eq!(32 * define(&layer_norm, "LN_VPL"), LN_WARP_MAX_H);
+    }
+
+    #[test]
+    fn every_head_dim_gets_the_right_attention_kernel() {
+        use AttentionKernel::*;
+        for d in 1..=MAX_HEAD_DIM {
+            assert_eq!(
+                attention_kernel(DType::F32, d, false, true),
+                F32,
+                "f32 d={d}"
+            );
+            assert_eq!(attention_kernel(DType::F32, d, false, false), F32);
+            for t in [DType::F16, DType::BF16] {
+                let k = attention_kernel(t, d, false, true);
+                if d % 8 == 0 {
+                    let Flash { pad } = k else {
+                        panic!("{t} d={d}: {k:?}")
+                    };
+                    // The smallest padded dim that holds d; MMA k-steps and n-tiles of 16.
+                    assert!(pad >= d && pad % 16 == 0, "{t} d={d} pad={pad}");
+                    assert!(FLASH_PADS.iter().all(|&p| p < d || p >= pad));
+                } else {
+                    assert_eq!(k, Rows, "{t} d={d}");
+                }
+                assert_eq!(attention_kernel(t, d, false, false), Rows, "unaligned");
+                assert_eq!(attention_kernel(t, d, true, true), Rows, "simple");
+            }
+        }
+        let pad = |d| match attention_kernel(DType::F16, d, false, true) {
+            Flash { pad } => pad,
+            k => panic!("{k:?}"),
+        };
+        assert_eq!(
+            [8, 16, 24, 32, 40, 64, 72, 96, 104, 128].map(pad),
+            [16, 16, 32, 32, 64, 64, 96, 96, 128, 128]
+        );
+    }
+
+    #[test]
+    fn flash_shared_memory_fits_and_opts_in_where_needed() {
+        for pad in FLASH_PADS {
+            let smem = flash_smem_bytes(pad);
+            // The kernel's layout: sQ [64][LDS] + sK [2][64][LDS] + sV [2][64][LDS], 2-byte
+            // elements, LDS = pad + 8 (attention.cu's header: 320·(pad + 8)·2 bytes).
+            assert_eq!(smem as usize, 320 * (pad + 8) * 2);
+            // Rows stay 16-byte aligned (cp.async, ldmatrix) and shift by 4 banks per row, so
+            // the 8 row addresses of an ldmatrix phase hit 8 distinct 4-bank groups.
+            let row_bytes = (pad + 8) * 2;
+            assert_eq!(row_bytes % 16, 0);
+            let groups: std::collections::BTreeSet<usize> =
+                (0..8).map(|r| (r * row_bytes / 16) % 8).collect();
+            assert_eq!(groups.len(), 8, "pad {pad}: ldmatrix bank conflicts");
+            // Fits every sm_80+ part, the 99 KiB opt-in limit of sm_86/sm_89 included.
+            assert!(smem <= 99 * 1024, "pad {pad}: {smem} bytes");
+        }
+        // Above 48 KiB: the launch must raise the kernel's limit first (Device::function).
+        assert!(flash_smem_bytes(64) <= 48 * 1024);
+        assert!(flash_smem_bytes(96) > 48 * 1024);
+        assert!(flash_smem_bytes(128) > 48 * 1024);
+    }
+
+    #[test]
+    fn attention_grids_cover_every_query_row() {
+        for n in [1, 13, 15, 16, 17, 63, 64, 65, 257, 1370, 1374] {
+            let (x, y, z) = flash_grid(3, n, 12);
+            assert_eq!((y, z), (12, 3));
+            assert!(
+                x as usize * FLASH_BM >= n && (x as usize - 1) * FLASH_BM < n,
+                "n={n}"
+            );
+            let (x, y, z) = f32_attention_grid(3, n, 12);
+            assert_eq!((y, z), (12, 3));
+            assert!(
+                x as usize * F32_ROWS >= n && (x as usize - 1) * F32_ROWS < n,
+                "n={n}"
+            );
+        }
+    }
+
+    #[test]
+    fn layer_norm_picks_the_warp_kernel_up_to_1024() {
+        for (rows, h, want) in [
+            (1, 1, (false, 1, 128)),
+            (13, 32, (false, 4, 128)),
+            (16, 384, (false, 4, 128)),
+            (17, 1024, (false, 5, 128)),
+            (7, 1025, (true, 7, 256)),
+            (350_720, 1536, (true, 350_720, 256)),
+        ] {
+            assert_eq!(layer_norm_launch(rows, h), want, "rows={rows} h={h}");
+        }
+    }
+
+    #[test]
+    fn bias_act_vectorizes_only_whole_aligned_groups() {
+        assert!(bias_act_vectorized(8, 0x1000));
+        assert!(bias_act_vectorized(1536, 0x7f00_0000_0010));
+        assert!(!bias_act_vectorized(37, 0x1000));
+        assert!(!bias_act_vectorized(12, 0x1000));
+        assert!(!bias_act_vectorized(8, 0x1008));
+    }
 }

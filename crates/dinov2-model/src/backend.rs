@@ -5,6 +5,7 @@
 use dinov2_checkpoint::Activation;
 
 use crate::error::Result;
+use crate::pooling::{pool_tokens, Pooling};
 use crate::Tensor;
 
 /// Precision of the compute, independent of how the weights are stored.
@@ -65,6 +66,31 @@ pub trait Backend: Send + Sync {
     fn upload(&self, tensor: &Tensor) -> Result<Self::Tensor>;
     /// Copies a tensor back to the host.
     fn download(&self, tensor: &Self::Tensor) -> Result<Tensor>;
+
+    /// Pools the final tokens `[B, S, h]` into host rows `[B, w]` exactly as [`pool_tokens`]
+    /// defines them (`prefix` tokens precede the patches). The default downloads every token and
+    /// pools on the host; a backend with pooling kernels overrides it for CLS and mean pooling so
+    /// that only `[B, h]` or `[B, 2h]` values leave the device.
+    fn pool(&self, tokens: &Self::Tensor, prefix: usize, pooling: Pooling) -> Result<Tensor> {
+        Ok(pool_tokens(&self.download(tokens)?, prefix, pooling))
+    }
+
+    /// The device's name for reports: `cpu`, or the card's (`NVIDIA H100 80GB HBM3`).
+    fn device_name(&self) -> String {
+        self.name()
+    }
+
+    /// Bytes of device memory in use as the driver counts it (all processes), after the queued
+    /// work; `None` where the backend has no device memory of its own (the CPU).
+    fn memory_used(&self) -> Option<usize> {
+        None
+    }
+
+    /// Hands memory that the backend's allocator keeps for reuse back to the driver, after the
+    /// queued work, so that [`Backend::memory_used`] deltas measure one workload.
+    fn release_cached_memory(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Conv2d with kernel = stride = `patch` over `[B, C, H, W]`: returns `[B, gh·gw, h]`.
     fn patch_embed(

@@ -4,7 +4,8 @@
 //! (biases, LayerNorm parameters, layer scales, CLS and mask tokens) are also kept in f32 for the
 //! kernels that read them in f32. Activations are in the compute dtype, except the residual
 //! stream (the output of `embed_tokens`, updated by `add_scaled`), which stays f32. Every
-//! operation is queued on the device's stream; only `download` waits.
+//! operation is queued on the device's stream; only `download` (and `pool`, which downloads its
+//! `[B, h]` result) waits.
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use dinov2_kernels::{Act, Buffer, DType, Device, KernelError};
 
 use crate::backend::{Backend, Dtype, TokenParams};
 use crate::error::{ModelError, Result};
+use crate::pooling::{pool_tokens, Pooling};
 use crate::Tensor;
 
 /// Runs the model on one NVIDIA GPU.
@@ -248,6 +250,39 @@ impl Backend for CudaBackend {
             shape: tensor.shape().to_vec(),
             data,
         })
+    }
+
+    fn pool(&self, tokens: &CudaTensor, prefix: usize, pooling: Pooling) -> Result<Tensor> {
+        let (cls, mean) = match pooling {
+            Pooling::Cls => (true, false),
+            Pooling::Mean => (false, true),
+            Pooling::ClsMean => (true, true),
+            // The patch grid is most of the tokens: download them all.
+            Pooling::Patch => return Ok(pool_tokens(&self.download(tokens)?, prefix, pooling)),
+        };
+        let [b, s, h] = tokens.shape()[..] else {
+            return Err(ModelError::input("tokens", "expected 3 dimensions"));
+        };
+        let width = (cls as usize + mean as usize) * h;
+        let mut out = self.alloc(DType::F32, &[b, width])?;
+        self.device
+            .pool_tokens(&tokens.buf, &mut out, (b, s, h), prefix, cls, mean)
+            .map_err(|e| self.err(e))?;
+        self.download(&CudaTensor::new(out))
+    }
+
+    fn device_name(&self) -> String {
+        self.device.info().name.clone()
+    }
+
+    fn memory_used(&self) -> Option<usize> {
+        self.device.synchronize().ok()?;
+        let (free, total) = self.device.memory().ok()?;
+        Some(total.saturating_sub(free))
+    }
+
+    fn release_cached_memory(&self) -> Result<()> {
+        self.device.release_cached_memory().map_err(|e| self.err(e))
     }
 
     fn patch_embed(

@@ -13,6 +13,7 @@ mod loss;
 mod model;
 mod outputs;
 mod params;
+mod pooling;
 mod positions;
 
 pub use backend::{Backend, Dtype, TokenParams};
@@ -23,7 +24,8 @@ pub use error::{ModelError, Result};
 pub use flops::flops_per_image;
 pub use head::Head;
 pub use loss::{loss, resolve_problem_type, Labels};
-pub use model::{Dinov2, ForwardOptions};
+pub use model::{Dinov2, ForwardOptions, PixelBatch};
 pub use outputs::{BackboneOutput, ClassifierOutput, ModelOutput, Output};
 pub use params::{ParamSource, RandomParams};
+pub use pooling::{embeddings, pool, pool_tokens, Embedding, Pooling};
 pub use positions::Interpolation;

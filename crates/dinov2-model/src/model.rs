@@ -10,6 +10,7 @@ use crate::error::{ModelError, Result};
 use crate::loss::{loss, resolve_problem_type, Labels};
 use crate::outputs::{BackboneOutput, ClassifierOutput, ModelOutput};
 use crate::params::{Ffn, HostParams, Layer, Norm, ParamSource, Params, RandomParams};
+use crate::pooling::{embeddings, Embedding, Pooling};
 use crate::positions::{resized_positions, Interpolation};
 use crate::Tensor;
 
@@ -30,6 +31,33 @@ struct Encoded<T> {
     normed: T,
     hidden_states: Vec<T>,
     attentions: Vec<T>,
+}
+
+/// Pixel values `[B, C, H, W]` checked against the model and uploaded to its backend: the input
+/// of [`Dinov2::embed_batch`], for passes that reuse one upload (benchmarks time the model
+/// without the host-to-device copy, as PyTorch's timing keeps its input on the device).
+pub struct PixelBatch<T> {
+    tensor: T,
+    batch: usize,
+    height: usize,
+    width: usize,
+}
+
+impl<T> PixelBatch<T> {
+    /// Number of images.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Height in pixels.
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    /// Width in pixels.
+    pub fn width(&self) -> usize {
+        self.width
+    }
 }
 
 /// Identifies a resized position table: patch grid, pixel squareness (the skip rule), rule.
@@ -122,6 +150,17 @@ impl<B: Backend> Dinov2<B> {
         Ok((b, h, w))
     }
 
+    /// Checks `pixel_values` `[B, C, H, W]` and uploads them to the backend.
+    pub fn upload_pixels(&self, pixels: &Tensor) -> Result<PixelBatch<B::Tensor>> {
+        let (batch, height, width) = self.check_pixels(pixels)?;
+        Ok(PixelBatch {
+            tensor: self.backend.upload(pixels)?,
+            batch,
+            height,
+            width,
+        })
+    }
+
     fn positions(
         &self,
         height: usize,
@@ -206,12 +245,12 @@ impl<B: Backend> Dinov2<B> {
     /// Embeddings and encoder; `keep_hidden` keeps every layer's input and the final output.
     fn encode(
         &self,
-        pixels: &Tensor,
+        pixels: &PixelBatch<B::Tensor>,
         mask: Option<&[bool]>,
         opts: &ForwardOptions,
         keep_hidden: bool,
     ) -> Result<Encoded<B::Tensor>> {
-        let (b, height, width) = self.check_pixels(pixels)?;
+        let (b, height, width) = (pixels.batch, pixels.height, pixels.width);
         if opts.interpolation == Interpolation::Legacy && self.config.num_register_tokens > 0 {
             return Err(ModelError::Unsupported(
                 "the legacy position-embedding rule exists only for dinov2 models, not dinov2_with_registers".into(),
@@ -235,10 +274,9 @@ impl<B: Backend> Dinov2<B> {
         };
         let positions = self.positions(height, width, opts.interpolation)?;
         let be = &self.backend;
-        let pixels = be.upload(pixels)?;
         let embedded =
             be.patch_embed(
-                &pixels,
+                &pixels.tensor,
                 &self.params.patch.weight,
                 self.params.patch.bias.as_ref().ok_or_else(|| {
                     ModelError::Unsupported("patch embedding without a bias".into())
@@ -297,7 +335,8 @@ impl<B: Backend> Dinov2<B> {
         mask: Option<&[bool]>,
         opts: &ForwardOptions,
     ) -> Result<ModelOutput> {
-        let enc = self.encode(pixels, mask, opts, opts.hidden_states)?;
+        let pixels = self.upload_pixels(pixels)?;
+        let enc = self.encode(&pixels, mask, opts, opts.hidden_states)?;
         let last_hidden_state = self.backend.download(&enc.normed)?;
         let pooler_output = token_rows(&last_hidden_state, 0, 1);
         Ok(ModelOutput {
@@ -324,24 +363,19 @@ impl<B: Backend> Dinov2<B> {
                 "the checkpoint has no classification head (classifier.weight is absent)".into(),
             )
         })?;
-        let out = self.forward(pixels, None, opts)?;
-        let s = &out.last_hidden_state;
-        let (b, seq, h) = (s.shape[0], s.shape[1], s.shape[2]);
-        let first_patch = self.config.num_prefix_tokens();
-        let mut input = vec![0.0f32; b * 2 * h];
-        for (i, row) in input.chunks_exact_mut(2 * h).enumerate() {
-            let img = &s.data[i * seq * h..(i + 1) * seq * h];
-            row[..h].copy_from_slice(&img[..h]);
-            let n = (seq - first_patch) as f64;
-            for c in 0..h {
-                let sum: f64 = (first_patch..seq).map(|t| img[t * h + c] as f64).sum();
-                row[h + c] = (sum / n) as f32;
-            }
-        }
+        let pixels = self.upload_pixels(pixels)?;
+        let enc = self.encode(&pixels, None, opts, opts.hidden_states)?;
+        // `[CLS, mean(patch tokens)]` pooled on the backend: `[B, 2h]`.
+        let input = self.backend.pool(
+            &enc.normed,
+            self.config.num_prefix_tokens(),
+            Pooling::ClsMean,
+        )?;
+        let (b, width) = (input.shape[0], input.shape[1]);
         let c = bias.len();
         let logits = Tensor {
             shape: vec![b, c],
-            data: dinov2_cpu::linear(&input, b, 2 * h, weight, c, Some(bias)),
+            data: dinov2_cpu::linear(&input.data, b, width, weight, c, Some(bias)),
         };
         let loss = labels
             .map(|l| {
@@ -355,18 +389,52 @@ impl<B: Backend> Dinov2<B> {
         Ok(ClassifierOutput {
             logits,
             loss,
-            hidden_states: out.hidden_states,
-            attentions: out.attentions,
+            hidden_states: self.download_all(enc.hidden_states, opts.hidden_states)?,
+            attentions: self.download_all(enc.attentions, opts.attentions)?,
         })
+    }
+
+    /// One embedding per image of `pixel_values` `[B, C, H, W]`: the final tokens pooled on the
+    /// backend ([`Backend::pool`]), so that only `[B, h]` (CLS, mean) or `[B, 2h]` (both) values
+    /// are copied back (patch pooling copies every patch token), then L2-normalized when
+    /// `normalize`. The same vectors as [`crate::pool`] over [`Dinov2::forward`]'s output.
+    pub fn embed(
+        &self,
+        pixels: &Tensor,
+        pooling: Pooling,
+        normalize: bool,
+    ) -> Result<Vec<Embedding>> {
+        self.embed_batch(&self.upload_pixels(pixels)?, pooling, normalize)
+    }
+
+    /// [`Dinov2::embed`] of pixels already uploaded by [`Dinov2::upload_pixels`].
+    pub fn embed_batch(
+        &self,
+        pixels: &PixelBatch<B::Tensor>,
+        pooling: Pooling,
+        normalize: bool,
+    ) -> Result<Vec<Embedding>> {
+        let enc = self.encode(pixels, None, &ForwardOptions::default(), false)?;
+        let pooled = self
+            .backend
+            .pool(&enc.normed, self.config.num_prefix_tokens(), pooling)?;
+        let p = self.config.patch_size;
+        Ok(embeddings(
+            pooled,
+            self.config.hidden_size,
+            (pixels.height / p, pixels.width / p),
+            pooling,
+            normalize,
+        ))
     }
 
     /// `Dinov2Backbone.forward`: the stages of `config.out_indices`, normalized by the final
     /// LayerNorm when `apply_layernorm`, reshaped to `[B, h, gh, gw]` when `reshape_hidden_states`.
     pub fn backbone(&self, pixels: &Tensor, opts: &ForwardOptions) -> Result<BackboneOutput> {
-        let enc = self.encode(pixels, None, opts, true)?;
-        let (_, height, width) = self.check_pixels(pixels)?;
+        let pixels = self.upload_pixels(pixels)?;
+        let enc = self.encode(&pixels, None, opts, true)?;
         let p = self.config.patch_size;
-        let (gh, gw) = (height / p, width / p);
+        let (gh, gw) = (pixels.height / p, pixels.width / p);
         let norm = &self.params.norm;
         let mut feature_maps = Vec::new();
         for &stage in &self.config.out_indices {

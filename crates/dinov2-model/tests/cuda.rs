@@ -350,3 +350,105 @@ fn fused_residual_norm_matches_the_unfused_ops() {
         );
     }
 }
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn pooling_on_the_device_matches_the_host() {
+    use dinov2_checkpoint::Activation;
+    use dinov2_model::{pool_tokens, Pooling};
+    // Awkward sizes; 1 CLS + 4 registers before the patches.
+    let (b, s, h, prefix) = (3, 37, 40, 5);
+    let x = Tensor {
+        shape: vec![b, s, h],
+        data: (0..b * s * h)
+            .map(|i| (i as f32 * 0.37).sin() * 3.0)
+            .collect(),
+    };
+    let mut eye = vec![0.0f32; h * h];
+    (0..h).for_each(|i| eye[i * h + i] = 1.0);
+    for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+        let be = gpu(dtype);
+        // x · I: tokens in the compute dtype, as the encoder leaves them.
+        let w = be.weight(eye.clone(), vec![h, h]).unwrap();
+        let tokens = be
+            .linear(&be.upload(&x).unwrap(), &w, None, Activation::Identity)
+            .unwrap();
+        let host = be.download(&tokens).unwrap();
+        for pooling in [
+            Pooling::Cls,
+            Pooling::Mean,
+            Pooling::ClsMean,
+            Pooling::Patch,
+        ] {
+            let got = be.pool(&tokens, prefix, pooling).unwrap();
+            let want = pool_tokens(&host, prefix, pooling);
+            assert_eq!(got.shape, want.shape, "{dtype} {pooling}");
+            let w64: Vec<f64> = want.data.iter().map(|&v| v as f64).collect();
+            let err = rel_l2(&got.data, &w64);
+            eprintln!("{dtype} {pooling}: relative L2 {err:.2e}");
+            assert!(err < 1e-6, "{dtype} {pooling}: relative L2 {err:.3e}");
+            if pooling == Pooling::Cls {
+                assert_eq!(got.data, want.data, "{dtype}: CLS is a copy");
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn embeddings_on_the_gpu_match_the_cpu() {
+    use dinov2_model::Pooling;
+    for (case, run) in [("dinov2_mlp", "rect24x40_mask"), ("registers_mlp", "sq32")] {
+        let dir = golden_dir().join(case);
+        let checkpoint = Checkpoint::open(&dir).unwrap();
+        let inputs = read_inputs(&dir.join(format!("{run}.inputs.safetensors")));
+        let cpu = Dinov2::load(CpuBackend, &checkpoint).unwrap();
+        // f32 checks the plumbing and the kernels tightly; f16 (the mean of rounded tokens may
+        // cancel) only that nothing is grossly off.
+        for (dtype, rel_tol, cos_tol) in [(Dtype::F32, 1e-4, 0.999_999), (Dtype::F16, 3e-2, 0.999)]
+        {
+            let be = gpu(dtype);
+            assert!(!be.device_name().is_empty());
+            be.release_cached_memory().unwrap();
+            let before = be.memory_used().expect("the driver reports memory");
+            let model = Dinov2::load(be.clone(), &checkpoint).unwrap();
+            for pooling in [
+                Pooling::Cls,
+                Pooling::Mean,
+                Pooling::ClsMean,
+                Pooling::Patch,
+            ] {
+                for normalize in [false, true] {
+                    let want = cpu.embed(&inputs.pixels, pooling, normalize).unwrap();
+                    let got = model.embed(&inputs.pixels, pooling, normalize).unwrap();
+                    assert_eq!(got.len(), want.len());
+                    let g: Vec<f32> = got.iter().flat_map(|e| e.values.clone()).collect();
+                    let w: Vec<f64> = want
+                        .iter()
+                        .flat_map(|e| e.values.iter().map(|&v| v as f64))
+                        .collect();
+                    let err = rel_l2(&g, &w);
+                    let cols = want[0].values.len();
+                    let cos = min_cosine(&g, &w, cols);
+                    eprintln!(
+                        "{case}/{run} {dtype} {pooling} normalize={normalize}: rel L2 {err:.2e}, cosine {cos:.7}"
+                    );
+                    assert!(err < rel_tol, "{case}/{run} {dtype} {pooling}: {err:.3e}");
+                    assert!(
+                        cos >= cos_tol,
+                        "{case}/{run} {dtype} {pooling}: cosine {cos}"
+                    );
+                    assert_eq!(
+                        got.iter().map(|e| e.grid).collect::<Vec<_>>(),
+                        want.iter().map(|e| e.grid).collect::<Vec<_>>()
+                    );
+                }
+            }
+            let after = be.memory_used().expect("the driver reports memory");
+            eprintln!(
+                "{case} {dtype}: {} KiB in use after loading and embedding",
+                after.saturating_sub(before) >> 10
+            );
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Criterion benchmarks of the CUDA kernels and cuBLAS(Lt) GEMMs (`dinov2-kernels`) at the shapes
+//! of ViT-B/14, 224 px, batch 256, f16 (257 tokens per image, 65 792 rows): the four GEMMs of a
+//! block (FLOP/s, shown by criterion as elem/s: 2 per multiply-add), flash attention (FLOP/s of
+//! its two products), LayerNorm and the fused residual + LayerNorm, the GELU epilogue, patch
+//! unfolding and pooling (bytes read and written per second).
+//!
+//! Each sample queues its launches and synchronizes the device before the clock stops. Without a
+//! CUDA device (or driver, or cuBLAS) it prints why and returns, so `cargo bench` works anywhere.
+//!
+//! ```sh
+//! cargo bench --bench cuda_kernels -- --warm-up-time 1 --measurement-time 3
+//! ```
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use dinov2::crates::kernels::{Act, Buffer, DType, Device};
+
+const BATCH: usize = 256;
+const TOKENS: usize = 257;
+const ROWS: usize = BATCH * TOKENS;
+const HIDDEN: usize = 768;
+const HEADS: usize = 12;
+const T: DType = DType::F16;
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn buffer(dev: &Device, shape: &[usize], dtype: DType, seed: u64) -> Buffer {
+    let n = shape.iter().product();
+    dev.upload(&values(n, seed), shape, dtype)
+        .expect("device memory")
+}
+
+/// Times `iters` launches of `f`, synchronizing before the clock stops.
+fn timed(dev: &Device, iters: u64, mut f: impl FnMut()) -> Duration {
+    dev.synchronize().expect("device");
+    let start = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    dev.synchronize().expect("device");
+    start.elapsed()
+}
+
+fn gemms(c: &mut Criterion, dev: &Device) {
+    let mut g = c.benchmark_group("linear_f16");
+    let h = HIDDEN;
+    for (what, k, n) in [
+        ("qkv", h, 3 * h),
+        ("proj", h, h),
+        ("fc1", h, 4 * h),
+        ("fc2", 4 * h, h),
+    ] {
+        let x = buffer(dev, &[ROWS, k], T, 1);
+        let w = buffer(dev, &[n, k], T, 2);
+        let b = buffer(dev, &[n], T, 3);
+        let mut y = dev.alloc(T, &[ROWS, n]).expect("device memory");
+        g.throughput(Throughput::Elements((2 * ROWS * k * n) as u64));
+        g.bench_function(format!("vitb14/{what}/{ROWS}x{k}x{n}"), |bench| {
+            bench.iter_custom(|iters| {
+                timed(dev, iters, || {
+                    dev.linear(&x, &w, Some(&b), &mut y, (ROWS, n, k))
+                        .expect("linear");
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+fn attention(c: &mut Criterion, dev: &Device) {
+    let mut g = c.benchmark_group("attention_f16");
+    let d = HIDDEN / HEADS;
+    let qkv = buffer(dev, &[BATCH, TOKENS, 3 * HIDDEN], T, 4);
+    let mut out = dev.alloc(T, &[BATCH, TOKENS, HIDDEN]).expect("memory");
+    let scale = (d as f32).powf(-0.5);
+    g.throughput(Throughput::Elements(
+        (4 * BATCH * HEADS * TOKENS * TOKENS * d) as u64,
+    ));
+    g.bench_function(format!("vitb14/{BATCH}x{HEADS}x{TOKENS}x{d}"), |bench| {
+        bench.iter_custom(|iters| {
+            timed(dev, iters, || {
+                dev.attention(&qkv, &mut out, BATCH, TOKENS, HEADS, d, scale)
+                    .expect("attention");
+            })
+        })
+    });
+    g.finish();
+}
+
+fn norms(c: &mut Criterion, dev: &Device) {
+    let mut g = c.benchmark_group("layer_norm");
+    let h = HIDDEN;
+    let w = buffer(dev, &[h], DType::F32, 5);
+    let b = buffer(dev, &[h], DType::F32, 6);
+    let gamma = buffer(dev, &[h], DType::F32, 7);
+    let mut x = buffer(dev, &[ROWS, h], DType::F32, 8);
+    let branch = buffer(dev, &[ROWS, h], T, 9);
+    let mut y = dev.alloc(T, &[ROWS, h]).expect("memory");
+    // f32 residual in, f16 out.
+    g.throughput(Throughput::Bytes((ROWS * h * (4 + 2)) as u64));
+    g.bench_function(format!("f32_to_f16/{ROWS}x{h}"), |bench| {
+        bench.iter_custom(|iters| {
+            timed(dev, iters, || {
+                dev.layer_norm(&x, &w, &b, &mut y, ROWS, h, 1e-6)
+                    .expect("layer_norm");
+            })
+        })
+    });
+    // Reads x (f32) and the branch (f16), writes x (f32) and y (f16).
+    g.throughput(Throughput::Bytes((ROWS * h * (4 + 2 + 4 + 2)) as u64));
+    g.bench_function(format!("add_scaled_layer_norm/{ROWS}x{h}"), |bench| {
+        bench.iter_custom(|iters| {
+            timed(dev, iters, || {
+                dev.add_scaled_layer_norm(&mut x, &branch, &gamma, &w, &b, &mut y, ROWS, h, 1e-6)
+                    .expect("add_scaled_layer_norm");
+            })
+        })
+    });
+    g.finish();
+}
+
+fn elementwise(c: &mut Criterion, dev: &Device) {
+    let mut g = c.benchmark_group("elementwise_f16");
+    let f = 4 * HIDDEN;
+    let mut u = buffer(dev, &[ROWS, f], T, 10);
+    g.throughput(Throughput::Bytes((2 * ROWS * f * 2) as u64));
+    g.bench_function(format!("gelu/{ROWS}x{f}"), |bench| {
+        bench.iter_custom(|iters| {
+            // In place, over and over: GELU maps its output into a bounded range, and the GPU
+            // runs subnormal values at full speed.
+            timed(dev, iters, || {
+                dev.bias_act(&mut u, None, ROWS, f, Act::Gelu)
+                    .expect("bias_act");
+            })
+        })
+    });
+    let pixels = buffer(dev, &[BATCH, 3, 224, 224], DType::F32, 11);
+    let mut cols = dev.alloc(T, &[BATCH * 256, 3 * 14 * 14]).expect("memory");
+    g.throughput(Throughput::Bytes((BATCH * 3 * 224 * 224 * (4 + 2)) as u64));
+    g.bench_function(format!("im2col/{BATCH}x3x224x224"), |bench| {
+        bench.iter_custom(|iters| {
+            timed(dev, iters, || {
+                dev.im2col(&pixels, &mut cols, BATCH, 3, 224, 224, 14)
+                    .expect("im2col");
+            })
+        })
+    });
+    let tokens = buffer(dev, &[BATCH, TOKENS, HIDDEN], T, 12);
+    let mut pooled = dev.alloc(DType::F32, &[BATCH, 2 * HIDDEN]).expect("memory");
+    g.throughput(Throughput::Bytes((BATCH * TOKENS * HIDDEN * 2) as u64));
+    g.bench_function(
+        format!("pool_cls_mean/{BATCH}x{TOKENS}x{HIDDEN}"),
+        |bench| {
+            bench.iter_custom(|iters| {
+                timed(dev, iters, || {
+                    dev.pool_tokens(
+                        black_box(&tokens),
+                        &mut pooled,
+                        (BATCH, TOKENS, HIDDEN),
+                        1,
+                        true,
+                        true,
+                    )
+                    .expect("pool_tokens");
+                })
+            })
+        },
+    );
+    g.finish();
+}
+
+fn main() {
+    let dev = match Device::new(0) {
+        Ok(dev) => dev,
+        Err(e) => {
+            println!("cuda_kernels: nothing to benchmark without a CUDA device: {e}");
+            return;
+        }
+    };
+    let info = dev.info();
+    println!(
+        "cuda_kernels on {} (compute capability {}.{}, {:?}, cuBLAS {})",
+        info.name,
+        info.compute_capability.0,
+        info.compute_capability.1,
+        info.code,
+        info.cublas_version
+    );
+    let mut c = Criterion::default().configure_from_args();
+    gemms(&mut c, &dev);
+    attention(&mut c, &dev);
+    norms(&mut c, &dev);
+    elementwise(&mut c, &dev);
+    c.final_summary();
+}

@@ -1,0 +1,457 @@
+//! A lane-by-lane CPU emulation of the tensor-core flash-attention kernel
+//! (`flash_attention<T, DP>` in `kernels/attention.cu`), run against a naive attention: it checks
+//! the kernel's index arithmetic without a GPU.
+//!
+//! * `ldmatrix` (`.m8n8.x4`, with and without `.trans`) and `mma.sync.m16n8k16.row.col` (f32
+//!   accumulators) are emulated from the fragment layouts of the PTX ISA: matrix `i` of an x4
+//!   load takes its row addresses from lanes `8i..8i+8`; lane `l` then holds row `l/4`, columns
+//!   `2(l%4)`, `2(l%4)+1` (transposed: those rows of column `l/4`). A (16x16): registers 0..3 hold
+//!   rows g, g+8, g, g+8 and columns 2t(+1), 2t(+1), 2t+8(+1), 2t+8(+1) (g = lane/4, t = lane%4);
+//!   B (16x8): registers 0, 1 hold rows 2t(+1) and 2t+8(+1) of column g; C/D: elements 0, 1 at
+//!   row g and 2, 3 at row g+8, columns 2t, 2t+1.
+//! * The kernel's address, mask and output expressions are transcribed here one for one;
+//!   `the_emulated_expressions_are_the_kernels` fails when attention.cu no longer contains them,
+//!   so the two cannot drift apart silently.
+//! * Shared memory starts as NaN, so a read of a row pad or of an unloaded element poisons the
+//!   output; outputs start as NaN, so an element the kernel forgets to write shows.
+//!
+//! Values stay f32 (P is not rounded to f16/bf16): the comparison checks indexing, tightly.
+
+// The loops mirror the kernel's indexed loops on purpose, to keep the transcription literal.
+#![allow(clippy::needless_range_loop)]
+
+use std::path::Path;
+
+const BM: usize = 64; // FA_BM
+const BN: usize = 64; // FA_BN
+const THREADS: usize = 128; // FA_THREADS
+const WARPS: usize = THREADS / 32;
+
+/// One 32-bit register per lane as its two 16-bit halves (x = low half, as `Mma::pack`).
+type Reg = [f32; 2];
+/// An ldmatrix.x4 result or an A fragment: 4 registers per lane.
+type Frag4 = [[Reg; 4]; 32];
+/// A C/D fragment: 4 f32 per lane.
+type Acc = [[f32; 4]; 32];
+
+/// `ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16` with `addr[lane]` the element offset lane
+/// supplies.
+fn ldmatrix_x4(smem: &[f32], addr: &[usize; 32], trans: bool) -> Frag4 {
+    let mut out = [[[0.0; 2]; 4]; 32];
+    for (lane, regs) in out.iter_mut().enumerate() {
+        for (mat, reg) in regs.iter_mut().enumerate() {
+            for (e, v) in reg.iter_mut().enumerate() {
+                let (row, col) = if trans {
+                    ((lane % 4) * 2 + e, lane / 4)
+                } else {
+                    (lane / 4, (lane % 4) * 2 + e)
+                };
+                // Row `row` of matrix `mat` starts at the address of lane 8·mat + row.
+                *v = smem[addr[8 * mat + row] + col];
+            }
+        }
+    }
+    out
+}
+
+/// `mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32`: c += a·b.
+fn mma(c: &mut Acc, a: &Frag4, b0: &[Reg; 32], b1: &[Reg; 32]) {
+    let mut am = [[0.0f32; 16]; 16];
+    let mut bm = [[0.0f32; 8]; 16];
+    let mut cm = [[0.0f32; 8]; 16];
+    let (mut a_seen, mut b_seen, mut c_seen) = ([[0; 16]; 16], [[0; 8]; 16], [[0; 8]; 16]);
+    for lane in 0..32 {
+        let (g, t) = (lane / 4, lane % 4);
+        for e in 0..2 {
+            for (r, (row, col)) in [
+                (g, 2 * t),
+                (g + 8, 2 * t),
+                (g, 2 * t + 8),
+                (g + 8, 2 * t + 8),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                am[row][col + e] = a[lane][r][e];
+                a_seen[row][col + e] += 1;
+            }
+            bm[2 * t + e][g] = b0[lane][e];
+            bm[2 * t + 8 + e][g] = b1[lane][e];
+            b_seen[2 * t + e][g] += 1;
+            b_seen[2 * t + 8 + e][g] += 1;
+            cm[g][2 * t + e] = c[lane][e];
+            cm[g + 8][2 * t + e] = c[lane][2 + e];
+            c_seen[g][2 * t + e] += 1;
+            c_seen[g + 8][2 * t + e] += 1;
+        }
+    }
+    // The layouts are bijections: every element held by exactly one lane.
+    assert!(a_seen.iter().flatten().all(|&n| n == 1));
+    assert!(b_seen.iter().flatten().all(|&n| n == 1));
+    assert!(c_seen.iter().flatten().all(|&n| n == 1));
+    for (i, row) in cm.iter_mut().enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v += (0..16).map(|l| am[i][l] * bm[l][j]).sum::<f32>();
+        }
+    }
+    for lane in 0..32 {
+        let (g, t) = (lane / 4, lane % 4);
+        for e in 0..2 {
+            c[lane][e] = cm[g][2 * t + e];
+            c[lane][2 + e] = cm[g + 8][2 * t + e];
+        }
+    }
+}
+
+fn column(f: &Frag4, reg: usize) -> [Reg; 32] {
+    std::array::from_fn(|lane| f[lane][reg])
+}
+
+/// `__shfl_xor_sync(full, v, 1)` then `2`, with `op`: the reduction over a lane quad.
+fn quad_reduce(v: &mut [f32; 32], op: fn(f32, f32) -> f32) {
+    for mask in [1, 2] {
+        let prev = *v;
+        for lane in 0..32 {
+            v[lane] = op(prev[lane], prev[lane ^ mask]);
+        }
+    }
+}
+
+struct Problem {
+    n: usize,
+    heads: usize,
+    d: usize,
+    dp: usize,
+    scale_log2: f32,
+}
+
+/// `fa_load_tile`: rows row0..row0+64 of one head's columns into a [64][DP + 8] tile; zero
+/// fill for rows >= n and columns >= d; the 8 pad columns are never written (stay NaN).
+fn load_tile(p: &Problem, qkv: &[f32], dst: &mut [f32], src: usize, row0: usize) {
+    let (lds, cpr) = (p.dp + 8, p.dp / 8);
+    let ld = 3 * p.heads * p.d;
+    for c in 0..BM * cpr {
+        let (r, col) = (c / cpr, (c % cpr) * 8);
+        let gr = row0 + r;
+        let ok = gr < p.n && col < p.d;
+        for e in 0..8 {
+            dst[r * lds + col + e] = if ok {
+                qkv[src + gr * ld + col + e]
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
+/// One block (blockIdx = (bx, head, img)) of `flash_attention<T, DP>`.
+fn flash_block(p: &Problem, qkv: &[f32], out: &mut [f32], (bx, head, img): (usize, usize, usize)) {
+    let (n, d, dp) = (p.n, p.d, p.dp);
+    let lds = dp + 8;
+    let (ksteps, stiles, otiles) = (dp / 16, BN / 8, dp / 8);
+    let mut s_q = vec![f32::NAN; BM * lds];
+    let mut s_k = vec![f32::NAN; 2 * BN * lds];
+    let mut s_v = vec![f32::NAN; 2 * BN * lds];
+    let q0 = bx * BM;
+    let hd = p.heads * d;
+    let ld = 3 * hd;
+    let base = img * n * ld + head * d;
+    let (kbase, vbase) = (base + hd, base + 2 * hd);
+    let ntiles = n.div_ceil(BN);
+
+    load_tile(p, qkv, &mut s_q, base, q0);
+    load_tile(p, qkv, &mut s_k[..BN * lds], kbase, 0);
+    load_tile(p, qkv, &mut s_v[..BN * lds], vbase, 0);
+
+    // Per warp: Q fragments, O accumulators, running max and sum of rows g and g + 8.
+    let mut qf = vec![vec![[[[0.0; 2]; 4]; 32]; ksteps]; WARPS];
+    let mut o = vec![vec![[[0.0f32; 4]; 32]; otiles]; WARPS];
+    let mut m = vec![([f32::NEG_INFINITY; 32], [f32::NEG_INFINITY; 32]); WARPS];
+    let mut l = vec![([0.0f32; 32], [0.0f32; 32]); WARPS];
+
+    for j in 0..ntiles {
+        let buf = j & 1;
+        if j + 1 < ntiles {
+            let nb = (buf ^ 1) * BN * lds;
+            load_tile(p, qkv, &mut s_k[nb..nb + BN * lds], kbase, (j + 1) * BN);
+            load_tile(p, qkv, &mut s_v[nb..nb + BN * lds], vbase, (j + 1) * BN);
+        }
+        for warp in 0..WARPS {
+            if j == 0 {
+                for kk in 0..ksteps {
+                    let addr = std::array::from_fn(|lane| {
+                        (warp * 16 + (lane & 15)) * lds + kk * 16 + (lane >> 4) * 8
+                    });
+                    qf[warp][kk] = ldmatrix_x4(&s_q, &addr, false);
+                }
+            }
+            // S = Q·Kᵀ.
+            let k = &s_k[buf * BN * lds..];
+            let mut s = vec![[[0.0f32; 4]; 32]; stiles];
+            for kk in 0..ksteps {
+                for np in 0..stiles / 2 {
+                    let addr = std::array::from_fn(|lane| {
+                        let mat = lane >> 3;
+                        let key = np * 16 + (lane & 7) + (mat >> 1) * 8;
+                        let dim = kk * 16 + (mat & 1) * 8;
+                        key * lds + dim
+                    });
+                    let b = ldmatrix_x4(k, &addr, false);
+                    mma(
+                        &mut s[2 * np],
+                        &qf[warp][kk],
+                        &column(&b, 0),
+                        &column(&b, 1),
+                    );
+                    mma(
+                        &mut s[2 * np + 1],
+                        &qf[warp][kk],
+                        &column(&b, 2),
+                        &column(&b, 3),
+                    );
+                }
+            }
+            // Online softmax in the log2 domain.
+            let tail = (j + 1) * BN > n;
+            let (mut mx0, mut mx1) = m[warp];
+            for lane in 0..32 {
+                let key0 = j * BN + (lane & 3) * 2;
+                for (t, st) in s.iter_mut().enumerate() {
+                    for e in 0..4 {
+                        let mut v = st[lane][e] * p.scale_log2;
+                        if tail && key0 + t * 8 + (e & 1) >= n {
+                            v = f32::NEG_INFINITY;
+                        }
+                        st[lane][e] = v;
+                    }
+                    mx0[lane] = mx0[lane].max(st[lane][0].max(st[lane][1]));
+                    mx1[lane] = mx1[lane].max(st[lane][2].max(st[lane][3]));
+                }
+            }
+            quad_reduce(&mut mx0, f32::max);
+            quad_reduce(&mut mx1, f32::max);
+            for lane in 0..32 {
+                let alpha0 = (m[warp].0[lane] - mx0[lane]).exp2();
+                let alpha1 = (m[warp].1[lane] - mx1[lane]).exp2();
+                assert!(alpha0.is_finite() && alpha1.is_finite(), "NaN rescale");
+                let (mut sum0, mut sum1) = (0.0f32, 0.0f32);
+                for st in s.iter_mut() {
+                    let v = &mut st[lane];
+                    v[0] = (v[0] - mx0[lane]).exp2();
+                    v[1] = (v[1] - mx0[lane]).exp2();
+                    v[2] = (v[2] - mx1[lane]).exp2();
+                    v[3] = (v[3] - mx1[lane]).exp2();
+                    sum0 += v[0] + v[1];
+                    sum1 += v[2] + v[3];
+                }
+                l[warp].0[lane] = l[warp].0[lane] * alpha0 + sum0;
+                l[warp].1[lane] = l[warp].1[lane] * alpha1 + sum1;
+                for ot in o[warp].iter_mut() {
+                    ot[lane][0] *= alpha0;
+                    ot[lane][1] *= alpha0;
+                    ot[lane][2] *= alpha1;
+                    ot[lane][3] *= alpha1;
+                }
+            }
+            m[warp] = (mx0, mx1);
+            // O += P·V with P taken from the S accumulators.
+            let v = &s_v[buf * BN * lds..];
+            for kk in 0..BN / 16 {
+                let a: Frag4 = std::array::from_fn(|lane| {
+                    [
+                        [s[2 * kk][lane][0], s[2 * kk][lane][1]],
+                        [s[2 * kk][lane][2], s[2 * kk][lane][3]],
+                        [s[2 * kk + 1][lane][0], s[2 * kk + 1][lane][1]],
+                        [s[2 * kk + 1][lane][2], s[2 * kk + 1][lane][3]],
+                    ]
+                });
+                for dpi in 0..dp / 16 {
+                    let addr = std::array::from_fn(|lane| {
+                        let mat = lane >> 3;
+                        let key = kk * 16 + (lane & 7) + (mat & 1) * 8;
+                        let dim = dpi * 16 + (mat >> 1) * 8;
+                        key * lds + dim
+                    });
+                    let b = ldmatrix_x4(v, &addr, true);
+                    mma(&mut o[warp][2 * dpi], &a, &column(&b, 0), &column(&b, 1));
+                    mma(
+                        &mut o[warp][2 * dpi + 1],
+                        &a,
+                        &column(&b, 2),
+                        &column(&b, 3),
+                    );
+                }
+            }
+        }
+    }
+
+    for warp in 0..WARPS {
+        let (mut l0, mut l1) = l[warp];
+        quad_reduce(&mut l0, |a, b| a + b);
+        quad_reduce(&mut l1, |a, b| a + b);
+        for lane in 0..32 {
+            let (g, tig) = (lane >> 2, lane & 3);
+            let (inv0, inv1) = (1.0 / l0[lane], 1.0 / l1[lane]);
+            let r0 = q0 + warp * 16 + g;
+            let r1 = r0 + 8;
+            let obase = img * n * hd + head * d + tig * 2;
+            for (t, ot) in o[warp].iter().enumerate() {
+                if t * 8 < d {
+                    if r0 < n {
+                        let at = obase + r0 * hd + t * 8;
+                        out[at] = ot[lane][0] * inv0;
+                        out[at + 1] = ot[lane][1] * inv0;
+                    }
+                    if r1 < n {
+                        let at = obase + r1 * hd + t * 8;
+                        out[at] = ot[lane][2] * inv1;
+                        out[at + 1] = ot[lane][3] * inv1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Softmax attention in f64, the specification.
+fn naive(qkv: &[f32], b: usize, n: usize, heads: usize, d: usize, scale: f64) -> Vec<f64> {
+    let hd = heads * d;
+    let mut out = vec![0.0; b * n * hd];
+    for img in 0..b {
+        for h in 0..heads {
+            let at = |row: usize, part: usize, c: usize| {
+                qkv[(img * n + row) * 3 * hd + part * hd + h * d + c] as f64
+            };
+            for i in 0..n {
+                let s: Vec<f64> = (0..n)
+                    .map(|j| (0..d).map(|c| at(i, 0, c) * at(j, 1, c)).sum::<f64>() * scale)
+                    .collect();
+                let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|v| (v - mx).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for c in 0..d {
+                    out[(img * n + i) * hd + h * d + c] =
+                        (0..n).map(|j| e[j] * at(j, 2, c)).sum::<f64>() / sum;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect()
+}
+
+#[test]
+fn the_emulated_flash_kernel_is_softmax_attention() {
+    // (batch, n, heads, d): every padded head dim, d < pad, one tile and several, N a multiple
+    // of the tile and not, a single token.
+    let cases = [
+        (2, 13, 3, 8),
+        (1, 1, 1, 8),
+        (1, 65, 2, 16),
+        (1, 100, 1, 24),
+        (1, 64, 1, 32),
+        (1, 77, 2, 40),
+        (1, 130, 2, 64),
+        (1, 50, 2, 72),
+        (1, 70, 1, 96),
+        (1, 129, 1, 128),
+    ];
+    for (b, n, heads, d) in cases {
+        let dp = [16, 32, 64, 96, 128].into_iter().find(|&p| p >= d).unwrap();
+        let scale = (d as f64).powf(-0.5);
+        let p = Problem {
+            n,
+            heads,
+            d,
+            dp,
+            scale_log2: (scale as f32) * std::f32::consts::LOG2_E,
+        };
+        let qkv = random(b * n * 3 * heads * d, (n * 131 + d) as u64);
+        let mut out = vec![f32::NAN; b * n * heads * d];
+        for img in 0..b {
+            for head in 0..heads {
+                for bx in 0..n.div_ceil(BM) {
+                    flash_block(&p, &qkv, &mut out, (bx, head, img));
+                }
+            }
+        }
+        let want = naive(&qkv, b, n, heads, d, scale);
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for (i, (&g, &w)) in out.iter().zip(&want).enumerate() {
+            assert!(
+                g.is_finite(),
+                "b={b} n={n} heads={heads} d={d}: out[{i}] = {g}"
+            );
+            num += (g as f64 - w).powi(2);
+            den += w * w;
+        }
+        let err = (num / den).sqrt();
+        assert!(
+            err < 1e-5,
+            "b={b} n={n} heads={heads} d={d}: rel L2 {err:.2e}"
+        );
+    }
+}
+
+/// The kernel lines the emulation transcribes, whitespace ignored.
+#[test]
+fn the_emulated_expressions_are_the_kernels() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernels/attention.cu");
+    let source = std::fs::read_to_string(&path).expect("kernels/attention.cu");
+    let squeeze = |s: &str| s.split_whitespace().collect::<String>();
+    let source = squeeze(&source);
+    for expr in [
+        "#define FA_BM 64",
+        "#define FA_BN 64",
+        "#define FA_THREADS 128",
+        "constexpr int LDS = DP + 8, CPR = DP / 8, CHUNKS = FA_BM * CPR;",
+        "const int r = c / CPR, col = (c % CPR) * 8;",
+        "const bool ok = gr < n && col < d;",
+        "const long ld = 3L * hd;",
+        "const T* base = qkv + (long)img * n * ld + (long)head * d;",
+        "const T* kbase = base + hd;",
+        "const T* vbase = base + 2 * hd;",
+        "ldmatrix_x4(qf[kk], smem_addr(sQ + (warp * 16 + (lane & 15)) * LDS + kk * 16 + \
+         (lane >> 4) * 8));",
+        "const int key = np * 16 + (lane & 7) + (mat >> 1) * 8;",
+        "const int dim = kk * 16 + (mat & 1) * 8;",
+        "ldmatrix_x4(b, smem_addr(k + key * LDS + dim));",
+        "Mma<T>::run(s[2 * np], qf[kk], b[0], b[1]);",
+        "Mma<T>::run(s[2 * np + 1], qf[kk], b[2], b[3]);",
+        "const int key0 = j * FA_BN + tig * 2;",
+        "const bool tail = (j + 1) * FA_BN > n;",
+        "if (tail && key0 + t * 8 + (e & 1) >= n) v = -INFINITY;",
+        "a[0] = Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]);",
+        "a[1] = Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]);",
+        "a[2] = Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);",
+        "a[3] = Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);",
+        "const int key = kk * 16 + (lane & 7) + (mat & 1) * 8;",
+        "const int dim = dp * 16 + (mat >> 1) * 8;",
+        "ldmatrix_x4_trans(b, smem_addr(v + key * LDS + dim));",
+        "Mma<T>::run(o[2 * dp], a, b[0], b[1]);",
+        "Mma<T>::run(o[2 * dp + 1], a, b[2], b[3]);",
+        "const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;",
+        "T* obase = out + (long)img * n * hd + (long)head * d + tig * 2;",
+        "if (t * 8 < d) {",
+        "*reinterpret_cast<uint32_t*>(obase + (long)r0 * hd + t * 8) = \
+         Mma<T>::pack(o[t][0] * inv0, o[t][1] * inv0);",
+        "*reinterpret_cast<uint32_t*>(obase + (long)r1 * hd + t * 8) = \
+         Mma<T>::pack(o[t][2] * inv1, o[t][3] * inv1);",
+    ] {
+        assert!(
+            source.contains(&squeeze(expr)),
+            "attention.cu no longer contains `{expr}`: update tests/flash_emulation.rs"
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! From the model's final tokens to embedding vectors: CLS, mean of the patch tokens, both, or the
+//! patch grid, optionally L2-normalized.
+//!
+//! [`pool_tokens`] is the one host implementation of the pooling arithmetic: [`Backend::pool`]'s
+//! default (download, then pool here) and [`pool`] (from a [`ModelOutput`]) both use it, and the
+//! CUDA kernels are tested against it.
+//!
+//! [`Backend::pool`]: crate::Backend::pool
+
+use crate::{ModelOutput, Tensor};
+
+/// Which vector an image's embedding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pooling {
+    /// `pooler_output`: the normalized CLS token (`h` values).
+    #[default]
+    Cls,
+    /// Mean of the patch tokens of `last_hidden_state`, registers excluded (`h`).
+    Mean,
+    /// `[CLS, mean]`: the linear classifier's input (`2h`).
+    ClsMean,
+    /// Every patch token, row-major over the patch grid (`gh · gw · h`).
+    Patch,
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cls" => Ok(Pooling::Cls),
+            "mean" => Ok(Pooling::Mean),
+            "cls+mean" => Ok(Pooling::ClsMean),
+            "patch" => Ok(Pooling::Patch),
+            _ => Err(format!(
+                "unknown pooling {s:?}: expected cls, mean, cls+mean or patch"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Pooling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Pooling::Cls => "cls",
+            Pooling::Mean => "mean",
+            Pooling::ClsMean => "cls+mean",
+            Pooling::Patch => "patch",
+        })
+    }
+}
+
+/// One image's embedding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedding {
+    /// The vector (or, for patch pooling, the grid's vectors one after the other).
+    pub values: Vec<f32>,
+    /// The patch grid `(gh, gw)` for patch pooling.
+    pub grid: Option<(usize, usize)>,
+}
+
+/// Pools the final tokens `[B, S, h]` (`prefix` = 1 + registers tokens before the patches) into
+/// `[B, w]`: `w` = `h` (CLS, mean), `2h` (CLS then mean) or `(S - prefix)·h` (the patch tokens).
+/// The mean is accumulated in f64.
+pub fn pool_tokens(tokens: &Tensor, prefix: usize, pooling: Pooling) -> Tensor {
+    let (b, seq, h) = (tokens.shape[0], tokens.shape[1], tokens.shape[2]);
+    let width = match pooling {
+        Pooling::Cls | Pooling::Mean => h,
+        Pooling::ClsMean => 2 * h,
+        Pooling::Patch => (seq - prefix) * h,
+    };
+    let mut data = Vec::with_capacity(b * width);
+    for img in tokens.data.chunks_exact(seq * h).take(b) {
+        let patches = &img[prefix * h..];
+        let mean = || {
+            let n = (seq - prefix) as f64;
+            (0..h).map(move |c| {
+                (patches.chunks_exact(h).map(|t| t[c] as f64).sum::<f64>() / n) as f32
+            })
+        };
+        match pooling {
+            Pooling::Cls => data.extend_from_slice(&img[..h]),
+            Pooling::Mean => data.extend(mean()),
+            Pooling::ClsMean => {
+                data.extend_from_slice(&img[..h]);
+                data.extend(mean());
+            }
+            Pooling::Patch => data.extend_from_slice(patches),
+        }
+    }
+    Tensor {
+        shape: vec![b, width],
+        data,
+    }
+}
+
+fn l2_normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
+    }
+}
+
+/// Splits pooled rows `[B, w]` (from [`pool_tokens`] or [`crate::Backend::pool`]) into one
+/// embedding per image, L2-normalizing each vector (each patch vector of `h` values for patch
+/// pooling) when `normalize`.
+pub fn embeddings(
+    pooled: Tensor,
+    hidden: usize,
+    grid: (usize, usize),
+    pooling: Pooling,
+    normalize: bool,
+) -> Vec<Embedding> {
+    let width = pooled.last_dim().max(1);
+    let mut data = pooled.data;
+    if normalize {
+        let unit = if pooling == Pooling::Patch {
+            hidden.max(1)
+        } else {
+            width
+        };
+        data.chunks_exact_mut(unit).for_each(l2_normalize);
+    }
+    data.chunks_exact(width)
+        .map(|row| Embedding {
+            values: row.to_vec(),
+            grid: (pooling == Pooling::Patch).then_some(grid),
+        })
+        .collect()
+}
+
+/// Pools each image of `output` (`prefix` = 1 + registers tokens before the patches; `grid` the
+/// patch grid of the batch).
+pub fn pool(
+    output: &ModelOutput,
+    prefix: usize,
+    grid: (usize, usize),
+    pooling: Pooling,
+    normalize: bool,
+) -> Vec<Embedding> {
+    let tokens = &output.last_hidden_state;
+    embeddings(
+        pool_tokens(tokens, prefix, pooling),
+        tokens.shape[2],
+        grid,
+        pooling,
+        normalize,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output() -> ModelOutput {
+        // 1 image, CLS + 1 register + 2 patches, h = 2.
+        let last =
+            Tensor::new(vec![1, 4, 2], vec![3.0, 4.0, 9.0, 9.0, 1.0, 2.0, 3.0, 6.0]).unwrap();
+        ModelOutput {
+            pooler_output: Tensor::new(vec![1, 2], vec![3.0, 4.0]).unwrap(),
+            last_hidden_state: last,
+            hidden_states: None,
+            attentions: None,
+        }
+    }
+
+    #[test]
+    fn poolings() {
+        let o = output();
+        assert_eq!(
+            pool(&o, 2, (1, 2), Pooling::Cls, false)[0].values,
+            vec![3.0, 4.0]
+        );
+        assert_eq!(
+            pool(&o, 2, (1, 2), Pooling::Mean, false)[0].values,
+            vec![2.0, 4.0]
+        );
+        assert_eq!(
+            pool(&o, 2, (1, 2), Pooling::ClsMean, false)[0].values,
+            vec![3.0, 4.0, 2.0, 4.0]
+        );
+        let p = &pool(&o, 2, (1, 2), Pooling::Patch, false)[0];
+        assert_eq!(
+            (p.values.clone(), p.grid),
+            (vec![1.0, 2.0, 3.0, 6.0], Some((1, 2)))
+        );
+        assert_eq!(
+            pool(&o, 2, (1, 2), Pooling::Cls, true)[0].values,
+            vec![0.6, 0.8]
+        );
+        let n = pool(&o, 2, (1, 2), Pooling::Patch, true);
+        assert!((n[0].values[2] - 0.447_213_6).abs() < 1e-6);
+    }
+
+    #[test]
+    fn pooled_shapes() {
+        let t = Tensor::new(vec![2, 3, 2], (0..12).map(|v| v as f32).collect()).unwrap();
+        assert_eq!(pool_tokens(&t, 1, Pooling::Cls).shape, vec![2, 2]);
+        assert_eq!(pool_tokens(&t, 1, Pooling::Mean).shape, vec![2, 2]);
+        assert_eq!(pool_tokens(&t, 1, Pooling::ClsMean).shape, vec![2, 4]);
+        let p = pool_tokens(&t, 1, Pooling::Patch);
+        assert_eq!(p.shape, vec![2, 4]);
+        assert_eq!(p.data, vec![2.0, 3.0, 4.0, 5.0, 8.0, 9.0, 10.0, 11.0]);
+        let m = pool_tokens(&t, 1, Pooling::ClsMean);
+        assert_eq!(m.data, vec![0.0, 1.0, 3.0, 4.0, 6.0, 7.0, 9.0, 10.0]);
+    }
+}

@@ -1,0 +1,102 @@
+//! `Dinov2::embed` pools on the backend (`Backend::pool`) and copies back only the vectors; it must
+//! give exactly what the host pooling (`pool`) gives over the full `forward` output, for every
+//! pooling, with and without normalization, with and without register tokens, on square and
+//! non-square inputs, and through the `Embedder`.
+
+mod common;
+
+use common::golden_dir;
+use dinov2::io::read_forward_inputs;
+use dinov2::{
+    pool, pool_tokens, Backend, Checkpoint, CpuBackend, Dinov2, Embedder, ForwardOptions, Pooling,
+    Tensor,
+};
+
+const POOLINGS: [Pooling; 4] = [
+    Pooling::Cls,
+    Pooling::Mean,
+    Pooling::ClsMean,
+    Pooling::Patch,
+];
+
+fn model(case: &str) -> Dinov2<CpuBackend> {
+    Dinov2::load(
+        CpuBackend,
+        &Checkpoint::open(golden_dir().join(case)).unwrap(),
+    )
+    .unwrap()
+}
+
+fn pixels(case: &str, run: &str) -> Tensor {
+    read_forward_inputs(
+        &golden_dir()
+            .join(case)
+            .join(format!("{run}.inputs.safetensors")),
+    )
+    .unwrap()
+    .pixel_values
+}
+
+#[test]
+fn backend_pooling_equals_host_pooling() {
+    for (case, run) in [
+        ("dinov2_mlp", "rect24x40_mask"),
+        ("registers_mlp", "sq32"),
+        ("registers_mlp", "up44x36"),
+    ] {
+        let model = model(case);
+        let px = pixels(case, run);
+        let config = model.config();
+        let prefix = config.num_prefix_tokens();
+        let p = config.patch_size;
+        let grid = (px.shape[2] / p, px.shape[3] / p);
+        let full = model
+            .forward(&px, None, &ForwardOptions::default())
+            .unwrap();
+        for pooling in POOLINGS {
+            for normalize in [false, true] {
+                let host = pool(&full, prefix, grid, pooling, normalize);
+                let device = model.embed(&px, pooling, normalize).unwrap();
+                assert_eq!(device, host, "{case}/{run} {pooling} normalize={normalize}");
+                assert_eq!(device.len(), px.shape[0]);
+            }
+        }
+        // The backend operation on its own, from the uploaded tokens.
+        let be = model.backend();
+        let tokens = be.upload(&full.last_hidden_state).unwrap();
+        for pooling in POOLINGS {
+            assert_eq!(
+                be.pool(&tokens, prefix, pooling).unwrap(),
+                pool_tokens(&full.last_hidden_state, prefix, pooling),
+                "{case}/{run} {pooling}"
+            );
+        }
+        // CLS pooling is `pooler_output`.
+        let cls = model.embed(&px, Pooling::Cls, false).unwrap();
+        let flat: Vec<f32> = cls.into_iter().flat_map(|e| e.values).collect();
+        assert_eq!(flat, full.pooler_output.data, "{case}/{run}");
+    }
+}
+
+#[test]
+fn embedder_uses_the_backend_pooling() {
+    let case = "registers_mlp";
+    let px = pixels(case, "sq32");
+    let [b, c, h, w] = px.shape[..] else {
+        panic!("4-d pixels")
+    };
+    let images: Vec<dinov2::image::PixelValues> = (0..b)
+        .map(|i| dinov2::image::PixelValues {
+            shape: [c, h, w],
+            data: px.data[i * c * h * w..(i + 1) * c * h * w].to_vec(),
+        })
+        .collect();
+    for pooling in POOLINGS {
+        let embedder = Embedder::new(model(case), Default::default())
+            .with_pooling(pooling)
+            .with_normalize(true);
+        let got = embedder.embed_prepared(&images).unwrap();
+        let want = model(case).embed(&px, pooling, true).unwrap();
+        assert_eq!(got, want, "{pooling}");
+    }
+}
