@@ -4,7 +4,7 @@ use dinov2::image::DecodeOptions;
 use dinov2::image::PreprocessConfig;
 use dinov2::{preprocess_config, Backend, Checkpoint, Dinov2, Embedder};
 
-use crate::args::{with_backend, DecodeArgs, EmbedArgs};
+use crate::args::{with_backend, DecodeArgs, Device, EmbedArgs};
 use crate::embed::{expand_inputs, run as run_job, Format, Settings};
 use crate::error::{CliError, Result};
 use crate::model_dir::resolve;
@@ -20,7 +20,11 @@ pub fn decode_options(args: &DecodeArgs) -> DecodeOptions {
 
 /// Runs the embed verb.
 pub fn run(args: EmbedArgs) -> Result<()> {
-    if args.batch_size == 0 {
+    let batch_size = args.batch_size.unwrap_or(match args.device {
+        Device::Cpu => 8,
+        Device::Cuda(_) => 128,
+    });
+    if batch_size == 0 {
         return Err(CliError("--batch-size must be at least 1".into()));
     }
     let format = Format::of(&args.output)?;
@@ -42,7 +46,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         inputs,
         output: args.output,
         format,
-        batch_size: args.batch_size,
+        batch_size,
         pooling: args.pooling,
         normalize: args.normalize,
         on_error: args.on_error,
