@@ -7,7 +7,7 @@ use std::path::Path;
 
 use common::{compare, golden_dir, read_f64, runs};
 use dinov2::io::read_forward_inputs;
-use dinov2::{Checkpoint, CpuBackend, Dinov2, ForwardOptions, Head, Interpolation};
+use dinov2::{Checkpoint, CpuBackend, Dinov2};
 
 const TOLERANCE: f64 = 1e-5;
 
@@ -22,16 +22,8 @@ fn check_case(case: &str) {
         );
         let inputs =
             read_forward_inputs(&dir.join(format!("{}.inputs.safetensors", run.name))).unwrap();
-        let head: Head = run.head.parse().unwrap();
-        let opts = ForwardOptions {
-            hidden_states: run.hidden_states,
-            attentions: run.attentions,
-            interpolation: if run.legacy_interpolation {
-                Interpolation::Legacy
-            } else {
-                Interpolation::Current
-            },
-        };
+        let head = run.head();
+        let opts = run.options();
         let out = model
             .run(
                 head,

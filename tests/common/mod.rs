@@ -8,9 +8,30 @@ use std::path::{Path, PathBuf};
 use dinov2::Tensor;
 use safetensors::{Dtype, SafeTensors};
 
-/// The golden fixture folder.
+/// The golden fixture folder: `DINOV2_GOLDEN_DIR` when set (the GPU bundle carries the fixtures
+/// elsewhere), else the repository's.
 pub fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden")
+    match std::env::var_os("DINOV2_GOLDEN_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden"),
+    }
+}
+
+/// Every case folder (those with a `runs.json`), sorted.
+pub fn cases() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(golden_dir())
+        .unwrap_or_else(|e| panic!("{}: {e}", golden_dir().display()))
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.join("runs.json").is_file())
+        .collect();
+    out.sort();
+    assert!(
+        !out.is_empty(),
+        "no golden cases in {}",
+        golden_dir().display()
+    );
+    out
 }
 
 /// One run of a golden case, as `runs.json` describes it.
@@ -22,6 +43,26 @@ pub struct Run {
     pub attentions: bool,
     pub legacy_interpolation: bool,
     pub transformers_version: String,
+}
+
+impl Run {
+    /// The head the run uses.
+    pub fn head(&self) -> dinov2::Head {
+        self.head.parse().expect("a known head")
+    }
+
+    /// The forward options the run asks for.
+    pub fn options(&self) -> dinov2::ForwardOptions {
+        dinov2::ForwardOptions {
+            hidden_states: self.hidden_states,
+            attentions: self.attentions,
+            interpolation: if self.legacy_interpolation {
+                dinov2::Interpolation::Legacy
+            } else {
+                dinov2::Interpolation::Current
+            },
+        }
+    }
 }
 
 /// The runs of a case.

@@ -1,6 +1,6 @@
 //! `cargo xtask gpu-bundle`: everything the GPU machine runs, built here (it has no Rust
-//! toolchain): the release binaries of the GPU tests (`dinov2-kernels`' `gpu`, `dinov2-model`'s
-//! `cuda`), of the `dinov2` program (whose `bench` verb times ours against the PyTorch peer it
+//! toolchain): the release binaries of the GPU tests (`dinov2-kernels`' `gpu`, the `dinov2`
+//! package's `cuda`), of the `dinov2` program (whose `bench` verb times ours against the PyTorch peer it
 //! carries) and of the criterion kernel benches (`benches/cuda_kernels.rs`), the golden fixtures,
 //! the table script and `run.sh` (from `scripts/gpu/`), gathered into `bundle/`.
 //!
@@ -32,7 +32,7 @@ const BINARIES: &[(&[&str], &str, &str)] = &[
             "--release",
             "--no-run",
             "-p",
-            "dinov2-model",
+            "dinov2",
             "--test",
             "cuda",
         ],

@@ -2,156 +2,25 @@
 //! * f32: every output within relative L2 1e-4 of transformers' float64 result;
 //! * f16 / bf16, against the CPU f32 path on the same inputs: relative L2 <= 1e-2 / 3e-2 on
 //!   `last_hidden_state` (and on logits and feature maps for the other heads), and pooled-output
-//!   cosine >= 0.9999 / 0.9995 per image.
+//!   cosine >= 0.9999 / 0.9995 per image;
+//! * the fused residual + LayerNorm and the pooling kernels against the CPU backend.
 //!
-//! They need a CUDA device; the fixtures are found through `DINOV2_GOLDEN_DIR` (the device bundle
-//! sets it) or else at `tests/fixtures/golden` in the repository.
+//! They need a CUDA device (`cargo test` reports them as ignored); the fixtures are found through
+//! `DINOV2_GOLDEN_DIR` (the device bundle sets it) or else in the repository.
+
+mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use dinov2_checkpoint::Checkpoint;
-use dinov2_model::{
-    Backend, CpuBackend, CudaBackend, Dinov2, Dtype, ForwardOptions, Head, Interpolation, Labels,
-    Tensor,
-};
-use safetensors::{Dtype as StDtype, SafeTensors};
+use common::{cases, golden_dir, read_f64, rel_l2, runs, Run};
+use dinov2::io::{read_forward_inputs, ForwardInputs};
+use dinov2::{Backend, Checkpoint, CpuBackend, CudaBackend, Dinov2, Dtype, Tensor};
 
-fn golden_dir() -> PathBuf {
-    match std::env::var_os("DINOV2_GOLDEN_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden"),
-    }
-}
-
-fn cases() -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(golden_dir())
-        .unwrap_or_else(|e| panic!("{}: {e}", golden_dir().display()))
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.join("runs.json").is_file())
-        .collect();
-    out.sort();
-    assert!(
-        !out.is_empty(),
-        "no golden cases in {}",
-        golden_dir().display()
-    );
-    out
-}
-
-struct Run {
-    name: String,
-    head: Head,
-    opts: ForwardOptions,
-}
-
-fn runs(case: &Path) -> Vec<Run> {
-    let text = std::fs::read_to_string(case.join("runs.json")).expect("runs.json");
-    let value: serde_json::Value = serde_json::from_str(&text).expect("runs.json is JSON");
-    value
-        .as_array()
-        .expect("a list of runs")
-        .iter()
-        .map(|r| Run {
-            name: r["name"].as_str().expect("name").to_owned(),
-            head: r["head"].as_str().expect("head").parse().expect("head"),
-            opts: ForwardOptions {
-                hidden_states: r["hidden_states"].as_bool().unwrap_or(false),
-                attentions: r["attentions"].as_bool().unwrap_or(false),
-                interpolation: if r["legacy_interpolation"].as_bool().unwrap_or(false) {
-                    Interpolation::Legacy
-                } else {
-                    Interpolation::Current
-                },
-            },
-        })
-        .collect()
-}
-
-fn floats(view: &safetensors::tensor::TensorView<'_>) -> Vec<f64> {
-    let b = view.data();
-    match view.dtype() {
-        StDtype::F64 => b
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-        StDtype::F32 => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-            .collect(),
-        other => panic!("unexpected float dtype {other:?}"),
-    }
-}
-
-fn integers(view: &safetensors::tensor::TensorView<'_>) -> Vec<i64> {
-    let b = view.data();
-    match view.dtype() {
-        StDtype::I64 => b
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-        StDtype::I32 => b
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
-            .collect(),
-        StDtype::U8 | StDtype::BOOL => b.iter().map(|&v| v as i64).collect(),
-        other => panic!("unexpected integer dtype {other:?}"),
-    }
-}
-
-struct Inputs {
-    pixels: Tensor,
-    mask: Option<Vec<bool>>,
-    labels: Option<Labels>,
-}
+type Inputs = ForwardInputs;
 
 fn read_inputs(path: &Path) -> Inputs {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = SafeTensors::deserialize(&bytes).expect("safetensors");
-    let px = st.tensor("pixel_values").expect("pixel_values");
-    let pixels = Tensor {
-        shape: px.shape().to_vec(),
-        data: floats(&px).into_iter().map(|v| v as f32).collect(),
-    };
-    let mask = st
-        .tensor("bool_masked_pos")
-        .ok()
-        .map(|v| integers(&v).into_iter().map(|x| x != 0).collect());
-    let labels = st.tensor("labels").ok().map(|v| match v.dtype() {
-        StDtype::I64 | StDtype::I32 => Labels::Classes(integers(&v)),
-        _ => Labels::Targets(Tensor {
-            shape: v.shape().to_vec(),
-            data: floats(&v).into_iter().map(|x| x as f32).collect(),
-        }),
-    });
-    Inputs {
-        pixels,
-        mask,
-        labels,
-    }
-}
-
-type Expected = BTreeMap<String, (Vec<usize>, Vec<f64>)>;
-
-fn read_expected(path: &Path) -> Expected {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = SafeTensors::deserialize(&bytes).expect("safetensors");
-    st.tensors()
-        .into_iter()
-        .map(|(name, v)| (name, (v.shape().to_vec(), floats(&v))))
-        .collect()
-}
-
-fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let num: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| y * y).sum();
-    if den == 0.0 {
-        num.sqrt()
-    } else {
-        (num / den).sqrt()
-    }
+    read_forward_inputs(path).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The smallest cosine similarity between matching rows of `[rows, cols]` tensors.
@@ -174,11 +43,11 @@ fn run_model<B: Backend>(
 ) -> Result<Vec<(String, Tensor)>, String> {
     model
         .run(
-            run.head,
-            &inputs.pixels,
-            inputs.mask.as_deref(),
+            run.head(),
+            &inputs.pixel_values,
+            inputs.bool_masked_pos.as_deref(),
             inputs.labels.as_ref(),
-            &run.opts,
+            &run.options(),
         )
         .map(|o| o.into_named())
         .map_err(|e| e.to_string())
@@ -224,7 +93,7 @@ fn golden_f32_on_gpu_matches_float64_truth() {
     for_each_run(|case, checkpoint, run, inputs| {
         let model = Dinov2::load(backend.clone(), checkpoint).map_err(|e| e.to_string())?;
         let got = run_model(&model, run, inputs)?;
-        let expected = read_expected(&case.join(format!("{}.expected.safetensors", run.name)));
+        let expected = read_f64(&case.join(format!("{}.expected.safetensors", run.name)));
         let mut names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
         names.sort_unstable();
         let want: Vec<&str> = expected.keys().map(String::as_str).collect();
@@ -354,8 +223,7 @@ fn fused_residual_norm_matches_the_unfused_ops() {
 #[test]
 #[ignore = "needs a CUDA device"]
 fn pooling_on_the_device_matches_the_host() {
-    use dinov2_checkpoint::Activation;
-    use dinov2_model::{pool_tokens, Pooling};
+    use dinov2::{crates::model::pool_tokens, Activation, Pooling};
     // Awkward sizes; 1 CLS + 4 registers before the patches.
     let (b, s, h, prefix) = (3, 37, 40, 5);
     let x = Tensor {
@@ -397,7 +265,7 @@ fn pooling_on_the_device_matches_the_host() {
 #[test]
 #[ignore = "needs a CUDA device"]
 fn embeddings_on_the_gpu_match_the_cpu() {
-    use dinov2_model::Pooling;
+    use dinov2::Pooling;
     for (case, run) in [("dinov2_mlp", "rect24x40_mask"), ("registers_mlp", "sq32")] {
         let dir = golden_dir().join(case);
         let checkpoint = Checkpoint::open(&dir).unwrap();
@@ -419,8 +287,10 @@ fn embeddings_on_the_gpu_match_the_cpu() {
                 Pooling::Patch,
             ] {
                 for normalize in [false, true] {
-                    let want = cpu.embed(&inputs.pixels, pooling, normalize).unwrap();
-                    let got = model.embed(&inputs.pixels, pooling, normalize).unwrap();
+                    let want = cpu.embed(&inputs.pixel_values, pooling, normalize).unwrap();
+                    let got = model
+                        .embed(&inputs.pixel_values, pooling, normalize)
+                        .unwrap();
                     assert_eq!(got.len(), want.len());
                     let g: Vec<f32> = got.iter().flat_map(|e| e.values.clone()).collect();
                     let w: Vec<f64> = want
