@@ -13,6 +13,11 @@ mod preprocess;
 
 use clap::Parser;
 
+/// mimalloc keeps freed blocks for reuse: the forward pass allocates and frees many large
+/// activation buffers, which the system allocator maps and unmaps (page faults) every time.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = args::Cli::parse();
     let result = match cli.command {
