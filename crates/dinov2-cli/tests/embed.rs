@@ -546,3 +546,83 @@ fn classify_prints_top_labels() {
     assert_eq!(r.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&r.stderr).contains("no classification head"));
 }
+
+/// Without a center crop images keep their aspect ratio: patch grids differ, which Parquet holds
+/// (with grid_h, grid_w) and a dense npy refuses as soon as it sees the second shape.
+#[test]
+fn patch_grids_of_different_sizes() {
+    let dir = TempDir::new().unwrap();
+    let model_dir = dir.path().join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(Path::new(&model()).join(f), model_dir.join(f)).unwrap();
+    }
+    let config = r#"{"do_center_crop": false, "do_resize": true, "size": {"shortest_edge": 56},
+        "resample": 3, "do_rescale": true, "rescale_factor": 0.00392156862745098, "do_normalize": true,
+        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "do_convert_rgb": true}"#;
+    std::fs::write(model_dir.join("preprocessor_config.json"), config).unwrap();
+    // astronaut is square, coffee is 600 x 400: different grids.
+    let images: Vec<String> = ["astronaut.jpg", "coffee.jpg"]
+        .iter()
+        .map(|n| root().join("assets/images").join(n).display().to_string())
+        .collect();
+    let m = model_dir.display().to_string();
+    let pq = dir.path().join("p.parquet");
+    let mut args = vec![
+        "embed",
+        "--model",
+        &m,
+        "--pooling",
+        "patch",
+        "--output",
+        pq.to_str().unwrap(),
+    ];
+    args.extend(images.iter().map(String::as_str));
+    let r = dinov2(&args);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    use parquet::file::reader::FileReader;
+    let reader =
+        parquet::file::reader::SerializedFileReader::new(File::open(&pq).unwrap()).unwrap();
+    let columns: Vec<String> = reader
+        .metadata()
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .map(|c| c.path().string())
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "path",
+            "width",
+            "height",
+            "embedding.list.item",
+            "grid_h",
+            "grid_w"
+        ]
+    );
+
+    let npy = dir.path().join("p.npy");
+    let mut args = vec![
+        "embed",
+        "--model",
+        &m,
+        "--pooling",
+        "patch",
+        "--batch-size",
+        "1",
+        "--chunk-rows",
+        "1",
+    ];
+    args.extend(["--output", npy.to_str().unwrap()]);
+    args.extend(images.iter().map(String::as_str));
+    let r = dinov2(&args);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("rows differ in shape ([4, 4, 48] and [4, 6, 48])"),
+        "{stderr}"
+    );
+    assert!(!npy.exists());
+}

@@ -46,6 +46,18 @@ pub struct Job {
     pub failures: Vec<Failure>,
     /// Rows written so far.
     pub rows: usize,
+    /// The distinct shapes of the rows so far (`[D]` or `[gh, gw, D]`), in order of appearance.
+    pub shapes: Vec<Vec<usize>>,
+}
+
+impl Row {
+    /// `[D]`, or `[gh, gw, D]` for a patch grid.
+    pub fn shape(&self) -> Vec<usize> {
+        match self.grid {
+            Some((h, w)) => vec![h, w, self.values.len() / (h * w).max(1)],
+            None => vec![self.values.len()],
+        }
+    }
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> CliError + '_ {
@@ -84,6 +96,7 @@ impl Job {
             chunks: Vec::new(),
             failures: Vec::new(),
             rows: 0,
+            shapes: Vec::new(),
         };
         job.save()?;
         Ok(job)
@@ -138,6 +151,8 @@ impl Job {
             fingerprint: fingerprint.to_owned(),
             done: v["done"].as_u64().ok_or_else(|| bad("no progress count"))? as usize,
             rows: v["rows"].as_u64().ok_or_else(|| bad("no row count"))? as usize,
+            shapes: serde_json::from_value(v["shapes"].clone())
+                .map_err(|_| bad("bad row shapes"))?,
             chunks,
             failures,
         })
@@ -154,6 +169,7 @@ impl Job {
             "fingerprint": self.fingerprint,
             "done": self.done,
             "rows": self.rows,
+            "shapes": self.shapes,
             "chunks": self.chunks,
             "failures": failures,
         });
@@ -167,6 +183,12 @@ impl Job {
             write_atomic(&self.dir.join(&name), &encode_chunk(rows)?)?;
             self.chunks.push(name);
             self.rows += rows.len();
+            for row in rows {
+                let shape = row.shape();
+                if !self.shapes.contains(&shape) {
+                    self.shapes.push(shape);
+                }
+            }
         }
         self.failures.extend(failures);
         self.done = done;
@@ -188,23 +210,21 @@ impl Job {
     }
 }
 
+/// A chunk file: all rows' values one after another (rows may differ in length: patch grids of
+/// several sizes), and per row its index, path, original size, grid and length as JSON metadata.
 fn encode_chunk(rows: &[Row]) -> Result<Vec<u8>> {
-    let dim = rows[0].values.len();
-    let mut values = Vec::with_capacity(rows.len() * dim);
+    let mut values = Vec::with_capacity(rows.iter().map(|r| r.values.len()).sum());
     let mut meta = Vec::with_capacity(rows.len());
     for r in rows {
-        if r.values.len() != dim {
-            return Err(CliError("rows of one chunk differ in length".into()));
-        }
         values.extend_from_slice(&r.values);
         meta.push(
             json!({"index": r.index, "path": r.path, "width": r.width, "height": r.height,
-                         "grid": r.grid.map(|(h, w)| [h, w])}),
+                         "grid": r.grid.map(|(h, w)| [h, w]), "len": r.values.len()}),
         );
     }
     let view = TensorView::new(
         Dtype::F32,
-        vec![rows.len(), dim],
+        vec![values.len()],
         bytemuck::cast_slice(&values),
     )
     .map_err(|e| CliError(format!("cannot encode a chunk: {e}")))?;
@@ -217,7 +237,6 @@ fn decode_chunk(bytes: &[u8]) -> std::result::Result<Vec<Row>, String> {
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
     let values = st.tensor("values").map_err(|e| e.to_string())?;
-    let dim = values.shape()[1];
     let data: Vec<f32> = values
         .data()
         .chunks_exact(4)
@@ -229,24 +248,26 @@ fn decode_chunk(bytes: &[u8]) -> std::result::Result<Vec<Row>, String> {
         .and_then(|m| m.get("rows"))
         .ok_or("no row metadata")?;
     let rows: Value = serde_json::from_str(rows_json).map_err(|e| e.to_string())?;
+    let mut offset = 0;
     rows.as_array()
         .ok_or("row metadata is not a list")?
         .iter()
-        .zip(data.chunks_exact(dim))
-        .map(|(r, v)| {
-            let row = || -> Option<Row> {
+        .map(|r| {
+            let mut row = || -> Option<Row> {
+                let len = r["len"].as_u64()? as usize;
+                let values = data.get(offset..offset + len)?.to_vec();
+                offset += len;
+                let grid = match r["grid"].as_array() {
+                    Some(g) => Some((g.first()?.as_u64()? as usize, g.get(1)?.as_u64()? as usize)),
+                    None => None,
+                };
                 Some(Row {
                     index: r["index"].as_u64()? as usize,
                     path: r["path"].as_str()?.to_owned(),
                     width: r["width"].as_u64()? as u32,
                     height: r["height"].as_u64()? as u32,
-                    grid: r["grid"].as_array().map(|g| {
-                        (
-                            g[0].as_u64().unwrap_or(0) as usize,
-                            g[1].as_u64().unwrap_or(0) as usize,
-                        )
-                    }),
-                    values: v.to_vec(),
+                    grid,
+                    values,
                 })
             };
             row().ok_or_else(|| "bad row metadata".to_owned())

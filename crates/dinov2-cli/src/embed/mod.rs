@@ -261,6 +261,10 @@ pub fn run<B: Backend>(embedder: &Embedder<B>, s: Settings) -> Result<()> {
             if rows.len() >= s.chunk_rows || end == total {
                 job.commit(&rows, std::mem::take(&mut failures), end)?;
                 rows.clear();
+                if s.format != Format::Parquet {
+                    // Fail now, not after the whole job, when rows stop fitting one dense tensor.
+                    writers::dense_shape(&job, s.format)?;
+                }
             }
         }
         Ok(())

@@ -55,56 +55,41 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> CliError + '_ {
     move |e| CliError(format!("cannot write {}: {e}", path.display()))
 }
 
-/// The shape of one row: `[D]` or `[gh, gw, D]`; an error when rows disagree (patch grids of
-/// different sizes fit only Parquet).
-fn row_shape(job: &Job, format: Format) -> Result<Option<Vec<usize>>> {
-    let mut shape: Option<Vec<usize>> = None;
-    for chunk in job.chunks() {
-        for row in chunk? {
-            let s = match row.grid {
-                Some((h, w)) => vec![h, w, row.values.len() / (h * w).max(1)],
-                None => vec![row.values.len()],
-            };
-            match &shape {
-                None => shape = Some(s),
-                Some(prev) if *prev != s && format != Format::Parquet => {
-                    return Err(CliError(format!(
-                        "rows differ in shape ({prev:?} and {s:?}, from {}); {:?} needs one shape: write Parquet \
-                         or preprocess to one size",
-                        row.path, format
-                    )))
-                }
-                Some(_) => {}
-            }
-        }
+/// The single row shape a dense format needs; an error naming the shapes when rows differ (patch
+/// grids of different sizes fit only Parquet).
+pub fn dense_shape(job: &Job, format: Format) -> Result<Vec<usize>> {
+    match job.shapes.as_slice() {
+        [] => Ok(vec![0]),
+        [one] => Ok(one.clone()),
+        [a, b, ..] => Err(CliError(format!(
+            "rows differ in shape ({a:?} and {b:?}); {format:?} holds one shape: write Parquet, or \
+             preprocess every image to one size"
+        ))),
     }
-    Ok(shape)
 }
 
 /// Writes the final output of `job` to `out` (via a temporary file renamed into place).
 pub fn write_output(job: &Job, out: &Path, format: Format) -> Result<()> {
-    let shape = row_shape(job, format)?;
     let tmp = sibling(out, ".tmp");
     match format {
-        Format::Parquet => write_parquet(job, &tmp, shape.as_ref().is_some_and(|s| s.len() == 3))?,
+        Format::Parquet => write_parquet(job, &tmp, job.shapes.iter().any(|s| s.len() == 3))?,
         Format::Npy | Format::Safetensors => {
             let mut full = vec![job.rows];
-            full.extend(shape.clone().unwrap_or_else(|| vec![0]));
-            write_dense(job, &tmp, format, &full)?;
-            let mut paths = String::new();
-            for chunk in job.chunks() {
-                for row in chunk? {
-                    paths.push_str(&row.path);
-                    paths.push('\n');
-                }
-            }
-            write_atomic(&sibling(out, ".paths.txt"), paths.as_bytes())?;
+            full.extend(dense_shape(job, format)?);
+            write_dense(job, &tmp, format, &full, &sibling(out, ".paths.txt"))?;
         }
     }
     std::fs::rename(&tmp, out).map_err(io(out))
 }
 
-fn write_dense(job: &Job, path: &Path, format: Format, shape: &[usize]) -> Result<()> {
+/// Writes the dense tensor and, in the same pass over the chunks, the paths file beside it.
+fn write_dense(
+    job: &Job,
+    path: &Path,
+    format: Format,
+    shape: &[usize],
+    paths_file: &Path,
+) -> Result<()> {
     let file = File::create(path).map_err(io(path))?;
     let mut w = BufWriter::new(file);
     let bytes: usize = shape.iter().product::<usize>() * 4;
@@ -143,12 +128,16 @@ fn write_dense(job: &Job, path: &Path, format: Format, shape: &[usize]) -> Resul
         }
     };
     w.write_all(&header).map_err(io(path))?;
+    let mut paths = String::new();
     for chunk in job.chunks() {
         for row in chunk? {
             w.write_all(bytemuck::cast_slice(&row.values))
                 .map_err(io(path))?;
+            paths.push_str(&row.path);
+            paths.push('\n');
         }
     }
+    write_atomic(paths_file, paths.as_bytes())?;
     w.flush().map_err(io(path))?;
     w.into_inner()
         .map_err(|e| io(path)(e.into_error()))?
