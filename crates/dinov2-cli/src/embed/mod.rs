@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use dinov2::image::PixelValues;
 use dinov2::{Backend, Embedder, ModelError, Pooling};
-use indicatif::{ProgressBar, ProgressStyle};
+
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use rayon::prelude::*;
 
 use crate::error::{CliError, Result};
@@ -110,10 +111,16 @@ fn open_job(s: &Settings) -> Result<Option<Job>> {
 
 fn progress_bar(total: usize, done: usize) -> ProgressBar {
     let pb = ProgressBar::new(total as u64);
-    pb.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}  {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let style =
+        ProgressStyle::with_template("{bar:40} {pos}/{len} images  {rate}  ETA {eta}  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .with_key(
+                "rate",
+                |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.1} images/s", state.per_sec());
+                },
+            );
+    pb.set_style(style);
     pb.set_position(done as u64);
     pb.reset_eta();
     pb
