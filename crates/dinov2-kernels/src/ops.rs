@@ -304,22 +304,36 @@ impl Device {
             return Ok(());
         }
         let s = &self.stream;
-        let mut args = vec![
+        let args = vec![
             Arg::Ptr(x.ptr(s)),
             Arg::Ptr(y.ptr(s)),
             Arg::Ptr(w.ptr(s)),
             Arg::Ptr(b.ptr(s)),
         ];
-        i32_of(OP, rows)?;
+        self.launch_row_norm(OP, &format!("layer_norm_{{}}{suffix}"), args, rows, h, eps)
+    }
+
+    /// Launches a LayerNorm-family kernel (`name` with `{}` where `wide_` goes): the warp-per-row
+    /// variant, or the block-per-row one for wide rows, after `args` (the buffers).
+    fn launch_row_norm(
+        &self,
+        op: &'static str,
+        name: &str,
+        mut args: Vec<Arg>,
+        rows: usize,
+        h: usize,
+        eps: f32,
+    ) -> Result<()> {
+        i32_of(op, rows)?;
         let (wide, grid, block) = layer_norm_launch(rows, h);
         let name = if wide {
-            args.extend([Arg::I32(i32_of(OP, h)?), Arg::F32(eps)]);
-            format!("layer_norm_wide_{suffix}")
+            args.extend([Arg::I32(i32_of(op, h)?), Arg::F32(eps)]);
+            name.replace("{}", "wide_")
         } else {
             args.extend([Arg::I32(rows as i32), Arg::I32(h as i32), Arg::F32(eps)]);
-            format!("layer_norm_{suffix}")
+            name.replace("{}", "")
         };
-        // SAFETY: sizes checked.
+        // SAFETY: the callers checked every buffer's dtype and size against rows and h.
         unsafe { self.launch(&name, (grid, 1, 1), block, 0, &args) }
     }
 
@@ -379,7 +393,7 @@ impl Device {
             return Ok(());
         }
         let s = &self.stream;
-        let mut args = vec![
+        let args = vec![
             Arg::Ptr(x.ptr(s)),
             Arg::Ptr(branch.ptr(s)),
             Arg::Ptr(gamma.ptr(s)),
@@ -387,17 +401,14 @@ impl Device {
             Arg::Ptr(w.ptr(s)),
             Arg::Ptr(b.ptr(s)),
         ];
-        i32_of(OP, rows)?;
-        let (wide, grid, block) = layer_norm_launch(rows, h);
-        let name = if wide {
-            args.extend([Arg::I32(i32_of(OP, h)?), Arg::F32(eps)]);
-            format!("add_scaled_layer_norm_wide_{t}")
-        } else {
-            args.extend([Arg::I32(rows as i32), Arg::I32(h as i32), Arg::F32(eps)]);
-            format!("add_scaled_layer_norm_{t}")
-        };
-        // SAFETY: sizes checked.
-        unsafe { self.launch(&name, (grid, 1, 1), block, 0, &args) }
+        self.launch_row_norm(
+            OP,
+            &format!("add_scaled_layer_norm_{{}}{t}"),
+            args,
+            rows,
+            h,
+            eps,
+        )
     }
 
     /// Softmax attention over packed `qkv` `[batch, n, 3·heads·d]` into `out` `[batch, n, heads·d]`
