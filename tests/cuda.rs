@@ -322,3 +322,79 @@ fn embeddings_on_the_gpu_match_the_cpu() {
         }
     }
 }
+
+/// Deterministic pixel values in [-1, 1) that differ with `seed`.
+fn seeded_pixels(seed: u32, batch: usize, h: usize, w: usize) -> Tensor {
+    let data = (0..batch * 3 * h * w)
+        .map(|i| {
+            let v = (i as u32).wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503);
+            (v % 1000) as f32 / 500.0 - 1.0
+        })
+        .collect();
+    Tensor::new(vec![batch, 3, h, w], data).unwrap()
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn replayed_cuda_graphs_equal_eager_passes() {
+    use dinov2::{released, Pooling};
+    // A golden checkpoint with registers (head dim 8) and ViT-S/14's real geometry (head dim 64,
+    // the tuned attention path, cuBLASLt at real sizes) with random weights.
+    let golden = Checkpoint::open(golden_dir().join("registers_mlp")).unwrap();
+    let vits = released("vits14").unwrap();
+    for dtype in [Dtype::F32, Dtype::F16] {
+        let mut eager_be = gpu(dtype);
+        eager_be.set_graphs(false);
+        let mut graph_be = gpu(dtype);
+        graph_be.set_graphs(true);
+        let models = [
+            (
+                "registers_mlp",
+                Dinov2::load(eager_be.clone(), &golden).unwrap(),
+                Dinov2::load(graph_be.clone(), &golden).unwrap(),
+                vec![(2, 32, 32, Pooling::Cls), (1, 24, 40, Pooling::Patch)],
+            ),
+            (
+                "vits14",
+                Dinov2::random(eager_be.clone(), &vits, 3).unwrap(),
+                Dinov2::random(graph_be.clone(), &vits, 3).unwrap(),
+                vec![(4, 224, 224, Pooling::Cls), (2, 224, 168, Pooling::ClsMean)],
+            ),
+        ];
+        for (name, eager, graphed, shapes) in &models {
+            let mut seed = 0;
+            for round in 0..4 {
+                for &(b, h, w, pooling) in shapes {
+                    seed += 1;
+                    let px = seeded_pixels(seed, b, h, w);
+                    let want = eager.embed(&px, pooling, false).unwrap();
+                    let got = if round % 2 == 0 {
+                        graphed.embed(&px, pooling, false).unwrap()
+                    } else {
+                        let up = graphed.upload_pixels(&px).unwrap();
+                        graphed.embed_batch(&up, pooling, false).unwrap()
+                    };
+                    let g: Vec<f32> = got.iter().flat_map(|e| e.values.clone()).collect();
+                    let r: Vec<f64> = want
+                        .iter()
+                        .flat_map(|e| e.values.iter().map(|&v| v as f64))
+                        .collect();
+                    let err = rel_l2(&g, &r);
+                    eprintln!(
+                        "{name} {dtype} round {round} {b}x{h}x{w} {pooling}: rel L2 {err:.2e}"
+                    );
+                    assert!(
+                        err <= 1e-6,
+                        "{name} {dtype} round {round} {b}x{h}x{w} {pooling}: replay differs from eager by {err:.3e}"
+                    );
+                }
+            }
+            let status = graphed.replay_status();
+            eprintln!("{name} {dtype}: {status:?}");
+            assert_eq!(status.failure, None, "{name} {dtype}: recording failed");
+            assert_eq!(status.recorded, shapes.len(), "{name} {dtype}");
+            assert_eq!(status.replays, 2 * shapes.len() as u64, "{name} {dtype}");
+            assert_eq!(eager.replay_status().recorded, 0);
+        }
+    }
+}

@@ -207,7 +207,13 @@ fn measure<B: Backend>(
     let x = model.upload_pixels(&pixels(batch, args.image_size))?;
     be.release_cached_memory()?;
     let base = be.memory_used();
-    for _ in 0..args.warmup {
+    // A recording backend records a shape's second pass: time the replays that follow.
+    let warmup = if be.can_record() {
+        args.warmup.max(2)
+    } else {
+        args.warmup
+    };
+    for _ in 0..warmup {
         model.embed_batch(&x, Pooling::Cls, false)?;
     }
     let mut times = Vec::new();
@@ -267,7 +273,11 @@ fn bench_on<B: Backend>(
     );
     println!(
         "timed: pixels on the device -> CLS [B, h] on the host; {} warm-up, median of {}",
-        args.warmup,
+        if be.can_record() {
+            args.warmup.max(2)
+        } else {
+            args.warmup
+        },
         args.repeats.max(1)
     );
     if let Some(first) = peer.as_ref().and_then(|p| p.first()) {
@@ -345,9 +355,25 @@ fn bench_on<B: Backend>(
             "ratio": ratio,
         }));
     }
+    let replays = model.replay_status();
+    let graphs = if !replays.enabled {
+        "off".to_string()
+    } else if let Some(why) = &replays.failure {
+        format!("failed, passes ran without them: {why}")
+    } else {
+        format!(
+            "{} shape(s) recorded, {} pass(es) replayed",
+            replays.recorded, replays.replays
+        )
+    };
+    if on_gpu {
+        println!("cuda graphs: {graphs}");
+    }
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&json!({"results": results, "peer": peer}))
-            .map_err(|e| CliError(e.to_string()))?;
+        let text = serde_json::to_string_pretty(
+            &json!({"results": results, "peer": peer, "cuda_graphs": on_gpu.then_some(graphs)}),
+        )
+        .map_err(|e| CliError(e.to_string()))?;
         std::fs::File::create(path)
             .and_then(|mut f| f.write_all(text.as_bytes()))
             .map_err(|e| CliError(format!("cannot write {}: {e}", path.display())))?;

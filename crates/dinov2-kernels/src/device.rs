@@ -416,6 +416,52 @@ impl Device {
         Ok(dst)
     }
 
+    /// Copies `src` into `dst` on the device; both must have the same dtype and element count.
+    pub fn copy_into(&self, src: &Buffer, dst: &mut Buffer) -> Result<()> {
+        if src.dtype != dst.dtype || src.len() != dst.len() {
+            return Err(KernelError::shape(
+                "copy_into",
+                format!(
+                    "source {} {:?}, destination {} {:?}",
+                    src.dtype, src.shape, dst.dtype, dst.shape
+                ),
+            ));
+        }
+        let n = src.bytes();
+        if n > 0 {
+            let view = src.data.slice(0..n);
+            let mut out = dst.data.slice_mut(0..n);
+            self.stream
+                .memcpy_dtod(&view, &mut out)
+                .ctx(|| format!("copying {n} bytes"))?;
+        }
+        Ok(())
+    }
+
+    /// Uploads f32 values into the existing f32 buffer `dst` of as many elements (a stream-ordered
+    /// copy: `dst` keeps its address, as a recorded graph needs).
+    pub fn upload_into(&self, values: &[f32], dst: &mut Buffer) -> Result<()> {
+        if dst.dtype != DType::F32 || dst.len() != values.len() {
+            return Err(KernelError::shape(
+                "upload_into",
+                format!(
+                    "{} f32 values into a {} buffer of shape {:?}",
+                    values.len(),
+                    dst.dtype,
+                    dst.shape
+                ),
+            ));
+        }
+        if !values.is_empty() {
+            let bytes: &[u8] = bytemuck::cast_slice(values);
+            let mut view = dst.data.slice_mut(0..bytes.len());
+            self.stream
+                .memcpy_htod(bytes, &mut view)
+                .ctx(|| format!("uploading {} bytes", bytes.len()))?;
+        }
+        Ok(())
+    }
+
     /// The kernel `name`, looked up once in the loaded modules, allowed at least `smem` bytes of
     /// dynamic shared memory.
     ///

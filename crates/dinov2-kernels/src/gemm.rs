@@ -86,7 +86,6 @@ type PlanKey = (DType, usize, usize, usize, bool);
 
 struct Lt {
     handle: lsys::cublasLtHandle_t,
-    workspace: CudaSlice<u8>,
     plans: HashMap<PlanKey, Option<Plan>>,
 }
 
@@ -103,6 +102,9 @@ impl Drop for Lt {
 struct Inner {
     blas: CudaBlas,
     lt: Option<Lt>,
+    /// Scratch memory of both libraries (they run in stream order, never at once). Given to
+    /// cuBLAS too, so that it never allocates its own: what CUDA graph capture needs.
+    workspace: CudaSlice<u8>,
 }
 
 /// The cuBLAS and cuBLASLt handles of a device, bound to its stream.
@@ -118,23 +120,40 @@ unsafe impl Sync for Blas {}
 impl Blas {
     pub(crate) fn new(stream: &Arc<CudaStream>, cc_major: i32) -> Result<Self> {
         let blas = CudaBlas::new(stream.clone()).map_err(blas_err("creating a cuBLAS handle"))?;
+        // NVIDIA's recommended sizes: 32 MiB on Hopper, 4 MiB before.
+        let size = if cc_major >= 9 { 32 << 20 } else { 4 << 20 };
+        // SAFETY: scratch memory for cuBLAS(Lt), never read by us.
+        let workspace =
+            unsafe { stream.alloc::<u8>(size) }.ctx(|| "allocating the cuBLAS workspace".into())?;
+        {
+            let (ws, _guard) = workspace.device_ptr(stream);
+            // SAFETY: the handle is live and the workspace outlives it (both in `Inner`, the
+            // handle dropped first).
+            let status =
+                unsafe { bsys::cublasSetWorkspace_v2(*blas.handle(), ws as *mut c_void, size) };
+            if status != bsys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return Err(KernelError::Blas {
+                    context: "setting the cuBLAS workspace".into(),
+                    status: format!("{status:?}"),
+                });
+            }
+        }
         let want_lt = std::env::var("DINOV2_GEMM").map_or(true, |v| v != "gemmex");
         let lt = if want_lt {
             let handle = lres::create_handle().map_err(lt_err("creating a cuBLASLt handle"))?;
-            let size = if cc_major >= 9 { 32 << 20 } else { 4 << 20 };
-            // SAFETY: scratch memory for cuBLASLt, never read by us.
-            let workspace = unsafe { stream.alloc::<u8>(size) }
-                .ctx(|| "allocating the cuBLASLt workspace".into())?;
             Some(Lt {
                 handle,
-                workspace,
                 plans: HashMap::new(),
             })
         } else {
             None
         };
         Ok(Blas {
-            inner: Mutex::new(Inner { blas, lt }),
+            inner: Mutex::new(Inner {
+                blas,
+                lt,
+                workspace,
+            }),
             stream: stream.clone(),
         })
     }
@@ -179,8 +198,9 @@ impl Blas {
             .bind_to_thread()
             .ctx(|| "binding the context".into())?;
         if allow_lt {
-            if let Some(lt) = inner.lt.as_mut() {
-                if lt_matmul(lt, &self.stream, dtype, (m, n, k), x, w, bias, y)? {
+            let Inner { lt, workspace, .. } = &mut *inner;
+            if let Some(lt) = lt.as_mut() {
+                if lt_matmul(lt, workspace, &self.stream, dtype, (m, n, k), x, w, bias, y)? {
                     return Ok(GemmPath::Lt);
                 }
             }
@@ -269,6 +289,7 @@ fn dim(v: usize) -> Result<i32> {
 #[allow(clippy::too_many_arguments)]
 unsafe fn lt_matmul(
     lt: &mut Lt,
+    workspace: &CudaSlice<u8>,
     stream: &CudaStream,
     dtype: DType,
     (m, n, k): (usize, usize, usize),
@@ -279,7 +300,7 @@ unsafe fn lt_matmul(
 ) -> Result<bool> {
     let key = (dtype, m, n, k, bias.is_some());
     if !lt.plans.contains_key(&key) {
-        let plan = make_plan(lt, dtype, (m, n, k), bias.is_some())?;
+        let plan = make_plan(lt, workspace.len(), dtype, (m, n, k), bias.is_some())?;
         lt.plans.insert(key, plan);
     }
     let Some(plan) = lt.plans.get(&key).and_then(|p| p.as_ref()) else {
@@ -295,7 +316,7 @@ unsafe fn lt_matmul(
         .map_err(lt_err("setting the bias pointer"))?;
     }
     let (alpha, beta) = (1.0f32, 0.0f32);
-    let (ws, _guard) = lt.workspace.device_ptr(stream);
+    let (ws, _guard) = workspace.device_ptr(stream);
     let status = lres::matmul(
         lt.handle,
         plan.desc,
@@ -311,7 +332,7 @@ unsafe fn lt_matmul(
         plan.c,
         &plan.algo,
         ws as *mut c_void,
-        lt.workspace.len(),
+        workspace.len(),
         stream.cu_stream() as lsys::cudaStream_t,
     );
     match status {
@@ -331,6 +352,7 @@ unsafe fn lt_matmul(
 /// algorithm for it.
 unsafe fn make_plan(
     lt: &Lt,
+    workspace_bytes: usize,
     dtype: DType,
     (m, n, k): (usize, usize, usize),
     with_bias: bool,
@@ -386,7 +408,7 @@ unsafe fn make_plan(
     )
     .map_err(lt_err("setting the epilogue"))?;
     let pref = lres::create_matmul_pref().map_err(lt_err("creating a preference"))?;
-    let size = lt.workspace.len();
+    let size = workspace_bytes;
     let set = lres::set_matmul_pref_attribute(
         pref,
         lsys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,

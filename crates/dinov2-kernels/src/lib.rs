@@ -26,10 +26,12 @@ mod buffer;
 mod device;
 mod error;
 mod gemm;
+mod graph;
 mod ops;
 
 pub use buffer::{Buffer, DType};
 pub use device::{probe_libraries, CodeKind, Device, DeviceInfo, Timer};
 pub use error::{KernelError, Result};
 pub use gemm::GemmPath;
+pub use graph::Graph;
 pub use ops::{Act, MAX_HEAD_DIM};

@@ -53,10 +53,13 @@ pub struct TokenParams<'a, W> {
 
 /// A compute backend. Shapes are row-major; "rows" means all leading dimensions flattened.
 pub trait Backend: Send + Sync {
-    /// Activations living on the backend (cloned to keep hidden states).
-    type Tensor: Clone;
+    /// Activations living on the backend (cloned to keep hidden states; sent with the
+    /// recordings that own some).
+    type Tensor: Clone + Send;
     /// Parameters, uploaded once (shared by the threads that use the model).
     type Weight: Send + Sync;
+    /// A recorded sequence of work ([`Backend::record`]); the model keeps it behind a mutex.
+    type Recording: Send;
 
     /// A short name for messages (`cpu`, `cuda:0`).
     fn name(&self) -> String;
@@ -68,12 +71,55 @@ pub trait Backend: Send + Sync {
     fn download(&self, tensor: &Self::Tensor) -> Result<Tensor>;
 
     /// Pools the final tokens `[B, S, h]` into host rows `[B, w]` exactly as [`pool_tokens`]
-    /// defines them (`prefix` tokens precede the patches). The default downloads every token and
-    /// pools on the host; a backend with pooling kernels overrides it for CLS and mean pooling so
-    /// that only `[B, h]` or `[B, 2h]` values leave the device.
+    /// defines them (`prefix` tokens precede the patches): on the backend where
+    /// [`Backend::pool_on_device`] can, so that only `[B, h]` or `[B, 2h]` values leave the
+    /// device, else on the host after downloading every token.
     fn pool(&self, tokens: &Self::Tensor, prefix: usize, pooling: Pooling) -> Result<Tensor> {
-        Ok(pool_tokens(&self.download(tokens)?, prefix, pooling))
+        match self.pool_on_device(tokens, prefix, pooling)? {
+            Some(pooled) => self.download(&pooled),
+            None => Ok(pool_tokens(&self.download(tokens)?, prefix, pooling)),
+        }
     }
+
+    /// [`Backend::pool`] left on the backend (`[B, w]`), for the poolings it has kernels for;
+    /// `None` for the others (and by default), which [`Backend::pool`] does on the host.
+    fn pool_on_device(
+        &self,
+        tokens: &Self::Tensor,
+        prefix: usize,
+        pooling: Pooling,
+    ) -> Result<Option<Self::Tensor>> {
+        let _ = (tokens, prefix, pooling);
+        Ok(None)
+    }
+
+    /// Whether [`Backend::record`] records (CUDA graphs), so that the model replays passes of a
+    /// shape it has seen instead of issuing every operation again.
+    fn can_record(&self) -> bool {
+        false
+    }
+
+    /// Records the work `body` queues on the backend, without running it, for
+    /// [`Backend::replay`]. Every address the work touches is baked in: the caller feeds a
+    /// replay through [`Backend::copy_into`] / [`Backend::upload_into`] into tensors made before
+    /// the recording, and reads its results from such tensors. `Ok(None)` where the backend does
+    /// not record ([`Backend::can_record`] is false).
+    fn record(&self, body: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Recording>> {
+        let _ = body;
+        Ok(None)
+    }
+
+    /// Queues the work of a recording again, on the tensors it recorded.
+    fn replay(&self, recording: &Self::Recording) -> Result<()>;
+
+    /// A copy of `tensor` in memory of its own (never shared with `tensor`).
+    fn duplicate(&self, tensor: &Self::Tensor) -> Result<Self::Tensor>;
+
+    /// Copies `src` into `dst`, which has its shape and keeps its memory.
+    fn copy_into(&self, src: &Self::Tensor, dst: &mut Self::Tensor) -> Result<()>;
+
+    /// Uploads `src` into `dst`, which has its shape and keeps its memory.
+    fn upload_into(&self, src: &Tensor, dst: &mut Self::Tensor) -> Result<()>;
 
     /// The device's name for reports: `cpu`, or the card's (`NVIDIA H100 80GB HBM3`).
     fn device_name(&self) -> String {

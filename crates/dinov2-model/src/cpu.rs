@@ -46,9 +46,23 @@ fn with_last(shape: &[usize], last: usize) -> Vec<usize> {
     s
 }
 
+/// Shape check of the in-place copies.
+fn same_shape(what: &str, src: &[usize], dst: &[usize]) -> Result<()> {
+    if src == dst {
+        Ok(())
+    } else {
+        Err(ModelError::Backend {
+            backend: "cpu".into(),
+            reason: format!("{what}: source shape {src:?}, destination shape {dst:?}"),
+        })
+    }
+}
+
 impl Backend for CpuBackend {
     type Tensor = Tensor;
     type Weight = Tensor;
+    /// The CPU records nothing: each operation is a function call, nothing to save by replaying.
+    type Recording = std::convert::Infallible;
 
     fn name(&self) -> String {
         "cpu".into()
@@ -67,6 +81,24 @@ impl Backend for CpuBackend {
 
     fn download(&self, tensor: &Tensor) -> Result<Tensor> {
         Ok(tensor.clone())
+    }
+
+    fn replay(&self, recording: &Self::Recording) -> Result<()> {
+        match *recording {}
+    }
+
+    fn duplicate(&self, tensor: &Tensor) -> Result<Tensor> {
+        Ok(tensor.clone())
+    }
+
+    fn copy_into(&self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
+        same_shape("copy_into", &src.shape, &dst.shape)?;
+        dst.data.copy_from_slice(&src.data);
+        Ok(())
+    }
+
+    fn upload_into(&self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
+        self.copy_into(src, dst)
     }
 
     fn patch_embed(

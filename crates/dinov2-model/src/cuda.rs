@@ -6,15 +6,19 @@
 //! stream (the output of `embed_tokens`, updated by `add_scaled`), which stays f32. Every
 //! operation is queued on the device's stream; only `download` (and `pool`, which downloads its
 //! `[B, h]` result) waits.
+//!
+//! The backend records (CUDA graphs, [`dinov2_kernels::Graph`]): the model replays the passes of
+//! shapes it has seen. `DINOV2_CUDA_GRAPHS=0` in the environment, or
+//! [`CudaBackend::set_graphs`], turns that off.
 
 use std::sync::Arc;
 
 use dinov2_checkpoint::Activation;
-use dinov2_kernels::{Act, Buffer, DType, Device, KernelError};
+use dinov2_kernels::{Act, Buffer, DType, Device, Graph, KernelError};
 
 use crate::backend::{Backend, Dtype, TokenParams};
 use crate::error::{ModelError, Result};
-use crate::pooling::{pool_tokens, Pooling};
+use crate::pooling::Pooling;
 use crate::Tensor;
 
 /// Runs the model on one NVIDIA GPU.
@@ -23,6 +27,8 @@ pub struct CudaBackend {
     device: Arc<Device>,
     dtype: Dtype,
     name: String,
+    /// Whether [`Backend::record`] records CUDA graphs.
+    graphs: bool,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -30,6 +36,7 @@ impl std::fmt::Debug for CudaBackend {
         f.debug_struct("CudaBackend")
             .field("device", self.device.info())
             .field("dtype", &self.dtype)
+            .field("graphs", &self.graphs)
             .finish()
     }
 }
@@ -138,7 +145,14 @@ impl CudaBackend {
             device: Arc::new(device),
             dtype,
             name,
+            graphs: std::env::var("DINOV2_CUDA_GRAPHS").map_or(true, |v| v != "0"),
         })
+    }
+
+    /// Turns CUDA graph recording on or off (on unless `DINOV2_CUDA_GRAPHS=0`). Set it before
+    /// loading a model: the model asks once.
+    pub fn set_graphs(&mut self, on: bool) {
+        self.graphs = on;
     }
 
     /// The device, for direct use of the kernels (benchmarks, tests).
@@ -200,6 +214,15 @@ impl CudaBackend {
         Ok(Arc::get_mut(&mut x.buf).expect("unique after the copy above"))
     }
 
+    /// The buffer of `t` for writing in place, which needs `t` to be its only owner: a write
+    /// through a shared buffer would change the tensors sharing it.
+    fn exclusive<'a>(&self, t: &'a mut CudaTensor, what: &str) -> Result<&'a mut Buffer> {
+        Arc::get_mut(&mut t.buf).ok_or_else(|| ModelError::Backend {
+            backend: self.name.clone(),
+            reason: format!("{what}: the destination tensor is shared"),
+        })
+    }
+
     fn alloc(&self, dtype: DType, shape: &[usize]) -> Result<Buffer> {
         self.device.alloc(dtype, shape).map_err(|e| self.err(e))
     }
@@ -208,6 +231,7 @@ impl CudaBackend {
 impl Backend for CudaBackend {
     type Tensor = CudaTensor;
     type Weight = CudaWeight;
+    type Recording = Graph;
 
     fn name(&self) -> String {
         self.name.clone()
@@ -252,13 +276,18 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn pool(&self, tokens: &CudaTensor, prefix: usize, pooling: Pooling) -> Result<Tensor> {
+    fn pool_on_device(
+        &self,
+        tokens: &CudaTensor,
+        prefix: usize,
+        pooling: Pooling,
+    ) -> Result<Option<CudaTensor>> {
         let (cls, mean) = match pooling {
             Pooling::Cls => (true, false),
             Pooling::Mean => (false, true),
             Pooling::ClsMean => (true, true),
-            // The patch grid is most of the tokens: download them all.
-            Pooling::Patch => return Ok(pool_tokens(&self.download(tokens)?, prefix, pooling)),
+            // The patch grid is most of the tokens: they are downloaded as they are.
+            Pooling::Patch => return Ok(None),
         };
         let [b, s, h] = tokens.shape()[..] else {
             return Err(ModelError::input("tokens", "expected 3 dimensions"));
@@ -268,7 +297,60 @@ impl Backend for CudaBackend {
         self.device
             .pool_tokens(&tokens.buf, &mut out, (b, s, h), prefix, cls, mean)
             .map_err(|e| self.err(e))?;
-        self.download(&CudaTensor::new(out))
+        Ok(Some(CudaTensor::new(out)))
+    }
+
+    fn can_record(&self) -> bool {
+        self.graphs
+    }
+
+    fn record(&self, body: &mut dyn FnMut() -> Result<()>) -> Result<Option<Graph>> {
+        if !self.graphs {
+            return Ok(None);
+        }
+        self.device.begin_recording().map_err(|e| self.err(e))?;
+        // The capture must end whatever the body did, or the stream stays in capture mode.
+        let ran = body();
+        let ended = self.device.end_recording();
+        ran?;
+        let graph = ended.map_err(|e| self.err(e))?;
+        // The eager passes before the recording left their memory in the stream's pool; replays
+        // use the graph's own, so hand the pool's back (what the bench's memory figure sees).
+        self.device
+            .release_cached_memory()
+            .map_err(|e| self.err(e))?;
+        Ok(Some(graph))
+    }
+
+    fn replay(&self, graph: &Graph) -> Result<()> {
+        self.device.replay(graph).map_err(|e| self.err(e))
+    }
+
+    fn duplicate(&self, tensor: &CudaTensor) -> Result<CudaTensor> {
+        let copy = self.device.copy(&tensor.buf).map_err(|e| self.err(e))?;
+        Ok(CudaTensor::new(copy))
+    }
+
+    fn copy_into(&self, src: &CudaTensor, dst: &mut CudaTensor) -> Result<()> {
+        let dev = self.device.clone();
+        let out = self.exclusive(dst, "copy_into")?;
+        dev.copy_into(&src.buf, out).map_err(|e| self.err(e))
+    }
+
+    fn upload_into(&self, src: &Tensor, dst: &mut CudaTensor) -> Result<()> {
+        if src.shape != dst.shape() {
+            return Err(ModelError::Backend {
+                backend: self.name.clone(),
+                reason: format!(
+                    "upload_into: source shape {:?}, destination shape {:?}",
+                    src.shape,
+                    dst.shape()
+                ),
+            });
+        }
+        let dev = self.device.clone();
+        let out = self.exclusive(dst, "upload_into")?;
+        dev.upload_into(&src.data, out).map_err(|e| self.err(e))
     }
 
     fn device_name(&self) -> String {

@@ -15,6 +15,7 @@ mod outputs;
 mod params;
 mod pooling;
 mod positions;
+mod replay;
 
 pub use backend::{Backend, Dtype, TokenParams};
 pub use cpu::CpuBackend;
@@ -29,3 +30,4 @@ pub use outputs::{BackboneOutput, ClassifierOutput, ModelOutput, Output};
 pub use params::{ParamSource, RandomParams};
 pub use pooling::{embeddings, pool, pool_tokens, Embedding, Pooling};
 pub use positions::Interpolation;
+pub use replay::ReplayStatus;

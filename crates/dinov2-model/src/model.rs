@@ -10,8 +10,9 @@ use crate::error::{ModelError, Result};
 use crate::loss::{loss, resolve_problem_type, Labels};
 use crate::outputs::{BackboneOutput, ClassifierOutput, ModelOutput};
 use crate::params::{Ffn, HostParams, Layer, Norm, ParamSource, Params, RandomParams};
-use crate::pooling::{embeddings, Embedding, Pooling};
+use crate::pooling::{embeddings, pool_tokens, Embedding, Pooling};
 use crate::positions::{resized_positions, Interpolation};
+use crate::replay::{PassShape, Recorded, ReplayStatus, Replays};
 use crate::Tensor;
 
 /// Options of a forward pass.
@@ -71,6 +72,14 @@ pub struct Dinov2<B: Backend> {
     host: HostParams,
     /// Position embeddings per (grid, pixel squareness, rule), uploaded once.
     positions: Mutex<HashMap<PositionKey, Arc<B::Weight>>>,
+    /// Recorded embedding passes (CUDA graphs), by shape.
+    replays: Mutex<Replays<Recorded<B>>>,
+}
+
+/// The input of an embedding pass: pixels on the host, or already on the backend.
+enum Pixels<'a, T> {
+    Host(&'a Tensor),
+    Uploaded(&'a PixelBatch<T>),
 }
 
 impl<B: Backend> Dinov2<B> {
@@ -91,12 +100,14 @@ impl<B: Backend> Dinov2<B> {
         source: &dyn ParamSource,
     ) -> Result<Self> {
         let (params, host) = Params::load(&backend, config, source)?;
+        let replays = Mutex::new(Replays::new(backend.can_record()));
         Ok(Dinov2 {
             backend,
             config: config.clone(),
             params,
             host,
             positions: Mutex::new(HashMap::new()),
+            replays,
         })
     }
 
@@ -108,6 +119,14 @@ impl<B: Backend> Dinov2<B> {
     /// The backend it runs on.
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// Where the recording of embedding passes stands (see [`Dinov2::embed`]).
+    pub fn replay_status(&self) -> ReplayStatus {
+        self.replays
+            .lock()
+            .map(|r| r.status().clone())
+            .unwrap_or_default()
     }
 
     /// Whether the checkpoint carries a classification head.
@@ -398,13 +417,23 @@ impl<B: Backend> Dinov2<B> {
     /// backend ([`Backend::pool`]), so that only `[B, h]` (CLS, mean) or `[B, 2h]` (both) values
     /// are copied back (patch pooling copies every patch token), then L2-normalized when
     /// `normalize`. The same vectors as [`crate::pool`] over [`Dinov2::forward`]'s output.
+    ///
+    /// On a backend that records (CUDA graphs), the second pass of a (batch, height, width,
+    /// pooling) shape is recorded and the later ones replay it: same results, one launch.
     pub fn embed(
         &self,
         pixels: &Tensor,
         pooling: Pooling,
         normalize: bool,
     ) -> Result<Vec<Embedding>> {
-        self.embed_batch(&self.upload_pixels(pixels)?, pooling, normalize)
+        let (batch, height, width) = self.check_pixels(pixels)?;
+        let shape = PassShape {
+            batch,
+            height,
+            width,
+            pooling,
+        };
+        self.embed_pass(Pixels::Host(pixels), shape, normalize)
     }
 
     /// [`Dinov2::embed`] of pixels already uploaded by [`Dinov2::upload_pixels`].
@@ -414,18 +443,114 @@ impl<B: Backend> Dinov2<B> {
         pooling: Pooling,
         normalize: bool,
     ) -> Result<Vec<Embedding>> {
-        let enc = self.encode(pixels, None, &ForwardOptions::default(), false)?;
-        let pooled = self
-            .backend
-            .pool(&enc.normed, self.config.num_prefix_tokens(), pooling)?;
+        let shape = PassShape {
+            batch: pixels.batch,
+            height: pixels.height,
+            width: pixels.width,
+            pooling,
+        };
+        self.embed_pass(Pixels::Uploaded(pixels), shape, normalize)
+    }
+
+    /// The pass behind [`Dinov2::embed`]: replayed, run and recorded, or run.
+    fn embed_pass(
+        &self,
+        pixels: Pixels<'_, B::Tensor>,
+        shape: PassShape,
+        normalize: bool,
+    ) -> Result<Vec<Embedding>> {
+        let be = &self.backend;
+        // Held for the whole pass: a recording's tensors serve one pass at a time, and the
+        // backend runs passes one after another anyway.
+        let mut replays = self.replays.lock().map_err(|_| poisoned())?;
+        let (result, pooled) = if let Some(rec) = replays.find(shape) {
+            match pixels {
+                Pixels::Host(t) => be.upload_into(t, &mut rec.input)?,
+                Pixels::Uploaded(p) => be.copy_into(&p.tensor, &mut rec.input)?,
+            }
+            be.replay(&rec.recording)?;
+            (be.download(&rec.output)?, rec.pooled)
+        } else {
+            let uploaded;
+            let pixels = match pixels {
+                Pixels::Host(t) => {
+                    uploaded = self.upload_pixels(t)?;
+                    &uploaded
+                }
+                Pixels::Uploaded(p) => p,
+            };
+            let (out, pooled) = self.pool_pass(pixels, shape.pooling)?;
+            if replays.should_record(shape) {
+                match self.record_pass(pixels, &out, pooled, shape.pooling) {
+                    Ok(Some(rec)) => replays.insert(shape, rec),
+                    Ok(None) => replays.fail("the backend recorded nothing".into()),
+                    Err(e) => replays.fail(e.to_string()),
+                }
+            }
+            (be.download(&out)?, pooled)
+        };
+        drop(replays);
+        let prefix = self.config.num_prefix_tokens();
+        let pooled = if pooled {
+            result
+        } else {
+            pool_tokens(&result, prefix, shape.pooling)
+        };
         let p = self.config.patch_size;
         Ok(embeddings(
             pooled,
             self.config.hidden_size,
-            (pixels.height / p, pixels.width / p),
-            pooling,
+            (shape.height / p, shape.width / p),
+            shape.pooling,
             normalize,
         ))
+    }
+
+    /// Encoder and pooling, left on the backend: the pooled rows and true where the backend
+    /// pools this way ([`Backend::pool_on_device`]), else the final tokens and false.
+    fn pool_pass(
+        &self,
+        pixels: &PixelBatch<B::Tensor>,
+        pooling: Pooling,
+    ) -> Result<(B::Tensor, bool)> {
+        let enc = self.encode(pixels, None, &ForwardOptions::default(), false)?;
+        let prefix = self.config.num_prefix_tokens();
+        Ok(
+            match self.backend.pool_on_device(&enc.normed, prefix, pooling)? {
+                Some(pooled) => (pooled, true),
+                None => (enc.normed, false),
+            },
+        )
+    }
+
+    /// Records [`Dinov2::pool_pass`] on copies of `pixels` and of `out` (the result of the pass
+    /// just run, which gives the output's shape), after that pass warmed every cache a recording
+    /// cannot fill (position tables, kernel and GEMM plans).
+    fn record_pass(
+        &self,
+        pixels: &PixelBatch<B::Tensor>,
+        out: &B::Tensor,
+        pooled: bool,
+        pooling: Pooling,
+    ) -> Result<Option<Recorded<B>>> {
+        let be = &self.backend;
+        let input = PixelBatch {
+            tensor: be.duplicate(&pixels.tensor)?,
+            batch: pixels.batch,
+            height: pixels.height,
+            width: pixels.width,
+        };
+        let mut output = be.duplicate(out)?;
+        let recording = be.record(&mut || {
+            let (result, _) = self.pool_pass(&input, pooling)?;
+            be.copy_into(&result, &mut output)
+        })?;
+        Ok(recording.map(|recording| Recorded {
+            input: input.tensor,
+            output,
+            pooled,
+            recording,
+        }))
     }
 
     /// `Dinov2Backbone.forward`: the stages of `config.out_indices`, normalized by the final
@@ -467,7 +592,7 @@ impl<B: Backend> Dinov2<B> {
 
 fn poisoned() -> ModelError {
     ModelError::Unsupported(
-        "a previous forward pass panicked while caching position embeddings".into(),
+        "a previous forward pass panicked while caching position embeddings or recordings".into(),
     )
 }
 

@@ -10,7 +10,7 @@
 use crate::{ModelOutput, Tensor};
 
 /// Which vector an image's embedding is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Pooling {
     /// `pooler_output`: the normalized CLS token (`h` values).
     #[default]

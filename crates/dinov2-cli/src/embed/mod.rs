@@ -277,6 +277,9 @@ pub fn run<B: Backend>(embedder: &Embedder<B>, s: Settings) -> Result<()> {
         Ok(())
     });
     pb.finish_and_clear();
+    if let Some(why) = embedder.model().replay_status().failure {
+        eprintln!("warning: CUDA graph recording failed; batches ran without graphs: {why}");
+    }
     result?;
     finish(job, &s, started.elapsed(), total - start_at, &timing)
 }

@@ -1,0 +1,319 @@
+//! The model's recording and replay of embedding passes, checked on the CPU through a backend
+//! that records the way CUDA graphs do: while recording, each operation is put on a tape instead
+//! of running, over handles whose contents a replay rewrites in place; a replay runs the tape.
+//! What the CUDA backend relies on is thus checked without a GPU: the model feeds a replay only
+//! through the recording's input, reads only its output, and never reads a result back while
+//! recording. Every replayed embedding must equal the plain CPU backend's for the same pixels.
+
+use std::sync::{Arc, Mutex};
+
+use dinov2_checkpoint::{released_json, Activation, Dinov2Config};
+use dinov2_model::{Backend, CpuBackend, Dinov2, Dtype, Pooling, Result, Tensor, TokenParams};
+
+/// A tensor whose contents can be rewritten in place (what a device address is to a graph).
+type Handle = Arc<Mutex<Tensor>>;
+/// One recorded operation.
+type Step = Box<dyn Fn() -> Result<()> + Send>;
+
+fn handle(t: Tensor) -> Handle {
+    Arc::new(Mutex::new(t))
+}
+
+fn empty() -> Handle {
+    handle(Tensor {
+        shape: vec![],
+        data: vec![],
+    })
+}
+
+fn get(h: &Handle) -> Tensor {
+    h.lock().unwrap().clone()
+}
+
+/// The CPU backend with CUDA-graph semantics.
+struct TapeBackend {
+    cpu: CpuBackend,
+    /// `Some` while recording.
+    tape: Mutex<Option<Vec<Step>>>,
+}
+
+impl TapeBackend {
+    fn new() -> Self {
+        TapeBackend {
+            cpu: CpuBackend::new(Dtype::F32).unwrap(),
+            tape: Mutex::new(None),
+        }
+    }
+
+    fn recording(&self) -> bool {
+        self.tape.lock().unwrap().is_some()
+    }
+
+    /// Runs `f` into `out` now, or puts it on the tape while recording.
+    fn run_into(
+        &self,
+        out: &Handle,
+        f: impl Fn() -> Result<Tensor> + Send + 'static,
+    ) -> Result<()> {
+        let out = out.clone();
+        let step = move || {
+            let t = f()?;
+            *out.lock().unwrap() = t;
+            Ok(())
+        };
+        match self.tape.lock().unwrap().as_mut() {
+            Some(tape) => {
+                tape.push(Box::new(step));
+                Ok(())
+            }
+            None => step(),
+        }
+    }
+
+    /// [`TapeBackend::run_into`] a new handle.
+    fn run(&self, f: impl Fn() -> Result<Tensor> + Send + 'static) -> Result<Handle> {
+        let out = empty();
+        self.run_into(&out, f)?;
+        Ok(out)
+    }
+}
+
+impl Backend for TapeBackend {
+    type Tensor = Handle;
+    type Weight = Arc<Tensor>;
+    type Recording = Vec<Step>;
+
+    fn name(&self) -> String {
+        "tape".into()
+    }
+
+    fn weight(&self, values: Vec<f32>, shape: Vec<usize>) -> Result<Arc<Tensor>> {
+        Ok(Arc::new(self.cpu.weight(values, shape)?))
+    }
+
+    fn upload(&self, tensor: &Tensor) -> Result<Handle> {
+        assert!(!self.recording(), "upload while recording");
+        Ok(handle(tensor.clone()))
+    }
+
+    fn download(&self, tensor: &Handle) -> Result<Tensor> {
+        // What a device synchronization inside a capture does: the recording fails.
+        if self.recording() {
+            return Err(dinov2_model::ModelError::Unsupported(
+                "download while recording".into(),
+            ));
+        }
+        Ok(get(tensor))
+    }
+
+    fn pool_on_device(
+        &self,
+        tokens: &Handle,
+        prefix: usize,
+        pooling: Pooling,
+    ) -> Result<Option<Handle>> {
+        if pooling == Pooling::Patch {
+            return Ok(None);
+        }
+        let tokens = tokens.clone();
+        self.run(move || Ok(dinov2_model::pool_tokens(&get(&tokens), prefix, pooling)))
+            .map(Some)
+    }
+
+    fn can_record(&self) -> bool {
+        true
+    }
+
+    fn record(&self, body: &mut dyn FnMut() -> Result<()>) -> Result<Option<Vec<Step>>> {
+        *self.tape.lock().unwrap() = Some(Vec::new());
+        let ran = body();
+        let tape = self.tape.lock().unwrap().take().unwrap();
+        ran?;
+        Ok(Some(tape))
+    }
+
+    fn replay(&self, recording: &Vec<Step>) -> Result<()> {
+        recording.iter().try_for_each(|step| step())
+    }
+
+    fn duplicate(&self, tensor: &Handle) -> Result<Handle> {
+        assert!(!self.recording(), "duplicate while recording");
+        Ok(handle(get(tensor)))
+    }
+
+    fn copy_into(&self, src: &Handle, dst: &mut Handle) -> Result<()> {
+        let src = src.clone();
+        self.run_into(dst, move || Ok(get(&src)))
+    }
+
+    fn upload_into(&self, src: &Tensor, dst: &mut Handle) -> Result<()> {
+        assert!(!self.recording(), "upload_into while recording");
+        assert_eq!(src.shape, dst.lock().unwrap().shape);
+        *dst.lock().unwrap() = src.clone();
+        Ok(())
+    }
+
+    fn patch_embed(
+        &self,
+        pixels: &Handle,
+        weight: &Arc<Tensor>,
+        bias: &Arc<Tensor>,
+        patch: usize,
+    ) -> Result<Handle> {
+        let (cpu, x, w, b) = (
+            self.cpu.clone(),
+            pixels.clone(),
+            weight.clone(),
+            bias.clone(),
+        );
+        self.run(move || cpu.patch_embed(&get(&x), &w, &b, patch))
+    }
+
+    fn embed_tokens(&self, patches: &Handle, p: TokenParams<'_, Arc<Tensor>>) -> Result<Handle> {
+        let (cpu, x) = (self.cpu.clone(), patches.clone());
+        let (cls, positions) = (p.cls.clone(), p.positions.clone());
+        let registers = p.registers.cloned();
+        let mask = p.mask.map(|(t, m)| (t.clone(), m.to_vec()));
+        self.run(move || {
+            cpu.embed_tokens(
+                &get(&x),
+                TokenParams {
+                    cls: &cls,
+                    positions: &positions,
+                    registers: registers.as_deref(),
+                    mask: mask.as_ref().map(|(t, m)| (&**t, &m[..])),
+                },
+            )
+        })
+    }
+
+    fn layer_norm(
+        &self,
+        x: &Handle,
+        weight: &Arc<Tensor>,
+        bias: &Arc<Tensor>,
+        eps: f64,
+    ) -> Result<Handle> {
+        let (cpu, x, w, b) = (self.cpu.clone(), x.clone(), weight.clone(), bias.clone());
+        self.run(move || cpu.layer_norm(&get(&x), &w, &b, eps))
+    }
+
+    fn linear(
+        &self,
+        x: &Handle,
+        weight: &Arc<Tensor>,
+        bias: Option<&Arc<Tensor>>,
+        act: Activation,
+    ) -> Result<Handle> {
+        let (cpu, x, w, b) = (self.cpu.clone(), x.clone(), weight.clone(), bias.cloned());
+        self.run(move || cpu.linear(&get(&x), &w, b.as_deref(), act))
+    }
+
+    fn swiglu(&self, x: &Handle) -> Result<Handle> {
+        let (cpu, x) = (self.cpu.clone(), x.clone());
+        self.run(move || cpu.swiglu(&get(&x)))
+    }
+
+    fn attention(
+        &self,
+        qkv: &Handle,
+        heads: usize,
+        want_probs: bool,
+    ) -> Result<(Handle, Option<Handle>)> {
+        assert!(!want_probs, "embedding passes never ask for probabilities");
+        let (cpu, x) = (self.cpu.clone(), qkv.clone());
+        let out = self.run(move || Ok(cpu.attention(&get(&x), heads, false)?.0))?;
+        Ok((out, None))
+    }
+
+    fn add_scaled(&self, x: &mut Handle, branch: &Handle, gamma: &Arc<Tensor>) -> Result<()> {
+        // Copy on write, as the CUDA backend's shared residual: a new handle.
+        let (cpu, old, br, g) = (self.cpu.clone(), x.clone(), branch.clone(), gamma.clone());
+        *x = self.run(move || {
+            let mut t = get(&old);
+            cpu.add_scaled(&mut t, &get(&br), &g)?;
+            Ok(t)
+        })?;
+        Ok(())
+    }
+}
+
+fn config(name: &str) -> Dinov2Config {
+    let mut json = released_json(name).unwrap();
+    json["hidden_size"] = 32.into();
+    json["num_attention_heads"] = 2.into();
+    json["num_hidden_layers"] = 2.into();
+    Dinov2Config::from_json(&json).unwrap()
+}
+
+/// Deterministic pixel values that differ with `seed`.
+fn pixels(seed: u32, batch: usize, h: usize, w: usize) -> Tensor {
+    let n = batch * 3 * h * w;
+    let data = (0..n)
+        .map(|i| {
+            (((i as u32).wrapping_mul(2654435761) ^ seed.wrapping_mul(40503)) % 1000) as f32 / 500.0
+                - 1.0
+        })
+        .collect();
+    Tensor::new(vec![batch, 3, h, w], data).unwrap()
+}
+
+#[test]
+fn replayed_passes_equal_plain_passes_for_new_pixels() {
+    for name in ["vits14", "vits14-reg"] {
+        let config = config(name);
+        let plain = Dinov2::random(CpuBackend::new(Dtype::F32).unwrap(), &config, 7).unwrap();
+        let taped = Dinov2::random(TapeBackend::new(), &config, 7).unwrap();
+        // Shapes interleaved, each pooling (Patch is pooled on the host after the replay), host
+        // and uploaded inputs.
+        let shapes = [
+            (2, 28, 42, Pooling::Cls),
+            (1, 56, 28, Pooling::Patch),
+            (2, 28, 42, Pooling::ClsMean),
+        ];
+        let mut seed = 0;
+        for round in 0..4 {
+            for &(b, h, w, pooling) in &shapes {
+                seed += 1;
+                let px = pixels(seed, b, h, w);
+                let want = plain.embed(&px, pooling, round % 2 == 1).unwrap();
+                let got = if round % 2 == 0 {
+                    taped.embed(&px, pooling, round % 2 == 1).unwrap()
+                } else {
+                    let up = taped.upload_pixels(&px).unwrap();
+                    taped.embed_batch(&up, pooling, true).unwrap()
+                };
+                assert_eq!(got, want, "{name} round {round} {b}x{h}x{w} {pooling:?}");
+            }
+        }
+        let status = taped.replay_status();
+        assert_eq!(status.failure, None, "{name}");
+        assert_eq!(
+            status.recorded,
+            shapes.len(),
+            "{name}: each shape recorded at its second pass"
+        );
+        assert_eq!(
+            status.replays,
+            2 * shapes.len() as u64,
+            "{name}: rounds 3 and 4 replayed"
+        );
+    }
+}
+
+#[test]
+fn the_cpu_backend_records_nothing() {
+    let config = config("vits14");
+    let model = Dinov2::random(CpuBackend::new(Dtype::F32).unwrap(), &config, 7).unwrap();
+    for seed in 0..3 {
+        model
+            .embed(&pixels(seed, 1, 28, 28), Pooling::Cls, false)
+            .unwrap();
+    }
+    let status = model.replay_status();
+    assert!(!status.enabled);
+    assert_eq!(
+        (status.recorded, status.replays, status.failure),
+        (0, 0, None)
+    );
+}
