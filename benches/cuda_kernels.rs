@@ -2,7 +2,11 @@
 //! of ViT-B/14, 224 px, batch 256, f16 (257 tokens per image, 65 792 rows): the four GEMMs of a
 //! block (FLOP/s, shown by criterion as elem/s: 2 per multiply-add), flash attention (FLOP/s of
 //! its two products), LayerNorm and the fused residual + LayerNorm, the GELU epilogue, patch
-//! unfolding and pooling (bytes read and written per second).
+//! unfolding and pooling (bytes read and written per second), and the card's copy ceiling (a
+//! device-to-device copy of 200 MB: the bandwidth the memory-bound kernels are held against).
+//!
+//! `benches/peer_kernels.py` times PyTorch's kernels on the same shapes (SDPA, `layer_norm`,
+//! GELU, `linear`, the copy), and `scripts/gpu/kernel_table.py` sets both side by side.
 //!
 //! Each sample queues its launches and synchronizes the device before the clock stops. Without a
 //! CUDA device (or driver, or cuBLAS) it prints why and returns, so `cargo bench` works anywhere.
@@ -181,6 +185,23 @@ fn elementwise(c: &mut Criterion, dev: &Device) {
     g.finish();
 }
 
+/// The copy ceiling: device-to-device, bytes read plus bytes written per second.
+fn ceiling(c: &mut Criterion, dev: &Device) {
+    let mut g = c.benchmark_group("ceiling");
+    let src = buffer(dev, &[ROWS, HIDDEN], DType::F32, 13);
+    let mut dst = dev.alloc(DType::F32, &[ROWS, HIDDEN]).expect("memory");
+    let bytes = ROWS * HIDDEN * 4;
+    g.throughput(Throughput::Bytes((2 * bytes) as u64));
+    g.bench_function(format!("copy_d2d/{bytes}"), |bench| {
+        bench.iter_custom(|iters| {
+            timed(dev, iters, || {
+                dev.copy_into(&src, &mut dst).expect("copy");
+            })
+        })
+    });
+    g.finish();
+}
+
 fn main() {
     let dev = match Device::new(0) {
         Ok(dev) => dev,
@@ -199,6 +220,7 @@ fn main() {
         info.cublas_version
     );
     let mut c = Criterion::default().configure_from_args();
+    ceiling(&mut c, &dev);
     gemms(&mut c, &dev);
     attention(&mut c, &dev);
     norms(&mut c, &dev);

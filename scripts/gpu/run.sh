@@ -8,10 +8,12 @@
 #      pooling on the device;
 #   3. `dinov2 bench`: ViT-B/14, 224 px, batch 256, f16, ours against PyTorch + transformers (SDPA)
 #      in the same invocation;
-#   4. ViT-S, L, g at batches 1, 64, 256 (then ViT-B at 1 and 64) while time remains, short
-#      warm-up and repeats; the peer under torch.compile and the criterion kernel benches last,
-#      only if time remains;
-#   5. prints one table last. The full log goes to $OUT/run.log (or bundle/out/), the benches'
+#   4. the criterion kernel benches and PyTorch's kernels on the same shapes; then, while time
+#      remains, ViT-S at batches 1, 64, 256, ViT-B at 1 and 64 (with and without CUDA graphs:
+#      DINOV2_CUDA_GRAPHS=0), ViT-L and ViT-g, short warm-up and repeats; the peer under
+#      torch.compile last;
+#   5. prints the kernel table (ours beside PyTorch's kernels) and the model table last. The
+#      full log goes to $OUT/run.log (or bundle/out/), the benches'
 #      JSON to $OUT/bench/, criterion's reports to $OUT/criterion/.
 set -u
 
@@ -113,22 +115,39 @@ main() {
     if room 30; then
         bench vitb14-256 150 --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON"
     fi
-    # The other sizes, then ViT-B's small batches, while time remains.
-    local arch batches
-    for step in "vits14 1,64,256" "vitl14 1,64,256" "vitg14 1,64,256" "vitb14 1,64"; do
-        read -r arch batches <<<"$step"
+    # The kernels next (the attention and LayerNorm targets), short settings, then PyTorch's
+    # kernels on the same shapes.
+    if [ -x "$HERE/bin/kernel-bench" ] && room "$MIN_STEP"; then
+        echo "-- [kernel benches at ${SECONDS}s]"
+        CRITERION_HOME="$OUT/criterion" timeout "$(cap 120)" "$HERE/bin/kernel-bench" --bench \
+            --warm-up-time 0.5 --measurement-time 2 || echo "!! kernel benches: exit status $?"
+        if room 20; then
+            echo "-- [PyTorch kernels at ${SECONDS}s]"
+            timeout "$(cap 60)" "$PYTHON" "$HERE/scripts/peer_kernels.py" >"$OUT/peer_kernels.json" \
+                || echo "!! PyTorch kernels: exit status $?"
+        fi
+    fi
+    # The other sizes and ViT-B's small batches (with and without CUDA graphs, where launches
+    # dominate) while time remains.
+    local step tag arch batches
+    for step in "vits14 1,64,256" "vitb14 1,64" "nographs vitb14 1,64" "vitl14 1,64,256" "vitg14 1,64,256"; do
         room "$MIN_STEP" || break
-        bench "$arch-${batches//,/-}" 150 --dtype f16 --arch "$arch" --batch-size "$batches" --warmup 2 --repeats 5 --peer "$PYTHON"
+        case $step in
+            nographs*)
+                read -r tag arch batches <<<"$step"
+                DINOV2_CUDA_GRAPHS=0 bench "$arch-${batches//,/-}-nographs" 90 --dtype f16 --arch "$arch" \
+                    --batch-size "$batches" --warmup 2 --repeats 5
+                ;;
+            *)
+                read -r arch batches <<<"$step"
+                bench "$arch-${batches//,/-}" 150 --dtype f16 --arch "$arch" --batch-size "$batches" \
+                    --warmup 2 --repeats 5 --peer "$PYTHON"
+                ;;
+        esac
     done
     # The peer under torch.compile (it compiles for a minute or more), only with time to spare.
     if room 180; then
         bench vitb14-256-compile 170 --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON" --peer-compile
-    fi
-    # The criterion kernel benches, short settings, last.
-    if [ -x "$HERE/bin/kernel-bench" ] && room "$MIN_STEP"; then
-        echo "-- [kernel benches at ${SECONDS}s]"
-        CRITERION_HOME="$OUT/criterion" timeout "$(cap 200)" "$HERE/bin/kernel-bench" --bench \
-            --warm-up-time 1 --measurement-time 3 || echo "!! kernel benches: exit status $?"
     fi
     echo "== done at ${SECONDS}s"
     return $status
@@ -138,5 +157,9 @@ main 2>&1 | tee "$LOG"
 status=${PIPESTATUS[0]}
 echo
 echo "== summary (tests: $([ "$status" -eq 0 ] && echo passed || echo FAILED); full log: $LOG; JSON: $OUT/bench/)" | tee -a "$LOG"
+if [ -d "$OUT/criterion" ]; then
+    "$PYTHON" "$HERE/scripts/kernel_table.py" "$OUT/criterion" "$OUT/peer_kernels.json" 2>&1 | tee -a "$LOG"
+    echo | tee -a "$LOG"
+fi
 "$PYTHON" "$HERE/scripts/table.py" "$OUT/bench" 2>&1 | tee -a "$LOG"
 exit "$status"

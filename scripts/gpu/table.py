@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Prints one table from the `--json` files that `dinov2 bench` wrote during the device run: per
 (model, batch, dtype, peer mode) our img/s and PyTorch's, the ratio, each side's share of the card's
-dense f16/bf16 tensor peak, and each side's device memory (the driver's used-memory delta).
+dense f16/bf16 tensor peak, each side's device memory (the driver's used-memory delta), and whether
+our passes were CUDA-graph replays (on), ran without graphs (off), or fell back (FAIL).
 
     python3 table.py DIR_OR_FILE...
 """
@@ -20,7 +21,10 @@ def load(paths):
     for f in files:
         try:
             with open(f, encoding="utf-8") as fh:
-                rows += json.load(fh).get("results", [])
+                data = json.load(fh)
+            graphs = str(data.get("cuda_graphs") or "-")
+            graphs = "off" if graphs == "off" else "FAIL" if graphs.startswith("failed") else "on" if graphs != "-" else "-"
+            rows += [dict(r, graphs=graphs) for r in data.get("results", [])]
         except (OSError, ValueError) as e:
             print(f"(skipping {f}: {e})")
     return rows
@@ -41,7 +45,7 @@ def main(paths):
         return 1
     head = (
         f"{'model':<10}{'batch':>6}{'dtype':>6}{'peer':>8}{'ours img/s':>12}{'torch img/s':>12}"
-        f"{'ratio':>7}{'ours %pk':>9}{'torch %pk':>10}{'ours MiB':>9}{'torch MiB':>10}"
+        f"{'ratio':>7}{'ours %pk':>9}{'torch %pk':>10}{'ours MiB':>9}{'torch MiB':>10}{'graphs':>7}"
     )
     print(head)
     print("-" * len(head))
@@ -58,6 +62,7 @@ def main(paths):
             f"{(fmt(ratio, 2) + 'x') if ratio else '-':>7}"
             f"{fmt(ours.get('percent_of_peak')):>9}{fmt(torch_.get('percent_of_peak')):>10}"
             f"{mib(ours.get('memory_delta_bytes')):>9}{mib(torch_.get('memory_delta_bytes')):>10}"
+            f"{r.get('graphs', '-'):>7}"
         )
     peak = ", ".join(fmt(p, 0) for p in peaks if p) or "unknown"
     print(

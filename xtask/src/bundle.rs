@@ -2,7 +2,8 @@
 //! toolchain): the release binaries of the GPU tests (`dinov2-kernels`' `gpu`, the `dinov2`
 //! package's `cuda`), of the `dinov2` program (whose `bench` verb times ours against the PyTorch peer it
 //! carries) and of the criterion kernel benches (`benches/cuda_kernels.rs`), the golden fixtures,
-//! the table script and `run.sh` (from `scripts/gpu/`), gathered into `bundle/`.
+//! `run.sh` and the table scripts (from `scripts/gpu/`) and the PyTorch kernel peer
+//! (`benches/peer_kernels.py`), gathered into `bundle/`.
 //!
 //! On the GPU machine, from the repository root: `bash bundle/run.sh` (writes its log under $OUT).
 
@@ -58,8 +59,13 @@ const BINARIES: &[(&[&str], &str, &str)] = &[
     ),
 ];
 
-/// The scripts from `scripts/gpu/`: (file, path in the bundle).
-const SCRIPTS: &[(&str, &str)] = &[("run.sh", "run.sh"), ("table.py", "scripts/table.py")];
+/// The scripts: (path in the repository, path in the bundle).
+const SCRIPTS: &[(&str, &str)] = &[
+    ("scripts/gpu/run.sh", "run.sh"),
+    ("scripts/gpu/table.py", "scripts/table.py"),
+    ("scripts/gpu/kernel_table.py", "scripts/kernel_table.py"),
+    ("benches/peer_kernels.py", "scripts/peer_kernels.py"),
+];
 
 /// Runs the `gpu-bundle` command.
 pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
@@ -96,14 +102,12 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
         &root.join("tests/fixtures/golden"),
         &out.join("fixtures/golden"),
     )?;
-    let scripts = root.join("scripts/gpu");
     for (file, target) in SCRIPTS {
         let dst = out.join(target);
         if let Some(parent) = dst.parent() {
             fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
         }
-        fs::copy(scripts.join(file), &dst)
-            .map_err(|e| format!("cannot copy scripts/gpu/{file}: {e}"))?;
+        fs::copy(root.join(file), &dst).map_err(|e| format!("cannot copy {file}: {e}"))?;
     }
     let size = dir_size(&out);
     eprintln!(

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""PyTorch's kernels at the shapes of `benches/cuda_kernels.rs` (ViT-B/14, 224 px, batch 256, f16:
+257 tokens per image, 65 792 rows), timed the same way: a device synchronization before the clock
+stops. What transformers' Dinov2 runs in eager mode for each of our kernels:
+
+* attention: `scaled_dot_product_attention` on q, k, v as transformers passes them (views of the
+  three projections, transposed to [B, heads, N, d]), and on contiguous [B, heads, N, d] tensors;
+* the residual update and the next norm: `layer_scale` (mul), the residual add and `layer_norm`,
+  three kernels (ours: one fused kernel), and `layer_norm` alone (f16 in, f16 out);
+* GELU (exact erf) after the fc1 GEMM, and `linear` with bias for the four GEMMs of a block;
+* the copy ceiling: a device-to-device copy of the same 200 MB.
+
+Prints one JSON object: {"device", "torch", "results": [{"name", "variant", "ms"}]}; the names are
+criterion's ids of our benches (group/function), so `scripts/gpu/kernel_table.py` can pair them.
+
+    python3 benches/peer_kernels.py [--repeats 20] > peer_kernels.json
+"""
+import argparse
+import json
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+BATCH, TOKENS, HIDDEN, HEADS = 256, 257, 768, 12
+ROWS = BATCH * TOKENS
+
+
+def timed_ms(fn, repeats, inner=5):
+    """Median over `repeats` of the mean time of `inner` calls, in milliseconds (CUDA events)."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(inner):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / inner)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=20)
+    a = ap.parse_args()
+    dev = torch.device("cuda")
+    t = torch.float16
+    torch.manual_seed(0)
+    results = []
+
+    def add(name, variant, fn):
+        results.append({"name": name, "variant": variant, "ms": timed_ms(fn, a.repeats)})
+
+    src = torch.randn(ROWS, HIDDEN, device=dev, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    add(f"ceiling/copy_d2d/{ROWS * HIDDEN * 4}", "copy_", lambda: dst.copy_(src))
+    del src, dst
+
+    h = HIDDEN
+    for what, k, n in [("qkv", h, 3 * h), ("proj", h, h), ("fc1", h, 4 * h), ("fc2", 4 * h, h)]:
+        x = torch.randn(ROWS, k, device=dev, dtype=t)
+        w = torch.randn(n, k, device=dev, dtype=t) / k**0.5
+        b = torch.randn(n, device=dev, dtype=t)
+        add(f"linear_f16/vitb14/{what}/{ROWS}x{k}x{n}", "F.linear", lambda: F.linear(x, w, b))
+        del x, w, b
+
+    d = HIDDEN // HEADS
+    name = f"attention_f16/vitb14/{BATCH}x{HEADS}x{TOKENS}x{d}"
+    proj = [torch.randn(BATCH, TOKENS, HIDDEN, device=dev, dtype=t) for _ in range(3)]
+    q, k_, v = (p.view(BATCH, TOKENS, HEADS, d).transpose(1, 2) for p in proj)
+    add(name, "sdpa, transformers' views", lambda: F.scaled_dot_product_attention(q, k_, v))
+    qc, kc, vc = (p.contiguous() for p in (q, k_, v))
+    add(name, "sdpa, contiguous", lambda: F.scaled_dot_product_attention(qc, kc, vc))
+    del proj, q, k_, v, qc, kc, vc
+
+    x = torch.randn(ROWS, h, device=dev, dtype=t)
+    branch = torch.randn(ROWS, h, device=dev, dtype=t)
+    gamma = torch.randn(h, device=dev, dtype=t)
+    w = torch.randn(h, device=dev, dtype=t)
+    b = torch.randn(h, device=dev, dtype=t)
+    add(f"layer_norm/f32_to_f16/{ROWS}x{h}", "F.layer_norm f16", lambda: F.layer_norm(x, (h,), w, b, 1e-6))
+
+    def residual_norm():
+        y = branch * gamma + x
+        return F.layer_norm(y, (h,), w, b, 1e-6)
+
+    add(f"layer_norm/add_scaled_layer_norm/{ROWS}x{h}", "mul + add + F.layer_norm", residual_norm)
+    del x, branch
+
+    u = torch.randn(ROWS, 4 * h, device=dev, dtype=t)
+    add(f"elementwise_f16/gelu/{ROWS}x{4 * h}", "F.gelu", lambda: F.gelu(u))
+    del u
+
+    print(json.dumps({
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "results": results,
+    }))
+
+
+if __name__ == "__main__":
+    main()
