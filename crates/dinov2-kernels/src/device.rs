@@ -259,7 +259,8 @@ impl Device {
 
     /// Waits for the queued work, then hands the freed memory that the stream-ordered allocator
     /// keeps for reuse back to the driver (what `torch.cuda.empty_cache()` does for PyTorch's
-    /// caching allocator), so that a used-memory delta measures one workload.
+    /// caching allocator), with that of destroyed CUDA graphs, so that a used-memory delta
+    /// measures one workload.
     pub fn release_cached_memory(&self) -> Result<()> {
         self.synchronize()?;
         if !self.ctx.has_async_alloc() {
@@ -270,14 +271,18 @@ impl Device {
             .ctx(|| "binding the context".into())?;
         let mut pool: dsys::CUmemoryPool = std::ptr::null_mut();
         // SAFETY: the pool handle is written by the driver and used only to trim it; every block
-        // freed on our stream has completed (synchronized above).
+        // freed on our stream has completed (synchronized above). The graph trim returns the
+        // memory of graphs destroyed so far (live graphs keep theirs).
         unsafe {
             dsys::cuDeviceGetDefaultMemPool(&mut pool, self.ctx.cu_device())
                 .result()
                 .ctx(|| "reading the default memory pool".into())?;
             dsys::cuMemPoolTrimTo(pool, 0)
                 .result()
-                .ctx(|| "trimming the memory pool".into())
+                .ctx(|| "trimming the memory pool".into())?;
+            dsys::cuDeviceGraphMemTrim(self.ctx.cu_device())
+                .result()
+                .ctx(|| "trimming the CUDA graph memory".into())
         }
     }
 

@@ -33,5 +33,5 @@ pub use buffer::{Buffer, DType};
 pub use device::{probe_libraries, CodeKind, Device, DeviceInfo, Timer};
 pub use error::{KernelError, Result};
 pub use gemm::GemmPath;
-pub use graph::Graph;
+pub use graph::{Graph, Recorder};
 pub use ops::{Act, MAX_HEAD_DIM};

@@ -483,3 +483,65 @@ fn shape_errors_are_errors() {
     let qkv = dev.alloc(DType::F16, &[1, 1, 3 * 129]).unwrap();
     assert!(dev.attention(&qkv, &mut out, 1, 1, 1, 129, 1.0).is_err());
 }
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn a_recorded_graph_replays_on_new_inputs() {
+    let dev = device();
+    assert!(
+        dev.records(),
+        "stream-ordered allocation is needed to record"
+    );
+    let (rows, n, k) = (37, 24, 40);
+    let w = upload(&dev, &random(n * k, 1, 0.5), &[n, k], DType::F16);
+    let b = upload(&dev, &random(n, 2, 0.5), &[n], DType::F16);
+    let mut input = upload(&dev, &random(rows * k, 3, 1.0), &[rows, k], DType::F32);
+    let mut output = poisoned(&dev, DType::F32, &[rows, n]);
+    // Warm the kernel and GEMM caches outside the capture, as the model does.
+    let run = |x: &Buffer, out: &mut Buffer| {
+        let mut x16 = dev.alloc(DType::F16, &[rows, k]).unwrap();
+        dev.cast(x, &mut x16).unwrap();
+        let mut y = dev.alloc(DType::F16, &[rows, n]).unwrap();
+        dev.linear(&x16, &w, Some(&b), &mut y, (rows, n, k))
+            .unwrap();
+        dev.bias_act(&mut y, None, rows, n, Act::Gelu).unwrap();
+        dev.cast(&y, out).unwrap();
+    };
+    let mut eager = poisoned(&dev, DType::F32, &[rows, n]);
+    run(&input, &mut eager);
+    let recorder = dev.begin_recording().unwrap();
+    run(&input, &mut output);
+    let graph = recorder.finish().unwrap();
+    for seed in 10..13 {
+        let values = random(rows * k, seed, 1.0);
+        dev.upload_into(&values, &mut input).unwrap();
+        dev.poison(&mut output).unwrap();
+        dev.replay(&graph).unwrap();
+        let got = dev.download(&output).unwrap();
+        let fresh = upload(&dev, &values, &[rows, k], DType::F32);
+        run(&fresh, &mut eager);
+        let want = dev.download(&eager).unwrap();
+        assert_eq!(got, want, "replay {seed} differs from the eager pass");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn a_failed_recording_leaves_the_stream_usable() {
+    let dev = device();
+    let x = upload(&dev, &random(64, 4, 1.0), &[64], DType::F32);
+    let recorder = dev.begin_recording().unwrap();
+    {
+        // A buffer allocated inside, then a synchronization: capture does not allow it.
+        let copy = dev.copy(&x).unwrap();
+        assert!(dev.download(&copy).is_err());
+    }
+    let _ = recorder.abandon();
+    // Eager work runs again, and no stale error is reported.
+    let copy = dev.copy(&x).unwrap();
+    assert_eq!(dev.download(&copy).unwrap(), dev.download(&x).unwrap());
+    dev.synchronize().unwrap();
+    // A recorder dropped unfinished ends its capture too.
+    drop(dev.begin_recording().unwrap());
+    assert_eq!(dev.download(&x).unwrap().len(), 64);
+}

@@ -151,6 +151,10 @@ impl CudaBackend {
 
     /// Turns CUDA graph recording on or off (on unless `DINOV2_CUDA_GRAPHS=0`). Set it before
     /// loading a model: the model asks once.
+    ///
+    /// A capture records all work queued on the device's stream: a model serializes its own
+    /// passes around it, but models sharing one backend (clones) and used from several threads
+    /// at once should turn graphs off.
     pub fn set_graphs(&mut self, on: bool) {
         self.graphs = on;
     }
@@ -301,19 +305,26 @@ impl Backend for CudaBackend {
     }
 
     fn can_record(&self) -> bool {
-        self.graphs
+        self.graphs && self.device.records()
     }
 
     fn record(&self, body: &mut dyn FnMut() -> Result<()>) -> Result<Option<Graph>> {
-        if !self.graphs {
+        if !self.can_record() {
             return Ok(None);
         }
-        self.device.begin_recording().map_err(|e| self.err(e))?;
-        // The capture must end whatever the body did, or the stream stays in capture mode.
-        let ran = body();
-        let ended = self.device.end_recording();
-        ran?;
-        let graph = ended.map_err(|e| self.err(e))?;
+        let recorder = self.device.begin_recording().map_err(|e| self.err(e))?;
+        // The capture ends whatever the body did (the recorder ends it when dropped, even on a
+        // panic), so the stream runs the eager passes that follow a failed recording.
+        if let Err(e) = body() {
+            return Err(match recorder.abandon() {
+                Ok(()) => e,
+                Err(end) => ModelError::Backend {
+                    backend: self.name.clone(),
+                    reason: format!("{e}; ending the CUDA graph capture also failed: {end}"),
+                },
+            });
+        }
+        let graph = recorder.finish().map_err(|e| self.err(e))?;
         // The eager passes before the recording left their memory in the stream's pool; replays
         // use the graph's own, so hand the pool's back (what the bench's memory figure sees).
         self.device

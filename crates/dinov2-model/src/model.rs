@@ -1,7 +1,7 @@
 //! `Dinov2`: the vision transformer written once over a [`Backend`], with its three heads.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use dinov2_checkpoint::{Activation, Checkpoint, Dinov2Config};
 
@@ -65,15 +65,20 @@ impl<T> PixelBatch<T> {
 type PositionKey = (usize, usize, bool, Interpolation);
 
 /// A DINOv2 model (plain or with registers) on a backend.
+///
+/// The fields are dropped in order: the recordings and the device memory go before the backend.
 pub struct Dinov2<B: Backend> {
-    backend: B,
-    config: Dinov2Config,
-    params: Params<B::Weight>,
-    host: HostParams,
+    /// Recorded embedding passes (CUDA graphs), by shape; where the backend records, its lock
+    /// also serializes the model's passes (see [`Dinov2::exclusive`]).
+    replays: Mutex<Replays<Recorded<B>>>,
     /// Position embeddings per (grid, pixel squareness, rule), uploaded once.
     positions: Mutex<HashMap<PositionKey, Arc<B::Weight>>>,
-    /// Recorded embedding passes (CUDA graphs), by shape.
-    replays: Mutex<Replays<Recorded<B>>>,
+    params: Params<B::Weight>,
+    host: HostParams,
+    config: Dinov2Config,
+    /// Whether the backend records ([`Backend::can_record`], asked once).
+    records: bool,
+    backend: B,
 }
 
 /// The input of an embedding pass: pixels on the host, or already on the backend.
@@ -100,14 +105,15 @@ impl<B: Backend> Dinov2<B> {
         source: &dyn ParamSource,
     ) -> Result<Self> {
         let (params, host) = Params::load(&backend, config, source)?;
-        let replays = Mutex::new(Replays::new(backend.can_record()));
+        let records = backend.can_record();
         Ok(Dinov2 {
-            backend,
-            config: config.clone(),
+            replays: Mutex::new(Replays::new(records)),
+            positions: Mutex::new(HashMap::new()),
             params,
             host,
-            positions: Mutex::new(HashMap::new()),
-            replays,
+            config: config.clone(),
+            records,
+            backend,
         })
     }
 
@@ -169,8 +175,24 @@ impl<B: Backend> Dinov2<B> {
         Ok((b, h, w))
     }
 
+    /// Holds the model's passes apart where the backend records: a capture records all the work
+    /// queued on the backend meanwhile, so no other pass of this model may queue any (a pass from
+    /// another thread waits). `None`, and no waiting, where the backend does not record.
+    fn exclusive(&self) -> Result<Option<MutexGuard<'_, Replays<Recorded<B>>>>> {
+        if !self.records {
+            return Ok(None);
+        }
+        self.replays.lock().map(Some).map_err(|_| poisoned())
+    }
+
     /// Checks `pixel_values` `[B, C, H, W]` and uploads them to the backend.
     pub fn upload_pixels(&self, pixels: &Tensor) -> Result<PixelBatch<B::Tensor>> {
+        let _pass = self.exclusive()?;
+        self.upload(pixels)
+    }
+
+    /// [`Dinov2::upload_pixels`] for callers that hold [`Dinov2::exclusive`] already.
+    fn upload(&self, pixels: &Tensor) -> Result<PixelBatch<B::Tensor>> {
         let (batch, height, width) = self.check_pixels(pixels)?;
         Ok(PixelBatch {
             tensor: self.backend.upload(pixels)?,
@@ -354,7 +376,8 @@ impl<B: Backend> Dinov2<B> {
         mask: Option<&[bool]>,
         opts: &ForwardOptions,
     ) -> Result<ModelOutput> {
-        let pixels = self.upload_pixels(pixels)?;
+        let _pass = self.exclusive()?;
+        let pixels = self.upload(pixels)?;
         let enc = self.encode(&pixels, mask, opts, opts.hidden_states)?;
         let last_hidden_state = self.backend.download(&enc.normed)?;
         let pooler_output = token_rows(&last_hidden_state, 0, 1);
@@ -382,7 +405,8 @@ impl<B: Backend> Dinov2<B> {
                 "the checkpoint has no classification head (classifier.weight is absent)".into(),
             )
         })?;
-        let pixels = self.upload_pixels(pixels)?;
+        let _pass = self.exclusive()?;
+        let pixels = self.upload(pixels)?;
         let enc = self.encode(&pixels, None, opts, opts.hidden_states)?;
         // `[CLS, mean(patch tokens)]` pooled on the backend: `[B, 2h]`.
         let input = self.backend.pool(
@@ -462,8 +486,9 @@ impl<B: Backend> Dinov2<B> {
         let be = &self.backend;
         // Held for the whole pass: a recording's tensors serve one pass at a time, and the
         // backend runs passes one after another anyway.
-        let mut replays = self.replays.lock().map_err(|_| poisoned())?;
-        let (result, pooled) = if let Some(rec) = replays.find(shape) {
+        let mut replays = self.exclusive()?;
+        let recorded = replays.as_mut().and_then(|r| r.find(shape));
+        let (result, pooled) = if let Some(rec) = recorded {
             match pixels {
                 Pixels::Host(t) => be.upload_into(t, &mut rec.input)?,
                 Pixels::Uploaded(p) => be.copy_into(&p.tensor, &mut rec.input)?,
@@ -474,17 +499,19 @@ impl<B: Backend> Dinov2<B> {
             let uploaded;
             let pixels = match pixels {
                 Pixels::Host(t) => {
-                    uploaded = self.upload_pixels(t)?;
+                    uploaded = self.upload(t)?;
                     &uploaded
                 }
                 Pixels::Uploaded(p) => p,
             };
             let (out, pooled) = self.pool_pass(pixels, shape.pooling)?;
-            if replays.should_record(shape) {
-                match self.record_pass(pixels, &out, pooled, shape.pooling) {
-                    Ok(Some(rec)) => replays.insert(shape, rec),
-                    Ok(None) => replays.fail("the backend recorded nothing".into()),
-                    Err(e) => replays.fail(e.to_string()),
+            if let Some(replays) = replays.as_mut() {
+                if replays.should_record(shape) {
+                    match self.record_pass(pixels, &out, pooled, shape.pooling) {
+                        Ok(Some(rec)) => replays.insert(shape, rec),
+                        Ok(None) => replays.fail("the backend recorded nothing".into()),
+                        Err(e) => replays.fail(e.to_string()),
+                    }
                 }
             }
             (be.download(&out)?, pooled)
@@ -556,7 +583,8 @@ impl<B: Backend> Dinov2<B> {
     /// `Dinov2Backbone.forward`: the stages of `config.out_indices`, normalized by the final
     /// LayerNorm when `apply_layernorm`, reshaped to `[B, h, gh, gw]` when `reshape_hidden_states`.
     pub fn backbone(&self, pixels: &Tensor, opts: &ForwardOptions) -> Result<BackboneOutput> {
-        let pixels = self.upload_pixels(pixels)?;
+        let _pass = self.exclusive()?;
+        let pixels = self.upload(pixels)?;
         let enc = self.encode(&pixels, None, opts, true)?;
         let p = self.config.patch_size;
         let (gh, gw) = (pixels.height / p, pixels.width / p);

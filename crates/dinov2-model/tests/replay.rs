@@ -35,6 +35,8 @@ struct TapeBackend {
     cpu: CpuBackend,
     /// `Some` while recording.
     tape: Mutex<Option<Vec<Step>>>,
+    /// Makes every recording fail (as an invalidated capture does), after the body ran.
+    fail_recording: bool,
 }
 
 impl TapeBackend {
@@ -42,6 +44,7 @@ impl TapeBackend {
         TapeBackend {
             cpu: CpuBackend::new(Dtype::F32).unwrap(),
             tape: Mutex::new(None),
+            fail_recording: false,
         }
     }
 
@@ -88,6 +91,9 @@ impl Backend for TapeBackend {
     }
 
     fn weight(&self, values: Vec<f32>, shape: Vec<usize>) -> Result<Arc<Tensor>> {
+        // A weight made while recording (a position table missing from the cache) would be
+        // uploaded from the host inside the capture and kept after it.
+        assert!(!self.recording(), "weight upload while recording");
         Ok(Arc::new(self.cpu.weight(values, shape)?))
     }
 
@@ -129,6 +135,11 @@ impl Backend for TapeBackend {
         let ran = body();
         let tape = self.tape.lock().unwrap().take().unwrap();
         ran?;
+        if self.fail_recording {
+            return Err(dinov2_model::ModelError::Unsupported(
+                "capture invalidated".into(),
+            ));
+        }
         Ok(Some(tape))
     }
 
@@ -299,6 +310,26 @@ fn replayed_passes_equal_plain_passes_for_new_pixels() {
             "{name}: rounds 3 and 4 replayed"
         );
     }
+}
+
+#[test]
+fn a_failed_recording_turns_recording_off_and_passes_go_on() {
+    let config = config("vits14");
+    let plain = Dinov2::random(CpuBackend::new(Dtype::F32).unwrap(), &config, 7).unwrap();
+    let mut backend = TapeBackend::new();
+    backend.fail_recording = true;
+    let taped = Dinov2::random(backend, &config, 7).unwrap();
+    for seed in 0..4 {
+        let px = pixels(seed, 2, 28, 28);
+        assert_eq!(
+            taped.embed(&px, Pooling::Mean, false).unwrap(),
+            plain.embed(&px, Pooling::Mean, false).unwrap(),
+            "pass {seed}"
+        );
+    }
+    let status = taped.replay_status();
+    assert_eq!(status.failure.as_deref(), Some("capture invalidated"));
+    assert_eq!((status.recorded, status.replays), (0, 0));
 }
 
 #[test]
