@@ -1,0 +1,69 @@
+//! Criterion benchmarks of the image side of `dinov2 embed` on the CPU (`dinov2-image`): JPEG
+//! decoding, Pillow's bicubic resize to a 256-pixel shortest edge, and the whole DINOv2
+//! preprocessing (resize, 224 center crop, rescale, normalize), per image, on one thread. Inputs
+//! are photographs: the shipped `rocket.jpg` (640 x 427) and the same picture upscaled to
+//! 2048 x 1366 and re-encoded (quality 90, 4:2:0) at start-up, the size of a phone photo.
+//!
+//! ```sh
+//! cargo bench --bench preprocess -- --warm-up-time 1 --measurement-time 3
+//! ```
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput};
+use dinov2::image::{
+    decode, preprocess, resize, resize_output_size, DecodeOptions, PreprocessConfig, Resample,
+    RgbImage, SizeSpec,
+};
+
+/// The shipped photograph, and the same picture at `width` pixels wide as a JPEG.
+fn photos(width: u32) -> Vec<(String, Vec<u8>)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/images/rocket.jpg");
+    let original = std::fs::read(path).expect("assets/images/rocket.jpg");
+    let image = decode(&original, &DecodeOptions::default()).expect("a JPEG");
+    let height = (image.height as u64 * width as u64 / image.width as u64) as u32;
+    let big = resize(&image, width, height, Resample::Bicubic).expect("upscale");
+    (|| -> std::io::Result<_> {
+        let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+        c.set_size(width as usize, height as usize);
+        c.set_quality(90.0);
+        let mut c = c.start_compress(Vec::new())?;
+        c.write_scanlines(&big.data)?;
+        let jpeg = c.finish()?;
+        Ok(vec![
+            (format!("{}x{}", image.width, image.height), original),
+            (format!("{width}x{height}"), jpeg),
+        ])
+    })()
+    .expect("JPEG encoding")
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    let mut g = c.benchmark_group("preprocess");
+    g.throughput(Throughput::Elements(1));
+    let options = DecodeOptions::default();
+    let config = PreprocessConfig::default();
+    for (name, jpeg) in photos(2048) {
+        let image: RgbImage = decode(&jpeg, &options).expect("decodes");
+        let (h, w) = resize_output_size(image.height, image.width, &SizeSpec::ShortestEdge(256))
+            .expect("a size");
+        g.bench_function(format!("decode/{name}"), |b| {
+            b.iter(|| decode(black_box(&jpeg), &options).expect("decodes"))
+        });
+        g.bench_function(format!("resize_bicubic_to_{w}x{h}/{name}"), |b| {
+            b.iter(|| resize(black_box(&image), w, h, Resample::Bicubic).expect("resizes"))
+        });
+        g.bench_function(format!("preprocess/{name}"), |b| {
+            b.iter(|| preprocess(black_box(&image), &config).expect("preprocesses"))
+        });
+        g.bench_function(format!("decode_and_preprocess/{name}"), |b| {
+            b.iter(|| {
+                let image = decode(black_box(&jpeg), &options).expect("decodes");
+                preprocess(&image, &config).expect("preprocesses")
+            })
+        });
+    }
+    g.finish();
+    c.final_summary();
+}
