@@ -332,23 +332,21 @@ impl Device {
                 format!("{} values for shape {shape:?}", values.len()),
             ));
         }
-        let bytes: Vec<u8> = match dtype {
-            DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            DType::F16 => values
-                .iter()
-                .flat_map(|&v| f16::from_f32(v).to_le_bytes())
-                .collect(),
-            DType::BF16 => values
-                .iter()
-                .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
-                .collect(),
-            DType::U8 => {
-                return Err(KernelError::Unsupported(
-                    "upload f32 values as u8: use upload_bytes".into(),
-                ))
+        match dtype {
+            // Host and device are both little-endian: the values' bytes go as they are.
+            DType::F32 => self.upload_raw(bytemuck::cast_slice(values), shape, dtype),
+            DType::F16 => {
+                let half: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
+                self.upload_raw(bytemuck::cast_slice(&half), shape, dtype)
             }
-        };
-        self.upload_raw(&bytes, shape, dtype)
+            DType::BF16 => {
+                let half: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
+                self.upload_raw(bytemuck::cast_slice(&half), shape, dtype)
+            }
+            DType::U8 => Err(KernelError::Unsupported(
+                "upload f32 values as u8: use upload_bytes".into(),
+            )),
+        }
     }
 
     /// Uploads bytes (for masks: one u8 per element).
@@ -375,36 +373,49 @@ impl Device {
 
     /// Copies a buffer back as f32 values; waits for the queued work.
     pub fn download(&self, buffer: &Buffer) -> Result<Vec<f32>> {
-        let bytes = self.download_bytes(buffer)?;
+        let n = buffer.len();
         Ok(match buffer.dtype {
-            DType::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            DType::F32 => {
+                let mut values = vec![0f32; n];
+                self.download_into(buffer, bytemuck::cast_slice_mut(&mut values))?;
+                values
+            }
+            DType::F16 => {
+                let mut values = vec![f16::ZERO; n];
+                self.download_into(buffer, bytemuck::cast_slice_mut(&mut values))?;
+                values.into_iter().map(f16::to_f32).collect()
+            }
+            DType::BF16 => {
+                let mut values = vec![bf16::ZERO; n];
+                self.download_into(buffer, bytemuck::cast_slice_mut(&mut values))?;
+                values.into_iter().map(bf16::to_f32).collect()
+            }
+            DType::U8 => self
+                .download_bytes(buffer)?
+                .into_iter()
+                .map(|b| b as f32)
                 .collect(),
-            DType::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            DType::BF16 => bytes
-                .chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            DType::U8 => bytes.iter().map(|&b| b as f32).collect(),
         })
     }
 
     /// Copies a buffer's bytes back; waits for the queued work.
     pub fn download_bytes(&self, buffer: &Buffer) -> Result<Vec<u8>> {
+        let mut host = vec![0u8; buffer.bytes()];
+        self.download_into(buffer, &mut host)?;
+        Ok(host)
+    }
+
+    /// Copies a buffer's bytes into `host` (exactly as many); waits for the queued work.
+    fn download_into(&self, buffer: &Buffer, host: &mut [u8]) -> Result<()> {
         let n = buffer.bytes();
-        let mut host = vec![0u8; n];
+        debug_assert_eq!(host.len(), n);
         if n > 0 {
             let view = buffer.data.slice(0..n);
             self.stream
-                .memcpy_dtoh(&view, &mut host)
+                .memcpy_dtoh(&view, host)
                 .ctx(|| format!("downloading {n} bytes"))?;
         }
-        self.synchronize()?;
-        Ok(host)
+        self.synchronize()
     }
 
     /// A device-side copy.

@@ -134,22 +134,26 @@ fn embed_group<B: Backend>(
     rows: &mut Vec<Row>,
     failures: &mut Vec<Failure>,
 ) -> Result<()> {
-    let pixels: Vec<PixelValues> = group.iter().map(|(_, p)| p.pixels.clone()).collect();
+    // The pixels move to the model (a batch is tens of megabytes: no copy).
+    let (images, pixels): (Vec<(usize, u32, u32)>, Vec<PixelValues>) = group
+        .into_iter()
+        .map(|(index, p)| ((index, p.width, p.height), p.pixels))
+        .unzip();
     match embedder.embed_prepared(&pixels) {
         Ok(embeddings) => {
-            for ((index, p), e) in group.into_iter().zip(embeddings) {
+            for ((index, width, height), e) in images.into_iter().zip(embeddings) {
                 rows.push(Row {
                     index,
                     path: paths[index].to_string_lossy().into_owned(),
-                    width: p.width,
-                    height: p.height,
+                    width,
+                    height,
                     grid: e.grid,
                     values: e.values,
                 });
             }
         }
         Err(dinov2::Error::Model(ModelError::Input { reason, .. })) => {
-            for (index, _) in group {
+            for (index, _, _) in images {
                 failures.push(Failure {
                     index,
                     path: paths[index].to_string_lossy().into_owned(),
