@@ -8,7 +8,8 @@
 #      pooling on the device;
 #   3. `dinov2 bench`: ViT-B/14, 224 px, batch 256, f16, ours against PyTorch + transformers (SDPA)
 #      in the same invocation;
-#   4. the criterion kernel benches and PyTorch's kernels on the same shapes; then, while time
+#   4. the criterion kernel benches and PyTorch's kernels on the same shapes; `dinov2 embed` on
+#      the GPU (its parity with the CPU, then 2100 files through ViT-B/14); then, while time
 #      remains, ViT-S at batches 1, 64, 256, ViT-B at 1 and 64 (with and without CUDA graphs:
 #      DINOV2_CUDA_GRAPHS=0), ViT-L and ViT-g, short warm-up and repeats; the peer under
 #      torch.compile last;
@@ -78,6 +79,41 @@ bench() {
     return 0
 }
 
+# The main job on the GPU, `dinov2 embed`, end to end. First the pipeline's parity: the shipped
+# tiny model over assets/images on the CPU (f32) against CUDA f32 and f16. Then its throughput:
+# 2100 files (the sample photos, 300 links each) through a ViT-B/14 of random weights written by
+# transformers, f16, batch 128, decoding on every core, Parquet out. Work files stay outside $OUT
+# (the checkpoint is 350 MB); the summary lines go to $OUT/pipeline.txt.
+pipeline() {
+    local work=/tmp/dinov2-pipeline root="$HERE/.." dt i f rc=0
+    rm -rf "$work"
+    mkdir -p "$work/images"
+    local tiny="$root/assets/models/dinov2-tiny-random"
+    echo "-- [embed pipeline at ${SECONDS}s]"
+    timeout "$(cap 60)" "$HERE/bin/dinov2" embed --model "$tiny" --device cpu \
+        --output "$work/cpu.npy" "$root/assets/images" || rc=1
+    for dt in f32 f16; do
+        timeout "$(cap 60)" "$HERE/bin/dinov2" embed --model "$tiny" --device cuda --dtype "$dt" \
+            --output "$work/cuda-$dt.npy" "$root/assets/images" || rc=1
+        local tol=1e-4
+        [ "$dt" = f32 ] || tol=1e-2
+        "$PYTHON" "$HERE/scripts/pipeline.py" compare "$work/cpu.npy" "$work/cuda-$dt.npy" "$tol" \
+            >>"$OUT/pipeline.txt" 2>&1 || rc=1
+    done
+    [ "$rc" -eq 0 ] || echo "!! embed pipeline parity FAILED" | tee -a "$OUT/pipeline.txt"
+    room 45 || return "$rc"
+    for i in $(seq 1 300); do
+        for f in "$root"/assets/images/*.jpg "$root"/assets/images/*.png; do
+            ln -s "$f" "$work/images/$i-$(basename "$f")"
+        done
+    done
+    timeout "$(cap 90)" "$PYTHON" "$HERE/scripts/pipeline.py" checkpoint "$work/vitb14" || return 1
+    echo "ViT-B/14 f16, batch 128, $(ls "$work/images" | wc -l) files, $(nproc) CPU cores:" >>"$OUT/pipeline.txt"
+    timeout "$(cap 120)" "$HERE/bin/dinov2" embed --model "$work/vitb14" --device cuda --dtype f16 \
+        --batch-size 128 --output "$work/vitb14.parquet" "$work/images" 2>&1 | tee -a "$OUT/pipeline.txt"
+    return "$rc"
+}
+
 # room SECONDS: true when that many seconds are left before the deadline.
 room() {
     if [ "$(left)" -lt "$1" ]; then
@@ -127,6 +163,10 @@ main() {
                 || echo "!! PyTorch kernels: exit status $?"
         fi
     fi
+    # The main job end to end.
+    if room 60; then
+        pipeline || status=1
+    fi
     # The other sizes and ViT-B's small batches (with and without CUDA graphs, where launches
     # dominate) while time remains.
     local step tag arch batches
@@ -157,6 +197,11 @@ main 2>&1 | tee "$LOG"
 status=${PIPESTATUS[0]}
 echo
 echo "== summary (tests: $([ "$status" -eq 0 ] && echo passed || echo FAILED); full log: $LOG; JSON: $OUT/bench/)" | tee -a "$LOG"
+if [ -f "$OUT/pipeline.txt" ]; then
+    echo "-- dinov2 embed on the GPU" | tee -a "$LOG"
+    cat "$OUT/pipeline.txt" | tee -a "$LOG"
+    echo | tee -a "$LOG"
+fi
 if [ -d "$OUT/criterion" ]; then
     "$PYTHON" "$HERE/scripts/kernel_table.py" "$OUT/criterion" "$OUT/peer_kernels.json" 2>&1 | tee -a "$LOG"
     echo | tee -a "$LOG"

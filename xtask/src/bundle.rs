@@ -64,6 +64,7 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("scripts/gpu/run.sh", "run.sh"),
     ("scripts/gpu/table.py", "scripts/table.py"),
     ("scripts/gpu/kernel_table.py", "scripts/kernel_table.py"),
+    ("scripts/gpu/pipeline.py", "scripts/pipeline.py"),
     ("benches/peer_kernels.py", "scripts/peer_kernels.py"),
 ];
 
