@@ -41,6 +41,27 @@ pub fn preprocess_config(dir: &Path) -> Result<PreprocessConfig> {
     }
 }
 
+/// Stacks preprocessed images of one size into a batch `[B, C, H, W]` for
+/// [`Embedder::embed_batch`]. A pipeline can stack the next batch on another thread while the
+/// model runs this one.
+pub fn stack_images(images: &[PixelValues]) -> Result<Tensor> {
+    let bad = |reason: String| Error::Model(crate::ModelError::input("pixel_values", reason));
+    let Some(first) = images.first() else {
+        return Err(bad("the batch is empty".into()));
+    };
+    if let Some(other) = images.iter().find(|p| p.shape != first.shape) {
+        return Err(bad(format!(
+            "images of different sizes in one batch: {:?} and {:?}",
+            first.shape, other.shape
+        )));
+    }
+    let [c, h, w] = first.shape;
+    let mut data = Vec::with_capacity(images.len() * c * h * w);
+    images.iter().for_each(|p| data.extend_from_slice(&p.data));
+    Tensor::new(vec![images.len(), c, h, w], data)
+        .ok_or_else(|| bad("an image holds fewer values than its shape says".into()))
+}
+
 impl<B: Backend> Embedder<B> {
     /// An embedder over `model` with `preprocess`; CLS pooling, not normalized.
     pub fn new(model: Dinov2<B>, preprocess: PreprocessConfig) -> Self {
@@ -107,18 +128,14 @@ impl<B: Backend> Embedder<B> {
     pub fn embed_prepared(&self, images: &[PixelValues]) -> Result<Vec<Embedding>> {
         let mut out = Vec::with_capacity(images.len());
         for group in images.chunk_by(|a, b| a.shape == b.shape) {
-            let [c, h, w] = group[0].shape;
-            let mut data = Vec::with_capacity(group.len() * c * h * w);
-            group.iter().for_each(|p| data.extend_from_slice(&p.data));
-            let pixels = Tensor::new(vec![group.len(), c, h, w], data).ok_or_else(|| {
-                Error::Model(crate::ModelError::input(
-                    "pixel_values",
-                    "inconsistent sizes",
-                ))
-            })?;
-            out.extend(self.model.embed(&pixels, self.pooling, self.normalize)?);
+            out.extend(self.embed_batch(&stack_images(group)?)?);
         }
         Ok(out)
+    }
+
+    /// Embeds a batch of preprocessed images `[B, C, H, W]` (from [`stack_images`]).
+    pub fn embed_batch(&self, pixels: &Tensor) -> Result<Vec<Embedding>> {
+        Ok(self.model.embed(pixels, self.pooling, self.normalize)?)
     }
 
     /// Embeds decoded RGB images.

@@ -12,7 +12,7 @@ use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
 use dinov2::image::PixelValues;
-use dinov2::{Backend, Embedder, ModelError, Pooling};
+use dinov2::{stack_images, Backend, Embedder, ModelError, Pooling, Tensor};
 
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use rayon::prelude::*;
@@ -22,12 +22,31 @@ use job::{digest, Failure, Job, Row};
 pub use writers::Format;
 use writers::{sibling, write_output};
 
-/// An image ready for the model.
-struct Prepared {
-    pixels: PixelValues,
-    /// Size of the original image.
-    width: u32,
-    height: u32,
+/// One batch as the model thread receives it: the good images stacked per size, the bad ones
+/// apart, in input order.
+struct Batch {
+    /// Inputs before this index are done once this batch is.
+    end: usize,
+    groups: Vec<Group>,
+    failures: Vec<Failure>,
+    /// Worker time spent decoding and preprocessing.
+    prepare: Duration,
+}
+
+/// One decoded input: its index, its pixel values and original `(width, height)` or why it could
+/// not be read, and the worker time it took.
+type Decoded = (
+    usize,
+    std::result::Result<(PixelValues, u32, u32), String>,
+    Duration,
+);
+
+/// Consecutive good images of one size, stacked for the model.
+struct Group {
+    /// Input index and original `(width, height)` of each image.
+    members: Vec<(usize, u32, u32)>,
+    /// `[B, C, H, W]`, or why stacking failed.
+    pixels: std::result::Result<Tensor, String>,
 }
 
 /// What to do with a bad input.
@@ -126,22 +145,24 @@ fn progress_bar(total: usize, done: usize) -> ProgressBar {
     pb
 }
 
-/// Runs the model on images that share one shape; per-image failures when the model rejects them.
+/// Runs the model on a group; per-image failures when the model rejects it.
 fn embed_group<B: Backend>(
     embedder: &Embedder<B>,
-    group: Vec<(usize, Prepared)>,
+    group: Group,
     paths: &[PathBuf],
     rows: &mut Vec<Row>,
     failures: &mut Vec<Failure>,
 ) -> Result<()> {
-    // The pixels move to the model (a batch is tens of megabytes: no copy).
-    let (images, pixels): (Vec<(usize, u32, u32)>, Vec<PixelValues>) = group
-        .into_iter()
-        .map(|(index, p)| ((index, p.width, p.height), p.pixels))
-        .unzip();
-    match embedder.embed_prepared(&pixels) {
+    let result = match &group.pixels {
+        Ok(pixels) => embedder.embed_batch(pixels),
+        Err(reason) => Err(dinov2::Error::Model(ModelError::input(
+            "pixel_values",
+            reason.clone(),
+        ))),
+    };
+    match result {
         Ok(embeddings) => {
-            for ((index, width, height), e) in images.into_iter().zip(embeddings) {
+            for ((index, width, height), e) in group.members.into_iter().zip(embeddings) {
                 rows.push(Row {
                     index,
                     path: paths[index].to_string_lossy().into_owned(),
@@ -153,7 +174,7 @@ fn embed_group<B: Backend>(
             }
         }
         Err(dinov2::Error::Model(ModelError::Input { reason, .. })) => {
-            for (index, _, _) in images {
+            for (index, _, _) in group.members {
                 failures.push(Failure {
                     index,
                     path: paths[index].to_string_lossy().into_owned(),
@@ -164,6 +185,49 @@ fn embed_group<B: Backend>(
         Err(e) => return Err(e.into()),
     }
     Ok(())
+}
+
+/// Groups decoded inputs `begin..` (in order) into a [`Batch`]: good images of one size stacked
+/// together (on this thread, not the model's), bad ones as failures.
+fn assemble(end: usize, items: Vec<Decoded>, paths: &[PathBuf]) -> Batch {
+    let mut batch = Batch {
+        end,
+        groups: Vec::new(),
+        failures: Vec::new(),
+        prepare: Duration::ZERO,
+    };
+    let mut members = Vec::new();
+    let mut pixels: Vec<PixelValues> = Vec::new();
+    let flush = |members: &mut Vec<(usize, u32, u32)>,
+                 pixels: &mut Vec<PixelValues>,
+                 groups: &mut Vec<Group>| {
+        if !members.is_empty() {
+            groups.push(Group {
+                members: std::mem::take(members),
+                pixels: stack_images(pixels).map_err(|e| e.to_string()),
+            });
+            pixels.clear();
+        }
+    };
+    for (index, prepared, spent) in items {
+        batch.prepare += spent;
+        match prepared {
+            Ok((p, width, height)) => {
+                if pixels.first().is_some_and(|first| first.shape != p.shape) {
+                    flush(&mut members, &mut pixels, &mut batch.groups);
+                }
+                members.push((index, width, height));
+                pixels.push(p);
+            }
+            Err(error) => batch.failures.push(Failure {
+                index,
+                path: paths[index].to_string_lossy().into_owned(),
+                error,
+            }),
+        }
+    }
+    flush(&mut members, &mut pixels, &mut batch.groups);
+    batch
 }
 
 /// Runs the embed job with `model`.
@@ -189,88 +253,66 @@ pub fn run<B: Backend>(embedder: &Embedder<B>, s: Settings) -> Result<()> {
         scope.spawn(move || {
             for begin in (start_at..total).step_by(batch) {
                 let end = (begin + batch).min(total);
-                let items: Vec<(usize, std::result::Result<Prepared, String>, Duration)> = workers
-                    .install(|| {
-                        (begin..end)
-                            .into_par_iter()
-                            .map(|i| {
-                                let t = Instant::now();
-                                let r = embedder
-                                    .prepare_path(&paths[i])
-                                    .map(|(pixels, (width, height))| Prepared {
-                                        pixels,
-                                        width,
-                                        height,
-                                    })
-                                    .map_err(|e| {
-                                        // The image errors name the file; the report names it once.
-                                        let message = e.to_string();
-                                        let prefix = format!("{}: ", paths[i].display());
-                                        message
-                                            .strip_prefix(&prefix)
-                                            .map_or(message.clone(), str::to_owned)
-                                    });
-                                (i, r, t.elapsed())
-                            })
-                            .collect()
-                    });
-                if tx.send((end, items)).is_err() {
+                let items: Vec<Decoded> = workers.install(|| {
+                    (begin..end)
+                        .into_par_iter()
+                        .map(|i| {
+                            let t = Instant::now();
+                            let r = embedder
+                                .prepare_path(&paths[i])
+                                .map(|(pixels, (width, height))| (pixels, width, height))
+                                .map_err(|e| {
+                                    // The image errors name the file; the report names it once.
+                                    let message = e.to_string();
+                                    let prefix = format!("{}: ", paths[i].display());
+                                    message
+                                        .strip_prefix(&prefix)
+                                        .map_or(message.clone(), str::to_owned)
+                                });
+                            (i, r, t.elapsed())
+                        })
+                        .collect()
+                });
+                // Stacked here, so that the model thread only runs the model.
+                if tx.send(assemble(end, items, paths)).is_err() {
                     return;
                 }
             }
         });
         let mut rows = Vec::new();
         let mut failures = Vec::new();
-        for (end, items) in rx {
-            let mut group: Vec<(usize, Prepared)> = Vec::new();
-            let mut stop = None;
-            let t = Instant::now();
-            for (index, prepared, spent) in items {
-                timing.prepare += spent;
-                match prepared {
-                    Ok(p) => {
-                        if group
-                            .first()
-                            .is_some_and(|g| g.1.pixels.shape != p.pixels.shape)
-                        {
-                            embed_group(
-                                embedder,
-                                std::mem::take(&mut group),
-                                paths,
-                                &mut rows,
-                                &mut failures,
-                            )?;
-                        }
-                        group.push((index, p));
-                    }
-                    Err(error) => {
-                        let path = paths[index].to_string_lossy().into_owned();
-                        pb.suspend(|| eprintln!("skipped {path}: {error}"));
-                        failures.push(Failure { index, path, error });
-                        if s.on_error == OnError::Fail {
-                            stop = Some(index);
-                            break;
-                        }
-                    }
-                }
+        for batch in rx {
+            timing.prepare += batch.prepare;
+            for f in &batch.failures {
+                pb.suspend(|| eprintln!("skipped {}: {}", f.path, f.error));
             }
-            if !group.is_empty() {
+            // With --on-error fail, the first bad input ends the job: nothing after it counts.
+            let stop = match s.on_error {
+                OnError::Fail => batch.failures.first().map(|f| f.index),
+                OnError::Skip => None,
+            };
+            let t = Instant::now();
+            for group in batch.groups {
+                if stop.is_some_and(|stop| group.members[0].0 > stop) {
+                    break;
+                }
                 embed_group(embedder, group, paths, &mut rows, &mut failures)?;
             }
             timing.model += t.elapsed();
             if let Some(index) = stop {
                 rows.retain(|r| r.index < index);
-                let failure = failures.pop();
+                failures.retain(|f| f.index < index);
                 job.commit(&rows, std::mem::take(&mut failures), index)?;
-                let f = failure.expect("a failure was recorded");
+                let f = &batch.failures[0];
                 return Err(CliError(format!(
                     "{}: {} (--on-error fail)",
                     f.path, f.error
                 )));
             }
-            pb.set_position(end as u64);
-            if rows.len() >= s.chunk_rows || end == total {
-                job.commit(&rows, std::mem::take(&mut failures), end)?;
+            failures.extend(batch.failures);
+            pb.set_position(batch.end as u64);
+            if rows.len() >= s.chunk_rows || batch.end == total {
+                job.commit(&rows, std::mem::take(&mut failures), batch.end)?;
                 rows.clear();
                 if s.format != Format::Parquet {
                     // Fail now, not after the whole job, when rows stop fitting one dense tensor.
