@@ -75,3 +75,23 @@ fn classifier() {
 fn backbone() {
     check("backbone", "rect24x40", Head::Backbone);
 }
+
+#[test]
+fn stacking_needs_images_of_one_size() {
+    use dinov2::image::PixelValues;
+    let image = |h: usize, w: usize, v: f32| PixelValues {
+        shape: [3, h, w],
+        data: vec![v; 3 * h * w],
+    };
+    let batch = dinov2::stack_images(&[image(2, 3, 1.0), image(2, 3, 2.0)]).unwrap();
+    assert_eq!(batch.shape, vec![2, 3, 2, 3]);
+    assert_eq!(&batch.data[..18], &[1.0; 18]);
+    assert_eq!(&batch.data[18..], &[2.0; 18]);
+    let mixed = dinov2::stack_images(&[image(2, 3, 1.0), image(3, 2, 1.0)]).unwrap_err();
+    assert!(mixed.to_string().contains("different sizes"), "{mixed}");
+    let empty = dinov2::stack_images(&[]).unwrap_err();
+    assert!(empty.to_string().contains("empty"), "{empty}");
+    let mut short = image(2, 3, 1.0);
+    short.data.pop();
+    assert!(dinov2::stack_images(&[short]).is_err());
+}
