@@ -4,6 +4,10 @@
 //! its two products), LayerNorm and the fused residual + LayerNorm, the GELU epilogue, patch
 //! unfolding and pooling (bytes read and written per second), and the card's copy ceiling (a
 //! device-to-device copy of 200 MB: the bandwidth the memory-bound kernels are held against).
+//! Last, the whole forward pass per model size (`DINOV2_BENCH_ARCHS`, default ViT-S and ViT-B;
+//! batch `DINOV2_BENCH_BATCH`, default 64; f16, 224 px, random weights): pixels on the device to
+//! CLS vectors on the host, replayed as a CUDA graph after two passes, in FLOP/s (images per
+//! second = FLOP/s / FLOP per image, as `dinov2 bench` counts them).
 //!
 //! `benches/peer_kernels.py` times PyTorch's kernels on the same shapes (SDPA, `layer_norm`,
 //! GELU, `linear`, the copy), and `scripts/gpu/kernel_table.py` sets both side by side.
@@ -20,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use dinov2::crates::kernels::{Act, Buffer, DType, Device};
+use dinov2::{flops_per_image, released, CudaBackend, Dinov2, Dtype, Pooling, Tensor};
 
 const BATCH: usize = 256;
 const TOKENS: usize = 257;
@@ -202,6 +207,51 @@ fn ceiling(c: &mut Criterion, dev: &Device) {
     g.finish();
 }
 
+/// The whole forward pass per model size, as `dinov2 bench` times it (CUDA graphs on).
+fn forward(c: &mut Criterion) {
+    let archs = std::env::var("DINOV2_BENCH_ARCHS").unwrap_or_else(|_| "vits14,vitb14".into());
+    let batch: usize = std::env::var("DINOV2_BENCH_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(64);
+    let backend = match CudaBackend::new(0, Dtype::F16) {
+        Ok(b) => b,
+        Err(e) => {
+            println!("forward: {e}");
+            return;
+        }
+    };
+    let mut g = c.benchmark_group("forward_f16");
+    g.sample_size(10);
+    for arch in archs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        let Some(config) = released(arch) else {
+            eprintln!("DINOV2_BENCH_ARCHS: unknown architecture {arch:?}, skipped");
+            continue;
+        };
+        let model = Dinov2::random(backend.clone(), &config, 0).expect("random weights");
+        let n = batch * 3 * 224 * 224;
+        let pixels = Tensor::new(vec![batch, 3, 224, 224], values(n, 14)).expect("sizes agree");
+        let pixels = model.upload_pixels(&pixels).expect("valid pixels");
+        // Two passes: the second records the CUDA graph that the timed passes replay.
+        for _ in 0..2 {
+            model
+                .embed_batch(&pixels, Pooling::Cls, false)
+                .expect("forward");
+        }
+        let flops = flops_per_image(&config, 224, 224) * batch as f64;
+        g.throughput(Throughput::Elements(flops as u64));
+        g.bench_function(format!("{arch}/batch{batch}/224px/cls"), |bench| {
+            bench.iter(|| {
+                // The copy of the CLS vectors to the host waits for the device.
+                model
+                    .embed_batch(black_box(&pixels), Pooling::Cls, false)
+                    .expect("forward")
+            })
+        });
+    }
+    g.finish();
+}
+
 fn main() {
     let dev = match Device::new(0) {
         Ok(dev) => dev,
@@ -225,5 +275,7 @@ fn main() {
     attention(&mut c, &dev);
     norms(&mut c, &dev);
     elementwise(&mut c, &dev);
+    drop(dev);
+    forward(&mut c);
     c.final_summary();
 }
