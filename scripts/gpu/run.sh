@@ -85,7 +85,7 @@ bench() {
 # transformers, f16, batch 128, decoding on every core, Parquet out. Work files stay outside $OUT
 # (the checkpoint is 350 MB); the summary lines go to $OUT/pipeline.txt.
 pipeline() {
-    local work=/tmp/dinov2-pipeline root="$HERE/.." dt i f rc=0
+    local work=/tmp/dinov2-pipeline root="$HERE/.." dt i f streams rc=0
     rm -rf "$work"
     mkdir -p "$work/images"
     local tiny="$root/assets/models/dinov2-tiny-random"
@@ -109,8 +109,14 @@ pipeline() {
     done
     timeout "$(cap 90)" "$PYTHON" "$HERE/scripts/pipeline.py" checkpoint "$work/vitb14" || return 1
     echo "ViT-B/14 f16, batch 128, $(ls "$work/images" | wc -l) files, $(nproc) CPU cores:" >>"$OUT/pipeline.txt"
-    timeout "$(cap 120)" "$HERE/bin/dinov2" embed --model "$work/vitb14" --device cuda --dtype f16 \
-        --batch-size 128 --output "$work/vitb14.parquet" "$work/images" 2>&1 | tee -a "$OUT/pipeline.txt"
+    # Two model copies on two streams (the default), then one, to see what the overlap brings.
+    for streams in 2 1; do
+        room 30 || break
+        echo "--streams $streams:" >>"$OUT/pipeline.txt"
+        timeout "$(cap 90)" "$HERE/bin/dinov2" embed --model "$work/vitb14" --device cuda --dtype f16 \
+            --batch-size 128 --streams "$streams" --overwrite --output "$work/vitb14.parquet" \
+            "$work/images" 2>&1 | tee -a "$OUT/pipeline.txt"
+    done
     return "$rc"
 }
 

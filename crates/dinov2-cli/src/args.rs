@@ -199,6 +199,11 @@ pub struct EmbedArgs {
     /// Decoding threads (default: all cores).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Copies of the model running batches at the same time, each on its own CUDA stream, so
+    /// that one's uploads and host work overlap another's compute (default: 2 on CUDA, 1 on the
+    /// CPU, where one already uses every core).
+    #[arg(long)]
+    pub streams: Option<usize>,
     /// Rows per committed chunk of the resumable job.
     #[arg(long, default_value_t = 1024, hide = true)]
     pub chunk_rows: usize,

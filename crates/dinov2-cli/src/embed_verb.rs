@@ -2,7 +2,7 @@
 
 use dinov2::image::DecodeOptions;
 use dinov2::image::PreprocessConfig;
-use dinov2::{preprocess_config, Backend, Checkpoint, Dinov2, Embedder};
+use dinov2::{preprocess_config, Backend, Checkpoint, CpuBackend, CudaBackend, Dinov2, Embedder};
 
 use crate::args::{with_backend, DecodeArgs, Device, EmbedArgs};
 use crate::embed::{expand_inputs, run as run_job, Format, Settings};
@@ -59,22 +59,57 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         identity,
     };
     let decode = decode_options(&args.decode);
-    with_backend!(args.device, args.dtype, |backend| {
-        embed_on(backend, &checkpoint, preprocess, decode, settings)
+    let streams = args.streams.unwrap_or(match args.device {
+        Device::Cpu => 1,
+        Device::Cuda(_) => 2,
+    });
+    if streams == 0 {
+        return Err(CliError("--streams must be at least 1".into()));
+    }
+    // One backend per stream: on CUDA each opens its own stream (and holds its own copy of the
+    // weights).
+    with_backend!(args.device, args.dtype, |first| {
+        let mut backends = Vec::with_capacity(streams);
+        for _ in 1..streams {
+            backends.push(first.reopen()?);
+        }
+        backends.insert(0, first);
+        let embedders = backends
+            .into_iter()
+            .map(|b| embedder(b, &checkpoint, &preprocess, &decode, &settings))
+            .collect::<Result<Vec<_>>>()?;
+        run_job(&embedders, settings)
     })
 }
 
-fn embed_on<B: Backend>(
+/// A second backend of the same kind and device.
+trait Reopen: Sized {
+    fn reopen(&self) -> Result<Self>;
+}
+
+impl Reopen for CpuBackend {
+    fn reopen(&self) -> Result<Self> {
+        Ok(self.clone())
+    }
+}
+
+impl Reopen for CudaBackend {
+    fn reopen(&self) -> Result<Self> {
+        Ok(self.another_stream()?)
+    }
+}
+
+/// The model on `backend`, with the job's preprocessing, decoding and pooling.
+fn embedder<B: Backend>(
     backend: B,
     checkpoint: &Checkpoint,
-    preprocess: PreprocessConfig,
-    decode: DecodeOptions,
-    settings: Settings,
-) -> Result<()> {
+    preprocess: &PreprocessConfig,
+    decode: &DecodeOptions,
+    settings: &Settings,
+) -> Result<Embedder<B>> {
     let model = Dinov2::load(backend, checkpoint)?;
-    let embedder = Embedder::new(model, preprocess)
+    Ok(Embedder::new(model, preprocess.clone())
         .with_pooling(settings.pooling)
         .with_normalize(settings.normalize)
-        .with_decode_options(decode);
-    run_job(&embedder, settings)
+        .with_decode_options(decode.clone()))
 }

@@ -626,3 +626,57 @@ fn patch_grids_of_different_sizes() {
     );
     assert!(!npy.exists());
 }
+
+/// Several model copies (`--streams`) give the same rows, errors and order as one.
+#[test]
+fn several_streams_give_the_same_output_as_one() {
+    let dir = TempDir::new().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let names = sample_images(&images);
+    for copy in 0..3 {
+        for n in &names {
+            std::fs::copy(images.join(n), images.join(format!("copy{copy}_{n}"))).unwrap();
+        }
+    }
+    std::fs::write(images.join("copy1_bad.png"), b"not a png").unwrap();
+    let images = images.display().to_string();
+    let run = |streams: &str| {
+        let out = dir.path().join(format!("streams{streams}.npy"));
+        let r = dinov2(&[
+            "embed",
+            "--model",
+            &model(),
+            "--batch-size",
+            "3",
+            "--chunk-rows",
+            "4",
+            "--streams",
+            streams,
+            "--output",
+            out.to_str().unwrap(),
+            &images,
+        ]);
+        // The bad file: exit status 1, everything else embedded.
+        assert_eq!(
+            r.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let errors = std::fs::read_to_string(
+            dir.path()
+                .join(format!("streams{streams}.npy.errors.jsonl")),
+        )
+        .unwrap();
+        let paths =
+            std::fs::read_to_string(dir.path().join(format!("streams{streams}.npy.paths.txt")))
+                .unwrap();
+        (read_npy(&out), paths, errors)
+    };
+    let one = run("1");
+    let three = run("3");
+    assert_eq!(one.0 .0[0], 4 * names.len());
+    assert_eq!(three, one);
+    assert!(one.2.contains("copy1_bad.png"));
+}

@@ -159,6 +159,15 @@ impl CudaBackend {
         self.graphs = on;
     }
 
+    /// A backend on the same GPU with its own stream and cuBLAS handles (and the same dtype and
+    /// graph setting): work queued on the two runs concurrently. Models load their weights onto
+    /// each separately.
+    pub fn another_stream(&self) -> Result<Self> {
+        let mut other = CudaBackend::new(self.device.info().ordinal, self.dtype)?;
+        other.graphs = self.graphs;
+        Ok(other)
+    }
+
     /// The device, for direct use of the kernels (benchmarks, tests).
     pub fn device(&self) -> &Arc<Device> {
         &self.device

@@ -7,8 +7,10 @@ mod inputs;
 mod job;
 mod writers;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{channel, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dinov2::image::PixelValues;
@@ -230,11 +232,62 @@ fn assemble(end: usize, items: Vec<Decoded>, paths: &[PathBuf]) -> Batch {
     batch
 }
 
-/// Runs the embed job with `model`.
-pub fn run<B: Backend>(embedder: &Embedder<B>, s: Settings) -> Result<()> {
+/// What a model thread made of one [`Batch`].
+struct Outcome {
+    end: usize,
+    rows: Vec<Row>,
+    /// Bad inputs and images the model rejected, in input order within each kind.
+    failures: Vec<Failure>,
+    /// With `--on-error fail`: the first bad input, where the job stops.
+    stop: Option<Failure>,
+    prepare: Duration,
+    model: Duration,
+}
+
+/// Runs the model over one batch (a model thread's work).
+fn run_batch<B: Backend>(
+    embedder: &Embedder<B>,
+    batch: Batch,
+    paths: &[PathBuf],
+    on_error: OnError,
+) -> Result<Outcome> {
+    // With --on-error fail, the first bad input ends the job: nothing after it counts.
+    let stop = match on_error {
+        OnError::Fail => batch.failures.first().cloned(),
+        OnError::Skip => None,
+    };
+    let t = Instant::now();
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    for group in batch.groups {
+        if stop.as_ref().is_some_and(|f| group.members[0].0 > f.index) {
+            break;
+        }
+        embed_group(embedder, group, paths, &mut rows, &mut failures)?;
+    }
+    if stop.is_none() {
+        failures.extend(batch.failures);
+    }
+    Ok(Outcome {
+        end: batch.end,
+        rows,
+        failures,
+        stop,
+        prepare: batch.prepare,
+        model: t.elapsed(),
+    })
+}
+
+/// Runs the embed job with one model per stream: `embedders[0]` also decodes. Batches go to the
+/// model threads in turn (on CUDA each has its own stream, so one's uploads and host work overlap
+/// the other's compute) and are committed in input order.
+pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
     let Some(mut job) = open_job(&s)? else {
         return Ok(());
     };
+    let embedder = embedders
+        .first()
+        .ok_or_else(|| CliError("no model to embed with".into()))?;
     let total = s.inputs.len();
     let start_at = job.done;
     let started = Instant::now();
@@ -246,12 +299,16 @@ pub fn run<B: Backend>(embedder: &Embedder<B>, s: Settings) -> Result<()> {
         .build()
         .map_err(|e| CliError(format!("cannot start decoding threads: {e}")))?;
     let paths = &s.inputs;
+    let on_error = s.on_error;
     let result: Result<()> = std::thread::scope(|scope| {
-        // Two batches in flight at most: memory stays bounded whatever the number of inputs.
-        let (tx, rx) = sync_channel(2);
+        // One batch waiting per model thread at most: memory stays bounded whatever the number
+        // of inputs.
+        let (tx, rx) = sync_channel::<(usize, Batch)>(embedders.len());
+        let rx = Arc::new(Mutex::new(rx));
+        let (done_tx, done_rx) = channel::<(usize, Result<Outcome>)>();
         let batch = s.batch_size;
         scope.spawn(move || {
-            for begin in (start_at..total).step_by(batch) {
+            for (seq, begin) in (start_at..total).step_by(batch).enumerate() {
                 let end = (begin + batch).min(total);
                 let items: Vec<Decoded> = workers.install(|| {
                     (begin..end)
@@ -273,61 +330,90 @@ pub fn run<B: Backend>(embedder: &Embedder<B>, s: Settings) -> Result<()> {
                         })
                         .collect()
                 });
-                // Stacked here, so that the model thread only runs the model.
-                if tx.send(assemble(end, items, paths)).is_err() {
+                // Stacked here, so that the model threads only run the model.
+                if tx.send((seq, assemble(end, items, paths))).is_err() {
                     return;
                 }
             }
         });
+        for model in embedders {
+            let (rx, done_tx) = (rx.clone(), done_tx.clone());
+            scope.spawn(move || loop {
+                // The lock is held only to take the next batch.
+                let next = rx.lock().ok().and_then(|rx| rx.recv().ok());
+                let Some((seq, batch)) = next else {
+                    return;
+                };
+                let outcome = run_batch(model, batch, paths, on_error);
+                let failed = outcome.is_err();
+                if done_tx.send((seq, outcome)).is_err() || failed {
+                    return;
+                }
+            });
+        }
+        drop(done_tx);
+        // Outcomes arrive in any order; they are taken in input order.
+        let mut waiting = BTreeMap::new();
+        let mut next_seq = 0;
         let mut rows = Vec::new();
         let mut failures = Vec::new();
-        for batch in rx {
-            timing.prepare += batch.prepare;
-            for f in &batch.failures {
-                pb.suspend(|| eprintln!("skipped {}: {}", f.path, f.error));
-            }
-            // With --on-error fail, the first bad input ends the job: nothing after it counts.
-            let stop = match s.on_error {
-                OnError::Fail => batch.failures.first().map(|f| f.index),
-                OnError::Skip => None,
-            };
-            let t = Instant::now();
-            for group in batch.groups {
-                if stop.is_some_and(|stop| group.members[0].0 > stop) {
-                    break;
+        for (seq, outcome) in done_rx {
+            waiting.insert(seq, outcome);
+            while let Some(outcome) = waiting.remove(&next_seq) {
+                next_seq += 1;
+                let outcome = outcome?;
+                timing.prepare += outcome.prepare;
+                timing.model += outcome.model;
+                for f in outcome.stop.iter().chain(&outcome.failures) {
+                    pb.suspend(|| eprintln!("skipped {}: {}", f.path, f.error));
                 }
-                embed_group(embedder, group, paths, &mut rows, &mut failures)?;
-            }
-            timing.model += t.elapsed();
-            if let Some(index) = stop {
-                rows.retain(|r| r.index < index);
-                failures.retain(|f| f.index < index);
-                job.commit(&rows, std::mem::take(&mut failures), index)?;
-                let f = &batch.failures[0];
-                return Err(CliError(format!(
-                    "{}: {} (--on-error fail)",
-                    f.path, f.error
-                )));
-            }
-            failures.extend(batch.failures);
-            pb.set_position(batch.end as u64);
-            if rows.len() >= s.chunk_rows || batch.end == total {
-                job.commit(&rows, std::mem::take(&mut failures), batch.end)?;
-                rows.clear();
-                if s.format != Format::Parquet {
-                    // Fail now, not after the whole job, when rows stop fitting one dense tensor.
-                    writers::dense_shape(&job, s.format)?;
+                rows.extend(outcome.rows);
+                failures.extend(outcome.failures);
+                if let Some(stop) = outcome.stop {
+                    rows.retain(|r| r.index < stop.index);
+                    failures.retain(|f| f.index < stop.index);
+                    job.commit(&rows, std::mem::take(&mut failures), stop.index)?;
+                    return Err(CliError(format!(
+                        "{}: {} (--on-error fail)",
+                        stop.path, stop.error
+                    )));
+                }
+                pb.set_position(outcome.end as u64);
+                if rows.len() >= s.chunk_rows || outcome.end == total {
+                    job.commit(&rows, std::mem::take(&mut failures), outcome.end)?;
+                    rows.clear();
+                    if s.format != Format::Parquet {
+                        // Fail now, not after the whole job, when rows stop fitting one dense
+                        // tensor.
+                        writers::dense_shape(&job, s.format)?;
+                    }
                 }
             }
+        }
+        let batches = (total - start_at).div_ceil(batch);
+        if next_seq != batches {
+            return Err(CliError(format!(
+                "a model thread stopped after {next_seq} of {batches} batches"
+            )));
         }
         Ok(())
     });
     pb.finish_and_clear();
-    if let Some(why) = embedder.model().replay_status().failure {
-        eprintln!("warning: CUDA graph recording failed; batches ran without graphs: {why}");
+    for e in embedders {
+        if let Some(why) = e.model().replay_status().failure {
+            eprintln!("warning: CUDA graph recording failed; batches ran without graphs: {why}");
+            break;
+        }
     }
     result?;
-    finish(job, &s, started.elapsed(), total - start_at, &timing)
+    finish(
+        job,
+        &s,
+        started.elapsed(),
+        total - start_at,
+        &timing,
+        embedders.len(),
+    )
 }
 
 /// Writes the output and the error report, removes the job folder, prints the summary.
@@ -337,6 +423,7 @@ fn finish(
     elapsed: Duration,
     processed: usize,
     timing: &Timing,
+    streams: usize,
 ) -> Result<()> {
     write_output(&job, &s.output, s.format)?;
     let errors_path = sibling(&s.output, ".errors.jsonl");
@@ -354,13 +441,20 @@ fn finish(
     }
     let embedded = job.rows;
     let secs = elapsed.as_secs_f64().max(1e-9);
+    let model = if streams > 1 {
+        format!(
+            "model {:.2} s over {streams} streams",
+            timing.model.as_secs_f64()
+        )
+    } else {
+        format!("model {:.2} s", timing.model.as_secs_f64())
+    };
     eprintln!(
         "embedded {embedded}, failed {failed}, {:.1} images/s over {processed} processed in {secs:.1} s \
-         (decode+preprocess {:.2} s of worker time, {:.1} ms/image; model {:.2} s); wrote {}",
+         (decode+preprocess {:.2} s of worker time, {:.1} ms/image; {model}); wrote {}",
         processed as f64 / secs,
         timing.prepare.as_secs_f64(),
         1e3 * timing.prepare.as_secs_f64() / processed.max(1) as f64,
-        timing.model.as_secs_f64(),
         s.output.display()
     );
     job.remove()?;
