@@ -49,11 +49,12 @@ fn linear(c: &mut Criterion) {
             ("fc2", 4 * h, h),
         ] {
             let x = values(ROWS * k, 1);
-            let w = values(n * k, 2);
+            // Transposed once, as the CPU backend keeps linear weights.
+            let wt = ops::transpose(&values(n * k, 2), n, k);
             let b = values(n, 3);
             g.throughput(Throughput::Elements((2 * ROWS * k * n) as u64));
             g.bench_function(format!("{name}/{what}/{ROWS}x{k}x{n}"), |bench| {
-                bench.iter(|| ops::linear(black_box(&x), ROWS, k, &w, n, Some(&b)))
+                bench.iter(|| ops::linear_kn(black_box(&x), ROWS, k, &wt, n, Some(&b)))
             });
         }
     }

@@ -14,7 +14,7 @@ mod tensor;
 
 pub use activation::{apply_activation, swiglu, Activation};
 pub use attention::attention;
-pub use matmul::{linear, matmul, View};
+pub use matmul::{linear, linear_kn, matmul, transpose, View};
 pub use norm::layer_norm;
 pub use patch::im2col;
 pub use resample::{resize_grid, scale_factor_output, Resample};

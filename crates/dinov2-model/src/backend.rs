@@ -65,6 +65,11 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> String;
     /// Uploads a parameter.
     fn weight(&self, values: Vec<f32>, shape: Vec<usize>) -> Result<Self::Weight>;
+    /// Uploads the weight of [`Backend::linear`] or [`Backend::patch_embed`], `[n, k]` as torch
+    /// stores it; a backend may keep it in the layout its products prefer.
+    fn linear_weight(&self, values: Vec<f32>, n: usize, k: usize) -> Result<Self::Weight> {
+        self.weight(values, vec![n, k])
+    }
     /// Uploads an input.
     fn upload(&self, tensor: &Tensor) -> Result<Self::Tensor>;
     /// Copies a tensor back to the host.

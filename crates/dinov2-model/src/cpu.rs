@@ -75,6 +75,17 @@ impl Backend for CpuBackend {
         })
     }
 
+    /// Kept transposed, `[k, n]`: see [`ops::linear_kn`].
+    fn linear_weight(&self, values: Vec<f32>, n: usize, k: usize) -> Result<Tensor> {
+        if values.len() != n * k {
+            return Err(ModelError::Backend {
+                backend: "cpu".into(),
+                reason: format!("linear weight [{n}, {k}] given {} values", values.len()),
+            });
+        }
+        self.weight(ops::transpose(&values, n, k), vec![k, n])
+    }
+
     fn upload(&self, tensor: &Tensor) -> Result<Tensor> {
         Ok(tensor.clone())
     }
@@ -112,12 +123,13 @@ impl Backend for CpuBackend {
             return Err(ModelError::input("pixel_values", "expected 4 dimensions"));
         };
         let cols = ops::im2col(&pixels.data, b, c, h, w, patch);
+        // The weight is `[k, n]` ([`Backend::linear_weight`]).
         let (rows, k, n) = (
             b * (h / patch) * (w / patch),
             c * patch * patch,
-            weight.shape[0],
+            weight.shape[1],
         );
-        let y = ops::linear(&cols, rows, k, &weight.data, n, Some(&bias.data));
+        let y = ops::linear_kn(&cols, rows, k, &weight.data, n, Some(&bias.data));
         Ok(Tensor {
             shape: vec![b, (h / patch) * (w / patch), n],
             data: y,
@@ -175,8 +187,9 @@ impl Backend for CpuBackend {
         bias: Option<&Tensor>,
         act: Activation,
     ) -> Result<Tensor> {
-        let (n, k) = (weight.shape[0], weight.shape[1]);
-        let mut y = ops::linear(
+        // The weight is `[k, n]` ([`Backend::linear_weight`]).
+        let (k, n) = (weight.shape[0], weight.shape[1]);
+        let mut y = ops::linear_kn(
             &x.data,
             x.rows(),
             k,

@@ -165,9 +165,9 @@ impl<B: Backend> Loader<'_, B> {
 
     fn linear(&self, prefix: &str) -> Result<Linear<B::Weight>> {
         let (shape, values) = self.source.tensor(&format!("{prefix}.weight"))?;
-        let shape = vec![shape[0], shape[1..].iter().product()];
+        let (n, k) = (shape[0], shape[1..].iter().product());
         Ok(Linear {
-            weight: self.backend.weight(values, shape)?,
+            weight: self.backend.linear_weight(values, n, k)?,
             bias: Some(self.vector(&format!("{prefix}.bias"))?),
         })
     }
@@ -190,7 +190,7 @@ impl<B: Backend> Loader<'_, B> {
             }
         }
         Ok(Linear {
-            weight: self.backend.weight(weight, vec![3 * h, h])?,
+            weight: self.backend.linear_weight(weight, 3 * h, h)?,
             bias: if config.qkv_bias {
                 Some(self.backend.weight(bias, vec![3 * h])?)
             } else {

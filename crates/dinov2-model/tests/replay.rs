@@ -97,6 +97,11 @@ impl Backend for TapeBackend {
         Ok(Arc::new(self.cpu.weight(values, shape)?))
     }
 
+    fn linear_weight(&self, values: Vec<f32>, n: usize, k: usize) -> Result<Arc<Tensor>> {
+        assert!(!self.recording(), "weight upload while recording");
+        Ok(Arc::new(self.cpu.linear_weight(values, n, k)?))
+    }
+
     fn upload(&self, tensor: &Tensor) -> Result<Handle> {
         assert!(!self.recording(), "upload while recording");
         Ok(handle(tensor.clone()))
