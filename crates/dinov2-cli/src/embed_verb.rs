@@ -69,15 +69,32 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     // One backend per stream: on CUDA each opens its own stream (and holds its own copy of the
     // weights).
     with_backend!(args.device, args.dtype, |first| {
-        let mut backends = Vec::with_capacity(streams);
+        let mut embedders = vec![embedder(
+            first,
+            &checkpoint,
+            &preprocess,
+            &decode,
+            &settings,
+        )?];
         for _ in 1..streams {
-            backends.push(first.reopen()?);
+            // A copy that does not fit (device memory) leaves fewer streams, not a failed job.
+            match embedders[0]
+                .model()
+                .backend()
+                .reopen()
+                .and_then(|b| embedder(b, &checkpoint, &preprocess, &decode, &settings))
+            {
+                Ok(e) => embedders.push(e),
+                Err(e) => {
+                    eprintln!(
+                        "warning: running {} stream(s) instead of {streams}: another copy of \
+                         the model could not be loaded: {e}",
+                        embedders.len()
+                    );
+                    break;
+                }
+            }
         }
-        backends.insert(0, first);
-        let embedders = backends
-            .into_iter()
-            .map(|b| embedder(b, &checkpoint, &preprocess, &decode, &settings))
-            .collect::<Result<Vec<_>>>()?;
         run_job(&embedders, settings)
     })
 }

@@ -8,7 +8,9 @@ mod job;
 mod writers;
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -189,9 +191,10 @@ fn embed_group<B: Backend>(
     Ok(())
 }
 
-/// Groups decoded inputs `begin..` (in order) into a [`Batch`]: good images of one size stacked
-/// together (on this thread, not the model's), bad ones as failures.
-fn assemble(end: usize, items: Vec<Decoded>, paths: &[PathBuf]) -> Batch {
+/// Groups one batch's decoded inputs (in order) into a [`Batch`]: good images of one size stacked
+/// together (on this thread, not the model's), bad ones as failures. With `--on-error fail` the
+/// first bad input ends the batch: nothing after it is kept.
+fn assemble(end: usize, items: Vec<Decoded>, paths: &[PathBuf], on_error: OnError) -> Batch {
     let mut batch = Batch {
         end,
         groups: Vec::new(),
@@ -221,22 +224,36 @@ fn assemble(end: usize, items: Vec<Decoded>, paths: &[PathBuf]) -> Batch {
                 members.push((index, width, height));
                 pixels.push(p);
             }
-            Err(error) => batch.failures.push(Failure {
-                index,
-                path: paths[index].to_string_lossy().into_owned(),
-                error,
-            }),
+            Err(error) => {
+                batch.failures.push(Failure {
+                    index,
+                    path: paths[index].to_string_lossy().into_owned(),
+                    error,
+                });
+                if on_error == OnError::Fail {
+                    break;
+                }
+            }
         }
     }
     flush(&mut members, &mut pixels, &mut batch.groups);
     batch
 }
 
+/// Sets the flag when dropped (when the collector returns, however it returns).
+struct CancelOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// What a model thread made of one [`Batch`].
 struct Outcome {
     end: usize,
     rows: Vec<Row>,
-    /// Bad inputs and images the model rejected, in input order within each kind.
+    /// Bad inputs and images the model rejected, in input order.
     failures: Vec<Failure>,
     /// With `--on-error fail`: the first bad input, where the job stops.
     stop: Option<Failure>,
@@ -251,23 +268,20 @@ fn run_batch<B: Backend>(
     paths: &[PathBuf],
     on_error: OnError,
 ) -> Result<Outcome> {
-    // With --on-error fail, the first bad input ends the job: nothing after it counts.
-    let stop = match on_error {
-        OnError::Fail => batch.failures.first().cloned(),
-        OnError::Skip => None,
-    };
     let t = Instant::now();
     let mut rows = Vec::new();
     let mut failures = Vec::new();
     for group in batch.groups {
-        if stop.as_ref().is_some_and(|f| group.members[0].0 > f.index) {
-            break;
-        }
         embed_group(embedder, group, paths, &mut rows, &mut failures)?;
     }
-    if stop.is_none() {
-        failures.extend(batch.failures);
-    }
+    // With --on-error fail, the batch ends at its bad input ([`assemble`]), which stops the job.
+    let mut bad = batch.failures;
+    let stop = match on_error {
+        OnError::Fail => bad.pop(),
+        OnError::Skip => None,
+    };
+    failures.extend(bad);
+    failures.sort_by_key(|f| f.index);
     Ok(Outcome {
         end: batch.end,
         rows,
@@ -300,15 +314,23 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
         .map_err(|e| CliError(format!("cannot start decoding threads: {e}")))?;
     let paths = &s.inputs;
     let on_error = s.on_error;
+    let cancel = AtomicBool::new(false);
     let result: Result<()> = std::thread::scope(|scope| {
         // One batch waiting per model thread at most: memory stays bounded whatever the number
         // of inputs.
         let (tx, rx) = sync_channel::<(usize, Batch)>(embedders.len());
         let rx = Arc::new(Mutex::new(rx));
         let (done_tx, done_rx) = channel::<(usize, Result<Outcome>)>();
+        // Set when the collector stops early (an error, --on-error fail): the other threads then
+        // stop at their next batch instead of running it.
+        let cancel = &cancel;
+        let _cancel_on_return = CancelOnDrop(cancel);
         let batch = s.batch_size;
         scope.spawn(move || {
             for (seq, begin) in (start_at..total).step_by(batch).enumerate() {
+                if cancel.load(Ordering::Relaxed) {
+                    return;
+                }
                 let end = (begin + batch).min(total);
                 let items: Vec<Decoded> = workers.install(|| {
                     (begin..end)
@@ -331,7 +353,10 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
                         .collect()
                 });
                 // Stacked here, so that the model threads only run the model.
-                if tx.send((seq, assemble(end, items, paths))).is_err() {
+                if tx
+                    .send((seq, assemble(end, items, paths, on_error)))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -344,7 +369,22 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
                 let Some((seq, batch)) = next else {
                     return;
                 };
-                let outcome = run_batch(model, batch, paths, on_error);
+                if cancel.load(Ordering::Relaxed) {
+                    return;
+                }
+                // A panic becomes this batch's error, so the collector stops at once rather
+                // than waiting for a batch that never comes.
+                let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    run_batch(model, batch, paths, on_error)
+                }))
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    Err(CliError(format!("a model thread panicked: {what}")))
+                });
                 let failed = outcome.is_err();
                 if done_tx.send((seq, outcome)).is_err() || failed {
                     return;
