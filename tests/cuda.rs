@@ -389,11 +389,35 @@ fn replayed_cuda_graphs_equal_eager_passes() {
                     );
                 }
             }
+            // `forward` without extras replays too (last_hidden_state, one more shape).
+            let (b, h, w, _) = shapes[0];
+            for round in 0..4 {
+                let px = seeded_pixels(1000 + round, b, h, w);
+                let opts = dinov2::ForwardOptions::default();
+                let want = eager.forward(&px, None, &opts).unwrap();
+                let got = graphed.forward(&px, None, &opts).unwrap();
+                let r: Vec<f64> = want
+                    .last_hidden_state
+                    .data
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect();
+                let err = rel_l2(&got.last_hidden_state.data, &r);
+                eprintln!("{name} {dtype} forward round {round}: rel L2 {err:.2e}");
+                assert!(
+                    err <= 1e-6,
+                    "{name} {dtype} forward round {round}: {err:.3e}"
+                );
+            }
             let status = graphed.replay_status();
             eprintln!("{name} {dtype}: {status:?}");
             assert_eq!(status.failure, None, "{name} {dtype}: recording failed");
-            assert_eq!(status.recorded, shapes.len(), "{name} {dtype}");
-            assert_eq!(status.replays, 2 * shapes.len() as u64, "{name} {dtype}");
+            assert_eq!(status.recorded, shapes.len() + 1, "{name} {dtype}");
+            assert_eq!(
+                status.replays,
+                2 * shapes.len() as u64 + 2,
+                "{name} {dtype}"
+            );
             assert_eq!(eager.replay_status().recorded, 0);
         }
     }

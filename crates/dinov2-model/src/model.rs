@@ -12,7 +12,7 @@ use crate::outputs::{BackboneOutput, ClassifierOutput, ModelOutput};
 use crate::params::{Ffn, HostParams, Layer, Norm, ParamSource, Params, RandomParams};
 use crate::pooling::{embeddings, pool_tokens, Embedding, Pooling};
 use crate::positions::{resized_positions, Interpolation};
-use crate::replay::{PassShape, Recorded, ReplayStatus, Replays};
+use crate::replay::{PassOutput, PassShape, Recorded, ReplayStatus, Replays};
 use crate::Tensor;
 
 /// Options of a forward pass.
@@ -370,26 +370,56 @@ impl<B: Backend> Dinov2<B> {
     }
 
     /// `Dinov2Model.forward`: `pixel_values` `[B, C, H, W]`, optional `bool_masked_pos` `[B·N]`.
+    ///
+    /// Without a mask, hidden states or attentions, the pass is recorded and replayed on a
+    /// backend that records, as [`Dinov2::embed`]'s.
     pub fn forward(
         &self,
         pixels: &Tensor,
         mask: Option<&[bool]>,
         opts: &ForwardOptions,
     ) -> Result<ModelOutput> {
+        if mask.is_none() && !opts.hidden_states && !opts.attentions {
+            // Only the final tokens: a pass that can be recorded and replayed.
+            let (batch, height, width) = self.check_pixels(pixels)?;
+            let shape = PassShape {
+                batch,
+                height,
+                width,
+                output: PassOutput::Tokens,
+                interpolation: opts.interpolation,
+            };
+            let (last_hidden_state, _) = self.final_pass(Pixels::Host(pixels), shape)?;
+            return Ok(self.model_output(last_hidden_state, None, None));
+        }
         let _pass = self.exclusive()?;
         let pixels = self.upload(pixels)?;
         let enc = self.encode(&pixels, mask, opts, opts.hidden_states)?;
         let last_hidden_state = self.backend.download(&enc.normed)?;
+        Ok(self.model_output(
+            last_hidden_state,
+            self.download_all(enc.hidden_states, opts.hidden_states)?,
+            self.download_all(enc.attentions, opts.attentions)?,
+        ))
+    }
+
+    /// [`ModelOutput`] from the final tokens: `pooler_output` is the CLS row.
+    fn model_output(
+        &self,
+        last_hidden_state: Tensor,
+        hidden_states: Option<Vec<Tensor>>,
+        attentions: Option<Vec<Tensor>>,
+    ) -> ModelOutput {
         let pooler_output = token_rows(&last_hidden_state, 0, 1);
-        Ok(ModelOutput {
+        ModelOutput {
             pooler_output: Tensor {
                 shape: vec![last_hidden_state.shape[0], self.config.hidden_size],
                 data: pooler_output.data,
             },
             last_hidden_state,
-            hidden_states: self.download_all(enc.hidden_states, opts.hidden_states)?,
-            attentions: self.download_all(enc.attentions, opts.attentions)?,
-        })
+            hidden_states,
+            attentions,
+        }
     }
 
     /// `Dinov2ForImageClassification.forward`: logits of `[CLS, mean(patch tokens)]`, and the loss
@@ -455,9 +485,14 @@ impl<B: Backend> Dinov2<B> {
             batch,
             height,
             width,
-            pooling,
+            output: PassOutput::Pooled(pooling),
+            interpolation: Interpolation::default(),
         };
-        self.embed_pass(Pixels::Host(pixels), shape, normalize)
+        self.embeddings_of(
+            self.final_pass(Pixels::Host(pixels), shape)?,
+            shape,
+            normalize,
+        )
     }
 
     /// [`Dinov2::embed`] of pixels already uploaded by [`Dinov2::upload_pixels`].
@@ -471,76 +506,98 @@ impl<B: Backend> Dinov2<B> {
             batch: pixels.batch,
             height: pixels.height,
             width: pixels.width,
-            pooling,
+            output: PassOutput::Pooled(pooling),
+            interpolation: Interpolation::default(),
         };
-        self.embed_pass(Pixels::Uploaded(pixels), shape, normalize)
+        self.embeddings_of(
+            self.final_pass(Pixels::Uploaded(pixels), shape)?,
+            shape,
+            normalize,
+        )
     }
 
-    /// The pass behind [`Dinov2::embed`]: replayed, run and recorded, or run.
-    fn embed_pass(
+    /// The embeddings from a pooled pass's result (pooled on the host when the backend did not).
+    fn embeddings_of(
         &self,
-        pixels: Pixels<'_, B::Tensor>,
+        (result, pooled): (Tensor, bool),
         shape: PassShape,
         normalize: bool,
     ) -> Result<Vec<Embedding>> {
-        let be = &self.backend;
-        // Held for the whole pass: a recording's tensors serve one pass at a time, and the
-        // backend runs passes one after another anyway.
-        let mut replays = self.exclusive()?;
-        let recorded = replays.as_mut().and_then(|r| r.find(shape));
-        let (result, pooled) = if let Some(rec) = recorded {
-            match pixels {
-                Pixels::Host(t) => be.upload_into(t, &mut rec.input)?,
-                Pixels::Uploaded(p) => be.copy_into(&p.tensor, &mut rec.input)?,
-            }
-            be.replay(&rec.recording)?;
-            (be.download(&rec.output)?, rec.pooled)
-        } else {
-            let uploaded;
-            let pixels = match pixels {
-                Pixels::Host(t) => {
-                    uploaded = self.upload(t)?;
-                    &uploaded
-                }
-                Pixels::Uploaded(p) => p,
-            };
-            let (out, pooled) = self.pool_pass(pixels, shape.pooling)?;
-            if let Some(replays) = replays.as_mut() {
-                if replays.should_record(shape) {
-                    match self.record_pass(pixels, &out, pooled, shape.pooling) {
-                        Ok(Some(rec)) => replays.insert(shape, rec),
-                        Ok(None) => replays.fail("the backend recorded nothing".into()),
-                        Err(e) => replays.fail(e.to_string()),
-                    }
-                }
-            }
-            (be.download(&out)?, pooled)
+        let PassOutput::Pooled(pooling) = shape.output else {
+            return Err(ModelError::Unsupported("embeddings of a token pass".into()));
         };
-        drop(replays);
-        let prefix = self.config.num_prefix_tokens();
         let pooled = if pooled {
             result
         } else {
-            pool_tokens(&result, prefix, shape.pooling)
+            pool_tokens(&result, self.config.num_prefix_tokens(), pooling)
         };
         let p = self.config.patch_size;
         Ok(embeddings(
             pooled,
             self.config.hidden_size,
             (shape.height / p, shape.width / p),
-            shape.pooling,
+            pooling,
             normalize,
         ))
     }
 
-    /// Encoder and pooling, left on the backend: the pooled rows and true where the backend
-    /// pools this way ([`Backend::pool_on_device`]), else the final tokens and false.
-    fn pool_pass(
+    /// A pass to the final tokens or their pooling, on the host: replayed, run and recorded, or
+    /// run. Returns the result and whether it is pooled (see [`Dinov2::output_pass`]).
+    fn final_pass(
+        &self,
+        pixels: Pixels<'_, B::Tensor>,
+        shape: PassShape,
+    ) -> Result<(Tensor, bool)> {
+        let be = &self.backend;
+        // Held for the whole pass: a recording's tensors serve one pass at a time, and the
+        // backend runs passes one after another anyway.
+        let mut replays = self.exclusive()?;
+        let recorded = replays.as_mut().and_then(|r| r.find(shape));
+        if let Some(rec) = recorded {
+            match pixels {
+                Pixels::Host(t) => be.upload_into(t, &mut rec.input)?,
+                Pixels::Uploaded(p) => be.copy_into(&p.tensor, &mut rec.input)?,
+            }
+            be.replay(&rec.recording)?;
+            return Ok((be.download(&rec.output)?, rec.pooled));
+        }
+        let uploaded;
+        let pixels = match pixels {
+            Pixels::Host(t) => {
+                uploaded = self.upload(t)?;
+                &uploaded
+            }
+            Pixels::Uploaded(p) => p,
+        };
+        let (out, pooled) = self.output_pass(pixels, &shape)?;
+        if let Some(replays) = replays.as_mut() {
+            if replays.should_record(shape) {
+                match self.record_pass(pixels, &out, pooled, &shape) {
+                    Ok(Some(rec)) => replays.insert(shape, rec),
+                    Ok(None) => replays.fail("the backend recorded nothing".into()),
+                    Err(e) => replays.fail(e.to_string()),
+                }
+            }
+        }
+        Ok((be.download(&out)?, pooled))
+    }
+
+    /// Encoder (and pooling), left on the backend: for [`PassOutput::Tokens`] the final tokens;
+    /// for a pooling, the pooled rows and true where the backend pools this way
+    /// ([`Backend::pool_on_device`]), else the final tokens and false.
+    fn output_pass(
         &self,
         pixels: &PixelBatch<B::Tensor>,
-        pooling: Pooling,
+        shape: &PassShape,
     ) -> Result<(B::Tensor, bool)> {
-        let enc = self.encode(pixels, None, &ForwardOptions::default(), false)?;
+        let opts = ForwardOptions {
+            interpolation: shape.interpolation,
+            ..ForwardOptions::default()
+        };
+        let enc = self.encode(pixels, None, &opts, false)?;
+        let PassOutput::Pooled(pooling) = shape.output else {
+            return Ok((enc.normed, false));
+        };
         let prefix = self.config.num_prefix_tokens();
         Ok(
             match self.backend.pool_on_device(&enc.normed, prefix, pooling)? {
@@ -550,15 +607,15 @@ impl<B: Backend> Dinov2<B> {
         )
     }
 
-    /// Records [`Dinov2::pool_pass`] on copies of `pixels` and of `out` (the result of the pass
-    /// just run, which gives the output's shape), after that pass warmed every cache a recording
-    /// cannot fill (position tables, kernel and GEMM plans).
+    /// Records [`Dinov2::output_pass`] on copies of `pixels` and of `out` (the result of the
+    /// pass just run, which gives the output's shape), after that pass warmed every cache a
+    /// recording cannot fill (position tables, kernel and GEMM plans).
     fn record_pass(
         &self,
         pixels: &PixelBatch<B::Tensor>,
         out: &B::Tensor,
         pooled: bool,
-        pooling: Pooling,
+        shape: &PassShape,
     ) -> Result<Option<Recorded<B>>> {
         let be = &self.backend;
         let input = PixelBatch {
@@ -569,7 +626,7 @@ impl<B: Backend> Dinov2<B> {
         };
         let mut output = be.duplicate(out)?;
         let recording = be.record(&mut || {
-            let (result, _) = self.pool_pass(&input, pooling)?;
+            let (result, _) = self.output_pass(&input, shape)?;
             be.copy_into(&result, &mut output)
         })?;
         Ok(recording.map(|recording| Recorded {

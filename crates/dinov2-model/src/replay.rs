@@ -1,6 +1,7 @@
 //! Recorded embedding passes, replayed for the shapes that come again.
 //!
-//! A bulk embedding job runs the same (batch, height, width, pooling) pass thousands of times.
+//! A bulk embedding job runs the same (batch, height, width, pooling) pass thousands of times (and a
+//! library user may call `forward` as often).
 //! On a backend that records ([`Backend::can_record`]: CUDA graphs), the second pass of a shape
 //! runs as usual and is also recorded, on an input and an output tensor owned by the recording;
 //! from the third on, the pixels are copied into that input, the recording replayed with one
@@ -14,10 +15,20 @@ use std::collections::{HashSet, VecDeque};
 
 use crate::backend::Backend;
 use crate::pooling::Pooling;
+use crate::positions::Interpolation;
 
 /// Recordings kept at once, the least recently used dropped first: each holds its own
 /// activation memory (on CUDA, the graph's), and jobs rarely cycle through more shapes.
 const MAX_RECORDINGS: usize = 8;
+
+/// What a pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum PassOutput {
+    /// The final tokens pooled ([`crate::Dinov2::embed`]).
+    Pooled(Pooling),
+    /// The final tokens, `last_hidden_state` ([`crate::Dinov2::forward`] without extras).
+    Tokens,
+}
 
 /// What a recording is valid for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,7 +36,8 @@ pub(crate) struct PassShape {
     pub batch: usize,
     pub height: usize,
     pub width: usize,
-    pub pooling: Pooling,
+    pub output: PassOutput,
+    pub interpolation: Interpolation,
 }
 
 /// One recorded pass and the tensors it reads and writes.
@@ -122,7 +134,8 @@ mod tests {
             batch,
             height: 224,
             width: 224,
-            pooling: Pooling::Cls,
+            output: PassOutput::Pooled(Pooling::Cls),
+            interpolation: Interpolation::default(),
         }
     }
 

@@ -318,6 +318,46 @@ fn replayed_passes_equal_plain_passes_for_new_pixels() {
 }
 
 #[test]
+fn forward_passes_replay_per_shape_and_rule() {
+    use dinov2_model::{ForwardOptions, Interpolation};
+    let config = config("vits14");
+    let plain = Dinov2::random(CpuBackend::new(Dtype::F32).unwrap(), &config, 7).unwrap();
+    let taped = Dinov2::random(TapeBackend::new(), &config, 7).unwrap();
+    let rules = [Interpolation::default(), Interpolation::Legacy];
+    let mut seed = 100;
+    for round in 0..3 {
+        for interpolation in rules {
+            seed += 1;
+            let px = pixels(seed, 2, 28, 42);
+            let opts = ForwardOptions {
+                interpolation,
+                ..ForwardOptions::default()
+            };
+            let want = plain.forward(&px, None, &opts).unwrap();
+            let got = taped.forward(&px, None, &opts).unwrap();
+            assert_eq!(
+                got.last_hidden_state, want.last_hidden_state,
+                "round {round}"
+            );
+            assert_eq!(got.pooler_output, want.pooler_output, "round {round}");
+        }
+    }
+    // With hidden states the pass is not recorded, and still equal.
+    let opts = ForwardOptions {
+        hidden_states: true,
+        ..ForwardOptions::default()
+    };
+    let px = pixels(999, 2, 28, 42);
+    let want = plain.forward(&px, None, &opts).unwrap();
+    let got = taped.forward(&px, None, &opts).unwrap();
+    assert_eq!(got.hidden_states, want.hidden_states);
+    let status = taped.replay_status();
+    assert_eq!(status.failure, None);
+    // One recording per rule (the second round), replayed in the third.
+    assert_eq!((status.recorded, status.replays), (2, 2));
+}
+
+#[test]
 fn a_failed_recording_turns_recording_off_and_passes_go_on() {
     let config = config("vits14");
     let plain = Dinov2::random(CpuBackend::new(Dtype::F32).unwrap(), &config, 7).unwrap();
