@@ -1,5 +1,6 @@
 //! `--model`: a model directory, or a Hugging Face hub id found in the local cache, downloaded
-//! into that cache with `hf-hub` when it is absent and a network is there.
+//! into that cache with `hf-hub` when it is absent and a network is there (from `HF_ENDPOINT`
+//! when set, a mirror, else huggingface.co).
 
 use std::path::{Path, PathBuf};
 
@@ -37,7 +38,8 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
 fn download(id: &HubId, cache: &Path) -> std::result::Result<PathBuf, String> {
     use hf_hub::api::sync::ApiBuilder;
     use hf_hub::{Repo, RepoType};
-    let api = ApiBuilder::new()
+    // `from_env`: HF_ENDPOINT (a mirror) and the saved token are honoured.
+    let api = ApiBuilder::from_env()
         .with_cache_dir(cache.to_owned())
         .with_progress(true)
         .build()
