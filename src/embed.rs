@@ -29,6 +29,8 @@ pub struct Embedder<B: Backend> {
     decode: DecodeOptions,
     pooling: Pooling,
     normalize: bool,
+    /// Hidden states to pool instead of the final output, and whether through the final norm.
+    layers: Option<(Vec<usize>, bool)>,
 }
 
 /// The checkpoint's `preprocessor_config.json`, or the facebook/dinov2 values when it has none.
@@ -71,6 +73,7 @@ impl<B: Backend> Embedder<B> {
             decode: DecodeOptions::default(),
             pooling: Pooling::Cls,
             normalize: false,
+            layers: None,
         }
     }
 
@@ -91,6 +94,14 @@ impl<B: Backend> Embedder<B> {
     /// L2-normalizes each output vector (each patch vector for patch pooling).
     pub fn with_normalize(mut self, normalize: bool) -> Self {
         self.normalize = normalize;
+        self
+    }
+
+    /// Pools these hidden states (0 = the embeddings, `i` = layer `i`'s output) instead of the
+    /// final output, each through the final LayerNorm when `norm`, concatenated in this order
+    /// ([`Dinov2::embed_layers`]).
+    pub fn with_layers(mut self, layers: Vec<usize>, norm: bool) -> Self {
+        self.layers = Some((layers, norm));
         self
     }
 
@@ -135,7 +146,13 @@ impl<B: Backend> Embedder<B> {
 
     /// Embeds a batch of preprocessed images `[B, C, H, W]` (from [`stack_images`]).
     pub fn embed_batch(&self, pixels: &Tensor) -> Result<Vec<Embedding>> {
-        Ok(self.model.embed(pixels, self.pooling, self.normalize)?)
+        Ok(match &self.layers {
+            None => self.model.embed(pixels, self.pooling, self.normalize)?,
+            Some((layers, norm)) => {
+                self.model
+                    .embed_layers(pixels, layers, *norm, self.pooling, self.normalize)?
+            }
+        })
     }
 
     /// Embeds decoded RGB images.

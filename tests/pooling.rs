@@ -100,3 +100,113 @@ fn embedder_uses_the_backend_pooling() {
         assert_eq!(got, want, "{pooling}");
     }
 }
+
+/// `embed_layers`: the last layer with the final norm is `embed`; an intermediate layer without
+/// it is that hidden state pooled, with it that hidden state through the final LayerNorm; layers
+/// come out concatenated in the order asked (per patch for patch pooling); bad layers are errors.
+#[test]
+fn intermediate_layers_pool_the_hidden_states() {
+    for (case, run) in [
+        ("dinov2_mlp", "rect24x40_mask"),
+        ("registers_mlp", "up44x36"),
+    ] {
+        let checkpoint = Checkpoint::open(golden_dir().join(case)).unwrap();
+        let model = Dinov2::load(CpuBackend, &checkpoint).unwrap();
+        let px = pixels(case, run);
+        let config = model.config().clone();
+        let (depth, h, prefix) = (
+            config.num_hidden_layers,
+            config.hidden_size,
+            config.num_prefix_tokens(),
+        );
+        for pooling in POOLINGS {
+            for normalize in [false, true] {
+                assert_eq!(
+                    model
+                        .embed_layers(&px, &[depth], true, pooling, normalize)
+                        .unwrap(),
+                    model.embed(&px, pooling, normalize).unwrap(),
+                    "{case} {pooling} normalize={normalize}"
+                );
+            }
+        }
+        let opts = ForwardOptions {
+            hidden_states: true,
+            ..ForwardOptions::default()
+        };
+        let hidden = model
+            .forward(&px, None, &opts)
+            .unwrap()
+            .hidden_states
+            .unwrap();
+        let norm = |name: &str| {
+            checkpoint
+                .weights
+                .require(&format!("layernorm.{name}"))
+                .or_else(|_| {
+                    checkpoint
+                        .weights
+                        .require(&format!("dinov2.layernorm.{name}"))
+                })
+                .or_else(|_| {
+                    checkpoint
+                        .weights
+                        .require(&format!("dinov2_with_registers.layernorm.{name}"))
+                })
+                .unwrap()
+                .to_f32()
+        };
+        let (w, b) = (norm("weight"), norm("bias"));
+        for layer in [0, 1] {
+            let plain = model
+                .embed_layers(&px, &[layer], false, Pooling::Mean, false)
+                .unwrap();
+            let want = pool_tokens(&hidden[layer], prefix, Pooling::Mean);
+            let got: Vec<f32> = plain.iter().flat_map(|e| e.values.clone()).collect();
+            assert_eq!(got, want.data, "{case} layer {layer} without norm");
+            let normed = model
+                .embed_layers(&px, &[layer], true, Pooling::Cls, false)
+                .unwrap();
+            let tokens = Tensor {
+                shape: hidden[layer].shape.clone(),
+                data: dinov2::crates::cpu::layer_norm(
+                    &hidden[layer].data,
+                    &w,
+                    &b,
+                    config.layer_norm_eps,
+                ),
+            };
+            let want = pool_tokens(&tokens, prefix, Pooling::Cls);
+            let got: Vec<f32> = normed.iter().flat_map(|e| e.values.clone()).collect();
+            assert_eq!(got, want.data, "{case} layer {layer} with norm");
+        }
+        // Order and layout: [2, 1] is layer 2's vector then layer 1's, per patch for patches.
+        let both = model
+            .embed_layers(&px, &[2, 1], false, Pooling::Patch, false)
+            .unwrap();
+        let two = model
+            .embed_layers(&px, &[2], false, Pooling::Patch, false)
+            .unwrap();
+        let one = model
+            .embed_layers(&px, &[1], false, Pooling::Patch, false)
+            .unwrap();
+        for ((b, t), o) in both.iter().zip(&two).zip(&one) {
+            assert_eq!(b.grid, t.grid);
+            for ((bp, tp), op) in b
+                .values
+                .chunks(2 * h)
+                .zip(t.values.chunks(h))
+                .zip(o.values.chunks(h))
+            {
+                assert_eq!(&bp[..h], tp);
+                assert_eq!(&bp[h..], op);
+            }
+        }
+        for bad in [&[][..], &[depth + 1][..]] {
+            let e = model
+                .embed_layers(&px, bad, true, Pooling::Cls, false)
+                .unwrap_err();
+            assert!(e.to_string().contains("layers"), "{e}");
+        }
+    }
+}

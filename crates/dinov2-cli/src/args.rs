@@ -184,6 +184,14 @@ pub struct EmbedArgs {
     /// L2-normalize each vector (each patch vector with --pooling patch).
     #[arg(long)]
     pub normalize: bool,
+    /// Pool these hidden states instead of the final output, concatenated in this order, e.g.
+    /// `9,10,11,12` (0 = the embeddings, i = layer i's output), each through the final LayerNorm
+    /// as DINOv2's get_intermediate_layers(norm=True) does.
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Option<Vec<usize>>,
+    /// With --layers: pool the hidden states as they are, without the final LayerNorm.
+    #[arg(long, requires = "layers")]
+    pub no_layer_norm: bool,
     /// Output file: .parquet, .npy (with FILE.paths.txt) or .safetensors (with FILE.paths.txt).
     #[arg(long)]
     pub output: PathBuf,

@@ -32,7 +32,16 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let dir = resolve(&args.model)?;
     let checkpoint = Checkpoint::open(&dir)?;
     let preprocess = preprocess_config(&dir)?;
+    // Checked here, not per batch (where a model error would read as bad images).
+    let depth = checkpoint.config.num_hidden_layers;
+    if let Some(bad) = args.layers.iter().flatten().find(|&&l| l > depth) {
+        return Err(CliError(format!(
+            "--layers {bad}: the model has hidden states 0 (the embeddings) to {depth}"
+        )));
+    }
+    let layers = args.layers.clone().map(|l| (l, !args.no_layer_norm));
     let identity = vec![
+        format!("{layers:?}"),
         std::fs::canonicalize(&dir)
             .unwrap_or(dir.clone())
             .display()
@@ -57,6 +66,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         chunk_rows: args.chunk_rows.max(1),
         identity,
+        layers,
     };
     let decode = decode_options(&args.decode);
     let streams = args.streams.unwrap_or(match args.device {
@@ -125,8 +135,12 @@ fn embedder<B: Backend>(
     settings: &Settings,
 ) -> Result<Embedder<B>> {
     let model = Dinov2::load(backend, checkpoint)?;
-    Ok(Embedder::new(model, preprocess.clone())
+    let embedder = Embedder::new(model, preprocess.clone())
         .with_pooling(settings.pooling)
         .with_normalize(settings.normalize)
-        .with_decode_options(decode.clone()))
+        .with_decode_options(decode.clone());
+    Ok(match &settings.layers {
+        Some((layers, norm)) => embedder.with_layers(layers.clone(), *norm),
+        None => embedder,
+    })
 }

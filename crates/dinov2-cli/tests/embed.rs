@@ -680,3 +680,61 @@ fn several_streams_give_the_same_output_as_one() {
     assert_eq!(three, one);
     assert!(one.2.contains("copy1_bad.png"));
 }
+
+/// `--layers`: hidden states pooled and concatenated in the order given (each through the final
+/// LayerNorm unless `--no-layer-norm`); the last layer with the norm is the default output; a
+/// layer the model lacks is one error before any work.
+#[test]
+fn intermediate_layers_are_concatenated() {
+    let dir = TempDir::new().unwrap();
+    let image = root().join("assets/images/chelsea.jpg");
+    let image = image.to_str().unwrap();
+    let model_path = model();
+    let embed = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "embed",
+            "--model",
+            &model_path,
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.push(image);
+        let r = dinov2(&args);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        read_npy(&out)
+    };
+    let depth: usize = {
+        let text = std::fs::read_to_string(Path::new(&model_path).join("config.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["num_hidden_layers"].as_u64().unwrap() as usize
+    };
+    let last = depth.to_string();
+    let default = embed("default.npy", &[]);
+    assert_eq!(embed("last.npy", &["--layers", &last]), default);
+    let (shape, values) = embed("two.npy", &["--layers", &format!("1,{last}")]);
+    let h = default.0[1];
+    assert_eq!(shape, vec![1, 2 * h]);
+    let (_, first) = embed("first.npy", &["--layers", "1"]);
+    assert_eq!(&values[..h], &first[..]);
+    assert_eq!(&values[h..], &default.1[..]);
+    let (_, raw) = embed("raw.npy", &["--layers", "1", "--no-layer-norm"]);
+    assert_ne!(raw, first);
+    let (patch_shape, _) = embed("patch.npy", &["--layers", "0,1", "--pooling", "patch"]);
+    assert_eq!(patch_shape[3], 2 * h, "{patch_shape:?}");
+    let r = dinov2(&[
+        "embed",
+        "--model",
+        &model_path,
+        "--layers",
+        &(depth + 1).to_string(),
+        "--output",
+        dir.path().join("bad.npy").to_str().unwrap(),
+        image,
+    ]);
+    assert_eq!(r.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(stderr.contains("--layers"), "{stderr}");
+    assert!(!dir.path().join("bad.npy.partial").exists());
+}

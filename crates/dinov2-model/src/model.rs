@@ -283,13 +283,14 @@ impl<B: Backend> Dinov2<B> {
         Ok((y_next, probs))
     }
 
-    /// Embeddings and encoder; `keep_hidden` keeps every layer's input and the final output.
+    /// Embeddings and encoder; keeps the hidden states `i` (0 = the embeddings, `i` = layer `i`'s
+    /// output, transformers' `hidden_states` indices) for which `keep(i)`, in order.
     fn encode(
         &self,
         pixels: &PixelBatch<B::Tensor>,
         mask: Option<&[bool]>,
         opts: &ForwardOptions,
-        keep_hidden: bool,
+        keep: &dyn Fn(usize) -> bool,
     ) -> Result<Encoded<B::Tensor>> {
         let (b, height, width) = (pixels.batch, pixels.height, pixels.width);
         if opts.interpolation == Interpolation::Legacy && self.config.num_register_tokens > 0 {
@@ -339,7 +340,7 @@ impl<B: Backend> Dinov2<B> {
         let eps = self.config.layer_norm_eps;
         let mut y = be.layer_norm(&x, &layers[0].norm1.weight, &layers[0].norm1.bias, eps)?;
         for (i, layer) in layers.iter().enumerate() {
-            if keep_hidden {
+            if keep(i) {
                 hidden_states.push(x.clone());
             }
             let next = layers.get(i + 1).map_or(&self.params.norm, |l| &l.norm1);
@@ -349,7 +350,7 @@ impl<B: Backend> Dinov2<B> {
                 attentions.push(probs);
             }
         }
-        if keep_hidden {
+        if keep(layers.len()) {
             hidden_states.push(x);
         }
         Ok(Encoded {
@@ -394,7 +395,7 @@ impl<B: Backend> Dinov2<B> {
         }
         let _pass = self.exclusive()?;
         let pixels = self.upload(pixels)?;
-        let enc = self.encode(&pixels, mask, opts, opts.hidden_states)?;
+        let enc = self.encode(&pixels, mask, opts, &|_| opts.hidden_states)?;
         let last_hidden_state = self.backend.download(&enc.normed)?;
         Ok(self.model_output(
             last_hidden_state,
@@ -437,7 +438,7 @@ impl<B: Backend> Dinov2<B> {
         })?;
         let _pass = self.exclusive()?;
         let pixels = self.upload(pixels)?;
-        let enc = self.encode(&pixels, None, opts, opts.hidden_states)?;
+        let enc = self.encode(&pixels, None, opts, &|_| opts.hidden_states)?;
         // `[CLS, mean(patch tokens)]` pooled on the backend: `[B, 2h]`.
         let input = self.backend.pool(
             &enc.normed,
@@ -514,6 +515,85 @@ impl<B: Backend> Dinov2<B> {
             shape,
             normalize,
         )
+    }
+
+    /// [`Dinov2::embed`] of intermediate layers: for each image, the pooling of each hidden state
+    /// in `layers` (0 = the embeddings, `i` = layer `i`'s output, as transformers'
+    /// `hidden_states`; the last layer with `norm` is `last_hidden_state`), each through the final
+    /// LayerNorm when `norm` (DINOv2's `get_intermediate_layers(norm=True)`), concatenated in the
+    /// order given: `layers.len()` vectors one after the other, or for patch pooling each patch's
+    /// vectors one after the other. `normalize` L2-normalizes the concatenated vector (each patch's).
+    /// Runs as it comes (not recorded as a CUDA graph).
+    pub fn embed_layers(
+        &self,
+        pixels: &Tensor,
+        layers: &[usize],
+        norm: bool,
+        pooling: Pooling,
+        normalize: bool,
+    ) -> Result<Vec<Embedding>> {
+        let depth = self.config.num_hidden_layers;
+        if layers.is_empty() {
+            return Err(ModelError::input("layers", "no layer given"));
+        }
+        if let Some(bad) = layers.iter().find(|&&l| l > depth) {
+            return Err(ModelError::input(
+                "layers",
+                format!("layer {bad} asked for: the model has hidden states 0 (the embeddings) to {depth}"),
+            ));
+        }
+        let (batch, height, img_width) = self.check_pixels(pixels)?;
+        let pass = self.exclusive()?;
+        let uploaded = self.upload(pixels)?;
+        let enc = self.encode(&uploaded, None, &ForwardOptions::default(), &|i| {
+            layers.contains(&i)
+        })?;
+        // `enc.hidden_states` holds the distinct asked layers in increasing order.
+        let mut kept: Vec<usize> = layers.to_vec();
+        kept.sort_unstable();
+        kept.dedup();
+        let be = &self.backend;
+        let prefix = self.config.num_prefix_tokens();
+        let mut pooled = Vec::with_capacity(layers.len());
+        for layer in layers {
+            let state = &enc.hidden_states[kept.binary_search(layer).map_err(|_| {
+                ModelError::Unsupported(format!("hidden state {layer} was not kept"))
+            })?];
+            let tokens = if norm {
+                let n = &self.params.norm;
+                be.layer_norm(state, &n.weight, &n.bias, self.config.layer_norm_eps)?
+            } else {
+                state.clone()
+            };
+            pooled.push(be.pool(&tokens, prefix, pooling)?);
+        }
+        drop(pass);
+        let h = self.config.hidden_size;
+        // Per image (per patch for patch pooling), the layers' vectors one after the other.
+        let unit = if pooling == Pooling::Patch {
+            h
+        } else {
+            pooled[0].last_dim()
+        };
+        let rows = pooled[0].len() / unit;
+        let mut data = Vec::with_capacity(rows * unit * layers.len());
+        for r in 0..rows {
+            for p in &pooled {
+                data.extend_from_slice(&p.data[r * unit..(r + 1) * unit]);
+            }
+        }
+        let row = data.len() / batch;
+        let p = self.config.patch_size;
+        Ok(embeddings(
+            Tensor {
+                shape: vec![batch, row],
+                data,
+            },
+            h * layers.len(),
+            (height / p, img_width / p),
+            pooling,
+            normalize,
+        ))
     }
 
     /// The embeddings from a pooled pass's result (pooled on the host when the backend did not).
@@ -594,7 +674,7 @@ impl<B: Backend> Dinov2<B> {
             interpolation: shape.interpolation,
             ..ForwardOptions::default()
         };
-        let enc = self.encode(pixels, None, &opts, false)?;
+        let enc = self.encode(pixels, None, &opts, &|_| false)?;
         let PassOutput::Pooled(pooling) = shape.output else {
             return Ok((enc.normed, false));
         };
@@ -642,7 +722,7 @@ impl<B: Backend> Dinov2<B> {
     pub fn backbone(&self, pixels: &Tensor, opts: &ForwardOptions) -> Result<BackboneOutput> {
         let _pass = self.exclusive()?;
         let pixels = self.upload(pixels)?;
-        let enc = self.encode(&pixels, None, opts, true)?;
+        let enc = self.encode(&pixels, None, opts, &|_| true)?;
         let p = self.config.patch_size;
         let (gh, gw) = (pixels.height / p, pixels.width / p);
         let norm = &self.params.norm;

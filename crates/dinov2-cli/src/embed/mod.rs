@@ -77,6 +77,8 @@ pub struct Settings {
     pub chunk_rows: usize,
     /// Everything else that changes the values (model, dtype, preprocessing), for the fingerprint.
     pub identity: Vec<String>,
+    /// Hidden states pooled instead of the final output, and whether through the final norm.
+    pub layers: Option<(Vec<usize>, bool)>,
 }
 
 pub use inputs::expand as expand_inputs;
