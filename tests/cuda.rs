@@ -314,6 +314,30 @@ fn embeddings_on_the_gpu_match_the_cpu() {
                     );
                 }
             }
+            // Intermediate layers: hidden states kept on the device, normed, pooled there.
+            for (layers, norm, pooling) in [
+                (vec![0, 1], true, Pooling::Cls),
+                (vec![1], false, Pooling::Mean),
+                (vec![1, 0], true, Pooling::Patch),
+            ] {
+                let want = cpu
+                    .embed_layers(&inputs.pixel_values, &layers, norm, pooling, false)
+                    .unwrap();
+                let got = model
+                    .embed_layers(&inputs.pixel_values, &layers, norm, pooling, false)
+                    .unwrap();
+                let g: Vec<f32> = got.iter().flat_map(|e| e.values.clone()).collect();
+                let w: Vec<f64> = want
+                    .iter()
+                    .flat_map(|e| e.values.iter().map(|&v| v as f64))
+                    .collect();
+                let err = rel_l2(&g, &w);
+                eprintln!("{case}/{run} {dtype} layers {layers:?} norm={norm} {pooling}: rel L2 {err:.2e}");
+                assert!(
+                    err < rel_tol,
+                    "{case}/{run} {dtype} layers {layers:?}: {err:.3e}"
+                );
+            }
             let after = be.memory_used().expect("the driver reports memory");
             eprintln!(
                 "{case} {dtype}: {} KiB in use after loading and embedding",
