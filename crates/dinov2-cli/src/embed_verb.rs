@@ -55,6 +55,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         inputs,
         output: args.output,
         format,
+        output_dtype: args.output_dtype,
         batch_size,
         pooling: args.pooling,
         normalize: args.normalize,

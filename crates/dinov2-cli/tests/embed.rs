@@ -738,3 +738,82 @@ fn intermediate_layers_are_concatenated() {
     assert!(stderr.contains("--layers"), "{stderr}");
     assert!(!dir.path().join("bad.npy.partial").exists());
 }
+
+/// `--output-dtype f16`: the f32 values rounded to nearest even, in npy (`<f2`), safetensors
+/// (`F16`) and Parquet (a list of float16).
+#[test]
+fn half_precision_outputs_round_the_f32_values() {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Float16Type;
+    use half::f16;
+    let dir = TempDir::new().unwrap();
+    sample_images(dir.path());
+    let images = dir.path().display().to_string();
+    let model_str = model();
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "embed",
+            "--model",
+            &model_str,
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.push(&images);
+        let r = dinov2(&args);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        out
+    };
+    let (shape, full) = read_npy(&run("f32.npy", &[]));
+    let want: Vec<f16> = full.iter().map(|&v| f16::from_f32(v)).collect();
+
+    let bytes = std::fs::read(run("f16.npy", &["--output-dtype", "f16"])).unwrap();
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + len]).unwrap();
+    assert!(header.contains("'descr': '<f2'"), "{header}");
+    assert!(
+        header.contains(&format!("'shape': ({}, {})", shape[0], shape[1])),
+        "{header}"
+    );
+    let got: Vec<f16> = bytes[10 + len..]
+        .chunks_exact(2)
+        .map(|c| f16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    assert_eq!(got, want);
+
+    let st = std::fs::read(run("f16.safetensors", &["--output-dtype", "f16"])).unwrap();
+    let st = SafeTensors::deserialize(&st).unwrap();
+    let t = st.tensor("embeddings").unwrap();
+    assert_eq!(t.dtype(), safetensors::Dtype::F16);
+    let got: Vec<f16> = t
+        .data()
+        .chunks_exact(2)
+        .map(|c| f16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    assert_eq!(got, want);
+
+    let pq = run("f16.parquet", &["--output-dtype", "f16"]);
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        File::open(&pq).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut got = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let list = batch
+            .column_by_name("embedding")
+            .unwrap()
+            .as_fixed_size_list();
+        got.extend(
+            list.values()
+                .as_primitive::<Float16Type>()
+                .values()
+                .iter()
+                .copied(),
+        );
+    }
+    assert_eq!(got, want);
+}

@@ -23,8 +23,8 @@ use rayon::prelude::*;
 
 use crate::error::{CliError, Result};
 use job::{digest, Failure, Job, Row};
-pub use writers::Format;
 use writers::{sibling, write_output};
+pub use writers::{Format, ValueType};
 
 /// One batch as the model thread receives it: the good images stacked per size, the bad ones
 /// apart, in input order.
@@ -67,6 +67,8 @@ pub struct Settings {
     pub inputs: Vec<PathBuf>,
     pub output: PathBuf,
     pub format: Format,
+    /// The type of the written values.
+    pub output_dtype: ValueType,
     pub batch_size: usize,
     pub pooling: Pooling,
     pub normalize: bool,
@@ -467,7 +469,7 @@ fn finish(
     timing: &Timing,
     streams: usize,
 ) -> Result<()> {
-    write_output(&job, &s.output, s.format)?;
+    write_output(&job, &s.output, s.format, s.output_dtype)?;
     let errors_path = sibling(&s.output, ".errors.jsonl");
     let failed = job.failures.len();
     if failed > 0 {

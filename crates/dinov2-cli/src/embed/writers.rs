@@ -1,14 +1,17 @@
 //! The embed verb's output files, written from the job's chunks in one streaming pass (memory stays
 //! bounded by one chunk): Parquet (path, width, height, embedding; grid_h, grid_w for patches), npy
-//! (`N x D` or `N x gh x gw x D` float32) or safetensors (`embeddings`), the latter two with
-//! `FILE.paths.txt` naming each row's input.
+//! (`N x D` or `N x gh x gw x D`) or safetensors (`embeddings`), the latter two with
+//! `FILE.paths.txt` naming each row's input. Values are float32, or float16 (`--output-dtype f16`,
+//! rounded to nearest even at write time: the job's chunks stay f32).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::builder::{FixedSizeListBuilder, Float32Builder, ListBuilder};
+use arrow_array::builder::{
+    ArrayBuilder, FixedSizeListBuilder, Float16Builder, Float32Builder, ListBuilder,
+};
 use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
@@ -44,6 +47,45 @@ impl Format {
     }
 }
 
+/// The type of the written values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ValueType {
+    /// float32, as computed.
+    #[default]
+    F32,
+    /// float16: half the size (rounded to nearest even), read by numpy, pandas, DuckDB, FAISS
+    /// loaders.
+    F16,
+}
+
+impl ValueType {
+    fn arrow(self) -> DataType {
+        match self {
+            ValueType::F32 => DataType::Float32,
+            ValueType::F16 => DataType::Float16,
+        }
+    }
+
+    /// Appends `values` in this type's little-endian bytes.
+    fn extend_bytes(self, out: &mut Vec<u8>, values: &[f32]) {
+        match self {
+            ValueType::F32 => out.extend_from_slice(bytemuck::cast_slice(values)),
+            ValueType::F16 => {
+                for &v in values {
+                    out.extend_from_slice(&half::f16::from_f32(v).to_le_bytes());
+                }
+            }
+        }
+    }
+
+    fn size(self) -> usize {
+        match self {
+            ValueType::F32 => 4,
+            ValueType::F16 => 2,
+        }
+    }
+}
+
 /// A sibling path: `FILE` + `suffix` (e.g. `out.npy.paths.txt`).
 pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
@@ -69,14 +111,24 @@ pub fn dense_shape(job: &Job, format: Format) -> Result<Vec<usize>> {
 }
 
 /// Writes the final output of `job` to `out` (via a temporary file renamed into place).
-pub fn write_output(job: &Job, out: &Path, format: Format) -> Result<()> {
+pub fn write_output(job: &Job, out: &Path, format: Format, values: ValueType) -> Result<()> {
     let tmp = sibling(out, ".tmp");
     match format {
-        Format::Parquet => write_parquet(job, &tmp, job.shapes.iter().any(|s| s.len() == 3))?,
+        Format::Parquet => {
+            let patch = job.shapes.iter().any(|s| s.len() == 3);
+            write_parquet(job, &tmp, patch, values)?
+        }
         Format::Npy | Format::Safetensors => {
             let mut full = vec![job.rows];
             full.extend(dense_shape(job, format)?);
-            write_dense(job, &tmp, format, &full, &sibling(out, ".paths.txt"))?;
+            write_dense(
+                job,
+                &tmp,
+                format,
+                values,
+                &full,
+                &sibling(out, ".paths.txt"),
+            )?;
         }
     }
     std::fs::rename(&tmp, out).map_err(io(out))
@@ -87,12 +139,17 @@ fn write_dense(
     job: &Job,
     path: &Path,
     format: Format,
+    values: ValueType,
     shape: &[usize],
     paths_file: &Path,
 ) -> Result<()> {
     let file = File::create(path).map_err(io(path))?;
     let mut w = BufWriter::new(file);
-    let bytes: usize = shape.iter().product::<usize>() * 4;
+    let bytes: usize = shape.iter().product::<usize>() * values.size();
+    let (descr, dtype) = match values {
+        ValueType::F32 => ("<f4", "F32"),
+        ValueType::F16 => ("<f2", "F16"),
+    };
     let header = match format {
         Format::Npy => {
             let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
@@ -102,7 +159,7 @@ fn write_dense(
                 dims.join(", ")
             };
             let mut dict =
-                format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({dims}), }}");
+                format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({dims}), }}");
             // Magic (6) + version (2) + length (2) + dict + '\n' is a multiple of 64.
             while (10 + dict.len() + 1) % 64 != 0 {
                 dict.push(' ');
@@ -115,7 +172,7 @@ fn write_dense(
         }
         _ => {
             let mut json = serde_json::json!({
-                "embeddings": {"dtype": "F32", "shape": shape, "data_offsets": [0, bytes]},
+                "embeddings": {"dtype": dtype, "shape": shape, "data_offsets": [0, bytes]},
                 "__metadata__": {"format": "dinov2 embed", "paths": "see FILE.paths.txt"},
             })
             .to_string();
@@ -129,10 +186,12 @@ fn write_dense(
     };
     w.write_all(&header).map_err(io(path))?;
     let mut paths = String::new();
+    let mut buf = Vec::new();
     for chunk in job.chunks() {
         for row in chunk? {
-            w.write_all(bytemuck::cast_slice(&row.values))
-                .map_err(io(path))?;
+            buf.clear();
+            values.extend_bytes(&mut buf, &row.values);
+            w.write_all(&buf).map_err(io(path))?;
             paths.push_str(&row.path);
             paths.push('\n');
         }
@@ -145,7 +204,26 @@ fn write_dense(
         .map_err(io(path))
 }
 
-fn write_parquet(job: &Job, path: &Path, patch: bool) -> Result<()> {
+/// A list builder over `values`' arrow type.
+fn list_values(values: ValueType) -> Box<dyn ArrayBuilder> {
+    match values {
+        ValueType::F32 => Box::new(Float32Builder::new()),
+        ValueType::F16 => Box::new(Float16Builder::new()),
+    }
+}
+
+/// Appends `row` to the values builder made by [`list_values`].
+fn append_values(builder: &mut dyn ArrayBuilder, row: &[f32]) {
+    if let Some(b) = builder.as_any_mut().downcast_mut::<Float32Builder>() {
+        b.append_slice(row);
+    } else if let Some(b) = builder.as_any_mut().downcast_mut::<Float16Builder>() {
+        for &v in row {
+            b.append_value(half::f16::from_f32(v));
+        }
+    }
+}
+
+fn write_parquet(job: &Job, path: &Path, patch: bool, values: ValueType) -> Result<()> {
     let file = File::create(path).map_err(io(path))?;
     let pq = |e: parquet::errors::ParquetError| {
         CliError(format!("cannot write {}: {e}", path.display()))
@@ -157,7 +235,7 @@ fn write_parquet(job: &Job, path: &Path, patch: bool) -> Result<()> {
     for chunk in job.chunks() {
         let rows: Vec<Row> = chunk?;
         let dim = rows[0].values.len();
-        let item = Arc::new(Field::new("item", DataType::Float32, false));
+        let item = Arc::new(Field::new("item", values.arrow(), false));
         let mut columns: Vec<(&str, ArrayRef)> = vec![
             (
                 "path",
@@ -175,17 +253,17 @@ fn write_parquet(job: &Job, path: &Path, patch: bool) -> Result<()> {
             ),
         ];
         let embedding: ArrayRef = if patch {
-            let mut b = ListBuilder::new(Float32Builder::new()).with_field(item.clone());
+            let mut b = ListBuilder::new(list_values(values)).with_field(item.clone());
             for r in &rows {
-                b.values().append_slice(&r.values);
+                append_values(b.values().as_mut(), &r.values);
                 b.append(true);
             }
             Arc::new(b.finish())
         } else {
-            let mut b = FixedSizeListBuilder::new(Float32Builder::new(), dim as i32)
-                .with_field(item.clone());
+            let mut b =
+                FixedSizeListBuilder::new(list_values(values), dim as i32).with_field(item.clone());
             for r in &rows {
-                b.values().append_slice(&r.values);
+                append_values(b.values().as_mut(), &r.values);
                 b.append(true);
             }
             Arc::new(b.finish())
@@ -228,7 +306,7 @@ fn write_parquet(job: &Job, path: &Path, patch: bool) -> Result<()> {
         }
         None => {
             // No image was embedded: an empty file with the columns, so readers see the schema.
-            let item = Arc::new(Field::new("item", DataType::Float32, false));
+            let item = Arc::new(Field::new("item", values.arrow(), false));
             let schema = Arc::new(Schema::new(vec![
                 Field::new("path", DataType::Utf8, false),
                 Field::new("width", DataType::UInt32, false),
