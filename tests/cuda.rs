@@ -36,6 +36,17 @@ fn min_cosine(a: &[f32], b: &[f64], cols: usize) -> f64 {
         .fold(1.0, f64::min)
 }
 
+/// The embeddings as one f32 vector (ours) and one f64 vector (the reference), for [`rel_l2`].
+fn flatten_pair(got: &[dinov2::Embedding], want: &[dinov2::Embedding]) -> (Vec<f32>, Vec<f64>) {
+    assert_eq!(got.len(), want.len());
+    let g = got.iter().flat_map(|e| e.values.clone()).collect();
+    let w = want
+        .iter()
+        .flat_map(|e| e.values.iter().map(|&v| v as f64))
+        .collect();
+    (g, w)
+}
+
 fn run_model<B: Backend>(
     model: &Dinov2<B>,
     run: &Run,
@@ -291,12 +302,7 @@ fn embeddings_on_the_gpu_match_the_cpu() {
                     let got = model
                         .embed(&inputs.pixel_values, pooling, normalize)
                         .unwrap();
-                    assert_eq!(got.len(), want.len());
-                    let g: Vec<f32> = got.iter().flat_map(|e| e.values.clone()).collect();
-                    let w: Vec<f64> = want
-                        .iter()
-                        .flat_map(|e| e.values.iter().map(|&v| v as f64))
-                        .collect();
+                    let (g, w) = flatten_pair(&got, &want);
                     let err = rel_l2(&g, &w);
                     let cols = want[0].values.len();
                     let cos = min_cosine(&g, &w, cols);
@@ -326,11 +332,7 @@ fn embeddings_on_the_gpu_match_the_cpu() {
                 let got = model
                     .embed_layers(&inputs.pixel_values, &layers, norm, pooling, false)
                     .unwrap();
-                let g: Vec<f32> = got.iter().flat_map(|e| e.values.clone()).collect();
-                let w: Vec<f64> = want
-                    .iter()
-                    .flat_map(|e| e.values.iter().map(|&v| v as f64))
-                    .collect();
+                let (g, w) = flatten_pair(&got, &want);
                 let err = rel_l2(&g, &w);
                 eprintln!("{case}/{run} {dtype} layers {layers:?} norm={norm} {pooling}: rel L2 {err:.2e}");
                 assert!(
@@ -398,11 +400,7 @@ fn replayed_cuda_graphs_equal_eager_passes() {
                         let up = graphed.upload_pixels(&px).unwrap();
                         graphed.embed_batch(&up, pooling, false).unwrap()
                     };
-                    let g: Vec<f32> = got.iter().flat_map(|e| e.values.clone()).collect();
-                    let r: Vec<f64> = want
-                        .iter()
-                        .flat_map(|e| e.values.iter().map(|&v| v as f64))
-                        .collect();
+                    let (g, r) = flatten_pair(&got, &want);
                     let err = rel_l2(&g, &r);
                     eprintln!(
                         "{name} {dtype} round {round} {b}x{h}x{w} {pooling}: rel L2 {err:.2e}"

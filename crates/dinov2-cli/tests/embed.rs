@@ -46,6 +46,20 @@ fn sample_images(dir: &Path) -> Vec<String> {
     names
 }
 
+/// A folder `images` in `dir` holding the sample photos and `copies` copies of each
+/// (`copy{i}_{name}`); returns it and the sample names.
+fn copied_images(dir: &Path, copies: usize) -> (PathBuf, Vec<String>) {
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let names = sample_images(&images);
+    for copy in 0..copies {
+        for n in &names {
+            std::fs::copy(images.join(n), images.join(format!("copy{copy}_{n}"))).unwrap();
+        }
+    }
+    (images, names)
+}
+
 /// An `.npy` file of f32: shape and values.
 fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let bytes = std::fs::read(path).unwrap();
@@ -378,14 +392,7 @@ fn on_error_fail_stops_at_the_first_bad_input() {
 #[test]
 fn killed_job_resumes_into_the_same_rows() {
     let dir = TempDir::new().unwrap();
-    let images = dir.path().join("images");
-    std::fs::create_dir_all(&images).unwrap();
-    let names = sample_images(&images);
-    for copy in 0..5 {
-        for n in &names {
-            std::fs::copy(images.join(n), images.join(format!("copy{copy}_{n}"))).unwrap();
-        }
-    }
+    let (images, _) = copied_images(dir.path(), 5);
     let images = images.display().to_string();
     let run = |out: &Path, extra: &[&str]| -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_dinov2"));
@@ -631,14 +638,7 @@ fn patch_grids_of_different_sizes() {
 #[test]
 fn several_streams_give_the_same_output_as_one() {
     let dir = TempDir::new().unwrap();
-    let images = dir.path().join("images");
-    std::fs::create_dir_all(&images).unwrap();
-    let names = sample_images(&images);
-    for copy in 0..3 {
-        for n in &names {
-            std::fs::copy(images.join(n), images.join(format!("copy{copy}_{n}"))).unwrap();
-        }
-    }
+    let (images, names) = copied_images(dir.path(), 3);
     std::fs::write(images.join("copy1_bad.png"), b"not a png").unwrap();
     let images = images.display().to_string();
     let run = |streams: &str| {

@@ -421,14 +421,7 @@ impl Device {
     /// A device-side copy.
     pub fn copy(&self, src: &Buffer) -> Result<Buffer> {
         let mut dst = self.alloc(src.dtype, &src.shape)?;
-        let n = src.bytes();
-        if n > 0 {
-            let view = src.data.slice(0..n);
-            let mut out = dst.data.slice_mut(0..n);
-            self.stream
-                .memcpy_dtod(&view, &mut out)
-                .ctx(|| format!("copying {n} bytes"))?;
-        }
+        self.copy_into(src, &mut dst)?;
         Ok(dst)
     }
 
