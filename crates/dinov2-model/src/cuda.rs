@@ -334,11 +334,12 @@ impl Backend for CudaBackend {
             });
         }
         let graph = recorder.finish().map_err(|e| self.err(e))?;
-        // The eager passes before the recording left their memory in the stream's pool; replays
-        // use the graph's own, so hand the pool's back (what the bench's memory figure sees).
-        self.device
-            .release_cached_memory()
-            .map_err(|e| self.err(e))?;
+        // Errors of the eager pass before the recording surface here, as at any wait.
+        self.synchronize()?;
+        // That pass left its memory in the stream's pool; replays use the graph's own, so hand
+        // the pool's back (what the bench's memory figure sees). Best effort: a pool that cannot
+        // be trimmed only keeps more memory.
+        let _ = self.device.release_cached_memory();
         Ok(Some(graph))
     }
 
