@@ -151,7 +151,9 @@ pub struct BenchArgs {
     pub json: Option<PathBuf>,
 }
 
-/// Where the images are and how to decode them.
+/// How to decode the images, and the preprocessing settings that override the checkpoint's
+/// `preprocessor_config.json` (each is a `BitImageProcessor` field, so transformers can do the
+/// same).
 #[derive(Debug, Args)]
 pub struct DecodeArgs {
     /// Rotate images by their EXIF orientation tag (transformers does not).
@@ -160,6 +162,32 @@ pub struct DecodeArgs {
     /// Refuse images with more pixels than this (decompression bombs).
     #[arg(long, default_value_t = dinov2::image::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
+    /// Resize so that the shortest edge has this many pixels (`size.shortest_edge`; 256 for the
+    /// released checkpoints).
+    #[arg(long, value_name = "PIXELS")]
+    pub resize: Option<u32>,
+    /// Center-crop to N x N or HxW pixels (`crop_size`; 224 for the released checkpoints), e.g.
+    /// `--resize 512 --crop 448` for a 32 x 32 patch grid.
+    #[arg(long, value_name = "N|HxW", value_parser = parse_crop, conflicts_with = "no_crop")]
+    pub crop: Option<(u32, u32)>,
+    /// Keep the whole resized image (`do_center_crop: false`): grids follow each image's aspect
+    /// ratio, the pixels past the last whole patch are dropped as the model does.
+    #[arg(long)]
+    pub no_crop: bool,
+}
+
+/// `N` or `HxW`, both at least 1.
+fn parse_crop(s: &str) -> Result<(u32, u32), String> {
+    let dim = |v: &str| -> Result<u32, String> {
+        match v.trim().parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("{s:?}: expected a size such as 224 or 448x336")),
+        }
+    };
+    match s.split_once(['x', 'X']) {
+        Some((h, w)) => Ok((dim(h)?, dim(w)?)),
+        None => dim(s).map(|n| (n, n)),
+    }
 }
 
 #[derive(Debug, Args)]

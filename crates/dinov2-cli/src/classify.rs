@@ -1,10 +1,10 @@
 //! `dinov2 classify`: the top labels of a classification checkpoint, with probabilities.
 
 use dinov2::image::PixelValues;
-use dinov2::{preprocess_config, Backend, Checkpoint, Dinov2, Embedder, ForwardOptions, Tensor};
+use dinov2::{Backend, Checkpoint, Dinov2, Embedder, ForwardOptions, Tensor};
 
 use crate::args::{with_backend, ClassifyArgs};
-use crate::embed_verb::decode_options;
+use crate::embed_verb::{decode_options, preprocessing};
 use crate::error::{CliError, Result};
 use crate::model_dir::resolve;
 
@@ -26,8 +26,9 @@ fn classify_on<B: Backend>(backend: B, args: &ClassifyArgs) -> Result<()> {
             dir.display()
         )));
     }
-    let embedder = Embedder::new(model, preprocess_config(&dir)?)
-        .with_decode_options(decode_options(&args.decode));
+    let preprocess = preprocessing(&dir, &args.decode, checkpoint.config.patch_size)?;
+    let embedder =
+        Embedder::new(model, preprocess).with_decode_options(decode_options(&args.decode));
     let mut failed = 0;
     for path in &args.images {
         let pixels: PixelValues = match embedder.prepare_path(path) {

@@ -1,7 +1,8 @@
 //! `dinov2 embed`: builds the embedder from the arguments and runs the job.
 
-use dinov2::image::DecodeOptions;
-use dinov2::image::PreprocessConfig;
+use std::path::Path;
+
+use dinov2::image::{DecodeOptions, HeightWidth, PreprocessConfig, SizeSpec};
 use dinov2::{preprocess_config, Backend, Checkpoint, CpuBackend, CudaBackend, Dinov2, Embedder};
 
 use crate::args::{with_backend, DecodeArgs, Device, EmbedArgs};
@@ -18,6 +19,40 @@ pub fn decode_options(args: &DecodeArgs) -> DecodeOptions {
     }
 }
 
+/// The checkpoint's preprocessing with the command line's overrides (`--resize`, `--crop`,
+/// `--no-crop`); an error when the result cannot hold one `patch` x `patch` patch.
+pub fn preprocessing(dir: &Path, args: &DecodeArgs, patch: usize) -> Result<PreprocessConfig> {
+    let mut config = preprocess_config(dir)?;
+    if let Some(edge) = args.resize {
+        config.size = SizeSpec::ShortestEdge(edge);
+        config.do_resize = true;
+    }
+    if let Some((height, width)) = args.crop {
+        config.crop_size = HeightWidth { height, width };
+        config.do_center_crop = true;
+    }
+    if args.no_crop {
+        config.do_center_crop = false;
+    }
+    let patch = patch as u32;
+    if config.do_center_crop && config.crop_size.height.min(config.crop_size.width) < patch {
+        return Err(CliError(format!(
+            "center crop {}x{}: smaller than one {patch}x{patch} patch",
+            config.crop_size.height, config.crop_size.width
+        )));
+    }
+    if let (false, true, SizeSpec::ShortestEdge(edge)) =
+        (config.do_center_crop, config.do_resize, &config.size)
+    {
+        if *edge < patch {
+            return Err(CliError(format!(
+                "--resize {edge} without a crop: smaller than one {patch}x{patch} patch"
+            )));
+        }
+    }
+    Ok(config)
+}
+
 /// Runs the embed verb.
 pub fn run(args: EmbedArgs) -> Result<()> {
     let batch_size = args.batch_size.unwrap_or(match args.device {
@@ -31,7 +66,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let inputs = expand_inputs(&args.inputs)?;
     let dir = resolve(&args.model)?;
     let checkpoint = Checkpoint::open(&dir)?;
-    let preprocess = preprocess_config(&dir)?;
+    let preprocess = preprocessing(&dir, &args.decode, checkpoint.config.patch_size)?;
     // Checked here, not per batch (where a model error would read as bad images).
     let depth = checkpoint.config.num_hidden_layers;
     if let Some(bad) = args.layers.iter().flatten().find(|&&l| l > depth) {

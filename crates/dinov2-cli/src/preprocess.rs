@@ -2,16 +2,26 @@
 
 use dinov2::image::{decode_file, preprocess};
 use dinov2::io::write_tensors;
-use dinov2::{preprocess_config, Tensor};
+use dinov2::{Dinov2Config, Tensor};
 
 use crate::args::PreprocessArgs;
-use crate::embed_verb::decode_options;
+use crate::embed_verb::{decode_options, preprocessing};
 use crate::error::{CliError, Result};
 use crate::model_dir::resolve;
 
 /// Runs the preprocess verb; the first bad image stops it with its error.
 pub fn run(args: PreprocessArgs) -> Result<()> {
-    let config = preprocess_config(&resolve(&args.model)?)?;
+    let dir = resolve(&args.model)?;
+    // The patch size bounds the crop; a folder with only a preprocessor config has none.
+    let config_json = dir.join("config.json");
+    let patch = if config_json.is_file() {
+        Dinov2Config::from_file(&config_json)
+            .map_err(dinov2::Error::from)?
+            .patch_size
+    } else {
+        1
+    };
+    let config = preprocessing(&dir, &args.decode, patch)?;
     let options = decode_options(&args.decode);
     let mut tensors = Vec::with_capacity(args.images.len());
     for path in &args.images {

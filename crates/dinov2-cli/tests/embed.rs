@@ -817,3 +817,118 @@ fn half_precision_outputs_round_the_f32_values() {
     }
     assert_eq!(got, want);
 }
+
+/// `--resize`, `--crop` and `--no-crop` override the checkpoint's preprocessor config: the same
+/// output as a checkpoint whose `preprocessor_config.json` says so, patch grids of the new size,
+/// and one error for a crop smaller than a patch.
+#[test]
+fn resolution_overrides_act_as_the_preprocessor_config() {
+    let dir = TempDir::new().unwrap();
+    sample_images(dir.path());
+    let images = dir.path().display().to_string();
+    // The tiny checkpoint, its preprocessing set to 300 / 280 px.
+    let custom = dir.path().join("custom-model");
+    std::fs::create_dir_all(&custom).unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ] {
+        std::fs::copy(Path::new(&model()).join(f), custom.join(f)).unwrap();
+    }
+    let pre = custom.join("preprocessor_config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&pre).unwrap()).unwrap();
+    v["size"] = serde_json::json!({"shortest_edge": 300});
+    v["crop_size"] = serde_json::json!({"height": 280, "width": 280});
+    std::fs::write(&pre, v.to_string()).unwrap();
+    let embed = |model: &str, name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec!["embed", "--model", model, "--pooling", "patch"];
+        args.extend_from_slice(extra);
+        args.extend(["--output", out.to_str().unwrap(), &images]);
+        let r = dinov2(&args);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        out
+    };
+    let flags = read_npy(&embed(
+        &model(),
+        "flags.npy",
+        &["--resize", "300", "--crop", "280"],
+    ));
+    let config = read_npy(&embed(custom.to_str().unwrap(), "config.npy", &[]));
+    assert_eq!(flags.0, vec![7, 20, 20, 48]);
+    assert_eq!(flags, config);
+
+    // No crop: each image keeps its aspect ratio (chelsea.jpg is 451 x 300: 384 x 256 after
+    // the resize, an 18 x 27 grid).
+    let pq = embed(&model(), "nocrop.parquet", &["--no-crop"]);
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        File::open(&pq).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut grids = Vec::new();
+    for batch in reader {
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::UInt32Type;
+        let batch = batch.unwrap();
+        let paths = batch
+            .column_by_name("path")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        let gh = batch
+            .column_by_name("grid_h")
+            .unwrap()
+            .as_primitive::<UInt32Type>()
+            .clone();
+        let gw = batch
+            .column_by_name("grid_w")
+            .unwrap()
+            .as_primitive::<UInt32Type>()
+            .clone();
+        for i in 0..batch.num_rows() {
+            grids.push((paths.value(i).to_string(), gh.value(i), gw.value(i)));
+        }
+    }
+    let chelsea = grids.iter().find(|g| g.0.ends_with("chelsea.jpg")).unwrap();
+    assert_eq!((chelsea.1, chelsea.2), (18, 27), "{grids:?}");
+
+    let r = dinov2(&[
+        "embed",
+        "--model",
+        &model(),
+        "--crop",
+        "10",
+        "--output",
+        dir.path().join("bad.npy").to_str().unwrap(),
+        &images,
+    ]);
+    assert_eq!(r.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(stderr.contains("smaller than one 14x14 patch"), "{stderr}");
+    assert!(!dir.path().join("bad.npy.partial").exists());
+
+    // The preprocess verb takes the same overrides.
+    let st = dir.path().join("pixels.safetensors");
+    let chelsea = dir.path().join("chelsea.jpg");
+    let r = dinov2(&[
+        "preprocess",
+        "--model",
+        &model(),
+        "--resize",
+        "300",
+        "--crop",
+        "280x252",
+        "--output",
+        st.to_str().unwrap(),
+        chelsea.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let bytes = std::fs::read(&st).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let (_, t) = tensors.tensors().into_iter().next().unwrap();
+    assert_eq!(t.shape(), &[3, 280, 252]);
+}
