@@ -893,6 +893,15 @@ fn resolution_overrides_act_as_the_preprocessor_config() {
             grids.push((paths.value(i).to_string(), gh.value(i), gw.value(i)));
         }
     }
+    // Images of several sizes run grouped by size, and still come out in input order.
+    let order: Vec<&String> = grids.iter().map(|g| &g.0).collect();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted);
+    assert!(
+        grids.iter().any(|g| (g.1, g.2) != (grids[0].1, grids[0].2)),
+        "{grids:?}"
+    );
     let chelsea = grids.iter().find(|g| g.0.ends_with("chelsea.jpg")).unwrap();
     assert_eq!((chelsea.1, chelsea.2), (18, 27), "{grids:?}");
 

@@ -195,9 +195,10 @@ fn embed_group<B: Backend>(
     Ok(())
 }
 
-/// Groups one batch's decoded inputs (in order) into a [`Batch`]: good images of one size stacked
-/// together (on this thread, not the model's), bad ones as failures. With `--on-error fail` the
-/// first bad input ends the batch: nothing after it is kept.
+/// Groups one batch's decoded inputs into a [`Batch`]: the good images stacked per size (one
+/// group per size, in order of first appearance, so that images of mixed sizes still run in
+/// few passes), on this thread rather than the model's; bad ones as failures. With
+/// `--on-error fail` the first bad input ends the batch: nothing after it is kept.
 fn assemble(end: usize, items: Vec<Decoded>, paths: &[PathBuf], on_error: OnError) -> Batch {
     let mut batch = Batch {
         end,
@@ -205,28 +206,22 @@ fn assemble(end: usize, items: Vec<Decoded>, paths: &[PathBuf], on_error: OnErro
         failures: Vec::new(),
         prepare: Duration::ZERO,
     };
-    let mut members = Vec::new();
-    let mut pixels: Vec<PixelValues> = Vec::new();
-    let flush = |members: &mut Vec<(usize, u32, u32)>,
-                 pixels: &mut Vec<PixelValues>,
-                 groups: &mut Vec<Group>| {
-        if !members.is_empty() {
-            groups.push(Group {
-                members: std::mem::take(members),
-                pixels: stack_images(pixels).map_err(|e| e.to_string()),
-            });
-            pixels.clear();
-        }
-    };
+    // Per size: its members and their pixels.
+    type Members = Vec<(usize, u32, u32)>;
+    let mut sizes: Vec<([usize; 3], Members, Vec<PixelValues>)> = Vec::new();
     for (index, prepared, spent) in items {
         batch.prepare += spent;
         match prepared {
             Ok((p, width, height)) => {
-                if pixels.first().is_some_and(|first| first.shape != p.shape) {
-                    flush(&mut members, &mut pixels, &mut batch.groups);
-                }
-                members.push((index, width, height));
-                pixels.push(p);
+                let at = match sizes.iter().position(|s| s.0 == p.shape) {
+                    Some(at) => at,
+                    None => {
+                        sizes.push((p.shape, Vec::new(), Vec::new()));
+                        sizes.len() - 1
+                    }
+                };
+                sizes[at].1.push((index, width, height));
+                sizes[at].2.push(p);
             }
             Err(error) => {
                 batch.failures.push(Failure {
@@ -240,7 +235,13 @@ fn assemble(end: usize, items: Vec<Decoded>, paths: &[PathBuf], on_error: OnErro
             }
         }
     }
-    flush(&mut members, &mut pixels, &mut batch.groups);
+    batch.groups = sizes
+        .into_iter()
+        .map(|(_, members, pixels)| Group {
+            members,
+            pixels: stack_images(&pixels).map_err(|e| e.to_string()),
+        })
+        .collect();
     batch
 }
 
@@ -278,6 +279,8 @@ fn run_batch<B: Backend>(
     for group in batch.groups {
         embed_group(embedder, group, paths, &mut rows, &mut failures)?;
     }
+    // Groups are by size: back to input order.
+    rows.sort_by_key(|r: &Row| r.index);
     // With --on-error fail, the batch ends at its bad input ([`assemble`]), which stops the job.
     let mut bad = batch.failures;
     let stop = match on_error {
