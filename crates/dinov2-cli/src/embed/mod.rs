@@ -3,6 +3,7 @@
 //! are committed in chunks so that an interrupted job resumes where it stopped; bad inputs are
 //! reported and skipped.
 
+mod batch;
 mod inputs;
 mod job;
 mod writers;
@@ -15,43 +16,16 @@ use std::sync::mpsc::{channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dinov2::image::PixelValues;
-use dinov2::{stack_images, Backend, Embedder, ModelError, Pooling, Tensor};
+use dinov2::{Backend, Embedder, Pooling};
 
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use rayon::prelude::*;
 
 use crate::error::{CliError, Result};
-use job::{digest, Failure, Job, Row};
+use batch::{assemble, run_batch, Batch, Decoded, Outcome};
+use job::{digest, Job};
 use writers::{sibling, write_output};
 pub use writers::{Format, ValueType};
-
-/// One batch as the model thread receives it: the good images stacked per size, the bad ones
-/// apart, in input order.
-struct Batch {
-    /// Inputs before this index are done once this batch is.
-    end: usize,
-    groups: Vec<Group>,
-    failures: Vec<Failure>,
-    /// Worker time spent decoding and preprocessing.
-    prepare: Duration,
-}
-
-/// One decoded input: its index, its pixel values and original `(width, height)` or why it could
-/// not be read, and the worker time it took.
-type Decoded = (
-    usize,
-    std::result::Result<(PixelValues, u32, u32), String>,
-    Duration,
-);
-
-/// Consecutive good images of one size, stacked for the model.
-struct Group {
-    /// Input index and original `(width, height)` of each image.
-    members: Vec<(usize, u32, u32)>,
-    /// `[B, C, H, W]`, or why stacking failed.
-    pixels: std::result::Result<Tensor, String>,
-}
 
 /// What to do with a bad input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -153,98 +127,6 @@ fn progress_bar(total: usize, done: usize) -> ProgressBar {
     pb
 }
 
-/// Runs the model on a group; per-image failures when the model rejects it.
-fn embed_group<B: Backend>(
-    embedder: &Embedder<B>,
-    group: Group,
-    paths: &[PathBuf],
-    rows: &mut Vec<Row>,
-    failures: &mut Vec<Failure>,
-) -> Result<()> {
-    let result = match &group.pixels {
-        Ok(pixels) => embedder.embed_batch(pixels),
-        Err(reason) => Err(dinov2::Error::Model(ModelError::input(
-            "pixel_values",
-            reason.clone(),
-        ))),
-    };
-    match result {
-        Ok(embeddings) => {
-            for ((index, width, height), e) in group.members.into_iter().zip(embeddings) {
-                rows.push(Row {
-                    index,
-                    path: paths[index].to_string_lossy().into_owned(),
-                    width,
-                    height,
-                    grid: e.grid,
-                    values: e.values,
-                });
-            }
-        }
-        Err(dinov2::Error::Model(ModelError::Input { reason, .. })) => {
-            for (index, _, _) in group.members {
-                failures.push(Failure {
-                    index,
-                    path: paths[index].to_string_lossy().into_owned(),
-                    error: reason.clone(),
-                });
-            }
-        }
-        Err(e) => return Err(e.into()),
-    }
-    Ok(())
-}
-
-/// Groups one batch's decoded inputs into a [`Batch`]: the good images stacked per size (one
-/// group per size, in order of first appearance, so that images of mixed sizes still run in
-/// few passes), on this thread rather than the model's; bad ones as failures. With
-/// `--on-error fail` the first bad input ends the batch: nothing after it is kept.
-fn assemble(end: usize, items: Vec<Decoded>, paths: &[PathBuf], on_error: OnError) -> Batch {
-    let mut batch = Batch {
-        end,
-        groups: Vec::new(),
-        failures: Vec::new(),
-        prepare: Duration::ZERO,
-    };
-    // Per size: its members and their pixels.
-    type Members = Vec<(usize, u32, u32)>;
-    let mut sizes: Vec<([usize; 3], Members, Vec<PixelValues>)> = Vec::new();
-    for (index, prepared, spent) in items {
-        batch.prepare += spent;
-        match prepared {
-            Ok((p, width, height)) => {
-                let at = match sizes.iter().position(|s| s.0 == p.shape) {
-                    Some(at) => at,
-                    None => {
-                        sizes.push((p.shape, Vec::new(), Vec::new()));
-                        sizes.len() - 1
-                    }
-                };
-                sizes[at].1.push((index, width, height));
-                sizes[at].2.push(p);
-            }
-            Err(error) => {
-                batch.failures.push(Failure {
-                    index,
-                    path: paths[index].to_string_lossy().into_owned(),
-                    error,
-                });
-                if on_error == OnError::Fail {
-                    break;
-                }
-            }
-        }
-    }
-    batch.groups = sizes
-        .into_iter()
-        .map(|(_, members, pixels)| Group {
-            members,
-            pixels: stack_images(&pixels).map_err(|e| e.to_string()),
-        })
-        .collect();
-    batch
-}
-
 /// Sets the flag when dropped (when the collector returns, however it returns).
 struct CancelOnDrop<'a>(&'a AtomicBool);
 
@@ -252,51 +134,6 @@ impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
     }
-}
-
-/// What a model thread made of one [`Batch`].
-struct Outcome {
-    end: usize,
-    rows: Vec<Row>,
-    /// Bad inputs and images the model rejected, in input order.
-    failures: Vec<Failure>,
-    /// With `--on-error fail`: the first bad input, where the job stops.
-    stop: Option<Failure>,
-    prepare: Duration,
-    model: Duration,
-}
-
-/// Runs the model over one batch (a model thread's work).
-fn run_batch<B: Backend>(
-    embedder: &Embedder<B>,
-    batch: Batch,
-    paths: &[PathBuf],
-    on_error: OnError,
-) -> Result<Outcome> {
-    let t = Instant::now();
-    let mut rows = Vec::new();
-    let mut failures = Vec::new();
-    for group in batch.groups {
-        embed_group(embedder, group, paths, &mut rows, &mut failures)?;
-    }
-    // Groups are by size: back to input order.
-    rows.sort_by_key(|r: &Row| r.index);
-    // With --on-error fail, the batch ends at its bad input ([`assemble`]), which stops the job.
-    let mut bad = batch.failures;
-    let stop = match on_error {
-        OnError::Fail => bad.pop(),
-        OnError::Skip => None,
-    };
-    failures.extend(bad);
-    failures.sort_by_key(|f| f.index);
-    Ok(Outcome {
-        end: batch.end,
-        rows,
-        failures,
-        stop,
-        prepare: batch.prepare,
-        model: t.elapsed(),
-    })
 }
 
 /// Runs the embed job with one model per stream: `embedders[0]` also decodes. Batches go to the
