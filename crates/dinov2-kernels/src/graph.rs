@@ -1,7 +1,7 @@
-//! CUDA graphs: the work a closure queues on the device's stream, recorded once and replayed with
-//! one launch. A forward pass is a few hundred kernels and GEMMs; at small batches, issuing them
-//! one by one costs more host time than the device spends on them, and a replay issues them all
-//! at once.
+//! CUDA graphs: the work queued on the device's stream between [`Device::begin_recording`] and
+//! [`Recorder::finish`], recorded once and replayed with one launch. A forward pass is a few
+//! hundred kernels and GEMMs; at small batches, issuing them one by one costs more host time than
+//! the device spends on them, and a replay issues them all at once.
 //!
 //! What a recording bakes in, and the rules that follow for its users:
 //! * every device address its kernels read or write: inputs must be copied into buffers that
