@@ -149,6 +149,12 @@ fn folder_with_bad_files_matches_transformers() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     let errors = lines(&PathBuf::from(format!("{}.errors.jsonl", out.display())));
     assert_eq!(errors.len(), 3, "{errors:?}");
+    // Each report says which step failed: all three here are undecodable data.
+    for line in &errors {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["stage"], "decode", "{line}");
+        assert!(v["path"].is_string() && v["error"].is_string(), "{line}");
+    }
     let paths = lines(&PathBuf::from(format!("{}.paths.txt", out.display())));
     let got: Vec<String> = paths
         .iter()

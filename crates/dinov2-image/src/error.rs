@@ -193,5 +193,25 @@ pub enum ImageError {
     },
 }
 
+impl ImageError {
+    /// The step that failed, for error reports: `read` (the file), `decode` (the image data),
+    /// `config` (the preprocessor configuration) or `preprocess`.
+    pub fn stage(&self) -> &'static str {
+        match self {
+            ImageError::Io { .. } => "read",
+            ImageError::Empty { .. }
+            | ImageError::UnknownFormat { .. }
+            | ImageError::TooManyPixels { .. }
+            | ImageError::DimensionTooLarge { .. }
+            | ImageError::Truncated { .. }
+            | ImageError::Corrupt { .. }
+            | ImageError::Unsupported { .. }
+            | ImageError::InvalidImage { .. } => "decode",
+            ImageError::ConfigSyntax { .. } | ImageError::ConfigField { .. } => "config",
+            ImageError::Preprocess { .. } => "preprocess",
+        }
+    }
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = ImageError> = std::result::Result<T, E>;

@@ -288,3 +288,15 @@ fn invalid_rgb_images_and_sizes_are_errors() {
         Err(ImageError::Preprocess { .. })
     ));
 }
+
+#[test]
+fn errors_name_the_step_that_failed() {
+    use dinov2_image::{decode, decode_file, DecodeOptions};
+    let options = DecodeOptions::default();
+    let missing = decode_file("/no/such/image.jpg", &options).unwrap_err();
+    assert_eq!(missing.stage(), "read");
+    let garbage = decode(b"not an image at all", &options).unwrap_err();
+    assert_eq!(garbage.stage(), "decode");
+    let empty = decode(b"", &options).unwrap_err();
+    assert_eq!(empty.stage(), "decode");
+}

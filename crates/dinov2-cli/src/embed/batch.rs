@@ -22,11 +22,11 @@ pub(super) struct Batch {
     prepare: Duration,
 }
 
-/// One decoded input: its index, its pixel values and original `(width, height)` or why it could
-/// not be read, and the worker time it took.
+/// One decoded input: its index, its pixel values and original `(width, height)` or the step
+/// that failed and why, and the worker time it took.
 pub(super) type Decoded = (
     usize,
-    std::result::Result<(PixelValues, u32, u32), String>,
+    std::result::Result<(PixelValues, u32, u32), (&'static str, String)>,
     Duration,
 );
 
@@ -71,6 +71,7 @@ fn embed_group<B: Backend>(
                 failures.push(Failure {
                     index,
                     path: paths[index].to_string_lossy().into_owned(),
+                    stage: "model".into(),
                     error: reason.clone(),
                 });
             }
@@ -113,10 +114,11 @@ pub(super) fn assemble(
                 sizes[at].1.push((index, width, height));
                 sizes[at].2.push(p);
             }
-            Err(error) => {
+            Err((stage, error)) => {
                 batch.failures.push(Failure {
                     index,
                     path: paths[index].to_string_lossy().into_owned(),
+                    stage: stage.into(),
                     error,
                 });
                 if on_error == OnError::Fail {

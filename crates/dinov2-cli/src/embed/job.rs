@@ -31,6 +31,8 @@ pub struct Row {
 pub struct Failure {
     pub index: usize,
     pub path: String,
+    /// The step that failed: `read`, `decode`, `preprocess` or `model`.
+    pub stage: String,
     pub error: String,
 }
 
@@ -141,6 +143,8 @@ impl Job {
                 Some(Failure {
                     index: f["index"].as_u64()? as usize,
                     path: f["path"].as_str()?.to_owned(),
+                    // Jobs saved before stages were recorded.
+                    stage: f["stage"].as_str().unwrap_or("unknown").to_owned(),
                     error: f["error"].as_str()?.to_owned(),
                 })
             })
@@ -162,7 +166,7 @@ impl Job {
         let failures: Vec<Value> = self
             .failures
             .iter()
-            .map(|f| json!({"index": f.index, "path": f.path, "error": f.error}))
+            .map(|f| json!({"index": f.index, "path": f.path, "stage": f.stage, "error": f.error}))
             .collect();
         let state = json!({
             "version": 1,
@@ -300,6 +304,7 @@ mod tests {
             vec![Failure {
                 index: 1,
                 path: "bad.jpg".into(),
+                stage: "decode".into(),
                 error: "truncated".into(),
             }],
             3,

@@ -185,12 +185,18 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
                                 .prepare_path(&paths[i])
                                 .map(|(pixels, (width, height))| (pixels, width, height))
                                 .map_err(|e| {
+                                    let stage = match &e {
+                                        dinov2::Error::Image(e) => e.stage(),
+                                        dinov2::Error::Io { .. } => "read",
+                                        _ => "decode",
+                                    };
                                     // The image errors name the file; the report names it once.
                                     let message = e.to_string();
                                     let prefix = format!("{}: ", paths[i].display());
-                                    message
+                                    let message = message
                                         .strip_prefix(&prefix)
-                                        .map_or(message.clone(), str::to_owned)
+                                        .map_or(message.clone(), str::to_owned);
+                                    (stage, message)
                                 });
                             (i, r, t.elapsed())
                         })
@@ -315,7 +321,8 @@ fn finish(
     if failed > 0 {
         let mut text = String::new();
         for f in &job.failures {
-            text.push_str(&serde_json::json!({"path": f.path, "error": f.error}).to_string());
+            let line = serde_json::json!({"path": f.path, "stage": f.stage, "error": f.error});
+            text.push_str(&line.to_string());
             text.push('\n');
         }
         job::write_atomic(&errors_path, text.as_bytes())?;
