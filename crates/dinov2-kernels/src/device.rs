@@ -65,6 +65,9 @@ pub struct Device {
     /// 48 KiB, never raised).
     functions: Mutex<HashMap<String, (CudaFunction, u32)>>,
     pub(crate) blas: Blas,
+    /// `DINOV2_ATTENTION=simple` (a debugging switch, read once here): the row attention kernel
+    /// for every head dim.
+    pub(crate) simple_attention: bool,
     info: DeviceInfo,
 }
 
@@ -207,6 +210,7 @@ impl Device {
             modules,
             functions: Mutex::new(HashMap::new()),
             blas,
+            simple_attention: std::env::var("DINOV2_ATTENTION").is_ok_and(|v| v == "simple"),
             info,
         })
     }

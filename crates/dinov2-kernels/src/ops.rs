@@ -435,10 +435,9 @@ impl Device {
         if batch * n * h == 0 {
             return Ok(());
         }
-        let simple = std::env::var("DINOV2_ATTENTION").is_ok_and(|v| v == "simple");
         let s = &self.stream;
         let (qp, op) = (qkv.ptr(s), out.ptr(s));
-        let kernel = attention_kernel(t, d, simple, qp % 16 == 0 && op % 16 == 0);
+        let kernel = attention_kernel(t, d, self.simple_attention, qp % 16 == 0 && op % 16 == 0);
         if kernel == AttentionKernel::Rows {
             // The tensor-core kernel loads 8-element (16-byte) chunks; the row kernel takes any
             // d. It needs a [batch, heads, n, n] f32 scratch buffer.
@@ -623,36 +622,16 @@ impl Device {
         unsafe { self.launch(&format!("embed_tokens_{t}"), (grid, 1, 1), 256, 0, &args) }
     }
 
-    /// The mean of tokens `start..s` of `x` `[b, s, h]` into f32 `out` `[b, h]`.
+    /// The mean of tokens `start..s` of `x` `[b, s, h]` into f32 `out` `[b, h]`:
+    /// [`Device::pool_tokens`] with the mean alone.
     pub fn mean_pool(
         &self,
         x: &Buffer,
         out: &mut Buffer,
-        (b, s, h): (usize, usize, usize),
+        dims: (usize, usize, usize),
         start: usize,
     ) -> Result<()> {
-        const OP: &str = "mean_pool";
-        let t = float(OP, x)?;
-        expect(OP, "x", x, t, b * s * h)?;
-        expect(OP, "out", out, DType::F32, b * h)?;
-        if start >= s {
-            return Err(KernelError::shape(OP, format!("no token in {start}..{s}")));
-        }
-        if b * h == 0 {
-            return Ok(());
-        }
-        let st = &self.stream;
-        let args = [
-            Arg::Ptr(x.ptr(st)),
-            Arg::Ptr(out.ptr(st)),
-            Arg::I32(i32_of(OP, b)?),
-            Arg::I32(i32_of(OP, s)?),
-            Arg::I32(i32_of(OP, start)?),
-            Arg::I32(i32_of(OP, h)?),
-        ];
-        let grid = self.grid_for(b * h);
-        // SAFETY: sizes checked.
-        unsafe { self.launch(&format!("mean_pool_{t}"), (grid, 1, 1), 256, 0, &args) }
+        self.pool_tokens(x, out, dims, start, false, true)
     }
 
     /// The embedding poolings of `x` `[b, s, h]` into f32 `out` `[b, (cls + mean)·h]`: per image
