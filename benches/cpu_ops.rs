@@ -11,6 +11,10 @@
 //! The forward pass runs ViT-S only unless `DINOV2_BENCH_ARCHS` names others (ViT-B takes about
 //! 2.5 s per batch of 8 on two cores).
 
+mod common;
+
+use common::values;
+
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -24,19 +28,6 @@ const ROWS: usize = BATCH * TOKENS;
 
 /// (name, hidden size, heads) of the two sizes benchmarked op by op.
 const SIZES: [(&str, usize, usize); 2] = [("vits14", 384, 6), ("vitb14", 768, 12)];
-
-/// Deterministic values in [-1, 1).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 fn linear(c: &mut Criterion) {
     let mut g = c.benchmark_group("linear");

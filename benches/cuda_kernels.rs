@@ -19,6 +19,10 @@
 //! cargo bench --bench cuda_kernels -- --warm-up-time 1 --measurement-time 3
 //! ```
 
+mod common;
+
+use common::values;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -32,18 +36,6 @@ const ROWS: usize = BATCH * TOKENS;
 const HIDDEN: usize = 768;
 const HEADS: usize = 12;
 const T: DType = DType::F16;
-
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 fn buffer(dev: &Device, shape: &[usize], dtype: DType, seed: u64) -> Buffer {
     let n = shape.iter().product();
