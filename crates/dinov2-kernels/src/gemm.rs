@@ -307,13 +307,12 @@ unsafe fn lt_matmul(
         return Ok(false);
     };
     if let Some(bias) = bias {
-        lres::set_matmul_desc_attribute(
+        set_desc(
             plan.desc,
             lsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-            (&bias) as *const u64 as *const c_void,
-            size_of::<u64>(),
-        )
-        .map_err(lt_err("setting the bias pointer"))?;
+            &bias,
+            "setting the bias pointer",
+        )?;
     }
     let (alpha, beta) = (1.0f32, 0.0f32);
     let (ws, _guard) = workspace.device_ptr(stream);
@@ -346,6 +345,25 @@ unsafe fn lt_matmul(
             e,
         )),
     }
+}
+
+/// Sets one attribute of a matmul descriptor to `value`.
+///
+/// # Safety
+/// `desc` is a live descriptor and `T` the attribute's type.
+unsafe fn set_desc<T>(
+    desc: lsys::cublasLtMatmulDesc_t,
+    attribute: lsys::cublasLtMatmulDescAttributes_t,
+    value: &T,
+    what: &str,
+) -> Result<()> {
+    lres::set_matmul_desc_attribute(
+        desc,
+        attribute,
+        value as *const T as *const c_void,
+        size_of::<T>(),
+    )
+    .map_err(lt_err(what))
 }
 
 /// Builds the descriptor, layouts and algorithm of one shape; `None` when cuBLASLt has no
@@ -381,32 +399,29 @@ unsafe fn make_plan(
     // cublasOperation_t values (CUBLAS_OP_N = 0, CUBLAS_OP_T = 1), as the attribute's int32.
     let trans_a = blas_op(p.transa) as i32;
     let trans_b = blas_op(p.transb) as i32;
-    lres::set_matmul_desc_attribute(
+    set_desc(
         desc,
         lsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-        (&trans_a) as *const i32 as *const c_void,
-        size_of::<i32>(),
-    )
-    .map_err(lt_err("setting TRANSA"))?;
-    lres::set_matmul_desc_attribute(
+        &trans_a,
+        "setting TRANSA",
+    )?;
+    set_desc(
         desc,
         lsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
-        (&trans_b) as *const i32 as *const c_void,
-        size_of::<i32>(),
-    )
-    .map_err(lt_err("setting TRANSB"))?;
+        &trans_b,
+        "setting TRANSB",
+    )?;
     let epilogue = if with_bias {
         lsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS
     } else {
         lsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT
     };
-    lres::set_matmul_desc_attribute(
+    set_desc(
         desc,
         lsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
-        (&epilogue) as *const lsys::cublasLtEpilogue_t as *const c_void,
-        size_of::<lsys::cublasLtEpilogue_t>(),
-    )
-    .map_err(lt_err("setting the epilogue"))?;
+        &epilogue,
+        "setting the epilogue",
+    )?;
     let pref = lres::create_matmul_pref().map_err(lt_err("creating a preference"))?;
     let size = workspace_bytes;
     let set = lres::set_matmul_pref_attribute(
