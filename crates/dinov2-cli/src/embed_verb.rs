@@ -75,6 +75,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         )));
     }
     let layers = args.layers.clone().map(|l| (l, !args.no_layer_norm));
+    let decode = decode_options(&args.decode);
     let identity = vec![
         format!("{layers:?}"),
         std::fs::canonicalize(&dir)
@@ -84,7 +85,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         format!("{:?}", args.device),
         args.dtype.to_string(),
         format!("{preprocess:?}"),
-        format!("{:?}", decode_options(&args.decode)),
+        format!("{decode:?}"),
     ];
     let settings = Settings {
         inputs,
@@ -104,7 +105,6 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         identity,
         layers,
     };
-    let decode = decode_options(&args.decode);
     let streams = args.streams.unwrap_or(match args.device {
         Device::Cpu => 1,
         Device::Cuda(_) => 2,
