@@ -431,13 +431,30 @@ fn replayed_cuda_graphs_equal_eager_passes() {
                     "{name} {dtype} forward round {round}: {err:.3e}"
                 );
             }
+            // Intermediate layers replay too (hidden states normed and pooled on the device).
+            for round in 0..3 {
+                let px = seeded_pixels(2000 + round, b, h, w);
+                let want = eager
+                    .embed_layers(&px, &[1, 0], true, Pooling::ClsMean, false)
+                    .unwrap();
+                let got = graphed
+                    .embed_layers(&px, &[1, 0], true, Pooling::ClsMean, false)
+                    .unwrap();
+                let (g, r) = flatten_pair(&got, &want);
+                let err = rel_l2(&g, &r);
+                eprintln!("{name} {dtype} layers round {round}: rel L2 {err:.2e}");
+                assert!(
+                    err <= 1e-6,
+                    "{name} {dtype} layers round {round}: {err:.3e}"
+                );
+            }
             let status = graphed.replay_status();
             eprintln!("{name} {dtype}: {status:?}");
             assert_eq!(status.failure, None, "{name} {dtype}: recording failed");
-            assert_eq!(status.recorded, shapes.len() + 1, "{name} {dtype}");
+            assert_eq!(status.recorded, shapes.len() + 2, "{name} {dtype}");
             assert_eq!(
                 status.replays,
-                2 * shapes.len() as u64 + 2,
+                2 * shapes.len() as u64 + 3,
                 "{name} {dtype}"
             );
             assert_eq!(eager.replay_status().recorded, 0);

@@ -387,7 +387,10 @@ impl<B: Backend> Dinov2<B> {
                 output: PassOutput::Tokens,
                 interpolation: opts.interpolation,
             };
-            let (last_hidden_state, _) = self.final_pass(Pixels::Host(pixels), shape)?;
+            let last_hidden_state = self
+                .final_pass(Pixels::Host(pixels), &shape)?
+                .pop()
+                .ok_or_else(|| ModelError::Unsupported("a token pass gave no tokens".into()))?;
             return Ok(self.model_output(last_hidden_state, None, None));
         }
         let _pass = self.exclusive()?;

@@ -1,11 +1,12 @@
 //! Recorded embedding passes, replayed for the shapes that come again.
 //!
-//! A bulk embedding job runs the same (batch, height, width, pooling) pass thousands of times (and a
-//! library user may call `forward` as often).
+//! A bulk embedding job runs the same (batch, height, width, output) pass thousands of times, the
+//! output being a pooling, a set of pooled intermediate layers or the final tokens (and a library
+//! user may call `forward` as often).
 //! On a backend that records ([`Backend::can_record`]: CUDA graphs), the second pass of a shape
-//! runs as usual and is also recorded, on an input and an output tensor owned by the recording;
+//! runs as usual and is also recorded, on input and output tensors owned by the recording;
 //! from the third on, the pixels are copied into that input, the recording replayed with one
-//! launch, and the result read from that output. The first pass of a shape only runs: a shape
+//! launch, and the results read from those outputs. The first pass of a shape only runs: a shape
 //! seen once (the last, partial batch of a job) is not worth the recording's time and memory.
 //!
 //! Should a recording fail, the model says why in [`ReplayStatus`] and runs every pass as usual
@@ -22,16 +23,33 @@ use crate::positions::Interpolation;
 const MAX_RECORDINGS: usize = 8;
 
 /// What a pass returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum PassOutput {
     /// The final tokens pooled ([`crate::Dinov2::embed`]).
     Pooled(Pooling),
     /// The final tokens, `last_hidden_state` ([`crate::Dinov2::forward`] without extras).
     Tokens,
+    /// The hidden states `kept` (distinct, increasing), each through the final LayerNorm when
+    /// `norm`, then pooled ([`crate::Dinov2::embed_layers`]): one result per kept state.
+    Layers {
+        kept: Vec<usize>,
+        norm: bool,
+        pooling: Pooling,
+    },
+}
+
+impl PassOutput {
+    /// The pooling of the pass's results; `None` for tokens.
+    pub fn pooling(&self) -> Option<Pooling> {
+        match self {
+            PassOutput::Pooled(pooling) | PassOutput::Layers { pooling, .. } => Some(*pooling),
+            PassOutput::Tokens => None,
+        }
+    }
 }
 
 /// What a recording is valid for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct PassShape {
     pub batch: usize,
     pub height: usize,
@@ -44,9 +62,9 @@ pub(crate) struct PassShape {
 pub(crate) struct Recorded<B: Backend> {
     /// Pixel values `[B, C, H, W]`: the recording's input.
     pub input: B::Tensor,
-    /// The recording's result: pooled rows `[B, w]`, or the final tokens `[B, S, h]` where the
-    /// backend does not pool this way (`pooled` false).
-    pub output: B::Tensor,
+    /// The recording's results, one per result of the pass: pooled rows `[B, w]`, or tokens
+    /// `[B, S, h]` for a token pass or where the backend does not pool this way (`pooled` false).
+    pub outputs: Vec<B::Tensor>,
     pub pooled: bool,
     pub recording: B::Recording,
 }
@@ -90,8 +108,8 @@ impl<R> Replays<R> {
     }
 
     /// The recording of `shape`, marked as the most recently used.
-    pub fn find(&mut self, shape: PassShape) -> Option<&mut R> {
-        let i = self.recorded.iter().position(|(s, _)| *s == shape)?;
+    pub fn find(&mut self, shape: &PassShape) -> Option<&mut R> {
+        let i = self.recorded.iter().position(|(s, _)| s == shape)?;
         let r = self.recorded.remove(i)?;
         self.recorded.push_back(r);
         self.status.replays += 1;
@@ -100,11 +118,11 @@ impl<R> Replays<R> {
 
     /// Notes a pass of `shape` run without its recording; true when it should be recorded now
     /// (its second pass, recording on and never failed).
-    pub fn should_record(&mut self, shape: PassShape) -> bool {
+    pub fn should_record(&mut self, shape: &PassShape) -> bool {
         if !self.status.enabled || self.status.failure.is_some() {
             return false;
         }
-        !self.seen.insert(shape)
+        !self.seen.insert(shape.clone())
     }
 
     /// Keeps a new recording, dropping the least recently used beyond [`MAX_RECORDINGS`].
@@ -142,12 +160,12 @@ mod tests {
     #[test]
     fn a_shape_is_recorded_at_its_second_pass_only() {
         let mut r = Replays::<u32>::new(true);
-        assert!(!r.should_record(shape(8)));
-        assert!(!r.should_record(shape(4)));
-        assert!(r.should_record(shape(8)));
-        assert!(r.find(shape(8)).is_none());
+        assert!(!r.should_record(&shape(8)));
+        assert!(!r.should_record(&shape(4)));
+        assert!(r.should_record(&shape(8)));
+        assert!(r.find(&shape(8)).is_none());
         r.insert(shape(8), 80);
-        assert_eq!(r.find(shape(8)), Some(&mut 80));
+        assert_eq!(r.find(&shape(8)), Some(&mut 80));
         assert_eq!(r.status().recorded, 1);
         assert_eq!(r.status().replays, 1);
     }
@@ -159,23 +177,23 @@ mod tests {
             r.insert(shape(b), b);
         }
         // Shape 0 used again: shape 1 is now the oldest.
-        assert!(r.find(shape(0)).is_some());
+        assert!(r.find(&shape(0)).is_some());
         r.insert(shape(100), 100);
-        assert!(r.find(shape(1)).is_none());
-        assert!(r.find(shape(0)).is_some());
-        assert!(r.find(shape(100)).is_some());
+        assert!(r.find(&shape(1)).is_none());
+        assert!(r.find(&shape(0)).is_some());
+        assert!(r.find(&shape(100)).is_some());
         assert_eq!(r.status().recorded, MAX_RECORDINGS + 1);
     }
 
     #[test]
     fn nothing_is_recorded_when_off_or_after_a_failure() {
         let mut off = Replays::<u32>::new(false);
-        assert!(!off.should_record(shape(8)));
-        assert!(!off.should_record(shape(8)));
+        assert!(!off.should_record(&shape(8)));
+        assert!(!off.should_record(&shape(8)));
         let mut failed = Replays::<u32>::new(true);
-        assert!(!failed.should_record(shape(8)));
+        assert!(!failed.should_record(&shape(8)));
         failed.fail("capture invalidated".into());
-        assert!(!failed.should_record(shape(8)));
+        assert!(!failed.should_record(&shape(8)));
         assert_eq!(
             failed.status().failure.as_deref(),
             Some("capture invalidated")

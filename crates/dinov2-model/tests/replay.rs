@@ -318,6 +318,44 @@ fn replayed_passes_equal_plain_passes_for_new_pixels() {
 }
 
 #[test]
+fn intermediate_layer_passes_replay_per_set_of_layers() {
+    let config = config("vits14-reg");
+    let plain = Dinov2::random(CpuBackend::new(Dtype::F32).unwrap(), &config, 7).unwrap();
+    let taped = Dinov2::random(TapeBackend::new(), &config, 7).unwrap();
+    // Layers out of order and repeated, with and without the norm; Patch pooled on the host.
+    let asks: [(&[usize], bool, Pooling); 4] = [
+        (&[2, 1], true, Pooling::Cls),
+        (&[0, 2, 0], false, Pooling::Patch),
+        (&[1], true, Pooling::ClsMean),
+        (&[2, 1], false, Pooling::Cls),
+    ];
+    let mut seed = 500;
+    for round in 0..3 {
+        for &(layers, norm, pooling) in &asks {
+            seed += 1;
+            let px = pixels(seed, 2, 28, 42);
+            let want = plain
+                .embed_layers(&px, layers, norm, pooling, round == 2)
+                .unwrap();
+            let got = taped
+                .embed_layers(&px, layers, norm, pooling, round == 2)
+                .unwrap();
+            assert_eq!(
+                got, want,
+                "round {round} {layers:?} norm {norm} {pooling:?}"
+            );
+        }
+    }
+    let status = taped.replay_status();
+    assert_eq!(status.failure, None);
+    assert_eq!(
+        (status.recorded, status.replays),
+        (asks.len(), asks.len() as u64),
+        "each set recorded at its second pass, replayed at its third"
+    );
+}
+
+#[test]
 fn forward_passes_replay_per_shape_and_rule() {
     use dinov2_model::{ForwardOptions, Interpolation};
     let config = config("vits14");

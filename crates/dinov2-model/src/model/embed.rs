@@ -33,8 +33,8 @@ impl<B: Backend> Dinov2<B> {
             interpolation: Interpolation::default(),
         };
         self.embeddings_of(
-            self.final_pass(Pixels::Host(pixels), shape)?,
-            shape,
+            self.final_pass(Pixels::Host(pixels), &shape)?,
+            &shape,
             normalize,
         )
     }
@@ -54,8 +54,8 @@ impl<B: Backend> Dinov2<B> {
             interpolation: Interpolation::default(),
         };
         self.embeddings_of(
-            self.final_pass(Pixels::Uploaded(pixels), shape)?,
-            shape,
+            self.final_pass(Pixels::Uploaded(pixels), &shape)?,
+            &shape,
             normalize,
         )
     }
@@ -66,7 +66,8 @@ impl<B: Backend> Dinov2<B> {
     /// LayerNorm when `norm` (DINOv2's `get_intermediate_layers(norm=True)`), concatenated in the
     /// order given: `layers.len()` vectors one after the other, or for patch pooling each patch's
     /// vectors one after the other. `normalize` L2-normalizes the concatenated vector (each patch's).
-    /// Runs as it comes (not recorded as a CUDA graph).
+    ///
+    /// Recorded and replayed as [`Dinov2::embed`]'s passes are, per shape and set of layers.
     pub fn embed_layers(
         &self,
         pixels: &Tensor,
@@ -85,43 +86,45 @@ impl<B: Backend> Dinov2<B> {
                 format!("layer {bad} asked for: the model has hidden states 0 (the embeddings) to {depth}"),
             ));
         }
-        let (batch, height, img_width) = self.check_pixels(pixels)?;
-        let pass = self.exclusive()?;
-        let uploaded = self.upload(pixels)?;
-        let enc = self.encode(&uploaded, None, &ForwardOptions::default(), &|i| {
-            layers.contains(&i)
-        })?;
-        // `enc.hidden_states` holds the distinct asked layers in increasing order.
+        let (batch, height, width) = self.check_pixels(pixels)?;
+        // The pass yields the distinct asked layers in increasing order.
         let mut kept: Vec<usize> = layers.to_vec();
         kept.sort_unstable();
         kept.dedup();
-        let be = &self.backend;
-        let prefix = self.config.num_prefix_tokens();
-        let mut pooled = Vec::with_capacity(layers.len());
-        for layer in layers {
-            let state = &enc.hidden_states[kept.binary_search(layer).map_err(|_| {
-                ModelError::Unsupported(format!("hidden state {layer} was not kept"))
-            })?];
-            let tokens = if norm {
-                let n = &self.params.norm;
-                be.layer_norm(state, &n.weight, &n.bias, self.config.layer_norm_eps)?
-            } else {
-                state.clone()
-            };
-            pooled.push(be.pool(&tokens, prefix, pooling)?);
-        }
-        drop(pass);
+        let shape = PassShape {
+            batch,
+            height,
+            width,
+            output: PassOutput::Layers {
+                kept: kept.clone(),
+                norm,
+                pooling,
+            },
+            interpolation: Interpolation::default(),
+        };
+        let pooled = self.final_pass(Pixels::Host(pixels), &shape)?;
+        let in_order = layers
+            .iter()
+            .map(|layer| {
+                kept.binary_search(layer)
+                    .ok()
+                    .and_then(|i| pooled.get(i))
+                    .ok_or_else(|| {
+                        ModelError::Unsupported(format!("hidden state {layer} was not kept"))
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let h = self.config.hidden_size;
         // Per image (per patch for patch pooling), the layers' vectors one after the other.
         let unit = if pooling == Pooling::Patch {
             h
         } else {
-            pooled[0].last_dim()
+            in_order[0].last_dim()
         };
-        let rows = pooled[0].len() / unit;
+        let rows = in_order[0].len() / unit;
         let mut data = Vec::with_capacity(rows * unit * layers.len());
         for r in 0..rows {
-            for p in &pooled {
+            for p in &in_order {
                 data.extend_from_slice(&p.data[r * unit..(r + 1) * unit]);
             }
         }
@@ -133,26 +136,21 @@ impl<B: Backend> Dinov2<B> {
                 data,
             },
             h * layers.len(),
-            (height / p, img_width / p),
+            (height / p, width / p),
             pooling,
             normalize,
         ))
     }
 
-    /// The embeddings from a pooled pass's result (pooled on the host when the backend did not).
+    /// The embeddings from a pooled pass's one result.
     fn embeddings_of(
         &self,
-        (result, pooled): (Tensor, bool),
-        shape: PassShape,
+        mut results: Vec<Tensor>,
+        shape: &PassShape,
         normalize: bool,
     ) -> Result<Vec<Embedding>> {
-        let PassOutput::Pooled(pooling) = shape.output else {
+        let (Some(pooling), Some(pooled)) = (shape.output.pooling(), results.pop()) else {
             return Err(ModelError::Unsupported("embeddings of a token pass".into()));
-        };
-        let pooled = if pooled {
-            result
-        } else {
-            pool_tokens(&result, self.config.num_prefix_tokens(), pooling)
         };
         let p = self.config.patch_size;
         Ok(embeddings(
@@ -164,13 +162,14 @@ impl<B: Backend> Dinov2<B> {
         ))
     }
 
-    /// A pass to the final tokens or their pooling, on the host: replayed, run and recorded, or
-    /// run. Returns the result and whether it is pooled (see [`Dinov2::output_pass`]).
+    /// A pass to the final tokens or to pooled rows, on the host: replayed, run and recorded, or
+    /// run. Returns the pass's results ([`PassOutput`]), pooled on the host where the backend did
+    /// not pool them.
     pub(super) fn final_pass(
         &self,
         pixels: Pixels<'_, B::Tensor>,
-        shape: PassShape,
-    ) -> Result<(Tensor, bool)> {
+        shape: &PassShape,
+    ) -> Result<Vec<Tensor>> {
         let be = &self.backend;
         // Held for the whole pass: a recording's tensors serve one pass at a time, and the
         // backend runs passes one after another anyway.
@@ -182,7 +181,7 @@ impl<B: Backend> Dinov2<B> {
                 Pixels::Uploaded(p) => be.copy_into(&p.tensor, &mut rec.input)?,
             }
             be.replay(&rec.recording)?;
-            return Ok((be.download(&rec.output)?, rec.pooled));
+            return self.on_host(&rec.outputs, rec.pooled, shape);
         }
         let uploaded;
         let pixels = match pixels {
@@ -192,51 +191,94 @@ impl<B: Backend> Dinov2<B> {
             }
             Pixels::Uploaded(p) => p,
         };
-        let (out, pooled) = self.output_pass(pixels, &shape)?;
+        let (outs, pooled) = self.output_pass(pixels, shape)?;
         if let Some(replays) = replays.as_mut() {
             if replays.should_record(shape) {
-                match self.record_pass(pixels, &out, pooled, &shape) {
-                    Ok(Some(rec)) => replays.insert(shape, rec),
+                match self.record_pass(pixels, &outs, pooled, shape) {
+                    Ok(Some(rec)) => replays.insert(shape.clone(), rec),
                     Ok(None) => replays.fail("the backend recorded nothing".into()),
                     Err(e) => replays.fail(e.to_string()),
                 }
             }
         }
-        Ok((be.download(&out)?, pooled))
+        self.on_host(&outs, pooled, shape)
     }
 
-    /// Encoder (and pooling), left on the backend: for [`PassOutput::Tokens`] the final tokens;
-    /// for a pooling, the pooled rows and true where the backend pools this way
-    /// ([`Backend::pool_on_device`]), else the final tokens and false.
+    /// A pass's results downloaded, and pooled on the host unless `pooled` already.
+    fn on_host(&self, outs: &[B::Tensor], pooled: bool, shape: &PassShape) -> Result<Vec<Tensor>> {
+        let prefix = self.config.num_prefix_tokens();
+        outs.iter()
+            .map(|t| {
+                let host = self.backend.download(t)?;
+                Ok(match shape.output.pooling() {
+                    Some(pooling) if !pooled => pool_tokens(&host, prefix, pooling),
+                    _ => host,
+                })
+            })
+            .collect()
+    }
+
+    /// Encoder (and pooling), left on the backend: the results of [`PassShape::output`] (for
+    /// [`PassOutput::Tokens`] the final tokens, for a pooling the pooled rows), and true when
+    /// they are pooled: false where the backend does not pool this way
+    /// ([`Backend::pool_on_device`]) and the results are the tokens to pool.
     fn output_pass(
         &self,
         pixels: &PixelBatch<B::Tensor>,
         shape: &PassShape,
-    ) -> Result<(B::Tensor, bool)> {
+    ) -> Result<(Vec<B::Tensor>, bool)> {
         let opts = ForwardOptions {
             interpolation: shape.interpolation,
             ..ForwardOptions::default()
         };
-        let enc = self.encode(pixels, None, &opts, &|_| false)?;
-        let PassOutput::Pooled(pooling) = shape.output else {
-            return Ok((enc.normed, false));
-        };
+        let be = &self.backend;
         let prefix = self.config.num_prefix_tokens();
-        Ok(
-            match self.backend.pool_on_device(&enc.normed, prefix, pooling)? {
-                Some(pooled) => (pooled, true),
-                None => (enc.normed, false),
-            },
-        )
+        let (states, pooling) = match &shape.output {
+            PassOutput::Tokens => {
+                let enc = self.encode(pixels, None, &opts, &|_| false)?;
+                return Ok((vec![enc.normed], false));
+            }
+            PassOutput::Pooled(pooling) => {
+                let enc = self.encode(pixels, None, &opts, &|_| false)?;
+                (vec![enc.normed], *pooling)
+            }
+            PassOutput::Layers {
+                kept,
+                norm,
+                pooling,
+            } => {
+                let enc = self.encode(pixels, None, &opts, &|i| kept.binary_search(&i).is_ok())?;
+                let states = if *norm {
+                    let n = &self.params.norm;
+                    let eps = self.config.layer_norm_eps;
+                    enc.hidden_states
+                        .iter()
+                        .map(|s| be.layer_norm(s, &n.weight, &n.bias, eps))
+                        .collect::<Result<_>>()?
+                } else {
+                    enc.hidden_states
+                };
+                (states, *pooling)
+            }
+        };
+        // The backend pools every state or none: the answer depends on the pooling alone.
+        let mut pooled = Vec::with_capacity(states.len());
+        for state in &states {
+            match be.pool_on_device(state, prefix, pooling)? {
+                Some(rows) => pooled.push(rows),
+                None => return Ok((states, false)),
+            }
+        }
+        Ok((pooled, true))
     }
 
-    /// Records [`Dinov2::output_pass`] on copies of `pixels` and of `out` (the result of the
-    /// pass just run, which gives the output's shape), after that pass warmed every cache a
+    /// Records [`Dinov2::output_pass`] on copies of `pixels` and of `outs` (the results of the
+    /// pass just run, which give the outputs' shapes), after that pass warmed every cache a
     /// recording cannot fill (position tables, kernel and GEMM plans).
     fn record_pass(
         &self,
         pixels: &PixelBatch<B::Tensor>,
-        out: &B::Tensor,
+        outs: &[B::Tensor],
         pooled: bool,
         shape: &PassShape,
     ) -> Result<Option<Recorded<B>>> {
@@ -247,14 +289,25 @@ impl<B: Backend> Dinov2<B> {
             height: pixels.height,
             width: pixels.width,
         };
-        let mut output = be.duplicate(out)?;
+        let mut outputs = outs
+            .iter()
+            .map(|o| be.duplicate(o))
+            .collect::<Result<Vec<_>>>()?;
         let recording = be.record(&mut || {
-            let (result, _) = self.output_pass(&input, shape)?;
-            be.copy_into(&result, &mut output)
+            let (results, _) = self.output_pass(&input, shape)?;
+            if results.len() != outputs.len() {
+                return Err(ModelError::Unsupported(
+                    "a recorded pass gave another number of results".into(),
+                ));
+            }
+            for (result, output) in results.iter().zip(outputs.iter_mut()) {
+                be.copy_into(result, output)?;
+            }
+            Ok(())
         })?;
         Ok(recording.map(|recording| Recorded {
             input: input.tensor,
-            output,
+            outputs,
             pooled,
             recording,
         }))
