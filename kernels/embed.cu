@@ -4,7 +4,6 @@
 //   embed_tokens_{f32,f16,bf16} patches [B, N, h] (T) -> f32 tokens [B, 1 + R + N, h]:
 //                               row 0 = cls + pos[0]; rows 1..=R = registers; row 1 + R + t =
 //                               (mask[b·N + t] ? mask_token : patch) + pos[1 + t]
-//   mean_pool_{f32,f16,bf16}    x [B, S, h] -> f32 [B, h], the mean of tokens start..S
 //   pool_tokens_{f32,f16,bf16}  x [B, S, h] -> f32 [B, (cls + mean)·h]: token 0 (when cls), then
 //                               the mean of tokens start..S (when mean); the embedding poolings
 //   cast_{f32_f16,f32_bf16,f16_f32,bf16_f32}
@@ -67,17 +66,6 @@ __device__ __forceinline__ float token_mean(const T* __restrict__ base, int s, i
     return acc / (float)(s - start);
 }
 
-template <typename T>
-__device__ __forceinline__ void mean_pool(const T* __restrict__ x, float* __restrict__ out, int b,
-                                          int s, int start, int h) {
-    const long n = (long)b * h;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (long)gridDim.x * blockDim.x) {
-        const int img = (int)(i / h), c = (int)(i - (long)img * h);
-        out[i] = token_mean(x + (long)img * s * h + c, s, start, h);
-    }
-}
-
 // One thread per (image, column): consecutive threads read consecutive columns of a token row.
 template <typename T>
 __device__ __forceinline__ void pool_tokens(const T* __restrict__ x, float* __restrict__ out, int b,
@@ -107,10 +95,6 @@ __device__ __forceinline__ void pool_tokens(const T* __restrict__ x, float* __re
                                                    const float* mask_token, const uint8_t* mask,   \
                                                    int b, int n, int r, int h) {                   \
         embed_tokens<T>(patches, x, cls, pos, regs, mask_token, mask, b, n, r, h);                 \
-    }                                                                                              \
-    extern "C" __global__ void mean_pool_##name(const T* x, float* out, int b, int s, int start,   \
-                                                int h) {                                           \
-        mean_pool<T>(x, out, b, s, start, h);                                                      \
     }                                                                                              \
     extern "C" __global__ void pool_tokens_##name(const T* x, float* out, int b, int s, int start, \
                                                   int h, int cls, int mean) {                      \

@@ -12,6 +12,48 @@
 
 #define LN_VPL 32 // values per lane of the warp-per-row kernels: h <= 1024
 
+// The LayerNorm of a row that one warp holds, v[i] being column lane + 32·i (zero past h) and `s`
+// this lane's sum of its values: y = (v - mean) / sqrt(var + eps) · w + b, written to yr.
+template <typename TY>
+__device__ __forceinline__ void warp_normalize_row(const float (&v)[LN_VPL], float s, int lane,
+                                                   int h, float eps, TY* __restrict__ yr,
+                                                   const float* __restrict__ w,
+                                                   const float* __restrict__ b) {
+    const float mean = warp_sum(s) / h;
+    float q = 0.0f;
+#pragma unroll
+    for (int i = 0; i < LN_VPL; i++) {
+        const int c = lane + 32 * i;
+        const float d = c < h ? v[i] - mean : 0.0f;
+        q += d * d;
+    }
+    const float inv = 1.0f / sqrtf(warp_sum(q) / h + eps);
+#pragma unroll
+    for (int i = 0; i < LN_VPL; i++) {
+        const int c = lane + 32 * i;
+        if (c < h) yr[c] = from_f32<TY>((v[i] - mean) * inv * w[c] + b[c]);
+    }
+}
+
+// The LayerNorm of a row that one block reads through load(c) (values re-read from global
+// memory, L1/L2), `s` being this thread's sum of its columns threadIdx.x + k·blockDim.x.
+template <typename TY, typename Load>
+__device__ __forceinline__ void block_normalize_row(Load load, float s, int h, float eps,
+                                                    TY* __restrict__ yr,
+                                                    const float* __restrict__ w,
+                                                    const float* __restrict__ b) {
+    __shared__ float scratch[32];
+    const float mean = block_sum(s, scratch) / h;
+    float q = 0.0f;
+    for (int c = threadIdx.x; c < h; c += blockDim.x) {
+        const float d = load(c) - mean;
+        q += d * d;
+    }
+    const float inv = 1.0f / sqrtf(block_sum(q, scratch) / h + eps);
+    for (int c = threadIdx.x; c < h; c += blockDim.x)
+        yr[c] = from_f32<TY>((load(c) - mean) * inv * w[c] + b[c]);
+}
+
 // One row per warp; blockDim.x = 128 (4 rows per block).
 template <typename TX, typename TY>
 __device__ __forceinline__ void layer_norm_warp(const TX* __restrict__ x, TY* __restrict__ y,
@@ -30,21 +72,7 @@ __device__ __forceinline__ void layer_norm_warp(const TX* __restrict__ x, TY* __
         v[i] = c < h ? to_f32(xr[c]) : 0.0f;
         s += v[i];
     }
-    const float mean = warp_sum(s) / h;
-    float q = 0.0f;
-#pragma unroll
-    for (int i = 0; i < LN_VPL; i++) {
-        const int c = lane + 32 * i;
-        const float d = c < h ? v[i] - mean : 0.0f;
-        q += d * d;
-    }
-    const float inv = 1.0f / sqrtf(warp_sum(q) / h + eps);
-    TY* yr = y + row * h;
-#pragma unroll
-    for (int i = 0; i < LN_VPL; i++) {
-        const int c = lane + 32 * i;
-        if (c < h) yr[c] = from_f32<TY>((v[i] - mean) * inv * w[c] + b[c]);
-    }
+    warp_normalize_row<TY>(v, s, lane, h, eps, y + row * h, w, b);
 }
 
 // One row per block (any blockDim.x multiple of 32); values re-read from global memory (L1/L2).
@@ -52,21 +80,11 @@ template <typename TX, typename TY>
 __device__ __forceinline__ void layer_norm_block(const TX* __restrict__ x, TY* __restrict__ y,
                                                  const float* __restrict__ w,
                                                  const float* __restrict__ b, int h, float eps) {
-    __shared__ float scratch[32];
     const long row = blockIdx.x;
     const TX* xr = x + row * h;
     float s = 0.0f;
     for (int c = threadIdx.x; c < h; c += blockDim.x) s += to_f32(xr[c]);
-    const float mean = block_sum(s, scratch) / h;
-    float q = 0.0f;
-    for (int c = threadIdx.x; c < h; c += blockDim.x) {
-        const float d = to_f32(xr[c]) - mean;
-        q += d * d;
-    }
-    const float inv = 1.0f / sqrtf(block_sum(q, scratch) / h + eps);
-    TY* yr = y + row * h;
-    for (int c = threadIdx.x; c < h; c += blockDim.x)
-        yr[c] = from_f32<TY>((to_f32(xr[c]) - mean) * inv * w[c] + b[c]);
+    block_normalize_row<TY>([=](int c) { return to_f32(xr[c]); }, s, h, eps, y + row * h, w, b);
 }
 
 #define LAYER_NORM(name, TX, TY)                                                                   \
@@ -121,21 +139,7 @@ __device__ __forceinline__ void add_scaled_ln_warp(float* __restrict__ x,
         }
         s += v[i];
     }
-    const float mean = warp_sum(s) / h;
-    float q = 0.0f;
-#pragma unroll
-    for (int i = 0; i < LN_VPL; i++) {
-        const int c = lane + 32 * i;
-        const float d = c < h ? v[i] - mean : 0.0f;
-        q += d * d;
-    }
-    const float inv = 1.0f / sqrtf(warp_sum(q) / h + eps);
-    TB* yr = y + row * h;
-#pragma unroll
-    for (int i = 0; i < LN_VPL; i++) {
-        const int c = lane + 32 * i;
-        if (c < h) yr[c] = from_f32<TB>((v[i] - mean) * inv * w[c] + b[c]);
-    }
+    warp_normalize_row<TB>(v, s, lane, h, eps, y + row * h, w, b);
 }
 
 template <typename TB>
@@ -145,7 +149,6 @@ __device__ __forceinline__ void add_scaled_ln_block(float* __restrict__ x,
                                                     TB* __restrict__ y,
                                                     const float* __restrict__ w,
                                                     const float* __restrict__ b, int h, float eps) {
-    __shared__ float scratch[32];
     const long row = blockIdx.x;
     float* xr = x + row * h;
     const TB* br = branch + row * h;
@@ -156,16 +159,7 @@ __device__ __forceinline__ void add_scaled_ln_block(float* __restrict__ x,
         xr[c] = v;
         s += v;
     }
-    const float mean = block_sum(s, scratch) / h;
-    float q = 0.0f;
-    for (int c = threadIdx.x; c < h; c += blockDim.x) {
-        const float d = xr[c] - mean;
-        q += d * d;
-    }
-    const float inv = 1.0f / sqrtf(block_sum(q, scratch) / h + eps);
-    TB* yr = y + row * h;
-    for (int c = threadIdx.x; c < h; c += blockDim.x)
-        yr[c] = from_f32<TB>((xr[c] - mean) * inv * w[c] + b[c]);
+    block_normalize_row<TB>([=](int c) { return xr[c]; }, s, h, eps, y + row * h, w, b);
 }
 
 #define ADD_SCALED(name, TB)                                                                       \

@@ -129,7 +129,7 @@ fn launched_kernels() -> Vec<String> {
             "attention_probs",
             "im2col",
             "embed_tokens",
-            "mean_pool",
+            "pool_tokens",
             "layer_norm",
             "layer_norm_wide",
         ] {
@@ -231,7 +231,7 @@ fn kernel_signatures_match_the_launchers() {
         ("attention_probs", &[P, P, P, I, I, I, F]),
         ("im2col", &[P, P, I, I, I, I, I]),
         ("embed_tokens", &[P, P, P, P, P, P, P, I, I, I, I]),
-        ("mean_pool", &[P, P, I, I, I, I]),
+        ("pool_tokens", &[P, P, I, I, I, I, I, I]),
     ];
     for (op, want) in table {
         for t in ["f32", "f16", "bf16"] {
