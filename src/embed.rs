@@ -14,13 +14,14 @@
 //! ```
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dinov2_image::{
     decode, decode_file, preprocess, DecodeOptions, PixelValues, PreprocessConfig, RgbImage,
 };
 
 use crate::error::{Error, Result};
-use crate::{Backend, Checkpoint, Dinov2, Embedding, Pooling, Tensor};
+use crate::{Backend, Checkpoint, Dinov2, Embedding, ModelError, Pooling, Tensor};
 
 /// A model with its preprocessing and pooling.
 pub struct Embedder<B: Backend> {
@@ -31,6 +32,9 @@ pub struct Embedder<B: Backend> {
     normalize: bool,
     /// Hidden states to pool instead of the final output, and whether through the final norm.
     layers: Option<(Vec<usize>, bool)>,
+    /// The most images per pass: unbounded until the device runs out of memory, then halved each
+    /// time ([`Embedder::embed_batch`]).
+    batch_limit: AtomicUsize,
 }
 
 /// The checkpoint's `preprocessor_config.json`, or the facebook/dinov2 values when it has none.
@@ -74,6 +78,7 @@ impl<B: Backend> Embedder<B> {
             pooling: Pooling::Cls,
             normalize: false,
             layers: None,
+            batch_limit: AtomicUsize::new(usize::MAX),
         }
     }
 
@@ -144,8 +149,31 @@ impl<B: Backend> Embedder<B> {
         Ok(out)
     }
 
+    /// The most images this embedder now runs in one pass, when running out of device memory
+    /// lowered it ([`Embedder::embed_batch`]); `None` while unbounded.
+    pub fn batch_limit(&self) -> Option<usize> {
+        Some(self.batch_limit.load(Ordering::Relaxed)).filter(|&l| l != usize::MAX)
+    }
+
     /// Embeds a batch of preprocessed images `[B, C, H, W]` (from [`stack_images`]).
+    ///
+    /// Should the device run out of memory, the batch is embedded in smaller passes: the
+    /// embedder halves its limit of images per pass, gives back the model's cached memory
+    /// ([`Dinov2::release_memory`]) and runs those images again, and keeps the lower limit for
+    /// the batches after ([`Embedder::batch_limit`]). Only an image too large to run alone
+    /// fails, with [`ModelError::OutOfMemory`]. An image's embedding is the same in any pass, up to
+    /// the rounding of the kernels the backend picks for the pass's size.
     pub fn embed_batch(&self, pixels: &Tensor) -> Result<Vec<Embedding>> {
+        in_passes(
+            pixels,
+            &self.batch_limit,
+            |p| self.embed_pass(p),
+            || Ok(self.model.release_memory()?),
+        )
+    }
+
+    /// One pass of the model over `pixels`.
+    fn embed_pass(&self, pixels: &Tensor) -> Result<Vec<Embedding>> {
         Ok(match &self.layers {
             None => self.model.embed(pixels, self.pooling, self.normalize)?,
             Some((layers, norm)) => {
@@ -205,5 +233,168 @@ impl<B: Backend> Embedder<B> {
                     .collect()
             }
         }
+    }
+}
+
+/// Runs `pass` over the images of `pixels` `[B, ...]` in order, at most `limit` at a time. When a
+/// pass of several images runs out of device memory, `limit` is halved (to at most half that
+/// pass), `release` called, and the same images run again in smaller passes.
+fn in_passes(
+    pixels: &Tensor,
+    limit: &AtomicUsize,
+    mut pass: impl FnMut(&Tensor) -> Result<Vec<Embedding>>,
+    mut release: impl FnMut() -> Result<()>,
+) -> Result<Vec<Embedding>> {
+    let batch = pixels.shape.first().copied().unwrap_or(0);
+    if batch == 0 {
+        // The model says what is wrong with it.
+        return pass(pixels);
+    }
+    let per_image = pixels.data.len() / batch;
+    let mut out = Vec::with_capacity(batch);
+    let mut start = 0;
+    while start < batch {
+        let n = limit.load(Ordering::Relaxed).clamp(1, batch - start);
+        let result = if n == batch {
+            pass(pixels)
+        } else {
+            let mut shape = pixels.shape.clone();
+            shape[0] = n;
+            let data = pixels.data[start * per_image..(start + n) * per_image].to_vec();
+            pass(&Tensor { shape, data })
+        };
+        match result {
+            Ok(embeddings) => {
+                out.extend(embeddings);
+                start += n;
+            }
+            Err(Error::Model(ModelError::OutOfMemory { .. })) if n > 1 => {
+                limit.fetch_min(n / 2, Ordering::Relaxed);
+                release()?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `[b, 2]` pixels whose image `i` holds `i` twice.
+    fn numbered(b: usize) -> Tensor {
+        Tensor {
+            shape: vec![b, 2],
+            data: (0..b).flat_map(|i| [i as f32; 2]).collect(),
+        }
+    }
+
+    fn oom() -> Error {
+        Error::Model(ModelError::OutOfMemory {
+            backend: "test".into(),
+            reason: "allocating".into(),
+        })
+    }
+
+    /// A pass that fits `fits` images at most: one embedding per image, its number.
+    fn pass_fitting(
+        fits: usize,
+        passes: &mut Vec<usize>,
+    ) -> impl FnMut(&Tensor) -> Result<Vec<Embedding>> + '_ {
+        move |t: &Tensor| {
+            passes.push(t.shape[0]);
+            if t.shape[0] > fits {
+                return Err(oom());
+            }
+            Ok(t.data
+                .chunks(2)
+                .map(|c| Embedding {
+                    values: vec![c[0]],
+                    grid: None,
+                })
+                .collect())
+        }
+    }
+
+    fn numbers(e: &[Embedding]) -> Vec<f32> {
+        e.iter().map(|e| e.values[0]).collect()
+    }
+
+    #[test]
+    fn a_batch_that_fits_runs_in_one_pass() {
+        let limit = AtomicUsize::new(usize::MAX);
+        let mut passes = Vec::new();
+        let got = in_passes(&numbered(5), &limit, pass_fitting(8, &mut passes), || {
+            panic!("nothing to release")
+        })
+        .unwrap();
+        assert_eq!(numbers(&got), [0.0, 1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(passes, [5]);
+        assert_eq!(limit.load(Ordering::Relaxed), usize::MAX);
+    }
+
+    #[test]
+    fn running_out_of_memory_halves_the_passes_and_keeps_every_image_in_order() {
+        let limit = AtomicUsize::new(usize::MAX);
+        let mut passes = Vec::new();
+        let mut released = 0;
+        let got = in_passes(&numbered(11), &limit, pass_fitting(3, &mut passes), || {
+            released += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(numbers(&got), (0..11).map(|i| i as f32).collect::<Vec<_>>());
+        // 11 fails, 5 fails, then passes of 2.
+        assert_eq!(passes, [11, 5, 2, 2, 2, 2, 2, 1]);
+        assert_eq!((limit.load(Ordering::Relaxed), released), (2, 2));
+        // The limit stays for the next batch.
+        let mut passes = Vec::new();
+        let got = in_passes(
+            &numbered(4),
+            &limit,
+            pass_fitting(3, &mut passes),
+            || Ok(()),
+        )
+        .unwrap();
+        assert_eq!(numbers(&got), [0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(passes, [2, 2]);
+    }
+
+    #[test]
+    fn an_image_too_large_alone_fails_with_out_of_memory() {
+        let limit = AtomicUsize::new(usize::MAX);
+        let mut passes = Vec::new();
+        let err = in_passes(
+            &numbered(4),
+            &limit,
+            pass_fitting(0, &mut passes),
+            || Ok(()),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::Model(ModelError::OutOfMemory { .. })),
+            "{err}"
+        );
+        assert_eq!(passes, [4, 2, 1]);
+        assert_eq!(limit.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn other_errors_are_not_retried() {
+        let limit = AtomicUsize::new(usize::MAX);
+        let mut calls = 0;
+        let err = in_passes(
+            &numbered(4),
+            &limit,
+            |_| {
+                calls += 1;
+                Err(Error::Batch("broken".into()))
+            },
+            || Ok(()),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::Batch(_)));
+        assert_eq!((calls, limit.load(Ordering::Relaxed)), (1, usize::MAX));
     }
 }

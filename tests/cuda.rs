@@ -461,3 +461,58 @@ fn replayed_cuda_graphs_equal_eager_passes() {
         }
     }
 }
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn embedding_runs_smaller_passes_when_the_device_runs_out_of_memory() {
+    use dinov2::crates::kernels::DType;
+    use dinov2::{released, Embedder, Pooling};
+    let be = gpu(Dtype::F16);
+    let vits = released("vits14").unwrap();
+    let model = Dinov2::random(be.clone(), &vits, 3).unwrap();
+    let embedder = Embedder::new(model, dinov2::image::PreprocessConfig::default())
+        .with_pooling(Pooling::ClsMean);
+    let (batch, side) = (16, 448);
+    let px = seeded_pixels(7, batch, side, side);
+    let per_image = px.data.len() / batch;
+    let image = |i: usize| {
+        let data = px.data[i * per_image..(i + 1) * per_image].to_vec();
+        Tensor::new(vec![1, 3, side, side], data).unwrap()
+    };
+    // The reference: each image alone.
+    let mut want = Vec::new();
+    for i in 0..batch {
+        want.extend(embedder.embed_batch(&image(i)).unwrap());
+    }
+    // What the whole batch takes, with memory to spare: the pool keeps the pass's blocks.
+    be.release_cached_memory().unwrap();
+    let before = be.memory_used().unwrap();
+    embedder.embed_batch(&px).unwrap();
+    let pass = be.memory_used().unwrap().saturating_sub(before);
+    be.release_cached_memory().unwrap();
+    // Fill the device but for a third of that pass.
+    let (free, _) = be.device().memory().unwrap();
+    let keep = pass / 3;
+    eprintln!(
+        "a pass of {batch} takes {} MiB; leaving {} MiB free",
+        pass >> 20,
+        keep >> 20
+    );
+    let filler = be
+        .device()
+        .alloc(DType::U8, &[free.saturating_sub(keep)])
+        .unwrap();
+    let got = embedder.embed_batch(&px);
+    drop(filler);
+    let got = got.unwrap();
+    let limit = embedder.batch_limit();
+    eprintln!("batch limit after running out of memory: {limit:?}");
+    assert!(
+        matches!(limit, Some(l) if l < batch),
+        "the pass should have run out of memory and been split: {limit:?}"
+    );
+    let (g, w) = flatten_pair(&got, &want);
+    let err = rel_l2(&g, &w);
+    eprintln!("smaller passes against single images: rel L2 {err:.2e}");
+    assert!(err < 1e-3, "{err:.3e}");
+}

@@ -184,9 +184,11 @@ impl CudaBackend {
     }
 
     fn err(&self, e: KernelError) -> ModelError {
-        ModelError::Backend {
-            backend: self.name.clone(),
-            reason: e.to_string(),
+        let (backend, reason) = (self.name.clone(), e.to_string());
+        if e.is_out_of_memory() {
+            ModelError::OutOfMemory { backend, reason }
+        } else {
+            ModelError::Backend { backend, reason }
         }
     }
 

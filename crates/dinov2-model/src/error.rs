@@ -14,9 +14,12 @@ pub enum ModelError {
     /// A head or option the checkpoint cannot serve.
     #[error("{0}")]
     Unsupported(String),
-    /// The backend failed (device errors, allocation).
+    /// The backend failed (device errors).
     #[error("{backend} backend: {reason}")]
     Backend { backend: String, reason: String },
+    /// The device ran out of memory: the same pass may fit with fewer images.
+    #[error("{backend} backend: out of device memory: {reason}")]
+    OutOfMemory { backend: String, reason: String },
 }
 
 impl ModelError {

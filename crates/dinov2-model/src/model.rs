@@ -132,6 +132,17 @@ impl<B: Backend> Dinov2<B> {
             .unwrap_or_default()
     }
 
+    /// Gives back the device memory the model holds beyond its weights: its recorded passes
+    /// (recorded again when their shapes come back) and the backend's cached blocks
+    /// ([`Backend::release_cached_memory`]). For a caller that ran out of device memory and
+    /// tries again with fewer images.
+    pub fn release_memory(&self) -> Result<()> {
+        if let Some(mut replays) = self.exclusive()? {
+            replays.clear();
+        }
+        self.backend.release_cached_memory()
+    }
+
     /// Whether the checkpoint carries a classification head.
     pub fn has_classifier(&self) -> bool {
         self.host.classifier.is_some()

@@ -135,11 +135,17 @@ impl<R> Replays<R> {
         self.status.recorded += 1;
     }
 
+    /// Drops every recording (freeing its memory); shapes are recorded again at their second
+    /// pass from now.
+    pub fn clear(&mut self) {
+        self.recorded.clear();
+        self.seen.clear();
+    }
+
     /// Turns recording off for good, keeping the reason.
     pub fn fail(&mut self, reason: String) {
         self.status.failure = Some(reason);
-        self.recorded.clear();
-        self.seen.clear();
+        self.clear();
     }
 }
 

@@ -38,7 +38,8 @@ pub(super) struct Group {
     pixels: std::result::Result<Tensor, String>,
 }
 
-/// Runs the model on a group; per-image failures when the model rejects it.
+/// Runs the model on a group; per-image failures when the model rejects it or it does not fit
+/// the device.
 fn embed_group<B: Backend>(
     embedder: &Embedder<B>,
     group: Group,
@@ -66,13 +67,22 @@ fn embed_group<B: Backend>(
                 });
             }
         }
-        Err(dinov2::Error::Model(ModelError::Input { reason, .. })) => {
+        // Rejected inputs, and images that do not fit the device even one at a time (the
+        // embedder has retried in smaller passes): the group's images share one size, so the
+        // reason holds for each of them.
+        Err(dinov2::Error::Model(
+            e @ (ModelError::Input { .. } | ModelError::OutOfMemory { .. }),
+        )) => {
+            let error = match e {
+                ModelError::Input { reason, .. } => reason,
+                other => format!("{other} (even one image at a time)"),
+            };
             for (index, _, _) in group.members {
                 failures.push(Failure {
                     index,
                     path: paths[index].to_string_lossy().into_owned(),
                     stage: "model".into(),
-                    error: reason.clone(),
+                    error: error.clone(),
                 });
             }
         }

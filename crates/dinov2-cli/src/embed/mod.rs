@@ -295,6 +295,12 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
             break;
         }
     }
+    if let Some(limit) = embedders.iter().filter_map(|e| e.batch_limit()).min() {
+        eprintln!(
+            "warning: the device ran out of memory; batches ran in passes of at most {limit} \
+             images from then on (--batch-size {limit} avoids the retries)"
+        );
+    }
     result?;
     finish(
         job,
