@@ -1,8 +1,10 @@
 //! Criterion benchmarks of the image side of `dinov2 embed` on the CPU (`dinov2-image`): JPEG
 //! decoding, Pillow's bicubic resize to a 256-pixel shortest edge, and the whole DINOv2
-//! preprocessing (resize, 224 center crop, rescale, normalize), per image, on one thread. Inputs
-//! are photographs: the shipped `rocket.jpg` (640 x 427) and the same picture upscaled to
-//! 2048 x 1366 and re-encoded (quality 90, 4:2:0) at start-up, the size of a phone photo.
+//! preprocessing (resize, 224 center crop, rescale, normalize), per image, on one thread, and the
+//! same with JPEGs decoded at reduced scale (`DecodeOptions::draft`, `dinov2 embed --draft`).
+//! Inputs are photographs: the shipped `rocket.jpg` (640 x 427) and the same picture upscaled to
+//! 2048 x 1366 and 4032 x 2689 (a 12-megapixel phone photo's width) and re-encoded (quality 90,
+//! 4:2:0) at start-up.
 //!
 //! ```sh
 //! cargo bench --bench preprocess -- --warm-up-time 1 --measurement-time 3
@@ -16,26 +18,27 @@ use dinov2::image::{
     RgbImage, SizeSpec,
 };
 
-/// The shipped photograph, and the same picture at `width` pixels wide as a JPEG.
-fn photos(width: u32) -> Vec<(String, Vec<u8>)> {
+/// The shipped photograph, and the same picture at each of `widths` pixels wide as a JPEG.
+fn photos(widths: &[u32]) -> Vec<(String, Vec<u8>)> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/images/rocket.jpg");
     let original = std::fs::read(path).expect("assets/images/rocket.jpg");
     let image = decode(&original, &DecodeOptions::default()).expect("a JPEG");
-    let height = (image.height as u64 * width as u64 / image.width as u64) as u32;
-    let big = resize(&image, width, height, Resample::Bicubic).expect("upscale");
-    (|| -> std::io::Result<_> {
-        let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
-        c.set_size(width as usize, height as usize);
-        c.set_quality(90.0);
-        let mut c = c.start_compress(Vec::new())?;
-        c.write_scanlines(&big.data)?;
-        let jpeg = c.finish()?;
-        Ok(vec![
-            (format!("{}x{}", image.width, image.height), original),
-            (format!("{width}x{height}"), jpeg),
-        ])
-    })()
-    .expect("JPEG encoding")
+    let mut out = vec![(format!("{}x{}", image.width, image.height), original)];
+    for &width in widths {
+        let height = (image.height as u64 * width as u64 / image.width as u64) as u32;
+        let big = resize(&image, width, height, Resample::Bicubic).expect("upscale");
+        let jpeg = (|| -> std::io::Result<_> {
+            let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+            c.set_size(width as usize, height as usize);
+            c.set_quality(90.0);
+            let mut c = c.start_compress(Vec::new())?;
+            c.write_scanlines(&big.data)?;
+            c.finish()
+        })()
+        .expect("JPEG encoding");
+        out.push((format!("{width}x{height}"), jpeg));
+    }
+    out
 }
 
 fn main() {
@@ -44,7 +47,11 @@ fn main() {
     g.throughput(Throughput::Elements(1));
     let options = DecodeOptions::default();
     let config = PreprocessConfig::default();
-    for (name, jpeg) in photos(2048) {
+    let draft = DecodeOptions {
+        draft: Some(config.size),
+        ..DecodeOptions::default()
+    };
+    for (name, jpeg) in photos(&[2048, 4032]) {
         let image: RgbImage = decode(&jpeg, &options).expect("decodes");
         let (h, w) = resize_output_size(image.height, image.width, &SizeSpec::ShortestEdge(256))
             .expect("a size");
@@ -60,6 +67,12 @@ fn main() {
         g.bench_function(format!("decode_and_preprocess/{name}"), |b| {
             b.iter(|| {
                 let image = decode(black_box(&jpeg), &options).expect("decodes");
+                preprocess(&image, &config).expect("preprocesses")
+            })
+        });
+        g.bench_function(format!("draft_decode_and_preprocess/{name}"), |b| {
+            b.iter(|| {
+                let image = decode(black_box(&jpeg), &draft).expect("decodes");
                 preprocess(&image, &config).expect("preprocesses")
             })
         });

@@ -17,7 +17,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dinov2_image::{
-    decode, decode_file, preprocess, DecodeOptions, PixelValues, PreprocessConfig, RgbImage,
+    decode_file_sized, decode_sized, preprocess, DecodeOptions, PixelValues, PreprocessConfig,
+    RgbImage,
 };
 
 use crate::error::{Error, Result};
@@ -121,21 +122,22 @@ impl<B: Backend> Embedder<B> {
         &self.model
     }
 
-    /// Decodes and preprocesses an image file: its pixel values and original `(width, height)`.
+    /// Decodes and preprocesses an image file: its pixel values and original `(width, height)`
+    /// (the file's, also when it was decoded at reduced scale, [`DecodeOptions::draft`]).
     pub fn prepare_path(&self, path: impl AsRef<Path>) -> Result<(PixelValues, (u32, u32))> {
-        let image = decode_file(path.as_ref(), &self.decode)?;
+        let decoded = decode_file_sized(path.as_ref(), &self.decode)?;
         Ok((
-            preprocess(&image, &self.preprocess)?,
-            (image.width, image.height),
+            preprocess(&decoded.image, &self.preprocess)?,
+            decoded.file_size,
         ))
     }
 
     /// Decodes and preprocesses encoded image bytes.
     pub fn prepare_bytes(&self, bytes: &[u8]) -> Result<(PixelValues, (u32, u32))> {
-        let image = decode(bytes, &self.decode)?;
+        let decoded = decode_sized(bytes, &self.decode)?;
         Ok((
-            preprocess(&image, &self.preprocess)?,
-            (image.width, image.height),
+            preprocess(&decoded.image, &self.preprocess)?,
+            decoded.file_size,
         ))
     }
 

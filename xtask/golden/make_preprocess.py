@@ -266,6 +266,16 @@ def build_images() -> dict[str, bytes]:
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 CW to display
     imgs["jpeg_exif_rot6.jpg"] = encode(Image.fromarray(photo(50, 30, x0=10, y0=10)), "JPEG", quality=90, exif=exif)
+    # Decoded at reduced scale (`draft` cases): large enough for 1/2, 1/4 and 1/8 of the small
+    # configs, odd sizes so that the scaled sides round up.
+    draft_src = Image.fromarray(photo(301, 283, x0=40, y0=10))
+    imgs["jpeg_draft_sub420.jpg"] = encode(draft_src, "JPEG", quality=90, subsampling=2)
+    imgs["jpeg_draft_sub444.jpg"] = encode(draft_src, "JPEG", quality=90, subsampling=0)
+    imgs["jpeg_draft_progressive.jpg"] = encode(draft_src, "JPEG", quality=85, subsampling=1, progressive=True)
+    imgs["jpeg_draft_gray.jpg"] = encode(draft_src.convert("L"), "JPEG", quality=90)
+    imgs["jpeg_draft_exif_rot6.jpg"] = encode(
+        Image.fromarray(photo(323, 121, x0=30, y0=100)), "JPEG", quality=90, exif=exif
+    )
     # Size-rule cases (all JPEG: realistic and small files).
     imgs["jpeg_100x60.jpg"] = encode(Image.fromarray(photo(100, 60, x0=120, y0=80)), "JPEG", quality=85)
     imgs["jpeg_1000x90.jpg"] = encode(Image.fromarray(photo(1000, 90, y0=200)), "JPEG", quality=85)
@@ -563,9 +573,28 @@ def define_cases(images: dict[str, bytes]) -> None:
     add("asset_chelsea_png_small", "../../../assets/images/chelsea.png", "small")
     add("asset_camera_png_small", "../../../assets/images/camera.png", "small")
     add("asset_coffee_jpg_lanczos", "../../../assets/images/coffee.jpg", "lanczos_down")
+    # Decoded at reduced scale (DecodeOptions::draft): Pillow's draft at 1/2, 1/4 and 1/8, then the
+    # processor on the smaller image.
+    for image, configs in [
+        ("jpeg_draft_sub420", ["draft_64", "small", "draft_16"]),
+        ("jpeg_draft_sub444", ["draft_64", "draft_16"]),
+        ("jpeg_draft_progressive", ["small", "draft_16"]),
+        ("jpeg_draft_gray", ["draft_64"]),
+        ("jpeg_draft_exif_rot6", ["draft_exact"]),
+    ]:
+        for config in configs:
+            add(f"{image}_{config}", f"images/{image}.jpg", config, draft=True)
+    add("jpeg_draft_exif_rot6_draft_exact_applied", "images/jpeg_draft_exif_rot6.jpg", "draft_exact",
+        draft=True, apply_exif_orientation=True)
+    # Too small to draft: decoded in full.
+    add("jpeg_100x60_draft", "images/jpeg_100x60.jpg", "small", draft=True)
 
 
 CONFIGS["same_size"] = cfg(size={"shortest_edge": 64}, crop_size={"height": 40, "width": 40})
+CONFIGS["draft_64"] = cfg(size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56})
+CONFIGS["draft_16"] = cfg(size={"shortest_edge": 16}, crop_size={"height": 14, "width": 14})
+# On the oriented image (axes exchanged by orientation 6) the draft differs from the stored one's.
+CONFIGS["draft_exact"] = cfg(size={"height": 40, "width": 15}, do_center_crop=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -590,8 +619,27 @@ def crc(a: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(a).tobytes())
 
 
-def open_image(path: Path, decode: dict) -> Image.Image:
+def resize_target(height: int, width: int, size: dict) -> tuple[int, int]:
+    """transformers' resize output (height, width) for the size rules the draft cases use."""
+    if set(size) == {"shortest_edge"}:
+        oh, ow = get_resize_output_image_size(
+            np.zeros((3, height, width), np.uint8), size=size["shortest_edge"], default_to_square=False,
+            input_data_format=ChannelDimension.FIRST,
+        )
+        return int(oh), int(ow)
+    assert set(size) == {"height", "width"}, size
+    return size["height"], size["width"]
+
+
+def open_image(path: Path, decode: dict, config: str) -> Image.Image:
     im = Image.open(path)
+    if decode.get("draft"):
+        # Pillow's draft for twice the resize's output (what Image.thumbnail does), the output
+        # computed for the image as the processor will see it (oriented when that is applied).
+        swapped = decode.get("apply_exif_orientation") and im.getexif().get(0x0112) in (5, 6, 7, 8)
+        w, h = (im.height, im.width) if swapped else im.size
+        oh, ow = resize_target(h, w, CONFIGS[config]["size"])
+        im.draft(None, (2 * oh, 2 * ow) if swapped else (2 * ow, 2 * oh))
     im.load()
     if decode.get("apply_exif_orientation"):
         im = ImageOps.exif_transpose(im)
@@ -600,7 +648,7 @@ def open_image(path: Path, decode: dict) -> Image.Image:
 
 def run_case(out: Path, name: str, image: str, config: str, decode: dict) -> dict:
     path = (out / image).resolve()
-    im = open_image(path, decode)
+    im = open_image(path, decode, config)
     mode = im.mode
     rgb = np.array(convert_to_rgb(im))
     assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3, (name, rgb.shape)

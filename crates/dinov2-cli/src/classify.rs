@@ -27,8 +27,8 @@ fn classify_on<B: Backend>(backend: B, args: &ClassifyArgs) -> Result<()> {
         )));
     }
     let preprocess = preprocessing(&dir, &args.decode, checkpoint.config.patch_size)?;
-    let embedder =
-        Embedder::new(model, preprocess).with_decode_options(decode_options(&args.decode));
+    let decode = decode_options(&args.decode, &preprocess);
+    let embedder = Embedder::new(model, preprocess).with_decode_options(decode);
     let mut failed = 0;
     for path in &args.images {
         let pixels: PixelValues = match embedder.prepare_path(path) {

@@ -10,11 +10,13 @@ use crate::embed::{expand_inputs, run as run_job, Format, Settings};
 use crate::error::{CliError, Result};
 use crate::model_dir::resolve;
 
-/// Decoding options from the command line.
-pub fn decode_options(args: &DecodeArgs) -> DecodeOptions {
+/// Decoding options from the command line, for images preprocessed with `preprocess` (which
+/// `--draft` decodes JPEGs for).
+pub fn decode_options(args: &DecodeArgs, preprocess: &PreprocessConfig) -> DecodeOptions {
     DecodeOptions {
         max_pixels: args.max_pixels,
         apply_exif_orientation: args.apply_exif_orientation,
+        draft: (args.draft && preprocess.do_resize).then_some(preprocess.size),
         ..DecodeOptions::default()
     }
 }
@@ -75,7 +77,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         )));
     }
     let layers = args.layers.clone().map(|l| (l, !args.no_layer_norm));
-    let decode = decode_options(&args.decode);
+    let decode = decode_options(&args.decode, &preprocess);
     let identity = vec![
         format!("{layers:?}"),
         std::fs::canonicalize(&dir)

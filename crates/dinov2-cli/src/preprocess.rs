@@ -22,7 +22,7 @@ pub fn run(args: PreprocessArgs) -> Result<()> {
         1
     };
     let config = preprocessing(&dir, &args.decode, patch)?;
-    let options = decode_options(&args.decode);
+    let options = decode_options(&args.decode, &config);
     let mut tensors = Vec::with_capacity(args.images.len());
     for path in &args.images {
         let name = path.to_string_lossy().into_owned();

@@ -947,3 +947,106 @@ fn resolution_overrides_act_as_the_preprocessor_config() {
     let (_, t) = tensors.tensors().into_iter().next().unwrap();
     assert_eq!(t.shape(), &[3, 280, 252]);
 }
+
+#[test]
+fn draft_decoding_matches_pillows_draft_and_keeps_the_file_size() {
+    let dir = TempDir::new().unwrap();
+    let fixtures = root().join("tests/fixtures/preprocess");
+    // 301 x 283, drafted to 1/2 for a 64-pixel resize (the fixture case
+    // jpeg_draft_sub420_draft_64: Pillow's draft, then transformers' processor).
+    let jpeg = fixtures.join("images/jpeg_draft_sub420.jpg");
+    let png = root().join("assets/images/camera.png");
+    let st = dir.path().join("pixels.safetensors");
+    let r = dinov2(&[
+        "preprocess",
+        "--model",
+        &model(),
+        "--resize",
+        "64",
+        "--crop",
+        "56",
+        "--draft",
+        "--output",
+        st.to_str().unwrap(),
+        jpeg.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let f32s = |bytes: &[u8]| -> Vec<f32> {
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    let ours = std::fs::read(&st).unwrap();
+    let ours = SafeTensors::deserialize(&ours).unwrap();
+    let (_, ours) = ours.tensors().into_iter().next().unwrap();
+    let pillow =
+        std::fs::read(fixtures.join("expected/jpeg_draft_sub420_draft_64.safetensors")).unwrap();
+    let pillow = SafeTensors::deserialize(&pillow).unwrap();
+    let pillow = pillow.tensor("pixel_values").unwrap();
+    assert_eq!(ours.shape(), pillow.shape());
+    let worst = f32s(ours.data())
+        .iter()
+        .zip(f32s(pillow.data()))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= 1e-6, "max |diff| {worst} against Pillow's draft");
+
+    // Embedding: the recorded size is the file's; the JPEG's vector changes, the PNG's does not.
+    let model = model();
+    let embed = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec!["embed", "--model", &model, "--resize", "64", "--crop", "56"];
+        args.extend_from_slice(extra);
+        args.extend([
+            "--output",
+            out.to_str().unwrap(),
+            jpeg.to_str().unwrap(),
+            png.to_str().unwrap(),
+        ]);
+        let r = dinov2(&args);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        out
+    };
+    let rows = |path: PathBuf| -> Vec<(u32, u32, Vec<f32>)> {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            File::open(path).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let mut out = Vec::new();
+        for batch in reader {
+            use arrow_array::cast::AsArray;
+            use arrow_array::types::{Float32Type, UInt32Type};
+            let batch = batch.unwrap();
+            let col = |n: &str| {
+                batch
+                    .column_by_name(n)
+                    .unwrap()
+                    .as_primitive::<UInt32Type>()
+                    .clone()
+            };
+            let (w, h) = (col("width"), col("height"));
+            let emb = batch
+                .column_by_name("embedding")
+                .unwrap()
+                .as_fixed_size_list()
+                .clone();
+            for i in 0..batch.num_rows() {
+                let v = emb.value(i);
+                let v = v.as_primitive::<Float32Type>();
+                out.push((w.value(i), h.value(i), v.values().to_vec()));
+                assert!(!v.is_empty());
+            }
+        }
+        out
+    };
+    let full = rows(embed("full.parquet", &[]));
+    let drafted = rows(embed("draft.parquet", &["--draft"]));
+    assert_eq!(full.len(), 2);
+    assert_eq!((drafted[0].0, drafted[0].1), (301, 283), "the file's size");
+    assert_eq!((full[0].0, full[0].1), (301, 283));
+    assert_ne!(drafted[0].2, full[0].2, "the JPEG was decoded at 1/2");
+    assert_eq!(drafted[1], full[1], "the PNG is decoded in full either way");
+}

@@ -26,6 +26,17 @@ pub enum Orientation {
 }
 
 impl Orientation {
+    /// Whether applying it exchanges width and height (5 to 8).
+    pub fn swaps_axes(self) -> bool {
+        matches!(
+            self,
+            Orientation::Transpose
+                | Orientation::Rotate90Clockwise
+                | Orientation::Transverse
+                | Orientation::Rotate90CounterClockwise
+        )
+    }
+
     /// From the tag value; anything other than 2..=8 means "unchanged", as in Pillow.
     pub fn from_tag(value: u32) -> Orientation {
         match value {
@@ -130,13 +141,7 @@ pub(crate) fn apply_orientation(image: RgbImage, orientation: Orientation) -> Rg
         return image;
     }
     let (w, h) = (image.width as usize, image.height as usize);
-    let swap = matches!(
-        orientation,
-        Orientation::Transpose
-            | Orientation::Rotate90Clockwise
-            | Orientation::Transverse
-            | Orientation::Rotate90CounterClockwise
-    );
+    let swap = orientation.swaps_axes();
     let (ow, oh) = if swap { (h, w) } else { (w, h) };
     let mut data = vec![0u8; image.data.len()];
     for y in 0..oh {

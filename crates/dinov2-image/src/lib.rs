@@ -36,7 +36,8 @@ pub use config::{
     OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
 };
 pub use decode::{
-    decode, decode_file, detect_format, DecodeOptions, DEFAULT_MAX_DIMENSION, DEFAULT_MAX_PIXELS,
+    decode, decode_file, decode_file_sized, decode_sized, detect_format, DecodeOptions,
+    DecodedImage, DEFAULT_MAX_DIMENSION, DEFAULT_MAX_PIXELS,
 };
 pub use error::{ImageError, ImageFormat, Result};
 pub use exif::Orientation;
@@ -47,16 +48,17 @@ pub use resize::resize;
 pub use rgb::RgbImage;
 
 /// Reads, decodes and preprocesses one image file. Returns the `pixel_values` and the size
-/// `(width, height)` of the decoded image (after the EXIF rotation, when that is enabled).
+/// `(width, height)` of the image in the file (after the EXIF rotation, when that is enabled;
+/// the full size also when it was decoded at reduced scale, [`DecodeOptions::draft`]).
 pub fn load_and_preprocess(
     path: impl AsRef<Path>,
     decode_options: &DecodeOptions,
     config: &PreprocessConfig,
 ) -> Result<(PixelValues, (u32, u32))> {
     let path = path.as_ref();
-    let image = decode_file(path, decode_options)?;
-    let size = (image.width, image.height);
-    let values = preprocess(&image, config).map_err(|e| match e {
+    let decoded = decode_file_sized(path, decode_options)?;
+    let size = decoded.file_size;
+    let values = preprocess(&decoded.image, config).map_err(|e| match e {
         ImageError::Preprocess {
             width,
             height,

@@ -38,10 +38,11 @@ fn cases() -> Vec<Case> {
             let config_path = fixtures().join(c["config"].as_str().expect("config"));
             let config =
                 PreprocessConfig::from_file(&config_path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let flag = |key: &str| c["decode"][key].as_bool().unwrap_or(false);
             let options = DecodeOptions {
-                apply_exif_orientation: c["decode"]["apply_exif_orientation"]
-                    .as_bool()
-                    .unwrap_or(false),
+                apply_exif_orientation: flag("apply_exif_orientation"),
+                // Pillow's draft for this config's resize (the fixture script's `open_image`).
+                draft: flag("draft").then_some(config.size),
                 ..DecodeOptions::default()
             };
             Case {

@@ -84,10 +84,7 @@ pub(super) fn decode(data: &[u8], ctx: &Ctx<'_>) -> Result<Decoded> {
             }
         }
     }
-    Ok(Decoded {
-        image,
-        orientation: Orientation::Normal,
-    })
+    Ok(Decoded::new(image, Orientation::Normal))
 }
 
 /// Whether the file ends inside a data sub-block of its first image (or before the image).

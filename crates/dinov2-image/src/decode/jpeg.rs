@@ -16,9 +16,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use mozjpeg::ColorSpace;
 
 use super::{Ctx, Decoded};
+use crate::config::SizeSpec;
 use crate::convert::cmyk_to_rgb;
 use crate::error::{ImageError, Result};
 use crate::exif;
+use crate::preprocess::resize_output_size;
 
 /// A reader over the whole file that records whether libjpeg asked for data past its end.
 struct TrackingReader<'a> {
@@ -96,11 +98,24 @@ fn decode_inner(data: &[u8], ctx: &Ctx<'_>, hit_eof: &Cell<bool>) -> Result<Deco
         pos: 0,
         hit_eof,
     };
-    let dec = mozjpeg::Decompress::builder()
+    let mut dec = mozjpeg::Decompress::builder()
         .from_reader(reader)
         .map_err(|e| io_error(ctx, hit_eof, e))?;
-    let (width, height) = dec.size();
-    ctx.check_size(width as u64, height as u64)?;
+    let (full_width, full_height) = dec.size();
+    ctx.check_size(full_width as u64, full_height as u64)?;
+    let orientation = if ctx.options.apply_exif_orientation {
+        exif::jpeg_orientation(data)
+    } else {
+        exif::Orientation::Normal
+    };
+    let divisor = ctx.options.draft.as_ref().map_or(1, |spec| {
+        draft_divisor((full_width, full_height), spec, orientation.swaps_axes())
+    });
+    if divisor > 1 {
+        // libjpeg's output size for a scale of 8/divisor eighths: ceil(side / divisor).
+        dec.scale((8 / divisor) as u8);
+    }
+    let (width, height) = (full_width.div_ceil(divisor), full_height.div_ceil(divisor));
     let components = match dec.components().len() {
         1 => Components::Gray,
         3 => Components::Rgb,
@@ -151,10 +166,68 @@ fn decode_inner(data: &[u8], ctx: &Ctx<'_>, hit_eof: &Cell<bool>) -> Result<Deco
     // `finish` is not called: it would only read up to the end-of-image marker, which Pillow
     // does not require either. Dropping the decompressor releases libjpeg's state.
     drop(started);
-    let orientation = if ctx.options.apply_exif_orientation {
-        exif::jpeg_orientation(data)
+    Ok(Decoded {
+        image,
+        orientation,
+        file_size: (full_width as u32, full_height as u32),
+    })
+}
+
+/// The scale divisor Pillow's `Image.draft(None, (2 * w, 2 * h))` picks for a JPEG of `full`
+/// `(width, height)` that a resize with `spec` takes to `w x h` (the resize applying to the image
+/// with its axes exchanged when `swapped` by its orientation): the largest of 8, 4 and 2 that is
+/// at most both `width / 2w` and `height / 2h` (integer divisions), else 1.
+pub(crate) fn draft_divisor(full: (usize, usize), spec: &SizeSpec, swapped: bool) -> usize {
+    let (width, height) = full;
+    let (w, h) = if swapped {
+        (height, width)
     } else {
-        exif::Orientation::Normal
+        (width, height)
     };
-    Ok(Decoded { image, orientation })
+    let (Ok(w), Ok(h)) = (u32::try_from(w), u32::try_from(h)) else {
+        return 1;
+    };
+    let Ok((oh, ow)) = resize_output_size(h, w, spec) else {
+        return 1;
+    };
+    // The requested size in the file's frame.
+    let (rw, rh) = if swapped {
+        (2 * oh as usize, 2 * ow as usize)
+    } else {
+        (2 * ow as usize, 2 * oh as usize)
+    };
+    if rw == 0 || rh == 0 {
+        return 1;
+    }
+    let scale = (width / rw).min(height / rh);
+    [8, 4, 2].into_iter().find(|&s| scale >= s).unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_draft_divisor_is_pillows_for_twice_the_resize() {
+        let shortest = SizeSpec::ShortestEdge(256);
+        // 2048 x 1366 -> 383 x 256: 2048 / 766 = 2, 1366 / 512 = 2.
+        assert_eq!(draft_divisor((2048, 1366), &shortest, false), 2);
+        // A 12-megapixel photo -> 341 x 256: 4032 / 682 = 5, 3024 / 512 = 5, so 4.
+        assert_eq!(draft_divisor((4032, 3024), &shortest, false), 4);
+        assert_eq!(
+            draft_divisor((4032, 3024), &SizeSpec::ShortestEdge(64), false),
+            8
+        );
+        // Already small: decoded in full.
+        assert_eq!(draft_divisor((640, 427), &shortest, false), 1);
+        assert_eq!(draft_divisor((1, 1), &shortest, false), 1);
+        // A resize to an exact size on an image whose orientation exchanges the axes: the
+        // request follows the oriented image.
+        let exact = SizeSpec::Exact {
+            height: 40,
+            width: 15,
+        };
+        assert_eq!(draft_divisor((323, 121), &exact, false), 1);
+        assert_eq!(draft_divisor((323, 121), &exact, true), 4);
+    }
 }

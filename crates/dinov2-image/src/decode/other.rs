@@ -114,5 +114,5 @@ fn finish(
             out.copy_from_slice(&rgb);
         }
     }
-    Ok(Decoded { image, orientation })
+    Ok(Decoded::new(image, orientation))
 }

@@ -115,7 +115,7 @@ fn decode_inner(data: &[u8], ctx: &Ctx<'_>) -> Result<Decoded> {
             .ok_or_else(|| ctx.corrupt("short image data"))?;
         convert_row(row, out_row, color_type, bits, samples, palette.as_ref());
     }
-    Ok(Decoded { image, orientation })
+    Ok(Decoded::new(image, orientation))
 }
 
 /// One row of raw samples to RGB (the table in the module documentation).

@@ -147,8 +147,8 @@ pub(super) fn decode(data: &[u8], ctx: &Ctx<'_>) -> Result<Decoded> {
             )))
         }
     }
-    Ok(Decoded {
-        image: crate::exif::apply_orientation(image, orientation),
-        orientation: Orientation::Normal,
-    })
+    Ok(Decoded::new(
+        crate::exif::apply_orientation(image, orientation),
+        Orientation::Normal,
+    ))
 }
