@@ -190,7 +190,8 @@ impl Device {
             .ctx(|| "reading the SM count".into())? as u32;
         let blas = Blas::new(&stream, compute_capability.0)?;
         let cublas_version = blas.version();
-        if cublas_version / 10000 < 12 && cublas_version != 0 {
+        // The bindings are CUDA 13's; the loader also accepts an unversioned or 12.x library.
+        if cublas_version / 10000 != 13 && cublas_version != 0 {
             return Err(KernelError::Library(format!(
                 "cuBLAS {cublas_version} was loaded; cuBLAS 13 is needed: {LIB_HINT}"
             )));

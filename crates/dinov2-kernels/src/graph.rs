@@ -10,7 +10,9 @@
 //! * every scalar argument (shapes, epsilons), and cuBLAS(Lt)'s algorithm choice;
 //! * buffers allocated and freed inside the recording become the graph's own memory, kept by the
 //!   driver between replays (not in the stream's pool). A buffer allocated inside must also be
-//!   freed inside: the driver refuses to replay a graph whose allocation is still live.
+//!   freed inside: the driver refuses to replay a graph whose allocation is still live. The
+//!   reverse holds too: a buffer allocated before the recording must not be freed during it
+//!   (the free fails and so does the capture), so nothing is replaced, only written into.
 //!
 //! A recording must not synchronize with the host (no download): capture fails, and
 //! [`Recorder::finish`] reports it.

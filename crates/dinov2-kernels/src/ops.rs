@@ -689,12 +689,8 @@ impl Device {
             return Ok(());
         }
         if a == b {
-            let copy = self.copy(src)?;
-            *dst = Buffer {
-                shape: dst.shape.clone(),
-                ..copy
-            };
-            return Ok(());
+            // Into `dst`'s own memory: its address may be recorded in a graph.
+            return self.copy_into(src, dst);
         }
         if a != DType::F32 && b != DType::F32 {
             let mut tmp = self.alloc(DType::F32, src.shape())?;
