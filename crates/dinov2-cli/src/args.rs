@@ -182,6 +182,20 @@ pub struct DecodeArgs {
     pub no_crop: bool,
 }
 
+/// `I/N` with N at least 1 and I below N.
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("{s:?}: expected I/N with 0 <= I < N, such as 0/4");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n) = (
+        i.trim().parse::<usize>().map_err(|_| bad())?,
+        n.trim().parse::<usize>().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
 /// `N` or `HxW`, both at least 1.
 fn parse_crop(s: &str) -> Result<(u32, u32), String> {
     let dim = |v: &str| -> Result<u32, String> {
@@ -246,9 +260,18 @@ pub struct EmbedArgs {
     pub workers: Option<usize>,
     /// Copies of the model running batches at the same time, each on its own CUDA stream, so
     /// that one's uploads and host work overlap another's compute (default: 2 on CUDA, 1 on the
-    /// CPU, where one already uses every core).
+    /// CPU, where one already uses every core). With --gpus, per GPU.
     #[arg(long)]
     pub streams: Option<usize>,
+    /// Run on these GPUs at once, e.g. `0,1,2,3` (implies CUDA): each holds its own copies of the
+    /// model and takes the next batch when free; the output is one file, in input order.
+    #[arg(long, value_delimiter = ',', value_name = "ORDINALS")]
+    pub gpus: Option<Vec<usize>>,
+    /// Embed only shard I of N (`--shard 3/8`): the inputs whose position in the sorted list is
+    /// I modulo N, so that N jobs (machines) with the same inputs share the work without
+    /// overlap, each writing its own output.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<(usize, usize)>,
     /// Rows per committed chunk of the resumable job.
     #[arg(long, default_value_t = 1024, hide = true)]
     pub chunk_rows: usize,

@@ -57,7 +57,24 @@ pub fn preprocessing(dir: &Path, args: &DecodeArgs, patch: usize) -> Result<Prep
 
 /// Runs the embed verb.
 pub fn run(args: EmbedArgs) -> Result<()> {
-    let batch_size = args.batch_size.unwrap_or(match args.device {
+    // --gpus: the first GPU opens the job's backend, the others follow.
+    let (device, more_gpus) = match &args.gpus {
+        Some(gpus) => {
+            let Some((&first, rest)) = gpus.split_first() else {
+                return Err(CliError("--gpus: no GPU given".into()));
+            };
+            if let Some(twice) = rest
+                .iter()
+                .enumerate()
+                .find(|(i, g)| gpus[..=*i].contains(g))
+            {
+                return Err(CliError(format!("--gpus: GPU {} is given twice", twice.1)));
+            }
+            (Device::Cuda(first), rest.to_vec())
+        }
+        None => (args.device, Vec::new()),
+    };
+    let batch_size = args.batch_size.unwrap_or(match device {
         Device::Cpu => 8,
         Device::Cuda(_) => 128,
     });
@@ -65,7 +82,20 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         return Err(CliError("--batch-size must be at least 1".into()));
     }
     let format = Format::of(&args.output)?;
-    let inputs = expand_inputs(&args.inputs)?;
+    let mut inputs = expand_inputs(&args.inputs)?;
+    if let Some((shard, shards)) = args.shard {
+        inputs = inputs
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % shards == shard)
+            .map(|(_, p)| p)
+            .collect();
+        if inputs.is_empty() {
+            return Err(CliError(format!(
+                "shard {shard}/{shards} holds no input (fewer inputs than shards)"
+            )));
+        }
+    }
     let dir = resolve(&args.model)?;
     let checkpoint = Checkpoint::open(&dir)?;
     let preprocess = preprocessing(&dir, &args.decode, checkpoint.config.patch_size)?;
@@ -84,7 +114,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             .unwrap_or(dir.clone())
             .display()
             .to_string(),
-        format!("{:?}", args.device),
+        format!("{device:?}"),
         args.dtype.to_string(),
         format!("{preprocess:?}"),
         format!("{decode:?}"),
@@ -107,7 +137,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         identity,
         layers,
     };
-    let streams = args.streams.unwrap_or(match args.device {
+    let streams = args.streams.unwrap_or(match device {
         Device::Cpu => 1,
         Device::Cuda(_) => 2,
     });
@@ -115,31 +145,41 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         return Err(CliError("--streams must be at least 1".into()));
     }
     // One backend per stream: on CUDA each opens its own stream (and holds its own copy of the
-    // weights).
-    with_backend!(args.device, args.dtype, |first| {
-        let mut embedders = vec![embedder(
-            first,
-            &checkpoint,
-            &preprocess,
-            &decode,
-            &settings,
-        )?];
-        for _ in 1..streams {
-            // A copy that does not fit (device memory) leaves fewer streams, not a failed job.
-            match embedders[0]
-                .model()
-                .backend()
-                .reopen()
-                .and_then(|b| embedder(b, &checkpoint, &preprocess, &decode, &settings))
-            {
-                Ok(e) => embedders.push(e),
-                Err(e) => {
-                    eprintln!(
-                        "warning: running {} stream(s) instead of {streams}: another copy of \
-                         the model could not be loaded: {e}",
-                        embedders.len()
-                    );
-                    break;
+    // weights); --gpus repeats that on each GPU.
+    with_backend!(device, args.dtype, |first| {
+        let mut backends = vec![first];
+        for &gpu in &more_gpus {
+            backends.push(backends[0].on_gpu(gpu)?);
+        }
+        let mut embedders = Vec::new();
+        for backend in backends {
+            let name = backend.name();
+            let first = embedders.len();
+            embedders.push(embedder(
+                backend,
+                &checkpoint,
+                &preprocess,
+                &decode,
+                &settings,
+            )?);
+            for _ in 1..streams {
+                // A copy that does not fit (device memory) leaves fewer streams, not a failed
+                // job.
+                match embedders[first]
+                    .model()
+                    .backend()
+                    .reopen()
+                    .and_then(|b| embedder(b, &checkpoint, &preprocess, &decode, &settings))
+                {
+                    Ok(e) => embedders.push(e),
+                    Err(e) => {
+                        eprintln!(
+                            "warning: running {} stream(s) instead of {streams} on {name}: \
+                             another copy of the model could not be loaded: {e}",
+                            embedders.len() - first
+                        );
+                        break;
+                    }
                 }
             }
         }
@@ -147,20 +187,33 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     })
 }
 
-/// A second backend of the same kind and device.
+/// More backends of the same kind: on the same device, or on another GPU.
 trait Reopen: Sized {
+    /// Another backend on the same device (on CUDA, another stream).
     fn reopen(&self) -> Result<Self>;
+    /// A backend of the same kind and dtype on GPU `ordinal`.
+    fn on_gpu(&self, ordinal: usize) -> Result<Self>;
 }
 
 impl Reopen for CpuBackend {
     fn reopen(&self) -> Result<Self> {
         Ok(self.clone())
     }
+
+    fn on_gpu(&self, ordinal: usize) -> Result<Self> {
+        Err(CliError(format!(
+            "GPU {ordinal}: the CPU backend runs on no GPU"
+        )))
+    }
 }
 
 impl Reopen for CudaBackend {
     fn reopen(&self) -> Result<Self> {
         Ok(self.another_stream()?)
+    }
+
+    fn on_gpu(&self, ordinal: usize) -> Result<Self> {
+        Ok(CudaBackend::new(ordinal, self.dtype())?)
     }
 }
 

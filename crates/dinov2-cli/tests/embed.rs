@@ -1050,3 +1050,102 @@ fn draft_decoding_matches_pillows_draft_and_keeps_the_file_size() {
     assert_ne!(drafted[0].2, full[0].2, "the JPEG was decoded at 1/2");
     assert_eq!(drafted[1], full[1], "the PNG is decoded in full either way");
 }
+
+#[test]
+fn shards_split_the_inputs_without_overlap() {
+    let dir = TempDir::new().unwrap();
+    let (images, _) = copied_images(dir.path(), 1);
+    let images = images.display().to_string();
+    let model = model();
+    let run = |name: &str, extra: &[&str]| -> (Vec<String>, Vec<usize>, Vec<f32>) {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "embed",
+            "--model",
+            &model,
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.push(&images);
+        let r = dinov2(&args);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let (shape, values) = read_npy(&out);
+        (
+            lines(&PathBuf::from(format!("{}.paths.txt", out.display()))),
+            shape,
+            values,
+        )
+    };
+    let (all, shape, values) = run("all.npy", &[]);
+    let dim = shape[1];
+    let mut seen = 0;
+    for shard in 0..3 {
+        let (paths, _, got) = run(
+            &format!("shard{shard}.npy"),
+            &["--shard", &format!("{shard}/3")],
+        );
+        // Shard i holds the inputs at positions i, i + 3, ... of the sorted list, with the
+        // values of the whole run.
+        let want: Vec<&String> = all.iter().skip(shard).step_by(3).collect();
+        assert_eq!(paths.iter().collect::<Vec<_>>(), want, "shard {shard}");
+        for (j, path) in paths.iter().enumerate() {
+            let at = all.iter().position(|p| p == path).unwrap();
+            assert_eq!(
+                &got[j * dim..(j + 1) * dim],
+                &values[at * dim..(at + 1) * dim]
+            );
+        }
+        seen += paths.len();
+    }
+    assert_eq!(seen, all.len());
+    for bad in ["3/3", "1/0", "x"] {
+        let r = dinov2(&[
+            "embed",
+            "--model",
+            &model,
+            "--shard",
+            bad,
+            "--output",
+            dir.path().join("bad.npy").to_str().unwrap(),
+            &images,
+        ]);
+        assert_eq!(r.status.code(), Some(2), "--shard {bad}");
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert!(stderr.contains("expected I/N"), "{stderr}");
+    }
+}
+
+#[test]
+fn gpus_are_checked_before_any_work() {
+    let dir = TempDir::new().unwrap();
+    let out = dir.path().join("g.npy");
+    let images = root().join("assets/images");
+    let run = |gpus: &str| {
+        let r = dinov2(&[
+            "embed",
+            "--model",
+            &model(),
+            "--gpus",
+            gpus,
+            "--output",
+            out.to_str().unwrap(),
+            images.to_str().unwrap(),
+        ]);
+        (
+            r.status.code(),
+            String::from_utf8_lossy(&r.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run("0,1,0");
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("GPU 0 is given twice"), "{stderr}");
+    // Without a GPU (CI), a clear error and no output; with one, the job runs on it.
+    let (code, stderr) = run("0");
+    if code != Some(0) {
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("cuda:0"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!out.exists());
+    }
+}
