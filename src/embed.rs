@@ -17,8 +17,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dinov2_image::{
-    decode_file_sized, decode_sized, preprocess, DecodeOptions, PixelValues, PreprocessConfig,
-    RgbImage,
+    decode_sized, preprocess, DecodeOptions, PixelValues, PreprocessConfig, RgbImage,
 };
 
 use crate::error::{Error, Result};
@@ -125,16 +124,25 @@ impl<B: Backend> Embedder<B> {
     /// Decodes and preprocesses an image file: its pixel values and original `(width, height)`
     /// (the file's, also when it was decoded at reduced scale, [`DecodeOptions::draft`]).
     pub fn prepare_path(&self, path: impl AsRef<Path>) -> Result<(PixelValues, (u32, u32))> {
-        let decoded = decode_file_sized(path.as_ref(), &self.decode)?;
-        Ok((
-            preprocess(&decoded.image, &self.preprocess)?,
-            decoded.file_size,
-        ))
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| {
+            Error::Image(dinov2_image::ImageError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        })?;
+        self.prepare_named(&bytes, &path.display().to_string())
     }
 
     /// Decodes and preprocesses encoded image bytes.
     pub fn prepare_bytes(&self, bytes: &[u8]) -> Result<(PixelValues, (u32, u32))> {
-        let decoded = decode_sized(bytes, &self.decode)?;
+        self.prepare_named(bytes, "in-memory image")
+    }
+
+    /// [`Embedder::prepare_bytes`] of an image that errors name `origin` (a file, an archive
+    /// member).
+    pub fn prepare_named(&self, bytes: &[u8], origin: &str) -> Result<(PixelValues, (u32, u32))> {
+        let decoded = decode_sized(bytes, origin, &self.decode)?;
         Ok((
             preprocess(&decoded.image, &self.preprocess)?,
             decoded.file_size,

@@ -277,7 +277,8 @@ pub struct EmbedArgs {
     pub chunk_rows: usize,
     #[command(flatten)]
     pub decode: DecodeArgs,
-    /// Image files, folders (searched recursively, sorted by path) and @lists (one path per line).
+    /// Image files, folders (searched recursively, sorted by path), @lists (one path per line) and
+    /// .tar archives (webdataset shards: image members read in place, named ARCHIVE.tar/MEMBER).
     #[arg(required = true)]
     pub inputs: Vec<String>,
 }

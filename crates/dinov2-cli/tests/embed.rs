@@ -1149,3 +1149,137 @@ fn gpus_are_checked_before_any_work() {
         assert!(!out.exists());
     }
 }
+
+/// A tar archive of `members` (name, bytes), in that order.
+fn tar_of(members: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, bytes) in members {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, name, &bytes[..]).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+#[test]
+fn tar_shards_are_read_in_place() {
+    let dir = TempDir::new().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let names = sample_images(&images);
+    // A webdataset-style shard: each image with a sidecar, one bad image, a long member name
+    // (a GNU long-name entry), then a second shard.
+    let long = format!("{}/chelsea.jpg", "deep/".repeat(30));
+    let mut members = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let bytes = std::fs::read(images.join(name)).unwrap();
+        let ext = name.rsplit('.').next().unwrap();
+        members.push((format!("{i:05}.{ext}"), bytes));
+        members.push((format!("{i:05}.json"), b"{}".to_vec()));
+    }
+    members.push(("bad.jpg".into(), b"not a jpeg".to_vec()));
+    members.push((
+        long.clone(),
+        std::fs::read(images.join("chelsea.jpg")).unwrap(),
+    ));
+    let shards = dir.path().join("shards");
+    std::fs::create_dir_all(&shards).unwrap();
+    std::fs::write(shards.join("00000.tar"), tar_of(&members)).unwrap();
+    let astronaut = std::fs::read(images.join("astronaut.jpg")).unwrap();
+    std::fs::write(
+        shards.join("00001.tar"),
+        tar_of(&[("a.jpg".into(), astronaut)]),
+    )
+    .unwrap();
+
+    let embed = |out: &Path, input: &Path| {
+        dinov2(&[
+            "embed",
+            "--model",
+            &model(),
+            "--batch-size",
+            "3",
+            "--output",
+            out.to_str().unwrap(),
+            input.to_str().unwrap(),
+        ])
+    };
+    let files = dir.path().join("files.npy");
+    let r = embed(&files, &images);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let (_, want) = read_npy(&files);
+    // The folder of shards: both archives, in order, members in archive order.
+    let out = dir.path().join("tar.npy");
+    let r = embed(&out, &shards);
+    assert_eq!(r.status.code(), Some(1), "bad.jpg fails");
+    let paths = lines(&PathBuf::from(format!("{}.paths.txt", out.display())));
+    let shard0 = shards.join("00000.tar").display().to_string();
+    let mut expect: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{shard0}/{i:05}.{}", n.rsplit('.').next().unwrap()))
+        .collect();
+    expect.push(format!("{shard0}/{long}"));
+    expect.push(format!("{}/a.jpg", shards.join("00001.tar").display()));
+    assert_eq!(paths, expect);
+    let (shape, got) = read_npy(&out);
+    let d = shape[1];
+    assert_eq!(
+        &got[..names.len() * d],
+        &want[..],
+        "the same values as the files"
+    );
+    let chelsea = names.iter().position(|n| n == "chelsea.jpg").unwrap();
+    let astronaut = names.iter().position(|n| n == "astronaut.jpg").unwrap();
+    assert_eq!(
+        &got[names.len() * d..(names.len() + 1) * d],
+        &want[chelsea * d..(chelsea + 1) * d]
+    );
+    assert_eq!(
+        &got[(names.len() + 1) * d..],
+        &want[astronaut * d..(astronaut + 1) * d]
+    );
+    let errors = lines(&PathBuf::from(format!("{}.errors.jsonl", out.display())));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let v: serde_json::Value = serde_json::from_str(&errors[0]).unwrap();
+    assert_eq!(v["path"], format!("{shard0}/bad.jpg"));
+    assert_eq!(v["stage"], "decode");
+
+    // A shard cut inside a member: the members before it are embedded, the cut one is
+    // reported as unreadable.
+    let whole = std::fs::read(shards.join("00000.tar")).unwrap();
+    let cut = dir.path().join("cut.tar");
+    std::fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
+    let out = dir.path().join("cut.npy");
+    let r = embed(&out, &cut);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let errors = lines(&PathBuf::from(format!("{}.errors.jsonl", out.display())));
+    let read_errors: Vec<&String> = errors.iter().filter(|l| l.contains("\"read\"")).collect();
+    assert_eq!(read_errors.len(), 1, "{errors:?}");
+    assert!(
+        read_errors[0].contains("ends inside this member"),
+        "{errors:?}"
+    );
+    let good = lines(&PathBuf::from(format!("{}.paths.txt", out.display())));
+    assert!(!good.is_empty());
+    let cut_name = cut.display().to_string();
+    for (got, want) in good.iter().zip(&expect) {
+        assert_eq!(
+            got.strip_prefix(&cut_name),
+            want.strip_prefix(&shard0),
+            "the members before the cut, in order"
+        );
+    }
+
+    // A compressed archive: one clear error before any work.
+    let gz = dir.path().join("shard.tar");
+    std::fs::write(&gz, [0x1f, 0x8b, 8, 0, 0, 0, 0, 0]).unwrap();
+    let r = embed(&dir.path().join("gz.npy"), &gz);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(stderr.contains("gzip-compressed"), "{stderr}");
+}

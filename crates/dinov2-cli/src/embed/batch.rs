@@ -1,12 +1,12 @@
 //! One batch of the embed job: decoded inputs grouped by size and stacked (on the decoding
 //! side), then run through a model (on a model thread) into rows and failures.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use dinov2::image::PixelValues;
 use dinov2::{stack_images, Backend, Embedder, ModelError, Tensor};
 
+use super::inputs::Input;
 use super::job::{Failure, Row};
 use super::OnError;
 use crate::error::Result;
@@ -18,15 +18,18 @@ pub(super) struct Batch {
     end: usize,
     groups: Vec<Group>,
     failures: Vec<Failure>,
+    /// Worker time spent reading the inputs.
+    read: Duration,
     /// Worker time spent decoding and preprocessing.
     prepare: Duration,
 }
 
 /// One decoded input: its index, its pixel values and original `(width, height)` or the step
-/// that failed and why, and the worker time it took.
+/// that failed and why, and the worker time reading it and decoding and preprocessing it took.
 pub(super) type Decoded = (
     usize,
     std::result::Result<(PixelValues, u32, u32), (&'static str, String)>,
+    Duration,
     Duration,
 );
 
@@ -43,7 +46,7 @@ pub(super) struct Group {
 fn embed_group<B: Backend>(
     embedder: &Embedder<B>,
     group: Group,
-    paths: &[PathBuf],
+    inputs: &[Input],
     rows: &mut Vec<Row>,
     failures: &mut Vec<Failure>,
 ) -> Result<()> {
@@ -59,7 +62,7 @@ fn embed_group<B: Backend>(
             for ((index, width, height), e) in group.members.into_iter().zip(embeddings) {
                 rows.push(Row {
                     index,
-                    path: paths[index].to_string_lossy().into_owned(),
+                    path: inputs[index].name(),
                     width,
                     height,
                     grid: e.grid,
@@ -80,7 +83,7 @@ fn embed_group<B: Backend>(
             for (index, _, _) in group.members {
                 failures.push(Failure {
                     index,
-                    path: paths[index].to_string_lossy().into_owned(),
+                    path: inputs[index].name(),
                     stage: "model".into(),
                     error: error.clone(),
                 });
@@ -98,19 +101,21 @@ fn embed_group<B: Backend>(
 pub(super) fn assemble(
     end: usize,
     items: Vec<Decoded>,
-    paths: &[PathBuf],
+    inputs: &[Input],
     on_error: OnError,
 ) -> Batch {
     let mut batch = Batch {
         end,
         groups: Vec::new(),
         failures: Vec::new(),
+        read: Duration::ZERO,
         prepare: Duration::ZERO,
     };
     // Per size: its members and their pixels.
     type Members = Vec<(usize, u32, u32)>;
     let mut sizes: Vec<([usize; 3], Members, Vec<PixelValues>)> = Vec::new();
-    for (index, prepared, spent) in items {
+    for (index, prepared, read, spent) in items {
+        batch.read += read;
         batch.prepare += spent;
         match prepared {
             Ok((p, width, height)) => {
@@ -127,7 +132,7 @@ pub(super) fn assemble(
             Err((stage, error)) => {
                 batch.failures.push(Failure {
                     index,
-                    path: paths[index].to_string_lossy().into_owned(),
+                    path: inputs[index].name(),
                     stage: stage.into(),
                     error,
                 });
@@ -155,6 +160,7 @@ pub(super) struct Outcome {
     pub failures: Vec<Failure>,
     /// With `--on-error fail`: the first bad input, where the job stops.
     pub stop: Option<Failure>,
+    pub read: Duration,
     pub prepare: Duration,
     pub model: Duration,
 }
@@ -163,14 +169,14 @@ pub(super) struct Outcome {
 pub(super) fn run_batch<B: Backend>(
     embedder: &Embedder<B>,
     batch: Batch,
-    paths: &[PathBuf],
+    inputs: &[Input],
     on_error: OnError,
 ) -> Result<Outcome> {
     let t = Instant::now();
     let mut rows = Vec::new();
     let mut failures = Vec::new();
     for group in batch.groups {
-        embed_group(embedder, group, paths, &mut rows, &mut failures)?;
+        embed_group(embedder, group, inputs, &mut rows, &mut failures)?;
     }
     // Groups are by size: back to input order.
     rows.sort_by_key(|r: &Row| r.index);
@@ -187,6 +193,7 @@ pub(super) fn run_batch<B: Backend>(
         rows,
         failures,
         stop,
+        read: batch.read,
         prepare: batch.prepare,
         model: t.elapsed(),
     })

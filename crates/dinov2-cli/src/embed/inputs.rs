@@ -1,21 +1,145 @@
 //! The embed verb's inputs: files, directories walked recursively for image files (sorted by
-//! path), and `@list.txt` files naming one path per line.
+//! path), `@list.txt` files naming one path per line, and tar archives (webdataset shards), whose
+//! image members are read in place.
 
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{CliError, Result};
 
-/// File extensions taken from directories (case-insensitive).
+/// File extensions taken from directories and archives (case-insensitive).
 pub const IMAGE_EXTENSIONS: &[&str] = &[
     "jpg", "jpeg", "jpe", "jfif", "png", "gif", "webp", "bmp", "tif", "tiff",
 ];
 
-fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+/// One image to embed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// An image file.
+    File(PathBuf),
+    /// `size` bytes at `offset` in the tar `archive`: its member `member`.
+    Member {
+        archive: Arc<PathBuf>,
+        member: String,
+        offset: u64,
+        size: u64,
+    },
 }
 
+impl Input {
+    /// How outputs and reports name it: the file's path, or `ARCHIVE/MEMBER`.
+    pub fn name(&self) -> String {
+        match self {
+            Input::File(path) => path.to_string_lossy().into_owned(),
+            Input::Member {
+                archive, member, ..
+            } => format!("{}/{member}", archive.display()),
+        }
+    }
+
+    /// Its encoded bytes.
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Input::File(path) => std::fs::read(path),
+            Input::Member {
+                archive,
+                offset,
+                size,
+                ..
+            } => {
+                let mut file = File::open(archive.as_path())?;
+                file.seek(SeekFrom::Start(*offset))?;
+                let len = usize::try_from(*size).map_err(std::io::Error::other)?;
+                let mut bytes = vec![0; len];
+                file.read_exact(&mut bytes).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        std::io::Error::new(e.kind(), "the archive ends inside this member")
+                    } else {
+                        e
+                    }
+                })?;
+                Ok(bytes)
+            }
+        }
+    }
+}
+
+fn has_extension(path: &Path, extensions: &[&str]) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| extensions.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+fn is_archive(path: &Path) -> bool {
+    has_extension(path, &["tar"])
+}
+
+/// The image members of the tar archive at `path`, in archive order. A plain (uncompressed) tar
+/// is needed: members are read in place. An archive that stops being readable part-way (a
+/// truncated download) keeps the members before that point, with a warning.
+fn archive_members(path: &Path, out: &mut Vec<Input>) -> Result<()> {
+    let fail = |e: std::io::Error| CliError(format!("cannot read archive {}: {e}", path.display()));
+    let mut file = File::open(path).map_err(fail)?;
+    let mut magic = [0u8; 6];
+    let n = file.read(&mut magic).map_err(fail)?;
+    let compressed = match &magic[..n] {
+        [0x1f, 0x8b, ..] => Some("gzip"),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Some("zstd"),
+        [b'B', b'Z', b'h', ..] => Some("bzip2"),
+        [0xfd, b'7', b'z', b'X', b'Z', 0] => Some("xz"),
+        _ => None,
+    };
+    if let Some(kind) = compressed {
+        return Err(CliError(format!(
+            "archive {}: {kind}-compressed; embed reads members in place and needs a plain .tar \
+             (webdataset shards are plain tar)",
+            path.display()
+        )));
+    }
+    file.rewind().map_err(fail)?;
+    let archive_path = Arc::new(path.to_path_buf());
+    let mut archive = tar::Archive::new(file);
+    let entries = archive.entries_with_seek().map_err(fail)?;
+    let before = out.len();
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                eprintln!(
+                    "warning: archive {}: unreadable after {} images, the rest is skipped: {e}",
+                    path.display(),
+                    out.len() - before
+                );
+                break;
+            }
+        };
+        let kind = entry.header().entry_type();
+        if !(kind == tar::EntryType::Regular || kind == tar::EntryType::Continuous) {
+            continue;
+        }
+        let Ok(member) = entry.path() else {
+            continue;
+        };
+        if !has_extension(&member, IMAGE_EXTENSIONS) {
+            continue;
+        }
+        out.push(Input::Member {
+            archive: archive_path.clone(),
+            member: member.to_string_lossy().into_owned(),
+            offset: entry.raw_file_position(),
+            size: entry.size(),
+        });
+    }
+    Ok(())
+}
+
+fn is_image(path: &Path) -> bool {
+    has_extension(path, IMAGE_EXTENSIONS)
+}
+
+/// The image files and archives under `dir`, recursively, sorted by path.
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| CliError(format!("cannot list {}: {e}", dir.display())))?;
@@ -28,7 +152,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
             let mut sub = Vec::new();
             walk(&path, &mut sub)?;
             found.extend(sub);
-        } else if is_image(&path) {
+        } else if is_image(&path) || is_archive(&path) {
             found.push(path);
         }
     }
@@ -42,13 +166,14 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 /// Files are taken as given (whatever their extension, so a bad file is reported, not skipped);
 /// directories contribute their image files, recursively, sorted by path; `@FILE` contributes
 /// the paths listed in FILE, one per line (blank lines and lines starting with `#` ignored).
-pub fn expand(inputs: &[String]) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
+/// A `.tar` archive, given or found, contributes its image members in archive order.
+pub fn expand(inputs: &[String]) -> Result<Vec<Input>> {
+    let mut paths = Vec::new();
     for input in inputs {
         if let Some(list) = input.strip_prefix('@') {
             let text = std::fs::read_to_string(list)
                 .map_err(|e| CliError(format!("cannot read list {list}: {e}")))?;
-            out.extend(
+            paths.extend(
                 text.lines()
                     .map(str::trim_end)
                     .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
@@ -57,10 +182,18 @@ pub fn expand(inputs: &[String]) -> Result<Vec<PathBuf>> {
         } else {
             let path = PathBuf::from(input);
             if path.is_dir() {
-                walk(&path, &mut out)?;
+                walk(&path, &mut paths)?;
             } else {
-                out.push(path);
+                paths.push(path);
             }
+        }
+    }
+    let mut out = Vec::with_capacity(paths.len());
+    for path in paths {
+        if is_archive(&path) && path.is_file() {
+            archive_members(&path, &mut out)?;
+        } else {
+            out.push(Input::File(path));
         }
     }
     if out.is_empty() {
@@ -93,7 +226,10 @@ mod tests {
         .unwrap();
         let rel: Vec<String> = got
             .iter()
-            .map(|p| {
+            .map(|input| {
+                let Input::File(p) = input else {
+                    panic!("no archive here: {input:?}")
+                };
                 p.strip_prefix(d)
                     .unwrap_or(p)
                     .to_string_lossy()

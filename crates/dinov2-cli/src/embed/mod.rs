@@ -38,7 +38,7 @@ pub enum OnError {
 
 /// The embed job's settings.
 pub struct Settings {
-    pub inputs: Vec<PathBuf>,
+    pub inputs: Vec<Input>,
     pub output: PathBuf,
     pub format: Format,
     /// The type of the written values.
@@ -57,11 +57,12 @@ pub struct Settings {
     pub layers: Option<(Vec<usize>, bool)>,
 }
 
-pub use inputs::expand as expand_inputs;
+pub use inputs::{expand as expand_inputs, Input};
 
 /// Time spent, for the summary.
 #[derive(Default)]
 struct Timing {
+    read: Duration,
     prepare: Duration,
     model: Duration,
 }
@@ -69,11 +70,7 @@ struct Timing {
 /// Opens the job for `settings`, creating, resuming or replacing it as asked.
 fn open_job(s: &Settings) -> Result<Option<Job>> {
     let partial = sibling(&s.output, ".partial");
-    let mut parts: Vec<String> = s
-        .inputs
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
+    let mut parts: Vec<String> = s.inputs.iter().map(Input::name).collect();
     parts.extend([
         format!("{:?}", s.format),
         s.pooling.to_string(),
@@ -156,7 +153,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
         .thread_name(|i| format!("dinov2-decode-{i}"))
         .build()
         .map_err(|e| CliError(format!("cannot start decoding threads: {e}")))?;
-    let paths = &s.inputs;
+    let inputs = &s.inputs;
     let on_error = s.on_error;
     let cancel = AtomicBool::new(false);
     let result: Result<()> = std::thread::scope(|scope| {
@@ -181,30 +178,35 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
                         .into_par_iter()
                         .map(|i| {
                             let t = Instant::now();
-                            let r = embedder
-                                .prepare_path(&paths[i])
-                                .map(|(pixels, (width, height))| (pixels, width, height))
-                                .map_err(|e| {
-                                    let stage = match &e {
-                                        dinov2::Error::Image(e) => e.stage(),
-                                        dinov2::Error::Io { .. } => "read",
-                                        _ => "decode",
-                                    };
-                                    // The image errors name the file; the report names it once.
-                                    let message = e.to_string();
-                                    let prefix = format!("{}: ", paths[i].display());
-                                    let message = message
-                                        .strip_prefix(&prefix)
-                                        .map_or(message.clone(), str::to_owned);
-                                    (stage, message)
-                                });
-                            (i, r, t.elapsed())
+                            let name = inputs[i].name();
+                            let bytes = inputs[i].read();
+                            let read = t.elapsed();
+                            let r = match bytes {
+                                Err(e) => Err(("read", e.to_string())),
+                                Ok(bytes) => embedder
+                                    .prepare_named(&bytes, &name)
+                                    .map(|(pixels, (width, height))| (pixels, width, height))
+                                    .map_err(|e| {
+                                        let stage = match &e {
+                                            dinov2::Error::Image(e) => e.stage(),
+                                            _ => "decode",
+                                        };
+                                        // The image errors name the input; the report names
+                                        // it once.
+                                        let message = e.to_string();
+                                        let message = message
+                                            .strip_prefix(&format!("{name}: "))
+                                            .map_or(message.clone(), str::to_owned);
+                                        (stage, message)
+                                    }),
+                            };
+                            (i, r, read, t.elapsed() - read)
                         })
                         .collect()
                 });
                 // Stacked here, so that the model threads only run the model.
                 if tx
-                    .send((seq, assemble(end, items, paths, on_error)))
+                    .send((seq, assemble(end, items, inputs, on_error)))
                     .is_err()
                 {
                     return;
@@ -225,7 +227,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
                 // A panic becomes this batch's error, so the collector stops at once rather
                 // than waiting for a batch that never comes.
                 let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    run_batch(model, batch, paths, on_error)
+                    run_batch(model, batch, inputs, on_error)
                 }))
                 .unwrap_or_else(|panic| {
                     let what = panic
@@ -252,6 +254,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
             while let Some(outcome) = waiting.remove(&next_seq) {
                 next_seq += 1;
                 let outcome = outcome?;
+                timing.read += outcome.read;
                 timing.prepare += outcome.prepare;
                 timing.model += outcome.model;
                 for f in outcome.stop.iter().chain(&outcome.failures) {
@@ -346,12 +349,16 @@ fn finish(
     } else {
         format!("model {:.2} s", timing.model.as_secs_f64())
     };
+    let per_image = |d: Duration| 1e3 * d.as_secs_f64() / processed.max(1) as f64;
     eprintln!(
         "embedded {embedded}, failed {failed}, {:.1} images/s over {processed} processed in {secs:.1} s \
-         (decode+preprocess {:.2} s of worker time, {:.1} ms/image; {model}); wrote {}",
+         (worker time: read {:.2} s, {:.2} ms/image; decode+preprocess {:.2} s, {:.1} ms/image; \
+         {model}); wrote {}",
         processed as f64 / secs,
+        timing.read.as_secs_f64(),
+        per_image(timing.read),
         timing.prepare.as_secs_f64(),
-        1e3 * timing.prepare.as_secs_f64() / processed.max(1) as f64,
+        per_image(timing.prepare),
         s.output.display()
     );
     job.remove()?;

@@ -94,9 +94,10 @@ pub fn decode_file(path: impl AsRef<Path>, options: &DecodeOptions) -> Result<Rg
     Ok(decode_file_sized(path, options)?.image)
 }
 
-/// [`decode`], also giving the size of the full image (see [`DecodeOptions::draft`]).
-pub fn decode_sized(bytes: &[u8], options: &DecodeOptions) -> Result<DecodedImage> {
-    decode_from(bytes, "in-memory image", options)
+/// [`decode`], also giving the size of the full image (see [`DecodeOptions::draft`]); errors
+/// name the image `origin` (a file name, an archive member).
+pub fn decode_sized(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<DecodedImage> {
+    decode_from(bytes, origin, options)
 }
 
 /// [`decode_file`], also giving the size of the full image (see [`DecodeOptions::draft`]).
