@@ -90,7 +90,8 @@ def main():
             "peer": "torch", "torch": torch.__version__, "transformers": transformers.__version__,
             "device": torch.cuda.get_device_name(device) if cuda else "cpu", "threads": torch.get_num_threads(),
             "batch": b, "image_size": a.image_size, "dtype": a.dtype, "attn": attn, "compile": a.compile,
-            "warmup": warmup, "first_pass_s": first_s, "median_s": med, "images_per_s": b / med,
+            "warmup": warmup, "first_pass_s": first_s, "median_s": med, "times_s": times,
+            "images_per_s": b / med,
             "memory_delta_bytes": max(peak_used, 0),
         }), flush=True)
         del x

@@ -56,6 +56,14 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// The nearest-rank `p`-th percentile (0 < p <= 100) of `v` (not empty).
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
 /// Deterministic pixel values in roughly the normalized range.
 fn pixels(batch: usize, size: usize) -> Tensor {
     let n = batch * 3 * size * size;
@@ -169,6 +177,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
 /// One side's measurement of one batch size.
 struct Measured {
     median_s: f64,
+    /// Every timed repeat, in seconds, where the side reports them.
+    times_s: Vec<f64>,
     images_per_s: f64,
     tflop_per_s: f64,
     percent_of_peak: Option<f64>,
@@ -181,6 +191,7 @@ impl Measured {
         let tflop_per_s = images_per_s * gflop / 1e3;
         Measured {
             median_s,
+            times_s: Vec::new(),
             images_per_s,
             tflop_per_s,
             percent_of_peak: peak.map(|p| 100.0 * tflop_per_s / p),
@@ -188,21 +199,32 @@ impl Measured {
         }
     }
 
+    /// With the repeats' times: their spread (p90, p99 and max by nearest rank) in the JSON.
+    fn with_times(mut self, times_s: Vec<f64>) -> Self {
+        self.times_s = times_s;
+        self
+    }
+
     fn json(&self) -> Value {
+        let spread = |p: f64| (!self.times_s.is_empty()).then(|| percentile(&self.times_s, p));
         json!({
             "median_s": self.median_s, "ms_per_batch": self.median_s * 1e3,
+            "p90_s": spread(90.0), "p99_s": spread(99.0), "max_s": spread(100.0),
+            "min_s": (!self.times_s.is_empty()).then(|| percentile(&self.times_s, 0.0)),
+            "times_s": self.times_s,
             "images_per_s": self.images_per_s, "tflop_per_s": self.tflop_per_s,
             "percent_of_peak": self.percent_of_peak, "memory_delta_bytes": self.memory_delta_bytes,
         })
     }
 }
 
-/// Times `embed_batch` with CLS pooling on one batch; memory as the used-memory delta.
+/// Times `embed_batch` with CLS pooling on one batch: each repeat's seconds, and memory as the
+/// used-memory delta.
 fn measure<B: Backend>(
     model: &Dinov2<B>,
     batch: usize,
     args: &BenchArgs,
-) -> Result<(f64, Option<u64>)> {
+) -> Result<(Vec<f64>, Option<u64>)> {
     let be = model.backend();
     let x = model.upload_pixels(&pixels(batch, args.image_size))?;
     be.release_cached_memory()?;
@@ -227,7 +249,7 @@ fn measure<B: Backend>(
             used = used.max(now.saturating_sub(base));
         }
     }
-    Ok((median(times), base.map(|_| used as u64)))
+    Ok((times, base.map(|_| used as u64)))
 }
 
 fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
@@ -317,15 +339,19 @@ fn bench_on<B: Backend>(
     );
     let mut results = Vec::new();
     for &b in &args.batch_size {
-        let (med, mem) = measure(model, b, args)?;
-        let ours = Measured::new(b, med, gflop, peak, mem);
+        let (times, mem) = measure(model, b, args)?;
+        let med = median(times.clone());
+        let ours = Measured::new(b, med, gflop, peak, mem).with_times(times);
         let theirs = peer
             .as_ref()
             .and_then(|p| p.iter().find(|r| r["batch"].as_u64() == Some(b as u64)))
             .and_then(|r| {
                 let median_s = r["median_s"].as_f64()?;
                 let mem = on_gpu.then(|| r["memory_delta_bytes"].as_u64()).flatten();
-                Some(Measured::new(b, median_s, gflop, peak, mem))
+                let times = r["times_s"]
+                    .as_array()
+                    .map_or(Vec::new(), |t| t.iter().filter_map(Value::as_f64).collect());
+                Some(Measured::new(b, median_s, gflop, peak, mem).with_times(times))
             });
         let ratio = theirs.as_ref().map(|t| ours.images_per_s / t.images_per_s);
         println!(
@@ -392,6 +418,16 @@ mod tests {
         assert_eq!(dense_f16_peak("NVIDIA H200"), Some(989.0));
         assert_eq!(dense_f16_peak("NVIDIA GeForce RTX 4090"), None);
         assert_eq!(dense_f16_peak("cpu"), None);
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<f64> = (1..=10).rev().map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert_eq!(percentile(&v, 50.0), 5.0);
+        assert_eq!(percentile(&v, 90.0), 9.0);
+        assert_eq!(percentile(&v, 99.0), 10.0);
+        assert_eq!(percentile(&[0.5], 99.0), 0.5);
     }
 
     #[test]
