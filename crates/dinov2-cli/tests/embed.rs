@@ -1283,3 +1283,123 @@ fn tar_shards_are_read_in_place() {
     assert_eq!(r.status.code(), Some(1));
     assert!(stderr.contains("gzip-compressed"), "{stderr}");
 }
+
+/// A tmpfs of `size` mounted on a new folder, unmounted when dropped; `None` where this process
+/// may not mount (not root, no CAP_SYS_ADMIN).
+struct SmallDisk(PathBuf, TempDir);
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = TempDir::new().unwrap();
+        let at = dir.path().join("disk");
+        std::fs::create_dir(&at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk(at, dir))
+    }
+
+    fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_one_clear_error_and_the_job_resumes() {
+    let dir = TempDir::new().unwrap();
+    let (images, _) = copied_images(dir.path(), 1);
+    let embed = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "embed".to_string(),
+            "--model".into(),
+            model(),
+            "--pooling".into(),
+            "patch".into(),
+            "--chunk-rows".into(),
+            "2".into(),
+            "--batch-size".into(),
+            "2".into(),
+            "--output".into(),
+            out.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(images.display().to_string());
+        Command::new(env!("CARGO_BIN_EXE_dinov2"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let clean = dir.path().join("clean.npy");
+    let r = embed(&clean, &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    // 14 patch grids of 256 x 48 floats, 49 KiB each: 160 KiB fills up while committing
+    // chunks; 1 MiB holds the chunks (686 KiB) but not the final file beside them.
+    for size in ["160k", "1m"] {
+        let Some(disk) = SmallDisk::mount(size) else {
+            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+            return;
+        };
+        let out = disk.0.join("grids.npy");
+        let r = embed(&out, &[]);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{size}: {stderr}");
+        assert!(
+            stderr.contains("No space left on device"),
+            "{size}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{size}: {stderr}");
+        let files = walk_files(&disk.0);
+        // No half-written file is left taking the space; the committed chunks stay.
+        assert!(
+            !files.iter().any(|p| p.ends_with(".tmp")),
+            "{size}: {files:?}"
+        );
+        assert!(
+            files.iter().any(|p| p.contains("chunk-")),
+            "{size}: {files:?}"
+        );
+        assert!(!out.exists(), "{size}");
+        // With room again, the job resumes into the rows of a clean run.
+        disk.resize("8m");
+        let r = embed(&out, &["--resume"]);
+        assert!(
+            r.status.success(),
+            "{size}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert_eq!(read_npy(&out), read_npy(&clean), "{size}");
+        assert_eq!(
+            std::fs::read(format!("{}.paths.txt", out.display())).unwrap(),
+            std::fs::read(format!("{}.paths.txt", clean.display())).unwrap(),
+            "{size}"
+        );
+    }
+}
+
+/// Every file under `dir`, recursively.
+fn walk_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk_files(&path));
+        } else {
+            out.push(path.display().to_string());
+        }
+    }
+    out
+}

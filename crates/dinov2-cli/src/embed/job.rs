@@ -71,8 +71,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    std::fs::write(&tmp, bytes)
+        .map_err(io(&tmp))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(io(path)))
+        .inspect_err(|_| {
+            // A full disk: give back what the partial file took.
+            let _ = std::fs::remove_file(&tmp);
+        })
 }
 
 /// A 64-bit FNV-1a digest, stable across builds (for fingerprints).

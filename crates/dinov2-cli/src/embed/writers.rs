@@ -110,28 +110,30 @@ pub fn dense_shape(job: &Job, format: Format) -> Result<Vec<usize>> {
     }
 }
 
-/// Writes the final output of `job` to `out` (via a temporary file renamed into place).
+/// Writes the final output of `job` to `out` (via a temporary file renamed into place, removed
+/// when the write fails: a full disk gets its space back and the job stays resumable).
 pub fn write_output(job: &Job, out: &Path, format: Format, values: ValueType) -> Result<()> {
     let tmp = sibling(out, ".tmp");
+    write_to(job, &tmp, out, format, values)
+        .and_then(|()| std::fs::rename(&tmp, out).map_err(io(out)))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+}
+
+/// The output of `job`, written to `tmp` (to become `out`).
+fn write_to(job: &Job, tmp: &Path, out: &Path, format: Format, values: ValueType) -> Result<()> {
     match format {
         Format::Parquet => {
             let patch = job.shapes.iter().any(|s| s.len() == 3);
-            write_parquet(job, &tmp, patch, values)?
+            write_parquet(job, tmp, patch, values)
         }
         Format::Npy | Format::Safetensors => {
             let mut full = vec![job.rows];
             full.extend(dense_shape(job, format)?);
-            write_dense(
-                job,
-                &tmp,
-                format,
-                values,
-                &full,
-                &sibling(out, ".paths.txt"),
-            )?;
+            write_dense(job, tmp, format, values, &full, &sibling(out, ".paths.txt"))
         }
     }
-    std::fs::rename(&tmp, out).map_err(io(out))
 }
 
 /// Writes the dense tensor and, in the same pass over the chunks, the paths file beside it.
