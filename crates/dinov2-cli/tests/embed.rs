@@ -1286,7 +1286,11 @@ fn tar_shards_are_read_in_place() {
 
 /// A tmpfs of `size` mounted on a new folder, unmounted when dropped; `None` where this process
 /// may not mount (not root, no CAP_SYS_ADMIN).
-struct SmallDisk(PathBuf, TempDir);
+struct SmallDisk {
+    at: PathBuf,
+    /// Holds the mount point's parent until after the unmount.
+    _parent: TempDir,
+}
 
 impl SmallDisk {
     fn mount(size: &str) -> Option<SmallDisk> {
@@ -1299,13 +1303,13 @@ impl SmallDisk {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-        ok.then_some(SmallDisk(at, dir))
+        ok.then_some(SmallDisk { at, _parent: dir })
     }
 
     fn resize(&self, size: &str) {
         let status = Command::new("mount")
             .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
+            .arg(&self.at)
             .status()
             .unwrap();
         assert!(status.success());
@@ -1314,7 +1318,7 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = Command::new("umount").arg(&self.at).status();
     }
 }
 
@@ -1353,7 +1357,7 @@ fn a_full_disk_is_one_clear_error_and_the_job_resumes() {
             eprintln!("skipped: cannot mount a tmpfs here (needs root)");
             return;
         };
-        let out = disk.0.join("grids.npy");
+        let out = disk.at.join("grids.npy");
         let r = embed(&out, &[]);
         let stderr = String::from_utf8_lossy(&r.stderr);
         assert_eq!(r.status.code(), Some(1), "{size}: {stderr}");
@@ -1362,7 +1366,7 @@ fn a_full_disk_is_one_clear_error_and_the_job_resumes() {
             "{size}: {stderr}"
         );
         assert!(!stderr.contains("panicked"), "{size}: {stderr}");
-        let files = walk_files(&disk.0);
+        let files = walk_files(&disk.at);
         // No half-written file is left taking the space; the committed chunks stay.
         assert!(
             !files.iter().any(|p| p.ends_with(".tmp")),
