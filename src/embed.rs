@@ -13,8 +13,11 @@
 //! # Ok::<(), dinov2::Error>(())
 //! ```
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rayon::prelude::*;
 
 use dinov2_image::{
     decode_sized, preprocess, DecodeOptions, PixelValues, PreprocessConfig, RgbImage,
@@ -35,6 +38,8 @@ pub struct Embedder<B: Backend> {
     /// The most images per pass: unbounded until the device runs out of memory, then halved each
     /// time ([`Embedder::embed_batch`]).
     batch_limit: AtomicUsize,
+    /// Images decoded and embedded together by the list and stream methods.
+    batch_size: usize,
 }
 
 /// The checkpoint's `preprocessor_config.json`, or the facebook/dinov2 values when it has none.
@@ -79,6 +84,7 @@ impl<B: Backend> Embedder<B> {
             normalize: false,
             layers: None,
             batch_limit: AtomicUsize::new(usize::MAX),
+            batch_size: B::BATCH_SIZE,
         }
     }
 
@@ -107,6 +113,15 @@ impl<B: Backend> Embedder<B> {
     /// ([`Dinov2::embed_layers`]).
     pub fn with_layers(mut self, layers: Vec<usize>, norm: bool) -> Self {
         self.layers = Some((layers, norm));
+        self
+    }
+
+    /// Images decoded (in parallel) and embedded together by [`Embedder::embed_paths`],
+    /// [`Embedder::embed_stream`], [`Embedder::embed_bytes`], [`Embedder::embed_images`] and
+    /// [`Embedder::embed_prepared`]: memory holds one such batch at a time. Default
+    /// [`Backend::BATCH_SIZE`] (8 on the CPU, 128 on CUDA); at least 1.
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
         self
     }
 
@@ -149,12 +164,15 @@ impl<B: Backend> Embedder<B> {
         ))
     }
 
-    /// Runs the model on preprocessed images, batching those of equal size together. Pooling runs
-    /// on the model's backend ([`Dinov2::embed`]): only the vectors are copied back.
+    /// Runs the model on preprocessed images, in batches of consecutive images of equal size (at
+    /// most [`Embedder::with_batch_size`] each). Pooling runs on the model's backend
+    /// ([`Dinov2::embed`]): only the vectors are copied back.
     pub fn embed_prepared(&self, images: &[PixelValues]) -> Result<Vec<Embedding>> {
         let mut out = Vec::with_capacity(images.len());
         for group in images.chunk_by(|a, b| a.shape == b.shape) {
-            out.extend(self.embed_batch(&stack_images(group)?)?);
+            for batch in group.chunks(self.batch_size) {
+                out.extend(self.embed_batch(&stack_images(batch)?)?);
+            }
         }
         Ok(out)
     }
@@ -193,36 +211,59 @@ impl<B: Backend> Embedder<B> {
         })
     }
 
-    /// Embeds decoded RGB images.
+    /// Embeds decoded RGB images, a batch at a time.
     pub fn embed_images(&self, images: &[RgbImage]) -> Result<Vec<Embedding>> {
-        let prepared = images
-            .iter()
-            .map(|i| preprocess(i, &self.preprocess).map_err(Error::from))
-            .collect::<Result<Vec<_>>>()?;
-        self.embed_prepared(&prepared)
+        let mut out = Vec::with_capacity(images.len());
+        for window in images.chunks(self.batch_size) {
+            let prepared = window
+                .par_iter()
+                .map(|i| preprocess(i, &self.preprocess).map_err(Error::from))
+                .collect::<Result<Vec<_>>>()?;
+            out.extend(self.embed_prepared(&prepared)?);
+        }
+        Ok(out)
     }
 
-    /// Embeds image files; a file that cannot be read or decoded gives its own error.
-    pub fn embed_paths<P: AsRef<Path>>(&self, paths: &[P]) -> Vec<Result<Embedding>> {
-        self.embed_each(
-            paths
-                .iter()
-                .map(|p| self.prepare_path(p).map(|r| r.0))
-                .collect(),
-        )
+    /// Embeds image files, in order; a file that cannot be read or decoded gives its own error.
+    /// A batch at a time is decoded (in parallel) and embedded, so memory does not grow with the
+    /// number of files beyond the results ([`Embedder::embed_stream`] keeps none).
+    pub fn embed_paths<P: AsRef<Path> + Sync>(&self, paths: &[P]) -> Vec<Result<Embedding>> {
+        self.embed_stream(paths).map(|(_, result)| result).collect()
     }
 
-    /// Embeds encoded images (JPEG, PNG, ...); a bad one gives its own error.
+    /// [`Embedder::embed_paths`] as an iterator over any number of paths: each path with its
+    /// result, in order, a batch decoded and embedded whenever the previous one is used up.
+    pub fn embed_stream<P, I>(&self, paths: I) -> EmbedStream<'_, B, I::IntoIter>
+    where
+        P: AsRef<Path> + Sync,
+        I: IntoIterator<Item = P>,
+    {
+        EmbedStream {
+            embedder: self,
+            paths: paths.into_iter(),
+            ready: VecDeque::new(),
+        }
+    }
+
+    /// Embeds encoded images (JPEG, PNG, ...), a batch at a time; a bad one gives its own error.
     pub fn embed_bytes(&self, encoded: &[&[u8]]) -> Vec<Result<Embedding>> {
-        self.embed_each(
-            encoded
-                .iter()
-                .map(|b| self.prepare_bytes(b).map(|r| r.0))
-                .collect(),
-        )
+        let mut out = Vec::with_capacity(encoded.len());
+        for window in encoded.chunks(self.batch_size) {
+            out.extend(
+                self.embed_window(
+                    window
+                        .par_iter()
+                        .map(|b| self.prepare_bytes(b).map(|r| r.0))
+                        .collect(),
+                ),
+            );
+        }
+        out
     }
 
-    fn embed_each(&self, prepared: Vec<Result<PixelValues>>) -> Vec<Result<Embedding>> {
+    /// One window of inputs, each prepared or failed: the failures keep their errors, the others
+    /// are embedded together (all failing alike when the model does).
+    fn embed_window(&self, prepared: Vec<Result<PixelValues>>) -> Vec<Result<Embedding>> {
         let good: Vec<PixelValues> = prepared
             .iter()
             .filter_map(|p| p.as_ref().ok().cloned())
@@ -243,6 +284,39 @@ impl<B: Backend> Embedder<B> {
                     .collect()
             }
         }
+    }
+}
+
+/// The iterator of [`Embedder::embed_stream`]: `(path, result)` in input order.
+pub struct EmbedStream<'a, B: Backend, I: Iterator> {
+    embedder: &'a Embedder<B>,
+    paths: I,
+    /// The current batch's results not yet handed out.
+    ready: VecDeque<(I::Item, Result<Embedding>)>,
+}
+
+impl<B, P, I> Iterator for EmbedStream<'_, B, I>
+where
+    B: Backend,
+    P: AsRef<Path> + Sync,
+    I: Iterator<Item = P>,
+{
+    type Item = (P, Result<Embedding>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.ready.is_empty() {
+            let window: Vec<P> = self.paths.by_ref().take(self.embedder.batch_size).collect();
+            if window.is_empty() {
+                return None;
+            }
+            let prepared = window
+                .par_iter()
+                .map(|p| self.embedder.prepare_path(p).map(|r| r.0))
+                .collect();
+            let results = self.embedder.embed_window(prepared);
+            self.ready.extend(window.into_iter().zip(results));
+        }
+        self.ready.pop_front()
     }
 }
 

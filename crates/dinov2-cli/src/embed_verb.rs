@@ -75,8 +75,8 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         None => (args.device, Vec::new()),
     };
     let batch_size = args.batch_size.unwrap_or(match device {
-        Device::Cpu => 8,
-        Device::Cuda(_) => 128,
+        Device::Cpu => CpuBackend::BATCH_SIZE,
+        Device::Cuda(_) => CudaBackend::BATCH_SIZE,
     });
     if batch_size == 0 {
         return Err(CliError("--batch-size must be at least 1".into()));

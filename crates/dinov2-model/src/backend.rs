@@ -61,6 +61,10 @@ pub trait Backend: Send + Sync {
     /// A recorded sequence of work ([`Backend::record`]); the model keeps it behind a mutex.
     type Recording: Send;
 
+    /// Images per forward pass that use this backend well, for callers that do not choose
+    /// (the embedder, `dinov2 embed`): small on the CPU, where larger batches fall out of cache.
+    const BATCH_SIZE: usize = 8;
+
     /// A short name for messages (`cpu`, `cuda:0`).
     fn name(&self) -> String;
     /// Uploads a parameter.

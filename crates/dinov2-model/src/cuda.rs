@@ -248,6 +248,9 @@ impl Backend for CudaBackend {
     type Weight = CudaWeight;
     type Recording = Graph;
 
+    /// Enough rows (128 x 257 tokens) for the GEMMs to fill an H100.
+    const BATCH_SIZE: usize = 128;
+
     fn name(&self) -> String {
         self.name.clone()
     }
