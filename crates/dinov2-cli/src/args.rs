@@ -170,7 +170,7 @@ pub struct DecodeArgs {
     pub draft: bool,
     /// Resize so that the shortest edge has this many pixels (`size.shortest_edge`; 256 for the
     /// released checkpoints).
-    #[arg(long, value_name = "PIXELS")]
+    #[arg(long, value_name = "PIXELS", value_parser = clap::value_parser!(u32).range(1..))]
     pub resize: Option<u32>,
     /// Center-crop to N x N or HxW pixels (`crop_size`; 224 for the released checkpoints), e.g.
     /// `--resize 512 --crop 448` for a 32 x 32 patch grid.

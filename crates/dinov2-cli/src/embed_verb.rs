@@ -37,6 +37,15 @@ pub fn preprocessing(dir: &Path, args: &DecodeArgs, patch: usize) -> Result<Prep
         config.do_center_crop = false;
     }
     let patch = patch as u32;
+    let limit = dinov2::image::MAX_RESIZED_PIXELS;
+    if config.do_center_crop
+        && config.crop_size.height as u64 * config.crop_size.width as u64 > limit
+    {
+        return Err(CliError(format!(
+            "center crop {}x{}: more pixels than the limit of {limit}",
+            config.crop_size.height, config.crop_size.width
+        )));
+    }
     if config.do_center_crop && config.crop_size.height.min(config.crop_size.width) < patch {
         return Err(CliError(format!(
             "center crop {}x{}: smaller than one {patch}x{patch} patch",

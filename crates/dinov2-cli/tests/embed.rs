@@ -925,6 +925,27 @@ fn resolution_overrides_act_as_the_preprocessor_config() {
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(stderr.contains("smaller than one 14x14 patch"), "{stderr}");
     assert!(!dir.path().join("bad.npy.partial").exists());
+    // Sizes that cannot work are refused before any work: a crop of 10^10 pixels (it would
+    // need 120 GB per image), a resize to 0.
+    for (flag, value, code, says) in [
+        ("--crop", "100000x100000", 1, "more pixels than the limit"),
+        ("--resize", "0", 2, "--resize"),
+    ] {
+        let r = dinov2(&[
+            "embed",
+            "--model",
+            &model(),
+            flag,
+            value,
+            "--output",
+            dir.path().join("bad.npy").to_str().unwrap(),
+            &images,
+        ]);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(code), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(says), "{flag} {value}: {stderr}");
+        assert!(!dir.path().join("bad.npy.partial").exists());
+    }
 
     // The preprocess verb takes the same overrides.
     let st = dir.path().join("pixels.safetensors");

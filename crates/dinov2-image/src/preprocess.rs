@@ -140,6 +140,16 @@ pub fn center_crop(image: &RgbImage, crop: HeightWidth) -> Result<RgbImage> {
             ),
         ));
     }
+    if crop.height as u64 * crop.width as u64 > MAX_RESIZED_PIXELS {
+        return Err(preprocess_err(
+            image,
+            format!(
+                "center crop to {}x{} (height x width): more pixels than the limit of \
+                 {MAX_RESIZED_PIXELS}",
+                crop.height, crop.width
+            ),
+        ));
+    }
     let (h, w) = (image.height as i64, image.width as i64);
     let (ch, cw) = (crop.height as i64, crop.width as i64);
     let mut top = (h - ch).div_euclid(2);
@@ -240,6 +250,11 @@ pub fn preprocess(image: &RgbImage, config: &PreprocessConfig) -> Result<PixelVa
 fn pad_bottom_right(values: PixelValues, pad: HeightWidth) -> Result<PixelValues, String> {
     let (h, w) = (values.height(), values.width());
     let (ph, pw) = (pad.height as usize, pad.width as usize);
+    if ph as u64 * pw as u64 > MAX_RESIZED_PIXELS {
+        return Err(format!(
+            "pad to {ph}x{pw} (height x width): more pixels than the limit of {MAX_RESIZED_PIXELS}"
+        ));
+    }
     if ph < h || pw < w {
         return Err(format!(
             "pad to {ph}x{pw}: expected a pad_size at least the image size {h}x{w} (height x width)"

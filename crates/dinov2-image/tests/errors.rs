@@ -258,6 +258,27 @@ fn invalid_rgb_images_and_sizes_are_errors() {
     let line = RgbImage::new(60000, 1, vec![1; 180000]).unwrap();
     let err = preprocess(&line, &PreprocessConfig::default()).unwrap_err();
     assert!(err.to_string().contains("more than the limit"), "{err}");
+    // A crop or a pad that would need gigabytes is refused, not attempted.
+    for huge in [
+        PreprocessConfig {
+            crop_size: HeightWidth {
+                height: 100_000,
+                width: 100_000,
+            },
+            ..PreprocessConfig::default()
+        },
+        PreprocessConfig {
+            do_pad: true,
+            pad_size: Some(HeightWidth {
+                height: 100_000,
+                width: 100_000,
+            }),
+            ..PreprocessConfig::default()
+        },
+    ] {
+        let err = preprocess(&img, &huge).unwrap_err();
+        assert!(err.to_string().contains("than the limit"), "{err}");
+    }
     // pad_size smaller than the image.
     let config = PreprocessConfig {
         do_pad: true,
