@@ -35,7 +35,7 @@ fn rows_per_block(seq: usize) -> usize {
 /// part. Returns the heads' outputs concatenated, `[B, N, nh·d]`, and when `want_probs` the
 /// post-softmax probabilities `[B, nh, N, N]`. Scores are `q·kᵀ·scale`; the softmax subtracts the
 /// row maximum (scale > 0). Without probabilities, each task holds the scores of
-/// [`rows_per_block`] query rows at a time.
+/// 512 query rows at a time beyond 2048 tokens.
 pub fn attention(
     qkv: &[f32],
     batch: usize,
