@@ -275,6 +275,10 @@ pub struct EmbedArgs {
     /// Rows per committed chunk of the resumable job.
     #[arg(long, default_value_t = 1024, hide = true)]
     pub chunk_rows: usize,
+    /// Seconds between progress lines when stderr is not a terminal (a log file, a cluster
+    /// job); a terminal shows a bar instead.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub progress_every: f64,
     #[command(flatten)]
     pub decode: DecodeArgs,
     /// Image files, folders (searched recursively, sorted by path), @lists (one path per line) and

@@ -1,6 +1,7 @@
 //! `dinov2 embed`: builds the embedder from the arguments and runs the job.
 
 use std::path::Path;
+use std::time::Duration;
 
 use dinov2::image::{DecodeOptions, HeightWidth, PreprocessConfig, SizeSpec};
 use dinov2::{preprocess_config, Backend, Checkpoint, CpuBackend, CudaBackend, Dinov2, Embedder};
@@ -143,6 +144,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         chunk_rows: args.chunk_rows.max(1),
+        progress_every: Duration::from_secs_f64(args.progress_every.max(0.0)),
         identity,
         layers,
     };

@@ -1428,3 +1428,35 @@ fn walk_files(dir: &Path) -> Vec<String> {
     }
     out
 }
+
+#[test]
+fn progress_is_logged_in_lines_when_stderr_is_not_a_terminal() {
+    let dir = TempDir::new().unwrap();
+    let out = dir.path().join("p.npy");
+    let images = root().join("assets/images");
+    let r = dinov2(&[
+        "embed",
+        "--model",
+        &model(),
+        "--batch-size",
+        "2",
+        "--progress-every",
+        "0",
+        "--output",
+        out.to_str().unwrap(),
+        images.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("progress:"))
+        .collect();
+    // Seven images in batches of two: after 2, 4 and 6 (the summary reports the end).
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(
+        lines[0].starts_with("progress: 2/7 images (28.6%), "),
+        "{stderr}"
+    );
+    assert!(lines[2].contains(" left"), "{stderr}");
+}

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use dinov2::{Backend, Embedder, Pooling};
 
+use std::io::IsTerminal;
+
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use rayon::prelude::*;
 
@@ -51,6 +53,8 @@ pub struct Settings {
     pub resume: bool,
     pub workers: usize,
     pub chunk_rows: usize,
+    /// Time between progress lines when stderr is not a terminal.
+    pub progress_every: Duration,
     /// Everything else that changes the values (model, dtype, preprocessing), for the fingerprint.
     pub identity: Vec<String>,
     /// Hidden states pooled instead of the final output, and whether through the final norm.
@@ -107,6 +111,61 @@ fn open_job(s: &Settings) -> Result<Option<Job>> {
     Job::create(&partial, fingerprint).map(Some)
 }
 
+/// The job's progress on stderr: a bar on a terminal; elsewhere (a log file, a cluster job) a
+/// line every `every`, with the count, the rate since the start and the time left.
+struct Progress {
+    bar: ProgressBar,
+    total: usize,
+    /// Where the job started, and when; when the last line was written.
+    start: (usize, Instant),
+    last: Instant,
+    /// `None` on a terminal.
+    every: Option<Duration>,
+}
+
+impl Progress {
+    fn new(total: usize, done: usize, every: Duration) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = if terminal {
+            progress_bar(total, done)
+        } else {
+            ProgressBar::hidden()
+        };
+        let now = Instant::now();
+        Progress {
+            bar,
+            total,
+            start: (done, now),
+            last: now,
+            every: (!terminal).then_some(every),
+        }
+    }
+
+    /// `pos` inputs are done.
+    fn set(&mut self, pos: usize) {
+        self.bar.set_position(pos as u64);
+        let Some(every) = self.every else {
+            return;
+        };
+        if self.last.elapsed() < every || pos == self.total {
+            return;
+        }
+        self.last = Instant::now();
+        let secs = self.start.1.elapsed().as_secs_f64().max(1e-9);
+        let rate = (pos - self.start.0) as f64 / secs;
+        let left = if rate > 0.0 {
+            format!("{:.0} s", (self.total - pos) as f64 / rate)
+        } else {
+            "?".into()
+        };
+        eprintln!(
+            "progress: {pos}/{} images ({:.1}%), {rate:.1} images/s, {left} left",
+            self.total,
+            100.0 * pos as f64 / self.total.max(1) as f64
+        );
+    }
+}
+
 fn progress_bar(total: usize, done: usize) -> ProgressBar {
     let pb = ProgressBar::new(total as u64);
     let style =
@@ -147,7 +206,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
     let start_at = job.done;
     let started = Instant::now();
     let mut timing = Timing::default();
-    let pb = progress_bar(total, start_at);
+    let mut progress = Progress::new(total, start_at, s.progress_every);
     let workers = rayon::ThreadPoolBuilder::new()
         .num_threads(s.workers)
         .thread_name(|i| format!("dinov2-decode-{i}"))
@@ -258,7 +317,9 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
                 timing.prepare += outcome.prepare;
                 timing.model += outcome.model;
                 for f in outcome.stop.iter().chain(&outcome.failures) {
-                    pb.suspend(|| eprintln!("skipped {}: {}", f.path, f.error));
+                    progress
+                        .bar
+                        .suspend(|| eprintln!("skipped {}: {}", f.path, f.error));
                 }
                 rows.extend(outcome.rows);
                 failures.extend(outcome.failures);
@@ -271,7 +332,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
                         stop.path, stop.error
                     )));
                 }
-                pb.set_position(outcome.end as u64);
+                progress.set(outcome.end);
                 if rows.len() >= s.chunk_rows || outcome.end == total {
                     job.commit(&rows, std::mem::take(&mut failures), outcome.end)?;
                     rows.clear();
@@ -291,7 +352,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
         }
         Ok(())
     });
-    pb.finish_and_clear();
+    progress.bar.finish_and_clear();
     for e in embedders {
         if let Some(why) = e.model().replay_status().failure {
             eprintln!("warning: CUDA graph recording failed; batches ran without graphs: {why}");
