@@ -29,7 +29,7 @@ pub use dinov2_checkpoint::{
 pub use dinov2_model::{
     flops_per_image, pool, pool_tokens, BackboneOutput, Backend, ClassifierOutput, CpuBackend,
     CudaBackend, Dinov2, Dtype, Embedding, ForwardOptions, Head, Interpolation, Labels, ModelError,
-    ModelOutput, Output, PixelBatch, Pooling, ReplayStatus, Tensor,
+    ModelOutput, OpTime, Output, PixelBatch, Pooling, ReplayStatus, Tensor,
 };
 
 /// Image decoding and preprocessing (Pillow parity).

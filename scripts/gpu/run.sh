@@ -7,7 +7,7 @@
 #   2. runs every GPU test (--include-ignored): kernels against their CPU twins, golden fixtures,
 #      pooling on the device;
 #   3. `dinov2 bench`: ViT-B/14, 224 px, batch 256, f16, ours against PyTorch + transformers (SDPA)
-#      in the same invocation;
+#      in the same invocation, then the same pass's device time per operation (DINOV2_PROFILE=1);
 #   4. the criterion kernel benches and PyTorch's kernels on the same shapes; `dinov2 embed` on
 #      the GPU (its parity with the CPU, then 2100 files through ViT-B/14); then, while time
 #      remains, ViT-S at batches 1, 64, 256, ViT-B at 1 and 64 (with and without CUDA graphs:
@@ -159,6 +159,13 @@ main() {
     if room 30; then
         bench vitb14-256 150 --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON"
     fi
+    # Where its time goes: device time per operation (CUDA events around each; graphs off).
+    if room 30; then
+        echo "-- [op profile at ${SECONDS}s] DINOV2_PROFILE=1 dinov2 bench --arch vitb14 --batch-size 256"
+        DINOV2_PROFILE=1 timeout "$(cap 60)" "$HERE/bin/dinov2" bench --device cuda --dtype f16 \
+            --arch vitb14 --batch-size 256 --warmup 1 --repeats 3 --json "$OUT/profile.json" \
+            2>&1 | tee "$OUT/profile.txt" || echo "!! op profile: exit status $?"
+    fi
     # The kernels next (the attention and LayerNorm targets), short settings, then PyTorch's
     # kernels on the same shapes.
     if [ -x "$HERE/bin/kernel-bench" ] && room "$MIN_STEP"; then
@@ -208,6 +215,11 @@ echo "== summary (tests: $([ "$status" -eq 0 ] && echo passed || echo FAILED); f
 if [ -f "$OUT/pipeline.txt" ]; then
     echo "-- dinov2 embed on the GPU" | tee -a "$LOG"
     cat "$OUT/pipeline.txt" | tee -a "$LOG"
+    echo | tee -a "$LOG"
+fi
+if [ -f "$OUT/profile.txt" ]; then
+    echo "-- ViT-B/14 f16 batch 256: device time per operation" | tee -a "$LOG"
+    grep -E "^  " "$OUT/profile.txt" | tee -a "$LOG"
     echo | tee -a "$LOG"
 fi
 if [ -d "$OUT/criterion" ]; then

@@ -17,8 +17,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use dinov2::{
-    flops_per_image, released_json, Backend, Checkpoint, Dinov2, Dinov2Config, Dtype, Pooling,
-    Tensor,
+    flops_per_image, released_json, Backend, Checkpoint, Dinov2, Dinov2Config, Dtype, OpTime,
+    Pooling, Tensor,
 };
 use serde_json::{json, Value};
 
@@ -238,6 +238,8 @@ fn measure<B: Backend>(
     for _ in 0..warmup {
         model.embed_batch(&x, Pooling::Cls, false)?;
     }
+    // The warm-up's operations are not profiled.
+    be.take_op_profile()?;
     let mut times = Vec::new();
     let mut used = 0usize;
     for _ in 0..args.repeats.max(1) {
@@ -250,6 +252,32 @@ fn measure<B: Backend>(
         }
     }
     Ok((times, base.map(|_| used as u64)))
+}
+
+/// Prints the device time per operation of `passes` timed passes (`DINOV2_PROFILE=1`) beside
+/// the median pass, and returns it as JSON.
+fn op_table(ops: &[OpTime], passes: usize, median_s: f64) -> Value {
+    let passes = passes.max(1) as f64;
+    let total: f64 = ops.iter().map(|o| o.ms).sum::<f64>() / passes;
+    println!(
+        "  device time per pass by operation ({total:.2} ms of {:.2} ms measured):",
+        median_s * 1e3
+    );
+    let mut rows = Vec::new();
+    for o in ops {
+        let ms = o.ms / passes;
+        println!(
+            "  {:<24} {:>6} calls {:>10.3} ms {:>6.1}%",
+            o.op,
+            (o.calls as f64 / passes).round(),
+            ms,
+            100.0 * ms / total.max(1e-12)
+        );
+        rows.push(
+            json!({"op": o.op, "calls_per_pass": o.calls as f64 / passes, "ms_per_pass": ms}),
+        );
+    }
+    Value::Array(rows)
 }
 
 fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
@@ -340,6 +368,7 @@ fn bench_on<B: Backend>(
     let mut results = Vec::new();
     for &b in &args.batch_size {
         let (times, mem) = measure(model, b, args)?;
+        let profile = model.backend().take_op_profile()?;
         let med = median(times.clone());
         let ours = Measured::new(b, med, gflop, peak, mem).with_times(times);
         let theirs = peer
@@ -368,6 +397,7 @@ fn bench_on<B: Backend>(
             mib(theirs.as_ref().and_then(|t| t.memory_delta_bytes)),
             ratio.map_or("-".into(), |r| format!("{r:.2}x")),
         );
+        let profile = profile.map(|ops| op_table(&ops, ours.times_s.len(), med));
         results.push(json!({
             "arch": name, "device": device, "device_name": device_name, "threads": threads,
             "dtype": args.dtype.to_string(), "batch": b, "image_size": size,
@@ -379,6 +409,7 @@ fn bench_on<B: Backend>(
             "peer_images_per_s": theirs.as_ref().map(|t| t.images_per_s),
             "peer_compile": args.peer_compile && peer.is_some(),
             "ratio": ratio,
+            "op_profile": profile,
         }));
     }
     let replays = model.replay_status();

@@ -68,6 +68,8 @@ pub struct Device {
     /// `DINOV2_ATTENTION=simple` (a debugging switch, read once here): the row attention kernel
     /// for every head dim.
     pub(crate) simple_attention: bool,
+    /// `DINOV2_PROFILE=1` (read once here): the operations bracketed for [`Device::take_profile`].
+    pub(crate) profile: Option<crate::profile::Pending>,
     info: DeviceInfo,
 }
 
@@ -212,6 +214,9 @@ impl Device {
             functions: Mutex::new(HashMap::new()),
             blas,
             simple_attention: std::env::var("DINOV2_ATTENTION").is_ok_and(|v| v == "simple"),
+            profile: std::env::var("DINOV2_PROFILE")
+                .is_ok_and(|v| v == "1")
+                .then(Default::default),
             info,
         })
     }

@@ -28,6 +28,7 @@ mod error;
 mod gemm;
 mod graph;
 mod ops;
+mod profile;
 
 pub use buffer::{Buffer, DType};
 pub use device::{probe_libraries, CodeKind, Device, DeviceInfo, Timer};
@@ -35,3 +36,4 @@ pub use error::{KernelError, Result};
 pub use gemm::GemmPath;
 pub use graph::{Graph, Recorder};
 pub use ops::{Act, MAX_HEAD_DIM};
+pub use profile::OpTime;

@@ -3,6 +3,7 @@
 //! implementation is the executable specification of the others.
 
 use dinov2_checkpoint::Activation;
+pub use dinov2_kernels::OpTime;
 
 use crate::error::Result;
 use crate::pooling::{pool_tokens, Pooling};
@@ -139,6 +140,12 @@ pub trait Backend: Send + Sync {
     /// work; `None` where the backend has no device memory of its own (the CPU).
     fn memory_used(&self) -> Option<usize> {
         None
+    }
+
+    /// Device time per operation since the last call, longest first, where the backend times
+    /// them (CUDA with `DINOV2_PROFILE=1`); `None` elsewhere.
+    fn take_op_profile(&self) -> Result<Option<Vec<OpTime>>> {
+        Ok(None)
     }
 
     /// Hands memory that the backend's allocator keeps for reuse back to the driver, after the

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use dinov2_checkpoint::Activation;
 use dinov2_kernels::{Act, Buffer, DType, Device, Graph, KernelError};
 
-use crate::backend::{Backend, Dtype, TokenParams};
+use crate::backend::{Backend, Dtype, OpTime, TokenParams};
 use crate::error::{ModelError, Result};
 use crate::pooling::Pooling;
 use crate::Tensor;
@@ -142,10 +142,12 @@ impl CudaBackend {
             reason: e.to_string(),
         })?;
         Ok(CudaBackend {
-            device: Arc::new(device),
             dtype,
             name,
-            graphs: std::env::var("DINOV2_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            // Events cannot time the inside of a recording: profiling runs every pass eagerly.
+            graphs: std::env::var("DINOV2_CUDA_GRAPHS").map_or(true, |v| v != "0")
+                && !device.profiling(),
+            device: Arc::new(device),
         })
     }
 
@@ -279,18 +281,22 @@ impl Backend for CudaBackend {
     }
 
     fn upload(&self, tensor: &Tensor) -> Result<CudaTensor> {
-        let buf = self
-            .device
-            .upload(&tensor.data, &tensor.shape, DType::F32)
-            .map_err(|e| self.err(e))?;
-        Ok(CudaTensor::new(buf))
+        self.device.profile_op("upload", || {
+            let buf = self
+                .device
+                .upload(&tensor.data, &tensor.shape, DType::F32)
+                .map_err(|e| self.err(e))?;
+            Ok(CudaTensor::new(buf))
+        })
     }
 
     fn download(&self, tensor: &CudaTensor) -> Result<Tensor> {
-        let data = self.device.download(&tensor.buf).map_err(|e| self.err(e))?;
-        Ok(Tensor {
-            shape: tensor.shape().to_vec(),
-            data,
+        self.device.profile_op("download", || {
+            let data = self.device.download(&tensor.buf).map_err(|e| self.err(e))?;
+            Ok(Tensor {
+                shape: tensor.shape().to_vec(),
+                data,
+            })
         })
     }
 
@@ -300,22 +306,24 @@ impl Backend for CudaBackend {
         prefix: usize,
         pooling: Pooling,
     ) -> Result<Option<CudaTensor>> {
-        let (cls, mean) = match pooling {
-            Pooling::Cls => (true, false),
-            Pooling::Mean => (false, true),
-            Pooling::ClsMean => (true, true),
-            // The patch grid is most of the tokens: they are downloaded as they are.
-            Pooling::Patch => return Ok(None),
-        };
-        let [b, s, h] = tokens.shape()[..] else {
-            return Err(ModelError::input("tokens", "expected 3 dimensions"));
-        };
-        let width = (cls as usize + mean as usize) * h;
-        let mut out = self.alloc(DType::F32, &[b, width])?;
-        self.device
-            .pool_tokens(&tokens.buf, &mut out, (b, s, h), prefix, cls, mean)
-            .map_err(|e| self.err(e))?;
-        Ok(Some(CudaTensor::new(out)))
+        self.device.profile_op("pool", || {
+            let (cls, mean) = match pooling {
+                Pooling::Cls => (true, false),
+                Pooling::Mean => (false, true),
+                Pooling::ClsMean => (true, true),
+                // The patch grid is most of the tokens: they are downloaded as they are.
+                Pooling::Patch => return Ok(None),
+            };
+            let [b, s, h] = tokens.shape()[..] else {
+                return Err(ModelError::input("tokens", "expected 3 dimensions"));
+            };
+            let width = (cls as usize + mean as usize) * h;
+            let mut out = self.alloc(DType::F32, &[b, width])?;
+            self.device
+                .pool_tokens(&tokens.buf, &mut out, (b, s, h), prefix, cls, mean)
+                .map_err(|e| self.err(e))?;
+            Ok(Some(CudaTensor::new(out)))
+        })
     }
 
     fn can_record(&self) -> bool {
@@ -364,19 +372,21 @@ impl Backend for CudaBackend {
     }
 
     fn upload_into(&self, src: &Tensor, dst: &mut CudaTensor) -> Result<()> {
-        if src.shape != dst.shape() {
-            return Err(ModelError::Backend {
-                backend: self.name.clone(),
-                reason: format!(
-                    "upload_into: source shape {:?}, destination shape {:?}",
-                    src.shape,
-                    dst.shape()
-                ),
-            });
-        }
-        let dev = self.device.clone();
-        let out = self.exclusive(dst, "upload_into")?;
-        dev.upload_into(&src.data, out).map_err(|e| self.err(e))
+        self.device.profile_op("upload", || {
+            if src.shape != dst.shape() {
+                return Err(ModelError::Backend {
+                    backend: self.name.clone(),
+                    reason: format!(
+                        "upload_into: source shape {:?}, destination shape {:?}",
+                        src.shape,
+                        dst.shape()
+                    ),
+                });
+            }
+            let dev = self.device.clone();
+            let out = self.exclusive(dst, "upload_into")?;
+            dev.upload_into(&src.data, out).map_err(|e| self.err(e))
+        })
     }
 
     fn device_name(&self) -> String {
@@ -387,6 +397,16 @@ impl Backend for CudaBackend {
         self.device.synchronize().ok()?;
         let (free, total) = self.device.memory().ok()?;
         Some(total.saturating_sub(free))
+    }
+
+    fn take_op_profile(&self) -> Result<Option<Vec<OpTime>>> {
+        if !self.device.profiling() {
+            return Ok(None);
+        }
+        self.device
+            .take_profile()
+            .map(Some)
+            .map_err(|e| self.err(e))
     }
 
     fn release_cached_memory(&self) -> Result<()> {
@@ -400,31 +420,33 @@ impl Backend for CudaBackend {
         bias: &CudaWeight,
         patch: usize,
     ) -> Result<CudaTensor> {
-        let [b, c, h, w] = pixels.shape()[..] else {
-            return Err(ModelError::input("pixel_values", "expected 4 dimensions"));
-        };
-        let pixels32;
-        let px = if pixels.dtype() == DType::F32 {
-            pixels
-        } else {
-            let mut out = self.alloc(DType::F32, pixels.shape())?;
+        self.device.profile_op("patch_embed", || {
+            let [b, c, h, w] = pixels.shape()[..] else {
+                return Err(ModelError::input("pixel_values", "expected 4 dimensions"));
+            };
+            let pixels32;
+            let px = if pixels.dtype() == DType::F32 {
+                pixels
+            } else {
+                let mut out = self.alloc(DType::F32, pixels.shape())?;
+                self.device
+                    .cast(&pixels.buf, &mut out)
+                    .map_err(|e| self.err(e))?;
+                pixels32 = CudaTensor::new(out);
+                &pixels32
+            };
+            let (gh, gw) = (h / patch.max(1), w / patch.max(1));
+            let (rows, k, n) = (b * gh * gw, c * patch * patch, weight.shape()[0]);
+            let mut cols = self.alloc(self.compute(), &[rows, k])?;
             self.device
-                .cast(&pixels.buf, &mut out)
+                .im2col(&px.buf, &mut cols, b, c, h, w, patch)
                 .map_err(|e| self.err(e))?;
-            pixels32 = CudaTensor::new(out);
-            &pixels32
-        };
-        let (gh, gw) = (h / patch.max(1), w / patch.max(1));
-        let (rows, k, n) = (b * gh * gw, c * patch * patch, weight.shape()[0]);
-        let mut cols = self.alloc(self.compute(), &[rows, k])?;
-        self.device
-            .im2col(&px.buf, &mut cols, b, c, h, w, patch)
-            .map_err(|e| self.err(e))?;
-        let mut y = self.alloc(self.compute(), &[b, gh * gw, n])?;
-        self.device
-            .linear(&cols, &weight.main, Some(&bias.main), &mut y, (rows, n, k))
-            .map_err(|e| self.err(e))?;
-        Ok(CudaTensor::new(y))
+            let mut y = self.alloc(self.compute(), &[b, gh * gw, n])?;
+            self.device
+                .linear(&cols, &weight.main, Some(&bias.main), &mut y, (rows, n, k))
+                .map_err(|e| self.err(e))?;
+            Ok(CudaTensor::new(y))
+        })
     }
 
     fn embed_tokens(
@@ -432,38 +454,40 @@ impl Backend for CudaBackend {
         patches: &CudaTensor,
         p: TokenParams<'_, CudaWeight>,
     ) -> Result<CudaTensor> {
-        let [b, n, h] = patches.shape()[..] else {
-            return Err(ModelError::input(
-                "patch embeddings",
-                "expected 3 dimensions",
-            ));
-        };
-        let patches = self.in_compute(patches)?;
-        let r = p.registers.map_or(0, |t| t.shape()[0]);
-        let mask = match p.mask {
-            Some((token, m)) => {
-                let bytes: Vec<u8> = m.iter().map(|&v| v as u8).collect();
-                let md = self
-                    .device
-                    .upload_bytes(&bytes, &[bytes.len()])
-                    .map_err(|e| self.err(e))?;
-                Some((token, md))
-            }
-            None => None,
-        };
-        let mut x = self.alloc(DType::F32, &[b, 1 + r + n, h])?;
-        self.device
-            .embed_tokens(
-                &patches.buf,
-                p.cls.as_f32(),
-                &p.positions.main,
-                p.registers.map(|t| &t.main),
-                mask.as_ref().map(|(t, m)| (t.as_f32(), m)),
-                &mut x,
-                (b, n, h),
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(CudaTensor::new(x))
+        self.device.profile_op("embed_tokens", || {
+            let [b, n, h] = patches.shape()[..] else {
+                return Err(ModelError::input(
+                    "patch embeddings",
+                    "expected 3 dimensions",
+                ));
+            };
+            let patches = self.in_compute(patches)?;
+            let r = p.registers.map_or(0, |t| t.shape()[0]);
+            let mask = match p.mask {
+                Some((token, m)) => {
+                    let bytes: Vec<u8> = m.iter().map(|&v| v as u8).collect();
+                    let md = self
+                        .device
+                        .upload_bytes(&bytes, &[bytes.len()])
+                        .map_err(|e| self.err(e))?;
+                    Some((token, md))
+                }
+                None => None,
+            };
+            let mut x = self.alloc(DType::F32, &[b, 1 + r + n, h])?;
+            self.device
+                .embed_tokens(
+                    &patches.buf,
+                    p.cls.as_f32(),
+                    &p.positions.main,
+                    p.registers.map(|t| &t.main),
+                    mask.as_ref().map(|(t, m)| (t.as_f32(), m)),
+                    &mut x,
+                    (b, n, h),
+                )
+                .map_err(|e| self.err(e))?;
+            Ok(CudaTensor::new(x))
+        })
     }
 
     fn layer_norm(
@@ -473,26 +497,28 @@ impl Backend for CudaBackend {
         bias: &CudaWeight,
         eps: f64,
     ) -> Result<CudaTensor> {
-        let h = x.last_dim();
-        // f32 input (the residual stream) or compute-dtype input; output in the compute dtype.
-        let x = if x.dtype() == DType::F32 || x.dtype() == self.compute() {
-            x.clone()
-        } else {
-            self.in_compute(x)?
-        };
-        let mut y = self.alloc(self.compute(), x.shape())?;
-        self.device
-            .layer_norm(
-                &x.buf,
-                weight.as_f32(),
-                bias.as_f32(),
-                &mut y,
-                x.rows(),
-                h,
-                eps as f32,
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(CudaTensor::new(y))
+        self.device.profile_op("layer_norm", || {
+            let h = x.last_dim();
+            // f32 input (the residual stream) or compute-dtype input; output in the compute dtype.
+            let x = if x.dtype() == DType::F32 || x.dtype() == self.compute() {
+                x.clone()
+            } else {
+                self.in_compute(x)?
+            };
+            let mut y = self.alloc(self.compute(), x.shape())?;
+            self.device
+                .layer_norm(
+                    &x.buf,
+                    weight.as_f32(),
+                    bias.as_f32(),
+                    &mut y,
+                    x.rows(),
+                    h,
+                    eps as f32,
+                )
+                .map_err(|e| self.err(e))?;
+            Ok(CudaTensor::new(y))
+        })
     }
 
     fn linear(
@@ -506,32 +532,38 @@ impl Backend for CudaBackend {
         let (n, k) = (weight.shape()[0], weight.shape()[1]);
         let rows = x.rows();
         let mut y = self.alloc(self.compute(), &with_last(x.shape(), n))?;
-        self.device
-            .linear(
-                &x.buf,
-                &weight.main,
-                bias.map(|b| &b.main),
-                &mut y,
-                (rows, n, k),
-            )
-            .map_err(|e| self.err(e))?;
+        self.device.profile_op("gemm", || {
+            self.device
+                .linear(
+                    &x.buf,
+                    &weight.main,
+                    bias.map(|b| &b.main),
+                    &mut y,
+                    (rows, n, k),
+                )
+                .map_err(|e| self.err(e))
+        })?;
         let act = kernel_act(act);
         if act != Act::Identity {
-            self.device
-                .bias_act(&mut y, None, rows, n, act)
-                .map_err(|e| self.err(e))?;
+            self.device.profile_op("activation", || {
+                self.device
+                    .bias_act(&mut y, None, rows, n, act)
+                    .map_err(|e| self.err(e))
+            })?;
         }
         Ok(CudaTensor::new(y))
     }
 
     fn swiglu(&self, x: &CudaTensor) -> Result<CudaTensor> {
-        let x = self.in_compute(x)?;
-        let f = x.last_dim() / 2;
-        let mut out = self.alloc(self.compute(), &with_last(x.shape(), f))?;
-        self.device
-            .swiglu(&x.buf, &mut out, x.rows(), f)
-            .map_err(|e| self.err(e))?;
-        Ok(CudaTensor::new(out))
+        self.device.profile_op("swiglu", || {
+            let x = self.in_compute(x)?;
+            let f = x.last_dim() / 2;
+            let mut out = self.alloc(self.compute(), &with_last(x.shape(), f))?;
+            self.device
+                .swiglu(&x.buf, &mut out, x.rows(), f)
+                .map_err(|e| self.err(e))?;
+            Ok(CudaTensor::new(out))
+        })
     }
 
     fn attention(
@@ -540,27 +572,29 @@ impl Backend for CudaBackend {
         heads: usize,
         want_probs: bool,
     ) -> Result<(CudaTensor, Option<CudaTensor>)> {
-        let [b, n, three_h] = qkv.shape()[..] else {
-            return Err(ModelError::input("qkv", "expected 3 dimensions"));
-        };
-        let qkv = self.in_compute(qkv)?;
-        let h = three_h / 3;
-        let d = h / heads.max(1);
-        let scale = (d as f64).powf(-0.5) as f32;
-        let mut out = self.alloc(self.compute(), &[b, n, h])?;
-        let probs = if want_probs {
-            let mut probs = self.alloc(DType::F32, &[b, heads, n, n])?;
-            self.device
-                .attention_probs(&qkv.buf, &mut out, &mut probs, b, n, heads, d, scale)
-                .map_err(|e| self.err(e))?;
-            Some(CudaTensor::new(probs))
-        } else {
-            self.device
-                .attention(&qkv.buf, &mut out, b, n, heads, d, scale)
-                .map_err(|e| self.err(e))?;
-            None
-        };
-        Ok((CudaTensor::new(out), probs))
+        self.device.profile_op("attention", || {
+            let [b, n, three_h] = qkv.shape()[..] else {
+                return Err(ModelError::input("qkv", "expected 3 dimensions"));
+            };
+            let qkv = self.in_compute(qkv)?;
+            let h = three_h / 3;
+            let d = h / heads.max(1);
+            let scale = (d as f64).powf(-0.5) as f32;
+            let mut out = self.alloc(self.compute(), &[b, n, h])?;
+            let probs = if want_probs {
+                let mut probs = self.alloc(DType::F32, &[b, heads, n, n])?;
+                self.device
+                    .attention_probs(&qkv.buf, &mut out, &mut probs, b, n, heads, d, scale)
+                    .map_err(|e| self.err(e))?;
+                Some(CudaTensor::new(probs))
+            } else {
+                self.device
+                    .attention(&qkv.buf, &mut out, b, n, heads, d, scale)
+                    .map_err(|e| self.err(e))?;
+                None
+            };
+            Ok((CudaTensor::new(out), probs))
+        })
     }
 
     fn add_scaled(
@@ -569,13 +603,15 @@ impl Backend for CudaBackend {
         branch: &CudaTensor,
         gamma: &CudaWeight,
     ) -> Result<()> {
-        let h = gamma.main.len();
-        let rows = x.rows();
-        let branch = self.in_compute(branch)?;
-        let dev = self.device.clone();
-        let xb = self.residual(x)?;
-        dev.add_scaled(xb, &branch.buf, gamma.as_f32(), rows, h)
-            .map_err(|e| self.err(e))
+        self.device.profile_op("add_scaled", || {
+            let h = gamma.main.len();
+            let rows = x.rows();
+            let branch = self.in_compute(branch)?;
+            let dev = self.device.clone();
+            let xb = self.residual(x)?;
+            dev.add_scaled(xb, &branch.buf, gamma.as_f32(), rows, h)
+                .map_err(|e| self.err(e))
+        })
     }
 
     fn add_scaled_layer_norm(
@@ -587,24 +623,26 @@ impl Backend for CudaBackend {
         bias: &CudaWeight,
         eps: f64,
     ) -> Result<CudaTensor> {
-        let h = gamma.main.len();
-        let rows = x.rows();
-        let branch = self.in_compute(branch)?;
-        let mut y = self.alloc(self.compute(), x.shape())?;
-        let dev = self.device.clone();
-        let xb = self.residual(x)?;
-        dev.add_scaled_layer_norm(
-            xb,
-            &branch.buf,
-            gamma.as_f32(),
-            weight.as_f32(),
-            bias.as_f32(),
-            &mut y,
-            rows,
-            h,
-            eps as f32,
-        )
-        .map_err(|e| self.err(e))?;
-        Ok(CudaTensor::new(y))
+        self.device.profile_op("add_scaled_layer_norm", || {
+            let h = gamma.main.len();
+            let rows = x.rows();
+            let branch = self.in_compute(branch)?;
+            let mut y = self.alloc(self.compute(), x.shape())?;
+            let dev = self.device.clone();
+            let xb = self.residual(x)?;
+            dev.add_scaled_layer_norm(
+                xb,
+                &branch.buf,
+                gamma.as_f32(),
+                weight.as_f32(),
+                bias.as_f32(),
+                &mut y,
+                rows,
+                h,
+                eps as f32,
+            )
+            .map_err(|e| self.err(e))?;
+            Ok(CudaTensor::new(y))
+        })
     }
 }
