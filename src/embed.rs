@@ -140,12 +140,7 @@ impl<B: Backend> Embedder<B> {
     /// (the file's, also when it was decoded at reduced scale, [`DecodeOptions::draft`]).
     pub fn prepare_path(&self, path: impl AsRef<Path>) -> Result<(PixelValues, (u32, u32))> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| {
-            Error::Image(dinov2_image::ImageError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        })?;
+        let bytes = dinov2_image::read_file(path)?;
         self.prepare_named(&bytes, &path.display().to_string())
     }
 

@@ -1460,3 +1460,71 @@ fn progress_is_logged_in_lines_when_stderr_is_not_a_terminal() {
     );
     assert!(lines[2].contains(" left"), "{stderr}");
 }
+
+#[test]
+fn oversized_inputs_are_refused_before_they_are_read() {
+    let dir = TempDir::new().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::copy(
+        root().join("assets/images/chelsea.jpg"),
+        images.join("a.jpg"),
+    )
+    .unwrap();
+    // A 3 GiB file (sparse: it takes no space) named like an image.
+    File::create(images.join("huge.png"))
+        .unwrap()
+        .set_len(3 << 30)
+        .unwrap();
+    // A shard whose second member's header claims 8 GiB.
+    let jpeg = std::fs::read(images.join("a.jpg")).unwrap();
+    let mut tar = tar_of(&[("x.jpg".into(), jpeg.clone()), ("y.jpg".into(), jpeg)]);
+    let second = 512 + data_blocks(&tar[..512]) * 512;
+    let header = &mut tar[second..second + 512];
+    header[124..136].copy_from_slice(b"77777777777\0");
+    header[148..156].copy_from_slice(b"        ");
+    let sum: u32 = header.iter().map(|&b| b as u32).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    std::fs::write(images.join("shard.tar"), &tar).unwrap();
+
+    let out = dir.path().join("o.npy");
+    let r = dinov2(&[
+        "embed",
+        "--model",
+        &model(),
+        "--output",
+        out.to_str().unwrap(),
+        images.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let errors = lines(&PathBuf::from(format!("{}.errors.jsonl", out.display())));
+    let errors: Vec<serde_json::Value> = errors
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    for e in &errors {
+        assert_eq!(e["stage"], "read", "{e}");
+        assert!(
+            e["error"].as_str().unwrap().contains("more than the limit"),
+            "{e}"
+        );
+    }
+    assert!(errors
+        .iter()
+        .any(|e| e["path"].as_str().unwrap().ends_with("huge.png")));
+    assert!(errors
+        .iter()
+        .any(|e| e["path"].as_str().unwrap().ends_with("shard.tar/y.jpg")));
+    // The good file and the good member are embedded.
+    let paths = lines(&PathBuf::from(format!("{}.paths.txt", out.display())));
+    assert_eq!(paths.len(), 2, "{paths:?}");
+}
+
+/// Data blocks of the member whose 512-byte header is `header`.
+fn data_blocks(header: &[u8]) -> usize {
+    let size = std::str::from_utf8(&header[124..135]).unwrap();
+    (usize::from_str_radix(size.trim_matches(|c| c == '\0' || c == ' '), 8).unwrap()).div_ceil(512)
+}

@@ -36,8 +36,8 @@ pub use config::{
     OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
 };
 pub use decode::{
-    decode, decode_file, decode_file_sized, decode_sized, detect_format, DecodeOptions,
-    DecodedImage, DEFAULT_MAX_DIMENSION, DEFAULT_MAX_PIXELS,
+    decode, decode_file, decode_file_sized, decode_sized, detect_format, read_file, DecodeOptions,
+    DecodedImage, DEFAULT_MAX_DIMENSION, DEFAULT_MAX_PIXELS, MAX_FILE_BYTES,
 };
 pub use error::{ImageError, ImageFormat, Result};
 pub use exif::Orientation;

@@ -39,27 +39,35 @@ impl Input {
         }
     }
 
-    /// Its encoded bytes.
-    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+    /// Its encoded bytes; what cannot be read, or is larger than
+    /// [`dinov2::image::MAX_FILE_BYTES`], is an error (before anything is allocated for it).
+    pub fn read(&self) -> std::result::Result<Vec<u8>, String> {
         match self {
-            Input::File(path) => std::fs::read(path),
+            Input::File(path) => dinov2::image::read_file(path).map_err(|e| match e {
+                dinov2::image::ImageError::Io { source, .. } => source.to_string(),
+                other => other.to_string(),
+            }),
             Input::Member {
                 archive,
                 offset,
                 size,
                 ..
             } => {
-                let mut file = File::open(archive.as_path())?;
-                file.seek(SeekFrom::Start(*offset))?;
-                let len = usize::try_from(*size).map_err(std::io::Error::other)?;
-                let mut bytes = vec![0; len];
-                file.read_exact(&mut bytes).map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                        std::io::Error::new(e.kind(), "the archive ends inside this member")
-                    } else {
-                        e
-                    }
-                })?;
+                let limit = dinov2::image::MAX_FILE_BYTES;
+                if *size > limit {
+                    return Err(format!(
+                        "{size} bytes, more than the limit of {limit} for an image file"
+                    ));
+                }
+                let mut file = File::open(archive.as_path()).map_err(|e| e.to_string())?;
+                let archive_len = file.metadata().map_err(|e| e.to_string())?.len();
+                if offset.saturating_add(*size) > archive_len {
+                    return Err("the archive ends inside this member".into());
+                }
+                file.seek(SeekFrom::Start(*offset))
+                    .map_err(|e| e.to_string())?;
+                let mut bytes = vec![0; *size as usize];
+                file.read_exact(&mut bytes).map_err(|e| e.to_string())?;
                 Ok(bytes)
             }
         }

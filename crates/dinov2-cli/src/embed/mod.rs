@@ -241,7 +241,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
                             let bytes = inputs[i].read();
                             let read = t.elapsed();
                             let r = match bytes {
-                                Err(e) => Err(("read", e.to_string())),
+                                Err(e) => Err(("read", e)),
                                 Ok(bytes) => embedder
                                     .prepare_named(&bytes, &name)
                                     .map(|(pixels, (width, height))| (pixels, width, height))

@@ -27,6 +27,25 @@ pub const DEFAULT_MAX_PIXELS: u64 = 2 * 89_478_485;
 /// Default limit on either side of an image.
 pub const DEFAULT_MAX_DIMENSION: u32 = 65_535;
 
+/// The largest image file read, 2 GiB: a larger one is refused before any of it is read (a
+/// 60000 x 60000 PNG stored without compression is 10.8 GB, past the pixel limit anyway).
+pub const MAX_FILE_BYTES: u64 = 2 << 30;
+
+/// Reads an image file's bytes, refusing one larger than [`MAX_FILE_BYTES`] before reading it.
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    let fail = |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(fail)?.len();
+    if len > MAX_FILE_BYTES {
+        return Err(fail(std::io::Error::other(format!(
+            "{len} bytes, more than the limit of {MAX_FILE_BYTES} for an image file"
+        ))));
+    }
+    std::fs::read(path).map_err(fail)
+}
+
 /// Limits and options for [`decode`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeOptions {
@@ -103,10 +122,7 @@ pub fn decode_sized(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Resu
 /// [`decode_file`], also giving the size of the full image (see [`DecodeOptions::draft`]).
 pub fn decode_file_sized(path: impl AsRef<Path>, options: &DecodeOptions) -> Result<DecodedImage> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| ImageError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = read_file(path)?;
     decode_from(&bytes, &path.display().to_string(), options)
 }
 
