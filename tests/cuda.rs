@@ -291,12 +291,17 @@ fn embeddings_on_the_gpu_match_the_cpu() {
             be.release_cached_memory().unwrap();
             let before = be.memory_used().expect("the driver reports memory");
             let model = Dinov2::load(be.clone(), &checkpoint).unwrap();
+            let registers =
+                (checkpoint.config.num_register_tokens > 0).then_some(Pooling::Registers);
             for pooling in [
                 Pooling::Cls,
                 Pooling::Mean,
                 Pooling::ClsMean,
                 Pooling::Patch,
-            ] {
+            ]
+            .into_iter()
+            .chain(registers)
+            {
                 for normalize in [false, true] {
                     let want = cpu.embed(&inputs.pixel_values, pooling, normalize).unwrap();
                     let got = model

@@ -210,3 +210,60 @@ fn intermediate_layers_pool_the_hidden_states() {
         }
     }
 }
+
+/// Register pooling: the register tokens of `last_hidden_state`, each normalized on its own;
+/// through `embed_layers` per register the layers' vectors; an error for a model without
+/// registers.
+#[test]
+fn register_pooling_gives_the_register_tokens() {
+    let (case, run) = ("registers_mlp", "up44x36");
+    let regs_model = model(case);
+    let px = pixels(case, run);
+    let config = regs_model.config().clone();
+    let (h, regs) = (config.hidden_size, config.num_register_tokens);
+    assert!(regs > 0);
+    let full = regs_model
+        .forward(&px, None, &ForwardOptions::default())
+        .unwrap();
+    let seq = full.last_hidden_state.shape[1];
+    let got = regs_model.embed(&px, Pooling::Registers, false).unwrap();
+    assert_eq!(got.len(), px.shape[0]);
+    for (i, e) in got.iter().enumerate() {
+        let tokens = &full.last_hidden_state.data[i * seq * h..(i + 1) * seq * h];
+        assert_eq!(e.values, tokens[h..(1 + regs) * h], "image {i}");
+        assert_eq!(e.grid, None);
+    }
+    for e in regs_model.embed(&px, Pooling::Registers, true).unwrap() {
+        for v in e.values.chunks(h) {
+            let norm: f64 = v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+            assert!(
+                (norm - 1.0).abs() < 1e-6,
+                "each register unit length: {norm}"
+            );
+        }
+    }
+    // Two layers: per register, layer 1's vector then layer 0's.
+    let two = regs_model
+        .embed_layers(&px, &[1, 0], false, Pooling::Registers, false)
+        .unwrap();
+    let l1 = regs_model
+        .embed_layers(&px, &[1], false, Pooling::Registers, false)
+        .unwrap();
+    let l0 = regs_model
+        .embed_layers(&px, &[0], false, Pooling::Registers, false)
+        .unwrap();
+    for i in 0..px.shape[0] {
+        let want: Vec<f32> = (0..regs)
+            .flat_map(|r| {
+                let a = &l1[i].values[r * h..(r + 1) * h];
+                let b = &l0[i].values[r * h..(r + 1) * h];
+                a.iter().chain(b).copied().collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(two[i].values, want, "image {i}");
+    }
+    let plain = model("dinov2_mlp");
+    let px = pixels("dinov2_mlp", "rect24x40_mask");
+    let err = plain.embed(&px, Pooling::Registers, false).unwrap_err();
+    assert!(err.to_string().contains("no register tokens"), "{err}");
+}

@@ -226,10 +226,11 @@ pub struct EmbedArgs {
     /// 128 on CUDA).
     #[arg(long, env = "DINOV2_BATCH_SIZE")]
     pub batch_size: Option<usize>,
-    /// cls (pooler_output), mean (of the patch tokens), cls+mean, or patch (the token grid).
+    /// cls (pooler_output), mean (of the patch tokens), cls+mean, patch (the token grid), or
+    /// registers (the register tokens of a model with registers).
     #[arg(long, default_value = "cls")]
     pub pooling: Pooling,
-    /// L2-normalize each vector (each patch vector with --pooling patch).
+    /// L2-normalize each vector (each token's vector with --pooling patch or registers).
     #[arg(long)]
     pub normalize: bool,
     /// Pool these hidden states instead of the final output, concatenated in this order, e.g.

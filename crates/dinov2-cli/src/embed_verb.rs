@@ -110,6 +110,13 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let checkpoint = Checkpoint::open(&dir)?;
     let preprocess = preprocessing(&dir, &args.decode, checkpoint.config.patch_size)?;
     // Checked here, not per batch (where a model error would read as bad images).
+    if args.pooling == dinov2::Pooling::Registers && checkpoint.config.num_register_tokens == 0 {
+        return Err(CliError(format!(
+            "--pooling registers: {} has no register tokens (a dinov2_with_registers checkpoint \
+             has)",
+            dir.display()
+        )));
+    }
     let depth = checkpoint.config.num_hidden_layers;
     if let Some(bad) = args.layers.iter().flatten().find(|&&l| l > depth) {
         return Err(CliError(format!(

@@ -1528,3 +1528,44 @@ fn data_blocks(header: &[u8]) -> usize {
     let size = std::str::from_utf8(&header[124..135]).unwrap();
     (usize::from_str_radix(size.trim_matches(|c| c == '\0' || c == ' '), 8).unwrap()).div_ceil(512)
 }
+
+#[test]
+fn register_pooling_needs_a_model_with_registers() {
+    let dir = TempDir::new().unwrap();
+    let out = dir.path().join("r.npy");
+    let images = root().join("assets/images");
+    let r = dinov2(&[
+        "embed",
+        "--model",
+        &model(),
+        "--pooling",
+        "registers",
+        "--output",
+        out.to_str().unwrap(),
+        images.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("has no register tokens"), "{stderr}");
+    assert!(!PathBuf::from(format!("{}.partial", out.display())).exists());
+    // A model with 4 registers of 32 values: 128 per image, each register unit length.
+    let with_registers = root().join("tests/fixtures/golden/registers_mlp");
+    let r = dinov2(&[
+        "embed",
+        "--model",
+        with_registers.to_str().unwrap(),
+        "--pooling",
+        "registers",
+        "--normalize",
+        "--output",
+        out.to_str().unwrap(),
+        images.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let (shape, values) = read_npy(&out);
+    assert_eq!(shape, vec![7, 128]);
+    for v in values.chunks(32) {
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+    }
+}

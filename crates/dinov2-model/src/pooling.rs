@@ -1,5 +1,5 @@
-//! From the model's final tokens to embedding vectors: CLS, mean of the patch tokens, both, or the
-//! patch grid, optionally L2-normalized.
+//! From the model's final tokens to embedding vectors: CLS, mean of the patch tokens, both, the
+//! patch grid or the register tokens, optionally L2-normalized.
 //!
 //! [`pool_tokens`] is the one host implementation of the pooling arithmetic: [`Backend::pool`]'s
 //! default (download, then pool here) and [`pool`] (from a [`ModelOutput`]) both use it, and the
@@ -21,6 +21,16 @@ pub enum Pooling {
     ClsMean,
     /// Every patch token, row-major over the patch grid (`gh · gw · h`).
     Patch,
+    /// The register tokens, one after another (`R · h`; models with registers only).
+    Registers,
+}
+
+impl Pooling {
+    /// Whether the result is several token vectors (patches, registers), each `h` values, rather
+    /// than one vector: normalization then applies to each.
+    pub fn is_tokens(self) -> bool {
+        matches!(self, Pooling::Patch | Pooling::Registers)
+    }
 }
 
 impl std::str::FromStr for Pooling {
@@ -31,8 +41,9 @@ impl std::str::FromStr for Pooling {
             "mean" => Ok(Pooling::Mean),
             "cls+mean" => Ok(Pooling::ClsMean),
             "patch" => Ok(Pooling::Patch),
+            "registers" => Ok(Pooling::Registers),
             _ => Err(format!(
-                "unknown pooling {s:?}: expected cls, mean, cls+mean or patch"
+                "unknown pooling {s:?}: expected cls, mean, cls+mean, patch or registers"
             )),
         }
     }
@@ -45,6 +56,7 @@ impl std::fmt::Display for Pooling {
             Pooling::Mean => "mean",
             Pooling::ClsMean => "cls+mean",
             Pooling::Patch => "patch",
+            Pooling::Registers => "registers",
         })
     }
 }
@@ -59,14 +71,15 @@ pub struct Embedding {
 }
 
 /// Pools the final tokens `[B, S, h]` (`prefix` = 1 + registers tokens before the patches) into
-/// `[B, w]`: `w` = `h` (CLS, mean), `2h` (CLS then mean) or `(S - prefix)·h` (the patch tokens).
-/// The mean is accumulated in f64.
+/// `[B, w]`: `w` = `h` (CLS, mean), `2h` (CLS then mean), `(S - prefix)·h` (the patch tokens) or
+/// `(prefix - 1)·h` (the register tokens). The mean is accumulated in f64.
 pub fn pool_tokens(tokens: &Tensor, prefix: usize, pooling: Pooling) -> Tensor {
     let (b, seq, h) = (tokens.shape[0], tokens.shape[1], tokens.shape[2]);
     let width = match pooling {
         Pooling::Cls | Pooling::Mean => h,
         Pooling::ClsMean => 2 * h,
         Pooling::Patch => (seq - prefix) * h,
+        Pooling::Registers => (prefix - 1) * h,
     };
     let mut data = Vec::with_capacity(b * width);
     for img in tokens.data.chunks_exact(seq * h).take(b) {
@@ -85,6 +98,7 @@ pub fn pool_tokens(tokens: &Tensor, prefix: usize, pooling: Pooling) -> Tensor {
                 data.extend(mean());
             }
             Pooling::Patch => data.extend_from_slice(patches),
+            Pooling::Registers => data.extend_from_slice(&img[h..prefix * h]),
         }
     }
     Tensor {
@@ -101,8 +115,8 @@ fn l2_normalize(v: &mut [f32]) {
 }
 
 /// Splits pooled rows `[B, w]` (from [`pool_tokens`] or [`crate::Backend::pool`]) into one
-/// embedding per image, L2-normalizing each vector (each patch vector of `h` values for patch
-/// pooling) when `normalize`.
+/// embedding per image, L2-normalizing each vector (each token's `hidden` values for patch and
+/// register pooling) when `normalize`.
 pub fn embeddings(
     pooled: Tensor,
     hidden: usize,
@@ -113,7 +127,7 @@ pub fn embeddings(
     let width = pooled.last_dim().max(1);
     let mut data = pooled.data;
     if normalize {
-        let unit = if pooling == Pooling::Patch {
+        let unit = if pooling.is_tokens() {
             hidden.max(1)
         } else {
             width

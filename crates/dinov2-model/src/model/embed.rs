@@ -24,6 +24,7 @@ impl<B: Backend> Dinov2<B> {
         pooling: Pooling,
         normalize: bool,
     ) -> Result<Vec<Embedding>> {
+        self.check_pooling(pooling)?;
         let (batch, height, width) = self.check_pixels(pixels)?;
         let shape = PassShape {
             batch,
@@ -46,6 +47,7 @@ impl<B: Backend> Dinov2<B> {
         pooling: Pooling,
         normalize: bool,
     ) -> Result<Vec<Embedding>> {
+        self.check_pooling(pooling)?;
         let shape = PassShape {
             batch: pixels.batch,
             height: pixels.height,
@@ -76,6 +78,7 @@ impl<B: Backend> Dinov2<B> {
         pooling: Pooling,
         normalize: bool,
     ) -> Result<Vec<Embedding>> {
+        self.check_pooling(pooling)?;
         let depth = self.config.num_hidden_layers;
         if layers.is_empty() {
             return Err(ModelError::input("layers", "no layer given"));
@@ -115,8 +118,9 @@ impl<B: Backend> Dinov2<B> {
             })
             .collect::<Result<Vec<_>>>()?;
         let h = self.config.hidden_size;
-        // Per image (per patch for patch pooling), the layers' vectors one after the other.
-        let unit = if pooling == Pooling::Patch {
+        // Per image (per token for patch and register pooling), the layers' vectors one after
+        // the other.
+        let unit = if pooling.is_tokens() {
             h
         } else {
             in_order[0].last_dim()
@@ -140,6 +144,17 @@ impl<B: Backend> Dinov2<B> {
             pooling,
             normalize,
         ))
+    }
+
+    /// Register pooling needs register tokens.
+    fn check_pooling(&self, pooling: Pooling) -> Result<()> {
+        if pooling == Pooling::Registers && self.config.num_register_tokens == 0 {
+            return Err(ModelError::input(
+                "pooling",
+                "registers: this model has no register tokens (a dinov2_with_registers checkpoint has)",
+            ));
+        }
+        Ok(())
     }
 
     /// The embeddings from a pooled pass's one result.
