@@ -28,6 +28,18 @@ fn dinov2(args: &[&str]) -> Output {
         .expect("dinov2 runs")
 }
 
+/// `dinov2 embed --model MODEL ARGS... --output OUT INPUTS...`, which must succeed; returns OUT.
+fn embed_ok(model: &str, out: PathBuf, args: &[&str], inputs: &[&str]) -> PathBuf {
+    let out_arg = out.to_str().unwrap().to_owned();
+    let mut all = vec!["embed", "--model", model];
+    all.extend_from_slice(args);
+    all.extend(["--output", &out_arg]);
+    all.extend_from_slice(inputs);
+    let r = dinov2(&all);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    out
+}
+
 /// The sample photos, copied into `dir` (sorted names).
 fn sample_images(dir: &Path) -> Vec<String> {
     let mut names = Vec::new();
@@ -697,19 +709,12 @@ fn intermediate_layers_are_concatenated() {
     let image = image.to_str().unwrap();
     let model_path = model();
     let embed = |name: &str, extra: &[&str]| {
-        let out = dir.path().join(name);
-        let mut args = vec![
-            "embed",
-            "--model",
+        read_npy(&embed_ok(
             &model_path,
-            "--output",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        args.push(image);
-        let r = dinov2(&args);
-        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-        read_npy(&out)
+            dir.path().join(name),
+            extra,
+            &[image],
+        ))
     };
     let depth: usize = {
         let text = std::fs::read_to_string(Path::new(&model_path).join("config.json")).unwrap();
@@ -756,21 +761,8 @@ fn half_precision_outputs_round_the_f32_values() {
     sample_images(dir.path());
     let images = dir.path().display().to_string();
     let model_str = model();
-    let run = |name: &str, extra: &[&str]| {
-        let out = dir.path().join(name);
-        let mut args = vec![
-            "embed",
-            "--model",
-            &model_str,
-            "--output",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        args.push(&images);
-        let r = dinov2(&args);
-        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-        out
-    };
+    let run =
+        |name: &str, extra: &[&str]| embed_ok(&model_str, dir.path().join(name), extra, &[&images]);
     let (shape, full) = read_npy(&run("f32.npy", &[]));
     let want: Vec<f16> = full.iter().map(|&v| f16::from_f32(v)).collect();
 
@@ -849,13 +841,8 @@ fn resolution_overrides_act_as_the_preprocessor_config() {
     v["crop_size"] = serde_json::json!({"height": 280, "width": 280});
     std::fs::write(&pre, v.to_string()).unwrap();
     let embed = |model: &str, name: &str, extra: &[&str]| {
-        let out = dir.path().join(name);
-        let mut args = vec!["embed", "--model", model, "--pooling", "patch"];
-        args.extend_from_slice(extra);
-        args.extend(["--output", out.to_str().unwrap(), &images]);
-        let r = dinov2(&args);
-        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-        out
+        let args = [&["--pooling", "patch"], extra].concat();
+        embed_ok(model, dir.path().join(name), &args, &[&images])
     };
     let flags = read_npy(&embed(
         &model(),
@@ -1016,18 +1003,9 @@ fn draft_decoding_matches_pillows_draft_and_keeps_the_file_size() {
     // Embedding: the recorded size is the file's; the JPEG's vector changes, the PNG's does not.
     let model = model();
     let embed = |name: &str, extra: &[&str]| {
-        let out = dir.path().join(name);
-        let mut args = vec!["embed", "--model", &model, "--resize", "64", "--crop", "56"];
-        args.extend_from_slice(extra);
-        args.extend([
-            "--output",
-            out.to_str().unwrap(),
-            jpeg.to_str().unwrap(),
-            png.to_str().unwrap(),
-        ]);
-        let r = dinov2(&args);
-        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-        out
+        let args = [&["--resize", "64", "--crop", "56"], extra].concat();
+        let inputs = [jpeg.to_str().unwrap(), png.to_str().unwrap()];
+        embed_ok(&model, dir.path().join(name), &args, &inputs)
     };
     let rows = |path: PathBuf| -> Vec<(u32, u32, Vec<f32>)> {
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
@@ -1079,18 +1057,7 @@ fn shards_split_the_inputs_without_overlap() {
     let images = images.display().to_string();
     let model = model();
     let run = |name: &str, extra: &[&str]| -> (Vec<String>, Vec<usize>, Vec<f32>) {
-        let out = dir.path().join(name);
-        let mut args = vec![
-            "embed",
-            "--model",
-            &model,
-            "--output",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        args.push(&images);
-        let r = dinov2(&args);
-        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let out = embed_ok(&model, dir.path().join(name), extra, &[&images]);
         let (shape, values) = read_npy(&out);
         (
             lines(&PathBuf::from(format!("{}.paths.txt", out.display()))),
