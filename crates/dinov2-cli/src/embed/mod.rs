@@ -366,6 +366,14 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
         );
     }
     result?;
+    // The stream-ordered allocator keeps what the passes freed, so the memory in use now is
+    // close to the job's peak.
+    if let Some(used) = embedder.model().backend().memory_used() {
+        eprintln!(
+            "device memory in use at the end (all streams, close to the peak): {} MiB",
+            used >> 20
+        );
+    }
     finish(
         job,
         &s,
