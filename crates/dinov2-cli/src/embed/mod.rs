@@ -368,11 +368,19 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
     result?;
     // The stream-ordered allocator keeps what the passes freed, so the memory in use now is
     // close to the job's peak.
-    if let Some(used) = embedder.model().backend().memory_used() {
-        eprintln!(
-            "device memory in use at the end (all streams, close to the peak): {} MiB",
-            used >> 20
-        );
+    let mut reported = Vec::new();
+    for backend in embedders.iter().map(|e| e.model().backend()) {
+        let name = backend.name();
+        if reported.contains(&name) {
+            continue;
+        }
+        if let Some(used) = backend.memory_used() {
+            eprintln!(
+                "{name}: {} MiB of device memory in use at the end (all streams, close to the peak)",
+                used >> 20
+            );
+        }
+        reported.push(name);
     }
     finish(
         job,
