@@ -244,9 +244,11 @@ pub struct EmbedArgs {
     /// Type of the written values: f32, or f16 (half the size; rounded to nearest even).
     #[arg(long, value_enum, default_value = "f32")]
     pub output_dtype: crate::embed::ValueType,
-    /// Output file: .parquet, .npy (with FILE.paths.txt) or .safetensors (with FILE.paths.txt).
+    /// Output file: .parquet, .npy (with FILE.paths.txt) or .safetensors (with FILE.paths.txt);
+    /// or a folder name ending in / for clip-retrieval's layout (img_emb/img_emb_0.npy and
+    /// metadata/metadata_0.parquet, read by embedding-reader and autofaiss).
     #[arg(long)]
-    pub output: PathBuf,
+    pub output: String,
     /// Replace an existing output (or interrupted job).
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,

@@ -91,7 +91,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     if batch_size == 0 {
         return Err(CliError("--batch-size must be at least 1".into()));
     }
-    let format = Format::of(&args.output)?;
+    let (format, output) = Format::of(&args.output)?;
     let mut inputs = expand_inputs(&args.inputs)?;
     if let Some((shard, shards)) = args.shard {
         inputs = inputs
@@ -138,7 +138,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     ];
     let settings = Settings {
         inputs,
-        output: args.output,
+        output,
         format,
         output_dtype: args.output_dtype,
         batch_size,

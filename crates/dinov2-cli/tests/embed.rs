@@ -1536,3 +1536,79 @@ fn register_pooling_needs_a_model_with_registers() {
         assert!((norm - 1.0).abs() < 1e-5, "{norm}");
     }
 }
+
+#[test]
+fn a_folder_output_is_clip_retrievals_layout() {
+    let dir = TempDir::new().unwrap();
+    let images = root().join("assets/images");
+    let images = images.to_str().unwrap();
+    let npy = embed_ok(&model(), dir.path().join("flat.npy"), &[], &[images]);
+    let folder = dir.path().join("emb");
+    let as_folder = format!("{}/", folder.display());
+    let r = dinov2(&["embed", "--model", &model(), "--output", &as_folder, images]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    // The embeddings, as the .npy output has them; the metadata, row for row.
+    assert_eq!(
+        read_npy(&folder.join("img_emb/img_emb_0.npy")),
+        read_npy(&npy)
+    );
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        File::open(folder.join("metadata/metadata_0.parquet")).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut paths = Vec::new();
+    for batch in reader {
+        use arrow_array::cast::AsArray;
+        let batch = batch.unwrap();
+        let column = batch
+            .column_by_name("image_path")
+            .unwrap()
+            .as_string::<i32>();
+        paths.extend(column.iter().map(|p| p.unwrap().to_string()));
+        assert!(batch.column_by_name("width").is_some());
+    }
+    assert_eq!(
+        paths,
+        lines(&PathBuf::from(format!("{}.paths.txt", npy.display())))
+    );
+    let mut entries: Vec<String> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert_eq!(entries, ["img_emb", "metadata"]);
+    // --overwrite replaces an earlier output folder, and refuses any other folder, before any
+    // work, leaving it as it was.
+    let r = dinov2(&[
+        "embed",
+        "--model",
+        &model(),
+        "--overwrite",
+        "--output",
+        &as_folder,
+        images,
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let mine = dir.path().join("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "keep me").unwrap();
+    let r = dinov2(&[
+        "embed",
+        "--model",
+        &model(),
+        "--overwrite",
+        "--output",
+        &format!("{}/", mine.display()),
+        images,
+    ]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refusing to replace"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(mine.join("notes.txt")).unwrap(),
+        "keep me"
+    );
+    assert!(!PathBuf::from(format!("{}.partial", mine.display())).exists());
+}

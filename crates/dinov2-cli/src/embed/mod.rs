@@ -103,6 +103,17 @@ fn open_job(s: &Settings) -> Result<Option<Job>> {
                 what.display()
             )));
         }
+        if s.output.is_dir() {
+            // Checked now, not after the whole job: only an earlier output folder is replaced.
+            if s.format != Format::ClipRetrieval {
+                return Err(CliError(format!(
+                    "--output {}: a folder; name a file, or end the name with / for a folder \
+                     output",
+                    s.output.display()
+                )));
+            }
+            writers::replaceable_folder(&s.output)?;
+        }
         if partial.exists() {
             std::fs::remove_dir_all(&partial)
                 .map_err(|e| CliError(format!("cannot remove {}: {e}", partial.display())))?;
@@ -336,7 +347,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
                 if rows.len() >= s.chunk_rows || outcome.end == total {
                     job.commit(&rows, std::mem::take(&mut failures), outcome.end)?;
                     rows.clear();
-                    if s.format != Format::Parquet {
+                    if s.format.is_dense() {
                         // Fail now, not after the whole job, when rows stop fitting one dense
                         // tensor.
                         writers::dense_shape(&job, s.format)?;

@@ -1,8 +1,10 @@
 //! The embed verb's output files, written from the job's chunks in one streaming pass (memory stays
 //! bounded by one chunk): Parquet (path, width, height, embedding; grid_h, grid_w for patches), npy
 //! (`N x D` or `N x gh x gw x D`) or safetensors (`embeddings`), the latter two with
-//! `FILE.paths.txt` naming each row's input. Values are float32, or float16 (`--output-dtype f16`,
-//! rounded to nearest even at write time: the job's chunks stay f32).
+//! `FILE.paths.txt` naming each row's input, or a folder in clip-retrieval's layout
+//! (`img_emb/img_emb_0.npy` and `metadata/metadata_0.parquet`, which embedding-reader and
+//! autofaiss read). Values are float32, or float16 (`--output-dtype f16`, rounded to nearest even
+//! at write time: the job's chunks stay f32).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -19,31 +21,54 @@ use parquet::arrow::ArrowWriter;
 use super::job::{write_atomic, Job, Row};
 use crate::error::{CliError, Result};
 
-/// Output formats, chosen by the output file's extension.
+/// Output formats, chosen by the output's name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Parquet,
     Npy,
     Safetensors,
+    /// A folder: `img_emb/img_emb_0.npy` (`N x D`) and `metadata/metadata_0.parquet`
+    /// (`image_path`, `width`, `height`), rows in the same order, as clip-retrieval writes them.
+    ClipRetrieval,
 }
 
+/// The two entries of a [`Format::ClipRetrieval`] folder.
+const CLIP_RETRIEVAL_ENTRIES: [&str; 2] = ["img_emb", "metadata"];
+
 impl Format {
-    /// The format of `path`, from its extension.
-    pub fn of(path: &Path) -> Result<Self> {
-        match path
+    /// The format of `output` as given on the command line: from its extension, or a folder when
+    /// it ends with `/`; and the output path (without that `/`).
+    pub fn of(output: &str) -> Result<(Self, PathBuf)> {
+        if let Some(dir) = output.strip_suffix(['/', std::path::MAIN_SEPARATOR]) {
+            let dir = dir.trim_end_matches(['/', std::path::MAIN_SEPARATOR]);
+            if dir.is_empty() {
+                return Err(CliError("--output /: name a folder to create".into()));
+            }
+            return Ok((Format::ClipRetrieval, PathBuf::from(dir)));
+        }
+        let path = PathBuf::from(output);
+        let format = match path
             .extension()
             .and_then(|e| e.to_str())
             .map(str::to_ascii_lowercase)
             .as_deref()
         {
-            Some("parquet") => Ok(Format::Parquet),
-            Some("npy") => Ok(Format::Npy),
-            Some("safetensors") => Ok(Format::Safetensors),
-            _ => Err(CliError(format!(
-                "--output {}: unknown format; use a .parquet, .npy or .safetensors file name",
-                path.display()
-            ))),
-        }
+            Some("parquet") => Format::Parquet,
+            Some("npy") => Format::Npy,
+            Some("safetensors") => Format::Safetensors,
+            _ => {
+                return Err(CliError(format!(
+                    "--output {output}: unknown format; use a .parquet, .npy or .safetensors \
+                     file name, or a folder name ending in / (clip-retrieval's layout)"
+                )))
+            }
+        };
+        Ok((format, path))
+    }
+
+    /// Whether every row must have one shape (one dense tensor).
+    pub fn is_dense(self) -> bool {
+        self != Format::Parquet
     }
 }
 
@@ -114,11 +139,42 @@ pub fn dense_shape(job: &Job, format: Format) -> Result<Vec<usize>> {
 /// when the write fails: a full disk gets its space back and the job stays resumable).
 pub fn write_output(job: &Job, out: &Path, format: Format, values: ValueType) -> Result<()> {
     let tmp = sibling(out, ".tmp");
+    let remove_tmp = || {
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_dir_all(&tmp);
+    };
+    remove_tmp();
     write_to(job, &tmp, out, format, values)
-        .and_then(|()| std::fs::rename(&tmp, out).map_err(io(out)))
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
+        .and_then(|()| {
+            if format == Format::ClipRetrieval && out.is_dir() {
+                // --overwrite of an earlier output folder (checked to be one).
+                replaceable_folder(out)?;
+                std::fs::remove_dir_all(out).map_err(io(out))?;
+            }
+            std::fs::rename(&tmp, out).map_err(io(out))
         })
+        .inspect_err(|_| remove_tmp())
+}
+
+/// Whether `dir` may be replaced by `--overwrite`: a folder holding nothing but a clip-retrieval
+/// output's entries. Anything else there is the user's, never deleted.
+pub fn replaceable_folder(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| CliError(format!("cannot list {}: {e}", dir.display())))?;
+    for entry in entries {
+        let name = entry
+            .map_err(|e| CliError(format!("cannot list {}: {e}", dir.display())))?
+            .file_name();
+        if !CLIP_RETRIEVAL_ENTRIES.iter().any(|e| name == *e) {
+            return Err(CliError(format!(
+                "{} holds {}, which is not part of an embed output: refusing to replace the \
+                 folder; choose a new one",
+                dir.display(),
+                name.to_string_lossy()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The output of `job`, written to `tmp` (to become `out`).
@@ -131,9 +187,50 @@ fn write_to(job: &Job, tmp: &Path, out: &Path, format: Format, values: ValueType
         Format::Npy | Format::Safetensors => {
             let mut full = vec![job.rows];
             full.extend(dense_shape(job, format)?);
-            write_dense(job, tmp, format, values, &full, &sibling(out, ".paths.txt"))
+            let paths = sibling(out, ".paths.txt");
+            write_dense(job, tmp, format, values, &full, Some(&paths))
+        }
+        Format::ClipRetrieval => {
+            let mut full = vec![job.rows];
+            full.extend(dense_shape(job, format)?);
+            for entry in CLIP_RETRIEVAL_ENTRIES {
+                let dir = tmp.join(entry);
+                std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            }
+            let npy = tmp.join("img_emb/img_emb_0.npy");
+            write_dense(job, &npy, Format::Npy, values, &full, None)?;
+            write_metadata(job, &tmp.join("metadata/metadata_0.parquet"))
         }
     }
+}
+
+/// clip-retrieval's metadata: `image_path`, `width`, `height` of each row, in order.
+fn write_metadata(job: &Job, path: &Path) -> Result<()> {
+    let file = File::create(path).map_err(io(path))?;
+    let pq = |e: parquet::errors::ParquetError| {
+        CliError(format!("cannot write {}: {e}", path.display()))
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("image_path", DataType::Utf8, false),
+        Field::new("width", DataType::UInt32, false),
+        Field::new("height", DataType::UInt32, false),
+    ]));
+    let mut writer = ArrowWriter::try_new(file, schema.clone(), None).map_err(pq)?;
+    for chunk in job.chunks() {
+        let rows: Vec<Row> = chunk?;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.path.as_str()),
+            )),
+            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.width))),
+            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.height))),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), columns)
+            .map_err(|e| CliError(format!("cannot write {}: {e}", path.display())))?;
+        writer.write(&batch).map_err(pq)?;
+    }
+    writer.close().map_err(pq)?;
+    Ok(())
 }
 
 /// Writes the dense tensor and, in the same pass over the chunks, the paths file beside it.
@@ -143,7 +240,7 @@ fn write_dense(
     format: Format,
     values: ValueType,
     shape: &[usize],
-    paths_file: &Path,
+    paths_file: Option<&Path>,
 ) -> Result<()> {
     let file = File::create(path).map_err(io(path))?;
     let mut w = BufWriter::new(file);
@@ -198,7 +295,9 @@ fn write_dense(
             paths.push('\n');
         }
     }
-    write_atomic(paths_file, paths.as_bytes())?;
+    if let Some(paths_file) = paths_file {
+        write_atomic(paths_file, paths.as_bytes())?;
+    }
     w.flush().map_err(io(path))?;
     w.into_inner()
         .map_err(|e| io(path)(e.into_error()))?
