@@ -1235,41 +1235,74 @@ fn tar_shards_are_read_in_place() {
     assert_eq!(v["path"], format!("{shard0}/bad.jpg"));
     assert_eq!(v["stage"], "decode");
 
-    // A shard cut inside a member: the members before it are embedded, the cut one is
-    // reported as unreadable.
+    // Shards cut short, inside a member and right after one (on a block boundary, where the
+    // tar reader sees a clean end): the members before the cut are embedded, the cut one is
+    // reported unreadable, and the archive is reported as cut.
     let whole = std::fs::read(shards.join("00000.tar")).unwrap();
-    let cut = dir.path().join("cut.tar");
-    std::fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
-    let out = dir.path().join("cut.npy");
-    let r = embed(&out, &cut);
-    let stderr = String::from_utf8_lossy(&r.stderr);
-    assert_eq!(r.status.code(), Some(1), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let errors = lines(&PathBuf::from(format!("{}.errors.jsonl", out.display())));
-    let read_errors: Vec<&String> = errors.iter().filter(|l| l.contains("\"read\"")).collect();
-    assert_eq!(read_errors.len(), 1, "{errors:?}");
-    assert!(
-        read_errors[0].contains("ends inside this member"),
-        "{errors:?}"
-    );
-    let good = lines(&PathBuf::from(format!("{}.paths.txt", out.display())));
-    assert!(!good.is_empty());
-    let cut_name = cut.display().to_string();
-    for (got, want) in good.iter().zip(&expect) {
-        assert_eq!(
-            got.strip_prefix(&cut_name),
-            want.strip_prefix(&shard0),
-            "the members before the cut, in order"
+    let boundary = 512 + data_blocks(&whole[..512]) * 512; // the end of the first member
+    for (name, len) in [("cut.tar", whole.len() / 2), ("cut_boundary.tar", boundary)] {
+        let cut = dir.path().join(name);
+        std::fs::write(&cut, &whole[..len]).unwrap();
+        let out = dir.path().join(format!("{name}.npy"));
+        let r = embed(&out, &cut);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{name}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+        let errors = lines(&PathBuf::from(format!("{}.errors.jsonl", out.display())));
+        assert!(
+            errors.iter().all(|l| l.contains("\"read\"")),
+            "{name}: {errors:?}"
         );
+        let whole_archive = format!("\"path\":\"{}\"", cut.display());
+        assert!(
+            errors
+                .iter()
+                .any(|l| l.contains(&whole_archive) && l.contains("cut short")),
+            "{name}: {errors:?}"
+        );
+        if name == "cut.tar" {
+            assert!(
+                errors.iter().any(|l| l.contains("ends inside this member")),
+                "{errors:?}"
+            );
+        }
+        let good = lines(&PathBuf::from(format!("{}.paths.txt", out.display())));
+        assert!(!good.is_empty(), "{name}");
+        let cut_name = cut.display().to_string();
+        for (got, want) in good.iter().zip(&expect) {
+            assert_eq!(
+                got.strip_prefix(&cut_name),
+                want.strip_prefix(&shard0),
+                "{name}: the members before the cut, in order"
+            );
+        }
     }
 
-    // A compressed archive: one clear error before any work.
-    let gz = dir.path().join("shard.tar");
-    std::fs::write(&gz, [0x1f, 0x8b, 8, 0, 0, 0, 0, 0]).unwrap();
-    let r = embed(&dir.path().join("gz.npy"), &gz);
+    // A compressed archive, and an HTML page saved as a shard: each is one failed input; the
+    // job goes on with the rest.
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("a.tar"), [0x1f, 0x8b, 8, 0, 0, 0, 0, 0]).unwrap();
+    std::fs::write(bad.join("b.tar"), "<html>404 Not Found</html>".repeat(40)).unwrap();
+    std::fs::copy(images.join("chelsea.jpg"), bad.join("c.jpg")).unwrap();
+    let out = dir.path().join("bad.npy");
+    let r = embed(&out, &bad);
     let stderr = String::from_utf8_lossy(&r.stderr);
-    assert_eq!(r.status.code(), Some(1));
-    assert!(stderr.contains("gzip-compressed"), "{stderr}");
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    let errors = lines(&PathBuf::from(format!("{}.errors.jsonl", out.display())));
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].contains("a.tar") && errors[0].contains("gzip-compressed"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].contains("b.tar") && errors[1].contains("\"read\""),
+        "{errors:?}"
+    );
+    assert_eq!(
+        lines(&PathBuf::from(format!("{}.paths.txt", out.display()))).len(),
+        1
+    );
 }
 
 /// A tmpfs of `size` mounted on a new folder, unmounted when dropped; `None` where this process
@@ -1471,14 +1504,19 @@ fn oversized_inputs_are_refused_before_they_are_read() {
         .iter()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(errors.len(), 2, "{errors:?}");
-    for e in &errors {
+    // The two oversized inputs, and the archive, whose claimed member runs past its end.
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    for e in &errors[..2] {
         assert_eq!(e["stage"], "read", "{e}");
         assert!(
             e["error"].as_str().unwrap().contains("more than the limit"),
             "{e}"
         );
     }
+    assert!(
+        errors[2]["error"].as_str().unwrap().contains("cut short"),
+        "{errors:?}"
+    );
     assert!(errors
         .iter()
         .any(|e| e["path"].as_str().unwrap().ends_with("huge.png")));

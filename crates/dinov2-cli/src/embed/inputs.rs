@@ -26,6 +26,8 @@ pub enum Input {
         offset: u64,
         size: u64,
     },
+    /// An archive, or its rest, that cannot be read: reported as a failed input named `name`.
+    Broken { name: String, error: String },
 }
 
 impl Input {
@@ -36,6 +38,7 @@ impl Input {
             Input::Member {
                 archive, member, ..
             } => format!("{}/{member}", archive.display()),
+            Input::Broken { name, .. } => name.clone(),
         }
     }
 
@@ -70,6 +73,7 @@ impl Input {
                 file.read_exact(&mut bytes).map_err(|e| e.to_string())?;
                 Ok(bytes)
             }
+            Input::Broken { error, .. } => Err(error.clone()),
         }
     }
 }
@@ -85,13 +89,20 @@ fn is_archive(path: &Path) -> bool {
 }
 
 /// The image members of the tar archive at `path`, in archive order. A plain (uncompressed) tar
-/// is needed: members are read in place. An archive that stops being readable part-way (a
-/// truncated download) keeps the members before that point, with a warning.
-fn archive_members(path: &Path, out: &mut Vec<Input>) -> Result<()> {
-    let fail = |e: std::io::Error| CliError(format!("cannot read archive {}: {e}", path.display()));
-    let mut file = File::open(path).map_err(fail)?;
+/// is needed: members are read in place. What cannot be read (a compressed or garbled archive,
+/// or the rest of one cut short) becomes an [`Input::Broken`], so that the job reports it and
+/// embeds everything else.
+fn archive_members(path: &Path, out: &mut Vec<Input>) {
+    let broken = |error: String| Input::Broken {
+        name: path.to_string_lossy().into_owned(),
+        error,
+    };
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) => return out.push(broken(format!("cannot open the archive: {e}"))),
+    };
     let mut magic = [0u8; 6];
-    let n = file.read(&mut magic).map_err(fail)?;
+    let n = file.read(&mut magic).unwrap_or(0);
     let compressed = match &magic[..n] {
         [0x1f, 0x8b, ..] => Some("gzip"),
         [0x28, 0xb5, 0x2f, 0xfd, ..] => Some("zstd"),
@@ -100,47 +111,65 @@ fn archive_members(path: &Path, out: &mut Vec<Input>) -> Result<()> {
         _ => None,
     };
     if let Some(kind) = compressed {
-        return Err(CliError(format!(
-            "archive {}: {kind}-compressed; embed reads members in place and needs a plain .tar \
-             (webdataset shards are plain tar)",
-            path.display()
+        return out.push(broken(format!(
+            "{kind}-compressed; embed reads members in place and needs a plain .tar \
+             (webdataset shards are plain tar)"
         )));
     }
-    file.rewind().map_err(fail)?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if let Err(e) = file.rewind() {
+        return out.push(broken(format!("cannot read the archive: {e}")));
+    }
     let archive_path = Arc::new(path.to_path_buf());
     let mut archive = tar::Archive::new(file);
-    let entries = archive.entries_with_seek().map_err(fail)?;
-    let before = out.len();
+    let entries = match archive.entries_with_seek() {
+        Ok(entries) => entries,
+        Err(e) => return out.push(broken(format!("not a readable tar archive: {e}"))),
+    };
+    let (mut images, mut last, mut last_end) = (0usize, None, 0u64);
     for entry in entries {
         let entry = match entry {
             Ok(entry) => entry,
             Err(e) => {
-                eprintln!(
-                    "warning: archive {}: unreadable after {} images, the rest is skipped: {e}",
-                    path.display(),
-                    out.len() - before
-                );
-                break;
+                let after = last
+                    .as_ref()
+                    .map_or("at its start".to_string(), |m: &String| {
+                        format!("after member {m}")
+                    });
+                return out.push(broken(format!(
+                    "unreadable {after} ({images} images before it were taken): {e}"
+                )));
             }
         };
-        let kind = entry.header().entry_type();
-        if !(kind == tar::EntryType::Regular || kind == tar::EntryType::Continuous) {
-            continue;
-        }
-        let Ok(member) = entry.path() else {
+        last_end = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
+        let Ok(member) = entry.path().map(|m| m.to_string_lossy().into_owned()) else {
             continue;
         };
-        if !has_extension(&member, IMAGE_EXTENSIONS) {
+        last = Some(member.clone());
+        let kind = entry.header().entry_type();
+        if !(kind == tar::EntryType::Regular || kind == tar::EntryType::Continuous)
+            || !has_extension(Path::new(&member), IMAGE_EXTENSIONS)
+        {
             continue;
         }
+        images += 1;
         out.push(Input::Member {
             archive: archive_path.clone(),
-            member: member.to_string_lossy().into_owned(),
+            member,
             offset: entry.raw_file_position(),
             size: entry.size(),
         });
     }
-    Ok(())
+    // A tar ends with two zero blocks: an archive that stops without room for them after its
+    // last member was cut there, and may have held more.
+    if let Some(member) = last {
+        if last_end + 1024 > len {
+            out.push(broken(format!(
+                "the archive ends after member {member} without its end-of-archive blocks: it \
+                 was probably cut short"
+            )));
+        }
+    }
 }
 
 fn is_image(path: &Path) -> bool {
@@ -199,7 +228,7 @@ pub fn expand(inputs: &[String]) -> Result<Vec<Input>> {
     let mut out = Vec::with_capacity(paths.len());
     for path in paths {
         if is_archive(&path) && path.is_file() {
-            archive_members(&path, &mut out)?;
+            archive_members(&path, &mut out);
         } else {
             out.push(Input::File(path));
         }
