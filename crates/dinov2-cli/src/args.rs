@@ -182,6 +182,16 @@ pub struct DecodeArgs {
     pub no_crop: bool,
 }
 
+/// A number of seconds, 0 to a year.
+fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| (0.0..=365.0 * 86400.0).contains(v))
+        .map(std::time::Duration::from_secs_f64)
+        .ok_or_else(|| format!("{s:?}: expected a number of seconds from 0 to 31536000"))
+}
+
 /// `I/N` with N at least 1 and I below N.
 fn parse_shard(s: &str) -> Result<(usize, usize), String> {
     let bad = || format!("{s:?}: expected I/N with 0 <= I < N, such as 0/4");
@@ -268,7 +278,12 @@ pub struct EmbedArgs {
     pub streams: Option<usize>,
     /// Run on these GPUs at once, e.g. `0,1,2,3` (implies CUDA): each holds its own copies of the
     /// model and takes the next batch when free; the output is one file, in input order.
-    #[arg(long, value_delimiter = ',', value_name = "ORDINALS")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "ORDINALS",
+        conflicts_with = "device"
+    )]
     pub gpus: Option<Vec<usize>>,
     /// Embed only shard I of N (`--shard 3/8`): the inputs whose position in the sorted list is
     /// I modulo N, so that N jobs (machines) with the same inputs share the work without
@@ -280,8 +295,8 @@ pub struct EmbedArgs {
     pub chunk_rows: usize,
     /// Seconds between progress lines when stderr is not a terminal (a log file, a cluster
     /// job); a terminal shows a bar instead.
-    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
-    pub progress_every: f64,
+    #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub progress_every: std::time::Duration,
     #[command(flatten)]
     pub decode: DecodeArgs,
     /// Image files, folders (searched recursively, sorted by path), @lists (one path per line) and

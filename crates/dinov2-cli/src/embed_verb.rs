@@ -1,7 +1,6 @@
 //! `dinov2 embed`: builds the embedder from the arguments and runs the job.
 
 use std::path::Path;
-use std::time::Duration;
 
 use dinov2::image::{DecodeOptions, HeightWidth, PreprocessConfig, SizeSpec};
 use dinov2::{preprocess_config, Backend, Checkpoint, CpuBackend, CudaBackend, Dinov2, Embedder};
@@ -110,6 +109,13 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let checkpoint = Checkpoint::open(&dir)?;
     let preprocess = preprocessing(&dir, &args.decode, checkpoint.config.patch_size)?;
     // Checked here, not per batch (where a model error would read as bad images).
+    if format == Format::ClipRetrieval && args.pooling == dinov2::Pooling::Patch {
+        return Err(CliError(
+            "--pooling patch with a folder output: clip-retrieval's layout holds one vector per \
+             image (N x D); write patch grids to .parquet, .npy or .safetensors"
+                .into(),
+        ));
+    }
     if args.pooling == dinov2::Pooling::Registers && checkpoint.config.num_register_tokens == 0 {
         return Err(CliError(format!(
             "--pooling registers: {} has no register tokens (a dinov2_with_registers checkpoint \
@@ -151,7 +157,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         chunk_rows: args.chunk_rows.max(1),
-        progress_every: Duration::from_secs_f64(args.progress_every.max(0.0)),
+        progress_every: args.progress_every,
         identity,
         layers,
     };

@@ -1128,6 +1128,25 @@ fn gpus_are_checked_before_any_work() {
     let (code, stderr) = run("0,1,0");
     assert_eq!(code, Some(1));
     assert!(stderr.contains("GPU 0 is given twice"), "{stderr}");
+    // --gpus means CUDA: with --device it is a usage error.
+    let r = dinov2(&[
+        "embed",
+        "--model",
+        &model(),
+        "--device",
+        "cpu",
+        "--gpus",
+        "0",
+        "--output",
+        out.to_str().unwrap(),
+        images.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        r.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     // Without a GPU (CI), a clear error and no output; with one, the job runs on it.
     let (code, stderr) = run("0");
     if code != Some(0) {
@@ -1459,6 +1478,21 @@ fn progress_is_logged_in_lines_when_stderr_is_not_a_terminal() {
         "{stderr}"
     );
     assert!(lines[2].contains(" left"), "{stderr}");
+    for bad in ["inf", "1e20", "x"] {
+        let r = dinov2(&[
+            "embed",
+            "--model",
+            &model(),
+            "--progress-every",
+            bad,
+            "--output",
+            out.to_str().unwrap(),
+            images.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("number of seconds"), "{bad}: {stderr}");
+    }
 }
 
 #[test]
@@ -1649,4 +1683,44 @@ fn a_folder_output_is_clip_retrievals_layout() {
         "keep me"
     );
     assert!(!PathBuf::from(format!("{}.partial", mine.display())).exists());
+    // The same for a folder that only looks like one, and for a file of that name; patch
+    // grids do not fit the layout.
+    let lookalike = dir.path().join("lookalike");
+    std::fs::create_dir_all(lookalike.join("metadata")).unwrap();
+    std::fs::write(lookalike.join("metadata/labels.csv"), "keep me").unwrap();
+    std::fs::write(dir.path().join("file"), "keep me").unwrap();
+    for (output, extra, says) in [
+        (
+            format!("{}/", lookalike.display()),
+            "--overwrite",
+            "metadata/labels.csv",
+        ),
+        (
+            format!("{}/", dir.path().join("file").display()),
+            "--overwrite",
+            "a file is there",
+        ),
+        (as_folder.clone(), "--pooling=patch", "one vector per image"),
+    ] {
+        let r = dinov2(&[
+            "embed",
+            "--model",
+            &model(),
+            extra,
+            "--output",
+            &output,
+            images,
+        ]);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{output}: {stderr}");
+        assert!(stderr.contains(says), "{output}: {stderr}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(lookalike.join("metadata/labels.csv")).unwrap(),
+        "keep me"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("file")).unwrap(),
+        "keep me"
+    );
 }

@@ -103,16 +103,24 @@ fn open_job(s: &Settings) -> Result<Option<Job>> {
                 what.display()
             )));
         }
-        if s.output.is_dir() {
-            // Checked now, not after the whole job: only an earlier output folder is replaced.
-            if s.format != Format::ClipRetrieval {
+        // Checked now, not after the whole job: a file replaces a file, and a folder only an
+        // earlier output folder.
+        match (s.output.is_dir(), s.format == Format::ClipRetrieval) {
+            (true, true) => writers::replaceable_folder(&s.output)?,
+            (true, false) => {
                 return Err(CliError(format!(
                     "--output {}: a folder; name a file, or end the name with / for a folder \
                      output",
                     s.output.display()
-                )));
+                )))
             }
-            writers::replaceable_folder(&s.output)?;
+            (false, true) if s.output.exists() => {
+                return Err(CliError(format!(
+                    "--output {}/: a file is there; choose another name for the folder",
+                    s.output.display()
+                )))
+            }
+            _ => {}
         }
         if partial.exists() {
             std::fs::remove_dir_all(&partial)

@@ -32,7 +32,7 @@ pub enum Format {
     ClipRetrieval,
 }
 
-/// The two entries of a [`Format::ClipRetrieval`] folder.
+/// The two folders of a [`Format::ClipRetrieval`] output.
 const CLIP_RETRIEVAL_ENTRIES: [&str; 2] = ["img_emb", "metadata"];
 
 impl Format {
@@ -156,22 +156,41 @@ pub fn write_output(job: &Job, out: &Path, format: Format, values: ValueType) ->
         .inspect_err(|_| remove_tmp())
 }
 
-/// Whether `dir` may be replaced by `--overwrite`: a folder holding nothing but a clip-retrieval
-/// output's entries. Anything else there is the user's, never deleted.
+/// Whether `dir` may be replaced by `--overwrite`: a folder holding nothing but what a
+/// clip-retrieval output holds (`img_emb/img_emb_*.npy`, `metadata/metadata_*.parquet`).
+/// Anything else there is the user's, and never deleted.
 pub fn replaceable_folder(dir: &Path) -> Result<()> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| CliError(format!("cannot list {}: {e}", dir.display())))?;
-    for entry in entries {
-        let name = entry
-            .map_err(|e| CliError(format!("cannot list {}: {e}", dir.display())))?
-            .file_name();
-        if !CLIP_RETRIEVAL_ENTRIES.iter().any(|e| name == *e) {
-            return Err(CliError(format!(
-                "{} holds {}, which is not part of an embed output: refusing to replace the \
-                 folder; choose a new one",
-                dir.display(),
-                name.to_string_lossy()
-            )));
+    let list = |d: &Path| -> Result<Vec<(String, bool)>> {
+        let fail = |e: std::io::Error| CliError(format!("cannot list {}: {e}", d.display()));
+        std::fs::read_dir(d)
+            .map_err(fail)?
+            .map(|entry| {
+                let entry = entry.map_err(fail)?;
+                let is_file = entry.file_type().map_err(fail)?.is_file();
+                Ok((entry.file_name().to_string_lossy().into_owned(), is_file))
+            })
+            .collect()
+    };
+    let refuse = |what: &str| {
+        Err(CliError(format!(
+            "{} holds {what}, which is not part of an embed output: refusing to replace the \
+             folder; choose a new one",
+            dir.display()
+        )))
+    };
+    for (name, is_file) in list(dir)? {
+        let (prefix, suffix) = match name.as_str() {
+            "img_emb" => ("img_emb_", ".npy"),
+            "metadata" => ("metadata_", ".parquet"),
+            _ => return refuse(&name),
+        };
+        if is_file {
+            return refuse(&name);
+        }
+        for (inner, inner_is_file) in list(&dir.join(&name))? {
+            if !inner_is_file || !inner.starts_with(prefix) || !inner.ends_with(suffix) {
+                return refuse(&format!("{name}/{inner}"));
+            }
         }
     }
     Ok(())
