@@ -139,19 +139,30 @@ pub fn dense_shape(job: &Job, format: Format) -> Result<Vec<usize>> {
 /// when the write fails: a full disk gets its space back and the job stays resumable).
 pub fn write_output(job: &Job, out: &Path, format: Format, values: ValueType) -> Result<()> {
     let tmp = sibling(out, ".tmp");
+    // The paths file of .npy and .safetensors goes in last, after the old one is removed, so
+    // that a failure never leaves new vectors beside old paths, or the reverse.
+    let (paths, paths_tmp) = (sibling(out, ".paths.txt"), sibling(out, ".paths.txt.tmp"));
     let remove_tmp = || {
         let _ = std::fs::remove_file(&tmp);
         let _ = std::fs::remove_dir_all(&tmp);
+        let _ = std::fs::remove_file(&paths_tmp);
     };
     remove_tmp();
-    write_to(job, &tmp, out, format, values)
+    write_to(job, &tmp, &paths_tmp, format, values)
         .and_then(|()| {
             if format == Format::ClipRetrieval && out.is_dir() {
                 // --overwrite of an earlier output folder (checked to be one).
                 replaceable_folder(out)?;
                 std::fs::remove_dir_all(out).map_err(io(out))?;
             }
-            std::fs::rename(&tmp, out).map_err(io(out))
+            if paths_tmp.exists() && paths.exists() {
+                std::fs::remove_file(&paths).map_err(io(&paths))?;
+            }
+            std::fs::rename(&tmp, out).map_err(io(out))?;
+            if paths_tmp.exists() {
+                std::fs::rename(&paths_tmp, &paths).map_err(io(&paths))?;
+            }
+            Ok(())
         })
         .inspect_err(|_| remove_tmp())
 }
@@ -196,8 +207,15 @@ pub fn replaceable_folder(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The output of `job`, written to `tmp` (to become `out`).
-fn write_to(job: &Job, tmp: &Path, out: &Path, format: Format, values: ValueType) -> Result<()> {
+/// The output of `job`, written to `tmp`, and for the dense file formats its paths to
+/// `paths_tmp`.
+fn write_to(
+    job: &Job,
+    tmp: &Path,
+    paths_tmp: &Path,
+    format: Format,
+    values: ValueType,
+) -> Result<()> {
     match format {
         Format::Parquet => {
             let patch = job.shapes.iter().any(|s| s.len() == 3);
@@ -206,8 +224,7 @@ fn write_to(job: &Job, tmp: &Path, out: &Path, format: Format, values: ValueType
         Format::Npy | Format::Safetensors => {
             let mut full = vec![job.rows];
             full.extend(dense_shape(job, format)?);
-            let paths = sibling(out, ".paths.txt");
-            write_dense(job, tmp, format, values, &full, Some(&paths))
+            write_dense(job, tmp, format, values, &full, Some(paths_tmp))
         }
         Format::ClipRetrieval => {
             let mut full = vec![job.rows];
