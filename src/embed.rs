@@ -163,13 +163,25 @@ impl<B: Backend> Embedder<B> {
     /// most [`Embedder::with_batch_size`] each). Pooling runs on the model's backend
     /// ([`Dinov2::embed`]): only the vectors are copied back.
     pub fn embed_prepared(&self, images: &[PixelValues]) -> Result<Vec<Embedding>> {
+        self.prepared_each(images).into_iter().collect()
+    }
+
+    /// [`Embedder::embed_prepared`], each image with its own result: a batch that fails as a
+    /// whole fails its images alone, not the other batches'.
+    fn prepared_each(&self, images: &[PixelValues]) -> Vec<Result<Embedding>> {
         let mut out = Vec::with_capacity(images.len());
         for group in images.chunk_by(|a, b| a.shape == b.shape) {
             for batch in group.chunks(self.batch_size) {
-                out.extend(self.embed_batch(&stack_images(batch)?)?);
+                match stack_images(batch).and_then(|pixels| self.embed_batch_each(&pixels)) {
+                    Ok(results) => out.extend(results),
+                    Err(e) => {
+                        let message = e.to_string();
+                        out.extend(batch.iter().map(|_| Err(Error::Batch(message.clone()))));
+                    }
+                }
             }
         }
-        Ok(out)
+        out
     }
 
     /// The most images this embedder now runs in one pass, when running out of device memory
@@ -187,6 +199,13 @@ impl<B: Backend> Embedder<B> {
     /// fails, with [`ModelError::OutOfMemory`]. An image's embedding is the same in any pass, up to
     /// the rounding of the kernels the backend picks for the pass's size.
     pub fn embed_batch(&self, pixels: &Tensor) -> Result<Vec<Embedding>> {
+        self.embed_batch_each(pixels)?.into_iter().collect()
+    }
+
+    /// [`Embedder::embed_batch`], each image with its own result: `Err` when the batch fails as
+    /// a whole (a bad input, a device error), else per image an embedding or, for an image too
+    /// large to run alone, [`ModelError::OutOfMemory`], the others embedded all the same.
+    pub fn embed_batch_each(&self, pixels: &Tensor) -> Result<Vec<Result<Embedding>>> {
         in_passes(
             pixels,
             &self.batch_limit,
@@ -263,22 +282,17 @@ impl<B: Backend> Embedder<B> {
             .iter()
             .filter_map(|p| p.as_ref().ok().cloned())
             .collect();
-        match self.embed_prepared(&good) {
-            Ok(embeddings) => {
-                let mut embeddings = embeddings.into_iter();
-                prepared
-                    .into_iter()
-                    .map(|p| p.map(|_| embeddings.next().expect("one embedding per good image")))
-                    .collect()
-            }
-            Err(e) => {
-                let message = e.to_string();
-                prepared
-                    .into_iter()
-                    .map(|p| p.and_then(|_| Err(Error::Batch(message.clone()))))
-                    .collect()
-            }
-        }
+        let mut embedded = self.prepared_each(&good).into_iter();
+        prepared
+            .into_iter()
+            .map(|p| {
+                p.and_then(|_| {
+                    embedded
+                        .next()
+                        .unwrap_or_else(|| Err(Error::Batch("no result for this image".into())))
+                })
+            })
+            .collect()
     }
 }
 
@@ -317,17 +331,18 @@ where
 
 /// Runs `pass` over the images of `pixels` `[B, ...]` in order, at most `limit` at a time. When a
 /// pass of several images runs out of device memory, `limit` is halved (to at most half that
-/// pass), `release` called, and the same images run again in smaller passes.
+/// pass), `release` called, and the same images run again in smaller passes; an image that runs
+/// out of memory alone gets that error and the next ones go on. Any other error ends the batch.
 fn in_passes(
     pixels: &Tensor,
     limit: &AtomicUsize,
     mut pass: impl FnMut(&Tensor) -> Result<Vec<Embedding>>,
     mut release: impl FnMut() -> Result<()>,
-) -> Result<Vec<Embedding>> {
+) -> Result<Vec<Result<Embedding>>> {
     let batch = pixels.shape.first().copied().unwrap_or(0);
     if batch == 0 {
         // The model says what is wrong with it.
-        return pass(pixels);
+        return Ok(pass(pixels)?.into_iter().map(Ok).collect());
     }
     let per_image = pixels.data.len() / batch;
     let mut out = Vec::with_capacity(batch);
@@ -344,11 +359,16 @@ fn in_passes(
         };
         match result {
             Ok(embeddings) => {
-                out.extend(embeddings);
+                out.extend(embeddings.into_iter().map(Ok));
                 start += n;
             }
             Err(Error::Model(ModelError::OutOfMemory { .. })) if n > 1 => {
                 limit.fetch_min(n / 2, Ordering::Relaxed);
+                release()?;
+            }
+            Err(e @ Error::Model(ModelError::OutOfMemory { .. })) => {
+                out.push(Err(e));
+                start += 1;
                 release()?;
             }
             Err(e) => return Err(e),
@@ -396,8 +416,11 @@ mod tests {
         }
     }
 
-    fn numbers(e: &[Embedding]) -> Vec<f32> {
-        e.iter().map(|e| e.values[0]).collect()
+    /// Each image's number, or NaN for one that failed.
+    fn numbers(e: &[Result<Embedding>]) -> Vec<f32> {
+        e.iter()
+            .map(|e| e.as_ref().map_or(f32::NAN, |e| e.values[0]))
+            .collect()
     }
 
     #[test]
@@ -441,22 +464,45 @@ mod tests {
     }
 
     #[test]
-    fn an_image_too_large_alone_fails_with_out_of_memory() {
+    fn an_image_too_large_alone_fails_alone() {
         let limit = AtomicUsize::new(usize::MAX);
         let mut passes = Vec::new();
-        let err = in_passes(
+        let got = in_passes(
             &numbered(4),
             &limit,
             pass_fitting(0, &mut passes),
             || Ok(()),
         )
-        .unwrap_err();
-        assert!(
-            matches!(err, Error::Model(ModelError::OutOfMemory { .. })),
-            "{err}"
-        );
-        assert_eq!(passes, [4, 2, 1]);
+        .unwrap();
+        assert!(got
+            .iter()
+            .all(|r| matches!(r, Err(Error::Model(ModelError::OutOfMemory { .. })))));
+        assert_eq!(passes, [4, 2, 1, 1, 1, 1]);
         assert_eq!(limit.load(Ordering::Relaxed), 1);
+        // Memory that frees up (another stream's pass ending): the images after the one that
+        // failed are embedded, and the ones before keep their vectors.
+        let limit = AtomicUsize::new(usize::MAX);
+        let mut calls = 0;
+        let got = in_passes(
+            &numbered(3),
+            &limit,
+            |t| {
+                calls += 1;
+                if t.shape[0] > 1 || calls == 3 {
+                    return Err(oom());
+                }
+                Ok(vec![Embedding {
+                    values: vec![t.data[0]],
+                    grid: None,
+                }])
+            },
+            || Ok(()),
+        )
+        .unwrap();
+        // The batch of 3 fails, then alone: image 0 works, image 1 fails, image 2 works.
+        let n = numbers(&got);
+        assert_eq!((n[0], n[2]), (0.0, 2.0));
+        assert!(n[1].is_nan());
     }
 
     #[test]

@@ -51,42 +51,42 @@ fn embed_group<B: Backend>(
     failures: &mut Vec<Failure>,
 ) -> Result<()> {
     let result = match &group.pixels {
-        Ok(pixels) => embedder.embed_batch(pixels),
+        Ok(pixels) => embedder.embed_batch_each(pixels),
         Err(reason) => Err(dinov2::Error::Model(ModelError::input(
             "pixel_values",
             reason.clone(),
         ))),
     };
+    let fail = |failures: &mut Vec<Failure>, index: usize, error: String| {
+        failures.push(Failure {
+            index,
+            path: inputs[index].name(),
+            stage: "model".into(),
+            error,
+        })
+    };
     match result {
-        Ok(embeddings) => {
-            for ((index, width, height), e) in group.members.into_iter().zip(embeddings) {
-                rows.push(Row {
-                    index,
-                    path: inputs[index].name(),
-                    width,
-                    height,
-                    grid: e.grid,
-                    values: e.values,
-                });
+        Ok(results) => {
+            for ((index, width, height), result) in group.members.into_iter().zip(results) {
+                match result {
+                    Ok(e) => rows.push(Row {
+                        index,
+                        path: inputs[index].name(),
+                        width,
+                        height,
+                        grid: e.grid,
+                        values: e.values,
+                    }),
+                    // An image that does not fit the device even alone (the embedder has
+                    // retried in smaller passes); the others are kept.
+                    Err(e) => fail(failures, index, format!("{e} (even one image at a time)")),
+                }
             }
         }
-        // Rejected inputs, and images that do not fit the device even one at a time (the
-        // embedder has retried in smaller passes): the group's images share one size, so the
-        // reason holds for each of them.
-        Err(dinov2::Error::Model(
-            e @ (ModelError::Input { .. } | ModelError::OutOfMemory { .. }),
-        )) => {
-            let error = match e {
-                ModelError::Input { reason, .. } => reason,
-                other => format!("{other} (even one image at a time)"),
-            };
+        // A group the model rejects: its images share one size, so the reason holds for each.
+        Err(dinov2::Error::Model(ModelError::Input { reason, .. })) => {
             for (index, _, _) in group.members {
-                failures.push(Failure {
-                    index,
-                    path: inputs[index].name(),
-                    stage: "model".into(),
-                    error: error.clone(),
-                });
+                fail(failures, index, reason.clone());
             }
         }
         Err(e) => return Err(e.into()),
