@@ -26,6 +26,10 @@ pub struct OpTime {
 #[derive(Default)]
 pub(crate) struct Pending(Mutex<Vec<(&'static str, CudaEvent, CudaEvent)>>);
 
+/// Bracketed operations kept until [`Device::take_profile`]: past this, later ones go untimed,
+/// so that a long job run with `DINOV2_PROFILE=1` (which nothing reads) keeps its memory.
+const MAX_PENDING: usize = 1 << 16;
+
 impl Device {
     /// Whether operations are being timed (`DINOV2_PROFILE=1`).
     pub fn profiling(&self) -> bool {
@@ -42,6 +46,13 @@ impl Device {
         let Some(pending) = &self.profile else {
             return f();
         };
+        if pending
+            .0
+            .lock()
+            .map_or(true, |list| list.len() >= MAX_PENDING)
+        {
+            return f();
+        }
         let event = || {
             self.stream
                 .record_event(Some(dsys::CUevent_flags::CU_EVENT_DEFAULT))

@@ -86,6 +86,8 @@ pub struct ReplayStatus {
 pub(crate) struct Replays<R> {
     /// Shapes run once, waiting for a second pass to be recorded.
     seen: HashSet<PassShape>,
+    /// Shapes whose recording ran out of device memory: they run unrecorded from then on.
+    too_large: HashSet<PassShape>,
     /// The recordings, the most recently used last.
     recorded: VecDeque<(PassShape, R)>,
     status: ReplayStatus,
@@ -95,6 +97,7 @@ impl<R> Replays<R> {
     pub fn new(enabled: bool) -> Self {
         Replays {
             seen: HashSet::new(),
+            too_large: HashSet::new(),
             recorded: VecDeque::new(),
             status: ReplayStatus {
                 enabled,
@@ -119,7 +122,7 @@ impl<R> Replays<R> {
     /// Notes a pass of `shape` run without its recording; true when it should be recorded now
     /// (its second pass, recording on and never failed).
     pub fn should_record(&mut self, shape: &PassShape) -> bool {
-        if !self.status.enabled || self.status.failure.is_some() {
+        if !self.status.enabled || self.status.failure.is_some() || self.too_large.contains(shape) {
             return false;
         }
         !self.seen.insert(shape.clone())
@@ -133,6 +136,13 @@ impl<R> Replays<R> {
             self.recorded.pop_front();
         }
         self.status.recorded += 1;
+    }
+
+    /// Gives up recording `shape`, whose recording ran out of device memory, and drops the
+    /// other recordings to give their memory back; recording goes on for other shapes.
+    pub fn too_large(&mut self, shape: &PassShape) {
+        self.clear();
+        self.too_large.insert(shape.clone());
     }
 
     /// Drops every recording (freeing its memory); shapes are recorded again at their second
@@ -189,6 +199,23 @@ mod tests {
         assert!(r.find(&shape(0)).is_some());
         assert!(r.find(&shape(100)).is_some());
         assert_eq!(r.status().recorded, MAX_RECORDINGS + 1);
+    }
+
+    #[test]
+    fn a_shape_too_large_to_record_runs_unrecorded_and_others_still_record() {
+        let mut r = Replays::<u32>::new(true);
+        r.insert(shape(4), 4);
+        assert!(!r.should_record(&shape(8)));
+        r.too_large(&shape(8));
+        assert!(
+            r.find(&shape(4)).is_none(),
+            "the other recordings were dropped"
+        );
+        assert!(!r.should_record(&shape(8)));
+        assert!(!r.should_record(&shape(8)));
+        assert!(!r.should_record(&shape(2)));
+        assert!(r.should_record(&shape(2)));
+        assert_eq!(r.status().failure, None);
     }
 
     #[test]

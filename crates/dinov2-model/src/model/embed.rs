@@ -212,6 +212,8 @@ impl<B: Backend> Dinov2<B> {
                 match self.record_pass(pixels, &outs, pooled, shape) {
                     Ok(Some(rec)) => replays.insert(shape.clone(), rec),
                     Ok(None) => replays.fail("the backend recorded nothing".into()),
+                    // The pass itself ran: this shape runs unrecorded, the others still record.
+                    Err(ModelError::OutOfMemory { .. }) => replays.too_large(shape),
                     Err(e) => replays.fail(e.to_string()),
                 }
             }
