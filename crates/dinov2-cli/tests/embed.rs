@@ -1724,3 +1724,82 @@ fn a_folder_output_is_clip_retrievals_layout() {
         "keep me"
     );
 }
+
+/// The header and the data bytes of an `.npy` file.
+fn npy_bytes(path: &Path) -> (String, Vec<u8>) {
+    let bytes = std::fs::read(path).unwrap();
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + len])
+        .unwrap()
+        .to_string();
+    (header, bytes[10 + len..].to_vec())
+}
+
+/// numpy.packbits of `v > 0`, each `unit` values padded to whole bytes.
+fn packbits(values: &[f32], unit: usize) -> Vec<u8> {
+    values
+        .chunks(unit)
+        .flat_map(|vector| {
+            vector
+                .chunks(8)
+                .map(|bits| {
+                    bits.iter()
+                        .enumerate()
+                        .fold(0u8, |b, (i, &v)| b | (((v > 0.0) as u8) << (7 - i)))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn binary_outputs_pack_the_sign_bits() {
+    let dir = TempDir::new().unwrap();
+    let images = root().join("assets/images");
+    let images = images.to_str().unwrap();
+    let run =
+        |name: &str, extra: &[&str]| embed_ok(&model(), dir.path().join(name), extra, &[images]);
+    // CLS vectors of 48 values: 6 bytes each.
+    let (shape, full) = read_npy(&run("f32.npy", &[]));
+    let (header, bits) = npy_bytes(&run("bin.npy", &["--output-dtype", "binary"]));
+    assert!(header.contains("'descr': '|u1'"), "{header}");
+    assert!(
+        header.contains(&format!("'shape': ({}, 6)", shape[0])),
+        "{header}"
+    );
+    assert_eq!(bits, packbits(&full, 48));
+    // Patch grids: each patch token's 48 values packed on their own.
+    let (pshape, patches) = read_npy(&run("p32.npy", &["--pooling", "patch"]));
+    let st = std::fs::read(run(
+        "pbin.safetensors",
+        &["--pooling", "patch", "--output-dtype", "binary"],
+    ))
+    .unwrap();
+    let st = SafeTensors::deserialize(&st).unwrap();
+    let t = st.tensor("embeddings").unwrap();
+    assert_eq!(t.dtype(), safetensors::Dtype::U8);
+    assert_eq!(t.shape(), &[pshape[0], pshape[1], pshape[2], 6]);
+    assert_eq!(t.data(), &packbits(&patches, 48)[..]);
+    // Parquet: a fixed-size list of uint8.
+    let pq = run("bin.parquet", &["--output-dtype", "binary"]);
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        File::open(pq).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut got = Vec::new();
+    for batch in reader {
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::UInt8Type;
+        let batch = batch.unwrap();
+        let list = batch
+            .column_by_name("embedding")
+            .unwrap()
+            .as_fixed_size_list()
+            .clone();
+        assert_eq!(list.value_length(), 6);
+        got.extend_from_slice(list.values().as_primitive::<UInt8Type>().values());
+    }
+    assert_eq!(got, packbits(&full, 48));
+}

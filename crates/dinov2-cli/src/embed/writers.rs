@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    ArrayBuilder, FixedSizeListBuilder, Float16Builder, Float32Builder, ListBuilder,
+    ArrayBuilder, FixedSizeListBuilder, Float16Builder, Float32Builder, ListBuilder, UInt8Builder,
 };
 use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
 use arrow_schema::{DataType, Field, Schema};
@@ -81,6 +81,11 @@ pub enum ValueType {
     /// float16: half the size (rounded to nearest even), read by numpy, pandas, DuckDB, FAISS
     /// loaders.
     F16,
+    /// One bit per value, 1 where the value is above 0, packed 8 to a byte with the first value
+    /// in the highest bit (numpy.packbits' order), each vector (each patch or register token)
+    /// padded to whole bytes: uint8, 1/32 of the size, for Hamming-distance search (FAISS
+    /// binary indexes, vector databases' binary vectors).
+    Binary,
 }
 
 impl ValueType {
@@ -88,11 +93,21 @@ impl ValueType {
         match self {
             ValueType::F32 => DataType::Float32,
             ValueType::F16 => DataType::Float16,
+            ValueType::Binary => DataType::UInt8,
         }
     }
 
-    /// Appends `values` in this type's little-endian bytes.
-    fn extend_bytes(self, out: &mut Vec<u8>, values: &[f32]) {
+    /// How many stored elements a vector of `n` values takes.
+    fn stored_len(self, n: usize) -> usize {
+        match self {
+            ValueType::Binary => n.div_ceil(8),
+            _ => n,
+        }
+    }
+
+    /// Appends `values`, vectors of `unit` values one after another, in this type's
+    /// little-endian bytes.
+    fn extend_bytes(self, out: &mut Vec<u8>, values: &[f32], unit: usize) {
         match self {
             ValueType::F32 => out.extend_from_slice(bytemuck::cast_slice(values)),
             ValueType::F16 => {
@@ -100,13 +115,24 @@ impl ValueType {
                     out.extend_from_slice(&half::f16::from_f32(v).to_le_bytes());
                 }
             }
+            ValueType::Binary => {
+                for vector in values.chunks(unit.max(1)) {
+                    out.extend(vector.chunks(8).map(|bits| {
+                        bits.iter()
+                            .enumerate()
+                            .fold(0u8, |byte, (i, &v)| byte | (((v > 0.0) as u8) << (7 - i)))
+                    }));
+                }
+            }
         }
     }
 
+    /// Bytes per stored element.
     fn size(self) -> usize {
         match self {
             ValueType::F32 => 4,
             ValueType::F16 => 2,
+            ValueType::Binary => 1,
         }
     }
 }
@@ -280,10 +306,17 @@ fn write_dense(
 ) -> Result<()> {
     let file = File::create(path).map_err(io(path))?;
     let mut w = BufWriter::new(file);
+    // Rows of `shape[1..]`: vectors of `unit` values, stored as `stored_len(unit)` elements.
+    let unit = shape.last().copied().unwrap_or(1);
+    let mut shape = shape.to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = values.stored_len(*last);
+    }
     let bytes: usize = shape.iter().product::<usize>() * values.size();
     let (descr, dtype) = match values {
         ValueType::F32 => ("<f4", "F32"),
         ValueType::F16 => ("<f2", "F16"),
+        ValueType::Binary => ("|u1", "U8"),
     };
     let header = match format {
         Format::Npy => {
@@ -325,7 +358,7 @@ fn write_dense(
     for chunk in job.chunks() {
         for row in chunk? {
             buf.clear();
-            values.extend_bytes(&mut buf, &row.values);
+            values.extend_bytes(&mut buf, &row.values, unit);
             w.write_all(&buf).map_err(io(path))?;
             paths.push_str(&row.path);
             paths.push('\n');
@@ -346,17 +379,22 @@ fn list_values(values: ValueType) -> Box<dyn ArrayBuilder> {
     match values {
         ValueType::F32 => Box::new(Float32Builder::new()),
         ValueType::F16 => Box::new(Float16Builder::new()),
+        ValueType::Binary => Box::new(UInt8Builder::new()),
     }
 }
 
-/// Appends `row` to the values builder made by [`list_values`].
-fn append_values(builder: &mut dyn ArrayBuilder, row: &[f32]) {
+/// Appends `row` (its vectors of `unit` values) to the values builder made by [`list_values`].
+fn append_values(builder: &mut dyn ArrayBuilder, row: &[f32], unit: usize) {
     if let Some(b) = builder.as_any_mut().downcast_mut::<Float32Builder>() {
         b.append_slice(row);
     } else if let Some(b) = builder.as_any_mut().downcast_mut::<Float16Builder>() {
         for &v in row {
             b.append_value(half::f16::from_f32(v));
         }
+    } else if let Some(b) = builder.as_any_mut().downcast_mut::<UInt8Builder>() {
+        let mut bytes = Vec::with_capacity(ValueType::Binary.stored_len(row.len()));
+        ValueType::Binary.extend_bytes(&mut bytes, row, unit);
+        b.append_slice(&bytes);
     }
 }
 
@@ -389,18 +427,20 @@ fn write_parquet(job: &Job, path: &Path, patch: bool, values: ValueType) -> Resu
                 Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.height))),
             ),
         ];
+        let unit = |r: &Row| r.shape().last().copied().unwrap_or(1);
         let embedding: ArrayRef = if patch {
             let mut b = ListBuilder::new(list_values(values)).with_field(item.clone());
             for r in &rows {
-                append_values(b.values().as_mut(), &r.values);
+                append_values(b.values().as_mut(), &r.values, unit(r));
                 b.append(true);
             }
             Arc::new(b.finish())
         } else {
+            let stored = values.stored_len(dim) as i32;
             let mut b =
-                FixedSizeListBuilder::new(list_values(values), dim as i32).with_field(item.clone());
+                FixedSizeListBuilder::new(list_values(values), stored).with_field(item.clone());
             for r in &rows {
-                append_values(b.values().as_mut(), &r.values);
+                append_values(b.values().as_mut(), &r.values, unit(r));
                 b.append(true);
             }
             Arc::new(b.finish())
