@@ -116,6 +116,13 @@ pub fn run(args: EmbedArgs) -> Result<()> {
                 .into(),
         ));
     }
+    if format == Format::ClipRetrieval && args.output_dtype == crate::embed::ValueType::Binary {
+        return Err(CliError(
+            "--output-dtype binary with a folder output: embedding-reader and autofaiss read \
+             float vectors there; write packed bits to .npy, .safetensors or .parquet"
+                .into(),
+        ));
+    }
     if args.pooling == dinov2::Pooling::Registers && checkpoint.config.num_register_tokens == 0 {
         return Err(CliError(format!(
             "--pooling registers: {} has no register tokens (a dinov2_with_registers checkpoint \

@@ -1701,6 +1701,11 @@ fn a_folder_output_is_clip_retrievals_layout() {
             "a file is there",
         ),
         (as_folder.clone(), "--pooling=patch", "one vector per image"),
+        (
+            as_folder.clone(),
+            "--output-dtype=binary",
+            "read float vectors",
+        ),
     ] {
         let r = dinov2(&[
             "embed",
