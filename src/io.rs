@@ -19,6 +19,9 @@ pub struct ForwardInputs {
     pub labels: Option<Labels>,
 }
 
+/// The tensors of a forward pass's input.
+const INPUTS: [&str; 3] = ["pixel_values", "bool_masked_pos", "labels"];
+
 /// The values of a float tensor (f32, f64, f16, bf16) as f32.
 fn floats(name: &str, view: &TensorView<'_>) -> Result<Vec<f32>, String> {
     let b = view.data();
@@ -68,9 +71,10 @@ fn integers(name: &str, view: &TensorView<'_>) -> Result<Vec<i64>, String> {
     })
 }
 
-fn parse_inputs(st: &SafeTensors<'_>) -> Result<ForwardInputs, String> {
+/// The forward inputs of `st`; with `only_inputs`, any other tensor is an error.
+fn parse_inputs(st: &SafeTensors<'_>, only_inputs: bool) -> Result<ForwardInputs, String> {
     for name in st.names() {
-        if !["pixel_values", "bool_masked_pos", "labels"].contains(&name) {
+        if only_inputs && !INPUTS.contains(&name) {
             return Err(format!(
                 "unexpected tensor `{name}` (expected pixel_values, bool_masked_pos, labels)"
             ));
@@ -132,7 +136,45 @@ pub fn read_forward_inputs(path: &Path) -> Result<ForwardInputs> {
     })?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
-    parse_inputs(&st).map_err(|reason| Error::format(path, reason))
+    parse_inputs(&st, true).map_err(|reason| Error::format(path, reason))
+}
+
+/// What [`read_reference`] reads: the forward inputs when the file holds `pixel_values`, and
+/// the expected outputs by name.
+pub struct Reference {
+    pub inputs: Option<ForwardInputs>,
+    pub outputs: Vec<(String, Tensor)>,
+}
+
+/// A reference file: the forward inputs when it holds `pixel_values`, and its other float
+/// tensors as f32, sorted by name: expected outputs, named as transformers names them.
+pub fn read_reference(path: &Path) -> Result<Reference> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
+    let inputs = if st.names().contains(&"pixel_values") {
+        Some(parse_inputs(&st, false).map_err(|reason| Error::format(path, reason))?)
+    } else {
+        None
+    };
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        if INPUTS.contains(&name.as_str()) {
+            continue;
+        }
+        let data = floats(&name, &view).map_err(|reason| Error::format(path, reason))?;
+        let tensor = Tensor::new(view.shape().to_vec(), data)
+            .ok_or_else(|| Error::format(path, format!("tensor `{name}`: bad shape")))?;
+        out.push((name, tensor));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(Reference {
+        inputs,
+        outputs: out,
+    })
 }
 
 /// Writes named f32 tensors to `path`, through a temporary file renamed into place.

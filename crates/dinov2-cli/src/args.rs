@@ -77,12 +77,22 @@ pub struct ForwardArgs {
     #[arg(long)]
     pub model: String,
     /// Safetensors file with `pixel_values` (B x C x H x W), optionally `bool_masked_pos`
-    /// (B x num_patches, u8 or bool) and `labels` (for the classifier's loss).
-    #[arg(long)]
-    pub input: PathBuf,
+    /// (B x num_patches, u8 or bool) and `labels` (for the classifier's loss); default: the
+    /// --expect file.
+    #[arg(long, required_unless_present = "expect")]
+    pub input: Option<PathBuf>,
     /// Where to write the outputs (f32 tensors named as transformers names them).
+    #[arg(long, required_unless_present = "expect")]
+    pub output: Option<PathBuf>,
+    /// Compare the outputs with these (a safetensors file of tensors named as transformers
+    /// names them, such as `scripts/transformers_reference.py` writes, with the inputs in it or
+    /// in --input): prints the relative L2 error of each and exits 1 beyond --tolerance.
     #[arg(long)]
-    pub output: PathBuf,
+    pub expect: Option<PathBuf>,
+    /// Largest relative L2 error --expect accepts (default: 1e-5 in f32, 1e-2 in f16, 3e-2 in
+    /// bf16).
+    #[arg(long, requires = "expect")]
+    pub tolerance: Option<f64>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: Device,

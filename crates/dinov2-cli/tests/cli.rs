@@ -749,3 +749,66 @@ fn missing_required_arguments() {
     let r = dinov2(&["embed"]);
     assert_usage_error(&r, &["embed"]);
 }
+
+/// `forward --expect`: a golden case's inputs and transformers' outputs in one file pass, with
+/// hidden states and attentions turned on by the file; a perturbed output fails, named.
+#[test]
+fn forward_checks_outputs_against_an_expected_file() {
+    let dir = TempDir::new().unwrap();
+    let case = golden("dinov2_mlp");
+    let merged = |name: &str, perturb: Option<&str>| -> PathBuf {
+        let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        for file in ["rect24x40_mask.inputs", "rect24x40_mask.expected"] {
+            let bytes = std::fs::read(case.join(format!("{file}.safetensors"))).unwrap();
+            let st = SafeTensors::deserialize(&bytes).unwrap();
+            for (n, view) in st.tensors() {
+                let mut data = view.data().to_vec();
+                if Some(n.as_str()) == perturb {
+                    // Scale the first f64 value by 2.
+                    let v = f64::from_le_bytes(data[..8].try_into().unwrap()) * 2.0 + 1.0;
+                    data[..8].copy_from_slice(&v.to_le_bytes());
+                }
+                tensors.push((n, view.dtype(), view.shape().to_vec(), data));
+            }
+        }
+        let views: Vec<(String, TensorView<'_>)> = tensors
+            .iter()
+            .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        let path = dir.path().join(name);
+        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        path
+    };
+    let good = merged("good.safetensors", None);
+    let r = dinov2(&["forward", "--model", s(&case), "--expect", s(&good)]);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        r.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    for name in [
+        "last_hidden_state",
+        "pooler_output",
+        "hidden_states.3",
+        "attentions.2",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(name) && l.ends_with("ok")),
+            "{name}: {stdout}"
+        );
+    }
+    let bad = merged("bad.safetensors", Some("hidden_states.2"));
+    let r = dinov2(&["forward", "--model", s(&case), "--expect", s(&bad)]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("1 of ") && stderr.contains("hidden_states.2"),
+        "{stderr}"
+    );
+    // Neither --output nor --expect: a usage error.
+    let r = dinov2(&["forward", "--model", s(&case), "--input", s(&good)]);
+    assert_eq!(r.status.code(), Some(2));
+}
