@@ -102,6 +102,21 @@ pipeline() {
         "$PYTHON" "$HERE/scripts/pipeline.py" compare "$work/cpu.npy" "$work/cuda-$dt.npy" "$tol" \
             >>"$OUT/pipeline.txt" 2>&1 || rc=1
     done
+    # Parity with transformers on this machine, per dtype: its float32 outputs (hidden states
+    # and attentions too) for three sample images, against `dinov2 forward --expect` on the GPU.
+    if timeout "$(cap 60)" "$PYTHON" "$HERE/scripts/transformers_reference.py" --model "$tiny" \
+        --hidden-states --attentions --out "$work/reference.safetensors" \
+        "$root/assets/images/astronaut.jpg" "$root/assets/images/chelsea.jpg" \
+        "$root/assets/images/camera.png" 2>/dev/null; then
+        for dt in f32 f16 bf16; do
+            echo "forward --expect, cuda $dt:" >>"$OUT/pipeline.txt"
+            timeout "$(cap 30)" "$HERE/bin/dinov2" forward --model "$tiny" --device cuda --dtype "$dt" \
+                --expect "$work/reference.safetensors" >>"$OUT/pipeline.txt" 2>&1 || rc=1
+        done
+    else
+        echo "!! transformers_reference.py failed" >>"$OUT/pipeline.txt"
+        rc=1
+    fi
     [ "$rc" -eq 0 ] || echo "!! embed pipeline parity FAILED" | tee -a "$OUT/pipeline.txt"
     room 45 || return "$rc"
     for i in $(seq 1 300); do

@@ -66,6 +66,10 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("scripts/gpu/kernel_table.py", "scripts/kernel_table.py"),
     ("scripts/gpu/pipeline.py", "scripts/pipeline.py"),
     ("benches/peer_kernels.py", "scripts/peer_kernels.py"),
+    (
+        "scripts/transformers_reference.py",
+        "scripts/transformers_reference.py",
+    ),
 ];
 
 /// Runs the `gpu-bundle` command.
