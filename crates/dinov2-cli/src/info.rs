@@ -96,8 +96,86 @@ pub fn run(args: InfoArgs) -> Result<()> {
             )
         }
     );
+    let pre = dinov2::preprocess_config(&ckpt.dir)?;
+    let has_pre = ckpt.dir.join("preprocessor_config.json").is_file();
+    println!(
+        "preprocess:   {}{}",
+        describe_preprocessing(&pre),
+        if has_pre {
+            ""
+        } else {
+            " (no preprocessor_config.json: facebook/dinov2's)"
+        }
+    );
+    // What `dinov2 embed` writes per image at the preprocessed size (a square crop, or the
+    // pretraining size without one).
+    let side = if pre.do_center_crop {
+        (pre.crop_size.height as usize, pre.crop_size.width as usize)
+    } else {
+        (c.image_size, c.image_size)
+    };
+    let grid = (side.0 / c.patch_size, side.1 / c.patch_size);
+    let h = c.hidden_size;
+    let registers = if c.num_register_tokens > 0 {
+        format!(", registers {}x{h}", c.num_register_tokens)
+    } else {
+        String::new()
+    };
+    println!(
+        "embedding:    cls {h}, mean {h}, cls+mean {}, patch {}x{}x{h} at {}x{} px{registers}",
+        2 * h,
+        grid.0,
+        grid.1,
+        side.0,
+        side.1
+    );
     for p in w.paths() {
         println!("file:         {}", p.display());
     }
     Ok(())
+}
+
+/// The preprocessing in a line: resize, crop, scaling.
+fn describe_preprocessing(p: &dinov2::image::PreprocessConfig) -> String {
+    use dinov2::image::SizeSpec;
+    let mut parts = Vec::new();
+    if p.do_resize {
+        let size = match p.size {
+            SizeSpec::ShortestEdge(s) => format!("shortest edge {s}"),
+            SizeSpec::ShortestLongest {
+                shortest_edge,
+                longest_edge,
+            } => format!("shortest edge {shortest_edge}, longest at most {longest_edge}"),
+            SizeSpec::Exact { height, width } => format!("{height}x{width}"),
+            SizeSpec::MaxHeightWidth {
+                max_height,
+                max_width,
+            } => format!("within {max_height}x{max_width}"),
+        };
+        parts.push(format!("resize to {size} ({:?})", p.resample).to_lowercase());
+    }
+    if p.do_center_crop {
+        parts.push(format!(
+            "center crop {}x{}",
+            p.crop_size.height, p.crop_size.width
+        ));
+    }
+    if p.do_rescale {
+        if (p.rescale_factor - 1.0 / 255.0).abs() < 1e-15 {
+            parts.push("rescale 1/255".into());
+        } else {
+            parts.push(format!("rescale {}", p.rescale_factor));
+        }
+    }
+    if p.do_normalize {
+        parts.push(format!(
+            "normalize mean {:?} std {:?}",
+            p.image_mean, p.image_std
+        ));
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
 }

@@ -307,6 +307,22 @@ fn info_describes_the_checkpoint() {
         );
         assert!(sizes.contains(ffn), "{sizes}");
         assert!(line("patches:").contains("4x4 pixels"), "{stdout}");
+        // The golden checkpoints have no preprocessor config: facebook/dinov2's, 224 px.
+        let pre = line("preprocess:");
+        assert!(
+            pre.contains("shortest edge 256 (bicubic), center crop 224x224, rescale 1/255"),
+            "{pre}"
+        );
+        let embedding = line("embedding:");
+        assert!(
+            embedding.contains("cls 32, mean 32, cls+mean 64, patch 56x56x32 at 224x224 px"),
+            "{embedding}"
+        );
+        assert_eq!(
+            embedding.contains("registers 4x32"),
+            case == "registers_mlp",
+            "{embedding}"
+        );
         // The parameter count is that of the stored tensors (the fused qkv counts once).
         let stored: usize = read_tensors(&dir.join("model.safetensors"))
             .iter()
