@@ -11,7 +11,8 @@ Checks a checkpoint of your own, on your machine, against the reference this pro
 The file holds `pixel_values` (the checkpoint's preprocessing by `BitImageProcessorPil`, the PIL
 backend, which `dinov2` reproduces bit for bit) and the model's float32 outputs under transformers'
 names: `last_hidden_state`, `pooler_output`, `hidden_states.N` (with --hidden-states),
-`attentions.N` (with --attentions), or `logits` for a classification checkpoint. Images of
+`attentions.N` (with --attentions), `logits` for a classification checkpoint, `feature_maps.N` for a
+backbone. Images of
 different sizes are preprocessed to one size only when the config crops; otherwise give images of
 one size.
 
@@ -28,7 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors.numpy import save_file
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, BitImageProcessorPil
+import transformers
+from transformers import AutoConfig, AutoModel, BitImageProcessorPil
 
 
 def main() -> None:
@@ -41,10 +43,13 @@ def main() -> None:
     args = ap.parse_args()
 
     config = AutoConfig.from_pretrained(args.model)
-    classifier = any(a.endswith("ForImageClassification") for a in config.architectures or [])
-    loader = AutoModelForImageClassification if classifier else AutoModel
+    # The class the checkpoint names (Dinov2Model, Dinov2ForImageClassification, Dinov2Backbone,
+    # their WithRegisters forms), as `dinov2 forward` picks its head from it.
+    architectures = config.architectures or []
+    loader = getattr(transformers, architectures[0], None) if architectures else None
+    loader = loader or AutoModel
     # Eager attention: the probabilities are only returned by it.
-    model = loader.from_pretrained(args.model, torch_dtype=torch.float32, attn_implementation="eager").eval()
+    model = loader.from_pretrained(args.model, dtype=torch.float32, attn_implementation="eager").eval()
     try:
         processor = BitImageProcessorPil.from_pretrained(args.model)
     except OSError:
@@ -71,7 +76,7 @@ def main() -> None:
         value = getattr(out, name, None)
         if value is not None:
             tensors[name] = value.float().numpy()
-    for group in ("hidden_states", "attentions"):
+    for group in ("feature_maps", "hidden_states", "attentions"):
         for i, value in enumerate(getattr(out, group, None) or ()):
             tensors[f"{group}.{i}"] = value.float().numpy()
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, args.out)

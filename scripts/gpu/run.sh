@@ -107,7 +107,7 @@ pipeline() {
     if timeout "$(cap 60)" "$PYTHON" "$HERE/scripts/transformers_reference.py" --model "$tiny" \
         --hidden-states --attentions --out "$work/reference.safetensors" \
         "$root/assets/images/astronaut.jpg" "$root/assets/images/chelsea.jpg" \
-        "$root/assets/images/camera.png" 2>/dev/null; then
+        "$root/assets/images/camera.png" 2>>"$OUT/pipeline.txt"; then
         for dt in f32 f16 bf16; do
             echo "forward --expect, cuda $dt:" >>"$OUT/pipeline.txt"
             timeout "$(cap 30)" "$HERE/bin/dinov2" forward --model "$tiny" --device cuda --dtype "$dt" \

@@ -91,7 +91,7 @@ pub struct ForwardArgs {
     pub expect: Option<PathBuf>,
     /// Largest relative L2 error --expect accepts (default: 1e-5 in f32, 1e-2 in f16, 3e-2 in
     /// bf16).
-    #[arg(long, requires = "expect")]
+    #[arg(long, requires = "expect", value_parser = parse_tolerance)]
     pub tolerance: Option<f64>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -190,6 +190,15 @@ pub struct DecodeArgs {
     /// ratio, the pixels past the last whole patch are dropped as the model does.
     #[arg(long)]
     pub no_crop: bool,
+}
+
+/// A finite relative error of at least 0.
+fn parse_tolerance(s: &str) -> Result<f64, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| format!("{s:?}: expected a relative error such as 1e-5"))
 }
 
 /// A number of seconds, 0 to a year.

@@ -85,7 +85,7 @@ fn compare(ours: &[(String, Tensor)], expected: &[(String, Tensor)], tolerance: 
         ));
     }
     println!(
-        "{:<28} {:>18} {:>12} {:>12}  (tolerance {tolerance:.0e})",
+        "{:<28} {:>18} {:>12} {:>12}  (tolerance {tolerance:e})",
         "output", "shape", "rel L2", "max |diff|"
     );
     let mut bad = Vec::new();
@@ -121,7 +121,12 @@ fn compare(ours: &[(String, Tensor)], expected: &[(String, Tensor)], tolerance: 
             let d = a as f64 - b as f64;
             num += d * d;
             den += (b as f64) * (b as f64);
-            max = max.max(d.abs());
+            // NaN shows as NaN, not as the largest number.
+            if d.is_nan() || max.is_nan() {
+                max = f64::NAN;
+            } else {
+                max = max.max(d.abs());
+            }
         }
         let rel = if den > 0.0 {
             (num / den).sqrt()
@@ -142,7 +147,7 @@ fn compare(ours: &[(String, Tensor)], expected: &[(String, Tensor)], tolerance: 
         Ok(())
     } else {
         Err(CliError(format!(
-            "{} of {} outputs differ beyond {tolerance:.0e}: {}",
+            "{} of {} outputs differ beyond {tolerance:e}: {}",
             bad.len(),
             expected.len(),
             bad.join(", ")

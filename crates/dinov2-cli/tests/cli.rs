@@ -824,7 +824,19 @@ fn forward_checks_outputs_against_an_expected_file() {
         stderr.contains("1 of ") && stderr.contains("hidden_states.2"),
         "{stderr}"
     );
-    // Neither --output nor --expect: a usage error.
+    // Neither --output nor --expect, or a tolerance that is no number: usage errors.
     let r = dinov2(&["forward", "--model", s(&case), "--input", s(&good)]);
     assert_eq!(r.status.code(), Some(2));
+    for bad in ["nan", "-1", "inf"] {
+        let tolerance = format!("--tolerance={bad}");
+        let r = dinov2(&[
+            "forward",
+            "--model",
+            s(&case),
+            "--expect",
+            s(&good),
+            &tolerance,
+        ]);
+        assert_eq!(r.status.code(), Some(2), "{bad}");
+    }
 }

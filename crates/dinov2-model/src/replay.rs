@@ -80,6 +80,8 @@ pub struct ReplayStatus {
     pub replays: u64,
     /// Why recording was turned off, when a recording failed.
     pub failure: Option<String>,
+    /// Shapes whose recording ran out of device memory: they run unrecorded.
+    pub too_large: usize,
 }
 
 /// The recordings `R` of one model, by shape.
@@ -142,7 +144,9 @@ impl<R> Replays<R> {
     /// other recordings to give their memory back; recording goes on for other shapes.
     pub fn too_large(&mut self, shape: &PassShape) {
         self.clear();
-        self.too_large.insert(shape.clone());
+        if self.too_large.insert(shape.clone()) {
+            self.status.too_large += 1;
+        }
     }
 
     /// Drops every recording (freeing its memory); shapes are recorded again at their second
@@ -216,6 +220,7 @@ mod tests {
         assert!(!r.should_record(&shape(2)));
         assert!(r.should_record(&shape(2)));
         assert_eq!(r.status().failure, None);
+        assert_eq!(r.status().too_large, 1);
     }
 
     #[test]

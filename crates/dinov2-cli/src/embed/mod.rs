@@ -373,8 +373,17 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
     });
     progress.bar.finish_and_clear();
     for e in embedders {
-        if let Some(why) = e.model().replay_status().failure {
+        let status = e.model().replay_status();
+        if let Some(why) = status.failure {
             eprintln!("warning: CUDA graph recording failed; batches ran without graphs: {why}");
+            break;
+        }
+        if status.too_large > 0 {
+            eprintln!(
+                "warning: {} batch shape(s) ran without CUDA graphs: recording them ran out of \
+                 device memory",
+                status.too_large
+            );
             break;
         }
     }

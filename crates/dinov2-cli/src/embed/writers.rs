@@ -82,9 +82,9 @@ pub enum ValueType {
     /// loaders.
     F16,
     /// One bit per value, 1 where the value is above 0, packed 8 to a byte with the first value
-    /// in the highest bit (numpy.packbits' order), each vector (each patch or register token)
-    /// padded to whole bytes: uint8, 1/32 of the size, for Hamming-distance search (FAISS
-    /// binary indexes, vector databases' binary vectors).
+    /// in the highest bit (numpy.packbits' order), each row's vector (each patch token's, for
+    /// patch grids) padded to whole bytes: uint8, 1/32 of the size, for Hamming-distance search
+    /// (FAISS binary indexes, vector databases' binary vectors).
     Binary,
 }
 
