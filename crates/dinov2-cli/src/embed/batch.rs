@@ -9,7 +9,7 @@ use dinov2::{stack_images, Backend, Embedder, ModelError, Tensor};
 use super::inputs::Input;
 use super::job::{Failure, Row};
 use super::OnError;
-use crate::error::Result;
+use crate::error::{CliError, Result};
 
 /// One batch as the model thread receives it: the good images stacked per size, the bad ones
 /// apart, in input order.
@@ -67,6 +67,14 @@ fn embed_group<B: Backend>(
     };
     match result {
         Ok(results) => {
+            if results.len() != group.members.len() {
+                // Never expected: zipping would silently lose images.
+                return Err(CliError(format!(
+                    "the model gave {} results for {} images",
+                    results.len(),
+                    group.members.len()
+                )));
+            }
             for ((index, width, height), result) in group.members.into_iter().zip(results) {
                 match result {
                     Ok(e) => rows.push(Row {
