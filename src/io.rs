@@ -128,15 +128,23 @@ fn parse_inputs(st: &SafeTensors<'_>, only_inputs: bool) -> Result<ForwardInputs
     })
 }
 
-/// Reads `pixel_values` and the optional `bool_masked_pos` and `labels` from a safetensors file.
-pub fn read_forward_inputs(path: &Path) -> Result<ForwardInputs> {
+/// Reads the safetensors file at `path` and gives its tensors to `read`; errors name the file.
+fn with_safetensors<T>(
+    path: &Path,
+    read: impl FnOnce(&SafeTensors<'_>) -> Result<T, String>,
+) -> Result<T> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_owned(),
         source,
     })?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
-    parse_inputs(&st, true).map_err(|reason| Error::format(path, reason))
+    read(&st).map_err(|reason| Error::format(path, reason))
+}
+
+/// Reads `pixel_values` and the optional `bool_masked_pos` and `labels` from a safetensors file.
+pub fn read_forward_inputs(path: &Path) -> Result<ForwardInputs> {
+    with_safetensors(path, |st| parse_inputs(st, true))
 }
 
 /// What [`read_reference`] reads: the forward inputs when the file holds `pixel_values`, and
@@ -149,31 +157,24 @@ pub struct Reference {
 /// A reference file: the forward inputs when it holds `pixel_values`, and its other float
 /// tensors as f32, sorted by name: expected outputs, named as transformers names them.
 pub fn read_reference(path: &Path) -> Result<Reference> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
-    let inputs = if st.names().contains(&"pixel_values") {
-        Some(parse_inputs(&st, false).map_err(|reason| Error::format(path, reason))?)
-    } else {
-        None
-    };
-    let mut out = Vec::new();
-    for (name, view) in st.tensors() {
-        if INPUTS.contains(&name.as_str()) {
-            continue;
+    with_safetensors(path, |st| {
+        let inputs = if st.names().contains(&"pixel_values") {
+            Some(parse_inputs(st, false)?)
+        } else {
+            None
+        };
+        let mut outputs = Vec::new();
+        for (name, view) in st.tensors() {
+            if INPUTS.contains(&name.as_str()) {
+                continue;
+            }
+            let data = floats(&name, &view)?;
+            let tensor = Tensor::new(view.shape().to_vec(), data)
+                .ok_or_else(|| format!("tensor `{name}`: bad shape"))?;
+            outputs.push((name, tensor));
         }
-        let data = floats(&name, &view).map_err(|reason| Error::format(path, reason))?;
-        let tensor = Tensor::new(view.shape().to_vec(), data)
-            .ok_or_else(|| Error::format(path, format!("tensor `{name}`: bad shape")))?;
-        out.push((name, tensor));
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(Reference {
-        inputs,
-        outputs: out,
+        outputs.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Reference { inputs, outputs })
     })
 }
 

@@ -126,7 +126,8 @@ fn archive_members(path: &Path, out: &mut Vec<Input>) {
         Ok(entries) => entries,
         Err(e) => return out.push(broken(format!("not a readable tar archive: {e}"))),
     };
-    let (mut images, mut last, mut last_end) = (0usize, None, 0u64);
+    let before = out.len();
+    let (mut last, mut last_end) = (None, 0u64);
     for entry in entries {
         let entry = match entry {
             Ok(entry) => entry,
@@ -136,6 +137,7 @@ fn archive_members(path: &Path, out: &mut Vec<Input>) {
                     .map_or("at its start".to_string(), |m: &String| {
                         format!("after member {m}")
                     });
+                let images = out.len() - before;
                 return out.push(broken(format!(
                     "unreadable {after} ({images} images before it were taken): {e}"
                 )));
@@ -148,11 +150,10 @@ fn archive_members(path: &Path, out: &mut Vec<Input>) {
         last = Some(member.clone());
         let kind = entry.header().entry_type();
         if !(kind == tar::EntryType::Regular || kind == tar::EntryType::Continuous)
-            || !has_extension(Path::new(&member), IMAGE_EXTENSIONS)
+            || !is_image(Path::new(&member))
         {
             continue;
         }
-        images += 1;
         out.push(Input::Member {
             archive: archive_path.clone(),
             member,
