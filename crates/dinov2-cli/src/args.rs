@@ -317,10 +317,16 @@ pub struct EmbedArgs {
     /// job); a terminal shows a bar instead.
     #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = parse_seconds)]
     pub progress_every: std::time::Duration,
+    /// The column of a Parquet input holding the images (encoded bytes, or a struct with a
+    /// `bytes` field as Hugging Face datasets store an Image); found when there is one such
+    /// column, or one named image, img, jpg, jpeg, png or webp.
+    #[arg(long, value_name = "NAME")]
+    pub image_column: Option<String>,
     #[command(flatten)]
     pub decode: DecodeArgs,
-    /// Image files, folders (searched recursively, sorted by path), @lists (one path per line) and
-    /// .tar archives (webdataset shards: image members read in place, named ARCHIVE.tar/MEMBER).
+    /// Image files, folders (searched recursively, sorted by path), @lists (one path per line),
+    /// .tar archives (webdataset shards: image members read in place, named ARCHIVE.tar/MEMBER)
+    /// and .parquet tables of images (each row's image, named TABLE.parquet#ROW from row 0).
     #[arg(required = true)]
     pub inputs: Vec<String>,
 }

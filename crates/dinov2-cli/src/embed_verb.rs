@@ -91,7 +91,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         return Err(CliError("--batch-size must be at least 1".into()));
     }
     let (format, output) = Format::of(&args.output)?;
-    let mut inputs = expand_inputs(&args.inputs)?;
+    let mut inputs = expand_inputs(&args.inputs, args.image_column.as_deref())?;
     if let Some((shard, shards)) = args.shard {
         inputs = inputs
             .into_iter()

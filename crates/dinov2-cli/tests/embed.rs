@@ -1808,3 +1808,167 @@ fn binary_outputs_pack_the_sign_bits() {
     }
     assert_eq!(got, packbits(&full, 48));
 }
+
+/// Writes `columns` as a Parquet table at `path`, `rows_per_group` rows to a row group, zstd
+/// compressed.
+fn write_table(path: &Path, columns: Vec<(&str, arrow_array::ArrayRef)>, rows_per_group: usize) {
+    use parquet::basic::{Compression, ZstdLevel};
+    use parquet::file::properties::WriterProperties;
+    let batch = arrow_array::RecordBatch::try_from_iter(columns).unwrap();
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(rows_per_group))
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    let file = File::create(path).unwrap();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+#[test]
+fn parquet_tables_of_images_are_read_row_by_row() {
+    use arrow_array::{ArrayRef, BinaryArray, Int64Array, StringArray, StructArray};
+    use arrow_schema::{DataType, Field, Fields};
+    use std::sync::Arc;
+
+    let dir = TempDir::new().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let names = sample_images(&images);
+    let bytes: Vec<Vec<u8>> = names
+        .iter()
+        .map(|n| std::fs::read(images.join(n)).unwrap())
+        .collect();
+    let model = model();
+    let embed = |out: &Path, args: &[&str], input: &Path| {
+        let mut all = vec!["embed", "--model", &model, "--batch-size", "3"];
+        all.extend_from_slice(args);
+        all.extend(["--output", out.to_str().unwrap(), input.to_str().unwrap()]);
+        dinov2(&all)
+    };
+    let files = dir.path().join("files.npy");
+    let r = embed(&files, &[], &images);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let (_, want) = read_npy(&files);
+
+    // Hugging Face datasets' layout: an Image struct of bytes and path, in row groups of two
+    // rows, with a null image and a row of garbage after the photos.
+    let mut cells: Vec<Option<&[u8]>> = bytes.iter().map(|b| Some(&b[..])).collect();
+    cells.push(None);
+    cells.push(Some(b"not an image"));
+    let rows = cells.len();
+    let struct_fields = Fields::from(vec![
+        Field::new("bytes", DataType::Binary, true),
+        Field::new("path", DataType::Utf8, true),
+    ]);
+    let nulls: Vec<bool> = cells.iter().map(Option::is_some).collect();
+    let image = StructArray::new(
+        struct_fields,
+        vec![
+            Arc::new(BinaryArray::from(cells.clone())) as ArrayRef,
+            Arc::new(StringArray::from(vec![Some("x.jpg"); rows])),
+        ],
+        Some(nulls.into()),
+    );
+    let labels: ArrayRef = Arc::new(Int64Array::from((0..rows as i64).collect::<Vec<_>>()));
+    let hf = dir.path().join("train-00000-of-00001.parquet");
+    write_table(
+        &hf,
+        vec![("label", labels.clone()), ("image", Arc::new(image))],
+        2,
+    );
+    let out = dir.path().join("hf.npy");
+    let r = embed(&out, &[], &hf);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "two bad rows: {stderr}");
+    let (shape, got) = read_npy(&out);
+    assert_eq!(shape[0], names.len());
+    assert_eq!(got, want, "the same values as the files");
+    let paths = lines(&PathBuf::from(format!("{}.paths.txt", out.display())));
+    let expect: Vec<String> = (0..names.len())
+        .map(|i| format!("{}#{i}", hf.display()))
+        .collect();
+    assert_eq!(paths, expect);
+    let errors = lines(&PathBuf::from(format!("{}.errors.jsonl", out.display())));
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    let null: serde_json::Value = serde_json::from_str(&errors[0]).unwrap();
+    assert_eq!(null["path"], format!("{}#{}", hf.display(), names.len()));
+    assert_eq!(null["stage"], "read");
+    assert!(null["error"].as_str().unwrap().contains("null"), "{null}");
+    let garbage: serde_json::Value = serde_json::from_str(&errors[1]).unwrap();
+    assert_eq!(garbage["stage"], "decode");
+
+    // img2dataset's layout: binary columns, the image named jpg; --image-column picks a column
+    // and must name one of images.
+    let jpg: ArrayRef = Arc::new(BinaryArray::from(
+        bytes.iter().map(|b| Some(&b[..])).collect::<Vec<_>>(),
+    ));
+    let txt: ArrayRef = Arc::new(BinaryArray::from(vec![
+        Some(&b"a caption"[..]);
+        names.len()
+    ]));
+    let i2d = dir.path().join("00000.parquet");
+    write_table(&i2d, vec![("txt", txt.clone()), ("jpg", jpg.clone())], 64);
+    let out = dir.path().join("i2d.npy");
+    let r = embed(&out, &[], &i2d);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(read_npy(&out).1, want);
+    let ambiguous = dir.path().join("two.parquet");
+    write_table(&ambiguous, vec![("a", txt.clone()), ("b", jpg.clone())], 64);
+    let out = dir.path().join("two.npy");
+    let r = embed(&out, &[], &ambiguous);
+    assert_eq!(r.status.code(), Some(1));
+    let errors = std::fs::read_to_string(format!("{}.errors.jsonl", out.display())).unwrap();
+    assert!(errors.contains("--image-column"), "{errors}");
+    let out = dir.path().join("picked.npy");
+    let r = embed(&out, &["--image-column", "b"], &ambiguous);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(read_npy(&out).1, want);
+    for (column, says) in [
+        ("c", "no column \\\"c\\\""),
+        ("label", "not encoded images"),
+    ] {
+        let out = dir.path().join(format!("wrong_{column}.npy"));
+        let r = embed(&out, &["--image-column", column], &hf);
+        assert_eq!(r.status.code(), Some(1));
+        let errors = std::fs::read_to_string(format!("{}.errors.jsonl", out.display())).unwrap();
+        assert!(errors.contains(says), "{column}: {errors}");
+    }
+
+    // A table without images and a file that is not Parquet are each one failed input; the
+    // other inputs are embedded.
+    let no_images = dir.path().join("labels.parquet");
+    write_table(&no_images, vec![("label", labels)], 64);
+    let not_parquet = dir.path().join("page.parquet");
+    std::fs::write(&not_parquet, b"<html>not found</html>").unwrap();
+    let list = dir.path().join("list.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "{}\n{}\n{}\n",
+            no_images.display(),
+            not_parquet.display(),
+            i2d.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("mixed.npy");
+    let out_arg = out.to_str().unwrap();
+    let list_arg = format!("@{}", list.display());
+    let r = dinov2(&["embed", "--model", &model, "--output", out_arg, &list_arg]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(read_npy(&out).1, want);
+    let errors = lines(&PathBuf::from(format!("{}.errors.jsonl", out.display())));
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].contains("labels.parquet") && errors[0].contains("no column of images"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].contains("page.parquet") && errors[1].contains("not a readable Parquet"),
+        "{errors:?}"
+    );
+}

@@ -1,12 +1,13 @@
 //! The embed verb's inputs: files, directories walked recursively for image files (sorted by
-//! path), `@list.txt` files naming one path per line, and tar archives (webdataset shards), whose
-//! image members are read in place.
+//! path), `@list.txt` files naming one path per line, tar archives (webdataset shards), whose
+//! image members are read in place, and Parquet tables of images, read row group by row group.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::tables::Table;
 use crate::error::{CliError, Result};
 
 /// File extensions taken from directories and archives (case-insensitive).
@@ -26,18 +27,28 @@ pub enum Input {
         offset: u64,
         size: u64,
     },
-    /// An archive, or its rest, that cannot be read: reported as a failed input named `name`.
+    /// Row `row` of row group `group` in a Parquet table: the table's row `index`.
+    Row {
+        table: Arc<Table>,
+        group: usize,
+        row: usize,
+        index: usize,
+    },
+    /// An archive or table, or its rest, that cannot be read: reported as a failed input named
+    /// `name`.
     Broken { name: String, error: String },
 }
 
 impl Input {
-    /// How outputs and reports name it: the file's path, or `ARCHIVE/MEMBER`.
+    /// How outputs and reports name it: the file's path, `ARCHIVE/MEMBER`, or `TABLE#ROW` (rows
+    /// counted from 0).
     pub fn name(&self) -> String {
         match self {
             Input::File(path) => path.to_string_lossy().into_owned(),
             Input::Member {
                 archive, member, ..
             } => format!("{}/{member}", archive.display()),
+            Input::Row { table, index, .. } => format!("{}#{index}", table.path().display()),
             Input::Broken { name, .. } => name.clone(),
         }
     }
@@ -71,6 +82,19 @@ impl Input {
                     .map_err(|e| e.to_string())?;
                 let mut bytes = vec![0; *size as usize];
                 file.read_exact(&mut bytes).map_err(|e| e.to_string())?;
+                Ok(bytes)
+            }
+            Input::Row {
+                table, group, row, ..
+            } => {
+                let bytes = table.read(*group, *row)?;
+                let limit = dinov2::image::MAX_FILE_BYTES;
+                if bytes.len() as u64 > limit {
+                    return Err(format!(
+                        "{} bytes, more than the limit of {limit} for an image file",
+                        bytes.len()
+                    ));
+                }
                 Ok(bytes)
             }
             Input::Broken { error, .. } => Err(error.clone()),
@@ -173,6 +197,36 @@ fn archive_members(path: &Path, out: &mut Vec<Input>) {
     }
 }
 
+fn is_table(path: &Path) -> bool {
+    has_extension(path, &["parquet"])
+}
+
+/// The rows of the Parquet table at `path`, in order; a table that cannot be read, or has no
+/// image column, is one [`Input::Broken`].
+fn table_rows(path: &Path, column: Option<&str>, out: &mut Vec<Input>) {
+    let table = match Table::open(path, column) {
+        Ok(table) => Arc::new(table),
+        Err(error) => {
+            return out.push(Input::Broken {
+                name: path.to_string_lossy().into_owned(),
+                error,
+            })
+        }
+    };
+    let mut index = 0;
+    for (group, rows) in table.row_groups().enumerate() {
+        for row in 0..rows {
+            out.push(Input::Row {
+                table: table.clone(),
+                group,
+                row,
+                index,
+            });
+            index += 1;
+        }
+    }
+}
+
 fn is_image(path: &Path) -> bool {
     has_extension(path, IMAGE_EXTENSIONS)
 }
@@ -204,8 +258,11 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 /// Files are taken as given (whatever their extension, so a bad file is reported, not skipped);
 /// directories contribute their image files, recursively, sorted by path; `@FILE` contributes
 /// the paths listed in FILE, one per line (blank lines and lines starting with `#` ignored).
-/// A `.tar` archive, given or found, contributes its image members in archive order.
-pub fn expand(inputs: &[String]) -> Result<Vec<Input>> {
+/// A `.tar` archive, given or found, contributes its image members in archive order. A
+/// `.parquet` table, given or listed (not found in folders, where the embeddings of an earlier
+/// job may be), contributes its rows in order, each the image in `image_column` (found when
+/// `None`).
+pub fn expand(inputs: &[String], image_column: Option<&str>) -> Result<Vec<Input>> {
     let mut paths = Vec::new();
     for input in inputs {
         if let Some(list) = input.strip_prefix('@') {
@@ -230,6 +287,8 @@ pub fn expand(inputs: &[String]) -> Result<Vec<Input>> {
     for path in paths {
         if is_archive(&path) && path.is_file() {
             archive_members(&path, &mut out);
+        } else if is_table(&path) && path.is_file() {
+            table_rows(&path, image_column, &mut out);
         } else {
             out.push(Input::File(path));
         }
@@ -256,11 +315,14 @@ mod tests {
             std::fs::write(d.join(f), b"x").unwrap();
         }
         std::fs::write(d.join("list.txt"), "one.jpg\n\n# comment\ntwo.png\n").unwrap();
-        let got = expand(&[
-            d.to_string_lossy().into_owned(),
-            format!("@{}", d.join("list.txt").display()),
-            "file.bin".into(),
-        ])
+        let got = expand(
+            &[
+                d.to_string_lossy().into_owned(),
+                format!("@{}", d.join("list.txt").display()),
+                "file.bin".into(),
+            ],
+            None,
+        )
         .unwrap();
         let rel: Vec<String> = got
             .iter()
@@ -287,7 +349,7 @@ mod tests {
             ]
         );
         let empty = tempfile::tempdir().unwrap();
-        assert!(expand(&[empty.path().to_string_lossy().into_owned()])
+        assert!(expand(&[empty.path().to_string_lossy().into_owned()], None)
             .unwrap_err()
             .0
             .contains("no images"));

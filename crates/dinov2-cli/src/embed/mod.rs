@@ -6,6 +6,7 @@
 mod batch;
 mod inputs;
 mod job;
+mod tables;
 mod writers;
 
 use std::collections::BTreeMap;
