@@ -298,6 +298,7 @@ fn embeddings_on_the_gpu_match_the_cpu() {
                 Pooling::Mean,
                 Pooling::ClsMean,
                 Pooling::Patch,
+                Pooling::Tokens,
             ]
             .into_iter()
             .chain(registers)

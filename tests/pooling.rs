@@ -267,3 +267,59 @@ fn register_pooling_gives_the_register_tokens() {
     let err = plain.embed(&px, Pooling::Registers, false).unwrap_err();
     assert!(err.to_string().contains("no register tokens"), "{err}");
 }
+
+/// `Pooling::Tokens` is `last_hidden_state` per image, and every other pooling taken from it
+/// (`Embedding::pooled_as`) equals a pass with that pooling, intermediate layers included, so
+/// that one pass gives several outputs.
+#[test]
+fn every_pooling_comes_from_the_tokens() {
+    for (case, run) in [
+        ("dinov2_mlp", "rect24x40_mask"),
+        ("registers_mlp", "up44x36"),
+    ] {
+        let model = model(case);
+        let px = pixels(case, run);
+        let config = model.config();
+        let prefix = config.num_prefix_tokens();
+        let full = model
+            .forward(&px, None, &ForwardOptions::default())
+            .unwrap();
+        let tokens = model.embed(&px, Pooling::Tokens, false).unwrap();
+        let last = &full.last_hidden_state;
+        let per_image = last.shape[1] * last.shape[2];
+        for (i, t) in tokens.iter().enumerate() {
+            assert_eq!(t.values, last.data[i * per_image..(i + 1) * per_image]);
+        }
+        let registers = (config.num_register_tokens > 0).then_some(Pooling::Registers);
+        for pooling in POOLINGS.into_iter().chain(registers) {
+            for normalize in [false, true] {
+                let want = model.embed(&px, pooling, normalize).unwrap();
+                let got: Vec<_> = tokens
+                    .iter()
+                    .map(|t| t.pooled_as(prefix, 1, pooling, normalize).unwrap())
+                    .collect();
+                assert_eq!(got, want, "{case}/{run} {pooling} normalize={normalize}");
+            }
+        }
+        // Several layers, out of order, each through the final norm and not.
+        let layers = [3, 0, 2];
+        for norm in [true, false] {
+            let tokens = model
+                .embed_layers(&px, &layers, norm, Pooling::Tokens, false)
+                .unwrap();
+            for pooling in POOLINGS.into_iter().chain(registers) {
+                let want = model
+                    .embed_layers(&px, &layers, norm, pooling, true)
+                    .unwrap();
+                let got: Vec<_> = tokens
+                    .iter()
+                    .map(|t| t.pooled_as(prefix, layers.len(), pooling, true).unwrap())
+                    .collect();
+                assert_eq!(got, want, "{case}/{run} layers {pooling} norm={norm}");
+            }
+        }
+        // Not an embedding of every token.
+        let cls = model.embed(&px, Pooling::Cls, false).unwrap();
+        assert!(cls[0].pooled_as(prefix, 1, Pooling::Mean, false).is_none());
+    }
+}

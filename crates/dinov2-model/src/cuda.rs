@@ -312,7 +312,7 @@ impl Backend for CudaBackend {
                 Pooling::Mean => (false, true),
                 Pooling::ClsMean => (true, true),
                 // The patch grid is most of the tokens: they are downloaded as they are.
-                Pooling::Patch | Pooling::Registers => return Ok(None),
+                Pooling::Patch | Pooling::Registers | Pooling::Tokens => return Ok(None),
             };
             let [b, s, h] = tokens.shape()[..] else {
                 return Err(ModelError::input("tokens", "expected 3 dimensions"));

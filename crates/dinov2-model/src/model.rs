@@ -10,7 +10,7 @@ use crate::error::{ModelError, Result};
 use crate::loss::{loss, resolve_problem_type, Labels};
 use crate::outputs::{BackboneOutput, ClassifierOutput, ModelOutput};
 use crate::params::{Ffn, HostParams, Layer, Norm, ParamSource, Params, RandomParams};
-use crate::pooling::{embeddings, pool_tokens, Embedding, Pooling};
+use crate::pooling::{embeddings, join_layers, pool_tokens, Embedding, Pooling};
 use crate::positions::{resized_positions, Interpolation};
 use crate::replay::{PassOutput, PassShape, Recorded, ReplayStatus, Replays};
 

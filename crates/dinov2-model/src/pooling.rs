@@ -1,5 +1,5 @@
 //! From the model's final tokens to embedding vectors: CLS, mean of the patch tokens, both, the
-//! patch grid or the register tokens, optionally L2-normalized.
+//! patch grid, the register tokens or every token, optionally L2-normalized.
 //!
 //! [`pool_tokens`] is the one host implementation of the pooling arithmetic: [`Backend::pool`]'s
 //! default (download, then pool here) and [`pool`] (from a [`ModelOutput`]) both use it, and the
@@ -23,13 +23,22 @@ pub enum Pooling {
     Patch,
     /// The register tokens, one after another (`R · h`; models with registers only).
     Registers,
+    /// Every token, as `last_hidden_state` holds them: the CLS token, the registers, then the
+    /// patches row-major (`(1 + R + gh · gw) · h`). Every other pooling can be taken from it on
+    /// the host ([`Embedding::pooled_as`]), so that one pass gives several.
+    Tokens,
 }
 
 impl Pooling {
-    /// Whether the result is several token vectors (patches, registers), each `h` values, rather
-    /// than one vector: normalization then applies to each.
+    /// Whether the result is several token vectors (patches, registers, tokens), each `h`
+    /// values, rather than one vector: normalization then applies to each.
     pub fn is_tokens(self) -> bool {
-        matches!(self, Pooling::Patch | Pooling::Registers)
+        matches!(self, Pooling::Patch | Pooling::Registers | Pooling::Tokens)
+    }
+
+    /// Whether the result follows the patch grid, which [`Embedding::grid`] then gives.
+    pub fn has_grid(self) -> bool {
+        matches!(self, Pooling::Patch | Pooling::Tokens)
     }
 }
 
@@ -42,8 +51,9 @@ impl std::str::FromStr for Pooling {
             "cls+mean" => Ok(Pooling::ClsMean),
             "patch" => Ok(Pooling::Patch),
             "registers" => Ok(Pooling::Registers),
+            "tokens" => Ok(Pooling::Tokens),
             _ => Err(format!(
-                "unknown pooling {s:?}: expected cls, mean, cls+mean, patch or registers"
+                "unknown pooling {s:?}: expected cls, mean, cls+mean, patch, registers or tokens"
             )),
         }
     }
@@ -57,6 +67,7 @@ impl std::fmt::Display for Pooling {
             Pooling::ClsMean => "cls+mean",
             Pooling::Patch => "patch",
             Pooling::Registers => "registers",
+            Pooling::Tokens => "tokens",
         })
     }
 }
@@ -66,13 +77,97 @@ impl std::fmt::Display for Pooling {
 pub struct Embedding {
     /// The vector (or, for patch pooling, the grid's vectors one after the other).
     pub values: Vec<f32>,
-    /// The patch grid `(gh, gw)` for patch pooling.
+    /// The patch grid `(gh, gw)` for patch and token pooling.
     pub grid: Option<(usize, usize)>,
 }
 
+impl Embedding {
+    /// This embedding of [`Pooling::Tokens`] (`prefix` = 1 + registers tokens before the
+    /// patches; `layers` hidden states concatenated per token, 1 without intermediate layers),
+    /// pooled as `pooling` and L2-normalized when `normalize`: the values a pass with that
+    /// pooling gives ([`crate::Dinov2::embed`], [`crate::Dinov2::embed_layers`]). `None` when
+    /// this is not such an embedding.
+    pub fn pooled_as(
+        &self,
+        prefix: usize,
+        layers: usize,
+        pooling: Pooling,
+        normalize: bool,
+    ) -> Option<Embedding> {
+        let (gh, gw) = self.grid?;
+        let seq = prefix.checked_add(gh.checked_mul(gw)?)?;
+        if prefix == 0
+            || layers == 0
+            || self.values.is_empty()
+            || self.values.len() % (seq * layers) != 0
+        {
+            return None;
+        }
+        let hidden = self.values.len() / seq;
+        let h = hidden / layers;
+        let pooled: Vec<Tensor> = (0..layers)
+            .map(|l| {
+                let data = self
+                    .values
+                    .chunks_exact(hidden)
+                    .flat_map(|token| &token[l * h..(l + 1) * h])
+                    .copied()
+                    .collect();
+                pool_tokens(
+                    &Tensor {
+                        shape: vec![1, seq, h],
+                        data,
+                    },
+                    prefix,
+                    pooling,
+                )
+            })
+            .collect();
+        let pooled: Vec<&Tensor> = pooled.iter().collect();
+        embeddings(
+            join_layers(&pooled, h, pooling, 1),
+            hidden,
+            (gh, gw),
+            pooling,
+            normalize,
+        )
+        .pop()
+    }
+}
+
+/// Joins the poolings `[B, w]` of several hidden states into `[B, L·w]` as
+/// [`crate::Dinov2::embed_layers`] gives them: per image the layers' vectors one after the other,
+/// or for the token poolings (`h` values per token) per token.
+pub(crate) fn join_layers(pooled: &[&Tensor], h: usize, pooling: Pooling, batch: usize) -> Tensor {
+    let Some(first) = pooled.first() else {
+        return Tensor {
+            shape: vec![batch, 0],
+            data: Vec::new(),
+        };
+    };
+    let unit = if pooling.is_tokens() {
+        h
+    } else {
+        first.last_dim()
+    }
+    .max(1);
+    let rows = first.len() / unit;
+    let mut data = Vec::with_capacity(rows * unit * pooled.len());
+    for r in 0..rows {
+        for p in pooled {
+            data.extend_from_slice(&p.data[r * unit..(r + 1) * unit]);
+        }
+    }
+    let row = data.len() / batch.max(1);
+    Tensor {
+        shape: vec![batch, row],
+        data,
+    }
+}
+
 /// Pools the final tokens `[B, S, h]` (`prefix` = 1 + registers tokens before the patches) into
-/// `[B, w]`: `w` = `h` (CLS, mean), `2h` (CLS then mean), `(S - prefix)·h` (the patch tokens) or
-/// `(prefix - 1)·h` (the register tokens). The mean is accumulated in f64.
+/// `[B, w]`: `w` = `h` (CLS, mean), `2h` (CLS then mean), `(S - prefix)·h` (the patch tokens),
+/// `(prefix - 1)·h` (the register tokens) or `S·h` (every token). The mean is accumulated in f64.
 pub fn pool_tokens(tokens: &Tensor, prefix: usize, pooling: Pooling) -> Tensor {
     let (b, seq, h) = (tokens.shape[0], tokens.shape[1], tokens.shape[2]);
     let width = match pooling {
@@ -80,6 +175,7 @@ pub fn pool_tokens(tokens: &Tensor, prefix: usize, pooling: Pooling) -> Tensor {
         Pooling::ClsMean => 2 * h,
         Pooling::Patch => (seq - prefix) * h,
         Pooling::Registers => (prefix - 1) * h,
+        Pooling::Tokens => seq * h,
     };
     let mut data = Vec::with_capacity(b * width);
     for img in tokens.data.chunks_exact(seq * h).take(b) {
@@ -99,6 +195,7 @@ pub fn pool_tokens(tokens: &Tensor, prefix: usize, pooling: Pooling) -> Tensor {
             }
             Pooling::Patch => data.extend_from_slice(patches),
             Pooling::Registers => data.extend_from_slice(&img[h..prefix * h]),
+            Pooling::Tokens => data.extend_from_slice(img),
         }
     }
     Tensor {
@@ -137,7 +234,7 @@ pub fn embeddings(
     data.chunks_exact(width)
         .map(|row| Embedding {
             values: row.to_vec(),
-            grid: (pooling == Pooling::Patch).then_some(grid),
+            grid: pooling.has_grid().then_some(grid),
         })
         .collect()
 }

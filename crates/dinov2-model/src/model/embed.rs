@@ -118,27 +118,10 @@ impl<B: Backend> Dinov2<B> {
             })
             .collect::<Result<Vec<_>>>()?;
         let h = self.config.hidden_size;
-        // Per image (per token for patch and register pooling), the layers' vectors one after
-        // the other.
-        let unit = if pooling.is_tokens() {
-            h
-        } else {
-            in_order[0].last_dim()
-        };
-        let rows = in_order[0].len() / unit;
-        let mut data = Vec::with_capacity(rows * unit * layers.len());
-        for r in 0..rows {
-            for p in &in_order {
-                data.extend_from_slice(&p.data[r * unit..(r + 1) * unit]);
-            }
-        }
-        let row = data.len() / batch;
+        let joined = join_layers(&in_order, h, pooling, batch);
         let p = self.config.patch_size;
         Ok(embeddings(
-            Tensor {
-                shape: vec![batch, row],
-                data,
-            },
+            joined,
             h * layers.len(),
             (height / p, width / p),
             pooling,
