@@ -255,11 +255,13 @@ pub struct EmbedArgs {
     /// 128 on CUDA).
     #[arg(long, env = "DINOV2_BATCH_SIZE")]
     pub batch_size: Option<usize>,
-    /// cls (pooler_output), mean (of the patch tokens), cls+mean, patch (the token grid), or
-    /// registers (the register tokens of a model with registers).
-    #[arg(long, default_value = "cls")]
-    pub pooling: Pooling,
-    /// L2-normalize each vector (each token's vector with --pooling patch or registers).
+    /// cls (pooler_output), mean (of the patch tokens), cls+mean, patch (the token grid),
+    /// registers (the register tokens of a model with registers) or tokens (every token:
+    /// last_hidden_state); several, e.g. `cls,patch`, come from one pass, each in its own column
+    /// (Parquet) or tensor (safetensors).
+    #[arg(long, default_value = "cls", value_delimiter = ',')]
+    pub pooling: Vec<Pooling>,
+    /// L2-normalize each vector (each token's vector with --pooling patch, registers or tokens).
     #[arg(long)]
     pub normalize: bool,
     /// Pool these hidden states instead of the final output, concatenated in this order, e.g.
@@ -305,9 +307,9 @@ pub struct EmbedArgs {
         conflicts_with = "device"
     )]
     pub gpus: Option<Vec<usize>>,
-    /// Embed only shard I of N (`--shard 3/8`): the inputs whose position in the sorted list is
-    /// I modulo N, so that N jobs (machines) with the same inputs share the work without
-    /// overlap, each writing its own output.
+    /// Embed only shard I of N (`--shard 3/8`): the I-th of N equal runs of the sorted inputs,
+    /// so that N jobs (machines) with the same inputs share the work without overlap, each
+    /// writing its own output (and reading its part of an archive or table in one piece).
     #[arg(long, value_name = "I/N", value_parser = parse_shard)]
     pub shard: Option<(usize, usize)>,
     /// Rows per committed chunk of the resumable job.

@@ -6,7 +6,7 @@ use dinov2::image::{DecodeOptions, HeightWidth, PreprocessConfig, SizeSpec};
 use dinov2::{preprocess_config, Backend, Checkpoint, CpuBackend, CudaBackend, Dinov2, Embedder};
 
 use crate::args::{with_backend, DecodeArgs, Device, EmbedArgs};
-use crate::embed::{expand_inputs, run as run_job, Format, Settings};
+use crate::embed::{expand_inputs, run as run_job, Format, Outputs, Settings};
 use crate::error::{CliError, Result};
 use crate::model_dir::resolve;
 
@@ -93,12 +93,11 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let (format, output) = Format::of(&args.output)?;
     let mut inputs = expand_inputs(&args.inputs, args.image_column.as_deref())?;
     if let Some((shard, shards)) = args.shard {
-        inputs = inputs
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| i % shards == shard)
-            .map(|(_, p)| p)
-            .collect();
+        // Shard i holds inputs i·n/N up to (i+1)·n/N (in 128 bits: no overflow).
+        let bound = |i: usize| (i as u128 * inputs.len() as u128 / shards as u128) as usize;
+        let (start, end) = (bound(shard), bound(shard + 1));
+        inputs.truncate(end);
+        inputs.drain(..start);
         if inputs.is_empty() {
             return Err(CliError(format!(
                 "shard {shard}/{shards} holds no input (fewer inputs than shards)"
@@ -109,12 +108,32 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let checkpoint = Checkpoint::open(&dir)?;
     let preprocess = preprocessing(&dir, &args.decode, checkpoint.config.patch_size)?;
     // Checked here, not per batch (where a model error would read as bad images).
-    if format == Format::ClipRetrieval && args.pooling == dinov2::Pooling::Patch {
-        return Err(CliError(
-            "--pooling patch with a folder output: clip-retrieval's layout holds one vector per \
-             image (N x D); write patch grids to .parquet, .npy or .safetensors"
-                .into(),
-        ));
+    let poolings = &args.pooling;
+    if let Some((i, p)) = poolings
+        .iter()
+        .enumerate()
+        .find(|(i, p)| poolings[..*i].contains(p))
+    {
+        return Err(CliError(format!(
+            "--pooling: {p} is asked twice (at positions {} and {})",
+            poolings.iter().position(|q| q == p).unwrap_or(0) + 1,
+            i + 1
+        )));
+    }
+    if poolings.len() > 1 && matches!(format, Format::Npy | Format::ClipRetrieval) {
+        return Err(CliError(format!(
+            "--pooling {}: several outputs need a file that holds several: write .parquet (a \
+             column each) or .safetensors (a tensor each)",
+            pooling_list(poolings)
+        )));
+    }
+    if let Some(p) = poolings.iter().find(|p| p.is_tokens()) {
+        if format == Format::ClipRetrieval {
+            return Err(CliError(format!(
+                "--pooling {p} with a folder output: clip-retrieval's layout holds one vector per \
+                 image (N x D); write token outputs to .parquet, .npy or .safetensors"
+            )));
+        }
     }
     if format == Format::ClipRetrieval && args.output_dtype == crate::embed::ValueType::Binary {
         return Err(CliError(
@@ -123,7 +142,8 @@ pub fn run(args: EmbedArgs) -> Result<()> {
                 .into(),
         ));
     }
-    if args.pooling == dinov2::Pooling::Registers && checkpoint.config.num_register_tokens == 0 {
+    if poolings.contains(&dinov2::Pooling::Registers) && checkpoint.config.num_register_tokens == 0
+    {
         return Err(CliError(format!(
             "--pooling registers: {} has no register tokens (a dinov2_with_registers checkpoint \
              has)",
@@ -155,8 +175,12 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         format,
         output_dtype: args.output_dtype,
         batch_size,
-        pooling: args.pooling,
-        normalize: args.normalize,
+        outputs: Outputs {
+            poolings: poolings.clone(),
+            normalize: args.normalize,
+            prefix: checkpoint.config.num_prefix_tokens(),
+            layers: args.layers.as_ref().map_or(1, Vec::len),
+        },
         on_error: args.on_error,
         overwrite: args.overwrite,
         resume: args.resume,
@@ -258,11 +282,20 @@ fn embedder<B: Backend>(
 ) -> Result<Embedder<B>> {
     let model = Dinov2::load(backend, checkpoint)?;
     let embedder = Embedder::new(model, preprocess.clone())
-        .with_pooling(settings.pooling)
-        .with_normalize(settings.normalize)
+        .with_pooling(settings.outputs.pass())
+        .with_normalize(settings.outputs.pass_normalizes())
         .with_decode_options(decode.clone());
     Ok(match &settings.layers {
         Some((layers, norm)) => embedder.with_layers(layers.clone(), *norm),
         None => embedder,
     })
+}
+
+/// `cls,patch`: poolings as `--pooling` takes them.
+fn pooling_list(poolings: &[dinov2::Pooling]) -> String {
+    poolings
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }

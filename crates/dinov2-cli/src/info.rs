@@ -122,12 +122,14 @@ pub fn run(args: InfoArgs) -> Result<()> {
         String::new()
     };
     println!(
-        "embedding:    cls {h}, mean {h}, cls+mean {}, patch {}x{}x{h} at {}x{} px{registers}",
+        "embedding:    cls {h}, mean {h}, cls+mean {}, patch {}x{}x{h} at {}x{} px{registers}, \
+         tokens {}x{h}",
         2 * h,
         grid.0,
         grid.1,
         side.0,
-        side.1
+        side.1,
+        c.num_prefix_tokens() + grid.0 * grid.1
     );
     for p in w.paths() {
         println!("file:         {}", p.display());

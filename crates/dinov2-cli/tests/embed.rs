@@ -646,7 +646,8 @@ fn patch_grids_of_different_sizes() {
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert_eq!(r.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("rows differ in shape ([4, 4, 48] and [4, 6, 48])"),
+        stderr
+            .contains("rows differ in the shape of their patch output ([4, 4, 48] and [4, 6, 48])"),
         "{stderr}"
     );
     assert!(!npy.exists());
@@ -1073,9 +1074,10 @@ fn shards_split_the_inputs_without_overlap() {
             &format!("shard{shard}.npy"),
             &["--shard", &format!("{shard}/3")],
         );
-        // Shard i holds the inputs at positions i, i + 3, ... of the sorted list, with the
-        // values of the whole run.
-        let want: Vec<&String> = all.iter().skip(shard).step_by(3).collect();
+        // Shard i holds the i-th third of the sorted list, in one piece (archives and tables
+        // are read in order by one job), with the values of the whole run.
+        let n = all.len();
+        let want: Vec<&String> = all[shard * n / 3..(shard + 1) * n / 3].iter().collect();
         assert_eq!(paths.iter().collect::<Vec<_>>(), want, "shard {shard}");
         for (j, path) in paths.iter().enumerate() {
             let at = all.iter().position(|p| p == path).unwrap();
@@ -1587,7 +1589,7 @@ fn register_pooling_needs_a_model_with_registers() {
     assert_eq!(r.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("has no register tokens"), "{stderr}");
     assert!(!PathBuf::from(format!("{}.partial", out.display())).exists());
-    // A model with 4 registers of 32 values: 128 per image, each register unit length.
+    // A model with 4 registers of 32 values: 4 x 32 per image, each register unit length.
     let with_registers = root().join("tests/fixtures/golden/registers_mlp");
     let r = dinov2(&[
         "embed",
@@ -1602,7 +1604,7 @@ fn register_pooling_needs_a_model_with_registers() {
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let (shape, values) = read_npy(&out);
-    assert_eq!(shape, vec![7, 128]);
+    assert_eq!(shape, vec![7, 4, 32]);
     for v in values.chunks(32) {
         let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5, "{norm}");
@@ -1971,4 +1973,123 @@ fn parquet_tables_of_images_are_read_row_by_row() {
         errors[1].contains("page.parquet") && errors[1].contains("not a readable Parquet"),
         "{errors:?}"
     );
+}
+
+/// Reads the f32 tensors of a safetensors file: name to (shape, values).
+fn read_safetensors(path: &Path) -> std::collections::HashMap<String, (Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (name, (view.shape().to_vec(), values))
+        })
+        .collect()
+}
+
+#[test]
+fn several_poolings_come_from_one_pass() {
+    let dir = TempDir::new().unwrap();
+    let images = root().join("assets/images");
+    let images = images.to_str().unwrap();
+    let model = root().join("tests/fixtures/golden/registers_mlp");
+    let model = model.to_str().unwrap();
+    let poolings = ["cls", "mean", "cls+mean", "patch", "registers", "tokens"];
+    // Each pooling on its own, then all at once: the same values, each in its own tensor, also
+    // when every row goes through the job's chunk files on its own.
+    let mut single = Vec::new();
+    for p in poolings {
+        let out = dir.path().join(format!("{p}.npy"));
+        embed_ok(
+            model,
+            out.clone(),
+            &["--pooling", p, "--normalize"],
+            &[images],
+        );
+        single.push(read_npy(&out));
+    }
+    let all = poolings.join(",");
+    let out = dir.path().join("all.safetensors");
+    embed_ok(
+        model,
+        out.clone(),
+        &["--pooling", &all, "--normalize", "--chunk-rows", "1"],
+        &[images],
+    );
+    let tensors = read_safetensors(&out);
+    assert_eq!(tensors.len(), poolings.len());
+    for (p, want) in poolings.iter().zip(&single) {
+        let got = &tensors[&p.replace('+', "_")];
+        assert_eq!(got, want, "{p}");
+    }
+    let grid = &tensors["patch"].0;
+    assert_eq!(tensors["tokens"].0, [7, 1 + 4 + grid[1] * grid[2], 32]);
+    assert_eq!(
+        lines(&PathBuf::from(format!("{}.paths.txt", out.display()))).len(),
+        7
+    );
+
+    // Parquet: a column per pooling, in the order asked, and the grid; binary packs each
+    // output's vectors (each token's) on their own.
+    let out = dir.path().join("all.parquet");
+    embed_ok(
+        model,
+        out.clone(),
+        &["--pooling", "patch,cls", "--output-dtype", "binary"],
+        &[images],
+    );
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        File::open(&out).unwrap(),
+    )
+    .unwrap();
+    let names: Vec<String> = reader
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(
+        names,
+        ["path", "width", "height", "patch", "cls", "grid_h", "grid_w"]
+    );
+    let batch = reader.build().unwrap().next().unwrap().unwrap();
+    use arrow_array::cast::AsArray;
+    let cls = batch.column_by_name("cls").unwrap().as_fixed_size_list();
+    assert_eq!(cls.value_length(), 4, "32 bits in 4 bytes");
+    let patch = batch.column_by_name("patch").unwrap().as_list::<i32>();
+    assert_eq!(patch.value(0).len(), grid[1] * grid[2] * 4);
+
+    // Refused before any work: a format of one array, a pooling twice, tokens in a folder.
+    for (pooling, output, says) in [
+        ("cls,patch", "x.npy", "several outputs"),
+        ("cls,mean,cls", "x.parquet", "asked twice"),
+        ("tokens", "folder/", "clip-retrieval"),
+    ] {
+        let out = dir.path().join(output);
+        let out = out.to_str().unwrap();
+        let out = if output.ends_with('/') {
+            format!("{out}/")
+        } else {
+            out.to_string()
+        };
+        let r = dinov2(&[
+            "embed",
+            "--model",
+            model,
+            "--pooling",
+            pooling,
+            "--output",
+            &out,
+            images,
+        ]);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{pooling}: {stderr}");
+        assert!(stderr.contains(says), "{pooling}: {stderr}");
+        assert!(!dir.path().join(output).exists());
+    }
 }

@@ -8,6 +8,7 @@ use dinov2::{stack_images, Backend, Embedder, ModelError, Tensor};
 
 use super::inputs::Input;
 use super::job::{Failure, Row};
+use super::outputs::Outputs;
 use super::OnError;
 use crate::error::{CliError, Result};
 
@@ -47,6 +48,7 @@ fn embed_group<B: Backend>(
     embedder: &Embedder<B>,
     group: Group,
     inputs: &[Input],
+    outputs: &Outputs,
     rows: &mut Vec<Row>,
     failures: &mut Vec<Failure>,
 ) -> Result<()> {
@@ -77,14 +79,21 @@ fn embed_group<B: Backend>(
             }
             for ((index, width, height), result) in group.members.into_iter().zip(results) {
                 match result {
-                    Ok(e) => rows.push(Row {
-                        index,
-                        path: inputs[index].name(),
-                        width,
-                        height,
-                        grid: e.grid,
-                        values: e.values,
-                    }),
+                    Ok(e) => {
+                        let grid = e.grid;
+                        match outputs.split(e) {
+                            Ok(split) => rows.push(Row {
+                                index,
+                                path: inputs[index].name(),
+                                width,
+                                height,
+                                grid: grid.filter(|_| outputs.has_grid()),
+                                shapes: split.shapes,
+                                values: split.values,
+                            }),
+                            Err(e) => fail(failures, index, e),
+                        }
+                    }
                     // An image that does not fit the device even alone (the embedder has
                     // retried in smaller passes); the others are kept.
                     Err(e) => fail(failures, index, format!("{e} (even one image at a time)")),
@@ -178,13 +187,14 @@ pub(super) fn run_batch<B: Backend>(
     embedder: &Embedder<B>,
     batch: Batch,
     inputs: &[Input],
+    outputs: &Outputs,
     on_error: OnError,
 ) -> Result<Outcome> {
     let t = Instant::now();
     let mut rows = Vec::new();
     let mut failures = Vec::new();
     for group in batch.groups {
-        embed_group(embedder, group, inputs, &mut rows, &mut failures)?;
+        embed_group(embedder, group, inputs, outputs, &mut rows, &mut failures)?;
     }
     // Groups are by size: back to input order.
     rows.sort_by_key(|r: &Row| r.index);

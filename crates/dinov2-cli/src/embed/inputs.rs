@@ -7,7 +7,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::tables::Table;
+use super::tables::{Cache, Table};
 use crate::error::{CliError, Result};
 
 /// File extensions taken from directories and archives (case-insensitive).
@@ -86,17 +86,7 @@ impl Input {
             }
             Input::Row {
                 table, group, row, ..
-            } => {
-                let bytes = table.read(*group, *row)?;
-                let limit = dinov2::image::MAX_FILE_BYTES;
-                if bytes.len() as u64 > limit {
-                    return Err(format!(
-                        "{} bytes, more than the limit of {limit} for an image file",
-                        bytes.len()
-                    ));
-                }
-                Ok(bytes)
-            }
+            } => table.read(*group, *row, dinov2::image::MAX_FILE_BYTES),
             Input::Broken { error, .. } => Err(error.clone()),
         }
     }
@@ -203,8 +193,8 @@ fn is_table(path: &Path) -> bool {
 
 /// The rows of the Parquet table at `path`, in order; a table that cannot be read, or has no
 /// image column, is one [`Input::Broken`].
-fn table_rows(path: &Path, column: Option<&str>, out: &mut Vec<Input>) {
-    let table = match Table::open(path, column) {
+fn table_rows(path: &Path, column: Option<&str>, cache: &Arc<Cache>, out: &mut Vec<Input>) {
+    let table = match Table::open(path, column, cache.clone()) {
         Ok(table) => Arc::new(table),
         Err(error) => {
             return out.push(Input::Broken {
@@ -284,11 +274,12 @@ pub fn expand(inputs: &[String], image_column: Option<&str>) -> Result<Vec<Input
         }
     }
     let mut out = Vec::with_capacity(paths.len());
+    let cache = Arc::new(Cache::default());
     for path in paths {
         if is_archive(&path) && path.is_file() {
             archive_members(&path, &mut out);
         } else if is_table(&path) && path.is_file() {
-            table_rows(&path, image_column, &mut out);
+            table_rows(&path, image_column, &cache, &mut out);
         } else {
             out.push(Input::File(path));
         }

@@ -21,8 +21,11 @@ pub struct Row {
     /// Size of the original image.
     pub width: u32,
     pub height: u32,
-    /// The patch grid, for patch pooling.
+    /// The patch grid, for the outputs that follow it (patch, tokens).
     pub grid: Option<(usize, usize)>,
+    /// Each output's shape (`[D]`, `[R, D]`, `[gh, gw, D]` or `[S, D]`), in the order asked.
+    pub shapes: Vec<Vec<usize>>,
+    /// The outputs' values, one after another.
     pub values: Vec<f32>,
 }
 
@@ -48,17 +51,20 @@ pub struct Job {
     pub failures: Vec<Failure>,
     /// Rows written so far.
     pub rows: usize,
-    /// The distinct shapes of the rows so far (`[D]` or `[gh, gw, D]`), in order of appearance.
-    pub shapes: Vec<Vec<usize>>,
+    /// The distinct output shapes of the rows so far ([`Row::shapes`]), in order of appearance.
+    pub shapes: Vec<Vec<Vec<usize>>>,
 }
 
 impl Row {
-    /// `[D]`, or `[gh, gw, D]` for a patch grid.
-    pub fn shape(&self) -> Vec<usize> {
-        match self.grid {
-            Some((h, w)) => vec![h, w, self.values.len() / (h * w).max(1)],
-            None => vec![self.values.len()],
-        }
+    /// Each output's shape and values, in order.
+    pub fn outputs(&self) -> impl Iterator<Item = (&[usize], &[f32])> {
+        let mut offset = 0;
+        self.shapes.iter().map(move |shape| {
+            let n: usize = shape.iter().product();
+            let values = &self.values[offset..offset + n];
+            offset += n;
+            (shape.as_slice(), values)
+        })
     }
 }
 
@@ -193,9 +199,8 @@ impl Job {
             self.chunks.push(name);
             self.rows += rows.len();
             for row in rows {
-                let shape = row.shape();
-                if !self.shapes.contains(&shape) {
-                    self.shapes.push(shape);
+                if !self.shapes.contains(&row.shapes) {
+                    self.shapes.push(row.shapes.clone());
                 }
             }
         }
@@ -220,7 +225,8 @@ impl Job {
 }
 
 /// A chunk file: all rows' values one after another (rows may differ in length: patch grids of
-/// several sizes), and per row its index, path, original size, grid and length as JSON metadata.
+/// several sizes), and per row its index, path, original size, grid and output shapes as JSON
+/// metadata.
 fn encode_chunk(rows: &[Row]) -> Result<Vec<u8>> {
     let mut values = Vec::with_capacity(rows.iter().map(|r| r.values.len()).sum());
     let mut meta = Vec::with_capacity(rows.len());
@@ -228,7 +234,7 @@ fn encode_chunk(rows: &[Row]) -> Result<Vec<u8>> {
         values.extend_from_slice(&r.values);
         meta.push(
             json!({"index": r.index, "path": r.path, "width": r.width, "height": r.height,
-                         "grid": r.grid.map(|(h, w)| [h, w]), "len": r.values.len()}),
+                         "grid": r.grid.map(|(h, w)| [h, w]), "shapes": r.shapes}),
         );
     }
     let view = TensorView::new(
@@ -257,14 +263,20 @@ fn decode_chunk(bytes: &[u8]) -> std::result::Result<Vec<Row>, String> {
         .and_then(|m| m.get("rows"))
         .ok_or("no row metadata")?;
     let rows: Value = serde_json::from_str(rows_json).map_err(|e| e.to_string())?;
-    let mut offset = 0;
+    let mut offset: usize = 0;
     rows.as_array()
         .ok_or("row metadata is not a list")?
         .iter()
         .map(|r| {
             let mut row = || -> Option<Row> {
-                let len = r["len"].as_u64()? as usize;
-                let values = data.get(offset..offset + len)?.to_vec();
+                let shapes: Vec<Vec<usize>> = serde_json::from_value(r["shapes"].clone()).ok()?;
+                if shapes.is_empty() || shapes.iter().any(Vec::is_empty) {
+                    return None;
+                }
+                let len = shapes.iter().try_fold(0usize, |sum, s| {
+                    sum.checked_add(s.iter().try_fold(1usize, |p, &d| p.checked_mul(d))?)
+                })?;
+                let values = data.get(offset..offset.checked_add(len)?)?.to_vec();
                 offset += len;
                 let grid = match r["grid"].as_array() {
                     Some(g) => Some((g.first()?.as_u64()? as usize, g.get(1)?.as_u64()? as usize)),
@@ -276,6 +288,7 @@ fn decode_chunk(bytes: &[u8]) -> std::result::Result<Vec<Row>, String> {
                     width: r["width"].as_u64()? as u32,
                     height: r["height"].as_u64()? as u32,
                     grid,
+                    shapes,
                     values,
                 })
             };
@@ -295,6 +308,7 @@ mod tests {
             width: 10 + index as u32,
             height: 20,
             grid: Some((1, 2)),
+            shapes: vec![vec![1, 2, 1], vec![2]],
             values: vec![index as f32, 0.5, -1.0, 2.0],
         }
     }

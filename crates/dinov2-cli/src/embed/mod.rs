@@ -6,6 +6,7 @@
 mod batch;
 mod inputs;
 mod job;
+mod outputs;
 mod tables;
 mod writers;
 
@@ -17,7 +18,7 @@ use std::sync::mpsc::{channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dinov2::{Backend, Embedder, Pooling};
+use dinov2::{Backend, Embedder};
 
 use std::io::IsTerminal;
 
@@ -27,6 +28,7 @@ use rayon::prelude::*;
 use crate::error::{CliError, Result};
 use batch::{assemble, run_batch, Batch, Decoded, Outcome};
 use job::{digest, Job};
+pub use outputs::Outputs;
 use writers::{sibling, write_output};
 pub use writers::{Format, ValueType};
 
@@ -47,8 +49,8 @@ pub struct Settings {
     /// The type of the written values.
     pub output_dtype: ValueType,
     pub batch_size: usize,
-    pub pooling: Pooling,
-    pub normalize: bool,
+    /// The poolings written, and whether normalized.
+    pub outputs: Outputs,
     pub on_error: OnError,
     pub overwrite: bool,
     pub resume: bool,
@@ -78,8 +80,10 @@ fn open_job(s: &Settings) -> Result<Option<Job>> {
     let mut parts: Vec<String> = s.inputs.iter().map(Input::name).collect();
     parts.extend([
         format!("{:?}", s.format),
-        s.pooling.to_string(),
-        s.normalize.to_string(),
+        // The layout of the job's chunks, which changed with several outputs per row.
+        "rows 2".into(),
+        format!("{:?}", s.outputs.poolings),
+        s.outputs.normalize.to_string(),
         s.batch_size.to_string(),
     ]);
     parts.extend(s.identity.iter().cloned());
@@ -233,6 +237,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
         .build()
         .map_err(|e| CliError(format!("cannot start decoding threads: {e}")))?;
     let inputs = &s.inputs;
+    let outputs = &s.outputs;
     let on_error = s.on_error;
     let cancel = AtomicBool::new(false);
     let result: Result<()> = std::thread::scope(|scope| {
@@ -306,7 +311,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
                 // A panic becomes this batch's error, so the collector stops at once rather
                 // than waiting for a batch that never comes.
                 let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    run_batch(model, batch, inputs, on_error)
+                    run_batch(model, batch, inputs, outputs, on_error)
                 }))
                 .unwrap_or_else(|panic| {
                     let what = panic
@@ -359,7 +364,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
                     if s.format.is_dense() {
                         // Fail now, not after the whole job, when rows stop fitting one dense
                         // tensor.
-                        writers::dense_shape(&job, s.format)?;
+                        writers::dense_shape(&job, s.format, &s.outputs)?;
                     }
                 }
             }
@@ -430,7 +435,7 @@ fn finish(
     timing: &Timing,
     streams: usize,
 ) -> Result<()> {
-    write_output(&job, &s.output, s.format, s.output_dtype)?;
+    write_output(&job, &s.output, s.format, s.output_dtype, &s.outputs)?;
     let errors_path = sibling(&s.output, ".errors.jsonl");
     let failed = job.failures.len();
     if failed > 0 {

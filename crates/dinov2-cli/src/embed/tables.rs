@@ -3,12 +3,14 @@
 //! binary column) store them.
 //!
 //! Only the footer is read when the inputs are listed. A row group's image column is decoded
-//! when its first row is read and kept while the rows near it are read (by several decoding
-//! threads at once), so every row group is decoded about once.
+//! when its first row is read, shared by the decoding threads reading its other rows, and let go
+//! when its last row has been read, so every row group is decoded once. A [`Cache`] shared by
+//! every table of a job bounds what stays decoded when rows are skipped (`--resume`, `--shard`).
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow_array::cast::AsArray;
@@ -22,28 +24,101 @@ use parquet::arrow::ProjectionMask;
 /// Column names taken for the image when a table has several columns of bytes.
 const IMAGE_NAMES: &[&str] = &["image", "img", "jpg", "jpeg", "png", "webp"];
 
-/// The decoded image columns kept per table: their total size may pass this, but only with two
-/// row groups or fewer.
+/// Decoded row groups no thread is reading are let go, oldest first, while more than this is
+/// kept (in all tables together).
 const KEPT_BYTES: u64 = 1 << 30;
 
 /// A row group whose image column is larger than this (uncompressed) is refused: it would be
 /// held in memory whole.
 pub const MAX_ROW_GROUP_BYTES: u64 = 4 << 30;
 
-/// Rows decoded per arrow batch: a batch of binary values holds at most 2 GiB.
+/// A table claiming more rows than this is refused (its footer is likely garbled; a real one
+/// would hold terabytes of images): each row becomes an input held in memory.
+const MAX_ROWS: u64 = 1 << 28;
+
+/// Rows decoded per arrow batch at most; fewer for large images, as a batch of binary values
+/// holds at most 2 GiB: a batch aims at [`BATCH_BYTES`].
 const READ_ROWS: usize = 256;
+const BATCH_BYTES: u64 = 256 << 20;
 
-/// A row group's decoded image cells, in batches of [`READ_ROWS`] rows.
-type Cells = Result<Vec<ArrayRef>, String>;
+/// A row group's decoded image cells: rows per batch, and the batches.
+type Cells = Result<(usize, Vec<ArrayRef>), String>;
 
-/// A Parquet table of images: its footer, the image column, and the row groups decoded lately.
+/// A row group being read or decoded: which table's, which group, its size.
+struct Entry {
+    table: usize,
+    group: usize,
+    bytes: u64,
+    cells: Arc<OnceLock<Cells>>,
+}
+
+/// The row groups decoded lately, shared by every table of a job.
+#[derive(Default)]
+pub struct Cache {
+    entries: Mutex<(usize, VecDeque<Entry>)>,
+}
+
+impl Cache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, VecDeque<Entry>)> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A number naming a new table.
+    fn new_table(&self) -> usize {
+        let mut entries = self.lock();
+        entries.0 += 1;
+        entries.0
+    }
+
+    /// The cell of `group` in `table`, shared with the threads reading its other rows. Beyond
+    /// [`KEPT_BYTES`], the oldest groups no thread holds are let go.
+    fn get(&self, table: usize, group: usize, bytes: u64) -> Arc<OnceLock<Cells>> {
+        let mut entries = self.lock();
+        let list = &mut entries.1;
+        if let Some(e) = list.iter().find(|e| e.table == table && e.group == group) {
+            return e.cells.clone();
+        }
+        let cells = Arc::new(OnceLock::new());
+        list.push_back(Entry {
+            table,
+            group,
+            bytes,
+            cells: cells.clone(),
+        });
+        let mut kept: u64 = list.iter().map(|e| e.bytes).sum();
+        let mut i = 0;
+        while kept > KEPT_BYTES && i + 1 < list.len() {
+            if Arc::strong_count(&list[i].cells) == 1 {
+                kept -= list[i].bytes;
+                list.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        cells
+    }
+
+    /// Lets go of `group` in `table`: its last row has been read.
+    fn done(&self, table: usize, group: usize) {
+        self.lock()
+            .1
+            .retain(|e| !(e.table == table && e.group == group));
+    }
+}
+
+/// A Parquet table of images: its footer, the image column, and the rows of each row group not
+/// read yet.
 pub struct Table {
     path: PathBuf,
     metadata: ArrowReaderMetadata,
     /// The image column's name, and the index of its leaf holding the bytes.
     column: String,
     leaf: usize,
-    recent: Mutex<VecDeque<(usize, Arc<OnceLock<Cells>>)>>,
+    cache: Arc<Cache>,
+    /// This table's number in the cache.
+    id: usize,
+    /// Per row group, the rows not read yet.
+    unread: Vec<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Table {
@@ -65,8 +140,10 @@ impl Eq for Table {}
 
 impl Table {
     /// Opens the table at `path` and finds its image column: `column` when given, else the one
-    /// column of bytes (or of image structs), or among several the one named as an image is.
-    pub fn open(path: &Path, column: Option<&str>) -> Result<Table, String> {
+    /// column of bytes (or of image structs), or among several the one Hugging Face datasets'
+    /// metadata calls an `Image`, or the one named as an image is. Decoded row groups are kept
+    /// in `cache`.
+    pub fn open(path: &Path, column: Option<&str>, cache: Arc<Cache>) -> Result<Table, String> {
         let file = File::open(path).map_err(|e| format!("cannot open the table: {e}"))?;
         let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
             .map_err(|e| format!("not a readable Parquet table: {e}"))?;
@@ -78,10 +155,14 @@ impl Table {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        // Hugging Face datasets record each column's feature: an Image, or an Audio (a struct of
+        // bytes and path too).
+        let features = hf_features(&metadata);
         let candidates: Vec<&str> = fields
             .iter()
             .filter(|f| image_leaf(f.data_type()).is_some())
             .map(|f| f.name().as_str())
+            .filter(|name| features.get(*name).is_none_or(|t| t == "Image"))
             .collect();
         let column = match column {
             Some(name) => {
@@ -111,11 +192,20 @@ impl Table {
                     ))
                 }
                 _ => {
-                    let named: Vec<&str> = candidates
+                    let images: Vec<&str> = candidates
                         .iter()
                         .copied()
-                        .filter(|c| IMAGE_NAMES.contains(&c.to_ascii_lowercase().as_str()))
+                        .filter(|c| features.get(*c).is_some_and(|t| t == "Image"))
                         .collect();
+                    let named: Vec<&str> = if images.is_empty() {
+                        candidates
+                            .iter()
+                            .copied()
+                            .filter(|c| IMAGE_NAMES.contains(&c.to_ascii_lowercase().as_str()))
+                            .collect()
+                    } else {
+                        images
+                    };
                     match named[..] {
                         [one] => one.to_string(),
                         _ => {
@@ -143,12 +233,40 @@ impl Table {
             .iter()
             .position(|c| c.path().parts() == parts.as_slice())
             .ok_or_else(|| format!("column {:?} has no stored leaf", parts.join(".")))?;
+        // The row counts become inputs: they must agree with each other and with the column.
+        let file_rows = metadata.metadata().file_metadata().num_rows();
+        let mut unread = Vec::new();
+        let mut total: i64 = 0;
+        for (i, g) in metadata.metadata().row_groups().iter().enumerate() {
+            let rows = g.num_rows();
+            if rows < 0 || rows > g.column(leaf).num_values() {
+                return Err(format!(
+                    "row group {i} claims {rows} rows but its image column holds {} values: the \
+                     footer is garbled",
+                    g.column(leaf).num_values()
+                ));
+            }
+            total = total.saturating_add(rows);
+            unread.push(AtomicUsize::new(rows as usize));
+        }
+        if total != file_rows {
+            return Err(format!(
+                "the row groups hold {total} rows but the footer says {file_rows}: it is garbled"
+            ));
+        }
+        if total as u64 > MAX_ROWS {
+            return Err(format!(
+                "{total} rows, more than the {MAX_ROWS} one job takes from a table: split it"
+            ));
+        }
         Ok(Table {
             path: path.to_path_buf(),
             metadata,
             column,
             leaf,
-            recent: Mutex::new(VecDeque::new()),
+            id: cache.new_table(),
+            cache,
+            unread,
         })
     }
 
@@ -166,11 +284,32 @@ impl Table {
             .map(|g| g.num_rows().max(0) as usize)
     }
 
-    /// The encoded image in row `row` of row group `group`.
-    pub fn read(&self, group: usize, row: usize) -> Result<Vec<u8>, String> {
-        let cells = self.cells(group);
-        let batches = cells.get_or_init(|| self.decode(group)).as_ref()?;
-        let (batch, row) = (row / READ_ROWS, row % READ_ROWS);
+    /// The encoded image in row `row` of row group `group` (each row is read once: the group
+    /// is let go after its last row), if it is no larger than `limit` bytes.
+    pub fn read(&self, group: usize, row: usize, limit: u64) -> Result<Vec<u8>, String> {
+        let cells = self.cache.get(self.id, group, self.group_bytes(group));
+        let result = self.cell(&cells, group, row, limit);
+        drop(cells);
+        let last = self
+            .unread
+            .get(group)
+            .is_some_and(|n| n.fetch_sub(1, Ordering::AcqRel) == 1);
+        if last {
+            self.cache.done(self.id, group);
+        }
+        result
+    }
+
+    /// Row `row` of the decoded row group `group`.
+    fn cell(
+        &self,
+        cells: &OnceLock<Cells>,
+        group: usize,
+        row: usize,
+        limit: u64,
+    ) -> Result<Vec<u8>, String> {
+        let (rows_per_batch, batches) = cells.get_or_init(|| self.decode(group)).as_ref()?;
+        let (batch, row) = (row / rows_per_batch, row % rows_per_batch);
         let array = batches
             .get(batch)
             .filter(|a| row < a.len())
@@ -197,23 +336,13 @@ impl Table {
                 array.data_type()
             ));
         };
+        if bytes.len() as u64 > limit {
+            return Err(format!(
+                "{} bytes, more than the limit of {limit} for an image file",
+                bytes.len()
+            ));
+        }
         Ok(bytes.to_vec())
-    }
-
-    /// The cell of row group `group`, shared with the threads reading its other rows; the
-    /// oldest are let go while more than [`KEPT_BYTES`] are kept.
-    fn cells(&self, group: usize) -> Arc<OnceLock<Cells>> {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, cells)) = recent.iter().find(|(g, _)| *g == group) {
-            return cells.clone();
-        }
-        let cells = Arc::new(OnceLock::new());
-        recent.push_back((group, cells.clone()));
-        let size = |g: usize| self.group_bytes(g);
-        while recent.len() > 2 && recent.iter().map(|(g, _)| size(*g)).sum::<u64>() > KEPT_BYTES {
-            recent.pop_front();
-        }
-        cells
     }
 
     /// The uncompressed size of row group `group`'s image column.
@@ -237,11 +366,15 @@ impl Table {
         }
         let file = File::open(&self.path).map_err(|e| format!("cannot open the table: {e}"))?;
         let mask = ProjectionMask::leaves(self.metadata.parquet_schema(), [self.leaf]);
+        let groups = self.metadata.metadata().row_groups();
+        let rows = groups.get(group).map_or(1, |g| g.num_rows().max(1) as u64);
+        let rows_per_batch =
+            (BATCH_BYTES / (size / rows).max(1)).clamp(1, READ_ROWS as u64) as usize;
         let reader =
             ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.metadata.clone())
                 .with_row_groups(vec![group])
                 .with_projection(mask)
-                .with_batch_size(READ_ROWS)
+                .with_batch_size(rows_per_batch)
                 .build()
                 .map_err(|e| format!("cannot read row group {group}: {e}"))?;
         let mut batches = Vec::new();
@@ -254,15 +387,41 @@ impl Table {
             }
             batches.push(batch.column(0).clone());
         }
-        // Every batch but the last holds READ_ROWS rows, so that a row's batch is its index
-        // divided by READ_ROWS.
+        // Every batch but the last holds `rows_per_batch` rows, so that a row's batch is its
+        // index divided by that.
         if let Some((_, full)) = batches.split_last() {
-            if full.iter().any(|b| b.len() != READ_ROWS) {
+            if full.iter().any(|b| b.len() != rows_per_batch) {
                 return Err(format!("row group {group} came back in uneven batches"));
             }
         }
-        Ok(batches)
+        Ok((rows_per_batch, batches))
     }
+}
+
+/// The features Hugging Face datasets record in a table's metadata: column name to `_type`
+/// (`Image`, `Audio`, `Value`, ...); empty for other tables.
+fn hf_features(metadata: &ArrowReaderMetadata) -> std::collections::HashMap<String, String> {
+    let Some(text) = metadata
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|kv| kv.key == "huggingface"))
+        .and_then(|kv| kv.value.as_deref())
+    else {
+        return Default::default();
+    };
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(text) else {
+        return Default::default();
+    };
+    json["info"]["features"]
+        .as_object()
+        .map(|features| {
+            features
+                .iter()
+                .filter_map(|(name, f)| Some((name.clone(), f["_type"].as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Whether a column of `data_type` holds encoded images: `Some(None)` for bytes, `Some(Some(child))`
@@ -284,5 +443,92 @@ fn image_leaf(data_type: &DataType) -> Option<Option<&'static str>> {
             Some(Some("bytes"))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{BinaryArray, RecordBatch, StringArray, StructArray};
+    use arrow_schema::{Field, Fields};
+    use parquet::file::metadata::KeyValue;
+    use parquet::file::properties::WriterProperties;
+
+    fn write(path: &Path, batch: RecordBatch, rows_per_group: usize, hf: Option<&str>) {
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(rows_per_group))
+            .set_key_value_metadata(
+                hf.map(|json| vec![KeyValue::new("huggingface".into(), json.to_string())]),
+            )
+            .build();
+        let file = File::create(path).unwrap();
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+
+    #[test]
+    fn row_groups_are_let_go_after_their_last_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let cells: Vec<&[u8]> = vec![b"r0", b"r1", b"r2", b"r3", b"a longer row"];
+        let column = Arc::new(BinaryArray::from_vec(cells)) as ArrayRef;
+        write(
+            &path,
+            RecordBatch::try_from_iter([("image", column)]).unwrap(),
+            2,
+            None,
+        );
+        let cache = Arc::new(Cache::default());
+        let table = Table::open(&path, None, cache.clone()).unwrap();
+        assert_eq!(table.row_groups().collect::<Vec<_>>(), [2, 2, 1]);
+        let kept = || cache.lock().1.len();
+        assert_eq!(table.read(0, 1, 100).unwrap(), b"r1");
+        assert_eq!(kept(), 1, "group 0 is kept for its other row");
+        assert_eq!(table.read(1, 0, 100).unwrap(), b"r2");
+        assert_eq!(kept(), 2);
+        assert_eq!(table.read(0, 0, 100).unwrap(), b"r0");
+        assert_eq!(kept(), 1, "group 0 is let go after its last row");
+        let err = table.read(2, 0, 4).unwrap_err();
+        assert!(err.contains("more than the limit of 4"), "{err}");
+        assert_eq!(kept(), 1, "a failed read counts as read");
+        // A second table shares the cache under another number.
+        let other = Table::open(&path, Some("image"), cache.clone()).unwrap();
+        assert_eq!(other.read(1, 1, 100).unwrap(), b"r3");
+        assert_eq!(kept(), 2);
+    }
+
+    #[test]
+    fn hugging_face_features_tell_images_from_audio() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let fields = Fields::from(vec![
+            Field::new("bytes", DataType::Binary, true),
+            Field::new("path", DataType::Utf8, true),
+        ]);
+        let item = |bytes: &'static [u8]| -> ArrayRef {
+            Arc::new(StructArray::new(
+                fields.clone(),
+                vec![
+                    Arc::new(BinaryArray::from_vec(vec![bytes])),
+                    Arc::new(StringArray::from(vec!["x"])),
+                ],
+                None,
+            ))
+        };
+        let batch =
+            RecordBatch::try_from_iter([("audio", item(b"wav")), ("picture", item(b"png"))])
+                .unwrap();
+        let features = r#"{"info": {"features": {"audio": {"_type": "Audio"},
+                            "picture": {"_type": "Image"}}}}"#;
+        write(&path, batch.clone(), 10, Some(features));
+        let cache = Arc::new(Cache::default());
+        let table = Table::open(&path, None, cache.clone()).unwrap();
+        assert_eq!(table.read(0, 0, 100).unwrap(), b"png");
+        // Without the metadata, two structs of bytes: the user chooses.
+        write(&path, batch, 10, None);
+        let err = Table::open(&path, None, cache).unwrap_err();
+        assert!(err.contains("--image-column"), "{err}");
     }
 }

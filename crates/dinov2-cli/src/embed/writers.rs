@@ -19,6 +19,7 @@ use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 
 use super::job::{write_atomic, Job, Row};
+use super::outputs::Outputs;
 use crate::error::{CliError, Result};
 
 /// Output formats, chosen by the output's name.
@@ -105,6 +106,14 @@ impl ValueType {
         }
     }
 
+    /// How many stored elements an output of `shape` takes (its last dimension is the vector).
+    fn stored_elems(self, shape: &[usize]) -> usize {
+        match shape.split_last() {
+            Some((&last, rest)) => rest.iter().product::<usize>() * self.stored_len(last),
+            None => 0,
+        }
+    }
+
     /// Appends `values`, vectors of `unit` values one after another, in this type's
     /// little-endian bytes.
     fn extend_bytes(self, out: &mut Vec<u8>, values: &[f32], unit: usize) {
@@ -148,22 +157,35 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> CliError + '_ {
     move |e| CliError(format!("cannot write {}: {e}", path.display()))
 }
 
-/// The single row shape a dense format needs; an error naming the shapes when rows differ (patch
-/// grids of different sizes fit only Parquet).
-pub fn dense_shape(job: &Job, format: Format) -> Result<Vec<usize>> {
-    match job.shapes.as_slice() {
-        [] => Ok(vec![0]),
-        [one] => Ok(one.clone()),
-        [a, b, ..] => Err(CliError(format!(
-            "rows differ in shape ({a:?} and {b:?}); {format:?} holds one shape: write Parquet, or \
-             preprocess every image to one size"
-        ))),
+/// The single shape of each output that a dense format needs; an error naming the output and the
+/// shapes when rows differ (patch grids of different sizes fit only Parquet).
+pub fn dense_shape(job: &Job, format: Format, outputs: &Outputs) -> Result<Vec<Vec<usize>>> {
+    let Some(first) = job.shapes.first() else {
+        return Ok(vec![vec![0]; outputs.poolings.len()]);
+    };
+    for other in &job.shapes[1..] {
+        for ((a, b), pooling) in first.iter().zip(other).zip(&outputs.poolings) {
+            if a != b {
+                return Err(CliError(format!(
+                    "rows differ in the shape of their {pooling} output ({a:?} and {b:?}); \
+                     {format:?} holds one shape: write Parquet, or preprocess every image to one \
+                     size"
+                )));
+            }
+        }
     }
+    Ok(first.clone())
 }
 
 /// Writes the final output of `job` to `out` (via a temporary file renamed into place, removed
 /// when the write fails: a full disk gets its space back and the job stays resumable).
-pub fn write_output(job: &Job, out: &Path, format: Format, values: ValueType) -> Result<()> {
+pub fn write_output(
+    job: &Job,
+    out: &Path,
+    format: Format,
+    values: ValueType,
+    outputs: &Outputs,
+) -> Result<()> {
     let tmp = sibling(out, ".tmp");
     // The paths file of .npy and .safetensors goes in last, after the old one is removed, so
     // that a failure never leaves new vectors beside old paths, or the reverse.
@@ -174,7 +196,7 @@ pub fn write_output(job: &Job, out: &Path, format: Format, values: ValueType) ->
         let _ = std::fs::remove_file(&paths_tmp);
     };
     remove_tmp();
-    write_to(job, &tmp, &paths_tmp, format, values)
+    write_to(job, &tmp, &paths_tmp, format, values, outputs)
         .and_then(|()| {
             if format == Format::ClipRetrieval && out.is_dir() {
                 // --overwrite of an earlier output folder (checked to be one).
@@ -241,26 +263,46 @@ fn write_to(
     paths_tmp: &Path,
     format: Format,
     values: ValueType,
+    outputs: &Outputs,
 ) -> Result<()> {
+    // Each output as a dense tensor: its name and full shape.
+    let tensors = |default: &str| -> Result<Vec<(String, Vec<usize>)>> {
+        let shapes = dense_shape(job, format, outputs)?;
+        Ok(outputs
+            .names(default)
+            .into_iter()
+            .zip(shapes)
+            .map(|(name, shape)| {
+                let mut full = vec![job.rows];
+                full.extend(shape);
+                (name, full)
+            })
+            .collect())
+    };
     match format {
-        Format::Parquet => {
-            let patch = job.shapes.iter().any(|s| s.len() == 3);
-            write_parquet(job, tmp, patch, values)
-        }
-        Format::Npy | Format::Safetensors => {
-            let mut full = vec![job.rows];
-            full.extend(dense_shape(job, format)?);
-            write_dense(job, tmp, format, values, &full, Some(paths_tmp))
-        }
+        Format::Parquet => write_parquet(job, tmp, values, outputs),
+        Format::Npy | Format::Safetensors => write_dense(
+            job,
+            tmp,
+            format,
+            values,
+            &tensors("embeddings")?,
+            Some(paths_tmp),
+        ),
         Format::ClipRetrieval => {
-            let mut full = vec![job.rows];
-            full.extend(dense_shape(job, format)?);
             for entry in CLIP_RETRIEVAL_ENTRIES {
                 let dir = tmp.join(entry);
                 std::fs::create_dir_all(&dir).map_err(io(&dir))?;
             }
             let npy = tmp.join("img_emb/img_emb_0.npy");
-            write_dense(job, &npy, Format::Npy, values, &full, None)?;
+            write_dense(
+                job,
+                &npy,
+                Format::Npy,
+                values,
+                &tensors("embeddings")?,
+                None,
+            )?;
             write_metadata(job, &tmp.join("metadata/metadata_0.parquet"))
         }
     }
@@ -295,32 +337,34 @@ fn write_metadata(job: &Job, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes the dense tensor and, in the same pass over the chunks, the paths file beside it.
+/// Writes the dense tensors (`(name, full shape)`, one per output: npy holds one), output after
+/// output, and in the first pass over the chunks the paths file beside them.
 fn write_dense(
     job: &Job,
     path: &Path,
     format: Format,
     values: ValueType,
-    shape: &[usize],
+    tensors: &[(String, Vec<usize>)],
     paths_file: Option<&Path>,
 ) -> Result<()> {
     let file = File::create(path).map_err(io(path))?;
     let mut w = BufWriter::new(file);
-    // Rows of `shape[1..]`: vectors of `unit` values, stored as `stored_len(unit)` elements.
-    let unit = shape.last().copied().unwrap_or(1);
-    let mut shape = shape.to_vec();
-    if let Some(last) = shape.last_mut() {
-        *last = values.stored_len(*last);
-    }
-    let bytes: usize = shape.iter().product::<usize>() * values.size();
+    // Each tensor's rows hold vectors of `shape.last()` values, stored as `stored_len` of it.
+    let stored = |shape: &[usize]| {
+        let mut shape = shape.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = values.stored_len(*last);
+        }
+        shape
+    };
     let (descr, dtype) = match values {
         ValueType::F32 => ("<f4", "F32"),
         ValueType::F16 => ("<f2", "F16"),
         ValueType::Binary => ("|u1", "U8"),
     };
-    let header = match format {
-        Format::Npy => {
-            let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let header = match (format, tensors) {
+        (Format::Npy, [(_, shape)]) => {
+            let dims: Vec<String> = stored(shape).iter().map(|d| d.to_string()).collect();
             let dims = if dims.len() == 1 {
                 format!("{},", dims[0])
             } else {
@@ -338,12 +382,31 @@ fn write_dense(
             h.extend(dict.as_bytes());
             h
         }
+        (Format::Npy, _) => {
+            return Err(CliError(format!(
+                "{}: an .npy file holds one array, not {}: write .safetensors or .parquet",
+                path.display(),
+                tensors.len()
+            )))
+        }
         _ => {
-            let mut json = serde_json::json!({
-                "embeddings": {"dtype": dtype, "shape": shape, "data_offsets": [0, bytes]},
-                "__metadata__": {"format": "dinov2 embed", "paths": "see FILE.paths.txt"},
-            })
-            .to_string();
+            let mut header = serde_json::Map::new();
+            let mut offset = 0;
+            for (name, shape) in tensors {
+                let shape = stored(shape);
+                let bytes = shape.iter().product::<usize>() * values.size();
+                header.insert(
+                    name.clone(),
+                    serde_json::json!({"dtype": dtype, "shape": shape,
+                                       "data_offsets": [offset, offset + bytes]}),
+                );
+                offset += bytes;
+            }
+            header.insert(
+                "__metadata__".into(),
+                serde_json::json!({"format": "dinov2 embed", "paths": "see FILE.paths.txt"}),
+            );
+            let mut json = serde_json::Value::Object(header).to_string();
             while json.len() % 8 != 0 {
                 json.push(' ');
             }
@@ -355,13 +418,18 @@ fn write_dense(
     w.write_all(&header).map_err(io(path))?;
     let mut paths = String::new();
     let mut buf = Vec::new();
-    for chunk in job.chunks() {
-        for row in chunk? {
-            buf.clear();
-            values.extend_bytes(&mut buf, &row.values, unit);
-            w.write_all(&buf).map_err(io(path))?;
-            paths.push_str(&row.path);
-            paths.push('\n');
+    for k in 0..tensors.len() {
+        for chunk in job.chunks() {
+            for row in chunk? {
+                let (shape, output) = nth_output(&row, k)?;
+                buf.clear();
+                values.extend_bytes(&mut buf, output, shape.last().copied().unwrap_or(1));
+                w.write_all(&buf).map_err(io(path))?;
+                if k == 0 {
+                    paths.push_str(&row.path);
+                    paths.push('\n');
+                }
+            }
         }
     }
     if let Some(paths_file) = paths_file {
@@ -372,6 +440,13 @@ fn write_dense(
         .map_err(|e| io(path)(e.into_error()))?
         .sync_all()
         .map_err(io(path))
+}
+
+/// Output `k` of `row`: its shape and values.
+fn nth_output(row: &Row, k: usize) -> Result<(&[usize], &[f32])> {
+    row.outputs()
+        .nth(k)
+        .ok_or_else(|| CliError(format!("{}: a row without output {k}", row.path)))
 }
 
 /// A list builder over `values`' arrow type.
@@ -398,19 +473,25 @@ fn append_values(builder: &mut dyn ArrayBuilder, row: &[f32], unit: usize) {
     }
 }
 
-fn write_parquet(job: &Job, path: &Path, patch: bool, values: ValueType) -> Result<()> {
+/// Writes the Parquet output: `path`, `width`, `height`, then each output's column (`embedding`
+/// for one output, else named by pooling; a fixed-size list, or a list for the outputs that
+/// follow the patch grid), then `grid_h` and `grid_w` when an output follows it.
+fn write_parquet(job: &Job, path: &Path, values: ValueType, outputs: &Outputs) -> Result<()> {
     let file = File::create(path).map_err(io(path))?;
     let pq = |e: parquet::errors::ParquetError| {
         CliError(format!("cannot write {}: {e}", path.display()))
     };
     let arrow =
         |e: arrow_schema::ArrowError| CliError(format!("cannot write {}: {e}", path.display()));
+    let names = outputs.names("embedding");
+    let item = Arc::new(Field::new("item", values.arrow(), false));
     let mut writer: Option<ArrowWriter<File>> = None;
     let mut file = Some(file);
     for chunk in job.chunks() {
         let rows: Vec<Row> = chunk?;
-        let dim = rows[0].values.len();
-        let item = Arc::new(Field::new("item", values.arrow(), false));
+        let Some(first) = rows.first() else {
+            continue;
+        };
         let mut columns: Vec<(&str, ArrayRef)> = vec![
             (
                 "path",
@@ -427,26 +508,36 @@ fn write_parquet(job: &Job, path: &Path, patch: bool, values: ValueType) -> Resu
                 Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.height))),
             ),
         ];
-        let unit = |r: &Row| r.shape().last().copied().unwrap_or(1);
-        let embedding: ArrayRef = if patch {
-            let mut b = ListBuilder::new(list_values(values)).with_field(item.clone());
-            for r in &rows {
-                append_values(b.values().as_mut(), &r.values, unit(r));
-                b.append(true);
-            }
-            Arc::new(b.finish())
-        } else {
-            let stored = values.stored_len(dim) as i32;
-            let mut b =
-                FixedSizeListBuilder::new(list_values(values), stored).with_field(item.clone());
-            for r in &rows {
-                append_values(b.values().as_mut(), &r.values, unit(r));
-                b.append(true);
-            }
-            Arc::new(b.finish())
-        };
-        columns.push(("embedding", embedding));
-        if patch {
+        for (k, (name, pooling)) in names.iter().zip(&outputs.poolings).enumerate() {
+            let column: ArrayRef = if pooling.has_grid() {
+                let mut b = ListBuilder::new(list_values(values)).with_field(item.clone());
+                for r in &rows {
+                    let (shape, v) = nth_output(r, k)?;
+                    append_values(b.values().as_mut(), v, shape.last().copied().unwrap_or(1));
+                    b.append(true);
+                }
+                Arc::new(b.finish())
+            } else {
+                let first = nth_output(first, k)?.0;
+                let stored = values.stored_elems(first) as i32;
+                let mut b =
+                    FixedSizeListBuilder::new(list_values(values), stored).with_field(item.clone());
+                for r in &rows {
+                    let (shape, v) = nth_output(r, k)?;
+                    if shape != first {
+                        return Err(CliError(format!(
+                            "{}: its {name} output is shaped {shape:?}, the others {first:?}",
+                            r.path
+                        )));
+                    }
+                    append_values(b.values().as_mut(), v, shape.last().copied().unwrap_or(1));
+                    b.append(true);
+                }
+                Arc::new(b.finish())
+            };
+            columns.push((name, column));
+        }
+        if outputs.has_grid() {
             let grid = |f: fn((usize, usize)) -> usize| -> ArrayRef {
                 Arc::new(UInt32Array::from_iter_values(
                     rows.iter().map(|r| f(r.grid.unwrap_or((0, 0))) as u32),
@@ -483,17 +574,24 @@ fn write_parquet(job: &Job, path: &Path, patch: bool, values: ValueType) -> Resu
         }
         None => {
             // No image was embedded: an empty file with the columns, so readers see the schema.
-            let item = Arc::new(Field::new("item", values.arrow(), false));
-            let schema = Arc::new(Schema::new(vec![
+            let mut fields = vec![
                 Field::new("path", DataType::Utf8, false),
                 Field::new("width", DataType::UInt32, false),
                 Field::new("height", DataType::UInt32, false),
-                Field::new("embedding", DataType::List(item), false),
-            ]));
-            ArrowWriter::try_new(file.take().expect("file is unused"), schema, None)
-                .map_err(pq)?
-                .close()
-                .map_err(pq)?;
+            ];
+            fields.extend(
+                names
+                    .iter()
+                    .map(|name| Field::new(name, DataType::List(item.clone()), false)),
+            );
+            ArrowWriter::try_new(
+                file.take().expect("file is unused"),
+                Arc::new(Schema::new(fields)),
+                None,
+            )
+            .map_err(pq)?
+            .close()
+            .map_err(pq)?;
         }
     }
     Ok(())
