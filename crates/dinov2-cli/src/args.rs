@@ -29,6 +29,8 @@ pub enum Command {
     Classify(ClassifyArgs),
     /// Time forward passes of an architecture or checkpoint, optionally beside PyTorch.
     Bench(BenchArgs),
+    /// Serve embeddings over HTTP: OpenAI's /v1/embeddings, /embed, /health, /info, /metrics.
+    Serve(ServeArgs),
 }
 
 /// Where the model runs.
@@ -237,6 +239,71 @@ fn parse_crop(s: &str) -> Result<(u32, u32), String> {
         Some((h, w)) => Ok((dim(h)?, dim(w)?)),
         None => dim(s).map(|n| (n, n)),
     }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Model directory, or a hub id such as facebook/dinov2-small (from the Hugging Face cache,
+    /// downloaded when absent and a network is there).
+    #[arg(long, env = "DINOV2_MODEL")]
+    pub model: String,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", env = "DINOV2_DEVICE")]
+    pub device: Device,
+    /// Compute precision: f32, f16, bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: Dtype,
+    /// cls (pooler_output), mean, cls+mean, patch, registers or tokens, as `embed` takes it;
+    /// each answer is one flat vector per image.
+    #[arg(long, default_value = "cls")]
+    pub pooling: Pooling,
+    /// L2-normalize each vector (each token's vector for the token poolings).
+    #[arg(long)]
+    pub normalize: bool,
+    /// Address to listen on (0.0.0.0 for every interface).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0: any free port, printed at start).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Name answered as `model` (default: --model as given).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// Images per model pass at most, gathered from concurrent requests (default: 8 on the CPU,
+    /// 64 on CUDA).
+    #[arg(long)]
+    pub max_batch_size: Option<usize>,
+    /// Milliseconds a model thread waits for more requests to join a pass once it has one.
+    #[arg(long, default_value_t = 5.0, value_parser = parse_wait_ms)]
+    pub batch_wait_ms: f64,
+    /// Images waiting for the model at most; a request past it is answered 429 at once
+    /// (default: 8 passes' worth).
+    #[arg(long)]
+    pub max_queue: Option<usize>,
+    /// Images one request may hold at most (default 64; more is answered 413).
+    #[arg(long)]
+    pub max_inputs: Option<usize>,
+    /// Bytes one request's body may hold at most (more is answered 413 before it is read).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_request_bytes: usize,
+    /// Threads reading requests and decoding their images (default: the cores, at least 4).
+    #[arg(long)]
+    pub http_threads: Option<usize>,
+    /// Model threads, each with its own copy of the model (on CUDA its own stream; default: 2
+    /// on CUDA, 1 on the CPU).
+    #[arg(long)]
+    pub streams: Option<usize>,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+}
+
+/// Milliseconds, 0 to 10 s.
+fn parse_wait_ms(s: &str) -> Result<f64, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| (0.0..=10_000.0).contains(v))
+        .ok_or_else(|| format!("{s:?}: expected milliseconds from 0 to 10000"))
 }
 
 #[derive(Debug, Args)]

@@ -243,7 +243,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
 }
 
 /// More backends of the same kind: on the same device, or on another GPU.
-trait Reopen: Sized {
+pub(crate) trait Reopen: Sized {
     /// Another backend on the same device (on CUDA, another stream).
     fn reopen(&self) -> Result<Self>;
     /// A backend of the same kind and dtype on GPU `ordinal`.

@@ -10,6 +10,7 @@ mod forward;
 mod info;
 mod model_dir;
 mod preprocess;
+mod serve;
 
 use clap::Parser;
 
@@ -27,6 +28,7 @@ fn main() {
         args::Command::Embed(a) => embed_verb::run(a),
         args::Command::Preprocess(a) => preprocess::run(a),
         args::Command::Classify(a) => classify::run(a),
+        args::Command::Serve(a) => serve::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

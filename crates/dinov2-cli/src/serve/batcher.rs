@@ -1,0 +1,249 @@
+//! Dynamic batching: requests' preprocessed images wait in one queue; each model thread takes the
+//! first waiting request, then whatever else arrives within the batching window, up to the
+//! largest batch, runs the images of each size together, and answers every request. The queue
+//! holds a bounded number of images: past it a request is refused (HTTP 429) at once, rather
+//! than waiting without end.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dinov2::image::PixelValues;
+use dinov2::{stack_images, Backend, Embedder, ModelError};
+
+use super::api::ApiError;
+use super::metrics::Metrics;
+
+/// One image's answer: its vector, or why it has none.
+type Answer = Result<Vec<f32>, ApiError>;
+
+/// Images of one size: `(request, image)` positions, in order of arrival.
+type SizeGroup = ([usize; 3], Vec<(usize, usize)>);
+
+/// One request's images, and where its answer goes: one vector per image, in order.
+struct Job {
+    pixels: Vec<PixelValues>,
+    reply: Sender<Result<Vec<Vec<f32>>, ApiError>>,
+}
+
+/// The queue in front of the model threads.
+pub struct Queue {
+    tx: Mutex<Sender<Job>>,
+    /// Images waiting, and the most that may.
+    waiting: AtomicUsize,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// How model threads batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Images per pass at most.
+    pub max_batch: usize,
+    /// How long a model thread waits for more requests once it has one.
+    pub window: Duration,
+}
+
+impl Queue {
+    /// A queue of at most `capacity` waiting images, served by one thread per embedder; they
+    /// stop when the queue is dropped.
+    pub fn start<B: Backend + 'static>(
+        embedders: Vec<Embedder<B>>,
+        batching: Batching,
+        capacity: usize,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Queue> {
+        let (tx, rx) = channel::<Job>();
+        let queue = Arc::new(Queue {
+            tx: Mutex::new(tx),
+            waiting: AtomicUsize::new(0),
+            capacity,
+            metrics,
+        });
+        let rx = Arc::new(Mutex::new(rx));
+        for (i, embedder) in embedders.into_iter().enumerate() {
+            let (rx, queue) = (rx.clone(), Arc::downgrade(&queue));
+            let alive = queue
+                .upgrade()
+                .map(|q| q.metrics.clone())
+                .expect("the queue is alive while it starts");
+            alive.workers.fetch_add(1, Ordering::SeqCst);
+            std::thread::Builder::new()
+                .name(format!("dinov2-model-{i}"))
+                .spawn(move || {
+                    // Counted down however the thread ends, so that /health sees it.
+                    struct Alive(Arc<Metrics>);
+                    impl Drop for Alive {
+                        fn drop(&mut self) {
+                            self.0.workers.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
+                    let _alive = Alive(alive);
+                    while let Some(jobs) = next_jobs(&rx, batching) {
+                        let Some(queue) = queue.upgrade() else {
+                            return;
+                        };
+                        let images: usize = jobs.iter().map(|j| j.pixels.len()).sum();
+                        queue.waiting.fetch_sub(images, Ordering::SeqCst);
+                        run_jobs(&embedder, jobs, batching.max_batch, &queue.metrics);
+                    }
+                })
+                .expect("a model thread starts");
+        }
+        queue
+    }
+
+    /// Queues `pixels` and waits for their vectors; 429 at once when the queue is full, 503
+    /// when no model thread runs.
+    pub fn embed(&self, pixels: Vec<PixelValues>) -> Result<Vec<Vec<f32>>, ApiError> {
+        let n = pixels.len();
+        let admitted = self
+            .waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                (w + n <= self.capacity || w == 0).then_some(w + n)
+            });
+        if admitted.is_err() {
+            return Err(ApiError::new(
+                429,
+                format!(
+                    "the queue is full ({} images waiting, at most {}): retry later",
+                    self.waiting.load(Ordering::SeqCst),
+                    self.capacity
+                ),
+            ));
+        }
+        let (reply, answer) = channel();
+        let sent = self
+            .tx
+            .lock()
+            .map_err(|_| ApiError::new(503, "the queue is broken"))?
+            .send(Job { pixels, reply });
+        let unavailable = || ApiError::new(503, "no model thread is running");
+        if sent.is_err() || self.metrics.workers.load(Ordering::SeqCst) == 0 {
+            self.waiting.fetch_sub(n, Ordering::SeqCst);
+            return Err(unavailable());
+        }
+        answer.recv().map_err(|_| unavailable())?
+    }
+
+    /// Images waiting now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+}
+
+/// The next requests for one pass: the first to arrive, then those arriving within the window
+/// while fewer than `max_batch` images are taken. `None` when the queue is gone.
+fn next_jobs(rx: &Mutex<Receiver<Job>>, batching: Batching) -> Option<Vec<Job>> {
+    let rx = rx.lock().ok()?;
+    let first = rx.recv().ok()?;
+    let mut images = first.pixels.len();
+    let mut jobs = vec![first];
+    let deadline = Instant::now() + batching.window;
+    while images < batching.max_batch {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(job) => {
+                images += job.pixels.len();
+                jobs.push(job);
+            }
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    Some(jobs)
+}
+
+/// Runs the images of `jobs`, those of one size together in passes of at most `max_batch`, and
+/// answers each job: its vectors, or the first error among its images.
+fn run_jobs<B: Backend>(
+    embedder: &Embedder<B>,
+    jobs: Vec<Job>,
+    max_batch: usize,
+    metrics: &Metrics,
+) {
+    // (job, image) of each size, in order of first appearance.
+    let mut sizes: Vec<SizeGroup> = Vec::new();
+    for (j, job) in jobs.iter().enumerate() {
+        for (i, p) in job.pixels.iter().enumerate() {
+            match sizes.iter_mut().find(|(shape, _)| *shape == p.shape) {
+                Some((_, members)) => members.push((j, i)),
+                None => sizes.push((p.shape, vec![(j, i)])),
+            }
+        }
+    }
+    let mut results: Vec<Vec<Option<Answer>>> = jobs
+        .iter()
+        .map(|j| (0..j.pixels.len()).map(|_| None).collect())
+        .collect();
+    for (_, members) in sizes {
+        for pass in members.chunks(max_batch.max(1)) {
+            let t = Instant::now();
+            let images: Vec<PixelValues> = pass
+                .iter()
+                .map(|&(j, i)| jobs[j].pixels[i].clone())
+                .collect();
+            // A panic fails this pass's requests, not the server.
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                let batch = stack_images(&images)?;
+                embedder.embed_batch_each(&batch)
+            }))
+            .unwrap_or_else(|_| {
+                Err(dinov2::Error::Model(ModelError::Unsupported(
+                    "the model thread panicked on this batch".into(),
+                )))
+            });
+            metrics.record_pass(pass.len(), t.elapsed());
+            match outcome {
+                Ok(each) if each.len() == pass.len() => {
+                    for (&(j, i), r) in pass.iter().zip(each) {
+                        results[j][i] = Some(r.map(|e| e.values).map_err(model_error));
+                    }
+                }
+                Ok(each) => {
+                    let e = ApiError::new(
+                        500,
+                        format!(
+                            "the model gave {} results for {} images",
+                            each.len(),
+                            pass.len()
+                        ),
+                    );
+                    pass.iter()
+                        .for_each(|&(j, i)| results[j][i] = Some(Err(e.clone())));
+                }
+                Err(e) => {
+                    let e = model_error(e);
+                    pass.iter()
+                        .for_each(|&(j, i)| results[j][i] = Some(Err(e.clone())));
+                }
+            }
+        }
+    }
+    for (job, results) in jobs.into_iter().zip(results) {
+        let answer = results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.unwrap_or_else(|| Err(ApiError::new(500, "an image was not run")))
+                    .map_err(|e| ApiError::new(e.status, format!("input[{i}]: {}", e.message)))
+            })
+            .collect();
+        // A client that went away no longer waits.
+        let _ = job.reply.send(answer);
+    }
+}
+
+/// The status of a model error: 422 for an input the model rejects, 507 for one too large for
+/// the device even alone, 500 otherwise.
+fn model_error(e: dinov2::Error) -> ApiError {
+    match &e {
+        dinov2::Error::Model(ModelError::Input { .. }) => ApiError::new(422, e.to_string()),
+        dinov2::Error::Model(ModelError::OutOfMemory { .. }) => ApiError::new(
+            507,
+            format!("{e}: the image does not fit the device even alone"),
+        ),
+        _ => ApiError::new(500, e.to_string()),
+    }
+}

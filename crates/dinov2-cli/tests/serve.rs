@@ -1,0 +1,345 @@
+//! `dinov2 serve` end to end on the sample checkpoint: the vectors it answers are `dinov2 embed`'s
+//! for the same images, through OpenAI's `/v1/embeddings` (data URIs, base64, both encodings)
+//! and `/embed` (JSON and a raw body); concurrent requests are batched and all answered; every
+//! bad request gets its status and a message naming what is wrong; `/health`, `/info` and
+//! `/metrics` say what they should.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use base64::Engine;
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn model() -> String {
+    root()
+        .join("assets/models/dinov2-tiny-random")
+        .display()
+        .to_string()
+}
+
+/// The server, killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(args: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dinov2"))
+        .args(["serve", "--model", &model(), "--port", "0"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dinov2 serve starts");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the server says where it listens")
+            .unwrap();
+        if let Some(addr) = line.strip_prefix("listening on http://") {
+            break addr.to_string();
+        }
+    };
+    // Keep reading stderr so that the server never blocks on it.
+    std::thread::spawn(move || lines.for_each(drop));
+    Server { child, addr }
+}
+
+/// One HTTP/1.1 request: the status and the body.
+fn request(
+    server: &Server,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        server.addr,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    // A server refusing a large body may answer before reading it all.
+    let _ = stream.write_all(body);
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
+}
+
+fn post_json(server: &Server, path: &str, body: &Value) -> (u16, Value) {
+    let (status, text) = request(
+        server,
+        "POST",
+        path,
+        "application/json",
+        body.to_string().as_bytes(),
+    );
+    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
+    (status, json)
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// `dinov2 embed`'s vectors for `images` (CLS pooling).
+fn embedded(images: &[PathBuf]) -> Vec<Vec<f32>> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("e.npy");
+    let r = Command::new(env!("CARGO_BIN_EXE_dinov2"))
+        .args(["embed", "--model", &model(), "--output"])
+        .arg(&out)
+        .args(images)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let bytes = std::fs::read(&out).unwrap();
+    let header = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let values: Vec<f32> = bytes[10 + header..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    values
+        .chunks(values.len() / images.len())
+        .map(<[f32]>::to_vec)
+        .collect()
+}
+
+fn close(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= 1e-5 * y.abs().max(1.0))
+}
+
+#[test]
+fn serves_the_embed_verbs_vectors_and_refuses_bad_requests() {
+    let server = serve(&[
+        "--max-inputs",
+        "4",
+        "--max-request-bytes",
+        "2000000",
+        "--max-batch-size",
+        "4",
+        "--http-threads",
+        "8",
+    ]);
+    let (status, body) = request(&server, "GET", "/health", "text/plain", b"");
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let (status, info) = request(&server, "GET", "/info", "text/plain", b"");
+    assert_eq!(status, 200);
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["dimensions"], 48);
+    assert_eq!(info["max_inputs"], 4);
+
+    let images: Vec<PathBuf> = ["chelsea.jpg", "camera.png", "coffee.jpg"]
+        .iter()
+        .map(|n| root().join("assets/images").join(n))
+        .collect();
+    let want = embedded(&images);
+    let b64: Vec<String> = images
+        .iter()
+        .map(|p| base64::engine::general_purpose::STANDARD.encode(std::fs::read(p).unwrap()))
+        .collect();
+
+    // OpenAI's shape: a data URI and bare base64, as float and as base64 vectors.
+    let input = serde_json::json!([format!("data:image/jpeg;base64,{}", b64[0]), b64[1], b64[2]]);
+    let (status, v) = post_json(
+        &server,
+        "/v1/embeddings",
+        &serde_json::json!({"input": input, "model": "x"}),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "list");
+    for (i, want) in want.iter().enumerate() {
+        assert_eq!(v["data"][i]["index"], i);
+        let got = floats(&v["data"][i]["embedding"]);
+        assert!(close(&got, want), "image {i}");
+    }
+    let (status, v) = post_json(
+        &server,
+        "/v1/embeddings",
+        &serde_json::json!({"input": b64[0], "encoding_format": "base64"}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(v["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let got: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert!(close(&got, &want[0]));
+
+    // The native endpoint: JSON, and one image as the body.
+    let (status, v) = post_json(&server, "/embed", &serde_json::json!({"inputs": b64}));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v.as_array().unwrap().len(), 3);
+    assert!(close(&floats(&v[2]), &want[2]));
+    let raw = std::fs::read(&images[1]).unwrap();
+    let (status, text) = request(&server, "POST", "/embed", "image/png", &raw);
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert!(close(&floats(&v[0]), &want[1]));
+
+    // Concurrent requests: all answered, with their own vectors.
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (server, b64, want) = (&server, &b64, &want);
+            s.spawn(move || {
+                for r in 0..3 {
+                    let i = (t + r) % 3;
+                    let (status, v) = post_json(
+                        server,
+                        "/v1/embeddings",
+                        &serde_json::json!({"input": b64[i]}),
+                    );
+                    assert_eq!(status, 200, "{v}");
+                    assert!(close(&floats(&v["data"][0]["embedding"]), &want[i]));
+                }
+            });
+        }
+    });
+
+    // Bad requests: each its status, with a message naming the problem.
+    let garbage = base64::engine::general_purpose::STANDARD.encode(b"not an image at all");
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        (
+            "/v1/embeddings",
+            serde_json::json!({"input": [b64[0], garbage]}),
+            422,
+            "input[1]",
+        ),
+        (
+            "/v1/embeddings",
+            serde_json::json!({"input": "https://x/y.jpg"}),
+            422,
+            "not fetched",
+        ),
+        (
+            "/v1/embeddings",
+            serde_json::json!({"input": vec![b64[0].clone(); 5]}),
+            413,
+            "--max-inputs",
+        ),
+        (
+            "/v1/embeddings",
+            serde_json::json!({"input": []}),
+            422,
+            "no input",
+        ),
+        (
+            "/v1/embeddings",
+            serde_json::json!({"input": b64[0], "dimensions": 8}),
+            422,
+            "48",
+        ),
+        (
+            "/embed",
+            serde_json::json!({"input": b64[0]}),
+            422,
+            "inputs",
+        ),
+    ];
+    for (path, body, status, says) in cases {
+        let (got, v) = post_json(&server, path, &body);
+        assert_eq!(got, status, "{path} {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{path}: {message}");
+        assert_eq!(v["error"]["code"], status);
+    }
+    let big = vec![b'a'; 2_000_001];
+    let (status, text) = request(&server, "POST", "/v1/embeddings", "application/json", &big);
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("--max-request-bytes"), "{text}");
+    let (status, _) = request(&server, "POST", "/v1/embeddings", "application/json", b"{");
+    assert_eq!(status, 400);
+    let (status, _) = request(&server, "GET", "/v1/embeddings", "text/plain", b"");
+    assert_eq!(status, 405);
+    let (status, _) = request(&server, "GET", "/nowhere", "text/plain", b"");
+    assert_eq!(status, 404);
+    let (status, text) = request(&server, "POST", "/embed", "image/png", b"");
+    assert_eq!(status, 422, "{text}");
+
+    // Still healthy, and the counters add up.
+    let (status, _) = request(&server, "GET", "/health", "text/plain", b"");
+    assert_eq!(status, 200);
+    let (status, metrics) = request(&server, "GET", "/metrics", "text/plain", b"");
+    assert_eq!(status, 200);
+    let count = |line: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in {metrics}"))
+    };
+    assert_eq!(
+        count("dinov2_requests_total{endpoint=\"/v1/embeddings\",status=\"200\"}"),
+        26.0
+    );
+    assert_eq!(
+        count("dinov2_requests_total{endpoint=\"/v1/embeddings\",status=\"413\"}"),
+        2.0
+    );
+    // 3 + 1 + 3 + 1 + 24 images embedded, in passes of at most 4.
+    assert_eq!(count("dinov2_pass_images_total"), 32.0);
+    assert!(count("dinov2_passes_total") >= 8.0);
+    assert_eq!(count("dinov2_queue_images"), 0.0);
+}
+
+#[test]
+fn a_full_queue_is_refused_at_once() {
+    // One image may wait at most, and a pass waits a long window for company: a second
+    // request arriving meanwhile is refused with 429, not queued.
+    let server = serve(&[
+        "--max-queue",
+        "1",
+        "--max-batch-size",
+        "2",
+        "--batch-wait-ms",
+        "2000",
+    ]);
+    let image = root().join("assets/images/coffee.jpg");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(image).unwrap());
+    let body = serde_json::json!({"input": b64});
+    std::thread::scope(|s| {
+        let first = s.spawn(|| post_json(&server, "/v1/embeddings", &body).0);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let (status, v) = post_json(
+            &server,
+            "/v1/embeddings",
+            &serde_json::json!({"input": [b64, b64]}),
+        );
+        assert_eq!(status, 429, "{v}");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        assert_eq!(first.join().unwrap(), 200);
+    });
+}
