@@ -276,17 +276,21 @@ pub struct ServeArgs {
     /// Milliseconds a model thread waits for more requests to join a pass once it has one.
     #[arg(long, default_value_t = 5.0, value_parser = parse_wait_ms)]
     pub batch_wait_ms: f64,
-    /// Images waiting for the model at most; a request past it is answered 429 at once
-    /// (default: 8 passes' worth).
+    /// Images in flight (decoding, waiting or running) at most; a request past it is answered
+    /// 429 at once (default: 8 passes' worth).
     #[arg(long)]
     pub max_queue: Option<usize>,
+    /// Seconds a request waits for the model before it is answered 504.
+    #[arg(long, default_value = "120", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub request_timeout: std::time::Duration,
     /// Images one request may hold at most (default 64; more is answered 413).
     #[arg(long)]
     pub max_inputs: Option<usize>,
     /// Bytes one request's body may hold at most (more is answered 413 before it is read).
     #[arg(long, default_value_t = 64 << 20)]
     pub max_request_bytes: usize,
-    /// Threads reading requests and decoding their images (default: the cores, at least 4).
+    /// Connection threads, reading requests and decoding their images (default: the cores, at
+    /// least 4); connections beyond what they take are answered 503.
     #[arg(long)]
     pub http_threads: Option<usize>,
     /// Model threads, each with its own copy of the model (on CUDA its own stream; default: 2

@@ -305,19 +305,32 @@ fn serves_the_embed_verbs_vectors_and_refuses_bad_requests() {
         count("dinov2_requests_total{endpoint=\"/v1/embeddings\",status=\"200\"}"),
         26.0
     );
+    // Too many inputs (read, then refused), and a body refused from its length.
     assert_eq!(
         count("dinov2_requests_total{endpoint=\"/v1/embeddings\",status=\"413\"}"),
-        2.0
+        1.0
+    );
+    assert_eq!(
+        count("dinov2_requests_total{endpoint=\"refused\",status=\"413\"}"),
+        1.0
     );
     // 3 + 1 + 3 + 1 + 24 images embedded, in passes of at most 4.
     assert_eq!(count("dinov2_pass_images_total"), 32.0);
     assert!(count("dinov2_passes_total") >= 8.0);
-    assert_eq!(count("dinov2_queue_images"), 0.0);
+    assert_eq!(count("dinov2_images_in_flight"), 0.0);
+}
+
+/// The value of a `/metrics` line starting with `name`.
+fn metric(server: &Server, name: &str) -> f64 {
+    let (_, text) = request(server, "GET", "/metrics", "text/plain", b"");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 #[test]
 fn a_full_queue_is_refused_at_once() {
-    // One image may wait at most, and a pass waits a long window for company: a second
+    // One image may be in flight at most, and a pass waits a long window for company: a second
     // request arriving meanwhile is refused with 429, not queued.
     let server = serve(&[
         "--max-queue",
@@ -325,14 +338,21 @@ fn a_full_queue_is_refused_at_once() {
         "--max-batch-size",
         "2",
         "--batch-wait-ms",
-        "2000",
+        "3000",
     ]);
     let image = root().join("assets/images/coffee.jpg");
     let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(image).unwrap());
     let body = serde_json::json!({"input": b64});
     std::thread::scope(|s| {
         let first = s.spawn(|| post_json(&server, "/v1/embeddings", &body).0);
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        let start = std::time::Instant::now();
+        while metric(&server, "dinov2_images_in_flight") < 1.0 {
+            assert!(
+                start.elapsed().as_secs() < 20,
+                "the first request never arrived"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let (status, v) = post_json(
             &server,
             "/v1/embeddings",
@@ -342,4 +362,66 @@ fn a_full_queue_is_refused_at_once() {
         assert_eq!(v["error"]["type"], "rate_limit_error");
         assert_eq!(first.join().unwrap(), 200);
     });
+    assert_eq!(metric(&server, "dinov2_images_in_flight"), 0.0);
+}
+
+/// Sends `raw` bytes on one connection and reads until the server closes it.
+fn raw_exchange(server: &Server, raw: &[u8]) -> String {
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let _ = stream.write_all(raw);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn the_http_layer_holds_up_against_odd_clients() {
+    let server = serve(&["--http-threads", "2", "--max-request-bytes", "1000"]);
+    // A body claiming an absurd length is refused from its header, and the server goes on.
+    let huge = format!(
+        "POST /v1/embeddings HTTP/1.1\r\nContent-Length: {}\r\n\r\n{{",
+        u64::MAX
+    );
+    let answer = raw_exchange(&server, huge.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("--max-request-bytes"), "{answer}");
+    let not_a_number = "POST /embed HTTP/1.1\r\nContent-Length: lots\r\n\r\n";
+    assert!(raw_exchange(&server, not_a_number.as_bytes()).starts_with("HTTP/1.1 400"));
+    // Chunked uploads are refused; a garbled request line too.
+    let chunked =
+        "POST /embed HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    assert!(raw_exchange(&server, chunked.as_bytes()).starts_with("HTTP/1.1 411"));
+    assert!(raw_exchange(&server, b"garbage\r\n\r\n").starts_with("HTTP/1.1 400"));
+    let long_head = format!("GET /health HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+    assert!(raw_exchange(&server, long_head.as_bytes()).starts_with("HTTP/1.1 431"));
+    // Keep-alive: two requests on one connection, the second closing it; HTTP/1.0 closes.
+    let two = "GET /health HTTP/1.1\r\n\r\nGET /info HTTP/1.1\r\nConnection: close\r\n\r\n";
+    let answer = raw_exchange(&server, two.as_bytes());
+    assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 2, "{answer}");
+    assert!(answer.contains("\"dimensions\":48"), "{answer}");
+    let answer = raw_exchange(&server, b"GET /health HTTP/1.0\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("Connection: close"));
+    // Expect: 100-continue gets its interim answer before the body is sent.
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    stream
+        .write_all(b"POST /embed HTTP/1.1\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 13\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut interim = [0u8; 25];
+    stream.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(br#"{"inputs":[]}"#).unwrap();
+    let mut rest = String::new();
+    stream.read_to_string(&mut rest).unwrap();
+    assert!(rest.starts_with("HTTP/1.1 422"), "{rest}");
+    // Clients that connect and stay silent hold a connection thread each only until the read
+    // timeout: with both threads held, new connections wait, then are served.
+    let idle: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    let (status, _) = request(&server, "GET", "/health", "text/plain", b"");
+    assert_eq!(status, 200);
+    drop(idle);
 }

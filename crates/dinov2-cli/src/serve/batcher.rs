@@ -1,8 +1,8 @@
 //! Dynamic batching: requests' preprocessed images wait in one queue; each model thread takes the
 //! first waiting request, then whatever else arrives within the batching window, up to the
-//! largest batch, runs the images of each size together, and answers every request. The queue
-//! holds a bounded number of images: past it a request is refused (HTTP 429) at once, rather
-//! than waiting without end.
+//! largest batch, runs the images of each size together, and answers every request. A bounded
+//! number of images may be in flight (admitted before they are decoded, until answered): past
+//! it a request is refused (HTTP 429) at once, rather than waiting without end.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,10 +31,26 @@ struct Job {
 /// The queue in front of the model threads.
 pub struct Queue {
     tx: Mutex<Sender<Job>>,
-    /// Images waiting, and the most that may.
-    waiting: AtomicUsize,
+    /// Images admitted and not yet answered, and the most that may be.
+    in_flight: AtomicUsize,
     capacity: usize,
+    /// How long a request waits for its answer.
+    timeout: Duration,
     metrics: Arc<Metrics>,
+}
+
+/// Room for a request's images in flight, given back when dropped.
+pub struct Permit<'a> {
+    queue: &'a Queue,
+    images: usize,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.queue
+            .in_flight
+            .fetch_sub(self.images, Ordering::SeqCst);
+    }
 }
 
 /// How model threads batch.
@@ -47,19 +63,21 @@ pub struct Batching {
 }
 
 impl Queue {
-    /// A queue of at most `capacity` waiting images, served by one thread per embedder; they
-    /// stop when the queue is dropped.
-    pub fn start<B: Backend + 'static>(
+    /// A queue of at most `capacity` images in flight, each request answered within `timeout`,
+    /// served by one thread per embedder; they stop when the queue is dropped.
+    pub fn start<B: Backend + Send + 'static>(
         embedders: Vec<Embedder<B>>,
         batching: Batching,
         capacity: usize,
+        timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Arc<Queue> {
         let (tx, rx) = channel::<Job>();
         let queue = Arc::new(Queue {
             tx: Mutex::new(tx),
-            waiting: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
             capacity,
+            timeout,
             metrics,
         });
         let rx = Arc::new(Mutex::new(rx));
@@ -85,8 +103,6 @@ impl Queue {
                         let Some(queue) = queue.upgrade() else {
                             return;
                         };
-                        let images: usize = jobs.iter().map(|j| j.pixels.len()).sum();
-                        queue.waiting.fetch_sub(images, Ordering::SeqCst);
                         run_jobs(&embedder, jobs, batching.max_batch, &queue.metrics);
                     }
                 })
@@ -95,42 +111,62 @@ impl Queue {
         queue
     }
 
-    /// Queues `pixels` and waits for their vectors; 429 at once when the queue is full, 503
-    /// when no model thread runs.
-    pub fn embed(&self, pixels: Vec<PixelValues>) -> Result<Vec<Vec<f32>>, ApiError> {
-        let n = pixels.len();
+    /// Room for `images` more images in flight; 429 when there is none (a request larger than
+    /// the whole capacity is let in alone, when nothing else is in flight).
+    pub fn admit(&self, images: usize) -> Result<Permit<'_>, ApiError> {
         let admitted = self
-            .waiting
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
-                (w + n <= self.capacity || w == 0).then_some(w + n)
+            .in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n.saturating_add(images) <= self.capacity || n == 0).then(|| n + images)
             });
-        if admitted.is_err() {
-            return Err(ApiError::new(
+        match admitted {
+            Ok(_) => Ok(Permit {
+                queue: self,
+                images,
+            }),
+            Err(n) => Err(ApiError::new(
                 429,
                 format!(
-                    "the queue is full ({} images waiting, at most {}): retry later",
-                    self.waiting.load(Ordering::SeqCst),
+                    "busy: {n} images in flight, at most {} (--max-queue): retry later",
                     self.capacity
                 ),
-            ));
+            )),
         }
-        let (reply, answer) = channel();
-        let sent = self
-            .tx
-            .lock()
-            .map_err(|_| ApiError::new(503, "the queue is broken"))?
-            .send(Job { pixels, reply });
-        let unavailable = || ApiError::new(503, "no model thread is running");
-        if sent.is_err() || self.metrics.workers.load(Ordering::SeqCst) == 0 {
-            self.waiting.fetch_sub(n, Ordering::SeqCst);
-            return Err(unavailable());
-        }
-        answer.recv().map_err(|_| unavailable())?
     }
 
-    /// Images waiting now.
-    pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::SeqCst)
+    /// Queues `pixels` (admitted by `permit`) and waits for their vectors: 503 when no model
+    /// thread runs, 504 past the timeout.
+    pub fn embed(
+        &self,
+        pixels: Vec<PixelValues>,
+        permit: Permit<'_>,
+    ) -> Result<Vec<Vec<f32>>, ApiError> {
+        let (reply, answer) = channel();
+        let unavailable = || ApiError::new(503, "no model thread is running");
+        self.tx
+            .lock()
+            .map_err(|_| unavailable())?
+            .send(Job { pixels, reply })
+            .map_err(|_| unavailable())?;
+        let result = match answer.recv_timeout(self.timeout) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => Err(ApiError::new(
+                504,
+                format!(
+                    "no answer within {:.0} s (--request-timeout): the model is overloaded or stuck",
+                    self.timeout.as_secs_f64()
+                ),
+            )),
+            // The model thread ended without answering (it dropped the job).
+            Err(RecvTimeoutError::Disconnected) => Err(unavailable()),
+        };
+        drop(permit);
+        result
+    }
+
+    /// Images admitted and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
     }
 }
 
@@ -235,13 +271,13 @@ fn run_jobs<B: Backend>(
     }
 }
 
-/// The status of a model error: 422 for an input the model rejects, 507 for one too large for
+/// The status of a model error: 422 for an input the model rejects, 413 for one too large for
 /// the device even alone, 500 otherwise.
 fn model_error(e: dinov2::Error) -> ApiError {
     match &e {
         dinov2::Error::Model(ModelError::Input { .. }) => ApiError::new(422, e.to_string()),
         dinov2::Error::Model(ModelError::OutOfMemory { .. }) => ApiError::new(
-            507,
+            413,
             format!("{e}: the image does not fit the device even alone"),
         ),
         _ => ApiError::new(500, e.to_string()),

@@ -59,8 +59,8 @@ impl Metrics {
         self.ready.load(Ordering::SeqCst) && self.workers.load(Ordering::SeqCst) > 0
     }
 
-    /// The text exposition, with `waiting` images in the queue.
-    pub fn render(&self, waiting: usize) -> String {
+    /// The text exposition, with `in_flight` images admitted and not yet answered.
+    pub fn render(&self, in_flight: usize) -> String {
         let mut out = String::new();
         let secs = |us: &AtomicU64| us.load(Ordering::Relaxed) as f64 / 1e6;
         let mut family = |name: &str, kind: &str, help: &str| {
@@ -116,10 +116,10 @@ impl Metrics {
                 secs(&self.pass_us),
             ),
             (
-                "dinov2_queue_images",
+                "dinov2_images_in_flight",
                 "gauge",
-                "Images waiting for a model thread.",
-                waiting as f64,
+                "Images admitted and not yet answered (decoding, waiting or running).",
+                in_flight as f64,
             ),
             (
                 "dinov2_model_threads",
@@ -155,7 +155,7 @@ mod tests {
         );
         assert!(text.contains("dinov2_requests_total{endpoint=\"/embed\",status=\"422\"} 1"));
         assert!(text.contains("dinov2_pass_images_total 3"));
-        assert!(text.contains("dinov2_queue_images 4"));
+        assert!(text.contains("dinov2_images_in_flight 4"));
         assert!(text.contains("dinov2_request_seconds_total 0.011"));
         assert!(!m.healthy(), "not warmed up, no model thread");
     }

@@ -13,16 +13,16 @@
 
 mod api;
 mod batcher;
+mod http;
 mod metrics;
 
-use std::io::Read;
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dinov2::image::{decode_sized, preprocess, DecodeOptions, PixelValues, PreprocessConfig};
 use dinov2::{Backend, Checkpoint, Dinov2, Embedder, Pooling};
 use serde_json::json;
-use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::args::{with_backend, Device, ServeArgs};
 use crate::embed_verb::{decode_options, preprocessing, Reopen};
@@ -117,6 +117,7 @@ fn start<B: Backend + Reopen + Send + 'static>(
             window: Duration::from_secs_f64(args.batch_wait_ms / 1e3),
         },
         max_queue,
+        args.request_timeout,
         metrics.clone(),
     );
     let name = args
@@ -141,10 +142,11 @@ fn start<B: Backend + Reopen + Send + 'static>(
         "dtype": args.dtype.to_string(),
         "max_batch_size": max_batch,
         "batch_wait_ms": args.batch_wait_ms,
-        "max_queue_images": max_queue,
+        "max_images_in_flight": max_queue,
         "max_inputs": max_inputs,
         "max_request_bytes": args.max_request_bytes,
         "model_threads": streams,
+        "request_timeout_s": args.request_timeout.as_secs_f64(),
     })
     .to_string();
     let state = Arc::new(State {
@@ -208,139 +210,109 @@ fn embedding_dims(
     }
 }
 
-/// Binds, then answers requests on `--http-threads` threads.
+/// Binds, then answers requests on `--http-threads` connection threads.
 fn listen(args: &ServeArgs, state: Arc<State>) -> Result<()> {
     let addr = format!("{}:{}", args.host, args.port);
-    let server =
-        Server::http(&addr).map_err(|e| CliError(format!("cannot listen on {addr}: {e}")))?;
-    let bound = server
-        .server_addr()
-        .to_ip()
+    let listener =
+        TcpListener::bind(&addr).map_err(|e| CliError(format!("cannot listen on {addr}: {e}")))?;
+    let bound = listener
+        .local_addr()
         .map_or(addr.clone(), |a| a.to_string());
     eprintln!("listening on http://{bound}");
-    let server = Arc::new(server);
     let threads = args
         .http_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get().max(4)));
-    std::thread::scope(|scope| {
-        for i in 0..threads {
-            let (server, state) = (server.clone(), state.clone());
-            std::thread::Builder::new()
-                .name(format!("dinov2-http-{i}"))
-                .spawn_scoped(scope, move || {
-                    while let Ok(request) = server.recv() {
-                        answer(&state, request);
-                    }
-                })
-                .map_err(|e| CliError(format!("cannot start HTTP threads: {e}")))?;
-        }
-        Ok(())
-    })
+    let limits = http::Limits {
+        max_body: state.max_request_bytes,
+    };
+    http::serve(listener, threads, limits, &*state)
+        .map_err(|e| CliError(format!("serving on {bound}: {e}")))
 }
 
-fn json_header() -> Header {
-    Header::from_bytes("Content-Type", "application/json").expect("a valid header")
+impl http::Handler for &State {
+    fn answer(&self, request: &http::Request) -> http::Response {
+        answer(self, request)
+    }
+
+    /// Counted as the endpoint `refused`: the request was not read far enough to know it.
+    fn refused(&self, status: u16) {
+        self.metrics
+            .record_request("refused", status, Duration::ZERO);
+    }
 }
 
 /// Answers one request, and counts it.
-fn answer(state: &State, mut request: Request) {
+fn answer(state: &State, request: &http::Request) -> http::Response {
     let t = Instant::now();
-    let path = request.url().split('?').next().unwrap_or("").to_string();
-    let method = request.method().clone();
-    let (status, body, content_type) = match route(state, &method, &path, &mut request) {
-        Ok((body, content_type)) => (200, body, content_type),
-        Err(e) => (e.status, e.body(), json_header()),
+    let response = match route(state, request) {
+        Ok(response) => response,
+        Err(e) => http::Response::json(e.status, e.body()),
     };
-    let endpoint = match path.as_str() {
-        "/v1/embeddings" | "/embed" | "/health" | "/ready" | "/info" | "/metrics" => path.as_str(),
+    let path = request.path.as_str();
+    let endpoint = match path {
+        "/v1/embeddings" | "/embed" | "/health" | "/ready" | "/info" | "/metrics" => path,
         _ => "other",
     };
-    state.metrics.record_request(endpoint, status, t.elapsed());
-    let response = Response::from_string(body)
-        .with_status_code(status)
-        .with_header(content_type);
-    // A client that went away is not an error of the server's.
-    let _ = request.respond(response);
+    state
+        .metrics
+        .record_request(endpoint, response.status, t.elapsed());
+    response
 }
 
-/// The body and content type of a successful answer, or the error.
-fn route(
-    state: &State,
-    method: &Method,
-    path: &str,
-    request: &mut Request,
-) -> std::result::Result<(String, Header), ApiError> {
-    let text = || Header::from_bytes("Content-Type", "text/plain; version=0.0.4").expect("valid");
-    match (method, path) {
-        (Method::Get, "/health" | "/ready") => {
+/// The answer to a request, or the error.
+fn route(state: &State, request: &http::Request) -> std::result::Result<http::Response, ApiError> {
+    let ok = |body: String| http::Response::json(200, body);
+    let path = request.path.as_str();
+    match (request.method.as_str(), path) {
+        ("GET", "/health" | "/ready") => {
             if state.metrics.healthy() {
-                Ok((json!({"status": "ok"}).to_string(), json_header()))
+                Ok(ok(json!({"status": "ok"}).to_string()))
             } else {
                 Err(ApiError::new(503, "no model thread is running"))
             }
         }
-        (Method::Get, "/info") => Ok((state.info.clone(), json_header())),
-        (Method::Get, "/metrics") => Ok((state.metrics.render(state.queue.waiting()), text())),
-        (Method::Post, "/v1/embeddings") => {
-            let body = read_body(request, state.max_request_bytes)?;
-            let parsed = api::embeddings_request(&body, state.max_inputs, state.dims)?;
+        ("GET", "/info") => Ok(ok(state.info.clone())),
+        ("GET", "/metrics") => Ok(http::Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4",
+            body: state.metrics.render(state.queue.in_flight()).into_bytes(),
+        }),
+        ("POST", "/v1/embeddings") => {
+            let parsed = api::embeddings_request(&request.body, state.max_inputs, state.dims)?;
             let vectors = embed(state, parsed.images)?;
-            Ok((
-                api::embeddings_response(&vectors, parsed.encoding, &state.name),
-                json_header(),
-            ))
+            Ok(ok(api::embeddings_response(
+                &vectors,
+                parsed.encoding,
+                &state.name,
+            )))
         }
-        (Method::Post, "/embed") => {
-            let is_json = request.headers().iter().any(|h| {
-                h.field.equiv("Content-Type")
-                    && h.value
-                        .as_str()
-                        .trim_start()
-                        .starts_with("application/json")
+        ("POST", "/embed") => {
+            let is_json = request.header("content-type").is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("application/json")
             });
-            let body = read_body(request, state.max_request_bytes)?;
             let images = if is_json {
-                api::embed_request(&body, state.max_inputs)?
-            } else if body.is_empty() {
+                api::embed_request(&request.body, state.max_inputs)?
+            } else if request.body.is_empty() {
                 return Err(ApiError::new(422, "an empty body: send an image, or JSON"));
             } else {
-                vec![body]
+                vec![request.body.clone()]
             };
             let vectors = embed(state, images)?;
-            Ok((api::embed_response(&vectors), json_header()))
+            Ok(ok(api::embed_response(&vectors)))
         }
-        (_, "/health" | "/ready" | "/info" | "/metrics" | "/v1/embeddings" | "/embed") => Err(
+        (method, "/health" | "/ready" | "/info" | "/metrics" | "/v1/embeddings" | "/embed") => Err(
             ApiError::new(405, format!("{method} is not allowed on {path}")),
         ),
         _ => Err(ApiError::new(404, format!("no endpoint {path}"))),
     }
 }
 
-/// The request's body, refused (413) past `limit` bytes before it is read.
-fn read_body(request: &mut Request, limit: usize) -> std::result::Result<Vec<u8>, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            413,
-            format!("the body is larger than {limit} bytes (--max-request-bytes)"),
-        )
-    };
-    if request.body_length().is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    request
-        .as_reader()
-        .take(limit as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| ApiError::new(400, format!("cannot read the body: {e}")))?;
-    if body.len() > limit {
-        return Err(too_large());
-    }
-    Ok(body)
-}
-
 /// Decodes and preprocesses `images` on this thread, then queues them for the model.
 fn embed(state: &State, images: Vec<Vec<u8>>) -> std::result::Result<Vec<Vec<f32>>, ApiError> {
+    // Admitted before the costly decoding, so that a busy server refuses at once.
+    let permit = state.queue.admit(images.len())?;
     let t = Instant::now();
     let pixels = images
         .iter()
@@ -352,5 +324,6 @@ fn embed(state: &State, images: Vec<Vec<u8>>) -> std::result::Result<Vec<Vec<f32
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     state.metrics.record_decode(images.len(), t.elapsed());
-    state.queue.embed(pixels)
+    drop(images);
+    state.queue.embed(pixels, permit)
 }
