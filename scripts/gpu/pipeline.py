@@ -7,6 +7,11 @@
     pipeline.py compare A.npy B.npy TOL
                                     prints the worst relative L2 error per row of B against A and
                                     exits 1 above TOL
+    pipeline.py serve ADDR REF.npy TOL SECONDS IMAGE...
+                                    against a running `dinov2 serve` at ADDR: its vectors for the
+                                    IMAGEs (one /v1/embeddings request) against REF.npy's rows
+                                    (exit 1 above TOL); then, for SECONDS, 16 clients sending
+                                    requests of 8 images, and the images/s answered
 """
 import json
 import os
@@ -45,7 +50,69 @@ def compare(a_path, b_path, tol):
     return 0 if err.max() <= tol else 1
 
 
+def post(addr, images):
+    import base64
+    import urllib.request
+
+    body = json.dumps({"input": [
+        "data:image/jpeg;base64," + base64.b64encode(im).decode() for im in images
+    ]}).encode()
+    req = urllib.request.Request(f"http://{addr}/v1/embeddings", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return [d["embedding"] for d in json.load(r)["data"]]
+
+
+def serve(addr, ref_path, tol, seconds, paths):
+    import threading
+    import time
+
+    import numpy as np
+
+    images = [open(p, "rb").read() for p in paths]
+    got = np.array(post(addr, images), dtype=np.float64)
+    ref = np.load(ref_path).astype(np.float64)
+    rc = 0
+    if got.shape != ref.shape:
+        print(f"serve: shape {got.shape}, {ref_path} has {ref.shape}")
+        rc = 1
+    else:
+        err = np.linalg.norm(got - ref, axis=1) / np.maximum(np.linalg.norm(ref, axis=1), 1e-30)
+        print(f"serve vs {ref_path}: {len(ref)} rows, worst relative L2 {err.max():.3e} (limit {tol:g})")
+        rc = 0 if err.max() <= tol else 1
+    if seconds <= 0:
+        return rc
+    done, failed = [0], [0]
+    lock = threading.Lock()
+    stop = time.time() + seconds
+
+    def client(k):
+        batch = [images[(k + i) % len(images)] for i in range(8)]
+        while time.time() < stop:
+            try:
+                n = len(post(addr, batch))
+            except Exception:  # counted, not fatal: a 429 under load is the server's answer
+                with lock:
+                    failed[0] += 1
+                continue
+            with lock:
+                done[0] += n
+    start = time.time()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.time() - start
+    print(f"serve load: 16 clients x 8 images per request for {took:.1f} s: "
+          f"{done[0] / took:.1f} images/s answered, {failed[0]} requests refused or failed")
+    return rc
+
+
 if __name__ == "__main__":
+    if len(sys.argv) >= 7 and sys.argv[1] == "serve":
+        sys.exit(serve(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]),
+                       sys.argv[6:]))
     if len(sys.argv) == 3 and sys.argv[1] == "checkpoint":
         sys.exit(checkpoint(sys.argv[2]))
     if len(sys.argv) == 5 and sys.argv[1] == "compare":

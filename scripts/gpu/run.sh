@@ -117,6 +117,11 @@ pipeline() {
         echo "!! transformers_reference.py failed" >>"$OUT/pipeline.txt"
         rc=1
     fi
+    # `dinov2 serve` on the GPU: the tiny model's vectors over HTTP against the CPU's.
+    # The images in the folder walk's order (sorted paths), as cpu.npy's rows are.
+    local sample=()
+    mapfile -t sample < <(ls "$root"/assets/images/*.jpg "$root"/assets/images/*.png | LC_ALL=C sort)
+    serve_check "$tiny" "$work/cpu.npy" 1e-4 0 "${sample[@]}" || rc=1
     [ "$rc" -eq 0 ] || echo "!! embed pipeline parity FAILED" | tee -a "$OUT/pipeline.txt"
     room 45 || return "$rc"
     for i in $(seq 1 300); do
@@ -134,6 +139,62 @@ pipeline() {
             --batch-size 128 --streams "$streams" --overwrite --output "$work/vitb14.parquet" \
             "$work/images" 2>&1 | tee -a "$OUT/pipeline.txt"
     done
+    # The server under load: ViT-B/14 f16, 16 clients for 15 s.
+    if room 40; then
+        echo "dinov2 serve, ViT-B/14 f16, --max-batch-size 128:" >>"$OUT/pipeline.txt"
+        serve_check "$work/vitb14" "" 0 15 "$root"/assets/images/*.jpg --max-batch-size 128 || true
+    fi
+    return "$rc"
+}
+
+# serve_check MODEL REF.npy TOL SECONDS IMAGE... [-- SERVE ARGS...]: starts `dinov2 serve` on
+# cuda f32 (f16 when no REF is given), checks its vectors against REF.npy, loads it for SECONDS,
+# stops it; its lines go to $OUT/pipeline.txt.
+serve_check() {
+    local model=$1 ref=$2 tol=$3 secs=$4 log=/tmp/dinov2-serve.log addr pid i rc=0
+    shift 4
+    local images=() extra=()
+    while [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; do images+=("$1"); shift; done
+    extra=("$@")
+    local dtype=f32
+    [ -n "$ref" ] || dtype=f16
+    "$HERE/bin/dinov2" serve --model "$model" --device cuda --dtype "$dtype" --port 0 \
+        "${extra[@]}" 2>"$log" &
+    pid=$!
+    for i in $(seq 1 120); do
+        addr=$(grep -o 'listening on http://[0-9.:]*' "$log" | head -1 | sed 's|listening on http://||')
+        [ -n "$addr" ] && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.5
+    done
+    if [ -z "$addr" ]; then
+        echo "!! dinov2 serve did not start:" >>"$OUT/pipeline.txt"
+        cat "$log" >>"$OUT/pipeline.txt"
+        kill "$pid" 2>/dev/null
+        return 1
+    fi
+    if [ -n "$ref" ]; then
+        timeout "$(cap 60)" "$PYTHON" "$HERE/scripts/pipeline.py" serve "$addr" "$ref" "$tol" 0 \
+            "${images[@]}" >>"$OUT/pipeline.txt" 2>&1 || rc=1
+    else
+        # No reference: a throughput run, its answers compared with the first ones (f16: other
+        # batch compositions may round differently).
+        timeout "$(cap 40)" "$PYTHON" -c '
+import sys, numpy as np
+sys.path.insert(0, sys.argv[1])
+import pipeline
+addr, images = sys.argv[2], sys.argv[3:]
+v = pipeline.post(addr, [open(p, "rb").read() for p in images])
+np.save("/tmp/dinov2-serve-ref.npy", np.array(v, dtype=np.float32))
+' "$HERE/scripts" "$addr" "${images[@]}" >>"$OUT/pipeline.txt" 2>&1 \
+            && timeout "$(cap $((secs + 40)))" "$PYTHON" "$HERE/scripts/pipeline.py" serve "$addr" \
+                /tmp/dinov2-serve-ref.npy 1e-2 "$secs" "${images[@]}" >>"$OUT/pipeline.txt" 2>&1 \
+            || rc=1
+        "$PYTHON" -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' \
+            "http://$addr/metrics" 2>/dev/null | grep -E "^dinov2_(pass|requests)" >>"$OUT/pipeline.txt"
+    fi
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
     return "$rc"
 }
 
