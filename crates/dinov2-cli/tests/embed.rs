@@ -2064,6 +2064,26 @@ fn several_poolings_come_from_one_pass() {
     let patch = batch.column_by_name("patch").unwrap().as_list::<i32>();
     assert_eq!(patch.value(0).len(), grid[1] * grid[2] * 4);
 
+    // With intermediate layers (the tiny model: 2 layers), each output as its own run gives it.
+    let tiny = self::model();
+    let layers = ["--layers", "2,0", "--no-layer-norm", "--normalize"];
+    let mut single = Vec::new();
+    for p in ["mean", "cls+mean", "patch"] {
+        let out = dir.path().join(format!("layers_{p}.npy"));
+        let mut args = vec!["--pooling", p];
+        args.extend(layers);
+        embed_ok(&tiny, out.clone(), &args, &[images]);
+        single.push(read_npy(&out));
+    }
+    let out = dir.path().join("layers_all.safetensors");
+    let mut args = vec!["--pooling", "mean,cls+mean,patch"];
+    args.extend(layers);
+    embed_ok(&tiny, out.clone(), &args, &[images]);
+    let tensors = read_safetensors(&out);
+    for (name, want) in ["mean", "cls_mean", "patch"].iter().zip(&single) {
+        assert_eq!(&tensors[*name], want, "layers {name}");
+    }
+
     // Refused before any work: a format of one array, a pooling twice, tokens in a folder.
     for (pooling, output, says) in [
         ("cls,patch", "x.npy", "several outputs"),
