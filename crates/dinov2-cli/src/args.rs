@@ -383,6 +383,11 @@ pub struct EmbedArgs {
     /// writing its own output (and reading its part of an archive or table in one piece).
     #[arg(long, value_name = "I/N", value_parser = parse_shard)]
     pub shard: Option<(usize, usize)>,
+    /// Inputs decoded together, then grouped by patch grid into passes of --batch-size: with
+    /// --no-crop, where sizes vary, a wider window fills more passes (default: 4 batches with
+    /// --no-crop, 1 batch otherwise). Memory holds this many decoded images per model thread.
+    #[arg(long, value_name = "INPUTS")]
+    pub window: Option<usize>,
     /// Rows per committed chunk of the resumable job.
     #[arg(long, default_value_t = 1024, hide = true)]
     pub chunk_rows: usize,

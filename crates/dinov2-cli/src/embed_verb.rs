@@ -175,6 +175,13 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         format,
         output_dtype: args.output_dtype,
         batch_size,
+        window: match args.window {
+            Some(0) => return Err(CliError("--window must be at least 1".into())),
+            Some(w) => w,
+            None if preprocess.do_center_crop => batch_size,
+            None => batch_size.saturating_mul(4),
+        },
+        patch: checkpoint.config.patch_size,
         outputs: Outputs {
             poolings: poolings.clone(),
             normalize: args.normalize,

@@ -1,5 +1,5 @@
-//! One batch of the embed job: decoded inputs grouped by size and stacked (on the decoding
-//! side), then run through a model (on a model thread) into rows and failures.
+//! One batch of the embed job: decoded inputs grouped by patch grid and stacked into passes (on
+//! the decoding side), then run through a model (on a model thread) into rows and failures.
 
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,16 @@ pub(super) type Decoded = (
     Duration,
 );
 
-/// Consecutive good images of one size, stacked for the model.
+/// How a batch's images become model passes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Grouping {
+    /// The model's patch size: images are grouped by patch grid.
+    pub patch: usize,
+    /// Images per pass at most.
+    pub pass: usize,
+}
+
+/// Good images of one patch grid, stacked for the model: one pass.
 pub(super) struct Group {
     /// Input index and original `(width, height)` of each image.
     members: Vec<(usize, u32, u32)>,
@@ -111,15 +120,38 @@ fn embed_group<B: Backend>(
     Ok(())
 }
 
-/// Groups one batch's decoded inputs into a [`Batch`]: the good images stacked per size (one
-/// group per size, in order of first appearance, so that images of mixed sizes still run in
-/// few passes), on this thread rather than the model's; bad ones as failures. With
+/// The pixels an image's patches cover: the right and bottom remainders past the last whole
+/// patch cut off. The model ignores them (the patch embedding is a stride-`patch` convolution,
+/// and the position embeddings follow the patch grid), so the values are the same, and images
+/// of slightly different sizes with one patch grid share a pass.
+fn cut_to_patches(p: PixelValues, patch: usize) -> PixelValues {
+    let [c, h, w] = p.shape;
+    let (ch, cw) = (h / patch * patch, w / patch * patch);
+    if (ch, cw) == (h, w) || ch == 0 || cw == 0 {
+        return p;
+    }
+    let mut data = Vec::with_capacity(c * ch * cw);
+    for plane in p.data.chunks_exact(h * w) {
+        for row in plane.chunks_exact(w).take(ch) {
+            data.extend_from_slice(&row[..cw]);
+        }
+    }
+    PixelValues {
+        shape: [c, ch, cw],
+        data,
+    }
+}
+
+/// Groups one batch's decoded inputs into a [`Batch`]: the good images by patch grid (cut to
+/// it, [`cut_to_patches`]), in order of first appearance, each grid's in passes of at most
+/// `grouping.pass`, stacked here rather than on a model thread; bad ones as failures. With
 /// `--on-error fail` the first bad input ends the batch: nothing after it is kept.
 pub(super) fn assemble(
     end: usize,
     items: Vec<Decoded>,
     inputs: &[Input],
     on_error: OnError,
+    grouping: Grouping,
 ) -> Batch {
     let mut batch = Batch {
         end,
@@ -128,7 +160,7 @@ pub(super) fn assemble(
         read: Duration::ZERO,
         prepare: Duration::ZERO,
     };
-    // Per size: its members and their pixels.
+    // Per shape: its members and their pixels.
     type Members = Vec<(usize, u32, u32)>;
     let mut sizes: Vec<([usize; 3], Members, Vec<PixelValues>)> = Vec::new();
     for (index, prepared, read, spent) in items {
@@ -136,6 +168,7 @@ pub(super) fn assemble(
         batch.prepare += spent;
         match prepared {
             Ok((p, width, height)) => {
+                let p = cut_to_patches(p, grouping.patch);
                 let at = match sizes.iter().position(|s| s.0 == p.shape) {
                     Some(at) => at,
                     None => {
@@ -159,13 +192,15 @@ pub(super) fn assemble(
             }
         }
     }
-    batch.groups = sizes
-        .into_iter()
-        .map(|(_, members, pixels)| Group {
-            members,
-            pixels: stack_images(&pixels).map_err(|e| e.to_string()),
-        })
-        .collect();
+    let pass = grouping.pass.max(1);
+    for (_, members, pixels) in sizes {
+        for (members, pixels) in members.chunks(pass).zip(pixels.chunks(pass)) {
+            batch.groups.push(Group {
+                members: members.to_vec(),
+                pixels: stack_images(pixels).map_err(|e| e.to_string()),
+            });
+        }
+    }
     batch
 }
 
@@ -215,4 +250,113 @@ pub(super) fn run_batch<B: Backend>(
         prepare: batch.prepare,
         model: t.elapsed(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_are_cut_to_their_patches() {
+        // 2 channels, 3 x 5 pixels, patch 2: rows 0-1, columns 0-3 stay.
+        let data: Vec<f32> = (0..30).map(|v| v as f32).collect();
+        let p = PixelValues {
+            shape: [2, 3, 5],
+            data,
+        };
+        let cut = cut_to_patches(p.clone(), 2);
+        assert_eq!(cut.shape, [2, 2, 4]);
+        assert_eq!(
+            cut.data,
+            [0., 1., 2., 3., 5., 6., 7., 8., 15., 16., 17., 18., 20., 21., 22., 23.]
+        );
+        assert_eq!(cut_to_patches(cut.clone(), 2), cut, "whole patches stay");
+        assert_eq!(
+            cut_to_patches(p.clone(), 7).shape,
+            [2, 3, 5],
+            "smaller than a patch"
+        );
+    }
+
+    fn pixels(h: usize, w: usize, seed: u32) -> PixelValues {
+        let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        let data = (0..3 * h * w)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect();
+        PixelValues {
+            shape: [3, h, w],
+            data,
+        }
+    }
+
+    /// The model gives a cut image the values of the whole one: the cut is safe.
+    #[test]
+    fn the_model_ignores_what_the_cut_removes() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../assets/models/dinov2-tiny-random");
+        let embedder = Embedder::from_dir(dir, dinov2::CpuBackend)
+            .unwrap()
+            .with_pooling(dinov2::Pooling::Tokens);
+        for (h, w, seed) in [(30, 62, 1), (41, 29, 2), (27, 70, 3)] {
+            let whole = pixels(h, w, seed);
+            let cut = cut_to_patches(whole.clone(), 14);
+            assert_ne!(cut.shape, whole.shape);
+            assert_eq!(
+                embedder.embed_prepared(&[cut]).unwrap(),
+                embedder.embed_prepared(&[whole]).unwrap(),
+                "{h}x{w}"
+            );
+        }
+    }
+
+    #[test]
+    fn images_of_one_patch_grid_share_passes() {
+        // Grid 2 x 4 from three pixel sizes, grid 3 x 3 from two; passes of 2.
+        let shapes = [(30, 62), (31, 56), (28, 69), (42, 42), (43, 44)];
+        let inputs: Vec<Input> = (0..6)
+            .map(|i| Input::File(format!("{i}.png").into()))
+            .collect();
+        let mut items: Vec<Decoded> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, &(h, w))| {
+                let ok = Ok((pixels(h, w, i as u32), w as u32, h as u32));
+                (i, ok, Duration::ZERO, Duration::ZERO)
+            })
+            .collect();
+        items.push((
+            5,
+            Err(("decode", "bad".into())),
+            Duration::ZERO,
+            Duration::ZERO,
+        ));
+        let grouping = Grouping { patch: 14, pass: 2 };
+        let batch = assemble(6, items, &inputs, OnError::Skip, grouping);
+        let groups: Vec<(Vec<usize>, Vec<usize>)> = batch
+            .groups
+            .iter()
+            .map(|g| {
+                (
+                    g.members.iter().map(|m| m.0).collect(),
+                    g.pixels.as_ref().unwrap().shape.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                (vec![0, 1], vec![2, 3, 28, 56]),
+                (vec![2], vec![1, 3, 28, 56]),
+                (vec![3, 4], vec![2, 3, 42, 42]),
+            ]
+        );
+        // The original sizes stay with the rows.
+        assert_eq!(batch.groups[0].members[1], (1, 56, 31));
+        assert_eq!(batch.failures.len(), 1);
+    }
 }

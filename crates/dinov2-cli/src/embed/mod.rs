@@ -26,7 +26,7 @@ use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use rayon::prelude::*;
 
 use crate::error::{CliError, Result};
-use batch::{assemble, run_batch, Batch, Decoded, Outcome};
+use batch::{assemble, run_batch, Batch, Decoded, Grouping, Outcome};
 use job::{digest, Job};
 pub use outputs::Outputs;
 use writers::{sibling, write_output};
@@ -49,6 +49,10 @@ pub struct Settings {
     /// The type of the written values.
     pub output_dtype: ValueType,
     pub batch_size: usize,
+    /// Inputs decoded together and grouped by patch grid into passes of `batch_size`.
+    pub window: usize,
+    /// The model's patch size.
+    pub patch: usize,
     /// The poolings written, and whether normalized.
     pub outputs: Outputs,
     pub on_error: OnError,
@@ -250,13 +254,17 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
         // stop at their next batch instead of running it.
         let cancel = &cancel;
         let _cancel_on_return = CancelOnDrop(cancel);
-        let batch = s.batch_size;
+        let window = s.window.max(1);
+        let grouping = Grouping {
+            patch: s.patch,
+            pass: s.batch_size,
+        };
         scope.spawn(move || {
-            for (seq, begin) in (start_at..total).step_by(batch).enumerate() {
+            for (seq, begin) in (start_at..total).step_by(window).enumerate() {
                 if cancel.load(Ordering::Relaxed) {
                     return;
                 }
-                let end = (begin + batch).min(total);
+                let end = (begin + window).min(total);
                 let items: Vec<Decoded> = workers.install(|| {
                     (begin..end)
                         .into_par_iter()
@@ -290,7 +298,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
                 });
                 // Stacked here, so that the model threads only run the model.
                 if tx
-                    .send((seq, assemble(end, items, inputs, on_error)))
+                    .send((seq, assemble(end, items, inputs, on_error, grouping)))
                     .is_err()
                 {
                     return;
@@ -369,7 +377,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
                 }
             }
         }
-        let batches = (total - start_at).div_ceil(batch);
+        let batches = (total - start_at).div_ceil(window);
         if next_seq != batches {
             return Err(CliError(format!(
                 "a model thread stopped after {next_seq} of {batches} batches"
