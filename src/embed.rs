@@ -73,6 +73,30 @@ pub fn stack_images(images: &[PixelValues]) -> Result<Tensor> {
         .ok_or_else(|| bad("an image holds fewer values than its shape says".into()))
 }
 
+/// The pixels an image's patches cover: the right and bottom remainders past the last whole
+/// `patch` cut off. The model ignores them (the patch embedding is a stride-`patch`
+/// convolution, and the position embeddings follow the patch grid), so the embeddings are the
+/// same, and images of slightly different sizes with one patch grid can share a batch. An image
+/// smaller than one patch is left as it is (for the model to refuse).
+pub fn cut_to_patches(pixels: PixelValues, patch: usize) -> PixelValues {
+    let [c, h, w] = pixels.shape;
+    let patch = patch.max(1);
+    let (ch, cw) = (h / patch * patch, w / patch * patch);
+    if (ch, cw) == (h, w) || ch == 0 || cw == 0 || pixels.data.len() != c * h * w {
+        return pixels;
+    }
+    let mut data = Vec::with_capacity(c * ch * cw);
+    for plane in pixels.data.chunks_exact(h * w) {
+        for row in plane.chunks_exact(w).take(ch) {
+            data.extend_from_slice(&row[..cw]);
+        }
+    }
+    PixelValues {
+        shape: [c, ch, cw],
+        data,
+    }
+}
+
 impl<B: Backend> Embedder<B> {
     /// An embedder over `model` with `preprocess`; CLS pooling, not normalized.
     pub fn new(model: Dinov2<B>, preprocess: PreprocessConfig) -> Self {
@@ -159,8 +183,8 @@ impl<B: Backend> Embedder<B> {
         ))
     }
 
-    /// Runs the model on preprocessed images, in batches of consecutive images of equal size (at
-    /// most [`Embedder::with_batch_size`] each). Pooling runs on the model's backend
+    /// Runs the model on preprocessed images, in batches of consecutive images of one patch grid
+    /// ([`cut_to_patches`]; at most [`Embedder::with_batch_size`] each). Pooling runs on the model's backend
     /// ([`Dinov2::embed`]): only the vectors are copied back.
     pub fn embed_prepared(&self, images: &[PixelValues]) -> Result<Vec<Embedding>> {
         self.prepared_each(images).into_iter().collect()
@@ -169,6 +193,11 @@ impl<B: Backend> Embedder<B> {
     /// [`Embedder::embed_prepared`], each image with its own result: a batch that fails as a
     /// whole fails its images alone, not the other batches'.
     fn prepared_each(&self, images: &[PixelValues]) -> Vec<Result<Embedding>> {
+        let patch = self.model.config().patch_size;
+        let images: Vec<PixelValues> = images
+            .iter()
+            .map(|p| cut_to_patches(p.clone(), patch))
+            .collect();
         let mut out = Vec::with_capacity(images.len());
         for group in images.chunk_by(|a, b| a.shape == b.shape) {
             for batch in group.chunks(self.batch_size) {

@@ -19,7 +19,7 @@ mod embed;
 mod error;
 pub mod io;
 
-pub use embed::{preprocess_config, stack_images, EmbedStream, Embedder};
+pub use embed::{cut_to_patches, preprocess_config, stack_images, EmbedStream, Embedder};
 pub use error::{Error, Result};
 
 pub use dinov2_checkpoint::{

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use dinov2::image::PixelValues;
-use dinov2::{stack_images, Backend, Embedder, ModelError, Tensor};
+use dinov2::{cut_to_patches, stack_images, Backend, Embedder, ModelError, Tensor};
 
 use super::inputs::Input;
 use super::job::{Failure, Row};
@@ -118,28 +118,6 @@ fn embed_group<B: Backend>(
         Err(e) => return Err(e.into()),
     }
     Ok(())
-}
-
-/// The pixels an image's patches cover: the right and bottom remainders past the last whole
-/// patch cut off. The model ignores them (the patch embedding is a stride-`patch` convolution,
-/// and the position embeddings follow the patch grid), so the values are the same, and images
-/// of slightly different sizes with one patch grid share a pass.
-fn cut_to_patches(p: PixelValues, patch: usize) -> PixelValues {
-    let [c, h, w] = p.shape;
-    let (ch, cw) = (h / patch * patch, w / patch * patch);
-    if (ch, cw) == (h, w) || ch == 0 || cw == 0 {
-        return p;
-    }
-    let mut data = Vec::with_capacity(c * ch * cw);
-    for plane in p.data.chunks_exact(h * w) {
-        for row in plane.chunks_exact(w).take(ch) {
-            data.extend_from_slice(&row[..cw]);
-        }
-    }
-    PixelValues {
-        shape: [c, ch, cw],
-        data,
-    }
 }
 
 /// Groups one batch's decoded inputs into a [`Batch`]: the good images by patch grid (cut to

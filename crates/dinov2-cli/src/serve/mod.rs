@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dinov2::image::{decode_sized, preprocess, DecodeOptions, PixelValues, PreprocessConfig};
-use dinov2::{Backend, Checkpoint, Dinov2, Embedder, Pooling};
+use dinov2::{cut_to_patches, Backend, Checkpoint, Dinov2, Embedder, Pooling};
 use serde_json::json;
 
 use crate::args::{with_backend, Device, ServeArgs};
@@ -36,6 +36,9 @@ use metrics::Metrics;
 /// `/info` says.
 struct State {
     preprocess: PreprocessConfig,
+    /// The model's patch size: images are cut to their whole patches, so that sizes with one
+    /// patch grid share passes.
+    patch: usize,
     decode: DecodeOptions,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
@@ -151,6 +154,7 @@ fn start<B: Backend + Reopen + Send + 'static>(
     .to_string();
     let state = Arc::new(State {
         preprocess,
+        patch: checkpoint.config.patch_size,
         decode,
         queue,
         metrics,
@@ -320,6 +324,7 @@ fn embed(state: &State, images: Vec<Vec<u8>>) -> std::result::Result<Vec<Vec<f32
         .map(|(i, bytes)| {
             decode_sized(bytes, &format!("input[{i}]"), &state.decode)
                 .and_then(|d| preprocess(&d.image, &state.preprocess))
+                .map(|p| cut_to_patches(p, state.patch))
                 .map_err(|e| ApiError::new(422, e.to_string()))
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
