@@ -294,9 +294,18 @@ pub struct ServeArgs {
     #[arg(long)]
     pub http_threads: Option<usize>,
     /// Model threads, each with its own copy of the model (on CUDA its own stream; default: 2
-    /// on CUDA, 1 on the CPU).
+    /// on CUDA, 1 on the CPU). With --gpus, per GPU.
     #[arg(long)]
     pub streams: Option<usize>,
+    /// Serve from these GPUs at once, e.g. `0,1` (implies CUDA): each holds --streams copies of
+    /// the model, all taking passes from the one queue.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "ORDINALS",
+        conflicts_with = "device"
+    )]
+    pub gpus: Option<Vec<usize>>,
     #[command(flatten)]
     pub decode: DecodeArgs,
 }

@@ -64,25 +64,29 @@ pub fn preprocessing(dir: &Path, args: &DecodeArgs, patch: usize) -> Result<Prep
     Ok(config)
 }
 
+/// The device the job opens first and the other GPUs it runs on: `--gpus` when given (the first
+/// GPU, then the others, each once), else `device` alone.
+pub fn devices(device: Device, gpus: Option<&[usize]>) -> Result<(Device, Vec<usize>)> {
+    let Some(gpus) = gpus else {
+        return Ok((device, Vec::new()));
+    };
+    let Some((&first, rest)) = gpus.split_first() else {
+        return Err(CliError("--gpus: no GPU given".into()));
+    };
+    if let Some(twice) = rest
+        .iter()
+        .enumerate()
+        .find(|(i, g)| gpus[..=*i].contains(g))
+    {
+        return Err(CliError(format!("--gpus: GPU {} is given twice", twice.1)));
+    }
+    Ok((Device::Cuda(first), rest.to_vec()))
+}
+
 /// Runs the embed verb.
 pub fn run(args: EmbedArgs) -> Result<()> {
     // --gpus: the first GPU opens the job's backend, the others follow.
-    let (device, more_gpus) = match &args.gpus {
-        Some(gpus) => {
-            let Some((&first, rest)) = gpus.split_first() else {
-                return Err(CliError("--gpus: no GPU given".into()));
-            };
-            if let Some(twice) = rest
-                .iter()
-                .enumerate()
-                .find(|(i, g)| gpus[..=*i].contains(g))
-            {
-                return Err(CliError(format!("--gpus: GPU {} is given twice", twice.1)));
-            }
-            (Device::Cuda(first), rest.to_vec())
-        }
-        None => (args.device, Vec::new()),
-    };
+    let (device, more_gpus) = devices(args.device, args.gpus.as_deref())?;
     let batch_size = args.batch_size.unwrap_or(match device {
         Device::Cpu => CpuBackend::BATCH_SIZE,
         Device::Cuda(_) => CudaBackend::BATCH_SIZE,

@@ -25,7 +25,7 @@ use dinov2::{cut_to_patches, Backend, Checkpoint, Dinov2, Embedder, Pooling};
 use serde_json::json;
 
 use crate::args::{with_backend, Device, ServeArgs};
-use crate::embed_verb::{decode_options, preprocessing, Reopen};
+use crate::embed_verb::{decode_options, devices, preprocessing, Reopen};
 use crate::error::{CliError, Result};
 use crate::model_dir::resolve;
 use api::ApiError;
@@ -73,8 +73,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
             return Err(CliError(format!("{name} must be at least 1")));
         }
     }
-    with_backend!(args.device, args.dtype, |backend| start(
+    let (device, more_gpus) = devices(args.device, args.gpus.as_deref())?;
+    with_backend!(device, args.dtype, |backend| start(
         backend,
+        &more_gpus,
         &args,
         &checkpoint,
         preprocess,
@@ -82,15 +84,17 @@ pub fn run(args: ServeArgs) -> Result<()> {
     ))
 }
 
-/// Loads the model copies on `backend` (one per model thread), warms them up, and serves.
+/// Loads the model copies on `backend` and on each of `more_gpus` (`--streams` per device, one
+/// per model thread), warms them up, and serves.
 fn start<B: Backend + Reopen + Send + 'static>(
     backend: B,
+    more_gpus: &[usize],
     args: &ServeArgs,
     checkpoint: &Checkpoint,
     preprocess: PreprocessConfig,
     decode: DecodeOptions,
 ) -> Result<()> {
-    let cuda = matches!(args.device, Device::Cuda(_));
+    let cuda = matches!(args.device, Device::Cuda(_)) || args.gpus.is_some();
     let max_batch = args.max_batch_size.unwrap_or(if cuda { 64 } else { 8 });
     let streams = args.streams.unwrap_or(if cuda { 2 } else { 1 });
     let max_queue = args.max_queue.unwrap_or(max_batch * 8);
@@ -106,6 +110,15 @@ fn start<B: Backend + Reopen + Send + 'static>(
     for _ in 1..streams {
         let another = embedders[0].model().backend().reopen()?;
         embedders.push(load(another)?);
+    }
+    for &gpu in more_gpus {
+        let first = embedders.len();
+        let on_gpu = embedders[0].model().backend().on_gpu(gpu)?;
+        embedders.push(load(on_gpu)?);
+        for _ in 1..streams {
+            let another = embedders[first].model().backend().reopen()?;
+            embedders.push(load(another)?);
+        }
     }
     warm_up(&embedders, &preprocess, checkpoint.config.image_size)?;
     let dims = embedding_dims(args, checkpoint, &preprocess);
@@ -138,9 +151,10 @@ fn start<B: Backend + Reopen + Send + 'static>(
         "pooling": args.pooling.to_string(),
         "normalize": args.normalize,
         "dimensions": dims,
-        "device": match args.device {
-            Device::Cpu => "cpu".to_string(),
-            Device::Cuda(n) => format!("cuda:{n}"),
+        "device": match (args.device, &args.gpus) {
+            (_, Some(gpus)) => format!("cuda:{gpus:?}"),
+            (Device::Cpu, None) => "cpu".to_string(),
+            (Device::Cuda(n), None) => format!("cuda:{n}"),
         },
         "dtype": args.dtype.to_string(),
         "max_batch_size": max_batch,
@@ -148,7 +162,7 @@ fn start<B: Backend + Reopen + Send + 'static>(
         "max_images_in_flight": max_queue,
         "max_inputs": max_inputs,
         "max_request_bytes": args.max_request_bytes,
-        "model_threads": streams,
+        "model_threads": streams * (1 + more_gpus.len()),
         "request_timeout_s": args.request_timeout.as_secs_f64(),
     })
     .to_string();
