@@ -31,6 +31,50 @@ pub enum Command {
     Bench(BenchArgs),
     /// Serve embeddings over HTTP: OpenAI's /v1/embeddings, /embed, /health, /info, /metrics.
     Serve(ServeArgs),
+    /// Nearest neighbours by cosine similarity over an embed output (exact, on the CPU).
+    Knn(KnnArgs),
+    /// Near-duplicate groups by cosine similarity over an embed output (exact, on the CPU).
+    Dedup(DedupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KnnArgs {
+    /// The vectors searched: an embed output (.parquet, .npy or .safetensors with its
+    /// .paths.txt, or a clip-retrieval folder).
+    pub index: PathBuf,
+    /// The vectors whose neighbours are asked (default: every vector of the index, its
+    /// neighbours being the others).
+    #[arg(long)]
+    pub queries: Option<PathBuf>,
+    /// Neighbours per query.
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// Which output of a file holding several (--pooling cls,mean): a Parquet column or a
+    /// safetensors tensor, e.g. `cls`.
+    #[arg(long)]
+    pub column: Option<String>,
+    /// Parquet file: query, neighbor, rank (from 1), score (cosine similarity).
+    #[arg(long)]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DedupArgs {
+    /// An embed output (.parquet, .npy or .safetensors with its .paths.txt, or a
+    /// clip-retrieval folder).
+    pub input: PathBuf,
+    /// Rows at least this similar (cosine) are duplicates; groups are closed under it (a
+    /// duplicate of a duplicate is in the group).
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
+    pub threshold: f32,
+    /// Which output of a file holding several (a Parquet column or a safetensors tensor).
+    #[arg(long)]
+    pub column: Option<String>,
+    /// Parquet file, a row per input row: path, group (the row number of its first member),
+    /// group_size, keep (false for every member but the first), duplicate_of, nearest,
+    /// nearest_score.
+    #[arg(long)]
+    pub output: PathBuf,
 }
 
 /// Where the model runs.

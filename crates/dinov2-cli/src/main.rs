@@ -11,6 +11,7 @@ mod info;
 mod model_dir;
 mod preprocess;
 mod serve;
+mod similar;
 
 use clap::Parser;
 
@@ -29,6 +30,8 @@ fn main() {
         args::Command::Preprocess(a) => preprocess::run(a),
         args::Command::Classify(a) => classify::run(a),
         args::Command::Serve(a) => serve::run(a),
+        args::Command::Knn(a) => similar::knn(a),
+        args::Command::Dedup(a) => similar::dedup(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -29,7 +29,8 @@ use crate::error::{CliError, Result};
 use batch::{assemble, run_batch, Batch, Decoded, Grouping, Outcome};
 use job::{digest, Job};
 pub use outputs::Outputs;
-use writers::{sibling, write_output};
+pub(crate) use writers::sibling;
+use writers::write_output;
 pub use writers::{Format, ValueType};
 
 /// What to do with a bad input.
