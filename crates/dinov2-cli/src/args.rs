@@ -325,7 +325,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub max_queue: Option<usize>,
     /// Seconds a request waits for the model before it is answered 504.
-    #[arg(long, default_value = "120", value_name = "SECONDS", value_parser = parse_seconds)]
+    #[arg(long, default_value = "120", value_name = "SECONDS", value_parser = parse_timeout)]
     pub request_timeout: std::time::Duration,
     /// Images one request may hold at most (default 64; more is answered 413).
     #[arg(long)]
@@ -352,6 +352,17 @@ pub struct ServeArgs {
     pub gpus: Option<Vec<usize>>,
     #[command(flatten)]
     pub decode: DecodeArgs,
+}
+
+/// A timeout: more than 0 seconds, at most a year.
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    parse_seconds(s).and_then(|d| {
+        if d.is_zero() {
+            Err(format!("{s:?}: a timeout must be more than 0 seconds"))
+        } else {
+            Ok(d)
+        }
+    })
 }
 
 /// Milliseconds, 0 to 10 s.

@@ -2113,3 +2113,196 @@ fn several_poolings_come_from_one_pass() {
         assert!(!dir.path().join(output).exists());
     }
 }
+
+/// The rows of a Parquet file as JSON values, via arrow's reader (strings, numbers, booleans).
+fn parquet_rows(path: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::Array;
+    use arrow_schema::DataType;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        File::open(path).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        for i in 0..batch.num_rows() {
+            let mut row = serde_json::Map::new();
+            for (field, col) in batch.schema().fields().iter().zip(batch.columns()) {
+                let v = if col.is_null(i) {
+                    serde_json::Value::Null
+                } else {
+                    match col.data_type() {
+                        DataType::Utf8 => col.as_string::<i32>().value(i).into(),
+                        DataType::UInt32 => col
+                            .as_primitive::<arrow_array::types::UInt32Type>()
+                            .value(i)
+                            .into(),
+                        DataType::Float32 => (col
+                            .as_primitive::<arrow_array::types::Float32Type>()
+                            .value(i) as f64)
+                            .into(),
+                        DataType::Boolean => col.as_boolean().value(i).into(),
+                        other => panic!("unexpected {other}"),
+                    }
+                };
+                row.insert(field.name().clone(), v);
+            }
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+#[test]
+fn knn_and_dedup_find_the_copies() {
+    let dir = TempDir::new().unwrap();
+    // The samples and a copy of two of them (byte for byte: similarity 1).
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let names = sample_images(&images);
+    for n in ["coffee.jpg", "rocket.jpg"] {
+        std::fs::copy(images.join(n), images.join(format!("z_{n}"))).unwrap();
+    }
+    let images = images.to_str().unwrap();
+    let model = model();
+    let parquet = embed_ok(
+        &model,
+        dir.path().join("e.parquet"),
+        &["--output-dtype", "f16"],
+        &[images],
+    );
+    let npy = embed_ok(&model, dir.path().join("e.npy"), &[], &[images]);
+    let run = |args: &[&str]| {
+        let r = dinov2(args);
+        let stderr = String::from_utf8_lossy(&r.stderr).into_owned();
+        (r.status.code(), stderr)
+    };
+    for (input, tag) in [(&parquet, "parquet"), (&npy, "npy")] {
+        let out = dir.path().join(format!("dedup_{tag}.parquet"));
+        let (code, stderr) = run(&[
+            "dedup",
+            input.to_str().unwrap(),
+            "--threshold",
+            "0.99999",
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(code, Some(0), "{stderr}");
+        let rows = parquet_rows(&out);
+        assert_eq!(rows.len(), names.len() + 2);
+        let by_name = |n: &str| {
+            rows.iter()
+                .find(|r| r["path"].as_str().unwrap().ends_with(&format!("/{n}")))
+                .unwrap()
+                .clone()
+        };
+        for n in ["coffee.jpg", "rocket.jpg"] {
+            let (original, copy) = (by_name(n), by_name(&format!("z_{n}")));
+            assert_eq!(original["keep"], true, "{tag}");
+            assert_eq!(copy["keep"], false, "{tag}");
+            assert_eq!(copy["group"], original["group"]);
+            assert_eq!(copy["group_size"], 2);
+            assert_eq!(copy["duplicate_of"], original["path"]);
+            assert_eq!(copy["nearest"], original["path"]);
+            assert!(copy["nearest_score"].as_f64().unwrap() > 0.9999);
+        }
+        // The same photo as JPEG and PNG may be as close (a random model tells little apart);
+        // whatever goes has its kept duplicate.
+        for r in rows.iter().filter(|r| r["keep"] == false) {
+            assert!(r["group_size"].as_u64().unwrap() >= 2, "{tag}: {r:?}");
+            assert!(r["duplicate_of"].is_string(), "{tag}: {r:?}");
+            assert!(
+                r["nearest_score"].as_f64().unwrap() >= 0.99999,
+                "{tag}: {r:?}"
+            );
+        }
+    }
+    // knn of every row against the others: the copy is the original's first neighbour; with
+    // --queries, against itself: each row finds itself first.
+    let out = dir.path().join("knn.parquet");
+    let (code, stderr) = run(&[
+        "knn",
+        npy.to_str().unwrap(),
+        "--k",
+        "3",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let rows = parquet_rows(&out);
+    assert_eq!(rows.len(), (names.len() + 2) * 3);
+    let first = rows
+        .iter()
+        .find(|r| r["query"].as_str().unwrap().ends_with("/coffee.jpg") && r["rank"] == 1)
+        .unwrap();
+    assert!(first["neighbor"]
+        .as_str()
+        .unwrap()
+        .ends_with("/z_coffee.jpg"));
+    assert!(
+        rows.iter().all(|r| r["query"] != r["neighbor"]),
+        "no row is its own neighbour"
+    );
+    let (code, stderr) = run(&[
+        "knn",
+        npy.to_str().unwrap(),
+        "--queries",
+        parquet.to_str().unwrap(),
+        "--k",
+        "1",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for r in parquet_rows(&out) {
+        assert!(r["score"].as_f64().unwrap() > 0.999, "{r:?}");
+    }
+
+    // Outputs without one vector per row, a wrong column, a mismatch: clear errors.
+    let patch = embed_ok(
+        &model,
+        dir.path().join("p.parquet"),
+        &["--pooling", "patch"],
+        &[images],
+    );
+    let wide = embed_ok(
+        &model,
+        dir.path().join("w.npy"),
+        &["--pooling", "cls+mean"],
+        &[images],
+    );
+    for (args, says) in [
+        (
+            vec!["dedup", patch.to_str().unwrap()],
+            "not one vector per row",
+        ),
+        (
+            vec!["dedup", parquet.to_str().unwrap(), "--column", "cls"],
+            "no column \"cls\"",
+        ),
+        (
+            vec![
+                "knn",
+                npy.to_str().unwrap(),
+                "--queries",
+                wide.to_str().unwrap(),
+            ],
+            "values per vector",
+        ),
+        (
+            vec!["dedup", npy.to_str().unwrap(), "--threshold", "2"],
+            "from -1 to 1",
+        ),
+        (vec!["knn", images], "not an embed folder output"),
+    ] {
+        let mut args = args.clone();
+        args.extend(["--output", out.to_str().unwrap()]);
+        let (code, stderr) = run(&args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

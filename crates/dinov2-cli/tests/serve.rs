@@ -404,6 +404,48 @@ fn the_http_layer_holds_up_against_odd_clients() {
     assert!(answer.contains("\"dimensions\":48"), "{answer}");
     let answer = raw_exchange(&server, b"GET /health HTTP/1.0\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("Connection: close"));
+    let two = "GET /health HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\nGET /health HTTP/1.1\r\nConnection: TE, close\r\n\r\n";
+    assert_eq!(
+        raw_exchange(&server, two.as_bytes())
+            .matches("200 OK")
+            .count(),
+        2
+    );
+    // HEAD: the head alone, then the connection closes.
+    let answer = raw_exchange(
+        &server,
+        b"HEAD /health HTTP/1.1\r\n\r\nGET /health HTTP/1.1\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(
+        answer.ends_with("\r\n\r\n") && answer.matches("HTTP/1.1").count() == 1,
+        "{answer}"
+    );
+    // Framing a proxy could read otherwise is refused.
+    for (raw, status) in [
+        ("GET /health HTTP/1.9\r\n\r\n", "505"),
+        ("GET /health HTTP/1.1 extra\r\n\r\n", "400"),
+        (
+            "POST /embed HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nab",
+            "400",
+        ),
+        (
+            "POST /embed HTTP/1.1\r\nContent-Length: +2\r\n\r\nab",
+            "400",
+        ),
+        (
+            "POST /embed HTTP/1.1\r\nTransfer-Encoding: identity\r\nContent-Length: 2\r\n\r\nab",
+            "411",
+        ),
+        ("GET /health HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n", "400"),
+        ("GET /health HTTP/1.1\r\nBad Name: 1\r\n\r\n", "400"),
+    ] {
+        let answer = raw_exchange(&server, raw.as_bytes());
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{raw:?}: {answer}"
+        );
+    }
     // Expect: 100-continue gets its interim answer before the body is sent.
     let mut stream = TcpStream::connect(&server.addr).unwrap();
     stream
@@ -416,7 +458,7 @@ fn the_http_layer_holds_up_against_odd_clients() {
     let mut rest = String::new();
     stream.read_to_string(&mut rest).unwrap();
     assert!(rest.starts_with("HTTP/1.1 422"), "{rest}");
-    // Clients that connect and stay silent hold a connection thread each only until the read
+    // Clients that connect and stay silent hold a connection thread each only until the idle
     // timeout: with both threads held, new connections wait, then are served.
     let idle: Vec<TcpStream> = (0..2)
         .map(|_| TcpStream::connect(&server.addr).unwrap())
@@ -424,4 +466,31 @@ fn the_http_layer_holds_up_against_odd_clients() {
     let (status, _) = request(&server, "GET", "/health", "text/plain", b"");
     assert_eq!(status, 200);
     drop(idle);
+}
+
+#[test]
+fn a_request_the_model_does_not_answer_in_time_is_answered_504() {
+    // A pass waits 3 s for company; the request gives up after 1 s.
+    let server = serve(&["--request-timeout", "1", "--batch-wait-ms", "3000"]);
+    let image = root().join("assets/images/coffee.jpg");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(image).unwrap());
+    let (status, v) = post_json(
+        &server,
+        "/v1/embeddings",
+        &serde_json::json!({"input": b64}),
+    );
+    assert_eq!(status, 504, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--request-timeout"));
+    // Its room in flight is given back once the model thread is done with it.
+    let start = std::time::Instant::now();
+    while metric(&server, "dinov2_images_in_flight") != 0.0 {
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "the room was never given back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

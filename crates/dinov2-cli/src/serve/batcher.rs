@@ -22,17 +22,21 @@ type Answer = Result<Vec<f32>, ApiError>;
 /// Images of one size: `(request, image)` positions, in order of arrival.
 type SizeGroup = ([usize; 3], Vec<(usize, usize)>);
 
-/// One request's images, and where its answer goes: one vector per image, in order.
+/// One request's images, and where its answer goes: one vector per image, in order. It holds
+/// its images' room in flight until it is answered or dropped, and is dropped unrun once its
+/// client stopped waiting (the deadline).
 struct Job {
     pixels: Vec<PixelValues>,
     reply: Sender<Result<Vec<Vec<f32>>, ApiError>>,
+    deadline: Instant,
+    _permit: Permit,
 }
 
 /// The queue in front of the model threads.
 pub struct Queue {
     tx: Mutex<Sender<Job>>,
-    /// Images admitted and not yet answered, and the most that may be.
-    in_flight: AtomicUsize,
+    /// Images admitted and not yet answered (or dropped), and the most that may be.
+    in_flight: Arc<AtomicUsize>,
     capacity: usize,
     /// How long a request waits for its answer.
     timeout: Duration,
@@ -40,16 +44,14 @@ pub struct Queue {
 }
 
 /// Room for a request's images in flight, given back when dropped.
-pub struct Permit<'a> {
-    queue: &'a Queue,
+pub struct Permit {
+    in_flight: Arc<AtomicUsize>,
     images: usize,
 }
 
-impl Drop for Permit<'_> {
+impl Drop for Permit {
     fn drop(&mut self) {
-        self.queue
-            .in_flight
-            .fetch_sub(self.images, Ordering::SeqCst);
+        self.in_flight.fetch_sub(self.images, Ordering::SeqCst);
     }
 }
 
@@ -75,7 +77,7 @@ impl Queue {
         let (tx, rx) = channel::<Job>();
         let queue = Arc::new(Queue {
             tx: Mutex::new(tx),
-            in_flight: AtomicUsize::new(0),
+            in_flight: Arc::new(AtomicUsize::new(0)),
             capacity,
             timeout,
             metrics,
@@ -113,7 +115,7 @@ impl Queue {
 
     /// Room for `images` more images in flight; 429 when there is none (a request larger than
     /// the whole capacity is let in alone, when nothing else is in flight).
-    pub fn admit(&self, images: usize) -> Result<Permit<'_>, ApiError> {
+    pub fn admit(&self, images: usize) -> Result<Permit, ApiError> {
         let admitted = self
             .in_flight
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
@@ -121,7 +123,7 @@ impl Queue {
             });
         match admitted {
             Ok(_) => Ok(Permit {
-                queue: self,
+                in_flight: self.in_flight.clone(),
                 images,
             }),
             Err(n) => Err(ApiError::new(
@@ -135,18 +137,25 @@ impl Queue {
     }
 
     /// Queues `pixels` (admitted by `permit`) and waits for their vectors: 503 when no model
-    /// thread runs, 504 past the timeout.
+    /// thread runs, 504 past the timeout (the job is then dropped unrun, and its room given
+    /// back, when a model thread reaches it).
     pub fn embed(
         &self,
         pixels: Vec<PixelValues>,
-        permit: Permit<'_>,
+        permit: Permit,
     ) -> Result<Vec<Vec<f32>>, ApiError> {
         let (reply, answer) = channel();
         let unavailable = || ApiError::new(503, "no model thread is running");
+        let job = Job {
+            pixels,
+            reply,
+            deadline: Instant::now() + self.timeout,
+            _permit: permit,
+        };
         self.tx
             .lock()
             .map_err(|_| unavailable())?
-            .send(Job { pixels, reply })
+            .send(job)
             .map_err(|_| unavailable())?;
         let result = match answer.recv_timeout(self.timeout) {
             Ok(result) => result,
@@ -160,7 +169,6 @@ impl Queue {
             // The model thread ended without answering (it dropped the job).
             Err(RecvTimeoutError::Disconnected) => Err(unavailable()),
         };
-        drop(permit);
         result
     }
 
@@ -174,13 +182,20 @@ impl Queue {
 /// while fewer than `max_batch` images are taken. `None` when the queue is gone.
 fn next_jobs(rx: &Mutex<Receiver<Job>>, batching: Batching) -> Option<Vec<Job>> {
     let rx = rx.lock().ok()?;
-    let first = rx.recv().ok()?;
+    // Jobs whose clients stopped waiting are dropped, not run.
+    let first = loop {
+        let job = rx.recv().ok()?;
+        if job.deadline > Instant::now() {
+            break job;
+        }
+    };
     let mut images = first.pixels.len();
     let mut jobs = vec![first];
     let deadline = Instant::now() + batching.window;
     while images < batching.max_batch {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
+            Ok(job) if job.deadline <= Instant::now() => {}
             Ok(job) => {
                 images += job.pixels.len();
                 jobs.push(job);

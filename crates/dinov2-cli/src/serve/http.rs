@@ -1,22 +1,43 @@
 //! A small HTTP/1.1 server for the serve verb, on the standard library, with the limits a
-//! service exposed to clients needs: a fixed number of connection threads, connections beyond
-//! what they can take answered 503 at once, read and write timeouts (a slow client holds a
-//! thread for seconds, not forever), bounded request heads, and bodies refused (413) from their
-//! declared length before any of them is read. Keep-alive, `Expect: 100-continue` (curl sends it
-//! for large bodies) and `Content-Length` bodies are supported; chunked uploads are not (411).
+//! service exposed to clients needs:
+//!
+//! - a fixed number of connection threads; connections beyond what they and a short queue can
+//!   take are answered 503 at once;
+//! - deadlines, not only per-read timeouts: a connection may idle 10 s between requests, a
+//!   request's head must arrive within 15 s of its first byte, its body at 64 KiB/s at least, an
+//!   answer must be taken within 10 s plus 64 KiB/s; so a slow client holds a thread for
+//!   seconds, not forever;
+//! - bounded heads (16 KiB), bodies refused (413) from their declared length before any of them
+//!   is read, strict framing (one `Content-Length` of digits; no `Transfer-Encoding`, no folded
+//!   headers), so that a proxy in front cannot read a request differently.
+//!
+//! Keep-alive (by `Connection` tokens, HTTP/1.0 and 1.1) and `Expect: 100-continue` (curl sends
+//! it for large bodies) are supported; chunked uploads are not (411).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{sync_channel, Receiver, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The bytes a request line and its headers may take.
 const MAX_HEAD_BYTES: usize = 16 << 10;
 
-/// How long a read or a write may stall, and an idle keep-alive connection wait.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a kept-alive connection may wait for its next request.
+const IDLE: Duration = Duration::from_secs(10);
+
+/// How long a request's head may take from its first byte; the base of the body's and the
+/// answer's deadlines.
+const HEAD_TIME: Duration = Duration::from_secs(15);
+
+/// The slowest a body may arrive, or an answer be taken, in bytes per second.
+const MIN_RATE: u64 = 64 << 10;
+
+/// The most bytes of a refused body read and dropped before the connection is closed, and for
+/// how long at most.
+const LINGER_BYTES: usize = 64 << 20;
+const LINGER_TIME: Duration = Duration::from_secs(2);
 
 /// One request, read whole.
 pub struct Request {
@@ -26,6 +47,8 @@ pub struct Request {
     /// Header names in lower case.
     headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Whether the client keeps the connection for another request.
+    keep_alive: bool,
 }
 
 impl Request {
@@ -95,14 +118,9 @@ pub fn serve<H: Handler>(
             };
             match tx.try_send(stream) {
                 Ok(()) => {}
-                Err(TrySendError::Full(mut stream)) => {
+                Err(TrySendError::Full(stream)) => {
                     handler.refused(503);
-                    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-                    let busy = Response::json(
-                        503,
-                        super::api::ApiError::new(503, "the server is busy: retry later").body(),
-                    );
-                    let _ = write_response(&mut stream, &busy, false);
+                    busy(stream);
                 }
                 Err(TrySendError::Disconnected(_)) => break,
             }
@@ -112,20 +130,39 @@ pub fn serve<H: Handler>(
     })
 }
 
+/// Answers 503 on the accepting thread, without waiting on the client: the answer fits the
+/// socket's send buffer; what the client already sent is read off so that closing does not
+/// reset the connection before it reads the answer.
+fn busy(mut stream: TcpStream) {
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let body = super::api::ApiError::new(503, "the server is busy: retry later").body();
+    let _ = write_response(
+        &mut stream,
+        &Response::json(503, body),
+        false,
+        false,
+        Instant::now() + Duration::from_millis(100),
+    );
+    let _ = stream.shutdown(Shutdown::Write);
+    if stream.set_nonblocking(true).is_ok() {
+        let mut buf = [0u8; 16 << 10];
+        while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+    }
+}
+
 fn connection_thread<H: Handler>(rx: &Mutex<Receiver<TcpStream>>, limits: Limits, handler: &H) {
     loop {
         let next = rx.lock().ok().and_then(|rx| rx.recv().ok());
         let Some(stream) = next else {
             return;
         };
-        let _ = connection(stream, limits, handler);
+        // Whatever goes wrong with one connection, the thread serves the next.
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| connection(stream, limits, handler)));
     }
 }
 
 /// Serves the requests of one connection, one after another, while it is kept alive.
 fn connection<H: Handler>(stream: TcpStream, limits: Limits, handler: &H) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let _ = stream.set_nodelay(true);
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
@@ -137,41 +174,42 @@ fn connection<H: Handler>(stream: TcpStream, limits: Limits, handler: &H) -> std
             Err(refusal) => {
                 // The body was not read: the connection cannot carry another request.
                 handler.refused(refusal.status);
-                let _ = write_response(&mut writer, &refusal, false);
+                let deadline = answer_deadline(refusal.body.len());
+                let _ = write_response(&mut writer, &refusal, false, false, deadline);
                 linger(reader.into_inner());
                 return Ok(());
             }
         };
-        let keep_alive = match request.header("connection") {
-            Some(v) if v.eq_ignore_ascii_case("close") => false,
-            // HTTP/1.1 keeps connections alive by default (HTTP/1.0 requests were given
-            // `Connection: close` when read).
-            _ => true,
-        };
         let response = std::panic::catch_unwind(AssertUnwindSafe(|| handler.answer(&request)))
-            .unwrap_or_else(|_| {
-                Response::json(
-                    500,
-                    super::api::ApiError::new(500, "the request made the server fail").body(),
-                )
-            });
-        write_response(&mut writer, &response, keep_alive)?;
+            .unwrap_or_else(|_| refuse(500, "the request made the server fail"));
+        // A HEAD answer has no body: the connection closes after its head, so that no client
+        // waits for the body its Content-Length announces.
+        let head_only = request.method == "HEAD";
+        let keep_alive = request.keep_alive && !head_only;
+        let deadline = answer_deadline(response.body.len());
+        write_response(&mut writer, &response, keep_alive, head_only, deadline)?;
         if !keep_alive {
             return Ok(());
         }
     }
 }
 
+/// When an answer of `bytes` must have been taken by the client.
+fn answer_deadline(bytes: usize) -> Instant {
+    Instant::now() + IDLE + Duration::from_secs(bytes as u64 / MIN_RATE)
+}
+
 /// Closes a connection whose client may still be sending a body the server refused: stops
-/// writing, then reads and drops what comes for a moment (at most [`LINGER_BYTES`]), so that
-/// the client reads the answer instead of a reset (which closing with unread data sends).
+/// writing, then reads and drops what comes for a moment (at most [`LINGER_BYTES`] within
+/// [`LINGER_TIME`]), so that the client reads the answer instead of a reset (which closing
+/// with unread data sends).
 fn linger(stream: TcpStream) {
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = stream.shutdown(Shutdown::Write);
+    let deadline = Instant::now() + LINGER_TIME;
     let mut buf = [0u8; 64 << 10];
     let mut left = LINGER_BYTES;
     let mut reader = &stream;
-    while left > 0 {
+    while left > 0 && set_deadline(&stream, deadline).is_ok() {
         match reader.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => left = left.saturating_sub(n),
@@ -179,38 +217,81 @@ fn linger(stream: TcpStream) {
     }
 }
 
-/// The most bytes of a refused body read and dropped before the connection is closed.
-const LINGER_BYTES: usize = 64 << 20;
+/// Sets the socket's read and write timeouts to what is left before `deadline`; an error once
+/// it has passed.
+fn set_deadline(stream: &TcpStream, deadline: Instant) -> std::io::Result<()> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(std::io::ErrorKind::TimedOut.into());
+    }
+    stream.set_read_timeout(Some(left))?;
+    stream.set_write_timeout(Some(left))
+}
 
 /// A refusal before the handler: its status and message.
 fn refuse(status: u16, message: impl Into<String>) -> Response {
     Response::json(status, super::api::ApiError::new(status, message).body())
 }
 
-/// Reads one request: `Ok(None)` when the connection ends before one starts; `Err` with the
-/// answer when it is malformed or too large.
+/// Whether `name` is an HTTP token (a header name).
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Reads one request: `Ok(None)` when the connection ends (or idles out) before one starts;
+/// `Err` with the answer when it is malformed, too slow or too large.
 fn read_request(
     reader: &mut BufReader<TcpStream>,
     writer: &mut TcpStream,
     limits: Limits,
 ) -> Result<Option<Request>, Response> {
-    let mut head = Vec::new();
-    let mut lines = Vec::new();
+    let mut head_bytes = 0;
+    let mut lines: Vec<String> = Vec::new();
+    // Idle until the first byte of the request; from then on, the head's deadline.
+    let mut deadline = Instant::now() + IDLE;
+    let mut started = false;
     loop {
-        let mut line = Vec::new();
-        let n = reader
-            .by_ref()
-            .take((MAX_HEAD_BYTES - head.len().min(MAX_HEAD_BYTES)) as u64 + 1)
-            .read_until(b'\n', &mut line);
-        match n {
-            Ok(0) if head.is_empty() => return Ok(None),
-            Err(_) if head.is_empty() => return Ok(None),
-            Ok(0) | Err(_) => return Err(refuse(400, "the request ended inside its head")),
-            Ok(_) => {}
+        if set_deadline(reader.get_ref(), deadline).is_err() {
+            return if started {
+                Err(refuse(408, "the request head came too slowly"))
+            } else {
+                Ok(None)
+            };
         }
-        head.extend_from_slice(&line);
-        if head.len() > MAX_HEAD_BYTES {
+        if !started {
+            // Wait for the first byte under the idle timeout, then start the head's clock.
+            match reader.fill_buf() {
+                Ok([]) | Err(_) => return Ok(None),
+                Ok(_) => {
+                    started = true;
+                    deadline = Instant::now() + HEAD_TIME;
+                    continue;
+                }
+            }
+        }
+        let mut line = Vec::new();
+        let limit = (MAX_HEAD_BYTES - head_bytes) as u64 + 1;
+        match reader.by_ref().take(limit).read_until(b'\n', &mut line) {
+            Ok(0) if lines.is_empty() => return Ok(None),
+            Ok(0) => return Err(refuse(400, "the request ended inside its head")),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return Err(refuse(408, "the request head came too slowly"))
+            }
+            Err(_) => return Err(refuse(400, "the request ended inside its head")),
+            Ok(n) => head_bytes += n,
+        }
+        if head_bytes > MAX_HEAD_BYTES {
             return Err(refuse(431, "the request line and headers are too large"));
+        }
+        if !line.ends_with(b"\n") {
+            // A partial line: the read stopped at the deadline or the head limit.
+            continue;
         }
         let text = String::from_utf8_lossy(&line)
             .trim_end_matches(['\r', '\n'])
@@ -223,42 +304,75 @@ fn read_request(
         }
         lines.push(text);
     }
-    let mut parts = lines[0].split_ascii_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
+    let parts: Vec<&str> = lines[0].split(' ').collect();
+    let [method, target, version] = parts[..] else {
         return Err(refuse(400, "a malformed request line"));
     };
-    if !version.starts_with("HTTP/1.") {
-        return Err(refuse(505, format!("{version} is not supported")));
+    let http10 = match version {
+        "HTTP/1.1" => false,
+        "HTTP/1.0" => true,
+        _ => return Err(refuse(505, format!("{version:?} is not supported"))),
+    };
+    if !is_token(method) || !target.starts_with('/') {
+        return Err(refuse(400, "a malformed request line"));
     }
     let mut headers = Vec::new();
     for line in &lines[1..] {
+        if line.starts_with([' ', '\t']) {
+            return Err(refuse(400, "folded header lines are not taken"));
+        }
         let Some((name, value)) = line.split_once(':') else {
             return Err(refuse(400, format!("a malformed header line: {line:?}")));
         };
-        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+        if !is_token(name) {
+            return Err(refuse(400, format!("a malformed header name: {name:?}")));
+        }
+        headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
     }
-    let mut request = Request {
-        method: method.to_string(),
-        path: target.split('?').next().unwrap_or("").to_string(),
-        headers,
-        body: Vec::new(),
+    let all = |name: &str| -> Vec<&str> {
+        headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     };
-    if request
-        .header("transfer-encoding")
-        .is_some_and(|v| !v.eq_ignore_ascii_case("identity"))
-    {
+    if !all("transfer-encoding").is_empty() {
         return Err(refuse(
             411,
             "chunked bodies are not taken: send a Content-Length",
         ));
     }
-    let length = match request.header("content-length") {
-        None => 0,
-        Some(v) => v
-            .parse::<u64>()
-            .map_err(|_| refuse(400, format!("Content-Length {v:?} is not a number")))?,
+    let lengths = all("content-length");
+    let length = match lengths[..] {
+        [] => 0,
+        [first, ..] => {
+            if lengths.iter().any(|&v| v != first)
+                || first.is_empty()
+                || !first.bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(refuse(
+                    400,
+                    format!("Content-Length {first:?}: not one number"),
+                ));
+            }
+            // Digits only: too large to parse is too large to take.
+            first.parse::<u64>().unwrap_or(u64::MAX)
+        }
     };
+    let tokens = |name: &str| -> Vec<String> {
+        all(name)
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .collect()
+    };
+    let connection = tokens("connection");
+    let keep_alive = if http10 {
+        connection.iter().any(|t| t == "keep-alive")
+    } else {
+        !connection.iter().any(|t| t == "close")
+    };
+    let expects_continue = !http10 && tokens("expect").iter().any(|t| t == "100-continue");
     if length > limits.max_body as u64 {
         return Err(refuse(
             413,
@@ -268,35 +382,44 @@ fn read_request(
             ),
         ));
     }
+    let mut body = Vec::new();
     if length > 0 {
-        if request
-            .header("expect")
-            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
-        {
+        if expects_continue {
+            let _ = set_deadline(writer, Instant::now() + IDLE);
             writer
                 .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                 .map_err(|_| refuse(400, "the connection failed"))?;
         }
-        let mut body = vec![0; length as usize];
-        reader
-            .read_exact(&mut body)
-            .map_err(|_| refuse(400, "the body ended before its Content-Length"))?;
-        request.body = body;
+        let deadline = Instant::now() + HEAD_TIME + Duration::from_secs(length / MIN_RATE);
+        let mut chunk = [0u8; 64 << 10];
+        while (body.len() as u64) < length {
+            let want = ((length - body.len() as u64) as usize).min(chunk.len());
+            set_deadline(reader.get_ref(), deadline)
+                .map_err(|_| refuse(408, "the body came too slowly"))?;
+            match reader.read(&mut chunk[..want]) {
+                Ok(0) => return Err(refuse(400, "the body ended before its Content-Length")),
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(refuse(408, "the body came too slowly")),
+            }
+        }
     }
-    // HTTP/1.0 closes by default: keep the version where the keep-alive rule can see it.
-    if version == "HTTP/1.0" && request.header("connection").is_none() {
-        request.headers.push(("connection".into(), "close".into()));
-    }
-    Ok(Some(request))
+    Ok(Some(Request {
+        method: method.to_string(),
+        path: target.split('?').next().unwrap_or("").to_string(),
+        headers,
+        body,
+        keep_alive,
+    }))
 }
 
 fn reason(status: u16) -> &'static str {
     match status {
-        100 => "Continue",
         200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         411 => "Length Required",
         413 => "Content Too Large",
         422 => "Unprocessable Content",
@@ -310,7 +433,14 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn write_response(stream: &mut TcpStream, r: &Response, keep_alive: bool) -> std::io::Result<()> {
+/// Writes `r` (its head only when `head_only`), within `deadline`.
+fn write_response(
+    stream: &mut TcpStream,
+    r: &Response,
+    keep_alive: bool,
+    head_only: bool,
+    deadline: Instant,
+) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
         r.status,
@@ -319,7 +449,10 @@ fn write_response(stream: &mut TcpStream, r: &Response, keep_alive: bool) -> std
         r.body.len(),
         if keep_alive { "keep-alive" } else { "close" }
     );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(&r.body)?;
+    let body: &[u8] = if head_only { &[] } else { &r.body };
+    for part in std::iter::once(head.as_bytes()).chain(body.chunks(64 << 10)) {
+        set_deadline(stream, deadline)?;
+        stream.write_all(part)?;
+    }
     stream.flush()
 }
