@@ -464,6 +464,10 @@ pub struct EmbedArgs {
     /// column, or one named image, img, jpg, jpeg, png or webp.
     #[arg(long, value_name = "NAME")]
     pub image_column: Option<String>,
+    /// The column of a Parquet input naming each row in the output (strings or integers, e.g.
+    /// img2dataset's `key`), instead of TABLE.parquet#ROW.
+    #[arg(long, value_name = "NAME")]
+    pub id_column: Option<String>,
     #[command(flatten)]
     pub decode: DecodeArgs,
     /// Image files, folders (searched recursively, sorted by path), @lists (one path per line),

@@ -6,7 +6,7 @@ use dinov2::image::{DecodeOptions, HeightWidth, PreprocessConfig, SizeSpec};
 use dinov2::{preprocess_config, Backend, Checkpoint, CpuBackend, CudaBackend, Dinov2, Embedder};
 
 use crate::args::{with_backend, DecodeArgs, Device, EmbedArgs};
-use crate::embed::{expand_inputs, run as run_job, Format, Outputs, Settings};
+use crate::embed::{expand_inputs, run as run_job, Format, Outputs, Settings, TableColumns};
 use crate::error::{CliError, Result};
 use crate::model_dir::resolve;
 
@@ -95,7 +95,13 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         return Err(CliError("--batch-size must be at least 1".into()));
     }
     let (format, output) = Format::of(&args.output)?;
-    let mut inputs = expand_inputs(&args.inputs, args.image_column.as_deref())?;
+    let mut inputs = expand_inputs(
+        &args.inputs,
+        &TableColumns {
+            image: args.image_column.clone(),
+            id: args.id_column.clone(),
+        },
+    )?;
     if let Some((shard, shards)) = args.shard {
         // Shard i holds inputs i·n/N up to (i+1)·n/N (in 128 bits: no overflow).
         let bound = |i: usize| (i as u128 * inputs.len() as u128 / shards as u128) as usize;

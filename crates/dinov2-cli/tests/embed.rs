@@ -1910,12 +1910,36 @@ fn parquet_tables_of_images_are_read_row_by_row() {
         Some(&b"a caption"[..]);
         names.len()
     ]));
+    let keys: ArrayRef = Arc::new(StringArray::from_iter_values(
+        (0..names.len()).map(|i| format!("{i:09}")),
+    ));
     let i2d = dir.path().join("00000.parquet");
-    write_table(&i2d, vec![("txt", txt.clone()), ("jpg", jpg.clone())], 64);
+    write_table(
+        &i2d,
+        vec![("key", keys), ("txt", txt.clone()), ("jpg", jpg.clone())],
+        64,
+    );
     let out = dir.path().join("i2d.npy");
     let r = embed(&out, &[], &i2d);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(read_npy(&out).1, want);
+    // Rows named by a column of strings, or of integers; null ids fall back to TABLE#ROW.
+    let out = dir.path().join("keyed.npy");
+    let r = embed(&out, &["--id-column", "key"], &i2d);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let paths = lines(&PathBuf::from(format!("{}.paths.txt", out.display())));
+    assert_eq!(paths[0], "000000000");
+    assert_eq!(paths.len(), names.len());
+    let out = dir.path().join("labelled.npy");
+    let r = embed(&out, &["--id-column", "label"], &hf);
+    assert_eq!(r.status.code(), Some(1), "two bad rows");
+    let paths = lines(&PathBuf::from(format!("{}.paths.txt", out.display())));
+    assert_eq!(paths[..3], ["0", "1", "2"]);
+    let out = dir.path().join("unkeyed.npy");
+    let r = embed(&out, &["--id-column", "nope"], &i2d);
+    assert_eq!(r.status.code(), Some(1));
+    let errors = std::fs::read_to_string(format!("{}.errors.jsonl", out.display())).unwrap();
+    assert!(errors.contains("--id-column"), "{errors}");
     let ambiguous = dir.path().join("two.parquet");
     write_table(&ambiguous, vec![("a", txt.clone()), ("b", jpg.clone())], 64);
     let out = dir.path().join("two.npy");

@@ -48,7 +48,7 @@ impl Input {
             Input::Member {
                 archive, member, ..
             } => format!("{}/{member}", archive.display()),
-            Input::Row { table, index, .. } => format!("{}#{index}", table.path().display()),
+            Input::Row { table, index, .. } => table.name(*index),
             Input::Broken { name, .. } => name.clone(),
         }
     }
@@ -193,8 +193,13 @@ fn is_table(path: &Path) -> bool {
 
 /// The rows of the Parquet table at `path`, in order; a table that cannot be read, or has no
 /// image column, is one [`Input::Broken`].
-fn table_rows(path: &Path, column: Option<&str>, cache: &Arc<Cache>, out: &mut Vec<Input>) {
-    let table = match Table::open(path, column, cache.clone()) {
+fn table_rows(path: &Path, columns: &TableColumns, cache: &Arc<Cache>, out: &mut Vec<Input>) {
+    let table = match Table::open(
+        path,
+        columns.image.as_deref(),
+        columns.id.as_deref(),
+        cache.clone(),
+    ) {
         Ok(table) => Arc::new(table),
         Err(error) => {
             return out.push(Input::Broken {
@@ -243,6 +248,14 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// The columns of Parquet inputs: the images (found when `None`), and the rows' names (`TABLE#ROW`
+/// when `None`).
+#[derive(Debug, Clone, Default)]
+pub struct TableColumns {
+    pub image: Option<String>,
+    pub id: Option<String>,
+}
+
 /// Expands the command line's inputs into the ordered list of images to embed.
 ///
 /// Files are taken as given (whatever their extension, so a bad file is reported, not skipped);
@@ -250,9 +263,9 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 /// the paths listed in FILE, one per line (blank lines and lines starting with `#` ignored).
 /// A `.tar` archive, given or found, contributes its image members in archive order. A
 /// `.parquet` table, given or listed (not found in folders, where the embeddings of an earlier
-/// job may be), contributes its rows in order, each the image in `image_column` (found when
-/// `None`).
-pub fn expand(inputs: &[String], image_column: Option<&str>) -> Result<Vec<Input>> {
+/// job may be), contributes its rows in order, each the image in `columns.image`, named by
+/// `columns.id`.
+pub fn expand(inputs: &[String], columns: &TableColumns) -> Result<Vec<Input>> {
     let mut paths = Vec::new();
     for input in inputs {
         if let Some(list) = input.strip_prefix('@') {
@@ -279,7 +292,7 @@ pub fn expand(inputs: &[String], image_column: Option<&str>) -> Result<Vec<Input
         if is_archive(&path) && path.is_file() {
             archive_members(&path, &mut out);
         } else if is_table(&path) && path.is_file() {
-            table_rows(&path, image_column, &cache, &mut out);
+            table_rows(&path, columns, &cache, &mut out);
         } else {
             out.push(Input::File(path));
         }
@@ -312,7 +325,7 @@ mod tests {
                 format!("@{}", d.join("list.txt").display()),
                 "file.bin".into(),
             ],
-            None,
+            &TableColumns::default(),
         )
         .unwrap();
         let rel: Vec<String> = got
@@ -340,9 +353,12 @@ mod tests {
             ]
         );
         let empty = tempfile::tempdir().unwrap();
-        assert!(expand(&[empty.path().to_string_lossy().into_owned()], None)
-            .unwrap_err()
-            .0
-            .contains("no images"));
+        assert!(expand(
+            &[empty.path().to_string_lossy().into_owned()],
+            &TableColumns::default()
+        )
+        .unwrap_err()
+        .0
+        .contains("no images"));
     }
 }

@@ -69,7 +69,7 @@ pub struct Settings {
     pub layers: Option<(Vec<usize>, bool)>,
 }
 
-pub use inputs::{expand as expand_inputs, Input};
+pub use inputs::{expand as expand_inputs, Input, TableColumns};
 
 /// Time spent, for the summary.
 #[derive(Default)]

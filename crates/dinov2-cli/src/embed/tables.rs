@@ -119,6 +119,8 @@ pub struct Table {
     id: usize,
     /// Per row group, the rows not read yet.
     unread: Vec<AtomicUsize>,
+    /// Each row's name from `--id-column`, when given (`None` where the id is null).
+    ids: Option<Vec<Option<String>>>,
 }
 
 impl std::fmt::Debug for Table {
@@ -143,7 +145,12 @@ impl Table {
     /// column of bytes (or of image structs), or among several the one Hugging Face datasets'
     /// metadata calls an `Image`, or the one named as an image is. Decoded row groups are kept
     /// in `cache`.
-    pub fn open(path: &Path, column: Option<&str>, cache: Arc<Cache>) -> Result<Table, String> {
+    pub fn open(
+        path: &Path,
+        column: Option<&str>,
+        id_column: Option<&str>,
+        cache: Arc<Cache>,
+    ) -> Result<Table, String> {
         let file = File::open(path).map_err(|e| format!("cannot open the table: {e}"))?;
         let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
             .map_err(|e| format!("not a readable Parquet table: {e}"))?;
@@ -259,6 +266,10 @@ impl Table {
                 "{total} rows, more than the {MAX_ROWS} one job takes from a table: split it"
             ));
         }
+        let ids = match id_column {
+            Some(name) => Some(read_ids(path, &metadata, name)?),
+            None => None,
+        };
         Ok(Table {
             path: path.to_path_buf(),
             metadata,
@@ -267,12 +278,16 @@ impl Table {
             id: cache.new_table(),
             cache,
             unread,
+            ids,
         })
     }
 
-    /// Where the table is.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// How row `index` is named: its `--id-column` value, else `TABLE#ROW`.
+    pub fn name(&self, index: usize) -> String {
+        match self.ids.as_ref().and_then(|ids| ids.get(index)?.clone()) {
+            Some(id) => id,
+            None => format!("{}#{index}", self.path.display()),
+        }
     }
 
     /// The rows of each row group, in order.
@@ -398,6 +413,63 @@ impl Table {
     }
 }
 
+/// The values of column `name` for every row, as text: strings, or integers written out.
+fn read_ids(
+    path: &Path,
+    metadata: &ArrowReaderMetadata,
+    name: &str,
+) -> Result<Vec<Option<String>>, String> {
+    let fields = metadata.schema().fields();
+    let Some(at) = fields.iter().position(|f| f.name() == name) else {
+        let names: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
+        return Err(format!(
+            "no column {name:?} (--id-column); its columns: {}",
+            names.join(", ")
+        ));
+    };
+    let file = File::open(path).map_err(|e| format!("cannot open the table: {e}"))?;
+    let mask = ProjectionMask::roots(metadata.parquet_schema(), [at]);
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone())
+        .with_projection(mask)
+        .build()
+        .map_err(|e| format!("cannot read column {name:?}: {e}"))?;
+    let mut ids = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| format!("cannot read column {name:?}: {e}"))?;
+        let col = batch.column(0);
+        macro_rules! ints {
+            ($t:ty) => {
+                col.as_primitive_opt::<$t>().map(|a| {
+                    (0..a.len())
+                        .map(|i| a.is_valid(i).then(|| a.value(i).to_string()))
+                        .collect::<Vec<_>>()
+                })
+            };
+        }
+        use arrow_array::types::{Int32Type, Int64Type, UInt32Type, UInt64Type};
+        let values = if let Some(a) = col.as_string_opt::<i32>() {
+            a.iter().map(|v| v.map(str::to_owned)).collect()
+        } else if let Some(a) = col.as_string_opt::<i64>() {
+            a.iter().map(|v| v.map(str::to_owned)).collect()
+        } else if let Some(a) = col.as_string_view_opt() {
+            a.iter().map(|v| v.map(str::to_owned)).collect()
+        } else if let Some(v) = ints!(Int64Type)
+            .or_else(|| ints!(Int32Type))
+            .or_else(|| ints!(UInt64Type))
+            .or_else(|| ints!(UInt32Type))
+        {
+            v
+        } else {
+            return Err(format!(
+                "column {name:?} holds {}: --id-column takes strings or integers",
+                col.data_type()
+            ));
+        };
+        ids.extend(values);
+    }
+    Ok(ids)
+}
+
 /// The features Hugging Face datasets record in a table's metadata: column name to `_type`
 /// (`Image`, `Audio`, `Value`, ...); empty for other tables.
 fn hf_features(metadata: &ArrowReaderMetadata) -> std::collections::HashMap<String, String> {
@@ -481,7 +553,7 @@ mod tests {
             None,
         );
         let cache = Arc::new(Cache::default());
-        let table = Table::open(&path, None, cache.clone()).unwrap();
+        let table = Table::open(&path, None, None, cache.clone()).unwrap();
         assert_eq!(table.row_groups().collect::<Vec<_>>(), [2, 2, 1]);
         let kept = || cache.lock().1.len();
         assert_eq!(table.read(0, 1, 100).unwrap(), b"r1");
@@ -494,7 +566,7 @@ mod tests {
         assert!(err.contains("more than the limit of 4"), "{err}");
         assert_eq!(kept(), 1, "a failed read counts as read");
         // A second table shares the cache under another number.
-        let other = Table::open(&path, Some("image"), cache.clone()).unwrap();
+        let other = Table::open(&path, Some("image"), None, cache.clone()).unwrap();
         assert_eq!(other.read(1, 1, 100).unwrap(), b"r3");
         assert_eq!(kept(), 2);
     }
@@ -524,11 +596,11 @@ mod tests {
                             "picture": {"_type": "Image"}}}}"#;
         write(&path, batch.clone(), 10, Some(features));
         let cache = Arc::new(Cache::default());
-        let table = Table::open(&path, None, cache.clone()).unwrap();
+        let table = Table::open(&path, None, None, cache.clone()).unwrap();
         assert_eq!(table.read(0, 0, 100).unwrap(), b"png");
         // Without the metadata, two structs of bytes: the user chooses.
         write(&path, batch, 10, None);
-        let err = Table::open(&path, None, cache).unwrap_err();
+        let err = Table::open(&path, None, None, cache).unwrap_err();
         assert!(err.contains("--image-column"), "{err}");
     }
 }
