@@ -180,9 +180,9 @@ impl Dinov2Config {
         };
         let registers = model_type == ModelType::Dinov2WithRegisters;
 
-        let hidden_size = f.positive("hidden_size", 768)?;
-        let num_hidden_layers = f.positive("num_hidden_layers", 12)?;
-        let num_attention_heads = f.positive("num_attention_heads", 12)?;
+        let hidden_size = f.bounded("hidden_size", 768, 1 << 16)?;
+        let num_hidden_layers = f.bounded("num_hidden_layers", 12, 1024)?;
+        let num_attention_heads = f.bounded("num_attention_heads", 12, 1 << 16)?;
         let head_dim = match f.opt_usize("head_dim")? {
             Some(d) => d,
             None => {
@@ -195,7 +195,7 @@ impl Dinov2Config {
                 hidden_size / num_attention_heads
             }
         };
-        if head_dim * num_attention_heads != hidden_size {
+        if head_dim.checked_mul(num_attention_heads) != Some(hidden_size) {
             return Err(CheckpointError::config(
                 "head_dim",
                 format!(
@@ -229,6 +229,14 @@ impl Dinov2Config {
         }
         let patch_size = f.square_size("patch_size", if registers { 16 } else { 14 })?;
         let image_size = f.square_size("image_size", 224)?;
+        for (name, size, max) in [
+            ("patch_size", patch_size, 1 << 12),
+            ("image_size", image_size, 1 << 16),
+        ] {
+            if size > max {
+                return Err(CheckpointError::config(name, beyond(size, max)));
+            }
+        }
         if patch_size == 0 {
             return Err(CheckpointError::config("patch_size", "must be positive"));
         }
@@ -239,7 +247,14 @@ impl Dinov2Config {
             ));
         }
         let num_register_tokens = if registers {
-            f.usize("num_register_tokens", 4)?
+            let n = f.usize("num_register_tokens", 4)?;
+            if n > 1 << 12 {
+                return Err(CheckpointError::config(
+                    "num_register_tokens",
+                    beyond(n, 1 << 12),
+                ));
+            }
+            n
         } else {
             0
         };
@@ -463,11 +478,21 @@ fn align_out_features(
     }
 }
 
+/// The message for a size past any real checkpoint's.
+fn beyond(n: usize, max: usize) -> String {
+    format!(
+        "{n} is more than any checkpoint holds (at most {max} here): the config is likely garbled"
+    )
+}
+
 /// `id2label` / `label2id` / `num_labels` as `PretrainedConfig` resolves them.
 fn labels(f: &Fields) -> Result<(BTreeMap<usize, String>, BTreeMap<String, usize>)> {
     let id2label = match f.0.get("id2label") {
         None | Some(Value::Null) => {
             let n = f.usize("num_labels", 2)?;
+            if n > 1 << 20 {
+                return Err(CheckpointError::config("num_labels", beyond(n, 1 << 20)));
+            }
             (0..n).map(|i| (i, format!("LABEL_{i}"))).collect()
         }
         Some(Value::Object(map)) => {
@@ -564,6 +589,15 @@ impl Fields<'_> {
 
     fn usize(&self, name: &str, default: usize) -> Result<usize> {
         Ok(self.opt_usize(name)?.unwrap_or(default))
+    }
+
+    /// [`Fields::positive`], and at most `max`.
+    fn bounded(&self, name: &str, default: usize, max: usize) -> Result<usize> {
+        let n = self.positive(name, default)?;
+        if n > max {
+            return Err(CheckpointError::config(name, beyond(n, max)));
+        }
+        Ok(n)
     }
 
     fn positive(&self, name: &str, default: usize) -> Result<usize> {
@@ -686,6 +720,39 @@ mod tests {
         assert_eq!(c.ffn_hidden_size(), 3072);
         let r = parse(json!({"model_type": "dinov2_with_registers"})).unwrap();
         assert_eq!((r.patch_size, r.num_register_tokens), (16, 4));
+    }
+
+    /// Sizes no checkpoint has are refused before anything is built from them (a config
+    /// claiming a billion layers made a billion stage names).
+    #[test]
+    fn garbled_sizes_are_refused() {
+        for (field, value) in [
+            ("num_hidden_layers", json!(1_000_000_000u64)),
+            ("hidden_size", json!(1u64 << 40)),
+            ("num_attention_heads", json!(1u64 << 30)),
+            ("num_labels", json!(1_000_000_000_000u64)),
+            ("image_size", json!(1u64 << 20)),
+            ("patch_size", json!(1u64 << 20)),
+        ] {
+            let mut v = json!({"model_type": "dinov2"});
+            v[field] = value;
+            let e = parse(v).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains("garbled"), "{field}: {e}");
+        }
+        let e = parse(
+            json!({"model_type": "dinov2_with_registers", "num_register_tokens": 1u64 << 40}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("num_register_tokens"), "{e}");
+        // head_dim x heads wrapping around to hidden_size.
+        let e = parse(
+            json!({"model_type": "dinov2", "hidden_size": 48, "num_attention_heads": 2,
+                             "head_dim": (1u64 << 63) + 24}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("head_dim"), "{e}");
     }
 
     #[test]

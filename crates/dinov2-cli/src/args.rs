@@ -184,16 +184,16 @@ pub struct BenchArgs {
     #[arg(long, default_value = "f32")]
     pub dtype: Dtype,
     /// Batch sizes to time, e.g. 1,8,64.
-    #[arg(long, value_delimiter = ',', default_value = "8")]
+    #[arg(long, value_delimiter = ',', default_value = "8", value_parser = count(1, 1 << 16))]
     pub batch_size: Vec<usize>,
     /// Square input side in pixels.
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = 224, value_parser = count(1, 1 << 14))]
     pub image_size: usize,
     /// Untimed passes before timing.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
     /// Timed passes; the median is reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = count(1, 1 << 20))]
     pub repeats: usize,
     /// Python with torch 2.11 + transformers 5.17: times the same model in PyTorch in this run
     /// (SDPA attention, eager unless --peer-compile).
@@ -218,6 +218,9 @@ pub struct DecodeArgs {
     /// Refuse images with more pixels than this (decompression bombs).
     #[arg(long, default_value_t = dinov2::image::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
+    /// Refuse images with a side longer than this many pixels.
+    #[arg(long, default_value_t = dinov2::image::DEFAULT_MAX_DIMENSION)]
+    pub max_side: u32,
     /// Decode large JPEGs at 1/2, 1/4 or 1/8 scale where the resize shrinks them at least twice
     /// as much (Pillow's `Image.draft`, as its `thumbnail` does): about 1.9x faster decoding and
     /// preprocessing of 12-megapixel photos, with the pixels of that drafted image rather than
@@ -335,11 +338,11 @@ pub struct ServeArgs {
     pub max_request_bytes: usize,
     /// Connection threads, reading requests and decoding their images (default: the cores, at
     /// least 4); connections beyond what they take are answered 503.
-    #[arg(long)]
+    #[arg(long, value_parser = count(1, 1024))]
     pub http_threads: Option<usize>,
     /// Model threads, each with its own copy of the model (on CUDA its own stream; default: 2
     /// on CUDA, 1 on the CPU). With --gpus, per GPU.
-    #[arg(long)]
+    #[arg(long, value_parser = count(1, 64))]
     pub streams: Option<usize>,
     /// Serve from these GPUs at once, e.g. `0,1` (implies CUDA): each holds --streams copies of
     /// the model, all taking passes from the one queue.
@@ -352,6 +355,18 @@ pub struct ServeArgs {
     pub gpus: Option<Vec<usize>>,
     #[command(flatten)]
     pub decode: DecodeArgs,
+}
+
+/// A parser of whole numbers from `min` to `max` (threads, copies, sizes: past `max` a typo
+/// rather than a wish, which would exhaust the machine before any error).
+fn count(min: usize, max: usize) -> impl Fn(&str) -> Result<usize, String> + Clone {
+    move |s: &str| {
+        s.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| format!("{s:?}: expected a whole number from {min} to {max}"))
+    }
 }
 
 /// A timeout: more than 0 seconds, at most a year.
@@ -426,12 +441,12 @@ pub struct EmbedArgs {
     #[arg(long, value_enum, default_value = "skip")]
     pub on_error: OnError,
     /// Decoding threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, value_parser = count(0, 1024))]
     pub workers: Option<usize>,
     /// Copies of the model running batches at the same time, each on its own CUDA stream, so
     /// that one's uploads and host work overlap another's compute (default: 2 on CUDA, 1 on the
     /// CPU, where one already uses every core). With --gpus, per GPU.
-    #[arg(long)]
+    #[arg(long, value_parser = count(1, 64))]
     pub streams: Option<usize>,
     /// Run on these GPUs at once, e.g. `0,1,2,3` (implies CUDA): each holds its own copies of the
     /// model and takes the next batch when free; the output is one file, in input order.

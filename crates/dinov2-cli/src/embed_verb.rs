@@ -15,9 +15,9 @@ use crate::model_dir::resolve;
 pub fn decode_options(args: &DecodeArgs, preprocess: &PreprocessConfig) -> DecodeOptions {
     DecodeOptions {
         max_pixels: args.max_pixels,
+        max_dimension: args.max_side,
         apply_exif_orientation: args.apply_exif_orientation,
         draft: (args.draft && preprocess.do_resize).then_some(preprocess.size),
-        ..DecodeOptions::default()
     }
 }
 
@@ -57,7 +57,8 @@ pub fn preprocessing(dir: &Path, args: &DecodeArgs, patch: usize) -> Result<Prep
     {
         if *edge < patch {
             return Err(CliError(format!(
-                "--resize {edge} without a crop: smaller than one {patch}x{patch} patch"
+                "shortest edge {edge} (--resize, or size in preprocessor_config.json) without a \
+                 crop: smaller than one {patch}x{patch} patch"
             )));
         }
     }

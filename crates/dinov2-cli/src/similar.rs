@@ -73,12 +73,18 @@ fn read_vectors(path: &Path, column: Option<&str>) -> Result<Vectors> {
             }
         }
     };
-    if dim == 0 || values.len() != paths.len() * dim {
+    if paths.is_empty() {
+        return Err(bad(path, "no vectors (an embed output of no image?)"));
+    }
+    if dim == 0 {
+        return Err(bad(path, "vectors of 0 values"));
+    }
+    if values.len() != paths.len() * dim {
         return Err(bad(
             path,
             format!(
-                "{} vectors of {dim} values for {} paths",
-                values.len() / dim.max(1),
+                "{} vectors of {dim} values but {} paths",
+                values.len() / dim,
                 paths.len()
             ),
         ));
@@ -220,18 +226,49 @@ fn read_parquet(
                 format!("no column {name:?} (--column); its columns: {}", names()),
             )
         })?;
-        let list = col.as_fixed_size_list_opt().ok_or_else(|| {
-            bad(
+        // One vector per row: a fixed-size list, or a list whose rows have one length (pandas
+        // and pyarrow write lists).
+        let (row_dim, items) = if let Some(list) = col.as_fixed_size_list_opt() {
+            (list.value_length() as usize, list.values().clone())
+        } else if let Some(list) = col
+            .as_list_opt::<i32>()
+            .filter(|_| batch.column_by_name("grid_h").is_none())
+        {
+            let lengths: Vec<usize> = list
+                .offsets()
+                .windows(2)
+                .map(|w| (w[1] - w[0]) as usize)
+                .collect();
+            let first = lengths.first().copied().unwrap_or(0);
+            if lengths.iter().any(|&l| l != first) {
+                return Err(bad(
+                    path,
+                    format!(
+                        "column {name:?} holds lists of different lengths, not one vector per \
+                         row (a patch grid or token output?)"
+                    ),
+                ));
+            }
+            let start = list.offsets()[0] as usize;
+            (first, list.values().slice(start, first * list.len()))
+        } else {
+            let what = if batch.column_by_name("grid_h").is_some() {
+                "patch grids or tokens (the grid_h, grid_w columns say so)".to_string()
+            } else {
+                col.data_type().to_string()
+            };
+            return Err(bad(
                 path,
-                format!(
-                    "column {name:?} holds {}, not one vector per row (patch grids and token \
-                     outputs have no single vector)",
-                    col.data_type()
-                ),
-            )
-        })?;
-        dim = list.value_length() as usize;
-        let items = list.values();
+                format!("column {name:?} holds {what}, not one vector per row"),
+            ));
+        };
+        if row_dim != dim && !values.is_empty() {
+            return Err(bad(
+                path,
+                format!("vectors of {dim} and of {row_dim} values"),
+            ));
+        }
+        dim = row_dim;
         if let Some(f) = items.as_primitive_opt::<Float32Type>() {
             values.extend_from_slice(f.values());
         } else if let Some(f) = items.as_primitive_opt::<Float16Type>() {

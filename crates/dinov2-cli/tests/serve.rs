@@ -494,3 +494,37 @@ fn a_request_the_model_does_not_answer_in_time_is_answered_504() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Thread and copy counts past any machine's are refused by the argument parser, before a
+/// thread is started or a model loaded (a million HTTP threads aborted the process).
+#[test]
+fn absurd_counts_are_refused_up_front() {
+    let model = model();
+    for args in [
+        vec!["serve", "--model", &model, "--http-threads", "1000000"],
+        vec!["serve", "--model", &model, "--streams", "1000"],
+        vec![
+            "embed",
+            "--model",
+            &model,
+            "--workers",
+            "100000",
+            "--output",
+            "x.npy",
+            "y.jpg",
+        ],
+        vec!["bench", "--arch", "vits14", "--repeats", "0"],
+        vec!["bench", "--arch", "vits14", "--image-size", "100000"],
+    ] {
+        let r = Command::new(env!("CARGO_BIN_EXE_dinov2"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("expected a whole number from"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

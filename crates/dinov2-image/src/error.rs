@@ -81,8 +81,8 @@ pub enum ImageError {
     /// anything is allocated for the pixels).
     #[error(
         "{origin}: {format} image of {width}x{height} = {pixels} pixels exceeds the limit of \
-         {max_pixels} pixels (a possible decompression bomb; raise DecodeOptions::max_pixels to \
-         accept it)"
+         {max_pixels} pixels (a possible decompression bomb; to accept it, raise the limit: \
+         --max-pixels on the command line, DecodeOptions::max_pixels in Rust)"
     )]
     TooManyPixels {
         /// Where the data came from.
@@ -102,7 +102,8 @@ pub enum ImageError {
     /// A side is longer than [`crate::DecodeOptions::max_dimension`].
     #[error(
         "{origin}: {format} image of {width}x{height} has a side longer than the limit of \
-         {max_dimension} pixels (raise DecodeOptions::max_dimension to accept it)"
+         {max_dimension} pixels (to accept it, raise the limit: --max-side on the command line, \
+         DecodeOptions::max_dimension in Rust)"
     )]
     DimensionTooLarge {
         /// Where the data came from.

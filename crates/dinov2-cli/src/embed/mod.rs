@@ -98,7 +98,11 @@ fn open_job(s: &Settings) -> Result<Option<Job>> {
             return Job::open(&partial, &fingerprint).map(Some);
         }
         if s.output.exists() {
-            eprintln!("{} is complete; nothing to resume", s.output.display());
+            eprintln!(
+                "{} is complete; nothing to resume (its inputs and options are not checked now: \
+                 --overwrite embeds again)",
+                s.output.display()
+            );
             return Ok(None);
         }
     } else if s.output.exists() || partial.exists() {
