@@ -528,3 +528,41 @@ fn absurd_counts_are_refused_up_front() {
         );
     }
 }
+
+/// SIGTERM (as an orchestrator stops a container): the request under way is answered, then the
+/// server exits 0, and no new connection is taken.
+#[test]
+fn a_stop_signal_drains_the_requests_under_way() {
+    let mut server = serve(&["--batch-wait-ms", "1500"]);
+    let image = root().join("assets/images/coffee.jpg");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(image).unwrap());
+    let body = serde_json::json!({"input": b64});
+    std::thread::scope(|s| {
+        let pending = s.spawn(|| post_json(&server, "/v1/embeddings", &body));
+        let start = std::time::Instant::now();
+        while metric(&server, "dinov2_images_in_flight") < 1.0 {
+            assert!(start.elapsed().as_secs() < 20, "the request never arrived");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let killed = Command::new("kill")
+            .args(["-TERM", &server.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let (status, v) = pending.join().unwrap();
+        assert_eq!(status, 200, "{v}");
+    });
+    let start = std::time::Instant::now();
+    let code = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(start.elapsed().as_secs() < 30, "the server did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(0));
+    assert!(
+        TcpStream::connect(&server.addr).is_err(),
+        "nothing listens any more"
+    );
+}

@@ -17,6 +17,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -92,30 +93,45 @@ pub trait Handler: Sync {
     fn refused(&self, status: u16);
 }
 
-/// Answers the requests of `listener` with `handler` on `threads` connection threads, until the
-/// listener fails. A handler that panics answers 500 and the thread goes on.
+/// Answers the requests of `listener` with `handler` on `threads` connection threads until
+/// `stop` is set: then it stops accepting, lets each connection finish the request it is
+/// reading or answering (and closes it after), and returns once they are done. A handler that
+/// panics answers 500 and the thread goes on.
 pub fn serve<H: Handler>(
     listener: TcpListener,
     threads: usize,
     limits: Limits,
     handler: H,
+    stop: &AtomicBool,
 ) -> std::io::Result<()> {
     // Connections accepted but not yet taken: a few per thread; past that, 503 at once.
     let (tx, rx) = sync_channel::<TcpStream>(threads * 4);
     let rx = Arc::new(Mutex::new(rx));
+    // Polled, so that a stop is seen within a few milliseconds without a connection arriving.
+    listener.set_nonblocking(true)?;
     std::thread::scope(|scope| {
         for i in 0..threads {
             let (rx, handler) = (rx.clone(), &handler);
             std::thread::Builder::new()
                 .name(format!("dinov2-http-{i}"))
-                .spawn_scoped(scope, move || connection_thread(&rx, limits, handler))?;
+                .spawn_scoped(scope, move || connection_thread(&rx, limits, handler, stop))?;
         }
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else {
+        while !stop.load(Ordering::SeqCst) {
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
                 // A connection that failed while being accepted (reset, out of descriptors).
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
             };
+            if stream.set_nonblocking(false).is_err() {
+                continue;
+            }
             match tx.try_send(stream) {
                 Ok(()) => {}
                 Err(TrySendError::Full(stream)) => {
@@ -150,19 +166,31 @@ fn busy(mut stream: TcpStream) {
     }
 }
 
-fn connection_thread<H: Handler>(rx: &Mutex<Receiver<TcpStream>>, limits: Limits, handler: &H) {
+fn connection_thread<H: Handler>(
+    rx: &Mutex<Receiver<TcpStream>>,
+    limits: Limits,
+    handler: &H,
+    stop: &AtomicBool,
+) {
     loop {
         let next = rx.lock().ok().and_then(|rx| rx.recv().ok());
         let Some(stream) = next else {
             return;
         };
         // Whatever goes wrong with one connection, the thread serves the next.
-        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| connection(stream, limits, handler)));
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            connection(stream, limits, handler, stop)
+        }));
     }
 }
 
 /// Serves the requests of one connection, one after another, while it is kept alive.
-fn connection<H: Handler>(stream: TcpStream, limits: Limits, handler: &H) -> std::io::Result<()> {
+fn connection<H: Handler>(
+    stream: TcpStream,
+    limits: Limits,
+    handler: &H,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
@@ -185,7 +213,8 @@ fn connection<H: Handler>(stream: TcpStream, limits: Limits, handler: &H) -> std
         // A HEAD answer has no body: the connection closes after its head, so that no client
         // waits for the body its Content-Length announces.
         let head_only = request.method == "HEAD";
-        let keep_alive = request.keep_alive && !head_only;
+        // Stopping: this answer is the connection's last.
+        let keep_alive = request.keep_alive && !head_only && !stop.load(Ordering::SeqCst);
         let deadline = answer_deadline(response.body.len());
         write_response(&mut writer, &response, keep_alive, head_only, deadline)?;
         if !keep_alive {

@@ -17,6 +17,7 @@ mod http;
 mod metrics;
 
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -123,9 +124,7 @@ fn start<B: Backend + Reopen + Send + 'static>(
     warm_up(&embedders, &preprocess, checkpoint.config.image_size)?;
     let dims = embedding_dims(args, checkpoint, &preprocess);
     let metrics = Arc::new(Metrics::default());
-    metrics
-        .ready
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    metrics.ready.store(true, Ordering::SeqCst);
     let queue = Queue::start(
         embedders,
         Batching {
@@ -243,8 +242,27 @@ fn listen(args: &ServeArgs, state: Arc<State>) -> Result<()> {
     let limits = http::Limits {
         max_body: state.max_request_bytes,
     };
-    http::serve(listener, threads, limits, &*state)
-        .map_err(|e| CliError(format!("serving on {bound}: {e}")))
+    // SIGTERM (an orchestrator's stop) or SIGINT (Ctrl-C): stop accepting, answer /health 503
+    // so that load balancers move on, finish the requests under way, exit 0.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| CliError(format!("cannot handle signal {signal}: {e}")))?;
+    }
+    let watcher = {
+        let (stop, metrics) = (stop.clone(), state.metrics.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            metrics.ready.store(false, Ordering::SeqCst);
+        })
+    };
+    http::serve(listener, threads, limits, &*state, &stop)
+        .map_err(|e| CliError(format!("serving on {bound}: {e}")))?;
+    let _ = watcher.join();
+    eprintln!("stopped: every request under way was answered");
+    Ok(())
 }
 
 impl http::Handler for &State {
