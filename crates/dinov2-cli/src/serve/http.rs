@@ -195,7 +195,7 @@ fn connection<H: Handler>(
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     loop {
-        let request = match read_request(&mut reader, &mut writer, limits) {
+        let request = match read_request(&mut reader, &mut writer, limits, stop) {
             Ok(Some(request)) => request,
             // The client closed the connection, or let it idle past the timeout.
             Ok(None) => return Ok(()),
@@ -276,6 +276,7 @@ fn read_request(
     reader: &mut BufReader<TcpStream>,
     writer: &mut TcpStream,
     limits: Limits,
+    stop: &AtomicBool,
 ) -> Result<Option<Request>, Response> {
     let mut head_bytes = 0;
     let mut lines: Vec<String> = Vec::new();
@@ -291,15 +292,31 @@ fn read_request(
             };
         }
         if !started {
-            // Wait for the first byte under the idle timeout, then start the head's clock.
+            // Wait for the first byte under the idle timeout, in slices, so that a stop closes
+            // an idle connection at once; then start the head's clock.
+            if stop.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let slice = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(200));
+            if slice.is_zero() || reader.get_ref().set_read_timeout(Some(slice)).is_err() {
+                return Ok(None);
+            }
             match reader.fill_buf() {
-                Ok([]) | Err(_) => return Ok(None),
+                Ok([]) => return Ok(None),
                 Ok(_) => {
                     started = true;
                     deadline = Instant::now() + HEAD_TIME;
-                    continue;
                 }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return Ok(None),
             }
+            continue;
         }
         let mut line = Vec::new();
         let limit = (MAX_HEAD_BYTES - head_bytes) as u64 + 1;
