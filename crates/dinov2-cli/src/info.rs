@@ -46,12 +46,13 @@ pub fn run(args: InfoArgs) -> Result<()> {
             c.architectures.join(", ")
         }
     );
+    let classifier_named = head == "classifier";
     println!(
         "head:         {head}{}",
-        if w.has_classifier() {
-            ", classifier weights present"
-        } else {
-            ""
+        match (w.has_classifier(), classifier_named) {
+            (true, _) => ", classifier weights present",
+            (false, true) => ", but the classifier weights are missing: classify cannot run",
+            (false, false) => "",
         }
     );
     println!(
