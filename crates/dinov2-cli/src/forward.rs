@@ -41,6 +41,18 @@ pub fn run(args: ForwardArgs) -> Result<()> {
             ))
         }
     };
+    let bad = inputs
+        .pixel_values
+        .data
+        .iter()
+        .filter(|v| !v.is_finite())
+        .count();
+    if bad > 0 {
+        eprintln!(
+            "warning: pixel_values holds {bad} values that are not finite (NaN or infinite): the \
+             outputs will be too"
+        );
+    }
     let expects = |prefix: &str| {
         expected
             .iter()
