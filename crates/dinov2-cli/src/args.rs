@@ -56,6 +56,9 @@ pub struct KnnArgs {
     /// Parquet file: query, neighbor, rank (from 1), score (cosine similarity).
     #[arg(long)]
     pub output: PathBuf,
+    /// Replace --output if it exists.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 #[derive(Debug, Args)]
@@ -75,6 +78,9 @@ pub struct DedupArgs {
     /// nearest_score.
     #[arg(long)]
     pub output: PathBuf,
+    /// Replace --output if it exists.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 /// Where the model runs.
@@ -300,8 +306,8 @@ pub struct ServeArgs {
     /// Compute precision: f32, f16, bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: Dtype,
-    /// cls (pooler_output), mean, cls+mean, patch, registers or tokens, as `embed` takes it;
-    /// each answer is one flat vector per image.
+    /// One of cls (pooler_output), mean, cls+mean, patch, registers or tokens; each answer is
+    /// one flat vector per image.
     #[arg(long, default_value = "cls")]
     pub pooling: Pooling,
     /// L2-normalize each vector (each token's vector for the token poolings).
@@ -324,7 +330,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 5.0, value_parser = parse_wait_ms)]
     pub batch_wait_ms: f64,
     /// Images in flight (decoding, waiting or running) at most; a request past it is answered
-    /// 429 at once (default: 8 passes' worth).
+    /// 429 at once, except that a request larger than the limit is let in alone when nothing
+    /// else is in flight (default: 8 passes' worth).
     #[arg(long)]
     pub max_queue: Option<usize>,
     /// Seconds a request waits for the model before it is answered 504.
@@ -337,7 +344,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 64 << 20)]
     pub max_request_bytes: usize,
     /// Connection threads, reading requests and decoding their images (default: the cores, at
-    /// least 4); connections beyond what they take are answered 503.
+    /// least 4); connections wait in a queue of 4 per thread, and beyond it are answered 503.
     #[arg(long, value_parser = count(1, 1024))]
     pub http_threads: Option<usize>,
     /// Model threads, each with its own copy of the model (on CUDA its own stream; default: 2
@@ -457,7 +464,8 @@ pub struct EmbedArgs {
         conflicts_with = "device"
     )]
     pub gpus: Option<Vec<usize>>,
-    /// Embed only shard I of N (`--shard 3/8`): the I-th of N equal runs of the sorted inputs,
+    /// Embed only shard I of N (`--shard 3/8`): the I-th of N equal runs of the images the
+    /// inputs expand to (in the order given; folders sorted by path),
     /// so that N jobs (machines) with the same inputs share the work without overlap, each
     /// writing its own output (and reading its part of an archive or table in one piece).
     #[arg(long, value_name = "I/N", value_parser = parse_shard)]

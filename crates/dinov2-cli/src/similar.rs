@@ -354,6 +354,17 @@ fn keep_best(best: &mut Vec<(f32, usize)>, k: usize, score: f32, j: usize) {
     best.truncate(k);
 }
 
+/// Refuses an existing `output` unless `overwrite`: checked before any work.
+fn check_output(output: &Path, overwrite: bool) -> Result<()> {
+    if output.exists() && !overwrite {
+        return Err(CliError(format!(
+            "{} exists: --overwrite replaces it",
+            output.display()
+        )));
+    }
+    Ok(())
+}
+
 fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef)>) -> Result<()> {
     let batch = RecordBatch::try_from_iter(columns).map_err(|e| bad(path, e))?;
     let tmp = crate::embed::sibling(path, ".tmp");
@@ -375,6 +386,7 @@ pub fn knn(args: KnnArgs) -> Result<()> {
     if args.k == 0 {
         return Err(CliError("--k must be at least 1".into()));
     }
+    check_output(&args.output, args.overwrite)?;
     let index = read_vectors(&args.index, args.column.as_deref())?;
     let queries = match &args.queries {
         Some(q) => read_vectors(q, args.column.as_deref())?,
@@ -448,6 +460,7 @@ pub fn dedup(args: DedupArgs) -> Result<()> {
             args.threshold
         )));
     }
+    check_output(&args.output, args.overwrite)?;
     let v = read_vectors(&args.input, args.column.as_deref())?;
     let n = v.len();
     let mut parent: Vec<usize> = (0..n).collect();

@@ -2270,16 +2270,25 @@ fn knn_and_dedup_find_the_copies() {
         rows.iter().all(|r| r["query"] != r["neighbor"]),
         "no row is its own neighbour"
     );
-    let (code, stderr) = run(&[
-        "knn",
-        npy.to_str().unwrap(),
-        "--queries",
-        parquet.to_str().unwrap(),
-        "--k",
-        "1",
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+    let knn_again = |extra: &[&str]| {
+        let mut args = vec![
+            "knn",
+            npy.to_str().unwrap(),
+            "--queries",
+            parquet.to_str().unwrap(),
+            "--k",
+            "1",
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    // An existing output is replaced only when asked.
+    let (code, stderr) = knn_again(&[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--overwrite"), "{stderr}");
+    let (code, stderr) = knn_again(&["--overwrite"]);
     assert_eq!(code, Some(0), "{stderr}");
     for r in parquet_rows(&out) {
         assert!(r["score"].as_f64().unwrap() > 0.999, "{r:?}");
@@ -2323,7 +2332,7 @@ fn knn_and_dedup_find_the_copies() {
         (vec!["knn", images], "not an embed folder output"),
     ] {
         let mut args = args.clone();
-        args.extend(["--output", out.to_str().unwrap()]);
+        args.extend(["--output", out.to_str().unwrap(), "--overwrite"]);
         let (code, stderr) = run(&args);
         assert_eq!(code, Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
