@@ -359,6 +359,21 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
                         .bar
                         .suspend(|| eprintln!("skipped {}: {}", f.path, f.error));
                 }
+                if s.format.is_dense() {
+                    // Fail at the first row that does not fit one dense tensor, not after the
+                    // whole job.
+                    let first = job
+                        .shapes
+                        .first()
+                        .or(rows.first().map(|r: &job::Row| &r.shapes))
+                        .or(outcome.rows.first().map(|r| &r.shapes))
+                        .cloned();
+                    if let Some(first) = first {
+                        for row in &outcome.rows {
+                            writers::same_shapes(&first, &row.shapes, s.format, &s.outputs)?;
+                        }
+                    }
+                }
                 rows.extend(outcome.rows);
                 failures.extend(outcome.failures);
                 if let Some(stop) = outcome.stop {
@@ -374,11 +389,6 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
                 if rows.len() >= s.chunk_rows || outcome.end == total {
                     job.commit(&rows, std::mem::take(&mut failures), outcome.end)?;
                     rows.clear();
-                    if s.format.is_dense() {
-                        // Fail now, not after the whole job, when rows stop fitting one dense
-                        // tensor.
-                        writers::dense_shape(&job, s.format, &s.outputs)?;
-                    }
                 }
             }
         }

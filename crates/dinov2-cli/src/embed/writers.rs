@@ -157,6 +157,25 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> CliError + '_ {
     move |e| CliError(format!("cannot write {}: {e}", path.display()))
 }
 
+/// An error when `shapes` (a row's outputs) differ from `first` (the job's first row's): a dense
+/// format holds one shape per output.
+pub fn same_shapes(
+    first: &[Vec<usize>],
+    shapes: &[Vec<usize>],
+    format: Format,
+    outputs: &Outputs,
+) -> Result<()> {
+    for ((a, b), pooling) in first.iter().zip(shapes).zip(&outputs.poolings) {
+        if a != b {
+            return Err(CliError(format!(
+                "rows differ in the shape of their {pooling} output ({a:?} and {b:?}); {format:?} \
+                 holds one shape: write Parquet, or preprocess every image to one size"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The single shape of each output that a dense format needs; an error naming the output and the
 /// shapes when rows differ (patch grids of different sizes fit only Parquet).
 pub fn dense_shape(job: &Job, format: Format, outputs: &Outputs) -> Result<Vec<Vec<usize>>> {
@@ -164,15 +183,7 @@ pub fn dense_shape(job: &Job, format: Format, outputs: &Outputs) -> Result<Vec<V
         return Ok(vec![vec![0]; outputs.poolings.len()]);
     };
     for other in &job.shapes[1..] {
-        for ((a, b), pooling) in first.iter().zip(other).zip(&outputs.poolings) {
-            if a != b {
-                return Err(CliError(format!(
-                    "rows differ in the shape of their {pooling} output ({a:?} and {b:?}); \
-                     {format:?} holds one shape: write Parquet, or preprocess every image to one \
-                     size"
-                )));
-            }
-        }
+        same_shapes(first, other, format, outputs)?;
     }
     Ok(first.clone())
 }
