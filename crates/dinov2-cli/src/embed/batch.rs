@@ -193,6 +193,9 @@ pub(super) struct Outcome {
     pub read: Duration,
     pub prepare: Duration,
     pub model: Duration,
+    /// Model passes (groups of one patch grid) and the images they ran.
+    pub passes: usize,
+    pub pass_images: usize,
 }
 
 /// Runs the model over one batch (a model thread's work).
@@ -206,6 +209,8 @@ pub(super) fn run_batch<B: Backend>(
     let t = Instant::now();
     let mut rows = Vec::new();
     let mut failures = Vec::new();
+    let passes = batch.groups.len();
+    let pass_images = batch.groups.iter().map(|g| g.members.len()).sum();
     for group in batch.groups {
         embed_group(embedder, group, inputs, outputs, &mut rows, &mut failures)?;
     }
@@ -227,6 +232,8 @@ pub(super) fn run_batch<B: Backend>(
         read: batch.read,
         prepare: batch.prepare,
         model: t.elapsed(),
+        passes,
+        pass_images,
     })
 }
 

@@ -77,6 +77,9 @@ struct Timing {
     read: Duration,
     prepare: Duration,
     model: Duration,
+    /// Model passes, and the images they ran.
+    passes: usize,
+    pass_images: usize,
 }
 
 /// Opens the job for `settings`, creating, resuming or replacing it as asked.
@@ -354,6 +357,8 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
                 timing.read += outcome.read;
                 timing.prepare += outcome.prepare;
                 timing.model += outcome.model;
+                timing.passes += outcome.passes;
+                timing.pass_images += outcome.pass_images;
                 for f in outcome.stop.iter().chain(&outcome.failures) {
                     progress
                         .bar
@@ -475,13 +480,18 @@ fn finish(
     }
     let embedded = job.rows;
     let secs = elapsed.as_secs_f64().max(1e-9);
+    let passes = format!(
+        "{} passes of {:.1} images on average",
+        timing.passes,
+        timing.pass_images as f64 / timing.passes.max(1) as f64
+    );
     let model = if streams > 1 {
         format!(
-            "model {:.2} s over {streams} streams",
+            "model {:.2} s over {streams} streams, {passes}",
             timing.model.as_secs_f64()
         )
     } else {
-        format!("model {:.2} s", timing.model.as_secs_f64())
+        format!("model {:.2} s, {passes}", timing.model.as_secs_f64())
     };
     let per_image = |d: Duration| 1e3 * d.as_secs_f64() / processed.max(1) as f64;
     eprintln!(
