@@ -97,6 +97,22 @@ pub fn cut_to_patches(pixels: PixelValues, patch: usize) -> PixelValues {
     }
 }
 
+/// Decodes encoded image bytes with `decode` (errors naming `origin`) and preprocesses them with
+/// `preprocess`: the pixel values and the file's `(width, height)`. What
+/// [`Embedder::prepare_named`] does, for code that decodes apart from an embedder.
+pub fn prepare_image(
+    bytes: &[u8],
+    origin: &str,
+    decode: &DecodeOptions,
+    preprocess_config: &PreprocessConfig,
+) -> Result<(PixelValues, (u32, u32))> {
+    let decoded = decode_sized(bytes, origin, decode)?;
+    Ok((
+        preprocess(&decoded.image, preprocess_config)?,
+        decoded.file_size,
+    ))
+}
+
 impl<B: Backend> Embedder<B> {
     /// An embedder over `model` with `preprocess`; CLS pooling, not normalized.
     pub fn new(model: Dinov2<B>, preprocess: PreprocessConfig) -> Self {
@@ -176,11 +192,7 @@ impl<B: Backend> Embedder<B> {
     /// [`Embedder::prepare_bytes`] of an image that errors name `origin` (a file, an archive
     /// member).
     pub fn prepare_named(&self, bytes: &[u8], origin: &str) -> Result<(PixelValues, (u32, u32))> {
-        let decoded = decode_sized(bytes, origin, &self.decode)?;
-        Ok((
-            preprocess(&decoded.image, &self.preprocess)?,
-            decoded.file_size,
-        ))
+        prepare_image(bytes, origin, &self.decode, &self.preprocess)
     }
 
     /// Runs the model on preprocessed images, in batches of consecutive images of one patch grid

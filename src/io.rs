@@ -142,6 +142,18 @@ fn with_safetensors<T>(
     read(&st).map_err(|reason| Error::format(path, reason))
 }
 
+/// Float tensor `name` of a safetensors file (stored as f32, f64, f16 or bf16), as f32.
+pub fn read_tensor(path: &Path, name: &str) -> Result<Tensor> {
+    with_safetensors(path, |st| {
+        let view = st
+            .tensor(name)
+            .map_err(|_| format!("no tensor `{name}`; it holds {:?}", st.names()))?;
+        let data = floats(name, &view)?;
+        Tensor::new(view.shape().to_vec(), data)
+            .ok_or_else(|| format!("tensor `{name}` holds fewer values than its shape"))
+    })
+}
+
 /// Reads `pixel_values` and the optional `bool_masked_pos` and `labels` from a safetensors file.
 pub fn read_forward_inputs(path: &Path) -> Result<ForwardInputs> {
     with_safetensors(path, |st| parse_inputs(st, true))

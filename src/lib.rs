@@ -19,7 +19,9 @@ mod embed;
 mod error;
 pub mod io;
 
-pub use embed::{cut_to_patches, preprocess_config, stack_images, EmbedStream, Embedder};
+pub use embed::{
+    cut_to_patches, prepare_image, preprocess_config, stack_images, EmbedStream, Embedder,
+};
 pub use error::{Error, Result};
 
 pub use dinov2_checkpoint::{

@@ -161,33 +161,13 @@ fn read_npy(path: &Path) -> Result<(usize, Vec<f32>)> {
     Ok((dim, values))
 }
 
-/// Tensor `name` of a safetensors file, 2-D float32 or float16.
+/// Tensor `name` of a safetensors file: 2-D, floats.
 fn read_safetensors(path: &Path, name: &str) -> Result<(usize, Vec<f32>)> {
-    let bytes = std::fs::read(path).map_err(|e| bad(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(path, e))?;
-    let t = st.tensor(name).map_err(|_| {
-        bad(
-            path,
-            format!("no tensor {name:?} (--column); it has {:?}", st.names()),
-        )
-    })?;
-    let [_, dim] = t.shape()[..] else {
-        return Err(bad(path, format!("{name} is not 2-D: {:?}", t.shape())));
+    let t = dinov2::io::read_tensor(path, name)?;
+    let [_, dim] = t.shape[..] else {
+        return Err(bad(path, format!("{name} is not 2-D: {:?}", t.shape)));
     };
-    let values = match t.dtype() {
-        safetensors::Dtype::F32 => t
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        safetensors::Dtype::F16 => t
-            .data()
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        other => return Err(bad(path, format!("{name} holds {other:?}, not floats"))),
-    };
-    Ok((dim, values))
+    Ok((dim, t.data))
 }
 
 /// The vectors of a Parquet output: the column `column` (or `embedding`) of fixed-size lists
@@ -365,20 +345,14 @@ fn check_output(output: &Path, overwrite: bool) -> Result<()> {
     Ok(())
 }
 
+/// Writes `columns` as a Parquet file at `path` (built in memory, then written atomically).
 fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef)>) -> Result<()> {
     let batch = RecordBatch::try_from_iter(columns).map_err(|e| bad(path, e))?;
-    let tmp = crate::embed::sibling(path, ".tmp");
-    let write = || -> std::result::Result<(), String> {
-        let file = File::create(&tmp).map_err(|e| e.to_string())?;
-        let mut w = ArrowWriter::try_new(file, batch.schema(), None).map_err(|e| e.to_string())?;
-        w.write(&batch).map_err(|e| e.to_string())?;
-        w.close().map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, path).map_err(|e| e.to_string())
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        bad(path, format!("cannot write: {e}"))
-    })
+    let mut bytes = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut bytes, batch.schema(), None).map_err(|e| bad(path, e))?;
+    w.write(&batch).map_err(|e| bad(path, e))?;
+    w.close().map_err(|e| bad(path, e))?;
+    crate::embed::write_atomic(path, &bytes)
 }
 
 /// Runs `dinov2 knn`.
@@ -388,14 +362,11 @@ pub fn knn(args: KnnArgs) -> Result<()> {
     }
     check_output(&args.output, args.overwrite)?;
     let index = read_vectors(&args.index, args.column.as_deref())?;
-    let queries = match &args.queries {
-        Some(q) => read_vectors(q, args.column.as_deref())?,
-        None => Vectors {
-            paths: index.paths.clone(),
-            dim: index.dim,
-            values: index.values.clone(),
-        },
+    let separate = match &args.queries {
+        Some(q) => Some(read_vectors(q, args.column.as_deref())?),
+        None => None,
     };
+    let queries = separate.as_ref().unwrap_or(&index);
     if queries.dim != index.dim {
         return Err(CliError(format!(
             "the queries have {} values per vector, the index {}",
@@ -405,7 +376,7 @@ pub fn knn(args: KnnArgs) -> Result<()> {
     // Without queries, each row's neighbours are the others.
     let exclude_self = args.queries.is_none();
     let mut best: Vec<Vec<(f32, usize)>> = vec![Vec::with_capacity(args.k + 1); queries.len()];
-    scan(&index, &queries, |q, start, scores| {
+    scan(&index, queries, |q, start, scores| {
         for (o, &s) in scores.iter().enumerate() {
             let j = start + o;
             if !(exclude_self && j == q) {

@@ -10,16 +10,9 @@ use std::time::{Duration, Instant};
 use safetensors::SafeTensors;
 use tempfile::TempDir;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
 
-fn model() -> String {
-    root()
-        .join("assets/models/dinov2-tiny-random")
-        .display()
-        .to_string()
-}
+use common::{model, root};
 
 fn dinov2(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dinov2"))

@@ -6,22 +6,15 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use base64::Engine;
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
 
-fn model() -> String {
-    root()
-        .join("assets/models/dinov2-tiny-random")
-        .display()
-        .to_string()
-}
+use common::{model, root};
 
 /// The server, killed when dropped.
 struct Server {

@@ -27,6 +27,7 @@ use rayon::prelude::*;
 
 use crate::error::{CliError, Result};
 use batch::{assemble, run_batch, Batch, Decoded, Grouping, Outcome};
+pub(crate) use job::write_atomic;
 use job::{digest, Job};
 pub use outputs::Outputs;
 pub(crate) use writers::sibling;

@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dinov2::image::{decode_sized, preprocess, DecodeOptions, PixelValues, PreprocessConfig};
-use dinov2::{cut_to_patches, Backend, Checkpoint, Dinov2, Embedder, Pooling};
+use dinov2::image::{DecodeOptions, PixelValues, PreprocessConfig};
+use dinov2::{cut_to_patches, prepare_image, Backend, Checkpoint, Dinov2, Embedder, Pooling};
 use serde_json::json;
 
 use crate::args::{with_backend, Device, ServeArgs};
@@ -49,6 +49,8 @@ struct State {
     dims: Option<usize>,
     name: String,
     info: String,
+    /// Set by SIGTERM or SIGINT: the server stops accepting, and `/health` answers 503.
+    stop: Arc<AtomicBool>,
 }
 
 /// Runs the serve verb until the process is stopped.
@@ -176,6 +178,7 @@ fn start<B: Backend + Reopen + Send + 'static>(
         dims,
         name,
         info,
+        stop: Arc::new(AtomicBool::new(false)),
     });
     listen(args, state)
 }
@@ -244,23 +247,12 @@ fn listen(args: &ServeArgs, state: Arc<State>) -> Result<()> {
     };
     // SIGTERM (an orchestrator's stop) or SIGINT (Ctrl-C): stop accepting, answer /health 503
     // so that load balancers move on, finish the requests under way, exit 0.
-    let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, stop.clone())
+        signal_hook::flag::register(signal, state.stop.clone())
             .map_err(|e| CliError(format!("cannot handle signal {signal}: {e}")))?;
     }
-    let watcher = {
-        let (stop, metrics) = (stop.clone(), state.metrics.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            metrics.ready.store(false, Ordering::SeqCst);
-        })
-    };
-    http::serve(listener, threads, limits, &*state, &stop)
+    http::serve(listener, threads, limits, &*state, &state.stop)
         .map_err(|e| CliError(format!("serving on {bound}: {e}")))?;
-    let _ = watcher.join();
     eprintln!("stopped: every request under way was answered");
     Ok(())
 }
@@ -301,7 +293,9 @@ fn route(state: &State, request: &http::Request) -> std::result::Result<http::Re
     let path = request.path.as_str();
     match (request.method.as_str(), path) {
         ("GET", "/health" | "/ready") => {
-            if state.metrics.healthy() {
+            if state.stop.load(Ordering::SeqCst) {
+                Err(ApiError::new(503, "stopping"))
+            } else if state.metrics.healthy() {
                 Ok(ok(json!({"status": "ok"}).to_string()))
             } else {
                 Err(ApiError::new(503, "no model thread is running"))
@@ -354,10 +348,14 @@ fn embed(state: &State, images: Vec<Vec<u8>>) -> std::result::Result<Vec<Vec<f32
         .iter()
         .enumerate()
         .map(|(i, bytes)| {
-            decode_sized(bytes, &format!("input[{i}]"), &state.decode)
-                .and_then(|d| preprocess(&d.image, &state.preprocess))
-                .map(|p| cut_to_patches(p, state.patch))
-                .map_err(|e| ApiError::new(422, e.to_string()))
+            prepare_image(
+                bytes,
+                &format!("input[{i}]"),
+                &state.decode,
+                &state.preprocess,
+            )
+            .map(|(p, _)| cut_to_patches(p, state.patch))
+            .map_err(|e| ApiError::new(422, e.to_string()))
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     state.metrics.record_decode(images.len(), t.elapsed());
