@@ -195,6 +195,21 @@ impl<B: Backend> Embedder<B> {
         prepare_image(bytes, origin, &self.decode, &self.preprocess)
     }
 
+    /// Preprocesses a decoded RGB image with the checkpoint's preprocessing.
+    pub fn prepare_rgb(&self, image: &RgbImage) -> Result<PixelValues> {
+        Ok(preprocess(image, &self.preprocess)?)
+    }
+
+    /// Images embedded together by the list and stream methods ([`Embedder::with_batch_size`]).
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// The pooling of the embeddings.
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
     /// Runs the model on preprocessed images, in batches of consecutive images of one patch grid
     /// ([`cut_to_patches`]; at most [`Embedder::with_batch_size`] each). Pooling runs on the model's backend
     /// ([`Dinov2::embed`]): only the vectors are copied back.
@@ -272,7 +287,7 @@ impl<B: Backend> Embedder<B> {
         for window in images.chunks(self.batch_size) {
             let prepared = window
                 .par_iter()
-                .map(|i| preprocess(i, &self.preprocess).map_err(Error::from))
+                .map(|i| self.prepare_rgb(i))
                 .collect::<Result<Vec<_>>>()?;
             out.extend(self.embed_prepared(&prepared)?);
         }
@@ -305,7 +320,7 @@ impl<B: Backend> Embedder<B> {
         let mut out = Vec::with_capacity(encoded.len());
         for window in encoded.chunks(self.batch_size) {
             out.extend(
-                self.embed_window(
+                self.embed_prepared_each(
                     window
                         .par_iter()
                         .map(|b| self.prepare_bytes(b).map(|r| r.0))
@@ -316,9 +331,13 @@ impl<B: Backend> Embedder<B> {
         out
     }
 
-    /// One window of inputs, each prepared or failed: the failures keep their errors, the others
-    /// are embedded together (all failing alike when the model does).
-    fn embed_window(&self, prepared: Vec<Result<PixelValues>>) -> Vec<Result<Embedding>> {
+    /// Embeds inputs prepared (or failed) apart, e.g. on the caller's own threads: the failures
+    /// keep their errors, the others are embedded together as [`Embedder::embed_prepared`] does
+    /// (all failing alike when the model does). One result per input, in order.
+    pub fn embed_prepared_each(
+        &self,
+        prepared: Vec<Result<PixelValues>>,
+    ) -> Vec<Result<Embedding>> {
         let good: Vec<PixelValues> = prepared
             .iter()
             .filter_map(|p| p.as_ref().ok().cloned())
@@ -363,7 +382,7 @@ where
                 .par_iter()
                 .map(|p| self.embedder.prepare_path(p).map(|r| r.0))
                 .collect();
-            let results = self.embedder.embed_window(prepared);
+            let results = self.embedder.embed_prepared_each(prepared);
             self.ready.extend(window.into_iter().zip(results));
         }
         self.ready.pop_front()

@@ -30,8 +30,8 @@ pub use dinov2_checkpoint::{
 };
 pub use dinov2_model::{
     flops_per_image, pool, pool_tokens, BackboneOutput, Backend, ClassifierOutput, CpuBackend,
-    CudaBackend, Dinov2, Dtype, Embedding, ForwardOptions, Head, Interpolation, Labels, ModelError,
-    ModelOutput, OpTime, Output, PixelBatch, Pooling, ReplayStatus, Tensor,
+    CudaBackend, Device, Dinov2, Dtype, Embedding, ForwardOptions, Head, Interpolation, Labels,
+    ModelError, ModelOutput, OpTime, Output, PixelBatch, Pooling, ReplayStatus, Tensor,
 };
 
 /// Image decoding and preprocessing (Pillow parity).

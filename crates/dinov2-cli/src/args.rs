@@ -83,12 +83,7 @@ pub struct DedupArgs {
     pub overwrite: bool,
 }
 
-/// Where the model runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
-    Cpu,
-    Cuda(usize),
-}
+pub use dinov2::Device;
 
 /// Runs `$body` with `$backend` bound to the backend `$device` names, in `$dtype`: the body is
 /// written once and instantiated for each backend.
@@ -107,21 +102,6 @@ macro_rules! with_backend {
     };
 }
 pub(crate) use with_backend;
-
-impl std::str::FromStr for Device {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Ok(Device::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Device::Cuda)
-                .ok_or_else(|| format!("unknown device {s:?}: expected cpu, cuda or cuda:N")),
-        }
-    }
-}
 
 #[derive(Debug, Args)]
 pub struct ForwardArgs {

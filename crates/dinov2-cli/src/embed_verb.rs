@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use dinov2::image::{DecodeOptions, HeightWidth, PreprocessConfig, SizeSpec};
+use dinov2::image::{DecodeOptions, HeightWidth, PreprocessConfig, Resolution};
 use dinov2::{preprocess_config, Backend, Checkpoint, CpuBackend, CudaBackend, Dinov2, Embedder};
 
 use crate::args::{with_backend, DecodeArgs, Device, EmbedArgs};
@@ -24,45 +24,17 @@ pub fn decode_options(args: &DecodeArgs, preprocess: &PreprocessConfig) -> Decod
 /// The checkpoint's preprocessing with the command line's overrides (`--resize`, `--crop`,
 /// `--no-crop`); an error when the result cannot hold one `patch` x `patch` patch.
 pub fn preprocessing(dir: &Path, args: &DecodeArgs, patch: usize) -> Result<PreprocessConfig> {
-    let mut config = preprocess_config(dir)?;
-    if let Some(edge) = args.resize {
-        config.size = SizeSpec::ShortestEdge(edge);
-        config.do_resize = true;
-    }
-    if let Some((height, width)) = args.crop {
-        config.crop_size = HeightWidth { height, width };
-        config.do_center_crop = true;
-    }
-    if args.no_crop {
-        config.do_center_crop = false;
-    }
-    let patch = patch as u32;
-    let limit = dinov2::image::MAX_RESIZED_PIXELS;
-    if config.do_center_crop
-        && config.crop_size.height as u64 * config.crop_size.width as u64 > limit
-    {
-        return Err(CliError(format!(
-            "center crop {}x{}: more pixels than the limit of {limit}",
-            config.crop_size.height, config.crop_size.width
-        )));
-    }
-    if config.do_center_crop && config.crop_size.height.min(config.crop_size.width) < patch {
-        return Err(CliError(format!(
-            "center crop {}x{}: smaller than one {patch}x{patch} patch",
-            config.crop_size.height, config.crop_size.width
-        )));
-    }
-    if let (false, true, SizeSpec::ShortestEdge(edge)) =
-        (config.do_center_crop, config.do_resize, &config.size)
-    {
-        if *edge < patch {
-            return Err(CliError(format!(
-                "shortest edge {edge} (--resize, or size in preprocessor_config.json) without a \
-                 crop: smaller than one {patch}x{patch} patch"
-            )));
-        }
-    }
-    Ok(config)
+    let resolution = Resolution {
+        resize: args.resize,
+        crop: args
+            .crop
+            .map(|(height, width)| HeightWidth { height, width }),
+        no_crop: args.no_crop,
+    };
+    let patch = u32::try_from(patch).unwrap_or(u32::MAX);
+    Ok(preprocess_config(dir)?
+        .with_resolution(&resolution, patch)
+        .map_err(dinov2::Error::from)?)
 }
 
 /// The device the job opens first and the other GPUs it runs on: `--gpus` when given (the first

@@ -173,6 +173,19 @@ impl Default for PreprocessConfig {
 
 const ORIGIN_MEMORY: &str = "in-memory preprocessor config";
 
+/// Overrides of a checkpoint's resolution, as `dinov2 embed --resize/--crop/--no-crop` and the
+/// Python binding's `resize`/`crop` give them ([`PreprocessConfig::with_resolution`]). Each sets a
+/// `BitImageProcessor` field, so transformers can do the same.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resolution {
+    /// Resize so that the shortest edge has this many pixels (`size.shortest_edge`).
+    pub resize: Option<u32>,
+    /// Center-crop to this size (`crop_size`, `do_center_crop: true`).
+    pub crop: Option<HeightWidth>,
+    /// Keep the whole resized image (`do_center_crop: false`).
+    pub no_crop: bool,
+}
+
 impl PreprocessConfig {
     /// The class defaults of transformers' `BitImageProcessorPil`, used for keys missing from a
     /// `preprocessor_config.json`: shortest edge 224, crop 224x224, bicubic, CLIP mean/std.
@@ -183,6 +196,48 @@ impl PreprocessConfig {
             image_std: OPENAI_CLIP_STD,
             ..PreprocessConfig::default()
         }
+    }
+
+    /// This configuration with `resolution`'s overrides, checked for a model of `patch` x `patch`
+    /// patches: an error ([`ImageError::Resolution`]) when a center crop has more pixels than
+    /// [`crate::MAX_RESIZED_PIXELS`] or is smaller than one patch, or when an uncropped resize
+    /// makes the shortest edge smaller than one patch.
+    pub fn with_resolution(mut self, resolution: &Resolution, patch: u32) -> Result<Self> {
+        if let Some(edge) = resolution.resize {
+            self.size = SizeSpec::ShortestEdge(edge);
+            self.do_resize = true;
+        }
+        if let Some(crop) = resolution.crop {
+            self.crop_size = crop;
+            self.do_center_crop = true;
+        }
+        if resolution.no_crop {
+            self.do_center_crop = false;
+        }
+        let fail = |detail: String| Err(ImageError::Resolution { detail });
+        let HeightWidth { height, width } = self.crop_size;
+        let limit = crate::MAX_RESIZED_PIXELS;
+        if self.do_center_crop && height as u64 * width as u64 > limit {
+            return fail(format!(
+                "center crop {height}x{width}: more pixels than the limit of {limit}"
+            ));
+        }
+        if self.do_center_crop && height.min(width) < patch {
+            return fail(format!(
+                "center crop {height}x{width}: smaller than one {patch}x{patch} patch"
+            ));
+        }
+        if let (false, true, SizeSpec::ShortestEdge(edge)) =
+            (self.do_center_crop, self.do_resize, self.size)
+        {
+            if edge < patch {
+                return fail(format!(
+                    "shortest edge {edge} (the resize, or size in preprocessor_config.json) \
+                     without a crop: smaller than one {patch}x{patch} patch"
+                ));
+            }
+        }
+        Ok(self)
     }
 
     /// Reads and parses a `preprocessor_config.json` file.

@@ -182,6 +182,14 @@ pub enum ImageError {
         found: String,
     },
 
+    /// Resolution overrides that the model cannot take
+    /// ([`crate::PreprocessConfig::with_resolution`]).
+    #[error("{detail}")]
+    Resolution {
+        /// What is wrong, naming the size.
+        detail: String,
+    },
+
     /// A preprocessing step cannot be carried out for this image and configuration.
     #[error("cannot preprocess a {width}x{height} image: {detail}")]
     Preprocess {
@@ -208,7 +216,9 @@ impl ImageError {
             | ImageError::Corrupt { .. }
             | ImageError::Unsupported { .. }
             | ImageError::InvalidImage { .. } => "decode",
-            ImageError::ConfigSyntax { .. } | ImageError::ConfigField { .. } => "config",
+            ImageError::ConfigSyntax { .. }
+            | ImageError::ConfigField { .. }
+            | ImageError::Resolution { .. } => "config",
             ImageError::Preprocess { .. } => "preprocess",
         }
     }

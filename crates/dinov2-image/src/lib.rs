@@ -32,7 +32,7 @@ mod rgb;
 use std::path::Path;
 
 pub use config::{
-    HeightWidth, PreprocessConfig, Resample, SizeSpec, IMAGENET_MEAN, IMAGENET_STD,
+    HeightWidth, PreprocessConfig, Resample, Resolution, SizeSpec, IMAGENET_MEAN, IMAGENET_STD,
     OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
 };
 pub use decode::{

@@ -5,8 +5,8 @@ mod common;
 
 use common::fixtures;
 use dinov2_image::{
-    HeightWidth, ImageError, PreprocessConfig, Resample, SizeSpec, IMAGENET_MEAN, IMAGENET_STD,
-    OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+    HeightWidth, ImageError, PreprocessConfig, Resample, Resolution, SizeSpec, IMAGENET_MEAN,
+    IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
 };
 
 /// The file shipped with facebook/dinov2-small/base/large/giant.
@@ -233,5 +233,63 @@ fn syntax_errors_and_files() {
     assert!(
         matches!(err, ImageError::Io { .. }) && err.to_string().contains("nope.json"),
         "{err}"
+    );
+}
+
+#[test]
+fn resolution_overrides_are_checked_against_the_patch() {
+    let base = PreprocessConfig::default();
+    let larger = Resolution {
+        resize: Some(512),
+        crop: Some(HeightWidth {
+            height: 448,
+            width: 336,
+        }),
+        no_crop: false,
+    };
+    let c = base.clone().with_resolution(&larger, 14).unwrap();
+    assert_eq!(c.size, SizeSpec::ShortestEdge(512));
+    assert_eq!((c.crop_size.height, c.crop_size.width), (448, 336));
+    assert!(c.do_center_crop && c.do_resize);
+    let whole = Resolution {
+        no_crop: true,
+        ..Resolution::default()
+    };
+    assert!(
+        !base
+            .clone()
+            .with_resolution(&whole, 14)
+            .unwrap()
+            .do_center_crop
+    );
+    assert_eq!(
+        base.clone()
+            .with_resolution(&Resolution::default(), 14)
+            .unwrap(),
+        base
+    );
+
+    let refused = |r: Resolution, want: &str| {
+        let e = base.clone().with_resolution(&r, 14).unwrap_err();
+        assert!(matches!(e, ImageError::Resolution { .. }), "{e:?}");
+        assert!(e.to_string().contains(want), "{e}");
+        assert_eq!(e.stage(), "config");
+    };
+    let crop = |height, width| Resolution {
+        crop: Some(HeightWidth { height, width }),
+        ..Resolution::default()
+    };
+    refused(
+        crop(13, 224),
+        "center crop 13x224: smaller than one 14x14 patch",
+    );
+    refused(crop(100_000, 100_000), "more pixels than the limit");
+    refused(
+        Resolution {
+            resize: Some(10),
+            no_crop: true,
+            crop: None,
+        },
+        "shortest edge 10",
     );
 }

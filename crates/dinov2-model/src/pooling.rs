@@ -82,6 +82,28 @@ pub struct Embedding {
 }
 
 impl Embedding {
+    /// The shape of this embedding of `pooling`, with `prefix` (1 + registers) tokens before the
+    /// patches: `[D]` for a vector, `[R, D]` for the registers, `[gh, gw, D]` for the patch grid,
+    /// `[S, D]` for every token. `None` when the values do not divide into that shape (or a grid
+    /// pooling came without its grid).
+    pub fn shape(&self, pooling: Pooling, prefix: usize) -> Option<Vec<usize>> {
+        let len = self.values.len();
+        let rows = match pooling {
+            Pooling::Cls | Pooling::Mean | Pooling::ClsMean => return Some(vec![len]),
+            Pooling::Patch => {
+                let (gh, gw) = self.grid?;
+                let cells = gh.checked_mul(gw)?;
+                return (cells > 0 && len % cells == 0).then(|| vec![gh, gw, len / cells]);
+            }
+            Pooling::Registers => prefix.checked_sub(1)?,
+            Pooling::Tokens => {
+                let (gh, gw) = self.grid?;
+                prefix.checked_add(gh.checked_mul(gw)?)?
+            }
+        };
+        (rows > 0 && len % rows == 0).then(|| vec![rows, len / rows])
+    }
+
     /// This embedding of [`Pooling::Tokens`] (`prefix` = 1 + registers tokens before the
     /// patches; `layers` hidden states concatenated per token, 1 without intermediate layers),
     /// pooled as `pooling` and L2-normalized when `normalize`: the values a pass with that
@@ -313,5 +335,30 @@ mod tests {
         assert_eq!(p.data, vec![2.0, 3.0, 4.0, 5.0, 8.0, 9.0, 10.0, 11.0]);
         let m = pool_tokens(&t, 1, Pooling::ClsMean);
         assert_eq!(m.data, vec![0.0, 1.0, 3.0, 4.0, 6.0, 7.0, 9.0, 10.0]);
+    }
+
+    #[test]
+    fn shapes_of_each_pooling() {
+        let e = |n: usize, grid| Embedding {
+            values: vec![0.0; n],
+            grid,
+        };
+        // h = 4, 1 register (prefix 2), a 2 x 3 grid.
+        assert_eq!(e(4, None).shape(Pooling::Cls, 2), Some(vec![4]));
+        assert_eq!(e(8, None).shape(Pooling::ClsMean, 2), Some(vec![8]));
+        assert_eq!(e(4, None).shape(Pooling::Registers, 2), Some(vec![1, 4]));
+        assert_eq!(
+            e(24, Some((2, 3))).shape(Pooling::Patch, 2),
+            Some(vec![2, 3, 4])
+        );
+        assert_eq!(
+            e(32, Some((2, 3))).shape(Pooling::Tokens, 2),
+            Some(vec![8, 4])
+        );
+        // Values that do not divide, a missing grid, no registers.
+        assert_eq!(e(25, Some((2, 3))).shape(Pooling::Patch, 2), None);
+        assert_eq!(e(24, None).shape(Pooling::Patch, 2), None);
+        assert_eq!(e(30, Some((2, 3))).shape(Pooling::Tokens, 2), None);
+        assert_eq!(e(4, None).shape(Pooling::Registers, 1), None);
     }
 }

@@ -81,29 +81,13 @@ impl Outputs {
     /// The shape of `e`, an embedding of `pooling`: `[D]` for a vector, `[R, D]` for the
     /// registers, `[gh, gw, D]` for the patch grid, `[S, D]` for every token.
     fn shape(&self, pooling: Pooling, e: &Embedding) -> Result<Vec<usize>, String> {
-        let len = e.values.len();
-        let grid = || {
-            e.grid
-                .ok_or_else(|| format!("the {pooling} output came without its patch grid"))
-        };
-        let tokens = match pooling {
-            Pooling::Cls | Pooling::Mean | Pooling::ClsMean => return Ok(vec![len]),
-            Pooling::Patch => {
-                let (gh, gw) = grid()?;
-                return Ok(vec![gh, gw, len / (gh * gw).max(1)]);
-            }
-            Pooling::Registers => self.prefix - 1,
-            Pooling::Tokens => {
-                let (gh, gw) = grid()?;
-                self.prefix + gh * gw
-            }
-        };
-        if tokens == 0 || len % tokens != 0 {
-            return Err(format!(
-                "the {pooling} output holds {len} values, not a whole number of {tokens} tokens"
-            ));
-        }
-        Ok(vec![tokens, len / tokens])
+        e.shape(pooling, self.prefix).ok_or_else(|| {
+            format!(
+                "the {pooling} output holds {} values, not a {pooling} shape (grid {:?})",
+                e.values.len(),
+                e.grid
+            )
+        })
     }
 }
 
