@@ -1,0 +1,395 @@
+//! `Embedder`: a checkpoint on a device with its preprocessing and pooling, embedding lists of
+//! images with the GIL released.
+
+use std::path::PathBuf;
+
+use dinov2::image::{DecodeOptions, HeightWidth, PixelValues, PreprocessConfig, Resolution};
+use dinov2::{
+    prepare_image, preprocess_config, Backend, Checkpoint, CpuBackend, CudaBackend, Device, Dinov2,
+    Dinov2Config, Dtype, Embedding, Pooling,
+};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use rayon::prelude::*;
+
+use crate::embeddings::{Embeddings, Row};
+use crate::inputs::{self, Source};
+
+/// The embedder on its backend (boxed: the two differ in size).
+enum Backed {
+    Cpu(Box<dinov2::Embedder<CpuBackend>>),
+    Cuda(Box<dinov2::Embedder<CudaBackend>>),
+}
+
+/// Runs `$body` with `$e` bound to the embedder, whichever its backend.
+macro_rules! on_backend {
+    ($backed:expr, |$e:ident| $body:expr) => {
+        match $backed {
+            Backed::Cpu($e) => $body,
+            Backed::Cuda($e) => $body,
+        }
+    };
+}
+
+/// A DINOv2 checkpoint with its preprocessing, on the CPU or a CUDA GPU.
+///
+/// `Embedder(model, device="cpu", dtype="f32", pooling="cls", normalize=False, layers=None,
+/// layer_norm=True, batch_size=None, resize=None, crop=None, no_crop=False)`: `model` is a
+/// directory holding `config.json` and `model.safetensors` (a Hugging Face snapshot, e.g. from
+/// `huggingface_hub.snapshot_download("facebook/dinov2-small")`), preprocessed as its
+/// `preprocessor_config.json` says, with `resize`/`crop`/`no_crop` overriding the resolution as
+/// `dinov2 embed --resize/--crop/--no-crop` do.
+#[pyclass(frozen, module = "dinov2_rs")]
+pub struct Embedder {
+    backed: Backed,
+    config: Dinov2Config,
+    preprocess: PreprocessConfig,
+    decode: DecodeOptions,
+    device: Device,
+    dtype: Dtype,
+    pooling: Pooling,
+    normalize: bool,
+    layers: Option<Vec<usize>>,
+}
+
+/// How a Python argument was wrong.
+fn bad(name: &str, message: impl std::fmt::Display) -> PyErr {
+    PyValueError::new_err(format!("{name}: {message}"))
+}
+
+#[pymethods]
+impl Embedder {
+    #[new]
+    #[pyo3(signature = (
+        model, *, device = "cpu", dtype = "f32", pooling = "cls", normalize = false,
+        layers = None, layer_norm = true, batch_size = None, resize = None, crop = None,
+        no_crop = false, max_pixels = None, max_side = None, apply_exif_orientation = false,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        model: PathBuf,
+        device: &str,
+        dtype: &str,
+        pooling: &str,
+        normalize: bool,
+        layers: Option<Vec<usize>>,
+        layer_norm: bool,
+        batch_size: Option<usize>,
+        resize: Option<u32>,
+        crop: Option<Bound<'_, PyAny>>,
+        no_crop: bool,
+        max_pixels: Option<u64>,
+        max_side: Option<u32>,
+        apply_exif_orientation: bool,
+    ) -> PyResult<Self> {
+        let device: Device = device.parse().map_err(|e| bad("device", e))?;
+        let dtype: Dtype = dtype.parse().map_err(|e| bad("dtype", e))?;
+        let pooling: Pooling = pooling.parse().map_err(|e| bad("pooling", e))?;
+        if batch_size == Some(0) {
+            return Err(bad("batch_size", "expected at least 1"));
+        }
+        let resolution = Resolution {
+            resize,
+            crop: crop.map(|c| crop_size(&c)).transpose()?,
+            no_crop,
+        };
+        if resolution.crop.is_some() && no_crop {
+            return Err(bad("crop", "cannot be given with no_crop=True"));
+        }
+        let defaults = DecodeOptions::default();
+        let decode = DecodeOptions {
+            max_pixels: max_pixels.unwrap_or(defaults.max_pixels),
+            max_dimension: max_side.unwrap_or(defaults.max_dimension),
+            apply_exif_orientation,
+            draft: None,
+        };
+        let dir = model.clone();
+        let loaded = py.detach(move || -> dinov2::Result<_> {
+            let checkpoint = Checkpoint::open(&dir)?;
+            let patch = u32::try_from(checkpoint.config.patch_size).unwrap_or(u32::MAX);
+            let preprocess = preprocess_config(&dir)?.with_resolution(&resolution, patch)?;
+            let backed = match device {
+                Device::Cpu => Backed::Cpu(Box::new(dinov2::Embedder::new(
+                    Dinov2::load(CpuBackend::new(dtype)?, &checkpoint)?,
+                    preprocess.clone(),
+                ))),
+                Device::Cuda(n) => Backed::Cuda(Box::new(dinov2::Embedder::new(
+                    Dinov2::load(CudaBackend::new(n, dtype)?, &checkpoint)?,
+                    preprocess.clone(),
+                ))),
+            };
+            Ok((checkpoint.config, preprocess, backed))
+        });
+        let (config, preprocess, backed) =
+            loaded.map_err(|e| PyValueError::new_err(format!("{}: {e}", model.display())))?;
+        if pooling == Pooling::Registers && config.num_register_tokens == 0 {
+            return Err(bad(
+                "pooling",
+                "registers: this model has no register tokens (a dinov2_with_registers \
+                 checkpoint has)",
+            ));
+        }
+        if let Some(layers) = &layers {
+            let last = config.num_hidden_layers;
+            if layers.is_empty() || layers.iter().any(|&l| l > last) {
+                return Err(bad(
+                    "layers",
+                    format!(
+                        "expected hidden states 0 (the embeddings) to {last} (the last layer), \
+                         found {layers:?}"
+                    ),
+                ));
+            }
+        }
+        let options = (pooling, normalize, layers.clone(), layer_norm, batch_size);
+        let backed = match backed {
+            Backed::Cpu(e) => Backed::Cpu(Box::new(configure(*e, options))),
+            Backed::Cuda(e) => Backed::Cuda(Box::new(configure(*e, options))),
+        };
+        Ok(Embedder {
+            backed,
+            config,
+            preprocess,
+            decode,
+            device,
+            dtype,
+            pooling,
+            normalize,
+            layers,
+        })
+    }
+
+    /// Embeds `images`, in order: a list of encoded images (bytes), paths, pixel arrays or PIL
+    /// images, or an Arrow column. Returns an `Embeddings` with a row per image.
+    ///
+    /// `on_error="raise"` (the default) raises `ValueError` naming the first image that could
+    /// not be read, decoded or embedded (the others are not returned); `on_error="null"` keeps
+    /// going: such a row is NaN (null in Arrow) and `Embeddings.errors` says why.
+    #[pyo3(signature = (images, *, on_error = "raise"))]
+    fn embed(
+        &self,
+        py: Python<'_>,
+        images: &Bound<'_, PyAny>,
+        on_error: &str,
+    ) -> PyResult<Embeddings> {
+        let raise = match on_error {
+            "raise" => true,
+            "null" => false,
+            other => {
+                return Err(bad(
+                    "on_error",
+                    format!("expected \"raise\" or \"null\", found {other:?}"),
+                ))
+            }
+        };
+        let sources = inputs::sources(images)?;
+        let results =
+            py.detach(|| on_backend!(&self.backed, |e| self.embed_all(e.as_ref(), &sources)))?;
+        let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        if raise && !failed.is_empty() {
+            return Err(PyValueError::new_err(format!(
+                "{} of {} images failed (on_error=\"null\" keeps the others); the first: {}",
+                failed.len(),
+                results.len(),
+                failed[0]
+            )));
+        }
+        let prefix = 1 + self.config.num_register_tokens;
+        let rows = results
+            .into_iter()
+            .map(|r| {
+                r.and_then(|e| {
+                    let shape = e
+                        .shape(self.pooling, prefix)
+                        .ok_or_else(|| format!("the model returned {} values", e.values.len()))?;
+                    Ok(Row {
+                        values: e.values,
+                        shape,
+                        grid: e.grid,
+                    })
+                })
+            })
+            .collect();
+        Ok(Embeddings::new(rows, self.vector_shape()))
+    }
+
+    /// Values per vector (per token for the token poolings): the hidden size, times the
+    /// number of `layers` concatenated, times 2 for `cls+mean`.
+    #[getter]
+    fn dim(&self) -> usize {
+        let per = self.config.hidden_size * self.layers.as_ref().map_or(1, Vec::len);
+        match self.pooling {
+            Pooling::ClsMean => 2 * per,
+            _ => per,
+        }
+    }
+
+    /// `cpu` or `cuda:N`.
+    #[getter]
+    fn device(&self) -> String {
+        self.device.to_string()
+    }
+
+    /// The compute precision: `f32`, `f16` or `bf16`.
+    #[getter]
+    fn dtype(&self) -> String {
+        self.dtype.to_string()
+    }
+
+    /// The pooling: `cls`, `mean`, `cls+mean`, `patch`, `registers` or `tokens`.
+    #[getter]
+    fn pooling(&self) -> String {
+        self.pooling.to_string()
+    }
+
+    /// Whether each vector (each token's, for the token poolings) is L2-normalized.
+    #[getter]
+    fn normalize(&self) -> bool {
+        self.normalize
+    }
+
+    /// The model's hidden size.
+    #[getter]
+    fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    /// The model's number of layers.
+    #[getter]
+    fn num_layers(&self) -> usize {
+        self.config.num_hidden_layers
+    }
+
+    /// Register tokens (0 without).
+    #[getter]
+    fn num_register_tokens(&self) -> usize {
+        self.config.num_register_tokens
+    }
+
+    /// Pixels per patch side (14).
+    #[getter]
+    fn patch_size(&self) -> usize {
+        self.config.patch_size
+    }
+
+    /// The center crop `(height, width)` images are brought to, or `None` without a crop
+    /// (each image's grid then follows its aspect ratio).
+    #[getter]
+    fn crop_size(&self) -> Option<(u32, u32)> {
+        let HeightWidth { height, width } = self.preprocess.crop_size;
+        self.preprocess.do_center_crop.then_some((height, width))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Embedder(hidden_size={}, layers={}, registers={}, device={}, dtype={}, \
+             pooling={}, normalize={})",
+            self.config.hidden_size,
+            self.config.num_hidden_layers,
+            self.config.num_register_tokens,
+            self.device,
+            self.dtype,
+            self.pooling,
+            if self.normalize { "True" } else { "False" },
+        )
+    }
+}
+
+impl Embedder {
+    /// Every source's embedding or error, a batch at a time: decoded in parallel, then embedded.
+    /// Ctrl-C (a pending signal) stops between batches.
+    fn embed_all<B: Backend>(
+        &self,
+        embedder: &dinov2::Embedder<B>,
+        sources: &[Source],
+    ) -> PyResult<Vec<Result<Embedding, String>>> {
+        let mut out = Vec::with_capacity(sources.len());
+        for window in sources.chunks(embedder.batch_size()) {
+            Python::attach(|py| py.check_signals())?;
+            let prepared: Vec<Result<PixelValues, String>> =
+                window.par_iter().map(|s| self.prepare(s)).collect();
+            let good = prepared.iter().filter_map(|p| p.as_ref().ok().cloned());
+            let mut embedded = embedder
+                .embed_prepared_each(good.map(Ok).collect())
+                .into_iter();
+            for p in prepared {
+                out.push(p.and_then(|_| match embedded.next() {
+                    Some(result) => result.map_err(|e| e.to_string()),
+                    None => Err("the model returned no result for this image".into()),
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads, decodes and preprocesses one source.
+    fn prepare(&self, source: &Source) -> Result<PixelValues, String> {
+        let prepared = match source {
+            Source::Encoded { bytes, origin } => {
+                prepare_image(bytes, origin, &self.decode, &self.preprocess).map(|p| p.0)
+            }
+            Source::Path(path) => dinov2::image::read_file(path)
+                .map_err(dinov2::Error::from)
+                .and_then(|bytes| {
+                    let origin = path.display().to_string();
+                    prepare_image(&bytes, &origin, &self.decode, &self.preprocess)
+                })
+                .map(|p| p.0),
+            Source::Rgb(image) => {
+                dinov2::image::preprocess(image, &self.preprocess).map_err(dinov2::Error::from)
+            }
+            Source::Invalid(message) => return Err(message.clone()),
+        };
+        prepared.map_err(|e| e.to_string())
+    }
+
+    /// The row shape of the vector poolings, known without an image (for a list whose images
+    /// all failed); `None` for the grid poolings.
+    fn vector_shape(&self) -> Option<Vec<usize>> {
+        let d = self.dim();
+        match self.pooling {
+            Pooling::Cls | Pooling::Mean | Pooling::ClsMean => Some(vec![d]),
+            Pooling::Registers => Some(vec![self.config.num_register_tokens, d]),
+            Pooling::Patch | Pooling::Tokens => None,
+        }
+    }
+}
+
+/// Pooling, normalize, layers, layer norm and batch size, as `Embedder(...)` takes them.
+type Options = (Pooling, bool, Option<Vec<usize>>, bool, Option<usize>);
+
+/// The embedder with the pooling, normalization, layers and batch size asked for.
+fn configure<B: Backend>(
+    embedder: dinov2::Embedder<B>,
+    (pooling, normalize, layers, layer_norm, batch_size): Options,
+) -> dinov2::Embedder<B> {
+    let mut e = embedder.with_pooling(pooling).with_normalize(normalize);
+    if let Some(layers) = layers {
+        e = e.with_layers(layers, layer_norm);
+    }
+    match batch_size {
+        Some(n) => e.with_batch_size(n),
+        None => e,
+    }
+}
+
+/// `crop=224` or `crop=(height, width)`.
+fn crop_size(crop: &Bound<'_, PyAny>) -> PyResult<HeightWidth> {
+    let (height, width) = match crop.extract::<u32>() {
+        Ok(n) => (n, n),
+        Err(_) => crop.extract::<(u32, u32)>().map_err(|_| {
+            bad(
+                "crop",
+                format!(
+                    "expected a size such as 224 or (448, 336), found {}",
+                    inputs::type_name(crop)
+                ),
+            )
+        })?,
+    };
+    if height == 0 || width == 0 {
+        return Err(bad("crop", "expected sizes of at least 1"));
+    }
+    Ok(HeightWidth { height, width })
+}

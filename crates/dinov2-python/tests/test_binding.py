@@ -1,0 +1,177 @@
+"""Tests of the `dinov2_rs` extension module, run by `tests/python.rs` (cargo test).
+
+$DINOV2_EXPECTED names a JSON file with the model directory, the image paths and the Rust
+library's vectors for them (`cls`, `patch`). The core checks need only the standard library
+(memoryview reads the buffer); NumPy, pyarrow and Pillow checks run where those are installed.
+"""
+
+import json
+import math
+import os
+import pathlib
+import unittest
+
+import dinov2_rs
+
+EXPECTED = json.loads(pathlib.Path(os.environ["DINOV2_EXPECTED"]).read_text())
+MODEL = EXPECTED["model"]
+IMAGES = EXPECTED["images"]
+
+
+def optional(name):
+    try:
+        return __import__(name)
+    except ImportError:
+        return None
+
+
+np = optional("numpy")
+pa = optional("pyarrow")
+PIL = optional("PIL")
+if PIL is not None:
+    from PIL import Image
+
+
+def flat(values):
+    """A nested list of floats, flattened."""
+    if isinstance(values, list):
+        return [x for v in values for x in flat(v)]
+    return [values]
+
+
+def assert_close(case, got, want, what):
+    got, want = flat(got), flat(want)
+    case.assertEqual(len(got), len(want), what)
+    scale = max(abs(w) for w in want)
+    worst = max(abs(g - w) for g, w in zip(got, want))
+    case.assertLessEqual(worst, 1e-6 * scale, f"{what}: off by {worst}")
+
+
+class Core(unittest.TestCase):
+    """What works with the standard library alone."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.model = dinov2_rs.Embedder(MODEL)
+
+    def test_paths_bytes_and_bytearrays_give_the_library_s_vectors(self):
+        raw = [pathlib.Path(p).read_bytes() for p in IMAGES]
+        for images in (IMAGES, [pathlib.Path(p) for p in IMAGES], raw, [bytearray(r) for r in raw]):
+            out = self.model.embed(images)
+            self.assertEqual(len(out), len(IMAGES))
+            self.assertEqual(out.shape, (len(IMAGES), self.model.dim))
+            view = memoryview(out)
+            self.assertEqual((view.format, view.shape, view.readonly), ("f", out.shape, True))
+            assert_close(self, view.tolist(), EXPECTED["cls"], "cls")
+
+    def test_patch_grids_have_their_shape(self):
+        model = dinov2_rs.Embedder(MODEL, pooling="patch")
+        out = model.embed(IMAGES)
+        self.assertEqual(out.shape, (len(IMAGES), 16, 16, model.dim))
+        self.assertEqual(out.grids, [(16, 16)] * len(IMAGES))
+        assert_close(self, memoryview(out).tolist(), EXPECTED["patch"], "patch")
+        self.assertEqual(memoryview(out[1]).shape, (16, 16, model.dim))
+        assert_close(self, memoryview(out[-1]).tolist(), EXPECTED["patch"][-1], "row -1")
+
+    def test_bad_images_raise_or_become_null_rows(self):
+        images = [IMAGES[0], "/no/such/image.jpg", b"not an image", None]
+        with self.assertRaisesRegex(ValueError, r"3 of 4 images failed.*image\.jpg"):
+            self.model.embed(images)
+        out = self.model.embed(images, on_error="null")
+        self.assertEqual(out.ok, [True, False, False, False])
+        self.assertEqual([row for row, _ in out.errors], [1, 2, 3])
+        self.assertIn("image 2: expected a JPEG", out.errors[1][1])
+        rows = memoryview(out).tolist()
+        assert_close(self, rows[0], EXPECTED["cls"][0], "the good row")
+        self.assertTrue(all(math.isnan(v) for row in rows[1:] for v in row))
+
+    def test_wrong_arguments_name_themselves(self):
+        for kwargs, message in [
+            ({"device": "tpu"}, "device: unknown device"),
+            ({"dtype": "f8"}, "dtype: unknown dtype"),
+            ({"pooling": "max"}, "pooling: unknown pooling"),
+            ({"pooling": "registers"}, "no register tokens"),
+            ({"layers": [3]}, "layers: expected hidden states 0"),
+            ({"crop": 5}, "smaller than one 14x14 patch"),
+            ({"crop": (224, 224), "no_crop": True}, "crop: cannot be given"),
+            ({"batch_size": 0}, "batch_size: expected at least 1"),
+        ]:
+            with self.assertRaisesRegex(ValueError, message):
+                dinov2_rs.Embedder(MODEL, **kwargs)
+        with self.assertRaisesRegex(ValueError, "does not exist"):
+            dinov2_rs.Embedder("/no/such/model")
+        with self.assertRaisesRegex(TypeError, "single str"):
+            self.model.embed(IMAGES[0])
+        with self.assertRaisesRegex(TypeError, "image 1: expected encoded image bytes"):
+            self.model.embed([IMAGES[0], 1.5])
+        with self.assertRaisesRegex(ValueError, "on_error"):
+            self.model.embed(IMAGES, on_error="skip")
+
+    def test_no_images_is_an_empty_table(self):
+        out = self.model.embed([])
+        self.assertEqual((len(out), out.shape), (0, (0, self.model.dim)))
+
+    def test_resolution_and_layers(self):
+        model = dinov2_rs.Embedder(MODEL, pooling="patch", resize=224, no_crop=True)
+        out = model.embed(IMAGES)
+        self.assertIsNone(out.shape)  # the aspect ratios differ
+        self.assertEqual([s[:2] for s in out.shapes], [list(g) for g in out.grids])
+        with self.assertRaises(BufferError):
+            memoryview(out)
+        self.assertEqual(memoryview(out[0]).shape, tuple(out.shapes[0]))
+        model = dinov2_rs.Embedder(MODEL, layers=[1, 2], pooling="cls+mean", normalize=True)
+        self.assertEqual(model.dim, 4 * model.hidden_size)
+        row = memoryview(model.embed(IMAGES[:1])).tolist()[0]
+        self.assertEqual(len(row), model.dim)
+        self.assertAlmostEqual(sum(v * v for v in row), 1.0, places=5)
+
+
+@unittest.skipIf(np is None, "NumPy is not installed")
+class WithNumpy(unittest.TestCase):
+    def test_arrays_share_the_memory_and_pixels_are_images(self):
+        model = dinov2_rs.Embedder(MODEL)
+        out = model.embed(IMAGES)
+        array = np.asarray(out)
+        self.assertEqual((array.dtype, array.shape), (np.float32, out.shape))
+        self.assertFalse(array.flags.owndata)
+        del out
+        np.testing.assert_allclose(array, EXPECTED["cls"], rtol=0, atol=1e-6)
+        if PIL is not None:
+            image = Image.open(IMAGES[0])
+            pixels = np.asarray(image.convert("RGB"))
+            out = model.embed([image, pixels, pixels[::2, ::2]])
+            np.testing.assert_allclose(np.asarray(out)[:2], [EXPECTED["cls"][0]] * 2, atol=1e-6)
+        with self.assertRaisesRegex(TypeError, "found numpy.ndarray of float32"):
+            model.embed([np.zeros((4, 4, 3), np.float32)])
+
+    def test_ragged_rows_refuse_one_array(self):
+        model = dinov2_rs.Embedder(MODEL, pooling="patch", resize=224, no_crop=True)
+        with self.assertRaisesRegex(ValueError, "different shapes"):
+            np.asarray(model.embed(IMAGES))
+
+
+@unittest.skipIf(pa is None, "pyarrow is not installed")
+class WithArrow(unittest.TestCase):
+    def test_arrow_columns_in_and_out(self):
+        model = dinov2_rs.Embedder(MODEL)
+        raw = [pathlib.Path(p).read_bytes() for p in IMAGES]
+        for column in (
+            pa.array(raw),
+            pa.array(raw, pa.large_binary()),
+            pa.chunked_array([raw[:1], raw[1:]]),
+            pa.array(IMAGES),
+            pa.array([{"bytes": r, "path": None} for r in raw]),
+        ):
+            out = pa.array(model.embed(column))
+            self.assertEqual(out.type, pa.list_(pa.float32(), model.dim))
+            assert_close(self, out.to_pylist(), EXPECTED["cls"], str(column.type))
+        out = pa.array(model.embed(pa.array([raw[0], None]), on_error="null"))
+        self.assertEqual(out.null_count, 1)
+        ragged = dinov2_rs.Embedder(MODEL, pooling="patch", resize=224, no_crop=True)
+        self.assertEqual(pa.array(ragged.embed(IMAGES)).type, pa.large_list(pa.float32()))
+        with self.assertRaisesRegex(TypeError, "struct column needs a `bytes` field"):
+            model.embed(pa.array([{"x": 1}]))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
