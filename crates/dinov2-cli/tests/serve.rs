@@ -38,18 +38,46 @@ fn serve(args: &[&str]) -> Server {
         .expect("dinov2 serve starts");
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
+    // A server that never says where it listens is killed after two minutes, which ends its
+    // stderr: the test then fails instead of waiting forever.
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (pid, watched) = (child.id().to_string(), ready.clone());
+    std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        while !watched.load(std::sync::atomic::Ordering::Relaxed) {
+            if start.elapsed() > LIMIT * 2 {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    });
     let addr = loop {
         let line = lines
             .next()
             .expect("the server says where it listens")
             .unwrap();
         if let Some(addr) = line.strip_prefix("listening on http://") {
+            ready.store(true, std::sync::atomic::Ordering::Relaxed);
             break addr.to_string();
         }
     };
     // Keep reading stderr so that the server never blocks on it.
     std::thread::spawn(move || lines.for_each(drop));
     Server { child, addr }
+}
+
+/// The longest a test waits on the server for one read or write: longer than any of the
+/// server's own deadlines, so that a server that never answers fails the test instead of hanging
+/// it.
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A connection to the server whose reads and writes give up after [`LIMIT`].
+fn connect(server: &Server) -> TcpStream {
+    let stream = TcpStream::connect(&server.addr).unwrap();
+    stream.set_read_timeout(Some(LIMIT)).unwrap();
+    stream.set_write_timeout(Some(LIMIT)).unwrap();
+    stream
 }
 
 /// One HTTP/1.1 request: the status and the body.
@@ -60,7 +88,7 @@ fn request(
     content_type: &str,
     body: &[u8],
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    let mut stream = connect(server);
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
@@ -360,10 +388,7 @@ fn a_full_queue_is_refused_at_once() {
 
 /// Sends `raw` bytes on one connection and reads until the server closes it.
 fn raw_exchange(server: &Server, raw: &[u8]) -> String {
-    let mut stream = TcpStream::connect(&server.addr).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
+    let mut stream = connect(server);
     let _ = stream.write_all(raw);
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
@@ -440,7 +465,7 @@ fn the_http_layer_holds_up_against_odd_clients() {
         );
     }
     // Expect: 100-continue gets its interim answer before the body is sent.
-    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    let mut stream = connect(&server);
     stream
         .write_all(b"POST /embed HTTP/1.1\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 13\r\nConnection: close\r\n\r\n")
         .unwrap();
@@ -454,7 +479,7 @@ fn the_http_layer_holds_up_against_odd_clients() {
     // Clients that connect and stay silent hold a connection thread each only until the idle
     // timeout: with both threads held, new connections wait, then are served.
     let idle: Vec<TcpStream> = (0..2)
-        .map(|_| TcpStream::connect(&server.addr).unwrap())
+        .map(|_| connect(&server))
         .collect();
     let (status, _) = request(&server, "GET", "/health", "text/plain", b"");
     assert_eq!(status, 200);
