@@ -88,11 +88,31 @@ fn request(
     content_type: &str,
     body: &[u8],
 ) -> (u16, String) {
+    let (status, body) = exchange(
+        server,
+        method,
+        path,
+        &[("Content-Type", content_type)],
+        body,
+    );
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// One HTTP/1.1 request with these headers: the status and the body's bytes.
+fn exchange(
+    server: &Server,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<u8>) {
     let mut stream = connect(server);
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        server.addr,
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", server.addr);
+    for (name, value) in headers {
+        head += &format!("{name}: {value}\r\n");
+    }
+    head += &format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).unwrap();
@@ -100,16 +120,17 @@ fn request(
     let _ = stream.write_all(body);
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).unwrap();
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(&answer)));
+    let head = String::from_utf8_lossy(&answer[..split]).into_owned();
+    let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string());
-    (status, body)
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, answer[split + 4..].to_vec())
 }
 
 fn post_json(server: &Server, path: &str, body: &Value) -> (u16, Value) {
@@ -341,6 +362,111 @@ fn serves_the_embed_verbs_vectors_and_refuses_bad_requests() {
     assert_eq!(count("dinov2_images_in_flight"), 0.0);
 }
 
+/// `/embed` takes files as `curl -F` sends them, and answers `.npy` to a client that asks.
+#[test]
+fn embed_takes_form_files_and_answers_npy() {
+    let server = serve(&["--max-inputs", "3"]);
+    let images: Vec<PathBuf> = ["chelsea.jpg", "camera.png"]
+        .iter()
+        .map(|n| root().join("assets/images").join(n))
+        .collect();
+    let want = embedded(&images);
+    let boundary = "------------------------d74496d66958873e";
+    let mut form = Vec::new();
+    form.extend(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nx\r\n")
+            .bytes(),
+    );
+    for (i, path) in images.iter().enumerate() {
+        form.extend(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; \
+                 filename=\"{i}.img\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .bytes(),
+        );
+        form.extend(std::fs::read(path).unwrap());
+        form.extend(b"\r\n");
+    }
+    form.extend(format!("--{boundary}--\r\n").bytes());
+    let multipart = format!("multipart/form-data; boundary={boundary}");
+
+    let (status, body) = exchange(
+        &server,
+        "POST",
+        "/embed",
+        &[("Content-Type", &multipart)],
+        &form,
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    for (i, want) in want.iter().enumerate() {
+        assert!(close(&floats(&v[i]), want), "file {i}");
+    }
+
+    // The same as one .npy array [2, 48].
+    let headers = [
+        ("Content-Type", multipart.as_str()),
+        ("Accept", "application/x-npy"),
+    ];
+    let (status, npy) = exchange(&server, "POST", "/embed", &headers, &form);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&npy));
+    assert!(npy.starts_with(b"\x93NUMPY\x01\x00"));
+    let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
+    let header = String::from_utf8_lossy(&npy[10..10 + header_len]);
+    assert!(
+        header.contains("'descr': '<f4'") && header.contains("'shape': (2, 48)"),
+        "{header}"
+    );
+    let values: Vec<f32> = npy[10 + header_len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(values.len(), 2 * 48);
+    assert!(close(&values[..48], &want[0]) && close(&values[48..], &want[1]));
+
+    // Answer types not offered, malformed forms, forms without files, too many files.
+    let refused = |headers: &[(&str, &str)], body: &[u8], want_status: u16, want: &str| {
+        let (status, body) = exchange(&server, "POST", "/embed", headers, body);
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(status, want_status, "{headers:?}: {text}");
+        assert!(text.contains(want), "{headers:?}: {text}");
+    };
+    let html = [
+        ("Content-Type", multipart.as_str()),
+        ("Accept", "text/html"),
+    ];
+    refused(&html, &form, 406, "application/json or application/x-npy");
+    let cut = &form[..form.len() - 40];
+    refused(
+        &[("Content-Type", &multipart)],
+        cut,
+        400,
+        "closing boundary",
+    );
+    refused(
+        &[("Content-Type", "multipart/form-data")],
+        &form,
+        400,
+        "without a boundary",
+    );
+    let fields = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--{boundary}--"
+    );
+    refused(
+        &[("Content-Type", &multipart)],
+        fields.as_bytes(),
+        422,
+        "no files",
+    );
+    let mut four = Vec::new();
+    for _ in 0..4 {
+        four.extend(format!("--{boundary}\r\nContent-Type: image/png\r\n\r\nx\r\n").bytes());
+    }
+    four.extend(format!("--{boundary}--").bytes());
+    refused(&[("Content-Type", &multipart)], &four, 413, "4 inputs");
+}
+
 /// The value of a `/metrics` line starting with `name`.
 fn metric(server: &Server, name: &str) -> f64 {
     let (_, text) = request(server, "GET", "/metrics", "text/plain", b"");
@@ -478,9 +604,7 @@ fn the_http_layer_holds_up_against_odd_clients() {
     assert!(rest.starts_with("HTTP/1.1 422"), "{rest}");
     // Clients that connect and stay silent hold a connection thread each only until the idle
     // timeout: with both threads held, new connections wait, then are served.
-    let idle: Vec<TcpStream> = (0..2)
-        .map(|_| connect(&server))
-        .collect();
+    let idle: Vec<TcpStream> = (0..2).map(|_| connect(&server)).collect();
     let (status, _) = request(&server, "GET", "/health", "text/plain", b"");
     assert_eq!(status, 200);
     drop(idle);

@@ -32,7 +32,7 @@ use job::{digest, Job};
 pub use outputs::Outputs;
 pub(crate) use writers::sibling;
 use writers::write_output;
-pub use writers::{Format, ValueType};
+pub use writers::{npy_header, Format, ValueType};
 
 /// What to do with a bad input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -348,6 +348,27 @@ fn write_metadata(job: &Job, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The header of a version 1.0 `.npy` file of a C-order array of `shape` with numpy type
+/// `descr` (e.g. `<f4`); the data follows it.
+pub fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let dims = if dims.len() == 1 {
+        format!("{},", dims[0])
+    } else {
+        dims.join(", ")
+    };
+    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({dims}), }}");
+    // Magic (6) + version (2) + length (2) + dict + '\n' is a multiple of 64.
+    while (10 + dict.len() + 1) % 64 != 0 {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut h = b"\x93NUMPY\x01\x00".to_vec();
+    h.extend((dict.len() as u16).to_le_bytes());
+    h.extend(dict.as_bytes());
+    h
+}
+
 /// Writes the dense tensors (`(name, full shape)`, one per output: npy holds one), output after
 /// output, and in the first pass over the chunks the paths file beside them.
 fn write_dense(
@@ -374,25 +395,7 @@ fn write_dense(
         ValueType::Binary => ("|u1", "U8"),
     };
     let header = match (format, tensors) {
-        (Format::Npy, [(_, shape)]) => {
-            let dims: Vec<String> = stored(shape).iter().map(|d| d.to_string()).collect();
-            let dims = if dims.len() == 1 {
-                format!("{},", dims[0])
-            } else {
-                dims.join(", ")
-            };
-            let mut dict =
-                format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({dims}), }}");
-            // Magic (6) + version (2) + length (2) + dict + '\n' is a multiple of 64.
-            while (10 + dict.len() + 1) % 64 != 0 {
-                dict.push(' ');
-            }
-            dict.push('\n');
-            let mut h = b"\x93NUMPY\x01\x00".to_vec();
-            h.extend((dict.len() as u16).to_le_bytes());
-            h.extend(dict.as_bytes());
-            h
-        }
+        (Format::Npy, [(_, shape)]) => npy_header(descr, &stored(shape)),
         (Format::Npy, _) => {
             return Err(CliError(format!(
                 "{}: an .npy file holds one array, not {}: write .safetensors or .parquet",

@@ -116,7 +116,7 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// Checks the number of inputs against `max_inputs`.
-fn check_count(n: usize, max_inputs: usize) -> Result<(), ApiError> {
+pub fn check_count(n: usize, max_inputs: usize) -> Result<(), ApiError> {
     match n {
         0 => Err(ApiError::new(422, "no input given")),
         n if n > max_inputs => Err(ApiError::new(

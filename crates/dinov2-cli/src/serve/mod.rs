@@ -2,19 +2,23 @@
 //!
 //! - `POST /v1/embeddings`: OpenAI's shape; `input` is an image (a `data:image/...;base64,` URI
 //!   or a base64 string) or a list of them; `encoding_format` `float` or `base64`.
-//! - `POST /embed`: `{"inputs": ...}` as Text Embeddings Inference takes it, or one image as the
-//!   raw body (`image/*`, `application/octet-stream`); answers a list of vectors.
+//! - `POST /embed`: `{"inputs": ...}` as Text Embeddings Inference takes it, files as
+//!   `multipart/form-data` (`curl -F image=@cat.jpg`), or one image as the raw body (`image/*`,
+//!   `application/octet-stream`); answers a list of vectors, or with `Accept: application/x-npy`
+//!   one `.npy` array `[N, D]`.
 //! - `GET /health` (and `/ready`): 200 once the warm-up pass ran and while a model thread runs,
 //!   503 otherwise; `GET /info`: the model and the server's limits; `GET /metrics`: Prometheus.
 //!
 //! Images are decoded on the HTTP threads, then wait in one queue that model threads take
-//! batches from (dynamic batching, [`batcher`]). Errors are JSON with a status: 400 bad JSON,
-//! 413 too large, 422 a bad input (naming it), 429 the queue is full, 503 no model.
+//! batches from (dynamic batching, [`batcher`]). Errors are JSON with a status: 400 bad JSON or
+//! multipart, 406 an answer type not offered, 413 too large, 422 a bad input (naming it), 429
+//! the queue is full, 503 no model.
 
 mod api;
 mod batcher;
 mod http;
 mod metrics;
+mod multipart;
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -317,19 +321,35 @@ fn route(state: &State, request: &http::Request) -> std::result::Result<http::Re
             )))
         }
         ("POST", "/embed") => {
-            let is_json = request.header("content-type").is_some_and(|v| {
-                v.trim_start()
-                    .to_ascii_lowercase()
-                    .starts_with("application/json")
-            });
+            let content_type = request.header("content-type").unwrap_or("");
+            let is_json = content_type
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json");
             let images = if is_json {
                 api::embed_request(&request.body, state.max_inputs)?
+            } else if let Some(boundary) = multipart::boundary(content_type) {
+                let boundary = boundary.map_err(|e| ApiError::new(400, e))?;
+                let files = multipart::files(&request.body, &boundary)
+                    .map_err(|e| ApiError::new(400, e))?;
+                if files.is_empty() {
+                    return Err(ApiError::new(
+                        422,
+                        "no files in the multipart body: send them as `curl -F image=@cat.jpg`",
+                    ));
+                }
+                api::check_count(files.len(), state.max_inputs)?;
+                files.into_iter().map(<[u8]>::to_vec).collect()
             } else if request.body.is_empty() {
                 return Err(ApiError::new(422, "an empty body: send an image, or JSON"));
             } else {
                 vec![request.body.clone()]
             };
+            let npy = wants_npy(request)?;
             let vectors = embed(state, images)?;
+            if npy {
+                return npy_answer(&vectors);
+            }
             Ok(ok(api::embed_response(&vectors)))
         }
         (method, "/health" | "/ready" | "/info" | "/metrics" | "/v1/embeddings" | "/embed") => Err(
@@ -337,6 +357,57 @@ fn route(state: &State, request: &http::Request) -> std::result::Result<http::Re
         ),
         _ => Err(ApiError::new(404, format!("no endpoint {path}"))),
     }
+}
+
+/// Whether the client asks for an `.npy` answer (`Accept: application/x-npy`); JSON otherwise.
+/// 406 when it accepts neither.
+fn wants_npy(request: &http::Request) -> std::result::Result<bool, ApiError> {
+    let Some(accept) = request.header("accept") else {
+        return Ok(false);
+    };
+    let types: Vec<String> = accept
+        .split(',')
+        .map(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .collect();
+    let takes = |t: &str| types.iter().any(|a| a == t);
+    if takes("application/x-npy") {
+        Ok(true)
+    } else if takes("application/json") || takes("application/*") || takes("*/*") {
+        Ok(false)
+    } else {
+        Err(ApiError::new(
+            406,
+            format!("Accept: {accept}: answers are application/json or application/x-npy"),
+        ))
+    }
+}
+
+/// The vectors as one `.npy` float32 array `[N, D]`; 406 when their lengths differ (patch grids
+/// of different sizes), which no single array holds.
+fn npy_answer(vectors: &[Vec<f32>]) -> std::result::Result<http::Response, ApiError> {
+    let d = vectors.first().map_or(0, Vec::len);
+    if vectors.iter().any(|v| v.len() != d) {
+        return Err(ApiError::new(
+            406,
+            "the vectors differ in length (patch grids of different sizes): no single .npy \
+             array holds them; ask for application/json",
+        ));
+    }
+    let mut body = crate::embed::npy_header("<f4", &[vectors.len(), d]);
+    for v in vectors {
+        body.extend(bytemuck::cast_slice::<f32, u8>(v));
+    }
+    Ok(http::Response {
+        status: 200,
+        content_type: "application/x-npy",
+        body,
+    })
 }
 
 /// Decodes and preprocesses `images` on this thread, then queues them for the model.
