@@ -165,6 +165,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             None => batch_size.saturating_mul(4),
         },
         patch: checkpoint.config.patch_size,
+        preprocess: preprocess.clone(),
         outputs: Outputs {
             poolings: poolings.clone(),
             normalize: args.normalize,

@@ -617,7 +617,8 @@ fn patch_grids_of_different_sizes() {
             "height",
             "embedding.list.item",
             "grid_h",
-            "grid_w"
+            "grid_w",
+            "region.list.item"
         ]
     );
 
@@ -876,8 +877,20 @@ fn resolution_overrides_act_as_the_preprocessor_config() {
             .unwrap()
             .as_primitive::<UInt32Type>()
             .clone();
+        let region = batch
+            .column_by_name("region")
+            .unwrap()
+            .as_fixed_size_list()
+            .clone();
         for i in 0..batch.num_rows() {
-            grids.push((paths.value(i).to_string(), gh.value(i), gw.value(i)));
+            let corners = region.value(i);
+            let corners = corners.as_primitive::<arrow_array::types::Float32Type>();
+            grids.push((
+                paths.value(i).to_string(),
+                gh.value(i),
+                gw.value(i),
+                corners.values().to_vec(),
+            ));
         }
     }
     // Images of several sizes run grouped by size, and still come out in input order.
@@ -891,6 +904,12 @@ fn resolution_overrides_act_as_the_preprocessor_config() {
     );
     let chelsea = grids.iter().find(|g| g.0.ends_with("chelsea.jpg")).unwrap();
     assert_eq!((chelsea.1, chelsea.2), (18, 27), "{grids:?}");
+    // The grid covers 27 x 14 = 378 of the 384 resized columns and 252 of the 256 rows: in the
+    // photo's pixels, up to 378 * 451 / 384 across and 252 * 300 / 256 down.
+    let want = [0.0, 0.0, 378.0 * 451.0 / 384.0, 252.0 * 300.0 / 256.0];
+    for (got, want) in chelsea.3.iter().zip(want) {
+        assert!((got - want).abs() < 1e-3, "{:?}", chelsea.3);
+    }
 
     let r = dinov2(&[
         "embed",
@@ -2072,7 +2091,7 @@ fn several_poolings_come_from_one_pass() {
         .collect();
     assert_eq!(
         names,
-        ["path", "width", "height", "patch", "cls", "grid_h", "grid_w"]
+        ["path", "width", "height", "patch", "cls", "grid_h", "grid_w", "region"]
     );
     let batch = reader.build().unwrap().next().unwrap().unwrap();
     use arrow_array::cast::AsArray;

@@ -42,7 +42,7 @@ pub use decode::{
 pub use error::{ImageError, ImageFormat, Result};
 pub use exif::Orientation;
 pub use preprocess::{
-    center_crop, preprocess, resize_output_size, PixelValues, MAX_RESIZED_PIXELS,
+    center_crop, grid_region, preprocess, resize_output_size, PixelValues, MAX_RESIZED_PIXELS,
 };
 pub use resize::resize;
 pub use rgb::RgbImage;

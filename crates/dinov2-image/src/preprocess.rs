@@ -247,6 +247,55 @@ pub fn preprocess(image: &RgbImage, config: &PreprocessConfig) -> Result<PixelVa
     Ok(values)
 }
 
+/// The part of a `width` x `height` image that `config`'s preprocessing brings into the model's
+/// grid of `patch` x `patch` patches (the pixels past the last whole patch dropped, as the model
+/// drops them): `[x0, y0, x1, y1]` in the image's pixel coordinates. It reaches past the image's
+/// edges where a center crop or a pad adds zeros. Patch `(i, j)` of a `gh x gw` grid covers
+/// `x0 + (x1 - x0) * j / gw` to `x0 + (x1 - x0) * (j + 1) / gw` across, and likewise down.
+///
+/// The resize maps pixel edges linearly (Pillow's convention): resized `x` is image
+/// `x * width / resized_width`. `width` and `height` are the full image's, also when it was
+/// decoded at reduced scale ([`crate::DecodeOptions::draft`]), where the result is then within a
+/// resized pixel.
+pub fn grid_region(
+    width: u32,
+    height: u32,
+    config: &PreprocessConfig,
+    patch: u32,
+) -> Result<[f64; 4]> {
+    let (rh, rw) = if config.do_resize {
+        resize_output_size(height, width, &config.size)?
+    } else {
+        (height, width)
+    };
+    let (rh, rw) = (rh as i64, rw as i64);
+    let (top, left, mut h, mut w) = if config.do_center_crop {
+        // As `center_crop`: output (y, x) is resized (y + top, x + left), or padding.
+        let (ch, cw) = (
+            config.crop_size.height as i64,
+            config.crop_size.width as i64,
+        );
+        ((rh - ch).div_euclid(2), (rw - cw).div_euclid(2), ch, cw)
+    } else {
+        (0, 0, rh, rw)
+    };
+    if let (true, Some(pad)) = (config.do_pad, config.pad_size) {
+        (h, w) = (h.max(pad.height as i64), w.max(pad.width as i64));
+    }
+    let p = patch.max(1) as i64;
+    let (h, w) = (h / p * p, w / p * p);
+    let (sx, sy) = (
+        width as f64 / rw.max(1) as f64,
+        height as f64 / rh.max(1) as f64,
+    );
+    Ok([
+        left as f64 * sx,
+        top as f64 * sy,
+        (left + w) as f64 * sx,
+        (top + h) as f64 * sy,
+    ])
+}
+
 fn pad_bottom_right(values: PixelValues, pad: HeightWidth) -> Result<PixelValues, String> {
     let (h, w) = (values.height(), values.width());
     let (ph, pw) = (pad.height as usize, pad.width as usize);

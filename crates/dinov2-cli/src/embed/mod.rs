@@ -18,6 +18,7 @@ use std::sync::mpsc::{channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use dinov2::image::{grid_region, PreprocessConfig};
 use dinov2::{Backend, Embedder};
 
 use std::io::IsTerminal;
@@ -55,6 +56,8 @@ pub struct Settings {
     pub window: usize,
     /// The model's patch size.
     pub patch: usize,
+    /// The preprocessing, for the region of each image a patch grid covers.
+    pub preprocess: PreprocessConfig,
     /// The poolings written, and whether normalized.
     pub outputs: Outputs,
     pub on_error: OnError,
@@ -464,7 +467,19 @@ fn finish(
     timing: &Timing,
     streams: usize,
 ) -> Result<()> {
-    write_output(&job, &s.output, s.format, s.output_dtype, &s.outputs)?;
+    let patch = u32::try_from(s.patch).unwrap_or(u32::MAX);
+    let region = |width: u32, height: u32| -> [f32; 4] {
+        grid_region(width, height, &s.preprocess, patch)
+            .map_or([f32::NAN; 4], |r| r.map(|v| v as f32))
+    };
+    write_output(
+        &job,
+        &s.output,
+        s.format,
+        s.output_dtype,
+        &s.outputs,
+        &region,
+    )?;
     let errors_path = sibling(&s.output, ".errors.jsonl");
     let failed = job.failures.len();
     if failed > 0 {

@@ -196,6 +196,7 @@ pub fn write_output(
     format: Format,
     values: ValueType,
     outputs: &Outputs,
+    region: &Region<'_>,
 ) -> Result<()> {
     let tmp = sibling(out, ".tmp");
     // The paths file of .npy and .safetensors goes in last, after the old one is removed, so
@@ -207,7 +208,7 @@ pub fn write_output(
         let _ = std::fs::remove_file(&paths_tmp);
     };
     remove_tmp();
-    write_to(job, &tmp, &paths_tmp, format, values, outputs)
+    write_to(job, &tmp, &paths_tmp, format, values, outputs, region)
         .and_then(|()| {
             if format == Format::ClipRetrieval && out.is_dir() {
                 // --overwrite of an earlier output folder (checked to be one).
@@ -275,6 +276,7 @@ fn write_to(
     format: Format,
     values: ValueType,
     outputs: &Outputs,
+    region: &Region<'_>,
 ) -> Result<()> {
     // Each output as a dense tensor: its name and full shape.
     let tensors = |default: &str| -> Result<Vec<(String, Vec<usize>)>> {
@@ -291,7 +293,7 @@ fn write_to(
             .collect())
     };
     match format {
-        Format::Parquet => write_parquet(job, tmp, values, outputs),
+        Format::Parquet => write_parquet(job, tmp, values, outputs, region),
         Format::Npy | Format::Safetensors => write_dense(
             job,
             tmp,
@@ -346,6 +348,21 @@ fn write_metadata(job: &Job, path: &Path) -> Result<()> {
     }
     writer.close().map_err(pq)?;
     Ok(())
+}
+
+/// The part of an image of `(width, height)` pixels that its patch grid covers, in its pixel
+/// coordinates: `[x0, y0, x1, y1]` ([`dinov2::image::grid_region`] of the job's preprocessing).
+pub type Region<'a> = dyn Fn(u32, u32) -> [f32; 4] + Sync + 'a;
+
+/// The `region` column: each row's [`Region`], four float32 values.
+fn regions(rows: &[Row], region: &Region<'_>) -> ArrayRef {
+    let field = Arc::new(Field::new("item", DataType::Float32, false));
+    let mut b = FixedSizeListBuilder::new(Float32Builder::new(), 4).with_field(field);
+    for r in rows {
+        b.values().append_slice(&region(r.width, r.height));
+        b.append(true);
+    }
+    Arc::new(b.finish())
 }
 
 /// The header of a version 1.0 `.npy` file of a C-order array of `shape` with numpy type
@@ -490,7 +507,13 @@ fn append_values(builder: &mut dyn ArrayBuilder, row: &[f32], unit: usize) {
 /// Writes the Parquet output: `path`, `width`, `height`, then each output's column (`embedding`
 /// for one output, else named by pooling; a fixed-size list, or a list for the outputs that
 /// follow the patch grid), then `grid_h` and `grid_w` when an output follows it.
-fn write_parquet(job: &Job, path: &Path, values: ValueType, outputs: &Outputs) -> Result<()> {
+fn write_parquet(
+    job: &Job,
+    path: &Path,
+    values: ValueType,
+    outputs: &Outputs,
+    region: &Region<'_>,
+) -> Result<()> {
     let file = File::create(path).map_err(io(path))?;
     let pq = |e: parquet::errors::ParquetError| {
         CliError(format!("cannot write {}: {e}", path.display()))
@@ -559,6 +582,7 @@ fn write_parquet(job: &Job, path: &Path, values: ValueType, outputs: &Outputs) -
             };
             columns.push(("grid_h", grid(|g| g.0)));
             columns.push(("grid_w", grid(|g| g.1)));
+            columns.push(("region", regions(&rows, region)));
         }
         let fields: Vec<Field> = columns
             .iter()
@@ -598,6 +622,16 @@ fn write_parquet(job: &Job, path: &Path, values: ValueType, outputs: &Outputs) -
                     .iter()
                     .map(|name| Field::new(name, DataType::List(item.clone()), false)),
             );
+            if outputs.has_grid() {
+                fields.push(Field::new("grid_h", DataType::UInt32, false));
+                fields.push(Field::new("grid_w", DataType::UInt32, false));
+                let corner = Arc::new(Field::new("item", DataType::Float32, false));
+                fields.push(Field::new(
+                    "region",
+                    DataType::FixedSizeList(corner, 4),
+                    false,
+                ));
+            }
             ArrowWriter::try_new(
                 file.take().expect("file is unused"),
                 Arc::new(Schema::new(fields)),
