@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use dinov2::image::{DecodeOptions, HeightWidth, PixelValues, PreprocessConfig, Resolution};
+use dinov2::image::{
+    grid_region, DecodeOptions, HeightWidth, PixelValues, PreprocessConfig, Resolution,
+};
 use dinov2::{
     prepare_image, preprocess_config, Backend, Checkpoint, CpuBackend, CudaBackend, Device, Dinov2,
     Dinov2Config, Dtype, Embedding, Pooling,
@@ -14,6 +16,12 @@ use rayon::prelude::*;
 
 use crate::embeddings::{Embeddings, Row};
 use crate::inputs::{self, Source};
+
+/// An image's pixel values and its `(width, height)`, or why it failed.
+type Prepared = Result<(PixelValues, (u32, u32)), String>;
+
+/// An image's embedding and its `(width, height)`, or why it failed.
+type Embedded = Result<(Embedding, (u32, u32)), String>;
 
 /// The embedder on its backend (boxed: the two differ in size).
 enum Backed {
@@ -196,17 +204,22 @@ impl Embedder {
             )));
         }
         let prefix = 1 + self.config.num_register_tokens;
+        let patch = u32::try_from(self.config.patch_size).unwrap_or(u32::MAX);
         let rows = results
             .into_iter()
             .map(|r| {
-                r.and_then(|e| {
+                r.and_then(|(e, (width, height))| {
                     let shape = e
                         .shape(self.pooling, prefix)
                         .ok_or_else(|| format!("the model returned {} values", e.values.len()))?;
+                    let region = grid_region(width, height, &self.preprocess, patch)
+                        .map_err(|e| e.to_string())?;
                     Ok(Row {
                         values: e.values,
                         shape,
                         grid: e.grid,
+                        size: (width, height),
+                        region,
                     })
                 })
             })
@@ -303,19 +316,18 @@ impl Embedder {
         &self,
         embedder: &dinov2::Embedder<B>,
         sources: &[Source],
-    ) -> PyResult<Vec<Result<Embedding, String>>> {
+    ) -> PyResult<Vec<Embedded>> {
         let mut out = Vec::with_capacity(sources.len());
         for window in sources.chunks(embedder.batch_size()) {
             Python::attach(|py| py.check_signals())?;
-            let prepared: Vec<Result<PixelValues, String>> =
-                window.par_iter().map(|s| self.prepare(s)).collect();
-            let good = prepared.iter().filter_map(|p| p.as_ref().ok().cloned());
+            let prepared: Vec<Prepared> = window.par_iter().map(|s| self.prepare(s)).collect();
+            let good = prepared.iter().filter_map(|p| p.as_ref().ok());
             let mut embedded = embedder
-                .embed_prepared_each(good.map(Ok).collect())
+                .embed_prepared_each(good.map(|(pixels, _)| Ok(pixels.clone())).collect())
                 .into_iter();
             for p in prepared {
-                out.push(p.and_then(|_| match embedded.next() {
-                    Some(result) => result.map_err(|e| e.to_string()),
+                out.push(p.and_then(|(_, size)| match embedded.next() {
+                    Some(result) => result.map(|e| (e, size)).map_err(|e| e.to_string()),
                     None => Err("the model returned no result for this image".into()),
                 }));
             }
@@ -323,22 +335,21 @@ impl Embedder {
         Ok(out)
     }
 
-    /// Reads, decodes and preprocesses one source.
-    fn prepare(&self, source: &Source) -> Result<PixelValues, String> {
+    /// Reads, decodes and preprocesses one source: its pixel values and `(width, height)`.
+    fn prepare(&self, source: &Source) -> Prepared {
         let prepared = match source {
             Source::Encoded { bytes, origin } => {
-                prepare_image(bytes, origin, &self.decode, &self.preprocess).map(|p| p.0)
+                prepare_image(bytes, origin, &self.decode, &self.preprocess)
             }
             Source::Path(path) => dinov2::image::read_file(path)
                 .map_err(dinov2::Error::from)
                 .and_then(|bytes| {
                     let origin = path.display().to_string();
                     prepare_image(&bytes, &origin, &self.decode, &self.preprocess)
-                })
-                .map(|p| p.0),
-            Source::Rgb(image) => {
-                dinov2::image::preprocess(image, &self.preprocess).map_err(dinov2::Error::from)
-            }
+                }),
+            Source::Rgb(image) => dinov2::image::preprocess(image, &self.preprocess)
+                .map(|p| (p, (image.width, image.height)))
+                .map_err(dinov2::Error::from),
             Source::Invalid(message) => return Err(message.clone()),
         };
         prepared.map_err(|e| e.to_string())

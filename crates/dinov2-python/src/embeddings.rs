@@ -27,6 +27,8 @@ pub struct Embeddings {
     shapes: Vec<Option<Vec<usize>>>,
     /// Each row's patch grid `(gh, gw)`, for the grid poolings.
     grids: Vec<Option<(usize, usize)>>,
+    /// Each image's `(width, height)` and the region its grid covers; `None` for a failed one.
+    places: Vec<Option<Place>>,
     /// `(row, message)` of each failed image.
     errors: Vec<(usize, String)>,
     /// The buffer's shape and strides (in bytes), when it has one shape; else why not.
@@ -34,6 +36,9 @@ pub struct Embeddings {
     /// Values per row, when every row has the same number (a `fixed_size_list` in Arrow).
     row_len: Option<usize>,
 }
+
+/// An image's `(width, height)` and the region its grid covers.
+type Place = ((u32, u32), [f64; 4]);
 
 /// One image's embedding, as `Embeddings::new` takes them.
 pub struct Row {
@@ -43,6 +48,10 @@ pub struct Row {
     pub shape: Vec<usize>,
     /// Its patch grid, for the grid poolings.
     pub grid: Option<(usize, usize)>,
+    /// The image's `(width, height)`.
+    pub size: (u32, u32),
+    /// The part of the image the patch grid covers, `[x0, y0, x1, y1]` in its pixels.
+    pub region: [f64; 4],
 }
 
 impl Embeddings {
@@ -53,12 +62,14 @@ impl Embeddings {
         let mut values = Vec::new();
         let mut offsets = vec![0];
         let (mut shapes, mut grids, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+        let mut places = Vec::new();
         for (i, row) in rows.into_iter().enumerate() {
             match row {
                 Ok(row) => {
                     values.extend_from_slice(&row.values);
                     shapes.push(Some(row.shape));
                     grids.push(row.grid);
+                    places.push(Some((row.size, row.region)));
                 }
                 Err(message) => {
                     if let Some(shape) = &common {
@@ -66,6 +77,7 @@ impl Embeddings {
                     }
                     shapes.push(None);
                     grids.push(None);
+                    places.push(None);
                     errors.push((i, message));
                 }
             }
@@ -90,6 +102,7 @@ impl Embeddings {
             offsets,
             shapes,
             grids,
+            places,
             errors,
             layout,
             row_len,
@@ -110,6 +123,7 @@ impl Embeddings {
             offsets: vec![0, end - start],
             shapes: vec![shape],
             grids: vec![self.grids[i]],
+            places: vec![self.places[i]],
             errors: self
                 .errors
                 .iter()
@@ -189,6 +203,28 @@ impl Embeddings {
     #[getter]
     fn grids(&self) -> Vec<Option<(usize, usize)>> {
         self.grids.clone()
+    }
+
+    /// Each image's `(width, height)` (a file's own, before any resize), `None` for a failed
+    /// one.
+    #[getter]
+    fn sizes(&self) -> Vec<Option<(u32, u32)>> {
+        self.places
+            .iter()
+            .map(|p| p.map(|(size, _)| size))
+            .collect()
+    }
+
+    /// The part of each image its patch grid covers, `(x0, y0, x1, y1)` in the image's pixels
+    /// (past its edges where a crop pads it): patch `(i, j)` of a `gh x gw` grid spans
+    /// `x0 + (x1 - x0) * j / gw` to `x0 + (x1 - x0) * (j + 1) / gw` across, likewise down.
+    /// `None` for a failed image.
+    #[getter]
+    fn regions(&self) -> Vec<Option<(f64, f64, f64, f64)>> {
+        self.places
+            .iter()
+            .map(|p| p.map(|(_, [x0, y0, x1, y1])| (x0, y0, x1, y1)))
+            .collect()
     }
 
     /// `(row, message)` of each image that failed (read, decode or model), with

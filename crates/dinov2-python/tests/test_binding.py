@@ -71,6 +71,13 @@ class Core(unittest.TestCase):
         self.assertEqual(out.grids, [(16, 16)] * len(IMAGES))
         assert_close(self, memoryview(out).tolist(), EXPECTED["patch"], "patch")
         self.assertEqual(memoryview(out[1]).shape, (16, 16, model.dim))
+        self.assertEqual(out.sizes, [(512, 512), (451, 300), (600, 400), (640, 427)])
+        # 512 x 512 -> 256 x 256 -> the centre 224 x 224: pixels 32 to 480 of the photo.
+        self.assertEqual(out.regions[0], (32.0, 32.0, 480.0, 480.0))
+        # 451 x 300 -> 384 x 256 -> columns 80 to 304 and rows 16 to 240 of that.
+        want = (80 * 451 / 384, 16 * 300 / 256, 304 * 451 / 384, 240 * 300 / 256)
+        for got, w in zip(out.regions[1], want):
+            self.assertAlmostEqual(got, w, places=9)
         assert_close(self, memoryview(out[-1]).tolist(), EXPECTED["patch"][-1], "row -1")
 
     def test_bad_images_raise_or_become_null_rows(self):
@@ -79,6 +86,7 @@ class Core(unittest.TestCase):
             self.model.embed(images)
         out = self.model.embed(images, on_error="null")
         self.assertEqual(out.ok, [True, False, False, False])
+        self.assertEqual((out.sizes[1], out.regions[1]), (None, None))
         self.assertEqual([row for row, _ in out.errors], [1, 2, 3])
         self.assertIn("image 2: expected a JPEG", out.errors[1][1])
         rows = memoryview(out).tolist()
