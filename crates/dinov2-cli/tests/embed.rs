@@ -367,6 +367,38 @@ fn existing_output_is_never_silently_replaced() {
     ]);
     assert!(r.status.success());
     assert_eq!(read_npy(&out).0, vec![7, 48]);
+
+    // The finished output's manifest: its counts, and the fingerprint --resume checks.
+    let manifest = dir.path().join("emb.npy.done.json");
+    let done: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    assert_eq!(
+        (&done["inputs"], &done["embedded"], &done["failed"]),
+        (&7.into(), &7.into(), &0.into()),
+        "{done}"
+    );
+    assert_eq!(done["poolings"], serde_json::json!(["cls"]));
+    let resume = |pooling: &str| {
+        let out = out.to_str().unwrap();
+        let args = [
+            "embed",
+            "--model",
+            &model(),
+            "--pooling",
+            pooling,
+            "--resume",
+        ];
+        dinov2(&[&args[..], &["--output", out, &images]].concat())
+    };
+    let r = resume("cls");
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success() && stderr.contains("says so"), "{stderr}");
+    let r = resume("mean");
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("other inputs or options"), "{stderr}");
+    assert_eq!(read_npy(&out).0, vec![7, 48]);
+
     let r = dinov2(&[
         "embed",
         "--model",

@@ -75,6 +75,10 @@ pub struct Settings {
 
 pub use inputs::{expand as expand_inputs, Input, TableColumns};
 
+/// Beside a finished output, its manifest (`OUTPUT.done.json`): what was embedded, the counts,
+/// and the fingerprint of the inputs and options, which `--resume` checks. Written last.
+const DONE: &str = ".done.json";
+
 /// Time spent, for the summary.
 #[derive(Default)]
 struct Timing {
@@ -105,11 +109,31 @@ fn open_job(s: &Settings) -> Result<Option<Job>> {
             return Job::open(&partial, &fingerprint).map(Some);
         }
         if s.output.exists() {
-            eprintln!(
-                "{} is complete; nothing to resume (its inputs and options are not checked now: \
-                 --overwrite embeds again)",
-                s.output.display()
-            );
+            let manifest = sibling(&s.output, DONE);
+            let found = std::fs::read(&manifest)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["fingerprint"].as_str().map(str::to_owned));
+            match found {
+                Some(f) if f == fingerprint => eprintln!(
+                    "{} is complete ({} says so, for these inputs and options); nothing to resume",
+                    s.output.display(),
+                    manifest.display()
+                ),
+                Some(_) => {
+                    return Err(CliError(format!(
+                        "{} was written by a job with other inputs or options ({}): \
+                         --overwrite embeds again",
+                        s.output.display(),
+                        manifest.display()
+                    )))
+                }
+                None => eprintln!(
+                    "{} is complete; nothing to resume (it has no {DONE} to check its inputs and \
+                     options against: --overwrite embeds again)",
+                    s.output.display()
+                ),
+            }
             return Ok(None);
         }
     } else if s.output.exists() || partial.exists() {
@@ -467,6 +491,12 @@ fn finish(
     timing: &Timing,
     streams: usize,
 ) -> Result<()> {
+    // The old manifest goes first: it never describes an output it did not come with.
+    let manifest = sibling(&s.output, DONE);
+    if manifest.exists() {
+        std::fs::remove_file(&manifest)
+            .map_err(|e| CliError(format!("cannot remove {}: {e}", manifest.display())))?;
+    }
     let patch = u32::try_from(s.patch).unwrap_or(u32::MAX);
     let region = |width: u32, height: u32| -> [f32; 4] {
         grid_region(width, height, &s.preprocess, patch)
@@ -521,6 +551,28 @@ fn finish(
         per_image(timing.prepare),
         s.output.display()
     );
+    let done = serde_json::json!({
+        "output": s.output.display().to_string(),
+        "format": format!("{:?}", s.format),
+        "inputs": s.inputs.len(),
+        "embedded": embedded,
+        "failed": failed,
+        "errors": (failed > 0).then(|| errors_path.display().to_string()),
+        "poolings": s.outputs.poolings.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "normalize": s.outputs.normalize,
+        "layers": s.layers.as_ref().map(|(layers, norm)| {
+            serde_json::json!({"hidden_states": layers, "layer_norm": norm})
+        }),
+        "output_dtype": format!("{:?}", s.output_dtype),
+        "identity": s.identity,
+        "fingerprint": job.fingerprint(),
+        "dinov2_version": env!("CARGO_PKG_VERSION"),
+        "finished_unix": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        "seconds": secs,
+    });
+    job::write_atomic(&manifest, format!("{done:#}\n").as_bytes())?;
     job.remove()?;
     if failed > 0 {
         return Err(CliError(format!(
