@@ -12,6 +12,9 @@
                                     IMAGEs (one /v1/embeddings request) against REF.npy's rows
                                     (exit 1 above TOL); then, for SECONDS, 16 clients sending
                                     requests of 8 images, and the images/s answered
+    pipeline.py binding MODEL REF.npy IMAGE...
+                                    the Python module dinov2_rs (on PYTHONPATH) on CUDA, f32 and
+                                    f16, against REF.npy's rows; then a timed f16 pass
 """
 import json
 import os
@@ -109,12 +112,43 @@ def serve(addr, ref_path, tol, seconds, paths):
     return rc
 
 
+def binding(model, ref_path, images):
+    """The Python module on CUDA: f32 within 1e-4 and f16 within 1e-2 (relative L2, per row) of
+    the CPU's vectors for the same images, then a timed pass over them."""
+    import time
+
+    import numpy as np
+
+    try:
+        import dinov2_rs
+    except ImportError as e:
+        print(f"dinov2_rs does not import here ({e}; it needs CPython 3.11 or later)")
+        return 1
+    ref = np.load(ref_path).astype(np.float64)
+    rc = 0
+    for dtype, tol in (("f32", 1e-4), ("f16", 1e-2)):
+        model = dinov2_rs.Embedder(model, device="cuda", dtype=dtype, batch_size=4)
+        out = np.asarray(model.embed(images)).astype(np.float64)
+        err = np.linalg.norm(out - ref, axis=1) / np.maximum(np.linalg.norm(ref, axis=1), 1e-30)
+        ok = out.shape == ref.shape and err.max() <= tol
+        print(f"dinov2_rs cuda {dtype}: {out.shape[0]} rows, worst relative L2 {err.max():.3e} "
+              f"(limit {tol:g}) {'ok' if ok else 'FAILED'}")
+        rc |= 0 if ok else 1
+    start = time.perf_counter()
+    model.embed(images * 8)
+    dt = time.perf_counter() - start
+    print(f"dinov2_rs cuda f16: {len(images) * 8} images in {dt:.2f} s")
+    return rc
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 7 and sys.argv[1] == "serve":
         sys.exit(serve(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]),
                        sys.argv[6:]))
     if len(sys.argv) == 3 and sys.argv[1] == "checkpoint":
         sys.exit(checkpoint(sys.argv[2]))
+    if len(sys.argv) >= 5 and sys.argv[1] == "binding":
+        sys.exit(binding(sys.argv[2], sys.argv[3], sys.argv[4:]))
     if len(sys.argv) == 5 and sys.argv[1] == "compare":
         sys.exit(compare(sys.argv[2], sys.argv[3], float(sys.argv[4])))
     print(__doc__)

@@ -122,6 +122,9 @@ pipeline() {
     local sample=()
     mapfile -t sample < <(ls "$root"/assets/images/*.jpg "$root"/assets/images/*.png | LC_ALL=C sort)
     serve_check "$tiny" "$work/cpu.npy" 1e-4 0 "${sample[@]}" || rc=1
+    # The Python module, dinov2_rs, on the GPU against the same CPU vectors.
+    PYTHONPATH="$HERE/python" timeout "$(cap 60)" "$PYTHON" "$HERE/scripts/pipeline.py" binding \
+        "$tiny" "$work/cpu.npy" "${sample[@]}" >>"$OUT/pipeline.txt" 2>&1 || rc=1
     [ "$rc" -eq 0 ] || echo "!! embed pipeline parity FAILED" | tee -a "$OUT/pipeline.txt"
     room 45 || return "$rc"
     for i in $(seq 1 300); do

@@ -2,8 +2,9 @@
 //! toolchain): the release binaries of the GPU tests (`dinov2-kernels`' `gpu`, the `dinov2`
 //! package's `cuda`), of the `dinov2` program (whose `bench` verb times ours against the PyTorch peer it
 //! carries) and of the criterion kernel benches (`benches/cuda_kernels.rs`), the golden fixtures,
-//! `run.sh` and the table scripts (from `scripts/gpu/`) and the PyTorch kernel peer
-//! (`benches/peer_kernels.py`), gathered into `bundle/`.
+//! `run.sh` and the table scripts (from `scripts/gpu/`), the PyTorch kernel peer
+//! (`benches/peer_kernels.py`) and the Python module (`python/dinov2_rs.abi3.so`), gathered into
+//! `bundle/`.
 //!
 //! On the GPU machine, from the repository root: `bash bundle/run.sh` (writes its log under $OUT).
 
@@ -103,6 +104,16 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
             .arg(&dst)
             .status();
     }
+    // The Python module, as Python loads it: `python/dinov2_rs.abi3.so`.
+    let module = build_module(&cargo, root)?;
+    let python = out.join("python");
+    fs::create_dir_all(&python).map_err(|e| format!("cannot create {}: {e}", python.display()))?;
+    let dst = python.join("dinov2_rs.abi3.so");
+    fs::copy(&module, &dst).map_err(|e| format!("cannot copy {}: {e}", module.display()))?;
+    let _ = Command::new("strip")
+        .arg("--strip-debug")
+        .arg(&dst)
+        .status();
     copy_tree(
         &root.join("tests/fixtures/golden"),
         &out.join("fixtures/golden"),
@@ -157,6 +168,33 @@ fn build(cargo: &str, root: &Path, args: &[&str], prefix: &str) -> Result<PathBu
                 args.join(" ")
             )
         })
+}
+
+/// Builds the Python extension module (`dinov2-python`, release) and returns its shared library.
+fn build_module(cargo: &str, root: &Path) -> Result<PathBuf, String> {
+    let args = ["build", "--release", "-p", "dinov2-python", "--lib"];
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let output = Command::new(cargo)
+        .args(args)
+        .arg("--message-format=json")
+        .current_dir(root)
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "`cargo {}` failed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    // The compiler-artifact message of the cdylib lists the library among its "filenames".
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains("\"compiler-artifact\"") && line.contains("dinov2_rs"))
+        .flat_map(|line| line.split('"'))
+        .find(|s| s.ends_with("libdinov2_rs.so"))
+        .map(PathBuf::from)
+        .ok_or_else(|| format!("`cargo {}` reported no libdinov2_rs.so", args.join(" ")))
 }
 
 fn copy_tree(src: &Path, dst: &Path) -> Result<(), String> {

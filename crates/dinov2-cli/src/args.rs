@@ -286,10 +286,12 @@ pub struct ServeArgs {
     /// Compute precision: f32, f16, bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: Dtype,
-    /// One of cls (pooler_output), mean, cls+mean, patch, registers or tokens; each answer is
-    /// one flat vector per image.
-    #[arg(long, default_value = "cls")]
-    pub pooling: Pooling,
+    /// cls (pooler_output), mean, cls+mean, patch, registers or tokens, or several, e.g.
+    /// `cls,mean,patch`: the first is the default, and a request picks another with
+    /// `"pooling"` in its JSON or `?pooling=` (then the model threads return every token and
+    /// each request's vectors are pooled from them). Each answer is one flat vector per image.
+    #[arg(long, default_value = "cls", value_delimiter = ',')]
+    pub pooling: Vec<Pooling>,
     /// L2-normalize each vector (each token's vector for the token poolings).
     #[arg(long)]
     pub normalize: bool,

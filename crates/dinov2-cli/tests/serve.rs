@@ -155,10 +155,17 @@ fn floats(v: &Value) -> Vec<f32> {
 
 /// `dinov2 embed`'s vectors for `images` (CLS pooling).
 fn embedded(images: &[PathBuf]) -> Vec<Vec<f32>> {
+    embedded_as(images, &[])
+}
+
+/// `dinov2 embed`'s vectors for `images` with these extra options, one flat vector each.
+fn embedded_as(images: &[PathBuf], options: &[&str]) -> Vec<Vec<f32>> {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("e.npy");
     let r = Command::new(env!("CARGO_BIN_EXE_dinov2"))
-        .args(["embed", "--model", &model(), "--output"])
+        .args(["embed", "--model", &model()])
+        .args(options)
+        .arg("--output")
         .arg(&out)
         .args(images)
         .output()
@@ -465,6 +472,86 @@ fn embed_takes_form_files_and_answers_npy() {
     }
     four.extend(format!("--{boundary}--").bytes());
     refused(&[("Content-Type", &multipart)], &four, 413, "4 inputs");
+}
+
+/// A server offering several poolings: each request gets the one it asks for (the first by
+/// default), equal to `dinov2 embed`'s with that pooling.
+#[test]
+fn a_request_picks_one_of_the_server_s_poolings() {
+    let server = serve(&["--pooling", "cls,mean,cls+mean,patch", "--normalize"]);
+    let images: Vec<PathBuf> = ["chelsea.jpg", "camera.png"]
+        .iter()
+        .map(|n| root().join("assets/images").join(n))
+        .collect();
+    let b64: Vec<String> = images
+        .iter()
+        .map(|p| base64::engine::general_purpose::STANDARD.encode(std::fs::read(p).unwrap()))
+        .collect();
+    let (status, info) = request(&server, "GET", "/info", "text/plain", b"");
+    assert_eq!(status, 200);
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["pooling"], "cls");
+    assert_eq!(info["dimensions_by_pooling"]["cls+mean"], 96);
+    assert_eq!(info["dimensions_by_pooling"]["patch"], 16 * 16 * 48);
+
+    for pooling in [None, Some("mean"), Some("cls+mean"), Some("patch")] {
+        let name = pooling.unwrap_or("cls");
+        let want = embedded_as(&images, &["--pooling", name, "--normalize"]);
+        let mut body = serde_json::json!({"input": b64});
+        let mut native = serde_json::json!({"inputs": b64});
+        if let Some(p) = pooling {
+            body["pooling"] = p.into();
+            native["pooling"] = p.into();
+        }
+        let (status, v) = post_json(&server, "/v1/embeddings", &body);
+        assert_eq!(status, 200, "{name}: {v}");
+        let (status, n) = post_json(&server, "/embed", &native);
+        assert_eq!(status, 200, "{name}: {n}");
+        for (i, want) in want.iter().enumerate() {
+            assert!(
+                close(&floats(&v["data"][i]["embedding"]), want),
+                "{name}, image {i}"
+            );
+            assert!(close(&floats(&n[i]), want), "{name}, image {i} (/embed)");
+        }
+    }
+    // A raw body picks with the query (`+` or its escape).
+    let raw = std::fs::read(&images[1]).unwrap();
+    let want = embedded_as(&images[1..], &["--pooling", "cls+mean", "--normalize"]);
+    for query in ["?pooling=cls+mean", "?x=1&pooling=cls%2Bmean"] {
+        let (status, text) = request(
+            &server,
+            "POST",
+            &format!("/embed{query}"),
+            "image/png",
+            &raw,
+        );
+        assert_eq!(status, 200, "{query}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert!(close(&floats(&v[0]), &want[0]), "{query}");
+    }
+    // Poolings the server does not offer, or that do not exist; dimensions of another pooling.
+    for (body, want) in [
+        (
+            serde_json::json!({"input": b64[0], "pooling": "tokens"}),
+            "this server gives cls, mean, cls+mean, patch",
+        ),
+        (
+            serde_json::json!({"input": b64[0], "pooling": "max"}),
+            "unknown pooling",
+        ),
+        (
+            serde_json::json!({"input": b64[0], "pooling": "mean", "dimensions": 96}),
+            "dimensions 96",
+        ),
+    ] {
+        let (status, v) = post_json(&server, "/v1/embeddings", &body);
+        assert_eq!(status, 422, "{body}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(want),
+            "{v}"
+        );
+    }
 }
 
 /// The value of a `/metrics` line starting with `name`.

@@ -44,11 +44,21 @@ pub enum Encoding {
     Base64,
 }
 
-/// A parsed `/v1/embeddings` request: the encoded images, and the answer's encoding.
+/// A parsed `/v1/embeddings` request: the encoded images, the answer's encoding, and the
+/// pooling and `dimensions` asked, if any.
 #[derive(Debug)]
 pub struct EmbeddingsRequest {
     pub images: Vec<Vec<u8>>,
     pub encoding: Encoding,
+    pub pooling: Option<String>,
+    pub dimensions: Option<u64>,
+}
+
+/// A parsed `/embed` JSON request: the encoded images, and the pooling asked, if any.
+#[derive(Debug)]
+pub struct EmbedRequest {
+    pub images: Vec<Vec<u8>>,
+    pub pooling: Option<String>,
 }
 
 /// Standard or URL-safe alphabet, padding optional, as clients send either.
@@ -127,13 +137,9 @@ pub fn check_count(n: usize, max_inputs: usize) -> Result<(), ApiError> {
     }
 }
 
-/// Parses a `/v1/embeddings` body: `{"input": ..., "model"?, "encoding_format"?, "dimensions"?}`.
-/// `dimensions`, when given, must be the model's (`dims`): vectors are not shortened.
-pub fn embeddings_request(
-    body: &[u8],
-    max_inputs: usize,
-    dims: Option<usize>,
-) -> Result<EmbeddingsRequest, ApiError> {
+/// Parses a `/v1/embeddings` body: `{"input": ..., "model"?, "encoding_format"?, "dimensions"?,
+/// "pooling"?}`.
+pub fn embeddings_request(body: &[u8], max_inputs: usize) -> Result<EmbeddingsRequest, ApiError> {
     let v = parse_json(body)?;
     let encoding = match v["encoding_format"].as_str() {
         None | Some("float") => Encoding::Float,
@@ -145,17 +151,12 @@ pub fn embeddings_request(
             ))
         }
     };
-    if let Some(asked) = v.get("dimensions").filter(|d| !d.is_null()) {
-        if asked.as_u64().map(|d| d as usize) != dims || dims.is_none() {
-            return Err(ApiError::new(
-                422,
-                format!(
-                    "dimensions {asked}: this model gives {} values per image",
-                    dims.map_or("a varying number of".into(), |d| d.to_string())
-                ),
-            ));
-        }
-    }
+    let dimensions = match v.get("dimensions").filter(|d| !d.is_null()) {
+        None => None,
+        Some(d) => Some(d.as_u64().ok_or_else(|| {
+            ApiError::new(422, format!("dimensions {d}: expected a number of values"))
+        })?),
+    };
     let inputs = strings(&v["input"], "input")?;
     check_count(inputs.len(), max_inputs)?;
     let images = inputs
@@ -163,19 +164,55 @@ pub fn embeddings_request(
         .enumerate()
         .map(|(i, s)| decode_image_string(s, i))
         .collect::<Result<_, _>>()?;
-    Ok(EmbeddingsRequest { images, encoding })
+    Ok(EmbeddingsRequest {
+        images,
+        encoding,
+        pooling: pooling_field(&v)?,
+        dimensions,
+    })
 }
 
-/// Parses an `/embed` JSON body: `{"inputs": ...}`.
-pub fn embed_request(body: &[u8], max_inputs: usize) -> Result<Vec<Vec<u8>>, ApiError> {
+/// Checks the `dimensions` asked against the values per image the pooling gives (`None` when
+/// that varies): vectors are not shortened.
+pub fn check_dimensions(asked: Option<u64>, dims: Option<usize>) -> Result<(), ApiError> {
+    match asked {
+        Some(a) if dims != Some(a as usize) => Err(ApiError::new(
+            422,
+            format!(
+                "dimensions {a}: this model gives {} values per image",
+                dims.map_or("a varying number of".into(), |d| d.to_string())
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The optional `"pooling"` field: a string.
+fn pooling_field(v: &Value) -> Result<Option<String>, ApiError> {
+    match v.get("pooling").filter(|p| !p.is_null()) {
+        None => Ok(None),
+        Some(Value::String(p)) => Ok(Some(p.clone())),
+        Some(other) => Err(ApiError::new(
+            422,
+            format!("pooling {other}: expected a name such as \"mean\""),
+        )),
+    }
+}
+
+/// Parses an `/embed` JSON body: `{"inputs": ..., "pooling"?}`.
+pub fn embed_request(body: &[u8], max_inputs: usize) -> Result<EmbedRequest, ApiError> {
     let v = parse_json(body)?;
     let inputs = strings(&v["inputs"], "inputs")?;
     check_count(inputs.len(), max_inputs)?;
-    inputs
+    let images = inputs
         .iter()
         .enumerate()
         .map(|(i, s)| decode_image_string(s, i))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(EmbedRequest {
+        images,
+        pooling: pooling_field(&v)?,
+    })
 }
 
 /// Appends `values` as a JSON list of numbers: each float32 in its shortest form that reads back
@@ -272,26 +309,39 @@ mod tests {
     fn parses_requests_and_writes_answers() {
         let b64 = base64::engine::general_purpose::STANDARD.encode(b"img");
         let body = format!(r#"{{"input": ["{b64}", "{b64}"], "model": "m"}}"#);
-        let r = embeddings_request(body.as_bytes(), 8, Some(4)).unwrap();
+        let r = embeddings_request(body.as_bytes(), 8).unwrap();
         assert_eq!((r.images.len(), r.encoding), (2, Encoding::Float));
-        let body = format!(r#"{{"input": "{b64}", "encoding_format": "base64", "dimensions": 4}}"#);
-        let r = embeddings_request(body.as_bytes(), 8, Some(4)).unwrap();
+        assert_eq!((r.pooling, r.dimensions), (None, None));
+        let body = format!(
+            r#"{{"input": "{b64}", "encoding_format": "base64", "dimensions": 4, "pooling": "mean"}}"#
+        );
+        let r = embeddings_request(body.as_bytes(), 8).unwrap();
         assert_eq!((r.images.len(), r.encoding), (1, Encoding::Base64));
+        assert_eq!(
+            (r.pooling.as_deref(), r.dimensions),
+            (Some("mean"), Some(4))
+        );
+        assert!(check_dimensions(Some(4), Some(4)).is_ok());
+        assert!(check_dimensions(None, None).is_ok());
+        assert_eq!(check_dimensions(Some(2), Some(4)).unwrap_err().status, 422);
+        assert_eq!(check_dimensions(Some(4), None).unwrap_err().status, 422);
         for (body, status) in [
             ("{", 400),
             (r#"{"input": []}"#, 422),
             (r#"{"input": 3}"#, 422),
             (r#"{"model": "m"}"#, 422),
             (r#"{"input": "aW1n", "encoding_format": "int8"}"#, 422),
-            (r#"{"input": "aW1n", "dimensions": 2}"#, 422),
+            (r#"{"input": "aW1n", "dimensions": -2}"#, 422),
+            (r#"{"input": "aW1n", "pooling": 3}"#, 422),
             (r#"{"input": ["aW1n", "aW1n", "aW1n"]}"#, 413),
         ] {
-            let e = embeddings_request(body.as_bytes(), 2, Some(4)).unwrap_err();
+            let e = embeddings_request(body.as_bytes(), 2).unwrap_err();
             assert_eq!(e.status, status, "{body}: {e:?}");
         }
+        let r = embed_request(br#"{"inputs": "aW1n", "pooling": "patch"}"#, 2).unwrap();
         assert_eq!(
-            embed_request(br#"{"inputs": "aW1n"}"#, 2).unwrap(),
-            [b"img"]
+            (r.images, r.pooling.as_deref()),
+            (vec![b"img".to_vec()], Some("patch"))
         );
 
         let v = vec![vec![0.1f32, -2.0, 1e-8], vec![3.5, 0.0, f32::NAN]];

@@ -11,23 +11,23 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dinov2::image::PixelValues;
-use dinov2::{stack_images, Backend, Embedder, ModelError};
+use dinov2::{stack_images, Backend, Embedder, Embedding, ModelError};
 
 use super::api::ApiError;
 use super::metrics::Metrics;
 
-/// One image's answer: its vector, or why it has none.
-type Answer = Result<Vec<f32>, ApiError>;
+/// One image's answer: its embedding, or why it has none.
+type Answer = Result<Embedding, ApiError>;
 
 /// Images of one size: `(request, image)` positions, in order of arrival.
 type SizeGroup = ([usize; 3], Vec<(usize, usize)>);
 
-/// One request's images, and where its answer goes: one vector per image, in order. It holds
+/// One request's images, and where its answer goes: one embedding per image, in order. It holds
 /// its images' room in flight until it is answered or dropped, and is dropped unrun once its
 /// client stopped waiting (the deadline).
 struct Job {
     pixels: Vec<PixelValues>,
-    reply: Sender<Result<Vec<Vec<f32>>, ApiError>>,
+    reply: Sender<Result<Vec<Embedding>, ApiError>>,
     deadline: Instant,
     _permit: Permit,
 }
@@ -136,14 +136,14 @@ impl Queue {
         }
     }
 
-    /// Queues `pixels` (admitted by `permit`) and waits for their vectors: 503 when no model
+    /// Queues `pixels` (admitted by `permit`) and waits for their embeddings: 503 when no model
     /// thread runs, 504 past the timeout (the job is then dropped unrun, and its room given
     /// back, when a model thread reaches it).
     pub fn embed(
         &self,
         pixels: Vec<PixelValues>,
         permit: Permit,
-    ) -> Result<Vec<Vec<f32>>, ApiError> {
+    ) -> Result<Vec<Embedding>, ApiError> {
         let (reply, answer) = channel();
         let unavailable = || ApiError::new(503, "no model thread is running");
         let job = Job {
@@ -249,7 +249,7 @@ fn run_jobs<B: Backend>(
             match outcome {
                 Ok(each) if each.len() == pass.len() => {
                     for (&(j, i), r) in pass.iter().zip(each) {
-                        results[j][i] = Some(r.map(|e| e.values).map_err(model_error));
+                        results[j][i] = Some(r.map_err(model_error));
                     }
                 }
                 Ok(each) => {

@@ -45,6 +45,8 @@ pub struct Request {
     pub method: String,
     /// The path, without the query.
     pub path: String,
+    /// The query, after `?` (empty without one).
+    pub query: String,
     /// Header names in lower case.
     headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -53,6 +55,15 @@ pub struct Request {
 }
 
 impl Request {
+    /// The value of query parameter `name` (`?name=value&...`), `%XX` escapes decoded (a `+`
+    /// stays a `+`: `?pooling=cls+mean`).
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == name).then(|| percent_decode(value))
+        })
+    }
+
     /// The value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -453,10 +464,35 @@ fn read_request(
     Ok(Some(Request {
         method: method.to_string(),
         path: target.split('?').next().unwrap_or("").to_string(),
+        query: target.split_once('?').map_or("", |q| q.1).to_string(),
         headers,
         body,
         keep_alive,
     }))
+}
+
+/// `%XX` escapes decoded; a malformed escape is kept as it is.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn reason(status: u16) -> &'static str {
@@ -501,4 +537,26 @@ fn write_response(
         stream.write_all(part)?;
     }
     stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_found_and_unescaped() {
+        let request = Request {
+            method: "POST".into(),
+            path: "/embed".into(),
+            query: "a=1&pooling=cls%2Bmean&b&bad=%zz%4".into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            keep_alive: false,
+        };
+        assert_eq!(request.query_param("pooling").as_deref(), Some("cls+mean"));
+        assert_eq!(request.query_param("a").as_deref(), Some("1"));
+        assert_eq!(request.query_param("b").as_deref(), Some(""));
+        assert_eq!(request.query_param("bad").as_deref(), Some("%zz%4"));
+        assert_eq!(request.query_param("c"), None);
+    }
 }

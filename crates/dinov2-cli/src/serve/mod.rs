@@ -6,6 +6,9 @@
 //!   `multipart/form-data` (`curl -F image=@cat.jpg`), or one image as the raw body (`image/*`,
 //!   `application/octet-stream`); answers a list of vectors, or with `Accept: application/x-npy`
 //!   one `.npy` array `[N, D]`.
+//! - A request picks one of the poolings the server offers (`--pooling cls,mean,...`) with
+//!   `"pooling"` in its JSON or `?pooling=`; with several, the model threads return every token
+//!   and the HTTP threads pool them.
 //! - `GET /health` (and `/ready`): 200 once the warm-up pass ran and while a model thread runs,
 //!   503 otherwise; `GET /info`: the model and the server's limits; `GET /metrics`: Prometheus.
 //!
@@ -49,8 +52,15 @@ struct State {
     metrics: Arc<Metrics>,
     max_request_bytes: usize,
     max_inputs: usize,
-    /// Values per vector, when every image gives as many.
-    dims: Option<usize>,
+    /// The poolings offered (the first is the default), and for each the values per vector
+    /// when every image gives as many.
+    poolings: Vec<Pooling>,
+    dims: Vec<Option<usize>>,
+    /// With several poolings the model threads return every token, and each request's vectors
+    /// are pooled from them here: the tokens before the patches (1 + registers), and whether
+    /// each vector is normalized.
+    prefix: usize,
+    normalize: bool,
     name: String,
     info: String,
     /// Set by SIGTERM or SIGINT: the server stops accepting, and `/health` answers 503.
@@ -63,10 +73,18 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let checkpoint = Checkpoint::open(&dir)?;
     let preprocess = preprocessing(&dir, &args.decode, checkpoint.config.patch_size)?;
     let decode = decode_options(&args.decode, &preprocess);
-    if args.pooling == Pooling::Registers && checkpoint.config.num_register_tokens == 0 {
+    if args.pooling.contains(&Pooling::Registers) && checkpoint.config.num_register_tokens == 0 {
         return Err(CliError(format!(
             "--pooling registers: {} has no register tokens",
             dir.display()
+        )));
+    }
+    if let Some((i, p)) =
+        (args.pooling.iter().enumerate()).find(|(i, p)| args.pooling[..*i].contains(p))
+    {
+        return Err(CliError(format!(
+            "--pooling: {p} is asked twice (at position {})",
+            i + 1
         )));
     }
     for (value, name) in [
@@ -106,11 +124,16 @@ fn start<B: Backend + Reopen + Send + 'static>(
     let streams = args.streams.unwrap_or(if cuda { 2 } else { 1 });
     let max_queue = args.max_queue.unwrap_or(max_batch * 8);
     let max_inputs = args.max_inputs.unwrap_or(64);
+    // One pooling runs on the model's backend; several are taken from every token on the host.
+    let (pooling, normalize) = match args.pooling[..] {
+        [one] => (one, args.normalize),
+        _ => (Pooling::Tokens, false),
+    };
     let load = |backend: B| -> Result<Embedder<B>> {
         let model = Dinov2::load(backend, checkpoint)?;
         Ok(Embedder::new(model, preprocess.clone())
-            .with_pooling(args.pooling)
-            .with_normalize(args.normalize)
+            .with_pooling(pooling)
+            .with_normalize(normalize)
             .with_decode_options(decode.clone()))
     };
     let mut embedders = vec![load(backend)?];
@@ -128,7 +151,9 @@ fn start<B: Backend + Reopen + Send + 'static>(
         }
     }
     warm_up(&embedders, &preprocess, checkpoint.config.image_size)?;
-    let dims = embedding_dims(args, checkpoint, &preprocess);
+    let dims: Vec<Option<usize>> = (args.pooling.iter())
+        .map(|&p| embedding_dims(p, checkpoint, &preprocess))
+        .collect();
     let metrics = Arc::new(Metrics::default());
     metrics.ready.store(true, Ordering::SeqCst);
     let queue = Queue::start(
@@ -153,9 +178,13 @@ fn start<B: Backend + Reopen + Send + 'static>(
         "num_hidden_layers": c.num_hidden_layers,
         "num_register_tokens": c.num_register_tokens,
         "patch_size": c.patch_size,
-        "pooling": args.pooling.to_string(),
+        "pooling": args.pooling[0].to_string(),
+        "poolings": args.pooling.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         "normalize": args.normalize,
-        "dimensions": dims,
+        "dimensions": dims[0],
+        "dimensions_by_pooling": (args.pooling.iter().zip(&dims))
+            .map(|(p, d)| (p.to_string(), json!(d)))
+            .collect::<serde_json::Map<_, _>>(),
         "device": match (args.device, &args.gpus) {
             (_, Some(gpus)) => format!("cuda:{gpus:?}"),
             (Device::Cpu, None) => "cpu".to_string(),
@@ -179,7 +208,10 @@ fn start<B: Backend + Reopen + Send + 'static>(
         metrics,
         max_request_bytes: args.max_request_bytes,
         max_inputs,
+        poolings: args.pooling.clone(),
         dims,
+        prefix: checkpoint.config.num_prefix_tokens(),
+        normalize: args.normalize,
         name,
         info,
         stop: Arc::new(AtomicBool::new(false)),
@@ -215,7 +247,7 @@ fn warm_up<B: Backend>(
 /// Values per vector, when every image gives as many: not for the outputs that follow the
 /// patch grid when the grid follows each image (no center crop).
 fn embedding_dims(
-    args: &ServeArgs,
+    pooling: Pooling,
     checkpoint: &Checkpoint,
     preprocess: &PreprocessConfig,
 ) -> Option<usize> {
@@ -225,7 +257,7 @@ fn embedding_dims(
         (preprocess.crop_size.height as usize / c.patch_size)
             * (preprocess.crop_size.width as usize / c.patch_size)
     });
-    match args.pooling {
+    match pooling {
         Pooling::Cls | Pooling::Mean => Some(h),
         Pooling::ClsMean => Some(2 * h),
         Pooling::Registers => Some(c.num_register_tokens * h),
@@ -312,8 +344,10 @@ fn route(state: &State, request: &http::Request) -> std::result::Result<http::Re
             body: state.metrics.render(state.queue.in_flight()).into_bytes(),
         }),
         ("POST", "/v1/embeddings") => {
-            let parsed = api::embeddings_request(&request.body, state.max_inputs, state.dims)?;
-            let vectors = embed(state, parsed.images)?;
+            let parsed = api::embeddings_request(&request.body, state.max_inputs)?;
+            let k = state.pooling(parsed.pooling)?;
+            api::check_dimensions(parsed.dimensions, state.dims[k])?;
+            let vectors = embed(state, parsed.images, k)?;
             Ok(ok(api::embeddings_response(
                 &vectors,
                 parsed.encoding,
@@ -326,8 +360,10 @@ fn route(state: &State, request: &http::Request) -> std::result::Result<http::Re
                 .trim_start()
                 .to_ascii_lowercase()
                 .starts_with("application/json");
-            let images = if is_json {
-                api::embed_request(&request.body, state.max_inputs)?
+            let asked = request.query_param("pooling");
+            let (images, asked) = if is_json {
+                let parsed = api::embed_request(&request.body, state.max_inputs)?;
+                (parsed.images, parsed.pooling.or(asked))
             } else if let Some(boundary) = multipart::boundary(content_type) {
                 let boundary = boundary.map_err(|e| ApiError::new(400, e))?;
                 let files = multipart::files(&request.body, &boundary)
@@ -339,14 +375,15 @@ fn route(state: &State, request: &http::Request) -> std::result::Result<http::Re
                     ));
                 }
                 api::check_count(files.len(), state.max_inputs)?;
-                files.into_iter().map(<[u8]>::to_vec).collect()
+                (files.into_iter().map(<[u8]>::to_vec).collect(), asked)
             } else if request.body.is_empty() {
                 return Err(ApiError::new(422, "an empty body: send an image, or JSON"));
             } else {
-                vec![request.body.clone()]
+                (vec![request.body.clone()], asked)
             };
+            let k = state.pooling(asked)?;
             let npy = wants_npy(request)?;
-            let vectors = embed(state, images)?;
+            let vectors = embed(state, images, k)?;
             if npy {
                 return npy_answer(&vectors);
             }
@@ -410,8 +447,45 @@ fn npy_answer(vectors: &[Vec<f32>]) -> std::result::Result<http::Response, ApiEr
     })
 }
 
-/// Decodes and preprocesses `images` on this thread, then queues them for the model.
-fn embed(state: &State, images: Vec<Vec<u8>>) -> std::result::Result<Vec<Vec<f32>>, ApiError> {
+impl State {
+    /// The index of the pooling a request asks for (`None`: the default, the first).
+    fn pooling(&self, asked: Option<String>) -> std::result::Result<usize, ApiError> {
+        let Some(asked) = asked else {
+            return Ok(0);
+        };
+        let offered = || {
+            (self.poolings.iter())
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // In a query a space may stand for the `+` of `cls+mean`.
+        let pooling: Pooling = asked
+            .replace(' ', "+")
+            .parse()
+            .map_err(|e: String| ApiError::new(422, format!("pooling: {e}")))?;
+        self.poolings
+            .iter()
+            .position(|&p| p == pooling)
+            .ok_or_else(|| {
+                ApiError::new(
+                    422,
+                    format!(
+                        "pooling {pooling}: this server gives {} (--pooling)",
+                        offered()
+                    ),
+                )
+            })
+    }
+}
+
+/// Decodes and preprocesses `images` on this thread, queues them for the model, and returns
+/// their vectors for pooling `k` of `state.poolings`.
+fn embed(
+    state: &State,
+    images: Vec<Vec<u8>>,
+    k: usize,
+) -> std::result::Result<Vec<Vec<f32>>, ApiError> {
     // Admitted before the costly decoding, so that a busy server refuses at once.
     let permit = state.queue.admit(images.len())?;
     let t = Instant::now();
@@ -431,5 +505,23 @@ fn embed(state: &State, images: Vec<Vec<u8>>) -> std::result::Result<Vec<Vec<f32
         .collect::<std::result::Result<Vec<_>, _>>()?;
     state.metrics.record_decode(images.len(), t.elapsed());
     drop(images);
-    state.queue.embed(pixels, permit)
+    let embeddings = state.queue.embed(pixels, permit)?;
+    if state.poolings.len() == 1 {
+        return Ok(embeddings.into_iter().map(|e| e.values).collect());
+    }
+    let pooling = state.poolings[k];
+    embeddings
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            e.pooled_as(state.prefix, 1, pooling, state.normalize)
+                .map(|p| p.values)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        500,
+                        format!("input[{i}]: the model did not return every token"),
+                    )
+                })
+        })
+        .collect()
 }
