@@ -1,12 +1,13 @@
 """Type stubs of `dinov2_rs`, the Python binding of dinov2-rs (maturin ships them in the wheel)."""
 
 import os
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence, overload
 
 __version__: str
 
-Image = bytes | bytearray | memoryview | str | os.PathLike[str] | Any | None
-"""Encoded image bytes, a path, an H x W x 3 (or H x W) uint8 array, or a PIL image."""
+# Encoded image bytes, a path, an H x W x 3 (or H x W) uint8 array (any buffer), a PIL image, a
+# Hugging Face {"bytes", "path"} dict, or None (a failed row with on_error="null").
+Image = bytes | bytearray | memoryview | str | os.PathLike[str] | dict[str, Any] | object | None
 
 class Embedder:
     """A DINOv2 checkpoint directory with its preprocessing, on the CPU or a CUDA GPU."""
@@ -58,13 +59,34 @@ class Embedder:
     @property
     def crop_size(self) -> tuple[int, int] | None: ...
 
-class Embeddings(Sequence["Embeddings"]):
-    """Float32 rows, one per image: `numpy.asarray(e)` and `pyarrow.array(e)` read them without
-    a copy; `e[i]` is row `i` alone."""
+class Embedding:
+    """One row of Embeddings: numpy.asarray(row) has the row's shape."""
+
+    @property
+    def shape(self) -> list[int] | None: ...
+    @property
+    def grid(self) -> tuple[int, int] | None: ...
+    @property
+    def size(self) -> tuple[int, int] | None: ...
+    @property
+    def region(self) -> tuple[float, float, float, float] | None: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def ok(self) -> bool: ...
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> Any: ...
+    def __buffer__(self, flags: int) -> memoryview: ...
+
+class Embeddings(Sequence[Embedding]):
+    """Float32 rows, one per image: numpy.asarray(e) and pyarrow.array(e) read them without a
+    copy; e[i] is row i (an Embedding), e[a:b] those rows (Embeddings)."""
 
     def __len__(self) -> int: ...
-    def __getitem__(self, i: int) -> Embeddings: ...  # type: ignore[override]
-    def __iter__(self) -> Iterator[Embeddings]: ...
+    @overload
+    def __getitem__(self, i: int) -> Embedding: ...
+    @overload
+    def __getitem__(self, i: slice) -> Embeddings: ...
+    def __iter__(self) -> Iterator[Embedding]: ...
     @property
     def shape(self) -> tuple[int, ...] | None: ...
     @property

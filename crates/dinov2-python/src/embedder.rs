@@ -2,6 +2,7 @@
 //! images with the GIL released.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use dinov2::image::{
     grid_region, DecodeOptions, HeightWidth, PixelValues, PreprocessConfig, Resolution,
@@ -10,7 +11,7 @@ use dinov2::{
     prepare_image, preprocess_config, Backend, Checkpoint, CpuBackend, CudaBackend, Device, Dinov2,
     Dinov2Config, Dtype, Embedding, Pooling,
 };
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use rayon::prelude::*;
 
@@ -94,8 +95,28 @@ impl Embedder {
         let device: Device = device.parse().map_err(|e| bad("device", e))?;
         let dtype: Dtype = dtype.parse().map_err(|e| bad("dtype", e))?;
         let pooling: Pooling = pooling.parse().map_err(|e| bad("pooling", e))?;
-        if batch_size == Some(0) {
-            return Err(bad("batch_size", "expected at least 1"));
+        for (value, name) in [
+            (batch_size.map(|v| v as u64), "batch_size"),
+            (resize.map(u64::from), "resize"),
+            (max_pixels, "max_pixels"),
+            (max_side.map(u64::from), "max_side"),
+        ] {
+            if value == Some(0) {
+                return Err(bad(name, "expected at least 1"));
+            }
+        }
+        if dtype != Dtype::F32 && device == Device::Cpu {
+            return Err(bad(
+                "dtype",
+                format!("{dtype} runs on a GPU: pass device=\"cuda\" (the CPU computes in f32)"),
+            ));
+        }
+        if !layer_norm && layers.is_none() {
+            return Err(bad(
+                "layer_norm",
+                "applies to the hidden states of layers=[...]; the final output is always \
+                 normalized",
+            ));
         }
         let resolution = Resolution {
             resize,
@@ -172,8 +193,10 @@ impl Embedder {
     /// images, or an Arrow column. Returns an `Embeddings` with a row per image.
     ///
     /// `on_error="raise"` (the default) raises `ValueError` naming the first image that could
-    /// not be read, decoded or embedded (the others are not returned); `on_error="null"` keeps
-    /// going: such a row is NaN (null in Arrow) and `Embeddings.errors` says why.
+    /// not be read, decoded or embedded, at the end of its batch (no later batch runs);
+    /// `on_error="null"` keeps going: such a row is NaN (null in Arrow) and `Embeddings.errors`
+    /// says why. Pixel arrays and PIL images are taken as they are: `max_pixels` and `max_side`
+    /// limit what is decoded here, not what was decoded before.
     #[pyo3(signature = (images, *, on_error = "raise"))]
     fn embed(
         &self,
@@ -192,16 +215,19 @@ impl Embedder {
             }
         };
         let sources = inputs::sources(images)?;
-        let results =
-            py.detach(|| on_backend!(&self.backed, |e| self.embed_all(e.as_ref(), &sources)))?;
-        let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-        if raise && !failed.is_empty() {
-            return Err(PyValueError::new_err(format!(
-                "{} of {} images failed (on_error=\"null\" keeps the others); the first: {}",
-                failed.len(),
-                results.len(),
-                failed[0]
-            )));
+        let results = py.detach(|| {
+            on_backend!(&self.backed, |e| self.embed_all(
+                e.as_ref(),
+                &sources,
+                raise
+            ))
+        })?;
+        if raise {
+            // The first failure: `embed_all` stopped after its batch.
+            if let Some((i, Err(message))) = (results.iter().enumerate()).find(|(_, r)| r.is_err())
+            {
+                return Err(failed(i, message));
+            }
         }
         let prefix = 1 + self.config.num_register_tokens;
         let patch = u32::try_from(self.config.patch_size).unwrap_or(u32::MAX);
@@ -224,7 +250,7 @@ impl Embedder {
                 })
             })
             .collect();
-        Ok(Embeddings::new(rows, self.vector_shape()))
+        Ok(Embeddings::new(rows, self.known_shape()))
     }
 
     /// Values per vector (per token for the token poolings): the hidden size, times the
@@ -310,29 +336,55 @@ impl Embedder {
 }
 
 impl Embedder {
-    /// Every source's embedding or error, a batch at a time: decoded in parallel, then embedded.
-    /// Ctrl-C (a pending signal) stops between batches.
+    /// Every source's embedding or error (naming the image's index), a batch at a time:
+    /// decoded in parallel, then embedded; with `stop_at_error`, no batch after one with a
+    /// failure. Ctrl-C (a pending signal) stops between batches. Runs on this process's own
+    /// thread pool ([`pool`]).
     fn embed_all<B: Backend>(
         &self,
         embedder: &dinov2::Embedder<B>,
         sources: &[Source],
+        stop_at_error: bool,
     ) -> PyResult<Vec<Embedded>> {
-        let mut out = Vec::with_capacity(sources.len());
-        for window in sources.chunks(embedder.batch_size()) {
-            Python::attach(|py| py.check_signals())?;
-            let prepared: Vec<Prepared> = window.par_iter().map(|s| self.prepare(s)).collect();
-            let good = prepared.iter().filter_map(|p| p.as_ref().ok());
-            let mut embedded = embedder
-                .embed_prepared_each(good.map(|(pixels, _)| Ok(pixels.clone())).collect())
-                .into_iter();
-            for p in prepared {
-                out.push(p.and_then(|(_, size)| match embedded.next() {
-                    Some(result) => result.map(|e| (e, size)).map_err(|e| e.to_string()),
-                    None => Err("the model returned no result for this image".into()),
-                }));
+        pool()?.install(|| {
+            let mut out: Vec<Embedded> = Vec::with_capacity(sources.len());
+            for window in sources.chunks(embedder.batch_size()) {
+                Python::attach(|py| py.check_signals())?;
+                let first = out.len();
+                let prepared: Vec<Prepared> = window.par_iter().map(|s| self.prepare(s)).collect();
+                let mut sizes = Vec::with_capacity(prepared.len());
+                let mut pixels = Vec::with_capacity(prepared.len());
+                for p in prepared {
+                    match p {
+                        Ok((values, size)) => {
+                            sizes.push(Ok(size));
+                            pixels.push(Ok(values));
+                        }
+                        Err(e) => sizes.push(Err(e)),
+                    }
+                }
+                let mut embedded = embedder.embed_prepared_each(pixels).into_iter();
+                for (k, size) in sizes.into_iter().enumerate() {
+                    let result = size.and_then(|size| match embedded.next() {
+                        Some(result) => result.map(|e| (e, size)).map_err(|e| e.to_string()),
+                        None => Err("the model returned no result for this image".into()),
+                    });
+                    let i = first + k;
+                    out.push(result.map_err(|e| {
+                        // Decoding errors name `image {i}` already; file errors name the file.
+                        if e.starts_with(&format!("image {i}:")) {
+                            e
+                        } else {
+                            format!("image {i}: {e}")
+                        }
+                    }));
+                }
+                if stop_at_error && out[first..].iter().any(Result::is_err) {
+                    break;
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Reads, decodes and preprocesses one source: its pixel values and `(width, height)`.
@@ -355,14 +407,62 @@ impl Embedder {
         prepared.map_err(|e| e.to_string())
     }
 
-    /// The row shape of the vector poolings, known without an image (for a list whose images
-    /// all failed); `None` for the grid poolings.
-    fn vector_shape(&self) -> Option<Vec<usize>> {
+    /// The row shape known without an image (for a list whose images all failed, or none):
+    /// the vector poolings', and the grid poolings' under a fixed center crop.
+    fn known_shape(&self) -> Option<Vec<usize>> {
         let d = self.dim();
+        let p = self.config.patch_size.max(1);
+        let pre = &self.preprocess;
+        let grid = pre.do_center_crop.then(|| {
+            let (mut h, mut w) = (pre.crop_size.height, pre.crop_size.width);
+            if let (true, Some(pad)) = (pre.do_pad, pre.pad_size) {
+                (h, w) = (h.max(pad.height), w.max(pad.width));
+            }
+            (h as usize / p, w as usize / p)
+        });
         match self.pooling {
             Pooling::Cls | Pooling::Mean | Pooling::ClsMean => Some(vec![d]),
             Pooling::Registers => Some(vec![self.config.num_register_tokens, d]),
-            Pooling::Patch | Pooling::Tokens => None,
+            Pooling::Patch => grid.map(|(gh, gw)| vec![gh, gw, d]),
+            Pooling::Tokens => {
+                grid.map(|(gh, gw)| vec![1 + self.config.num_register_tokens + gh * gw, d])
+            }
+        }
+    }
+}
+
+/// `ValueError` for image `i`'s failure in `on_error="raise"` mode.
+fn failed(i: usize, message: &str) -> PyErr {
+    let message = message
+        .strip_prefix(&format!("image {i}: "))
+        .unwrap_or(message);
+    PyValueError::new_err(format!(
+        "image {i} failed (on_error=\"null\" keeps going): {message}"
+    ))
+}
+
+/// This process's thread pool for decoding and the CPU model, made anew in a child process:
+/// after `fork` (multiprocessing's default on Linux) the parent's worker threads do not exist
+/// in the child, and a pool inherited from it would wait for them forever.
+fn pool() -> PyResult<Arc<rayon::ThreadPool>> {
+    static POOL: Mutex<Option<(u32, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
+    let mut slot = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let pid = std::process::id();
+    match slot.as_ref() {
+        Some((owner, pool)) if *owner == pid => Ok(pool.clone()),
+        _ => {
+            // The parent's pool, copied by fork without its threads: never dropped here (its
+            // drop would signal threads this process does not have).
+            if let Some(stale) = slot.take() {
+                std::mem::forget(stale);
+            }
+            let pool = rayon::ThreadPoolBuilder::new()
+                .thread_name(|i| format!("dinov2-rs-{i}"))
+                .build()
+                .map(Arc::new)
+                .map_err(|e| PyRuntimeError::new_err(format!("cannot start threads: {e}")))?;
+            *slot = Some((pid, pool.clone()));
+            Ok(pool)
         }
     }
 }
@@ -387,6 +487,12 @@ fn configure<B: Backend>(
 
 /// `crop=224` or `crop=(height, width)`.
 fn crop_size(crop: &Bound<'_, PyAny>) -> PyResult<HeightWidth> {
+    if crop.is_instance_of::<pyo3::types::PyBool>() {
+        return Err(bad(
+            "crop",
+            "expected a size such as 224 or (448, 336), found a bool",
+        ));
+    }
     let (height, width) = match crop.extract::<u32>() {
         Ok(n) => (n, n),
         Err(_) => crop.extract::<(u32, u32)>().map_err(|_| {

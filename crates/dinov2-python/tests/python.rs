@@ -14,33 +14,10 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The extension module (`libdinov2_rs.so`), built now: cargo builds no cdylib for an
-/// integration test, which cannot link it.
+/// The extension module (`libdinov2_rs.so`) cargo built with this test.
 fn extension() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
     let deps = exe.parent().expect("deps folder");
-    let profile = deps
-        .parent()
-        .and_then(|p| p.file_name())
-        .expect("profile folder");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build.args([
-        "build",
-        "--quiet",
-        "-p",
-        "dinov2-python",
-        "--lib",
-        "--profile",
-    ]);
-    // The profile this test was built with, so that its dependencies are reused.
-    build.arg(if profile == "release" {
-        "release"
-    } else {
-        "test"
-    });
-    let status = build.current_dir(root()).status().expect("cargo runs");
-    assert!(status.success(), "cargo build -p dinov2-python failed");
     let name = format!(
         "{}dinov2_rs{}",
         std::env::consts::DLL_PREFIX,
