@@ -9,7 +9,9 @@
 #   3. `dinov2 bench`: ViT-B/14, 224 px, batch 256, f16, ours against PyTorch + transformers (SDPA)
 #      in the same invocation, then the same pass's device time per operation (DINOV2_PROFILE=1);
 #   4. the criterion kernel benches and PyTorch's kernels on the same shapes; `dinov2 embed` on
-#      the GPU (its parity with the CPU, then 2100 files through ViT-B/14); then, while time
+#      the GPU (its parity with the CPU, `forward --expect` per dtype, `dinov2 serve` and the
+#      Python module dinov2_rs against the same CPU vectors, then 2100 files through ViT-B/14
+#      and the server under load); then, while time
 #      remains, ViT-S at batches 1, 64, 256, ViT-B at 1 and 64 (with and without CUDA graphs:
 #      DINOV2_CUDA_GRAPHS=0), ViT-L and ViT-g, short warm-up and repeats; the peer under
 #      torch.compile last;

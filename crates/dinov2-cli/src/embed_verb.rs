@@ -151,6 +151,10 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         args.dtype.to_string(),
         format!("{preprocess:?}"),
         format!("{decode:?}"),
+        format!(
+            "image column {:?}, id column {:?}",
+            args.image_column, args.id_column
+        ),
     ];
     let settings = Settings {
         inputs,

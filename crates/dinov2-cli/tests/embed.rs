@@ -398,6 +398,26 @@ fn existing_output_is_never_silently_replaced() {
     assert_eq!(r.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("other inputs or options"), "{stderr}");
     assert_eq!(read_npy(&out).0, vec![7, 48]);
+    // Another output type is another output.
+    let out_arg = out.to_str().unwrap();
+    let r = dinov2(&[
+        "embed",
+        "--model",
+        &model(),
+        "--output-dtype",
+        "f16",
+        "--resume",
+        "--output",
+        out_arg,
+        &images,
+    ]);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("other inputs or options"));
+    // A manifest that cannot be read is not taken as a yes.
+    std::fs::write(&manifest, b"{ truncated").unwrap();
+    let r = resume("cls");
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not valid JSON"), "{stderr}");
 
     let r = dinov2(&[
         "embed",
@@ -429,6 +449,28 @@ fn on_error_fail_stops_at_the_first_bad_input() {
     assert_eq!(r.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&r.stderr).contains("b_bad.png"));
     assert!(!out.exists());
+
+    // Skipped, the job finishes and exits 1; resuming the finished job says so again.
+    for extra in [&["--overwrite"][..], &["--resume"][..]] {
+        let r = dinov2(
+            &[
+                &["embed", "--model", &model()][..],
+                extra,
+                &[
+                    "--output",
+                    out.to_str().unwrap(),
+                    dir.path().to_str().unwrap(),
+                ],
+            ]
+            .concat(),
+        );
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains("could not be embedded"),
+            "{extra:?}: {stderr}"
+        );
+    }
 }
 
 /// Kills a job (SIGKILL) after it committed some rows, resumes it, and compares with a clean run.

@@ -554,6 +554,97 @@ fn a_request_picks_one_of_the_server_s_poolings() {
     }
 }
 
+/// `Accept` is read with its weights, across headers; a pooling may come in the query (either
+/// endpoint) or a form field, and a body and query that disagree are refused.
+#[test]
+fn accept_and_pooling_are_read_as_clients_mean_them() {
+    let server = serve(&["--pooling", "cls,mean"]);
+    let image = root().join("assets/images/coffee.jpg");
+    let raw = std::fs::read(&image).unwrap();
+    let want_cls = embedded_as(std::slice::from_ref(&image), &["--pooling", "cls"]);
+    let want_mean = embedded_as(std::slice::from_ref(&image), &["--pooling", "mean"]);
+    let post = |path: &str, headers: &[(&str, &str)], body: &[u8]| {
+        exchange(&server, "POST", path, headers, body)
+    };
+    let jpeg = ("Content-Type", "image/jpeg");
+    for (accept, npy) in [
+        (vec!["application/x-npy;q=0, application/json"], false),
+        (vec!["application/json;q=1, application/x-npy;q=0.5"], false),
+        (vec!["application/json;q=0.5, application/x-npy"], true),
+        (vec!["application/*"], false),
+        (vec![""], false),
+        (vec!["text/html", "application/x-npy"], true),
+    ] {
+        let mut headers = vec![jpeg];
+        headers.extend(accept.iter().map(|a| ("Accept", *a)));
+        let (status, body) = post("/embed", &headers, &raw);
+        assert_eq!(
+            status,
+            200,
+            "{accept:?}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!(body.starts_with(b"\x93NUMPY"), npy, "{accept:?}");
+    }
+    let answer = raw_exchange(
+        &server,
+        format!(
+            "POST /embed HTTP/1.1\r\nContent-Type: image/jpeg\r\nAccept: */*;q=0\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            raw.len()
+        )
+        .as_bytes()
+        .iter()
+        .chain(&raw)
+        .copied()
+        .collect::<Vec<u8>>()
+        .as_slice(),
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 406 Not Acceptable"),
+        "{answer}"
+    );
+    assert!(answer.contains("invalid_request_error"), "{answer}");
+
+    // The query picks on /v1/embeddings too; a body and a query that disagree are refused.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&raw);
+    let body = serde_json::json!({"input": b64}).to_string();
+    let json = ("Content-Type", "application/json");
+    let (status, v) = post("/v1/embeddings?pooling=mean", &[json], body.as_bytes());
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_slice(&v).unwrap();
+    assert!(close(&floats(&v["data"][0]["embedding"]), &want_mean[0]));
+    let body = serde_json::json!({"inputs": b64, "pooling": "mean"}).to_string();
+    let (status, v) = post("/embed?pooling=cls", &[json], body.as_bytes());
+    assert_eq!(status, 422, "{}", String::from_utf8_lossy(&v));
+    assert!(String::from_utf8_lossy(&v).contains("name one"));
+
+    // A form's `pooling` field picks; a typed field that is no file is not an image.
+    let boundary = "b0undary";
+    let mut form = Vec::new();
+    form.extend(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"pooling\"\r\n\r\nmean\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"meta\"\r\n\
+             Content-Type: application/json\r\n\r\n{{\"a\": 1}}\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"c.jpg\"\
+             \r\n\r\n"
+        )
+        .bytes(),
+    );
+    form.extend(&raw);
+    form.extend(format!("\r\n--{boundary}--\r\n").bytes());
+    let multipart = format!("multipart/form-data; boundary={boundary}");
+    let (status, v) = post("/embed", &[("Content-Type", &multipart)], &form);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&v));
+    let v: Value = serde_json::from_slice(&v).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert!(close(&floats(&v[0]), &want_mean[0]));
+    let (_, v) = post("/embed", &[jpeg], &raw);
+    let v: Value = serde_json::from_slice(&v).unwrap();
+    assert!(close(&floats(&v[0]), &want_cls[0]), "the default stays cls");
+}
+
 /// The value of a `/metrics` line starting with `name`.
 fn metric(server: &Server, name: &str) -> f64 {
     let (_, text) = request(server, "GET", "/metrics", "text/plain", b"");

@@ -4,6 +4,7 @@
 //! state it recorded and yields the same rows as one clean run.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::TensorView;
@@ -42,6 +43,8 @@ pub struct Failure {
 /// The job's recorded progress.
 #[derive(Debug)]
 pub struct Job {
+    /// The folder's lock, held while the job runs ([`lock`]).
+    _lock: File,
     dir: PathBuf,
     /// Identifies the inputs and options; a resume must match it.
     fingerprint: String,
@@ -98,11 +101,56 @@ pub fn digest(parts: impl IntoIterator<Item = impl AsRef<[u8]>>) -> String {
     format!("{h:016x}")
 }
 
+/// Holds `dir/lock` locked for this process until dropped (or the process ends): a second job
+/// in the same folder (two `--resume` runs of one shard) is refused instead of both writing it.
+pub fn lock(dir: &Path) -> Result<File> {
+    let path = dir.join("lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    match try_lock(&file) {
+        Ok(true) => Ok(file),
+        Ok(false) => Err(CliError(format!(
+            "{} is in use by another dinov2 embed (it holds {}); wait for it to end",
+            dir.display(),
+            path.display()
+        ))),
+        Err(e) => Err(CliError(format!("cannot lock {}: {e}", path.display()))),
+    }
+}
+
+/// An exclusive advisory lock on `file` (`flock`), released when it is closed: `Ok(false)`
+/// when another open file holds it.
+#[cfg(unix)]
+fn try_lock(file: &File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `flock` on a file descriptor this `File` owns for the call's duration.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EWOULDBLOCK) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// Elsewhere no lock is taken.
+#[cfg(not(unix))]
+fn try_lock(_: &File) -> std::io::Result<bool> {
+    Ok(true)
+}
+
 impl Job {
     /// Starts a new job in `dir` (which must not exist).
     pub fn create(dir: &Path, fingerprint: String) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock = lock(dir)?;
         let job = Job {
+            _lock: lock,
             dir: dir.to_owned(),
             fingerprint,
             done: 0,
@@ -118,6 +166,7 @@ impl Job {
     /// Reopens the job recorded in `dir`, checking that it was started with the same inputs and
     /// options.
     pub fn open(dir: &Path, fingerprint: &str) -> Result<Self> {
+        let lock = lock(dir)?;
         let state = dir.join("state.json");
         let text = std::fs::read_to_string(&state).map_err(io(&state))?;
         let bad = |what: &str| {
@@ -162,6 +211,7 @@ impl Job {
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| bad("bad failure entry"))?;
         Ok(Job {
+            _lock: lock,
             dir: dir.to_owned(),
             fingerprint: fingerprint.to_owned(),
             done: v["done"].as_u64().ok_or_else(|| bad("no progress count"))? as usize,
@@ -335,10 +385,15 @@ mod tests {
         )
         .unwrap();
         job.commit(&[row(3)], vec![], 4).unwrap();
+        // While a job holds its folder, no other may open it.
+        let held = Job::open(&job_dir, "fp").unwrap_err().0;
+        assert!(held.contains("in use by another dinov2 embed"), "{held}");
+        drop(job);
         let again = Job::open(&job_dir, "fp").unwrap();
         assert_eq!((again.done, again.rows, again.failures.len()), (4, 3, 1));
         let rows: Vec<Row> = again.chunks().flat_map(|c| c.unwrap()).collect();
         assert_eq!(rows, vec![row(0), row(2), row(3)]);
+        drop(again);
         assert!(Job::open(&job_dir, "other")
             .unwrap_err()
             .0

@@ -79,6 +79,52 @@ pub use inputs::{expand as expand_inputs, Input, TableColumns};
 /// and the fingerprint of the inputs and options, which `--resume` checks. Written last.
 const DONE: &str = ".done.json";
 
+/// `--resume` of a job whose output exists: fine when its manifest shows the same inputs and
+/// options (an error still when inputs failed then, as the first run's exit said), refused
+/// when it shows others or cannot be read. An output without a manifest (written before
+/// manifests were) is taken as it is, unchecked.
+fn finished(s: &Settings, fingerprint: &str) -> Result<()> {
+    let manifest = sibling(&s.output, DONE);
+    let (out, man) = (s.output.display(), manifest.display());
+    if !manifest.exists() {
+        eprintln!(
+            "{out} is complete; nothing to resume (it has no {DONE} to check its inputs and \
+             options against: --overwrite embeds again)"
+        );
+        return Ok(());
+    }
+    let unreadable = |why: &str| {
+        CliError(format!(
+            "{man}: {why}; it cannot say whether {out} is this job's: --overwrite embeds again"
+        ))
+    };
+    let bytes = std::fs::read(&manifest).map_err(|e| unreadable(&e.to_string()))?;
+    let done: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| unreadable("not valid JSON"))?;
+    let found = done["fingerprint"]
+        .as_str()
+        .ok_or_else(|| unreadable("no fingerprint"))?;
+    let dtype = format!("{:?}", s.output_dtype);
+    if found != fingerprint || done["output_dtype"].as_str() != Some(dtype.as_str()) {
+        return Err(CliError(format!(
+            "{out} was written by a job with other inputs or options ({man}): --overwrite \
+             embeds again"
+        )));
+    }
+    match done["failed"].as_u64() {
+        Some(failed) if failed > 0 => Err(CliError(format!(
+            "{out} is complete ({man}), but {failed} of its {} inputs could not be embedded; see \
+             {}",
+            done["inputs"],
+            done["errors"].as_str().unwrap_or("its errors file")
+        ))),
+        _ => {
+            eprintln!("{out} is complete ({man} says so, for these inputs and options); nothing to resume");
+            Ok(())
+        }
+    }
+}
+
 /// Time spent, for the summary.
 #[derive(Default)]
 struct Timing {
@@ -109,31 +155,7 @@ fn open_job(s: &Settings) -> Result<Option<Job>> {
             return Job::open(&partial, &fingerprint).map(Some);
         }
         if s.output.exists() {
-            let manifest = sibling(&s.output, DONE);
-            let found = std::fs::read(&manifest)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .and_then(|v| v["fingerprint"].as_str().map(str::to_owned));
-            match found {
-                Some(f) if f == fingerprint => eprintln!(
-                    "{} is complete ({} says so, for these inputs and options); nothing to resume",
-                    s.output.display(),
-                    manifest.display()
-                ),
-                Some(_) => {
-                    return Err(CliError(format!(
-                        "{} was written by a job with other inputs or options ({}): \
-                         --overwrite embeds again",
-                        s.output.display(),
-                        manifest.display()
-                    )))
-                }
-                None => eprintln!(
-                    "{} is complete; nothing to resume (it has no {DONE} to check its inputs and \
-                     options against: --overwrite embeds again)",
-                    s.output.display()
-                ),
-            }
+            finished(s, &fingerprint)?;
             return Ok(None);
         }
     } else if s.output.exists() || partial.exists() {
@@ -168,8 +190,11 @@ fn open_job(s: &Settings) -> Result<Option<Job>> {
             _ => {}
         }
         if partial.exists() {
+            // Not from under a job that still runs there.
+            let held = job::lock(&partial)?;
             std::fs::remove_dir_all(&partial)
                 .map_err(|e| CliError(format!("cannot remove {}: {e}", partial.display())))?;
+            drop(held);
         }
     }
     Job::create(&partial, fingerprint).map(Some)
@@ -570,7 +595,7 @@ fn finish(
         "finished_unix": std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        "seconds": secs,
+        "seconds_this_run": secs,
     });
     job::write_atomic(&manifest, format!("{done:#}\n").as_bytes())?;
     job.remove()?;

@@ -26,7 +26,7 @@ impl ApiError {
     /// `{"error": {"message", "type", "code"}}`, as OpenAI's API answers errors.
     pub fn body(&self) -> String {
         let kind = match self.status {
-            400 | 404 | 405 | 413 | 415 | 422 => "invalid_request_error",
+            400 | 404 | 405 | 406 | 413 | 415 | 422 => "invalid_request_error",
             429 => "rate_limit_error",
             503 => "unavailable",
             _ => "server_error",

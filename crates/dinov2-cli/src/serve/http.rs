@@ -55,13 +55,21 @@ pub struct Request {
 }
 
 impl Request {
-    /// The value of query parameter `name` (`?name=value&...`), `%XX` escapes decoded (a `+`
-    /// stays a `+`: `?pooling=cls+mean`).
+    /// The value of query parameter `name` (`?name=value&...`; the first when repeated), `%XX`
+    /// escapes decoded in names and values (a `+` stays a `+`: `?pooling=cls+mean`).
     pub fn query_param(&self, name: &str) -> Option<String> {
         self.query.split('&').find_map(|pair| {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (key == name).then(|| percent_decode(value))
+            (percent_decode(key) == name).then(|| percent_decode(value))
         })
+    }
+
+    /// Every value of header `name` (case-insensitive), in order.
+    pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// The value of header `name` (case-insensitive).
@@ -479,6 +487,7 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         let hex = bytes
             .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
             .and_then(|h| std::str::from_utf8(h).ok())
             .and_then(|h| u8::from_str_radix(h, 16).ok());
         match (bytes[i], hex) {
@@ -503,6 +512,7 @@ fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         411 => "Length Required",
+        406 => "Not Acceptable",
         413 => "Content Too Large",
         422 => "Unprocessable Content",
         429 => "Too Many Requests",
@@ -557,6 +567,12 @@ mod tests {
         assert_eq!(request.query_param("a").as_deref(), Some("1"));
         assert_eq!(request.query_param("b").as_deref(), Some(""));
         assert_eq!(request.query_param("bad").as_deref(), Some("%zz%4"));
+
         assert_eq!(request.query_param("c"), None);
+        let signed = Request {
+            query: "p%6fol=%+1".into(),
+            ..request
+        };
+        assert_eq!(signed.query_param("pool").as_deref(), Some("%+1"));
     }
 }

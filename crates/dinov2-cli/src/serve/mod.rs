@@ -345,9 +345,10 @@ fn route(state: &State, request: &http::Request) -> std::result::Result<http::Re
         }),
         ("POST", "/v1/embeddings") => {
             let parsed = api::embeddings_request(&request.body, state.max_inputs)?;
-            let k = state.pooling(parsed.pooling)?;
+            let k = state.pooling(chosen(parsed.pooling, request)?)?;
             api::check_dimensions(parsed.dimensions, state.dims[k])?;
-            let vectors = embed(state, parsed.images, k)?;
+            let images: Vec<&[u8]> = parsed.images.iter().map(Vec::as_slice).collect();
+            let vectors = embed(state, &images, k, false)?;
             Ok(ok(api::embeddings_response(
                 &vectors,
                 parsed.encoding,
@@ -360,14 +361,25 @@ fn route(state: &State, request: &http::Request) -> std::result::Result<http::Re
                 .trim_start()
                 .to_ascii_lowercase()
                 .starts_with("application/json");
-            let asked = request.query_param("pooling");
-            let (images, asked) = if is_json {
+            let npy = wants_npy(request)?;
+            if is_json {
                 let parsed = api::embed_request(&request.body, state.max_inputs)?;
-                (parsed.images, parsed.pooling.or(asked))
-            } else if let Some(boundary) = multipart::boundary(content_type) {
+                let k = state.pooling(chosen(parsed.pooling, request)?)?;
+                let images: Vec<&[u8]> = parsed.images.iter().map(Vec::as_slice).collect();
+                return answer_embed(state, &images, k, npy);
+            }
+            if let Some(boundary) = multipart::boundary(content_type) {
                 let boundary = boundary.map_err(|e| ApiError::new(400, e))?;
-                let files = multipart::files(&request.body, &boundary)
+                let parts = multipart::parts(&request.body, &boundary)
                     .map_err(|e| ApiError::new(400, e))?;
+                // A `pooling` field (`curl -F pooling=mean`) picks as the query does.
+                let field = parts
+                    .iter()
+                    .find(|p| !p.is_file && p.name.as_deref() == Some("pooling"))
+                    .map(|p| String::from_utf8_lossy(p.content).trim().to_string());
+                let files: Vec<&[u8]> = (parts.iter().filter(|p| p.is_file))
+                    .map(|p| p.content)
+                    .collect();
                 if files.is_empty() {
                     return Err(ApiError::new(
                         422,
@@ -375,19 +387,14 @@ fn route(state: &State, request: &http::Request) -> std::result::Result<http::Re
                     ));
                 }
                 api::check_count(files.len(), state.max_inputs)?;
-                (files.into_iter().map(<[u8]>::to_vec).collect(), asked)
-            } else if request.body.is_empty() {
-                return Err(ApiError::new(422, "an empty body: send an image, or JSON"));
-            } else {
-                (vec![request.body.clone()], asked)
-            };
-            let k = state.pooling(asked)?;
-            let npy = wants_npy(request)?;
-            let vectors = embed(state, images, k)?;
-            if npy {
-                return npy_answer(&vectors);
+                let k = state.pooling(chosen(field, request)?)?;
+                return answer_embed(state, &files, k, npy);
             }
-            Ok(ok(api::embed_response(&vectors)))
+            if request.body.is_empty() {
+                return Err(ApiError::new(422, "an empty body: send an image, or JSON"));
+            }
+            let k = state.pooling(chosen(None, request)?)?;
+            answer_embed(state, &[request.body.as_slice()], k, npy)
         }
         (method, "/health" | "/ready" | "/info" | "/metrics" | "/v1/embeddings" | "/embed") => Err(
             ApiError::new(405, format!("{method} is not allowed on {path}")),
@@ -396,33 +403,80 @@ fn route(state: &State, request: &http::Request) -> std::result::Result<http::Re
     }
 }
 
-/// Whether the client asks for an `.npy` answer (`Accept: application/x-npy`); JSON otherwise.
-/// 406 when it accepts neither.
+/// The pooling a request names: in its body (JSON field, form field) or in its query
+/// (`?pooling=`, where a space stands for the `+` of `cls+mean`); 422 when the two differ.
+fn chosen(
+    in_body: Option<String>,
+    request: &http::Request,
+) -> std::result::Result<Option<String>, ApiError> {
+    let in_query = request.query_param("pooling").map(|q| q.replace(' ', "+"));
+    match (in_body, in_query) {
+        (Some(b), Some(q)) if b != q => Err(ApiError::new(
+            422,
+            format!("pooling {b:?} in the body, {q:?} in the query: name one"),
+        )),
+        (b, q) => Ok(b.or(q)),
+    }
+}
+
+/// Whether the client asks for an `.npy` answer rather than JSON, from every `Accept` header:
+/// each media range with its `q` (0 refuses), the most specific range deciding for each type;
+/// npy where it is named and weighs at least as much as JSON. 406 when it accepts neither. No
+/// `Accept` (or an empty one) means JSON.
 fn wants_npy(request: &http::Request) -> std::result::Result<bool, ApiError> {
-    let Some(accept) = request.header("accept") else {
-        return Ok(false);
-    };
-    let types: Vec<String> = accept
-        .split(',')
-        .map(|t| {
-            t.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
+    let ranges: Vec<(String, f32)> = request
+        .headers_named("accept")
+        .flat_map(|h| h.split(','))
+        .filter_map(|range| {
+            let mut parts = range.split(';');
+            let kind = parts.next()?.trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q=").or(p.trim().strip_prefix("Q=")))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            (!kind.is_empty()).then_some((kind, q))
         })
         .collect();
-    let takes = |t: &str| types.iter().any(|a| a == t);
-    if takes("application/x-npy") {
-        Ok(true)
-    } else if takes("application/json") || takes("application/*") || takes("*/*") {
-        Ok(false)
-    } else {
-        Err(ApiError::new(
-            406,
-            format!("Accept: {accept}: answers are application/json or application/x-npy"),
-        ))
+    if ranges.is_empty() {
+        return Ok(false);
     }
+    // The weight of `kind`, from its most specific range: exact, then `type/*`, then `*/*`.
+    let weight = |kind: &str| -> (f32, bool) {
+        let family = format!("{}/*", kind.split('/').next().unwrap_or(""));
+        for (pattern, exact) in [(kind, true), (family.as_str(), false), ("*/*", false)] {
+            if let Some((_, q)) = ranges.iter().find(|(k, _)| k == pattern) {
+                return (*q, exact);
+            }
+        }
+        (0.0, false)
+    };
+    let (npy, named) = weight("application/x-npy");
+    let (json, _) = weight("application/json");
+    if npy <= 0.0 && json <= 0.0 {
+        let accept: Vec<&str> = request.headers_named("accept").collect();
+        return Err(ApiError::new(
+            406,
+            format!(
+                "Accept: {}: answers are application/json or application/x-npy",
+                accept.join(", ")
+            ),
+        ));
+    }
+    Ok(npy > json || (npy > 0.0 && npy == json && named))
+}
+
+/// `/embed`'s answer: the vectors of `images` for pooling `k`, as JSON or one `.npy` array.
+fn answer_embed(
+    state: &State,
+    images: &[&[u8]],
+    k: usize,
+    npy: bool,
+) -> std::result::Result<http::Response, ApiError> {
+    let vectors = embed(state, images, k, npy)?;
+    if npy {
+        return npy_answer(&vectors);
+    }
+    Ok(http::Response::json(200, api::embed_response(&vectors)))
 }
 
 /// The vectors as one `.npy` float32 array `[N, D]`; 406 when their lengths differ (patch grids
@@ -459,9 +513,7 @@ impl State {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        // In a query a space may stand for the `+` of `cls+mean`.
         let pooling: Pooling = asked
-            .replace(' ', "+")
             .parse()
             .map_err(|e: String| ApiError::new(422, format!("pooling: {e}")))?;
         self.poolings
@@ -480,11 +532,14 @@ impl State {
 }
 
 /// Decodes and preprocesses `images` on this thread, queues them for the model, and returns
-/// their vectors for pooling `k` of `state.poolings`.
+/// their vectors for pooling `k` of `state.poolings`. With `one_array`, images whose vectors
+/// would differ in length (patch grids of several sizes) are refused (406) before the model
+/// runs: no single `.npy` array holds them.
 fn embed(
     state: &State,
-    images: Vec<Vec<u8>>,
+    images: &[&[u8]],
     k: usize,
+    one_array: bool,
 ) -> std::result::Result<Vec<Vec<f32>>, ApiError> {
     // Admitted before the costly decoding, so that a busy server refuses at once.
     let permit = state.queue.admit(images.len())?;
@@ -504,12 +559,18 @@ fn embed(
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     state.metrics.record_decode(images.len(), t.elapsed());
-    drop(images);
+    let pooling = state.poolings[k];
+    if one_array && pooling.has_grid() && pixels.windows(2).any(|w| w[0].shape != w[1].shape) {
+        return Err(ApiError::new(
+            406,
+            "the images have patch grids of different sizes: no single .npy array holds their \
+             vectors; ask for application/json",
+        ));
+    }
     let embeddings = state.queue.embed(pixels, permit)?;
     if state.poolings.len() == 1 {
         return Ok(embeddings.into_iter().map(|e| e.values).collect());
     }
-    let pooling = state.poolings[k];
     embeddings
         .iter()
         .enumerate()
