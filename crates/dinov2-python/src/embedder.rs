@@ -336,39 +336,38 @@ impl Embedder {
 }
 
 impl Embedder {
-    /// Every source's embedding or error (naming the image's index), a batch at a time:
-    /// decoded in parallel, then embedded; with `stop_at_error`, no batch after one with a
-    /// failure. Ctrl-C (a pending signal) stops between batches. Runs on this process's own
-    /// thread pool ([`pool`]).
+    /// Every source's embedding or error (naming the image's index), a batch at a time: one
+    /// thread decodes the next batch (in parallel) while the model runs this one, so that a GPU
+    /// does not wait for the decoding. With `stop_at_error`, no batch after one with a failure.
+    /// Ctrl-C (a pending signal) stops between batches. Runs on this process's own thread pool
+    /// ([`pool`]).
     fn embed_all<B: Backend>(
         &self,
         embedder: &dinov2::Embedder<B>,
         sources: &[Source],
         stop_at_error: bool,
     ) -> PyResult<Vec<Embedded>> {
-        pool()?.install(|| {
-            let mut out: Vec<Embedded> = Vec::with_capacity(sources.len());
-            for window in sources.chunks(embedder.batch_size()) {
-                Python::attach(|py| py.check_signals())?;
-                let first = out.len();
-                let prepared: Vec<Prepared> = window.par_iter().map(|s| self.prepare(s)).collect();
-                let mut sizes = Vec::with_capacity(prepared.len());
-                let mut pixels = Vec::with_capacity(prepared.len());
-                for p in prepared {
-                    match p {
-                        Ok((values, size)) => {
-                            sizes.push(Ok(size));
-                            pixels.push(Ok(values));
-                        }
-                        Err(e) => sizes.push(Err(e)),
+        let pool = pool()?;
+        let batch = embedder.batch_size();
+        std::thread::scope(|scope| {
+            // One decoded batch waits while the model runs another.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Prepared>>(1);
+            let decoding = pool.clone();
+            scope.spawn(move || {
+                for window in sources.chunks(batch) {
+                    let prepared =
+                        decoding.install(|| window.par_iter().map(|s| self.prepare(s)).collect());
+                    if tx.send(prepared).is_err() {
+                        break; // the model side stopped
                     }
                 }
-                let mut embedded = embedder.embed_prepared_each(pixels).into_iter();
-                for (k, size) in sizes.into_iter().enumerate() {
-                    let result = size.and_then(|size| match embedded.next() {
-                        Some(result) => result.map(|e| (e, size)).map_err(|e| e.to_string()),
-                        None => Err("the model returned no result for this image".into()),
-                    });
+            });
+            let mut out: Vec<Embedded> = Vec::with_capacity(sources.len());
+            for prepared in rx {
+                Python::attach(|py| py.check_signals())?;
+                let first = out.len();
+                let results = pool.install(|| embed_window(embedder, prepared));
+                for (k, result) in results.into_iter().enumerate() {
                     let i = first + k;
                     out.push(result.map_err(|e| {
                         // Decoding errors name `image {i}` already; file errors name the file.
@@ -429,6 +428,34 @@ impl Embedder {
             }
         }
     }
+}
+
+/// One decoded batch through the model: each image's embedding and size, or its error.
+fn embed_window<B: Backend>(
+    embedder: &dinov2::Embedder<B>,
+    prepared: Vec<Prepared>,
+) -> Vec<Embedded> {
+    let mut sizes = Vec::with_capacity(prepared.len());
+    let mut pixels = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        match p {
+            Ok((values, size)) => {
+                sizes.push(Ok(size));
+                pixels.push(Ok(values));
+            }
+            Err(e) => sizes.push(Err(e)),
+        }
+    }
+    let mut embedded = embedder.embed_prepared_each(pixels).into_iter();
+    sizes
+        .into_iter()
+        .map(|size| {
+            size.and_then(|size| match embedded.next() {
+                Some(result) => result.map(|e| (e, size)).map_err(|e| e.to_string()),
+                None => Err("the model returned no result for this image".into()),
+            })
+        })
+        .collect()
 }
 
 /// `ValueError` for image `i`'s failure in `on_error="raise"` mode.
