@@ -77,7 +77,7 @@ class Embedding:
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> Any: ...
     def __buffer__(self, flags: int) -> memoryview: ...
 
-class Embeddings(Sequence[Embedding]):
+class Embeddings:
     """Float32 rows, one per image: numpy.asarray(e) and pyarrow.array(e) read them without a
     copy; e[i] is row i (an Embedding), e[a:b] those rows (Embeddings)."""
 

@@ -30,6 +30,11 @@ pub enum Command {
     /// Time forward passes of an architecture or checkpoint, optionally beside PyTorch.
     Bench(BenchArgs),
     /// Serve embeddings over HTTP: OpenAI's /v1/embeddings, /embed, /health, /info, /metrics.
+    ///
+    /// /embed takes JSON (`{"inputs": ...}`), multipart/form-data files (`curl -F
+    /// image=@cat.jpg`) or one image as the body, and answers JSON, or one float32 .npy array
+    /// when Accept names application/x-npy (406 when it allows neither). Errors are JSON with
+    /// a status: 400, 406, 413, 422, 429, 503, 504 (see the README).
     Serve(ServeArgs),
     /// Nearest neighbours by cosine similarity over an embed output (exact, on the CPU).
     Knn(KnnArgs),
@@ -288,8 +293,9 @@ pub struct ServeArgs {
     pub dtype: Dtype,
     /// cls (pooler_output), mean, cls+mean, patch, registers or tokens, or several, e.g.
     /// `cls,mean,patch`: the first is the default, and a request picks another with
-    /// `"pooling"` in its JSON or `?pooling=` (then the model threads return every token and
-    /// each request's vectors are pooled from them). Each answer is one flat vector per image.
+    /// `"pooling"` in its JSON, a `pooling` form field or `?pooling=` (then the model threads
+    /// return every token and each request's vectors are pooled from them). Each answer is one
+    /// flat vector per image.
     #[arg(long, default_value = "cls", value_delimiter = ',')]
     pub pooling: Vec<Pooling>,
     /// L2-normalize each vector (each token's vector for the token poolings).
@@ -417,13 +423,17 @@ pub struct EmbedArgs {
     pub output_dtype: crate::embed::ValueType,
     /// Output file: .parquet, .npy (with FILE.paths.txt) or .safetensors (with FILE.paths.txt);
     /// or a folder name ending in / for clip-retrieval's layout (img_emb/img_emb_0.npy and
-    /// metadata/metadata_0.parquet, read by embedding-reader and autofaiss).
+    /// metadata/metadata_0.parquet, read by embedding-reader and autofaiss). Parquet patch and
+    /// token outputs also hold each image's grid and `region` (the part of the image the grid
+    /// covers). A finished job writes FILE.done.json last; a running one holds
+    /// FILE.partial/lock, so that a second job on the same output is refused.
     #[arg(long)]
     pub output: String,
     /// Replace an existing output (or interrupted job).
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
-    /// Continue an interrupted job with the same inputs and options.
+    /// Continue an interrupted job with the same inputs and options; on a finished output
+    /// (with its FILE.done.json) succeed at once when they match, refuse when they do not.
     #[arg(long)]
     pub resume: bool,
     /// skip: report bad inputs and embed the rest (exit status 1 at the end); fail: stop at the first.

@@ -42,12 +42,14 @@ macro_rules! on_backend {
 
 /// A DINOv2 checkpoint with its preprocessing, on the CPU or a CUDA GPU.
 ///
-/// `Embedder(model, device="cpu", dtype="f32", pooling="cls", normalize=False, layers=None,
-/// layer_norm=True, batch_size=None, resize=None, crop=None, no_crop=False)`: `model` is a
-/// directory holding `config.json` and `model.safetensors` (a Hugging Face snapshot, e.g. from
+/// `Embedder(model, *, device="cpu", dtype="f32", pooling="cls", normalize=False, layers=None,
+/// layer_norm=True, batch_size=None, resize=None, crop=None, no_crop=False, max_pixels=None,
+/// max_side=None, apply_exif_orientation=False)`: `model` is a directory holding `config.json`
+/// and `model.safetensors` (a Hugging Face snapshot, e.g. from
 /// `huggingface_hub.snapshot_download("facebook/dinov2-small")`), preprocessed as its
 /// `preprocessor_config.json` says, with `resize`/`crop`/`no_crop` overriding the resolution as
-/// `dinov2 embed --resize/--crop/--no-crop` do.
+/// `dinov2 embed --resize/--crop/--no-crop` do (`crop` is `224`, `(448, 336)` or `"448x336"`).
+/// `layer_norm=False` is `--no-layer-norm`.
 #[pyclass(frozen, module = "dinov2_rs")]
 pub struct Embedder {
     backed: Backed,
@@ -469,7 +471,7 @@ fn failed(i: usize, message: &str) -> PyErr {
 }
 
 /// This process's thread pool for decoding and the CPU model, made anew in a child process:
-/// after `fork` (multiprocessing's default on Linux) the parent's worker threads do not exist
+/// after `fork` (multiprocessing's default on Linux before Python 3.14) the parent's worker threads do not exist
 /// in the child, and a pool inherited from it would wait for them forever.
 fn pool() -> PyResult<Arc<rayon::ThreadPool>> {
     static POOL: Mutex<Option<(u32, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
@@ -519,6 +521,21 @@ fn crop_size(crop: &Bound<'_, PyAny>) -> PyResult<HeightWidth> {
             "crop",
             "expected a size such as 224 or (448, 336), found a bool",
         ));
+    }
+    if let Ok(text) = crop.extract::<String>() {
+        // As the command line writes it: `224` or `448x336`.
+        let size = |v: &str| v.trim().parse::<u32>().ok().filter(|&n| n > 0);
+        let parsed = match text.split_once(['x', 'X']) {
+            Some((h, w)) => size(h).zip(size(w)),
+            None => size(&text).map(|n| (n, n)),
+        };
+        let (height, width) = parsed.ok_or_else(|| {
+            bad(
+                "crop",
+                format!("{text:?}: expected a size such as 224 or \"448x336\""),
+            )
+        })?;
+        return Ok(HeightWidth { height, width });
     }
     let (height, width) = match crop.extract::<u32>() {
         Ok(n) => (n, n),

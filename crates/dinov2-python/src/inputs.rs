@@ -54,6 +54,7 @@ fn single_image(obj: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
         || obj.is_instance_of::<PyBytes>()
         || obj.is_instance_of::<PyByteArray>()
         || obj.hasattr("__fspath__")?
+        || obj.is_instance_of::<PyDict>()
         || is_pil_image(obj)?
     {
         return Ok(Some(type_name(obj)));

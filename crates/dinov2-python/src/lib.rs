@@ -48,8 +48,5 @@ fn dinov2_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<embeddings::Embedding>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.setattr("__doc__", DOC)?;
-    // `isinstance(e, collections.abc.Sequence)`, as the rows can be read.
-    let sequence = m.py().import("collections.abc")?.getattr("Sequence")?;
-    sequence.call_method1("register", (m.getattr("Embeddings")?,))?;
     Ok(())
 }
