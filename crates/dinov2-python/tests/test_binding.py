@@ -217,6 +217,9 @@ class WithNumpy(unittest.TestCase):
             pixels = np.asarray(image.convert("RGB"))
             out = model.embed([image, pixels, pixels[::2, ::2]])
             np.testing.assert_allclose(np.asarray(out)[:2], [EXPECTED["cls"][0]] * 2, atol=1e-6)
+            # A batch of N x H x W x 3 pixels (Ray Data's numpy batches): a row per image.
+            out = model.embed(np.stack([pixels, pixels]))
+            np.testing.assert_allclose(np.asarray(out), [EXPECTED["cls"][0]] * 2, atol=1e-6)
         with self.assertRaisesRegex(TypeError, "found numpy.ndarray of float32"):
             model.embed([np.zeros((4, 4, 3), np.float32)])
         with self.assertRaisesRegex(TypeError, r"single numpy.ndarray of shape \[8, 9, 3\]"):
