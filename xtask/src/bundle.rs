@@ -134,8 +134,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds one target (release: the arguments say so) and returns its executable.
-fn build(cargo: &str, root: &Path, args: &[&str], prefix: &str) -> Result<PathBuf, String> {
+/// Runs `cargo ARGS --message-format=json` in `root`: its messages (stdout), or its errors.
+fn cargo_messages(cargo: &str, root: &Path, args: &[&str]) -> Result<String, String> {
     eprintln!("xtask: cargo {}", args.join(" "));
     let output = Command::new(cargo)
         .args(args)
@@ -150,8 +150,12 @@ fn build(cargo: &str, root: &Path, args: &[&str], prefix: &str) -> Result<PathBu
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    stdout
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Builds one target (release: the arguments say so) and returns its executable.
+fn build(cargo: &str, root: &Path, args: &[&str], prefix: &str) -> Result<PathBuf, String> {
+    cargo_messages(cargo, root, args)?
         .lines()
         .filter_map(|line| {
             let start = line.find("\"executable\":\"")? + "\"executable\":\"".len();
@@ -173,22 +177,8 @@ fn build(cargo: &str, root: &Path, args: &[&str], prefix: &str) -> Result<PathBu
 /// Builds the Python extension module (`dinov2-python`, release) and returns its shared library.
 fn build_module(cargo: &str, root: &Path) -> Result<PathBuf, String> {
     let args = ["build", "--release", "-p", "dinov2-python", "--lib"];
-    eprintln!("xtask: cargo {}", args.join(" "));
-    let output = Command::new(cargo)
-        .args(args)
-        .arg("--message-format=json")
-        .current_dir(root)
-        .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "`cargo {}` failed:\n{}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
     // The compiler-artifact message of the cdylib lists the library among its "filenames".
-    String::from_utf8_lossy(&output.stdout)
+    cargo_messages(cargo, root, &args)?
         .lines()
         .filter(|line| line.contains("\"compiler-artifact\"") && line.contains("dinov2_rs"))
         .flat_map(|line| line.split('"'))

@@ -42,7 +42,8 @@ pub use decode::{
 pub use error::{ImageError, ImageFormat, Result};
 pub use exif::Orientation;
 pub use preprocess::{
-    center_crop, grid_region, preprocess, resize_output_size, PixelValues, MAX_RESIZED_PIXELS,
+    center_crop, fixed_grid, grid_region, preprocess, resize_output_size, PixelValues,
+    MAX_RESIZED_PIXELS,
 };
 pub use resize::resize;
 pub use rgb::RgbImage;

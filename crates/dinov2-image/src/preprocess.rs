@@ -247,6 +247,24 @@ pub fn preprocess(image: &RgbImage, config: &PreprocessConfig) -> Result<PixelVa
     Ok(values)
 }
 
+/// The patch grid `(rows, columns)` of `patch`-pixel patches that every image gets under
+/// `config` when a center crop fixes its size (with the pad, if any); `None` without a crop,
+/// where each image's grid follows its aspect ratio.
+pub fn fixed_grid(config: &PreprocessConfig, patch: u32) -> Option<(usize, usize)> {
+    if !config.do_center_crop {
+        return None;
+    }
+    let HeightWidth {
+        mut height,
+        mut width,
+    } = config.crop_size;
+    if let (true, Some(pad)) = (config.do_pad, config.pad_size) {
+        (height, width) = (height.max(pad.height), width.max(pad.width));
+    }
+    let p = patch.max(1);
+    Some(((height / p) as usize, (width / p) as usize))
+}
+
 /// The part of a `width` x `height` image that `config`'s preprocessing brings into the model's
 /// grid of `patch` x `patch` patches (the pixels past the last whole patch dropped, as the model
 /// drops them): `[x0, y0, x1, y1]` in the image's pixel coordinates. It reaches past the image's

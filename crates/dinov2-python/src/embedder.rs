@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use dinov2::image::{
-    grid_region, DecodeOptions, HeightWidth, PixelValues, PreprocessConfig, Resolution,
+    fixed_grid, grid_region, DecodeOptions, HeightWidth, PixelValues, PreprocessConfig, Resolution,
 };
 use dinov2::{
     prepare_image, preprocess_config, Backend, Checkpoint, CpuBackend, CudaBackend, Device, Dinov2,
@@ -412,15 +412,8 @@ impl Embedder {
     /// the vector poolings', and the grid poolings' under a fixed center crop.
     fn known_shape(&self) -> Option<Vec<usize>> {
         let d = self.dim();
-        let p = self.config.patch_size.max(1);
-        let pre = &self.preprocess;
-        let grid = pre.do_center_crop.then(|| {
-            let (mut h, mut w) = (pre.crop_size.height, pre.crop_size.width);
-            if let (true, Some(pad)) = (pre.do_pad, pre.pad_size) {
-                (h, w) = (h.max(pad.height), w.max(pad.width));
-            }
-            (h as usize / p, w as usize / p)
-        });
+        let patch = u32::try_from(self.config.patch_size).unwrap_or(u32::MAX);
+        let grid = fixed_grid(&self.preprocess, patch);
         match self.pooling {
             Pooling::Cls | Pooling::Mean | Pooling::ClsMean => Some(vec![d]),
             Pooling::Registers => Some(vec![self.config.num_register_tokens, d]),

@@ -339,12 +339,9 @@ impl Embeddings {
         view: *mut ffi::Py_buffer,
         flags: c_int,
     ) -> PyResult<()> {
-        let this = slf.get();
-        let layout = this.layout().map_err(PyBufferError::new_err)?;
-        // The same memory, which `slf` (the view's owner) keeps alive.
-        let values = this.values.clone();
+        let (values, layout) = (slf.get().values.clone(), slf.get().layout());
         // SAFETY: `view` is valid (the caller's contract); see `fill_view`.
-        unsafe { fill_view(view, flags, &values, layout, slf.into_any()) }
+        unsafe { fill_view(view, flags, values, layout, slf.into_any()) }
     }
 
     unsafe fn __releasebuffer__(&self, view: *mut ffi::Py_buffer) {
@@ -421,12 +418,9 @@ impl Embedding {
         view: *mut ffi::Py_buffer,
         flags: c_int,
     ) -> PyResult<()> {
-        let this = slf.get();
-        let layout = this.layout.clone().map_err(PyBufferError::new_err)?;
-        // The same memory, which `slf` (the view's owner) keeps alive.
-        let values = this.values.clone();
+        let (values, layout) = (slf.get().values.clone(), slf.get().layout.clone());
         // SAFETY: `view` is valid (the caller's contract); see `fill_view`.
-        unsafe { fill_view(view, flags, &values, layout, slf.into_any()) }
+        unsafe { fill_view(view, flags, values, layout, slf.into_any()) }
     }
 
     unsafe fn __releasebuffer__(&self, view: *mut ffi::Py_buffer) {
@@ -455,19 +449,21 @@ fn as_array<'py>(
     }
 }
 
-/// Fills `view` over `values` (read-only float32, C order, `layout`), kept alive by `owner`.
-/// The shape and strides live in a box that `view.internal` holds until [`release_view`].
+/// Fills `view` over `values` (read-only float32, C order, `layout`, or a `BufferError` with
+/// why there is none), memory that `owner` holds. The shape and strides live in a box that
+/// `view.internal` holds until [`release_view`].
 ///
 /// # Safety
 ///
-/// `view` must be a valid `Py_buffer` to fill, and `values` must live as long as `owner`.
+/// `view` must be a valid `Py_buffer` to fill, and `values` must share `owner`'s memory.
 unsafe fn fill_view(
     view: *mut ffi::Py_buffer,
     flags: c_int,
-    values: &Buffer,
-    (dims, strides): Layout,
+    values: Buffer,
+    layout: Result<Layout, String>,
     owner: Bound<'_, PyAny>,
 ) -> PyResult<()> {
+    let (dims, strides) = layout.map_err(PyBufferError::new_err)?;
     if view.is_null() {
         return Err(PyBufferError::new_err("no view to fill"));
     }

@@ -157,15 +157,8 @@ pub fn embeddings_request(body: &[u8], max_inputs: usize) -> Result<EmbeddingsRe
             ApiError::new(422, format!("dimensions {d}: expected a number of values"))
         })?),
     };
-    let inputs = strings(&v["input"], "input")?;
-    check_count(inputs.len(), max_inputs)?;
-    let images = inputs
-        .iter()
-        .enumerate()
-        .map(|(i, s)| decode_image_string(s, i))
-        .collect::<Result<_, _>>()?;
     Ok(EmbeddingsRequest {
-        images,
+        images: images(&v, "input", max_inputs)?,
         encoding,
         pooling: pooling_field(&v)?,
         dimensions,
@@ -187,6 +180,17 @@ pub fn check_dimensions(asked: Option<u64>, dims: Option<usize>) -> Result<(), A
     }
 }
 
+/// The images of field `field` (one string or a list), counted against `max_inputs`.
+fn images(v: &Value, field: &str, max_inputs: usize) -> Result<Vec<Vec<u8>>, ApiError> {
+    let inputs = strings(&v[field], field)?;
+    check_count(inputs.len(), max_inputs)?;
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| decode_image_string(s, i))
+        .collect()
+}
+
 /// The optional `"pooling"` field: a string.
 fn pooling_field(v: &Value) -> Result<Option<String>, ApiError> {
     match v.get("pooling").filter(|p| !p.is_null()) {
@@ -202,15 +206,8 @@ fn pooling_field(v: &Value) -> Result<Option<String>, ApiError> {
 /// Parses an `/embed` JSON body: `{"inputs": ..., "pooling"?}`.
 pub fn embed_request(body: &[u8], max_inputs: usize) -> Result<EmbedRequest, ApiError> {
     let v = parse_json(body)?;
-    let inputs = strings(&v["inputs"], "inputs")?;
-    check_count(inputs.len(), max_inputs)?;
-    let images = inputs
-        .iter()
-        .enumerate()
-        .map(|(i, s)| decode_image_string(s, i))
-        .collect::<Result<_, _>>()?;
     Ok(EmbedRequest {
-        images,
+        images: images(&v, "inputs", max_inputs)?,
         pooling: pooling_field(&v)?,
     })
 }

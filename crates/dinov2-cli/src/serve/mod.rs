@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dinov2::image::{DecodeOptions, PixelValues, PreprocessConfig};
+use dinov2::image::{fixed_grid, DecodeOptions, PixelValues, PreprocessConfig};
 use dinov2::{cut_to_patches, prepare_image, Backend, Checkpoint, Dinov2, Embedder, Pooling};
 use serde_json::json;
 
@@ -185,10 +185,9 @@ fn start<B: Backend + Reopen + Send + 'static>(
         "dimensions_by_pooling": (args.pooling.iter().zip(&dims))
             .map(|(p, d)| (p.to_string(), json!(d)))
             .collect::<serde_json::Map<_, _>>(),
-        "device": match (args.device, &args.gpus) {
-            (_, Some(gpus)) => format!("cuda:{gpus:?}"),
-            (Device::Cpu, None) => "cpu".to_string(),
-            (Device::Cuda(n), None) => format!("cuda:{n}"),
+        "device": match &args.gpus {
+            Some(gpus) => format!("cuda:{gpus:?}"),
+            None => args.device.to_string(),
         },
         "dtype": args.dtype.to_string(),
         "max_batch_size": max_batch,
@@ -253,10 +252,8 @@ fn embedding_dims(
 ) -> Option<usize> {
     let c = &checkpoint.config;
     let h = c.hidden_size;
-    let grid = preprocess.do_center_crop.then(|| {
-        (preprocess.crop_size.height as usize / c.patch_size)
-            * (preprocess.crop_size.width as usize / c.patch_size)
-    });
+    let patch = u32::try_from(c.patch_size).unwrap_or(u32::MAX);
+    let grid = fixed_grid(preprocess, patch).map(|(gh, gw)| gh * gw);
     match pooling {
         Pooling::Cls | Pooling::Mean => Some(h),
         Pooling::ClsMean => Some(2 * h),
