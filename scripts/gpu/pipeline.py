@@ -112,7 +112,7 @@ def serve(addr, ref_path, tol, seconds, paths):
     return rc
 
 
-def binding(model, ref_path, images):
+def binding(model_dir, ref_path, images):
     """The Python module on CUDA: f32 within 1e-4 and f16 within 1e-2 (relative L2, per row) of
     the CPU's vectors for the same images, then a timed pass over them."""
     import time
@@ -127,15 +127,15 @@ def binding(model, ref_path, images):
     ref = np.load(ref_path).astype(np.float64)
     rc = 0
     for dtype, tol in (("f32", 1e-4), ("f16", 1e-2)):
-        model = dinov2_rs.Embedder(model, device="cuda", dtype=dtype, batch_size=4)
-        out = np.asarray(model.embed(images)).astype(np.float64)
+        embedder = dinov2_rs.Embedder(model_dir, device="cuda", dtype=dtype, batch_size=4)
+        out = np.asarray(embedder.embed(images)).astype(np.float64)
         err = np.linalg.norm(out - ref, axis=1) / np.maximum(np.linalg.norm(ref, axis=1), 1e-30)
         ok = out.shape == ref.shape and err.max() <= tol
         print(f"dinov2_rs cuda {dtype}: {out.shape[0]} rows, worst relative L2 {err.max():.3e} "
               f"(limit {tol:g}) {'ok' if ok else 'FAILED'}")
         rc |= 0 if ok else 1
     start = time.perf_counter()
-    model.embed(images * 8)
+    embedder.embed(images * 8)
     dt = time.perf_counter() - start
     print(f"dinov2_rs cuda f16: {len(images) * 8} images in {dt:.2f} s")
     return rc

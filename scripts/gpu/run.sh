@@ -222,7 +222,7 @@ main() {
     else
         echo "cuBLAS 13 not found (site-packages/nvidia/cu13/lib, /usr/local/cuda*/lib64); relying on the loader's default paths"
     fi
-    export DINOV2_GOLDEN_DIR="$HERE/fixtures/golden"
+    export DINOV2_GOLDEN_DIR="$HERE/../tests/fixtures/golden"
     export RUST_BACKTRACE=1
 
     echo "== GPU tests"

@@ -1,10 +1,10 @@
 //! `cargo xtask gpu-bundle`: everything the GPU machine runs, built here (it has no Rust
 //! toolchain): the release binaries of the GPU tests (`dinov2-kernels`' `gpu`, the `dinov2`
 //! package's `cuda`), of the `dinov2` program (whose `bench` verb times ours against the PyTorch peer it
-//! carries) and of the criterion kernel benches (`benches/cuda_kernels.rs`), the golden fixtures,
-//! `run.sh` and the table scripts (from `scripts/gpu/`), the PyTorch kernel peer
+//! carries) and of the criterion kernel benches (`benches/cuda_kernels.rs`), `run.sh` and the table scripts (from `scripts/gpu/`), the PyTorch kernel peer
 //! (`benches/peer_kernels.py`) and the Python module (`python/dinov2_rs.abi3.so`), gathered into
-//! `bundle/`.
+//! `bundle/`. The golden fixtures are not copied: they travel as tracked files, and the run reads
+//! them from `tests/fixtures/golden`.
 //!
 //! On the GPU machine, from the repository root: `bash bundle/run.sh` (writes its log under $OUT).
 
@@ -114,10 +114,6 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
         .arg("--strip-debug")
         .arg(&dst)
         .status();
-    copy_tree(
-        &root.join("tests/fixtures/golden"),
-        &out.join("fixtures/golden"),
-    )?;
     for (file, target) in SCRIPTS {
         let dst = out.join(target);
         if let Some(parent) = dst.parent() {
@@ -126,11 +122,23 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
         fs::copy(root.join(file), &dst).map_err(|e| format!("cannot copy {file}: {e}"))?;
     }
     let size = dir_size(&out);
+    let tracked = tracked_size(root)?;
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
     eprintln!(
-        "xtask: wrote {} ({:.1} MiB). On the GPU machine, from the repository root: bash bundle/run.sh",
+        "xtask: wrote {} ({:.1} MiB; with the {:.1} MiB of tracked files that travel beside it, {:.1} of {} MiB). On the GPU machine, from the repository root: bash bundle/run.sh",
         out.display(),
-        size as f64 / (1 << 20) as f64
+        mib(size),
+        mib(tracked),
+        mib(size + tracked),
+        TRAVEL_LIMIT >> 20
     );
+    if size + tracked > TRAVEL_LIMIT {
+        return Err(format!(
+            "the working tree and the bundle come to {:.1} MiB, over the device tool's {} MiB",
+            mib(size + tracked),
+            TRAVEL_LIMIT >> 20
+        ));
+    }
     Ok(())
 }
 
@@ -187,20 +195,27 @@ fn build_module(cargo: &str, root: &Path) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("`cargo {}` reported no libdinov2_rs.so", args.join(" ")))
 }
 
-fn copy_tree(src: &Path, dst: &Path) -> Result<(), String> {
-    fs::create_dir_all(dst).map_err(|e| format!("cannot create {}: {e}", dst.display()))?;
-    let entries = fs::read_dir(src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("{}: {e}", src.display()))?;
-        let path = entry.path();
-        let target = dst.join(entry.file_name());
-        if path.is_dir() {
-            copy_tree(&path, &target)?;
-        } else {
-            fs::copy(&path, &target).map_err(|e| format!("cannot copy {}: {e}", path.display()))?;
-        }
+/// What the device tool sends at most: the tracked files and the carried bundle together.
+const TRAVEL_LIMIT: u64 = 64 << 20;
+
+/// The bytes of the files git tracks (they travel with every device call; the golden fixtures
+/// among them are read there from `tests/fixtures/golden`, not copied into the bundle).
+fn tracked_size(root: &Path) -> Result<u64, String> {
+    let output = Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(root)
+        .output()
+        .map_err(|e| format!("cannot run git ls-files: {e}"))?;
+    if !output.status.success() {
+        return Err("git ls-files failed".into());
     }
-    Ok(())
+    Ok(output
+        .stdout
+        .split(|&b| b == 0)
+        .filter(|name| !name.is_empty())
+        .filter_map(|name| fs::metadata(root.join(String::from_utf8_lossy(name).as_ref())).ok())
+        .map(|m| m.len())
+        .sum())
 }
 
 fn dir_size(dir: &Path) -> u64 {
