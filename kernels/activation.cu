@@ -1,7 +1,10 @@
 // Epilogues of a GEMM and the gated FFN, computed in f32 in place or out of place:
 //   bias_act_{f32,f16,bf16}(y, bias, rows, cols, act)   y = act(y + bias[col]); bias may be null
-//   bias_act_v8_{f32,f16,bf16}(...)                     the same, 8 elements per access (cols % 8 == 0)
+//   bias_act_v8_{f32,f16,bf16}(...)                     the same, 8 elements per access (cols % 8 == 0),
+//                                                       2-D grid: column groups x rows
 //   swiglu_{f32,f16,bf16}(z, out, rows, f)              out = silu(z[:, :f]) · z[:, f:]
+//   swiglu_v8_{f32,f16,bf16}(...)                       the same, 8 elements per access (f % 8 == 0),
+//                                                       2-D grid: column groups x rows
 // `act` is the Act code of common.cuh (the order of dinov2_checkpoint::Activation).
 #include "common.cuh"
 
@@ -17,26 +20,30 @@ __device__ __forceinline__ void bias_act(T* __restrict__ y, const float* __restr
     }
 }
 
-// The same with 16-byte accesses: 8 elements per step (cols % 8 == 0, y 16-byte aligned).
+// The same with 16-byte accesses, 8 columns per thread and no index division: thread x of the
+// grid is the column group blockIdx.x·blockDim.x + threadIdx.x (of cols / 8), its 8 biases in
+// registers; rows blockIdx.y, + gridDim.y, ... (cols % 8 == 0, y 16-byte aligned).
 template <typename T>
 __device__ __forceinline__ void bias_act_v8(T* __restrict__ y, const float* __restrict__ bias,
                                             long rows, int cols, int act) {
     constexpr int WORDS = sizeof(T) * 8 / 16; // uint4 per 8 elements: 1 (f16/bf16), 2 (f32)
-    const long n8 = rows * cols / 8;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n8;
-         i += (long)gridDim.x * blockDim.x) {
-        uint4* p = reinterpret_cast<uint4*>(y + i * 8);
+    const int g = blockIdx.x * blockDim.x + threadIdx.x;
+    if (g >= cols / 8) return;
+    float bv[8];
+#pragma unroll
+    for (int e = 0; e < 8; e++) bv[e] = bias ? bias[g * 8 + e] : 0.0f;
+    for (long r = blockIdx.y; r < rows; r += gridDim.y) {
+        uint4* p = reinterpret_cast<uint4*>(y + r * cols + g * 8);
         union {
             uint4 raw[WORDS];
             T v[8];
         } u;
 #pragma unroll
         for (int w = 0; w < WORDS; w++) u.raw[w] = p[w];
-        const int c0 = (int)((i * 8) % cols);
 #pragma unroll
         for (int e = 0; e < 8; e++) {
             float v = to_f32(u.v[e]);
-            if (bias) v += bias[c0 + e];
+            if (bias) v += bv[e];
             u.v[e] = from_f32<T>(activate(v, act));
         }
 #pragma unroll
@@ -57,6 +64,39 @@ __device__ __forceinline__ void swiglu(const T* __restrict__ z, T* __restrict__ 
     }
 }
 
+// swiglu with 16-byte accesses and no index division, 8 columns per thread: thread x of the grid
+// is the column group blockIdx.x·blockDim.x + threadIdx.x (of f / 8); rows blockIdx.y, + gridDim.y,
+// ... (f % 8 == 0, z and out 16-byte aligned).
+template <typename T>
+__device__ __forceinline__ void swiglu_v8(const T* __restrict__ z, T* __restrict__ out, long rows,
+                                          int f) {
+    constexpr int WORDS = sizeof(T) * 8 / 16; // uint4 per 8 elements: 1 (f16/bf16), 2 (f32)
+    const int g = blockIdx.x * blockDim.x + threadIdx.x;
+    if (g >= f / 8) return;
+    union Pack {
+        uint4 raw[WORDS];
+        T v[8];
+    };
+    for (long r = blockIdx.y; r < rows; r += gridDim.y) {
+        const uint4* a = reinterpret_cast<const uint4*>(z + r * 2 * f + g * 8);
+        const uint4* b = reinterpret_cast<const uint4*>(z + r * 2 * f + f + g * 8);
+        Pack pa, pb, po;
+#pragma unroll
+        for (int w = 0; w < WORDS; w++) {
+            pa.raw[w] = a[w];
+            pb.raw[w] = b[w];
+        }
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const float x = to_f32(pa.v[e]);
+            po.v[e] = from_f32<T>(x * sigmoidf_(x) * to_f32(pb.v[e]));
+        }
+        uint4* o = reinterpret_cast<uint4*>(out + r * f + g * 8);
+#pragma unroll
+        for (int w = 0; w < WORDS; w++) o[w] = po.raw[w];
+    }
+}
+
 #define ACTIVATION(name, T)                                                                        \
     extern "C" __global__ void bias_act_##name(T* y, const float* bias, long rows, int cols,       \
                                                int act) {                                          \
@@ -68,6 +108,9 @@ __device__ __forceinline__ void swiglu(const T* __restrict__ z, T* __restrict__ 
     }                                                                                              \
     extern "C" __global__ void swiglu_##name(const T* z, T* out, long rows, int f) {               \
         swiglu<T>(z, out, rows, f);                                                                \
+    }                                                                                              \
+    extern "C" __global__ void swiglu_v8_##name(const T* z, T* out, long rows, int f) {            \
+        swiglu_v8<T>(z, out, rows, f);                                                             \
     }
 
 DINOV2_FOR_EACH_DTYPE(ACTIVATION)

@@ -6,6 +6,8 @@
 //       (image, head); K/V tiles of 64 keys double-buffered in shared memory with cp.async. The
 //       suffix is the head dim padded to a multiple of 16 (any d that is a multiple of 8, d <= pad).
 //       Grid (ceil(N/64), heads, B), 128 threads, dynamic shared memory 320·(pad + 8)·2 bytes.
+//       The last K/V tile skips its 16-key chunks past N, and warps whose 16 query rows all lie
+//       past N only load (at N = 257: one key and one query row past the fourth tile).
 //   attention_f32   the f32 path: SIMT, 16 query rows per block (4 per warp), 32-key tiles, d <= 128.
 //       Grid (ceil(N/16), heads, B), 128 threads.
 //   attention_probs_{f32,f16,bf16}  the path that also writes the f32 probabilities
@@ -95,12 +97,107 @@ __device__ __forceinline__ void fa_load_tile(T* dst, const T* src, int row0, int
     }
 }
 
+// One K/V tile of the online softmax for a warp's 16 query rows: S = Q·Kᵀ, the running max and
+// sum (log2 domain; rows g (elements 0, 1) and g + 8 (elements 2, 3)), O += P·V. TAIL: the tile
+// ends past n, so keys >= n are masked and the 16-key chunks wholly past n are skipped (at 257
+// tokens the last tile holds one key: one chunk of four).
+template <typename T, int DP, bool TAIL>
+__device__ __forceinline__ void fa_tile(const uint32_t (&qf)[DP / 16][4], float (&o)[DP / 8][4],
+                                        float& m0, float& m1, float& l0, float& l1, const T* k,
+                                        const T* v, int key_base, int n, int lane,
+                                        float scale_log2) {
+    constexpr int LDS = DP + 8;
+    constexpr int KSTEPS = DP / 16;   // k-steps of S = Q·Kᵀ
+    constexpr int STILES = FA_BN / 8; // n-tiles of S (keys)
+    constexpr int OTILES = DP / 8;    // n-tiles of O (head dims)
+    const int tig = lane & 3;
+    const int valid = n - key_base; // keys of this tile below n (>= FA_BN unless TAIL)
+
+    float s[STILES][4];
+#pragma unroll
+    for (int t = 0; t < STILES; t++) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS; kk++) {
+#pragma unroll
+        for (int np = 0; np < STILES / 2; np++) {
+            if (TAIL && np * 16 >= valid) continue;
+            const int mat = lane >> 3;
+            const int key = np * 16 + (lane & 7) + (mat >> 1) * 8;
+            const int dim = kk * 16 + (mat & 1) * 8;
+            uint32_t b[4];
+            ldmatrix_x4(b, smem_addr(k + key * LDS + dim));
+            Mma<T>::run(s[2 * np], qf[kk], b[0], b[1]);
+            Mma<T>::run(s[2 * np + 1], qf[kk], b[2], b[3]);
+        }
+    }
+
+    const int key0 = key_base + tig * 2;
+    float mx0 = m0, mx1 = m1;
+#pragma unroll
+    for (int t = 0; t < STILES; t++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float x = s[t][e] * scale_log2;
+            if (TAIL && key0 + t * 8 + (e & 1) >= n) x = -INFINITY;
+            s[t][e] = x;
+        }
+        mx0 = fmaxf(mx0, fmaxf(s[t][0], s[t][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[t][2], s[t][3]));
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float alpha0 = exp2f(m0 - mx0), alpha1 = exp2f(m1 - mx1);
+    m0 = mx0;
+    m1 = mx1;
+    float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+    for (int t = 0; t < STILES; t++) {
+        s[t][0] = exp2f(s[t][0] - m0);
+        s[t][1] = exp2f(s[t][1] - m0);
+        s[t][2] = exp2f(s[t][2] - m1);
+        s[t][3] = exp2f(s[t][3] - m1);
+        sum0 += s[t][0] + s[t][1];
+        sum1 += s[t][2] + s[t][3];
+    }
+    l0 = l0 * alpha0 + sum0;
+    l1 = l1 * alpha1 + sum1;
+#pragma unroll
+    for (int t = 0; t < OTILES; t++) {
+        o[t][0] *= alpha0;
+        o[t][1] *= alpha0;
+        o[t][2] *= alpha1;
+        o[t][3] *= alpha1;
+    }
+
+    // O += P·V: P straight from the S accumulators (their layout is the A-fragment layout).
+#pragma unroll
+    for (int kk = 0; kk < FA_BN / 16; kk++) {
+        if (TAIL && kk * 16 >= valid) continue; // P is zero there
+        uint32_t a[4];
+        a[0] = Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]);
+        a[1] = Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]);
+        a[2] = Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        a[3] = Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+        for (int dp = 0; dp < DP / 16; dp++) {
+            const int mat = lane >> 3;
+            const int key = kk * 16 + (lane & 7) + (mat & 1) * 8;
+            const int dim = dp * 16 + (mat >> 1) * 8;
+            uint32_t b[4];
+            ldmatrix_x4_trans(b, smem_addr(v + key * LDS + dim));
+            Mma<T>::run(o[2 * dp], a, b[0], b[1]);
+            Mma<T>::run(o[2 * dp + 1], a, b[2], b[3]);
+        }
+    }
+}
+
 template <typename T, int DP>
 __device__ __forceinline__ void flash_attention(const T* __restrict__ qkv, T* __restrict__ out,
                                                 int n, int heads, int d, float scale_log2) {
     constexpr int LDS = DP + 8;        // padded row: conflict-free ldmatrix
     constexpr int KSTEPS = DP / 16;    // k-steps of S = Q·Kᵀ
-    constexpr int STILES = FA_BN / 8;  // n-tiles of S (keys)
     constexpr int OTILES = DP / 8;     // n-tiles of O (head dims)
     extern __shared__ __align__(16) unsigned char fa_smem[];
     T* sQ = reinterpret_cast<T*>(fa_smem);  // [64][LDS]
@@ -117,6 +214,8 @@ __device__ __forceinline__ void flash_attention(const T* __restrict__ qkv, T* __
     const T* kbase = base + hd;
     const T* vbase = base + 2 * hd;
     const int ntiles = (n + FA_BN - 1) / FA_BN;
+    // A warp whose 16 query rows all lie past n (in the last query tile) only helps load.
+    const bool live = q0 + warp * 16 < n;
 
     fa_load_tile<T, DP>(sQ, base, q0, n, d, ld);
     fa_load_tile<T, DP>(sK, kbase, 0, n, d, ld);
@@ -140,96 +239,23 @@ __device__ __forceinline__ void flash_attention(const T* __restrict__ qkv, T* __
             cp_async_wait<0>();
         }
         __syncthreads();
-        if (j == 0) {
+        if (live) {
+            if (j == 0) {
 #pragma unroll
-            for (int kk = 0; kk < KSTEPS; kk++)
-                ldmatrix_x4(qf[kk], smem_addr(sQ + (warp * 16 + (lane & 15)) * LDS + kk * 16 +
-                                              (lane >> 4) * 8));
-        }
-
-        // S = Q·Kᵀ for this warp's 16 rows and the tile's 64 keys.
-        const T* k = sK + buf * FA_BN * LDS;
-        float s[STILES][4];
-#pragma unroll
-        for (int t = 0; t < STILES; t++) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < KSTEPS; kk++) {
-#pragma unroll
-            for (int np = 0; np < STILES / 2; np++) {
-                const int mat = lane >> 3;
-                const int key = np * 16 + (lane & 7) + (mat >> 1) * 8;
-                const int dim = kk * 16 + (mat & 1) * 8;
-                uint32_t b[4];
-                ldmatrix_x4(b, smem_addr(k + key * LDS + dim));
-                Mma<T>::run(s[2 * np], qf[kk], b[0], b[1]);
-                Mma<T>::run(s[2 * np + 1], qf[kk], b[2], b[3]);
+                for (int kk = 0; kk < KSTEPS; kk++)
+                    ldmatrix_x4(qf[kk], smem_addr(sQ + (warp * 16 + (lane & 15)) * LDS + kk * 16 +
+                                                  (lane >> 4) * 8));
             }
-        }
-
-        // Online softmax (log2 domain); rows g (elements 0, 1) and g + 8 (elements 2, 3).
-        const int key0 = j * FA_BN + tig * 2;
-        const bool tail = (j + 1) * FA_BN > n;
-        float mx0 = m0, mx1 = m1;
-#pragma unroll
-        for (int t = 0; t < STILES; t++) {
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float v = s[t][e] * scale_log2;
-                if (tail && key0 + t * 8 + (e & 1) >= n) v = -INFINITY;
-                s[t][e] = v;
-            }
-            mx0 = fmaxf(mx0, fmaxf(s[t][0], s[t][1]));
-            mx1 = fmaxf(mx1, fmaxf(s[t][2], s[t][3]));
-        }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        const float alpha0 = exp2f(m0 - mx0), alpha1 = exp2f(m1 - mx1);
-        m0 = mx0;
-        m1 = mx1;
-        float sum0 = 0.0f, sum1 = 0.0f;
-#pragma unroll
-        for (int t = 0; t < STILES; t++) {
-            s[t][0] = exp2f(s[t][0] - m0);
-            s[t][1] = exp2f(s[t][1] - m0);
-            s[t][2] = exp2f(s[t][2] - m1);
-            s[t][3] = exp2f(s[t][3] - m1);
-            sum0 += s[t][0] + s[t][1];
-            sum1 += s[t][2] + s[t][3];
-        }
-        l0 = l0 * alpha0 + sum0;
-        l1 = l1 * alpha1 + sum1;
-#pragma unroll
-        for (int t = 0; t < OTILES; t++) {
-            o[t][0] *= alpha0;
-            o[t][1] *= alpha0;
-            o[t][2] *= alpha1;
-            o[t][3] *= alpha1;
-        }
-
-        // O += P·V: P straight from the S accumulators (their layout is the A-fragment layout).
-        const T* v = sV + buf * FA_BN * LDS;
-#pragma unroll
-        for (int kk = 0; kk < FA_BN / 16; kk++) {
-            uint32_t a[4];
-            a[0] = Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]);
-            a[1] = Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]);
-            a[2] = Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            a[3] = Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int dp = 0; dp < DP / 16; dp++) {
-                const int mat = lane >> 3;
-                const int key = kk * 16 + (lane & 7) + (mat & 1) * 8;
-                const int dim = dp * 16 + (mat >> 1) * 8;
-                uint32_t b[4];
-                ldmatrix_x4_trans(b, smem_addr(v + key * LDS + dim));
-                Mma<T>::run(o[2 * dp], a, b[0], b[1]);
-                Mma<T>::run(o[2 * dp + 1], a, b[2], b[3]);
-            }
+            const T* k = sK + buf * FA_BN * LDS;
+            const T* v = sV + buf * FA_BN * LDS;
+            if ((j + 1) * FA_BN > n)
+                fa_tile<T, DP, true>(qf, o, m0, m1, l0, l1, k, v, j * FA_BN, n, lane, scale_log2);
+            else
+                fa_tile<T, DP, false>(qf, o, m0, m1, l0, l1, k, v, j * FA_BN, n, lane, scale_log2);
         }
         __syncthreads();
     }
+    if (!live) return;
 
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);

@@ -4,9 +4,12 @@
 //
 // Kernels (suffix: input dtype, then output dtype when they differ):
 //   layer_norm_{f32,f16,bf16,f32_f16,f32_bf16}        one warp per row, h <= 32·LN_VPL
+//   layer_norm_g{2,4,8,16}_{...}                       one warp per row in 4-column groups (16- or
+//                                                      8-byte accesses): h % 4 == 0, h <= 128·G
 //   layer_norm_wide_{...}                              one block per row, any h
 //   add_scaled_{f32,f16,bf16}                          x += gamma ⊙ branch (branch dtype)
 //   add_scaled_layer_norm_{f32,f16,bf16}               the same, then y = LN(x) (y in branch dtype)
+//   add_scaled_layer_norm_g{2,4,8,16}_{...}            4-column groups, as layer_norm_g*
 //   add_scaled_layer_norm_wide_{...}                   block per row, any h
 #include "common.cuh"
 
@@ -75,6 +78,101 @@ __device__ __forceinline__ void layer_norm_warp(const TX* __restrict__ x, TY* __
     warp_normalize_row<TY>(v, s, lane, h, eps, y + row * h, w, b);
 }
 
+// Four consecutive elements as f32: one 16-byte (f32) or 8-byte (f16, bf16) access. The address
+// must be aligned to the access (the launcher checks the buffers; h % 4 == 0 keeps rows aligned).
+__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float4 load4(const f16* p) {
+    union {
+        uint2 u;
+        __half2 h[2];
+    } t;
+    t.u = *reinterpret_cast<const uint2*>(p);
+    const float2 a = __half22float2(t.h[0]), b = __half22float2(t.h[1]);
+    return make_float4(a.x, a.y, b.x, b.y);
+}
+__device__ __forceinline__ float4 load4(const bf16* p) {
+    union {
+        uint2 u;
+        __nv_bfloat162 h[2];
+    } t;
+    t.u = *reinterpret_cast<const uint2*>(p);
+    const float2 a = __bfloat1622float2(t.h[0]), b = __bfloat1622float2(t.h[1]);
+    return make_float4(a.x, a.y, b.x, b.y);
+}
+__device__ __forceinline__ void store4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+__device__ __forceinline__ void store4(f16* p, float4 v) {
+    union {
+        uint2 u;
+        __half2 h[2];
+    } t;
+    t.h[0] = __floats2half2_rn(v.x, v.y);
+    t.h[1] = __floats2half2_rn(v.z, v.w);
+    *reinterpret_cast<uint2*>(p) = t.u;
+}
+__device__ __forceinline__ void store4(bf16* p, float4 v) {
+    union {
+        uint2 u;
+        __nv_bfloat162 h[2];
+    } t;
+    t.h[0] = __floats2bfloat162_rn(v.x, v.y);
+    t.h[1] = __floats2bfloat162_rn(v.z, v.w);
+    *reinterpret_cast<uint2*>(p) = t.u;
+}
+
+// The LayerNorm of a row that one warp holds in 4-column groups, v[i] being columns
+// 4·(lane + 32·i) .. + 3 (zero past h) and `s` this lane's sum: as warp_normalize_row.
+template <int G, typename TY>
+__device__ __forceinline__ void warp_normalize_row4(const float4 (&v)[G], float s, int lane,
+                                                    int h, float eps, TY* __restrict__ yr,
+                                                    const float* __restrict__ w,
+                                                    const float* __restrict__ b) {
+    const int groups = h >> 2;
+    const float mean = warp_sum(s) / h;
+    float q = 0.0f;
+#pragma unroll
+    for (int i = 0; i < G; i++) {
+        if (lane + 32 * i < groups) {
+            const float dx = v[i].x - mean, dy = v[i].y - mean, dz = v[i].z - mean,
+                        dw = v[i].w - mean;
+            q += dx * dx + dy * dy + dz * dz + dw * dw;
+        }
+    }
+    const float inv = 1.0f / sqrtf(warp_sum(q) / h + eps);
+#pragma unroll
+    for (int i = 0; i < G; i++) {
+        const int c = 4 * (lane + 32 * i);
+        if (lane + 32 * i < groups) {
+            const float4 wv = load4(w + c), bv = load4(b + c);
+            store4(yr + c, make_float4((v[i].x - mean) * inv * wv.x + bv.x,
+                                       (v[i].y - mean) * inv * wv.y + bv.y,
+                                       (v[i].z - mean) * inv * wv.z + bv.z,
+                                       (v[i].w - mean) * inv * wv.w + bv.w));
+        }
+    }
+}
+
+// layer_norm_warp in 4-column groups: h % 4 == 0, h <= 128·G; blockDim.x = 128.
+template <int G, typename TX, typename TY>
+__device__ __forceinline__ void layer_norm_warp4(const TX* __restrict__ x, TY* __restrict__ y,
+                                                 const float* __restrict__ w,
+                                                 const float* __restrict__ b, int rows, int h,
+                                                 float eps) {
+    const int lane = threadIdx.x & 31;
+    const long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    const TX* xr = x + row * h;
+    float4 v[G];
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < G; i++) {
+        const int c = 4 * (lane + 32 * i);
+        v[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (c < h) v[i] = load4(xr + c);
+        s += v[i].x + v[i].y + v[i].z + v[i].w;
+    }
+    warp_normalize_row4<G, TY>(v, s, lane, h, eps, y + row * h, w, b);
+}
+
 // One row per block (any blockDim.x multiple of 32); values re-read from global memory (L1/L2).
 template <typename TX, typename TY>
 __device__ __forceinline__ void layer_norm_block(const TX* __restrict__ x, TY* __restrict__ y,
@@ -87,6 +185,13 @@ __device__ __forceinline__ void layer_norm_block(const TX* __restrict__ x, TY* _
     block_normalize_row<TY>([=](int c) { return to_f32(xr[c]); }, s, h, eps, y + row * h, w, b);
 }
 
+#define LAYER_NORM_G(name, TX, TY, G)                                                              \
+    extern "C" __global__ void __launch_bounds__(128)                                              \
+        layer_norm_g##G##_##name(const TX* x, TY* y, const float* w, const float* b, int rows,     \
+                                 int h, float eps) {                                               \
+        layer_norm_warp4<G, TX, TY>(x, y, w, b, rows, h, eps);                                     \
+    }
+
 #define LAYER_NORM(name, TX, TY)                                                                   \
     extern "C" __global__ void __launch_bounds__(128)                                              \
         layer_norm_##name(const TX* x, TY* y, const float* w, const float* b, int rows, int h,     \
@@ -97,7 +202,11 @@ __device__ __forceinline__ void layer_norm_block(const TX* __restrict__ x, TY* _
         layer_norm_wide_##name(const TX* x, TY* y, const float* w, const float* b, int h,          \
                                float eps) {                                                        \
         layer_norm_block<TX, TY>(x, y, w, b, h, eps);                                              \
-    }
+    }                                                                                              \
+    LAYER_NORM_G(name, TX, TY, 2)                                                                  \
+    LAYER_NORM_G(name, TX, TY, 4)                                                                  \
+    LAYER_NORM_G(name, TX, TY, 8)                                                                  \
+    LAYER_NORM_G(name, TX, TY, 16)
 
 LAYER_NORM(f32, float, float)
 LAYER_NORM(f16, f16, f16)
@@ -142,6 +251,37 @@ __device__ __forceinline__ void add_scaled_ln_warp(float* __restrict__ x,
     warp_normalize_row<TB>(v, s, lane, h, eps, y + row * h, w, b);
 }
 
+// add_scaled_ln_warp in 4-column groups: h % 4 == 0, h <= 128·G; blockDim.x = 128.
+template <int G, typename TB>
+__device__ __forceinline__ void add_scaled_ln_warp4(float* __restrict__ x,
+                                                    const TB* __restrict__ branch,
+                                                    const float* __restrict__ gamma,
+                                                    TB* __restrict__ y,
+                                                    const float* __restrict__ w,
+                                                    const float* __restrict__ b, int rows, int h,
+                                                    float eps) {
+    const int lane = threadIdx.x & 31;
+    const long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    float* xr = x + row * h;
+    const TB* br = branch + row * h;
+    float4 v[G];
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < G; i++) {
+        const int c = 4 * (lane + 32 * i);
+        v[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (c < h) {
+            const float4 xv = load4(xr + c), bv = load4(br + c), gv = load4(gamma + c);
+            v[i] = make_float4(xv.x + gv.x * bv.x, xv.y + gv.y * bv.y, xv.z + gv.z * bv.z,
+                               xv.w + gv.w * bv.w);
+            store4(xr + c, v[i]);
+        }
+        s += v[i].x + v[i].y + v[i].z + v[i].w;
+    }
+    warp_normalize_row4<G, TB>(v, s, lane, h, eps, y + row * h, w, b);
+}
+
 template <typename TB>
 __device__ __forceinline__ void add_scaled_ln_block(float* __restrict__ x,
                                                     const TB* __restrict__ branch,
@@ -162,6 +302,13 @@ __device__ __forceinline__ void add_scaled_ln_block(float* __restrict__ x,
     block_normalize_row<TB>([=](int c) { return xr[c]; }, s, h, eps, y + row * h, w, b);
 }
 
+#define ADD_SCALED_LN_G(name, TB, G)                                                               \
+    extern "C" __global__ void __launch_bounds__(128) add_scaled_layer_norm_g##G##_##name(         \
+        float* x, const TB* branch, const float* gamma, TB* y, const float* w, const float* b,     \
+        int rows, int h, float eps) {                                                              \
+        add_scaled_ln_warp4<G, TB>(x, branch, gamma, y, w, b, rows, h, eps);                       \
+    }
+
 #define ADD_SCALED(name, TB)                                                                       \
     extern "C" __global__ void add_scaled_##name(float* x, const TB* branch, const float* gamma,   \
                                                  long n, int h) {                                  \
@@ -176,6 +323,10 @@ __device__ __forceinline__ void add_scaled_ln_block(float* __restrict__ x,
         float* x, const TB* branch, const float* gamma, TB* y, const float* w, const float* b,     \
         int h, float eps) {                                                                        \
         add_scaled_ln_block<TB>(x, branch, gamma, y, w, b, h, eps);                                \
-    }
+    }                                                                                              \
+    ADD_SCALED_LN_G(name, TB, 2)                                                                   \
+    ADD_SCALED_LN_G(name, TB, 4)                                                                   \
+    ADD_SCALED_LN_G(name, TB, 8)                                                                   \
+    ADD_SCALED_LN_G(name, TB, 16)
 
 DINOV2_FOR_EACH_DTYPE(ADD_SCALED)

@@ -2,7 +2,7 @@
 //! are passed by value (no device-side shape reads), so a sequence of them can be graph-captured.
 
 use crate::buffer::{Buffer, DType};
-use crate::device::{Arg, Device};
+use crate::device::{grid_stride_blocks, Arg, Device};
 use crate::error::{KernelError, Result};
 use crate::gemm::GemmPath;
 
@@ -89,24 +89,55 @@ fn f32_attention_grid(batch: usize, n: usize, heads: usize) -> (u32, u32, u32) {
     (n.div_ceil(F32_ROWS) as u32, heads as u32, batch as u32)
 }
 
-/// How a LayerNorm over `[rows, h]` is launched: (wide kernel, grid, block).
-fn layer_norm_launch(rows: usize, h: usize) -> (bool, u32, u32) {
-    if h <= LN_WARP_MAX_H {
-        (
-            false,
-            rows.div_ceil(LN_WARP_ROWS) as u32,
-            32 * LN_WARP_ROWS as u32,
-        )
-    } else {
-        (true, rows as u32, LN_WIDE_THREADS)
+/// The 4-column-group counts per lane of the `_g{G}` LayerNorm kernels (`LAYER_NORM_G`,
+/// `ADD_SCALED_LN_G`): a row of `h <= 128·G` columns.
+const LN_GROUPS: [usize; 4] = [2, 4, 8, 16];
+
+/// Which LayerNorm-family kernel runs a row of `h` columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowNorm {
+    /// `{name}_g{G}_`: a warp per row in 4-column groups (16-byte f32 and 8-byte f16/bf16
+    /// accesses): `h % 4 == 0`, `h <= 128·G`, every buffer 16-byte aligned.
+    Groups(usize),
+    /// `{name}_`: a warp per row, one column per access, `h <= LN_WARP_MAX_H`.
+    Warp,
+    /// `{name}_wide_`: a block per row, any `h`.
+    Wide,
+}
+
+/// How a LayerNorm over `[rows, h]` is launched: (kernel, grid, block). `aligned`: every buffer
+/// the kernel reads or writes is 16-byte aligned.
+fn layer_norm_launch(rows: usize, h: usize, aligned: bool) -> (RowNorm, u32, u32) {
+    let warp_grid = rows.div_ceil(LN_WARP_ROWS) as u32;
+    let groups = LN_GROUPS.into_iter().find(|&g| h <= 128 * g);
+    match groups {
+        Some(g) if aligned && h % 4 == 0 => {
+            (RowNorm::Groups(g), warp_grid, 32 * LN_WARP_ROWS as u32)
+        }
+        _ if h <= LN_WARP_MAX_H => (RowNorm::Warp, warp_grid, 32 * LN_WARP_ROWS as u32),
+        _ => (RowNorm::Wide, rows as u32, LN_WIDE_THREADS),
     }
 }
 
-/// Whether `bias_act` may take the 8-wide kernel: its 16-byte accesses need rows of whole
+/// Whether `bias_act` (and `swiglu`, per half of z) may take the 8-wide kernel: its 16-byte accesses need rows of whole
 /// 8-element groups (no group wraps into the next row, so bias[c0..c0 + 8] is in range) and a
 /// 16-byte aligned base.
 fn bias_act_vectorized(cols: usize, y_ptr: u64) -> bool {
     cols % 8 == 0 && y_ptr % 16 == 0
+}
+
+/// Grid and block of `bias_act_v8` and `swiglu_v8`: x over the `cols / 8` column groups (up to 128 threads
+/// per block, whole warps), y over the rows (each block steps by `gridDim.y`), as many threads
+/// in all as a grid-stride loop over the groups would get.
+fn bias_act_v8_launch(rows: usize, cols: usize, multiprocessors: u32) -> ((u32, u32, u32), u32) {
+    let groups = cols / 8;
+    let block = groups.next_multiple_of(32).min(128);
+    let grid_x = groups.div_ceil(block);
+    let threads = grid_stride_blocks(rows * groups, multiprocessors) as usize * 256;
+    let grid_y = threads
+        .div_ceil(block * grid_x)
+        .clamp(1, rows.clamp(1, 65_535));
+    ((grid_x as u32, grid_y as u32, 1), block as u32)
 }
 
 fn expect(op: &'static str, what: &str, b: &Buffer, dtype: DType, len: usize) -> Result<()> {
@@ -242,13 +273,15 @@ impl Device {
             Arg::I32(act as i32),
         ];
         // 16-byte accesses when rows never split an 8-element group and y is 16-byte aligned.
-        let (name, grid) = if bias_act_vectorized(cols, y.ptr(s)) {
-            (format!("bias_act_v8_{t}"), self.grid_for(rows * cols / 8))
+        let (name, grid, block) = if bias_act_vectorized(cols, y.ptr(s)) {
+            let (grid, block) = bias_act_v8_launch(rows, cols, self.info().multiprocessors);
+            (format!("bias_act_v8_{t}"), grid, block)
         } else {
-            (format!("bias_act_{t}"), self.grid_for(rows * cols))
+            let grid = (self.grid_for(rows * cols), 1, 1);
+            (format!("bias_act_{t}"), grid, 256)
         };
         // SAFETY: y holds rows·cols elements, bias cols f32 (checked).
-        unsafe { self.launch(&name, (grid, 1, 1), 256, 0, &args) }
+        unsafe { self.launch(&name, grid, block, 0, &args) }
     }
 
     /// `out[r, c] = silu(z[r, c]) · z[r, f + c]` with `z` `[rows, 2f]`, `out` `[rows, f]`.
@@ -267,9 +300,15 @@ impl Device {
             Arg::I64(rows as i64),
             Arg::I32(i32_of(OP, f)?),
         ];
-        let grid = self.grid_for(rows * f);
+        // 16-byte accesses when both halves of z and out are whole aligned 8-element groups.
+        let (name, grid, block) = if bias_act_vectorized(f, z.ptr(s)) && out.ptr(s) % 16 == 0 {
+            let (grid, block) = bias_act_v8_launch(rows, f, self.info().multiprocessors);
+            (format!("swiglu_v8_{t}"), grid, block)
+        } else {
+            (format!("swiglu_{t}"), (self.grid_for(rows * f), 1, 1), 256)
+        };
         // SAFETY: sizes checked.
-        unsafe { self.launch(&format!("swiglu_{t}"), (grid, 1, 1), 256, 0, &args) }
+        unsafe { self.launch(&name, grid, block, 0, &args) }
     }
 
     /// LayerNorm of `x` `[rows, h]` into `y` (f32 statistics); `w`, `b` are f32 `[h]`. `x` may be
@@ -325,13 +364,22 @@ impl Device {
         eps: f32,
     ) -> Result<()> {
         i32_of(op, rows)?;
-        let (wide, grid, block) = layer_norm_launch(rows, h);
-        let name = if wide {
-            args.extend([Arg::I32(i32_of(op, h)?), Arg::F32(eps)]);
-            name.replace("{}", "wide_")
-        } else {
-            args.extend([Arg::I32(rows as i32), Arg::I32(h as i32), Arg::F32(eps)]);
-            name.replace("{}", "")
+        let aligned = args
+            .iter()
+            .all(|a| !matches!(a, Arg::Ptr(p) if p % 16 != 0));
+        let (kernel, grid, block) = layer_norm_launch(rows, h, aligned);
+        let name = match kernel {
+            RowNorm::Wide => {
+                args.extend([Arg::I32(i32_of(op, h)?), Arg::F32(eps)]);
+                name.replace("{}", "wide_")
+            }
+            RowNorm::Warp | RowNorm::Groups(_) => {
+                args.extend([Arg::I32(rows as i32), Arg::I32(h as i32), Arg::F32(eps)]);
+                match kernel {
+                    RowNorm::Groups(g) => name.replace("{}", &format!("g{g}_")),
+                    _ => name.replace("{}", ""),
+                }
+            }
         };
         // SAFETY: the callers checked every buffer's dtype and size against rows and h.
         unsafe { self.launch(&name, (grid, 1, 1), block, 0, &args) }
@@ -761,6 +809,10 @@ mod tests {
         assert_eq!(define(&attention, "DMAX"), MAX_HEAD_DIM);
         let layer_norm = kernel_source("layer_norm.cu");
         assert_eq!(32 * define(&layer_norm, "LN_VPL"), LN_WARP_MAX_H);
+        for g in LN_GROUPS {
+            assert!(layer_norm.contains(&format!("LAYER_NORM_G(name, TX, TY, {g})")));
+            assert!(layer_norm.contains(&format!("ADD_SCALED_LN_G(name, TB, {g})")));
+        }
     }
 
     #[test]
@@ -841,16 +893,47 @@ mod tests {
     }
 
     #[test]
-    fn layer_norm_picks_the_warp_kernel_up_to_1024() {
-        for (rows, h, want) in [
-            (1, 1, (false, 1, 128)),
-            (13, 32, (false, 4, 128)),
-            (16, 384, (false, 4, 128)),
-            (17, 1024, (false, 5, 128)),
-            (7, 1025, (true, 7, 256)),
-            (350_720, 1536, (true, 350_720, 256)),
+    fn layer_norm_picks_the_grouped_kernel_for_aligned_rows_of_whole_groups() {
+        use RowNorm::*;
+        for (rows, h, aligned, want) in [
+            (1, 1, true, (Warp, 1, 128)),
+            (13, 32, true, (Groups(2), 4, 128)),
+            (13, 32, false, (Warp, 4, 128)),
+            (9, 36, true, (Groups(2), 3, 128)),
+            (11, 37, true, (Warp, 3, 128)),
+            (16, 384, true, (Groups(4), 4, 128)),
+            (17, 768, true, (Groups(8), 5, 128)),
+            (17, 1024, true, (Groups(8), 5, 128)),
+            (17, 1024, false, (Warp, 5, 128)),
+            (7, 1025, true, (Wide, 7, 256)),
+            (350_720, 1536, true, (Groups(16), 87_680, 128)),
+            (350_720, 1536, false, (Wide, 350_720, 256)),
+            (3, 2048, true, (Groups(16), 1, 128)),
+            (3, 2052, true, (Wide, 3, 256)),
         ] {
-            assert_eq!(layer_norm_launch(rows, h), want, "rows={rows} h={h}");
+            assert_eq!(
+                layer_norm_launch(rows, h, aligned),
+                want,
+                "rows={rows} h={h} aligned={aligned}"
+            );
+        }
+    }
+
+    #[test]
+    fn bias_act_v8_covers_every_group_and_row() {
+        // ViT-B/14's fc1 at batch 256 on 132 SMs: 384 groups in 3 blocks of 128, 2816 row
+        // blocks (132·32·256 threads).
+        assert_eq!(bias_act_v8_launch(65_792, 3072, 132), ((3, 2816, 1), 128));
+        // Narrow rows: blocks of one warp; never more row blocks than rows.
+        assert_eq!(bias_act_v8_launch(5, 8, 132), ((1, 5, 1), 32));
+        assert_eq!(bias_act_v8_launch(3, 48, 132), ((1, 3, 1), 32));
+        // 129 groups: two blocks across (the second holds one group), 504 row blocks.
+        assert_eq!(bias_act_v8_launch(1000, 1032, 132), ((2, 504, 1), 128));
+        for (rows, cols) in [(1, 8), (7, 264), (100_000, 4096), (1 << 20, 8)] {
+            let ((gx, gy, _), block) = bias_act_v8_launch(rows, cols, 132);
+            assert!(gx as usize * block as usize >= cols / 8);
+            assert!(gy >= 1 && gy as usize <= rows.min(65_535));
+            assert!(block % 32 == 0 && block <= 128);
         }
     }
 

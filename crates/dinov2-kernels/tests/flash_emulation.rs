@@ -177,6 +177,11 @@ fn flash_block(p: &Problem, qkv: &[f32], out: &mut [f32], (bx, head, img): (usiz
             load_tile(p, qkv, &mut s_v[nb..nb + BN * lds], vbase, (j + 1) * BN);
         }
         for warp in 0..WARPS {
+            // A warp whose query rows all lie past n only helps load.
+            let live = q0 + warp * 16 < n;
+            if !live {
+                continue;
+            }
             if j == 0 {
                 for kk in 0..ksteps {
                     let addr = std::array::from_fn(|lane| {
@@ -185,11 +190,19 @@ fn flash_block(p: &Problem, qkv: &[f32], out: &mut [f32], (bx, head, img): (usiz
                     qf[warp][kk] = ldmatrix_x4(&s_q, &addr, false);
                 }
             }
+            // fa_tile<T, DP, TAIL>: TAIL when the tile ends past n; chunks of 16 keys wholly past
+            // n are skipped (their S stays 0, then is masked; their P·V terms are 0).
+            let tail = (j + 1) * BN > n;
+            let key_base = j * BN;
+            let valid = n - key_base;
             // S = Q·Kᵀ.
             let k = &s_k[buf * BN * lds..];
             let mut s = vec![[[0.0f32; 4]; 32]; stiles];
             for kk in 0..ksteps {
                 for np in 0..stiles / 2 {
+                    if tail && np * 16 >= valid {
+                        continue;
+                    }
                     let addr = std::array::from_fn(|lane| {
                         let mat = lane >> 3;
                         let key = np * 16 + (lane & 7) + (mat >> 1) * 8;
@@ -212,10 +225,9 @@ fn flash_block(p: &Problem, qkv: &[f32], out: &mut [f32], (bx, head, img): (usiz
                 }
             }
             // Online softmax in the log2 domain.
-            let tail = (j + 1) * BN > n;
             let (mut mx0, mut mx1) = m[warp];
             for lane in 0..32 {
-                let key0 = j * BN + (lane & 3) * 2;
+                let key0 = key_base + (lane & 3) * 2;
                 for (t, st) in s.iter_mut().enumerate() {
                     for e in 0..4 {
                         let mut v = st[lane][e] * p.scale_log2;
@@ -257,6 +269,9 @@ fn flash_block(p: &Problem, qkv: &[f32], out: &mut [f32], (bx, head, img): (usiz
             // O += P·V with P taken from the S accumulators.
             let v = &s_v[buf * BN * lds..];
             for kk in 0..BN / 16 {
+                if tail && kk * 16 >= valid {
+                    continue;
+                }
                 let a: Frag4 = std::array::from_fn(|lane| {
                     [
                         [s[2 * kk][lane][0], s[2 * kk][lane][1]],
@@ -286,6 +301,9 @@ fn flash_block(p: &Problem, qkv: &[f32], out: &mut [f32], (bx, head, img): (usiz
     }
 
     for warp in 0..WARPS {
+        if q0 + warp * 16 >= n {
+            continue; // not live: writes nothing
+        }
         let (mut l0, mut l1) = l[warp];
         quad_reduce(&mut l0, |a, b| a + b);
         quad_reduce(&mut l1, |a, b| a + b);
@@ -366,6 +384,7 @@ fn the_emulated_flash_kernel_is_softmax_attention() {
         (1, 50, 2, 72),
         (1, 70, 1, 96),
         (1, 129, 1, 128),
+        (1, 257, 2, 64),
     ];
     for (b, n, heads, d) in cases {
         let dp = [16, 32, 64, 96, 128].into_iter().find(|&p| p >= d).unwrap();
@@ -429,9 +448,17 @@ fn the_emulated_expressions_are_the_kernels() {
         "ldmatrix_x4(b, smem_addr(k + key * LDS + dim));",
         "Mma<T>::run(s[2 * np], qf[kk], b[0], b[1]);",
         "Mma<T>::run(s[2 * np + 1], qf[kk], b[2], b[3]);",
-        "const int key0 = j * FA_BN + tig * 2;",
-        "const bool tail = (j + 1) * FA_BN > n;",
-        "if (tail && key0 + t * 8 + (e & 1) >= n) v = -INFINITY;",
+        "const bool live = q0 + warp * 16 < n;",
+        "if (live) {",
+        "if (!live) return;",
+        "if ((j + 1) * FA_BN > n) fa_tile<T, DP, true>(qf, o, m0, m1, l0, l1, k, v, j * FA_BN, \
+         n, lane, scale_log2);",
+        "else fa_tile<T, DP, false>(qf, o, m0, m1, l0, l1, k, v, j * FA_BN, n, lane, scale_log2);",
+        "const int valid = n - key_base;",
+        "if (TAIL && np * 16 >= valid) continue;",
+        "const int key0 = key_base + tig * 2;",
+        "if (TAIL && key0 + t * 8 + (e & 1) >= n) x = -INFINITY;",
+        "if (TAIL && kk * 16 >= valid) continue;",
         "a[0] = Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]);",
         "a[1] = Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]);",
         "a[2] = Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);",

@@ -158,8 +158,10 @@ fn bias_act_matches_cpu() {
         (Act::Tanh, cpu::Activation::Tanh),
         (Act::Sigmoid, cpu::Activation::Sigmoid),
     ];
-    // 37 columns: the scalar kernel; 40: the 8-wide one.
-    for (rows, cols, dtype) in DTYPES.iter().flat_map(|&t| [(257, 37, t), (13, 40, t)]) {
+    // 37 columns: the scalar kernel; 40 and 1032: the 8-wide one (1032: 129 column groups, a
+    // second block across holding one; 3000 rows, more than its grid's rows, so blocks step on).
+    let cases = |t| [(257, 37, t), (13, 40, t), (3000, 1032, t)];
+    for (rows, cols, dtype) in DTYPES.iter().flat_map(|&t| cases(t)) {
         let y0 = round(&random(rows * cols, 4, 8.0), dtype);
         let bias = random(cols, 5, 1.0);
         for (act, cpu_act) in acts {
@@ -187,7 +189,9 @@ fn bias_act_matches_cpu() {
 fn swiglu_matches_cpu() {
     let dev = device();
     for dtype in DTYPES {
-        for &(rows, f) in &[(13, 8), (257, 1031)] {
+        // 8 and 1032: the 8-wide kernel (1032: 129 column groups over two blocks, 3000 rows
+        // stepping past its grid); 1031: the scalar one.
+        for &(rows, f) in &[(13, 8), (257, 1031), (3000, 1032)] {
             let z = round(&random(rows * 2 * f, 6, 4.0), dtype);
             let want = cpu::swiglu(&z, f);
             let zd = upload(&dev, &z, &[rows, 2 * f], dtype);
@@ -214,7 +218,20 @@ fn layer_norm_matches_cpu() {
         (DType::F32, DType::F16),
         (DType::F32, DType::BF16),
     ];
-    for &(rows, h) in &[(13, 32), (257, 384), (31, 1024), (7, 1536), (3, 4099)] {
+    // Grouped kernels (h % 4 == 0 up to 2048: 2, 4, 8 and 16 groups per lane, whole and partial),
+    // the one-column warp kernel (h % 4 != 0) and the block kernel (h > 2048).
+    for &(rows, h) in &[
+        (13, 32),
+        (9, 36),
+        (11, 37),
+        (257, 384),
+        (17, 768),
+        (31, 1024),
+        (7, 1536),
+        (3, 2048),
+        (2, 2052),
+        (3, 4099),
+    ] {
         for (tx, ty) in pairs {
             let x: Vec<f32> = round(&random(rows * h, 7, 3.0), tx)
                 .iter()
@@ -246,7 +263,16 @@ fn layer_norm_matches_cpu() {
 #[ignore = "needs a CUDA device"]
 fn residual_updates_match_cpu() {
     let dev = device();
-    for &(rows, h) in &[(13, 32), (257, 384), (5, 1536)] {
+    for &(rows, h) in &[
+        (13, 32),
+        (9, 36),
+        (11, 37),
+        (257, 384),
+        (17, 768),
+        (5, 1536),
+        (3, 2048),
+        (2, 2052),
+    ] {
         for dtype in DTYPES {
             let x = random(rows * h, 10, 2.0);
             let branch = round(&random(rows * h, 11, 2.0), dtype);
@@ -299,11 +325,13 @@ fn residual_updates_match_cpu() {
 #[ignore = "needs a CUDA device"]
 fn attention_matches_cpu() {
     let dev = device();
-    // (batch, n, heads, d): odd lengths, every padded head dim, one tile and many.
+    // (batch, n, heads, d): odd lengths, every padded head dim, one tile and many, whole tiles
+    // (128: no tail), last key tiles of 1 to 36 keys and last query tiles with idle warps.
     let cases = [
         (2, 13, 3, 8),
         (1, 257, 6, 64),
         (2, 261, 2, 64),
+        (2, 128, 2, 64),
         (1, 1031, 2, 128),
         (3, 65, 2, 16),
         (1, 100, 1, 24),
