@@ -64,7 +64,10 @@ fn gemms(c: &mut Criterion, dev: &Device) {
         ("fc2", 4 * h, h),
     ] {
         let x = buffer(dev, &[ROWS, k], T, 1);
-        let w = buffer(dev, &[n, k], T, 2);
+        // Weights of nn.Linear's scale (as the PyTorch peer's randn / sqrt(k)).
+        let scale = (k as f32).sqrt().recip();
+        let w: Vec<f32> = values(n * k, 2).iter().map(|v| v * scale).collect();
+        let w = dev.upload(&w, &[n, k], T).expect("device memory");
         let b = buffer(dev, &[n], T, 3);
         let mut y = dev.alloc(T, &[ROWS, n]).expect("device memory");
         g.throughput(Throughput::Elements((2 * ROWS * k * n) as u64));

@@ -240,6 +240,12 @@ main() {
     if room 30; then
         bench vitb14-256 150 --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON"
     fi
+    # The same with every large GEMM timed over cuBLASLt's candidates at first use (opt-in:
+    # DINOV2_GEMM_TUNE; the log lists each shape's candidates).
+    if room 30; then
+        DINOV2_GEMM_TUNE=log bench vitb14-256-tuned 60 --dtype f16 --arch vitb14 --batch-size 256 \
+            --warmup 3 --repeats 10
+    fi
     # Where its time goes: device time per operation (CUDA events around each; graphs off).
     if room 30; then
         echo "-- [op profile at ${SECONDS}s] DINOV2_PROFILE=1 dinov2 bench --arch vitb14 --batch-size 256"

@@ -2,7 +2,8 @@
 """Prints one table from the `--json` files that `dinov2 bench` wrote during the device run: per
 (model, batch, dtype, peer mode) our img/s and PyTorch's, the ratio, each side's share of the card's
 dense f16/bf16 tensor peak, each side's device memory (the driver's used-memory delta), and whether
-our passes were CUDA-graph replays (on), ran without graphs (off), or fell back (FAIL).
+our passes were CUDA-graph replays (on), ran without graphs (off), or fell back (FAIL); `run` is
+the JSON file's name, the device script's tag for the invocation (e.g. `-tuned`: DINOV2_GEMM_TUNE).
 
     python3 table.py DIR_OR_FILE...
 """
@@ -24,7 +25,8 @@ def load(paths):
                 data = json.load(fh)
             graphs = str(data.get("cuda_graphs") or "-")
             graphs = "off" if graphs == "off" else "FAIL" if graphs.startswith("failed") else "on" if graphs != "-" else "-"
-            rows += [dict(r, graphs=graphs) for r in data.get("results", [])]
+            run = os.path.splitext(os.path.basename(f))[0]
+            rows += [dict(r, graphs=graphs, run=run) for r in data.get("results", [])]
         except (OSError, ValueError) as e:
             print(f"(skipping {f}: {e})")
     return rows
@@ -46,6 +48,7 @@ def main(paths):
     head = (
         f"{'model':<10}{'batch':>6}{'dtype':>6}{'peer':>8}{'ours img/s':>12}{'torch img/s':>12}"
         f"{'ratio':>7}{'ours %pk':>9}{'torch %pk':>10}{'ours MiB':>9}{'torch MiB':>10}{'graphs':>7}"
+        f"  run"
     )
     print(head)
     print("-" * len(head))
@@ -62,7 +65,7 @@ def main(paths):
             f"{(fmt(ratio, 2) + 'x') if ratio else '-':>7}"
             f"{fmt(ours.get('percent_of_peak')):>9}{fmt(torch_.get('percent_of_peak')):>10}"
             f"{mib(ours.get('memory_delta_bytes')):>9}{mib(torch_.get('memory_delta_bytes')):>10}"
-            f"{r.get('graphs', '-'):>7}"
+            f"{r.get('graphs', '-'):>7}  {r.get('run', '-')}"
         )
     peak = ", ".join(fmt(p, 0) for p in peaks if p) or "unknown"
     print(

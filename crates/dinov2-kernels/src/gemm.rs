@@ -5,6 +5,13 @@
 //!
 //! Row-major `y = x·wᵀ` is the column-major `yᵀ (n×m) = w (n×k, stored k×n) ᵀ · xᵀ (k×m)`: the
 //! "TN" layout, the fastest for cuBLAS.
+//!
+//! The algorithm of a shape is cuBLASLt's first heuristic choice. With `DINOV2_GEMM_TUNE=1` (or
+//! `log`, which also prints the timings to stderr), a large shape (at least [`TUNE_MIN_MACS`]
+//! multiply-adds) is instead timed on its first use, outside CUDA graph capture, over up to
+//! [`TUNE_CANDIDATES`] of the heuristic's algorithms, and the fastest is kept. That first use
+//! waits for the device, and the choice depends on timing, so two processes may pick different
+//! algorithms whose results differ in the last bits: it is off by default.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -61,13 +68,32 @@ fn lt_type(dtype: DType) -> Result<lsys::cudaDataType> {
     })
 }
 
-/// A cuBLASLt plan for one shape: descriptor, layouts and the chosen algorithm.
+/// Shapes with at least this many multiply-adds (m·n·k) are tuned under `DINOV2_GEMM_TUNE`:
+/// ViT-S/14's smallest GEMM from a batch of about 40 images at 224 px.
+pub const TUNE_MIN_MACS: usize = 1 << 32;
+/// How many of the heuristic's algorithms a tuned shape times.
+pub const TUNE_CANDIDATES: usize = 8;
+/// Timed runs per candidate (after one untimed run).
+const TUNE_REPEATS: usize = 5;
+
+/// Whether GEMM tuning is on (`DINOV2_GEMM_TUNE=1` or `log`), and whether it prints.
+fn tune_setting() -> (bool, bool) {
+    match std::env::var("DINOV2_GEMM_TUNE").as_deref() {
+        Ok("1") => (true, false),
+        Ok("log") => (true, true),
+        _ => (false, false),
+    }
+}
+
+/// A cuBLASLt plan for one shape: descriptor, layouts, the chosen algorithm and the heuristic's
+/// other candidates (in its order; the first is `algo` until tuning picks another).
 struct Plan {
     desc: lsys::cublasLtMatmulDesc_t,
     a: lsys::cublasLtMatrixLayout_t,
     b: lsys::cublasLtMatrixLayout_t,
     c: lsys::cublasLtMatrixLayout_t,
     algo: lsys::cublasLtMatmulAlgo_t,
+    candidates: Vec<lsys::cublasLtMatmulAlgo_t>,
 }
 
 impl Drop for Plan {
@@ -299,11 +325,13 @@ unsafe fn lt_matmul(
     y: u64,
 ) -> Result<bool> {
     let key = (dtype, m, n, k, bias.is_some());
-    if !lt.plans.contains_key(&key) {
+    let new = !lt.plans.contains_key(&key);
+    if new {
         let plan = make_plan(lt, workspace.len(), dtype, (m, n, k), bias.is_some())?;
         lt.plans.insert(key, plan);
     }
-    let Some(plan) = lt.plans.get(&key).and_then(|p| p.as_ref()) else {
+    let handle = lt.handle;
+    let Some(plan) = lt.plans.get_mut(&key).and_then(|p| p.as_mut()) else {
         return Ok(false);
     };
     if let Some(bias) = bias {
@@ -314,26 +342,52 @@ unsafe fn lt_matmul(
             "setting the bias pointer",
         )?;
     }
-    let (alpha, beta) = (1.0f32, 0.0f32);
     let (ws, _guard) = workspace.device_ptr(stream);
-    let status = lres::matmul(
-        lt.handle,
-        plan.desc,
-        (&alpha) as *const f32 as *const c_void,
-        (&beta) as *const f32 as *const c_void,
-        w as *const c_void,
-        plan.a,
-        x as *const c_void,
-        plan.b,
-        y as *const c_void,
-        plan.c,
-        y as *mut c_void,
-        plan.c,
-        &plan.algo,
-        ws as *mut c_void,
-        workspace.len(),
-        stream.cu_stream() as lsys::cudaStream_t,
-    );
+    let run = |plan: &Plan, algo: &lsys::cublasLtMatmulAlgo_t| {
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        lres::matmul(
+            handle,
+            plan.desc,
+            (&alpha) as *const f32 as *const c_void,
+            (&beta) as *const f32 as *const c_void,
+            w as *const c_void,
+            plan.a,
+            x as *const c_void,
+            plan.b,
+            y as *const c_void,
+            plan.c,
+            y as *mut c_void,
+            plan.c,
+            algo,
+            ws as *mut c_void,
+            workspace.len(),
+            stream.cu_stream() as lsys::cudaStream_t,
+        )
+    };
+    let (tune, log) = tune_setting();
+    if new && tune && m * n * k >= TUNE_MIN_MACS && plan.candidates.len() > 1 && !capturing(stream)
+    {
+        let times = time_candidates(stream, plan, |algo| run(plan, algo))?;
+        if let Some((best, _)) = times
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.map(|t| (i, t)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+        {
+            plan.algo = plan.candidates[best];
+        }
+        if log {
+            let shown: Vec<String> = times
+                .iter()
+                .map(|t| t.map_or("-".into(), |t| format!("{:.1}", t * 1e3)))
+                .collect();
+            eprintln!(
+                "dinov2: GEMM {dtype} m={m} n={n} k={k}: candidates (us) {}",
+                shown.join(" ")
+            );
+        }
+    }
+    let status = run(plan, &plan.algo);
     match status {
         Ok(()) => Ok(true),
         // E.g. an operand less aligned than the algorithm assumed: use cublasGemmEx from now on.
@@ -345,6 +399,44 @@ unsafe fn lt_matmul(
             e,
         )),
     }
+}
+
+/// Whether `stream` is recording a CUDA graph (tuning waits for the device, which capture forbids).
+fn capturing(stream: &CudaStream) -> bool {
+    !matches!(
+        stream.capture_status(),
+        Ok(cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+    )
+}
+
+/// Times `run` (one GEMM with the given algorithm, queued on `stream`) for each of the plan's
+/// candidates: the mean milliseconds of [`TUNE_REPEATS`] runs after one untimed run, or `None`
+/// for a candidate that fails. Waits for the device.
+fn time_candidates(
+    stream: &CudaStream,
+    plan: &Plan,
+    run: impl Fn(&lsys::cublasLtMatmulAlgo_t) -> std::result::Result<(), lres::CublasError>,
+) -> Result<Vec<Option<f64>>> {
+    let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let mut times = Vec::with_capacity(plan.candidates.len());
+    for algo in &plan.candidates {
+        if run(algo).is_err() {
+            times.push(None);
+            continue;
+        }
+        let start = stream
+            .record_event(timing)
+            .ctx(|| "recording a GEMM timing event".into())?;
+        let ok = (0..TUNE_REPEATS).all(|_| run(algo).is_ok());
+        let end = stream
+            .record_event(timing)
+            .ctx(|| "recording a GEMM timing event".into())?;
+        let ms = start
+            .elapsed_ms(&end)
+            .ctx(|| "timing a GEMM candidate".into())?;
+        times.push(ok.then_some(f64::from(ms) / TUNE_REPEATS as f64));
+    }
+    Ok(times)
 }
 
 /// Sets one attribute of a matmul descriptor to `value`.
@@ -395,6 +487,7 @@ unsafe fn make_plan(
         c: layout(p.c, "y")?,
         // SAFETY: plain data, overwritten by the heuristic below.
         algo: std::mem::zeroed(),
+        candidates: Vec::new(),
     };
     // cublasOperation_t values (CUBLAS_OP_N = 0, CUBLAS_OP_T = 1), as the attribute's int32.
     let trans_a = blas_op(p.transa) as i32;
@@ -430,16 +523,37 @@ unsafe fn make_plan(
         (&size) as *const usize as *const c_void,
         size_of::<usize>(),
     );
+    let mut results =
+        [std::mem::zeroed::<lsys::cublasLtMatmulHeuristicResult_t>(); TUNE_CANDIDATES];
+    let mut found = 0i32;
     let heuristic = set.and_then(|_| {
-        lres::get_matmul_algo_heuristic(lt.handle, desc, plan.a, plan.b, plan.c, plan.c, pref)
+        lsys::cublasLtMatmulAlgoGetHeuristic(
+            lt.handle,
+            desc,
+            plan.a,
+            plan.b,
+            plan.c,
+            plan.c,
+            pref,
+            TUNE_CANDIDATES as i32,
+            results.as_mut_ptr(),
+            &mut found,
+        )
+        .result()
     });
     let _ = lres::destroy_matmul_pref(pref);
+    plan.candidates = results[..found.clamp(0, TUNE_CANDIDATES as i32) as usize]
+        .iter()
+        .filter(|r| r.state == lsys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+        .map(|r| r.algo)
+        .collect();
     // No algorithm (or a shape cuBLASLt rejects, e.g. unaligned leading dimensions): the caller
     // falls back to cublasGemmEx for this shape.
-    Ok(heuristic.ok().map(|h| {
-        plan.algo = h.algo;
-        plan
-    }))
+    if heuristic.is_err() || plan.candidates.is_empty() {
+        return Ok(None);
+    }
+    plan.algo = plan.candidates[0];
+    Ok(Some(plan))
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ mod profile;
 pub use buffer::{Buffer, DType};
 pub use device::{probe_libraries, CodeKind, Device, DeviceInfo, Timer};
 pub use error::{KernelError, Result};
-pub use gemm::GemmPath;
+pub use gemm::{GemmPath, TUNE_CANDIDATES, TUNE_MIN_MACS};
 pub use graph::{Graph, Recorder};
 pub use ops::{Act, MAX_HEAD_DIM};
 pub use profile::OpTime;

@@ -129,6 +129,38 @@ fn linear_matches_cpu() {
     }
 }
 
+/// `DINOV2_GEMM_TUNE`: a shape above the tuning threshold timed over cuBLASLt's candidates gives
+/// the heuristic algorithm's result up to rounding. (The variable is read when a shape's plan is
+/// made; each run opens its own device, so its own plans. The GPU tests run one at a time.)
+#[test]
+#[ignore = "needs a CUDA device"]
+fn tuned_gemms_match_the_heuristic_ones() {
+    let (m, n, k) = (8192, 768, 768);
+    assert!(m * n * k >= dinov2_kernels::TUNE_MIN_MACS);
+    let x = random(m * k, 21, 1.0);
+    let w = random(n * k, 22, 0.05);
+    let b = random(n, 23, 1.0);
+    let run = || {
+        let dev = device();
+        let xd = upload(&dev, &x, &[m, k], DType::F16);
+        let wd = upload(&dev, &w, &[n, k], DType::F16);
+        let bd = upload(&dev, &b, &[n], DType::F16);
+        let mut y = poisoned(&dev, DType::F16, &[m, n]);
+        dev.linear(&xd, &wd, Some(&bd), &mut y, (m, n, k)).unwrap();
+        dev.download(&y).unwrap()
+    };
+    let plain = run();
+    std::env::set_var("DINOV2_GEMM_TUNE", "log");
+    let tuned = run();
+    std::env::remove_var("DINOV2_GEMM_TUNE");
+    check(
+        "linear f16 8192x768x768, tuned",
+        &tuned,
+        &plain,
+        tolerance(DType::F16),
+    );
+}
+
 #[test]
 #[ignore = "needs a CUDA device"]
 fn gemm_path_is_reported() {

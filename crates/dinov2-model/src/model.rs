@@ -236,35 +236,42 @@ impl<B: Backend> Dinov2<B> {
 
     /// One block on the residual stream `x`, given `y = norm1(x)`; returns `next(x)` (the next
     /// block's `norm1`, or the final LayerNorm) through the fused residual-and-norm operation, and
-    /// the attention probabilities when asked.
+    /// the attention probabilities when asked. Each intermediate is dropped as soon as it is
+    /// used, so the device's memory pool hands it to the next one (the peak is the MLP's: `x`,
+    /// its input and hidden activations, and its output).
     fn layer(
         &self,
         layer: &Layer<B::Weight>,
         x: &mut B::Tensor,
-        y: &B::Tensor,
+        y: B::Tensor,
         next: &Norm<B::Weight>,
         want_probs: bool,
     ) -> Result<(B::Tensor, Option<B::Tensor>)> {
         let be = &self.backend;
         let eps = self.config.layer_norm_eps;
         let qkv = be.linear(
-            y,
+            &y,
             &layer.qkv.weight,
             layer.qkv.bias.as_ref(),
             Activation::Identity,
         )?;
+        drop(y);
         let (attended, probs) = be.attention(&qkv, self.config.num_attention_heads, want_probs)?;
+        drop(qkv);
         let a = be.linear(
             &attended,
             &layer.proj.weight,
             layer.proj.bias.as_ref(),
             Activation::Identity,
         )?;
+        drop(attended);
         let n2 = &layer.norm2;
         let y = be.add_scaled_layer_norm(x, &a, &layer.layer_scale1, &n2.weight, &n2.bias, eps)?;
+        drop(a);
         let f = match &layer.ffn {
             Ffn::Mlp { fc1, fc2 } => {
                 let u = be.linear(&y, &fc1.weight, fc1.bias.as_ref(), self.config.hidden_act)?;
+                drop(y);
                 be.linear(&u, &fc2.weight, fc2.bias.as_ref(), Activation::Identity)?
             }
             Ffn::SwiGlu {
@@ -277,7 +284,9 @@ impl<B: Backend> Dinov2<B> {
                     weights_in.bias.as_ref(),
                     Activation::Identity,
                 )?;
+                drop(y);
                 let g = be.swiglu(&z)?;
+                drop(z);
                 be.linear(
                     &g,
                     &weights_out.weight,
@@ -352,7 +361,7 @@ impl<B: Backend> Dinov2<B> {
                 hidden_states.push(x.clone());
             }
             let next = layers.get(i + 1).map_or(&self.params.norm, |l| &l.norm1);
-            let (y_next, probs) = self.layer(layer, &mut x, &y, next, opts.attentions)?;
+            let (y_next, probs) = self.layer(layer, &mut x, y, next, opts.attentions)?;
             y = y_next;
             if let Some(probs) = probs {
                 attentions.push(probs);
