@@ -211,9 +211,17 @@ room() {
     fi
 }
 
+# The programs travel packed (payload.tar.xz, from `cargo xtask gpu-bundle`): bin/ and python/.
+unpack() {
+    [ -f "$HERE/payload.tar.xz" ] || return 0
+    "$PYTHON" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+        "$HERE/payload.tar.xz" "$HERE" 2>/dev/null || tar -xJf "$HERE/payload.tar.xz" -C "$HERE"
+}
+
 main() {
     local status=0
     echo "== dinov2-rs device run $(date -u +%FT%TZ)"
+    unpack || { echo "!! cannot unpack $HERE/payload.tar.xz"; return 1; }
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true
     local libdir
     if libdir="$(find_cublas)"; then

@@ -3,7 +3,8 @@
 //! package's `cuda`), of the `dinov2` program (whose `bench` verb times ours against the PyTorch peer it
 //! carries) and of the criterion kernel benches (`benches/cuda_kernels.rs`), `run.sh` and the table scripts (from `scripts/gpu/`), the PyTorch kernel peer
 //! (`benches/peer_kernels.py`) and the Python module (`python/dinov2_rs.abi3.so`), gathered into
-//! `bundle/`. The golden fixtures are not copied: they travel as tracked files, and the run reads
+//! `bundle/`; the programs (`bin/`, `python/`) go into `payload.tar.xz`, which `run.sh` unpacks
+//! first. The golden fixtures are not copied: they travel as tracked files, and the run reads
 //! them from `tests/fixtures/golden`.
 //!
 //! On the GPU machine, from the repository root: `bash bundle/run.sh` (writes its log under $OUT).
@@ -121,6 +122,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
         }
         fs::copy(root.join(file), &dst).map_err(|e| format!("cannot copy {file}: {e}"))?;
     }
+    // The programs travel compressed (xz: a quarter of their size), unpacked by run.sh.
+    pack(&out, &["bin", "python"])?;
     let size = dir_size(&out);
     let tracked = tracked_size(root)?;
     let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
@@ -193,6 +196,28 @@ fn build_module(cargo: &str, root: &Path) -> Result<PathBuf, String> {
         .find(|s| s.ends_with("libdinov2_rs.so"))
         .map(PathBuf::from)
         .ok_or_else(|| format!("`cargo {}` reported no libdinov2_rs.so", args.join(" ")))
+}
+
+/// Replaces the folders `dirs` of `out` by `out/payload.tar.xz` (`tar -cJf`: needs tar and xz).
+fn pack(out: &Path, dirs: &[&str]) -> Result<(), String> {
+    let status = Command::new("tar")
+        .arg("-cJf")
+        .arg("payload.tar.xz")
+        .args(dirs)
+        .env("XZ_OPT", "-6 -T0")
+        .current_dir(out)
+        .status()
+        .map_err(|e| format!("cannot run tar: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "tar -cJf payload.tar.xz failed ({status}); is xz installed?"
+        ));
+    }
+    for dir in dirs {
+        let path = out.join(dir);
+        fs::remove_dir_all(&path).map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// What the device tool sends at most: the tracked files and the carried bundle together.
