@@ -22,10 +22,12 @@ __device__ __forceinline__ void bias_act(T* __restrict__ y, const float* __restr
 
 // The same with 16-byte accesses, 8 columns per thread and no index division: thread x of the
 // grid is the column group blockIdx.x·blockDim.x + threadIdx.x (of cols / 8), its 8 biases in
-// registers; rows blockIdx.y, + gridDim.y, ... (cols % 8 == 0, y 16-byte aligned).
-template <typename T>
-__device__ __forceinline__ void bias_act_v8(T* __restrict__ y, const float* __restrict__ bias,
-                                            long rows, int cols, int act) {
+// registers; rows blockIdx.y, + gridDim.y, ... (cols % 8 == 0, y 16-byte aligned). The activation
+// is a template argument, so the 8 evaluations of a step interleave (a run-time `act` would
+// branch through the switch per element).
+template <typename T, int ACT>
+__device__ __forceinline__ void bias_act_v8_body(T* __restrict__ y, const float* __restrict__ bias,
+                                                 long rows, int cols) {
     constexpr int WORDS = sizeof(T) * 8 / 16; // uint4 per 8 elements: 1 (f16/bf16), 2 (f32)
     const int g = blockIdx.x * blockDim.x + threadIdx.x;
     if (g >= cols / 8) return;
@@ -44,10 +46,27 @@ __device__ __forceinline__ void bias_act_v8(T* __restrict__ y, const float* __re
         for (int e = 0; e < 8; e++) {
             float v = to_f32(u.v[e]);
             if (bias) v += bv[e];
-            u.v[e] = from_f32<T>(activate(v, act));
+            u.v[e] = from_f32<T>(activate(v, ACT));
         }
 #pragma unroll
         for (int w = 0; w < WORDS; w++) p[w] = u.raw[w];
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void bias_act_v8(T* __restrict__ y, const float* __restrict__ bias,
+                                            long rows, int cols, int act) {
+    switch (act) {
+    case ACT_GELU: bias_act_v8_body<T, ACT_GELU>(y, bias, rows, cols); break;
+    case ACT_GELU_TANH: bias_act_v8_body<T, ACT_GELU_TANH>(y, bias, rows, cols); break;
+    case ACT_QUICK_GELU: bias_act_v8_body<T, ACT_QUICK_GELU>(y, bias, rows, cols); break;
+    case ACT_RELU: bias_act_v8_body<T, ACT_RELU>(y, bias, rows, cols); break;
+    case ACT_RELU6: bias_act_v8_body<T, ACT_RELU6>(y, bias, rows, cols); break;
+    case ACT_SELU: bias_act_v8_body<T, ACT_SELU>(y, bias, rows, cols); break;
+    case ACT_SILU: bias_act_v8_body<T, ACT_SILU>(y, bias, rows, cols); break;
+    case ACT_TANH: bias_act_v8_body<T, ACT_TANH>(y, bias, rows, cols); break;
+    case ACT_SIGMOID: bias_act_v8_body<T, ACT_SIGMOID>(y, bias, rows, cols); break;
+    default: bias_act_v8_body<T, ACT_IDENTITY>(y, bias, rows, cols); break;
     }
 }
 

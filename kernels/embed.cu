@@ -1,6 +1,8 @@
 // Patch embedding input, token assembly, pooling and dtype casts.
-//   im2col_{f32,f16,bf16}       f32 pixels [B, C, H, W] -> [B·gh·gw, C·p·p] rows in (c, dy, dx) order
-//                               (the flattened Conv2d weight layout; remainder pixels dropped)
+//   im2col_{f32,f16,bf16}       f32 pixels [B, C, H, W] -> [B·gh·gw, kp] rows in (c, dy, dx) order
+//                               (the flattened Conv2d weight layout; remainder pixels dropped),
+//                               zero past C·p·p (kp >= C·p·p pads rows for aligned GEMM reads);
+//                               a block per row (blocks step on by gridDim.x), threads over columns
 //   embed_tokens_{f32,f16,bf16} patches [B, N, h] (T) -> f32 tokens [B, 1 + R + N, h]:
 //                               row 0 = cls + pos[0]; rows 1..=R = registers; row 1 + R + t =
 //                               (mask[b·N + t] ? mask_token : patch) + pos[1 + t]
@@ -11,20 +13,24 @@
 
 template <typename T>
 __device__ __forceinline__ void im2col(const float* __restrict__ px, T* __restrict__ cols, int b,
-                                       int c, int h, int w, int p) {
-    const int gh = h / p, gw = w / p, k = c * p * p;
-    const long n = (long)b * gh * gw * k;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (long)gridDim.x * blockDim.x) {
-        const long row = i / k;
-        const int col = (int)(i - row * k);
+                                       int c, int h, int w, int p, int kp) {
+    const int gh = h / p, gw = w / p, pp = p * p, k = c * pp;
+    const long rows = (long)b * gh * gw;
+    for (long row = blockIdx.x; row < rows; row += gridDim.x) {
         const int img = (int)(row / (gh * gw));
         const int cell = (int)(row - (long)img * gh * gw);
         const int gi = cell / gw, gj = cell - gi * gw;
-        const int ch = col / (p * p), r = col - ch * p * p;
-        const int dy = r / p, dx = r - dy * p;
-        const long src = (((long)img * c + ch) * h + gi * p + dy) * w + gj * p + dx;
-        cols[i] = from_f32<T>(px[src]);
+        const float* patch = px + ((long)img * c * h + (long)gi * p) * w + (long)gj * p;
+        T* out = cols + row * kp;
+        for (int col = threadIdx.x; col < kp; col += blockDim.x) {
+            float v = 0.0f;
+            if (col < k) {
+                const int ch = col / pp, r = col - ch * pp;
+                const int dy = r / p, dx = r - dy * p;
+                v = patch[((long)ch * h + dy) * w + dx];
+            }
+            out[col] = from_f32<T>(v);
+        }
     }
 }
 
@@ -87,8 +93,8 @@ __device__ __forceinline__ void pool_tokens(const T* __restrict__ x, float* __re
 
 #define EMBED(name, T)                                                                             \
     extern "C" __global__ void im2col_##name(const float* px, T* cols, int b, int c, int h, int w, \
-                                             int p) {                                              \
-        im2col<T>(px, cols, b, c, h, w, p);                                                        \
+                                             int p, int kp) {                                      \
+        im2col<T>(px, cols, b, c, h, w, p, kp);                                                    \
     }                                                                                              \
     extern "C" __global__ void embed_tokens_##name(const T* patches, float* x, const float* cls,   \
                                                    const T* pos, const T* regs,                    \

@@ -570,7 +570,8 @@ impl Device {
         }
     }
 
-    /// Unfolds f32 pixels `[b, c, h, w]` into `cols` `[b·(h/p)·(w/p), c·p·p]` (any float type).
+    /// Unfolds f32 pixels `[b, c, h, w]` into `cols` `[b·(h/p)·(w/p), kp]` (any float type):
+    /// rows of `c·p·p` values, then zeros up to `kp` (cols' last dimension, at least `c·p·p`).
     #[allow(clippy::too_many_arguments)]
     pub fn im2col(
         &self,
@@ -588,7 +589,18 @@ impl Device {
             return Err(KernelError::shape(OP, "patch size 0"));
         }
         expect(OP, "pixels", pixels, DType::F32, b * c * h * w)?;
-        expect(OP, "cols", cols, t, b * (h / p) * (w / p) * c * p * p)?;
+        let (rows, k) = (b * (h / p) * (w / p), c * p * p);
+        // The row length: the last dimension of cols, C·p·p or more (zero padding).
+        let kp = match cols.shape() {
+            [.., last] if rows > 0 && *last >= k && cols.len() == rows * last => *last,
+            _ if rows == 0 && cols.is_empty() => return Ok(()),
+            shape => {
+                return Err(KernelError::shape(
+                    OP,
+                    format!("cols is {shape:?}, expected [{rows}, kp] with kp >= {k}"),
+                ))
+            }
+        };
         if cols.is_empty() {
             return Ok(());
         }
@@ -601,10 +613,12 @@ impl Device {
             Arg::I32(i32_of(OP, h)?),
             Arg::I32(i32_of(OP, w)?),
             Arg::I32(i32_of(OP, p)?),
+            Arg::I32(i32_of(OP, kp)?),
         ];
-        let grid = self.grid_for(cols.len());
-        // SAFETY: sizes checked.
-        unsafe { self.launch(&format!("im2col_{t}"), (grid, 1, 1), 256, 0, &args) }
+        // A block per row (stepping on past the grid), 128 threads over its columns.
+        let grid = rows.min(32 * self.info().multiprocessors.max(1) as usize) as u32;
+        // SAFETY: pixels hold b·c·h·w f32, cols rows·kp elements (checked).
+        unsafe { self.launch(&format!("im2col_{t}"), (grid, 1, 1), 128, 0, &args) }
     }
 
     /// Assembles the encoder input `x` (f32 `[b, 1 + r + n, h]`) from patch embeddings

@@ -123,6 +123,7 @@ fn launched_kernels() -> Vec<String> {
             "bias_act",
             "bias_act_v8",
             "swiglu",
+            "swiglu_v8",
             "add_scaled",
             "add_scaled_layer_norm",
             "add_scaled_layer_norm_wide",
@@ -135,10 +136,17 @@ fn launched_kernels() -> Vec<String> {
         ] {
             names.push(format!("{op}_{t}"));
         }
+        for g in [2, 4, 8, 16] {
+            names.push(format!("layer_norm_g{g}_{t}"));
+            names.push(format!("add_scaled_layer_norm_g{g}_{t}"));
+        }
     }
     for t in ["f16", "bf16"] {
         names.push(format!("layer_norm_f32_{t}"));
         names.push(format!("layer_norm_wide_f32_{t}"));
+        for g in [2, 4, 8, 16] {
+            names.push(format!("layer_norm_g{g}_f32_{t}"));
+        }
         names.push(format!("cast_f32_{t}"));
         names.push(format!("cast_{t}_f32"));
         for pad in [16, 32, 64, 96, 128] {
@@ -223,19 +231,30 @@ fn kernel_signatures_match_the_launchers() {
         ("bias_act", &[P, P, P, I, I]),
         ("bias_act_v8", &[P, P, P, I, I]),
         ("swiglu", &[P, P, P, I]),
+        ("swiglu_v8", &[P, P, P, I]),
         ("layer_norm", &[P, P, P, P, I, I, F]),
         ("layer_norm_wide", &[P, P, P, P, I, F]),
         ("add_scaled", &[P, P, P, P, I]),
         ("add_scaled_layer_norm", &[P, P, P, P, P, P, I, I, F]),
         ("add_scaled_layer_norm_wide", &[P, P, P, P, P, P, I, F]),
         ("attention_probs", &[P, P, P, I, I, I, F]),
-        ("im2col", &[P, P, I, I, I, I, I]),
+        ("im2col", &[P, P, I, I, I, I, I, I]),
         ("embed_tokens", &[P, P, P, P, P, P, P, I, I, I, I]),
         ("pool_tokens", &[P, P, I, I, I, I, I, I]),
     ];
     for (op, want) in table {
         for t in ["f32", "f16", "bf16"] {
             assert_eq!(ptx_params(&format!("{op}_{t}")), *want, "{op}_{t}");
+        }
+    }
+    for g in [2, 4, 8, 16] {
+        for t in ["f32", "f16", "bf16", "f32_f16", "f32_bf16"] {
+            let name = format!("layer_norm_g{g}_{t}");
+            assert_eq!(ptx_params(&name), [P, P, P, P, I, I, F], "{name}");
+        }
+        for t in ["f32", "f16", "bf16"] {
+            let name = format!("add_scaled_layer_norm_g{g}_{t}");
+            assert_eq!(ptx_params(&name), [P, P, P, P, P, P, I, I, F], "{name}");
         }
     }
     for t in ["f16", "bf16"] {

@@ -415,22 +415,36 @@ fn attention_matches_cpu() {
 #[ignore = "needs a CUDA device"]
 fn embedding_ops_match_cpu() {
     let dev = device();
-    let (b, c, hh, ww, p) = (2, 3, 30, 44, 4); // 7x11 grid, remainders dropped
-    let px = random(b * c * hh * ww, 20, 2.0);
-    let want = cpu::im2col(&px, b, c, hh, ww, p);
-    let (gh, gw) = (hh / p, ww / p);
-    let n = gh * gw;
-    for dtype in DTYPES {
-        let pd = upload(&dev, &px, &[b, c, hh, ww], DType::F32);
-        let mut cols = poisoned(&dev, dtype, &[b * n, c * p * p]);
-        dev.im2col(&pd, &mut cols, b, c, hh, ww, p).unwrap();
-        check(
-            &format!("im2col {dtype}"),
-            &dev.download(&cols).unwrap(),
-            &round(&want, dtype),
-            tolerance(dtype),
-        );
+    // (b, c, h, w, p, kp): a 7x11 grid with remainders dropped, its rows unpadded and padded
+    // by 8 zeros; patch 14 with its rows padded 588 -> 592 (what the CUDA backend's patch
+    // embedding uses).
+    for (b, c, hh, ww, p, kp) in [
+        (2, 3, 30, 44, 4, 48),
+        (2, 3, 30, 44, 4, 56),
+        (3, 3, 29, 43, 14, 592),
+    ] {
+        let px = random(b * c * hh * ww, 20, 2.0);
+        let k = c * p * p;
+        let unpadded = cpu::im2col(&px, b, c, hh, ww, p);
+        let rows = unpadded.len() / k;
+        let mut want = vec![0.0f32; rows * kp];
+        for (dst, src) in want.chunks_exact_mut(kp).zip(unpadded.chunks_exact(k)) {
+            dst[..k].copy_from_slice(src);
+        }
+        for dtype in DTYPES {
+            let pd = upload(&dev, &px, &[b, c, hh, ww], DType::F32);
+            let mut cols = poisoned(&dev, dtype, &[rows, kp]);
+            dev.im2col(&pd, &mut cols, b, c, hh, ww, p).unwrap();
+            check(
+                &format!("im2col {dtype} p={p} kp={kp}"),
+                &dev.download(&cols).unwrap(),
+                &round(&want, dtype),
+                tolerance(dtype),
+            );
+        }
     }
+    let (b, p) = (2, 4);
+    let n = (30 / p) * (44 / p);
 
     let (h, r) = (24, 4);
     for dtype in DTYPES {

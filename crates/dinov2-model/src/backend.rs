@@ -75,6 +75,12 @@ pub trait Backend: Send + Sync {
     fn linear_weight(&self, values: Vec<f32>, n: usize, k: usize) -> Result<Self::Weight> {
         self.weight(values, vec![n, k])
     }
+    /// Uploads the patch convolution flattened to `[n, k]` (`k = C·p·p`), the weight of
+    /// [`Backend::patch_embed`]; a backend may pad `k` for its products (the CUDA backend pads
+    /// it to a multiple of 8: 588 -> 592 at patch 14, so the f16 GEMM reads aligned rows).
+    fn patch_weight(&self, values: Vec<f32>, n: usize, k: usize) -> Result<Self::Weight> {
+        self.linear_weight(values, n, k)
+    }
     /// Uploads an input.
     fn upload(&self, tensor: &Tensor) -> Result<Self::Tensor>;
     /// Copies a tensor back to the host.

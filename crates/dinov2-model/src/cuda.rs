@@ -280,6 +280,18 @@ impl Backend for CudaBackend {
         Ok(CudaWeight { main, f32 })
     }
 
+    fn patch_weight(&self, values: Vec<f32>, n: usize, k: usize) -> Result<CudaWeight> {
+        let kp = padded_patch_k(k);
+        if kp == k || values.len() != n * k {
+            return self.weight(values, vec![n, k]);
+        }
+        let mut padded = vec![0.0f32; n * kp];
+        for (dst, src) in padded.chunks_exact_mut(kp).zip(values.chunks_exact(k)) {
+            dst[..k].copy_from_slice(src);
+        }
+        self.weight(padded, vec![n, kp])
+    }
+
     fn upload(&self, tensor: &Tensor) -> Result<CudaTensor> {
         self.device.profile_op("upload", || {
             let buf = self
@@ -436,7 +448,17 @@ impl Backend for CudaBackend {
                 &pixels32
             };
             let (gh, gw) = (h / patch.max(1), w / patch.max(1));
-            let (rows, k, n) = (b * gh * gw, c * patch * patch, weight.shape()[0]);
+            // k: the weight's row, C·p·p padded by `patch_weight` (zero columns in both).
+            let (rows, k, n) = (b * gh * gw, weight.shape()[1], weight.shape()[0]);
+            if k != padded_patch_k(c * patch * patch) {
+                return Err(ModelError::input(
+                    "pixel_values",
+                    format!(
+                        "{c} channels of {patch}x{patch} patches, but the patch weight is {:?}",
+                        weight.shape()
+                    ),
+                ));
+            }
             let mut cols = self.alloc(self.compute(), &[rows, k])?;
             self.device
                 .im2col(&px.buf, &mut cols, b, c, h, w, patch)
@@ -645,4 +667,10 @@ impl Backend for CudaBackend {
             Ok(CudaTensor::new(y))
         })
     }
+}
+
+/// The row length of the patch weight on the device: `C·p·p` rounded up to a multiple of 8, so
+/// that rows of f16/bf16 (and f32) are 16-byte aligned for cuBLASLt's fast kernels.
+fn padded_patch_k(k: usize) -> usize {
+    k.next_multiple_of(8)
 }

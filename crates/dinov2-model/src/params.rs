@@ -172,6 +172,16 @@ impl<B: Backend> Loader<'_, B> {
         })
     }
 
+    /// The patch convolution as a linear layer, through [`Backend::patch_weight`].
+    fn patch(&self, prefix: &str) -> Result<Linear<B::Weight>> {
+        let (shape, values) = self.source.tensor(&format!("{prefix}.weight"))?;
+        let (n, k) = (shape[0], shape[1..].iter().product());
+        Ok(Linear {
+            weight: self.backend.patch_weight(values, n, k)?,
+            bias: Some(self.vector(&format!("{prefix}.bias"))?),
+        })
+    }
+
     fn norm(&self, prefix: &str) -> Result<Norm<B::Weight>> {
         Ok(Norm {
             weight: self.vector(&format!("{prefix}.weight"))?,
@@ -235,7 +245,7 @@ impl<W> Params<W> {
             })
             .collect::<Result<Vec<_>>>()?;
         let params = Params {
-            patch: l.linear("embeddings.patch_embeddings.projection")?,
+            patch: l.patch("embeddings.patch_embeddings.projection")?,
             cls: l.tensor("embeddings.cls_token", vec![h])?,
             mask_token: if config.use_mask_token {
                 Some(l.tensor("embeddings.mask_token", vec![h])?)
