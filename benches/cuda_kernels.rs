@@ -83,7 +83,9 @@ fn gemms(c: &mut Criterion, dev: &Device) {
     g.finish();
 }
 
-fn attention(c: &mut Criterion, dev: &Device) {
+/// Flash attention at ViT-B/14's shape on `dev`; `label` names the variant (`vitb14`: the
+/// kernel the device picks; `vitb14_r64`: a device opened with `DINOV2_ATTENTION=r64`).
+fn attention(c: &mut Criterion, dev: &Device, label: &str) {
     let mut g = c.benchmark_group("attention_f16");
     let d = HIDDEN / HEADS;
     let qkv = buffer(dev, &[BATCH, TOKENS, 3 * HIDDEN], T, 4);
@@ -92,7 +94,7 @@ fn attention(c: &mut Criterion, dev: &Device) {
     g.throughput(Throughput::Elements(
         (4 * BATCH * HEADS * TOKENS * TOKENS * d) as u64,
     ));
-    g.bench_function(format!("vitb14/{BATCH}x{HEADS}x{TOKENS}x{d}"), |bench| {
+    g.bench_function(format!("{label}/{BATCH}x{HEADS}x{TOKENS}x{d}"), |bench| {
         bench.iter_custom(|iters| {
             timed(dev, iters, || {
                 dev.attention(&qkv, &mut out, BATCH, TOKENS, HEADS, d, scale)
@@ -267,7 +269,15 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     ceiling(&mut c, &dev);
     gemms(&mut c, &dev);
-    attention(&mut c, &dev);
+    attention(&mut c, &dev, "vitb14");
+    // The 64-row flash kernel beside the default 128-row one (the variable is read when a
+    // device opens).
+    std::env::set_var("DINOV2_ATTENTION", "r64");
+    let narrow = Device::new(0);
+    std::env::remove_var("DINOV2_ATTENTION");
+    if let Ok(narrow) = narrow {
+        attention(&mut c, &narrow, "vitb14_r64");
+    }
     norms(&mut c, &dev);
     elementwise(&mut c, &dev);
     drop(dev);

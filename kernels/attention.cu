@@ -6,8 +6,11 @@
 //       (image, head); K/V tiles of 64 keys double-buffered in shared memory with cp.async. The
 //       suffix is the head dim padded to a multiple of 16 (any d that is a multiple of 8, d <= pad).
 //       Grid (ceil(N/64), heads, B), 128 threads, dynamic shared memory 320·(pad + 8)·2 bytes.
-//       The last K/V tile skips its 16-key chunks past N, and warps whose 16 query rows all lie
+//       The last K/V tile skips its 16-key chunks past N, and warps whose query rows all lie
 //       past N only load (at N = 257: one key and one query row past the fourth tile).
+//   attention_{f16,bf16}_d{16,32,64}_r128  the same with two m-tiles of 16 rows per warp: 128
+//       query rows per block, each K/V fragment read from shared memory feeding twice the MMAs.
+//       Grid (ceil(N/128), heads, B), 128 threads, dynamic shared memory 384·(pad + 8)·2 bytes.
 //   attention_f32   the f32 path: SIMT, 16 query rows per block (4 per warp), 32-key tiles, d <= 128.
 //       Grid (ceil(N/16), heads, B), 128 threads.
 //   attention_probs_{f32,f16,bf16}  the path that also writes the f32 probabilities
@@ -82,11 +85,11 @@ template <> struct Mma<bf16> {
 #define FA_BN 64
 #define FA_THREADS 128
 
-// Copies rows row0..row0+64 (row stride ld) of one head's columns into a [64][DP + 8] tile,
+// Copies rows row0..row0+ROWS (row stride ld) of one head's columns into a [ROWS][DP + 8] tile,
 // zero-filling rows >= n and columns >= d.
-template <typename T, int DP>
+template <typename T, int DP, int ROWS>
 __device__ __forceinline__ void fa_load_tile(T* dst, const T* src, int row0, int n, int d, long ld) {
-    constexpr int LDS = DP + 8, CPR = DP / 8, CHUNKS = FA_BM * CPR;
+    constexpr int LDS = DP + 8, CPR = DP / 8, CHUNKS = ROWS * CPR;
 #pragma unroll
     for (int c = threadIdx.x; c < CHUNKS; c += FA_THREADS) {
         const int r = c / CPR, col = (c % CPR) * 8;
@@ -97,14 +100,16 @@ __device__ __forceinline__ void fa_load_tile(T* dst, const T* src, int row0, int
     }
 }
 
-// One K/V tile of the online softmax for a warp's 16 query rows: S = Q·Kᵀ, the running max and
-// sum (log2 domain; rows g (elements 0, 1) and g + 8 (elements 2, 3)), O += P·V. TAIL: the tile
-// ends past n, so keys >= n are masked and the 16-key chunks wholly past n are skipped (at 257
-// tokens the last tile holds one key: one chunk of four).
-template <typename T, int DP, bool TAIL>
-__device__ __forceinline__ void fa_tile(const uint32_t (&qf)[DP / 16][4], float (&o)[DP / 8][4],
-                                        float& m0, float& m1, float& l0, float& l1, const T* k,
-                                        const T* v, int key_base, int n, int lane,
+// One K/V tile of the online softmax for a warp's MT m-tiles of 16 query rows: S = Q·Kᵀ, the
+// running max and sum (log2 domain; per m-tile, rows g (elements 0, 1) and g + 8 (elements 2,
+// 3)), O += P·V. Each K and V fragment loaded from shared memory feeds all MT m-tiles. TAIL: the
+// tile ends past n, so keys >= n are masked and the 16-key chunks wholly past n are skipped (at
+// 257 tokens the last tile holds one key: one chunk of four).
+template <typename T, int DP, int MT, bool TAIL>
+__device__ __forceinline__ void fa_tile(const uint32_t (&qf)[MT][DP / 16][4],
+                                        float (&o)[MT][DP / 8][4], float (&m0)[MT],
+                                        float (&m1)[MT], float (&l0)[MT], float (&l1)[MT],
+                                        const T* k, const T* v, int key_base, int n, int lane,
                                         float scale_log2) {
     constexpr int LDS = DP + 8;
     constexpr int KSTEPS = DP / 16;   // k-steps of S = Q·Kᵀ
@@ -113,9 +118,11 @@ __device__ __forceinline__ void fa_tile(const uint32_t (&qf)[DP / 16][4], float 
     const int tig = lane & 3;
     const int valid = n - key_base; // keys of this tile below n (>= FA_BN unless TAIL)
 
-    float s[STILES][4];
+    float s[MT][STILES][4];
 #pragma unroll
-    for (int t = 0; t < STILES; t++) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int t = 0; t < STILES; t++) s[mt][t][0] = s[mt][t][1] = s[mt][t][2] = s[mt][t][3] = 0.0f;
 #pragma unroll
     for (int kk = 0; kk < KSTEPS; kk++) {
 #pragma unroll
@@ -126,60 +133,69 @@ __device__ __forceinline__ void fa_tile(const uint32_t (&qf)[DP / 16][4], float 
             const int dim = kk * 16 + (mat & 1) * 8;
             uint32_t b[4];
             ldmatrix_x4(b, smem_addr(k + key * LDS + dim));
-            Mma<T>::run(s[2 * np], qf[kk], b[0], b[1]);
-            Mma<T>::run(s[2 * np + 1], qf[kk], b[2], b[3]);
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                Mma<T>::run(s[mt][2 * np], qf[mt][kk], b[0], b[1]);
+                Mma<T>::run(s[mt][2 * np + 1], qf[mt][kk], b[2], b[3]);
+            }
         }
     }
 
     const int key0 = key_base + tig * 2;
-    float mx0 = m0, mx1 = m1;
 #pragma unroll
-    for (int t = 0; t < STILES; t++) {
+    for (int mt = 0; mt < MT; mt++) {
+        float mx0 = m0[mt], mx1 = m1[mt];
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            float x = s[t][e] * scale_log2;
-            if (TAIL && key0 + t * 8 + (e & 1) >= n) x = -INFINITY;
-            s[t][e] = x;
+        for (int t = 0; t < STILES; t++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float x = s[mt][t][e] * scale_log2;
+                if (TAIL && key0 + t * 8 + (e & 1) >= n) x = -INFINITY;
+                s[mt][t][e] = x;
+            }
+            mx0 = fmaxf(mx0, fmaxf(s[mt][t][0], s[mt][t][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[mt][t][2], s[mt][t][3]));
         }
-        mx0 = fmaxf(mx0, fmaxf(s[t][0], s[t][1]));
-        mx1 = fmaxf(mx1, fmaxf(s[t][2], s[t][3]));
-    }
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    const float alpha0 = exp2f(m0 - mx0), alpha1 = exp2f(m1 - mx1);
-    m0 = mx0;
-    m1 = mx1;
-    float sum0 = 0.0f, sum1 = 0.0f;
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float alpha0 = exp2f(m0[mt] - mx0), alpha1 = exp2f(m1[mt] - mx1);
+        m0[mt] = mx0;
+        m1[mt] = mx1;
+        float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
-    for (int t = 0; t < STILES; t++) {
-        s[t][0] = exp2f(s[t][0] - m0);
-        s[t][1] = exp2f(s[t][1] - m0);
-        s[t][2] = exp2f(s[t][2] - m1);
-        s[t][3] = exp2f(s[t][3] - m1);
-        sum0 += s[t][0] + s[t][1];
-        sum1 += s[t][2] + s[t][3];
-    }
-    l0 = l0 * alpha0 + sum0;
-    l1 = l1 * alpha1 + sum1;
+        for (int t = 0; t < STILES; t++) {
+            s[mt][t][0] = exp2f(s[mt][t][0] - mx0);
+            s[mt][t][1] = exp2f(s[mt][t][1] - mx0);
+            s[mt][t][2] = exp2f(s[mt][t][2] - mx1);
+            s[mt][t][3] = exp2f(s[mt][t][3] - mx1);
+            sum0 += s[mt][t][0] + s[mt][t][1];
+            sum1 += s[mt][t][2] + s[mt][t][3];
+        }
+        l0[mt] = l0[mt] * alpha0 + sum0;
+        l1[mt] = l1[mt] * alpha1 + sum1;
 #pragma unroll
-    for (int t = 0; t < OTILES; t++) {
-        o[t][0] *= alpha0;
-        o[t][1] *= alpha0;
-        o[t][2] *= alpha1;
-        o[t][3] *= alpha1;
+        for (int t = 0; t < OTILES; t++) {
+            o[mt][t][0] *= alpha0;
+            o[mt][t][1] *= alpha0;
+            o[mt][t][2] *= alpha1;
+            o[mt][t][3] *= alpha1;
+        }
     }
 
     // O += P·V: P straight from the S accumulators (their layout is the A-fragment layout).
 #pragma unroll
     for (int kk = 0; kk < FA_BN / 16; kk++) {
         if (TAIL && kk * 16 >= valid) continue; // P is zero there
-        uint32_t a[4];
-        a[0] = Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]);
-        a[1] = Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]);
-        a[2] = Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-        a[3] = Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        uint32_t a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            a[mt][0] = Mma<T>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+            a[mt][1] = Mma<T>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+            a[mt][2] = Mma<T>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+            a[mt][3] = Mma<T>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        }
 #pragma unroll
         for (int dp = 0; dp < DP / 16; dp++) {
             const int mat = lane >> 3;
@@ -187,52 +203,64 @@ __device__ __forceinline__ void fa_tile(const uint32_t (&qf)[DP / 16][4], float 
             const int dim = dp * 16 + (mat >> 1) * 8;
             uint32_t b[4];
             ldmatrix_x4_trans(b, smem_addr(v + key * LDS + dim));
-            Mma<T>::run(o[2 * dp], a, b[0], b[1]);
-            Mma<T>::run(o[2 * dp + 1], a, b[2], b[3]);
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                Mma<T>::run(o[mt][2 * dp], a[mt], b[0], b[1]);
+                Mma<T>::run(o[mt][2 * dp + 1], a[mt], b[2], b[3]);
+            }
         }
     }
 }
 
-template <typename T, int DP>
+// A block of 4 warps covers FA_BM·MT query rows of one (image, head): warp w the MT m-tiles of
+// 16 rows from w·16·MT.
+template <typename T, int DP, int MT>
 __device__ __forceinline__ void flash_attention(const T* __restrict__ qkv, T* __restrict__ out,
                                                 int n, int heads, int d, float scale_log2) {
     constexpr int LDS = DP + 8;        // padded row: conflict-free ldmatrix
     constexpr int KSTEPS = DP / 16;    // k-steps of S = Q·Kᵀ
     constexpr int OTILES = DP / 8;     // n-tiles of O (head dims)
+    constexpr int BQ = FA_BM * MT;     // query rows per block
     extern __shared__ __align__(16) unsigned char fa_smem[];
-    T* sQ = reinterpret_cast<T*>(fa_smem);  // [64][LDS]
-    T* sK = sQ + FA_BM * LDS;               // [2][64][LDS]
+    T* sQ = reinterpret_cast<T*>(fa_smem);  // [BQ][LDS]
+    T* sK = sQ + BQ * LDS;                  // [2][64][LDS]
     T* sV = sK + 2 * FA_BN * LDS;           // [2][64][LDS]
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, tig = lane & 3;
     const int head = blockIdx.y, img = blockIdx.z;
-    const int q0 = blockIdx.x * FA_BM;
+    const int q0 = blockIdx.x * BQ;
+    const int wrow = warp * 16 * MT; // this warp's first row in the block
     const int hd = heads * d;
     const long ld = 3L * hd;
     const T* base = qkv + (long)img * n * ld + (long)head * d;
     const T* kbase = base + hd;
     const T* vbase = base + 2 * hd;
     const int ntiles = (n + FA_BN - 1) / FA_BN;
-    // A warp whose 16 query rows all lie past n (in the last query tile) only helps load.
-    const bool live = q0 + warp * 16 < n;
+    // A warp whose query rows all lie past n (in the last query tile) only helps load.
+    const bool live = q0 + wrow < n;
 
-    fa_load_tile<T, DP>(sQ, base, q0, n, d, ld);
-    fa_load_tile<T, DP>(sK, kbase, 0, n, d, ld);
-    fa_load_tile<T, DP>(sV, vbase, 0, n, d, ld);
+    fa_load_tile<T, DP, BQ>(sQ, base, q0, n, d, ld);
+    fa_load_tile<T, DP, FA_BN>(sK, kbase, 0, n, d, ld);
+    fa_load_tile<T, DP, FA_BN>(sV, vbase, 0, n, d, ld);
     cp_async_commit();
 
-    uint32_t qf[KSTEPS][4];
-    float o[OTILES][4];
+    uint32_t qf[MT][KSTEPS][4];
+    float o[MT][OTILES][4];
+    float m0[MT], m1[MT], l0[MT], l1[MT];
 #pragma unroll
-    for (int t = 0; t < OTILES; t++) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+        for (int t = 0; t < OTILES; t++) o[mt][t][0] = o[mt][t][1] = o[mt][t][2] = o[mt][t][3] = 0.0f;
+        m0[mt] = m1[mt] = -INFINITY;
+        l0[mt] = l1[mt] = 0.0f;
+    }
 
     for (int j = 0; j < ntiles; j++) {
         const int buf = j & 1;
         if (j + 1 < ntiles) {
-            fa_load_tile<T, DP>(sK + (buf ^ 1) * FA_BN * LDS, kbase, (j + 1) * FA_BN, n, d, ld);
-            fa_load_tile<T, DP>(sV + (buf ^ 1) * FA_BN * LDS, vbase, (j + 1) * FA_BN, n, d, ld);
+            fa_load_tile<T, DP, FA_BN>(sK + (buf ^ 1) * FA_BN * LDS, kbase, (j + 1) * FA_BN, n, d, ld);
+            fa_load_tile<T, DP, FA_BN>(sV + (buf ^ 1) * FA_BN * LDS, vbase, (j + 1) * FA_BN, n, d, ld);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -242,46 +270,62 @@ __device__ __forceinline__ void flash_attention(const T* __restrict__ qkv, T* __
         if (live) {
             if (j == 0) {
 #pragma unroll
-                for (int kk = 0; kk < KSTEPS; kk++)
-                    ldmatrix_x4(qf[kk], smem_addr(sQ + (warp * 16 + (lane & 15)) * LDS + kk * 16 +
-                                                  (lane >> 4) * 8));
+                for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                    for (int kk = 0; kk < KSTEPS; kk++)
+                        ldmatrix_x4(qf[mt][kk], smem_addr(sQ + (wrow + mt * 16 + (lane & 15)) * LDS +
+                                                          kk * 16 + (lane >> 4) * 8));
             }
             const T* k = sK + buf * FA_BN * LDS;
             const T* v = sV + buf * FA_BN * LDS;
             if ((j + 1) * FA_BN > n)
-                fa_tile<T, DP, true>(qf, o, m0, m1, l0, l1, k, v, j * FA_BN, n, lane, scale_log2);
+                fa_tile<T, DP, MT, true>(qf, o, m0, m1, l0, l1, k, v, j * FA_BN, n, lane,
+                                         scale_log2);
             else
-                fa_tile<T, DP, false>(qf, o, m0, m1, l0, l1, k, v, j * FA_BN, n, lane, scale_log2);
+                fa_tile<T, DP, MT, false>(qf, o, m0, m1, l0, l1, k, v, j * FA_BN, n, lane,
+                                          scale_log2);
         }
         __syncthreads();
     }
     if (!live) return;
 
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
-    const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;
     T* obase = out + (long)img * n * hd + (long)head * d + tig * 2;
 #pragma unroll
-    for (int t = 0; t < OTILES; t++) {
-        if (t * 8 < d) {
-            if (r0 < n)
-                *reinterpret_cast<uint32_t*>(obase + (long)r0 * hd + t * 8) =
-                    Mma<T>::pack(o[t][0] * inv0, o[t][1] * inv0);
-            if (r1 < n)
-                *reinterpret_cast<uint32_t*>(obase + (long)r1 * hd + t * 8) =
-                    Mma<T>::pack(o[t][2] * inv1, o[t][3] * inv1);
+    for (int mt = 0; mt < MT; mt++) {
+        float s0 = l0[mt], s1 = l1[mt];
+        s0 += __shfl_xor_sync(0xffffffffu, s0, 1);
+        s0 += __shfl_xor_sync(0xffffffffu, s0, 2);
+        s1 += __shfl_xor_sync(0xffffffffu, s1, 1);
+        s1 += __shfl_xor_sync(0xffffffffu, s1, 2);
+        const float inv0 = 1.0f / s0, inv1 = 1.0f / s1;
+        const int r0 = q0 + wrow + mt * 16 + g, r1 = r0 + 8;
+#pragma unroll
+        for (int t = 0; t < OTILES; t++) {
+            if (t * 8 < d) {
+                if (r0 < n)
+                    *reinterpret_cast<uint32_t*>(obase + (long)r0 * hd + t * 8) =
+                        Mma<T>::pack(o[mt][t][0] * inv0, o[mt][t][1] * inv0);
+                if (r1 < n)
+                    *reinterpret_cast<uint32_t*>(obase + (long)r1 * hd + t * 8) =
+                        Mma<T>::pack(o[mt][t][2] * inv1, o[mt][t][3] * inv1);
+            }
         }
     }
 }
 
+// attention_{name}_d{DP}: one m-tile per warp (64 rows per block); _r128: two (128 rows per
+// block, each K/V fragment feeding twice the MMAs), for DP <= 64 where the registers allow.
 #define FLASH(name, T, DP)                                                                         \
     extern "C" __global__ void __launch_bounds__(FA_THREADS)                                       \
         attention_##name##_d##DP(const T* qkv, T* out, int n, int heads, int d,                   \
                                  float scale_log2) {                                               \
-        flash_attention<T, DP>(qkv, out, n, heads, d, scale_log2);                                 \
+        flash_attention<T, DP, 1>(qkv, out, n, heads, d, scale_log2);                              \
+    }
+#define FLASH_R128(name, T, DP)                                                                    \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS)                                       \
+        attention_##name##_d##DP##_r128(const T* qkv, T* out, int n, int heads, int d,            \
+                                        float scale_log2) {                                        \
+        flash_attention<T, DP, 2>(qkv, out, n, heads, d, scale_log2);                              \
     }
 
 FLASH(f16, f16, 16)
@@ -294,6 +338,12 @@ FLASH(bf16, bf16, 32)
 FLASH(bf16, bf16, 64)
 FLASH(bf16, bf16, 96)
 FLASH(bf16, bf16, 128)
+FLASH_R128(f16, f16, 16)
+FLASH_R128(f16, f16, 32)
+FLASH_R128(f16, f16, 64)
+FLASH_R128(bf16, bf16, 16)
+FLASH_R128(bf16, bf16, 32)
+FLASH_R128(bf16, bf16, 64)
 
 // ---------------------------------------------------------------------------------------------
 // f32 attention (SIMT, online softmax with accurate expf).

@@ -124,7 +124,7 @@ fn build(root: &Path, nvcc: &str) -> Result<(), String> {
     let header = format!(
         "# ptxas -v resource usage of the sm_90 cubins ({release})\n\
          # kernel | registers | spill stores/loads (bytes) | static smem (bytes) | stack (bytes)\n\
-         # The flash kernels attention_{{f16,bf16}}_dP also take 320·(P + 8)·2 bytes of dynamic smem.\n"
+         # The flash kernels attention_{{f16,bf16}}_dP also take 320·(P + 8)·2 bytes of dynamic smem, _dP_r128 384·(P + 8)·2.\n"
     );
     fs::write(out_dir.join("resources.txt"), header + &report)
         .map_err(|e| format!("cannot write resources.txt: {e}"))?;

@@ -68,6 +68,9 @@ pub struct Device {
     /// `DINOV2_ATTENTION=simple` (a debugging switch, read once here): the row attention kernel
     /// for every head dim.
     pub(crate) simple_attention: bool,
+    /// `DINOV2_ATTENTION=r64` (read once here): the 64-row flash kernels even where the 128-row
+    /// ones exist (to compare them).
+    pub(crate) narrow_flash: bool,
     /// `DINOV2_PROFILE=1` (read once here): the operations bracketed for [`Device::take_profile`].
     pub(crate) profile: Option<crate::profile::Pending>,
     info: DeviceInfo,
@@ -214,6 +217,7 @@ impl Device {
             functions: Mutex::new(HashMap::new()),
             blas,
             simple_attention: std::env::var("DINOV2_ATTENTION").is_ok_and(|v| v == "simple"),
+            narrow_flash: std::env::var("DINOV2_ATTENTION").is_ok_and(|v| v == "r64"),
             profile: std::env::var("DINOV2_PROFILE")
                 .is_ok_and(|v| v == "1")
                 .then(Default::default),

@@ -32,6 +32,10 @@ pub const MAX_HEAD_DIM: usize = 128;
 // Launch geometry the kernels assume (the #defines of kernels/*.cu): keep in sync.
 /// Query rows per flash block (`FA_BM`; 4 warps x 16 rows) and keys per K/V tile (`FA_BN`).
 const FLASH_BM: usize = 64;
+/// Query rows per block of the `_r128` flash kernels (4 warps x 2 m-tiles of 16 rows), which
+/// exist for padded head dims up to [`FLASH_R128_MAX_PAD`] (253 registers a thread at 64).
+const FLASH_BM_WIDE: usize = 128;
+const FLASH_R128_MAX_PAD: usize = 64;
 const FLASH_BN: usize = 64;
 /// Threads of every attention block (`FA_THREADS`, and the f32 and probs kernels).
 const ATTENTION_THREADS: u32 = 128;
@@ -49,18 +53,24 @@ const _: () = assert!(LN_WIDE_THREADS % 32 == 0 && LN_WIDE_THREADS <= 1024);
 /// Which attention kernel runs a head dim and dtype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AttentionKernel {
-    /// `attention_{t}_d{pad}`: tensor cores, 16-byte cp.async loads (d % 8 == 0, qkv 16-byte
-    /// aligned).
-    Flash { pad: usize },
+    /// `attention_{t}_d{pad}` (`rows` 64) or `attention_{t}_d{pad}_r128` (`rows` 128): tensor
+    /// cores, 16-byte cp.async loads (d % 8 == 0, qkv 16-byte aligned).
+    Flash { pad: usize, rows: usize },
     /// `attention_f32`: SIMT, any d.
     F32,
     /// `attention_probs_{t}` with a scratch probability buffer: any d, any alignment.
     Rows,
 }
 
-/// The kernel for `dtype` and head dim `d` (1..=128); `simple` forces the row kernel;
-/// `qkv_aligned`: the qkv and out pointers are 16-byte aligned.
-fn attention_kernel(dtype: DType, d: usize, simple: bool, qkv_aligned: bool) -> AttentionKernel {
+/// The kernel for `dtype` and head dim `d` (1..=128); `simple` forces the row kernel, `narrow`
+/// the 64-row flash kernels; `qkv_aligned`: the qkv and out pointers are 16-byte aligned.
+fn attention_kernel(
+    dtype: DType,
+    d: usize,
+    simple: bool,
+    narrow: bool,
+    qkv_aligned: bool,
+) -> AttentionKernel {
     if simple {
         return AttentionKernel::Rows;
     }
@@ -68,20 +78,28 @@ fn attention_kernel(dtype: DType, d: usize, simple: bool, qkv_aligned: bool) -> 
         return AttentionKernel::F32;
     }
     match FLASH_PADS.into_iter().find(|&p| p >= d) {
-        Some(pad) if d % 8 == 0 && qkv_aligned => AttentionKernel::Flash { pad },
+        Some(pad) if d % 8 == 0 && qkv_aligned => AttentionKernel::Flash {
+            pad,
+            rows: if !narrow && pad <= FLASH_R128_MAX_PAD {
+                FLASH_BM_WIDE
+            } else {
+                FLASH_BM
+            },
+        },
         _ => AttentionKernel::Rows,
     }
 }
 
-/// Dynamic shared memory of a flash kernel: Q [64][pad + 8], K and V [2][64][pad + 8] (double
-/// buffered), 2-byte elements; rows padded by 8 elements so that ldmatrix is conflict-free.
-fn flash_smem_bytes(pad: usize) -> u32 {
-    ((FLASH_BM + 4 * FLASH_BN) * (pad + 8) * 2) as u32
+/// Dynamic shared memory of a flash kernel of `rows` query rows per block: Q [rows][pad + 8],
+/// K and V [2][64][pad + 8] (double buffered), 2-byte elements; rows padded by 8 elements so that
+/// ldmatrix is conflict-free.
+fn flash_smem_bytes(pad: usize, rows: usize) -> u32 {
+    ((rows + 4 * FLASH_BN) * (pad + 8) * 2) as u32
 }
 
-/// Grid of the flash kernels: (query tiles, heads, images).
-fn flash_grid(batch: usize, n: usize, heads: usize) -> (u32, u32, u32) {
-    (n.div_ceil(FLASH_BM) as u32, heads as u32, batch as u32)
+/// Grid of the flash kernels: (query tiles of `rows`, heads, images).
+fn flash_grid(batch: usize, n: usize, heads: usize, rows: usize) -> (u32, u32, u32) {
+    (n.div_ceil(rows) as u32, heads as u32, batch as u32)
 }
 
 /// Grid of `attention_f32`: (16-row query tiles, heads, images).
@@ -485,7 +503,8 @@ impl Device {
         }
         let s = &self.stream;
         let (qp, op) = (qkv.ptr(s), out.ptr(s));
-        let kernel = attention_kernel(t, d, self.simple_attention, qp % 16 == 0 && op % 16 == 0);
+        let aligned = qp % 16 == 0 && op % 16 == 0;
+        let kernel = attention_kernel(t, d, self.simple_attention, self.narrow_flash, aligned);
         if kernel == AttentionKernel::Rows {
             // The tensor-core kernel loads 8-element (16-byte) chunks; the row kernel takes any
             // d. It needs a [batch, heads, n, n] f32 scratch buffer.
@@ -501,14 +520,15 @@ impl Device {
         ];
         // SAFETY: sizes checked; d <= the kernel's padded head dim; 16-byte alignment checked.
         unsafe {
-            if let AttentionKernel::Flash { pad } = kernel {
+            if let AttentionKernel::Flash { pad, rows } = kernel {
                 // The flash kernels work in the log2 domain (exp2f): the scale carries log2(e).
                 args.push(Arg::F32(scale * std::f32::consts::LOG2_E));
+                let suffix = if rows == FLASH_BM_WIDE { "_r128" } else { "" };
                 self.launch(
-                    &format!("attention_{t}_d{pad}"),
-                    flash_grid(batch, n, heads),
+                    &format!("attention_{t}_d{pad}{suffix}"),
+                    flash_grid(batch, n, heads, rows),
                     ATTENTION_THREADS,
-                    flash_smem_bytes(pad),
+                    flash_smem_bytes(pad, rows),
                     &args,
                 )
             } else {
@@ -816,6 +836,13 @@ mod tests {
         assert_eq!(define(&attention, "FA_THREADS"), ATTENTION_THREADS as usize);
         // 4 warps of 16 query rows each (one m16 MMA tile per warp).
         assert_eq!(FLASH_BM, 16 * ATTENTION_THREADS as usize / 32);
+        // The _r128 kernels: two m-tiles a warp, instantiated up to FLASH_R128_MAX_PAD.
+        assert_eq!(FLASH_BM_WIDE, 2 * FLASH_BM);
+        assert!(attention.contains("flash_attention<T, DP, 2>"));
+        for pad in FLASH_PADS {
+            let wide = attention.contains(&format!("FLASH_R128(f16, f16, {pad})"));
+            assert_eq!(wide, pad <= FLASH_R128_MAX_PAD, "pad {pad}");
+        }
         assert_eq!(define(&attention, "F32_BQ"), F32_ROWS);
         // attention_f32: 4 warps x 4 rows; 32-key tiles, one key per lane.
         assert_eq!(F32_ROWS, 4 * ATTENTION_THREADS as usize / 32);
@@ -834,29 +861,40 @@ mod tests {
         use AttentionKernel::*;
         for d in 1..=MAX_HEAD_DIM {
             assert_eq!(
-                attention_kernel(DType::F32, d, false, true),
+                attention_kernel(DType::F32, d, false, false, true),
                 F32,
                 "f32 d={d}"
             );
-            assert_eq!(attention_kernel(DType::F32, d, false, false), F32);
+            assert_eq!(attention_kernel(DType::F32, d, false, false, false), F32);
             for t in [DType::F16, DType::BF16] {
-                let k = attention_kernel(t, d, false, true);
+                let k = attention_kernel(t, d, false, false, true);
                 if d % 8 == 0 {
-                    let Flash { pad } = k else {
+                    let Flash { pad, rows } = k else {
                         panic!("{t} d={d}: {k:?}")
                     };
                     // The smallest padded dim that holds d; MMA k-steps and n-tiles of 16.
                     assert!(pad >= d && pad % 16 == 0, "{t} d={d} pad={pad}");
                     assert!(FLASH_PADS.iter().all(|&p| p < d || p >= pad));
+                    // 128 rows a block where the two-m-tile kernels exist, else 64.
+                    assert_eq!(rows, if pad <= 64 { 128 } else { 64 }, "{t} d={d}");
+                    assert_eq!(
+                        attention_kernel(t, d, false, true, true),
+                        Flash { pad, rows: 64 },
+                        "narrow"
+                    );
                 } else {
                     assert_eq!(k, Rows, "{t} d={d}");
                 }
-                assert_eq!(attention_kernel(t, d, false, false), Rows, "unaligned");
-                assert_eq!(attention_kernel(t, d, true, true), Rows, "simple");
+                assert_eq!(
+                    attention_kernel(t, d, false, false, false),
+                    Rows,
+                    "unaligned"
+                );
+                assert_eq!(attention_kernel(t, d, true, false, true), Rows, "simple");
             }
         }
-        let pad = |d| match attention_kernel(DType::F16, d, false, true) {
-            Flash { pad } => pad,
+        let pad = |d| match attention_kernel(DType::F16, d, false, false, true) {
+            Flash { pad, .. } => pad,
             k => panic!("{k:?}"),
         };
         assert_eq!(
@@ -868,7 +906,13 @@ mod tests {
     #[test]
     fn flash_shared_memory_fits_and_opts_in_where_needed() {
         for pad in FLASH_PADS {
-            let smem = flash_smem_bytes(pad);
+            if pad <= FLASH_R128_MAX_PAD {
+                // sQ [128][LDS] (attention.cu's header: 384·(pad + 8)·2 bytes).
+                let wide = flash_smem_bytes(pad, FLASH_BM_WIDE) as usize;
+                assert_eq!(wide, 384 * (pad + 8) * 2);
+                assert!(wide <= 99 * 1024, "pad {pad}: {wide} bytes");
+            }
+            let smem = flash_smem_bytes(pad, FLASH_BM);
             // The kernel's layout: sQ [64][LDS] + sK [2][64][LDS] + sV [2][64][LDS], 2-byte
             // elements, LDS = pad + 8 (attention.cu's header: 320·(pad + 8)·2 bytes).
             assert_eq!(smem as usize, 320 * (pad + 8) * 2);
@@ -883,20 +927,25 @@ mod tests {
             assert!(smem <= 99 * 1024, "pad {pad}: {smem} bytes");
         }
         // Above 48 KiB: the launch must raise the kernel's limit first (Device::function).
-        assert!(flash_smem_bytes(64) <= 48 * 1024);
-        assert!(flash_smem_bytes(96) > 48 * 1024);
-        assert!(flash_smem_bytes(128) > 48 * 1024);
+        assert!(flash_smem_bytes(64, FLASH_BM) <= 48 * 1024);
+        assert!(flash_smem_bytes(96, FLASH_BM) > 48 * 1024);
+        assert!(flash_smem_bytes(128, FLASH_BM) > 48 * 1024);
+        assert!(flash_smem_bytes(64, FLASH_BM_WIDE) > 48 * 1024);
     }
 
     #[test]
     fn attention_grids_cover_every_query_row() {
-        for n in [1, 13, 15, 16, 17, 63, 64, 65, 257, 1370, 1374] {
-            let (x, y, z) = flash_grid(3, n, 12);
-            assert_eq!((y, z), (12, 3));
-            assert!(
-                x as usize * FLASH_BM >= n && (x as usize - 1) * FLASH_BM < n,
-                "n={n}"
-            );
+        for n in [
+            1, 13, 15, 16, 17, 63, 64, 65, 127, 128, 129, 257, 1370, 1374,
+        ] {
+            for rows in [FLASH_BM, FLASH_BM_WIDE] {
+                let (x, y, z) = flash_grid(3, n, 12, rows);
+                assert_eq!((y, z), (12, 3));
+                assert!(
+                    x as usize * rows >= n && (x as usize - 1) * rows < n,
+                    "n={n} rows={rows}"
+                );
+            }
             let (x, y, z) = f32_attention_grid(3, n, 12);
             assert_eq!((y, z), (12, 3));
             assert!(

@@ -152,6 +152,9 @@ fn launched_kernels() -> Vec<String> {
         for pad in [16, 32, 64, 96, 128] {
             names.push(format!("attention_{t}_d{pad}"));
         }
+        for pad in [16, 32, 64] {
+            names.push(format!("attention_{t}_d{pad}_r128"));
+        }
     }
     names.push("attention_f32".into());
     names
@@ -264,6 +267,10 @@ fn kernel_signatures_match_the_launchers() {
                 [P, P, I, I, I, F],
                 "attention_{t}_d{pad}"
             );
+        }
+        for pad in [16, 32, 64] {
+            let name = format!("attention_{t}_d{pad}_r128");
+            assert_eq!(ptx_params(&name), [P, P, I, I, I, F], "{name}");
         }
         assert_eq!(
             ptx_params(&format!("layer_norm_f32_{t}")),

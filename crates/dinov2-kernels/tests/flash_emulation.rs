@@ -125,12 +125,13 @@ struct Problem {
     scale_log2: f32,
 }
 
-/// `fa_load_tile`: rows row0..row0+64 of one head's columns into a [64][DP + 8] tile; zero
-/// fill for rows >= n and columns >= d; the 8 pad columns are never written (stay NaN).
-fn load_tile(p: &Problem, qkv: &[f32], dst: &mut [f32], src: usize, row0: usize) {
+/// `fa_load_tile<T, DP, ROWS>`: rows row0..row0+ROWS of one head's columns into a
+/// [ROWS][DP + 8] tile; zero fill for rows >= n and columns >= d; the 8 pad columns are never
+/// written (stay NaN).
+fn load_tile(p: &Problem, qkv: &[f32], dst: &mut [f32], src: usize, row0: usize, rows: usize) {
     let (lds, cpr) = (p.dp + 8, p.dp / 8);
     let ld = 3 * p.heads * p.d;
-    for c in 0..BM * cpr {
+    for c in 0..rows * cpr {
         let (r, col) = (c / cpr, (c % cpr) * 8);
         let gr = row0 + r;
         let ok = gr < p.n && col < p.d;
@@ -144,60 +145,71 @@ fn load_tile(p: &Problem, qkv: &[f32], dst: &mut [f32], src: usize, row0: usize)
     }
 }
 
-/// One block (blockIdx = (bx, head, img)) of `flash_attention<T, DP>`.
-fn flash_block(p: &Problem, qkv: &[f32], out: &mut [f32], (bx, head, img): (usize, usize, usize)) {
+/// One block (blockIdx = (bx, head, img)) of `flash_attention<T, DP, MT>`: 4 warps of `mt`
+/// m-tiles of 16 query rows each.
+fn flash_block(
+    p: &Problem,
+    mt_count: usize,
+    qkv: &[f32],
+    out: &mut [f32],
+    (bx, head, img): (usize, usize, usize),
+) {
     let (n, d, dp) = (p.n, p.d, p.dp);
     let lds = dp + 8;
     let (ksteps, stiles, otiles) = (dp / 16, BN / 8, dp / 8);
-    let mut s_q = vec![f32::NAN; BM * lds];
+    let bq = BM * mt_count;
+    let mut s_q = vec![f32::NAN; bq * lds];
     let mut s_k = vec![f32::NAN; 2 * BN * lds];
     let mut s_v = vec![f32::NAN; 2 * BN * lds];
-    let q0 = bx * BM;
+    let q0 = bx * bq;
     let hd = p.heads * d;
     let ld = 3 * hd;
     let base = img * n * ld + head * d;
     let (kbase, vbase) = (base + hd, base + 2 * hd);
     let ntiles = n.div_ceil(BN);
 
-    load_tile(p, qkv, &mut s_q, base, q0);
-    load_tile(p, qkv, &mut s_k[..BN * lds], kbase, 0);
-    load_tile(p, qkv, &mut s_v[..BN * lds], vbase, 0);
+    load_tile(p, qkv, &mut s_q, base, q0, bq);
+    load_tile(p, qkv, &mut s_k[..BN * lds], kbase, 0, BN);
+    load_tile(p, qkv, &mut s_v[..BN * lds], vbase, 0, BN);
 
-    // Per warp: Q fragments, O accumulators, running max and sum of rows g and g + 8.
-    let mut qf = vec![vec![[[[0.0; 2]; 4]; 32]; ksteps]; WARPS];
-    let mut o = vec![vec![[[0.0f32; 4]; 32]; otiles]; WARPS];
-    let mut m = vec![([f32::NEG_INFINITY; 32], [f32::NEG_INFINITY; 32]); WARPS];
-    let mut l = vec![([0.0f32; 32], [0.0f32; 32]); WARPS];
+    // Per warp and m-tile: Q fragments, O accumulators, running max and sum of rows g and g + 8.
+    let mut qf = vec![vec![vec![[[[0.0; 2]; 4]; 32]; ksteps]; mt_count]; WARPS];
+    let mut o = vec![vec![vec![[[0.0f32; 4]; 32]; otiles]; mt_count]; WARPS];
+    let mut m = vec![vec![([f32::NEG_INFINITY; 32], [f32::NEG_INFINITY; 32]); mt_count]; WARPS];
+    let mut l = vec![vec![([0.0f32; 32], [0.0f32; 32]); mt_count]; WARPS];
 
     for j in 0..ntiles {
         let buf = j & 1;
         if j + 1 < ntiles {
             let nb = (buf ^ 1) * BN * lds;
-            load_tile(p, qkv, &mut s_k[nb..nb + BN * lds], kbase, (j + 1) * BN);
-            load_tile(p, qkv, &mut s_v[nb..nb + BN * lds], vbase, (j + 1) * BN);
+            load_tile(p, qkv, &mut s_k[nb..nb + BN * lds], kbase, (j + 1) * BN, BN);
+            load_tile(p, qkv, &mut s_v[nb..nb + BN * lds], vbase, (j + 1) * BN, BN);
         }
         for warp in 0..WARPS {
+            let wrow = warp * 16 * mt_count;
             // A warp whose query rows all lie past n only helps load.
-            let live = q0 + warp * 16 < n;
+            let live = q0 + wrow < n;
             if !live {
                 continue;
             }
             if j == 0 {
-                for kk in 0..ksteps {
-                    let addr = std::array::from_fn(|lane| {
-                        (warp * 16 + (lane & 15)) * lds + kk * 16 + (lane >> 4) * 8
-                    });
-                    qf[warp][kk] = ldmatrix_x4(&s_q, &addr, false);
+                for mt in 0..mt_count {
+                    for kk in 0..ksteps {
+                        let addr = std::array::from_fn(|lane| {
+                            (wrow + mt * 16 + (lane & 15)) * lds + kk * 16 + (lane >> 4) * 8
+                        });
+                        qf[warp][mt][kk] = ldmatrix_x4(&s_q, &addr, false);
+                    }
                 }
             }
-            // fa_tile<T, DP, TAIL>: TAIL when the tile ends past n; chunks of 16 keys wholly past
-            // n are skipped (their S stays 0, then is masked; their P·V terms are 0).
+            // fa_tile<T, DP, MT, TAIL>: TAIL when the tile ends past n; chunks of 16 keys
+            // wholly past n are skipped (their S stays 0, then is masked; their P·V terms are 0).
             let tail = (j + 1) * BN > n;
             let key_base = j * BN;
             let valid = n - key_base;
-            // S = Q·Kᵀ.
+            // S = Q·Kᵀ, each K fragment feeding every m-tile.
             let k = &s_k[buf * BN * lds..];
-            let mut s = vec![[[0.0f32; 4]; 32]; stiles];
+            let mut s = vec![vec![[[0.0f32; 4]; 32]; stiles]; mt_count];
             for kk in 0..ksteps {
                 for np in 0..stiles / 2 {
                     if tail && np * 16 >= valid {
@@ -210,76 +222,77 @@ fn flash_block(p: &Problem, qkv: &[f32], out: &mut [f32], (bx, head, img): (usiz
                         key * lds + dim
                     });
                     let b = ldmatrix_x4(k, &addr, false);
-                    mma(
-                        &mut s[2 * np],
-                        &qf[warp][kk],
-                        &column(&b, 0),
-                        &column(&b, 1),
-                    );
-                    mma(
-                        &mut s[2 * np + 1],
-                        &qf[warp][kk],
-                        &column(&b, 2),
-                        &column(&b, 3),
-                    );
-                }
-            }
-            // Online softmax in the log2 domain.
-            let (mut mx0, mut mx1) = m[warp];
-            for lane in 0..32 {
-                let key0 = key_base + (lane & 3) * 2;
-                for (t, st) in s.iter_mut().enumerate() {
-                    for e in 0..4 {
-                        let mut v = st[lane][e] * p.scale_log2;
-                        if tail && key0 + t * 8 + (e & 1) >= n {
-                            v = f32::NEG_INFINITY;
-                        }
-                        st[lane][e] = v;
+                    for mt in 0..mt_count {
+                        let a = &qf[warp][mt][kk];
+                        mma(&mut s[mt][2 * np], a, &column(&b, 0), &column(&b, 1));
+                        mma(&mut s[mt][2 * np + 1], a, &column(&b, 2), &column(&b, 3));
                     }
-                    mx0[lane] = mx0[lane].max(st[lane][0].max(st[lane][1]));
-                    mx1[lane] = mx1[lane].max(st[lane][2].max(st[lane][3]));
                 }
             }
-            quad_reduce(&mut mx0, f32::max);
-            quad_reduce(&mut mx1, f32::max);
-            for lane in 0..32 {
-                let alpha0 = (m[warp].0[lane] - mx0[lane]).exp2();
-                let alpha1 = (m[warp].1[lane] - mx1[lane]).exp2();
-                assert!(alpha0.is_finite() && alpha1.is_finite(), "NaN rescale");
-                let (mut sum0, mut sum1) = (0.0f32, 0.0f32);
-                for st in s.iter_mut() {
-                    let v = &mut st[lane];
-                    v[0] = (v[0] - mx0[lane]).exp2();
-                    v[1] = (v[1] - mx0[lane]).exp2();
-                    v[2] = (v[2] - mx1[lane]).exp2();
-                    v[3] = (v[3] - mx1[lane]).exp2();
-                    sum0 += v[0] + v[1];
-                    sum1 += v[2] + v[3];
+            // Online softmax in the log2 domain, per m-tile.
+            for mt in 0..mt_count {
+                let s = &mut s[mt];
+                let (mut mx0, mut mx1) = m[warp][mt];
+                for lane in 0..32 {
+                    let key0 = key_base + (lane & 3) * 2;
+                    for (t, st) in s.iter_mut().enumerate() {
+                        for e in 0..4 {
+                            let mut v = st[lane][e] * p.scale_log2;
+                            if tail && key0 + t * 8 + (e & 1) >= n {
+                                v = f32::NEG_INFINITY;
+                            }
+                            st[lane][e] = v;
+                        }
+                        mx0[lane] = mx0[lane].max(st[lane][0].max(st[lane][1]));
+                        mx1[lane] = mx1[lane].max(st[lane][2].max(st[lane][3]));
+                    }
                 }
-                l[warp].0[lane] = l[warp].0[lane] * alpha0 + sum0;
-                l[warp].1[lane] = l[warp].1[lane] * alpha1 + sum1;
-                for ot in o[warp].iter_mut() {
-                    ot[lane][0] *= alpha0;
-                    ot[lane][1] *= alpha0;
-                    ot[lane][2] *= alpha1;
-                    ot[lane][3] *= alpha1;
+                quad_reduce(&mut mx0, f32::max);
+                quad_reduce(&mut mx1, f32::max);
+                for lane in 0..32 {
+                    let alpha0 = (m[warp][mt].0[lane] - mx0[lane]).exp2();
+                    let alpha1 = (m[warp][mt].1[lane] - mx1[lane]).exp2();
+                    assert!(alpha0.is_finite() && alpha1.is_finite(), "NaN rescale");
+                    let (mut sum0, mut sum1) = (0.0f32, 0.0f32);
+                    for st in s.iter_mut() {
+                        let v = &mut st[lane];
+                        v[0] = (v[0] - mx0[lane]).exp2();
+                        v[1] = (v[1] - mx0[lane]).exp2();
+                        v[2] = (v[2] - mx1[lane]).exp2();
+                        v[3] = (v[3] - mx1[lane]).exp2();
+                        sum0 += v[0] + v[1];
+                        sum1 += v[2] + v[3];
+                    }
+                    l[warp][mt].0[lane] = l[warp][mt].0[lane] * alpha0 + sum0;
+                    l[warp][mt].1[lane] = l[warp][mt].1[lane] * alpha1 + sum1;
+                    for ot in o[warp][mt].iter_mut() {
+                        ot[lane][0] *= alpha0;
+                        ot[lane][1] *= alpha0;
+                        ot[lane][2] *= alpha1;
+                        ot[lane][3] *= alpha1;
+                    }
                 }
+                m[warp][mt] = (mx0, mx1);
             }
-            m[warp] = (mx0, mx1);
-            // O += P·V with P taken from the S accumulators.
+            // O += P·V with P taken from the S accumulators, each V fragment feeding every
+            // m-tile.
             let v = &s_v[buf * BN * lds..];
             for kk in 0..BN / 16 {
                 if tail && kk * 16 >= valid {
                     continue;
                 }
-                let a: Frag4 = std::array::from_fn(|lane| {
-                    [
-                        [s[2 * kk][lane][0], s[2 * kk][lane][1]],
-                        [s[2 * kk][lane][2], s[2 * kk][lane][3]],
-                        [s[2 * kk + 1][lane][0], s[2 * kk + 1][lane][1]],
-                        [s[2 * kk + 1][lane][2], s[2 * kk + 1][lane][3]],
-                    ]
-                });
+                let a: Vec<Frag4> = (0..mt_count)
+                    .map(|mt| {
+                        std::array::from_fn(|lane| {
+                            [
+                                [s[mt][2 * kk][lane][0], s[mt][2 * kk][lane][1]],
+                                [s[mt][2 * kk][lane][2], s[mt][2 * kk][lane][3]],
+                                [s[mt][2 * kk + 1][lane][0], s[mt][2 * kk + 1][lane][1]],
+                                [s[mt][2 * kk + 1][lane][2], s[mt][2 * kk + 1][lane][3]],
+                            ]
+                        })
+                    })
+                    .collect();
                 for dpi in 0..dp / 16 {
                     let addr = std::array::from_fn(|lane| {
                         let mat = lane >> 3;
@@ -288,42 +301,43 @@ fn flash_block(p: &Problem, qkv: &[f32], out: &mut [f32], (bx, head, img): (usiz
                         key * lds + dim
                     });
                     let b = ldmatrix_x4(v, &addr, true);
-                    mma(&mut o[warp][2 * dpi], &a, &column(&b, 0), &column(&b, 1));
-                    mma(
-                        &mut o[warp][2 * dpi + 1],
-                        &a,
-                        &column(&b, 2),
-                        &column(&b, 3),
-                    );
+                    for mt in 0..mt_count {
+                        let o = &mut o[warp][mt];
+                        mma(&mut o[2 * dpi], &a[mt], &column(&b, 0), &column(&b, 1));
+                        mma(&mut o[2 * dpi + 1], &a[mt], &column(&b, 2), &column(&b, 3));
+                    }
                 }
             }
         }
     }
 
     for warp in 0..WARPS {
-        if q0 + warp * 16 >= n {
+        let wrow = warp * 16 * mt_count;
+        if q0 + wrow >= n {
             continue; // not live: writes nothing
         }
-        let (mut l0, mut l1) = l[warp];
-        quad_reduce(&mut l0, |a, b| a + b);
-        quad_reduce(&mut l1, |a, b| a + b);
-        for lane in 0..32 {
-            let (g, tig) = (lane >> 2, lane & 3);
-            let (inv0, inv1) = (1.0 / l0[lane], 1.0 / l1[lane]);
-            let r0 = q0 + warp * 16 + g;
-            let r1 = r0 + 8;
-            let obase = img * n * hd + head * d + tig * 2;
-            for (t, ot) in o[warp].iter().enumerate() {
-                if t * 8 < d {
-                    if r0 < n {
-                        let at = obase + r0 * hd + t * 8;
-                        out[at] = ot[lane][0] * inv0;
-                        out[at + 1] = ot[lane][1] * inv0;
-                    }
-                    if r1 < n {
-                        let at = obase + r1 * hd + t * 8;
-                        out[at] = ot[lane][2] * inv1;
-                        out[at + 1] = ot[lane][3] * inv1;
+        for mt in 0..mt_count {
+            let (mut l0, mut l1) = l[warp][mt];
+            quad_reduce(&mut l0, |a, b| a + b);
+            quad_reduce(&mut l1, |a, b| a + b);
+            for lane in 0..32 {
+                let (g, tig) = (lane >> 2, lane & 3);
+                let (inv0, inv1) = (1.0 / l0[lane], 1.0 / l1[lane]);
+                let r0 = q0 + wrow + mt * 16 + g;
+                let r1 = r0 + 8;
+                let obase = img * n * hd + head * d + tig * 2;
+                for (t, ot) in o[warp][mt].iter().enumerate() {
+                    if t * 8 < d {
+                        if r0 < n {
+                            let at = obase + r0 * hd + t * 8;
+                            out[at] = ot[lane][0] * inv0;
+                            out[at + 1] = ot[lane][1] * inv0;
+                        }
+                        if r1 < n {
+                            let at = obase + r1 * hd + t * 8;
+                            out[at] = ot[lane][2] * inv1;
+                            out[at + 1] = ot[lane][3] * inv1;
+                        }
                     }
                 }
             }
@@ -386,8 +400,13 @@ fn the_emulated_flash_kernel_is_softmax_attention() {
         (1, 129, 1, 128),
         (1, 257, 2, 64),
     ];
-    for (b, n, heads, d) in cases {
+    // Both kernels: one m-tile a warp (every pad) and two (the _r128 kernels, pad <= 64).
+    let runs = cases.iter().flat_map(|&c| [(c, 1), (c, 2)]);
+    for ((b, n, heads, d), mt_count) in runs {
         let dp = [16, 32, 64, 96, 128].into_iter().find(|&p| p >= d).unwrap();
+        if mt_count == 2 && dp > 64 {
+            continue;
+        }
         let scale = (d as f64).powf(-0.5);
         let p = Problem {
             n,
@@ -400,8 +419,8 @@ fn the_emulated_flash_kernel_is_softmax_attention() {
         let mut out = vec![f32::NAN; b * n * heads * d];
         for img in 0..b {
             for head in 0..heads {
-                for bx in 0..n.div_ceil(BM) {
-                    flash_block(&p, &qkv, &mut out, (bx, head, img));
+                for bx in 0..n.div_ceil(BM * mt_count) {
+                    flash_block(&p, mt_count, &qkv, &mut out, (bx, head, img));
                 }
             }
         }
@@ -410,7 +429,7 @@ fn the_emulated_flash_kernel_is_softmax_attention() {
         for (i, (&g, &w)) in out.iter().zip(&want).enumerate() {
             assert!(
                 g.is_finite(),
-                "b={b} n={n} heads={heads} d={d}: out[{i}] = {g}"
+                "b={b} n={n} heads={heads} d={d} mt={mt_count}: out[{i}] = {g}"
             );
             num += (g as f64 - w).powi(2);
             den += w * w;
@@ -418,7 +437,7 @@ fn the_emulated_flash_kernel_is_softmax_attention() {
         let err = (num / den).sqrt();
         assert!(
             err < 1e-5,
-            "b={b} n={n} heads={heads} d={d}: rel L2 {err:.2e}"
+            "b={b} n={n} heads={heads} d={d} mt={mt_count}: rel L2 {err:.2e}"
         );
     }
 }
@@ -434,47 +453,54 @@ fn the_emulated_expressions_are_the_kernels() {
         "#define FA_BM 64",
         "#define FA_BN 64",
         "#define FA_THREADS 128",
-        "constexpr int LDS = DP + 8, CPR = DP / 8, CHUNKS = FA_BM * CPR;",
+        "constexpr int LDS = DP + 8, CPR = DP / 8, CHUNKS = ROWS * CPR;",
+        "constexpr int BQ = FA_BM * MT;",
+        "T* sK = sQ + BQ * LDS;",
+        "const int q0 = blockIdx.x * BQ;",
+        "const int wrow = warp * 16 * MT;",
+        "fa_load_tile<T, DP, BQ>(sQ, base, q0, n, d, ld);",
         "const int r = c / CPR, col = (c % CPR) * 8;",
         "const bool ok = gr < n && col < d;",
         "const long ld = 3L * hd;",
         "const T* base = qkv + (long)img * n * ld + (long)head * d;",
         "const T* kbase = base + hd;",
         "const T* vbase = base + 2 * hd;",
-        "ldmatrix_x4(qf[kk], smem_addr(sQ + (warp * 16 + (lane & 15)) * LDS + kk * 16 + \
+        "ldmatrix_x4(qf[mt][kk], smem_addr(sQ + (wrow + mt * 16 + (lane & 15)) * LDS + kk * 16 + \
          (lane >> 4) * 8));",
         "const int key = np * 16 + (lane & 7) + (mat >> 1) * 8;",
         "const int dim = kk * 16 + (mat & 1) * 8;",
         "ldmatrix_x4(b, smem_addr(k + key * LDS + dim));",
-        "Mma<T>::run(s[2 * np], qf[kk], b[0], b[1]);",
-        "Mma<T>::run(s[2 * np + 1], qf[kk], b[2], b[3]);",
-        "const bool live = q0 + warp * 16 < n;",
+        "Mma<T>::run(s[mt][2 * np], qf[mt][kk], b[0], b[1]);",
+        "Mma<T>::run(s[mt][2 * np + 1], qf[mt][kk], b[2], b[3]);",
+        "const bool live = q0 + wrow < n;",
         "if (live) {",
         "if (!live) return;",
-        "if ((j + 1) * FA_BN > n) fa_tile<T, DP, true>(qf, o, m0, m1, l0, l1, k, v, j * FA_BN, \
-         n, lane, scale_log2);",
-        "else fa_tile<T, DP, false>(qf, o, m0, m1, l0, l1, k, v, j * FA_BN, n, lane, scale_log2);",
+        "if ((j + 1) * FA_BN > n) fa_tile<T, DP, MT, true>(qf, o, m0, m1, l0, l1, k, v, \
+         j * FA_BN, n, lane, scale_log2);",
+        "else fa_tile<T, DP, MT, false>(qf, o, m0, m1, l0, l1, k, v, j * FA_BN, n, lane, \
+         scale_log2);",
         "const int valid = n - key_base;",
         "if (TAIL && np * 16 >= valid) continue;",
         "const int key0 = key_base + tig * 2;",
+        "float x = s[mt][t][e] * scale_log2;",
         "if (TAIL && key0 + t * 8 + (e & 1) >= n) x = -INFINITY;",
         "if (TAIL && kk * 16 >= valid) continue;",
-        "a[0] = Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]);",
-        "a[1] = Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]);",
-        "a[2] = Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);",
-        "a[3] = Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);",
+        "a[mt][0] = Mma<T>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);",
+        "a[mt][1] = Mma<T>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);",
+        "a[mt][2] = Mma<T>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);",
+        "a[mt][3] = Mma<T>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);",
         "const int key = kk * 16 + (lane & 7) + (mat & 1) * 8;",
         "const int dim = dp * 16 + (mat >> 1) * 8;",
         "ldmatrix_x4_trans(b, smem_addr(v + key * LDS + dim));",
-        "Mma<T>::run(o[2 * dp], a, b[0], b[1]);",
-        "Mma<T>::run(o[2 * dp + 1], a, b[2], b[3]);",
-        "const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;",
+        "Mma<T>::run(o[mt][2 * dp], a[mt], b[0], b[1]);",
+        "Mma<T>::run(o[mt][2 * dp + 1], a[mt], b[2], b[3]);",
+        "const int r0 = q0 + wrow + mt * 16 + g, r1 = r0 + 8;",
         "T* obase = out + (long)img * n * hd + (long)head * d + tig * 2;",
         "if (t * 8 < d) {",
         "*reinterpret_cast<uint32_t*>(obase + (long)r0 * hd + t * 8) = \
-         Mma<T>::pack(o[t][0] * inv0, o[t][1] * inv0);",
+         Mma<T>::pack(o[mt][t][0] * inv0, o[mt][t][1] * inv0);",
         "*reinterpret_cast<uint32_t*>(obase + (long)r1 * hd + t * 8) = \
-         Mma<T>::pack(o[t][2] * inv1, o[t][3] * inv1);",
+         Mma<T>::pack(o[mt][t][2] * inv1, o[mt][t][3] * inv1);",
     ] {
         assert!(
             source.contains(&squeeze(expr)),

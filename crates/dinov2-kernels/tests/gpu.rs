@@ -357,6 +357,11 @@ fn residual_updates_match_cpu() {
 #[ignore = "needs a CUDA device"]
 fn attention_matches_cpu() {
     let dev = device();
+    // The 64-row flash kernels, which the default device takes only for head dims over 64
+    // (DINOV2_ATTENTION is read when a device opens; the GPU tests run one at a time).
+    std::env::set_var("DINOV2_ATTENTION", "r64");
+    let narrow = device();
+    std::env::remove_var("DINOV2_ATTENTION");
     // (batch, n, heads, d): odd lengths, every padded head dim, one tile and many, whole tiles
     // (128: no tail), last key tiles of 1 to 36 keys and last query tiles with idle warps.
     let cases = [
@@ -364,6 +369,7 @@ fn attention_matches_cpu() {
         (1, 257, 6, 64),
         (2, 261, 2, 64),
         (2, 128, 2, 64),
+        (1, 129, 2, 64),
         (1, 1031, 2, 128),
         (3, 65, 2, 16),
         (1, 100, 1, 24),
@@ -390,6 +396,19 @@ fn attention_matches_cpu() {
                 &round(&want, dtype),
                 tolerance(dtype),
             );
+            if dtype != DType::F32 && d <= 64 {
+                let qn = upload(&narrow, &qkv, &[b, n, 3 * h], dtype);
+                let mut out = poisoned(&narrow, dtype, &[b, n, h]);
+                narrow
+                    .attention(&qn, &mut out, b, n, heads, d, scale as f32)
+                    .unwrap();
+                check(
+                    &format!("{what} (64-row flash)"),
+                    &narrow.download(&out).unwrap(),
+                    &round(&want, dtype),
+                    tolerance(dtype),
+                );
+            }
 
             let mut out = poisoned(&dev, dtype, &[b, n, h]);
             let mut probs = poisoned(&dev, DType::F32, &[b, heads, n, n]);
