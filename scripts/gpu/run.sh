@@ -7,7 +7,8 @@
 #   2. runs every GPU test (--include-ignored): kernels against their CPU twins, golden fixtures,
 #      pooling on the device;
 #   3. `dinov2 bench`: ViT-B/14, 224 px, batch 256, f16, ours against PyTorch + transformers (SDPA)
-#      in the same invocation, then the same pass's device time per operation (DINOV2_PROFILE=1);
+#      in the same invocation, the same with GEMM tuning (DINOV2_GEMM_TUNE=log), then the same
+#      pass's device time per operation (DINOV2_PROFILE=1);
 #   4. the criterion kernel benches and PyTorch's kernels on the same shapes; `dinov2 embed` on
 #      the GPU (its parity with the CPU, `forward --expect` per dtype, `dinov2 serve` and the
 #      Python module dinov2_rs against the same CPU vectors, then 2100 files through ViT-B/14
