@@ -84,7 +84,7 @@ fn gemms(c: &mut Criterion, dev: &Device) {
 }
 
 /// Flash attention at ViT-B/14's shape on `dev`; `label` names the variant (`vitb14`: the
-/// kernel the device picks; `vitb14_r64`: a device opened with `DINOV2_ATTENTION=r64`).
+/// kernel the device picks; `vitb14_r128`: a device opened with `DINOV2_ATTENTION=r128`).
 fn attention(c: &mut Criterion, dev: &Device, label: &str) {
     let mut g = c.benchmark_group("attention_f16");
     let d = HIDDEN / HEADS;
@@ -270,13 +270,13 @@ fn main() {
     ceiling(&mut c, &dev);
     gemms(&mut c, &dev);
     attention(&mut c, &dev, "vitb14");
-    // The 64-row flash kernel beside the default 128-row one (the variable is read when a
+    // The 128-row flash kernel beside the default 64-row one (the variable is read when a
     // device opens).
-    std::env::set_var("DINOV2_ATTENTION", "r64");
-    let narrow = Device::new(0);
+    std::env::set_var("DINOV2_ATTENTION", "r128");
+    let wide = Device::new(0);
     std::env::remove_var("DINOV2_ATTENTION");
-    if let Ok(narrow) = narrow {
-        attention(&mut c, &narrow, "vitb14_r64");
+    if let Ok(wide) = wide {
+        attention(&mut c, &wide, "vitb14_r128");
     }
     norms(&mut c, &dev);
     elementwise(&mut c, &dev);

@@ -11,6 +11,8 @@
 //   attention_{f16,bf16}_d{16,32,64}_r128  the same with two m-tiles of 16 rows per warp: 128
 //       query rows per block, each K/V fragment read from shared memory feeding twice the MMAs.
 //       Grid (ceil(N/128), heads, B), 128 threads, dynamic shared memory 384·(pad + 8)·2 bytes.
+//       Opt-in (DINOV2_ATTENTION=r128): at 253 registers two blocks fit an SM, and on an H200 at
+//       257 tokens, d 64, they ran 12% slower than the 64-row kernels (477 against 424 us).
 //   attention_f32   the f32 path: SIMT, 16 query rows per block (4 per warp), 32-key tiles, d <= 128.
 //       Grid (ceil(N/16), heads, B), 128 threads.
 //   attention_probs_{f32,f16,bf16}  the path that also writes the f32 probabilities
@@ -313,8 +315,9 @@ __device__ __forceinline__ void flash_attention(const T* __restrict__ qkv, T* __
     }
 }
 
-// attention_{name}_d{DP}: one m-tile per warp (64 rows per block); _r128: two (128 rows per
-// block, each K/V fragment feeding twice the MMAs), for DP <= 64 where the registers allow.
+// attention_{name}_d{DP}: one m-tile per warp (64 rows per block), the default; _r128: two
+// (128 rows per block, each K/V fragment feeding twice the MMAs), for DP <= 64 where the
+// registers allow; opt-in.
 #define FLASH(name, T, DP)                                                                         \
     extern "C" __global__ void __launch_bounds__(FA_THREADS)                                       \
         attention_##name##_d##DP(const T* qkv, T* out, int n, int heads, int d,                   \

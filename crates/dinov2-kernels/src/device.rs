@@ -68,9 +68,10 @@ pub struct Device {
     /// `DINOV2_ATTENTION=simple` (a debugging switch, read once here): the row attention kernel
     /// for every head dim.
     pub(crate) simple_attention: bool,
-    /// `DINOV2_ATTENTION=r64` (read once here): the 64-row flash kernels even where the 128-row
-    /// ones exist (to compare them).
-    pub(crate) narrow_flash: bool,
+    /// `DINOV2_ATTENTION=r128` (read once here): the 128-row flash kernels where they exist
+    /// (head dims up to 64), instead of the 64-row ones; slower on an H200 at 257 tokens (see
+    /// docs/PERFORMANCE.md), kept to compare.
+    pub(crate) wide_flash: bool,
     /// `DINOV2_PROFILE=1` (read once here): the operations bracketed for [`Device::take_profile`].
     pub(crate) profile: Option<crate::profile::Pending>,
     info: DeviceInfo,
@@ -217,7 +218,7 @@ impl Device {
             functions: Mutex::new(HashMap::new()),
             blas,
             simple_attention: std::env::var("DINOV2_ATTENTION").is_ok_and(|v| v == "simple"),
-            narrow_flash: std::env::var("DINOV2_ATTENTION").is_ok_and(|v| v == "r64"),
+            wide_flash: std::env::var("DINOV2_ATTENTION").is_ok_and(|v| v == "r128"),
             profile: std::env::var("DINOV2_PROFILE")
                 .is_ok_and(|v| v == "1")
                 .then(Default::default),

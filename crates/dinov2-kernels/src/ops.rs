@@ -33,7 +33,9 @@ pub const MAX_HEAD_DIM: usize = 128;
 /// Query rows per flash block (`FA_BM`; 4 warps x 16 rows) and keys per K/V tile (`FA_BN`).
 const FLASH_BM: usize = 64;
 /// Query rows per block of the `_r128` flash kernels (4 warps x 2 m-tiles of 16 rows), which
-/// exist for padded head dims up to [`FLASH_R128_MAX_PAD`] (253 registers a thread at 64).
+/// exist for padded head dims up to [`FLASH_R128_MAX_PAD`] (253 registers a thread at 64, so
+/// two blocks an SM: on an H200 at 257 tokens they ran 12% slower than the 64-row kernels,
+/// whose four blocks an SM hide more latency). Opt-in: `DINOV2_ATTENTION=r128`.
 const FLASH_BM_WIDE: usize = 128;
 const FLASH_R128_MAX_PAD: usize = 64;
 const FLASH_BN: usize = 64;
@@ -62,13 +64,14 @@ enum AttentionKernel {
     Rows,
 }
 
-/// The kernel for `dtype` and head dim `d` (1..=128); `simple` forces the row kernel, `narrow`
-/// the 64-row flash kernels; `qkv_aligned`: the qkv and out pointers are 16-byte aligned.
+/// The kernel for `dtype` and head dim `d` (1..=128); `simple` forces the row kernel, `wide`
+/// picks the 128-row flash kernels where they exist; `qkv_aligned`: the qkv and out pointers
+/// are 16-byte aligned.
 fn attention_kernel(
     dtype: DType,
     d: usize,
     simple: bool,
-    narrow: bool,
+    wide: bool,
     qkv_aligned: bool,
 ) -> AttentionKernel {
     if simple {
@@ -80,7 +83,7 @@ fn attention_kernel(
     match FLASH_PADS.into_iter().find(|&p| p >= d) {
         Some(pad) if d % 8 == 0 && qkv_aligned => AttentionKernel::Flash {
             pad,
-            rows: if !narrow && pad <= FLASH_R128_MAX_PAD {
+            rows: if wide && pad <= FLASH_R128_MAX_PAD {
                 FLASH_BM_WIDE
             } else {
                 FLASH_BM
@@ -504,7 +507,7 @@ impl Device {
         let s = &self.stream;
         let (qp, op) = (qkv.ptr(s), out.ptr(s));
         let aligned = qp % 16 == 0 && op % 16 == 0;
-        let kernel = attention_kernel(t, d, self.simple_attention, self.narrow_flash, aligned);
+        let kernel = attention_kernel(t, d, self.simple_attention, self.wide_flash, aligned);
         if kernel == AttentionKernel::Rows {
             // The tensor-core kernel loads 8-element (16-byte) chunks; the row kernel takes any
             // d. It needs a [batch, heads, n, n] f32 scratch buffer.
@@ -875,12 +878,15 @@ mod tests {
                     // The smallest padded dim that holds d; MMA k-steps and n-tiles of 16.
                     assert!(pad >= d && pad % 16 == 0, "{t} d={d} pad={pad}");
                     assert!(FLASH_PADS.iter().all(|&p| p < d || p >= pad));
-                    // 128 rows a block where the two-m-tile kernels exist, else 64.
-                    assert_eq!(rows, if pad <= 64 { 128 } else { 64 }, "{t} d={d}");
+                    // 64 rows a block by default; 128 when asked, where those kernels exist.
+                    assert_eq!(rows, 64, "{t} d={d}");
                     assert_eq!(
                         attention_kernel(t, d, false, true, true),
-                        Flash { pad, rows: 64 },
-                        "narrow"
+                        Flash {
+                            pad,
+                            rows: if pad <= 64 { 128 } else { 64 }
+                        },
+                        "wide"
                     );
                 } else {
                     assert_eq!(k, Rows, "{t} d={d}");

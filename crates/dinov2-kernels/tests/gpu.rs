@@ -357,10 +357,10 @@ fn residual_updates_match_cpu() {
 #[ignore = "needs a CUDA device"]
 fn attention_matches_cpu() {
     let dev = device();
-    // The 64-row flash kernels, which the default device takes only for head dims over 64
+    // The 128-row flash kernels (head dims up to 64), which a device takes when asked
     // (DINOV2_ATTENTION is read when a device opens; the GPU tests run one at a time).
-    std::env::set_var("DINOV2_ATTENTION", "r64");
-    let narrow = device();
+    std::env::set_var("DINOV2_ATTENTION", "r128");
+    let wide = device();
     std::env::remove_var("DINOV2_ATTENTION");
     // (batch, n, heads, d): odd lengths, every padded head dim, one tile and many, whole tiles
     // (128: no tail), last key tiles of 1 to 36 keys and last query tiles with idle warps.
@@ -397,14 +397,13 @@ fn attention_matches_cpu() {
                 tolerance(dtype),
             );
             if dtype != DType::F32 && d <= 64 {
-                let qn = upload(&narrow, &qkv, &[b, n, 3 * h], dtype);
-                let mut out = poisoned(&narrow, dtype, &[b, n, h]);
-                narrow
-                    .attention(&qn, &mut out, b, n, heads, d, scale as f32)
+                let qw = upload(&wide, &qkv, &[b, n, 3 * h], dtype);
+                let mut out = poisoned(&wide, dtype, &[b, n, h]);
+                wide.attention(&qw, &mut out, b, n, heads, d, scale as f32)
                     .unwrap();
                 check(
-                    &format!("{what} (64-row flash)"),
-                    &narrow.download(&out).unwrap(),
+                    &format!("{what} (128-row flash)"),
+                    &wide.download(&out).unwrap(),
                     &round(&want, dtype),
                     tolerance(dtype),
                 );
