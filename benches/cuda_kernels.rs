@@ -1,8 +1,10 @@
 //! Criterion benchmarks of the CUDA kernels and cuBLAS(Lt) GEMMs (`dinov2-kernels`) at the shapes
 //! of ViT-B/14, 224 px, batch 256, f16 (257 tokens per image, 65 792 rows): the four GEMMs of a
 //! block (FLOP/s, shown by criterion as elem/s: 2 per multiply-add), flash attention (FLOP/s of
-//! its two products), LayerNorm and the fused residual + LayerNorm, the GELU epilogue, patch
-//! unfolding and pooling (bytes read and written per second), and the card's copy ceiling (a
+//! its two products; also the 128-row variant and the path that writes the probabilities),
+//! LayerNorm, the residual update with and without the fused LayerNorm, the GELU epilogue,
+//! ViT-g/14's SwiGLU gate, the token assembly, patch unfolding and pooling (bytes read and
+//! written per second), and the card's copy ceiling (a
 //! device-to-device copy of 200 MB: the bandwidth the memory-bound kernels are held against).
 //! Last, the whole forward pass per model size (`DINOV2_BENCH_ARCHS`, default ViT-S and ViT-B;
 //! batch `DINOV2_BENCH_BATCH`, default 64; f16, 224 px, random weights): pixels on the device to
@@ -102,6 +104,26 @@ fn attention(c: &mut Criterion, dev: &Device, label: &str) {
             })
         })
     });
+    if label == "vitb14" {
+        // The path that also writes the f32 probabilities [B, heads, N, N] (attentions
+        // requested): the same FLOPs, bounded by writing 811 MB of probabilities.
+        let mut probs = dev
+            .alloc(DType::F32, &[BATCH, HEADS, TOKENS, TOKENS])
+            .expect("memory");
+        g.bench_function(
+            format!("vitb14_probs/{BATCH}x{HEADS}x{TOKENS}x{d}"),
+            |bench| {
+                bench.iter_custom(|iters| {
+                    timed(dev, iters, || {
+                        dev.attention_probs(
+                            &qkv, &mut out, &mut probs, BATCH, TOKENS, HEADS, d, scale,
+                        )
+                        .expect("attention_probs");
+                    })
+                })
+            },
+        );
+    }
     g.finish();
 }
 
@@ -121,6 +143,17 @@ fn norms(c: &mut Criterion, dev: &Device) {
             timed(dev, iters, || {
                 dev.layer_norm(&x, &w, &b, &mut y, ROWS, h, 1e-6)
                     .expect("layer_norm");
+            })
+        })
+    });
+    // The residual update alone (the last block, before the final LayerNorm is fused): reads x
+    // (f32) and the branch (f16), writes x.
+    g.throughput(Throughput::Bytes((ROWS * h * (4 + 2 + 4)) as u64));
+    g.bench_function(format!("add_scaled/{ROWS}x{h}"), |bench| {
+        bench.iter_custom(|iters| {
+            timed(dev, iters, || {
+                dev.add_scaled(&mut x, &branch, &gamma, ROWS, h)
+                    .expect("add_scaled");
             })
         })
     });
@@ -152,6 +185,48 @@ fn elementwise(c: &mut Criterion, dev: &Device) {
             })
         })
     });
+    drop(u);
+    // ViT-g/14's gated FFN: z [rows, 2·4096] -> [rows, 4096].
+    let f = 4096;
+    let z = buffer(dev, &[ROWS, 2 * f], T, 13);
+    let mut gated = dev.alloc(T, &[ROWS, f]).expect("memory");
+    g.throughput(Throughput::Bytes((ROWS * 3 * f * 2) as u64));
+    g.bench_function(format!("swiglu/{ROWS}x{f}"), |bench| {
+        bench.iter_custom(|iters| {
+            timed(dev, iters, || {
+                dev.swiglu(&z, &mut gated, ROWS, f).expect("swiglu");
+            })
+        })
+    });
+    drop((z, gated));
+    // CLS + positions (+ patches) into the f32 residual stream.
+    let n = TOKENS - 1;
+    let patches = buffer(dev, &[BATCH, n, HIDDEN], T, 14);
+    let cls = buffer(dev, &[HIDDEN], DType::F32, 15);
+    let positions = buffer(dev, &[TOKENS, HIDDEN], T, 16);
+    let mut x = dev
+        .alloc(DType::F32, &[BATCH, TOKENS, HIDDEN])
+        .expect("memory");
+    g.throughput(Throughput::Bytes(
+        (BATCH * TOKENS * HIDDEN * (2 + 4)) as u64,
+    ));
+    g.bench_function(format!("embed_tokens/{BATCH}x{n}x{HIDDEN}"), |bench| {
+        bench.iter_custom(|iters| {
+            timed(dev, iters, || {
+                dev.embed_tokens(
+                    &patches,
+                    &cls,
+                    &positions,
+                    None,
+                    None,
+                    &mut x,
+                    (BATCH, n, HIDDEN),
+                )
+                .expect("embed_tokens");
+            })
+        })
+    });
+    drop((patches, x));
     let pixels = buffer(dev, &[BATCH, 3, 224, 224], DType::F32, 11);
     let mut cols = dev.alloc(T, &[BATCH * 256, 3 * 14 * 14]).expect("memory");
     g.throughput(Throughput::Bytes((BATCH * 3 * 224 * 224 * (4 + 2)) as u64));

@@ -8,6 +8,9 @@ stops. What transformers' Dinov2 runs in eager mode for each of our kernels:
 * the residual update and the next norm: `layer_scale` (mul), the residual add and `layer_norm`,
   three kernels (ours: one fused kernel), and `layer_norm` alone (f16 in, f16 out);
 * GELU (exact erf) after the fc1 GEMM, and `linear` with bias for the four GEMMs of a block;
+* the residual add alone, the SwiGLU gate of ViT-g/14's FFN (chunk, SiLU, product), the token
+  assembly (CLS concatenated before the patches, positions added), and the eager attention that
+  materializes the probabilities (what runs when attentions are requested);
 * the copy ceiling: a device-to-device copy of the same 200 MB.
 
 Prints one JSON object: {"device", "torch", "results": [{"name", "variant", "ms"}]}; the names are
@@ -75,6 +78,13 @@ def main():
     add(name, "sdpa, transformers' views", lambda: F.scaled_dot_product_attention(q, k_, v))
     qc, kc, vc = (p.contiguous() for p in (q, k_, v))
     add(name, "sdpa, contiguous", lambda: F.scaled_dot_product_attention(qc, kc, vc))
+
+    def eager_attention():
+        # transformers' eager attention: the probabilities materialized (attentions requested).
+        probs = torch.softmax(qc @ kc.transpose(-1, -2) * d**-0.5, dim=-1, dtype=torch.float32)
+        return probs.to(t) @ vc
+
+    add(f"attention_f16/vitb14_probs/{BATCH}x{HEADS}x{TOKENS}x{d}", "eager softmax(QKᵀ)V", eager_attention)
     del proj, q, k_, v, qc, kc, vc
 
     x = torch.randn(ROWS, h, device=dev, dtype=t)
@@ -89,11 +99,33 @@ def main():
         return F.layer_norm(y, (h,), w, b, 1e-6)
 
     add(f"layer_norm/add_scaled_layer_norm/{ROWS}x{h}", "mul + add + F.layer_norm", residual_norm)
+    add(f"layer_norm/add_scaled/{ROWS}x{h}", "add_(branch * gamma)", lambda: x.add_(branch * gamma))
     del x, branch
 
     u = torch.randn(ROWS, 4 * h, device=dev, dtype=t)
     add(f"elementwise_f16/gelu/{ROWS}x{4 * h}", "F.gelu", lambda: F.gelu(u))
     del u
+
+    z = torch.randn(ROWS, 2 * 4096, device=dev, dtype=t)
+
+    def swiglu():
+        # transformers' Dinov2SwiGLUFFN between its two linears.
+        a, g = z.chunk(2, dim=-1)
+        return F.silu(a) * g
+
+    add(f"elementwise_f16/swiglu/{ROWS}x4096", "chunk + silu * g", swiglu)
+    del z
+
+    n = TOKENS - 1
+    patches = torch.randn(BATCH, n, h, device=dev, dtype=t)
+    cls = torch.randn(1, 1, h, device=dev, dtype=t)
+    pos = torch.randn(1, TOKENS, h, device=dev, dtype=t)
+    add(
+        f"elementwise_f16/embed_tokens/{BATCH}x{n}x{h}",
+        "cat + add",
+        lambda: torch.cat([cls.expand(BATCH, -1, -1), patches], dim=1) + pos,
+    )
+    del patches
 
     print(json.dumps({
         "device": torch.cuda.get_device_name(),

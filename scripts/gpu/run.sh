@@ -7,15 +7,15 @@
 #   2. runs every GPU test (--include-ignored): kernels against their CPU twins, golden fixtures,
 #      pooling on the device;
 #   3. `dinov2 bench`: ViT-B/14, 224 px, batch 256, f16, ours against PyTorch + transformers (SDPA)
-#      in the same invocation, the same with GEMM tuning (DINOV2_GEMM_TUNE=log), then the same
-#      pass's device time per operation (DINOV2_PROFILE=1);
+#      in the same invocation, then against the peer under torch.compile, the same with GEMM
+#      tuning (DINOV2_GEMM_TUNE=log), then the same pass's device time per operation
+#      (DINOV2_PROFILE=1);
 #   4. the criterion kernel benches and PyTorch's kernels on the same shapes; `dinov2 embed` on
 #      the GPU (its parity with the CPU, `forward --expect` per dtype, `dinov2 serve` and the
 #      Python module dinov2_rs against the same CPU vectors, then 2100 files through ViT-B/14
 #      and the server under load); then, while time
 #      remains, ViT-S at batches 1, 64, 256, ViT-B at 1 and 64 (with and without CUDA graphs:
-#      DINOV2_CUDA_GRAPHS=0), ViT-L and ViT-g, short warm-up and repeats; the peer under
-#      torch.compile last;
+#      DINOV2_CUDA_GRAPHS=0), ViT-L and ViT-g, short warm-up and repeats;
 #   5. prints the kernel table (ours beside PyTorch's kernels) and the model table last. The
 #      full log goes to $OUT/run.log (or bundle/out/), the benches'
 #      JSON to $OUT/bench/, criterion's reports to $OUT/criterion/.
@@ -249,6 +249,10 @@ main() {
     if room 30; then
         bench vitb14-256 150 --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON"
     fi
+    # The same against the peer under torch.compile (it compiles for a minute or more).
+    if room 240; then
+        bench vitb14-256-compile 170 --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON" --peer-compile
+    fi
     # The same with every large GEMM timed over cuBLASLt's candidates at first use (opt-in:
     # DINOV2_GEMM_TUNE; the log lists each shape's candidates).
     if room 30; then
@@ -300,10 +304,6 @@ main() {
                 ;;
         esac
     done
-    # The peer under torch.compile (it compiles for a minute or more), only with time to spare.
-    if room 180; then
-        bench vitb14-256-compile 170 --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON" --peer-compile
-    fi
     echo "== done at ${SECONDS}s"
     return $status
 }
