@@ -17,13 +17,15 @@
 #      remains, ViT-S at batches 1, 64, 256, ViT-B at 1 and 64 (with and without CUDA graphs:
 #      DINOV2_CUDA_GRAPHS=0), ViT-L and ViT-g, short warm-up and repeats;
 #   5. prints the kernel table (ours beside PyTorch's kernels) and the model table last. The
-#      full log goes to $OUT/run.log (or bundle/out/), the benches'
-#      JSON to $OUT/bench/, criterion's reports to $OUT/criterion/.
+#      full log goes to $OUT/run.log (or bundle/out/), the benches' JSON to $OUT/bench.json (one
+#      file: the device tool brings back at most 8), the tables to $OUT/tables.txt; criterion's
+#      reports stay on the machine (/tmp/dinov2-criterion).
 set -u
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 OUT="${OUT:-$HERE/out}"
 mkdir -p "$OUT/bench"
+CRITERION="/tmp/dinov2-criterion"
 LOG="$OUT/run.log"
 # Everything must end well inside the device tool's 600 s per command: each step gets at most
 # the time left before DEADLINE, and optional steps start only with enough seconds to spare.
@@ -274,7 +276,7 @@ main() {
     # kernels on the same shapes.
     if [ -x "$HERE/bin/kernel-bench" ] && room "$MIN_STEP"; then
         echo "-- [kernel benches at ${SECONDS}s]"
-        CRITERION_HOME="$OUT/criterion" timeout "$(cap 120)" "$HERE/bin/kernel-bench" --bench \
+        CRITERION_HOME="$CRITERION" timeout "$(cap 120)" "$HERE/bin/kernel-bench" --bench \
             --warm-up-time 0.5 --measurement-time 2 || echo "!! kernel benches: exit status $?"
         if room 20; then
             echo "-- [PyTorch kernels at ${SECONDS}s]"
@@ -311,7 +313,7 @@ main() {
 main 2>&1 | tee "$LOG"
 status=${PIPESTATUS[0]}
 echo
-echo "== summary (tests: $([ "$status" -eq 0 ] && echo passed || echo FAILED); full log: $LOG; JSON: $OUT/bench/)" | tee -a "$LOG"
+echo "== summary (tests: $([ "$status" -eq 0 ] && echo passed || echo FAILED); full log: $LOG; JSON: $OUT/bench.json)" | tee -a "$LOG"
 if [ -f "$OUT/pipeline.txt" ]; then
     echo "-- dinov2 embed on the GPU" | tee -a "$LOG"
     cat "$OUT/pipeline.txt" | tee -a "$LOG"
@@ -322,9 +324,19 @@ if [ -f "$OUT/profile.txt" ]; then
     grep -E "^  " "$OUT/profile.txt" | tee -a "$LOG"
     echo | tee -a "$LOG"
 fi
-if [ -d "$OUT/criterion" ]; then
-    "$PYTHON" "$HERE/scripts/kernel_table.py" "$OUT/criterion" "$OUT/peer_kernels.json" 2>&1 | tee -a "$LOG"
+if [ -d "$CRITERION" ]; then
+    "$PYTHON" "$HERE/scripts/kernel_table.py" "$CRITERION" "$OUT/peer_kernels.json" 2>&1 | tee -a "$LOG" "$OUT/tables.txt"
     echo | tee -a "$LOG"
 fi
-"$PYTHON" "$HERE/scripts/table.py" "$OUT/bench" 2>&1 | tee -a "$LOG"
+"$PYTHON" "$HERE/scripts/table.py" "$OUT/bench" 2>&1 | tee -a "$LOG" "$OUT/tables.txt"
+# One file of every bench's JSON, by tag (what table.py also reads), in place of the many.
+"$PYTHON" - "$OUT/bench" "$OUT/bench.json" <<'PY' && rm -rf "$OUT/bench"
+import glob, json, os, sys
+runs = {}
+for f in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
+    with open(f, encoding="utf-8") as fh:
+        runs[os.path.splitext(os.path.basename(f))[0]] = json.load(fh)
+with open(sys.argv[2], "w", encoding="utf-8") as fh:
+    json.dump({"runs": runs}, fh, indent=1)
+PY
 exit "$status"

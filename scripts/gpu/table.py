@@ -5,7 +5,7 @@ dense f16/bf16 tensor peak, each side's device memory (the driver's used-memory 
 our passes were CUDA-graph replays (on), ran without graphs (off), or fell back (FAIL); `run` is
 the JSON file's name, the device script's tag for the invocation (e.g. `-tuned`: DINOV2_GEMM_TUNE).
 
-    python3 table.py DIR_OR_FILE...
+    python3 table.py DIR_OR_FILE...   (a folder of bench JSON files, or run.sh's merged bench.json)
 """
 
 import glob
@@ -23,12 +23,15 @@ def load(paths):
         try:
             with open(f, encoding="utf-8") as fh:
                 data = json.load(fh)
-            graphs = str(data.get("cuda_graphs") or "-")
-            graphs = "off" if graphs == "off" else "FAIL" if graphs.startswith("failed") else "on" if graphs != "-" else "-"
-            run = os.path.splitext(os.path.basename(f))[0]
-            rows += [dict(r, graphs=graphs, run=run) for r in data.get("results", [])]
         except (OSError, ValueError) as e:
             print(f"(skipping {f}: {e})")
+            continue
+        # A merged file (run.sh's bench.json): {"runs": {tag: one bench's JSON}}.
+        runs = data["runs"] if "runs" in data else {os.path.splitext(os.path.basename(f))[0]: data}
+        for run, one in runs.items():
+            graphs = str(one.get("cuda_graphs") or "-")
+            graphs = "off" if graphs == "off" else "FAIL" if graphs.startswith("failed") else "on" if graphs != "-" else "-"
+            rows += [dict(r, graphs=graphs, run=run) for r in one.get("results", [])]
     return rows
 
 
