@@ -3,40 +3,15 @@
 // optionally y = LayerNorm(x). The residual stream x is f32; gamma, LayerNorm weight and bias are f32.
 //
 // Kernels (suffix: input dtype, then output dtype when they differ):
-//   layer_norm_{f32,f16,bf16,f32_f16,f32_bf16}        one warp per row, h <= 32·LN_VPL
-//   layer_norm_g{2,4,8,16}_{...}                       one warp per row in 4-column groups (16- or
-//                                                      8-byte accesses): h % 4 == 0, h <= 128·G
-//   layer_norm_wide_{...}                              one block per row, any h
-//   add_scaled_{f32,f16,bf16}                          x += gamma ⊙ branch (branch dtype)
-//   add_scaled_layer_norm_{f32,f16,bf16}               the same, then y = LN(x) (y in branch dtype)
-//   add_scaled_layer_norm_g{2,4,8,16}_{...}            4-column groups, as layer_norm_g*
-//   add_scaled_layer_norm_wide_{...}                   block per row, any h
+//   layer_norm_g{2,4,8,16}_{f32,f16,bf16,f32_f16,f32_bf16}
+//                                   one warp per row in 4-column groups (16-byte f32, 8-byte
+//                                   f16/bf16 accesses): h % 4 == 0, h <= 128·G, aligned buffers
+//   layer_norm_wide_{...}           one block per row: any h, any alignment
+//   add_scaled_{f32,f16,bf16}       x += gamma ⊙ branch (branch dtype)
+//   add_scaled_layer_norm_g{2,4,8,16}_{f32,f16,bf16}
+//                                   the same, then y = LN(x) (y in branch dtype), as layer_norm_g*
+//   add_scaled_layer_norm_wide_{...}  block per row, any h
 #include "common.cuh"
-
-#define LN_VPL 32 // values per lane of the warp-per-row kernels: h <= 1024
-
-// The LayerNorm of a row that one warp holds, v[i] being column lane + 32·i (zero past h) and `s`
-// this lane's sum of its values: y = (v - mean) / sqrt(var + eps) · w + b, written to yr.
-template <typename TY>
-__device__ __forceinline__ void warp_normalize_row(const float (&v)[LN_VPL], float s, int lane,
-                                                   int h, float eps, TY* __restrict__ yr,
-                                                   const float* __restrict__ w,
-                                                   const float* __restrict__ b) {
-    const float mean = warp_sum(s) / h;
-    float q = 0.0f;
-#pragma unroll
-    for (int i = 0; i < LN_VPL; i++) {
-        const int c = lane + 32 * i;
-        const float d = c < h ? v[i] - mean : 0.0f;
-        q += d * d;
-    }
-    const float inv = 1.0f / sqrtf(warp_sum(q) / h + eps);
-#pragma unroll
-    for (int i = 0; i < LN_VPL; i++) {
-        const int c = lane + 32 * i;
-        if (c < h) yr[c] = from_f32<TY>((v[i] - mean) * inv * w[c] + b[c]);
-    }
-}
 
 // The LayerNorm of a row that one block reads through load(c) (values re-read from global
 // memory, L1/L2), `s` being this thread's sum of its columns threadIdx.x + k·blockDim.x.
@@ -55,27 +30,6 @@ __device__ __forceinline__ void block_normalize_row(Load load, float s, int h, f
     const float inv = 1.0f / sqrtf(block_sum(q, scratch) / h + eps);
     for (int c = threadIdx.x; c < h; c += blockDim.x)
         yr[c] = from_f32<TY>((load(c) - mean) * inv * w[c] + b[c]);
-}
-
-// One row per warp; blockDim.x = 128 (4 rows per block).
-template <typename TX, typename TY>
-__device__ __forceinline__ void layer_norm_warp(const TX* __restrict__ x, TY* __restrict__ y,
-                                                const float* __restrict__ w,
-                                                const float* __restrict__ b, int rows, int h,
-                                                float eps) {
-    const int lane = threadIdx.x & 31;
-    const long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= rows) return;
-    const TX* xr = x + row * h;
-    float v[LN_VPL];
-    float s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < LN_VPL; i++) {
-        const int c = lane + 32 * i;
-        v[i] = c < h ? to_f32(xr[c]) : 0.0f;
-        s += v[i];
-    }
-    warp_normalize_row<TY>(v, s, lane, h, eps, y + row * h, w, b);
 }
 
 // Four consecutive elements as f32: one 16-byte (f32) or 8-byte (f16, bf16) access. The address
@@ -120,7 +74,8 @@ __device__ __forceinline__ void store4(bf16* p, float4 v) {
 }
 
 // The LayerNorm of a row that one warp holds in 4-column groups, v[i] being columns
-// 4·(lane + 32·i) .. + 3 (zero past h) and `s` this lane's sum: as warp_normalize_row.
+// 4·(lane + 32·i) .. + 3 (zero past h) and `s` this lane's sum:
+// y = (v - mean) / sqrt(var + eps) · w + b, written to yr.
 template <int G, typename TY>
 __device__ __forceinline__ void warp_normalize_row4(const float4 (&v)[G], float s, int lane,
                                                     int h, float eps, TY* __restrict__ yr,
@@ -151,7 +106,8 @@ __device__ __forceinline__ void warp_normalize_row4(const float4 (&v)[G], float 
     }
 }
 
-// layer_norm_warp in 4-column groups: h % 4 == 0, h <= 128·G; blockDim.x = 128.
+// One row per warp (blockDim.x = 128: 4 rows per block) in 4-column groups: h % 4 == 0,
+// h <= 128·G.
 template <int G, typename TX, typename TY>
 __device__ __forceinline__ void layer_norm_warp4(const TX* __restrict__ x, TY* __restrict__ y,
                                                  const float* __restrict__ w,
@@ -193,11 +149,6 @@ __device__ __forceinline__ void layer_norm_block(const TX* __restrict__ x, TY* _
     }
 
 #define LAYER_NORM(name, TX, TY)                                                                   \
-    extern "C" __global__ void __launch_bounds__(128)                                              \
-        layer_norm_##name(const TX* x, TY* y, const float* w, const float* b, int rows, int h,     \
-                          float eps) {                                                             \
-        layer_norm_warp<TX, TY>(x, y, w, b, rows, h, eps);                                         \
-    }                                                                                              \
     extern "C" __global__ void __launch_bounds__(1024)                                             \
         layer_norm_wide_##name(const TX* x, TY* y, const float* w, const float* b, int h,          \
                                float eps) {                                                        \
@@ -223,35 +174,7 @@ __device__ __forceinline__ void add_scaled(float* __restrict__ x, const TB* __re
         x[i] += gamma[i % h] * to_f32(branch[i]);
 }
 
-// x += gamma ⊙ branch, then y = LN(x); one warp per row.
-template <typename TB>
-__device__ __forceinline__ void add_scaled_ln_warp(float* __restrict__ x,
-                                                   const TB* __restrict__ branch,
-                                                   const float* __restrict__ gamma,
-                                                   TB* __restrict__ y, const float* __restrict__ w,
-                                                   const float* __restrict__ b, int rows, int h,
-                                                   float eps) {
-    const int lane = threadIdx.x & 31;
-    const long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= rows) return;
-    float* xr = x + row * h;
-    const TB* br = branch + row * h;
-    float v[LN_VPL];
-    float s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < LN_VPL; i++) {
-        const int c = lane + 32 * i;
-        v[i] = 0.0f;
-        if (c < h) {
-            v[i] = xr[c] + gamma[c] * to_f32(br[c]);
-            xr[c] = v[i];
-        }
-        s += v[i];
-    }
-    warp_normalize_row<TB>(v, s, lane, h, eps, y + row * h, w, b);
-}
-
-// add_scaled_ln_warp in 4-column groups: h % 4 == 0, h <= 128·G; blockDim.x = 128.
+// x += gamma ⊙ branch, then y = LN(x): one row per warp in 4-column groups, as layer_norm_warp4.
 template <int G, typename TB>
 __device__ __forceinline__ void add_scaled_ln_warp4(float* __restrict__ x,
                                                     const TB* __restrict__ branch,
@@ -313,11 +236,6 @@ __device__ __forceinline__ void add_scaled_ln_block(float* __restrict__ x,
     extern "C" __global__ void add_scaled_##name(float* x, const TB* branch, const float* gamma,   \
                                                  long n, int h) {                                  \
         add_scaled<TB>(x, branch, gamma, n, h);                                                    \
-    }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(128) add_scaled_layer_norm_##name(                \
-        float* x, const TB* branch, const float* gamma, TB* y, const float* w, const float* b,     \
-        int rows, int h, float eps) {                                                              \
-        add_scaled_ln_warp<TB>(x, branch, gamma, y, w, b, rows, h, eps);                           \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(1024) add_scaled_layer_norm_wide_##name(          \
         float* x, const TB* branch, const float* gamma, TB* y, const float* w, const float* b,     \

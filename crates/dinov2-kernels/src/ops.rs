@@ -43,8 +43,6 @@ const FLASH_BN: usize = 64;
 const ATTENTION_THREADS: u32 = 128;
 /// Query rows per block of `attention_f32` (`F32_BQ`).
 const F32_ROWS: usize = 16;
-/// Widest row of the warp-per-row LayerNorm kernels (32 lanes x `LN_VPL`).
-const LN_WARP_MAX_H: usize = 32 * 32;
 /// Rows per block of the warp-per-row LayerNorm kernels (128 threads).
 const LN_WARP_ROWS: usize = 4;
 /// Threads per block of the block-per-row (`_wide`) LayerNorm kernels.
@@ -118,11 +116,10 @@ const LN_GROUPS: [usize; 4] = [2, 4, 8, 16];
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RowNorm {
     /// `{name}_g{G}_`: a warp per row in 4-column groups (16-byte f32 and 8-byte f16/bf16
-    /// accesses): `h % 4 == 0`, `h <= 128·G`, every buffer 16-byte aligned.
+    /// accesses): `h % 4 == 0`, `h <= 128·G`, every buffer 16-byte aligned. Every released
+    /// model's rows (384 to 1536).
     Groups(usize),
-    /// `{name}_`: a warp per row, one column per access, `h <= LN_WARP_MAX_H`.
-    Warp,
-    /// `{name}_wide_`: a block per row, any `h`.
+    /// `{name}_wide_`: a block per row, any `h`, any alignment.
     Wide,
 }
 
@@ -135,7 +132,6 @@ fn layer_norm_launch(rows: usize, h: usize, aligned: bool) -> (RowNorm, u32, u32
         Some(g) if aligned && h % 4 == 0 => {
             (RowNorm::Groups(g), warp_grid, 32 * LN_WARP_ROWS as u32)
         }
-        _ if h <= LN_WARP_MAX_H => (RowNorm::Warp, warp_grid, 32 * LN_WARP_ROWS as u32),
         _ => (RowNorm::Wide, rows as u32, LN_WIDE_THREADS),
     }
 }
@@ -394,12 +390,9 @@ impl Device {
                 args.extend([Arg::I32(i32_of(op, h)?), Arg::F32(eps)]);
                 name.replace("{}", "wide_")
             }
-            RowNorm::Warp | RowNorm::Groups(_) => {
+            RowNorm::Groups(g) => {
                 args.extend([Arg::I32(rows as i32), Arg::I32(h as i32), Arg::F32(eps)]);
-                match kernel {
-                    RowNorm::Groups(g) => name.replace("{}", &format!("g{g}_")),
-                    _ => name.replace("{}", ""),
-                }
+                name.replace("{}", &format!("g{g}_"))
             }
         };
         // SAFETY: the callers checked every buffer's dtype and size against rows and h.
@@ -852,7 +845,6 @@ mod tests {
         assert_eq!(define(&attention, "F32_BK"), 32);
         assert_eq!(define(&attention, "DMAX"), MAX_HEAD_DIM);
         let layer_norm = kernel_source("layer_norm.cu");
-        assert_eq!(32 * define(&layer_norm, "LN_VPL"), LN_WARP_MAX_H);
         for g in LN_GROUPS {
             assert!(layer_norm.contains(&format!("LAYER_NORM_G(name, TX, TY, {g})")));
             assert!(layer_norm.contains(&format!("ADD_SCALED_LN_G(name, TB, {g})")));
@@ -965,15 +957,15 @@ mod tests {
     fn layer_norm_picks_the_grouped_kernel_for_aligned_rows_of_whole_groups() {
         use RowNorm::*;
         for (rows, h, aligned, want) in [
-            (1, 1, true, (Warp, 1, 128)),
+            (1, 1, true, (Wide, 1, 256)),
             (13, 32, true, (Groups(2), 4, 128)),
-            (13, 32, false, (Warp, 4, 128)),
+            (13, 32, false, (Wide, 13, 256)),
             (9, 36, true, (Groups(2), 3, 128)),
-            (11, 37, true, (Warp, 3, 128)),
+            (11, 37, true, (Wide, 11, 256)),
             (16, 384, true, (Groups(4), 4, 128)),
             (17, 768, true, (Groups(8), 5, 128)),
             (17, 1024, true, (Groups(8), 5, 128)),
-            (17, 1024, false, (Warp, 5, 128)),
+            (17, 1024, false, (Wide, 17, 256)),
             (7, 1025, true, (Wide, 7, 256)),
             (350_720, 1536, true, (Groups(16), 87_680, 128)),
             (350_720, 1536, false, (Wide, 350_720, 256)),

@@ -125,13 +125,11 @@ fn launched_kernels() -> Vec<String> {
             "swiglu",
             "swiglu_v8",
             "add_scaled",
-            "add_scaled_layer_norm",
             "add_scaled_layer_norm_wide",
             "attention_probs",
             "im2col",
             "embed_tokens",
             "pool_tokens",
-            "layer_norm",
             "layer_norm_wide",
         ] {
             names.push(format!("{op}_{t}"));
@@ -142,7 +140,6 @@ fn launched_kernels() -> Vec<String> {
         }
     }
     for t in ["f16", "bf16"] {
-        names.push(format!("layer_norm_f32_{t}"));
         names.push(format!("layer_norm_wide_f32_{t}"));
         for g in [2, 4, 8, 16] {
             names.push(format!("layer_norm_g{g}_f32_{t}"));
@@ -235,10 +232,8 @@ fn kernel_signatures_match_the_launchers() {
         ("bias_act_v8", &[P, P, P, I, I]),
         ("swiglu", &[P, P, P, I]),
         ("swiglu_v8", &[P, P, P, I]),
-        ("layer_norm", &[P, P, P, P, I, I, F]),
         ("layer_norm_wide", &[P, P, P, P, I, F]),
         ("add_scaled", &[P, P, P, P, I]),
-        ("add_scaled_layer_norm", &[P, P, P, P, P, P, I, I, F]),
         ("add_scaled_layer_norm_wide", &[P, P, P, P, P, P, I, F]),
         ("attention_probs", &[P, P, P, I, I, I, F]),
         ("im2col", &[P, P, I, I, I, I, I, I]),
@@ -273,8 +268,8 @@ fn kernel_signatures_match_the_launchers() {
             assert_eq!(ptx_params(&name), [P, P, I, I, I, F], "{name}");
         }
         assert_eq!(
-            ptx_params(&format!("layer_norm_f32_{t}")),
-            [P, P, P, P, I, I, F]
+            ptx_params(&format!("layer_norm_wide_f32_{t}")),
+            [P, P, P, P, I, F]
         );
         assert_eq!(ptx_params(&format!("cast_f32_{t}")), [P, P, P]);
         assert_eq!(ptx_params(&format!("cast_{t}_f32")), [P, P, P]);

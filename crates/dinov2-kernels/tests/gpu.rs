@@ -251,7 +251,7 @@ fn layer_norm_matches_cpu() {
         (DType::F32, DType::BF16),
     ];
     // Grouped kernels (h % 4 == 0 up to 2048: 2, 4, 8 and 16 groups per lane, whole and partial),
-    // the one-column warp kernel (h % 4 != 0) and the block kernel (h > 2048).
+    // and the block kernel (h % 4 != 0, or h > 2048).
     for &(rows, h) in &[
         (13, 32),
         (9, 36),

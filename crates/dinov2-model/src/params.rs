@@ -164,20 +164,24 @@ impl<B: Backend> Loader<'_, B> {
     }
 
     fn linear(&self, prefix: &str) -> Result<Linear<B::Weight>> {
-        let (shape, values) = self.source.tensor(&format!("{prefix}.weight"))?;
-        let (n, k) = (shape[0], shape[1..].iter().product());
-        Ok(Linear {
-            weight: self.backend.linear_weight(values, n, k)?,
-            bias: Some(self.vector(&format!("{prefix}.bias"))?),
-        })
+        self.linear_with(prefix, B::linear_weight)
     }
 
     /// The patch convolution as a linear layer, through [`Backend::patch_weight`].
     fn patch(&self, prefix: &str) -> Result<Linear<B::Weight>> {
+        self.linear_with(prefix, B::patch_weight)
+    }
+
+    /// `{prefix}.weight` flattened to `[n, k]` and uploaded by `upload`, and `{prefix}.bias`.
+    fn linear_with(
+        &self,
+        prefix: &str,
+        upload: impl Fn(&B, Vec<f32>, usize, usize) -> Result<B::Weight>,
+    ) -> Result<Linear<B::Weight>> {
         let (shape, values) = self.source.tensor(&format!("{prefix}.weight"))?;
         let (n, k) = (shape[0], shape[1..].iter().product());
         Ok(Linear {
-            weight: self.backend.patch_weight(values, n, k)?,
+            weight: upload(self.backend, values, n, k)?,
             bias: Some(self.vector(&format!("{prefix}.bias"))?),
         })
     }
