@@ -104,26 +104,34 @@ fn attention(c: &mut Criterion, dev: &Device, label: &str) {
             })
         })
     });
-    if label == "vitb14" {
-        // The path that also writes the f32 probabilities [B, heads, N, N] (attentions
-        // requested): the same FLOPs, bounded by writing 811 MB of probabilities.
-        let mut probs = dev
-            .alloc(DType::F32, &[BATCH, HEADS, TOKENS, TOKENS])
-            .expect("memory");
-        g.bench_function(
-            format!("vitb14_probs/{BATCH}x{HEADS}x{TOKENS}x{d}"),
-            |bench| {
-                bench.iter_custom(|iters| {
-                    timed(dev, iters, || {
-                        dev.attention_probs(
-                            &qkv, &mut out, &mut probs, BATCH, TOKENS, HEADS, d, scale,
-                        )
+    g.finish();
+}
+
+/// The attention path that also writes the f32 probabilities `[B, heads, N, N]` (attentions
+/// requested), at ViT-B/14's shape: the same FLOPs, bounded by writing 811 MB of probabilities.
+fn attention_probs(c: &mut Criterion, dev: &Device) {
+    let mut g = c.benchmark_group("attention_f16");
+    let d = HIDDEN / HEADS;
+    let qkv = buffer(dev, &[BATCH, TOKENS, 3 * HIDDEN], T, 4);
+    let mut out = dev.alloc(T, &[BATCH, TOKENS, HIDDEN]).expect("memory");
+    let mut probs = dev
+        .alloc(DType::F32, &[BATCH, HEADS, TOKENS, TOKENS])
+        .expect("memory");
+    let scale = (d as f32).powf(-0.5);
+    g.throughput(Throughput::Elements(
+        (4 * BATCH * HEADS * TOKENS * TOKENS * d) as u64,
+    ));
+    g.bench_function(
+        format!("vitb14_probs/{BATCH}x{HEADS}x{TOKENS}x{d}"),
+        |bench| {
+            bench.iter_custom(|iters| {
+                timed(dev, iters, || {
+                    dev.attention_probs(&qkv, &mut out, &mut probs, BATCH, TOKENS, HEADS, d, scale)
                         .expect("attention_probs");
-                    })
                 })
-            },
-        );
-    }
+            })
+        },
+    );
     g.finish();
 }
 
@@ -345,6 +353,7 @@ fn main() {
     ceiling(&mut c, &dev);
     gemms(&mut c, &dev);
     attention(&mut c, &dev, "vitb14");
+    attention_probs(&mut c, &dev);
     // The 128-row flash kernel beside the default 64-row one (the variable is read when a
     // device opens).
     std::env::set_var("DINOV2_ATTENTION", "r128");

@@ -60,10 +60,7 @@ template <> struct Mma<f16> {
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     }
     // Two f32 values as one register of two halves (x in the low half).
-    static __device__ __forceinline__ uint32_t pack(float x, float y) {
-        __half2 h = __floats2half2_rn(x, y);
-        return *reinterpret_cast<uint32_t*>(&h);
-    }
+    static __device__ __forceinline__ uint32_t pack(float x, float y) { return pack2<f16>(x, y); }
 };
 
 template <> struct Mma<bf16> {
@@ -74,10 +71,7 @@ template <> struct Mma<bf16> {
                      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     }
-    static __device__ __forceinline__ uint32_t pack(float x, float y) {
-        __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
-        return *reinterpret_cast<uint32_t*>(&h);
-    }
+    static __device__ __forceinline__ uint32_t pack(float x, float y) { return pack2<bf16>(x, y); }
 };
 
 // ---------------------------------------------------------------------------------------------

@@ -19,6 +19,25 @@ template <> __device__ __forceinline__ float from_f32<float>(float x) { return x
 template <> __device__ __forceinline__ f16 from_f32<f16>(float x) { return __float2half_rn(x); }
 template <> __device__ __forceinline__ bf16 from_f32<bf16>(float x) { return __float2bfloat16_rn(x); }
 
+// Two 16-bit values in one 32-bit register, x in the low half: packed from f32 with rounding to
+// nearest, and unpacked to f32 (f16 and bf16; the MMA fragments' and 8-byte accesses' layout).
+template <typename T> __device__ __forceinline__ uint32_t pack2(float x, float y);
+template <> __device__ __forceinline__ uint32_t pack2<f16>(float x, float y) {
+    __half2 h = __floats2half2_rn(x, y);
+    return *reinterpret_cast<uint32_t*>(&h);
+}
+template <> __device__ __forceinline__ uint32_t pack2<bf16>(float x, float y) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+    return *reinterpret_cast<uint32_t*>(&h);
+}
+template <typename T> __device__ __forceinline__ float2 unpack2(uint32_t r);
+template <> __device__ __forceinline__ float2 unpack2<f16>(uint32_t r) {
+    return __half22float2(*reinterpret_cast<__half2*>(&r));
+}
+template <> __device__ __forceinline__ float2 unpack2<bf16>(uint32_t r) {
+    return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&r));
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -35,42 +35,14 @@ __device__ __forceinline__ void block_normalize_row(Load load, float s, int h, f
 // Four consecutive elements as f32: one 16-byte (f32) or 8-byte (f16, bf16) access. The address
 // must be aligned to the access (the launcher checks the buffers; h % 4 == 0 keeps rows aligned).
 __device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
-__device__ __forceinline__ float4 load4(const f16* p) {
-    union {
-        uint2 u;
-        __half2 h[2];
-    } t;
-    t.u = *reinterpret_cast<const uint2*>(p);
-    const float2 a = __half22float2(t.h[0]), b = __half22float2(t.h[1]);
-    return make_float4(a.x, a.y, b.x, b.y);
-}
-__device__ __forceinline__ float4 load4(const bf16* p) {
-    union {
-        uint2 u;
-        __nv_bfloat162 h[2];
-    } t;
-    t.u = *reinterpret_cast<const uint2*>(p);
-    const float2 a = __bfloat1622float2(t.h[0]), b = __bfloat1622float2(t.h[1]);
+template <typename T> __device__ __forceinline__ float4 load4(const T* p) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    const float2 a = unpack2<T>(u.x), b = unpack2<T>(u.y);
     return make_float4(a.x, a.y, b.x, b.y);
 }
 __device__ __forceinline__ void store4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
-__device__ __forceinline__ void store4(f16* p, float4 v) {
-    union {
-        uint2 u;
-        __half2 h[2];
-    } t;
-    t.h[0] = __floats2half2_rn(v.x, v.y);
-    t.h[1] = __floats2half2_rn(v.z, v.w);
-    *reinterpret_cast<uint2*>(p) = t.u;
-}
-__device__ __forceinline__ void store4(bf16* p, float4 v) {
-    union {
-        uint2 u;
-        __nv_bfloat162 h[2];
-    } t;
-    t.h[0] = __floats2bfloat162_rn(v.x, v.y);
-    t.h[1] = __floats2bfloat162_rn(v.z, v.w);
-    *reinterpret_cast<uint2*>(p) = t.u;
+template <typename T> __device__ __forceinline__ void store4(T* p, float4 v) {
+    *reinterpret_cast<uint2*>(p) = make_uint2(pack2<T>(v.x, v.y), pack2<T>(v.z, v.w));
 }
 
 // The LayerNorm of a row that one warp holds in 4-column groups, v[i] being columns

@@ -211,14 +211,15 @@ impl Device {
             code,
             cublas_version,
         };
+        let attention = std::env::var("DINOV2_ATTENTION").unwrap_or_default();
         Ok(Device {
             ctx,
             stream,
             modules,
             functions: Mutex::new(HashMap::new()),
             blas,
-            simple_attention: std::env::var("DINOV2_ATTENTION").is_ok_and(|v| v == "simple"),
-            wide_flash: std::env::var("DINOV2_ATTENTION").is_ok_and(|v| v == "r128"),
+            simple_attention: attention == "simple",
+            wide_flash: attention == "r128",
             profile: std::env::var("DINOV2_PROFILE")
                 .is_ok_and(|v| v == "1")
                 .then(Default::default),

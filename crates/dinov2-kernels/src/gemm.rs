@@ -7,7 +7,7 @@
 //! "TN" layout, the fastest for cuBLAS.
 //!
 //! The algorithm of a shape is cuBLASLt's first heuristic choice. With `DINOV2_GEMM_TUNE=1` (or
-//! `log`, which also prints the timings to stderr), a large shape (at least [`TUNE_MIN_MACS`]
+//! `log`, which also prints the timings to stderr; read when the device opens), a large shape (at least [`TUNE_MIN_MACS`]
 //! multiply-adds) is instead timed on its first use, outside CUDA graph capture, over up to
 //! [`TUNE_CANDIDATES`] of the heuristic's algorithms, and the fastest is kept. That first use
 //! waits for the device, and the choice depends on timing, so two processes may pick different
@@ -76,12 +76,30 @@ pub const TUNE_CANDIDATES: usize = 8;
 /// Timed runs per candidate (after one untimed run).
 const TUNE_REPEATS: usize = 5;
 
-/// Whether GEMM tuning is on (`DINOV2_GEMM_TUNE=1` or `log`), and whether it prints.
-fn tune_setting() -> (bool, bool) {
-    match std::env::var("DINOV2_GEMM_TUNE").as_deref() {
-        Ok("1") => (true, false),
-        Ok("log") => (true, true),
-        _ => (false, false),
+/// `DINOV2_GEMM_TUNE`, read once per device: whether new large shapes are tuned (`1` or
+/// `log`), and whether the timings are printed (`log`).
+#[derive(Debug, Clone, Copy)]
+struct Tuning {
+    on: bool,
+    log: bool,
+}
+
+impl Tuning {
+    fn from_env() -> Self {
+        match std::env::var("DINOV2_GEMM_TUNE").as_deref() {
+            Ok("1") => Tuning {
+                on: true,
+                log: false,
+            },
+            Ok("log") => Tuning {
+                on: true,
+                log: true,
+            },
+            _ => Tuning {
+                on: false,
+                log: false,
+            },
+        }
     }
 }
 
@@ -113,6 +131,7 @@ type PlanKey = (DType, usize, usize, usize, bool);
 struct Lt {
     handle: lsys::cublasLtHandle_t,
     plans: HashMap<PlanKey, Option<Plan>>,
+    tuning: Tuning,
 }
 
 impl Drop for Lt {
@@ -170,6 +189,7 @@ impl Blas {
             Some(Lt {
                 handle,
                 plans: HashMap::new(),
+                tuning: Tuning::from_env(),
             })
         } else {
             None
@@ -330,7 +350,7 @@ unsafe fn lt_matmul(
         let plan = make_plan(lt, workspace.len(), dtype, (m, n, k), bias.is_some())?;
         lt.plans.insert(key, plan);
     }
-    let handle = lt.handle;
+    let (handle, tuning) = (lt.handle, lt.tuning);
     let Some(plan) = lt.plans.get_mut(&key).and_then(|p| p.as_mut()) else {
         return Ok(false);
     };
@@ -364,8 +384,11 @@ unsafe fn lt_matmul(
             stream.cu_stream() as lsys::cudaStream_t,
         )
     };
-    let (tune, log) = tune_setting();
-    if new && tune && m * n * k >= TUNE_MIN_MACS && plan.candidates.len() > 1 && !capturing(stream)
+    if new
+        && tuning.on
+        && m * n * k >= TUNE_MIN_MACS
+        && plan.candidates.len() > 1
+        && !capturing(stream)
     {
         let times = time_candidates(stream, plan, |algo| run(plan, algo))?;
         if let Some((best, _)) = times
@@ -376,7 +399,7 @@ unsafe fn lt_matmul(
         {
             plan.algo = plan.candidates[best];
         }
-        if log {
+        if tuning.log {
             let shown: Vec<String> = times
                 .iter()
                 .map(|t| t.map_or("-".into(), |t| format!("{:.1}", t * 1e3)))

@@ -607,16 +607,16 @@ impl Device {
         expect(OP, "pixels", pixels, DType::F32, b * c * h * w)?;
         let (rows, k) = (b * (h / p) * (w / p), c * p * p);
         // The row length: the last dimension of cols, C·p·p or more (zero padding).
-        let kp = match cols.shape() {
-            [.., last] if rows > 0 && *last >= k && cols.len() == rows * last => *last,
-            _ if rows == 0 && cols.is_empty() => return Ok(()),
-            shape => {
-                return Err(KernelError::shape(
-                    OP,
-                    format!("cols is {shape:?}, expected [{rows}, kp] with kp >= {k}"),
-                ))
-            }
-        };
+        let kp = cols.shape().last().copied().unwrap_or(0);
+        if cols.len() != rows * kp || (rows > 0 && kp < k) {
+            return Err(KernelError::shape(
+                OP,
+                format!(
+                    "cols is {:?}, expected [{rows}, kp] with kp >= {k}",
+                    cols.shape()
+                ),
+            ));
+        }
         if cols.is_empty() {
             return Ok(());
         }

@@ -130,8 +130,8 @@ fn linear_matches_cpu() {
 }
 
 /// `DINOV2_GEMM_TUNE`: a shape above the tuning threshold timed over cuBLASLt's candidates gives
-/// the heuristic algorithm's result up to rounding. (The variable is read when a shape's plan is
-/// made; each run opens its own device, so its own plans. The GPU tests run one at a time.)
+/// the heuristic algorithm's result up to rounding. (The variable is read when a device opens;
+/// each run opens its own. The GPU tests run one at a time.)
 #[test]
 #[ignore = "needs a CUDA device"]
 fn tuned_gemms_match_the_heuristic_ones() {
