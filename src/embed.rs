@@ -205,25 +205,20 @@ impl<B: Backend> Embedder<B> {
         self.batch_size
     }
 
-    /// The pooling of the embeddings.
-    pub fn pooling(&self) -> Pooling {
-        self.pooling
-    }
-
     /// Runs the model on preprocessed images, in batches of consecutive images of one patch grid
     /// ([`cut_to_patches`]; at most [`Embedder::with_batch_size`] each). Pooling runs on the model's backend
     /// ([`Dinov2::embed`]): only the vectors are copied back.
     pub fn embed_prepared(&self, images: &[PixelValues]) -> Result<Vec<Embedding>> {
-        self.prepared_each(images).into_iter().collect()
+        self.prepared_each(images.to_vec()).into_iter().collect()
     }
 
-    /// [`Embedder::embed_prepared`], each image with its own result: a batch that fails as a
-    /// whole fails its images alone, not the other batches'.
-    fn prepared_each(&self, images: &[PixelValues]) -> Vec<Result<Embedding>> {
+    /// [`Embedder::embed_prepared`] of owned images, each with its own result: a batch that
+    /// fails as a whole fails its images alone, not the other batches'.
+    fn prepared_each(&self, images: Vec<PixelValues>) -> Vec<Result<Embedding>> {
         let patch = self.model.config().patch_size;
         let images: Vec<PixelValues> = images
-            .iter()
-            .map(|p| cut_to_patches(p.clone(), patch))
+            .into_iter()
+            .map(|p| cut_to_patches(p, patch))
             .collect();
         let mut out = Vec::with_capacity(images.len());
         for group in images.chunk_by(|a, b| a.shape == b.shape) {
@@ -338,19 +333,26 @@ impl<B: Backend> Embedder<B> {
         &self,
         prepared: Vec<Result<PixelValues>>,
     ) -> Vec<Result<Embedding>> {
-        let good: Vec<PixelValues> = prepared
-            .iter()
-            .filter_map(|p| p.as_ref().ok().cloned())
-            .collect();
-        let mut embedded = self.prepared_each(&good).into_iter();
-        prepared
+        // The images move to the model; each slot keeps only its error, if any.
+        let mut good = Vec::with_capacity(prepared.len());
+        let slots: Vec<Option<Error>> = prepared
             .into_iter()
-            .map(|p| {
-                p.and_then(|_| {
-                    embedded
-                        .next()
-                        .unwrap_or_else(|| Err(Error::Batch("no result for this image".into())))
-                })
+            .map(|p| match p {
+                Ok(pixels) => {
+                    good.push(pixels);
+                    None
+                }
+                Err(e) => Some(e),
+            })
+            .collect();
+        let mut embedded = self.prepared_each(good).into_iter();
+        slots
+            .into_iter()
+            .map(|slot| match slot {
+                Some(e) => Err(e),
+                None => embedded
+                    .next()
+                    .unwrap_or_else(|| Err(Error::Batch("no result for this image".into()))),
             })
             .collect()
     }

@@ -8,8 +8,8 @@ use dinov2::image::{
     fixed_grid, grid_region, DecodeOptions, HeightWidth, PixelValues, PreprocessConfig, Resolution,
 };
 use dinov2::{
-    prepare_image, preprocess_config, Backend, Checkpoint, CpuBackend, CudaBackend, Device, Dinov2,
-    Dinov2Config, Dtype, Embedding, Pooling,
+    preprocess_config, Backend, Checkpoint, CpuBackend, CudaBackend, Device, Dinov2, Dinov2Config,
+    Dtype, Embedding, Pooling,
 };
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -55,7 +55,6 @@ pub struct Embedder {
     backed: Backed,
     config: Dinov2Config,
     preprocess: PreprocessConfig,
-    decode: DecodeOptions,
     device: Device,
     dtype: Dtype,
     pooling: Pooling,
@@ -136,53 +135,45 @@ impl Embedder {
             draft: None,
         };
         let dir = model.clone();
-        let loaded = py.detach(move || -> dinov2::Result<_> {
-            let checkpoint = Checkpoint::open(&dir)?;
+        let options = (
+            pooling,
+            normalize,
+            layers.clone(),
+            layer_norm,
+            batch_size,
+            decode,
+        );
+        let loaded = py.detach(move || -> PyResult<_> {
+            let failed =
+                |e: dinov2::Error| PyValueError::new_err(format!("{}: {e}", dir.display()));
+            let checkpoint = Checkpoint::open(&dir).map_err(|e| failed(e.into()))?;
+            // The arguments that need only the config, checked before the weights load.
+            check_for_model(&checkpoint.config, pooling, options.2.as_deref())?;
             let patch = u32::try_from(checkpoint.config.patch_size).unwrap_or(u32::MAX);
-            let preprocess = preprocess_config(&dir)?.with_resolution(&resolution, patch)?;
+            let preprocess = preprocess_config(&dir)
+                .and_then(|p| Ok(p.with_resolution(&resolution, patch)?))
+                .map_err(failed)?;
             let backed = match device {
-                Device::Cpu => Backed::Cpu(Box::new(dinov2::Embedder::new(
-                    Dinov2::load(CpuBackend::new(dtype)?, &checkpoint)?,
-                    preprocess.clone(),
-                ))),
-                Device::Cuda(n) => Backed::Cuda(Box::new(dinov2::Embedder::new(
-                    Dinov2::load(CudaBackend::new(n, dtype)?, &checkpoint)?,
-                    preprocess.clone(),
-                ))),
+                Device::Cpu => {
+                    let model = CpuBackend::new(dtype)
+                        .and_then(|b| Dinov2::load(b, &checkpoint))
+                        .map_err(|e| failed(e.into()))?;
+                    Backed::Cpu(Box::new(configure(model, &preprocess, options)))
+                }
+                Device::Cuda(n) => {
+                    let model = CudaBackend::new(n, dtype)
+                        .and_then(|b| Dinov2::load(b, &checkpoint))
+                        .map_err(|e| failed(e.into()))?;
+                    Backed::Cuda(Box::new(configure(model, &preprocess, options)))
+                }
             };
             Ok((checkpoint.config, preprocess, backed))
         });
-        let (config, preprocess, backed) =
-            loaded.map_err(|e| PyValueError::new_err(format!("{}: {e}", model.display())))?;
-        if pooling == Pooling::Registers && config.num_register_tokens == 0 {
-            return Err(bad(
-                "pooling",
-                "registers: this model has no register tokens (a dinov2_with_registers \
-                 checkpoint has)",
-            ));
-        }
-        if let Some(layers) = &layers {
-            let last = config.num_hidden_layers;
-            if layers.is_empty() || layers.iter().any(|&l| l > last) {
-                return Err(bad(
-                    "layers",
-                    format!(
-                        "expected hidden states 0 (the embeddings) to {last} (the last layer), \
-                         found {layers:?}"
-                    ),
-                ));
-            }
-        }
-        let options = (pooling, normalize, layers.clone(), layer_norm, batch_size);
-        let backed = match backed {
-            Backed::Cpu(e) => Backed::Cpu(Box::new(configure(*e, options))),
-            Backed::Cuda(e) => Backed::Cuda(Box::new(configure(*e, options))),
-        };
+        let (config, preprocess, backed) = loaded?;
         Ok(Embedder {
             backed,
             config,
             preprocess,
-            decode,
             device,
             dtype,
             pooling,
@@ -388,24 +379,10 @@ impl Embedder {
         })
     }
 
-    /// Reads, decodes and preprocesses one source: its pixel values and `(width, height)`.
+    /// Reads, decodes and preprocesses one source with the embedder's decode options and
+    /// preprocessing: its pixel values and `(width, height)`.
     fn prepare(&self, source: &Source) -> Prepared {
-        let prepared = match source {
-            Source::Encoded { bytes, origin } => {
-                prepare_image(bytes, origin, &self.decode, &self.preprocess)
-            }
-            Source::Path(path) => dinov2::image::read_file(path)
-                .map_err(dinov2::Error::from)
-                .and_then(|bytes| {
-                    let origin = path.display().to_string();
-                    prepare_image(&bytes, &origin, &self.decode, &self.preprocess)
-                }),
-            Source::Rgb(image) => dinov2::image::preprocess(image, &self.preprocess)
-                .map(|p| (p, (image.width, image.height)))
-                .map_err(dinov2::Error::from),
-            Source::Invalid(message) => return Err(message.clone()),
-        };
-        prepared.map_err(|e| e.to_string())
+        on_backend!(&self.backed, |e| prepare(e, source))
     }
 
     /// The row shape known without an image (for a list whose images all failed, or none):
@@ -423,6 +400,19 @@ impl Embedder {
             }
         }
     }
+}
+
+/// [`Embedder::prepare`] through the library embedder `e`.
+fn prepare<B: Backend>(e: &dinov2::Embedder<B>, source: &Source) -> Prepared {
+    let prepared = match source {
+        Source::Encoded { bytes, origin } => e.prepare_named(bytes, origin),
+        Source::Path(path) => e.prepare_path(path),
+        Source::Rgb(image) => e
+            .prepare_rgb(image)
+            .map(|p| (p, (image.width, image.height))),
+        Source::Invalid(message) => return Err(message.clone()),
+    };
+    prepared.map_err(|e| e.to_string())
 }
 
 /// One decoded batch through the model: each image's embedding and size, or its error.
@@ -451,6 +441,35 @@ fn embed_window<B: Backend>(
             })
         })
         .collect()
+}
+
+/// The arguments that must fit the model: `pooling="registers"` needs register tokens, `layers`
+/// hidden states that exist.
+fn check_for_model(
+    config: &Dinov2Config,
+    pooling: Pooling,
+    layers: Option<&[usize]>,
+) -> PyResult<()> {
+    if pooling == Pooling::Registers && config.num_register_tokens == 0 {
+        return Err(bad(
+            "pooling",
+            "registers: this model has no register tokens (a dinov2_with_registers \
+             checkpoint has)",
+        ));
+    }
+    if let Some(layers) = layers {
+        let last = config.num_hidden_layers;
+        if layers.is_empty() || layers.iter().any(|&l| l > last) {
+            return Err(bad(
+                "layers",
+                format!(
+                    "expected hidden states 0 (the embeddings) to {last} (the last layer), \
+                     found {layers:?}"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `ValueError` for image `i`'s failure in `on_error="raise"` mode.
@@ -489,15 +508,28 @@ fn pool() -> PyResult<Arc<rayon::ThreadPool>> {
     }
 }
 
-/// Pooling, normalize, layers, layer norm and batch size, as `Embedder(...)` takes them.
-type Options = (Pooling, bool, Option<Vec<usize>>, bool, Option<usize>);
+/// Pooling, normalize, layers, layer norm, batch size and decode options, as `Embedder(...)`
+/// takes them.
+type Options = (
+    Pooling,
+    bool,
+    Option<Vec<usize>>,
+    bool,
+    Option<usize>,
+    DecodeOptions,
+);
 
-/// The embedder with the pooling, normalization, layers and batch size asked for.
+/// The model's embedder with the preprocessing, pooling, normalization, layers, batch size and
+/// decode options asked for.
 fn configure<B: Backend>(
-    embedder: dinov2::Embedder<B>,
-    (pooling, normalize, layers, layer_norm, batch_size): Options,
+    model: Dinov2<B>,
+    preprocess: &PreprocessConfig,
+    (pooling, normalize, layers, layer_norm, batch_size, decode): Options,
 ) -> dinov2::Embedder<B> {
-    let mut e = embedder.with_pooling(pooling).with_normalize(normalize);
+    let mut e = dinov2::Embedder::new(model, preprocess.clone())
+        .with_pooling(pooling)
+        .with_normalize(normalize)
+        .with_decode_options(decode);
     if let Some(layers) = layers {
         e = e.with_layers(layers, layer_norm);
     }
