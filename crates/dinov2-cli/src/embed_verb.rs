@@ -92,17 +92,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let preprocess = preprocessing(&dir, &args.decode, checkpoint.config.patch_size)?;
     // Checked here, not per batch (where a model error would read as bad images).
     let poolings = &args.pooling;
-    if let Some((i, p)) = poolings
-        .iter()
-        .enumerate()
-        .find(|(i, p)| poolings[..*i].contains(p))
-    {
-        return Err(CliError(format!(
-            "--pooling: {p} is asked twice (at positions {} and {})",
-            poolings.iter().position(|q| q == p).unwrap_or(0) + 1,
-            i + 1
-        )));
-    }
+    check_poolings(poolings, &checkpoint.config, &dir)?;
     if poolings.len() > 1 && matches!(format, Format::Npy | Format::ClipRetrieval) {
         return Err(CliError(format!(
             "--pooling {}: several outputs need a file that holds several: write .parquet (a \
@@ -124,14 +114,6 @@ pub fn run(args: EmbedArgs) -> Result<()> {
              float vectors there; write packed bits to .npy, .safetensors or .parquet"
                 .into(),
         ));
-    }
-    if poolings.contains(&dinov2::Pooling::Registers) && checkpoint.config.num_register_tokens == 0
-    {
-        return Err(CliError(format!(
-            "--pooling registers: {} has no register tokens (a dinov2_with_registers checkpoint \
-             has)",
-            dir.display()
-        )));
     }
     let depth = checkpoint.config.num_hidden_layers;
     if let Some(bad) = args.layers.iter().flatten().find(|&&l| l > depth) {
@@ -293,4 +275,32 @@ fn pooling_list(poolings: &[dinov2::Pooling]) -> String {
         .map(|p| p.to_string())
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// `--pooling` as `embed` and `serve` take it: each pooling once, and `registers` only for a
+/// model with register tokens (`dir`, its folder, names it).
+pub fn check_poolings(
+    poolings: &[dinov2::Pooling],
+    config: &dinov2::Dinov2Config,
+    dir: &std::path::Path,
+) -> Result<()> {
+    if let Some((i, p)) = poolings
+        .iter()
+        .enumerate()
+        .find(|(i, p)| poolings[..*i].contains(p))
+    {
+        return Err(CliError(format!(
+            "--pooling: {p} is asked twice (at positions {} and {})",
+            poolings.iter().position(|q| q == p).unwrap_or(0) + 1,
+            i + 1
+        )));
+    }
+    if poolings.contains(&dinov2::Pooling::Registers) && config.num_register_tokens == 0 {
+        return Err(CliError(format!(
+            "--pooling registers: {} has no register tokens (a dinov2_with_registers checkpoint \
+             has)",
+            dir.display()
+        )));
+    }
+    Ok(())
 }

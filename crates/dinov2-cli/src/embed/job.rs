@@ -268,12 +268,12 @@ impl Job {
         })
     }
 
-    /// Deletes the job folder once the output is complete.
     /// What identifies the job's inputs and options ([`Job::open`] checks it).
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
 
+    /// Deletes the job folder once the output is complete.
     pub fn remove(self) -> Result<()> {
         std::fs::remove_dir_all(&self.dir).map_err(io(&self.dir))
     }

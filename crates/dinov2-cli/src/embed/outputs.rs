@@ -69,13 +69,19 @@ impl Outputs {
             values: Vec::new(),
         };
         for &pooling in &self.poolings {
-            let e = pass
-                .pooled_as(self.prefix, self.layers, pooling, self.normalize)
+            let e = self
+                .pooled(&pass, pooling)
                 .ok_or_else(|| format!("the pass did not return every token for {pooling}"))?;
             split.shapes.push(self.shape(pooling, &e)?);
             split.values.extend(e.values);
         }
         Ok(split)
+    }
+
+    /// Output `pooling` taken from a pass that returned every token (several outputs); `None`
+    /// when the pass holds other values.
+    pub fn pooled(&self, pass: &Embedding, pooling: Pooling) -> Option<Embedding> {
+        pass.pooled_as(self.prefix, self.layers, pooling, self.normalize)
     }
 
     /// The shape of `e`, an embedding of `pooling`: `[D]` for a vector, `[R, D]` for the

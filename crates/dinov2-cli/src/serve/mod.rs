@@ -33,7 +33,8 @@ use dinov2::{cut_to_patches, prepare_image, Backend, Checkpoint, Dinov2, Embedde
 use serde_json::json;
 
 use crate::args::{with_backend, Device, ServeArgs};
-use crate::embed_verb::{decode_options, devices, preprocessing, Reopen};
+use crate::embed::Outputs;
+use crate::embed_verb::{check_poolings, decode_options, devices, preprocessing, Reopen};
 use crate::error::{CliError, Result};
 use crate::model_dir::resolve;
 use api::ApiError;
@@ -52,15 +53,11 @@ struct State {
     metrics: Arc<Metrics>,
     max_request_bytes: usize,
     max_inputs: usize,
-    /// The poolings offered (the first is the default), and for each the values per vector
-    /// when every image gives as many.
-    poolings: Vec<Pooling>,
+    /// The poolings offered (the first is the default). With several, the model threads return
+    /// every token and each request's vectors are pooled from them here.
+    outputs: Outputs,
+    /// For each pooling, the values per vector when every image gives as many.
     dims: Vec<Option<usize>>,
-    /// With several poolings the model threads return every token, and each request's vectors
-    /// are pooled from them here: the tokens before the patches (1 + registers), and whether
-    /// each vector is normalized.
-    prefix: usize,
-    normalize: bool,
     name: String,
     info: String,
     /// Set by SIGTERM or SIGINT: the server stops accepting, and `/health` answers 503.
@@ -73,20 +70,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let checkpoint = Checkpoint::open(&dir)?;
     let preprocess = preprocessing(&dir, &args.decode, checkpoint.config.patch_size)?;
     let decode = decode_options(&args.decode, &preprocess);
-    if args.pooling.contains(&Pooling::Registers) && checkpoint.config.num_register_tokens == 0 {
-        return Err(CliError(format!(
-            "--pooling registers: {} has no register tokens",
-            dir.display()
-        )));
-    }
-    if let Some((i, p)) =
-        (args.pooling.iter().enumerate()).find(|(i, p)| args.pooling[..*i].contains(p))
-    {
-        return Err(CliError(format!(
-            "--pooling: {p} is asked twice (at position {})",
-            i + 1
-        )));
-    }
+    check_poolings(&args.pooling, &checkpoint.config, &dir)?;
     for (value, name) in [
         (args.max_batch_size, "--max-batch-size"),
         (args.max_inputs, "--max-inputs"),
@@ -125,15 +109,17 @@ fn start<B: Backend + Reopen + Send + 'static>(
     let max_queue = args.max_queue.unwrap_or(max_batch * 8);
     let max_inputs = args.max_inputs.unwrap_or(64);
     // One pooling runs on the model's backend; several are taken from every token on the host.
-    let (pooling, normalize) = match args.pooling[..] {
-        [one] => (one, args.normalize),
-        _ => (Pooling::Tokens, false),
+    let outputs = Outputs {
+        poolings: args.pooling.clone(),
+        normalize: args.normalize,
+        prefix: checkpoint.config.num_prefix_tokens(),
+        layers: 1,
     };
     let load = |backend: B| -> Result<Embedder<B>> {
         let model = Dinov2::load(backend, checkpoint)?;
         Ok(Embedder::new(model, preprocess.clone())
-            .with_pooling(pooling)
-            .with_normalize(normalize)
+            .with_pooling(outputs.pass())
+            .with_normalize(outputs.pass_normalizes())
             .with_decode_options(decode.clone()))
     };
     let mut embedders = vec![load(backend)?];
@@ -207,10 +193,8 @@ fn start<B: Backend + Reopen + Send + 'static>(
         metrics,
         max_request_bytes: args.max_request_bytes,
         max_inputs,
-        poolings: args.pooling.clone(),
+        outputs,
         dims,
-        prefix: checkpoint.config.num_prefix_tokens(),
-        normalize: args.normalize,
         name,
         info,
         stop: Arc::new(AtomicBool::new(false)),
@@ -505,7 +489,7 @@ impl State {
             return Ok(0);
         };
         let offered = || {
-            (self.poolings.iter())
+            (self.outputs.poolings.iter())
                 .map(|p| p.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
@@ -513,7 +497,8 @@ impl State {
         let pooling: Pooling = asked
             .parse()
             .map_err(|e: String| ApiError::new(422, format!("pooling: {e}")))?;
-        self.poolings
+        self.outputs
+            .poolings
             .iter()
             .position(|&p| p == pooling)
             .ok_or_else(|| {
@@ -556,7 +541,7 @@ fn embed(
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     state.metrics.record_decode(images.len(), t.elapsed());
-    let pooling = state.poolings[k];
+    let pooling = state.outputs.poolings[k];
     if one_array && pooling.has_grid() && pixels.windows(2).any(|w| w[0].shape != w[1].shape) {
         return Err(ApiError::new(
             406,
@@ -565,14 +550,14 @@ fn embed(
         ));
     }
     let embeddings = state.queue.embed(pixels, permit)?;
-    if state.poolings.len() == 1 {
+    if state.outputs.poolings.len() == 1 {
         return Ok(embeddings.into_iter().map(|e| e.values).collect());
     }
     embeddings
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            e.pooled_as(state.prefix, 1, pooling, state.normalize)
+            (state.outputs.pooled(e, pooling))
                 .map(|p| p.values)
                 .ok_or_else(|| {
                     ApiError::new(
