@@ -40,6 +40,26 @@ impl Pooling {
     pub fn has_grid(self) -> bool {
         matches!(self, Pooling::Patch | Pooling::Tokens)
     }
+
+    /// The shape of one image's result, known before any image ([`Embedding::shape`] gives it
+    /// after): `width` values per token (the hidden size, times the layers concatenated),
+    /// `registers` register tokens, and `grid` the patch grid every image shares (a fixed
+    /// center crop), `None` when it follows each image (the grid poolings' shape is then
+    /// unknown).
+    pub fn fixed_shape(
+        self,
+        width: usize,
+        registers: usize,
+        grid: Option<(usize, usize)>,
+    ) -> Option<Vec<usize>> {
+        match self {
+            Pooling::Cls | Pooling::Mean => Some(vec![width]),
+            Pooling::ClsMean => Some(vec![2 * width]),
+            Pooling::Registers => Some(vec![registers, width]),
+            Pooling::Patch => grid.map(|(gh, gw)| vec![gh, gw, width]),
+            Pooling::Tokens => grid.map(|(gh, gw)| vec![1 + registers + gh * gw, width]),
+        }
+    }
 }
 
 impl std::str::FromStr for Pooling {
@@ -294,6 +314,29 @@ mod tests {
             hidden_states: None,
             attentions: None,
         }
+    }
+
+    #[test]
+    fn fixed_shapes_are_the_shapes_of_the_results() {
+        // h = 2, one register, a 1 x 2 grid: output()'s image, through each pooling.
+        let out = output();
+        for pooling in [
+            Pooling::Cls,
+            Pooling::Mean,
+            Pooling::ClsMean,
+            Pooling::Patch,
+            Pooling::Registers,
+            Pooling::Tokens,
+        ] {
+            let e = pool(&out, 2, (1, 2), pooling, false).remove(0);
+            assert_eq!(
+                pooling.fixed_shape(2, 1, Some((1, 2))),
+                e.shape(pooling, 2),
+                "{pooling}"
+            );
+        }
+        assert_eq!(Pooling::Patch.fixed_shape(2, 1, None), None);
+        assert_eq!(Pooling::Tokens.fixed_shape(2, 1, None), None);
     }
 
     #[test]

@@ -388,17 +388,10 @@ impl Embedder {
     /// The row shape known without an image (for a list whose images all failed, or none):
     /// the vector poolings', and the grid poolings' under a fixed center crop.
     fn known_shape(&self) -> Option<Vec<usize>> {
-        let d = self.dim();
+        let width = self.config.hidden_size * self.layers.as_ref().map_or(1, Vec::len);
         let patch = u32::try_from(self.config.patch_size).unwrap_or(u32::MAX);
         let grid = fixed_grid(&self.preprocess, patch);
-        match self.pooling {
-            Pooling::Cls | Pooling::Mean | Pooling::ClsMean => Some(vec![d]),
-            Pooling::Registers => Some(vec![self.config.num_register_tokens, d]),
-            Pooling::Patch => grid.map(|(gh, gw)| vec![gh, gw, d]),
-            Pooling::Tokens => {
-                grid.map(|(gh, gw)| vec![1 + self.config.num_register_tokens + gh * gw, d])
-            }
-        }
+        (self.pooling).fixed_shape(width, self.config.num_register_tokens, grid)
     }
 }
 

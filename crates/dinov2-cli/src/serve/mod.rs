@@ -235,16 +235,10 @@ fn embedding_dims(
     preprocess: &PreprocessConfig,
 ) -> Option<usize> {
     let c = &checkpoint.config;
-    let h = c.hidden_size;
     let patch = u32::try_from(c.patch_size).unwrap_or(u32::MAX);
-    let grid = fixed_grid(preprocess, patch).map(|(gh, gw)| gh * gw);
-    match pooling {
-        Pooling::Cls | Pooling::Mean => Some(h),
-        Pooling::ClsMean => Some(2 * h),
-        Pooling::Registers => Some(c.num_register_tokens * h),
-        Pooling::Patch => grid.map(|g| g * h),
-        Pooling::Tokens => grid.map(|g| (c.num_prefix_tokens() + g) * h),
-    }
+    let grid = fixed_grid(preprocess, patch);
+    let shape = pooling.fixed_shape(c.hidden_size, c.num_register_tokens, grid)?;
+    Some(shape.iter().product())
 }
 
 /// Binds, then answers requests on `--http-threads` connection threads.
