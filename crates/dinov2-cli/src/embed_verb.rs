@@ -31,7 +31,6 @@ pub fn preprocessing(dir: &Path, args: &DecodeArgs, patch: usize) -> Result<Prep
             .map(|(height, width)| HeightWidth { height, width }),
         no_crop: args.no_crop,
     };
-    let patch = u32::try_from(patch).unwrap_or(u32::MAX);
     Ok(preprocess_config(dir)?
         .with_resolution(&resolution, patch)
         .map_err(dinov2::Error::from)?)

@@ -202,7 +202,7 @@ impl PreprocessConfig {
     /// patches: an error ([`ImageError::Resolution`]) when a center crop has more pixels than
     /// [`crate::MAX_RESIZED_PIXELS`] or is smaller than one patch, or when an uncropped resize
     /// makes the shortest edge smaller than one patch.
-    pub fn with_resolution(mut self, resolution: &Resolution, patch: u32) -> Result<Self> {
+    pub fn with_resolution(mut self, resolution: &Resolution, patch: usize) -> Result<Self> {
         if let Some(edge) = resolution.resize {
             self.size = SizeSpec::ShortestEdge(edge);
             self.do_resize = true;
@@ -222,7 +222,7 @@ impl PreprocessConfig {
                 "center crop {height}x{width}: more pixels than the limit of {limit}"
             ));
         }
-        if self.do_center_crop && height.min(width) < patch {
+        if self.do_center_crop && (height.min(width) as usize) < patch {
             return fail(format!(
                 "center crop {height}x{width}: smaller than one {patch}x{patch} patch"
             ));
@@ -230,7 +230,7 @@ impl PreprocessConfig {
         if let (false, true, SizeSpec::ShortestEdge(edge)) =
             (self.do_center_crop, self.do_resize, self.size)
         {
-            if edge < patch {
+            if (edge as usize) < patch {
                 return fail(format!(
                     "shortest edge {edge} (the resize, or size in preprocessor_config.json) \
                      without a crop: smaller than one {patch}x{patch} patch"

@@ -250,7 +250,7 @@ pub fn preprocess(image: &RgbImage, config: &PreprocessConfig) -> Result<PixelVa
 /// The patch grid `(rows, columns)` of `patch`-pixel patches that every image gets under
 /// `config` when a center crop fixes its size (with the pad, if any); `None` without a crop,
 /// where each image's grid follows its aspect ratio.
-pub fn fixed_grid(config: &PreprocessConfig, patch: u32) -> Option<(usize, usize)> {
+pub fn fixed_grid(config: &PreprocessConfig, patch: usize) -> Option<(usize, usize)> {
     if !config.do_center_crop {
         return None;
     }
@@ -262,7 +262,7 @@ pub fn fixed_grid(config: &PreprocessConfig, patch: u32) -> Option<(usize, usize
         (height, width) = (height.max(pad.height), width.max(pad.width));
     }
     let p = patch.max(1);
-    Some(((height / p) as usize, (width / p) as usize))
+    Some((height as usize / p, width as usize / p))
 }
 
 /// The part of a `width` x `height` image that `config`'s preprocessing brings into the model's
@@ -279,7 +279,7 @@ pub fn grid_region(
     width: u32,
     height: u32,
     config: &PreprocessConfig,
-    patch: u32,
+    patch: usize,
 ) -> Result<[f64; 4]> {
     let (rh, rw) = if config.do_resize {
         resize_output_size(height, width, &config.size)?

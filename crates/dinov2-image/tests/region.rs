@@ -25,18 +25,18 @@ fn raw(config: PreprocessConfig) -> PreprocessConfig {
 }
 
 /// Checks that grid pixel (gy, gx) holds the image's gradient at the place `region` maps it to.
-fn check(width: u32, height: u32, config: &PreprocessConfig, patch: u32) -> [f64; 4] {
+fn check(width: u32, height: u32, config: &PreprocessConfig, patch: usize) -> [f64; 4] {
     let region = grid_region(width, height, config, patch).unwrap();
     let values = preprocess(&gradients(width, height), config).unwrap();
     let (h, w) = (values.height(), values.width());
-    let (gh, gw) = (h / patch as usize, w / patch as usize);
+    let (gh, gw) = (h / patch, w / patch);
     let (sx, sy) = (
-        (region[2] - region[0]) / (gw * patch as usize) as f64,
-        (region[3] - region[1]) / (gh * patch as usize) as f64,
+        (region[2] - region[0]) / (gw * patch) as f64,
+        (region[3] - region[1]) / (gh * patch) as f64,
     );
     // Interior pixels only: the resize's kernel reaches past the image at its edges.
-    for gy in (8..gh * patch as usize - 8).step_by(7) {
-        for gx in (8..gw * patch as usize - 8).step_by(7) {
+    for gy in (8..gh * patch - 8).step_by(7) {
+        for gx in (8..gw * patch - 8).step_by(7) {
             let x = region[0] + (gx as f64 + 0.5) * sx; // the pixel's centre in the image
             let y = region[1] + (gy as f64 + 0.5) * sy;
             if x < 4.0 || y < 4.0 || x > width as f64 - 4.0 || y > height as f64 - 4.0 {

@@ -149,7 +149,7 @@ impl Embedder {
             let checkpoint = Checkpoint::open(&dir).map_err(|e| failed(e.into()))?;
             // The arguments that need only the config, checked before the weights load.
             check_for_model(&checkpoint.config, pooling, options.2.as_deref())?;
-            let patch = u32::try_from(checkpoint.config.patch_size).unwrap_or(u32::MAX);
+            let patch = checkpoint.config.patch_size;
             let preprocess = preprocess_config(&dir)
                 .and_then(|p| Ok(p.with_resolution(&resolution, patch)?))
                 .map_err(failed)?;
@@ -222,8 +222,8 @@ impl Embedder {
                 return Err(failed(i, message));
             }
         }
-        let prefix = 1 + self.config.num_register_tokens;
-        let patch = u32::try_from(self.config.patch_size).unwrap_or(u32::MAX);
+        let prefix = self.config.num_prefix_tokens();
+        let patch = self.config.patch_size;
         let rows = results
             .into_iter()
             .map(|r| {
@@ -389,8 +389,7 @@ impl Embedder {
     /// the vector poolings', and the grid poolings' under a fixed center crop.
     fn known_shape(&self) -> Option<Vec<usize>> {
         let width = self.config.hidden_size * self.layers.as_ref().map_or(1, Vec::len);
-        let patch = u32::try_from(self.config.patch_size).unwrap_or(u32::MAX);
-        let grid = fixed_grid(&self.preprocess, patch);
+        let grid = fixed_grid(&self.preprocess, self.config.patch_size);
         (self.pooling).fixed_shape(width, self.config.num_register_tokens, grid)
     }
 }

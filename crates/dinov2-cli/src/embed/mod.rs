@@ -522,9 +522,8 @@ fn finish(
         std::fs::remove_file(&manifest)
             .map_err(|e| CliError(format!("cannot remove {}: {e}", manifest.display())))?;
     }
-    let patch = u32::try_from(s.patch).unwrap_or(u32::MAX);
     let region = |width: u32, height: u32| -> [f32; 4] {
-        grid_region(width, height, &s.preprocess, patch)
+        grid_region(width, height, &s.preprocess, s.patch)
             .map_or([f32::NAN; 4], |r| r.map(|v| v as f32))
     };
     write_output(

@@ -235,8 +235,7 @@ fn embedding_dims(
     preprocess: &PreprocessConfig,
 ) -> Option<usize> {
     let c = &checkpoint.config;
-    let patch = u32::try_from(c.patch_size).unwrap_or(u32::MAX);
-    let grid = fixed_grid(preprocess, patch);
+    let grid = fixed_grid(preprocess, c.patch_size);
     let shape = pooling.fixed_shape(c.hidden_size, c.num_register_tokens, grid)?;
     Some(shape.iter().product())
 }
