@@ -48,6 +48,15 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t add
                  : "r"(addr));
 }
 
+// 2^x by the special-function unit (ex2.approx.ftz: about 2 ulp; results below 2^-126 flush to 0,
+// which a softmax weight next to its row's maximum of 1 never misses); exp2f adds a range check
+// and two multiplies around the same instruction.
+__device__ __forceinline__ float ex2_approx(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
 template <typename T> struct Mma;
 
 template <> struct Mma<f16> {
@@ -82,17 +91,31 @@ template <> struct Mma<bf16> {
 #define FA_THREADS 128
 
 // Copies rows row0..row0+ROWS (row stride ld) of one head's columns into a [ROWS][DP + 8] tile,
-// zero-filling rows >= n and columns >= d.
+// zero-filling rows >= n and columns >= d. Each thread copies the 16-byte chunks c = tid + i·128
+// (i < ROWS·CPR / 128, unrolled): where 128 is a multiple of CPR (every DP but 96) a thread keeps
+// one column and steps 128 / CPR rows at a time, so its addresses are one add apart.
 template <typename T, int DP, int ROWS>
 __device__ __forceinline__ void fa_load_tile(T* dst, const T* src, int row0, int n, int d, long ld) {
     constexpr int LDS = DP + 8, CPR = DP / 8, CHUNKS = ROWS * CPR;
+    static_assert(CHUNKS % FA_THREADS == 0, "a tile is whole passes of the block");
+    if constexpr (FA_THREADS % CPR == 0) {
+        constexpr int RSTEP = FA_THREADS / CPR;
+        const int r = threadIdx.x / CPR, col = (threadIdx.x % CPR) * 8;
+        const T* g = src + (long)(row0 + r) * ld + col;
+        const uint32_t s = smem_addr(dst + r * LDS + col);
 #pragma unroll
-    for (int c = threadIdx.x; c < CHUNKS; c += FA_THREADS) {
-        const int r = c / CPR, col = (c % CPR) * 8;
-        const int gr = row0 + r;
-        const bool ok = gr < n && col < d;
-        const T* g = ok ? src + (long)gr * ld + col : src;
-        cp_async16(smem_addr(dst + r * LDS + col), g, ok);
+        for (int i = 0; i < CHUNKS / FA_THREADS; i++) {
+            const bool ok = row0 + r + i * RSTEP < n && col < d;
+            cp_async16(s + i * RSTEP * LDS * (int)sizeof(T), ok ? g + i * RSTEP * ld : src, ok);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < CHUNKS / FA_THREADS; i++) {
+            const int c = threadIdx.x + i * FA_THREADS;
+            const int r = c / CPR, col = (c % CPR) * 8;
+            const bool ok = row0 + r < n && col < d;
+            cp_async16(smem_addr(dst + r * LDS + col), ok ? src + (long)(row0 + r) * ld + col : src, ok);
+        }
     }
 }
 
@@ -137,17 +160,18 @@ __device__ __forceinline__ void fa_tile(const uint32_t (&qf)[MT][DP / 16][4],
         }
     }
 
+    // The running maxima are of the raw scores (scale_log2 > 0 keeps the order); each exponent is
+    // one FFMA, x·scale_log2 - max·scale_log2, into ex2.approx.
     const int key0 = key_base + tig * 2;
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
         float mx0 = m0[mt], mx1 = m1[mt];
 #pragma unroll
         for (int t = 0; t < STILES; t++) {
+            if (TAIL) {
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float x = s[mt][t][e] * scale_log2;
-                if (TAIL && key0 + t * 8 + (e & 1) >= n) x = -INFINITY;
-                s[mt][t][e] = x;
+                for (int e = 0; e < 4; e++)
+                    if (key0 + t * 8 + (e & 1) >= n) s[mt][t][e] = -INFINITY;
             }
             mx0 = fmaxf(mx0, fmaxf(s[mt][t][0], s[mt][t][1]));
             mx1 = fmaxf(mx1, fmaxf(s[mt][t][2], s[mt][t][3]));
@@ -156,16 +180,18 @@ __device__ __forceinline__ void fa_tile(const uint32_t (&qf)[MT][DP / 16][4],
         mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
         mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
         mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        const float alpha0 = exp2f(m0[mt] - mx0), alpha1 = exp2f(m1[mt] - mx1);
+        const float ms0 = mx0 * scale_log2, ms1 = mx1 * scale_log2;
+        const float alpha0 = ex2_approx(fmaf(m0[mt], scale_log2, -ms0));
+        const float alpha1 = ex2_approx(fmaf(m1[mt], scale_log2, -ms1));
         m0[mt] = mx0;
         m1[mt] = mx1;
         float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
         for (int t = 0; t < STILES; t++) {
-            s[mt][t][0] = exp2f(s[mt][t][0] - mx0);
-            s[mt][t][1] = exp2f(s[mt][t][1] - mx0);
-            s[mt][t][2] = exp2f(s[mt][t][2] - mx1);
-            s[mt][t][3] = exp2f(s[mt][t][3] - mx1);
+            s[mt][t][0] = ex2_approx(fmaf(s[mt][t][0], scale_log2, -ms0));
+            s[mt][t][1] = ex2_approx(fmaf(s[mt][t][1], scale_log2, -ms0));
+            s[mt][t][2] = ex2_approx(fmaf(s[mt][t][2], scale_log2, -ms1));
+            s[mt][t][3] = ex2_approx(fmaf(s[mt][t][3], scale_log2, -ms1));
             sum0 += s[mt][t][0] + s[mt][t][1];
             sum1 += s[mt][t][2] + s[mt][t][3];
         }

@@ -127,22 +127,38 @@ struct Problem {
 
 /// `fa_load_tile<T, DP, ROWS>`: rows row0..row0+ROWS of one head's columns into a
 /// [ROWS][DP + 8] tile; zero fill for rows >= n and columns >= d; the 8 pad columns are never
-/// written (stay NaN).
+/// written (stay NaN). Thread `tid` copies the chunks `tid + i·THREADS`: where THREADS is a
+/// multiple of the chunks per row, as row `tid / cpr + i·(THREADS / cpr)`, column
+/// `(tid % cpr)·8`; else from the chunk index. Every chunk is copied exactly once.
 fn load_tile(p: &Problem, qkv: &[f32], dst: &mut [f32], src: usize, row0: usize, rows: usize) {
     let (lds, cpr) = (p.dp + 8, p.dp / 8);
     let ld = 3 * p.heads * p.d;
-    for c in 0..rows * cpr {
-        let (r, col) = (c / cpr, (c % cpr) * 8);
-        let gr = row0 + r;
-        let ok = gr < p.n && col < p.d;
-        for e in 0..8 {
-            dst[r * lds + col + e] = if ok {
-                qkv[src + gr * ld + col + e]
+    let chunks = rows * cpr;
+    assert_eq!(chunks % THREADS, 0, "a tile is whole passes of the block");
+    let mut copied = vec![0u8; chunks];
+    for tid in 0..THREADS {
+        for i in 0..chunks / THREADS {
+            let (r, col) = if THREADS % cpr == 0 {
+                (tid / cpr + i * (THREADS / cpr), (tid % cpr) * 8)
             } else {
-                0.0
+                let c = tid + i * THREADS;
+                (c / cpr, (c % cpr) * 8)
             };
+            copied[r * cpr + col / 8] += 1;
+            let ok = row0 + r < p.n && col < p.d;
+            for e in 0..8 {
+                dst[r * lds + col + e] = if ok {
+                    qkv[src + (row0 + r) * ld + col + e]
+                } else {
+                    0.0
+                };
+            }
         }
     }
+    assert!(
+        copied.iter().all(|&c| c == 1),
+        "a chunk copied other than once"
+    );
 }
 
 /// One block (blockIdx = (bx, head, img)) of `flash_attention<T, DP, MT>`: 4 warps of `mt`
@@ -229,19 +245,20 @@ fn flash_block(
                     }
                 }
             }
-            // Online softmax in the log2 domain, per m-tile.
+            // Online softmax in the log2 domain, per m-tile: maxima of the raw scores, each
+            // exponent one fused multiply-add (ex2.approx is emulated by f32 exp2).
             for mt in 0..mt_count {
                 let s = &mut s[mt];
                 let (mut mx0, mut mx1) = m[warp][mt];
                 for lane in 0..32 {
                     let key0 = key_base + (lane & 3) * 2;
                     for (t, st) in s.iter_mut().enumerate() {
-                        for e in 0..4 {
-                            let mut v = st[lane][e] * p.scale_log2;
-                            if tail && key0 + t * 8 + (e & 1) >= n {
-                                v = f32::NEG_INFINITY;
+                        if tail {
+                            for e in 0..4 {
+                                if key0 + t * 8 + (e & 1) >= n {
+                                    st[lane][e] = f32::NEG_INFINITY;
+                                }
                             }
-                            st[lane][e] = v;
                         }
                         mx0[lane] = mx0[lane].max(st[lane][0].max(st[lane][1]));
                         mx1[lane] = mx1[lane].max(st[lane][2].max(st[lane][3]));
@@ -249,17 +266,19 @@ fn flash_block(
                 }
                 quad_reduce(&mut mx0, f32::max);
                 quad_reduce(&mut mx1, f32::max);
+                let sc = p.scale_log2;
                 for lane in 0..32 {
-                    let alpha0 = (m[warp][mt].0[lane] - mx0[lane]).exp2();
-                    let alpha1 = (m[warp][mt].1[lane] - mx1[lane]).exp2();
+                    let (ms0, ms1) = (mx0[lane] * sc, mx1[lane] * sc);
+                    let alpha0 = m[warp][mt].0[lane].mul_add(sc, -ms0).exp2();
+                    let alpha1 = m[warp][mt].1[lane].mul_add(sc, -ms1).exp2();
                     assert!(alpha0.is_finite() && alpha1.is_finite(), "NaN rescale");
                     let (mut sum0, mut sum1) = (0.0f32, 0.0f32);
                     for st in s.iter_mut() {
                         let v = &mut st[lane];
-                        v[0] = (v[0] - mx0[lane]).exp2();
-                        v[1] = (v[1] - mx0[lane]).exp2();
-                        v[2] = (v[2] - mx1[lane]).exp2();
-                        v[3] = (v[3] - mx1[lane]).exp2();
+                        v[0] = v[0].mul_add(sc, -ms0).exp2();
+                        v[1] = v[1].mul_add(sc, -ms0).exp2();
+                        v[2] = v[2].mul_add(sc, -ms1).exp2();
+                        v[3] = v[3].mul_add(sc, -ms1).exp2();
                         sum0 += v[0] + v[1];
                         sum1 += v[2] + v[3];
                     }
@@ -459,8 +478,20 @@ fn the_emulated_expressions_are_the_kernels() {
         "const int q0 = blockIdx.x * BQ;",
         "const int wrow = warp * 16 * MT;",
         "fa_load_tile<T, DP, BQ>(sQ, base, q0, n, d, ld);",
+        "static_assert(CHUNKS % FA_THREADS == 0, \"a tile is whole passes of the block\");",
+        "if constexpr (FA_THREADS % CPR == 0) {",
+        "constexpr int RSTEP = FA_THREADS / CPR;",
+        "const int r = threadIdx.x / CPR, col = (threadIdx.x % CPR) * 8;",
+        "const T* g = src + (long)(row0 + r) * ld + col;",
+        "const uint32_t s = smem_addr(dst + r * LDS + col);",
+        "for (int i = 0; i < CHUNKS / FA_THREADS; i++) {",
+        "const bool ok = row0 + r + i * RSTEP < n && col < d;",
+        "cp_async16(s + i * RSTEP * LDS * (int)sizeof(T), ok ? g + i * RSTEP * ld : src, ok);",
+        "const int c = threadIdx.x + i * FA_THREADS;",
         "const int r = c / CPR, col = (c % CPR) * 8;",
-        "const bool ok = gr < n && col < d;",
+        "const bool ok = row0 + r < n && col < d;",
+        "cp_async16(smem_addr(dst + r * LDS + col), ok ? src + (long)(row0 + r) * ld + col : src, \
+         ok);",
         "const long ld = 3L * hd;",
         "const T* base = qkv + (long)img * n * ld + (long)head * d;",
         "const T* kbase = base + hd;",
@@ -482,8 +513,12 @@ fn the_emulated_expressions_are_the_kernels() {
         "const int valid = n - key_base;",
         "if (TAIL && np * 16 >= valid) continue;",
         "const int key0 = key_base + tig * 2;",
-        "float x = s[mt][t][e] * scale_log2;",
-        "if (TAIL && key0 + t * 8 + (e & 1) >= n) x = -INFINITY;",
+        "if (key0 + t * 8 + (e & 1) >= n) s[mt][t][e] = -INFINITY;",
+        "const float ms0 = mx0 * scale_log2, ms1 = mx1 * scale_log2;",
+        "const float alpha0 = ex2_approx(fmaf(m0[mt], scale_log2, -ms0));",
+        "const float alpha1 = ex2_approx(fmaf(m1[mt], scale_log2, -ms1));",
+        "s[mt][t][0] = ex2_approx(fmaf(s[mt][t][0], scale_log2, -ms0));",
+        "s[mt][t][3] = ex2_approx(fmaf(s[mt][t][3], scale_log2, -ms1));",
         "if (TAIL && kk * 16 >= valid) continue;",
         "a[mt][0] = Mma<T>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);",
         "a[mt][1] = Mma<T>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);",
