@@ -7,7 +7,9 @@
 //       suffix is the head dim padded to a multiple of 16 (any d that is a multiple of 8, d <= pad).
 //       Grid (ceil(N/64), heads, B), 128 threads, dynamic shared memory 320·(pad + 8)·2 bytes.
 //       The last K/V tile skips its 16-key chunks past N, and warps whose query rows all lie
-//       past N only load (at N = 257: one key and one query row past the fourth tile).
+//       past N only load. A last query tile of at most 16 rows (N = 257: one row; 261: five)
+//       splits each K/V tile's keys across its 4 warps instead, and warp 0 merges them.
+//       Softmax exponents: one FFMA into ex2.approx.ftz each.
 //   attention_{f16,bf16}_d{16,32,64}_r128  the same with two m-tiles of 16 rows per warp: 128
 //       query rows per block, each K/V fragment read from shared memory feeding twice the MMAs.
 //       Grid (ceil(N/128), heads, B), 128 threads, dynamic shared memory 384·(pad + 8)·2 bytes.
@@ -119,12 +121,13 @@ __device__ __forceinline__ void fa_load_tile(T* dst, const T* src, int row0, int
     }
 }
 
-// One K/V tile of the online softmax for a warp's MT m-tiles of 16 query rows: S = Q·Kᵀ, the
-// running max and sum (log2 domain; per m-tile, rows g (elements 0, 1) and g + 8 (elements 2,
-// 3)), O += P·V. Each K and V fragment loaded from shared memory feeds all MT m-tiles. TAIL: the
-// tile ends past n, so keys >= n are masked and the 16-key chunks wholly past n are skipped (at
-// 257 tokens the last tile holds one key: one chunk of four).
-template <typename T, int DP, int MT, bool TAIL>
+// KEYS keys of a K/V tile (all FA_BN, or the 16 of one warp in a key-split block; k and v point
+// at the first) through the online softmax for a warp's MT m-tiles of 16 query rows: S = Q·Kᵀ,
+// the running max and sum (log2 domain; per m-tile, rows g (elements 0, 1) and g + 8 (elements
+// 2, 3)), O += P·V. Each K and V fragment loaded from shared memory feeds all MT m-tiles. TAIL:
+// the keys end past n, so keys >= n are masked and the 16-key chunks wholly past n are skipped
+// (at 257 tokens the last tile holds one key: one chunk of four). key_base < n.
+template <typename T, int DP, int MT, bool TAIL, int KEYS>
 __device__ __forceinline__ void fa_tile(const uint32_t (&qf)[MT][DP / 16][4],
                                         float (&o)[MT][DP / 8][4], float (&m0)[MT],
                                         float (&m1)[MT], float (&l0)[MT], float (&l1)[MT],
@@ -132,7 +135,7 @@ __device__ __forceinline__ void fa_tile(const uint32_t (&qf)[MT][DP / 16][4],
                                         float scale_log2) {
     constexpr int LDS = DP + 8;
     constexpr int KSTEPS = DP / 16;   // k-steps of S = Q·Kᵀ
-    constexpr int STILES = FA_BN / 8; // n-tiles of S (keys)
+    constexpr int STILES = KEYS / 8;  // n-tiles of S (keys)
     constexpr int OTILES = DP / 8;    // n-tiles of O (head dims)
     const int tig = lane & 3;
     const int valid = n - key_base; // keys of this tile below n (>= FA_BN unless TAIL)
@@ -208,7 +211,7 @@ __device__ __forceinline__ void fa_tile(const uint32_t (&qf)[MT][DP / 16][4],
 
     // O += P·V: P straight from the S accumulators (their layout is the A-fragment layout).
 #pragma unroll
-    for (int kk = 0; kk < FA_BN / 16; kk++) {
+    for (int kk = 0; kk < KEYS / 16; kk++) {
         if (TAIL && kk * 16 >= valid) continue; // P is zero there
         uint32_t a[MT][4];
 #pragma unroll
@@ -235,7 +238,10 @@ __device__ __forceinline__ void fa_tile(const uint32_t (&qf)[MT][DP / 16][4],
 }
 
 // A block of 4 warps covers FA_BM·MT query rows of one (image, head): warp w the MT m-tiles of
-// 16 rows from w·16·MT.
+// 16 rows from w·16·MT. Key split (MT = 1): a block with at most 16 query rows below n (the last
+// query tile at 257 or 261 tokens holds one or five) would leave three warps idle; there every
+// warp takes the block's first 16 rows against its own 16 keys of each K/V tile, 16·w..16·w+16,
+// and warp 0 merges the four partial softmaxes.
 template <typename T, int DP, int MT>
 __device__ __forceinline__ void flash_attention(const T* __restrict__ qkv, T* __restrict__ out,
                                                 int n, int heads, int d, float scale_log2) {
@@ -259,8 +265,10 @@ __device__ __forceinline__ void flash_attention(const T* __restrict__ qkv, T* __
     const T* kbase = base + hd;
     const T* vbase = base + 2 * hd;
     const int ntiles = (n + FA_BN - 1) / FA_BN;
+    const bool split = MT == 1 && n - q0 <= 16;
+    const int qrow = split ? 0 : wrow; // the first query row of this warp's m-tiles
     // A warp whose query rows all lie past n (in the last query tile) only helps load.
-    const bool live = q0 + wrow < n;
+    const bool live = split || q0 + wrow < n;
 
     fa_load_tile<T, DP, BQ>(sQ, base, q0, n, d, ld);
     fa_load_tile<T, DP, FA_BN>(sK, kbase, 0, n, d, ld);
@@ -295,21 +303,74 @@ __device__ __forceinline__ void flash_attention(const T* __restrict__ qkv, T* __
                 for (int mt = 0; mt < MT; mt++)
 #pragma unroll
                     for (int kk = 0; kk < KSTEPS; kk++)
-                        ldmatrix_x4(qf[mt][kk], smem_addr(sQ + (wrow + mt * 16 + (lane & 15)) * LDS +
+                        ldmatrix_x4(qf[mt][kk], smem_addr(sQ + (qrow + mt * 16 + (lane & 15)) * LDS +
                                                           kk * 16 + (lane >> 4) * 8));
             }
             const T* k = sK + buf * FA_BN * LDS;
             const T* v = sV + buf * FA_BN * LDS;
-            if ((j + 1) * FA_BN > n)
-                fa_tile<T, DP, MT, true>(qf, o, m0, m1, l0, l1, k, v, j * FA_BN, n, lane,
-                                         scale_log2);
-            else
-                fa_tile<T, DP, MT, false>(qf, o, m0, m1, l0, l1, k, v, j * FA_BN, n, lane,
-                                          scale_log2);
+            if (split) {
+                const int c0 = warp * 16, key_base = j * FA_BN + c0;
+                if (key_base + 16 > n) {
+                    if (key_base < n)
+                        fa_tile<T, DP, MT, true, 16>(qf, o, m0, m1, l0, l1, k + c0 * LDS,
+                                                     v + c0 * LDS, key_base, n, lane, scale_log2);
+                } else {
+                    fa_tile<T, DP, MT, false, 16>(qf, o, m0, m1, l0, l1, k + c0 * LDS,
+                                                  v + c0 * LDS, key_base, n, lane, scale_log2);
+                }
+            } else if ((j + 1) * FA_BN > n) {
+                fa_tile<T, DP, MT, true, FA_BN>(qf, o, m0, m1, l0, l1, k, v, j * FA_BN, n, lane,
+                                                scale_log2);
+            } else {
+                fa_tile<T, DP, MT, false, FA_BN>(qf, o, m0, m1, l0, l1, k, v, j * FA_BN, n, lane,
+                                                 scale_log2);
+            }
         }
         __syncthreads();
     }
     if (!live) return;
+    if (split) {
+        // Warps 1-3 hand warp 0 their state through the (now free) tiles, element-major [3][PER][32]
+        // (their fragment layouts agree lane for lane); warp 0 rescales each to the common max.
+        constexpr int PER = OTILES * 4 + 4;
+        float* xs = reinterpret_cast<float*>(fa_smem);
+        if (warp > 0) {
+            float* p = xs + (warp - 1) * PER * 32 + lane;
+#pragma unroll
+            for (int t = 0; t < OTILES; t++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) p[(t * 4 + e) * 32] = o[0][t][e];
+            p[(OTILES * 4) * 32] = m0[0];
+            p[(OTILES * 4 + 1) * 32] = m1[0];
+            p[(OTILES * 4 + 2) * 32] = l0[0];
+            p[(OTILES * 4 + 3) * 32] = l1[0];
+        }
+        __syncthreads();
+        if (warp > 0) return;
+        // Key 0 is warp 0's, so its maxima are finite; a warp that saw no key below n has
+        // m = -inf, l = 0, O = 0 and weight 0.
+        for (int w = 0; w < 3; w++) {
+            const float* p = xs + w * PER * 32 + lane;
+            const float mw0 = p[(OTILES * 4) * 32], mw1 = p[(OTILES * 4 + 1) * 32];
+            const float mx0 = fmaxf(m0[0], mw0), mx1 = fmaxf(m1[0], mw1);
+            const float ms0 = mx0 * scale_log2, ms1 = mx1 * scale_log2;
+            const float a0 = ex2_approx(fmaf(m0[0], scale_log2, -ms0));
+            const float a1 = ex2_approx(fmaf(m1[0], scale_log2, -ms1));
+            const float b0 = ex2_approx(fmaf(mw0, scale_log2, -ms0));
+            const float b1 = ex2_approx(fmaf(mw1, scale_log2, -ms1));
+            m0[0] = mx0;
+            m1[0] = mx1;
+            l0[0] = l0[0] * a0 + p[(OTILES * 4 + 2) * 32] * b0;
+            l1[0] = l1[0] * a1 + p[(OTILES * 4 + 3) * 32] * b1;
+#pragma unroll
+            for (int t = 0; t < OTILES; t++) {
+                o[0][t][0] = o[0][t][0] * a0 + p[(t * 4) * 32] * b0;
+                o[0][t][1] = o[0][t][1] * a0 + p[(t * 4 + 1) * 32] * b0;
+                o[0][t][2] = o[0][t][2] * a1 + p[(t * 4 + 2) * 32] * b1;
+                o[0][t][3] = o[0][t][3] * a1 + p[(t * 4 + 3) * 32] * b1;
+            }
+        }
+    }
 
     T* obase = out + (long)img * n * hd + (long)head * d + tig * 2;
 #pragma unroll
@@ -320,7 +381,7 @@ __device__ __forceinline__ void flash_attention(const T* __restrict__ qkv, T* __
         s1 += __shfl_xor_sync(0xffffffffu, s1, 1);
         s1 += __shfl_xor_sync(0xffffffffu, s1, 2);
         const float inv0 = 1.0f / s0, inv1 = 1.0f / s1;
-        const int r0 = q0 + wrow + mt * 16 + g, r1 = r0 + 8;
+        const int r0 = q0 + qrow + mt * 16 + g, r1 = r0 + 8;
 #pragma unroll
         for (int t = 0; t < OTILES; t++) {
             if (t * 8 < d) {

@@ -161,8 +161,132 @@ fn load_tile(p: &Problem, qkv: &[f32], dst: &mut [f32], src: usize, row0: usize,
     );
 }
 
+/// One warp's registers for its m-tiles: Q fragments, O accumulators, running maxima (of the raw
+/// scores) and sums of rows g and g + 8.
+struct Warp {
+    qf: Vec<Vec<Frag4>>,
+    o: Vec<Vec<Acc>>,
+    m: Vec<([f32; 32], [f32; 32])>,
+    l: Vec<([f32; 32], [f32; 32])>,
+}
+
+/// `fa_tile<T, DP, MT, TAIL, KEYS>`: `keys` keys (`k`, `v` start at the first, key `key_base`)
+/// through the online softmax of one warp. TAIL when they end past n; chunks of 16 keys wholly
+/// past n are skipped (their S stays 0, then is masked; their P·V terms are 0).
+fn fa_tile(p: &Problem, w: &mut Warp, k: &[f32], v: &[f32], key_base: usize, keys: usize) {
+    let (n, dp) = (p.n, p.dp);
+    let lds = dp + 8;
+    let (ksteps, stiles) = (dp / 16, keys / 8);
+    let mt_count = w.qf.len();
+    assert!(key_base < n, "fa_tile is called only with a key below n");
+    let tail = key_base + keys > n;
+    let valid = n - key_base;
+    // S = Q·Kᵀ, each K fragment feeding every m-tile.
+    let mut s = vec![vec![[[0.0f32; 4]; 32]; stiles]; mt_count];
+    for kk in 0..ksteps {
+        for np in 0..stiles / 2 {
+            if tail && np * 16 >= valid {
+                continue;
+            }
+            let addr = std::array::from_fn(|lane| {
+                let mat = lane >> 3;
+                let key = np * 16 + (lane & 7) + (mat >> 1) * 8;
+                let dim = kk * 16 + (mat & 1) * 8;
+                key * lds + dim
+            });
+            let b = ldmatrix_x4(k, &addr, false);
+            for mt in 0..mt_count {
+                let a = &w.qf[mt][kk];
+                mma(&mut s[mt][2 * np], a, &column(&b, 0), &column(&b, 1));
+                mma(&mut s[mt][2 * np + 1], a, &column(&b, 2), &column(&b, 3));
+            }
+        }
+    }
+    // Online softmax in the log2 domain, per m-tile: maxima of the raw scores, each exponent one
+    // fused multiply-add (ex2.approx is emulated by f32 exp2).
+    for mt in 0..mt_count {
+        let s = &mut s[mt];
+        let (mut mx0, mut mx1) = w.m[mt];
+        for lane in 0..32 {
+            let key0 = key_base + (lane & 3) * 2;
+            for (t, st) in s.iter_mut().enumerate() {
+                if tail {
+                    for e in 0..4 {
+                        if key0 + t * 8 + (e & 1) >= n {
+                            st[lane][e] = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+                mx0[lane] = mx0[lane].max(st[lane][0].max(st[lane][1]));
+                mx1[lane] = mx1[lane].max(st[lane][2].max(st[lane][3]));
+            }
+        }
+        quad_reduce(&mut mx0, f32::max);
+        quad_reduce(&mut mx1, f32::max);
+        let sc = p.scale_log2;
+        for lane in 0..32 {
+            let (ms0, ms1) = (mx0[lane] * sc, mx1[lane] * sc);
+            let alpha0 = w.m[mt].0[lane].mul_add(sc, -ms0).exp2();
+            let alpha1 = w.m[mt].1[lane].mul_add(sc, -ms1).exp2();
+            assert!(alpha0.is_finite() && alpha1.is_finite(), "NaN rescale");
+            let (mut sum0, mut sum1) = (0.0f32, 0.0f32);
+            for st in s.iter_mut() {
+                let v = &mut st[lane];
+                v[0] = v[0].mul_add(sc, -ms0).exp2();
+                v[1] = v[1].mul_add(sc, -ms0).exp2();
+                v[2] = v[2].mul_add(sc, -ms1).exp2();
+                v[3] = v[3].mul_add(sc, -ms1).exp2();
+                sum0 += v[0] + v[1];
+                sum1 += v[2] + v[3];
+            }
+            w.l[mt].0[lane] = w.l[mt].0[lane] * alpha0 + sum0;
+            w.l[mt].1[lane] = w.l[mt].1[lane] * alpha1 + sum1;
+            for ot in w.o[mt].iter_mut() {
+                ot[lane][0] *= alpha0;
+                ot[lane][1] *= alpha0;
+                ot[lane][2] *= alpha1;
+                ot[lane][3] *= alpha1;
+            }
+        }
+        w.m[mt] = (mx0, mx1);
+    }
+    // O += P·V with P taken from the S accumulators, each V fragment feeding every m-tile.
+    for kk in 0..keys / 16 {
+        if tail && kk * 16 >= valid {
+            continue;
+        }
+        let a: Vec<Frag4> = (0..mt_count)
+            .map(|mt| {
+                std::array::from_fn(|lane| {
+                    [
+                        [s[mt][2 * kk][lane][0], s[mt][2 * kk][lane][1]],
+                        [s[mt][2 * kk][lane][2], s[mt][2 * kk][lane][3]],
+                        [s[mt][2 * kk + 1][lane][0], s[mt][2 * kk + 1][lane][1]],
+                        [s[mt][2 * kk + 1][lane][2], s[mt][2 * kk + 1][lane][3]],
+                    ]
+                })
+            })
+            .collect();
+        for dpi in 0..dp / 16 {
+            let addr = std::array::from_fn(|lane| {
+                let mat = lane >> 3;
+                let key = kk * 16 + (lane & 7) + (mat & 1) * 8;
+                let dim = dpi * 16 + (mat >> 1) * 8;
+                key * lds + dim
+            });
+            let b = ldmatrix_x4(v, &addr, true);
+            for mt in 0..mt_count {
+                let o = &mut w.o[mt];
+                mma(&mut o[2 * dpi], &a[mt], &column(&b, 0), &column(&b, 1));
+                mma(&mut o[2 * dpi + 1], &a[mt], &column(&b, 2), &column(&b, 3));
+            }
+        }
+    }
+}
+
 /// One block (blockIdx = (bx, head, img)) of `flash_attention<T, DP, MT>`: 4 warps of `mt`
-/// m-tiles of 16 query rows each.
+/// m-tiles of 16 query rows each, or, in a key-split block (one m-tile a warp, at most 16 rows
+/// below n), 4 warps on the same 16 rows with 16 keys of each tile apiece, merged by warp 0.
 fn flash_block(
     p: &Problem,
     mt_count: usize,
@@ -172,7 +296,7 @@ fn flash_block(
 ) {
     let (n, d, dp) = (p.n, p.d, p.dp);
     let lds = dp + 8;
-    let (ksteps, stiles, otiles) = (dp / 16, BN / 8, dp / 8);
+    let (ksteps, otiles) = (dp / 16, dp / 8);
     let bq = BM * mt_count;
     let mut s_q = vec![f32::NAN; bq * lds];
     let mut s_k = vec![f32::NAN; 2 * BN * lds];
@@ -183,16 +307,24 @@ fn flash_block(
     let base = img * n * ld + head * d;
     let (kbase, vbase) = (base + hd, base + 2 * hd);
     let ntiles = n.div_ceil(BN);
+    let split = mt_count == 1 && n - q0 <= 16;
 
     load_tile(p, qkv, &mut s_q, base, q0, bq);
     load_tile(p, qkv, &mut s_k[..BN * lds], kbase, 0, BN);
     load_tile(p, qkv, &mut s_v[..BN * lds], vbase, 0, BN);
 
-    // Per warp and m-tile: Q fragments, O accumulators, running max and sum of rows g and g + 8.
-    let mut qf = vec![vec![vec![[[[0.0; 2]; 4]; 32]; ksteps]; mt_count]; WARPS];
-    let mut o = vec![vec![vec![[[0.0f32; 4]; 32]; otiles]; mt_count]; WARPS];
-    let mut m = vec![vec![([f32::NEG_INFINITY; 32], [f32::NEG_INFINITY; 32]); mt_count]; WARPS];
-    let mut l = vec![vec![([0.0f32; 32], [0.0f32; 32]); mt_count]; WARPS];
+    let mut warps: Vec<Warp> = (0..WARPS)
+        .map(|_| Warp {
+            qf: vec![vec![[[[0.0; 2]; 4]; 32]; ksteps]; mt_count],
+            o: vec![vec![[[0.0f32; 4]; 32]; otiles]; mt_count],
+            m: vec![([f32::NEG_INFINITY; 32], [f32::NEG_INFINITY; 32]); mt_count],
+            l: vec![([0.0f32; 32], [0.0f32; 32]); mt_count],
+        })
+        .collect();
+    // This warp's first query row, and whether it computes (a warp whose query rows all lie
+    // past n only helps load).
+    let qrow = |warp: usize| if split { 0 } else { warp * 16 * mt_count };
+    let live = |warp: usize| split || q0 + warp * 16 * mt_count < n;
 
     for j in 0..ntiles {
         let buf = j & 1;
@@ -201,151 +333,80 @@ fn flash_block(
             load_tile(p, qkv, &mut s_k[nb..nb + BN * lds], kbase, (j + 1) * BN, BN);
             load_tile(p, qkv, &mut s_v[nb..nb + BN * lds], vbase, (j + 1) * BN, BN);
         }
-        for warp in 0..WARPS {
-            let wrow = warp * 16 * mt_count;
-            // A warp whose query rows all lie past n only helps load.
-            let live = q0 + wrow < n;
-            if !live {
+        for (warp, w) in warps.iter_mut().enumerate() {
+            if !live(warp) {
                 continue;
             }
             if j == 0 {
                 for mt in 0..mt_count {
                     for kk in 0..ksteps {
                         let addr = std::array::from_fn(|lane| {
-                            (wrow + mt * 16 + (lane & 15)) * lds + kk * 16 + (lane >> 4) * 8
+                            (qrow(warp) + mt * 16 + (lane & 15)) * lds + kk * 16 + (lane >> 4) * 8
                         });
-                        qf[warp][mt][kk] = ldmatrix_x4(&s_q, &addr, false);
+                        w.qf[mt][kk] = ldmatrix_x4(&s_q, &addr, false);
                     }
                 }
             }
-            // fa_tile<T, DP, MT, TAIL>: TAIL when the tile ends past n; chunks of 16 keys
-            // wholly past n are skipped (their S stays 0, then is masked; their P·V terms are 0).
-            let tail = (j + 1) * BN > n;
-            let key_base = j * BN;
-            let valid = n - key_base;
-            // S = Q·Kᵀ, each K fragment feeding every m-tile.
-            let k = &s_k[buf * BN * lds..];
-            let mut s = vec![vec![[[0.0f32; 4]; 32]; stiles]; mt_count];
-            for kk in 0..ksteps {
-                for np in 0..stiles / 2 {
-                    if tail && np * 16 >= valid {
-                        continue;
-                    }
-                    let addr = std::array::from_fn(|lane| {
-                        let mat = lane >> 3;
-                        let key = np * 16 + (lane & 7) + (mat >> 1) * 8;
-                        let dim = kk * 16 + (mat & 1) * 8;
-                        key * lds + dim
-                    });
-                    let b = ldmatrix_x4(k, &addr, false);
-                    for mt in 0..mt_count {
-                        let a = &qf[warp][mt][kk];
-                        mma(&mut s[mt][2 * np], a, &column(&b, 0), &column(&b, 1));
-                        mma(&mut s[mt][2 * np + 1], a, &column(&b, 2), &column(&b, 3));
-                    }
+            let (k, v) = (&s_k[buf * BN * lds..], &s_v[buf * BN * lds..]);
+            if split {
+                let c0 = warp * 16;
+                let key_base = j * BN + c0;
+                if key_base < n {
+                    fa_tile(p, w, &k[c0 * lds..], &v[c0 * lds..], key_base, 16);
                 }
+            } else {
+                fa_tile(p, w, k, v, j * BN, BN);
             }
-            // Online softmax in the log2 domain, per m-tile: maxima of the raw scores, each
-            // exponent one fused multiply-add (ex2.approx is emulated by f32 exp2).
-            for mt in 0..mt_count {
-                let s = &mut s[mt];
-                let (mut mx0, mut mx1) = m[warp][mt];
-                for lane in 0..32 {
-                    let key0 = key_base + (lane & 3) * 2;
-                    for (t, st) in s.iter_mut().enumerate() {
-                        if tail {
-                            for e in 0..4 {
-                                if key0 + t * 8 + (e & 1) >= n {
-                                    st[lane][e] = f32::NEG_INFINITY;
-                                }
-                            }
-                        }
-                        mx0[lane] = mx0[lane].max(st[lane][0].max(st[lane][1]));
-                        mx1[lane] = mx1[lane].max(st[lane][2].max(st[lane][3]));
-                    }
-                }
-                quad_reduce(&mut mx0, f32::max);
-                quad_reduce(&mut mx1, f32::max);
-                let sc = p.scale_log2;
-                for lane in 0..32 {
-                    let (ms0, ms1) = (mx0[lane] * sc, mx1[lane] * sc);
-                    let alpha0 = m[warp][mt].0[lane].mul_add(sc, -ms0).exp2();
-                    let alpha1 = m[warp][mt].1[lane].mul_add(sc, -ms1).exp2();
-                    assert!(alpha0.is_finite() && alpha1.is_finite(), "NaN rescale");
-                    let (mut sum0, mut sum1) = (0.0f32, 0.0f32);
-                    for st in s.iter_mut() {
-                        let v = &mut st[lane];
-                        v[0] = v[0].mul_add(sc, -ms0).exp2();
-                        v[1] = v[1].mul_add(sc, -ms0).exp2();
-                        v[2] = v[2].mul_add(sc, -ms1).exp2();
-                        v[3] = v[3].mul_add(sc, -ms1).exp2();
-                        sum0 += v[0] + v[1];
-                        sum1 += v[2] + v[3];
-                    }
-                    l[warp][mt].0[lane] = l[warp][mt].0[lane] * alpha0 + sum0;
-                    l[warp][mt].1[lane] = l[warp][mt].1[lane] * alpha1 + sum1;
-                    for ot in o[warp][mt].iter_mut() {
-                        ot[lane][0] *= alpha0;
-                        ot[lane][1] *= alpha0;
-                        ot[lane][2] *= alpha1;
-                        ot[lane][3] *= alpha1;
-                    }
-                }
-                m[warp][mt] = (mx0, mx1);
-            }
-            // O += P·V with P taken from the S accumulators, each V fragment feeding every
-            // m-tile.
-            let v = &s_v[buf * BN * lds..];
-            for kk in 0..BN / 16 {
-                if tail && kk * 16 >= valid {
-                    continue;
-                }
-                let a: Vec<Frag4> = (0..mt_count)
-                    .map(|mt| {
-                        std::array::from_fn(|lane| {
-                            [
-                                [s[mt][2 * kk][lane][0], s[mt][2 * kk][lane][1]],
-                                [s[mt][2 * kk][lane][2], s[mt][2 * kk][lane][3]],
-                                [s[mt][2 * kk + 1][lane][0], s[mt][2 * kk + 1][lane][1]],
-                                [s[mt][2 * kk + 1][lane][2], s[mt][2 * kk + 1][lane][3]],
-                            ]
-                        })
-                    })
-                    .collect();
-                for dpi in 0..dp / 16 {
-                    let addr = std::array::from_fn(|lane| {
-                        let mat = lane >> 3;
-                        let key = kk * 16 + (lane & 7) + (mat & 1) * 8;
-                        let dim = dpi * 16 + (mat >> 1) * 8;
-                        key * lds + dim
-                    });
-                    let b = ldmatrix_x4(v, &addr, true);
-                    for mt in 0..mt_count {
-                        let o = &mut o[warp][mt];
-                        mma(&mut o[2 * dpi], &a[mt], &column(&b, 0), &column(&b, 1));
-                        mma(&mut o[2 * dpi + 1], &a[mt], &column(&b, 2), &column(&b, 3));
-                    }
+        }
+    }
+
+    if split {
+        // Warp 0 takes in warps 1-3, lane for lane, rescaled to the common maxima.
+        let (first, rest) = warps.split_at_mut(1);
+        let w0 = &mut first[0];
+        for w in rest.iter() {
+            let sc = p.scale_log2;
+            for lane in 0..32 {
+                let (mw0, mw1) = (w.m[0].0[lane], w.m[0].1[lane]);
+                let mx0 = w0.m[0].0[lane].max(mw0);
+                let mx1 = w0.m[0].1[lane].max(mw1);
+                let (ms0, ms1) = (mx0 * sc, mx1 * sc);
+                let a0 = w0.m[0].0[lane].mul_add(sc, -ms0).exp2();
+                let a1 = w0.m[0].1[lane].mul_add(sc, -ms1).exp2();
+                let b0 = mw0.mul_add(sc, -ms0).exp2();
+                let b1 = mw1.mul_add(sc, -ms1).exp2();
+                assert!([a0, a1, b0, b1].iter().all(|x| x.is_finite()), "NaN merge");
+                w0.m[0].0[lane] = mx0;
+                w0.m[0].1[lane] = mx1;
+                w0.l[0].0[lane] = w0.l[0].0[lane] * a0 + w.l[0].0[lane] * b0;
+                w0.l[0].1[lane] = w0.l[0].1[lane] * a1 + w.l[0].1[lane] * b1;
+                for t in 0..otiles {
+                    let (o0, ow) = (&mut w0.o[0][t][lane], &w.o[0][t][lane]);
+                    o0[0] = o0[0] * a0 + ow[0] * b0;
+                    o0[1] = o0[1] * a0 + ow[1] * b0;
+                    o0[2] = o0[2] * a1 + ow[2] * b1;
+                    o0[3] = o0[3] * a1 + ow[3] * b1;
                 }
             }
         }
     }
 
-    for warp in 0..WARPS {
-        let wrow = warp * 16 * mt_count;
-        if q0 + wrow >= n {
-            continue; // not live: writes nothing
+    let writers = if split { 1 } else { WARPS };
+    for (warp, w) in warps.iter().enumerate().take(writers) {
+        if !live(warp) {
+            continue; // writes nothing
         }
         for mt in 0..mt_count {
-            let (mut l0, mut l1) = l[warp][mt];
+            let (mut l0, mut l1) = w.l[mt];
             quad_reduce(&mut l0, |a, b| a + b);
             quad_reduce(&mut l1, |a, b| a + b);
             for lane in 0..32 {
                 let (g, tig) = (lane >> 2, lane & 3);
                 let (inv0, inv1) = (1.0 / l0[lane], 1.0 / l1[lane]);
-                let r0 = q0 + wrow + mt * 16 + g;
+                let r0 = q0 + qrow(warp) + mt * 16 + g;
                 let r1 = r0 + 8;
                 let obase = img * n * hd + head * d + tig * 2;
-                for (t, ot) in o[warp][mt].iter().enumerate() {
+                for (t, ot) in w.o[mt].iter().enumerate() {
                     if t * 8 < d {
                         if r0 < n {
                             let at = obase + r0 * hd + t * 8;
@@ -496,20 +557,32 @@ fn the_emulated_expressions_are_the_kernels() {
         "const T* base = qkv + (long)img * n * ld + (long)head * d;",
         "const T* kbase = base + hd;",
         "const T* vbase = base + 2 * hd;",
-        "ldmatrix_x4(qf[mt][kk], smem_addr(sQ + (wrow + mt * 16 + (lane & 15)) * LDS + kk * 16 + \
+        "ldmatrix_x4(qf[mt][kk], smem_addr(sQ + (qrow + mt * 16 + (lane & 15)) * LDS + kk * 16 + \
          (lane >> 4) * 8));",
         "const int key = np * 16 + (lane & 7) + (mat >> 1) * 8;",
         "const int dim = kk * 16 + (mat & 1) * 8;",
         "ldmatrix_x4(b, smem_addr(k + key * LDS + dim));",
         "Mma<T>::run(s[mt][2 * np], qf[mt][kk], b[0], b[1]);",
         "Mma<T>::run(s[mt][2 * np + 1], qf[mt][kk], b[2], b[3]);",
-        "const bool live = q0 + wrow < n;",
+        "const bool split = MT == 1 && n - q0 <= 16;",
+        "const int qrow = split ? 0 : wrow;",
+        "const bool live = split || q0 + wrow < n;",
+        "const int c0 = warp * 16, key_base = j * FA_BN + c0;",
+        "if (key_base + 16 > n) { if (key_base < n) fa_tile<T, DP, MT, true, 16>(qf, o, m0, m1, \
+         l0, l1, k + c0 * LDS, v + c0 * LDS, key_base, n, lane, scale_log2); } else { \
+         fa_tile<T, DP, MT, false, 16>(qf, o, m0, m1, l0, l1, k + c0 * LDS, v + c0 * LDS, \
+         key_base, n, lane, scale_log2); }",
+        "const float mx0 = fmaxf(m0[0], mw0), mx1 = fmaxf(m1[0], mw1);",
+        "const float b0 = ex2_approx(fmaf(mw0, scale_log2, -ms0));",
+        "l0[0] = l0[0] * a0 + p[(OTILES * 4 + 2) * 32] * b0;",
+        "o[0][t][0] = o[0][t][0] * a0 + p[(t * 4) * 32] * b0;",
+        "o[0][t][3] = o[0][t][3] * a1 + p[(t * 4 + 3) * 32] * b1;",
+        "if (warp > 0) return;",
         "if (live) {",
         "if (!live) return;",
-        "if ((j + 1) * FA_BN > n) fa_tile<T, DP, MT, true>(qf, o, m0, m1, l0, l1, k, v, \
-         j * FA_BN, n, lane, scale_log2);",
-        "else fa_tile<T, DP, MT, false>(qf, o, m0, m1, l0, l1, k, v, j * FA_BN, n, lane, \
-         scale_log2);",
+        "} else if ((j + 1) * FA_BN > n) { fa_tile<T, DP, MT, true, FA_BN>(qf, o, m0, m1, l0, \
+         l1, k, v, j * FA_BN, n, lane, scale_log2); } else { fa_tile<T, DP, MT, false, \
+         FA_BN>(qf, o, m0, m1, l0, l1, k, v, j * FA_BN, n, lane, scale_log2); }",
         "const int valid = n - key_base;",
         "if (TAIL && np * 16 >= valid) continue;",
         "const int key0 = key_base + tig * 2;",
@@ -529,7 +602,7 @@ fn the_emulated_expressions_are_the_kernels() {
         "ldmatrix_x4_trans(b, smem_addr(v + key * LDS + dim));",
         "Mma<T>::run(o[mt][2 * dp], a[mt], b[0], b[1]);",
         "Mma<T>::run(o[mt][2 * dp + 1], a[mt], b[2], b[3]);",
-        "const int r0 = q0 + wrow + mt * 16 + g, r1 = r0 + 8;",
+        "const int r0 = q0 + qrow + mt * 16 + g, r1 = r0 + 8;",
         "T* obase = out + (long)img * n * hd + (long)head * d + tig * 2;",
         "if (t * 8 < d) {",
         "*reinterpret_cast<uint32_t*>(obase + (long)r0 * hd + t * 8) = \
