@@ -22,34 +22,59 @@ __device__ __forceinline__ void bias_act(T* __restrict__ y, const float* __restr
 
 // The same with 16-byte accesses, 8 columns per thread and no index division: thread x of the
 // grid is the column group blockIdx.x·blockDim.x + threadIdx.x (of cols / 8), its 8 biases in
-// registers; rows blockIdx.y, + gridDim.y, ... (cols % 8 == 0, y 16-byte aligned). The activation
-// is a template argument, so the 8 evaluations of a step interleave (a run-time `act` would
+// registers; rows blockIdx.y, + gridDim.y, ... (cols % 8 == 0, y 16-byte aligned), two rows a
+// step with both loads issued before either is used (at 45 registers an SM holds 1280 threads,
+// and one 16-byte load each in flight is short of what the memory system needs). The activation
+// is a template argument, so the 8 evaluations of a row interleave (a run-time `act` would
 // branch through the switch per element).
 template <typename T, int ACT>
 __device__ __forceinline__ void bias_act_v8_body(T* __restrict__ y, const float* __restrict__ bias,
                                                  long rows, int cols) {
     constexpr int WORDS = sizeof(T) * 8 / 16; // uint4 per 8 elements: 1 (f16/bf16), 2 (f32)
+    union Pack {
+        uint4 raw[WORDS];
+        T v[8];
+    };
     const int g = blockIdx.x * blockDim.x + threadIdx.x;
     if (g >= cols / 8) return;
     float bv[8];
 #pragma unroll
     for (int e = 0; e < 8; e++) bv[e] = bias ? bias[g * 8 + e] : 0.0f;
-    for (long r = blockIdx.y; r < rows; r += gridDim.y) {
-        uint4* p = reinterpret_cast<uint4*>(y + r * cols + g * 8);
-        union {
-            uint4 raw[WORDS];
-            T v[8];
-        } u;
-#pragma unroll
-        for (int w = 0; w < WORDS; w++) u.raw[w] = p[w];
+    auto apply = [&](Pack& u) {
 #pragma unroll
         for (int e = 0; e < 8; e++) {
             float v = to_f32(u.v[e]);
             if (bias) v += bv[e];
             u.v[e] = from_f32<T>(activate(v, ACT));
         }
+    };
+    const long step = gridDim.y;
+    long r = blockIdx.y;
+    for (; r + step < rows; r += 2 * step) {
+        uint4* p0 = reinterpret_cast<uint4*>(y + r * cols + g * 8);
+        uint4* p1 = reinterpret_cast<uint4*>(y + (r + step) * cols + g * 8);
+        Pack u0, u1;
 #pragma unroll
-        for (int w = 0; w < WORDS; w++) p[w] = u.raw[w];
+        for (int w = 0; w < WORDS; w++) {
+            u0.raw[w] = p0[w];
+            u1.raw[w] = p1[w];
+        }
+        apply(u0);
+        apply(u1);
+#pragma unroll
+        for (int w = 0; w < WORDS; w++) {
+            p0[w] = u0.raw[w];
+            p1[w] = u1.raw[w];
+        }
+    }
+    if (r < rows) {
+        uint4* p0 = reinterpret_cast<uint4*>(y + r * cols + g * 8);
+        Pack u0;
+#pragma unroll
+        for (int w = 0; w < WORDS; w++) u0.raw[w] = p0[w];
+        apply(u0);
+#pragma unroll
+        for (int w = 0; w < WORDS; w++) p0[w] = u0.raw[w];
     }
 }
 
