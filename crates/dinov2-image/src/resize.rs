@@ -240,7 +240,25 @@ unsafe fn horizontal_avx2(
     c: &Coefficients,
 ) -> Vec<u8> {
     use std::arch::x86_64::*;
-    horizontal_with(src, src_w, first_row, rows, c, |taps, weights| {
+    let expand = |rgb: &[u8], rgbx: &mut [u8]| {
+        // Four pixels a step: 16 bytes loaded (12 used), each 3 spread to 4 with a zero byte.
+        // SAFETY: each load reads 16 bytes of `rgb` and each store writes 16 bytes of `rgbx`
+        // (4 pixels), inside them by the loop bound; the rest is copied by the loop after.
+        let whole = rgb.len().saturating_sub(4) / 12;
+        unsafe {
+            let spread = _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1);
+            for i in 0..whole {
+                let v = _mm_loadu_si128(rgb.as_ptr().add(12 * i) as *const __m128i);
+                let out = rgbx.as_mut_ptr().add(16 * i) as *mut __m128i;
+                _mm_storeu_si128(out, _mm_shuffle_epi8(v, spread));
+            }
+        }
+        let rest = rgb[12 * whole..].chunks_exact(3);
+        for (dst, px) in rgbx[16 * whole..].chunks_exact_mut(4).zip(rest) {
+            dst[..3].copy_from_slice(px);
+        }
+    };
+    horizontal_with(src, src_w, first_row, rows, c, expand, |taps, weights| {
         // SAFETY: `taps` and `weights` hold the same multiple of LANES (8) elements; each load
         // reads 8 bytes of `taps` or 8 i32 of `weights` inside them.
         unsafe {
@@ -251,16 +269,19 @@ unsafe fn horizontal_avx2(
                 let k = _mm256_loadu_si256(w.add(at) as *const __m256i);
                 acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(values, k));
             }
-            // Lanes 0..4 and 4..8 both hold R, G, B, X.
+            // Lanes 0..4 and 4..8 both hold R, G, B, X: their sum, plus the rounding half,
+            // shifted (into -512..512 for any i32), then the two saturating packs clamp to
+            // 0..=255 as clip8 does.
             let rgbx = _mm_add_epi32(
                 _mm256_castsi256_si128(acc),
                 _mm256_extracti128_si256::<1>(acc),
             );
-            [
-                _mm_cvtsi128_si32(rgbx),
-                _mm_extract_epi32::<1>(rgbx),
-                _mm_extract_epi32::<2>(rgbx),
-            ]
+            let shifted = _mm_srai_epi32::<{ PRECISION_BITS as i32 }>(_mm_add_epi32(
+                rgbx,
+                _mm_set1_epi32(HALF),
+            ));
+            let bytes = _mm_packus_epi16(_mm_packus_epi32(shifted, shifted), _mm_setzero_si128());
+            (_mm_cvtsi128_si32(bytes) as u32).to_le_bytes()
         }
     })
 }
@@ -273,19 +294,28 @@ fn horizontal_any(
     rows: usize,
     c: &Coefficients,
 ) -> Vec<u8> {
-    horizontal_with(src, src_w, first_row, rows, c, |taps, weights| {
+    let expand = |rgb: &[u8], rgbx: &mut [u8]| {
+        for (dst, px) in rgbx.chunks_exact_mut(4).zip(rgb.chunks_exact(3)) {
+            dst[..3].copy_from_slice(px);
+        }
+    };
+    horizontal_with(src, src_w, first_row, rows, c, expand, |taps, weights| {
         let mut lanes = [0i32; LANES];
         for (t, w) in taps.chunks_exact(LANES).zip(weights.chunks_exact(LANES)) {
             for l in 0..LANES {
                 lanes[l] = lanes[l].wrapping_add((t[l] as i32).wrapping_mul(w[l]));
             }
         }
-        [0, 1, 2].map(|ch| lanes[ch].wrapping_add(lanes[ch + 4]))
+        let [r, g, b] =
+            [0, 1, 2].map(|ch| clip8(HALF.wrapping_add(lanes[ch].wrapping_add(lanes[ch + 4]))));
+        [r, g, b, 0]
     })
 }
 
-/// The horizontal pass around `dot`, which returns the three channel sums (without the rounding
-/// half) of one output pixel: `taps` (the run's RGBX bytes) times `weights`, both `span` long.
+/// The horizontal pass around `expand`, which copies one input row of RGB bytes into the first
+/// `4·src_w` bytes of its RGBX buffer (the X bytes stay 0), and `pixel`, which returns one output
+/// pixel as R, G, B and a byte to drop: `taps` (the run's RGBX bytes) times `weights`, both
+/// `span` long, per channel, plus the rounding half, through `clip8`.
 #[inline(always)]
 fn horizontal_with(
     src: &[u8],
@@ -293,7 +323,8 @@ fn horizontal_with(
     first_row: usize,
     rows: usize,
     c: &Coefficients,
-    dot: impl Fn(&[u8], &[i32]) -> [i32; 3],
+    expand: impl Fn(&[u8], &mut [u8]),
+    pixel: impl Fn(&[u8], &[i32]) -> [u8; 4],
 ) -> Vec<u8> {
     let out_w = c.start.len();
     let span = (4 * c.ksize).div_ceil(LANES) * LANES;
@@ -311,19 +342,17 @@ fn horizontal_with(
     let mut out = vec![0u8; out_w * rows * 3];
     for (r, out_row) in out.chunks_exact_mut(out_w * 3).enumerate() {
         let row = first_row + r;
-        let in_row = &src[row * src_w * 3..(row + 1) * src_w * 3];
-        for (dst, px) in padded.chunks_exact_mut(4).zip(in_row.chunks_exact(3)) {
-            dst[..3].copy_from_slice(px);
-        }
+        expand(
+            &src[row * src_w * 3..(row + 1) * src_w * 3],
+            &mut padded[..src_w * 4],
+        );
         for (xx, px) in out_row.chunks_exact_mut(3).enumerate() {
             let first = c.start[xx] * 4;
-            let sums = dot(
+            let rgbx = pixel(
                 &padded[first..first + span],
                 &expanded[xx * span..(xx + 1) * span],
             );
-            for (p, s) in px.iter_mut().zip(sums) {
-                *p = clip8(HALF.wrapping_add(s));
-            }
+            px.copy_from_slice(&rgbx[..3]);
         }
     }
     out
@@ -490,35 +519,43 @@ mod tests {
 
     #[test]
     fn vectorized_horizontal_pass_equals_pillows_loop() {
-        let (w, h) = (53usize, 7usize);
-        let mut state = 12345u32;
-        let src: Vec<u8> = (0..w * h * 3)
-            .map(|_| {
-                state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                (state >> 16) as u8
-            })
-            .collect();
-        for resample in [
-            Resample::Bicubic,
-            Resample::Lanczos,
-            Resample::Box,
-            Resample::Mks2021,
-        ] {
-            let (filter, support) = filter_of(resample).unwrap();
-            // Down (several spans of LANES), slightly down, up, to one pixel.
-            for out_w in [5u32, 17, 52, 90, 1] {
-                let c = coefficients(w as u32, out_w, filter, support);
-                let want = horizontal_reference(&src, w, h, &c);
-                assert_eq!(
-                    horizontal(&src, w, 0, h, &c),
-                    want,
-                    "{resample:?} {w}->{out_w}"
-                );
-                assert_eq!(
-                    horizontal_any(&src, w, 0, h, &c),
-                    want,
-                    "{resample:?} {w}->{out_w}"
-                );
+        // Source widths around the 4-pixel steps of the RGBX copy (1, 5: none; 6: one, then
+        // the rest), and a wider row; rows of 0 and 255 reach both ends of the clamp.
+        for w in [1usize, 5, 6, 53] {
+            let h = 7usize;
+            let mut state = 12345u32;
+            let src: Vec<u8> = (0..w * h * 3)
+                .map(|i| match i / (w * 3) {
+                    0 => 0,
+                    1 => 255,
+                    _ => {
+                        state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                        (state >> 16) as u8
+                    }
+                })
+                .collect();
+            for resample in [
+                Resample::Bicubic,
+                Resample::Lanczos,
+                Resample::Box,
+                Resample::Mks2021,
+            ] {
+                let (filter, support) = filter_of(resample).unwrap();
+                // Down (several spans of LANES), slightly down, up, to one pixel.
+                for out_w in [5u32, 17, 52, 90, 1] {
+                    let c = coefficients(w as u32, out_w, filter, support);
+                    let want = horizontal_reference(&src, w, h, &c);
+                    assert_eq!(
+                        horizontal(&src, w, 0, h, &c),
+                        want,
+                        "{resample:?} {w}->{out_w}"
+                    );
+                    assert_eq!(
+                        horizontal_any(&src, w, 0, h, &c),
+                        want,
+                        "{resample:?} {w}->{out_w}"
+                    );
+                }
             }
         }
     }
