@@ -517,7 +517,7 @@ impl Device {
         // SAFETY: sizes checked; d <= the kernel's padded head dim; 16-byte alignment checked.
         unsafe {
             if let AttentionKernel::Flash { pad, rows } = kernel {
-                // The flash kernels work in the log2 domain (exp2f): the scale carries log2(e).
+                // The flash kernels work in the log2 domain (ex2.approx): the scale carries log2(e).
                 args.push(Arg::F32(scale * std::f32::consts::LOG2_E));
                 let suffix = if rows == FLASH_BM_WIDE { "_r128" } else { "" };
                 self.launch(
