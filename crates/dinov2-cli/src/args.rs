@@ -213,7 +213,7 @@ pub struct DecodeArgs {
     #[arg(long, default_value_t = dinov2::image::DEFAULT_MAX_DIMENSION)]
     pub max_side: u32,
     /// Decode large JPEGs at 1/2, 1/4 or 1/8 scale where the resize shrinks them at least twice
-    /// as much (Pillow's `Image.draft`, as its `thumbnail` does): about 1.9x faster decoding and
+    /// as much (Pillow's `Image.draft`, as its `thumbnail` does): about 1.8x faster decoding and
     /// preprocessing of 12-megapixel photos, with the pixels of that drafted image rather than
     /// of a full decode, so embeddings differ slightly from transformers' on such images.
     #[arg(long)]
