@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use crate::fastmath::{exp_f32, map_in_place};
+use crate::fastmath::{exp_sum_in_place, map_in_place, max_of};
 use crate::matmul::{matmul, View};
 
 /// A raw output pointer shared by tasks that write disjoint elements.
@@ -97,19 +97,24 @@ pub fn attention(
                 kt,
             )
         };
+        // Softmax numerators and 1/denominators. P·V takes the numerators and each output row
+        // is scaled once after (d values, not N); the probabilities, when asked for, are
+        // normalized after that, so that asking for them leaves the output as it is.
         let scale = scale as f32;
-        for row in scores[..rows * seq].chunks_exact_mut(seq) {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            map_in_place(row, |x| exp_f32((x - max) * scale));
-            let inv = 1.0 / row.iter().sum::<f32>();
-            map_in_place(row, |x| x * inv);
-        }
+        let inv: Vec<f32> = scores[..rows * seq]
+            .chunks_exact_mut(seq)
+            .map(|row| {
+                let max = max_of(row);
+                1.0 / exp_sum_in_place(row, max, scale)
+            })
+            .collect();
         let o = View {
             offset: (b * seq + row0) * h + head * head_dim,
             rs: h,
             cs: 1,
         };
-        // SAFETY: this task alone writes these rows of image b in the head's columns.
+        // SAFETY: this task alone writes these rows of image b in the head's columns (row i:
+        // head_dim values from o.offset + i·o.rs, inside `out`).
         unsafe {
             matmul(
                 (rows, head_dim, seq),
@@ -119,8 +124,20 @@ pub fn attention(
                 s,
                 qkv.as_ptr(),
                 v,
-            )
+            );
+            for (i, &inv) in inv.iter().enumerate() {
+                let row = std::slice::from_raw_parts_mut(
+                    out_ptr.get().add(o.offset + i * o.rs),
+                    head_dim,
+                );
+                map_in_place(row, move |x| x * inv);
+            }
         };
+        if want_probs {
+            for (row, &inv) in scores[..rows * seq].chunks_exact_mut(seq).zip(&inv) {
+                map_in_place(row, move |x| x * inv);
+            }
+        }
     };
     if want_probs {
         probs

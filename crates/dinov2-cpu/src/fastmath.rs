@@ -71,38 +71,103 @@ pub fn gelu_f32(x: f32) -> f32 {
     0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// Applies `f` to every element, compiled for the widest vector unit the CPU offers.
+/// Runs `f` compiled for the widest vector unit the CPU offers (AVX-512, AVX2+FMA, else the
+/// baseline): `f` and what it inlines are generated inside a function with those features.
 #[inline(always)]
-pub fn map_in_place<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
-    #[inline(always)]
-    fn body<F: Fn(f32) -> f32>(x: &mut [f32], f: &F) {
-        for v in x.iter_mut() {
-            *v = f(*v);
-        }
-    }
+fn widest<R, F: FnOnce() -> R>(f: F) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-        unsafe fn avx512<F: Fn(f32) -> f32>(x: &mut [f32], f: &F) {
-            body(x, f)
+        unsafe fn avx512<R, F: FnOnce() -> R>(f: F) -> R {
+            f()
         }
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<F: Fn(f32) -> f32>(x: &mut [f32], f: &F) {
-            body(x, f)
+        unsafe fn avx2<R, F: FnOnce() -> R>(f: F) -> R {
+            f()
         }
         if std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512vl")
         {
             // SAFETY: the CPU supports the features the function is compiled for.
-            return unsafe { avx512(x, &f) };
+            return unsafe { avx512(f) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: as above.
-            return unsafe { avx2(x, &f) };
+            return unsafe { avx2(f) };
         }
     }
-    body(x, &f)
+    f()
+}
+
+/// Lanes of the reductions below: independent partial results the compiler keeps in one or two
+/// vector registers (a plain `iter().sum()` is one dependent chain of scalar adds).
+const LANES: usize = 16;
+
+/// Applies `f` to every element, compiled for the widest vector unit the CPU offers.
+#[inline(always)]
+pub fn map_in_place<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
+    widest(
+        #[inline(always)]
+        || {
+            for v in x.iter_mut() {
+                *v = f(*v);
+            }
+        },
+    )
+}
+
+/// The largest element (−∞ for an empty slice). NaN-free input: a plain comparison compiles to
+/// one `max` instruction a vector, where `f32::max`'s NaN rule adds a compare and a blend.
+pub fn max_of(x: &[f32]) -> f32 {
+    #[inline(always)]
+    fn larger(a: f32, b: f32) -> f32 {
+        if b > a {
+            b
+        } else {
+            a
+        }
+    }
+    widest(
+        #[inline(always)]
+        || {
+            let mut lanes = [f32::NEG_INFINITY; LANES];
+            let chunks = x.chunks_exact(LANES);
+            let rest = chunks.remainder();
+            for c in chunks {
+                for l in 0..LANES {
+                    lanes[l] = larger(lanes[l], c[l]);
+                }
+            }
+            rest.iter()
+                .chain(&lanes)
+                .fold(f32::NEG_INFINITY, |m, &v| larger(m, v))
+        },
+    )
+}
+
+/// Replaces each element by `exp_f32((x − max)·scale)` and returns their sum (accumulated in
+/// `LANES` partial sums): a softmax row's numerators and denominator in one pass.
+pub fn exp_sum_in_place(x: &mut [f32], max: f32, scale: f32) -> f32 {
+    widest(
+        #[inline(always)]
+        || {
+            let mut lanes = [0.0f32; LANES];
+            let mut chunks = x.chunks_exact_mut(LANES);
+            for c in chunks.by_ref() {
+                for l in 0..LANES {
+                    c[l] = exp_f32((c[l] - max) * scale);
+                    lanes[l] += c[l];
+                }
+            }
+            let mut sum = 0.0f32;
+            for v in chunks.into_remainder() {
+                *v = exp_f32((*v - max) * scale);
+                sum += *v;
+            }
+            sum + lanes.iter().sum::<f32>()
+        },
+    )
 }
 
 #[cfg(test)]
