@@ -1,7 +1,8 @@
 //! Criterion benchmarks of the CUDA kernels and cuBLAS(Lt) GEMMs (`dinov2-kernels`) at the shapes
 //! of ViT-B/14, 224 px, batch 256, f16 (257 tokens per image, 65 792 rows): the four GEMMs of a
 //! block (FLOP/s, shown by criterion as elem/s: 2 per multiply-add), flash attention (FLOP/s of
-//! its two products; also the 128-row variant and the path that writes the probabilities),
+//! its two products; also at 518 px, 1370 tokens, batch 32, the 128-row variant and the path
+//! that writes the probabilities),
 //! LayerNorm, the residual update with and without the fused LayerNorm, the GELU epilogue,
 //! ViT-g/14's SwiGLU gate, the token assembly, patch unfolding and pooling (bytes read and
 //! written per second), and the card's copy ceiling (a
@@ -85,21 +86,25 @@ fn gemms(c: &mut Criterion, dev: &Device) {
     g.finish();
 }
 
-/// Flash attention at ViT-B/14's shape on `dev`; `label` names the variant (`vitb14`: the
-/// kernel the device picks; `vitb14_r128`: a device opened with `DINOV2_ATTENTION=r128`).
-fn attention(c: &mut Criterion, dev: &Device, label: &str) {
+/// ViT-B/14 at 518 px: 1370 tokens, and a batch that keeps the work near the 224-px case's.
+const HIGH_RES: (usize, usize) = (32, 1370);
+
+/// Flash attention with ViT-B/14's heads on `dev`, `batch` images of `tokens` tokens; `label`
+/// names the variant (`vitb14`: the kernel the device picks at 224 px; `vitb14_518px`: the same
+/// at 518 px; `vitb14_r128`: a device opened with `DINOV2_ATTENTION=r128`).
+fn attention(c: &mut Criterion, dev: &Device, label: &str, (batch, tokens): (usize, usize)) {
     let mut g = c.benchmark_group("attention_f16");
     let d = HIDDEN / HEADS;
-    let qkv = buffer(dev, &[BATCH, TOKENS, 3 * HIDDEN], T, 4);
-    let mut out = dev.alloc(T, &[BATCH, TOKENS, HIDDEN]).expect("memory");
+    let qkv = buffer(dev, &[batch, tokens, 3 * HIDDEN], T, 4);
+    let mut out = dev.alloc(T, &[batch, tokens, HIDDEN]).expect("memory");
     let scale = (d as f32).powf(-0.5);
     g.throughput(Throughput::Elements(
-        (4 * BATCH * HEADS * TOKENS * TOKENS * d) as u64,
+        (4 * batch * HEADS * tokens * tokens * d) as u64,
     ));
-    g.bench_function(format!("{label}/{BATCH}x{HEADS}x{TOKENS}x{d}"), |bench| {
+    g.bench_function(format!("{label}/{batch}x{HEADS}x{tokens}x{d}"), |bench| {
         bench.iter_custom(|iters| {
             timed(dev, iters, || {
-                dev.attention(&qkv, &mut out, BATCH, TOKENS, HEADS, d, scale)
+                dev.attention(&qkv, &mut out, batch, tokens, HEADS, d, scale)
                     .expect("attention");
             })
         })
@@ -352,7 +357,8 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     ceiling(&mut c, &dev);
     gemms(&mut c, &dev);
-    attention(&mut c, &dev, "vitb14");
+    attention(&mut c, &dev, "vitb14", (BATCH, TOKENS));
+    attention(&mut c, &dev, "vitb14_518px", HIGH_RES);
     attention_probs(&mut c, &dev);
     // The 128-row flash kernel beside the default 64-row one (the variable is read when a
     // device opens).
@@ -360,7 +366,7 @@ fn main() {
     let wide = Device::new(0);
     std::env::remove_var("DINOV2_ATTENTION");
     if let Ok(wide) = wide {
-        attention(&mut c, &wide, "vitb14_r128");
+        attention(&mut c, &wide, "vitb14_r128", (BATCH, TOKENS));
     }
     norms(&mut c, &dev);
     elementwise(&mut c, &dev);

@@ -5,6 +5,7 @@ stops. What transformers' Dinov2 runs in eager mode for each of our kernels:
 
 * attention: `scaled_dot_product_attention` on q, k, v as transformers passes them (views of the
   three projections, transposed to [B, heads, N, d]), and on contiguous [B, heads, N, d] tensors;
+  also at 518 px (1370 tokens, batch 32);
 * the residual update and the next norm: `layer_scale` (mul), the residual add and `layer_norm`,
   three kernels (ours: one fused kernel), and `layer_norm` alone (f16 in, f16 out);
 * GELU (exact erf) after the fc1 GEMM, and `linear` with bias for the four GEMMs of a block;
@@ -72,20 +73,28 @@ def main():
         del x, w, b
 
     d = HIDDEN // HEADS
-    name = f"attention_f16/vitb14/{BATCH}x{HEADS}x{TOKENS}x{d}"
-    proj = [torch.randn(BATCH, TOKENS, HIDDEN, device=dev, dtype=t) for _ in range(3)]
-    q, k_, v = (p.view(BATCH, TOKENS, HEADS, d).transpose(1, 2) for p in proj)
-    add(name, "sdpa, transformers' views", lambda: F.scaled_dot_product_attention(q, k_, v))
-    qc, kc, vc = (p.contiguous() for p in (q, k_, v))
-    add(name, "sdpa, contiguous", lambda: F.scaled_dot_product_attention(qc, kc, vc))
+    # ViT-B/14 at 518 px (1370 tokens), batch 32: benches/cuda_kernels.rs's HIGH_RES.
+    for label, batch, tokens in [("vitb14", BATCH, TOKENS), ("vitb14_518px", 32, 1370)]:
+        name = f"attention_f16/{label}/{batch}x{HEADS}x{tokens}x{d}"
+        proj = [torch.randn(batch, tokens, HIDDEN, device=dev, dtype=t) for _ in range(3)]
+        q, k_, v = (p.view(batch, tokens, HEADS, d).transpose(1, 2) for p in proj)
+        add(name, "sdpa, transformers' views", lambda: F.scaled_dot_product_attention(q, k_, v))
+        qc, kc, vc = (p.contiguous() for p in (q, k_, v))
+        add(name, "sdpa, contiguous", lambda: F.scaled_dot_product_attention(qc, kc, vc))
+        if tokens == TOKENS:
 
-    def eager_attention():
-        # transformers' eager attention: the probabilities materialized (attentions requested).
-        probs = torch.softmax(qc @ kc.transpose(-1, -2) * d**-0.5, dim=-1, dtype=torch.float32)
-        return probs.to(t) @ vc
+            def eager_attention():
+                # transformers' eager attention: the probabilities materialized (attentions
+                # requested).
+                scores = qc @ kc.transpose(-1, -2) * d**-0.5
+                return torch.softmax(scores, dim=-1, dtype=torch.float32).to(t) @ vc
 
-    add(f"attention_f16/vitb14_probs/{BATCH}x{HEADS}x{TOKENS}x{d}", "eager softmax(QKᵀ)V", eager_attention)
-    del proj, q, k_, v, qc, kc, vc
+            add(
+                f"attention_f16/vitb14_probs/{BATCH}x{HEADS}x{TOKENS}x{d}",
+                "eager softmax(QKᵀ)V",
+                eager_attention,
+            )
+        del proj, q, k_, v, qc, kc, vc
 
     x = torch.randn(ROWS, h, device=dev, dtype=t)
     branch = torch.randn(ROWS, h, device=dev, dtype=t)
