@@ -13,9 +13,11 @@ const LN2_LO: f32 = 1.428_606_8e-6;
 pub fn exp_f32(x: f32) -> f32 {
     let tiny = x < -87.3;
     let x = x.clamp(-87.3, 88.7);
-    // Round to nearest with the 1.5·2²³ trick (exact for |x·log2e| < 2²²).
+    // Round to nearest with the 1.5·2²³ trick (exact for |x·log2e| < 2²²): `shifted` lies in
+    // [2²³, 2²⁴), where one unit is one ulp, so its low mantissa bits hold k itself.
     let shifter = 12_582_912.0f32;
-    let k = (x * LOG2E + shifter) - shifter;
+    let shifted = x * LOG2E + shifter;
+    let k = shifted - shifter;
     let r = x - k * LN2_HI - k * LN2_LO;
     // Taylor series to r⁷ on |r| ≤ ln2/2: truncation below 6e-9 relative.
     let p = 1.0
@@ -24,7 +26,10 @@ pub fn exp_f32(x: f32) -> f32 {
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0
                         + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    let y = p * f32::from_bits(((k as i32 + 127) << 23) as u32);
+    // 2^k from k's bits: `k as i32` would be the same number, but its saturating conversion
+    // does not vectorize (each lane became a scalar convert, two compares and two moves).
+    let k_int = shifted.to_bits() as i32 - shifter.to_bits() as i32;
+    let y = p * f32::from_bits(((k_int + 127) << 23) as u32);
     if tiny {
         0.0
     } else {
@@ -173,6 +178,22 @@ pub fn exp_sum_in_place(x: &mut [f32], max: f32, scale: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exps_integer_part_read_from_the_bits_is_the_conversion() {
+        // Over the whole clamped range, in steps finer than the rounding points.
+        let shifter = 12_582_912.0f32;
+        for i in -873_000..=887_000 {
+            let x = i as f32 * 1e-4;
+            let shifted = x * LOG2E + shifter;
+            let k = shifted - shifter;
+            assert_eq!(
+                shifted.to_bits() as i32 - shifter.to_bits() as i32,
+                k as i32,
+                "x = {x}"
+            );
+        }
+    }
 
     #[test]
     fn exp_is_within_two_ulp() {
