@@ -79,7 +79,7 @@ pub fn gelu_f32(x: f32) -> f32 {
 /// Runs `f` compiled for the widest vector unit the CPU offers (AVX-512, AVX2+FMA, else the
 /// baseline): `f` and what it inlines are generated inside a function with those features.
 #[inline(always)]
-fn widest<R, F: FnOnce() -> R>(f: F) -> R {
+pub(crate) fn widest<R, F: FnOnce() -> R>(f: F) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
