@@ -1,7 +1,7 @@
 //! Criterion benchmarks of the CPU backend (`dinov2-cpu`) at the shapes of ViT-S/14 and ViT-B/14
 //! at 224 px, batch 8 (257 tokens per image, 2056 rows): the GEMMs of a block (throughput in
 //! FLOP/s, shown by criterion as elem/s: 2 per multiply-add), attention (FLOP/s of its two
-//! products), LayerNorm and GELU (bytes read and written per second), then the whole forward pass
+//! products; also ViT-S/14 at 518 px, 1370 tokens), LayerNorm and GELU (bytes read and written per second), then the whole forward pass
 //! to CLS embeddings (images per second, as elem/s).
 //!
 //! ```sh
@@ -65,6 +65,17 @@ fn attention(c: &mut Criterion) {
             bench.iter(|| ops::attention(black_box(&qkv), BATCH, TOKENS, heads, d, scale, false))
         });
     }
+    // ViT-S/14 at 518 px, one image: 1370 tokens, where attention is a quarter of the FLOPs.
+    let (h, heads, tokens) = (384, 6, 1370);
+    let d = h / heads;
+    let qkv = values(tokens * 3 * h, 4);
+    let scale = (d as f64).powf(-0.5);
+    g.throughput(Throughput::Elements(
+        (4 * heads * tokens * tokens * d) as u64,
+    ));
+    g.bench_function(format!("vits14_518px/1x{heads}x{tokens}x{d}"), |bench| {
+        bench.iter(|| ops::attention(black_box(&qkv), 1, tokens, heads, d, scale, false))
+    });
     g.finish();
 }
 
