@@ -253,10 +253,7 @@ unsafe fn horizontal_avx2(
                 _mm_storeu_si128(out, _mm_shuffle_epi8(v, spread));
             }
         }
-        let rest = rgb[12 * whole..].chunks_exact(3);
-        for (dst, px) in rgbx[16 * whole..].chunks_exact_mut(4).zip(rest) {
-            dst[..3].copy_from_slice(px);
-        }
+        expand_rgbx(&rgb[12 * whole..], &mut rgbx[16 * whole..]);
     };
     horizontal_with(src, src_w, first_row, rows, c, expand, |taps, weights| {
         // SAFETY: `taps` and `weights` hold the same multiple of LANES (8) elements; each load
@@ -286,6 +283,13 @@ unsafe fn horizontal_avx2(
     })
 }
 
+/// Copies RGB pixels into RGBX slots, one pixel at a time (the X bytes are left as they are).
+fn expand_rgbx(rgb: &[u8], rgbx: &mut [u8]) {
+    for (dst, px) in rgbx.chunks_exact_mut(4).zip(rgb.chunks_exact(3)) {
+        dst[..3].copy_from_slice(px);
+    }
+}
+
 /// The portable horizontal pass (the same sums without explicit vector instructions).
 fn horizontal_any(
     src: &[u8],
@@ -294,22 +298,25 @@ fn horizontal_any(
     rows: usize,
     c: &Coefficients,
 ) -> Vec<u8> {
-    let expand = |rgb: &[u8], rgbx: &mut [u8]| {
-        for (dst, px) in rgbx.chunks_exact_mut(4).zip(rgb.chunks_exact(3)) {
-            dst[..3].copy_from_slice(px);
-        }
-    };
-    horizontal_with(src, src_w, first_row, rows, c, expand, |taps, weights| {
-        let mut lanes = [0i32; LANES];
-        for (t, w) in taps.chunks_exact(LANES).zip(weights.chunks_exact(LANES)) {
-            for l in 0..LANES {
-                lanes[l] = lanes[l].wrapping_add((t[l] as i32).wrapping_mul(w[l]));
+    horizontal_with(
+        src,
+        src_w,
+        first_row,
+        rows,
+        c,
+        expand_rgbx,
+        |taps, weights| {
+            let mut lanes = [0i32; LANES];
+            for (t, w) in taps.chunks_exact(LANES).zip(weights.chunks_exact(LANES)) {
+                for l in 0..LANES {
+                    lanes[l] = lanes[l].wrapping_add((t[l] as i32).wrapping_mul(w[l]));
+                }
             }
-        }
-        let [r, g, b] =
-            [0, 1, 2].map(|ch| clip8(HALF.wrapping_add(lanes[ch].wrapping_add(lanes[ch + 4]))));
-        [r, g, b, 0]
-    })
+            let [r, g, b] =
+                [0, 1, 2].map(|ch| clip8(HALF.wrapping_add(lanes[ch].wrapping_add(lanes[ch + 4]))));
+            [r, g, b, 0]
+        },
+    )
 }
 
 /// The horizontal pass around `expand`, which copies one input row of RGB bytes into the first
