@@ -1,6 +1,7 @@
 // Patch embedding input, token assembly, pooling and dtype casts.
-//   im2col_{f32,f16,bf16}       f32 pixels [B, C, H, W] -> [B·gh·gw, kp] rows in (c, dy, dx) order
-//                               (the flattened Conv2d weight layout; remainder pixels dropped),
+//   im2col_{f32,f16,bf16,       pixels [B, C, H, W] -> [B·gh·gw, kp] rows in (c, dy, dx) order
+//          f32_f16,f32_bf16}    (the flattened Conv2d weight layout; remainder pixels dropped),
+//                               pixels and rows of one type, or f32 pixels into f16/bf16 rows;
 //                               zero past C·p·p (kp >= C·p·p pads rows for aligned GEMM reads);
 //                               a block per row (blocks step on by gridDim.x), threads over columns
 //   embed_tokens_{f32,f16,bf16} patches [B, N, h] (T) -> f32 tokens [B, 1 + R + N, h]:
@@ -11,8 +12,8 @@
 //   cast_{f32_f16,f32_bf16,f16_f32,bf16_f32}
 #include "common.cuh"
 
-template <typename T>
-__device__ __forceinline__ void im2col(const float* __restrict__ px, T* __restrict__ cols, int b,
+template <typename TI, typename T>
+__device__ __forceinline__ void im2col(const TI* __restrict__ px, T* __restrict__ cols, int b,
                                        int c, int h, int w, int p, int kp) {
     const int gh = h / p, gw = w / p, pp = p * p, k = c * pp;
     const long rows = (long)b * gh * gw;
@@ -20,14 +21,14 @@ __device__ __forceinline__ void im2col(const float* __restrict__ px, T* __restri
         const int img = (int)(row / (gh * gw));
         const int cell = (int)(row - (long)img * gh * gw);
         const int gi = cell / gw, gj = cell - gi * gw;
-        const float* patch = px + ((long)img * c * h + (long)gi * p) * w + (long)gj * p;
+        const TI* patch = px + ((long)img * c * h + (long)gi * p) * w + (long)gj * p;
         T* out = cols + row * kp;
         for (int col = threadIdx.x; col < kp; col += blockDim.x) {
             float v = 0.0f;
             if (col < k) {
                 const int ch = col / pp, r = col - ch * pp;
                 const int dy = r / p, dx = r - dy * p;
-                v = patch[((long)ch * h + dy) * w + dx];
+                v = to_f32(patch[((long)ch * h + dy) * w + dx]);
             }
             out[col] = from_f32<T>(v);
         }
@@ -91,11 +92,19 @@ __device__ __forceinline__ void pool_tokens(const T* __restrict__ x, float* __re
     }
 }
 
-#define EMBED(name, T)                                                                             \
-    extern "C" __global__ void im2col_##name(const float* px, T* cols, int b, int c, int h, int w, \
+#define IM2COL(name, TI, T)                                                                        \
+    extern "C" __global__ void im2col_##name(const TI* px, T* cols, int b, int c, int h, int w,    \
                                              int p, int kp) {                                      \
-        im2col<T>(px, cols, b, c, h, w, p, kp);                                                    \
-    }                                                                                              \
+        im2col<TI, T>(px, cols, b, c, h, w, p, kp);                                                \
+    }
+
+IM2COL(f32, float, float)
+IM2COL(f16, f16, f16)
+IM2COL(bf16, bf16, bf16)
+IM2COL(f32_f16, float, f16)
+IM2COL(f32_bf16, float, bf16)
+
+#define EMBED(name, T)                                                                             \
     extern "C" __global__ void embed_tokens_##name(const T* patches, float* x, const float* cls,   \
                                                    const T* pos, const T* regs,                    \
                                                    const float* mask_token, const uint8_t* mask,   \

@@ -179,6 +179,19 @@ fn golden_bf16_on_gpu_matches_cpu_f32() {
     half_precision(Dtype::BF16, 3e-2, 0.9995);
 }
 
+/// `values` rounded to `dtype` to nearest even, as an upload in that dtype rounds them.
+fn rounded(values: &[f32], dtype: Dtype) -> Vec<f32> {
+    use half::{bf16, f16};
+    values
+        .iter()
+        .map(|&v| match dtype {
+            Dtype::F32 => v,
+            Dtype::F16 => f16::from_f32(v).to_f32(),
+            Dtype::BF16 => bf16::from_f32(v).to_f32(),
+        })
+        .collect()
+}
+
 #[test]
 #[ignore = "needs a CUDA device"]
 fn fused_residual_norm_matches_the_unfused_ops() {
@@ -194,18 +207,22 @@ fn fused_residual_norm_matches_the_unfused_ops() {
         data: vals(rows * h, 0.11),
     };
     let (g, w, b) = (vals(h, 0.7), vals(h, 0.3), vals(h, 0.9));
-    let mut xc = x.clone();
     let gc = cpu.weight(g.clone(), vec![h]).unwrap();
     let wc = cpu.weight(w.clone(), vec![h]).unwrap();
     let bc = cpu.weight(b.clone(), vec![h]).unwrap();
-    let yc = cpu
-        .add_scaled_layer_norm(&mut xc, &branch, &gc, &wc, &bc, 1e-6)
-        .unwrap();
     let to64 = |t: &Tensor| t.data.iter().map(|&v| v as f64).collect::<Vec<_>>();
     for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
         let be = gpu(dtype);
+        // `upload` rounds to the compute dtype (it is made for pixels); the update then widens
+        // x to f32 (f16, bf16) or copies the shared buffer instead of writing through it (f32).
         let mut xg = be.upload(&x).unwrap();
-        let keep = xg.clone(); // shared: the update must copy, not write through
+        let uploaded = be.download(&xg).unwrap();
+        assert_eq!(uploaded.data, rounded(&x.data, dtype), "{dtype}: upload");
+        let mut xc = uploaded.clone();
+        let yc = cpu
+            .add_scaled_layer_norm(&mut xc, &branch, &gc, &wc, &bc, 1e-6)
+            .unwrap();
+        let keep = xg.clone(); // shared: the update must not write through it
         let bg = be.upload(&branch).unwrap();
         let gg = be.weight(g.clone(), vec![h]).unwrap();
         let wg = be.weight(w.clone(), vec![h]).unwrap();
@@ -225,7 +242,7 @@ fn fused_residual_norm_matches_the_unfused_ops() {
         assert!(y_err < tol, "{dtype}: normed {y_err:.2e}");
         assert_eq!(
             be.download(&keep).unwrap().data,
-            x.data,
+            uploaded.data,
             "{dtype}: a clone was written through"
         );
     }

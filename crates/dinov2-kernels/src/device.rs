@@ -133,6 +133,48 @@ pub fn probe_libraries() -> Result<()> {
     Ok(())
 }
 
+/// f32 values as the device will hold them ([`encode`]).
+enum Encoded<'a> {
+    /// f32 values, whose bytes go as they are (host and device are both little-endian).
+    F32(&'a [f32]),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+impl Encoded<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Encoded::F32(v) => bytemuck::cast_slice(v),
+            Encoded::F16(v) => bytemuck::cast_slice(v),
+            Encoded::BF16(v) => bytemuck::cast_slice(v),
+        }
+    }
+}
+
+/// f32 `values` as `dtype`, rounded to nearest even (f16 through the CPU's F16C conversions
+/// where it has them).
+fn encode<'a>(op: &'static str, values: &'a [f32], dtype: DType) -> Result<Encoded<'a>> {
+    use half::slice::HalfFloatSliceExt;
+    Ok(match dtype {
+        DType::F32 => Encoded::F32(values),
+        DType::F16 => {
+            let mut half = vec![f16::ZERO; values.len()];
+            half.convert_from_f32_slice(values);
+            Encoded::F16(half)
+        }
+        DType::BF16 => {
+            let mut half = vec![bf16::ZERO; values.len()];
+            half.convert_from_f32_slice(values);
+            Encoded::BF16(half)
+        }
+        DType::U8 => {
+            return Err(KernelError::Unsupported(format!(
+                "{op}: f32 values as u8 (masks go through upload_bytes)"
+            )))
+        }
+    })
+}
+
 impl Device {
     /// Opens GPU `ordinal`: checks the libraries and the driver version, creates the context and
     /// stream, loads the kernels (the sm_90 cubins on compute capability 9.0, else the PTX) and
@@ -348,21 +390,7 @@ impl Device {
                 format!("{} values for shape {shape:?}", values.len()),
             ));
         }
-        match dtype {
-            // Host and device are both little-endian: the values' bytes go as they are.
-            DType::F32 => self.upload_raw(bytemuck::cast_slice(values), shape, dtype),
-            DType::F16 => {
-                let half: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
-                self.upload_raw(bytemuck::cast_slice(&half), shape, dtype)
-            }
-            DType::BF16 => {
-                let half: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
-                self.upload_raw(bytemuck::cast_slice(&half), shape, dtype)
-            }
-            DType::U8 => Err(KernelError::Unsupported(
-                "upload f32 values as u8: use upload_bytes".into(),
-            )),
-        }
+        self.upload_raw(encode("upload", values, dtype)?.bytes(), shape, dtype)
     }
 
     /// Uploads bytes (for masks: one u8 per element).
@@ -463,10 +491,11 @@ impl Device {
         Ok(())
     }
 
-    /// Uploads f32 values into the existing f32 buffer `dst` of as many elements (a stream-ordered
-    /// copy: `dst` keeps its address, as a recorded graph needs).
+    /// Uploads f32 values into the existing float buffer `dst` of as many elements, rounded to
+    /// its type as [`Device::upload`] rounds them (a stream-ordered copy: `dst` keeps its
+    /// address, as a recorded graph needs).
     pub fn upload_into(&self, values: &[f32], dst: &mut Buffer) -> Result<()> {
-        if dst.dtype != DType::F32 || dst.len() != values.len() {
+        if !dst.dtype.is_float() || dst.len() != values.len() {
             return Err(KernelError::shape(
                 "upload_into",
                 format!(
@@ -478,7 +507,8 @@ impl Device {
             ));
         }
         if !values.is_empty() {
-            let bytes: &[u8] = bytemuck::cast_slice(values);
+            let encoded = encode("upload_into", values, dst.dtype)?;
+            let bytes = encoded.bytes();
             let mut view = dst.data.slice_mut(0..bytes.len());
             self.stream
                 .memcpy_htod(bytes, &mut view)
@@ -616,5 +646,41 @@ mod tests {
         assert_eq!(grid_stride_blocks(257, 132), 2);
         assert_eq!(grid_stride_blocks(usize::MAX / 2, 132), 132 * 32);
         assert_eq!(grid_stride_blocks(1 << 20, 0), 32);
+    }
+
+    #[test]
+    fn uploads_round_each_value_to_nearest_even() {
+        // Ties both ways, subnormals, overflow to infinity, infinities, NaN, and enough values
+        // (37) that the vector conversion's full steps and its tail both run.
+        let mut values = vec![
+            1.0 + 2f32.powi(-11),
+            1.0 + 3.0 * 2f32.powi(-11),
+            1.0 + 2f32.powi(-8),
+            1.0 + 3.0 * 2f32.powi(-8),
+            2f32.powi(-20),
+            -6.0e-8,
+            65520.0,
+            -1.0e6,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+        ];
+        values.extend((0..25).map(|i| (i as f32 - 12.3) * 0.37));
+        let bits = |e: &Encoded| e.bytes().to_vec();
+        let f16s: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
+        let bf16s: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
+        let e = encode("upload", &values, DType::F16).unwrap();
+        assert_eq!(bits(&e), bytemuck::cast_slice::<f16, u8>(&f16s));
+        let e = encode("upload", &values, DType::BF16).unwrap();
+        assert_eq!(bits(&e), bytemuck::cast_slice::<bf16, u8>(&bf16s));
+        let e = encode("upload", &values, DType::F32).unwrap();
+        assert_eq!(bits(&e), bytemuck::cast_slice::<f32, u8>(&values));
+        let nan = encode("upload", &[f32::NAN], DType::F16).unwrap();
+        assert!(f16::from_le_bytes([nan.bytes()[0], nan.bytes()[1]]).is_nan());
+        let nan = encode("upload", &[f32::NAN], DType::BF16).unwrap();
+        assert!(bf16::from_le_bytes([nan.bytes()[0], nan.bytes()[1]]).is_nan());
+        let e = encode("upload_into", &values, DType::U8).err().unwrap();
+        assert!(e.to_string().contains("upload_into"), "{e}");
     }
 }

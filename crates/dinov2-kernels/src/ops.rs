@@ -188,6 +188,20 @@ fn float(op: &'static str, b: &Buffer) -> Result<DType> {
     }
 }
 
+/// The kernel-name suffix of an operation reading `tx` and writing `ty`: `f16` where the two are
+/// one type, `f32_f16` from f32 into another type; other pairs have no kernel.
+fn in_out_suffix(op: &'static str, tx: DType, ty: DType) -> Result<String> {
+    if tx == ty {
+        Ok(tx.name().to_string())
+    } else if tx == DType::F32 {
+        Ok(format!("f32_{ty}"))
+    } else {
+        Err(KernelError::Unsupported(format!(
+            "{op} from {tx} to {ty} (only same-type or f32 -> f16/bf16)"
+        )))
+    }
+}
+
 fn i32_of(op: &'static str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| KernelError::shape(op, format!("size {v} exceeds i32")))
 }
@@ -347,15 +361,7 @@ impl Device {
         expect(OP, "y", y, ty, rows * h)?;
         expect(OP, "weight", w, DType::F32, h)?;
         expect(OP, "bias", b, DType::F32, h)?;
-        let suffix = if tx == ty {
-            tx.name().to_string()
-        } else if tx == DType::F32 {
-            format!("f32_{ty}")
-        } else {
-            return Err(KernelError::Unsupported(format!(
-                "layer_norm from {tx} to {ty} (only same-type or f32 -> f16/bf16)"
-            )));
-        };
+        let suffix = in_out_suffix(OP, tx, ty)?;
         if rows == 0 || h == 0 {
             return Ok(());
         }
@@ -586,8 +592,10 @@ impl Device {
         }
     }
 
-    /// Unfolds f32 pixels `[b, c, h, w]` into `cols` `[b·(h/p)·(w/p), kp]` (any float type):
-    /// rows of `c·p·p` values, then zeros up to `kp` (cols' last dimension, at least `c·p·p`).
+    /// Unfolds pixels `[b, c, h, w]` into `cols` `[b·(h/p)·(w/p), kp]`: rows of `c·p·p` values,
+    /// then zeros up to `kp` (cols' last dimension, at least `c·p·p`). Pixels and cols are of
+    /// one float type, or the pixels f32 and cols f16/bf16 (rounded to nearest even, as an
+    /// f16/bf16 upload of the pixels would round them).
     #[allow(clippy::too_many_arguments)]
     pub fn im2col(
         &self,
@@ -600,11 +608,12 @@ impl Device {
         p: usize,
     ) -> Result<()> {
         const OP: &str = "im2col";
-        let t = float(OP, cols)?;
+        let (tx, t) = (float(OP, pixels)?, float(OP, cols)?);
+        let suffix = in_out_suffix(OP, tx, t)?;
         if p == 0 {
             return Err(KernelError::shape(OP, "patch size 0"));
         }
-        expect(OP, "pixels", pixels, DType::F32, b * c * h * w)?;
+        expect(OP, "pixels", pixels, tx, b * c * h * w)?;
         let (rows, k) = (b * (h / p) * (w / p), c * p * p);
         // The row length: the last dimension of cols, C·p·p or more (zero padding).
         let kp = cols.shape().last().copied().unwrap_or(0);
@@ -633,8 +642,8 @@ impl Device {
         ];
         // A block per row (stepping on past the grid), 128 threads over its columns.
         let grid = rows.min(32 * self.info().multiprocessors.max(1) as usize) as u32;
-        // SAFETY: pixels hold b·c·h·w f32, cols rows·kp elements (checked).
-        unsafe { self.launch(&format!("im2col_{t}"), (grid, 1, 1), 128, 0, &args) }
+        // SAFETY: pixels hold b·c·h·w elements of their type, cols rows·kp (checked).
+        unsafe { self.launch(&format!("im2col_{suffix}"), (grid, 1, 1), 128, 0, &args) }
     }
 
     /// Assembles the encoder input `x` (f32 `[b, 1 + r + n, h]`) from patch embeddings
@@ -848,6 +857,28 @@ mod tests {
         for g in LN_GROUPS {
             assert!(layer_norm.contains(&format!("LAYER_NORM_G(name, TX, TY, {g})")));
             assert!(layer_norm.contains(&format!("ADD_SCALED_LN_G(name, TB, {g})")));
+        }
+    }
+
+    #[test]
+    fn mixed_type_kernels_read_f32_or_their_own_type() {
+        use DType::*;
+        for t in [F32, F16, BF16] {
+            assert_eq!(in_out_suffix("op", t, t).unwrap(), t.name());
+        }
+        assert_eq!(in_out_suffix("op", F32, F16).unwrap(), "f32_f16");
+        assert_eq!(in_out_suffix("op", F32, BF16).unwrap(), "f32_bf16");
+        for (x, y) in [(F16, F32), (F16, BF16), (BF16, F16), (BF16, F32)] {
+            let e = in_out_suffix("im2col", x, y).unwrap_err().to_string();
+            assert!(e.contains(&format!("im2col from {x} to {y}")), "{e}");
+        }
+        // Every suffix names a kernel the sources define.
+        let embed = kernel_source("embed.cu");
+        for suffix in ["f32", "f16", "bf16", "f32_f16", "f32_bf16"] {
+            assert!(
+                embed.contains(&format!("IM2COL({suffix}, ")),
+                "im2col_{suffix}"
+            );
         }
     }
 

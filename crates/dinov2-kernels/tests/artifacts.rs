@@ -141,6 +141,7 @@ fn launched_kernels() -> Vec<String> {
     }
     for t in ["f16", "bf16"] {
         names.push(format!("layer_norm_wide_f32_{t}"));
+        names.push(format!("im2col_f32_{t}"));
         for g in [2, 4, 8, 16] {
             names.push(format!("layer_norm_g{g}_f32_{t}"));
         }
@@ -244,6 +245,10 @@ fn kernel_signatures_match_the_launchers() {
         for t in ["f32", "f16", "bf16"] {
             assert_eq!(ptx_params(&format!("{op}_{t}")), *want, "{op}_{t}");
         }
+    }
+    for t in ["f32_f16", "f32_bf16"] {
+        let name = format!("im2col_{t}");
+        assert_eq!(ptx_params(&name), [P, P, I, I, I, I, I, I], "{name}");
     }
     for g in [2, 4, 8, 16] {
         for t in ["f32", "f16", "bf16", "f32_f16", "f32_bf16"] {

@@ -450,17 +450,22 @@ fn embedding_ops_match_cpu() {
             dst[..k].copy_from_slice(src);
         }
         for dtype in DTYPES {
-            let pd = upload(&dev, &px, &[b, c, hh, ww], DType::F32);
-            let mut cols = poisoned(&dev, dtype, &[rows, kp]);
-            dev.im2col(&pd, &mut cols, b, c, hh, ww, p).unwrap();
-            check(
-                &format!("im2col {dtype} p={p} kp={kp}"),
-                &dev.download(&cols).unwrap(),
-                &round(&want, dtype),
-                tolerance(dtype),
-            );
+            // f32 pixels (im2col_f32_{t}), and pixels uploaded in the dtype of the rows
+            // (im2col_{t}, what the CUDA backend does): the same rows, bit for bit.
+            for pixels in [DType::F32, dtype] {
+                let pd = upload(&dev, &px, &[b, c, hh, ww], pixels);
+                let mut cols = poisoned(&dev, dtype, &[rows, kp]);
+                dev.im2col(&pd, &mut cols, b, c, hh, ww, p).unwrap();
+                let got = dev.download(&cols).unwrap();
+                assert_eq!(got, round(&want, dtype), "im2col {pixels} -> {dtype}");
+            }
         }
     }
+    // Pixels of a half type into rows of another have no kernel: an error, not a launch.
+    let pd = upload(&dev, &[0.0; 16], &[1, 1, 4, 4], DType::F16);
+    let mut cols = poisoned(&dev, DType::BF16, &[4, 4]);
+    let e = dev.im2col(&pd, &mut cols, 1, 1, 4, 4, 2).unwrap_err();
+    assert!(e.to_string().contains("im2col from f16 to bf16"), "{e}");
     let (b, p) = (2, 4);
     let n = (30 / p) * (44 / p);
 
@@ -615,6 +620,26 @@ fn a_recorded_graph_replays_on_new_inputs() {
         let want = dev.download(&eager).unwrap();
         assert_eq!(got, want, "replay {seed} differs from the eager pass");
     }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn uploads_into_a_buffer_round_as_uploads_do() {
+    let dev = device();
+    let values = random(1031, 30, 70000.0);
+    for dtype in DTYPES {
+        let mut dst = poisoned(&dev, dtype, &[1031]);
+        dev.upload_into(&values, &mut dst).unwrap();
+        let fresh = upload(&dev, &values, &[1031], dtype);
+        let got = dev.download(&dst).unwrap();
+        assert_eq!(got, dev.download(&fresh).unwrap(), "{dtype}");
+        // Values past 65520 become f16 infinities, as on the host.
+        assert_eq!(got, round(&values, dtype), "{dtype}");
+    }
+    let mut mask = dev.upload_bytes(&[0; 4], &[4]).unwrap();
+    assert!(dev.upload_into(&[0.0; 4], &mut mask).is_err());
+    let mut short = poisoned(&dev, DType::F16, &[3]);
+    assert!(dev.upload_into(&[0.0; 4], &mut short).is_err());
 }
 
 #[test]

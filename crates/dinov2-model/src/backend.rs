@@ -81,7 +81,8 @@ pub trait Backend: Send + Sync {
     fn patch_weight(&self, values: Vec<f32>, n: usize, k: usize) -> Result<Self::Weight> {
         self.linear_weight(values, n, k)
     }
-    /// Uploads an input.
+    /// Uploads pixel values, the model's input, in the precision the backend computes in
+    /// (rounded as its patch embedding would round them: the results do not change).
     fn upload(&self, tensor: &Tensor) -> Result<Self::Tensor>;
     /// Copies a tensor back to the host.
     fn download(&self, tensor: &Self::Tensor) -> Result<Tensor>;
@@ -134,7 +135,8 @@ pub trait Backend: Send + Sync {
     /// Copies `src` into `dst`, which has its shape and keeps its memory.
     fn copy_into(&self, src: &Self::Tensor, dst: &mut Self::Tensor) -> Result<()>;
 
-    /// Uploads `src` into `dst`, which has its shape and keeps its memory.
+    /// Uploads `src` into `dst`, which has its shape (and the precision [`Backend::upload`]
+    /// gives it) and keeps its memory.
     fn upload_into(&self, src: &Tensor, dst: &mut Self::Tensor) -> Result<()>;
 
     /// The device's name for reports: `cpu`, or the card's (`NVIDIA H100 80GB HBM3`).

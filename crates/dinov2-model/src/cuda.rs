@@ -2,10 +2,10 @@
 //!
 //! Weights are uploaded once in the compute dtype (f32, f16 or bf16); one-dimensional weights
 //! (biases, LayerNorm parameters, layer scales, CLS and mask tokens) are also kept in f32 for the
-//! kernels that read them in f32. Activations are in the compute dtype, except the residual
-//! stream (the output of `embed_tokens`, updated by `add_scaled`), which stays f32. Every
-//! operation is queued on the device's stream; only `download` (and `pool`, which downloads its
-//! `[B, h]` result) waits.
+//! kernels that read them in f32. Activations, the pixels included, are in the compute dtype,
+//! except the residual stream (the output of `embed_tokens`, updated by `add_scaled`), which
+//! stays f32. Every operation is queued on the device's stream; only `download` (and `pool`,
+//! which downloads its `[B, h]` result) waits.
 //!
 //! The backend records (CUDA graphs, [`dinov2_kernels::Graph`]): the model replays the passes of
 //! shapes it has seen. `DINOV2_CUDA_GRAPHS=0` in the environment, or
@@ -292,11 +292,14 @@ impl Backend for CudaBackend {
         self.weight(padded, vec![n, kp])
     }
 
+    /// Pixels go up in the compute dtype: half the bytes of f32 to copy and, for a recorded
+    /// pass, to keep as its input. The patch embedding's `im2col` would round them to that
+    /// dtype on the device anyway, in the same way, so the results are the same.
     fn upload(&self, tensor: &Tensor) -> Result<CudaTensor> {
         self.device.profile_op("upload", || {
             let buf = self
                 .device
-                .upload(&tensor.data, &tensor.shape, DType::F32)
+                .upload(&tensor.data, &tensor.shape, self.compute())
                 .map_err(|e| self.err(e))?;
             Ok(CudaTensor::new(buf))
         })
@@ -436,16 +439,11 @@ impl Backend for CudaBackend {
             let [b, c, h, w] = pixels.shape()[..] else {
                 return Err(ModelError::input("pixel_values", "expected 4 dimensions"));
             };
-            let pixels32;
+            // im2col reads f32 pixels or pixels in the compute dtype (what `upload` makes).
             let px = if pixels.dtype() == DType::F32 {
-                pixels
+                pixels.clone()
             } else {
-                let mut out = self.alloc(DType::F32, pixels.shape())?;
-                self.device
-                    .cast(&pixels.buf, &mut out)
-                    .map_err(|e| self.err(e))?;
-                pixels32 = CudaTensor::new(out);
-                &pixels32
+                self.in_compute(pixels)?
             };
             let (gh, gw) = (h / patch.max(1), w / patch.max(1));
             // k: the weight's row, C·p·p padded by `patch_weight` (zero columns in both).
