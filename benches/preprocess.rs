@@ -4,7 +4,7 @@
 //! same with JPEGs decoded at reduced scale (`DecodeOptions::draft`, `dinov2 embed --draft`).
 //! Inputs are photographs: the shipped `rocket.jpg` (640 x 427) and the same picture upscaled to
 //! 2048 x 1366 and 4032 x 2689 (a 12-megapixel phone photo's width) and re-encoded (quality 90,
-//! 4:2:0) at start-up.
+//! 4:2:0) at start-up; and the shipped PNGs (512 x 512 RGB and grey, 451 x 300 RGB).
 //!
 //! ```sh
 //! cargo bench --bench preprocess -- --warm-up-time 1 --measurement-time 3
@@ -73,6 +73,20 @@ fn main() {
         g.bench_function(format!("draft_decode_and_preprocess/{name}"), |b| {
             b.iter(|| {
                 let image = decode(black_box(&jpeg), &draft).expect("decodes");
+                preprocess(&image, &config).expect("preprocesses")
+            })
+        });
+    }
+    // The shipped PNGs: Pillow's mode conversions, and zlib instead of the DCT.
+    for name in ["astronaut.png", "camera.png", "chelsea.png"] {
+        let path = format!("{}/assets/images/{name}", env!("CARGO_MANIFEST_DIR"));
+        let png = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        g.bench_function(format!("decode/{name}"), |b| {
+            b.iter(|| decode(black_box(&png), &options).expect("decodes"))
+        });
+        g.bench_function(format!("decode_and_preprocess/{name}"), |b| {
+            b.iter(|| {
+                let image = decode(black_box(&png), &options).expect("decodes");
                 preprocess(&image, &config).expect("preprocesses")
             })
         });
