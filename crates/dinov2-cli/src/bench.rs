@@ -12,7 +12,7 @@
 //! during the passes (cached blocks released first: `torch.cuda.empty_cache()` for the peer).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -164,6 +164,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return Err(CliError(
             "--batch-size: every batch size must be at least 1".into(),
         ));
+    }
+    if let Some(path) = &args.json {
+        prepare_json(path)?;
     }
     with_backend!(args.device, args.dtype, |backend| {
         let model = match &checkpoint {
@@ -438,9 +441,47 @@ fn bench_on<B: Backend>(
     Ok(())
 }
 
+/// Makes the folder of `--json FILE` before the measurements (minutes on a large model), so
+/// that a path the results cannot be written to fails at once instead of after them.
+fn prepare_json(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Err(CliError(format!(
+            "--json {}: is a folder, expected a file name",
+            path.display()
+        )));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            CliError(format!(
+                "--json {}: cannot make its folder {}: {e}",
+                path.display(),
+                dir.display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_json_folder_is_made_or_refused_before_measuring() {
+        let tmp = tempfile::tempdir().unwrap();
+        let nested = tmp.path().join("runs/h100/bench.json");
+        prepare_json(&nested).unwrap();
+        assert!(nested.parent().unwrap().is_dir());
+        prepare_json(Path::new("bench.json")).unwrap();
+        let e = prepare_json(tmp.path()).unwrap_err().to_string();
+        assert!(e.contains("is a folder"), "{e}");
+        let file = tmp.path().join("plain");
+        std::fs::write(&file, b"x").unwrap();
+        let e = prepare_json(&file.join("bench.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot make its folder"), "{e}");
+    }
 
     #[test]
     fn peaks_by_device_name() {
