@@ -301,6 +301,7 @@ fn bench_on<B: Backend>(
     let be = model.backend();
     let device = be.name();
     let device_name = be.device_name();
+    let details = be.device_details();
     let on_gpu = !matches!(args.device, Device::Cpu);
     let peak = if on_gpu && matches!(args.dtype, Dtype::F16 | Dtype::BF16) {
         dense_f16_peak(&device_name)
@@ -324,6 +325,10 @@ fn bench_on<B: Backend>(
          {gflop:.2} GFLOP/image{card_peak}",
         args.dtype,
     );
+    if !details.is_empty() {
+        let listed: Vec<String> = details.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("{device}: {}", listed.join(", "));
+    }
     println!(
         "timed: pixels on the device -> CLS [B, h] on the host; {} warm-up, median of {}",
         if be.can_record() {
@@ -430,9 +435,19 @@ fn bench_on<B: Backend>(
         println!("cuda graphs: {graphs}");
     }
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(
-            &json!({"results": results, "peer": peer, "cuda_graphs": on_gpu.then_some(graphs)}),
-        )
+        let text = serde_json::to_string_pretty(&json!({
+            "results": results, "peer": peer, "cuda_graphs": on_gpu.then_some(graphs),
+            // What a reader needs to reproduce the run: ours, the device's software, when.
+            "dinov2_version": env!("CARGO_PKG_VERSION"),
+            "device_name": device_name,
+            "device_details": details
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::from(v.as_str())))
+                .collect::<serde_json::Map<String, Value>>(),
+            "unix_time": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }))
         .map_err(|e| CliError(e.to_string()))?;
         std::fs::File::create(path)
             .and_then(|mut f| f.write_all(text.as_bytes()))

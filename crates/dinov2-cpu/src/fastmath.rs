@@ -77,8 +77,45 @@ pub fn gelu_f32(x: f32) -> f32 {
     0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// Runs `f` compiled for the widest vector unit the CPU offers (AVX-512, AVX2+FMA, else the
-/// baseline): `f` and what it inlines are generated inside a function with those features.
+/// The vector units this crate's element-wise kernels and reductions are compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VectorUnit {
+    /// AVX-512 (F and VL), with AVX2 and FMA.
+    Avx512,
+    /// AVX2 with FMA.
+    Avx2Fma,
+    /// What the build targets (SSE2 on x86-64; NEON on aarch64).
+    Baseline,
+}
+
+impl VectorUnit {
+    /// The widest this CPU offers (the answer is cached by the standard library).
+    pub fn detect() -> VectorUnit {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512vl") {
+                return VectorUnit::Avx512;
+            }
+            if has!("avx2") && has!("fma") {
+                return VectorUnit::Avx2Fma;
+            }
+        }
+        VectorUnit::Baseline
+    }
+
+    /// For reports: `AVX-512`, `AVX2+FMA` or `baseline`.
+    pub fn name(self) -> &'static str {
+        match self {
+            VectorUnit::Avx512 => "AVX-512",
+            VectorUnit::Avx2Fma => "AVX2+FMA",
+            VectorUnit::Baseline => "baseline",
+        }
+    }
+}
+
+/// Runs `f` compiled for the widest vector unit the CPU offers ([`VectorUnit::detect`]): `f`
+/// and what it inlines are generated inside a function with those features.
 #[inline(always)]
 pub(crate) fn widest<R, F: FnOnce() -> R>(f: F) -> R {
     #[cfg(target_arch = "x86_64")]
@@ -91,16 +128,12 @@ pub(crate) fn widest<R, F: FnOnce() -> R>(f: F) -> R {
         unsafe fn avx2<R, F: FnOnce() -> R>(f: F) -> R {
             f()
         }
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-        {
+        match VectorUnit::detect() {
             // SAFETY: the CPU supports the features the function is compiled for.
-            return unsafe { avx512(f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+            VectorUnit::Avx512 => return unsafe { avx512(f) },
             // SAFETY: as above.
-            return unsafe { avx2(f) };
+            VectorUnit::Avx2Fma => return unsafe { avx2(f) },
+            VectorUnit::Baseline => {}
         }
     }
     f()

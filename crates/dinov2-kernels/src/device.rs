@@ -42,6 +42,30 @@ pub struct DeviceInfo {
     pub cublas_version: i32,
 }
 
+impl DeviceInfo {
+    /// The CUDA version the driver supports, `13.0`.
+    pub fn driver(&self) -> String {
+        let v = self.driver_version;
+        format!("{}.{}", v / 1000, v % 1000 / 10)
+    }
+
+    /// The loaded cuBLAS, `13.1.0` (`unknown` where it did not say).
+    pub fn cublas(&self) -> String {
+        match self.cublas_version {
+            0 => "unknown".into(),
+            v => format!("{}.{}.{}", v / 10000, v % 10000 / 100, v % 100),
+        }
+    }
+
+    /// The code the kernels run as: `sm_90 cubin` or `PTX (JIT)`.
+    pub fn kernel_code(&self) -> &'static str {
+        match self.code {
+            CodeKind::CubinSm90 => "sm_90 cubin",
+            CodeKind::Ptx => "PTX (JIT)",
+        }
+    }
+}
+
 /// A span of stream time, from [`Device::start_timer`].
 pub struct Timer {
     start: CudaEvent,
@@ -663,6 +687,31 @@ mod tests {
         assert_eq!(grid_stride_blocks(257, 132), 2);
         assert_eq!(grid_stride_blocks(usize::MAX / 2, 132), 132 * 32);
         assert_eq!(grid_stride_blocks(1 << 20, 0), 32);
+    }
+
+    #[test]
+    fn versions_read_as_their_libraries_write_them() {
+        let info = DeviceInfo {
+            ordinal: 0,
+            name: "NVIDIA H200".into(),
+            compute_capability: (9, 0),
+            driver_version: 13000,
+            multiprocessors: 132,
+            code: CodeKind::CubinSm90,
+            cublas_version: 130100,
+        };
+        assert_eq!(info.driver(), "13.0");
+        assert_eq!(info.cublas(), "13.1.0");
+        assert_eq!(info.kernel_code(), "sm_90 cubin");
+        let info = DeviceInfo {
+            driver_version: 12080,
+            cublas_version: 0,
+            code: CodeKind::Ptx,
+            ..info
+        };
+        assert_eq!(info.driver(), "12.8");
+        assert_eq!(info.cublas(), "unknown");
+        assert_eq!(info.kernel_code(), "PTX (JIT)");
     }
 
     #[test]

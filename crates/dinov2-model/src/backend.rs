@@ -139,9 +139,16 @@ pub trait Backend: Send + Sync {
     /// gives it) and keeps its memory.
     fn upload_into(&self, src: &Tensor, dst: &mut Self::Tensor) -> Result<()>;
 
-    /// The device's name for reports: `cpu`, or the card's (`NVIDIA H100 80GB HBM3`).
+    /// The device's name for reports: the processor's (`AMD EPYC 9R14`, `cpu` where the system
+    /// does not say), or the card's (`NVIDIA H100 80GB HBM3`).
     fn device_name(&self) -> String {
         self.name()
+    }
+
+    /// What else a published measurement should name about the device, as (key, value) pairs:
+    /// driver and library versions, compute capability (none by default).
+    fn device_details(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
     }
 
     /// Bytes of device memory in use as the driver counts it (all processes), after the queued

@@ -68,6 +68,15 @@ impl Backend for CpuBackend {
         "cpu".into()
     }
 
+    fn device_name(&self) -> String {
+        cpu_model().unwrap_or_else(|| self.name())
+    }
+
+    fn device_details(&self) -> Vec<(&'static str, String)> {
+        let unit = dinov2_cpu::fastmath::VectorUnit::detect();
+        vec![("vector_unit", unit.name().to_string())]
+    }
+
     fn weight(&self, values: Vec<f32>, shape: Vec<usize>) -> Result<Tensor> {
         Tensor::new(shape, values).ok_or_else(|| ModelError::Backend {
             backend: "cpu".into(),
@@ -245,5 +254,38 @@ impl Backend for CpuBackend {
             }
         }
         Ok(())
+    }
+}
+
+/// The processor's model name as Linux reports it (`model name` in `/proc/cpuinfo`).
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    model_name(&info)
+}
+
+/// The first `model name` of a `/proc/cpuinfo` text.
+fn model_name(cpuinfo: &str) -> Option<String> {
+    cpuinfo.lines().find_map(|l| {
+        let (key, value) = l.split_once(':')?;
+        (key.trim() == "model name" && !value.trim().is_empty()).then(|| value.trim().to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_processor_is_named_from_cpuinfo() {
+        let info = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14 96-Core Processor\n\
+                    flags\t\t: fpu\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 9R14 96-Core Processor\n";
+        assert_eq!(
+            model_name(info).as_deref(),
+            Some("AMD EPYC 9R14 96-Core Processor")
+        );
+        // Arm kernels may leave it out (or empty): then the backend says `cpu`.
+        assert_eq!(model_name("processor\t: 0\nBogoMIPS\t: 50.00\n"), None);
+        assert_eq!(model_name("model name\t:\n"), None);
+        assert!(!CpuBackend.device_name().is_empty());
     }
 }

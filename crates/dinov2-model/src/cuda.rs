@@ -408,6 +408,18 @@ impl Backend for CudaBackend {
         self.device.info().name.clone()
     }
 
+    fn device_details(&self) -> Vec<(&'static str, String)> {
+        let info = self.device.info();
+        let (major, minor) = info.compute_capability;
+        vec![
+            ("cuda_driver", info.driver()),
+            ("cublas", info.cublas()),
+            ("compute_capability", format!("{major}.{minor}")),
+            ("multiprocessors", info.multiprocessors.to_string()),
+            ("kernels", info.kernel_code().to_string()),
+        ]
+    }
+
     fn memory_used(&self) -> Option<usize> {
         self.device.synchronize().ok()?;
         let (free, total) = self.device.memory().ok()?;
