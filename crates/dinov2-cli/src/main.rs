@@ -22,6 +22,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let cli = args::Cli::parse();
+    if !matches!(cli.command, args::Command::Serve(_)) {
+        end_quietly_when_the_reader_leaves();
+    }
     let result = match cli.command {
         args::Command::Forward(a) => forward::run(a),
         args::Command::Info(a) => info::run(a),
@@ -36,5 +39,17 @@ fn main() {
     if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);
+    }
+}
+
+/// Output piped into a program that stops reading (`dinov2 knn ... | head`) ends the process
+/// quietly, as other command-line tools end, instead of panicking in `println!`: Rust ignores
+/// SIGPIPE unless told otherwise. The server keeps ignoring it, so that a client hanging up
+/// cannot stop it.
+fn end_quietly_when_the_reader_leaves() {
+    #[cfg(unix)]
+    // SAFETY: sets the signal's disposition back to the default, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

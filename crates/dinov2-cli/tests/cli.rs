@@ -840,3 +840,27 @@ fn forward_checks_outputs_against_an_expected_file() {
         assert_eq!(r.status.code(), Some(2), "{bad}");
     }
 }
+
+/// `dinov2 info MODEL | head -1`: the reader leaves before the output is written. The process
+/// ends without a panic's message (as `cat` would, by SIGPIPE).
+#[test]
+fn a_reader_that_leaves_early_is_no_panic() {
+    use std::process::Stdio;
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models/dinov2-tiny-random");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dinov2"))
+        .args(["info", "--model", s(&model)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the read end closes before the model is read
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{stderr}");
+    }
+}
