@@ -143,13 +143,16 @@ for i in range(1, 1501):
 PY
     timeout "$(cap 90)" "$PYTHON" "$HERE/scripts/pipeline.py" checkpoint "$work/vitb14" || return 1
     echo "ViT-B/14 f16, batch 128, $(ls "$work/images" | wc -l) files, $(nproc) CPU cores:" >>"$OUT/pipeline.txt"
-    # Two model copies on two streams (the default), then one, to see what the overlap brings.
-    for streams in 2 1; do
+    # The defaults (two model copies on two streams, two windows decoded at once), then one
+    # window at a time (the decoding before 2026-11-28), then one stream: what each overlap brings.
+    local setting decoders
+    for setting in "2 2" "2 1" "1 2"; do
+        read -r streams decoders <<<"$setting"
         room 30 || break
-        echo "--streams $streams:" >>"$OUT/pipeline.txt"
+        echo "--streams $streams --decoders $decoders:" >>"$OUT/pipeline.txt"
         timeout "$(cap 90)" "$HERE/bin/dinov2" embed --model "$work/vitb14" --device cuda --dtype f16 \
-            --batch-size 128 --streams "$streams" --overwrite --output "$work/vitb14.parquet" \
-            "$work/images" 2>&1 | tee -a "$OUT/pipeline.txt"
+            --batch-size 128 --streams "$streams" --decoders "$decoders" --overwrite \
+            --output "$work/vitb14.parquet" "$work/images" 2>&1 | tee -a "$OUT/pipeline.txt"
     done
     # The server under load: ViT-B/14 f16, 16 clients for 15 s.
     if room 40; then

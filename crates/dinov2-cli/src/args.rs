@@ -464,9 +464,15 @@ pub struct EmbedArgs {
     pub shard: Option<(usize, usize)>,
     /// Inputs decoded together, then grouped by patch grid into passes of --batch-size: with
     /// --no-crop, where sizes vary, a wider window fills more passes (default: 4 batches with
-    /// --no-crop, 1 batch otherwise). Memory holds this many decoded images per model thread.
+    /// --no-crop, 1 batch otherwise). Memory holds this many decoded images per model thread,
+    /// and per window being decoded (--decoders).
     #[arg(long, value_name = "INPUTS")]
     pub window: Option<usize>,
+    /// Windows decoded at once (default: 2 on CUDA, so that the workers decode one while the
+    /// other waits for its slowest image or is stacked into passes; 1 on the CPU, whose cores
+    /// the model shares).
+    #[arg(long, value_parser = count(1, 8), hide = true)]
+    pub decoders: Option<usize>,
     /// Rows per committed chunk of the resumable job.
     #[arg(long, default_value_t = 1024, hide = true)]
     pub chunk_rows: usize,

@@ -722,14 +722,16 @@ fn patch_grids_of_different_sizes() {
 }
 
 /// Several model copies (`--streams`) give the same rows, errors and order as one.
+/// Model copies on streams, and windows decoded at once (`--decoders`, hidden; 2 by default),
+/// change when batches run, never the rows, their order or the failures reported.
 #[test]
-fn several_streams_give_the_same_output_as_one() {
+fn several_streams_and_decoders_give_the_same_output_as_one() {
     let dir = TempDir::new().unwrap();
     let (images, names) = copied_images(dir.path(), 3);
     std::fs::write(images.join("copy1_bad.png"), b"not a png").unwrap();
     let images = images.display().to_string();
-    let run = |streams: &str| {
-        let out = dir.path().join(format!("streams{streams}.npy"));
+    let run = |streams: &str, decoders: &str| {
+        let out = dir.path().join(format!("s{streams}d{decoders}.npy"));
         let r = dinov2(&[
             "embed",
             "--model",
@@ -740,6 +742,8 @@ fn several_streams_give_the_same_output_as_one() {
             "4",
             "--streams",
             streams,
+            "--decoders",
+            decoders,
             "--output",
             out.to_str().unwrap(),
             &images,
@@ -753,19 +757,21 @@ fn several_streams_give_the_same_output_as_one() {
         );
         let errors = std::fs::read_to_string(
             dir.path()
-                .join(format!("streams{streams}.npy.errors.jsonl")),
+                .join(format!("s{streams}d{decoders}.npy.errors.jsonl")),
         )
         .unwrap();
-        let paths =
-            std::fs::read_to_string(dir.path().join(format!("streams{streams}.npy.paths.txt")))
-                .unwrap();
+        let paths = std::fs::read_to_string(
+            dir.path()
+                .join(format!("s{streams}d{decoders}.npy.paths.txt")),
+        )
+        .unwrap();
         (read_npy(&out), paths, errors)
     };
-    let one = run("1");
-    let three = run("3");
+    let one = run("1", "1");
     assert_eq!(one.0 .0[0], 4 * names.len());
-    assert_eq!(three, one);
     assert!(one.2.contains("copy1_bad.png"));
+    assert_eq!(run("3", "2"), one);
+    assert_eq!(run("1", "3"), one);
 }
 
 /// `--layers`: hidden states pooled and concatenated in the order given (each through the final

@@ -64,6 +64,8 @@ pub struct Settings {
     pub overwrite: bool,
     pub resume: bool,
     pub workers: usize,
+    /// Windows decoded at once (`--decoders`).
+    pub decoders: usize,
     pub chunk_rows: usize,
     /// Time between progress lines when stderr is not a terminal.
     pub progress_every: Duration,
@@ -281,6 +283,43 @@ impl Drop for CancelOnDrop<'_> {
     }
 }
 
+/// Reads, decodes and preprocesses `inputs[range]` on the current thread pool: each input's
+/// pixels or the step that failed and why, with the worker time each step took.
+fn decode_window<B: Backend>(
+    embedder: &Embedder<B>,
+    inputs: &[Input],
+    range: std::ops::Range<usize>,
+) -> Vec<Decoded> {
+    range
+        .into_par_iter()
+        .map(|i| {
+            let t = Instant::now();
+            let name = inputs[i].name();
+            let bytes = inputs[i].read();
+            let read = t.elapsed();
+            let r = match bytes {
+                Err(e) => Err(("read", e)),
+                Ok(bytes) => embedder
+                    .prepare_named(&bytes, &name)
+                    .map(|(pixels, (width, height))| (pixels, width, height))
+                    .map_err(|e| {
+                        let stage = match &e {
+                            dinov2::Error::Image(e) => e.stage(),
+                            _ => "decode",
+                        };
+                        // The image errors name the input; the report names it once.
+                        let message = e.to_string();
+                        let message = message
+                            .strip_prefix(&format!("{name}: "))
+                            .map_or(message.clone(), str::to_owned);
+                        (stage, message)
+                    }),
+            };
+            (i, r, read, t.elapsed() - read)
+        })
+        .collect()
+}
+
 /// Runs the embed job with one model per stream: `embedders[0]` also decodes. Batches go to the
 /// model threads in turn (on CUDA each has its own stream, so one's uploads and host work overlap
 /// the other's compute) and are committed in input order.
@@ -320,52 +359,31 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
             patch: s.patch,
             pass: s.batch_size,
         };
-        scope.spawn(move || {
-            for (seq, begin) in (start_at..total).step_by(window).enumerate() {
-                if cancel.load(Ordering::Relaxed) {
-                    return;
+        // Windows are decoded by `decoders` threads in turn (window k by thread k mod
+        // decoders), on the one worker pool: while one waits for its window's slowest image,
+        // stacks its batch or waits to hand it over, the workers decode the other's window.
+        let (workers, decoders) = (&workers, s.decoders.max(1));
+        for first in 0..decoders {
+            let tx = tx.clone();
+            scope.spawn(move || {
+                let windows = (start_at..total).step_by(window).enumerate();
+                for (seq, begin) in windows.skip(first).step_by(decoders) {
+                    if cancel.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let end = (begin + window).min(total);
+                    let items = workers.install(|| decode_window(embedder, inputs, begin..end));
+                    // Stacked here, so that the model threads only run the model.
+                    if tx
+                        .send((seq, assemble(end, items, inputs, on_error, grouping)))
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
-                let end = (begin + window).min(total);
-                let items: Vec<Decoded> = workers.install(|| {
-                    (begin..end)
-                        .into_par_iter()
-                        .map(|i| {
-                            let t = Instant::now();
-                            let name = inputs[i].name();
-                            let bytes = inputs[i].read();
-                            let read = t.elapsed();
-                            let r = match bytes {
-                                Err(e) => Err(("read", e)),
-                                Ok(bytes) => embedder
-                                    .prepare_named(&bytes, &name)
-                                    .map(|(pixels, (width, height))| (pixels, width, height))
-                                    .map_err(|e| {
-                                        let stage = match &e {
-                                            dinov2::Error::Image(e) => e.stage(),
-                                            _ => "decode",
-                                        };
-                                        // The image errors name the input; the report names
-                                        // it once.
-                                        let message = e.to_string();
-                                        let message = message
-                                            .strip_prefix(&format!("{name}: "))
-                                            .map_or(message.clone(), str::to_owned);
-                                        (stage, message)
-                                    }),
-                            };
-                            (i, r, read, t.elapsed() - read)
-                        })
-                        .collect()
-                });
-                // Stacked here, so that the model threads only run the model.
-                if tx
-                    .send((seq, assemble(end, items, inputs, on_error, grouping)))
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        });
+            });
+        }
+        drop(tx);
         for model in embedders {
             let (rx, done_tx) = (rx.clone(), done_tx.clone());
             scope.spawn(move || loop {
