@@ -40,6 +40,8 @@ pub struct Embedder<B: Backend> {
     batch_limit: AtomicUsize,
     /// Images decoded and embedded together by the list and stream methods.
     batch_size: usize,
+    /// Whether the list and stream methods decode the next batch while the model runs this one.
+    overlap: bool,
 }
 
 /// The checkpoint's `preprocessor_config.json`, or the facebook/dinov2 values when it has none.
@@ -125,6 +127,7 @@ impl<B: Backend> Embedder<B> {
             layers: None,
             batch_limit: AtomicUsize::new(usize::MAX),
             batch_size: B::BATCH_SIZE,
+            overlap: !B::PASSES_ON_HOST,
         }
     }
 
@@ -158,10 +161,21 @@ impl<B: Backend> Embedder<B> {
 
     /// Images decoded (in parallel) and embedded together by [`Embedder::embed_paths`],
     /// [`Embedder::embed_stream`], [`Embedder::embed_bytes`], [`Embedder::embed_images`] and
-    /// [`Embedder::embed_prepared`]: memory holds one such batch at a time. Default
+    /// [`Embedder::embed_prepared`]: memory holds one such batch at a time (two when
+    /// overlapping, [`Embedder::with_overlap`]). Default
     /// [`Backend::BATCH_SIZE`] (8 on the CPU, 128 on CUDA); at least 1.
     pub fn with_batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Whether the list and stream methods decode the next batch (on rayon's pool) while the
+    /// model runs this one. Default: where the backend's passes leave the host's cores free
+    /// ([`Backend::PASSES_ON_HOST`] false: CUDA), so that the GPU does not wait for the
+    /// decoding; the CPU backend decodes and runs in turn, its passes using every core. Memory
+    /// then holds two batches. The results are the same either way.
+    pub fn with_overlap(mut self, overlap: bool) -> Self {
+        self.overlap = overlap;
         self
     }
 
@@ -276,15 +290,17 @@ impl<B: Backend> Embedder<B> {
         })
     }
 
-    /// Embeds decoded RGB images, a batch at a time.
+    /// Embeds decoded RGB images, a batch at a time; the first error ends it.
     pub fn embed_images(&self, images: &[RgbImage]) -> Result<Vec<Embedding>> {
         let mut out = Vec::with_capacity(images.len());
-        for window in images.chunks(self.batch_size) {
-            let prepared = window
-                .par_iter()
-                .map(|i| self.prepare_rgb(i))
-                .collect::<Result<Vec<_>>>()?;
-            out.extend(self.embed_prepared(&prepared)?);
+        let mut turns = InTurn::new(images.chunks(self.batch_size), self.overlap);
+        let prepare = |window: &&[RgbImage]| -> Result<Vec<PixelValues>> {
+            window.par_iter().map(|i| self.prepare_rgb(i)).collect()
+        };
+        while let Some((_, embedded)) =
+            turns.next_with(&prepare, |prepared| self.embed_prepared(&prepared?))
+        {
+            out.extend(embedded?);
         }
         Ok(out)
     }
@@ -303,9 +319,13 @@ impl<B: Backend> Embedder<B> {
         P: AsRef<Path> + Sync,
         I: IntoIterator<Item = P>,
     {
+        let batches = Batches {
+            items: paths.into_iter(),
+            size: self.batch_size,
+        };
         EmbedStream {
             embedder: self,
-            paths: paths.into_iter(),
+            turns: InTurn::new(batches, self.overlap),
             ready: VecDeque::new(),
         }
     }
@@ -313,15 +333,17 @@ impl<B: Backend> Embedder<B> {
     /// Embeds encoded images (JPEG, PNG, ...), a batch at a time; a bad one gives its own error.
     pub fn embed_bytes(&self, encoded: &[&[u8]]) -> Vec<Result<Embedding>> {
         let mut out = Vec::with_capacity(encoded.len());
-        for window in encoded.chunks(self.batch_size) {
-            out.extend(
-                self.embed_prepared_each(
-                    window
-                        .par_iter()
-                        .map(|b| self.prepare_bytes(b).map(|r| r.0))
-                        .collect(),
-                ),
-            );
+        let mut turns = InTurn::new(encoded.chunks(self.batch_size), self.overlap);
+        let prepare = |window: &&[&[u8]]| -> Vec<Result<PixelValues>> {
+            window
+                .par_iter()
+                .map(|b| self.prepare_bytes(b).map(|r| r.0))
+                .collect()
+        };
+        while let Some((_, embedded)) =
+            turns.next_with(&prepare, |prepared| self.embed_prepared_each(prepared))
+        {
+            out.extend(embedded);
         }
         out
     }
@@ -361,7 +383,8 @@ impl<B: Backend> Embedder<B> {
 /// The iterator of [`Embedder::embed_stream`]: `(path, result)` in input order.
 pub struct EmbedStream<'a, B: Backend, I: Iterator> {
     embedder: &'a Embedder<B>,
-    paths: I,
+    /// The paths a batch at a time, and the next batch decoded ahead when overlapping.
+    turns: InTurn<Batches<I>, Vec<Result<PixelValues>>>,
     /// The current batch's results not yet handed out.
     ready: VecDeque<(I::Item, Result<Embedding>)>,
 }
@@ -376,18 +399,98 @@ where
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.ready.is_empty() {
-            let window: Vec<P> = self.paths.by_ref().take(self.embedder.batch_size).collect();
-            if window.is_empty() {
-                return None;
-            }
-            let prepared = window
-                .par_iter()
-                .map(|p| self.embedder.prepare_path(p).map(|r| r.0))
-                .collect();
-            let results = self.embedder.embed_prepared_each(prepared);
+            let embedder = self.embedder;
+            let prepare = |window: &Vec<P>| -> Vec<Result<PixelValues>> {
+                window
+                    .par_iter()
+                    .map(|p| embedder.prepare_path(p).map(|r| r.0))
+                    .collect()
+            };
+            let (window, results) = self
+                .turns
+                .next_with(&prepare, |prepared| embedder.embed_prepared_each(prepared))?;
             self.ready.extend(window.into_iter().zip(results));
         }
         self.ready.pop_front()
+    }
+}
+
+/// An iterator's items `size` at a time (the last batch shorter).
+struct Batches<I> {
+    items: I,
+    size: usize,
+}
+
+impl<I: Iterator> Iterator for Batches<I> {
+    type Item = Vec<I::Item>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let batch: Vec<I::Item> = self.items.by_ref().take(self.size.max(1)).collect();
+        (!batch.is_empty()).then_some(batch)
+    }
+}
+
+/// Batches of inputs taken in turn: each prepared (decoded, on rayon's pool), then embedded, in
+/// order. With `overlap`, the batch after is prepared while one is embedded (`rayon::join`), and
+/// kept for the next turn: a GPU then does not wait for the decoding. What the list and stream
+/// methods of [`Embedder`] run on, and what other front ends (the Python module) can run on.
+///
+/// ```
+/// use dinov2::InTurn;
+///
+/// let mut turns = InTurn::new([vec![1, 2], vec![3]].into_iter(), true);
+/// let square = |b: &Vec<i32>| b.iter().map(|x| x * x).collect::<Vec<_>>();
+/// let mut sums = Vec::new();
+/// while let Some((batch, sum)) = turns.next_with(&square, |s| s.iter().sum::<i32>()) {
+///     sums.push((batch, sum));
+/// }
+/// assert_eq!(sums, [(vec![1, 2], 5), (vec![3], 9)]);
+/// ```
+pub struct InTurn<W: Iterator, P> {
+    batches: W,
+    overlap: bool,
+    /// The next batch, already prepared.
+    ahead: Option<(W::Item, P)>,
+}
+
+impl<W, P> InTurn<W, P>
+where
+    W: Iterator,
+    W::Item: Sync,
+    P: Send,
+{
+    /// Takes `batches` in turn, preparing the next while one is embedded when `overlap`.
+    pub fn new(batches: W, overlap: bool) -> Self {
+        InTurn {
+            batches,
+            overlap,
+            ahead: None,
+        }
+    }
+
+    /// The next batch with what `embed` made of it (`prepare` having made its input); `None`
+    /// after the last. Call it from the thread pool that should do the work (`install`).
+    pub fn next_with<R: Send>(
+        &mut self,
+        prepare: &(impl Fn(&W::Item) -> P + Sync),
+        embed: impl FnOnce(P) -> R + Send,
+    ) -> Option<(W::Item, R)> {
+        let (batch, prepared) = match self.ahead.take() {
+            Some(ahead) => ahead,
+            None => {
+                let batch = self.batches.next()?;
+                let prepared = prepare(&batch);
+                (batch, prepared)
+            }
+        };
+        if self.overlap {
+            if let Some(after) = self.batches.next() {
+                let (embedded, ready) = rayon::join(|| embed(prepared), || prepare(&after));
+                self.ahead = Some((after, ready));
+                return Some((batch, embedded));
+            }
+        }
+        Some((batch, embed(prepared)))
     }
 }
 
@@ -444,6 +547,34 @@ fn in_passes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_in_turn_come_once_each_in_order_with_or_without_overlap() {
+        for overlap in [false, true] {
+            for n in [0usize, 1, 2, 5] {
+                let prepared = AtomicUsize::new(0);
+                let batches = Batches {
+                    items: 0..n * 3 - n.min(1),
+                    size: 3,
+                };
+                let mut turns = InTurn::new(batches, overlap);
+                let prepare = |b: &Vec<usize>| {
+                    prepared.fetch_add(1, Ordering::Relaxed);
+                    b.iter().map(|x| x * x).collect::<Vec<_>>()
+                };
+                let mut seen = Vec::new();
+                while let Some((batch, sums)) =
+                    turns.next_with(&prepare, |p| p.iter().sum::<usize>())
+                {
+                    assert_eq!(sums, batch.iter().map(|x| x * x).sum::<usize>());
+                    seen.extend(batch);
+                }
+                let want: Vec<usize> = (0..n * 3 - n.min(1)).collect();
+                assert_eq!(seen, want, "overlap {overlap}, {n} batches");
+                assert_eq!(prepared.load(Ordering::Relaxed), n, "each prepared once");
+            }
+        }
+    }
 
     /// `[b, 2]` pixels whose image `i` holds `i` twice.
     fn numbered(b: usize) -> Tensor {

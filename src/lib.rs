@@ -20,7 +20,7 @@ mod error;
 pub mod io;
 
 pub use embed::{
-    cut_to_patches, prepare_image, preprocess_config, stack_images, EmbedStream, Embedder,
+    cut_to_patches, prepare_image, preprocess_config, stack_images, EmbedStream, Embedder, InTurn,
 };
 pub use error::{Error, Result};
 

@@ -1,5 +1,6 @@
 //! The library's `Embedder` over lists and streams of images: a batch at a time, in order, each
-//! bad input with its own error, and the same vectors whatever the batch size.
+//! bad input with its own error, and the same vectors whatever the batch size and whether the
+//! next batch is decoded while one runs.
 
 use std::path::{Path, PathBuf};
 
@@ -39,8 +40,9 @@ fn lists_and_streams_give_each_image_its_own_result_at_any_batch_size() {
     let paths = inputs(dir.path());
     let alone = embedder(1).embed_paths(&paths);
     assert_eq!(alone.len(), paths.len());
-    for batch_size in [3, 8, 64] {
-        let e = embedder(batch_size);
+    // Decoding the next batch while the model runs one (the default on CUDA) changes nothing.
+    for (batch_size, overlap) in [(3, false), (8, false), (64, false), (3, true), (8, true)] {
+        let e = embedder(batch_size).with_overlap(overlap);
         let listed = e.embed_paths(&paths);
         let streamed: Vec<(PathBuf, _)> = e.embed_stream(paths.iter().cloned()).collect();
         assert_eq!(streamed.len(), paths.len());
@@ -74,13 +76,15 @@ fn bytes_and_decoded_images_batch_the_same_way() {
     let bytes: Vec<Vec<u8>> = paths.iter().map(|p| std::fs::read(p).unwrap()).collect();
     let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
     let want = embedder(1).embed_bytes(&refs);
-    let got = embedder(4).embed_bytes(&refs);
-    assert_eq!(got.len(), want.len());
-    for (a, b) in want.iter().zip(&got) {
-        match (a, b) {
-            (Ok(a), Ok(b)) => assert_eq!(a, b),
-            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
-            other => panic!("{other:?}"),
+    for overlap in [false, true] {
+        let got = embedder(4).with_overlap(overlap).embed_bytes(&refs);
+        assert_eq!(got.len(), want.len());
+        for (a, b) in want.iter().zip(&got) {
+            match (a, b) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                other => panic!("{other:?}"),
+            }
         }
     }
     let images: Vec<_> = refs
@@ -93,4 +97,6 @@ fn bytes_and_decoded_images_batch_the_same_way() {
         .cloned()
         .collect();
     assert_eq!(embedder(5).embed_images(&images).unwrap(), good);
+    let overlapped = embedder(2).with_overlap(true).embed_images(&images);
+    assert_eq!(overlapped.unwrap(), good);
 }

@@ -329,11 +329,11 @@ impl Embedder {
 }
 
 impl Embedder {
-    /// Every source's embedding or error (naming the image's index), a batch at a time: one
-    /// thread decodes the next batch (in parallel) while the model runs this one, so that a GPU
-    /// does not wait for the decoding. With `stop_at_error`, no batch after one with a failure.
-    /// Ctrl-C (a pending signal) stops between batches. Runs on this process's own thread pool
-    /// ([`pool`]).
+    /// Every source's embedding or error (naming the image's index), a batch at a time. Where
+    /// the model leaves the cores free (CUDA), the next batch is decoded (in parallel) while the
+    /// model runs this one, so that the GPU does not wait for the decoding ([`dinov2::InTurn`]).
+    /// With `stop_at_error`, no batch after one with a failure. Ctrl-C (a pending signal) stops
+    /// between batches. Runs on this process's own thread pool ([`pool`]).
     fn embed_all<B: Backend>(
         &self,
         embedder: &dinov2::Embedder<B>,
@@ -341,42 +341,36 @@ impl Embedder {
         stop_at_error: bool,
     ) -> PyResult<Vec<Embedded>> {
         let pool = pool()?;
-        let batch = embedder.batch_size();
-        std::thread::scope(|scope| {
-            // One decoded batch waits while the model runs another.
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Prepared>>(1);
-            let decoding = pool.clone();
-            scope.spawn(move || {
-                for window in sources.chunks(batch) {
-                    let prepared =
-                        decoding.install(|| window.par_iter().map(|s| self.prepare(s)).collect());
-                    if tx.send(prepared).is_err() {
-                        break; // the model side stopped
+        let mut turns =
+            dinov2::InTurn::new(sources.chunks(embedder.batch_size()), !B::PASSES_ON_HOST);
+        let prepare = |window: &&[Source]| -> Vec<Prepared> {
+            window.par_iter().map(|s| self.prepare(s)).collect()
+        };
+        let mut out: Vec<Embedded> = Vec::with_capacity(sources.len());
+        loop {
+            Python::attach(|py| py.check_signals())?;
+            let Some((_, results)) = pool
+                .install(|| turns.next_with(&prepare, |prepared| embed_window(embedder, prepared)))
+            else {
+                break;
+            };
+            let first = out.len();
+            for (k, result) in results.into_iter().enumerate() {
+                let i = first + k;
+                out.push(result.map_err(|e| {
+                    // Decoding errors name `image {i}` already; file errors name the file.
+                    if e.starts_with(&format!("image {i}:")) {
+                        e
+                    } else {
+                        format!("image {i}: {e}")
                     }
-                }
-            });
-            let mut out: Vec<Embedded> = Vec::with_capacity(sources.len());
-            for prepared in rx {
-                Python::attach(|py| py.check_signals())?;
-                let first = out.len();
-                let results = pool.install(|| embed_window(embedder, prepared));
-                for (k, result) in results.into_iter().enumerate() {
-                    let i = first + k;
-                    out.push(result.map_err(|e| {
-                        // Decoding errors name `image {i}` already; file errors name the file.
-                        if e.starts_with(&format!("image {i}:")) {
-                            e
-                        } else {
-                            format!("image {i}: {e}")
-                        }
-                    }));
-                }
-                if stop_at_error && out[first..].iter().any(Result::is_err) {
-                    break;
-                }
+                }));
             }
-            Ok(out)
-        })
+            if stop_at_error && out[first..].iter().any(Result::is_err) {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// Reads, decodes and preprocesses one source with the embedder's decode options and
