@@ -164,9 +164,11 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         // On CUDA the model leaves the cores to decoding, and overlapping windows keeps them
-        // busy; on the CPU decoding already shares the cores with the model's parallel loops,
-        // which a second window in flight only interrupts more (10% slower at --batch-size 128
-        // on the 2-core development machine; the same at the default 8).
+        // busy. On the CPU the decoding workers are a pool of their own beside the model's, so
+        // a second window in flight oversubscribes the cores and preempts the model's parallel
+        // loops (10% slower at --batch-size 128 on the 2-core development machine; the same at
+        // the default 8). The library and the Python module, whose decoding shares the model's
+        // pool, overlap on the CPU too (`dinov2::InTurn`).
         decoders: args.decoders.unwrap_or(match device {
             Device::Cpu => 1,
             Device::Cuda(_) => 2,

@@ -66,11 +66,6 @@ pub trait Backend: Send + Sync {
     /// (the embedder, `dinov2 embed`): small on the CPU, where larger batches fall out of cache.
     const BATCH_SIZE: usize = 8;
 
-    /// Whether passes keep the host's cores busy (the CPU backend: its GEMMs use every core).
-    /// Where they do not (a GPU computes them), the embedding methods decode the next batch
-    /// while the model runs this one.
-    const PASSES_ON_HOST: bool = true;
-
     /// A short name for messages (`cpu`, `cuda:0`).
     fn name(&self) -> String;
     /// Uploads a parameter.

@@ -253,9 +253,6 @@ impl Backend for CudaBackend {
     /// Enough rows (128 x 257 tokens) for the GEMMs to fill an H100.
     const BATCH_SIZE: usize = 128;
 
-    /// The host only queues the work and waits for the vectors.
-    const PASSES_ON_HOST: bool = false;
-
     fn name(&self) -> String {
         self.name.clone()
     }

@@ -329,11 +329,12 @@ impl Embedder {
 }
 
 impl Embedder {
-    /// Every source's embedding or error (naming the image's index), a batch at a time. Where
-    /// the model leaves the cores free (CUDA), the next batch is decoded (in parallel) while the
-    /// model runs this one, so that the GPU does not wait for the decoding ([`dinov2::InTurn`]).
-    /// With `stop_at_error`, no batch after one with a failure. Ctrl-C (a pending signal) stops
-    /// between batches. Runs on this process's own thread pool ([`pool`]).
+    /// Every source's embedding or error (naming the image's index), a batch at a time: the
+    /// next batch is decoded (in parallel) while the model runs this one ([`dinov2::InTurn`]),
+    /// so that a GPU does not wait for the decoding, and on the CPU the decoding fills the gaps
+    /// in the model's parallel loops. With `stop_at_error`, no batch after one with a failure.
+    /// Ctrl-C (a pending signal) stops between batches. Runs on this process's own thread pool
+    /// ([`pool`]), decoding and model alike.
     fn embed_all<B: Backend>(
         &self,
         embedder: &dinov2::Embedder<B>,
@@ -341,8 +342,7 @@ impl Embedder {
         stop_at_error: bool,
     ) -> PyResult<Vec<Embedded>> {
         let pool = pool()?;
-        let mut turns =
-            dinov2::InTurn::new(sources.chunks(embedder.batch_size()), !B::PASSES_ON_HOST);
+        let mut turns = dinov2::InTurn::new(sources.chunks(embedder.batch_size()), true);
         let prepare = |window: &&[Source]| -> Vec<Prepared> {
             window.par_iter().map(|s| self.prepare(s)).collect()
         };
