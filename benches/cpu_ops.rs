@@ -1,8 +1,8 @@
 //! Criterion benchmarks of the CPU backend (`dinov2-cpu`) at the shapes of ViT-S/14 and ViT-B/14
 //! at 224 px, batch 8 (257 tokens per image, 2056 rows): the GEMMs of a block (throughput in
 //! FLOP/s, shown by criterion as elem/s: 2 per multiply-add), attention (FLOP/s of its two
-//! products; also ViT-S/14 at 518 px, 1370 tokens), LayerNorm and GELU (bytes read and written per second), then the whole forward pass
-//! to CLS embeddings (images per second, as elem/s).
+//! products; also ViT-S/14 at 518 px, 1370 tokens), LayerNorm and GELU (bytes read and written
+//! per second), then the whole forward pass to CLS embeddings (images per second, as elem/s).
 //!
 //! ```sh
 //! cargo bench --bench cpu_ops -- --warm-up-time 1 --measurement-time 2

@@ -298,9 +298,11 @@ impl<B: Backend> Embedder<B> {
         let prepare = |window: &&[RgbImage]| -> Result<Vec<PixelValues>> {
             window.par_iter().map(|i| self.prepare_rgb(i)).collect()
         };
-        while let Some((_, embedded)) =
-            turns.next_with(&prepare, |prepared| self.embed_prepared(&prepared?))
-        {
+        // The prepared batch moves to the model (`embed_prepared` would copy it).
+        let embed = |prepared: Result<Vec<PixelValues>>| -> Result<Vec<Embedding>> {
+            self.prepared_each(prepared?).into_iter().collect()
+        };
+        while let Some((_, embedded)) = turns.next_with(&prepare, embed) {
             out.extend(embedded?);
         }
         Ok(out)

@@ -209,6 +209,23 @@ pub fn exp_sum_in_place(x: &mut [f32], max: f32, scale: f32) -> f32 {
     )
 }
 
+/// Σ f(v) over `xs` in f64, in 8 partial sums (one 512-bit register of f64; a plain `sum()`
+/// is one dependent chain of scalar adds): LayerNorm's statistics. Inlined into its caller,
+/// which runs it through [`widest`].
+#[inline(always)]
+pub(crate) fn lane_sum_f64(xs: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    const LANES_F64: usize = 8;
+    let mut lanes = [0.0f64; LANES_F64];
+    let chunks = xs.chunks_exact(LANES_F64);
+    let rest: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for c in chunks {
+        for l in 0..LANES_F64 {
+            lanes[l] += f(c[l]);
+        }
+    }
+    rest + lanes.iter().sum::<f64>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,23 +2,7 @@
 
 use rayon::prelude::*;
 
-use crate::fastmath::widest;
-
-/// Σ f(v) over `xs` in f64, in `LANES` partial sums (a plain `sum()` is one dependent chain of
-/// scalar adds; these vectorize).
-#[inline(always)]
-fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f64) -> f64 {
-    const LANES: usize = 8;
-    let mut lanes = [0.0f64; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let rest: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
-    for c in chunks {
-        for l in 0..LANES {
-            lanes[l] += f(c[l]);
-        }
-    }
-    rest + lanes.iter().sum::<f64>()
-}
+use crate::fastmath::{lane_sum_f64, widest};
 
 /// `y = (x − mean) / sqrt(var + eps) · w + b` for each row of `x` (`w.len()` wide), each row
 /// compiled for the widest vector unit the CPU offers.
@@ -33,8 +17,8 @@ pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f64) -> Vec<f32> {
             widest(
                 #[inline(always)]
                 || {
-                    let mean = lane_sum(xr, |v| v as f64) / h as f64;
-                    let var = lane_sum(xr, move |v| (v as f64 - mean).powi(2)) / h as f64;
+                    let mean = lane_sum_f64(xr, |v| v as f64) / h as f64;
+                    let var = lane_sum_f64(xr, move |v| (v as f64 - mean).powi(2)) / h as f64;
                     let inv = 1.0 / (var + eps).sqrt();
                     for (((o, &v), &g), &bb) in yr.iter_mut().zip(xr).zip(w).zip(b) {
                         *o = ((v as f64 - mean) * inv * g as f64 + bb as f64) as f32;

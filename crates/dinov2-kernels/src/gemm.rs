@@ -7,9 +7,10 @@
 //! "TN" layout, the fastest for cuBLAS.
 //!
 //! The algorithm of a shape is cuBLASLt's first heuristic choice. With `DINOV2_GEMM_TUNE=1` (or
-//! `log`, which also prints the timings to stderr; read when the device opens), a large shape (at least [`TUNE_MIN_MACS`]
-//! multiply-adds) is instead timed on its first use, outside CUDA graph capture, over up to
-//! [`TUNE_CANDIDATES`] of the heuristic's algorithms, and the fastest is kept. That first use
+//! `log`, which also prints the timings to stderr; read when the device opens), a large shape
+//! (at least [`TUNE_MIN_MACS`] multiply-adds) is instead timed on its first use, outside CUDA
+//! graph capture, over up to [`TUNE_CANDIDATES`] of the heuristic's algorithms, and the fastest
+//! is kept. That first use
 //! waits for the device, and the choice depends on timing, so two processes may pick different
 //! algorithms whose results differ in the last bits: it is off by default.
 
