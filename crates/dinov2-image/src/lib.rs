@@ -45,7 +45,7 @@ pub use preprocess::{
     center_crop, fixed_grid, grid_region, preprocess, resize_output_size, PixelValues,
     MAX_RESIZED_PIXELS,
 };
-pub use resize::resize;
+pub use resize::{resize, resize_part, Rect};
 pub use rgb::RgbImage;
 
 /// Reads, decodes and preprocesses one image file. Returns the `pixel_values` and the size

@@ -15,7 +15,7 @@
 
 use crate::config::{HeightWidth, PreprocessConfig, SizeSpec};
 use crate::error::{ImageError, Result};
-use crate::resize::resize;
+use crate::resize::{resize_part, Rect};
 use crate::rgb::RgbImage;
 
 /// Model input for one image: float32, channels first.
@@ -192,6 +192,8 @@ pub fn center_crop(image: &RgbImage, crop: HeightWidth) -> Result<RgbImage> {
 /// Runs the whole `BitImageProcessorPil` pipeline of `config` on `image`.
 ///
 /// `do_convert_rgb` has no effect: the input is RGB already (decoding converts as Pillow does).
+/// With a center crop, only the part of the resized image that the crop keeps is computed
+/// ([`resize_part`]); the bits are those of the whole resize, cropped.
 pub fn preprocess(image: &RgbImage, config: &PreprocessConfig) -> Result<PixelValues> {
     image.validate()?;
     let resized;
@@ -208,31 +210,30 @@ pub fn preprocess(image: &RgbImage, config: &PreprocessConfig) -> Result<PixelVa
                 ),
             ));
         }
-        resized = resize(image, ow, oh, config.resample)?;
+        let part = match config.do_center_crop {
+            true => crop_part(oh, ow, config.crop_size),
+            false => None,
+        };
+        let part = part.unwrap_or(Rect::whole(ow, oh));
+        resized = resize_part(image, ow, oh, config.resample, part)?;
         current = &resized;
     }
     let cropped;
-    if config.do_center_crop {
-        cropped = center_crop(current, config.crop_size)?;
+    let crop = config.crop_size;
+    if config.do_center_crop && (current.height, current.width) != (crop.height, crop.width) {
+        cropped = center_crop(current, crop)?;
         current = &cropped;
     }
     let (h, w) = (current.height as usize, current.width as usize);
     let plane = h * w;
     let mut data = vec![0f32; 3 * plane];
-    let mean = config.image_mean.map(|m| m as f32);
-    let std = config.image_std.map(|s| s as f32);
+    let [r, g, b] = channel_tables(config);
+    let (planes_r, planes_gb) = data.split_at_mut(plane);
+    let (planes_g, planes_b) = planes_gb.split_at_mut(plane);
     for (i, px) in current.data.chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            let mut v = if config.do_rescale {
-                (px[c] as f64 * config.rescale_factor) as f32
-            } else {
-                px[c] as f32
-            };
-            if config.do_normalize {
-                v = (v - mean[c]) / std[c];
-            }
-            data[c * plane + i] = v;
-        }
+        planes_r[i] = r[px[0] as usize];
+        planes_g[i] = g[px[1] as usize];
+        planes_b[i] = b[px[2] as usize];
     }
     let mut values = PixelValues {
         shape: [3, h, w],
@@ -245,6 +246,48 @@ pub fn preprocess(image: &RgbImage, config: &PreprocessConfig) -> Result<PixelVa
         }
     }
     Ok(values)
+}
+
+/// The float32 value of each byte in each channel after the rescale and the normalisation: the
+/// transformers arithmetic, done once per byte value instead of once per pixel.
+fn channel_tables(config: &PreprocessConfig) -> [[f32; 256]; 3] {
+    let mean = config.image_mean.map(|m| m as f32);
+    let std = config.image_std.map(|s| s as f32);
+    std::array::from_fn(|c| {
+        std::array::from_fn(|byte| {
+            let mut v = if config.do_rescale {
+                (byte as f64 * config.rescale_factor) as f32
+            } else {
+                byte as f32
+            };
+            if config.do_normalize {
+                v = (v - mean[c]) / std[c];
+            }
+            v
+        })
+    })
+}
+
+/// The part of a `height x width` image that [`center_crop`] to `crop` keeps (all of an axis the
+/// crop pads); `None` for an empty crop, which `center_crop` refuses.
+fn crop_part(height: u32, width: u32, crop: HeightWidth) -> Option<Rect> {
+    if crop.height == 0 || crop.width == 0 {
+        return None;
+    }
+    // `center_crop` reads image row `(height - crop) // 2 + y` for output row `y`, or pads.
+    let axis = |size: u32, crop: u32| {
+        let start = (size as i64 - crop as i64).div_euclid(2);
+        let (first, end) = (start.max(0), (start + crop as i64).min(size as i64));
+        (first as u32, (end - first) as u32)
+    };
+    let (top, height) = axis(height, crop.height);
+    let (left, width) = axis(width, crop.width);
+    Some(Rect {
+        left,
+        top,
+        width,
+        height,
+    })
 }
 
 /// The patch grid `(rows, columns)` of `patch`-pixel patches that every image gets under
@@ -346,6 +389,7 @@ fn pad_bottom_right(values: PixelValues, pad: HeightWidth) -> Result<PixelValues
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Resample;
 
     #[test]
     fn shortest_edge_examples_from_the_spec() {
@@ -353,6 +397,66 @@ mod tests {
         assert_eq!(resize_output_size(480, 640, &s).unwrap(), (256, 341));
         assert_eq!(resize_output_size(1000, 333, &s).unwrap(), (768, 256));
         assert_eq!(resize_output_size(256, 256, &s).unwrap(), (256, 256));
+    }
+
+    /// The pipeline as transformers runs it, one step after another: the whole resize, the
+    /// crop, then the arithmetic per pixel.
+    fn preprocess_step_by_step(image: &RgbImage, config: &PreprocessConfig) -> Vec<f32> {
+        let (oh, ow) = resize_output_size(image.height, image.width, &config.size).unwrap();
+        let resized = crate::resize::resize(image, ow, oh, config.resample).unwrap();
+        let cropped = center_crop(&resized, config.crop_size).unwrap();
+        let plane = (cropped.width * cropped.height) as usize;
+        let mut data = vec![0f32; 3 * plane];
+        for (i, px) in cropped.data.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                let v = (px[c] as f64 * config.rescale_factor) as f32;
+                data[c * plane + i] =
+                    (v - config.image_mean[c] as f32) / config.image_std[c] as f32;
+            }
+        }
+        data
+    }
+
+    #[test]
+    fn the_cropped_resize_equals_the_steps_one_after_another() {
+        let mut state = 7u32;
+        let mut next = |n: u32| {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (state >> 8) % n
+        };
+        // Crops inside the resized image, wider or taller than it (padding on one axis or
+        // both), odd and even margins; bicubic and nearest.
+        for (w, h) in [(64u32, 48u32), (48, 64), (33, 97), (20, 20), (9, 30)] {
+            let data = (0..w * h * 3).map(|_| next(256) as u8).collect();
+            let image = RgbImage::new(w, h, data).unwrap();
+            for (size, crop) in [
+                (24, (20, 20)),
+                (24, (21, 19)),
+                (16, (24, 16)),
+                (16, (30, 40)),
+            ] {
+                for resample in [Resample::Bicubic, Resample::Nearest] {
+                    let config = PreprocessConfig {
+                        size: SizeSpec::ShortestEdge(size),
+                        crop_size: HeightWidth {
+                            height: crop.0,
+                            width: crop.1,
+                        },
+                        resample,
+                        ..PreprocessConfig::default()
+                    };
+                    let got = preprocess(&image, &config).unwrap();
+                    assert_eq!(got.shape, [3, crop.0 as usize, crop.1 as usize]);
+                    let want = preprocess_step_by_step(&image, &config);
+                    let same = got
+                        .data
+                        .iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{w}x{h}, size {size}, crop {crop:?}, {resample:?}");
+                }
+            }
+        }
     }
 
     #[test]
