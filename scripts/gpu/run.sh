@@ -154,6 +154,24 @@ PY
             --batch-size 128 --streams "$streams" --decoders "$decoders" --overwrite \
             --output "$work/vitb14.parquet" "$work/images" 2>&1 | tee -a "$OUT/pipeline.txt"
     done
+    # The defaults again with mimalloc never returning freed pages (its purge returns them, and
+    # each image's buffers fault in again: 6 faults an image on the development machine, where it
+    # made no difference on 2 cores; on 16 the faults may contend).
+    if room 30; then
+        echo "--streams 2 --decoders 2, MIMALLOC_PURGE_DELAY=-1:" >>"$OUT/pipeline.txt"
+        MIMALLOC_PURGE_DELAY=-1 timeout "$(cap 90)" "$HERE/bin/dinov2" embed --model "$work/vitb14" \
+            --device cuda --dtype f16 --batch-size 128 --overwrite \
+            --output "$work/vitb14.parquet" "$work/images" 2>&1 | tee -a "$OUT/pipeline.txt"
+    fi
+    # One decoding worker over 1050 of the files: this machine's decode + preprocess time per
+    # image on one core, free of contention, beside the 16 workers' figure above.
+    if room 30; then
+        ls "$work/images" | head -1050 | sed "s|^|$work/images/|" >"$work/some.txt"
+        echo "--workers 1, 1050 files:" >>"$OUT/pipeline.txt"
+        timeout "$(cap 60)" "$HERE/bin/dinov2" embed --model "$work/vitb14" --device cuda \
+            --dtype f16 --batch-size 128 --workers 1 --overwrite \
+            --output "$work/some.parquet" "@$work/some.txt" 2>&1 | tee -a "$OUT/pipeline.txt"
+    fi
     # The server under load: ViT-B/14 f16, 16 clients for 15 s.
     if room 40; then
         echo "dinov2 serve, ViT-B/14 f16, --max-batch-size 128:" >>"$OUT/pipeline.txt"
