@@ -843,24 +843,29 @@ fn forward_checks_outputs_against_an_expected_file() {
 
 /// `dinov2 info MODEL | head -1`: the reader leaves before the output is written. The process
 /// ends without a panic's message (as `cat` would, by SIGPIPE).
+#[cfg(unix)]
 #[test]
 fn a_reader_that_leaves_early_is_no_panic() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::ExitStatusExt;
     use std::process::Stdio;
     let model =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models/dinov2-tiny-random");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dinov2"))
+    // The read end is closed before the program starts, so its first write finds no reader
+    // (closing it after the start would race with a program that writes its few lines first).
+    let mut fds = [0; 2];
+    // SAFETY: `pipe` fills in two new descriptors, which are then owned here.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read_end);
+    let out = Command::new(env!("CARGO_BIN_EXE_dinov2"))
         .args(["info", "--model", s(&model)])
-        .stdout(Stdio::piped())
+        .stdout(Stdio::from(write_end))
         .stderr(Stdio::piped())
-        .spawn()
+        .output()
         .unwrap();
-    drop(child.stdout.take()); // the read end closes before the model is read
-    let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{stderr}");
-    }
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{stderr}");
 }
