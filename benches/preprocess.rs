@@ -1,7 +1,9 @@
 //! Criterion benchmarks of the image side of `dinov2 embed` on the CPU (`dinov2-image`): JPEG
-//! decoding, Pillow's bicubic resize to a 256-pixel shortest edge, and the whole DINOv2
-//! preprocessing (resize, 224 center crop, rescale, normalize), per image, on one thread, and the
-//! same with JPEGs decoded at reduced scale (`DecodeOptions::draft`, `dinov2 embed --draft`).
+//! decoding, Pillow's bicubic resize to a 256-pixel shortest edge, the whole DINOv2
+//! preprocessing (resize, 224 center crop, rescale, normalize), and both as `dinov2 embed` runs
+//! them (`decode_and_preprocess`: a JPEG decoded only where the crop needs it), per image, on
+//! one thread, and the same with JPEGs decoded at reduced scale (`DecodeOptions::draft`,
+//! `dinov2 embed --draft`).
 //! Inputs are photographs: the shipped `rocket.jpg` (640 x 427) and the same picture upscaled to
 //! 2048 x 1366 and 4032 x 2689 (a 12-megapixel phone photo's width) and re-encoded (quality 90,
 //! 4:2:0) at start-up; and the shipped PNGs (512 x 512 RGB and grey, 451 x 300 RGB).
@@ -14,8 +16,8 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput};
 use dinov2::image::{
-    decode, preprocess, resize, resize_output_size, DecodeOptions, PreprocessConfig, Resample,
-    RgbImage, SizeSpec,
+    decode, decode_and_preprocess, preprocess, resize, resize_output_size, DecodeOptions,
+    PreprocessConfig, Resample, RgbImage, SizeSpec,
 };
 
 /// The shipped photograph, and the same picture at each of `widths` pixels wide as a JPEG.
@@ -51,10 +53,10 @@ fn main() {
         draft: Some(config.size),
         ..DecodeOptions::default()
     };
-    // What a worker of `dinov2 embed` does with each file's bytes.
+    // What a worker of `dinov2 embed` does with each file's bytes (a JPEG is decoded only where
+    // the crop's pixels come from).
     let decode_and_preprocess = |bytes: &[u8], options: &DecodeOptions| {
-        let image = decode(black_box(bytes), options).expect("decodes");
-        preprocess(&image, &config).expect("preprocesses")
+        decode_and_preprocess(black_box(bytes), "bench", options, &config).expect("preprocesses")
     };
     for (name, jpeg) in photos(&[2048, 4032]) {
         let image: RgbImage = decode(&jpeg, &options).expect("decodes");

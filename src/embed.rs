@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rayon::prelude::*;
 
 use dinov2_image::{
-    decode_sized, preprocess, DecodeOptions, PixelValues, PreprocessConfig, RgbImage,
+    decode_and_preprocess, preprocess, DecodeOptions, PixelValues, PreprocessConfig, RgbImage,
 };
 
 use crate::error::{Error, Result};
@@ -100,19 +100,21 @@ pub fn cut_to_patches(pixels: PixelValues, patch: usize) -> PixelValues {
 }
 
 /// Decodes encoded image bytes with `decode` (errors naming `origin`) and preprocesses them with
-/// `preprocess`: the pixel values and the file's `(width, height)`. What
-/// [`Embedder::prepare_named`] does, for code that decodes apart from an embedder.
+/// `preprocess` ([`dinov2_image::decode_and_preprocess`]): the pixel values and the file's
+/// `(width, height)`. What [`Embedder::prepare_named`] does, for code that decodes apart from an
+/// embedder.
 pub fn prepare_image(
     bytes: &[u8],
     origin: &str,
     decode: &DecodeOptions,
     preprocess_config: &PreprocessConfig,
 ) -> Result<(PixelValues, (u32, u32))> {
-    let decoded = decode_sized(bytes, origin, decode)?;
-    Ok((
-        preprocess(&decoded.image, preprocess_config)?,
-        decoded.file_size,
-    ))
+    Ok(decode_and_preprocess(
+        bytes,
+        origin,
+        decode,
+        preprocess_config,
+    )?)
 }
 
 impl<B: Backend> Embedder<B> {

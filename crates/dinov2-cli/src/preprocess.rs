@@ -1,6 +1,6 @@
 //! `dinov2 preprocess`: images to the model's pixel values, as the checkpoint's processor makes them.
 
-use dinov2::image::{decode_file, preprocess};
+use dinov2::image::load_and_preprocess;
 use dinov2::io::write_tensors;
 use dinov2::{Dinov2Config, Tensor};
 
@@ -29,8 +29,8 @@ pub fn run(args: PreprocessArgs) -> Result<()> {
         if tensors.iter().any(|(n, _): &(String, Tensor)| *n == name) {
             return Err(CliError(format!("{name} is given twice")));
         }
-        let image = decode_file(path, &options).map_err(dinov2::Error::from)?;
-        let pixels = preprocess(&image, &config).map_err(dinov2::Error::from)?;
+        let (pixels, _) =
+            load_and_preprocess(path, &options, &config).map_err(dinov2::Error::from)?;
         let tensor = Tensor::new(pixels.shape.to_vec(), pixels.data)
             .ok_or_else(|| CliError("bad pixel values".into()))?;
         tensors.push((name, tensor));

@@ -18,7 +18,8 @@
 //!
 //! Steps, each public on its own: [`decode`] / [`decode_file`] (bytes to [`RgbImage`], as
 //! Pillow's `Image.open(...).convert("RGB")`), [`resize_output_size`] and [`resize`] (Pillow's
-//! `Image.resize`), [`center_crop`], and [`preprocess`] for the whole pipeline.
+//! `Image.resize`), [`center_crop`], and [`preprocess`] for the whole pipeline;
+//! [`decode_and_preprocess`] does both, decoding a JPEG only where the crop needs it.
 
 mod config;
 mod convert;
@@ -46,20 +47,22 @@ pub use preprocess::{
     MAX_RESIZED_PIXELS,
 };
 pub use resize::{resize, resize_part, Rect};
+
 pub use rgb::RgbImage;
 
-/// Reads, decodes and preprocesses one image file. Returns the `pixel_values` and the size
-/// `(width, height)` of the image in the file (after the EXIF rotation, when that is enabled;
-/// the full size also when it was decoded at reduced scale, [`DecodeOptions::draft`]).
+/// Reads, decodes and preprocesses one image file ([`decode_and_preprocess`]). Returns the
+/// `pixel_values` and the size `(width, height)` of the image in the file (after the EXIF
+/// rotation, when that is enabled; the full size also when it was decoded at reduced scale,
+/// [`DecodeOptions::draft`]).
 pub fn load_and_preprocess(
     path: impl AsRef<Path>,
     decode_options: &DecodeOptions,
     config: &PreprocessConfig,
 ) -> Result<(PixelValues, (u32, u32))> {
     let path = path.as_ref();
-    let decoded = decode_file_sized(path, decode_options)?;
-    let size = decoded.file_size;
-    let values = preprocess(&decoded.image, config).map_err(|e| match e {
+    let bytes = read_file(path)?;
+    let origin = path.display().to_string();
+    decode_and_preprocess(&bytes, &origin, decode_options, config).map_err(|e| match e {
         ImageError::Preprocess {
             width,
             height,
@@ -70,6 +73,31 @@ pub fn load_and_preprocess(
             detail: format!("{} ({})", detail, path.display()),
         },
         other => other,
-    })?;
-    Ok((values, size))
+    })
+}
+
+/// Decodes encoded image `bytes` (errors naming `origin`) and preprocesses them with `config`:
+/// the `pixel_values` and the size `(width, height)` of the image in the file, as
+/// [`load_and_preprocess`] gives them.
+///
+/// The same values as [`preprocess`] of [`decode_sized`]'s image, with less work: a JPEG under a
+/// resize and a center crop is decoded only where the crop's pixels come from (with a margin;
+/// libjpeg skips the inverse DCT, upsampling and colour conversion of the rest).
+pub fn decode_and_preprocess(
+    bytes: &[u8],
+    origin: &str,
+    decode_options: &DecodeOptions,
+    config: &PreprocessConfig,
+) -> Result<(PixelValues, (u32, u32))> {
+    let region = |width, height| preprocess::needed_region(width, height, config);
+    let decoded = decode::decode_region(bytes, origin, decode_options, Some(&region))?;
+    let (full_width, full_height) = decoded.full;
+    let window = resize::Window {
+        image: &decoded.image,
+        rect: decoded.window,
+        full_width,
+        full_height,
+    };
+    let values = preprocess::preprocess_window(window, config)?;
+    Ok((values, decoded.file_size))
 }

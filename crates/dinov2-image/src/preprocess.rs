@@ -15,7 +15,7 @@
 
 use crate::config::{HeightWidth, PreprocessConfig, SizeSpec};
 use crate::error::{ImageError, Result};
-use crate::resize::{resize_part, Rect};
+use crate::resize::{resize_window, source_region, Rect, Window};
 use crate::rgb::RgbImage;
 
 /// Model input for one image: float32, channels first.
@@ -193,30 +193,62 @@ pub fn center_crop(image: &RgbImage, crop: HeightWidth) -> Result<RgbImage> {
 ///
 /// `do_convert_rgb` has no effect: the input is RGB already (decoding converts as Pillow does).
 /// With a center crop, only the part of the resized image that the crop keeps is computed
-/// ([`resize_part`]); the bits are those of the whole resize, cropped.
+/// ([`resize_part`](crate::resize_part)); the bits are those of the whole resize, cropped.
 pub fn preprocess(image: &RgbImage, config: &PreprocessConfig) -> Result<PixelValues> {
     image.validate()?;
+    preprocess_window(Window::whole(image), config)
+}
+
+/// The source pixels [`preprocess`] reads from a `width x height` image under `config`, when
+/// that is less than all of them: with a resize, a center crop and a convolution filter, the
+/// pixels the crop's part of the resize reads ([`source_region`]).
+pub(crate) fn needed_region(width: u32, height: u32, config: &PreprocessConfig) -> Option<Rect> {
+    if !(config.do_resize && config.do_center_crop) {
+        return None;
+    }
+    let (oh, ow) = resize_output_size(height, width, &config.size).ok()?;
+    if oh as u64 * ow as u64 > MAX_RESIZED_PIXELS {
+        return None; // refused by `preprocess_window` with the reason
+    }
+    let part = crop_part(oh, ow, config.crop_size)?;
+    source_region((width, height), ow, oh, config.resample, part)
+}
+
+/// [`preprocess`] of the full image that `window` is part of; the window holds at least the
+/// [`needed_region`].
+pub(crate) fn preprocess_window(
+    window: Window<'_>,
+    config: &PreprocessConfig,
+) -> Result<PixelValues> {
+    let (width, height) = (window.full_width, window.full_height);
+    let refuse = |detail: String| ImageError::Preprocess {
+        width,
+        height,
+        detail,
+    };
     let resized;
-    let mut current = image;
+    let mut current = window.image;
     if config.do_resize {
-        let (oh, ow) = resize_output_size(image.height, image.width, &config.size)?;
+        let (oh, ow) = resize_output_size(height, width, &config.size)?;
         if oh as u64 * ow as u64 > MAX_RESIZED_PIXELS {
-            return Err(preprocess_err(
-                image,
-                format!(
-                    "resize with size {:?} would give {oh}x{ow} (height x width) pixels, more than \
-                     the limit of {MAX_RESIZED_PIXELS}",
-                    config.size
-                ),
-            ));
+            return Err(refuse(format!(
+                "resize with size {:?} would give {oh}x{ow} (height x width) pixels, more than \
+                 the limit of {MAX_RESIZED_PIXELS}",
+                config.size
+            )));
         }
         let part = match config.do_center_crop {
             true => crop_part(oh, ow, config.crop_size),
             false => None,
         };
         let part = part.unwrap_or(Rect::whole(ow, oh));
-        resized = resize_part(image, ow, oh, config.resample, part)?;
+        resized = resize_window(window, ow, oh, config.resample, part)?;
         current = &resized;
+    } else if !window.is_whole() {
+        return Err(refuse(format!(
+            "expected the whole image without a resize, found only {:?} of it",
+            window.rect
+        )));
     }
     let cropped;
     let crop = config.crop_size;
@@ -241,8 +273,7 @@ pub fn preprocess(image: &RgbImage, config: &PreprocessConfig) -> Result<PixelVa
     };
     if config.do_pad {
         if let Some(pad) = config.pad_size {
-            values =
-                pad_bottom_right(values, pad).map_err(|detail| preprocess_err(image, detail))?;
+            values = pad_bottom_right(values, pad).map_err(refuse)?;
         }
     }
     Ok(values)

@@ -163,6 +163,31 @@ impl Rect {
         }
     }
 
+    /// `self` with `margin` more pixels on each side, within a `width x height` image.
+    pub(crate) fn grown(self, margin: u32, width: u32, height: u32) -> Rect {
+        let grow = |start: u32, len: u32, size: u32| {
+            let first = start.saturating_sub(margin);
+            let end = start.saturating_add(len).saturating_add(margin).min(size);
+            (first, end.saturating_sub(first))
+        };
+        let (left, width) = grow(self.left, self.width, width);
+        let (top, height) = grow(self.top, self.height, height);
+        Rect {
+            left,
+            top,
+            width,
+            height,
+        }
+    }
+
+    /// Whether `self` lies inside `outer`.
+    fn within(self, outer: Rect) -> bool {
+        self.left >= outer.left
+            && self.top >= outer.top
+            && self.left as u64 + self.width as u64 <= outer.left as u64 + outer.width as u64
+            && self.top as u64 + self.height as u64 <= outer.top as u64 + outer.height as u64
+    }
+
     fn columns(self) -> Range<usize> {
         self.left as usize..(self.left + self.width) as usize
     }
@@ -179,6 +204,37 @@ impl Rect {
             out.extend_from_slice(&data[(y * stride + columns.start) * 3..][..width]);
         }
         out
+    }
+}
+
+/// The pixels of `rect` of a `full_width x full_height` image (all of it, or the part a decoder
+/// was asked for): what [`resize_window`] reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window<'a> {
+    /// `rect.width x rect.height` pixels.
+    pub image: &'a RgbImage,
+    /// Where they lie in the full image.
+    pub rect: Rect,
+    /// The full image's width.
+    pub full_width: u32,
+    /// The full image's height.
+    pub full_height: u32,
+}
+
+impl<'a> Window<'a> {
+    /// All of `image`.
+    pub fn whole(image: &'a RgbImage) -> Self {
+        Window {
+            image,
+            rect: Rect::whole(image.width, image.height),
+            full_width: image.width,
+            full_height: image.height,
+        }
+    }
+
+    /// Whether it holds the whole image.
+    pub fn is_whole(&self) -> bool {
+        self.rect == Rect::whole(self.full_width, self.full_height)
     }
 }
 
@@ -559,53 +615,110 @@ pub fn resize_part(
     part: Rect,
 ) -> Result<RgbImage> {
     src.validate()?;
+    resize_window(Window::whole(src), width, height, resample, part)
+}
+
+/// The source pixels [`resize_part`] reads for `part` of a resize of a `src_width x src_height`
+/// image to `width x height`: `None` for the nearest filter, which may read any of them.
+pub(crate) fn source_region(
+    (src_width, src_height): (u32, u32),
+    width: u32,
+    height: u32,
+    resample: Resample,
+    part: Rect,
+) -> Option<Rect> {
+    let (filter, support) = filter_of(resample)?;
+    let axis = |in_size: u32, out_size: u32, outputs: Range<usize>| {
+        if in_size == out_size {
+            return outputs;
+        }
+        coefficients(in_size, out_size, outputs, filter, support).inputs()
+    };
+    let columns = axis(src_width, width, part.columns());
+    let rows = axis(src_height, height, part.rows());
+    Some(Rect {
+        left: columns.start as u32,
+        top: rows.start as u32,
+        width: columns.len() as u32,
+        height: rows.len() as u32,
+    })
+}
+
+/// [`resize_part`] of the full image that `src` is a window of; the window must hold the pixels
+/// [`source_region`] names (all of them for the nearest filter).
+pub(crate) fn resize_window(
+    src: Window<'_>,
+    width: u32,
+    height: u32,
+    resample: Resample,
+    part: Rect,
+) -> Result<RgbImage> {
+    let (full_width, full_height) = (src.full_width, src.full_height);
+    let refuse = |detail: String| ImageError::Preprocess {
+        width: full_width,
+        height: full_height,
+        detail,
+    };
     if width == 0 || height == 0 {
-        return Err(ImageError::Preprocess {
-            width: src.width,
-            height: src.height,
-            detail: format!("resize to {width}x{height}: expected a non-empty output size"),
-        });
+        return Err(refuse(format!(
+            "resize to {width}x{height}: expected a non-empty output size"
+        )));
     }
     let inside = |start: u32, len: u32, size: u32| {
         len > 0 && matches!(start.checked_add(len), Some(end) if end <= size)
     };
     if !(inside(part.left, part.width, width) && inside(part.top, part.height, height)) {
-        return Err(ImageError::Preprocess {
-            width: src.width,
-            height: src.height,
-            detail: format!(
-                "resize to {width}x{height}: expected a non-empty part inside the output, found \
-                 {part:?}"
-            ),
-        });
+        return Err(refuse(format!(
+            "resize to {width}x{height}: expected a non-empty part inside the output, found \
+             {part:?}"
+        )));
+    }
+    let needed = source_region((full_width, full_height), width, height, resample, part)
+        .unwrap_or(Rect::whole(full_width, full_height));
+    let fits = (src.image.width, src.image.height) == (src.rect.width, src.rect.height);
+    if !(fits && needed.within(src.rect)) {
+        return Err(refuse(format!(
+            "resize of {:?} to {width}x{height}: the pixels held, {:?}, do not cover the {:?} \
+             that {part:?} reads",
+            resample, src.rect, needed
+        )));
     }
     let out = |data| RgbImage {
         width: part.width,
         height: part.height,
         data,
     };
-    if width == src.width && height == src.height {
-        return Ok(out(part.copy_from(&src.data, src.width as usize)));
+    let (data, win) = (&src.image.data, src.rect);
+    let (win_w, left, top) = (win.width as usize, win.left as usize, win.top as usize);
+    // A rectangle of the full image in the window's coordinates.
+    let local = |r: Rect| Rect {
+        left: r.left - win.left,
+        top: r.top - win.top,
+        ..r
+    };
+    if width == full_width && height == full_height {
+        return Ok(out(local(part).copy_from(data, win_w)));
     }
     let Some((filter, support)) = filter_of(resample) else {
-        return Ok(out(nearest(src, width, height, part)));
+        // The window is the whole image (checked above).
+        return Ok(out(nearest(src.image, width, height, part)));
     };
-    let (in_w, in_h) = (src.width as i64, src.height as i64);
+    let (in_w, in_h) = (full_width as i64, full_height as i64);
     let (out_w, out_h) = (width as i64, height as i64);
     let horizontal_first = !((in_h - out_h) > 0 && (in_h - out_h) > (in_w - out_w) * 2);
     let axis = |in_size, out_size, outputs: Range<usize>| {
         (in_size != out_size).then(|| coefficients(in_size, out_size, outputs, filter, support))
     };
-    let horiz = axis(src.width, width, part.columns());
-    let vert = axis(src.height, height, part.rows());
-    let src_w = src.width as usize;
+    let horiz = axis(full_width, width, part.columns());
+    let vert = axis(full_height, height, part.rows());
+    let shift = |r: Range<usize>, by: usize| r.start - by..r.end - by;
     let data = match (horiz, vert) {
-        (Some(h), None) => horizontal(&src.data, src_w, part.rows(), 0, &h),
-        (None, Some(v)) => vertical(&src.data, src_w, 0, part.columns(), &v),
+        (Some(h), None) => horizontal(data, win_w, shift(part.rows(), top), left, &h),
+        (None, Some(v)) => vertical(data, win_w, top, shift(part.columns(), left), &v),
         (Some(h), Some(v)) if horizontal_first => {
             // Only the rows the vertical pass reads are resampled horizontally.
             let rows = v.inputs();
-            let tmp = horizontal(&src.data, src_w, rows.clone(), 0, &h);
+            let tmp = horizontal(data, win_w, shift(rows.clone(), top), left, &h);
             vertical(
                 &tmp,
                 part.width as usize,
@@ -617,11 +730,16 @@ pub fn resize_part(
         (Some(h), Some(v)) => {
             // Only the columns the horizontal pass reads are resampled vertically.
             let columns = h.inputs();
-            let first_col = columns.start;
-            let tmp = vertical(&src.data, src_w, 0, columns.clone(), &v);
-            horizontal(&tmp, columns.len(), 0..part.height as usize, first_col, &h)
+            let tmp = vertical(data, win_w, top, shift(columns.clone(), left), &v);
+            horizontal(
+                &tmp,
+                columns.len(),
+                0..part.height as usize,
+                columns.start,
+                &h,
+            )
         }
-        (None, None) => part.copy_from(&src.data, src_w),
+        (None, None) => local(part).copy_from(data, win_w),
     };
     Ok(out(data))
 }

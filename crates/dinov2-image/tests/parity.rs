@@ -189,6 +189,15 @@ fn pixel_values_match_transformers() {
                 continue;
             }
         };
+        // The path that decodes a JPEG only where the crop needs it gives the same bits.
+        match load_and_preprocess(&case.image, &case.options, &case.config) {
+            Ok((fused, _)) if fused == ours => {}
+            Ok(_) => failures.push(format!(
+                "{}: load_and_preprocess differs from preprocess of the decoded image",
+                case.name
+            )),
+            Err(e) => failures.push(format!("{}: load_and_preprocess failed: {e}", case.name)),
+        }
         let (shape, data) = Expected::load(&case.name).f32("pixel_values");
         if ours.shape.to_vec() != shape {
             failures.push(format!(

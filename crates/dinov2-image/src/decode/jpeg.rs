@@ -1,4 +1,4 @@
-//! JPEG through libjpeg (the `mozjpeg` crate), set up as Pillow's `JpegDecode.c` sets up
+//! JPEG through libjpeg (`mozjpeg-sys`), set up as Pillow's `JpegDecode.c` sets up
 //! libjpeg-turbo: integer slow IDCT, fancy upsampling, the library's own colour-space guess, RGB
 //! output for 3 components, grey for 1, CMYK for 4 (YCCK is converted to CMYK by libjpeg).
 //!
@@ -6,50 +6,156 @@
 //! converts CMYK to RGB; this module does the same. A file whose data ends before the last
 //! scanline is an error, as in Pillow (which raises "image file is truncated").
 //!
-//! libjpeg reports fatal errors by unwinding out of its error handler (the `mozjpeg` crate's
-//! design); the unwind is caught here and turned into an [`ImageError`].
+//! A caller that needs only part of the image ([`Region`]) gets that part with a margin, and
+//! libjpeg skips the rest: the columns outside it (`jpeg_crop_scanline`) and the rows above and
+//! below (`jpeg_skip_scanlines`) are entropy-decoded but never inverse-transformed, upsampled or
+//! colour-converted. The pixels are those of the full decode: fancy upsampling looks one chroma
+//! sample beyond each pixel, and the margin of [`REGION_MARGIN`] pixels keeps the part clear of
+//! the crop's and the skip's edges, where libjpeg sees no neighbour. The rows below the part are
+//! skipped except the last, which is read: a skip to the end would stop decoding, and a file cut
+//! short must still fail.
+//!
+//! libjpeg reports fatal errors through `error_exit`, which must not return: it unwinds (the
+//! library is built with unwind tables, `mozjpeg-sys`' `unwinding` feature), the unwind is caught
+//! here and turned into an [`ImageError`](crate::ImageError), and the decompressor is destroyed
+//! on the way out.
 
 use std::cell::Cell;
-use std::io::{BufRead, Read};
+use std::os::raw::{c_int, c_ulong};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use mozjpeg::ColorSpace;
+use mozjpeg_sys as ffi;
 
-use super::{Ctx, Decoded};
+use super::{Ctx, Decoded, Region};
 use crate::config::SizeSpec;
 use crate::convert::cmyk_to_rgb;
-use crate::error::{ImageError, Result};
+use crate::error::Result;
 use crate::exif;
 use crate::preprocess::resize_output_size;
+use crate::resize::Rect;
 
-/// A reader over the whole file that records whether libjpeg asked for data past its end.
-struct TrackingReader<'a> {
-    data: &'a [u8],
-    pos: usize,
-    hit_eof: &'a Cell<bool>,
+/// Pixels decoded around a requested part on each side (where the image has them), so that the
+/// part's own pixels are those of a full decode.
+pub(crate) const REGION_MARGIN: u32 = 16;
+
+/// A message libjpeg raised through `error_exit`, carried by the unwind.
+struct Fatal(String);
+
+/// The `error_exit` handler: formats libjpeg's message and unwinds to the `catch_unwind` in
+/// [`decode`] (without the panic hook: this is an error of the input, not of the program).
+unsafe extern "C-unwind" fn error_exit(cinfo: &mut ffi::jpeg_common_struct) {
+    let message = unsafe { message(cinfo) };
+    std::panic::resume_unwind(Box::new(Fatal(message)));
 }
 
-impl Read for TrackingReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let available = self.fill_buf()?;
-        let n = available.len().min(buf.len());
-        buf[..n].copy_from_slice(&available[..n]);
-        self.consume(n);
-        Ok(n)
-    }
-}
-
-impl BufRead for TrackingReader<'_> {
-    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
-        let rest = self.data.get(self.pos..).unwrap_or(&[]);
-        if rest.is_empty() {
-            self.hit_eof.set(true);
+/// The `emit_message` handler: warnings (level -1) are ignored, as Pillow ignores them, except
+/// that running out of data is recorded (libjpeg's memory source then inserts an end-of-image
+/// marker and fills the rest with grey).
+unsafe extern "C-unwind" fn emit_message(cinfo: &mut ffi::jpeg_common_struct, level: c_int) {
+    // SAFETY: `err` is the error manager set up in `Decompressor::new`, and `client_data` the
+    // `Cell<bool>` it lives beside, both alive for the decompressor's life.
+    unsafe {
+        if level < 0 && (*cinfo.err).msg_code == ffi::JWRN_JPEG_EOF as c_int {
+            let ran_out = cinfo.client_data as *const Cell<bool>;
+            if !ran_out.is_null() {
+                (*ran_out).set(true);
+            }
         }
-        Ok(rest)
+    }
+}
+
+/// libjpeg's `JMSG_LENGTH_MAX`: the buffer `format_message` writes into.
+const MESSAGE_LENGTH: usize = 200;
+
+/// libjpeg's text for the message it last raised.
+unsafe fn message(cinfo: &mut ffi::jpeg_common_struct) -> String {
+    let mut buffer = [0u8; MESSAGE_LENGTH];
+    // SAFETY: `err` is set. `format_message` writes at most MESSAGE_LENGTH bytes, NUL included,
+    // whatever the buffer type `mozjpeg-sys` declares for it.
+    unsafe {
+        let err = &*cinfo.err;
+        match err.format_message {
+            Some(format) => {
+                let format: unsafe extern "C-unwind" fn(*mut ffi::jpeg_common_struct, *mut u8) =
+                    std::mem::transmute(format);
+                format(cinfo, buffer.as_mut_ptr());
+                let text = buffer.split(|&b| b == 0).next().unwrap_or_default();
+                String::from_utf8_lossy(text).into_owned()
+            }
+            None => format!("libjpeg message {}", err.msg_code),
+        }
+    }
+}
+
+/// A libjpeg decompressor reading `data` from memory; destroyed on drop (also when an error
+/// unwinds through it).
+struct Decompressor<'a> {
+    cinfo: Box<ffi::jpeg_decompress_struct>,
+    // Referenced from `cinfo`: boxed so that they stay put, dropped after it.
+    _err: Box<ffi::jpeg_error_mgr>,
+    _ran_out: &'a Cell<bool>,
+    _data: &'a [u8],
+}
+
+impl<'a> Decompressor<'a> {
+    /// Creates the decompressor over `data` and reads the header. `ran_out` is set when libjpeg
+    /// asks for data past the end.
+    fn new(data: &'a [u8], ran_out: &'a Cell<bool>) -> Self {
+        // SAFETY: all-zero is the state libjpeg expects before `jpeg_std_error` and
+        // `jpeg_create_decompress` fill the structures in.
+        let mut err: Box<ffi::jpeg_error_mgr> = Box::new(unsafe { std::mem::zeroed() });
+        let mut cinfo: Box<ffi::jpeg_decompress_struct> = Box::new(unsafe { std::mem::zeroed() });
+        // SAFETY: the error manager outlives `cinfo` (both owned by the result, `cinfo` dropped
+        // first); `data` and `ran_out` outlive it by the lifetime. Errors unwind out of these
+        // calls; `cinfo` is then destroyed by `Drop` only once `jpeg_create_decompress` returned.
+        unsafe {
+            ffi::jpeg_std_error(&mut err);
+            err.error_exit = Some(error_exit);
+            err.emit_message = Some(emit_message);
+            cinfo.common.err = &mut *err;
+            cinfo.common.client_data = ran_out as *const Cell<bool> as *mut _;
+            ffi::jpeg_create_decompress(&mut *cinfo);
+        }
+        let mut decompressor = Decompressor {
+            cinfo,
+            _err: err,
+            _ran_out: ran_out,
+            _data: data,
+        };
+        // SAFETY: `data` stays borrowed for the decompressor's life.
+        unsafe {
+            ffi::jpeg_mem_src(
+                &mut decompressor.cinfo,
+                data.as_ptr(),
+                data.len() as c_ulong,
+            );
+            ffi::jpeg_read_header(&mut decompressor.cinfo, 1);
+        }
+        decompressor
     }
 
-    fn consume(&mut self, amt: usize) {
-        self.pos = (self.pos + amt).min(self.data.len());
+    /// Reads the next scanline into `row` (the output width times the output components).
+    fn read_row(&mut self, row: &mut [u8]) {
+        let width = self.cinfo.output_width as usize * self.cinfo.out_color_components as usize;
+        debug_assert!(row.len() >= width, "row of {} bytes for {width}", row.len());
+        let mut rows = [row.as_mut_ptr()];
+        // SAFETY: one row pointer to at least `width` writable bytes.
+        unsafe { ffi::jpeg_read_scanlines(&mut self.cinfo, rows.as_mut_ptr(), 1) };
+    }
+
+    /// Skips `count` scanlines (entropy-decoded, not output), unless it is 0.
+    fn skip_rows(&mut self, count: u32) {
+        if count > 0 {
+            // SAFETY: called between `jpeg_start_decompress` and the last scanline.
+            unsafe { ffi::jpeg_skip_scanlines(&mut self.cinfo, count) };
+        }
+    }
+}
+
+impl Drop for Decompressor<'_> {
+    fn drop(&mut self) {
+        // SAFETY: created by `jpeg_create_decompress`; destroying needs no finished decode.
+        unsafe { ffi::jpeg_destroy_decompress(&mut self.cinfo) };
     }
 }
 
@@ -59,23 +165,21 @@ enum Components {
     Cmyk,
 }
 
-pub(super) fn decode(data: &[u8], ctx: &Ctx<'_>) -> Result<Decoded> {
-    let hit_eof = Cell::new(false);
-    let outcome = catch_unwind(AssertUnwindSafe(|| decode_inner(data, ctx, &hit_eof)));
+pub(super) fn decode(data: &[u8], ctx: &Ctx<'_>, region: Option<&Region<'_>>) -> Result<Decoded> {
+    let ran_out = Cell::new(false);
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        decode_inner(data, ctx, region, &ran_out)
+    }));
     match outcome {
         Ok(Ok(decoded)) => Ok(decoded),
         Ok(Err(err)) => Err(err),
         Err(payload) => {
-            let message = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "libjpeg error".to_string());
-            let message = message
-                .strip_prefix("libjpeg fatal error: ")
-                .unwrap_or(&message)
-                .to_string();
-            if hit_eof.get() {
+            let message = match payload.downcast::<Fatal>() {
+                Ok(fatal) => fatal.0,
+                // Not libjpeg's: a bug here, not an input error.
+                Err(payload) => std::panic::resume_unwind(payload),
+            };
+            if ran_out.get() {
                 Err(ctx.truncated(message))
             } else {
                 Err(ctx.corrupt(message))
@@ -84,24 +188,17 @@ pub(super) fn decode(data: &[u8], ctx: &Ctx<'_>) -> Result<Decoded> {
     }
 }
 
-fn io_error(ctx: &Ctx<'_>, hit_eof: &Cell<bool>, err: std::io::Error) -> ImageError {
-    if hit_eof.get() || err.kind() == std::io::ErrorKind::UnexpectedEof {
-        ctx.truncated(err.to_string())
-    } else {
-        ctx.corrupt(err.to_string())
-    }
-}
-
-fn decode_inner(data: &[u8], ctx: &Ctx<'_>, hit_eof: &Cell<bool>) -> Result<Decoded> {
-    let reader = TrackingReader {
-        data,
-        pos: 0,
-        hit_eof,
-    };
-    let mut dec = mozjpeg::Decompress::builder()
-        .from_reader(reader)
-        .map_err(|e| io_error(ctx, hit_eof, e))?;
-    let (full_width, full_height) = dec.size();
+fn decode_inner(
+    data: &[u8],
+    ctx: &Ctx<'_>,
+    region: Option<&Region<'_>>,
+    ran_out: &Cell<bool>,
+) -> Result<Decoded> {
+    let mut dec = Decompressor::new(data, ran_out);
+    let (full_width, full_height) = (
+        dec.cinfo.image_width as usize,
+        dec.cinfo.image_height as usize,
+    );
     ctx.check_size(full_width as u64, full_height as u64)?;
     let orientation = if ctx.options.apply_exif_orientation {
         exif::jpeg_orientation(data)
@@ -113,63 +210,107 @@ fn decode_inner(data: &[u8], ctx: &Ctx<'_>, hit_eof: &Cell<bool>) -> Result<Deco
     });
     if divisor > 1 {
         // libjpeg's output size for a scale of 8/divisor eighths: ceil(side / divisor).
-        dec.scale((8 / divisor) as u8);
+        dec.cinfo.scale_num = (8 / divisor) as _;
+        dec.cinfo.scale_denom = 8;
     }
     let (width, height) = (full_width.div_ceil(divisor), full_height.div_ceil(divisor));
-    let components = match dec.components().len() {
+    let components = match dec.cinfo.num_components {
         1 => Components::Gray,
         3 => Components::Rgb,
         4 => Components::Cmyk,
         n => return Err(ctx.unsupported(format!("{n}-component image (Pillow reads 1, 3 or 4)"))),
     };
     let (space, channels) = match components {
-        Components::Gray => (ColorSpace::JCS_GRAYSCALE, 1),
-        Components::Rgb => (ColorSpace::JCS_RGB, 3),
-        Components::Cmyk => (ColorSpace::JCS_CMYK, 4),
+        Components::Gray => (ffi::J_COLOR_SPACE::JCS_GRAYSCALE, 1),
+        Components::Rgb => (ffi::J_COLOR_SPACE::JCS_RGB, 3),
+        Components::Cmyk => (ffi::J_COLOR_SPACE::JCS_CMYK, 4),
     };
-    let mut started = dec
-        .to_colorspace(space)
-        .map_err(|e| io_error(ctx, hit_eof, e))?;
-    if started.width() != width || started.height() != height {
+    dec.cinfo.out_color_space = space;
+    // Pillow's settings, which are libjpeg's defaults.
+    dec.cinfo.dct_method = ffi::J_DCT_METHOD::JDCT_ISLOW;
+    dec.cinfo.do_fancy_upsampling = 1;
+    // SAFETY: the header was read.
+    unsafe { ffi::jpeg_start_decompress(&mut dec.cinfo) };
+    if (
+        dec.cinfo.output_width as usize,
+        dec.cinfo.output_height as usize,
+    ) != (width, height)
+    {
         return Err(ctx.corrupt("output size differs from the header"));
     }
     let width32 = u32::try_from(width).map_err(|_| ctx.corrupt("width out of range"))?;
     let height32 = u32::try_from(height).map_err(|_| ctx.corrupt("height out of range"))?;
-    let mut image = ctx.rgb(width32, height32)?;
-    let samples = width * height * channels;
+
+    // What to produce: all, or the requested part with its margin (in the file's frame: only
+    // when no orientation is applied after decoding).
+    let wanted = match (region, orientation) {
+        (Some(region), exif::Orientation::Normal) => region(width32, height32),
+        _ => None,
+    };
+    let whole = Rect::whole(width32, height32);
+    let part = wanted.map_or(whole, |r| r.grown(REGION_MARGIN, width32, height32));
+    let (mut left, mut columns) = (part.left, part.width);
+    if columns < width32 {
+        // SAFETY: after `jpeg_start_decompress`, before any scanline; libjpeg widens the
+        // columns to whole iMCUs and writes back where they start and how many there are.
+        unsafe { ffi::jpeg_crop_scanline(&mut dec.cinfo, &mut left, &mut columns) };
+    }
+    let (top, rows) = (part.top, part.height);
+    let mut image = ctx.rgb(columns, rows)?;
+    dec.skip_rows(top);
+    let row_samples = columns as usize * channels;
     if channels == 3 {
-        started
-            .read_scanlines_into::<u8>(&mut image.data)
-            .map_err(|e| io_error(ctx, hit_eof, e))?;
+        for row in image.data.chunks_exact_mut(row_samples) {
+            dec.read_row(row);
+        }
     } else {
-        let mut buf = ctx.alloc(samples)?;
-        started
-            .read_scanlines_into::<u8>(&mut buf)
-            .map_err(|e| io_error(ctx, hit_eof, e))?;
-        if channels == 1 {
-            for (out, &v) in image.data.chunks_exact_mut(3).zip(&buf) {
-                out.copy_from_slice(&[v, v, v]);
-            }
-        } else {
-            // "CMYK;I": Pillow inverts every sample, then converts CMYK to RGB.
-            for (out, p) in image.data.chunks_exact_mut(3).zip(buf.chunks_exact(4)) {
-                out.copy_from_slice(&cmyk_to_rgb(255 - p[0], 255 - p[1], 255 - p[2], 255 - p[3]));
+        let mut buf = ctx.alloc(row_samples)?;
+        for out in image.data.chunks_exact_mut(columns as usize * 3) {
+            dec.read_row(&mut buf);
+            if channels == 1 {
+                for (px, &v) in out.chunks_exact_mut(3).zip(&buf) {
+                    px.copy_from_slice(&[v, v, v]);
+                }
+            } else {
+                // "CMYK;I": Pillow inverts every sample, then converts CMYK to RGB.
+                for (px, p) in out.chunks_exact_mut(3).zip(buf.chunks_exact(4)) {
+                    px.copy_from_slice(&cmyk_to_rgb(
+                        255 - p[0],
+                        255 - p[1],
+                        255 - p[2],
+                        255 - p[3],
+                    ));
+                }
             }
         }
     }
-    if hit_eof.get() {
+    // The rows below: entropy-decoded to the last, which is read (see the module documentation).
+    let below = height32 - (top + rows);
+    if below > 0 {
+        dec.skip_rows(below - 1);
+        let mut scratch = ctx.alloc(row_samples)?;
+        dec.read_row(&mut scratch);
+    }
+    if ran_out.get() {
         // libjpeg substituted an end-of-image marker and filled the rest with grey.
         return Err(
             ctx.truncated("the entropy-coded data stops before the last scanline".to_string())
         );
     }
-    // `finish` is not called: it would only read up to the end-of-image marker, which Pillow
-    // does not require either. Dropping the decompressor releases libjpeg's state.
-    drop(started);
+    // `jpeg_finish_decompress` is not called: it would only read up to the end-of-image marker,
+    // which Pillow does not require either. Dropping the decompressor releases libjpeg's state.
+    drop(dec);
     Ok(Decoded {
         image,
         orientation,
         file_size: (full_width as u32, full_height as u32),
+        window: Rect {
+            left,
+            top,
+            width: columns,
+            height: rows,
+        },
+        full: (width32, height32),
     })
 }
 

@@ -19,6 +19,7 @@ use std::path::Path;
 use crate::config::SizeSpec;
 use crate::error::{ImageError, ImageFormat, Result};
 use crate::exif::{apply_orientation, Orientation};
+use crate::resize::Rect;
 use crate::rgb::RgbImage;
 
 /// Pillow's `Image.MAX_IMAGE_PIXELS` times two: above this Pillow raises `DecompressionBombError`.
@@ -126,20 +127,30 @@ pub fn decode_file_sized(path: impl AsRef<Path>, options: &DecodeOptions) -> Res
     decode_from(&bytes, &path.display().to_string(), options)
 }
 
+/// Which part of a `width x height` decoded image a caller needs, or `None` for all of it: a
+/// decoder may then decode only that part (JPEG does, [`jpeg`]), and return it as [`Decoded`]'s
+/// `window`.
+pub(crate) type Region<'a> = dyn Fn(u32, u32) -> Option<Rect> + 'a;
+
 /// What a format decoder hands back: the RGB pixels, the EXIF orientation (1 when absent or
 /// not looked for), and the `(width, height)` the file declares (the image's own unless it was
-/// decoded at reduced scale, [`DecodeOptions::draft`]).
+/// decoded at reduced scale, [`DecodeOptions::draft`]). `image` holds the pixels of `window` of
+/// the decoded `full` (width, height): all of them unless a [`Region`] was asked for.
 pub(crate) struct Decoded {
     pub image: RgbImage,
     pub orientation: Orientation,
     pub file_size: (u32, u32),
+    pub window: Rect,
+    pub full: (u32, u32),
 }
 
 impl Decoded {
-    /// An image decoded at full size.
+    /// An image decoded whole, at full size.
     pub fn new(image: RgbImage, orientation: Orientation) -> Self {
         let file_size = (image.width, image.height);
         Decoded {
+            window: Rect::whole(image.width, image.height),
+            full: file_size,
             image,
             orientation,
             file_size,
@@ -159,6 +170,22 @@ pub struct DecodedImage {
 }
 
 fn decode_from(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<DecodedImage> {
+    let decoded = decode_region(bytes, origin, options, None)?;
+    Ok(DecodedImage {
+        image: decoded.image,
+        file_size: decoded.file_size,
+    })
+}
+
+/// Decodes `bytes` (errors naming `origin`), only the part `region` asks for where the format
+/// allows (see [`Region`]), and applies the EXIF orientation if `options` ask for it (the
+/// `file_size` then follows the oriented image).
+pub(crate) fn decode_region(
+    bytes: &[u8],
+    origin: &str,
+    options: &DecodeOptions,
+    region: Option<&Region<'_>>,
+) -> Result<Decoded> {
     if bytes.is_empty() {
         return Err(ImageError::Empty {
             origin: origin.to_string(),
@@ -175,26 +202,25 @@ fn decode_from(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<De
         format,
         options,
     };
-    let decoded = match format {
-        ImageFormat::Jpeg => jpeg::decode(bytes, &ctx)?,
+    let mut decoded = match format {
+        ImageFormat::Jpeg => jpeg::decode(bytes, &ctx, region)?,
         ImageFormat::Png => png::decode(bytes, &ctx)?,
         ImageFormat::Gif => gif::decode(bytes, &ctx)?,
         ImageFormat::Tiff => tiff::decode(bytes, &ctx)?,
         ImageFormat::WebP | ImageFormat::Bmp => other::decode(bytes, &ctx)?,
     };
-    let (mut width, mut height) = decoded.file_size;
-    let image = if options.apply_exif_orientation {
+    if options.apply_exif_orientation && decoded.orientation != Orientation::Normal {
+        // Decoders decode the whole image when it is to be oriented.
         if decoded.orientation.swaps_axes() {
-            (width, height) = (height, width);
+            let (width, height) = decoded.file_size;
+            decoded.file_size = (height, width);
         }
-        apply_orientation(decoded.image, decoded.orientation)
-    } else {
-        decoded.image
-    };
-    Ok(DecodedImage {
-        image,
-        file_size: (width, height),
-    })
+        decoded.image = apply_orientation(decoded.image, decoded.orientation);
+        decoded.window = Rect::whole(decoded.image.width, decoded.image.height);
+        decoded.full = (decoded.image.width, decoded.image.height);
+        decoded.orientation = Orientation::Normal;
+    }
+    Ok(decoded)
 }
 
 /// "text starting with ..." or the first bytes in hex, for [`ImageError::UnknownFormat`].
