@@ -172,6 +172,27 @@ PY
             --dtype f16 --batch-size 128 --workers 1 --overwrite \
             --output "$work/some.parquet" "@$work/some.txt" 2>&1 | tee -a "$OUT/pipeline.txt"
     fi
+    # Photographs as cameras write them: the sample photo upscaled to 2048 x 1366 and 4032 x
+    # 3024 (a 12-megapixel phone photo) and saved by Pillow (quality 90, baseline), 300 links
+    # each: the decoding a real collection costs, with the crop-only JPEG decoding (2026-11-28).
+    if room 40; then
+        mkdir -p "$work/photos"
+        "$PYTHON" - "$work/photos" "$root/assets/images/rocket.jpg" <<'PY' || true
+import os, sys
+from PIL import Image
+out, src = sys.argv[1], sys.argv[2]
+image = Image.open(src).convert("RGB")
+for w, h in [(2048, 1366), (4032, 3024)]:
+    path = os.path.join(out, f"photo_{w}.jpg")
+    image.resize((w, h), Image.BICUBIC).save(path, quality=90)
+    for i in range(300):
+        os.symlink(path, os.path.join(out, f"{i}-{w}.jpg"))
+PY
+        echo "large photos, $(ls "$work/photos" | grep -c -- -) files (2048 x 1366 and 4032 x 3024):" >>"$OUT/pipeline.txt"
+        timeout "$(cap 90)" "$HERE/bin/dinov2" embed --model "$work/vitb14" --device cuda \
+            --dtype f16 --batch-size 128 --overwrite --output "$work/photos.parquet" \
+            "$work/photos" 2>&1 | tee -a "$OUT/pipeline.txt"
+    fi
     # The server under load: ViT-B/14 f16, 16 clients for 15 s.
     if room 40; then
         echo "dinov2 serve, ViT-B/14 f16, --max-batch-size 128:" >>"$OUT/pipeline.txt"
