@@ -154,9 +154,10 @@ PY
             --batch-size 128 --streams "$streams" --decoders "$decoders" --overwrite \
             --output "$work/vitb14.parquet" "$work/images" 2>&1 | tee -a "$OUT/pipeline.txt"
     done
-    # The defaults again with mimalloc never returning freed pages (its purge returns them, and
-    # each image's buffers fault in again: 6 faults an image on the development machine, where it
-    # made no difference on 2 cores; on 16 the faults may contend).
+    # The defaults again with mimalloc never returning freed pages to the system (by default it
+    # does so after 1 s). The development machine still counts about 7 page faults an image
+    # (buffers freed on another thread than the one that made them), and no difference on 2
+    # cores; on 16, faults may contend.
     if room 30; then
         echo "--streams 2 --decoders 2, MIMALLOC_PURGE_DELAY=-1:" >>"$OUT/pipeline.txt"
         MIMALLOC_PURGE_DELAY=-1 timeout "$(cap 90)" "$HERE/bin/dinov2" embed --model "$work/vitb14" \
