@@ -3,10 +3,11 @@
 //!
 //! The format is recognised by the first bytes, never by the file name. Every decoder reads the
 //! header first and checks [`DecodeOptions::max_pixels`] / [`DecodeOptions::max_dimension`]
-//! before allocating pixel memory. JPEG goes through libjpeg (the `mozjpeg` crate, whose
-//! integer IDCT, fancy upsampling and colour conversion are those of Pillow's libjpeg-turbo); PNG,
-//! GIF and TIFF through the `png`, `gif` and `tiff` crates with the samples converted here as
-//! Pillow converts them; WebP and BMP through the `image` crate.
+//! before allocating pixel memory. JPEG goes through libjpeg (mozjpeg's, through `mozjpeg-sys`,
+//! whose integer IDCT, fancy upsampling and colour conversion are those of Pillow's
+//! libjpeg-turbo), only where a caller's [`Region`] needs it; PNG, GIF and TIFF through the
+//! `png`, `gif` and `tiff` crates with the samples converted here as Pillow converts them; WebP
+//! and BMP through the `image` crate.
 
 mod gif;
 mod jpeg;
