@@ -8,8 +8,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use common::{fixtures, manifest};
 use dinov2_image::{
-    center_crop, decode, decode_file, preprocess, resize, DecodeOptions, HeightWidth, ImageError,
-    ImageFormat, PreprocessConfig, Resample, RgbImage, SizeSpec,
+    center_crop, decode, decode_and_preprocess, decode_file, preprocess, resize, DecodeOptions,
+    HeightWidth, ImageError, ImageFormat, PreprocessConfig, Resample, RgbImage, SizeSpec,
 };
 
 fn kind(err: &ImageError) -> &'static str {
@@ -194,6 +194,35 @@ fn cut_and_corrupted_images_never_panic() {
             variants.push(v);
         }
         for (i, v) in variants.iter().enumerate() {
+            // The path that decodes a JPEG only where the crop needs it: the same outcome kind
+            // as the whole decode followed by preprocessing, and no panic either.
+            let config = PreprocessConfig::default();
+            let fused = catch_unwind(AssertUnwindSafe(|| {
+                decode_and_preprocess(v, "variant", &options, &config)
+            }));
+            let whole = catch_unwind(AssertUnwindSafe(|| {
+                decode(v, &options).and_then(|img| preprocess(&img, &config))
+            }));
+            match (fused, whole) {
+                (Ok(Ok((a, _))), Ok(Ok(b))) => assert!(
+                    a == b,
+                    "{}: variant {i}: the two paths' values differ",
+                    path.display()
+                ),
+                (Ok(Err(a)), Ok(Err(b))) => assert_eq!(
+                    kind(&a),
+                    kind(&b),
+                    "{}: variant {i}: {a} / {b}",
+                    path.display()
+                ),
+                (Ok(a), Ok(b)) => panic!(
+                    "{}: variant {i}: {:?} / {:?}",
+                    path.display(),
+                    a.map(|_| ()),
+                    b.map(|_| ())
+                ),
+                _ => panic!("{}: variant {i} panicked", path.display()),
+            }
             let result = catch_unwind(AssertUnwindSafe(|| decode(v, &options)));
             match result {
                 Err(_) => panic!("{}: variant {i} panicked", path.display()),
