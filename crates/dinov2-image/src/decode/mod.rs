@@ -65,8 +65,8 @@ pub struct DecodeOptions {
     /// the DCT scales 1/8, 1/4 and 1/2 that keeps the image at least twice the resize's output
     /// in each side, as Pillow's `Image.draft(None, (2 * w, 2 * h))` (what `Image.thumbnail`
     /// does). About half the decoding and resizing time of a 12-megapixel photo (the entropy
-    /// decoding stays); the pixels are then Pillow's for a drafted image, not a full decode's. `None` (the default): every image in full.
-    /// Other formats always decode in full.
+    /// decoding stays); the pixels are then Pillow's for a drafted image, not a full decode's.
+    /// `None` (the default): every image in full. Other formats always decode in full.
     pub draft: Option<SizeSpec>,
 }
 
