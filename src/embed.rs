@@ -99,24 +99,6 @@ pub fn cut_to_patches(pixels: PixelValues, patch: usize) -> PixelValues {
     }
 }
 
-/// Decodes encoded image bytes with `decode` (errors naming `origin`) and preprocesses them with
-/// `preprocess` ([`dinov2_image::decode_and_preprocess`]): the pixel values and the file's
-/// `(width, height)`. What [`Embedder::prepare_named`] does, for code that decodes apart from an
-/// embedder.
-pub fn prepare_image(
-    bytes: &[u8],
-    origin: &str,
-    decode: &DecodeOptions,
-    preprocess_config: &PreprocessConfig,
-) -> Result<(PixelValues, (u32, u32))> {
-    Ok(decode_and_preprocess(
-        bytes,
-        origin,
-        decode,
-        preprocess_config,
-    )?)
-}
-
 impl<B: Backend> Embedder<B> {
     /// An embedder over `model` with `preprocess`; CLS pooling, not normalized.
     pub fn new(model: Dinov2<B>, preprocess: PreprocessConfig) -> Self {
@@ -209,7 +191,12 @@ impl<B: Backend> Embedder<B> {
     /// [`Embedder::prepare_bytes`] of an image that errors name `origin` (a file, an archive
     /// member).
     pub fn prepare_named(&self, bytes: &[u8], origin: &str) -> Result<(PixelValues, (u32, u32))> {
-        prepare_image(bytes, origin, &self.decode, &self.preprocess)
+        Ok(decode_and_preprocess(
+            bytes,
+            origin,
+            &self.decode,
+            &self.preprocess,
+        )?)
     }
 
     /// Preprocesses a decoded RGB image with the checkpoint's preprocessing.

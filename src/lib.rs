@@ -19,9 +19,7 @@ mod embed;
 mod error;
 pub mod io;
 
-pub use embed::{
-    cut_to_patches, prepare_image, preprocess_config, stack_images, EmbedStream, Embedder, InTurn,
-};
+pub use embed::{cut_to_patches, preprocess_config, stack_images, EmbedStream, Embedder, InTurn};
 pub use error::{Error, Result};
 
 pub use dinov2_checkpoint::{

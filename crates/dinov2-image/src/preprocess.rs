@@ -131,7 +131,7 @@ fn size_with_aspect_ratio(h: u64, w: u64, size: u64, max_size: u64) -> (u64, u64
 /// center (offsets rounded down), zero-padding where the image is smaller.
 pub fn center_crop(image: &RgbImage, crop: HeightWidth) -> Result<RgbImage> {
     image.validate()?;
-    if crop.height == 0 || crop.width == 0 {
+    let Some(part) = crop_part(image.height, image.width, crop) else {
         return Err(preprocess_err(
             image,
             format!(
@@ -139,7 +139,7 @@ pub fn center_crop(image: &RgbImage, crop: HeightWidth) -> Result<RgbImage> {
                 crop.height, crop.width
             ),
         ));
-    }
+    };
     if crop.height as u64 * crop.width as u64 > MAX_RESIZED_PIXELS {
         return Err(preprocess_err(
             image,
@@ -150,37 +150,15 @@ pub fn center_crop(image: &RgbImage, crop: HeightWidth) -> Result<RgbImage> {
             ),
         ));
     }
-    let (h, w) = (image.height as i64, image.width as i64);
-    let (ch, cw) = (crop.height as i64, crop.width as i64);
-    let mut top = (h - ch).div_euclid(2);
-    let mut left = (w - cw).div_euclid(2);
-    let (mut pad_top, mut pad_left) = (0i64, 0i64);
-    if !(top >= 0 && top + ch <= h && left >= 0 && left + cw <= w) {
-        let new_h = ch.max(h);
-        let new_w = cw.max(w);
-        pad_top = (new_h - h + 1) / 2; // ceil((new_h - h) / 2), non-negative
-        pad_left = (new_w - w + 1) / 2;
-        top += pad_top;
-        left += pad_left;
-    }
-    // Output (y, x) reads padded (top + y, left + x) = image (top + y - pad_top, ...), or 0.
-    let mut out = vec![0u8; (ch * cw * 3) as usize];
-    let row_bytes = (cw * 3) as usize;
-    for (y, out_row) in out.chunks_exact_mut(row_bytes).enumerate() {
-        let sy = top + y as i64 - pad_top;
-        if sy < 0 || sy >= h {
-            continue;
-        }
-        let x0 = (pad_left - left).max(0); // first output column inside the image
-        let x1 = (w + pad_left - left).min(cw); // one past the last
-        if x0 >= x1 {
-            continue;
-        }
-        let sx0 = left + x0 - pad_left;
-        let src = ((sy * w + sx0) * 3) as usize;
-        let len = ((x1 - x0) * 3) as usize;
-        out_row[(x0 * 3) as usize..(x0 * 3) as usize + len]
-            .copy_from_slice(&image.data[src..src + len]);
+    // Output row `y` shows image row `crop_start + y` (or padding): the kept part lands at its
+    // distance from the crop's start.
+    let top = (part.top as i64 - crop_start(image.height, crop.height)) as usize;
+    let left = (part.left as i64 - crop_start(image.width, crop.width)) as usize;
+    let (row_bytes, part_bytes) = (crop.width as usize * 3, part.width as usize * 3);
+    let mut out = vec![0u8; crop.height as usize * row_bytes];
+    for (r, y) in part.rows().enumerate() {
+        let src = &image.data[(y * image.width as usize + part.left as usize) * 3..][..part_bytes];
+        out[(top + r) * row_bytes + left * 3..][..part_bytes].copy_from_slice(src);
     }
     Ok(RgbImage {
         width: crop.width,
@@ -199,18 +177,45 @@ pub fn preprocess(image: &RgbImage, config: &PreprocessConfig) -> Result<PixelVa
     preprocess_window(Window::whole(image), config)
 }
 
+/// The resize `config` asks of a `width x height` image: its output `(height, width)` and the
+/// part of that output the center crop keeps (all of it without a crop); `None` without a
+/// resize. Refuses an output of more than [`MAX_RESIZED_PIXELS`].
+fn planned_resize(
+    width: u32,
+    height: u32,
+    config: &PreprocessConfig,
+) -> Result<Option<((u32, u32), Rect)>> {
+    if !config.do_resize {
+        return Ok(None);
+    }
+    let (oh, ow) = resize_output_size(height, width, &config.size)?;
+    if oh as u64 * ow as u64 > MAX_RESIZED_PIXELS {
+        return Err(ImageError::Preprocess {
+            width,
+            height,
+            detail: format!(
+                "resize with size {:?} would give {oh}x{ow} (height x width) pixels, more than \
+                 the limit of {MAX_RESIZED_PIXELS}",
+                config.size
+            ),
+        });
+    }
+    let part = match config.do_center_crop {
+        true => crop_part(oh, ow, config.crop_size),
+        false => None,
+    };
+    Ok(Some(((oh, ow), part.unwrap_or(Rect::whole(ow, oh)))))
+}
+
 /// The source pixels [`preprocess`] reads from a `width x height` image under `config`, when
 /// that is less than all of them: with a resize, a center crop and a convolution filter, the
 /// pixels the crop's part of the resize reads ([`source_region`]).
 pub(crate) fn needed_region(width: u32, height: u32, config: &PreprocessConfig) -> Option<Rect> {
-    if !(config.do_resize && config.do_center_crop) {
+    if !config.do_center_crop {
         return None;
     }
-    let (oh, ow) = resize_output_size(height, width, &config.size).ok()?;
-    if oh as u64 * ow as u64 > MAX_RESIZED_PIXELS {
-        return None; // refused by `preprocess_window` with the reason
-    }
-    let part = crop_part(oh, ow, config.crop_size)?;
+    // A refused resize is reported by `preprocess_window`, after a whole decode.
+    let ((oh, ow), part) = planned_resize(width, height, config).ok()??;
     source_region((width, height), ow, oh, config.resample, part)
 }
 
@@ -228,20 +233,7 @@ pub(crate) fn preprocess_window(
     };
     let resized;
     let mut current = window.image;
-    if config.do_resize {
-        let (oh, ow) = resize_output_size(height, width, &config.size)?;
-        if oh as u64 * ow as u64 > MAX_RESIZED_PIXELS {
-            return Err(refuse(format!(
-                "resize with size {:?} would give {oh}x{ow} (height x width) pixels, more than \
-                 the limit of {MAX_RESIZED_PIXELS}",
-                config.size
-            )));
-        }
-        let part = match config.do_center_crop {
-            true => crop_part(oh, ow, config.crop_size),
-            false => None,
-        };
-        let part = part.unwrap_or(Rect::whole(ow, oh));
+    if let Some(((oh, ow), part)) = planned_resize(width, height, config)? {
         resized = resize_window(window, ow, oh, config.resample, part)?;
         current = &resized;
     } else if !window.is_whole() {
@@ -299,15 +291,21 @@ fn channel_tables(config: &PreprocessConfig) -> [[f32; 256]; 3] {
     })
 }
 
+/// Where transformers' center crop of `crop` pixels starts along an axis of `size`:
+/// `(size - crop) // 2`, rounded down, negative where the crop pads.
+fn crop_start(size: u32, crop: u32) -> i64 {
+    (size as i64 - crop as i64).div_euclid(2)
+}
+
 /// The part of a `height x width` image that [`center_crop`] to `crop` keeps (all of an axis the
 /// crop pads); `None` for an empty crop, which `center_crop` refuses.
 fn crop_part(height: u32, width: u32, crop: HeightWidth) -> Option<Rect> {
     if crop.height == 0 || crop.width == 0 {
         return None;
     }
-    // `center_crop` reads image row `(height - crop) // 2 + y` for output row `y`, or pads.
+    // `center_crop` shows image row `crop_start + y` as output row `y`, or pads.
     let axis = |size: u32, crop: u32| {
-        let start = (size as i64 - crop as i64).div_euclid(2);
+        let start = crop_start(size, crop);
         let (first, end) = (start.max(0), (start + crop as i64).min(size as i64));
         (first as u32, (end - first) as u32)
     };
@@ -360,17 +358,19 @@ pub fn grid_region(
     } else {
         (height, width)
     };
-    let (rh, rw) = (rh as i64, rw as i64);
     let (top, left, mut h, mut w) = if config.do_center_crop {
         // As `center_crop`: output (y, x) is resized (y + top, x + left), or padding.
-        let (ch, cw) = (
-            config.crop_size.height as i64,
-            config.crop_size.width as i64,
-        );
-        ((rh - ch).div_euclid(2), (rw - cw).div_euclid(2), ch, cw)
+        let crop = config.crop_size;
+        (
+            crop_start(rh, crop.height),
+            crop_start(rw, crop.width),
+            crop.height as i64,
+            crop.width as i64,
+        )
     } else {
-        (0, 0, rh, rw)
+        (0, 0, rh as i64, rw as i64)
     };
+    let (rh, rw) = (rh as i64, rw as i64);
     if let (true, Some(pad)) = (config.do_pad, config.pad_size) {
         (h, w) = (h.max(pad.height as i64), w.max(pad.width as i64));
     }

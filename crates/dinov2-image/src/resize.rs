@@ -180,6 +180,16 @@ impl Rect {
         }
     }
 
+    /// The rectangle of columns `columns` and rows `rows`.
+    fn spanning(columns: Range<usize>, rows: Range<usize>) -> Rect {
+        Rect {
+            left: columns.start as u32,
+            top: rows.start as u32,
+            width: columns.len() as u32,
+            height: rows.len() as u32,
+        }
+    }
+
     /// Whether `self` lies inside `outer`.
     fn within(self, outer: Rect) -> bool {
         self.left >= outer.left
@@ -188,11 +198,11 @@ impl Rect {
             && self.top as u64 + self.height as u64 <= outer.top as u64 + outer.height as u64
     }
 
-    fn columns(self) -> Range<usize> {
+    pub(crate) fn columns(self) -> Range<usize> {
         self.left as usize..(self.left + self.width) as usize
     }
 
-    fn rows(self) -> Range<usize> {
+    pub(crate) fn rows(self) -> Range<usize> {
         self.top as usize..(self.top + self.height) as usize
     }
 
@@ -618,6 +628,23 @@ pub fn resize_part(
     resize_window(Window::whole(src), width, height, resample, part)
 }
 
+/// The coefficients of the outputs `outputs` of an axis resized from `in_size` to `out_size`
+/// with `kernel`; `None` when the axis keeps its size (the pass is skipped).
+fn axis_coefficients(
+    in_size: u32,
+    out_size: u32,
+    outputs: Range<usize>,
+    (filter, support): (Kernel, f64),
+) -> Option<Coefficients> {
+    (in_size != out_size).then(|| coefficients(in_size, out_size, outputs, filter, support))
+}
+
+/// The inputs an axis's outputs `outputs` read: those of their coefficients, or the outputs
+/// themselves where the axis keeps its size.
+fn axis_reads(c: Option<&Coefficients>, outputs: Range<usize>) -> Range<usize> {
+    c.map_or(outputs, Coefficients::inputs)
+}
+
 /// The source pixels [`resize_part`] reads for `part` of a resize of a `src_width x src_height`
 /// image to `width x height`: `None` for the nearest filter, which may read any of them.
 pub(crate) fn source_region(
@@ -627,21 +654,13 @@ pub(crate) fn source_region(
     resample: Resample,
     part: Rect,
 ) -> Option<Rect> {
-    let (filter, support) = filter_of(resample)?;
-    let axis = |in_size: u32, out_size: u32, outputs: Range<usize>| {
-        if in_size == out_size {
-            return outputs;
-        }
-        coefficients(in_size, out_size, outputs, filter, support).inputs()
-    };
-    let columns = axis(src_width, width, part.columns());
-    let rows = axis(src_height, height, part.rows());
-    Some(Rect {
-        left: columns.start as u32,
-        top: rows.start as u32,
-        width: columns.len() as u32,
-        height: rows.len() as u32,
-    })
+    let kernel = filter_of(resample)?;
+    let horiz = axis_coefficients(src_width, width, part.columns(), kernel);
+    let vert = axis_coefficients(src_height, height, part.rows(), kernel);
+    Some(Rect::spanning(
+        axis_reads(horiz.as_ref(), part.columns()),
+        axis_reads(vert.as_ref(), part.rows()),
+    ))
 }
 
 /// [`resize_part`] of the full image that `src` is a window of; the window must hold the pixels
@@ -673,8 +692,20 @@ pub(crate) fn resize_window(
              {part:?}"
         )));
     }
-    let needed = source_region((full_width, full_height), width, height, resample, part)
-        .unwrap_or(Rect::whole(full_width, full_height));
+    // Each axis's coefficients (`None` for the nearest filter), and the source they read.
+    let axes = filter_of(resample).map(|kernel| {
+        (
+            axis_coefficients(full_width, width, part.columns(), kernel),
+            axis_coefficients(full_height, height, part.rows(), kernel),
+        )
+    });
+    let needed = match &axes {
+        Some((horiz, vert)) => Rect::spanning(
+            axis_reads(horiz.as_ref(), part.columns()),
+            axis_reads(vert.as_ref(), part.rows()),
+        ),
+        None => Rect::whole(full_width, full_height),
+    };
     let fits = (src.image.width, src.image.height) == (src.rect.width, src.rect.height);
     if !(fits && needed.within(src.rect)) {
         return Err(refuse(format!(
@@ -699,18 +730,13 @@ pub(crate) fn resize_window(
     if width == full_width && height == full_height {
         return Ok(out(local(part).copy_from(data, win_w)));
     }
-    let Some((filter, support)) = filter_of(resample) else {
+    let Some((horiz, vert)) = axes else {
         // The window is the whole image (checked above).
         return Ok(out(nearest(src.image, width, height, part)));
     };
     let (in_w, in_h) = (full_width as i64, full_height as i64);
     let (out_w, out_h) = (width as i64, height as i64);
     let horizontal_first = !((in_h - out_h) > 0 && (in_h - out_h) > (in_w - out_w) * 2);
-    let axis = |in_size, out_size, outputs: Range<usize>| {
-        (in_size != out_size).then(|| coefficients(in_size, out_size, outputs, filter, support))
-    };
-    let horiz = axis(full_width, width, part.columns());
-    let vert = axis(full_height, height, part.rows());
     let shift = |r: Range<usize>, by: usize| r.start - by..r.end - by;
     let data = match (horiz, vert) {
         (Some(h), None) => horizontal(data, win_w, shift(part.rows(), top), left, &h),

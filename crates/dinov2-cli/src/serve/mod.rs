@@ -28,8 +28,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dinov2::image::decode_and_preprocess;
 use dinov2::image::{fixed_grid, DecodeOptions, PixelValues, PreprocessConfig};
-use dinov2::{cut_to_patches, prepare_image, Backend, Checkpoint, Dinov2, Embedder, Pooling};
+use dinov2::{cut_to_patches, Backend, Checkpoint, Dinov2, Embedder, Pooling};
 use serde_json::json;
 
 use crate::args::{with_backend, Device, ServeArgs};
@@ -523,14 +524,14 @@ fn embed(
         .iter()
         .enumerate()
         .map(|(i, bytes)| {
-            prepare_image(
+            decode_and_preprocess(
                 bytes,
                 &format!("input[{i}]"),
                 &state.decode,
                 &state.preprocess,
             )
             .map(|(p, _)| cut_to_patches(p, state.patch))
-            .map_err(|e| ApiError::new(422, e.to_string()))
+            .map_err(|e| ApiError::new(422, dinov2::Error::from(e).to_string()))
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     state.metrics.record_decode(images.len(), t.elapsed());
