@@ -17,9 +17,9 @@
 //       257 tokens, d 64, they ran 12% slower than the 64-row kernels (477 against 424 us).
 //   attention_f32   the f32 path: SIMT, 16 query rows per block (4 per warp), 32-key tiles, d <= 128.
 //       Grid (ceil(N/16), heads, B), 128 threads.
-//   attention_probs_{f32,f16,bf16}  the path that also writes the f32 probabilities
-//       [B, heads, N, N]: one block per query row, exact two-pass softmax. d <= 128.
-//       Grid (N, heads, B), 128 threads.
+//   softmax_rows_{f32,f16,bf16}  the softmax of the path that also writes the f32 probabilities
+//       [B, heads, N, N], between two cuBLAS products (dinov2-kernels' probs.rs): one warp per
+//       row, in place, plus a copy in the storage type. Grid ceil(rows/4), 128 threads.
 #include "common.cuh"
 
 // ---------------------------------------------------------------------------------------------
@@ -508,53 +508,37 @@ extern "C" __global__ void __launch_bounds__(128)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Attention that also writes the probabilities (f32), one block per query row.
+// The softmax of the attention that also returns its probabilities. cuBLAS writes the scores
+// scale·q·kᵀ into p [rows, n] (f32); this turns each row into exp(s - max) / sum in place, with
+// the accurate expf as the CPU reference does (not the flash kernels' ex2.approx). pt, when not
+// null, receives the same probabilities rounded to the storage type: the operand of the P·V
+// product (cuBLAS multiplies operands of one type). One warp per row, 4 rows per block.
 
 template <typename T>
-__device__ __forceinline__ void attention_probs(const T* __restrict__ qkv, T* __restrict__ out,
-                                                float* __restrict__ probs, int n, int heads, int d,
-                                                float scale) {
-    __shared__ float sq[DMAX];
-    __shared__ float scratch[32];
-    const int row = blockIdx.x, head = blockIdx.y, img = blockIdx.z;
-    const int hd = heads * d;
-    const long ld = 3L * hd;
-    const T* base = qkv + (long)img * n * ld + (long)head * d;
-    for (int c = threadIdx.x; c < d; c += blockDim.x) sq[c] = to_f32(base[(long)row * ld + c]);
-    __syncthreads();
-    float* pr = probs + (((long)img * heads + head) * n + row) * n;
+__device__ __forceinline__ void softmax_rows(float* __restrict__ p, T* __restrict__ pt, int n,
+                                             long rows) {
+    const long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;  // whole warps: a row is one warp's
+    const int lane = threadIdx.x & 31;
+    float* r = p + row * n;
     float mx = -INFINITY;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        const T* kr = base + hd + (long)j * ld;
-        float s = 0.0f;
-        for (int c = 0; c < d; c++) s = fmaf(sq[c], to_f32(kr[c]), s);
-        s *= scale;
-        pr[j] = s;
-        mx = fmaxf(mx, s);
-    }
-    mx = block_max(mx, scratch);
+    for (int j = lane; j < n; j += 32) mx = fmaxf(mx, r[j]);
+    mx = warp_max(mx);
     float sum = 0.0f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        const float e = expf(pr[j] - mx);
-        pr[j] = e;
-        sum += e;
-    }
-    const float inv = 1.0f / block_sum(sum, scratch);
-    for (int j = threadIdx.x; j < n; j += blockDim.x) pr[j] *= inv;
-    __syncthreads();
-    T* orow = out + ((long)img * n + row) * hd + (long)head * d;
-    for (int c = threadIdx.x; c < d; c += blockDim.x) {
-        const T* vc = base + 2 * hd + c;
-        float acc = 0.0f;
-        for (int j = 0; j < n; j++) acc = fmaf(pr[j], to_f32(vc[(long)j * ld]), acc);
-        orow[c] = from_f32<T>(acc);
+    for (int j = lane; j < n; j += 32) sum += expf(r[j] - mx);
+    const float inv = 1.0f / warp_sum(sum);
+    T* rt = pt == nullptr ? nullptr : pt + row * n;
+    for (int j = lane; j < n; j += 32) {
+        const float v = expf(r[j] - mx) * inv;
+        r[j] = v;
+        if (rt != nullptr) rt[j] = from_f32<T>(v);
     }
 }
 
-#define PROBS(name, T)                                                                             \
-    extern "C" __global__ void __launch_bounds__(128) attention_probs_##name(                      \
-        const T* qkv, T* out, float* probs, int n, int heads, int d, float scale) {                \
-        attention_probs<T>(qkv, out, probs, n, heads, d, scale);                                   \
+#define SOFTMAX_ROWS(name, T)                                                                      \
+    extern "C" __global__ void __launch_bounds__(128)                                              \
+        softmax_rows_##name(float* p, T* pt, int n, long rows) {                                   \
+        softmax_rows<T>(p, pt, n, rows);                                                           \
     }
 
-DINOV2_FOR_EACH_DTYPE(PROBS)
+DINOV2_FOR_EACH_DTYPE(SOFTMAX_ROWS)

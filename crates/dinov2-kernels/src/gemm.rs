@@ -281,6 +281,94 @@ impl Blas {
     }
 }
 
+impl Blas {
+    /// `C_i = alpha · op(A_i) · op(B_i)` for each matrix `i` of `g` (`cublasGemmStridedBatchedEx`,
+    /// f32 accumulation) over the buffers at the device addresses `a`, `b` and `c`: A and B of
+    /// type `ab`, C of type `ct` (`ab` or f32).
+    ///
+    /// # Safety
+    /// Every matrix `g` addresses lies inside the allocation at its operand's address.
+    pub(crate) unsafe fn gemm_batched(
+        &self,
+        g: &BatchedGemm,
+        alpha: f32,
+        (ab, ct): (DType, DType),
+        (a, b, c): (u64, u64, u64),
+    ) -> Result<()> {
+        let inner = self
+            .inner
+            .lock()
+            .map_err(|_| KernelError::Unsupported("cuBLAS state poisoned by a panic".into()))?;
+        self.stream
+            .context()
+            .bind_to_thread()
+            .ctx(|| "binding the context".into())?;
+        let (t, tc) = (blas_type(ab)?, blas_type(ct)?);
+        let at = |base: u64, o: &StridedOperand, size: usize| base + (o.offset * size) as u64;
+        let beta = 0.0f32;
+        let stride = |v: usize| {
+            i64::try_from(v)
+                .map_err(|_| KernelError::Unsupported(format!("GEMM stride {v} > i64::MAX")))
+        };
+        bres::gemm_strided_batched_ex(
+            *inner.blas.handle(),
+            blas_op(g.transa),
+            blas_op(g.transb),
+            dim(g.m)?,
+            dim(g.n)?,
+            dim(g.k)?,
+            (&alpha) as *const f32 as *const c_void,
+            at(a, &g.a, ab.size()) as *const c_void,
+            t,
+            dim(g.a.ld)?,
+            stride(g.a.stride)?,
+            at(b, &g.b, ab.size()) as *const c_void,
+            t,
+            dim(g.b.ld)?,
+            stride(g.b.stride)?,
+            (&beta) as *const f32 as *const c_void,
+            at(c, &g.c, ct.size()) as *mut c_void,
+            tc,
+            dim(g.c.ld)?,
+            stride(g.c.stride)?,
+            dim(g.count)?,
+            bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+        .map_err(blas_err(format!(
+            "cublasGemmStridedBatchedEx {ab} -> {ct} m={} n={} k={} x{}",
+            g.m, g.n, g.k, g.count
+        )))
+    }
+}
+
+/// One operand of a strided-batched GEMM, column-major: where its first matrix starts (in
+/// elements from the buffer's start), its leading dimension, and the distance from one matrix
+/// to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StridedOperand {
+    pub offset: usize,
+    pub ld: usize,
+    pub stride: usize,
+}
+
+/// `count` products `C_i = op(A_i) · op(B_i)` (`m × k` by `k × n`), as
+/// `cublasGemmStridedBatchedEx` defines them on column-major storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchedGemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// `op(A) = Aᵀ`.
+    pub transa: bool,
+    /// `op(B) = Bᵀ`.
+    pub transb: bool,
+    pub a: StridedOperand,
+    pub b: StridedOperand,
+    pub c: StridedOperand,
+    pub count: usize,
+}
+
 /// The column-major problem cuBLAS solves for the row-major `y[m, n] = x[m, k] · w[n, k]ᵀ`.
 ///
 /// A row-major `[r, c]` array is the column-major `c × r` matrix with leading dimension `c`, so

@@ -28,6 +28,7 @@ mod error;
 mod gemm;
 mod graph;
 mod ops;
+mod probs;
 mod profile;
 
 pub use buffer::{Buffer, DType};

@@ -43,6 +43,8 @@ const FLASH_BN: usize = 64;
 const ATTENTION_THREADS: u32 = 128;
 /// Query rows per block of `attention_f32` (`F32_BQ`).
 const F32_ROWS: usize = 16;
+/// Rows per block of `softmax_rows` (a warp per row, [`ATTENTION_THREADS`] threads).
+const SOFTMAX_ROWS: usize = ATTENTION_THREADS as usize / 32;
 /// Rows per block of the warp-per-row LayerNorm kernels (128 threads).
 const LN_WARP_ROWS: usize = 4;
 /// Threads per block of the block-per-row (`_wide`) LayerNorm kernels.
@@ -58,11 +60,11 @@ enum AttentionKernel {
     Flash { pad: usize, rows: usize },
     /// `attention_f32`: SIMT, any d.
     F32,
-    /// `attention_probs_{t}` with a scratch probability buffer: any d, any alignment.
-    Rows,
+    /// [`Device::attention_probs`] with a scratch probability buffer: any d, any alignment.
+    Probs,
 }
 
-/// The kernel for `dtype` and head dim `d` (1..=128); `simple` forces the row kernel, `wide`
+/// The kernel for `dtype` and head dim `d` (1..=128); `simple` forces the unfused path, `wide`
 /// picks the 128-row flash kernels where they exist; `qkv_aligned`: the qkv and out pointers
 /// are 16-byte aligned.
 fn attention_kernel(
@@ -73,7 +75,7 @@ fn attention_kernel(
     qkv_aligned: bool,
 ) -> AttentionKernel {
     if simple {
-        return AttentionKernel::Rows;
+        return AttentionKernel::Probs;
     }
     if dtype == DType::F32 {
         return AttentionKernel::F32;
@@ -87,7 +89,7 @@ fn attention_kernel(
                 FLASH_BM
             },
         },
-        _ => AttentionKernel::Rows,
+        _ => AttentionKernel::Probs,
     }
 }
 
@@ -482,7 +484,7 @@ impl Device {
     /// Softmax attention over packed `qkv` `[batch, n, 3·heads·d]` into `out` `[batch, n, heads·d]`
     /// with scores `q·kᵀ·scale`. f16/bf16 run the tensor-core flash kernel (d a multiple of 8);
     /// f32 the SIMT kernel. `d <= 128`. Other head dims, or `DINOV2_ATTENTION=simple` (a
-    /// debugging switch), take the row-per-block kernel of [`Device::attention_probs`].
+    /// debugging switch), take the unfused path of [`Device::attention_probs`].
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
@@ -507,9 +509,9 @@ impl Device {
         let (qp, op) = (qkv.ptr(s), out.ptr(s));
         let aligned = qp % 16 == 0 && op % 16 == 0;
         let kernel = attention_kernel(t, d, self.simple_attention, self.wide_flash, aligned);
-        if kernel == AttentionKernel::Rows {
-            // The tensor-core kernel loads 8-element (16-byte) chunks; the row kernel takes any
-            // d. It needs a [batch, heads, n, n] f32 scratch buffer.
+        if kernel == AttentionKernel::Probs {
+            // The tensor-core kernel loads 8-element (16-byte) chunks; the unfused path takes any
+            // d and alignment. It needs a [batch, heads, n, n] f32 scratch buffer.
             let mut probs = self.alloc(DType::F32, &[batch, heads, n, n])?;
             return self.attention_probs(qkv, out, &mut probs, batch, n, heads, d, scale);
         }
@@ -546,7 +548,11 @@ impl Device {
         }
     }
 
-    /// [`Device::attention`] that also writes the f32 probabilities `[batch, heads, n, n]`.
+    /// [`Device::attention`] that also writes the f32 probabilities `[batch, heads, n, n]`:
+    /// the scores `scale·q·kᵀ` by cuBLAS into `probs` (f32 accumulation and output), a row softmax
+    /// in place (`softmax_rows_{t}`), and `out = P·V` by cuBLAS (f32 accumulation). For f16/bf16,
+    /// P·V multiplies the probabilities rounded to that type (a scratch copy), as transformers'
+    /// eager attention does. Any head dim up to 128, any alignment. See the `probs` module.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_probs(
         &self,
@@ -569,27 +575,44 @@ impl Device {
         if batch * n * h == 0 {
             return Ok(());
         }
+        let rows = batch * heads * n;
+        // The probabilities in the storage type, for P·V (f32: the probabilities themselves).
+        let rounded = if t == DType::F32 {
+            None
+        } else {
+            Some(self.alloc(t, &[batch, heads, n, n])?)
+        };
         let s = &self.stream;
-        let args = [
-            Arg::Ptr(qkv.ptr(s)),
-            Arg::Ptr(out.ptr(s)),
-            Arg::Ptr(probs.ptr(s)),
-            Arg::I32(i32_of(OP, n)?),
-            Arg::I32(heads as i32),
-            Arg::I32(d as i32),
-            Arg::F32(scale),
-        ];
-        let grid = (i32_of(OP, n)? as u32, heads as u32, batch as u32);
-        // SAFETY: sizes checked.
+        let (qp, pp, op) = (qkv.ptr(s), probs.ptr(s), out.ptr(s));
+        let rp = rounded.as_ref().map_or(pp, |r| r.ptr(s));
+        let plan = crate::probs::attention_gemms(batch, n, heads, d);
+        // SAFETY: the plan's matrices lie inside the buffers whose sizes are checked above (the
+        // plan's emulation test checks its bounds).
         unsafe {
+            for (scores, _) in &plan {
+                self.blas
+                    .gemm_batched(scores, scale, (t, DType::F32), (qp, qp, pp))?;
+            }
+            let args = [
+                Arg::Ptr(pp),
+                Arg::Ptr(rounded.as_ref().map_or(0, |_| rp)),
+                Arg::I32(i32_of(OP, n)?),
+                Arg::I64(rows as i64),
+            ];
+            let blocks = u32::try_from(rows.div_ceil(SOFTMAX_ROWS))
+                .map_err(|_| KernelError::shape(OP, format!("{rows} rows")))?;
             self.launch(
-                &format!("attention_probs_{t}"),
-                grid,
+                &format!("softmax_rows_{t}"),
+                (blocks, 1, 1),
                 ATTENTION_THREADS,
                 0,
                 &args,
-            )
+            )?;
+            for (_, values) in &plan {
+                self.blas.gemm_batched(values, 1.0, (t, t), (qp, rp, op))?;
+            }
         }
+        Ok(())
     }
 
     /// Unfolds pixels `[b, c, h, w]` into `cols` `[b·(h/p)·(w/p), kp]`: rows of `c·p·p` values,
@@ -912,14 +935,14 @@ mod tests {
                         "wide"
                     );
                 } else {
-                    assert_eq!(k, Rows, "{t} d={d}");
+                    assert_eq!(k, Probs, "{t} d={d}");
                 }
                 assert_eq!(
                     attention_kernel(t, d, false, false, false),
-                    Rows,
+                    Probs,
                     "unaligned"
                 );
-                assert_eq!(attention_kernel(t, d, true, false, true), Rows, "simple");
+                assert_eq!(attention_kernel(t, d, true, false, true), Probs, "simple");
             }
         }
         let pad = |d| match attention_kernel(DType::F16, d, false, false, true) {
