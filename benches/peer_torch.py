@@ -67,6 +67,7 @@ def main():
         sync()
         if cuda:
             torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
             free_before = torch.cuda.mem_get_info(device)[0]
         peak_used = 0
         first_s = None
@@ -93,6 +94,12 @@ def main():
             "warmup": warmup, "first_pass_s": first_s, "median_s": med, "times_s": times,
             "images_per_s": b / med,
             "memory_delta_bytes": max(peak_used, 0),
+            # The caching allocator's own account, beside the driver's delta: the most it held
+            # and the most in live tensors (the input counts; it was made before the baseline).
+            "memory_parts_bytes": {
+                "allocator_reserved_high": torch.cuda.max_memory_reserved(device),
+                "allocator_allocated_high": torch.cuda.max_memory_allocated(device),
+            } if cuda else {},
         }), flush=True)
         del x
 

@@ -15,7 +15,9 @@
 #      Python module dinov2_rs against the same CPU vectors, then 10500 files through ViT-B/14
 #      and the server under load); then, while time
 #      remains, ViT-S at batches 1, 64, 256, ViT-B at 1 and 64 (with and without CUDA graphs:
-#      DINOV2_CUDA_GRAPHS=0), ViT-L and ViT-g, short warm-up and repeats;
+#      DINOV2_CUDA_GRAPHS=0), ViT-S at 64 without graphs (the memory row PyTorch still leads;
+#      every bench prints our memory by part and the peer's allocator figures), ViT-L and
+#      ViT-g, short warm-up and repeats;
 #   5. prints the kernel table (ours beside PyTorch's kernels) and the model table last. The
 #      full log goes to $OUT/run.log (or bundle/out/), the benches' JSON to $OUT/bench.json (one
 #      file: the device tool brings back at most 8), the tables to $OUT/tables.txt; criterion's
@@ -246,7 +248,7 @@ np.save("/tmp/dinov2-serve-ref.npy", np.array(v, dtype=np.float32))
                 /tmp/dinov2-serve-ref.npy 1e-2 "$secs" "${images[@]}" >>"$OUT/pipeline.txt" 2>&1 \
             || rc=1
         "$PYTHON" -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' \
-            "http://$addr/metrics" 2>/dev/null | grep -E "^dinov2_(pass|requests)" >>"$OUT/pipeline.txt"
+            "http://$addr/metrics" 2>/dev/null | grep -E "^dinov2_(pass|request|images_decoded|decode|model_threads)" >>"$OUT/pipeline.txt"
     fi
     kill "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
@@ -338,7 +340,7 @@ main() {
     # The other sizes and ViT-B's small batches (with and without CUDA graphs, where launches
     # dominate) while time remains.
     local step tag arch batches
-    for step in "vits14 1,64,256" "vitb14 1,64" "nographs vitb14 1,64" "vitl14 1,64,256" "vitg14 1,64,256"; do
+    for step in "vits14 1,64,256" "vitb14 1,64" "nographs vitb14 1,64" "nographs vits14 64" "vitl14 1,64,256" "vitg14 1,64,256"; do
         room "$MIN_STEP" || break
         case $step in
             nographs*)

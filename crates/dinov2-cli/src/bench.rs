@@ -221,13 +221,19 @@ impl Measured {
     }
 }
 
+/// One batch size's timed passes ([`measure`]).
+struct Timed {
+    /// Each repeat's seconds.
+    times: Vec<f64>,
+    /// The driver's used-memory delta over the repeats, where the backend has device memory.
+    memory_delta: Option<u64>,
+    /// The backend's named memory parts after the repeats ([`Backend::memory_parts`]).
+    memory_parts: Vec<(&'static str, u64)>,
+}
+
 /// Times `embed_batch` with CLS pooling on one batch: each repeat's seconds, and memory as the
-/// used-memory delta.
-fn measure<B: Backend>(
-    model: &Dinov2<B>,
-    batch: usize,
-    args: &BenchArgs,
-) -> Result<(Vec<f64>, Option<u64>)> {
+/// used-memory delta and its parts.
+fn measure<B: Backend>(model: &Dinov2<B>, batch: usize, args: &BenchArgs) -> Result<Timed> {
     let be = model.backend();
     let x = model.upload_pixels(&pixels(batch, args.image_size))?;
     be.release_cached_memory()?;
@@ -254,7 +260,11 @@ fn measure<B: Backend>(
             used = used.max(now.saturating_sub(base));
         }
     }
-    Ok((times, base.map(|_| used as u64)))
+    Ok(Timed {
+        times,
+        memory_delta: base.map(|_| used as u64),
+        memory_parts: be.memory_parts(),
+    })
 }
 
 /// Prints the device time per operation of `passes` timed passes (`DINOV2_PROFILE=1`) beside
@@ -375,10 +385,10 @@ fn bench_on<B: Backend>(
     );
     let mut results = Vec::new();
     for &b in &args.batch_size {
-        let (times, mem) = measure(model, b, args)?;
+        let timed = measure(model, b, args)?;
         let profile = model.backend().take_op_profile()?;
-        let med = median(times.clone());
-        let ours = Measured::new(b, med, gflop, peak, mem).with_times(times);
+        let med = median(timed.times.clone());
+        let ours = Measured::new(b, med, gflop, peak, timed.memory_delta).with_times(timed.times);
         let theirs = peer
             .as_ref()
             .and_then(|p| p.iter().find(|r| r["batch"].as_u64() == Some(b as u64)))
@@ -405,6 +415,31 @@ fn bench_on<B: Backend>(
             mib(theirs.as_ref().and_then(|t| t.memory_delta_bytes)),
             ratio.map_or("-".into(), |r| format!("{r:.2}x")),
         );
+        if !timed.memory_parts.is_empty() {
+            let parts: Vec<String> = timed
+                .memory_parts
+                .iter()
+                .map(|(name, bytes)| format!("{name} {:.1}", *bytes as f64 / (1u64 << 20) as f64))
+                .collect();
+            println!("  our memory by part (MiB): {}", parts.join(", "));
+        }
+        let peer_parts = peer
+            .as_ref()
+            .and_then(|p| p.iter().find(|r| r["batch"].as_u64() == Some(b as u64)))
+            .and_then(|r| r["memory_parts_bytes"].as_object())
+            .filter(|parts| !parts.is_empty());
+        if let Some(parts) = peer_parts {
+            let parts: Vec<String> = parts
+                .iter()
+                .filter_map(|(name, bytes)| {
+                    Some(format!(
+                        "{name} {:.1}",
+                        bytes.as_f64()? / (1u64 << 20) as f64
+                    ))
+                })
+                .collect();
+            println!("  torch memory by part (MiB): {}", parts.join(", "));
+        }
         let profile = profile.map(|ops| op_table(&ops, ours.times_s.len(), med));
         results.push(json!({
             "arch": name, "device": device, "device_name": device_name, "threads": threads,
@@ -418,6 +453,9 @@ fn bench_on<B: Backend>(
             "peer_compile": args.peer_compile && peer.is_some(),
             "ratio": ratio,
             "op_profile": profile,
+            "memory_parts_bytes": timed.memory_parts.iter()
+                .map(|(name, bytes)| (name.to_string(), json!(bytes)))
+                .collect::<serde_json::Map<String, Value>>(),
         }));
     }
     let replays = model.replay_status();

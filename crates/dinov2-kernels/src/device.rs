@@ -2,6 +2,7 @@
 //! cuBLAS(Lt) handles; allocation, upload and download of [`Buffer`]s.
 
 use std::collections::HashMap;
+use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
@@ -123,7 +124,7 @@ fn keep_freed_memory(ctx: &CudaContext) {
             let _ = dsys::cuMemPoolSetAttribute(
                 pool,
                 dsys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                (&mut threshold) as *mut u64 as *mut std::ffi::c_void,
+                (&mut threshold) as *mut u64 as *mut c_void,
             );
         }
     }
@@ -365,8 +366,88 @@ impl Device {
                 .ctx(|| "trimming the memory pool".into())?;
             dsys::cuDeviceGraphMemTrim(self.ctx.cu_device())
                 .result()
-                .ctx(|| "trimming the CUDA graph memory".into())
+                .ctx(|| "trimming the CUDA graph memory".into())?;
+            // The high-water marks of [`Device::memory_parts`] count from here.
+            let mut zero = 0u64;
+            for attr in [
+                dsys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
+                dsys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            ] {
+                dsys::cuMemPoolSetAttribute(pool, attr, (&mut zero) as *mut u64 as *mut c_void)
+                    .result()
+                    .ctx(|| "resetting the memory pool's high-water marks".into())?;
+            }
+            for attr in [
+                dsys::CUgraphMem_attribute::CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH,
+                dsys::CUgraphMem_attribute::CU_GRAPH_MEM_ATTR_USED_MEM_HIGH,
+            ] {
+                dsys::cuDeviceSetGraphMemAttribute(
+                    self.ctx.cu_device(),
+                    attr,
+                    (&mut zero) as *mut u64 as *mut c_void,
+                )
+                .result()
+                .ctx(|| "resetting the CUDA graph memory's high-water marks".into())?;
+            }
         }
+        Ok(())
+    }
+
+    /// Where the device memory of this process's allocations is, in bytes, for telling a
+    /// used-memory figure apart (`dinov2 bench`): the stream-ordered allocator's pool (memory
+    /// it holds from the driver, and of that in live allocations) and the CUDA graphs' own
+    /// memory (their allocation nodes), each now and at most since the last
+    /// [`Device::release_cached_memory`]; and the cuBLAS workspace. Empty where the driver
+    /// lacks stream-ordered allocation.
+    pub fn memory_parts(&self) -> Result<Vec<(&'static str, u64)>> {
+        let mut parts = vec![("cublas_workspace", self.blas.workspace_bytes() as u64)];
+        if !self.ctx.has_async_alloc() {
+            return Ok(parts);
+        }
+        self.ctx
+            .bind_to_thread()
+            .ctx(|| "binding the context".into())?;
+        let mut pool: dsys::CUmemoryPool = std::ptr::null_mut();
+        use dsys::CUgraphMem_attribute as G;
+        use dsys::CUmemPool_attribute as P;
+        // SAFETY: each call writes one u64 for a live device and its default pool.
+        unsafe {
+            dsys::cuDeviceGetDefaultMemPool(&mut pool, self.ctx.cu_device())
+                .result()
+                .ctx(|| "reading the default memory pool".into())?;
+            for (name, attr) in [
+                ("pool_reserved", P::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT),
+                ("pool_reserved_high", P::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH),
+                ("pool_used", P::CU_MEMPOOL_ATTR_USED_MEM_CURRENT),
+                ("pool_used_high", P::CU_MEMPOOL_ATTR_USED_MEM_HIGH),
+            ] {
+                let mut v = 0u64;
+                dsys::cuMemPoolGetAttribute(pool, attr, (&mut v) as *mut u64 as *mut c_void)
+                    .result()
+                    .ctx(|| format!("reading the memory pool's {name}"))?;
+                parts.push((name, v));
+            }
+            for (name, attr) in [
+                ("graphs_reserved", G::CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT),
+                (
+                    "graphs_reserved_high",
+                    G::CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH,
+                ),
+                ("graphs_used", G::CU_GRAPH_MEM_ATTR_USED_MEM_CURRENT),
+                ("graphs_used_high", G::CU_GRAPH_MEM_ATTR_USED_MEM_HIGH),
+            ] {
+                let mut v = 0u64;
+                dsys::cuDeviceGetGraphMemAttribute(
+                    self.ctx.cu_device(),
+                    attr,
+                    (&mut v) as *mut u64 as *mut c_void,
+                )
+                .result()
+                .ctx(|| format!("reading the CUDA graph memory's {name}"))?;
+                parts.push((name, v));
+            }
+        }
+        Ok(parts)
     }
 
     /// An uninitialized buffer.

@@ -205,6 +205,11 @@ impl Blas {
         })
     }
 
+    /// The size of the cuBLAS(Lt) workspace, allocated when the device opened.
+    pub(crate) fn workspace_bytes(&self) -> usize {
+        self.inner.lock().map_or(0, |inner| inner.workspace.len())
+    }
+
     /// The loaded cuBLAS version (`major·10000 + minor·100 + patch`), 0 when unknown.
     pub(crate) fn version(&self) -> i32 {
         let Ok(inner) = self.inner.lock() else {

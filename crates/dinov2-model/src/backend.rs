@@ -157,6 +157,14 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// Named parts of the backend's device memory in bytes, for telling a
+    /// [`Backend::memory_used`] delta apart (on CUDA: the allocator's pool and the CUDA graphs'
+    /// memory, now and at most since the last [`Backend::release_cached_memory`], and the
+    /// cuBLAS workspace); empty where the backend has no device memory of its own.
+    fn memory_parts(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
     /// Device time per operation since the last call, longest first, where the backend times
     /// them (CUDA with `DINOV2_PROFILE=1`); `None` elsewhere.
     fn take_op_profile(&self) -> Result<Option<Vec<OpTime>>> {

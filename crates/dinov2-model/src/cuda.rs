@@ -426,6 +426,11 @@ impl Backend for CudaBackend {
         Some(total.saturating_sub(free))
     }
 
+    fn memory_parts(&self) -> Vec<(&'static str, u64)> {
+        // A report only: a failure to read it leaves it empty.
+        self.device.memory_parts().unwrap_or_default()
+    }
+
     fn take_op_profile(&self) -> Result<Option<Vec<OpTime>>> {
         if !self.device.profiling() {
             return Ok(None);
