@@ -91,7 +91,7 @@ const HIGH_RES: (usize, usize) = (32, 1370);
 
 /// Flash attention with ViT-B/14's heads on `dev`, `batch` images of `tokens` tokens; `label`
 /// names the variant (`vitb14`: the kernel the device picks at 224 px; `vitb14_518px`: the same
-/// at 518 px; `vitb14_r128`: a device opened with `DINOV2_ATTENTION=r128`).
+/// at 518 px; `vitb14_r128`, `vitb14_518px_r128`: a device opened with `DINOV2_ATTENTION=r128`).
 fn attention(c: &mut Criterion, dev: &Device, label: &str, (batch, tokens): (usize, usize)) {
     let mut g = c.benchmark_group("attention_f16");
     let d = HIDDEN / HEADS;
@@ -370,6 +370,10 @@ fn main() {
     std::env::remove_var("DINOV2_ATTENTION");
     if let Ok(wide) = wide {
         attention(&mut c, &wide, "vitb14_r128", (BATCH, TOKENS));
+        // At 1370 tokens the loop over K/V tiles is 22 long, not 5: the 64-row kernel's warps
+        // each read every K/V tile from shared memory for 16 query rows, the 128-row kernel's
+        // for 32, half the reads per MMA (run 4: the 64-row kernel at 0.60x SDPA here).
+        attention(&mut c, &wide, "vitb14_518px_r128", HIGH_RES);
     }
     norms(&mut c, &dev);
     elementwise(&mut c, &dev);
