@@ -8,8 +8,8 @@
 #      pooling on the device;
 #   3. `dinov2 bench`: ViT-B/14, 224 px, batch 256, f16, ours against PyTorch + transformers (SDPA)
 #      in the same invocation, then against the peer under torch.compile, the same with GEMM
-#      tuning (DINOV2_GEMM_TUNE=log), then the same pass's device time per operation
-#      (DINOV2_PROFILE=1);
+#      tuning (DINOV2_GEMM_TUNE=log), two copies on two streams at once (--streams 2), then
+#      the same pass's device time per operation (DINOV2_PROFILE=1);
 #   4. the criterion kernel benches and PyTorch's kernels on the same shapes; `dinov2 embed` on
 #      the GPU (its parity with the CPU, `forward --expect` per dtype, `dinov2 serve` and the
 #      Python module dinov2_rs against the same CPU vectors, then 10500 files through ViT-B/14
@@ -309,6 +309,12 @@ main() {
     if room 30; then
         DINOV2_GEMM_TUNE=log bench vitb14-256-tuned 60 --dtype f16 --arch vitb14 --batch-size 256 \
             --warmup 3 --repeats 10
+    fi
+    # Two copies on two streams at once, as `dinov2 embed` runs the model by default: whether
+    # the memory-bound kernels of one overlap the GEMMs of the other.
+    if room 30; then
+        bench vitb14-256-streams2 60 --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 \
+            --repeats 10 --streams 2
     fi
     # Where its time goes: device time per operation (CUDA events around each; graphs off).
     if room 30; then

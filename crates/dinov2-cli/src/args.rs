@@ -193,6 +193,11 @@ pub struct BenchArgs {
     /// Run the peer under torch.compile (compiled during its warm-up passes).
     #[arg(long, requires = "peer")]
     pub peer_compile: bool,
+    /// Also time this many copies of the model at once, each on its own thread and, on CUDA,
+    /// its own stream, as `dinov2 embed --streams` runs them: their throughput together (the
+    /// peer runs one).
+    #[arg(long, default_value_t = 1, value_parser = count(1, 16))]
+    pub streams: usize,
     /// Also write the results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,

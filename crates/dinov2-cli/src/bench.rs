@@ -23,6 +23,7 @@ use dinov2::{
 use serde_json::{json, Value};
 
 use crate::args::{with_backend, BenchArgs, Device};
+use crate::embed_verb::Reopen;
 use crate::error::{CliError, Result};
 
 const PEER_SCRIPT: &str = include_str!("../../../benches/peer_torch.py");
@@ -169,11 +170,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
         prepare_json(path)?;
     }
     with_backend!(args.device, args.dtype, |backend| {
+        // The copies for --streams first, each on a backend of its own (on CUDA, its stream;
+        // on the CPU they share the thread pool).
+        let mut others = Vec::new();
+        for _ in 1..args.streams {
+            let backend = backend.reopen()?;
+            others.push(match &checkpoint {
+                Some(ckpt) => Dinov2::load(backend, ckpt)?,
+                None => Dinov2::random(backend, &config, 0)?,
+            });
+        }
         let model = match &checkpoint {
             Some(ckpt) => Dinov2::load(backend, ckpt)?,
             None => Dinov2::random(backend, &config, 0)?,
         };
-        bench_on(&model, &name, &config_json, &args)
+        bench_on(&model, &others, &name, &config_json, &args)
     })
 }
 
@@ -267,6 +278,56 @@ fn measure<B: Backend>(model: &Dinov2<B>, batch: usize, args: &BenchArgs) -> Res
     })
 }
 
+/// The copies of the model (`--streams`), each on its own thread: the warm-up of each in turn
+/// (recordings are made one at a time), then `repeats` passes of each at once. Returns the
+/// images per second of them together, from the common start to the last one's end.
+fn measure_together<B>(models: &[&Dinov2<B>], batch: usize, args: &BenchArgs) -> Result<f64>
+where
+    B: Backend + Send + Sync,
+    B::Tensor: Send,
+{
+    let mut inputs = Vec::new();
+    for model in models {
+        let x = model.upload_pixels(&pixels(batch, args.image_size))?;
+        for _ in 0..args.warmup.max(2) {
+            model.embed_batch(&x, Pooling::Cls, false)?;
+        }
+        inputs.push(x);
+    }
+    let repeats = args.repeats.max(1);
+    let start = std::sync::Barrier::new(models.len());
+    let started = Instant::now();
+    let ends: Vec<Result<Instant>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = models
+            .iter()
+            .zip(inputs)
+            .map(|(model, x)| {
+                let start = &start;
+                scope.spawn(move || -> Result<Instant> {
+                    start.wait();
+                    for _ in 0..repeats {
+                        model.embed_batch(&x, Pooling::Cls, false)?;
+                    }
+                    Ok(Instant::now())
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(CliError("a stream's thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut last = started;
+    for end in ends {
+        last = last.max(end?);
+    }
+    let images = (models.len() * batch * repeats) as f64;
+    Ok(images / last.duration_since(started).as_secs_f64())
+}
+
 /// Prints the device time per operation of `passes` timed passes (`DINOV2_PROFILE=1`) beside
 /// the median pass, and returns it as JSON.
 fn op_table(ops: &[OpTime], passes: usize, median_s: f64) -> Value {
@@ -301,12 +362,17 @@ fn mib(v: Option<u64>) -> String {
     v.map_or("-".into(), |b| format!("{}", b >> 20))
 }
 
-fn bench_on<B: Backend>(
+fn bench_on<B>(
     model: &Dinov2<B>,
+    others: &[Dinov2<B>],
     name: &str,
     config_json: &str,
     args: &BenchArgs,
-) -> Result<()> {
+) -> Result<()>
+where
+    B: Backend + Send + Sync,
+    B::Tensor: Send,
+{
     let config = model.config();
     let be = model.backend();
     let device = be.name();
@@ -440,6 +506,22 @@ fn bench_on<B: Backend>(
                 .collect();
             println!("  torch memory by part (MiB): {}", parts.join(", "));
         }
+        let together = if others.is_empty() {
+            None
+        } else {
+            let models: Vec<&Dinov2<B>> = std::iter::once(model).chain(others).collect();
+            let rate = measure_together(&models, b, args)?;
+            println!(
+                "  {} streams at once: {rate:.2} img/s together, {:.2}x our one stream{}",
+                models.len(),
+                rate / ours.images_per_s,
+                theirs.as_ref().map_or(String::new(), |t| format!(
+                    ", {:.2}x PyTorch's one stream",
+                    rate / t.images_per_s
+                )),
+            );
+            Some(json!({"streams": models.len(), "images_per_s": rate}))
+        };
         let profile = profile.map(|ops| op_table(&ops, ours.times_s.len(), med));
         results.push(json!({
             "arch": name, "device": device, "device_name": device_name, "threads": threads,
@@ -453,6 +535,7 @@ fn bench_on<B: Backend>(
             "peer_compile": args.peer_compile && peer.is_some(),
             "ratio": ratio,
             "op_profile": profile,
+            "streams_together": together,
             "memory_parts_bytes": timed.memory_parts.iter()
                 .map(|(name, bytes)| (name.to_string(), json!(bytes)))
                 .collect::<serde_json::Map<String, Value>>(),

@@ -869,3 +869,41 @@ fn a_reader_that_leaves_early_is_no_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{stderr}");
 }
+
+/// `bench --streams 2` also times two copies of the model at once and reports their throughput
+/// together, on the table and in the JSON (on the CPU the copies share the thread pool).
+#[test]
+fn bench_times_several_copies_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models/dinov2-tiny-random");
+    let out = dinov2(&[
+        "bench",
+        "--model",
+        s(&model),
+        "--batch-size",
+        "1,2",
+        "--streams",
+        "2",
+        "--repeats",
+        "2",
+        "--json",
+        s(&json),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("2 streams at once:").count(), 2, "{stdout}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    for r in report["results"].as_array().unwrap() {
+        assert_eq!(r["streams_together"]["streams"], 2, "{r}");
+        assert!(
+            r["streams_together"]["images_per_s"].as_f64().unwrap() > 0.0,
+            "{r}"
+        );
+    }
+}

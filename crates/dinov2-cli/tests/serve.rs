@@ -835,6 +835,8 @@ fn absurd_counts_are_refused_up_front() {
         ],
         vec!["bench", "--arch", "vits14", "--repeats", "0"],
         vec!["bench", "--arch", "vits14", "--image-size", "100000"],
+        vec!["bench", "--arch", "vits14", "--streams", "0"],
+        vec!["bench", "--arch", "vits14", "--streams", "17"],
     ] {
         let r = Command::new(env!("CARGO_BIN_EXE_dinov2"))
             .args(&args)
