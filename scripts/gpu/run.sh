@@ -8,8 +8,9 @@
 #      pooling on the device;
 #   3. `dinov2 bench`: ViT-B/14, 224 px, batch 256, f16, ours against PyTorch + transformers (SDPA)
 #      in the same invocation, then against the peer under torch.compile, the same with GEMM
-#      tuning (DINOV2_GEMM_TUNE=log), two copies on two streams at once (--streams 2), then
-#      the same pass's device time per operation (DINOV2_PROFILE=1);
+#      tuning (DINOV2_GEMM_TUNE=log), two copies on two streams at once (--streams 2), the
+#      tanh GELU in the GEMM epilogue (DINOV2_FAST_GELU=1), then the same pass's device time
+#      per operation (DINOV2_PROFILE=1);
 #   4. the criterion kernel benches and PyTorch's kernels on the same shapes; `dinov2 embed` on
 #      the GPU (its parity with the CPU, `forward --expect` per dtype, `dinov2 serve` and the
 #      Python module dinov2_rs against the same CPU vectors, then 10500 files through ViT-B/14
@@ -121,6 +122,12 @@ pipeline() {
             timeout "$(cap 30)" "$HERE/bin/dinov2" forward --model "$tiny" --device cuda --dtype "$dt" \
                 --expect "$work/reference.safetensors" >>"$OUT/pipeline.txt" 2>&1 || rc=1
         done
+        # The opt-in tanh GELU in the GEMM epilogue, against the same float32 outputs: how far
+        # the approximation moves f16 from transformers' exact GELU (beside the f16 line above).
+        echo "forward --expect, cuda f16, DINOV2_FAST_GELU=1:" >>"$OUT/pipeline.txt"
+        DINOV2_FAST_GELU=1 timeout "$(cap 30)" "$HERE/bin/dinov2" forward --model "$tiny" \
+            --device cuda --dtype f16 --expect "$work/reference.safetensors" \
+            >>"$OUT/pipeline.txt" 2>&1 || rc=1
     else
         echo "!! transformers_reference.py failed" >>"$OUT/pipeline.txt"
         rc=1
@@ -315,6 +322,12 @@ main() {
     if room 30; then
         bench vitb14-256-streams2 60 --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 \
             --repeats 10 --streams 2
+    fi
+    # The exact GELU replaced by its tanh approximation in the fc1 GEMM's epilogue (opt-in):
+    # what the activation pass costs.
+    if room 30; then
+        DINOV2_FAST_GELU=1 bench vitb14-256-fastgelu 60 --dtype f16 --arch vitb14 --batch-size 256 \
+            --warmup 3 --repeats 10
     fi
     # Where its time goes: device time per operation (CUDA events around each; graphs off).
     if room 30; then

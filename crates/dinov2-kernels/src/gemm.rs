@@ -127,7 +127,19 @@ impl Drop for Plan {
     }
 }
 
-type PlanKey = (DType, usize, usize, usize, bool);
+/// What cuBLASLt applies to the product before writing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Epilogue {
+    /// Nothing.
+    Plain,
+    /// `+ bias[col]`.
+    Bias,
+    /// `gelu_tanh(· + bias[col])`: the tanh approximation of GELU, as transformers' `gelu_new`
+    /// and `gelu_pytorch_tanh` define it (cuBLASLt's GELU epilogue).
+    BiasGeluTanh,
+}
+
+type PlanKey = (DType, usize, usize, usize, Epilogue);
 
 struct Lt {
     handle: lsys::cublasLtHandle_t,
@@ -225,8 +237,9 @@ impl Blas {
         }
     }
 
-    /// `y = x·wᵀ (+ bias)` with raw device pointers. Returns the path taken; with
-    /// [`GemmPath::GemmEx`] the bias has NOT been added (the caller adds it).
+    /// `y = x·wᵀ (+ bias)`, or with `gelu_tanh` `y = gelu_tanh(x·wᵀ + bias)`, with raw device
+    /// pointers. Returns the path taken; with [`GemmPath::GemmEx`] neither the bias nor the
+    /// GELU has been applied (the caller applies them).
     ///
     /// # Safety
     /// `x` holds `m·k`, `w` `n·k`, `y` `m·n` elements of `dtype`, `bias` (when given) `n`.
@@ -240,6 +253,7 @@ impl Blas {
         bias: Option<u64>,
         y: u64,
         allow_lt: bool,
+        gelu_tanh: bool,
     ) -> Result<GemmPath> {
         let mut inner = self
             .inner
@@ -252,7 +266,29 @@ impl Blas {
         if allow_lt {
             let Inner { lt, workspace, .. } = &mut *inner;
             if let Some(lt) = lt.as_mut() {
-                if lt_matmul(lt, workspace, &self.stream, dtype, (m, n, k), x, w, bias, y)? {
+                let epilogue = match (bias.is_some(), gelu_tanh) {
+                    (true, true) => Epilogue::BiasGeluTanh,
+                    (true, false) => Epilogue::Bias,
+                    (false, false) => Epilogue::Plain,
+                    (false, true) => {
+                        return Err(KernelError::Unsupported(
+                            "the GELU epilogue without a bias".into(),
+                        ))
+                    }
+                };
+                let dims = (m, n, k);
+                if lt_matmul(
+                    lt,
+                    workspace,
+                    &self.stream,
+                    dtype,
+                    dims,
+                    x,
+                    w,
+                    bias,
+                    y,
+                    epilogue,
+                )? {
                     return Ok(GemmPath::Lt);
                 }
             }
@@ -437,11 +473,12 @@ unsafe fn lt_matmul(
     w: u64,
     bias: Option<u64>,
     y: u64,
+    epilogue: Epilogue,
 ) -> Result<bool> {
-    let key = (dtype, m, n, k, bias.is_some());
+    let key = (dtype, m, n, k, epilogue);
     let new = !lt.plans.contains_key(&key);
     if new {
-        let plan = make_plan(lt, workspace.len(), dtype, (m, n, k), bias.is_some())?;
+        let plan = make_plan(lt, workspace.len(), dtype, (m, n, k), epilogue)?;
         lt.plans.insert(key, plan);
     }
     let (handle, tuning) = (lt.handle, lt.tuning);
@@ -582,7 +619,7 @@ unsafe fn make_plan(
     workspace_bytes: usize,
     dtype: DType,
     (m, n, k): (usize, usize, usize),
-    with_bias: bool,
+    epilogue: Epilogue,
 ) -> Result<Option<Plan>> {
     let t = lt_type(dtype)?;
     let desc = lres::create_matmul_desc(
@@ -621,10 +658,10 @@ unsafe fn make_plan(
         &trans_b,
         "setting TRANSB",
     )?;
-    let epilogue = if with_bias {
-        lsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS
-    } else {
-        lsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT
+    let epilogue = match epilogue {
+        Epilogue::Plain => lsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
+        Epilogue::Bias => lsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS,
+        Epilogue::BiasGeluTanh => lsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS,
     };
     set_desc(
         desc,
@@ -759,6 +796,11 @@ mod tests {
         // The epilogue attribute is a uint32: the enum must be passed with that size.
         assert_eq!(size_of::<lsys::cublasLtEpilogue_t>(), 4);
         assert_eq!(lsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS as u32, 4);
+        // GELU_BIAS is BIAS | GELU (cublasLt.h).
+        assert_eq!(
+            lsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS as u32,
+            4 | 32
+        );
         assert_eq!(
             lsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT as u32,
             1

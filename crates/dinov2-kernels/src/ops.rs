@@ -217,7 +217,41 @@ impl Device {
         w: &Buffer,
         bias: Option<&Buffer>,
         y: &mut Buffer,
+        dims: (usize, usize, usize),
+    ) -> Result<GemmPath> {
+        self.linear_with(x, w, bias, y, dims, false)
+    }
+
+    /// [`Device::linear`] followed by the tanh approximation of GELU ([`Act::GeluTanh`]), in
+    /// cuBLASLt's GELU epilogue where it runs the shape (the activation then costs no pass over
+    /// `y`), else by `bias_act`. The epilogue computes the same formula with its own tanh, so
+    /// the two paths may differ in the last bits.
+    pub fn linear_gelu_tanh(
+        &self,
+        x: &Buffer,
+        w: &Buffer,
+        bias: &Buffer,
+        y: &mut Buffer,
         (m, n, k): (usize, usize, usize),
+    ) -> Result<GemmPath> {
+        let path = self.linear_with(x, w, Some(bias), y, (m, n, k), true)?;
+        if path == GemmPath::GemmEx {
+            self.bias_act(y, None, m, n, Act::GeluTanh)?;
+        }
+        Ok(path)
+    }
+
+    /// [`Device::linear`], with the tanh GELU fused when `gelu_tanh` and cuBLASLt runs the shape
+    /// with a bias of `y`'s dtype ([`GemmPath::Lt`]); on [`GemmPath::GemmEx`] the caller
+    /// applies it.
+    fn linear_with(
+        &self,
+        x: &Buffer,
+        w: &Buffer,
+        bias: Option<&Buffer>,
+        y: &mut Buffer,
+        (m, n, k): (usize, usize, usize),
+        gelu_tanh: bool,
     ) -> Result<GemmPath> {
         const OP: &str = "linear";
         let t = float(OP, x)?;
@@ -258,6 +292,7 @@ impl Device {
                 lt_bias,
                 y.ptr(s),
                 allow_lt,
+                gelu_tanh && lt_bias.is_some(),
             )?
         };
         if path == GemmPath::GemmEx {

@@ -129,6 +129,43 @@ fn linear_matches_cpu() {
     }
 }
 
+/// `linear_gelu_tanh` in f16 and bf16 (where the model uses it): the tanh GELU in cuBLASLt's
+/// epilogue where the bias has the compute dtype, and after `cublasGemmEx` with an f32 bias;
+/// both against the CPU's linear layer and tanh GELU. (f32 is not held to its 1e-5 here: the
+/// epilogue's own tanh need not be as exact as the kernels' tanhf, and the model keeps f32 on
+/// the kernels.)
+#[test]
+#[ignore = "needs a CUDA device"]
+fn linear_gelu_tanh_matches_cpu() {
+    let dev = device();
+    for &(m, k, n) in &[(13, 32, 24), (257, 384, 1536), (5, 13, 3)] {
+        for dtype in [DType::F16, DType::BF16] {
+            let x = round(&random(m * k, 31, 1.0), dtype);
+            let w = round(&random(n * k, 32, (4.0 / k as f32).sqrt()), dtype);
+            let b = round(&random(n, 33, 0.5), dtype);
+            let mut want = cpu::linear(&x, m, k, &w, n, Some(&b));
+            cpu::apply_activation(&mut want, cpu::Activation::GeluTanh);
+            let (xd, wd) = (
+                upload(&dev, &x, &[m, k], dtype),
+                upload(&dev, &w, &[n, k], dtype),
+            );
+            for bias_dtype in [dtype, DType::F32] {
+                let bd = upload(&dev, &b, &[n], bias_dtype);
+                let mut y = poisoned(&dev, dtype, &[m, n]);
+                let path = dev
+                    .linear_gelu_tanh(&xd, &wd, &bd, &mut y, (m, n, k))
+                    .unwrap();
+                check(
+                    &format!("linear + gelu_tanh {dtype} m={m} k={k} n={n} bias {bias_dtype} via {path:?}"),
+                    &dev.download(&y).unwrap(),
+                    &round(&want, dtype),
+                    tolerance(dtype),
+                );
+            }
+        }
+    }
+}
+
 /// `DINOV2_GEMM_TUNE`: a shape above the tuning threshold timed over cuBLASLt's candidates gives
 /// the heuristic algorithm's result up to rounding. (The variable is read when a device opens;
 /// each run opens its own. The GPU tests run one at a time.)
