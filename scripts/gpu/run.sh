@@ -152,10 +152,12 @@ for i in range(1, 1501):
 PY
     timeout "$(cap 90)" "$PYTHON" "$HERE/scripts/pipeline.py" checkpoint "$work/vitb14" || return 1
     echo "ViT-B/14 f16, batch 128, $(ls "$work/images" | wc -l) files, $(nproc) CPU cores:" >>"$OUT/pipeline.txt"
-    # The defaults (two model copies on two streams, two windows decoded at once), then one
-    # window at a time (the decoding before 2026-11-28), then one stream: what each overlap brings.
+    # The defaults (two model copies on two streams, two windows decoded at once), then three
+    # windows (run 4: 11.8 of 16 cores busy with two), then one window at a time (run 4: two
+    # gave +20%). One stream and MIMALLOC_PURGE_DELAY=-1 were run 4's other rows (-2.5%,
+    # +2.4%: no change worth a default).
     local setting decoders
-    for setting in "2 2" "2 1" "1 2"; do
+    for setting in "2 2" "2 3" "2 1"; do
         read -r streams decoders <<<"$setting"
         room 30 || break
         echo "--streams $streams --decoders $decoders:" >>"$OUT/pipeline.txt"
@@ -163,16 +165,6 @@ PY
             --batch-size 128 --streams "$streams" --decoders "$decoders" --overwrite \
             --output "$work/vitb14.parquet" "$work/images" 2>&1 | tee -a "$OUT/pipeline.txt"
     done
-    # The defaults again with mimalloc never returning freed pages to the system (by default it
-    # does so after 1 s). The development machine still counts about 7 page faults an image
-    # (buffers freed on another thread than the one that made them), and no difference on 2
-    # cores; on 16, faults may contend.
-    if room 30; then
-        echo "--streams 2 --decoders 2, MIMALLOC_PURGE_DELAY=-1:" >>"$OUT/pipeline.txt"
-        MIMALLOC_PURGE_DELAY=-1 timeout "$(cap 90)" "$HERE/bin/dinov2" embed --model "$work/vitb14" \
-            --device cuda --dtype f16 --batch-size 128 --overwrite \
-            --output "$work/vitb14.parquet" "$work/images" 2>&1 | tee -a "$OUT/pipeline.txt"
-    fi
     # One decoding worker over 1050 of the files: this machine's decode + preprocess time per
     # image on one core, free of contention, beside the 16 workers' figure above.
     if room 30; then
