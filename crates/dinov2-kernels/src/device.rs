@@ -347,50 +347,53 @@ impl Device {
     /// measures one workload.
     pub fn release_cached_memory(&self) -> Result<()> {
         self.synchronize()?;
-        if !self.ctx.has_async_alloc() {
+        let Some(pool) = self.default_pool()? else {
             return Ok(());
-        }
-        self.ctx
-            .bind_to_thread()
-            .ctx(|| "binding the context".into())?;
-        let mut pool: dsys::CUmemoryPool = std::ptr::null_mut();
-        // SAFETY: the pool handle is written by the driver and used only to trim it; every block
-        // freed on our stream has completed (synchronized above). The graph trim returns the
-        // memory of graphs destroyed so far (live graphs keep theirs).
+        };
+        // SAFETY: every block freed on our stream has completed (synchronized above). The graph
+        // trim returns the memory of graphs destroyed so far (live graphs keep theirs).
         unsafe {
-            dsys::cuDeviceGetDefaultMemPool(&mut pool, self.ctx.cu_device())
-                .result()
-                .ctx(|| "reading the default memory pool".into())?;
             dsys::cuMemPoolTrimTo(pool, 0)
                 .result()
                 .ctx(|| "trimming the memory pool".into())?;
             dsys::cuDeviceGraphMemTrim(self.ctx.cu_device())
                 .result()
                 .ctx(|| "trimming the CUDA graph memory".into())?;
-            // The high-water marks of [`Device::memory_parts`] count from here.
+            // The high-water marks of [`Device::memory_parts`] count from here. A report only:
+            // a driver that refuses the reset leaves them counting from earlier.
             let mut zero = 0u64;
+            let zero = (&mut zero) as *mut u64 as *mut c_void;
             for attr in [
                 dsys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
                 dsys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
             ] {
-                dsys::cuMemPoolSetAttribute(pool, attr, (&mut zero) as *mut u64 as *mut c_void)
-                    .result()
-                    .ctx(|| "resetting the memory pool's high-water marks".into())?;
+                let _ = dsys::cuMemPoolSetAttribute(pool, attr, zero);
             }
             for attr in [
                 dsys::CUgraphMem_attribute::CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH,
                 dsys::CUgraphMem_attribute::CU_GRAPH_MEM_ATTR_USED_MEM_HIGH,
             ] {
-                dsys::cuDeviceSetGraphMemAttribute(
-                    self.ctx.cu_device(),
-                    attr,
-                    (&mut zero) as *mut u64 as *mut c_void,
-                )
-                .result()
-                .ctx(|| "resetting the CUDA graph memory's high-water marks".into())?;
+                let _ = dsys::cuDeviceSetGraphMemAttribute(self.ctx.cu_device(), attr, zero);
             }
         }
         Ok(())
+    }
+
+    /// The device's default memory pool, the stream-ordered allocator's, with the context
+    /// current on this thread; `None` where the driver lacks stream-ordered allocation.
+    fn default_pool(&self) -> Result<Option<dsys::CUmemoryPool>> {
+        if !self.ctx.has_async_alloc() {
+            return Ok(None);
+        }
+        self.ctx
+            .bind_to_thread()
+            .ctx(|| "binding the context".into())?;
+        let mut pool: dsys::CUmemoryPool = std::ptr::null_mut();
+        // SAFETY: the driver writes the handle of a live device's pool.
+        unsafe { dsys::cuDeviceGetDefaultMemPool(&mut pool, self.ctx.cu_device()) }
+            .result()
+            .ctx(|| "reading the default memory pool".into())?;
+        Ok(Some(pool))
     }
 
     /// Where the device memory of this process's allocations is, in bytes, for telling a
@@ -401,20 +404,13 @@ impl Device {
     /// lacks stream-ordered allocation.
     pub fn memory_parts(&self) -> Result<Vec<(&'static str, u64)>> {
         let mut parts = vec![("cublas_workspace", self.blas.workspace_bytes() as u64)];
-        if !self.ctx.has_async_alloc() {
+        let Some(pool) = self.default_pool()? else {
             return Ok(parts);
-        }
-        self.ctx
-            .bind_to_thread()
-            .ctx(|| "binding the context".into())?;
-        let mut pool: dsys::CUmemoryPool = std::ptr::null_mut();
+        };
         use dsys::CUgraphMem_attribute as G;
         use dsys::CUmemPool_attribute as P;
         // SAFETY: each call writes one u64 for a live device and its default pool.
         unsafe {
-            dsys::cuDeviceGetDefaultMemPool(&mut pool, self.ctx.cu_device())
-                .result()
-                .ctx(|| "reading the default memory pool".into())?;
             for (name, attr) in [
                 ("pool_reserved", P::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT),
                 ("pool_reserved_high", P::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH),

@@ -217,6 +217,19 @@ impl Blas {
         })
     }
 
+    /// The handles, for one call, with the device's context current on this thread.
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>> {
+        let inner = self
+            .inner
+            .lock()
+            .map_err(|_| KernelError::Unsupported("cuBLAS state poisoned by a panic".into()))?;
+        self.stream
+            .context()
+            .bind_to_thread()
+            .ctx(|| "binding the context".into())?;
+        Ok(inner)
+    }
+
     /// The size of the cuBLAS(Lt) workspace, allocated when the device opened.
     pub(crate) fn workspace_bytes(&self) -> usize {
         self.inner.lock().map_or(0, |inner| inner.workspace.len())
@@ -255,14 +268,7 @@ impl Blas {
         allow_lt: bool,
         gelu_tanh: bool,
     ) -> Result<GemmPath> {
-        let mut inner = self
-            .inner
-            .lock()
-            .map_err(|_| KernelError::Unsupported("cuBLAS state poisoned by a panic".into()))?;
-        self.stream
-            .context()
-            .bind_to_thread()
-            .ctx(|| "binding the context".into())?;
+        let mut inner = self.lock()?;
         if allow_lt {
             let Inner { lt, workspace, .. } = &mut *inner;
             if let Some(lt) = lt.as_mut() {
@@ -336,14 +342,7 @@ impl Blas {
         (ab, ct): (DType, DType),
         (a, b, c): (u64, u64, u64),
     ) -> Result<()> {
-        let inner = self
-            .inner
-            .lock()
-            .map_err(|_| KernelError::Unsupported("cuBLAS state poisoned by a panic".into()))?;
-        self.stream
-            .context()
-            .bind_to_thread()
-            .ctx(|| "binding the context".into())?;
+        let inner = self.lock()?;
         let (t, tc) = (blas_type(ab)?, blas_type(ct)?);
         let at = |base: u64, o: &StridedOperand, size: usize| base + (o.offset * size) as u64;
         let beta = 0.0f32;
