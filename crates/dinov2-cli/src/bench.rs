@@ -362,6 +362,14 @@ fn mib(v: Option<u64>) -> String {
     v.map_or("-".into(), |b| format!("{}", b >> 20))
 }
 
+/// `name 12.5, other 3.0`: named byte counts in MiB.
+fn mib_parts<'a>(parts: impl Iterator<Item = (&'a str, f64)>) -> String {
+    let parts: Vec<String> = parts
+        .map(|(name, bytes)| format!("{name} {:.1}", bytes / (1u64 << 20) as f64))
+        .collect();
+    parts.join(", ")
+}
+
 fn bench_on<B>(
     model: &Dinov2<B>,
     others: &[Dinov2<B>],
@@ -455,17 +463,18 @@ where
         let profile = model.backend().take_op_profile()?;
         let med = median(timed.times.clone());
         let ours = Measured::new(b, med, gflop, peak, timed.memory_delta).with_times(timed.times);
-        let theirs = peer
+        // The peer's line for this batch size.
+        let peer_row = peer
             .as_ref()
-            .and_then(|p| p.iter().find(|r| r["batch"].as_u64() == Some(b as u64)))
-            .and_then(|r| {
-                let median_s = r["median_s"].as_f64()?;
-                let mem = on_gpu.then(|| r["memory_delta_bytes"].as_u64()).flatten();
-                let times = r["times_s"]
-                    .as_array()
-                    .map_or(Vec::new(), |t| t.iter().filter_map(Value::as_f64).collect());
-                Some(Measured::new(b, median_s, gflop, peak, mem).with_times(times))
-            });
+            .and_then(|p| p.iter().find(|r| r["batch"].as_u64() == Some(b as u64)));
+        let theirs = peer_row.and_then(|r| {
+            let median_s = r["median_s"].as_f64()?;
+            let mem = on_gpu.then(|| r["memory_delta_bytes"].as_u64()).flatten();
+            let times = r["times_s"]
+                .as_array()
+                .map_or(Vec::new(), |t| t.iter().filter_map(Value::as_f64).collect());
+            Some(Measured::new(b, median_s, gflop, peak, mem).with_times(times))
+        });
         let ratio = theirs.as_ref().map(|t| ours.images_per_s / t.images_per_s);
         println!(
             "{b:>6} {:>10.2} {:>10.2} {:>9.2} {:>6} {:>7} | {:>10} {:>10} {:>9} {:>6} {:>7} | {:>6}",
@@ -482,29 +491,17 @@ where
             ratio.map_or("-".into(), |r| format!("{r:.2}x")),
         );
         if !timed.memory_parts.is_empty() {
-            let parts: Vec<String> = timed
-                .memory_parts
-                .iter()
-                .map(|(name, bytes)| format!("{name} {:.1}", *bytes as f64 / (1u64 << 20) as f64))
-                .collect();
-            println!("  our memory by part (MiB): {}", parts.join(", "));
+            let parts = timed.memory_parts.iter().map(|&(name, b)| (name, b as f64));
+            println!("  our memory by part (MiB): {}", mib_parts(parts));
         }
-        let peer_parts = peer
-            .as_ref()
-            .and_then(|p| p.iter().find(|r| r["batch"].as_u64() == Some(b as u64)))
+        let peer_parts = peer_row
             .and_then(|r| r["memory_parts_bytes"].as_object())
             .filter(|parts| !parts.is_empty());
         if let Some(parts) = peer_parts {
-            let parts: Vec<String> = parts
+            let parts = parts
                 .iter()
-                .filter_map(|(name, bytes)| {
-                    Some(format!(
-                        "{name} {:.1}",
-                        bytes.as_f64()? / (1u64 << 20) as f64
-                    ))
-                })
-                .collect();
-            println!("  torch memory by part (MiB): {}", parts.join(", "));
+                .filter_map(|(name, b)| Some((name.as_str(), b.as_f64()?)));
+            println!("  torch memory by part (MiB): {}", mib_parts(parts));
         }
         let together = if others.is_empty() {
             None
