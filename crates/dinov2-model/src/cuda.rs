@@ -144,8 +144,8 @@ impl CudaBackend {
     /// `gelu_pytorch_tanh`) runs it in cuBLASLt's GEMM epilogue, one pass over the activations
     /// less. `DINOV2_FAST_GELU=1` does the same for the exact GELU of the released checkpoints,
     /// replacing it by that approximation: it differs by at most 4.7e-4 per activation (at
-    /// x = 2.70, where f16's spacing is 2e-3), so the embeddings move from transformers' by a
-    /// fraction of f16's own rounding. Off by default.
+    /// x = 2.70, where f16's spacing is 2e-3). Off by default: it is not transformers'
+    /// function (the device script measures how far it moves the outputs).
     pub fn new(ordinal: usize, dtype: Dtype) -> Result<Self> {
         let name = format!("cuda:{ordinal}");
         let device = Device::new(ordinal).map_err(|e| ModelError::Backend {
