@@ -23,8 +23,10 @@
 //! bits as the whole resize cropped afterwards. Preprocessing asks for the center crop's
 //! rectangle: about half the work of the whole resize for a 4:3 photo.
 
+use std::cell::RefCell;
 use std::f64::consts::PI;
 use std::ops::Range;
+use std::rc::Rc;
 
 use crate::config::Resample;
 use crate::error::{ImageError, Result};
@@ -628,15 +630,45 @@ pub fn resize_part(
     resize_window(Window::whole(src), width, height, resample, part)
 }
 
+/// What one axis's coefficients are computed from: input and output sizes, the outputs, the
+/// filter.
+type AxisKey = (u32, u32, Range<usize>, Resample);
+
+/// Coefficients kept per thread: a JPEG's are needed before decoding (the region to decode) and
+/// again for the resize, and a collection's images often share their sizes.
+const CACHED_AXES: usize = 8;
+
+thread_local! {
+    /// The most recently used first.
+    static AXES: RefCell<Vec<(AxisKey, Rc<Coefficients>)>> = const { RefCell::new(Vec::new()) };
+}
+
 /// The coefficients of the outputs `outputs` of an axis resized from `in_size` to `out_size`
-/// with `kernel`; `None` when the axis keeps its size (the pass is skipped).
+/// with `resample`'s filter (not the nearest); `None` when the axis keeps its size (the pass is
+/// skipped). Computed once per thread for the last [`CACHED_AXES`] axes.
 fn axis_coefficients(
     in_size: u32,
     out_size: u32,
     outputs: Range<usize>,
-    (filter, support): (Kernel, f64),
-) -> Option<Coefficients> {
-    (in_size != out_size).then(|| coefficients(in_size, out_size, outputs, filter, support))
+    resample: Resample,
+) -> Option<Rc<Coefficients>> {
+    if in_size == out_size {
+        return None;
+    }
+    let (filter, support) = filter_of(resample)?;
+    let key = (in_size, out_size, outputs, resample);
+    AXES.with(|axes| {
+        let mut axes = axes.borrow_mut();
+        if let Some(i) = axes.iter().position(|(k, _)| *k == key) {
+            let hit = axes.remove(i);
+            axes.insert(0, hit);
+        } else {
+            let c = coefficients(in_size, out_size, key.2.clone(), filter, support);
+            axes.insert(0, (key, Rc::new(c)));
+            axes.truncate(CACHED_AXES);
+        }
+        Some(axes[0].1.clone())
+    })
 }
 
 /// The inputs an axis's outputs `outputs` read: those of their coefficients, or the outputs
@@ -654,12 +686,12 @@ pub(crate) fn source_region(
     resample: Resample,
     part: Rect,
 ) -> Option<Rect> {
-    let kernel = filter_of(resample)?;
-    let horiz = axis_coefficients(src_width, width, part.columns(), kernel);
-    let vert = axis_coefficients(src_height, height, part.rows(), kernel);
+    filter_of(resample)?;
+    let horiz = axis_coefficients(src_width, width, part.columns(), resample);
+    let vert = axis_coefficients(src_height, height, part.rows(), resample);
     Some(Rect::spanning(
-        axis_reads(horiz.as_ref(), part.columns()),
-        axis_reads(vert.as_ref(), part.rows()),
+        axis_reads(horiz.as_deref(), part.columns()),
+        axis_reads(vert.as_deref(), part.rows()),
     ))
 }
 
@@ -693,16 +725,16 @@ pub(crate) fn resize_window(
         )));
     }
     // Each axis's coefficients (`None` for the nearest filter), and the source they read.
-    let axes = filter_of(resample).map(|kernel| {
+    let axes = filter_of(resample).map(|_| {
         (
-            axis_coefficients(full_width, width, part.columns(), kernel),
-            axis_coefficients(full_height, height, part.rows(), kernel),
+            axis_coefficients(full_width, width, part.columns(), resample),
+            axis_coefficients(full_height, height, part.rows(), resample),
         )
     });
     let needed = match &axes {
         Some((horiz, vert)) => Rect::spanning(
-            axis_reads(horiz.as_ref(), part.columns()),
-            axis_reads(vert.as_ref(), part.rows()),
+            axis_reads(horiz.as_deref(), part.columns()),
+            axis_reads(vert.as_deref(), part.rows()),
         ),
         None => Rect::whole(full_width, full_height),
     };
@@ -773,6 +805,34 @@ pub(crate) fn resize_window(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The per-thread cache hands out what a fresh computation gives, for axes coming back
+    /// after more than it keeps, and for the same sizes with other outputs or filters.
+    #[test]
+    fn cached_axis_coefficients_are_the_computed_ones() {
+        let keys: Vec<(u32, u32, Range<usize>, Resample)> = (0..3 * CACHED_AXES)
+            .map(|i| {
+                let resample = [Resample::Bicubic, Resample::Lanczos][i % 2];
+                (640 + (i % 11) as u32, 383, (i % 5)..(224 + i % 5), resample)
+            })
+            .collect();
+        for round in 0..3 {
+            for (in_size, out_size, outputs, resample) in &keys {
+                let got = axis_coefficients(*in_size, *out_size, outputs.clone(), *resample)
+                    .expect("a resized axis");
+                let (filter, support) = filter_of(*resample).unwrap();
+                let want = coefficients(*in_size, *out_size, outputs.clone(), filter, support);
+                let what =
+                    format!("round {round}: {in_size} -> {out_size} {outputs:?} {resample:?}");
+                assert_eq!(got.ksize, want.ksize, "{what}");
+                assert_eq!(got.start, want.start, "{what}");
+                assert_eq!(got.count, want.count, "{what}");
+                assert_eq!(got.weights, want.weights, "{what}");
+            }
+        }
+        assert!(axis_coefficients(256, 256, 0..224, Resample::Bicubic).is_none());
+        assert!(axis_coefficients(640, 383, 0..224, Resample::Nearest).is_none());
+    }
 
     /// Pillow's horizontal pass as Pillow writes it: one pixel, one tap, one channel at a time.
     fn horizontal_reference(src: &[u8], src_w: usize, rows: usize, c: &Coefficients) -> Vec<u8> {
