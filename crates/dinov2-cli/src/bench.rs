@@ -170,20 +170,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
         prepare_json(path)?;
     }
     with_backend!(args.device, args.dtype, |backend| {
+        let load = |backend| match &checkpoint {
+            Some(ckpt) => Dinov2::load(backend, ckpt),
+            None => Dinov2::random(backend, &config, 0),
+        };
         // The copies for --streams first, each on a backend of its own (on CUDA, its stream;
         // on the CPU they share the thread pool).
         let mut others = Vec::new();
         for _ in 1..args.streams {
-            let backend = backend.reopen()?;
-            others.push(match &checkpoint {
-                Some(ckpt) => Dinov2::load(backend, ckpt)?,
-                None => Dinov2::random(backend, &config, 0)?,
-            });
+            others.push(load(backend.reopen()?)?);
         }
-        let model = match &checkpoint {
-            Some(ckpt) => Dinov2::load(backend, ckpt)?,
-            None => Dinov2::random(backend, &config, 0)?,
-        };
+        let model = load(backend)?;
         bench_on(&model, &others, &name, &config_json, &args)
     })
 }

@@ -21,6 +21,17 @@
 //! `Image.resize`), [`center_crop`], and [`preprocess`] for the whole pipeline;
 //! [`decode_and_preprocess`] does both, decoding a JPEG only where the crop needs it.
 
+/// The pseudo-random sequence the unit tests draw pixels and sizes from: each call gives the
+/// next state of a linear congruential generator started at `seed`.
+#[cfg(test)]
+fn test_sequence(seed: u32) -> impl FnMut() -> u32 {
+    let mut state = seed;
+    move || {
+        state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        state
+    }
+}
+
 mod config;
 mod convert;
 mod decode;

@@ -450,11 +450,8 @@ mod tests {
 
     #[test]
     fn the_cropped_resize_equals_the_steps_one_after_another() {
-        let mut state = 7u32;
-        let mut next = |n: u32| {
-            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            (state >> 8) % n
-        };
+        let mut sequence = crate::test_sequence(7);
+        let mut next = |n: u32| (sequence() >> 8) % n;
         // Crops inside the resized image, wider or taller than it (padding on one axis or
         // both), odd and even margins; bicubic and nearest.
         for (w, h) in [(64u32, 48u32), (48, 64), (33, 97), (20, 20), (9, 30)] {

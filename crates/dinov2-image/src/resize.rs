@@ -859,15 +859,12 @@ mod tests {
         // the rest), and a wider row; rows of 0 and 255 reach both ends of the clamp.
         for w in [1usize, 5, 6, 53] {
             let h = 7usize;
-            let mut state = 12345u32;
+            let mut next = crate::test_sequence(12345);
             let src: Vec<u8> = (0..w * h * 3)
                 .map(|i| match i / (w * 3) {
                     0 => 0,
                     1 => 255,
-                    _ => {
-                        state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                        (state >> 16) as u8
-                    }
+                    _ => (next() >> 16) as u8,
                 })
                 .collect();
             for resample in [
@@ -898,11 +895,8 @@ mod tests {
 
     #[test]
     fn a_part_has_the_bits_of_the_whole_resize_cropped() {
-        let mut state = 99u32;
-        let mut next = |n: u32| {
-            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            (state >> 8) % n
-        };
+        let mut sequence = crate::test_sequence(99);
+        let mut next = |n: u32| (sequence() >> 8) % n;
         // Both pass orders (the 30 x 90 source shrinks its height most), up and down, one axis
         // only, and the same size.
         for (in_w, in_h) in [(53u32, 41u32), (30, 90), (7, 5)] {
