@@ -482,6 +482,12 @@ fn replayed_cuda_graphs_equal_eager_passes() {
             );
             assert_eq!(eager.replay_status().recorded, 0);
         }
+        // The recordings' buffers are ranges of one planned arena (DINOV2_PLANNED_MEMORY is on
+        // by default), shared by the recordings of the backend's device.
+        let parts = graph_be.memory_parts();
+        let arena = parts.iter().find(|p| p.0 == "recording_arena").map(|p| p.1);
+        eprintln!("{dtype}: memory parts {parts:?}");
+        assert!(arena > Some(0), "{dtype}: no recording arena in {parts:?}");
     }
 }
 

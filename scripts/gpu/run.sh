@@ -15,10 +15,11 @@
 #      the GPU (its parity with the CPU, `forward --expect` per dtype, `dinov2 serve` and the
 #      Python module dinov2_rs against the same CPU vectors, then 10500 files through ViT-B/14
 #      and the server under load); then, while time
-#      remains, ViT-S at batches 1, 64, 256, ViT-B at 1 and 64 (with and without CUDA graphs:
-#      DINOV2_CUDA_GRAPHS=0), ViT-S at 64 without graphs (the memory row PyTorch still leads;
-#      every bench prints our memory by part and the peer's allocator figures), ViT-L and
-#      ViT-g, short warm-up and repeats;
+#      remains, ViT-S at batches 1, 64, 256, ViT-S at 64 and ViT-B at 256 with the graphs'
+#      own allocation nodes instead of the planned arena (DINOV2_PLANNED_MEMORY=0: the memory
+#      figures side by side), ViT-B at 1 and 64 (with and without CUDA graphs:
+#      DINOV2_CUDA_GRAPHS=0), ViT-S at 64 without graphs (every bench prints our memory by part
+#      and the peer's allocator figures), ViT-L and ViT-g, short warm-up and repeats;
 #   5. prints the kernel table (ours beside PyTorch's kernels) and the model table last. The
 #      full log goes to $OUT/run.log (or bundle/out/), the benches' JSON to $OUT/bench.json (one
 #      file: the device tool brings back at most 8), the tables to $OUT/tables.txt; criterion's
@@ -351,12 +352,19 @@ main() {
     # The other sizes and ViT-B's small batches (with and without CUDA graphs, where launches
     # dominate) while time remains.
     local step tag arch batches
-    for step in "vits14 1,64,256" "vitb14 1,64" "nographs vitb14 1,64" "nographs vits14 64" "vitl14 1,64,256" "vitg14 1,64,256"; do
+    for step in "vits14 1,64,256" "graphmem vits14 64" "graphmem vitb14 256" "vitb14 1,64" "nographs vitb14 1,64" "nographs vits14 64" "vitl14 1,64,256" "vitg14 1,64,256"; do
         room "$MIN_STEP" || break
         case $step in
             nographs*)
                 read -r tag arch batches <<<"$step"
                 DINOV2_CUDA_GRAPHS=0 bench "$arch-${batches//,/-}-nographs" 90 --dtype f16 --arch "$arch" \
+                    --batch-size "$batches" --warmup 2 --repeats 5
+                ;;
+            graphmem*)
+                # Recordings with the graph's own allocation nodes instead of the planned arena:
+                # the memory figure the arena replaced, in the same run.
+                read -r tag arch batches <<<"$step"
+                DINOV2_PLANNED_MEMORY=0 bench "$arch-${batches//,/-}-graphmem" 90 --dtype f16 --arch "$arch" \
                     --batch-size "$batches" --warmup 2 --repeats 5
                 ;;
             *)

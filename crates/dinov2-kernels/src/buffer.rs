@@ -1,6 +1,10 @@
 //! Device buffers that know their element type and shape.
 
+use std::sync::Arc;
+
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+
+use crate::arena::{Arena, Traced};
 
 /// Element type of a [`Buffer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,9 +54,20 @@ impl std::fmt::Display for DType {
 /// before the drop, so a buffer may be dropped right after the launch that reads it.
 #[derive(Debug)]
 pub struct Buffer {
-    pub(crate) data: CudaSlice<u8>,
+    pub(crate) memory: Memory,
     pub(crate) dtype: DType,
     pub(crate) shape: Vec<usize>,
+    /// Its entry in the log of the recording being made, if any (see [`crate::MemoryPlan`]).
+    pub(crate) _traced: Option<Traced>,
+}
+
+/// Where a [`Buffer`]'s bytes are.
+#[derive(Debug)]
+pub(crate) enum Memory {
+    /// Its own allocation: from the stream's pool, or the graph's memory inside a recording.
+    Own(CudaSlice<u8>),
+    /// A range of a recording's arena, planned (see [`crate::MemoryPlan`]); the arena lives as long.
+    Planned { arena: Arc<Arena>, offset: usize },
 }
 
 impl Buffer {
@@ -93,7 +108,12 @@ impl Buffer {
 
     /// The raw device address (event tracking is off, so the guard does nothing).
     pub(crate) fn ptr(&self, stream: &CudaStream) -> u64 {
-        let (ptr, _guard) = self.data.device_ptr(stream);
-        ptr
+        match &self.memory {
+            Memory::Own(data) => {
+                let (ptr, _guard) = data.device_ptr(stream);
+                ptr
+            }
+            Memory::Planned { arena, offset } => arena.address(*offset),
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use cudarc::driver::{
     result as dresult, sys as dsys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream,
@@ -12,8 +12,9 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 use half::{bf16, f16};
 
+use crate::arena::{Arena, Log, MemoryPlan};
 use crate::artifacts::ARTIFACTS;
-use crate::buffer::{Buffer, DType};
+use crate::buffer::{Buffer, DType, Memory};
 use crate::error::{DriverContext, KernelError, Result};
 use crate::gemm::Blas;
 
@@ -99,7 +100,27 @@ pub struct Device {
     pub(crate) wide_flash: bool,
     /// `DINOV2_PROFILE=1` (read once here): the operations bracketed for [`Device::take_profile`].
     pub(crate) profile: Option<crate::profile::Pending>,
+    /// Where [`Device::alloc`] puts buffers: the pool, except while a recording is made.
+    pub(crate) placement: Mutex<Placement>,
+    /// The arena of the recordings made with planned memory, while one of them (or a buffer in
+    /// it) lives: the next such recording shares it if it is large enough.
+    pub(crate) arena: Mutex<Weak<Arena>>,
     info: DeviceInfo,
+}
+
+/// Where [`Device::alloc`] puts a buffer.
+#[derive(Debug)]
+pub(crate) enum Placement {
+    /// The stream's pool (inside a recording, the graph's own memory).
+    Pool,
+    /// As `Pool`, each allocation and free logged: the first capture of a planned recording.
+    Traced(Arc<Log>),
+    /// At the planned offsets in `arena`, logged to be checked against the plan.
+    Planned {
+        plan: Arc<MemoryPlan>,
+        arena: Arc<Arena>,
+        log: Arc<Log>,
+    },
 }
 
 impl std::fmt::Debug for Device {
@@ -291,6 +312,8 @@ impl Device {
             profile: std::env::var("DINOV2_PROFILE")
                 .is_ok_and(|v| v == "1")
                 .then(Default::default),
+            placement: Mutex::new(Placement::Pool),
+            arena: Mutex::new(Weak::new()),
             info,
         })
     }
@@ -385,9 +408,7 @@ impl Device {
         if !self.ctx.has_async_alloc() {
             return Ok(None);
         }
-        self.ctx
-            .bind_to_thread()
-            .ctx(|| "binding the context".into())?;
+        self.bind()?;
         let mut pool: dsys::CUmemoryPool = std::ptr::null_mut();
         // SAFETY: the driver writes the handle of a live device's pool.
         unsafe { dsys::cuDeviceGetDefaultMemPool(&mut pool, self.ctx.cu_device()) }
@@ -400,10 +421,13 @@ impl Device {
     /// used-memory figure apart (`dinov2 bench`): the stream-ordered allocator's pool (memory
     /// it holds from the driver, and of that in live allocations) and the CUDA graphs' own
     /// memory (their allocation nodes), each now and at most since the last
-    /// [`Device::release_cached_memory`]; and the cuBLAS workspace. Empty where the driver
-    /// lacks stream-ordered allocation.
+    /// [`Device::release_cached_memory`]; the cuBLAS workspace and the recordings' arena (in
+    /// the pool). Only those two where the driver lacks stream-ordered allocation.
     pub fn memory_parts(&self) -> Result<Vec<(&'static str, u64)>> {
-        let mut parts = vec![("cublas_workspace", self.blas.workspace_bytes() as u64)];
+        let mut parts = vec![
+            ("cublas_workspace", self.blas.workspace_bytes() as u64),
+            ("recording_arena", self.arena_bytes() as u64),
+        ];
         let Some(pool) = self.default_pool()? else {
             return Ok(parts);
         };
@@ -449,15 +473,65 @@ impl Device {
     /// An uninitialized buffer.
     pub fn alloc(&self, dtype: DType, shape: &[usize]) -> Result<Buffer> {
         let bytes = shape.iter().product::<usize>() * dtype.size();
+        let placement = self
+            .placement
+            .lock()
+            .map_err(|_| KernelError::Unsupported("allocator state poisoned by a panic".into()))?;
+        let (memory, traced) = match &*placement {
+            Placement::Pool => (self.pool_alloc(bytes)?, None),
+            Placement::Traced(log) => (self.pool_alloc(bytes)?, Some(log.alloc(bytes))),
+            Placement::Planned { plan, arena, log } => {
+                let traced = log.alloc(bytes);
+                // A capture that leaves its trace gets memory of its own, and fails its check.
+                let memory = match plan.offset(traced.alloc(), bytes) {
+                    Some(offset) => Memory::Planned {
+                        arena: arena.clone(),
+                        offset,
+                    },
+                    None => self.pool_alloc(bytes)?,
+                };
+                (memory, Some(traced))
+            }
+        };
+        Ok(Buffer {
+            memory,
+            dtype,
+            shape: shape.to_vec(),
+            _traced: traced,
+        })
+    }
+
+    /// `bytes` of the stream's pool, in stream order.
+    fn pool_alloc(&self, bytes: usize) -> Result<Memory> {
         // Zero-byte allocations are legal for the driver but cudarc wants at least one element.
         // SAFETY: u8 has no invalid bit patterns; kernels write before anyone reads.
         let data = unsafe { self.stream.alloc::<u8>(bytes.max(1)) }
             .ctx(|| format!("allocating {bytes} bytes"))?;
-        Ok(Buffer {
-            data,
-            dtype,
-            shape: shape.to_vec(),
-        })
+        Ok(Memory::Own(data))
+    }
+
+    /// The arena for `plan`: the live one if it is large enough, else a new one, which later
+    /// recordings share.
+    pub(crate) fn arena_for(&self, plan: &MemoryPlan) -> Result<Arc<Arena>> {
+        let mut shared = self
+            .arena
+            .lock()
+            .map_err(|_| KernelError::Unsupported("arena state poisoned by a panic".into()))?;
+        if let Some(arena) = shared.upgrade().filter(|a| a.bytes() >= plan.bytes()) {
+            return Ok(arena);
+        }
+        let arena = Arc::new(Arena::new(&self.stream, plan.bytes())?);
+        *shared = Arc::downgrade(&arena);
+        Ok(arena)
+    }
+
+    /// Bytes of the live recording arena (0 when none lives).
+    pub fn arena_bytes(&self) -> usize {
+        self.arena
+            .lock()
+            .ok()
+            .and_then(|a| a.upgrade())
+            .map_or(0, |a| a.bytes())
     }
 
     /// A zero-filled buffer.
@@ -475,11 +549,9 @@ impl Device {
 
     pub(crate) fn memset(&self, buffer: &mut Buffer, byte: u8) -> Result<()> {
         let ptr = buffer.ptr(&self.stream);
-        self.ctx
-            .bind_to_thread()
-            .ctx(|| "binding the context".into())?;
-        // SAFETY: the range is the buffer's own allocation.
-        unsafe { dresult::memset_d8_async(ptr, byte, buffer.data.len(), self.stream.cu_stream()) }
+        self.bind()?;
+        // SAFETY: the range is the buffer's own.
+        unsafe { dresult::memset_d8_async(ptr, byte, buffer.bytes(), self.stream.cu_stream()) }
             .ctx(|| "filling a buffer".into())
     }
 
@@ -515,12 +587,7 @@ impl Device {
 
     fn upload_raw(&self, bytes: &[u8], shape: &[usize], dtype: DType) -> Result<Buffer> {
         let mut b = self.alloc(dtype, shape)?;
-        if !bytes.is_empty() {
-            let mut view = b.data.slice_mut(0..bytes.len());
-            self.stream
-                .memcpy_htod(bytes, &mut view)
-                .ctx(|| format!("uploading {} bytes", bytes.len()))?;
-        }
+        self.copy_to_device(bytes, &mut b, 0)?;
         Ok(b)
     }
 
@@ -561,11 +628,18 @@ impl Device {
     /// Copies a buffer's bytes into `host` (exactly as many); waits for the queued work.
     fn download_into(&self, buffer: &Buffer, host: &mut [u8]) -> Result<()> {
         let n = buffer.bytes();
-        debug_assert_eq!(host.len(), n);
+        if host.len() != n {
+            return Err(KernelError::shape(
+                "download",
+                format!("{n} bytes into {} host bytes", host.len()),
+            ));
+        }
         if n > 0 {
-            let view = buffer.data.slice(0..n);
-            self.stream
-                .memcpy_dtoh(&view, host)
+            let src = buffer.ptr(&self.stream);
+            self.bind()?;
+            // SAFETY: `src` holds `n` bytes (the buffer's), `host` as many; the copy is complete
+            // at the synchronization below, before `host` is used.
+            unsafe { dresult::memcpy_dtoh_async(host, src, self.stream.cu_stream()) }
                 .ctx(|| format!("downloading {n} bytes"))?;
         }
         self.synchronize()
@@ -591,10 +665,10 @@ impl Device {
         }
         let n = src.bytes();
         if n > 0 {
-            let view = src.data.slice(0..n);
-            let mut out = dst.data.slice_mut(0..n);
-            self.stream
-                .memcpy_dtod(&view, &mut out)
+            let (from, to) = (src.ptr(&self.stream), dst.ptr(&self.stream));
+            self.bind()?;
+            // SAFETY: both buffers hold `n` bytes (same dtype and length, checked above).
+            unsafe { dresult::memcpy_dtod_async(to, from, n, self.stream.cu_stream()) }
                 .ctx(|| format!("copying {n} bytes"))?;
         }
         Ok(())
@@ -615,24 +689,41 @@ impl Device {
                 ),
             ));
         }
-        // A copy from pageable memory returns once the driver has staged its bytes, so the
-        // next chunk may overwrite them.
-        let (stream, data) = (&self.stream, &mut dst.data);
-        encoded_chunks(
-            "upload_into",
-            values,
-            dst.dtype,
-            UPLOAD_CHUNK,
-            |at, bytes| {
-                if bytes.is_empty() {
-                    return Ok(());
-                }
-                let mut view = data.slice_mut(at..at + bytes.len());
-                stream
-                    .memcpy_htod(bytes, &mut view)
-                    .ctx(|| format!("uploading {} bytes", bytes.len()))
-            },
-        )
+        let dtype = dst.dtype;
+        encoded_chunks("upload_into", values, dtype, UPLOAD_CHUNK, |at, bytes| {
+            self.copy_to_device(bytes, dst, at)
+        })
+    }
+
+    /// Copies host `bytes` to `dst` from byte `at` on, in stream order. A copy from pageable
+    /// memory returns once the driver has staged the bytes, so the caller may reuse them.
+    fn copy_to_device(&self, bytes: &[u8], dst: &mut Buffer, at: usize) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if at + bytes.len() > dst.bytes() {
+            return Err(KernelError::shape(
+                "upload",
+                format!(
+                    "{} bytes at {at} into a buffer of {}",
+                    bytes.len(),
+                    dst.bytes()
+                ),
+            ));
+        }
+        let to = dst.ptr(&self.stream) + at as u64;
+        self.bind()?;
+        // SAFETY: the range lies in `dst` (checked above); pageable `bytes` are staged before
+        // the call returns.
+        unsafe { dresult::memcpy_htod_async(to, bytes, self.stream.cu_stream()) }
+            .ctx(|| format!("uploading {} bytes", bytes.len()))
+    }
+
+    /// Makes the device's context current on the calling thread, for raw driver calls.
+    pub(crate) fn bind(&self) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .ctx(|| "binding the context".into())
     }
 
     /// The kernel `name`, looked up once in the loaded modules, allowed at least `smem` bytes of
@@ -652,9 +743,7 @@ impl Device {
                 return Ok(f.clone());
             }
         }
-        self.ctx
-            .bind_to_thread()
-            .ctx(|| "binding the context".into())?;
+        self.bind()?;
         let (f, allowed) = match cache.get(name) {
             Some((f, allowed)) => (f.clone(), *allowed),
             None => {

@@ -8,8 +8,9 @@
 //!   outlive the graph ([`Device::copy_into`], [`Device::upload_into`]) and results read from
 //!   such buffers;
 //! * every scalar argument (shapes, epsilons), and cuBLAS(Lt)'s algorithm choice;
-//! * buffers allocated and freed inside the recording become the graph's own memory, kept by the
-//!   driver between replays (not in the stream's pool). A buffer allocated inside must also be
+//! * buffers allocated and freed inside the recording live where [`RecordingMemory`] says: the
+//!   graph's own memory, kept by the driver between replays (not in the stream's pool), or
+//!   planned ranges of one arena ([`crate::MemoryPlan`]). A buffer allocated inside must also be
 //!   freed inside: the driver refuses to replay a graph whose allocation is still live. The
 //!   reverse holds too: a buffer allocated before the recording must not be freed during it
 //!   (the free fails and so does the capture), so nothing is replaced, only written into.
@@ -17,14 +18,32 @@
 //! A recording must not synchronize with the host (no download): capture fails, and
 //! [`Recorder::finish`] reports it.
 
-use cudarc::driver::{sys as dsys, CudaGraph};
+use std::sync::Arc;
 
-use crate::device::Device;
+use cudarc::driver::{result as dresult, sys as dsys, CudaGraph};
+
+use crate::arena::{diverged, Arena, Log, MemoryPlan};
+use crate::device::{Device, Placement};
 use crate::error::{DriverContext, KernelError, Result};
 
 /// A recorded sequence of stream work, replayed by [`Device::replay`].
 pub struct Graph {
     graph: CudaGraph,
+    /// The arena its buffers are ranges of, when its memory was planned.
+    _arena: Option<Arc<Arena>>,
+}
+
+/// Where the buffers that a recording allocates live.
+#[derive(Debug, Clone)]
+pub enum RecordingMemory {
+    /// The graph's own memory: an allocation node per buffer, placed by the driver.
+    Graph,
+    /// As `Graph`, with every allocation and free logged: a capture made only to plan the next
+    /// one ([`Recorder::plan`]).
+    Traced,
+    /// Ranges of one arena, at the offsets of a plan made from a traced capture of the same
+    /// work ([`MemoryPlan`]): the fewest bytes for it.
+    Planned(Arc<MemoryPlan>),
 }
 
 // SAFETY: a CUDA graph exec may be launched from any thread; cudarc marks it !Send only because
@@ -45,6 +64,9 @@ impl std::fmt::Debug for Graph {
 pub struct Recorder<'a> {
     device: &'a Device,
     open: bool,
+    /// The log of a traced or planned capture, and a planned one's plan and arena.
+    log: Option<Arc<Log>>,
+    planned: Option<(Arc<MemoryPlan>, Arc<Arena>)>,
 }
 
 impl Device {
@@ -53,17 +75,44 @@ impl Device {
     /// The capture belongs to the stream, not to the thread: work that another thread queues on
     /// this device meanwhile would be recorded instead of run. Record from the thread that owns
     /// the device's work (the model serializes its own passes for this).
-    pub fn begin_recording(&self) -> Result<Recorder<'_>> {
+    pub fn begin_recording(&self, memory: RecordingMemory) -> Result<Recorder<'_>> {
+        let (placement, log, planned) = match memory {
+            RecordingMemory::Graph => (Placement::Pool, None, None),
+            RecordingMemory::Traced => {
+                let log = Arc::new(Log::default());
+                (Placement::Traced(log.clone()), Some(log), None)
+            }
+            RecordingMemory::Planned(plan) => {
+                // Allocated before the capture: the arena is not the graph's.
+                let arena = self.arena_for(&plan)?;
+                let log = Arc::new(Log::default());
+                let placement = Placement::Planned {
+                    plan: plan.clone(),
+                    arena: arena.clone(),
+                    log: log.clone(),
+                };
+                (placement, Some(log), Some((plan, arena)))
+            }
+        };
         // Thread-local mode: a call on this thread that could not be recorded safely (a
         // synchronous allocation or copy, a synchronization) fails instead of silently running
         // outside the graph. Other threads' unsafe calls do not invalidate the capture.
         self.stream
             .begin_capture(dsys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .ctx(|| "starting a CUDA graph capture".into())?;
+        self.set_placement(placement);
         Ok(Recorder {
             device: self,
             open: true,
+            log,
+            planned,
         })
+    }
+
+    /// Sets where [`Device::alloc`] puts buffers (a lock poisoned by a panic is taken over: the
+    /// placement is a plain value).
+    fn set_placement(&self, placement: Placement) {
+        *self.placement.lock().unwrap_or_else(|e| e.into_inner()) = placement;
     }
 
     /// True where buffers are allocated in stream order (`cuMemAllocAsync`): the only kind a
@@ -72,8 +121,10 @@ impl Device {
         self.ctx.has_async_alloc()
     }
 
-    /// Ends the capture: the graph it made, if any.
+    /// Ends the capture: the graph it made, if any, instantiated; allocations go to the pool
+    /// again.
     fn end_capture(&self) -> Result<Option<CudaGraph>> {
+        self.set_placement(Placement::Pool);
         // Buffers dropped inside a failed capture store their free errors in the context, and
         // cudarc's `end_capture` reports a stored error before ending anything: clear them, or
         // the stream would stay in capture mode.
@@ -86,6 +137,24 @@ impl Device {
         ended
     }
 
+    /// Ends the capture and destroys what it recorded without instantiating it.
+    fn discard_capture(&self) -> Result<()> {
+        self.set_placement(Placement::Pool);
+        let _ = self.ctx.check_err();
+        self.bind()?;
+        // SAFETY: the stream is capturing (the recorder is open); the graph it returns is ours
+        // and destroyed once.
+        let graph = unsafe { dresult::stream::end_capture(self.stream.cu_stream()) }
+            .ctx(|| "ending a CUDA graph capture".into())?;
+        let _ = self.ctx.check_err();
+        if !graph.is_null() {
+            // SAFETY: a graph (not an instance) that nothing else holds.
+            unsafe { dresult::graph::destroy(graph) }
+                .ctx(|| "destroying a traced CUDA graph".into())?;
+        }
+        Ok(())
+    }
+
     /// Queues a replay of `graph` on the stream (ordered after the work queued before).
     pub fn replay(&self, graph: &Graph) -> Result<()> {
         graph.graph.launch().ctx(|| "launching a CUDA graph".into())
@@ -95,8 +164,19 @@ impl Device {
 impl Recorder<'_> {
     /// Ends the capture and instantiates what it recorded. An error queued during the recording
     /// (a call that capture does not allow) surfaces here.
+    ///
+    /// A planned capture must have allocated and freed exactly as its traced one did, or the
+    /// offsets planned for it could overlap live buffers: otherwise it is dropped, and that is
+    /// the error.
     pub fn finish(mut self) -> Result<Graph> {
         self.open = false;
+        if let (Some((plan, _)), Some(log)) = (&self.planned, &self.log) {
+            let events = log.events();
+            if !plan.matches(&events) {
+                self.device.discard_capture()?;
+                return Err(diverged(plan, &events));
+            }
+        }
         let graph = self
             .device
             .end_capture()?
@@ -105,20 +185,34 @@ impl Recorder<'_> {
         graph
             .upload()
             .ctx(|| "uploading a CUDA graph to the device".into())?;
-        Ok(Graph { graph })
+        Ok(Graph {
+            graph,
+            _arena: self.planned.take().map(|(_, arena)| arena),
+        })
+    }
+
+    /// Ends a [`RecordingMemory::Traced`] capture and plans the memory of the same work
+    /// recorded again; what it recorded is discarded.
+    pub fn plan(mut self) -> Result<MemoryPlan> {
+        self.open = false;
+        self.device.discard_capture()?;
+        let log = self.log.take().ok_or_else(|| {
+            KernelError::Unsupported("a capture without RecordingMemory::Traced has no plan".into())
+        })?;
+        Ok(MemoryPlan::new(log.events()))
     }
 
     /// Ends the capture and drops what it recorded (after the work being recorded failed).
     pub fn abandon(mut self) -> Result<()> {
         self.open = false;
-        self.device.end_capture().map(drop)
+        self.device.discard_capture()
     }
 }
 
 impl Drop for Recorder<'_> {
     fn drop(&mut self) {
         if self.open {
-            let _ = self.device.end_capture();
+            let _ = self.device.discard_capture();
         }
     }
 }

@@ -21,6 +21,7 @@
 //! # Ok::<(), dinov2_kernels::KernelError>(())
 //! ```
 
+mod arena;
 pub mod artifacts;
 mod buffer;
 mod device;
@@ -31,10 +32,11 @@ mod ops;
 mod probs;
 mod profile;
 
+pub use arena::MemoryPlan;
 pub use buffer::{Buffer, DType};
 pub use device::{probe_libraries, CodeKind, Device, DeviceInfo, Timer};
 pub use error::{KernelError, Result};
 pub use gemm::{GemmPath, TUNE_CANDIDATES, TUNE_MIN_MACS};
-pub use graph::{Graph, Recorder};
+pub use graph::{Graph, Recorder, RecordingMemory};
 pub use ops::{Act, MAX_HEAD_DIM};
 pub use profile::OpTime;

@@ -4,8 +4,10 @@
 //!
 //! These need a CUDA device: `cargo test -p dinov2-kernels -- --include-ignored` on a GPU machine.
 
+use std::sync::Arc;
+
 use dinov2_cpu as cpu;
-use dinov2_kernels::{Act, Buffer, DType, Device, GemmPath};
+use dinov2_kernels::{Act, Buffer, DType, Device, GemmPath, RecordingMemory};
 use half::{bf16, f16};
 
 const GPU: &str = "needs a CUDA device";
@@ -643,20 +645,76 @@ fn a_recorded_graph_replays_on_new_inputs() {
     };
     let mut eager = poisoned(&dev, DType::F32, &[rows, n]);
     run(&input, &mut eager);
-    let recorder = dev.begin_recording().unwrap();
-    run(&input, &mut output);
-    let graph = recorder.finish().unwrap();
-    for seed in 10..13 {
-        let values = random(rows * k, seed, 1.0);
-        dev.upload_into(&values, &mut input).unwrap();
-        dev.poison(&mut output).unwrap();
-        dev.replay(&graph).unwrap();
-        let got = dev.download(&output).unwrap();
-        let fresh = upload(&dev, &values, &[rows, k], DType::F32);
-        run(&fresh, &mut eager);
-        let want = dev.download(&eager).unwrap();
-        assert_eq!(got, want, "replay {seed} differs from the eager pass");
+    for planned in [false, true] {
+        let memory = if planned {
+            let tracer = dev.begin_recording(RecordingMemory::Traced).unwrap();
+            run(&input, &mut output);
+            let plan = tracer.plan().unwrap();
+            // x16 (2960 bytes) and y (1776), alive together, each aligned to 256 bytes.
+            assert_eq!((plan.buffers(), plan.bytes()), (2, 3072 + 2048));
+            RecordingMemory::Planned(Arc::new(plan))
+        } else {
+            RecordingMemory::Graph
+        };
+        let recorder = dev.begin_recording(memory).unwrap();
+        run(&input, &mut output);
+        let graph = recorder.finish().unwrap();
+        if planned {
+            assert_eq!(dev.arena_bytes(), 3072 + 2048);
+        }
+        for seed in 10..13 {
+            let values = random(rows * k, seed, 1.0);
+            dev.upload_into(&values, &mut input).unwrap();
+            dev.poison(&mut output).unwrap();
+            dev.replay(&graph).unwrap();
+            let got = dev.download(&output).unwrap();
+            let fresh = upload(&dev, &values, &[rows, k], DType::F32);
+            run(&fresh, &mut eager);
+            let want = dev.download(&eager).unwrap();
+            assert_eq!(
+                got, want,
+                "replay {seed} (planned: {planned}) differs from the eager pass"
+            );
+        }
+        drop(graph);
+        // The arena goes with the last recording using it.
+        assert_eq!(dev.arena_bytes(), 0);
     }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn a_planned_recording_that_leaves_its_trace_is_refused() {
+    let dev = device();
+    let x = upload(&dev, &random(64, 5, 1.0), &[64], DType::F32);
+    let mut out = poisoned(&dev, DType::F32, &[64]);
+    let tracer = dev.begin_recording(RecordingMemory::Traced).unwrap();
+    {
+        let copy = dev.copy(&x).unwrap();
+        dev.copy_into(&copy, &mut out).unwrap();
+    }
+    let plan = Arc::new(tracer.plan().unwrap());
+    // The same work with one buffer more: its planned offsets would not be valid.
+    let recorder = dev
+        .begin_recording(RecordingMemory::Planned(plan.clone()))
+        .unwrap();
+    {
+        let copy = dev.copy(&x).unwrap();
+        let again = dev.copy(&copy).unwrap();
+        dev.copy_into(&again, &mut out).unwrap();
+    }
+    assert!(recorder.finish().is_err());
+    // The stream runs eager work again, and the same work as traced records.
+    assert_eq!(dev.download(&dev.copy(&x).unwrap()).unwrap().len(), 64);
+    let recorder = dev.begin_recording(RecordingMemory::Planned(plan)).unwrap();
+    {
+        let copy = dev.copy(&x).unwrap();
+        dev.copy_into(&copy, &mut out).unwrap();
+    }
+    let graph = recorder.finish().unwrap();
+    dev.poison(&mut out).unwrap();
+    dev.replay(&graph).unwrap();
+    assert_eq!(dev.download(&out).unwrap(), dev.download(&x).unwrap());
 }
 
 #[test]
@@ -684,7 +742,7 @@ fn uploads_into_a_buffer_round_as_uploads_do() {
 fn a_failed_recording_leaves_the_stream_usable() {
     let dev = device();
     let x = upload(&dev, &random(64, 4, 1.0), &[64], DType::F32);
-    let recorder = dev.begin_recording().unwrap();
+    let recorder = dev.begin_recording(RecordingMemory::Graph).unwrap();
     {
         // A buffer allocated inside, then a synchronization: capture does not allow it.
         let copy = dev.copy(&x).unwrap();
@@ -696,6 +754,6 @@ fn a_failed_recording_leaves_the_stream_usable() {
     assert_eq!(dev.download(&copy).unwrap(), dev.download(&x).unwrap());
     dev.synchronize().unwrap();
     // A recorder dropped unfinished ends its capture too.
-    drop(dev.begin_recording().unwrap());
+    drop(dev.begin_recording(RecordingMemory::Graph).unwrap());
     assert_eq!(dev.download(&x).unwrap().len(), 64);
 }

@@ -159,8 +159,9 @@ pub trait Backend: Send + Sync {
 
     /// Named parts of the backend's device memory in bytes, for telling a
     /// [`Backend::memory_used`] delta apart (on CUDA: the allocator's pool and the CUDA graphs'
-    /// memory, now and at most since the last [`Backend::release_cached_memory`], and the
-    /// cuBLAS workspace); empty where the backend has no device memory of its own.
+    /// memory, now and at most since the last [`Backend::release_cached_memory`], the cuBLAS
+    /// workspace and the recordings' arena, which is part of the pool); empty where the backend
+    /// has no device memory of its own.
     fn memory_parts(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }

@@ -135,11 +135,22 @@ impl Backend for TapeBackend {
         true
     }
 
+    /// Runs `body` twice and keeps the second tape, as the CUDA backend captures it twice (the
+    /// first time only to plan its memory): the model's body must record the same work again.
     fn record(&self, body: &mut dyn FnMut() -> Result<()>) -> Result<Option<Vec<Step>>> {
-        *self.tape.lock().unwrap() = Some(Vec::new());
-        let ran = body();
-        let tape = self.tape.lock().unwrap().take().unwrap();
-        ran?;
+        let mut tapes = Vec::new();
+        for _ in 0..2 {
+            *self.tape.lock().unwrap() = Some(Vec::new());
+            let ran = body();
+            tapes.push(self.tape.lock().unwrap().take().unwrap());
+            ran?;
+        }
+        let tape = tapes.pop().unwrap();
+        assert_eq!(
+            tape.len(),
+            tapes[0].len(),
+            "the second capture recorded other work"
+        );
         if self.fail_recording {
             return Err(dinov2_model::ModelError::Unsupported(
                 "capture invalidated".into(),
