@@ -396,12 +396,13 @@ unsafe fn horizontal_avx2(
         // SAFETY: `taps` and `weights` hold the same multiple of LANES (8) elements; each load
         // reads 8 bytes of `taps` or 8 i32 of `weights` inside them.
         unsafe {
-            let (t, w) = (taps.as_ptr(), weights.as_ptr());
+            let (mut t, mut w) = (taps.as_ptr(), weights.as_ptr());
             let mut acc = _mm256_setzero_si256();
-            for at in (0..taps.len()).step_by(LANES) {
-                let values = _mm256_cvtepu8_epi32(_mm_loadl_epi64(t.add(at) as *const __m128i));
-                let k = _mm256_loadu_si256(w.add(at) as *const __m256i);
+            for _ in 0..taps.len() / LANES {
+                let values = _mm256_cvtepu8_epi32(_mm_loadl_epi64(t as *const __m128i));
+                let k = _mm256_loadu_si256(w as *const __m256i);
                 acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(values, k));
+                (t, w) = (t.add(LANES), w.add(LANES));
             }
             // Lanes 0..4 and 4..8 both hold R, G, B, X: their sum, plus the rounding half,
             // shifted (into -512..512 for any i32), then the two saturating packs clamp to
@@ -483,19 +484,20 @@ fn horizontal_with(
     // One input row as RGBX with `span` zero bytes after it, so every run reads `span` bytes in
     // bounds.
     let mut padded = vec![0u8; src_w * 4 + span];
+    // Each run's first byte in `padded`, all checked here once rather than per pixel and row.
+    let firsts: Vec<usize> = c.start.iter().map(|&s| (s - first_col) * 4).collect();
+    assert!(firsts.iter().all(|&f| f + span <= padded.len()));
     let mut out = vec![0u8; out_w * rows.len() * 3];
     for (row, out_row) in rows.zip(out.chunks_exact_mut(out_w * 3)) {
         expand(
             &src[row * src_w * 3..(row + 1) * src_w * 3],
             &mut padded[..src_w * 4],
         );
-        for (xx, px) in out_row.chunks_exact_mut(3).enumerate() {
-            let first = (c.start[xx] - first_col) * 4;
-            let rgbx = pixel(
-                &padded[first..first + span],
-                &expanded[xx * span..(xx + 1) * span],
-            );
-            px.copy_from_slice(&rgbx[..3]);
+        let runs = firsts.iter().zip(expanded.chunks_exact(span));
+        for ((&first, weights), px) in runs.zip(out_row.chunks_exact_mut(3)) {
+            // SAFETY: first + span <= padded.len() for every run (asserted above).
+            let taps = unsafe { padded.get_unchecked(first..first + span) };
+            px.copy_from_slice(&pixel(taps, weights)[..3]);
         }
     }
     out
@@ -855,9 +857,9 @@ mod tests {
 
     #[test]
     fn vectorized_horizontal_pass_equals_pillows_loop() {
-        // Source widths around the 4-pixel steps of the RGBX copy (1, 5: none; 6: one, then
-        // the rest), and a wider row; rows of 0 and 255 reach both ends of the clamp.
-        for w in [1usize, 5, 6, 53] {
+        // Source widths around the 4-pixel steps of the RGBX copy (1-5: none; 6-9: one, then
+        // the rest), and wider rows; rows of 0 and 255 reach both ends of the clamp.
+        for w in [1usize, 2, 3, 4, 5, 6, 7, 8, 9, 53, 130] {
             let h = 7usize;
             let mut next = crate::test_sequence(12345);
             let src: Vec<u8> = (0..w * h * 3)
@@ -890,6 +892,26 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// The pass over a window of columns (its first column odd or even, as `preprocess` gives
+    /// it the crop's source columns) equals Pillow's loop over the whole row.
+    #[test]
+    fn the_horizontal_pass_over_a_window_of_columns_equals_pillows_loop() {
+        let (w, h) = (97usize, 3usize);
+        let mut next = crate::test_sequence(777);
+        let src: Vec<u8> = (0..w * h * 3).map(|_| (next() >> 16) as u8).collect();
+        let (filter, support) = filter_of(Resample::Bicubic).unwrap();
+        for (out_w, outputs) in [(60u32, 7..51usize), (60, 8..9), (31, 3..30), (200, 11..190)] {
+            let c = coefficients(w as u32, out_w, outputs.clone(), filter, support);
+            let want = horizontal_reference(&src, w, h, &c);
+            let cols = c.inputs();
+            let window: Vec<u8> = (0..h)
+                .flat_map(|r| src[(r * w + cols.start) * 3..(r * w + cols.end) * 3].to_vec())
+                .collect();
+            let got = horizontal(&window, cols.len(), 0..h, cols.start, &c);
+            assert_eq!(got, want, "{w}->{out_w}, outputs {outputs:?}");
         }
     }
 
