@@ -25,17 +25,17 @@ pub(crate) enum Event {
 /// ([`Traced`]), so the log is shared with them.
 #[derive(Debug, Default)]
 pub(crate) struct Log {
-    events: Mutex<Vec<Event>>,
-    allocs: Mutex<usize>,
+    /// The events, and the number of allocations among them (the next buffer's number).
+    state: Mutex<(Vec<Event>, usize)>,
 }
 
 impl Log {
     /// Logs an allocation of `bytes`: the buffer's membership, which logs its free when dropped.
     pub fn alloc(self: &Arc<Self>, bytes: usize) -> Traced {
-        let mut allocs = lock(&self.allocs);
-        let alloc = *allocs;
-        *allocs += 1;
-        lock(&self.events).push(Event::Alloc { bytes });
+        let mut state = lock(&self.state);
+        let alloc = state.1;
+        state.1 += 1;
+        state.0.push(Event::Alloc { bytes });
         Traced {
             log: self.clone(),
             alloc,
@@ -44,7 +44,7 @@ impl Log {
 
     /// The events so far.
     pub fn events(&self) -> Vec<Event> {
-        lock(&self.events).clone()
+        lock(&self.state).0.clone()
     }
 }
 
@@ -69,7 +69,9 @@ impl Traced {
 
 impl Drop for Traced {
     fn drop(&mut self) {
-        lock(&self.log.events).push(Event::Free { alloc: self.alloc });
+        lock(&self.log.state)
+            .0
+            .push(Event::Free { alloc: self.alloc });
     }
 }
 
