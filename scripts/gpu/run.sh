@@ -17,7 +17,8 @@
 #      and the server under load); then, while time
 #      remains, ViT-S at batches 1, 64, 256, ViT-S at 64 and ViT-B at 256 with the graphs'
 #      own allocation nodes instead of the planned arena (DINOV2_PLANNED_MEMORY=0: the memory
-#      figures side by side), ViT-B at 1 and 64 (with and without CUDA graphs:
+#      figures side by side), ViT-B at 518 px (batches 1 and 32, against the peer), ViT-B at 1
+#      and 64 (with and without CUDA graphs:
 #      DINOV2_CUDA_GRAPHS=0), ViT-S at 64 without graphs (every bench prints our memory by part
 #      and the peer's allocator figures), ViT-L and ViT-g, short warm-up and repeats;
 #   5. prints the kernel table (ours beside PyTorch's kernels) and the model table last. The
@@ -352,13 +353,20 @@ main() {
     # The other sizes and ViT-B's small batches (with and without CUDA graphs, where launches
     # dominate) while time remains.
     local step tag arch batches
-    for step in "vits14 1,64,256" "graphmem vits14 64" "graphmem vitb14 256" "vitb14 1,64" "nographs vitb14 1,64" "nographs vits14 64" "vitl14 1,64,256" "vitg14 1,64,256"; do
+    for step in "vits14 1,64,256" "graphmem vits14 64" "graphmem vitb14 256" "hires vitb14 1,32" "vitb14 1,64" "nographs vitb14 1,64" "nographs vits14 64" "vitl14 1,64,256" "vitg14 1,64,256"; do
         room "$MIN_STEP" || break
         case $step in
             nographs*)
                 read -r tag arch batches <<<"$step"
                 DINOV2_CUDA_GRAPHS=0 bench "$arch-${batches//,/-}-nographs" 90 --dtype f16 --arch "$arch" \
                     --batch-size "$batches" --warmup 2 --repeats 5
+                ;;
+            hires*)
+                # 518 px (1370 tokens), DINOv2's own high resolution: the end-to-end ratio
+                # where our attention trails SDPA (0.60x in run 4).
+                read -r tag arch batches <<<"$step"
+                bench "$arch-${batches//,/-}-518px" 120 --dtype f16 --arch "$arch" --batch-size "$batches" \
+                    --image-size 518 --warmup 2 --repeats 5 --peer "$PYTHON"
                 ;;
             graphmem*)
                 # Recordings with the graph's own allocation nodes instead of the planned arena:
