@@ -109,7 +109,7 @@ pub struct Device {
 }
 
 /// Where [`Device::alloc`] puts a buffer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Placement {
     /// The stream's pool (inside a recording, the graph's own memory).
     Pool,

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{result as dresult, sys as dsys, CudaGraph};
 
-use crate::arena::{diverged, Arena, Log, MemoryPlan};
+use crate::arena::{diverged, Arena, MemoryPlan};
 use crate::device::{Device, Placement};
 use crate::error::{DriverContext, KernelError, Result};
 
@@ -64,9 +64,9 @@ impl std::fmt::Debug for Graph {
 pub struct Recorder<'a> {
     device: &'a Device,
     open: bool,
-    /// The log of a traced or planned capture, and a planned one's plan and arena.
-    log: Option<Arc<Log>>,
-    planned: Option<(Arc<MemoryPlan>, Arc<Arena>)>,
+    /// Where the capture's buffers go (the device holds the same until the capture ends): a
+    /// traced capture's log, a planned one's plan, arena and log.
+    placement: Placement,
 }
 
 impl Device {
@@ -76,23 +76,15 @@ impl Device {
     /// this device meanwhile would be recorded instead of run. Record from the thread that owns
     /// the device's work (the model serializes its own passes for this).
     pub fn begin_recording(&self, memory: RecordingMemory) -> Result<Recorder<'_>> {
-        let (placement, log, planned) = match memory {
-            RecordingMemory::Graph => (Placement::Pool, None, None),
-            RecordingMemory::Traced => {
-                let log = Arc::new(Log::default());
-                (Placement::Traced(log.clone()), Some(log), None)
-            }
-            RecordingMemory::Planned(plan) => {
-                // Allocated before the capture: the arena is not the graph's.
-                let arena = self.arena_for(&plan)?;
-                let log = Arc::new(Log::default());
-                let placement = Placement::Planned {
-                    plan: plan.clone(),
-                    arena: arena.clone(),
-                    log: log.clone(),
-                };
-                (placement, Some(log), Some((plan, arena)))
-            }
+        let placement = match memory {
+            RecordingMemory::Graph => Placement::Pool,
+            RecordingMemory::Traced => Placement::Traced(Arc::default()),
+            // Allocated before the capture: the arena is not the graph's.
+            RecordingMemory::Planned(plan) => Placement::Planned {
+                arena: self.arena_for(&plan)?,
+                plan,
+                log: Arc::default(),
+            },
         };
         // Thread-local mode: a call on this thread that could not be recorded safely (a
         // synchronous allocation or copy, a synchronization) fails instead of silently running
@@ -100,12 +92,11 @@ impl Device {
         self.stream
             .begin_capture(dsys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .ctx(|| "starting a CUDA graph capture".into())?;
-        self.set_placement(placement);
+        self.set_placement(placement.clone());
         Ok(Recorder {
             device: self,
             open: true,
-            log,
-            planned,
+            placement,
         })
     }
 
@@ -170,7 +161,7 @@ impl Recorder<'_> {
     /// the error.
     pub fn finish(mut self) -> Result<Graph> {
         self.open = false;
-        if let (Some((plan, _)), Some(log)) = (&self.planned, &self.log) {
+        if let Placement::Planned { plan, log, .. } = &self.placement {
             let events = log.events();
             if !plan.matches(&events) {
                 self.device.discard_capture()?;
@@ -185,9 +176,13 @@ impl Recorder<'_> {
         graph
             .upload()
             .ctx(|| "uploading a CUDA graph to the device".into())?;
+        let arena = match std::mem::replace(&mut self.placement, Placement::Pool) {
+            Placement::Planned { arena, .. } => Some(arena),
+            _ => None,
+        };
         Ok(Graph {
             graph,
-            _arena: self.planned.take().map(|(_, arena)| arena),
+            _arena: arena,
         })
     }
 
@@ -196,10 +191,12 @@ impl Recorder<'_> {
     pub fn plan(mut self) -> Result<MemoryPlan> {
         self.open = false;
         self.device.discard_capture()?;
-        let log = self.log.take().ok_or_else(|| {
-            KernelError::Unsupported("a capture without RecordingMemory::Traced has no plan".into())
-        })?;
-        Ok(MemoryPlan::new(log.events()))
+        match &self.placement {
+            Placement::Traced(log) => Ok(MemoryPlan::new(log.events())),
+            _ => Err(KernelError::Unsupported(
+                "a capture without RecordingMemory::Traced has no plan".into(),
+            )),
+        }
     }
 
     /// Ends the capture and drops what it recorded (after the work being recorded failed).
