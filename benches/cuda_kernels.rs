@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the CUDA kernels and cuBLAS(Lt) GEMMs (`dinov2-kernels`) at the shapes
 //! of ViT-B/14, 224 px, batch 256, f16 (257 tokens per image, 65 792 rows): the four GEMMs of a
-//! block (FLOP/s, shown by criterion as elem/s: 2 per multiply-add), flash attention (FLOP/s of
+//! block (FLOP/s, shown by criterion as elem/s: 2 per multiply-add; on an H100/H200 also on our
+//! Hopper GEMMs, and fc1 with the exact GELU fused), flash attention (FLOP/s of
 //! its two products; also at 518 px, 1370 tokens, batch 32, the 128-row variant and the path
 //! that writes the probabilities),
 //! LayerNorm, the residual update with and without the fused LayerNorm, the GELU epilogue,
@@ -30,7 +31,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use dinov2::crates::kernels::{Act, Buffer, DType, Device};
+use dinov2::crates::kernels::{Act, Buffer, DType, Device, OwnGemm};
 use dinov2::{flops_per_image, released, CudaBackend, Dinov2, Dtype, Pooling, Tensor};
 
 const BATCH: usize = 256;
@@ -57,14 +58,21 @@ fn timed(dev: &Device, iters: u64, mut f: impl FnMut()) -> Duration {
     start.elapsed()
 }
 
+/// The four GEMMs of a ViT-B/14 block with their bias, and fc1 followed by the exact GELU as the
+/// model runs it: on cuBLASLt (the `bias_act` pass after it for the GELU), and on an H100/H200
+/// also on our Hopper kernels with both tile widths (`…/own_n128`, `…/own_n256`: the GELU in
+/// their epilogue).
 fn gemms(c: &mut Criterion, dev: &Device) {
     let mut g = c.benchmark_group("linear_f16");
     let h = HIDDEN;
-    for (what, k, n) in [
-        ("qkv", h, 3 * h),
-        ("proj", h, h),
-        ("fc1", h, 4 * h),
-        ("fc2", 4 * h, h),
+    let hopper = dev.set_own_gemm(OwnGemm::Off, false).is_ok()
+        && dev.set_own_gemm(OwnGemm::All, false).is_ok();
+    for (what, k, n, act) in [
+        ("qkv", h, 3 * h, Act::Identity),
+        ("proj", h, h, Act::Identity),
+        ("fc1", h, 4 * h, Act::Identity),
+        ("fc2", 4 * h, h, Act::Identity),
+        ("fc1_gelu", h, 4 * h, Act::Gelu),
     ] {
         let x = buffer(dev, &[ROWS, k], T, 1);
         // Weights of nn.Linear's scale (as the PyTorch peer's randn / sqrt(k)).
@@ -74,14 +82,31 @@ fn gemms(c: &mut Criterion, dev: &Device) {
         let b = buffer(dev, &[n], T, 3);
         let mut y = dev.alloc(T, &[ROWS, n]).expect("device memory");
         g.throughput(Throughput::Elements((2 * ROWS * k * n) as u64));
-        g.bench_function(format!("vitb14/{what}/{ROWS}x{k}x{n}"), |bench| {
-            bench.iter_custom(|iters| {
-                timed(dev, iters, || {
-                    dev.linear(&x, &w, Some(&b), &mut y, (ROWS, n, k))
-                        .expect("linear");
+        let variants: &[(&str, OwnGemm, bool)] = if hopper {
+            &[
+                ("", OwnGemm::Off, false),
+                ("/own_n128", OwnGemm::All, false),
+                ("/own_n256", OwnGemm::All, true),
+            ]
+        } else {
+            &[("", OwnGemm::Off, false)]
+        };
+        for &(suffix, policy, wide) in variants {
+            if hopper {
+                dev.set_own_gemm(policy, wide).expect("sm_90 device");
+            }
+            g.bench_function(format!("vitb14/{what}/{ROWS}x{k}x{n}{suffix}"), |bench| {
+                bench.iter_custom(|iters| {
+                    timed(dev, iters, || {
+                        dev.linear_act(&x, &w, Some(&b), &mut y, (ROWS, n, k), act)
+                            .expect("linear");
+                    })
                 })
-            })
-        });
+            });
+        }
+    }
+    if hopper {
+        dev.set_own_gemm(OwnGemm::Off, false).expect("sm_90 device");
     }
     g.finish();
 }

@@ -8,7 +8,8 @@ stops. What transformers' Dinov2 runs in eager mode for each of our kernels:
   also at 518 px (1370 tokens, batch 32);
 * the residual update and the next norm: `layer_scale` (mul), the residual add and `layer_norm`,
   three kernels (ours: one fused kernel), and `layer_norm` alone (f16 in, f16 out);
-* GELU (exact erf) after the fc1 GEMM, and `linear` with bias for the four GEMMs of a block;
+* GELU (exact erf) after the fc1 GEMM, `linear` with bias for the four GEMMs of a block, and fc1
+  followed by the GELU;
 * the residual add alone, the SwiGLU gate of ViT-g/14's FFN (chunk, SiLU, product), the token
   assembly (CLS concatenated before the patches, positions added), and the eager attention that
   materializes the probabilities (what runs when attentions are requested);
@@ -70,6 +71,13 @@ def main():
         w = torch.randn(n, k, device=dev, dtype=t) / k**0.5
         b = torch.randn(n, device=dev, dtype=t)
         add(f"linear_f16/vitb14/{what}/{ROWS}x{k}x{n}", "F.linear", lambda: F.linear(x, w, b))
+        if what == "fc1":
+            # transformers' Dinov2MLP: fc1, then nn.GELU() (erf) in its own kernel.
+            add(
+                f"linear_f16/vitb14/fc1_gelu/{ROWS}x{k}x{n}",
+                "F.gelu(F.linear)",
+                lambda: F.gelu(F.linear(x, w, b)),
+            )
         del x, w, b
 
     d = HIDDEN // HEADS

@@ -545,3 +545,50 @@ fn embedding_runs_smaller_passes_when_the_device_runs_out_of_memory() {
     eprintln!("smaller passes against single images: rel L2 {err:.2e}");
     assert!(err < 1e-3, "{err:.3e}");
 }
+
+/// Our Hopper GEMMs inside the model (`DINOV2_GEMM=fused` / `own`): ViT-S/14 and ViT-B/14
+/// geometry with random weights, f16 and bf16, against the CPU's f32 embeddings, each held to
+/// the tolerance of the cuBLASLt path and printed beside its error. Where the device is not
+/// compute capability 9.0, there is nothing to run (the kernels are not loaded).
+#[test]
+#[ignore = "needs a CUDA device"]
+fn our_gemms_in_the_model_match_the_cpu() {
+    use dinov2::crates::kernels::OwnGemm;
+    use dinov2::{released, Pooling};
+    if gpu(Dtype::F16).device().info().compute_capability != (9, 0) {
+        eprintln!("no sm_90 device: our GEMMs are not loaded");
+        return;
+    }
+    for arch in ["vits14", "vitb14"] {
+        let config = released(arch).unwrap();
+        let cpu = Dinov2::random(CpuBackend, &config, 5).unwrap();
+        let px = seeded_pixels(77, 2, 224, 224);
+        let want = cpu.embed(&px, Pooling::ClsMean, false).unwrap();
+        for dtype in [Dtype::F16, Dtype::BF16] {
+            let tol = if dtype == Dtype::F16 { 1e-2 } else { 3e-2 };
+            let mut errors = Vec::new();
+            for (policy, wide) in [
+                (OwnGemm::Off, false),
+                (OwnGemm::Fused, false),
+                (OwnGemm::All, false),
+                (OwnGemm::All, true),
+            ] {
+                let be = gpu(dtype);
+                be.device().set_own_gemm(policy, wide).unwrap();
+                let model = Dinov2::random(be, &config, 5).unwrap();
+                let got = model.embed(&px, Pooling::ClsMean, false).unwrap();
+                let (g, w) = flatten_pair(&got, &want);
+                let err = rel_l2(&g, &w);
+                errors.push(format!(
+                    "{policy:?}{}: {err:.2e}",
+                    if wide { " wide" } else { "" }
+                ));
+                assert!(
+                    err < tol,
+                    "{arch} {dtype} {policy:?} wide={wide}: rel L2 {err:.3e} against the CPU"
+                );
+            }
+            eprintln!("{arch} {dtype} against CPU f32: {}", errors.join(", "));
+        }
+    }
+}

@@ -11,6 +11,8 @@
 #      tuning (DINOV2_GEMM_TUNE=log), two copies on two streams at once (--streams 2), the
 #      tanh GELU in the GEMM epilogue (DINOV2_FAST_GELU=1), then the same pass's device time
 #      per operation (DINOV2_PROFILE=1);
+#      Our Hopper GEMMs (DINOV2_GEMM=fused, own; DINOV2_GEMM_TILE=256) come right after the
+#      headline, and their op profile after the default one;
 #   4. the criterion kernel benches and PyTorch's kernels on the same shapes; `dinov2 embed` on
 #      the GPU (its parity with the CPU, `forward --expect` per dtype, `dinov2 serve` and the
 #      Python module dinov2_rs against the same CPU vectors, then 10500 files through ViT-B/14
@@ -301,6 +303,17 @@ main() {
     if room 30; then
         bench vitb14-256 150 --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON"
     fi
+    # Our Hopper GEMMs (kernels/gemm_sm90a.cu, opt-in until measured): the exact GELU fused
+    # into fc1's epilogue (DINOV2_GEMM=fused: no GELU pass), every GEMM they run (own), and
+    # the same with 128 x 256 tiles. Their GPU tests ran above (own_gemms_match_cpu,
+    # our_gemms_in_the_model_match_the_cpu).
+    local policy gemm tile
+    for policy in "fused 128" "own 128" "own 256"; do
+        room 30 || break
+        read -r gemm tile <<<"$policy"
+        DINOV2_GEMM=$gemm DINOV2_GEMM_TILE=$tile bench "vitb14-256-gemm-$gemm-$tile" 60 --dtype f16 \
+            --arch vitb14 --batch-size 256 --warmup 3 --repeats 10
+    done
     # The same against the peer under torch.compile (it compiles for a minute or more).
     if room 240; then
         bench vitb14-256-compile 170 --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON" --peer-compile
@@ -334,6 +347,13 @@ main() {
         cat "$OUT/profile.txt"
         [ "$rc" -eq 0 ] || echo "!! op profile: exit status $rc"
     fi
+    # The same with the GELU in our GEMM's epilogue: what moved from `activation` to `gemm`.
+    if room 30; then
+        echo "-- [op profile, DINOV2_GEMM=fused, at ${SECONDS}s]"
+        DINOV2_GEMM=fused DINOV2_PROFILE=1 timeout "$(cap 60)" "$HERE/bin/dinov2" bench --device cuda \
+            --dtype f16 --arch vitb14 --batch-size 256 --warmup 1 --repeats 3 >"$OUT/profile-fused.txt" 2>&1
+        cat "$OUT/profile-fused.txt"
+    fi
     # The kernels next (the attention and LayerNorm targets), short settings, then PyTorch's
     # kernels on the same shapes.
     if [ -x "$HERE/bin/kernel-bench" ] && room "$MIN_STEP"; then
@@ -352,10 +372,16 @@ main() {
     fi
     # The other sizes and ViT-B's small batches (with and without CUDA graphs, where launches
     # dominate) while time remains.
-    local step tag arch batches
-    for step in "vits14 1,64,256" "graphmem vits14 64" "graphmem vitb14 256" "hires vitb14 1,32" "vitb14 1,64" "nographs vitb14 1,64" "nographs vits14 64" "vitl14 1,64,256" "vitg14 1,64,256"; do
+    local step tag arch batches gemm
+    for step in "vits14 1,64,256" "gemm fused vits14 64,256" "gemm fused vitl14 64,256" "gemm own vitg14 64,256" "graphmem vits14 64" "graphmem vitb14 256" "hires vitb14 1,32" "vitb14 1,64" "nographs vitb14 1,64" "nographs vits14 64" "vitl14 1,64,256" "vitg14 1,64,256"; do
         room "$MIN_STEP" || break
         case $step in
+            gemm*)
+                # Our Hopper GEMMs at the other sizes (ViT-g/14 has SwiGLU, no GELU: `own`).
+                read -r tag gemm arch batches <<<"$step"
+                DINOV2_GEMM=$gemm bench "$arch-${batches//,/-}-gemm-$gemm" 90 --dtype f16 --arch "$arch" \
+                    --batch-size "$batches" --warmup 2 --repeats 5
+                ;;
             nographs*)
                 read -r tag arch batches <<<"$step"
                 DINOV2_CUDA_GRAPHS=0 bench "$arch-${batches//,/-}-nographs" 90 --dtype f16 --arch "$arch" \
@@ -398,6 +424,11 @@ fi
 if [ -f "$OUT/profile.txt" ]; then
     echo "-- ViT-B/14 f16 batch 256: device time per operation" | tee -a "$LOG"
     grep -E "^  " "$OUT/profile.txt" | tee -a "$LOG"
+    echo | tee -a "$LOG"
+fi
+if [ -f "$OUT/profile-fused.txt" ]; then
+    echo "-- the same with DINOV2_GEMM=fused (the GELU in our GEMM's epilogue)" | tee -a "$LOG"
+    grep -E "^  " "$OUT/profile-fused.txt" | tee -a "$LOG"
     echo | tee -a "$LOG"
 fi
 if [ -d "$CRITERION" ]; then

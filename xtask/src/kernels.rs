@@ -1,5 +1,6 @@
 //! `cargo xtask kernels`: compiles `kernels/*.cu` with nvcc 13.0 into the artifacts that
-//! `dinov2-kernels` embeds (compute_80 PTX, ISA <= 9.0, and sm_90 cubins), saves the `ptxas -v`
+//! `dinov2-kernels` embeds (compute_80 PTX, ISA <= 9.0, and sm_90 cubins; a `*_sm90a.cu` unit,
+//! which uses Hopper-only instructions, into an sm_90a cubin alone), saves the `ptxas -v`
 //! resource report, and writes `manifest.json` with the SHA-256 of every source and artifact.
 //! `--check` needs no nvcc: it recomputes the hashes and lists the files that disagree.
 
@@ -12,6 +13,8 @@ use std::process::Command;
 pub const ARTIFACTS: &str = "crates/dinov2-kernels/artifacts";
 /// Flags shared by both outputs.
 const COMMON_FLAGS: &[&str] = &["-O3", "-std=c++17"];
+/// The stem suffix of the units built for Hopper alone (wgmma): an sm_90a cubin, no PTX.
+const HOPPER_SUFFIX: &str = "_sm90a";
 /// Newest PTX ISA a CUDA 13.0 driver JIT-compiles.
 const MAX_PTX_ISA: (u32, u32) = (9, 0);
 
@@ -99,6 +102,31 @@ fn build(root: &Path, nvcc: &str) -> Result<(), String> {
             .map(|s| s.to_string_lossy().into_owned())
             .ok_or_else(|| format!("bad source name {unit}"))?;
         let src = root.join(unit);
+        if stem.ends_with(HOPPER_SUFFIX) {
+            // The PTX is not embedded (the cubin is the only code); it is kept for review and
+            // for the test that checks the kernels' signatures against the launchers.
+            let ptx = format!("{stem}.sm_90a.ptx");
+            let cubin = format!("{stem}.sm_90a.cubin");
+            eprintln!("xtask: nvcc {unit} -> {ptx}, {cubin}");
+            nvcc_run(
+                nvcc,
+                root,
+                &["-ptx", "-arch=sm_90a"],
+                &src,
+                &out_dir.join(&ptx),
+            )?;
+            artifacts.push(ptx);
+            let log = nvcc_run(
+                nvcc,
+                root,
+                &["-cubin", "-arch=sm_90a", "-Xptxas", "-v"],
+                &src,
+                &out_dir.join(&cubin),
+            )?;
+            report.push_str(&resource_table(unit, &log));
+            artifacts.push(cubin);
+            continue;
+        }
         let ptx = format!("{stem}.ptx");
         let cubin = format!("{stem}.sm_90.cubin");
         eprintln!("xtask: nvcc {unit} -> {ptx}, {cubin}");
@@ -122,9 +150,10 @@ fn build(root: &Path, nvcc: &str) -> Result<(), String> {
         artifacts.push(cubin);
     }
     let header = format!(
-        "# ptxas -v resource usage of the sm_90 cubins ({release})\n\
+        "# ptxas -v resource usage of the sm_90 and sm_90a cubins ({release})\n\
          # kernel | registers | spill stores/loads (bytes) | static smem (bytes) | stack (bytes)\n\
-         # The flash kernels attention_{{f16,bf16}}_dP also take 320·(P + 8)·2 bytes of dynamic smem, _dP_r128 384·(P + 8)·2.\n"
+         # The flash kernels attention_{{f16,bf16}}_dP also take 320·(P + 8)·2 bytes of dynamic smem, _dP_r128 384·(P + 8)·2.\n\
+         # The gemm_*_n128 kernels take 3·(128 + 128)·64·2 + 1024 bytes of dynamic smem, _n256 4·(128 + 256)·64·2 + 1024.\n"
     );
     fs::write(out_dir.join("resources.txt"), header + &report)
         .map_err(|e| format!("cannot write resources.txt: {e}"))?;
@@ -240,6 +269,10 @@ fn write_manifest(
     ));
     json.push_str(&format!(
         "  \"cubin_flags\": \"-cubin -arch=sm_90 -Xptxas -v {}\",\n",
+        COMMON_FLAGS.join(" ")
+    ));
+    json.push_str(&format!(
+        "  \"sm90a_cubin_flags\": \"-cubin -arch=sm_90a -Xptxas -v {} (units *{HOPPER_SUFFIX}.cu)\",\n",
         COMMON_FLAGS.join(" ")
     ));
     let entries = |paths: &[(String, PathBuf)]| -> Result<String, String> {

@@ -17,6 +17,7 @@ use crate::artifacts::ARTIFACTS;
 use crate::buffer::{Buffer, DType, Memory};
 use crate::error::{DriverContext, KernelError, Result};
 use crate::gemm::Blas;
+use crate::hopper_gemm::OwnGemmState;
 
 /// Oldest driver that loads our artifacts (PTX ISA 9.0 and nvcc 13.0 cubins): CUDA 13.0.
 const MIN_DRIVER: i32 = 13000;
@@ -105,6 +106,8 @@ pub struct Device {
     /// The arena of the recordings made with planned memory, while one of them (or a buffer in
     /// it) lives: the next such recording shares it if it is large enough.
     pub(crate) arena: Mutex<Weak<Arena>>,
+    /// Which GEMMs run on our Hopper kernels (`DINOV2_GEMM`, [`Device::set_own_gemm`]).
+    pub(crate) own_gemm: OwnGemmState,
     info: DeviceInfo,
 }
 
@@ -224,8 +227,8 @@ fn encoded_chunks(
 
 impl Device {
     /// Opens GPU `ordinal`: checks the libraries and the driver version, creates the context and
-    /// stream, loads the kernels (the sm_90 cubins on compute capability 9.0, else the PTX) and
-    /// the cuBLAS handles. Never panics for a missing library or device: those are errors.
+    /// stream, loads the kernels (the sm_90 and sm_90a cubins on compute capability 9.0, else the
+    /// PTX, without the Hopper-only GEMMs) and the cuBLAS handles. Never panics for a missing library or device: those are errors.
     pub fn new(ordinal: usize) -> Result<Self> {
         probe_libraries()?;
         let mut version = 0i32;
@@ -268,9 +271,11 @@ impl Device {
         };
         let mut modules = Vec::new();
         for artifact in ARTIFACTS {
-            let image = match code {
-                CodeKind::CubinSm90 => Ptx::from_binary(artifact.cubin_sm90.to_vec()),
-                CodeKind::Ptx => Ptx::from_src(artifact.ptx),
+            let image = match (code, artifact.ptx) {
+                (CodeKind::CubinSm90, _) => Ptx::from_binary(artifact.cubin_sm90.to_vec()),
+                (CodeKind::Ptx, Some(ptx)) => Ptx::from_src(ptx),
+                // A Hopper-only family: nothing to load on other GPUs.
+                (CodeKind::Ptx, None) => continue,
             };
             let module = ctx.load_module(image).ctx(|| {
                 format!(
@@ -314,6 +319,7 @@ impl Device {
                 .then(Default::default),
             placement: Mutex::new(Placement::Pool),
             arena: Mutex::new(Weak::new()),
+            own_gemm: OwnGemmState::from_env(code),
             info,
         })
     }

@@ -33,6 +33,8 @@ pub enum GemmPath {
     Lt,
     /// `cublasGemmEx` (bias added by a separate kernel).
     GemmEx,
+    /// Our Hopper kernel (`kernels/gemm_sm90a.cu`), bias and activation in its epilogue.
+    Own,
 }
 
 fn blas_err(context: impl Into<String>) -> impl FnOnce(bres::CublasError) -> KernelError {

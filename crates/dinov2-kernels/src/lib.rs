@@ -2,8 +2,9 @@
 //! DINOv2 as a model: it offers operations over device [`Buffer`]s.
 //!
 //! * Kernels live in `kernels/*.cu` at the repository root; `cargo xtask kernels` compiles them
-//!   with nvcc 13.0 into the committed [`artifacts`] (compute_80 PTX and sm_90 cubins) that are
-//!   embedded here, so building this crate needs no CUDA toolkit.
+//!   with nvcc 13.0 into the committed [`artifacts`] (compute_80 PTX and sm_90 cubins, and an
+//!   sm_90a cubin of our Hopper GEMMs) that are embedded here, so building this crate needs no
+//!   CUDA toolkit.
 //! * cudarc loads libcuda and cuBLAS at run time. [`Device::new`] probes them first and returns an
 //!   error, never a panic, where they are missing.
 //! * Every operation computes in f32 (accumulation, statistics, softmax, activations) whatever the
@@ -28,6 +29,7 @@ mod device;
 mod error;
 mod gemm;
 mod graph;
+mod hopper_gemm;
 mod ops;
 mod probs;
 mod profile;
@@ -38,5 +40,6 @@ pub use device::{probe_libraries, CodeKind, Device, DeviceInfo, Timer};
 pub use error::{KernelError, Result};
 pub use gemm::{GemmPath, TUNE_CANDIDATES, TUNE_MIN_MACS};
 pub use graph::{Graph, Recorder, RecordingMemory};
+pub use hopper_gemm::OwnGemm;
 pub use ops::{Act, MAX_HEAD_DIM};
 pub use profile::OpTime;

@@ -209,8 +209,8 @@ fn i32_of(op: &'static str, v: usize) -> Result<i32> {
 }
 
 impl Device {
-    /// `y[m, n] = x[m, k] · w[n, k]ᵀ + bias` (cuBLASLt bias epilogue; cuBLAS + `bias_act` as the
-    /// fallback). `x`, `w`, `y` share one dtype; `bias` is `[n]` in that dtype or f32.
+    /// `y[m, n] = x[m, k] · w[n, k]ᵀ + bias`. `x`, `w`, `y` share one dtype; `bias` is `[n]` in
+    /// that dtype or f32. The GEMM runs as [`Device::linear_act`] describes.
     pub fn linear(
         &self,
         x: &Buffer,
@@ -219,40 +219,45 @@ impl Device {
         y: &mut Buffer,
         dims: (usize, usize, usize),
     ) -> Result<GemmPath> {
-        self.linear_with(x, w, bias, y, dims, false)
+        self.linear_act(x, w, bias, y, dims, Act::Identity)
     }
 
-    /// [`Device::linear`] followed by the tanh approximation of GELU ([`Act::GeluTanh`]), in
-    /// cuBLASLt's GELU epilogue where it runs the shape (the activation then costs no pass over
-    /// `y`), else by `bias_act`. The epilogue computes the same formula with its own tanh, so
-    /// the two paths may differ in the last bits.
-    pub fn linear_gelu_tanh(
+    /// `y = act(x·wᵀ + bias)`: [`Device::linear_fusing`], then the activation it left, in a
+    /// `bias_act` pass over `y`.
+    pub fn linear_act(
         &self,
         x: &Buffer,
         w: &Buffer,
-        bias: &Buffer,
+        bias: Option<&Buffer>,
         y: &mut Buffer,
-        (m, n, k): (usize, usize, usize),
+        dims: (usize, usize, usize),
+        act: Act,
     ) -> Result<GemmPath> {
-        let path = self.linear_with(x, w, Some(bias), y, (m, n, k), true)?;
-        if path == GemmPath::GemmEx {
-            self.bias_act(y, None, m, n, Act::GeluTanh)?;
+        let (path, rest) = self.linear_fusing(x, w, bias, y, dims, act)?;
+        if rest != Act::Identity {
+            self.bias_act(y, None, dims.0, dims.1, rest)?;
         }
         Ok(path)
     }
 
-    /// [`Device::linear`], with the tanh GELU fused when `gelu_tanh` and cuBLASLt runs the shape
-    /// with a bias of `y`'s dtype ([`GemmPath::Lt`]); on [`GemmPath::GemmEx`] the caller
-    /// applies it.
-    fn linear_with(
+    /// `y = x·wᵀ + bias` with `act` applied in the GEMM's epilogue where one can: returns the
+    /// path and the activation still to apply ([`Act::Identity`] when it was fused).
+    ///
+    /// - Our Hopper kernel ([`GemmPath::Own`], where [`Device::own_gemm`] picks it for `act`
+    ///   and the shape): the bias and the identity, exact GELU or tanh GELU in its epilogue.
+    /// - cuBLASLt ([`GemmPath::Lt`]) with the bias fused, and the tanh GELU too in f16/bf16 with
+    ///   a bias of `y`'s dtype (f32 keeps the kernels' `tanhf`).
+    /// - `cublasGemmEx` ([`GemmPath::GemmEx`], where cuBLASLt does not run the shape, or with
+    ///   `DINOV2_GEMM=gemmex`), then a pass adding the bias.
+    pub fn linear_fusing(
         &self,
         x: &Buffer,
         w: &Buffer,
         bias: Option<&Buffer>,
         y: &mut Buffer,
         (m, n, k): (usize, usize, usize),
-        gelu_tanh: bool,
-    ) -> Result<GemmPath> {
+        act: Act,
+    ) -> Result<(GemmPath, Act)> {
         const OP: &str = "linear";
         let t = float(OP, x)?;
         expect(OP, "x", x, t, m * k)?;
@@ -271,17 +276,21 @@ impl Device {
             }
         }
         if m == 0 || n == 0 {
-            return Ok(GemmPath::GemmEx);
+            return Ok((GemmPath::GemmEx, Act::Identity));
         }
         if k == 0 {
             // An empty sum: y = bias (or 0). cuBLASLt rejects zero-sized layouts.
             self.memset(y, 0)?;
             self.add_bias(y, bias, m, n)?;
-            return Ok(GemmPath::GemmEx);
+            return Ok((GemmPath::GemmEx, act));
+        }
+        if self.own_linear(x, w, bias, y, (m, n, k), act)? {
+            return Ok((GemmPath::Own, Act::Identity));
         }
         let s = &self.stream;
         let lt_bias = bias.filter(|b| b.dtype() == t).map(|b| b.ptr(s));
         let allow_lt = bias.is_none() || lt_bias.is_some();
+        let gelu_tanh = act == Act::GeluTanh && t != DType::F32 && lt_bias.is_some();
         // SAFETY: sizes checked above.
         let path = unsafe {
             self.blas.gemm(
@@ -292,13 +301,14 @@ impl Device {
                 lt_bias,
                 y.ptr(s),
                 allow_lt,
-                gelu_tanh && lt_bias.is_some(),
+                gelu_tanh,
             )?
         };
         if path == GemmPath::GemmEx {
             self.add_bias(y, bias, m, n)?;
+            return Ok((path, act));
         }
-        Ok(path)
+        Ok((path, if gelu_tanh { Act::Identity } else { act }))
     }
 
     /// `y[m, n] += bias[n]` with `bias` in any float type (cast to f32 for `bias_act`).

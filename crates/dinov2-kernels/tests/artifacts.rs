@@ -67,17 +67,22 @@ fn embedded_artifacts_are_the_manifests() {
         "one embedded artifact per kernels/*.cu"
     );
     for a in ARTIFACTS {
+        let cubin = match a.ptx {
+            Some(ptx) => {
+                assert_eq!(
+                    hashes[&format!("{}.ptx", a.name)].as_str(),
+                    Some(sha256(ptx.as_bytes()).as_str()),
+                    "{}.ptx",
+                    a.name
+                );
+                format!("{}.sm_90.cubin", a.name)
+            }
+            None => format!("{}.sm_90a.cubin", a.name),
+        };
         assert_eq!(
-            hashes[&format!("{}.ptx", a.name)].as_str(),
-            Some(sha256(a.ptx.as_bytes()).as_str()),
-            "{}.ptx",
-            a.name
-        );
-        assert_eq!(
-            hashes[&format!("{}.sm_90.cubin", a.name)].as_str(),
+            hashes[&cubin].as_str(),
             Some(sha256(a.cubin_sm90).as_str()),
-            "{}.sm_90.cubin",
-            a.name
+            "{cubin}"
         );
     }
     assert_eq!(
@@ -89,8 +94,17 @@ fn embedded_artifacts_are_the_manifests() {
 #[test]
 fn ptx_loads_on_a_cuda_13_0_driver() {
     for a in ARTIFACTS {
-        let version = a
-            .ptx
+        assert_eq!(
+            &a.cubin_sm90[..4],
+            b"\x7fELF",
+            "{}'s cubin is not an ELF",
+            a.name
+        );
+        let Some(ptx) = a.ptx else {
+            assert!(a.name.ends_with("_sm90a"), "{} has no PTX", a.name);
+            continue;
+        };
+        let version = ptx
             .lines()
             .find_map(|l| l.trim().strip_prefix(".version "))
             .unwrap_or_else(|| panic!("{}.ptx has no .version", a.name));
@@ -102,14 +116,8 @@ fn ptx_loads_on_a_cuda_13_0_driver() {
             a.name
         );
         assert!(
-            a.ptx.lines().any(|l| l.trim() == ".target sm_80"),
+            ptx.lines().any(|l| l.trim() == ".target sm_80"),
             "{}.ptx does not target sm_80",
-            a.name
-        );
-        assert_eq!(
-            &a.cubin_sm90[..4],
-            b"\x7fELF",
-            "{}.sm_90.cubin is not an ELF",
             a.name
         );
     }
@@ -158,16 +166,59 @@ fn launched_kernels() -> Vec<String> {
     names
 }
 
+/// The Hopper GEMMs the launcher in `hopper_gemm.rs` names (in the sm_90a cubin only).
+fn hopper_kernels() -> Vec<String> {
+    let mut names = Vec::new();
+    for t in ["f16", "bf16"] {
+        for act in ["id", "gelu", "gelu_tanh"] {
+            for cols in [128, 256] {
+                names.push(format!("gemm_{t}_{act}_n{cols}"));
+            }
+        }
+    }
+    names
+}
+
+/// The PTX of the Hopper GEMMs, kept beside the artifacts for review (not embedded).
+fn hopper_ptx() -> String {
+    let path = repo_root().join("crates/dinov2-kernels/artifacts/gemm_sm90a.sm_90a.ptx");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 #[test]
 fn every_launched_kernel_is_embedded() {
     for name in launched_kernels() {
         let entry = format!(".entry {name}(");
         let found: Vec<&str> = ARTIFACTS
             .iter()
-            .filter(|a| a.ptx.contains(&entry))
+            .filter(|a| a.ptx.is_some_and(|p| p.contains(&entry)))
             .map(|a| a.name)
             .collect();
         assert_eq!(found.len(), 1, "kernel {name} found in {found:?}");
+        let in_report = RESOURCES
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(name.as_str()));
+        assert!(in_report, "{name} missing from resources.txt");
+    }
+    let hopper = ARTIFACTS
+        .iter()
+        .find(|a| a.name == "gemm_sm90a")
+        .expect("the Hopper GEMMs are embedded");
+    let ptx = hopper_ptx();
+    for name in hopper_kernels() {
+        // The cubin's symbol table holds the name, NUL-terminated.
+        let symbol = format!("{name}\0");
+        assert!(
+            hopper
+                .cubin_sm90
+                .windows(symbol.len())
+                .any(|w| w == symbol.as_bytes()),
+            "{name} missing from the sm_90a cubin"
+        );
+        assert!(
+            ptx.contains(&format!(".entry {name}(")),
+            "{name} not in the PTX"
+        );
         let in_report = RESOURCES
             .lines()
             .any(|l| l.split_whitespace().next() == Some(name.as_str()));
@@ -186,7 +237,7 @@ fn no_kernel_spills_registers() {
         let stack = fields[fields.iter().position(|f| *f == "stack").unwrap() + 1];
         assert_eq!(stack, "0", "stack frame: {line}");
     }
-    assert!(rows >= launched_kernels().len());
+    assert!(rows >= launched_kernels().len() + hopper_kernels().len());
 }
 
 #[test]
@@ -210,10 +261,15 @@ fn ptx_params(name: &str) -> Vec<String> {
     let entry = format!(".entry {name}(");
     let ptx = ARTIFACTS
         .iter()
-        .find(|a| a.ptx.contains(&entry))
-        .unwrap_or_else(|| panic!("{name} not embedded"))
-        .ptx;
-    let start = ptx.find(&entry).unwrap() + entry.len();
+        .filter_map(|a| a.ptx)
+        .find(|p| p.contains(&entry))
+        .unwrap_or_else(|| panic!("{name} not embedded"));
+    params_of(ptx, &entry)
+}
+
+/// The parameter types of the kernel whose `.entry NAME(` is `entry` in `ptx`.
+fn params_of(ptx: &str, entry: &str) -> Vec<String> {
+    let start = ptx.find(entry).unwrap() + entry.len();
     let end = start + ptx[start..].find(')').unwrap();
     ptx[start..end]
         .split(',')
@@ -280,4 +336,10 @@ fn kernel_signatures_match_the_launchers() {
         assert_eq!(ptx_params(&format!("cast_{t}_f32")), [P, P, P]);
     }
     assert_eq!(ptx_params("attention_f32"), [P, P, I, I, I, F]);
+    // x, w, bias, bias_f32, y, m, n, k
+    let hopper = hopper_ptx();
+    for name in hopper_kernels() {
+        let params = params_of(&hopper, &format!(".entry {name}("));
+        assert_eq!(params, [P, P, P, I, P, I, I, I], "{name}");
+    }
 }

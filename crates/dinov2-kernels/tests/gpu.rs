@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use dinov2_cpu as cpu;
-use dinov2_kernels::{Act, Buffer, DType, Device, GemmPath, RecordingMemory};
+use dinov2_kernels::{Act, Buffer, DType, Device, GemmPath, OwnGemm, RecordingMemory};
 use half::{bf16, f16};
 
 const GPU: &str = "needs a CUDA device";
@@ -131,7 +131,7 @@ fn linear_matches_cpu() {
     }
 }
 
-/// `linear_gelu_tanh` in f16 and bf16 (where the model uses it): the tanh GELU in cuBLASLt's
+/// `linear_act` with the tanh GELU in f16 and bf16 (where the model uses it): in cuBLASLt's
 /// epilogue where the bias has the compute dtype, and after `cublasGemmEx` with an f32 bias;
 /// both against the CPU's linear layer and tanh GELU. (f32 is not held to its 1e-5 here: the
 /// epilogue's own tanh need not be as exact as the kernels' tanhf, and the model keeps f32 on
@@ -155,7 +155,7 @@ fn linear_gelu_tanh_matches_cpu() {
                 let bd = upload(&dev, &b, &[n], bias_dtype);
                 let mut y = poisoned(&dev, dtype, &[m, n]);
                 let path = dev
-                    .linear_gelu_tanh(&xd, &wd, &bd, &mut y, (m, n, k))
+                    .linear_act(&xd, &wd, Some(&bd), &mut y, (m, n, k), Act::GeluTanh)
                     .unwrap();
                 check(
                     &format!("linear + gelu_tanh {dtype} m={m} k={k} n={n} bias {bias_dtype} via {path:?}"),
@@ -166,6 +166,188 @@ fn linear_gelu_tanh_matches_cpu() {
             }
         }
     }
+}
+
+/// Where each output of our Hopper GEMM comes from, exactly: x picks one column of w per row
+/// (`x[r][c] = 1` where `c = (r + shift) % k`), and w's values encode their own (row, column), so
+/// each output names the weight it was made of. On a mismatch it prints the first outputs with
+/// the (n, k) they should and do encode, which tells a swizzle, descriptor or fragment-layout
+/// mistake apart (a device run is short; this says what to fix without another one).
+#[test]
+#[ignore = "needs a CUDA device"]
+fn own_gemm_layout_probe() {
+    let dev = device();
+    if dev.info().compute_capability != (9, 0) {
+        return;
+    }
+    let (m, n) = (200, 256);
+    for (k, wide) in [(64, false), (64, true), (192, false)] {
+        dev.set_own_gemm(OwnGemm::All, wide).unwrap();
+        for shift in [0, 5] {
+            // w[j][c] = (j % 128) + 128·(c % 16): exact in f16 (at most 2047); a second pass
+            // with (c % 64) + 64·(j % 32) tells the column apart from j's high bits.
+            for encoding in 0..2 {
+                let code = |j: usize, c: usize| -> f32 {
+                    if encoding == 0 {
+                        ((j % 128) + 128 * (c % 16)) as f32
+                    } else {
+                        ((c % 64) + 64 * (j % 32)) as f32
+                    }
+                };
+                // What an output names: `j % 128, c % 16` or `c % 64, j % 32`.
+                let decode = |v: f32| -> String {
+                    if !v.is_finite() || v < 0.0 || v.fract() != 0.0 {
+                        return format!("{v} (no weight)");
+                    }
+                    let v = v as usize;
+                    if encoding == 0 {
+                        format!("{v} (j%128={}, c%16={})", v % 128, v / 128)
+                    } else {
+                        format!("{v} (c%64={}, j%32={})", v % 64, v / 64)
+                    }
+                };
+                let x: Vec<f32> = (0..m * k)
+                    .map(|i| f32::from(i % k == (i / k + shift) % k))
+                    .collect();
+                let w: Vec<f32> = (0..n * k).map(|i| code(i / k, i % k)).collect();
+                let xd = upload(&dev, &x, &[m, k], DType::F16);
+                let wd = upload(&dev, &w, &[n, k], DType::F16);
+                let mut y = poisoned(&dev, DType::F16, &[m, n]);
+                let path = dev.linear(&xd, &wd, None, &mut y, (m, n, k)).unwrap();
+                assert_eq!(path, GemmPath::Own);
+                let got = dev.download(&y).unwrap();
+                let mut bad = Vec::new();
+                for r in 0..m {
+                    for j in 0..n {
+                        let want = code(j, (r + shift) % k);
+                        let g = got[r * n + j];
+                        if g != want {
+                            bad.push(format!(
+                                "y[{r}][{j}]: want w[{j}][{}] = {}, got {}",
+                                (r + shift) % k,
+                                decode(want),
+                                decode(g)
+                            ));
+                        }
+                    }
+                }
+                assert!(
+                    bad.is_empty(),
+                    "k={k} wide={wide} shift={shift} encoding={encoding}: {} of {} outputs wrong; first:\n{}",
+                    bad.len(),
+                    m * n,
+                    bad[..bad.len().min(24)].join("\n")
+                );
+            }
+        }
+    }
+    dev.set_own_gemm(OwnGemm::Off, false).unwrap();
+}
+
+/// Our Hopper GEMMs (`kernels/gemm_sm90a.cu`) against the CPU's linear layer and activations:
+/// both tile widths, the three epilogue activations, a bias in f32, in the storage type or
+/// none, row counts that leave a partial last tile, and K from one pipeline stage to many. The
+/// outputs are poisoned first, so a tile the kernel skipped shows. Where the device is not an
+/// H100/H200 (no sm_90a code), it checks that they cannot be turned on.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn own_gemms_match_cpu() {
+    let dev = device();
+    if dev.info().compute_capability != (9, 0) {
+        assert!(dev.set_own_gemm(OwnGemm::All, false).is_err());
+        eprintln!("no sm_90 device: our GEMMs are not loaded");
+        return;
+    }
+    let shapes = [
+        (1, 64, 128),
+        (13, 64, 256),
+        (130, 128, 384),
+        (257, 384, 1152),
+        (300, 768, 768),
+        (1031, 768, 3072),
+        (520, 3072, 768),
+    ];
+    for wide in [false, true] {
+        dev.set_own_gemm(OwnGemm::All, wide).unwrap();
+        for &(m, k, n) in &shapes {
+            for dtype in [DType::F16, DType::BF16] {
+                let x = round(&random(m * k, 41, 1.0), dtype);
+                let w = round(&random(n * k, 42, (3.0 / k as f32).sqrt()), dtype);
+                let b = round(&random(n, 43, 0.5), dtype);
+                let (xd, wd) = (
+                    upload(&dev, &x, &[m, k], dtype),
+                    upload(&dev, &w, &[n, k], dtype),
+                );
+                let cases = [
+                    (Act::Identity, Some(DType::F32), cpu::Activation::Identity),
+                    (Act::Identity, Some(dtype), cpu::Activation::Identity),
+                    (Act::Identity, None, cpu::Activation::Identity),
+                    (Act::Gelu, Some(DType::F32), cpu::Activation::Gelu),
+                    (Act::Gelu, Some(dtype), cpu::Activation::Gelu),
+                    (Act::GeluTanh, Some(DType::F32), cpu::Activation::GeluTanh),
+                ];
+                for (act, bias_dtype, cpu_act) in cases {
+                    let bias = bias_dtype.map(|t| upload(&dev, &b, &[n], t));
+                    let mut want = cpu::linear(&x, m, k, &w, n, bias.as_ref().map(|_| &b[..]));
+                    cpu::apply_activation(&mut want, cpu_act);
+                    let mut y = poisoned(&dev, dtype, &[m, n]);
+                    let path = dev
+                        .linear_act(&xd, &wd, bias.as_ref(), &mut y, (m, n, k), act)
+                        .unwrap();
+                    assert_eq!(path, GemmPath::Own, "{dtype} m={m} k={k} n={n}");
+                    check(
+                        &format!(
+                            "own gemm {dtype} m={m} k={k} n={n} {act:?} bias {bias_dtype:?} wide {wide}"
+                        ),
+                        &dev.download(&y).unwrap(),
+                        &round(&want, dtype),
+                        tolerance(dtype),
+                    );
+                }
+            }
+        }
+    }
+    // Shapes they do not take go to cuBLAS, under the same call.
+    dev.set_own_gemm(OwnGemm::All, false).unwrap();
+    for (m, k, n, dtype) in [
+        (64, 48, 128, DType::F16),
+        (64, 64, 120, DType::F16),
+        (64, 64, 128, DType::F32),
+    ] {
+        let x = round(&random(m * k, 44, 1.0), dtype);
+        let w = round(&random(n * k, 45, 0.2), dtype);
+        let want = cpu::linear(&x, m, k, &w, n, None);
+        let (xd, wd) = (
+            upload(&dev, &x, &[m, k], dtype),
+            upload(&dev, &w, &[n, k], dtype),
+        );
+        let mut y = poisoned(&dev, dtype, &[m, n]);
+        let path = dev.linear(&xd, &wd, None, &mut y, (m, n, k)).unwrap();
+        assert_ne!(path, GemmPath::Own, "{dtype} m={m} k={k} n={n}");
+        check(
+            &format!("linear {dtype} m={m} k={k} n={n} beside our GEMMs"),
+            &dev.download(&y).unwrap(),
+            &round(&want, dtype),
+            tolerance(dtype),
+        );
+    }
+    // `fused`: only the exact GELU moves to our kernel.
+    dev.set_own_gemm(OwnGemm::Fused, false).unwrap();
+    let (m, k, n) = (64, 64, 128);
+    let x = round(&random(m * k, 46, 1.0), DType::F16);
+    let w = round(&random(n * k, 47, 0.2), DType::F16);
+    let (xd, wd) = (
+        upload(&dev, &x, &[m, k], DType::F16),
+        upload(&dev, &w, &[n, k], DType::F16),
+    );
+    let mut y = poisoned(&dev, DType::F16, &[m, n]);
+    let plain = dev.linear(&xd, &wd, None, &mut y, (m, n, k)).unwrap();
+    let gelu = dev
+        .linear_act(&xd, &wd, None, &mut y, (m, n, k), Act::Gelu)
+        .unwrap();
+    assert_ne!(plain, GemmPath::Own);
+    assert_eq!(gelu, GemmPath::Own);
+    dev.set_own_gemm(OwnGemm::Off, false).unwrap();
 }
 
 /// `DINOV2_GEMM_TUNE`: a shape above the tuning threshold timed over cuBLASLt's candidates gives

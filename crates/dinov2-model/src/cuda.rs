@@ -14,7 +14,9 @@
 use std::sync::Arc;
 
 use dinov2_checkpoint::Activation;
-use dinov2_kernels::{Act, Buffer, DType, Device, Graph, KernelError, Recorder, RecordingMemory};
+use dinov2_kernels::{
+    Act, Buffer, DType, Device, Graph, KernelError, OwnGemm, Recorder, RecordingMemory,
+};
 
 use crate::backend::{Backend, Dtype, OpTime, TokenParams};
 use crate::error::{ModelError, Result};
@@ -108,6 +110,26 @@ impl CudaWeight {
     }
 }
 
+/// Which GEMMs run where, for reports: `cublasLt`, or our Hopper kernels for `fused` (the
+/// linear layers followed by the exact GELU) or `all` of them, with their tile width; `fast
+/// GELU` when `DINOV2_FAST_GELU=1`.
+fn gemm_details((policy, wide): (OwnGemm, bool), fast_gelu: bool) -> String {
+    let tile = if wide { 256 } else { 128 };
+    let mut s = match policy {
+        OwnGemm::Off => "cublasLt".to_string(),
+        OwnGemm::Fused => {
+            format!("ours (sm_90a, 128x{tile} tiles) where the exact GELU follows, else cublasLt")
+        }
+        OwnGemm::All => {
+            format!("ours (sm_90a, 128x{tile} tiles) where they run the shape, else cublasLt")
+        }
+    };
+    if fast_gelu {
+        s.push_str("; fast GELU");
+    }
+    s
+}
+
 fn kernel_dtype(dtype: Dtype) -> DType {
     match dtype {
         Dtype::F32 => DType::F32,
@@ -149,6 +171,10 @@ impl CudaBackend {
     /// replacing it by that approximation: it differs by at most 4.7e-4 per activation (at
     /// x = 2.70, where f16's spacing is 2e-3). Off by default: it is not transformers'
     /// function (the device script measures how far it moves the outputs).
+    ///
+    /// On an H100/H200, `DINOV2_GEMM=fused` runs the linear layers followed by the exact GELU on
+    /// our own GEMM kernel, with the GELU in its epilogue (`own`: every linear layer it can run);
+    /// see `dinov2_kernels::OwnGemm`. Off by default until measured on a GPU.
     pub fn new(ordinal: usize, dtype: Dtype) -> Result<Self> {
         let name = format!("cuda:{ordinal}");
         let device = Device::new(ordinal).map_err(|e| ModelError::Backend {
@@ -465,6 +491,7 @@ impl Backend for CudaBackend {
             ("compute_capability", format!("{major}.{minor}")),
             ("multiprocessors", info.multiprocessors.to_string()),
             ("kernels", info.kernel_code().to_string()),
+            ("gemm", gemm_details(self.device.own_gemm(), self.fast_gelu)),
         ]
     }
 
@@ -617,32 +644,27 @@ impl Backend for CudaBackend {
         let (n, k) = (weight.shape()[0], weight.shape()[1]);
         let rows = x.rows();
         let mut y = self.alloc(self.compute(), &with_last(x.shape(), n))?;
-        // The tanh GELU in the GEMM's epilogue (f16/bf16; f32 keeps the kernel's tanhf).
-        let tanh_gelu = act == Activation::GeluTanh || (act == Activation::Gelu && self.fast_gelu);
-        if let (true, Some(bias)) = (tanh_gelu && self.compute() != DType::F32, bias) {
-            self.device.profile_op("gemm", || {
-                self.device
-                    .linear_gelu_tanh(&x.buf, &weight.main, &bias.main, &mut y, (rows, n, k))
-                    .map_err(|e| self.err(e))
-            })?;
-            return Ok(CudaTensor::new(y));
-        }
-        self.device.profile_op("gemm", || {
+        let act = match kernel_act(act) {
+            Act::Gelu if self.fast_gelu && self.compute() != DType::F32 => Act::GeluTanh,
+            act => act,
+        };
+        // The activation in the GEMM's epilogue where one runs it, else in its own pass.
+        let (_, rest) = self.device.profile_op("gemm", || {
             self.device
-                .linear(
+                .linear_fusing(
                     &x.buf,
                     &weight.main,
                     bias.map(|b| &b.main),
                     &mut y,
                     (rows, n, k),
+                    act,
                 )
                 .map_err(|e| self.err(e))
         })?;
-        let act = kernel_act(act);
-        if act != Act::Identity {
+        if rest != Act::Identity {
             self.device.profile_op("activation", || {
                 self.device
-                    .bias_act(&mut y, None, rows, n, act)
+                    .bias_act(&mut y, None, rows, n, rest)
                     .map_err(|e| self.err(e))
             })?;
         }

@@ -1,0 +1,252 @@
+// GEMMs with fused epilogues on Hopper's warpgroup MMAs (wgmma: sm_90a only, so this file builds
+// into an sm_90a cubin and no PTX; other GPUs use cuBLAS):
+//   gemm_{f16,bf16}_{id,gelu,gelu_tanh}_n{128,256}(x, w, bias, bias_f32, y, m, n, k)
+//     y[m, n] = act(x[m, k] · w[n, k]ᵀ + bias[n])
+// x, w, y in one 16-bit type, f32 accumulation; the bias (f32 when bias_f32, else the storage type,
+// or null) and the activation are applied to the f32 sums, then y is rounded once. So the exact
+// erf GELU after fc1 costs no pass over the activations (cuBLASLt's GELU epilogue is the tanh
+// approximation).
+//
+// The launcher checks: n % BN == 0, k % 64 == 0, k > 0, x, w, y 16-byte aligned; m is free (rows past
+// m read zeros and are not written). Grid (n / BN, ceil(m / 128)), 256 threads, dynamic smem
+// gemm_smem_bytes(BN) (below).
+//
+// A block computes a 128 x BN tile of y: warpgroup g (threads 128g..128g+127) rows 64g..64g+63, all BN
+// columns, with m64nBNk16 wgmmas whose operands are read from shared memory:
+// - Each K step of 64 is one pipeline stage: A [128][64] and B [BN][64], K-major (a row of 64
+//   elements is 128 bytes), in the 128-byte swizzle the wgmma descriptors name: the 16-byte chunk c
+//   of row r sits at chunk c ^ (r % 8) (byte address bits 4-6 ^= bits 7-9, hence 1024-byte aligned
+//   stages). Every thread copies 16-byte chunks with cp.async (zero-filled past row m).
+// - STAGES stages in a ring; the copies run LOOKAHEAD = STAGES - 1 - WAIT K steps ahead of the MMAs,
+//   and WAIT groups of MMAs may still run when the next step's are issued.
+// - Before the MMAs read a stage: each thread waits for its copies, fences them towards the async
+//   proxy (the wgmmas read shared memory through it), and the block synchronizes.
+// - The epilogue stages the tile through the (then idle) shared memory so that y is written in
+//   16-byte stores, a row's BN·2 bytes contiguous.
+#include "common.cuh"
+
+#define GM_BM 128
+#define GM_BK 64
+#define GM_THREADS 256
+
+// Shared memory of a block: the stages, plus 1 KiB to align them to 1024 bytes.
+#define GM_STAGE_BYTES(BN) ((GM_BM + (BN)) * GM_BK * 2)
+#define GM_SMEM_BYTES(BN, STAGES) ((STAGES) * GM_STAGE_BYTES(BN) + 1024)
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+// 16 bytes global -> shared, asynchronously; `bytes` 0 writes zeros (src is then not read).
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// Makes this thread's shared-memory writes visible to the async proxy (the wgmma operand reads).
+__device__ __forceinline__ void fence_proxy_async() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N> __device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving accesses of the accumulators across a wgmma issue or wait (they
+// are written asynchronously, behind its back).
+template <int N> __device__ __forceinline__ void fence_accumulators(float (&d)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// The wgmma descriptor of a K-major operand at shared address `addr` in the 128-byte swizzle:
+// start address >> 4 (bits 0-13), leading byte offset (unused by swizzled K-major layouts; 1),
+// stride byte offset 1024 >> 4 (from one 8-row group to the next: 8 rows of 128 bytes, bits 32-45),
+// swizzle mode 1 = 128 bytes (bits 62-63). The next 16 columns (32 bytes) are descriptor + 2.
+__device__ __forceinline__ uint64_t sw128_desc(uint32_t addr) {
+    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
+           ((uint64_t)1 << 62);
+}
+
+#define D8(d, i)                                                                                   \
+    "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]),    \
+        "+f"(d[i + 6]), "+f"(d[i + 7])
+
+// m64n128k16: d[0..64) += A(desc da) · B(desc db), inputs of PTX type TY ("f16", "bf16").
+#define WGMMA_N128(TY, d, da, db)                                                           \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                 \
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {"                 \
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "  \
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "  \
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "  \
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"  \
+                 "}, %64, %65, p, 1, 1, 0, 0;\n}\n"  \
+                 : D8(d, 0), D8(d, 8), D8(d, 16), D8(d, 24), D8(d, 32), D8(d, 40), D8(d, 48), D8(d, 56)  \
+                 : "l"(da), "l"(db), "r"(1))
+
+// m64n256k16: d[0..128) += A(desc da) · B(desc db), inputs of PTX type TY ("f16", "bf16").
+#define WGMMA_N256(TY, d, da, db)                                                           \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"                                 \
+                 "wgmma.mma_async.sync.aligned.m64n256k16.f32." TY "." TY " {"                 \
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "  \
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "  \
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "  \
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "  \
+                 "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "  \
+                 "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "  \
+                 "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "  \
+                 "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"  \
+                 "}, %128, %129, p, 1, 1, 0, 0;\n}\n"  \
+                 : D8(d, 0), D8(d, 8), D8(d, 16), D8(d, 24), D8(d, 32), D8(d, 40), D8(d, 48), D8(d, 56),  \
+                   D8(d, 64), D8(d, 72), D8(d, 80), D8(d, 88), D8(d, 96), D8(d, 104), D8(d, 112), D8(d, 120)  \
+                 : "l"(da), "l"(db), "r"(1))
+
+// One m64nBNk16 wgmma of the warpgroup.
+template <typename T, int BN> __device__ __forceinline__ void wgmma_k16(float (&d)[BN / 2], uint64_t da, uint64_t db);
+template <> __device__ __forceinline__ void wgmma_k16<f16, 128>(float (&d)[64], uint64_t da, uint64_t db) {
+    WGMMA_N128("f16", d, da, db);
+}
+template <> __device__ __forceinline__ void wgmma_k16<bf16, 128>(float (&d)[64], uint64_t da, uint64_t db) {
+    WGMMA_N128("bf16", d, da, db);
+}
+template <> __device__ __forceinline__ void wgmma_k16<f16, 256>(float (&d)[128], uint64_t da, uint64_t db) {
+    WGMMA_N256("f16", d, da, db);
+}
+template <> __device__ __forceinline__ void wgmma_k16<bf16, 256>(float (&d)[128], uint64_t da, uint64_t db) {
+    WGMMA_N256("bf16", d, da, db);
+}
+
+template <typename T> __device__ __forceinline__ float bias_at(const void* bias, int bias_f32, int col) {
+    if (!bias) return 0.0f;
+    return bias_f32 ? static_cast<const float*>(bias)[col] : to_f32(static_cast<const T*>(bias)[col]);
+}
+
+template <typename T, int ACT, int BN, int STAGES, int WAIT>
+__device__ __forceinline__ void gemm_body(const T* __restrict__ x, const T* __restrict__ w,
+                                          const void* __restrict__ bias, int bias_f32,
+                                          T* __restrict__ y, int m, int n, int k) {
+    constexpr int A_BYTES = GM_BM * GM_BK * 2;
+    constexpr int STAGE_BYTES = GM_STAGE_BYTES(BN);
+    constexpr int LOOKAHEAD = STAGES - 1 - WAIT;
+    static_assert(LOOKAHEAD >= 1, "the copies must run ahead of the MMAs");
+    extern __shared__ uint8_t smem_raw[];
+    const uint32_t raw = smem_addr(smem_raw);
+    const uint32_t base = (raw + 1023u) & ~1023u;
+    uint8_t* const tile = smem_raw + (base - raw);
+
+    const int tid = threadIdx.x;
+    const int wg = tid >> 7;
+    const int m0 = blockIdx.y * GM_BM;
+    const int n0 = blockIdx.x * BN;
+    const int steps = k / GM_BK;
+
+    // This thread copies chunk `c` (8 elements) of rows r0, r0 + 32, ...: the same swizzled chunk
+    // in each, since 32 is a multiple of 8.
+    const int c = tid & 7;
+    const int r0 = tid >> 3;
+    const uint32_t swizzled = (uint32_t)((c ^ (r0 & 7)) << 4);
+    auto load_step = [&](int step, int stage) {
+        const uint32_t sa = base + stage * STAGE_BYTES;
+        const uint32_t sb = sa + A_BYTES;
+        const int k0 = step * GM_BK + c * 8;
+#pragma unroll
+        for (int i = 0; i < GM_BM / 32; i++) {
+            const int r = r0 + 32 * i;
+            const bool live = m0 + r < m;
+            const T* src = live ? x + (size_t)(m0 + r) * k + k0 : x;
+            cp_async16(sa + r * 128 + swizzled, src, live ? 16 : 0);
+        }
+#pragma unroll
+        for (int i = 0; i < BN / 32; i++) {
+            const int r = r0 + 32 * i;
+            cp_async16(sb + r * 128 + swizzled, w + (size_t)(n0 + r) * k + k0, 16);
+        }
+    };
+
+    float d[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; i++) d[i] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < LOOKAHEAD; s++) {
+        if (s < steps) load_step(s, s);
+        cp_async_commit();
+    }
+    for (int step = 0; step < steps; step++) {
+        // This step's copies are the oldest LOOKAHEAD groups but the newest LOOKAHEAD - 1.
+        cp_async_wait<LOOKAHEAD - 1>();
+        fence_proxy_async();
+        // Every thread's copies of this step have landed, and every warpgroup has retired the
+        // MMAs of step - 1 - WAIT, the stage the copy below overwrites.
+        __syncthreads();
+        const uint32_t stage = base + (step % STAGES) * STAGE_BYTES;
+        const uint64_t da = sw128_desc(stage + wg * (64 * 128));
+        const uint64_t db = sw128_desc(stage + A_BYTES);
+        fence_accumulators(d);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < GM_BK / 16; kk++) wgmma_k16<T, BN>(d, da + 2 * kk, db + 2 * kk);
+        wgmma_commit();
+        const int next = step + LOOKAHEAD;
+        if (next < steps) load_step(next, next % STAGES);
+        cp_async_commit();
+        wgmma_wait<WAIT>();
+        fence_accumulators(d);
+    }
+    wgmma_wait<0>();
+    fence_accumulators(d);
+    cp_async_wait<0>();
+    // Every warpgroup is done reading the stages: the output tile goes there, rows of BN·2 bytes
+    // padded by 16 (a row starts 4 banks after the previous one, so the 8 rows of a fragment store
+    // hit 32 different banks).
+    __syncthreads();
+    constexpr int ROW_BYTES = BN * 2 + 16;
+    const int warp = (tid >> 5) & 3, lane = tid & 31;
+    // Accumulator fragment of m64nNk16: d[4j + e] is row 16·warp + lane/4 (+ 8 for e >= 2),
+    // column 8j + 2·(lane % 4) + (e % 2).
+    const int row = wg * 64 + warp * 16 + (lane >> 2);
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++) {
+        const int col = j * 8 + (lane & 3) * 2;
+        const float b0 = bias_at<T>(bias, bias_f32, n0 + col);
+        const float b1 = bias_at<T>(bias, bias_f32, n0 + col + 1);
+        *reinterpret_cast<uint32_t*>(tile + row * ROW_BYTES + col * 2) =
+            pack2<T>(activate(d[4 * j] + b0, ACT), activate(d[4 * j + 1] + b1, ACT));
+        *reinterpret_cast<uint32_t*>(tile + (row + 8) * ROW_BYTES + col * 2) =
+            pack2<T>(activate(d[4 * j + 2] + b0, ACT), activate(d[4 * j + 3] + b1, ACT));
+    }
+    __syncthreads();
+    constexpr int CHUNKS = BN / 8;
+#pragma unroll 4
+    for (int i = tid; i < GM_BM * CHUNKS; i += GM_THREADS) {
+        const int r = i / CHUNKS, ch = i % CHUNKS;
+        if (m0 + r < m) {
+            *reinterpret_cast<uint4*>(y + (size_t)(m0 + r) * n + n0 + ch * 8) =
+                *reinterpret_cast<const uint4*>(tile + r * ROW_BYTES + ch * 16);
+        }
+    }
+}
+
+// Two tile shapes: 128 x 128 with 3 stages (97 KiB) and two blocks an SM, each waiting for its
+// MMAs before the next step (the other block's fill the gap); 128 x 256 with 4 stages (193 KiB),
+// one block an SM, one group of MMAs left running across steps.
+#define GEMM_KERNEL(name, T, aname, ACT, BN, STAGES, WAIT, BLOCKS)                                   \
+    extern "C" __global__ void __launch_bounds__(GM_THREADS, BLOCKS)                                \
+        gemm_##name##_##aname##_n##BN(const T* x, const T* w, const void* bias, int bias_f32, T* y, \
+                                      int m, int n, int k) {                                        \
+        gemm_body<T, ACT, BN, STAGES, WAIT>(x, w, bias, bias_f32, y, m, n, k);                      \
+    }
+#define GEMM_SHAPES(name, T, aname, ACT)                                                           \
+    GEMM_KERNEL(name, T, aname, ACT, 128, 3, 0, 2)                                                 \
+    GEMM_KERNEL(name, T, aname, ACT, 256, 4, 1, 1)
+#define GEMM_ACTS(name, T)                                                                         \
+    GEMM_SHAPES(name, T, id, ACT_IDENTITY)                                                         \
+    GEMM_SHAPES(name, T, gelu, ACT_GELU)                                                           \
+    GEMM_SHAPES(name, T, gelu_tanh, ACT_GELU_TANH)
+GEMM_ACTS(f16, f16)
+GEMM_ACTS(bf16, bf16)
