@@ -23,7 +23,7 @@
 //   proxy (the wgmmas read shared memory through it), and the block synchronizes.
 // - The epilogue stages the tile through the (then idle) shared memory so that y is written in
 //   16-byte stores, a row's BN·2 bytes contiguous.
-#include "common.cuh"
+#include "wgmma.cuh"
 
 #define GM_BM 128
 #define GM_BK 64
@@ -32,79 +32,6 @@
 // Shared memory of a block: the stages, plus 1 KiB to align them to 1024 bytes.
 #define GM_STAGE_BYTES(BN) ((GM_BM + (BN)) * GM_BK * 2)
 #define GM_SMEM_BYTES(BN, STAGES) ((STAGES) * GM_STAGE_BYTES(BN) + 1024)
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-// 16 bytes global -> shared, asynchronously; `bytes` 0 writes zeros (src is then not read).
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-// Makes this thread's shared-memory writes visible to the async proxy (the wgmma operand reads).
-__device__ __forceinline__ void fence_proxy_async() {
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() {
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-template <int N> __device__ __forceinline__ void wgmma_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// Keeps the compiler from moving accesses of the accumulators across a wgmma issue or wait (they
-// are written asynchronously, behind its back).
-template <int N> __device__ __forceinline__ void fence_accumulators(float (&d)[N]) {
-#pragma unroll
-    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-// The wgmma descriptor of a K-major operand at shared address `addr` in the 128-byte swizzle:
-// start address >> 4 (bits 0-13), leading byte offset (unused by swizzled K-major layouts; 1),
-// stride byte offset 1024 >> 4 (from one 8-row group to the next: 8 rows of 128 bytes, bits 32-45),
-// swizzle mode 1 = 128 bytes (bits 62-63). The next 16 columns (32 bytes) are descriptor + 2.
-__device__ __forceinline__ uint64_t sw128_desc(uint32_t addr) {
-    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
-           ((uint64_t)1 << 62);
-}
-
-#define D8(d, i)                                                                                   \
-    "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]),    \
-        "+f"(d[i + 6]), "+f"(d[i + 7])
-
-// m64n128k16: d[0..64) += A(desc da) · B(desc db), inputs of PTX type TY ("f16", "bf16").
-#define WGMMA_N128(TY, d, da, db)                                                           \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                 \
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {"                 \
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "  \
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "  \
-                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "  \
-                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"  \
-                 "}, %64, %65, p, 1, 1, 0, 0;\n}\n"  \
-                 : D8(d, 0), D8(d, 8), D8(d, 16), D8(d, 24), D8(d, 32), D8(d, 40), D8(d, 48), D8(d, 56)  \
-                 : "l"(da), "l"(db), "r"(1))
-
-// m64n256k16: d[0..128) += A(desc da) · B(desc db), inputs of PTX type TY ("f16", "bf16").
-#define WGMMA_N256(TY, d, da, db)                                                           \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"                                 \
-                 "wgmma.mma_async.sync.aligned.m64n256k16.f32." TY "." TY " {"                 \
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "  \
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "  \
-                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "  \
-                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "  \
-                 "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "  \
-                 "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "  \
-                 "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "  \
-                 "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"  \
-                 "}, %128, %129, p, 1, 1, 0, 0;\n}\n"  \
-                 : D8(d, 0), D8(d, 8), D8(d, 16), D8(d, 24), D8(d, 32), D8(d, 40), D8(d, 48), D8(d, 56),  \
-                   D8(d, 64), D8(d, 72), D8(d, 80), D8(d, 88), D8(d, 96), D8(d, 104), D8(d, 112), D8(d, 120)  \
-                 : "l"(da), "l"(db), "r"(1))
 
 // One m64nBNk16 wgmma of the warpgroup.
 template <typename T, int BN> __device__ __forceinline__ void wgmma_k16(float (&d)[BN / 2], uint64_t da, uint64_t db);

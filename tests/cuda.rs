@@ -546,7 +546,8 @@ fn embedding_runs_smaller_passes_when_the_device_runs_out_of_memory() {
     assert!(err < 1e-3, "{err:.3e}");
 }
 
-/// Our Hopper GEMMs inside the model (`DINOV2_GEMM=fused` / `own`): ViT-S/14 and ViT-B/14
+/// Our Hopper GEMMs inside the model (`DINOV2_GEMM=fused` / `own`), and with the warpgroup-MMA
+/// attention (`DINOV2_ATTENTION=wgmma`): ViT-S/14 and ViT-B/14
 /// geometry with random weights, f16 and bf16, against the CPU's f32 embeddings, each held to
 /// the tolerance of the cuBLASLt path and printed beside its error. Where the device is not
 /// compute capability 9.0, there is nothing to run (the kernels are not loaded).
@@ -567,25 +568,37 @@ fn our_gemms_in_the_model_match_the_cpu() {
         for dtype in [Dtype::F16, Dtype::BF16] {
             let tol = if dtype == Dtype::F16 { 1e-2 } else { 3e-2 };
             let mut errors = Vec::new();
-            for (policy, wide) in [
-                (OwnGemm::Off, false),
-                (OwnGemm::Fused, false),
-                (OwnGemm::All, false),
-                (OwnGemm::All, true),
+            // The last case also runs the warpgroup-MMA attention (DINOV2_ATTENTION is read
+            // when a device opens; the GPU tests run one at a time).
+            for (policy, wide, wg_attention) in [
+                (OwnGemm::Off, false, false),
+                (OwnGemm::Fused, false, false),
+                (OwnGemm::All, false, false),
+                (OwnGemm::All, true, false),
+                (OwnGemm::Fused, false, true),
             ] {
+                if wg_attention {
+                    std::env::set_var("DINOV2_ATTENTION", "wgmma");
+                }
                 let be = gpu(dtype);
+                std::env::remove_var("DINOV2_ATTENTION");
                 be.device().set_own_gemm(policy, wide).unwrap();
                 let model = Dinov2::random(be, &config, 5).unwrap();
                 let got = model.embed(&px, Pooling::ClsMean, false).unwrap();
                 let (g, w) = flatten_pair(&got, &want);
                 let err = rel_l2(&g, &w);
                 errors.push(format!(
-                    "{policy:?}{}: {err:.2e}",
-                    if wide { " wide" } else { "" }
+                    "{policy:?}{}{}: {err:.2e}",
+                    if wide { " wide" } else { "" },
+                    if wg_attention {
+                        " + wgmma attention"
+                    } else {
+                        ""
+                    }
                 ));
                 assert!(
                     err < tol,
-                    "{arch} {dtype} {policy:?} wide={wide}: rel L2 {err:.3e} against the CPU"
+                    "{arch} {dtype} {policy:?} wide={wide} wgmma attention={wg_attention}: rel L2 {err:.3e} against the CPU"
                 );
             }
             eprintln!("{arch} {dtype} against CPU f32: {}", errors.join(", "));

@@ -11,6 +11,7 @@ or of the card's dense f16 peak (compute-bound kernels).
 import glob
 import json
 import os
+import re
 import sys
 
 # Dense f16 tensor peaks in TFLOP/s by a substring of the device name (as `dinov2 bench` has them).
@@ -58,8 +59,13 @@ def main(home, peer_path):
     print("-" * len(head))
     for name in sorted(mine):
         secs, tp = mine[name]
-        # Our variants of one operation (`…/own_n128`) are held against the same PyTorch row.
-        t = theirs.get(name) or theirs.get(name.rsplit("/", 1)[0])
+        # Our variants of one operation (`…/own_n128`, `vitb14_r128/…`, `vitb14_wg/…`) are held
+        # against the same PyTorch row.
+        t = (
+            theirs.get(name)
+            or theirs.get(name.rsplit("/", 1)[0])
+            or theirs.get(re.sub(r"_(r128|wg)/", "/", name))
+        )
         speedup = f"{t['ms'] * 1e-3 / secs:.2f}x" if t else "-"
         if "Bytes" in tp:
             rate = tp["Bytes"] / secs / 1e9

@@ -11,8 +11,9 @@
 #      tuning (DINOV2_GEMM_TUNE=log), two copies on two streams at once (--streams 2), the
 #      tanh GELU in the GEMM epilogue (DINOV2_FAST_GELU=1), then the same pass's device time
 #      per operation (DINOV2_PROFILE=1);
-#      Our Hopper GEMMs (DINOV2_GEMM=fused, own; DINOV2_GEMM_TILE=256) come right after the
-#      headline, and their op profile after the default one;
+#      Our Hopper GEMMs (DINOV2_GEMM=fused, own; DINOV2_GEMM_TILE=256) and attention
+#      (DINOV2_ATTENTION=wgmma), then both against the peer, come right after the headline,
+#      and the GEMM's op profile after the default one;
 #   4. the criterion kernel benches and PyTorch's kernels on the same shapes; `dinov2 embed` on
 #      the GPU (its parity with the CPU, `forward --expect` per dtype, `dinov2 serve` and the
 #      Python module dinov2_rs against the same CPU vectors, then 10500 files through ViT-B/14
@@ -314,6 +315,16 @@ main() {
         DINOV2_GEMM=$gemm DINOV2_GEMM_TILE=$tile bench "vitb14-256-gemm-$gemm-$tile" 60 --dtype f16 \
             --arch vitb14 --batch-size 256 --warmup 3 --repeats 10
     done
+    # The warpgroup-MMA attention (kernels/attention_sm90a.cu, opt-in), alone and with the
+    # fused GEMM, against the peer: the two Hopper kernels together are the candidate default.
+    if room 30; then
+        DINOV2_ATTENTION=wgmma bench vitb14-256-attn-wg 60 --dtype f16 --arch vitb14 --batch-size 256 \
+            --warmup 3 --repeats 10
+    fi
+    if room 30; then
+        DINOV2_ATTENTION=wgmma DINOV2_GEMM=fused bench vitb14-256-hopper 120 --dtype f16 --arch vitb14 \
+            --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON"
+    fi
     # The same against the peer under torch.compile (it compiles for a minute or more).
     if room 240; then
         bench vitb14-256-compile 170 --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON" --peer-compile
@@ -347,10 +358,11 @@ main() {
         cat "$OUT/profile.txt"
         [ "$rc" -eq 0 ] || echo "!! op profile: exit status $rc"
     fi
-    # The same with the GELU in our GEMM's epilogue: what moved from `activation` to `gemm`.
+    # The same with the Hopper kernels: the GELU in our GEMM's epilogue (what moved from
+    # `activation` to `gemm`) and the warpgroup-MMA attention.
     if room 30; then
-        echo "-- [op profile, DINOV2_GEMM=fused, at ${SECONDS}s]"
-        DINOV2_GEMM=fused DINOV2_PROFILE=1 timeout "$(cap 60)" "$HERE/bin/dinov2" bench --device cuda \
+        echo "-- [op profile, DINOV2_GEMM=fused DINOV2_ATTENTION=wgmma, at ${SECONDS}s]"
+        DINOV2_GEMM=fused DINOV2_ATTENTION=wgmma DINOV2_PROFILE=1 timeout "$(cap 60)" "$HERE/bin/dinov2" bench --device cuda \
             --dtype f16 --arch vitb14 --batch-size 256 --warmup 1 --repeats 3 >"$OUT/profile-fused.txt" 2>&1
         cat "$OUT/profile-fused.txt"
     fi
@@ -372,10 +384,18 @@ main() {
     fi
     # The other sizes and ViT-B's small batches (with and without CUDA graphs, where launches
     # dominate) while time remains.
-    local step tag arch batches gemm
-    for step in "vits14 1,64,256" "gemm fused vits14 64,256" "gemm fused vitl14 64,256" "gemm own vitg14 64,256" "graphmem vits14 64" "graphmem vitb14 256" "hires vitb14 1,32" "vitb14 1,64" "nographs vitb14 1,64" "nographs vits14 64" "vitl14 1,64,256" "vitg14 1,64,256"; do
+    local step tag arch batches gemm size
+    for step in "vits14 1,64,256" "hopper vitb14 1,32 518" "hopper vits14 64,256 224" "gemm fused vits14 64,256" "gemm fused vitl14 64,256" "gemm own vitg14 64,256" "graphmem vits14 64" "graphmem vitb14 256" "hires vitb14 1,32" "vitb14 1,64" "nographs vitb14 1,64" "nographs vits14 64" "vitl14 1,64,256" "vitg14 1,64,256"; do
         room "$MIN_STEP" || break
         case $step in
+            hopper*)
+                # Both Hopper kernels (the attention at head dim 64, the GEMM where the GELU
+                # follows) against the peer, at 518 px too, where our flash kernel trailed SDPA.
+                read -r tag arch batches size <<<"$step"
+                DINOV2_ATTENTION=wgmma DINOV2_GEMM=fused bench "$arch-${batches//,/-}-${size}px-hopper" 120 \
+                    --dtype f16 --arch "$arch" --batch-size "$batches" --image-size "$size" --warmup 2 \
+                    --repeats 5 --peer "$PYTHON"
+                ;;
             gemm*)
                 # Our Hopper GEMMs at the other sizes (ViT-g/14 has SwiGLU, no GELU: `own`).
                 read -r tag gemm arch batches <<<"$step"
@@ -427,7 +447,7 @@ if [ -f "$OUT/profile.txt" ]; then
     echo | tee -a "$LOG"
 fi
 if [ -f "$OUT/profile-fused.txt" ]; then
-    echo "-- the same with DINOV2_GEMM=fused (the GELU in our GEMM's epilogue)" | tee -a "$LOG"
+    echo "-- the same with DINOV2_GEMM=fused DINOV2_ATTENTION=wgmma (the Hopper kernels)" | tee -a "$LOG"
     grep -E "^  " "$OUT/profile-fused.txt" | tee -a "$LOG"
     echo | tee -a "$LOG"
 fi

@@ -38,6 +38,7 @@ macro_rules! hopper_artifact {
 pub const ARTIFACTS: &[Artifact] = &[
     artifact!("activation"),
     artifact!("attention"),
+    hopper_artifact!("attention_sm90a"),
     artifact!("embed"),
     hopper_artifact!("gemm_sm90a"),
     artifact!("layer_norm"),

@@ -18,6 +18,7 @@ use crate::buffer::{Buffer, DType, Memory};
 use crate::error::{DriverContext, KernelError, Result};
 use crate::gemm::Blas;
 use crate::hopper_gemm::OwnGemmState;
+use crate::ops::AttentionChoice;
 
 /// Oldest driver that loads our artifacts (PTX ISA 9.0 and nvcc 13.0 cubins): CUDA 13.0.
 const MIN_DRIVER: i32 = 13000;
@@ -92,13 +93,8 @@ pub struct Device {
     /// 48 KiB, never raised).
     functions: Mutex<HashMap<String, (CudaFunction, u32)>>,
     pub(crate) blas: Blas,
-    /// `DINOV2_ATTENTION=simple` (a debugging switch, read once here): the row attention kernel
-    /// for every head dim.
-    pub(crate) simple_attention: bool,
-    /// `DINOV2_ATTENTION=r128` (read once here): the 128-row flash kernels where they exist
-    /// (head dims up to 64), instead of the 64-row ones; slower on an H200 at 257 tokens (see
-    /// docs/PERFORMANCE.md), kept to compare.
-    pub(crate) wide_flash: bool,
+    /// `DINOV2_ATTENTION` (read once here): which attention kernels run.
+    pub(crate) attention_choice: AttentionChoice,
     /// `DINOV2_PROFILE=1` (read once here): the operations bracketed for [`Device::take_profile`].
     pub(crate) profile: Option<crate::profile::Pending>,
     /// Where [`Device::alloc`] puts buffers: the pool, except while a recording is made.
@@ -305,15 +301,13 @@ impl Device {
             code,
             cublas_version,
         };
-        let attention = std::env::var("DINOV2_ATTENTION").unwrap_or_default();
         Ok(Device {
             ctx,
             stream,
             modules,
             functions: Mutex::new(HashMap::new()),
             blas,
-            simple_attention: attention == "simple",
-            wide_flash: attention == "r128",
+            attention_choice: AttentionChoice::from_env(code == CodeKind::CubinSm90),
             profile: std::env::var("DINOV2_PROFILE")
                 .is_ok_and(|v| v == "1")
                 .then(Default::default),

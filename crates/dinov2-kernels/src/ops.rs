@@ -53,37 +53,70 @@ const LN_WIDE_THREADS: u32 = 256;
 const _: () = assert!(LN_WIDE_THREADS % 32 == 0 && LN_WIDE_THREADS <= 1024);
 
 /// Which attention kernel runs a head dim and dtype.
+/// Which attention kernels a device runs (`DINOV2_ATTENTION`, read when it opens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttentionChoice {
+    /// The 64-row flash kernels (the default).
+    Flash,
+    /// `r128`: the 128-row flash kernels where they exist (head dims up to 64); slower on an
+    /// H200 at 257 tokens (see docs/PERFORMANCE.md), kept to compare.
+    Wide,
+    /// `wgmma`: on an H100/H200, the warpgroup-MMA kernel (`attention_sm90a.cu`) at head dim
+    /// 64, the flash kernels elsewhere. Opt-in until measured on a GPU.
+    Wgmma,
+    /// `simple` (a debugging switch): the unfused path for every head dim.
+    Simple,
+}
+
+impl AttentionChoice {
+    /// From `DINOV2_ATTENTION`; `wgmma` only where the sm_90a kernels are loaded (`hopper`).
+    pub(crate) fn from_env(hopper: bool) -> Self {
+        match std::env::var("DINOV2_ATTENTION")
+            .unwrap_or_default()
+            .as_str()
+        {
+            "simple" => AttentionChoice::Simple,
+            "r128" => AttentionChoice::Wide,
+            "wgmma" if hopper => AttentionChoice::Wgmma,
+            _ => AttentionChoice::Flash,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AttentionKernel {
     /// `attention_{t}_d{pad}` (`rows` 64) or `attention_{t}_d{pad}_r128` (`rows` 128): tensor
     /// cores, 16-byte cp.async loads (d % 8 == 0, qkv 16-byte aligned).
     Flash { pad: usize, rows: usize },
+    /// `attention_wg_{t}_d64`: Hopper's warpgroup MMAs, d == 64 (qkv 16-byte aligned).
+    Wgmma,
     /// `attention_f32`: SIMT, any d.
     F32,
     /// [`Device::attention_probs`] with a scratch probability buffer: any d, any alignment.
     Probs,
 }
 
-/// The kernel for `dtype` and head dim `d` (1..=128); `simple` forces the unfused path, `wide`
-/// picks the 128-row flash kernels where they exist; `qkv_aligned`: the qkv and out pointers
-/// are 16-byte aligned.
+/// The kernel for `dtype` and head dim `d` (1..=128) under `choice`; `qkv_aligned`: the qkv
+/// and out pointers are 16-byte aligned.
 fn attention_kernel(
     dtype: DType,
     d: usize,
-    simple: bool,
-    wide: bool,
+    choice: AttentionChoice,
     qkv_aligned: bool,
 ) -> AttentionKernel {
-    if simple {
+    if choice == AttentionChoice::Simple {
         return AttentionKernel::Probs;
     }
     if dtype == DType::F32 {
         return AttentionKernel::F32;
     }
+    if choice == AttentionChoice::Wgmma && d == WGMMA_HEAD_DIM && qkv_aligned {
+        return AttentionKernel::Wgmma;
+    }
     match FLASH_PADS.into_iter().find(|&p| p >= d) {
         Some(pad) if d % 8 == 0 && qkv_aligned => AttentionKernel::Flash {
             pad,
-            rows: if wide && pad <= FLASH_R128_MAX_PAD {
+            rows: if choice == AttentionChoice::Wide && pad <= FLASH_R128_MAX_PAD {
                 FLASH_BM_WIDE
             } else {
                 FLASH_BM
@@ -92,6 +125,13 @@ fn attention_kernel(
         _ => AttentionKernel::Probs,
     }
 }
+
+/// The head dim of the warpgroup-MMA attention kernel, its query rows per block
+/// (`ATTN_WG_ROWS`), and its dynamic shared memory (`ATTN_WG_SMEM`: Q, two K and two V tiles
+/// of [64][64] 16-bit elements, and 1 KiB to align them to 1024 bytes).
+const WGMMA_HEAD_DIM: usize = 64;
+const WGMMA_ROWS: usize = 64;
+const WGMMA_SMEM: u32 = 5 * 64 * 64 * 2 + 1024;
 
 /// Dynamic shared memory of a flash kernel of `rows` query rows per block: Q [rows][pad + 8],
 /// K and V [2][64][pad + 8] (double buffered), 2-byte elements; rows padded by 8 elements so that
@@ -553,7 +593,7 @@ impl Device {
         let s = &self.stream;
         let (qp, op) = (qkv.ptr(s), out.ptr(s));
         let aligned = qp % 16 == 0 && op % 16 == 0;
-        let kernel = attention_kernel(t, d, self.simple_attention, self.wide_flash, aligned);
+        let kernel = attention_kernel(t, d, self.attention_choice, aligned);
         if kernel == AttentionKernel::Probs {
             // The tensor-core kernel loads 8-element (16-byte) chunks; the unfused path takes any
             // d and alignment. It needs a [batch, heads, n, n] f32 scratch buffer.
@@ -578,6 +618,15 @@ impl Device {
                     flash_grid(batch, n, heads, rows),
                     ATTENTION_THREADS,
                     flash_smem_bytes(pad, rows),
+                    &args,
+                )
+            } else if kernel == AttentionKernel::Wgmma {
+                args.push(Arg::F32(scale * std::f32::consts::LOG2_E));
+                self.launch(
+                    &format!("attention_wg_{t}_d64"),
+                    flash_grid(batch, n, heads, WGMMA_ROWS),
+                    ATTENTION_THREADS,
+                    WGMMA_SMEM,
                     &args,
                 )
             } else {
@@ -955,13 +1004,16 @@ mod tests {
         use AttentionKernel::*;
         for d in 1..=MAX_HEAD_DIM {
             assert_eq!(
-                attention_kernel(DType::F32, d, false, false, true),
+                attention_kernel(DType::F32, d, AttentionChoice::Flash, true),
                 F32,
                 "f32 d={d}"
             );
-            assert_eq!(attention_kernel(DType::F32, d, false, false, false), F32);
+            assert_eq!(
+                attention_kernel(DType::F32, d, AttentionChoice::Flash, false),
+                F32
+            );
             for t in [DType::F16, DType::BF16] {
-                let k = attention_kernel(t, d, false, false, true);
+                let k = attention_kernel(t, d, AttentionChoice::Flash, true);
                 if d % 8 == 0 {
                     let Flash { pad, rows } = k else {
                         panic!("{t} d={d}: {k:?}")
@@ -972,7 +1024,7 @@ mod tests {
                     // 64 rows a block by default; 128 when asked, where those kernels exist.
                     assert_eq!(rows, 64, "{t} d={d}");
                     assert_eq!(
-                        attention_kernel(t, d, false, true, true),
+                        attention_kernel(t, d, AttentionChoice::Wide, true),
                         Flash {
                             pad,
                             rows: if pad <= 64 { 128 } else { 64 }
@@ -983,14 +1035,27 @@ mod tests {
                     assert_eq!(k, Probs, "{t} d={d}");
                 }
                 assert_eq!(
-                    attention_kernel(t, d, false, false, false),
+                    attention_kernel(t, d, AttentionChoice::Flash, false),
                     Probs,
                     "unaligned"
                 );
-                assert_eq!(attention_kernel(t, d, true, false, true), Probs, "simple");
+                assert_eq!(
+                    attention_kernel(t, d, AttentionChoice::Simple, true),
+                    Probs,
+                    "simple"
+                );
+                // The warpgroup-MMA kernel takes d = 64 (aligned); other dims keep the flash
+                // kernels.
+                let wg = attention_kernel(t, d, AttentionChoice::Wgmma, true);
+                if d == 64 {
+                    assert_eq!(wg, Wgmma, "{t} d={d}");
+                } else {
+                    assert_eq!(wg, k, "{t} d={d}");
+                }
+                assert_ne!(attention_kernel(t, d, AttentionChoice::Wgmma, false), Wgmma);
             }
         }
-        let pad = |d| match attention_kernel(DType::F16, d, false, false, true) {
+        let pad = |d| match attention_kernel(DType::F16, d, AttentionChoice::Flash, true) {
             Flash { pad, .. } => pad,
             k => panic!("{k:?}"),
         };

@@ -166,7 +166,8 @@ fn launched_kernels() -> Vec<String> {
     names
 }
 
-/// The Hopper GEMMs the launcher in `hopper_gemm.rs` names (in the sm_90a cubin only).
+/// The Hopper kernels the launchers name (in the sm_90a cubins only): the GEMMs of
+/// `hopper_gemm.rs` and the warpgroup-MMA attention.
 fn hopper_kernels() -> Vec<String> {
     let mut names = Vec::new();
     for t in ["f16", "bf16"] {
@@ -175,14 +176,25 @@ fn hopper_kernels() -> Vec<String> {
                 names.push(format!("gemm_{t}_{act}_n{cols}"));
             }
         }
+        names.push(format!("attention_wg_{t}_d64"));
     }
     names
 }
 
-/// The PTX of the Hopper GEMMs, kept beside the artifacts for review (not embedded).
+/// The PTX of the Hopper-only families, kept beside the artifacts for review (not embedded),
+/// one text after the other.
 fn hopper_ptx() -> String {
-    let path = repo_root().join("crates/dinov2-kernels/artifacts/gemm_sm90a.sm_90a.ptx");
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    ARTIFACTS
+        .iter()
+        .filter(|a| a.ptx.is_none())
+        .map(|a| {
+            let path = repo_root().join(format!(
+                "crates/dinov2-kernels/artifacts/{}.sm_90a.ptx",
+                a.name
+            ));
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        })
+        .collect()
 }
 
 #[test]
@@ -200,21 +212,21 @@ fn every_launched_kernel_is_embedded() {
             .any(|l| l.split_whitespace().next() == Some(name.as_str()));
         assert!(in_report, "{name} missing from resources.txt");
     }
-    let hopper = ARTIFACTS
-        .iter()
-        .find(|a| a.name == "gemm_sm90a")
-        .expect("the Hopper GEMMs are embedded");
     let ptx = hopper_ptx();
     for name in hopper_kernels() {
         // The cubin's symbol table holds the name, NUL-terminated.
         let symbol = format!("{name}\0");
-        assert!(
-            hopper
-                .cubin_sm90
-                .windows(symbol.len())
-                .any(|w| w == symbol.as_bytes()),
-            "{name} missing from the sm_90a cubin"
-        );
+        let cubins: Vec<&str> = ARTIFACTS
+            .iter()
+            .filter(|a| a.ptx.is_none())
+            .filter(|a| {
+                a.cubin_sm90
+                    .windows(symbol.len())
+                    .any(|w| w == symbol.as_bytes())
+            })
+            .map(|a| a.name)
+            .collect();
+        assert_eq!(cubins.len(), 1, "{name} in the sm_90a cubins {cubins:?}");
         assert!(
             ptx.contains(&format!(".entry {name}(")),
             "{name} not in the PTX"
@@ -336,10 +348,15 @@ fn kernel_signatures_match_the_launchers() {
         assert_eq!(ptx_params(&format!("cast_{t}_f32")), [P, P, P]);
     }
     assert_eq!(ptx_params("attention_f32"), [P, P, I, I, I, F]);
-    // x, w, bias, bias_f32, y, m, n, k
     let hopper = hopper_ptx();
     for name in hopper_kernels() {
         let params = params_of(&hopper, &format!(".entry {name}("));
-        assert_eq!(params, [P, P, P, I, P, I, I, I], "{name}");
+        if name.starts_with("gemm_") {
+            // x, w, bias, bias_f32, y, m, n, k
+            assert_eq!(params, [P, P, P, I, P, I, I, I], "{name}");
+        } else {
+            // As the flash kernels: qkv, out, n, heads, d, scale_log2.
+            assert_eq!(params, [P, P, I, I, I, F], "{name}");
+        }
     }
 }

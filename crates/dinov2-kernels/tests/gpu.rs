@@ -582,7 +582,11 @@ fn attention_matches_cpu() {
     // (DINOV2_ATTENTION is read when a device opens; the GPU tests run one at a time).
     std::env::set_var("DINOV2_ATTENTION", "r128");
     let wide = device();
+    // The warpgroup-MMA kernel (head dim 64) where the device has it (H100/H200).
+    std::env::set_var("DINOV2_ATTENTION", "wgmma");
+    let wg = device();
     std::env::remove_var("DINOV2_ATTENTION");
+    let hopper = wg.info().compute_capability == (9, 0);
     // (batch, n, heads, d): odd lengths, every padded head dim, one tile and many, whole tiles
     // (128: no tail), last key tiles of 1 to 36 keys and last query tiles with idle warps.
     let cases = [
@@ -598,6 +602,9 @@ fn attention_matches_cpu() {
         (1, 50, 2, 96),
         (1, 33, 2, 12),
         (1, 1, 1, 8),
+        (1, 1, 1, 64),
+        (1, 63, 3, 64),
+        (1, 1370, 2, 64),
     ];
     for &(b, n, heads, d) in &cases {
         let h = heads * d;
@@ -617,6 +624,18 @@ fn attention_matches_cpu() {
                 &round(&want, dtype),
                 tolerance(dtype),
             );
+            if dtype != DType::F32 && d == 64 && hopper {
+                let qg = upload(&wg, &qkv, &[b, n, 3 * h], dtype);
+                let mut out = poisoned(&wg, dtype, &[b, n, h]);
+                wg.attention(&qg, &mut out, b, n, heads, d, scale as f32)
+                    .unwrap();
+                check(
+                    &format!("{what} (warpgroup MMAs)"),
+                    &wg.download(&out).unwrap(),
+                    &round(&want, dtype),
+                    tolerance(dtype),
+                );
+            }
             if dtype != DType::F32 && d <= 64 {
                 let qw = upload(&wide, &qkv, &[b, n, 3 * h], dtype);
                 let mut out = poisoned(&wide, dtype, &[b, n, h]);

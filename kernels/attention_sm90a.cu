@@ -1,0 +1,215 @@
+// Flash attention on Hopper's warpgroup MMAs (wgmma: sm_90a only), head dim 64, over packed QKV
+// rows as attention.cu's kernels take them: qkv [B, N, 3·heads·64] -> out [B, N, heads·64],
+// scores q·kᵀ·scale, softmax in f32, f32 accumulation:
+//   attention_wg_{f16,bf16}_d64(qkv, out, n, heads, d, scale_log2)
+// The same signature as attention_{t}_d64 (d must be 64; scale_log2 = scale·log2(e)). Grid
+// (ceil(N/64), heads, B), 128 threads (one warpgroup), dynamic smem ATTN_WG_SMEM bytes.
+//
+// One block = one warpgroup = 64 query rows of one (image, head); warp w holds rows 16w..16w+15
+// of every m64 result, a thread rows lane/4 and lane/4 + 8 of them. Per K/V tile of 64 keys:
+// - S = Q·Kᵀ: four m64n64k16 wgmmas reading Q [64][64] and K [64 keys][64] from shared memory
+//   (both K-major in the 128-byte swizzle, see wgmma.cuh);
+// - the online softmax on S in registers (log2 domain, one FFMA into ex2.approx per score, the
+//   running maximum of the raw scores, keys past N masked), O rescaled;
+// - O += P·V: four m64n64k16 wgmmas with P from registers (the S accumulators rounded to
+//   16 bits are the A fragments, as in FlashAttention-2) and V [64 keys][64] from shared memory,
+//   MN-major (imm-trans-b): V is stored as loaded, like K.
+// K/V tiles are double-buffered with cp.async (zero-filled past N), fenced to the async proxy
+// before the wgmmas read them. Query rows past N compute on zero rows and are not written.
+#include "wgmma.cuh"
+
+#define ATTN_WG_ROWS 64
+#define ATTN_WG_KEYS 64
+#define ATTN_WG_D 64
+#define ATTN_WG_THREADS 128
+// Q, then K and V in two buffers each: 8 KiB a tile; + 1 KiB to align the tiles to 1024 bytes.
+#define ATTN_WG_TILE_BYTES (64 * 64 * 2)
+#define ATTN_WG_SMEM (5 * ATTN_WG_TILE_BYTES + 1024)
+
+// 2^x by the special-function unit (as attention.cu's ex2_approx).
+__device__ __forceinline__ float ex2_fast(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// Copies rows row0..row0+63 of one head's 64 columns (row stride ld) into a swizzled [64][64]
+// tile at shared address `dst`: each thread the 16-byte chunk tid % 8 of rows tid/8 + 16i.
+template <typename T>
+__device__ __forceinline__ void wg_load_tile(uint32_t dst, const T* src, int row0, int n, long ld) {
+    const int c = threadIdx.x & 7, r0 = threadIdx.x >> 3;
+    const uint32_t swizzled = (uint32_t)((c ^ (r0 & 7)) << 4);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int r = r0 + 16 * i;
+        const bool live = row0 + r < n;
+        cp_async16(dst + r * 128 + swizzled, live ? src + (long)(row0 + r) * ld + c * 8 : src,
+                   live ? 16 : 0);
+    }
+}
+
+template <typename T> __device__ __forceinline__ void wg_qk(float (&s)[32], uint64_t dq, uint64_t dk);
+template <> __device__ __forceinline__ void wg_qk<f16>(float (&s)[32], uint64_t dq, uint64_t dk) {
+    WGMMA_N64_SS("f16", s, dq, dk);
+}
+template <> __device__ __forceinline__ void wg_qk<bf16>(float (&s)[32], uint64_t dq, uint64_t dk) {
+    WGMMA_N64_SS("bf16", s, dq, dk);
+}
+template <typename T>
+__device__ __forceinline__ void wg_pv(float (&o)[32], const uint32_t (&a)[4], uint64_t dv);
+template <> __device__ __forceinline__ void wg_pv<f16>(float (&o)[32], const uint32_t (&a)[4], uint64_t dv) {
+    WGMMA_N64_RS_TRANS_B("f16", o, a, dv);
+}
+template <> __device__ __forceinline__ void wg_pv<bf16>(float (&o)[32], const uint32_t (&a)[4], uint64_t dv) {
+    WGMMA_N64_RS_TRANS_B("bf16", o, a, dv);
+}
+
+template <typename T>
+__device__ __forceinline__ void attention_wg(const T* __restrict__ qkv, T* __restrict__ out, int n,
+                                             int heads, float scale_log2) {
+    constexpr int D = ATTN_WG_D;
+    extern __shared__ uint8_t smem_raw[];
+    const uint32_t raw = smem_addr(smem_raw);
+    const uint32_t sq = (raw + 1023u) & ~1023u;
+    const uint32_t sk = sq + ATTN_WG_TILE_BYTES;      // [2] K tiles
+    const uint32_t sv = sk + 2 * ATTN_WG_TILE_BYTES;  // [2] V tiles
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, q = lane & 3;
+    const int head = blockIdx.y, img = blockIdx.z;
+    const int q0 = blockIdx.x * ATTN_WG_ROWS;
+    const int hd = heads * D;
+    const long ld = 3L * hd;
+    const T* base = qkv + (long)img * n * ld + (long)head * D;
+    const T* kbase = base + hd;
+    const T* vbase = base + 2 * hd;
+    const int tiles = (n + ATTN_WG_KEYS - 1) / ATTN_WG_KEYS;
+
+    wg_load_tile<T>(sq, base, q0, n, ld);
+    wg_load_tile<T>(sk, kbase, 0, n, ld);
+    wg_load_tile<T>(sv, vbase, 0, n, ld);
+    cp_async_commit();
+
+    // Accumulator fragments (m64n64): element 4j + e is row g + 8·(e >= 2) of the warp's 16,
+    // column 8j + 2q + (e % 2).
+    float o[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) o[i] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    const uint64_t dq = sw128_desc(sq);
+
+    for (int j = 0; j < tiles; j++) {
+        const int buf = j & 1;
+        if (j + 1 < tiles) {
+            wg_load_tile<T>(sk + (buf ^ 1) * ATTN_WG_TILE_BYTES, kbase, (j + 1) * ATTN_WG_KEYS, n, ld);
+            wg_load_tile<T>(sv + (buf ^ 1) * ATTN_WG_TILE_BYTES, vbase, (j + 1) * ATTN_WG_KEYS, n, ld);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        fence_proxy_async();
+        __syncthreads();
+
+        float s[32];
+#pragma unroll
+        for (int i = 0; i < 32; i++) s[i] = 0.0f;
+        const uint64_t dk = sw128_desc(sk + buf * ATTN_WG_TILE_BYTES);
+        fence_accumulators(s);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) wg_qk<T>(s, dq + 2 * kk, dk + 2 * kk);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_accumulators(s);
+
+        // Keys past n (zero rows of the last tile) take no weight.
+        const int key0 = j * ATTN_WG_KEYS + 2 * q;
+        if ((j + 1) * ATTN_WG_KEYS > n) {
+#pragma unroll
+            for (int i = 0; i < 32; i++)
+                if (key0 + 8 * (i >> 2) + (i & 1) >= n) s[i] = -INFINITY;
+        }
+        float mx0 = m0, mx1 = m1;
+#pragma unroll
+        for (int jj = 0; jj < 8; jj++) {
+            mx0 = fmaxf(mx0, fmaxf(s[4 * jj], s[4 * jj + 1]));
+            mx1 = fmaxf(mx1, fmaxf(s[4 * jj + 2], s[4 * jj + 3]));
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float ms0 = mx0 * scale_log2, ms1 = mx1 * scale_log2;
+        const float alpha0 = ex2_fast(fmaf(m0, scale_log2, -ms0));
+        const float alpha1 = ex2_fast(fmaf(m1, scale_log2, -ms1));
+        m0 = mx0;
+        m1 = mx1;
+        float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+        for (int jj = 0; jj < 8; jj++) {
+            s[4 * jj] = ex2_fast(fmaf(s[4 * jj], scale_log2, -ms0));
+            s[4 * jj + 1] = ex2_fast(fmaf(s[4 * jj + 1], scale_log2, -ms0));
+            s[4 * jj + 2] = ex2_fast(fmaf(s[4 * jj + 2], scale_log2, -ms1));
+            s[4 * jj + 3] = ex2_fast(fmaf(s[4 * jj + 3], scale_log2, -ms1));
+            sum0 += s[4 * jj] + s[4 * jj + 1];
+            sum1 += s[4 * jj + 2] + s[4 * jj + 3];
+        }
+        l0 = l0 * alpha0 + sum0;
+        l1 = l1 * alpha1 + sum1;
+#pragma unroll
+        for (int jj = 0; jj < 8; jj++) {
+            o[4 * jj] *= alpha0;
+            o[4 * jj + 1] *= alpha0;
+            o[4 * jj + 2] *= alpha1;
+            o[4 * jj + 3] *= alpha1;
+        }
+
+        // O += P·V, 16 keys a step: P's A fragment for keys 16kk.. is S's columns 16kk..16kk+15,
+        // accumulator chunks 2kk (columns 2q, 2q+1) and 2kk + 1 (columns 8 + 2q, 8 + 2q + 1).
+        const uint64_t dv = sw128_desc(sv + buf * ATTN_WG_TILE_BYTES);
+        uint32_t p[4][4];
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            p[kk][0] = pack2<T>(s[8 * kk], s[8 * kk + 1]);
+            p[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+            p[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+            p[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+        }
+        fence_accumulators(o);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < ATTN_WG_KEYS / 16; kk++) wg_pv<T>(o, p[kk], dv + 128 * kk);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_accumulators(o);
+        // Every warp is done with this tile's buffers before the next iteration refills them.
+        __syncthreads();
+    }
+
+    float t0 = l0, t1 = l1;
+    t0 += __shfl_xor_sync(0xffffffffu, t0, 1);
+    t0 += __shfl_xor_sync(0xffffffffu, t0, 2);
+    t1 += __shfl_xor_sync(0xffffffffu, t1, 1);
+    t1 += __shfl_xor_sync(0xffffffffu, t1, 2);
+    const float inv0 = 1.0f / t0, inv1 = 1.0f / t1;
+    const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;
+    T* obase = out + (long)img * n * hd + (long)head * D + 2 * q;
+#pragma unroll
+    for (int jj = 0; jj < 8; jj++) {
+        if (r0 < n)
+            *reinterpret_cast<uint32_t*>(obase + (long)r0 * hd + 8 * jj) =
+                pack2<T>(o[4 * jj] * inv0, o[4 * jj + 1] * inv0);
+        if (r1 < n)
+            *reinterpret_cast<uint32_t*>(obase + (long)r1 * hd + 8 * jj) =
+                pack2<T>(o[4 * jj + 2] * inv1, o[4 * jj + 3] * inv1);
+    }
+}
+
+#define ATTENTION_WG(name, T)                                                                      \
+    extern "C" __global__ void __launch_bounds__(ATTN_WG_THREADS, 4)                               \
+        attention_wg_##name##_d64(const T* qkv, T* out, int n, int heads, int d, float scale_log2) { \
+        attention_wg<T>(qkv, out, n, heads, scale_log2);                                           \
+    }
+ATTENTION_WG(f16, f16)
+ATTENTION_WG(bf16, bf16)
