@@ -7,6 +7,7 @@
 //   embed_tokens_{f32,f16,bf16} patches [B, N, h] (T) -> f32 tokens [B, 1 + R + N, h]:
 //                               row 0 = cls + pos[0]; rows 1..=R = registers; row 1 + R + t =
 //                               (mask[b·N + t] ? mask_token : patch) + pos[1 + t]
+//   embed_tokens_{f16,bf16}_rx  the same, tokens in T (a residual stream kept in T)
 //   pool_tokens_{f32,f16,bf16}  x [B, S, h] -> f32 [B, (cls + mean)·h]: token 0 (when cls), then
 //                               the mean of tokens start..S (when mean); the embedding poolings
 //   cast_{f32_f16,f32_bf16,f16_f32,bf16_f32}
@@ -35,8 +36,8 @@ __device__ __forceinline__ void im2col(const TI* __restrict__ px, T* __restrict_
     }
 }
 
-template <typename T>
-__device__ __forceinline__ void embed_tokens(const T* __restrict__ patches, float* __restrict__ x,
+template <typename T, typename TX>
+__device__ __forceinline__ void embed_tokens(const T* __restrict__ patches, TX* __restrict__ x,
                                              const float* __restrict__ cls,
                                              const T* __restrict__ pos, const T* __restrict__ regs,
                                              const float* __restrict__ mask_token,
@@ -61,7 +62,7 @@ __device__ __forceinline__ void embed_tokens(const T* __restrict__ patches, floa
             const float e = (mask && mask[cell]) ? mask_token[c] : to_f32(patches[cell * h + c]);
             v = e + to_f32(pos[(long)(1 + p) * h + c]);
         }
-        x[i] = v;
+        x[i] = from_f32<TX>(v);
     }
 }
 
@@ -109,7 +110,7 @@ IM2COL(f32_bf16, float, bf16)
                                                    const T* pos, const T* regs,                    \
                                                    const float* mask_token, const uint8_t* mask,   \
                                                    int b, int n, int r, int h) {                   \
-        embed_tokens<T>(patches, x, cls, pos, regs, mask_token, mask, b, n, r, h);                 \
+        embed_tokens<T, float>(patches, x, cls, pos, regs, mask_token, mask, b, n, r, h);          \
     }                                                                                              \
     extern "C" __global__ void pool_tokens_##name(const T* x, float* out, int b, int s, int start, \
                                                   int h, int cls, int mean) {                      \
@@ -117,6 +118,18 @@ IM2COL(f32_bf16, float, bf16)
     }
 
 DINOV2_FOR_EACH_DTYPE(EMBED)
+
+// Tokens in T (a residual stream kept in the compute type).
+#define EMBED_RX(name, T)                                                                          \
+    extern "C" __global__ void embed_tokens_##name##_rx(const T* patches, T* x, const float* cls,  \
+                                                        const T* pos, const T* regs,               \
+                                                        const float* mask_token,                   \
+                                                        const uint8_t* mask, int b, int n, int r,  \
+                                                        int h) {                                   \
+        embed_tokens<T, T>(patches, x, cls, pos, regs, mask_token, mask, b, n, r, h);              \
+    }
+EMBED_RX(f16, f16)
+EMBED_RX(bf16, bf16)
 
 template <typename TI, typename TO>
 __device__ __forceinline__ void cast(const TI* __restrict__ in, TO* __restrict__ out, long n) {

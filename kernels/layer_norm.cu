@@ -1,6 +1,8 @@
 // LayerNorm over the last dimension (f32 statistics, biased variance, two passes over values held in
 // registers), and the fused residual update of a pre-norm block: x += gamma ⊙ branch, then
-// optionally y = LayerNorm(x). The residual stream x is f32; gamma, LayerNorm weight and bias are f32.
+// optionally y = LayerNorm(x). The residual stream x is f32, or (the `_rx` kernels) in the
+// branch's 16-bit type as transformers keeps it in f16/bf16: the sum is then rounded to that type
+// and the LayerNorm normalizes the rounded values. gamma, LayerNorm weight and bias are f32.
 //
 // Kernels (suffix: input dtype, then output dtype when they differ):
 //   layer_norm_g{2,4,8,16}_{f32,f16,bf16,f32_f16,f32_bf16}
@@ -11,6 +13,8 @@
 //   add_scaled_layer_norm_g{2,4,8,16}_{f32,f16,bf16}
 //                                   the same, then y = LN(x) (y in branch dtype), as layer_norm_g*
 //   add_scaled_layer_norm_wide_{...}  block per row, any h
+//   add_scaled_{f16,bf16}_rx, add_scaled_layer_norm_{g2,g4,g8,g16,wide}_{f16,bf16}_rx
+//                                   the same with x in the branch's type
 #include "common.cuh"
 
 // The LayerNorm of a row that one block reads through load(c) (values re-read from global
@@ -137,18 +141,25 @@ LAYER_NORM(bf16, bf16, bf16)
 LAYER_NORM(f32_f16, float, f16)
 LAYER_NORM(f32_bf16, float, bf16)
 
+// Four values as a store of them to TX would leave them (rounded to 16 bits, or unchanged).
+__device__ __forceinline__ float4 round4(float4 v, const float*) { return v; }
+template <typename T> __device__ __forceinline__ float4 round4(float4 v, const T*) {
+    const float2 a = unpack2<T>(pack2<T>(v.x, v.y)), b = unpack2<T>(pack2<T>(v.z, v.w));
+    return make_float4(a.x, a.y, b.x, b.y);
+}
+
 // x[r, c] += gamma[c] · branch[r, c] over rows·h elements.
-template <typename TB>
-__device__ __forceinline__ void add_scaled(float* __restrict__ x, const TB* __restrict__ branch,
+template <typename TX, typename TB>
+__device__ __forceinline__ void add_scaled(TX* __restrict__ x, const TB* __restrict__ branch,
                                            const float* __restrict__ gamma, long n, int h) {
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long)gridDim.x * blockDim.x)
-        x[i] += gamma[i % h] * to_f32(branch[i]);
+        x[i] = from_f32<TX>(to_f32(x[i]) + gamma[i % h] * to_f32(branch[i]));
 }
 
 // x += gamma ⊙ branch, then y = LN(x): one row per warp in 4-column groups, as layer_norm_warp4.
-template <int G, typename TB>
-__device__ __forceinline__ void add_scaled_ln_warp4(float* __restrict__ x,
+template <int G, typename TX, typename TB>
+__device__ __forceinline__ void add_scaled_ln_warp4(TX* __restrict__ x,
                                                     const TB* __restrict__ branch,
                                                     const float* __restrict__ gamma,
                                                     TB* __restrict__ y,
@@ -158,7 +169,7 @@ __device__ __forceinline__ void add_scaled_ln_warp4(float* __restrict__ x,
     const int lane = threadIdx.x & 31;
     const long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= rows) return;
-    float* xr = x + row * h;
+    TX* xr = x + row * h;
     const TB* br = branch + row * h;
     float4 v[G];
     float s = 0.0f;
@@ -168,8 +179,9 @@ __device__ __forceinline__ void add_scaled_ln_warp4(float* __restrict__ x,
         v[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         if (c < h) {
             const float4 xv = load4(xr + c), bv = load4(br + c), gv = load4(gamma + c);
-            v[i] = make_float4(xv.x + gv.x * bv.x, xv.y + gv.y * bv.y, xv.z + gv.z * bv.z,
-                               xv.w + gv.w * bv.w);
+            v[i] = round4(make_float4(xv.x + gv.x * bv.x, xv.y + gv.y * bv.y, xv.z + gv.z * bv.z,
+                                      xv.w + gv.w * bv.w),
+                          xr);
             store4(xr + c, v[i]);
         }
         s += v[i].x + v[i].y + v[i].z + v[i].w;
@@ -177,46 +189,50 @@ __device__ __forceinline__ void add_scaled_ln_warp4(float* __restrict__ x,
     warp_normalize_row4<G, TB>(v, s, lane, h, eps, y + row * h, w, b);
 }
 
-template <typename TB>
-__device__ __forceinline__ void add_scaled_ln_block(float* __restrict__ x,
+template <typename TX, typename TB>
+__device__ __forceinline__ void add_scaled_ln_block(TX* __restrict__ x,
                                                     const TB* __restrict__ branch,
                                                     const float* __restrict__ gamma,
                                                     TB* __restrict__ y,
                                                     const float* __restrict__ w,
                                                     const float* __restrict__ b, int h, float eps) {
     const long row = blockIdx.x;
-    float* xr = x + row * h;
+    TX* xr = x + row * h;
     const TB* br = branch + row * h;
     float s = 0.0f;
     // Each thread re-reads only the elements it wrote itself.
     for (int c = threadIdx.x; c < h; c += blockDim.x) {
-        const float v = xr[c] + gamma[c] * to_f32(br[c]);
+        const TX v = from_f32<TX>(to_f32(xr[c]) + gamma[c] * to_f32(br[c]));
         xr[c] = v;
-        s += v;
+        s += to_f32(v);
     }
-    block_normalize_row<TB>([=](int c) { return xr[c]; }, s, h, eps, y + row * h, w, b);
+    block_normalize_row<TB>([=](int c) { return to_f32(xr[c]); }, s, h, eps, y + row * h, w, b);
 }
 
-#define ADD_SCALED_LN_G(name, TB, G)                                                               \
-    extern "C" __global__ void __launch_bounds__(128) add_scaled_layer_norm_g##G##_##name(         \
-        float* x, const TB* branch, const float* gamma, TB* y, const float* w, const float* b,     \
+// name: the branch's type; suffix: empty (x f32) or _rx (x of type TX = TB).
+#define ADD_SCALED_LN_G(name, suffix, TX, TB, G)                                                   \
+    extern "C" __global__ void __launch_bounds__(128) add_scaled_layer_norm_g##G##_##name##suffix( \
+        TX* x, const TB* branch, const float* gamma, TB* y, const float* w, const float* b,        \
         int rows, int h, float eps) {                                                              \
-        add_scaled_ln_warp4<G, TB>(x, branch, gamma, y, w, b, rows, h, eps);                       \
+        add_scaled_ln_warp4<G, TX, TB>(x, branch, gamma, y, w, b, rows, h, eps);                   \
     }
 
-#define ADD_SCALED(name, TB)                                                                       \
-    extern "C" __global__ void add_scaled_##name(float* x, const TB* branch, const float* gamma,   \
-                                                 long n, int h) {                                  \
-        add_scaled<TB>(x, branch, gamma, n, h);                                                    \
+#define ADD_SCALED_X(name, suffix, TX, TB)                                                         \
+    extern "C" __global__ void add_scaled_##name##suffix(TX* x, const TB* branch,                  \
+                                                         const float* gamma, long n, int h) {      \
+        add_scaled<TX, TB>(x, branch, gamma, n, h);                                                \
     }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(1024) add_scaled_layer_norm_wide_##name(          \
-        float* x, const TB* branch, const float* gamma, TB* y, const float* w, const float* b,     \
+    extern "C" __global__ void __launch_bounds__(1024) add_scaled_layer_norm_wide_##name##suffix(  \
+        TX* x, const TB* branch, const float* gamma, TB* y, const float* w, const float* b,        \
         int h, float eps) {                                                                        \
-        add_scaled_ln_block<TB>(x, branch, gamma, y, w, b, h, eps);                                \
+        add_scaled_ln_block<TX, TB>(x, branch, gamma, y, w, b, h, eps);                            \
     }                                                                                              \
-    ADD_SCALED_LN_G(name, TB, 2)                                                                   \
-    ADD_SCALED_LN_G(name, TB, 4)                                                                   \
-    ADD_SCALED_LN_G(name, TB, 8)                                                                   \
-    ADD_SCALED_LN_G(name, TB, 16)
+    ADD_SCALED_LN_G(name, suffix, TX, TB, 2)                                                       \
+    ADD_SCALED_LN_G(name, suffix, TX, TB, 4)                                                       \
+    ADD_SCALED_LN_G(name, suffix, TX, TB, 8)                                                       \
+    ADD_SCALED_LN_G(name, suffix, TX, TB, 16)
 
+#define ADD_SCALED(name, TB) ADD_SCALED_X(name, , float, TB)
 DINOV2_FOR_EACH_DTYPE(ADD_SCALED)
+ADD_SCALED_X(f16, _rx, f16, f16)
+ADD_SCALED_X(bf16, _rx, bf16, bf16)

@@ -605,3 +605,57 @@ fn our_gemms_in_the_model_match_the_cpu() {
         }
     }
 }
+
+/// `DINOV2_RESIDUAL=compute`: the residual stream in f16/bf16, as transformers keeps it there,
+/// against the CPU's f32 embeddings beside the f32 stream's error, for the golden checkpoints
+/// (registers, masks of odd sizes) and ViT-S/14 geometry; held to the same tolerance as the
+/// half-precision paths.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn residual_stream_in_the_compute_dtype_matches_the_cpu() {
+    use dinov2::{released, Pooling};
+    let golden = Checkpoint::open(golden_dir().join("registers_mlp")).unwrap();
+    let vits = released("vits14").unwrap();
+    for dtype in [Dtype::F16, Dtype::BF16] {
+        let tol = if dtype == Dtype::F16 { 1e-2 } else { 3e-2 };
+        for (name, px) in [
+            ("registers_mlp", seeded_pixels(91, 2, 32, 32)),
+            ("vits14", seeded_pixels(92, 2, 224, 224)),
+        ] {
+            let load = |be: CudaBackend| {
+                if name == "vits14" {
+                    Dinov2::random(be, &vits, 9).unwrap()
+                } else {
+                    Dinov2::load(be, &golden).unwrap()
+                }
+            };
+            let cpu = if name == "vits14" {
+                Dinov2::random(CpuBackend, &vits, 9).unwrap()
+            } else {
+                Dinov2::load(CpuBackend, &golden).unwrap()
+            };
+            let want = cpu.embed(&px, Pooling::ClsMean, false).unwrap();
+            let mut errors = Vec::new();
+            for compute_stream in [false, true] {
+                if compute_stream {
+                    std::env::set_var("DINOV2_RESIDUAL", "compute");
+                }
+                let be = gpu(dtype);
+                std::env::remove_var("DINOV2_RESIDUAL");
+                let model = load(be);
+                let got = model.embed(&px, Pooling::ClsMean, false).unwrap();
+                let (g, w) = flatten_pair(&got, &want);
+                let err = rel_l2(&g, &w);
+                errors.push(err);
+                assert!(
+                    err < tol,
+                    "{name} {dtype} stream in the compute dtype={compute_stream}: rel L2 {err:.3e}"
+                );
+            }
+            eprintln!(
+                "{name} {dtype} against CPU f32: f32 stream {:.2e}, {dtype} stream {:.2e}",
+                errors[0], errors[1]
+            );
+        }
+    }
+}

@@ -12,8 +12,9 @@
 #      tanh GELU in the GEMM epilogue (DINOV2_FAST_GELU=1), then the same pass's device time
 #      per operation (DINOV2_PROFILE=1);
 #      Our Hopper GEMMs (DINOV2_GEMM=fused, own; DINOV2_GEMM_TILE=256) and attention
-#      (DINOV2_ATTENTION=wgmma), then both against the peer, come right after the headline,
-#      and the GEMM's op profile after the default one;
+#      (DINOV2_ATTENTION=wgmma), then both against the peer, the f16 residual stream
+#      (DINOV2_RESIDUAL=compute) alone and with both, come right after the headline, and
+#      their op profile after the default one;
 #   4. the criterion kernel benches and PyTorch's kernels on the same shapes; `dinov2 embed` on
 #      the GPU (its parity with the CPU, `forward --expect` per dtype, `dinov2 serve` and the
 #      Python module dinov2_rs against the same CPU vectors, then 10500 files through ViT-B/14
@@ -131,6 +132,11 @@ pipeline() {
         # the approximation moves f16 from transformers' exact GELU (beside the f16 line above).
         echo "forward --expect, cuda f16, DINOV2_FAST_GELU=1:" >>"$OUT/pipeline.txt"
         DINOV2_FAST_GELU=1 timeout "$(cap 30)" "$HERE/bin/dinov2" forward --model "$tiny" \
+            --device cuda --dtype f16 --expect "$work/reference.safetensors" \
+            >>"$OUT/pipeline.txt" 2>&1 || rc=1
+        # The opt-in f16 residual stream, likewise (hidden states then come from f16 values).
+        echo "forward --expect, cuda f16, DINOV2_RESIDUAL=compute:" >>"$OUT/pipeline.txt"
+        DINOV2_RESIDUAL=compute timeout "$(cap 30)" "$HERE/bin/dinov2" forward --model "$tiny" \
             --device cuda --dtype f16 --expect "$work/reference.safetensors" \
             >>"$OUT/pipeline.txt" 2>&1 || rc=1
     else
@@ -325,6 +331,21 @@ main() {
         DINOV2_ATTENTION=wgmma DINOV2_GEMM=fused bench vitb14-256-hopper 120 --dtype f16 --arch vitb14 \
             --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON"
     fi
+    # The same at 518 px (1370 tokens), where our flash kernel was 0.60x SDPA in run 4.
+    if room 40; then
+        DINOV2_ATTENTION=wgmma DINOV2_GEMM=fused bench vitb14-32-518px-hopper 120 --dtype f16 \
+            --arch vitb14 --batch-size 32 --image-size 518 --warmup 2 --repeats 5 --peer "$PYTHON"
+    fi
+    # The residual stream in f16 (DINOV2_RESIDUAL=compute, opt-in: 8 bytes an element through
+    # each residual update + LayerNorm instead of 12), alone and with both Hopper kernels.
+    if room 30; then
+        DINOV2_RESIDUAL=compute bench vitb14-256-resid16 60 --dtype f16 --arch vitb14 --batch-size 256 \
+            --warmup 3 --repeats 10
+    fi
+    if room 30; then
+        DINOV2_RESIDUAL=compute DINOV2_ATTENTION=wgmma DINOV2_GEMM=fused bench vitb14-256-all 60 \
+            --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10
+    fi
     # The same against the peer under torch.compile (it compiles for a minute or more).
     if room 240; then
         bench vitb14-256-compile 170 --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON" --peer-compile
@@ -358,11 +379,11 @@ main() {
         cat "$OUT/profile.txt"
         [ "$rc" -eq 0 ] || echo "!! op profile: exit status $rc"
     fi
-    # The same with the Hopper kernels: the GELU in our GEMM's epilogue (what moved from
-    # `activation` to `gemm`) and the warpgroup-MMA attention.
+    # The same with the Hopper kernels (the GELU in our GEMM's epilogue: what moved from
+    # `activation` to `gemm`; the warpgroup-MMA attention) and the f16 residual stream.
     if room 30; then
-        echo "-- [op profile, DINOV2_GEMM=fused DINOV2_ATTENTION=wgmma, at ${SECONDS}s]"
-        DINOV2_GEMM=fused DINOV2_ATTENTION=wgmma DINOV2_PROFILE=1 timeout "$(cap 60)" "$HERE/bin/dinov2" bench --device cuda \
+        echo "-- [op profile, DINOV2_GEMM=fused DINOV2_ATTENTION=wgmma DINOV2_RESIDUAL=compute, at ${SECONDS}s]"
+        DINOV2_GEMM=fused DINOV2_ATTENTION=wgmma DINOV2_RESIDUAL=compute DINOV2_PROFILE=1 timeout "$(cap 60)" "$HERE/bin/dinov2" bench --device cuda \
             --dtype f16 --arch vitb14 --batch-size 256 --warmup 1 --repeats 3 >"$OUT/profile-fused.txt" 2>&1
         cat "$OUT/profile-fused.txt"
     fi
@@ -385,7 +406,7 @@ main() {
     # The other sizes and ViT-B's small batches (with and without CUDA graphs, where launches
     # dominate) while time remains.
     local step tag arch batches gemm size
-    for step in "vits14 1,64,256" "hopper vitb14 1,32 518" "hopper vits14 64,256 224" "gemm fused vits14 64,256" "gemm fused vitl14 64,256" "gemm own vitg14 64,256" "graphmem vits14 64" "graphmem vitb14 256" "hires vitb14 1,32" "vitb14 1,64" "nographs vitb14 1,64" "nographs vits14 64" "vitl14 1,64,256" "vitg14 1,64,256"; do
+    for step in "vits14 1,64,256" "hopper vits14 64,256 224" "hopper vitb14 1 518" "gemm fused vits14 64,256" "gemm fused vitl14 64,256" "gemm own vitg14 64,256" "graphmem vits14 64" "graphmem vitb14 256" "hires vitb14 1,32" "vitb14 1,64" "nographs vitb14 1,64" "nographs vits14 64" "vitl14 1,64,256" "vitg14 1,64,256"; do
         room "$MIN_STEP" || break
         case $step in
             hopper*)
@@ -447,7 +468,7 @@ if [ -f "$OUT/profile.txt" ]; then
     echo | tee -a "$LOG"
 fi
 if [ -f "$OUT/profile-fused.txt" ]; then
-    echo "-- the same with DINOV2_GEMM=fused DINOV2_ATTENTION=wgmma (the Hopper kernels)" | tee -a "$LOG"
+    echo "-- the same with DINOV2_GEMM=fused DINOV2_ATTENTION=wgmma DINOV2_RESIDUAL=compute" | tee -a "$LOG"
     grep -E "^  " "$OUT/profile-fused.txt" | tee -a "$LOG"
     echo | tee -a "$LOG"
 fi

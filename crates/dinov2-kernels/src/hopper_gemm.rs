@@ -204,6 +204,23 @@ mod tests {
     }
 
     #[test]
+    fn launch_geometry_matches_the_kernel_source() {
+        use crate::ops::tests::{define, kernel_source};
+        let src = kernel_source("gemm_sm90a.cu");
+        assert_eq!(define(&src, "GM_BM"), TILE_ROWS);
+        assert_eq!(define(&src, "GM_BK"), TILE_K);
+        assert_eq!(define(&src, "GM_THREADS"), THREADS as usize);
+        // The two tile shapes: columns, stages (what smem_bytes counts), MMA groups left in
+        // flight, blocks an SM.
+        assert!(src.contains("GEMM_KERNEL(name, T, aname, ACT, 128, 3, 0, 2)"));
+        assert!(src.contains("GEMM_KERNEL(name, T, aname, ACT, 256, 4, 1, 1)"));
+        assert!(src
+            .contains("#define GM_SMEM_BYTES(BN, STAGES) ((STAGES) * GM_STAGE_BYTES(BN) + 1024)"));
+        assert_eq!(smem_bytes(128), 3 * (128 + 128) * 64 * 2 + 1024);
+        assert_eq!(smem_bytes(256), 4 * (128 + 256) * 64 * 2 + 1024);
+    }
+
+    #[test]
     fn the_state_round_trips() {
         let s = OwnGemmState(AtomicU8::new(0));
         for policy in [OwnGemm::Off, OwnGemm::Fused, OwnGemm::All] {

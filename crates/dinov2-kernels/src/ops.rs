@@ -244,6 +244,24 @@ fn in_out_suffix(op: &'static str, tx: DType, ty: DType) -> Result<String> {
     }
 }
 
+/// The kernel-name suffix for a residual stream `x` of `rows·h` elements beside a branch of type
+/// `t`: `""` for an f32 stream, `"_rx"` for one in `t` itself (16-bit types; transformers keeps
+/// the stream so in f16/bf16). Any other stream is an error.
+fn residual_suffix(op: &'static str, x: &Buffer, t: DType, len: usize) -> Result<&'static str> {
+    let suffix = match x.dtype() {
+        DType::F32 => "",
+        dt if dt == t && t != DType::U8 => "_rx",
+        dt => {
+            return Err(KernelError::shape(
+                op,
+                format!("x is {dt}, expected f32 or the branch's {t}"),
+            ))
+        }
+    };
+    expect(op, "x", x, x.dtype(), len)?;
+    Ok(suffix)
+}
+
 fn i32_of(op: &'static str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| KernelError::shape(op, format!("size {v} exceeds i32")))
 }
@@ -492,7 +510,8 @@ impl Device {
         unsafe { self.launch(&name, (grid, 1, 1), block, 0, &args) }
     }
 
-    /// `x += gamma ⊙ branch` over `[rows, h]`: `x` and `gamma` f32, `branch` any float type.
+    /// `x += gamma ⊙ branch` over `[rows, h]`: `gamma` f32, `branch` any float type, `x` f32
+    /// or the branch's type.
     pub fn add_scaled(
         &self,
         x: &mut Buffer,
@@ -503,7 +522,7 @@ impl Device {
     ) -> Result<()> {
         const OP: &str = "add_scaled";
         let t = float(OP, branch)?;
-        expect(OP, "x", x, DType::F32, rows * h)?;
+        let rx = residual_suffix(OP, x, t, rows * h)?;
         expect(OP, "branch", branch, t, rows * h)?;
         expect(OP, "gamma", gamma, DType::F32, h)?;
         if rows * h == 0 {
@@ -519,10 +538,11 @@ impl Device {
         ];
         let grid = self.grid_for(rows * h);
         // SAFETY: sizes checked.
-        unsafe { self.launch(&format!("add_scaled_{t}"), (grid, 1, 1), 256, 0, &args) }
+        unsafe { self.launch(&format!("add_scaled_{t}{rx}"), (grid, 1, 1), 256, 0, &args) }
     }
 
-    /// `x += gamma ⊙ branch`, then `y = LayerNorm(x)` (`y` in the branch's dtype), one pass.
+    /// `x += gamma ⊙ branch`, then `y = LayerNorm(x)` (`y` in the branch's dtype), one pass; `x`
+    /// f32 or the branch's type (then the sum is rounded to it before the LayerNorm reads it).
     #[allow(clippy::too_many_arguments)]
     pub fn add_scaled_layer_norm(
         &self,
@@ -538,7 +558,7 @@ impl Device {
     ) -> Result<()> {
         const OP: &str = "add_scaled_layer_norm";
         let t = float(OP, branch)?;
-        expect(OP, "x", x, DType::F32, rows * h)?;
+        let rx = residual_suffix(OP, x, t, rows * h)?;
         expect(OP, "branch", branch, t, rows * h)?;
         expect(OP, "y", y, t, rows * h)?;
         expect(OP, "gamma", gamma, DType::F32, h)?;
@@ -558,7 +578,7 @@ impl Device {
         ];
         self.launch_row_norm(
             OP,
-            &format!("add_scaled_layer_norm_{{}}{t}"),
+            &format!("add_scaled_layer_norm_{{}}{t}{rx}"),
             args,
             rows,
             h,
@@ -763,7 +783,8 @@ impl Device {
         unsafe { self.launch(&format!("im2col_{suffix}"), (grid, 1, 1), 128, 0, &args) }
     }
 
-    /// Assembles the encoder input `x` (f32 `[b, 1 + r + n, h]`) from patch embeddings
+    /// Assembles the encoder input `x` (`[b, 1 + r + n, h]`, f32 or the patches' dtype: a residual
+    /// stream kept in it) from patch embeddings
     /// `[b, n, h]`: CLS (f32 `[h]`) + positions `[1 + n, h]` (patches' dtype), registers
     /// `[r, h]` (patches' dtype) after CLS, and patches replaced by the f32 mask token where
     /// `mask` (u8 `[b·n]`) is non-zero.
@@ -803,7 +824,7 @@ impl Device {
             expect(OP, "mask token", token, DType::F32, h)?;
             expect(OP, "mask", m, DType::U8, b * n)?;
         }
-        expect(OP, "x", x, DType::F32, b * (1 + r + n) * h)?;
+        let rx = residual_suffix(OP, x, t, b * (1 + r + n) * h)?;
         if x.is_empty() {
             return Ok(());
         }
@@ -823,7 +844,15 @@ impl Device {
         ];
         let grid = self.grid_for(x.len());
         // SAFETY: sizes checked.
-        unsafe { self.launch(&format!("embed_tokens_{t}"), (grid, 1, 1), 256, 0, &args) }
+        unsafe {
+            self.launch(
+                &format!("embed_tokens_{t}{rx}"),
+                (grid, 1, 1),
+                256,
+                0,
+                &args,
+            )
+        }
     }
 
     /// The mean of tokens `start..s` of `x` `[b, s, h]` into f32 `out` `[b, h]`:
@@ -928,10 +957,11 @@ fn check_heads(op: &'static str, batch: usize, heads: usize, d: usize) -> Result
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn kernel_source(name: &str) -> String {
+    /// The text of `kernels/<name>`.
+    pub(crate) fn kernel_source(name: &str) -> String {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../kernels")
             .join(name);
@@ -939,7 +969,7 @@ mod tests {
     }
 
     /// The value of `#define NAME value` in a kernel source.
-    fn define(source: &str, name: &str) -> usize {
+    pub(crate) fn define(source: &str, name: &str) -> usize {
         source
             .lines()
             .find_map(|l| {
@@ -973,8 +1003,15 @@ mod tests {
         let layer_norm = kernel_source("layer_norm.cu");
         for g in LN_GROUPS {
             assert!(layer_norm.contains(&format!("LAYER_NORM_G(name, TX, TY, {g})")));
-            assert!(layer_norm.contains(&format!("ADD_SCALED_LN_G(name, TB, {g})")));
+            assert!(layer_norm.contains(&format!("ADD_SCALED_LN_G(name, suffix, TX, TB, {g})")));
         }
+        let wg = kernel_source("attention_sm90a.cu");
+        assert_eq!(define(&wg, "ATTN_WG_ROWS"), WGMMA_ROWS);
+        assert_eq!(define(&wg, "ATTN_WG_D"), WGMMA_HEAD_DIM);
+        assert_eq!(define(&wg, "ATTN_WG_THREADS"), ATTENTION_THREADS as usize);
+        assert!(wg.contains("#define ATTN_WG_TILE_BYTES (64 * 64 * 2)"));
+        assert!(wg.contains("#define ATTN_WG_SMEM (5 * ATTN_WG_TILE_BYTES + 1024)"));
+        assert_eq!(WGMMA_SMEM as usize, 5 * 64 * 64 * 2 + 1024);
     }
 
     #[test]

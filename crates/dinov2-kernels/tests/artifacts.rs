@@ -155,6 +155,13 @@ fn launched_kernels() -> Vec<String> {
         }
         names.push(format!("cast_f32_{t}"));
         names.push(format!("cast_{t}_f32"));
+        // A residual stream in the compute type (DINOV2_RESIDUAL=compute).
+        for op in ["add_scaled", "add_scaled_layer_norm_wide", "embed_tokens"] {
+            names.push(format!("{op}_{t}_rx"));
+        }
+        for g in [2, 4, 8, 16] {
+            names.push(format!("add_scaled_layer_norm_g{g}_{t}_rx"));
+        }
         for pad in [16, 32, 64, 96, 128] {
             names.push(format!("attention_{t}_d{pad}"));
         }
@@ -343,6 +350,19 @@ fn kernel_signatures_match_the_launchers() {
         assert_eq!(
             ptx_params(&format!("layer_norm_wide_f32_{t}")),
             [P, P, P, P, I, F]
+        );
+        assert_eq!(ptx_params(&format!("add_scaled_{t}_rx")), [P, P, P, P, I]);
+        assert_eq!(
+            ptx_params(&format!("add_scaled_layer_norm_wide_{t}_rx")),
+            [P, P, P, P, P, P, I, F]
+        );
+        for g in [2, 4, 8, 16] {
+            let name = format!("add_scaled_layer_norm_g{g}_{t}_rx");
+            assert_eq!(ptx_params(&name), [P, P, P, P, P, P, I, I, F], "{name}");
+        }
+        assert_eq!(
+            ptx_params(&format!("embed_tokens_{t}_rx")),
+            [P, P, P, P, P, P, P, I, I, I, I]
         );
         assert_eq!(ptx_params(&format!("cast_f32_{t}")), [P, P, P]);
         assert_eq!(ptx_params(&format!("cast_{t}_f32")), [P, P, P]);

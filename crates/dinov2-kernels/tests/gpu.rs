@@ -570,7 +570,55 @@ fn residual_updates_match_cpu() {
                 &round(&normed, dtype),
                 tolerance(dtype),
             );
+
+            // The stream in the branch's 16-bit type (`_rx`): each sum rounded to it, and the
+            // LayerNorm of the rounded row. (The device may fuse x + γ·b into one FMA where the
+            // host rounds the product first: a sum on a rounding boundary may then land one
+            // 16-bit step away, hence RX_TOL rather than 1e-6.)
+            const RX_TOL: f64 = 1e-4;
+            if dtype == DType::F32 {
+                continue;
+            }
+            let x16 = round(&x, dtype);
+            let updated16: Vec<f32> = round(
+                &x16.iter()
+                    .zip(&branch)
+                    .enumerate()
+                    .map(|(i, (&xv, &bv))| xv + gamma[i % h] * bv)
+                    .collect::<Vec<_>>(),
+                dtype,
+            );
+            let normed16 = cpu::layer_norm(&updated16, &w, &b, 1e-6);
+            let mut xd = upload(&dev, &x16, &[rows, h], dtype);
+            dev.add_scaled(&mut xd, &bd, &gd, rows, h).unwrap();
+            check(
+                &format!("add_scaled {dtype} {rows}x{h}, x {dtype}"),
+                &dev.download(&xd).unwrap(),
+                &updated16,
+                RX_TOL,
+            );
+            let mut xd = upload(&dev, &x16, &[rows, h], dtype);
+            let mut y = poisoned(&dev, dtype, &[rows, h]);
+            dev.add_scaled_layer_norm(&mut xd, &bd, &gd, &wd, &bbd, &mut y, rows, h, 1e-6)
+                .unwrap();
+            check(
+                &format!("add_scaled_layer_norm x {dtype} {rows}x{h}, x {dtype}"),
+                &dev.download(&xd).unwrap(),
+                &updated16,
+                RX_TOL,
+            );
+            check(
+                &format!("add_scaled_layer_norm y {dtype} {rows}x{h}, x {dtype}"),
+                &dev.download(&y).unwrap(),
+                &round(&normed16, dtype),
+                tolerance(dtype),
+            );
         }
+        // A stream of another type than f32 or the branch's is refused.
+        let bd = upload(&dev, &random(rows * h, 11, 2.0), &[rows, h], DType::F16);
+        let gd = upload(&dev, &random(h, 12, 1.0), &[h], DType::F32);
+        let mut xd = upload(&dev, &random(rows * h, 10, 2.0), &[rows, h], DType::BF16);
+        assert!(dev.add_scaled(&mut xd, &bd, &gd, rows, h).is_err());
     }
 }
 

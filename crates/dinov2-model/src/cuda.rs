@@ -4,7 +4,8 @@
 //! (biases, LayerNorm parameters, layer scales, CLS and mask tokens) are also kept in f32 for the
 //! kernels that read them in f32. Activations, the pixels included, are in the compute dtype,
 //! except the residual stream (the output of `embed_tokens`, updated by `add_scaled`), which
-//! stays f32. Every operation is queued on the device's stream; only `download` (and `pool`,
+//! stays f32 (with `DINOV2_RESIDUAL=compute`, in f16/bf16: the compute dtype, as transformers
+//! keeps it; 4 bytes an element less through each residual update). Every operation is queued on the device's stream; only `download` (and `pool`,
 //! which downloads its `[B, h]` result) waits.
 //!
 //! The backend records (CUDA graphs, [`dinov2_kernels::Graph`]): the model replays the passes of
@@ -37,6 +38,8 @@ pub struct CudaBackend {
     /// Whether a recording's buffers are planned into one arena (see [`Backend::record`]);
     /// `DINOV2_PLANNED_MEMORY=0` leaves them to the graph's allocation nodes, to compare.
     planned_memory: bool,
+    /// The residual stream's dtype: f32, or the compute dtype (`DINOV2_RESIDUAL=compute`).
+    residual: DType,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -189,6 +192,11 @@ impl CudaBackend {
                 && !device.profiling(),
             fast_gelu: std::env::var("DINOV2_FAST_GELU").is_ok_and(|v| v == "1"),
             planned_memory: std::env::var("DINOV2_PLANNED_MEMORY").map_or(true, |v| v != "0"),
+            residual: if std::env::var("DINOV2_RESIDUAL").is_ok_and(|v| v == "compute") {
+                kernel_dtype(dtype)
+            } else {
+                DType::F32
+            },
             device: Arc::new(device),
         })
     }
@@ -211,6 +219,12 @@ impl CudaBackend {
         other.graphs = self.graphs;
         other.fast_gelu = self.fast_gelu;
         other.planned_memory = self.planned_memory;
+        other.residual = self.residual;
+        let (policy, wide) = self.device.own_gemm();
+        other
+            .device
+            .set_own_gemm(policy, wide)
+            .map_err(|e| other.err(e))?;
         Ok(other)
     }
 
@@ -257,12 +271,13 @@ impl CudaBackend {
         Ok(CudaTensor::new(out))
     }
 
-    /// The residual stream `x` as an f32 buffer this call may write (copied when shared).
+    /// The residual stream `x` as a buffer of the stream's dtype this call may write (copied
+    /// when shared).
     fn residual<'a>(&self, x: &'a mut CudaTensor) -> Result<&'a mut Buffer> {
-        if x.dtype() != DType::F32 {
+        if x.dtype() != self.residual {
             let mut out = self
                 .device
-                .alloc(DType::F32, x.shape())
+                .alloc(self.residual, x.shape())
                 .map_err(|e| self.err(e))?;
             self.device
                 .cast(&x.buf, &mut out)
@@ -492,6 +507,7 @@ impl Backend for CudaBackend {
             ("multiprocessors", info.multiprocessors.to_string()),
             ("kernels", info.kernel_code().to_string()),
             ("gemm", gemm_details(self.device.own_gemm(), self.fast_gelu)),
+            ("residual_stream", self.residual.to_string()),
         ]
     }
 
@@ -586,7 +602,7 @@ impl Backend for CudaBackend {
                 }
                 None => None,
             };
-            let mut x = self.alloc(DType::F32, &[b, 1 + r + n, h])?;
+            let mut x = self.alloc(self.residual, &[b, 1 + r + n, h])?;
             self.device
                 .embed_tokens(
                     &patches.buf,
