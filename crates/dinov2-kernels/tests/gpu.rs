@@ -244,6 +244,62 @@ fn own_gemm_layout_probe() {
     dev.set_own_gemm(OwnGemm::Off, false).unwrap();
 }
 
+/// Which key and which column each output of the warpgroup-MMA attention comes from: query row
+/// r attends to the keys k with k % 64 == r % 64 alone (Q = 200·e_(r%64), K = e_(k%64): the other
+/// weights are below e^-25), and V[k][c] = k % 64 + 64·(c % 16) names its own (key, column).
+/// A wrong S = Q·Kᵀ (K's descriptor or P's registers) shows as the wrong key, a wrong O = P·V
+/// (V's transposed descriptor) as the wrong column: what to fix without another device run.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn wgmma_attention_probe() {
+    std::env::set_var("DINOV2_ATTENTION", "wgmma");
+    let dev = device();
+    std::env::remove_var("DINOV2_ATTENTION");
+    if dev.info().compute_capability != (9, 0) {
+        return;
+    }
+    let d = 64;
+    for n in [64, 130] {
+        let mut qkv = vec![0.0f32; n * 3 * d];
+        for t in 0..n {
+            let row = &mut qkv[t * 3 * d..(t + 1) * 3 * d];
+            row[t % 64] = 200.0;
+            row[d + t % 64] = 1.0;
+            for c in 0..d {
+                row[2 * d + c] = ((t % 64) + 64 * (c % 16)) as f32;
+            }
+        }
+        let qd = upload(&dev, &qkv, &[1, n, 3 * d], DType::F16);
+        let mut out = poisoned(&dev, DType::F16, &[1, n, d]);
+        dev.attention(&qd, &mut out, 1, n, 1, d, 0.125).unwrap();
+        let got = dev.download(&out).unwrap();
+        let mut bad = Vec::new();
+        for r in 0..n {
+            for c in 0..d {
+                let g = got[r * d + c];
+                let want = ((r % 64) + 64 * (c % 16)) as f32;
+                if (g - want).abs() > 0.26 {
+                    let v = g.round() as i64;
+                    bad.push(format!(
+                        "out[{r}][{c}] = {g}: from key %64 = {}, column %16 = {} (want key {}, column {})",
+                        v.rem_euclid(64),
+                        v.div_euclid(64),
+                        r % 64,
+                        c % 16
+                    ));
+                }
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "n={n}: {} of {} outputs wrong; first:\n{}",
+            bad.len(),
+            n * d,
+            bad[..bad.len().min(24)].join("\n")
+        );
+    }
+}
+
 /// Our Hopper GEMMs (`kernels/gemm_sm90a.cu`) against the CPU's linear layer and activations:
 /// both tile widths, the three epilogue activations, a bias in f32, in the storage type or
 /// none, row counts that leave a partial last tile, and K from one pipeline stage to many. The
