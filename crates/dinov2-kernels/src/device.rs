@@ -318,6 +318,11 @@ impl Device {
         })
     }
 
+    /// Which attention kernels run (`DINOV2_ATTENTION`), in words, for reports.
+    pub fn attention_kernels(&self) -> &'static str {
+        self.attention_choice.describe()
+    }
+
     /// What this device is.
     pub fn info(&self) -> &DeviceInfo {
         &self.info

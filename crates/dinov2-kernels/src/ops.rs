@@ -69,6 +69,17 @@ pub(crate) enum AttentionChoice {
 }
 
 impl AttentionChoice {
+    /// For reports: `flash`, `flash (128 rows)`, `wgmma at head dim 64, flash elsewhere`,
+    /// `unfused`.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            AttentionChoice::Flash => "flash",
+            AttentionChoice::Wide => "flash (128 rows)",
+            AttentionChoice::Wgmma => "wgmma at head dim 64, flash elsewhere",
+            AttentionChoice::Simple => "unfused",
+        }
+    }
+
     /// From `DINOV2_ATTENTION`; `wgmma` only where the sm_90a kernels are loaded (`hopper`).
     pub(crate) fn from_env(hopper: bool) -> Self {
         match std::env::var("DINOV2_ATTENTION")

@@ -508,6 +508,7 @@ impl Backend for CudaBackend {
             ("kernels", info.kernel_code().to_string()),
             ("gemm", gemm_details(self.device.own_gemm(), self.fast_gelu)),
             ("residual_stream", self.residual.to_string()),
+            ("attention", self.device.attention_kernels().to_string()),
         ]
     }
 
