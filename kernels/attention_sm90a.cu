@@ -15,7 +15,9 @@
 //   16 bits are the A fragments, as in FlashAttention-2) and V [64 keys][64] from shared memory,
 //   MN-major (imm-trans-b): V is stored as loaded, like K.
 // K/V tiles are double-buffered with cp.async (zero-filled past N), fenced to the async proxy
-// before the wgmmas read them. Query rows past N compute on zero rows and are not written.
+// before the wgmmas read them. A last tile of at most 16 or 32 keys (257 tokens: 1) runs
+// m64n16 or m64n32 products and that many keys of P·V. Query rows past N compute on zero rows
+// and are not written.
 #include "wgmma.cuh"
 
 #define ATTN_WG_ROWS 64
@@ -48,13 +50,20 @@ __device__ __forceinline__ void wg_load_tile(uint32_t dst, const T* src, int row
     }
 }
 
-template <typename T> __device__ __forceinline__ void wg_qk(float (&s)[32], uint64_t dq, uint64_t dk);
-template <> __device__ __forceinline__ void wg_qk<f16>(float (&s)[32], uint64_t dq, uint64_t dk) {
-    WGMMA_N64_SS("f16", s, dq, dk);
-}
-template <> __device__ __forceinline__ void wg_qk<bf16>(float (&s)[32], uint64_t dq, uint64_t dk) {
-    WGMMA_N64_SS("bf16", s, dq, dk);
-}
+// S = Q·Kᵀ over the first N keys of a tile (N = 64, or 32 or 16 for a last tile that short).
+template <typename T, int N>
+__device__ __forceinline__ void wg_qk(float (&s)[N / 2], uint64_t dq, uint64_t dk);
+#define WG_QK(T, TY, N, MACRO)                                                                     \
+    template <>                                                                                    \
+    __device__ __forceinline__ void wg_qk<T, N>(float (&s)[N / 2], uint64_t dq, uint64_t dk) {     \
+        MACRO(TY, s, dq, dk);                                                                      \
+    }
+WG_QK(f16, "f16", 64, WGMMA_N64_SS)
+WG_QK(f16, "f16", 32, WGMMA_N32_SS)
+WG_QK(f16, "f16", 16, WGMMA_N16_SS)
+WG_QK(bf16, "bf16", 64, WGMMA_N64_SS)
+WG_QK(bf16, "bf16", 32, WGMMA_N32_SS)
+WG_QK(bf16, "bf16", 16, WGMMA_N16_SS)
 template <typename T>
 __device__ __forceinline__ void wg_pv(float (&o)[32], const uint32_t (&a)[4], uint64_t dv);
 template <> __device__ __forceinline__ void wg_pv<f16>(float (&o)[32], const uint32_t (&a)[4], uint64_t dv) {
@@ -62,6 +71,86 @@ template <> __device__ __forceinline__ void wg_pv<f16>(float (&o)[32], const uin
 }
 template <> __device__ __forceinline__ void wg_pv<bf16>(float (&o)[32], const uint32_t (&a)[4], uint64_t dv) {
     WGMMA_N64_RS_TRANS_B("bf16", o, a, dv);
+}
+
+// One K/V tile of KEYS keys (64, or the 32 or 16 a short last tile needs: fewer MMAs) through
+// the online softmax: S = Q·Kᵀ, the running maxima and sums (rows g and g + 8 of the warp's 16),
+// O rescaled, O += P·V. TAIL: keys at and past n are masked.
+template <typename T, int KEYS, bool TAIL>
+__device__ __forceinline__ void wg_tile(float (&o)[32], float& m0, float& m1, float& l0, float& l1,
+                                        uint64_t dq, uint64_t dk, uint64_t dv, int key_base,
+                                        int n, int q, float scale_log2) {
+    constexpr int S = KEYS / 2; // accumulators of S a thread holds
+    float s[S];
+#pragma unroll
+    for (int i = 0; i < S; i++) s[i] = 0.0f;
+    fence_accumulators(s);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < ATTN_WG_D / 16; kk++) wg_qk<T, KEYS>(s, dq + 2 * kk, dk + 2 * kk);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_accumulators(s);
+
+    // Element 4j + e: key 8j + 2q + (e % 2), row g + 8·(e >= 2).
+    if (TAIL) {
+        const int key0 = key_base + 2 * q;
+#pragma unroll
+        for (int i = 0; i < S; i++)
+            if (key0 + 8 * (i >> 2) + (i & 1) >= n) s[i] = -INFINITY;
+    }
+    float mx0 = m0, mx1 = m1;
+#pragma unroll
+    for (int jj = 0; jj < S / 4; jj++) {
+        mx0 = fmaxf(mx0, fmaxf(s[4 * jj], s[4 * jj + 1]));
+        mx1 = fmaxf(mx1, fmaxf(s[4 * jj + 2], s[4 * jj + 3]));
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float ms0 = mx0 * scale_log2, ms1 = mx1 * scale_log2;
+    const float alpha0 = ex2_fast(fmaf(m0, scale_log2, -ms0));
+    const float alpha1 = ex2_fast(fmaf(m1, scale_log2, -ms1));
+    m0 = mx0;
+    m1 = mx1;
+    float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+    for (int jj = 0; jj < S / 4; jj++) {
+        s[4 * jj] = ex2_fast(fmaf(s[4 * jj], scale_log2, -ms0));
+        s[4 * jj + 1] = ex2_fast(fmaf(s[4 * jj + 1], scale_log2, -ms0));
+        s[4 * jj + 2] = ex2_fast(fmaf(s[4 * jj + 2], scale_log2, -ms1));
+        s[4 * jj + 3] = ex2_fast(fmaf(s[4 * jj + 3], scale_log2, -ms1));
+        sum0 += s[4 * jj] + s[4 * jj + 1];
+        sum1 += s[4 * jj + 2] + s[4 * jj + 3];
+    }
+    l0 = l0 * alpha0 + sum0;
+    l1 = l1 * alpha1 + sum1;
+#pragma unroll
+    for (int jj = 0; jj < 8; jj++) {
+        o[4 * jj] *= alpha0;
+        o[4 * jj + 1] *= alpha0;
+        o[4 * jj + 2] *= alpha1;
+        o[4 * jj + 3] *= alpha1;
+    }
+
+    // O += P·V, 16 keys a step: P's A fragment for keys 16kk.. is S's columns 16kk..16kk+15,
+    // accumulator chunks 2kk (columns 2q, 2q+1) and 2kk + 1 (columns 8 + 2q, 8 + 2q + 1).
+    uint32_t p[KEYS / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < KEYS / 16; kk++) {
+        p[kk][0] = pack2<T>(s[8 * kk], s[8 * kk + 1]);
+        p[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+        p[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+        p[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+    fence_accumulators(o);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < KEYS / 16; kk++) wg_pv<T>(o, p[kk], dv + 128 * kk);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_accumulators(o);
 }
 
 template <typename T>
@@ -111,78 +200,18 @@ __device__ __forceinline__ void attention_wg(const T* __restrict__ qkv, T* __res
         fence_proxy_async();
         __syncthreads();
 
-        float s[32];
-#pragma unroll
-        for (int i = 0; i < 32; i++) s[i] = 0.0f;
         const uint64_t dk = sw128_desc(sk + buf * ATTN_WG_TILE_BYTES);
-        fence_accumulators(s);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) wg_qk<T>(s, dq + 2 * kk, dk + 2 * kk);
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_accumulators(s);
-
-        // Keys past n (zero rows of the last tile) take no weight.
-        const int key0 = j * ATTN_WG_KEYS + 2 * q;
-        if ((j + 1) * ATTN_WG_KEYS > n) {
-#pragma unroll
-            for (int i = 0; i < 32; i++)
-                if (key0 + 8 * (i >> 2) + (i & 1) >= n) s[i] = -INFINITY;
-        }
-        float mx0 = m0, mx1 = m1;
-#pragma unroll
-        for (int jj = 0; jj < 8; jj++) {
-            mx0 = fmaxf(mx0, fmaxf(s[4 * jj], s[4 * jj + 1]));
-            mx1 = fmaxf(mx1, fmaxf(s[4 * jj + 2], s[4 * jj + 3]));
-        }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        const float ms0 = mx0 * scale_log2, ms1 = mx1 * scale_log2;
-        const float alpha0 = ex2_fast(fmaf(m0, scale_log2, -ms0));
-        const float alpha1 = ex2_fast(fmaf(m1, scale_log2, -ms1));
-        m0 = mx0;
-        m1 = mx1;
-        float sum0 = 0.0f, sum1 = 0.0f;
-#pragma unroll
-        for (int jj = 0; jj < 8; jj++) {
-            s[4 * jj] = ex2_fast(fmaf(s[4 * jj], scale_log2, -ms0));
-            s[4 * jj + 1] = ex2_fast(fmaf(s[4 * jj + 1], scale_log2, -ms0));
-            s[4 * jj + 2] = ex2_fast(fmaf(s[4 * jj + 2], scale_log2, -ms1));
-            s[4 * jj + 3] = ex2_fast(fmaf(s[4 * jj + 3], scale_log2, -ms1));
-            sum0 += s[4 * jj] + s[4 * jj + 1];
-            sum1 += s[4 * jj + 2] + s[4 * jj + 3];
-        }
-        l0 = l0 * alpha0 + sum0;
-        l1 = l1 * alpha1 + sum1;
-#pragma unroll
-        for (int jj = 0; jj < 8; jj++) {
-            o[4 * jj] *= alpha0;
-            o[4 * jj + 1] *= alpha0;
-            o[4 * jj + 2] *= alpha1;
-            o[4 * jj + 3] *= alpha1;
-        }
-
-        // O += P·V, 16 keys a step: P's A fragment for keys 16kk.. is S's columns 16kk..16kk+15,
-        // accumulator chunks 2kk (columns 2q, 2q+1) and 2kk + 1 (columns 8 + 2q, 8 + 2q + 1).
         const uint64_t dv = sw128_desc(sv + buf * ATTN_WG_TILE_BYTES);
-        uint32_t p[4][4];
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            p[kk][0] = pack2<T>(s[8 * kk], s[8 * kk + 1]);
-            p[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
-            p[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
-            p[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+        const int key_base = j * ATTN_WG_KEYS, left = n - key_base;
+        if (left <= 16) {
+            wg_tile<T, 16, true>(o, m0, m1, l0, l1, dq, dk, dv, key_base, n, q, scale_log2);
+        } else if (left <= 32) {
+            wg_tile<T, 32, true>(o, m0, m1, l0, l1, dq, dk, dv, key_base, n, q, scale_log2);
+        } else if (left < ATTN_WG_KEYS) {
+            wg_tile<T, 64, true>(o, m0, m1, l0, l1, dq, dk, dv, key_base, n, q, scale_log2);
+        } else {
+            wg_tile<T, 64, false>(o, m0, m1, l0, l1, dq, dk, dv, key_base, n, q, scale_log2);
         }
-        fence_accumulators(o);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < ATTN_WG_KEYS / 16; kk++) wg_pv<T>(o, p[kk], dv + 128 * kk);
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_accumulators(o);
         // Every warp is done with this tile's buffers before the next iteration refills them.
         __syncthreads();
     }

@@ -87,6 +87,24 @@ __device__ __forceinline__ uint64_t sw128_desc(uint32_t addr) {
                    D8(d, 64), D8(d, 72), D8(d, 80), D8(d, 88), D8(d, 96), D8(d, 104), D8(d, 112), D8(d, 120)  \
                  : "l"(da), "l"(db), "r"(1))
 
+// m64n16k16, both operands in shared memory (K-major): d[0..8) += A·B.
+#define WGMMA_N16_SS(TY, d, da, db)                                                         \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"                                  \
+                 "wgmma.mma_async.sync.aligned.m64n16k16.f32." TY "." TY " {"                  \
+                 "%0, %1, %2, %3, %4, %5, %6, %7"  \
+                 "}, %8, %9, p, 1, 1, 0, 0;\n}\n"  \
+                 : D8(d, 0)  \
+                 : "l"(da), "l"(db), "r"(1))
+
+// m64n32k16, both operands in shared memory (K-major): d[0..16) += A·B.
+#define WGMMA_N32_SS(TY, d, da, db)                                                         \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"                                  \
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32." TY "." TY " {"                  \
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"  \
+                 "}, %16, %17, p, 1, 1, 0, 0;\n}\n"  \
+                 : D8(d, 0), D8(d, 8)  \
+                 : "l"(da), "l"(db), "r"(1))
+
 // m64n64k16, A and B in shared memory (descriptors da, db, both K-major): d[0..32) += A·B.
 #define WGMMA_N64_SS(TY, d, da, db)                                                         \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                  \

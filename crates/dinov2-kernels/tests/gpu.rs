@@ -692,7 +692,9 @@ fn attention_matches_cpu() {
     std::env::remove_var("DINOV2_ATTENTION");
     let hopper = wg.info().compute_capability == (9, 0);
     // (batch, n, heads, d): odd lengths, every padded head dim, one tile and many, whole tiles
-    // (128: no tail), last key tiles of 1 to 36 keys and last query tiles with idle warps.
+    // (128: no tail), last key tiles of 1 to 36 keys and last query tiles with idle warps; at
+    // d = 64 also last key tiles of exactly 16 and 32 keys (80, 96 tokens: where the
+    // warpgroup-MMA kernel switches its last tile's product width) and 26 (1370).
     let cases = [
         (2, 13, 3, 8),
         (1, 257, 6, 64),
@@ -709,6 +711,8 @@ fn attention_matches_cpu() {
         (1, 1, 1, 64),
         (1, 63, 3, 64),
         (1, 1370, 2, 64),
+        (1, 80, 1, 64),
+        (1, 96, 1, 64),
     ];
     for &(b, n, heads, d) in &cases {
         let h = heads * d;
