@@ -315,7 +315,7 @@ main() {
     # the same with 128 x 256 tiles. Their GPU tests ran above (own_gemms_match_cpu,
     # our_gemms_in_the_model_match_the_cpu).
     local policy gemm tile
-    for policy in "fused 128" "own 128" "own 256"; do
+    for policy in "fused 128" "fused 256" "own 128" "own 256"; do
         room 30 || break
         read -r gemm tile <<<"$policy"
         DINOV2_GEMM=$gemm DINOV2_GEMM_TILE=$tile bench "vitb14-256-gemm-$gemm-$tile" 60 --dtype f16 \
@@ -328,12 +328,12 @@ main() {
             --warmup 3 --repeats 10
     fi
     if room 30; then
-        DINOV2_ATTENTION=wgmma DINOV2_GEMM=fused bench vitb14-256-hopper 120 --dtype f16 --arch vitb14 \
+        DINOV2_ATTENTION=wgmma DINOV2_GEMM=fused DINOV2_GEMM_TILE=256 bench vitb14-256-hopper 120 --dtype f16 --arch vitb14 \
             --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON"
     fi
     # The same at 518 px (1370 tokens), where our flash kernel was 0.60x SDPA in run 4.
     if room 40; then
-        DINOV2_ATTENTION=wgmma DINOV2_GEMM=fused bench vitb14-32-518px-hopper 120 --dtype f16 \
+        DINOV2_ATTENTION=wgmma DINOV2_GEMM=fused DINOV2_GEMM_TILE=256 bench vitb14-32-518px-hopper 120 --dtype f16 \
             --arch vitb14 --batch-size 32 --image-size 518 --warmup 2 --repeats 5 --peer "$PYTHON"
     fi
     # The residual stream in f16 (DINOV2_RESIDUAL=compute, opt-in: 8 bytes an element through
@@ -343,7 +343,7 @@ main() {
             --warmup 3 --repeats 10
     fi
     if room 30; then
-        DINOV2_RESIDUAL=compute DINOV2_ATTENTION=wgmma DINOV2_GEMM=fused bench vitb14-256-all 60 \
+        DINOV2_RESIDUAL=compute DINOV2_ATTENTION=wgmma DINOV2_GEMM=fused DINOV2_GEMM_TILE=256 bench vitb14-256-all 60 \
             --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10
     fi
     # The same against the peer under torch.compile (it compiles for a minute or more).
@@ -383,7 +383,7 @@ main() {
     # `activation` to `gemm`; the warpgroup-MMA attention) and the f16 residual stream.
     if room 30; then
         echo "-- [op profile, DINOV2_GEMM=fused DINOV2_ATTENTION=wgmma DINOV2_RESIDUAL=compute, at ${SECONDS}s]"
-        DINOV2_GEMM=fused DINOV2_ATTENTION=wgmma DINOV2_RESIDUAL=compute DINOV2_PROFILE=1 timeout "$(cap 60)" "$HERE/bin/dinov2" bench --device cuda \
+        DINOV2_GEMM=fused DINOV2_GEMM_TILE=256 DINOV2_ATTENTION=wgmma DINOV2_RESIDUAL=compute DINOV2_PROFILE=1 timeout "$(cap 60)" "$HERE/bin/dinov2" bench --device cuda \
             --dtype f16 --arch vitb14 --batch-size 256 --warmup 1 --repeats 3 >"$OUT/profile-fused.txt" 2>&1
         cat "$OUT/profile-fused.txt"
     fi
@@ -413,7 +413,7 @@ main() {
                 # Both Hopper kernels (the attention at head dim 64, the GEMM where the GELU
                 # follows) against the peer, at 518 px too, where our flash kernel trailed SDPA.
                 read -r tag arch batches size <<<"$step"
-                DINOV2_ATTENTION=wgmma DINOV2_GEMM=fused bench "$arch-${batches//,/-}-${size}px-hopper" 120 \
+                DINOV2_ATTENTION=wgmma DINOV2_GEMM=fused DINOV2_GEMM_TILE=256 bench "$arch-${batches//,/-}-${size}px-hopper" 120 \
                     --dtype f16 --arch "$arch" --batch-size "$batches" --image-size "$size" --warmup 2 \
                     --repeats 5 --peer "$PYTHON"
                 ;;
