@@ -102,46 +102,35 @@ fn build(root: &Path, nvcc: &str) -> Result<(), String> {
             .map(|s| s.to_string_lossy().into_owned())
             .ok_or_else(|| format!("bad source name {unit}"))?;
         let src = root.join(unit);
-        if stem.ends_with(HOPPER_SUFFIX) {
-            // The PTX is not embedded (the cubin is the only code); it is kept for review and
-            // for the test that checks the kernels' signatures against the launchers.
-            let ptx = format!("{stem}.sm_90a.ptx");
-            let cubin = format!("{stem}.sm_90a.cubin");
-            eprintln!("xtask: nvcc {unit} -> {ptx}, {cubin}");
-            nvcc_run(
-                nvcc,
-                root,
-                &["-ptx", "-arch=sm_90a"],
-                &src,
-                &out_dir.join(&ptx),
-            )?;
-            artifacts.push(ptx);
-            let log = nvcc_run(
-                nvcc,
-                root,
-                &["-cubin", "-arch=sm_90a", "-Xptxas", "-v"],
-                &src,
-                &out_dir.join(&cubin),
-            )?;
-            report.push_str(&resource_table(unit, &log));
-            artifacts.push(cubin);
-            continue;
-        }
-        let ptx = format!("{stem}.ptx");
-        let cubin = format!("{stem}.sm_90.cubin");
+        // Portable units: compute_80 PTX (embedded, JIT-compiled on any sm_80+ GPU) and an sm_90
+        // cubin. Hopper-only units: an sm_90a cubin; their PTX is not embedded (the cubin is
+        // the only code) but kept for review and for the test that checks the kernels'
+        // signatures against the launchers.
+        let hopper = stem.ends_with(HOPPER_SUFFIX);
+        let (ptx, ptx_arch, cubin, cubin_arch) = if hopper {
+            (
+                format!("{stem}.sm_90a.ptx"),
+                "-arch=sm_90a",
+                format!("{stem}.sm_90a.cubin"),
+                "-arch=sm_90a",
+            )
+        } else {
+            (
+                format!("{stem}.ptx"),
+                "-arch=compute_80",
+                format!("{stem}.sm_90.cubin"),
+                "-arch=sm_90",
+            )
+        };
         eprintln!("xtask: nvcc {unit} -> {ptx}, {cubin}");
-        nvcc_run(
-            nvcc,
-            root,
-            &["-ptx", "-arch=compute_80"],
-            &src,
-            &out_dir.join(&ptx),
-        )?;
-        check_ptx(&out_dir.join(&ptx))?;
+        nvcc_run(nvcc, root, &["-ptx", ptx_arch], &src, &out_dir.join(&ptx))?;
+        if !hopper {
+            check_ptx(&out_dir.join(&ptx))?;
+        }
         let log = nvcc_run(
             nvcc,
             root,
-            &["-cubin", "-arch=sm_90", "-Xptxas", "-v"],
+            &["-cubin", cubin_arch, "-Xptxas", "-v"],
             &src,
             &out_dir.join(&cubin),
         )?;

@@ -732,29 +732,25 @@ fn attention_matches_cpu() {
                 &round(&want, dtype),
                 tolerance(dtype),
             );
-            if dtype != DType::F32 && d == 64 && hopper {
-                let qg = upload(&wg, &qkv, &[b, n, 3 * h], dtype);
-                let mut out = poisoned(&wg, dtype, &[b, n, h]);
-                wg.attention(&qg, &mut out, b, n, heads, d, scale as f32)
+            // The same on a device opened with another kernel choice.
+            let on = |other: &Device, kernel: &str| {
+                let qo = upload(other, &qkv, &[b, n, 3 * h], dtype);
+                let mut out = poisoned(other, dtype, &[b, n, h]);
+                other
+                    .attention(&qo, &mut out, b, n, heads, d, scale as f32)
                     .unwrap();
                 check(
-                    &format!("{what} (warpgroup MMAs)"),
-                    &wg.download(&out).unwrap(),
+                    &format!("{what} ({kernel})"),
+                    &other.download(&out).unwrap(),
                     &round(&want, dtype),
                     tolerance(dtype),
                 );
+            };
+            if dtype != DType::F32 && d == 64 && hopper {
+                on(&wg, "warpgroup MMAs");
             }
             if dtype != DType::F32 && d <= 64 {
-                let qw = upload(&wide, &qkv, &[b, n, 3 * h], dtype);
-                let mut out = poisoned(&wide, dtype, &[b, n, h]);
-                wide.attention(&qw, &mut out, b, n, heads, d, scale as f32)
-                    .unwrap();
-                check(
-                    &format!("{what} (128-row flash)"),
-                    &wide.download(&out).unwrap(),
-                    &round(&want, dtype),
-                    tolerance(dtype),
-                );
+                on(&wide, "128-row flash");
             }
 
             let mut out = poisoned(&dev, dtype, &[b, n, h]);
