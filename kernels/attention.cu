@@ -50,15 +50,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t add
                  : "r"(addr));
 }
 
-// 2^x by the special-function unit (ex2.approx.ftz: about 2 ulp; results below 2^-126 flush to 0,
-// which a softmax weight next to its row's maximum of 1 never misses); exp2f adds a range check
-// and two multiplies around the same instruction.
-__device__ __forceinline__ float ex2_approx(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
 template <typename T> struct Mma;
 
 template <> struct Mma<f16> {

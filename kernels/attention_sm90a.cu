@@ -28,28 +28,6 @@
 #define ATTN_WG_TILE_BYTES (64 * 64 * 2)
 #define ATTN_WG_SMEM (5 * ATTN_WG_TILE_BYTES + 1024)
 
-// 2^x by the special-function unit (as attention.cu's ex2_approx).
-__device__ __forceinline__ float ex2_fast(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
-// Copies rows row0..row0+63 of one head's 64 columns (row stride ld) into a swizzled [64][64]
-// tile at shared address `dst`: each thread the 16-byte chunk tid % 8 of rows tid/8 + 16i.
-template <typename T>
-__device__ __forceinline__ void wg_load_tile(uint32_t dst, const T* src, int row0, int n, long ld) {
-    const int c = threadIdx.x & 7, r0 = threadIdx.x >> 3;
-    const uint32_t swizzled = (uint32_t)((c ^ (r0 & 7)) << 4);
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const int r = r0 + 16 * i;
-        const bool live = row0 + r < n;
-        cp_async16(dst + r * 128 + swizzled, live ? src + (long)(row0 + r) * ld + c * 8 : src,
-                   live ? 16 : 0);
-    }
-}
-
 // S = Q·Kᵀ over the first N keys of a tile (N = 64, or 32 or 16 for a last tile that short).
 template <typename T, int N>
 __device__ __forceinline__ void wg_qk(float (&s)[N / 2], uint64_t dq, uint64_t dk);
@@ -110,17 +88,17 @@ __device__ __forceinline__ void wg_tile(float (&o)[32], float& m0, float& m1, fl
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
     const float ms0 = mx0 * scale_log2, ms1 = mx1 * scale_log2;
-    const float alpha0 = ex2_fast(fmaf(m0, scale_log2, -ms0));
-    const float alpha1 = ex2_fast(fmaf(m1, scale_log2, -ms1));
+    const float alpha0 = ex2_approx(fmaf(m0, scale_log2, -ms0));
+    const float alpha1 = ex2_approx(fmaf(m1, scale_log2, -ms1));
     m0 = mx0;
     m1 = mx1;
     float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
     for (int jj = 0; jj < S / 4; jj++) {
-        s[4 * jj] = ex2_fast(fmaf(s[4 * jj], scale_log2, -ms0));
-        s[4 * jj + 1] = ex2_fast(fmaf(s[4 * jj + 1], scale_log2, -ms0));
-        s[4 * jj + 2] = ex2_fast(fmaf(s[4 * jj + 2], scale_log2, -ms1));
-        s[4 * jj + 3] = ex2_fast(fmaf(s[4 * jj + 3], scale_log2, -ms1));
+        s[4 * jj] = ex2_approx(fmaf(s[4 * jj], scale_log2, -ms0));
+        s[4 * jj + 1] = ex2_approx(fmaf(s[4 * jj + 1], scale_log2, -ms0));
+        s[4 * jj + 2] = ex2_approx(fmaf(s[4 * jj + 2], scale_log2, -ms1));
+        s[4 * jj + 3] = ex2_approx(fmaf(s[4 * jj + 3], scale_log2, -ms1));
         sum0 += s[4 * jj] + s[4 * jj + 1];
         sum1 += s[4 * jj + 2] + s[4 * jj + 3];
     }
@@ -174,9 +152,9 @@ __device__ __forceinline__ void attention_wg(const T* __restrict__ qkv, T* __res
     const T* vbase = base + 2 * hd;
     const int tiles = (n + ATTN_WG_KEYS - 1) / ATTN_WG_KEYS;
 
-    wg_load_tile<T>(sq, base, q0, n, ld);
-    wg_load_tile<T>(sk, kbase, 0, n, ld);
-    wg_load_tile<T>(sv, vbase, 0, n, ld);
+    load_sw128_tile<64, ATTN_WG_THREADS>(sq, base + (long)q0 * ld, ld, n - q0);
+    load_sw128_tile<64, ATTN_WG_THREADS>(sk, kbase, ld, n);
+    load_sw128_tile<64, ATTN_WG_THREADS>(sv, vbase, ld, n);
     cp_async_commit();
 
     // Accumulator fragments (m64n64): element 4j + e is row g + 8·(e >= 2) of the warp's 16,
@@ -190,8 +168,11 @@ __device__ __forceinline__ void attention_wg(const T* __restrict__ qkv, T* __res
     for (int j = 0; j < tiles; j++) {
         const int buf = j & 1;
         if (j + 1 < tiles) {
-            wg_load_tile<T>(sk + (buf ^ 1) * ATTN_WG_TILE_BYTES, kbase, (j + 1) * ATTN_WG_KEYS, n, ld);
-            wg_load_tile<T>(sv + (buf ^ 1) * ATTN_WG_TILE_BYTES, vbase, (j + 1) * ATTN_WG_KEYS, n, ld);
+            const long next = (long)(j + 1) * ATTN_WG_KEYS;
+            load_sw128_tile<64, ATTN_WG_THREADS>(sk + (buf ^ 1) * ATTN_WG_TILE_BYTES, kbase + next * ld,
+                                                 ld, n - (int)next);
+            load_sw128_tile<64, ATTN_WG_THREADS>(sv + (buf ^ 1) * ATTN_WG_TILE_BYTES, vbase + next * ld,
+                                                 ld, n - (int)next);
             cp_async_commit();
             cp_async_wait<1>();
         } else {

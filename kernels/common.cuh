@@ -38,6 +38,15 @@ template <> __device__ __forceinline__ float2 unpack2<bf16>(uint32_t r) {
     return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&r));
 }
 
+// 2^x by the special-function unit (ex2.approx.ftz: about 2 ulp; results below 2^-126 flush to 0,
+// which a softmax weight next to its row's maximum of 1 never misses); exp2f adds a range check
+// and two multiplies around the same instruction.
+__device__ __forceinline__ float ex2_approx(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -1,5 +1,5 @@
 // GEMMs with fused epilogues on Hopper's warpgroup MMAs (wgmma: sm_90a only, so this file builds
-// into an sm_90a cubin and no PTX; other GPUs use cuBLAS):
+// into an sm_90a cubin, with no embedded PTX; other GPUs use cuBLAS):
 //   gemm_{f16,bf16}_{id,gelu,gelu_tanh}_n{128,256}(x, w, bias, bias_f32, y, m, n, k)
 //     y[m, n] = act(x[m, k] · w[n, k]ᵀ + bias[n])
 // x, w, y in one 16-bit type, f32 accumulation; the bias (f32 when bias_f32, else the storage type,
@@ -7,18 +7,16 @@
 // erf GELU after fc1 costs no pass over the activations (cuBLASLt's GELU epilogue is the tanh
 // approximation).
 //
-// The launcher checks: n % BN == 0, k % 64 == 0, k > 0, x, w, y 16-byte aligned; m is free (rows past
-// m read zeros and are not written). Grid (n / BN, ceil(m / 128)), 256 threads, dynamic smem
-// gemm_smem_bytes(BN) (below).
+// The launcher checks: n % BN == 0, k % 64 == 0, k > 0, x, w, y 16-byte aligned; m is free (rows
+// past m read zeros and are not written). Grid (n / BN, ceil(m / 128)), 256 threads, dynamic smem
+// GM_SMEM_BYTES(BN, STAGES) (below).
 //
-// A block computes a 128 x BN tile of y: warpgroup g (threads 128g..128g+127) rows 64g..64g+63, all BN
-// columns, with m64nBNk16 wgmmas whose operands are read from shared memory:
-// - Each K step of 64 is one pipeline stage: A [128][64] and B [BN][64], K-major (a row of 64
-//   elements is 128 bytes), in the 128-byte swizzle the wgmma descriptors name: the 16-byte chunk c
-//   of row r sits at chunk c ^ (r % 8) (byte address bits 4-6 ^= bits 7-9, hence 1024-byte aligned
-//   stages). Every thread copies 16-byte chunks with cp.async (zero-filled past row m).
-// - STAGES stages in a ring; the copies run LOOKAHEAD = STAGES - 1 - WAIT K steps ahead of the MMAs,
-//   and WAIT groups of MMAs may still run when the next step's are issued.
+// A block computes a 128 x BN tile of y: warpgroup g (threads 128g..128g+127) rows 64g..64g+63,
+// all BN columns, with m64nBNk16 wgmmas whose operands are read from shared memory:
+// - Each K step of 64 is one pipeline stage: A [128][64] and B [BN][64], K-major tiles in the
+//   128-byte swizzle (wgmma.cuh), copied with cp.async (zero-filled past row m).
+// - STAGES stages in a ring; the copies run LOOKAHEAD = STAGES - 1 - WAIT K steps ahead of the
+//   MMAs, and WAIT groups of MMAs may still run when the next step's are issued.
 // - Before the MMAs read a stage: each thread waits for its copies, fences them towards the async
 //   proxy (the wgmmas read shared memory through it), and the block synchronizes.
 // - The epilogue stages the tile through the (then idle) shared memory so that y is written in
@@ -72,27 +70,11 @@ __device__ __forceinline__ void gemm_body(const T* __restrict__ x, const T* __re
     const int n0 = blockIdx.x * BN;
     const int steps = k / GM_BK;
 
-    // This thread copies chunk `c` (8 elements) of rows r0, r0 + 32, ...: the same swizzled chunk
-    // in each, since 32 is a multiple of 8.
-    const int c = tid & 7;
-    const int r0 = tid >> 3;
-    const uint32_t swizzled = (uint32_t)((c ^ (r0 & 7)) << 4);
     auto load_step = [&](int step, int stage) {
         const uint32_t sa = base + stage * STAGE_BYTES;
-        const uint32_t sb = sa + A_BYTES;
-        const int k0 = step * GM_BK + c * 8;
-#pragma unroll
-        for (int i = 0; i < GM_BM / 32; i++) {
-            const int r = r0 + 32 * i;
-            const bool live = m0 + r < m;
-            const T* src = live ? x + (size_t)(m0 + r) * k + k0 : x;
-            cp_async16(sa + r * 128 + swizzled, src, live ? 16 : 0);
-        }
-#pragma unroll
-        for (int i = 0; i < BN / 32; i++) {
-            const int r = r0 + 32 * i;
-            cp_async16(sb + r * 128 + swizzled, w + (size_t)(n0 + r) * k + k0, 16);
-        }
+        const int k0 = step * GM_BK;
+        load_sw128_tile<GM_BM, GM_THREADS>(sa, x + (size_t)m0 * k + k0, k, m - m0);
+        load_sw128_tile<BN, GM_THREADS>(sa + A_BYTES, w + (size_t)n0 * k + k0, k, BN);
     };
 
     float d[BN / 2];

@@ -54,6 +54,24 @@ __device__ __forceinline__ uint64_t sw128_desc(uint32_t addr) {
            ((uint64_t)1 << 62);
 }
 
+// Copies ROWS rows of 64 16-bit elements (row r at src + r·ld) into a swizzled tile at shared
+// address dst, with the block's THREADS threads: thread t copies the 16-byte chunk t % 8 of rows
+// t/8, t/8 + THREADS/8, ... (the same swizzled chunk in each, THREADS/8 being a multiple of 8).
+// Rows at and past `live` are zero-filled (src itself is then the address, not read).
+template <int ROWS, int THREADS, typename T>
+__device__ __forceinline__ void load_sw128_tile(uint32_t dst, const T* src, long ld, int live) {
+    constexpr int STEP = THREADS / 8;
+    static_assert(STEP % 8 == 0 && ROWS % STEP == 0, "whole swizzle groups, whole passes");
+    const int c = threadIdx.x & 7, r0 = threadIdx.x >> 3;
+    const uint32_t swizzled = (uint32_t)((c ^ (r0 & 7)) << 4);
+#pragma unroll
+    for (int i = 0; i < ROWS / STEP; i++) {
+        const int r = r0 + STEP * i;
+        const bool ok = r < live;
+        cp_async16(dst + r * 128 + swizzled, ok ? src + r * ld + c * 8 : src, ok ? 16 : 0);
+    }
+}
+
 #define D8(d, i)                                                                                   \
     "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]),    \
         "+f"(d[i + 6]), "+f"(d[i + 7])

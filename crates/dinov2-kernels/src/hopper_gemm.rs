@@ -126,7 +126,7 @@ impl Device {
 
     /// Queues `y = act(x·wᵀ + bias)` on our kernel when the policy picks it for `act` and the
     /// shape and pointers allow; `Ok(false)` (nothing queued) otherwise. Shapes and dtypes are
-    /// checked by the caller ([`Device::linear_act`]): x `[m, k]`, w `[n, k]`, y `[m, n]` of one
+    /// checked by the caller ([`Device::linear_fusing`]): x `[m, k]`, w `[n, k]`, y `[m, n]` of one
     /// type, bias `[n]` of that type or f32, m, n, k > 0.
     pub(crate) fn own_linear(
         &self,

@@ -52,7 +52,6 @@ const LN_WIDE_THREADS: u32 = 256;
 // block_sum reduces 32 warp partials: whole warps, at most 1024 threads.
 const _: () = assert!(LN_WIDE_THREADS % 32 == 0 && LN_WIDE_THREADS <= 1024);
 
-/// Which attention kernel runs a head dim and dtype.
 /// Which attention kernels a device runs (`DINOV2_ATTENTION`, read when it opens).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AttentionChoice {
@@ -94,6 +93,7 @@ impl AttentionChoice {
     }
 }
 
+/// Which attention kernel runs a head dim and dtype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AttentionKernel {
     /// `attention_{t}_d{pad}` (`rows` 64) or `attention_{t}_d{pad}_r128` (`rows` 128): tensor
@@ -256,12 +256,12 @@ fn in_out_suffix(op: &'static str, tx: DType, ty: DType) -> Result<String> {
 }
 
 /// The kernel-name suffix for a residual stream `x` of `rows·h` elements beside a branch of type
-/// `t`: `""` for an f32 stream, `"_rx"` for one in `t` itself (16-bit types; transformers keeps
-/// the stream so in f16/bf16). Any other stream is an error.
+/// `t` (a float type): `""` for an f32 stream, `"_rx"` for one in `t` itself (16-bit types;
+/// transformers keeps the stream so in f16/bf16). Any other stream is an error.
 fn residual_suffix(op: &'static str, x: &Buffer, t: DType, len: usize) -> Result<&'static str> {
     let suffix = match x.dtype() {
         DType::F32 => "",
-        dt if dt == t && t != DType::U8 => "_rx",
+        dt if dt == t => "_rx",
         dt => {
             return Err(KernelError::shape(
                 op,
@@ -279,7 +279,7 @@ fn i32_of(op: &'static str, v: usize) -> Result<i32> {
 
 impl Device {
     /// `y[m, n] = x[m, k] · w[n, k]ᵀ + bias`. `x`, `w`, `y` share one dtype; `bias` is `[n]` in
-    /// that dtype or f32. The GEMM runs as [`Device::linear_act`] describes.
+    /// that dtype or f32. The GEMM runs as [`Device::linear_fusing`] describes.
     pub fn linear(
         &self,
         x: &Buffer,
@@ -624,53 +624,49 @@ impl Device {
         let s = &self.stream;
         let (qp, op) = (qkv.ptr(s), out.ptr(s));
         let aligned = qp % 16 == 0 && op % 16 == 0;
-        let kernel = attention_kernel(t, d, self.attention_choice, aligned);
-        if kernel == AttentionKernel::Probs {
-            // The tensor-core kernel loads 8-element (16-byte) chunks; the unfused path takes any
-            // d and alignment. It needs a [batch, heads, n, n] f32 scratch buffer.
-            let mut probs = self.alloc(DType::F32, &[batch, heads, n, n])?;
-            return self.attention_probs(qkv, out, &mut probs, batch, n, heads, d, scale);
-        }
-        let mut args = vec![
+        // The tensor-core kernels work in the log2 domain (ex2.approx): their scale carries
+        // log2(e).
+        let log2_scale = scale * std::f32::consts::LOG2_E;
+        let (name, grid, smem, scale) = match attention_kernel(t, d, self.attention_choice, aligned)
+        {
+            AttentionKernel::Probs => {
+                // The tensor-core kernels load 8-element (16-byte) chunks; the unfused path
+                // takes any d and alignment. It needs a [batch, heads, n, n] f32 scratch buffer.
+                let mut probs = self.alloc(DType::F32, &[batch, heads, n, n])?;
+                return self.attention_probs(qkv, out, &mut probs, batch, n, heads, d, scale);
+            }
+            AttentionKernel::Flash { pad, rows } => {
+                let suffix = if rows == FLASH_BM_WIDE { "_r128" } else { "" };
+                (
+                    format!("attention_{t}_d{pad}{suffix}"),
+                    flash_grid(batch, n, heads, rows),
+                    flash_smem_bytes(pad, rows),
+                    log2_scale,
+                )
+            }
+            AttentionKernel::Wgmma => (
+                format!("attention_wg_{t}_d64"),
+                flash_grid(batch, n, heads, WGMMA_ROWS),
+                WGMMA_SMEM,
+                log2_scale,
+            ),
+            AttentionKernel::F32 => (
+                "attention_f32".to_string(),
+                f32_attention_grid(batch, n, heads),
+                0,
+                scale,
+            ),
+        };
+        let args = [
             Arg::Ptr(qp),
             Arg::Ptr(op),
             Arg::I32(i32_of(OP, n)?),
             Arg::I32(heads as i32),
             Arg::I32(d as i32),
+            Arg::F32(scale),
         ];
         // SAFETY: sizes checked; d <= the kernel's padded head dim; 16-byte alignment checked.
-        unsafe {
-            if let AttentionKernel::Flash { pad, rows } = kernel {
-                // The flash kernels work in the log2 domain (ex2.approx): the scale carries log2(e).
-                args.push(Arg::F32(scale * std::f32::consts::LOG2_E));
-                let suffix = if rows == FLASH_BM_WIDE { "_r128" } else { "" };
-                self.launch(
-                    &format!("attention_{t}_d{pad}{suffix}"),
-                    flash_grid(batch, n, heads, rows),
-                    ATTENTION_THREADS,
-                    flash_smem_bytes(pad, rows),
-                    &args,
-                )
-            } else if kernel == AttentionKernel::Wgmma {
-                args.push(Arg::F32(scale * std::f32::consts::LOG2_E));
-                self.launch(
-                    &format!("attention_wg_{t}_d64"),
-                    flash_grid(batch, n, heads, WGMMA_ROWS),
-                    ATTENTION_THREADS,
-                    WGMMA_SMEM,
-                    &args,
-                )
-            } else {
-                args.push(Arg::F32(scale));
-                self.launch(
-                    "attention_f32",
-                    f32_attention_grid(batch, n, heads),
-                    ATTENTION_THREADS,
-                    0,
-                    &args,
-                )
-            }
-        }
+        unsafe { self.launch(&name, grid, ATTENTION_THREADS, smem, &args) }
     }
 
     /// [`Device::attention`] that also writes the f32 probabilities `[batch, heads, n, n]`:

@@ -5,8 +5,9 @@
 //! kernels that read them in f32. Activations, the pixels included, are in the compute dtype,
 //! except the residual stream (the output of `embed_tokens`, updated by `add_scaled`), which
 //! stays f32 (with `DINOV2_RESIDUAL=compute`, in f16/bf16: the compute dtype, as transformers
-//! keeps it; 4 bytes an element less through each residual update). Every operation is queued on the device's stream; only `download` (and `pool`,
-//! which downloads its `[B, h]` result) waits.
+//! keeps it; 4 bytes an element less through each residual update). Every operation is queued
+//! on the device's stream; only `download` (and `pool`, which downloads its `[B, h]` result)
+//! waits.
 //!
 //! The backend records (CUDA graphs, [`dinov2_kernels::Graph`]): the model replays the passes of
 //! shapes it has seen. `DINOV2_CUDA_GRAPHS=0` in the environment, or
@@ -117,14 +118,16 @@ impl CudaWeight {
 /// linear layers followed by the exact GELU) or `all` of them, with their tile width; `fast
 /// GELU` when `DINOV2_FAST_GELU=1`.
 fn gemm_details((policy, wide): (OwnGemm, bool), fast_gelu: bool) -> String {
-    let tile = if wide { 256 } else { 128 };
-    let mut s = match policy {
-        OwnGemm::Off => "cublasLt".to_string(),
-        OwnGemm::Fused => {
-            format!("ours (sm_90a, 128x{tile} tiles) where the exact GELU follows, else cublasLt")
-        }
-        OwnGemm::All => {
-            format!("ours (sm_90a, 128x{tile} tiles) where they run the shape, else cublasLt")
+    let ours = match policy {
+        OwnGemm::Off => None,
+        OwnGemm::Fused => Some("where the exact GELU follows"),
+        OwnGemm::All => Some("where they run the shape"),
+    };
+    let mut s = match ours {
+        None => "cublasLt".to_string(),
+        Some(scope) => {
+            let tile = if wide { 256 } else { 128 };
+            format!("ours (sm_90a, 128x{tile} tiles) {scope}, else cublasLt")
         }
     };
     if fast_gelu {
