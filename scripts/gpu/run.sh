@@ -5,7 +5,7 @@
 #   1. finds libcublas.so.13 / libcublasLt.so.13 and exports LD_LIBRARY_PATH (it must be set before
 #      the binaries start: cudarc dlopens by name);
 #   2. runs every GPU test (--include-ignored): kernels against their CPU twins, golden fixtures,
-#      pooling on the device;
+#      pooling on the device; the new Hopper kernels' tests first, each in its own process;
 #   3. `dinov2 bench`: ViT-B/14, 224 px, batch 256, f16, ours against PyTorch + transformers (SDPA)
 #      in the same invocation, then against the peer under torch.compile, the same with GEMM
 #      tuning (DINOV2_GEMM_TUNE=log), two copies on two streams at once (--streams 2), the
@@ -296,10 +296,27 @@ main() {
     export RUST_BACKTRACE=1
 
     echo "== GPU tests"
-    for t in kernels-gpu model-cuda; do
-        echo "-- $t"
-        if ! timeout "$(cap 200)" "$HERE/bin/$t" --include-ignored --test-threads=1 --nocapture; then
-            echo "!! $t FAILED"
+    # The tests of the Hopper kernels not yet run on a device come first, each in a process of
+    # its own: a fault in one (a sticky CUDA error poisons the process's context; a panic while
+    # unwinding aborts it) must not take the others' results with it. The rest then run
+    # together, without them.
+    local hopper=("kernels-gpu own_gemm_layout_probe" "kernels-gpu wgmma_attention_probe"
+        "kernels-gpu own_gemms_match_cpu" "model-cuda our_gemms_in_the_model_match_the_cpu")
+    local entry bin name skips=()
+    for entry in "${hopper[@]}"; do
+        read -r bin name <<<"$entry"
+        skips+=(--skip "$name")
+        echo "-- $bin $name"
+        if ! timeout "$(cap 60)" "$HERE/bin/$bin" --include-ignored --exact "$name" --nocapture; then
+            echo "!! $bin $name FAILED"
+            status=1
+        fi
+    done
+    for bin in kernels-gpu model-cuda; do
+        echo "-- $bin (the others)"
+        if ! timeout "$(cap 200)" "$HERE/bin/$bin" --include-ignored --test-threads=1 --nocapture \
+            "${skips[@]}"; then
+            echo "!! $bin FAILED"
             status=1
         fi
     done
