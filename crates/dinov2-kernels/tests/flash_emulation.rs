@@ -22,6 +22,9 @@
 
 use std::path::Path;
 
+mod reference;
+use reference::{naive_attention, random, rel_l2};
+
 const BM: usize = 64; // FA_BM
 const BN: usize = 64; // FA_BN
 const THREADS: usize = 128; // FA_THREADS
@@ -425,44 +428,6 @@ fn flash_block(
     }
 }
 
-/// Softmax attention in f64, the specification.
-fn naive(qkv: &[f32], b: usize, n: usize, heads: usize, d: usize, scale: f64) -> Vec<f64> {
-    let hd = heads * d;
-    let mut out = vec![0.0; b * n * hd];
-    for img in 0..b {
-        for h in 0..heads {
-            let at = |row: usize, part: usize, c: usize| {
-                qkv[(img * n + row) * 3 * hd + part * hd + h * d + c] as f64
-            };
-            for i in 0..n {
-                let s: Vec<f64> = (0..n)
-                    .map(|j| (0..d).map(|c| at(i, 0, c) * at(j, 1, c)).sum::<f64>() * scale)
-                    .collect();
-                let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = s.iter().map(|v| (v - mx).exp()).collect();
-                let sum: f64 = e.iter().sum();
-                for c in 0..d {
-                    out[(img * n + i) * hd + h * d + c] =
-                        (0..n).map(|j| e[j] * at(j, 2, c)).sum::<f64>() / sum;
-                }
-            }
-        }
-    }
-    out
-}
-
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-        })
-        .collect()
-}
-
 #[test]
 fn the_emulated_flash_kernel_is_softmax_attention() {
     // (batch, n, heads, d): every padded head dim, d < pad, one tile and several, N a multiple
@@ -504,17 +469,14 @@ fn the_emulated_flash_kernel_is_softmax_attention() {
                 }
             }
         }
-        let want = naive(&qkv, b, n, heads, d, scale);
-        let (mut num, mut den) = (0.0f64, 0.0f64);
-        for (i, (&g, &w)) in out.iter().zip(&want).enumerate() {
+        let want = naive_attention(&qkv, b, n, heads, d, scale);
+        for (i, &g) in out.iter().enumerate() {
             assert!(
                 g.is_finite(),
                 "b={b} n={n} heads={heads} d={d} mt={mt_count}: out[{i}] = {g}"
             );
-            num += (g as f64 - w).powi(2);
-            den += w * w;
         }
-        let err = (num / den).sqrt();
+        let err = rel_l2(&out, &want);
         assert!(
             err < 1e-5,
             "b={b} n={n} heads={heads} d={d} mt={mt_count}: rel L2 {err:.2e}"

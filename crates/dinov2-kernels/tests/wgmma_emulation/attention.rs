@@ -1,0 +1,270 @@
+//! `attention_wg<T>` of `kernels/attention_sm90a.cu`, one block at a time.
+
+use crate::hopper::{frag_pos, load_sw128_tile, sw128_desc, Block, Mma, OperandA, Timing, RAW};
+
+/// The kernel's ATTN_WG_* geometry: query rows and keys a tile, head dim, threads, bytes.
+pub const ATTN_WG_ROWS: usize = 64;
+pub const ATTN_WG_KEYS: usize = 64;
+pub const ATTN_WG_D: usize = 64;
+pub const ATTN_WG_THREADS: usize = 128;
+pub const ATTN_WG_TILE_BYTES: u32 = 64 * 64 * 2;
+pub const ATTN_WG_SMEM: usize = 5 * ATTN_WG_TILE_BYTES as usize + 1024;
+
+/// `__shfl_xor_sync(full, v, mask)` over the warpgroup's 128 threads, combined with `op`.
+pub fn shfl_xor(v: &mut [f32; 128], mask: usize, op: fn(f32, f32) -> f32) {
+    let prev = *v;
+    for t in 0..128 {
+        let partner = (t & !31) | ((t & 31) ^ mask);
+        v[t] = op(prev[t], prev[partner]);
+    }
+}
+
+pub fn ex2_approx(x: f32) -> f32 {
+    x.exp2()
+}
+
+/// The running state of the rows each thread holds: maxima and sums of rows g and g + 8.
+pub struct Rows {
+    m0: [f32; 128],
+    m1: [f32; 128],
+    l0: [f32; 128],
+    l1: [f32; 128],
+}
+
+/// `wg_tile<T, KEYS, TAIL>`.
+pub fn wg_tile(
+    b: &mut Block,
+    keys: usize,
+    tail: bool,
+    o: usize,
+    rows: &mut Rows,
+    (dq, dk, dv): (u64, u64, u64),
+    key_base: usize,
+    n: usize,
+    scale_log2: f32,
+) {
+    let s_count = keys / 2;
+    let s_acc = b.new_acc(keys);
+    for kk in 0..ATTN_WG_D as u64 / 16 {
+        b.wgmma(Mma {
+            acc: s_acc,
+            a: OperandA::Desc(dq + 2 * kk),
+            b: dk + 2 * kk,
+            n: keys,
+            trans_b: false,
+        });
+    }
+    b.wgmma_commit();
+    b.wgmma_wait(0);
+    let mut s: Vec<Vec<f32>> = (0..128)
+        .map(|t| (0..s_count).map(|i| *b.frag(s_acc, t, i)).collect())
+        .collect();
+
+    let (mut mx0, mut mx1) = (rows.m0, rows.m1);
+    for t in 0..128 {
+        let q = t & 3;
+        let s = &mut s[t];
+        if tail {
+            let key0 = key_base + 2 * q;
+            for i in 0..s_count {
+                if key0 + 8 * (i >> 2) + (i & 1) >= n {
+                    s[i] = f32::NEG_INFINITY;
+                }
+            }
+        }
+        for jj in 0..s_count / 4 {
+            mx0[t] = mx0[t].max(s[4 * jj].max(s[4 * jj + 1]));
+            mx1[t] = mx1[t].max(s[4 * jj + 2].max(s[4 * jj + 3]));
+        }
+    }
+    for mask in [1, 2] {
+        shfl_xor(&mut mx0, mask, f32::max);
+        shfl_xor(&mut mx1, mask, f32::max);
+    }
+    let mut p = vec![vec![[[0.0f32; 2]; 4]; keys / 16]; 128];
+    for t in 0..128 {
+        let ms0 = mx0[t] * scale_log2;
+        let ms1 = mx1[t] * scale_log2;
+        let alpha0 = ex2_approx(rows.m0[t].mul_add(scale_log2, -ms0));
+        let alpha1 = ex2_approx(rows.m1[t].mul_add(scale_log2, -ms1));
+        rows.m0[t] = mx0[t];
+        rows.m1[t] = mx1[t];
+        let (mut sum0, mut sum1) = (0.0f32, 0.0f32);
+        let s = &mut s[t];
+        for jj in 0..s_count / 4 {
+            s[4 * jj] = ex2_approx(s[4 * jj].mul_add(scale_log2, -ms0));
+            s[4 * jj + 1] = ex2_approx(s[4 * jj + 1].mul_add(scale_log2, -ms0));
+            s[4 * jj + 2] = ex2_approx(s[4 * jj + 2].mul_add(scale_log2, -ms1));
+            s[4 * jj + 3] = ex2_approx(s[4 * jj + 3].mul_add(scale_log2, -ms1));
+            sum0 += s[4 * jj] + s[4 * jj + 1];
+            sum1 += s[4 * jj + 2] + s[4 * jj + 3];
+        }
+        rows.l0[t] = rows.l0[t] * alpha0 + sum0;
+        rows.l1[t] = rows.l1[t] * alpha1 + sum1;
+        for jj in 0..8 {
+            *b.frag(o, t, 4 * jj) *= alpha0;
+            *b.frag(o, t, 4 * jj + 1) *= alpha0;
+            *b.frag(o, t, 4 * jj + 2) *= alpha1;
+            *b.frag(o, t, 4 * jj + 3) *= alpha1;
+        }
+        for kk in 0..keys / 16 {
+            p[t][kk][0] = [s[8 * kk], s[8 * kk + 1]];
+            p[t][kk][1] = [s[8 * kk + 2], s[8 * kk + 3]];
+            p[t][kk][2] = [s[8 * kk + 4], s[8 * kk + 5]];
+            p[t][kk][3] = [s[8 * kk + 6], s[8 * kk + 7]];
+        }
+    }
+    for kk in 0..keys / 16 {
+        // The A operand the registers hold: register r of thread t is elements 2r, 2r + 1.
+        let mut a = vec![f32::NAN; 64 * 16];
+        for t in 0..128 {
+            for r in 0..4 {
+                for e in 0..2 {
+                    let (row, col) = frag_pos(t, 2 * r + e);
+                    a[row * 16 + col] = p[t][kk][r][e];
+                }
+            }
+        }
+        b.wgmma(Mma {
+            acc: o,
+            a: OperandA::Regs(a),
+            b: dv + 128 * kk as u64,
+            n: 64,
+            trans_b: true,
+        });
+    }
+    b.wgmma_commit();
+    b.wgmma_wait(0);
+}
+
+/// One block (blockIdx = (bx, head, img)) of `attention_wg<T>`.
+pub fn attention_block(
+    timing: Timing,
+    qkv: &[f32],
+    out: &mut [f32],
+    n: usize,
+    heads: usize,
+    scale_log2: f32,
+    (bx, head, img): (usize, usize, usize),
+) {
+    let d = ATTN_WG_D;
+    let mut b = Block::new(timing, ATTN_WG_SMEM);
+    let raw = RAW;
+    let sq = (raw + 1023) & !1023;
+    let sk = sq + ATTN_WG_TILE_BYTES;
+    let sv = sk + 2 * ATTN_WG_TILE_BYTES;
+
+    let q0 = bx * ATTN_WG_ROWS;
+    let hd = heads * d;
+    let ld = 3 * hd;
+    let base = img * n * ld + head * d;
+    let kbase = base + hd;
+    let vbase = base + 2 * hd;
+    let tiles = n.div_ceil(ATTN_WG_KEYS);
+    let live = |from: usize| n as isize - from as isize;
+
+    load_sw128_tile(
+        &mut b,
+        64,
+        ATTN_WG_THREADS,
+        sq,
+        qkv,
+        base + q0 * ld,
+        ld,
+        live(q0),
+    );
+    load_sw128_tile(&mut b, 64, ATTN_WG_THREADS, sk, qkv, kbase, ld, live(0));
+    load_sw128_tile(&mut b, 64, ATTN_WG_THREADS, sv, qkv, vbase, ld, live(0));
+    b.cp_async_commit();
+
+    let o = b.new_acc(64);
+    let mut rows = Rows {
+        m0: [f32::NEG_INFINITY; 128],
+        m1: [f32::NEG_INFINITY; 128],
+        l0: [0.0; 128],
+        l1: [0.0; 128],
+    };
+    let dq = sw128_desc(sq);
+    for j in 0..tiles {
+        let buf = (j & 1) as u32;
+        if j + 1 < tiles {
+            let next = (j + 1) * ATTN_WG_KEYS;
+            let (kt, vt) = (
+                sk + (buf ^ 1) * ATTN_WG_TILE_BYTES,
+                sv + (buf ^ 1) * ATTN_WG_TILE_BYTES,
+            );
+            load_sw128_tile(
+                &mut b,
+                64,
+                ATTN_WG_THREADS,
+                kt,
+                qkv,
+                kbase + next * ld,
+                ld,
+                live(next),
+            );
+            load_sw128_tile(
+                &mut b,
+                64,
+                ATTN_WG_THREADS,
+                vt,
+                qkv,
+                vbase + next * ld,
+                ld,
+                live(next),
+            );
+            b.cp_async_commit();
+            b.cp_async_wait(1);
+        } else {
+            b.cp_async_wait(0);
+        }
+        let dk = sw128_desc(sk + buf * ATTN_WG_TILE_BYTES);
+        let dv = sw128_desc(sv + buf * ATTN_WG_TILE_BYTES);
+        let key_base = j * ATTN_WG_KEYS;
+        let left = n - key_base;
+        let descs = (dq, dk, dv);
+        if left <= 16 {
+            wg_tile(
+                &mut b, 16, true, o, &mut rows, descs, key_base, n, scale_log2,
+            );
+        } else if left <= 32 {
+            wg_tile(
+                &mut b, 32, true, o, &mut rows, descs, key_base, n, scale_log2,
+            );
+        } else if left < ATTN_WG_KEYS {
+            wg_tile(
+                &mut b, 64, true, o, &mut rows, descs, key_base, n, scale_log2,
+            );
+        } else {
+            wg_tile(
+                &mut b, 64, false, o, &mut rows, descs, key_base, n, scale_log2,
+            );
+        }
+    }
+
+    let (mut t0, mut t1) = (rows.l0, rows.l1);
+    for mask in [1, 2] {
+        shfl_xor(&mut t0, mask, |a, b| a + b);
+        shfl_xor(&mut t1, mask, |a, b| a + b);
+    }
+    for t in 0..ATTN_WG_THREADS {
+        let (warp, lane) = (t >> 5, t & 31);
+        let (g, q) = (lane >> 2, lane & 3);
+        let inv0 = 1.0 / t0[t];
+        let inv1 = 1.0 / t1[t];
+        let r0 = q0 + warp * 16 + g;
+        let r1 = r0 + 8;
+        let obase = img * n * hd + head * d + 2 * q;
+        for jj in 0..8 {
+            let v = [0, 1, 2, 3].map(|e| *b.frag(o, t, 4 * jj + e));
+            if r0 < n {
+                out[obase + r0 * hd + 8 * jj] = v[0] * inv0;
+                out[obase + r0 * hd + 8 * jj + 1] = v[1] * inv0;
+            }
+            if r1 < n {
+                out[obase + r1 * hd + 8 * jj] = v[2] * inv1;
+                out[obase + r1 * hd + 8 * jj + 1] = v[3] * inv1;
+            }
+        }
+    }
+}

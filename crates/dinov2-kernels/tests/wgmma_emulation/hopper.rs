@@ -1,0 +1,265 @@
+//! The emulated hardware: a block's shared memory by byte address, `cp.async` and `wgmma`
+//! groups with their waits, the matrix descriptor, the 128-byte swizzle, the canonical operand
+//! layouts and the register fragments of the PTX ISA, and `load_sw128_tile` of wgmma.cuh.
+
+use std::collections::VecDeque;
+
+/// Where the block's dynamic shared memory starts: not a multiple of 1024 (the kernels align).
+pub const RAW: u32 = 0x0230;
+
+/// Which side of each asynchronous operation happens late.
+#[derive(Clone, Copy, Debug)]
+pub enum Timing {
+    /// Copies land at the wait that covers them; MMAs read at issue.
+    CopiesLate,
+    /// Copies land at issue; MMAs read shared memory at the wait that retires them.
+    MmasLate,
+}
+pub const TIMINGS: [Timing; 2] = [Timing::CopiesLate, Timing::MmasLate];
+
+/// A 64 x N accumulator of one warpgroup, row-major.
+pub struct Acc {
+    n: usize,
+    v: Vec<f32>,
+}
+
+/// Row and column of accumulator (or register A) element `i` of warpgroup thread `t`.
+pub fn frag_pos(t: usize, i: usize) -> (usize, usize) {
+    let (warp, lane) = (t / 32, t % 32);
+    (
+        16 * warp + lane / 4 + 8 * ((i % 4) / 2),
+        8 * (i / 4) + 2 * (lane % 4) + i % 2,
+    )
+}
+
+/// A wgmma's A operand: a descriptor, or the 64 x 16 values the registers held at issue.
+pub enum OperandA {
+    Desc(u64),
+    Regs(Vec<f32>),
+}
+
+/// One `wgmma.mma_async` m64nNk16: `accs[acc] += A · B`, B K-major or (trans_b) MN-major.
+pub struct Mma {
+    pub acc: usize,
+    pub a: OperandA,
+    pub b: u64,
+    pub n: usize,
+    pub trans_b: bool,
+}
+
+/// One block's shared memory (a value per 16-bit element, by byte address; NaN until written),
+/// its accumulators, and its asynchronous copies and MMAs in flight.
+pub struct Block {
+    timing: Timing,
+    smem: Vec<f32>,
+    accs: Vec<Acc>,
+    copies_open: Vec<(u32, [f32; 8])>,
+    copies: VecDeque<Vec<(u32, [f32; 8])>>,
+    mmas_open: Vec<Mma>,
+    mmas: VecDeque<Vec<Mma>>,
+}
+
+impl Block {
+    pub fn new(timing: Timing, smem_bytes: usize) -> Self {
+        Block {
+            timing,
+            smem: vec![f32::NAN; smem_bytes / 2],
+            accs: Vec::new(),
+            copies_open: Vec::new(),
+            copies: VecDeque::new(),
+            mmas_open: Vec::new(),
+            mmas: VecDeque::new(),
+        }
+    }
+
+    pub fn cell(&self, addr: u32) -> usize {
+        assert!(addr % 2 == 0, "shared address {addr:#x} not 16-bit aligned");
+        let i = (addr
+            .checked_sub(RAW)
+            .expect("shared address below the block's")
+            / 2) as usize;
+        assert!(
+            i < self.smem.len(),
+            "shared address {addr:#x} past the block's {} bytes",
+            2 * self.smem.len()
+        );
+        i
+    }
+    pub fn read(&self, addr: u32) -> f32 {
+        self.smem[self.cell(addr)]
+    }
+    pub fn write(&mut self, addr: u32, values: &[f32]) {
+        let i = self.cell(addr);
+        self.cell(addr + 2 * values.len() as u32 - 2);
+        self.smem[i..i + values.len()].copy_from_slice(values);
+    }
+
+    pub fn new_acc(&mut self, n: usize) -> usize {
+        self.accs.push(Acc {
+            n,
+            v: vec![0.0; 64 * n],
+        });
+        self.accs.len() - 1
+    }
+    /// Accumulator element `i` of warpgroup thread `t`.
+    pub fn frag(&mut self, acc: usize, t: usize, i: usize) -> &mut f32 {
+        let (r, c) = frag_pos(t, i);
+        let a = &mut self.accs[acc];
+        assert!(
+            c < a.n,
+            "fragment element {i} is past the accumulator's {} columns",
+            a.n
+        );
+        &mut a.v[r * a.n + c]
+    }
+
+    /// `cp.async.cg.shared.global [dst], [src], 16, bytes`: `src` is None for bytes = 0.
+    pub fn cp_async16(&mut self, dst: u32, src: Option<&[f32]>) {
+        assert!(
+            dst % 16 == 0,
+            "cp.async destination {dst:#x} not 16-byte aligned"
+        );
+        let values = src.map_or([0.0; 8], |s| s[..8].try_into().unwrap());
+        match self.timing {
+            Timing::CopiesLate => self.copies_open.push((dst, values)),
+            Timing::MmasLate => self.write(dst, &values),
+        }
+    }
+    pub fn cp_async_commit(&mut self) {
+        let group = std::mem::take(&mut self.copies_open);
+        self.copies.push_back(group);
+    }
+    /// `cp.async.wait_group n`: every group but the newest n has landed.
+    pub fn cp_async_wait(&mut self, n: usize) {
+        while self.copies.len() > n {
+            for (dst, values) in self.copies.pop_front().unwrap() {
+                self.write(dst, &values);
+            }
+        }
+    }
+
+    pub fn wgmma(&mut self, mma: Mma) {
+        match self.timing {
+            Timing::CopiesLate => self.run(mma),
+            Timing::MmasLate => self.mmas_open.push(mma),
+        }
+    }
+    pub fn wgmma_commit(&mut self) {
+        let group = std::mem::take(&mut self.mmas_open);
+        self.mmas.push_back(group);
+    }
+    /// `wgmma.wait_group n`: every group but the newest n has retired.
+    pub fn wgmma_wait(&mut self, n: usize) {
+        while self.mmas.len() > n {
+            for mma in self.mmas.pop_front().unwrap() {
+                self.run(mma);
+            }
+        }
+    }
+
+    /// The product itself: operands gathered through their descriptors, then multiplied.
+    pub fn run(&mut self, mma: Mma) {
+        let n = mma.n;
+        assert_eq!(
+            self.accs[mma.acc].n, n,
+            "an m64n{n} wgmma on another accumulator"
+        );
+        let a: Vec<f32> = match &mma.a {
+            OperandA::Desc(d) => (0..64 * 16)
+                .map(|i| self.read(k_major(*d, i / 16, i % 16)))
+                .collect(),
+            OperandA::Regs(v) => v.clone(),
+        };
+        // b[k][col]
+        let b: Vec<f32> = (0..16 * n)
+            .map(|i| {
+                let (k, col) = (i / n, i % n);
+                self.read(if mma.trans_b {
+                    mn_major(mma.b, k, col)
+                } else {
+                    k_major(mma.b, col, k)
+                })
+            })
+            .collect();
+        let acc = &mut self.accs[mma.acc];
+        for r in 0..64 {
+            for c in 0..n {
+                let dot: f64 = (0..16)
+                    .map(|k| a[r * 16 + k] as f64 * b[k * n + c] as f64)
+                    .sum();
+                acc.v[r * n + c] += dot as f32;
+            }
+        }
+    }
+}
+
+/// The fields of a matrix descriptor (PTX ISA, "Matrix Descriptor Format"): start address, leading
+/// and stride byte offsets, all in bytes. Only the 128-byte swizzle with base offset 0 is in use.
+pub fn decode(desc: u64) -> (u32, u32, u32) {
+    assert_eq!(
+        desc >> 62,
+        1,
+        "descriptor {desc:#x}: not the 128-byte swizzle"
+    );
+    assert_eq!((desc >> 49) & 7, 0, "descriptor {desc:#x}: base offset");
+    let field = |shift: u32| (((desc >> shift) & 0x3FFF) << 4) as u32;
+    (field(0), field(16), field(32))
+}
+
+/// The 128-byte swizzle on a shared address: bits 4-6 XOR bits 7-9.
+pub fn swizzle128(addr: u32) -> u32 {
+    addr ^ (((addr >> 7) & 7) << 4)
+}
+
+/// The address of element (row, k) of a K-major operand (k < 16): `((8,m),(T,2k)):((8T,SBO),(1,T))`.
+pub fn k_major(desc: u64, row: usize, k: usize) -> u32 {
+    let (start, _, sbo) = decode(desc);
+    swizzle128(start + (row % 8) as u32 * 128 + (row / 8) as u32 * sbo + 2 * k as u32)
+}
+
+/// The address of element (k, col) of an MN-major operand (k < 16):
+/// `((T,8,m),(8,k)):((1,T,LBO),(8T,SBO))`.
+pub fn mn_major(desc: u64, k: usize, col: usize) -> u32 {
+    let (start, lbo, sbo) = decode(desc);
+    swizzle128(
+        start
+            + 2 * (col % 64) as u32
+            + (col / 64) as u32 * lbo
+            + (k % 8) as u32 * 128
+            + (k / 8) as u32 * sbo,
+    )
+}
+
+/// `sw128_desc(addr)`, as wgmma.cuh builds it.
+pub fn sw128_desc(addr: u32) -> u64 {
+    ((addr & 0x3FFFF) >> 4) as u64 | (1u64 << 16) | ((1024u64 >> 4) << 32) | (1u64 << 62)
+}
+
+/// `load_sw128_tile<ROWS, THREADS>(dst, src, ld, live)`, `src` an element offset into `global`.
+pub fn load_sw128_tile(
+    b: &mut Block,
+    rows: usize,
+    threads: usize,
+    dst: u32,
+    global: &[f32],
+    src: usize,
+    ld: usize,
+    live: isize,
+) {
+    let step = threads / 8;
+    assert!(
+        step % 8 == 0 && rows % step == 0,
+        "whole swizzle groups, whole passes"
+    );
+    for tid in 0..threads {
+        let c = tid & 7;
+        let r0 = tid >> 3;
+        let swizzled = ((c ^ (r0 & 7)) << 4) as u32;
+        for i in 0..rows / step {
+            let r = r0 + step * i;
+            let ok = (r as isize) < live;
+            let from = ok.then(|| &global[src + r * ld + c * 8..]);
+            b.cp_async16(dst + r as u32 * 128 + swizzled, from);
+        }
+    }
+}

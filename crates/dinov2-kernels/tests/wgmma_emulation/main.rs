@@ -1,0 +1,373 @@
+//! A CPU emulation of the Hopper kernels (`kernels/gemm_sm90a.cu`, `kernels/attention_sm90a.cu`,
+//! their helpers in `kernels/wgmma.cuh`) down to shared-memory byte addresses, run against a naive
+//! GEMM and attention: it checks their index arithmetic, descriptors and pipelines without a GPU.
+//!
+//! What is emulated comes from the PTX ISA, independently of the kernels:
+//! * the matrix descriptor's fields (start address, leading and stride byte offsets, swizzle
+//!   mode, base offset), decoded from the 64-bit value the kernel builds;
+//! * the canonical layouts of wgmma operands in shared memory, 128-byte swizzle, with T = 8
+//!   16-bit elements (16 bytes): K-major `((8,m),(T,2k)):((8T,SBO),(1,T))` and MN-major
+//!   `((T,8,m),(8,k)):((1,T,LBO),(8T,SBO))`, the swizzle XORing address bits 4-6 with bits 7-9
+//!   of the address;
+//! * the register fragments of `m64nNk16`: accumulator element `4j + e` of thread `t` of the
+//!   warpgroup is row `16(t/32) + (t%32)/4 + 8(e/2)`, column `8j + 2(t%4) + e%2`; the A fragment
+//!   from registers (four 32-bit registers) is the same layout over 16 columns, register `r`
+//!   holding elements `2r, 2r + 1`;
+//! * `cp.async` groups and `wgmma` groups with their waits, in two timings: copies land as late
+//!   as their wait allows while the MMAs read at issue (a read before the data landed shows), or
+//!   copies land at issue while the MMAs read as late as their wait allows (a copy over a stage
+//!   still being read shows).
+//!
+//! The kernels' address, loop and fragment expressions are transcribed one for one;
+//! `the_emulated_expressions_are_the_kernels` fails when the sources no longer contain them.
+//! Shared memory starts as NaN and at an address that is not 1024-aligned; outputs start as NaN.
+//! Values stay f32 (no rounding to 16 bits), so the comparison checks indexing, tightly.
+
+// The loops mirror the kernels' indexed loops on purpose, to keep the transcription literal.
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+
+use std::path::Path;
+
+#[path = "../reference/mod.rs"]
+mod reference;
+use reference::{naive_attention, random, rel_l2};
+
+mod attention;
+mod gemm;
+mod hopper;
+use attention::{attention_block, ATTN_WG_D, ATTN_WG_ROWS};
+use gemm::{gemm_block, Gemm, GEMM_TILES, GM_BM};
+use hopper::{
+    frag_pos, k_major, load_sw128_tile, mn_major, sw128_desc, Block, Timing, RAW, TIMINGS,
+};
+
+/// An epilogue activation by name.
+type Act = (&'static str, fn(f32) -> f32);
+
+fn gelu_tanh(x: f32) -> f32 {
+    let x = x as f64;
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    (0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())) as f32
+}
+
+#[test]
+fn the_emulated_gemm_is_a_linear_layer() {
+    // (m, n, k): one row; a partial last row tile; more K steps than stages; several column
+    // tiles; K of a single step.
+    let shapes = [
+        (1, 256, 64),
+        (130, 256, 192),
+        (200, 512, 320),
+        (128, 256, 448),
+        (70, 768, 64),
+    ];
+    let identity: Act = ("identity", |x| x);
+    let gelu: Act = ("gelu_tanh", gelu_tanh);
+    for (m, n, k) in shapes {
+        let x = random(m * k, (m * 7 + k) as u64);
+        let w = random(n * k, (n * 13 + k) as u64);
+        let bias = random(n, n as u64);
+        for tile in GEMM_TILES {
+            if n % tile.bn != 0 {
+                continue;
+            }
+            for timing in TIMINGS {
+                for (with_bias, (act_name, act)) in [(true, identity), (false, gelu), (true, gelu)]
+                {
+                    let p = Gemm {
+                        x: &x,
+                        w: &w,
+                        bias: with_bias.then_some(&bias[..]),
+                        act,
+                        m,
+                        n,
+                        k,
+                    };
+                    let mut y = vec![f32::NAN; m * n];
+                    for by in 0..m.div_ceil(GM_BM) {
+                        for bx in 0..n / tile.bn {
+                            gemm_block(&p, tile, timing, &mut y, (bx, by));
+                        }
+                    }
+                    let want: Vec<f64> = (0..m * n)
+                        .map(|i| {
+                            let (r, c) = (i / n, i % n);
+                            let dot: f64 = (0..k)
+                                .map(|j| x[r * k + j] as f64 * w[c * k + j] as f64)
+                                .sum();
+                            let pre = dot + if with_bias { bias[c] as f64 } else { 0.0 };
+                            act(pre as f32) as f64
+                        })
+                        .collect();
+                    let what = format!(
+                        "m={m} n={n} k={k} {tile:?} {timing:?} bias={with_bias} {act_name}"
+                    );
+                    assert!(
+                        y.iter().all(|v| v.is_finite()),
+                        "{what}: an output unwritten or NaN"
+                    );
+                    let err = rel_l2(&y, &want);
+                    assert!(err < 1e-6, "{what}: rel L2 {err:.2e}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_emulated_wgmma_attention_is_softmax_attention() {
+    // Token counts: one; last key tiles of 1, 15, 16 (n16), 17, 32 (n32), 33 and 63 keys (n64,
+    // masked) and none (whole tiles); several query blocks; 257 (ViT at 224 px: a last tile of
+    // one key).
+    let lengths = [1, 15, 16, 17, 32, 33, 63, 64, 80, 96, 130, 257];
+    let (b, heads, d) = (2, 2, ATTN_WG_D);
+    for n in lengths {
+        let scale = (d as f64).powf(-0.5);
+        let scale_log2 = (scale as f32) * std::f32::consts::LOG2_E;
+        let qkv = random(b * n * 3 * heads * d, (n * 131 + 7) as u64);
+        let want = naive_attention(&qkv, b, n, heads, d, scale);
+        for timing in TIMINGS {
+            let mut out = vec![f32::NAN; b * n * heads * d];
+            for img in 0..b {
+                for head in 0..heads {
+                    for bx in 0..n.div_ceil(ATTN_WG_ROWS) {
+                        attention_block(
+                            timing,
+                            &qkv,
+                            &mut out,
+                            n,
+                            heads,
+                            scale_log2,
+                            (bx, head, img),
+                        );
+                    }
+                }
+            }
+            let what = format!("n={n} {timing:?}");
+            assert!(
+                out.iter().all(|v| v.is_finite()),
+                "{what}: an output unwritten or NaN"
+            );
+            let err = rel_l2(&out, &want);
+            assert!(err < 1e-5, "{what}: rel L2 {err:.2e}");
+        }
+    }
+}
+
+/// The emulated layouts themselves: the swizzled loader and the descriptors' reads agree on every
+/// element of a tile, K-major and MN-major, at every K step the kernels take; the fragments are
+/// bijections.
+#[test]
+fn the_loader_and_the_descriptors_agree() {
+    // A 64-row tile whose element (r, c) holds r·64 + c, loaded as the kernels load.
+    let global: Vec<f32> = (0..64 * 64).map(|i| i as f32).collect();
+    let mut b = Block::new(Timing::MmasLate, 64 * 128 + 1024);
+    let tile = (RAW + 1023) & !1023;
+    load_sw128_tile(&mut b, 64, 128, tile, &global, 0, 64, 64);
+    let desc = sw128_desc(tile);
+    for kk in 0..4u64 {
+        for r in 0..64 {
+            for k in 0..16 {
+                let want = (r * 64 + 16 * kk as usize + k) as f32;
+                assert_eq!(
+                    b.read(k_major(desc + 2 * kk, r, k)),
+                    want,
+                    "K-major kk={kk} ({r}, {k})"
+                );
+            }
+        }
+    }
+    for kk in 0..4u64 {
+        for k in 0..16 {
+            for c in 0..64 {
+                let want = ((16 * kk as usize + k) * 64 + c) as f32;
+                assert_eq!(
+                    b.read(mn_major(desc + 128 * kk, k, c)),
+                    want,
+                    "MN-major kk={kk} ({k}, {c})"
+                );
+            }
+        }
+    }
+    for n in [16, 32, 64, 128, 256] {
+        let mut seen = vec![0u8; 64 * n];
+        for t in 0..128 {
+            for i in 0..n / 2 {
+                let (r, c) = frag_pos(t, i);
+                seen[r * n + c] += 1;
+            }
+        }
+        assert!(
+            seen.iter().all(|&s| s == 1),
+            "m64n{n}: the fragment is not a bijection"
+        );
+    }
+}
+
+/// The kernel lines the emulation transcribes, whitespace ignored.
+#[test]
+fn the_emulated_expressions_are_the_kernels() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernels");
+    let squeeze = |s: &str| s.split_whitespace().collect::<String>();
+    let read = |name: &str| squeeze(&std::fs::read_to_string(root.join(name)).expect(name));
+    let files = [
+        (
+            "wgmma.cuh",
+            &[
+                "return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | \
+                 ((uint64_t)(1024 >> 4) << 32) | ((uint64_t)1 << 62);",
+                "constexpr int STEP = THREADS / 8;",
+                "static_assert(STEP % 8 == 0 && ROWS % STEP == 0, \"whole swizzle groups, whole passes\");",
+                "const int c = threadIdx.x & 7, r0 = threadIdx.x >> 3;",
+                "const uint32_t swizzled = (uint32_t)((c ^ (r0 & 7)) << 4);",
+                "for (int i = 0; i < ROWS / STEP; i++) {",
+                "const int r = r0 + STEP * i;",
+                "const bool ok = r < live;",
+                "cp_async16(dst + r * 128 + swizzled, ok ? src + r * ld + c * 8 : src, ok ? 16 : 0);",
+                "\"wgmma.mma_async.sync.aligned.m64n128k16.f32.\" TY \".\" TY \" {\"",
+                "\"wgmma.mma_async.sync.aligned.m64n256k16.f32.\" TY \".\" TY \" {\"",
+                "\"wgmma.mma_async.sync.aligned.m64n16k16.f32.\" TY \".\" TY \" {\"",
+                "\"wgmma.mma_async.sync.aligned.m64n32k16.f32.\" TY \".\" TY \" {\"",
+                "\"wgmma.mma_async.sync.aligned.m64n64k16.f32.\" TY \".\" TY \" {\"",
+                // SS: scale-d, scale-a, scale-b, trans-a = 0, trans-b = 0; RS: trans-b = 1.
+                "\"}, %64, %65, p, 1, 1, 0, 0;\\n}\\n\"",
+                "\"}, %128, %129, p, 1, 1, 0, 0;\\n}\\n\"",
+                "\"}, %8, %9, p, 1, 1, 0, 0;\\n}\\n\"",
+                "\"}, %16, %17, p, 1, 1, 0, 0;\\n}\\n\"",
+                "\"}, %32, %33, p, 1, 1, 0, 0;\\n}\\n\"",
+                "\"}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\\n}\\n\"",
+                ": \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"l\"(db), \"r\"(1))",
+            ][..],
+        ),
+        (
+            "gemm_sm90a.cu",
+            &[
+                "#define GM_BM 128",
+                "#define GM_BK 64",
+                "#define GM_THREADS 256",
+                "#define GM_STAGE_BYTES(BN) ((GM_BM + (BN)) * GM_BK * 2)",
+                "#define GM_SMEM_BYTES(BN, STAGES) ((STAGES) * GM_STAGE_BYTES(BN) + 1024)",
+                "constexpr int A_BYTES = GM_BM * GM_BK * 2;",
+                "constexpr int LOOKAHEAD = STAGES - 1 - WAIT;",
+                "const uint32_t base = (raw + 1023u) & ~1023u;",
+                "uint8_t* const tile = smem_raw + (base - raw);",
+                "const int wg = tid >> 7;",
+                "const int m0 = blockIdx.y * GM_BM;",
+                "const int n0 = blockIdx.x * BN;",
+                "const int steps = k / GM_BK;",
+                "const uint32_t sa = base + stage * STAGE_BYTES;",
+                "const int k0 = step * GM_BK;",
+                "load_sw128_tile<GM_BM, GM_THREADS>(sa, x + (size_t)m0 * k + k0, k, m - m0);",
+                "load_sw128_tile<BN, GM_THREADS>(sa + A_BYTES, w + (size_t)n0 * k + k0, k, BN);",
+                "for (int s = 0; s < LOOKAHEAD; s++) { if (s < steps) load_step(s, s); cp_async_commit(); }",
+                "cp_async_wait<LOOKAHEAD - 1>();",
+                "const uint32_t stage = base + (step % STAGES) * STAGE_BYTES;",
+                "const uint64_t da = sw128_desc(stage + wg * (64 * 128));",
+                "const uint64_t db = sw128_desc(stage + A_BYTES);",
+                "for (int kk = 0; kk < GM_BK / 16; kk++) wgmma_k16<T, BN>(d, da + 2 * kk, db + 2 * kk);",
+                "wgmma_commit(); const int next = step + LOOKAHEAD; if (next < steps) \
+                 load_step(next, next % STAGES); cp_async_commit(); wgmma_wait<WAIT>();",
+                "wgmma_wait<0>(); fence_accumulators(d); cp_async_wait<0>();",
+                "constexpr int ROW_BYTES = BN * 2 + 16;",
+                "const int warp = (tid >> 5) & 3, lane = tid & 31;",
+                "const int row = wg * 64 + warp * 16 + (lane >> 2);",
+                "for (int j = 0; j < BN / 8; j++) {",
+                "const int col = j * 8 + (lane & 3) * 2;",
+                "const float b0 = bias_at<T>(bias, bias_f32, n0 + col);",
+                "const float b1 = bias_at<T>(bias, bias_f32, n0 + col + 1);",
+                "*reinterpret_cast<uint32_t*>(tile + row * ROW_BYTES + col * 2) = \
+                 pack2<T>(activate(d[4 * j] + b0, ACT), activate(d[4 * j + 1] + b1, ACT));",
+                "*reinterpret_cast<uint32_t*>(tile + (row + 8) * ROW_BYTES + col * 2) = \
+                 pack2<T>(activate(d[4 * j + 2] + b0, ACT), activate(d[4 * j + 3] + b1, ACT));",
+                "constexpr int CHUNKS = BN / 8;",
+                "for (int i = tid; i < GM_BM * CHUNKS; i += GM_THREADS) {",
+                "const int r = i / CHUNKS, ch = i % CHUNKS;",
+                "if (m0 + r < m) { *reinterpret_cast<uint4*>(y + (size_t)(m0 + r) * n + n0 + ch * 8) = \
+                 *reinterpret_cast<const uint4*>(tile + r * ROW_BYTES + ch * 16); }",
+                "GEMM_KERNEL(name, T, aname, ACT, 128, 3, 0, 2)",
+                "GEMM_KERNEL(name, T, aname, ACT, 256, 4, 1, 1)",
+            ][..],
+        ),
+        (
+            "attention_sm90a.cu",
+            &[
+                "#define ATTN_WG_ROWS 64",
+                "#define ATTN_WG_KEYS 64",
+                "#define ATTN_WG_D 64",
+                "#define ATTN_WG_THREADS 128",
+                "#define ATTN_WG_TILE_BYTES (64 * 64 * 2)",
+                "#define ATTN_WG_SMEM (5 * ATTN_WG_TILE_BYTES + 1024)",
+                "for (int kk = 0; kk < ATTN_WG_D / 16; kk++) wg_qk<T, KEYS>(s, dq + 2 * kk, dk + 2 * kk);",
+                "wgmma_commit(); wgmma_wait<0>(); fence_accumulators(s);",
+                "const int key0 = key_base + 2 * q;",
+                "if (key0 + 8 * (i >> 2) + (i & 1) >= n) s[i] = -INFINITY;",
+                "mx0 = fmaxf(mx0, fmaxf(s[4 * jj], s[4 * jj + 1]));",
+                "mx1 = fmaxf(mx1, fmaxf(s[4 * jj + 2], s[4 * jj + 3]));",
+                "mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));",
+                "mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));",
+                "const float ms0 = mx0 * scale_log2, ms1 = mx1 * scale_log2;",
+                "const float alpha0 = ex2_approx(fmaf(m0, scale_log2, -ms0));",
+                "const float alpha1 = ex2_approx(fmaf(m1, scale_log2, -ms1));",
+                "s[4 * jj] = ex2_approx(fmaf(s[4 * jj], scale_log2, -ms0));",
+                "s[4 * jj + 3] = ex2_approx(fmaf(s[4 * jj + 3], scale_log2, -ms1));",
+                "sum0 += s[4 * jj] + s[4 * jj + 1];",
+                "sum1 += s[4 * jj + 2] + s[4 * jj + 3];",
+                "l0 = l0 * alpha0 + sum0;",
+                "l1 = l1 * alpha1 + sum1;",
+                "o[4 * jj] *= alpha0;",
+                "o[4 * jj + 3] *= alpha1;",
+                "p[kk][0] = pack2<T>(s[8 * kk], s[8 * kk + 1]);",
+                "p[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);",
+                "p[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);",
+                "p[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);",
+                "for (int kk = 0; kk < KEYS / 16; kk++) wg_pv<T>(o, p[kk], dv + 128 * kk);",
+                "const uint32_t sq = (raw + 1023u) & ~1023u;",
+                "const uint32_t sk = sq + ATTN_WG_TILE_BYTES;",
+                "const uint32_t sv = sk + 2 * ATTN_WG_TILE_BYTES;",
+                "const int q0 = blockIdx.x * ATTN_WG_ROWS;",
+                "const long ld = 3L * hd;",
+                "const T* base = qkv + (long)img * n * ld + (long)head * D;",
+                "const T* kbase = base + hd;",
+                "const T* vbase = base + 2 * hd;",
+                "load_sw128_tile<64, ATTN_WG_THREADS>(sq, base + (long)q0 * ld, ld, n - q0);",
+                "load_sw128_tile<64, ATTN_WG_THREADS>(sk, kbase, ld, n);",
+                "load_sw128_tile<64, ATTN_WG_THREADS>(sv, vbase, ld, n);",
+                "const uint64_t dq = sw128_desc(sq);",
+                "const int buf = j & 1;",
+                "const long next = (long)(j + 1) * ATTN_WG_KEYS;",
+                "load_sw128_tile<64, ATTN_WG_THREADS>(sk + (buf ^ 1) * ATTN_WG_TILE_BYTES, kbase + next * \
+                 ld, ld, n - (int)next);",
+                "load_sw128_tile<64, ATTN_WG_THREADS>(sv + (buf ^ 1) * ATTN_WG_TILE_BYTES, vbase + next * \
+                 ld, ld, n - (int)next);",
+                "cp_async_commit(); cp_async_wait<1>(); } else { cp_async_wait<0>(); }",
+                "const uint64_t dk = sw128_desc(sk + buf * ATTN_WG_TILE_BYTES);",
+                "const uint64_t dv = sw128_desc(sv + buf * ATTN_WG_TILE_BYTES);",
+                "const int key_base = j * ATTN_WG_KEYS, left = n - key_base;",
+                "if (left <= 16) { wg_tile<T, 16, true>(",
+                "} else if (left <= 32) { wg_tile<T, 32, true>(",
+                "} else if (left < ATTN_WG_KEYS) { wg_tile<T, 64, true>(",
+                "} else { wg_tile<T, 64, false>(",
+                "const float inv0 = 1.0f / t0, inv1 = 1.0f / t1;",
+                "const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;",
+                "T* obase = out + (long)img * n * hd + (long)head * D + 2 * q;",
+                "if (r0 < n) *reinterpret_cast<uint32_t*>(obase + (long)r0 * hd + 8 * jj) = \
+                 pack2<T>(o[4 * jj] * inv0, o[4 * jj + 1] * inv0);",
+                "if (r1 < n) *reinterpret_cast<uint32_t*>(obase + (long)r1 * hd + 8 * jj) = \
+                 pack2<T>(o[4 * jj + 2] * inv1, o[4 * jj + 3] * inv1);",
+                "WG_QK(f16, \"f16\", 64, WGMMA_N64_SS)",
+                "WG_QK(f16, \"f16\", 32, WGMMA_N32_SS)",
+                "WG_QK(f16, \"f16\", 16, WGMMA_N16_SS)",
+                "WGMMA_N64_RS_TRANS_B(\"f16\", o, a, dv);",
+            ][..],
+        ),
+    ];
+    for (name, exprs) in files {
+        let source = read(name);
+        for expr in exprs {
+            assert!(
+                source.contains(&squeeze(expr)),
+                "{name} no longer contains `{expr}`: update tests/wgmma_emulation.rs"
+            );
+        }
+    }
+}
