@@ -31,7 +31,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use dinov2::crates::kernels::{Act, Buffer, DType, Device, OwnGemm};
+use dinov2::crates::kernels::{Act, Buffer, DType, Device, OwnGemm, OwnTile};
 use dinov2::{flops_per_image, released, CudaBackend, Dinov2, Dtype, Pooling, Tensor};
 
 const BATCH: usize = 256;
@@ -60,13 +60,13 @@ fn timed(dev: &Device, iters: u64, mut f: impl FnMut()) -> Duration {
 
 /// The four GEMMs of a ViT-B/14 block with their bias, and fc1 followed by the exact GELU as the
 /// model runs it: on cuBLASLt (the `bias_act` pass after it for the GELU), and on an H100/H200
-/// also on our Hopper kernels with both tile widths (`…/own_n128`, `…/own_n256`: the GELU in
-/// their epilogue).
+/// also on our Hopper kernels, both `cp.async` tile widths and the TMA kernel (`…/own_n128`,
+/// `…/own_n256`, `…/own_tma`: the GELU in their epilogue).
 fn gemms(c: &mut Criterion, dev: &Device) {
     let mut g = c.benchmark_group("linear_f16");
     let h = HIDDEN;
-    let hopper = dev.set_own_gemm(OwnGemm::Off, false).is_ok()
-        && dev.set_own_gemm(OwnGemm::All, false).is_ok();
+    let hopper = dev.set_own_gemm(OwnGemm::Off, OwnTile::N128).is_ok()
+        && dev.set_own_gemm(OwnGemm::All, OwnTile::N128).is_ok();
     for (what, k, n, act) in [
         ("qkv", h, 3 * h, Act::Identity),
         ("proj", h, h, Act::Identity),
@@ -82,18 +82,19 @@ fn gemms(c: &mut Criterion, dev: &Device) {
         let b = buffer(dev, &[n], T, 3);
         let mut y = dev.alloc(T, &[ROWS, n]).expect("device memory");
         g.throughput(Throughput::Elements((2 * ROWS * k * n) as u64));
-        let variants: &[(&str, OwnGemm, bool)] = if hopper {
+        let variants: &[(&str, OwnGemm, OwnTile)] = if hopper {
             &[
-                ("", OwnGemm::Off, false),
-                ("/own_n128", OwnGemm::All, false),
-                ("/own_n256", OwnGemm::All, true),
+                ("", OwnGemm::Off, OwnTile::N128),
+                ("/own_n128", OwnGemm::All, OwnTile::N128),
+                ("/own_n256", OwnGemm::All, OwnTile::N256),
+                ("/own_tma", OwnGemm::All, OwnTile::Tma),
             ]
         } else {
-            &[("", OwnGemm::Off, false)]
+            &[("", OwnGemm::Off, OwnTile::N128)]
         };
-        for &(suffix, policy, wide) in variants {
+        for &(suffix, policy, tile) in variants {
             if hopper {
-                dev.set_own_gemm(policy, wide).expect("sm_90 device");
+                dev.set_own_gemm(policy, tile).expect("sm_90 device");
             }
             g.bench_function(format!("vitb14/{what}/{ROWS}x{k}x{n}{suffix}"), |bench| {
                 bench.iter_custom(|iters| {
@@ -106,7 +107,8 @@ fn gemms(c: &mut Criterion, dev: &Device) {
         }
     }
     if hopper {
-        dev.set_own_gemm(OwnGemm::Off, false).expect("sm_90 device");
+        dev.set_own_gemm(OwnGemm::Off, OwnTile::N128)
+            .expect("sm_90 device");
     }
     g.finish();
 }

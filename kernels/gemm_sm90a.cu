@@ -51,6 +51,45 @@ template <typename T> __device__ __forceinline__ float bias_at(const void* bias,
     return bias_f32 ? static_cast<const float*>(bias)[col] : to_f32(static_cast<const T*>(bias)[col]);
 }
 
+// The epilogue, in two halves around a barrier of the threads that run it. First each thread's
+// accumulators, the bias added and the activation applied, rounded into the output tile in
+// shared memory: rows of BN·2 bytes padded by 16 (a row starts 4 banks after the previous one,
+// so the 8 rows of a fragment store hit 32 different banks). `row` is the thread's first row
+// in the tile (warpgroup rows + 16·warp + lane/4).
+template <typename T, int ACT, int BN>
+__device__ __forceinline__ void stage_tile(const float (&d)[BN / 2], uint8_t* tile, int row, int lane,
+                                           const void* bias, int bias_f32, int n0) {
+    constexpr int ROW_BYTES = BN * 2 + 16;
+    // Accumulator fragment of m64nNk16: d[4j + e] is row 16·warp + lane/4 (+ 8 for e >= 2),
+    // column 8j + 2·(lane % 4) + (e % 2).
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++) {
+        const int col = j * 8 + (lane & 3) * 2;
+        const float b0 = bias_at<T>(bias, bias_f32, n0 + col);
+        const float b1 = bias_at<T>(bias, bias_f32, n0 + col + 1);
+        *reinterpret_cast<uint32_t*>(tile + row * ROW_BYTES + col * 2) =
+            pack2<T>(activate(d[4 * j] + b0, ACT), activate(d[4 * j + 1] + b1, ACT));
+        *reinterpret_cast<uint32_t*>(tile + (row + 8) * ROW_BYTES + col * 2) =
+            pack2<T>(activate(d[4 * j + 2] + b0, ACT), activate(d[4 * j + 3] + b1, ACT));
+    }
+}
+
+// Then the tile's rows below m to y, in 16-byte stores (a row's BN·2 bytes contiguous), by
+// THREADS threads, `t` the index of this one among them.
+template <typename T, int BN, int THREADS>
+__device__ __forceinline__ void store_tile(const uint8_t* tile, T* y, int m0, int m, int n, int n0, int t) {
+    constexpr int ROW_BYTES = BN * 2 + 16;
+    constexpr int CHUNKS = BN / 8;
+#pragma unroll 4
+    for (int i = t; i < GM_BM * CHUNKS; i += THREADS) {
+        const int r = i / CHUNKS, ch = i % CHUNKS;
+        if (m0 + r < m) {
+            *reinterpret_cast<uint4*>(y + (size_t)(m0 + r) * n + n0 + ch * 8) =
+                *reinterpret_cast<const uint4*>(tile + r * ROW_BYTES + ch * 16);
+        }
+    }
+}
+
 template <typename T, int ACT, int BN, int STAGES, int WAIT>
 __device__ __forceinline__ void gemm_body(const T* __restrict__ x, const T* __restrict__ w,
                                           const void* __restrict__ bias, int bias_f32,
@@ -110,35 +149,108 @@ __device__ __forceinline__ void gemm_body(const T* __restrict__ x, const T* __re
     wgmma_wait<0>();
     fence_accumulators(d);
     cp_async_wait<0>();
-    // Every warpgroup is done reading the stages: the output tile goes there, rows of BN·2 bytes
-    // padded by 16 (a row starts 4 banks after the previous one, so the 8 rows of a fragment store
-    // hit 32 different banks).
+    // Every warpgroup is done reading the stages: the output tile goes there.
     __syncthreads();
-    constexpr int ROW_BYTES = BN * 2 + 16;
-    const int warp = (tid >> 5) & 3, lane = tid & 31;
-    // Accumulator fragment of m64nNk16: d[4j + e] is row 16·warp + lane/4 (+ 8 for e >= 2),
-    // column 8j + 2·(lane % 4) + (e % 2).
-    const int row = wg * 64 + warp * 16 + (lane >> 2);
-#pragma unroll
-    for (int j = 0; j < BN / 8; j++) {
-        const int col = j * 8 + (lane & 3) * 2;
-        const float b0 = bias_at<T>(bias, bias_f32, n0 + col);
-        const float b1 = bias_at<T>(bias, bias_f32, n0 + col + 1);
-        *reinterpret_cast<uint32_t*>(tile + row * ROW_BYTES + col * 2) =
-            pack2<T>(activate(d[4 * j] + b0, ACT), activate(d[4 * j + 1] + b1, ACT));
-        *reinterpret_cast<uint32_t*>(tile + (row + 8) * ROW_BYTES + col * 2) =
-            pack2<T>(activate(d[4 * j + 2] + b0, ACT), activate(d[4 * j + 3] + b1, ACT));
-    }
+    stage_tile<T, ACT, BN>(d, tile, wg * 64 + ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2), tid & 31, bias,
+                           bias_f32, n0);
     __syncthreads();
-    constexpr int CHUNKS = BN / 8;
-#pragma unroll 4
-    for (int i = tid; i < GM_BM * CHUNKS; i += GM_THREADS) {
-        const int r = i / CHUNKS, ch = i % CHUNKS;
-        if (m0 + r < m) {
-            *reinterpret_cast<uint4*>(y + (size_t)(m0 + r) * n + n0 + ch * 8) =
-                *reinterpret_cast<const uint4*>(tile + r * ROW_BYTES + ch * 16);
+    store_tile<T, BN, GM_THREADS>(tile, y, m0, m, n, n0, tid);
+}
+
+// The warp-specialized variant, fed by the tensor memory accelerator (TMA):
+//   gemm_{f16,bf16}_{id,gelu,gelu_tanh}_tma(map_x, map_w, bias, bias_f32, y, m, n, k)
+// The same product and epilogue on 128 x 256 tiles (n % 256 == 0, k % 64 == 0), 384 threads,
+// grid (n / 256, ceil(m / 128)), dynamic smem GW_SMEM_BYTES. map_x and map_w are tensor maps of x
+// [m][k] and w [n][k] with boxes of 64 x 128 and 64 x 256 elements in the 128-byte swizzle
+// (TMA zero-fills rows past m).
+// - Warpgroup 0 produces: its first thread waits for a free stage, announces the stage's bytes
+//   on full[s] and has the copy engine fetch A [128][64] and B [256][64] into it; the rest of
+//   the warpgroup only gives its registers to the consumers.
+// - Warpgroups 1 and 2 consume (rows 0-63 and 64-127 of the tile): wait for full[s], issue four
+//   m64n256k16 wgmmas on it, and once the MMAs of the previous stage have retired, release that
+//   stage on empty[s] (all 256 consumer threads arrive).
+// - full[s] completes a phase per fill (its k-th fill: phase k, waited with parity k & 1);
+//   empty[s] a phase per release, which the producer awaits before the stage's next fill.
+// - The epilogue is the one above, the two consumer warpgroups synchronizing on barrier 1.
+#define GW_BN 256
+#define GW_STAGES 4
+#define GW_THREADS 384
+// The stages, their 2·GW_STAGES mbarriers after them, and 1 KiB to align the stages to 1024.
+#define GW_SMEM_BYTES (GW_STAGES * GM_STAGE_BYTES(GW_BN) + 2 * GW_STAGES * 8 + 1024)
+
+template <typename T, int ACT>
+__device__ __forceinline__ void gemm_ws_body(const TmaMap* map_x, const TmaMap* map_w,
+                                             const void* __restrict__ bias, int bias_f32,
+                                             T* __restrict__ y, int m, int n, int k) {
+    constexpr int A_BYTES = GM_BM * GM_BK * 2;
+    constexpr int STAGE_BYTES = GM_STAGE_BYTES(GW_BN);
+    extern __shared__ uint8_t smem_raw[];
+    const uint32_t raw = smem_addr(smem_raw);
+    const uint32_t base = (raw + 1023u) & ~1023u;
+    uint8_t* const tile = smem_raw + (base - raw);
+    const uint32_t full = base + GW_STAGES * STAGE_BYTES; // full[s] at full + 8s
+    const uint32_t empty = full + GW_STAGES * 8;          // empty[s] at empty + 8s
+
+    const int tid = threadIdx.x;
+    const int wg = tid >> 7;
+    const int m0 = blockIdx.y * GM_BM;
+    const int n0 = blockIdx.x * GW_BN;
+    const int steps = k / GM_BK;
+
+    if (tid == 0) {
+        for (int s = 0; s < GW_STAGES; s++) {
+            mbar_init(full + 8 * s, 1);
+            mbar_init(empty + 8 * s, 2 * 128);
         }
+        mbar_init_fence();
     }
+    __syncthreads();
+
+    if (wg == 0) {
+        setmaxnreg_dec<40>();
+        if (tid == 0) {
+            for (int step = 0; step < steps; step++) {
+                const int s = step % GW_STAGES;
+                if (step >= GW_STAGES) mbar_wait(empty + 8 * s, ((step / GW_STAGES) - 1) & 1);
+                const uint32_t stage = base + s * STAGE_BYTES;
+                mbar_arrive_expect_tx(full + 8 * s, STAGE_BYTES);
+                tma_load_2d(stage, map_x, full + 8 * s, step * GM_BK, m0);
+                tma_load_2d(stage + A_BYTES, map_w, full + 8 * s, step * GM_BK, n0);
+            }
+        }
+        return;
+    }
+
+    setmaxnreg_inc<232>();
+    const int c = wg - 1; // this consumer's rows: 64c..64c+63
+    float d[GW_BN / 2];
+#pragma unroll
+    for (int i = 0; i < GW_BN / 2; i++) d[i] = 0.0f;
+    for (int step = 0; step < steps; step++) {
+        const int s = step % GW_STAGES;
+        mbar_wait(full + 8 * s, (step / GW_STAGES) & 1);
+        const uint32_t stage = base + s * STAGE_BYTES;
+        const uint64_t da = sw128_desc(stage + c * (64 * 128));
+        const uint64_t db = sw128_desc(stage + A_BYTES);
+        fence_accumulators(d);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < GM_BK / 16; kk++) wgmma_k16<T, GW_BN>(d, da + 2 * kk, db + 2 * kk);
+        wgmma_commit();
+        wgmma_wait<1>();
+        fence_accumulators(d);
+        // The MMAs of the previous step have retired: its stage may be refilled.
+        if (step > 0) mbar_arrive(empty + 8 * ((step - 1) % GW_STAGES));
+    }
+    wgmma_wait<0>();
+    fence_accumulators(d);
+    // Both consumers are done reading the stages (every copy into them has landed: each was
+    // waited for): the output tile goes there.
+    named_barrier(1, 2 * 128);
+    stage_tile<T, ACT, GW_BN>(d, tile, c * 64 + ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2), tid & 31,
+                              bias, bias_f32, n0);
+    named_barrier(1, 2 * 128);
+    store_tile<T, GW_BN, 2 * 128>(tile, y, m0, m, n, n0, tid - 128);
 }
 
 // Two tile shapes: 128 x 128 with 3 stages (97 KiB) and two blocks an SM, each waiting for its
@@ -153,9 +265,20 @@ __device__ __forceinline__ void gemm_body(const T* __restrict__ x, const T* __re
 #define GEMM_SHAPES(name, T, aname, ACT)                                                           \
     GEMM_KERNEL(name, T, aname, ACT, 128, 3, 0, 2)                                                 \
     GEMM_KERNEL(name, T, aname, ACT, 256, 4, 1, 1)
+// The warp-specialized kernel: one block an SM.
+#define GEMM_WS_KERNEL(name, T, aname, ACT)                                                        \
+    extern "C" __global__ void __launch_bounds__(GW_THREADS, 1)                                    \
+        gemm_##name##_##aname##_tma(const __grid_constant__ TmaMap map_x,                          \
+                                    const __grid_constant__ TmaMap map_w, const void* bias,        \
+                                    int bias_f32, T* y, int m, int n, int k) {                     \
+        gemm_ws_body<T, ACT>(&map_x, &map_w, bias, bias_f32, y, m, n, k);                          \
+    }
+#define GEMM_KERNELS(name, T, aname, ACT)                                                          \
+    GEMM_SHAPES(name, T, aname, ACT)                                                               \
+    GEMM_WS_KERNEL(name, T, aname, ACT)
 #define GEMM_ACTS(name, T)                                                                         \
-    GEMM_SHAPES(name, T, id, ACT_IDENTITY)                                                         \
-    GEMM_SHAPES(name, T, gelu, ACT_GELU)                                                           \
-    GEMM_SHAPES(name, T, gelu_tanh, ACT_GELU_TANH)
+    GEMM_KERNELS(name, T, id, ACT_IDENTITY)                                                        \
+    GEMM_KERNELS(name, T, gelu, ACT_GELU)                                                          \
+    GEMM_KERNELS(name, T, gelu_tanh, ACT_GELU_TANH)
 GEMM_ACTS(f16, f16)
 GEMM_ACTS(bf16, bf16)

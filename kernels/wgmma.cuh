@@ -144,3 +144,58 @@ __device__ __forceinline__ void load_sw128_tile(uint32_t dst, const T* src, long
                  "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"  \
                  : D8(d, 0), D8(d, 8), D8(d, 16), D8(d, 24)  \
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1))
+
+// ---- mbarriers and the tensor memory accelerator (TMA), for the warp-specialized kernels ----
+
+// A tensor map (cuTensorMapEncodeTiled's CUtensorMap, 128 bytes, aligned as CUDA 13 aligns it):
+// what a TMA copy reads its global tensor's address, shape, box and swizzle from. Kernels take
+// it as a `const __grid_constant__` parameter.
+struct alignas(128) TmaMap {
+    unsigned long long opaque[16];
+};
+
+// An mbarrier at shared address `bar` expecting `count` arrivals a phase.
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+// Makes initialized mbarriers visible to the async proxy (the copy engine) before their use.
+__device__ __forceinline__ void mbar_init_fence() {
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+// One arrival, and `bytes` more transaction bytes the current phase waits for.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Waits until the phase of parity `parity` has completed (phases count from 0: the k-th
+// completion of a barrier ends phase k - 1, of parity (k - 1) & 1).
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    asm volatile("{\n.reg .pred done;\nWAIT:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+                 "@!done bra WAIT;\n}\n" ::"r"(bar),
+                 "r"(parity)
+                 : "memory");
+}
+// The TMA copy of the box at element coordinates (x innermost, y) of `map`'s tensor into shared
+// memory at `dst` (laid out as the map's swizzle says; elements out of the tensor read as zeros),
+// its bytes counted on the mbarrier `bar`.
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const TmaMap* map, uint32_t bar, int x, int y) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%3, %4}], [%2];\n" ::"r"(dst),
+                 "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(x), "r"(y)
+                 : "memory");
+}
+// Hands registers between warpgroups: a producer gives some up, the consumers take them.
+template <int N> __device__ __forceinline__ void setmaxnreg_dec() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N> __device__ __forceinline__ void setmaxnreg_inc() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+// A barrier among `threads` threads of the block (whole warps), numbered `id` (0 is __syncthreads').
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}

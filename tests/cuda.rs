@@ -554,7 +554,7 @@ fn embedding_runs_smaller_passes_when_the_device_runs_out_of_memory() {
 #[test]
 #[ignore = "needs a CUDA device"]
 fn our_gemms_in_the_model_match_the_cpu() {
-    use dinov2::crates::kernels::OwnGemm;
+    use dinov2::crates::kernels::{OwnGemm, OwnTile};
     use dinov2::{released, Pooling};
     if gpu(Dtype::F16).device().info().compute_capability != (9, 0) {
         eprintln!("no sm_90 device: our GEMMs are not loaded");
@@ -571,26 +571,26 @@ fn our_gemms_in_the_model_match_the_cpu() {
             let mut baseline = None;
             // The last case also runs the warpgroup-MMA attention (DINOV2_ATTENTION is read
             // when a device opens; the GPU tests run one at a time).
-            for (policy, wide, wg_attention) in [
-                (OwnGemm::Off, false, false),
-                (OwnGemm::Fused, false, false),
-                (OwnGemm::All, false, false),
-                (OwnGemm::All, true, false),
-                (OwnGemm::Fused, false, true),
+            for (policy, tile, wg_attention) in [
+                (OwnGemm::Off, OwnTile::N128, false),
+                (OwnGemm::Fused, OwnTile::N128, false),
+                (OwnGemm::All, OwnTile::N128, false),
+                (OwnGemm::All, OwnTile::N256, false),
+                (OwnGemm::All, OwnTile::Tma, false),
+                (OwnGemm::Fused, OwnTile::Tma, true),
             ] {
                 if wg_attention {
                     std::env::set_var("DINOV2_ATTENTION", "wgmma");
                 }
                 let be = gpu(dtype);
                 std::env::remove_var("DINOV2_ATTENTION");
-                be.device().set_own_gemm(policy, wide).unwrap();
+                be.device().set_own_gemm(policy, tile).unwrap();
                 let model = Dinov2::random(be, &config, 5).unwrap();
                 let got = model.embed(&px, Pooling::ClsMean, false).unwrap();
                 let (g, w) = flatten_pair(&got, &want);
                 let err = rel_l2(&g, &w);
                 errors.push(format!(
-                    "{policy:?}{}{}: {err:.2e}",
-                    if wide { " wide" } else { "" },
+                    "{policy:?} {tile:?}{}: {err:.2e}",
                     if wg_attention {
                         " + wgmma attention"
                     } else {
@@ -603,7 +603,7 @@ fn our_gemms_in_the_model_match_the_cpu() {
                 let baseline = *baseline.get_or_insert(err);
                 assert!(
                     err < tol.max(2.0 * baseline),
-                    "{arch} {dtype} {policy:?} wide={wide} wgmma attention={wg_attention}: rel L2 {err:.3e} against the CPU (cuBLASLt path: {baseline:.3e})"
+                    "{arch} {dtype} {policy:?} {tile:?} wgmma attention={wg_attention}: rel L2 {err:.3e} against the CPU (cuBLASLt path: {baseline:.3e})"
                 );
             }
             eprintln!("{arch} {dtype} against CPU f32: {}", errors.join(", "));

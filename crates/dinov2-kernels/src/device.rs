@@ -81,6 +81,8 @@ pub(crate) enum Arg {
     I32(i32),
     I64(i64),
     F32(f32),
+    /// A TMA tensor map, passed by value.
+    TensorMap(crate::hopper_gemm::TensorMap),
 }
 
 /// One GPU with our kernels loaded. All work goes to one non-default stream, in order; methods
@@ -800,6 +802,7 @@ impl Device {
                 Arg::I32(v) => b.arg(v),
                 Arg::I64(v) => b.arg(v),
                 Arg::F32(v) => b.arg(v),
+                Arg::TensorMap(v) => b.arg(v),
             };
         }
         let cfg = LaunchConfig {

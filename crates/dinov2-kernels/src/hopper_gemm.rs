@@ -3,16 +3,20 @@
 //! they are for is the exact GELU after fc1, which cuBLASLt cannot fuse (its GELU epilogue is the
 //! tanh approximation): fused, it costs no pass over the activations.
 //!
-//! Which GEMMs they run is [`OwnGemm`], `DINOV2_GEMM` when the device opens (`fused` or `own`;
-//! cuBLASLt by default until the kernels are measured on a GPU), or
-//! [`Device::set_own_gemm`]. A shape they cannot run (f32, `n % 128 != 0`, `k % 64 != 0`,
-//! unaligned pointers, another activation) goes to cuBLAS as before.
+//! Which GEMMs they run is [`OwnGemm`], and which kernel [`OwnTile`]: `DINOV2_GEMM` (`fused` or
+//! `own`; cuBLASLt by default until the kernels are measured on a GPU) and `DINOV2_GEMM_TILE`
+//! (`256`, `tma`) when the device opens, or [`Device::set_own_gemm`]. A shape they cannot run
+//! (f32, `n % 128 != 0`, `k % 64 != 0`, unaligned pointers, another activation) goes to cuBLAS
+//! as before.
 
+use std::ffi::c_void;
 use std::sync::atomic::{AtomicU8, Ordering};
+
+use cudarc::driver::{sys as dsys, DeviceRepr};
 
 use crate::buffer::{Buffer, DType};
 use crate::device::{Arg, CodeKind, Device};
-use crate::error::{KernelError, Result};
+use crate::error::{DriverContext, KernelError, Result};
 use crate::ops::Act;
 
 /// Which GEMMs run on our Hopper kernels instead of cuBLAS.
@@ -27,20 +31,143 @@ pub enum OwnGemm {
     All,
 }
 
-/// Rows of a block's tile (`GM_BM`), and its columns: 128 (`_n128`: two blocks an SM) or 256
-/// (`_n256`: one block an SM, `DINOV2_GEMM_TILE=256`). Keep in sync with gemm_sm90a.cu.
+/// Which of our GEMM kernels runs the shapes it can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnTile {
+    /// 128 x 128 tiles fed by `cp.async`, two blocks an SM (`_n128`). The default.
+    N128,
+    /// 128 x 256 tiles fed by `cp.async`, one block an SM (`_n256`, `DINOV2_GEMM_TILE=256`).
+    N256,
+    /// 128 x 256 tiles fed by the tensor memory accelerator: a producer warpgroup and two
+    /// consumer warpgroups handing stages over on mbarriers (`_tma`, `DINOV2_GEMM_TILE=tma`).
+    Tma,
+}
+
+impl OwnTile {
+    /// The tile's columns.
+    pub fn cols(self) -> usize {
+        match self {
+            OwnTile::N128 => 128,
+            OwnTile::N256 | OwnTile::Tma => 256,
+        }
+    }
+
+    /// The kernel name's suffix.
+    fn suffix(self) -> &'static str {
+        match self {
+            OwnTile::N128 => "n128",
+            OwnTile::N256 => "n256",
+            OwnTile::Tma => "tma",
+        }
+    }
+
+    /// Threads of a block (`GM_THREADS`, `GW_THREADS`).
+    fn threads(self) -> u32 {
+        match self {
+            OwnTile::N128 | OwnTile::N256 => 256,
+            OwnTile::Tma => 384,
+        }
+    }
+
+    /// Dynamic shared memory of a block: the stages (3 of them at 128 columns, 4 at 256) of A
+    /// `[128][64]` and B `[cols][64]` in 16-bit elements, the TMA kernel's 8 mbarriers, and
+    /// 1 KiB for aligning the stages to 1024 bytes (`GM_SMEM_BYTES`, `GW_SMEM_BYTES`).
+    pub(crate) fn smem_bytes(self) -> u32 {
+        let cols = self.cols();
+        let stages = if cols == 256 { 4 } else { 3 };
+        let barriers = if self == OwnTile::Tma {
+            2 * stages * 8
+        } else {
+            0
+        };
+        (stages * (TILE_ROWS + cols) * TILE_K * 2 + barriers + 1024) as u32
+    }
+
+    /// The kernel that runs `n` output columns under this choice: itself where its tile divides
+    /// `n`, else the 128-column one where that does, else none.
+    pub(crate) fn for_cols(self, n: usize) -> Option<OwnTile> {
+        if n % self.cols() == 0 {
+            Some(self)
+        } else if n % OwnTile::N128.cols() == 0 {
+            Some(OwnTile::N128)
+        } else {
+            None
+        }
+    }
+}
+
+/// Rows of a block's tile (`GM_BM`). Keep in sync with gemm_sm90a.cu.
 const TILE_ROWS: usize = 128;
-const TILE_COLS: [usize; 2] = [128, 256];
 /// K per pipeline stage (`GM_BK`): one 128-byte swizzled row of 64 16-bit elements.
 const TILE_K: usize = 64;
-const THREADS: u32 = 256;
 
-/// Dynamic shared memory of a block with `cols`-column tiles: the stages (3 of them at 128
-/// columns, 4 at 256) of A `[128][64]` and B `[cols][64]` in 16-bit elements, plus 1 KiB for
-/// aligning them to 1024 bytes (`GM_SMEM_BYTES`).
-pub(crate) fn smem_bytes(cols: usize) -> u32 {
-    let stages = if cols == 256 { 4 } else { 3 };
-    (stages * (TILE_ROWS + cols) * TILE_K * 2 + 1024) as u32
+/// A tensor map (`CUtensorMap`) as a kernel parameter: the TMA kernel reads its operands' shape,
+/// box and swizzle from two of them.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+pub(crate) struct TensorMap(dsys::CUtensorMap);
+
+// SAFETY: a plain 128-byte C struct, which the kernel takes by value (`__grid_constant__`).
+unsafe impl DeviceRepr for TensorMap {}
+
+/// What `cuTensorMapEncodeTiled` is given for a row-major `[rows][k]` operand of 16-bit
+/// elements read in boxes of `box_rows` rows of 64 elements: dimensions (innermost first), the
+/// byte stride of a row, the box. The TMA kernel's box is one pipeline stage's A or B tile.
+pub(crate) fn tensor_map_shape(
+    rows: usize,
+    k: usize,
+    box_rows: usize,
+) -> ([u64; 2], [u64; 1], [u32; 2]) {
+    (
+        [k as u64, rows as u64],
+        [(k * 2) as u64],
+        [TILE_K as u32, box_rows as u32],
+    )
+}
+
+/// The tensor map of a row-major `[rows][k]` operand at device address `ptr` (16-byte aligned,
+/// `k % 8 == 0`), in boxes of `box_rows` x 64 elements in the 128-byte swizzle, zeros past the
+/// last row.
+fn tensor_map(ptr: u64, dtype: DType, rows: usize, k: usize, box_rows: usize) -> Result<TensorMap> {
+    use dsys::{
+        CUtensorMapDataType as Ty, CUtensorMapFloatOOBfill as Fill,
+        CUtensorMapInterleave as Interleave, CUtensorMapL2promotion as L2,
+        CUtensorMapSwizzle as Swizzle,
+    };
+    let ty = match dtype {
+        DType::F16 => Ty::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+        DType::BF16 => Ty::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+        other => {
+            return Err(KernelError::Unsupported(format!(
+                "no tensor map for {other} operands"
+            )))
+        }
+    };
+    let (dims, strides, boxes) = tensor_map_shape(rows, k, box_rows);
+    let elements = [1u32, 1];
+    let mut map = std::mem::MaybeUninit::<dsys::CUtensorMap>::zeroed();
+    // SAFETY: writes the 128-byte map; every array holds the rank's (2) entries (strides one
+    // fewer); `ptr` is a live device allocation of rows·k elements (the caller's buffer).
+    unsafe {
+        dsys::cuTensorMapEncodeTiled(
+            map.as_mut_ptr(),
+            ty,
+            2,
+            ptr as *mut c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            elements.as_ptr(),
+            Interleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            Swizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            L2::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            Fill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    }
+    .result()
+    .ctx(|| format!("encoding the tensor map of a [{rows}, {k}] {dtype} operand"))?;
+    // SAFETY: initialized by the successful call above (and zeroed before it).
+    Ok(TensorMap(unsafe { map.assume_init() }))
 }
 
 /// The `act` part of the kernel names, for the activations the epilogue has.
@@ -53,26 +180,13 @@ fn act_name(act: Act) -> Option<&'static str> {
     }
 }
 
-/// The columns of the tile that runs `n` output columns, or `None` when none does; `wide`
-/// prefers 256 where `n` allows it.
-pub(crate) fn tile_cols(n: usize, wide: bool) -> Option<usize> {
-    let [narrow, broad] = TILE_COLS;
-    if wide && n % broad == 0 {
-        Some(broad)
-    } else if n % narrow == 0 {
-        Some(narrow)
-    } else {
-        None
-    }
-}
-
-/// The policy and tile choice of a device, in one atomic byte: bits 0-1 the [`OwnGemm`], bit 2
-/// the 256-column tile.
+/// The policy and kernel choice of a device, in one atomic byte: bits 0-1 the [`OwnGemm`], bits
+/// 2-3 the [`OwnTile`].
 pub(crate) struct OwnGemmState(AtomicU8);
 
 impl OwnGemmState {
-    /// From `DINOV2_GEMM` (`fused`, `own`) and `DINOV2_GEMM_TILE` (`256`); off where the kernels
-    /// are not loaded (compute capability other than 9.0).
+    /// From `DINOV2_GEMM` (`fused`, `own`) and `DINOV2_GEMM_TILE` (`256`, `tma`); off where the
+    /// kernels are not loaded (compute capability other than 9.0).
     pub(crate) fn from_env(code: CodeKind) -> Self {
         let policy = match std::env::var("DINOV2_GEMM").unwrap_or_default().as_str() {
             _ if code != CodeKind::CubinSm90 => OwnGemm::Off,
@@ -80,38 +194,50 @@ impl OwnGemmState {
             "own" => OwnGemm::All,
             _ => OwnGemm::Off,
         };
-        let wide = std::env::var("DINOV2_GEMM_TILE").is_ok_and(|v| v == "256");
+        let tile = match std::env::var("DINOV2_GEMM_TILE")
+            .unwrap_or_default()
+            .as_str()
+        {
+            "256" => OwnTile::N256,
+            "tma" => OwnTile::Tma,
+            _ => OwnTile::N128,
+        };
         let state = OwnGemmState(AtomicU8::new(0));
-        state.set(policy, wide);
+        state.set(policy, tile);
         state
     }
 
-    fn set(&self, policy: OwnGemm, wide: bool) {
-        let bits = policy as u8 | (u8::from(wide) << 2);
+    fn set(&self, policy: OwnGemm, tile: OwnTile) {
+        let bits = policy as u8 | ((tile as u8) << 2);
         self.0.store(bits, Ordering::Relaxed);
     }
 
-    fn get(&self) -> (OwnGemm, bool) {
+    fn get(&self) -> (OwnGemm, OwnTile) {
         let bits = self.0.load(Ordering::Relaxed);
         let policy = match bits & 3 {
             1 => OwnGemm::Fused,
             2 => OwnGemm::All,
             _ => OwnGemm::Off,
         };
-        (policy, bits & 4 != 0)
+        let tile = match (bits >> 2) & 3 {
+            1 => OwnTile::N256,
+            2 => OwnTile::Tma,
+            _ => OwnTile::N128,
+        };
+        (policy, tile)
     }
 }
 
 impl Device {
-    /// Which GEMMs run on our Hopper kernels, and whether with 256-column tiles.
-    pub fn own_gemm(&self) -> (OwnGemm, bool) {
+    /// Which GEMMs run on our Hopper kernels, and which kernel.
+    pub fn own_gemm(&self) -> (OwnGemm, OwnTile) {
         self.own_gemm.get()
     }
 
     /// Sets which GEMMs run on our Hopper kernels from now on (recordings already made keep
     /// theirs). An error on a device other than compute capability 9.0, where they do not
     /// exist, unless `policy` is [`OwnGemm::Off`].
-    pub fn set_own_gemm(&self, policy: OwnGemm, wide: bool) -> Result<()> {
+    pub fn set_own_gemm(&self, policy: OwnGemm, tile: OwnTile) -> Result<()> {
         if policy != OwnGemm::Off && self.info().code != CodeKind::CubinSm90 {
             return Err(KernelError::Unsupported(format!(
                 "our GEMM kernels are sm_90a code; {} is compute capability {}.{}",
@@ -120,7 +246,7 @@ impl Device {
                 self.info().compute_capability.1
             )));
         }
-        self.own_gemm.set(policy, wide);
+        self.own_gemm.set(policy, tile);
         Ok(())
     }
 
@@ -137,16 +263,16 @@ impl Device {
         (m, n, k): (usize, usize, usize),
         act: Act,
     ) -> Result<bool> {
-        let (policy, wide) = self.own_gemm();
+        let (policy, choice) = self.own_gemm();
         let wanted = match policy {
             OwnGemm::Off => false,
             OwnGemm::Fused => act == Act::Gelu,
             OwnGemm::All => true,
         };
         let t = x.dtype();
-        let (Some(act), Some(cols), true) = (
+        let (Some(act), Some(tile), true) = (
             act_name(act),
-            tile_cols(n, wide),
+            choice.for_cols(n),
             wanted && matches!(t, DType::F16 | DType::BF16),
         ) else {
             return Ok(false);
@@ -161,9 +287,16 @@ impl Device {
         if !fits {
             return Ok(false);
         }
+        let (a, b) = match tile {
+            OwnTile::Tma => (
+                Arg::TensorMap(tensor_map(xp, t, m, k, TILE_ROWS)?),
+                Arg::TensorMap(tensor_map(wp, t, n, k, tile.cols())?),
+            ),
+            OwnTile::N128 | OwnTile::N256 => (Arg::Ptr(xp), Arg::Ptr(wp)),
+        };
         let args = [
-            Arg::Ptr(xp),
-            Arg::Ptr(wp),
+            a,
+            b,
             Arg::Ptr(bias.map_or(0, |b| b.ptr(s))),
             Arg::I32(i32::from(bias.is_some_and(|b| b.dtype() == DType::F32))),
             Arg::Ptr(yp),
@@ -171,11 +304,12 @@ impl Device {
             Arg::I32(n as i32),
             Arg::I32(k as i32),
         ];
-        let name = format!("gemm_{t}_{act}_n{cols}");
-        let grid = ((n / cols) as u32, row_tiles as u32, 1);
+        let name = format!("gemm_{t}_{act}_{}", tile.suffix());
+        let grid = ((n / tile.cols()) as u32, row_tiles as u32, 1);
         // SAFETY: x holds m·k, w n·k, y m·n elements of t and bias n (checked by the caller);
-        // the kernel reads and writes no more (rows past m are zero-filled and not stored).
-        unsafe { self.launch(&name, grid, THREADS, smem_bytes(cols), &args)? };
+        // the kernel reads and writes no more (rows past m are zero-filled and not stored; the
+        // tensor maps span exactly x and w).
+        unsafe { self.launch(&name, grid, tile.threads(), tile.smem_bytes(), &args)? };
         Ok(true)
     }
 }
@@ -186,21 +320,24 @@ mod tests {
 
     #[test]
     fn tiles_fit_the_columns() {
-        assert_eq!(tile_cols(768, false), Some(128));
-        assert_eq!(tile_cols(768, true), Some(256));
-        assert_eq!(tile_cols(384, true), Some(128));
-        assert_eq!(tile_cols(1152, true), Some(128));
-        assert_eq!(tile_cols(100, false), None);
-        assert_eq!(tile_cols(64, true), None);
+        use OwnTile::*;
+        assert_eq!(N128.for_cols(768), Some(N128));
+        assert_eq!(N256.for_cols(768), Some(N256));
+        assert_eq!(Tma.for_cols(768), Some(Tma));
+        assert_eq!(N256.for_cols(384), Some(N128));
+        assert_eq!(Tma.for_cols(1152), Some(N128));
+        assert_eq!(N128.for_cols(100), None);
+        assert_eq!(Tma.for_cols(64), None);
     }
 
     #[test]
     fn shared_memory_fits_the_blocks_an_sm() {
         // 228 KiB an SM, 1 KiB of it reserved per block; at most 227 KiB for one block.
         let per_sm = 228 * 1024;
-        assert_eq!(smem_bytes(128), 99_328);
-        assert!(2 * (smem_bytes(128) + 1024) <= per_sm);
-        assert!(smem_bytes(256) <= 227 * 1024);
+        assert_eq!(OwnTile::N128.smem_bytes(), 99_328);
+        assert!(2 * (OwnTile::N128.smem_bytes() + 1024) <= per_sm);
+        assert!(OwnTile::N256.smem_bytes() <= 227 * 1024);
+        assert!(OwnTile::Tma.smem_bytes() <= 227 * 1024);
     }
 
     #[test]
@@ -209,24 +346,47 @@ mod tests {
         let src = kernel_source("gemm_sm90a.cu");
         assert_eq!(define(&src, "GM_BM"), TILE_ROWS);
         assert_eq!(define(&src, "GM_BK"), TILE_K);
-        assert_eq!(define(&src, "GM_THREADS"), THREADS as usize);
-        // The two tile shapes: columns, stages (what smem_bytes counts), MMA groups left in
-        // flight, blocks an SM.
+        assert_eq!(define(&src, "GM_THREADS"), OwnTile::N128.threads() as usize);
+        assert_eq!(define(&src, "GW_THREADS"), OwnTile::Tma.threads() as usize);
+        assert_eq!(define(&src, "GW_BN"), OwnTile::Tma.cols());
+        assert_eq!(define(&src, "GW_STAGES"), 4);
+        // The two cp.async tile shapes: columns, stages (what smem_bytes counts), MMA groups
+        // left in flight, blocks an SM.
         assert!(src.contains("GEMM_KERNEL(name, T, aname, ACT, 128, 3, 0, 2)"));
         assert!(src.contains("GEMM_KERNEL(name, T, aname, ACT, 256, 4, 1, 1)"));
         assert!(src
             .contains("#define GM_SMEM_BYTES(BN, STAGES) ((STAGES) * GM_STAGE_BYTES(BN) + 1024)"));
-        assert_eq!(smem_bytes(128), 3 * (128 + 128) * 64 * 2 + 1024);
-        assert_eq!(smem_bytes(256), 4 * (128 + 256) * 64 * 2 + 1024);
+        assert!(src.contains(
+            "#define GW_SMEM_BYTES (GW_STAGES * GM_STAGE_BYTES(GW_BN) + 2 * GW_STAGES * 8 + 1024)"
+        ));
+        assert_eq!(OwnTile::N128.smem_bytes(), 3 * (128 + 128) * 64 * 2 + 1024);
+        assert_eq!(OwnTile::N256.smem_bytes(), 4 * (128 + 256) * 64 * 2 + 1024);
+        assert_eq!(
+            OwnTile::Tma.smem_bytes(),
+            4 * (128 + 256) * 64 * 2 + 64 + 1024
+        );
+        // The TMA boxes are one stage's A [128][64] and B [256][64] tiles.
+        assert!(src.contains("tma_load_2d(stage, map_x, full + 8 * s, step * GM_BK, m0);"));
+        assert!(
+            src.contains("tma_load_2d(stage + A_BYTES, map_w, full + 8 * s, step * GM_BK, n0);")
+        );
+        assert_eq!(
+            tensor_map_shape(1000, 768, 128),
+            ([768, 1000], [1536], [64, 128])
+        );
+        assert_eq!(
+            tensor_map_shape(3072, 768, 256),
+            ([768, 3072], [1536], [64, 256])
+        );
     }
 
     #[test]
     fn the_state_round_trips() {
         let s = OwnGemmState(AtomicU8::new(0));
         for policy in [OwnGemm::Off, OwnGemm::Fused, OwnGemm::All] {
-            for wide in [false, true] {
-                s.set(policy, wide);
-                assert_eq!(s.get(), (policy, wide));
+            for tile in [OwnTile::N128, OwnTile::N256, OwnTile::Tma] {
+                s.set(policy, tile);
+                assert_eq!(s.get(), (policy, tile));
             }
         }
     }

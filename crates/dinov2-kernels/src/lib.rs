@@ -40,6 +40,6 @@ pub use device::{probe_libraries, CodeKind, Device, DeviceInfo, Timer};
 pub use error::{KernelError, Result};
 pub use gemm::{GemmPath, TUNE_CANDIDATES, TUNE_MIN_MACS};
 pub use graph::{Graph, Recorder, RecordingMemory};
-pub use hopper_gemm::OwnGemm;
+pub use hopper_gemm::{OwnGemm, OwnTile};
 pub use ops::{Act, MAX_HEAD_DIM};
 pub use profile::OpTime;

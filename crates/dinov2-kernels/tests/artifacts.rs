@@ -179,8 +179,8 @@ fn hopper_kernels() -> Vec<String> {
     let mut names = Vec::new();
     for t in ["f16", "bf16"] {
         for act in ["id", "gelu", "gelu_tanh"] {
-            for cols in [128, 256] {
-                names.push(format!("gemm_{t}_{act}_n{cols}"));
+            for tile in ["n128", "n256", "tma"] {
+                names.push(format!("gemm_{t}_{act}_{tile}"));
             }
         }
         names.push(format!("attention_wg_{t}_d64"));
@@ -286,13 +286,25 @@ fn ptx_params(name: &str) -> Vec<String> {
     params_of(ptx, &entry)
 }
 
-/// The parameter types of the kernel whose `.entry NAME(` is `entry` in `ptx`.
+/// The parameter types of the kernel whose `.entry NAME(` is `entry` in `ptx`: `.u64`, `.u32`,
+/// `.f32`, or for a parameter passed by value as bytes its alignment and size (`.align 128
+/// .b8[128]`).
 fn params_of(ptx: &str, entry: &str) -> Vec<String> {
     let start = ptx.find(entry).unwrap() + entry.len();
     let end = start + ptx[start..].find(')').unwrap();
     ptx[start..end]
         .split(',')
-        .filter_map(|p| p.split_whitespace().nth(1).map(|t| t.to_string()))
+        .filter_map(|p| {
+            let tokens: Vec<&str> = p.split_whitespace().collect();
+            match tokens[..] {
+                [_, ty, _] => Some(ty.to_string()),
+                [_, ".align", align, ty, name] => {
+                    let size = &name[name.find('[')?..];
+                    Some(format!(".align {align} {ty}{size}"))
+                }
+                _ => None,
+            }
+        })
         .collect()
 }
 
@@ -303,6 +315,7 @@ fn kernel_signatures_match_the_launchers() {
     const P: &str = ".u64"; // pointer or long
     const I: &str = ".u32";
     const F: &str = ".f32";
+    const MAP: &str = ".align 128 .b8[128]"; // a TMA tensor map (TmaMap, CUDA 13's CUtensorMap)
     let table: &[(&str, &[&str])] = &[
         ("bias_act", &[P, P, P, I, I]),
         ("bias_act_v8", &[P, P, P, I, I]),
@@ -371,7 +384,10 @@ fn kernel_signatures_match_the_launchers() {
     let hopper = hopper_ptx();
     for name in hopper_kernels() {
         let params = params_of(&hopper, &format!(".entry {name}("));
-        if name.starts_with("gemm_") {
+        if name.starts_with("gemm_") && name.ends_with("_tma") {
+            // x's and w's tensor maps, bias, bias_f32, y, m, n, k
+            assert_eq!(params, [MAP, MAP, P, I, P, I, I, I], "{name}");
+        } else if name.starts_with("gemm_") {
             // x, w, bias, bias_f32, y, m, n, k
             assert_eq!(params, [P, P, P, I, P, I, I, I], "{name}");
         } else {

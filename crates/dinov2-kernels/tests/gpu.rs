@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use dinov2_cpu as cpu;
-use dinov2_kernels::{Act, Buffer, DType, Device, GemmPath, OwnGemm, RecordingMemory};
+use dinov2_kernels::{Act, Buffer, DType, Device, GemmPath, OwnGemm, OwnTile, RecordingMemory};
 use half::{bf16, f16};
 
 const GPU: &str = "needs a CUDA device";
@@ -181,8 +181,14 @@ fn own_gemm_layout_probe() {
         return;
     }
     let (m, n) = (200, 256);
-    for (k, wide) in [(64, false), (64, true), (192, false)] {
-        dev.set_own_gemm(OwnGemm::All, wide).unwrap();
+    for (k, tile) in [
+        (64, OwnTile::N128),
+        (64, OwnTile::N256),
+        (192, OwnTile::N128),
+        (64, OwnTile::Tma),
+        (640, OwnTile::Tma),
+    ] {
+        dev.set_own_gemm(OwnGemm::All, tile).unwrap();
         for shift in [0, 5] {
             // w[j][c] = (j % 128) + 128·(c % 16): exact in f16 (at most 2047); a second pass
             // with (c % 64) + 64·(j % 32) tells the column apart from j's high bits.
@@ -233,7 +239,7 @@ fn own_gemm_layout_probe() {
                 }
                 assert!(
                     bad.is_empty(),
-                    "k={k} wide={wide} shift={shift} encoding={encoding}: {} of {} outputs wrong; first:\n{}",
+                    "k={k} {tile:?} shift={shift} encoding={encoding}: {} of {} outputs wrong; first:\n{}",
                     bad.len(),
                     m * n,
                     bad[..bad.len().min(24)].join("\n")
@@ -241,7 +247,7 @@ fn own_gemm_layout_probe() {
             }
         }
     }
-    dev.set_own_gemm(OwnGemm::Off, false).unwrap();
+    dev.set_own_gemm(OwnGemm::Off, OwnTile::N128).unwrap();
 }
 
 /// Which key and which column each output of the warpgroup-MMA attention comes from: query row
@@ -301,7 +307,7 @@ fn wgmma_attention_probe() {
 }
 
 /// Our Hopper GEMMs (`kernels/gemm_sm90a.cu`) against the CPU's linear layer and activations:
-/// both tile widths, the three epilogue activations, a bias in f32, in the storage type or
+/// both `cp.async` tile widths and the TMA kernel, the three epilogue activations, a bias in f32, in the storage type or
 /// none, row counts that leave a partial last tile, and K from one pipeline stage to many. The
 /// outputs are poisoned first, so a tile the kernel skipped shows. Where the device is not an
 /// H100/H200 (no sm_90a code), it checks that they cannot be turned on.
@@ -310,7 +316,7 @@ fn wgmma_attention_probe() {
 fn own_gemms_match_cpu() {
     let dev = device();
     if dev.info().compute_capability != (9, 0) {
-        assert!(dev.set_own_gemm(OwnGemm::All, false).is_err());
+        assert!(dev.set_own_gemm(OwnGemm::All, OwnTile::N128).is_err());
         eprintln!("no sm_90 device: our GEMMs are not loaded");
         return;
     }
@@ -323,8 +329,8 @@ fn own_gemms_match_cpu() {
         (1031, 768, 3072),
         (520, 3072, 768),
     ];
-    for wide in [false, true] {
-        dev.set_own_gemm(OwnGemm::All, wide).unwrap();
+    for tile in [OwnTile::N128, OwnTile::N256, OwnTile::Tma] {
+        dev.set_own_gemm(OwnGemm::All, tile).unwrap();
         for &(m, k, n) in &shapes {
             for dtype in [DType::F16, DType::BF16] {
                 let x = round(&random(m * k, 41, 1.0), dtype);
@@ -353,7 +359,7 @@ fn own_gemms_match_cpu() {
                     assert_eq!(path, GemmPath::Own, "{dtype} m={m} k={k} n={n}");
                     check(
                         &format!(
-                            "own gemm {dtype} m={m} k={k} n={n} {act:?} bias {bias_dtype:?} wide {wide}"
+                            "own gemm {dtype} m={m} k={k} n={n} {act:?} bias {bias_dtype:?} {tile:?}"
                         ),
                         &dev.download(&y).unwrap(),
                         &round(&want, dtype),
@@ -364,7 +370,7 @@ fn own_gemms_match_cpu() {
         }
     }
     // Shapes they do not take go to cuBLAS, under the same call.
-    dev.set_own_gemm(OwnGemm::All, false).unwrap();
+    dev.set_own_gemm(OwnGemm::All, OwnTile::N128).unwrap();
     for (m, k, n, dtype) in [
         (64, 48, 128, DType::F16),
         (64, 64, 120, DType::F16),
@@ -388,7 +394,7 @@ fn own_gemms_match_cpu() {
         );
     }
     // `fused`: only the exact GELU moves to our kernel.
-    dev.set_own_gemm(OwnGemm::Fused, false).unwrap();
+    dev.set_own_gemm(OwnGemm::Fused, OwnTile::N128).unwrap();
     let (m, k, n) = (64, 64, 128);
     let x = round(&random(m * k, 46, 1.0), DType::F16);
     let w = round(&random(n * k, 47, 0.2), DType::F16);
@@ -403,7 +409,7 @@ fn own_gemms_match_cpu() {
         .unwrap();
     assert_ne!(plain, GemmPath::Own);
     assert_eq!(gelu, GemmPath::Own);
-    dev.set_own_gemm(OwnGemm::Off, false).unwrap();
+    dev.set_own_gemm(OwnGemm::Off, OwnTile::N128).unwrap();
 }
 
 /// `DINOV2_GEMM_TUNE`: a shape above the tuning threshold timed over cuBLASLt's candidates gives

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use dinov2_checkpoint::Activation;
 use dinov2_kernels::{
-    Act, Buffer, DType, Device, Graph, KernelError, OwnGemm, Recorder, RecordingMemory,
+    Act, Buffer, DType, Device, Graph, KernelError, OwnGemm, OwnTile, Recorder, RecordingMemory,
 };
 
 use crate::backend::{Backend, Dtype, OpTime, TokenParams};
@@ -117,7 +117,7 @@ impl CudaWeight {
 /// Which GEMMs run where, for reports: `cublasLt`, or our Hopper kernels for `fused` (the
 /// linear layers followed by the exact GELU) or `all` of them, with their tile width; `fast
 /// GELU` when `DINOV2_FAST_GELU=1`.
-fn gemm_details((policy, wide): (OwnGemm, bool), fast_gelu: bool) -> String {
+fn gemm_details((policy, tile): (OwnGemm, OwnTile), fast_gelu: bool) -> String {
     let ours = match policy {
         OwnGemm::Off => None,
         OwnGemm::Fused => Some("where the exact GELU follows"),
@@ -126,8 +126,12 @@ fn gemm_details((policy, wide): (OwnGemm, bool), fast_gelu: bool) -> String {
     let mut s = match ours {
         None => "cublasLt".to_string(),
         Some(scope) => {
-            let tile = if wide { 256 } else { 128 };
-            format!("ours (sm_90a, 128x{tile} tiles) {scope}, else cublasLt")
+            let kind = match tile {
+                OwnTile::Tma => "TMA, warp-specialized, ",
+                OwnTile::N128 | OwnTile::N256 => "",
+            };
+            let cols = tile.cols();
+            format!("ours (sm_90a, {kind}128x{cols} tiles) {scope}, else cublasLt")
         }
     };
     if fast_gelu {
@@ -223,10 +227,10 @@ impl CudaBackend {
         other.fast_gelu = self.fast_gelu;
         other.planned_memory = self.planned_memory;
         other.residual = self.residual;
-        let (policy, wide) = self.device.own_gemm();
+        let (policy, tile) = self.device.own_gemm();
         other
             .device
-            .set_own_gemm(policy, wide)
+            .set_own_gemm(policy, tile)
             .map_err(|e| other.err(e))?;
         Ok(other)
     }

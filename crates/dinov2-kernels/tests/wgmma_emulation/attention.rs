@@ -1,6 +1,8 @@
 //! `attention_wg<T>` of `kernels/attention_sm90a.cu`, one block at a time.
 
-use crate::hopper::{frag_pos, load_sw128_tile, sw128_desc, Block, Mma, OperandA, Timing, RAW};
+use crate::hopper::{
+    frag_pos, load_sw128_tile, sw128_desc, Block, Mma, OperandA, Timing, Wgmma, RAW,
+};
 
 /// The kernel's ATTN_WG_* geometry: query rows and keys a tile, head dim, threads, bytes.
 pub const ATTN_WG_ROWS: usize = 64;
@@ -43,19 +45,23 @@ pub fn wg_tile(
     n: usize,
     scale_log2: f32,
 ) {
+    let mut q = Wgmma::new(b.timing());
     let s_count = keys / 2;
     let s_acc = b.new_acc(keys);
     for kk in 0..ATTN_WG_D as u64 / 16 {
-        b.wgmma(Mma {
-            acc: s_acc,
-            a: OperandA::Desc(dq + 2 * kk),
-            b: dk + 2 * kk,
-            n: keys,
-            trans_b: false,
-        });
+        q.issue(
+            b,
+            Mma {
+                acc: s_acc,
+                a: OperandA::Desc(dq + 2 * kk),
+                b: dk + 2 * kk,
+                n: keys,
+                trans_b: false,
+            },
+        );
     }
-    b.wgmma_commit();
-    b.wgmma_wait(0);
+    q.commit();
+    q.wait(b, 0);
     let mut s: Vec<Vec<f32>> = (0..128)
         .map(|t| (0..s_count).map(|i| *b.frag(s_acc, t, i)).collect())
         .collect();
@@ -125,16 +131,19 @@ pub fn wg_tile(
                 }
             }
         }
-        b.wgmma(Mma {
-            acc: o,
-            a: OperandA::Regs(a),
-            b: dv + 128 * kk as u64,
-            n: 64,
-            trans_b: true,
-        });
+        q.issue(
+            b,
+            Mma {
+                acc: o,
+                a: OperandA::Regs(a),
+                b: dv + 128 * kk as u64,
+                n: 64,
+                trans_b: true,
+            },
+        );
     }
-    b.wgmma_commit();
-    b.wgmma_wait(0);
+    q.commit();
+    q.wait(b, 0);
 }
 
 /// One block (blockIdx = (bx, head, img)) of `attention_wg<T>`.

@@ -55,8 +55,8 @@ pub struct Block {
     accs: Vec<Acc>,
     copies_open: Vec<(u32, [f32; 8])>,
     copies: VecDeque<Vec<(u32, [f32; 8])>>,
-    mmas_open: Vec<Mma>,
-    mmas: VecDeque<Vec<Mma>>,
+    /// Byte ranges no copy or store may touch (the mbarriers).
+    reserved: Vec<(u32, u32)>,
 }
 
 impl Block {
@@ -67,9 +67,12 @@ impl Block {
             accs: Vec::new(),
             copies_open: Vec::new(),
             copies: VecDeque::new(),
-            mmas_open: Vec::new(),
-            mmas: VecDeque::new(),
+            reserved: Vec::new(),
         }
+    }
+
+    pub fn timing(&self) -> Timing {
+        self.timing
     }
 
     pub fn cell(&self, addr: u32) -> usize {
@@ -90,8 +93,18 @@ impl Block {
     }
     pub fn write(&mut self, addr: u32, values: &[f32]) {
         let i = self.cell(addr);
-        self.cell(addr + 2 * values.len() as u32 - 2);
+        let end = addr + 2 * values.len() as u32;
+        self.cell(end - 2);
+        if let Some((a, b)) = self.reserved.iter().find(|(a, b)| addr < *b && *a < end) {
+            panic!("a write to [{addr:#x}, {end:#x}) overlaps the reserved [{a:#x}, {b:#x})");
+        }
         self.smem[i..i + values.len()].copy_from_slice(values);
+    }
+    /// Marks `bytes` bytes at `addr` as no copy's or store's (an mbarrier's).
+    pub fn reserve(&mut self, addr: u32, bytes: u32) {
+        self.cell(addr);
+        self.cell(addr + bytes - 2);
+        self.reserved.push((addr, addr + bytes));
     }
 
     pub fn new_acc(&mut self, n: usize) -> usize {
@@ -138,25 +151,6 @@ impl Block {
         }
     }
 
-    pub fn wgmma(&mut self, mma: Mma) {
-        match self.timing {
-            Timing::CopiesLate => self.run(mma),
-            Timing::MmasLate => self.mmas_open.push(mma),
-        }
-    }
-    pub fn wgmma_commit(&mut self) {
-        let group = std::mem::take(&mut self.mmas_open);
-        self.mmas.push_back(group);
-    }
-    /// `wgmma.wait_group n`: every group but the newest n has retired.
-    pub fn wgmma_wait(&mut self, n: usize) {
-        while self.mmas.len() > n {
-            for mma in self.mmas.pop_front().unwrap() {
-                self.run(mma);
-            }
-        }
-    }
-
     /// The product itself: operands gathered through their descriptors, then multiplied.
     pub fn run(&mut self, mma: Mma) {
         let n = mma.n;
@@ -191,6 +185,130 @@ impl Block {
             }
         }
     }
+}
+
+/// One warpgroup's wgmma groups: issued, committed, retired by its waits.
+pub struct Wgmma {
+    timing: Timing,
+    open: Vec<Mma>,
+    groups: VecDeque<Vec<Mma>>,
+}
+
+impl Wgmma {
+    pub fn new(timing: Timing) -> Self {
+        Wgmma {
+            timing,
+            open: Vec::new(),
+            groups: VecDeque::new(),
+        }
+    }
+    /// `wgmma.mma_async`: runs now (copies-late timing) or at the wait that retires it.
+    pub fn issue(&mut self, b: &mut Block, mma: Mma) {
+        match self.timing {
+            Timing::CopiesLate => b.run(mma),
+            Timing::MmasLate => self.open.push(mma),
+        }
+    }
+    /// `wgmma.commit_group`.
+    pub fn commit(&mut self) {
+        let group = std::mem::take(&mut self.open);
+        self.groups.push_back(group);
+    }
+    /// `wgmma.wait_group n`: every group but the newest n has retired.
+    pub fn wait(&mut self, b: &mut Block, n: usize) {
+        while self.groups.len() > n {
+            for mma in self.groups.pop_front().unwrap() {
+                b.run(mma);
+            }
+        }
+    }
+}
+
+/// An mbarrier: the arrivals a phase expects, the arrivals and transaction bytes its current
+/// phase still waits for, and the phases completed so far.
+pub struct MBar {
+    count: u32,
+    pending: u32,
+    tx: i64,
+    phases: u32,
+}
+
+impl MBar {
+    /// `mbarrier.init`.
+    pub fn new(count: u32) -> Self {
+        MBar {
+            count,
+            pending: count,
+            tx: 0,
+            phases: 0,
+        }
+    }
+    fn complete_if_done(&mut self) {
+        if self.pending == 0 && self.tx == 0 {
+            self.phases += 1;
+            self.pending = self.count;
+        }
+    }
+    /// `mbarrier.arrive`.
+    pub fn arrive(&mut self) {
+        assert!(self.pending > 0, "an arrival beyond the phase's count");
+        self.pending -= 1;
+        self.complete_if_done();
+    }
+    /// `mbarrier.arrive.expect_tx`: `bytes` more for this phase, and an arrival.
+    pub fn arrive_expect_tx(&mut self, bytes: u32) {
+        self.tx += bytes as i64;
+        self.arrive();
+    }
+    /// A copy's bytes landed (`complete_tx`).
+    pub fn complete_tx(&mut self, bytes: u32) {
+        self.tx -= bytes as i64;
+        assert!(self.tx >= 0, "more bytes landed than the phase expected");
+        self.complete_if_done();
+    }
+    /// `mbarrier.try_wait.parity`: whether the phase of parity `parity` has completed, i.e. the
+    /// current (incomplete) phase has the other parity.
+    pub fn passed(&self, parity: u32) -> bool {
+        self.phases & 1 != parity
+    }
+}
+
+/// What a tensor map describes, as `hopper_gemm.rs` encodes it: a row-major `[rows][k]` tensor
+/// of 16-bit elements read in boxes of `box_rows` x 64 in the 128-byte swizzle, zeros past the
+/// last row.
+pub struct TensorMap<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub k: usize,
+    pub box_rows: usize,
+}
+
+/// `cp.async.bulk.tensor.2d` (TMA) of the box at (x, y) into `dst`, as the CUDA programming guide
+/// lays out the 128-byte swizzle: box row r at dst + 128r, its 16-byte chunk c at chunk
+/// c ^ (r % 8) (dst 1024-aligned). Lands at once; returns the bytes for the mbarrier.
+pub fn tma_load_2d(b: &mut Block, dst: u32, map: &TensorMap, x: usize, y: usize) -> u32 {
+    assert!(
+        dst % 1024 == 0,
+        "TMA destination {dst:#x}: the 128-byte swizzle needs 1024-byte alignment"
+    );
+    assert!(
+        x % 64 == 0 && x + 64 <= map.k,
+        "box column {x} of {}",
+        map.k
+    );
+    for r in 0..map.box_rows {
+        for c in 0..8 {
+            let row = y + r;
+            let values: [f32; 8] = if row < map.rows {
+                map.data[row * map.k + x + 8 * c..][..8].try_into().unwrap()
+            } else {
+                [0.0; 8]
+            };
+            let chunk = (c ^ (r % 8)) as u32;
+            b.write(dst + 128 * r as u32 + 16 * chunk, &values);
+        }
+    }
+    (map.box_rows * 128) as u32
 }
 
 /// The fields of a matrix descriptor (PTX ISA, "Matrix Descriptor Format"): start address, leading

@@ -36,7 +36,7 @@ mod attention;
 mod gemm;
 mod hopper;
 use attention::{attention_block, ATTN_WG_D, ATTN_WG_ROWS};
-use gemm::{gemm_block, Gemm, GEMM_TILES, GM_BM};
+use gemm::{gemm_block, gemm_ws_block, Gemm, GEMM_TILES, GM_BM, GW_BN};
 use hopper::{
     frag_pos, k_major, load_sw128_tile, mn_major, sw128_desc, Block, Timing, RAW, TIMINGS,
 };
@@ -48,6 +48,21 @@ fn gelu_tanh(x: f32) -> f32 {
     let x = x as f64;
     let c = (2.0 / std::f64::consts::PI).sqrt();
     (0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())) as f32
+}
+
+/// `act(x·wᵀ + bias)` in f64 (the activation in f32, as the kernel applies it).
+fn linear_reference(p: &Gemm) -> Vec<f64> {
+    let (m, n, k) = (p.m, p.n, p.k);
+    (0..m * n)
+        .map(|i| {
+            let (r, c) = (i / n, i % n);
+            let dot: f64 = (0..k)
+                .map(|j| p.x[r * k + j] as f64 * p.w[c * k + j] as f64)
+                .sum();
+            let pre = dot + p.bias.map_or(0.0, |b| b[c] as f64);
+            (p.act)(pre as f32) as f64
+        })
+        .collect()
 }
 
 #[test]
@@ -89,16 +104,6 @@ fn the_emulated_gemm_is_a_linear_layer() {
                             gemm_block(&p, tile, timing, &mut y, (bx, by));
                         }
                     }
-                    let want: Vec<f64> = (0..m * n)
-                        .map(|i| {
-                            let (r, c) = (i / n, i % n);
-                            let dot: f64 = (0..k)
-                                .map(|j| x[r * k + j] as f64 * w[c * k + j] as f64)
-                                .sum();
-                            let pre = dot + if with_bias { bias[c] as f64 } else { 0.0 };
-                            act(pre as f32) as f64
-                        })
-                        .collect();
                     let what = format!(
                         "m={m} n={n} k={k} {tile:?} {timing:?} bias={with_bias} {act_name}"
                     );
@@ -106,10 +111,54 @@ fn the_emulated_gemm_is_a_linear_layer() {
                         y.iter().all(|v| v.is_finite()),
                         "{what}: an output unwritten or NaN"
                     );
-                    let err = rel_l2(&y, &want);
+                    let err = rel_l2(&y, &linear_reference(&p));
                     assert!(err < 1e-6, "{what}: rel L2 {err:.2e}");
                 }
             }
+        }
+    }
+}
+
+/// The warp-specialized TMA kernel, its producer and consumers running concurrently: rows past m
+/// (zero-filled by the copy engine), one K step and more steps than stages (every stage
+/// refilled, both mbarrier parities in turn), several column tiles. A wrong phase or count
+/// deadlocks (a panic after seconds of no progress) or reads a stage's other fill.
+#[test]
+fn the_emulated_tma_gemm_is_a_linear_layer() {
+    let shapes = [
+        (1, 256, 64),
+        (130, 256, 192),
+        (200, 512, 320),
+        (129, 256, 704),
+        (70, 768, 64),
+    ];
+    for (m, n, k) in shapes {
+        let x = random(m * k, (m * 5 + k) as u64);
+        let w = random(n * k, (n * 11 + k) as u64);
+        let bias = random(n, n as u64 + 1);
+        for (with_bias, act) in [(true, gelu_tanh as fn(f32) -> f32), (false, |x| x)] {
+            let p = Gemm {
+                x: &x,
+                w: &w,
+                bias: with_bias.then_some(&bias[..]),
+                act,
+                m,
+                n,
+                k,
+            };
+            let mut y = vec![f32::NAN; m * n];
+            for by in 0..m.div_ceil(GM_BM) {
+                for bx in 0..n / GW_BN {
+                    gemm_ws_block(&p, &mut y, (bx, by));
+                }
+            }
+            let what = format!("TMA m={m} n={n} k={k} bias={with_bias}");
+            assert!(
+                y.iter().all(|v| v.is_finite()),
+                "{what}: an output unwritten or NaN"
+            );
+            let err = rel_l2(&y, &linear_reference(&p));
+            assert!(err < 1e-6, "{what}: rel L2 {err:.2e}");
         }
     }
 }
@@ -237,6 +286,12 @@ fn the_emulated_expressions_are_the_kernels() {
                 "\"}, %32, %33, p, 1, 1, 0, 0;\\n}\\n\"",
                 "\"}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\\n}\\n\"",
                 ": \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"l\"(db), \"r\"(1))",
+                // The mbarrier and TMA forms the warp-specialized kernel's emulation stands for.
+                "\"mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\\n\"",
+                "\"mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\\n\"",
+                "\"mbarrier.arrive.shared::cta.b64 _, [%0];\\n\"",
+                "\"cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes\" \
+                 \" [%0], [%1, {%3, %4}], [%2];\\n\"",
             ][..],
         ),
         (
@@ -268,9 +323,11 @@ fn the_emulated_expressions_are_the_kernels() {
                 "wgmma_commit(); const int next = step + LOOKAHEAD; if (next < steps) \
                  load_step(next, next % STAGES); cp_async_commit(); wgmma_wait<WAIT>();",
                 "wgmma_wait<0>(); fence_accumulators(d); cp_async_wait<0>();",
+                "__syncthreads(); stage_tile<T, ACT, BN>(d, tile, wg * 64 + ((tid >> 5) & 3) * 16 + \
+                 ((tid & 31) >> 2), tid & 31, bias, bias_f32, n0); __syncthreads(); \
+                 store_tile<T, BN, GM_THREADS>(tile, y, m0, m, n, n0, tid);",
+                // stage_tile, store_tile
                 "constexpr int ROW_BYTES = BN * 2 + 16;",
-                "const int warp = (tid >> 5) & 3, lane = tid & 31;",
-                "const int row = wg * 64 + warp * 16 + (lane >> 2);",
                 "for (int j = 0; j < BN / 8; j++) {",
                 "const int col = j * 8 + (lane & 3) * 2;",
                 "const float b0 = bias_at<T>(bias, bias_f32, n0 + col);",
@@ -280,10 +337,42 @@ fn the_emulated_expressions_are_the_kernels() {
                 "*reinterpret_cast<uint32_t*>(tile + (row + 8) * ROW_BYTES + col * 2) = \
                  pack2<T>(activate(d[4 * j + 2] + b0, ACT), activate(d[4 * j + 3] + b1, ACT));",
                 "constexpr int CHUNKS = BN / 8;",
-                "for (int i = tid; i < GM_BM * CHUNKS; i += GM_THREADS) {",
+                "for (int i = t; i < GM_BM * CHUNKS; i += THREADS) {",
                 "const int r = i / CHUNKS, ch = i % CHUNKS;",
                 "if (m0 + r < m) { *reinterpret_cast<uint4*>(y + (size_t)(m0 + r) * n + n0 + ch * 8) = \
                  *reinterpret_cast<const uint4*>(tile + r * ROW_BYTES + ch * 16); }",
+                // gemm_ws_body
+                "#define GW_BN 256",
+                "#define GW_STAGES 4",
+                "#define GW_THREADS 384",
+                "#define GW_SMEM_BYTES (GW_STAGES * GM_STAGE_BYTES(GW_BN) + 2 * GW_STAGES * 8 + 1024)",
+                "constexpr int STAGE_BYTES = GM_STAGE_BYTES(GW_BN);",
+                "const uint32_t full = base + GW_STAGES * STAGE_BYTES;",
+                "const uint32_t empty = full + GW_STAGES * 8;",
+                "const int n0 = blockIdx.x * GW_BN;",
+                "if (tid == 0) { for (int s = 0; s < GW_STAGES; s++) { mbar_init(full + 8 * s, 1); \
+                 mbar_init(empty + 8 * s, 2 * 128); } mbar_init_fence(); } __syncthreads();",
+                "if (wg == 0) { setmaxnreg_dec<40>(); if (tid == 0) { \
+                 for (int step = 0; step < steps; step++) { const int s = step % GW_STAGES; \
+                 if (step >= GW_STAGES) mbar_wait(empty + 8 * s, ((step / GW_STAGES) - 1) & 1); \
+                 const uint32_t stage = base + s * STAGE_BYTES; \
+                 mbar_arrive_expect_tx(full + 8 * s, STAGE_BYTES); \
+                 tma_load_2d(stage, map_x, full + 8 * s, step * GM_BK, m0); \
+                 tma_load_2d(stage + A_BYTES, map_w, full + 8 * s, step * GM_BK, n0); } } return; }",
+                "setmaxnreg_inc<232>(); const int c = wg - 1;",
+                "for (int step = 0; step < steps; step++) { const int s = step % GW_STAGES; \
+                 mbar_wait(full + 8 * s, (step / GW_STAGES) & 1); \
+                 const uint32_t stage = base + s * STAGE_BYTES; \
+                 const uint64_t da = sw128_desc(stage + c * (64 * 128)); \
+                 const uint64_t db = sw128_desc(stage + A_BYTES);",
+                "for (int kk = 0; kk < GM_BK / 16; kk++) wgmma_k16<T, GW_BN>(d, da + 2 * kk, db + 2 * kk); \
+                 wgmma_commit(); wgmma_wait<1>(); fence_accumulators(d);",
+                "if (step > 0) mbar_arrive(empty + 8 * ((step - 1) % GW_STAGES)); } wgmma_wait<0>(); \
+                 fence_accumulators(d);",
+                "named_barrier(1, 2 * 128); stage_tile<T, ACT, GW_BN>(d, tile, c * 64 + ((tid >> 5) & 3) * 16 + \
+                 ((tid & 31) >> 2), tid & 31, bias, bias_f32, n0); named_barrier(1, 2 * 128); \
+                 store_tile<T, GW_BN, 2 * 128>(tile, y, m0, m, n, n0, tid - 128);",
+                "GEMM_WS_KERNEL(name, T, aname, ACT)",
                 "GEMM_KERNEL(name, T, aname, ACT, 128, 3, 0, 2)",
                 "GEMM_KERNEL(name, T, aname, ACT, 256, 4, 1, 1)",
             ][..],
