@@ -18,6 +18,11 @@
 // before the wgmmas read them. A last tile of at most 16 or 32 keys (257 tokens: 1) runs
 // m64n16 or m64n32 products and that many keys of P·V. Query rows past N compute on zero rows
 // and are not written.
+//
+// A last query tile of at most 16 rows (257 tokens: one row) would pay every load and MMA of a
+// full tile for them: the flash kernel's key-split path (flash.cuh: 4 warps, 16 keys of each
+// K/V tile apiece, merged by warp 0) runs that block instead, on the same grid and threads.
+#include "flash.cuh"
 #include "wgmma.cuh"
 
 #define ATTN_WG_ROWS 64
@@ -25,8 +30,12 @@
 #define ATTN_WG_D 64
 #define ATTN_WG_THREADS 128
 // Q, then K and V in two buffers each: 8 KiB a tile; + 1 KiB to align the tiles to 1024 bytes.
+// The block's dynamic shared memory is the flash path's (Q and the K/V buffers in rows padded to
+// 72 elements), which is more.
 #define ATTN_WG_TILE_BYTES (64 * 64 * 2)
-#define ATTN_WG_SMEM (5 * ATTN_WG_TILE_BYTES + 1024)
+#define ATTN_WG_SMEM ((FA_BM + 4 * FA_BN) * (ATTN_WG_D + 8) * 2)
+static_assert(ATTN_WG_SMEM >= 5 * ATTN_WG_TILE_BYTES + 1024, "room for the wgmma path's tiles");
+static_assert(FA_BM == ATTN_WG_ROWS && FA_THREADS == ATTN_WG_THREADS, "one grid for both paths");
 
 // S = Q·Kᵀ over the first N keys of a tile (N = 64, or 32 or 16 for a last tile that short).
 template <typename T, int N>
@@ -151,6 +160,10 @@ __device__ __forceinline__ void attention_wg(const T* __restrict__ qkv, T* __res
     const T* kbase = base + hd;
     const T* vbase = base + 2 * hd;
     const int tiles = (n + ATTN_WG_KEYS - 1) / ATTN_WG_KEYS;
+    if (n - q0 <= 16) {
+        flash_attention<T, ATTN_WG_D, 1>(qkv, out, n, heads, ATTN_WG_D, scale_log2);
+        return;
+    }
 
     load_sw128_tile<64, ATTN_WG_THREADS>(sq, base + (long)q0 * ld, ld, n - q0);
     load_sw128_tile<64, ATTN_WG_THREADS>(sk, kbase, ld, n);

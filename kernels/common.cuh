@@ -119,5 +119,10 @@ __device__ __forceinline__ float activate(float x, int act) {
     }
 }
 
+// The shared-memory address of a generic pointer into shared memory.
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
 // Instantiates `KERNEL_BODY(name, type)` style macros for the three storage types.
 #define DINOV2_FOR_EACH_DTYPE(M) M(f32, float) M(f16, f16) M(bf16, bf16)

@@ -138,16 +138,17 @@ fn attention_kernel(
 }
 
 /// The head dim of the warpgroup-MMA attention kernel, its query rows per block
-/// (`ATTN_WG_ROWS`), and its dynamic shared memory (`ATTN_WG_SMEM`: Q, two K and two V tiles
-/// of [64][64] 16-bit elements, and 1 KiB to align them to 1024 bytes).
+/// (`ATTN_WG_ROWS`), and its dynamic shared memory (`ATTN_WG_SMEM`): the 64-row flash kernel's,
+/// whose key-split path runs its last query tile when that has at most 16 rows; more than its
+/// own Q, two K and two V tiles of [64][64] 16-bit elements and 1 KiB of alignment.
 const WGMMA_HEAD_DIM: usize = 64;
 const WGMMA_ROWS: usize = 64;
-const WGMMA_SMEM: u32 = 5 * 64 * 64 * 2 + 1024;
+const WGMMA_SMEM: u32 = flash_smem_bytes(WGMMA_HEAD_DIM, FLASH_BM);
 
 /// Dynamic shared memory of a flash kernel of `rows` query rows per block: Q [rows][pad + 8],
 /// K and V [2][64][pad + 8] (double buffered), 2-byte elements; rows padded by 8 elements so that
 /// ldmatrix is conflict-free.
-fn flash_smem_bytes(pad: usize, rows: usize) -> u32 {
+const fn flash_smem_bytes(pad: usize, rows: usize) -> u32 {
     ((rows + 4 * FLASH_BN) * (pad + 8) * 2) as u32
 }
 
@@ -990,9 +991,10 @@ pub(crate) mod tests {
     #[test]
     fn launch_geometry_matches_the_kernel_sources() {
         let attention = kernel_source("attention.cu");
-        assert_eq!(define(&attention, "FA_BM"), FLASH_BM);
-        assert_eq!(define(&attention, "FA_BN"), FLASH_BN);
-        assert_eq!(define(&attention, "FA_THREADS"), ATTENTION_THREADS as usize);
+        let flash = kernel_source("flash.cuh");
+        assert_eq!(define(&flash, "FA_BM"), FLASH_BM);
+        assert_eq!(define(&flash, "FA_BN"), FLASH_BN);
+        assert_eq!(define(&flash, "FA_THREADS"), ATTENTION_THREADS as usize);
         // 4 warps of 16 query rows each (one m16 MMA tile per warp).
         assert_eq!(FLASH_BM, 16 * ATTENTION_THREADS as usize / 32);
         // The _r128 kernels: two m-tiles a warp, instantiated up to FLASH_R128_MAX_PAD.
@@ -1017,8 +1019,16 @@ pub(crate) mod tests {
         assert_eq!(define(&wg, "ATTN_WG_D"), WGMMA_HEAD_DIM);
         assert_eq!(define(&wg, "ATTN_WG_THREADS"), ATTENTION_THREADS as usize);
         assert!(wg.contains("#define ATTN_WG_TILE_BYTES (64 * 64 * 2)"));
-        assert!(wg.contains("#define ATTN_WG_SMEM (5 * ATTN_WG_TILE_BYTES + 1024)"));
-        assert_eq!(WGMMA_SMEM as usize, 5 * 64 * 64 * 2 + 1024);
+        assert!(wg.contains("#define ATTN_WG_SMEM ((FA_BM + 4 * FA_BN) * (ATTN_WG_D + 8) * 2)"));
+        assert!(wg.contains(
+            "flash_attention<T, ATTN_WG_D, 1>(qkv, out, n, heads, ATTN_WG_D, scale_log2);"
+        ));
+        assert_eq!(WGMMA_SMEM, 46_080);
+        const {
+            assert!(WGMMA_SMEM as usize >= 5 * 64 * 64 * 2 + 1024);
+            // Four blocks an SM (228 KiB, 1 KiB reserved per block), as the 109 registers allow.
+            assert!(4 * (WGMMA_SMEM + 1024) <= 228 * 1024);
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `attention_wg<T>` of `kernels/attention_sm90a.cu`, one block at a time.
 
+use crate::flash::{flash_block, Problem};
 use crate::hopper::{
     frag_pos, load_sw128_tile, sw128_desc, Block, Mma, OperandA, Timing, Wgmma, RAW,
 };
@@ -10,7 +11,7 @@ pub const ATTN_WG_KEYS: usize = 64;
 pub const ATTN_WG_D: usize = 64;
 pub const ATTN_WG_THREADS: usize = 128;
 pub const ATTN_WG_TILE_BYTES: u32 = 64 * 64 * 2;
-pub const ATTN_WG_SMEM: usize = 5 * ATTN_WG_TILE_BYTES as usize + 1024;
+pub const ATTN_WG_SMEM: usize = (ATTN_WG_ROWS + 4 * ATTN_WG_KEYS) * (ATTN_WG_D + 8) * 2;
 
 /// `__shfl_xor_sync(full, v, mask)` over the warpgroup's 128 threads, combined with `op`.
 pub fn shfl_xor(v: &mut [f32; 128], mask: usize, op: fn(f32, f32) -> f32) {
@@ -171,6 +172,17 @@ pub fn attention_block(
     let vbase = base + 2 * hd;
     let tiles = n.div_ceil(ATTN_WG_KEYS);
     let live = |from: usize| n as isize - from as isize;
+    if n as isize - q0 as isize <= 16 {
+        let p = Problem {
+            n,
+            heads,
+            d: ATTN_WG_D,
+            dp: ATTN_WG_D,
+            scale_log2,
+        };
+        flash_block(&p, 1, qkv, out, (bx, head, img));
+        return;
+    }
 
     load_sw128_tile(
         &mut b,

@@ -33,6 +33,8 @@ mod reference;
 use reference::{naive_attention, random, rel_l2};
 
 mod attention;
+#[path = "../flash_emulation/kernel.rs"]
+mod flash;
 mod gemm;
 mod hopper;
 use attention::{attention_block, ATTN_WG_D, ATTN_WG_ROWS};
@@ -385,7 +387,7 @@ fn the_emulated_expressions_are_the_kernels() {
                 "#define ATTN_WG_D 64",
                 "#define ATTN_WG_THREADS 128",
                 "#define ATTN_WG_TILE_BYTES (64 * 64 * 2)",
-                "#define ATTN_WG_SMEM (5 * ATTN_WG_TILE_BYTES + 1024)",
+                "#define ATTN_WG_SMEM ((FA_BM + 4 * FA_BN) * (ATTN_WG_D + 8) * 2)",
                 "for (int kk = 0; kk < ATTN_WG_D / 16; kk++) wg_qk<T, KEYS>(s, dq + 2 * kk, dk + 2 * kk);",
                 "wgmma_commit(); wgmma_wait<0>(); fence_accumulators(s);",
                 "const int key0 = key_base + 2 * q;",
@@ -418,6 +420,8 @@ fn the_emulated_expressions_are_the_kernels() {
                 "const T* base = qkv + (long)img * n * ld + (long)head * D;",
                 "const T* kbase = base + hd;",
                 "const T* vbase = base + 2 * hd;",
+                "if (n - q0 <= 16) { flash_attention<T, ATTN_WG_D, 1>(qkv, out, n, heads, ATTN_WG_D, \
+                 scale_log2); return; }",
                 "load_sw128_tile<64, ATTN_WG_THREADS>(sq, base + (long)q0 * ld, ld, n - q0);",
                 "load_sw128_tile<64, ATTN_WG_THREADS>(sk, kbase, ld, n);",
                 "load_sw128_tile<64, ATTN_WG_THREADS>(sv, vbase, ld, n);",

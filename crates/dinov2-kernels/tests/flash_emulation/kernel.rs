@@ -1,45 +1,22 @@
-//! A lane-by-lane CPU emulation of the tensor-core flash-attention kernel
-//! (`flash_attention<T, DP>` in `kernels/attention.cu`), run against a naive attention: it checks
-//! the kernel's index arithmetic without a GPU.
-//!
-//! * `ldmatrix` (`.m8n8.x4`, with and without `.trans`) and `mma.sync.m16n8k16.row.col` (f32
-//!   accumulators) are emulated from the fragment layouts of the PTX ISA: matrix `i` of an x4
-//!   load takes its row addresses from lanes `8i..8i+8`; lane `l` then holds row `l/4`, columns
-//!   `2(l%4)`, `2(l%4)+1` (transposed: those rows of column `l/4`). A (16x16): registers 0..3 hold
-//!   rows g, g+8, g, g+8 and columns 2t(+1), 2t(+1), 2t+8(+1), 2t+8(+1) (g = lane/4, t = lane%4);
-//!   B (16x8): registers 0, 1 hold rows 2t(+1) and 2t+8(+1) of column g; C/D: elements 0, 1 at
-//!   row g and 2, 3 at row g+8, columns 2t, 2t+1.
-//! * The kernel's address, mask and output expressions are transcribed here one for one;
-//!   `the_emulated_expressions_are_the_kernels` fails when attention.cu no longer contains them,
-//!   so the two cannot drift apart silently.
-//! * Shared memory starts as NaN, so a read of a row pad or of an unloaded element poisons the
-//!   output; outputs start as NaN, so an element the kernel forgets to write shows.
-//!
-//! Values stay f32 (P is not rounded to f16/bf16): the comparison checks indexing, tightly.
+//! `flash_attention<T, DP, MT>` of `kernels/flash.cuh`, one block at a time, lane by lane (the
+//! fragment layouts and the transcription rules are in main.rs). Also the last query tile of the
+//! warpgroup-MMA attention, which runs this kernel's key-split path (`wgmma_emulation`).
 
-// The loops mirror the kernel's indexed loops on purpose, to keep the transcription literal.
-#![allow(clippy::needless_range_loop)]
-
-use std::path::Path;
-
-mod reference;
-use reference::{naive_attention, random, rel_l2};
-
-const BM: usize = 64; // FA_BM
-const BN: usize = 64; // FA_BN
-const THREADS: usize = 128; // FA_THREADS
-const WARPS: usize = THREADS / 32;
+pub const BM: usize = 64; // FA_BM
+pub const BN: usize = 64; // FA_BN
+pub const THREADS: usize = 128; // FA_THREADS
+pub const WARPS: usize = THREADS / 32;
 
 /// One 32-bit register per lane as its two 16-bit halves (x = low half, as `Mma::pack`).
-type Reg = [f32; 2];
+pub type Reg = [f32; 2];
 /// An ldmatrix.x4 result or an A fragment: 4 registers per lane.
-type Frag4 = [[Reg; 4]; 32];
+pub type Frag4 = [[Reg; 4]; 32];
 /// A C/D fragment: 4 f32 per lane.
-type Acc = [[f32; 4]; 32];
+pub type Acc = [[f32; 4]; 32];
 
 /// `ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16` with `addr[lane]` the element offset lane
 /// supplies.
-fn ldmatrix_x4(smem: &[f32], addr: &[usize; 32], trans: bool) -> Frag4 {
+pub fn ldmatrix_x4(smem: &[f32], addr: &[usize; 32], trans: bool) -> Frag4 {
     let mut out = [[[0.0; 2]; 4]; 32];
     for (lane, regs) in out.iter_mut().enumerate() {
         for (mat, reg) in regs.iter_mut().enumerate() {
@@ -58,7 +35,7 @@ fn ldmatrix_x4(smem: &[f32], addr: &[usize; 32], trans: bool) -> Frag4 {
 }
 
 /// `mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32`: c += a·b.
-fn mma(c: &mut Acc, a: &Frag4, b0: &[Reg; 32], b1: &[Reg; 32]) {
+pub fn mma(c: &mut Acc, a: &Frag4, b0: &[Reg; 32], b1: &[Reg; 32]) {
     let mut am = [[0.0f32; 16]; 16];
     let mut bm = [[0.0f32; 8]; 16];
     let mut cm = [[0.0f32; 8]; 16];
@@ -106,12 +83,12 @@ fn mma(c: &mut Acc, a: &Frag4, b0: &[Reg; 32], b1: &[Reg; 32]) {
     }
 }
 
-fn column(f: &Frag4, reg: usize) -> [Reg; 32] {
+pub fn column(f: &Frag4, reg: usize) -> [Reg; 32] {
     std::array::from_fn(|lane| f[lane][reg])
 }
 
 /// `__shfl_xor_sync(full, v, 1)` then `2`, with `op`: the reduction over a lane quad.
-fn quad_reduce(v: &mut [f32; 32], op: fn(f32, f32) -> f32) {
+pub fn quad_reduce(v: &mut [f32; 32], op: fn(f32, f32) -> f32) {
     for mask in [1, 2] {
         let prev = *v;
         for lane in 0..32 {
@@ -120,12 +97,12 @@ fn quad_reduce(v: &mut [f32; 32], op: fn(f32, f32) -> f32) {
     }
 }
 
-struct Problem {
-    n: usize,
-    heads: usize,
-    d: usize,
-    dp: usize,
-    scale_log2: f32,
+pub struct Problem {
+    pub n: usize,
+    pub heads: usize,
+    pub d: usize,
+    pub dp: usize,
+    pub scale_log2: f32,
 }
 
 /// `fa_load_tile<T, DP, ROWS>`: rows row0..row0+ROWS of one head's columns into a
@@ -133,7 +110,7 @@ struct Problem {
 /// written (stay NaN). Thread `tid` copies the chunks `tid + i·THREADS`: where THREADS is a
 /// multiple of the chunks per row, as row `tid / cpr + i·(THREADS / cpr)`, column
 /// `(tid % cpr)·8`; else from the chunk index. Every chunk is copied exactly once.
-fn load_tile(p: &Problem, qkv: &[f32], dst: &mut [f32], src: usize, row0: usize, rows: usize) {
+pub fn load_tile(p: &Problem, qkv: &[f32], dst: &mut [f32], src: usize, row0: usize, rows: usize) {
     let (lds, cpr) = (p.dp + 8, p.dp / 8);
     let ld = 3 * p.heads * p.d;
     let chunks = rows * cpr;
@@ -166,7 +143,7 @@ fn load_tile(p: &Problem, qkv: &[f32], dst: &mut [f32], src: usize, row0: usize,
 
 /// One warp's registers for its m-tiles: Q fragments, O accumulators, running maxima (of the raw
 /// scores) and sums of rows g and g + 8.
-struct Warp {
+pub struct Warp {
     qf: Vec<Vec<Frag4>>,
     o: Vec<Vec<Acc>>,
     m: Vec<([f32; 32], [f32; 32])>,
@@ -176,7 +153,7 @@ struct Warp {
 /// `fa_tile<T, DP, MT, TAIL, KEYS>`: `keys` keys (`k`, `v` start at the first, key `key_base`)
 /// through the online softmax of one warp. TAIL when they end past n; chunks of 16 keys wholly
 /// past n are skipped (their S stays 0, then is masked; their P·V terms are 0).
-fn fa_tile(p: &Problem, w: &mut Warp, k: &[f32], v: &[f32], key_base: usize, keys: usize) {
+pub fn fa_tile(p: &Problem, w: &mut Warp, k: &[f32], v: &[f32], key_base: usize, keys: usize) {
     let (n, dp) = (p.n, p.dp);
     let lds = dp + 8;
     let (ksteps, stiles) = (dp / 16, keys / 8);
@@ -290,7 +267,7 @@ fn fa_tile(p: &Problem, w: &mut Warp, k: &[f32], v: &[f32], key_base: usize, key
 /// One block (blockIdx = (bx, head, img)) of `flash_attention<T, DP, MT>`: 4 warps of `mt`
 /// m-tiles of 16 query rows each, or, in a key-split block (one m-tile a warp, at most 16 rows
 /// below n), 4 warps on the same 16 rows with 16 keys of each tile apiece, merged by warp 0.
-fn flash_block(
+pub fn flash_block(
     p: &Problem,
     mt_count: usize,
     qkv: &[f32],
@@ -425,156 +402,5 @@ fn flash_block(
                 }
             }
         }
-    }
-}
-
-#[test]
-fn the_emulated_flash_kernel_is_softmax_attention() {
-    // (batch, n, heads, d): every padded head dim, d < pad, one tile and several, N a multiple
-    // of the tile and not, a single token.
-    let cases = [
-        (2, 13, 3, 8),
-        (1, 1, 1, 8),
-        (1, 65, 2, 16),
-        (1, 100, 1, 24),
-        (1, 64, 1, 32),
-        (1, 77, 2, 40),
-        (1, 130, 2, 64),
-        (1, 50, 2, 72),
-        (1, 70, 1, 96),
-        (1, 129, 1, 128),
-        (1, 257, 2, 64),
-    ];
-    // Both kernels: one m-tile a warp (every pad) and two (the _r128 kernels, pad <= 64).
-    let runs = cases.iter().flat_map(|&c| [(c, 1), (c, 2)]);
-    for ((b, n, heads, d), mt_count) in runs {
-        let dp = [16, 32, 64, 96, 128].into_iter().find(|&p| p >= d).unwrap();
-        if mt_count == 2 && dp > 64 {
-            continue;
-        }
-        let scale = (d as f64).powf(-0.5);
-        let p = Problem {
-            n,
-            heads,
-            d,
-            dp,
-            scale_log2: (scale as f32) * std::f32::consts::LOG2_E,
-        };
-        let qkv = random(b * n * 3 * heads * d, (n * 131 + d) as u64);
-        let mut out = vec![f32::NAN; b * n * heads * d];
-        for img in 0..b {
-            for head in 0..heads {
-                for bx in 0..n.div_ceil(BM * mt_count) {
-                    flash_block(&p, mt_count, &qkv, &mut out, (bx, head, img));
-                }
-            }
-        }
-        let want = naive_attention(&qkv, b, n, heads, d, scale);
-        for (i, &g) in out.iter().enumerate() {
-            assert!(
-                g.is_finite(),
-                "b={b} n={n} heads={heads} d={d} mt={mt_count}: out[{i}] = {g}"
-            );
-        }
-        let err = rel_l2(&out, &want);
-        assert!(
-            err < 1e-5,
-            "b={b} n={n} heads={heads} d={d} mt={mt_count}: rel L2 {err:.2e}"
-        );
-    }
-}
-
-/// The kernel lines the emulation transcribes, whitespace ignored.
-#[test]
-fn the_emulated_expressions_are_the_kernels() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernels/attention.cu");
-    let source = std::fs::read_to_string(&path).expect("kernels/attention.cu");
-    let squeeze = |s: &str| s.split_whitespace().collect::<String>();
-    let source = squeeze(&source);
-    for expr in [
-        "#define FA_BM 64",
-        "#define FA_BN 64",
-        "#define FA_THREADS 128",
-        "constexpr int LDS = DP + 8, CPR = DP / 8, CHUNKS = ROWS * CPR;",
-        "constexpr int BQ = FA_BM * MT;",
-        "T* sK = sQ + BQ * LDS;",
-        "const int q0 = blockIdx.x * BQ;",
-        "const int wrow = warp * 16 * MT;",
-        "fa_load_tile<T, DP, BQ>(sQ, base, q0, n, d, ld);",
-        "static_assert(CHUNKS % FA_THREADS == 0, \"a tile is whole passes of the block\");",
-        "if constexpr (FA_THREADS % CPR == 0) {",
-        "constexpr int RSTEP = FA_THREADS / CPR;",
-        "const int r = threadIdx.x / CPR, col = (threadIdx.x % CPR) * 8;",
-        "const T* g = src + (long)(row0 + r) * ld + col;",
-        "const uint32_t s = smem_addr(dst + r * LDS + col);",
-        "for (int i = 0; i < CHUNKS / FA_THREADS; i++) {",
-        "const bool ok = row0 + r + i * RSTEP < n && col < d;",
-        "cp_async16(s + i * RSTEP * LDS * (int)sizeof(T), ok ? g + i * RSTEP * ld : src, ok);",
-        "const int c = threadIdx.x + i * FA_THREADS;",
-        "const int r = c / CPR, col = (c % CPR) * 8;",
-        "const bool ok = row0 + r < n && col < d;",
-        "cp_async16(smem_addr(dst + r * LDS + col), ok ? src + (long)(row0 + r) * ld + col : src, \
-         ok);",
-        "const long ld = 3L * hd;",
-        "const T* base = qkv + (long)img * n * ld + (long)head * d;",
-        "const T* kbase = base + hd;",
-        "const T* vbase = base + 2 * hd;",
-        "ldmatrix_x4(qf[mt][kk], smem_addr(sQ + (qrow + mt * 16 + (lane & 15)) * LDS + kk * 16 + \
-         (lane >> 4) * 8));",
-        "const int key = np * 16 + (lane & 7) + (mat >> 1) * 8;",
-        "const int dim = kk * 16 + (mat & 1) * 8;",
-        "ldmatrix_x4(b, smem_addr(k + key * LDS + dim));",
-        "Mma<T>::run(s[mt][2 * np], qf[mt][kk], b[0], b[1]);",
-        "Mma<T>::run(s[mt][2 * np + 1], qf[mt][kk], b[2], b[3]);",
-        "const bool split = MT == 1 && n - q0 <= 16;",
-        "const int qrow = split ? 0 : wrow;",
-        "const bool live = split || q0 + wrow < n;",
-        "const int c0 = warp * 16, key_base = j * FA_BN + c0;",
-        "if (key_base + 16 > n) { if (key_base < n) fa_tile<T, DP, MT, true, 16>(qf, o, m0, m1, \
-         l0, l1, k + c0 * LDS, v + c0 * LDS, key_base, n, lane, scale_log2); } else { \
-         fa_tile<T, DP, MT, false, 16>(qf, o, m0, m1, l0, l1, k + c0 * LDS, v + c0 * LDS, \
-         key_base, n, lane, scale_log2); }",
-        "const float mx0 = fmaxf(m0[0], mw0), mx1 = fmaxf(m1[0], mw1);",
-        "const float b0 = ex2_approx(fmaf(mw0, scale_log2, -ms0));",
-        "l0[0] = l0[0] * a0 + p[(OTILES * 4 + 2) * 32] * b0;",
-        "o[0][t][0] = o[0][t][0] * a0 + p[(t * 4) * 32] * b0;",
-        "o[0][t][3] = o[0][t][3] * a1 + p[(t * 4 + 3) * 32] * b1;",
-        "if (warp > 0) return;",
-        "if (live) {",
-        "if (!live) return;",
-        "} else if ((j + 1) * FA_BN > n) { fa_tile<T, DP, MT, true, FA_BN>(qf, o, m0, m1, l0, \
-         l1, k, v, j * FA_BN, n, lane, scale_log2); } else { fa_tile<T, DP, MT, false, \
-         FA_BN>(qf, o, m0, m1, l0, l1, k, v, j * FA_BN, n, lane, scale_log2); }",
-        "const int valid = n - key_base;",
-        "if (TAIL && np * 16 >= valid) continue;",
-        "const int key0 = key_base + tig * 2;",
-        "if (key0 + t * 8 + (e & 1) >= n) s[mt][t][e] = -INFINITY;",
-        "const float ms0 = mx0 * scale_log2, ms1 = mx1 * scale_log2;",
-        "const float alpha0 = ex2_approx(fmaf(m0[mt], scale_log2, -ms0));",
-        "const float alpha1 = ex2_approx(fmaf(m1[mt], scale_log2, -ms1));",
-        "s[mt][t][0] = ex2_approx(fmaf(s[mt][t][0], scale_log2, -ms0));",
-        "s[mt][t][3] = ex2_approx(fmaf(s[mt][t][3], scale_log2, -ms1));",
-        "if (TAIL && kk * 16 >= valid) continue;",
-        "a[mt][0] = Mma<T>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);",
-        "a[mt][1] = Mma<T>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);",
-        "a[mt][2] = Mma<T>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);",
-        "a[mt][3] = Mma<T>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);",
-        "const int key = kk * 16 + (lane & 7) + (mat & 1) * 8;",
-        "const int dim = dp * 16 + (mat >> 1) * 8;",
-        "ldmatrix_x4_trans(b, smem_addr(v + key * LDS + dim));",
-        "Mma<T>::run(o[mt][2 * dp], a[mt], b[0], b[1]);",
-        "Mma<T>::run(o[mt][2 * dp + 1], a[mt], b[2], b[3]);",
-        "const int r0 = q0 + qrow + mt * 16 + g, r1 = r0 + 8;",
-        "T* obase = out + (long)img * n * hd + (long)head * d + tig * 2;",
-        "if (t * 8 < d) {",
-        "*reinterpret_cast<uint32_t*>(obase + (long)r0 * hd + t * 8) = \
-         Mma<T>::pack(o[mt][t][0] * inv0, o[mt][t][1] * inv0);",
-        "*reinterpret_cast<uint32_t*>(obase + (long)r1 * hd + t * 8) = \
-         Mma<T>::pack(o[mt][t][2] * inv1, o[mt][t][3] * inv1);",
-    ] {
-        assert!(
-            source.contains(&squeeze(expr)),
-            "attention.cu no longer contains `{expr}`: update tests/flash_emulation.rs"
-        );
     }
 }
