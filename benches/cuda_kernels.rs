@@ -119,7 +119,8 @@ const HIGH_RES: (usize, usize) = (32, 1370);
 /// Flash attention with ViT-B/14's heads on `dev`, `batch` images of `tokens` tokens; `label`
 /// names the variant (`vitb14`: the kernel the device picks at 224 px; `vitb14_518px`: the same
 /// at 518 px; `vitb14_r128`, `vitb14_518px_r128`: a device opened with `DINOV2_ATTENTION=r128`;
-/// `vitb14_wg`, `vitb14_518px_wg`: with `DINOV2_ATTENTION=wgmma`).
+/// `vitb14_wg`, `vitb14_518px_wg`: with `DINOV2_ATTENTION=wgmma`; `vitb14_wg2`,
+/// `vitb14_518px_wg2`: `wgmma2`).
 fn attention(c: &mut Criterion, dev: &Device, label: &str, (batch, tokens): (usize, usize)) {
     let mut g = c.benchmark_group("attention_f16");
     let d = HIDDEN / HEADS;
@@ -403,13 +404,16 @@ fn main() {
         // for 32, half the reads per MMA (run 4: the 64-row kernel at 0.60x SDPA here).
         attention(&mut c, &wide, "vitb14_518px_r128", HIGH_RES);
     }
-    // The warpgroup-MMA kernel (H100/H200; opt-in: DINOV2_ATTENTION=wgmma) at both lengths.
-    std::env::set_var("DINOV2_ATTENTION", "wgmma");
-    let wg = Device::new(0);
-    std::env::remove_var("DINOV2_ATTENTION");
-    if let Some(wg) = wg.ok().filter(|d| d.info().compute_capability == (9, 0)) {
-        attention(&mut c, &wg, "vitb14_wg", (BATCH, TOKENS));
-        attention(&mut c, &wg, "vitb14_518px_wg", HIGH_RES);
+    // The warpgroup-MMA kernels (H100/H200; opt-in: DINOV2_ATTENTION=wgmma, and wgmma2 with
+    // two warpgroups a block sharing each K/V tile) at both lengths.
+    for (choice, label) in [("wgmma", "wg"), ("wgmma2", "wg2")] {
+        std::env::set_var("DINOV2_ATTENTION", choice);
+        let wg = Device::new(0);
+        std::env::remove_var("DINOV2_ATTENTION");
+        if let Some(wg) = wg.ok().filter(|d| d.info().compute_capability == (9, 0)) {
+            attention(&mut c, &wg, &format!("vitb14_{label}"), (BATCH, TOKENS));
+            attention(&mut c, &wg, &format!("vitb14_518px_{label}"), HIGH_RES);
+        }
     }
     norms(&mut c, &dev);
     elementwise(&mut c, &dev);

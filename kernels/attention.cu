@@ -29,13 +29,13 @@
     extern "C" __global__ void __launch_bounds__(FA_THREADS)                                       \
         attention_##name##_d##DP(const T* qkv, T* out, int n, int heads, int d,                   \
                                  float scale_log2) {                                               \
-        flash_attention<T, DP, 1>(qkv, out, n, heads, d, scale_log2);                              \
+        flash_attention<T, DP, 1>(qkv, out, n, heads, d, scale_log2, blockIdx.x * FA_BM);          \
     }
 #define FLASH_R128(name, T, DP)                                                                    \
     extern "C" __global__ void __launch_bounds__(FA_THREADS)                                       \
         attention_##name##_d##DP##_r128(const T* qkv, T* out, int n, int heads, int d,            \
                                         float scale_log2) {                                        \
-        flash_attention<T, DP, 2>(qkv, out, n, heads, d, scale_log2);                              \
+        flash_attention<T, DP, 2>(qkv, out, n, heads, d, scale_log2, blockIdx.x * 2 * FA_BM);      \
     }
 
 FLASH(f16, f16, 16)

@@ -1,12 +1,18 @@
 // Flash attention on Hopper's warpgroup MMAs (wgmma: sm_90a only), head dim 64, over packed QKV
 // rows as attention.cu's kernels take them: qkv [B, N, 3·heads·64] -> out [B, N, heads·64],
 // scores q·kᵀ·scale, softmax in f32, f32 accumulation:
-//   attention_wg_{f16,bf16}_d64(qkv, out, n, heads, d, scale_log2)
-// The same signature as attention_{t}_d64 (d must be 64; scale_log2 = scale·log2(e)). Grid
-// (ceil(N/64), heads, B), 128 threads (one warpgroup), dynamic smem ATTN_WG_SMEM bytes.
+//   attention_wg_{f16,bf16}_d64(qkv, out, n, heads, d, scale_log2, q_first)
+//     attention_{t}_d64's parameters (d must be 64; scale_log2 = scale·log2(e)) and the first
+//     query row of block 0. One warpgroup a block, 64 query rows. Grid (query tiles, heads, B),
+//     128 threads, dynamic smem ATTN_WG_SMEM bytes.
+//   attention_wg2_{f16,bf16}_d64(qkv, out, n, heads, d, scale_log2)
+//     Two warpgroups a block, 128 query rows (64 each) sharing every K/V tile they load: half
+//     the K/V traffic from L2 of 64-row blocks. Grid (ceil(N/128), heads, B), 256 threads,
+//     dynamic smem ATTN_WG2_SMEM bytes. A warpgroup whose rows all lie past N only loads. The
+//     launcher gives a last tile of at most 16 rows to attention_wg (q_first) instead.
 //
-// One block = one warpgroup = 64 query rows of one (image, head); warp w holds rows 16w..16w+15
-// of every m64 result, a thread rows lane/4 and lane/4 + 8 of them. Per K/V tile of 64 keys:
+// A warpgroup computes 64 query rows of one (image, head); warp w holds rows 16w..16w+15 of
+// every m64 result, a thread rows lane/4 and lane/4 + 8 of them. Per K/V tile of 64 keys:
 // - S = Q·Kᵀ: four m64n64k16 wgmmas reading Q [64][64] and K [64 keys][64] from shared memory
 //   (both K-major in the 128-byte swizzle, see wgmma.cuh);
 // - the online softmax on S in registers (log2 domain, one FFMA into ex2.approx per score, the
@@ -35,6 +41,8 @@
 #define ATTN_WG_TILE_BYTES (64 * 64 * 2)
 #define ATTN_WG_SMEM ((FA_BM + 4 * FA_BN) * (ATTN_WG_D + 8) * 2)
 static_assert(ATTN_WG_SMEM >= 5 * ATTN_WG_TILE_BYTES + 1024, "room for the wgmma path's tiles");
+// attention_wg2: two Q tiles, then the K and V buffers.
+#define ATTN_WG2_SMEM (6 * ATTN_WG_TILE_BYTES + 1024)
 static_assert(FA_BM == ATTN_WG_ROWS && FA_THREADS == ATTN_WG_THREADS, "one grid for both paths");
 
 // S = Q·Kᵀ over the first N keys of a tile (N = 64, or 32 or 16 for a last tile that short).
@@ -140,35 +148,46 @@ __device__ __forceinline__ void wg_tile(float (&o)[32], float& m0, float& m1, fl
     fence_accumulators(o);
 }
 
-template <typename T>
+// The block of WGS warpgroups (1: attention_wg, 2: attention_wg2) whose first query row is
+// q_first + blockIdx.x·64·WGS; warpgroup w takes the 64 rows from q0 + 64w.
+template <typename T, int WGS>
 __device__ __forceinline__ void attention_wg(const T* __restrict__ qkv, T* __restrict__ out, int n,
-                                             int heads, float scale_log2) {
+                                             int heads, float scale_log2, int q_first) {
     constexpr int D = ATTN_WG_D;
+    constexpr int THREADS = WGS * ATTN_WG_THREADS;
     extern __shared__ uint8_t smem_raw[];
     const uint32_t raw = smem_addr(smem_raw);
-    const uint32_t sq = (raw + 1023u) & ~1023u;
-    const uint32_t sk = sq + ATTN_WG_TILE_BYTES;      // [2] K tiles
-    const uint32_t sv = sk + 2 * ATTN_WG_TILE_BYTES;  // [2] V tiles
+    const uint32_t sq = (raw + 1023u) & ~1023u;             // [WGS] Q tiles
+    const uint32_t sk = sq + WGS * ATTN_WG_TILE_BYTES;      // [2] K tiles
+    const uint32_t sv = sk + 2 * ATTN_WG_TILE_BYTES;        // [2] V tiles
 
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int wg = threadIdx.x >> 7;
+    const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
     const int g = lane >> 2, q = lane & 3;
     const int head = blockIdx.y, img = blockIdx.z;
-    const int q0 = blockIdx.x * ATTN_WG_ROWS;
+    const int q0 = q_first + blockIdx.x * WGS * ATTN_WG_ROWS;
     const int hd = heads * D;
     const long ld = 3L * hd;
     const T* base = qkv + (long)img * n * ld + (long)head * D;
     const T* kbase = base + hd;
     const T* vbase = base + 2 * hd;
     const int tiles = (n + ATTN_WG_KEYS - 1) / ATTN_WG_KEYS;
-    if (n - q0 <= 16) {
-        flash_attention<T, ATTN_WG_D, 1>(qkv, out, n, heads, ATTN_WG_D, scale_log2);
+    if (WGS == 1 && n - q0 <= 16) {
+        flash_attention<T, ATTN_WG_D, 1>(qkv, out, n, heads, ATTN_WG_D, scale_log2, q0);
         return;
     }
 
-    load_sw128_tile<64, ATTN_WG_THREADS>(sq, base + (long)q0 * ld, ld, n - q0);
-    load_sw128_tile<64, ATTN_WG_THREADS>(sk, kbase, ld, n);
-    load_sw128_tile<64, ATTN_WG_THREADS>(sv, vbase, ld, n);
+#pragma unroll
+    for (int w = 0; w < WGS; w++) {
+        const int rows = q0 + ATTN_WG_ROWS * w; // a tile wholly past n is zero-filled
+        load_sw128_tile<64, THREADS>(sq + w * ATTN_WG_TILE_BYTES, base + (long)(rows < n ? rows : 0) * ld,
+                                     ld, n - rows);
+    }
+    load_sw128_tile<64, THREADS>(sk, kbase, ld, n);
+    load_sw128_tile<64, THREADS>(sv, vbase, ld, n);
     cp_async_commit();
+    // This warpgroup has query rows below n (else it only loads; one alone always has).
+    const bool live = WGS == 1 || q0 + ATTN_WG_ROWS * wg < n;
 
     // Accumulator fragments (m64n64): element 4j + e is row g + 8·(e >= 2) of the warp's 16,
     // column 8j + 2q + (e % 2).
@@ -176,16 +195,16 @@ __device__ __forceinline__ void attention_wg(const T* __restrict__ qkv, T* __res
 #pragma unroll
     for (int i = 0; i < 32; i++) o[i] = 0.0f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
-    const uint64_t dq = sw128_desc(sq);
+    const uint64_t dq = sw128_desc(sq + wg * ATTN_WG_TILE_BYTES);
 
     for (int j = 0; j < tiles; j++) {
         const int buf = j & 1;
         if (j + 1 < tiles) {
             const long next = (long)(j + 1) * ATTN_WG_KEYS;
-            load_sw128_tile<64, ATTN_WG_THREADS>(sk + (buf ^ 1) * ATTN_WG_TILE_BYTES, kbase + next * ld,
-                                                 ld, n - (int)next);
-            load_sw128_tile<64, ATTN_WG_THREADS>(sv + (buf ^ 1) * ATTN_WG_TILE_BYTES, vbase + next * ld,
-                                                 ld, n - (int)next);
+            load_sw128_tile<64, THREADS>(sk + (buf ^ 1) * ATTN_WG_TILE_BYTES, kbase + next * ld, ld,
+                                         n - (int)next);
+            load_sw128_tile<64, THREADS>(sv + (buf ^ 1) * ATTN_WG_TILE_BYTES, vbase + next * ld, ld,
+                                         n - (int)next);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -197,7 +216,8 @@ __device__ __forceinline__ void attention_wg(const T* __restrict__ qkv, T* __res
         const uint64_t dk = sw128_desc(sk + buf * ATTN_WG_TILE_BYTES);
         const uint64_t dv = sw128_desc(sv + buf * ATTN_WG_TILE_BYTES);
         const int key_base = j * ATTN_WG_KEYS, left = n - key_base;
-        if (left <= 16) {
+        if (!live) {
+        } else if (left <= 16) {
             wg_tile<T, 16, true>(o, m0, m1, l0, l1, dq, dk, dv, key_base, n, q, scale_log2);
         } else if (left <= 32) {
             wg_tile<T, 32, true>(o, m0, m1, l0, l1, dq, dk, dv, key_base, n, q, scale_log2);
@@ -209,6 +229,7 @@ __device__ __forceinline__ void attention_wg(const T* __restrict__ qkv, T* __res
         // Every warp is done with this tile's buffers before the next iteration refills them.
         __syncthreads();
     }
+    if (!live) return;
 
     float t0 = l0, t1 = l1;
     t0 += __shfl_xor_sync(0xffffffffu, t0, 1);
@@ -216,7 +237,7 @@ __device__ __forceinline__ void attention_wg(const T* __restrict__ qkv, T* __res
     t1 += __shfl_xor_sync(0xffffffffu, t1, 1);
     t1 += __shfl_xor_sync(0xffffffffu, t1, 2);
     const float inv0 = 1.0f / t0, inv1 = 1.0f / t1;
-    const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;
+    const int r0 = q0 + ATTN_WG_ROWS * wg + warp * 16 + g, r1 = r0 + 8;
     T* obase = out + (long)img * n * hd + (long)head * D + 2 * q;
 #pragma unroll
     for (int jj = 0; jj < 8; jj++) {
@@ -231,8 +252,14 @@ __device__ __forceinline__ void attention_wg(const T* __restrict__ qkv, T* __res
 
 #define ATTENTION_WG(name, T)                                                                      \
     extern "C" __global__ void __launch_bounds__(ATTN_WG_THREADS, 4)                               \
-        attention_wg_##name##_d64(const T* qkv, T* out, int n, int heads, int d, float scale_log2) { \
-        attention_wg<T>(qkv, out, n, heads, scale_log2);                                           \
+        attention_wg_##name##_d64(const T* qkv, T* out, int n, int heads, int d, float scale_log2,  \
+                                  int q_first) {                                                   \
+        attention_wg<T, 1>(qkv, out, n, heads, scale_log2, q_first);                               \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(2 * ATTN_WG_THREADS, 2)                           \
+        attention_wg2_##name##_d64(const T* qkv, T* out, int n, int heads, int d,                  \
+                                   float scale_log2) {                                             \
+        attention_wg<T, 2>(qkv, out, n, heads, scale_log2, 0);                                     \
     }
 ATTENTION_WG(f16, f16)
 ATTENTION_WG(bf16, bf16)

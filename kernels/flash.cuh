@@ -213,10 +213,11 @@ __device__ __forceinline__ void fa_tile(const uint32_t (&qf)[MT][DP / 16][4],
 // 16 rows from w·16·MT. Key split (MT = 1): a block with at most 16 query rows below n (the last
 // query tile at 257 or 261 tokens holds one or five) would leave three warps idle; there every
 // warp takes the block's first 16 rows against its own 16 keys of each K/V tile, 16·w..16·w+16,
-// and warp 0 merges the four partial softmaxes.
+// and warp 0 merges the four partial softmaxes. q0: the block's first query row (the kernels:
+// blockIdx.x · FA_BM · MT).
 template <typename T, int DP, int MT>
 __device__ __forceinline__ void flash_attention(const T* __restrict__ qkv, T* __restrict__ out,
-                                                int n, int heads, int d, float scale_log2) {
+                                                int n, int heads, int d, float scale_log2, int q0) {
     constexpr int LDS = DP + 8;        // padded row: conflict-free ldmatrix
     constexpr int KSTEPS = DP / 16;    // k-steps of S = Q·Kᵀ
     constexpr int OTILES = DP / 8;     // n-tiles of O (head dims)
@@ -229,7 +230,6 @@ __device__ __forceinline__ void flash_attention(const T* __restrict__ qkv, T* __
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, tig = lane & 3;
     const int head = blockIdx.y, img = blockIdx.z;
-    const int q0 = blockIdx.x * BQ;
     const int wrow = warp * 16 * MT; // this warp's first row in the block
     const int hd = heads * d;
     const long ld = 3L * hd;

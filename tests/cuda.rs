@@ -569,18 +569,19 @@ fn our_gemms_in_the_model_match_the_cpu() {
             let tol: f64 = if dtype == Dtype::F16 { 1e-2 } else { 3e-2 };
             let mut errors = Vec::new();
             let mut baseline = None;
-            // The last case also runs the warpgroup-MMA attention (DINOV2_ATTENTION is read
-            // when a device opens; the GPU tests run one at a time).
-            for (policy, tile, wg_attention) in [
-                (OwnGemm::Off, OwnTile::N128, false),
-                (OwnGemm::Fused, OwnTile::N128, false),
-                (OwnGemm::All, OwnTile::N128, false),
-                (OwnGemm::All, OwnTile::N256, false),
-                (OwnGemm::All, OwnTile::Tma, false),
-                (OwnGemm::Fused, OwnTile::Tma, true),
+            // The last cases also run the warpgroup-MMA attention kernels (DINOV2_ATTENTION is
+            // read when a device opens; the GPU tests run one at a time).
+            for (policy, tile, attention) in [
+                (OwnGemm::Off, OwnTile::N128, ""),
+                (OwnGemm::Fused, OwnTile::N128, ""),
+                (OwnGemm::All, OwnTile::N128, ""),
+                (OwnGemm::All, OwnTile::N256, ""),
+                (OwnGemm::All, OwnTile::Tma, ""),
+                (OwnGemm::Fused, OwnTile::Tma, "wgmma"),
+                (OwnGemm::Fused, OwnTile::Tma, "wgmma2"),
             ] {
-                if wg_attention {
-                    std::env::set_var("DINOV2_ATTENTION", "wgmma");
+                if !attention.is_empty() {
+                    std::env::set_var("DINOV2_ATTENTION", attention);
                 }
                 let be = gpu(dtype);
                 std::env::remove_var("DINOV2_ATTENTION");
@@ -589,21 +590,14 @@ fn our_gemms_in_the_model_match_the_cpu() {
                 let got = model.embed(&px, Pooling::ClsMean, false).unwrap();
                 let (g, w) = flatten_pair(&got, &want);
                 let err = rel_l2(&g, &w);
-                errors.push(format!(
-                    "{policy:?} {tile:?}{}: {err:.2e}",
-                    if wg_attention {
-                        " + wgmma attention"
-                    } else {
-                        ""
-                    }
-                ));
+                errors.push(format!("{policy:?} {tile:?} {attention}: {err:.2e}"));
                 // The first case is cuBLASLt and the flash kernel: the others are held to the
                 // half-precision tolerance, or to twice that path's error where random weights
                 // put it higher (what is tested is that our kernels lose nothing more).
                 let baseline = *baseline.get_or_insert(err);
                 assert!(
                     err < tol.max(2.0 * baseline),
-                    "{arch} {dtype} {policy:?} {tile:?} wgmma attention={wg_attention}: rel L2 {err:.3e} against the CPU (cuBLASLt path: {baseline:.3e})"
+                    "{arch} {dtype} {policy:?} {tile:?} attention {attention:?}: rel L2 {err:.3e} against the CPU (cuBLASLt path: {baseline:.3e})"
                 );
             }
             eprintln!("{arch} {dtype} against CPU f32: {}", errors.join(", "));

@@ -59,12 +59,12 @@ def main(home, peer_path):
     print("-" * len(head))
     for name in sorted(mine):
         secs, tp = mine[name]
-        # Our variants of one operation (`…/own_n128`, `vitb14_r128/…`, `vitb14_wg/…`) are held
+        # Our variants of one operation (`…/own_n128`, `vitb14_r128/…`, `vitb14_wg2/…`) are held
         # against the same PyTorch row.
         t = (
             theirs.get(name)
             or theirs.get(name.rsplit("/", 1)[0])
-            or theirs.get(re.sub(r"_(r128|wg)/", "/", name))
+            or theirs.get(re.sub(r"_(r128|wg2?)/", "/", name))
         )
         speedup = f"{t['ms'] * 1e-3 / secs:.2f}x" if t else "-"
         if "Bytes" in tp:

@@ -12,7 +12,7 @@
 #      tanh GELU in the GEMM epilogue (DINOV2_FAST_GELU=1), then the same pass's device time
 #      per operation (DINOV2_PROFILE=1);
 #      Our Hopper GEMMs (DINOV2_GEMM=fused, own; DINOV2_GEMM_TILE=256, tma) and attention
-#      (DINOV2_ATTENTION=wgmma), then both against the peer, the f16 residual stream
+#      (DINOV2_ATTENTION=wgmma, wgmma2), then both against the peer, the f16 residual stream
 #      (DINOV2_RESIDUAL=compute) alone and with both, come right after the headline, and
 #      their op profile after the default one;
 #   4. the criterion kernel benches and PyTorch's kernels on the same shapes; `dinov2 embed` on
@@ -344,6 +344,16 @@ main() {
         DINOV2_ATTENTION=wgmma bench vitb14-256-attn-wg 60 --dtype f16 --arch vitb14 --batch-size 256 \
             --warmup 3 --repeats 10
     fi
+    # Two warpgroups a block sharing each K/V tile (DINOV2_ATTENTION=wgmma2): half the K/V
+    # reads from L2, at 224 and 518 px (22 query tiles of 64 rows an image and head there).
+    if room 30; then
+        DINOV2_ATTENTION=wgmma2 bench vitb14-256-attn-wg2 60 --dtype f16 --arch vitb14 --batch-size 256 \
+            --warmup 3 --repeats 10
+    fi
+    if room 30; then
+        DINOV2_ATTENTION=wgmma2 bench vitb14-32-518px-attn-wg2 60 --dtype f16 --arch vitb14 \
+            --batch-size 32 --image-size 518 --warmup 2 --repeats 5
+    fi
     if room 30; then
         DINOV2_ATTENTION=wgmma DINOV2_GEMM=fused DINOV2_GEMM_TILE=256 bench vitb14-256-hopper 120 --dtype f16 --arch vitb14 \
             --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON"
@@ -408,7 +418,7 @@ main() {
     # kernels on the same shapes.
     if [ -x "$HERE/bin/kernel-bench" ] && room "$MIN_STEP"; then
         echo "-- [kernel benches at ${SECONDS}s]"
-        CRITERION_HOME="$CRITERION" timeout "$(cap 120)" "$HERE/bin/kernel-bench" --bench \
+        CRITERION_HOME="$CRITERION" timeout "$(cap 150)" "$HERE/bin/kernel-bench" --bench \
             --warm-up-time 0.5 --measurement-time 2 || echo "!! kernel benches: exit status $?"
         if room 20; then
             echo "-- [PyTorch kernels at ${SECONDS}s]"

@@ -63,18 +63,21 @@ pub(crate) enum AttentionChoice {
     /// `wgmma`: on an H100/H200, the warpgroup-MMA kernel (`attention_sm90a.cu`) at head dim
     /// 64, the flash kernels elsewhere. Opt-in until measured on a GPU.
     Wgmma,
+    /// `wgmma2`: the same with two warpgroups (128 query rows) a block sharing each K/V tile.
+    Wgmma2,
     /// `simple` (a debugging switch): the unfused path for every head dim.
     Simple,
 }
 
 impl AttentionChoice {
-    /// For reports: `flash`, `flash (128 rows)`, `wgmma at head dim 64, flash elsewhere`,
-    /// `unfused`.
+    /// For reports: `flash`, `flash (128 rows)`, `wgmma at head dim 64, flash elsewhere` (or
+    /// `wgmma (128 rows) …`), `unfused`.
     pub(crate) fn describe(self) -> &'static str {
         match self {
             AttentionChoice::Flash => "flash",
             AttentionChoice::Wide => "flash (128 rows)",
             AttentionChoice::Wgmma => "wgmma at head dim 64, flash elsewhere",
+            AttentionChoice::Wgmma2 => "wgmma (128 rows) at head dim 64, flash elsewhere",
             AttentionChoice::Simple => "unfused",
         }
     }
@@ -88,6 +91,7 @@ impl AttentionChoice {
             "simple" => AttentionChoice::Simple,
             "r128" => AttentionChoice::Wide,
             "wgmma" if hopper => AttentionChoice::Wgmma,
+            "wgmma2" if hopper => AttentionChoice::Wgmma2,
             _ => AttentionChoice::Flash,
         }
     }
@@ -99,8 +103,9 @@ enum AttentionKernel {
     /// `attention_{t}_d{pad}` (`rows` 64) or `attention_{t}_d{pad}_r128` (`rows` 128): tensor
     /// cores, 16-byte cp.async loads (d % 8 == 0, qkv 16-byte aligned).
     Flash { pad: usize, rows: usize },
-    /// `attention_wg_{t}_d64`: Hopper's warpgroup MMAs, d == 64 (qkv 16-byte aligned).
-    Wgmma,
+    /// `attention_wg_{t}_d64` (`rows` 64) or `attention_wg2_{t}_d64` (`rows` 128): Hopper's
+    /// warpgroup MMAs, d == 64 (qkv 16-byte aligned).
+    Wgmma { rows: usize },
     /// `attention_f32`: SIMT, any d.
     F32,
     /// [`Device::attention_probs`] with a scratch probability buffer: any d, any alignment.
@@ -121,8 +126,16 @@ fn attention_kernel(
     if dtype == DType::F32 {
         return AttentionKernel::F32;
     }
-    if choice == AttentionChoice::Wgmma && d == WGMMA_HEAD_DIM && qkv_aligned {
-        return AttentionKernel::Wgmma;
+    if d == WGMMA_HEAD_DIM && qkv_aligned {
+        match choice {
+            AttentionChoice::Wgmma => return AttentionKernel::Wgmma { rows: WGMMA_ROWS },
+            AttentionChoice::Wgmma2 => {
+                return AttentionKernel::Wgmma {
+                    rows: 2 * WGMMA_ROWS,
+                }
+            }
+            _ => {}
+        }
     }
     match FLASH_PADS.into_iter().find(|&p| p >= d) {
         Some(pad) if d % 8 == 0 && qkv_aligned => AttentionKernel::Flash {
@@ -144,6 +157,53 @@ fn attention_kernel(
 const WGMMA_HEAD_DIM: usize = 64;
 const WGMMA_ROWS: usize = 64;
 const WGMMA_SMEM: u32 = flash_smem_bytes(WGMMA_HEAD_DIM, FLASH_BM);
+/// `attention_wg2`'s (`ATTN_WG2_SMEM`): two Q tiles, two K and two V tiles, 1 KiB of alignment.
+const WGMMA2_SMEM: u32 = 6 * 64 * 64 * 2 + 1024;
+
+/// One launch of a warpgroup-MMA attention kernel over an (image, head) grid: `blocks` query
+/// tiles of `rows` rows from `q_first` (`Some` for `attention_wg`, which takes it; None: from 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WgLaunch {
+    rows: usize,
+    blocks: usize,
+    q_first: Option<usize>,
+}
+
+/// The launches that cover `n` query rows with blocks of `rows` (64 or 128). The 128-row
+/// kernel leaves a last tile of at most 16 rows to one 64-row block (which runs the flash
+/// kernel's key-split path for it): at 257 tokens, two blocks of 128 rows and one of the last
+/// row, instead of a third 128-row block computing one row.
+fn wgmma_launches(n: usize, rows: usize) -> Vec<WgLaunch> {
+    if rows == WGMMA_ROWS {
+        return vec![WgLaunch {
+            rows,
+            blocks: n.div_ceil(rows),
+            q_first: Some(0),
+        }];
+    }
+    let tail = n % rows;
+    if tail == 0 || tail > 16 {
+        return vec![WgLaunch {
+            rows,
+            blocks: n.div_ceil(rows),
+            q_first: None,
+        }];
+    }
+    let mut launches = Vec::new();
+    if n / rows > 0 {
+        launches.push(WgLaunch {
+            rows,
+            blocks: n / rows,
+            q_first: None,
+        });
+    }
+    launches.push(WgLaunch {
+        rows: WGMMA_ROWS,
+        blocks: 1,
+        q_first: Some(n - tail),
+    });
+    launches
+}
 
 /// Dynamic shared memory of a flash kernel of `rows` query rows per block: Q [rows][pad + 8],
 /// K and V [2][64][pad + 8] (double buffered), 2-byte elements; rows padded by 8 elements so that
@@ -645,12 +705,38 @@ impl Device {
                     log2_scale,
                 )
             }
-            AttentionKernel::Wgmma => (
-                format!("attention_wg_{t}_d64"),
-                flash_grid(batch, n, heads, WGMMA_ROWS),
-                WGMMA_SMEM,
-                log2_scale,
-            ),
+            AttentionKernel::Wgmma { rows } => {
+                for l in wgmma_launches(n, rows) {
+                    let mut args = vec![
+                        Arg::Ptr(qp),
+                        Arg::Ptr(op),
+                        Arg::I32(i32_of(OP, n)?),
+                        Arg::I32(heads as i32),
+                        Arg::I32(d as i32),
+                        Arg::F32(log2_scale),
+                    ];
+                    let (name, threads, smem) = match l.q_first {
+                        Some(q_first) => {
+                            args.push(Arg::I32(q_first as i32));
+                            (
+                                format!("attention_wg_{t}_d64"),
+                                ATTENTION_THREADS,
+                                WGMMA_SMEM,
+                            )
+                        }
+                        None => (
+                            format!("attention_wg2_{t}_d64"),
+                            2 * ATTENTION_THREADS,
+                            WGMMA2_SMEM,
+                        ),
+                    };
+                    let grid = (l.blocks as u32, heads as u32, batch as u32);
+                    // SAFETY: sizes checked; d == 64; 16-byte alignment checked; the blocks
+                    // cover query rows below n (rows past n are neither read nor written).
+                    unsafe { self.launch(&name, grid, threads, smem, &args)? };
+                }
+                return Ok(());
+            }
             AttentionKernel::F32 => (
                 "attention_f32".to_string(),
                 f32_attention_grid(batch, n, heads),
@@ -1021,14 +1107,73 @@ pub(crate) mod tests {
         assert!(wg.contains("#define ATTN_WG_TILE_BYTES (64 * 64 * 2)"));
         assert!(wg.contains("#define ATTN_WG_SMEM ((FA_BM + 4 * FA_BN) * (ATTN_WG_D + 8) * 2)"));
         assert!(wg.contains(
-            "flash_attention<T, ATTN_WG_D, 1>(qkv, out, n, heads, ATTN_WG_D, scale_log2);"
+            "flash_attention<T, ATTN_WG_D, 1>(qkv, out, n, heads, ATTN_WG_D, scale_log2, q0);"
         ));
         assert_eq!(WGMMA_SMEM, 46_080);
+        assert!(wg.contains("#define ATTN_WG2_SMEM (6 * ATTN_WG_TILE_BYTES + 1024)"));
+        assert_eq!(WGMMA2_SMEM, 6 * 64 * 64 * 2 + 1024);
+        assert!(wg.contains("__launch_bounds__(2 * ATTN_WG_THREADS, 2)"));
         const {
             assert!(WGMMA_SMEM as usize >= 5 * 64 * 64 * 2 + 1024);
             // Four blocks an SM (228 KiB, 1 KiB reserved per block), as the 109 registers allow.
             assert!(4 * (WGMMA_SMEM + 1024) <= 228 * 1024);
         }
+    }
+
+    #[test]
+    fn wgmma_launches_cover_every_query_row_once() {
+        for rows in [64, 128] {
+            for n in 1..=700 {
+                let mut covered = vec![0u8; n];
+                let launches = wgmma_launches(n, rows);
+                for l in &launches {
+                    // attention_wg takes q_first; attention_wg2 starts at row 0.
+                    assert_eq!(l.q_first.is_some(), l.rows == 64, "n={n} {l:?}");
+                    let first = l.q_first.unwrap_or(0);
+                    let end = (first + l.blocks * l.rows).min(n);
+                    covered[first..end].iter_mut().for_each(|c| *c += 1);
+                    // No block starts at or past n.
+                    assert!(first + (l.blocks - 1) * l.rows < n, "n={n} {l:?}");
+                }
+                assert!(
+                    covered.iter().all(|&c| c == 1),
+                    "n={n} rows={rows}: {launches:?}"
+                );
+            }
+        }
+        // 257 tokens: two 128-row blocks, then the last row on a 64-row block (the flash
+        // kernel's key-split path); 1370: eleven blocks, the last with 90 rows.
+        assert_eq!(
+            wgmma_launches(257, 128),
+            [
+                WgLaunch {
+                    rows: 128,
+                    blocks: 2,
+                    q_first: None
+                },
+                WgLaunch {
+                    rows: 64,
+                    blocks: 1,
+                    q_first: Some(256)
+                }
+            ]
+        );
+        assert_eq!(
+            wgmma_launches(1370, 128),
+            [WgLaunch {
+                rows: 128,
+                blocks: 11,
+                q_first: None
+            }]
+        );
+        assert_eq!(
+            wgmma_launches(10, 128),
+            [WgLaunch {
+                rows: 64,
+                blocks: 1,
+                q_first: Some(0)
+            }]
+        );
     }
 
     #[test]
@@ -1100,13 +1245,16 @@ pub(crate) mod tests {
                 );
                 // The warpgroup-MMA kernel takes d = 64 (aligned); other dims keep the flash
                 // kernels.
-                let wg = attention_kernel(t, d, AttentionChoice::Wgmma, true);
-                if d == 64 {
-                    assert_eq!(wg, Wgmma, "{t} d={d}");
-                } else {
-                    assert_eq!(wg, k, "{t} d={d}");
+                for (choice, rows) in [(AttentionChoice::Wgmma, 64), (AttentionChoice::Wgmma2, 128)]
+                {
+                    let wg = attention_kernel(t, d, choice, true);
+                    if d == 64 {
+                        assert_eq!(wg, Wgmma { rows }, "{t} d={d}");
+                    } else {
+                        assert_eq!(wg, k, "{t} d={d}");
+                    }
+                    assert_ne!(attention_kernel(t, d, choice, false), Wgmma { rows });
                 }
-                assert_ne!(attention_kernel(t, d, AttentionChoice::Wgmma, false), Wgmma);
             }
         }
         let pad = |d| match attention_kernel(DType::F16, d, AttentionChoice::Flash, true) {

@@ -184,6 +184,7 @@ fn hopper_kernels() -> Vec<String> {
             }
         }
         names.push(format!("attention_wg_{t}_d64"));
+        names.push(format!("attention_wg2_{t}_d64"));
     }
     names
 }
@@ -390,6 +391,9 @@ fn kernel_signatures_match_the_launchers() {
         } else if name.starts_with("gemm_") {
             // x, w, bias, bias_f32, y, m, n, k
             assert_eq!(params, [P, P, P, I, P, I, I, I], "{name}");
+        } else if name.starts_with("attention_wg_") {
+            // As the flash kernels (qkv, out, n, heads, d, scale_log2), and q_first.
+            assert_eq!(params, [P, P, I, I, I, F, I], "{name}");
         } else {
             // As the flash kernels: qkv, out, n, heads, d, scale_log2.
             assert_eq!(params, [P, P, I, I, I, F], "{name}");

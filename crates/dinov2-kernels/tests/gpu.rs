@@ -255,17 +255,24 @@ fn own_gemm_layout_probe() {
 /// weights are below e^-25), and V[k][c] = k % 64 + 64·(c % 16) names its own (key, column).
 /// A wrong S = Q·Kᵀ (K's descriptor or P's registers) shows as the wrong key, a wrong O = P·V
 /// (V's transposed descriptor) as the wrong column: what to fix without another device run.
+/// Both kernels: one warpgroup a block (`wgmma`) and two (`wgmma2`).
 #[test]
 #[ignore = "needs a CUDA device"]
 fn wgmma_attention_probe() {
-    std::env::set_var("DINOV2_ATTENTION", "wgmma");
-    let dev = device();
-    std::env::remove_var("DINOV2_ATTENTION");
-    if dev.info().compute_capability != (9, 0) {
-        return;
+    for choice in ["wgmma", "wgmma2"] {
+        std::env::set_var("DINOV2_ATTENTION", choice);
+        let dev = device();
+        std::env::remove_var("DINOV2_ATTENTION");
+        if dev.info().compute_capability != (9, 0) {
+            return;
+        }
+        probe_wgmma_attention(&dev, choice);
     }
+}
+
+fn probe_wgmma_attention(dev: &Device, choice: &str) {
     let d = 64;
-    for n in [64, 130] {
+    for n in [64, 130, 200] {
         let mut qkv = vec![0.0f32; n * 3 * d];
         for t in 0..n {
             let row = &mut qkv[t * 3 * d..(t + 1) * 3 * d];
@@ -275,8 +282,8 @@ fn wgmma_attention_probe() {
                 row[2 * d + c] = ((t % 64) + 64 * (c % 16)) as f32;
             }
         }
-        let qd = upload(&dev, &qkv, &[1, n, 3 * d], DType::F16);
-        let mut out = poisoned(&dev, DType::F16, &[1, n, d]);
+        let qd = upload(dev, &qkv, &[1, n, 3 * d], DType::F16);
+        let mut out = poisoned(dev, DType::F16, &[1, n, d]);
         dev.attention(&qd, &mut out, 1, n, 1, d, 0.125).unwrap();
         let got = dev.download(&out).unwrap();
         let mut bad = Vec::new();
@@ -298,7 +305,7 @@ fn wgmma_attention_probe() {
         }
         assert!(
             bad.is_empty(),
-            "n={n}: {} of {} outputs wrong; first:\n{}",
+            "{choice} n={n}: {} of {} outputs wrong; first:\n{}",
             bad.len(),
             n * d,
             bad[..bad.len().min(24)].join("\n")
@@ -692,15 +699,19 @@ fn attention_matches_cpu() {
     // (DINOV2_ATTENTION is read when a device opens; the GPU tests run one at a time).
     std::env::set_var("DINOV2_ATTENTION", "r128");
     let wide = device();
-    // The warpgroup-MMA kernel (head dim 64) where the device has it (H100/H200).
+    // The warpgroup-MMA kernels (head dim 64) where the device has them (H100/H200): one
+    // warpgroup a block, and two sharing each K/V tile.
     std::env::set_var("DINOV2_ATTENTION", "wgmma");
     let wg = device();
+    std::env::set_var("DINOV2_ATTENTION", "wgmma2");
+    let wg2 = device();
     std::env::remove_var("DINOV2_ATTENTION");
     let hopper = wg.info().compute_capability == (9, 0);
     // (batch, n, heads, d): odd lengths, every padded head dim, one tile and many, whole tiles
     // (128: no tail), last key tiles of 1 to 36 keys and last query tiles with idle warps; at
     // d = 64 also last key tiles of exactly 16 and 32 keys (80, 96 tokens: where the
-    // warpgroup-MMA kernel switches its last tile's product width) and 26 (1370).
+    // warpgroup-MMA kernel switches its last tile's product width) and 26 (1370), and for the
+    // 128-row kernel a second warpgroup with 16 rows (144) and 16 rows past two blocks (272).
     let cases = [
         (2, 13, 3, 8),
         (1, 257, 6, 64),
@@ -719,6 +730,8 @@ fn attention_matches_cpu() {
         (1, 1370, 2, 64),
         (1, 80, 1, 64),
         (1, 96, 1, 64),
+        (1, 144, 2, 64),
+        (1, 272, 2, 64),
     ];
     for &(b, n, heads, d) in &cases {
         let h = heads * d;
@@ -754,6 +767,7 @@ fn attention_matches_cpu() {
             };
             if dtype != DType::F32 && d == 64 && hopper {
                 on(&wg, "warpgroup MMAs");
+                on(&wg2, "warpgroup MMAs, 128 rows");
             }
             if dtype != DType::F32 && d <= 64 {
                 on(&wide, "128-row flash");

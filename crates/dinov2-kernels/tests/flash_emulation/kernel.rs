@@ -264,15 +264,17 @@ pub fn fa_tile(p: &Problem, w: &mut Warp, k: &[f32], v: &[f32], key_base: usize,
     }
 }
 
-/// One block (blockIdx = (bx, head, img)) of `flash_attention<T, DP, MT>`: 4 warps of `mt`
-/// m-tiles of 16 query rows each, or, in a key-split block (one m-tile a warp, at most 16 rows
-/// below n), 4 warps on the same 16 rows with 16 keys of each tile apiece, merged by warp 0.
+/// One block of `flash_attention<T, DP, MT>` (blockIdx = (·, head, img)), its first query row
+/// `q0`: 4 warps of `mt` m-tiles of 16 query rows each, or, in a key-split block (one m-tile a
+/// warp, at most 16 rows below n), 4 warps on the same 16 rows with 16 keys of each tile apiece,
+/// merged by warp 0.
 pub fn flash_block(
     p: &Problem,
     mt_count: usize,
     qkv: &[f32],
     out: &mut [f32],
-    (bx, head, img): (usize, usize, usize),
+    q0: usize,
+    (head, img): (usize, usize),
 ) {
     let (n, d, dp) = (p.n, p.d, p.dp);
     let lds = dp + 8;
@@ -281,7 +283,6 @@ pub fn flash_block(
     let mut s_q = vec![f32::NAN; bq * lds];
     let mut s_k = vec![f32::NAN; 2 * BN * lds];
     let mut s_v = vec![f32::NAN; 2 * BN * lds];
-    let q0 = bx * bq;
     let hd = p.heads * d;
     let ld = 3 * hd;
     let base = img * n * ld + head * d;

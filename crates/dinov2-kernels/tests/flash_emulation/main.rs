@@ -66,7 +66,9 @@ fn the_emulated_flash_kernel_is_softmax_attention() {
         for img in 0..b {
             for head in 0..heads {
                 for bx in 0..n.div_ceil(BM * mt_count) {
-                    flash_block(&p, mt_count, &qkv, &mut out, (bx, head, img));
+                    // The kernels' q0: blockIdx.x · FA_BM · MT.
+                    let q0 = bx * BM * mt_count;
+                    flash_block(&p, mt_count, &qkv, &mut out, q0, (head, img));
                 }
             }
         }
@@ -99,7 +101,6 @@ fn the_emulated_expressions_are_the_kernels() {
         "constexpr int LDS = DP + 8, CPR = DP / 8, CHUNKS = ROWS * CPR;",
         "constexpr int BQ = FA_BM * MT;",
         "T* sK = sQ + BQ * LDS;",
-        "const int q0 = blockIdx.x * BQ;",
         "const int wrow = warp * 16 * MT;",
         "fa_load_tile<T, DP, BQ>(sQ, base, q0, n, d, ld);",
         "static_assert(CHUNKS % FA_THREADS == 0, \"a tile is whole passes of the block\");",
@@ -176,6 +177,18 @@ fn the_emulated_expressions_are_the_kernels() {
         assert!(
             source.contains(&squeeze(expr)),
             "flash.cuh no longer contains `{expr}`: update tests/flash_emulation.rs"
+        );
+    }
+    // The kernels' first query row, as the test gives it.
+    let kernels =
+        std::fs::read_to_string(path.with_file_name("attention.cu")).expect("attention.cu");
+    for expr in [
+        "flash_attention<T, DP, 1>(qkv, out, n, heads, d, scale_log2, blockIdx.x * FA_BM);",
+        "flash_attention<T, DP, 2>(qkv, out, n, heads, d, scale_log2, blockIdx.x * 2 * FA_BM);",
+    ] {
+        assert!(
+            squeeze(&kernels).contains(&squeeze(expr)),
+            "attention.cu no longer contains `{expr}`: update tests/flash_emulation"
         );
     }
 }

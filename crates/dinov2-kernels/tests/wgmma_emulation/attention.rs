@@ -12,6 +12,7 @@ pub const ATTN_WG_D: usize = 64;
 pub const ATTN_WG_THREADS: usize = 128;
 pub const ATTN_WG_TILE_BYTES: u32 = 64 * 64 * 2;
 pub const ATTN_WG_SMEM: usize = (ATTN_WG_ROWS + 4 * ATTN_WG_KEYS) * (ATTN_WG_D + 8) * 2;
+pub const ATTN_WG2_SMEM: usize = 6 * ATTN_WG_TILE_BYTES as usize + 1024;
 
 /// `__shfl_xor_sync(full, v, mask)` over the warpgroup's 128 threads, combined with `op`.
 pub fn shfl_xor(v: &mut [f32; 128], mask: usize, op: fn(f32, f32) -> f32) {
@@ -147,9 +148,12 @@ pub fn wg_tile(
     q.wait(b, 0);
 }
 
-/// One block (blockIdx = (bx, head, img)) of `attention_wg<T>`.
+/// One block (blockIdx = (bx, head, img)) of `attention_wg<T, WGS>`: `wgs` warpgroups of 64
+/// query rows from q_first + 64·wgs·bx.
 pub fn attention_block(
     timing: Timing,
+    wgs: usize,
+    q_first: usize,
     qkv: &[f32],
     out: &mut [f32],
     n: usize,
@@ -158,13 +162,19 @@ pub fn attention_block(
     (bx, head, img): (usize, usize, usize),
 ) {
     let d = ATTN_WG_D;
-    let mut b = Block::new(timing, ATTN_WG_SMEM);
+    let threads = wgs * ATTN_WG_THREADS;
+    let smem = if wgs == 1 {
+        ATTN_WG_SMEM
+    } else {
+        ATTN_WG2_SMEM
+    };
+    let mut b = Block::new(timing, smem);
     let raw = RAW;
     let sq = (raw + 1023) & !1023;
-    let sk = sq + ATTN_WG_TILE_BYTES;
+    let sk = sq + wgs as u32 * ATTN_WG_TILE_BYTES;
     let sv = sk + 2 * ATTN_WG_TILE_BYTES;
 
-    let q0 = bx * ATTN_WG_ROWS;
+    let q0 = q_first + bx * wgs * ATTN_WG_ROWS;
     let hd = heads * d;
     let ld = 3 * hd;
     let base = img * n * ld + head * d;
@@ -172,7 +182,7 @@ pub fn attention_block(
     let vbase = base + 2 * hd;
     let tiles = n.div_ceil(ATTN_WG_KEYS);
     let live = |from: usize| n as isize - from as isize;
-    if n as isize - q0 as isize <= 16 {
+    if wgs == 1 && n as isize - q0 as isize <= 16 {
         let p = Problem {
             n,
             heads,
@@ -180,32 +190,36 @@ pub fn attention_block(
             dp: ATTN_WG_D,
             scale_log2,
         };
-        flash_block(&p, 1, qkv, out, (bx, head, img));
+        flash_block(&p, 1, qkv, out, q0, (head, img));
         return;
     }
 
-    load_sw128_tile(
-        &mut b,
-        64,
-        ATTN_WG_THREADS,
-        sq,
-        qkv,
-        base + q0 * ld,
-        ld,
-        live(q0),
-    );
-    load_sw128_tile(&mut b, 64, ATTN_WG_THREADS, sk, qkv, kbase, ld, live(0));
-    load_sw128_tile(&mut b, 64, ATTN_WG_THREADS, sv, qkv, vbase, ld, live(0));
+    for w in 0..wgs {
+        let rows = q0 + ATTN_WG_ROWS * w;
+        let src = base + if rows < n { rows } else { 0 } * ld;
+        let tile = sq + w as u32 * ATTN_WG_TILE_BYTES;
+        load_sw128_tile(&mut b, 64, threads, tile, qkv, src, ld, live(rows));
+    }
+    load_sw128_tile(&mut b, 64, threads, sk, qkv, kbase, ld, live(0));
+    load_sw128_tile(&mut b, 64, threads, sv, qkv, vbase, ld, live(0));
     b.cp_async_commit();
 
-    let o = b.new_acc(64);
-    let mut rows = Rows {
-        m0: [f32::NEG_INFINITY; 128],
-        m1: [f32::NEG_INFINITY; 128],
-        l0: [0.0; 128],
-        l1: [0.0; 128],
-    };
-    let dq = sw128_desc(sq);
+    // Each warpgroup's accumulators and row state; whether it has rows below n.
+    let alive: Vec<bool> = (0..wgs)
+        .map(|wg| wgs == 1 || q0 + ATTN_WG_ROWS * wg < n)
+        .collect();
+    let o: Vec<usize> = (0..wgs).map(|_| b.new_acc(64)).collect();
+    let mut rows: Vec<Rows> = (0..wgs)
+        .map(|_| Rows {
+            m0: [f32::NEG_INFINITY; 128],
+            m1: [f32::NEG_INFINITY; 128],
+            l0: [0.0; 128],
+            l1: [0.0; 128],
+        })
+        .collect();
+    let dq: Vec<u64> = (0..wgs)
+        .map(|wg| sw128_desc(sq + wg as u32 * ATTN_WG_TILE_BYTES))
+        .collect();
     for j in 0..tiles {
         let buf = (j & 1) as u32;
         if j + 1 < tiles {
@@ -217,7 +231,7 @@ pub fn attention_block(
             load_sw128_tile(
                 &mut b,
                 64,
-                ATTN_WG_THREADS,
+                threads,
                 kt,
                 qkv,
                 kbase + next * ld,
@@ -227,7 +241,7 @@ pub fn attention_block(
             load_sw128_tile(
                 &mut b,
                 64,
-                ATTN_WG_THREADS,
+                threads,
                 vt,
                 qkv,
                 vbase + next * ld,
@@ -243,48 +257,45 @@ pub fn attention_block(
         let dv = sw128_desc(sv + buf * ATTN_WG_TILE_BYTES);
         let key_base = j * ATTN_WG_KEYS;
         let left = n - key_base;
-        let descs = (dq, dk, dv);
-        if left <= 16 {
-            wg_tile(
-                &mut b, 16, true, o, &mut rows, descs, key_base, n, scale_log2,
-            );
-        } else if left <= 32 {
-            wg_tile(
-                &mut b, 32, true, o, &mut rows, descs, key_base, n, scale_log2,
-            );
-        } else if left < ATTN_WG_KEYS {
-            wg_tile(
-                &mut b, 64, true, o, &mut rows, descs, key_base, n, scale_log2,
-            );
-        } else {
-            wg_tile(
-                &mut b, 64, false, o, &mut rows, descs, key_base, n, scale_log2,
-            );
+        for wg in 0..wgs {
+            let (o, rows, descs) = (o[wg], &mut rows[wg], (dq[wg], dk, dv));
+            if !alive[wg] {
+            } else if left <= 16 {
+                wg_tile(&mut b, 16, true, o, rows, descs, key_base, n, scale_log2);
+            } else if left <= 32 {
+                wg_tile(&mut b, 32, true, o, rows, descs, key_base, n, scale_log2);
+            } else if left < ATTN_WG_KEYS {
+                wg_tile(&mut b, 64, true, o, rows, descs, key_base, n, scale_log2);
+            } else {
+                wg_tile(&mut b, 64, false, o, rows, descs, key_base, n, scale_log2);
+            }
         }
     }
 
-    let (mut t0, mut t1) = (rows.l0, rows.l1);
-    for mask in [1, 2] {
-        shfl_xor(&mut t0, mask, |a, b| a + b);
-        shfl_xor(&mut t1, mask, |a, b| a + b);
-    }
-    for t in 0..ATTN_WG_THREADS {
-        let (warp, lane) = (t >> 5, t & 31);
-        let (g, q) = (lane >> 2, lane & 3);
-        let inv0 = 1.0 / t0[t];
-        let inv1 = 1.0 / t1[t];
-        let r0 = q0 + warp * 16 + g;
-        let r1 = r0 + 8;
-        let obase = img * n * hd + head * d + 2 * q;
-        for jj in 0..8 {
-            let v = [0, 1, 2, 3].map(|e| *b.frag(o, t, 4 * jj + e));
-            if r0 < n {
-                out[obase + r0 * hd + 8 * jj] = v[0] * inv0;
-                out[obase + r0 * hd + 8 * jj + 1] = v[1] * inv0;
-            }
-            if r1 < n {
-                out[obase + r1 * hd + 8 * jj] = v[2] * inv1;
-                out[obase + r1 * hd + 8 * jj + 1] = v[3] * inv1;
+    for wg in (0..wgs).filter(|&wg| alive[wg]) {
+        let (mut t0, mut t1) = (rows[wg].l0, rows[wg].l1);
+        for mask in [1, 2] {
+            shfl_xor(&mut t0, mask, |a, b| a + b);
+            shfl_xor(&mut t1, mask, |a, b| a + b);
+        }
+        for t in 0..ATTN_WG_THREADS {
+            let (warp, lane) = (t >> 5, t & 31);
+            let (g, q) = (lane >> 2, lane & 3);
+            let inv0 = 1.0 / t0[t];
+            let inv1 = 1.0 / t1[t];
+            let r0 = q0 + ATTN_WG_ROWS * wg + warp * 16 + g;
+            let r1 = r0 + 8;
+            let obase = img * n * hd + head * d + 2 * q;
+            for jj in 0..8 {
+                let v = [0, 1, 2, 3].map(|e| *b.frag(o[wg], t, 4 * jj + e));
+                if r0 < n {
+                    out[obase + r0 * hd + 8 * jj] = v[0] * inv0;
+                    out[obase + r0 * hd + 8 * jj + 1] = v[1] * inv0;
+                }
+                if r1 < n {
+                    out[obase + r1 * hd + 8 * jj] = v[2] * inv1;
+                    out[obase + r1 * hd + 8 * jj + 1] = v[3] * inv1;
+                }
             }
         }
     }

@@ -165,36 +165,52 @@ fn the_emulated_tma_gemm_is_a_linear_layer() {
     }
 }
 
+/// The launches of `Device::attention` for the warpgroup-MMA kernels (`wgmma_launches` in
+/// ops.rs): (warpgroups a block, blocks, first query row) for blocks of `rows` query rows.
+fn wgmma_launches(n: usize, rows: usize) -> Vec<(usize, usize, usize)> {
+    if rows == ATTN_WG_ROWS {
+        return vec![(1, n.div_ceil(rows), 0)];
+    }
+    let tail = n % rows;
+    if tail == 0 || tail > 16 {
+        return vec![(2, n.div_ceil(rows), 0)];
+    }
+    let mut launches = Vec::new();
+    if n / rows > 0 {
+        launches.push((2, n / rows, 0));
+    }
+    launches.push((1, 1, n - tail));
+    launches
+}
+
 #[test]
 fn the_emulated_wgmma_attention_is_softmax_attention() {
     // Token counts: one; last key tiles of 1, 15, 16 (n16), 17, 32 (n32), 33 and 63 keys (n64,
     // masked) and none (whole tiles); several query blocks; 257 (ViT at 224 px: a last tile of
-    // one key).
-    let lengths = [1, 15, 16, 17, 32, 33, 63, 64, 80, 96, 130, 257];
+    // one key, a last query tile of one row). With 128-row blocks also a second warpgroup with
+    // no rows (80), a part-filled one (130 + 16 > 128: 144), and 16 rows past a whole block.
+    let lengths = [1, 15, 16, 17, 32, 33, 63, 64, 80, 96, 130, 144, 257, 272];
     let (b, heads, d) = (2, 2, ATTN_WG_D);
     for n in lengths {
         let scale = (d as f64).powf(-0.5);
         let scale_log2 = (scale as f32) * std::f32::consts::LOG2_E;
         let qkv = random(b * n * 3 * heads * d, (n * 131 + 7) as u64);
         let want = naive_attention(&qkv, b, n, heads, d, scale);
-        for timing in TIMINGS {
+        for (rows, timing) in [64, 128].into_iter().flat_map(|r| TIMINGS.map(|t| (r, t))) {
             let mut out = vec![f32::NAN; b * n * heads * d];
-            for img in 0..b {
-                for head in 0..heads {
-                    for bx in 0..n.div_ceil(ATTN_WG_ROWS) {
-                        attention_block(
-                            timing,
-                            &qkv,
-                            &mut out,
-                            n,
-                            heads,
-                            scale_log2,
-                            (bx, head, img),
-                        );
+            for (wgs, blocks, q_first) in wgmma_launches(n, rows) {
+                for img in 0..b {
+                    for head in 0..heads {
+                        for bx in 0..blocks {
+                            let at = (bx, head, img);
+                            attention_block(
+                                timing, wgs, q_first, &qkv, &mut out, n, heads, scale_log2, at,
+                            );
+                        }
                     }
                 }
             }
-            let what = format!("n={n} {timing:?}");
+            let what = format!("n={n} {rows}-row blocks {timing:?}");
             assert!(
                 out.iter().all(|v| v.is_finite()),
                 "{what}: an output unwritten or NaN"
@@ -413,35 +429,45 @@ fn the_emulated_expressions_are_the_kernels() {
                 "p[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);",
                 "for (int kk = 0; kk < KEYS / 16; kk++) wg_pv<T>(o, p[kk], dv + 128 * kk);",
                 "const uint32_t sq = (raw + 1023u) & ~1023u;",
-                "const uint32_t sk = sq + ATTN_WG_TILE_BYTES;",
+                "const uint32_t sk = sq + WGS * ATTN_WG_TILE_BYTES;",
                 "const uint32_t sv = sk + 2 * ATTN_WG_TILE_BYTES;",
-                "const int q0 = blockIdx.x * ATTN_WG_ROWS;",
+                "constexpr int THREADS = WGS * ATTN_WG_THREADS;",
+                "const int wg = threadIdx.x >> 7;",
+                "const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;",
+                "const int q0 = q_first + blockIdx.x * WGS * ATTN_WG_ROWS;",
                 "const long ld = 3L * hd;",
                 "const T* base = qkv + (long)img * n * ld + (long)head * D;",
                 "const T* kbase = base + hd;",
                 "const T* vbase = base + 2 * hd;",
-                "if (n - q0 <= 16) { flash_attention<T, ATTN_WG_D, 1>(qkv, out, n, heads, ATTN_WG_D, \
-                 scale_log2); return; }",
-                "load_sw128_tile<64, ATTN_WG_THREADS>(sq, base + (long)q0 * ld, ld, n - q0);",
-                "load_sw128_tile<64, ATTN_WG_THREADS>(sk, kbase, ld, n);",
-                "load_sw128_tile<64, ATTN_WG_THREADS>(sv, vbase, ld, n);",
-                "const uint64_t dq = sw128_desc(sq);",
+                "if (WGS == 1 && n - q0 <= 16) { flash_attention<T, ATTN_WG_D, 1>(qkv, out, n, heads, \
+                 ATTN_WG_D, scale_log2, q0); return; }",
+                "for (int w = 0; w < WGS; w++) { const int rows = q0 + ATTN_WG_ROWS * w;",
+                "load_sw128_tile<64, THREADS>(sq + w * ATTN_WG_TILE_BYTES, base + (long)(rows < n ? rows : \
+                 0) * ld, ld, n - rows); }",
+                "load_sw128_tile<64, THREADS>(sk, kbase, ld, n);",
+                "load_sw128_tile<64, THREADS>(sv, vbase, ld, n);",
+                "const bool live = WGS == 1 || q0 + ATTN_WG_ROWS * wg < n;",
+                "const uint64_t dq = sw128_desc(sq + wg * ATTN_WG_TILE_BYTES);",
                 "const int buf = j & 1;",
                 "const long next = (long)(j + 1) * ATTN_WG_KEYS;",
-                "load_sw128_tile<64, ATTN_WG_THREADS>(sk + (buf ^ 1) * ATTN_WG_TILE_BYTES, kbase + next * \
-                 ld, ld, n - (int)next);",
-                "load_sw128_tile<64, ATTN_WG_THREADS>(sv + (buf ^ 1) * ATTN_WG_TILE_BYTES, vbase + next * \
-                 ld, ld, n - (int)next);",
+                "load_sw128_tile<64, THREADS>(sk + (buf ^ 1) * ATTN_WG_TILE_BYTES, kbase + next * ld, ld, \
+                 n - (int)next);",
+                "load_sw128_tile<64, THREADS>(sv + (buf ^ 1) * ATTN_WG_TILE_BYTES, vbase + next * ld, ld, \
+                 n - (int)next);",
                 "cp_async_commit(); cp_async_wait<1>(); } else { cp_async_wait<0>(); }",
                 "const uint64_t dk = sw128_desc(sk + buf * ATTN_WG_TILE_BYTES);",
                 "const uint64_t dv = sw128_desc(sv + buf * ATTN_WG_TILE_BYTES);",
                 "const int key_base = j * ATTN_WG_KEYS, left = n - key_base;",
-                "if (left <= 16) { wg_tile<T, 16, true>(",
+                "if (!live) { } else if (left <= 16) { wg_tile<T, 16, true>(",
                 "} else if (left <= 32) { wg_tile<T, 32, true>(",
                 "} else if (left < ATTN_WG_KEYS) { wg_tile<T, 64, true>(",
                 "} else { wg_tile<T, 64, false>(",
                 "const float inv0 = 1.0f / t0, inv1 = 1.0f / t1;",
-                "const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;",
+                "if (!live) return;",
+                "const int r0 = q0 + ATTN_WG_ROWS * wg + warp * 16 + g, r1 = r0 + 8;",
+                "#define ATTN_WG2_SMEM (6 * ATTN_WG_TILE_BYTES + 1024)",
+                "attention_wg<T, 1>(qkv, out, n, heads, scale_log2, q_first);",
+                "attention_wg<T, 2>(qkv, out, n, heads, scale_log2, 0);",
                 "T* obase = out + (long)img * n * hd + (long)head * D + 2 * q;",
                 "if (r0 < n) *reinterpret_cast<uint32_t*>(obase + (long)r0 * hd + 8 * jj) = \
                  pack2<T>(o[4 * jj] * inv0, o[4 * jj + 1] * inv0);",
@@ -454,6 +480,19 @@ fn the_emulated_expressions_are_the_kernels() {
             ][..],
         ),
     ];
+    // The launcher's plan, as `wgmma_launches` above transcribes it.
+    let ops = squeeze(
+        &std::fs::read_to_string(root.join("../crates/dinov2-kernels/src/ops.rs")).expect("ops.rs"),
+    );
+    for expr in [
+        "if rows == WGMMA_ROWS { return vec![WgLaunch { rows, blocks: n.div_ceil(rows), q_first: Some(0), }]; }",
+        "let tail = n % rows; if tail == 0 || tail > 16 { return vec![WgLaunch { rows, blocks: \
+         n.div_ceil(rows), q_first: None, }]; }",
+        "if n / rows > 0 { launches.push(WgLaunch { rows, blocks: n / rows, q_first: None, }); }",
+        "launches.push(WgLaunch { rows: WGMMA_ROWS, blocks: 1, q_first: Some(n - tail), });",
+    ] {
+        assert!(ops.contains(&squeeze(expr)), "ops.rs no longer contains `{expr}`: update tests/wgmma_emulation");
+    }
     for (name, exprs) in files {
         let source = read(name);
         for expr in exprs {
