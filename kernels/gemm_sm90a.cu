@@ -46,6 +46,17 @@ template <> __device__ __forceinline__ void wgmma_k16<bf16, 256>(float (&d)[128]
     WGMMA_N256("bf16", d, da, db);
 }
 
+// One K step of 64 as one group of wgmmas: d += A·B over the stage whose A and B tiles the
+// descriptors da and db point at (four m64nBNk16, 32 bytes of K apart), committed, not awaited.
+template <typename T, int BN>
+__device__ __forceinline__ void mma_k_step(float (&d)[BN / 2], uint64_t da, uint64_t db) {
+    fence_accumulators(d);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < GM_BK / 16; kk++) wgmma_k16<T, BN>(d, da + 2 * kk, db + 2 * kk);
+    wgmma_commit();
+}
+
 template <typename T> __device__ __forceinline__ float bias_at(const void* bias, int bias_f32, int col) {
     if (!bias) return 0.0f;
     return bias_f32 ? static_cast<const float*>(bias)[col] : to_f32(static_cast<const T*>(bias)[col]);
@@ -135,11 +146,7 @@ __device__ __forceinline__ void gemm_body(const T* __restrict__ x, const T* __re
         const uint32_t stage = base + (step % STAGES) * STAGE_BYTES;
         const uint64_t da = sw128_desc(stage + wg * (64 * 128));
         const uint64_t db = sw128_desc(stage + A_BYTES);
-        fence_accumulators(d);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < GM_BK / 16; kk++) wgmma_k16<T, BN>(d, da + 2 * kk, db + 2 * kk);
-        wgmma_commit();
+        mma_k_step<T, BN>(d, da, db);
         const int next = step + LOOKAHEAD;
         if (next < steps) load_step(next, next % STAGES);
         cp_async_commit();
@@ -232,11 +239,7 @@ __device__ __forceinline__ void gemm_ws_body(const TmaMap* map_x, const TmaMap* 
         const uint32_t stage = base + s * STAGE_BYTES;
         const uint64_t da = sw128_desc(stage + c * (64 * 128));
         const uint64_t db = sw128_desc(stage + A_BYTES);
-        fence_accumulators(d);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < GM_BK / 16; kk++) wgmma_k16<T, GW_BN>(d, da + 2 * kk, db + 2 * kk);
-        wgmma_commit();
+        mma_k_step<T, GW_BN>(d, da, db);
         wgmma_wait<1>();
         fence_accumulators(d);
         // The MMAs of the previous step have retired: its stage may be refilled.

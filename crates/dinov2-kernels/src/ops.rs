@@ -160,6 +160,18 @@ const WGMMA_SMEM: u32 = flash_smem_bytes(WGMMA_HEAD_DIM, FLASH_BM);
 /// `attention_wg2`'s (`ATTN_WG2_SMEM`): two Q tiles, two K and two V tiles, 1 KiB of alignment.
 const WGMMA2_SMEM: u32 = 6 * 64 * 64 * 2 + 1024;
 
+/// One kernel launch of [`Device::attention`].
+struct AttentionLaunch {
+    name: String,
+    grid: (u32, u32, u32),
+    threads: u32,
+    smem: u32,
+    /// `scale`, or `scale·log2(e)` for the tensor-core kernels (their exponents are base 2).
+    scale: f32,
+    /// The first query row, for the kernel that takes it (`attention_wg`).
+    q_first: Option<usize>,
+}
+
 /// One launch of a warpgroup-MMA attention kernel over an (image, head) grid: `blocks` query
 /// tiles of `rows` rows from `q_first` (`Some` for `attention_wg`, which takes it; None: from 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -688,72 +700,70 @@ impl Device {
         // The tensor-core kernels work in the log2 domain (ex2.approx): their scale carries
         // log2(e).
         let log2_scale = scale * std::f32::consts::LOG2_E;
-        let (name, grid, smem, scale) = match attention_kernel(t, d, self.attention_choice, aligned)
-        {
-            AttentionKernel::Probs => {
-                // The tensor-core kernels load 8-element (16-byte) chunks; the unfused path
-                // takes any d and alignment. It needs a [batch, heads, n, n] f32 scratch buffer.
-                let mut probs = self.alloc(DType::F32, &[batch, heads, n, n])?;
-                return self.attention_probs(qkv, out, &mut probs, batch, n, heads, d, scale);
-            }
-            AttentionKernel::Flash { pad, rows } => {
-                let suffix = if rows == FLASH_BM_WIDE { "_r128" } else { "" };
-                (
-                    format!("attention_{t}_d{pad}{suffix}"),
-                    flash_grid(batch, n, heads, rows),
-                    flash_smem_bytes(pad, rows),
-                    log2_scale,
-                )
-            }
-            AttentionKernel::Wgmma { rows } => {
-                for l in wgmma_launches(n, rows) {
-                    let mut args = vec![
-                        Arg::Ptr(qp),
-                        Arg::Ptr(op),
-                        Arg::I32(i32_of(OP, n)?),
-                        Arg::I32(heads as i32),
-                        Arg::I32(d as i32),
-                        Arg::F32(log2_scale),
-                    ];
-                    let (name, threads, smem) = match l.q_first {
-                        Some(q_first) => {
-                            args.push(Arg::I32(q_first as i32));
-                            (
-                                format!("attention_wg_{t}_d64"),
-                                ATTENTION_THREADS,
-                                WGMMA_SMEM,
-                            )
-                        }
-                        None => (
-                            format!("attention_wg2_{t}_d64"),
-                            2 * ATTENTION_THREADS,
-                            WGMMA2_SMEM,
-                        ),
-                    };
-                    let grid = (l.blocks as u32, heads as u32, batch as u32);
-                    // SAFETY: sizes checked; d == 64; 16-byte alignment checked; the blocks
-                    // cover query rows below n (rows past n are neither read nor written).
-                    unsafe { self.launch(&name, grid, threads, smem, &args)? };
+        // Each launch: the kernel, its grid, threads and dynamic shared memory, the scale it
+        // takes, and the first query row where it takes one (attention_wg).
+        let launches: Vec<AttentionLaunch> =
+            match attention_kernel(t, d, self.attention_choice, aligned) {
+                AttentionKernel::Probs => {
+                    // The tensor-core kernels load 8-element (16-byte) chunks; the unfused path
+                    // takes any d and alignment. It needs a [batch, heads, n, n] f32 scratch
+                    // buffer.
+                    let mut probs = self.alloc(DType::F32, &[batch, heads, n, n])?;
+                    return self.attention_probs(qkv, out, &mut probs, batch, n, heads, d, scale);
                 }
-                return Ok(());
-            }
-            AttentionKernel::F32 => (
-                "attention_f32".to_string(),
-                f32_attention_grid(batch, n, heads),
-                0,
-                scale,
-            ),
-        };
-        let args = [
-            Arg::Ptr(qp),
-            Arg::Ptr(op),
-            Arg::I32(i32_of(OP, n)?),
-            Arg::I32(heads as i32),
-            Arg::I32(d as i32),
-            Arg::F32(scale),
-        ];
-        // SAFETY: sizes checked; d <= the kernel's padded head dim; 16-byte alignment checked.
-        unsafe { self.launch(&name, grid, ATTENTION_THREADS, smem, &args) }
+                AttentionKernel::Flash { pad, rows } => {
+                    let suffix = if rows == FLASH_BM_WIDE { "_r128" } else { "" };
+                    vec![AttentionLaunch {
+                        name: format!("attention_{t}_d{pad}{suffix}"),
+                        grid: flash_grid(batch, n, heads, rows),
+                        threads: ATTENTION_THREADS,
+                        smem: flash_smem_bytes(pad, rows),
+                        scale: log2_scale,
+                        q_first: None,
+                    }]
+                }
+                AttentionKernel::Wgmma { rows } => wgmma_launches(n, rows)
+                    .into_iter()
+                    .map(|l| {
+                        let grid = (l.blocks as u32, heads as u32, batch as u32);
+                        let (name, threads, smem) = match l.q_first {
+                            Some(_) => ("attention_wg", ATTENTION_THREADS, WGMMA_SMEM),
+                            None => ("attention_wg2", 2 * ATTENTION_THREADS, WGMMA2_SMEM),
+                        };
+                        AttentionLaunch {
+                            name: format!("{name}_{t}_d64"),
+                            grid,
+                            threads,
+                            smem,
+                            scale: log2_scale,
+                            q_first: l.q_first,
+                        }
+                    })
+                    .collect(),
+                AttentionKernel::F32 => vec![AttentionLaunch {
+                    name: "attention_f32".to_string(),
+                    grid: f32_attention_grid(batch, n, heads),
+                    threads: ATTENTION_THREADS,
+                    smem: 0,
+                    scale,
+                    q_first: None,
+                }],
+            };
+        for l in launches {
+            let mut args = vec![
+                Arg::Ptr(qp),
+                Arg::Ptr(op),
+                Arg::I32(i32_of(OP, n)?),
+                Arg::I32(heads as i32),
+                Arg::I32(d as i32),
+                Arg::F32(l.scale),
+            ];
+            args.extend(l.q_first.map(|q| Arg::I32(q as i32)));
+            // SAFETY: sizes checked; d <= the kernel's padded head dim (64 for the wgmma
+            // kernels); 16-byte alignment checked; the blocks cover query rows below n.
+            unsafe { self.launch(&l.name, l.grid, l.threads, l.smem, &args)? };
+        }
+        Ok(())
     }
 
     /// [`Device::attention`] that also writes the f32 probabilities `[batch, heads, n, n]`:

@@ -67,6 +67,16 @@ fn linear_reference(p: &Gemm) -> Vec<f64> {
         .collect()
 }
 
+/// Every output written, and all within 1e-6 (relative L2) of `linear_reference`.
+fn check_linear(what: &str, y: &[f32], p: &Gemm) {
+    assert!(
+        y.iter().all(|v| v.is_finite()),
+        "{what}: an output unwritten or NaN"
+    );
+    let err = rel_l2(y, &linear_reference(p));
+    assert!(err < 1e-6, "{what}: rel L2 {err:.2e}");
+}
+
 #[test]
 fn the_emulated_gemm_is_a_linear_layer() {
     // (m, n, k): one row; a partial last row tile; more K steps than stages; several column
@@ -109,12 +119,7 @@ fn the_emulated_gemm_is_a_linear_layer() {
                     let what = format!(
                         "m={m} n={n} k={k} {tile:?} {timing:?} bias={with_bias} {act_name}"
                     );
-                    assert!(
-                        y.iter().all(|v| v.is_finite()),
-                        "{what}: an output unwritten or NaN"
-                    );
-                    let err = rel_l2(&y, &linear_reference(&p));
-                    assert!(err < 1e-6, "{what}: rel L2 {err:.2e}");
+                    check_linear(&what, &y, &p);
                 }
             }
         }
@@ -154,13 +159,7 @@ fn the_emulated_tma_gemm_is_a_linear_layer() {
                     gemm_ws_block(&p, &mut y, (bx, by));
                 }
             }
-            let what = format!("TMA m={m} n={n} k={k} bias={with_bias}");
-            assert!(
-                y.iter().all(|v| v.is_finite()),
-                "{what}: an output unwritten or NaN"
-            );
-            let err = rel_l2(&y, &linear_reference(&p));
-            assert!(err < 1e-6, "{what}: rel L2 {err:.2e}");
+            check_linear(&format!("TMA m={m} n={n} k={k} bias={with_bias}"), &y, &p);
         }
     }
 }
@@ -338,8 +337,12 @@ fn the_emulated_expressions_are_the_kernels() {
                 "const uint64_t da = sw128_desc(stage + wg * (64 * 128));",
                 "const uint64_t db = sw128_desc(stage + A_BYTES);",
                 "for (int kk = 0; kk < GM_BK / 16; kk++) wgmma_k16<T, BN>(d, da + 2 * kk, db + 2 * kk);",
-                "wgmma_commit(); const int next = step + LOOKAHEAD; if (next < steps) \
+                "mma_k_step<T, BN>(d, da, db); const int next = step + LOOKAHEAD; if (next < steps) \
                  load_step(next, next % STAGES); cp_async_commit(); wgmma_wait<WAIT>();",
+                // mma_k_step
+                "fence_accumulators(d); wgmma_fence(); #pragma unroll \
+                 for (int kk = 0; kk < GM_BK / 16; kk++) wgmma_k16<T, BN>(d, da + 2 * kk, db + 2 * kk); \
+                 wgmma_commit(); }",
                 "wgmma_wait<0>(); fence_accumulators(d); cp_async_wait<0>();",
                 "__syncthreads(); stage_tile<T, ACT, BN>(d, tile, wg * 64 + ((tid >> 5) & 3) * 16 + \
                  ((tid & 31) >> 2), tid & 31, bias, bias_f32, n0); __syncthreads(); \
@@ -383,8 +386,7 @@ fn the_emulated_expressions_are_the_kernels() {
                  const uint32_t stage = base + s * STAGE_BYTES; \
                  const uint64_t da = sw128_desc(stage + c * (64 * 128)); \
                  const uint64_t db = sw128_desc(stage + A_BYTES);",
-                "for (int kk = 0; kk < GM_BK / 16; kk++) wgmma_k16<T, GW_BN>(d, da + 2 * kk, db + 2 * kk); \
-                 wgmma_commit(); wgmma_wait<1>(); fence_accumulators(d);",
+                "mma_k_step<T, GW_BN>(d, da, db); wgmma_wait<1>(); fence_accumulators(d);",
                 "if (step > 0) mbar_arrive(empty + 8 * ((step - 1) % GW_STAGES)); } wgmma_wait<0>(); \
                  fence_accumulators(d);",
                 "named_barrier(1, 2 * 128); stage_tile<T, ACT, GW_BN>(d, tile, c * 64 + ((tid >> 5) & 3) * 16 + \
