@@ -382,6 +382,11 @@ main() {
         DINOV2_RESIDUAL=compute DINOV2_ATTENTION=wgmma DINOV2_GEMM=fused DINOV2_GEMM_TILE=256 bench vitb14-256-all 60 \
             --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10
     fi
+    # The same with the TMA GEMM for every linear layer it runs and the 128-row attention.
+    if room 30 && [ -z "${TMA_HANGS:-}" ]; then
+        DINOV2_RESIDUAL=compute DINOV2_ATTENTION=wgmma2 DINOV2_GEMM=own DINOV2_GEMM_TILE=tma bench vitb14-256-all-tma 60 \
+            --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10
+    fi
     # The same against the peer under torch.compile (it compiles for a minute or more).
     if room 240; then
         bench vitb14-256-compile 170 --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON" --peer-compile
