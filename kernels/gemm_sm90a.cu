@@ -179,13 +179,64 @@ __device__ __forceinline__ void gemm_body(const T* __restrict__ x, const T* __re
 // - full[s] completes a phase per fill (its k-th fill: phase k, waited with parity k & 1);
 //   empty[s] a phase per release, which the producer awaits before the stage's next fill.
 // - The epilogue is the one above, the two consumer warpgroups synchronizing on barrier 1.
+//   gemm_{f16,bf16}_{id,gelu,gelu_tanh}_tma2(...): the same in clusters of two CTAs along M
+// (grid.y even: the launcher rounds it up; a CTA wholly past m computes zeros and stores
+// nothing). Both need the same B tile: each fetches half of it (map_w's box is 64 x 128) and
+// the copy engine multicasts it into both CTAs, so each CTA reads 32 KiB a stage from L2
+// instead of 48. A stage may be refilled once both CTAs' consumers released it: empty[s]
+// counts 512 arrivals, each warp's lane 0 arriving for its warp on its own CTA's barrier and
+// on the peer's. Cluster barriers after the barriers' initialization and before exit.
 #define GW_BN 256
 #define GW_STAGES 4
 #define GW_THREADS 384
 // The stages, their 2·GW_STAGES mbarriers after them, and 1 KiB to align the stages to 1024.
 #define GW_SMEM_BYTES (GW_STAGES * GM_STAGE_BYTES(GW_BN) + 2 * GW_STAGES * 8 + 1024)
 
-template <typename T, int ACT>
+// The consumer warpgroups of gemm_ws_body (threads 128..383).
+template <typename T, int ACT, int CLUSTER>
+__device__ __forceinline__ void gemm_ws_consume(uint8_t* tile, uint32_t base, uint32_t full, uint32_t empty,
+                                                uint32_t rank, const void* __restrict__ bias,
+                                                int bias_f32, T* __restrict__ y, int m, int n, int k) {
+    constexpr int A_BYTES = GM_BM * GM_BK * 2;
+    constexpr int STAGE_BYTES = GM_STAGE_BYTES(GW_BN);
+    const int tid = threadIdx.x;
+    const int wg = tid >> 7;
+    const int m0 = blockIdx.y * GM_BM;
+    const int n0 = blockIdx.x * GW_BN;
+    const int steps = k / GM_BK;
+    const int c = wg - 1; // this consumer's rows: 64c..64c+63
+    float d[GW_BN / 2];
+#pragma unroll
+    for (int i = 0; i < GW_BN / 2; i++) d[i] = 0.0f;
+    for (int step = 0; step < steps; step++) {
+        const int s = step % GW_STAGES;
+        mbar_wait(full + 8 * s, (step / GW_STAGES) & 1);
+        const uint32_t stage = base + s * STAGE_BYTES;
+        const uint64_t da = sw128_desc(stage + c * (64 * 128));
+        const uint64_t db = sw128_desc(stage + A_BYTES);
+        mma_k_step<T, GW_BN>(d, da, db);
+        wgmma_wait<1>();
+        fence_accumulators(d);
+        // The MMAs of the previous step have retired: its stage may be refilled (CLUSTER 2:
+        // also by the peer, whose B half comes into it; a warp's lane 0 arrives for the warp).
+        if (step > 0) {
+            const uint32_t bar = empty + 8 * ((step - 1) % GW_STAGES);
+            if (CLUSTER == 1) mbar_arrive(bar);
+            else mbar_arrive_warp_here_and_there(bar, rank ^ 1);
+        }
+    }
+    wgmma_wait<0>();
+    fence_accumulators(d);
+    // Both consumers are done reading the stages (every copy into them has landed: each was
+    // waited for): the output tile goes there.
+    named_barrier(1, 2 * 128);
+    stage_tile<T, ACT, GW_BN>(d, tile, c * 64 + ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2), tid & 31,
+                              bias, bias_f32, n0);
+    named_barrier(1, 2 * 128);
+    store_tile<T, GW_BN, 2 * 128>(tile, y, m0, m, n, n0, tid - 128);
+}
+
+template <typename T, int ACT, int CLUSTER>
 __device__ __forceinline__ void gemm_ws_body(const TmaMap* map_x, const TmaMap* map_w,
                                              const void* __restrict__ bias, int bias_f32,
                                              T* __restrict__ y, int m, int n, int k) {
@@ -203,15 +254,19 @@ __device__ __forceinline__ void gemm_ws_body(const TmaMap* map_x, const TmaMap* 
     const int m0 = blockIdx.y * GM_BM;
     const int n0 = blockIdx.x * GW_BN;
     const int steps = k / GM_BK;
+    // CLUSTER 2: this CTA's rank; it fetches B's rows 128·rank.. for both CTAs.
+    const uint32_t rank = CLUSTER == 1 ? 0 : cluster_ctarank();
 
     if (tid == 0) {
         for (int s = 0; s < GW_STAGES; s++) {
             mbar_init(full + 8 * s, 1);
-            mbar_init(empty + 8 * s, 2 * 128);
+            mbar_init(empty + 8 * s, CLUSTER * 2 * 128);
         }
         mbar_init_fence();
     }
-    __syncthreads();
+    // CLUSTER 2: the peer's barriers are initialized before any copy or arrival reaches them.
+    if (CLUSTER == 1) __syncthreads();
+    else cluster_sync();
 
     if (wg == 0) {
         setmaxnreg_dec<40>();
@@ -222,38 +277,23 @@ __device__ __forceinline__ void gemm_ws_body(const TmaMap* map_x, const TmaMap* 
                 const uint32_t stage = base + s * STAGE_BYTES;
                 mbar_arrive_expect_tx(full + 8 * s, STAGE_BYTES);
                 tma_load_2d(stage, map_x, full + 8 * s, step * GM_BK, m0);
-                tma_load_2d(stage + A_BYTES, map_w, full + 8 * s, step * GM_BK, n0);
+                if (CLUSTER == 1) {
+                    tma_load_2d(stage + A_BYTES, map_w, full + 8 * s, step * GM_BK, n0);
+                } else {
+                    constexpr int HALF = GW_BN / 2;
+                    tma_load_2d_multicast(stage + A_BYTES + rank * (HALF * 128), map_w, full + 8 * s,
+                                          step * GM_BK, n0 + rank * HALF, 0x3);
+                }
             }
         }
-        return;
+        if (CLUSTER == 1) return;
+    } else {
+        setmaxnreg_inc<232>();
+        gemm_ws_consume<T, ACT, CLUSTER>(tile, base, full, empty, rank, bias, bias_f32, y, m, n, k);
     }
-
-    setmaxnreg_inc<232>();
-    const int c = wg - 1; // this consumer's rows: 64c..64c+63
-    float d[GW_BN / 2];
-#pragma unroll
-    for (int i = 0; i < GW_BN / 2; i++) d[i] = 0.0f;
-    for (int step = 0; step < steps; step++) {
-        const int s = step % GW_STAGES;
-        mbar_wait(full + 8 * s, (step / GW_STAGES) & 1);
-        const uint32_t stage = base + s * STAGE_BYTES;
-        const uint64_t da = sw128_desc(stage + c * (64 * 128));
-        const uint64_t db = sw128_desc(stage + A_BYTES);
-        mma_k_step<T, GW_BN>(d, da, db);
-        wgmma_wait<1>();
-        fence_accumulators(d);
-        // The MMAs of the previous step have retired: its stage may be refilled.
-        if (step > 0) mbar_arrive(empty + 8 * ((step - 1) % GW_STAGES));
-    }
-    wgmma_wait<0>();
-    fence_accumulators(d);
-    // Both consumers are done reading the stages (every copy into them has landed: each was
-    // waited for): the output tile goes there.
-    named_barrier(1, 2 * 128);
-    stage_tile<T, ACT, GW_BN>(d, tile, c * 64 + ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2), tid & 31,
-                              bias, bias_f32, n0);
-    named_barrier(1, 2 * 128);
-    store_tile<T, GW_BN, 2 * 128>(tile, y, m0, m, n, n0, tid - 128);
+    // CLUSTER 2: neither CTA leaves while the other may still copy into it or arrive on its
+    // barriers.
+    if (CLUSTER == 2) cluster_sync();
 }
 
 // Two tile shapes: 128 x 128 with 3 stages (97 KiB) and two blocks an SM, each waiting for its
@@ -268,13 +308,19 @@ __device__ __forceinline__ void gemm_ws_body(const TmaMap* map_x, const TmaMap* 
 #define GEMM_SHAPES(name, T, aname, ACT)                                                           \
     GEMM_KERNEL(name, T, aname, ACT, 128, 3, 0, 2)                                                 \
     GEMM_KERNEL(name, T, aname, ACT, 256, 4, 1, 1)
-// The warp-specialized kernel: one block an SM.
+// The warp-specialized kernels: one block an SM; _tma2 in clusters of two CTAs along M.
 #define GEMM_WS_KERNEL(name, T, aname, ACT)                                                        \
     extern "C" __global__ void __launch_bounds__(GW_THREADS, 1)                                    \
         gemm_##name##_##aname##_tma(const __grid_constant__ TmaMap map_x,                          \
                                     const __grid_constant__ TmaMap map_w, const void* bias,        \
                                     int bias_f32, T* y, int m, int n, int k) {                     \
-        gemm_ws_body<T, ACT>(&map_x, &map_w, bias, bias_f32, y, m, n, k);                          \
+        gemm_ws_body<T, ACT, 1>(&map_x, &map_w, bias, bias_f32, y, m, n, k);                       \
+    }                                                                                              \
+    extern "C" __global__ void __cluster_dims__(1, 2, 1) __launch_bounds__(GW_THREADS, 1)          \
+        gemm_##name##_##aname##_tma2(const __grid_constant__ TmaMap map_x,                         \
+                                     const __grid_constant__ TmaMap map_w, const void* bias,       \
+                                     int bias_f32, T* y, int m, int n, int k) {                    \
+        gemm_ws_body<T, ACT, 2>(&map_x, &map_w, bias, bias_f32, y, m, n, k);                       \
     }
 #define GEMM_KERNELS(name, T, aname, ACT)                                                          \
     GEMM_SHAPES(name, T, aname, ACT)                                                               \

@@ -195,3 +195,39 @@ template <int N> __device__ __forceinline__ void setmaxnreg_inc() {
 __device__ __forceinline__ void named_barrier(int id, int threads) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+
+// ---- thread block clusters (the multicast kernel: two CTAs sharing their B tiles) ----
+
+// This CTA's rank in its cluster.
+__device__ __forceinline__ uint32_t cluster_ctarank() {
+    uint32_t rank;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
+    return rank;
+}
+// A barrier of every thread of the cluster, releasing this CTA's shared-memory writes (barrier
+// initializations) to the others and acquiring theirs.
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" :::
+                     "memory");
+}
+// A warp's arrivals, on this CTA's mbarrier at `bar` and on the one at the same offset in CTA
+// `cta` of the cluster: 32 on each, by lane 0 alone (predicated, so that no branch separates
+// the warp while its wgmmas are in flight). The warp must be converged.
+__device__ __forceinline__ void mbar_arrive_warp_here_and_there(uint32_t bar, uint32_t cta) {
+    asm volatile("{\n.reg .pred lead;\n.reg .b32 lane, remote;\n"
+                 "mov.u32 lane, %%laneid;\nsetp.eq.u32 lead, lane, 0;\n"
+                 "mapa.shared::cluster.u32 remote, %0, %1;\n"
+                 "@lead mbarrier.arrive.shared::cta.b64 _, [%0], 32;\n"
+                 "@lead mbarrier.arrive.shared::cluster.b64 _, [remote], 32;\n}\n" ::"r"(bar),
+                 "r"(cta)
+                 : "memory");
+}
+// tma_load_2d into the same offset `dst` of every CTA of the cluster in `mask`, each counting
+// the bytes on its own mbarrier at offset `bar`.
+__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const TmaMap* map, uint32_t bar, int x,
+                                                      int y, uint16_t mask) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+                 ".multicast::cluster [%0], [%1, {%3, %4}], [%2], %5;\n" ::"r"(dst),
+                 "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(x), "r"(y), "h"(mask)
+                 : "memory");
+}

@@ -5,7 +5,7 @@
 //!
 //! Which GEMMs they run is [`OwnGemm`], and which kernel [`OwnTile`]: `DINOV2_GEMM` (`fused` or
 //! `own`; cuBLASLt by default until the kernels are measured on a GPU) and `DINOV2_GEMM_TILE`
-//! (`256`, `tma`) when the device opens, or [`Device::set_own_gemm`]. A shape they cannot run
+//! (`256`, `tma`, `tma2`) when the device opens, or [`Device::set_own_gemm`]. A shape they cannot run
 //! (f32, `n % 128 != 0`, `k % 64 != 0`, unaligned pointers, another activation) goes to cuBLAS
 //! as before.
 
@@ -41,6 +41,9 @@ pub enum OwnTile {
     /// 128 x 256 tiles fed by the tensor memory accelerator: a producer warpgroup and two
     /// consumer warpgroups handing stages over on mbarriers (`_tma`, `DINOV2_GEMM_TILE=tma`).
     Tma,
+    /// The same in clusters of two CTAs along M, each fetching half of their common B tile for
+    /// both (TMA multicast: a third less L2 traffic; `_tma2`, `DINOV2_GEMM_TILE=tma2`).
+    Tma2,
 }
 
 impl OwnTile {
@@ -48,7 +51,7 @@ impl OwnTile {
     pub fn cols(self) -> usize {
         match self {
             OwnTile::N128 => 128,
-            OwnTile::N256 | OwnTile::Tma => 256,
+            OwnTile::N256 | OwnTile::Tma | OwnTile::Tma2 => 256,
         }
     }
 
@@ -58,6 +61,7 @@ impl OwnTile {
             OwnTile::N128 => "n128",
             OwnTile::N256 => "n256",
             OwnTile::Tma => "tma",
+            OwnTile::Tma2 => "tma2",
         }
     }
 
@@ -65,7 +69,7 @@ impl OwnTile {
     fn threads(self) -> u32 {
         match self {
             OwnTile::N128 | OwnTile::N256 => 256,
-            OwnTile::Tma => 384,
+            OwnTile::Tma | OwnTile::Tma2 => 384,
         }
     }
 
@@ -75,12 +79,31 @@ impl OwnTile {
     pub(crate) fn smem_bytes(self) -> u32 {
         let cols = self.cols();
         let stages = if cols == 256 { 4 } else { 3 };
-        let barriers = if self == OwnTile::Tma {
-            2 * stages * 8
-        } else {
-            0
-        };
+        let barriers = if self.fed_by_tma() { 2 * stages * 8 } else { 0 };
         (stages * (TILE_ROWS + cols) * TILE_K * 2 + barriers + 1024) as u32
+    }
+
+    /// Whether the kernel's operands come by TMA (tensor maps, not pointers).
+    fn fed_by_tma(self) -> bool {
+        matches!(self, OwnTile::Tma | OwnTile::Tma2)
+    }
+
+    /// Rows of B a CTA fetches a stage: all the tile's, or half of them for the cluster (the
+    /// tensor map's box).
+    fn b_box_rows(self) -> usize {
+        match self {
+            OwnTile::Tma2 => self.cols() / 2,
+            _ => self.cols(),
+        }
+    }
+
+    /// CTAs of a cluster along M (grid.y a multiple of it).
+    fn cluster(self) -> usize {
+        if self == OwnTile::Tma2 {
+            2
+        } else {
+            1
+        }
     }
 
     /// The kernel that runs `n` output columns under this choice: itself where its tile divides
@@ -185,7 +208,7 @@ fn act_name(act: Act) -> Option<&'static str> {
 pub(crate) struct OwnGemmState(AtomicU8);
 
 impl OwnGemmState {
-    /// From `DINOV2_GEMM` (`fused`, `own`) and `DINOV2_GEMM_TILE` (`256`, `tma`); off where the
+    /// From `DINOV2_GEMM` (`fused`, `own`) and `DINOV2_GEMM_TILE` (`256`, `tma`, `tma2`); off where the
     /// kernels are not loaded (compute capability other than 9.0).
     pub(crate) fn from_env(code: CodeKind) -> Self {
         let policy = match std::env::var("DINOV2_GEMM").unwrap_or_default().as_str() {
@@ -222,6 +245,7 @@ impl OwnGemmState {
         let tile = match (bits >> 2) & 3 {
             1 => OwnTile::N256,
             2 => OwnTile::Tma,
+            3 => OwnTile::Tma2,
             _ => OwnTile::N128,
         };
         (policy, tile)
@@ -279,7 +303,8 @@ impl Device {
         };
         let s = &self.stream;
         let (xp, wp, yp) = (x.ptr(s), w.ptr(s), y.ptr(s));
-        let row_tiles = m.div_ceil(TILE_ROWS);
+        // Whole clusters along M: a CTA past m computes zeros and stores nothing.
+        let row_tiles = m.div_ceil(TILE_ROWS).next_multiple_of(tile.cluster());
         let fits = k % TILE_K == 0
             && [xp, wp, yp].iter().all(|p| p % 16 == 0)
             && row_tiles <= 65535
@@ -287,12 +312,13 @@ impl Device {
         if !fits {
             return Ok(false);
         }
-        let (a, b) = match tile {
-            OwnTile::Tma => (
+        let (a, b) = if tile.fed_by_tma() {
+            (
                 Arg::TensorMap(tensor_map(xp, t, m, k, TILE_ROWS)?),
-                Arg::TensorMap(tensor_map(wp, t, n, k, tile.cols())?),
-            ),
-            OwnTile::N128 | OwnTile::N256 => (Arg::Ptr(xp), Arg::Ptr(wp)),
+                Arg::TensorMap(tensor_map(wp, t, n, k, tile.b_box_rows())?),
+            )
+        } else {
+            (Arg::Ptr(xp), Arg::Ptr(wp))
         };
         let args = [
             a,
@@ -328,6 +354,8 @@ mod tests {
         assert_eq!(Tma.for_cols(1152), Some(N128));
         assert_eq!(N128.for_cols(100), None);
         assert_eq!(Tma.for_cols(64), None);
+        assert_eq!(Tma2.for_cols(3072), Some(Tma2));
+        assert_eq!(Tma2.for_cols(384), Some(N128));
     }
 
     #[test]
@@ -338,6 +366,7 @@ mod tests {
         assert!(2 * (OwnTile::N128.smem_bytes() + 1024) <= per_sm);
         assert!(OwnTile::N256.smem_bytes() <= 227 * 1024);
         assert!(OwnTile::Tma.smem_bytes() <= 227 * 1024);
+        assert_eq!(OwnTile::Tma2.smem_bytes(), OwnTile::Tma.smem_bytes());
     }
 
     #[test]
@@ -384,7 +413,7 @@ mod tests {
     fn the_state_round_trips() {
         let s = OwnGemmState(AtomicU8::new(0));
         for policy in [OwnGemm::Off, OwnGemm::Fused, OwnGemm::All] {
-            for tile in [OwnTile::N128, OwnTile::N256, OwnTile::Tma] {
+            for tile in [OwnTile::N128, OwnTile::N256, OwnTile::Tma, OwnTile::Tma2] {
                 s.set(policy, tile);
                 assert_eq!(s.get(), (policy, tile));
             }

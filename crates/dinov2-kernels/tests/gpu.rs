@@ -187,6 +187,8 @@ fn own_gemm_layout_probe() {
         (192, OwnTile::N128),
         (64, OwnTile::Tma),
         (640, OwnTile::Tma),
+        (64, OwnTile::Tma2),
+        (640, OwnTile::Tma2),
     ] {
         dev.set_own_gemm(OwnGemm::All, tile).unwrap();
         for shift in [0, 5] {
@@ -314,7 +316,8 @@ fn probe_wgmma_attention(dev: &Device, choice: &str) {
 }
 
 /// Our Hopper GEMMs (`kernels/gemm_sm90a.cu`) against the CPU's linear layer and activations:
-/// both `cp.async` tile widths and the TMA kernel, the three epilogue activations, a bias in f32, in the storage type or
+/// both `cp.async` tile widths and the TMA kernels (alone and in clusters), the three epilogue
+/// activations, a bias in f32, in the storage type or
 /// none, row counts that leave a partial last tile, and K from one pipeline stage to many. The
 /// outputs are poisoned first, so a tile the kernel skipped shows. Where the device is not an
 /// H100/H200 (no sm_90a code), it checks that they cannot be turned on.
@@ -336,7 +339,7 @@ fn own_gemms_match_cpu() {
         (1031, 768, 3072),
         (520, 3072, 768),
     ];
-    for tile in [OwnTile::N128, OwnTile::N256, OwnTile::Tma] {
+    for tile in [OwnTile::N128, OwnTile::N256, OwnTile::Tma, OwnTile::Tma2] {
         dev.set_own_gemm(OwnGemm::All, tile).unwrap();
         for &(m, k, n) in &shapes {
             for dtype in [DType::F16, DType::BF16] {

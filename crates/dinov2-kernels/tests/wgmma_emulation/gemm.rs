@@ -195,12 +195,19 @@ pub const GW_BN: usize = 256;
 pub const GW_STAGES: usize = 4;
 pub const GW_THREADS: usize = 384;
 
-/// What the warp-specialized block's actors share: shared memory, the mbarriers by address, the
-/// output, and the consumers' barrier 1 (arrivals, generation).
+/// What the actors of a cluster of warp-specialized blocks share: per CTA its shared memory, its
+/// mbarriers by address and its consumers' barrier 1 (arrivals, generation); the output; the
+/// cluster barrier (arrivals, generation).
 struct Shared<'a> {
+    ctas: Vec<Cta>,
+    y: &'a mut [f32],
+    cluster_barrier: (usize, usize),
+}
+
+/// One CTA of the cluster.
+struct Cta {
     b: Block,
     bars: HashMap<u32, MBar>,
-    y: &'a mut [f32],
     named: (usize, usize),
 }
 
@@ -208,6 +215,17 @@ struct Shared<'a> {
 struct Ws<'a> {
     state: Mutex<Shared<'a>>,
     changed: Condvar,
+}
+
+/// A barrier's arrival: `parties` arrivals complete a generation; returns the generation this
+/// one belongs to.
+fn arrive(barrier: &mut (usize, usize), parties: usize) -> usize {
+    let generation = barrier.1;
+    barrier.0 += 1;
+    if barrier.0 == parties {
+        *barrier = (0, generation + 1);
+    }
+    generation
 }
 
 impl<'a> Ws<'a> {
@@ -230,51 +248,55 @@ impl<'a> Ws<'a> {
             assert!(!timeout.timed_out() || ready(&s), "deadlock: {what}");
         }
     }
-    /// `mbar_wait(bar, parity)`.
-    fn mbar_wait(&self, who: &str, bar: u32, parity: u32) {
+    /// `mbar_wait(bar, parity)` in CTA `cta`.
+    fn mbar_wait(&self, who: &str, cta: usize, bar: u32, parity: u32) {
         self.wait_until(
             &format!("{who} waits for the mbarrier at {bar:#x}, parity {parity}"),
-            |s| s.bars[&bar].passed(parity),
+            |s| s.ctas[cta].bars[&bar].passed(parity),
         );
     }
-    /// `named_barrier(1, 2 * 128)` for one consumer warpgroup (128 of the 256 arrivals).
-    fn named_barrier(&self, who: &str) {
-        let generation = self.with(|s| {
-            let generation = s.named.1;
-            s.named.0 += 128;
-            if s.named.0 == 2 * 128 {
-                s.named = (0, generation + 1);
-            }
-            generation
+    /// `named_barrier(1, 2 * 128)` for one consumer warpgroup of CTA `cta` (its two
+    /// warpgroups are the parties).
+    fn named_barrier(&self, who: &str, cta: usize) {
+        let generation = self.with(|s| arrive(&mut s.ctas[cta].named, 2));
+        self.wait_until(&format!("{who} at barrier 1"), |s| {
+            s.ctas[cta].named.1 > generation
         });
-        self.wait_until(&format!("{who} at barrier 1"), |s| s.named.1 > generation);
+    }
+    /// `cluster_sync()` for one actor (a warpgroup: three a CTA).
+    fn cluster_sync(&self, who: &str) {
+        let parties = 3 * self.with(|s| s.ctas.len());
+        let generation = self.with(|s| arrive(&mut s.cluster_barrier, parties));
+        self.wait_until(&format!("{who} at the cluster barrier"), |s| {
+            s.cluster_barrier.1 > generation
+        });
     }
 }
 
-/// One block (blockIdx = (bx, by)) of `gemm_ws_body`: the producer (thread 0) and the two consumer
-/// warpgroups run as threads of their own on the shared block, the copies landing as soon as
-/// they are issued and the MMAs reading shared memory at the wait that retires them.
-pub fn gemm_ws_block(p: &Gemm, y: &mut [f32], (bx, by): (usize, usize)) {
+/// One cluster of `gemm_ws_body<T, ACT, CLUSTER>` (`cluster` 1: `_tma`, 2: `_tma2`), its CTAs at
+/// blockIdx = (bx, cluster·pair + rank): each CTA's producer (thread 0; its warpgroup's other
+/// threads only meet the cluster barriers) and its two consumer warpgroups run as threads of
+/// their own on the shared state, the copies landing as soon as they are issued (multicast: in
+/// every CTA of the mask) and the MMAs reading shared memory at the wait that retires them.
+pub fn gemm_ws_cluster(p: &Gemm, cluster: usize, y: &mut [f32], (bx, pair): (usize, usize)) {
     let (m, n, k) = (p.m, p.n, p.k);
     let a_bytes = (GM_BM * GM_BK * 2) as u32;
     let stage_bytes = ((GM_BM + GW_BN) * GM_BK * 2) as u32;
     let smem = GW_STAGES * stage_bytes as usize + 2 * GW_STAGES * 8 + 1024;
-    let mut b = Block::new(Timing::MmasLate, smem);
     let raw = RAW;
     let base = (raw + 1023) & !1023;
     let tile = base;
     let full = base + GW_STAGES as u32 * stage_bytes;
     let empty = full + GW_STAGES as u32 * 8;
-
     assert_eq!(
         GW_THREADS,
         3 * 128,
         "a producer warpgroup and two consumers"
     );
-    let m0 = by * GM_BM;
     let n0 = bx * GW_BN;
     let steps = k / GM_BK;
-    // The tensor maps of x and w, boxes of one stage's A and B.
+    let half = GW_BN / 2;
+    // The tensor maps of x and w: boxes of one stage's A, and of B or (cluster) half of it.
     let map_x = TensorMap {
         data: p.x,
         rows: m,
@@ -285,102 +307,159 @@ pub fn gemm_ws_block(p: &Gemm, y: &mut [f32], (bx, by): (usize, usize)) {
         data: p.w,
         rows: n,
         k,
-        box_rows: GW_BN,
+        box_rows: if cluster == 1 { GW_BN } else { half },
     };
 
-    let mut bars = HashMap::new();
-    for s in 0..GW_STAGES as u32 {
-        for (bar, count) in [(full + 8 * s, 1), (empty + 8 * s, 2 * 128)] {
-            assert!(bar % 8 == 0, "mbarrier at {bar:#x} not 8-byte aligned");
-            b.reserve(bar, 8);
-            bars.insert(bar, MBar::new(count));
+    let mut ctas = Vec::new();
+    let mut d = Vec::new();
+    for _ in 0..cluster {
+        let mut b = Block::new(Timing::MmasLate, smem);
+        let mut bars = HashMap::new();
+        for s in 0..GW_STAGES as u32 {
+            for (bar, count) in [(full + 8 * s, 1), (empty + 8 * s, cluster as u32 * 2 * 128)] {
+                assert!(bar % 8 == 0, "mbarrier at {bar:#x} not 8-byte aligned");
+                b.reserve(bar, 8);
+                bars.insert(bar, MBar::new(count));
+            }
         }
-    }
-    let d = [b.new_acc(GW_BN), b.new_acc(GW_BN)];
-    let ws = Ws {
-        state: Mutex::new(Shared {
+        d.push([b.new_acc(GW_BN), b.new_acc(GW_BN)]);
+        ctas.push(Cta {
             b,
             bars,
-            y,
             named: (0, 0),
+        });
+    }
+    let ws = Ws {
+        state: Mutex::new(Shared {
+            ctas,
+            y,
+            cluster_barrier: (0, 0),
         }),
         changed: Condvar::new(),
     };
 
     std::thread::scope(|scope| {
-        scope.spawn(|| {
-            for step in 0..steps {
-                let s = step % GW_STAGES;
-                let s8 = 8 * s as u32;
-                if step >= GW_STAGES {
-                    ws.mbar_wait(
-                        "the producer",
-                        empty + s8,
-                        (((step / GW_STAGES) - 1) & 1) as u32,
-                    );
-                }
-                let stage = base + s as u32 * stage_bytes;
-                ws.with(|sh| {
-                    sh.bars
-                        .get_mut(&(full + s8))
-                        .unwrap()
-                        .arrive_expect_tx(stage_bytes);
-                    let landed = tma_load_2d(&mut sh.b, stage, &map_x, step * GM_BK, m0);
-                    sh.bars.get_mut(&(full + s8)).unwrap().complete_tx(landed);
-                    let landed = tma_load_2d(&mut sh.b, stage + a_bytes, &map_w, step * GM_BK, n0);
-                    sh.bars.get_mut(&(full + s8)).unwrap().complete_tx(landed);
-                });
-            }
-        });
-        for c in 0..2 {
-            let (ws, d) = (&ws, d[c]);
+        for rank in 0..cluster {
+            let (ws, map_x, map_w) = (&ws, &map_x, &map_w);
+            let m0 = (cluster * pair + rank) * GM_BM;
+            // CLUSTER 2: barriers initialized before anything reaches them (every actor meets
+            // this barrier before it starts; an actor of CLUSTER 1 would meet __syncthreads).
             scope.spawn(move || {
-                let who = format!("consumer {c}");
-                let mut q = Wgmma::new(Timing::MmasLate);
+                let who = format!("the producer of CTA {rank}");
+                if cluster == 2 {
+                    ws.cluster_sync(&who);
+                }
                 for step in 0..steps {
                     let s = step % GW_STAGES;
-                    ws.mbar_wait(&who, full + 8 * s as u32, ((step / GW_STAGES) & 1) as u32);
+                    let s8 = 8 * s as u32;
+                    if step >= GW_STAGES {
+                        let parity = (((step / GW_STAGES) - 1) & 1) as u32;
+                        ws.mbar_wait(&who, rank, empty + s8, parity);
+                    }
                     let stage = base + s as u32 * stage_bytes;
-                    let da = sw128_desc(stage + c as u32 * (64 * 128));
-                    let db = sw128_desc(stage + a_bytes);
                     ws.with(|sh| {
-                        for kk in 0..GM_BK as u64 / 16 {
-                            q.issue(
-                                &mut sh.b,
-                                Mma {
-                                    acc: d,
-                                    a: OperandA::Desc(da + 2 * kk),
-                                    b: db + 2 * kk,
-                                    n: GW_BN,
-                                    trans_b: false,
-                                },
-                            );
-                        }
-                        q.commit();
-                        q.wait(&mut sh.b, 1);
-                        if step > 0 {
-                            let bar = empty + 8 * ((step - 1) % GW_STAGES) as u32;
-                            for _ in 0..128 {
-                                sh.bars.get_mut(&bar).unwrap().arrive();
+                        let me = &mut sh.ctas[rank];
+                        me.bars
+                            .get_mut(&(full + s8))
+                            .unwrap()
+                            .arrive_expect_tx(stage_bytes);
+                        let landed = tma_load_2d(&mut me.b, stage, map_x, step * GM_BK, m0);
+                        me.bars.get_mut(&(full + s8)).unwrap().complete_tx(landed);
+                        if cluster == 1 {
+                            let dst = stage + a_bytes;
+                            let landed = tma_load_2d(&mut me.b, dst, map_w, step * GM_BK, n0);
+                            me.bars.get_mut(&(full + s8)).unwrap().complete_tx(landed);
+                        } else {
+                            // Multicast to mask 0x3: both CTAs, the same offsets.
+                            let dst = stage + a_bytes + (rank * half * 128) as u32;
+                            for to in 0..cluster {
+                                let cta = &mut sh.ctas[to];
+                                let landed = tma_load_2d(
+                                    &mut cta.b,
+                                    dst,
+                                    map_w,
+                                    step * GM_BK,
+                                    n0 + rank * half,
+                                );
+                                cta.bars.get_mut(&(full + s8)).unwrap().complete_tx(landed);
                             }
                         }
                     });
                 }
-                ws.with(|sh| q.wait(&mut sh.b, 0));
-                ws.named_barrier(&who);
-                ws.with(|sh| {
-                    for tid in 128 * (c + 1)..128 * (c + 2) {
-                        let row = c * 64 + ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2);
-                        stage_tile(&mut sh.b, p, GW_BN, d, tid % 128, tile, row, tid & 31, n0);
-                    }
-                });
-                ws.named_barrier(&who);
-                ws.with(|sh| {
-                    for tid in 128 * (c + 1)..128 * (c + 2) {
-                        store_tile(&sh.b, p, GW_BN, 2 * 128, tile, sh.y, m0, n0, tid - 128);
-                    }
-                });
+                if cluster == 2 {
+                    ws.cluster_sync(&who);
+                }
             });
+            for c in 0..2 {
+                let d = d[rank][c];
+                scope.spawn(move || {
+                    let who = format!("consumer {c} of CTA {rank}");
+                    if cluster == 2 {
+                        ws.cluster_sync(&who);
+                    }
+                    let mut q = Wgmma::new(Timing::MmasLate);
+                    for step in 0..steps {
+                        let s = step % GW_STAGES;
+                        let parity = ((step / GW_STAGES) & 1) as u32;
+                        ws.mbar_wait(&who, rank, full + 8 * s as u32, parity);
+                        let stage = base + s as u32 * stage_bytes;
+                        let da = sw128_desc(stage + c as u32 * (64 * 128));
+                        let db = sw128_desc(stage + a_bytes);
+                        ws.with(|sh| {
+                            let b = &mut sh.ctas[rank].b;
+                            for kk in 0..GM_BK as u64 / 16 {
+                                q.issue(
+                                    b,
+                                    Mma {
+                                        acc: d,
+                                        a: OperandA::Desc(da + 2 * kk),
+                                        b: db + 2 * kk,
+                                        n: GW_BN,
+                                        trans_b: false,
+                                    },
+                                );
+                            }
+                            q.commit();
+                            q.wait(b, 1);
+                            if step > 0 {
+                                let bar = empty + 8 * ((step - 1) % GW_STAGES) as u32;
+                                if cluster == 1 {
+                                    for _ in 0..128 {
+                                        sh.ctas[rank].bars.get_mut(&bar).unwrap().arrive();
+                                    }
+                                } else {
+                                    // Each warp's lane 0: 32 here and 32 on the peer's.
+                                    for _warp in 0..4 {
+                                        for cta in [rank, rank ^ 1] {
+                                            let mbar = sh.ctas[cta].bars.get_mut(&bar).unwrap();
+                                            mbar.arrive_count(32);
+                                        }
+                                    }
+                                }
+                            }
+                        });
+                    }
+                    ws.with(|sh| q.wait(&mut sh.ctas[rank].b, 0));
+                    ws.named_barrier(&who, rank);
+                    ws.with(|sh| {
+                        for tid in 128 * (c + 1)..128 * (c + 2) {
+                            let row = c * 64 + ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2);
+                            let b = &mut sh.ctas[rank].b;
+                            stage_tile(b, p, GW_BN, d, tid % 128, tile, row, tid & 31, n0);
+                        }
+                    });
+                    ws.named_barrier(&who, rank);
+                    ws.with(|sh| {
+                        for tid in 128 * (c + 1)..128 * (c + 2) {
+                            let b = &sh.ctas[rank].b;
+                            store_tile(b, p, GW_BN, 2 * 128, tile, sh.y, m0, n0, tid - 128);
+                        }
+                    });
+                    if cluster == 2 {
+                        ws.cluster_sync(&who);
+                    }
+                });
+            }
         }
     });
 }

@@ -251,8 +251,12 @@ impl MBar {
     }
     /// `mbarrier.arrive`.
     pub fn arrive(&mut self) {
-        assert!(self.pending > 0, "an arrival beyond the phase's count");
-        self.pending -= 1;
+        self.arrive_count(1);
+    }
+    /// `mbarrier.arrive` with a count.
+    pub fn arrive_count(&mut self, count: u32) {
+        assert!(self.pending >= count, "arrivals beyond the phase's count");
+        self.pending -= count;
         self.complete_if_done();
     }
     /// `mbarrier.arrive.expect_tx`: `bytes` more for this phase, and an arrival.
@@ -260,10 +264,12 @@ impl MBar {
         self.tx += bytes as i64;
         self.arrive();
     }
-    /// A copy's bytes landed (`complete_tx`).
+    /// A copy's bytes landed (`complete_tx`). The count may go below zero: a peer CTA's
+    /// multicast can land before this CTA's producer announces the phase's bytes; the phase
+    /// still waits for that producer's arrival. (The PTX ISA bounds it to ±(2^20 - 1).)
     pub fn complete_tx(&mut self, bytes: u32) {
         self.tx -= bytes as i64;
-        assert!(self.tx >= 0, "more bytes landed than the phase expected");
+        assert!(self.tx.abs() < 1 << 20, "transaction count out of range");
         self.complete_if_done();
     }
     /// `mbarrier.try_wait.parity`: whether the phase of parity `parity` has completed, i.e. the

@@ -38,7 +38,7 @@ mod flash;
 mod gemm;
 mod hopper;
 use attention::{attention_block, ATTN_WG_D, ATTN_WG_ROWS};
-use gemm::{gemm_block, gemm_ws_block, Gemm, GEMM_TILES, GM_BM, GW_BN};
+use gemm::{gemm_block, gemm_ws_cluster, Gemm, GEMM_TILES, GM_BM, GW_BN};
 use hopper::{
     frag_pos, k_major, load_sw128_tile, mn_major, sw128_desc, Block, Timing, RAW, TIMINGS,
 };
@@ -126,8 +126,9 @@ fn the_emulated_gemm_is_a_linear_layer() {
     }
 }
 
-/// The warp-specialized TMA kernel, its producer and consumers running concurrently: rows past m
-/// (zero-filled by the copy engine), one K step and more steps than stages (every stage
+/// The warp-specialized TMA kernels, alone and in clusters of two CTAs multicasting B, their
+/// producers and consumers running concurrently: rows past m (zero-filled by the copy engine; a
+/// CTA wholly past m in the last cluster), one K step and more steps than stages (every stage
 /// refilled, both mbarrier parities in turn), several column tiles. A wrong phase or count
 /// deadlocks (a panic after seconds of no progress) or reads a stage's other fill.
 #[test]
@@ -153,13 +154,17 @@ fn the_emulated_tma_gemm_is_a_linear_layer() {
                 n,
                 k,
             };
-            let mut y = vec![f32::NAN; m * n];
-            for by in 0..m.div_ceil(GM_BM) {
-                for bx in 0..n / GW_BN {
-                    gemm_ws_block(&p, &mut y, (bx, by));
+            for cluster in [1, 2] {
+                let mut y = vec![f32::NAN; m * n];
+                // Whole clusters along M (the launcher rounds the grid up).
+                for pair in 0..m.div_ceil(GM_BM).div_ceil(cluster) {
+                    for bx in 0..n / GW_BN {
+                        gemm_ws_cluster(&p, cluster, &mut y, (bx, pair));
+                    }
                 }
+                let what = format!("TMA cluster {cluster} m={m} n={n} k={k} bias={with_bias}");
+                check_linear(&what, &y, &p);
             }
-            check_linear(&format!("TMA m={m} n={n} k={k} bias={with_bias}"), &y, &p);
         }
     }
 }
@@ -307,6 +312,11 @@ fn the_emulated_expressions_are_the_kernels() {
                 "\"mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\\n\"",
                 "\"mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\\n\"",
                 "\"mbarrier.arrive.shared::cta.b64 _, [%0];\\n\"",
+                "\"mov.u32 lane, %%laneid;\\nsetp.eq.u32 lead, lane, 0;\\n\"",
+                "\"mapa.shared::cluster.u32 remote, %0, %1;\\n\"",
+                "\"@lead mbarrier.arrive.shared::cta.b64 _, [%0], 32;\\n\"",
+                "\"@lead mbarrier.arrive.shared::cluster.b64 _, [remote], 32;\\n}\\n\"",
+                "\".multicast::cluster [%0], [%1, {%3, %4}], [%2], %5;\\n\"",
                 "\"cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes\" \
                  \" [%0], [%1, {%3, %4}], [%2];\\n\"",
             ][..],
@@ -371,27 +381,41 @@ fn the_emulated_expressions_are_the_kernels() {
                 "const uint32_t full = base + GW_STAGES * STAGE_BYTES;",
                 "const uint32_t empty = full + GW_STAGES * 8;",
                 "const int n0 = blockIdx.x * GW_BN;",
+                "const uint32_t rank = CLUSTER == 1 ? 0 : cluster_ctarank();",
                 "if (tid == 0) { for (int s = 0; s < GW_STAGES; s++) { mbar_init(full + 8 * s, 1); \
-                 mbar_init(empty + 8 * s, 2 * 128); } mbar_init_fence(); } __syncthreads();",
-                "if (wg == 0) { setmaxnreg_dec<40>(); if (tid == 0) { \
+                 mbar_init(empty + 8 * s, CLUSTER * 2 * 128); } mbar_init_fence(); }",
+                "if (CLUSTER == 1) __syncthreads(); else cluster_sync(); if (wg == 0) {",
+                "setmaxnreg_dec<40>(); if (tid == 0) { \
                  for (int step = 0; step < steps; step++) { const int s = step % GW_STAGES; \
                  if (step >= GW_STAGES) mbar_wait(empty + 8 * s, ((step / GW_STAGES) - 1) & 1); \
                  const uint32_t stage = base + s * STAGE_BYTES; \
                  mbar_arrive_expect_tx(full + 8 * s, STAGE_BYTES); \
                  tma_load_2d(stage, map_x, full + 8 * s, step * GM_BK, m0); \
-                 tma_load_2d(stage + A_BYTES, map_w, full + 8 * s, step * GM_BK, n0); } } return; }",
-                "setmaxnreg_inc<232>(); const int c = wg - 1;",
+                 if (CLUSTER == 1) { tma_load_2d(stage + A_BYTES, map_w, full + 8 * s, step * GM_BK, n0); \
+                 } else { constexpr int HALF = GW_BN / 2; \
+                 tma_load_2d_multicast(stage + A_BYTES + rank * (HALF * 128), map_w, full + 8 * s, \
+                 step * GM_BK, n0 + rank * HALF, 0x3); } } } if (CLUSTER == 1) return; } else { \
+                 setmaxnreg_inc<232>(); \
+                 gemm_ws_consume<T, ACT, CLUSTER>(tile, base, full, empty, rank, bias, bias_f32, y, m, n, k); \
+                 }",
+                "if (CLUSTER == 2) cluster_sync(); }",
+                // gemm_ws_consume
+                "const int c = wg - 1;",
                 "for (int step = 0; step < steps; step++) { const int s = step % GW_STAGES; \
                  mbar_wait(full + 8 * s, (step / GW_STAGES) & 1); \
                  const uint32_t stage = base + s * STAGE_BYTES; \
                  const uint64_t da = sw128_desc(stage + c * (64 * 128)); \
                  const uint64_t db = sw128_desc(stage + A_BYTES);",
                 "mma_k_step<T, GW_BN>(d, da, db); wgmma_wait<1>(); fence_accumulators(d);",
-                "if (step > 0) mbar_arrive(empty + 8 * ((step - 1) % GW_STAGES)); } wgmma_wait<0>(); \
-                 fence_accumulators(d);",
+                "if (step > 0) { const uint32_t bar = empty + 8 * ((step - 1) % GW_STAGES); \
+                 if (CLUSTER == 1) mbar_arrive(bar); else mbar_arrive_warp_here_and_there(bar, rank ^ 1); \
+                 } } wgmma_wait<0>(); fence_accumulators(d);",
                 "named_barrier(1, 2 * 128); stage_tile<T, ACT, GW_BN>(d, tile, c * 64 + ((tid >> 5) & 3) * 16 + \
                  ((tid & 31) >> 2), tid & 31, bias, bias_f32, n0); named_barrier(1, 2 * 128); \
                  store_tile<T, GW_BN, 2 * 128>(tile, y, m0, m, n, n0, tid - 128);",
+                "gemm_ws_body<T, ACT, 1>(&map_x, &map_w, bias, bias_f32, y, m, n, k);",
+                "extern \"C\" __global__ void __cluster_dims__(1, 2, 1) __launch_bounds__(GW_THREADS, 1)",
+                "gemm_ws_body<T, ACT, 2>(&map_x, &map_w, bias, bias_f32, y, m, n, k);",
                 "GEMM_WS_KERNEL(name, T, aname, ACT)",
                 "GEMM_KERNEL(name, T, aname, ACT, 128, 3, 0, 2)",
                 "GEMM_KERNEL(name, T, aname, ACT, 256, 4, 1, 1)",
