@@ -13,15 +13,17 @@
 #      per operation (DINOV2_PROFILE=1);
 #      Our Hopper GEMMs (DINOV2_GEMM=fused, own; DINOV2_GEMM_TILE=256, tma, tma2) and attention
 #      (DINOV2_ATTENTION=wgmma, wgmma2), then both against the peer, the f16 residual stream
-#      (DINOV2_RESIDUAL=compute) alone and with both, come right after the headline, and
-#      their op profile after the default one;
+#      (DINOV2_RESIDUAL=compute) alone and with both, come right after the headline, then
+#      ViT-S at batches 1, 64, 256 against the peer and at 64 with the graphs' own allocation
+#      nodes (DINOV2_PLANNED_MEMORY=0: the memory target's row), and the op profile of the
+#      new kernels after the default one;
 #   4. the criterion kernel benches and PyTorch's kernels on the same shapes; `dinov2 embed` on
 #      the GPU (its parity with the CPU, `forward --expect` per dtype, `dinov2 serve` and the
 #      Python module dinov2_rs against the same CPU vectors, then 10500 files through ViT-B/14
-#      and the server under load); then, while time
-#      remains, ViT-S at batches 1, 64, 256, ViT-S at 64 and ViT-B at 256 with the graphs'
-#      own allocation nodes instead of the planned arena (DINOV2_PLANNED_MEMORY=0: the memory
-#      figures side by side), ViT-B at 518 px (batches 1 and 32, against the peer), ViT-B at 1
+#      and the server under load); then, while time remains, the new kernels at the other
+#      sizes, ViT-B at 256 with the graphs' own allocation nodes instead of the planned arena
+#      (the memory figures side by side), ViT-B at 518 px (batches 1 and 32, against the
+#      peer), ViT-B at 1
 #      and 64 (with and without CUDA graphs:
 #      DINOV2_CUDA_GRAPHS=0), ViT-S at 64 without graphs (every bench prints our memory by part
 #      and the peer's allocator figures), ViT-L and ViT-g, short warm-up and repeats;
@@ -388,6 +390,17 @@ main() {
         DINOV2_RESIDUAL=compute DINOV2_ATTENTION=wgmma2 DINOV2_GEMM=own DINOV2_GEMM_TILE=tma bench vitb14-256-all-tma 60 \
             --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10
     fi
+    # ViT-S/14 at 1, 64 and 256 against the peer, and at 64 with the graphs' own allocation
+    # nodes: the memory target's row (run 4: 258 against 248 MiB at 64) before the longer steps
+    # below can crowd it out.
+    if room 60; then
+        bench vits14-1-64-256 150 --dtype f16 --arch vits14 --batch-size 1,64,256 --warmup 2 --repeats 5 \
+            --peer "$PYTHON"
+    fi
+    if room 30; then
+        DINOV2_PLANNED_MEMORY=0 bench vits14-64-graphmem 90 --dtype f16 --arch vits14 --batch-size 64 \
+            --warmup 2 --repeats 5
+    fi
     # The same against the peer under torch.compile (it compiles for a minute or more).
     if room 240; then
         bench vitb14-256-compile 170 --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON" --peer-compile
@@ -448,7 +461,7 @@ main() {
     # The other sizes and ViT-B's small batches (with and without CUDA graphs, where launches
     # dominate) while time remains.
     local step tag arch batches gemm size
-    for step in "vits14 1,64,256" "hopper vits14 64,256 224" "hopper vitb14 1 518" "gemm fused vits14 64,256" "gemm fused vitl14 64,256" "gemm own vitg14 64,256" "graphmem vits14 64" "graphmem vitb14 256" "hires vitb14 1,32" "vitb14 1,64" "nographs vitb14 1,64" "nographs vits14 64" "vitl14 1,64,256" "vitg14 1,64,256"; do
+    for step in "hopper vits14 64,256 224" "hopper vitb14 1 518" "gemm fused vits14 64,256" "gemm fused vitl14 64,256" "gemm own vitg14 64,256" "graphmem vitb14 256" "hires vitb14 1,32" "vitb14 1,64" "nographs vitb14 1,64" "nographs vits14 64" "vitl14 1,64,256" "vitg14 1,64,256"; do
         room "$MIN_STEP" || break
         case $step in
             hopper*)
