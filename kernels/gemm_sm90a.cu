@@ -192,50 +192,6 @@ __device__ __forceinline__ void gemm_body(const T* __restrict__ x, const T* __re
 // The stages, their 2·GW_STAGES mbarriers after them, and 1 KiB to align the stages to 1024.
 #define GW_SMEM_BYTES (GW_STAGES * GM_STAGE_BYTES(GW_BN) + 2 * GW_STAGES * 8 + 1024)
 
-// The consumer warpgroups of gemm_ws_body (threads 128..383).
-template <typename T, int ACT, int CLUSTER>
-__device__ __forceinline__ void gemm_ws_consume(uint8_t* tile, uint32_t base, uint32_t full, uint32_t empty,
-                                                uint32_t rank, const void* __restrict__ bias,
-                                                int bias_f32, T* __restrict__ y, int m, int n, int k) {
-    constexpr int A_BYTES = GM_BM * GM_BK * 2;
-    constexpr int STAGE_BYTES = GM_STAGE_BYTES(GW_BN);
-    const int tid = threadIdx.x;
-    const int wg = tid >> 7;
-    const int m0 = blockIdx.y * GM_BM;
-    const int n0 = blockIdx.x * GW_BN;
-    const int steps = k / GM_BK;
-    const int c = wg - 1; // this consumer's rows: 64c..64c+63
-    float d[GW_BN / 2];
-#pragma unroll
-    for (int i = 0; i < GW_BN / 2; i++) d[i] = 0.0f;
-    for (int step = 0; step < steps; step++) {
-        const int s = step % GW_STAGES;
-        mbar_wait(full + 8 * s, (step / GW_STAGES) & 1);
-        const uint32_t stage = base + s * STAGE_BYTES;
-        const uint64_t da = sw128_desc(stage + c * (64 * 128));
-        const uint64_t db = sw128_desc(stage + A_BYTES);
-        mma_k_step<T, GW_BN>(d, da, db);
-        wgmma_wait<1>();
-        fence_accumulators(d);
-        // The MMAs of the previous step have retired: its stage may be refilled (CLUSTER 2:
-        // also by the peer, whose B half comes into it; a warp's lane 0 arrives for the warp).
-        if (step > 0) {
-            const uint32_t bar = empty + 8 * ((step - 1) % GW_STAGES);
-            if (CLUSTER == 1) mbar_arrive(bar);
-            else mbar_arrive_warp_here_and_there(bar, rank ^ 1);
-        }
-    }
-    wgmma_wait<0>();
-    fence_accumulators(d);
-    // Both consumers are done reading the stages (every copy into them has landed: each was
-    // waited for): the output tile goes there.
-    named_barrier(1, 2 * 128);
-    stage_tile<T, ACT, GW_BN>(d, tile, c * 64 + ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2), tid & 31,
-                              bias, bias_f32, n0);
-    named_barrier(1, 2 * 128);
-    store_tile<T, GW_BN, 2 * 128>(tile, y, m0, m, n, n0, tid - 128);
-}
-
 template <typename T, int ACT, int CLUSTER>
 __device__ __forceinline__ void gemm_ws_body(const TmaMap* map_x, const TmaMap* map_w,
                                              const void* __restrict__ bias, int bias_f32,
@@ -289,7 +245,36 @@ __device__ __forceinline__ void gemm_ws_body(const TmaMap* map_x, const TmaMap* 
         if (CLUSTER == 1) return;
     } else {
         setmaxnreg_inc<232>();
-        gemm_ws_consume<T, ACT, CLUSTER>(tile, base, full, empty, rank, bias, bias_f32, y, m, n, k);
+        const int c = wg - 1; // this consumer's rows: 64c..64c+63
+        float d[GW_BN / 2];
+#pragma unroll
+        for (int i = 0; i < GW_BN / 2; i++) d[i] = 0.0f;
+        for (int step = 0; step < steps; step++) {
+            const int s = step % GW_STAGES;
+            mbar_wait(full + 8 * s, (step / GW_STAGES) & 1);
+            const uint32_t stage = base + s * STAGE_BYTES;
+            const uint64_t da = sw128_desc(stage + c * (64 * 128));
+            const uint64_t db = sw128_desc(stage + A_BYTES);
+            mma_k_step<T, GW_BN>(d, da, db);
+            wgmma_wait<1>();
+            fence_accumulators(d);
+            // The MMAs of the previous step have retired: its stage may be refilled (CLUSTER 2:
+            // also by the peer, whose B half comes into it; a warp's lane 0 arrives for the warp).
+            if (step > 0) {
+                const uint32_t bar = empty + 8 * ((step - 1) % GW_STAGES);
+                if (CLUSTER == 1) mbar_arrive(bar);
+                else mbar_arrive_warp_here_and_there(bar, rank ^ 1);
+            }
+        }
+        wgmma_wait<0>();
+        fence_accumulators(d);
+        // Both consumers are done reading the stages (every copy into them has landed: each was
+        // waited for): the output tile goes there.
+        named_barrier(1, 2 * 128);
+        stage_tile<T, ACT, GW_BN>(d, tile, c * 64 + ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2), tid & 31,
+                                  bias, bias_f32, n0);
+        named_barrier(1, 2 * 128);
+        store_tile<T, GW_BN, 2 * 128>(tile, y, m0, m, n, n0, tid - 128);
     }
     // CLUSTER 2: neither CTA leaves while the other may still copy into it or arrive on its
     // barriers.

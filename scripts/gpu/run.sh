@@ -426,7 +426,6 @@ main() {
     # Where its time goes: device time per operation (CUDA events around each; graphs off).
     if room 30; then
         echo "-- [op profile at ${SECONDS}s] DINOV2_PROFILE=1 dinov2 bench --arch vitb14 --batch-size 256"
-        local rc
         DINOV2_PROFILE=1 timeout "$(cap 60)" "$HERE/bin/dinov2" bench --device cuda --dtype f16 \
             --arch vitb14 --batch-size 256 --warmup 1 --repeats 3 --json "$OUT/profile.json" \
             >"$OUT/profile.txt" 2>&1

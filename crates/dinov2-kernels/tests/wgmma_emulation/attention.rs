@@ -50,19 +50,7 @@ pub fn wg_tile(
     let mut q = Wgmma::new(b.timing());
     let s_count = keys / 2;
     let s_acc = b.new_acc(keys);
-    for kk in 0..ATTN_WG_D as u64 / 16 {
-        q.issue(
-            b,
-            Mma {
-                acc: s_acc,
-                a: OperandA::Desc(dq + 2 * kk),
-                b: dk + 2 * kk,
-                n: keys,
-                trans_b: false,
-            },
-        );
-    }
-    q.commit();
+    q.k_step(b, s_acc, dq, dk, keys);
     q.wait(b, 0);
     let mut s: Vec<Vec<f32>> = (0..128)
         .map(|t| (0..s_count).map(|i| *b.frag(s_acc, t, i)).collect())

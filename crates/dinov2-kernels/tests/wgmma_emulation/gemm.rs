@@ -5,8 +5,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use crate::hopper::{
-    load_sw128_tile, sw128_desc, tma_load_2d, Block, MBar, Mma, OperandA, TensorMap, Timing, Wgmma,
-    RAW,
+    load_sw128_tile, sw128_desc, tma_load_2d, Block, MBar, TensorMap, Timing, Wgmma, RAW,
 };
 
 /// GM_BM, GM_BK, GM_THREADS: the block's rows, its K step, its threads.
@@ -54,7 +53,8 @@ pub fn gemm_block(p: &Gemm, t: GemmTile, timing: Timing, y: &mut [f32], (bx, by)
     let lookahead = t.stages - 1 - t.wait;
     assert!(lookahead >= 1, "the copies must run ahead of the MMAs");
     let mut b = Block::new(timing, t.stages * stage_bytes as usize + 1024);
-    let mut q = Wgmma::new(timing);
+    // Each warpgroup's wgmma groups.
+    let mut q = [Wgmma::new(timing), Wgmma::new(timing)];
     let raw = RAW;
     let base = (raw + 1023) & !1023;
     let tile = base;
@@ -102,28 +102,20 @@ pub fn gemm_block(p: &Gemm, t: GemmTile, timing: Timing, y: &mut [f32], (bx, by)
         for wg in 0..2 {
             let da = sw128_desc(stage + wg as u32 * (64 * 128));
             let db = sw128_desc(stage + a_bytes);
-            for kk in 0..GM_BK as u64 / 16 {
-                q.issue(
-                    &mut b,
-                    Mma {
-                        acc: d[wg],
-                        a: OperandA::Desc(da + 2 * kk),
-                        b: db + 2 * kk,
-                        n: bn,
-                        trans_b: false,
-                    },
-                );
-            }
+            q[wg].k_step(&mut b, d[wg], da, db, bn);
         }
-        q.commit();
         let next = step + lookahead;
         if next < steps {
             load_step(&mut b, next, next % t.stages);
         }
         b.cp_async_commit();
-        q.wait(&mut b, t.wait);
+        for q in &mut q {
+            q.wait(&mut b, t.wait);
+        }
     }
-    q.wait(&mut b, 0);
+    for q in &mut q {
+        q.wait(&mut b, 0);
+    }
     b.cp_async_wait(0);
 
     for tid in 0..GM_THREADS {
@@ -407,19 +399,7 @@ pub fn gemm_ws_cluster(p: &Gemm, cluster: usize, y: &mut [f32], (bx, pair): (usi
                         let db = sw128_desc(stage + a_bytes);
                         ws.with(|sh| {
                             let b = &mut sh.ctas[rank].b;
-                            for kk in 0..GM_BK as u64 / 16 {
-                                q.issue(
-                                    b,
-                                    Mma {
-                                        acc: d,
-                                        a: OperandA::Desc(da + 2 * kk),
-                                        b: db + 2 * kk,
-                                        n: GW_BN,
-                                        trans_b: false,
-                                    },
-                                );
-                            }
-                            q.commit();
+                            q.k_step(b, d, da, db, GW_BN);
                             q.wait(b, 1);
                             if step > 0 {
                                 let bar = empty + 8 * ((step - 1) % GW_STAGES) as u32;

@@ -209,6 +209,21 @@ impl Wgmma {
             Timing::MmasLate => self.open.push(mma),
         }
     }
+    /// `mma_k_step<T, N>` (gemm_sm90a.cu), as also S = Q·Kᵀ of a tile: 64 of K as four
+    /// m64nNk16 wgmmas on K-major A and B 32 bytes apart (descriptor + 2), one committed group.
+    pub fn k_step(&mut self, b: &mut Block, acc: usize, da: u64, db: u64, n: usize) {
+        for kk in 0..4 {
+            let mma = Mma {
+                acc,
+                a: OperandA::Desc(da + 2 * kk),
+                b: db + 2 * kk,
+                n,
+                trans_b: false,
+            };
+            self.issue(b, mma);
+        }
+        self.commit();
+    }
     /// `wgmma.commit_group`.
     pub fn commit(&mut self) {
         let group = std::mem::take(&mut self.open);

@@ -395,11 +395,9 @@ fn the_emulated_expressions_are_the_kernels() {
                  } else { constexpr int HALF = GW_BN / 2; \
                  tma_load_2d_multicast(stage + A_BYTES + rank * (HALF * 128), map_w, full + 8 * s, \
                  step * GM_BK, n0 + rank * HALF, 0x3); } } } if (CLUSTER == 1) return; } else { \
-                 setmaxnreg_inc<232>(); \
-                 gemm_ws_consume<T, ACT, CLUSTER>(tile, base, full, empty, rank, bias, bias_f32, y, m, n, k); \
-                 }",
+                 setmaxnreg_inc<232>();",
                 "if (CLUSTER == 2) cluster_sync(); }",
-                // gemm_ws_consume
+                // the consumers
                 "const int c = wg - 1;",
                 "for (int step = 0; step < steps; step++) { const int s = step % GW_STAGES; \
                  mbar_wait(full + 8 * s, (step / GW_STAGES) & 1); \
