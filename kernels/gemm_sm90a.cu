@@ -2,6 +2,7 @@
 // into an sm_90a cubin, with no embedded PTX; other GPUs use cuBLAS):
 //   gemm_{f16,bf16}_{id,gelu,gelu_tanh}_n{128,256}(x, w, bias, bias_f32, y, m, n, k)
 //     y[m, n] = act(x[m, k] · w[n, k]ᵀ + bias[n])
+// and variants fed by TMA (_tma, _tma2, _pp: below).
 // x, w, y in one 16-bit type, f32 accumulation; the bias (f32 when bias_f32, else the storage type,
 // or null) and the activation are applied to the f32 sums, then y is rounded once. So the exact
 // erf GELU after fc1 costs no pass over the activations (cuBLASLt's GELU epilogue is the tanh
@@ -281,6 +282,138 @@ __device__ __forceinline__ void gemm_ws_body(const TmaMap* map_x, const TmaMap* 
     if (CLUSTER == 2) cluster_sync();
 }
 
+// The persistent ping-pong variant, fed by TMA:
+//   gemm_{f16,bf16}_{id,gelu,gelu_tanh}_pp(map_x, map_w, bias, bias_f32, y, m, n, k)
+// The same product and epilogue on 128 x 128 tiles (n % 128 == 0, k % 64 == 0), 384 threads,
+// grid (min(tiles, SMs)), dynamic smem GP_SMEM_BYTES, one block an SM; map_x and map_w have
+// boxes of 64 x 128 elements. Where the kernels above end each tile with an epilogue during which
+// the tensor cores idle, here a block stays resident and walks the tiles t = blockIdx.x,
+// blockIdx.x + gridDim.x, ... (row tile t / (n / 128), column tile t % (n / 128)), and its two
+// consumer warpgroups take turns:
+// - The block's i-th tile is consumer i % 2's, all 128 rows of it (two m64n128k16 accumulators,
+//   128 registers a thread).
+// - The producer's first thread fills the stages for the block's tiles one after another: K step
+//   `step` of tile i is iteration it = i·steps + step, on stage it % GP_STAGES.
+// - Consumer c starts the MMAs of a tile once the other has issued all of its previous tile's
+//   (it waits on named barrier 2 + c, where the other arrives), then does the same for it. So
+//   while one issues MMAs, the other runs its epilogue (bias, activation, stores) on the CUDA
+//   cores. The turns also keep each wait on full[s] at most one phase ahead of the barrier, as
+//   parity waits require: without them, consumer 1 would wait for its first stage while the
+//   barrier is still phases behind, and a parity of the past would pass.
+// - A stage is released (empty[s], 128 arrivals: the consumer's threads) once the MMAs reading
+//   it have retired, the last one of a tile after the tile's MMAs have all retired.
+// - Each consumer stages its output tile in a buffer of its own after the stages (the producer
+//   fills them for later tiles meanwhile), guarded by named barrier 4 + c.
+#define GP_BN 128
+#define GP_STAGES 4
+#define GP_THREADS 384
+// One consumer's output tile: 128 rows of GP_BN·2 bytes, padded by 16 (stage_tile's layout).
+#define GP_TILE_BYTES (GM_BM * (GP_BN * 2 + 16))
+// The stages, the consumers' output tiles, 2·GP_STAGES mbarriers, 1 KiB to align the stages.
+#define GP_SMEM_BYTES (GP_STAGES * GM_STAGE_BYTES(GP_BN) + 2 * GP_TILE_BYTES + 2 * GP_STAGES * 8 + 1024)
+
+// One K step of 64 of a consumer's 128-row tile as one group of wgmmas: rows 0-63 (A at da0)
+// into d0 and rows 64-127 (da1) into d1, against the same B (db).
+template <typename T>
+__device__ __forceinline__ void mma_k_step_128rows(float (&d0)[GP_BN / 2], float (&d1)[GP_BN / 2],
+                                                   uint64_t da0, uint64_t da1, uint64_t db) {
+    fence_accumulators(d0);
+    fence_accumulators(d1);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < GM_BK / 16; kk++) {
+        wgmma_k16<T, GP_BN>(d0, da0 + 2 * kk, db + 2 * kk);
+        wgmma_k16<T, GP_BN>(d1, da1 + 2 * kk, db + 2 * kk);
+    }
+    wgmma_commit();
+}
+
+template <typename T, int ACT>
+__device__ __forceinline__ void gemm_pp_body(const TmaMap* map_x, const TmaMap* map_w,
+                                             const void* __restrict__ bias, int bias_f32,
+                                             T* __restrict__ y, int m, int n, int k) {
+    constexpr int A_BYTES = GM_BM * GM_BK * 2;
+    constexpr int STAGE_BYTES = GM_STAGE_BYTES(GP_BN);
+    extern __shared__ uint8_t smem_raw[];
+    const uint32_t raw = smem_addr(smem_raw);
+    const uint32_t base = (raw + 1023u) & ~1023u;
+    uint8_t* const out_tiles = smem_raw + (base - raw) + GP_STAGES * STAGE_BYTES;
+    const uint32_t full = base + GP_STAGES * STAGE_BYTES + 2 * GP_TILE_BYTES; // full[s] at full + 8s
+    const uint32_t empty = full + GP_STAGES * 8;                              // empty[s] at empty + 8s
+
+    const int tid = threadIdx.x;
+    const int wg = tid >> 7;
+    const int col_tiles = n / GP_BN;
+    const int tiles = (m + GM_BM - 1) / GM_BM * col_tiles;
+    const int steps = k / GM_BK;
+
+    if (tid == 0) {
+        for (int s = 0; s < GP_STAGES; s++) {
+            mbar_init(full + 8 * s, 1);
+            mbar_init(empty + 8 * s, 128);
+        }
+        mbar_init_fence();
+    }
+    __syncthreads();
+
+    if (wg == 0) {
+        setmaxnreg_dec<40>();
+        if (tid == 0) {
+            int it = 0;
+            for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+                const int m0 = t / col_tiles * GM_BM, n0 = t % col_tiles * GP_BN;
+                for (int step = 0; step < steps; step++, it++) {
+                    const int s = it % GP_STAGES;
+                    if (it >= GP_STAGES) mbar_wait(empty + 8 * s, ((it / GP_STAGES) - 1) & 1);
+                    const uint32_t stage = base + s * STAGE_BYTES;
+                    mbar_arrive_expect_tx(full + 8 * s, STAGE_BYTES);
+                    tma_load_2d(stage, map_x, full + 8 * s, step * GM_BK, m0);
+                    tma_load_2d(stage + A_BYTES, map_w, full + 8 * s, step * GM_BK, n0);
+                }
+            }
+        }
+        return;
+    }
+    setmaxnreg_inc<232>();
+    const int c = wg - 1;
+    uint8_t* const out = out_tiles + c * GP_TILE_BYTES;
+    // This thread's first row in a 64-row half of the tile.
+    const int row = ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2);
+    for (int i = c; blockIdx.x + i * gridDim.x < tiles; i += 2) {
+        const int t = blockIdx.x + i * gridDim.x;
+        const int m0 = t / col_tiles * GM_BM, n0 = t % col_tiles * GP_BN;
+        // Our turn: the other consumer has issued the MMAs of tile i - 1.
+        if (i > 0) named_barrier(2 + c, 2 * 128);
+        float d0[GP_BN / 2], d1[GP_BN / 2];
+#pragma unroll
+        for (int j = 0; j < GP_BN / 2; j++) d0[j] = d1[j] = 0.0f;
+        for (int step = 0; step < steps; step++) {
+            const int it = i * steps + step, s = it % GP_STAGES;
+            mbar_wait(full + 8 * s, (it / GP_STAGES) & 1);
+            const uint32_t stage = base + s * STAGE_BYTES;
+            mma_k_step_128rows<T>(d0, d1, sw128_desc(stage), sw128_desc(stage + 64 * 128),
+                                  sw128_desc(stage + A_BYTES));
+            wgmma_wait<1>();
+            fence_accumulators(d0);
+            fence_accumulators(d1);
+            // The MMAs of the previous step have retired: its stage may be refilled.
+            if (step > 0) mbar_arrive(empty + 8 * ((it - 1) % GP_STAGES));
+        }
+        // The other consumer's turn, if the block has a tile i + 1.
+        if (blockIdx.x + (i + 1) * gridDim.x < tiles) named_barrier_arrive(2 + (c ^ 1), 2 * 128);
+        wgmma_wait<0>();
+        fence_accumulators(d0);
+        fence_accumulators(d1);
+        mbar_arrive(empty + 8 * ((i * steps + steps - 1) % GP_STAGES));
+        // This warpgroup's stores of its previous tile are done reading `out`.
+        named_barrier(4 + c, 128);
+        stage_tile<T, ACT, GP_BN>(d0, out, row, tid & 31, bias, bias_f32, n0);
+        stage_tile<T, ACT, GP_BN>(d1, out, 64 + row, tid & 31, bias, bias_f32, n0);
+        named_barrier(4 + c, 128);
+        store_tile<T, GP_BN, 128>(out, y, m0, m, n, n0, tid & 127);
+    }
+}
+
 // Two tile shapes: 128 x 128 with 3 stages (97 KiB) and two blocks an SM, each waiting for its
 // MMAs before the next step (the other block's fill the gap); 128 x 256 with 4 stages (193 KiB),
 // one block an SM, one group of MMAs left running across steps.
@@ -307,9 +440,18 @@ __device__ __forceinline__ void gemm_ws_body(const TmaMap* map_x, const TmaMap* 
                                      int bias_f32, T* y, int m, int n, int k) {                    \
         gemm_ws_body<T, ACT, 2>(&map_x, &map_w, bias, bias_f32, y, m, n, k);                       \
     }
+// The persistent ping-pong kernel: one block an SM.
+#define GEMM_PP_KERNEL(name, T, aname, ACT)                                                        \
+    extern "C" __global__ void __launch_bounds__(GP_THREADS, 1)                                    \
+        gemm_##name##_##aname##_pp(const __grid_constant__ TmaMap map_x,                           \
+                                   const __grid_constant__ TmaMap map_w, const void* bias,         \
+                                   int bias_f32, T* y, int m, int n, int k) {                      \
+        gemm_pp_body<T, ACT>(&map_x, &map_w, bias, bias_f32, y, m, n, k);                          \
+    }
 #define GEMM_KERNELS(name, T, aname, ACT)                                                          \
     GEMM_SHAPES(name, T, aname, ACT)                                                               \
-    GEMM_WS_KERNEL(name, T, aname, ACT)
+    GEMM_WS_KERNEL(name, T, aname, ACT)                                                            \
+    GEMM_PP_KERNEL(name, T, aname, ACT)
 #define GEMM_ACTS(name, T)                                                                         \
     GEMM_KERNELS(name, T, id, ACT_IDENTITY)                                                        \
     GEMM_KERNELS(name, T, gelu, ACT_GELU)                                                          \

@@ -195,6 +195,11 @@ template <int N> __device__ __forceinline__ void setmaxnreg_inc() {
 __device__ __forceinline__ void named_barrier(int id, int threads) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+// An arrival at named barrier `id` without waiting: the other `threads` - (these) threads wait on
+// it with named_barrier (a signal from one warpgroup to another).
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 
 // ---- thread block clusters (the multicast kernel: two CTAs sharing their B tiles) ----
 

@@ -578,6 +578,7 @@ fn our_gemms_in_the_model_match_the_cpu() {
                 (OwnGemm::All, OwnTile::N256, ""),
                 (OwnGemm::All, OwnTile::Tma, ""),
                 (OwnGemm::All, OwnTile::Tma2, ""),
+                (OwnGemm::All, OwnTile::PingPong, ""),
                 (OwnGemm::Fused, OwnTile::Tma, "wgmma"),
                 (OwnGemm::Fused, OwnTile::Tma, "wgmma2"),
             ] {

@@ -11,7 +11,7 @@
 #      tuning (DINOV2_GEMM_TUNE=log), two copies on two streams at once (--streams 2), the
 #      tanh GELU in the GEMM epilogue (DINOV2_FAST_GELU=1), then the same pass's device time
 #      per operation (DINOV2_PROFILE=1);
-#      Our Hopper GEMMs (DINOV2_GEMM=fused, own; DINOV2_GEMM_TILE=256, tma, tma2) and attention
+#      Our Hopper GEMMs (DINOV2_GEMM=fused, own; DINOV2_GEMM_TILE=256, tma, tma2, pp) and attention
 #      (DINOV2_ATTENTION=wgmma, wgmma2), then both against the peer, the f16 residual stream
 #      (DINOV2_RESIDUAL=compute) alone and with both, come right after the headline, then
 #      ViT-S at batches 1, 64, 256 against the peer and at 64 with the graphs' own allocation
@@ -339,14 +339,16 @@ main() {
     fi
     # Our Hopper GEMMs (kernels/gemm_sm90a.cu, opt-in until measured): the exact GELU fused
     # into fc1's epilogue (DINOV2_GEMM=fused: no GELU pass), every GEMM they run (own), each
-    # with 128 x 128 and 128 x 256 tiles fed by cp.async and the warp-specialized TMA kernel,
-    # alone (tma) and in clusters of two multicasting the weights (tma2).
+    # with 128 x 128 and 128 x 256 tiles fed by cp.async and the warp-specialized TMA kernels:
+    # persistent with the consumers taking turns (pp), alone (tma) and in clusters of two
+    # multicasting the weights (tma2). The likeliest defaults first; the kernel benches below
+    # time every kernel on each GEMM.
     # Their GPU tests ran above (own_gemms_match_cpu, our_gemms_in_the_model_match_the_cpu).
     local policy gemm tile
-    for policy in "fused 128" "fused 256" "fused tma" "fused tma2" "own 128" "own 256" "own tma" "own tma2"; do
+    for policy in "fused pp" "own pp" "own tma" "own tma2" "fused 128" "own 256" "fused tma" "own 128"; do
         room 30 || break
         read -r gemm tile <<<"$policy"
-        [ "${tile#tma}" != "$tile" ] && [ -n "${TMA_HANGS:-}" ] && continue
+        case $tile in tma* | pp) [ -n "${TMA_HANGS:-}" ] && continue ;; esac
         DINOV2_GEMM=$gemm DINOV2_GEMM_TILE=$tile bench "vitb14-256-gemm-$gemm-$tile" 60 --dtype f16 \
             --arch vitb14 --batch-size 256 --warmup 3 --repeats 10
     done
@@ -385,7 +387,12 @@ main() {
         DINOV2_RESIDUAL=compute DINOV2_ATTENTION=wgmma DINOV2_GEMM=fused DINOV2_GEMM_TILE=256 bench vitb14-256-all 60 \
             --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10
     fi
-    # The same with the TMA GEMM for every linear layer it runs and the 128-row attention.
+    # The same with the persistent TMA GEMM for every linear layer it runs and the 128-row
+    # attention, then with the warp-specialized TMA GEMM.
+    if room 30 && [ -z "${TMA_HANGS:-}" ]; then
+        DINOV2_RESIDUAL=compute DINOV2_ATTENTION=wgmma2 DINOV2_GEMM=own DINOV2_GEMM_TILE=pp bench vitb14-256-all-pp 60 \
+            --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON"
+    fi
     if room 30 && [ -z "${TMA_HANGS:-}" ]; then
         DINOV2_RESIDUAL=compute DINOV2_ATTENTION=wgmma2 DINOV2_GEMM=own DINOV2_GEMM_TILE=tma bench vitb14-256-all-tma 60 \
             --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10

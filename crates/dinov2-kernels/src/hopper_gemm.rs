@@ -5,7 +5,7 @@
 //!
 //! Which GEMMs they run is [`OwnGemm`], and which kernel [`OwnTile`]: `DINOV2_GEMM` (`fused` or
 //! `own`; cuBLASLt by default until the kernels are measured on a GPU) and `DINOV2_GEMM_TILE`
-//! (`256`, `tma`, `tma2`) when the device opens, or [`Device::set_own_gemm`]. A shape they cannot run
+//! (`256`, `tma`, `tma2`, `pp`) when the device opens, or [`Device::set_own_gemm`]. A shape they cannot run
 //! (f32, `n % 128 != 0`, `k % 64 != 0`, unaligned pointers, another activation) goes to cuBLAS
 //! as before.
 
@@ -44,13 +44,26 @@ pub enum OwnTile {
     /// The same in clusters of two CTAs along M, each fetching half of their common B tile for
     /// both (TMA multicast: a third less L2 traffic; `_tma2`, `DINOV2_GEMM_TILE=tma2`).
     Tma2,
+    /// 128 x 128 tiles fed by TMA, persistent (a block an SM walks the tiles), its two consumer
+    /// warpgroups taking turns so that one's epilogue runs under the other's MMAs (`_pp`,
+    /// `DINOV2_GEMM_TILE=pp`).
+    PingPong,
 }
 
 impl OwnTile {
+    /// Every kernel, in declaration order (the order of the numbers a device stores them as).
+    pub const ALL: [OwnTile; 5] = [
+        OwnTile::N128,
+        OwnTile::N256,
+        OwnTile::Tma,
+        OwnTile::Tma2,
+        OwnTile::PingPong,
+    ];
+
     /// The tile's columns.
     pub fn cols(self) -> usize {
         match self {
-            OwnTile::N128 => 128,
+            OwnTile::N128 | OwnTile::PingPong => 128,
             OwnTile::N256 | OwnTile::Tma | OwnTile::Tma2 => 256,
         }
     }
@@ -62,30 +75,73 @@ impl OwnTile {
             OwnTile::N256 => "n256",
             OwnTile::Tma => "tma",
             OwnTile::Tma2 => "tma2",
+            OwnTile::PingPong => "pp",
         }
     }
 
-    /// Threads of a block (`GM_THREADS`, `GW_THREADS`).
+    /// Its name in `DINOV2_GEMM_TILE`.
+    pub fn env_name(self) -> &'static str {
+        match self {
+            OwnTile::N128 => "128",
+            OwnTile::N256 => "256",
+            other => other.suffix(),
+        }
+    }
+
+    /// The kernel named `name` in `DINOV2_GEMM_TILE`.
+    pub fn from_env_name(name: &str) -> Option<OwnTile> {
+        OwnTile::ALL.into_iter().find(|t| t.env_name() == name)
+    }
+
+    /// Threads of a block (`GM_THREADS`, `GW_THREADS`, `GP_THREADS`).
     fn threads(self) -> u32 {
         match self {
             OwnTile::N128 | OwnTile::N256 => 256,
-            OwnTile::Tma | OwnTile::Tma2 => 384,
+            OwnTile::Tma | OwnTile::Tma2 | OwnTile::PingPong => 384,
         }
     }
 
-    /// Dynamic shared memory of a block: the stages (3 of them at 128 columns, 4 at 256) of A
-    /// `[128][64]` and B `[cols][64]` in 16-bit elements, the TMA kernel's 8 mbarriers, and
-    /// 1 KiB for aligning the stages to 1024 bytes (`GM_SMEM_BYTES`, `GW_SMEM_BYTES`).
+    /// Stages of the kernel's pipeline.
+    fn stages(self) -> usize {
+        match self {
+            OwnTile::N128 => 3,
+            _ => 4,
+        }
+    }
+
+    /// Dynamic shared memory of a block: the stages of A `[128][64]` and B `[cols][64]` in
+    /// 16-bit elements, the persistent kernel's two output tiles (128 rows of cols·2 + 16
+    /// bytes), the TMA kernels' mbarriers (two a stage), and 1 KiB for aligning the stages to
+    /// 1024 bytes (`GM_SMEM_BYTES`, `GW_SMEM_BYTES`, `GP_SMEM_BYTES`).
     pub(crate) fn smem_bytes(self) -> u32 {
-        let cols = self.cols();
-        let stages = if cols == 256 { 4 } else { 3 };
+        let (cols, stages) = (self.cols(), self.stages());
+        let out_tiles = if self == OwnTile::PingPong {
+            2 * TILE_ROWS * (cols * 2 + 16)
+        } else {
+            0
+        };
         let barriers = if self.fed_by_tma() { 2 * stages * 8 } else { 0 };
-        (stages * (TILE_ROWS + cols) * TILE_K * 2 + barriers + 1024) as u32
+        (stages * (TILE_ROWS + cols) * TILE_K * 2 + out_tiles + barriers + 1024) as u32
     }
 
     /// Whether the kernel's operands come by TMA (tensor maps, not pointers).
     fn fed_by_tma(self) -> bool {
-        matches!(self, OwnTile::Tma | OwnTile::Tma2)
+        matches!(self, OwnTile::Tma | OwnTile::Tma2 | OwnTile::PingPong)
+    }
+
+    /// The launch grid for an `[m, n]` output on a device of `multiprocessors` SMs: a block a
+    /// tile (`(n / cols, row tiles)`, the row tiles a whole number of clusters: a CTA past m
+    /// computes zeros and stores nothing), or for the persistent kernel at most a block an SM.
+    fn grid(self, m: usize, n: usize, multiprocessors: u32) -> (u32, u32, u32) {
+        let row_tiles = m.div_ceil(TILE_ROWS);
+        let col_tiles = n / self.cols();
+        if self == OwnTile::PingPong {
+            let blocks = (row_tiles * col_tiles).min(multiprocessors.max(1) as usize);
+            (blocks as u32, 1, 1)
+        } else {
+            let row_tiles = row_tiles.next_multiple_of(self.cluster());
+            (col_tiles as u32, row_tiles as u32, 1)
+        }
     }
 
     /// Rows of B a CTA fetches a stage: all the tile's, or half of them for the cluster (the
@@ -204,12 +260,13 @@ fn act_name(act: Act) -> Option<&'static str> {
 }
 
 /// The policy and kernel choice of a device, in one atomic byte: bits 0-1 the [`OwnGemm`], bits
-/// 2-3 the [`OwnTile`].
+/// 2-4 the [`OwnTile`] (its index in [`OwnTile::ALL`]).
 pub(crate) struct OwnGemmState(AtomicU8);
 
 impl OwnGemmState {
-    /// From `DINOV2_GEMM` (`fused`, `own`) and `DINOV2_GEMM_TILE` (`256`, `tma`, `tma2`); off where the
-    /// kernels are not loaded (compute capability other than 9.0).
+    /// From `DINOV2_GEMM` (`fused`, `own`) and `DINOV2_GEMM_TILE` (`128`, the default, `256`,
+    /// `tma`, `tma2`, `pp`); off where the kernels are not loaded (compute capability other
+    /// than 9.0).
     pub(crate) fn from_env(code: CodeKind) -> Self {
         let policy = match std::env::var("DINOV2_GEMM").unwrap_or_default().as_str() {
             _ if code != CodeKind::CubinSm90 => OwnGemm::Off,
@@ -217,14 +274,10 @@ impl OwnGemmState {
             "own" => OwnGemm::All,
             _ => OwnGemm::Off,
         };
-        let tile = match std::env::var("DINOV2_GEMM_TILE")
-            .unwrap_or_default()
-            .as_str()
-        {
-            "256" => OwnTile::N256,
-            "tma" => OwnTile::Tma,
-            _ => OwnTile::N128,
-        };
+        let tile = std::env::var("DINOV2_GEMM_TILE")
+            .ok()
+            .and_then(|name| OwnTile::from_env_name(&name))
+            .unwrap_or(OwnTile::N128);
         let state = OwnGemmState(AtomicU8::new(0));
         state.set(policy, tile);
         state
@@ -242,12 +295,7 @@ impl OwnGemmState {
             2 => OwnGemm::All,
             _ => OwnGemm::Off,
         };
-        let tile = match (bits >> 2) & 3 {
-            1 => OwnTile::N256,
-            2 => OwnTile::Tma,
-            3 => OwnTile::Tma2,
-            _ => OwnTile::N128,
-        };
+        let tile = OwnTile::ALL[usize::from(bits >> 2) % OwnTile::ALL.len()];
         (policy, tile)
     }
 }
@@ -303,11 +351,12 @@ impl Device {
         };
         let s = &self.stream;
         let (xp, wp, yp) = (x.ptr(s), w.ptr(s), y.ptr(s));
-        // Whole clusters along M: a CTA past m computes zeros and stores nothing.
-        let row_tiles = m.div_ceil(TILE_ROWS).next_multiple_of(tile.cluster());
+        let grid = tile.grid(m, n, self.info().multiprocessors);
         let fits = k % TILE_K == 0
             && [xp, wp, yp].iter().all(|p| p % 16 == 0)
-            && row_tiles <= 65535
+            && grid.1 <= 65535
+            // The kernels' int tile and pipeline counters.
+            && m.div_ceil(TILE_ROWS) * (n / tile.cols()) * (k / TILE_K) <= i32::MAX as usize
             && [m, n, k].iter().all(|&v| i32::try_from(v).is_ok());
         if !fits {
             return Ok(false);
@@ -331,7 +380,6 @@ impl Device {
             Arg::I32(k as i32),
         ];
         let name = format!("gemm_{t}_{act}_{}", tile.suffix());
-        let grid = ((n / tile.cols()) as u32, row_tiles as u32, 1);
         // SAFETY: x holds m·k, w n·k, y m·n elements of t and bias n (checked by the caller);
         // the kernel reads and writes no more (rows past m are zero-filled and not stored; the
         // tensor maps span exactly x and w).
@@ -356,6 +404,32 @@ mod tests {
         assert_eq!(Tma.for_cols(64), None);
         assert_eq!(Tma2.for_cols(3072), Some(Tma2));
         assert_eq!(Tma2.for_cols(384), Some(N128));
+        assert_eq!(PingPong.for_cols(384), Some(PingPong));
+        assert_eq!(PingPong.for_cols(100), None);
+    }
+
+    #[test]
+    fn tiles_are_named_in_the_environment() {
+        for tile in OwnTile::ALL {
+            assert_eq!(OwnTile::from_env_name(tile.env_name()), Some(tile));
+        }
+        assert_eq!(OwnTile::from_env_name("tma2"), Some(OwnTile::Tma2));
+        assert_eq!(OwnTile::from_env_name("pp"), Some(OwnTile::PingPong));
+        assert_eq!(OwnTile::from_env_name("512"), None);
+    }
+
+    #[test]
+    fn grids_cover_the_tiles() {
+        use OwnTile::*;
+        // ViT-B/14's qkv at batch 256: 514 row tiles.
+        assert_eq!(N128.grid(65792, 2304, 132), (18, 514, 1));
+        assert_eq!(Tma.grid(65792, 2304, 132), (9, 514, 1));
+        assert_eq!(Tma2.grid(65792 - 128, 2304, 132), (9, 514, 1));
+        assert_eq!(Tma2.grid(65792, 2304, 132), (9, 514, 1));
+        assert_eq!(Tma2.grid(1, 256, 132), (1, 2, 1));
+        // Persistent: a block an SM, or a block a tile where there are fewer.
+        assert_eq!(PingPong.grid(65792, 2304, 132), (132, 1, 1));
+        assert_eq!(PingPong.grid(130, 256, 132), (4, 1, 1));
     }
 
     #[test]
@@ -367,6 +441,7 @@ mod tests {
         assert!(OwnTile::N256.smem_bytes() <= 227 * 1024);
         assert!(OwnTile::Tma.smem_bytes() <= 227 * 1024);
         assert_eq!(OwnTile::Tma2.smem_bytes(), OwnTile::Tma.smem_bytes());
+        assert!(OwnTile::PingPong.smem_bytes() <= 227 * 1024);
     }
 
     #[test]
@@ -379,6 +454,21 @@ mod tests {
         assert_eq!(define(&src, "GW_THREADS"), OwnTile::Tma.threads() as usize);
         assert_eq!(define(&src, "GW_BN"), OwnTile::Tma.cols());
         assert_eq!(define(&src, "GW_STAGES"), 4);
+        assert_eq!(
+            define(&src, "GP_THREADS"),
+            OwnTile::PingPong.threads() as usize
+        );
+        assert_eq!(define(&src, "GP_BN"), OwnTile::PingPong.cols());
+        assert_eq!(define(&src, "GP_STAGES"), OwnTile::PingPong.stages());
+        assert!(src.contains(
+            "#define GP_SMEM_BYTES (GP_STAGES * GM_STAGE_BYTES(GP_BN) + 2 * GP_TILE_BYTES + 2 * \
+             GP_STAGES * 8 + 1024)"
+        ));
+        assert!(src.contains("#define GP_TILE_BYTES (GM_BM * (GP_BN * 2 + 16))"));
+        assert_eq!(
+            OwnTile::PingPong.smem_bytes(),
+            4 * (128 + 128) * 64 * 2 + 2 * 128 * (128 * 2 + 16) + 64 + 1024
+        );
         // The two cp.async tile shapes: columns, stages (what smem_bytes counts), MMA groups
         // left in flight, blocks an SM.
         assert!(src.contains("GEMM_KERNEL(name, T, aname, ACT, 128, 3, 0, 2)"));
@@ -413,7 +503,7 @@ mod tests {
     fn the_state_round_trips() {
         let s = OwnGemmState(AtomicU8::new(0));
         for policy in [OwnGemm::Off, OwnGemm::Fused, OwnGemm::All] {
-            for tile in [OwnTile::N128, OwnTile::N256, OwnTile::Tma, OwnTile::Tma2] {
+            for tile in OwnTile::ALL {
                 s.set(policy, tile);
                 assert_eq!(s.get(), (policy, tile));
             }

@@ -189,6 +189,8 @@ fn own_gemm_layout_probe() {
         (640, OwnTile::Tma),
         (64, OwnTile::Tma2),
         (640, OwnTile::Tma2),
+        (64, OwnTile::PingPong),
+        (640, OwnTile::PingPong),
     ] {
         dev.set_own_gemm(OwnGemm::All, tile).unwrap();
         for shift in [0, 5] {
@@ -339,7 +341,8 @@ fn own_gemms_match_cpu() {
         (1031, 768, 3072),
         (520, 3072, 768),
     ];
-    for tile in [OwnTile::N128, OwnTile::N256, OwnTile::Tma, OwnTile::Tma2] {
+    // PingPong at (1031, 768, 3072): 216 tiles, more than the SMs (blocks take several).
+    for tile in OwnTile::ALL {
         dev.set_own_gemm(OwnGemm::All, tile).unwrap();
         for &(m, k, n) in &shapes {
             for dtype in [DType::F16, DType::BF16] {

@@ -1,4 +1,6 @@
-//! `gemm_body<T, ACT, BN, STAGES, WAIT>` of `kernels/gemm_sm90a.cu`, one block at a time.
+//! The GEMMs of `kernels/gemm_sm90a.cu`: `gemm_body<T, ACT, BN, STAGES, WAIT>` one block at a
+//! time, `gemm_ws_body<T, ACT, CLUSTER>` one cluster at a time and `gemm_pp_body<T, ACT>` one
+//! persistent block at a time, their warpgroups as threads.
 
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
@@ -196,11 +198,12 @@ struct Shared<'a> {
     cluster_barrier: (usize, usize),
 }
 
-/// One CTA of the cluster.
+/// One CTA of the cluster: its shared memory, its mbarriers by address, its named barriers by
+/// id (arrivals, generation; two warpgroups are the parties of each).
 struct Cta {
     b: Block,
     bars: HashMap<u32, MBar>,
-    named: (usize, usize),
+    named: HashMap<u32, (usize, usize)>,
 }
 
 /// The shared state behind a lock, and a condition to wait on for changes of it.
@@ -247,13 +250,18 @@ impl<'a> Ws<'a> {
             |s| s.ctas[cta].bars[&bar].passed(parity),
         );
     }
-    /// `named_barrier(1, 2 * 128)` for one consumer warpgroup of CTA `cta` (its two
-    /// warpgroups are the parties).
-    fn named_barrier(&self, who: &str, cta: usize) {
-        let generation = self.with(|s| arrive(&mut s.ctas[cta].named, 2));
-        self.wait_until(&format!("{who} at barrier 1"), |s| {
-            s.ctas[cta].named.1 > generation
+    /// `named_barrier(id, 2 * 128)` for one warpgroup of CTA `cta` (two warpgroups are the
+    /// parties).
+    fn named_barrier(&self, who: &str, cta: usize, id: u32) {
+        let generation = self.named_barrier_arrive(cta, id);
+        self.wait_until(&format!("{who} at barrier {id}"), |s| {
+            s.ctas[cta].named[&id].1 > generation
         });
+    }
+    /// `named_barrier_arrive(id, 2 * 128)` for one warpgroup: its arrival, without waiting;
+    /// returns the generation it belongs to.
+    fn named_barrier_arrive(&self, cta: usize, id: u32) -> usize {
+        self.with(|s| arrive(s.ctas[cta].named.entry(id).or_default(), 2))
     }
     /// `cluster_sync()` for one actor (a warpgroup: three a CTA).
     fn cluster_sync(&self, who: &str) {
@@ -318,7 +326,7 @@ pub fn gemm_ws_cluster(p: &Gemm, cluster: usize, y: &mut [f32], (bx, pair): (usi
         ctas.push(Cta {
             b,
             bars,
-            named: (0, 0),
+            named: HashMap::new(),
         });
     }
     let ws = Ws {
@@ -420,7 +428,7 @@ pub fn gemm_ws_cluster(p: &Gemm, cluster: usize, y: &mut [f32], (bx, pair): (usi
                         });
                     }
                     ws.with(|sh| q.wait(&mut sh.ctas[rank].b, 0));
-                    ws.named_barrier(&who, rank);
+                    ws.named_barrier(&who, rank, 1);
                     ws.with(|sh| {
                         for tid in 128 * (c + 1)..128 * (c + 2) {
                             let row = c * 64 + ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2);
@@ -428,7 +436,7 @@ pub fn gemm_ws_cluster(p: &Gemm, cluster: usize, y: &mut [f32], (bx, pair): (usi
                             stage_tile(b, p, GW_BN, d, tid % 128, tile, row, tid & 31, n0);
                         }
                     });
-                    ws.named_barrier(&who, rank);
+                    ws.named_barrier(&who, rank, 1);
                     ws.with(|sh| {
                         for tid in 128 * (c + 1)..128 * (c + 2) {
                             let b = &sh.ctas[rank].b;
@@ -440,6 +448,160 @@ pub fn gemm_ws_cluster(p: &Gemm, cluster: usize, y: &mut [f32], (bx, pair): (usi
                     }
                 });
             }
+        }
+    });
+}
+
+/// GP_BN, GP_STAGES, GP_THREADS: the persistent kernel's tile columns, stages, threads.
+pub const GP_BN: usize = 128;
+pub const GP_STAGES: usize = 4;
+pub const GP_THREADS: usize = 384;
+
+/// Block `block` of `grid` of `gemm_pp_body<T, ACT>` (`_pp`): its producer (thread 0) and its two
+/// consumer warpgroups run as threads of their own, the copies landing as soon as they are
+/// issued and the MMAs reading shared memory at the wait that retires them. The named barriers
+/// of one warpgroup alone (4 + c) are no-ops here: a warpgroup's threads run as one actor.
+pub fn gemm_pp_block(p: &Gemm, y: &mut [f32], block: usize, grid: usize) {
+    let (m, n, k) = (p.m, p.n, p.k);
+    let a_bytes = (GM_BM * GM_BK * 2) as u32;
+    let stage_bytes = ((GM_BM + GP_BN) * GM_BK * 2) as u32;
+    let gp_tile_bytes = (GM_BM * (GP_BN * 2 + 16)) as u32;
+    let smem =
+        GP_STAGES * stage_bytes as usize + 2 * gp_tile_bytes as usize + 2 * GP_STAGES * 8 + 1024;
+    let raw = RAW;
+    let base = (raw + 1023) & !1023;
+    let out_tiles = base + GP_STAGES as u32 * stage_bytes;
+    let full = base + GP_STAGES as u32 * stage_bytes + 2 * gp_tile_bytes;
+    let empty = full + GP_STAGES as u32 * 8;
+    assert_eq!(
+        GP_THREADS,
+        3 * 128,
+        "a producer warpgroup and two consumers"
+    );
+    let col_tiles = n / GP_BN;
+    let tiles = m.div_ceil(GM_BM) * col_tiles;
+    let steps = k / GM_BK;
+    let map_x = TensorMap {
+        data: p.x,
+        rows: m,
+        k,
+        box_rows: GM_BM,
+    };
+    let map_w = TensorMap {
+        data: p.w,
+        rows: n,
+        k,
+        box_rows: GP_BN,
+    };
+
+    let mut b = Block::new(Timing::MmasLate, smem);
+    let mut bars = HashMap::new();
+    for s in 0..GP_STAGES as u32 {
+        for (bar, count) in [(full + 8 * s, 1), (empty + 8 * s, 128)] {
+            assert!(bar % 8 == 0, "mbarrier at {bar:#x} not 8-byte aligned");
+            b.reserve(bar, 8);
+            bars.insert(bar, MBar::new(count));
+        }
+    }
+    let ws = Ws {
+        state: Mutex::new(Shared {
+            ctas: vec![Cta {
+                b,
+                bars,
+                named: HashMap::new(),
+            }],
+            y,
+            cluster_barrier: (0, 0),
+        }),
+        changed: Condvar::new(),
+    };
+
+    std::thread::scope(|scope| {
+        let (ws, map_x, map_w) = (&ws, &map_x, &map_w);
+        scope.spawn(move || {
+            let who = "the producer";
+            let mut it = 0;
+            for t in (block..tiles).step_by(grid) {
+                let (m0, n0) = (t / col_tiles * GM_BM, t % col_tiles * GP_BN);
+                for step in 0..steps {
+                    let s = it % GP_STAGES;
+                    let s8 = 8 * s as u32;
+                    if it >= GP_STAGES {
+                        let parity = (((it / GP_STAGES) - 1) & 1) as u32;
+                        ws.mbar_wait(who, 0, empty + s8, parity);
+                    }
+                    let stage = base + s as u32 * stage_bytes;
+                    ws.with(|sh| {
+                        let me = &mut sh.ctas[0];
+                        let bar = me.bars.get_mut(&(full + s8)).unwrap();
+                        bar.arrive_expect_tx(stage_bytes);
+                        for (dst, map, row) in [(stage, map_x, m0), (stage + a_bytes, map_w, n0)] {
+                            let landed = tma_load_2d(&mut me.b, dst, map, step * GM_BK, row);
+                            me.bars.get_mut(&(full + s8)).unwrap().complete_tx(landed);
+                        }
+                    });
+                    it += 1;
+                }
+            }
+        });
+        for c in 0..2 {
+            scope.spawn(move || {
+                let who = format!("consumer {c}");
+                let out = out_tiles + c as u32 * gp_tile_bytes;
+                let mut q = Wgmma::new(Timing::MmasLate);
+                let mut i = c;
+                while block + i * grid < tiles {
+                    let t = block + i * grid;
+                    let (m0, n0) = (t / col_tiles * GM_BM, t % col_tiles * GP_BN);
+                    if i > 0 {
+                        ws.named_barrier(&who, 0, 2 + c as u32);
+                    }
+                    let (d0, d1) = ws.with(|sh| {
+                        let b = &mut sh.ctas[0].b;
+                        (b.new_acc(GP_BN), b.new_acc(GP_BN))
+                    });
+                    for step in 0..steps {
+                        let it = i * steps + step;
+                        let s = it % GP_STAGES;
+                        ws.mbar_wait(&who, 0, full + 8 * s as u32, ((it / GP_STAGES) & 1) as u32);
+                        let stage = base + s as u32 * stage_bytes;
+                        let (da0, da1) = (sw128_desc(stage), sw128_desc(stage + 64 * 128));
+                        let db = sw128_desc(stage + a_bytes);
+                        ws.with(|sh| {
+                            let b = &mut sh.ctas[0].b;
+                            q.k_step_128rows(b, (d0, d1), (da0, da1), db, GP_BN);
+                            q.wait(b, 1);
+                            if step > 0 {
+                                let bar = empty + 8 * ((it - 1) % GP_STAGES) as u32;
+                                for _ in 0..128 {
+                                    sh.ctas[0].bars.get_mut(&bar).unwrap().arrive();
+                                }
+                            }
+                        });
+                    }
+                    if block + (i + 1) * grid < tiles {
+                        ws.named_barrier_arrive(0, 2 + (c ^ 1) as u32);
+                    }
+                    ws.with(|sh| {
+                        q.wait(&mut sh.ctas[0].b, 0);
+                        let bar = empty + 8 * ((i * steps + steps - 1) % GP_STAGES) as u32;
+                        for _ in 0..128 {
+                            sh.ctas[0].bars.get_mut(&bar).unwrap().arrive();
+                        }
+                        for tid in 128 * (c + 1)..128 * (c + 2) {
+                            let row = ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2);
+                            let b = &mut sh.ctas[0].b;
+                            stage_tile(b, p, GP_BN, d0, tid % 128, out, row, tid & 31, n0);
+                            stage_tile(b, p, GP_BN, d1, tid % 128, out, 64 + row, tid & 31, n0);
+                        }
+                        for tid in 128 * (c + 1)..128 * (c + 2) {
+                            let b = &sh.ctas[0].b;
+                            store_tile(b, p, GP_BN, 128, out, sh.y, m0, n0, tid & 127);
+                        }
+                    });
+                    i += 2;
+                }
+            });
         }
     });
 }

@@ -2,7 +2,7 @@
 //! groups with their waits, the matrix descriptor, the 128-byte swizzle, the canonical operand
 //! layouts and the register fragments of the PTX ISA, and `load_sw128_tile` of wgmma.cuh.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 /// Where the block's dynamic shared memory starts: not a multiple of 1024 (the kernels align).
 pub const RAW: u32 = 0x0230;
@@ -57,6 +57,9 @@ pub struct Block {
     copies: VecDeque<Vec<(u32, [f32; 8])>>,
     /// Byte ranges no copy or store may touch (the mbarriers).
     reserved: Vec<(u32, u32)>,
+    /// Cells that wgmmas in flight read (MMAs-late timing), with how many read each: a copy or
+    /// store into one is a race the hardware would lose.
+    pinned: HashMap<usize, u32>,
 }
 
 impl Block {
@@ -68,6 +71,7 @@ impl Block {
             copies_open: Vec::new(),
             copies: VecDeque::new(),
             reserved: Vec::new(),
+            pinned: HashMap::new(),
         }
     }
 
@@ -97,6 +101,9 @@ impl Block {
         self.cell(end - 2);
         if let Some((a, b)) = self.reserved.iter().find(|(a, b)| addr < *b && *a < end) {
             panic!("a write to [{addr:#x}, {end:#x}) overlaps the reserved [{a:#x}, {b:#x})");
+        }
+        if (i..i + values.len()).any(|c| self.pinned.contains_key(&c)) {
+            panic!("a write to [{addr:#x}, {end:#x}) while a wgmma in flight reads it");
         }
         self.smem[i..i + values.len()].copy_from_slice(values);
     }
@@ -151,6 +158,40 @@ impl Block {
         }
     }
 
+    /// The shared-memory addresses a wgmma reads: A's (64 x 16, row-major) when it comes by
+    /// descriptor, then B's (16 x n, b[k][col]).
+    fn operand_addrs(mma: &Mma) -> (Vec<u32>, Vec<u32>) {
+        let n = mma.n;
+        let a = match &mma.a {
+            OperandA::Desc(d) => (0..64 * 16).map(|i| k_major(*d, i / 16, i % 16)).collect(),
+            OperandA::Regs(_) => Vec::new(),
+        };
+        let b = (0..16 * n)
+            .map(|i| {
+                let (k, col) = (i / n, i % n);
+                if mma.trans_b {
+                    mn_major(mma.b, k, col)
+                } else {
+                    k_major(mma.b, col, k)
+                }
+            })
+            .collect();
+        (a, b)
+    }
+
+    /// Marks (`by` 1) or unmarks (-1) the cells a wgmma in flight reads.
+    fn pin(&mut self, mma: &Mma, by: i32) {
+        let (a, b) = Self::operand_addrs(mma);
+        for addr in a.into_iter().chain(b) {
+            let cell = self.cell(addr);
+            let count = self.pinned.entry(cell).or_default();
+            *count = count.checked_add_signed(by).unwrap();
+            if *count == 0 {
+                self.pinned.remove(&cell);
+            }
+        }
+    }
+
     /// The product itself: operands gathered through their descriptors, then multiplied.
     pub fn run(&mut self, mma: Mma) {
         let n = mma.n;
@@ -158,23 +199,13 @@ impl Block {
             self.accs[mma.acc].n, n,
             "an m64n{n} wgmma on another accumulator"
         );
+        let (a_addrs, b_addrs) = Self::operand_addrs(&mma);
         let a: Vec<f32> = match &mma.a {
-            OperandA::Desc(d) => (0..64 * 16)
-                .map(|i| self.read(k_major(*d, i / 16, i % 16)))
-                .collect(),
+            OperandA::Desc(_) => a_addrs.iter().map(|&addr| self.read(addr)).collect(),
             OperandA::Regs(v) => v.clone(),
         };
         // b[k][col]
-        let b: Vec<f32> = (0..16 * n)
-            .map(|i| {
-                let (k, col) = (i / n, i % n);
-                self.read(if mma.trans_b {
-                    mn_major(mma.b, k, col)
-                } else {
-                    k_major(mma.b, col, k)
-                })
-            })
-            .collect();
+        let b: Vec<f32> = b_addrs.iter().map(|&addr| self.read(addr)).collect();
         let acc = &mut self.accs[mma.acc];
         for r in 0..64 {
             for c in 0..n {
@@ -206,7 +237,10 @@ impl Wgmma {
     pub fn issue(&mut self, b: &mut Block, mma: Mma) {
         match self.timing {
             Timing::CopiesLate => b.run(mma),
-            Timing::MmasLate => self.open.push(mma),
+            Timing::MmasLate => {
+                b.pin(&mma, 1);
+                self.open.push(mma);
+            }
         }
     }
     /// `mma_k_step<T, N>` (gemm_sm90a.cu), as also S = Q·Kᵀ of a tile: 64 of K as four
@@ -224,6 +258,30 @@ impl Wgmma {
         }
         self.commit();
     }
+    /// `mma_k_step_128rows<T>`: one K step of 64 of a 128-row tile as one group, rows 0-63
+    /// (A at da.0) into acc.0 and rows 64-127 (da.1) into acc.1, against the same B.
+    pub fn k_step_128rows(
+        &mut self,
+        b: &mut Block,
+        acc: (usize, usize),
+        da: (u64, u64),
+        db: u64,
+        n: usize,
+    ) {
+        for kk in 0..4 {
+            for (acc, da) in [(acc.0, da.0), (acc.1, da.1)] {
+                let mma = Mma {
+                    acc,
+                    a: OperandA::Desc(da + 2 * kk),
+                    b: db + 2 * kk,
+                    n,
+                    trans_b: false,
+                };
+                self.issue(b, mma);
+            }
+        }
+        self.commit();
+    }
     /// `wgmma.commit_group`.
     pub fn commit(&mut self) {
         let group = std::mem::take(&mut self.open);
@@ -233,6 +291,7 @@ impl Wgmma {
     pub fn wait(&mut self, b: &mut Block, n: usize) {
         while self.groups.len() > n {
             for mma in self.groups.pop_front().unwrap() {
+                b.pin(&mma, -1);
                 b.run(mma);
             }
         }

@@ -38,7 +38,7 @@ mod flash;
 mod gemm;
 mod hopper;
 use attention::{attention_block, ATTN_WG_D, ATTN_WG_ROWS};
-use gemm::{gemm_block, gemm_ws_cluster, Gemm, GEMM_TILES, GM_BM, GW_BN};
+use gemm::{gemm_block, gemm_pp_block, gemm_ws_cluster, Gemm, GEMM_TILES, GM_BM, GP_BN, GW_BN};
 use hopper::{
     frag_pos, k_major, load_sw128_tile, mn_major, sw128_desc, Block, Timing, RAW, TIMINGS,
 };
@@ -165,6 +165,45 @@ fn the_emulated_tma_gemm_is_a_linear_layer() {
                 let what = format!("TMA cluster {cluster} m={m} n={n} k={k} bias={with_bias}");
                 check_linear(&what, &y, &p);
             }
+        }
+    }
+}
+
+#[test]
+fn the_emulated_persistent_gemm_is_a_linear_layer() {
+    // (m, n, k, blocks): one tile; blocks with one and two tiles; four tiles a block, with K
+    // steps not a multiple of the stages (a consumer's first stage is then phases ahead of
+    // the other's); a K step a tile (fewer than the stages); several turns on long K.
+    let shapes = [
+        (1, 128, 64, 1),
+        (130, 256, 192, 3),
+        (200, 512, 320, 2),
+        (300, 384, 64, 4),
+        (129, 128, 704, 1),
+        (256, 256, 128, 132),
+    ];
+    for (m, n, k, blocks) in shapes {
+        let x = random(m * k, (m * 3 + k) as u64);
+        let w = random(n * k, (n * 17 + k) as u64);
+        let bias = random(n, n as u64 + 2);
+        for (with_bias, act) in [(true, gelu_tanh as fn(f32) -> f32), (false, |x| x)] {
+            let p = Gemm {
+                x: &x,
+                w: &w,
+                bias: with_bias.then_some(&bias[..]),
+                act,
+                m,
+                n,
+                k,
+            };
+            let mut y = vec![f32::NAN; m * n];
+            // The launcher's grid: a block a tile, at most `blocks` (the SMs).
+            let grid = (m.div_ceil(GM_BM) * (n / GP_BN)).min(blocks);
+            for block in 0..grid {
+                gemm_pp_block(&p, &mut y, block, grid);
+            }
+            let what = format!("persistent m={m} n={n} k={k} grid={grid} bias={with_bias}");
+            check_linear(&what, &y, &p);
         }
     }
 }
@@ -415,6 +454,51 @@ fn the_emulated_expressions_are_the_kernels() {
                 "extern \"C\" __global__ void __cluster_dims__(1, 2, 1) __launch_bounds__(GW_THREADS, 1)",
                 "gemm_ws_body<T, ACT, 2>(&map_x, &map_w, bias, bias_f32, y, m, n, k);",
                 "GEMM_WS_KERNEL(name, T, aname, ACT)",
+                // gemm_pp_body
+                "#define GP_BN 128",
+                "#define GP_STAGES 4",
+                "#define GP_THREADS 384",
+                "#define GP_TILE_BYTES (GM_BM * (GP_BN * 2 + 16))",
+                "#define GP_SMEM_BYTES (GP_STAGES * GM_STAGE_BYTES(GP_BN) + 2 * GP_TILE_BYTES + \
+                 2 * GP_STAGES * 8 + 1024)",
+                "for (int kk = 0; kk < GM_BK / 16; kk++) { wgmma_k16<T, GP_BN>(d0, da0 + 2 * kk, db + 2 * kk); \
+                 wgmma_k16<T, GP_BN>(d1, da1 + 2 * kk, db + 2 * kk); } wgmma_commit();",
+                "uint8_t* const out_tiles = smem_raw + (base - raw) + GP_STAGES * STAGE_BYTES;",
+                "const uint32_t full = base + GP_STAGES * STAGE_BYTES + 2 * GP_TILE_BYTES;",
+                "const uint32_t empty = full + GP_STAGES * 8;",
+                "const int col_tiles = n / GP_BN;",
+                "const int tiles = (m + GM_BM - 1) / GM_BM * col_tiles;",
+                "if (tid == 0) { for (int s = 0; s < GP_STAGES; s++) { mbar_init(full + 8 * s, 1); \
+                 mbar_init(empty + 8 * s, 128); } mbar_init_fence(); } __syncthreads();",
+                "int it = 0; for (int t = blockIdx.x; t < tiles; t += gridDim.x) { \
+                 const int m0 = t / col_tiles * GM_BM, n0 = t % col_tiles * GP_BN; \
+                 for (int step = 0; step < steps; step++, it++) { const int s = it % GP_STAGES; \
+                 if (it >= GP_STAGES) mbar_wait(empty + 8 * s, ((it / GP_STAGES) - 1) & 1); \
+                 const uint32_t stage = base + s * STAGE_BYTES; \
+                 mbar_arrive_expect_tx(full + 8 * s, STAGE_BYTES); \
+                 tma_load_2d(stage, map_x, full + 8 * s, step * GM_BK, m0); \
+                 tma_load_2d(stage + A_BYTES, map_w, full + 8 * s, step * GM_BK, n0); } } } return; }",
+                "uint8_t* const out = out_tiles + c * GP_TILE_BYTES;",
+                "const int row = ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2);",
+                "for (int i = c; blockIdx.x + i * gridDim.x < tiles; i += 2) { \
+                 const int t = blockIdx.x + i * gridDim.x; \
+                 const int m0 = t / col_tiles * GM_BM, n0 = t % col_tiles * GP_BN;",
+                "if (i > 0) named_barrier(2 + c, 2 * 128);",
+                "for (int step = 0; step < steps; step++) { const int it = i * steps + step, s = it % GP_STAGES; \
+                 mbar_wait(full + 8 * s, (it / GP_STAGES) & 1); \
+                 const uint32_t stage = base + s * STAGE_BYTES; \
+                 mma_k_step_128rows<T>(d0, d1, sw128_desc(stage), sw128_desc(stage + 64 * 128), \
+                 sw128_desc(stage + A_BYTES)); wgmma_wait<1>(); fence_accumulators(d0); \
+                 fence_accumulators(d1);",
+                "if (step > 0) mbar_arrive(empty + 8 * ((it - 1) % GP_STAGES)); }",
+                "if (blockIdx.x + (i + 1) * gridDim.x < tiles) named_barrier_arrive(2 + (c ^ 1), 2 * 128); \
+                 wgmma_wait<0>(); fence_accumulators(d0); fence_accumulators(d1); \
+                 mbar_arrive(empty + 8 * ((i * steps + steps - 1) % GP_STAGES));",
+                "named_barrier(4 + c, 128); stage_tile<T, ACT, GP_BN>(d0, out, row, tid & 31, bias, bias_f32, n0); \
+                 stage_tile<T, ACT, GP_BN>(d1, out, 64 + row, tid & 31, bias, bias_f32, n0); \
+                 named_barrier(4 + c, 128); store_tile<T, GP_BN, 128>(out, y, m0, m, n, n0, tid & 127); }",
+                "gemm_pp_body<T, ACT>(&map_x, &map_w, bias, bias_f32, y, m, n, k);",
+                "GEMM_PP_KERNEL(name, T, aname, ACT)",
                 "GEMM_KERNEL(name, T, aname, ACT, 128, 3, 0, 2)",
                 "GEMM_KERNEL(name, T, aname, ACT, 256, 4, 1, 1)",
             ][..],
