@@ -61,7 +61,7 @@ fn timed(dev: &Device, iters: u64, mut f: impl FnMut()) -> Duration {
 /// The four GEMMs of a ViT-B/14 block with their bias, and fc1 followed by the exact GELU as the
 /// model runs it: on cuBLASLt (the `bias_act` pass after it for the GELU), and on an H100/H200
 /// also on our Hopper kernels, both `cp.async` tile widths and the TMA kernels (`…/own_n128`,
-/// `…/own_n256`, `…/own_tma`, `…/own_tma2`, `…/own_pp`: the GELU in their epilogue).
+/// `…/own_n256`, `…/own_tma`, `…/own_tma2`, `…/own_pp`, `…/own_pp2`: the GELU in their epilogue).
 /// `DINOV2_BENCH_SKIP_TMA=1` leaves the TMA kernels out (the device script sets it when their
 /// tests timed out).
 fn gemms(c: &mut Criterion, dev: &Device) {
@@ -92,13 +92,14 @@ fn gemms(c: &mut Criterion, dev: &Device) {
                 ("/own_tma", OwnGemm::All, OwnTile::Tma),
                 ("/own_tma2", OwnGemm::All, OwnTile::Tma2),
                 ("/own_pp", OwnGemm::All, OwnTile::PingPong),
+                ("/own_pp2", OwnGemm::All, OwnTile::PingPong2),
             ]
         } else {
             &[("", OwnGemm::Off, OwnTile::N128)]
         };
         let skip_tma = std::env::var("DINOV2_BENCH_SKIP_TMA").is_ok_and(|v| v == "1");
         for &(suffix, policy, tile) in variants {
-            if matches!(tile, OwnTile::Tma | OwnTile::Tma2 | OwnTile::PingPong) && skip_tma {
+            if !matches!(tile, OwnTile::N128 | OwnTile::N256) && skip_tma {
                 continue;
             }
             if hopper {

@@ -193,6 +193,14 @@ __device__ __forceinline__ void gemm_body(const T* __restrict__ x, const T* __re
 // The stages, their 2·GW_STAGES mbarriers after them, and 1 KiB to align the stages to 1024.
 #define GW_SMEM_BYTES (GW_STAGES * GM_STAGE_BYTES(GW_BN) + 2 * GW_STAGES * 8 + 1024)
 
+// A consumer warpgroup's release of the stage whose empty barrier is at `bar`: each thread
+// arrives (CLUSTER 1), or each warp's lane 0 for its warp here and on the peer CTA, rank ^ 1
+// (CLUSTER 2: the peer refills its half of the stage's B in both).
+template <int CLUSTER> __device__ __forceinline__ void release_stage(uint32_t bar, uint32_t rank) {
+    if (CLUSTER == 1) mbar_arrive(bar);
+    else mbar_arrive_warp_here_and_there(bar, rank ^ 1);
+}
+
 template <typename T, int ACT, int CLUSTER>
 __device__ __forceinline__ void gemm_ws_body(const TmaMap* map_x, const TmaMap* map_w,
                                              const void* __restrict__ bias, int bias_f32,
@@ -261,11 +269,7 @@ __device__ __forceinline__ void gemm_ws_body(const TmaMap* map_x, const TmaMap* 
             fence_accumulators(d);
             // The MMAs of the previous step have retired: its stage may be refilled (CLUSTER 2:
             // also by the peer, whose B half comes into it; a warp's lane 0 arrives for the warp).
-            if (step > 0) {
-                const uint32_t bar = empty + 8 * ((step - 1) % GW_STAGES);
-                if (CLUSTER == 1) mbar_arrive(bar);
-                else mbar_arrive_warp_here_and_there(bar, rank ^ 1);
-            }
+            if (step > 0) release_stage<CLUSTER>(empty + 8 * ((step - 1) % GW_STAGES), rank);
         }
         wgmma_wait<0>();
         fence_accumulators(d);
@@ -302,8 +306,17 @@ __device__ __forceinline__ void gemm_ws_body(const TmaMap* map_x, const TmaMap* 
 //   barrier is still phases behind, and a parity of the past would pass.
 // - A stage is released (empty[s], 128 arrivals: the consumer's threads) once the MMAs reading
 //   it have retired, the last one of a tile after the tile's MMAs have all retired.
+// - Named barriers 2 and 3 (the turns) and 4 and 5 (the output tiles) are the consumers'; 0 is
+//   the block's (__syncthreads, once, after the mbarriers' initialization).
 // - Each consumer stages its output tile in a buffer of its own after the stages (the producer
 //   fills them for later tiles meanwhile), guarded by named barrier 4 + c.
+//   gemm_{f16,bf16}_{id,gelu,gelu_tanh}_pp2(...): the same in clusters of two CTAs along M, as
+// _tma2 pairs them: a cluster walks units of two row tiles by one column tile (CTA `rank` takes
+// row tile 2·(u / (n / 128)) + rank: one wholly past m computes zeros and stores nothing), each
+// CTA fetching half of the common B tile for both (map_w's box is 64 x 64) by multicast; a
+// stage is refilled once both CTAs' consumers released it (empty[s] counts 256: each warp's
+// lane 0 arrives for its warp here and on the peer). Grid: whole clusters, at most as many as
+// can be resident at once (the launcher asks the driver).
 #define GP_BN 128
 #define GP_STAGES 4
 #define GP_THREADS 384
@@ -328,7 +341,7 @@ __device__ __forceinline__ void mma_k_step_128rows(float (&d0)[GP_BN / 2], float
     wgmma_commit();
 }
 
-template <typename T, int ACT>
+template <typename T, int ACT, int CLUSTER>
 __device__ __forceinline__ void gemm_pp_body(const TmaMap* map_x, const TmaMap* map_w,
                                              const void* __restrict__ bias, int bias_f32,
                                              T* __restrict__ y, int m, int n, int k) {
@@ -344,74 +357,93 @@ __device__ __forceinline__ void gemm_pp_body(const TmaMap* map_x, const TmaMap* 
     const int tid = threadIdx.x;
     const int wg = tid >> 7;
     const int col_tiles = n / GP_BN;
-    const int tiles = (m + GM_BM - 1) / GM_BM * col_tiles;
+    // Work units: CLUSTER row tiles (one a CTA) by one column tile; this CTA's cluster takes
+    // units first, first + stride, ...
+    const int units = ((m + GM_BM - 1) / GM_BM + CLUSTER - 1) / CLUSTER * col_tiles;
+    const int first = blockIdx.x / CLUSTER, stride = gridDim.x / CLUSTER;
     const int steps = k / GM_BK;
+    // CLUSTER 2: this CTA's rank; it takes the unit's row tile `rank` and fetches B's rows
+    // 64·rank.. for both CTAs.
+    const uint32_t rank = CLUSTER == 1 ? 0 : cluster_ctarank();
 
     if (tid == 0) {
         for (int s = 0; s < GP_STAGES; s++) {
             mbar_init(full + 8 * s, 1);
-            mbar_init(empty + 8 * s, 128);
+            mbar_init(empty + 8 * s, CLUSTER * 128);
         }
         mbar_init_fence();
     }
-    __syncthreads();
+    // CLUSTER 2: the peer's barriers are initialized before any copy or arrival reaches them.
+    if (CLUSTER == 1) __syncthreads();
+    else cluster_sync();
 
     if (wg == 0) {
         setmaxnreg_dec<40>();
         if (tid == 0) {
             int it = 0;
-            for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-                const int m0 = t / col_tiles * GM_BM, n0 = t % col_tiles * GP_BN;
+            for (int u = first; u < units; u += stride) {
+                const int m0 = (u / col_tiles * CLUSTER + rank) * GM_BM, n0 = u % col_tiles * GP_BN;
                 for (int step = 0; step < steps; step++, it++) {
                     const int s = it % GP_STAGES;
                     if (it >= GP_STAGES) mbar_wait(empty + 8 * s, ((it / GP_STAGES) - 1) & 1);
                     const uint32_t stage = base + s * STAGE_BYTES;
                     mbar_arrive_expect_tx(full + 8 * s, STAGE_BYTES);
                     tma_load_2d(stage, map_x, full + 8 * s, step * GM_BK, m0);
-                    tma_load_2d(stage + A_BYTES, map_w, full + 8 * s, step * GM_BK, n0);
+                    if (CLUSTER == 1) {
+                        tma_load_2d(stage + A_BYTES, map_w, full + 8 * s, step * GM_BK, n0);
+                    } else {
+                        constexpr int HALF = GP_BN / 2;
+                        tma_load_2d_multicast(stage + A_BYTES + rank * (HALF * 128), map_w, full + 8 * s,
+                                              step * GM_BK, n0 + rank * HALF, 0x3);
+                    }
                 }
             }
         }
-        return;
-    }
-    setmaxnreg_inc<232>();
-    const int c = wg - 1;
-    uint8_t* const out = out_tiles + c * GP_TILE_BYTES;
-    // This thread's first row in a 64-row half of the tile.
-    const int row = ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2);
-    for (int i = c; blockIdx.x + i * gridDim.x < tiles; i += 2) {
-        const int t = blockIdx.x + i * gridDim.x;
-        const int m0 = t / col_tiles * GM_BM, n0 = t % col_tiles * GP_BN;
-        // Our turn: the other consumer has issued the MMAs of tile i - 1.
-        if (i > 0) named_barrier(2 + c, 2 * 128);
-        float d0[GP_BN / 2], d1[GP_BN / 2];
+        if (CLUSTER == 1) return;
+    } else {
+        setmaxnreg_inc<232>();
+        const int c = wg - 1;
+        uint8_t* const out = out_tiles + c * GP_TILE_BYTES;
+        // This thread's first row in a 64-row half of the tile.
+        const int row = ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2);
+        for (int i = c; first + i * stride < units; i += 2) {
+            const int u = first + i * stride;
+            const int m0 = (u / col_tiles * CLUSTER + rank) * GM_BM, n0 = u % col_tiles * GP_BN;
+            // Our turn: the other consumer has issued the MMAs of tile i - 1.
+            if (i > 0) named_barrier(2 + c, 2 * 128);
+            float d0[GP_BN / 2], d1[GP_BN / 2];
 #pragma unroll
-        for (int j = 0; j < GP_BN / 2; j++) d0[j] = d1[j] = 0.0f;
-        for (int step = 0; step < steps; step++) {
-            const int it = i * steps + step, s = it % GP_STAGES;
-            mbar_wait(full + 8 * s, (it / GP_STAGES) & 1);
-            const uint32_t stage = base + s * STAGE_BYTES;
-            mma_k_step_128rows<T>(d0, d1, sw128_desc(stage), sw128_desc(stage + 64 * 128),
-                                  sw128_desc(stage + A_BYTES));
-            wgmma_wait<1>();
+            for (int j = 0; j < GP_BN / 2; j++) d0[j] = d1[j] = 0.0f;
+            for (int step = 0; step < steps; step++) {
+                const int it = i * steps + step, s = it % GP_STAGES;
+                mbar_wait(full + 8 * s, (it / GP_STAGES) & 1);
+                const uint32_t stage = base + s * STAGE_BYTES;
+                mma_k_step_128rows<T>(d0, d1, sw128_desc(stage), sw128_desc(stage + 64 * 128),
+                                      sw128_desc(stage + A_BYTES));
+                wgmma_wait<1>();
+                fence_accumulators(d0);
+                fence_accumulators(d1);
+                // The MMAs of the previous step have retired: its stage may be refilled (CLUSTER
+                // 2: also by the peer; a warp's lane 0 arrives for the warp).
+                if (step > 0) release_stage<CLUSTER>(empty + 8 * ((it - 1) % GP_STAGES), rank);
+            }
+            // The other consumer's turn, if the block has a tile i + 1.
+            if (first + (i + 1) * stride < units) named_barrier_arrive(2 + (c ^ 1), 2 * 128);
+            wgmma_wait<0>();
             fence_accumulators(d0);
             fence_accumulators(d1);
-            // The MMAs of the previous step have retired: its stage may be refilled.
-            if (step > 0) mbar_arrive(empty + 8 * ((it - 1) % GP_STAGES));
+            release_stage<CLUSTER>(empty + 8 * ((i * steps + steps - 1) % GP_STAGES), rank);
+            // This warpgroup's stores of its previous tile are done reading `out`.
+            named_barrier(4 + c, 128);
+            stage_tile<T, ACT, GP_BN>(d0, out, row, tid & 31, bias, bias_f32, n0);
+            stage_tile<T, ACT, GP_BN>(d1, out, 64 + row, tid & 31, bias, bias_f32, n0);
+            named_barrier(4 + c, 128);
+            store_tile<T, GP_BN, 128>(out, y, m0, m, n, n0, tid & 127);
         }
-        // The other consumer's turn, if the block has a tile i + 1.
-        if (blockIdx.x + (i + 1) * gridDim.x < tiles) named_barrier_arrive(2 + (c ^ 1), 2 * 128);
-        wgmma_wait<0>();
-        fence_accumulators(d0);
-        fence_accumulators(d1);
-        mbar_arrive(empty + 8 * ((i * steps + steps - 1) % GP_STAGES));
-        // This warpgroup's stores of its previous tile are done reading `out`.
-        named_barrier(4 + c, 128);
-        stage_tile<T, ACT, GP_BN>(d0, out, row, tid & 31, bias, bias_f32, n0);
-        stage_tile<T, ACT, GP_BN>(d1, out, 64 + row, tid & 31, bias, bias_f32, n0);
-        named_barrier(4 + c, 128);
-        store_tile<T, GP_BN, 128>(out, y, m0, m, n, n0, tid & 127);
     }
+    // CLUSTER 2: neither CTA leaves while the other may still copy into it or arrive on its
+    // barriers.
+    if (CLUSTER == 2) cluster_sync();
 }
 
 // Two tile shapes: 128 x 128 with 3 stages (97 KiB) and two blocks an SM, each waiting for its
@@ -440,13 +472,19 @@ __device__ __forceinline__ void gemm_pp_body(const TmaMap* map_x, const TmaMap* 
                                      int bias_f32, T* y, int m, int n, int k) {                    \
         gemm_ws_body<T, ACT, 2>(&map_x, &map_w, bias, bias_f32, y, m, n, k);                       \
     }
-// The persistent ping-pong kernel: one block an SM.
+// The persistent ping-pong kernels: one block an SM; _pp2 in clusters of two CTAs.
 #define GEMM_PP_KERNEL(name, T, aname, ACT)                                                        \
     extern "C" __global__ void __launch_bounds__(GP_THREADS, 1)                                    \
         gemm_##name##_##aname##_pp(const __grid_constant__ TmaMap map_x,                           \
                                    const __grid_constant__ TmaMap map_w, const void* bias,         \
                                    int bias_f32, T* y, int m, int n, int k) {                      \
-        gemm_pp_body<T, ACT>(&map_x, &map_w, bias, bias_f32, y, m, n, k);                          \
+        gemm_pp_body<T, ACT, 1>(&map_x, &map_w, bias, bias_f32, y, m, n, k);                       \
+    }                                                                                              \
+    extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(GP_THREADS, 1)          \
+        gemm_##name##_##aname##_pp2(const __grid_constant__ TmaMap map_x,                          \
+                                    const __grid_constant__ TmaMap map_w, const void* bias,        \
+                                    int bias_f32, T* y, int m, int n, int k) {                     \
+        gemm_pp_body<T, ACT, 2>(&map_x, &map_w, bias, bias_f32, y, m, n, k);                       \
     }
 #define GEMM_KERNELS(name, T, aname, ACT)                                                          \
     GEMM_SHAPES(name, T, aname, ACT)                                                               \

@@ -579,6 +579,7 @@ fn our_gemms_in_the_model_match_the_cpu() {
                 (OwnGemm::All, OwnTile::Tma, ""),
                 (OwnGemm::All, OwnTile::Tma2, ""),
                 (OwnGemm::All, OwnTile::PingPong, ""),
+                (OwnGemm::All, OwnTile::PingPong2, ""),
                 (OwnGemm::Fused, OwnTile::Tma, "wgmma"),
                 (OwnGemm::Fused, OwnTile::Tma, "wgmma2"),
             ] {

@@ -11,7 +11,7 @@
 #      tuning (DINOV2_GEMM_TUNE=log), two copies on two streams at once (--streams 2), the
 #      tanh GELU in the GEMM epilogue (DINOV2_FAST_GELU=1), then the same pass's device time
 #      per operation (DINOV2_PROFILE=1);
-#      Our Hopper GEMMs (DINOV2_GEMM=fused, own; DINOV2_GEMM_TILE=256, tma, tma2, pp) and attention
+#      Our Hopper GEMMs (DINOV2_GEMM=fused, own; DINOV2_GEMM_TILE=256, tma, tma2, pp, pp2) and attention
 #      (DINOV2_ATTENTION=wgmma, wgmma2), then both against the peer, the f16 residual stream
 #      (DINOV2_RESIDUAL=compute) alone and with both, come right after the headline, then
 #      ViT-S at batches 1, 64, 256 against the peer and at 64 with the graphs' own allocation
@@ -340,12 +340,12 @@ main() {
     # Our Hopper GEMMs (kernels/gemm_sm90a.cu, opt-in until measured): the exact GELU fused
     # into fc1's epilogue (DINOV2_GEMM=fused: no GELU pass), every GEMM they run (own), each
     # with 128 x 128 and 128 x 256 tiles fed by cp.async and the warp-specialized TMA kernels:
-    # persistent with the consumers taking turns (pp), alone (tma) and in clusters of two
-    # multicasting the weights (tma2). The likeliest defaults first; the kernel benches below
-    # time every kernel on each GEMM.
+    # persistent with the consumers taking turns (pp), the same in clusters of two multicasting
+    # the weights (pp2), one tile a block (tma) and that in clusters (tma2). The likeliest
+    # defaults first; the kernel benches below time every kernel on each GEMM.
     # Their GPU tests ran above (own_gemms_match_cpu, our_gemms_in_the_model_match_the_cpu).
     local policy gemm tile
-    for policy in "fused pp" "own pp" "own tma" "own tma2" "fused 128" "own 256" "fused tma" "own 128"; do
+    for policy in "fused pp" "own pp" "own pp2" "own tma" "own tma2" "fused 128" "own 256" "own 128"; do
         room 30 || break
         read -r gemm tile <<<"$policy"
         case $tile in tma* | pp) [ -n "${TMA_HANGS:-}" ] && continue ;; esac

@@ -5,14 +5,14 @@
 //!
 //! Which GEMMs they run is [`OwnGemm`], and which kernel [`OwnTile`]: `DINOV2_GEMM` (`fused` or
 //! `own`; cuBLASLt by default until the kernels are measured on a GPU) and `DINOV2_GEMM_TILE`
-//! (`256`, `tma`, `tma2`, `pp`) when the device opens, or [`Device::set_own_gemm`]. A shape they cannot run
+//! (`256`, `tma`, `tma2`, `pp`, `pp2`) when the device opens, or [`Device::set_own_gemm`]. A shape they cannot run
 //! (f32, `n % 128 != 0`, `k % 64 != 0`, unaligned pointers, another activation) goes to cuBLAS
 //! as before.
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
-use cudarc::driver::{sys as dsys, DeviceRepr};
+use cudarc::driver::{sys as dsys, DeviceRepr, LaunchConfig};
 
 use crate::buffer::{Buffer, DType};
 use crate::device::{Arg, CodeKind, Device};
@@ -48,22 +48,26 @@ pub enum OwnTile {
     /// warpgroups taking turns so that one's epilogue runs under the other's MMAs (`_pp`,
     /// `DINOV2_GEMM_TILE=pp`).
     PingPong,
+    /// The same in clusters of two CTAs along M multicasting their common B tile, as `Tma2`
+    /// (`_pp2`, `DINOV2_GEMM_TILE=pp2`).
+    PingPong2,
 }
 
 impl OwnTile {
     /// Every kernel, in declaration order (the order of the numbers a device stores them as).
-    pub const ALL: [OwnTile; 5] = [
+    pub const ALL: [OwnTile; 6] = [
         OwnTile::N128,
         OwnTile::N256,
         OwnTile::Tma,
         OwnTile::Tma2,
         OwnTile::PingPong,
+        OwnTile::PingPong2,
     ];
 
     /// The tile's columns.
     pub fn cols(self) -> usize {
         match self {
-            OwnTile::N128 | OwnTile::PingPong => 128,
+            OwnTile::N128 | OwnTile::PingPong | OwnTile::PingPong2 => 128,
             OwnTile::N256 | OwnTile::Tma | OwnTile::Tma2 => 256,
         }
     }
@@ -76,6 +80,7 @@ impl OwnTile {
             OwnTile::Tma => "tma",
             OwnTile::Tma2 => "tma2",
             OwnTile::PingPong => "pp",
+            OwnTile::PingPong2 => "pp2",
         }
     }
 
@@ -97,7 +102,7 @@ impl OwnTile {
     fn threads(self) -> u32 {
         match self {
             OwnTile::N128 | OwnTile::N256 => 256,
-            OwnTile::Tma | OwnTile::Tma2 | OwnTile::PingPong => 384,
+            OwnTile::Tma | OwnTile::Tma2 | OwnTile::PingPong | OwnTile::PingPong2 => 384,
         }
     }
 
@@ -115,7 +120,7 @@ impl OwnTile {
     /// 1024 bytes (`GM_SMEM_BYTES`, `GW_SMEM_BYTES`, `GP_SMEM_BYTES`).
     pub(crate) fn smem_bytes(self) -> u32 {
         let (cols, stages) = (self.cols(), self.stages());
-        let out_tiles = if self == OwnTile::PingPong {
+        let out_tiles = if self.persistent() {
             2 * TILE_ROWS * (cols * 2 + 16)
         } else {
             0
@@ -126,20 +131,27 @@ impl OwnTile {
 
     /// Whether the kernel's operands come by TMA (tensor maps, not pointers).
     fn fed_by_tma(self) -> bool {
-        matches!(self, OwnTile::Tma | OwnTile::Tma2 | OwnTile::PingPong)
+        !matches!(self, OwnTile::N128 | OwnTile::N256)
     }
 
-    /// The launch grid for an `[m, n]` output on a device of `multiprocessors` SMs: a block a
-    /// tile (`(n / cols, row tiles)`, the row tiles a whole number of clusters: a CTA past m
-    /// computes zeros and stores nothing), or for the persistent kernel at most a block an SM.
-    fn grid(self, m: usize, n: usize, multiprocessors: u32) -> (u32, u32, u32) {
-        let row_tiles = m.div_ceil(TILE_ROWS);
+    /// Whether a block stays resident and walks the tiles (a 1-D grid of at most the blocks or
+    /// clusters that fit on the device at once).
+    fn persistent(self) -> bool {
+        matches!(self, OwnTile::PingPong | OwnTile::PingPong2)
+    }
+
+    /// The launch grid for an `[m, n]` output: a block a tile (`(n / cols, row tiles)`, the row
+    /// tiles a whole number of clusters: a CTA past m computes zeros and stores nothing); for
+    /// the persistent kernels a cluster a unit of `cluster` row tiles by one column tile, at
+    /// most `resident` clusters (as many as fit on the device at once).
+    fn grid(self, m: usize, n: usize, resident: u32) -> (u32, u32, u32) {
+        let row_tiles = m.div_ceil(TILE_ROWS).next_multiple_of(self.cluster());
         let col_tiles = n / self.cols();
-        if self == OwnTile::PingPong {
-            let blocks = (row_tiles * col_tiles).min(multiprocessors.max(1) as usize);
-            (blocks as u32, 1, 1)
+        if self.persistent() {
+            let units = row_tiles / self.cluster() * col_tiles;
+            let clusters = units.min(resident.max(1) as usize);
+            ((clusters * self.cluster()) as u32, 1, 1)
         } else {
-            let row_tiles = row_tiles.next_multiple_of(self.cluster());
             (col_tiles as u32, row_tiles as u32, 1)
         }
     }
@@ -147,18 +159,14 @@ impl OwnTile {
     /// Rows of B a CTA fetches a stage: all the tile's, or half of them for the cluster (the
     /// tensor map's box).
     fn b_box_rows(self) -> usize {
-        match self {
-            OwnTile::Tma2 => self.cols() / 2,
-            _ => self.cols(),
-        }
+        self.cols() / self.cluster()
     }
 
-    /// CTAs of a cluster along M (grid.y a multiple of it).
+    /// CTAs of a cluster along M.
     fn cluster(self) -> usize {
-        if self == OwnTile::Tma2 {
-            2
-        } else {
-            1
+        match self {
+            OwnTile::Tma2 | OwnTile::PingPong2 => 2,
+            _ => 1,
         }
     }
 
@@ -259,9 +267,10 @@ fn act_name(act: Act) -> Option<&'static str> {
     }
 }
 
-/// The policy and kernel choice of a device, in one atomic byte: bits 0-1 the [`OwnGemm`], bits
-/// 2-4 the [`OwnTile`] (its index in [`OwnTile::ALL`]).
-pub(crate) struct OwnGemmState(AtomicU8);
+/// The policy and kernel choice of a device, in one atomic byte (bits 0-1 the [`OwnGemm`], bits
+/// 2-4 the [`OwnTile`]: its index in [`OwnTile::ALL`]), and how many clusters of the `_pp2`
+/// kernels fit on the device at once (0 until asked; they all have the same resources).
+pub(crate) struct OwnGemmState(AtomicU8, AtomicU32);
 
 impl OwnGemmState {
     /// From `DINOV2_GEMM` (`fused`, `own`) and `DINOV2_GEMM_TILE` (`128`, the default, `256`,
@@ -278,7 +287,7 @@ impl OwnGemmState {
             .ok()
             .and_then(|name| OwnTile::from_env_name(&name))
             .unwrap_or(OwnTile::N128);
-        let state = OwnGemmState(AtomicU8::new(0));
+        let state = OwnGemmState(AtomicU8::new(0), AtomicU32::new(0));
         state.set(policy, tile);
         state
     }
@@ -322,6 +331,28 @@ impl Device {
         Ok(())
     }
 
+    /// How many clusters of the persistent cluster kernel `name` (of `tile`) fit on the device at
+    /// once: the driver's answer for its threads, shared memory and cluster shape, asked once.
+    /// A cluster's CTAs must share a GPC, so this can be less than half the SMs.
+    fn resident_clusters(&self, name: &str, tile: OwnTile) -> Result<u32> {
+        let known = self.own_gemm.1.load(Ordering::Relaxed);
+        if known != 0 {
+            return Ok(known);
+        }
+        let f = self.function(name, tile.smem_bytes())?;
+        self.bind()?;
+        let cfg = LaunchConfig {
+            grid_dim: (tile.cluster() as u32, 1, 1),
+            block_dim: (tile.threads(), 1, 1),
+            shared_mem_bytes: tile.smem_bytes(),
+        };
+        let clusters = f
+            .occupancy_max_active_clusters(cfg, &self.stream)
+            .ctx(|| format!("asking how many clusters of {name} fit at once"))?;
+        self.own_gemm.1.store(clusters, Ordering::Relaxed);
+        Ok(clusters)
+    }
+
     /// Queues `y = act(x·wᵀ + bias)` on our kernel when the policy picks it for `act` and the
     /// shape and pointers allow; `Ok(false)` (nothing queued) otherwise. Shapes and dtypes are
     /// checked by the caller ([`Device::linear_fusing`]): x `[m, k]`, w `[n, k]`, y `[m, n]` of one
@@ -351,7 +382,15 @@ impl Device {
         };
         let s = &self.stream;
         let (xp, wp, yp) = (x.ptr(s), w.ptr(s), y.ptr(s));
-        let grid = tile.grid(m, n, self.info().multiprocessors);
+        let name = format!("gemm_{t}_{act}_{}", tile.suffix());
+        let resident = match tile {
+            OwnTile::PingPong2 => self.resident_clusters(&name, tile)?,
+            _ => self.info().multiprocessors,
+        };
+        if resident == 0 {
+            return Ok(false);
+        }
+        let grid = tile.grid(m, n, resident);
         let fits = k % TILE_K == 0
             && [xp, wp, yp].iter().all(|p| p % 16 == 0)
             && grid.1 <= 65535
@@ -379,7 +418,6 @@ impl Device {
             Arg::I32(n as i32),
             Arg::I32(k as i32),
         ];
-        let name = format!("gemm_{t}_{act}_{}", tile.suffix());
         // SAFETY: x holds m·k, w n·k, y m·n elements of t and bias n (checked by the caller);
         // the kernel reads and writes no more (rows past m are zero-filled and not stored; the
         // tensor maps span exactly x and w).
@@ -406,6 +444,7 @@ mod tests {
         assert_eq!(Tma2.for_cols(384), Some(N128));
         assert_eq!(PingPong.for_cols(384), Some(PingPong));
         assert_eq!(PingPong.for_cols(100), None);
+        assert_eq!(PingPong2.for_cols(384), Some(PingPong2));
     }
 
     #[test]
@@ -415,6 +454,7 @@ mod tests {
         }
         assert_eq!(OwnTile::from_env_name("tma2"), Some(OwnTile::Tma2));
         assert_eq!(OwnTile::from_env_name("pp"), Some(OwnTile::PingPong));
+        assert_eq!(OwnTile::from_env_name("pp2"), Some(OwnTile::PingPong2));
         assert_eq!(OwnTile::from_env_name("512"), None);
     }
 
@@ -430,6 +470,11 @@ mod tests {
         // Persistent: a block an SM, or a block a tile where there are fewer.
         assert_eq!(PingPong.grid(65792, 2304, 132), (132, 1, 1));
         assert_eq!(PingPong.grid(130, 256, 132), (4, 1, 1));
+        // Clusters of two along M: units of two row tiles (257 of them here by 18 columns),
+        // at most the resident clusters, whole clusters.
+        assert_eq!(PingPong2.grid(65792, 2304, 60), (120, 1, 1));
+        assert_eq!(PingPong2.grid(130, 256, 66), (4, 1, 1));
+        assert_eq!(PingPong2.grid(1, 128, 66), (2, 1, 1));
     }
 
     #[test]
@@ -442,6 +487,10 @@ mod tests {
         assert!(OwnTile::Tma.smem_bytes() <= 227 * 1024);
         assert_eq!(OwnTile::Tma2.smem_bytes(), OwnTile::Tma.smem_bytes());
         assert!(OwnTile::PingPong.smem_bytes() <= 227 * 1024);
+        assert_eq!(
+            OwnTile::PingPong2.smem_bytes(),
+            OwnTile::PingPong.smem_bytes()
+        );
     }
 
     #[test]
@@ -501,7 +550,7 @@ mod tests {
 
     #[test]
     fn the_state_round_trips() {
-        let s = OwnGemmState(AtomicU8::new(0));
+        let s = OwnGemmState(AtomicU8::new(0), AtomicU32::new(0));
         for policy in [OwnGemm::Off, OwnGemm::Fused, OwnGemm::All] {
             for tile in OwnTile::ALL {
                 s.set(policy, tile);

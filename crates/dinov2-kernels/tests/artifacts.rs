@@ -179,7 +179,7 @@ fn hopper_kernels() -> Vec<String> {
     let mut names = Vec::new();
     for t in ["f16", "bf16"] {
         for act in ["id", "gelu", "gelu_tanh"] {
-            for tile in ["n128", "n256", "tma", "tma2", "pp"] {
+            for tile in ["n128", "n256", "tma", "tma2", "pp", "pp2"] {
                 names.push(format!("gemm_{t}_{act}_{tile}"));
             }
         }
@@ -385,7 +385,9 @@ fn kernel_signatures_match_the_launchers() {
     let hopper = hopper_ptx();
     for name in hopper_kernels() {
         let params = params_of(&hopper, &format!(".entry {name}("));
-        let by_tma = ["_tma", "_tma2", "_pp"].iter().any(|s| name.ends_with(s));
+        let by_tma = ["_tma", "_tma2", "_pp", "_pp2"]
+            .iter()
+            .any(|s| name.ends_with(s));
         if name.starts_with("gemm_") && by_tma {
             // x's and w's tensor maps, bias, bias_f32, y, m, n, k
             assert_eq!(params, [MAP, MAP, P, I, P, I, I, I], "{name}");

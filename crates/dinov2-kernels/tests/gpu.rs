@@ -191,6 +191,8 @@ fn own_gemm_layout_probe() {
         (640, OwnTile::Tma2),
         (64, OwnTile::PingPong),
         (640, OwnTile::PingPong),
+        (64, OwnTile::PingPong2),
+        (640, OwnTile::PingPong2),
     ] {
         dev.set_own_gemm(OwnGemm::All, tile).unwrap();
         for shift in [0, 5] {

@@ -130,6 +130,7 @@ fn gemm_details((policy, tile): (OwnGemm, OwnTile), fast_gelu: bool) -> String {
                 OwnTile::Tma => "TMA, warp-specialized, ",
                 OwnTile::Tma2 => "TMA multicast in clusters of 2, warp-specialized, ",
                 OwnTile::PingPong => "TMA, persistent, ping-pong, ",
+                OwnTile::PingPong2 => "TMA multicast in clusters of 2, persistent, ping-pong, ",
                 OwnTile::N128 | OwnTile::N256 => "",
             };
             let cols = tile.cols();

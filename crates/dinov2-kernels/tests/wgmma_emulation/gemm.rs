@@ -457,11 +457,13 @@ pub const GP_BN: usize = 128;
 pub const GP_STAGES: usize = 4;
 pub const GP_THREADS: usize = 384;
 
-/// Block `block` of `grid` of `gemm_pp_body<T, ACT>` (`_pp`): its producer (thread 0) and its two
-/// consumer warpgroups run as threads of their own, the copies landing as soon as they are
-/// issued and the MMAs reading shared memory at the wait that retires them. The named barriers
-/// of one warpgroup alone (4 + c) are no-ops here: a warpgroup's threads run as one actor.
-pub fn gemm_pp_block(p: &Gemm, y: &mut [f32], block: usize, grid: usize) {
+/// Cluster `first` of `stride` clusters of `gemm_pp_body<T, ACT, CLUSTER>` (`cluster` 1: `_pp`,
+/// 2: `_pp2`), its CTAs at blockIdx.x = cluster·first + rank: each CTA's producer (thread 0; its
+/// warpgroup's other threads only meet the cluster barriers) and its two consumer warpgroups run
+/// as threads of their own, the copies landing as soon as they are issued (multicast: in every
+/// CTA of the mask) and the MMAs reading shared memory at the wait that retires them. The named
+/// barriers of one warpgroup alone (4 + c) are no-ops here: a warpgroup's threads are one actor.
+pub fn gemm_pp_cluster(p: &Gemm, cluster: usize, y: &mut [f32], first: usize, stride: usize) {
     let (m, n, k) = (p.m, p.n, p.k);
     let a_bytes = (GM_BM * GM_BK * 2) as u32;
     let stage_bytes = ((GM_BM + GP_BN) * GM_BK * 2) as u32;
@@ -479,8 +481,9 @@ pub fn gemm_pp_block(p: &Gemm, y: &mut [f32], block: usize, grid: usize) {
         "a producer warpgroup and two consumers"
     );
     let col_tiles = n / GP_BN;
-    let tiles = m.div_ceil(GM_BM) * col_tiles;
+    let units = m.div_ceil(GM_BM).div_ceil(cluster) * col_tiles;
     let steps = k / GM_BK;
+    let half = GP_BN / 2;
     let map_x = TensorMap {
         data: p.x,
         rows: m,
@@ -491,117 +494,168 @@ pub fn gemm_pp_block(p: &Gemm, y: &mut [f32], block: usize, grid: usize) {
         data: p.w,
         rows: n,
         k,
-        box_rows: GP_BN,
+        box_rows: if cluster == 1 { GP_BN } else { half },
     };
 
-    let mut b = Block::new(Timing::MmasLate, smem);
-    let mut bars = HashMap::new();
-    for s in 0..GP_STAGES as u32 {
-        for (bar, count) in [(full + 8 * s, 1), (empty + 8 * s, 128)] {
-            assert!(bar % 8 == 0, "mbarrier at {bar:#x} not 8-byte aligned");
-            b.reserve(bar, 8);
-            bars.insert(bar, MBar::new(count));
+    let mut ctas = Vec::new();
+    for _ in 0..cluster {
+        let mut b = Block::new(Timing::MmasLate, smem);
+        let mut bars = HashMap::new();
+        for s in 0..GP_STAGES as u32 {
+            for (bar, count) in [(full + 8 * s, 1), (empty + 8 * s, cluster as u32 * 128)] {
+                assert!(bar % 8 == 0, "mbarrier at {bar:#x} not 8-byte aligned");
+                b.reserve(bar, 8);
+                bars.insert(bar, MBar::new(count));
+            }
         }
+        ctas.push(Cta {
+            b,
+            bars,
+            named: HashMap::new(),
+        });
     }
     let ws = Ws {
         state: Mutex::new(Shared {
-            ctas: vec![Cta {
-                b,
-                bars,
-                named: HashMap::new(),
-            }],
+            ctas,
             y,
             cluster_barrier: (0, 0),
         }),
         changed: Condvar::new(),
     };
+    // The unit's row and column offsets for CTA `rank`.
+    let origin = |u: usize, rank: usize| {
+        (
+            (u / col_tiles * cluster + rank) * GM_BM,
+            u % col_tiles * GP_BN,
+        )
+    };
 
     std::thread::scope(|scope| {
-        let (ws, map_x, map_w) = (&ws, &map_x, &map_w);
-        scope.spawn(move || {
-            let who = "the producer";
-            let mut it = 0;
-            for t in (block..tiles).step_by(grid) {
-                let (m0, n0) = (t / col_tiles * GM_BM, t % col_tiles * GP_BN);
-                for step in 0..steps {
-                    let s = it % GP_STAGES;
-                    let s8 = 8 * s as u32;
-                    if it >= GP_STAGES {
-                        let parity = (((it / GP_STAGES) - 1) & 1) as u32;
-                        ws.mbar_wait(who, 0, empty + s8, parity);
-                    }
-                    let stage = base + s as u32 * stage_bytes;
-                    ws.with(|sh| {
-                        let me = &mut sh.ctas[0];
-                        let bar = me.bars.get_mut(&(full + s8)).unwrap();
-                        bar.arrive_expect_tx(stage_bytes);
-                        for (dst, map, row) in [(stage, map_x, m0), (stage + a_bytes, map_w, n0)] {
-                            let landed = tma_load_2d(&mut me.b, dst, map, step * GM_BK, row);
-                            me.bars.get_mut(&(full + s8)).unwrap().complete_tx(landed);
-                        }
-                    });
-                    it += 1;
-                }
-            }
-        });
-        for c in 0..2 {
+        for rank in 0..cluster {
+            let (ws, map_x, map_w) = (&ws, &map_x, &map_w);
             scope.spawn(move || {
-                let who = format!("consumer {c}");
-                let out = out_tiles + c as u32 * gp_tile_bytes;
-                let mut q = Wgmma::new(Timing::MmasLate);
-                let mut i = c;
-                while block + i * grid < tiles {
-                    let t = block + i * grid;
-                    let (m0, n0) = (t / col_tiles * GM_BM, t % col_tiles * GP_BN);
-                    if i > 0 {
-                        ws.named_barrier(&who, 0, 2 + c as u32);
-                    }
-                    let (d0, d1) = ws.with(|sh| {
-                        let b = &mut sh.ctas[0].b;
-                        (b.new_acc(GP_BN), b.new_acc(GP_BN))
-                    });
+                let who = format!("the producer of CTA {rank}");
+                if cluster == 2 {
+                    ws.cluster_sync(&who);
+                }
+                let mut it = 0;
+                for u in (first..units).step_by(stride) {
+                    let (m0, n0) = origin(u, rank);
                     for step in 0..steps {
-                        let it = i * steps + step;
                         let s = it % GP_STAGES;
-                        ws.mbar_wait(&who, 0, full + 8 * s as u32, ((it / GP_STAGES) & 1) as u32);
+                        let s8 = 8 * s as u32;
+                        if it >= GP_STAGES {
+                            let parity = (((it / GP_STAGES) - 1) & 1) as u32;
+                            ws.mbar_wait(&who, rank, empty + s8, parity);
+                        }
                         let stage = base + s as u32 * stage_bytes;
-                        let (da0, da1) = (sw128_desc(stage), sw128_desc(stage + 64 * 128));
-                        let db = sw128_desc(stage + a_bytes);
                         ws.with(|sh| {
-                            let b = &mut sh.ctas[0].b;
-                            q.k_step_128rows(b, (d0, d1), (da0, da1), db, GP_BN);
-                            q.wait(b, 1);
-                            if step > 0 {
-                                let bar = empty + 8 * ((it - 1) % GP_STAGES) as u32;
-                                for _ in 0..128 {
-                                    sh.ctas[0].bars.get_mut(&bar).unwrap().arrive();
+                            let me = &mut sh.ctas[rank];
+                            let bar = me.bars.get_mut(&(full + s8)).unwrap();
+                            bar.arrive_expect_tx(stage_bytes);
+                            let landed = tma_load_2d(&mut me.b, stage, map_x, step * GM_BK, m0);
+                            me.bars.get_mut(&(full + s8)).unwrap().complete_tx(landed);
+                            if cluster == 1 {
+                                let dst = stage + a_bytes;
+                                let landed = tma_load_2d(&mut me.b, dst, map_w, step * GM_BK, n0);
+                                me.bars.get_mut(&(full + s8)).unwrap().complete_tx(landed);
+                            } else {
+                                // Multicast to mask 0x3: both CTAs, the same offsets.
+                                let dst = stage + a_bytes + (rank * half * 128) as u32;
+                                for to in 0..cluster {
+                                    let cta = &mut sh.ctas[to];
+                                    let landed = tma_load_2d(
+                                        &mut cta.b,
+                                        dst,
+                                        map_w,
+                                        step * GM_BK,
+                                        n0 + rank * half,
+                                    );
+                                    cta.bars.get_mut(&(full + s8)).unwrap().complete_tx(landed);
                                 }
                             }
                         });
+                        it += 1;
                     }
-                    if block + (i + 1) * grid < tiles {
-                        ws.named_barrier_arrive(0, 2 + (c ^ 1) as u32);
-                    }
-                    ws.with(|sh| {
-                        q.wait(&mut sh.ctas[0].b, 0);
-                        let bar = empty + 8 * ((i * steps + steps - 1) % GP_STAGES) as u32;
-                        for _ in 0..128 {
-                            sh.ctas[0].bars.get_mut(&bar).unwrap().arrive();
-                        }
-                        for tid in 128 * (c + 1)..128 * (c + 2) {
-                            let row = ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2);
-                            let b = &mut sh.ctas[0].b;
-                            stage_tile(b, p, GP_BN, d0, tid % 128, out, row, tid & 31, n0);
-                            stage_tile(b, p, GP_BN, d1, tid % 128, out, 64 + row, tid & 31, n0);
-                        }
-                        for tid in 128 * (c + 1)..128 * (c + 2) {
-                            let b = &sh.ctas[0].b;
-                            store_tile(b, p, GP_BN, 128, out, sh.y, m0, n0, tid & 127);
-                        }
-                    });
-                    i += 2;
+                }
+                if cluster == 2 {
+                    ws.cluster_sync(&who);
                 }
             });
+            for c in 0..2 {
+                scope.spawn(move || {
+                    let who = format!("consumer {c} of CTA {rank}");
+                    if cluster == 2 {
+                        ws.cluster_sync(&who);
+                    }
+                    // `release_stage<CLUSTER>`: each thread here, or each warp's lane 0 for its
+                    // warp here and on the peer.
+                    let release = |sh: &mut Shared, bar: u32| {
+                        if cluster == 1 {
+                            for _ in 0..128 {
+                                sh.ctas[rank].bars.get_mut(&bar).unwrap().arrive();
+                            }
+                        } else {
+                            for _warp in 0..4 {
+                                for cta in [rank, rank ^ 1] {
+                                    sh.ctas[cta].bars.get_mut(&bar).unwrap().arrive_count(32);
+                                }
+                            }
+                        }
+                    };
+                    let out = out_tiles + c as u32 * gp_tile_bytes;
+                    let mut q = Wgmma::new(Timing::MmasLate);
+                    let mut i = c;
+                    while first + i * stride < units {
+                        let (m0, n0) = origin(first + i * stride, rank);
+                        if i > 0 {
+                            ws.named_barrier(&who, rank, 2 + c as u32);
+                        }
+                        let (d0, d1) = ws.with(|sh| {
+                            let b = &mut sh.ctas[rank].b;
+                            (b.new_acc(GP_BN), b.new_acc(GP_BN))
+                        });
+                        for step in 0..steps {
+                            let it = i * steps + step;
+                            let s = it % GP_STAGES;
+                            let parity = ((it / GP_STAGES) & 1) as u32;
+                            ws.mbar_wait(&who, rank, full + 8 * s as u32, parity);
+                            let stage = base + s as u32 * stage_bytes;
+                            let (da0, da1) = (sw128_desc(stage), sw128_desc(stage + 64 * 128));
+                            let db = sw128_desc(stage + a_bytes);
+                            ws.with(|sh| {
+                                let b = &mut sh.ctas[rank].b;
+                                q.k_step_128rows(b, (d0, d1), (da0, da1), db, GP_BN);
+                                q.wait(b, 1);
+                                if step > 0 {
+                                    release(sh, empty + 8 * ((it - 1) % GP_STAGES) as u32);
+                                }
+                            });
+                        }
+                        if first + (i + 1) * stride < units {
+                            ws.named_barrier_arrive(rank, 2 + (c ^ 1) as u32);
+                        }
+                        ws.with(|sh| {
+                            q.wait(&mut sh.ctas[rank].b, 0);
+                            release(sh, empty + 8 * ((i * steps + steps - 1) % GP_STAGES) as u32);
+                            for tid in 128 * (c + 1)..128 * (c + 2) {
+                                let row = ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2);
+                                let b = &mut sh.ctas[rank].b;
+                                stage_tile(b, p, GP_BN, d0, tid % 128, out, row, tid & 31, n0);
+                                stage_tile(b, p, GP_BN, d1, tid % 128, out, 64 + row, tid & 31, n0);
+                            }
+                            for tid in 128 * (c + 1)..128 * (c + 2) {
+                                let b = &sh.ctas[rank].b;
+                                store_tile(b, p, GP_BN, 128, out, sh.y, m0, n0, tid & 127);
+                            }
+                        });
+                        i += 2;
+                    }
+                    if cluster == 2 {
+                        ws.cluster_sync(&who);
+                    }
+                });
+            }
         }
     });
 }

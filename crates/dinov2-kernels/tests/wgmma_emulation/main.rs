@@ -38,7 +38,7 @@ mod flash;
 mod gemm;
 mod hopper;
 use attention::{attention_block, ATTN_WG_D, ATTN_WG_ROWS};
-use gemm::{gemm_block, gemm_pp_block, gemm_ws_cluster, Gemm, GEMM_TILES, GM_BM, GP_BN, GW_BN};
+use gemm::{gemm_block, gemm_pp_cluster, gemm_ws_cluster, Gemm, GEMM_TILES, GM_BM, GP_BN, GW_BN};
 use hopper::{
     frag_pos, k_major, load_sw128_tile, mn_major, sw128_desc, Block, Timing, RAW, TIMINGS,
 };
@@ -196,14 +196,21 @@ fn the_emulated_persistent_gemm_is_a_linear_layer() {
                 n,
                 k,
             };
-            let mut y = vec![f32::NAN; m * n];
-            // The launcher's grid: a block a tile, at most `blocks` (the SMs).
-            let grid = (m.div_ceil(GM_BM) * (n / GP_BN)).min(blocks);
-            for block in 0..grid {
-                gemm_pp_block(&p, &mut y, block, grid);
+            for cluster in [1, 2] {
+                let mut y = vec![f32::NAN; m * n];
+                // The launcher's grid: a cluster a unit of `cluster` row tiles by a column
+                // tile, at most `blocks` CTAs (the resident clusters).
+                let units = m.div_ceil(GM_BM).div_ceil(cluster) * (n / GP_BN);
+                let clusters = units.min(usize::div_ceil(blocks, cluster));
+                for first in 0..clusters {
+                    gemm_pp_cluster(&p, cluster, &mut y, first, clusters);
+                }
+                let what = format!(
+                    "persistent cluster {cluster} m={m} n={n} k={k} clusters={clusters} \
+                     bias={with_bias}"
+                );
+                check_linear(&what, &y, &p);
             }
-            let what = format!("persistent m={m} n={n} k={k} grid={grid} bias={with_bias}");
-            check_linear(&what, &y, &p);
         }
     }
 }
@@ -444,9 +451,8 @@ fn the_emulated_expressions_are_the_kernels() {
                  const uint64_t da = sw128_desc(stage + c * (64 * 128)); \
                  const uint64_t db = sw128_desc(stage + A_BYTES);",
                 "mma_k_step<T, GW_BN>(d, da, db); wgmma_wait<1>(); fence_accumulators(d);",
-                "if (step > 0) { const uint32_t bar = empty + 8 * ((step - 1) % GW_STAGES); \
-                 if (CLUSTER == 1) mbar_arrive(bar); else mbar_arrive_warp_here_and_there(bar, rank ^ 1); \
-                 } } wgmma_wait<0>(); fence_accumulators(d);",
+                "if (step > 0) release_stage<CLUSTER>(empty + 8 * ((step - 1) % GW_STAGES), rank); } \
+                 wgmma_wait<0>(); fence_accumulators(d);",
                 "named_barrier(1, 2 * 128); stage_tile<T, ACT, GW_BN>(d, tile, c * 64 + ((tid >> 5) & 3) * 16 + \
                  ((tid & 31) >> 2), tid & 31, bias, bias_f32, n0); named_barrier(1, 2 * 128); \
                  store_tile<T, GW_BN, 2 * 128>(tile, y, m0, m, n, n0, tid - 128);",
@@ -467,22 +473,25 @@ fn the_emulated_expressions_are_the_kernels() {
                 "const uint32_t full = base + GP_STAGES * STAGE_BYTES + 2 * GP_TILE_BYTES;",
                 "const uint32_t empty = full + GP_STAGES * 8;",
                 "const int col_tiles = n / GP_BN;",
-                "const int tiles = (m + GM_BM - 1) / GM_BM * col_tiles;",
+                "const int units = ((m + GM_BM - 1) / GM_BM + CLUSTER - 1) / CLUSTER * col_tiles;",
+                "const int first = blockIdx.x / CLUSTER, stride = gridDim.x / CLUSTER;",
                 "if (tid == 0) { for (int s = 0; s < GP_STAGES; s++) { mbar_init(full + 8 * s, 1); \
-                 mbar_init(empty + 8 * s, 128); } mbar_init_fence(); } __syncthreads();",
-                "int it = 0; for (int t = blockIdx.x; t < tiles; t += gridDim.x) { \
-                 const int m0 = t / col_tiles * GM_BM, n0 = t % col_tiles * GP_BN; \
+                 mbar_init(empty + 8 * s, CLUSTER * 128); } mbar_init_fence(); }",
+                "int it = 0; for (int u = first; u < units; u += stride) { \
+                 const int m0 = (u / col_tiles * CLUSTER + rank) * GM_BM, n0 = u % col_tiles * GP_BN; \
                  for (int step = 0; step < steps; step++, it++) { const int s = it % GP_STAGES; \
                  if (it >= GP_STAGES) mbar_wait(empty + 8 * s, ((it / GP_STAGES) - 1) & 1); \
                  const uint32_t stage = base + s * STAGE_BYTES; \
                  mbar_arrive_expect_tx(full + 8 * s, STAGE_BYTES); \
                  tma_load_2d(stage, map_x, full + 8 * s, step * GM_BK, m0); \
-                 tma_load_2d(stage + A_BYTES, map_w, full + 8 * s, step * GM_BK, n0); } } } return; }",
+                 if (CLUSTER == 1) { tma_load_2d(stage + A_BYTES, map_w, full + 8 * s, step * GM_BK, n0); \
+                 } else { constexpr int HALF = GP_BN / 2; \
+                 tma_load_2d_multicast(stage + A_BYTES + rank * (HALF * 128), map_w, full + 8 * s, \
+                 step * GM_BK, n0 + rank * HALF, 0x3); } } } } if (CLUSTER == 1) return; } else {",
                 "uint8_t* const out = out_tiles + c * GP_TILE_BYTES;",
                 "const int row = ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2);",
-                "for (int i = c; blockIdx.x + i * gridDim.x < tiles; i += 2) { \
-                 const int t = blockIdx.x + i * gridDim.x; \
-                 const int m0 = t / col_tiles * GM_BM, n0 = t % col_tiles * GP_BN;",
+                "for (int i = c; first + i * stride < units; i += 2) { const int u = first + i * stride; \
+                 const int m0 = (u / col_tiles * CLUSTER + rank) * GM_BM, n0 = u % col_tiles * GP_BN;",
                 "if (i > 0) named_barrier(2 + c, 2 * 128);",
                 "for (int step = 0; step < steps; step++) { const int it = i * steps + step, s = it % GP_STAGES; \
                  mbar_wait(full + 8 * s, (it / GP_STAGES) & 1); \
@@ -490,14 +499,20 @@ fn the_emulated_expressions_are_the_kernels() {
                  mma_k_step_128rows<T>(d0, d1, sw128_desc(stage), sw128_desc(stage + 64 * 128), \
                  sw128_desc(stage + A_BYTES)); wgmma_wait<1>(); fence_accumulators(d0); \
                  fence_accumulators(d1);",
-                "if (step > 0) mbar_arrive(empty + 8 * ((it - 1) % GP_STAGES)); }",
-                "if (blockIdx.x + (i + 1) * gridDim.x < tiles) named_barrier_arrive(2 + (c ^ 1), 2 * 128); \
+                "if (step > 0) release_stage<CLUSTER>(empty + 8 * ((it - 1) % GP_STAGES), rank); }",
+                "if (first + (i + 1) * stride < units) named_barrier_arrive(2 + (c ^ 1), 2 * 128); \
                  wgmma_wait<0>(); fence_accumulators(d0); fence_accumulators(d1); \
-                 mbar_arrive(empty + 8 * ((i * steps + steps - 1) % GP_STAGES));",
+                 release_stage<CLUSTER>(empty + 8 * ((i * steps + steps - 1) % GP_STAGES), rank);",
+                "if (CLUSTER == 1) mbar_arrive(bar); else mbar_arrive_warp_here_and_there(bar, rank ^ 1);",
+                "store_tile<T, GP_BN, 128>(out, y, m0, m, n, n0, tid & 127); } } \
+                 // CLUSTER 2: neither CTA leaves while the other may still copy into it or \
+                 arrive on its // barriers. if (CLUSTER == 2) cluster_sync(); }",
+                "gemm_pp_body<T, ACT, 2>(&map_x, &map_w, bias, bias_f32, y, m, n, k);",
+                "extern \"C\" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(GP_THREADS, 1)",
                 "named_barrier(4 + c, 128); stage_tile<T, ACT, GP_BN>(d0, out, row, tid & 31, bias, bias_f32, n0); \
                  stage_tile<T, ACT, GP_BN>(d1, out, 64 + row, tid & 31, bias, bias_f32, n0); \
-                 named_barrier(4 + c, 128); store_tile<T, GP_BN, 128>(out, y, m0, m, n, n0, tid & 127); }",
-                "gemm_pp_body<T, ACT>(&map_x, &map_w, bias, bias_f32, y, m, n, k);",
+                 named_barrier(4 + c, 128); store_tile<T, GP_BN, 128>(out, y, m0, m, n, n0, tid & 127);",
+                "gemm_pp_body<T, ACT, 1>(&map_x, &map_w, bias, bias_f32, y, m, n, k);",
                 "GEMM_PP_KERNEL(name, T, aname, ACT)",
                 "GEMM_KERNEL(name, T, aname, ACT, 128, 3, 0, 2)",
                 "GEMM_KERNEL(name, T, aname, ACT, 256, 4, 1, 1)",
