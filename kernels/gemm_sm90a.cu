@@ -201,6 +201,41 @@ template <int CLUSTER> __device__ __forceinline__ void release_stage(uint32_t ba
     else mbar_arrive_warp_here_and_there(bar, rank ^ 1);
 }
 
+// The TMA kernels' stage barriers, initialized by thread 0: full[s] (at full + 8s) completes
+// on the producer's arrival and the stage's bytes, empty[s] (at empty + 8s) on `releases`
+// arrivals. Then a barrier of the block (CLUSTER 1) or of the cluster (CLUSTER 2: the peer's
+// barriers are initialized before any copy or arrival reaches them).
+template <int STAGES, int CLUSTER>
+__device__ __forceinline__ void init_stage_barriers(uint32_t full, uint32_t empty, uint32_t releases) {
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            mbar_init(full + 8 * s, 1);
+            mbar_init(empty + 8 * s, releases);
+        }
+        mbar_init_fence();
+    }
+    if (CLUSTER == 1) __syncthreads();
+    else cluster_sync();
+}
+
+// The producer's fill of the stage at `stage` with K step k0 of A's rows m0.. and B's rows
+// n0.. (BN of them), its bytes announced on the full barrier `bar` first. CLUSTER 2: this CTA
+// (`rank`) fetches half of B, rows n0 + BN/2·rank.., into both CTAs of the cluster at the same
+// offset, each counting the bytes on its own barrier.
+template <int BN, int CLUSTER>
+__device__ __forceinline__ void fill_stage(uint32_t stage, uint32_t bar, const TmaMap* map_x,
+                                           const TmaMap* map_w, int k0, int m0, int n0, uint32_t rank) {
+    constexpr int A_BYTES = GM_BM * GM_BK * 2;
+    mbar_arrive_expect_tx(bar, GM_STAGE_BYTES(BN));
+    tma_load_2d(stage, map_x, bar, k0, m0);
+    if (CLUSTER == 1) {
+        tma_load_2d(stage + A_BYTES, map_w, bar, k0, n0);
+    } else {
+        constexpr int HALF = BN / 2;
+        tma_load_2d_multicast(stage + A_BYTES + rank * (HALF * 128), map_w, bar, k0, n0 + rank * HALF, 0x3);
+    }
+}
+
 template <typename T, int ACT, int CLUSTER>
 __device__ __forceinline__ void gemm_ws_body(const TmaMap* map_x, const TmaMap* map_w,
                                              const void* __restrict__ bias, int bias_f32,
@@ -222,16 +257,7 @@ __device__ __forceinline__ void gemm_ws_body(const TmaMap* map_x, const TmaMap* 
     // CLUSTER 2: this CTA's rank; it fetches B's rows 128·rank.. for both CTAs.
     const uint32_t rank = CLUSTER == 1 ? 0 : cluster_ctarank();
 
-    if (tid == 0) {
-        for (int s = 0; s < GW_STAGES; s++) {
-            mbar_init(full + 8 * s, 1);
-            mbar_init(empty + 8 * s, CLUSTER * 2 * 128);
-        }
-        mbar_init_fence();
-    }
-    // CLUSTER 2: the peer's barriers are initialized before any copy or arrival reaches them.
-    if (CLUSTER == 1) __syncthreads();
-    else cluster_sync();
+    init_stage_barriers<GW_STAGES, CLUSTER>(full, empty, CLUSTER * 2 * 128);
 
     if (wg == 0) {
         setmaxnreg_dec<40>();
@@ -239,16 +265,8 @@ __device__ __forceinline__ void gemm_ws_body(const TmaMap* map_x, const TmaMap* 
             for (int step = 0; step < steps; step++) {
                 const int s = step % GW_STAGES;
                 if (step >= GW_STAGES) mbar_wait(empty + 8 * s, ((step / GW_STAGES) - 1) & 1);
-                const uint32_t stage = base + s * STAGE_BYTES;
-                mbar_arrive_expect_tx(full + 8 * s, STAGE_BYTES);
-                tma_load_2d(stage, map_x, full + 8 * s, step * GM_BK, m0);
-                if (CLUSTER == 1) {
-                    tma_load_2d(stage + A_BYTES, map_w, full + 8 * s, step * GM_BK, n0);
-                } else {
-                    constexpr int HALF = GW_BN / 2;
-                    tma_load_2d_multicast(stage + A_BYTES + rank * (HALF * 128), map_w, full + 8 * s,
-                                          step * GM_BK, n0 + rank * HALF, 0x3);
-                }
+                fill_stage<GW_BN, CLUSTER>(base + s * STAGE_BYTES, full + 8 * s, map_x, map_w, step * GM_BK,
+                                           m0, n0, rank);
             }
         }
         if (CLUSTER == 1) return;
@@ -366,16 +384,7 @@ __device__ __forceinline__ void gemm_pp_body(const TmaMap* map_x, const TmaMap* 
     // 64·rank.. for both CTAs.
     const uint32_t rank = CLUSTER == 1 ? 0 : cluster_ctarank();
 
-    if (tid == 0) {
-        for (int s = 0; s < GP_STAGES; s++) {
-            mbar_init(full + 8 * s, 1);
-            mbar_init(empty + 8 * s, CLUSTER * 128);
-        }
-        mbar_init_fence();
-    }
-    // CLUSTER 2: the peer's barriers are initialized before any copy or arrival reaches them.
-    if (CLUSTER == 1) __syncthreads();
-    else cluster_sync();
+    init_stage_barriers<GP_STAGES, CLUSTER>(full, empty, CLUSTER * 128);
 
     if (wg == 0) {
         setmaxnreg_dec<40>();
@@ -386,16 +395,8 @@ __device__ __forceinline__ void gemm_pp_body(const TmaMap* map_x, const TmaMap* 
                 for (int step = 0; step < steps; step++, it++) {
                     const int s = it % GP_STAGES;
                     if (it >= GP_STAGES) mbar_wait(empty + 8 * s, ((it / GP_STAGES) - 1) & 1);
-                    const uint32_t stage = base + s * STAGE_BYTES;
-                    mbar_arrive_expect_tx(full + 8 * s, STAGE_BYTES);
-                    tma_load_2d(stage, map_x, full + 8 * s, step * GM_BK, m0);
-                    if (CLUSTER == 1) {
-                        tma_load_2d(stage + A_BYTES, map_w, full + 8 * s, step * GM_BK, n0);
-                    } else {
-                        constexpr int HALF = GP_BN / 2;
-                        tma_load_2d_multicast(stage + A_BYTES + rank * (HALF * 128), map_w, full + 8 * s,
-                                              step * GM_BK, n0 + rank * HALF, 0x3);
-                    }
+                    fill_stage<GP_BN, CLUSTER>(base + s * STAGE_BYTES, full + 8 * s, map_x, map_w,
+                                               step * GM_BK, m0, n0, rank);
                 }
             }
         }

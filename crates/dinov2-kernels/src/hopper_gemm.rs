@@ -533,11 +533,11 @@ mod tests {
             OwnTile::Tma.smem_bytes(),
             4 * (128 + 256) * 64 * 2 + 64 + 1024
         );
-        // The TMA boxes are one stage's A [128][64] and B [256][64] tiles.
-        assert!(src.contains("tma_load_2d(stage, map_x, full + 8 * s, step * GM_BK, m0);"));
-        assert!(
-            src.contains("tma_load_2d(stage + A_BYTES, map_w, full + 8 * s, step * GM_BK, n0);")
-        );
+        // The TMA boxes are one stage's A [128][64] and B [cols][64] tiles (B [cols / 2][64] a
+        // CTA of a cluster).
+        assert!(src.contains("tma_load_2d(stage, map_x, bar, k0, m0);"));
+        assert!(src.contains("tma_load_2d(stage + A_BYTES, map_w, bar, k0, n0);"));
+        assert!(src.contains("constexpr int HALF = BN / 2;"));
         assert_eq!(
             tensor_map_shape(1000, 768, 128),
             ([768, 1000], [1536], [64, 128])

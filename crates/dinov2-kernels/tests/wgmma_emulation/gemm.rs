@@ -206,6 +206,89 @@ struct Cta {
     named: HashMap<u32, (usize, usize)>,
 }
 
+impl Cta {
+    /// A CTA with `smem` bytes of shared memory and, as `init_stage_barriers<STAGES, CLUSTER>`
+    /// sets them, `stages` full barriers at `full` (one arrival and the bytes) and empty ones at
+    /// `empty` (`releases` arrivals).
+    fn new(smem: usize, stages: usize, full: u32, empty: u32, releases: u32) -> Self {
+        let mut b = Block::new(Timing::MmasLate, smem);
+        let mut bars = HashMap::new();
+        for s in 0..stages as u32 {
+            for (bar, count) in [(full + 8 * s, 1), (empty + 8 * s, releases)] {
+                assert!(bar % 8 == 0, "mbarrier at {bar:#x} not 8-byte aligned");
+                b.reserve(bar, 8);
+                bars.insert(bar, MBar::new(count));
+            }
+        }
+        Cta {
+            b,
+            bars,
+            named: HashMap::new(),
+        }
+    }
+}
+
+/// The tensor maps of x and w as the launcher encodes them for a tile of `bn` columns: boxes of
+/// one stage's A, and of its B or, in a cluster, half of it.
+fn tensor_maps<'a>(p: &Gemm<'a>, bn: usize, cluster: usize) -> (TensorMap<'a>, TensorMap<'a>) {
+    let map = |data, rows, box_rows| TensorMap {
+        data,
+        rows,
+        k: p.k,
+        box_rows,
+    };
+    (map(p.x, p.m, GM_BM), map(p.w, p.n, bn / cluster))
+}
+
+/// `fill_stage<BN, CLUSTER>` by the producer of CTA `rank`: the stage's bytes announced on its
+/// full barrier `bar`, A's box (x, m0) and B's (x, n0) or, in a cluster, its half of B at
+/// n0 + bn/2·rank multicast into both CTAs at the same offset. Copies land at once.
+fn fill_stage(
+    sh: &mut Shared,
+    bn: usize,
+    rank: usize,
+    (stage, bar): (u32, u32),
+    (map_x, map_w): (&TensorMap, &TensorMap),
+    (x, m0, n0): (usize, usize, usize),
+) {
+    let cluster = sh.ctas.len();
+    let a_bytes = (GM_BM * GM_BK * 2) as u32;
+    let stage_bytes = ((GM_BM + bn) * GM_BK * 2) as u32;
+    let me = &mut sh.ctas[rank];
+    me.bars.get_mut(&bar).unwrap().arrive_expect_tx(stage_bytes);
+    let landed = tma_load_2d(&mut me.b, stage, map_x, x, m0);
+    me.bars.get_mut(&bar).unwrap().complete_tx(landed);
+    if cluster == 1 {
+        let landed = tma_load_2d(&mut me.b, stage + a_bytes, map_w, x, n0);
+        me.bars.get_mut(&bar).unwrap().complete_tx(landed);
+    } else {
+        // Multicast to mask 0x3: both CTAs, the same offsets.
+        let half = bn / 2;
+        let dst = stage + a_bytes + (rank * half * 128) as u32;
+        for cta in &mut sh.ctas {
+            let landed = tma_load_2d(&mut cta.b, dst, map_w, x, n0 + rank * half);
+            cta.bars.get_mut(&bar).unwrap().complete_tx(landed);
+        }
+    }
+}
+
+/// `release_stage<CLUSTER>` by a consumer warpgroup of CTA `rank`: each of its 128 threads
+/// arrives on the empty barrier `bar`, or in a cluster each warp's lane 0 for its warp, here
+/// and on the peer.
+fn release_stage(sh: &mut Shared, rank: usize, bar: u32) {
+    if sh.ctas.len() == 1 {
+        for _ in 0..128 {
+            sh.ctas[rank].bars.get_mut(&bar).unwrap().arrive();
+        }
+    } else {
+        for _warp in 0..4 {
+            for cta in [rank, rank ^ 1] {
+                sh.ctas[cta].bars.get_mut(&bar).unwrap().arrive_count(32);
+            }
+        }
+    }
+}
+
 /// The shared state behind a lock, and a condition to wait on for changes of it.
 struct Ws<'a> {
     state: Mutex<Shared<'a>>,
@@ -279,7 +362,7 @@ impl<'a> Ws<'a> {
 /// their own on the shared state, the copies landing as soon as they are issued (multicast: in
 /// every CTA of the mask) and the MMAs reading shared memory at the wait that retires them.
 pub fn gemm_ws_cluster(p: &Gemm, cluster: usize, y: &mut [f32], (bx, pair): (usize, usize)) {
-    let (m, n, k) = (p.m, p.n, p.k);
+    let k = p.k;
     let a_bytes = (GM_BM * GM_BK * 2) as u32;
     let stage_bytes = ((GM_BM + GW_BN) * GM_BK * 2) as u32;
     let smem = GW_STAGES * stage_bytes as usize + 2 * GW_STAGES * 8 + 1024;
@@ -295,39 +378,15 @@ pub fn gemm_ws_cluster(p: &Gemm, cluster: usize, y: &mut [f32], (bx, pair): (usi
     );
     let n0 = bx * GW_BN;
     let steps = k / GM_BK;
-    let half = GW_BN / 2;
-    // The tensor maps of x and w: boxes of one stage's A, and of B or (cluster) half of it.
-    let map_x = TensorMap {
-        data: p.x,
-        rows: m,
-        k,
-        box_rows: GM_BM,
-    };
-    let map_w = TensorMap {
-        data: p.w,
-        rows: n,
-        k,
-        box_rows: if cluster == 1 { GW_BN } else { half },
-    };
+    let (map_x, map_w) = tensor_maps(p, GW_BN, cluster);
 
     let mut ctas = Vec::new();
     let mut d = Vec::new();
     for _ in 0..cluster {
-        let mut b = Block::new(Timing::MmasLate, smem);
-        let mut bars = HashMap::new();
-        for s in 0..GW_STAGES as u32 {
-            for (bar, count) in [(full + 8 * s, 1), (empty + 8 * s, cluster as u32 * 2 * 128)] {
-                assert!(bar % 8 == 0, "mbarrier at {bar:#x} not 8-byte aligned");
-                b.reserve(bar, 8);
-                bars.insert(bar, MBar::new(count));
-            }
-        }
-        d.push([b.new_acc(GW_BN), b.new_acc(GW_BN)]);
-        ctas.push(Cta {
-            b,
-            bars,
-            named: HashMap::new(),
-        });
+        let releases = cluster as u32 * 2 * 128;
+        let mut cta = Cta::new(smem, GW_STAGES, full, empty, releases);
+        d.push([cta.b.new_acc(GW_BN), cta.b.new_acc(GW_BN)]);
+        ctas.push(cta);
     }
     let ws = Ws {
         state: Mutex::new(Shared {
@@ -358,32 +417,9 @@ pub fn gemm_ws_cluster(p: &Gemm, cluster: usize, y: &mut [f32], (bx, pair): (usi
                     }
                     let stage = base + s as u32 * stage_bytes;
                     ws.with(|sh| {
-                        let me = &mut sh.ctas[rank];
-                        me.bars
-                            .get_mut(&(full + s8))
-                            .unwrap()
-                            .arrive_expect_tx(stage_bytes);
-                        let landed = tma_load_2d(&mut me.b, stage, map_x, step * GM_BK, m0);
-                        me.bars.get_mut(&(full + s8)).unwrap().complete_tx(landed);
-                        if cluster == 1 {
-                            let dst = stage + a_bytes;
-                            let landed = tma_load_2d(&mut me.b, dst, map_w, step * GM_BK, n0);
-                            me.bars.get_mut(&(full + s8)).unwrap().complete_tx(landed);
-                        } else {
-                            // Multicast to mask 0x3: both CTAs, the same offsets.
-                            let dst = stage + a_bytes + (rank * half * 128) as u32;
-                            for to in 0..cluster {
-                                let cta = &mut sh.ctas[to];
-                                let landed = tma_load_2d(
-                                    &mut cta.b,
-                                    dst,
-                                    map_w,
-                                    step * GM_BK,
-                                    n0 + rank * half,
-                                );
-                                cta.bars.get_mut(&(full + s8)).unwrap().complete_tx(landed);
-                            }
-                        }
+                        let place = (stage, full + s8);
+                        let at = (step * GM_BK, m0, n0);
+                        fill_stage(sh, GW_BN, rank, place, (map_x, map_w), at);
                     });
                 }
                 if cluster == 2 {
@@ -410,20 +446,11 @@ pub fn gemm_ws_cluster(p: &Gemm, cluster: usize, y: &mut [f32], (bx, pair): (usi
                             q.k_step(b, d, da, db, GW_BN);
                             q.wait(b, 1);
                             if step > 0 {
-                                let bar = empty + 8 * ((step - 1) % GW_STAGES) as u32;
-                                if cluster == 1 {
-                                    for _ in 0..128 {
-                                        sh.ctas[rank].bars.get_mut(&bar).unwrap().arrive();
-                                    }
-                                } else {
-                                    // Each warp's lane 0: 32 here and 32 on the peer's.
-                                    for _warp in 0..4 {
-                                        for cta in [rank, rank ^ 1] {
-                                            let mbar = sh.ctas[cta].bars.get_mut(&bar).unwrap();
-                                            mbar.arrive_count(32);
-                                        }
-                                    }
-                                }
+                                release_stage(
+                                    sh,
+                                    rank,
+                                    empty + 8 * ((step - 1) % GW_STAGES) as u32,
+                                );
                             }
                         });
                     }
@@ -483,37 +510,11 @@ pub fn gemm_pp_cluster(p: &Gemm, cluster: usize, y: &mut [f32], first: usize, st
     let col_tiles = n / GP_BN;
     let units = m.div_ceil(GM_BM).div_ceil(cluster) * col_tiles;
     let steps = k / GM_BK;
-    let half = GP_BN / 2;
-    let map_x = TensorMap {
-        data: p.x,
-        rows: m,
-        k,
-        box_rows: GM_BM,
-    };
-    let map_w = TensorMap {
-        data: p.w,
-        rows: n,
-        k,
-        box_rows: if cluster == 1 { GP_BN } else { half },
-    };
+    let (map_x, map_w) = tensor_maps(p, GP_BN, cluster);
 
-    let mut ctas = Vec::new();
-    for _ in 0..cluster {
-        let mut b = Block::new(Timing::MmasLate, smem);
-        let mut bars = HashMap::new();
-        for s in 0..GP_STAGES as u32 {
-            for (bar, count) in [(full + 8 * s, 1), (empty + 8 * s, cluster as u32 * 128)] {
-                assert!(bar % 8 == 0, "mbarrier at {bar:#x} not 8-byte aligned");
-                b.reserve(bar, 8);
-                bars.insert(bar, MBar::new(count));
-            }
-        }
-        ctas.push(Cta {
-            b,
-            bars,
-            named: HashMap::new(),
-        });
-    }
+    let ctas = (0..cluster)
+        .map(|_| Cta::new(smem, GP_STAGES, full, empty, cluster as u32 * 128))
+        .collect();
     let ws = Ws {
         state: Mutex::new(Shared {
             ctas,
@@ -550,30 +551,9 @@ pub fn gemm_pp_cluster(p: &Gemm, cluster: usize, y: &mut [f32], first: usize, st
                         }
                         let stage = base + s as u32 * stage_bytes;
                         ws.with(|sh| {
-                            let me = &mut sh.ctas[rank];
-                            let bar = me.bars.get_mut(&(full + s8)).unwrap();
-                            bar.arrive_expect_tx(stage_bytes);
-                            let landed = tma_load_2d(&mut me.b, stage, map_x, step * GM_BK, m0);
-                            me.bars.get_mut(&(full + s8)).unwrap().complete_tx(landed);
-                            if cluster == 1 {
-                                let dst = stage + a_bytes;
-                                let landed = tma_load_2d(&mut me.b, dst, map_w, step * GM_BK, n0);
-                                me.bars.get_mut(&(full + s8)).unwrap().complete_tx(landed);
-                            } else {
-                                // Multicast to mask 0x3: both CTAs, the same offsets.
-                                let dst = stage + a_bytes + (rank * half * 128) as u32;
-                                for to in 0..cluster {
-                                    let cta = &mut sh.ctas[to];
-                                    let landed = tma_load_2d(
-                                        &mut cta.b,
-                                        dst,
-                                        map_w,
-                                        step * GM_BK,
-                                        n0 + rank * half,
-                                    );
-                                    cta.bars.get_mut(&(full + s8)).unwrap().complete_tx(landed);
-                                }
-                            }
+                            let place = (stage, full + s8);
+                            let at = (step * GM_BK, m0, n0);
+                            fill_stage(sh, GP_BN, rank, place, (map_x, map_w), at);
                         });
                         it += 1;
                     }
@@ -588,21 +568,6 @@ pub fn gemm_pp_cluster(p: &Gemm, cluster: usize, y: &mut [f32], first: usize, st
                     if cluster == 2 {
                         ws.cluster_sync(&who);
                     }
-                    // `release_stage<CLUSTER>`: each thread here, or each warp's lane 0 for its
-                    // warp here and on the peer.
-                    let release = |sh: &mut Shared, bar: u32| {
-                        if cluster == 1 {
-                            for _ in 0..128 {
-                                sh.ctas[rank].bars.get_mut(&bar).unwrap().arrive();
-                            }
-                        } else {
-                            for _warp in 0..4 {
-                                for cta in [rank, rank ^ 1] {
-                                    sh.ctas[cta].bars.get_mut(&bar).unwrap().arrive_count(32);
-                                }
-                            }
-                        }
-                    };
                     let out = out_tiles + c as u32 * gp_tile_bytes;
                     let mut q = Wgmma::new(Timing::MmasLate);
                     let mut i = c;
@@ -628,7 +593,11 @@ pub fn gemm_pp_cluster(p: &Gemm, cluster: usize, y: &mut [f32], first: usize, st
                                 q.k_step_128rows(b, (d0, d1), (da0, da1), db, GP_BN);
                                 q.wait(b, 1);
                                 if step > 0 {
-                                    release(sh, empty + 8 * ((it - 1) % GP_STAGES) as u32);
+                                    release_stage(
+                                        sh,
+                                        rank,
+                                        empty + 8 * ((it - 1) % GP_STAGES) as u32,
+                                    );
                                 }
                             });
                         }
@@ -637,7 +606,8 @@ pub fn gemm_pp_cluster(p: &Gemm, cluster: usize, y: &mut [f32], first: usize, st
                         }
                         ws.with(|sh| {
                             q.wait(&mut sh.ctas[rank].b, 0);
-                            release(sh, empty + 8 * ((i * steps + steps - 1) % GP_STAGES) as u32);
+                            let last = (i * steps + steps - 1) % GP_STAGES;
+                            release_stage(sh, rank, empty + 8 * last as u32);
                             for tid in 128 * (c + 1)..128 * (c + 2) {
                                 let row = ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2);
                                 let b = &mut sh.ctas[rank].b;

@@ -246,17 +246,7 @@ impl Wgmma {
     /// `mma_k_step<T, N>` (gemm_sm90a.cu), as also S = Q·Kᵀ of a tile: 64 of K as four
     /// m64nNk16 wgmmas on K-major A and B 32 bytes apart (descriptor + 2), one committed group.
     pub fn k_step(&mut self, b: &mut Block, acc: usize, da: u64, db: u64, n: usize) {
-        for kk in 0..4 {
-            let mma = Mma {
-                acc,
-                a: OperandA::Desc(da + 2 * kk),
-                b: db + 2 * kk,
-                n,
-                trans_b: false,
-            };
-            self.issue(b, mma);
-        }
-        self.commit();
+        self.k_step_rows(b, &[(acc, da)], db, n);
     }
     /// `mma_k_step_128rows<T>`: one K step of 64 of a 128-row tile as one group, rows 0-63
     /// (A at da.0) into acc.0 and rows 64-127 (da.1) into acc.1, against the same B.
@@ -268,8 +258,13 @@ impl Wgmma {
         db: u64,
         n: usize,
     ) {
+        self.k_step_rows(b, &[(acc.0, da.0), (acc.1, da.1)], db, n);
+    }
+    /// Each K16 slice in turn, for each (accumulator, A descriptor) of `rows`, against B at
+    /// `db`; then the group is committed.
+    fn k_step_rows(&mut self, b: &mut Block, rows: &[(usize, u64)], db: u64, n: usize) {
         for kk in 0..4 {
-            for (acc, da) in [(acc.0, da.0), (acc.1, da.1)] {
+            for &(acc, da) in rows {
                 let mma = Mma {
                     acc,
                     a: OperandA::Desc(da + 2 * kk),

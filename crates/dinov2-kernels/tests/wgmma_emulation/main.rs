@@ -428,20 +428,21 @@ fn the_emulated_expressions_are_the_kernels() {
                 "const uint32_t empty = full + GW_STAGES * 8;",
                 "const int n0 = blockIdx.x * GW_BN;",
                 "const uint32_t rank = CLUSTER == 1 ? 0 : cluster_ctarank();",
-                "if (tid == 0) { for (int s = 0; s < GW_STAGES; s++) { mbar_init(full + 8 * s, 1); \
-                 mbar_init(empty + 8 * s, CLUSTER * 2 * 128); } mbar_init_fence(); }",
-                "if (CLUSTER == 1) __syncthreads(); else cluster_sync(); if (wg == 0) {",
+                // init_stage_barriers, fill_stage, release_stage
+                "if (threadIdx.x == 0) { for (int s = 0; s < STAGES; s++) { mbar_init(full + 8 * s, 1); \
+                 mbar_init(empty + 8 * s, releases); } mbar_init_fence(); } \
+                 if (CLUSTER == 1) __syncthreads(); else cluster_sync(); }",
+                "constexpr int A_BYTES = GM_BM * GM_BK * 2; mbar_arrive_expect_tx(bar, GM_STAGE_BYTES(BN)); \
+                 tma_load_2d(stage, map_x, bar, k0, m0); if (CLUSTER == 1) { \
+                 tma_load_2d(stage + A_BYTES, map_w, bar, k0, n0); } else { constexpr int HALF = BN / 2; \
+                 tma_load_2d_multicast(stage + A_BYTES + rank * (HALF * 128), map_w, bar, k0, n0 + rank * HALF, 0x3); }",
+                "if (CLUSTER == 1) mbar_arrive(bar); else mbar_arrive_warp_here_and_there(bar, rank ^ 1);",
+                "init_stage_barriers<GW_STAGES, CLUSTER>(full, empty, CLUSTER * 2 * 128); if (wg == 0) {",
                 "setmaxnreg_dec<40>(); if (tid == 0) { \
                  for (int step = 0; step < steps; step++) { const int s = step % GW_STAGES; \
                  if (step >= GW_STAGES) mbar_wait(empty + 8 * s, ((step / GW_STAGES) - 1) & 1); \
-                 const uint32_t stage = base + s * STAGE_BYTES; \
-                 mbar_arrive_expect_tx(full + 8 * s, STAGE_BYTES); \
-                 tma_load_2d(stage, map_x, full + 8 * s, step * GM_BK, m0); \
-                 if (CLUSTER == 1) { tma_load_2d(stage + A_BYTES, map_w, full + 8 * s, step * GM_BK, n0); \
-                 } else { constexpr int HALF = GW_BN / 2; \
-                 tma_load_2d_multicast(stage + A_BYTES + rank * (HALF * 128), map_w, full + 8 * s, \
-                 step * GM_BK, n0 + rank * HALF, 0x3); } } } if (CLUSTER == 1) return; } else { \
-                 setmaxnreg_inc<232>();",
+                 fill_stage<GW_BN, CLUSTER>(base + s * STAGE_BYTES, full + 8 * s, map_x, map_w, step * GM_BK, \
+                 m0, n0, rank); } } if (CLUSTER == 1) return; } else { setmaxnreg_inc<232>();",
                 "if (CLUSTER == 2) cluster_sync(); }",
                 // the consumers
                 "const int c = wg - 1;",
@@ -475,19 +476,13 @@ fn the_emulated_expressions_are_the_kernels() {
                 "const int col_tiles = n / GP_BN;",
                 "const int units = ((m + GM_BM - 1) / GM_BM + CLUSTER - 1) / CLUSTER * col_tiles;",
                 "const int first = blockIdx.x / CLUSTER, stride = gridDim.x / CLUSTER;",
-                "if (tid == 0) { for (int s = 0; s < GP_STAGES; s++) { mbar_init(full + 8 * s, 1); \
-                 mbar_init(empty + 8 * s, CLUSTER * 128); } mbar_init_fence(); }",
+                "init_stage_barriers<GP_STAGES, CLUSTER>(full, empty, CLUSTER * 128);",
                 "int it = 0; for (int u = first; u < units; u += stride) { \
                  const int m0 = (u / col_tiles * CLUSTER + rank) * GM_BM, n0 = u % col_tiles * GP_BN; \
                  for (int step = 0; step < steps; step++, it++) { const int s = it % GP_STAGES; \
                  if (it >= GP_STAGES) mbar_wait(empty + 8 * s, ((it / GP_STAGES) - 1) & 1); \
-                 const uint32_t stage = base + s * STAGE_BYTES; \
-                 mbar_arrive_expect_tx(full + 8 * s, STAGE_BYTES); \
-                 tma_load_2d(stage, map_x, full + 8 * s, step * GM_BK, m0); \
-                 if (CLUSTER == 1) { tma_load_2d(stage + A_BYTES, map_w, full + 8 * s, step * GM_BK, n0); \
-                 } else { constexpr int HALF = GP_BN / 2; \
-                 tma_load_2d_multicast(stage + A_BYTES + rank * (HALF * 128), map_w, full + 8 * s, \
-                 step * GM_BK, n0 + rank * HALF, 0x3); } } } } if (CLUSTER == 1) return; } else {",
+                 fill_stage<GP_BN, CLUSTER>(base + s * STAGE_BYTES, full + 8 * s, map_x, map_w, \
+                 step * GM_BK, m0, n0, rank); } } } if (CLUSTER == 1) return; } else {",
                 "uint8_t* const out = out_tiles + c * GP_TILE_BYTES;",
                 "const int row = ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2);",
                 "for (int i = c; first + i * stride < units; i += 2) { const int u = first + i * stride; \
@@ -503,7 +498,6 @@ fn the_emulated_expressions_are_the_kernels() {
                 "if (first + (i + 1) * stride < units) named_barrier_arrive(2 + (c ^ 1), 2 * 128); \
                  wgmma_wait<0>(); fence_accumulators(d0); fence_accumulators(d1); \
                  release_stage<CLUSTER>(empty + 8 * ((i * steps + steps - 1) % GP_STAGES), rank);",
-                "if (CLUSTER == 1) mbar_arrive(bar); else mbar_arrive_warp_here_and_there(bar, rank ^ 1);",
                 "store_tile<T, GP_BN, 128>(out, y, m0, m, n, n0, tid & 127); } } \
                  // CLUSTER 2: neither CTA leaves while the other may still copy into it or \
                  arrive on its // barriers. if (CLUSTER == 2) cluster_sync(); }",
