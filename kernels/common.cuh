@@ -119,6 +119,25 @@ __device__ __forceinline__ float activate(float x, int act) {
     }
 }
 
+// Four consecutive elements as f32: one 16-byte (f32) or 8-byte (f16, bf16) access. The address
+// must be aligned to the access (the launchers check their buffers).
+__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+template <typename T> __device__ __forceinline__ float4 load4(const T* p) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    const float2 a = unpack2<T>(u.x), b = unpack2<T>(u.y);
+    return make_float4(a.x, a.y, b.x, b.y);
+}
+__device__ __forceinline__ void store4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+template <typename T> __device__ __forceinline__ void store4(T* p, float4 v) {
+    *reinterpret_cast<uint2*>(p) = make_uint2(pack2<T>(v.x, v.y), pack2<T>(v.z, v.w));
+}
+// Four values as a store of them to TX would leave them (rounded to 16 bits, or unchanged).
+__device__ __forceinline__ float4 round4(float4 v, const float*) { return v; }
+template <typename T> __device__ __forceinline__ float4 round4(float4 v, const T*) {
+    const float2 a = unpack2<T>(pack2<T>(v.x, v.y)), b = unpack2<T>(pack2<T>(v.z, v.w));
+    return make_float4(a.x, a.y, b.x, b.y);
+}
+
 // The shared-memory address of a generic pointer into shared memory.
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
     return (uint32_t)__cvta_generic_to_shared(p);

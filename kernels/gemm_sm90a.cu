@@ -102,6 +102,29 @@ __device__ __forceinline__ void store_tile(const uint8_t* tile, T* y, int m0, in
     }
 }
 
+// Or, as the residual update of a pre-norm block, the tile (the branch, rounded to T as it would
+// be written to memory) into the residual stream x [m][n]: x += gamma ⊙ branch, summed in f32
+// and rounded to X (f32, or T as the `_rx` kernels keep the stream), as add_scaled_layer_norm
+// computes it, in accesses of 4 elements (16 bytes of f32, 8 of T).
+template <typename T, typename X, int BN, int THREADS>
+__device__ __forceinline__ void store_tile_residual(const uint8_t* tile, X* x, const float* __restrict__ gamma,
+                                                    int m0, int m, int n, int n0, int t) {
+    constexpr int ROW_BYTES = BN * 2 + 16;
+    constexpr int QUADS = BN / 4;
+#pragma unroll 4
+    for (int i = t; i < GM_BM * QUADS; i += THREADS) {
+        const int r = i / QUADS, c = 4 * (i % QUADS);
+        if (m0 + r < m) {
+            X* xr = x + (size_t)(m0 + r) * n + n0 + c;
+            const float4 xv = load4(xr), gv = load4(gamma + n0 + c),
+                         bv = load4(reinterpret_cast<const T*>(tile + r * ROW_BYTES + c * 2));
+            store4(xr, round4(make_float4(xv.x + gv.x * bv.x, xv.y + gv.y * bv.y, xv.z + gv.z * bv.z,
+                                          xv.w + gv.w * bv.w),
+                              xr));
+        }
+    }
+}
+
 template <typename T, int ACT, int BN, int STAGES, int WAIT>
 __device__ __forceinline__ void gemm_body(const T* __restrict__ x, const T* __restrict__ w,
                                           const void* __restrict__ bias, int bias_f32,
@@ -359,10 +382,12 @@ __device__ __forceinline__ void mma_k_step_128rows(float (&d0)[GP_BN / 2], float
     wgmma_commit();
 }
 
-template <typename T, int ACT, int CLUSTER>
+// RES 0: y is the output [m][n] in T. RES 1 and 2: y is the residual stream [m][n] (f32, or T)
+// that the tile updates (store_tile_residual, gamma [n] f32); ACT is then the identity.
+template <typename T, int ACT, int CLUSTER, int RES>
 __device__ __forceinline__ void gemm_pp_body(const TmaMap* map_x, const TmaMap* map_w,
-                                             const void* __restrict__ bias, int bias_f32,
-                                             T* __restrict__ y, int m, int n, int k) {
+                                             const void* __restrict__ bias, int bias_f32, void* __restrict__ y,
+                                             const float* __restrict__ gamma, int m, int n, int k) {
     constexpr int A_BYTES = GM_BM * GM_BK * 2;
     constexpr int STAGE_BYTES = GM_STAGE_BYTES(GP_BN);
     extern __shared__ uint8_t smem_raw[];
@@ -439,7 +464,11 @@ __device__ __forceinline__ void gemm_pp_body(const TmaMap* map_x, const TmaMap* 
             stage_tile<T, ACT, GP_BN>(d0, out, row, tid & 31, bias, bias_f32, n0);
             stage_tile<T, ACT, GP_BN>(d1, out, 64 + row, tid & 31, bias, bias_f32, n0);
             named_barrier(4 + c, 128);
-            store_tile<T, GP_BN, 128>(out, y, m0, m, n, n0, tid & 127);
+            if (RES == 0) store_tile<T, GP_BN, 128>(out, static_cast<T*>(y), m0, m, n, n0, tid & 127);
+            else if (RES == 1)
+                store_tile_residual<T, float, GP_BN, 128>(out, static_cast<float*>(y), gamma, m0, m, n, n0,
+                                                          tid & 127);
+            else store_tile_residual<T, T, GP_BN, 128>(out, static_cast<T*>(y), gamma, m0, m, n, n0, tid & 127);
         }
     }
     // CLUSTER 2: neither CTA leaves while the other may still copy into it or arrive on its
@@ -479,14 +508,30 @@ __device__ __forceinline__ void gemm_pp_body(const TmaMap* map_x, const TmaMap* 
         gemm_##name##_##aname##_pp(const __grid_constant__ TmaMap map_x,                           \
                                    const __grid_constant__ TmaMap map_w, const void* bias,         \
                                    int bias_f32, T* y, int m, int n, int k) {                      \
-        gemm_pp_body<T, ACT, 1>(&map_x, &map_w, bias, bias_f32, y, m, n, k);                       \
+        gemm_pp_body<T, ACT, 1, 0>(&map_x, &map_w, bias, bias_f32, y, nullptr, m, n, k);           \
     }                                                                                              \
     extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(GP_THREADS, 1)          \
         gemm_##name##_##aname##_pp2(const __grid_constant__ TmaMap map_x,                          \
                                     const __grid_constant__ TmaMap map_w, const void* bias,        \
                                     int bias_f32, T* y, int m, int n, int k) {                     \
-        gemm_pp_body<T, ACT, 2>(&map_x, &map_w, bias, bias_f32, y, m, n, k);                       \
+        gemm_pp_body<T, ACT, 2, 0>(&map_x, &map_w, bias, bias_f32, y, nullptr, m, n, k);           \
     }
+// The same updating a residual stream x (f32: _res; T: _res_rx) with gamma ⊙ (x·wᵀ + bias):
+//   gemm_{f16,bf16}_res{,_rx}_{pp,pp2}(map_x, map_w, bias, bias_f32, x, gamma, m, n, k)
+#define GEMM_PP_RES_KERNEL(name, T, rname, RES, CLUSTER, tile, DIMS)                               \
+    extern "C" __global__ void DIMS __launch_bounds__(GP_THREADS, 1)                               \
+        gemm_##name##_##rname##_##tile(const __grid_constant__ TmaMap map_x,                       \
+                                       const __grid_constant__ TmaMap map_w, const void* bias,     \
+                                       int bias_f32, void* x, const float* gamma, int m, int n,    \
+                                       int k) {                                                    \
+        gemm_pp_body<T, ACT_IDENTITY, CLUSTER, RES>(&map_x, &map_w, bias, bias_f32, x, gamma, m, n, \
+                                                    k);                                            \
+    }
+#define GEMM_PP_RES_KERNELS(name, T)                                                               \
+    GEMM_PP_RES_KERNEL(name, T, res, 1, 1, pp, )                                                   \
+    GEMM_PP_RES_KERNEL(name, T, res_rx, 2, 1, pp, )                                                \
+    GEMM_PP_RES_KERNEL(name, T, res, 1, 2, pp2, __cluster_dims__(2, 1, 1))                         \
+    GEMM_PP_RES_KERNEL(name, T, res_rx, 2, 2, pp2, __cluster_dims__(2, 1, 1))
 #define GEMM_KERNELS(name, T, aname, ACT)                                                          \
     GEMM_SHAPES(name, T, aname, ACT)                                                               \
     GEMM_WS_KERNEL(name, T, aname, ACT)                                                            \
@@ -497,3 +542,5 @@ __device__ __forceinline__ void gemm_pp_body(const TmaMap* map_x, const TmaMap* 
     GEMM_KERNELS(name, T, gelu_tanh, ACT_GELU_TANH)
 GEMM_ACTS(f16, f16)
 GEMM_ACTS(bf16, bf16)
+GEMM_PP_RES_KERNELS(f16, f16)
+GEMM_PP_RES_KERNELS(bf16, bf16)

@@ -36,18 +36,6 @@ __device__ __forceinline__ void block_normalize_row(Load load, float s, int h, f
         yr[c] = from_f32<TY>((load(c) - mean) * inv * w[c] + b[c]);
 }
 
-// Four consecutive elements as f32: one 16-byte (f32) or 8-byte (f16, bf16) access. The address
-// must be aligned to the access (the launcher checks the buffers; h % 4 == 0 keeps rows aligned).
-__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
-template <typename T> __device__ __forceinline__ float4 load4(const T* p) {
-    const uint2 u = *reinterpret_cast<const uint2*>(p);
-    const float2 a = unpack2<T>(u.x), b = unpack2<T>(u.y);
-    return make_float4(a.x, a.y, b.x, b.y);
-}
-__device__ __forceinline__ void store4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
-template <typename T> __device__ __forceinline__ void store4(T* p, float4 v) {
-    *reinterpret_cast<uint2*>(p) = make_uint2(pack2<T>(v.x, v.y), pack2<T>(v.z, v.w));
-}
 
 // The LayerNorm of a row that one warp holds in 4-column groups, v[i] being columns
 // 4·(lane + 32·i) .. + 3 (zero past h) and `s` this lane's sum:
@@ -141,12 +129,6 @@ LAYER_NORM(bf16, bf16, bf16)
 LAYER_NORM(f32_f16, float, f16)
 LAYER_NORM(f32_bf16, float, bf16)
 
-// Four values as a store of them to TX would leave them (rounded to 16 bits, or unchanged).
-__device__ __forceinline__ float4 round4(float4 v, const float*) { return v; }
-template <typename T> __device__ __forceinline__ float4 round4(float4 v, const T*) {
-    const float2 a = unpack2<T>(pack2<T>(v.x, v.y)), b = unpack2<T>(pack2<T>(v.z, v.w));
-    return make_float4(a.x, a.y, b.x, b.y);
-}
 
 // x[r, c] += gamma[c] · branch[r, c] over rows·h elements.
 template <typename TX, typename TB>

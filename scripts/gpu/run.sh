@@ -303,7 +303,8 @@ main() {
     # unwinding aborts it) must not take the others' results with it. The rest then run
     # together, without them.
     local hopper=("kernels-gpu own_gemm_layout_probe" "kernels-gpu wgmma_attention_probe"
-        "kernels-gpu own_gemms_match_cpu" "model-cuda our_gemms_in_the_model_match_the_cpu")
+        "kernels-gpu own_gemms_match_cpu" "kernels-gpu residual_gemm_matches_the_two_passes"
+        "model-cuda our_gemms_in_the_model_match_the_cpu")
     local entry bin name skips=()
     local rc
     for entry in "${hopper[@]}"; do

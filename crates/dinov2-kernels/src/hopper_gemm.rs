@@ -257,6 +257,16 @@ fn tensor_map(ptr: u64, dtype: DType, rows: usize, k: usize, box_rows: usize) ->
     Ok(TensorMap(unsafe { map.assume_init() }))
 }
 
+/// Where one of our GEMMs writes: the output y, or (persistent kernels) the residual stream it
+/// updates with gamma ⊙ its product.
+enum OwnOut<'a> {
+    Y(&'a mut Buffer),
+    Residual {
+        stream: &'a mut Buffer,
+        gamma: &'a Buffer,
+    },
+}
+
 /// The `act` part of the kernel names, for the activations the epilogue has.
 fn act_name(act: Act) -> Option<&'static str> {
     match act {
@@ -372,17 +382,71 @@ impl Device {
             OwnGemm::Fused => act == Act::Gelu,
             OwnGemm::All => true,
         };
-        let t = x.dtype();
-        let (Some(act), Some(tile), true) = (
-            act_name(act),
-            choice.for_cols(n),
-            wanted && matches!(t, DType::F16 | DType::BF16),
-        ) else {
+        let (Some(act), Some(tile), true) = (act_name(act), choice.for_cols(n), wanted) else {
             return Ok(false);
         };
+        self.launch_own(x, w, bias, OwnOut::Y(y), act, tile, (m, n, k))
+    }
+
+    /// The kernel that would put the residual update of an `[n, k]` linear layer into its
+    /// epilogue ([`Device::linear_residual`]), if any: where the policy is [`OwnGemm::All`] with
+    /// [`OwnTile::PingPong`] or [`OwnTile::PingPong2`] and `k >= 2n`, a GEMM long enough for its
+    /// MMAs to hide the stream's reads and writes (the MLP's output, not the attention's). The
+    /// pointers and the shape's other limits are checked at the launch.
+    pub fn residual_gemm(&self, n: usize, k: usize) -> Option<OwnTile> {
+        let (policy, choice) = self.own_gemm();
+        let tile = choice.for_cols(n)?;
+        (policy == OwnGemm::All && tile.persistent() && k >= 2 * n && k % TILE_K == 0)
+            .then_some(tile)
+    }
+
+    /// [`Device::linear_residual`] on the kernel [`Device::residual_gemm`] names (shapes checked
+    /// by the caller).
+    pub(crate) fn own_linear_residual(
+        &self,
+        x: &Buffer,
+        w: &Buffer,
+        bias: Option<&Buffer>,
+        gamma: &Buffer,
+        stream: &mut Buffer,
+        (m, n, k): (usize, usize, usize),
+    ) -> Result<bool> {
+        let Some(tile) = self.residual_gemm(n, k) else {
+            return Ok(false);
+        };
+        let kind = if stream.dtype() == DType::F32 {
+            "res"
+        } else {
+            "res_rx"
+        };
+        let out = OwnOut::Residual { stream, gamma };
+        self.launch_own(x, w, bias, out, kind, tile, (m, n, k))
+    }
+
+    /// Launches `gemm_{t}_{kind}_{tile}` on x, w and bias into `out` where the shape and
+    /// pointers allow; `Ok(false)` (nothing queued) otherwise.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_own(
+        &self,
+        x: &Buffer,
+        w: &Buffer,
+        bias: Option<&Buffer>,
+        out: OwnOut,
+        kind: &str,
+        tile: OwnTile,
+        (m, n, k): (usize, usize, usize),
+    ) -> Result<bool> {
+        let t = x.dtype();
+        if !matches!(t, DType::F16 | DType::BF16) {
+            return Ok(false);
+        }
         let s = &self.stream;
-        let (xp, wp, yp) = (x.ptr(s), w.ptr(s), y.ptr(s));
-        let name = format!("gemm_{t}_{act}_{}", tile.suffix());
+        let (xp, wp) = (x.ptr(s), w.ptr(s));
+        let (yp, gamma) = match out {
+            OwnOut::Y(y) => (y.ptr(s), None),
+            OwnOut::Residual { stream, gamma } => (stream.ptr(s), Some(gamma.ptr(s))),
+        };
+        let name = format!("gemm_{t}_{kind}_{}", tile.suffix());
         let resident = match tile {
             OwnTile::PingPong2 => self.resident_clusters(&name, tile)?,
             _ => self.info().multiprocessors,
@@ -392,7 +456,7 @@ impl Device {
         }
         let grid = tile.grid(m, n, resident);
         let fits = k % TILE_K == 0
-            && [xp, wp, yp].iter().all(|p| p % 16 == 0)
+            && [xp, wp, yp].iter().chain(&gamma).all(|p| p % 16 == 0)
             && grid.1 <= 65535
             // The kernels' int tile and pipeline counters.
             && m.div_ceil(TILE_ROWS) * (n / tile.cols()) * (k / TILE_K) <= i32::MAX as usize
@@ -408,19 +472,18 @@ impl Device {
         } else {
             (Arg::Ptr(xp), Arg::Ptr(wp))
         };
-        let args = [
+        let mut args = vec![
             a,
             b,
             Arg::Ptr(bias.map_or(0, |b| b.ptr(s))),
             Arg::I32(i32::from(bias.is_some_and(|b| b.dtype() == DType::F32))),
             Arg::Ptr(yp),
-            Arg::I32(m as i32),
-            Arg::I32(n as i32),
-            Arg::I32(k as i32),
         ];
-        // SAFETY: x holds m·k, w n·k, y m·n elements of t and bias n (checked by the caller);
-        // the kernel reads and writes no more (rows past m are zero-filled and not stored; the
-        // tensor maps span exactly x and w).
+        args.extend(gamma.map(Arg::Ptr));
+        args.extend([m, n, k].map(|v| Arg::I32(v as i32)));
+        // SAFETY: x holds m·k, w n·k elements of t, bias and gamma n, the output (y or the
+        // stream) m·n (checked by the callers); the kernel reads and writes no more (rows past
+        // m are zero-filled and not stored; the tensor maps span exactly x and w).
         unsafe { self.launch(&name, grid, tile.threads(), tile.smem_bytes(), &args)? };
         Ok(true)
     }

@@ -346,6 +346,23 @@ fn residual_suffix(op: &'static str, x: &Buffer, t: DType, len: usize) -> Result
     Ok(suffix)
 }
 
+/// A GEMM's bias: none, or `[n]` in the operands' type `t` or f32.
+fn check_linear_bias(op: &'static str, bias: Option<&Buffer>, t: DType, n: usize) -> Result<()> {
+    match bias {
+        Some(b) if b.len() != n || !(b.dtype() == t || b.dtype() == DType::F32) => {
+            Err(KernelError::shape(
+                op,
+                format!(
+                    "bias is {} {:?}, expected [{n}] in {t} or f32",
+                    b.dtype(),
+                    b.shape()
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn i32_of(op: &'static str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| KernelError::shape(op, format!("size {v} exceeds i32")))
 }
@@ -382,6 +399,37 @@ impl Device {
         Ok(path)
     }
 
+    /// `stream += gamma ⊙ (x·wᵀ + bias)`, the residual update of a pre-norm block, in one of our
+    /// GEMM kernels' epilogue where [`Device::own_gemm`]'s policy and the shape allow (the
+    /// branch `x·wᵀ + bias` is then never written to memory): `Ok(true)`. Otherwise nothing is
+    /// queued and `Ok(false)`: the caller runs the product and the update as two operations.
+    /// Either way each element is the branch rounded to x's type, added in f32 and rounded to the
+    /// stream's type, as [`Device::linear`] then [`Device::add_scaled`] compute it. x `[m, k]` and
+    /// w `[n, k]` of one type, bias `[n]` of that type or f32, gamma `[n]` f32, the stream
+    /// `[m, n]` f32 or x's type.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_residual(
+        &self,
+        x: &Buffer,
+        w: &Buffer,
+        bias: Option<&Buffer>,
+        gamma: &Buffer,
+        stream: &mut Buffer,
+        (m, n, k): (usize, usize, usize),
+    ) -> Result<bool> {
+        const OP: &str = "linear_residual";
+        let t = float(OP, x)?;
+        expect(OP, "x", x, t, m * k)?;
+        expect(OP, "weight", w, t, n * k)?;
+        expect(OP, "gamma", gamma, DType::F32, n)?;
+        residual_suffix(OP, stream, t, m * n)?;
+        check_linear_bias(OP, bias, t, n)?;
+        if m == 0 || n == 0 || k == 0 {
+            return Ok(false);
+        }
+        self.own_linear_residual(x, w, bias, gamma, stream, (m, n, k))
+    }
+
     /// `y = x·wᵀ + bias` with `act` applied in the GEMM's epilogue where one can: returns the
     /// path and the activation still to apply ([`Act::Identity`] when it was fused).
     ///
@@ -405,18 +453,7 @@ impl Device {
         expect(OP, "x", x, t, m * k)?;
         expect(OP, "weight", w, t, n * k)?;
         expect(OP, "y", y, t, m * n)?;
-        if let Some(b) = bias {
-            if b.len() != n || !(b.dtype() == t || b.dtype() == DType::F32) {
-                return Err(KernelError::shape(
-                    OP,
-                    format!(
-                        "bias is {} {:?}, expected [{n}] in {t} or f32",
-                        b.dtype(),
-                        b.shape()
-                    ),
-                ));
-            }
-        }
+        check_linear_bias(OP, bias, t, n)?;
         if m == 0 || n == 0 {
             return Ok((GemmPath::GemmEx, Act::Identity));
         }

@@ -183,6 +183,12 @@ fn hopper_kernels() -> Vec<String> {
                 names.push(format!("gemm_{t}_{act}_{tile}"));
             }
         }
+        // The persistent kernels updating a residual stream (f32, or in t: _rx).
+        for kind in ["res", "res_rx"] {
+            for tile in ["pp", "pp2"] {
+                names.push(format!("gemm_{t}_{kind}_{tile}"));
+            }
+        }
         names.push(format!("attention_wg_{t}_d64"));
         names.push(format!("attention_wg2_{t}_d64"));
     }
@@ -388,7 +394,10 @@ fn kernel_signatures_match_the_launchers() {
         let by_tma = ["_tma", "_tma2", "_pp", "_pp2"]
             .iter()
             .any(|s| name.ends_with(s));
-        if name.starts_with("gemm_") && by_tma {
+        if name.starts_with("gemm_") && name.contains("_res") {
+            // x's and w's tensor maps, bias, bias_f32, the stream, gamma, m, n, k
+            assert_eq!(params, [MAP, MAP, P, I, P, P, I, I, I], "{name}");
+        } else if name.starts_with("gemm_") && by_tma {
             // x's and w's tensor maps, bias, bias_f32, y, m, n, k
             assert_eq!(params, [MAP, MAP, P, I, P, I, I, I], "{name}");
         } else if name.starts_with("gemm_") {

@@ -172,6 +172,84 @@ fn linear_gelu_tanh_matches_cpu() {
 /// (`x[r][c] = 1` where `c = (r + shift) % k`), and w's values encode their own (row, column), so
 /// each output names the weight it was made of. On a mismatch it prints the first outputs with
 /// the (n, k) they should and do encode, which tells a swizzle, descriptor or fragment-layout
+/// The residual update in the persistent GEMM's epilogue (`linear_residual`) leaves the stream
+/// and the LayerNorm after it bit for bit as the product and the fused update + LayerNorm do on
+/// the same kernel: the MLP's output layers of ViT-S/B/g at a partial row tile, both kernels,
+/// both stream types. It declines what it does not run: another policy, k < 2n.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn residual_gemm_matches_the_two_passes() {
+    let dev = device();
+    if dev.info().compute_capability != (9, 0) {
+        return;
+    }
+    let ones = |n: usize| upload(&dev, &vec![1.0; n], &[n], DType::F32);
+    for tile in [OwnTile::PingPong, OwnTile::PingPong2] {
+        for (m, n, k) in [(300, 384, 1536), (1031, 768, 3072), (130, 1536, 4096)] {
+            for dtype in [DType::F16, DType::BF16] {
+                let x = round(&random(m * k, 51, 1.0), dtype);
+                let w = round(&random(n * k, 52, (3.0 / k as f32).sqrt()), dtype);
+                let (xd, wd) = (
+                    upload(&dev, &x, &[m, k], dtype),
+                    upload(&dev, &w, &[n, k], dtype),
+                );
+                let bias = upload(&dev, &random(n, 53, 0.5), &[n], DType::F32);
+                let gamma = upload(&dev, &random(n, 54, 0.3), &[n], DType::F32);
+                let (norm_w, norm_b) = (ones(n), upload(&dev, &vec![0.0; n], &[n], DType::F32));
+                for stream_dtype in [DType::F32, dtype] {
+                    let what = format!("{tile:?} {dtype} stream {stream_dtype} m={m} n={n} k={k}");
+                    let stream = round(&random(m * n, 55, 2.0), stream_dtype);
+                    dev.set_own_gemm(OwnGemm::All, tile).unwrap();
+                    // Two passes: the product (on the same kernel), then update + LayerNorm.
+                    let mut branch = poisoned(&dev, dtype, &[m, n]);
+                    dev.linear_act(&xd, &wd, Some(&bias), &mut branch, (m, n, k), Act::Identity)
+                        .unwrap();
+                    let mut s1 = upload(&dev, &stream, &[m, n], stream_dtype);
+                    let mut y1 = poisoned(&dev, dtype, &[m, n]);
+                    dev.add_scaled_layer_norm(
+                        &mut s1, &branch, &gamma, &norm_w, &norm_b, &mut y1, m, n, 1e-6,
+                    )
+                    .unwrap();
+                    // One: the update in the epilogue, then the LayerNorm.
+                    let mut s2 = upload(&dev, &stream, &[m, n], stream_dtype);
+                    let fused = dev
+                        .linear_residual(&xd, &wd, Some(&bias), &gamma, &mut s2, (m, n, k))
+                        .unwrap();
+                    assert!(fused, "{what}: not fused");
+                    let mut y2 = poisoned(&dev, dtype, &[m, n]);
+                    dev.layer_norm(&s2, &norm_w, &norm_b, &mut y2, m, n, 1e-6)
+                        .unwrap();
+                    let (a, b) = (dev.download(&s1).unwrap(), dev.download(&s2).unwrap());
+                    let same = a
+                        .iter()
+                        .zip(&b)
+                        .filter(|(p, q)| p.to_bits() == q.to_bits())
+                        .count();
+                    assert_eq!(same, a.len(), "{what}: the streams differ");
+                    assert_eq!(
+                        dev.download(&y1).unwrap(),
+                        dev.download(&y2).unwrap(),
+                        "{what}: the LayerNorms differ"
+                    );
+                    // Declined: the attention's projection (k < 2n), another policy.
+                    let mut s3 = upload(&dev, &stream, &[m, n], stream_dtype);
+                    let short = (m, n, n);
+                    let xs = upload(&dev, &x[..m * n], &[m, n], dtype);
+                    let ws = upload(&dev, &w[..n * n], &[n, n], dtype);
+                    assert!(!dev
+                        .linear_residual(&xs, &ws, Some(&bias), &gamma, &mut s3, short)
+                        .unwrap());
+                    dev.set_own_gemm(OwnGemm::Fused, tile).unwrap();
+                    assert!(!dev
+                        .linear_residual(&xd, &wd, Some(&bias), &gamma, &mut s3, (m, n, k))
+                        .unwrap());
+                }
+            }
+        }
+    }
+    dev.set_own_gemm(OwnGemm::Off, OwnTile::N128).unwrap();
+}
+
 /// mistake apart (a device run is short; this says what to fix without another one).
 #[test]
 #[ignore = "needs a CUDA device"]

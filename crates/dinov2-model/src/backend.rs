@@ -240,6 +240,26 @@ pub trait Backend: Send + Sync {
         self.add_scaled(x, branch, gamma)?;
         self.layer_norm(x, weight, bias, eps)
     }
+    /// `x += gamma ⊙ (h · wᵀ + b)`, then `LayerNorm(x)` with `norm_weight` and `norm_bias`: a
+    /// pre-norm block's output projection, its residual update and the next norm. `h` is
+    /// consumed, so that it is freed as soon as the product has read it. Backends that can put
+    /// the residual update into the product override it.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_add_scaled_layer_norm(
+        &self,
+        x: &mut Self::Tensor,
+        h: Self::Tensor,
+        weight: &Self::Weight,
+        bias: Option<&Self::Weight>,
+        gamma: &Self::Weight,
+        norm_weight: &Self::Weight,
+        norm_bias: &Self::Weight,
+        eps: f64,
+    ) -> Result<Self::Tensor> {
+        let branch = self.linear(&h, weight, bias, Activation::Identity)?;
+        drop(h);
+        self.add_scaled_layer_norm(x, &branch, gamma, norm_weight, norm_bias, eps)
+    }
 }
 
 /// Where a model runs: the CPU, or a CUDA GPU by ordinal. Parsed from `cpu`, `cuda` (GPU 0) or

@@ -789,6 +789,51 @@ impl Backend for CudaBackend {
             Ok(CudaTensor::new(y))
         })
     }
+
+    /// The residual update in our persistent GEMM's epilogue where the device runs it
+    /// ([`Device::linear_residual`]: the branch is never written), then the LayerNorm; else the
+    /// product, then the fused update + LayerNorm. The same values either way.
+    fn linear_add_scaled_layer_norm(
+        &self,
+        x: &mut CudaTensor,
+        h: CudaTensor,
+        weight: &CudaWeight,
+        bias: Option<&CudaWeight>,
+        gamma: &CudaWeight,
+        norm_weight: &CudaWeight,
+        norm_bias: &CudaWeight,
+        eps: f64,
+    ) -> Result<CudaTensor> {
+        let h = {
+            let compute = self.in_compute(&h)?;
+            drop(h);
+            compute
+        };
+        let (n, k) = (weight.shape()[0], weight.shape()[1]);
+        let fusable = self.device.residual_gemm(n, k).is_some();
+        let fused = fusable
+            && self.device.profile_op("gemm_residual", || {
+                let rows = h.rows();
+                let dev = self.device.clone();
+                let stream = self.residual(x)?;
+                dev.linear_residual(
+                    &h.buf,
+                    &weight.main,
+                    bias.map(|b| &b.main),
+                    gamma.as_f32(),
+                    stream,
+                    (rows, n, k),
+                )
+                .map_err(|e| self.err(e))
+            })?;
+        if fused {
+            drop(h);
+            return self.layer_norm(x, norm_weight, norm_bias, eps);
+        }
+        let branch = self.linear(&h, weight, bias, Activation::Identity)?;
+        drop(h);
+        self.add_scaled_layer_norm(x, &branch, gamma, norm_weight, norm_bias, eps)
+    }
 }
 
 /// The row length of the patch weight on the device: `C·p·p` rounded up to a multiple of 8, so

@@ -258,21 +258,23 @@ impl<B: Backend> Dinov2<B> {
         drop(y);
         let (attended, probs) = be.attention(&qkv, self.config.num_attention_heads, want_probs)?;
         drop(qkv);
-        let a = be.linear(
-            &attended,
-            &layer.proj.weight,
-            layer.proj.bias.as_ref(),
-            Activation::Identity,
+        let (proj, n2) = (&layer.proj, &layer.norm2);
+        let y = be.linear_add_scaled_layer_norm(
+            x,
+            attended,
+            &proj.weight,
+            proj.bias.as_ref(),
+            &layer.layer_scale1,
+            &n2.weight,
+            &n2.bias,
+            eps,
         )?;
-        drop(attended);
-        let n2 = &layer.norm2;
-        let y = be.add_scaled_layer_norm(x, &a, &layer.layer_scale1, &n2.weight, &n2.bias, eps)?;
-        drop(a);
-        let f = match &layer.ffn {
+        // The MLP's hidden activations, and its output layer.
+        let (hidden, out) = match &layer.ffn {
             Ffn::Mlp { fc1, fc2 } => {
                 let u = be.linear(&y, &fc1.weight, fc1.bias.as_ref(), self.config.hidden_act)?;
                 drop(y);
-                be.linear(&u, &fc2.weight, fc2.bias.as_ref(), Activation::Identity)?
+                (u, fc2)
             }
             Ffn::SwiGlu {
                 weights_in,
@@ -287,16 +289,19 @@ impl<B: Backend> Dinov2<B> {
                 drop(y);
                 let g = be.swiglu(&z)?;
                 drop(z);
-                be.linear(
-                    &g,
-                    &weights_out.weight,
-                    weights_out.bias.as_ref(),
-                    Activation::Identity,
-                )?
+                (g, weights_out)
             }
         };
-        let y_next =
-            be.add_scaled_layer_norm(x, &f, &layer.layer_scale2, &next.weight, &next.bias, eps)?;
+        let y_next = be.linear_add_scaled_layer_norm(
+            x,
+            hidden,
+            &out.weight,
+            out.bias.as_ref(),
+            &layer.layer_scale2,
+            &next.weight,
+            &next.bias,
+            eps,
+        )?;
         Ok((y_next, probs))
     }
 

@@ -184,6 +184,34 @@ fn store_tile(
     }
 }
 
+/// `store_tile_residual<T, X, BN, THREADS>` for thread `t` of `threads`: the tile (the branch)
+/// into the residual stream `y`, y += gamma ⊙ branch, in groups of 4 columns.
+fn store_tile_residual(
+    b: &Block,
+    p: &Gemm,
+    (bn, threads): (usize, usize),
+    tile: u32,
+    y: &mut [f32],
+    gamma: &[f32],
+    (m0, n0): (usize, usize),
+    t: usize,
+) {
+    let (m, n) = (p.m, p.n);
+    let row_bytes = (bn * 2 + 16) as u32;
+    let quads = bn / 4;
+    for i in (t..GM_BM * quads).step_by(threads) {
+        let r = i / quads;
+        let c = 4 * (i % quads);
+        if m0 + r < m {
+            for e in 0..4 {
+                let branch = b.read(tile + r as u32 * row_bytes + ((c + e) * 2) as u32);
+                let at = (m0 + r) * n + n0 + c + e;
+                y[at] += gamma[n0 + c + e] * branch;
+            }
+        }
+    }
+}
+
 /// GW_BN, GW_STAGES, GW_THREADS: the warp-specialized kernel's tile columns, stages, threads.
 pub const GW_BN: usize = 256;
 pub const GW_STAGES: usize = 4;
@@ -490,7 +518,14 @@ pub const GP_THREADS: usize = 384;
 /// as threads of their own, the copies landing as soon as they are issued (multicast: in every
 /// CTA of the mask) and the MMAs reading shared memory at the wait that retires them. The named
 /// barriers of one warpgroup alone (4 + c) are no-ops here: a warpgroup's threads are one actor.
-pub fn gemm_pp_cluster(p: &Gemm, cluster: usize, y: &mut [f32], first: usize, stride: usize) {
+/// With `gamma` (RES 1, 2), `y` is the residual stream the tiles update (`p.act` the identity).
+pub fn gemm_pp_cluster(
+    p: &Gemm,
+    cluster: usize,
+    y: &mut [f32],
+    gamma: Option<&[f32]>,
+    (first, stride): (usize, usize),
+) {
     let (m, n, k) = (p.m, p.n, p.k);
     let a_bytes = (GM_BM * GM_BK * 2) as u32;
     let stage_bytes = ((GM_BM + GP_BN) * GM_BK * 2) as u32;
@@ -615,8 +650,14 @@ pub fn gemm_pp_cluster(p: &Gemm, cluster: usize, y: &mut [f32], first: usize, st
                                 stage_tile(b, p, GP_BN, d1, tid % 128, out, 64 + row, tid & 31, n0);
                             }
                             for tid in 128 * (c + 1)..128 * (c + 2) {
-                                let b = &sh.ctas[rank].b;
-                                store_tile(b, p, GP_BN, 128, out, sh.y, m0, n0, tid & 127);
+                                let (b, t) = (&sh.ctas[rank].b, tid & 127);
+                                match gamma {
+                                    None => store_tile(b, p, GP_BN, 128, out, sh.y, m0, n0, t),
+                                    Some(g) => {
+                                        let at = (m0, n0);
+                                        store_tile_residual(b, p, (GP_BN, 128), out, sh.y, g, at, t)
+                                    }
+                                }
                             }
                         });
                         i += 2;

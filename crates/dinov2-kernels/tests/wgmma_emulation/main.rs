@@ -203,7 +203,7 @@ fn the_emulated_persistent_gemm_is_a_linear_layer() {
                 let units = m.div_ceil(GM_BM).div_ceil(cluster) * (n / GP_BN);
                 let clusters = units.min(usize::div_ceil(blocks, cluster));
                 for first in 0..clusters {
-                    gemm_pp_cluster(&p, cluster, &mut y, first, clusters);
+                    gemm_pp_cluster(&p, cluster, &mut y, None, (first, clusters));
                 }
                 let what = format!(
                     "persistent cluster {cluster} m={m} n={n} k={k} clusters={clusters} \
@@ -211,6 +211,44 @@ fn the_emulated_persistent_gemm_is_a_linear_layer() {
                 );
                 check_linear(&what, &y, &p);
             }
+        }
+    }
+}
+
+#[test]
+fn the_emulated_persistent_gemm_updates_a_residual_stream() {
+    // The MLP's output layer's shapes (k >= 2n), several tiles a block, a partial row tile.
+    for (m, n, k, blocks) in [(130, 256, 512, 3), (200, 128, 320, 1), (300, 384, 768, 132)] {
+        let x = random(m * k, (m + k) as u64);
+        let w = random(n * k, (n * 5 + k) as u64);
+        let bias = random(n, n as u64 + 3);
+        let gamma = random(n, n as u64 + 4);
+        let stream = random(m * n, (m * n) as u64);
+        let p = Gemm {
+            x: &x,
+            w: &w,
+            bias: Some(&bias[..]),
+            act: |x| x,
+            m,
+            n,
+            k,
+        };
+        let branch = linear_reference(&p);
+        let want: Vec<f64> = (0..m * n)
+            .map(|i| stream[i] as f64 + gamma[i % n] as f64 * branch[i])
+            .collect();
+        for cluster in [1, 2] {
+            let mut y = stream.clone();
+            let units = m.div_ceil(GM_BM).div_ceil(cluster) * (n / GP_BN);
+            let clusters = units.min(usize::div_ceil(blocks, cluster));
+            for first in 0..clusters {
+                gemm_pp_cluster(&p, cluster, &mut y, Some(&gamma), (first, clusters));
+            }
+            let err = rel_l2(&y, &want);
+            assert!(
+                err < 1e-6,
+                "residual cluster {cluster} m={m} n={n} k={k}: rel L2 {err:.2e}"
+            );
         }
     }
 }
@@ -498,15 +536,32 @@ fn the_emulated_expressions_are_the_kernels() {
                 "if (first + (i + 1) * stride < units) named_barrier_arrive(2 + (c ^ 1), 2 * 128); \
                  wgmma_wait<0>(); fence_accumulators(d0); fence_accumulators(d1); \
                  release_stage<CLUSTER>(empty + 8 * ((i * steps + steps - 1) % GP_STAGES), rank);",
-                "store_tile<T, GP_BN, 128>(out, y, m0, m, n, n0, tid & 127); } } \
+                "gamma, m0, m, n, n0, tid & 127); } } \
                  // CLUSTER 2: neither CTA leaves while the other may still copy into it or \
                  arrive on its // barriers. if (CLUSTER == 2) cluster_sync(); }",
-                "gemm_pp_body<T, ACT, 2>(&map_x, &map_w, bias, bias_f32, y, m, n, k);",
                 "extern \"C\" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(GP_THREADS, 1)",
                 "named_barrier(4 + c, 128); stage_tile<T, ACT, GP_BN>(d0, out, row, tid & 31, bias, bias_f32, n0); \
                  stage_tile<T, ACT, GP_BN>(d1, out, 64 + row, tid & 31, bias, bias_f32, n0); \
-                 named_barrier(4 + c, 128); store_tile<T, GP_BN, 128>(out, y, m0, m, n, n0, tid & 127);",
-                "gemm_pp_body<T, ACT, 1>(&map_x, &map_w, bias, bias_f32, y, m, n, k);",
+                 named_barrier(4 + c, 128);",
+                "gemm_pp_body<T, ACT, 1, 0>(&map_x, &map_w, bias, bias_f32, y, nullptr, m, n, k);",
+                "gemm_pp_body<T, ACT, 2, 0>(&map_x, &map_w, bias, bias_f32, y, nullptr, m, n, k);",
+                "gemm_pp_body<T, ACT_IDENTITY, CLUSTER, RES>(&map_x, &map_w, bias, bias_f32, x, gamma, m, n,",
+                "GEMM_PP_RES_KERNEL(name, T, res, 1, 1, pp, )",
+                "GEMM_PP_RES_KERNEL(name, T, res_rx, 2, 1, pp, )",
+                "GEMM_PP_RES_KERNEL(name, T, res, 1, 2, pp2, __cluster_dims__(2, 1, 1))",
+                "GEMM_PP_RES_KERNEL(name, T, res_rx, 2, 2, pp2, __cluster_dims__(2, 1, 1))",
+                // store_tile_residual
+                "constexpr int QUADS = BN / 4;",
+                "for (int i = t; i < GM_BM * QUADS; i += THREADS) { const int r = i / QUADS, c = 4 * (i % QUADS); \
+                 if (m0 + r < m) { X* xr = x + (size_t)(m0 + r) * n + n0 + c; \
+                 const float4 xv = load4(xr), gv = load4(gamma + n0 + c), \
+                 bv = load4(reinterpret_cast<const T*>(tile + r * ROW_BYTES + c * 2)); \
+                 store4(xr, round4(make_float4(xv.x + gv.x * bv.x, xv.y + gv.y * bv.y, xv.z + gv.z * bv.z, \
+                 xv.w + gv.w * bv.w), xr)); } }",
+                "if (RES == 0) store_tile<T, GP_BN, 128>(out, static_cast<T*>(y), m0, m, n, n0, tid & 127); \
+                 else if (RES == 1) store_tile_residual<T, float, GP_BN, 128>(out, static_cast<float*>(y), \
+                 gamma, m0, m, n, n0, tid & 127); else store_tile_residual<T, T, GP_BN, 128>(out, \
+                 static_cast<T*>(y), gamma, m0, m, n, n0, tid & 127); } }",
                 "GEMM_PP_KERNEL(name, T, aname, ACT)",
                 "GEMM_KERNEL(name, T, aname, ACT, 128, 3, 0, 2)",
                 "GEMM_KERNEL(name, T, aname, ACT, 256, 4, 1, 1)",
