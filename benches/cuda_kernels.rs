@@ -122,6 +122,82 @@ fn gemms(c: &mut Criterion, dev: &Device) {
     g.finish();
 }
 
+/// ViT-B/14's MLP output with its residual update and the next LayerNorm (f32 stream), on an
+/// H100/H200: as two passes (the GEMM on cuBLASLt, `…/two_passes`, or on our persistent kernel,
+/// `…/two_passes_pp`: then `add_scaled_layer_norm`), and with the update in the persistent
+/// kernel's epilogue (`…/fused_pp`, `…/fused_pp2`: then `layer_norm`).
+fn residual_updates(c: &mut Criterion, dev: &Device) {
+    if dev.set_own_gemm(OwnGemm::Off, OwnTile::N128).is_err()
+        || std::env::var("DINOV2_BENCH_SKIP_TMA").is_ok_and(|v| v == "1")
+    {
+        return;
+    }
+    let mut g = c.benchmark_group("linear_f16");
+    let (k, n) = (4 * HIDDEN, HIDDEN);
+    let x = buffer(dev, &[ROWS, k], T, 5);
+    let scale = (k as f32).sqrt().recip();
+    let w: Vec<f32> = values(n * k, 6).iter().map(|v| v * scale).collect();
+    let w = dev.upload(&w, &[n, k], T).expect("device memory");
+    let b = buffer(dev, &[n], T, 7);
+    let gamma = buffer(dev, &[n], DType::F32, 8);
+    let (norm_w, norm_b) = (
+        buffer(dev, &[n], DType::F32, 9),
+        buffer(dev, &[n], DType::F32, 10),
+    );
+    let mut stream = buffer(dev, &[ROWS, n], DType::F32, 11);
+    let mut branch = dev.alloc(T, &[ROWS, n]).expect("device memory");
+    let mut y = dev.alloc(T, &[ROWS, n]).expect("device memory");
+    g.throughput(Throughput::Elements((2 * ROWS * k * n) as u64));
+    for (suffix, tile, fused) in [
+        ("two_passes", None, false),
+        ("two_passes_pp", Some(OwnTile::PingPong), false),
+        ("fused_pp", Some(OwnTile::PingPong), true),
+        ("fused_pp2", Some(OwnTile::PingPong2), true),
+    ] {
+        let policy = if tile.is_some() {
+            OwnGemm::All
+        } else {
+            OwnGemm::Off
+        };
+        dev.set_own_gemm(policy, tile.unwrap_or(OwnTile::N128))
+            .expect("sm_90 device");
+        let name = format!("vitb14/fc2_residual_ln/{ROWS}x{k}x{n}/{suffix}");
+        g.bench_function(name, |bench| {
+            bench.iter_custom(|iters| {
+                timed(dev, iters, || {
+                    let shape = (ROWS, n, k);
+                    if fused {
+                        let done = dev
+                            .linear_residual(&x, &w, Some(&b), &gamma, &mut stream, shape)
+                            .expect("linear_residual");
+                        assert!(done, "the residual update was not fused");
+                        dev.layer_norm(&stream, &norm_w, &norm_b, &mut y, ROWS, n, 1e-6)
+                            .expect("layer_norm");
+                    } else {
+                        dev.linear_act(&x, &w, Some(&b), &mut branch, shape, Act::Identity)
+                            .expect("linear");
+                        dev.add_scaled_layer_norm(
+                            &mut stream,
+                            &branch,
+                            &gamma,
+                            &norm_w,
+                            &norm_b,
+                            &mut y,
+                            ROWS,
+                            n,
+                            1e-6,
+                        )
+                        .expect("add_scaled_layer_norm");
+                    }
+                })
+            })
+        });
+    }
+    dev.set_own_gemm(OwnGemm::Off, OwnTile::N128)
+        .expect("sm_90 device");
+    g.finish();
+}
+
 /// ViT-B/14 at 518 px: 1370 tokens, and a batch that keeps the work near the 224-px case's.
 const HIGH_RES: (usize, usize) = (32, 1370);
 
@@ -398,6 +474,7 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     ceiling(&mut c, &dev);
     gemms(&mut c, &dev);
+    residual_updates(&mut c, &dev);
     attention(&mut c, &dev, "vitb14", (BATCH, TOKENS));
     attention(&mut c, &dev, "vitb14_518px", HIGH_RES);
     attention_probs(&mut c, &dev);
