@@ -309,13 +309,11 @@ impl Device {
             modules,
             functions: Mutex::new(HashMap::new()),
             blas,
-            attention_choice: AttentionChoice::from_env(code == CodeKind::CubinSm90),
-            profile: std::env::var("DINOV2_PROFILE")
-                .is_ok_and(|v| v == "1")
-                .then(Default::default),
+            attention_choice: AttentionChoice::from_env(code == CodeKind::CubinSm90)?,
+            profile: crate::flag("DINOV2_PROFILE", false)?.then(Default::default),
             placement: Mutex::new(Placement::Pool),
             arena: Mutex::new(Weak::new()),
-            own_gemm: OwnGemmState::from_env(code),
+            own_gemm: OwnGemmState::from_env(code)?,
             info,
         })
     }

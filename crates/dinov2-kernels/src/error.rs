@@ -24,6 +24,9 @@ pub enum KernelError {
     /// A valid request this crate does not implement.
     #[error("{0}")]
     Unsupported(String),
+    /// An environment switch set to a value it does not take.
+    #[error("{0}")]
+    Switch(String),
 }
 
 impl KernelError {

@@ -79,6 +79,10 @@ pub const TUNE_CANDIDATES: usize = 8;
 /// Timed runs per candidate (after one untimed run).
 const TUNE_REPEATS: usize = 5;
 
+/// The values `DINOV2_GEMM` takes: `gemmex` (here: `cublasGemmEx` instead of cuBLASLt), and
+/// `fused` and `own` (our Hopper GEMMs: `OwnGemm`).
+pub(crate) const GEMM_SWITCH: [&str; 3] = ["fused", "own", "gemmex"];
+
 /// `DINOV2_GEMM_TUNE`, read once per device: whether new large shapes are tuned (`1` or
 /// `log`), and whether the timings are printed (`log`).
 #[derive(Debug, Clone, Copy)]
@@ -88,21 +92,12 @@ struct Tuning {
 }
 
 impl Tuning {
-    fn from_env() -> Self {
-        match std::env::var("DINOV2_GEMM_TUNE").as_deref() {
-            Ok("1") => Tuning {
-                on: true,
-                log: false,
-            },
-            Ok("log") => Tuning {
-                on: true,
-                log: true,
-            },
-            _ => Tuning {
-                on: false,
-                log: false,
-            },
-        }
+    fn from_env() -> Result<Self> {
+        let value = crate::switch("DINOV2_GEMM_TUNE", &["0", "1", "log"])?;
+        Ok(Tuning {
+            on: matches!(value, Some("1" | "log")),
+            log: value == Some("log"),
+        })
     }
 }
 
@@ -198,13 +193,13 @@ impl Blas {
                 });
             }
         }
-        let want_lt = std::env::var("DINOV2_GEMM").map_or(true, |v| v != "gemmex");
+        let want_lt = crate::switch("DINOV2_GEMM", &GEMM_SWITCH)? != Some("gemmex");
         let lt = if want_lt {
             let handle = lres::create_handle().map_err(lt_err("creating a cuBLASLt handle"))?;
             Some(Lt {
                 handle,
                 plans: HashMap::new(),
-                tuning: Tuning::from_env(),
+                tuning: Tuning::from_env()?,
             })
         } else {
             None

@@ -136,7 +136,7 @@ impl OwnTile {
 
     /// Whether a block stays resident and walks the tiles (a 1-D grid of at most the blocks or
     /// clusters that fit on the device at once).
-    fn persistent(self) -> bool {
+    pub fn persistent(self) -> bool {
         matches!(self, OwnTile::PingPong | OwnTile::PingPong2)
     }
 
@@ -286,20 +286,20 @@ impl OwnGemmState {
     /// From `DINOV2_GEMM` (`fused`, `own`) and `DINOV2_GEMM_TILE` (`128`, the default, `256`,
     /// `tma`, `tma2`, `pp`); off where the kernels are not loaded (compute capability other
     /// than 9.0).
-    pub(crate) fn from_env(code: CodeKind) -> Self {
-        let policy = match std::env::var("DINOV2_GEMM").unwrap_or_default().as_str() {
+    pub(crate) fn from_env(code: CodeKind) -> Result<Self> {
+        let policy = match crate::switch("DINOV2_GEMM", &crate::gemm::GEMM_SWITCH)? {
             _ if code != CodeKind::CubinSm90 => OwnGemm::Off,
-            "fused" => OwnGemm::Fused,
-            "own" => OwnGemm::All,
+            Some("fused") => OwnGemm::Fused,
+            Some("own") => OwnGemm::All,
             _ => OwnGemm::Off,
         };
-        let tile = std::env::var("DINOV2_GEMM_TILE")
-            .ok()
-            .and_then(|name| OwnTile::from_env_name(&name))
+        let names = OwnTile::ALL.map(OwnTile::env_name);
+        let tile = crate::switch("DINOV2_GEMM_TILE", &names)?
+            .and_then(OwnTile::from_env_name)
             .unwrap_or(OwnTile::N128);
         let state = OwnGemmState(AtomicU8::new(0), AtomicU32::new(0));
         state.set(policy, tile);
-        state
+        Ok(state)
     }
 
     fn set(&self, policy: OwnGemm, tile: OwnTile) {

@@ -33,6 +33,7 @@ mod hopper_gemm;
 mod ops;
 mod probs;
 mod profile;
+mod switches;
 
 pub use arena::MemoryPlan;
 pub use buffer::{Buffer, DType};
@@ -43,3 +44,4 @@ pub use graph::{Graph, Recorder, RecordingMemory};
 pub use hopper_gemm::{OwnGemm, OwnTile};
 pub use ops::{Act, MAX_HEAD_DIM};
 pub use profile::OpTime;
+pub use switches::{flag, switch};

@@ -83,17 +83,15 @@ impl AttentionChoice {
     }
 
     /// From `DINOV2_ATTENTION`; `wgmma` only where the sm_90a kernels are loaded (`hopper`).
-    pub(crate) fn from_env(hopper: bool) -> Self {
-        match std::env::var("DINOV2_ATTENTION")
-            .unwrap_or_default()
-            .as_str()
-        {
-            "simple" => AttentionChoice::Simple,
-            "r128" => AttentionChoice::Wide,
-            "wgmma" if hopper => AttentionChoice::Wgmma,
-            "wgmma2" if hopper => AttentionChoice::Wgmma2,
+    pub(crate) fn from_env(hopper: bool) -> Result<Self> {
+        let choices = ["flash", "simple", "r128", "wgmma", "wgmma2"];
+        Ok(match crate::switch("DINOV2_ATTENTION", &choices)? {
+            Some("simple") => AttentionChoice::Simple,
+            Some("r128") => AttentionChoice::Wide,
+            Some("wgmma") if hopper => AttentionChoice::Wgmma,
+            Some("wgmma2") if hopper => AttentionChoice::Wgmma2,
             _ => AttentionChoice::Flash,
-        }
+        })
     }
 }
 

@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 use dinov2_checkpoint::Activation;
 use dinov2_kernels::{
-    Act, Buffer, DType, Device, Graph, KernelError, OwnGemm, OwnTile, Recorder, RecordingMemory,
+    flag, switch, Act, Buffer, DType, Device, Graph, KernelError, OwnGemm, OwnTile, Recorder,
+    RecordingMemory,
 };
 
 use crate::backend::{Backend, Dtype, OpTime, TokenParams};
@@ -134,7 +135,12 @@ fn gemm_details((policy, tile): (OwnGemm, OwnTile), fast_gelu: bool) -> String {
                 OwnTile::N128 | OwnTile::N256 => "",
             };
             let cols = tile.cols();
-            format!("ours (sm_90a, {kind}128x{cols} tiles) {scope}, else cublasLt")
+            let residual = if policy == OwnGemm::All && tile.persistent() {
+                "; the MLP's residual update in its output layer's epilogue"
+            } else {
+                ""
+            };
+            format!("ours (sm_90a, {kind}128x{cols} tiles) {scope}, else cublasLt{residual}")
         }
     };
     if fast_gelu {
@@ -190,23 +196,26 @@ impl CudaBackend {
     /// see `dinov2_kernels::OwnGemm`. Off by default until measured on a GPU.
     pub fn new(ordinal: usize, dtype: Dtype) -> Result<Self> {
         let name = format!("cuda:{ordinal}");
-        let device = Device::new(ordinal).map_err(|e| ModelError::Backend {
+        let setting = |e: KernelError| ModelError::Backend {
             backend: name.clone(),
             reason: e.to_string(),
-        })?;
+        };
+        let device = Device::new(ordinal).map_err(&setting)?;
+        // Events cannot time the inside of a recording: profiling runs every pass eagerly.
+        let graphs = flag("DINOV2_CUDA_GRAPHS", true).map_err(&setting)? && !device.profiling();
+        let fast_gelu = flag("DINOV2_FAST_GELU", false).map_err(&setting)?;
+        let planned_memory = flag("DINOV2_PLANNED_MEMORY", true).map_err(&setting)?;
+        let residual = match switch("DINOV2_RESIDUAL", &["f32", "compute"]).map_err(&setting)? {
+            Some("compute") => kernel_dtype(dtype),
+            _ => DType::F32,
+        };
         Ok(CudaBackend {
             dtype,
             name,
-            // Events cannot time the inside of a recording: profiling runs every pass eagerly.
-            graphs: std::env::var("DINOV2_CUDA_GRAPHS").map_or(true, |v| v != "0")
-                && !device.profiling(),
-            fast_gelu: std::env::var("DINOV2_FAST_GELU").is_ok_and(|v| v == "1"),
-            planned_memory: std::env::var("DINOV2_PLANNED_MEMORY").map_or(true, |v| v != "0"),
-            residual: if std::env::var("DINOV2_RESIDUAL").is_ok_and(|v| v == "compute") {
-                kernel_dtype(dtype)
-            } else {
-                DType::F32
-            },
+            graphs,
+            fast_gelu,
+            planned_memory,
+            residual,
             device: Arc::new(device),
         })
     }
