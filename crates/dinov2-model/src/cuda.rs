@@ -116,8 +116,9 @@ impl CudaWeight {
 }
 
 /// Which GEMMs run where, for reports: `cublasLt`, or our Hopper kernels for `fused` (the
-/// linear layers followed by the exact GELU) or `all` of them, with their tile width; `fast
-/// GELU` when `DINOV2_FAST_GELU=1`.
+/// linear layers followed by the exact GELU) or `all` of them, with their tile width, and
+/// whether the MLP's residual update runs in a GEMM's epilogue; `fast GELU` when
+/// `DINOV2_FAST_GELU=1`.
 fn gemm_details((policy, tile): (OwnGemm, OwnTile), fast_gelu: bool) -> String {
     let ours = match policy {
         OwnGemm::Off => None,
