@@ -140,32 +140,16 @@ fn the_emulated_tma_gemm_is_a_linear_layer() {
         (129, 256, 704),
         (70, 768, 64),
     ];
-    for (m, n, k) in shapes {
-        let x = random(m * k, (m * 5 + k) as u64);
-        let w = random(n * k, (n * 11 + k) as u64);
-        let bias = random(n, n as u64 + 1);
-        for (with_bias, act) in [(true, gelu_tanh as fn(f32) -> f32), (false, |x| x)] {
-            let p = Gemm {
-                x: &x,
-                w: &w,
-                bias: with_bias.then_some(&bias[..]),
-                act,
-                m,
-                n,
-                k,
-            };
-            for cluster in [1, 2] {
-                let mut y = vec![f32::NAN; m * n];
-                // Whole clusters along M (the launcher rounds the grid up).
-                for pair in 0..m.div_ceil(GM_BM).div_ceil(cluster) {
-                    for bx in 0..n / GW_BN {
-                        gemm_ws_cluster(&p, cluster, &mut y, (bx, pair));
-                    }
+    for shape in shapes {
+        check_tma_gemm(shape, |p, cluster, y| {
+            // Whole clusters along M (the launcher rounds the grid up).
+            for pair in 0..p.m.div_ceil(GM_BM).div_ceil(cluster) {
+                for bx in 0..p.n / GW_BN {
+                    gemm_ws_cluster(p, cluster, y, (bx, pair));
                 }
-                let what = format!("TMA cluster {cluster} m={m} n={n} k={k} bias={with_bias}");
-                check_linear(&what, &y, &p);
             }
-        }
+            "TMA".to_string()
+        });
     }
 }
 
@@ -183,34 +167,44 @@ fn the_emulated_persistent_gemm_is_a_linear_layer() {
         (256, 256, 128, 132),
     ];
     for (m, n, k, blocks) in shapes {
-        let x = random(m * k, (m * 3 + k) as u64);
-        let w = random(n * k, (n * 17 + k) as u64);
-        let bias = random(n, n as u64 + 2);
-        for (with_bias, act) in [(true, gelu_tanh as fn(f32) -> f32), (false, |x| x)] {
-            let p = Gemm {
-                x: &x,
-                w: &w,
-                bias: with_bias.then_some(&bias[..]),
-                act,
-                m,
-                n,
-                k,
-            };
-            for cluster in [1, 2] {
-                let mut y = vec![f32::NAN; m * n];
-                // The launcher's grid: a cluster a unit of `cluster` row tiles by a column
-                // tile, at most `blocks` CTAs (the resident clusters).
-                let units = m.div_ceil(GM_BM).div_ceil(cluster) * (n / GP_BN);
-                let clusters = units.min(usize::div_ceil(blocks, cluster));
-                for first in 0..clusters {
-                    gemm_pp_cluster(&p, cluster, &mut y, None, (first, clusters));
-                }
-                let what = format!(
-                    "persistent cluster {cluster} m={m} n={n} k={k} clusters={clusters} \
-                     bias={with_bias}"
-                );
-                check_linear(&what, &y, &p);
+        check_tma_gemm((m, n, k), |p, cluster, y| {
+            // The launcher's grid: a cluster a unit of `cluster` row tiles by a column tile,
+            // at most `blocks` CTAs (the resident clusters).
+            let units = m.div_ceil(GM_BM).div_ceil(cluster) * (n / GP_BN);
+            let clusters = units.min(usize::div_ceil(blocks, cluster));
+            for first in 0..clusters {
+                gemm_pp_cluster(p, cluster, y, None, (first, clusters));
             }
+            format!("persistent on {clusters} clusters")
+        });
+    }
+}
+
+/// Runs `gemm(p, cluster, y)` (a whole grid of a TMA kernel into `y`, which starts as NaN) on
+/// random operands of `(m, n, k)`, with a bias and the tanh GELU and with neither, alone and in
+/// clusters of two, and holds it to `linear_reference`; `gemm` says which kernel ran.
+fn check_tma_gemm(
+    (m, n, k): (usize, usize, usize),
+    gemm: impl Fn(&Gemm, usize, &mut [f32]) -> String,
+) {
+    let x = random(m * k, (m * 5 + k) as u64);
+    let w = random(n * k, (n * 11 + k) as u64);
+    let bias = random(n, n as u64 + 1);
+    for (with_bias, act) in [(true, gelu_tanh as fn(f32) -> f32), (false, |x| x)] {
+        let p = Gemm {
+            x: &x,
+            w: &w,
+            bias: with_bias.then_some(&bias[..]),
+            act,
+            m,
+            n,
+            k,
+        };
+        for cluster in [1, 2] {
+            let mut y = vec![f32::NAN; m * n];
+            let kernel = gemm(&p, cluster, &mut y);
+            let what = format!("{kernel}, cluster {cluster}, m={m} n={n} k={k} bias={with_bias}");
+            check_linear(&what, &y, &p);
         }
     }
 }
