@@ -2,7 +2,8 @@
 // into an sm_90a cubin, with no embedded PTX; other GPUs use cuBLAS):
 //   gemm_{f16,bf16}_{id,gelu,gelu_tanh}_n{128,256}(x, w, bias, bias_f32, y, m, n, k)
 //     y[m, n] = act(x[m, k] · w[n, k]ᵀ + bias[n])
-// and variants fed by TMA (_tma, _tma2, _pp: below).
+// and variants fed by TMA (_tma, _tma2, _pp, _pp2, and _res{,_rx}_{pp,pp2} updating a residual
+// stream: below).
 // x, w, y in one 16-bit type, f32 accumulation; the bias (f32 when bias_f32, else the storage type,
 // or null) and the activation are applied to the f32 sums, then y is rounded once. So the exact
 // erf GELU after fc1 costs no pass over the activations (cuBLASLt's GELU epilogue is the tanh
@@ -241,14 +242,20 @@ __device__ __forceinline__ void init_stage_barriers(uint32_t full, uint32_t empt
     else cluster_sync();
 }
 
-// The producer's fill of the stage at `stage` with K step k0 of A's rows m0.. and B's rows
-// n0.. (BN of them), its bytes announced on the full barrier `bar` first. CLUSTER 2: this CTA
-// (`rank`) fetches half of B, rows n0 + BN/2·rank.., into both CTAs of the cluster at the same
-// offset, each counting the bytes on its own barrier.
-template <int BN, int CLUSTER>
-__device__ __forceinline__ void fill_stage(uint32_t stage, uint32_t bar, const TmaMap* map_x,
-                                           const TmaMap* map_w, int k0, int m0, int n0, uint32_t rank) {
+// The producer's pipeline iteration `it`, on stage s = it % STAGES (at base + s·stage bytes):
+// it waits until the consumers have released the stage's previous fill (none before the first
+// STAGES), then fills it with K step k0 of A's rows m0.. and B's rows n0.. (BN of them), the
+// bytes announced on full[s] first. CLUSTER 2: this CTA (`rank`) fetches half of B, rows
+// n0 + BN/2·rank.., into both CTAs of the cluster at the same offset, each counting the bytes on
+// its own barrier.
+template <int BN, int STAGES, int CLUSTER>
+__device__ __forceinline__ void produce_stage(int it, uint32_t base, uint32_t full, uint32_t empty,
+                                              const TmaMap* map_x, const TmaMap* map_w, int k0, int m0,
+                                              int n0, uint32_t rank) {
     constexpr int A_BYTES = GM_BM * GM_BK * 2;
+    const int s = it % STAGES;
+    if (it >= STAGES) mbar_wait(empty + 8 * s, ((it / STAGES) - 1) & 1);
+    const uint32_t stage = base + s * GM_STAGE_BYTES(BN), bar = full + 8 * s;
     mbar_arrive_expect_tx(bar, GM_STAGE_BYTES(BN));
     tma_load_2d(stage, map_x, bar, k0, m0);
     if (CLUSTER == 1) {
@@ -285,12 +292,9 @@ __device__ __forceinline__ void gemm_ws_body(const TmaMap* map_x, const TmaMap* 
     if (wg == 0) {
         setmaxnreg_dec<40>();
         if (tid == 0) {
-            for (int step = 0; step < steps; step++) {
-                const int s = step % GW_STAGES;
-                if (step >= GW_STAGES) mbar_wait(empty + 8 * s, ((step / GW_STAGES) - 1) & 1);
-                fill_stage<GW_BN, CLUSTER>(base + s * STAGE_BYTES, full + 8 * s, map_x, map_w, step * GM_BK,
-                                           m0, n0, rank);
-            }
+            for (int step = 0; step < steps; step++)
+                produce_stage<GW_BN, GW_STAGES, CLUSTER>(step, base, full, empty, map_x, map_w, step * GM_BK,
+                                                         m0, n0, rank);
         }
         if (CLUSTER == 1) return;
     } else {
@@ -408,6 +412,9 @@ __device__ __forceinline__ void gemm_pp_body(const TmaMap* map_x, const TmaMap* 
     // CLUSTER 2: this CTA's rank; it takes the unit's row tile `rank` and fetches B's rows
     // 64·rank.. for both CTAs.
     const uint32_t rank = CLUSTER == 1 ? 0 : cluster_ctarank();
+    // Unit u's first row (this CTA's row tile of it) and first column.
+    auto unit_m0 = [&](int u) { return (u / col_tiles * CLUSTER + (int)rank) * GM_BM; };
+    auto unit_n0 = [&](int u) { return u % col_tiles * GP_BN; };
 
     init_stage_barriers<GP_STAGES, CLUSTER>(full, empty, CLUSTER * 128);
 
@@ -415,15 +422,10 @@ __device__ __forceinline__ void gemm_pp_body(const TmaMap* map_x, const TmaMap* 
         setmaxnreg_dec<40>();
         if (tid == 0) {
             int it = 0;
-            for (int u = first; u < units; u += stride) {
-                const int m0 = (u / col_tiles * CLUSTER + rank) * GM_BM, n0 = u % col_tiles * GP_BN;
-                for (int step = 0; step < steps; step++, it++) {
-                    const int s = it % GP_STAGES;
-                    if (it >= GP_STAGES) mbar_wait(empty + 8 * s, ((it / GP_STAGES) - 1) & 1);
-                    fill_stage<GP_BN, CLUSTER>(base + s * STAGE_BYTES, full + 8 * s, map_x, map_w,
-                                               step * GM_BK, m0, n0, rank);
-                }
-            }
+            for (int u = first; u < units; u += stride)
+                for (int step = 0; step < steps; step++, it++)
+                    produce_stage<GP_BN, GP_STAGES, CLUSTER>(it, base, full, empty, map_x, map_w, step * GM_BK,
+                                                             unit_m0(u), unit_n0(u), rank);
         }
         if (CLUSTER == 1) return;
     } else {
@@ -433,8 +435,7 @@ __device__ __forceinline__ void gemm_pp_body(const TmaMap* map_x, const TmaMap* 
         // This thread's first row in a 64-row half of the tile.
         const int row = ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2);
         for (int i = c; first + i * stride < units; i += 2) {
-            const int u = first + i * stride;
-            const int m0 = (u / col_tiles * CLUSTER + rank) * GM_BM, n0 = u % col_tiles * GP_BN;
+            const int u = first + i * stride, m0 = unit_m0(u), n0 = unit_n0(u);
             // Our turn: the other consumer has issued the MMAs of tile i - 1.
             if (i > 0) named_barrier(2 + c, 2 * 128);
             float d0[GP_BN / 2], d1[GP_BN / 2];

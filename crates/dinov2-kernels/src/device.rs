@@ -16,7 +16,7 @@ use crate::arena::{Arena, Log, MemoryPlan};
 use crate::artifacts::ARTIFACTS;
 use crate::buffer::{Buffer, DType, Memory};
 use crate::error::{DriverContext, KernelError, Result};
-use crate::gemm::Blas;
+use crate::gemm::{Blas, GEMM_SWITCH};
 use crate::hopper_gemm::OwnGemmState;
 use crate::ops::AttentionChoice;
 
@@ -286,7 +286,9 @@ impl Device {
         let multiprocessors = ctx
             .attribute(dsys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .ctx(|| "reading the SM count".into())? as u32;
-        let blas = Blas::new(&stream, compute_capability.0)?;
+        // DINOV2_GEMM: `gemmex` here, `fused` and `own` (our Hopper GEMMs) below.
+        let gemm_switch = crate::switch("DINOV2_GEMM", &GEMM_SWITCH)?;
+        let blas = Blas::new(&stream, compute_capability.0, gemm_switch != Some("gemmex"))?;
         let cublas_version = blas.version();
         // The bindings are CUDA 13's; the loader also accepts an unversioned or 12.x library.
         if cublas_version / 10000 != 13 && cublas_version != 0 {
@@ -313,7 +315,7 @@ impl Device {
             profile: crate::flag("DINOV2_PROFILE", false)?.then(Default::default),
             placement: Mutex::new(Placement::Pool),
             arena: Mutex::new(Weak::new()),
-            own_gemm: OwnGemmState::from_env(code)?,
+            own_gemm: OwnGemmState::from_env(code, gemm_switch)?,
             info,
         })
     }

@@ -173,7 +173,7 @@ unsafe impl Send for Blas {}
 unsafe impl Sync for Blas {}
 
 impl Blas {
-    pub(crate) fn new(stream: &Arc<CudaStream>, cc_major: i32) -> Result<Self> {
+    pub(crate) fn new(stream: &Arc<CudaStream>, cc_major: i32, want_lt: bool) -> Result<Self> {
         let blas = CudaBlas::new(stream.clone()).map_err(blas_err("creating a cuBLAS handle"))?;
         // NVIDIA's recommended sizes: 32 MiB on Hopper, 4 MiB before.
         let size = if cc_major >= 9 { 32 << 20 } else { 4 << 20 };
@@ -193,7 +193,6 @@ impl Blas {
                 });
             }
         }
-        let want_lt = crate::switch("DINOV2_GEMM", &GEMM_SWITCH)? != Some("gemmex");
         let lt = if want_lt {
             let handle = lres::create_handle().map_err(lt_err("creating a cuBLASLt handle"))?;
             Some(Lt {

@@ -17,7 +17,7 @@ use cudarc::driver::{sys as dsys, DeviceRepr, LaunchConfig};
 use crate::buffer::{Buffer, DType};
 use crate::device::{Arg, CodeKind, Device};
 use crate::error::{DriverContext, KernelError, Result};
-use crate::ops::Act;
+use crate::ops::{check_linear_bias, expect, float, residual_suffix, Act};
 
 /// Which GEMMs run on our Hopper kernels instead of cuBLAS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,11 +283,11 @@ fn act_name(act: Act) -> Option<&'static str> {
 pub(crate) struct OwnGemmState(AtomicU8, AtomicU32);
 
 impl OwnGemmState {
-    /// From `DINOV2_GEMM` (`fused`, `own`) and `DINOV2_GEMM_TILE` (`128`, the default, `256`,
-    /// `tma`, `tma2`, `pp`); off where the kernels are not loaded (compute capability other
-    /// than 9.0).
-    pub(crate) fn from_env(code: CodeKind) -> Result<Self> {
-        let policy = match crate::switch("DINOV2_GEMM", &crate::gemm::GEMM_SWITCH)? {
+    /// From `DINOV2_GEMM`'s value, read by the caller (`fused`, `own`), and `DINOV2_GEMM_TILE`
+    /// (`128`, the default, `256`, `tma`, `tma2`, `pp`, `pp2`); off where the kernels are not
+    /// loaded (compute capability other than 9.0).
+    pub(crate) fn from_env(code: CodeKind, gemm_switch: Option<&str>) -> Result<Self> {
+        let policy = match gemm_switch {
             _ if code != CodeKind::CubinSm90 => OwnGemm::Off,
             Some("fused") => OwnGemm::Fused,
             Some("own") => OwnGemm::All,
@@ -400,9 +400,16 @@ impl Device {
             .then_some(tile)
     }
 
-    /// [`Device::linear_residual`] on the kernel [`Device::residual_gemm`] names (shapes checked
-    /// by the caller).
-    pub(crate) fn own_linear_residual(
+    /// `stream += gamma ⊙ (x·wᵀ + bias)`, the residual update of a pre-norm block, in one of our
+    /// GEMM kernels' epilogue where [`Device::own_gemm`]'s policy and the shape allow (the
+    /// branch `x·wᵀ + bias` is then never written to memory): `Ok(true)`. Otherwise nothing is
+    /// queued and `Ok(false)`: the caller runs the product and the update as two operations.
+    /// Either way each element is the branch rounded to x's type, added in f32 and rounded to the
+    /// stream's type, as [`Device::linear`] then [`Device::add_scaled`] compute it. x `[m, k]` and
+    /// w `[n, k]` of one type, bias `[n]` of that type or f32, gamma `[n]` f32, the stream
+    /// `[m, n]` f32 or x's type.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_residual(
         &self,
         x: &Buffer,
         w: &Buffer,
@@ -411,16 +418,22 @@ impl Device {
         stream: &mut Buffer,
         (m, n, k): (usize, usize, usize),
     ) -> Result<bool> {
+        const OP: &str = "linear_residual";
+        let t = float(OP, x)?;
+        expect(OP, "x", x, t, m * k)?;
+        expect(OP, "weight", w, t, n * k)?;
+        expect(OP, "gamma", gamma, DType::F32, n)?;
+        // `_rx`: the kernel of a stream in t.
+        let rx = residual_suffix(OP, stream, t, m * n)?;
+        check_linear_bias(OP, bias, t, n)?;
+        if m == 0 || n == 0 || k == 0 {
+            return Ok(false);
+        }
         let Some(tile) = self.residual_gemm(n, k) else {
             return Ok(false);
         };
-        let kind = if stream.dtype() == DType::F32 {
-            "res"
-        } else {
-            "res_rx"
-        };
         let out = OwnOut::Residual { stream, gamma };
-        self.launch_own(x, w, bias, out, kind, tile, (m, n, k))
+        self.launch_own(x, w, bias, out, &format!("res{rx}"), tile, (m, n, k))
     }
 
     /// Launches `gemm_{t}_{kind}_{tile}` on x, w and bias into `out` where the shape and

@@ -281,7 +281,13 @@ fn bias_act_v8_launch(rows: usize, cols: usize, multiprocessors: u32) -> ((u32, 
     ((grid_x as u32, grid_y as u32, 1), block as u32)
 }
 
-fn expect(op: &'static str, what: &str, b: &Buffer, dtype: DType, len: usize) -> Result<()> {
+pub(crate) fn expect(
+    op: &'static str,
+    what: &str,
+    b: &Buffer,
+    dtype: DType,
+    len: usize,
+) -> Result<()> {
     if b.dtype() != dtype {
         return Err(KernelError::shape(
             op,
@@ -301,7 +307,7 @@ fn expect(op: &'static str, what: &str, b: &Buffer, dtype: DType, len: usize) ->
     Ok(())
 }
 
-fn float(op: &'static str, b: &Buffer) -> Result<DType> {
+pub(crate) fn float(op: &'static str, b: &Buffer) -> Result<DType> {
     if b.dtype().is_float() {
         Ok(b.dtype())
     } else {
@@ -329,7 +335,12 @@ fn in_out_suffix(op: &'static str, tx: DType, ty: DType) -> Result<String> {
 /// The kernel-name suffix for a residual stream `x` of `rows·h` elements beside a branch of type
 /// `t` (a float type): `""` for an f32 stream, `"_rx"` for one in `t` itself (16-bit types;
 /// transformers keeps the stream so in f16/bf16). Any other stream is an error.
-fn residual_suffix(op: &'static str, x: &Buffer, t: DType, len: usize) -> Result<&'static str> {
+pub(crate) fn residual_suffix(
+    op: &'static str,
+    x: &Buffer,
+    t: DType,
+    len: usize,
+) -> Result<&'static str> {
     let suffix = match x.dtype() {
         DType::F32 => "",
         dt if dt == t => "_rx",
@@ -345,7 +356,12 @@ fn residual_suffix(op: &'static str, x: &Buffer, t: DType, len: usize) -> Result
 }
 
 /// A GEMM's bias: none, or `[n]` in the operands' type `t` or f32.
-fn check_linear_bias(op: &'static str, bias: Option<&Buffer>, t: DType, n: usize) -> Result<()> {
+pub(crate) fn check_linear_bias(
+    op: &'static str,
+    bias: Option<&Buffer>,
+    t: DType,
+    n: usize,
+) -> Result<()> {
     match bias {
         Some(b) if b.len() != n || !(b.dtype() == t || b.dtype() == DType::F32) => {
             Err(KernelError::shape(
@@ -395,37 +411,6 @@ impl Device {
             self.bias_act(y, None, dims.0, dims.1, rest)?;
         }
         Ok(path)
-    }
-
-    /// `stream += gamma ⊙ (x·wᵀ + bias)`, the residual update of a pre-norm block, in one of our
-    /// GEMM kernels' epilogue where [`Device::own_gemm`]'s policy and the shape allow (the
-    /// branch `x·wᵀ + bias` is then never written to memory): `Ok(true)`. Otherwise nothing is
-    /// queued and `Ok(false)`: the caller runs the product and the update as two operations.
-    /// Either way each element is the branch rounded to x's type, added in f32 and rounded to the
-    /// stream's type, as [`Device::linear`] then [`Device::add_scaled`] compute it. x `[m, k]` and
-    /// w `[n, k]` of one type, bias `[n]` of that type or f32, gamma `[n]` f32, the stream
-    /// `[m, n]` f32 or x's type.
-    #[allow(clippy::too_many_arguments)]
-    pub fn linear_residual(
-        &self,
-        x: &Buffer,
-        w: &Buffer,
-        bias: Option<&Buffer>,
-        gamma: &Buffer,
-        stream: &mut Buffer,
-        (m, n, k): (usize, usize, usize),
-    ) -> Result<bool> {
-        const OP: &str = "linear_residual";
-        let t = float(OP, x)?;
-        expect(OP, "x", x, t, m * k)?;
-        expect(OP, "weight", w, t, n * k)?;
-        expect(OP, "gamma", gamma, DType::F32, n)?;
-        residual_suffix(OP, stream, t, m * n)?;
-        check_linear_bias(OP, bias, t, n)?;
-        if m == 0 || n == 0 || k == 0 {
-            return Ok(false);
-        }
-        self.own_linear_residual(x, w, bias, gamma, stream, (m, n, k))
     }
 
     /// `y = x·wᵀ + bias` with `act` applied in the GEMM's epilogue where one can: returns the

@@ -12,7 +12,8 @@ pub fn switch(name: &'static str, allowed: &[&'static str]) -> Result<Option<&'s
     match std::env::var(name) {
         Ok(value) => parse_switch(name, &value, allowed),
         Err(VarError::NotPresent) => Ok(None),
-        Err(VarError::NotUnicode(value)) => parse_switch(name, &value.to_string_lossy(), &[]),
+        // Never one of the values: the error lists them.
+        Err(VarError::NotUnicode(value)) => parse_switch(name, &value.to_string_lossy(), allowed),
     }
 }
 

@@ -268,9 +268,10 @@ fn tensor_maps<'a>(p: &Gemm<'a>, bn: usize, cluster: usize) -> (TensorMap<'a>, T
     (map(p.x, p.m, GM_BM), map(p.w, p.n, bn / cluster))
 }
 
-/// `fill_stage<BN, CLUSTER>` by the producer of CTA `rank`: the stage's bytes announced on its
-/// full barrier `bar`, A's box (x, m0) and B's (x, n0) or, in a cluster, its half of B at
-/// n0 + bn/2·rank multicast into both CTAs at the same offset. Copies land at once.
+/// The fill of `produce_stage<BN, STAGES, CLUSTER>` by the producer of CTA `rank`: the stage's
+/// bytes announced on its full barrier `bar`, A's box (x, m0) and B's (x, n0) or, in a cluster,
+/// its half of B at n0 + bn/2·rank multicast into both CTAs at the same offset. Copies land at
+/// once.
 fn fill_stage(
     sh: &mut Shared,
     bn: usize,
@@ -361,6 +362,30 @@ impl<'a> Ws<'a> {
             |s| s.ctas[cta].bars[&bar].passed(parity),
         );
     }
+    /// `produce_stage<BN, STAGES, CLUSTER>` by the producer of CTA `rank` (`who`): pipeline
+    /// iteration `it` on stage it % stages of a ring at `base` (tiles of `bn` columns) with its
+    /// barriers at `full` and `empty`; it waits for the stage's release (from the second round of
+    /// the ring on), then fills it with the boxes at `at` (x, m0, n0).
+    #[allow(clippy::too_many_arguments)]
+    fn produce_stage(
+        &self,
+        who: &str,
+        rank: usize,
+        (bn, stages): (usize, usize),
+        it: usize,
+        (base, full, empty): (u32, u32, u32),
+        maps: (&TensorMap, &TensorMap),
+        at: (usize, usize, usize),
+    ) {
+        let s = it % stages;
+        let s8 = 8 * s as u32;
+        if it >= stages {
+            let parity = (((it / stages) - 1) & 1) as u32;
+            self.mbar_wait(who, rank, empty + s8, parity);
+        }
+        let stage = base + (s * (GM_BM + bn) * GM_BK * 2) as u32;
+        self.with(|sh| fill_stage(sh, bn, rank, (stage, full + s8), maps, at));
+    }
     /// `named_barrier(id, 2 * 128)` for one warpgroup of CTA `cta` (two warpgroups are the
     /// parties).
     fn named_barrier(&self, who: &str, cta: usize, id: u32) {
@@ -437,18 +462,10 @@ pub fn gemm_ws_cluster(p: &Gemm, cluster: usize, y: &mut [f32], (bx, pair): (usi
                     ws.cluster_sync(&who);
                 }
                 for step in 0..steps {
-                    let s = step % GW_STAGES;
-                    let s8 = 8 * s as u32;
-                    if step >= GW_STAGES {
-                        let parity = (((step / GW_STAGES) - 1) & 1) as u32;
-                        ws.mbar_wait(&who, rank, empty + s8, parity);
-                    }
-                    let stage = base + s as u32 * stage_bytes;
-                    ws.with(|sh| {
-                        let place = (stage, full + s8);
-                        let at = (step * GM_BK, m0, n0);
-                        fill_stage(sh, GW_BN, rank, place, (map_x, map_w), at);
-                    });
+                    let ring = (base, full, empty);
+                    let at = (step * GM_BK, m0, n0);
+                    let shape = (GW_BN, GW_STAGES);
+                    ws.produce_stage(&who, rank, shape, step, ring, (map_x, map_w), at);
                 }
                 if cluster == 2 {
                     ws.cluster_sync(&who);
@@ -578,18 +595,10 @@ pub fn gemm_pp_cluster(
                 for u in (first..units).step_by(stride) {
                     let (m0, n0) = origin(u, rank);
                     for step in 0..steps {
-                        let s = it % GP_STAGES;
-                        let s8 = 8 * s as u32;
-                        if it >= GP_STAGES {
-                            let parity = (((it / GP_STAGES) - 1) & 1) as u32;
-                            ws.mbar_wait(&who, rank, empty + s8, parity);
-                        }
-                        let stage = base + s as u32 * stage_bytes;
-                        ws.with(|sh| {
-                            let place = (stage, full + s8);
-                            let at = (step * GM_BK, m0, n0);
-                            fill_stage(sh, GP_BN, rank, place, (map_x, map_w), at);
-                        });
+                        let ring = (base, full, empty);
+                        let at = (step * GM_BK, m0, n0);
+                        let shape = (GP_BN, GP_STAGES);
+                        ws.produce_stage(&who, rank, shape, it, ring, (map_x, map_w), at);
                         it += 1;
                     }
                 }

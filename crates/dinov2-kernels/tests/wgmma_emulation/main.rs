@@ -464,17 +464,18 @@ fn the_emulated_expressions_are_the_kernels() {
                 "if (threadIdx.x == 0) { for (int s = 0; s < STAGES; s++) { mbar_init(full + 8 * s, 1); \
                  mbar_init(empty + 8 * s, releases); } mbar_init_fence(); } \
                  if (CLUSTER == 1) __syncthreads(); else cluster_sync(); }",
-                "constexpr int A_BYTES = GM_BM * GM_BK * 2; mbar_arrive_expect_tx(bar, GM_STAGE_BYTES(BN)); \
+                "constexpr int A_BYTES = GM_BM * GM_BK * 2; const int s = it % STAGES; \
+                 if (it >= STAGES) mbar_wait(empty + 8 * s, ((it / STAGES) - 1) & 1); \
+                 const uint32_t stage = base + s * GM_STAGE_BYTES(BN), bar = full + 8 * s; \
+                 mbar_arrive_expect_tx(bar, GM_STAGE_BYTES(BN)); \
                  tma_load_2d(stage, map_x, bar, k0, m0); if (CLUSTER == 1) { \
                  tma_load_2d(stage + A_BYTES, map_w, bar, k0, n0); } else { constexpr int HALF = BN / 2; \
                  tma_load_2d_multicast(stage + A_BYTES + rank * (HALF * 128), map_w, bar, k0, n0 + rank * HALF, 0x3); }",
                 "if (CLUSTER == 1) mbar_arrive(bar); else mbar_arrive_warp_here_and_there(bar, rank ^ 1);",
                 "init_stage_barriers<GW_STAGES, CLUSTER>(full, empty, CLUSTER * 2 * 128); if (wg == 0) {",
-                "setmaxnreg_dec<40>(); if (tid == 0) { \
-                 for (int step = 0; step < steps; step++) { const int s = step % GW_STAGES; \
-                 if (step >= GW_STAGES) mbar_wait(empty + 8 * s, ((step / GW_STAGES) - 1) & 1); \
-                 fill_stage<GW_BN, CLUSTER>(base + s * STAGE_BYTES, full + 8 * s, map_x, map_w, step * GM_BK, \
-                 m0, n0, rank); } } if (CLUSTER == 1) return; } else { setmaxnreg_inc<232>();",
+                "setmaxnreg_dec<40>(); if (tid == 0) { for (int step = 0; step < steps; step++) \
+                 produce_stage<GW_BN, GW_STAGES, CLUSTER>(step, base, full, empty, map_x, map_w, step * GM_BK, \
+                 m0, n0, rank); } if (CLUSTER == 1) return; } else { setmaxnreg_inc<232>();",
                 "if (CLUSTER == 2) cluster_sync(); }",
                 // the consumers
                 "const int c = wg - 1;",
@@ -509,16 +510,16 @@ fn the_emulated_expressions_are_the_kernels() {
                 "const int units = ((m + GM_BM - 1) / GM_BM + CLUSTER - 1) / CLUSTER * col_tiles;",
                 "const int first = blockIdx.x / CLUSTER, stride = gridDim.x / CLUSTER;",
                 "init_stage_barriers<GP_STAGES, CLUSTER>(full, empty, CLUSTER * 128);",
-                "int it = 0; for (int u = first; u < units; u += stride) { \
-                 const int m0 = (u / col_tiles * CLUSTER + rank) * GM_BM, n0 = u % col_tiles * GP_BN; \
-                 for (int step = 0; step < steps; step++, it++) { const int s = it % GP_STAGES; \
-                 if (it >= GP_STAGES) mbar_wait(empty + 8 * s, ((it / GP_STAGES) - 1) & 1); \
-                 fill_stage<GP_BN, CLUSTER>(base + s * STAGE_BYTES, full + 8 * s, map_x, map_w, \
-                 step * GM_BK, m0, n0, rank); } } } if (CLUSTER == 1) return; } else {",
+                "auto unit_m0 = [&](int u) { return (u / col_tiles * CLUSTER + (int)rank) * GM_BM; };",
+                "auto unit_n0 = [&](int u) { return u % col_tiles * GP_BN; };",
+                "int it = 0; for (int u = first; u < units; u += stride) \
+                 for (int step = 0; step < steps; step++, it++) \
+                 produce_stage<GP_BN, GP_STAGES, CLUSTER>(it, base, full, empty, map_x, map_w, step * GM_BK, \
+                 unit_m0(u), unit_n0(u), rank); } if (CLUSTER == 1) return; } else {",
                 "uint8_t* const out = out_tiles + c * GP_TILE_BYTES;",
                 "const int row = ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2);",
-                "for (int i = c; first + i * stride < units; i += 2) { const int u = first + i * stride; \
-                 const int m0 = (u / col_tiles * CLUSTER + rank) * GM_BM, n0 = u % col_tiles * GP_BN;",
+                "for (int i = c; first + i * stride < units; i += 2) { \
+                 const int u = first + i * stride, m0 = unit_m0(u), n0 = unit_n0(u);",
                 "if (i > 0) named_barrier(2 + c, 2 * 128);",
                 "for (int step = 0; step < steps; step++) { const int it = i * steps + step, s = it % GP_STAGES; \
                  mbar_wait(full + 8 * s, (it / GP_STAGES) & 1); \
