@@ -12,18 +12,24 @@
 //     launcher gives a last tile of at most 16 rows to attention_wg (q_first) instead.
 //
 // A warpgroup computes 64 query rows of one (image, head); warp w holds rows 16w..16w+15 of
-// every m64 result, a thread rows lane/4 and lane/4 + 8 of them. Per K/V tile of 64 keys:
-// - S = Q·Kᵀ: four m64n64k16 wgmmas reading Q [64][64] and K [64 keys][64] from shared memory
+// every m64 result, a thread rows lane/4 and lane/4 + 8 of them. Per K/V tile j of 64 keys:
+// - S = Q·K_jᵀ: four m64n64k16 wgmmas reading Q [64][64] and K [64 keys][64] from shared memory
 //   (both K-major in the 128-byte swizzle, see wgmma.cuh);
 // - the online softmax on S in registers (log2 domain, one FFMA into ex2.approx per score, the
 //   running maximum of the raw scores, keys past N masked), O rescaled;
-// - O += P·V: four m64n64k16 wgmmas with P from registers (the S accumulators rounded to
+// - O += P·V_j: four m64n64k16 wgmmas with P from registers (the S accumulators rounded to
 //   16 bits are the A fragments, as in FlashAttention-2) and V [64 keys][64] from shared memory,
 //   MN-major (imm-trans-b): V is stored as loaded, like K.
-// K/V tiles are double-buffered with cp.async (zero-filled past N), fenced to the async proxy
-// before the wgmmas read them. A last tile of at most 16 or 32 keys (257 tokens: 1) runs
-// m64n16 or m64n32 products and that many keys of P·V. Query rows past N compute on zero rows
-// and are not written.
+// Step j issues S = Q·K_jᵀ and then O += P_{j-1}·V_{j-1} as two groups back to back (the order
+// of FlashAttention-3's intra-warpgroup overlap), waits for the first, starts tile j's softmax,
+// waits for the second, then rescales O and packs P_j; the last tile's P·V runs after the loop.
+// ptxas (13.0) places the second wait before the exponentials, so within a warpgroup only the
+// row maxima run under the P·V; the SM's other warpgroups (4 at 64 rows a block, 2 blocks of 2
+// at 128) fill the tensor cores during a softmax. Step j needs K_j and V_{j-1}: its copies
+// (cp.async, zero-filled past N) fetch K_{j+1} and V_j into the buffers that K_{j-1} and
+// V_{j-2} left, one barrier a step.
+// A last tile of at most 16 or 32 keys (257 tokens: 1) runs m64n16 or m64n32 products and that
+// many keys of P·V. Query rows past N compute on zero rows and are not written.
 //
 // A last query tile of at most 16 rows (257 tokens: one row) would pay every load and MMA of a
 // full tile for them: the flash kernel's key-split path (flash.cuh: 4 warps, 16 keys of each
@@ -68,23 +74,33 @@ template <> __device__ __forceinline__ void wg_pv<bf16>(float (&o)[32], const ui
     WGMMA_N64_RS_TRANS_B("bf16", o, a, dv);
 }
 
-// One K/V tile of KEYS keys (64, or the 32 or 16 a short last tile needs: fewer MMAs) through
-// the online softmax: S = Q·Kᵀ, the running maxima and sums (rows g and g + 8 of the warp's 16),
-// O rescaled, O += P·V. TAIL: keys at and past n are masked.
-template <typename T, int KEYS, bool TAIL>
-__device__ __forceinline__ void wg_tile(float (&o)[32], float& m0, float& m1, float& l0, float& l1,
-                                        uint64_t dq, uint64_t dk, uint64_t dv, int key_base,
+// Step j of the pipeline for a tile of KEYS keys (64, or the 32 or 16 a short last tile needs:
+// fewer MMAs) at key_base; TAIL: keys at and past n are masked. Issues S = Q·Kᵀ (K at dk) and,
+// when PV, O += P·V of the previous tile (P in p, V at dv); computes the tile's softmax (the
+// running maxima and sums of rows g and g + 8 of the warp's 16); once the P·V has retired,
+// rescales O and packs the tile's probabilities into p (its first KEYS / 16 steps of 16 keys).
+template <typename T, int KEYS, bool TAIL, bool PV>
+__device__ __forceinline__ void wg_step(float (&o)[32], uint32_t (&p)[4][4], float& m0, float& m1, float& l0,
+                                        float& l1, uint64_t dq, uint64_t dk, uint64_t dv, int key_base,
                                         int n, int q, float scale_log2) {
     constexpr int S = KEYS / 2; // accumulators of S a thread holds
     float s[S];
 #pragma unroll
     for (int i = 0; i < S; i++) s[i] = 0.0f;
     fence_accumulators(s);
+    fence_accumulators(o);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < ATTN_WG_D / 16; kk++) wg_qk<T, KEYS>(s, dq + 2 * kk, dk + 2 * kk);
     wgmma_commit();
-    wgmma_wait<0>();
+    if (PV) {
+#pragma unroll
+        for (int kk = 0; kk < ATTN_WG_KEYS / 16; kk++) wg_pv<T>(o, p[kk], dv + 128 * kk);
+        wgmma_commit();
+        wgmma_wait<1>();
+    } else {
+        wgmma_wait<0>();
+    }
     fence_accumulators(s);
 
     // Element 4j + e: key 8j + 2q + (e % 2), row g + 8·(e >= 2).
@@ -121,6 +137,13 @@ __device__ __forceinline__ void wg_tile(float (&o)[32], float& m0, float& m1, fl
     }
     l0 = l0 * alpha0 + sum0;
     l1 = l1 * alpha1 + sum1;
+
+    // The previous tile's P·V has retired: O and p are this thread's again.
+    if (PV) {
+        wgmma_wait<0>();
+        fence_accumulators(o);
+        fence_fragments(p);
+    }
 #pragma unroll
     for (int jj = 0; jj < 8; jj++) {
         o[4 * jj] *= alpha0;
@@ -128,10 +151,8 @@ __device__ __forceinline__ void wg_tile(float (&o)[32], float& m0, float& m1, fl
         o[4 * jj + 2] *= alpha1;
         o[4 * jj + 3] *= alpha1;
     }
-
-    // O += P·V, 16 keys a step: P's A fragment for keys 16kk.. is S's columns 16kk..16kk+15,
-    // accumulator chunks 2kk (columns 2q, 2q+1) and 2kk + 1 (columns 8 + 2q, 8 + 2q + 1).
-    uint32_t p[KEYS / 16][4];
+    // P's A fragment for keys 16kk.. is S's columns 16kk..16kk+15, accumulator chunks 2kk
+    // (columns 2q, 2q+1) and 2kk + 1 (columns 8 + 2q, 8 + 2q + 1).
 #pragma unroll
     for (int kk = 0; kk < KEYS / 16; kk++) {
         p[kk][0] = pack2<T>(s[8 * kk], s[8 * kk + 1]);
@@ -139,6 +160,11 @@ __device__ __forceinline__ void wg_tile(float (&o)[32], float& m0, float& m1, fl
         p[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
         p[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
     }
+}
+
+// The last tile's O += P·V, over its KEYS keys (V at dv), awaited.
+template <typename T, int KEYS>
+__device__ __forceinline__ void wg_last_pv(float (&o)[32], uint32_t (&p)[4][4], uint64_t dv) {
     fence_accumulators(o);
     wgmma_fence();
 #pragma unroll
@@ -146,6 +172,7 @@ __device__ __forceinline__ void wg_tile(float (&o)[32], float& m0, float& m1, fl
     wgmma_commit();
     wgmma_wait<0>();
     fence_accumulators(o);
+    fence_fragments(p);
 }
 
 // The block of WGS warpgroups (1: attention_wg, 2: attention_wg2) whose first query row is
@@ -184,7 +211,6 @@ __device__ __forceinline__ void attention_wg(const T* __restrict__ qkv, T* __res
                                      ld, n - rows);
     }
     load_sw128_tile<64, THREADS>(sk, kbase, ld, n);
-    load_sw128_tile<64, THREADS>(sv, vbase, ld, n);
     cp_async_commit();
     // This warpgroup has query rows below n (else it only loads; one alone always has).
     const bool live = WGS == 1 || q0 + ATTN_WG_ROWS * wg < n;
@@ -194,42 +220,54 @@ __device__ __forceinline__ void attention_wg(const T* __restrict__ qkv, T* __res
     float o[32];
 #pragma unroll
     for (int i = 0; i < 32; i++) o[i] = 0.0f;
+    uint32_t p[4][4];
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
     const uint64_t dq = sw128_desc(sq + wg * ATTN_WG_TILE_BYTES);
 
     for (int j = 0; j < tiles; j++) {
-        const int buf = j & 1;
-        if (j + 1 < tiles) {
-            const long next = (long)(j + 1) * ATTN_WG_KEYS;
-            load_sw128_tile<64, THREADS>(sk + (buf ^ 1) * ATTN_WG_TILE_BYTES, kbase + next * ld, ld,
-                                         n - (int)next);
-            load_sw128_tile<64, THREADS>(sv + (buf ^ 1) * ATTN_WG_TILE_BYTES, vbase + next * ld, ld,
-                                         n - (int)next);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+        // K_j and V_{j-1} have landed, and every warpgroup is done with step j - 1: K_{j-1}'s and
+        // V_{j-2}'s buffers are free.
+        cp_async_wait<0>();
         fence_proxy_async();
         __syncthreads();
+        const long key_base = (long)j * ATTN_WG_KEYS, next = key_base + ATTN_WG_KEYS;
+        if (j + 1 < tiles)
+            load_sw128_tile<64, THREADS>(sk + ((j + 1) & 1) * ATTN_WG_TILE_BYTES, kbase + next * ld, ld,
+                                         n - (int)next);
+        load_sw128_tile<64, THREADS>(sv + (j & 1) * ATTN_WG_TILE_BYTES, vbase + key_base * ld, ld,
+                                     n - (int)key_base);
+        cp_async_commit();
 
-        const uint64_t dk = sw128_desc(sk + buf * ATTN_WG_TILE_BYTES);
-        const uint64_t dv = sw128_desc(sv + buf * ATTN_WG_TILE_BYTES);
-        const int key_base = j * ATTN_WG_KEYS, left = n - key_base;
+        const uint64_t dk = sw128_desc(sk + (j & 1) * ATTN_WG_TILE_BYTES);
+        const uint64_t dv = sw128_desc(sv + ((j + 1) & 1) * ATTN_WG_TILE_BYTES); // V_{j-1}
+        const int kb = (int)key_base, left = n - kb;
+        // Step j on a tile of 64 keys, or the 16 or 32 a short last tile needs (TAIL: masked).
+#define WG_STEP(KEYS, TAIL, PV) \
+    wg_step<T, KEYS, TAIL, PV>(o, p, m0, m1, l0, l1, dq, dk, dv, kb, n, q, scale_log2)
         if (!live) {
-        } else if (left <= 16) {
-            wg_tile<T, 16, true>(o, m0, m1, l0, l1, dq, dk, dv, key_base, n, q, scale_log2);
-        } else if (left <= 32) {
-            wg_tile<T, 32, true>(o, m0, m1, l0, l1, dq, dk, dv, key_base, n, q, scale_log2);
-        } else if (left < ATTN_WG_KEYS) {
-            wg_tile<T, 64, true>(o, m0, m1, l0, l1, dq, dk, dv, key_base, n, q, scale_log2);
+        } else if (j == 0) {
+            if (left <= 16) WG_STEP(16, true, false);
+            else if (left <= 32) WG_STEP(32, true, false);
+            else if (left < ATTN_WG_KEYS) WG_STEP(64, true, false);
+            else WG_STEP(64, false, false);
         } else {
-            wg_tile<T, 64, false>(o, m0, m1, l0, l1, dq, dk, dv, key_base, n, q, scale_log2);
+            if (left <= 16) WG_STEP(16, true, true);
+            else if (left <= 32) WG_STEP(32, true, true);
+            else if (left < ATTN_WG_KEYS) WG_STEP(64, true, true);
+            else WG_STEP(64, false, true);
         }
-        // Every warp is done with this tile's buffers before the next iteration refills them.
-        __syncthreads();
+#undef WG_STEP
     }
+    // The last tile's V.
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();
     if (!live) return;
+    const int left = n - (tiles - 1) * ATTN_WG_KEYS;
+    const uint64_t dv = sw128_desc(sv + ((tiles - 1) & 1) * ATTN_WG_TILE_BYTES);
+    if (left <= 16) wg_last_pv<T, 16>(o, p, dv);
+    else if (left <= 32) wg_last_pv<T, 32>(o, p, dv);
+    else wg_last_pv<T, 64>(o, p, dv);
 
     float t0 = l0, t1 = l1;
     t0 += __shfl_xor_sync(0xffffffffu, t0, 1);

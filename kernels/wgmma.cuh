@@ -40,6 +40,14 @@ template <int N> __device__ __forceinline__ void fence_accumulators(float (&d)[N
 #pragma unroll
     for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
+// The same for A fragments in registers that a wgmma in flight reads: fenced after its wait,
+// they stay live (and unchanged) until then.
+template <int N, int M> __device__ __forceinline__ void fence_fragments(uint32_t (&a)[N][M]) {
+#pragma unroll
+    for (int i = 0; i < N; i++)
+#pragma unroll
+        for (int j = 0; j < M; j++) asm volatile("" : "+r"(a[i][j])::"memory");
+}
 
 // The wgmma descriptor of a tile at shared address `addr` in the 128-byte swizzle: start
 // address >> 4 (bits 0-13), leading byte offset (unused by swizzled K-major layouts, and by

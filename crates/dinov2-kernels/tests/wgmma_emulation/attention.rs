@@ -35,13 +35,44 @@ pub struct Rows {
     l1: [f32; 128],
 }
 
-/// `wg_tile<T, KEYS, TAIL>`.
-pub fn wg_tile(
+/// Each thread's P fragments, `p[kk][r]` (register r of the 16 keys from 16·kk: two values).
+pub type Frags = Vec<[[[f32; 2]; 4]; 4]>;
+
+/// `O += P·V` over `steps` steps of 16 keys (V at `dv`), issued as one group: the values the
+/// registers hold at issue.
+fn issue_pv(q: &mut Wgmma, b: &mut Block, o: usize, p: &Frags, dv: u64, steps: usize) {
+    for kk in 0..steps {
+        // The A operand the registers hold: register r of thread t is elements 2r, 2r + 1.
+        let mut a = vec![f32::NAN; 64 * 16];
+        for t in 0..128 {
+            for r in 0..4 {
+                for e in 0..2 {
+                    let (row, col) = frag_pos(t, 2 * r + e);
+                    a[row * 16 + col] = p[t][kk][r][e];
+                }
+            }
+        }
+        q.issue(
+            b,
+            Mma {
+                acc: o,
+                a: OperandA::Regs(a),
+                b: dv + 128 * kk as u64,
+                n: 64,
+                trans_b: true,
+            },
+        );
+    }
+    q.commit();
+}
+
+/// `wg_step<T, KEYS, TAIL, PV>`.
+pub fn wg_step(
     b: &mut Block,
-    keys: usize,
-    tail: bool,
+    (keys, tail, pv): (usize, bool, bool),
     o: usize,
     rows: &mut Rows,
+    p: &mut Frags,
     (dq, dk, dv): (u64, u64, u64),
     key_base: usize,
     n: usize,
@@ -51,7 +82,12 @@ pub fn wg_tile(
     let s_count = keys / 2;
     let s_acc = b.new_acc(keys);
     q.k_step(b, s_acc, dq, dk, keys);
-    q.wait(b, 0);
+    if pv {
+        issue_pv(&mut q, b, o, p, dv, ATTN_WG_KEYS / 16);
+        q.wait(b, 1);
+    } else {
+        q.wait(b, 0);
+    }
     let mut s: Vec<Vec<f32>> = (0..128)
         .map(|t| (0..s_count).map(|i| *b.frag(s_acc, t, i)).collect())
         .collect();
@@ -77,12 +113,13 @@ pub fn wg_tile(
         shfl_xor(&mut mx0, mask, f32::max);
         shfl_xor(&mut mx1, mask, f32::max);
     }
-    let mut p = vec![vec![[[0.0f32; 2]; 4]; keys / 16]; 128];
+    let mut alphas = [(0.0f32, 0.0f32); 128];
     for t in 0..128 {
         let ms0 = mx0[t] * scale_log2;
         let ms1 = mx1[t] * scale_log2;
         let alpha0 = ex2_approx(rows.m0[t].mul_add(scale_log2, -ms0));
         let alpha1 = ex2_approx(rows.m1[t].mul_add(scale_log2, -ms1));
+        alphas[t] = (alpha0, alpha1);
         rows.m0[t] = mx0[t];
         rows.m1[t] = mx1[t];
         let (mut sum0, mut sum1) = (0.0f32, 0.0f32);
@@ -97,12 +134,21 @@ pub fn wg_tile(
         }
         rows.l0[t] = rows.l0[t] * alpha0 + sum0;
         rows.l1[t] = rows.l1[t] * alpha1 + sum1;
+    }
+
+    // The previous tile's P·V has retired: O and p are the threads' again.
+    if pv {
+        q.wait(b, 0);
+    }
+    for t in 0..128 {
+        let (alpha0, alpha1) = alphas[t];
         for jj in 0..8 {
             *b.frag(o, t, 4 * jj) *= alpha0;
             *b.frag(o, t, 4 * jj + 1) *= alpha0;
             *b.frag(o, t, 4 * jj + 2) *= alpha1;
             *b.frag(o, t, 4 * jj + 3) *= alpha1;
         }
+        let s = &s[t];
         for kk in 0..keys / 16 {
             p[t][kk][0] = [s[8 * kk], s[8 * kk + 1]];
             p[t][kk][1] = [s[8 * kk + 2], s[8 * kk + 3]];
@@ -110,29 +156,12 @@ pub fn wg_tile(
             p[t][kk][3] = [s[8 * kk + 6], s[8 * kk + 7]];
         }
     }
-    for kk in 0..keys / 16 {
-        // The A operand the registers hold: register r of thread t is elements 2r, 2r + 1.
-        let mut a = vec![f32::NAN; 64 * 16];
-        for t in 0..128 {
-            for r in 0..4 {
-                for e in 0..2 {
-                    let (row, col) = frag_pos(t, 2 * r + e);
-                    a[row * 16 + col] = p[t][kk][r][e];
-                }
-            }
-        }
-        q.issue(
-            b,
-            Mma {
-                acc: o,
-                a: OperandA::Regs(a),
-                b: dv + 128 * kk as u64,
-                n: 64,
-                trans_b: true,
-            },
-        );
-    }
-    q.commit();
+}
+
+/// `wg_last_pv<T, KEYS>`: the last tile's P·V over its `keys` keys, awaited.
+pub fn wg_last_pv(b: &mut Block, keys: usize, o: usize, p: &Frags, dv: u64) {
+    let mut q = Wgmma::new(b.timing());
+    issue_pv(&mut q, b, o, p, dv, keys / 16);
     q.wait(b, 0);
 }
 
@@ -189,10 +218,9 @@ pub fn attention_block(
         load_sw128_tile(&mut b, 64, threads, tile, qkv, src, ld, live(rows));
     }
     load_sw128_tile(&mut b, 64, threads, sk, qkv, kbase, ld, live(0));
-    load_sw128_tile(&mut b, 64, threads, sv, qkv, vbase, ld, live(0));
     b.cp_async_commit();
 
-    // Each warpgroup's accumulators and row state; whether it has rows below n.
+    // Each warpgroup's accumulators, row state and P fragments; whether it has rows below n.
     let alive: Vec<bool> = (0..wgs)
         .map(|wg| wgs == 1 || q0 + ATTN_WG_ROWS * wg < n)
         .collect();
@@ -205,59 +233,77 @@ pub fn attention_block(
             l1: [0.0; 128],
         })
         .collect();
+    let mut p: Vec<Frags> = (0..wgs)
+        .map(|_| vec![[[[f32::NAN; 2]; 4]; 4]; 128])
+        .collect();
     let dq: Vec<u64> = (0..wgs)
         .map(|wg| sw128_desc(sq + wg as u32 * ATTN_WG_TILE_BYTES))
         .collect();
+    let tile = |j: usize| (j & 1) as u32 * ATTN_WG_TILE_BYTES;
     for j in 0..tiles {
-        let buf = (j & 1) as u32;
+        // K_j and V_{j-1} have landed; every warpgroup is done with step j - 1.
+        b.cp_async_wait(0);
+        let (key_base, next) = (j * ATTN_WG_KEYS, (j + 1) * ATTN_WG_KEYS);
         if j + 1 < tiles {
-            let next = (j + 1) * ATTN_WG_KEYS;
-            let (kt, vt) = (
-                sk + (buf ^ 1) * ATTN_WG_TILE_BYTES,
-                sv + (buf ^ 1) * ATTN_WG_TILE_BYTES,
-            );
+            let src = kbase + next * ld;
             load_sw128_tile(
                 &mut b,
                 64,
                 threads,
-                kt,
+                sk + tile(j + 1),
                 qkv,
-                kbase + next * ld,
+                src,
                 ld,
                 live(next),
             );
-            load_sw128_tile(
-                &mut b,
-                64,
-                threads,
-                vt,
-                qkv,
-                vbase + next * ld,
-                ld,
-                live(next),
-            );
-            b.cp_async_commit();
-            b.cp_async_wait(1);
-        } else {
-            b.cp_async_wait(0);
         }
-        let dk = sw128_desc(sk + buf * ATTN_WG_TILE_BYTES);
-        let dv = sw128_desc(sv + buf * ATTN_WG_TILE_BYTES);
-        let key_base = j * ATTN_WG_KEYS;
+        let src = vbase + key_base * ld;
+        load_sw128_tile(
+            &mut b,
+            64,
+            threads,
+            sv + tile(j),
+            qkv,
+            src,
+            ld,
+            live(key_base),
+        );
+        b.cp_async_commit();
+
+        let dk = sw128_desc(sk + tile(j));
+        let dv = sw128_desc(sv + tile(j + 1)); // V_{j-1}
         let left = n - key_base;
-        for wg in 0..wgs {
-            let (o, rows, descs) = (o[wg], &mut rows[wg], (dq[wg], dk, dv));
-            if !alive[wg] {
-            } else if left <= 16 {
-                wg_tile(&mut b, 16, true, o, rows, descs, key_base, n, scale_log2);
-            } else if left <= 32 {
-                wg_tile(&mut b, 32, true, o, rows, descs, key_base, n, scale_log2);
-            } else if left < ATTN_WG_KEYS {
-                wg_tile(&mut b, 64, true, o, rows, descs, key_base, n, scale_log2);
-            } else {
-                wg_tile(&mut b, 64, false, o, rows, descs, key_base, n, scale_log2);
-            }
+        let pv = j > 0;
+        let shape = if left <= 16 {
+            (16, true, pv)
+        } else if left <= 32 {
+            (32, true, pv)
+        } else if left < ATTN_WG_KEYS {
+            (64, true, pv)
+        } else {
+            (64, false, pv)
+        };
+        for wg in (0..wgs).filter(|&wg| alive[wg]) {
+            let descs = (dq[wg], dk, dv);
+            let (rows, p) = (&mut rows[wg], &mut p[wg]);
+            wg_step(
+                &mut b, shape, o[wg], rows, p, descs, key_base, n, scale_log2,
+            );
         }
+    }
+    // The last tile's V.
+    b.cp_async_wait(0);
+    let left = n - (tiles - 1) * ATTN_WG_KEYS;
+    let keys = if left <= 16 {
+        16
+    } else if left <= 32 {
+        32
+    } else {
+        64
+    };
+    let dv = sw128_desc(sv + tile(tiles - 1));
+    for wg in (0..wgs).filter(|&wg| alive[wg]) {
+        wg_last_pv(&mut b, keys, o[wg], &p[wg], dv);
     }
 
     for wg in (0..wgs).filter(|&wg| alive[wg]) {

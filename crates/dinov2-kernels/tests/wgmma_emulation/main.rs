@@ -572,7 +572,11 @@ fn the_emulated_expressions_are_the_kernels() {
                 "#define ATTN_WG_TILE_BYTES (64 * 64 * 2)",
                 "#define ATTN_WG_SMEM ((FA_BM + 4 * FA_BN) * (ATTN_WG_D + 8) * 2)",
                 "for (int kk = 0; kk < ATTN_WG_D / 16; kk++) wg_qk<T, KEYS>(s, dq + 2 * kk, dk + 2 * kk);",
-                "wgmma_commit(); wgmma_wait<0>(); fence_accumulators(s);",
+                "wgmma_commit(); if (PV) {",
+                "for (int kk = 0; kk < ATTN_WG_KEYS / 16; kk++) wg_pv<T>(o, p[kk], dv + 128 * kk); \
+                 wgmma_commit(); wgmma_wait<1>(); } else { wgmma_wait<0>(); } fence_accumulators(s);",
+                "if (PV) { wgmma_wait<0>(); fence_accumulators(o); fence_fragments(p); } #pragma unroll \
+                 for (int jj = 0; jj < 8; jj++) { o[4 * jj] *= alpha0;",
                 "const int key0 = key_base + 2 * q;",
                 "if (key0 + 8 * (i >> 2) + (i & 1) >= n) s[i] = -INFINITY;",
                 "mx0 = fmaxf(mx0, fmaxf(s[4 * jj], s[4 * jj + 1]));",
@@ -594,7 +598,8 @@ fn the_emulated_expressions_are_the_kernels() {
                 "p[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);",
                 "p[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);",
                 "p[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);",
-                "for (int kk = 0; kk < KEYS / 16; kk++) wg_pv<T>(o, p[kk], dv + 128 * kk);",
+                "for (int kk = 0; kk < KEYS / 16; kk++) wg_pv<T>(o, p[kk], dv + 128 * kk); \
+                 wgmma_commit(); wgmma_wait<0>(); fence_accumulators(o); fence_fragments(p); }",
                 "const uint32_t sq = (raw + 1023u) & ~1023u;",
                 "const uint32_t sk = sq + WGS * ATTN_WG_TILE_BYTES;",
                 "const uint32_t sv = sk + 2 * ATTN_WG_TILE_BYTES;",
@@ -611,26 +616,31 @@ fn the_emulated_expressions_are_the_kernels() {
                 "for (int w = 0; w < WGS; w++) { const int rows = q0 + ATTN_WG_ROWS * w;",
                 "load_sw128_tile<64, THREADS>(sq + w * ATTN_WG_TILE_BYTES, base + (long)(rows < n ? rows : \
                  0) * ld, ld, n - rows); }",
-                "load_sw128_tile<64, THREADS>(sk, kbase, ld, n);",
-                "load_sw128_tile<64, THREADS>(sv, vbase, ld, n);",
+                "load_sw128_tile<64, THREADS>(sk, kbase, ld, n); cp_async_commit();",
                 "const bool live = WGS == 1 || q0 + ATTN_WG_ROWS * wg < n;",
                 "const uint64_t dq = sw128_desc(sq + wg * ATTN_WG_TILE_BYTES);",
-                "const int buf = j & 1;",
-                "const long next = (long)(j + 1) * ATTN_WG_KEYS;",
-                "load_sw128_tile<64, THREADS>(sk + (buf ^ 1) * ATTN_WG_TILE_BYTES, kbase + next * ld, ld, \
-                 n - (int)next);",
-                "load_sw128_tile<64, THREADS>(sv + (buf ^ 1) * ATTN_WG_TILE_BYTES, vbase + next * ld, ld, \
-                 n - (int)next);",
-                "cp_async_commit(); cp_async_wait<1>(); } else { cp_async_wait<0>(); }",
-                "const uint64_t dk = sw128_desc(sk + buf * ATTN_WG_TILE_BYTES);",
-                "const uint64_t dv = sw128_desc(sv + buf * ATTN_WG_TILE_BYTES);",
-                "const int key_base = j * ATTN_WG_KEYS, left = n - key_base;",
-                "if (!live) { } else if (left <= 16) { wg_tile<T, 16, true>(",
-                "} else if (left <= 32) { wg_tile<T, 32, true>(",
-                "} else if (left < ATTN_WG_KEYS) { wg_tile<T, 64, true>(",
-                "} else { wg_tile<T, 64, false>(",
+                "for (int j = 0; j < tiles; j++) {",
+                "cp_async_wait<0>(); fence_proxy_async(); __syncthreads(); \
+                 const long key_base = (long)j * ATTN_WG_KEYS, next = key_base + ATTN_WG_KEYS;",
+                "if (j + 1 < tiles) load_sw128_tile<64, THREADS>(sk + ((j + 1) & 1) * ATTN_WG_TILE_BYTES, \
+                 kbase + next * ld, ld, n - (int)next); load_sw128_tile<64, THREADS>(sv + (j & 1) * \
+                 ATTN_WG_TILE_BYTES, vbase + key_base * ld, ld, n - (int)key_base); cp_async_commit();",
+                "const uint64_t dk = sw128_desc(sk + (j & 1) * ATTN_WG_TILE_BYTES);",
+                "const uint64_t dv = sw128_desc(sv + ((j + 1) & 1) * ATTN_WG_TILE_BYTES);",
+                "const int kb = (int)key_base, left = n - kb;",
+                "wg_step<T, KEYS, TAIL, PV>(o, p, m0, m1, l0, l1, dq, dk, dv, kb, n, q, scale_log2)",
+                "if (!live) { } else if (j == 0) { if (left <= 16) WG_STEP(16, true, false); \
+                 else if (left <= 32) WG_STEP(32, true, false); \
+                 else if (left < ATTN_WG_KEYS) WG_STEP(64, true, false); else WG_STEP(64, false, false); \
+                 } else { if (left <= 16) WG_STEP(16, true, true); \
+                 else if (left <= 32) WG_STEP(32, true, true); \
+                 else if (left < ATTN_WG_KEYS) WG_STEP(64, true, true); else WG_STEP(64, false, true); }",
+                "cp_async_wait<0>(); fence_proxy_async(); __syncthreads(); if (!live) return; \
+                 const int left = n - (tiles - 1) * ATTN_WG_KEYS; \
+                 const uint64_t dv = sw128_desc(sv + ((tiles - 1) & 1) * ATTN_WG_TILE_BYTES); \
+                 if (left <= 16) wg_last_pv<T, 16>(o, p, dv); else if (left <= 32) wg_last_pv<T, 32>(o, p, dv); \
+                 else wg_last_pv<T, 64>(o, p, dv);",
                 "const float inv0 = 1.0f / t0, inv1 = 1.0f / t1;",
-                "if (!live) return;",
                 "const int r0 = q0 + ATTN_WG_ROWS * wg + warp * 16 + g, r1 = r0 + 8;",
                 "#define ATTN_WG2_SMEM (6 * ATTN_WG_TILE_BYTES + 1024)",
                 "attention_wg<T, 1>(qkv, out, n, heads, scale_log2, q_first);",
