@@ -279,8 +279,12 @@ fn act_name(act: Act) -> Option<&'static str> {
 
 /// The policy and kernel choice of a device, in one atomic byte (bits 0-1 the [`OwnGemm`], bits
 /// 2-4 the [`OwnTile`]: its index in [`OwnTile::ALL`]), and how many clusters of the `_pp2`
-/// kernels fit on the device at once (0 until asked; they all have the same resources).
+/// kernels fit on the device at once (0 until asked, [`NO_CLUSTERS`] when none does; they all have
+/// the same resources).
 pub(crate) struct OwnGemmState(AtomicU8, AtomicU32);
+
+/// [`OwnGemmState`]'s answer when the driver said that no cluster of the `_pp2` kernels fits.
+const NO_CLUSTERS: u32 = u32::MAX;
 
 impl OwnGemmState {
     /// From `DINOV2_GEMM`'s value, read by the caller (`fused`, `own`), and `DINOV2_GEMM_TILE`
@@ -343,11 +347,13 @@ impl Device {
 
     /// How many clusters of the persistent cluster kernel `name` (of `tile`) fit on the device at
     /// once: the driver's answer for its threads, shared memory and cluster shape, asked once.
-    /// A cluster's CTAs must share a GPC, so this can be less than half the SMs.
+    /// A cluster's CTAs must share a GPC, so this can be less than half the SMs; 0 where none
+    /// fits (remembered too).
     fn resident_clusters(&self, name: &str, tile: OwnTile) -> Result<u32> {
-        let known = self.own_gemm.1.load(Ordering::Relaxed);
-        if known != 0 {
-            return Ok(known);
+        match self.own_gemm.1.load(Ordering::Relaxed) {
+            0 => {}
+            NO_CLUSTERS => return Ok(0),
+            known => return Ok(known),
         }
         let f = self.function(name, tile.smem_bytes())?;
         self.bind()?;
@@ -359,7 +365,8 @@ impl Device {
         let clusters = f
             .occupancy_max_active_clusters(cfg, &self.stream)
             .ctx(|| format!("asking how many clusters of {name} fit at once"))?;
-        self.own_gemm.1.store(clusters, Ordering::Relaxed);
+        let remembered = if clusters == 0 { NO_CLUSTERS } else { clusters };
+        self.own_gemm.1.store(remembered, Ordering::Relaxed);
         Ok(clusters)
     }
 
@@ -473,11 +480,14 @@ impl Device {
             && grid.1 <= 65535
             // The kernels' int tile and pipeline counters.
             && m.div_ceil(TILE_ROWS) * (n / tile.cols()) * (k / TILE_K) <= i32::MAX as usize
-            && [m, n, k].iter().all(|&v| i32::try_from(v).is_ok());
+            // The first row of a tile (a cluster's second may start a tile past m), in int.
+            && [m + 2 * TILE_ROWS, n, k].iter().all(|&v| i32::try_from(v).is_ok());
         if !fits {
             return Ok(false);
         }
         let (a, b) = if tile.fed_by_tma() {
+            // Encoding a tensor map may need the device's context current on this thread.
+            self.bind()?;
             (
                 Arg::TensorMap(tensor_map(xp, t, m, k, TILE_ROWS)?),
                 Arg::TensorMap(tensor_map(wp, t, n, k, tile.b_box_rows())?),
