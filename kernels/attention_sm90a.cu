@@ -175,6 +175,11 @@ __device__ __forceinline__ void wg_last_pv(float (&o)[32], uint32_t (&p)[4][4], 
     fence_fragments(p);
 }
 
+// A compile-time flag passed as a value (to a generic lambda).
+template <bool V> struct Flag {
+    static constexpr bool value = V;
+};
+
 // The block of WGS warpgroups (1: attention_wg, 2: attention_wg2) whose first query row is
 // q_first + blockIdx.x·64·WGS; warpgroup w takes the 64 rows from q0 + 64w.
 template <typename T, int WGS>
@@ -241,22 +246,24 @@ __device__ __forceinline__ void attention_wg(const T* __restrict__ qkv, T* __res
         const uint64_t dk = sw128_desc(sk + (j & 1) * ATTN_WG_TILE_BYTES);
         const uint64_t dv = sw128_desc(sv + ((j + 1) & 1) * ATTN_WG_TILE_BYTES); // V_{j-1}
         const int kb = (int)key_base, left = n - kb;
-        // Step j on a tile of 64 keys, or the 16 or 32 a short last tile needs (TAIL: masked).
-#define WG_STEP(KEYS, TAIL, PV) \
+        // Step j on a tile of 64 keys, or the 16 or 32 a short last tile needs (TAIL: masked);
+        // with the previous tile's P·V (PV) from the second step on.
+        auto step = [&](auto pv) {
+            constexpr bool PV = decltype(pv)::value;
+#define WG_STEP(KEYS, TAIL) \
     wg_step<T, KEYS, TAIL, PV>(o, p, m0, m1, l0, l1, dq, dk, dv, kb, n, q, scale_log2)
+            if (left <= 16) WG_STEP(16, true);
+            else if (left <= 32) WG_STEP(32, true);
+            else if (left < ATTN_WG_KEYS) WG_STEP(64, true);
+            else WG_STEP(64, false);
+#undef WG_STEP
+        };
         if (!live) {
         } else if (j == 0) {
-            if (left <= 16) WG_STEP(16, true, false);
-            else if (left <= 32) WG_STEP(32, true, false);
-            else if (left < ATTN_WG_KEYS) WG_STEP(64, true, false);
-            else WG_STEP(64, false, false);
+            step(Flag<false>());
         } else {
-            if (left <= 16) WG_STEP(16, true, true);
-            else if (left <= 32) WG_STEP(32, true, true);
-            else if (left < ATTN_WG_KEYS) WG_STEP(64, true, true);
-            else WG_STEP(64, false, true);
+            step(Flag<true>());
         }
-#undef WG_STEP
     }
     // The last tile's V.
     cp_async_wait<0>();

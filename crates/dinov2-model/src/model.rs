@@ -9,7 +9,7 @@ use crate::backend::{Backend, TokenParams};
 use crate::error::{ModelError, Result};
 use crate::loss::{loss, resolve_problem_type, Labels};
 use crate::outputs::{BackboneOutput, ClassifierOutput, ModelOutput};
-use crate::params::{Ffn, HostParams, Layer, Norm, ParamSource, Params, RandomParams};
+use crate::params::{Ffn, HostParams, Layer, Linear, Norm, ParamSource, Params, RandomParams};
 use crate::pooling::{embeddings, join_layers, pool_tokens, Embedding, Pooling};
 use crate::positions::{resized_positions, Interpolation};
 use crate::replay::{PassOutput, PassShape, Recorded, ReplayStatus, Replays};
@@ -249,6 +249,21 @@ impl<B: Backend> Dinov2<B> {
     ) -> Result<(B::Tensor, Option<B::Tensor>)> {
         let be = &self.backend;
         let eps = self.config.layer_norm_eps;
+        // x += gamma ⊙ out(h), then the norm of the updated x.
+        let residual =
+            |x: &mut B::Tensor, h, out: &Linear<B::Weight>, gamma, norm: &Norm<B::Weight>| {
+                let bias = out.bias.as_ref();
+                be.linear_add_scaled_layer_norm(
+                    x,
+                    h,
+                    &out.weight,
+                    bias,
+                    gamma,
+                    &norm.weight,
+                    &norm.bias,
+                    eps,
+                )
+            };
         let qkv = be.linear(
             &y,
             &layer.qkv.weight,
@@ -258,17 +273,7 @@ impl<B: Backend> Dinov2<B> {
         drop(y);
         let (attended, probs) = be.attention(&qkv, self.config.num_attention_heads, want_probs)?;
         drop(qkv);
-        let (proj, n2) = (&layer.proj, &layer.norm2);
-        let y = be.linear_add_scaled_layer_norm(
-            x,
-            attended,
-            &proj.weight,
-            proj.bias.as_ref(),
-            &layer.layer_scale1,
-            &n2.weight,
-            &n2.bias,
-            eps,
-        )?;
+        let y = residual(x, attended, &layer.proj, &layer.layer_scale1, &layer.norm2)?;
         // The MLP's hidden activations, and its output layer.
         let (hidden, out) = match &layer.ffn {
             Ffn::Mlp { fc1, fc2 } => {
@@ -292,16 +297,7 @@ impl<B: Backend> Dinov2<B> {
                 (g, weights_out)
             }
         };
-        let y_next = be.linear_add_scaled_layer_norm(
-            x,
-            hidden,
-            &out.weight,
-            out.bias.as_ref(),
-            &layer.layer_scale2,
-            &next.weight,
-            &next.bias,
-            eps,
-        )?;
+        let y_next = residual(x, hidden, out, &layer.layer_scale2, next)?;
         Ok((y_next, probs))
     }
 

@@ -629,12 +629,9 @@ fn the_emulated_expressions_are_the_kernels() {
                 "const uint64_t dv = sw128_desc(sv + ((j + 1) & 1) * ATTN_WG_TILE_BYTES);",
                 "const int kb = (int)key_base, left = n - kb;",
                 "wg_step<T, KEYS, TAIL, PV>(o, p, m0, m1, l0, l1, dq, dk, dv, kb, n, q, scale_log2)",
-                "if (!live) { } else if (j == 0) { if (left <= 16) WG_STEP(16, true, false); \
-                 else if (left <= 32) WG_STEP(32, true, false); \
-                 else if (left < ATTN_WG_KEYS) WG_STEP(64, true, false); else WG_STEP(64, false, false); \
-                 } else { if (left <= 16) WG_STEP(16, true, true); \
-                 else if (left <= 32) WG_STEP(32, true, true); \
-                 else if (left < ATTN_WG_KEYS) WG_STEP(64, true, true); else WG_STEP(64, false, true); }",
+                "if (left <= 16) WG_STEP(16, true); else if (left <= 32) WG_STEP(32, true); \
+                 else if (left < ATTN_WG_KEYS) WG_STEP(64, true); else WG_STEP(64, false);",
+                "if (!live) { } else if (j == 0) { step(Flag<false>()); } else { step(Flag<true>()); }",
                 "cp_async_wait<0>(); fence_proxy_async(); __syncthreads(); if (!live) return; \
                  const int left = n - (tiles - 1) * ATTN_WG_KEYS; \
                  const uint64_t dv = sw128_desc(sv + ((tiles - 1) & 1) * ATTN_WG_TILE_BYTES); \
