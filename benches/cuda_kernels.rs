@@ -31,7 +31,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use dinov2::crates::kernels::{Act, Buffer, DType, Device, OwnGemm, OwnTile};
+use dinov2::crates::kernels::{
+    fold_layer_norm, Act, Buffer, DType, Device, OwnGemm, OwnTile, RowStats, STATS_COLUMNS,
+};
 use dinov2::{flops_per_image, released, CudaBackend, Dinov2, Dtype, Pooling, Tensor};
 
 const BATCH: usize = 256;
@@ -168,7 +170,7 @@ fn residual_updates(c: &mut Criterion, dev: &Device) {
                     let shape = (ROWS, n, k);
                     if fused {
                         let done = dev
-                            .linear_residual(&x, &w, Some(&b), &gamma, &mut stream, shape)
+                            .linear_residual(&x, &w, Some(&b), &gamma, &mut stream, None, shape)
                             .expect("linear_residual");
                         assert!(done, "the residual update was not fused");
                         dev.layer_norm(&stream, &norm_w, &norm_b, &mut y, ROWS, n, 1e-6)
@@ -192,6 +194,173 @@ fn residual_updates(c: &mut Criterion, dev: &Device) {
                 })
             })
         });
+    }
+    dev.set_own_gemm(OwnGemm::Off, OwnTile::N128)
+        .expect("sm_90 device");
+    g.finish();
+}
+
+/// The two LayerNorms of a ViT-B/14 block with an f16 residual stream, on an H100/H200, both
+/// ways, on our persistent GEMM (`pp`, `pp2`):
+/// - `norm2_fc1/…`: the attention's residual update, the norm and fc1 with the GELU: as
+///   `add_scaled_layer_norm` then fc1 on the normed rows (`two_passes_*`), and as
+///   `add_scaled_stats` then fc1 with the norm folded in (`folded_*`);
+/// - `fc2_norm1_qkv/…`: fc2 with the residual update in its epilogue, the next block's norm and
+///   its qkv: `layer_norm` between the two GEMMs (`two_passes_*`), or fc2's epilogue writing the
+///   rows' statistics and qkv with the norm folded in (`folded_*`).
+fn folded_norms(c: &mut Criterion, dev: &Device) {
+    if dev.set_own_gemm(OwnGemm::Off, OwnTile::N128).is_err()
+        || std::env::var("DINOV2_BENCH_SKIP_TMA").is_ok_and(|v| v == "1")
+    {
+        return;
+    }
+    let mut g = c.benchmark_group("linear_f16");
+    let h = HIDDEN;
+    let (gamma, norm_w, norm_b) = (
+        buffer(dev, &[h], DType::F32, 20),
+        buffer(dev, &[h], DType::F32, 21),
+        buffer(dev, &[h], DType::F32, 22),
+    );
+    let mut stream = buffer(dev, &[ROWS, h], T, 23);
+    let branch = buffer(dev, &[ROWS, h], T, 24);
+    let mut normed = dev.alloc(T, &[ROWS, h]).expect("device memory");
+    let weight = |n: usize, k: usize, seed: u64| {
+        let scale = (k as f32).sqrt().recip();
+        let w: Vec<f32> = values(n * k, seed).iter().map(|v| v * scale).collect();
+        let folded = fold_layer_norm(
+            &w,
+            Some(&values(n, seed + 1)),
+            &values(k, seed + 2),
+            &values(k, seed + 3),
+            (n, k),
+            T,
+        )
+        .expect("shapes");
+        let up = |v: &[f32], shape: &[usize], t| dev.upload(v, shape, t).expect("device memory");
+        (
+            up(&w, &[n, k], T),
+            up(&folded.weight, &[n, k], T),
+            up(&folded.colsum, &[n], DType::F32),
+            up(&folded.bias, &[n], DType::F32),
+        )
+    };
+    let (fc1, fc1_f, fc1_s, fc1_b) = weight(4 * h, h, 30);
+    let (qkv, qkv_f, qkv_s, qkv_b) = weight(3 * h, h, 40);
+    // fc2's weight scaled as the others, so that the stream stays in range over many updates.
+    let (fc2, _, _, _) = weight(h, 4 * h, 50);
+    let bias = buffer(dev, &[4 * h], DType::F32, 51);
+    let hidden = buffer(dev, &[ROWS, 4 * h], T, 52);
+    let mut fc1_out = dev.alloc(T, &[ROWS, 4 * h]).expect("device memory");
+    let mut qkv_out = dev.alloc(T, &[ROWS, 3 * h]).expect("device memory");
+    let mut stats = dev.alloc(DType::F32, &[ROWS, 1, 2]).expect("device memory");
+    let mut parts = dev
+        .alloc(DType::F32, &[ROWS, h / STATS_COLUMNS, 2])
+        .expect("device memory");
+    for (suffix, tile) in [("pp", OwnTile::PingPong), ("pp2", OwnTile::PingPong2)] {
+        dev.set_own_gemm(OwnGemm::All, tile).expect("sm_90 device");
+        for folded in [false, true] {
+            let way = if folded { "folded" } else { "two_passes" };
+            g.throughput(Throughput::Elements((2 * ROWS * h * 4 * h) as u64));
+            g.bench_function(format!("vitb14/norm2_fc1/{way}_{suffix}"), |bench| {
+                bench.iter_custom(|iters| {
+                    timed(dev, iters, || {
+                        let shape = (ROWS, 4 * h, h);
+                        if folded {
+                            let ran = dev
+                                .add_scaled_stats(&mut stream, &branch, &gamma, &mut stats, ROWS, h)
+                                .expect("add_scaled_stats");
+                            let norm = RowStats {
+                                stats: &stats,
+                                parts: 1,
+                                eps: 1e-6,
+                            };
+                            let ran = ran
+                                && dev
+                                    .linear_folded(
+                                        &stream,
+                                        &fc1_f,
+                                        &fc1_s,
+                                        &fc1_b,
+                                        norm,
+                                        &mut fc1_out,
+                                        shape,
+                                        Act::Gelu,
+                                    )
+                                    .expect("linear_folded");
+                            assert!(ran, "the fold did not run");
+                        } else {
+                            dev.add_scaled_layer_norm(
+                                &mut stream,
+                                &branch,
+                                &gamma,
+                                &norm_w,
+                                &norm_b,
+                                &mut normed,
+                                ROWS,
+                                h,
+                                1e-6,
+                            )
+                            .expect("add_scaled_layer_norm");
+                            dev.linear_act(
+                                &normed,
+                                &fc1,
+                                Some(&bias),
+                                &mut fc1_out,
+                                shape,
+                                Act::Gelu,
+                            )
+                            .expect("linear");
+                        }
+                    })
+                })
+            });
+            g.throughput(Throughput::Elements((2 * ROWS * h * 7 * h) as u64));
+            g.bench_function(format!("vitb14/fc2_norm1_qkv/{way}_{suffix}"), |bench| {
+                bench.iter_custom(|iters| {
+                    timed(dev, iters, || {
+                        let out = if folded { Some(&mut parts) } else { None };
+                        let ran = dev
+                            .linear_residual(
+                                &hidden,
+                                &fc2,
+                                None,
+                                &gamma,
+                                &mut stream,
+                                out,
+                                (ROWS, h, 4 * h),
+                            )
+                            .expect("linear_residual");
+                        assert!(ran, "the residual update was not fused");
+                        let shape = (ROWS, 3 * h, h);
+                        if folded {
+                            let norm = RowStats {
+                                stats: &parts,
+                                parts: h / STATS_COLUMNS,
+                                eps: 1e-6,
+                            };
+                            let ran = dev
+                                .linear_folded(
+                                    &stream,
+                                    &qkv_f,
+                                    &qkv_s,
+                                    &qkv_b,
+                                    norm,
+                                    &mut qkv_out,
+                                    shape,
+                                    Act::Identity,
+                                )
+                                .expect("linear_folded");
+                            assert!(ran, "the fold did not run");
+                        } else {
+                            dev.layer_norm(&stream, &norm_w, &norm_b, &mut normed, ROWS, h, 1e-6)
+                                .expect("layer_norm");
+                            dev.linear_act(&normed, &qkv, None, &mut qkv_out, shape, Act::Identity)
+                                .expect("linear");
+                        }
+                    })
+                })
+            });
+        }
     }
     dev.set_own_gemm(OwnGemm::Off, OwnTile::N128)
         .expect("sm_90 device");
@@ -475,6 +644,7 @@ fn main() {
     ceiling(&mut c, &dev);
     gemms(&mut c, &dev);
     residual_updates(&mut c, &dev);
+    folded_norms(&mut c, &dev);
     attention(&mut c, &dev, "vitb14", (BATCH, TOKENS));
     attention(&mut c, &dev, "vitb14_518px", HIGH_RES);
     attention_probs(&mut c, &dev);

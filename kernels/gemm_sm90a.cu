@@ -2,8 +2,8 @@
 // into an sm_90a cubin, with no embedded PTX; other GPUs use cuBLAS):
 //   gemm_{f16,bf16}_{id,gelu,gelu_tanh}_n{128,256}(x, w, bias, bias_f32, y, m, n, k)
 //     y[m, n] = act(x[m, k] · w[n, k]ᵀ + bias[n])
-// and variants fed by TMA (_tma, _tma2, _pp, _pp2, and _res{,_rx}_{pp,pp2} updating a residual
-// stream: below).
+// and variants fed by TMA (_tma, _tma2, _pp, _pp2, _res{,_rx}_{pp,pp2} updating a residual
+// stream, and _ln_{pp,pp2} with a LayerNorm folded in: below).
 // x, w, y in one 16-bit type, f32 accumulation; the bias (f32 when bias_f32, else the storage type,
 // or null) and the activation are applied to the f32 sums, then y is rounded once. So the exact
 // erf GELU after fc1 costs no pass over the activations (cuBLASLt's GELU epilogue is the tanh
@@ -64,15 +64,47 @@ template <typename T> __device__ __forceinline__ float bias_at(const void* bias,
     return bias_f32 ? static_cast<const float*>(bias)[col] : to_f32(static_cast<const T*>(bias)[col]);
 }
 
+// A LayerNorm folded into the product (the _ln kernels): for y = LN(x)·wᵀ + bias with LN's
+// weight γ and bias β, the kernel multiplies the residual stream x itself by w' = w ⊙ γ (γ
+// scaling w's columns: the weight the host prepares), and the epilogue normalizes each sum:
+//   y[r][c] = inv_r · (sum[r][c] − mean_r · colsum[c]) + bias'[c]
+// with colsum[c] = Σ_k w'[c][k] and bias' = bias + w·β (also prepared), mean_r and
+// inv_r = 1/sqrt(var_r + eps) from row r's statistics: `parts` pairs (mean, M2) over groups of
+// k / parts columns each (one from row_stats / add_scaled_stats, k / 128 from a _res_rx
+// kernel's stats_out), combined as Chan et al. combine equal counts. Returns (mean, inv).
+__device__ __forceinline__ float2 row_norm(const float2* __restrict__ p, int parts, int k, float eps) {
+    float mean = 0.0f;
+    for (int t = 0; t < parts; t++) mean += p[t].x;
+    mean /= parts;
+    const float group = (float)(k / parts);
+    float m2 = 0.0f;
+    for (int t = 0; t < parts; t++) {
+        const float dm = p[t].x - mean;
+        m2 += p[t].y + group * dm * dm;
+    }
+    return make_float2(mean, 1.0f / sqrtf(m2 / k + eps));
+}
+
+// A sum of the tile before its activation: plus the bias, or (NORM) normalized as above with
+// its row's (mean, inv) `rn` and its column's sum of the folded weight `cs`.
+template <bool NORM>
+__device__ __forceinline__ float pre_activation(float sum, float bias, float2 rn, float cs) {
+    return NORM ? fmaf(rn.y, fmaf(-rn.x, cs, sum), bias) : sum + bias;
+}
+
 // The epilogue, in two halves around a barrier of the threads that run it. First each thread's
-// accumulators, the bias added and the activation applied, rounded into the output tile in
-// shared memory: rows of BN·2 bytes padded by 16 (a row starts 4 banks after the previous one,
-// so the 8 rows of a fragment store hit 32 different banks). `row` is the thread's first row
-// in the tile (warpgroup rows + 16·warp + lane/4).
-template <typename T, int ACT, int BN>
+// accumulators, the bias added (NORM: normalized, pre_activation, with rownorm [tile rows] and
+// colsum [n]) and the activation applied, rounded into the output tile in shared memory: rows
+// of BN·2 bytes padded by 16 (a row starts 4 banks after the previous one, so the 8 rows of a
+// fragment store hit 32 different banks). `row` is the thread's first row in the tile
+// (warpgroup rows + 16·warp + lane/4).
+template <typename T, int ACT, int BN, bool NORM = false>
 __device__ __forceinline__ void stage_tile(const float (&d)[BN / 2], uint8_t* tile, int row, int lane,
-                                           const void* bias, int bias_f32, int n0) {
+                                           const void* bias, int bias_f32, int n0,
+                                           const float2* rownorm = nullptr, const float* colsum = nullptr) {
     constexpr int ROW_BYTES = BN * 2 + 16;
+    const float2 rn0 = NORM ? rownorm[row] : make_float2(0.0f, 0.0f);
+    const float2 rn1 = NORM ? rownorm[row + 8] : make_float2(0.0f, 0.0f);
     // Accumulator fragment of m64nNk16: d[4j + e] is row 16·warp + lane/4 (+ 8 for e >= 2),
     // column 8j + 2·(lane % 4) + (e % 2).
 #pragma unroll
@@ -80,10 +112,13 @@ __device__ __forceinline__ void stage_tile(const float (&d)[BN / 2], uint8_t* ti
         const int col = j * 8 + (lane & 3) * 2;
         const float b0 = bias_at<T>(bias, bias_f32, n0 + col);
         const float b1 = bias_at<T>(bias, bias_f32, n0 + col + 1);
+        const float s0 = NORM ? colsum[n0 + col] : 0.0f, s1 = NORM ? colsum[n0 + col + 1] : 0.0f;
         *reinterpret_cast<uint32_t*>(tile + row * ROW_BYTES + col * 2) =
-            pack2<T>(activate(d[4 * j] + b0, ACT), activate(d[4 * j + 1] + b1, ACT));
+            pack2<T>(activate(pre_activation<NORM>(d[4 * j], b0, rn0, s0), ACT),
+                     activate(pre_activation<NORM>(d[4 * j + 1], b1, rn0, s1), ACT));
         *reinterpret_cast<uint32_t*>(tile + (row + 8) * ROW_BYTES + col * 2) =
-            pack2<T>(activate(d[4 * j + 2] + b0, ACT), activate(d[4 * j + 3] + b1, ACT));
+            pack2<T>(activate(pre_activation<NORM>(d[4 * j + 2], b0, rn1, s0), ACT),
+                     activate(pre_activation<NORM>(d[4 * j + 3], b1, rn1, s1), ACT));
     }
 }
 
@@ -106,12 +141,16 @@ __device__ __forceinline__ void store_tile(const uint8_t* tile, T* y, int m0, in
 // Or, as the residual update of a pre-norm block, the tile (the branch, rounded to T as it would
 // be written to memory) into the residual stream x [m][n]: x += gamma ⊙ branch, summed in f32
 // and rounded to X (f32, or T as the `_rx` kernels keep the stream), as add_scaled_layer_norm
-// computes it, in accesses of 4 elements (16 bytes of f32, 8 of T).
+// computes it, in accesses of 4 elements (16 bytes of f32, 8 of T). With stats_out [m][n / BN]
+// (BN = 128: a warp holds a row's columns of the tile, 4 a lane), each row's (mean, M2) over
+// the tile's columns as stored, for the next GEMM's folded LayerNorm (row_norm).
 template <typename T, typename X, int BN, int THREADS>
 __device__ __forceinline__ void store_tile_residual(const uint8_t* tile, X* x, const float* __restrict__ gamma,
-                                                    int m0, int m, int n, int n0, int t) {
+                                                    int m0, int m, int n, int n0, int t,
+                                                    float2* __restrict__ stats_out) {
     constexpr int ROW_BYTES = BN * 2 + 16;
     constexpr int QUADS = BN / 4;
+    static_assert(QUADS == 32 && THREADS % 32 == 0, "a warp a row of the tile");
 #pragma unroll 4
     for (int i = t; i < GM_BM * QUADS; i += THREADS) {
         const int r = i / QUADS, c = 4 * (i % QUADS);
@@ -119,9 +158,16 @@ __device__ __forceinline__ void store_tile_residual(const uint8_t* tile, X* x, c
             X* xr = x + (size_t)(m0 + r) * n + n0 + c;
             const float4 xv = load4(xr), gv = load4(gamma + n0 + c),
                          bv = load4(reinterpret_cast<const T*>(tile + r * ROW_BYTES + c * 2));
-            store4(xr, round4(make_float4(xv.x + gv.x * bv.x, xv.y + gv.y * bv.y, xv.z + gv.z * bv.z,
-                                          xv.w + gv.w * bv.w),
-                              xr));
+            const float4 v = round4(make_float4(xv.x + gv.x * bv.x, xv.y + gv.y * bv.y, xv.z + gv.z * bv.z,
+                                                xv.w + gv.w * bv.w),
+                                    xr);
+            store4(xr, v);
+            if (stats_out) {
+                const float mean = warp_sum(v.x + v.y + v.z + v.w) / BN;
+                const float dx = v.x - mean, dy = v.y - mean, dz = v.z - mean, dw = v.w - mean;
+                const float m2 = warp_sum(dx * dx + dy * dy + dz * dz + dw * dw);
+                if (c == 0) stats_out[(size_t)(m0 + r) * (n / BN) + n0 / BN] = make_float2(mean, m2);
+            }
         }
     }
 }
@@ -367,8 +413,12 @@ __device__ __forceinline__ void gemm_ws_body(const TmaMap* map_x, const TmaMap* 
 #define GP_THREADS 384
 // One consumer's output tile: 128 rows of GP_BN·2 bytes, padded by 16 (stage_tile's layout).
 #define GP_TILE_BYTES (GM_BM * (GP_BN * 2 + 16))
-// The stages, the consumers' output tiles, 2·GP_STAGES mbarriers, 1 KiB to align the stages.
-#define GP_SMEM_BYTES (GP_STAGES * GM_STAGE_BYTES(GP_BN) + 2 * GP_TILE_BYTES + 2 * GP_STAGES * 8 + 1024)
+// One consumer's (mean, inv) of the tile's rows, for a folded LayerNorm (the _ln kernels).
+#define GP_NORM_BYTES (GM_BM * 8)
+// The stages, the consumers' output tiles, 2·GP_STAGES mbarriers, the consumers' row norms,
+// 1 KiB to align the stages.
+#define GP_SMEM_BYTES \
+    (GP_STAGES * GM_STAGE_BYTES(GP_BN) + 2 * GP_TILE_BYTES + 2 * GP_STAGES * 8 + 2 * GP_NORM_BYTES + 1024)
 
 // One K step of 64 of a consumer's 128-row tile as one group of wgmmas: rows 0-63 (A at da0)
 // into d0 and rows 64-127 (da1) into d1, against the same B (db).
@@ -386,12 +436,25 @@ __device__ __forceinline__ void mma_k_step_128rows(float (&d0)[GP_BN / 2], float
     wgmma_commit();
 }
 
-// RES 0: y is the output [m][n] in T. RES 1 and 2: y is the residual stream [m][n] (f32, or T)
-// that the tile updates (store_tile_residual, gamma [n] f32); ACT is then the identity.
-template <typename T, int ACT, int CLUSTER, int RES>
+// The operands of a folded LayerNorm (NORM, the _ln kernels; see row_norm): each row's `parts`
+// statistics [m][parts], the folded weight's column sums [n], the norm's epsilon.
+struct FoldedNorm {
+    const float2* stats;
+    const float* colsum;
+    int parts;
+    float eps;
+};
+
+// RES 0: y is the output [m][n] in T; NORM: x is the residual stream and the tile's sums are
+// normalized with `norm`. RES 1 and 2: y is the residual stream [m][n] (f32, or T) that the
+// tile updates (store_tile_residual, gamma [n] f32, and its statistics into stats_out where
+// not null); ACT is then the identity.
+template <typename T, int ACT, int CLUSTER, int RES, bool NORM = false>
 __device__ __forceinline__ void gemm_pp_body(const TmaMap* map_x, const TmaMap* map_w,
                                              const void* __restrict__ bias, int bias_f32, void* __restrict__ y,
-                                             const float* __restrict__ gamma, int m, int n, int k) {
+                                             const float* __restrict__ gamma, int m, int n, int k,
+                                             float2* __restrict__ stats_out = nullptr,
+                                             FoldedNorm norm = FoldedNorm{}) {
     constexpr int A_BYTES = GM_BM * GM_BK * 2;
     constexpr int STAGE_BYTES = GM_STAGE_BYTES(GP_BN);
     extern __shared__ uint8_t smem_raw[];
@@ -400,6 +463,7 @@ __device__ __forceinline__ void gemm_pp_body(const TmaMap* map_x, const TmaMap* 
     uint8_t* const out_tiles = smem_raw + (base - raw) + GP_STAGES * STAGE_BYTES;
     const uint32_t full = base + GP_STAGES * STAGE_BYTES + 2 * GP_TILE_BYTES; // full[s] at full + 8s
     const uint32_t empty = full + GP_STAGES * 8;                              // empty[s] at empty + 8s
+    float2* const row_norms = reinterpret_cast<float2*>(out_tiles + 2 * GP_TILE_BYTES + 2 * GP_STAGES * 8);
 
     const int tid = threadIdx.x;
     const int wg = tid >> 7;
@@ -456,20 +520,31 @@ __device__ __forceinline__ void gemm_pp_body(const TmaMap* map_x, const TmaMap* 
             }
             // The other consumer's turn, if the block has a tile i + 1.
             if (first + (i + 1) * stride < units) named_barrier_arrive(2 + (c ^ 1), 2 * 128);
+            if (NORM) {
+                // Row tid % 128 of the tile's (mean, inv), for the epilogue, while the last MMAs
+                // run. The warpgroup's reads of its previous tile's ended before its turn began.
+                const int r = m0 + (tid & 127);
+                row_norms[c * GM_BM + (tid & 127)] =
+                    r < m ? row_norm(norm.stats + (size_t)r * norm.parts, norm.parts, k, norm.eps)
+                          : make_float2(0.0f, 0.0f);
+            }
             wgmma_wait<0>();
             fence_accumulators(d0);
             fence_accumulators(d1);
             release_stage<CLUSTER>(empty + 8 * ((i * steps + steps - 1) % GP_STAGES), rank);
             // This warpgroup's stores of its previous tile are done reading `out`.
             named_barrier(4 + c, 128);
-            stage_tile<T, ACT, GP_BN>(d0, out, row, tid & 31, bias, bias_f32, n0);
-            stage_tile<T, ACT, GP_BN>(d1, out, 64 + row, tid & 31, bias, bias_f32, n0);
+            const float2* const rn = row_norms + c * GM_BM;
+            stage_tile<T, ACT, GP_BN, NORM>(d0, out, row, tid & 31, bias, bias_f32, n0, rn, norm.colsum);
+            stage_tile<T, ACT, GP_BN, NORM>(d1, out, 64 + row, tid & 31, bias, bias_f32, n0, rn, norm.colsum);
             named_barrier(4 + c, 128);
             if (RES == 0) store_tile<T, GP_BN, 128>(out, static_cast<T*>(y), m0, m, n, n0, tid & 127);
             else if (RES == 1)
                 store_tile_residual<T, float, GP_BN, 128>(out, static_cast<float*>(y), gamma, m0, m, n, n0,
-                                                          tid & 127);
-            else store_tile_residual<T, T, GP_BN, 128>(out, static_cast<T*>(y), gamma, m0, m, n, n0, tid & 127);
+                                                          tid & 127, stats_out);
+            else
+                store_tile_residual<T, T, GP_BN, 128>(out, static_cast<T*>(y), gamma, m0, m, n, n0, tid & 127,
+                                                      stats_out);
         }
     }
     // CLUSTER 2: neither CTA leaves while the other may still copy into it or arrive on its
@@ -517,26 +592,40 @@ __device__ __forceinline__ void gemm_pp_body(const TmaMap* map_x, const TmaMap* 
                                     int bias_f32, T* y, int m, int n, int k) {                     \
         gemm_pp_body<T, ACT, 2, 0>(&map_x, &map_w, bias, bias_f32, y, nullptr, m, n, k);           \
     }
-// The same updating a residual stream x (f32: _res; T: _res_rx) with gamma ⊙ (x·wᵀ + bias):
-//   gemm_{f16,bf16}_res{,_rx}_{pp,pp2}(map_x, map_w, bias, bias_f32, x, gamma, m, n, k)
+// The same updating a residual stream x (f32: _res; T: _res_rx) with gamma ⊙ (x·wᵀ + bias),
+// and writing the updated rows' statistics into stats [m][n / 128] where not null:
+//   gemm_{f16,bf16}_res{,_rx}_{pp,pp2}(map_x, map_w, bias, bias_f32, x, gamma, stats, m, n, k)
 #define GEMM_PP_RES_KERNEL(name, T, rname, RES, CLUSTER, tile, DIMS)                               \
     extern "C" __global__ void DIMS __launch_bounds__(GP_THREADS, 1)                               \
         gemm_##name##_##rname##_##tile(const __grid_constant__ TmaMap map_x,                       \
                                        const __grid_constant__ TmaMap map_w, const void* bias,     \
-                                       int bias_f32, void* x, const float* gamma, int m, int n,    \
-                                       int k) {                                                    \
+                                       int bias_f32, void* x, const float* gamma, float2* stats,   \
+                                       int m, int n, int k) {                                      \
         gemm_pp_body<T, ACT_IDENTITY, CLUSTER, RES>(&map_x, &map_w, bias, bias_f32, x, gamma, m, n, \
-                                                    k);                                            \
+                                                    k, stats);                                     \
     }
 #define GEMM_PP_RES_KERNELS(name, T)                                                               \
     GEMM_PP_RES_KERNEL(name, T, res, 1, 1, pp, )                                                   \
     GEMM_PP_RES_KERNEL(name, T, res_rx, 2, 1, pp, )                                                \
     GEMM_PP_RES_KERNEL(name, T, res, 1, 2, pp2, __cluster_dims__(2, 1, 1))                         \
     GEMM_PP_RES_KERNEL(name, T, res_rx, 2, 2, pp2, __cluster_dims__(2, 1, 1))
+// And with a LayerNorm folded in (FoldedNorm, row_norm): x is the residual stream, w and bias
+// the folded weight and bias (bias f32), colsum [n] f32, stats [m][parts]:
+//   gemm_{f16,bf16}_{id,gelu,gelu_tanh}_ln_{pp,pp2}(map_x, map_w, bias, y, stats, parts, colsum,
+//                                                  eps, m, n, k)
+#define GEMM_PP_LN_KERNEL(name, T, aname, ACT, CLUSTER, tile, DIMS)                                \
+    extern "C" __global__ void DIMS __launch_bounds__(GP_THREADS, 1) gemm_##name##_##aname##_ln_##tile( \
+        const __grid_constant__ TmaMap map_x, const __grid_constant__ TmaMap map_w, const float* bias, \
+        T* y, const float2* stats, int parts, const float* colsum, float eps, int m, int n, int k) {   \
+        gemm_pp_body<T, ACT, CLUSTER, 0, true>(&map_x, &map_w, bias, 1, y, nullptr, m, n, k, nullptr,   \
+                                               FoldedNorm{stats, colsum, parts, eps});            \
+    }
 #define GEMM_KERNELS(name, T, aname, ACT)                                                          \
     GEMM_SHAPES(name, T, aname, ACT)                                                               \
     GEMM_WS_KERNEL(name, T, aname, ACT)                                                            \
-    GEMM_PP_KERNEL(name, T, aname, ACT)
+    GEMM_PP_KERNEL(name, T, aname, ACT)                                                            \
+    GEMM_PP_LN_KERNEL(name, T, aname, ACT, 1, pp, )                                                \
+    GEMM_PP_LN_KERNEL(name, T, aname, ACT, 2, pp2, __cluster_dims__(2, 1, 1))
 #define GEMM_ACTS(name, T)                                                                         \
     GEMM_KERNELS(name, T, id, ACT_IDENTITY)                                                        \
     GEMM_KERNELS(name, T, gelu, ACT_GELU)                                                          \

@@ -15,6 +15,9 @@
 //   add_scaled_layer_norm_wide_{...}  block per row, any h
 //   add_scaled_{f16,bf16}_rx, add_scaled_layer_norm_{g2,g4,g8,g16,wide}_{f16,bf16}_rx
 //                                   the same with x in the branch's type
+//   row_stats_g{2,4,8,16}_{f16,bf16}, add_scaled_stats_g{2,4,8,16}_{f16,bf16}_rx
+//                                   a row's (mean, M2) for a LayerNorm folded into the next GEMM
+//                                   (end of this file)
 #include "common.cuh"
 
 // The LayerNorm of a row that one block reads through load(c) (values re-read from global
@@ -37,14 +40,12 @@ __device__ __forceinline__ void block_normalize_row(Load load, float s, int h, f
 }
 
 
-// The LayerNorm of a row that one warp holds in 4-column groups, v[i] being columns
-// 4·(lane + 32·i) .. + 3 (zero past h) and `s` this lane's sum:
-// y = (v - mean) / sqrt(var + eps) · w + b, written to yr.
-template <int G, typename TY>
-__device__ __forceinline__ void warp_normalize_row4(const float4 (&v)[G], float s, int lane,
-                                                    int h, float eps, TY* __restrict__ yr,
-                                                    const float* __restrict__ w,
-                                                    const float* __restrict__ b) {
+// The statistics of a row that one warp holds in 4-column groups, v[i] being columns
+// 4·(lane + 32·i) .. + 3 (zero past h) and `s` this lane's sum: (mean, M2), M2 the sum of the
+// squared deviations from the mean (a second pass over the values in registers), each summed
+// over the warp in f32. The variance is M2 / h.
+template <int G>
+__device__ __forceinline__ float2 warp_mean_m2(const float4 (&v)[G], float s, int lane, int h) {
     const int groups = h >> 2;
     const float mean = warp_sum(s) / h;
     float q = 0.0f;
@@ -56,7 +57,20 @@ __device__ __forceinline__ void warp_normalize_row4(const float4 (&v)[G], float 
             q += dx * dx + dy * dy + dz * dz + dw * dw;
         }
     }
-    const float inv = 1.0f / sqrtf(warp_sum(q) / h + eps);
+    return make_float2(mean, warp_sum(q));
+}
+
+// The LayerNorm of a row that one warp holds as warp_mean_m2 takes it:
+// y = (v - mean) / sqrt(var + eps) · w + b, written to yr.
+template <int G, typename TY>
+__device__ __forceinline__ void warp_normalize_row4(const float4 (&v)[G], float s, int lane,
+                                                    int h, float eps, TY* __restrict__ yr,
+                                                    const float* __restrict__ w,
+                                                    const float* __restrict__ b) {
+    const int groups = h >> 2;
+    const float2 stats = warp_mean_m2<G>(v, s, lane, h);
+    const float mean = stats.x;
+    const float inv = 1.0f / sqrtf(stats.y / h + eps);
 #pragma unroll
     for (int i = 0; i < G; i++) {
         const int c = 4 * (lane + 32 * i);
@@ -70,6 +84,21 @@ __device__ __forceinline__ void warp_normalize_row4(const float4 (&v)[G], float 
     }
 }
 
+// One warp's row xr into v in 4-column groups (zero past h, as warp_mean_m2 takes them); returns
+// this lane's sum.
+template <int G, typename TX>
+__device__ __forceinline__ float load_row4(const TX* __restrict__ xr, int lane, int h, float4 (&v)[G]) {
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < G; i++) {
+        const int c = 4 * (lane + 32 * i);
+        v[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (c < h) v[i] = load4(xr + c);
+        s += v[i].x + v[i].y + v[i].z + v[i].w;
+    }
+    return s;
+}
+
 // One row per warp (blockDim.x = 128: 4 rows per block) in 4-column groups: h % 4 == 0,
 // h <= 128·G.
 template <int G, typename TX, typename TY>
@@ -80,16 +109,8 @@ __device__ __forceinline__ void layer_norm_warp4(const TX* __restrict__ x, TY* _
     const int lane = threadIdx.x & 31;
     const long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= rows) return;
-    const TX* xr = x + row * h;
     float4 v[G];
-    float s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < G; i++) {
-        const int c = 4 * (lane + 32 * i);
-        v[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (c < h) v[i] = load4(xr + c);
-        s += v[i].x + v[i].y + v[i].z + v[i].w;
-    }
+    const float s = load_row4<G>(x + row * h, lane, h, v);
     warp_normalize_row4<G, TY>(v, s, lane, h, eps, y + row * h, w, b);
 }
 
@@ -139,21 +160,12 @@ __device__ __forceinline__ void add_scaled(TX* __restrict__ x, const TB* __restr
         x[i] = from_f32<TX>(to_f32(x[i]) + gamma[i % h] * to_f32(branch[i]));
 }
 
-// x += gamma ⊙ branch, then y = LN(x): one row per warp in 4-column groups, as layer_norm_warp4.
+// x += gamma ⊙ branch over one warp's row (xr, br) in 4-column groups, each sum rounded to TX and
+// stored; the updated values into v as load_row4 gives them; returns this lane's sum.
 template <int G, typename TX, typename TB>
-__device__ __forceinline__ void add_scaled_ln_warp4(TX* __restrict__ x,
-                                                    const TB* __restrict__ branch,
-                                                    const float* __restrict__ gamma,
-                                                    TB* __restrict__ y,
-                                                    const float* __restrict__ w,
-                                                    const float* __restrict__ b, int rows, int h,
-                                                    float eps) {
-    const int lane = threadIdx.x & 31;
-    const long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= rows) return;
-    TX* xr = x + row * h;
-    const TB* br = branch + row * h;
-    float4 v[G];
+__device__ __forceinline__ float add_scaled_row4(TX* __restrict__ xr, const TB* __restrict__ br,
+                                                 const float* __restrict__ gamma, int lane, int h,
+                                                 float4 (&v)[G]) {
     float s = 0.0f;
 #pragma unroll
     for (int i = 0; i < G; i++) {
@@ -168,6 +180,23 @@ __device__ __forceinline__ void add_scaled_ln_warp4(TX* __restrict__ x,
         }
         s += v[i].x + v[i].y + v[i].z + v[i].w;
     }
+    return s;
+}
+
+// x += gamma ⊙ branch, then y = LN(x): one row per warp in 4-column groups, as layer_norm_warp4.
+template <int G, typename TX, typename TB>
+__device__ __forceinline__ void add_scaled_ln_warp4(TX* __restrict__ x,
+                                                    const TB* __restrict__ branch,
+                                                    const float* __restrict__ gamma,
+                                                    TB* __restrict__ y,
+                                                    const float* __restrict__ w,
+                                                    const float* __restrict__ b, int rows, int h,
+                                                    float eps) {
+    const int lane = threadIdx.x & 31;
+    const long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    float4 v[G];
+    const float s = add_scaled_row4<G>(x + row * h, branch + row * h, gamma, lane, h, v);
     warp_normalize_row4<G, TB>(v, s, lane, h, eps, y + row * h, w, b);
 }
 
@@ -218,3 +247,53 @@ __device__ __forceinline__ void add_scaled_ln_block(TX* __restrict__ x,
 DINOV2_FOR_EACH_DTYPE(ADD_SCALED)
 ADD_SCALED_X(f16, _rx, f16, f16)
 ADD_SCALED_X(bf16, _rx, bf16, bf16)
+
+
+// The statistics of a LayerNorm folded into the next GEMM (gemm_*_ln_{pp,pp2}, which normalizes
+// its sums with them), for a residual stream in a 16-bit type T: stats[row] = (mean, M2) as
+// warp_mean_m2 gives them, from the row as stored. One row per warp in 4-column groups
+// (blockDim.x = 128), h % 4 == 0, h <= 128·G, aligned buffers.
+//   row_stats_g{2,4,8,16}_{f16,bf16}(x, stats, rows, h)
+//   add_scaled_stats_g{2,4,8,16}_{f16,bf16}_rx(x, branch, gamma, stats, rows, h): first
+//     x += gamma ⊙ branch, as add_scaled_layer_norm_*_rx updates it.
+template <int G, typename T>
+__device__ __forceinline__ void row_stats_warp4(const T* __restrict__ x, float2* __restrict__ stats, int rows,
+                                                int h) {
+    const int lane = threadIdx.x & 31;
+    const long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    float4 v[G];
+    const float s = load_row4<G>(x + row * h, lane, h, v);
+    const float2 st = warp_mean_m2<G>(v, s, lane, h);
+    if (lane == 0) stats[row] = st;
+}
+
+template <int G, typename T>
+__device__ __forceinline__ void add_scaled_stats_warp4(T* __restrict__ x, const T* __restrict__ branch,
+                                                       const float* __restrict__ gamma,
+                                                       float2* __restrict__ stats, int rows, int h) {
+    const int lane = threadIdx.x & 31;
+    const long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    float4 v[G];
+    const float s = add_scaled_row4<G>(x + row * h, branch + row * h, gamma, lane, h, v);
+    const float2 st = warp_mean_m2<G>(v, s, lane, h);
+    if (lane == 0) stats[row] = st;
+}
+
+#define ROW_STATS_G(name, T, G)                                                                    \
+    extern "C" __global__ void __launch_bounds__(128)                                              \
+        row_stats_g##G##_##name(const T* x, float2* stats, int rows, int h) {                      \
+        row_stats_warp4<G, T>(x, stats, rows, h);                                                  \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) add_scaled_stats_g##G##_##name##_rx(         \
+        T* x, const T* branch, const float* gamma, float2* stats, int rows, int h) {               \
+        add_scaled_stats_warp4<G, T>(x, branch, gamma, stats, rows, h);                            \
+    }
+#define ROW_STATS(name, T)                                                                         \
+    ROW_STATS_G(name, T, 2)                                                                        \
+    ROW_STATS_G(name, T, 4)                                                                        \
+    ROW_STATS_G(name, T, 8)                                                                        \
+    ROW_STATS_G(name, T, 16)
+ROW_STATS(f16, f16)
+ROW_STATS(bf16, bf16)

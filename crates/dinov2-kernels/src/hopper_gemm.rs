@@ -120,8 +120,9 @@ impl OwnTile {
     /// 1024 bytes (`GM_SMEM_BYTES`, `GW_SMEM_BYTES`, `GP_SMEM_BYTES`).
     pub(crate) fn smem_bytes(self) -> u32 {
         let (cols, stages) = (self.cols(), self.stages());
+        // The persistent kernels' output tiles and row norms (8 bytes a row), two of each.
         let out_tiles = if self.persistent() {
-            2 * TILE_ROWS * (cols * 2 + 16)
+            2 * TILE_ROWS * (cols * 2 + 16) + 2 * TILE_ROWS * 8
         } else {
             0
         };
@@ -187,6 +188,9 @@ impl OwnTile {
 const TILE_ROWS: usize = 128;
 /// K per pipeline stage (`GM_BK`): one 128-byte swizzled row of 64 16-bit elements.
 const TILE_K: usize = 64;
+/// Columns of the persistent kernels' tile (`GP_BN`), and so of each row statistic that
+/// [`Device::linear_residual`] writes: `n / STATS_COLUMNS` pairs a row.
+pub const STATS_COLUMNS: usize = 128;
 
 /// A tensor map (`CUtensorMap`) as a kernel parameter: the TMA kernel reads its operands' shape,
 /// box and swizzle from two of them.
@@ -257,14 +261,34 @@ fn tensor_map(ptr: u64, dtype: DType, rows: usize, k: usize, box_rows: usize) ->
     Ok(TensorMap(unsafe { map.assume_init() }))
 }
 
-/// Where one of our GEMMs writes: the output y, or (persistent kernels) the residual stream it
-/// updates with gamma ⊙ its product.
+/// Where one of our GEMMs writes: the output y, or (persistent kernels) the output of a
+/// product with a LayerNorm folded in, or the residual stream it updates with gamma ⊙ its
+/// product (and the updated rows' statistics, where given).
 enum OwnOut<'a> {
     Y(&'a mut Buffer),
+    Folded {
+        y: &'a mut Buffer,
+        norm: RowStats<'a>,
+        colsum: &'a Buffer,
+    },
     Residual {
         stream: &'a mut Buffer,
         gamma: &'a Buffer,
+        stats: Option<&'a mut Buffer>,
     },
+}
+
+/// The statistics of the rows of a residual stream `[m, k]` that a GEMM with a LayerNorm folded
+/// in normalizes its sums with ([`Device::linear_folded`]): `stats` f32 `[m, parts, 2]`, each
+/// row's (mean, M2) over `parts` groups of `k / parts` columns ([`Device::row_stats`] writes one,
+/// [`Device::linear_residual`] one a 128-column tile), and the norm's epsilon.
+pub struct RowStats<'a> {
+    /// The pairs.
+    pub stats: &'a Buffer,
+    /// Pairs a row.
+    pub parts: usize,
+    /// The LayerNorm's epsilon.
+    pub eps: f32,
 }
 
 /// The `act` part of the kernel names, for the activations the epilogue has.
@@ -414,7 +438,9 @@ impl Device {
     /// Either way each element is the branch rounded to x's type, added in f32 and rounded to the
     /// stream's type, as [`Device::linear`] then [`Device::add_scaled`] compute it. x `[m, k]` and
     /// w `[n, k]` of one type, bias `[n]` of that type or f32, gamma `[n]` f32, the stream
-    /// `[m, n]` f32 or x's type.
+    /// `[m, n]` f32 or x's type. With `stats` (f32 `[m, n / 128, 2]`, a stream in x's type), also
+    /// each updated row's (mean, M2) over each 128 columns, for a next GEMM with the LayerNorm
+    /// folded in ([`RowStats`] of `n / 128` parts).
     #[allow(clippy::too_many_arguments)]
     pub fn linear_residual(
         &self,
@@ -423,6 +449,7 @@ impl Device {
         bias: Option<&Buffer>,
         gamma: &Buffer,
         stream: &mut Buffer,
+        stats: Option<&mut Buffer>,
         (m, n, k): (usize, usize, usize),
     ) -> Result<bool> {
         const OP: &str = "linear_residual";
@@ -433,14 +460,84 @@ impl Device {
         // `_rx`: the kernel of a stream in t.
         let rx = residual_suffix(OP, stream, t, m * n)?;
         check_linear_bias(OP, bias, t, n)?;
+        if let Some(stats) = &stats {
+            if rx.is_empty() {
+                return Err(KernelError::shape(OP, "statistics of an f32 stream"));
+            }
+            expect(OP, "stats", stats, DType::F32, m * (n / STATS_COLUMNS) * 2)?;
+        }
         if m == 0 || n == 0 || k == 0 {
             return Ok(false);
         }
         let Some(tile) = self.residual_gemm(n, k) else {
             return Ok(false);
         };
-        let out = OwnOut::Residual { stream, gamma };
+        let out = OwnOut::Residual {
+            stream,
+            gamma,
+            stats,
+        };
         self.launch_own(x, w, bias, out, &format!("res{rx}"), tile, (m, n, k))
+    }
+
+    /// The kernel that would run an `[n, k]` linear layer with the LayerNorm before it folded
+    /// in ([`Device::linear_folded`]), if any: where the policy is [`OwnGemm::All`] with
+    /// [`OwnTile::PingPong`] or [`OwnTile::PingPong2`] and the shape has whole tiles.
+    pub fn folded_gemm(&self, n: usize, k: usize) -> Option<OwnTile> {
+        let (policy, choice) = self.own_gemm();
+        let tile = choice.for_cols(n)?;
+        (policy == OwnGemm::All && tile.persistent() && k % TILE_K == 0 && k > 0).then_some(tile)
+    }
+
+    /// `y = act(LayerNorm(stream)·wᵀ + bias)` with the LayerNorm folded into the product (see
+    /// [`fold_layer_norm`](crate::fold_layer_norm)): `folded` is the layer's folded weight
+    /// `[n, k]` in the stream's 16-bit type, `colsum` its row sums and `bias` the folded bias
+    /// (`[n]` f32), `norm` the stream's row statistics. The normed rows are never written.
+    /// `Ok(true)` where [`Device::folded_gemm`] has a kernel and the pointers and shape allow;
+    /// otherwise nothing is queued and `Ok(false)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_folded(
+        &self,
+        stream: &Buffer,
+        folded: &Buffer,
+        colsum: &Buffer,
+        bias: &Buffer,
+        norm: RowStats,
+        y: &mut Buffer,
+        (m, n, k): (usize, usize, usize),
+        act: Act,
+    ) -> Result<bool> {
+        const OP: &str = "linear_folded";
+        let t = float(OP, stream)?;
+        expect(OP, "stream", stream, t, m * k)?;
+        expect(OP, "weight", folded, t, n * k)?;
+        expect(OP, "colsum", colsum, DType::F32, n)?;
+        expect(OP, "bias", bias, DType::F32, n)?;
+        expect(OP, "y", y, t, m * n)?;
+        let parts = norm.parts;
+        if parts == 0 || k % parts != 0 {
+            return Err(KernelError::shape(
+                OP,
+                format!("{parts} statistics a row of {k} columns"),
+            ));
+        }
+        expect(OP, "stats", norm.stats, DType::F32, m * parts * 2)?;
+        let (Some(act), Some(tile)) = (act_name(act), self.folded_gemm(n, k)) else {
+            return Ok(false);
+        };
+        if m == 0 || i32::try_from(parts).is_err() {
+            return Ok(false);
+        }
+        let out = OwnOut::Folded { y, norm, colsum };
+        self.launch_own(
+            stream,
+            folded,
+            Some(bias),
+            out,
+            &format!("{act}_ln"),
+            tile,
+            (m, n, k),
+        )
     }
 
     /// Launches `gemm_{t}_{kind}_{tile}` on x, w and bias into `out` where the shape and
@@ -462,9 +559,9 @@ impl Device {
         }
         let s = &self.stream;
         let (xp, wp) = (x.ptr(s), w.ptr(s));
-        let (yp, gamma) = match out {
-            OwnOut::Y(y) => (y.ptr(s), None),
-            OwnOut::Residual { stream, gamma } => (stream.ptr(s), Some(gamma.ptr(s))),
+        let yp = match &out {
+            OwnOut::Y(y) | OwnOut::Folded { y, .. } => y.ptr(s),
+            OwnOut::Residual { stream, .. } => stream.ptr(s),
         };
         let name = format!("gemm_{t}_{kind}_{}", tile.suffix());
         let resident = match tile {
@@ -476,7 +573,7 @@ impl Device {
         }
         let grid = tile.grid(m, n, resident);
         let fits = k % TILE_K == 0
-            && [xp, wp, yp].iter().chain(&gamma).all(|p| p % 16 == 0)
+            && [xp, wp, yp].iter().all(|p| p % 16 == 0)
             && grid.1 <= 65535
             // The kernels' int tile and pipeline counters.
             && m.div_ceil(TILE_ROWS) * (n / tile.cols()) * (k / TILE_K) <= i32::MAX as usize
@@ -495,18 +592,35 @@ impl Device {
         } else {
             (Arg::Ptr(xp), Arg::Ptr(wp))
         };
-        let mut args = vec![
-            a,
-            b,
-            Arg::Ptr(bias.map_or(0, |b| b.ptr(s))),
-            Arg::I32(i32::from(bias.is_some_and(|b| b.dtype() == DType::F32))),
-            Arg::Ptr(yp),
-        ];
-        args.extend(gamma.map(Arg::Ptr));
+        let bias_ptr = Arg::Ptr(bias.map_or(0, |b| b.ptr(s)));
+        let bias_f32 = Arg::I32(i32::from(bias.is_some_and(|b| b.dtype() == DType::F32)));
+        let mut args = match out {
+            OwnOut::Y(_) => vec![a, b, bias_ptr, bias_f32, Arg::Ptr(yp)],
+            OwnOut::Residual { gamma, stats, .. } => {
+                let stats = stats.map_or(0, |st| st.ptr(s));
+                let gamma = gamma.ptr(s);
+                if gamma % 16 != 0 {
+                    return Ok(false);
+                }
+                let (stream, gamma, stats) = (Arg::Ptr(yp), Arg::Ptr(gamma), Arg::Ptr(stats));
+                vec![a, b, bias_ptr, bias_f32, stream, gamma, stats]
+            }
+            OwnOut::Folded { norm, colsum, .. } => vec![
+                a,
+                b,
+                bias_ptr,
+                Arg::Ptr(yp),
+                Arg::Ptr(norm.stats.ptr(s)),
+                Arg::I32(norm.parts as i32),
+                Arg::Ptr(colsum.ptr(s)),
+                Arg::F32(norm.eps),
+            ],
+        };
         args.extend([m, n, k].map(|v| Arg::I32(v as i32)));
-        // SAFETY: x holds m·k, w n·k elements of t, bias and gamma n, the output (y or the
-        // stream) m·n (checked by the callers); the kernel reads and writes no more (rows past
-        // m are zero-filled and not stored; the tensor maps span exactly x and w).
+        // SAFETY: x holds m·k, w n·k elements of t, bias, gamma and colsum n, the output (y or
+        // the stream) m·n, the statistics in m·(n / 128) or m·parts pairs (checked by the
+        // callers); the kernel reads and writes no more (rows past m are zero-filled and not
+        // stored; the tensor maps span exactly x and w).
         unsafe { self.launch(&name, grid, tile.threads(), tile.smem_bytes(), &args)? };
         Ok(true)
     }
@@ -596,14 +710,16 @@ mod tests {
         assert_eq!(define(&src, "GP_BN"), OwnTile::PingPong.cols());
         assert_eq!(define(&src, "GP_STAGES"), OwnTile::PingPong.stages());
         assert!(src.contains(
-            "#define GP_SMEM_BYTES (GP_STAGES * GM_STAGE_BYTES(GP_BN) + 2 * GP_TILE_BYTES + 2 * \
-             GP_STAGES * 8 + 1024)"
+            "#define GP_SMEM_BYTES \\\n    (GP_STAGES * GM_STAGE_BYTES(GP_BN) + 2 * GP_TILE_BYTES + \
+             2 * GP_STAGES * 8 + 2 * GP_NORM_BYTES + 1024)"
         ));
         assert!(src.contains("#define GP_TILE_BYTES (GM_BM * (GP_BN * 2 + 16))"));
+        assert!(src.contains("#define GP_NORM_BYTES (GM_BM * 8)"));
         assert_eq!(
             OwnTile::PingPong.smem_bytes(),
-            4 * (128 + 128) * 64 * 2 + 2 * 128 * (128 * 2 + 16) + 64 + 1024
+            4 * (128 + 128) * 64 * 2 + 2 * 128 * (128 * 2 + 16) + 64 + 2 * 128 * 8 + 1024
         );
+        assert_eq!(define(&src, "GP_BN"), STATS_COLUMNS);
         // The two cp.async tile shapes: columns, stages (what smem_bytes counts), MMA groups
         // left in flight, blocks an SM.
         assert!(src.contains("GEMM_KERNEL(name, T, aname, ACT, 128, 3, 0, 2)"));

@@ -318,6 +318,17 @@ pub(crate) fn float(op: &'static str, b: &Buffer) -> Result<DType> {
     }
 }
 
+/// The dtype of `b`, which must be f16 or bf16 (kernels of a residual stream in a 16-bit type).
+fn half_float(op: &'static str, b: &Buffer) -> Result<DType> {
+    match b.dtype() {
+        t @ (DType::F16 | DType::BF16) => Ok(t),
+        t => Err(KernelError::shape(
+            op,
+            format!("expected an f16 or bf16 buffer, found {t}"),
+        )),
+    }
+}
+
 /// The kernel-name suffix of an operation reading `tx` and writing `ty`: `f16` where the two are
 /// one type, `f32_f16` from f32 into another type; other pairs have no kernel.
 fn in_out_suffix(op: &'static str, tx: DType, ty: DType) -> Result<String> {
@@ -688,6 +699,78 @@ impl Device {
             h,
             eps,
         )
+    }
+
+    /// The statistics of a LayerNorm folded into the next GEMM ([`Device::linear_folded`]):
+    /// each row's (mean, M2) of `x` `[rows, h]` (the residual stream in f16/bf16) into `stats`
+    /// (f32 `[rows, 2]`), as the LayerNorm kernels compute them. Rows that a warp holds
+    /// (`h % 4 == 0`, `h <= 2048`, 16-byte aligned buffers: every released model); `Ok(false)`
+    /// (nothing queued) otherwise.
+    pub fn row_stats(&self, x: &Buffer, stats: &mut Buffer, rows: usize, h: usize) -> Result<bool> {
+        const OP: &str = "row_stats";
+        let t = half_float(OP, x)?;
+        expect(OP, "x", x, t, rows * h)?;
+        expect(OP, "stats", stats, DType::F32, rows * 2)?;
+        let s = &self.stream;
+        let args = vec![Arg::Ptr(x.ptr(s)), Arg::Ptr(stats.ptr(s))];
+        self.launch_row_stats(OP, &format!("row_stats_{{}}{t}"), args, rows, h)
+    }
+
+    /// `x += gamma ⊙ branch` (x in the branch's 16-bit type, each sum rounded to it, as
+    /// [`Device::add_scaled_layer_norm`] updates it), then [`Device::row_stats`] of the updated
+    /// rows, in one pass. `Ok(false)` (nothing queued, x unchanged) where `row_stats` has no
+    /// kernel.
+    pub fn add_scaled_stats(
+        &self,
+        x: &mut Buffer,
+        branch: &Buffer,
+        gamma: &Buffer,
+        stats: &mut Buffer,
+        rows: usize,
+        h: usize,
+    ) -> Result<bool> {
+        const OP: &str = "add_scaled_stats";
+        let t = half_float(OP, branch)?;
+        expect(OP, "x", x, t, rows * h)?;
+        expect(OP, "branch", branch, t, rows * h)?;
+        expect(OP, "gamma", gamma, DType::F32, h)?;
+        expect(OP, "stats", stats, DType::F32, rows * 2)?;
+        let s = &self.stream;
+        let args = vec![
+            Arg::Ptr(x.ptr(s)),
+            Arg::Ptr(branch.ptr(s)),
+            Arg::Ptr(gamma.ptr(s)),
+            Arg::Ptr(stats.ptr(s)),
+        ];
+        self.launch_row_stats(OP, &format!("add_scaled_stats_{{}}{t}_rx"), args, rows, h)
+    }
+
+    /// Launches the row-statistics kernel `name` (`{}` standing for `g{G}_`) over `[rows, h]`
+    /// with `args` and then rows and h, where a warp holds a row.
+    fn launch_row_stats(
+        &self,
+        op: &'static str,
+        name: &str,
+        mut args: Vec<Arg>,
+        rows: usize,
+        h: usize,
+    ) -> Result<bool> {
+        i32_of(op, rows)?;
+        let aligned = args
+            .iter()
+            .all(|a| !matches!(a, Arg::Ptr(p) if p % 16 != 0));
+        let (RowNorm::Groups(g), grid, block) = layer_norm_launch(rows, h, aligned) else {
+            return Ok(false);
+        };
+        if rows == 0 {
+            return Ok(true);
+        }
+        args.extend([Arg::I32(rows as i32), Arg::I32(h as i32)]);
+        let name = name.replace("{}", &format!("g{g}_"));
+        // SAFETY: the callers checked every buffer's dtype and size against rows and h; the
+        // kernel's warp holds h <= 128·G columns, 16-byte aligned.
+        unsafe { self.launch(&name, (grid, 1, 1), block, 0, &args)? };
+        Ok(true)
     }
 
     /// Softmax attention over packed `qkv` `[batch, n, 3·heads·d]` into `out` `[batch, n, heads·d]`

@@ -161,6 +161,9 @@ fn launched_kernels() -> Vec<String> {
         }
         for g in [2, 4, 8, 16] {
             names.push(format!("add_scaled_layer_norm_g{g}_{t}_rx"));
+            // The statistics of a LayerNorm folded into the next GEMM.
+            names.push(format!("row_stats_g{g}_{t}"));
+            names.push(format!("add_scaled_stats_g{g}_{t}_rx"));
         }
         for pad in [16, 32, 64, 96, 128] {
             names.push(format!("attention_{t}_d{pad}"));
@@ -183,10 +186,14 @@ fn hopper_kernels() -> Vec<String> {
                 names.push(format!("gemm_{t}_{act}_{tile}"));
             }
         }
-        // The persistent kernels updating a residual stream (f32, or in t: _rx).
-        for kind in ["res", "res_rx"] {
-            for tile in ["pp", "pp2"] {
+        // The persistent kernels updating a residual stream (f32, or in t: _rx), and with a
+        // LayerNorm folded in.
+        for tile in ["pp", "pp2"] {
+            for kind in ["res", "res_rx"] {
                 names.push(format!("gemm_{t}_{kind}_{tile}"));
+            }
+            for act in ["id", "gelu", "gelu_tanh"] {
+                names.push(format!("gemm_{t}_{act}_ln_{tile}"));
             }
         }
         names.push(format!("attention_wg_{t}_d64"));
@@ -379,6 +386,11 @@ fn kernel_signatures_match_the_launchers() {
         for g in [2, 4, 8, 16] {
             let name = format!("add_scaled_layer_norm_g{g}_{t}_rx");
             assert_eq!(ptx_params(&name), [P, P, P, P, P, P, I, I, F], "{name}");
+            // x, stats, rows, h; x, branch, gamma, stats, rows, h.
+            let name = format!("row_stats_g{g}_{t}");
+            assert_eq!(ptx_params(&name), [P, P, I, I], "{name}");
+            let name = format!("add_scaled_stats_g{g}_{t}_rx");
+            assert_eq!(ptx_params(&name), [P, P, P, P, I, I], "{name}");
         }
         assert_eq!(
             ptx_params(&format!("embed_tokens_{t}_rx")),
@@ -395,8 +407,11 @@ fn kernel_signatures_match_the_launchers() {
             .iter()
             .any(|s| name.ends_with(s));
         if name.starts_with("gemm_") && name.contains("_res") {
-            // x's and w's tensor maps, bias, bias_f32, the stream, gamma, m, n, k
-            assert_eq!(params, [MAP, MAP, P, I, P, P, I, I, I], "{name}");
+            // x's and w's tensor maps, bias, bias_f32, the stream, gamma, stats, m, n, k
+            assert_eq!(params, [MAP, MAP, P, I, P, P, P, I, I, I], "{name}");
+        } else if name.starts_with("gemm_") && name.contains("_ln_") {
+            // the stream's and w's tensor maps, bias, y, stats, parts, colsum, eps, m, n, k
+            assert_eq!(params, [MAP, MAP, P, P, P, I, P, F, I, I, I], "{name}");
         } else if name.starts_with("gemm_") && by_tma {
             // x's and w's tensor maps, bias, bias_f32, y, m, n, k
             assert_eq!(params, [MAP, MAP, P, I, P, I, I, I], "{name}");

@@ -7,7 +7,10 @@
 use std::sync::Arc;
 
 use dinov2_cpu as cpu;
-use dinov2_kernels::{Act, Buffer, DType, Device, GemmPath, OwnGemm, OwnTile, RecordingMemory};
+use dinov2_kernels::{
+    Act, Buffer, DType, Device, GemmPath, OwnGemm, OwnTile, RecordingMemory, RowStats,
+    STATS_COLUMNS,
+};
 use half::{bf16, f16};
 
 const GPU: &str = "needs a CUDA device";
@@ -168,10 +171,6 @@ fn linear_gelu_tanh_matches_cpu() {
     }
 }
 
-/// Where each output of our Hopper GEMM comes from, exactly: x picks one column of w per row
-/// (`x[r][c] = 1` where `c = (r + shift) % k`), and w's values encode their own (row, column), so
-/// each output names the weight it was made of. On a mismatch it prints the first outputs with
-/// the (n, k) they should and do encode, which tells a swizzle, descriptor or fragment-layout
 /// The residual update in the persistent GEMM's epilogue (`linear_residual`) leaves the stream
 /// and the LayerNorm after it bit for bit as the product and the fused update + LayerNorm do on
 /// the same kernel: the MLP's output layers of ViT-S/B/g at a partial row tile, both kernels,
@@ -213,7 +212,7 @@ fn residual_gemm_matches_the_two_passes() {
                     // One: the update in the epilogue, then the LayerNorm.
                     let mut s2 = upload(&dev, &stream, &[m, n], stream_dtype);
                     let fused = dev
-                        .linear_residual(&xd, &wd, Some(&bias), &gamma, &mut s2, (m, n, k))
+                        .linear_residual(&xd, &wd, Some(&bias), &gamma, &mut s2, None, (m, n, k))
                         .unwrap();
                     assert!(fused, "{what}: not fused");
                     let mut y2 = poisoned(&dev, dtype, &[m, n]);
@@ -237,11 +236,11 @@ fn residual_gemm_matches_the_two_passes() {
                     let xs = upload(&dev, &x[..m * n], &[m, n], dtype);
                     let ws = upload(&dev, &w[..n * n], &[n, n], dtype);
                     assert!(!dev
-                        .linear_residual(&xs, &ws, Some(&bias), &gamma, &mut s3, short)
+                        .linear_residual(&xs, &ws, Some(&bias), &gamma, &mut s3, None, short)
                         .unwrap());
                     dev.set_own_gemm(OwnGemm::Fused, tile).unwrap();
                     assert!(!dev
-                        .linear_residual(&xd, &wd, Some(&bias), &gamma, &mut s3, (m, n, k))
+                        .linear_residual(&xd, &wd, Some(&bias), &gamma, &mut s3, None, (m, n, k))
                         .unwrap());
                 }
             }
@@ -250,6 +249,224 @@ fn residual_gemm_matches_the_two_passes() {
     dev.set_own_gemm(OwnGemm::Off, OwnTile::N128).unwrap();
 }
 
+/// A LayerNorm folded into the persistent GEMM (`linear_folded`, weights from
+/// `fold_layer_norm`) against the LayerNorm kernel and then the product on the same kernel, both
+/// held to the f64 norm-then-product of the same 16-bit stream: the folded path must be at
+/// least as accurate (it rounds w ⊙ γ once where the other rounds the normed rows). The
+/// statistics come from `row_stats`, from `add_scaled_stats` (whose stream must equal
+/// `add_scaled_layer_norm`'s bit for bit) and from `linear_residual`'s epilogue (a pair each 128
+/// columns). ViT-S's qkv, ViT-B's fc1 with the exact GELU, ViT-g's SwiGLU input, rows far from
+/// zero mean with a large column, a partial row tile.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn folded_layer_norm_matches_the_norm_then_the_product() {
+    let dev = device();
+    if dev.info().compute_capability != (9, 0) {
+        return;
+    }
+    let eps = 1e-6f32;
+    let cpu_gelu = |v: f64| cpu::fastmath::gelu_f32(v as f32) as f64;
+    for tile in [OwnTile::PingPong, OwnTile::PingPong2] {
+        for (m, n, k, act) in [
+            (300, 1152, 384, Act::Identity),
+            (1031, 3072, 768, Act::Gelu),
+            (130, 8192, 1536, Act::Identity),
+        ] {
+            for dtype in [DType::F16, DType::BF16] {
+                let what = format!("{tile:?} {dtype} m={m} n={n} k={k} {act:?}");
+                dev.set_own_gemm(OwnGemm::All, tile).unwrap();
+                let mut x = random(m * k, 61, 2.0);
+                for (i, v) in x.iter_mut().enumerate() {
+                    *v += 1.0 + (i / k % 7) as f32;
+                    if i % k == 11 {
+                        *v = 50.0;
+                    }
+                }
+                let x = round(&x, dtype);
+                let w = random(n * k, 62, (3.0 / k as f32).sqrt());
+                let bias = random(n, 63, 0.5);
+                let gamma: Vec<f32> = random(k, 64, 0.5).iter().map(|v| 1.0 + v).collect();
+                let beta = random(k, 65, 0.3);
+                // The f64 truth of the same stream.
+                let want: Vec<f32> = x
+                    .chunks_exact(k)
+                    .flat_map(|row| {
+                        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / k as f64;
+                        let var =
+                            row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / k as f64;
+                        let inv = 1.0 / (var + eps as f64).sqrt();
+                        let normed: Vec<f64> = (0..k)
+                            .map(|c| {
+                                (row[c] as f64 - mean) * inv * gamma[c] as f64 + beta[c] as f64
+                            })
+                            .collect();
+                        let (w, bias) = (&w, &bias);
+                        (0..n).map(move |j| {
+                            let dot: f64 = (0..k).map(|c| normed[c] * w[j * k + c] as f64).sum();
+                            let v = dot + bias[j] as f64;
+                            (if act == Act::Gelu { cpu_gelu(v) } else { v }) as f32
+                        })
+                    })
+                    .collect();
+                // Two passes: the LayerNorm kernel, then the product on the same kernel.
+                let xd = upload(&dev, &x, &[m, k], dtype);
+                let (gd, bd) = (
+                    upload(&dev, &gamma, &[k], DType::F32),
+                    upload(&dev, &beta, &[k], DType::F32),
+                );
+                let mut normed = poisoned(&dev, dtype, &[m, k]);
+                dev.layer_norm(&xd, &gd, &bd, &mut normed, m, k, eps)
+                    .unwrap();
+                let wd = upload(&dev, &w, &[n, k], dtype);
+                let biasd = upload(&dev, &bias, &[n], DType::F32);
+                let mut y1 = poisoned(&dev, dtype, &[m, n]);
+                dev.linear_act(&normed, &wd, Some(&biasd), &mut y1, (m, n, k), act)
+                    .unwrap();
+                let two_passes = rel_l2(&dev.download(&y1).unwrap(), &want);
+                // Folded, with the statistics of row_stats.
+                let f =
+                    dinov2_kernels::fold_layer_norm(&w, Some(&bias), &gamma, &beta, (n, k), dtype)
+                        .unwrap();
+                let (fw, fc, fb) = (
+                    upload(&dev, &f.weight, &[n, k], dtype),
+                    upload(&dev, &f.colsum, &[n], DType::F32),
+                    upload(&dev, &f.bias, &[n], DType::F32),
+                );
+                let mut stats = poisoned(&dev, DType::F32, &[m, 1, 2]);
+                assert!(
+                    dev.row_stats(&xd, &mut stats, m, k).unwrap(),
+                    "{what}: row_stats"
+                );
+                let folded = |stats: &Buffer, parts: usize| {
+                    let mut y = poisoned(&dev, dtype, &[m, n]);
+                    let norm = RowStats { stats, parts, eps };
+                    let ran = dev
+                        .linear_folded(&xd, &fw, &fc, &fb, norm, &mut y, (m, n, k), act)
+                        .unwrap();
+                    assert!(ran, "{what}: not folded");
+                    dev.download(&y).unwrap()
+                };
+                let y2 = folded(&stats, 1);
+                assert!(
+                    y2.iter().all(|v| v.is_finite()),
+                    "{what}: an output unwritten"
+                );
+                let one_pass = rel_l2(&y2, &want);
+                eprintln!(
+                    "{what}: rel L2 to f64, two passes {two_passes:.2e}, folded {one_pass:.2e}"
+                );
+                assert!(
+                    one_pass <= 1.5 * two_passes + 1e-4,
+                    "{what}: folded {one_pass:.2e}"
+                );
+                // The same statistics in k / 128 pairs, as a _res_rx kernel's epilogue gives
+                // them (here from the row's groups on the host, in f64).
+                let groups: Vec<f32> = x
+                    .chunks_exact(STATS_COLUMNS)
+                    .flat_map(|g| {
+                        let mean = g.iter().map(|&v| v as f64).sum::<f64>() / g.len() as f64;
+                        let m2: f64 = g.iter().map(|&v| (v as f64 - mean).powi(2)).sum();
+                        [mean as f32, m2 as f32]
+                    })
+                    .collect();
+                let parts = k / STATS_COLUMNS;
+                let grouped = upload(&dev, &groups, &[m, parts, 2], DType::F32);
+                let err = rel_l2(&folded(&grouped, parts), &want);
+                assert!(
+                    err <= 1.5 * two_passes + 1e-4,
+                    "{what}: {parts} parts {err:.2e}"
+                );
+                // Declined under another policy.
+                dev.set_own_gemm(OwnGemm::Fused, tile).unwrap();
+                let mut y3 = poisoned(&dev, dtype, &[m, n]);
+                let norm = RowStats {
+                    stats: &stats,
+                    parts: 1,
+                    eps,
+                };
+                assert!(!dev
+                    .linear_folded(&xd, &fw, &fc, &fb, norm, &mut y3, (m, n, k), act)
+                    .unwrap());
+            }
+        }
+    }
+    // add_scaled_stats updates the stream as add_scaled_layer_norm does; linear_residual's
+    // statistics are the updated stream's, a pair each 128 columns.
+    for dtype in [DType::F16, DType::BF16] {
+        let (m, n, k) = (1031, 768, 3072);
+        let stream = round(&random(m * n, 66, 3.0), dtype);
+        let branch = upload(&dev, &round(&random(m * n, 67, 1.0), dtype), &[m, n], dtype);
+        let gamma = upload(&dev, &random(n, 68, 0.5), &[n], DType::F32);
+        let ones = upload(&dev, &vec![1.0; n], &[n], DType::F32);
+        let zeros = upload(&dev, &vec![0.0; n], &[n], DType::F32);
+        let mut s1 = upload(&dev, &stream, &[m, n], dtype);
+        let mut y1 = poisoned(&dev, dtype, &[m, n]);
+        dev.add_scaled_layer_norm(&mut s1, &branch, &gamma, &ones, &zeros, &mut y1, m, n, 1e-6)
+            .unwrap();
+        let mut s2 = upload(&dev, &stream, &[m, n], dtype);
+        let mut stats = poisoned(&dev, DType::F32, &[m, 1, 2]);
+        assert!(dev
+            .add_scaled_stats(&mut s2, &branch, &gamma, &mut stats, m, n)
+            .unwrap());
+        let updated = dev.download(&s2).unwrap();
+        assert_eq!(
+            dev.download(&s1).unwrap(),
+            updated,
+            "{dtype}: the streams differ"
+        );
+        let want: Vec<f32> = updated
+            .chunks_exact(n)
+            .flat_map(|r| {
+                let mean = r.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+                [
+                    mean as f32,
+                    r.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() as f32,
+                ]
+            })
+            .collect();
+        check(
+            &format!("add_scaled_stats {dtype}"),
+            &dev.download(&stats).unwrap(),
+            &want,
+            1e-5,
+        );
+        for tile in [OwnTile::PingPong, OwnTile::PingPong2] {
+            dev.set_own_gemm(OwnGemm::All, tile).unwrap();
+            let h = upload(&dev, &round(&random(m * k, 69, 1.0), dtype), &[m, k], dtype);
+            let w2 = upload(
+                &dev,
+                &round(&random(n * k, 70, 0.03), dtype),
+                &[n, k],
+                dtype,
+            );
+            let mut s3 = upload(&dev, &stream, &[m, n], dtype);
+            let mut parts = poisoned(&dev, DType::F32, &[m, n / STATS_COLUMNS, 2]);
+            assert!(dev
+                .linear_residual(&h, &w2, None, &gamma, &mut s3, Some(&mut parts), (m, n, k))
+                .unwrap());
+            let want: Vec<f32> = dev
+                .download(&s3)
+                .unwrap()
+                .chunks_exact(STATS_COLUMNS)
+                .flat_map(|g| {
+                    let mean = g.iter().map(|&v| v as f64).sum::<f64>() / g.len() as f64;
+                    [
+                        mean as f32,
+                        g.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() as f32,
+                    ]
+                })
+                .collect();
+            let what = format!("linear_residual statistics {tile:?} {dtype}");
+            check(&what, &dev.download(&parts).unwrap(), &want, 1e-5);
+        }
+    }
+    dev.set_own_gemm(OwnGemm::Off, OwnTile::N128).unwrap();
+}
+
+/// Where each output of our Hopper GEMM comes from, exactly: x picks one column of w per row
+/// (`x[r][c] = 1` where `c = (r + shift) % k`), and w's values encode their own (row, column), so
+/// each output names the weight it was made of. On a mismatch it prints the first outputs with
+/// the (n, k) they should and do encode, which tells a swizzle, descriptor or fragment-layout
 /// mistake apart (a device run is short; this says what to fix without another one).
 #[test]
 #[ignore = "needs a CUDA device"]

@@ -832,6 +832,7 @@ impl Backend for CudaBackend {
                     bias.map(|b| &b.main),
                     gamma.as_f32(),
                     stream,
+                    None,
                     (rows, n, k),
                 )
                 .map_err(|e| self.err(e))

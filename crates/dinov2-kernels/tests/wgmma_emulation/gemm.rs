@@ -123,15 +123,68 @@ pub fn gemm_block(p: &Gemm, t: GemmTile, timing: Timing, y: &mut [f32], (bx, by)
     for tid in 0..GM_THREADS {
         let wg = tid >> 7;
         let row = wg * 64 + ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2);
-        stage_tile(&mut b, p, bn, d[wg], tid % 128, tile, row, tid & 31, n0);
+        stage_tile(
+            &mut b,
+            p,
+            bn,
+            d[wg],
+            tid % 128,
+            tile,
+            row,
+            tid & 31,
+            n0,
+            None,
+        );
     }
     for tid in 0..GM_THREADS {
         store_tile(&b, p, bn, GM_THREADS, tile, y, m0, n0, tid);
     }
 }
 
-/// `stage_tile<T, ACT, BN>` for one thread (`t` its index in its warpgroup, the accumulator's
-/// fragment index).
+/// A LayerNorm folded into the persistent kernel (`FoldedNorm` of the _ln kernels): each row's
+/// `parts` statistics (mean, M2) over groups of k / parts columns, the folded weight's column
+/// sums, the norm's epsilon. `Gemm::w` is then the folded weight and `Gemm::bias` the folded
+/// bias.
+pub struct Folded<'a> {
+    pub stats: &'a [[f32; 2]],
+    pub parts: usize,
+    pub colsum: &'a [f32],
+    pub eps: f32,
+}
+
+/// `row_norm`: a row's (mean, inv) from its `parts` statistics.
+fn row_norm(p: &[[f32; 2]], k: usize, eps: f32) -> [f32; 2] {
+    let parts = p.len();
+    let mut mean = 0.0f32;
+    for t in p {
+        mean += t[0];
+    }
+    mean /= parts as f32;
+    let group = (k / parts) as f32;
+    let mut m2 = 0.0f32;
+    for t in p {
+        let dm = t[0] - mean;
+        m2 += t[1] + group * dm * dm;
+    }
+    [mean, 1.0 / (m2 / k as f32 + eps).sqrt()]
+}
+
+/// What the persistent kernel's epilogue makes of a tile (RES and NORM).
+pub enum Epilogue<'a> {
+    /// RES 0: y is the output; with a folded LayerNorm (NORM), the sums normalized first.
+    Output(Option<&'a Folded<'a>>),
+    /// RES 1, 2: y is the residual stream, y += gamma ⊙ tile; and each row's (mean, M2) over
+    /// each 128-column tile into `stats` [m][n / 128] where given.
+    Residual {
+        gamma: &'a [f32],
+        stats: Option<&'a mut [[f32; 2]]>,
+    },
+}
+
+/// `stage_tile<T, ACT, BN, NORM>` for one thread (`t` its index in its warpgroup, the
+/// accumulator's fragment index); with `norm`, the rows' (mean, inv) at `rownorm` in shared
+/// memory (8 bytes a row: mean, then inv 4 bytes on).
+#[allow(clippy::too_many_arguments)]
 fn stage_tile(
     b: &mut Block,
     p: &Gemm,
@@ -142,18 +195,34 @@ fn stage_tile(
     row: usize,
     lane: usize,
     n0: usize,
+    norm: Option<(&Folded, u32)>,
 ) {
     let row_bytes = (bn * 2 + 16) as u32;
+    let row_norm_at = |b: &Block, r: usize| {
+        norm.map(|(_, at)| {
+            let at = at + 8 * r as u32;
+            [b.read(at), b.read(at + 4)]
+        })
+    };
+    let (rn0, rn1) = (row_norm_at(b, row), row_norm_at(b, row + 8));
     for j in 0..bn / 8 {
         let col = j * 8 + (lane & 3) * 2;
         let bias_at = |c: usize| p.bias.map_or(0.0, |bias| bias[c]);
         let b0 = bias_at(n0 + col);
         let b1 = bias_at(n0 + col + 1);
+        let colsum = |c: usize| norm.map_or(0.0, |(f, _)| f.colsum[c]);
+        let (s0, s1) = (colsum(n0 + col), colsum(n0 + col + 1));
         let v = [0, 1, 2, 3].map(|e| *b.frag(d, t, 4 * j + e));
+        let pre = |sum: f32, bias: f32, rn: Option<[f32; 2]>, cs: f32| match rn {
+            Some([mean, inv]) => inv.mul_add((-mean).mul_add(cs, sum), bias),
+            None => sum + bias,
+        };
         let at = tile + (row as u32) * row_bytes + (col * 2) as u32;
-        b.write(at, &[(p.act)(v[0] + b0), (p.act)(v[1] + b1)]);
+        let pair = [pre(v[0], b0, rn0, s0), pre(v[1], b1, rn0, s1)];
+        b.write(at, &pair.map(p.act));
         let at = tile + (row as u32 + 8) * row_bytes + (col * 2) as u32;
-        b.write(at, &[(p.act)(v[2] + b0), (p.act)(v[3] + b1)]);
+        let pair = [pre(v[2], b0, rn1, s0), pre(v[3], b1, rn1, s1)];
+        b.write(at, &pair.map(p.act));
     }
 }
 
@@ -185,7 +254,9 @@ fn store_tile(
 }
 
 /// `store_tile_residual<T, X, BN, THREADS>` for thread `t` of `threads`: the tile (the branch)
-/// into the residual stream `y`, y += gamma ⊙ branch, in groups of 4 columns.
+/// into the residual stream `y`, y += gamma ⊙ branch, in groups of 4 columns. (The rows'
+/// statistics, which a warp sums together, are `tile_stats`.)
+#[allow(clippy::too_many_arguments)]
 fn store_tile_residual(
     b: &Block,
     p: &Gemm,
@@ -212,6 +283,17 @@ fn store_tile_residual(
     }
 }
 
+/// `store_tile_residual`'s statistics: for each row of the tile below m, the (mean, M2) of its
+/// `bn` updated values of `y` into stats [m][n / bn], each a warp's sum in the kernel.
+fn tile_stats(p: &Gemm, bn: usize, y: &[f32], stats: &mut [[f32; 2]], (m0, n0): (usize, usize)) {
+    for r in m0..(m0 + GM_BM).min(p.m) {
+        let v = &y[r * p.n + n0..r * p.n + n0 + bn];
+        let mean = v.iter().sum::<f32>() / bn as f32;
+        let m2 = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>();
+        stats[r * (p.n / bn) + n0 / bn] = [mean, m2];
+    }
+}
+
 /// GW_BN, GW_STAGES, GW_THREADS: the warp-specialized kernel's tile columns, stages, threads.
 pub const GW_BN: usize = 256;
 pub const GW_STAGES: usize = 4;
@@ -223,6 +305,8 @@ pub const GW_THREADS: usize = 384;
 struct Shared<'a> {
     ctas: Vec<Cta>,
     y: &'a mut [f32],
+    /// The persistent kernel's statistics out (`Epilogue::Residual`).
+    stats: Option<&'a mut [[f32; 2]]>,
     cluster_barrier: (usize, usize),
 }
 
@@ -445,6 +529,7 @@ pub fn gemm_ws_cluster(p: &Gemm, cluster: usize, y: &mut [f32], (bx, pair): (usi
         state: Mutex::new(Shared {
             ctas,
             y,
+            stats: None,
             cluster_barrier: (0, 0),
         }),
         changed: Condvar::new(),
@@ -505,7 +590,7 @@ pub fn gemm_ws_cluster(p: &Gemm, cluster: usize, y: &mut [f32], (bx, pair): (usi
                         for tid in 128 * (c + 1)..128 * (c + 2) {
                             let row = c * 64 + ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2);
                             let b = &mut sh.ctas[rank].b;
-                            stage_tile(b, p, GW_BN, d, tid % 128, tile, row, tid & 31, n0);
+                            stage_tile(b, p, GW_BN, d, tid % 128, tile, row, tid & 31, n0, None);
                         }
                     });
                     ws.named_barrier(&who, rank, 1);
@@ -535,25 +620,34 @@ pub const GP_THREADS: usize = 384;
 /// as threads of their own, the copies landing as soon as they are issued (multicast: in every
 /// CTA of the mask) and the MMAs reading shared memory at the wait that retires them. The named
 /// barriers of one warpgroup alone (4 + c) are no-ops here: a warpgroup's threads are one actor.
-/// With `gamma` (RES 1, 2), `y` is the residual stream the tiles update (`p.act` the identity).
+/// `epilogue` says what the tiles become (RES, NORM; with RES 1, 2 `p.act` is the identity).
 pub fn gemm_pp_cluster(
     p: &Gemm,
     cluster: usize,
     y: &mut [f32],
-    gamma: Option<&[f32]>,
+    epilogue: Epilogue,
     (first, stride): (usize, usize),
 ) {
     let (m, n, k) = (p.m, p.n, p.k);
     let a_bytes = (GM_BM * GM_BK * 2) as u32;
     let stage_bytes = ((GM_BM + GP_BN) * GM_BK * 2) as u32;
     let gp_tile_bytes = (GM_BM * (GP_BN * 2 + 16)) as u32;
-    let smem =
-        GP_STAGES * stage_bytes as usize + 2 * gp_tile_bytes as usize + 2 * GP_STAGES * 8 + 1024;
+    let gp_norm_bytes = (GM_BM * 8) as u32;
+    let smem = GP_STAGES * stage_bytes as usize
+        + 2 * gp_tile_bytes as usize
+        + 2 * GP_STAGES * 8
+        + 2 * gp_norm_bytes as usize
+        + 1024;
     let raw = RAW;
     let base = (raw + 1023) & !1023;
     let out_tiles = base + GP_STAGES as u32 * stage_bytes;
     let full = base + GP_STAGES as u32 * stage_bytes + 2 * gp_tile_bytes;
     let empty = full + GP_STAGES as u32 * 8;
+    let row_norms = out_tiles + 2 * gp_tile_bytes + 2 * GP_STAGES as u32 * 8;
+    let (norm, gamma, stats_out) = match epilogue {
+        Epilogue::Output(norm) => (norm, None, None),
+        Epilogue::Residual { gamma, stats } => (None, Some(gamma), stats),
+    };
     assert_eq!(
         GP_THREADS,
         3 * 128,
@@ -571,6 +665,7 @@ pub fn gemm_pp_cluster(
         state: Mutex::new(Shared {
             ctas,
             y,
+            stats: stats_out,
             cluster_barrier: (0, 0),
         }),
         changed: Condvar::new(),
@@ -648,15 +743,31 @@ pub fn gemm_pp_cluster(
                         if first + (i + 1) * stride < units {
                             ws.named_barrier_arrive(rank, 2 + (c ^ 1) as u32);
                         }
+                        let rn = row_norms + c as u32 * gp_norm_bytes;
                         ws.with(|sh| {
+                            if let Some(f) = norm {
+                                let b = &mut sh.ctas[rank].b;
+                                for tid in 128 * (c + 1)..128 * (c + 2) {
+                                    let r = m0 + (tid & 127);
+                                    let [mean, inv] = if r < m {
+                                        row_norm(&f.stats[r * f.parts..(r + 1) * f.parts], k, f.eps)
+                                    } else {
+                                        [0.0, 0.0]
+                                    };
+                                    let at = rn + 8 * (tid & 127) as u32;
+                                    b.write(at, &[mean]);
+                                    b.write(at + 4, &[inv]);
+                                }
+                            }
                             q.wait(&mut sh.ctas[rank].b, 0);
                             let last = (i * steps + steps - 1) % GP_STAGES;
                             release_stage(sh, rank, empty + 8 * last as u32);
+                            let norm = norm.map(|f| (f, rn));
                             for tid in 128 * (c + 1)..128 * (c + 2) {
                                 let row = ((tid >> 5) & 3) * 16 + ((tid & 31) >> 2);
-                                let b = &mut sh.ctas[rank].b;
-                                stage_tile(b, p, GP_BN, d0, tid % 128, out, row, tid & 31, n0);
-                                stage_tile(b, p, GP_BN, d1, tid % 128, out, 64 + row, tid & 31, n0);
+                                let (b, t, lane) = (&mut sh.ctas[rank].b, tid % 128, tid & 31);
+                                stage_tile(b, p, GP_BN, d0, t, out, row, lane, n0, norm);
+                                stage_tile(b, p, GP_BN, d1, t, out, 64 + row, lane, n0, norm);
                             }
                             for tid in 128 * (c + 1)..128 * (c + 2) {
                                 let (b, t) = (&sh.ctas[rank].b, tid & 127);
@@ -667,6 +778,9 @@ pub fn gemm_pp_cluster(
                                         store_tile_residual(b, p, (GP_BN, 128), out, sh.y, g, at, t)
                                     }
                                 }
+                            }
+                            if let Some(stats) = sh.stats.as_deref_mut() {
+                                tile_stats(p, GP_BN, sh.y, stats, (m0, n0));
                             }
                         });
                         i += 2;

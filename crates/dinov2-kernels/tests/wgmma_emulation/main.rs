@@ -38,7 +38,10 @@ mod flash;
 mod gemm;
 mod hopper;
 use attention::{attention_block, ATTN_WG_D, ATTN_WG_ROWS};
-use gemm::{gemm_block, gemm_pp_cluster, gemm_ws_cluster, Gemm, GEMM_TILES, GM_BM, GP_BN, GW_BN};
+use gemm::{
+    gemm_block, gemm_pp_cluster, gemm_ws_cluster, Epilogue, Folded, Gemm, GEMM_TILES, GM_BM, GP_BN,
+    GW_BN,
+};
 use hopper::{
     frag_pos, k_major, load_sw128_tile, mn_major, sw128_desc, Block, Timing, RAW, TIMINGS,
 };
@@ -173,7 +176,7 @@ fn the_emulated_persistent_gemm_is_a_linear_layer() {
             let units = m.div_ceil(GM_BM).div_ceil(cluster) * (n / GP_BN);
             let clusters = units.min(usize::div_ceil(blocks, cluster));
             for first in 0..clusters {
-                gemm_pp_cluster(p, cluster, y, None, (first, clusters));
+                gemm_pp_cluster(p, cluster, y, Epilogue::Output(None), (first, clusters));
             }
             format!("persistent on {clusters} clusters")
         });
@@ -231,18 +234,133 @@ fn the_emulated_persistent_gemm_updates_a_residual_stream() {
         let want: Vec<f64> = (0..m * n)
             .map(|i| stream[i] as f64 + gamma[i % n] as f64 * branch[i])
             .collect();
+        // Each row's (mean, M2) over each 128-column tile of the updated stream.
+        let want_stats: Vec<f64> = (0..m * n / GP_BN)
+            .flat_map(|i| {
+                let (r, t) = (i / (n / GP_BN), i % (n / GP_BN));
+                let v = &want[r * n + t * GP_BN..r * n + (t + 1) * GP_BN];
+                let mean = v.iter().sum::<f64>() / GP_BN as f64;
+                [mean, v.iter().map(|x| (x - mean).powi(2)).sum()]
+            })
+            .collect();
         for cluster in [1, 2] {
             let mut y = stream.clone();
+            let mut stats = vec![[f32::NAN; 2]; m * n / GP_BN];
             let units = m.div_ceil(GM_BM).div_ceil(cluster) * (n / GP_BN);
             let clusters = units.min(usize::div_ceil(blocks, cluster));
             for first in 0..clusters {
-                gemm_pp_cluster(&p, cluster, &mut y, Some(&gamma), (first, clusters));
+                let epilogue = Epilogue::Residual {
+                    gamma: &gamma,
+                    stats: Some(&mut stats),
+                };
+                gemm_pp_cluster(&p, cluster, &mut y, epilogue, (first, clusters));
             }
+            let what = format!("residual cluster {cluster} m={m} n={n} k={k}");
             let err = rel_l2(&y, &want);
-            assert!(
-                err < 1e-6,
-                "residual cluster {cluster} m={m} n={n} k={k}: rel L2 {err:.2e}"
-            );
+            assert!(err < 1e-6, "{what}: rel L2 {err:.2e}");
+            let err = rel_l2(stats.as_flattened(), &want_stats);
+            assert!(err < 1e-5, "{what}: statistics rel L2 {err:.2e}");
+        }
+    }
+}
+
+/// The persistent kernel with a LayerNorm folded in (the `_ln` kernels): the residual stream
+/// as x, the folded weight and bias (`fold_layer_norm`), each row's statistics as one pair
+/// (`row_stats`) or one a 128-column group (a `_res_rx` kernel's), against the norm and then
+/// the linear layer in f64. Rows far from zero mean with a large column, as DINOv2's residual
+/// streams have, make the mean's cancellation matter.
+#[test]
+fn the_emulated_persistent_gemm_folds_a_layer_norm() {
+    let eps = 1e-6f32;
+    for (m, n, k, blocks) in [(130, 256, 256, 3), (300, 384, 384, 132), (1, 128, 128, 1)] {
+        let mut x: Vec<f32> = random(m * k, (m + 3 * k) as u64)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| 2.0 * v + 3.0 + (i / k % 5) as f32)
+            .collect();
+        for r in 0..m {
+            x[r * k + 5] = 40.0;
+        }
+        let w = random(n * k, (n * 3 + k) as u64);
+        let bias = random(n, n as u64 + 5);
+        let gamma: Vec<f32> = random(k, k as u64 + 6)
+            .iter()
+            .map(|v| 1.0 + 0.5 * v)
+            .collect();
+        let beta = random(k, k as u64 + 7);
+        // LayerNorm (biased variance) then the linear layer and the activation, in f64.
+        let normed: Vec<f32> = x
+            .chunks_exact(k)
+            .flat_map(|row| {
+                let mean = row.iter().map(|&v| v as f64).sum::<f64>() / k as f64;
+                let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / k as f64;
+                let inv = 1.0 / (var + eps as f64).sqrt();
+                (0..k).map(move |c| (row[c] as f64 - mean) * inv)
+            })
+            .enumerate()
+            .map(|(i, v)| (v * gamma[i % k] as f64 + beta[i % k] as f64) as f32)
+            .collect();
+        let folded = dinov2_kernels::fold_layer_norm(
+            &w,
+            Some(&bias),
+            &gamma,
+            &beta,
+            (n, k),
+            dinov2_kernels::DType::F32,
+        )
+        .expect("shapes");
+        for parts in [1, k / GP_BN] {
+            // Each row's (mean, M2) over `parts` groups of columns, in f32.
+            let group = k / parts;
+            let stats: Vec<[f32; 2]> = x
+                .chunks_exact(group)
+                .map(|v| {
+                    let mean = v.iter().sum::<f32>() / group as f32;
+                    [mean, v.iter().map(|x| (x - mean) * (x - mean)).sum()]
+                })
+                .collect();
+            let norm = Folded {
+                stats: &stats,
+                parts,
+                colsum: &folded.colsum,
+                eps,
+            };
+            for (act_name, act) in [("identity", (|x| x) as fn(f32) -> f32), ("gelu", gelu_tanh)] {
+                let reference = Gemm {
+                    x: &normed,
+                    w: &w,
+                    bias: Some(&bias),
+                    act,
+                    m,
+                    n,
+                    k,
+                };
+                let want = linear_reference(&reference);
+                let p = Gemm {
+                    x: &x,
+                    w: &folded.weight,
+                    bias: Some(&folded.bias),
+                    ..reference
+                };
+                for cluster in [1, 2] {
+                    let mut y = vec![f32::NAN; m * n];
+                    let units = m.div_ceil(GM_BM).div_ceil(cluster) * (n / GP_BN);
+                    let clusters = units.min(usize::div_ceil(blocks, cluster));
+                    for first in 0..clusters {
+                        let epilogue = Epilogue::Output(Some(&norm));
+                        gemm_pp_cluster(&p, cluster, &mut y, epilogue, (first, clusters));
+                    }
+                    let what = format!(
+                        "folded norm, {parts} parts, {act_name}, cluster {cluster}, m={m} n={n} k={k}"
+                    );
+                    assert!(
+                        y.iter().all(|v| v.is_finite()),
+                        "{what}: an output unwritten"
+                    );
+                    let err = rel_l2(&y, &want);
+                    assert!(err < 1e-5, "{what}: rel L2 {err:.2e}");
+                }
+            }
         }
     }
 }
@@ -441,10 +559,21 @@ fn the_emulated_expressions_are_the_kernels() {
                 "const int col = j * 8 + (lane & 3) * 2;",
                 "const float b0 = bias_at<T>(bias, bias_f32, n0 + col);",
                 "const float b1 = bias_at<T>(bias, bias_f32, n0 + col + 1);",
+                "const float2 rn0 = NORM ? rownorm[row] : make_float2(0.0f, 0.0f);",
+                "const float2 rn1 = NORM ? rownorm[row + 8] : make_float2(0.0f, 0.0f);",
+                "const float s0 = NORM ? colsum[n0 + col] : 0.0f, s1 = NORM ? colsum[n0 + col + 1] : 0.0f;",
                 "*reinterpret_cast<uint32_t*>(tile + row * ROW_BYTES + col * 2) = \
-                 pack2<T>(activate(d[4 * j] + b0, ACT), activate(d[4 * j + 1] + b1, ACT));",
+                 pack2<T>(activate(pre_activation<NORM>(d[4 * j], b0, rn0, s0), ACT), \
+                 activate(pre_activation<NORM>(d[4 * j + 1], b1, rn0, s1), ACT));",
                 "*reinterpret_cast<uint32_t*>(tile + (row + 8) * ROW_BYTES + col * 2) = \
-                 pack2<T>(activate(d[4 * j + 2] + b0, ACT), activate(d[4 * j + 3] + b1, ACT));",
+                 pack2<T>(activate(pre_activation<NORM>(d[4 * j + 2], b0, rn1, s0), ACT), \
+                 activate(pre_activation<NORM>(d[4 * j + 3], b1, rn1, s1), ACT));",
+                // pre_activation, row_norm
+                "return NORM ? fmaf(rn.y, fmaf(-rn.x, cs, sum), bias) : sum + bias;",
+                "float mean = 0.0f; for (int t = 0; t < parts; t++) mean += p[t].x; mean /= parts; \
+                 const float group = (float)(k / parts); float m2 = 0.0f; \
+                 for (int t = 0; t < parts; t++) { const float dm = p[t].x - mean; \
+                 m2 += p[t].y + group * dm * dm; } return make_float2(mean, 1.0f / sqrtf(m2 / k + eps));",
                 "constexpr int CHUNKS = BN / 8;",
                 "for (int i = t; i < GM_BM * CHUNKS; i += THREADS) {",
                 "const int r = i / CHUNKS, ch = i % CHUNKS;",
@@ -499,8 +628,11 @@ fn the_emulated_expressions_are_the_kernels() {
                 "#define GP_STAGES 4",
                 "#define GP_THREADS 384",
                 "#define GP_TILE_BYTES (GM_BM * (GP_BN * 2 + 16))",
-                "#define GP_SMEM_BYTES (GP_STAGES * GM_STAGE_BYTES(GP_BN) + 2 * GP_TILE_BYTES + \
-                 2 * GP_STAGES * 8 + 1024)",
+                "#define GP_NORM_BYTES (GM_BM * 8)",
+                "#define GP_SMEM_BYTES \\ (GP_STAGES * GM_STAGE_BYTES(GP_BN) + 2 * GP_TILE_BYTES + \
+                 2 * GP_STAGES * 8 + 2 * GP_NORM_BYTES + 1024)",
+                "float2* const row_norms = reinterpret_cast<float2*>(out_tiles + 2 * GP_TILE_BYTES + \
+                 2 * GP_STAGES * 8);",
                 "for (int kk = 0; kk < GM_BK / 16; kk++) { wgmma_k16<T, GP_BN>(d0, da0 + 2 * kk, db + 2 * kk); \
                  wgmma_k16<T, GP_BN>(d1, da1 + 2 * kk, db + 2 * kk); } wgmma_commit();",
                 "uint8_t* const out_tiles = smem_raw + (base - raw) + GP_STAGES * STAGE_BYTES;",
@@ -528,19 +660,29 @@ fn the_emulated_expressions_are_the_kernels() {
                  sw128_desc(stage + A_BYTES)); wgmma_wait<1>(); fence_accumulators(d0); \
                  fence_accumulators(d1);",
                 "if (step > 0) release_stage<CLUSTER>(empty + 8 * ((it - 1) % GP_STAGES), rank); }",
-                "if (first + (i + 1) * stride < units) named_barrier_arrive(2 + (c ^ 1), 2 * 128); \
+                "if (first + (i + 1) * stride < units) named_barrier_arrive(2 + (c ^ 1), 2 * 128);",
+                "if (NORM) {",
+                "const int r = m0 + (tid & 127); row_norms[c * GM_BM + (tid & 127)] = \
+                 r < m ? row_norm(norm.stats + (size_t)r * norm.parts, norm.parts, k, norm.eps) \
+                 : make_float2(0.0f, 0.0f); } \
                  wgmma_wait<0>(); fence_accumulators(d0); fence_accumulators(d1); \
                  release_stage<CLUSTER>(empty + 8 * ((i * steps + steps - 1) % GP_STAGES), rank);",
-                "gamma, m0, m, n, n0, tid & 127); } } \
+                "tid & 127, stats_out); } } \
                  // CLUSTER 2: neither CTA leaves while the other may still copy into it or \
                  arrive on its // barriers. if (CLUSTER == 2) cluster_sync(); }",
                 "extern \"C\" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(GP_THREADS, 1)",
-                "named_barrier(4 + c, 128); stage_tile<T, ACT, GP_BN>(d0, out, row, tid & 31, bias, bias_f32, n0); \
-                 stage_tile<T, ACT, GP_BN>(d1, out, 64 + row, tid & 31, bias, bias_f32, n0); \
+                "named_barrier(4 + c, 128); const float2* const rn = row_norms + c * GM_BM; \
+                 stage_tile<T, ACT, GP_BN, NORM>(d0, out, row, tid & 31, bias, bias_f32, n0, rn, norm.colsum); \
+                 stage_tile<T, ACT, GP_BN, NORM>(d1, out, 64 + row, tid & 31, bias, bias_f32, n0, rn, norm.colsum); \
                  named_barrier(4 + c, 128);",
                 "gemm_pp_body<T, ACT, 1, 0>(&map_x, &map_w, bias, bias_f32, y, nullptr, m, n, k);",
                 "gemm_pp_body<T, ACT, 2, 0>(&map_x, &map_w, bias, bias_f32, y, nullptr, m, n, k);",
-                "gemm_pp_body<T, ACT_IDENTITY, CLUSTER, RES>(&map_x, &map_w, bias, bias_f32, x, gamma, m, n,",
+                "gemm_pp_body<T, ACT_IDENTITY, CLUSTER, RES>(&map_x, &map_w, bias, bias_f32, x, gamma, m, n, \\ \
+                 k, stats);",
+                "gemm_pp_body<T, ACT, CLUSTER, 0, true>(&map_x, &map_w, bias, 1, y, nullptr, m, n, k, nullptr, \\ \
+                 FoldedNorm{stats, colsum, parts, eps});",
+                "GEMM_PP_LN_KERNEL(name, T, aname, ACT, 1, pp, )",
+                "GEMM_PP_LN_KERNEL(name, T, aname, ACT, 2, pp2, __cluster_dims__(2, 1, 1))",
                 "GEMM_PP_RES_KERNEL(name, T, res, 1, 1, pp, )",
                 "GEMM_PP_RES_KERNEL(name, T, res_rx, 2, 1, pp, )",
                 "GEMM_PP_RES_KERNEL(name, T, res, 1, 2, pp2, __cluster_dims__(2, 1, 1))",
@@ -551,12 +693,16 @@ fn the_emulated_expressions_are_the_kernels() {
                  if (m0 + r < m) { X* xr = x + (size_t)(m0 + r) * n + n0 + c; \
                  const float4 xv = load4(xr), gv = load4(gamma + n0 + c), \
                  bv = load4(reinterpret_cast<const T*>(tile + r * ROW_BYTES + c * 2)); \
-                 store4(xr, round4(make_float4(xv.x + gv.x * bv.x, xv.y + gv.y * bv.y, xv.z + gv.z * bv.z, \
-                 xv.w + gv.w * bv.w), xr)); } }",
+                 const float4 v = round4(make_float4(xv.x + gv.x * bv.x, xv.y + gv.y * bv.y, \
+                 xv.z + gv.z * bv.z, xv.w + gv.w * bv.w), xr); store4(xr, v);",
+                "if (stats_out) { const float mean = warp_sum(v.x + v.y + v.z + v.w) / BN; \
+                 const float dx = v.x - mean, dy = v.y - mean, dz = v.z - mean, dw = v.w - mean; \
+                 const float m2 = warp_sum(dx * dx + dy * dy + dz * dz + dw * dw); \
+                 if (c == 0) stats_out[(size_t)(m0 + r) * (n / BN) + n0 / BN] = make_float2(mean, m2); } } }",
                 "if (RES == 0) store_tile<T, GP_BN, 128>(out, static_cast<T*>(y), m0, m, n, n0, tid & 127); \
                  else if (RES == 1) store_tile_residual<T, float, GP_BN, 128>(out, static_cast<float*>(y), \
-                 gamma, m0, m, n, n0, tid & 127); else store_tile_residual<T, T, GP_BN, 128>(out, \
-                 static_cast<T*>(y), gamma, m0, m, n, n0, tid & 127); } }",
+                 gamma, m0, m, n, n0, tid & 127, stats_out); else store_tile_residual<T, T, GP_BN, 128>(out, \
+                 static_cast<T*>(y), gamma, m0, m, n, n0, tid & 127, stats_out); } }",
                 "GEMM_PP_KERNEL(name, T, aname, ACT)",
                 "GEMM_KERNEL(name, T, aname, ACT, 128, 3, 0, 2)",
                 "GEMM_KERNEL(name, T, aname, ACT, 256, 4, 1, 1)",
