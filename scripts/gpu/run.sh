@@ -304,6 +304,7 @@ main() {
     # together, without them.
     local hopper=("kernels-gpu own_gemm_layout_probe" "kernels-gpu wgmma_attention_probe"
         "kernels-gpu own_gemms_match_cpu" "kernels-gpu residual_gemm_matches_the_two_passes"
+        "kernels-gpu folded_layer_norm_matches_the_norm_then_the_product"
         "model-cuda our_gemms_in_the_model_match_the_cpu")
     local entry bin name skips=()
     local rc
