@@ -89,6 +89,9 @@ __device__ __forceinline__ void wg_step(float (&o)[32], uint32_t (&p)[4][4], flo
     for (int i = 0; i < S; i++) s[i] = 0.0f;
     fence_accumulators(s);
     fence_accumulators(o);
+    // P's registers are the P·V's A operand: written before the fence (FlashAttention-3 fences
+    // them too).
+    if (PV) fence_fragments(p);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < ATTN_WG_D / 16; kk++) wg_qk<T, KEYS>(s, dq + 2 * kk, dk + 2 * kk);
@@ -166,6 +169,7 @@ __device__ __forceinline__ void wg_step(float (&o)[32], uint32_t (&p)[4][4], flo
 template <typename T, int KEYS>
 __device__ __forceinline__ void wg_last_pv(float (&o)[32], uint32_t (&p)[4][4], uint64_t dv) {
     fence_accumulators(o);
+    fence_fragments(p);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < KEYS / 16; kk++) wg_pv<T>(o, p[kk], dv + 128 * kk);
