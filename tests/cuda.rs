@@ -546,8 +546,9 @@ fn embedding_runs_smaller_passes_when_the_device_runs_out_of_memory() {
     assert!(err < 1e-3, "{err:.3e}");
 }
 
-/// Our Hopper GEMMs inside the model (`DINOV2_GEMM=fused` / `own`), and with the warpgroup-MMA
-/// attention (`DINOV2_ATTENTION=wgmma`): ViT-S/14 and ViT-B/14
+/// Our Hopper GEMMs inside the model (`DINOV2_GEMM=fused` / `own`), with the warpgroup-MMA
+/// attention (`DINOV2_ATTENTION=wgmma`), and with the LayerNorms folded into the persistent
+/// GEMMs (`DINOV2_NORM=fold`, over the stream in the compute dtype): ViT-S/14 and ViT-B/14
 /// geometry with random weights, f16 and bf16, against the CPU's f32 embeddings, each held to
 /// the tolerance of the cuBLASLt path and printed beside its error. Where the device is not
 /// compute capability 9.0, there is nothing to run (the kernels are not loaded).
@@ -569,22 +570,25 @@ fn our_gemms_in_the_model_match_the_cpu() {
             let tol: f64 = if dtype == Dtype::F16 { 1e-2 } else { 3e-2 };
             let mut errors = Vec::new();
             let mut baseline = None;
-            // The last cases also run the warpgroup-MMA attention kernels, and the last one the
-            // residual stream in the compute dtype (the variables are read when a device opens;
-            // the GPU tests run one at a time). Under `All` the persistent kernels (PingPong,
-            // PingPong2) also take the MLP's residual update into their epilogue.
-            for (policy, tile, attention, residual) in [
-                (OwnGemm::Off, OwnTile::N128, "", ""),
-                (OwnGemm::Fused, OwnTile::N128, "", ""),
-                (OwnGemm::All, OwnTile::N128, "", ""),
-                (OwnGemm::All, OwnTile::N256, "", ""),
-                (OwnGemm::All, OwnTile::Tma, "", ""),
-                (OwnGemm::All, OwnTile::Tma2, "", ""),
-                (OwnGemm::All, OwnTile::PingPong, "", ""),
-                (OwnGemm::All, OwnTile::PingPong2, "", ""),
-                (OwnGemm::Fused, OwnTile::Tma, "wgmma", ""),
-                (OwnGemm::Fused, OwnTile::Tma, "wgmma2", ""),
-                (OwnGemm::All, OwnTile::PingPong, "wgmma2", "compute"),
+            // The last cases also run the warpgroup-MMA attention kernels, the last three the
+            // residual stream in the compute dtype, and the last two the folded LayerNorms (the
+            // variables are read when a device opens; the GPU tests run one at a time). Under
+            // `All` the persistent kernels (PingPong, PingPong2) also take the MLP's residual
+            // update into their epilogue.
+            for (policy, tile, attention, residual, norm) in [
+                (OwnGemm::Off, OwnTile::N128, "", "", ""),
+                (OwnGemm::Fused, OwnTile::N128, "", "", ""),
+                (OwnGemm::All, OwnTile::N128, "", "", ""),
+                (OwnGemm::All, OwnTile::N256, "", "", ""),
+                (OwnGemm::All, OwnTile::Tma, "", "", ""),
+                (OwnGemm::All, OwnTile::Tma2, "", "", ""),
+                (OwnGemm::All, OwnTile::PingPong, "", "", ""),
+                (OwnGemm::All, OwnTile::PingPong2, "", "", ""),
+                (OwnGemm::Fused, OwnTile::Tma, "wgmma", "", ""),
+                (OwnGemm::Fused, OwnTile::Tma, "wgmma2", "", ""),
+                (OwnGemm::All, OwnTile::PingPong, "wgmma2", "compute", ""),
+                (OwnGemm::All, OwnTile::PingPong, "wgmma2", "compute", "fold"),
+                (OwnGemm::All, OwnTile::PingPong2, "", "compute", "fold"),
             ] {
                 if !attention.is_empty() {
                     std::env::set_var("DINOV2_ATTENTION", attention);
@@ -592,16 +596,29 @@ fn our_gemms_in_the_model_match_the_cpu() {
                 if !residual.is_empty() {
                     std::env::set_var("DINOV2_RESIDUAL", residual);
                 }
+                if !norm.is_empty() {
+                    // The fold needs the persistent GEMM when the backend opens.
+                    std::env::set_var("DINOV2_NORM", norm);
+                    std::env::set_var("DINOV2_GEMM", "own");
+                    std::env::set_var("DINOV2_GEMM_TILE", tile.env_name());
+                }
                 let be = gpu(dtype);
-                std::env::remove_var("DINOV2_ATTENTION");
-                std::env::remove_var("DINOV2_RESIDUAL");
+                for var in [
+                    "DINOV2_ATTENTION",
+                    "DINOV2_RESIDUAL",
+                    "DINOV2_NORM",
+                    "DINOV2_GEMM",
+                    "DINOV2_GEMM_TILE",
+                ] {
+                    std::env::remove_var(var);
+                }
                 be.device().set_own_gemm(policy, tile).unwrap();
                 let model = Dinov2::random(be, &config, 5).unwrap();
                 let got = model.embed(&px, Pooling::ClsMean, false).unwrap();
                 let (g, w) = flatten_pair(&got, &want);
                 let err = rel_l2(&g, &w);
                 errors.push(format!(
-                    "{policy:?} {tile:?} {attention} {residual}: {err:.2e}"
+                    "{policy:?} {tile:?} {attention} {residual} {norm}: {err:.2e}"
                 ));
                 // The first case is cuBLASLt and the flash kernel: the others are held to the
                 // half-precision tolerance, or to twice that path's error where random weights
@@ -611,7 +628,7 @@ fn our_gemms_in_the_model_match_the_cpu() {
                 let times = if residual.is_empty() { 2.0 } else { 3.0 };
                 assert!(
                     err < tol.max(times * baseline),
-                    "{arch} {dtype} {policy:?} {tile:?} attention {attention:?} residual {residual:?}: rel L2 {err:.3e} against the CPU (cuBLASLt path: {baseline:.3e})"
+                    "{arch} {dtype} {policy:?} {tile:?} attention {attention:?} residual {residual:?} norm {norm:?}: rel L2 {err:.3e} against the CPU (cuBLASLt path: {baseline:.3e})"
                 );
             }
             eprintln!("{arch} {dtype} against CPU f32: {}", errors.join(", "));

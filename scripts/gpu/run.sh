@@ -395,6 +395,12 @@ main() {
         DINOV2_RESIDUAL=compute DINOV2_ATTENTION=wgmma2 DINOV2_GEMM=own DINOV2_GEMM_TILE=pp bench vitb14-256-all-pp 60 \
             --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON"
     fi
+    # And with the LayerNorms folded into the persistent GEMMs (DINOV2_NORM=fold): no normed
+    # rows written, the statistics from the residual passes and fc2's epilogue.
+    if room 30 && [ -z "${TMA_HANGS:-}" ]; then
+        DINOV2_NORM=fold DINOV2_RESIDUAL=compute DINOV2_ATTENTION=wgmma2 DINOV2_GEMM=own DINOV2_GEMM_TILE=pp \
+            bench vitb14-256-all-pp-fold 60 --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10
+    fi
     if room 30 && [ -z "${TMA_HANGS:-}" ]; then
         DINOV2_RESIDUAL=compute DINOV2_ATTENTION=wgmma2 DINOV2_GEMM=own DINOV2_GEMM_TILE=tma bench vitb14-256-all-tma 60 \
             --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10

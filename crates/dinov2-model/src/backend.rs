@@ -40,6 +40,19 @@ impl std::fmt::Display for Dtype {
     }
 }
 
+/// A LayerNorm and the linear layer after it with the norm folded in
+/// ([`Backend::fold_norm_linear`]).
+pub struct FoldedNormLinear<W> {
+    /// The norm's weight, marked as folded.
+    pub norm_weight: W,
+    /// The norm's bias.
+    pub norm_bias: W,
+    /// The layer's folded weight `[n, k]`.
+    pub weight: W,
+    /// The layer's folded bias `[n]`.
+    pub bias: W,
+}
+
 /// The parameters that turn patch embeddings into the encoder's input sequence.
 pub struct TokenParams<'a, W> {
     /// `[h]`.
@@ -176,6 +189,23 @@ pub trait Backend: Send + Sync {
     /// queued work, so that [`Backend::memory_used`] deltas measure one workload.
     fn release_cached_memory(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// A LayerNorm (`norm`: its weight and bias, `[k]`) and the linear layer that reads its
+    /// output (`weight` `[n, k]`, `bias` `[n]`), with the norm folded into the product where the
+    /// backend does that (CUDA with `DINOV2_NORM=fold`): the four parameters as
+    /// [`Backend::layer_norm`] (and the fused residual steps) and [`Backend::linear`] then take
+    /// them, the norm's weight marking its output as left to that layer. `Ok(None)`, the
+    /// default, keeps the two apart.
+    fn fold_norm_linear(
+        &self,
+        norm: (&[f32], &[f32]),
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        shape: (usize, usize),
+    ) -> Result<Option<FoldedNormLinear<Self::Weight>>> {
+        let _ = (norm, weight, bias, shape);
+        Ok(None)
     }
 
     /// Conv2d with kernel = stride = `patch` over `[B, C, H, W]`: returns `[B, gh·gw, h]`.

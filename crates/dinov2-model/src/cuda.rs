@@ -17,11 +17,11 @@ use std::sync::Arc;
 
 use dinov2_checkpoint::Activation;
 use dinov2_kernels::{
-    flag, switch, Act, Buffer, DType, Device, Graph, KernelError, OwnGemm, OwnTile, Recorder,
-    RecordingMemory,
+    flag, fold_layer_norm, switch, Act, Buffer, DType, Device, Graph, KernelError, OwnGemm,
+    OwnTile, Recorder, RecordingMemory, RowStats, STATS_COLUMNS,
 };
 
-use crate::backend::{Backend, Dtype, OpTime, TokenParams};
+use crate::backend::{Backend, Dtype, FoldedNormLinear, OpTime, TokenParams};
 use crate::error::{ModelError, Result};
 use crate::pooling::Pooling;
 use crate::Tensor;
@@ -42,6 +42,9 @@ pub struct CudaBackend {
     planned_memory: bool,
     /// The residual stream's dtype: f32, or the compute dtype (`DINOV2_RESIDUAL=compute`).
     residual: DType,
+    /// `DINOV2_NORM=fold`: the LayerNorms before qkv and the MLP folded into those GEMMs
+    /// ([`Backend::fold_norm_linear`]).
+    fold_norms: bool,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -51,6 +54,7 @@ impl std::fmt::Debug for CudaBackend {
             .field("dtype", &self.dtype)
             .field("graphs", &self.graphs)
             .field("fast_gelu", &self.fast_gelu)
+            .field("fold_norms", &self.fold_norms)
             .finish()
     }
 }
@@ -60,11 +64,40 @@ impl std::fmt::Debug for CudaBackend {
 #[derive(Clone)]
 pub struct CudaTensor {
     buf: Arc<Buffer>,
+    /// Set on the output of a LayerNorm folded into the next linear layer (`DINOV2_NORM=fold`):
+    /// `buf` is then the residual stream the norm reads, and this what the layer needs to
+    /// normalize its sums. Only [`Backend::linear`] takes such a tensor.
+    pending: Option<Arc<PendingNorm>>,
+}
+
+/// A LayerNorm left to the linear layer after it ([`CudaTensor`]).
+struct PendingNorm {
+    /// Each row's (mean, M2) in `parts` pairs (`dinov2_kernels::RowStats`); `None` where no
+    /// kernel wrote them, and the layer normalizes the rows first.
+    stats: Option<Buffer>,
+    parts: usize,
+    eps: f32,
 }
 
 impl CudaTensor {
     fn new(buf: Buffer) -> Self {
-        CudaTensor { buf: Arc::new(buf) }
+        CudaTensor {
+            buf: Arc::new(buf),
+            pending: None,
+        }
+    }
+
+    /// The LayerNorm of the residual stream `x`, left to the next linear layer.
+    fn pending_norm(x: &CudaTensor, stats: Option<Buffer>, parts: usize, eps: f64) -> Self {
+        let norm = PendingNorm {
+            stats,
+            parts,
+            eps: eps as f32,
+        };
+        CudaTensor {
+            buf: x.buf.clone(),
+            pending: Some(Arc::new(norm)),
+        }
     }
 
     /// The shape.
@@ -77,7 +110,8 @@ impl CudaTensor {
         self.buf.dtype()
     }
 
-    /// The device buffer.
+    /// The device buffer. (Of a LayerNorm folded into the next linear layer, which never leaves
+    /// the model's pass: the residual stream it normalizes.)
     pub fn buffer(&self) -> &Buffer {
         &self.buf
     }
@@ -97,6 +131,22 @@ impl CudaTensor {
 pub struct CudaWeight {
     main: Buffer,
     f32: Option<Buffer>,
+    /// Its part in a LayerNorm folded into a linear layer, if any.
+    fold: Option<Fold>,
+}
+
+/// A parameter's part in a LayerNorm folded into the linear layer after it
+/// ([`Backend::fold_norm_linear`]).
+enum Fold {
+    /// The norm's weight: a LayerNorm with it leaves the normalization to that layer.
+    Norm,
+    /// That layer's folded weight: its column sums (f32), and ones and zeros `[k]` (a
+    /// LayerNorm without affine, for rows whose statistics no kernel wrote).
+    Linear {
+        colsum: Buffer,
+        ones: Box<CudaWeight>,
+        zeros: Box<CudaWeight>,
+    },
 }
 
 impl CudaWeight {
@@ -210,6 +260,18 @@ impl CudaBackend {
             Some("compute") => kernel_dtype(dtype),
             _ => DType::F32,
         };
+        let fold_norms =
+            switch("DINOV2_NORM", &["rows", "fold"]).map_err(&setting)? == Some("fold");
+        let (policy, tile) = device.own_gemm();
+        if fold_norms && (residual == DType::F32 || policy != OwnGemm::All || !tile.persistent()) {
+            return Err(ModelError::Backend {
+                backend: name,
+                reason: "DINOV2_NORM=fold runs on our persistent GEMM over a 16-bit residual \
+                         stream: it needs --dtype f16 or bf16, DINOV2_RESIDUAL=compute, \
+                         DINOV2_GEMM=own and DINOV2_GEMM_TILE=pp or pp2"
+                    .into(),
+            });
+        }
         Ok(CudaBackend {
             dtype,
             name,
@@ -217,6 +279,7 @@ impl CudaBackend {
             fast_gelu,
             planned_memory,
             residual,
+            fold_norms,
             device: Arc::new(device),
         })
     }
@@ -240,6 +303,7 @@ impl CudaBackend {
         other.fast_gelu = self.fast_gelu;
         other.planned_memory = self.planned_memory;
         other.residual = self.residual;
+        other.fold_norms = self.fold_norms;
         let (policy, tile) = self.device.own_gemm();
         other
             .device
@@ -276,8 +340,23 @@ impl CudaBackend {
         kernel_dtype(self.dtype)
     }
 
+    /// An error where `t` is a LayerNorm left to the next linear layer: no other operation may
+    /// read it (its buffer holds the stream, not the normed rows).
+    fn settled(&self, t: &CudaTensor) -> Result<()> {
+        match t.pending {
+            None => Ok(()),
+            Some(_) => Err(ModelError::Backend {
+                backend: self.name.clone(),
+                reason: "a LayerNorm folded into the next linear layer reached another \
+                         operation (DINOV2_NORM=fold)"
+                    .into(),
+            }),
+        }
+    }
+
     /// `t` in the compute dtype (a cast when it is not).
     fn in_compute(&self, t: &CudaTensor) -> Result<CudaTensor> {
+        self.settled(t)?;
         if t.dtype() == self.compute() {
             return Ok(t.clone());
         }
@@ -317,6 +396,135 @@ impl CudaBackend {
             backend: self.name.clone(),
             reason: format!("{what}: the destination tensor is shared"),
         })
+    }
+
+    /// The LayerNorm (`eps`) of the residual stream `x` left to the next linear layer: its rows'
+    /// statistics where a kernel writes them (`row_stats`), else none (the layer normalizes).
+    fn stats_for_fold(&self, x: &CudaTensor, eps: f64) -> Result<CudaTensor> {
+        self.settled(x)?;
+        let (rows, h) = (x.rows(), x.last_dim());
+        let stats = self.device.profile_op("row_stats", || {
+            if x.dtype() != self.compute() {
+                return Ok::<_, ModelError>(None);
+            }
+            let mut stats = self.alloc(DType::F32, &[rows, 1, 2])?;
+            let ran = self
+                .device
+                .row_stats(&x.buf, &mut stats, rows, h)
+                .map_err(|e| self.err(e))?;
+            Ok(ran.then_some(stats))
+        })?;
+        Ok(CudaTensor::pending_norm(x, stats, 1, eps))
+    }
+
+    /// [`Backend::linear`] of a LayerNorm's output with the norm folded into the layer
+    /// (`DINOV2_NORM=fold`): `x` a pending norm of the stream, `weight` and `bias` the folded
+    /// ones. On our persistent GEMM where the device runs it (`Device::linear_folded`);
+    /// otherwise the rows normalized without affine and the folded layer, which is the same
+    /// function.
+    fn folded_linear(
+        &self,
+        x: &CudaTensor,
+        weight: &CudaWeight,
+        bias: Option<&CudaWeight>,
+        act: Activation,
+    ) -> Result<CudaTensor> {
+        let (
+            Some(norm),
+            Some(Fold::Linear {
+                colsum,
+                ones,
+                zeros,
+            }),
+            Some(bias),
+        ) = (&x.pending, &weight.fold, bias)
+        else {
+            return Err(ModelError::Backend {
+                backend: self.name.clone(),
+                reason: "a folded LayerNorm and a linear layer that does not fold it (or the \
+                         reverse)"
+                    .into(),
+            });
+        };
+        let (n, k) = (weight.shape()[0], weight.shape()[1]);
+        let rows = x.rows();
+        let mut y = self.alloc(self.compute(), &with_last(x.shape(), n))?;
+        if let Some(stats) = &norm.stats {
+            let stats = RowStats {
+                stats,
+                parts: norm.parts,
+                eps: norm.eps,
+            };
+            let ran = self.device.profile_op("gemm_folded_norm", || {
+                self.device
+                    .linear_folded(
+                        &x.buf,
+                        &weight.main,
+                        colsum,
+                        bias.as_f32(),
+                        stats,
+                        &mut y,
+                        (rows, n, k),
+                        self.gemm_act(act),
+                    )
+                    .map_err(|e| self.err(e))
+            })?;
+            if ran {
+                return Ok(CudaTensor::new(y));
+            }
+        }
+        drop(y);
+        let stream = CudaTensor {
+            buf: x.buf.clone(),
+            pending: None,
+        };
+        let normed = self.layer_norm(&stream, ones, zeros, norm.eps as f64)?;
+        self.gemm(&normed, &weight.main, Some(bias), act)
+    }
+
+    /// The activation a GEMM applies for `act`: the exact GELU as its tanh approximation under
+    /// `DINOV2_FAST_GELU=1` in f16/bf16.
+    fn gemm_act(&self, act: Activation) -> Act {
+        match kernel_act(act) {
+            Act::Gelu if self.fast_gelu && self.compute() != DType::F32 => Act::GeluTanh,
+            act => act,
+        }
+    }
+
+    /// `act(x · wᵀ + b)` with `weight` `[n, k]` in the compute dtype ([`Backend::linear`]).
+    fn gemm(
+        &self,
+        x: &CudaTensor,
+        weight: &Buffer,
+        bias: Option<&CudaWeight>,
+        act: Activation,
+    ) -> Result<CudaTensor> {
+        let x = self.in_compute(x)?;
+        let (n, k) = (weight.shape()[0], weight.shape()[1]);
+        let rows = x.rows();
+        let mut y = self.alloc(self.compute(), &with_last(x.shape(), n))?;
+        let act = self.gemm_act(act);
+        // The activation in the GEMM's epilogue where one runs it, else in its own pass.
+        let (_, rest) = self.device.profile_op("gemm", || {
+            self.device
+                .linear_fusing(
+                    &x.buf,
+                    weight,
+                    bias.map(|b| &b.main),
+                    &mut y,
+                    (rows, n, k),
+                    act,
+                )
+                .map_err(|e| self.err(e))
+        })?;
+        if rest != Act::Identity {
+            self.device.profile_op("activation", || {
+                self.device
+                    .bias_act(&mut y, None, rows, n, rest)
+                    .map_err(|e| self.err(e))
+            })?;
+        }
+        Ok(CudaTensor::new(y))
     }
 
     fn alloc(&self, dtype: DType, shape: &[usize]) -> Result<Buffer> {
@@ -380,7 +588,46 @@ impl Backend for CudaBackend {
         } else {
             None
         };
-        Ok(CudaWeight { main, f32 })
+        Ok(CudaWeight {
+            main,
+            f32,
+            fold: None,
+        })
+    }
+
+    /// Under `DINOV2_NORM=fold`, where our persistent GEMM takes the layer's shape and a warp
+    /// the norm's rows (`k % 4 == 0`, `k <= 2048`): the folded weights of `fold_layer_norm`.
+    fn fold_norm_linear(
+        &self,
+        (gamma, beta): (&[f32], &[f32]),
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        (n, k): (usize, usize),
+    ) -> Result<Option<FoldedNormLinear<CudaWeight>>> {
+        if !self.fold_norms || self.device.folded_gemm(n, k).is_none() || k % 4 != 0 || k > 2048 {
+            return Ok(None);
+        }
+        let Some(f) = fold_layer_norm(weight, bias, gamma, beta, (n, k), self.compute()) else {
+            return Ok(None);
+        };
+        let colsum = self
+            .device
+            .upload(&f.colsum, &[n], DType::F32)
+            .map_err(|e| self.err(e))?;
+        let mut norm_weight = self.weight(gamma.to_vec(), vec![k])?;
+        norm_weight.fold = Some(Fold::Norm);
+        let mut folded = self.weight(f.weight, vec![n, k])?;
+        folded.fold = Some(Fold::Linear {
+            colsum,
+            ones: Box::new(self.weight(vec![1.0; k], vec![k])?),
+            zeros: Box::new(self.weight(vec![0.0; k], vec![k])?),
+        });
+        Ok(Some(FoldedNormLinear {
+            norm_weight,
+            norm_bias: self.weight(beta.to_vec(), vec![k])?,
+            weight: folded,
+            bias: self.weight(f.bias, vec![n])?,
+        }))
     }
 
     fn patch_weight(&self, values: Vec<f32>, n: usize, k: usize) -> Result<CudaWeight> {
@@ -409,6 +656,7 @@ impl Backend for CudaBackend {
     }
 
     fn download(&self, tensor: &CudaTensor) -> Result<Tensor> {
+        self.settled(tensor)?;
         self.device.profile_op("download", || {
             let data = self.device.download(&tensor.buf).map_err(|e| self.err(e))?;
             Ok(Tensor {
@@ -528,6 +776,15 @@ impl Backend for CudaBackend {
             ("kernels", info.kernel_code().to_string()),
             ("gemm", gemm_details(self.device.own_gemm(), self.fast_gelu)),
             ("residual_stream", self.residual.to_string()),
+            (
+                "layer_norm",
+                if self.fold_norms {
+                    "folded into qkv and the MLP's input GEMM"
+                } else {
+                    "rows"
+                }
+                .to_string(),
+            ),
             ("attention", self.device.attention_kernels().to_string()),
         ]
     }
@@ -646,6 +903,9 @@ impl Backend for CudaBackend {
         bias: &CudaWeight,
         eps: f64,
     ) -> Result<CudaTensor> {
+        if matches!(weight.fold, Some(Fold::Norm)) {
+            return self.stats_for_fold(x, eps);
+        }
         self.device.profile_op("layer_norm", || {
             let h = x.last_dim();
             // f32 input (the residual stream) or compute-dtype input; output in the compute dtype.
@@ -677,35 +937,10 @@ impl Backend for CudaBackend {
         bias: Option<&CudaWeight>,
         act: Activation,
     ) -> Result<CudaTensor> {
-        let x = self.in_compute(x)?;
-        let (n, k) = (weight.shape()[0], weight.shape()[1]);
-        let rows = x.rows();
-        let mut y = self.alloc(self.compute(), &with_last(x.shape(), n))?;
-        let act = match kernel_act(act) {
-            Act::Gelu if self.fast_gelu && self.compute() != DType::F32 => Act::GeluTanh,
-            act => act,
-        };
-        // The activation in the GEMM's epilogue where one runs it, else in its own pass.
-        let (_, rest) = self.device.profile_op("gemm", || {
-            self.device
-                .linear_fusing(
-                    &x.buf,
-                    &weight.main,
-                    bias.map(|b| &b.main),
-                    &mut y,
-                    (rows, n, k),
-                    act,
-                )
-                .map_err(|e| self.err(e))
-        })?;
-        if rest != Act::Identity {
-            self.device.profile_op("activation", || {
-                self.device
-                    .bias_act(&mut y, None, rows, n, rest)
-                    .map_err(|e| self.err(e))
-            })?;
+        if x.pending.is_some() || weight.fold.is_some() {
+            return self.folded_linear(x, weight, bias, act);
         }
-        Ok(CudaTensor::new(y))
+        self.gemm(x, &weight.main, bias, act)
     }
 
     fn swiglu(&self, x: &CudaTensor) -> Result<CudaTensor> {
@@ -777,6 +1012,28 @@ impl Backend for CudaBackend {
         bias: &CudaWeight,
         eps: f64,
     ) -> Result<CudaTensor> {
+        if matches!(weight.fold, Some(Fold::Norm)) {
+            // The update and the rows' statistics in one pass where a kernel runs it.
+            let stats = self.device.profile_op("add_scaled_stats", || {
+                let h = gamma.main.len();
+                let rows = x.rows();
+                let branch = self.in_compute(branch)?;
+                let mut stats = self.alloc(DType::F32, &[rows, 1, 2])?;
+                let dev = self.device.clone();
+                let xb = self.residual(x)?;
+                let ran = dev
+                    .add_scaled_stats(xb, &branch.buf, gamma.as_f32(), &mut stats, rows, h)
+                    .map_err(|e| self.err(e))?;
+                Ok::<_, ModelError>(ran.then_some(stats))
+            })?;
+            return match stats {
+                Some(stats) => Ok(CudaTensor::pending_norm(x, Some(stats), 1, eps)),
+                None => {
+                    self.add_scaled(x, branch, gamma)?;
+                    self.stats_for_fold(x, eps)
+                }
+            };
+        }
         self.device.profile_op("add_scaled_layer_norm", || {
             let h = gamma.main.len();
             let rows = x.rows();
@@ -821,9 +1078,21 @@ impl Backend for CudaBackend {
         };
         let (n, k) = (weight.shape()[0], weight.shape()[1]);
         let fusable = self.device.residual_gemm(n, k).is_some();
+        // A folded norm next: the epilogue also writes the updated rows' statistics, a pair
+        // each STATS_COLUMNS columns (a stream in the compute type, whole tiles).
+        let rows = h.rows();
+        let parts = n / STATS_COLUMNS;
+        let mut stats = if matches!(norm_weight.fold, Some(Fold::Norm))
+            && self.residual == self.compute()
+            && n % STATS_COLUMNS == 0
+            && fusable
+        {
+            Some(self.alloc(DType::F32, &[rows, parts, 2])?)
+        } else {
+            None
+        };
         let fused = fusable
             && self.device.profile_op("gemm_residual", || {
-                let rows = h.rows();
                 let dev = self.device.clone();
                 let stream = self.residual(x)?;
                 dev.linear_residual(
@@ -832,13 +1101,16 @@ impl Backend for CudaBackend {
                     bias.map(|b| &b.main),
                     gamma.as_f32(),
                     stream,
-                    None,
+                    stats.as_mut(),
                     (rows, n, k),
                 )
                 .map_err(|e| self.err(e))
             })?;
         if fused {
             drop(h);
+            if let Some(stats) = stats {
+                return Ok(CudaTensor::pending_norm(x, Some(stats), parts, eps));
+            }
             return self.layer_norm(x, norm_weight, norm_bias, eps);
         }
         let branch = self.linear(&h, weight, bias, Activation::Identity)?;

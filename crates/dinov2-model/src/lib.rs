@@ -17,7 +17,7 @@ mod pooling;
 mod positions;
 mod replay;
 
-pub use backend::{Backend, Device, Dtype, OpTime, TokenParams};
+pub use backend::{Backend, Device, Dtype, FoldedNormLinear, OpTime, TokenParams};
 pub use cpu::CpuBackend;
 pub use cuda::{CudaBackend, CudaTensor, CudaWeight};
 pub use dinov2_cpu::Tensor;

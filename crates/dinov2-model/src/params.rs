@@ -193,7 +193,54 @@ impl<B: Backend> Loader<'_, B> {
         })
     }
 
-    fn fused_qkv(&self, prefix: &str, config: &Dinov2Config) -> Result<Linear<B::Weight>> {
+    /// The LayerNorm `{norm}` and the linear layer that reads its output, `layer`: its weight
+    /// `[n, k]` and bias as host values. Folded where the backend folds them
+    /// ([`Backend::fold_norm_linear`]), else each uploaded as [`Loader::norm`] and
+    /// [`Backend::linear_weight`] do.
+    fn norm_linear(&self, norm: &str, layer: HostLinear) -> Result<NormLinear<B::Weight>> {
+        let (weight, bias, (n, k)) = layer;
+        let (gamma, beta) = (
+            self.host(&format!("{norm}.weight"))?,
+            self.host(&format!("{norm}.bias"))?,
+        );
+        let folded =
+            self.backend
+                .fold_norm_linear((&gamma, &beta), &weight, bias.as_deref(), (n, k))?;
+        if let Some(f) = folded {
+            let norm = Norm {
+                weight: f.norm_weight,
+                bias: f.norm_bias,
+            };
+            let linear = Linear {
+                weight: f.weight,
+                bias: Some(f.bias),
+            };
+            return Ok((norm, linear));
+        }
+        let vector = |v: Vec<f32>| {
+            let len = v.len();
+            self.backend.weight(v, vec![len])
+        };
+        let norm = Norm {
+            weight: vector(gamma)?,
+            bias: vector(beta)?,
+        };
+        let linear = Linear {
+            weight: self.backend.linear_weight(weight, n, k)?,
+            bias: bias.map(vector).transpose()?,
+        };
+        Ok((norm, linear))
+    }
+
+    /// `{prefix}.weight` flattened to `[n, k]` and `{prefix}.bias`, as host values.
+    fn linear_host(&self, prefix: &str) -> Result<HostLinear> {
+        let (shape, weight) = self.source.tensor(&format!("{prefix}.weight"))?;
+        let (n, k) = (shape[0], shape[1..].iter().product());
+        Ok((weight, Some(self.host(&format!("{prefix}.bias"))?), (n, k)))
+    }
+
+    /// The query, key and value projections as one `[3·h, h]` layer, as host values.
+    fn fused_qkv(&self, prefix: &str, config: &Dinov2Config) -> Result<HostLinear> {
         let h = config.hidden_size;
         let mut weight = Vec::with_capacity(3 * h * h);
         let mut bias = Vec::with_capacity(3 * h);
@@ -203,16 +250,15 @@ impl<B: Backend> Loader<'_, B> {
                 bias.extend(self.host(&format!("{prefix}.{part}.bias"))?);
             }
         }
-        Ok(Linear {
-            weight: self.backend.linear_weight(weight, 3 * h, h)?,
-            bias: if config.qkv_bias {
-                Some(self.backend.weight(bias, vec![3 * h])?)
-            } else {
-                None
-            },
-        })
+        Ok((weight, config.qkv_bias.then_some(bias), (3 * h, h)))
     }
 }
+
+/// A linear layer's weight `[n, k]` and bias as host values, and (n, k).
+type HostLinear = (Vec<f32>, Option<Vec<f32>>, (usize, usize));
+
+/// A LayerNorm and the linear layer that reads its output.
+type NormLinear<W> = (Norm<W>, Linear<W>);
 
 impl<W> Params<W> {
     /// Reads every parameter from `source` onto `backend`.
@@ -226,23 +272,30 @@ impl<W> Params<W> {
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let p = format!("encoder.layer.{i}");
-                let ffn = if config.use_swiglu_ffn {
-                    Ffn::SwiGlu {
-                        weights_in: l.linear(&format!("{p}.mlp.weights_in"))?,
-                        weights_out: l.linear(&format!("{p}.mlp.weights_out"))?,
-                    }
+                let qkv = l.fused_qkv(&format!("{p}.attention.attention"), config)?;
+                let (norm1, qkv) = l.norm_linear(&format!("{p}.norm1"), qkv)?;
+                // The MLP's input layer reads norm2's output.
+                let (norm2, ffn) = if config.use_swiglu_ffn {
+                    let input = l.linear_host(&format!("{p}.mlp.weights_in"))?;
+                    let (norm2, weights_in) = l.norm_linear(&format!("{p}.norm2"), input)?;
+                    let weights_out = l.linear(&format!("{p}.mlp.weights_out"))?;
+                    let ffn = Ffn::SwiGlu {
+                        weights_in,
+                        weights_out,
+                    };
+                    (norm2, ffn)
                 } else {
-                    Ffn::Mlp {
-                        fc1: l.linear(&format!("{p}.mlp.fc1"))?,
-                        fc2: l.linear(&format!("{p}.mlp.fc2"))?,
-                    }
+                    let input = l.linear_host(&format!("{p}.mlp.fc1"))?;
+                    let (norm2, fc1) = l.norm_linear(&format!("{p}.norm2"), input)?;
+                    let fc2 = l.linear(&format!("{p}.mlp.fc2"))?;
+                    (norm2, Ffn::Mlp { fc1, fc2 })
                 };
                 Ok(Layer {
-                    norm1: l.norm(&format!("{p}.norm1"))?,
-                    qkv: l.fused_qkv(&format!("{p}.attention.attention"), config)?,
+                    norm1,
+                    qkv,
                     proj: l.linear(&format!("{p}.attention.output.dense"))?,
                     layer_scale1: l.vector(&format!("{p}.layer_scale1.lambda1"))?,
-                    norm2: l.norm(&format!("{p}.norm2"))?,
+                    norm2,
                     ffn,
                     layer_scale2: l.vector(&format!("{p}.layer_scale2.lambda1"))?,
                 })
