@@ -8,7 +8,10 @@
 use std::sync::{Arc, Mutex};
 
 use dinov2_checkpoint::{released_json, Activation, Dinov2Config};
-use dinov2_model::{Backend, CpuBackend, Dinov2, Dtype, Pooling, Result, Tensor, TokenParams};
+use dinov2_kernels::{fold_layer_norm, DType};
+use dinov2_model::{
+    Backend, CpuBackend, Dinov2, Dtype, FoldedNormLinear, Pooling, Result, Tensor, TokenParams,
+};
 
 /// A tensor whose contents can be rewritten in place (what a device address is to a graph).
 type Handle = Arc<Mutex<Tensor>>;
@@ -37,6 +40,11 @@ struct TapeBackend {
     tape: Mutex<Option<Vec<Step>>>,
     /// Makes every recording fail (as an invalidated capture does), after the body ran.
     fail_recording: bool,
+    /// Folds each LayerNorm into the linear layer the loader offers with it, as the CUDA
+    /// backend does under `DINOV2_NORM=fold` ([`Backend::fold_norm_linear`]): the layer takes
+    /// the folded weights, and a LayerNorm with a folded norm's weight normalizes without
+    /// affine. The addresses of those weights.
+    fold: Option<Mutex<Vec<usize>>>,
 }
 
 impl TapeBackend {
@@ -45,7 +53,16 @@ impl TapeBackend {
             cpu: CpuBackend::new(Dtype::F32).unwrap(),
             tape: Mutex::new(None),
             fail_recording: false,
+            fold: None,
         }
+    }
+
+    /// Whether `w` is the weight of a folded LayerNorm.
+    fn folded(&self, w: &Arc<Tensor>) -> bool {
+        let at = Arc::as_ptr(w) as usize;
+        self.fold
+            .as_ref()
+            .is_some_and(|f| f.lock().unwrap().contains(&at))
     }
 
     fn recording(&self) -> bool {
@@ -221,8 +238,40 @@ impl Backend for TapeBackend {
         bias: &Arc<Tensor>,
         eps: f64,
     ) -> Result<Handle> {
-        let (cpu, x, w, b) = (self.cpu.clone(), x.clone(), weight.clone(), bias.clone());
+        let (w, b) = if self.folded(weight) {
+            // The affine part is in the next layer's weights.
+            let k = weight.data.len();
+            let unit = |v: f32| Arc::new(Tensor::new(vec![k], vec![v; k]).unwrap());
+            (unit(1.0), unit(0.0))
+        } else {
+            (weight.clone(), bias.clone())
+        };
+        let (cpu, x) = (self.cpu.clone(), x.clone());
         self.run(move || cpu.layer_norm(&get(&x), &w, &b, eps))
+    }
+
+    fn fold_norm_linear(
+        &self,
+        (gamma, beta): (&[f32], &[f32]),
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        (n, k): (usize, usize),
+    ) -> Result<Option<FoldedNormLinear<Arc<Tensor>>>> {
+        let Some(folds) = &self.fold else {
+            return Ok(None);
+        };
+        let f = fold_layer_norm(weight, bias, gamma, beta, (n, k), DType::F32).unwrap();
+        let norm_weight = self.weight(gamma.to_vec(), vec![k])?;
+        folds
+            .lock()
+            .unwrap()
+            .push(Arc::as_ptr(&norm_weight) as usize);
+        Ok(Some(FoldedNormLinear {
+            norm_weight,
+            norm_bias: self.weight(beta.to_vec(), vec![k])?,
+            weight: self.linear_weight(f.weight, n, k)?,
+            bias: self.weight(f.bias, vec![n])?,
+        }))
     }
 
     fn linear(
@@ -404,6 +453,51 @@ fn forward_passes_replay_per_shape_and_rule() {
     assert_eq!(status.failure, None);
     // One recording per rule (the second round), replayed in the third.
     assert_eq!((status.recorded, status.replays), (2, 2));
+}
+
+/// The LayerNorms folded into the linear layers after them, as the CUDA backend folds them
+/// (`DINOV2_NORM=fold`): the loader offers norm1 with qkv and norm2 with the MLP's input layer
+/// (never the final norm), and the folded model computes the same function: within f32
+/// rounding of the plain one, recorded and replayed, with the MLP and with SwiGLU.
+#[test]
+fn folded_layer_norms_compute_the_same_function() {
+    for name in ["vits14", "vitg14-reg"] {
+        let mut config = config(name);
+        config.layer_norm_eps = 1e-6;
+        let plain = Dinov2::random(CpuBackend::new(Dtype::F32).unwrap(), &config, 7).unwrap();
+        let mut backend = TapeBackend::new();
+        backend.fold = Some(Mutex::new(Vec::new()));
+        let folded = Dinov2::random(backend, &config, 7).unwrap();
+        for seed in 0..4 {
+            let px = pixels(seed, 2, 28, 42);
+            let want = plain.embed(&px, Pooling::ClsMean, false).unwrap();
+            let got = folded.embed(&px, Pooling::ClsMean, false).unwrap();
+            let (mut num, mut den) = (0.0f64, 0.0f64);
+            for (g, w) in got.iter().zip(&want) {
+                for (a, b) in g.values.iter().zip(&w.values) {
+                    num += (*a as f64 - *b as f64).powi(2);
+                    den += (*b as f64).powi(2);
+                }
+            }
+            let err = (num / den).sqrt();
+            assert!(err < 1e-5, "{name} pass {seed}: rel L2 {err:.2e}");
+        }
+        assert_eq!(
+            folded.replay_status().replays,
+            2,
+            "{name}: passes 3 and 4 replayed"
+        );
+    }
+}
+
+#[test]
+fn the_folding_backend_folds_two_norms_a_layer() {
+    let config = config("vits14");
+    let mut backend = TapeBackend::new();
+    backend.fold = Some(Mutex::new(Vec::new()));
+    let model = Dinov2::random(backend, &config, 7).unwrap();
+    let folds = model.backend().fold.as_ref().unwrap().lock().unwrap().len();
+    assert_eq!(folds, 2 * config.num_hidden_layers);
 }
 
 #[test]
