@@ -129,8 +129,10 @@ fn gemms(c: &mut Criterion, dev: &Device) {
 /// `…/two_passes_pp`: then `add_scaled_layer_norm`), and with the update in the persistent
 /// kernel's epilogue (`…/fused_pp`, `…/fused_pp2`: then `layer_norm`).
 fn residual_updates(c: &mut Criterion, dev: &Device) {
-    if dev.set_own_gemm(OwnGemm::Off, OwnTile::N128).is_err()
-        || std::env::var("DINOV2_BENCH_SKIP_TMA").is_ok_and(|v| v == "1")
+    // Our kernels exist on sm_90 only (setting a policy other than Off fails elsewhere); each
+    // variant below sets its own, and the last resets it.
+    if std::env::var("DINOV2_BENCH_SKIP_TMA").is_ok_and(|v| v == "1")
+        || dev.set_own_gemm(OwnGemm::All, OwnTile::PingPong).is_err()
     {
         return;
     }
@@ -209,8 +211,10 @@ fn residual_updates(c: &mut Criterion, dev: &Device) {
 ///   its qkv: `layer_norm` between the two GEMMs (`two_passes_*`), or fc2's epilogue writing the
 ///   rows' statistics and qkv with the norm folded in (`folded_*`).
 fn folded_norms(c: &mut Criterion, dev: &Device) {
-    if dev.set_own_gemm(OwnGemm::Off, OwnTile::N128).is_err()
-        || std::env::var("DINOV2_BENCH_SKIP_TMA").is_ok_and(|v| v == "1")
+    // Our kernels exist on sm_90 only (setting a policy other than Off fails elsewhere); each
+    // variant below sets its own, and the last resets it.
+    if std::env::var("DINOV2_BENCH_SKIP_TMA").is_ok_and(|v| v == "1")
+        || dev.set_own_gemm(OwnGemm::All, OwnTile::PingPong).is_err()
     {
         return;
     }

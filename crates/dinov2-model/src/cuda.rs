@@ -479,7 +479,7 @@ impl CudaBackend {
             pending: None,
         };
         let normed = self.layer_norm(&stream, ones, zeros, norm.eps as f64)?;
-        self.gemm(&normed, &weight.main, Some(bias), act)
+        self.gemm(&normed, &weight.main, Some(bias.as_f32()), act)
     }
 
     /// The activation a GEMM applies for `act`: the exact GELU as its tanh approximation under
@@ -491,12 +491,13 @@ impl CudaBackend {
         }
     }
 
-    /// `act(x · wᵀ + b)` with `weight` `[n, k]` in the compute dtype ([`Backend::linear`]).
+    /// `act(x · wᵀ + b)` with `weight` `[n, k]` in the compute dtype and `bias` in it or f32
+    /// ([`Backend::linear`]).
     fn gemm(
         &self,
         x: &CudaTensor,
         weight: &Buffer,
-        bias: Option<&CudaWeight>,
+        bias: Option<&Buffer>,
         act: Activation,
     ) -> Result<CudaTensor> {
         let x = self.in_compute(x)?;
@@ -507,14 +508,7 @@ impl CudaBackend {
         // The activation in the GEMM's epilogue where one runs it, else in its own pass.
         let (_, rest) = self.device.profile_op("gemm", || {
             self.device
-                .linear_fusing(
-                    &x.buf,
-                    weight,
-                    bias.map(|b| &b.main),
-                    &mut y,
-                    (rows, n, k),
-                    act,
-                )
+                .linear_fusing(&x.buf, weight, bias, &mut y, (rows, n, k), act)
                 .map_err(|e| self.err(e))
         })?;
         if rest != Act::Identity {
@@ -940,7 +934,7 @@ impl Backend for CudaBackend {
         if x.pending.is_some() || weight.fold.is_some() {
             return self.folded_linear(x, weight, bias, act);
         }
-        self.gemm(x, &weight.main, bias, act)
+        self.gemm(x, &weight.main, bias.map(|b| &b.main), act)
     }
 
     fn swiglu(&self, x: &CudaTensor) -> Result<CudaTensor> {
