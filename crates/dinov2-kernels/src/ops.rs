@@ -260,6 +260,13 @@ fn layer_norm_launch(rows: usize, h: usize, aligned: bool) -> (RowNorm, u32, u32
     }
 }
 
+/// Whether every pointer among a launch's `args` is 16-byte aligned (`layer_norm_launch`'s
+/// `aligned`).
+fn pointers_aligned(args: &[Arg]) -> bool {
+    args.iter()
+        .all(|a| !matches!(a, Arg::Ptr(p) if p % 16 != 0))
+}
+
 /// Whether `bias_act` (and `swiglu`, per half of z) may take the 8-wide kernel: its 16-byte accesses need rows of whole
 /// 8-element groups (no group wraps into the next row, so bias[c0..c0 + 8] is in range) and a
 /// 16-byte aligned base.
@@ -607,10 +614,7 @@ impl Device {
         eps: f32,
     ) -> Result<()> {
         i32_of(op, rows)?;
-        let aligned = args
-            .iter()
-            .all(|a| !matches!(a, Arg::Ptr(p) if p % 16 != 0));
-        let (kernel, grid, block) = layer_norm_launch(rows, h, aligned);
+        let (kernel, grid, block) = layer_norm_launch(rows, h, pointers_aligned(&args));
         let name = match kernel {
             RowNorm::Wide => {
                 args.extend([Arg::I32(i32_of(op, h)?), Arg::F32(eps)]);
@@ -756,10 +760,8 @@ impl Device {
         h: usize,
     ) -> Result<bool> {
         i32_of(op, rows)?;
-        let aligned = args
-            .iter()
-            .all(|a| !matches!(a, Arg::Ptr(p) if p % 16 != 0));
-        let (RowNorm::Groups(g), grid, block) = layer_norm_launch(rows, h, aligned) else {
+        let (RowNorm::Groups(g), grid, block) = layer_norm_launch(rows, h, pointers_aligned(&args))
+        else {
             return Ok(false);
         };
         if rows == 0 {

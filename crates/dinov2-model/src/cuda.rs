@@ -72,10 +72,9 @@ pub struct CudaTensor {
 
 /// A LayerNorm left to the linear layer after it ([`CudaTensor`]).
 struct PendingNorm {
-    /// Each row's (mean, M2) in `parts` pairs (`dinov2_kernels::RowStats`); `None` where no
-    /// kernel wrote them, and the layer normalizes the rows first.
+    /// Each row's (mean, M2) pairs, `[rows, parts, 2]` (`dinov2_kernels::RowStats`); `None`
+    /// where no kernel wrote them, and the layer normalizes the rows first.
     stats: Option<Buffer>,
-    parts: usize,
     eps: f32,
 }
 
@@ -88,10 +87,9 @@ impl CudaTensor {
     }
 
     /// The LayerNorm of the residual stream `x`, left to the next linear layer.
-    fn pending_norm(x: &CudaTensor, stats: Option<Buffer>, parts: usize, eps: f64) -> Self {
+    fn pending_norm(x: &CudaTensor, stats: Option<Buffer>, eps: f64) -> Self {
         let norm = PendingNorm {
             stats,
-            parts,
             eps: eps as f32,
         };
         CudaTensor {
@@ -414,7 +412,7 @@ impl CudaBackend {
                 .map_err(|e| self.err(e))?;
             Ok(ran.then_some(stats))
         })?;
-        Ok(CudaTensor::pending_norm(x, stats, 1, eps))
+        Ok(CudaTensor::pending_norm(x, stats, eps))
     }
 
     /// [`Backend::linear`] of a LayerNorm's output with the norm folded into the layer
@@ -452,7 +450,7 @@ impl CudaBackend {
         if let Some(stats) = &norm.stats {
             let stats = RowStats {
                 stats,
-                parts: norm.parts,
+                parts: stats.shape()[1],
                 eps: norm.eps,
             };
             let ran = self.device.profile_op("gemm_folded_norm", || {
@@ -1021,7 +1019,7 @@ impl Backend for CudaBackend {
                 Ok::<_, ModelError>(ran.then_some(stats))
             })?;
             return match stats {
-                Some(stats) => Ok(CudaTensor::pending_norm(x, Some(stats), 1, eps)),
+                Some(stats) => Ok(CudaTensor::pending_norm(x, Some(stats), eps)),
                 None => {
                     self.add_scaled(x, branch, gamma)?;
                     self.stats_for_fold(x, eps)
@@ -1103,7 +1101,7 @@ impl Backend for CudaBackend {
         if fused {
             drop(h);
             if let Some(stats) = stats {
-                return Ok(CudaTensor::pending_norm(x, Some(stats), parts, eps));
+                return Ok(CudaTensor::pending_norm(x, Some(stats), eps));
             }
             return self.layer_norm(x, norm_weight, norm_bias, eps);
         }

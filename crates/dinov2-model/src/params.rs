@@ -158,7 +158,11 @@ impl<B: Backend> Loader<'_, B> {
     }
 
     fn vector(&self, name: &str) -> Result<B::Weight> {
-        let v = self.host(name)?;
+        self.upload_vector(self.host(name)?)
+    }
+
+    /// A one-dimensional parameter from its host values.
+    fn upload_vector(&self, v: Vec<f32>) -> Result<B::Weight> {
         let n = v.len();
         self.backend.weight(v, vec![n])
     }
@@ -178,11 +182,10 @@ impl<B: Backend> Loader<'_, B> {
         prefix: &str,
         upload: impl Fn(&B, Vec<f32>, usize, usize) -> Result<B::Weight>,
     ) -> Result<Linear<B::Weight>> {
-        let (shape, values) = self.source.tensor(&format!("{prefix}.weight"))?;
-        let (n, k) = (shape[0], shape[1..].iter().product());
+        let (values, bias, (n, k)) = self.linear_host(prefix)?;
         Ok(Linear {
             weight: upload(self.backend, values, n, k)?,
-            bias: Some(self.vector(&format!("{prefix}.bias"))?),
+            bias: bias.map(|b| self.upload_vector(b)).transpose()?,
         })
     }
 
@@ -217,17 +220,13 @@ impl<B: Backend> Loader<'_, B> {
             };
             return Ok((norm, linear));
         }
-        let vector = |v: Vec<f32>| {
-            let len = v.len();
-            self.backend.weight(v, vec![len])
-        };
         let norm = Norm {
-            weight: vector(gamma)?,
-            bias: vector(beta)?,
+            weight: self.upload_vector(gamma)?,
+            bias: self.upload_vector(beta)?,
         };
         let linear = Linear {
             weight: self.backend.linear_weight(weight, n, k)?,
-            bias: bias.map(vector).transpose()?,
+            bias: bias.map(|b| self.upload_vector(b)).transpose()?,
         };
         Ok((norm, linear))
     }
