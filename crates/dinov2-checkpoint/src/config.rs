@@ -210,6 +210,25 @@ impl Dinov2Config {
                 format!("must be positive, found {mlp_ratio}"),
             ));
         }
+        let use_swiglu_ffn = f.bool("use_swiglu_ffn", false)?;
+        let unrounded_ffn = hidden_size as f64 * mlp_ratio;
+        if unrounded_ffn >= (MAX_FFN_HIDDEN_SIZE + 1) as f64 {
+            return Err(CheckpointError::config(
+                "mlp_ratio",
+                format!(
+                    "hidden_size {hidden_size} × mlp_ratio {mlp_ratio} = {unrounded_ffn}: {}",
+                    beyond(unrounded_ffn as usize, MAX_FFN_HIDDEN_SIZE)
+                ),
+            ));
+        }
+        if ffn_width(hidden_size, mlp_ratio, use_swiglu_ffn) == 0 {
+            return Err(CheckpointError::config(
+                "mlp_ratio",
+                format!(
+                    "hidden_size {hidden_size} × mlp_ratio {mlp_ratio} gives a feed-forward layer of width 0"
+                ),
+            ));
+        }
         let hidden_act_name = f.opt_str("hidden_act")?.unwrap_or("gelu").to_owned();
         let hidden_act = Activation::from_name(&hidden_act_name).ok_or_else(|| {
             CheckpointError::config(
@@ -311,11 +330,11 @@ impl Dinov2Config {
             layer_norm_eps,
             image_size,
             patch_size,
-            num_channels: f.positive("num_channels", 3)?,
+            num_channels: f.bounded("num_channels", 3, 1 << 16)?,
             qkv_bias: f.bool("qkv_bias", true)?,
             layerscale_value: f.number("layerscale_value", 1.0)?,
             drop_path_rate: f.probability("drop_path_rate", 0.0)?,
-            use_swiglu_ffn: f.bool("use_swiglu_ffn", false)?,
+            use_swiglu_ffn,
             use_mask_token,
             num_register_tokens,
             stage_names,
@@ -353,12 +372,7 @@ impl Dinov2Config {
     /// Width of the feed-forward hidden layer: `int(h·mlp_ratio)`, then for SwiGLU
     /// `(int(F·2/3) + 7) // 8 · 8`.
     pub fn ffn_hidden_size(&self) -> usize {
-        let f = (self.hidden_size as f64 * self.mlp_ratio) as usize;
-        if self.use_swiglu_ffn {
-            ((f as f64 * 2.0 / 3.0) as usize).div_ceil(8) * 8
-        } else {
-            f
-        }
+        ffn_width(self.hidden_size, self.mlp_ratio, self.use_swiglu_ffn)
     }
 
     /// Number of labels of the classification head (`len(id2label)`).
@@ -479,6 +493,19 @@ fn align_out_features(
 }
 
 /// The message for a size past any real checkpoint's.
+/// The widest feed-forward layer a config may ask for (ViT-g/14's is 6144, 4096 with SwiGLU).
+const MAX_FFN_HIDDEN_SIZE: usize = 1 << 20;
+
+/// [`Dinov2Config::ffn_hidden_size`] of a config being read.
+fn ffn_width(hidden_size: usize, mlp_ratio: f64, swiglu: bool) -> usize {
+    let f = (hidden_size as f64 * mlp_ratio) as usize;
+    if swiglu {
+        ((f as f64 * 2.0 / 3.0) as usize).div_ceil(8) * 8
+    } else {
+        f
+    }
+}
+
 fn beyond(n: usize, max: usize) -> String {
     format!(
         "{n} is more than any checkpoint holds (at most {max} here): the config is likely garbled"
@@ -733,6 +760,7 @@ mod tests {
             ("num_labels", json!(1_000_000_000_000u64)),
             ("image_size", json!(1u64 << 20)),
             ("patch_size", json!(1u64 << 20)),
+            ("num_channels", json!(u64::MAX)),
         ] {
             let mut v = json!({"model_type": "dinov2"});
             v[field] = value;
@@ -753,6 +781,33 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("head_dim"), "{e}");
+    }
+
+    /// An `mlp_ratio` whose feed-forward layer would be empty or beyond any checkpoint is
+    /// refused by name (an empty one made the CPU's GEMM panic on a chunk size of 0).
+    #[test]
+    fn feed_forward_widths_out_of_range_are_refused() {
+        for (ratio, swiglu, found) in [
+            (1e-30, false, "width 0"),
+            (0.01, true, "width 0"),
+            (1e30, false, "garbled"),
+            (1e30, true, "garbled"),
+            (f64::MAX, false, "garbled"),
+        ] {
+            let e = parse(json!({"model_type": "dinov2", "hidden_size": 48,
+                                 "num_attention_heads": 3, "mlp_ratio": ratio,
+                                 "use_swiglu_ffn": swiglu}))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("mlp_ratio") && e.contains(found), "{ratio}: {e}");
+        }
+        // The narrowest width that is not empty still loads.
+        let c = parse(
+            json!({"model_type": "dinov2", "hidden_size": 48, "num_attention_heads": 3,
+                             "mlp_ratio": 1.0 / 48.0}),
+        )
+        .unwrap();
+        assert_eq!(c.ffn_hidden_size(), 1);
     }
 
     #[test]

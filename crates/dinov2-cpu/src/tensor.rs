@@ -8,9 +8,15 @@ pub struct Tensor {
 }
 
 impl Tensor {
-    /// Wraps `data` with `shape`; `None` when the sizes disagree.
+    /// Wraps `data` with `shape`; `None` when the sizes disagree (or the shape's product
+    /// overflows).
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Option<Self> {
-        (shape.iter().product::<usize>() == data.len()).then_some(Tensor { shape, data })
+        (Self::elements(&shape) == Some(data.len())).then_some(Tensor { shape, data })
+    }
+
+    /// The number of elements a tensor of `shape` holds; `None` where that overflows `usize`.
+    pub fn elements(shape: &[usize]) -> Option<usize> {
+        shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
     }
 
     /// A zero-filled tensor.
@@ -40,5 +46,20 @@ impl Tensor {
     /// Number of rows when viewed as a matrix over the last dimension.
     pub fn rows(&self) -> usize {
         self.len() / self.last_dim().max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tensor;
+
+    #[test]
+    fn a_shape_whose_product_overflows_holds_no_data() {
+        // 2^32 · 2^32 wraps to 0 in usize: it must not pass for an empty tensor.
+        assert_eq!(Tensor::new(vec![1 << 32, 1 << 32], vec![]), None);
+        assert_eq!(Tensor::elements(&[usize::MAX, 2]), None);
+        assert_eq!(Tensor::elements(&[]), Some(1));
+        assert!(Tensor::new(vec![2, 0, 3], vec![]).is_some());
+        assert!(Tensor::new(vec![2, 3], vec![0.0; 6]).is_some());
     }
 }

@@ -157,13 +157,16 @@ impl<B: Backend> Dinov2<B> {
                 pixels.shape
             )));
         };
-        if pixels.data.len() != b * c * h * w {
-            return Err(bad(format!(
-                "holds {} values, shape {:?} needs {}",
-                pixels.data.len(),
-                pixels.shape,
-                b * c * h * w
-            )));
+        match Tensor::elements(&pixels.shape) {
+            Some(n) if n == pixels.data.len() => {}
+            needed => {
+                return Err(bad(format!(
+                    "holds {} values, shape {:?} needs {}",
+                    pixels.data.len(),
+                    pixels.shape,
+                    needed.map_or("more than memory can hold".into(), |n| n.to_string())
+                )))
+            }
         }
         if b == 0 {
             return Err(bad("the batch is empty".into()));
