@@ -4,6 +4,7 @@
 
 mod config;
 mod error;
+mod header;
 mod hub;
 mod names;
 mod presets;

@@ -7,10 +7,11 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::config::Dinov2Config;
 use crate::error::{CheckpointError, Result};
+use crate::header::explain_invalid_tensor;
 use crate::names::{expected_tensors, from_original, is_original_naming, Renamed};
 
 /// How a tensor is stored.
@@ -199,7 +200,15 @@ impl Weights {
             let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
             let st = SafeTensors::deserialize(&mmap).map_err(|e| CheckpointError::Safetensors {
                 path: path.clone(),
-                reason: e.to_string(),
+                reason: match e {
+                    // Errors that name no tensor: the header read again names it.
+                    SafeTensorError::TensorInvalidInfo
+                    | SafeTensorError::ValidationOverflow
+                    | SafeTensorError::MisalignedSlice => {
+                        explain_invalid_tensor(&mmap).unwrap_or_else(|| e.to_string())
+                    }
+                    _ => e.to_string(),
+                },
             })?;
             let base = mmap.as_ptr() as usize;
             for (name, view) in st.tensors() {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use dinov2_checkpoint::{Checkpoint, CheckpointError};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
+use serde_json::json;
 use tempfile::TempDir;
 
 /// One tensor of a safetensors file, owned.
@@ -323,6 +324,40 @@ fn corrupt_safetensors() {
         let (e, msg) = open_err(tmp.path());
         assert!(matches!(e, CheckpointError::Safetensors { .. }), "{e:?}");
         assert_names(&msg, &["model.safetensors", "not a valid safetensors file"]);
+    }
+}
+
+/// A header whose shape, dtype and byte range disagree for one tensor: the `safetensors` crate
+/// refuses it without naming the tensor, so the message names it from the header.
+#[test]
+fn safetensors_header_with_an_inconsistent_tensor_names_it() {
+    let tmp = copy_case("dinov2_mlp");
+    let path = tmp.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    for (shape, needles) in [
+        (
+            json!([7]),
+            &["`layernorm.weight`", "[7]", "takes 28 bytes"][..],
+        ),
+        (
+            json!([1u64 << 62, 4]),
+            &["`layernorm.weight`", "overflows"][..],
+        ),
+    ] {
+        header["layernorm.weight"]["shape"] = shape;
+        let text = serde_json::to_vec(&header).unwrap();
+        let edited = [
+            (text.len() as u64).to_le_bytes().to_vec(),
+            text,
+            bytes[8 + n..].to_vec(),
+        ]
+        .concat();
+        std::fs::write(&path, edited).unwrap();
+        let (e, msg) = open_err(tmp.path());
+        assert!(matches!(e, CheckpointError::Safetensors { .. }), "{e:?}");
+        assert_names(&msg, &[&["model.safetensors"][..], needles].concat());
     }
 }
 
