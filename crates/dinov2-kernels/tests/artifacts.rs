@@ -322,7 +322,7 @@ fn params_of(ptx: &str, entry: &str) -> Vec<String> {
         .collect()
 }
 
-/// The launchers in `ops.rs` pass pointers as u64, `long` as i64, `int` as i32, `float` as f32:
+/// The launchers in `ops/` pass pointers as u64, `long` as i64, `int` as i32, `float` as f32:
 /// the kernels' signatures must stay what they push, in this order.
 #[test]
 fn kernel_signatures_match_the_launchers() {

@@ -366,7 +366,7 @@ fn the_emulated_persistent_gemm_folds_a_layer_norm() {
 }
 
 /// The launches of `Device::attention` for the warpgroup-MMA kernels (`wgmma_launches` in
-/// ops.rs): (warpgroups a block, blocks, first query row) for blocks of `rows` query rows.
+/// ops/attention.rs): (warpgroups a block, blocks, first query row) for blocks of `rows` query rows.
 fn wgmma_launches(n: usize, rows: usize) -> Vec<(usize, usize, usize)> {
     if rows == ATTN_WG_ROWS {
         return vec![(1, n.div_ceil(rows), 0)];
@@ -802,7 +802,8 @@ fn the_emulated_expressions_are_the_kernels() {
     ];
     // The launcher's plan, as `wgmma_launches` above transcribes it.
     let ops = squeeze(
-        &std::fs::read_to_string(root.join("../crates/dinov2-kernels/src/ops.rs")).expect("ops.rs"),
+        &std::fs::read_to_string(root.join("../crates/dinov2-kernels/src/ops/attention.rs"))
+            .expect("ops/attention.rs"),
     );
     for expr in [
         "if rows == WGMMA_ROWS { return vec![WgLaunch { rows, blocks: n.div_ceil(rows), q_first: Some(0), }]; }",
@@ -811,7 +812,7 @@ fn the_emulated_expressions_are_the_kernels() {
         "if n / rows > 0 { launches.push(WgLaunch { rows, blocks: n / rows, q_first: None, }); }",
         "launches.push(WgLaunch { rows: WGMMA_ROWS, blocks: 1, q_first: Some(n - tail), });",
     ] {
-        assert!(ops.contains(&squeeze(expr)), "ops.rs no longer contains `{expr}`: update tests/wgmma_emulation");
+        assert!(ops.contains(&squeeze(expr)), "ops/attention.rs no longer contains `{expr}`: update tests/wgmma_emulation");
     }
     for (name, exprs) in files {
         let source = read(name);
