@@ -225,11 +225,8 @@ impl Device {
         scale: f32,
     ) -> Result<()> {
         const OP: &str = "attention";
-        let t = float(OP, qkv)?;
+        let t = check_attention(OP, qkv, out, batch, n, heads, d)?;
         let h = heads * d;
-        expect(OP, "qkv", qkv, t, batch * n * 3 * h)?;
-        expect(OP, "out", out, t, batch * n * h)?;
-        check_heads(OP, batch, heads, d)?;
         if batch * n * h == 0 {
             return Ok(());
         }
@@ -323,12 +320,9 @@ impl Device {
         scale: f32,
     ) -> Result<()> {
         const OP: &str = "attention_probs";
-        let t = float(OP, qkv)?;
+        let t = check_attention(OP, qkv, out, batch, n, heads, d)?;
         let h = heads * d;
-        expect(OP, "qkv", qkv, t, batch * n * 3 * h)?;
-        expect(OP, "out", out, t, batch * n * h)?;
         expect(OP, "probs", probs, DType::F32, batch * heads * n * n)?;
-        check_heads(OP, batch, heads, d)?;
         if batch * n * h == 0 {
             return Ok(());
         }
@@ -371,6 +365,25 @@ impl Device {
         }
         Ok(())
     }
+}
+
+/// Checks an attention's head dim, grid and buffers (packed `qkv` `[batch, n, 3·heads·d]`,
+/// `out` `[batch, n, heads·d]`, one float type) and returns that type.
+fn check_attention(
+    op: &'static str,
+    qkv: &Buffer,
+    out: &Buffer,
+    batch: usize,
+    n: usize,
+    heads: usize,
+    d: usize,
+) -> Result<DType> {
+    let t = float(op, qkv)?;
+    check_heads(op, batch, heads, d)?;
+    let h = heads * d;
+    expect(op, "qkv", qkv, t, batch * n * 3 * h)?;
+    expect(op, "out", out, t, batch * n * h)?;
+    Ok(t)
 }
 
 fn check_heads(op: &'static str, batch: usize, heads: usize, d: usize) -> Result<()> {
