@@ -70,13 +70,19 @@ fn product(
     (wt_rs, wt_cs): (isize, isize),
 ) -> Vec<f32> {
     assert_eq!(x.len(), m * k, "linear: input is not [m, k]");
-    let mut y = vec![0.0f32; m * n];
-    if let Some(b) = b {
-        assert_eq!(b.len(), n, "linear: bias is not [n]");
-        for row in y.chunks_exact_mut(n) {
-            row.copy_from_slice(b);
+    // With a bias, y starts as the bias in every row (written once, not zeroed first); the
+    // product is added to it. Without, the product overwrites zeros.
+    let mut y = match b {
+        Some(b) => {
+            assert_eq!(b.len(), n, "linear: bias is not [n]");
+            let mut y = Vec::with_capacity(m * n);
+            for _ in 0..m {
+                y.extend_from_slice(b);
+            }
+            y
         }
-    }
+        None => vec![0.0f32; m * n],
+    };
     // SAFETY: all three buffers are live and sized as checked above (every element the strides
     // address lies in `wt`: it holds k·n values), and y does not alias x or wt.
     unsafe {
