@@ -69,10 +69,18 @@ pub fn stack_images(images: &[PixelValues]) -> Result<Tensor> {
         )));
     }
     let [c, h, w] = first.shape;
-    let mut data = Vec::with_capacity(images.len() * c * h * w);
+    let shape = vec![images.len(), c, h, w];
+    let per_image = Tensor::elements(&first.shape);
+    let filled = images.iter().all(|p| Some(p.data.len()) == per_image);
+    let Some(len) = Tensor::elements(&shape).filter(|_| filled) else {
+        return Err(bad(format!(
+            "an image's values do not fill its shape {:?}",
+            first.shape
+        )));
+    };
+    let mut data = Vec::with_capacity(len);
     images.iter().for_each(|p| data.extend_from_slice(&p.data));
-    Tensor::new(vec![images.len(), c, h, w], data)
-        .ok_or_else(|| bad("an image holds fewer values than its shape says".into()))
+    Ok(Tensor { shape, data })
 }
 
 /// The pixels an image's patches cover: the right and bottom remainders past the last whole
@@ -84,7 +92,8 @@ pub fn cut_to_patches(pixels: PixelValues, patch: usize) -> PixelValues {
     let [c, h, w] = pixels.shape;
     let patch = patch.max(1);
     let (ch, cw) = (h / patch * patch, w / patch * patch);
-    if (ch, cw) == (h, w) || ch == 0 || cw == 0 || pixels.data.len() != c * h * w {
+    let whole = Tensor::elements(&pixels.shape) == Some(pixels.data.len());
+    if (ch, cw) == (h, w) || ch == 0 || cw == 0 || !whole {
         return pixels;
     }
     let mut data = Vec::with_capacity(c * ch * cw);

@@ -94,4 +94,20 @@ fn stacking_needs_images_of_one_size() {
     let mut short = image(2, 3, 1.0);
     short.data.pop();
     assert!(dinov2::stack_images(&[short]).is_err());
+    // Shapes whose element count overflows are errors, not a capacity overflow or a wrapped
+    // product that passes for the data's length.
+    for shape in [
+        [1 << 40, 1 << 40, 1 << 40],
+        [1 << 32, 1 << 32, 0],
+        [usize::MAX, 2, 1],
+    ] {
+        let huge = PixelValues {
+            shape,
+            data: vec![],
+        };
+        let e = dinov2::stack_images(std::slice::from_ref(&huge)).unwrap_err();
+        assert!(e.to_string().contains("do not fill its shape"), "{e}");
+        // Left as it is, for the model to refuse.
+        assert_eq!(dinov2::cut_to_patches(huge, 14).shape, shape);
+    }
 }
