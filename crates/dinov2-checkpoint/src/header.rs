@@ -28,7 +28,7 @@ pub(crate) fn explain_invalid_tensor(file: &[u8]) -> Option<String> {
         .into_iter()
         .map(|(name, value)| Some((name, Info::deserialize(value).ok()?)))
         .collect::<Option<_>>()?;
-    tensors.sort_by_key(|(name, info)| (info.data_offsets, name.clone()));
+    tensors.sort_by(|(a, x), (b, y)| (x.data_offsets, a).cmp(&(y.data_offsets, b)));
     let mut end_of_previous = 0;
     for (name, info) in &tensors {
         let (start, end) = info.data_offsets;
@@ -37,29 +37,36 @@ pub(crate) fn explain_invalid_tensor(file: &[u8]) -> Option<String> {
             .and_then(|n| n.checked_mul(info.dtype.bitsize()))
             .filter(|bits| bits % 8 == 0)
             .map(|bits| bits / 8);
-        let what = format!("tensor `{name}` ({:?} {:?})", info.dtype, info.shape);
+        let what = || format!("tensor `{name}` ({:?} {:?})", info.dtype, info.shape);
         let Some(bytes) = bytes else {
-            return Some(format!("{what}: its size overflows or is not whole bytes"));
+            return Some(format!(
+                "{}: its size overflows or is not whole bytes",
+                what()
+            ));
         };
         if end < start {
             return Some(format!(
-                "{what}: data_offsets [{start}, {end}] end before they start"
+                "{}: data_offsets [{start}, {end}] end before they start",
+                what()
             ));
         }
         if end > data_len {
             return Some(format!(
-                "{what}: data_offsets [{start}, {end}] reach past the {data_len} bytes of data"
+                "{}: data_offsets [{start}, {end}] reach past the {data_len} bytes of data",
+                what()
             ));
         }
         if end - start != bytes {
             return Some(format!(
-                "{what}: takes {bytes} bytes, its data_offsets [{start}, {end}] hold {}",
+                "{}: takes {bytes} bytes, its data_offsets [{start}, {end}] hold {}",
+                what(),
                 end - start
             ));
         }
         if start != end_of_previous {
             return Some(format!(
-                "{what}: data_offsets [{start}, {end}] leave a gap or overlap at byte {end_of_previous}"
+                "{}: data_offsets [{start}, {end}] leave a gap or overlap at byte {end_of_previous}",
+                what()
             ));
         }
         end_of_previous = end;

@@ -23,7 +23,7 @@ fn sample_config() -> serde_json::Map<String, Value> {
     }
 }
 
-/// Checks one call's outcome: fine, or an error naming the input. Returns a line for the log.
+/// Checks one call's outcome: fine, or an error naming the input; records what is not.
 fn outcome<T>(what: &str, result: dinov2_model::Result<T>, problems: &mut Vec<String>) {
     if let Err(e) = result {
         let message = e.to_string();
@@ -38,6 +38,15 @@ fn outcome<T>(what: &str, result: dinov2_model::Result<T>, problems: &mut Vec<St
         if !named {
             problems.push(format!("{what}: an error that names no input: {message}"));
         }
+    }
+}
+
+/// Checks a call that must fail: an error naming the input; records a success or an error that
+/// names nothing.
+fn refused<T>(what: &str, result: dinov2_model::Result<T>, problems: &mut Vec<String>) {
+    match result {
+        Ok(_) => problems.push(format!("{what}: no error")),
+        Err(e) => outcome(what, Err::<(), _>(e), problems),
     }
 }
 
@@ -102,18 +111,14 @@ fn exercise(config: &Dinov2Config, problems: &mut Vec<String>) {
             data: vec![],
         };
         for opts in [ForwardOptions::default(), all] {
-            match model.forward(&pixels, None, &opts) {
-                Ok(_) => problems.push(format!("pixels {:?}: no error", pixels.shape)),
-                Err(e) => outcome("bad pixels", Err::<(), _>(e), problems),
-            }
+            let what = format!("pixels {:?}", pixels.shape);
+            refused(&what, model.forward(&pixels, None, &opts), problems);
         }
     }
     let pixels = Tensor::zeros(vec![1, c, p, p]);
     for mask in [vec![], vec![true; 5]] {
-        match model.forward(&pixels, Some(&mask), &ForwardOptions::default()) {
-            Ok(_) => problems.push(format!("a mask of {}: no error", mask.len())),
-            Err(e) => outcome("bad mask", Err::<(), _>(e), problems),
-        }
+        let result = model.forward(&pixels, Some(&mask), &ForwardOptions::default());
+        refused(&format!("a mask of {}", mask.len()), result, problems);
     }
     for shape in [vec![huge, 4], vec![1 << 32, 1 << 32]] {
         let labels = Labels::Targets(Tensor {
@@ -121,10 +126,7 @@ fn exercise(config: &Dinov2Config, problems: &mut Vec<String>) {
             data: vec![],
         });
         let result = model.classify(&pixels, Some(&labels), &ForwardOptions::default());
-        match result {
-            Ok(_) => problems.push("targets of an overflowing shape: no error".into()),
-            Err(e) => outcome("bad targets", Err::<(), _>(e), problems),
-        }
+        refused("targets of an overflowing shape", result, problems);
     }
 }
 
