@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use crate::fastmath::{exp_sum_in_place, map_in_place, max_of};
+use crate::fastmath::{scale_rows, softmax_numerators};
 use crate::matmul::{matmul, View};
 
 /// A raw output pointer shared by tasks that write disjoint elements.
@@ -101,20 +101,14 @@ pub fn attention(
         // is scaled once after (d values, not N); the probabilities, when asked for, are
         // normalized after that, so that asking for them leaves the output as it is.
         let scale = scale as f32;
-        let inv: Vec<f32> = scores[..rows * seq]
-            .chunks_exact_mut(seq)
-            .map(|row| {
-                let max = max_of(row);
-                1.0 / exp_sum_in_place(row, max, scale)
-            })
-            .collect();
+        let inv = softmax_numerators(&mut scores[..rows * seq], seq, scale);
         let o = View {
             offset: (b * seq + row0) * h + head * head_dim,
             rs: h,
             cs: 1,
         };
         // SAFETY: this task alone writes these rows of image b in the head's columns (row i:
-        // head_dim values from o.offset + i·o.rs, inside `out`).
+        // head_dim values from o.offset + i·o.rs, inside `out`), and `inv` has one factor a row.
         unsafe {
             matmul(
                 (rows, head_dim, seq),
@@ -125,18 +119,11 @@ pub fn attention(
                 qkv.as_ptr(),
                 v,
             );
-            for (i, &inv) in inv.iter().enumerate() {
-                let row = std::slice::from_raw_parts_mut(
-                    out_ptr.get().add(o.offset + i * o.rs),
-                    head_dim,
-                );
-                map_in_place(row, move |x| x * inv);
-            }
+            scale_rows(out_ptr.get().add(o.offset), o.rs, head_dim, &inv);
         };
         if want_probs {
-            for (row, &inv) in scores[..rows * seq].chunks_exact_mut(seq).zip(&inv) {
-                map_in_place(row, move |x| x * inv);
-            }
+            // SAFETY: `scores` holds `rows` rows of `seq`, and `inv` has one factor a row.
+            unsafe { scale_rows(scores.as_mut_ptr(), seq, seq, &inv) };
         }
     };
     if want_probs {

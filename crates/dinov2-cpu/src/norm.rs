@@ -10,22 +10,26 @@ pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f64) -> Vec<f32> {
     let h = w.len();
     assert_eq!(b.len(), h, "layer_norm: bias and weight differ in length");
     assert_eq!(x.len() % h, 0, "layer_norm: input rows are not {h} wide");
-    let mut y = vec![0.0f32; x.len()];
-    y.par_chunks_mut(h)
+    // Not zeroed: each row is written once below, and the length set after.
+    let mut y: Vec<f32> = Vec::with_capacity(x.len());
+    y.spare_capacity_mut()
+        .par_chunks_mut(h)
         .zip(x.par_chunks(h))
         .for_each(|(yr, xr)| {
             widest(
                 #[inline(always)]
-                || {
+                move || {
                     let mean = lane_sum_f64(xr, |v| v as f64) / h as f64;
                     let var = lane_sum_f64(xr, move |v| (v as f64 - mean).powi(2)) / h as f64;
                     let inv = 1.0 / (var + eps).sqrt();
                     for (((o, &v), &g), &bb) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-                        *o = ((v as f64 - mean) * inv * g as f64 + bb as f64) as f32;
+                        o.write(((v as f64 - mean) * inv * g as f64 + bb as f64) as f32);
                     }
                 },
             )
         });
+    // SAFETY: the rows above cover all `x.len()` elements (x is whole rows of h).
+    unsafe { y.set_len(x.len()) };
     y
 }
 
