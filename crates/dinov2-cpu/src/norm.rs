@@ -1,5 +1,7 @@
 //! LayerNorm over the last dimension: biased variance, statistics accumulated in f64.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::fastmath::{lane_sum_f64, widest};
@@ -18,19 +20,32 @@ pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f64) -> Vec<f32> {
         .for_each(|(yr, xr)| {
             widest(
                 #[inline(always)]
-                move || {
-                    let mean = lane_sum_f64(xr, |v| v as f64) / h as f64;
-                    let var = lane_sum_f64(xr, move |v| (v as f64 - mean).powi(2)) / h as f64;
-                    let inv = 1.0 / (var + eps).sqrt();
-                    for (((o, &v), &g), &bb) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-                        o.write(((v as f64 - mean) * inv * g as f64 + bb as f64) as f32);
-                    }
-                },
+                move || normalize_row(xr, yr, w, b, eps),
             )
         });
     // SAFETY: the rows above cover all `x.len()` elements (x is whole rows of h).
     unsafe { y.set_len(x.len()) };
     y
+}
+
+/// One row of [`layer_norm`]: statistics in f64 partial sums (mean, then the biased variance
+/// about it), the output rounded once to f32. Inlined into a caller that runs it through
+/// [`widest`].
+#[inline(always)]
+pub(crate) fn normalize_row(
+    xr: &[f32],
+    yr: &mut [MaybeUninit<f32>],
+    w: &[f32],
+    b: &[f32],
+    eps: f64,
+) {
+    let h = xr.len() as f64;
+    let mean = lane_sum_f64(xr, |v| v as f64) / h;
+    let var = lane_sum_f64(xr, move |v| (v as f64 - mean).powi(2)) / h;
+    let inv = 1.0 / (var + eps).sqrt();
+    for (((o, &v), &g), &bb) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+        o.write(((v as f64 - mean) * inv * g as f64 + bb as f64) as f32);
+    }
 }
 
 #[cfg(test)]

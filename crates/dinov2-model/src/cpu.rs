@@ -58,6 +58,24 @@ fn same_shape(what: &str, src: &[usize], dst: &[usize]) -> Result<()> {
     }
 }
 
+/// Shape check of the residual updates: `branch` shaped as `x`, whose last dimension `gamma`
+/// spans.
+fn residual_shapes(x: &Tensor, branch: &Tensor, gamma: &Tensor) -> Result<()> {
+    same_shape("add_scaled", &branch.shape, &x.shape)?;
+    if x.last_dim() == gamma.len() && !gamma.is_empty() {
+        Ok(())
+    } else {
+        Err(ModelError::Backend {
+            backend: "cpu".into(),
+            reason: format!(
+                "add_scaled: layer scale of {} for rows of {}",
+                gamma.len(),
+                x.last_dim()
+            ),
+        })
+    }
+}
+
 impl Backend for CpuBackend {
     type Tensor = Tensor;
     type Weight = Tensor;
@@ -247,13 +265,33 @@ impl Backend for CpuBackend {
     }
 
     fn add_scaled(&self, x: &mut Tensor, branch: &Tensor, gamma: &Tensor) -> Result<()> {
-        let h = gamma.len();
-        for (xr, br) in x.data.chunks_exact_mut(h).zip(branch.data.chunks_exact(h)) {
-            for ((xv, &bv), &g) in xr.iter_mut().zip(br).zip(&gamma.data) {
-                *xv += g * bv;
-            }
-        }
+        residual_shapes(x, branch, gamma)?;
+        ops::add_scaled(&mut x.data, &branch.data, &gamma.data);
         Ok(())
+    }
+
+    fn add_scaled_layer_norm(
+        &self,
+        x: &mut Tensor,
+        branch: &Tensor,
+        gamma: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor> {
+        residual_shapes(x, branch, gamma)?;
+        let data = ops::add_scaled_layer_norm(
+            &mut x.data,
+            &branch.data,
+            &gamma.data,
+            &weight.data,
+            &bias.data,
+            eps,
+        );
+        Ok(Tensor {
+            shape: x.shape.clone(),
+            data,
+        })
     }
 }
 
