@@ -20,7 +20,24 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (its index in `mimalloc.h`, v2 and v3 alike): how long
+/// freed pages wait before they go back to the OS (1000 ms by default in v3, the version the
+/// `mimalloc` crate builds; −1: never).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keeps the pages of freed activation buffers for the next pass instead of returning them to
+/// the OS a second later: the process holds its peak memory, as an inference server or a batch
+/// job does anyway. ViT-B/14 at batch 8 on the CPU faulted in and zeroed 750-1000 pages a pass
+/// (`perf stat`: 3800-5600 faults in 5 passes and set-up, 511 with this), with 0.2-1.2 s of
+/// kernel time against 0.26-0.29 s; the pass times themselves stayed within the development
+/// machine's noise.
+fn keep_freed_pages() {
+    // SAFETY: sets one of mimalloc's options; any value is valid, and it is read at each purge.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 fn main() {
+    keep_freed_pages();
     let cli = args::Cli::parse();
     if !matches!(cli.command, args::Command::Serve(_)) {
         end_quietly_when_the_reader_leaves();
@@ -51,5 +68,27 @@ fn end_quietly_when_the_reader_leaves() {
     // SAFETY: sets the signal's disposition back to the default, before any thread starts.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_purge_delay_option_is_the_one_set() {
+        // Its default in mimalloc v3, 1000 ms, identifies the option (unless the environment
+        // sets it).
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            // SAFETY: reads one of mimalloc's options.
+            let default = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+            assert_eq!(default, 1000);
+        }
+        keep_freed_pages();
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) },
+            -1
+        );
     }
 }
