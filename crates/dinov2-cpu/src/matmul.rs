@@ -2,11 +2,12 @@
 
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
+use std::ops::Range;
 
+/// The `gemm` crate's own threading for a product not split among the threads ([`Split`]).
 fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     let threads = rayon::current_num_threads();
-    // Below ~1 MFLOP the threads cost more than they give.
-    if threads > 1 && m * n * k >= 1 << 18 {
+    if threads > 1 && m * n * k >= MIN_THREADED_PRODUCT {
         Parallelism::Rayon(threads)
     } else {
         Parallelism::None
@@ -84,79 +85,132 @@ fn product(
         }
         None => vec![0.0f32; m * n],
     };
-    let threads = rayon::current_num_threads();
-    if threads > 1 && n > 0 && k > 0 && m >= threads * MIN_ROWS_PER_THREAD {
-        // One part of the rows per thread, each product single-threaded.
-        let rows = m.div_ceil(threads);
-        y.par_chunks_mut(rows * n)
-            .zip(x.par_chunks(rows * k))
-            .for_each(|(yc, xc)| {
-                // SAFETY: as below, for this part's rows of x and y.
-                unsafe {
-                    let part = (xc.len() / k, k, n);
-                    gemm_rows(
-                        part,
-                        yc,
-                        xc,
-                        wt,
-                        (wt_rs, wt_cs),
-                        b.is_some(),
-                        Parallelism::None,
-                    )
-                }
-            });
-    } else {
-        // SAFETY: all three buffers are live and sized as checked above (every element the
-        // strides address lies in `wt`: it holds k·n values), and y does not alias x or wt.
+    let y_out = Output(y.as_mut_ptr());
+    // The product of rows `rows` and columns `cols` of y, written into y.
+    let block = |rows: Range<usize>, cols: Range<usize>, parallelism| {
+        // SAFETY: all three buffers are live and sized as checked above: rows and cols lie
+        // within [0, m) and [0, n), so every element the strides address from column
+        // cols.start of wᵀ lies in `wt` (k·n values) and every element of y written lies in
+        // y. Blocks run at the same time write disjoint rows or columns of y, which does not
+        // alias x or wt.
         unsafe {
-            gemm_rows(
-                (m, k, n),
-                &mut y,
-                x,
-                wt,
+            gemm_into(
+                (rows.len(), k, cols.len()),
+                (y_out.at(rows.start * n + cols.start), n),
+                &x[rows.start * k..rows.end * k],
+                wt.as_ptr().offset(cols.start as isize * wt_cs),
                 (wt_rs, wt_cs),
                 b.is_some(),
-                parallelism(m, n, k),
+                parallelism,
             )
-        };
+        }
+    };
+    match Split::choose(m, k, n, rayon::current_num_threads()) {
+        Split::Rows(part) => (0..m.div_ceil(part))
+            .into_par_iter()
+            .for_each(|p| block(p * part..m.min((p + 1) * part), 0..n, Parallelism::None)),
+        Split::Columns(part) => (0..n.div_ceil(part))
+            .into_par_iter()
+            .for_each(|p| block(0..m, p * part..n.min((p + 1) * part), Parallelism::None)),
+        Split::Whole => block(0..m, 0..n, parallelism(m, n, k)),
     }
     y
 }
 
-/// Rows a thread must have before a product is split by rows, one single-threaded product a
-/// part, instead of threaded inside the `gemm` crate. At 2056 rows (batch 8) on the 2-core
-/// development machine, two halves beat the crate's own threading on all eight ViT-S/14 and
-/// ViT-B/14 linear shapes, by 2-11% (medians of 15 interleaved runs, twice); at 257 and 514
-/// rows they were level or slower.
+/// How a linear layer's product is shared among the threads: one part of the output's rows or
+/// columns per thread, each part's product single-threaded, or the whole product in one call
+/// (threaded inside the `gemm` crate when large enough). All three give the same values: the
+/// crate's blocking along k, and so each element's order of summation, depends on k alone.
+#[derive(Debug, PartialEq)]
+enum Split {
+    /// Parts of this many rows.
+    Rows(usize),
+    /// Parts of this many columns.
+    Columns(usize),
+    /// One call for the whole product.
+    Whole,
+}
+
+impl Split {
+    /// On the 2-core development machine, both splits beat the crate's own threading:
+    /// - rows at 2056 rows (batch 8), on all eight ViT-S/14 and ViT-B/14 linear shapes by
+    ///   2-11% (medians of 15 interleaved runs, twice), where they were level or slower at 257
+    ///   and 514 rows;
+    /// - columns at 257 and 514 rows (batch 1 and 2), on all eight shapes by up to 22% (the
+    ///   MLP's second layer) and 13% (the attention's projection): each thread packs only its
+    ///   part of the weight. At 2056 rows columns were level with rows per shape, and whole
+    ///   ViT-S/14 passes at batch 8 were slower in three of five interleaved pairs.
+    fn choose(m: usize, k: usize, n: usize, threads: usize) -> Split {
+        let part = column_part(n, threads);
+        if threads <= 1 || m * n * k < MIN_THREADED_PRODUCT {
+            Split::Whole
+        } else if m >= threads * MIN_ROWS_PER_THREAD {
+            Split::Rows(m.div_ceil(threads))
+        } else if part < n {
+            Split::Columns(part)
+        } else {
+            Split::Whole
+        }
+    }
+}
+
+/// Rows a thread must have before a product is split by rows (see [`Split::choose`]).
 const MIN_ROWS_PER_THREAD: usize = 512;
 
-/// `y[m, n] (+)= x[m, k] · wᵀ[k, n]`, adding to `y` when `accumulate`, else overwriting it.
+/// Multiply-adds (`m·n·k`) below which a product stays on one thread: under ~1 MFLOP the
+/// threads cost more than they give.
+const MIN_THREADED_PRODUCT: usize = 1 << 18;
+
+/// Columns of the output each thread computes when split by columns: `n` split evenly, rounded
+/// up to whole micro-tiles of the `gemm` crate's AVX-512 kernel (64 columns).
+fn column_part(n: usize, threads: usize) -> usize {
+    const TILE: usize = 64;
+    n.div_ceil(threads.max(1)).div_ceil(TILE) * TILE
+}
+
+/// The output buffer's start, shared by the threads that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct Output(*mut f32);
+
+// SAFETY: the threads given an `Output` write disjoint elements, and the buffer outlives them.
+unsafe impl Send for Output {}
+unsafe impl Sync for Output {}
+
+impl Output {
+    /// Pointer to the element `offset` places from the start.
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// `y[m, n] (+)= x[m, k] · wᵀ[k, n]`, adding to `y` when `accumulate`, else overwriting it; `y`
+/// is `(pointer, row stride)`.
 ///
 /// # Safety
-/// `wt` with strides `(wt_rs, wt_cs)` must address only its own `k·n` elements, `y` must hold
-/// `m·n` and `x` `m·k` values.
-unsafe fn gemm_rows(
+/// `wt` with strides `(wt_rs, wt_cs)` must address `k·n` live elements, `y` with its row stride
+/// `m·n` live elements that nothing else reads or writes meanwhile, and `x` must hold `m·k` values.
+unsafe fn gemm_into(
     (m, k, n): (usize, usize, usize),
-    y: &mut [f32],
+    (y, y_rs): (*mut f32, usize),
     x: &[f32],
-    wt: &[f32],
+    wt: *const f32,
     (wt_rs, wt_cs): (isize, isize),
     accumulate: bool,
     parallelism: Parallelism,
 ) {
-    debug_assert!(y.len() == m * n && x.len() == m * k);
+    debug_assert!(x.len() == m * k);
     gemm(
         m,
         n,
         k,
-        y.as_mut_ptr(),
+        y,
         1,
-        n as isize,
+        y_rs as isize,
         accumulate,
         x.as_ptr(),
         1,
         k as isize,
-        wt.as_ptr(),
+        wt,
         wt_cs,
         wt_rs,
         1.0,
@@ -237,31 +291,67 @@ mod tests {
     }
 
     #[test]
-    fn products_split_by_rows_equal_the_whole() {
-        // Enough rows for each thread's part (when there are threads), and a ragged last part.
-        let threads = rayon::current_num_threads();
-        let (m, k, n) = (threads.max(2) * MIN_ROWS_PER_THREAD + 37, 70, 19);
-        let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
-        let wt: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
-        let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.25 - 2.0).collect();
-        let split = linear_kn(&x, m, k, &wt, n, Some(&b));
-        let mut whole: Vec<f32> = (0..m).flat_map(|_| b.iter().copied()).collect();
-        // SAFETY: sizes as the product's.
-        unsafe {
-            gemm_rows(
-                (m, k, n),
-                &mut whole,
-                &x,
-                &wt,
-                (n as isize, 1),
-                true,
-                Parallelism::None,
-            )
-        };
-        assert_eq!(split, whole);
-        let unbiased = linear_kn(&x, m, k, &wt, n, None);
-        let want = linear_kn(&x[..k], 1, k, &wt, n, None);
-        assert_eq!(unbiased[..n], want[..]);
+    fn split_products_equal_the_whole() {
+        // On two threads: a product split by columns (two parts, the last ragged) and one split
+        // by rows (a ragged last part); both weight layouts, with and without a bias.
+        let two = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let (k, n) = (70, 211);
+        for (m, split) in [(300, Split::Columns(128)), (1061, Split::Rows(531))] {
+            assert_eq!(Split::choose(m, k, n, 2), split);
+            let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let wt: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let w = transpose(&wt, k, n);
+            let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.25 - 2.0).collect();
+            let mut whole: Vec<f32> = (0..m).flat_map(|_| b.iter().copied()).collect();
+            // SAFETY: sizes as the product's.
+            unsafe {
+                gemm_into(
+                    (m, k, n),
+                    (whole.as_mut_ptr(), n),
+                    &x,
+                    wt.as_ptr(),
+                    (n as isize, 1),
+                    true,
+                    Parallelism::None,
+                )
+            };
+            two.install(|| {
+                assert_eq!(linear_kn(&x, m, k, &wt, n, Some(&b)), whole, "{split:?}");
+                assert_eq!(linear(&x, m, k, &w, n, Some(&b)), whole, "{split:?}");
+                let unbiased = linear_kn(&x, m, k, &wt, n, None);
+                let want = linear_kn(&x[..k], 1, k, &wt, n, None);
+                assert_eq!(unbiased[..n], want[..], "{split:?}");
+            });
+        }
+    }
+
+    #[test]
+    fn small_products_and_one_thread_stay_whole() {
+        assert_eq!(Split::choose(2056, 768, 3072, 1), Split::Whole);
+        assert_eq!(Split::choose(8, 8, 8, 2), Split::Whole);
+        // Too few columns for two parts.
+        assert_eq!(Split::choose(300, 1000, 64, 2), Split::Whole);
+        assert_eq!(Split::choose(257, 768, 3072, 2), Split::Columns(1536));
+        assert_eq!(Split::choose(2056, 768, 3072, 2), Split::Rows(1028));
+    }
+
+    #[test]
+    fn column_parts_are_whole_tiles_covering_the_output() {
+        assert_eq!(column_part(768, 2), 384);
+        assert_eq!(column_part(211, 2), 128);
+        assert_eq!(column_part(1000, 3), 384);
+        assert_eq!(column_part(64, 2), 64);
+        assert_eq!(column_part(10, 1), 64);
+        for (n, threads) in [(1000, 3), (211, 2), (3072, 2), (19, 4)] {
+            let part = column_part(n, threads);
+            assert!(
+                part % 64 == 0 && n.div_ceil(part) <= threads,
+                "{n} over {threads}"
+            );
+        }
     }
 
     #[test]
