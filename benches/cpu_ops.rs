@@ -1,6 +1,6 @@
 //! Criterion benchmarks of the CPU backend (`dinov2-cpu`) at the shapes of ViT-S/14 and ViT-B/14
-//! at 224 px, batch 8 (257 tokens per image, 2056 rows): the GEMMs of a block (throughput in
-//! FLOP/s, shown by criterion as elem/s: 2 per multiply-add), attention (FLOP/s of its two
+//! at 224 px, batch 8 (257 tokens per image, 2056 rows): the GEMMs of a block, also at one image
+//! (throughput in FLOP/s, shown by criterion as elem/s: 2 per multiply-add), attention (FLOP/s of its two
 //! products; also ViT-S/14 at 518 px, 1370 tokens), LayerNorm and GELU (bytes read and written
 //! per second), then the whole forward pass to CLS embeddings (images per second, as elem/s).
 //!
@@ -39,14 +39,18 @@ fn linear(c: &mut Criterion) {
             ("fc1", h, 4 * h),
             ("fc2", 4 * h, h),
         ] {
-            let x = values(ROWS * k, 1);
             // Transposed once, as the CPU backend keeps linear weights.
             let wt = ops::transpose(&values(n * k, 2), n, k);
             let b = values(n, 3);
-            g.throughput(Throughput::Elements((2 * ROWS * k * n) as u64));
-            g.bench_function(format!("{name}/{what}/{ROWS}x{k}x{n}"), |bench| {
-                bench.iter(|| ops::linear_kn(black_box(&x), ROWS, k, &wt, n, Some(&b)))
-            });
+            // Batch 8, and one image (the threads split the product by rows at the one, by
+            // columns at the other).
+            for rows in [ROWS, TOKENS] {
+                let x = values(rows * k, 1);
+                g.throughput(Throughput::Elements((2 * rows * k * n) as u64));
+                g.bench_function(format!("{name}/{what}/{rows}x{k}x{n}"), |bench| {
+                    bench.iter(|| ops::linear_kn(black_box(&x), rows, k, &wt, n, Some(&b)))
+                });
+            }
         }
     }
     g.finish();
