@@ -11,10 +11,17 @@ taken after `torch.cuda.empty_cache()` (ours releases its allocator's cached blo
 Run by `dinov2 bench --peer PYTHON [--peer-compile]` in the same invocation as our own timing, so
 that every result is a ratio measured side by side. Pinned reference: torch 2.11.0, transformers
 5.17.0 (xtask/golden/requirements-5.17.txt). Prints one JSON object per batch size on stdout.
+
+With --alternate (`dinov2 bench --alternate`) it times one pass at a time when asked, so that
+ours and its passes take turns: it prints one JSON object with its versions, then answers each
+line on stdin, `batch B` (make the input, run the warm-up passes) or `pass` (time one pass of
+the last batch size, after an untimed one), with one JSON object; end of input ends it. No memory is measured then:
+the two processes' passes interleave, so neither side's used-memory delta is its own.
 """
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import torch
@@ -33,6 +40,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (compiled during warm-up)")
+    ap.add_argument("--alternate", action="store_true", help="time single passes when asked on stdin")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -62,6 +70,15 @@ def main():
         if cuda:
             torch.cuda.synchronize(device)
 
+    about = {
+        "peer": "torch", "torch": torch.__version__, "transformers": transformers.__version__,
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu", "threads": torch.get_num_threads(),
+        "image_size": a.image_size, "dtype": a.dtype, "attn": attn, "compile": a.compile, "warmup": warmup,
+    }
+    if a.alternate:
+        alternate(run, about, sync, device, dtype, a.image_size, warmup)
+        return
+
     for b in [int(x) for x in a.batch_sizes.split(",")]:
         x = torch.randn(b, 3, a.image_size, a.image_size, device=device, dtype=dtype)
         sync()
@@ -88,10 +105,7 @@ def main():
                     peak_used = max(peak_used, free_before - torch.cuda.mem_get_info(device)[0])
         med = statistics.median(times)
         print(json.dumps({
-            "peer": "torch", "torch": torch.__version__, "transformers": transformers.__version__,
-            "device": torch.cuda.get_device_name(device) if cuda else "cpu", "threads": torch.get_num_threads(),
-            "batch": b, "image_size": a.image_size, "dtype": a.dtype, "attn": attn, "compile": a.compile,
-            "warmup": warmup, "first_pass_s": first_s, "median_s": med, "times_s": times,
+            **about, "batch": b, "first_pass_s": first_s, "median_s": med, "times_s": times,
             "images_per_s": b / med,
             "memory_delta_bytes": max(peak_used, 0),
             # The caching allocator's own account, beside the driver's delta: the most it held
@@ -102,6 +116,35 @@ def main():
             } if cuda else {},
         }), flush=True)
         del x
+
+
+def alternate(run, about, sync, device, dtype, image_size, warmup):
+    """The --alternate protocol: `batch B` and `pass` lines in, one JSON line out for each."""
+    print(json.dumps(about), flush=True)
+    x = None
+    with torch.inference_mode():
+        for line in sys.stdin:
+            words = line.split()
+            if words[:1] == ["batch"] and len(words) == 2:
+                x = None
+                x = torch.randn(int(words[1]), 3, image_size, image_size, device=device, dtype=dtype)
+                sync()
+                for _ in range(warmup):
+                    run(pixel_values=x).pooler_output
+                    sync()
+                reply = {"batch": int(words[1]), "ready": True}
+            elif words == ["pass"] and x is not None:
+                # An untimed pass first, so that the timed one finds the caches as after one
+                # of its own (ours did a pass in between); ours does the same.
+                run(pixel_values=x).pooler_output
+                sync()
+                t = time.perf_counter()
+                run(pixel_values=x).pooler_output
+                sync()
+                reply = {"s": time.perf_counter() - t}
+            else:
+                reply = {"error": f"unknown request {line.strip()!r}"}
+            print(json.dumps(reply), flush=True)
 
 
 if __name__ == "__main__":

@@ -193,6 +193,11 @@ pub struct BenchArgs {
     /// Run the peer under torch.compile (compiled during its warm-up passes).
     #[arg(long, requires = "peer")]
     pub peer_compile: bool,
+    /// Time ours and the peer's passes in turn instead of all of the peer's before ours: on a
+    /// machine whose speed drifts over minutes, both sides then see the same drift. A turn is
+    /// an untimed pass and a timed one. No memory is reported (the processes interleave).
+    #[arg(long, requires = "peer")]
+    pub alternate: bool,
     /// Also time this many copies of the model at once, each on its own thread and, on CUDA,
     /// its own stream, as `dinov2 embed --streams` runs them: their throughput together (the
     /// peer runs one).

@@ -907,3 +907,104 @@ fn bench_times_several_copies_at_once() {
         );
     }
 }
+
+/// A stand-in for the peer's Python (`--peer`): a shell script that ignores the peer script it
+/// is given and answers the `--alternate` protocol with `body` (its requests come on stdin).
+fn fake_peer(dir: &Path, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("fake-python");
+    let script = format!(
+        "#!/bin/sh\n\
+         case \" $* \" in *\" --alternate \"*) ;; *) echo 'not alternating' >&2; exit 3;; esac\n\
+         echo '{{\"peer\": \"torch\", \"torch\": \"fake\", \"transformers\": \"fake\", \
+         \"device\": \"cpu\", \"attn\": \"sdpa\", \"compile\": false}}'\n{body}"
+    );
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// `bench --peer P --alternate` asks the peer for one pass after each of ours, and reports the
+/// peer's times from those passes, per batch size.
+#[test]
+fn bench_alternates_passes_with_the_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let peer = fake_peer(
+        dir.path(),
+        "while read -r word arg; do\n\
+           case \"$word\" in\n\
+             batch) echo \"{\\\"batch\\\": $arg, \\\"ready\\\": true}\";;\n\
+             pass) echo '{\"s\": 0.5}';;\n\
+             *) echo '{\"error\": \"unknown request\"}';;\n\
+           esac\n\
+         done\n",
+    );
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models/dinov2-tiny-random");
+    let out = dinov2(&[
+        "bench",
+        "--model",
+        s(&model),
+        "--batch-size",
+        "1,2",
+        "--repeats",
+        "3",
+        "--peer",
+        s(&peer),
+        "--alternate",
+        "--json",
+        s(&json),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("peer: torch fake + transformers fake"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("500.00").count(), 2, "{stdout}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    for (r, batch) in report["results"].as_array().unwrap().iter().zip([1, 2]) {
+        assert_eq!(
+            r["torch"]["times_s"],
+            serde_json::json!([0.5, 0.5, 0.5]),
+            "{r}"
+        );
+        assert_eq!(r["torch"]["images_per_s"], f64::from(batch) / 0.5, "{r}");
+        assert!(r["ratio"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    for (row, batch) in report["peer"].as_array().unwrap().iter().zip([1, 2]) {
+        assert_eq!(row["batch"], batch, "{row}");
+        assert_eq!(row["alternated"], true, "{row}");
+    }
+}
+
+/// A peer that dies mid-way ends `bench --alternate` with its last message, not a hang.
+#[test]
+fn bench_reports_an_alternating_peer_that_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer = fake_peer(
+        dir.path(),
+        "read -r line\necho 'RuntimeError: out of patience' >&2\nexit 1\n",
+    );
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models/dinov2-tiny-random");
+    let out = dinov2(&[
+        "bench",
+        "--model",
+        s(&model),
+        "--peer",
+        s(&peer),
+        "--alternate",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("the PyTorch peer failed: RuntimeError: out of patience"),
+        "{stderr}"
+    );
+}

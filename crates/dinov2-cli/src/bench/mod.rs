@@ -10,10 +10,11 @@
 //! FLOP/s (2 per multiply-add of the GEMMs, attention products and patch convolution), the share
 //! of the card's dense f16/bf16 tensor peak, and device memory as the driver's used-memory delta
 //! during the passes (cached blocks released first: `torch.cuda.empty_cache()` for the peer).
+//! The peer runs all its passes before ours, or with `--alternate` in turn with ours
+//! ([`peer`]).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Instant;
 
 use dinov2::{
@@ -26,7 +27,7 @@ use crate::args::{with_backend, BenchArgs, Device};
 use crate::embed_verb::Reopen;
 use crate::error::{CliError, Result};
 
-const PEER_SCRIPT: &str = include_str!("../../../benches/peer_torch.py");
+mod peer;
 
 /// Dense (no sparsity) f16/bf16 tensor-core peaks in TFLOP/s, by a substring of the device name
 /// as the driver reports it; the first match wins, so the more specific names come first.
@@ -72,66 +73,6 @@ fn pixels(batch: usize, size: usize) -> Tensor {
         .map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) % 4001) as f32 / 1000.0 - 2.0)
         .collect();
     Tensor::new(vec![batch, 3, size, size], data).expect("sizes agree")
-}
-
-fn run_peer(python: &PathBuf, config_json: &str, args: &BenchArgs) -> Result<Vec<Value>> {
-    let dir = std::env::temp_dir().join(format!("dinov2-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| CliError(format!("cannot create {}: {e}", dir.display())))?;
-    let script = dir.join("peer_torch.py");
-    std::fs::write(&script, PEER_SCRIPT)
-        .map_err(|e| CliError(format!("cannot write {}: {e}", script.display())))?;
-    let batches: Vec<String> = args.batch_size.iter().map(|b| b.to_string()).collect();
-    let device = match args.device {
-        Device::Cpu => "cpu".to_owned(),
-        Device::Cuda(n) => format!("cuda:{n}"),
-    };
-    let mut cmd = Command::new(python);
-    cmd.arg(&script)
-        .args([
-            "--config",
-            config_json,
-            "--device",
-            &device,
-            "--dtype",
-            &args.dtype.to_string(),
-        ])
-        .args([
-            "--batch-sizes",
-            &batches.join(","),
-            "--image-size",
-            &args.image_size.to_string(),
-        ])
-        .args([
-            "--warmup",
-            &args.warmup.to_string(),
-            "--repeats",
-            &args.repeats.to_string(),
-        ])
-        .args(["--threads", &rayon::current_num_threads().to_string()]);
-    if args.peer_compile {
-        cmd.arg("--compile");
-    }
-    let out = cmd.output().map_err(|e| {
-        CliError(format!(
-            "cannot run the peer with {}: {e}",
-            python.display()
-        ))
-    });
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = out?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.lines().last().unwrap_or("no message");
-        return Err(CliError(format!("the PyTorch peer failed: {last}")));
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.trim_start().starts_with('{'))
-        .map(|l| {
-            serde_json::from_str(l).map_err(|e| CliError(format!("the peer printed {l:?}: {e}")))
-        })
-        .collect()
 }
 
 /// Runs the bench verb.
@@ -241,7 +182,16 @@ struct Timed {
 
 /// Times `embed_batch` with CLS pooling on one batch: each repeat's seconds, and memory as the
 /// used-memory delta and its parts.
-fn measure<B: Backend>(model: &Dinov2<B>, batch: usize, args: &BenchArgs) -> Result<Timed> {
+/// Times our passes at `batch`: the warm-up, then `repeats` timed passes, each followed by
+/// `after_each`. With `--alternate`, `after_each` runs the peer's turn, and each of our timed
+/// passes follows an untimed one, so that it finds the caches as a pass that follows our own
+/// does (the peer's turn is the same two passes).
+fn measure<B: Backend>(
+    model: &Dinov2<B>,
+    batch: usize,
+    args: &BenchArgs,
+    mut after_each: impl FnMut() -> Result<()>,
+) -> Result<Timed> {
     let be = model.backend();
     let x = model.upload_pixels(&pixels(batch, args.image_size))?;
     be.release_cached_memory()?;
@@ -260,6 +210,9 @@ fn measure<B: Backend>(model: &Dinov2<B>, batch: usize, args: &BenchArgs) -> Res
     let mut times = Vec::new();
     let mut used = 0usize;
     for _ in 0..args.repeats.max(1) {
+        if args.alternate {
+            model.embed_batch(&x, Pooling::Cls, false)?;
+        }
         let t = Instant::now();
         // The copy of [B, h] back to the host waits for the device: no separate sync needed.
         model.embed_batch(&x, Pooling::Cls, false)?;
@@ -267,6 +220,7 @@ fn measure<B: Backend>(model: &Dinov2<B>, batch: usize, args: &BenchArgs) -> Res
         if let (Some(base), Some(now)) = (base, be.memory_used()) {
             used = used.max(now.saturating_sub(base));
         }
+        after_each()?;
     }
     Ok(Timed {
         times,
@@ -389,9 +343,19 @@ where
     } else {
         None
     };
-    let peer = match &args.peer {
-        Some(python) => Some(run_peer(python, config_json, args)?),
-        None => None,
+    let mut alternating = match (&args.peer, args.alternate) {
+        (Some(python), true) => Some(peer::Alternating::start(python, config_json, args)?),
+        _ => None,
+    };
+    // The peer's line per batch size: all at once before ours, or filled in as they alternate.
+    let mut peer = match (&args.peer, &alternating) {
+        (Some(python), None) => Some(peer::run_all(python, config_json, args)?),
+        (Some(_), Some(_)) => Some(Vec::new()),
+        (None, _) => None,
+    };
+    let about = match &alternating {
+        Some(alt) => Some(alt.about.clone()),
+        None => peer.as_ref().and_then(|p| p.first().cloned()),
     };
     let size = args.image_size;
     let gflop = flops_per_image(config, size, size) / 1e9;
@@ -419,7 +383,7 @@ where
         },
         args.repeats.max(1)
     );
-    if let Some(first) = peer.as_ref().and_then(|p| p.first()) {
+    if let Some(first) = &about {
         println!(
             "peer: torch {} + transformers {}, attention {}, {} on {}",
             first["torch"].as_str().unwrap_or("?"),
@@ -456,10 +420,24 @@ where
     );
     let mut results = Vec::new();
     for &b in &args.batch_size {
-        let timed = measure(model, b, args)?;
+        let mut peer_times = Vec::new();
+        if let Some(alt) = alternating.as_mut() {
+            alt.batch(b)?;
+        }
+        let timed = measure(model, b, args, || {
+            if let Some(alt) = alternating.as_mut() {
+                peer_times.push(alt.pass()?);
+            }
+            Ok(())
+        })?;
+        if let (Some(rows), Some(about)) = (peer.as_mut(), alternating.as_ref().map(|a| &a.about)) {
+            rows.push(alternated_row(about, b, peer_times));
+        }
         let profile = model.backend().take_op_profile()?;
         let med = median(timed.times.clone());
-        let ours = Measured::new(b, med, gflop, peak, timed.memory_delta).with_times(timed.times);
+        // Alternating, each process's used-memory delta would count the other's passes.
+        let memory = timed.memory_delta.filter(|_| alternating.is_none());
+        let ours = Measured::new(b, med, gflop, peak, memory).with_times(timed.times);
         // The peer's line for this batch size.
         let peer_row = peer
             .as_ref()
@@ -569,6 +547,21 @@ where
             .map_err(|e| CliError(format!("cannot write {}: {e}", path.display())))?;
     }
     Ok(())
+}
+
+/// The peer's line for `batch` from its alternated passes, in the shape of [`peer::run_all`]'s
+/// lines (no memory: see [`peer::Alternating`]).
+fn alternated_row(about: &Value, batch: usize, times: Vec<f64>) -> Value {
+    let mut row = about.clone();
+    if let Some(fields) = row.as_object_mut() {
+        let median_s = median(times.clone());
+        fields.insert("batch".into(), json!(batch));
+        fields.insert("median_s".into(), json!(median_s));
+        fields.insert("images_per_s".into(), json!(batch as f64 / median_s));
+        fields.insert("times_s".into(), json!(times));
+        fields.insert("alternated".into(), json!(true));
+    }
+    row
 }
 
 /// Makes the folder of `--json FILE` before the measurements (minutes on a large model), so
