@@ -849,8 +849,7 @@ fn a_reader_that_leaves_early_is_no_panic() {
     use std::os::fd::{FromRawFd, OwnedFd};
     use std::os::unix::process::ExitStatusExt;
     use std::process::Stdio;
-    let model =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models/dinov2-tiny-random");
+    let model = tiny_model();
     // The read end is closed before the program starts, so its first write finds no reader
     // (closing it after the start would race with a program that writes its few lines first).
     let mut fds = [0; 2];
@@ -870,35 +869,38 @@ fn a_reader_that_leaves_early_is_no_panic() {
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{stderr}");
 }
 
-/// `bench --streams 2` also times two copies of the model at once and reports their throughput
-/// together, on the table and in the JSON (on the CPU the copies share the thread pool).
-#[test]
-fn bench_times_several_copies_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("bench.json");
-    let model =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models/dinov2-tiny-random");
-    let out = dinov2(&[
-        "bench",
-        "--model",
-        s(&model),
-        "--batch-size",
-        "1,2",
-        "--streams",
-        "2",
-        "--repeats",
-        "2",
-        "--json",
-        s(&json),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+/// The tiny random model that ships in the repository.
+fn tiny_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models/dinov2-tiny-random")
+}
+
+/// `dinov2 bench` of the tiny model with `extra` arguments and `--json` into `dir`, which must
+/// succeed: its table (stdout) and its JSON report.
+fn bench_tiny(dir: &Path, extra: &[&str]) -> (String, serde_json::Value) {
+    let json = dir.join("bench.json");
+    let model = tiny_model();
+    let mut args = vec!["bench", "--model", s(&model), "--json", s(&json)];
+    args.extend_from_slice(extra);
+    let out = dinov2(&args);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), report)
+}
+
+/// `bench --streams 2` also times two copies of the model at once and reports their throughput
+/// together, on the table and in the JSON (on the CPU the copies share the thread pool).
+#[test]
+fn bench_times_several_copies_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stdout, report) = bench_tiny(
+        dir.path(),
+        &["--batch-size", "1,2", "--streams", "2", "--repeats", "2"],
+    );
     assert_eq!(stdout.matches("2 streams at once:").count(), 2, "{stdout}");
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     for r in report["results"].as_array().unwrap() {
         assert_eq!(r["streams_together"]["streams"], 2, "{r}");
         assert!(
@@ -929,7 +931,6 @@ fn fake_peer(dir: &Path, body: &str) -> PathBuf {
 #[test]
 fn bench_alternates_passes_with_the_peer() {
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("bench.json");
     let peer = fake_peer(
         dir.path(),
         "while read -r word arg; do\n\
@@ -940,34 +941,23 @@ fn bench_alternates_passes_with_the_peer() {
            esac\n\
          done\n",
     );
-    let model =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models/dinov2-tiny-random");
-    let out = dinov2(&[
-        "bench",
-        "--model",
-        s(&model),
-        "--batch-size",
-        "1,2",
-        "--repeats",
-        "3",
-        "--peer",
-        s(&peer),
-        "--alternate",
-        "--json",
-        s(&json),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, report) = bench_tiny(
+        dir.path(),
+        &[
+            "--batch-size",
+            "1,2",
+            "--repeats",
+            "3",
+            "--peer",
+            s(&peer),
+            "--alternate",
+        ],
     );
     assert!(
         stdout.contains("peer: torch fake + transformers fake"),
         "{stdout}"
     );
     assert_eq!(stdout.matches("500.00").count(), 2, "{stdout}");
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     for (r, batch) in report["results"].as_array().unwrap().iter().zip([1, 2]) {
         assert_eq!(
             r["torch"]["times_s"],
@@ -991,8 +981,7 @@ fn bench_reports_an_alternating_peer_that_dies() {
         dir.path(),
         "read -r line\necho 'RuntimeError: out of patience' >&2\nexit 1\n",
     );
-    let model =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models/dinov2-tiny-random");
+    let model = tiny_model();
     let out = dinov2(&[
         "bench",
         "--model",
