@@ -72,28 +72,23 @@ fn product(
     (wt_rs, wt_cs): (isize, isize),
 ) -> Vec<f32> {
     assert_eq!(x.len(), m * k, "linear: input is not [m, k]");
-    // With a bias, y starts as the bias in every row (written once, not zeroed first); the
-    // product is added to it. Without, the product overwrites zeros.
-    let mut y = match b {
-        Some(b) => {
-            assert_eq!(b.len(), n, "linear: bias is not [n]");
-            let mut y = Vec::with_capacity(m * n);
-            for _ in 0..m {
-                y.extend_from_slice(b);
-            }
-            y
-        }
-        None => vec![0.0f32; m * n],
-    };
-    let y_out = Output(y.as_mut_ptr());
-    // The product of rows `rows` and columns `cols` of y, written into y.
+    if let Some(b) = b {
+        assert_eq!(b.len(), n, "linear: bias is not [n]");
+    }
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
+    let y_out = Output(y.spare_capacity_mut().as_mut_ptr().cast());
+    // The product of rows `rows` and columns `cols` of y, written into y: the block starts as
+    // the bias in every row, and the product is added to it; without a bias, the product
+    // overwrites zeros. Each thread fills its own block right before its product, so the
+    // filling is shared and the block is still in cache when the product reads it.
     let block = |rows: Range<usize>, cols: Range<usize>, parallelism| {
         // SAFETY: all three buffers are live and sized as checked above: rows and cols lie
         // within [0, m) and [0, n), so every element the strides address from column
         // cols.start of wᵀ lies in `wt` (k·n values) and every element of y written lies in
-        // y. Blocks run at the same time write disjoint rows or columns of y, which does not
-        // alias x or wt.
+        // y's capacity. Blocks run at the same time write disjoint rows or columns of y, which
+        // does not alias x or wt; the product reads only elements the fill has written.
         unsafe {
+            fill(y_out, n, rows.clone(), cols.clone(), b);
             gemm_into(
                 (rows.len(), k, cols.len()),
                 (y_out.at(rows.start * n + cols.start), n),
@@ -114,7 +109,25 @@ fn product(
             .for_each(|p| block(0..m, p * part..n.min((p + 1) * part), Parallelism::None)),
         Split::Whole => block(0..m, 0..n, parallelism(m, n, k)),
     }
+    // SAFETY: the blocks of every split cover all m·n elements, and each block's fill wrote
+    // all of its own.
+    unsafe { y.set_len(m * n) };
     y
+}
+
+/// Writes rows `rows`, columns `cols` of `y` (row stride `n`): the bias's columns in each row,
+/// or zeros.
+///
+/// # Safety
+/// `y` must have room for the block, and no other thread may touch the block meanwhile.
+unsafe fn fill(y: Output, n: usize, rows: Range<usize>, cols: Range<usize>, b: Option<&[f32]>) {
+    for r in rows {
+        let row = y.at(r * n + cols.start);
+        match b {
+            Some(b) => std::ptr::copy_nonoverlapping(b[cols.clone()].as_ptr(), row, cols.len()),
+            None => std::ptr::write_bytes(row, 0, cols.len()),
+        }
+    }
 }
 
 /// How a linear layer's product is shared among the threads: one part of the output's rows or
