@@ -4,20 +4,7 @@ use rayon::prelude::*;
 
 use crate::fastmath::{scale_rows, softmax_numerators};
 use crate::matmul::{matmul, View};
-
-/// A raw output pointer shared by tasks that write disjoint elements.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: each task writes a disjoint set of elements (its own head's columns), see `attention`.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// The pointer; a method so that closures capture the whole (Sync) wrapper, not its field.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
+use crate::shared_out::SharedOut;
 
 /// Query rows whose scores one task holds at once: all of them up to 2048 tokens (a 16 MiB
 /// square), else blocks of 512, so that memory grows with N, not N², at high resolution.
@@ -57,7 +44,7 @@ pub fn attention(
     } else {
         Vec::new()
     };
-    let out_ptr = SharedOut(out.as_mut_ptr());
+    let out_ptr = SharedOut::new(out.as_mut_ptr());
     let block = rows_per_block(seq);
     // One image and head, query rows `row0..row0 + rows`: `scores` holds their `rows x seq`.
     let task = |index: usize, row0: usize, rows: usize, scores: &mut [f32]| {
@@ -112,14 +99,14 @@ pub fn attention(
         unsafe {
             matmul(
                 (rows, head_dim, seq),
-                out_ptr.get(),
+                out_ptr.at(0),
                 o,
                 scores.as_ptr(),
                 s,
                 qkv.as_ptr(),
                 v,
             );
-            scale_rows(out_ptr.get().add(o.offset), o.rs, head_dim, &inv);
+            scale_rows(out_ptr.at(o.offset), o.rs, head_dim, &inv);
         };
         if want_probs {
             // SAFETY: `scores` holds `rows` rows of `seq`, and `inv` has one factor a row.

@@ -11,6 +11,7 @@ mod norm;
 mod patch;
 mod resample;
 mod residual;
+mod shared_out;
 mod tensor;
 
 pub use activation::{apply_activation, swiglu, Activation};

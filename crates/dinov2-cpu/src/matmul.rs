@@ -4,6 +4,8 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 use std::ops::Range;
 
+use crate::shared_out::SharedOut;
+
 /// The `gemm` crate's own threading for a product not split among the threads ([`Split`]).
 fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     let threads = rayon::current_num_threads();
@@ -76,7 +78,7 @@ fn product(
         assert_eq!(b.len(), n, "linear: bias is not [n]");
     }
     let mut y: Vec<f32> = Vec::with_capacity(m * n);
-    let y_out = Output(y.spare_capacity_mut().as_mut_ptr().cast());
+    let y_out = SharedOut::new(y.spare_capacity_mut().as_mut_ptr().cast());
     // The product of rows `rows` and columns `cols` of y, written into y: the block starts as
     // the bias in every row, and the product is added to it; without a bias, the product
     // overwrites zeros. Each thread fills its own block right before its product, so the
@@ -120,7 +122,7 @@ fn product(
 ///
 /// # Safety
 /// `y` must have room for the block, and no other thread may touch the block meanwhile.
-unsafe fn fill(y: Output, n: usize, rows: Range<usize>, cols: Range<usize>, b: Option<&[f32]>) {
+unsafe fn fill(y: SharedOut, n: usize, rows: Range<usize>, cols: Range<usize>, b: Option<&[f32]>) {
     for r in rows {
         let row = y.at(r * n + cols.start);
         match b {
@@ -179,21 +181,6 @@ const MIN_THREADED_PRODUCT: usize = 1 << 18;
 fn column_part(n: usize, threads: usize) -> usize {
     const TILE: usize = 64;
     n.div_ceil(threads.max(1)).div_ceil(TILE) * TILE
-}
-
-/// The output buffer's start, shared by the threads that write disjoint parts of it.
-#[derive(Clone, Copy)]
-struct Output(*mut f32);
-
-// SAFETY: the threads given an `Output` write disjoint elements, and the buffer outlives them.
-unsafe impl Send for Output {}
-unsafe impl Sync for Output {}
-
-impl Output {
-    /// Pointer to the element `offset` places from the start.
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
 }
 
 /// `y[m, n] (+)= x[m, k] · wᵀ[k, n]`, adding to `y` when `accumulate`, else overwriting it; `y`
