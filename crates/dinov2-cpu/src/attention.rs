@@ -6,13 +6,17 @@ use crate::fastmath::{scale_rows, softmax_numerators};
 use crate::matmul::{matmul, View};
 use crate::shared_out::SharedOut;
 
-/// Query rows whose scores one task holds at once: all of them up to 2048 tokens (a 16 MiB
-/// square), else blocks of 512, so that memory grows with N, not N², at high resolution.
+/// Query rows whose scores one task holds at once: all of them up to 512 tokens (1 MiB), else
+/// blocks of 256. Memory then grows with N, not N², at high resolution; and a block's scores
+/// (1.4 MiB at 518 px) stay in the core's L2 between the softmax and P·V, where the whole
+/// square (7.5 MiB at 518 px) did not: attention at 1370 tokens ran 1.04-1.21x as fast with
+/// blocks of 256 as with the square (ViT-S/14's shapes; docs/PERFORMANCE.md, "High resolution
+/// on the CPU").
 fn rows_per_block(seq: usize) -> usize {
-    if seq <= 2048 {
+    if seq <= 512 {
         seq.max(1)
     } else {
-        512
+        256
     }
 }
 
@@ -22,7 +26,7 @@ fn rows_per_block(seq: usize) -> usize {
 /// part. Returns the heads' outputs concatenated, `[B, N, nh·d]`, and when `want_probs` the
 /// post-softmax probabilities `[B, nh, N, N]`. Scores are `q·kᵀ·scale`; the softmax subtracts the
 /// row maximum (scale > 0). Without probabilities, each task holds the scores of
-/// 512 query rows at a time beyond 2048 tokens.
+/// 256 query rows at a time beyond 512 tokens.
 pub fn attention(
     qkv: &[f32],
     batch: usize,
@@ -178,9 +182,10 @@ mod tests {
 
     #[test]
     fn long_sequences_run_in_row_blocks_with_the_same_results() {
-        // 2300 tokens: blocks of 512 query rows, the last one 252.
+        // 2300 tokens: blocks of 256 query rows, the last one 252.
         let (b, n, nh, d) = (1, 2300, 2, 8);
-        assert_eq!(rows_per_block(n), 512);
+        assert_eq!(rows_per_block(n), 256);
+        assert_eq!(rows_per_block(512), 512);
         let qkv: Vec<f32> = (0..b * n * 3 * nh * d)
             .map(|i| ((i * 7919) % 97) as f32 / 40.0 - 1.2)
             .collect();
@@ -201,7 +206,7 @@ mod tests {
             qkv[t * 3 * h + part * h + head * d + c] as f64
         };
         for head in 0..nh {
-            for i in [0, 511, 512, 1500, 2047, 2048, 2299] {
+            for i in [0, 255, 256, 511, 512, 1500, 2047, 2048, 2299] {
                 let sc: Vec<f64> = (0..n)
                     .map(|j| {
                         (0..d)
