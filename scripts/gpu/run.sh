@@ -88,8 +88,9 @@ PY
 bench() {
     local tag=$1 limit=$2 rc
     shift 2
-    echo "-- [$tag at ${SECONDS}s] dinov2 bench --device cuda $*"
-    timeout "$(cap "$limit")" "$HERE/bin/dinov2" bench --device cuda --json "$OUT/bench/$tag.json" "$@"
+    local device=${BENCH_DEVICE:-cuda}
+    echo "-- [$tag at ${SECONDS}s] dinov2 bench --device $device $*"
+    timeout "$(cap "$limit")" "$HERE/bin/dinov2" bench --device "$device" --json "$OUT/bench/$tag.json" "$@"
     rc=$?
     [ "$rc" -eq 0 ] || echo "!! $tag: exit status $rc$([ "$rc" -eq 124 ] && echo ' (time limit)')"
     return 0
@@ -478,7 +479,7 @@ main() {
     # The other sizes and ViT-B's small batches (with and without CUDA graphs, where launches
     # dominate) while time remains.
     local step tag arch batches gemm size
-    for step in "hopper vits14 64,256 224" "hopper vitb14 1 518" "gemm fused vits14 64,256" "gemm fused vitl14 64,256" "gemm own vitg14 64,256" "graphmem vitb14 256" "hires vitb14 1,32" "vitb14 1,64" "nographs vitb14 1,64" "nographs vits14 64" "vitl14 1,64,256" "vitg14 1,64,256"; do
+    for step in "hopper vits14 64,256 224" "hopper vitb14 1 518" "gemm fused vits14 64,256" "gemm fused vitl14 64,256" "gemm own vitg14 64,256" "graphmem vitb14 256" "hires vitb14 1,32" "vitb14 1,64" "nographs vitb14 1,64" "nographs vits14 64" "vitl14 1,64,256" "vitg14 1,64,256" "cpu vitb14 1,8,64" "cpu vits14 1,8"; do
         room "$MIN_STEP" || break
         case $step in
             hopper*)
@@ -506,6 +507,14 @@ main() {
                 read -r tag arch batches <<<"$step"
                 bench "$arch-${batches//,/-}-518px" 120 --dtype f16 --arch "$arch" --batch-size "$batches" \
                     --image-size 518 --warmup 2 --repeats 5 --peer "$PYTHON"
+                ;;
+            cpu*)
+                # The CPU backend on this machine's cores (the development machine has two),
+                # f32 against PyTorch on as many threads: where the products and attention
+                # split rows as well as columns so that every thread has work.
+                read -r tag arch batches <<<"$step"
+                BENCH_DEVICE=cpu bench "$arch-${batches//,/-}-cpu" 120 --arch "$arch" \
+                    --batch-size "$batches" --warmup 1 --repeats 5 --peer "$PYTHON"
                 ;;
             graphmem*)
                 # Recordings with the graph's own allocation nodes instead of the planned arena:

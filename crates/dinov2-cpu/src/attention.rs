@@ -12,13 +12,19 @@ use crate::shared_out::SharedOut;
 /// square (7.5 MiB at 518 px) did not: attention at 1370 tokens ran 1.04-1.21x as fast with
 /// blocks of 256 as with the square (ViT-S/14's shapes; docs/PERFORMANCE.md, "High resolution
 /// on the CPU").
-fn rows_per_block(seq: usize) -> usize {
-    if seq <= 512 {
-        seq.max(1)
-    } else {
-        256
-    }
+///
+/// Where the images' heads are fewer than two for each of `threads` (one image of ViT-S/14's 6
+/// heads on 16 threads), the rows are split further, down to [`MIN_BLOCK_ROWS`], so that every
+/// thread has work.
+fn rows_per_block(seq: usize, image_heads: usize, threads: usize) -> usize {
+    let cached = if seq <= 512 { seq.max(1) } else { 256 };
+    let blocks = (2 * threads).div_ceil(image_heads.max(1));
+    cached.min(seq.div_ceil(blocks).max(MIN_BLOCK_ROWS))
 }
+
+/// Fewest query rows of a block split for the threads' sake: each block multiplies by all of
+/// its head's keys and values, packed again for each block.
+const MIN_BLOCK_ROWS: usize = 32;
 
 /// Softmax attention for each image and head.
 ///
@@ -49,7 +55,7 @@ pub fn attention(
         Vec::new()
     };
     let out_ptr = SharedOut::new(out.as_mut_ptr());
-    let block = rows_per_block(seq);
+    let block = rows_per_block(seq, batch * heads, rayon::current_num_threads());
     // One image and head, query rows `row0..row0 + rows`: `scores` holds their `rows x seq`.
     let task = |index: usize, row0: usize, rows: usize, scores: &mut [f32]| {
         let (b, head) = (index / heads, index % heads);
@@ -184,8 +190,8 @@ mod tests {
     fn long_sequences_run_in_row_blocks_with_the_same_results() {
         // 2300 tokens: blocks of 256 query rows, the last one 252.
         let (b, n, nh, d) = (1, 2300, 2, 8);
-        assert_eq!(rows_per_block(n), 256);
-        assert_eq!(rows_per_block(512), 512);
+        assert_eq!(rows_per_block(n, 2, 1), 256);
+        assert_eq!(rows_per_block(512, 2, 1), 512);
         let qkv: Vec<f32> = (0..b * n * 3 * nh * d)
             .map(|i| ((i * 7919) % 97) as f32 / 40.0 - 1.2)
             .collect();
@@ -229,6 +235,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn many_threads_split_the_rows_with_the_same_results() {
+        // One image of 6 heads on 16 threads: blocks of 43 rows, down to 32 rows.
+        assert_eq!(rows_per_block(257, 6, 16), 43);
+        assert_eq!(rows_per_block(257, 6, 2), 257);
+        assert_eq!(rows_per_block(257, 96, 16), 257);
+        assert_eq!(rows_per_block(1370, 6, 16), 229);
+        assert_eq!(rows_per_block(257, 1, 64), 32);
+        let (b, n, nh, d) = (1, 257, 6, 16);
+        let qkv: Vec<f32> = (0..b * n * 3 * nh * d)
+            .map(|i| ((i * 7919) % 97) as f32 / 40.0 - 1.2)
+            .collect();
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| attention(&qkv, b, n, nh, d, 0.25, false).0)
+        };
+        assert_eq!(run(16), run(1));
     }
 
     #[test]

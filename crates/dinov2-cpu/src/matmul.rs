@@ -6,16 +6,6 @@ use std::ops::Range;
 
 use crate::shared_out::SharedOut;
 
-/// The `gemm` crate's own threading for a product not split among the threads ([`Split`]).
-fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
-    let threads = rayon::current_num_threads();
-    if threads > 1 && m * n * k >= MIN_THREADED_PRODUCT {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    }
-}
-
 /// `y = x · wᵀ + b` for a torch `nn.Linear`: `x` is `[m, k]`, `w` is `[n, k]` (row-major, as
 /// stored), `b` is `[n]`; returns `[m, n]`. For a weight used many times, [`transpose`] it once
 /// and call [`linear_kn`]: the same values, without repacking the weight at every call.
@@ -83,7 +73,7 @@ fn product(
     // the bias in every row, and the product is added to it; without a bias, the product
     // overwrites zeros. Each thread fills its own block right before its product, so the
     // filling is shared and the block is still in cache when the product reads it.
-    let block = |rows: Range<usize>, cols: Range<usize>, parallelism| {
+    let block = |rows: Range<usize>, cols: Range<usize>| {
         // SAFETY: all three buffers are live and sized as checked above: rows and cols lie
         // within [0, m) and [0, n), so every element the strides address from column
         // cols.start of wᵀ lies in `wt` (k·n values) and every element of y written lies in
@@ -98,18 +88,20 @@ fn product(
                 wt.as_ptr().offset(cols.start as isize * wt_cs),
                 (wt_rs, wt_cs),
                 b.is_some(),
-                parallelism,
             )
         }
     };
     match Split::choose(m, k, n, rayon::current_num_threads()) {
-        Split::Rows(part) => (0..m.div_ceil(part))
-            .into_par_iter()
-            .for_each(|p| block(p * part..m.min((p + 1) * part), 0..n, Parallelism::None)),
-        Split::Columns(part) => (0..n.div_ceil(part))
-            .into_par_iter()
-            .for_each(|p| block(0..m, p * part..n.min((p + 1) * part), Parallelism::None)),
-        Split::Whole => block(0..m, 0..n, parallelism(m, n, k)),
+        Split::Grid { rows, cols } => {
+            let col_parts = n.div_ceil(cols);
+            (0..m.div_ceil(rows) * col_parts)
+                .into_par_iter()
+                .for_each(|p| {
+                    let (r, c) = (p / col_parts * rows, p % col_parts * cols);
+                    block(r..m.min(r + rows), c..n.min(c + cols))
+                })
+        }
+        Split::Whole => block(0..m, 0..n),
     }
     // SAFETY: the blocks of every split cover all m·n elements, and each block's fill wrote
     // all of its own.
@@ -132,56 +124,89 @@ unsafe fn fill(y: SharedOut, n: usize, rows: Range<usize>, cols: Range<usize>, b
     }
 }
 
-/// How a linear layer's product is shared among the threads: one part of the output's rows or
-/// columns per thread, each part's product single-threaded, or the whole product in one call
-/// (threaded inside the `gemm` crate when large enough). All three give the same values: the
-/// crate's blocking along k, and so each element's order of summation, depends on k alone.
+/// How a linear layer's product is shared among the threads: a grid of blocks of the output,
+/// each block's product single-threaded (each thread then packs only its block's part of the
+/// weight), or one call for the whole. Both give the same values: the `gemm` crate's blocking
+/// along k, and so each element's order of summation, depends on k alone.
 #[derive(Debug, PartialEq)]
 enum Split {
-    /// Parts of this many rows.
-    Rows(usize),
-    /// Parts of this many columns.
-    Columns(usize),
-    /// One call for the whole product.
+    /// Blocks of this many rows and columns (the last ones in each direction ragged).
+    Grid { rows: usize, cols: usize },
+    /// One single-threaded call for the whole product.
     Whole,
 }
 
 impl Split {
-    /// On the 2-core development machine, both splits beat the crate's own threading:
+    /// - Enough rows (at least [`MIN_ROWS_PER_THREAD`] a thread): one block of rows a thread.
+    /// - Fewer: the columns in whole micro-tiles of the crate's kernel, and the rows as well
+    ///   where there are fewer tiles than threads; of those grids, the one whose busiest thread
+    ///   has the least to do, counting [`PACKING_ROWS`] rows a block for packing its part of
+    ///   the weight, and of equals the fewest row parts.
+    ///
+    /// On two threads that is one block of columns a thread for ViT-S/B/L/g's shapes at 257 and
+    /// 514 rows, and one block of rows a thread at 2056; measured on the 2-core development
+    /// machine against the crate's own threading:
     /// - rows at 2056 rows (batch 8), on all eight ViT-S/14 and ViT-B/14 linear shapes by
     ///   2-11% (medians of 15 interleaved runs, twice), where they were level or slower at 257
     ///   and 514 rows;
     /// - columns at 257 and 514 rows (batch 1 and 2), on all eight shapes by up to 22% (the
-    ///   MLP's second layer) and 13% (the attention's projection): each thread packs only its
-    ///   part of the weight. At 2056 rows columns were level with rows per shape, and whole
-    ///   ViT-S/14 passes at batch 8 were slower in three of five interleaved pairs.
+    ///   MLP's second layer) and 13% (the attention's projection). At 2056 rows columns were
+    ///   level with rows per shape, and whole ViT-S/14 passes at batch 8 were slower in three
+    ///   of five interleaved pairs.
+    ///
+    /// With many threads and few rows (16 threads at batch 8: 2056 rows, where a column split
+    /// of ViT-B/14's 768 columns would have 12 tiles for 16 threads), the grid splits rows too
+    /// (4 x 4 blocks of 514 rows and 192 columns).
     fn choose(m: usize, k: usize, n: usize, threads: usize) -> Split {
-        let part = column_part(n, threads);
         if threads <= 1 || m * n * k < MIN_THREADED_PRODUCT {
-            Split::Whole
-        } else if m >= threads * MIN_ROWS_PER_THREAD {
-            Split::Rows(m.div_ceil(threads))
-        } else if part < n {
-            Split::Columns(part)
-        } else {
-            Split::Whole
+            return Split::Whole;
+        }
+        if m >= threads * MIN_ROWS_PER_THREAD {
+            return Split::Grid {
+                rows: m.div_ceil(threads),
+                cols: n,
+            };
+        }
+        let tiles = n.div_ceil(TILE);
+        let mut best = (usize::MAX, Split::Whole);
+        for row_parts in 1..=threads {
+            let rows = m.div_ceil(row_parts);
+            if row_parts > 1 && rows < MIN_ROWS_PER_BLOCK {
+                break;
+            }
+            let cols = tiles.div_ceil(threads.div_ceil(row_parts).min(tiles)) * TILE;
+            let blocks = m.div_ceil(rows) * n.div_ceil(cols);
+            let busiest = blocks.div_ceil(threads) * (rows + PACKING_ROWS) * cols.min(n);
+            if busiest < best.0 {
+                best = (busiest, Split::Grid { rows, cols });
+            }
+        }
+        match best.1 {
+            Split::Grid { rows, cols } if rows < m || cols < n => Split::Grid { rows, cols },
+            _ => Split::Whole,
         }
     }
 }
 
-/// Rows a thread must have before a product is split by rows (see [`Split::choose`]).
+/// Rows a thread must have before a product is split by rows alone (see [`Split::choose`]).
 const MIN_ROWS_PER_THREAD: usize = 512;
+
+/// Fewest rows of a block when the rows are split among blocks of columns.
+const MIN_ROWS_PER_BLOCK: usize = 16;
+
+/// What packing a block's part of the weight costs, counted as rows of its product: each
+/// weight element is read once (often from memory) to pack, where each row is k·cols
+/// multiply-adds at two 16-lane FMAs a cycle. About 32 rows' worth on the development machine
+/// (column splits at 257 rows beat a split that packs the whole weight on every thread by up
+/// to 22%).
+const PACKING_ROWS: usize = 32;
 
 /// Multiply-adds (`m·n·k`) below which a product stays on one thread: under ~1 MFLOP the
 /// threads cost more than they give.
 const MIN_THREADED_PRODUCT: usize = 1 << 18;
 
-/// Columns of the output each thread computes when split by columns: `n` split evenly, rounded
-/// up to whole micro-tiles of the `gemm` crate's AVX-512 kernel (64 columns).
-fn column_part(n: usize, threads: usize) -> usize {
-    const TILE: usize = 64;
-    n.div_ceil(threads.max(1)).div_ceil(TILE) * TILE
-}
+/// Columns of the `gemm` crate's AVX-512 micro-tiles: a block of columns is a multiple.
+const TILE: usize = 64;
 
 /// `y[m, n] (+)= x[m, k] · wᵀ[k, n]`, adding to `y` when `accumulate`, else overwriting it; `y`
 /// is `(pointer, row stride)`.
@@ -196,7 +221,6 @@ unsafe fn gemm_into(
     wt: *const f32,
     (wt_rs, wt_cs): (isize, isize),
     accumulate: bool,
-    parallelism: Parallelism,
 ) {
     debug_assert!(x.len() == m * k);
     gemm(
@@ -218,7 +242,7 @@ unsafe fn gemm_into(
         false,
         false,
         false,
-        parallelism,
+        Parallelism::None,
     );
 }
 
@@ -290,17 +314,51 @@ mod tests {
         }
     }
 
+    /// The linear layers' (k, n) of ViT-S/B/L/g: qkv, projection, the MLP's two layers
+    /// (ViT-g's SwiGLU: its input and output layers).
+    const VIT_SHAPES: [(usize, usize); 16] = [
+        (384, 1152),
+        (384, 384),
+        (384, 1536),
+        (1536, 384),
+        (768, 2304),
+        (768, 768),
+        (768, 3072),
+        (3072, 768),
+        (1024, 3072),
+        (1024, 1024),
+        (1024, 4096),
+        (4096, 1024),
+        (1536, 4608),
+        (1536, 1536),
+        (1536, 8192),
+        (4096, 1536),
+    ];
+
     #[test]
     fn split_products_equal_the_whole() {
-        // On two threads: a product split by columns (two parts, the last ragged) and one split
-        // by rows (a ragged last part); both weight layouts, with and without a bias.
-        let two = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        // Splits by columns (the last part ragged), by rows (a ragged last part) and both, on
+        // pools of 2 and 16 threads; both weight layouts, with and without a bias.
         let (k, n) = (70, 211);
-        for (m, split) in [(300, Split::Columns(128)), (1061, Split::Rows(531))] {
-            assert_eq!(Split::choose(m, k, n, 2), split);
+        for (m, threads, want_rows, want_cols) in [
+            (100, 2, 100, 128),
+            (1061, 2, 531, n),
+            (300, 16, 75, 64),
+            (40, 16, 20, 64),
+        ] {
+            let split = Split::choose(m, k, n, threads);
+            assert_eq!(
+                split,
+                Split::Grid {
+                    rows: want_rows,
+                    cols: want_cols
+                },
+                "{m} rows on {threads} threads"
+            );
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
             let wt: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
             let w = transpose(&wt, k, n);
@@ -315,10 +373,9 @@ mod tests {
                     wt.as_ptr(),
                     (n as isize, 1),
                     true,
-                    Parallelism::None,
                 )
             };
-            two.install(|| {
+            pool.install(|| {
                 assert_eq!(linear_kn(&x, m, k, &wt, n, Some(&b)), whole, "{split:?}");
                 assert_eq!(linear(&x, m, k, &w, n, Some(&b)), whole, "{split:?}");
                 let unbiased = linear_kn(&x, m, k, &wt, n, None);
@@ -329,29 +386,62 @@ mod tests {
     }
 
     #[test]
-    fn small_products_and_one_thread_stay_whole() {
-        assert_eq!(Split::choose(2056, 768, 3072, 1), Split::Whole);
-        assert_eq!(Split::choose(8, 8, 8, 2), Split::Whole);
-        // Too few columns for two parts.
-        assert_eq!(Split::choose(300, 1000, 64, 2), Split::Whole);
-        assert_eq!(Split::choose(257, 768, 3072, 2), Split::Columns(1536));
-        assert_eq!(Split::choose(2056, 768, 3072, 2), Split::Rows(1028));
+    fn two_threads_split_vit_shapes_as_measured() {
+        // One block of columns a thread at 257 and 514 rows, of rows at 2056: the choices
+        // measured on the 2-core development machine.
+        for (k, n) in VIT_SHAPES {
+            for m in [257, 514] {
+                let cols = n.div_ceil(2).div_ceil(TILE) * TILE;
+                assert_eq!(Split::choose(m, k, n, 2), Split::Grid { rows: m, cols });
+            }
+            assert_eq!(
+                Split::choose(2056, k, n, 2),
+                Split::Grid {
+                    rows: 1028,
+                    cols: n
+                }
+            );
+        }
     }
 
     #[test]
-    fn column_parts_are_whole_tiles_covering_the_output() {
-        assert_eq!(column_part(768, 2), 384);
-        assert_eq!(column_part(211, 2), 128);
-        assert_eq!(column_part(1000, 3), 384);
-        assert_eq!(column_part(64, 2), 64);
-        assert_eq!(column_part(10, 1), 64);
-        for (n, threads) in [(1000, 3), (211, 2), (3072, 2), (19, 4)] {
-            let part = column_part(n, threads);
-            assert!(
-                part % 64 == 0 && n.div_ceil(part) <= threads,
-                "{n} over {threads}"
-            );
+    fn many_threads_keep_every_thread_busy() {
+        // Where a split by columns alone would leave threads idle, rows are split too; the
+        // busiest thread has at most a quarter more than an even share of the product.
+        assert_eq!(
+            Split::choose(2056, 768, 768, 16),
+            Split::Grid {
+                rows: 514,
+                cols: 192
+            }
+        );
+        for threads in [4, 8, 16, 32] {
+            for (k, n) in VIT_SHAPES {
+                for m in [257, 2056, 4112] {
+                    let Split::Grid { rows, cols } = Split::choose(m, k, n, threads) else {
+                        panic!("{m} x {k} x {n} on {threads} threads: whole");
+                    };
+                    let blocks = m.div_ceil(rows) * n.div_ceil(cols);
+                    let busiest = blocks.div_ceil(threads) * rows * cols.min(n);
+                    let even = (m * n).div_ceil(threads);
+                    // At 257 rows a thread may hold one 64-column tile of a narrow product.
+                    let slack = if m < 1000 { 2.0 } else { 1.25 };
+                    assert!(
+                        busiest as f64 <= slack * even as f64,
+                        "{m} x {k} x {n} on {threads} threads: {rows} x {cols} blocks, \
+                         {busiest} against {even}"
+                    );
+                }
+            }
         }
+    }
+
+    #[test]
+    fn small_products_and_one_thread_stay_whole() {
+        assert_eq!(Split::choose(2056, 768, 3072, 1), Split::Whole);
+        assert_eq!(Split::choose(8, 8, 8, 2), Split::Whole);
+        // One column tile and too few rows to split.
+        assert_eq!(Split::choose(20, 20000, 64, 2), Split::Whole);
     }
 
     #[test]
