@@ -910,6 +910,23 @@ fn bench_times_several_copies_at_once() {
     }
 }
 
+/// On the CPU, `bench` measures the cores' f32 FMA ceiling first and reports each pass's
+/// share of it, where the vector unit has FMA (all but the baseline x86-64).
+#[test]
+fn bench_reports_the_share_of_the_measured_cpu_ceiling() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stdout, report) = bench_tiny(dir.path(), &["--batch-size", "1", "--repeats", "1"]);
+    let r = &report["results"][0];
+    if stdout.contains("vector_unit baseline") {
+        assert!(r["peak_tflop_per_s"].is_null(), "{r}");
+        return;
+    }
+    assert!(stdout.contains("f32 FMA ceiling"), "{stdout}");
+    assert_eq!(r["peak_source"], "measured f32 FMA loop", "{r}");
+    assert!(r["peak_tflop_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["ours"]["percent_of_peak"].as_f64().unwrap() > 0.0, "{r}");
+}
+
 /// A stand-in for the peer's Python (`--peer`): a shell script that ignores the peer script it
 /// is given and answers the `--alternate` protocol with `body` (its requests come on stdin).
 fn fake_peer(dir: &Path, body: &str) -> PathBuf {

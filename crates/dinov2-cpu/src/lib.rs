@@ -5,6 +5,7 @@
 
 mod activation;
 mod attention;
+mod ceiling;
 pub mod fastmath;
 mod matmul;
 mod norm;
@@ -16,6 +17,7 @@ mod tensor;
 
 pub use activation::{apply_activation, swiglu, Activation};
 pub use attention::attention;
+pub use ceiling::fma_ceiling;
 pub use matmul::{linear, linear_kn, matmul, transpose, View};
 pub use norm::layer_norm;
 pub use patch::im2col;

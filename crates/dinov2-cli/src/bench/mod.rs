@@ -8,15 +8,17 @@
 //! for the device). The peer times `model(pixel_values).pooler_output` followed by a device
 //! synchronization. Each side reports the median over the repeats, images per second, achieved
 //! FLOP/s (2 per multiply-add of the GEMMs, attention products and patch convolution), the share
-//! of the card's dense f16/bf16 tensor peak, and device memory as the driver's used-memory delta
+//! of the card's dense f16/bf16 tensor peak (on the CPU, of its f32 FMA ceiling measured at the
+//! start on the same threads), and device memory as the driver's used-memory delta
 //! during the passes (cached blocks released first: `torch.cuda.empty_cache()` for the peer).
 //! The peer runs all its passes before ours, or with `--alternate` in turn with ours
 //! ([`peer`]).
 
 use std::io::Write;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use dinov2::crates::cpu::fma_ceiling;
 use dinov2::{
     flops_per_image, released_json, Backend, Checkpoint, Dinov2, Dinov2Config, Dtype, OpTime,
     Pooling, Tensor,
@@ -28,6 +30,9 @@ use crate::embed_verb::Reopen;
 use crate::error::{CliError, Result};
 
 mod peer;
+
+/// How long the CPU's FMA ceiling is measured before a CPU bench.
+const CEILING_TIME: Duration = Duration::from_millis(300);
 
 /// Dense (no sparsity) f16/bf16 tensor-core peaks in TFLOP/s, by a substring of the device name
 /// as the driver reports it; the first match wins, so the more specific names come first.
@@ -338,10 +343,15 @@ where
     let device_name = be.device_name();
     let details = be.device_details();
     let on_gpu = !matches!(args.device, Device::Cpu);
-    let peak = if on_gpu && matches!(args.dtype, Dtype::F16 | Dtype::BF16) {
-        dense_f16_peak(&device_name)
+    // A card's dense f16/bf16 peak from its datasheet; on the CPU, its f32 FMA ceiling measured
+    // here on the bench's threads (in TFLOP/s, as both sides' rates).
+    let (peak, peak_source) = if on_gpu {
+        let peak =
+            dense_f16_peak(&device_name).filter(|_| matches!(args.dtype, Dtype::F16 | Dtype::BF16));
+        (peak, peak.map(|_| "datasheet dense f16/bf16"))
     } else {
-        None
+        let peak = fma_ceiling(CEILING_TIME).map(|gflop| gflop / 1e3);
+        (peak, peak.map(|_| "measured f32 FMA loop"))
     };
     let mut alternating = match (&args.peer, args.alternate) {
         (Some(python), true) => Some(peer::Alternating::start(python, config_json, args)?),
@@ -360,11 +370,15 @@ where
     let size = args.image_size;
     let gflop = flops_per_image(config, size, size) / 1e9;
     let threads = rayon::current_num_threads();
-    let card_peak = dense_f16_peak(&device_name)
-        .filter(|_| on_gpu)
-        .map_or(String::new(), |p| {
+    let card_peak = if on_gpu {
+        dense_f16_peak(&device_name).map_or(String::new(), |p| {
             format!("; dense f16/bf16 peak {p:.0} TFLOP/s")
-        });
+        })
+    } else {
+        peak.map_or(String::new(), |p| {
+            format!("; f32 FMA ceiling {:.0} GFLOP/s (measured)", p * 1e3)
+        })
+    };
     println!(
         "{name} on {device} ({device_name}, {threads} CPU threads), {} at {size}x{size}: \
          {gflop:.2} GFLOP/image{card_peak}",
@@ -498,7 +512,8 @@ where
         results.push(json!({
             "arch": name, "device": device, "device_name": device_name, "threads": threads,
             "dtype": args.dtype.to_string(), "batch": b, "image_size": size,
-            "gflop_per_image": gflop, "peak_tflop_per_s": peak, "pooling": "cls",
+            "gflop_per_image": gflop, "peak_tflop_per_s": peak, "peak_source": peak_source,
+            "pooling": "cls",
             "warmup": args.warmup, "repeats": args.repeats.max(1),
             "median_s": med, "images_per_s": ours.images_per_s,
             "ours": ours.json(),
