@@ -194,11 +194,11 @@ const MIN_ROWS_PER_THREAD: usize = 512;
 /// Fewest rows of a block when the rows are split among blocks of columns.
 const MIN_ROWS_PER_BLOCK: usize = 16;
 
-/// What packing a block's part of the weight costs, counted as rows of its product: each
-/// weight element is read once (often from memory) to pack, where each row is k·cols
-/// multiply-adds at two 16-lane FMAs a cycle. About 32 rows' worth on the development machine
-/// (column splits at 257 rows beat a split that packs the whole weight on every thread by up
-/// to 22%).
+/// What packing a block's part of the weight costs, counted as rows of its product: an
+/// estimate, not a fit. Packing reads each weight element once, often from memory, where a row
+/// of the product is k·cols multiply-adds at two 16-lane FMAs a cycle. On two threads no ViT
+/// shape's choice depends on it (a block of half the columns always beats one of half the
+/// rows); on more, it keeps the grid from splitting rows where that saves little.
 const PACKING_ROWS: usize = 32;
 
 /// Multiply-adds (`m·n·k`) below which a product stays on one thread: under ~1 MFLOP the
