@@ -58,31 +58,37 @@ pub fn fma_ceiling(time: Duration) -> Option<f64> {
 unsafe fn fma_steps(lanes: usize) {
     use std::arch::asm;
 
+    /// The loop over one register file: `$zero` clears `$a`, which then fills `$b` and the
+    /// twelve accumulators; each step is `acc = acc·a + b` for each.
+    macro_rules! fma_loop {
+        ($zero:tt, $a:tt, $b:tt, [$($acc:tt),+]) => {
+            asm!(
+                concat!($zero, " ", $a, ", ", $a, ", ", $a),
+                concat!("vmovaps ", $b, ", ", $a),
+                $(concat!("vmovaps ", $acc, ", ", $a),)+
+                "2:",
+                $(concat!("vfmadd213ps ", $acc, ", ", $a, ", ", $b),)+
+                "dec {n}",
+                "jnz 2b",
+                n = inout(reg) STEP => _,
+                out($a) _, out($b) _, $(out($acc) _,)+
+                options(nostack, nomem),
+            )
+        };
+    }
+
     #[target_feature(enable = "avx512f")]
     unsafe fn zmm() {
         // SAFETY: only the registers declared clobbered are written.
         unsafe {
-            asm!(
-                "vpxord zmm0, zmm0, zmm0",
-                "vmovaps zmm1, zmm0", "vmovaps zmm2, zmm0", "vmovaps zmm3, zmm0",
-                "vmovaps zmm4, zmm0", "vmovaps zmm5, zmm0", "vmovaps zmm6, zmm0",
-                "vmovaps zmm7, zmm0", "vmovaps zmm8, zmm0", "vmovaps zmm9, zmm0",
-                "vmovaps zmm10, zmm0", "vmovaps zmm11, zmm0", "vmovaps zmm12, zmm0",
-                "vmovaps zmm13, zmm0",
-                "2:",
-                "vfmadd213ps zmm0, zmm12, zmm13", "vfmadd213ps zmm1, zmm12, zmm13",
-                "vfmadd213ps zmm2, zmm12, zmm13", "vfmadd213ps zmm3, zmm12, zmm13",
-                "vfmadd213ps zmm4, zmm12, zmm13", "vfmadd213ps zmm5, zmm12, zmm13",
-                "vfmadd213ps zmm6, zmm12, zmm13", "vfmadd213ps zmm7, zmm12, zmm13",
-                "vfmadd213ps zmm8, zmm12, zmm13", "vfmadd213ps zmm9, zmm12, zmm13",
-                "vfmadd213ps zmm10, zmm12, zmm13", "vfmadd213ps zmm11, zmm12, zmm13",
-                "dec {n}",
-                "jnz 2b",
-                n = inout(reg) STEP => _,
-                out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
-                out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
-                out("zmm10") _, out("zmm11") _, out("zmm12") _, out("zmm13") _,
-                options(nostack, nomem),
+            fma_loop!(
+                "vpxord",
+                "zmm12",
+                "zmm13",
+                [
+                    "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7", "zmm8", "zmm9",
+                    "zmm10", "zmm11"
+                ]
             )
         }
     }
@@ -91,27 +97,14 @@ unsafe fn fma_steps(lanes: usize) {
     unsafe fn ymm() {
         // SAFETY: only the registers declared clobbered are written.
         unsafe {
-            asm!(
-                "vxorps ymm0, ymm0, ymm0",
-                "vmovaps ymm1, ymm0", "vmovaps ymm2, ymm0", "vmovaps ymm3, ymm0",
-                "vmovaps ymm4, ymm0", "vmovaps ymm5, ymm0", "vmovaps ymm6, ymm0",
-                "vmovaps ymm7, ymm0", "vmovaps ymm8, ymm0", "vmovaps ymm9, ymm0",
-                "vmovaps ymm10, ymm0", "vmovaps ymm11, ymm0", "vmovaps ymm12, ymm0",
-                "vmovaps ymm13, ymm0",
-                "2:",
-                "vfmadd213ps ymm0, ymm12, ymm13", "vfmadd213ps ymm1, ymm12, ymm13",
-                "vfmadd213ps ymm2, ymm12, ymm13", "vfmadd213ps ymm3, ymm12, ymm13",
-                "vfmadd213ps ymm4, ymm12, ymm13", "vfmadd213ps ymm5, ymm12, ymm13",
-                "vfmadd213ps ymm6, ymm12, ymm13", "vfmadd213ps ymm7, ymm12, ymm13",
-                "vfmadd213ps ymm8, ymm12, ymm13", "vfmadd213ps ymm9, ymm12, ymm13",
-                "vfmadd213ps ymm10, ymm12, ymm13", "vfmadd213ps ymm11, ymm12, ymm13",
-                "dec {n}",
-                "jnz 2b",
-                n = inout(reg) STEP => _,
-                out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _,
-                out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
-                out("ymm10") _, out("ymm11") _, out("ymm12") _, out("ymm13") _,
-                options(nostack, nomem),
+            fma_loop!(
+                "vxorps",
+                "ymm12",
+                "ymm13",
+                [
+                    "ymm0", "ymm1", "ymm2", "ymm3", "ymm4", "ymm5", "ymm6", "ymm7", "ymm8", "ymm9",
+                    "ymm10", "ymm11"
+                ]
             )
         }
     }
