@@ -3,11 +3,12 @@
 use rayon::prelude::*;
 
 use crate::fastmath::{scale_rows, softmax_numerators};
-use crate::matmul::{matmul, View};
+use crate::matmul::{matmul, View, GEMM_SMALL};
 use crate::shared_out::SharedOut;
 
-/// Query rows whose scores one task holds at once: all of them up to 512 tokens (1 MiB), else
-/// blocks of 256. Memory then grows with N, not N², at high resolution; and a block's scores
+/// How many blocks of query rows each image and head's attention runs in, each task holding
+/// the scores of one block. All rows at once up to 512 tokens (1 MiB of scores), else blocks of
+/// at most 256 rows. Memory then grows with N, not N², at high resolution; and a block's scores
 /// (1.4 MiB at 518 px) stay in the core's L2 between the softmax and P·V, where the whole
 /// square (7.5 MiB at 518 px) did not: attention at 1370 tokens ran 1.04-1.21x as fast with
 /// blocks of 256 as with the square (ViT-S/14's shapes; docs/PERFORMANCE.md, "High resolution
@@ -15,23 +16,31 @@ use crate::shared_out::SharedOut;
 ///
 /// Where the images' heads are fewer than two for each of `threads` (one image of ViT-S/14's 6
 /// heads on 16 threads), the rows are split further, down to [`MIN_BLOCK_ROWS`], so that every
-/// thread has work.
-fn rows_per_block(seq: usize, image_heads: usize, threads: usize) -> usize {
-    let cached = if seq <= 512 { seq.max(1) } else { 256 };
-    let blocks = (2 * threads).div_ceil(image_heads.max(1));
-    cached.min(seq.div_ceil(blocks).max(MIN_BLOCK_ROWS))
+/// thread has work. The blocks are even ([`block_rows`]).
+fn row_blocks(seq: usize, image_heads: usize, threads: usize) -> usize {
+    let cached = if seq <= 512 { 1 } else { seq.div_ceil(256) };
+    let wanted = (2 * threads).div_ceil(image_heads.max(1));
+    cached.max(wanted.min(seq / MIN_BLOCK_ROWS)).max(1)
 }
 
-/// Fewest query rows of a block split for the threads' sake: each block multiplies by all of
-/// its head's keys and values, packed again for each block.
-const MIN_BLOCK_ROWS: usize = 32;
+/// Rows of block `i` of `blocks` over `seq` query rows: even blocks, the first ones a row longer
+/// where `seq` does not divide.
+fn block_rows(seq: usize, blocks: usize, i: usize) -> std::ops::Range<usize> {
+    i * seq / blocks..(i + 1) * seq / blocks
+}
+
+/// Fewest query rows of a block split for the threads' sake. Each block multiplies by all of its
+/// head's keys and values, packed again for each block; and a block of at most
+/// [`GEMM_SMALL`] rows would have its P·V (head dim ≤ 64 columns) rounded differently from a
+/// larger block's, so that the outputs would depend on the number of threads.
+const MIN_BLOCK_ROWS: usize = GEMM_SMALL + 1;
 
 /// Softmax attention for each image and head.
 ///
 /// `qkv` is `[B, N, 3·nh·d]`, each row `[q | k | v]`, head `j` at columns `j·d..(j+1)·d` of each
 /// part. Returns the heads' outputs concatenated, `[B, N, nh·d]`, and when `want_probs` the
 /// post-softmax probabilities `[B, nh, N, N]`. Scores are `q·kᵀ·scale`; the softmax subtracts the
-/// row maximum (scale > 0). Without probabilities, each task holds the scores of
+/// row maximum (scale > 0). Without probabilities, each task holds the scores of at most
 /// 256 query rows at a time beyond 512 tokens.
 pub fn attention(
     qkv: &[f32],
@@ -55,7 +64,7 @@ pub fn attention(
         Vec::new()
     };
     let out_ptr = SharedOut::new(out.as_mut_ptr());
-    let block = rows_per_block(seq, batch * heads, rayon::current_num_threads());
+    let blocks = row_blocks(seq, batch * heads, rayon::current_num_threads());
     // One image and head, query rows `row0..row0 + rows`: `scores` holds their `rows x seq`.
     let task = |index: usize, row0: usize, rows: usize, scores: &mut [f32]| {
         let (b, head) = (index / heads, index % heads);
@@ -129,12 +138,11 @@ pub fn attention(
             .enumerate()
             .for_each(|(index, scores)| task(index, 0, seq, scores));
     } else {
-        let blocks = seq.div_ceil(block);
         (0..batch * heads * blocks).into_par_iter().for_each_init(
-            || vec![0.0f32; block * seq],
+            || vec![0.0f32; seq.div_ceil(blocks) * seq],
             |scores, i| {
-                let row0 = (i % blocks) * block;
-                task(i / blocks, row0, block.min(seq - row0), scores)
+                let rows = block_rows(seq, blocks, i % blocks);
+                task(i / blocks, rows.start, rows.len(), scores)
             },
         );
     }
@@ -188,10 +196,12 @@ mod tests {
 
     #[test]
     fn long_sequences_run_in_row_blocks_with_the_same_results() {
-        // 2300 tokens: blocks of 256 query rows, the last one 252.
+        // 2300 tokens: 9 blocks of 255 or 256 query rows.
         let (b, n, nh, d) = (1, 2300, 2, 8);
-        assert_eq!(rows_per_block(n, 2, 1), 256);
-        assert_eq!(rows_per_block(512, 2, 1), 512);
+        assert_eq!(row_blocks(n, 2, 1), 9);
+        assert_eq!(row_blocks(512, 2, 1), 1);
+        assert_eq!(block_rows(n, 9, 0), 0..255);
+        assert_eq!(block_rows(n, 9, 8), 2044..2300);
         let qkv: Vec<f32> = (0..b * n * 3 * nh * d)
             .map(|i| ((i * 7919) % 97) as f32 / 40.0 - 1.2)
             .collect();
@@ -212,7 +222,7 @@ mod tests {
             qkv[t * 3 * h + part * h + head * d + c] as f64
         };
         for head in 0..nh {
-            for i in [0, 255, 256, 511, 512, 1500, 2047, 2048, 2299] {
+            for i in [0, 254, 255, 510, 511, 1500, 2043, 2044, 2299] {
                 let sc: Vec<f64> = (0..n)
                     .map(|j| {
                         (0..d)
@@ -239,13 +249,22 @@ mod tests {
 
     #[test]
     fn many_threads_split_the_rows_with_the_same_results() {
-        // One image of 6 heads on 16 threads: blocks of 43 rows, down to 32 rows.
-        assert_eq!(rows_per_block(257, 6, 16), 43);
-        assert_eq!(rows_per_block(257, 6, 2), 257);
-        assert_eq!(rows_per_block(257, 96, 16), 257);
-        assert_eq!(rows_per_block(1370, 6, 16), 229);
-        assert_eq!(rows_per_block(257, 1, 64), 32);
-        let (b, n, nh, d) = (1, 257, 6, 16);
+        // One image of 6 heads on 16 threads: blocks of 85 or 86 rows (3); never under 65.
+        assert_eq!(row_blocks(257, 6, 16), 3);
+        assert_eq!(row_blocks(257, 6, 2), 1);
+        assert_eq!(row_blocks(257, 96, 16), 1);
+        assert_eq!(row_blocks(1370, 6, 16), 6);
+        assert_eq!(row_blocks(1370, 1, 64), 21);
+        assert_eq!(row_blocks(60, 1, 64), 1);
+        for (seq, blocks) in [(257, 3), (1370, 21), (130, 2)] {
+            let sizes: Vec<usize> = (0..blocks)
+                .map(|i| block_rows(seq, blocks, i).len())
+                .collect();
+            assert_eq!(sizes.iter().sum::<usize>(), seq);
+            assert!(sizes.iter().all(|&r| r > GEMM_SMALL), "{seq}: {sizes:?}");
+        }
+        // Head dim 64 and 600 keys: P·V is a product of at most 64 columns with k > 512.
+        let (b, n, nh, d) = (1, 600, 2, 64);
         let qkv: Vec<f32> = (0..b * n * 3 * nh * d)
             .map(|i| ((i * 7919) % 97) as f32 / 40.0 - 1.2)
             .collect();

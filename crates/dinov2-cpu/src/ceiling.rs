@@ -20,8 +20,8 @@ const WINDOWS: u32 = 6;
 
 /// f32 GFLOP/s (2 per multiply-add) of every thread of the current rayon pool running
 /// independent vector FMAs at once, with the widest vector unit ([`VectorUnit::detect`]): the
-/// fastest of [`WINDOWS`] windows that take `time` together. `None` where that unit has no FMA
-/// (the baseline).
+/// fastest of six windows that take `time` together (a neighbour's load can only slow a window
+/// down). `None` where that unit has no FMA (the baseline).
 pub fn fma_ceiling(time: Duration) -> Option<f64> {
     let lanes = match VectorUnit::detect() {
         VectorUnit::Avx512 => 16,

@@ -6,6 +6,18 @@ use std::ops::Range;
 
 use crate::shared_out::SharedOut;
 
+/// The `gemm` crate's own threading for a product left whole ([`Split::Whole`]): it shares
+/// the output's tiles among the threads within one blocking of k, so its values are the
+/// single-threaded ones (checked bit for bit on ViT shapes of 5 to 64 rows).
+fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
+    let threads = rayon::current_num_threads();
+    if threads > 1 && m * n * k >= MIN_THREADED_PRODUCT {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    }
+}
+
 /// `y = x · wᵀ + b` for a torch `nn.Linear`: `x` is `[m, k]`, `w` is `[n, k]` (row-major, as
 /// stored), `b` is `[n]`; returns `[m, n]`. For a weight used many times, [`transpose`] it once
 /// and call [`linear_kn`]: the same values, without repacking the weight at every call.
@@ -73,7 +85,7 @@ fn product(
     // the bias in every row, and the product is added to it; without a bias, the product
     // overwrites zeros. Each thread fills its own block right before its product, so the
     // filling is shared and the block is still in cache when the product reads it.
-    let block = |rows: Range<usize>, cols: Range<usize>| {
+    let block = |rows: Range<usize>, cols: Range<usize>, parallelism| {
         // SAFETY: all three buffers are live and sized as checked above: rows and cols lie
         // within [0, m) and [0, n), so every element the strides address from column
         // cols.start of wᵀ lies in `wt` (k·n values) and every element of y written lies in
@@ -88,20 +100,20 @@ fn product(
                 wt.as_ptr().offset(cols.start as isize * wt_cs),
                 (wt_rs, wt_cs),
                 b.is_some(),
+                parallelism,
             )
         }
     };
     match Split::choose(m, k, n, rayon::current_num_threads()) {
-        Split::Grid { rows, cols } => {
+        Split::Grid { row_parts, cols } => {
             let col_parts = n.div_ceil(cols);
-            (0..m.div_ceil(rows) * col_parts)
-                .into_par_iter()
-                .for_each(|p| {
-                    let (r, c) = (p / col_parts * rows, p % col_parts * cols);
-                    block(r..m.min(r + rows), c..n.min(c + cols))
-                })
+            (0..row_parts * col_parts).into_par_iter().for_each(|p| {
+                let (r, c) = (p / col_parts, p % col_parts * cols);
+                let rows = r * m / row_parts..(r + 1) * m / row_parts;
+                block(rows, c..n.min(c + cols), Parallelism::None)
+            })
         }
-        Split::Whole => block(0..m, 0..n),
+        Split::Whole => block(0..m, 0..n, parallelism(m, n, k)),
     }
     // SAFETY: the blocks of every split cover all m·n elements, and each block's fill wrote
     // all of its own.
@@ -130,18 +142,22 @@ unsafe fn fill(y: SharedOut, n: usize, rows: Range<usize>, cols: Range<usize>, b
 /// along k, and so each element's order of summation, depends on k alone.
 #[derive(Debug, PartialEq)]
 enum Split {
-    /// Blocks of this many rows and columns (the last ones in each direction ragged).
-    Grid { rows: usize, cols: usize },
-    /// One single-threaded call for the whole product.
+    /// The rows in `row_parts` even parts (sizes differing by at most one), the columns in
+    /// blocks of `cols` (the last one ragged).
+    Grid { row_parts: usize, cols: usize },
+    /// One call for the whole product, threaded inside the `gemm` crate where it is large.
     Whole,
 }
 
 impl Split {
-    /// - Enough rows (at least [`MIN_ROWS_PER_THREAD`] a thread): one block of rows a thread.
+    /// - Enough rows (at least [`MIN_ROWS_PER_THREAD`] a thread): one part of the rows a thread.
     /// - Fewer: the columns in whole micro-tiles of the crate's kernel, and the rows as well
     ///   where there are fewer tiles than threads; of those grids, the one whose busiest thread
     ///   has the least to do, counting [`PACKING_ROWS`] rows a block for packing its part of
     ///   the weight, and of equals the fewest row parts.
+    ///
+    /// Every block has more than [`GEMM_SMALL`] rows, or the whole product is one block, so that
+    /// the values do not depend on the split (see there).
     ///
     /// On two threads that is one block of columns a thread for ViT-S/B/L/g's shapes at 257 and
     /// 514 rows, and one block of rows a thread at 2056; measured on the 2-core development
@@ -158,41 +174,47 @@ impl Split {
     /// of ViT-B/14's 768 columns would have 12 tiles for 16 threads), the grid splits rows too
     /// (4 x 4 blocks of 514 rows and 192 columns).
     fn choose(m: usize, k: usize, n: usize, threads: usize) -> Split {
-        if threads <= 1 || m * n * k < MIN_THREADED_PRODUCT {
+        if threads <= 1 || m * n * k < MIN_THREADED_PRODUCT || m <= GEMM_SMALL {
             return Split::Whole;
         }
         if m >= threads * MIN_ROWS_PER_THREAD {
             return Split::Grid {
-                rows: m.div_ceil(threads),
+                row_parts: threads,
                 cols: n,
             };
         }
         let tiles = n.div_ceil(TILE);
         let mut best = (usize::MAX, Split::Whole);
         for row_parts in 1..=threads {
-            let rows = m.div_ceil(row_parts);
-            if row_parts > 1 && rows < MIN_ROWS_PER_BLOCK {
+            if row_parts > 1 && m / row_parts <= GEMM_SMALL {
                 break;
             }
             let cols = tiles.div_ceil(threads.div_ceil(row_parts).min(tiles)) * TILE;
-            let blocks = m.div_ceil(rows) * n.div_ceil(cols);
+            let blocks = row_parts * n.div_ceil(cols);
+            let rows = m.div_ceil(row_parts);
             let busiest = blocks.div_ceil(threads) * (rows + PACKING_ROWS) * cols.min(n);
             if busiest < best.0 {
-                best = (busiest, Split::Grid { rows, cols });
+                best = (busiest, Split::Grid { row_parts, cols });
             }
         }
         match best.1 {
-            Split::Grid { rows, cols } if rows < m || cols < n => Split::Grid { rows, cols },
+            Split::Grid { row_parts, cols } if row_parts > 1 || cols < n => {
+                Split::Grid { row_parts, cols }
+            }
             _ => Split::Whole,
         }
     }
 }
 
+/// The largest products (rows and columns of the output both at most this) that the `gemm`
+/// crate runs through its small-matrix path, which blocks k in fixed steps of 512 where its
+/// other products split k into even blocks (k = 588: 512 + 76 against 294 + 294). A block that
+/// small would round its sums differently from the same rows of the whole product; so no split
+/// makes one, and the values stay the same whatever the number of threads.
+pub(crate) const GEMM_SMALL: usize = 64;
+
 /// Rows a thread must have before a product is split by rows alone (see [`Split::choose`]).
 const MIN_ROWS_PER_THREAD: usize = 512;
-
-/// Fewest rows of a block when the rows are split among blocks of columns.
-const MIN_ROWS_PER_BLOCK: usize = 16;
 
 /// What packing a block's part of the weight costs, counted as rows of its product: an
 /// estimate, not a fit. Packing reads each weight element once, often from memory, where a row
@@ -221,6 +243,7 @@ unsafe fn gemm_into(
     wt: *const f32,
     (wt_rs, wt_cs): (isize, isize),
     accumulate: bool,
+    parallelism: Parallelism,
 ) {
     debug_assert!(x.len() == m * k);
     gemm(
@@ -242,7 +265,7 @@ unsafe fn gemm_into(
         false,
         false,
         false,
-        Parallelism::None,
+        parallelism,
     );
 }
 
@@ -337,22 +360,49 @@ mod tests {
 
     #[test]
     fn split_products_equal_the_whole() {
-        // Splits by columns (the last part ragged), by rows (a ragged last part) and both, on
-        // pools of 2 and 16 threads; both weight layouts, with and without a bias.
-        let (k, n) = (70, 211);
-        for (m, threads, want_rows, want_cols) in [
-            (100, 2, 100, 128),
-            (1061, 2, 531, n),
-            (300, 16, 75, 64),
-            (40, 16, 20, 64),
-        ] {
-            let split = Split::choose(m, k, n, threads);
-            assert_eq!(
-                split,
+        // Splits by columns (the last part ragged), by rows (uneven parts) and both, on pools of
+        // 2 and 16 threads, and a product of few rows left whole; both weight layouts, with and
+        // without a bias. k = 588 (the patch embedding's) is past the 512 at which the crate's
+        // small-matrix path would block k differently from the whole.
+        let (k, n) = (588, 211);
+        for (m, threads, split) in [
+            (
+                100,
+                2,
                 Split::Grid {
-                    rows: want_rows,
-                    cols: want_cols
+                    row_parts: 1,
+                    cols: 128,
                 },
+            ),
+            (
+                1061,
+                2,
+                Split::Grid {
+                    row_parts: 2,
+                    cols: n,
+                },
+            ),
+            (
+                300,
+                16,
+                Split::Grid {
+                    row_parts: 4,
+                    cols: 64,
+                },
+            ),
+            (
+                130,
+                16,
+                Split::Grid {
+                    row_parts: 2,
+                    cols: 64,
+                },
+            ),
+            (40, 16, Split::Whole),
+        ] {
+            assert_eq!(
+                Split::choose(m, k, n, threads),
+                split,
                 "{m} rows on {threads} threads"
             );
             let pool = rayon::ThreadPoolBuilder::new()
@@ -363,24 +413,29 @@ mod tests {
             let wt: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
             let w = transpose(&wt, k, n);
             let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.25 - 2.0).collect();
-            let mut whole: Vec<f32> = (0..m).flat_map(|_| b.iter().copied()).collect();
-            // SAFETY: sizes as the product's.
-            unsafe {
-                gemm_into(
-                    (m, k, n),
-                    (whole.as_mut_ptr(), n),
-                    &x,
-                    wt.as_ptr(),
-                    (n as isize, 1),
-                    true,
-                )
+            // The whole product in one single-threaded call: into the bias, and over NaNs
+            // (which an unbiased product must overwrite).
+            let whole_into = |mut y: Vec<f32>, accumulate| {
+                // SAFETY: sizes as the product's.
+                unsafe {
+                    gemm_into(
+                        (m, k, n),
+                        (y.as_mut_ptr(), n),
+                        &x,
+                        wt.as_ptr(),
+                        (n as isize, 1),
+                        accumulate,
+                        Parallelism::None,
+                    )
+                };
+                y
             };
+            let whole = whole_into((0..m).flat_map(|_| b.iter().copied()).collect(), true);
+            let unbiased = whole_into(vec![f32::NAN; m * n], false);
             pool.install(|| {
                 assert_eq!(linear_kn(&x, m, k, &wt, n, Some(&b)), whole, "{split:?}");
                 assert_eq!(linear(&x, m, k, &w, n, Some(&b)), whole, "{split:?}");
-                let unbiased = linear_kn(&x, m, k, &wt, n, None);
-                let want = linear_kn(&x[..k], 1, k, &wt, n, None);
-                assert_eq!(unbiased[..n], want[..], "{split:?}");
+                assert_eq!(linear_kn(&x, m, k, &wt, n, None), unbiased, "{split:?}");
             });
         }
     }
@@ -392,12 +447,15 @@ mod tests {
         for (k, n) in VIT_SHAPES {
             for m in [257, 514] {
                 let cols = n.div_ceil(2).div_ceil(TILE) * TILE;
-                assert_eq!(Split::choose(m, k, n, 2), Split::Grid { rows: m, cols });
+                assert_eq!(
+                    Split::choose(m, k, n, 2),
+                    Split::Grid { row_parts: 1, cols }
+                );
             }
             assert_eq!(
                 Split::choose(2056, k, n, 2),
                 Split::Grid {
-                    rows: 1028,
+                    row_parts: 2,
                     cols: n
                 }
             );
@@ -411,24 +469,26 @@ mod tests {
         assert_eq!(
             Split::choose(2056, 768, 768, 16),
             Split::Grid {
-                rows: 514,
+                row_parts: 4,
                 cols: 192
             }
         );
         for threads in [4, 8, 16, 32] {
             for (k, n) in VIT_SHAPES {
                 for m in [257, 2056, 4112] {
-                    let Split::Grid { rows, cols } = Split::choose(m, k, n, threads) else {
+                    let Split::Grid { row_parts, cols } = Split::choose(m, k, n, threads) else {
                         panic!("{m} x {k} x {n} on {threads} threads: whole");
                     };
-                    let blocks = m.div_ceil(rows) * n.div_ceil(cols);
+                    let rows = m.div_ceil(row_parts);
+                    assert!(m / row_parts > GEMM_SMALL, "{m} rows in {row_parts}");
+                    let blocks = row_parts * n.div_ceil(cols);
                     let busiest = blocks.div_ceil(threads) * rows * cols.min(n);
                     let even = (m * n).div_ceil(threads);
                     // At 257 rows a thread may hold one 64-column tile of a narrow product.
                     let slack = if m < 1000 { 2.0 } else { 1.25 };
                     assert!(
                         busiest as f64 <= slack * even as f64,
-                        "{m} x {k} x {n} on {threads} threads: {rows} x {cols} blocks, \
+                        "{m} x {k} x {n} on {threads} threads: {row_parts} x {cols} blocks, \
                          {busiest} against {even}"
                     );
                 }
