@@ -20,11 +20,11 @@ use crate::shared_out::SharedOut;
 fn row_blocks(seq: usize, image_heads: usize, threads: usize) -> usize {
     let cached = if seq <= 512 { 1 } else { seq.div_ceil(256) };
     let wanted = (2 * threads).div_ceil(image_heads.max(1));
-    cached.max(wanted.min(seq / MIN_BLOCK_ROWS)).max(1)
+    cached.max(wanted.min(seq / MIN_BLOCK_ROWS))
 }
 
-/// Rows of block `i` of `blocks` over `seq` query rows: even blocks, the first ones a row longer
-/// where `seq` does not divide.
+/// Rows of block `i` of `blocks` over `seq` query rows: even blocks, some a row longer than
+/// others where `blocks` does not divide `seq`.
 fn block_rows(seq: usize, blocks: usize, i: usize) -> std::ops::Range<usize> {
     i * seq / blocks..(i + 1) * seq / blocks
 }

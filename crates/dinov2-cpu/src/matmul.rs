@@ -198,10 +198,8 @@ impl Split {
             }
         }
         match best.1 {
-            Split::Grid { row_parts, cols } if row_parts > 1 || cols < n => {
-                Split::Grid { row_parts, cols }
-            }
-            _ => Split::Whole,
+            Split::Grid { row_parts: 1, cols } if cols >= n => Split::Whole,
+            split => split,
         }
     }
 }
