@@ -92,9 +92,11 @@ impl Drop for Traced {
 /// 3. a second capture hands out those ranges of one arena, logging again; the recording is kept
 ///    only if its log equals the trace, so every buffer had the lifetime the plan assumed.
 ///
-/// The arena of a device is shared by its recordings while large enough: their replays run one
-/// after another on the device's one stream, and nothing outside a replay reads its
-/// intermediates.
+/// The arena of a device is shared by its recordings: their replays run one after another on
+/// the device's one stream, and nothing outside a replay reads its intermediates. A recording
+/// too large for it gets a new, larger arena, and the recordings on the old one are then not
+/// current ([`crate::Device::recording_is_current`]): the model records them again into the
+/// new one, so that the old one's memory goes back instead of adding to the new one's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryPlan {
     /// The capture the plan is for.

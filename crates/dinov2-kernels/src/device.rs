@@ -17,6 +17,7 @@ use crate::artifacts::ARTIFACTS;
 use crate::buffer::{Buffer, DType, Memory};
 use crate::error::{DriverContext, KernelError, Result};
 use crate::gemm::{Blas, GEMM_SWITCH};
+use crate::graph::Graph;
 use crate::hopper_gemm::OwnGemmState;
 use crate::ops::AttentionChoice;
 
@@ -376,16 +377,12 @@ impl Device {
     /// caching allocator), with that of destroyed CUDA graphs, so that a used-memory delta
     /// measures one workload.
     pub fn release_cached_memory(&self) -> Result<()> {
-        self.synchronize()?;
-        let Some(pool) = self.default_pool()? else {
+        let Some(pool) = self.trim_pool()? else {
             return Ok(());
         };
-        // SAFETY: every block freed on our stream has completed (synchronized above). The graph
-        // trim returns the memory of graphs destroyed so far (live graphs keep theirs).
+        // SAFETY: the pool was trimmed after a synchronization. The graph trim returns the
+        // memory of graphs destroyed so far (live graphs keep theirs).
         unsafe {
-            dsys::cuMemPoolTrimTo(pool, 0)
-                .result()
-                .ctx(|| "trimming the memory pool".into())?;
             dsys::cuDeviceGraphMemTrim(self.ctx.cu_device())
                 .result()
                 .ctx(|| "trimming the CUDA graph memory".into())?;
@@ -411,6 +408,20 @@ impl Device {
 
     /// The device's default memory pool, the stream-ordered allocator's, with the context
     /// current on this thread; `None` where the driver lacks stream-ordered allocation.
+    /// Waits for the queued work, then hands the stream's pool's cached memory (freed blocks
+    /// kept for reuse) back to the driver. Returns the pool, `None` without one.
+    fn trim_pool(&self) -> Result<Option<dsys::CUmemoryPool>> {
+        self.synchronize()?;
+        let Some(pool) = self.default_pool()? else {
+            return Ok(None);
+        };
+        // SAFETY: every block freed on our stream has completed (synchronized above).
+        unsafe { dsys::cuMemPoolTrimTo(pool, 0) }
+            .result()
+            .ctx(|| "trimming the memory pool".into())?;
+        Ok(Some(pool))
+    }
+
     fn default_pool(&self) -> Result<Option<dsys::CUmemoryPool>> {
         if !self.ctx.has_async_alloc() {
             return Ok(None);
@@ -517,19 +528,39 @@ impl Device {
         Ok(Memory::Own(data))
     }
 
-    /// The arena for `plan`: the live one if it is large enough, else a new one, which later
-    /// recordings share.
+    /// The arena for `plan`: the live one if it is large enough, else a new one, at least as
+    /// large as the live one, which later recordings share. The recordings on the outgrown one
+    /// are then no longer current ([`Device::recording_is_current`]).
+    ///
+    /// Before a new arena is made, the stream's pool hands its cached memory back to the driver
+    /// (the eager pass just before a recording left its whole peak there): the arena is one
+    /// block, larger than any the pool freed, so it needs memory of its own.
     pub(crate) fn arena_for(&self, plan: &MemoryPlan) -> Result<Arc<Arena>> {
         let mut shared = self
             .arena
             .lock()
             .map_err(|_| KernelError::Unsupported("arena state poisoned by a panic".into()))?;
-        if let Some(arena) = shared.upgrade().filter(|a| a.bytes() >= plan.bytes()) {
-            return Ok(arena);
+        let live = shared.upgrade();
+        if let Some(arena) = live.as_ref().filter(|a| a.bytes() >= plan.bytes()) {
+            return Ok(arena.clone());
         }
-        let arena = Arc::new(Arena::new(&self.stream, plan.bytes())?);
+        let bytes = live.map_or(0, |a| a.bytes()).max(plan.bytes());
+        // Best effort: an untrimmed pool only makes the allocation likelier to fail.
+        let _ = self.trim_pool();
+        let arena = Arc::new(Arena::new(&self.stream, bytes)?);
         *shared = Arc::downgrade(&arena);
         Ok(arena)
+    }
+
+    /// False when `graph`'s buffers are ranges of an arena that a larger one has replaced as
+    /// the device's (a later recording did not fit it): that recording keeps the old arena's
+    /// memory alive beside the new one's, where recorded again it would share the new one.
+    /// Recordings without planned memory, and any while no arena lives, are current.
+    pub fn recording_is_current(&self, graph: &Graph) -> bool {
+        let (Some(arena), Ok(live)) = (graph.arena(), self.arena.lock()) else {
+            return true;
+        };
+        live.upgrade().is_none_or(|live| Arc::ptr_eq(&live, arena))
     }
 
     /// Bytes of the live recording arena (0 when none lives).

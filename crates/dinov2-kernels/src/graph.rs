@@ -30,7 +30,14 @@ use crate::error::{DriverContext, KernelError, Result};
 pub struct Graph {
     graph: CudaGraph,
     /// The arena its buffers are ranges of, when its memory was planned.
-    _arena: Option<Arc<Arena>>,
+    arena: Option<Arc<Arena>>,
+}
+
+impl Graph {
+    /// The arena its buffers are ranges of, when its memory was planned.
+    pub(crate) fn arena(&self) -> Option<&Arc<Arena>> {
+        self.arena.as_ref()
+    }
 }
 
 /// Where the buffers that a recording allocates live.
@@ -180,10 +187,7 @@ impl Recorder<'_> {
             Placement::Planned { arena, .. } => Some(arena),
             _ => None,
         };
-        Ok(Graph {
-            graph,
-            _arena: arena,
-        })
+        Ok(Graph { graph, arena })
     }
 
     /// Ends a [`RecordingMemory::Traced`] capture and plans the memory of the same work

@@ -525,7 +525,7 @@ impl Device {
         let (Some(act), Some(tile)) = (act_name(act), self.folded_gemm(n, k)) else {
             return Ok(false);
         };
-        if m == 0 || i32::try_from(parts).is_err() {
+        if m == 0 || n == 0 || i32::try_from(parts).is_err() {
             return Ok(false);
         }
         let out = OwnOut::Folded { y, norm, colsum };

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use dinov2_cpu as cpu;
 use dinov2_kernels::{
-    Act, Buffer, DType, Device, GemmPath, OwnGemm, OwnTile, RecordingMemory, RowStats,
+    Act, Buffer, DType, Device, GemmPath, Graph, OwnGemm, OwnTile, RecordingMemory, RowStats,
     STATS_COLUMNS,
 };
 use half::{bf16, f16};
@@ -184,7 +184,14 @@ fn residual_gemm_matches_the_two_passes() {
     }
     let ones = |n: usize| upload(&dev, &vec![1.0; n], &[n], DType::F32);
     for tile in [OwnTile::PingPong, OwnTile::PingPong2] {
-        for (m, n, k) in [(300, 384, 1536), (1031, 768, 3072), (130, 1536, 4096)] {
+        // (4100, 768, 1536): 198 tiles (102 units of the cluster kernel), more than the SMs,
+        // so that both consumer warpgroups of a block take turns.
+        for (m, n, k) in [
+            (300, 384, 1536),
+            (1031, 768, 3072),
+            (130, 1536, 4096),
+            (4100, 768, 1536),
+        ] {
             for dtype in [DType::F16, DType::BF16] {
                 let x = round(&random(m * k, 51, 1.0), dtype);
                 let w = round(&random(n * k, 52, (3.0 / k as f32).sqrt()), dtype);
@@ -270,6 +277,9 @@ fn folded_layer_norm_matches_the_norm_then_the_product() {
         (300, 1152, 384, Act::Identity),
         (259, 3072, 768, Act::Gelu),
         (130, 2048, 1536, Act::Identity),
+        // 198 tiles (102 units of the cluster kernel), more than the SMs: both consumer
+        // warpgroups of a block take turns, with their own row statistics.
+        (4100, 768, 384, Act::Identity),
     ] {
         for dtype in [DType::F16, DType::BF16] {
             let mut x = random(m * k, 61, 2.0);
@@ -1277,7 +1287,7 @@ fn a_recorded_graph_replays_on_new_inputs() {
             run(&input, &mut output);
             let plan = tracer.plan().unwrap();
             // x16 (2960 bytes) and y (1776), alive together, each aligned to 256 bytes.
-            assert_eq!((plan.buffers(), plan.bytes()), (2, 3072 + 2048));
+            assert_eq!((plan.buffers(), plan.bytes()), (2, 3072 + 1792));
             RecordingMemory::Planned(Arc::new(plan))
         } else {
             RecordingMemory::Graph
@@ -1286,8 +1296,9 @@ fn a_recorded_graph_replays_on_new_inputs() {
         run(&input, &mut output);
         let graph = recorder.finish().unwrap();
         if planned {
-            assert_eq!(dev.arena_bytes(), 3072 + 2048);
+            assert_eq!(dev.arena_bytes(), 3072 + 1792);
         }
+        assert!(dev.recording_is_current(&graph));
         for seed in 10..13 {
             let values = random(rows * k, seed, 1.0);
             dev.upload_into(&values, &mut input).unwrap();
@@ -1306,6 +1317,72 @@ fn a_recorded_graph_replays_on_new_inputs() {
         // The arena goes with the last recording using it.
         assert_eq!(dev.arena_bytes(), 0);
     }
+}
+
+/// A planned recording too large for the live arena gets a larger one; the recording on the
+/// smaller arena is then no longer current (the model records it again), and the smaller
+/// arena's memory goes with it. Both replay correctly meanwhile.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn a_larger_recording_replaces_the_arena() {
+    let dev = device();
+    let (n, k) = (24, 40);
+    let w = upload(&dev, &random(n * k, 1, 0.5), &[n, k], DType::F16);
+    let run = |x: &Buffer, out: &mut Buffer, rows: usize| {
+        let mut y = dev.alloc(DType::F16, &[rows, n]).unwrap();
+        dev.linear(x, &w, None, &mut y, (rows, n, k)).unwrap();
+        dev.cast(&y, out).unwrap();
+    };
+    // The recording, its input (which it reads at every replay, so kept), output and the
+    // eager pass's result.
+    let record = |rows: usize| {
+        let x = upload(&dev, &random(rows * k, 3, 1.0), &[rows, k], DType::F16);
+        let mut out = poisoned(&dev, DType::F32, &[rows, n]);
+        run(&x, &mut out, rows);
+        let want = dev.download(&out).unwrap();
+        let tracer = dev.begin_recording(RecordingMemory::Traced).unwrap();
+        run(&x, &mut out, rows);
+        let plan = tracer.plan().unwrap();
+        let recorder = dev
+            .begin_recording(RecordingMemory::Planned(Arc::new(plan)))
+            .unwrap();
+        run(&x, &mut out, rows);
+        (recorder.finish().unwrap(), x, out, want)
+    };
+    let check = |graph: &Graph, out: &mut Buffer, want: &[f32], what: &str| {
+        dev.poison(out).unwrap();
+        dev.replay(graph).unwrap();
+        assert_eq!(dev.download(out).unwrap(), want, "{what}");
+    };
+    // y: 37 x 24 f16 = 1776 bytes, one range of 1792 (256-byte aligned); then 300 rows:
+    // 14400 -> 14592.
+    let (small, _small_x, mut small_out, small_want) = record(37);
+    assert_eq!(dev.arena_bytes(), 1792);
+    assert!(dev.recording_is_current(&small));
+    let (large, _large_x, mut large_out, large_want) = record(300);
+    assert_eq!(dev.arena_bytes(), 14592);
+    assert!(!dev.recording_is_current(&small));
+    assert!(dev.recording_is_current(&large));
+    check(
+        &small,
+        &mut small_out,
+        &small_want,
+        "the small recording on the old arena",
+    );
+    check(&large, &mut large_out, &large_want, "the large recording");
+    // Recorded again, the small one shares the large arena.
+    drop(small);
+    let (small, _small_x, mut small_out, small_want) = record(37);
+    assert!(dev.recording_is_current(&small));
+    assert_eq!(dev.arena_bytes(), 14592);
+    check(
+        &small,
+        &mut small_out,
+        &small_want,
+        "the small recording on the new arena",
+    );
+    drop((small, large));
+    assert_eq!(dev.arena_bytes(), 0);
 }
 
 #[test]

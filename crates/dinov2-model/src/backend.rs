@@ -142,6 +142,14 @@ pub trait Backend: Send + Sync {
     /// Queues the work of a recording again, on the tensors it recorded.
     fn replay(&self, recording: &Self::Recording) -> Result<()>;
 
+    /// False when `recording` holds memory that a later recording's has replaced (on CUDA, an
+    /// arena outgrown by a larger one): the model then drops it, and records it again, into
+    /// the memory the others share, when its shape comes back.
+    fn is_current(&self, recording: &Self::Recording) -> bool {
+        let _ = recording;
+        true
+    }
+
     /// A copy of `tensor` in memory of its own (never shared with `tensor`).
     fn duplicate(&self, tensor: &Self::Tensor) -> Result<Self::Tensor>;
 

@@ -724,6 +724,10 @@ impl Backend for CudaBackend {
         self.device.replay(graph).map_err(|e| self.err(e))
     }
 
+    fn is_current(&self, graph: &Graph) -> bool {
+        self.device.recording_is_current(graph)
+    }
+
     fn duplicate(&self, tensor: &CudaTensor) -> Result<CudaTensor> {
         let copy = self.device.copy(&tensor.buf).map_err(|e| self.err(e))?;
         Ok(CudaTensor::new(copy))

@@ -170,6 +170,20 @@ impl<R> Replays<R> {
         self.status.recorded += 1;
     }
 
+    /// Drops the recordings that are not `current` (holding memory that the others no longer
+    /// share, [`Backend::is_current`]); each competes again from its count, as an evicted one
+    /// does. That count starts from the passes that got it recorded, so it is recorded again
+    /// at its next pass (at the one after, where aging has brought its count to 0).
+    pub fn drop_stale(&mut self, current: impl Fn(&R) -> bool) {
+        let (kept, stale) = std::mem::take(&mut self.recorded)
+            .into_iter()
+            .partition(|(_, r, _)| current(r));
+        self.recorded = kept;
+        for (shape, _, uses) in stale {
+            self.seen.insert(shape, uses);
+        }
+    }
+
     /// Counts one pass; every [`AGING_PASSES`], halves every count.
     fn tick(&mut self) {
         self.since_aging += 1;
@@ -267,6 +281,28 @@ mod tests {
         assert!(r.should_record(&shape(2)));
         assert_eq!(r.status().failure, None);
         assert_eq!(r.status().too_large, 1);
+    }
+
+    #[test]
+    fn a_stale_recording_is_dropped_and_recorded_again_at_its_next_pass() {
+        let mut r = Replays::<usize>::new(true);
+        for b in [1, 2, 4] {
+            r.insert(shape(b), b);
+        }
+        assert!(r.find(&shape(2)).is_some());
+        // A larger recording outgrew the memory of 1 and 2 (values below 4 here).
+        r.insert(shape(8), 8);
+        r.drop_stale(|&v| v >= 4);
+        assert!(r.find(&shape(1)).is_none());
+        assert!(r.find(&shape(4)).is_some());
+        assert!(r.find(&shape(8)).is_some());
+        // Shape 2, replayed once before, is recorded again at its next pass; shape 1, never
+        // replayed, at its second.
+        assert!(r.find(&shape(2)).is_none());
+        assert!(r.should_record(&shape(2)));
+        assert!(!r.should_record(&shape(1)));
+        assert!(r.should_record(&shape(1)));
+        assert_eq!(r.status().recorded, 4);
     }
 
     /// One pass of `batch` as the model runs it; true when it was replayed.

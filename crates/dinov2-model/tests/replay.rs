@@ -18,6 +18,13 @@ type Handle = Arc<Mutex<Tensor>>;
 /// One recorded operation.
 type Step = Box<dyn Fn() -> Result<()> + Send>;
 
+/// A recorded pass: its operations, and the arena its memory would be in (see
+/// [`TapeBackend::arena`]).
+struct Tape {
+    steps: Vec<Step>,
+    arena: usize,
+}
+
 fn handle(t: Tensor) -> Handle {
     Arc::new(Mutex::new(t))
 }
@@ -45,6 +52,11 @@ struct TapeBackend {
     /// the folded weights, and a LayerNorm with a folded norm's weight normalizes without
     /// affine. The addresses of those weights.
     fold: Option<Mutex<Vec<usize>>>,
+    /// Emulates the CUDA backend's planned memory: one arena shared by the recordings, as
+    /// large as the largest recording's tape (steps standing in for bytes), replaced by a
+    /// larger one when a recording does not fit, which leaves the recordings on the old one
+    /// not current. `(size, number)` of the live arena; `None`: every recording is current.
+    arena: Option<Mutex<(usize, usize)>>,
 }
 
 impl TapeBackend {
@@ -54,6 +66,7 @@ impl TapeBackend {
             tape: Mutex::new(None),
             fail_recording: false,
             fold: None,
+            arena: None,
         }
     }
 
@@ -101,7 +114,7 @@ impl TapeBackend {
 impl Backend for TapeBackend {
     type Tensor = Handle;
     type Weight = Arc<Tensor>;
-    type Recording = Vec<Step>;
+    type Recording = Tape;
 
     fn name(&self) -> String {
         "tape".into()
@@ -154,7 +167,7 @@ impl Backend for TapeBackend {
 
     /// Runs `body` twice and keeps the second tape, as the CUDA backend captures it twice (the
     /// first time only to plan its memory): the model's body must record the same work again.
-    fn record(&self, body: &mut dyn FnMut() -> Result<()>) -> Result<Option<Vec<Step>>> {
+    fn record(&self, body: &mut dyn FnMut() -> Result<()>) -> Result<Option<Tape>> {
         let mut tapes = Vec::new();
         for _ in 0..2 {
             *self.tape.lock().unwrap() = Some(Vec::new());
@@ -173,11 +186,24 @@ impl Backend for TapeBackend {
                 "capture invalidated".into(),
             ));
         }
-        Ok(Some(tape))
+        let arena = self.arena.as_ref().map_or(0, |a| {
+            let mut live = a.lock().unwrap();
+            if live.0 < tape.len() {
+                *live = (tape.len(), live.1 + 1);
+            }
+            live.1
+        });
+        Ok(Some(Tape { steps: tape, arena }))
     }
 
-    fn replay(&self, recording: &Vec<Step>) -> Result<()> {
-        recording.iter().try_for_each(|step| step())
+    fn replay(&self, recording: &Tape) -> Result<()> {
+        recording.steps.iter().try_for_each(|step| step())
+    }
+
+    fn is_current(&self, recording: &Tape) -> bool {
+        self.arena
+            .as_ref()
+            .is_none_or(|a| a.lock().unwrap().1 == recording.arena)
     }
 
     fn duplicate(&self, tensor: &Handle) -> Result<Handle> {
@@ -498,6 +524,37 @@ fn the_folding_backend_folds_two_norms_a_layer() {
     let model = Dinov2::random(backend, &config, 7).unwrap();
     let folds = model.backend().fold.as_ref().unwrap().lock().unwrap().len();
     assert_eq!(folds, 2 * config.num_hidden_layers);
+}
+
+/// A recording that outgrows the arena the others share moves them to its larger one: they are
+/// dropped and recorded again at their next pass, into the larger arena, and stay there; the
+/// outputs equal plain passes throughout.
+#[test]
+fn recordings_outgrown_by_a_larger_one_are_recorded_again_into_it() {
+    let config = config("vits14");
+    let plain = Dinov2::random(CpuBackend::new(Dtype::F32).unwrap(), &config, 7).unwrap();
+    let mut backend = TapeBackend::new();
+    backend.arena = Some(Mutex::new((0, 0)));
+    let taped = Dinov2::random(backend, &config, 7).unwrap();
+    // Patch tokens are pooled on the host: that pass's tape is shorter than the CLS pass's.
+    let shapes = [(1, 28, 28, Pooling::Patch), (1, 28, 28, Pooling::Cls)];
+    let mut seed = 200;
+    for round in 0..5 {
+        for &(b, h, w, pooling) in &shapes {
+            seed += 1;
+            let px = pixels(seed, b, h, w);
+            let want = plain.embed(&px, pooling, false).unwrap();
+            let got = taped.embed(&px, pooling, false).unwrap();
+            assert_eq!(got, want, "round {round} {pooling:?}");
+        }
+    }
+    let status = taped.replay_status();
+    assert_eq!(status.failure, None);
+    // Round 2 records both, the CLS pass into a larger arena, which drops the patch pass's
+    // recording; round 3 records the patch pass again (its count is still the two passes that
+    // got it recorded), into the larger arena, and replays the CLS pass; rounds 4 and 5 replay
+    // both.
+    assert_eq!((status.recorded, status.replays), (3, 5));
 }
 
 #[test]

@@ -193,7 +193,11 @@ impl<B: Backend> Dinov2<B> {
         if let Some(replays) = replays.as_mut() {
             if replays.should_record(shape) {
                 match self.record_pass(pixels, &outs, pooled, shape) {
-                    Ok(Some(rec)) => replays.insert(shape.clone(), rec),
+                    Ok(Some(rec)) => {
+                        replays.insert(shape.clone(), rec);
+                        // A recording that needed a larger arena leaves the others on the old.
+                        replays.drop_stale(|r| be.is_current(&r.recording));
+                    }
                     Ok(None) => replays.fail("the backend recorded nothing".into()),
                     // The pass itself ran: this shape runs unrecorded, the others still record.
                     Err(ModelError::OutOfMemory { .. }) => replays.too_large(shape),
