@@ -303,7 +303,9 @@ main() {
     # its own: a fault in one (a sticky CUDA error poisons the process's context; a panic while
     # unwinding aborts it) must not take the others' results with it. The rest then run
     # together, without them.
+    # attention_matches_cpu runs the wgmma attention kernels too (at every head dim 64 case).
     local hopper=("kernels-gpu own_gemm_layout_probe" "kernels-gpu wgmma_attention_probe"
+        "kernels-gpu attention_matches_cpu"
         "kernels-gpu own_gemms_match_cpu" "kernels-gpu residual_gemm_matches_the_two_passes"
         "kernels-gpu folded_layer_norm_matches_the_norm_then_the_product"
         "model-cuda our_gemms_in_the_model_match_the_cpu")

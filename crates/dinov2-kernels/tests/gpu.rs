@@ -575,6 +575,12 @@ fn wgmma_attention_probe() {
         if dev.info().compute_capability != (9, 0) {
             return;
         }
+        // Where the sm_90a code did not load, the device falls back to flash quietly.
+        assert!(
+            dev.attention_kernels().starts_with("wgmma"),
+            "{choice}: the device runs {}",
+            dev.attention_kernels()
+        );
         probe_wgmma_attention(&dev, choice);
     }
 }
