@@ -15,7 +15,14 @@ import re
 import sys
 
 # Dense f16 tensor peaks in TFLOP/s by a substring of the device name (as `dinov2 bench` has them).
-PEAKS = [("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0)]
+PEAKS = [
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),
+    ("H200 NVL", 835.0),
+    ("H200", 989.0),
+    ("A100", 312.0),
+]
 
 
 def ours(home):
@@ -54,7 +61,7 @@ def main(home, peer_path):
     copy = next(((s, t) for k, (s, t) in mine.items() if k.startswith("ceiling/copy_d2d")), None)
     copy_gbs = copy[1].get("Bytes", 0) / copy[0] / 1e9 if copy else None
 
-    head = f"{'kernel':<48}{'ours us':>10}{'torch us':>10}{'speed-up':>9}{'ours':>14}{'of ceiling':>11}  torch variant"
+    head = f"{'kernel':<64}{'ours us':>10}{'torch us':>10}{'speed-up':>9}{'ours':>14}{'of ceiling':>11}  torch variant"
     print(head)
     print("-" * len(head))
     for name in sorted(mine):
@@ -78,7 +85,7 @@ def main(home, peer_path):
         else:
             shown, share = "-", "-"
         print(
-            f"{name:<48}{secs * 1e6:>10.1f}{(t['ms'] * 1e3 if t else float('nan')):>10.1f}{speedup:>9}"
+            f"{name:<64}{secs * 1e6:>10.1f}{(t['ms'] * 1e3 if t else float('nan')):>10.1f}{speedup:>9}"
             f"{shown:>14}{share:>11}  {t['variant'] if t else '-'}"
         )
     print(

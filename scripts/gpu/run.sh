@@ -37,6 +37,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 OUT="${OUT:-$HERE/out}"
 mkdir -p "$OUT/bench"
 CRITERION="/tmp/dinov2-criterion"
+# A rerun on a warm machine must not show the last run's kernel timings as its own.
+rm -rf "$CRITERION"
 LOG="$OUT/run.log"
 # Everything must end well inside the device tool's 600 s per command: each step gets at most
 # the time left before DEADLINE, and optional steps start only with enough seconds to spare.
@@ -263,9 +265,23 @@ np.save("/tmp/dinov2-serve-ref.npy", np.array(v, dtype=np.float32))
         "$PYTHON" -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' \
             "http://$addr/metrics" 2>/dev/null | grep -E "^dinov2_(pass|request|images_decoded|decode|model_threads)" >>"$OUT/pipeline.txt"
     fi
+    # The server finishes the requests under way, then exits; one stuck on the device must not
+    # hold the run (nor the log pipe the server writes to).
     kill "$pid" 2>/dev/null
+    local i
+    for i in $(seq 20); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.5
+    done
+    kill -9 "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
     return "$rc"
+}
+
+# wg_ok: false once a test of the warpgroup-MMA attention kernels (never run on a device before)
+# timed out, so that the steps that use them do not each spend their whole time limit.
+wg_ok() {
+    [ -z "${WG_HANGS:-}" ]
 }
 
 # room SECONDS: true when that many seconds are left before the deadline.
@@ -320,13 +336,20 @@ main() {
         if [ "$rc" -ne 0 ]; then
             echo "!! $bin $name FAILED (exit status $rc$([ "$rc" -eq 124 ] && echo ': time limit, a hang?'))"
             status=1
-            # The GEMM tests run the TMA kernel last: a hang there (an mbarrier that never
-            # completes) would cost every bench step that uses it its whole time limit.
-            # (TMA_HANGS=1 also takes it out of the kernel benches.)
-            if [ "$rc" -eq 124 ]; then case $name in *gemm*) TMA_HANGS=1 ;; esac; fi
+            # The GEMM tests run the TMA kernels last: a hang there (an mbarrier that never
+            # completes) would cost every bench step that uses them its whole time limit.
+            # (TMA_HANGS=1 also takes them out of the kernel benches; WG_HANGS=1 likewise the
+            # warpgroup-MMA attention.)
+            if [ "$rc" -eq 124 ]; then
+                case $name in
+                    *gemm* | folded*) TMA_HANGS=1 ;;
+                    *attention*) WG_HANGS=1 ;;
+                esac
+            fi
         fi
     done
     [ -z "${TMA_HANGS:-}" ] || echo "!! the TMA GEMM may hang: its bench steps are skipped"
+    wg_ok || echo "!! the warpgroup-MMA attention may hang: its bench steps are skipped"
     for bin in kernels-gpu model-cuda; do
         echo "-- $bin (the others)"
         if ! timeout "$(cap 200)" "$HERE/bin/$bin" --include-ignored --test-threads=1 --nocapture \
@@ -353,32 +376,32 @@ main() {
     for policy in "fused pp" "own pp" "own pp2" "own tma" "own tma2" "fused 128" "own 256" "own 128"; do
         room 30 || break
         read -r gemm tile <<<"$policy"
-        case $tile in tma* | pp) [ -n "${TMA_HANGS:-}" ] && continue ;; esac
+        case $tile in tma* | pp*) [ -n "${TMA_HANGS:-}" ] && continue ;; esac
         DINOV2_GEMM=$gemm DINOV2_GEMM_TILE=$tile bench "vitb14-256-gemm-$gemm-$tile" 60 --dtype f16 \
             --arch vitb14 --batch-size 256 --warmup 3 --repeats 10
     done
     # The warpgroup-MMA attention (kernels/attention_sm90a.cu, opt-in), alone and with the
     # fused GEMM, against the peer: the two Hopper kernels together are the candidate default.
-    if room 30; then
+    if room 30 && wg_ok; then
         DINOV2_ATTENTION=wgmma bench vitb14-256-attn-wg 60 --dtype f16 --arch vitb14 --batch-size 256 \
             --warmup 3 --repeats 10
     fi
     # Two warpgroups a block sharing each K/V tile (DINOV2_ATTENTION=wgmma2): half the K/V
     # reads from L2, at 224 and 518 px (22 query tiles of 64 rows an image and head there).
-    if room 30; then
+    if room 30 && wg_ok; then
         DINOV2_ATTENTION=wgmma2 bench vitb14-256-attn-wg2 60 --dtype f16 --arch vitb14 --batch-size 256 \
             --warmup 3 --repeats 10
     fi
-    if room 30; then
+    if room 30 && wg_ok; then
         DINOV2_ATTENTION=wgmma2 bench vitb14-32-518px-attn-wg2 60 --dtype f16 --arch vitb14 \
             --batch-size 32 --image-size 518 --warmup 2 --repeats 5
     fi
-    if room 30; then
+    if room 30 && wg_ok; then
         DINOV2_ATTENTION=wgmma DINOV2_GEMM=fused DINOV2_GEMM_TILE=256 bench vitb14-256-hopper 120 --dtype f16 --arch vitb14 \
             --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON"
     fi
     # The same at 518 px (1370 tokens), where our flash kernel was 0.60x SDPA in run 4.
-    if room 40; then
+    if room 40 && wg_ok; then
         DINOV2_ATTENTION=wgmma DINOV2_GEMM=fused DINOV2_GEMM_TILE=256 bench vitb14-32-518px-hopper 120 --dtype f16 \
             --arch vitb14 --batch-size 32 --image-size 518 --warmup 2 --repeats 5 --peer "$PYTHON"
     fi
@@ -388,23 +411,23 @@ main() {
         DINOV2_RESIDUAL=compute bench vitb14-256-resid16 60 --dtype f16 --arch vitb14 --batch-size 256 \
             --warmup 3 --repeats 10
     fi
-    if room 30; then
+    if room 30 && wg_ok; then
         DINOV2_RESIDUAL=compute DINOV2_ATTENTION=wgmma DINOV2_GEMM=fused DINOV2_GEMM_TILE=256 bench vitb14-256-all 60 \
             --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10
     fi
     # The same with the persistent TMA GEMM for every linear layer it runs and the 128-row
     # attention, then with the warp-specialized TMA GEMM.
-    if room 30 && [ -z "${TMA_HANGS:-}" ]; then
+    if room 30 && [ -z "${TMA_HANGS:-}" ] && wg_ok; then
         DINOV2_RESIDUAL=compute DINOV2_ATTENTION=wgmma2 DINOV2_GEMM=own DINOV2_GEMM_TILE=pp bench vitb14-256-all-pp 60 \
             --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10 --peer "$PYTHON"
     fi
     # And with the LayerNorms folded into the persistent GEMMs (DINOV2_NORM=fold): no normed
     # rows written, the statistics from the residual passes and fc2's epilogue.
-    if room 30 && [ -z "${TMA_HANGS:-}" ]; then
+    if room 30 && [ -z "${TMA_HANGS:-}" ] && wg_ok; then
         DINOV2_NORM=fold DINOV2_RESIDUAL=compute DINOV2_ATTENTION=wgmma2 DINOV2_GEMM=own DINOV2_GEMM_TILE=pp \
             bench vitb14-256-all-pp-fold 60 --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10
     fi
-    if room 30 && [ -z "${TMA_HANGS:-}" ]; then
+    if room 30 && [ -z "${TMA_HANGS:-}" ] && wg_ok; then
         DINOV2_RESIDUAL=compute DINOV2_ATTENTION=wgmma2 DINOV2_GEMM=own DINOV2_GEMM_TILE=tma bench vitb14-256-all-tma 60 \
             --dtype f16 --arch vitb14 --batch-size 256 --warmup 3 --repeats 10
     fi
@@ -455,7 +478,7 @@ main() {
     # linear layer, the GELU in fc1's epilogue (what moved from `activation` to `gemm`) and the
     # MLP's residual update in fc2's (`gemm_residual`, then a plain `layer_norm`), the 128-row
     # warpgroup-MMA attention, the f16 residual stream.
-    if room 30 && [ -z "${TMA_HANGS:-}" ]; then
+    if room 30 && [ -z "${TMA_HANGS:-}" ] && wg_ok; then
         echo "-- [op profile, DINOV2_GEMM=own DINOV2_GEMM_TILE=pp DINOV2_ATTENTION=wgmma2 DINOV2_RESIDUAL=compute, at ${SECONDS}s]"
         DINOV2_GEMM=own DINOV2_GEMM_TILE=pp DINOV2_ATTENTION=wgmma2 DINOV2_RESIDUAL=compute DINOV2_PROFILE=1 \
             timeout "$(cap 60)" "$HERE/bin/dinov2" bench --device cuda \
@@ -466,8 +489,12 @@ main() {
     # kernels on the same shapes.
     if [ -x "$HERE/bin/kernel-bench" ] && room "$MIN_STEP"; then
         echo "-- [kernel benches at ${SECONDS}s]"
-        CRITERION_HOME="$CRITERION" DINOV2_BENCH_SKIP_TMA=${TMA_HANGS:-} timeout "$(cap 150)" "$HERE/bin/kernel-bench" --bench \
-            --warm-up-time 0.5 --measurement-time 2 || echo "!! kernel benches: exit status $?"
+        # About 67 benches on an H100: short settings (and 5000 bootstrap resamples instead of
+        # 100000) so that all of them fit; the attention and LayerNorm targets come first.
+        CRITERION_HOME="$CRITERION" DINOV2_BENCH_SKIP_TMA=${TMA_HANGS:-} DINOV2_BENCH_SKIP_WG=${WG_HANGS:-} \
+            timeout "$(cap 150)" "$HERE/bin/kernel-bench" --bench --warm-up-time 0.2 \
+            --measurement-time 0.6 --sample-size 30 --nresamples 5000 \
+            || echo "!! kernel benches: exit status $?"
         if room 20; then
             echo "-- [PyTorch kernels at ${SECONDS}s]"
             timeout "$(cap 60)" "$PYTHON" "$HERE/scripts/peer_kernels.py" >"$OUT/peer_kernels.json" \
@@ -487,6 +514,7 @@ main() {
             hopper*)
                 # Both Hopper kernels (the attention at head dim 64, the GEMM where the GELU
                 # follows) against the peer, at 518 px too, where our flash kernel trailed SDPA.
+                wg_ok || continue
                 read -r tag arch batches size <<<"$step"
                 DINOV2_ATTENTION=wgmma DINOV2_GEMM=fused DINOV2_GEMM_TILE=256 bench "$arch-${batches//,/-}-${size}px-hopper" 120 \
                     --dtype f16 --arch "$arch" --batch-size "$batches" --image-size "$size" --warmup 2 \
@@ -539,7 +567,7 @@ main() {
 main 2>&1 | tee "$LOG"
 status=${PIPESTATUS[0]}
 echo
-echo "== summary (tests: $([ "$status" -eq 0 ] && echo passed || echo FAILED); full log: $LOG; JSON: $OUT/bench.json)" | tee -a "$LOG"
+echo "== summary (tests and the embed checks: $([ "$status" -eq 0 ] && echo passed || echo "FAILED, see the !! lines"); full log: $LOG; JSON: $OUT/bench.json)" | tee -a "$LOG"
 if [ -f "$OUT/pipeline.txt" ]; then
     echo "-- dinov2 embed on the GPU" | tee -a "$LOG"
     cat "$OUT/pipeline.txt" | tee -a "$LOG"
@@ -560,14 +588,25 @@ if [ -d "$CRITERION" ]; then
     echo | tee -a "$LOG"
 fi
 "$PYTHON" "$HERE/scripts/table.py" "$OUT/bench" 2>&1 | tee -a "$LOG" "$OUT/tables.txt"
-# One file of every bench's JSON, by tag (what table.py also reads), in place of the many.
-"$PYTHON" - "$OUT/bench" "$OUT/bench.json" <<'PY' && rm -rf "$OUT/bench"
+# One file of every bench's JSON, by tag (what table.py also reads), in place of the many, with
+# the op profile's: the device tool brings back at most 8 files, and the other files of $OUT
+# (run.log, tables.txt, pipeline.txt, profile.txt, profile-fused.txt, peer_kernels.json) are 6.
+# A file that does not parse (a bench cut off mid-write) is named under "errors", not fatal.
+"$PYTHON" - "$OUT/bench" "$OUT/profile.json" "$OUT/bench.json" <<'PY'
 import glob, json, os, sys
-runs = {}
-for f in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
-    with open(f, encoding="utf-8") as fh:
-        runs[os.path.splitext(os.path.basename(f))[0]] = json.load(fh)
-with open(sys.argv[2], "w", encoding="utf-8") as fh:
-    json.dump({"runs": runs}, fh, indent=1)
+runs, errors = {}, {}
+files = sorted(glob.glob(os.path.join(sys.argv[1], "*.json")))
+if os.path.exists(sys.argv[2]):
+    files.append(sys.argv[2])
+for f in files:
+    tag = os.path.splitext(os.path.basename(f))[0]
+    try:
+        with open(f, encoding="utf-8") as fh:
+            runs[tag] = json.load(fh)
+    except (OSError, ValueError) as e:
+        errors[tag] = str(e)
+with open(sys.argv[3], "w", encoding="utf-8") as fh:
+    json.dump({"runs": runs, "errors": errors}, fh, indent=1)
 PY
+rm -rf "$OUT/bench" "$OUT/profile.json"
 exit "$status"
