@@ -664,6 +664,7 @@ impl Backend for CudaBackend {
         prefix: usize,
         pooling: Pooling,
     ) -> Result<Option<CudaTensor>> {
+        self.settled(tokens)?;
         self.device.profile_op("pool", || {
             let (cls, mean) = match pooling {
                 Pooling::Cls => (true, false),
