@@ -406,8 +406,6 @@ impl Device {
         Ok(())
     }
 
-    /// The device's default memory pool, the stream-ordered allocator's, with the context
-    /// current on this thread; `None` where the driver lacks stream-ordered allocation.
     /// Waits for the queued work, then hands the stream's pool's cached memory (freed blocks
     /// kept for reuse) back to the driver. Returns the pool, `None` without one.
     fn trim_pool(&self) -> Result<Option<dsys::CUmemoryPool>> {
@@ -422,6 +420,8 @@ impl Device {
         Ok(Some(pool))
     }
 
+    /// The device's default memory pool, the stream-ordered allocator's, with the context
+    /// current on this thread; `None` where the driver lacks stream-ordered allocation.
     fn default_pool(&self) -> Result<Option<dsys::CUmemoryPool>> {
         if !self.ctx.has_async_alloc() {
             return Ok(None);
