@@ -340,18 +340,12 @@ fn clip8(sum: i32) -> u8 {
 
 const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
-/// Bytes the horizontal pass multiplies at once: two pixels stored as R, G, B, 0 (the layout
-/// Pillow keeps RGB images in), so that lane `l` always holds channel `l % 4`.
-const LANES: usize = 8;
-
 /// Horizontal pass over rows `rows` of `src` (`src_w` wide), whose first column is the image's
 /// column `first_col`.
 ///
-/// Each output pixel is three dot products over the same run of input pixels. They are computed
-/// as one over the run's bytes laid out as RGBX, `LANES` at a time (vectorized), against weights
-/// repeated for each channel and zero-padded to a multiple of `LANES`; lanes are summed per
-/// channel at the end. Integer sums do not depend on their order, so the result is Pillow's to
-/// the bit.
+/// Each output pixel is three dot products over the same run of input pixels, in 32-bit
+/// integers that wrap as Pillow's do in practice. Integer sums do not depend on their order, so
+/// the vectorized passes' results are Pillow's to the bit.
 fn horizontal(
     src: &[u8],
     src_w: usize,
@@ -367,6 +361,25 @@ fn horizontal(
     horizontal_any(src, src_w, rows, first_col, c)
 }
 
+/// Bits of a weight's low part in the AVX2 horizontal pass: `w = hi·2^SPLIT + lo` with `lo` in
+/// `0..2^SPLIT`, both parts 16-bit.
+const SPLIT: u32 = 15;
+
+/// The AVX2 horizontal pass, on 16-bit multiplies that sum pairs (`vpmaddwd`, one micro-op)
+/// where 32-bit ones (`vpmulld`) take two, over four rows at a time.
+///
+/// A row is laid out as pairs of adjacent pixels, channel by channel, in 16 bits:
+/// `R0 R1 G0 G1 B0 B1 0 0 | R2 R3 ...`, so that one `vpmaddwd` sums two taps of each channel. A
+/// step reads two pairs (4 taps, 32 bytes) from an even pixel; a run that starts at an odd one
+/// starts a pixel earlier with a zero weight. Each weight is split in two 16-bit parts, and each
+/// step multiplies by both: the products and sums are exact, and `hi·2^SPLIT + lo` of the sums
+/// is Pillow's sum to the bit (modulo 2^32, as Pillow's `int` wraps in practice). Weights whose
+/// high part does not fit 16 bits (none of the filters' normalized weights come near) take the
+/// portable pass.
+///
+/// The weights of a downscale are more bytes than the first-level cache holds (64 a step, 6
+/// steps an output pixel from 2048 to 383 columns), and a pass over one row at a time waited on
+/// them; four rows share each weight load.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn horizontal_avx2(
@@ -376,100 +389,174 @@ unsafe fn horizontal_avx2(
     first_col: usize,
     c: &Coefficients,
 ) -> Vec<u8> {
-    use std::arch::x86_64::*;
-    let expand = |rgb: &[u8], rgbx: &mut [u8]| {
-        // Four pixels a step: 16 bytes loaded (12 used), each 3 spread to 4 with a zero byte.
-        // SAFETY: each load reads 16 bytes of `rgb` and each store writes 16 bytes of `rgbx`
-        // (4 pixels), inside them by the loop bound; the rest is copied by the loop after.
-        let whole = rgb.len().saturating_sub(4) / 12;
-        unsafe {
-            let spread = _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1);
-            for i in 0..whole {
-                let v = _mm_loadu_si128(rgb.as_ptr().add(12 * i) as *const __m128i);
-                let out = rgbx.as_mut_ptr().add(16 * i) as *mut __m128i;
-                _mm_storeu_si128(out, _mm_shuffle_epi8(v, spread));
-            }
-        }
-        expand_rgbx(&rgb[12 * whole..], &mut rgbx[16 * whole..]);
-    };
-    horizontal_with(src, src_w, rows, first_col, c, expand, |taps, weights| {
-        // SAFETY: `taps` and `weights` hold the same multiple of LANES (8) elements; each load
-        // reads 8 bytes of `taps` or 8 i32 of `weights` inside them.
-        unsafe {
-            let (mut t, mut w) = (taps.as_ptr(), weights.as_ptr());
-            let mut acc = _mm256_setzero_si256();
-            for _ in 0..taps.len() / LANES {
-                let values = _mm256_cvtepu8_epi32(_mm_loadl_epi64(t as *const __m128i));
-                let k = _mm256_loadu_si256(w as *const __m256i);
-                acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(values, k));
-                (t, w) = (t.add(LANES), w.add(LANES));
-            }
-            // Lanes 0..4 and 4..8 both hold R, G, B, X: their sum, plus the rounding half,
-            // shifted (into -512..512 for any i32), then the two saturating packs clamp to
-            // 0..=255 as clip8 does.
-            let rgbx = _mm_add_epi32(
-                _mm256_castsi256_si128(acc),
-                _mm256_extracti128_si256::<1>(acc),
+    if c.weights
+        .iter()
+        .any(|&w| i16::try_from(w >> SPLIT).is_err())
+    {
+        return horizontal_any(src, src_w, rows, first_col, c);
+    }
+    let out_w = c.start.len();
+    // Steps of 4 taps per output: its taps, plus one for a run that starts at an odd pixel.
+    let steps = (c.ksize + 1).div_ceil(4);
+    // Per output and step, 16 high parts then 16 low parts, in the row's pair layout.
+    let mut weights = vec![0i16; out_w * steps * 32];
+    let mut firsts = Vec::with_capacity(out_w);
+    for (xx, w) in weights.chunks_exact_mut(steps * 32).enumerate() {
+        let s = c.start[xx] - first_col;
+        let lead = s % 2;
+        firsts.push((s - lead) * 4);
+        let k = &c.weights[xx * c.ksize..xx * c.ksize + c.count[xx]];
+        for (i, &weight) in k.iter().enumerate() {
+            // Tap t of a step: pair t % 4 / 2 (values from 8·that), slot t % 2 of each
+            // channel's two.
+            let t = i + lead;
+            let at = (t / 4) * 32 + (t % 4 / 2) * 8 + t % 2;
+            let (hi, lo) = (
+                (weight >> SPLIT) as i16,
+                (weight & ((1 << SPLIT) - 1)) as i16,
             );
-            let shifted = _mm_srai_epi32::<{ PRECISION_BITS as i32 }>(_mm_add_epi32(
-                rgbx,
-                _mm_set1_epi32(HALF),
-            ));
-            let bytes = _mm_packus_epi16(_mm_packus_epi32(shifted, shifted), _mm_setzero_si128());
-            (_mm_cvtsi128_si32(bytes) as u32).to_le_bytes()
+            for ch in 0..3 {
+                w[at + 2 * ch] = hi;
+                w[at + 16 + 2 * ch] = lo;
+            }
         }
-    })
+    }
+    // Input rows in the pair layout (8 values a pair), each with zeros after it for the steps
+    // of the last runs.
+    let len = (src_w.div_ceil(2) + 2 * steps) * 8;
+    assert!(firsts.iter().all(|&f| f + steps * 16 <= len));
+    let mut pairs = vec![0i16; 4 * len];
+    let mut out = vec![0u8; out_w * rows.len() * 3];
+    let mut outs = out.chunks_exact_mut(out_w * 3);
+    for first_row in rows.clone().step_by(4) {
+        let block = first_row..rows.end.min(first_row + 4);
+        for (row, dst) in block.clone().zip(pairs.chunks_exact_mut(len)) {
+            // SAFETY: AVX2 is enabled here; `dst` holds `src_w` pixels and more (len above).
+            unsafe { pair_layout_avx2(&src[row * src_w * 3..(row + 1) * src_w * 3], dst) };
+        }
+        let p = |i: usize| &pairs[i * len..(i + 1) * len];
+        let mut next_out = || outs.next().expect("an output row per input row");
+        // SAFETY (both calls): AVX2 is enabled here; rows of `len` values with every run's
+        // steps inside (asserted above), `steps · 32` weights an output, out rows of `out_w`
+        // pixels.
+        if block.len() == 4 {
+            let o = std::array::from_fn(|_| next_out());
+            unsafe { horizontal_rows_avx2([p(0), p(1), p(2), p(3)], &firsts, &weights, steps, o) }
+        } else {
+            for i in 0..block.len() {
+                unsafe { horizontal_rows_avx2([p(i)], &firsts, &weights, steps, [next_out()]) }
+            }
+        }
+    }
+    out
 }
 
-/// Copies RGB pixels into RGBX slots, one pixel at a time (the X bytes are left as they are).
-fn expand_rgbx(rgb: &[u8], rgbx: &mut [u8]) {
-    for (dst, px) in rgbx.chunks_exact_mut(4).zip(rgb.chunks_exact(3)) {
-        dst[..3].copy_from_slice(px);
+/// One row of RGB pixels into `dst` in the pair layout of [`horizontal_avx2`] (values past the
+/// row's are left as they are: zeros).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pair_layout_avx2(rgb: &[u8], dst: &mut [i16]) {
+    use std::arch::x86_64::*;
+    let w = rgb.len() / 3;
+    assert!(dst.len() >= w.div_ceil(2) * 8);
+    // Four pixels a step: 16 bytes loaded (12 used) and spread into two pairs of 16-bit values.
+    let whole = rgb.len().saturating_sub(4) / 12;
+    let spread = _mm_setr_epi8(0, 3, 1, 4, 2, 5, -1, -1, 6, 9, 7, 10, 8, 11, -1, -1);
+    for i in 0..whole {
+        // SAFETY: 16 bytes at 12·i lie inside `rgb` (12·i + 16 <= rgb.len() by `whole`); 16
+        // values at 16·i inside `dst` (pixels 4·i .. 4·i + 4 < w, asserted above).
+        unsafe {
+            let v = _mm_loadu_si128(rgb.as_ptr().add(12 * i) as *const __m128i);
+            let out = dst.as_mut_ptr().add(16 * i) as *mut __m256i;
+            _mm256_storeu_si256(out, _mm256_cvtepu8_epi16(_mm_shuffle_epi8(v, spread)));
+        }
+    }
+    for x in 4 * whole..w {
+        for ch in 0..3 {
+            dst[(x / 2) * 8 + 2 * ch + x % 2] = rgb[x * 3 + ch] as i16;
+        }
     }
 }
 
-/// The portable horizontal pass (the same sums without explicit vector instructions).
+/// The output pixels of `R` rows (`pairs`, in the pair layout) into `out`, the weights of
+/// each step loaded once for all of them.
+///
+/// # Safety
+/// AVX2; each run's `steps` steps of 16 values from `firsts[xx]` lie inside every row of
+/// `pairs`; `weights` holds `steps · 32` values per output; each `out` row `3 · firsts.len()`
+/// bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn horizontal_rows_avx2<const R: usize>(
+    pairs: [&[i16]; R],
+    firsts: &[usize],
+    weights: &[i16],
+    steps: usize,
+    out: [&mut [u8]; R],
+) {
+    use std::arch::x86_64::*;
+    let out_w = firsts.len();
+    let out: [*mut u8; R] = out.map(|o| o.as_mut_ptr());
+    let half = _mm_setr_epi32(HALF, HALF, HALF, 0);
+    for (xx, &first) in firsts.iter().enumerate() {
+        // SAFETY: the bounds of the contract.
+        unsafe {
+            let mut w = weights.as_ptr().add(xx * steps * 32);
+            let mut px: [*const i16; R] = pairs.map(|p| p.as_ptr().add(first));
+            let mut hi = [_mm256_setzero_si256(); R];
+            let mut lo = [_mm256_setzero_si256(); R];
+            for _ in 0..steps {
+                let wh = _mm256_loadu_si256(w as *const __m256i);
+                let wl = _mm256_loadu_si256(w.add(16) as *const __m256i);
+                for r in 0..R {
+                    let v = _mm256_loadu_si256(px[r] as *const __m256i);
+                    hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(v, wh));
+                    lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(v, wl));
+                    px[r] = px[r].add(16);
+                }
+                w = w.add(32);
+            }
+            for r in 0..R {
+                // Lanes 0..4 and 4..8 both hold R, G, B, 0: their sum, plus the rounding half,
+                // shifted (into -512..512 for any i32), then the two saturating packs clamp to
+                // 0..=255 as clip8 does.
+                let sum = _mm256_add_epi32(_mm256_slli_epi32::<{ SPLIT as i32 }>(hi[r]), lo[r]);
+                let rgbx = _mm_add_epi32(
+                    _mm256_castsi256_si128(sum),
+                    _mm256_extracti128_si256::<1>(sum),
+                );
+                let shifted =
+                    _mm_srai_epi32::<{ PRECISION_BITS as i32 }>(_mm_add_epi32(rgbx, half));
+                let bytes =
+                    _mm_packus_epi16(_mm_packus_epi32(shifted, shifted), _mm_setzero_si128());
+                let rgbx = (_mm_cvtsi128_si32(bytes) as u32).to_le_bytes();
+                let o = out[r].add(3 * xx);
+                if xx + 1 < out_w {
+                    // The fourth byte lands on the next pixel, written after this one.
+                    std::ptr::write_unaligned(o as *mut [u8; 4], rgbx);
+                } else {
+                    std::ptr::copy_nonoverlapping(rgbx.as_ptr(), o, 3);
+                }
+            }
+        }
+    }
+}
+
+/// Bytes the portable horizontal pass multiplies at once: two pixels stored as R, G, B, 0, so
+/// that lane `l` always holds channel `l % 4`.
+const LANES: usize = 8;
+
+/// The portable horizontal pass: each output pixel's three dot products as one over the run's
+/// bytes laid out as RGBX, `LANES` at a time (for the compiler to vectorize), against weights
+/// repeated for each channel and zero-padded to a multiple of `LANES`; lanes are summed per
+/// channel at the end.
 fn horizontal_any(
     src: &[u8],
     src_w: usize,
     rows: Range<usize>,
     first_col: usize,
     c: &Coefficients,
-) -> Vec<u8> {
-    horizontal_with(
-        src,
-        src_w,
-        rows,
-        first_col,
-        c,
-        expand_rgbx,
-        |taps, weights| {
-            let mut lanes = [0i32; LANES];
-            for (t, w) in taps.chunks_exact(LANES).zip(weights.chunks_exact(LANES)) {
-                for l in 0..LANES {
-                    lanes[l] = lanes[l].wrapping_add((t[l] as i32).wrapping_mul(w[l]));
-                }
-            }
-            let [r, g, b] =
-                [0, 1, 2].map(|ch| clip8(HALF.wrapping_add(lanes[ch].wrapping_add(lanes[ch + 4]))));
-            [r, g, b, 0]
-        },
-    )
-}
-
-/// The horizontal pass around `expand`, which copies one input row of RGB bytes into the first
-/// `4·src_w` bytes of its RGBX buffer (the X bytes stay 0), and `pixel`, which returns one output
-/// pixel as R, G, B and a byte to drop: `taps` (the run's RGBX bytes) times `weights`, both
-/// `span` long, per channel, plus the rounding half, through `clip8`.
-#[inline(always)]
-fn horizontal_with(
-    src: &[u8],
-    src_w: usize,
-    rows: Range<usize>,
-    first_col: usize,
-    c: &Coefficients,
-    expand: impl Fn(&[u8], &mut [u8]),
-    pixel: impl Fn(&[u8], &[i32]) -> [u8; 4],
 ) -> Vec<u8> {
     let out_w = c.start.len();
     let span = (4 * c.ksize).div_ceil(LANES) * LANES;
@@ -489,15 +576,23 @@ fn horizontal_with(
     assert!(firsts.iter().all(|&f| f + span <= padded.len()));
     let mut out = vec![0u8; out_w * rows.len() * 3];
     for (row, out_row) in rows.zip(out.chunks_exact_mut(out_w * 3)) {
-        expand(
-            &src[row * src_w * 3..(row + 1) * src_w * 3],
-            &mut padded[..src_w * 4],
-        );
+        let rgb = &src[row * src_w * 3..(row + 1) * src_w * 3];
+        for (dst, px) in padded.chunks_exact_mut(4).zip(rgb.chunks_exact(3)) {
+            dst[..3].copy_from_slice(px);
+        }
         let runs = firsts.iter().zip(expanded.chunks_exact(span));
         for ((&first, weights), px) in runs.zip(out_row.chunks_exact_mut(3)) {
             // SAFETY: first + span <= padded.len() for every run (asserted above).
             let taps = unsafe { padded.get_unchecked(first..first + span) };
-            px.copy_from_slice(&pixel(taps, weights)[..3]);
+            let mut lanes = [0i32; LANES];
+            for (t, w) in taps.chunks_exact(LANES).zip(weights.chunks_exact(LANES)) {
+                for l in 0..LANES {
+                    lanes[l] = lanes[l].wrapping_add((t[l] as i32).wrapping_mul(w[l]));
+                }
+            }
+            for (ch, v) in px.iter_mut().enumerate() {
+                *v = clip8(HALF.wrapping_add(lanes[ch].wrapping_add(lanes[ch + 4])));
+            }
         }
     }
     out
@@ -857,8 +952,9 @@ mod tests {
 
     #[test]
     fn vectorized_horizontal_pass_equals_pillows_loop() {
-        // Source widths around the 4-pixel steps of the RGBX copy (1-5: none; 6-9: one, then
-        // the rest), and wider rows; rows of 0 and 255 reach both ends of the clamp.
+        // Source widths around the 4-pixel steps of the row copies (1-5: none; 6-9: one, then
+        // the rest), and wider rows; rows of 0 and 255 reach both ends of the clamp. 7 rows: a
+        // block of four, then three alone.
         for w in [1usize, 2, 3, 4, 5, 6, 7, 8, 9, 53, 130] {
             let h = 7usize;
             let mut next = crate::test_sequence(12345);
@@ -893,6 +989,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Weights too large for the AVX2 pass's 16-bit halves (no filter makes them) take the
+    /// portable pass, which wraps as Pillow's sums do.
+    #[test]
+    fn weights_past_sixteen_bit_halves_give_pillows_sums() {
+        let (w, h) = (9usize, 5usize);
+        let src: Vec<u8> = (0..w * h * 3).map(|i| (i * 37 % 256) as u8).collect();
+        let c = Coefficients {
+            ksize: 3,
+            start: vec![0, 3, 6],
+            count: vec![3, 3, 3],
+            weights: vec![
+                1 << 30,
+                -(1 << 29),
+                3,
+                5,
+                i32::MAX,
+                -7,
+                1 << 22,
+                0,
+                -(1 << 21),
+            ],
+        };
+        assert_eq!(
+            horizontal(&src, w, 0..h, 0, &c),
+            horizontal_reference(&src, w, h, &c)
+        );
     }
 
     /// The pass over a window of columns (its first column odd or even, as `preprocess` gives
