@@ -249,15 +249,10 @@ pub(crate) fn preprocess_window(
         current = &cropped;
     }
     let (h, w) = (current.height as usize, current.width as usize);
-    let plane = h * w;
-    let mut data = vec![0f32; 3 * plane];
-    let [r, g, b] = channel_tables(config);
-    let (planes_r, planes_gb) = data.split_at_mut(plane);
-    let (planes_g, planes_b) = planes_gb.split_at_mut(plane);
-    for (i, px) in current.data.chunks_exact(3).enumerate() {
-        planes_r[i] = r[px[0] as usize];
-        planes_g[i] = g[px[1] as usize];
-        planes_b[i] = b[px[2] as usize];
+    // Channel-major (C, H, W): one pass over the pixels per channel, each value looked up.
+    let mut data = Vec::with_capacity(3 * h * w);
+    for (c, table) in channel_tables(config).iter().enumerate() {
+        data.extend(current.data.chunks_exact(3).map(|px| table[px[c] as usize]));
     }
     let mut values = PixelValues {
         shape: [3, h, w],
