@@ -459,16 +459,25 @@ unsafe fn pair_layout_avx2(rgb: &[u8], dst: &mut [i16]) {
     use std::arch::x86_64::*;
     let w = rgb.len() / 3;
     assert!(dst.len() >= w.div_ceil(2) * 8);
-    // Four pixels a step: 16 bytes loaded (12 used) and spread into two pairs of 16-bit values.
+    // Four pixels a step: 16 bytes loaded (12 used) into both halves of a register, and one
+    // byte shuffle spreads pixels 0-1 into the low half and 2-3 into the high one as 16-bit
+    // values (its zero bytes are the values' high bytes and the 0 pairs).
     let whole = rgb.len().saturating_sub(4) / 12;
-    let spread = _mm_setr_epi8(0, 3, 1, 4, 2, 5, -1, -1, 6, 9, 7, 10, 8, 11, -1, -1);
+    #[rustfmt::skip]
+    let spread = _mm256_setr_epi8(
+        0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1, -1, -1, -1, -1,
+        6, -1, 9, -1, 7, -1, 10, -1, 8, -1, 11, -1, -1, -1, -1, -1,
+    );
     for i in 0..whole {
         // SAFETY: 16 bytes at 12·i lie inside `rgb` (12·i + 16 <= rgb.len() by `whole`); 16
         // values at 16·i inside `dst` (pixels 4·i .. 4·i + 4 < w, asserted above).
         unsafe {
             let v = _mm_loadu_si128(rgb.as_ptr().add(12 * i) as *const __m128i);
             let out = dst.as_mut_ptr().add(16 * i) as *mut __m256i;
-            _mm256_storeu_si256(out, _mm256_cvtepu8_epi16(_mm_shuffle_epi8(v, spread)));
+            _mm256_storeu_si256(
+                out,
+                _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(v), spread),
+            );
         }
     }
     for x in 4 * whole..w {
