@@ -507,7 +507,6 @@ unsafe fn horizontal_rows_avx2<const R: usize>(
     use std::arch::x86_64::*;
     let out_w = firsts.len();
     let out: [*mut u8; R] = out.map(|o| o.as_mut_ptr());
-    let half = _mm_setr_epi32(HALF, HALF, HALF, 0);
     for (xx, &first) in firsts.iter().enumerate() {
         // SAFETY: the bounds of the contract.
         unsafe {
@@ -526,20 +525,17 @@ unsafe fn horizontal_rows_avx2<const R: usize>(
                 }
                 w = w.add(32);
             }
-            for r in 0..R {
-                // Lanes 0..4 and 4..8 both hold R, G, B, 0: their sum, plus the rounding half,
-                // shifted (into -512..512 for any i32), then the two saturating packs clamp to
-                // 0..=255 as clip8 does.
-                let sum = _mm256_add_epi32(_mm256_slli_epi32::<{ SPLIT as i32 }>(hi[r]), lo[r]);
-                let rgbx = _mm_add_epi32(
-                    _mm256_castsi256_si128(sum),
-                    _mm256_extracti128_si256::<1>(sum),
-                );
-                let shifted =
-                    _mm_srai_epi32::<{ PRECISION_BITS as i32 }>(_mm_add_epi32(rgbx, half));
-                let bytes =
-                    _mm_packus_epi16(_mm_packus_epi32(shifted, shifted), _mm_setzero_si128());
-                let rgbx = (_mm_cvtsi128_si32(bytes) as u32).to_le_bytes();
+            let sums: [__m256i; R] = std::array::from_fn(|r| {
+                _mm256_add_epi32(_mm256_slli_epi32::<{ SPLIT as i32 }>(hi[r]), lo[r])
+            });
+            let pixels: [u32; R] = if R == 4 {
+                let four = pixels_of_four(std::array::from_fn(|r| sums[r]));
+                std::array::from_fn(|r| four[r])
+            } else {
+                sums.map(|sum| pixels_of_four([sum; 4])[0])
+            };
+            for (r, pixel) in pixels.iter().enumerate() {
+                let rgbx = pixel.to_le_bytes();
                 let o = out[r].add(3 * xx);
                 if xx + 1 < out_w {
                     // The fourth byte lands on the next pixel, written after this one.
@@ -550,6 +546,41 @@ unsafe fn horizontal_rows_avx2<const R: usize>(
             }
         }
     }
+}
+
+/// The output pixels of four rows' sums (each R, G, B, 0 twice, lanes 0..4 and 4..8) as R, G,
+/// B and a byte to drop: each channel's two lanes added, plus the rounding half, shifted (into
+/// -512..512 for any i32), then the two saturating packs clamp to 0..=255 as [`clip8`] does.
+/// The four go through the adds, shifts and packs together.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn pixels_of_four(sums: [std::arch::x86_64::__m256i; 4]) -> [u32; 4] {
+    use std::arch::x86_64::*;
+    let half = _mm256_setr_epi32(HALF, HALF, HALF, 0, HALF, HALF, HALF, 0);
+    // [row a | row b], each channel's two lanes added.
+    let pair = |a, b| {
+        let lows = _mm256_permute2x128_si256::<0x20>(a, b);
+        let highs = _mm256_permute2x128_si256::<0x31>(a, b);
+        let sum = _mm256_add_epi32(_mm256_add_epi32(lows, highs), half);
+        _mm256_srai_epi32::<{ PRECISION_BITS as i32 }>(sum)
+    };
+    let (p01, p23) = (pair(sums[0], sums[1]), pair(sums[2], sums[3]));
+    // Per 128-bit half: rows 0 and 2 in the low half, rows 1 and 3 in the high one, 4 bytes
+    // each.
+    let words = _mm256_packus_epi32(p01, p23);
+    let bytes = _mm256_packus_epi16(words, words);
+    let (low, high) = (
+        _mm256_castsi256_si128(bytes),
+        _mm256_extracti128_si256::<1>(bytes),
+    );
+    [
+        _mm_cvtsi128_si32(low),
+        _mm_cvtsi128_si32(high),
+        _mm_extract_epi32::<1>(low),
+        _mm_extract_epi32::<1>(high),
+    ]
+    .map(|v| v as u32)
 }
 
 /// Bytes the portable horizontal pass multiplies at once: two pixels stored as R, G, B, 0, so
