@@ -274,7 +274,7 @@ impl Weights {
         match renamed {
             Some(Renamed::SplitQkv(parts)) => {
                 let rows = *entry.shape.first().unwrap_or(&0);
-                if rows % 3 != 0 || rows == 0 {
+                if !rows.is_multiple_of(3) || rows == 0 {
                     return Err(CheckpointError::ShapeMismatch {
                         name,
                         expected: [3 * config.hidden_size]

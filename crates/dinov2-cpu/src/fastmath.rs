@@ -233,7 +233,7 @@ fn exp_sum_in_place(x: &mut [f32], max: f32, scale: f32) -> f32 {
 /// the widest vector unit, with `max` and `scale` held in registers.
 pub fn softmax_numerators(scores: &mut [f32], width: usize, scale: f32) -> Vec<f32> {
     assert!(
-        width > 0 && scores.len() % width == 0,
+        width > 0 && scores.len().is_multiple_of(width),
         "softmax: {} scores are not rows of {width}",
         scores.len()
     );

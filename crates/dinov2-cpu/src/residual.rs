@@ -69,7 +69,7 @@ pub fn add_scaled_layer_norm(
 fn check(x: &[f32], branch: &[f32], gamma: &[f32]) -> usize {
     let h = gamma.len();
     assert!(
-        h > 0 && x.len() == branch.len() && x.len() % h == 0,
+        h > 0 && x.len() == branch.len() && x.len().is_multiple_of(h),
         "add_scaled: x ({}) and branch ({}) are not the same rows of {h}",
         x.len(),
         branch.len()

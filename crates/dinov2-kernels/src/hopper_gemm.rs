@@ -174,9 +174,9 @@ impl OwnTile {
     /// The kernel that runs `n` output columns under this choice: itself where its tile divides
     /// `n`, else the 128-column one where that does, else none.
     pub(crate) fn for_cols(self, n: usize) -> Option<OwnTile> {
-        if n % self.cols() == 0 {
+        if n.is_multiple_of(self.cols()) {
             Some(self)
-        } else if n % OwnTile::N128.cols() == 0 {
+        } else if n.is_multiple_of(OwnTile::N128.cols()) {
             Some(OwnTile::N128)
         } else {
             None
@@ -427,7 +427,7 @@ impl Device {
     pub fn residual_gemm(&self, n: usize, k: usize) -> Option<OwnTile> {
         let (policy, choice) = self.own_gemm();
         let tile = choice.for_cols(n)?;
-        (policy == OwnGemm::All && tile.persistent() && k >= 2 * n && k % TILE_K == 0)
+        (policy == OwnGemm::All && tile.persistent() && k >= 2 * n && k.is_multiple_of(TILE_K))
             .then_some(tile)
     }
 
@@ -486,7 +486,8 @@ impl Device {
     pub fn folded_gemm(&self, n: usize, k: usize) -> Option<OwnTile> {
         let (policy, choice) = self.own_gemm();
         let tile = choice.for_cols(n)?;
-        (policy == OwnGemm::All && tile.persistent() && k % TILE_K == 0 && k > 0).then_some(tile)
+        (policy == OwnGemm::All && tile.persistent() && k.is_multiple_of(TILE_K) && k > 0)
+            .then_some(tile)
     }
 
     /// `y = act(LayerNorm(stream)·wᵀ + bias)` with the LayerNorm folded into the product (see

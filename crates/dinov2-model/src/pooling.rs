@@ -113,7 +113,7 @@ impl Embedding {
             Pooling::Patch => {
                 let (gh, gw) = self.grid?;
                 let cells = gh.checked_mul(gw)?;
-                return (cells > 0 && len % cells == 0).then(|| vec![gh, gw, len / cells]);
+                return (cells > 0 && len.is_multiple_of(cells)).then(|| vec![gh, gw, len / cells]);
             }
             Pooling::Registers => prefix.checked_sub(1)?,
             Pooling::Tokens => {
@@ -121,7 +121,7 @@ impl Embedding {
                 prefix.checked_add(gh.checked_mul(gw)?)?
             }
         };
-        (rows > 0 && len % rows == 0).then(|| vec![rows, len / rows])
+        (rows > 0 && len.is_multiple_of(rows)).then(|| vec![rows, len / rows])
     }
 
     /// This embedding of [`Pooling::Tokens`] (`prefix` = 1 + registers tokens before the
@@ -141,7 +141,7 @@ impl Embedding {
         if prefix == 0
             || layers == 0
             || self.values.is_empty()
-            || self.values.len() % (seq * layers) != 0
+            || !self.values.len().is_multiple_of(seq * layers)
         {
             return None;
         }

@@ -438,7 +438,7 @@ fn write_dense(
                 serde_json::json!({"format": "dinov2 embed", "paths": "see FILE.paths.txt"}),
             );
             let mut json = serde_json::Value::Object(header).to_string();
-            while json.len() % 8 != 0 {
+            while !json.len().is_multiple_of(8) {
                 json.push(' ');
             }
             let mut h = (json.len() as u64).to_le_bytes().to_vec();

@@ -112,7 +112,7 @@ fn attention_kernel(
         }
     }
     match FLASH_PADS.into_iter().find(|&p| p >= d) {
-        Some(pad) if d % 8 == 0 && qkv_aligned => AttentionKernel::Flash {
+        Some(pad) if d.is_multiple_of(8) && qkv_aligned => AttentionKernel::Flash {
             pad,
             rows: if choice == AttentionChoice::Wide && pad <= FLASH_R128_MAX_PAD {
                 FLASH_BM_WIDE

@@ -11,7 +11,7 @@ use crate::gemm::GemmPath;
 /// accesses need rows of whole 8-element groups (no group wraps into the next row, so
 /// bias[c0..c0 + 8] is in range) and a 16-byte aligned base.
 fn bias_act_vectorized(cols: usize, y_ptr: u64) -> bool {
-    cols % 8 == 0 && y_ptr % 16 == 0
+    cols.is_multiple_of(8) && y_ptr.is_multiple_of(16)
 }
 
 /// Grid and block of `bias_act_v8` and `swiglu_v8`: x over the `cols / 8` column groups (up to
@@ -188,12 +188,13 @@ impl Device {
             Arg::I32(i32_of(OP, f)?),
         ];
         // 16-byte accesses when both halves of z and out are whole aligned 8-element groups.
-        let (name, grid, block) = if bias_act_vectorized(f, z.ptr(s)) && out.ptr(s) % 16 == 0 {
-            let (grid, block) = bias_act_v8_launch(rows, f, self.info().multiprocessors);
-            (format!("swiglu_v8_{t}"), grid, block)
-        } else {
-            (format!("swiglu_{t}"), (self.grid_for(rows * f), 1, 1), 256)
-        };
+        let (name, grid, block) =
+            if bias_act_vectorized(f, z.ptr(s)) && out.ptr(s).is_multiple_of(16) {
+                let (grid, block) = bias_act_v8_launch(rows, f, self.info().multiprocessors);
+                (format!("swiglu_v8_{t}"), grid, block)
+            } else {
+                (format!("swiglu_{t}"), (self.grid_for(rows * f), 1, 1), 256)
+            };
         // SAFETY: sizes checked.
         unsafe { self.launch(&name, grid, block, 0, &args) }
     }

@@ -11,7 +11,7 @@ const LN_WARP_ROWS: usize = 4;
 /// Threads per block of the block-per-row (`_wide`) LayerNorm kernels.
 const LN_WIDE_THREADS: u32 = 256;
 // block_sum reduces 32 warp partials: whole warps, at most 1024 threads.
-const _: () = assert!(LN_WIDE_THREADS % 32 == 0 && LN_WIDE_THREADS <= 1024);
+const _: () = assert!(LN_WIDE_THREADS.is_multiple_of(32) && LN_WIDE_THREADS <= 1024);
 
 /// The 4-column-group counts per lane of the `_g{G}` LayerNorm kernels (`LAYER_NORM_G`,
 /// `ADD_SCALED_LN_G`): a row of `h <= 128·G` columns.
@@ -34,7 +34,7 @@ fn layer_norm_launch(rows: usize, h: usize, aligned: bool) -> (RowNorm, u32, u32
     let warp_grid = rows.div_ceil(LN_WARP_ROWS) as u32;
     let groups = LN_GROUPS.into_iter().find(|&g| h <= 128 * g);
     match groups {
-        Some(g) if aligned && h % 4 == 0 => {
+        Some(g) if aligned && h.is_multiple_of(4) => {
             (RowNorm::Groups(g), warp_grid, 32 * LN_WARP_ROWS as u32)
         }
         _ => (RowNorm::Wide, rows as u32, LN_WIDE_THREADS),

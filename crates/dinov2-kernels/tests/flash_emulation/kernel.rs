@@ -118,7 +118,7 @@ pub fn load_tile(p: &Problem, qkv: &[f32], dst: &mut [f32], src: usize, row0: us
     let mut copied = vec![0u8; chunks];
     for tid in 0..THREADS {
         for i in 0..chunks / THREADS {
-            let (r, col) = if THREADS % cpr == 0 {
+            let (r, col) = if THREADS.is_multiple_of(cpr) {
                 (tid / cpr + i * (THREADS / cpr), (tid % cpr) * 8)
             } else {
                 let c = tid + i * THREADS;

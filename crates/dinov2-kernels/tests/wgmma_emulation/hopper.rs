@@ -80,7 +80,10 @@ impl Block {
     }
 
     pub fn cell(&self, addr: u32) -> usize {
-        assert!(addr % 2 == 0, "shared address {addr:#x} not 16-bit aligned");
+        assert!(
+            addr.is_multiple_of(2),
+            "shared address {addr:#x} not 16-bit aligned"
+        );
         let i = (addr
             .checked_sub(RAW)
             .expect("shared address below the block's")
@@ -136,7 +139,7 @@ impl Block {
     /// `cp.async.cg.shared.global [dst], [src], 16, bytes`: `src` is None for bytes = 0.
     pub fn cp_async16(&mut self, dst: u32, src: Option<&[f32]>) {
         assert!(
-            dst % 16 == 0,
+            dst.is_multiple_of(16),
             "cp.async destination {dst:#x} not 16-byte aligned"
         );
         let values = src.map_or([0.0; 8], |s| s[..8].try_into().unwrap());
@@ -363,11 +366,11 @@ pub struct TensorMap<'a> {
 /// c ^ (r % 8) (dst 1024-aligned). Lands at once; returns the bytes for the mbarrier.
 pub fn tma_load_2d(b: &mut Block, dst: u32, map: &TensorMap, x: usize, y: usize) -> u32 {
     assert!(
-        dst % 1024 == 0,
+        dst.is_multiple_of(1024),
         "TMA destination {dst:#x}: the 128-byte swizzle needs 1024-byte alignment"
     );
     assert!(
-        x % 64 == 0 && x + 64 <= map.k,
+        x.is_multiple_of(64) && x + 64 <= map.k,
         "box column {x} of {}",
         map.k
     );
@@ -441,7 +444,7 @@ pub fn load_sw128_tile(
 ) {
     let step = threads / 8;
     assert!(
-        step % 8 == 0 && rows % step == 0,
+        step.is_multiple_of(8) && rows.is_multiple_of(step),
         "whole swizzle groups, whole passes"
     );
     for tid in 0..threads {
