@@ -1009,6 +1009,19 @@ mod tests {
         out
     }
 
+    /// A `w` x `h` RGB image: a row of 0, a row of 255 (both ends of the clamp), then values
+    /// from `seed`.
+    fn clamp_test_image(w: usize, h: usize, seed: u32) -> Vec<u8> {
+        let mut next = crate::test_sequence(seed);
+        (0..w * h * 3)
+            .map(|i| match i / (w * 3) {
+                0 => 0,
+                1 => 255,
+                _ => (next() >> 16) as u8,
+            })
+            .collect()
+    }
+
     #[test]
     fn vectorized_horizontal_pass_equals_pillows_loop() {
         // Source widths around the 4-pixel steps of the row copies (1-5: none; 6-9: one, then
@@ -1016,14 +1029,7 @@ mod tests {
         // block of four, then three alone.
         for w in [1usize, 2, 3, 4, 5, 6, 7, 8, 9, 53, 130] {
             let h = 7usize;
-            let mut next = crate::test_sequence(12345);
-            let src: Vec<u8> = (0..w * h * 3)
-                .map(|i| match i / (w * 3) {
-                    0 => 0,
-                    1 => 255,
-                    _ => (next() >> 16) as u8,
-                })
-                .collect();
+            let src = clamp_test_image(w, h, 12345);
             for resample in [
                 Resample::Bicubic,
                 Resample::Lanczos,
@@ -1083,14 +1089,7 @@ mod tests {
     #[test]
     fn the_vertical_pass_equals_pillows_loop() {
         let (w, h) = (40usize, 53usize);
-        let mut next = crate::test_sequence(4242);
-        let src: Vec<u8> = (0..w * h * 3)
-            .map(|i| match i / (w * 3) {
-                0 => 0,
-                1 => 255,
-                _ => (next() >> 16) as u8,
-            })
-            .collect();
+        let src = clamp_test_image(w, h, 4242);
         for resample in [Resample::Bicubic, Resample::Lanczos] {
             let (filter, support) = filter_of(resample).unwrap();
             for out_h in [7u32, 30, 90] {
