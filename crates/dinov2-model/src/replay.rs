@@ -16,8 +16,9 @@
 //! runs the rare ones unrecorded, instead of recording and dropping sizes in turn, each
 //! recording paid and never replayed.
 //!
-//! Should a recording fail, the model says why in [`ReplayStatus`] and runs every pass as usual
-//! from then on; results never depend on whether a pass was replayed.
+//! Should a recording or a replay fail, the model says why in [`ReplayStatus`] and runs every
+//! pass as usual from then on (the failed replay's pass included); results never depend on
+//! whether a pass was replayed.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -214,6 +215,12 @@ impl<R> Replays<R> {
     pub fn clear(&mut self) {
         self.recorded.clear();
         self.seen.clear();
+    }
+
+    /// Takes back the replay that the last [`Replays::find`] counted: it failed, and the pass
+    /// ran unrecorded.
+    pub fn replay_failed(&mut self) {
+        self.status.replays = self.status.replays.saturating_sub(1);
     }
 
     /// Turns recording off for good, keeping the reason.

@@ -47,6 +47,9 @@ struct TapeBackend {
     tape: Mutex<Option<Vec<Step>>>,
     /// Makes every recording fail (as an invalidated capture does), after the body ran.
     fail_recording: bool,
+    /// Makes every replay fail with this error, after it ran its first step: `Some(true)` out
+    /// of device memory (as a graph launch that cannot allocate does), `Some(false)` another.
+    fail_replay: Option<bool>,
     /// Folds each LayerNorm into the linear layer the loader offers with it, as the CUDA
     /// backend does under `DINOV2_NORM=fold` ([`Backend::fold_norm_linear`]): the layer takes
     /// the folded weights, and a LayerNorm with a folded norm's weight normalizes without
@@ -65,6 +68,7 @@ impl TapeBackend {
             cpu: CpuBackend::new(Dtype::F32).unwrap(),
             tape: Mutex::new(None),
             fail_recording: false,
+            fail_replay: None,
             fold: None,
             arena: None,
         }
@@ -197,6 +201,18 @@ impl Backend for TapeBackend {
     }
 
     fn replay(&self, recording: &Tape) -> Result<()> {
+        if let Some(out_of_memory) = self.fail_replay {
+            // Half done, as a failed launch may leave the recording's outputs.
+            recording.steps[0]()?;
+            return Err(if out_of_memory {
+                dinov2_model::ModelError::OutOfMemory {
+                    backend: "tape".into(),
+                    reason: "graph launch".into(),
+                }
+            } else {
+                dinov2_model::ModelError::Unsupported("launch failed".into())
+            });
+        }
         recording.steps.iter().try_for_each(|step| step())
     }
 
@@ -575,6 +591,43 @@ fn a_failed_recording_turns_recording_off_and_passes_go_on() {
     let status = taped.replay_status();
     assert_eq!(status.failure.as_deref(), Some("capture invalidated"));
     assert_eq!((status.recorded, status.replays), (0, 0));
+}
+
+/// A replay that fails gives way to the eager pass, whose results are returned: out of device
+/// memory, the shape runs unrecorded from then on and other shapes still record; any other
+/// error turns recording off.
+#[test]
+fn a_failed_replay_runs_the_pass_and_passes_go_on() {
+    let config = config("vits14");
+    let plain = Dinov2::random(CpuBackend::new(Dtype::F32).unwrap(), &config, 7).unwrap();
+    for (out_of_memory, failure, too_large) in [
+        (false, Some("a replay failed: launch failed"), 0),
+        (true, None, 1),
+    ] {
+        let mut backend = TapeBackend::new();
+        backend.fail_replay = Some(out_of_memory);
+        let taped = Dinov2::random(backend, &config, 7).unwrap();
+        for seed in 0..5 {
+            let px = pixels(seed, 2, 28, 28);
+            assert_eq!(
+                taped.embed(&px, Pooling::Mean, false).unwrap(),
+                plain.embed(&px, Pooling::Mean, false).unwrap(),
+                "out of memory {out_of_memory}, pass {seed}"
+            );
+        }
+        let status = taped.replay_status();
+        assert_eq!(status.failure.as_deref(), failure);
+        assert_eq!(status.too_large, too_large);
+        // Recorded at pass 2, its replay at pass 3 failed; not recorded again.
+        assert_eq!((status.recorded, status.replays), (1, 0));
+        // Another shape still records where the failure was the memory's.
+        let px = pixels(9, 1, 28, 28);
+        for _ in 0..2 {
+            taped.embed(&px, Pooling::Mean, false).unwrap();
+        }
+        let more = usize::from(out_of_memory);
+        assert_eq!(taped.replay_status().recorded, 1 + more);
+    }
 }
 
 #[test]

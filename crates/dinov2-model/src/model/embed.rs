@@ -10,6 +10,15 @@ pub(super) enum Pixels<'a, T> {
     Uploaded(&'a PixelBatch<T>),
 }
 
+// By hand: derived, they would ask `T` to be `Copy` too.
+impl<T> Clone for Pixels<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Pixels<'_, T> {}
+
 impl<B: Backend> Dinov2<B> {
     /// One embedding per image of `pixel_values` `[B, C, H, W]`: the final tokens pooled on the
     /// backend ([`Backend::pool`]), so that only `[B, h]` (CLS, mean) or `[B, 2h]` (both) values
@@ -172,14 +181,17 @@ impl<B: Backend> Dinov2<B> {
         // Held for the whole pass: a recording's tensors serve one pass at a time, and the
         // backend runs passes one after another anyway.
         let mut replays = self.exclusive()?;
-        let recorded = replays.as_mut().and_then(|r| r.find(shape));
-        if let Some(rec) = recorded {
-            match pixels {
-                Pixels::Host(t) => be.upload_into(t, &mut rec.input)?,
-                Pixels::Uploaded(p) => be.copy_into(&p.tensor, &mut rec.input)?,
+        if let Some(rec) = replays.as_mut().and_then(|r| r.find(shape)) {
+            match self.replay_pass(pixels, rec, shape) {
+                Ok(results) => return Ok(results),
+                // The eager pass below gives the results, or the error that stands.
+                Err(e) => {
+                    if let Some(r) = replays.as_mut() {
+                        r.replay_failed();
+                        give_up_recording(r, shape, format!("a replay failed: {e}"), &e);
+                    }
+                }
             }
-            be.replay(&rec.recording)?;
-            return self.on_host(&rec.outputs, rec.pooled, shape);
         }
         let uploaded;
         let pixels = match pixels {
@@ -199,13 +211,28 @@ impl<B: Backend> Dinov2<B> {
                         replays.drop_stale(|r| be.is_current(&r.recording));
                     }
                     Ok(None) => replays.fail("the backend recorded nothing".into()),
-                    // The pass itself ran: this shape runs unrecorded, the others still record.
-                    Err(ModelError::OutOfMemory { .. }) => replays.too_large(shape),
-                    Err(e) => replays.fail(e.to_string()),
+                    // The pass itself ran: its results stand.
+                    Err(e) => give_up_recording(replays, shape, e.to_string(), &e),
                 }
             }
         }
         self.on_host(&outs, pooled, shape)
+    }
+
+    /// The recorded pass `rec` replayed on `pixels`, and its results on the host.
+    fn replay_pass(
+        &self,
+        pixels: Pixels<'_, B::Tensor>,
+        rec: &mut Recorded<B>,
+        shape: &PassShape,
+    ) -> Result<Vec<Tensor>> {
+        let be = &self.backend;
+        match pixels {
+            Pixels::Host(t) => be.upload_into(t, &mut rec.input)?,
+            Pixels::Uploaded(p) => be.copy_into(&p.tensor, &mut rec.input)?,
+        }
+        be.replay(&rec.recording)?;
+        self.on_host(&rec.outputs, rec.pooled, shape)
     }
 
     /// A pass's results downloaded, and pooled on the host unless `pooled` already.
@@ -315,5 +342,20 @@ impl<B: Backend> Dinov2<B> {
             pooled,
             recording,
         }))
+    }
+}
+
+/// After recording or replaying `shape` failed with `error` (the pass itself then runs
+/// unrecorded): out of device memory, this shape runs unrecorded from then on and the other
+/// recordings give their memory back; any other error turns recording off, for `reason`.
+fn give_up_recording<R>(
+    replays: &mut Replays<R>,
+    shape: &PassShape,
+    reason: String,
+    error: &ModelError,
+) {
+    match error {
+        ModelError::OutOfMemory { .. } => replays.too_large(shape),
+        _ => replays.fail(reason),
     }
 }
