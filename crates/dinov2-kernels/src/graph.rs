@@ -139,7 +139,10 @@ impl Device {
     fn discard_capture(&self) -> Result<()> {
         self.set_placement(Placement::Pool);
         let _ = self.ctx.check_err();
-        self.bind()?;
+        // The capture is ended even where the context cannot be made current on this thread:
+        // a stream left capturing would record all later work instead of running it. Where
+        // both fail, the end's error is the one reported.
+        let bound = self.bind();
         // SAFETY: the stream is capturing (the recorder is open); the graph it returns is ours
         // and destroyed once.
         let graph = unsafe { dresult::stream::end_capture(self.stream.cu_stream()) }
@@ -150,7 +153,7 @@ impl Device {
             unsafe { dresult::graph::destroy(graph) }
                 .ctx(|| "destroying a traced CUDA graph".into())?;
         }
-        Ok(())
+        bound
     }
 
     /// Queues a replay of `graph` on the stream (ordered after the work queued before).

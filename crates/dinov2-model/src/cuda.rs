@@ -716,7 +716,10 @@ impl Backend for CudaBackend {
         self.synchronize()?;
         // That pass left its memory in the stream's pool; replays use the arena or the graph's
         // own, so hand the pool's back (what the bench's memory figure sees). Best effort: a
-        // pool that cannot be trimmed only keeps more memory.
+        // pool that cannot be trimmed only keeps more memory. The pool is the device's, shared
+        // by every stream: another model's stream on this device (`--streams`) loses its
+        // cached blocks too, and allocates them afresh in its next unrecorded pass. That is
+        // once per recorded shape, and results do not change.
         let _ = self.device.release_cached_memory();
         Ok(Some(graph))
     }
