@@ -186,6 +186,28 @@ impl MemoryPlan {
     }
 }
 
+/// The first buffer of `trace` never freed in it, as (its number, its bytes). Such a buffer
+/// outlives its capture: in a planned recording it would be a range of the arena that the
+/// next replay of any recording on the device overwrites (the driver, which refuses to replay
+/// a graph whose own allocation is still live, sees nothing of an arena), so a trace with one
+/// is not planned.
+pub(crate) fn unfreed(trace: &[Event]) -> Option<(usize, usize)> {
+    let mut live: Vec<Option<usize>> = Vec::new();
+    for event in trace {
+        match *event {
+            Event::Alloc { bytes } => live.push(Some(bytes)),
+            Event::Free { alloc } => {
+                if let Some(slot) = live.get_mut(alloc) {
+                    *slot = None;
+                }
+            }
+        }
+    }
+    live.iter()
+        .enumerate()
+        .find_map(|(alloc, bytes)| bytes.map(|b| (alloc, b)))
+}
+
 fn aligned(bytes: usize) -> usize {
     bytes.max(1).div_ceil(ALIGN) * ALIGN
 }
@@ -249,6 +271,19 @@ pub(crate) fn diverged(plan: &MemoryPlan, events: &[Event]) -> KernelError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_buffer_never_freed_is_named() {
+        let alloc = |bytes| Event::Alloc { bytes };
+        let free = |alloc| Event::Free { alloc };
+        assert_eq!(unfreed(&[]), None);
+        assert_eq!(unfreed(&[alloc(10), alloc(20), free(1), free(0)]), None);
+        assert_eq!(
+            unfreed(&[alloc(10), alloc(20), alloc(30), free(0), free(2)]),
+            Some((1, 20))
+        );
+        assert_eq!(unfreed(&[alloc(10), free(0), alloc(40)]), Some((1, 40)));
+    }
 
     /// A pseudo-random trace like a pass's: allocations of mixed sizes, each freed a few steps
     /// later (some at the end, some never).

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{result as dresult, sys as dsys, CudaGraph};
 
-use crate::arena::{diverged, Arena, MemoryPlan};
+use crate::arena::{diverged, unfreed, Arena, MemoryPlan};
 use crate::device::{Device, Placement};
 use crate::error::{DriverContext, KernelError, Result};
 
@@ -199,7 +199,17 @@ impl Recorder<'_> {
         self.open = false;
         self.device.discard_capture()?;
         match &self.placement {
-            Placement::Traced(log) => Ok(MemoryPlan::new(log.events())),
+            Placement::Traced(log) => {
+                let events = log.events();
+                if let Some((alloc, bytes)) = unfreed(&events) {
+                    return Err(KernelError::Unsupported(format!(
+                        "buffer {alloc} of the recorded pass ({bytes} bytes) outlives the \
+                         recording: a planned recording would share its memory with every \
+                         replay's"
+                    )));
+                }
+                Ok(MemoryPlan::new(events))
+            }
             _ => Err(KernelError::Unsupported(
                 "a capture without RecordingMemory::Traced has no plan".into(),
             )),
