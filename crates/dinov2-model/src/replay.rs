@@ -103,6 +103,9 @@ pub(crate) struct Replays<R> {
     seen: HashMap<PassShape, u32>,
     /// Shapes whose recording ran out of device memory: they run unrecorded from then on.
     too_large: HashSet<PassShape>,
+    /// Shapes whose recording ran out of device memory while others held theirs, and that were
+    /// given a second try with that memory back ([`Replays::too_large`]).
+    second_chance: HashSet<PassShape>,
     /// The recordings, the most recently used last, each with its replays so far (aged).
     recorded: VecDeque<(PassShape, R, u32)>,
     /// Passes since the counts were last halved.
@@ -115,6 +118,7 @@ impl<R> Replays<R> {
         Replays {
             seen: HashMap::new(),
             too_large: HashSet::new(),
+            second_chance: HashSet::new(),
             recorded: VecDeque::new(),
             since_aging: 0,
             status: ReplayStatus {
@@ -201,10 +205,22 @@ impl<R> Replays<R> {
         }
     }
 
-    /// Gives up recording `shape`, whose recording ran out of device memory, and drops the
-    /// other recordings to give their memory back; recording goes on for other shapes.
+    /// After `shape`'s recording (or replay) ran out of device memory: drops the other
+    /// recordings to give their memory back. Where there were others, and this shape has not
+    /// had its second chance yet, it is recorded again at its next pass, when their memory is
+    /// free (on CUDA, a recording larger than the arena allocates a new one while the old one
+    /// is still held); otherwise it runs unrecorded from then on. Recording goes on for other
+    /// shapes.
     pub fn too_large(&mut self, shape: &PassShape) {
+        let others = self.recorded.iter().any(|(s, _, _)| s != shape);
+        let runs = self.seen.get(shape).copied();
         self.clear();
+        if others && self.second_chance.insert(shape.clone()) {
+            if let Some(runs) = runs {
+                self.seen.insert(shape.clone(), runs);
+            }
+            return;
+        }
         if self.too_large.insert(shape.clone()) {
             self.status.too_large += 1;
         }
@@ -277,12 +293,24 @@ mod tests {
         let mut r = Replays::<u32>::new(true);
         r.insert(shape(4), 4);
         assert!(!r.should_record(&shape(8)));
+        assert!(r.should_record(&shape(8)));
+        // Out of memory beside the recording of 4: that one is dropped, and 8 is tried again
+        // at its next pass.
         r.too_large(&shape(8));
         assert!(
             r.find(&shape(4)).is_none(),
             "the other recordings were dropped"
         );
+        assert_eq!(r.status().too_large, 0);
+        assert!(r.should_record(&shape(8)));
+        // Out of memory alone: given up.
+        r.too_large(&shape(8));
         assert!(!r.should_record(&shape(8)));
+        assert!(!r.should_record(&shape(8)));
+        // Given up, too, on a second failure beside others.
+        r.insert(shape(4), 4);
+        r.too_large(&shape(8));
+        assert!(r.find(&shape(4)).is_none());
         assert!(!r.should_record(&shape(8)));
         assert!(!r.should_record(&shape(2)));
         assert!(r.should_record(&shape(2)));
