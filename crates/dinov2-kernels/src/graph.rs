@@ -132,7 +132,20 @@ impl Device {
             .end_capture(dsys::CUgraphInstantiate_flags(0))
             .ctx(|| "ending a CUDA graph capture".into());
         let _ = self.ctx.check_err();
+        // cudarc binds the context before ending the capture: where that failed, the stream
+        // still captures, and would record all later work instead of running it.
+        if ended.is_err() && self.capturing() {
+            let _ = self.discard_capture();
+        }
         ended
+    }
+
+    /// Whether the stream is capturing (actively, or a capture that an error invalidated).
+    fn capturing(&self) -> bool {
+        // SAFETY: reads the capture status of our live stream.
+        unsafe { dresult::stream::is_capturing(self.stream.cu_stream()) }.is_ok_and(|status| {
+            status != dsys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE
+        })
     }
 
     /// Ends the capture and destroys what it recorded without instantiating it.
