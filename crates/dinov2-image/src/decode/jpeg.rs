@@ -21,6 +21,7 @@
 //! on the way out.
 
 use std::cell::Cell;
+use std::mem::MaybeUninit;
 use std::os::raw::{c_int, c_ulong};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -33,6 +34,7 @@ use crate::error::Result;
 use crate::exif;
 use crate::preprocess::resize_output_size;
 use crate::resize::Rect;
+use crate::rgb::RgbImage;
 
 /// Pixels decoded around a requested part on each side (where the image has them), so that the
 /// part's own pixels are those of a full decode.
@@ -136,11 +138,41 @@ impl<'a> Decompressor<'a> {
 
     /// Reads the next scanline into `row` (the output width times the output components).
     fn read_row(&mut self, row: &mut [u8]) {
+        // SAFETY: initialized bytes are valid `MaybeUninit` bytes, and libjpeg writes only
+        // initialized values.
+        let row = unsafe { &mut *(row as *mut [u8] as *mut [MaybeUninit<u8>]) };
+        self.read_row_uninit(row);
+    }
+
+    /// Reads the next scanline into `row`, which need not be initialized: true when libjpeg
+    /// wrote one, which it writes whole (the output width times the output components).
+    fn read_row_uninit(&mut self, row: &mut [MaybeUninit<u8>]) -> bool {
         let width = self.cinfo.output_width as usize * self.cinfo.out_color_components as usize;
-        debug_assert!(row.len() >= width, "row of {} bytes for {width}", row.len());
-        let mut rows = [row.as_mut_ptr()];
+        assert!(row.len() >= width, "row of {} bytes for {width}", row.len());
+        let mut rows = [row.as_mut_ptr().cast::<u8>()];
         // SAFETY: one row pointer to at least `width` writable bytes.
-        unsafe { ffi::jpeg_read_scanlines(&mut self.cinfo, rows.as_mut_ptr(), 1) };
+        unsafe { ffi::jpeg_read_scanlines(&mut self.cinfo, rows.as_mut_ptr(), 1) == 1 }
+    }
+
+    /// The next `rows` scanlines of `row_bytes` each (the output width times the output
+    /// components), in a buffer not zeroed first: libjpeg writes every byte.
+    fn read_rows(&mut self, ctx: &Ctx<'_>, rows: usize, row_bytes: usize) -> Result<Vec<u8>> {
+        let len = rows
+            .checked_mul(row_bytes)
+            .ok_or_else(|| ctx.unsupported("image too large for this machine's address space"))?;
+        let mut data = Vec::new();
+        data.try_reserve_exact(len)
+            .map_err(|_| ctx.unsupported(format!("cannot allocate {len} bytes for the pixels")))?;
+        for row in data.spare_capacity_mut()[..len].chunks_exact_mut(row_bytes) {
+            if !self.read_row_uninit(row) {
+                return Err(
+                    ctx.corrupt("libjpeg returned fewer scanlines than the header promises")
+                );
+            }
+        }
+        // SAFETY: the `len` bytes are `rows` whole rows, each written by libjpeg above.
+        unsafe { data.set_len(len) };
+        Ok(data)
     }
 
     /// Skips `count` scanlines (entropy-decoded, not output), unless it is 0.
@@ -256,14 +288,16 @@ fn decode_inner(
         unsafe { ffi::jpeg_crop_scanline(&mut dec.cinfo, &mut left, &mut columns) };
     }
     let (top, rows) = (part.top, part.height);
-    let mut image = ctx.rgb(columns, rows)?;
     dec.skip_rows(top);
     let row_samples = columns as usize * channels;
-    if channels == 3 {
-        for row in image.data.chunks_exact_mut(row_samples) {
-            dec.read_row(row);
+    let image = if channels == 3 {
+        RgbImage {
+            width: columns,
+            height: rows,
+            data: dec.read_rows(ctx, rows as usize, row_samples)?,
         }
     } else {
+        let mut image = ctx.rgb(columns, rows)?;
         let mut buf = ctx.alloc(row_samples)?;
         for out in image.data.chunks_exact_mut(columns as usize * 3) {
             dec.read_row(&mut buf);
@@ -283,7 +317,8 @@ fn decode_inner(
                 }
             }
         }
-    }
+        image
+    };
     // The rows below: entropy-decoded to the last, which is read (see the module documentation).
     let below = height32 - (top + rows);
     if below > 0 {

@@ -20,6 +20,7 @@ use super::{Ctx, Decoded};
 use crate::convert::{clip_u16, gray_scale, packed_sample, Palette};
 use crate::error::{ImageError, Result};
 use crate::exif;
+use crate::rgb::RgbImage;
 
 fn map_err(ctx: &Ctx<'_>, err: DecodingError) -> ImageError {
     match err {
@@ -98,8 +99,19 @@ fn decode_inner(data: &[u8], ctx: &Ctx<'_>) -> Result<Decoded> {
         return Err(ctx.unsupported("first frame smaller than the image (APNG)"));
     }
     let line = frame.line_size;
-    let mut image = ctx.rgb(width, height)?;
     let w = width as usize;
+    let rgb_bytes = w * 3 * height as usize;
+    if (color_type, bits) == (ColorType::Rgb, 8) && line == w * 3 && raw.len() >= rgb_bytes {
+        // The samples are the pixels: no conversion, no second buffer.
+        raw.truncate(rgb_bytes);
+        let image = RgbImage {
+            width,
+            height,
+            data: raw,
+        };
+        return Ok(Decoded::new(image, orientation));
+    }
+    let mut image = ctx.rgb(width, height)?;
     let samples: usize = match color_type {
         ColorType::Grayscale | ColorType::Indexed => 1,
         ColorType::GrayscaleAlpha => 2,
