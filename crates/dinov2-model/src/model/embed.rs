@@ -346,8 +346,9 @@ impl<B: Backend> Dinov2<B> {
 }
 
 /// After recording or replaying `shape` failed with `error` (the pass itself then runs
-/// unrecorded): out of device memory, this shape runs unrecorded from then on and the other
-/// recordings give their memory back; any other error turns recording off, for `reason`.
+/// unrecorded): out of device memory, the other recordings give their memory back and this
+/// shape runs unrecorded, or is recorded once more without them ([`Replays::too_large`]); any
+/// other error turns recording off, for `reason`.
 fn give_up_recording<R>(
     replays: &mut Replays<R>,
     shape: &PassShape,
