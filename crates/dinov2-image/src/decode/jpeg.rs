@@ -154,16 +154,12 @@ impl<'a> Decompressor<'a> {
         unsafe { ffi::jpeg_read_scanlines(&mut self.cinfo, rows.as_mut_ptr(), 1) == 1 }
     }
 
-    /// The next `rows` scanlines of `row_bytes` each (the output width times the output
-    /// components), in a buffer not zeroed first: libjpeg writes every byte.
-    fn read_rows(&mut self, ctx: &Ctx<'_>, rows: usize, row_bytes: usize) -> Result<Vec<u8>> {
-        let len = rows
-            .checked_mul(row_bytes)
-            .ok_or_else(|| ctx.unsupported("image too large for this machine's address space"))?;
-        let mut data = Vec::new();
-        data.try_reserve_exact(len)
-            .map_err(|_| ctx.unsupported(format!("cannot allocate {len} bytes for the pixels")))?;
-        for row in data.spare_capacity_mut()[..len].chunks_exact_mut(row_bytes) {
+    /// The next `rows` scanlines of an RGB output `columns` wide, in a buffer not zeroed first:
+    /// libjpeg writes every byte.
+    fn read_rgb_rows(&mut self, ctx: &Ctx<'_>, columns: u32, rows: u32) -> Result<RgbImage> {
+        let len = ctx.rgb_len(columns, rows)?;
+        let mut data = ctx.reserve(len)?;
+        for row in data.spare_capacity_mut()[..len].chunks_exact_mut(columns as usize * 3) {
             if !self.read_row_uninit(row) {
                 return Err(
                     ctx.corrupt("libjpeg returned fewer scanlines than the header promises")
@@ -172,7 +168,11 @@ impl<'a> Decompressor<'a> {
         }
         // SAFETY: the `len` bytes are `rows` whole rows, each written by libjpeg above.
         unsafe { data.set_len(len) };
-        Ok(data)
+        Ok(RgbImage {
+            width: columns,
+            height: rows,
+            data,
+        })
     }
 
     /// Skips `count` scanlines (entropy-decoded, not output), unless it is 0.
@@ -291,11 +291,7 @@ fn decode_inner(
     dec.skip_rows(top);
     let row_samples = columns as usize * channels;
     let image = if channels == 3 {
-        RgbImage {
-            width: columns,
-            height: rows,
-            data: dec.read_rows(ctx, rows as usize, row_samples)?,
-        }
+        dec.read_rgb_rows(ctx, columns, rows)?
     } else {
         let mut image = ctx.rgb(columns, rows)?;
         let mut buf = ctx.alloc(row_samples)?;

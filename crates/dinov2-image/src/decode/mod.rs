@@ -312,25 +312,35 @@ impl Ctx<'_> {
         }
     }
 
-    /// A zeroed buffer of `len` bytes, or an error instead of an allocation failure.
-    pub fn alloc(&self, len: usize) -> Result<Vec<u8>> {
+    /// An empty buffer with room for `len` bytes, or an error instead of an allocation failure.
+    pub fn reserve(&self, len: usize) -> Result<Vec<u8>> {
         let mut v = Vec::new();
         v.try_reserve_exact(len)
             .map_err(|_| self.unsupported(format!("cannot allocate {len} bytes for the pixels")))?;
+        Ok(v)
+    }
+
+    /// A zeroed buffer of `len` bytes, or an error instead of an allocation failure.
+    pub fn alloc(&self, len: usize) -> Result<Vec<u8>> {
+        let mut v = self.reserve(len)?;
         v.resize(len, 0);
         Ok(v)
     }
 
-    /// The RGB output buffer for a checked `width x height` image.
-    pub fn rgb(&self, width: u32, height: u32) -> Result<RgbImage> {
-        let len = (width as usize)
+    /// The bytes of a `width x height` RGB image, or an error where they overflow.
+    pub fn rgb_len(&self, width: u32, height: u32) -> Result<usize> {
+        (width as usize)
             .checked_mul(height as usize)
             .and_then(|n| n.checked_mul(3))
-            .ok_or_else(|| self.unsupported("image too large for this machine's address space"))?;
+            .ok_or_else(|| self.unsupported("image too large for this machine's address space"))
+    }
+
+    /// The RGB output buffer for a checked `width x height` image.
+    pub fn rgb(&self, width: u32, height: u32) -> Result<RgbImage> {
         Ok(RgbImage {
             width,
             height,
-            data: self.alloc(len)?,
+            data: self.alloc(self.rgb_len(width, height)?)?,
         })
     }
 }

@@ -100,7 +100,7 @@ fn decode_inner(data: &[u8], ctx: &Ctx<'_>) -> Result<Decoded> {
     }
     let line = frame.line_size;
     let w = width as usize;
-    let rgb_bytes = w * 3 * height as usize;
+    let rgb_bytes = ctx.rgb_len(width, height)?;
     if (color_type, bits) == (ColorType::Rgb, 8) && line == w * 3 && raw.len() >= rgb_bytes {
         // The samples are the pixels: no conversion, no second buffer.
         raw.truncate(rgb_bytes);
