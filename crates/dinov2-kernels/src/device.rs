@@ -45,6 +45,10 @@ pub struct DeviceInfo {
     pub code: CodeKind,
     /// The cuBLAS that was loaded, `major·10000 + minor·100 + patch` (13.x expected).
     pub cublas_version: i32,
+    /// Why the sm_90a kernels (our Hopper GEMMs and warpgroup-MMA attention, both opt-in) are
+    /// not loaded on a compute capability 9.0 device: the driver's error. `None` where they
+    /// loaded, and on other devices (which have none).
+    pub hopper_error: Option<String>,
 }
 
 impl DeviceInfo {
@@ -60,6 +64,11 @@ impl DeviceInfo {
             0 => "unknown".into(),
             v => format!("{}.{}.{}", v / 10000, v % 10000 / 100, v % 100),
         }
+    }
+
+    /// Whether our sm_90a kernels are loaded: compute capability 9.0, and the driver took them.
+    pub fn hopper_kernels(&self) -> bool {
+        self.code == CodeKind::CubinSm90 && self.hopper_error.is_none()
     }
 
     /// The code the kernels run as: `sm_90 cubin` or `PTX (JIT)`.
@@ -227,7 +236,12 @@ fn encoded_chunks(
 impl Device {
     /// Opens GPU `ordinal`: checks the libraries and the driver version, creates the context and
     /// stream, loads the kernels (the sm_90 and sm_90a cubins on compute capability 9.0, else the
-    /// PTX, without the Hopper-only GEMMs) and the cuBLAS handles. Never panics for a missing library or device: those are errors.
+    /// PTX, without the Hopper-only GEMMs) and the cuBLAS handles. Never panics for a missing
+    /// library or device: those are errors.
+    ///
+    /// The sm_90a kernels are all opt-in, so a driver that refuses them does not stop the
+    /// default ones: the device then runs as any other (cuBLAS GEMMs, the flash attention), and
+    /// [`DeviceInfo::hopper_error`] says why.
     pub fn new(ordinal: usize) -> Result<Self> {
         probe_libraries()?;
         let mut version = 0i32;
@@ -269,6 +283,7 @@ impl Device {
             CodeKind::Ptx
         };
         let mut modules = Vec::new();
+        let mut hopper_error = None;
         for artifact in ARTIFACTS {
             let image = match (code, artifact.ptx) {
                 (CodeKind::CubinSm90, _) => Ptx::from_binary(artifact.cubin_sm90.to_vec()),
@@ -276,13 +291,20 @@ impl Device {
                 // A Hopper-only family: nothing to load on other GPUs.
                 (CodeKind::Ptx, None) => continue,
             };
-            let module = ctx.load_module(image).ctx(|| {
+            let loaded = ctx.load_module(image).ctx(|| {
                 format!(
                     "loading the {} kernels ({code:?}, driver {version})",
                     artifact.name
                 )
-            })?;
-            modules.push(module);
+            });
+            match loaded {
+                Ok(module) => modules.push(module),
+                // A Hopper-only family (opt-in): the first refusal is kept, the others skipped.
+                Err(e) if artifact.ptx.is_none() => {
+                    hopper_error.get_or_insert_with(|| e.to_string());
+                }
+                Err(e) => return Err(e),
+            }
         }
         let multiprocessors = ctx
             .attribute(dsys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -305,6 +327,7 @@ impl Device {
             multiprocessors,
             code,
             cublas_version,
+            hopper_error,
         };
         Ok(Device {
             ctx,
@@ -312,11 +335,11 @@ impl Device {
             modules,
             functions: Mutex::new(HashMap::new()),
             blas,
-            attention_choice: AttentionChoice::from_env(code == CodeKind::CubinSm90)?,
+            attention_choice: AttentionChoice::from_env(info.hopper_kernels())?,
             profile: crate::flag("DINOV2_PROFILE", false)?.then(Default::default),
             placement: Mutex::new(Placement::Pool),
             arena: Mutex::new(Weak::new()),
-            own_gemm: OwnGemmState::from_env(code, gemm_switch)?,
+            own_gemm: OwnGemmState::from_env(info.hopper_kernels(), gemm_switch)?,
             info,
         })
     }
@@ -789,11 +812,14 @@ impl Device {
                     .modules
                     .iter()
                     .find_map(|m| m.load_function(name).ok())
-                    .ok_or_else(|| {
-                        KernelError::Unsupported(format!(
+                    .ok_or_else(|| match &self.info.hopper_error {
+                        Some(why) => KernelError::Unsupported(format!(
+                            "kernel `{name}` is not loaded: the sm_90a kernels were refused ({why})"
+                        )),
+                        None => KernelError::Unsupported(format!(
                             "kernel `{name}` is not in the embedded artifacts (rebuild them with \
                              `cargo xtask kernels`)"
-                        ))
+                        )),
                     })?;
                 (f, 0)
             }
@@ -904,10 +930,18 @@ mod tests {
             multiprocessors: 132,
             code: CodeKind::CubinSm90,
             cublas_version: 130100,
+            hopper_error: None,
         };
         assert_eq!(info.driver(), "13.0");
         assert_eq!(info.cublas(), "13.1.0");
         assert_eq!(info.kernel_code(), "sm_90 cubin");
+        assert!(info.hopper_kernels());
+        let refused = DeviceInfo {
+            hopper_error: Some("loading the gemm_sm90a kernels: CUDA_ERROR_INVALID_IMAGE".into()),
+            ..info.clone()
+        };
+        assert!(!refused.hopper_kernels());
+        assert_eq!(refused.kernel_code(), "sm_90 cubin");
         let info = DeviceInfo {
             driver_version: 12080,
             cublas_version: 0,
@@ -917,6 +951,19 @@ mod tests {
         assert_eq!(info.driver(), "12.8");
         assert_eq!(info.cublas(), "unknown");
         assert_eq!(info.kernel_code(), "PTX (JIT)");
+        assert!(!info.hopper_kernels());
+    }
+
+    #[test]
+    fn the_hopper_attention_is_not_chosen_without_the_hopper_kernels() {
+        for (value, choice) in [
+            ("wgmma", AttentionChoice::Wgmma),
+            ("wgmma2", AttentionChoice::Wgmma2),
+        ] {
+            let without = AttentionChoice::from_switch(Some(value), false);
+            assert_eq!(without, AttentionChoice::Flash, "{value}");
+            assert_eq!(AttentionChoice::from_switch(Some(value), true), choice);
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use cudarc::driver::{sys as dsys, DeviceRepr, LaunchConfig};
 
 use crate::buffer::{Buffer, DType};
-use crate::device::{Arg, CodeKind, Device};
+use crate::device::{Arg, Device};
 use crate::error::{DriverContext, KernelError, Result};
 use crate::ops::{check_linear_bias, expect, float, residual_suffix, Act};
 
@@ -313,10 +313,11 @@ const NO_CLUSTERS: u32 = u32::MAX;
 impl OwnGemmState {
     /// From `DINOV2_GEMM`'s value, read by the caller (`fused`, `own`), and `DINOV2_GEMM_TILE`
     /// (`128`, the default, `256`, `tma`, `tma2`, `pp`, `pp2`); off where the kernels are not
-    /// loaded (compute capability other than 9.0).
-    pub(crate) fn from_env(code: CodeKind, gemm_switch: Option<&str>) -> Result<Self> {
+    /// loaded (`hopper` false: compute capability other than 9.0, or a driver that refused
+    /// them).
+    pub(crate) fn from_env(hopper: bool, gemm_switch: Option<&str>) -> Result<Self> {
         let policy = match gemm_switch {
-            _ if code != CodeKind::CubinSm90 => OwnGemm::Off,
+            _ if !hopper => OwnGemm::Off,
             Some("fused") => OwnGemm::Fused,
             Some("own") => OwnGemm::All,
             _ => OwnGemm::Off,
@@ -354,16 +355,18 @@ impl Device {
     }
 
     /// Sets which GEMMs run on our Hopper kernels from now on (recordings already made keep
-    /// theirs). An error on a device other than compute capability 9.0, where they do not
-    /// exist, unless `policy` is [`OwnGemm::Off`].
+    /// theirs). An error where they are not loaded (a device other than compute capability 9.0,
+    /// or a driver that refused them), unless `policy` is [`OwnGemm::Off`].
     pub fn set_own_gemm(&self, policy: OwnGemm, tile: OwnTile) -> Result<()> {
-        if policy != OwnGemm::Off && self.info().code != CodeKind::CubinSm90 {
-            return Err(KernelError::Unsupported(format!(
-                "our GEMM kernels are sm_90a code; {} is compute capability {}.{}",
-                self.info().name,
-                self.info().compute_capability.0,
-                self.info().compute_capability.1
-            )));
+        let info = self.info();
+        if policy != OwnGemm::Off && !info.hopper_kernels() {
+            return Err(KernelError::Unsupported(match &info.hopper_error {
+                Some(why) => format!("our GEMM kernels (sm_90a) were refused: {why}"),
+                None => format!(
+                    "our GEMM kernels are sm_90a code; {} is compute capability {}.{}",
+                    info.name, info.compute_capability.0, info.compute_capability.1
+                ),
+            }));
         }
         self.own_gemm.set(policy, tile);
         Ok(())
@@ -630,6 +633,18 @@ impl Device {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn our_gemms_are_off_without_the_hopper_kernels() {
+        for switch in ["own", "fused"] {
+            let without = OwnGemmState::from_env(false, Some(switch)).unwrap();
+            assert_eq!(without.get().0, OwnGemm::Off, "{switch}");
+            let with = OwnGemmState::from_env(true, Some(switch)).unwrap();
+            assert_ne!(with.get().0, OwnGemm::Off, "{switch}");
+        }
+        let unset = OwnGemmState::from_env(true, None).unwrap();
+        assert_eq!(unset.get().0, OwnGemm::Off);
+    }
 
     #[test]
     fn tiles_fit_the_columns() {

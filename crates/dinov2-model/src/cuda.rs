@@ -768,7 +768,7 @@ impl Backend for CudaBackend {
     fn device_details(&self) -> Vec<(&'static str, String)> {
         let info = self.device.info();
         let (major, minor) = info.compute_capability;
-        vec![
+        let mut details = vec![
             ("cuda_driver", info.driver()),
             ("cublas", info.cublas()),
             ("compute_capability", format!("{major}.{minor}")),
@@ -786,7 +786,11 @@ impl Backend for CudaBackend {
                 .to_string(),
             ),
             ("attention", self.device.attention_kernels().to_string()),
-        ]
+        ];
+        if let Some(why) = &info.hopper_error {
+            details.push(("sm90a_kernels", format!("not loaded: {why}")));
+        }
+        details
     }
 
     fn memory_used(&self) -> Option<usize> {

@@ -61,13 +61,22 @@ impl AttentionChoice {
     /// From `DINOV2_ATTENTION`; `wgmma` only where the sm_90a kernels are loaded (`hopper`).
     pub(crate) fn from_env(hopper: bool) -> Result<Self> {
         let choices = ["flash", "simple", "r128", "wgmma", "wgmma2"];
-        Ok(match crate::switch("DINOV2_ATTENTION", &choices)? {
+        Ok(Self::from_switch(
+            crate::switch("DINOV2_ATTENTION", &choices)?,
+            hopper,
+        ))
+    }
+
+    /// The choice for the switch's value (`None`: unset); a Hopper kernel asked for without
+    /// `hopper` is the flash kernel.
+    pub(crate) fn from_switch(value: Option<&str>, hopper: bool) -> Self {
+        match value {
             Some("simple") => AttentionChoice::Simple,
             Some("r128") => AttentionChoice::Wide,
             Some("wgmma") if hopper => AttentionChoice::Wgmma,
             Some("wgmma2") if hopper => AttentionChoice::Wgmma2,
             _ => AttentionChoice::Flash,
-        })
+        }
     }
 }
 
