@@ -673,7 +673,7 @@ fn main() {
         std::env::set_var("DINOV2_ATTENTION", choice);
         let wg = Device::new(0);
         std::env::remove_var("DINOV2_ATTENTION");
-        if let Some(wg) = wg.ok().filter(|d| d.info().compute_capability == (9, 0)) {
+        if let Some(wg) = wg.ok().filter(|d| d.info().hopper_kernels()) {
             attention(&mut c, &wg, &format!("vitb14_{label}"), (BATCH, TOKENS));
             attention(&mut c, &wg, &format!("vitb14_518px_{label}"), HIGH_RES);
         }

@@ -557,10 +557,12 @@ fn embedding_runs_smaller_passes_when_the_device_runs_out_of_memory() {
 fn our_gemms_in_the_model_match_the_cpu() {
     use dinov2::crates::kernels::{OwnGemm, OwnTile};
     use dinov2::{released, Pooling};
-    if gpu(Dtype::F16).device().info().compute_capability != (9, 0) {
+    let info = gpu(Dtype::F16).device().info().clone();
+    if info.compute_capability != (9, 0) {
         eprintln!("no sm_90 device: our GEMMs are not loaded");
         return;
     }
+    assert_eq!(info.hopper_error, None, "the sm_90a kernels did not load");
     for arch in ["vits14", "vitb14"] {
         let config = released(arch).unwrap();
         let cpu = Dinov2::random(CpuBackend, &config, 5).unwrap();
