@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use dinov2::{Dtype, Head, Pooling};
 
-use crate::embed::OnError;
+use crate::embed::{FailureBudget, OnError};
 
 /// DINOv2 vision transformers with Hugging Face transformers parity.
 #[derive(Debug, Parser)]
@@ -446,9 +446,16 @@ pub struct EmbedArgs {
     /// (with its FILE.done.json) succeed at once when they match, refuse when they do not.
     #[arg(long)]
     pub resume: bool,
-    /// skip: report bad inputs and embed the rest (exit status 1 at the end); fail: stop at the first.
+    /// skip: report bad inputs and embed the rest (exit status 1 at the end, unless
+    /// --max-failures allows them); fail: stop at the first.
     #[arg(long, value_enum, default_value = "skip")]
     pub on_error: OnError,
+    /// Bad inputs a job may skip and still exit 0: a count (`100`) or a share of its inputs
+    /// (`0.5%`; of this shard's, with --shard). Default 0: any bad input makes the exit status 1.
+    /// The output and FILE.errors.jsonl are written either way; also checked when --resume
+    /// finds the job finished.
+    #[arg(long, value_name = "N|P%", value_parser = FailureBudget::parse)]
+    pub max_failures: Option<FailureBudget>,
     /// Decoding threads (default: all cores).
     #[arg(long, value_parser = count(0, 1024))]
     pub workers: Option<usize>,

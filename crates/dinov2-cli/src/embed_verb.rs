@@ -6,7 +6,9 @@ use dinov2::image::{DecodeOptions, HeightWidth, PreprocessConfig, Resolution};
 use dinov2::{preprocess_config, Backend, Checkpoint, CpuBackend, CudaBackend, Dinov2, Embedder};
 
 use crate::args::{with_backend, DecodeArgs, Device, EmbedArgs};
-use crate::embed::{expand_inputs, run as run_job, Format, Outputs, Settings, TableColumns};
+use crate::embed::{
+    expand_inputs, run as run_job, Format, OnError, Outputs, Settings, TableColumns,
+};
 use crate::error::{CliError, Result};
 use crate::model_dir::resolve;
 
@@ -65,6 +67,13 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     });
     if batch_size == 0 {
         return Err(CliError("--batch-size must be at least 1".into()));
+    }
+    if args.on_error == OnError::Fail && args.max_failures.is_some() {
+        return Err(CliError(
+            "--max-failures applies to --on-error skip: --on-error fail stops at the first bad \
+             input"
+                .into(),
+        ));
     }
     let (format, output) = Format::of(&args.output)?;
     let mut inputs = expand_inputs(
@@ -158,6 +167,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             layers: args.layers.as_ref().map_or(1, Vec::len),
         },
         on_error: args.on_error,
+        max_failures: args.max_failures.unwrap_or_default(),
         overwrite: args.overwrite,
         resume: args.resume,
         workers: args

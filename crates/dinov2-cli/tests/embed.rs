@@ -473,6 +473,78 @@ fn on_error_fail_stops_at_the_first_bad_input() {
     }
 }
 
+/// `--max-failures`: a finished job whose bad inputs are within the budget (a count or a share of
+/// the inputs) exits 0 with a note, past it 1, writing its output either way; `--resume` of the
+/// finished job judges again with the budget it is given.
+#[test]
+fn max_failures_sets_the_exit_status_of_a_job_with_bad_inputs() {
+    let dir = TempDir::new().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let good = sample_images(&images).len();
+    std::fs::write(images.join("bad1.png"), b"nope").unwrap();
+    std::fs::write(images.join("bad2.jpg"), b"").unwrap();
+    let inputs = good + 2;
+    let out = dir.path().join("emb.npy");
+    let embed = |extra: &[&str]| {
+        let mut args = vec!["embed", "--model"];
+        let model = model();
+        args.push(&model);
+        args.extend_from_slice(extra);
+        args.extend(["--output", out.to_str().unwrap(), images.to_str().unwrap()]);
+        let r = dinov2(&args);
+        (
+            r.status.code(),
+            String::from_utf8_lossy(&r.stderr).into_owned(),
+        )
+    };
+    // 2 of 9 inputs fail: 22.2%.
+    let within = |budget: &str| {
+        format!("2 of {inputs} inputs could not be embedded (within --max-failures {budget})")
+    };
+    let past = |budget: &str| {
+        format!(
+            "2 of {inputs} inputs could not be embedded, more than --max-failures {budget} allows"
+        )
+    };
+    for (budget, ok) in [("2", true), ("1", false), ("22.3%", true), ("22.2%", false)] {
+        let (code, stderr) = embed(&["--overwrite", "--max-failures", budget]);
+        if ok {
+            assert_eq!(code, Some(0), "{budget}: {stderr}");
+            assert!(stderr.contains(&within(budget)), "{budget}: {stderr}");
+        } else {
+            assert_eq!(code, Some(1), "{budget}: {stderr}");
+            assert!(stderr.contains(&past(budget)), "{budget}: {stderr}");
+        }
+        assert_eq!(read_npy(&out).0[0], good, "{budget}");
+        let errors = PathBuf::from(format!("{}.errors.jsonl", out.display()));
+        assert_eq!(lines(&errors).len(), 2, "{budget}");
+    }
+    // Without a budget any bad input is an exit status of 1, as before.
+    let (code, stderr) = embed(&["--resume"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("2 of {inputs} inputs could not be embedded; see")),
+        "{stderr}"
+    );
+    let (code, stderr) = embed(&["--resume", "--max-failures", "2"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("is complete") && stderr.contains(&within("2")),
+        "{stderr}"
+    );
+    // --on-error fail stops at the first bad input: a budget there is refused.
+    let (code, stderr) = embed(&["--overwrite", "--on-error", "fail", "--max-failures", "2"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--max-failures applies to --on-error skip"),
+        "{stderr}"
+    );
+    let (code, stderr) = embed(&["--overwrite", "--max-failures", "150%"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("a percentage from 0 to 100"), "{stderr}");
+}
+
 /// Kills a job (SIGKILL) after it committed some rows, resumes it, and compares with a clean run.
 #[test]
 fn killed_job_resumes_into_the_same_rows() {

@@ -4,6 +4,7 @@
 //! reported and skipped.
 
 mod batch;
+mod budget;
 mod inputs;
 mod job;
 mod outputs;
@@ -28,6 +29,7 @@ use rayon::prelude::*;
 
 use crate::error::{CliError, Result};
 use batch::{assemble, run_batch, Batch, Decoded, Grouping, Outcome};
+pub use budget::FailureBudget;
 pub(crate) use job::write_atomic;
 use job::{digest, Job};
 pub use outputs::Outputs;
@@ -38,7 +40,8 @@ pub use writers::{npy_header, Format, ValueType};
 /// What to do with a bad input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnError {
-    /// Report it, skip it, embed the rest; exit non-zero at the end.
+    /// Report it, skip it, embed the rest; exit non-zero at the end (unless --max-failures
+    /// allows the bad inputs).
     Skip,
     /// Stop at the first bad input.
     Fail,
@@ -61,6 +64,8 @@ pub struct Settings {
     /// The poolings written, and whether normalized.
     pub outputs: Outputs,
     pub on_error: OnError,
+    /// Bad inputs the job may skip and still succeed.
+    pub max_failures: FailureBudget,
     pub overwrite: bool,
     pub resume: bool,
     pub workers: usize,
@@ -82,7 +87,7 @@ pub use inputs::{expand as expand_inputs, Input, TableColumns};
 const DONE: &str = ".done.json";
 
 /// `--resume` of a job whose output exists: fine when its manifest shows the same inputs and
-/// options (an error still when inputs failed then, as the first run's exit said), refused
+/// options (an error still when more inputs failed then than `--max-failures` allows), refused
 /// when it shows others or cannot be read. An output without a manifest (written before
 /// manifests were) is taken as it is, unchecked.
 fn finished(s: &Settings, fingerprint: &str) -> Result<()> {
@@ -113,18 +118,19 @@ fn finished(s: &Settings, fingerprint: &str) -> Result<()> {
              embeds again"
         )));
     }
-    match done["failed"].as_u64() {
-        Some(failed) if failed > 0 => Err(CliError(format!(
-            "{out} is complete ({man}), but {failed} of its {} inputs could not be embedded; see \
-             {}",
-            done["inputs"],
-            done["errors"].as_str().unwrap_or("its errors file")
-        ))),
-        _ => {
-            eprintln!("{out} is complete ({man} says so, for these inputs and options); nothing to resume");
-            Ok(())
-        }
+    let failed = done["failed"].as_u64().unwrap_or(0);
+    if failed == 0 {
+        eprintln!(
+            "{out} is complete ({man} says so, for these inputs and options); nothing to resume"
+        );
+        return Ok(());
     }
+    s.max_failures.verdict(
+        &format!("{out} is complete ({man}), but "),
+        failed,
+        done["inputs"].as_u64().unwrap_or(0),
+        done["errors"].as_str().unwrap_or("its errors file"),
+    )
 }
 
 /// Time spent, for the summary.
@@ -616,12 +622,10 @@ fn finish(
     });
     job::write_atomic(&manifest, format!("{done:#}\n").as_bytes())?;
     job.remove()?;
-    if failed > 0 {
-        return Err(CliError(format!(
-            "{failed} of {} inputs could not be embedded; see {}",
-            s.inputs.len(),
-            errors_path.display()
-        )));
-    }
-    Ok(())
+    s.max_failures.verdict(
+        "",
+        failed as u64,
+        s.inputs.len() as u64,
+        &errors_path.display().to_string(),
+    )
 }
