@@ -35,8 +35,13 @@ impl FailureBudget {
     pub fn allows(self, failed: u64, inputs: u64) -> bool {
         match self {
             FailureBudget::Count(n) => failed <= n,
-            // In hundredths, so that 50% of 4 allows exactly 2.
-            FailureBudget::Percent(p) => failed as f64 * 100.0 <= p * inputs as f64,
+            // In billionths of the inputs, whole numbers: exact for any percentage given to
+            // 7 decimals (50% of 4 allows 2, 0.3% of 1000 allows 3), where a float product
+            // could land an ulp below the whole number.
+            FailureBudget::Percent(p) => {
+                let billionths = (p * 1e7).round() as u128;
+                u128::from(failed) * 1_000_000_000 <= billionths * u128::from(inputs)
+            }
         }
     }
 
@@ -105,6 +110,13 @@ mod tests {
         assert!(Percent(50.0).allows(2, 4) && !Percent(50.0).allows(3, 4));
         assert!(!Percent(49.9).allows(2, 4));
         assert!(Percent(0.1).allows(1, 1000) && !Percent(0.1).allows(2, 1000));
+        // Shares whose float products miss the whole number they stand for.
+        for tenths in 1..=1000u64 {
+            let p = tenths as f64 / 10.0;
+            let allowed = tenths; // p% of 1000 inputs
+            assert!(Percent(p).allows(allowed, 1000), "{p}%");
+            assert!(!Percent(p).allows(allowed + 1, 1000), "{p}%");
+        }
         assert!(Percent(0.0).allows(0, 0) && Percent(100.0).allows(5, 5));
     }
 }
