@@ -673,7 +673,11 @@ fn main() {
         std::env::set_var("DINOV2_ATTENTION", choice);
         let wg = Device::new(0);
         std::env::remove_var("DINOV2_ATTENTION");
-        if let Some(wg) = wg.ok().filter(|d| d.info().hopper_kernels()) {
+        let Ok(wg) = wg else { continue };
+        if let Some(why) = &wg.info().hopper_error {
+            eprintln!("no {label} attention benches: the sm_90a kernels were refused: {why}");
+        }
+        if wg.info().hopper_kernels() {
             attention(&mut c, &wg, &format!("vitb14_{label}"), (BATCH, TOKENS));
             attention(&mut c, &wg, &format!("vitb14_518px_{label}"), HIGH_RES);
         }

@@ -452,8 +452,9 @@ pub struct EmbedArgs {
     pub on_error: OnError,
     /// Bad inputs a job may skip and still exit 0: a count (`100`) or a share of its inputs
     /// (`0.5%`; of this shard's, with --shard). Default 0: any bad input makes the exit status 1.
-    /// The output and FILE.errors.jsonl are written either way; also checked when --resume
-    /// finds the job finished.
+    /// A job that embedded nothing exits 1 whatever the budget. The output and
+    /// FILE.errors.jsonl are written either way; also checked when --resume finds the job
+    /// finished. With --on-error skip (the default); refused with --on-error fail.
     #[arg(long, value_name = "N|P%", value_parser = FailureBudget::parse)]
     pub max_failures: Option<FailureBudget>,
     /// Decoding threads (default: all cores).

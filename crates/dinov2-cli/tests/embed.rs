@@ -543,6 +543,26 @@ fn max_failures_sets_the_exit_status_of_a_job_with_bad_inputs() {
     let (code, stderr) = embed(&["--overwrite", "--max-failures", "150%"]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("a percentage from 0 to 100"), "{stderr}");
+    // A job that embedded nothing is broken whatever the budget.
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("bad.png"), b"nope").unwrap();
+    let r = dinov2(&[
+        "embed",
+        "--model",
+        &model(),
+        "--max-failures",
+        "100%",
+        "--output",
+        dir.path().join("none.npy").to_str().unwrap(),
+        broken.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("none of the 1 inputs could be embedded"),
+        "{stderr}"
+    );
 }
 
 /// Kills a job (SIGKILL) after it committed some rows, resumes it, and compares with a clean run.

@@ -812,14 +812,16 @@ impl Device {
                     .modules
                     .iter()
                     .find_map(|m| m.load_function(name).ok())
-                    .ok_or_else(|| match &self.info.hopper_error {
-                        Some(why) => KernelError::Unsupported(format!(
-                            "kernel `{name}` is not loaded: the sm_90a kernels were refused ({why})"
-                        )),
-                        None => KernelError::Unsupported(format!(
-                            "kernel `{name}` is not in the embedded artifacts (rebuild them with \
-                             `cargo xtask kernels`)"
-                        )),
+                    .ok_or_else(|| {
+                        // Either cause can be the one: both are said.
+                        let refused = match &self.info.hopper_error {
+                            Some(why) => format!("; the sm_90a kernels were refused: {why}"),
+                            None => String::new(),
+                        };
+                        KernelError::Unsupported(format!(
+                            "kernel `{name}` is not in the loaded artifacts (rebuild them with \
+                             `cargo xtask kernels`){refused}"
+                        ))
                     })?;
                 (f, 0)
             }

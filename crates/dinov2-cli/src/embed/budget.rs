@@ -37,20 +37,27 @@ impl FailureBudget {
             FailureBudget::Count(n) => failed <= n,
             // In billionths of the inputs, whole numbers: exact for any percentage given to
             // 7 decimals (50% of 4 allows 2, 0.3% of 1000 allows 3), where a float product
-            // could land an ulp below the whole number.
+            // could land an ulp below the whole number. Finer shares round down: never more
+            // than asked.
             FailureBudget::Percent(p) => {
-                let billionths = (p * 1e7).round() as u128;
+                let billionths = (p * 1e7 + 1e-3).floor() as u128;
                 u128::from(failed) * 1_000_000_000 <= billionths * u128::from(inputs)
             }
         }
     }
 
     /// The end of a finished job that had `failed` bad inputs of `inputs`, listed in `errors`: an
-    /// error (exit status 1) past the budget, else a note on stderr (none without failures).
-    /// `what` starts the message: the job's inputs, or a finished output's.
+    /// error (exit status 1) past the budget, or where no input was embedded at all (a job that
+    /// made no vector is broken, whatever the budget); else a note on stderr (none without
+    /// failures). `what` starts the message: the job's inputs, or a finished output's.
     pub(super) fn verdict(self, what: &str, failed: u64, inputs: u64, errors: &str) -> Result<()> {
         if failed == 0 {
             return Ok(());
+        }
+        if failed >= inputs {
+            return Err(CliError(format!(
+                "{what}none of the {inputs} inputs could be embedded; see {errors}"
+            )));
         }
         let lost = format!("{what}{failed} of {inputs} inputs could not be embedded");
         if !self.allows(failed, inputs) {
@@ -118,5 +125,8 @@ mod tests {
             assert!(!Percent(p).allows(allowed + 1, 1000), "{p}%");
         }
         assert!(Percent(0.0).allows(0, 0) && Percent(100.0).allows(5, 5));
+        // Finer than a billionth: rounded down, never up.
+        assert!(!Percent(0.000_000_05).allows(1, 1_000_000_000));
+        assert!(Percent(0.000_000_1).allows(1, 1_000_000_000));
     }
 }
