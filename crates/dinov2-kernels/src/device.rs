@@ -957,18 +957,6 @@ mod tests {
     }
 
     #[test]
-    fn the_hopper_attention_is_not_chosen_without_the_hopper_kernels() {
-        for (value, choice) in [
-            ("wgmma", AttentionChoice::Wgmma),
-            ("wgmma2", AttentionChoice::Wgmma2),
-        ] {
-            let without = AttentionChoice::from_switch(Some(value), false);
-            assert_eq!(without, AttentionChoice::Flash, "{value}");
-            assert_eq!(AttentionChoice::from_switch(Some(value), true), choice);
-        }
-    }
-
-    #[test]
     fn uploads_round_each_value_to_nearest_even() {
         // Ties both ways, subnormals, overflow to infinity, infinities, NaN, and enough values
         // (37) that the vector conversion's full steps and its tail both run.

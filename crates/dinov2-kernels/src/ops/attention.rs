@@ -415,6 +415,18 @@ mod tests {
     use crate::ops::tests::{define, kernel_source};
 
     #[test]
+    fn the_hopper_attention_is_not_chosen_without_the_hopper_kernels() {
+        for (value, choice) in [
+            ("wgmma", AttentionChoice::Wgmma),
+            ("wgmma2", AttentionChoice::Wgmma2),
+        ] {
+            let without = AttentionChoice::from_switch(Some(value), false);
+            assert_eq!(without, AttentionChoice::Flash, "{value}");
+            assert_eq!(AttentionChoice::from_switch(Some(value), true), choice);
+        }
+    }
+
+    #[test]
     fn launch_geometry_matches_the_kernel_sources() {
         let attention = kernel_source("attention.cu");
         let flash = kernel_source("flash.cuh");
