@@ -21,7 +21,8 @@ pub enum Command {
     Forward(ForwardArgs),
     /// Describe a checkpoint: variant, sizes, parameters, dtype, head, labels.
     Info(InfoArgs),
-    /// Embed images (files, folders, @lists) into Parquet, npy or safetensors vectors.
+    /// Embed images (files, folders, @lists, tar archives and streams, Parquet tables) into
+    /// Parquet, npy or safetensors vectors.
     Embed(EmbedArgs),
     /// Decode and preprocess images as the checkpoint's image processor does; write pixel values.
     Preprocess(PreprocessArgs),
@@ -478,6 +479,8 @@ pub struct EmbedArgs {
     /// inputs expand to (in the order given; folders sorted by path),
     /// so that N jobs (machines) with the same inputs share the work without overlap, each
     /// writing its own output (and reading its part of an archive or table in one piece).
+    /// Refused with streams (`pipe:`, `-`, compressed archives), whose images are counted only
+    /// as they are read: give each job its own.
     #[arg(long, value_name = "I/N", value_parser = parse_shard)]
     pub shard: Option<(usize, usize)>,
     /// Inputs decoded together, then grouped by patch grid into passes of --batch-size: with
@@ -510,8 +513,11 @@ pub struct EmbedArgs {
     #[command(flatten)]
     pub decode: DecodeArgs,
     /// Image files, folders (searched recursively, sorted by path), @lists (one path per line),
-    /// .tar archives (webdataset shards: image members read in place, named ARCHIVE.tar/MEMBER)
-    /// and .parquet tables of images (each row's image, named TABLE.parquet#ROW from row 0).
+    /// .tar archives (webdataset shards: image members read in place, named ARCHIVE.tar/MEMBER),
+    /// .parquet tables of images (each row's image, named TABLE.parquet#ROW from row 0), and
+    /// tar streams read as the job runs (members named STREAM/MEMBER): `pipe:COMMAND` (the
+    /// command's output, e.g. `'pipe:aws s3 cp s3://bucket/00042.tar -'`), `-` (standard input)
+    /// and .tar.gz, .tgz or .tar.zst archives.
     #[arg(required = true)]
     pub inputs: Vec<String>,
 }

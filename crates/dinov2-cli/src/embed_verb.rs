@@ -7,7 +7,7 @@ use dinov2::{preprocess_config, Backend, Checkpoint, CpuBackend, CudaBackend, Di
 
 use crate::args::{with_backend, DecodeArgs, Device, EmbedArgs};
 use crate::embed::{
-    expand_inputs, run as run_job, Format, OnError, Outputs, Settings, TableColumns,
+    expand_inputs, run as run_job, Format, OnError, Outputs, Settings, Source, TableColumns,
 };
 use crate::error::{CliError, Result};
 use crate::model_dir::resolve;
@@ -84,6 +84,14 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         },
     )?;
     if let Some((shard, shards)) = args.shard {
+        if let Some(stream) = inputs.iter().find(|s| matches!(s, Source::Stream(_))) {
+            return Err(CliError(format!(
+                "--shard {shard}/{shards}: {} is a stream, whose images are known only as it is \
+                 read, so they cannot be shared out in advance: give each job its own streams \
+                 (webdataset shards) instead",
+                stream.name()
+            )));
+        }
         // Shard i holds inputs i·n/N up to (i+1)·n/N (in 128 bits: no overflow).
         let bound = |i: usize| (i as u128 * inputs.len() as u128 / shards as u128) as usize;
         let (start, end) = (bound(shard), bound(shard + 1));
@@ -147,7 +155,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         ),
     ];
     let settings = Settings {
-        inputs,
+        sources: inputs,
         output,
         format,
         output_dtype: args.output_dtype,

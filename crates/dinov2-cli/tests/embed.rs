@@ -565,39 +565,11 @@ fn max_failures_sets_the_exit_status_of_a_job_with_bad_inputs() {
     );
 }
 
-/// Kills a job (SIGKILL) after it committed some rows, resumes it, and compares with a clean run.
-#[test]
-fn killed_job_resumes_into_the_same_rows() {
-    let dir = TempDir::new().unwrap();
-    let (images, _) = copied_images(dir.path(), 5);
-    let images = images.display().to_string();
-    let run = |out: &Path, extra: &[&str]| -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_dinov2"));
-        c.args([
-            "embed",
-            "--model",
-            &model(),
-            "--batch-size",
-            "2",
-            "--chunk-rows",
-            "2",
-            "--workers",
-            "1",
-            "--output",
-        ])
-        .arg(out)
-        .args(extra)
-        .arg(&images)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        c
-    };
-    let clean = dir.path().join("clean.npy");
-    assert!(run(&clean, &[]).status().unwrap().success());
-
-    let out = dir.path().join("resumed.npy");
-    let state = dir.path().join("resumed.npy.partial/state.json");
-    let mut child = run(&out, &[]).spawn().unwrap();
+/// Starts `embed` (a job writing `out`) and kills it (SIGKILL) once it has committed some rows,
+/// before it finishes.
+fn kill_after_first_commit(mut embed: Command, out: &Path) {
+    let state = PathBuf::from(format!("{}.partial/state.json", out.display()));
+    let mut child = embed.spawn().unwrap();
     let started = Instant::now();
     let mut killed_mid_job = false;
     while started.elapsed() < Duration::from_secs(60) {
@@ -621,20 +593,78 @@ fn killed_job_resumes_into_the_same_rows() {
         killed_mid_job,
         "the job was not caught mid-way; the test needs a slower job"
     );
-    let r = run(&out, &["--resume"])
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    assert_eq!(
-        std::fs::read(&out).unwrap(),
-        std::fs::read(&clean).unwrap(),
-        "resumed rows differ from a clean run"
-    );
-    assert_eq!(
-        std::fs::read(format!("{}.paths.txt", out.display())).unwrap(),
-        std::fs::read(format!("{}.paths.txt", clean.display())).unwrap()
-    );
+}
+
+/// Kills a job (SIGKILL) after it committed some rows, resumes it, and compares with a clean run:
+/// over a folder, and over a tar stream, read again past what the job did (a stream that now gives
+/// other images is refused).
+#[test]
+fn killed_job_resumes_into_the_same_rows() {
+    let dir = TempDir::new().unwrap();
+    let (images, _) = copied_images(dir.path(), 5);
+    let mut files: Vec<String> = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let members: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .map(|n| (n.clone(), std::fs::read(images.join(n)).unwrap()))
+        .collect();
+    let shard = dir.path().join("shard.tar");
+    std::fs::write(&shard, tar_of(&members)).unwrap();
+    let mut inputs = vec![("folder", images.display().to_string())];
+    if cfg!(unix) {
+        inputs.push(("stream", format!("pipe:cat '{}'", shard.display())));
+    }
+    for (kind, input) in inputs {
+        let run = |out: &Path, extra: &[&str]| -> Command {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_dinov2"));
+            c.args(["embed", "--model", &model(), "--batch-size", "2"])
+                .args(["--chunk-rows", "2", "--workers", "1", "--output"])
+                .arg(out)
+                .args(extra)
+                .arg(&input)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            c
+        };
+        let clean = dir.path().join(format!("{kind}_clean.npy"));
+        assert!(run(&clean, &[]).status().unwrap().success());
+
+        let out = dir.path().join(format!("{kind}_resumed.npy"));
+        kill_after_first_commit(run(&out, &[]), &out);
+        let resume = || {
+            run(&out, &["--resume"])
+                .stderr(Stdio::piped())
+                .output()
+                .unwrap()
+        };
+        if kind == "stream" {
+            // The same command now gives the members in another order.
+            let reversed: Vec<_> = members.iter().rev().cloned().collect();
+            std::fs::write(&shard, tar_of(&reversed)).unwrap();
+            let r = resume();
+            let stderr = String::from_utf8_lossy(&r.stderr);
+            assert!(
+                !r.status.success()
+                    && stderr.contains("the inputs changed since the interrupted job"),
+                "{stderr}"
+            );
+            std::fs::write(&shard, tar_of(&members)).unwrap();
+        }
+        let r = resume();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            std::fs::read(&clean).unwrap(),
+            "{kind}: resumed rows differ from a clean run"
+        );
+        assert_eq!(
+            std::fs::read(format!("{}.paths.txt", out.display())).unwrap(),
+            std::fs::read(format!("{}.paths.txt", clean.display())).unwrap()
+        );
+    }
 }
 
 /// `--model org/name` is found in a Hugging Face cache laid out in a temporary folder (no network).
@@ -1483,8 +1513,8 @@ fn tar_shards_are_read_in_place() {
         }
     }
 
-    // A compressed archive, and an HTML page saved as a shard: each is one failed input; the
-    // job goes on with the rest.
+    // A compressed archive cut at its start, and an HTML page saved as a shard: each is one
+    // failed input; the job goes on with the rest.
     let bad = dir.path().join("bad");
     std::fs::create_dir_all(&bad).unwrap();
     std::fs::write(bad.join("a.tar"), [0x1f, 0x8b, 8, 0, 0, 0, 0, 0]).unwrap();
@@ -1497,7 +1527,9 @@ fn tar_shards_are_read_in_place() {
     let errors = lines(&PathBuf::from(format!("{}.errors.jsonl", out.display())));
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(
-        errors[0].contains("a.tar") && errors[0].contains("gzip-compressed"),
+        errors[0].contains("a.tar")
+            && errors[0].contains("gzip-compressed")
+            && errors[0].contains("\"read\""),
         "{errors:?}"
     );
     assert!(
@@ -1508,6 +1540,144 @@ fn tar_shards_are_read_in_place() {
         lines(&PathBuf::from(format!("{}.paths.txt", out.display()))).len(),
         1
     );
+}
+
+/// `pipe:COMMAND`, `-` (standard input) and compressed archives are read front to back as the
+/// job runs: the rows of the archive read in place, named `STREAM/MEMBER`. A command that fails
+/// is one failed input after the members it gave; a stream without images is an error; streams
+/// cannot be sharded.
+#[cfg(unix)]
+#[test]
+fn tar_streams_are_read_as_they_come() {
+    use std::io::Write;
+    let dir = TempDir::new().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let names = sample_images(&images);
+    let mut members: Vec<(String, Vec<u8>)> = names
+        .iter()
+        .map(|n| (n.clone(), std::fs::read(images.join(n)).unwrap()))
+        .collect();
+    members.insert(1, ("0.json".into(), b"{}".to_vec()));
+    let tar = tar_of(&members);
+    let shard = dir.path().join("shard.tar");
+    std::fs::write(&shard, &tar).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    let gz_path = dir.path().join("shard.tar.gz");
+    std::fs::write(&gz_path, gz.finish().unwrap()).unwrap();
+    let zst_path = dir.path().join("shard.tar.zst");
+    std::fs::write(&zst_path, zstd::stream::encode_all(&tar[..], 3).unwrap()).unwrap();
+
+    let embed = |out: &Path, extra: &[&str], inputs: &[&str], stdin: Option<&Path>| {
+        Command::new(env!("CARGO_BIN_EXE_dinov2"))
+            .args(["embed", "--model", &model(), "--batch-size", "3"])
+            .args(extra)
+            .arg("--output")
+            .arg(out)
+            .args(inputs)
+            .stdin(stdin.map_or(Stdio::null(), |p| Stdio::from(File::open(p).unwrap())))
+            .output()
+            .unwrap()
+    };
+    let in_place = dir.path().join("in_place.npy");
+    let r = embed(&in_place, &[], &[shard.to_str().unwrap()], None);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let (_, want) = read_npy(&in_place);
+
+    let pipe = format!("pipe:cat '{}'", shard.display());
+    let (gz_name, zst_name) = (
+        gz_path.display().to_string(),
+        zst_path.display().to_string(),
+    );
+    for (i, (input, stdin)) in [
+        (pipe.as_str(), None),
+        ("-", Some(shard.as_path())),
+        (gz_name.as_str(), None),
+        (zst_name.as_str(), None),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = dir.path().join(format!("stream{i}.npy"));
+        let r = embed(&out, &[], &[input], stdin);
+        assert!(
+            r.status.success(),
+            "{input}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert_eq!(read_npy(&out).1, want, "{input}: the rows read in place");
+        let expect: Vec<String> = names.iter().map(|n| format!("{input}/{n}")).collect();
+        assert_eq!(
+            lines(&PathBuf::from(format!("{}.paths.txt", out.display()))),
+            expect
+        );
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(format!("{}.done.json", out.display())).unwrap())
+                .unwrap();
+        assert_eq!(manifest["inputs"], names.len(), "{input}: counted as read");
+        // A finished stream job resumes at once, judged by its manifest.
+        let r = embed(&out, &["--resume"], &[input], stdin);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            r.status.success() && stderr.contains("nothing to resume"),
+            "{stderr}"
+        );
+    }
+
+    // A command that fails after some members: they are kept, its failure follows them; a
+    // command that cannot run is one failed input, and the job goes on with the next.
+    let failing = format!("pipe:cat '{}'; exit 3", shard.display());
+    let out = dir.path().join("failing.npy");
+    let r = embed(
+        &out,
+        &[],
+        &[&failing, "pipe:no-such-command-here", &pipe],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert_eq!(read_npy(&out).1, [want.clone(), want.clone()].concat());
+    let errors = lines(&PathBuf::from(format!("{}.errors.jsonl", out.display())));
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    let n = names.len();
+    for (error, what) in errors.iter().zip([
+        format!("failed (exit status: 3) after {n} images"),
+        "failed (exit status: 127) after 0 images".into(),
+    ]) {
+        assert!(error.contains(&what), "{error}");
+    }
+    assert!(
+        stderr.contains(&format!("2 of {} inputs", 2 * n + 2)),
+        "{stderr}"
+    );
+
+    // No image in the stream: an error, and nothing written.
+    let empty = dir.path().join("empty.tar");
+    std::fs::write(&empty, tar_of(&[("a.json".into(), b"{}".to_vec())])).unwrap();
+    let out = dir.path().join("empty.npy");
+    let r = embed(
+        &out,
+        &[],
+        &[&format!("pipe:cat '{}'", empty.display())],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no images found in pipe:cat"), "{stderr}");
+    assert!(!out.exists() && !dir.path().join("empty.npy.partial").exists());
+
+    // Refused before the model loads: a sharded stream, standard input twice.
+    let out = dir.path().join("refused.npy");
+    for (extra, inputs, says) in [
+        (&["--shard", "0/2"][..], &[pipe.as_str()][..], "is a stream"),
+        (&[][..], &["-", "-"][..], "more than once"),
+    ] {
+        let r = embed(&out, extra, inputs, None);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success() && stderr.contains(says), "{stderr}");
+        assert!(!out.exists());
+    }
 }
 
 /// A tmpfs of `size` mounted on a new folder, unmounted when dropped; `None` where this process

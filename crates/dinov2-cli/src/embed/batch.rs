@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use dinov2::image::PixelValues;
 use dinov2::{cut_to_patches, stack_images, Backend, Embedder, ModelError, Tensor};
 
-use super::inputs::Input;
 use super::job::{Failure, Row};
 use super::outputs::Outputs;
 use super::OnError;
@@ -19,20 +18,24 @@ pub(super) struct Batch {
     end: usize,
     groups: Vec<Group>,
     failures: Vec<Failure>,
-    /// Worker time spent reading the inputs.
+    /// Worker time spent reading the inputs, and the time spent waiting for a stream's
+    /// members.
     read: Duration,
     /// Worker time spent decoding and preprocessing.
     prepare: Duration,
 }
 
-/// One decoded input: its index, its pixel values and original `(width, height)` or the step
-/// that failed and why, and the worker time reading it and decoding and preprocessing it took.
-pub(super) type Decoded = (
-    usize,
-    std::result::Result<(PixelValues, u32, u32), (&'static str, String)>,
-    Duration,
-    Duration,
-);
+/// One decoded input.
+pub(super) struct Decoded {
+    /// Its position among the job's inputs, and its name.
+    pub index: usize,
+    pub name: String,
+    /// Its pixel values and original `(width, height)`, or the step that failed and why.
+    pub result: std::result::Result<(PixelValues, u32, u32), (&'static str, String)>,
+    /// The worker time reading it, and decoding and preprocessing it, took.
+    pub read: Duration,
+    pub prepare: Duration,
+}
 
 /// How a batch's images become model passes.
 #[derive(Debug, Clone, Copy)]
@@ -43,10 +46,12 @@ pub(super) struct Grouping {
     pub pass: usize,
 }
 
+/// One good image of a [`Group`]: its input index, name and original `(width, height)`.
+type Member = (usize, String, u32, u32);
+
 /// Good images of one patch grid, stacked for the model: one pass.
 pub(super) struct Group {
-    /// Input index and original `(width, height)` of each image.
-    members: Vec<(usize, u32, u32)>,
+    members: Vec<Member>,
     /// `[B, C, H, W]`, or why stacking failed.
     pixels: std::result::Result<Tensor, String>,
 }
@@ -56,7 +61,6 @@ pub(super) struct Group {
 fn embed_group<B: Backend>(
     embedder: &Embedder<B>,
     group: Group,
-    inputs: &[Input],
     outputs: &Outputs,
     rows: &mut Vec<Row>,
     failures: &mut Vec<Failure>,
@@ -68,10 +72,10 @@ fn embed_group<B: Backend>(
             reason.clone(),
         ))),
     };
-    let fail = |failures: &mut Vec<Failure>, index: usize, error: String| {
+    let fail = |failures: &mut Vec<Failure>, index: usize, path: String, error: String| {
         failures.push(Failure {
             index,
-            path: inputs[index].name(),
+            path,
             stage: "model".into(),
             error,
         })
@@ -86,33 +90,38 @@ fn embed_group<B: Backend>(
                     group.members.len()
                 )));
             }
-            for ((index, width, height), result) in group.members.into_iter().zip(results) {
+            for ((index, path, width, height), result) in group.members.into_iter().zip(results) {
                 match result {
                     Ok(e) => {
                         let grid = e.grid;
                         match outputs.split(e) {
                             Ok(split) => rows.push(Row {
                                 index,
-                                path: inputs[index].name(),
+                                path,
                                 width,
                                 height,
                                 grid: grid.filter(|_| outputs.has_grid()),
                                 shapes: split.shapes,
                                 values: split.values,
                             }),
-                            Err(e) => fail(failures, index, e),
+                            Err(e) => fail(failures, index, path, e),
                         }
                     }
                     // An image that does not fit the device even alone (the embedder has
                     // retried in smaller passes); the others are kept.
-                    Err(e) => fail(failures, index, format!("{e} (even one image at a time)")),
+                    Err(e) => fail(
+                        failures,
+                        index,
+                        path,
+                        format!("{e} (even one image at a time)"),
+                    ),
                 }
             }
         }
         // A group the model rejects: its images share one size, so the reason holds for each.
         Err(dinov2::Error::Model(ModelError::Input { reason, .. })) => {
-            for (index, _, _) in group.members {
-                fail(failures, index, reason.clone());
+            for (index, path, _, _) in group.members {
+                fail(failures, index, path, reason.clone());
             }
         }
         Err(e) => return Err(e.into()),
@@ -123,11 +132,12 @@ fn embed_group<B: Backend>(
 /// Groups one batch's decoded inputs into a [`Batch`]: the good images by patch grid (cut to
 /// it, [`cut_to_patches`]), in order of first appearance, each grid's in passes of at most
 /// `grouping.pass`, stacked here rather than on a model thread; bad ones as failures. With
-/// `--on-error fail` the first bad input ends the batch: nothing after it is kept.
+/// `--on-error fail` the first bad input ends the batch: nothing after it is kept. `waited` is
+/// the time taking the inputs from the feed took (reading a stream), counted as reading.
 pub(super) fn assemble(
     end: usize,
     items: Vec<Decoded>,
-    inputs: &[Input],
+    waited: Duration,
     on_error: OnError,
     grouping: Grouping,
 ) -> Batch {
@@ -135,16 +145,16 @@ pub(super) fn assemble(
         end,
         groups: Vec::new(),
         failures: Vec::new(),
-        read: Duration::ZERO,
+        read: waited,
         prepare: Duration::ZERO,
     };
     // Per shape: its members and their pixels.
-    type Members = Vec<(usize, u32, u32)>;
-    let mut sizes: Vec<([usize; 3], Members, Vec<PixelValues>)> = Vec::new();
-    for (index, prepared, read, spent) in items {
-        batch.read += read;
-        batch.prepare += spent;
-        match prepared {
+    let mut sizes: Vec<([usize; 3], Vec<Member>, Vec<PixelValues>)> = Vec::new();
+    for item in items {
+        batch.read += item.read;
+        batch.prepare += item.prepare;
+        let (index, name) = (item.index, item.name);
+        match item.result {
             Ok((p, width, height)) => {
                 let p = cut_to_patches(p, grouping.patch);
                 let at = match sizes.iter().position(|s| s.0 == p.shape) {
@@ -154,13 +164,13 @@ pub(super) fn assemble(
                         sizes.len() - 1
                     }
                 };
-                sizes[at].1.push((index, width, height));
+                sizes[at].1.push((index, name, width, height));
                 sizes[at].2.push(p);
             }
             Err((stage, error)) => {
                 batch.failures.push(Failure {
                     index,
-                    path: inputs[index].name(),
+                    path: name,
                     stage: stage.into(),
                     error,
                 });
@@ -202,7 +212,6 @@ pub(super) struct Outcome {
 pub(super) fn run_batch<B: Backend>(
     embedder: &Embedder<B>,
     batch: Batch,
-    inputs: &[Input],
     outputs: &Outputs,
     on_error: OnError,
 ) -> Result<Outcome> {
@@ -212,7 +221,7 @@ pub(super) fn run_batch<B: Backend>(
     let passes = batch.groups.len();
     let pass_images = batch.groups.iter().map(|g| g.members.len()).sum();
     for group in batch.groups {
-        embed_group(embedder, group, inputs, outputs, &mut rows, &mut failures)?;
+        embed_group(embedder, group, outputs, &mut rows, &mut failures)?;
     }
     // Groups are by size: back to input order.
     rows.sort_by_key(|r: &Row| r.index);
@@ -303,25 +312,21 @@ mod tests {
     fn images_of_one_patch_grid_share_passes() {
         // Grid 2 x 4 from three pixel sizes, grid 3 x 3 from two; passes of 2.
         let shapes = [(30, 62), (31, 56), (28, 69), (42, 42), (43, 44)];
-        let inputs: Vec<Input> = (0..6)
-            .map(|i| Input::File(format!("{i}.png").into()))
-            .collect();
+        let decoded = |index: usize, result| Decoded {
+            index,
+            name: format!("{index}.png"),
+            result,
+            read: Duration::ZERO,
+            prepare: Duration::ZERO,
+        };
         let mut items: Vec<Decoded> = shapes
             .iter()
             .enumerate()
-            .map(|(i, &(h, w))| {
-                let ok = Ok((pixels(h, w, i as u32), w as u32, h as u32));
-                (i, ok, Duration::ZERO, Duration::ZERO)
-            })
+            .map(|(i, &(h, w))| decoded(i, Ok((pixels(h, w, i as u32), w as u32, h as u32))))
             .collect();
-        items.push((
-            5,
-            Err(("decode", "bad".into())),
-            Duration::ZERO,
-            Duration::ZERO,
-        ));
+        items.push(decoded(5, Err(("decode", "bad".into()))));
         let grouping = Grouping { patch: 14, pass: 2 };
-        let batch = assemble(6, items, &inputs, OnError::Skip, grouping);
+        let batch = assemble(6, items, Duration::ZERO, OnError::Skip, grouping);
         let groups: Vec<(Vec<usize>, Vec<usize>)> = batch
             .groups
             .iter()
@@ -341,7 +346,7 @@ mod tests {
             ]
         );
         // The original sizes stay with the rows.
-        assert_eq!(batch.groups[0].members[1], (1, 56, 31));
+        assert_eq!(batch.groups[0].members[1], (1, "1.png".into(), 56, 31));
         assert_eq!(batch.failures.len(), 1);
     }
 }

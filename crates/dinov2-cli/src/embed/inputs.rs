@@ -1,12 +1,15 @@
 //! The embed verb's inputs: files, directories walked recursively for image files (sorted by
 //! path), `@list.txt` files naming one path per line, tar archives (webdataset shards), whose
-//! image members are read in place, and Parquet tables of images, read row group by row group.
+//! image members are read in place, Parquet tables of images, read row group by row group, and
+//! tar streams (`pipe:COMMAND`, `-`, compressed archives), read as the job runs.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::streams::{Origin, Stream};
 use super::tables::{Cache, Table};
 use crate::error::{CliError, Result};
 
@@ -34,9 +37,35 @@ pub enum Input {
         row: usize,
         index: usize,
     },
-    /// An archive or table, or its rest, that cannot be read: reported as a failed input named
-    /// `name`.
+    /// An image member of a tar stream, read: `NAME/MEMBER`.
+    Bytes { name: String, bytes: Vec<u8> },
+    /// An archive, table or stream, or its rest, that cannot be read: reported as a failed input
+    /// named `name`.
     Broken { name: String, error: String },
+}
+
+/// One of the job's inputs as the command line expands it: an image known up front, or a tar
+/// stream, whose images are known only as it is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Image(Input),
+    Stream(Stream),
+}
+
+impl Source {
+    /// The image's name, or the stream's.
+    pub fn name(&self) -> String {
+        match self {
+            Source::Image(input) => input.name(),
+            Source::Stream(stream) => stream.name(),
+        }
+    }
+
+    /// The images in `sources`, when none is a stream.
+    pub fn count(sources: &[Source]) -> Option<usize> {
+        let streams = sources.iter().any(|s| matches!(s, Source::Stream(_)));
+        (!streams).then_some(sources.len())
+    }
 }
 
 impl Input {
@@ -49,18 +78,22 @@ impl Input {
                 archive, member, ..
             } => format!("{}/{member}", archive.display()),
             Input::Row { table, index, .. } => table.name(*index),
-            Input::Broken { name, .. } => name.clone(),
+            Input::Bytes { name, .. } | Input::Broken { name, .. } => name.clone(),
         }
     }
 
     /// Its encoded bytes; what cannot be read, or is larger than
     /// [`dinov2::image::MAX_FILE_BYTES`], is an error (before anything is allocated for it).
-    pub fn read(&self) -> std::result::Result<Vec<u8>, String> {
+    pub fn read(&self) -> std::result::Result<Cow<'_, [u8]>, String> {
         match self {
-            Input::File(path) => dinov2::image::read_file(path).map_err(|e| match e {
-                dinov2::image::ImageError::Io { source, .. } => source.to_string(),
-                other => other.to_string(),
-            }),
+            Input::File(path) => {
+                dinov2::image::read_file(path)
+                    .map(Cow::Owned)
+                    .map_err(|e| match e {
+                        dinov2::image::ImageError::Io { source, .. } => source.to_string(),
+                        other => other.to_string(),
+                    })
+            }
             Input::Member {
                 archive,
                 offset,
@@ -82,11 +115,14 @@ impl Input {
                     .map_err(|e| e.to_string())?;
                 let mut bytes = vec![0; *size as usize];
                 file.read_exact(&mut bytes).map_err(|e| e.to_string())?;
-                Ok(bytes)
+                Ok(Cow::Owned(bytes))
             }
             Input::Row {
                 table, group, row, ..
-            } => table.read(*group, *row, dinov2::image::MAX_FILE_BYTES),
+            } => table
+                .read(*group, *row, dinov2::image::MAX_FILE_BYTES)
+                .map(Cow::Owned),
+            Input::Bytes { bytes, .. } => Ok(Cow::Borrowed(bytes)),
             Input::Broken { error, .. } => Err(error.clone()),
         }
     }
@@ -102,14 +138,27 @@ fn is_archive(path: &Path) -> bool {
     has_extension(path, &["tar"])
 }
 
-/// The image members of the tar archive at `path`, in archive order. A plain (uncompressed) tar
-/// is needed: members are read in place. What cannot be read (a compressed or garbled archive,
-/// or the rest of one cut short) becomes an [`Input::Broken`], so that the job reports it and
-/// embeds everything else.
-fn archive_members(path: &Path, out: &mut Vec<Input>) {
-    let broken = |error: String| Input::Broken {
-        name: path.to_string_lossy().into_owned(),
-        error,
+/// A compressed tar archive (`.tar.gz`, `.tgz`, `.tar.zst`, `.tar.zstd`): read as a stream.
+fn is_compressed_archive(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    [".tar.gz", ".tgz", ".tar.zst", ".tar.zstd"]
+        .iter()
+        .any(|end| name.ends_with(end))
+}
+
+/// The image members of the tar archive at `path`, in archive order, read in place. What cannot
+/// be read (a garbled archive, or the rest of one cut short) becomes an [`Input::Broken`], so that
+/// the job reports it and embeds everything else. A compressed archive, whose members cannot be
+/// read in place, is read as a stream.
+fn archive_members(path: &Path, out: &mut Vec<Source>) {
+    let broken = |error: String| {
+        Source::Image(Input::Broken {
+            name: path.to_string_lossy().into_owned(),
+            error,
+        })
     };
     let mut file = match File::open(path) {
         Ok(file) => file,
@@ -117,18 +166,17 @@ fn archive_members(path: &Path, out: &mut Vec<Input>) {
     };
     let mut magic = [0u8; 6];
     let n = file.read(&mut magic).unwrap_or(0);
-    let compressed = match &magic[..n] {
-        [0x1f, 0x8b, ..] => Some("gzip"),
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => Some("zstd"),
-        [b'B', b'Z', b'h', ..] => Some("bzip2"),
-        [0xfd, b'7', b'z', b'X', b'Z', 0] => Some("xz"),
-        _ => None,
-    };
-    if let Some(kind) = compressed {
-        return out.push(broken(format!(
-            "{kind}-compressed; embed reads members in place and needs a plain .tar \
-             (webdataset shards are plain tar)"
-        )));
+    if matches!(
+        &magic[..n],
+        [0x1f, 0x8b, ..]
+            | [0x28, 0xb5, 0x2f, 0xfd, ..]
+            | [b'B', b'Z', b'h', ..]
+            | [0xfd, b'7', b'z', b'X', b'Z', 0]
+    ) {
+        // The stream names what it does not read.
+        return out.push(Source::Stream(Stream {
+            origin: Origin::File(path.to_path_buf()),
+        }));
     }
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     if let Err(e) = file.rewind() {
@@ -168,12 +216,12 @@ fn archive_members(path: &Path, out: &mut Vec<Input>) {
         {
             continue;
         }
-        out.push(Input::Member {
+        out.push(Source::Image(Input::Member {
             archive: archive_path.clone(),
             member,
             offset: entry.raw_file_position(),
             size: entry.size(),
-        });
+        }));
     }
     // A tar ends with two zero blocks: an archive that stops without room for them after its
     // last member was cut there, and may have held more.
@@ -193,7 +241,7 @@ fn is_table(path: &Path) -> bool {
 
 /// The rows of the Parquet table at `path`, in order; a table that cannot be read, or has no
 /// image column, is one [`Input::Broken`].
-fn table_rows(path: &Path, columns: &TableColumns, cache: &Arc<Cache>, out: &mut Vec<Input>) {
+fn table_rows(path: &Path, columns: &TableColumns, cache: &Arc<Cache>, out: &mut Vec<Source>) {
     let table = match Table::open(
         path,
         columns.image.as_deref(),
@@ -202,27 +250,27 @@ fn table_rows(path: &Path, columns: &TableColumns, cache: &Arc<Cache>, out: &mut
     ) {
         Ok(table) => Arc::new(table),
         Err(error) => {
-            return out.push(Input::Broken {
+            return out.push(Source::Image(Input::Broken {
                 name: path.to_string_lossy().into_owned(),
                 error,
-            })
+            }))
         }
     };
     let mut index = 0;
     for (group, rows) in table.row_groups().enumerate() {
         for row in 0..rows {
-            out.push(Input::Row {
+            out.push(Source::Image(Input::Row {
                 table: table.clone(),
                 group,
                 row,
                 index,
-            });
+            }));
             index += 1;
         }
     }
 }
 
-fn is_image(path: &Path) -> bool {
+pub(super) fn is_image(path: &Path) -> bool {
     has_extension(path, IMAGE_EXTENSIONS)
 }
 
@@ -239,7 +287,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
             let mut sub = Vec::new();
             walk(&path, &mut sub)?;
             found.extend(sub);
-        } else if is_image(&path) || is_archive(&path) {
+        } else if is_image(&path) || is_archive(&path) || is_compressed_archive(&path) {
             found.push(path);
         }
     }
@@ -264,37 +312,59 @@ pub struct TableColumns {
 /// A `.tar` archive, given or found, contributes its image members in archive order. A
 /// `.parquet` table, given or listed (not found in folders, where the embeddings of an earlier
 /// job may be), contributes its rows in order, each the image in `columns.image`, named by
-/// `columns.id`.
-pub fn expand(inputs: &[String], columns: &TableColumns) -> Result<Vec<Input>> {
-    let mut paths = Vec::new();
+/// `columns.id`. `pipe:COMMAND`, `-` and compressed archives are tar streams, read as the job
+/// runs ([`Stream`]).
+pub fn expand(inputs: &[String], columns: &TableColumns) -> Result<Vec<Source>> {
+    // Paths, and streams in their place among them.
+    let mut paths: Vec<std::result::Result<PathBuf, Stream>> = Vec::new();
+    if inputs.iter().filter(|i| *i == "-").count() > 1 {
+        return Err(CliError(
+            "- (standard input) is given more than once; it can be read once".into(),
+        ));
+    }
     for input in inputs {
-        if let Some(list) = input.strip_prefix('@') {
+        if let Some(stream) = Stream::parse(input) {
+            paths.push(Err(stream));
+        } else if let Some(list) = input.strip_prefix('@') {
             let text = std::fs::read_to_string(list)
                 .map_err(|e| CliError(format!("cannot read list {list}: {e}")))?;
             paths.extend(
                 text.lines()
                     .map(str::trim_end)
                     .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-                    .map(PathBuf::from),
+                    .map(|l| Ok(PathBuf::from(l))),
             );
         } else {
             let path = PathBuf::from(input);
             if path.is_dir() {
-                walk(&path, &mut paths)?;
+                let mut found = Vec::new();
+                walk(&path, &mut found)?;
+                paths.extend(found.into_iter().map(Ok));
             } else {
-                paths.push(path);
+                paths.push(Ok(path));
             }
         }
     }
     let mut out = Vec::with_capacity(paths.len());
     let cache = Arc::new(Cache::default());
     for path in paths {
+        let path = match path {
+            Ok(path) => path,
+            Err(stream) => {
+                out.push(Source::Stream(stream));
+                continue;
+            }
+        };
         if is_archive(&path) && path.is_file() {
             archive_members(&path, &mut out);
+        } else if is_compressed_archive(&path) && path.is_file() {
+            out.push(Source::Stream(Stream {
+                origin: Origin::File(path),
+            }));
         } else if is_table(&path) && path.is_file() {
             table_rows(&path, columns, &cache, &mut out);
         } else {
-            out.push(Input::File(path));
+            out.push(Source::Image(Input::File(path)));
         }
     }
     if out.is_empty() {
@@ -331,7 +401,7 @@ mod tests {
         let rel: Vec<String> = got
             .iter()
             .map(|input| {
-                let Input::File(p) = input else {
+                let Source::Image(Input::File(p)) = input else {
                     panic!("no archive here: {input:?}")
                 };
                 p.strip_prefix(d)

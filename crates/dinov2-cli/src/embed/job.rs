@@ -50,6 +50,9 @@ pub struct Job {
     fingerprint: String,
     /// Inputs `0..done` are embedded or failed.
     pub done: usize,
+    /// The name of input `done - 1`, which a resume checks its inputs against (`None` before the
+    /// first commit, and in jobs saved before it was recorded).
+    pub last: Option<String>,
     chunks: Vec<String>,
     pub failures: Vec<Failure>,
     /// Rows written so far.
@@ -154,6 +157,7 @@ impl Job {
             dir: dir.to_owned(),
             fingerprint,
             done: 0,
+            last: None,
             chunks: Vec::new(),
             failures: Vec::new(),
             rows: 0,
@@ -215,6 +219,7 @@ impl Job {
             dir: dir.to_owned(),
             fingerprint: fingerprint.to_owned(),
             done: v["done"].as_u64().ok_or_else(|| bad("no progress count"))? as usize,
+            last: v["last"].as_str().map(str::to_owned),
             rows: v["rows"].as_u64().ok_or_else(|| bad("no row count"))? as usize,
             shapes: serde_json::from_value(v["shapes"].clone())
                 .map_err(|_| bad("bad row shapes"))?,
@@ -233,6 +238,7 @@ impl Job {
             "version": 1,
             "fingerprint": self.fingerprint,
             "done": self.done,
+            "last": self.last,
             "rows": self.rows,
             "shapes": self.shapes,
             "chunks": self.chunks,
@@ -243,6 +249,16 @@ impl Job {
 
     /// Records rows and failures for inputs up to `done`, durably.
     pub fn commit(&mut self, rows: &[Row], failures: Vec<Failure>, done: usize) -> Result<()> {
+        let last = rows
+            .iter()
+            .map(|r| (r.index, &r.path))
+            .chain(failures.iter().map(|f| (f.index, &f.path)))
+            .max_by_key(|(index, _)| *index);
+        if let Some((index, path)) = last {
+            if index + 1 == done {
+                self.last = Some(path.clone());
+            }
+        }
         if !rows.is_empty() {
             let name = format!("chunk-{:06}.safetensors", self.chunks.len());
             write_atomic(&self.dir.join(&name), &encode_chunk(rows)?)?;

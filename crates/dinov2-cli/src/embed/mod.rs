@@ -1,13 +1,15 @@
-//! `dinov2 embed`: a folder (or list) of images to embedding vectors, as a pipeline: images are
-//! decoded and preprocessed on a thread pool while the model runs the previous batch; finished rows
-//! are committed in chunks so that an interrupted job resumes where it stopped; bad inputs are
-//! reported and skipped.
+//! `dinov2 embed`: a folder (or list, archive, table or stream) of images to embedding vectors,
+//! as a pipeline: images are decoded and preprocessed on a thread pool while the model runs the
+//! previous batch; finished rows are committed in chunks so that an interrupted job resumes where
+//! it stopped; bad inputs are reported and skipped.
 
 mod batch;
 mod budget;
+mod feed;
 mod inputs;
 mod job;
 mod outputs;
+mod streams;
 mod tables;
 mod writers;
 
@@ -30,6 +32,7 @@ use rayon::prelude::*;
 use crate::error::{CliError, Result};
 use batch::{assemble, run_batch, Batch, Decoded, Grouping, Outcome};
 pub use budget::FailureBudget;
+use feed::{Feed, Window};
 pub(crate) use job::write_atomic;
 use job::{digest, Job};
 pub use outputs::Outputs;
@@ -49,7 +52,8 @@ pub enum OnError {
 
 /// The embed job's settings.
 pub struct Settings {
-    pub inputs: Vec<Input>,
+    /// The inputs in order (images, and streams read as the job runs).
+    pub sources: Vec<Source>,
     pub output: PathBuf,
     pub format: Format,
     /// The type of the written values.
@@ -80,7 +84,7 @@ pub struct Settings {
     pub layers: Option<(Vec<usize>, bool)>,
 }
 
-pub use inputs::{expand as expand_inputs, Input, TableColumns};
+pub use inputs::{expand as expand_inputs, Source, TableColumns};
 
 /// Beside a finished output, its manifest (`OUTPUT.done.json`): what was embedded, the counts,
 /// and the fingerprint of the inputs and options, which `--resume` checks. Written last.
@@ -119,17 +123,22 @@ fn finished(s: &Settings, fingerprint: &str) -> Result<()> {
         )));
     }
     let failed = done["failed"].as_u64().unwrap_or(0);
+    // The inputs are this job's (the fingerprint of their names matched); a stream's images are
+    // counted as they are read, by the job that read them.
+    let Some(inputs) = Source::count(&s.sources).or(done["inputs"].as_u64().map(|n| n as usize))
+    else {
+        return Err(unreadable("no input count"));
+    };
     if failed == 0 {
         eprintln!(
             "{out} is complete ({man} says so, for these inputs and options); nothing to resume"
         );
         return Ok(());
     }
-    // The inputs are this job's: the fingerprint of their names matched.
     s.max_failures.verdict(
         &format!("{out} is complete ({man}), but "),
         failed,
-        s.inputs.len() as u64,
+        inputs as u64,
         done["errors"].as_str().unwrap_or("its errors file"),
     )
 }
@@ -148,7 +157,7 @@ struct Timing {
 /// Opens the job for `settings`, creating, resuming or replacing it as asked.
 fn open_job(s: &Settings) -> Result<Option<Job>> {
     let partial = sibling(&s.output, ".partial");
-    let mut parts: Vec<String> = s.inputs.iter().map(Input::name).collect();
+    let mut parts: Vec<String> = s.sources.iter().map(Source::name).collect();
     parts.extend([
         format!("{:?}", s.format),
         // The layout of the job's chunks, which changed with several outputs per row.
@@ -210,10 +219,11 @@ fn open_job(s: &Settings) -> Result<Option<Job>> {
 }
 
 /// The job's progress on stderr: a bar on a terminal; elsewhere (a log file, a cluster job) a
-/// line every `every`, with the count, the rate since the start and the time left.
+/// line every `every`, with the count, the rate since the start and the time left (when the
+/// number of inputs is known: streams are counted as they are read).
 struct Progress {
     bar: ProgressBar,
-    total: usize,
+    total: Option<usize>,
     /// Where the job started, and when; when the last line was written.
     start: (usize, Instant),
     last: Instant,
@@ -222,7 +232,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(total: usize, done: usize, every: Duration) -> Self {
+    fn new(total: Option<usize>, done: usize, every: Duration) -> Self {
         let terminal = std::io::stderr().is_terminal();
         let bar = if terminal {
             progress_bar(total, done)
@@ -245,39 +255,54 @@ impl Progress {
         let Some(every) = self.every else {
             return;
         };
-        if self.last.elapsed() < every || pos == self.total {
+        if self.last.elapsed() < every || Some(pos) == self.total {
             return;
         }
         self.last = Instant::now();
         let secs = self.start.1.elapsed().as_secs_f64().max(1e-9);
         let rate = (pos - self.start.0) as f64 / secs;
+        let Some(total) = self.total else {
+            eprintln!("progress: {pos} images, {rate:.1} images/s");
+            return;
+        };
         let left = if rate > 0.0 {
-            format!("{:.0} s", (self.total - pos) as f64 / rate)
+            format!("{:.0} s", total.saturating_sub(pos) as f64 / rate)
         } else {
             "?".into()
         };
         eprintln!(
-            "progress: {pos}/{} images ({:.1}%), {rate:.1} images/s, {left} left",
-            self.total,
-            100.0 * pos as f64 / self.total.max(1) as f64
+            "progress: {pos}/{total} images ({:.1}%), {rate:.1} images/s, {left} left",
+            100.0 * pos as f64 / total.max(1) as f64
         );
     }
 }
 
-fn progress_bar(total: usize, done: usize) -> ProgressBar {
-    let pb = ProgressBar::new(total as u64);
-    let style =
-        ProgressStyle::with_template("{bar:40} {pos}/{len} images  {rate}  ETA {eta}  {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .with_key(
-                "rate",
-                |state: &ProgressState, w: &mut dyn std::fmt::Write| {
-                    let _ = write!(w, "{:.1} images/s", state.per_sec());
-                },
-            );
+/// A bar of `total` inputs, or (when streams make the number unknown) a count with a spinner.
+fn progress_bar(total: Option<usize>, done: usize) -> ProgressBar {
+    let (pb, template) = match total {
+        Some(total) => (
+            ProgressBar::new(total as u64),
+            "{bar:40} {pos}/{len} images  {rate}  ETA {eta}  {msg}",
+        ),
+        None => (
+            ProgressBar::new_spinner(),
+            "{spinner} {pos} images  {rate}  {elapsed}  {msg}",
+        ),
+    };
+    let style = ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.1} images/s", state.per_sec());
+            },
+        );
     pb.set_style(style);
     pb.set_position(done as u64);
     pb.reset_eta();
+    if total.is_none() {
+        pb.enable_steady_tick(Duration::from_millis(250));
+    }
     pb
 }
 
@@ -290,21 +315,19 @@ impl Drop for CancelOnDrop<'_> {
     }
 }
 
-/// Reads, decodes and preprocesses `inputs[range]` on the current thread pool: each input's
+/// Reads, decodes and preprocesses a window's inputs on the current thread pool: each input's
 /// pixels or the step that failed and why, with the worker time each step took.
-fn decode_window<B: Backend>(
-    embedder: &Embedder<B>,
-    inputs: &[Input],
-    range: std::ops::Range<usize>,
-) -> Vec<Decoded> {
-    range
-        .into_par_iter()
-        .map(|i| {
+fn decode_window<B: Backend>(embedder: &Embedder<B>, window: &Window) -> Vec<Decoded> {
+    window
+        .inputs
+        .par_iter()
+        .enumerate()
+        .map(|(i, input)| {
             let t = Instant::now();
-            let name = inputs[i].name();
-            let bytes = inputs[i].read();
+            let name = input.name();
+            let bytes = input.read();
             let read = t.elapsed();
-            let r = match bytes {
+            let result = match bytes {
                 Err(e) => Err(("read", e)),
                 Ok(bytes) => embedder
                     .prepare_named(&bytes, &name)
@@ -322,22 +345,57 @@ fn decode_window<B: Backend>(
                         (stage, message)
                     }),
             };
-            (i, r, read, t.elapsed() - read)
+            Decoded {
+                index: window.begin + i,
+                name,
+                result,
+                read,
+                prepare: t.elapsed() - read,
+            }
         })
         .collect()
+}
+
+/// Opens the feed of the job's inputs where the job stands: past the inputs an interrupted job
+/// has done, checking that they are the ones it did (a stream may give others when read again).
+fn open_feed(sources: Vec<Source>, job: &Job, buffer: usize) -> Result<Feed> {
+    let mut feed = Feed::new(sources, buffer);
+    let changed = "the inputs changed since the interrupted job (--overwrite starts again)";
+    match feed.skip(job.done) {
+        Err(found) => Err(CliError(format!(
+            "{changed}: they hold {found} images, fewer than the {} it had done",
+            job.done
+        ))),
+        Ok(Some(name)) if job.last.as_ref().is_some_and(|last| *last != name) => {
+            Err(CliError(format!(
+                "{changed}: its input {} was {}, it is now {name}",
+                job.done,
+                job.last.as_deref().unwrap_or_default()
+            )))
+        }
+        Ok(_) => Ok(feed),
+    }
 }
 
 /// Runs the embed job with one model per stream: `embedders[0]` also decodes. Batches go to the
 /// model threads in turn (on CUDA each has its own stream, so one's uploads and host work overlap
 /// the other's compute) and are committed in input order.
-pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
+pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()> {
     let Some(mut job) = open_job(&s)? else {
         return Ok(());
     };
     let embedder = embedders
         .first()
         .ok_or_else(|| CliError("no model to embed with".into()))?;
-    let total = s.inputs.len();
+    let total = Source::count(&s.sources);
+    let window = s.window.max(1);
+    let streams: Vec<String> = s
+        .sources
+        .iter()
+        .filter(|s| matches!(s, Source::Stream(_)))
+        .map(Source::name)
+        .collect();
+    let feed = Mutex::new(open_feed(std::mem::take(&mut s.sources), &job, window)?);
     let start_at = job.done;
     let started = Instant::now();
     let mut timing = Timing::default();
@@ -347,7 +405,6 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
         .thread_name(|i| format!("dinov2-decode-{i}"))
         .build()
         .map_err(|e| CliError(format!("cannot start decoding threads: {e}")))?;
-    let inputs = &s.inputs;
     let outputs = &s.outputs;
     let on_error = s.on_error;
     let cancel = AtomicBool::new(false);
@@ -361,32 +418,34 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
         // stop at their next batch instead of running it.
         let cancel = &cancel;
         let _cancel_on_return = CancelOnDrop(cancel);
-        let window = s.window.max(1);
+        let feed = &feed;
         let grouping = Grouping {
             patch: s.patch,
             pass: s.batch_size,
         };
-        // Windows are decoded by `decoders` threads in turn (window k by thread k mod
-        // decoders), on the one worker pool: while one waits for its window's slowest image,
-        // stacks its batch or waits to hand it over, the workers decode the other's window.
+        // Windows are taken from the feed by `decoders` threads, each decoding its window on the
+        // one worker pool: while one waits for its window's slowest image, stacks its batch or
+        // waits to hand it over, the workers decode another's window.
         let (workers, decoders) = (&workers, s.decoders.max(1));
-        for first in 0..decoders {
+        for _ in 0..decoders {
             let tx = tx.clone();
-            scope.spawn(move || {
-                let windows = (start_at..total).step_by(window).enumerate();
-                for (seq, begin) in windows.skip(first).step_by(decoders) {
-                    if cancel.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let end = (begin + window).min(total);
-                    let items = workers.install(|| decode_window(embedder, inputs, begin..end));
-                    // Stacked here, so that the model threads only run the model.
-                    if tx
-                        .send((seq, assemble(end, items, inputs, on_error, grouping)))
-                        .is_err()
-                    {
-                        return;
-                    }
+            scope.spawn(move || loop {
+                if cancel.load(Ordering::Relaxed) {
+                    return;
+                }
+                // The lock is held only to take the next window (to read it, from a stream).
+                let t = Instant::now();
+                let next = feed.lock().ok().and_then(|mut feed| feed.window(window));
+                let waited = t.elapsed();
+                let Some(w) = next else {
+                    return;
+                };
+                let items = workers.install(|| decode_window(embedder, &w));
+                let end = w.begin + w.inputs.len();
+                // Stacked here, so that the model threads only run the model.
+                let batch = assemble(end, items, waited, on_error, grouping);
+                if tx.send((w.seq, batch)).is_err() {
+                    return;
                 }
             });
         }
@@ -405,7 +464,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
                 // A panic becomes this batch's error, so the collector stops at once rather
                 // than waiting for a batch that never comes.
                 let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    run_batch(model, batch, inputs, outputs, on_error)
+                    run_batch(model, batch, outputs, on_error)
                 }))
                 .unwrap_or_else(|panic| {
                     let what = panic
@@ -427,6 +486,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
         let mut next_seq = 0;
         let mut rows = Vec::new();
         let mut failures = Vec::new();
+        let mut end = start_at;
         for (seq, outcome) in done_rx {
             waiting.insert(seq, outcome);
             while let Some(outcome) = waiting.remove(&next_seq) {
@@ -468,18 +528,22 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
                         stop.path, stop.error
                     )));
                 }
-                progress.set(outcome.end);
-                if rows.len() >= s.chunk_rows || outcome.end == total {
-                    job.commit(&rows, std::mem::take(&mut failures), outcome.end)?;
+                end = outcome.end;
+                progress.set(end);
+                if rows.len() >= s.chunk_rows {
+                    job.commit(&rows, std::mem::take(&mut failures), end)?;
                     rows.clear();
                 }
             }
         }
-        let batches = (total - start_at).div_ceil(window);
-        if next_seq != batches {
+        let (ended, batches) = feed.lock().map_or((false, 0), |feed| feed.handed_out());
+        if !ended || next_seq != batches {
             return Err(CliError(format!(
                 "a model thread stopped after {next_seq} of {batches} batches"
             )));
+        }
+        if end > job.done {
+            job.commit(&rows, std::mem::take(&mut failures), end)?;
         }
         Ok(())
     });
@@ -506,6 +570,14 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
         );
     }
     result?;
+    if job.done == 0 {
+        // Only streams can hold no image: an empty list of images is refused before the job.
+        job.remove()?;
+        return Err(CliError(format!(
+            "no images found in {}",
+            streams.join(", ")
+        )));
+    }
     // The stream-ordered allocator keeps what the passes freed, so the memory in use now is
     // close to the job's peak.
     let mut reported = Vec::new();
@@ -522,11 +594,12 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], s: Settings) -> Result<()> {
         }
         reported.push(name);
     }
+    let processed = job.done - start_at;
     finish(
         job,
         &s,
         started.elapsed(),
-        total - start_at,
+        processed,
         &timing,
         embedders.len(),
     )
@@ -573,7 +646,7 @@ fn finish(
         std::fs::remove_file(&errors_path)
             .map_err(|e| CliError(format!("cannot remove {}: {e}", errors_path.display())))?;
     }
-    let embedded = job.rows;
+    let (embedded, inputs) = (job.rows, job.done);
     let secs = elapsed.as_secs_f64().max(1e-9);
     let passes = format!(
         "{} passes of {:.1} images on average",
@@ -603,7 +676,7 @@ fn finish(
     let done = serde_json::json!({
         "output": s.output.display().to_string(),
         "format": format!("{:?}", s.format),
-        "inputs": s.inputs.len(),
+        "inputs": job.done,
         "embedded": embedded,
         "failed": failed,
         "errors": (failed > 0).then(|| errors_path.display().to_string()),
@@ -626,7 +699,7 @@ fn finish(
     s.max_failures.verdict(
         "",
         failed as u64,
-        s.inputs.len() as u64,
+        inputs as u64,
         &errors_path.display().to_string(),
     )
 }
