@@ -28,6 +28,7 @@ class Embedder:
         no_crop: bool = False,
         max_pixels: int | None = None,
         max_side: int | None = None,
+        min_side: int | None = None,
         apply_exif_orientation: bool = False,
     ) -> None: ...
     def embed(

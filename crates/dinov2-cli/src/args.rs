@@ -223,6 +223,12 @@ pub struct DecodeArgs {
     /// Refuse images with a side longer than this many pixels.
     #[arg(long, default_value_t = dinov2::image::DEFAULT_MAX_DIMENSION)]
     pub max_side: u32,
+    /// Refuse images with a side shorter than this many pixels, e.g. `--min-side 32` against
+    /// the icons and tracking pixels of a web crawl (default 1: every image, as transformers
+    /// takes them).
+    #[arg(long, default_value_t = 1, value_name = "PIXELS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub min_side: u32,
     /// Decode large JPEGs at 1/2, 1/4 or 1/8 scale where the resize shrinks them at least twice
     /// as much (Pillow's `Image.draft`, as its `thumbnail` does): about 1.8x faster decoding and
     /// preprocessing of 12-megapixel photos, with the pixels of that drafted image rather than

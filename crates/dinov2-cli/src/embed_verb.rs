@@ -18,6 +18,7 @@ pub fn decode_options(args: &DecodeArgs, preprocess: &PreprocessConfig) -> Decod
     DecodeOptions {
         max_pixels: args.max_pixels,
         max_dimension: args.max_side,
+        min_dimension: args.min_side,
         apply_exif_orientation: args.apply_exif_orientation,
         draft: (args.draft && preprocess.do_resize).then_some(preprocess.size),
     }

@@ -118,6 +118,25 @@ pub enum ImageError {
         max_dimension: u32,
     },
 
+    /// A side is shorter than [`crate::DecodeOptions::min_dimension`].
+    #[error(
+        "{origin}: {format} image of {width}x{height} has a side shorter than the minimum of \
+         {min_dimension} pixels (--min-side on the command line, DecodeOptions::min_dimension in \
+         Rust)"
+    )]
+    DimensionTooSmall {
+        /// Where the data came from.
+        origin: String,
+        /// The container format.
+        format: ImageFormat,
+        /// Width from the header.
+        width: u64,
+        /// Height from the header.
+        height: u64,
+        /// The minimum in force.
+        min_dimension: u32,
+    },
+
     /// The data ends before the image is complete.
     #[error("{origin}: truncated {format} file: expected more data, found the end of the file ({detail})")]
     Truncated {
@@ -212,6 +231,7 @@ impl ImageError {
             | ImageError::UnknownFormat { .. }
             | ImageError::TooManyPixels { .. }
             | ImageError::DimensionTooLarge { .. }
+            | ImageError::DimensionTooSmall { .. }
             | ImageError::Truncated { .. }
             | ImageError::Corrupt { .. }
             | ImageError::Unsupported { .. }

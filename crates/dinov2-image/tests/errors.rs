@@ -133,6 +133,22 @@ fn bomb_is_refused_from_the_header_and_limit_is_configurable() {
             ),
             "{file}: {err}"
         );
+        // A minimum side: refused under it, from the header; taken at it.
+        let decoded = decode(&bytes, &DecodeOptions::default()).unwrap();
+        let short = decoded.width.min(decoded.height);
+        let at_least = |min_dimension| DecodeOptions {
+            min_dimension,
+            ..DecodeOptions::default()
+        };
+        let err = decode(&bytes, &at_least(short + 1)).unwrap_err();
+        assert!(
+            matches!(err, ImageError::DimensionTooSmall { min_dimension, .. }
+                if min_dimension == short + 1),
+            "{file}: {err}"
+        );
+        assert_eq!(err.stage(), "decode");
+        assert!(err.to_string().contains("--min-side"), "{err}");
+        assert!(decode(&bytes, &at_least(short)).is_ok(), "{file}");
     }
 }
 

@@ -44,7 +44,7 @@ macro_rules! on_backend {
 ///
 /// `Embedder(model, *, device="cpu", dtype="f32", pooling="cls", normalize=False, layers=None,
 /// layer_norm=True, batch_size=None, resize=None, crop=None, no_crop=False, max_pixels=None,
-/// max_side=None, apply_exif_orientation=False)`: `model` is a directory holding `config.json`
+/// max_side=None, min_side=None, apply_exif_orientation=False)`: `model` is a directory holding `config.json`
 /// and `model.safetensors` (a Hugging Face snapshot, e.g. from
 /// `huggingface_hub.snapshot_download("facebook/dinov2-small")`), preprocessed as its
 /// `preprocessor_config.json` says, with `resize`/`crop`/`no_crop` overriding the resolution as
@@ -73,7 +73,8 @@ impl Embedder {
     #[pyo3(signature = (
         model, *, device = "cpu", dtype = "f32", pooling = "cls", normalize = false,
         layers = None, layer_norm = true, batch_size = None, resize = None, crop = None,
-        no_crop = false, max_pixels = None, max_side = None, apply_exif_orientation = false,
+        no_crop = false, max_pixels = None, max_side = None, min_side = None,
+        apply_exif_orientation = false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -91,6 +92,7 @@ impl Embedder {
         no_crop: bool,
         max_pixels: Option<u64>,
         max_side: Option<u32>,
+        min_side: Option<u32>,
         apply_exif_orientation: bool,
     ) -> PyResult<Self> {
         let device: Device = device.parse().map_err(|e| bad("device", e))?;
@@ -101,6 +103,7 @@ impl Embedder {
             (resize.map(u64::from), "resize"),
             (max_pixels, "max_pixels"),
             (max_side.map(u64::from), "max_side"),
+            (min_side.map(u64::from), "min_side"),
         ] {
             if value == Some(0) {
                 return Err(bad(name, "expected at least 1"));
@@ -131,6 +134,7 @@ impl Embedder {
         let decode = DecodeOptions {
             max_pixels: max_pixels.unwrap_or(defaults.max_pixels),
             max_dimension: max_side.unwrap_or(defaults.max_dimension),
+            min_dimension: min_side.unwrap_or(defaults.min_dimension),
             apply_exif_orientation,
             draft: None,
         };
@@ -188,8 +192,8 @@ impl Embedder {
     /// `on_error="raise"` (the default) raises `ValueError` naming the first image that could
     /// not be read, decoded or embedded, at the end of its batch (no later batch runs);
     /// `on_error="null"` keeps going: such a row is NaN (null in Arrow) and `Embeddings.errors`
-    /// says why. Pixel arrays and PIL images are taken as they are: `max_pixels` and `max_side`
-    /// limit what is decoded here, not what was decoded before.
+    /// says why. Pixel arrays and PIL images are taken as they are: `max_pixels`, `max_side`
+    /// and `min_side` limit what is decoded here, not what was decoded before.
     #[pyo3(signature = (images, *, on_error = "raise"))]
     fn embed(
         &self,

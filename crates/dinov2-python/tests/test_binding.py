@@ -109,6 +109,7 @@ class Core(unittest.TestCase):
             ({"resize": 0}, "resize: expected at least 1"),
             ({"max_pixels": 0}, "max_pixels: expected at least 1"),
             ({"max_side": 0}, "max_side: expected at least 1"),
+            ({"min_side": 0}, "min_side: expected at least 1"),
             ({"crop": True}, "found a bool"),
             ({"crop": "7x"}, "expected a size such as 224"),
             ({"dtype": "f16"}, "f16 runs on a GPU"),

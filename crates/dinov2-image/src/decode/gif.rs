@@ -38,7 +38,7 @@ pub(super) fn decode(data: &[u8], ctx: &Ctx<'_>) -> Result<Decoded> {
         .read_info(Cursor::new(data))
         .map_err(|e| map_err(ctx, e))?;
     let (screen_w, screen_h) = (decoder.width() as u32, decoder.height() as u32);
-    ctx.check_size(screen_w.max(1) as u64, screen_h.max(1) as u64)?;
+    ctx.check_size_limit(screen_w.max(1) as u64, screen_h.max(1) as u64)?;
     let global = decoder.global_palette().map(<[u8]>::to_vec);
 
     let frame = decoder

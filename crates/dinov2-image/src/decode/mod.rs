@@ -56,6 +56,9 @@ pub struct DecodeOptions {
     pub max_pixels: u64,
     /// Refuse images with a side longer than this. Default [`DEFAULT_MAX_DIMENSION`].
     pub max_dimension: u32,
+    /// Refuse images with a side shorter than this (icons, tracking pixels, thumbnails in a
+    /// web crawl), checked from the header. Default 1: every image, as transformers takes them.
+    pub min_dimension: u32,
     /// Rotate/flip according to the EXIF orientation tag (JPEG APP1, PNG `eXIf`, WebP `EXIF`) as
     /// Pillow's `ImageOps.exif_transpose` does. Off by default: transformers does not apply it.
     /// TIFF files are oriented by their tag whatever this says, because Pillow 13 does that when
@@ -75,6 +78,7 @@ impl Default for DecodeOptions {
         DecodeOptions {
             max_pixels: DEFAULT_MAX_PIXELS,
             max_dimension: DEFAULT_MAX_DIMENSION,
+            min_dimension: 1,
             apply_exif_orientation: false,
             draft: None,
         }
@@ -257,8 +261,26 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Checks the header's size against the limits (before any pixel memory is allocated).
+    /// Checks the image's size from the header against the limits (before any pixel memory is
+    /// allocated).
     pub fn check_size(&self, width: u64, height: u64) -> Result<()> {
+        self.check_size_limit(width, height)?;
+        let min_dimension = self.options.min_dimension as u64;
+        if width < min_dimension || height < min_dimension {
+            return Err(ImageError::DimensionTooSmall {
+                origin: self.origin.to_string(),
+                format: self.format,
+                width,
+                height,
+                min_dimension: self.options.min_dimension,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a size from the header against the upper limits only: for a size that bounds the
+    /// image from above (a GIF's logical screen, which its frame may outgrow).
+    pub fn check_size_limit(&self, width: u64, height: u64) -> Result<()> {
         if width == 0 || height == 0 {
             return Err(self.corrupt(format!(
                 "expected a non-empty image, found a size of {width}x{height} in the header"
