@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use dinov2::{Dtype, Head, Pooling};
 
-use crate::embed::{FailureBudget, OnError};
+use crate::embed::{FailureBudget, OnError, ProgressMode};
 
 /// DINOv2 vision transformers with Hugging Face transformers parity.
 #[derive(Debug, Parser)]
@@ -503,8 +503,11 @@ pub struct EmbedArgs {
     /// Rows per committed chunk of the resumable job.
     #[arg(long, default_value_t = 1024, hide = true)]
     pub chunk_rows: usize,
-    /// Seconds between progress lines when stderr is not a terminal (a log file, a cluster
-    /// job); a terminal shows a bar instead.
+    /// How progress is shown on stderr: a bar on a terminal and lines elsewhere (auto), or JSON
+    /// lines for a program watching the job (jsonl).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressMode,
+    /// Seconds between progress lines (and jsonl progress events); a bar moves on its own.
     #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = parse_seconds)]
     pub progress_every: std::time::Duration,
     /// The column of a Parquet input holding the images (encoded bytes, or a struct with a

@@ -193,6 +193,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             Device::Cuda(_) => 2,
         }),
         chunk_rows: args.chunk_rows.max(1),
+        progress: args.progress,
         progress_every: args.progress_every,
         identity,
         layers,

@@ -1851,6 +1851,65 @@ fn progress_is_logged_in_lines_when_stderr_is_not_a_terminal() {
     }
 }
 
+/// `--progress jsonl`: every line on stderr, but the exit's own error, is a JSON object with an
+/// `event`: the start, progress after each batch (with --progress-every 0), each skipped input,
+/// and the end with the manifest's counts.
+#[test]
+fn progress_in_json_lines_for_a_program_watching_the_job() {
+    let dir = TempDir::new().unwrap();
+    let out = dir.path().join("p.npy");
+    let bad = dir.path().join("bad.jpg");
+    std::fs::write(&bad, "not a jpeg").unwrap();
+    let images = root().join("assets/images");
+    let r = dinov2(&[
+        "embed",
+        "--model",
+        &model(),
+        "--batch-size",
+        "2",
+        "--progress",
+        "jsonl",
+        "--progress-every",
+        "0",
+        "--output",
+        out.to_str().unwrap(),
+        images.to_str().unwrap(),
+        bad.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    let (last, events) = stderr
+        .trim_end()
+        .lines()
+        .collect::<Vec<_>>()
+        .split_last()
+        .map(|(last, events)| (last.to_string(), events.to_vec()))
+        .unwrap();
+    assert!(last.starts_with("error: 1 of 8 inputs"), "{stderr}");
+    let events: Vec<serde_json::Value> = events
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    // Eight inputs in batches of two: progress after 2, 4 and 6 (the end reports the rest).
+    assert_eq!(
+        kinds,
+        ["start", "progress", "progress", "progress", "skipped", "done"],
+        "{stderr}"
+    );
+    assert_eq!(events[0]["total"], 8);
+    assert_eq!(events[1]["done"], 2);
+    assert!(events[3]["eta_s"].as_f64().unwrap() >= 0.0, "{stderr}");
+    assert_eq!(events[4]["path"], bad.to_str().unwrap());
+    assert_eq!(events[4]["stage"], "decode");
+    let done = &events[5];
+    assert_eq!((&done["embedded"], &done["failed"]), (&7.into(), &1.into()));
+    assert!(done["images_per_s"].as_f64().unwrap() > 0.0, "{stderr}");
+}
+
 #[test]
 fn oversized_inputs_are_refused_before_they_are_read() {
     let dir = TempDir::new().unwrap();

@@ -9,6 +9,7 @@ mod feed;
 mod inputs;
 mod job;
 mod outputs;
+mod progress;
 mod streams;
 mod tables;
 mod writers;
@@ -24,9 +25,6 @@ use std::time::{Duration, Instant};
 use dinov2::image::{grid_region, PreprocessConfig};
 use dinov2::{Backend, Embedder};
 
-use std::io::IsTerminal;
-
-use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use rayon::prelude::*;
 
 use crate::error::{CliError, Result};
@@ -36,6 +34,8 @@ use feed::{Feed, Window};
 pub(crate) use job::write_atomic;
 use job::{digest, Job};
 pub use outputs::Outputs;
+use progress::Progress;
+pub use progress::ProgressMode;
 pub(crate) use writers::sibling;
 use writers::write_output;
 pub use writers::{npy_header, Format, ValueType};
@@ -76,7 +76,8 @@ pub struct Settings {
     /// Windows decoded at once (`--decoders`).
     pub decoders: usize,
     pub chunk_rows: usize,
-    /// Time between progress lines when stderr is not a terminal.
+    /// How progress is shown, and the time between its lines (all but the bar's).
+    pub progress: ProgressMode,
     pub progress_every: Duration,
     /// Everything else that changes the values (model, dtype, preprocessing), for the fingerprint.
     pub identity: Vec<String>,
@@ -218,94 +219,6 @@ fn open_job(s: &Settings) -> Result<Option<Job>> {
     Job::create(&partial, fingerprint).map(Some)
 }
 
-/// The job's progress on stderr: a bar on a terminal; elsewhere (a log file, a cluster job) a
-/// line every `every`, with the count, the rate since the start and the time left (when the
-/// number of inputs is known: streams are counted as they are read).
-struct Progress {
-    bar: ProgressBar,
-    total: Option<usize>,
-    /// Where the job started, and when; when the last line was written.
-    start: (usize, Instant),
-    last: Instant,
-    /// `None` on a terminal.
-    every: Option<Duration>,
-}
-
-impl Progress {
-    fn new(total: Option<usize>, done: usize, every: Duration) -> Self {
-        let terminal = std::io::stderr().is_terminal();
-        let bar = if terminal {
-            progress_bar(total, done)
-        } else {
-            ProgressBar::hidden()
-        };
-        let now = Instant::now();
-        Progress {
-            bar,
-            total,
-            start: (done, now),
-            last: now,
-            every: (!terminal).then_some(every),
-        }
-    }
-
-    /// `pos` inputs are done.
-    fn set(&mut self, pos: usize) {
-        self.bar.set_position(pos as u64);
-        let Some(every) = self.every else {
-            return;
-        };
-        if self.last.elapsed() < every || Some(pos) == self.total {
-            return;
-        }
-        self.last = Instant::now();
-        let secs = self.start.1.elapsed().as_secs_f64().max(1e-9);
-        let rate = (pos - self.start.0) as f64 / secs;
-        let Some(total) = self.total else {
-            eprintln!("progress: {pos} images, {rate:.1} images/s");
-            return;
-        };
-        let left = if rate > 0.0 {
-            format!("{:.0} s", total.saturating_sub(pos) as f64 / rate)
-        } else {
-            "?".into()
-        };
-        eprintln!(
-            "progress: {pos}/{total} images ({:.1}%), {rate:.1} images/s, {left} left",
-            100.0 * pos as f64 / total.max(1) as f64
-        );
-    }
-}
-
-/// A bar of `total` inputs, or (when streams make the number unknown) a count with a spinner.
-fn progress_bar(total: Option<usize>, done: usize) -> ProgressBar {
-    let (pb, template) = match total {
-        Some(total) => (
-            ProgressBar::new(total as u64),
-            "{bar:40} {pos}/{len} images  {rate}  ETA {eta}  {msg}",
-        ),
-        None => (
-            ProgressBar::new_spinner(),
-            "{spinner} {pos} images  {rate}  {elapsed}  {msg}",
-        ),
-    };
-    let style = ProgressStyle::with_template(template)
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .with_key(
-            "rate",
-            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
-                let _ = write!(w, "{:.1} images/s", state.per_sec());
-            },
-        );
-    pb.set_style(style);
-    pb.set_position(done as u64);
-    pb.reset_eta();
-    if total.is_none() {
-        pb.enable_steady_tick(Duration::from_millis(250));
-    }
-    pb
-}
-
 /// Sets the flag when dropped (when the collector returns, however it returns).
 struct CancelOnDrop<'a>(&'a AtomicBool);
 
@@ -399,7 +312,8 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
     let start_at = job.done;
     let started = Instant::now();
     let mut timing = Timing::default();
-    let mut progress = Progress::new(total, start_at, s.progress_every);
+    let mut progress = Progress::new(s.progress, total, start_at, s.progress_every);
+    let mut failed = job.failures.len();
     let workers = rayon::ThreadPoolBuilder::new()
         .num_threads(s.workers)
         .thread_name(|i| format!("dinov2-decode-{i}"))
@@ -498,10 +412,9 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
                 timing.passes += outcome.passes;
                 timing.pass_images += outcome.pass_images;
                 for f in outcome.stop.iter().chain(&outcome.failures) {
-                    progress
-                        .bar
-                        .suspend(|| eprintln!("skipped {}: {}", f.path, f.error));
+                    progress.skipped(f);
                 }
+                failed += outcome.failures.len();
                 if s.format.is_dense() {
                     // Fail at the first row that does not fit one dense tensor, not after the
                     // whole job.
@@ -529,7 +442,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
                     )));
                 }
                 end = outcome.end;
-                progress.set(end);
+                progress.set(end, failed);
                 if rows.len() >= s.chunk_rows {
                     job.commit(&rows, std::mem::take(&mut failures), end)?;
                     rows.clear();
@@ -547,7 +460,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
         }
         Ok(())
     });
-    progress.bar.finish_and_clear();
+    progress.finish();
     for e in embedders {
         let status = e.model().replay_status();
         if let Some(why) = status.failure {
@@ -602,6 +515,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
         processed,
         &timing,
         embedders.len(),
+        &progress,
     )
 }
 
@@ -613,6 +527,7 @@ fn finish(
     processed: usize,
     timing: &Timing,
     streams: usize,
+    progress: &Progress,
 ) -> Result<()> {
     // The old manifest goes first: it never describes an output it did not come with.
     let manifest = sibling(&s.output, DONE);
@@ -662,11 +577,12 @@ fn finish(
         format!("model {:.2} s, {passes}", timing.model.as_secs_f64())
     };
     let per_image = |d: Duration| 1e3 * d.as_secs_f64() / processed.max(1) as f64;
-    eprintln!(
+    let rate = processed as f64 / secs;
+    let summary = format!(
         "embedded {embedded}, failed {failed}, {:.1} images/s over {processed} processed in {secs:.1} s \
          (worker time: read {:.2} s, {:.2} ms/image; decode+preprocess {:.2} s, {:.1} ms/image; \
          {model}); wrote {}",
-        processed as f64 / secs,
+        rate,
         timing.read.as_secs_f64(),
         per_image(timing.read),
         timing.prepare.as_secs_f64(),
@@ -696,6 +612,7 @@ fn finish(
     });
     job::write_atomic(&manifest, format!("{done:#}\n").as_bytes())?;
     job.remove()?;
+    progress.done(&summary, &done, rate);
     s.max_failures.verdict(
         "",
         failed as u64,
