@@ -443,7 +443,9 @@ pub struct EmbedArgs {
     /// metadata/metadata_0.parquet, read by embedding-reader and autofaiss). Parquet patch and
     /// token outputs also hold each image's grid and `region` (the part of the image the grid
     /// covers). A finished job writes FILE.done.json last; a running one holds
-    /// FILE.partial/lock, so that a second job on the same output is refused.
+    /// FILE.partial/lock, so that a second job on the same output is refused. `-` writes an
+    /// Arrow IPC stream to standard output instead, the Parquet output's columns, a record batch
+    /// as each chunk of rows is done (not resumable).
     #[arg(long)]
     pub output: String,
     /// Replace an existing output (or interrupted job).
@@ -500,8 +502,9 @@ pub struct EmbedArgs {
     /// the model shares).
     #[arg(long, value_parser = count(1, 8), hide = true)]
     pub decoders: Option<usize>,
-    /// Rows per committed chunk of the resumable job.
-    #[arg(long, default_value_t = 1024, hide = true)]
+    /// Rows per committed chunk of the resumable job (what an interrupted job keeps), and per
+    /// record batch of an Arrow stream (`--output -`).
+    #[arg(long, default_value_t = 1024, value_parser = count(1, 1 << 30))]
     pub chunk_rows: usize,
     /// How progress is shown on stderr: a bar on a terminal and lines elsewhere (auto), or JSON
     /// lines for a program watching the job (jsonl).

@@ -77,6 +77,13 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         ));
     }
     let (format, output) = Format::of(&args.output)?;
+    if format == Format::ArrowStream && args.resume {
+        return Err(CliError(
+            "--resume with --output -: a stream on standard output cannot be resumed; name an \
+             output file to make the job resumable"
+                .into(),
+        ));
+    }
     let mut inputs = expand_inputs(
         &args.inputs,
         &TableColumns {

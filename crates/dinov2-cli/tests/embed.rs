@@ -1910,6 +1910,91 @@ fn progress_in_json_lines_for_a_program_watching_the_job() {
     assert!(done["images_per_s"].as_f64().unwrap() > 0.0, "{stderr}");
 }
 
+/// `--output -`: an Arrow IPC stream on standard output, a record batch per commit as the job
+/// runs, with the rows, columns and values of the files; its temporary state is removed; it
+/// cannot be resumed.
+#[test]
+fn arrow_stream_on_standard_output() {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Float32Type;
+    let dir = TempDir::new().unwrap();
+    let images = root().join("assets/images");
+    let bad = dir.path().join("bad.jpg");
+    std::fs::write(&bad, "not a jpeg").unwrap();
+    let args = |out: &str| -> Vec<String> {
+        let mut a: Vec<String> = ["embed", "--model", &model(), "--batch-size", "2"]
+            .map(String::from)
+            .into();
+        a.extend(["--chunk-rows", "2", "--output", out].map(String::from));
+        a.extend([images.display().to_string(), bad.display().to_string()]);
+        a
+    };
+    let npy = dir.path().join("want.npy");
+    let r = Command::new(env!("CARGO_BIN_EXE_dinov2"))
+        .args(args(npy.to_str().unwrap()))
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(1), "bad.jpg fails");
+    let (shape, want) = read_npy(&npy);
+    let want_paths = lines(&PathBuf::from(format!("{}.paths.txt", npy.display())));
+
+    let child = Command::new(env!("CARGO_BIN_EXE_dinov2"))
+        .args(args("-"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let r = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("see the skipped lines above"), "{stderr}");
+    let reader =
+        arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(r.stdout), None).unwrap();
+    let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
+    assert!(batches.len() > 1, "a batch per commit: {}", batches.len());
+    let (mut paths, mut values): (Vec<String>, Vec<f32>) = (Vec::new(), Vec::new());
+    for batch in &batches {
+        let names: Vec<_> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, ["path", "width", "height", "embedding"]);
+        let path = batch.column(0).as_string::<i32>();
+        paths.extend(path.iter().map(|p| p.unwrap().to_owned()));
+        let embedding = batch.column(3).as_fixed_size_list();
+        assert_eq!(embedding.value_length() as usize, shape[1]);
+        values.extend(
+            embedding
+                .values()
+                .as_primitive::<Float32Type>()
+                .values()
+                .iter(),
+        );
+    }
+    assert_eq!(paths, want_paths);
+    assert_eq!(values, want);
+    let temp_left = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .any(|name| name.starts_with(&format!("dinov2-embed-{pid}-")));
+    assert!(!temp_left, "the job's temporary folder is removed");
+
+    let mut resume = args("-");
+    resume.push("--resume".into());
+    let r = Command::new(env!("CARGO_BIN_EXE_dinov2"))
+        .args(resume)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && stderr.contains("cannot be resumed"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn oversized_inputs_are_refused_before_they_are_read() {
     let dir = TempDir::new().unwrap();

@@ -59,6 +59,9 @@ pub struct Job {
     pub rows: usize,
     /// The distinct output shapes of the rows so far ([`Row::shapes`]), in order of appearance.
     pub shapes: Vec<Vec<Vec<usize>>>,
+    /// Whether committed rows are kept in chunk files (not when they go to a stream as they
+    /// come: they are only counted then).
+    keeps_rows: bool,
 }
 
 impl Row {
@@ -162,9 +165,16 @@ impl Job {
             failures: Vec::new(),
             rows: 0,
             shapes: Vec::new(),
+            keeps_rows: true,
         };
         job.save()?;
         Ok(job)
+    }
+
+    /// The job, its committed rows counted but not kept (they go to a stream as they come).
+    pub fn without_rows(mut self) -> Self {
+        self.keeps_rows = false;
+        self
     }
 
     /// Reopens the job recorded in `dir`, checking that it was started with the same inputs and
@@ -225,6 +235,7 @@ impl Job {
                 .map_err(|_| bad("bad row shapes"))?,
             chunks,
             failures,
+            keeps_rows: true,
         })
     }
 
@@ -260,9 +271,11 @@ impl Job {
             }
         }
         if !rows.is_empty() {
-            let name = format!("chunk-{:06}.safetensors", self.chunks.len());
-            write_atomic(&self.dir.join(&name), &encode_chunk(rows)?)?;
-            self.chunks.push(name);
+            if self.keeps_rows {
+                let name = format!("chunk-{:06}.safetensors", self.chunks.len());
+                write_atomic(&self.dir.join(&name), &encode_chunk(rows)?)?;
+                self.chunks.push(name);
+            }
             self.rows += rows.len();
             for row in rows {
                 if !self.shapes.contains(&row.shapes) {

@@ -37,8 +37,8 @@ pub use outputs::Outputs;
 use progress::Progress;
 pub use progress::ProgressMode;
 pub(crate) use writers::sibling;
-use writers::write_output;
 pub use writers::{npy_header, Format, ValueType};
+use writers::{write_output, ArrowStream, Region};
 
 /// What to do with a bad input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -144,6 +144,41 @@ fn finished(s: &Settings, fingerprint: &str) -> Result<()> {
     )
 }
 
+/// The part of an image of `(width, height)` its patch grid covers, with this preprocessing.
+fn region(
+    preprocess: &PreprocessConfig,
+    patch: usize,
+) -> impl Fn(u32, u32) -> [f32; 4] + Sync + '_ {
+    move |width, height| {
+        grid_region(width, height, preprocess, patch).map_or([f32::NAN; 4], |r| r.map(|v| v as f32))
+    }
+}
+
+/// Commits rows and failures for inputs up to `done`; the rows also go to `stream` when the
+/// output is one.
+fn commit(
+    job: &mut Job,
+    stream: &mut Option<ArrowStream<'_>>,
+    rows: &[job::Row],
+    failures: Vec<job::Failure>,
+    done: usize,
+) -> Result<()> {
+    if let Some(stream) = stream {
+        stream.write(rows)?;
+    }
+    job.commit(rows, failures, done)
+}
+
+/// What a run of the job did, for the summary.
+struct Run<'a> {
+    elapsed: Duration,
+    /// Inputs this run processed.
+    processed: usize,
+    timing: &'a Timing,
+    /// Models (streams) that ran batches.
+    streams: usize,
+}
+
 /// Time spent, for the summary.
 #[derive(Default)]
 struct Timing {
@@ -169,6 +204,18 @@ fn open_job(s: &Settings) -> Result<Option<Job>> {
     ]);
     parts.extend(s.identity.iter().cloned());
     let fingerprint = digest(&parts);
+    if s.format == Format::ArrowStream {
+        // Nothing to resume or replace: the job's state lives in a temporary folder, its rows
+        // go to standard output as they come.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "dinov2-embed-{}-{nanos}.partial",
+            std::process::id()
+        ));
+        return Job::create(&dir, fingerprint).map(|job| Some(job.without_rows()));
+    }
     if s.resume {
         if partial.is_dir() {
             return Job::open(&partial, &fingerprint).map(Some);
@@ -294,6 +341,12 @@ fn open_feed(sources: Vec<Source>, job: &Job, buffer: usize) -> Result<Feed> {
 /// model threads in turn (on CUDA each has its own stream, so one's uploads and host work overlap
 /// the other's compute) and are committed in input order.
 pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()> {
+    let region = region(&s.preprocess, s.patch);
+    // Made first: where standard output is a terminal, it refuses before the job starts.
+    let mut stream = match s.format {
+        Format::ArrowStream => Some(ArrowStream::new(s.output_dtype, &s.outputs, &region)?),
+        _ => None,
+    };
     let Some(mut job) = open_job(&s)? else {
         return Ok(());
     };
@@ -435,7 +488,8 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
                 if let Some(stop) = outcome.stop {
                     rows.retain(|r| r.index < stop.index);
                     failures.retain(|f| f.index < stop.index);
-                    job.commit(&rows, std::mem::take(&mut failures), stop.index)?;
+                    let failures = std::mem::take(&mut failures);
+                    commit(&mut job, &mut stream, &rows, failures, stop.index)?;
                     return Err(CliError(format!(
                         "{}: {} (--on-error fail)",
                         stop.path, stop.error
@@ -444,7 +498,8 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
                 end = outcome.end;
                 progress.set(end, failed);
                 if rows.len() >= s.chunk_rows {
-                    job.commit(&rows, std::mem::take(&mut failures), end)?;
+                    let failures = std::mem::take(&mut failures);
+                    commit(&mut job, &mut stream, &rows, failures, end)?;
                     rows.clear();
                 }
             }
@@ -456,7 +511,8 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
             )));
         }
         if end > job.done {
-            job.commit(&rows, std::mem::take(&mut failures), end)?;
+            let failures = std::mem::take(&mut failures);
+            commit(&mut job, &mut stream, &rows, failures, end)?;
         }
         Ok(())
     });
@@ -507,60 +563,65 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
         }
         reported.push(name);
     }
-    let processed = job.done - start_at;
-    finish(
-        job,
-        &s,
-        started.elapsed(),
-        processed,
-        &timing,
-        embedders.len(),
-        &progress,
-    )
+    let run = Run {
+        elapsed: started.elapsed(),
+        processed: job.done - start_at,
+        timing: &timing,
+        streams: embedders.len(),
+    };
+    finish(job, &s, stream, &region, &run, &progress)
 }
 
-/// Writes the output and the error report, removes the job folder, prints the summary.
+/// Writes the output (or ends the stream) and the error report, removes the job folder, prints
+/// the summary.
 fn finish(
     job: Job,
     s: &Settings,
-    elapsed: Duration,
-    processed: usize,
-    timing: &Timing,
-    streams: usize,
+    stream: Option<ArrowStream<'_>>,
+    region: &Region<'_>,
+    run: &Run<'_>,
     progress: &Progress,
 ) -> Result<()> {
-    // The old manifest goes first: it never describes an output it did not come with.
-    let manifest = sibling(&s.output, DONE);
-    if manifest.exists() {
-        std::fs::remove_file(&manifest)
-            .map_err(|e| CliError(format!("cannot remove {}: {e}", manifest.display())))?;
-    }
-    let region = |width: u32, height: u32| -> [f32; 4] {
-        grid_region(width, height, &s.preprocess, s.patch)
-            .map_or([f32::NAN; 4], |r| r.map(|v| v as f32))
-    };
-    write_output(
-        &job,
-        &s.output,
-        s.format,
-        s.output_dtype,
-        &s.outputs,
-        &region,
-    )?;
-    let errors_path = sibling(&s.output, ".errors.jsonl");
+    let Run {
+        elapsed,
+        processed,
+        timing,
+        streams,
+    } = *run;
     let failed = job.failures.len();
-    if failed > 0 {
-        let mut text = String::new();
-        for f in &job.failures {
-            let line = serde_json::json!({"path": f.path, "stage": f.stage, "error": f.error});
-            text.push_str(&line.to_string());
-            text.push('\n');
+    // The manifest's path, where there is one, and where the errors are told.
+    let (manifest, errors) = match stream {
+        Some(stream) => {
+            stream.finish()?;
+            (None, "the skipped lines above".to_string())
         }
-        job::write_atomic(&errors_path, text.as_bytes())?;
-    } else if errors_path.exists() {
-        std::fs::remove_file(&errors_path)
-            .map_err(|e| CliError(format!("cannot remove {}: {e}", errors_path.display())))?;
-    }
+        None => {
+            // The old manifest goes first: it never describes an output it did not come with.
+            let manifest = sibling(&s.output, DONE);
+            if manifest.exists() {
+                std::fs::remove_file(&manifest)
+                    .map_err(|e| CliError(format!("cannot remove {}: {e}", manifest.display())))?;
+            }
+            let (dtype, outputs) = (s.output_dtype, &s.outputs);
+            write_output(&job, &s.output, s.format, dtype, outputs, region)?;
+            let errors_path = sibling(&s.output, ".errors.jsonl");
+            if failed > 0 {
+                let mut text = String::new();
+                for f in &job.failures {
+                    let line =
+                        serde_json::json!({"path": f.path, "stage": f.stage, "error": f.error});
+                    text.push_str(&line.to_string());
+                    text.push('\n');
+                }
+                job::write_atomic(&errors_path, text.as_bytes())?;
+            } else if errors_path.exists() {
+                std::fs::remove_file(&errors_path).map_err(|e| {
+                    CliError(format!("cannot remove {}: {e}", errors_path.display()))
+                })?;
+            }
+            (Some(manifest), errors_path.display().to_string())
+        }
+    };
     let (embedded, inputs) = (job.rows, job.done);
     let secs = elapsed.as_secs_f64().max(1e-9);
     let passes = format!(
@@ -587,7 +648,10 @@ fn finish(
         per_image(timing.read),
         timing.prepare.as_secs_f64(),
         per_image(timing.prepare),
-        s.output.display()
+        match s.format {
+            Format::ArrowStream => "the Arrow stream to standard output".into(),
+            _ => s.output.display().to_string(),
+        }
     );
     let done = serde_json::json!({
         "output": s.output.display().to_string(),
@@ -595,7 +659,7 @@ fn finish(
         "inputs": job.done,
         "embedded": embedded,
         "failed": failed,
-        "errors": (failed > 0).then(|| errors_path.display().to_string()),
+        "errors": (failed > 0 && manifest.is_some()).then_some(&errors),
         "poolings": s.outputs.poolings.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         "normalize": s.outputs.normalize,
         "layers": s.layers.as_ref().map(|(layers, norm)| {
@@ -610,13 +674,11 @@ fn finish(
             .map_or(0, |d| d.as_secs()),
         "seconds_this_run": secs,
     });
-    job::write_atomic(&manifest, format!("{done:#}\n").as_bytes())?;
+    if let Some(manifest) = &manifest {
+        job::write_atomic(manifest, format!("{done:#}\n").as_bytes())?;
+    }
     job.remove()?;
     progress.done(&summary, &done, rate);
-    s.max_failures.verdict(
-        "",
-        failed as u64,
-        inputs as u64,
-        &errors_path.display().to_string(),
-    )
+    s.max_failures
+        .verdict("", failed as u64, inputs as u64, &errors)
 }

@@ -4,7 +4,8 @@
 //! `FILE.paths.txt` naming each row's input, or a folder in clip-retrieval's layout
 //! (`img_emb/img_emb_0.npy` and `metadata/metadata_0.parquet`, which embedding-reader and
 //! autofaiss read). Values are float32, or float16 (`--output-dtype f16`, rounded to nearest even
-//! at write time: the job's chunks stay f32).
+//! at write time: the job's chunks stay f32). An Arrow IPC stream on standard output
+//! ([`ArrowStream`], `--output -`) takes the Parquet output's columns as the job commits them.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -15,6 +16,7 @@ use arrow_array::builder::{
     ArrayBuilder, FixedSizeListBuilder, Float16Builder, Float32Builder, ListBuilder, UInt8Builder,
 };
 use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
+use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 
@@ -31,6 +33,8 @@ pub enum Format {
     /// A folder: `img_emb/img_emb_0.npy` (`N x D`) and `metadata/metadata_0.parquet`
     /// (`image_path`, `width`, `height`), rows in the same order, as clip-retrieval writes them.
     ClipRetrieval,
+    /// `-`: an Arrow IPC stream on standard output, written as the job runs ([`ArrowStream`]).
+    ArrowStream,
 }
 
 /// The two folders of a [`Format::ClipRetrieval`] output.
@@ -40,6 +44,9 @@ impl Format {
     /// The format of `output` as given on the command line: from its extension, or a folder when
     /// it ends with `/`; and the output path (without that `/`).
     pub fn of(output: &str) -> Result<(Self, PathBuf)> {
+        if output == "-" {
+            return Ok((Format::ArrowStream, PathBuf::from(output)));
+        }
         if let Some(dir) = output.strip_suffix(['/', std::path::MAIN_SEPARATOR]) {
             let dir = dir.trim_end_matches(['/', std::path::MAIN_SEPARATOR]);
             if dir.is_empty() {
@@ -60,7 +67,8 @@ impl Format {
             _ => {
                 return Err(CliError(format!(
                     "--output {output}: unknown format; use a .parquet, .npy or .safetensors \
-                     file name, or a folder name ending in / (clip-retrieval's layout)"
+                     file name, a folder name ending in / (clip-retrieval's layout), or - (an \
+                     Arrow stream on standard output)"
                 )))
             }
         };
@@ -69,7 +77,7 @@ impl Format {
 
     /// Whether every row must have one shape (one dense tensor).
     pub fn is_dense(self) -> bool {
-        self != Format::Parquet
+        !matches!(self, Format::Parquet | Format::ArrowStream)
     }
 }
 
@@ -302,6 +310,9 @@ fn write_to(
             &tensors("embeddings")?,
             Some(paths_tmp),
         ),
+        Format::ArrowStream => Err(CliError(
+            "an Arrow stream is written as the job runs, not from its chunks".into(),
+        )),
         Format::ClipRetrieval => {
             for entry in CLIP_RETRIEVAL_ENTRIES {
                 let dir = tmp.join(entry);
@@ -504,31 +515,36 @@ fn append_values(builder: &mut dyn ArrayBuilder, row: &[f32], unit: usize) {
     }
 }
 
-/// Writes the Parquet output: `path`, `width`, `height`, then each output's column (`embedding`
-/// for one output, else named by pooling; a fixed-size list, or a list for the outputs that
-/// follow the patch grid), then `grid_h` and `grid_w` when an output follows it.
-fn write_parquet(
-    job: &Job,
-    path: &Path,
+/// The columns of the Parquet and Arrow outputs: `path`, `width`, `height`, then each output's
+/// column (`embedding` for one output, else named by pooling; a fixed-size list, or a list for
+/// the outputs that follow the patch grid), then `grid_h`, `grid_w` and `region` when an output
+/// follows it.
+struct Columns<'a> {
     values: ValueType,
-    outputs: &Outputs,
-    region: &Region<'_>,
-) -> Result<()> {
-    let file = File::create(path).map_err(io(path))?;
-    let pq = |e: parquet::errors::ParquetError| {
-        CliError(format!("cannot write {}: {e}", path.display()))
-    };
-    let arrow =
-        |e: arrow_schema::ArrowError| CliError(format!("cannot write {}: {e}", path.display()));
-    let names = outputs.names("embedding");
-    let item = Arc::new(Field::new("item", values.arrow(), false));
-    let mut writer: Option<ArrowWriter<File>> = None;
-    let mut file = Some(file);
-    for chunk in job.chunks() {
-        let rows: Vec<Row> = chunk?;
+    outputs: &'a Outputs,
+    region: &'a Region<'a>,
+    names: Vec<String>,
+    /// The list items' field.
+    item: Arc<Field>,
+}
+
+impl<'a> Columns<'a> {
+    fn new(values: ValueType, outputs: &'a Outputs, region: &'a Region<'a>) -> Self {
+        Columns {
+            values,
+            outputs,
+            region,
+            names: outputs.names("embedding"),
+            item: Arc::new(Field::new("item", values.arrow(), false)),
+        }
+    }
+
+    /// `rows` as one record batch; `None` when there is none.
+    fn batch(&self, rows: &[Row]) -> Result<Option<RecordBatch>> {
         let Some(first) = rows.first() else {
-            continue;
+            return Ok(None);
         };
+        let (values, item) = (self.values, &self.item);
         let mut columns: Vec<(&str, ArrayRef)> = vec![
             (
                 "path",
@@ -545,10 +561,10 @@ fn write_parquet(
                 Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.height))),
             ),
         ];
-        for (k, (name, pooling)) in names.iter().zip(&outputs.poolings).enumerate() {
+        for (k, (name, pooling)) in self.names.iter().zip(&self.outputs.poolings).enumerate() {
             let column: ArrayRef = if pooling.has_grid() {
                 let mut b = ListBuilder::new(list_values(values)).with_field(item.clone());
-                for r in &rows {
+                for r in rows {
                     let (shape, v) = nth_output(r, k)?;
                     append_values(b.values().as_mut(), v, shape.last().copied().unwrap_or(1));
                     b.append(true);
@@ -559,7 +575,7 @@ fn write_parquet(
                 let stored = values.stored_elems(first) as i32;
                 let mut b =
                     FixedSizeListBuilder::new(list_values(values), stored).with_field(item.clone());
-                for r in &rows {
+                for r in rows {
                     let (shape, v) = nth_output(r, k)?;
                     if shape != first {
                         return Err(CliError(format!(
@@ -574,7 +590,7 @@ fn write_parquet(
             };
             columns.push((name, column));
         }
-        if outputs.has_grid() {
+        if self.outputs.has_grid() {
             let grid = |f: fn((usize, usize)) -> usize| -> ArrayRef {
                 Arc::new(UInt32Array::from_iter_values(
                     rows.iter().map(|r| f(r.grid.unwrap_or((0, 0))) as u32),
@@ -582,23 +598,69 @@ fn write_parquet(
             };
             columns.push(("grid_h", grid(|g| g.0)));
             columns.push(("grid_w", grid(|g| g.1)));
-            columns.push(("region", regions(&rows, region)));
+            columns.push(("region", regions(rows, self.region)));
         }
         let fields: Vec<Field> = columns
             .iter()
             .map(|(name, array)| Field::new(*name, array.data_type().clone(), false))
             .collect();
-        let schema = Arc::new(Schema::new(fields));
-        let batch = RecordBatch::try_new(
-            schema.clone(),
+        RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
             columns.into_iter().map(|(_, a)| a).collect(),
         )
-        .map_err(arrow)?;
+        .map(Some)
+        .map_err(|e| CliError(format!("cannot assemble the output's columns: {e}")))
+    }
+
+    /// The columns without rows (the vectors as lists: their length is not known).
+    fn empty_schema(&self) -> Schema {
+        let mut fields = vec![
+            Field::new("path", DataType::Utf8, false),
+            Field::new("width", DataType::UInt32, false),
+            Field::new("height", DataType::UInt32, false),
+        ];
+        fields.extend(
+            self.names
+                .iter()
+                .map(|name| Field::new(name, DataType::List(self.item.clone()), false)),
+        );
+        if self.outputs.has_grid() {
+            fields.push(Field::new("grid_h", DataType::UInt32, false));
+            fields.push(Field::new("grid_w", DataType::UInt32, false));
+            let corner = Arc::new(Field::new("item", DataType::Float32, false));
+            fields.push(Field::new(
+                "region",
+                DataType::FixedSizeList(corner, 4),
+                false,
+            ));
+        }
+        Schema::new(fields)
+    }
+}
+
+/// Writes the Parquet output ([`Columns`]), a row group per chunk of the job.
+fn write_parquet(
+    job: &Job,
+    path: &Path,
+    values: ValueType,
+    outputs: &Outputs,
+    region: &Region<'_>,
+) -> Result<()> {
+    let file = File::create(path).map_err(io(path))?;
+    let pq = |e: parquet::errors::ParquetError| {
+        CliError(format!("cannot write {}: {e}", path.display()))
+    };
+    let columns = Columns::new(values, outputs, region);
+    let mut writer: Option<ArrowWriter<File>> = None;
+    let mut file = Some(file);
+    for chunk in job.chunks() {
+        let rows: Vec<Row> = chunk?;
+        let Some(batch) = columns.batch(&rows)? else {
+            continue;
+        };
         if writer.is_none() {
-            writer = Some(
-                ArrowWriter::try_new(file.take().expect("file is taken once"), schema, None)
-                    .map_err(pq)?,
-            );
+            let file = file.take().expect("file is taken once");
+            writer = Some(ArrowWriter::try_new(file, batch.schema(), None).map_err(pq)?);
         }
         writer
             .as_mut()
@@ -612,35 +674,75 @@ fn write_parquet(
         }
         None => {
             // No image was embedded: an empty file with the columns, so readers see the schema.
-            let mut fields = vec![
-                Field::new("path", DataType::Utf8, false),
-                Field::new("width", DataType::UInt32, false),
-                Field::new("height", DataType::UInt32, false),
-            ];
-            fields.extend(
-                names
-                    .iter()
-                    .map(|name| Field::new(name, DataType::List(item.clone()), false)),
-            );
-            if outputs.has_grid() {
-                fields.push(Field::new("grid_h", DataType::UInt32, false));
-                fields.push(Field::new("grid_w", DataType::UInt32, false));
-                let corner = Arc::new(Field::new("item", DataType::Float32, false));
-                fields.push(Field::new(
-                    "region",
-                    DataType::FixedSizeList(corner, 4),
-                    false,
-                ));
-            }
-            ArrowWriter::try_new(
-                file.take().expect("file is unused"),
-                Arc::new(Schema::new(fields)),
-                None,
-            )
-            .map_err(pq)?
-            .close()
-            .map_err(pq)?;
+            let schema = Arc::new(columns.empty_schema());
+            ArrowWriter::try_new(file.take().expect("file is unused"), schema, None)
+                .map_err(pq)?
+                .close()
+                .map_err(pq)?;
         }
     }
     Ok(())
+}
+
+/// `--output -`: the rows as an Arrow IPC stream on standard output, a record batch for each
+/// commit of the job as it runs ([`Columns`], as in the Parquet output), so that the program
+/// reading it (`pyarrow.ipc.open_stream(sys.stdin.buffer)`) gets them while the job goes on.
+pub struct ArrowStream<'a> {
+    columns: Columns<'a>,
+    writer: Option<StreamWriter<BufWriter<std::io::Stdout>>>,
+}
+
+impl<'a> ArrowStream<'a> {
+    /// Refused where standard output is a terminal.
+    pub fn new(values: ValueType, outputs: &'a Outputs, region: &'a Region<'a>) -> Result<Self> {
+        use std::io::IsTerminal;
+        if std::io::stdout().is_terminal() {
+            return Err(CliError(
+                "--output -: standard output is a terminal; pipe the Arrow stream into a \
+                 program, or name an output file"
+                    .into(),
+            ));
+        }
+        Ok(ArrowStream {
+            columns: Columns::new(values, outputs, region),
+            writer: None,
+        })
+    }
+
+    /// Writes `rows` as one record batch, and flushes it to the reader.
+    pub fn write(&mut self, rows: &[Row]) -> Result<()> {
+        let Some(batch) = self.columns.batch(rows).map_err(stdout_error)? else {
+            return Ok(());
+        };
+        if self.writer.is_none() {
+            let writer = StreamWriter::try_new_buffered(std::io::stdout(), &batch.schema())
+                .map_err(|e| stdout_error(CliError(e.to_string())))?;
+            self.writer = Some(writer);
+        }
+        let writer = self.writer.as_mut().expect("the writer was just made");
+        writer
+            .write(&batch)
+            .and_then(|()| writer.flush())
+            .map_err(|e| stdout_error(CliError(e.to_string())))
+    }
+
+    /// Ends the stream (with the columns alone when no row was written).
+    pub fn finish(mut self) -> Result<()> {
+        let mut writer = match self.writer.take() {
+            Some(writer) => writer,
+            None => StreamWriter::try_new_buffered(std::io::stdout(), &self.columns.empty_schema())
+                .map_err(|e| stdout_error(CliError(e.to_string())))?,
+        };
+        writer
+            .finish()
+            .and_then(|()| writer.flush())
+            .map_err(|e| stdout_error(CliError(e.to_string())))
+    }
+}
+
+fn stdout_error(e: CliError) -> CliError {
+    CliError(format!(
+        "cannot write the Arrow stream to standard output: {}",
+        e.0
+    ))
 }
