@@ -486,9 +486,9 @@ pub struct EmbedArgs {
     /// Embed only shard I of N (`--shard 3/8`): the I-th of N equal runs of the images the
     /// inputs expand to (in the order given; folders sorted by path),
     /// so that N jobs (machines) with the same inputs share the work without overlap, each
-    /// writing its own output (and reading its part of an archive or table in one piece).
-    /// Refused with streams (`pipe:`, `-`, compressed archives), whose images are counted only
-    /// as they are read: give each job its own.
+    /// writing its own output (and reading its part of an archive or table in one piece). A
+    /// stream (`pipe:`, `-`, a compressed archive) counts as one input: its images are known
+    /// only as it is read.
     #[arg(long, value_name = "I/N", value_parser = parse_shard)]
     pub shard: Option<(usize, usize)>,
     /// Inputs decoded together, then grouped by patch grid into passes of --batch-size: with
@@ -529,7 +529,8 @@ pub struct EmbedArgs {
     /// .parquet tables of images (each row's image, named TABLE.parquet#ROW from row 0), and
     /// tar streams read as the job runs (members named STREAM/MEMBER): `pipe:COMMAND` (the
     /// command's output, e.g. `'pipe:aws s3 cp s3://bucket/00042.tar -'`), `-` (standard input)
-    /// and .tar.gz, .tgz or .tar.zst archives.
+    /// and .tar.gz, .tgz or .tar.zst archives. Brace patterns expand as webdataset's shard
+    /// names do: `'pipe:aws s3 cp s3://bucket/{00000..00999}.tar -'` is a thousand streams.
     #[arg(required = true)]
     pub inputs: Vec<String>,
 }

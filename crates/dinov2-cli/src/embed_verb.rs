@@ -7,7 +7,7 @@ use dinov2::{preprocess_config, Backend, Checkpoint, CpuBackend, CudaBackend, Di
 
 use crate::args::{with_backend, DecodeArgs, Device, EmbedArgs};
 use crate::embed::{
-    expand_inputs, run as run_job, Format, OnError, Outputs, Settings, Source, TableColumns,
+    expand_inputs, run as run_job, Format, OnError, Outputs, Settings, TableColumns,
 };
 use crate::error::{CliError, Result};
 use crate::model_dir::resolve;
@@ -92,15 +92,8 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         },
     )?;
     if let Some((shard, shards)) = args.shard {
-        if let Some(stream) = inputs.iter().find(|s| matches!(s, Source::Stream(_))) {
-            return Err(CliError(format!(
-                "--shard {shard}/{shards}: {} is a stream, whose images are known only as it is \
-                 read, so they cannot be shared out in advance: give each job its own streams \
-                 (webdataset shards) instead",
-                stream.name()
-            )));
-        }
-        // Shard i holds inputs i·n/N up to (i+1)·n/N (in 128 bits: no overflow).
+        // Shard i holds inputs i·n/N up to (i+1)·n/N (in 128 bits: no overflow), each image one
+        // input and each stream (whose images are known only as it is read) one.
         let bound = |i: usize| (i as u128 * inputs.len() as u128 / shards as u128) as usize;
         let (start, end) = (bound(shard), bound(shard + 1));
         inputs.truncate(end);

@@ -1544,8 +1544,8 @@ fn tar_shards_are_read_in_place() {
 
 /// `pipe:COMMAND`, `-` (standard input) and compressed archives are read front to back as the
 /// job runs: the rows of the archive read in place, named `STREAM/MEMBER`. A command that fails
-/// is one failed input after the members it gave; a stream without images is an error; streams
-/// cannot be sharded.
+/// is one failed input after the members it gave; a stream without images is an error; brace
+/// patterns name several streams, which `--shard` shares out whole.
 #[cfg(unix)]
 #[test]
 fn tar_streams_are_read_as_they_come() {
@@ -1667,17 +1667,30 @@ fn tar_streams_are_read_as_they_come() {
     assert!(stderr.contains("no images found in pipe:cat"), "{stderr}");
     assert!(!out.exists() && !dir.path().join("empty.npy.partial").exists());
 
-    // Refused before the model loads: a sharded stream, standard input twice.
-    let out = dir.path().join("refused.npy");
-    for (extra, inputs, says) in [
-        (&["--shard", "0/2"][..], &[pipe.as_str()][..], "is a stream"),
-        (&[][..], &["-", "-"][..], "more than once"),
-    ] {
-        let r = embed(&out, extra, inputs, None);
-        let stderr = String::from_utf8_lossy(&r.stderr);
-        assert!(!r.status.success() && stderr.contains(says), "{stderr}");
-        assert!(!out.exists());
+    // A brace pattern names several streams, which --shard shares out, a stream to a unit.
+    let other = dir.path().join("other.tar");
+    let astronaut = std::fs::read(images.join("astronaut.jpg")).unwrap();
+    std::fs::write(&other, tar_of(&[("a.jpg".into(), astronaut)])).unwrap();
+    let pattern = format!("pipe:cat '{}/{{shard,other}}.tar'", dir.path().display());
+    for (k, expect) in [(0, names.len()), (1, 1)] {
+        let out = dir.path().join(format!("part{k}.npy"));
+        let r = embed(&out, &["--shard", &format!("{k}/2")], &[&pattern], None);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let paths = lines(&PathBuf::from(format!("{}.paths.txt", out.display())));
+        assert_eq!(paths.len(), expect, "{paths:?}");
+        let tar = if k == 0 { &shard } else { &other };
+        assert!(paths[0].starts_with(&format!("pipe:cat '{}'/", tar.display())));
     }
+
+    // Standard input twice: refused before the model loads.
+    let out = dir.path().join("refused.npy");
+    let r = embed(&out, &[], &["-", "-"], None);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && stderr.contains("more than once"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
 }
 
 /// A tmpfs of `size` mounted on a new folder, unmounted when dropped; `None` where this process

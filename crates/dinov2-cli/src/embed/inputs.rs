@@ -322,7 +322,16 @@ pub fn expand(inputs: &[String], columns: &TableColumns) -> Result<Vec<Source>> 
             "- (standard input) is given more than once; it can be read once".into(),
         ));
     }
+    let mut given = Vec::with_capacity(inputs.len());
     for input in inputs {
+        // A path that exists is taken as it is, braces and all.
+        if input.contains('{') && !Path::new(input).exists() {
+            given.extend(braces(input)?);
+        } else {
+            given.push(input.clone());
+        }
+    }
+    for input in &given {
         if let Some(stream) = Stream::parse(input) {
             paths.push(Err(stream));
         } else if let Some(list) = input.strip_prefix('@') {
@@ -376,9 +385,98 @@ pub fn expand(inputs: &[String], columns: &TableColumns) -> Result<Vec<Source>> 
     Ok(out)
 }
 
+/// Inputs a brace pattern stands for, as webdataset (and the shell) expand shard names:
+/// `{00000..00999}` a range of numbers (zero-padded to the width of its ends where one is),
+/// `{a,b}` alternatives; several groups combine, left to right. Braces without `..` or `,`, or
+/// with white space in them (a shell command's `{ ...; }`, an awk program), are kept as they are.
+fn braces(input: &str) -> Result<Vec<String>> {
+    const LIMIT: usize = 10_000_000;
+    let mut done = vec![String::new()];
+    let mut rest = input;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}').map(|c| open + c) else {
+            break;
+        };
+        let (head, group) = (&rest[..open], &rest[open + 1..close]);
+        let choices: Vec<String> = if group.contains(char::is_whitespace) {
+            vec![format!("{{{group}}}")]
+        } else if let Some((a, b)) = group.split_once("..") {
+            let bad = || {
+                CliError(format!(
+                    "{input}: {{{group}}}: expected a range such as {{00000..00999}}"
+                ))
+            };
+            let (from, to) = (
+                a.parse::<u64>().map_err(|_| bad())?,
+                b.parse::<u64>().map_err(|_| bad())?,
+            );
+            let padded = |n: &str| n.len() > 1 && n.starts_with('0');
+            let width = if padded(a) || padded(b) {
+                a.len().max(b.len())
+            } else {
+                0
+            };
+            let count = from.abs_diff(to).saturating_add(1);
+            if count.saturating_mul(done.len() as u64) > LIMIT as u64 {
+                return Err(CliError(format!(
+                    "{input}: expands to more than {LIMIT} inputs"
+                )));
+            }
+            let range: Box<dyn Iterator<Item = u64>> = if from <= to {
+                Box::new(from..=to)
+            } else {
+                Box::new((to..=from).rev())
+            };
+            range.map(|n| format!("{n:0width$}")).collect()
+        } else if group.contains(',') {
+            group.split(',').map(str::to_owned).collect()
+        } else {
+            vec![format!("{{{group}}}")]
+        };
+        if choices.len().saturating_mul(done.len()) > LIMIT {
+            return Err(CliError(format!(
+                "{input}: expands to more than {LIMIT} inputs"
+            )));
+        }
+        done = done
+            .iter()
+            .flat_map(|d| choices.iter().map(move |c| format!("{d}{head}{c}")))
+            .collect();
+        rest = &rest[close + 1..];
+    }
+    Ok(done.into_iter().map(|d| d + rest).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn brace_patterns_expand_as_webdataset_shard_names() {
+        let expand = |s: &str| braces(s).unwrap();
+        assert_eq!(
+            expand("s/{000..002}.tar"),
+            ["s/000.tar", "s/001.tar", "s/002.tar"]
+        );
+        assert_eq!(expand("{8..10}"), ["8", "9", "10"]);
+        assert_eq!(expand("{3..1}"), ["3", "2", "1"]);
+        assert_eq!(
+            expand("pipe:cat {a,b}/{0..1}.tar"),
+            [
+                "pipe:cat a/0.tar",
+                "pipe:cat a/1.tar",
+                "pipe:cat b/0.tar",
+                "pipe:cat b/1.tar"
+            ]
+        );
+        assert_eq!(expand("x{}y{z}.tar"), ["x{}y{z}.tar"]);
+        let awk = "pipe:cat a.tar | awk '{print $1, $2}'";
+        assert_eq!(expand(awk), [awk]);
+        assert_eq!(expand("no-braces"), ["no-braces"]);
+        for bad in ["{a..3}", "{1..}", "{0..99999999}"] {
+            assert!(braces(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn walks_lists_and_files() {
