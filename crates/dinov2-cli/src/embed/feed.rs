@@ -2,7 +2,12 @@
 //! pass straight through; a stream's members are read as the windows ask for them, so that a
 //! stream of any length is embedded with a few windows in memory.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use super::inputs::{Input, Source};
+use super::streams::{Members, Stream};
 
 /// A run of consecutive inputs, decoded together.
 pub(super) struct Window {
@@ -13,9 +18,57 @@ pub(super) struct Window {
     pub inputs: Vec<Input>,
 }
 
+/// A source not yet reached, or a stream started ahead of its turn.
+enum Pending {
+    Image(Input),
+    Stream(Stream),
+    Started(Members),
+}
+
+/// The inputs of the sources, in order. While a stream is read, the next one (when a stream
+/// follows it) is started, so that its command's start (a download's) overlaps the reading.
+struct Items {
+    queue: VecDeque<Pending>,
+    current: Option<Members>,
+    /// Members read ahead per stream.
+    buffer: usize,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Iterator for Items {
+    type Item = Input;
+
+    fn next(&mut self) -> Option<Input> {
+        loop {
+            // A stopping job starts no other stream.
+            if self.cancel.load(Ordering::Relaxed) {
+                return None;
+            }
+            if let Some(current) = &mut self.current {
+                match current.next() {
+                    Some(input) => return Some(input),
+                    None => self.current = None,
+                }
+            }
+            let members = match self.queue.pop_front()? {
+                Pending::Image(input) => return Some(input),
+                Pending::Stream(stream) => stream.members(self.buffer, self.cancel.clone()),
+                Pending::Started(members) => members,
+            };
+            self.current = Some(members);
+            if let Some(Pending::Stream(_)) = self.queue.front() {
+                if let Some(Pending::Stream(next)) = self.queue.pop_front() {
+                    let started = next.members(self.buffer, self.cancel.clone());
+                    self.queue.push_front(Pending::Started(started));
+                }
+            }
+        }
+    }
+}
+
 /// The job's inputs, front to back.
 pub(super) struct Feed {
-    items: Box<dyn Iterator<Item = Input> + Send>,
+    items: Items,
     /// The index of the next input.
     next: usize,
     /// Windows handed out.
@@ -25,18 +78,24 @@ pub(super) struct Feed {
 }
 
 impl Feed {
-    /// The inputs of `sources`, in order; a stream is started when the feed reaches it, with up
-    /// to `buffer` of its members read ahead.
-    pub fn new(sources: Vec<Source>, buffer: usize) -> Self {
-        let items = sources.into_iter().flat_map(move |source| {
-            let items: Box<dyn Iterator<Item = Input> + Send> = match source {
-                Source::Image(input) => Box::new(std::iter::once(input)),
-                Source::Stream(stream) => Box::new(stream.members(buffer).into_iter()),
-            };
-            items
-        });
+    /// The inputs of `sources`, in order; a stream is started when the feed reaches it (or the
+    /// stream before it), with up to `buffer` of its members read ahead. Once `cancel` is set, a
+    /// stream stops giving members (the job is stopping).
+    pub fn new(sources: Vec<Source>, buffer: usize, cancel: Arc<AtomicBool>) -> Self {
+        let queue = sources
+            .into_iter()
+            .map(|source| match source {
+                Source::Image(input) => Pending::Image(input),
+                Source::Stream(stream) => Pending::Stream(stream),
+            })
+            .collect();
         Feed {
-            items: Box::new(items),
+            items: Items {
+                queue,
+                current: None,
+                buffer,
+                cancel,
+            },
             next: 0,
             windows: 0,
             ended: false,
@@ -100,21 +159,22 @@ mod tests {
 
     #[test]
     fn windows_cover_the_inputs_in_order() {
-        let mut feed = Feed::new(files(7), 4);
-        assert_eq!(feed.skip(2), Ok(Some("1.jpg".into())));
+        let feed = |n| Feed::new(files(n), 4, Arc::new(AtomicBool::new(false)));
+        let mut seven = feed(7);
+        assert_eq!(seven.skip(2), Ok(Some("1.jpg".into())));
         let mut got = Vec::new();
-        while let Some(w) = feed.window(3) {
+        while let Some(w) = seven.window(3) {
             got.push((w.seq, w.begin, w.inputs.len()));
         }
         assert_eq!(got, [(0, 2, 3), (1, 5, 2)]);
-        assert_eq!(feed.handed_out(), (true, 2));
+        assert_eq!(seven.handed_out(), (true, 2));
         // A whole last window: the next asks find nothing.
-        let mut feed = Feed::new(files(4), 4);
-        assert!(feed.window(2).is_some() && feed.window(2).is_some());
-        assert_eq!(feed.handed_out(), (false, 2));
-        assert!(feed.window(2).is_none());
-        assert_eq!(feed.handed_out(), (true, 2));
-        assert_eq!(Feed::new(files(3), 4).skip(5), Err(3));
-        assert_eq!(Feed::new(files(3), 4).skip(0), Ok(None));
+        let mut four = feed(4);
+        assert!(four.window(2).is_some() && four.window(2).is_some());
+        assert_eq!(four.handed_out(), (false, 2));
+        assert!(four.window(2).is_none());
+        assert_eq!(four.handed_out(), (true, 2));
+        assert_eq!(feed(3).skip(5), Err(3));
+        assert_eq!(feed(3).skip(0), Ok(None));
     }
 }

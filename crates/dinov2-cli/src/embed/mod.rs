@@ -318,8 +318,13 @@ fn decode_window<B: Backend>(embedder: &Embedder<B>, window: &Window) -> Vec<Dec
 
 /// Opens the feed of the job's inputs where the job stands: past the inputs an interrupted job
 /// has done, checking that they are the ones it did (a stream may give others when read again).
-fn open_feed(sources: Vec<Source>, job: &Job, buffer: usize) -> Result<Feed> {
-    let mut feed = Feed::new(sources, buffer);
+fn open_feed(
+    sources: Vec<Source>,
+    job: &Job,
+    buffer: usize,
+    cancel: Arc<AtomicBool>,
+) -> Result<Feed> {
+    let mut feed = Feed::new(sources, buffer, cancel);
     let changed = "the inputs changed since the interrupted job (--overwrite starts again)";
     match feed.skip(job.done) {
         Err(found) => Err(CliError(format!(
@@ -361,7 +366,11 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
         .filter(|s| matches!(s, Source::Stream(_)))
         .map(Source::name)
         .collect();
-    let feed = Mutex::new(open_feed(std::mem::take(&mut s.sources), &job, window)?);
+    // Set when the collector stops early (an error, --on-error fail): the other threads then
+    // stop at their next batch instead of running it, and streams stop giving members.
+    let cancel = Arc::new(AtomicBool::new(false));
+    let sources = std::mem::take(&mut s.sources);
+    let feed = Mutex::new(open_feed(sources, &job, window, cancel.clone())?);
     let start_at = job.done;
     let started = Instant::now();
     let mut timing = Timing::default();
@@ -374,16 +383,13 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
         .map_err(|e| CliError(format!("cannot start decoding threads: {e}")))?;
     let outputs = &s.outputs;
     let on_error = s.on_error;
-    let cancel = AtomicBool::new(false);
     let result: Result<()> = std::thread::scope(|scope| {
         // One batch waiting per model thread at most: memory stays bounded whatever the number
         // of inputs.
         let (tx, rx) = sync_channel::<(usize, Batch)>(embedders.len());
         let rx = Arc::new(Mutex::new(rx));
         let (done_tx, done_rx) = channel::<(usize, Result<Outcome>)>();
-        // Set when the collector stops early (an error, --on-error fail): the other threads then
-        // stop at their next batch instead of running it.
-        let cancel = &cancel;
+        let cancel = &*cancel;
         let _cancel_on_return = CancelOnDrop(cancel);
         let feed = &feed;
         let grouping = Grouping {
@@ -407,11 +413,16 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
                 let Some(w) = next else {
                     return;
                 };
+                if cancel.load(Ordering::Relaxed) {
+                    return;
+                }
                 let items = workers.install(|| decode_window(embedder, &w));
-                let end = w.begin + w.inputs.len();
+                let (seq, end) = (w.seq, w.begin + w.inputs.len());
+                // The encoded bytes are let go before the wait to hand the batch over.
+                drop(w);
                 // Stacked here, so that the model threads only run the model.
                 let batch = assemble(end, items, waited, on_error, grouping);
-                if tx.send((w.seq, batch)).is_err() {
+                if tx.send((seq, batch)).is_err() {
                     return;
                 }
             });

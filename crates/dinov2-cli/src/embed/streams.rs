@@ -2,12 +2,16 @@
 //! as webdataset's `pipe:` URLs: `pipe:aws s3 cp s3://bucket/00042.tar -`), `-` (standard input)
 //! and compressed archives (`.tar.gz`, `.tgz`, `.tar.zst`), whose members cannot be read in
 //! place. Nothing is staged on disk: a reader thread parses the tar and hands each image member
-//! over through a bounded channel, so memory holds a few members, whatever the stream's size.
+//! over through a bounded channel, so memory holds a window of members, whatever the stream's
+//! size. A command is killed, with what it started, when the job stops before its end.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::inputs::{is_image, Input};
 
@@ -51,16 +55,17 @@ impl Stream {
     /// Starts reading the stream on a thread of its own; its image members arrive in stream
     /// order, at most `buffer` of them waiting. What cannot be read (a command that cannot start
     /// or fails, a garbled or cut stream, a member too large) arrives as an [`Input::Broken`] in
-    /// its place, and the members before it are kept. Dropping the receiver stops the reading
-    /// (and kills the command).
-    pub fn members(self, buffer: usize) -> Receiver<Input> {
+    /// its place, and the members before it are kept. The members end early once `cancel` is
+    /// set; dropping them before the stream's end stops the reading and kills the command.
+    pub fn members(self, buffer: usize, cancel: Arc<AtomicBool>) -> Members {
         let (tx, rx) = sync_channel(buffer.max(1));
         let name = self.name();
+        let child = Arc::new(Mutex::new(None));
         let spawned = std::thread::Builder::new()
             .name("dinov2-stream".into())
             .spawn({
-                let tx = tx.clone();
-                move || self.read(&tx)
+                let (tx, child) = (tx.clone(), child.clone());
+                move || self.read(&tx, &child)
             });
         if let Err(e) = spawned {
             let _ = tx.send(Input::Broken {
@@ -68,11 +73,12 @@ impl Stream {
                 error: format!("cannot start a thread to read it: {e}"),
             });
         }
-        rx
+        Members { rx, cancel, child }
     }
 
-    /// Reads the stream into `tx` (the reader thread's work).
-    fn read(self, tx: &SyncSender<Input>) {
+    /// Reads the stream into `tx` (the reader thread's work); a command's process waits in
+    /// `child` while it is read, for [`Members`] to kill.
+    fn read(self, tx: &SyncSender<Input>, child: &Running) {
         let name = self.name();
         let ended = match &self.origin {
             Origin::Stdin => read_tar(std::io::stdin().lock(), &name, tx),
@@ -80,7 +86,7 @@ impl Stream {
                 Ok(file) => read_tar(file, &name, tx),
                 Err(e) => Ended::failed(format!("cannot open the archive: {e}")),
             },
-            Origin::Command(command) => read_command(command, &name, tx),
+            Origin::Command(command) => read_command(command, &name, tx, child),
         };
         if let Ended::Read {
             error: Some(error), ..
@@ -91,7 +97,60 @@ impl Stream {
     }
 }
 
-/// `sh -c COMMAND` (`cmd /C` on Windows), its output piped to us, its errors to ours.
+/// A command being read, until its reader takes it back to wait for it (or [`Members`] kills
+/// it).
+type Running = Arc<Mutex<Option<Child>>>;
+
+/// A stream's members as they are read ([`Stream::members`]).
+pub struct Members {
+    rx: Receiver<Input>,
+    cancel: Arc<AtomicBool>,
+    child: Running,
+}
+
+impl Iterator for Members {
+    type Item = Input;
+
+    fn next(&mut self) -> Option<Input> {
+        // A stream may stall (a download): the job's cancellation is checked while waiting.
+        loop {
+            match self.rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(input) => return Some(input),
+                Err(RecvTimeoutError::Timeout) if !self.cancel.load(Ordering::Relaxed) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+impl Drop for Members {
+    /// Kills a command still being read: the job no longer needs its output.
+    fn drop(&mut self) {
+        let taken = self.child.lock().ok().and_then(|mut child| child.take());
+        if let Some(mut child) = taken {
+            kill(&mut child);
+        }
+    }
+}
+
+/// Kills a command, and on Unix the processes it started (its process group: a shell's
+/// `sleep`, the parts of a pipeline), and waits for it.
+fn kill(child: &mut Child) {
+    #[cfg(unix)]
+    if let Ok(group) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) with a negative id signals that process group, which the command
+        // leads (`shell` made it so), and touches no memory.
+        unsafe {
+            libc::kill(-group, libc::SIGKILL);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// `sh -c COMMAND` (`cmd /C` on Windows), its output piped to us, its errors to ours. On Unix it
+/// leads a process group of its own, so that [`kill`] stops what it started too; on Linux it is
+/// killed when the job's process dies, whatever kills it (Ctrl-C, SIGTERM, SIGKILL).
 fn shell(command: &str) -> Command {
     let mut c = if cfg!(windows) {
         let mut c = Command::new("cmd");
@@ -106,33 +165,65 @@ fn shell(command: &str) -> Command {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        c.process_group(0);
+        #[cfg(target_os = "linux")]
+        // SAFETY: the hook runs in the child between fork and exec and only calls prctl(2),
+        // which is async-signal-safe. The signal comes when the thread that started the command
+        // ends, and that thread (the stream's reader) waits for the command first.
+        unsafe {
+            c.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
     c
 }
 
-/// Runs `command` and reads its output as a tar stream. When the command fails, its failure is
-/// the stream's error (it explains a stream cut short or empty); when the stream is unreadable
-/// while the command still writes, the command is stopped and the stream's error stands.
-fn read_command(command: &str, name: &str, tx: &SyncSender<Input>) -> Ended {
+/// Runs `command` and reads its output as a tar stream. Where the stream was read to its end,
+/// a failure of the command is the stream's error (it explains a stream cut short or empty);
+/// where the stream was unreadable before its end, the command is stopped and the stream's error
+/// stands.
+fn read_command(command: &str, name: &str, tx: &SyncSender<Input>, running: &Running) -> Ended {
     let mut child = match shell(command).spawn() {
         Ok(child) => child,
         Err(e) => return Ended::failed(format!("cannot run the command: {e}")),
     };
     let Some(stdout) = child.stdout.take() else {
+        kill(&mut child);
         return Ended::failed("the command has no standard output".into());
     };
-    let (images, error) = match read_tar(stdout, name, tx) {
+    match running.lock() {
+        Ok(mut slot) => *slot = Some(child),
+        Err(_) => return Ended::Hangup,
+    }
+    let ended = read_tar(stdout, name, tx);
+    // Taken back, unless the job has killed it.
+    let Some(mut child) = running.lock().ok().and_then(|mut slot| slot.take()) else {
+        return Ended::Hangup;
+    };
+    let (images, error, at_end) = match ended {
         Ended::Hangup => {
             // The job stopped reading: the command is not needed any more.
-            let _ = child.kill();
-            let _ = child.wait();
+            kill(&mut child);
             return Ended::Hangup;
         }
-        Ended::Read { images, error } => (images, error),
+        Ended::Read {
+            images,
+            error,
+            at_end,
+        } => (images, error, at_end),
     };
-    let stopped = error.is_some() && stop(&mut child);
+    if !at_end {
+        stop(&mut child);
+    }
     let failure = match child.wait() {
-        Ok(_) if stopped => None,
-        Ok(status) if status.success() || (error.is_some() && broken_pipe(status)) => None,
+        // Stopped, or cut off by the closed pipe: the stream's error says what went wrong.
+        Ok(_) if !at_end => None,
+        Ok(status) if status.success() => None,
         Ok(status) => Some(format!(
             "the command failed ({status}) after {images} images; its own message, if any, is \
              above"
@@ -142,42 +233,29 @@ fn read_command(command: &str, name: &str, tx: &SyncSender<Input>) -> Ended {
     Ended::Read {
         images,
         error: failure.or(error),
+        at_end,
     }
 }
 
-/// Gives a command whose output is no longer read a second to end (as it does at the end of its
-/// output), then kills it; whether it was killed.
-fn stop(child: &mut Child) -> bool {
+/// Gives a command whose output is no longer read a second to end (as it does when its output
+/// closes), then kills it; either way, what it started is stopped too.
+fn stop(child: &mut Child) {
     let start = std::time::Instant::now();
-    while start.elapsed() < std::time::Duration::from_secs(1) {
-        if !matches!(child.try_wait(), Ok(None)) {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
+    while start.elapsed() < Duration::from_secs(1) && matches!(child.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(10));
     }
-    child.kill().is_ok()
-}
-
-/// Whether a command ended because its output was no longer read (SIGPIPE, or a shell's 141).
-fn broken_pipe(status: std::process::ExitStatus) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::ExitStatusExt;
-        if status.signal() == Some(libc::SIGPIPE) {
-            return true;
-        }
-    }
-    status.code() == Some(128 + 13)
+    kill(child);
 }
 
 /// How [`read_tar`] ended.
 #[derive(Debug, PartialEq, Eq)]
 enum Ended {
-    /// At the stream's end, after this many image members; with what left the stream (or its
-    /// rest) unreadable, not yet sent.
+    /// After this many image members; with what left the stream (or its rest) unreadable, not
+    /// yet sent, and whether the stream was read to its end.
     Read {
         images: usize,
         error: Option<String>,
+        at_end: bool,
     },
     /// The receiver is gone: the job stopped.
     Hangup,
@@ -189,6 +267,7 @@ impl Ended {
         Ended::Read {
             images: 0,
             error: Some(error),
+            at_end: false,
         }
     }
 }
@@ -211,16 +290,19 @@ impl<R: Read> Read for Counted<R> {
 /// [`Input::Bytes`] named `NAME/MEMBER` (a member cut short as an [`Input::Broken`]), to the
 /// stream's end (through archives one after another). What leaves the stream, or its rest,
 /// unreadable is returned, not sent.
-fn read_tar(reader: impl Read, name: &str, tx: &SyncSender<Input>) -> Ended {
-    let done = |images: usize, error: String| Ended::Read {
+fn read_tar(mut reader: impl Read, name: &str, tx: &SyncSender<Input>) -> Ended {
+    let done = |images: usize, error: String, at_end: bool| Ended::Read {
         images,
         error: Some(error),
+        at_end,
     };
-    let mut reader = BufReader::with_capacity(1 << 16, reader);
-    let magic = match reader.fill_buf() {
-        Ok(bytes) => bytes.get(..6).unwrap_or(bytes).to_vec(),
-        Err(e) => return Ended::failed(format!("cannot read it: {e}")),
-    };
+    // The first bytes say how it is compressed; a pipe may give them a few at a time.
+    let mut magic = Vec::with_capacity(6);
+    if let Err(e) = (&mut reader).take(6).read_to_end(&mut magic) {
+        return Ended::failed(format!("cannot read it: {e}"));
+    }
+    let reader =
+        BufReader::with_capacity(1 << 16, std::io::Cursor::new(magic.clone()).chain(reader));
     let compression = match &magic[..] {
         [0x1f, 0x8b, ..] => Some("gzip"),
         [0x28, 0xb5, 0x2f, 0xfd, ..] => Some("zstd"),
@@ -245,7 +327,7 @@ fn read_tar(reader: impl Read, name: &str, tx: &SyncSender<Input>) -> Ended {
             );
             return Ended::failed(error);
         }
-        (None, []) => return Ended::failed("empty: no tar archive in it".into()),
+        (None, []) => return done(0, "empty: no tar archive in it".into(), true),
         (None, _) => Box::new(reader),
     };
     let mut archive = tar::Archive::new(Counted {
@@ -272,10 +354,12 @@ fn read_tar(reader: impl Read, name: &str, tx: &SyncSender<Input>) -> Ended {
             Ok(entry) => entry,
             Err(e) => {
                 let error = format!(
-                    "unreadable {} ({images} images before it were taken): {e}",
-                    after()
+                    "unreadable {} ({images} images before it were taken): {}",
+                    after(),
+                    printable(&e.to_string())
                 );
-                return done(images, broken(error));
+                let at_end = e.kind() == std::io::ErrorKind::UnexpectedEof;
+                return done(images, broken(error), at_end);
             }
         };
         let size = entry.size();
@@ -321,7 +405,7 @@ fn read_tar(reader: impl Read, name: &str, tx: &SyncSender<Input>) -> Ended {
                         return Ended::Hangup;
                     }
                     let error = format!("cut short inside member {member}");
-                    return done(images, broken(error));
+                    return done(images, broken(error), true);
                 }
             }
         };
@@ -339,13 +423,28 @@ fn read_tar(reader: impl Read, name: &str, tx: &SyncSender<Input>) -> Ended {
                 "the stream ends after member {member} without the end-of-archive blocks: it \
                  was probably cut short"
             );
-            return done(images, broken(error));
+            return done(images, broken(error), true);
         }
     }
     Ended::Read {
         images,
         error: None,
+        at_end: true,
     }
+}
+
+/// `text` with its control characters replaced and cut to 200 characters: what a garbled stream
+/// puts in an error message stays readable in a terminal and in a JSON line.
+fn printable(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(200)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if text.chars().nth(200).is_some() {
+        out.push_str("...");
+    }
+    out
 }
 
 #[cfg(test)]
@@ -370,8 +469,13 @@ mod tests {
     /// What the stream `s` of `bytes` gives, `(name, Ok(bytes) | Err(error))`, and its image
     /// members.
     fn read_all(bytes: &[u8]) -> (Vec<Given>, usize) {
+        read_from(bytes)
+    }
+
+    /// [`read_all`] of what `reader` gives.
+    fn read_from(reader: impl Read) -> (Vec<Given>, usize) {
         let (tx, rx) = sync_channel(64);
-        let Ended::Read { images, error } = read_tar(bytes, "s", &tx) else {
+        let Ended::Read { images, error, .. } = read_tar(reader, "s", &tx) else {
             panic!("the receiver is there")
         };
         if let Some(error) = error {
@@ -486,8 +590,7 @@ mod tests {
         let run = |command: String| -> Vec<Input> {
             Stream::parse(&format!("pipe:{command}"))
                 .unwrap()
-                .members(4)
-                .into_iter()
+                .members(4, Arc::new(AtomicBool::new(false)))
                 .collect()
         };
         let got = run(format!("cat '{}'", path.display()));
@@ -509,12 +612,78 @@ mod tests {
             matches!(&got[..], [Input::Broken { error, .. }] if error.contains("status: 5")),
             "{got:?}"
         );
-        // A command that writes what is not a tar, and goes on writing: stopped, and the
-        // stream's error stands.
-        let got = run("yes not-a-tar".into());
-        assert!(
-            matches!(&got[..], [Input::Broken { error, .. }] if error.contains("unreadable")),
-            "{got:?}"
+        // A command that writes what is not a tar, and goes on writing (even past a closed
+        // pipe): stopped, and the stream's error stands.
+        for command in ["yes not-a-tar", "trap '' PIPE; yes not-a-tar"] {
+            let got = run(command.into());
+            assert!(
+                matches!(&got[..], [Input::Broken { error, .. }] if error.contains("unreadable")),
+                "{command}: {got:?}"
+            );
+        }
+    }
+
+    /// Members dropped before their stream's end kill its command; a stalled stream gives no
+    /// more once the job is cancelled.
+    #[test]
+    fn a_stopping_job_stops_its_commands() {
+        if cfg!(windows) {
+            return;
+        }
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("a.tar");
+        std::fs::write(&path, tar_of(&[("a.jpg", b"one")])).unwrap();
+        let mark = dir.path().join("mark");
+        let command = format!(
+            "pipe:cat '{}'; sleep 1; touch '{}'",
+            path.display(),
+            mark.display()
         );
+        let cancel = Arc::new(AtomicBool::new(false));
+        let mut members = Stream::parse(&command).unwrap().members(4, cancel.clone());
+        assert!(matches!(members.next(), Some(Input::Bytes { .. })));
+        drop(members);
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(!mark.exists(), "the command was killed");
+
+        let mut members = Stream::parse("pipe:sleep 20")
+            .unwrap()
+            .members(4, cancel.clone());
+        let t = std::time::Instant::now();
+        cancel.store(true, Ordering::Relaxed);
+        assert!(members.next().is_none());
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+
+    /// A reader that gives one byte at a time, as a slow pipe may.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let Some((&first, rest)) = self.0.split_first() else {
+                return Ok(0);
+            };
+            match buf.first_mut() {
+                Some(b) => *b = first,
+                None => return Ok(0),
+            }
+            self.0 = rest;
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn compression_is_found_from_a_trickle_and_garbage_stays_printable() {
+        use std::io::Write;
+        let tar = tar_of(&[("a.jpg", b"one")]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        let (got, images) = read_from(Trickle(&gz.finish().unwrap()));
+        assert_eq!(images, 1, "{got:?}");
+        let garbage: Vec<u8> = (0..2048u32).map(|i| (i * 7919 % 251) as u8).collect();
+        let (got, _) = read_all(&garbage);
+        let error = got[0].1.as_ref().unwrap_err();
+        assert!(!error.contains(char::is_control), "{error:?}");
+        assert!(error.len() < 400, "{error}");
     }
 }
