@@ -517,6 +517,10 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
         }
         let (ended, batches) = feed.lock().map_or((false, 0), |feed| feed.handed_out());
         if !ended || next_seq != batches {
+            // A later batch's error, where the model threads stopped at it.
+            if let Some(Err(e)) = waiting.into_values().find(Result::is_err) {
+                return Err(e);
+            }
             return Err(CliError(format!(
                 "a model thread stopped after {next_seq} of {batches} batches"
             )));
