@@ -1651,6 +1651,12 @@ fn tar_streams_are_read_as_they_come() {
         stderr.contains(&format!("2 of {} inputs", 2 * n + 2)),
         "{stderr}"
     );
+    // The command's own message, named by its stream, and in its failure's report.
+    let said = stderr
+        .lines()
+        .find(|l| l.starts_with("pipe:no-such-command-here: "));
+    assert!(said.is_some_and(|l| l.contains("not found")), "{stderr}");
+    assert!(errors[1].contains("after 0 images: ") && errors[1].contains("not found"));
 
     // No image in the stream: an error, and nothing written.
     let empty = dir.path().join("empty.tar");

@@ -3,11 +3,10 @@
 //! stream of any length is embedded with a few windows in memory.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::inputs::{Input, Source};
-use super::streams::{Members, Stream};
+use super::streams::{Context, Members, Stream};
 
 /// A run of consecutive inputs, decoded together.
 pub(super) struct Window {
@@ -32,7 +31,7 @@ struct Items {
     current: Option<Members>,
     /// Members read ahead per stream.
     buffer: usize,
-    cancel: Arc<AtomicBool>,
+    context: Context,
 }
 
 impl Iterator for Items {
@@ -41,7 +40,7 @@ impl Iterator for Items {
     fn next(&mut self) -> Option<Input> {
         loop {
             // A stopping job starts no other stream.
-            if self.cancel.load(Ordering::Relaxed) {
+            if self.context.cancel.load(Ordering::Relaxed) {
                 return None;
             }
             if let Some(current) = &mut self.current {
@@ -52,13 +51,13 @@ impl Iterator for Items {
             }
             let members = match self.queue.pop_front()? {
                 Pending::Image(input) => return Some(input),
-                Pending::Stream(stream) => stream.members(self.buffer, self.cancel.clone()),
+                Pending::Stream(stream) => stream.members(self.buffer, self.context.clone()),
                 Pending::Started(members) => members,
             };
             self.current = Some(members);
             if let Some(Pending::Stream(_)) = self.queue.front() {
                 if let Some(Pending::Stream(next)) = self.queue.pop_front() {
-                    let started = next.members(self.buffer, self.cancel.clone());
+                    let started = next.members(self.buffer, self.context.clone());
                     self.queue.push_front(Pending::Started(started));
                 }
             }
@@ -79,9 +78,9 @@ pub(super) struct Feed {
 
 impl Feed {
     /// The inputs of `sources`, in order; a stream is started when the feed reaches it (or the
-    /// stream before it), with up to `buffer` of its members read ahead. Once `cancel` is set, a
-    /// stream stops giving members (the job is stopping).
-    pub fn new(sources: Vec<Source>, buffer: usize, cancel: Arc<AtomicBool>) -> Self {
+    /// stream before it), with up to `buffer` of its members read ahead. Once the context's
+    /// cancel flag is set, the feed gives no more (the job is stopping).
+    pub fn new(sources: Vec<Source>, buffer: usize, context: Context) -> Self {
         let queue = sources
             .into_iter()
             .map(|source| match source {
@@ -94,7 +93,7 @@ impl Feed {
                 queue,
                 current: None,
                 buffer,
-                cancel,
+                context,
             },
             next: 0,
             windows: 0,
@@ -150,6 +149,8 @@ impl Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
 
     fn files(n: usize) -> Vec<Source> {
         (0..n)
@@ -159,7 +160,11 @@ mod tests {
 
     #[test]
     fn windows_cover_the_inputs_in_order() {
-        let feed = |n| Feed::new(files(n), 4, Arc::new(AtomicBool::new(false)));
+        let context = Context {
+            cancel: Arc::new(AtomicBool::new(false)),
+            log: Arc::new(|_: &str, _: &str| {}),
+        };
+        let feed = |n| Feed::new(files(n), 4, context.clone());
         let mut seven = feed(7);
         assert_eq!(seven.skip(2), Ok(Some("1.jpg".into())));
         let mut got = Vec::new();

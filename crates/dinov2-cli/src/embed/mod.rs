@@ -36,6 +36,7 @@ use job::{digest, Job};
 pub use outputs::Outputs;
 use progress::Progress;
 pub use progress::ProgressMode;
+use streams::Context;
 pub(crate) use writers::sibling;
 pub use writers::{npy_header, Format, ValueType};
 use writers::{write_output, ArrowStream, Region};
@@ -318,13 +319,8 @@ fn decode_window<B: Backend>(embedder: &Embedder<B>, window: &Window) -> Vec<Dec
 
 /// Opens the feed of the job's inputs where the job stands: past the inputs an interrupted job
 /// has done, checking that they are the ones it did (a stream may give others when read again).
-fn open_feed(
-    sources: Vec<Source>,
-    job: &Job,
-    buffer: usize,
-    cancel: Arc<AtomicBool>,
-) -> Result<Feed> {
-    let mut feed = Feed::new(sources, buffer, cancel);
+fn open_feed(sources: Vec<Source>, job: &Job, buffer: usize, context: Context) -> Result<Feed> {
+    let mut feed = Feed::new(sources, buffer, context);
     let changed = "the inputs changed since the interrupted job (--overwrite starts again)";
     match feed.skip(job.done) {
         Err(found) => Err(CliError(format!(
@@ -369,12 +365,16 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
     // Set when the collector stops early (an error, --on-error fail): the other threads then
     // stop at their next batch instead of running it, and streams stop giving members.
     let cancel = Arc::new(AtomicBool::new(false));
-    let sources = std::mem::take(&mut s.sources);
-    let feed = Mutex::new(open_feed(sources, &job, window, cancel.clone())?);
     let start_at = job.done;
+    let mut progress = Progress::new(s.progress, total, start_at, s.progress_every);
+    let context = Context {
+        cancel: cancel.clone(),
+        log: progress.log(),
+    };
+    let sources = std::mem::take(&mut s.sources);
+    let feed = Mutex::new(open_feed(sources, &job, window, context)?);
     let started = Instant::now();
     let mut timing = Timing::default();
-    let mut progress = Progress::new(s.progress, total, start_at, s.progress_every);
     let mut failed = job.failures.len();
     let workers = rayon::ThreadPoolBuilder::new()
         .num_threads(s.workers)

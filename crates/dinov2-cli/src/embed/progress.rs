@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use serde_json::{json, Value};
 
 use super::job::Failure;
+use super::streams::Log;
 
 /// How the job shows its progress (`--progress`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -21,8 +22,9 @@ pub enum ProgressMode {
     Lines,
     /// One JSON object per line, each with an `event`: `start` (`total`, `done`), `progress`
     /// every --progress-every seconds (`done`, `total`, `failed`, `images_per_s`, `eta_s`,
-    /// `elapsed_s`), `skipped` (`index`, `path`, `stage`, `error`) for each bad input, and `done`
-    /// (the manifest's fields and `images_per_s`) at the end.
+    /// `elapsed_s`), `skipped` (`index`, `path`, `stage`, `error`) for each bad input,
+    /// `stream_message` (`stream`, `message`) for each line a `pipe:` command writes to its
+    /// stderr, and `done` (the manifest's fields and `images_per_s`) at the end.
     Jsonl,
 }
 
@@ -104,6 +106,20 @@ impl Progress {
             "progress: {pos}/{total} images ({:.1}%), {rate:.1} images/s, {left} left",
             100.0 * pos as f64 / total.max(1) as f64
         );
+    }
+
+    /// Where a stream's command's messages (its stderr lines) go: above the bar, as lines named
+    /// by the stream, or as `stream_message` events (`stream`, `message`).
+    pub fn log(&self) -> Log {
+        let (mode, bar) = (self.mode, self.bar.clone());
+        std::sync::Arc::new(move |stream: &str, message: &str| match mode {
+            ProgressMode::Jsonl => line(json!({
+                "event": "stream_message",
+                "stream": stream,
+                "message": message,
+            })),
+            _ => bar.suspend(|| eprintln!("{stream}: {message}")),
+        })
     }
 
     /// Reports a bad input, skipped.

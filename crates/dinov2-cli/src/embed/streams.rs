@@ -5,7 +5,7 @@
 //! over through a bounded channel, so memory holds a window of members, whatever the stream's
 //! size. A command is killed, with what it started, when the job stops before its end.
 
-use std::io::{BufReader, Read};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +14,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::inputs::{is_image, Input};
+
+/// Where a command's own messages go: its stream's name and each line it wrote to stderr.
+pub type Log = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+/// What reading a stream shares with the job.
+#[derive(Clone)]
+pub struct Context {
+    /// Set when the job stops: members stop coming.
+    pub cancel: Arc<AtomicBool>,
+    /// Where a command's stderr lines go (the job's progress display).
+    pub log: Log,
+}
 
 /// Where a stream's bytes come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,17 +67,18 @@ impl Stream {
     /// Starts reading the stream on a thread of its own; its image members arrive in stream
     /// order, at most `buffer` of them waiting. What cannot be read (a command that cannot start
     /// or fails, a garbled or cut stream, a member too large) arrives as an [`Input::Broken`] in
-    /// its place, and the members before it are kept. The members end early once `cancel` is
-    /// set; dropping them before the stream's end stops the reading and kills the command.
-    pub fn members(self, buffer: usize, cancel: Arc<AtomicBool>) -> Members {
+    /// its place, and the members before it are kept. The members end early once the job's
+    /// cancel flag is set; dropping them before the stream's end stops the reading and kills the
+    /// command. A command's stderr lines go to the context's log.
+    pub fn members(self, buffer: usize, context: Context) -> Members {
         let (tx, rx) = sync_channel(buffer.max(1));
         let name = self.name();
         let child = Arc::new(Mutex::new(None));
         let spawned = std::thread::Builder::new()
             .name("dinov2-stream".into())
             .spawn({
-                let (tx, child) = (tx.clone(), child.clone());
-                move || self.read(&tx, &child)
+                let (tx, child, log) = (tx.clone(), child.clone(), context.log);
+                move || self.read(&tx, &child, log)
             });
         if let Err(e) = spawned {
             let _ = tx.send(Input::Broken {
@@ -73,12 +86,16 @@ impl Stream {
                 error: format!("cannot start a thread to read it: {e}"),
             });
         }
-        Members { rx, cancel, child }
+        Members {
+            rx,
+            cancel: context.cancel,
+            child,
+        }
     }
 
     /// Reads the stream into `tx` (the reader thread's work); a command's process waits in
     /// `child` while it is read, for [`Members`] to kill.
-    fn read(self, tx: &SyncSender<Input>, child: &Running) {
+    fn read(self, tx: &SyncSender<Input>, child: &Running, log: Log) {
         let name = self.name();
         let ended = match &self.origin {
             Origin::Stdin => read_tar(std::io::stdin().lock(), &name, tx),
@@ -86,7 +103,7 @@ impl Stream {
                 Ok(file) => read_tar(file, &name, tx),
                 Err(e) => Ended::failed(format!("cannot open the archive: {e}")),
             },
-            Origin::Command(command) => read_command(command, &name, tx, child),
+            Origin::Command(command) => read_command(command, &name, tx, child, log),
         };
         if let Ended::Read {
             error: Some(error), ..
@@ -148,7 +165,7 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// `sh -c COMMAND` (`cmd /C` on Windows), its output piped to us, its errors to ours. On Unix it
+/// `sh -c COMMAND` (`cmd /C` on Windows), its output and its errors piped to us. On Unix it
 /// leads a process group of its own, so that [`kill`] stops what it started too; on Linux it is
 /// killed when the job's process dies, whatever kills it (Ctrl-C, SIGTERM, SIGKILL).
 fn shell(command: &str) -> Command {
@@ -164,7 +181,7 @@ fn shell(command: &str) -> Command {
     c.arg(command)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::piped());
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;
@@ -187,11 +204,37 @@ fn shell(command: &str) -> Command {
 /// a failure of the command is the stream's error (it explains a stream cut short or empty);
 /// where the stream was unreadable before its end, the command is stopped and the stream's error
 /// stands.
-fn read_command(command: &str, name: &str, tx: &SyncSender<Input>, running: &Running) -> Ended {
+fn read_command(
+    command: &str,
+    name: &str,
+    tx: &SyncSender<Input>,
+    running: &Running,
+    log: Log,
+) -> Ended {
     let mut child = match shell(command).spawn() {
         Ok(child) => child,
         Err(e) => return Ended::failed(format!("cannot run the command: {e}")),
     };
+    // Its messages go to the job's display line by line, named by the stream, on a thread of
+    // their own (until the command closes its stderr); the last is kept for a failure's report.
+    let said = Arc::new(Mutex::new(None::<String>));
+    let logger = child.stderr.take().and_then(|stderr| {
+        let (name, said) = (name.to_owned(), said.clone());
+        std::thread::Builder::new()
+            .name("dinov2-stream-log".into())
+            .spawn(move || {
+                for line in BufReader::new(stderr).split(b'\n').map_while(|l| l.ok()) {
+                    let line = printable(String::from_utf8_lossy(&line).trim_end());
+                    log(&name, &line);
+                    if !line.is_empty() {
+                        if let Ok(mut said) = said.lock() {
+                            *said = Some(line);
+                        }
+                    }
+                }
+            })
+            .ok()
+    });
     let Some(stdout) = child.stdout.take() else {
         kill(&mut child);
         return Ended::failed("the command has no standard output".into());
@@ -224,10 +267,21 @@ fn read_command(command: &str, name: &str, tx: &SyncSender<Input>, running: &Run
         // Stopped, or cut off by the closed pipe: the stream's error says what went wrong.
         Ok(_) if !at_end => None,
         Ok(status) if status.success() => None,
-        Ok(status) => Some(format!(
-            "the command failed ({status}) after {images} images; its own message, if any, is \
-             above"
-        )),
+        Ok(status) => {
+            // Its last words, once its stderr closes (a second at most: what it started in
+            // the background may hold it open).
+            let start = std::time::Instant::now();
+            while logger.as_ref().is_some_and(|l| !l.is_finished())
+                && start.elapsed() < Duration::from_secs(1)
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let said = said.lock().ok().and_then(|said| said.clone());
+            Some(format!(
+                "the command failed ({status}) after {images} images{}",
+                said.map_or(String::new(), |said| format!(": {said}"))
+            ))
+        }
         Err(e) => Some(format!("cannot wait for the command: {e}")),
     };
     Ended::Read {
@@ -463,6 +517,52 @@ mod tests {
         builder.into_inner().unwrap()
     }
 
+    /// A context with `cancel` whose log is dropped.
+    fn context(cancel: Arc<AtomicBool>) -> Context {
+        Context {
+            cancel,
+            log: Arc::new(|_: &str, _: &str| {}),
+        }
+    }
+
+    /// A command's stderr lines reach the log, named by the stream.
+    #[test]
+    fn a_command_s_messages_go_to_the_log() {
+        if cfg!(windows) {
+            return;
+        }
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let log: Log = {
+            let lines = lines.clone();
+            Arc::new(move |name: &str, line: &str| {
+                lines.lock().unwrap().push(format!("{name}: {line}"))
+            })
+        };
+        let context = Context {
+            cancel: Arc::new(AtomicBool::new(false)),
+            log,
+        };
+        let got: Vec<Input> = Stream::parse("pipe:echo 'no such key' >&2; exit 1")
+            .unwrap()
+            .members(4, context)
+            .collect();
+        // The failure quotes its last words.
+        assert!(
+            matches!(&got[..], [Input::Broken { error, .. }]
+                if error.ends_with("after 0 images: no such key")),
+            "{got:?}"
+        );
+        // The log thread ends with the command's stderr.
+        let start = std::time::Instant::now();
+        while lines.lock().unwrap().is_empty() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            *lines.lock().unwrap(),
+            ["pipe:echo 'no such key' >&2; exit 1: no such key"]
+        );
+    }
+
     /// One input a stream gives: its name, and its bytes or error.
     type Given = (String, Result<Vec<u8>, String>);
 
@@ -590,7 +690,7 @@ mod tests {
         let run = |command: String| -> Vec<Input> {
             Stream::parse(&format!("pipe:{command}"))
                 .unwrap()
-                .members(4, Arc::new(AtomicBool::new(false)))
+                .members(4, context(Arc::new(AtomicBool::new(false))))
                 .collect()
         };
         let got = run(format!("cat '{}'", path.display()));
@@ -640,7 +740,9 @@ mod tests {
             mark.display()
         );
         let cancel = Arc::new(AtomicBool::new(false));
-        let mut members = Stream::parse(&command).unwrap().members(4, cancel.clone());
+        let mut members = Stream::parse(&command)
+            .unwrap()
+            .members(4, context(cancel.clone()));
         assert!(matches!(members.next(), Some(Input::Bytes { .. })));
         drop(members);
         std::thread::sleep(Duration::from_millis(1500));
@@ -648,7 +750,7 @@ mod tests {
 
         let mut members = Stream::parse("pipe:sleep 20")
             .unwrap()
-            .members(4, cancel.clone());
+            .members(4, context(cancel.clone()));
         let t = std::time::Instant::now();
         cancel.store(true, Ordering::Relaxed);
         assert!(members.next().is_none());
