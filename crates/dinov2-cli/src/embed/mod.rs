@@ -535,23 +535,25 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
     for e in embedders {
         let status = e.model().replay_status();
         if let Some(why) = status.failure {
-            eprintln!("warning: CUDA graph recording failed; batches ran without graphs: {why}");
+            progress.warning(&format!(
+                "CUDA graph recording failed; batches ran without graphs: {why}"
+            ));
             break;
         }
         if status.too_large > 0 {
-            eprintln!(
-                "warning: {} batch shape(s) ran without CUDA graphs: recording them ran out of \
-                 device memory",
+            progress.warning(&format!(
+                "{} batch shape(s) ran without CUDA graphs: recording them ran out of device \
+                 memory",
                 status.too_large
-            );
+            ));
             break;
         }
     }
     if let Some(limit) = embedders.iter().filter_map(|e| e.batch_limit()).min() {
-        eprintln!(
-            "warning: the device ran out of memory; batches ran in passes of at most {limit} \
-             images from then on (--batch-size {limit} avoids the retries)"
-        );
+        progress.warning(&format!(
+            "the device ran out of memory; batches ran in passes of at most {limit} images from \
+             then on (--batch-size {limit} avoids the retries)"
+        ));
     }
     result?;
     if job.done == 0 {
@@ -571,10 +573,10 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
             continue;
         }
         if let Some(used) = backend.memory_used() {
-            eprintln!(
+            progress.note(&format!(
                 "{name}: {} MiB of device memory in use at the end (all streams, close to the peak)",
                 used >> 20
-            );
+            ));
         }
         reported.push(name);
     }

@@ -24,7 +24,8 @@ pub enum ProgressMode {
     /// every --progress-every seconds (`done`, `total`, `failed`, `images_per_s`, `eta_s`,
     /// `elapsed_s`), `skipped` (`index`, `path`, `stage`, `error`) for each bad input,
     /// `stream_message` (`stream`, `message`) for each line a `pipe:` command writes to its
-    /// stderr, and `done` (the manifest's fields and `images_per_s`) at the end.
+    /// stderr, `warning` and `note` (`message`) about how the job ran (CUDA graphs, device
+    /// memory), and `done` (the manifest's fields and `images_per_s`) at the end.
     Jsonl,
 }
 
@@ -120,6 +121,24 @@ impl Progress {
             })),
             _ => bar.suspend(|| eprintln!("{stream}: {message}")),
         })
+    }
+
+    /// Reports something the user should know about how the job ran: `warning: ...`, or a
+    /// `warning` event (`message`).
+    pub fn warning(&self, message: &str) {
+        match self.mode {
+            ProgressMode::Jsonl => line(json!({"event": "warning", "message": message})),
+            _ => eprintln!("warning: {message}"),
+        }
+    }
+
+    /// Reports a fact about the job's run (the device memory it used): a line, or a `note`
+    /// event (`message`).
+    pub fn note(&self, message: &str) {
+        match self.mode {
+            ProgressMode::Jsonl => line(json!({"event": "note", "message": message})),
+            _ => eprintln!("{message}"),
+        }
     }
 
     /// Reports a bad input, skipped.
