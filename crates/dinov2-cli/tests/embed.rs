@@ -1995,11 +1995,29 @@ fn arrow_stream_on_standard_output() {
     }
     assert_eq!(paths, want_paths);
     assert_eq!(values, want);
-    let temp_left = std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .any(|name| name.starts_with(&format!("dinov2-embed-{pid}-")));
-    assert!(!temp_left, "the job's temporary folder is removed");
+    let temp_left = |pid: u32| {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .any(|name| name.starts_with(&format!("dinov2-embed-{pid}-")))
+    };
+    assert!(!temp_left(pid), "the job's temporary folder is removed");
+    // Also when the job fails.
+    let mut fail = args("-");
+    fail.extend(["--on-error".into(), "fail".into()]);
+    let child = Command::new(env!("CARGO_BIN_EXE_dinov2"))
+        .args(fail)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let r = child.wait_with_output().unwrap();
+    assert_eq!(r.status.code(), Some(1));
+    assert!(
+        !temp_left(pid),
+        "the failed job's temporary folder is removed"
+    );
 
     let mut resume = args("-");
     resume.push("--resume".into());

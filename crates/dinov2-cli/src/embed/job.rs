@@ -297,6 +297,11 @@ impl Job {
         })
     }
 
+    /// The folder its state is kept in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// What identifies the job's inputs and options ([`Job::open`] checks it).
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint

@@ -267,6 +267,15 @@ fn open_job(s: &Settings) -> Result<Option<Job>> {
     Job::create(&partial, fingerprint).map(Some)
 }
 
+/// Removes a folder when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Sets the flag when dropped (when the collector returns, however it returns).
 struct CancelOnDrop<'a>(&'a AtomicBool);
 
@@ -351,6 +360,8 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
     let Some(mut job) = open_job(&s)? else {
         return Ok(());
     };
+    // A stream's job cannot be resumed: its temporary state goes however the job ends.
+    let _temporary = stream.is_some().then(|| RemoveOnDrop(job.dir().to_owned()));
     let embedder = embedders
         .first()
         .ok_or_else(|| CliError("no model to embed with".into()))?;
