@@ -607,10 +607,7 @@ fn killed_job_resumes_into_the_same_rows() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
-    let members: Vec<(String, Vec<u8>)> = files
-        .iter()
-        .map(|n| (n.clone(), std::fs::read(images.join(n)).unwrap()))
-        .collect();
+    let members = members_of(&images, &files);
     let shard = dir.path().join("shard.tar");
     std::fs::write(&shard, tar_of(&members)).unwrap();
     let mut inputs = vec![("folder", images.display().to_string())];
@@ -1373,6 +1370,14 @@ fn gpus_are_checked_before_any_work() {
     }
 }
 
+/// The files `names` in `dir` as tar members: (name, bytes).
+fn members_of(dir: &Path, names: &[String]) -> Vec<(String, Vec<u8>)> {
+    names
+        .iter()
+        .map(|n| (n.clone(), std::fs::read(dir.join(n)).unwrap()))
+        .collect()
+}
+
 /// A tar archive of `members` (name, bytes), in that order.
 fn tar_of(members: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
@@ -1554,10 +1559,7 @@ fn tar_streams_are_read_as_they_come() {
     let images = dir.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
     let names = sample_images(&images);
-    let mut members: Vec<(String, Vec<u8>)> = names
-        .iter()
-        .map(|n| (n.clone(), std::fs::read(images.join(n)).unwrap()))
-        .collect();
+    let mut members = members_of(&images, &names);
     members.insert(1, ("0.json".into(), b"{}".to_vec()));
     let tar = tar_of(&members);
     let shard = dir.path().join("shard.tar");

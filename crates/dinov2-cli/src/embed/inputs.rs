@@ -9,7 +9,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::streams::{Origin, Stream};
+use super::streams::{compression, Origin, Stream};
 use super::tables::{Cache, Table};
 use crate::error::{CliError, Result};
 
@@ -166,13 +166,7 @@ fn archive_members(path: &Path, out: &mut Vec<Source>) {
     };
     let mut magic = [0u8; 6];
     let n = file.read(&mut magic).unwrap_or(0);
-    if matches!(
-        &magic[..n],
-        [0x1f, 0x8b, ..]
-            | [0x28, 0xb5, 0x2f, 0xfd, ..]
-            | [b'B', b'Z', b'h', ..]
-            | [0xfd, b'7', b'z', b'X', b'Z', 0]
-    ) {
+    if compression(&magic[..n]).is_some() {
         // The stream names what it does not read.
         return out.push(Source::Stream(Stream {
             origin: Origin::File(path.to_path_buf()),

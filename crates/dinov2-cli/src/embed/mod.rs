@@ -155,17 +155,17 @@ fn region(
     }
 }
 
-/// Commits rows and failures for inputs up to `done`; the rows also go to `stream` when the
+/// Commits rows and failures for inputs up to `done`; the rows also go to `arrow` when the
 /// output is one.
 fn commit(
     job: &mut Job,
-    stream: &mut Option<ArrowStream<'_>>,
+    arrow: &mut Option<ArrowStream<'_>>,
     rows: &[job::Row],
     failures: Vec<job::Failure>,
     done: usize,
 ) -> Result<()> {
-    if let Some(stream) = stream {
-        stream.write(rows)?;
+    if let Some(arrow) = arrow {
+        arrow.write(rows)?;
     }
     job.commit(rows, failures, done)
 }
@@ -353,7 +353,7 @@ fn open_feed(sources: Vec<Source>, job: &Job, buffer: usize, context: Context) -
 pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()> {
     let region = region(&s.preprocess, s.patch);
     // Made first: where standard output is a terminal, it refuses before the job starts.
-    let mut stream = match s.format {
+    let mut arrow = match s.format {
         Format::ArrowStream => Some(ArrowStream::new(s.output_dtype, &s.outputs, &region)?),
         _ => None,
     };
@@ -361,7 +361,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
         return Ok(());
     };
     // A stream's job cannot be resumed: its temporary state goes however the job ends.
-    let _temporary = stream.is_some().then(|| RemoveOnDrop(job.dir().to_owned()));
+    let _temporary = arrow.is_some().then(|| RemoveOnDrop(job.dir().to_owned()));
     let embedder = embedders
         .first()
         .ok_or_else(|| CliError("no model to embed with".into()))?;
@@ -511,7 +511,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
                     rows.retain(|r| r.index < stop.index);
                     failures.retain(|f| f.index < stop.index);
                     let failures = std::mem::take(&mut failures);
-                    commit(&mut job, &mut stream, &rows, failures, stop.index)?;
+                    commit(&mut job, &mut arrow, &rows, failures, stop.index)?;
                     return Err(CliError(format!(
                         "{}: {} (--on-error fail)",
                         stop.path, stop.error
@@ -521,7 +521,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
                 progress.set(end, failed);
                 if rows.len() >= s.chunk_rows {
                     let failures = std::mem::take(&mut failures);
-                    commit(&mut job, &mut stream, &rows, failures, end)?;
+                    commit(&mut job, &mut arrow, &rows, failures, end)?;
                     rows.clear();
                 }
             }
@@ -538,7 +538,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
         }
         if end > job.done {
             let failures = std::mem::take(&mut failures);
-            commit(&mut job, &mut stream, &rows, failures, end)?;
+            commit(&mut job, &mut arrow, &rows, failures, end)?;
         }
         Ok(())
     });
@@ -597,7 +597,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
         timing: &timing,
         streams: embedders.len(),
     };
-    finish(job, &s, stream, &region, &run, &progress)
+    finish(job, &s, arrow, &region, &run, &progress)
 }
 
 /// Writes the output (or ends the stream) and the error report, removes the job folder, prints
@@ -605,7 +605,7 @@ pub fn run<B: Backend>(embedders: &[Embedder<B>], mut s: Settings) -> Result<()>
 fn finish(
     job: Job,
     s: &Settings,
-    stream: Option<ArrowStream<'_>>,
+    arrow: Option<ArrowStream<'_>>,
     region: &Region<'_>,
     run: &Run<'_>,
     progress: &Progress,
@@ -618,9 +618,9 @@ fn finish(
     } = *run;
     let failed = job.failures.len();
     // The manifest's path, where there is one, and where the errors are told.
-    let (manifest, errors) = match stream {
-        Some(stream) => {
-            stream.finish()?;
+    let (manifest, errors) = match arrow {
+        Some(arrow) => {
+            arrow.finish()?;
             (None, "the skipped lines above".to_string())
         }
         None => {

@@ -357,32 +357,27 @@ fn read_tar(mut reader: impl Read, name: &str, tx: &SyncSender<Input>) -> Ended 
     }
     let reader =
         BufReader::with_capacity(1 << 16, std::io::Cursor::new(magic.clone()).chain(reader));
-    let compression = match &magic[..] {
-        [0x1f, 0x8b, ..] => Some("gzip"),
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => Some("zstd"),
-        _ => None,
-    };
+    let compression = compression(&magic);
     // What is wrong with the stream as a whole, saying how it was compressed.
     let broken = |error: String| match compression {
         Some(kind) => format!("{kind}-compressed, {error}"),
         None => error,
     };
-    let plain: Box<dyn Read> = match (compression, &magic[..]) {
-        (Some("gzip"), _) => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
-        (Some(_), _) => match zstd::stream::read::Decoder::with_buffer(reader) {
+    let plain: Box<dyn Read> = match compression {
+        Some("gzip") => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
+        Some("zstd") => match zstd::stream::read::Decoder::with_buffer(reader) {
             Ok(decoder) => Box::new(decoder),
             Err(e) => return Ended::failed(broken(format!("cannot be decoded: {e}"))),
         },
-        (None, [b'B', b'Z', b'h', ..] | [0xfd, b'7', b'z', b'X', b'Z', 0]) => {
-            let kind = if magic[0] == b'B' { "bzip2" } else { "xz" };
+        Some(kind) => {
             let error = format!(
                 "{kind}-compressed, which is not read here (gzip, zstd and plain tar are): \
                  decompress it in a pipe: input, e.g. `pipe:{kind} -dc FILE`"
             );
             return Ended::failed(error);
         }
-        (None, []) => return done(0, "empty: no tar archive in it".into(), true),
-        (None, _) => Box::new(reader),
+        None if magic.is_empty() => return done(0, "empty: no tar archive in it".into(), true),
+        None => Box::new(reader),
     };
     let mut archive = tar::Archive::new(Counted {
         inner: plain,
@@ -487,6 +482,17 @@ fn read_tar(mut reader: impl Read, name: &str, tx: &SyncSender<Input>) -> Ended 
     }
 }
 
+/// The compression a stream's first bytes (up to 6) show: `gzip`, `zstd`, `bzip2` or `xz`.
+pub(super) fn compression(magic: &[u8]) -> Option<&'static str> {
+    match magic {
+        [0x1f, 0x8b, ..] => Some("gzip"),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Some("zstd"),
+        [b'B', b'Z', b'h', ..] => Some("bzip2"),
+        [0xfd, b'7', b'z', b'X', b'Z', 0] => Some("xz"),
+        _ => None,
+    }
+}
+
 /// `text` with its control characters replaced and cut to 200 characters: what a garbled stream
 /// puts in an error message stays readable in a terminal and in a JSON line.
 fn printable(text: &str) -> String {
@@ -517,6 +523,15 @@ mod tests {
         builder.into_inner().unwrap()
     }
 
+    /// A temporary folder holding `a.tar`, of one member `a.jpg`; and that archive's path.
+    #[cfg(unix)]
+    fn one_member_tar() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("a.tar");
+        std::fs::write(&path, tar_of(&[("a.jpg", b"one")])).unwrap();
+        (dir, path)
+    }
+
     /// A context with `cancel` whose log is dropped.
     fn context(cancel: Arc<AtomicBool>) -> Context {
         Context {
@@ -526,11 +541,9 @@ mod tests {
     }
 
     /// A command's stderr lines reach the log, named by the stream.
+    #[cfg(unix)]
     #[test]
     fn a_command_s_messages_go_to_the_log() {
-        if cfg!(windows) {
-            return;
-        }
         let lines = Arc::new(Mutex::new(Vec::new()));
         let log: Log = {
             let lines = lines.clone();
@@ -679,14 +692,10 @@ mod tests {
         }
     }
 
+    #[cfg(unix)]
     #[test]
     fn a_command_is_read_and_its_failure_reported() {
-        if cfg!(windows) {
-            return;
-        }
-        let dir = tempfile::TempDir::new().unwrap();
-        let path = dir.path().join("a.tar");
-        std::fs::write(&path, tar_of(&[("a.jpg", b"one")])).unwrap();
+        let (_dir, path) = one_member_tar();
         let run = |command: String| -> Vec<Input> {
             Stream::parse(&format!("pipe:{command}"))
                 .unwrap()
@@ -725,14 +734,10 @@ mod tests {
 
     /// Members dropped before their stream's end kill its command; a stalled stream gives no
     /// more once the job is cancelled.
+    #[cfg(unix)]
     #[test]
     fn a_stopping_job_stops_its_commands() {
-        if cfg!(windows) {
-            return;
-        }
-        let dir = tempfile::TempDir::new().unwrap();
-        let path = dir.path().join("a.tar");
-        std::fs::write(&path, tar_of(&[("a.jpg", b"one")])).unwrap();
+        let (dir, path) = one_member_tar();
         let mark = dir.path().join("mark");
         let command = format!(
             "pipe:cat '{}'; sleep 1; touch '{}'",

@@ -716,14 +716,14 @@ impl<'a> ArrowStream<'a> {
         };
         if self.writer.is_none() {
             let writer = StreamWriter::try_new_buffered(std::io::stdout(), &batch.schema())
-                .map_err(|e| stdout_error(CliError(e.to_string())))?;
+                .map_err(stdout_error)?;
             self.writer = Some(writer);
         }
         let writer = self.writer.as_mut().expect("the writer was just made");
         writer
             .write(&batch)
             .and_then(|()| writer.flush())
-            .map_err(|e| stdout_error(CliError(e.to_string())))
+            .map_err(stdout_error)
     }
 
     /// Ends the stream (with the columns alone when no row was written).
@@ -731,18 +731,18 @@ impl<'a> ArrowStream<'a> {
         let mut writer = match self.writer.take() {
             Some(writer) => writer,
             None => StreamWriter::try_new_buffered(std::io::stdout(), &self.columns.empty_schema())
-                .map_err(|e| stdout_error(CliError(e.to_string())))?,
+                .map_err(stdout_error)?,
         };
         writer
             .finish()
             .and_then(|()| writer.flush())
-            .map_err(|e| stdout_error(CliError(e.to_string())))
+            .map_err(stdout_error)
     }
 }
 
-fn stdout_error(e: CliError) -> CliError {
+/// An error writing the Arrow stream, saying where.
+fn stdout_error(e: impl std::fmt::Display) -> CliError {
     CliError(format!(
-        "cannot write the Arrow stream to standard output: {}",
-        e.0
+        "cannot write the Arrow stream to standard output: {e}"
     ))
 }
