@@ -44,10 +44,11 @@ pub struct Embedder<B: Backend> {
     overlap: bool,
 }
 
-/// The checkpoint's `preprocessor_config.json`, or the facebook/dinov2 values when it has none.
-pub fn preprocess_config(dir: &Path) -> Result<PreprocessConfig> {
-    let path = dir.join("preprocessor_config.json");
-    if path.is_file() {
+/// The checkpoint's `preprocessor_config.json`, or the facebook/dinov2 values when it has none
+/// (as for a weights file given alone: `model` is the model directory or that file).
+pub fn preprocess_config(model: &Path) -> Result<PreprocessConfig> {
+    let path = model.join("preprocessor_config.json");
+    if model.is_dir() && path.is_file() {
         Ok(PreprocessConfig::from_file(&path)?)
     } else {
         Ok(PreprocessConfig::default())

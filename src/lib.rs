@@ -23,8 +23,8 @@ pub use embed::{cut_to_patches, preprocess_config, stack_images, EmbedStream, Em
 pub use error::{Error, Result};
 
 pub use dinov2_checkpoint::{
-    released, released_json, Activation, Checkpoint, CheckpointError, Dinov2Config, ModelType,
-    ProblemType, StorageDtype, Weights, RELEASED,
+    released, released_json, Activation, Checkpoint, CheckpointError, ConfigSource, Dinov2Config,
+    ModelType, ProblemType, StorageDtype, Weights, RELEASED,
 };
 pub use dinov2_model::{
     flops_per_image, pool, pool_tokens, BackboneOutput, Backend, ClassifierOutput, CpuBackend,

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::{compare, golden_dir, read_f64, runs};
 use dinov2::io::read_forward_inputs;
@@ -11,9 +11,22 @@ use dinov2::{Checkpoint, CpuBackend, Dinov2};
 
 const TOLERANCE: f64 = 1e-5;
 
+/// The model of a case: its folder, or, where it has no config.json, its weights file alone
+/// (`model.pth`, `model.safetensors`), whose config the reader tells from the tensors.
+fn model_path(dir: &Path) -> PathBuf {
+    if dir.join("config.json").is_file() {
+        return dir.to_owned();
+    }
+    ["model.pth", "model.safetensors"]
+        .map(|f| dir.join(f))
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{}: no config.json and no model file", dir.display()))
+}
+
 fn check_case(case: &str) {
     let dir = golden_dir().join(case);
-    let checkpoint = Checkpoint::open(&dir).unwrap_or_else(|e| panic!("{case}: {e}"));
+    let checkpoint = Checkpoint::open(model_path(&dir)).unwrap_or_else(|e| panic!("{case}: {e}"));
     let model = Dinov2::load(CpuBackend, &checkpoint).unwrap_or_else(|e| panic!("{case}: {e}"));
     for run in runs(&dir) {
         let context = format!(
@@ -75,6 +88,9 @@ golden_cases!(
     backbone_flat,
     registers_backbone,
     legacy_444,
+    original_pth,
+    registers_timm,
+    dinov2_pytorch_bin,
 );
 
 /// A fixture folder without a test above would silently go unchecked.

@@ -18,6 +18,7 @@ Pinned references: transformers 5.17.0 + torch 2.11.0 (requirements-5.17.txt) fo
 Usage (from anywhere; the default output folder is <repo>/tests/fixtures/golden):
     python make_golden.py [--out DIR]            # all 5.17 cases
     python make_golden.py --legacy [--out DIR]   # legacy_444 only, under transformers 4.44.2
+    python make_golden.py --only a,b [--out DIR] # only cases a and b
 or simply `cargo xtask golden --python ... --legacy-python ...` from the repository root.
 
 Deterministic: every case and run draws from its own torch.Generator seeded from its name; torch runs
@@ -249,7 +250,8 @@ class Case:
         arch: str,
         runs: list[Run],
         config: dict | None = None,
-        storage: str = "f32",  # f32 | f16 | bf16 | sharded | original
+        # f32 | f16 | bf16 | sharded | original | torch_original | timm | pytorch_bin
+        storage: str = "f32",
         description: str = "",
         legacy: bool = False,
     ):
@@ -347,6 +349,27 @@ def model_cases() -> list[Case]:
                 description="24x40 (antialiased bicubic downsampling) with a random bool_masked_pos"),
             Run("up44x36", (44, 36), 2, description="44x36: 11x9 grid, antialiased bicubic upsampling"),
         ], {"num_register_tokens": 4}, description="Dinov2WithRegistersModel, 4 registers"),
+        # Weights files without a config.json: heads 64 wide, as the reader assumes then.
+        Case("original_pth", "Dinov2Model",
+             [Run("rect24x40", R24x40, 2, hidden_states=True,
+                  description="facebookresearch names in a torch.save file, config told from the tensors")],
+             {"hidden_size": 64, "num_attention_heads": 1}, storage="torch_original",
+             description="Dinov2Model (hidden 64, 1 head) as model.pth with the original names and no "
+                         "config.json, and as teacher_checkpoint.pth, a training checkpoint holding it "
+                         "under teacher.backbone. beside a student and heads"),
+        Case("registers_timm", "Dinov2WithRegistersModel", [
+            Run("sq32", (32, 32), 2, hidden_states=True, description="32x32: the stored position grid"),
+            Run("rect24x40", R24x40, 2, description="24x40: antialiased bicubic resize"),
+        ], {"hidden_size": 64, "num_attention_heads": 1, "num_register_tokens": 4, "use_swiglu_ffn": True},
+            storage="timm",
+            description="SwiGLU Dinov2WithRegistersModel (hidden 64, 1 head) as timm saves it: "
+                        "model.safetensors with reg_token, no_embed_class position embedding, mlp.fc1/fc2, "
+                        "no mask token, and no config.json"),
+        Case("dinov2_pytorch_bin", "Dinov2ForImageClassification",
+             [Run("logits", R24x40, 2, description="bfloat16 weights read from a torch.save pickle")],
+             {"num_labels": 3}, storage="pytorch_bin",
+             description="Dinov2ForImageClassification saved as config.json + pytorch_model.bin "
+                         "(torch.save of its bfloat16 state dict, dinov2.-prefixed names)"),
     ]
     return cases
 
@@ -437,6 +460,8 @@ def to_original_names(state: dict[str, torch.Tensor], num_layers: int) -> dict[s
 
     take("embeddings.cls_token", "cls_token")
     take("embeddings.mask_token", "mask_token")
+    if "embeddings.register_tokens" in state:
+        take("embeddings.register_tokens", "register_tokens")
     take("embeddings.position_embeddings", "pos_embed")
     for leaf in ("weight", "bias"):
         take(f"embeddings.patch_embeddings.projection.{leaf}", f"patch_embed.proj.{leaf}")
@@ -463,6 +488,37 @@ def to_original_names(state: dict[str, torch.Tensor], num_layers: int) -> dict[s
     return out
 
 
+def training_checkpoint(backbone: dict[str, torch.Tensor], g: torch.Generator) -> dict:
+    """A DINOv2 training checkpoint's shape: teacher and student, each a backbone and a head, plus
+    training state that is not tensors (the reader must take the teacher's backbone)."""
+    import argparse
+
+    def head() -> dict[str, torch.Tensor]:
+        return {"dino_head.mlp.0.weight": torch.randn((8, 4), generator=g),
+                "dino_head.last_layer.weight_g": torch.randn((16, 1), generator=g)}
+
+    teacher = {f"backbone.{k}": v for k, v in backbone.items()} | head()
+    # The student's backbone differs; two of its tensors are enough to make it a second candidate.
+    student = {f"backbone.{k}": backbone[k] * 0.5 for k in ("cls_token", "pos_embed")} | head()
+    return {"teacher": teacher, "student": student, "iteration": 7,
+            "args": argparse.Namespace(lr=0.1, arch="vit_tiny"), "step": torch.tensor(7)}
+
+
+def to_timm_names(state: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
+    """HF Dinov2WithRegistersModel names -> timm's (what timm's _convert_dinov2 makes of the original):
+    `reg_token`, the CLS position folded into `cls_token` and left out of `pos_embed`
+    (`no_embed_class`), SwiGLU as `mlp.fc1`/`mlp.fc2`, no mask token."""
+    orig = to_original_names(state, num_layers)
+    out = {}
+    del orig["mask_token"]
+    out["reg_token"] = orig.pop("register_tokens")
+    out["cls_token"] = orig.pop("cls_token") + orig["pos_embed"][:, :1]
+    out["pos_embed"] = orig.pop("pos_embed")[:, 1:].contiguous()
+    for k, v in orig.items():
+        out[k.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2.")] = v
+    return {k: v.contiguous() for k, v in out.items()}
+
+
 def save_case_model(case: Case, case_dir: Path):
     """Builds, randomises and saves the model; returns (f32 model, f64 model) loaded back from disk."""
     cfg_cls, cls = config_class(case.arch), model_class(case.arch)
@@ -470,7 +526,7 @@ def save_case_model(case: Case, case_dir: Path):
     override = ACTIVATION_OVERRIDES.get(config_kw.get("hidden_act"))
     if override is not None:
         config_kw["hidden_act"] = override[0]
-    config = cfg_cls(**BASE_CONFIG, **config_kw)
+    config = cfg_cls(**{**BASE_CONFIG, **config_kw})
     torch.manual_seed(seed_of(case.name, "init"))  # transformers' own init, overwritten below
     model = cls(config)
     randomize_(model, gen(case.name, "weights"))
@@ -478,7 +534,7 @@ def save_case_model(case: Case, case_dir: Path):
 
     if case.storage == "f16":
         model = model.to(torch.float16)
-    elif case.storage == "bf16":
+    elif case.storage in ("bf16", "pytorch_bin"):
         model = model.to(torch.bfloat16)
     saved_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -491,6 +547,25 @@ def save_case_model(case: Case, case_dir: Path):
             orig = to_original_names(model.state_dict(), config.num_hidden_layers)
             save_file({k: v.detach().contiguous() for k, v in orig.items()},
                       str(case_dir / "model.safetensors"), metadata={"format": "pt"})
+            load_dir = hf_dir
+        elif case.storage in ("torch_original", "timm", "pytorch_bin"):
+            hf_dir = Path(tmp) / "hf"
+            model.save_pretrained(hf_dir)
+            case_dir.mkdir(parents=True)
+            state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+            if case.storage == "pytorch_bin":
+                # transformers' names, pickled by torch.save, beside the config.
+                shutil.copy(hf_dir / "config.json", case_dir / "config.json")
+                torch.save(state, case_dir / "pytorch_model.bin")
+            elif case.storage == "torch_original":
+                # No config.json: the reader tells the architecture from the tensors.
+                orig = to_original_names(state, config.num_hidden_layers)
+                torch.save(orig, case_dir / "model.pth")
+                torch.save(training_checkpoint(orig, gen(case.name, "training")),
+                           case_dir / "teacher_checkpoint.pth")
+            else:
+                save_file(to_timm_names(state, config.num_hidden_layers), str(case_dir / "model.safetensors"),
+                          metadata={"format": "pt"})
             load_dir = hf_dir
         else:
             kw = {"max_shard_size": "60KB"} if case.storage == "sharded" else {}
@@ -562,6 +637,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--legacy", action="store_true",
                         help="write only the legacy cases (run under transformers 4.44.2)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated case names: write only these (the others stay as they are)")
     args = parser.parse_args()
 
     check_versions(args.legacy)
@@ -573,6 +650,12 @@ def main() -> None:
     transformers.logging.disable_progress_bar()
 
     cases = legacy_cases() if args.legacy else model_cases() + head_cases()
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {c.name for c in cases}
+        if unknown:
+            sys.exit(f"make_golden.py: --only names unknown cases {sorted(unknown)}")
+        cases = [c for c in cases if c.name in wanted]
     args.out.mkdir(parents=True, exist_ok=True)
     worst = 0.0
     for case in cases:

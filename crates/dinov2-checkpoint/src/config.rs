@@ -497,7 +497,7 @@ fn align_out_features(
 const MAX_FFN_HIDDEN_SIZE: usize = 1 << 20;
 
 /// [`Dinov2Config::ffn_hidden_size`] of a config being read.
-fn ffn_width(hidden_size: usize, mlp_ratio: f64, swiglu: bool) -> usize {
+pub(crate) fn ffn_width(hidden_size: usize, mlp_ratio: f64, swiglu: bool) -> usize {
     let f = (hidden_size as f64 * mlp_ratio) as usize;
     if swiglu {
         ((f as f64 * 2.0 / 3.0) as usize).div_ceil(8) * 8

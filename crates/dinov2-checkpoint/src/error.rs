@@ -29,8 +29,27 @@ pub enum CheckpointError {
     #[error("shard index {path}: {reason}")]
     Index { path: PathBuf, reason: String },
     /// The directory holds no weights in a format we read.
-    #[error("no weights found in {dir}: expected model.safetensors or model.safetensors.index.json{hint}")]
-    NoWeights { dir: PathBuf, hint: String },
+    #[error(
+        "no weights found in {dir}: expected model.safetensors, model.safetensors.index.json or \
+         pytorch_model.bin (or give the weights file itself as the model)"
+    )]
+    NoWeights { dir: PathBuf },
+    /// A PyTorch checkpoint file that cannot be read.
+    #[error("{path} is not a PyTorch checkpoint we can read: {reason}")]
+    Torch { path: PathBuf, reason: String },
+    /// Several backbones are saved in one file, and none is the teacher's.
+    #[error(
+        "{path} holds several backbones, under {candidates:?}: save the one to use as a state dict \
+         of its own"
+    )]
+    Backbone {
+        path: PathBuf,
+        candidates: Vec<String>,
+    },
+    /// A weights file given without a config.json, whose architecture cannot be told from its
+    /// tensors.
+    #[error("{path}: the architecture cannot be told from the tensors: {reason}")]
+    Infer { path: PathBuf, reason: String },
     /// A tensor the model needs is absent.
     #[error("missing tensor `{name}` (expected shape {expected:?})")]
     MissingTensor { name: String, expected: Vec<usize> },

@@ -1,7 +1,8 @@
 //! Tensor names: the transformers names we target, the prefixes task checkpoints add, and the
-//! conversion of the original facebookresearch names (`blocks.N.attn.qkv`, `ls1.gamma`, ...).
+//! conversion of the original facebookresearch and timm names (`blocks.N.attn.qkv`, `ls1.gamma`,
+//! ...), and where the backbone lies in a larger saved object.
 
-use crate::config::Dinov2Config;
+use crate::config::{Dinov2Config, ModelType};
 
 /// One tensor the model reads, with the shape the config implies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,9 +102,55 @@ pub enum Renamed {
     SplitQkv([String; 3]),
 }
 
-/// True when the names look like the original facebookresearch checkpoint.
+/// True when the names look like the original facebookresearch checkpoint (or timm's), possibly
+/// under a prefix (`teacher.backbone.blocks.0...`).
 pub fn is_original_naming<'a>(mut names: impl Iterator<Item = &'a str>) -> bool {
-    names.any(|n| n == "pos_embed" || n.starts_with("blocks.") || n.starts_with("patch_embed."))
+    names.any(|n| {
+        ["pos_embed", "blocks.", "patch_embed."]
+            .iter()
+            .any(|m| n.starts_with(m) || n.contains(&format!(".{m}")))
+    })
+}
+
+/// The prefix of the backbone among original-named tensors: what comes before `pos_embed` (empty
+/// for a plain state dict, `teacher.backbone.` in a DINOv2 training checkpoint), and how many
+/// tensors lie outside it. Where several backbones are saved (teacher and student), the teacher's
+/// is taken, as DINOv2's evaluation does; `Err` lists the prefixes when that does not decide.
+pub fn backbone_prefix<'a>(
+    names: impl Iterator<Item = &'a str> + Clone,
+) -> std::result::Result<(String, usize), Vec<String>> {
+    let candidates: Vec<String> = names
+        .clone()
+        .filter_map(|n| n.strip_suffix("pos_embed"))
+        .filter(|p| p.is_empty() || p.ends_with('.'))
+        .map(str::to_owned)
+        .collect();
+    let prefix = match candidates.as_slice() {
+        [] => String::new(),
+        [one] => one.clone(),
+        _ => {
+            let teachers: Vec<&String> = candidates
+                .iter()
+                .filter(|p| p.starts_with("teacher."))
+                .collect();
+            match teachers.as_slice() {
+                [one] => (*one).clone(),
+                _ => return Err(candidates),
+            }
+        }
+    };
+    let ignored = names.filter(|n| !n.starts_with(&prefix)).count();
+    Ok((prefix, ignored))
+}
+
+/// The model type transformers-named tensors belong to: with registers when they hold
+/// `embeddings.register_tokens` (under any prefix).
+pub fn hf_model_type<'a>(mut names: impl Iterator<Item = &'a str>) -> ModelType {
+    if names.any(|n| n.ends_with("embeddings.register_tokens")) {
+        ModelType::Dinov2WithRegisters
+    } else {
+        ModelType::Dinov2
+    }
 }
 
 /// Maps an original facebookresearch name to transformers' name(s); `None` for names it does not know.
@@ -113,7 +160,8 @@ pub fn from_original(name: &str) -> Option<Renamed> {
         "cls_token" => Some("embeddings.cls_token"),
         "mask_token" => Some("embeddings.mask_token"),
         "pos_embed" => Some("embeddings.position_embeddings"),
-        "register_tokens" => Some("embeddings.register_tokens"),
+        // timm names the register tokens `reg_token`.
+        "register_tokens" | "reg_token" => Some("embeddings.register_tokens"),
         "patch_embed.proj.weight" => Some("embeddings.patch_embeddings.projection.weight"),
         "patch_embed.proj.bias" => Some("embeddings.patch_embeddings.projection.bias"),
         "norm.weight" => Some("layernorm.weight"),

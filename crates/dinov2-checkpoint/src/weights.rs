@@ -1,6 +1,6 @@
-//! Safetensors weights, memory-mapped: single-file or sharded, f32/f16/bf16, with the names
-//! normalized to transformers' (prefix stripped, original facebookresearch names converted) and
-//! validated against the config.
+//! Weights, memory-mapped: safetensors or PyTorch `torch.save` files, single-file or sharded,
+//! f32/f16/bf16, with the names normalized to transformers' (prefixes stripped, original
+//! facebookresearch and timm names converted) and validated against the config.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -9,10 +9,13 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
-use crate::config::Dinov2Config;
+use crate::config::{Dinov2Config, ModelType};
 use crate::error::{CheckpointError, Result};
 use crate::header::explain_invalid_tensor;
-use crate::names::{expected_tensors, from_original, is_original_naming, Renamed};
+use crate::names::{
+    backbone_prefix, expected_tensors, from_original, hf_model_type, is_original_naming, Renamed,
+};
+use crate::torch_file;
 
 /// How a tensor is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,15 +44,42 @@ impl StorageDtype {
     }
 }
 
-/// A tensor's place in one of the mapped files.
+/// A tensor's place in one of the checkpoint's buffers.
 #[derive(Debug, Clone)]
 struct Entry {
     file: usize,
     dtype: StorageDtype,
     shape: Vec<usize>,
-    /// Byte offset into the file's mapping.
+    /// Byte offset into the buffer.
     start: usize,
     len: usize,
+}
+
+/// The bytes tensors point into: a mapped file, or a tensor made while reading (a position
+/// embedding completed with the CLS row a timm checkpoint folds into its CLS token).
+enum Buffer {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Buffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Buffer::Mapped(m) => m,
+            Buffer::Owned(v) => v,
+        }
+    }
+}
+
+/// A tensor as a file stores it, before renaming; `Err` for a dtype we do not read, an error only
+/// if the model needs the tensor.
+type Raw = (String, Result<Entry, CheckpointError>);
+
+/// The files of a checkpoint, mapped, with their tensors as stored.
+struct Read {
+    files: Vec<Buffer>,
+    raw: Vec<Raw>,
 }
 
 /// A borrowed tensor of the checkpoint.
@@ -96,10 +126,24 @@ impl TensorRef<'_> {
 
 /// The weights of a checkpoint under transformers' names, validated against a config.
 pub struct Weights {
-    files: Vec<Mmap>,
+    files: Vec<Buffer>,
     paths: Vec<PathBuf>,
     tensors: BTreeMap<String, Entry>,
+    layout: Layout,
+}
+
+/// How the stored names were read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Layout {
+    /// Original facebookresearch (or timm) names rather than transformers'.
     original_naming: bool,
+    /// timm's form of a model with registers: the CLS token's position embedding folded into the
+    /// CLS token, and no position embedding for it (`no_embed_class`).
+    timm_no_embed_class: bool,
+    /// The prefix of the backbone in a larger saved object (`teacher.backbone.`), stripped.
+    prefix: String,
+    /// Tensors outside that prefix, left out (training heads, the student, ...).
+    ignored: usize,
 }
 
 impl std::fmt::Debug for Weights {
@@ -107,38 +151,35 @@ impl std::fmt::Debug for Weights {
         f.debug_struct("Weights")
             .field("paths", &self.paths)
             .field("tensors", &self.tensors.len())
-            .field("original_naming", &self.original_naming)
+            .field("layout", &self.layout)
             .finish()
     }
 }
 
 impl Weights {
-    /// Finds and maps the weights of a model directory (`model.safetensors`, or the shards named by
-    /// `model.safetensors.index.json`) and validates them against `config`.
+    /// Finds and maps the weights of a model directory (`model.safetensors`, the shards named by
+    /// `model.safetensors.index.json`, or else PyTorch's `pytorch_model.bin` and its sharded form)
+    /// and validates them against `config`.
     pub fn from_dir(dir: &Path, config: &Dinov2Config) -> Result<Self> {
-        let index = dir.join("model.safetensors.index.json");
-        let single = dir.join("model.safetensors");
-        let weights = if single.is_file() {
-            Self::from_files(&[single], config)?
-        } else if index.is_file() {
-            Self::from_index(&index, config)?
+        let single = ["model.safetensors", "pytorch_model.bin"].map(|f| dir.join(f));
+        let index = [
+            "model.safetensors.index.json",
+            "pytorch_model.bin.index.json",
+        ]
+        .map(|f| dir.join(f));
+        if let Some(file) = single.iter().find(|f| f.is_file()) {
+            Self::from_files(std::slice::from_ref(file), config)
+        } else if let Some(index) = index.iter().find(|f| f.is_file()) {
+            Self::from_index(index, config)
         } else {
-            let hint = if dir.join("pytorch_model.bin").is_file() {
-                " (found pytorch_model.bin: pickled PyTorch weights are not read; convert them once with \
-                 transformers' save_pretrained(..., safe_serialization=True))"
-                    .to_owned()
-            } else {
-                String::new()
-            };
-            return Err(CheckpointError::NoWeights {
+            Err(CheckpointError::NoWeights {
                 dir: dir.to_owned(),
-                hint,
-            });
-        };
-        Ok(weights)
+            })
+        }
     }
 
-    /// Maps the shards listed in a `model.safetensors.index.json` and validates them.
+    /// Maps the shards listed in a `model.safetensors.index.json` (or `pytorch_model.bin.index.json`)
+    /// and validates them.
     pub fn from_index(index: &Path, config: &Dinov2Config) -> Result<Self> {
         let text = std::fs::read_to_string(index).map_err(|source| CheckpointError::Io {
             path: index.to_owned(),
@@ -169,13 +210,13 @@ impl Weights {
         let weights = Self::from_files(&paths, config)?;
         // Every tensor the index names must be in the shard it names.
         for (name, file) in map {
-            let canonical = weights.canonical_stored_name(name, config);
+            let canonical = weights.canonical_stored_name(name, Some(config.model_type));
             let found = canonical.iter().all(|n| {
                 weights.tensors.get(n).is_some_and(|e| {
                     weights.paths[e.file] == dir.join(file.as_str().unwrap_or_default())
                 })
             });
-            if !found {
+            if !found && !weights.is_ignored(name) {
                 return Err(CheckpointError::Index {
                     path: index.to_owned(),
                     reason: format!("the index places `{name}` in {file}, which does not hold it"),
@@ -185,89 +226,76 @@ impl Weights {
         Ok(weights)
     }
 
-    /// Maps one or more safetensors files holding one checkpoint between them, and validates them.
+    /// Maps one or more weight files holding one checkpoint between them (safetensors, or
+    /// PyTorch's `torch.save` files), and validates them.
     pub fn from_files(paths: &[PathBuf], config: &Dinov2Config) -> Result<Self> {
-        let mut files = Vec::new();
-        let mut stored: Vec<(String, Entry)> = Vec::new();
-        for (file_index, path) in paths.iter().enumerate() {
-            let io = |source| CheckpointError::Io {
-                path: path.clone(),
-                source,
-            };
-            let file = File::open(path).map_err(io)?;
-            // SAFETY: the mapping is read-only; a checkpoint modified while we run is outside our
-            // contract, as for every memory-mapped weight loader.
-            let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
-            let st = SafeTensors::deserialize(&mmap).map_err(|e| CheckpointError::Safetensors {
-                path: path.clone(),
-                reason: match e {
-                    // Errors that name no tensor: the header read again names it.
-                    SafeTensorError::TensorInvalidInfo
-                    | SafeTensorError::ValidationOverflow
-                    | SafeTensorError::MisalignedSlice => {
-                        explain_invalid_tensor(&mmap).unwrap_or_else(|| e.to_string())
-                    }
-                    _ => e.to_string(),
-                },
-            })?;
-            let base = mmap.as_ptr() as usize;
-            for (name, view) in st.tensors() {
-                let dtype = match view.dtype() {
-                    Dtype::F32 => StorageDtype::F32,
-                    Dtype::F16 => StorageDtype::F16,
-                    Dtype::BF16 => StorageDtype::BF16,
-                    other => {
-                        return Err(CheckpointError::UnsupportedDtype {
-                            name,
-                            dtype: format!("{other:?}"),
-                        })
-                    }
-                };
-                let data = view.data();
-                stored.push((
-                    name,
-                    Entry {
-                        file: file_index,
-                        dtype,
-                        shape: view.shape().to_vec(),
-                        start: data.as_ptr() as usize - base,
-                        len: data.len(),
-                    },
-                ));
-            }
-            drop(st);
-            files.push(mmap);
-        }
-        let original_naming = is_original_naming(stored.iter().map(|(n, _)| n.as_str()));
-        let mut weights = Weights {
-            files,
-            paths: paths.to_vec(),
-            tensors: BTreeMap::new(),
-            original_naming,
-        };
-        for (name, entry) in stored {
-            weights.insert_stored(name, entry, config)?;
-        }
+        let weights = Self::read(paths, Some(config.model_type))?;
         weights.validate(config)?;
         Ok(weights)
     }
 
+    /// Maps weight files and renames their tensors to transformers' names, without a config: the
+    /// model type, when not given, is told by the names. Validation against a config is left to
+    /// the caller ([`Weights::from_files`], or a config inferred from the tensors).
+    pub(crate) fn read(paths: &[PathBuf], model_type: Option<ModelType>) -> Result<Self> {
+        let Read { files, raw } = read_files(paths)?;
+        let names = || raw.iter().map(|(n, _)| n.as_str());
+        let original_naming = is_original_naming(names());
+        let (prefix, ignored) = if original_naming {
+            backbone_prefix(names()).map_err(|candidates| CheckpointError::Backbone {
+                path: paths[0].clone(),
+                candidates,
+            })?
+        } else {
+            (String::new(), 0)
+        };
+        let mut weights = Weights {
+            files,
+            paths: paths.to_vec(),
+            tensors: BTreeMap::new(),
+            layout: Layout {
+                original_naming,
+                timm_no_embed_class: false,
+                prefix,
+                ignored,
+            },
+        };
+        let model_type = model_type.unwrap_or_else(|| hf_model_type(names()));
+        for (name, entry) in raw {
+            if weights.is_ignored(&name) {
+                continue;
+            }
+            weights.insert_stored(name, entry?, model_type)?;
+        }
+        if original_naming {
+            weights.adopt_timm_forms()?;
+        }
+        Ok(weights)
+    }
+
+    /// Whether a stored name lies outside the backbone read.
+    fn is_ignored(&self, name: &str) -> bool {
+        !name.starts_with(&self.layout.prefix)
+    }
+
     /// transformers' name(s) for a stored name; the stored name itself when it is not one we rename.
-    fn canonical_stored_name(&self, name: &str, config: &Dinov2Config) -> Vec<String> {
-        if self.original_naming {
+    fn canonical_stored_name(&self, name: &str, model_type: Option<ModelType>) -> Vec<String> {
+        if self.layout.original_naming {
+            let name = name.strip_prefix(&self.layout.prefix).unwrap_or(name);
             return match from_original(name) {
                 Some(Renamed::One(n)) => vec![n],
                 Some(Renamed::SplitQkv(parts)) => parts.to_vec(),
                 None => vec![name.to_owned()],
             };
         }
-        let prefix = format!("{}.", config.model_type.base_prefix());
+        let base = model_type.map_or("", ModelType::base_prefix);
+        let prefix = format!("{base}.");
         vec![name.strip_prefix(&prefix).unwrap_or(name).to_owned()]
     }
 
-    fn insert_stored(&mut self, name: String, entry: Entry, config: &Dinov2Config) -> Result<()> {
-        let renamed = if self.original_naming {
-            from_original(&name)
+    fn insert_stored(&mut self, name: String, entry: Entry, model_type: ModelType) -> Result<()> {
+        let renamed = if self.layout.original_naming {
+            from_original(name.strip_prefix(&self.layout.prefix).unwrap_or(&name))
         } else {
             None
         };
@@ -275,9 +303,10 @@ impl Weights {
             Some(Renamed::SplitQkv(parts)) => {
                 let rows = *entry.shape.first().unwrap_or(&0);
                 if !rows.is_multiple_of(3) || rows == 0 {
+                    let cols = entry.shape.get(1).copied().unwrap_or(rows);
                     return Err(CheckpointError::ShapeMismatch {
                         name,
-                        expected: [3 * config.hidden_size]
+                        expected: [3 * cols]
                             .into_iter()
                             .chain(entry.shape.iter().skip(1).copied())
                             .collect(),
@@ -302,7 +331,9 @@ impl Weights {
             }
             Some(Renamed::One(hf)) => self.insert(hf, entry),
             None => {
-                let canonical = self.canonical_stored_name(&name, config).remove(0);
+                let canonical = self
+                    .canonical_stored_name(&name, Some(model_type))
+                    .remove(0);
                 self.insert(canonical, entry)
             }
         }
@@ -316,7 +347,65 @@ impl Weights {
         Ok(())
     }
 
-    fn validate(&self, config: &Dinov2Config) -> Result<()> {
+    /// timm's DINOv2 checkpoints differ from the original in two ways, undone here:
+    /// - the SwiGLU layers of ViT-g are `mlp.fc1` (`2F x h`) and `mlp.fc2` (`h x F`) rather than
+    ///   `w12`/`w3`: told by fc1 having twice the rows fc2 has columns;
+    /// - the models with registers hold no CLS position (`no_embed_class`): their `cls_token` is
+    ///   the original's plus its position embedding. A zero CLS row is put before the patch
+    ///   positions, so that the CLS token plus it is that sum, exactly.
+    fn adopt_timm_forms(&mut self) -> Result<()> {
+        let layers: Vec<String> = self
+            .tensors
+            .keys()
+            .filter_map(|n| n.strip_suffix(".mlp.fc1.weight").map(str::to_owned))
+            .collect();
+        for l in layers {
+            let (fc1, fc2) = (format!("{l}.mlp.fc1.weight"), format!("{l}.mlp.fc2.weight"));
+            let rows = self.tensors[&fc1].shape.first().copied();
+            let cols = self.tensors.get(&fc2).and_then(|e| e.shape.get(1).copied());
+            if let (Some(rows), Some(cols)) = (rows, cols) {
+                if rows == 2 * cols {
+                    for (from, to) in [("fc1", "weights_in"), ("fc2", "weights_out")] {
+                        for param in ["weight", "bias"] {
+                            if let Some(e) = self.tensors.remove(&format!("{l}.mlp.{from}.{param}"))
+                            {
+                                self.insert(format!("{l}.mlp.{to}.{param}"), e)?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let pos_name = "embeddings.position_embeddings";
+        let registers = self.tensors.contains_key("embeddings.register_tokens");
+        if let (true, Some(pos)) = (registers, self.tensors.get(pos_name)) {
+            let n = pos.shape.get(1).copied().unwrap_or(0);
+            let square = |n: usize| n > 0 && n.isqrt() * n.isqrt() == n;
+            if pos.shape.len() == 3 && square(n) && !square(n - 1) {
+                let row = pos.len / n;
+                let mut bytes = vec![0u8; row];
+                bytes.extend_from_slice(&self.files[pos.file][pos.start..pos.start + pos.len]);
+                let entry = Entry {
+                    file: self.files.len(),
+                    dtype: pos.dtype,
+                    shape: vec![pos.shape[0], n + 1, pos.shape[2]],
+                    start: 0,
+                    len: bytes.len(),
+                };
+                self.files.push(Buffer::Owned(bytes));
+                self.tensors.insert(pos_name.to_owned(), entry);
+                self.layout.timm_no_embed_class = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// The shape of the stored tensor `name` (transformers' naming).
+    pub(crate) fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|e| e.shape.as_slice())
+    }
+
+    pub(crate) fn validate(&self, config: &Dinov2Config) -> Result<()> {
         let expected = expected_tensors(config);
         for t in &expected {
             match self.tensors.get(&t.name) {
@@ -394,13 +483,120 @@ impl Weights {
             .sum()
     }
 
-    /// Whether the file used the original facebookresearch names.
+    /// Whether the file used the original facebookresearch (or timm) names.
     pub fn original_naming(&self) -> bool {
-        self.original_naming
+        self.layout.original_naming
+    }
+
+    /// Whether the file was timm's form of a model with registers (no CLS position embedding).
+    pub fn timm_no_embed_class(&self) -> bool {
+        self.layout.timm_no_embed_class
+    }
+
+    /// The prefix under which the backbone was found in a larger saved object
+    /// (`teacher.backbone.`), and how many tensors outside it were left out.
+    pub fn backbone_prefix(&self) -> Option<(&str, usize)> {
+        (!self.layout.prefix.is_empty())
+            .then_some((self.layout.prefix.as_str(), self.layout.ignored))
     }
 
     /// The files mapped.
     pub fn paths(&self) -> &[PathBuf] {
         &self.paths
     }
+}
+
+/// Maps each file and lists its tensors: safetensors, or a `torch.save` zip archive.
+fn read_files(paths: &[PathBuf]) -> Result<Read> {
+    let mut files = Vec::new();
+    let mut raw: Vec<Raw> = Vec::new();
+    for (file_index, path) in paths.iter().enumerate() {
+        let io = |source| CheckpointError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        // SAFETY: the mapping is read-only; a checkpoint modified while we run is outside our
+        // contract, as for every memory-mapped weight loader.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
+        if mmap.starts_with(torch_file::ZIP_MAGIC) {
+            let tensors = torch_file::tensors(&mmap).map_err(|reason| CheckpointError::Torch {
+                path: path.clone(),
+                reason,
+            })?;
+            for t in tensors {
+                let entry = match t.dtype {
+                    Ok(dtype) => Ok(Entry {
+                        file: file_index,
+                        dtype,
+                        shape: t.shape,
+                        start: t.start,
+                        len: t.len,
+                    }),
+                    Err(kind) => Err(CheckpointError::UnsupportedDtype {
+                        name: t.name.clone(),
+                        dtype: kind,
+                    }),
+                };
+                raw.push((t.name, entry));
+            }
+        } else if torch_file::is_legacy_torch(&mmap) {
+            return Err(CheckpointError::Torch {
+                path: path.clone(),
+                reason: "this is the legacy torch.save format of torch before 1.6, which is not \
+                         read: load and save it again with a current torch"
+                    .into(),
+            });
+        } else {
+            read_safetensors(path, &mmap, file_index, &mut raw)?;
+        }
+        files.push(Buffer::Mapped(mmap));
+    }
+    Ok(Read { files, raw })
+}
+
+/// Lists the tensors of one mapped safetensors file.
+fn read_safetensors(path: &Path, mmap: &[u8], file_index: usize, raw: &mut Vec<Raw>) -> Result<()> {
+    let st = SafeTensors::deserialize(mmap).map_err(|e| CheckpointError::Safetensors {
+        path: path.to_owned(),
+        reason: match e {
+            // Errors that name no tensor: the header read again names it.
+            SafeTensorError::TensorInvalidInfo
+            | SafeTensorError::ValidationOverflow
+            | SafeTensorError::MisalignedSlice => {
+                explain_invalid_tensor(mmap).unwrap_or_else(|| e.to_string())
+            }
+            _ => e.to_string(),
+        },
+    })?;
+    let base = mmap.as_ptr() as usize;
+    for (name, view) in st.tensors() {
+        let dtype = match view.dtype() {
+            Dtype::F32 => StorageDtype::F32,
+            Dtype::F16 => StorageDtype::F16,
+            Dtype::BF16 => StorageDtype::BF16,
+            other => {
+                raw.push((
+                    name.clone(),
+                    Err(CheckpointError::UnsupportedDtype {
+                        name,
+                        dtype: format!("{other:?}"),
+                    }),
+                ));
+                continue;
+            }
+        };
+        let data = view.data();
+        raw.push((
+            name,
+            Ok(Entry {
+                file: file_index,
+                dtype,
+                shape: view.shape().to_vec(),
+                start: data.as_ptr() as usize - base,
+                len: data.len(),
+            }),
+        ));
+    }
+    Ok(())
 }

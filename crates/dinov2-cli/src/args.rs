@@ -21,6 +21,10 @@ pub enum Command {
     Forward(ForwardArgs),
     /// Describe a checkpoint: variant, sizes, parameters, dtype, head, labels.
     Info(InfoArgs),
+    /// Write a checkpoint (an original .pth, a timm file, a training checkpoint, any model this
+    /// program reads) as a transformers model directory: config.json, model.safetensors,
+    /// preprocessor_config.json.
+    Convert(ConvertArgs),
     /// Embed images (files, folders, @lists, tar archives and streams, Parquet tables) into
     /// Parquet, npy or safetensors vectors.
     Embed(EmbedArgs),
@@ -111,7 +115,10 @@ pub(crate) use with_backend;
 
 #[derive(Debug, Args)]
 pub struct ForwardArgs {
-    /// Model directory (config.json + model.safetensors or a sharded index), or a hub id.
+    /// Model directory (config.json with model.safetensors, a sharded index or pytorch_model.bin),
+    /// a weights file alone (an original facebookresearch .pth, a timm checkpoint: the config is
+    /// told from its tensors, heads 64 wide), or a hub id such as facebook/dinov2-small (from the
+    /// Hugging Face cache, downloaded when absent and a network is there).
     #[arg(long)]
     pub model: String,
     /// Safetensors file with `pixel_values` (B x C x H x W), optionally `bool_masked_pos`
@@ -156,9 +163,25 @@ pub struct ForwardArgs {
 
 #[derive(Debug, Args)]
 pub struct InfoArgs {
-    /// Model directory or hub id.
+    /// Model directory (config.json with model.safetensors, a sharded index or pytorch_model.bin),
+    /// a weights file alone (an original facebookresearch .pth, a timm checkpoint: the config is
+    /// told from its tensors, heads 64 wide), or a hub id such as facebook/dinov2-small (from the
+    /// Hugging Face cache, downloaded when absent and a network is there).
     #[arg(long)]
     pub model: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// The checkpoint to convert: a model directory, a weights file alone or a hub id.
+    #[arg(long)]
+    pub model: String,
+    /// The folder to write (created; refused when it holds files).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Store the values as f32, f16 or bf16 (rounded to nearest even); default: as stored.
+    #[arg(long)]
+    pub dtype: Option<Dtype>,
 }
 
 #[derive(Debug, Args)]
@@ -166,7 +189,7 @@ pub struct BenchArgs {
     /// A released architecture with random weights: vits14, vitb14, vitl14, vitg14 (+ `-reg`).
     #[arg(long)]
     pub arch: Option<String>,
-    /// Or a model directory.
+    /// Or a model directory, or a weights file alone (its config told from its tensors).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// cpu, cuda or cuda:N.
@@ -298,8 +321,10 @@ fn parse_crop(s: &str) -> Result<(u32, u32), String> {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Model directory, or a hub id such as facebook/dinov2-small (from the Hugging Face cache,
-    /// downloaded when absent and a network is there).
+    /// Model directory (config.json with model.safetensors, a sharded index or pytorch_model.bin),
+    /// a weights file alone (an original facebookresearch .pth, a timm checkpoint: the config is
+    /// told from its tensors, heads 64 wide), or a hub id such as facebook/dinov2-small (from the
+    /// Hugging Face cache, downloaded when absent and a network is there).
     #[arg(long, env = "DINOV2_MODEL")]
     pub model: String,
     /// cpu, cuda or cuda:N.
@@ -403,8 +428,10 @@ fn parse_wait_ms(s: &str) -> Result<f64, String> {
 
 #[derive(Debug, Args)]
 pub struct EmbedArgs {
-    /// Model directory, or a hub id such as facebook/dinov2-small (from the Hugging Face cache,
-    /// downloaded when absent and a network is there).
+    /// Model directory (config.json with model.safetensors, a sharded index or pytorch_model.bin),
+    /// a weights file alone (an original facebookresearch .pth, a timm checkpoint: the config is
+    /// told from its tensors, heads 64 wide), or a hub id such as facebook/dinov2-small (from the
+    /// Hugging Face cache, downloaded when absent and a network is there).
     #[arg(long, env = "DINOV2_MODEL")]
     pub model: String,
     /// cpu, cuda or cuda:N.
@@ -552,7 +579,8 @@ pub struct PreprocessArgs {
 
 #[derive(Debug, Args)]
 pub struct ClassifyArgs {
-    /// Model directory or hub id of an image classifier (e.g. facebook/dinov2-small-imagenet1k-1-layer).
+    /// Model directory, weights file or hub id of an image classifier (e.g.
+    /// facebook/dinov2-small-imagenet1k-1-layer).
     #[arg(long)]
     pub model: String,
     /// cpu, cuda or cuda:N.

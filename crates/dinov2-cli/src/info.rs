@@ -1,6 +1,6 @@
 //! `dinov2 info`: what a checkpoint is.
 
-use dinov2::{Checkpoint, Head, ModelType};
+use dinov2::{Checkpoint, ConfigSource, Head, ModelType};
 
 use crate::args::InfoArgs;
 use crate::error::Result;
@@ -33,7 +33,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
         .iter()
         .map(|(d, n)| format!("{d} ({n} values)"))
         .collect();
-    println!("model:        {}", ckpt.dir.display());
+    println!("model:        {}", ckpt.path.display());
     println!(
         "variant:      {variant} (model_type {})",
         c.model_type.as_str()
@@ -70,12 +70,28 @@ pub fn run(args: InfoArgs) -> Result<()> {
     );
     println!("parameters:   {}", w.num_parameters());
     println!("stored dtype: {}", dtypes.join(", "));
+    let mut naming = vec![if w.original_naming() {
+        "original facebookresearch/timm (converted on load)".to_owned()
+    } else {
+        "transformers".to_owned()
+    }];
+    if w.timm_no_embed_class() {
+        naming.push("timm's CLS token with its position folded in".into());
+    }
+    if let Some((prefix, ignored)) = w.backbone_prefix() {
+        naming.push(format!(
+            "the backbone under `{prefix}`, {ignored} other tensors left out"
+        ));
+    }
+    println!("naming:       {}", naming.join("; "));
     println!(
-        "naming:       {}",
-        if w.original_naming() {
-            "original facebookresearch (converted on load)"
-        } else {
-            "transformers"
+        "config:       {}",
+        match &ckpt.config_source {
+            ConfigSource::File(path) => path.display().to_string(),
+            ConfigSource::Inferred(_) => format!(
+                "told from the tensors (no config.json; heads taken {} wide, as in every released DINOv2)",
+                c.head_dim
+            ),
         }
     );
     println!(
@@ -97,8 +113,8 @@ pub fn run(args: InfoArgs) -> Result<()> {
             )
         }
     );
-    let pre = dinov2::preprocess_config(&ckpt.dir)?;
-    let has_pre = ckpt.dir.join("preprocessor_config.json").is_file();
+    let pre = dinov2::preprocess_config(&ckpt.path)?;
+    let has_pre = ckpt.path.join("preprocessor_config.json").is_file();
     println!(
         "preprocess:   {}{}",
         describe_preprocessing(&pre),

@@ -3,6 +3,7 @@
 mod args;
 mod bench;
 mod classify;
+mod convert;
 mod embed;
 mod embed_verb;
 mod error;
@@ -45,6 +46,7 @@ fn main() {
     let result = match cli.command {
         args::Command::Forward(a) => forward::run(a),
         args::Command::Info(a) => info::run(a),
+        args::Command::Convert(a) => convert::run(a),
         args::Command::Bench(a) => bench::run(a),
         args::Command::Embed(a) => embed_verb::run(a),
         args::Command::Preprocess(a) => preprocess::run(a),

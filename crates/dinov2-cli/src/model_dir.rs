@@ -51,10 +51,17 @@ fn download(id: &HubId, cache: &Path) -> std::result::Result<PathBuf, String> {
     ));
     let config = repo.get("config.json").map_err(|e| e.to_string())?;
     let _ = repo.get("preprocessor_config.json");
-    if repo.get("model.safetensors").is_err() {
+    // safetensors where the repository has them; else PyTorch's pickled weights, which are read
+    // without running the pickle.
+    if repo.get("model.safetensors").is_err() && repo.get("pytorch_model.bin").is_err() {
         let index = repo
             .get("model.safetensors.index.json")
-            .map_err(|e| format!("no safetensors weights: {e}"))?;
+            .or_else(|_| repo.get("pytorch_model.bin.index.json"))
+            .map_err(|e| {
+                format!(
+                    "no weights (model.safetensors, pytorch_model.bin or their sharded index): {e}"
+                )
+            })?;
         let text = std::fs::read_to_string(&index).map_err(|e| e.to_string())?;
         let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
         let mut shards: Vec<&str> = value["weight_map"]

@@ -132,6 +132,11 @@ fn compare(output: &Path, expected: &[Stored], rename: &dyn Fn(&str) -> String) 
 
 /// Runs `dinov2 forward` on a golden run and checks every output against its expected file.
 fn forward_matches(case: &str, run: &str, extra: &[&str]) {
+    forward_of_matches(&golden(case), case, run, extra);
+}
+
+/// [`forward_matches`] with `--model MODEL`, the case's folder or a weights file of it.
+fn forward_of_matches(model: &Path, case: &str, run: &str, extra: &[&str]) {
     let dir = golden(case);
     let tmp = TempDir::new().unwrap();
     let out = tmp.path().join("out.safetensors");
@@ -139,7 +144,7 @@ fn forward_matches(case: &str, run: &str, extra: &[&str]) {
     let mut args = vec![
         "forward",
         "--model",
-        s(&dir),
+        s(model),
         "--input",
         s(&input),
         "--output",
@@ -169,6 +174,70 @@ fn model_with_mask_hidden_states_and_attentions() {
 #[test]
 fn model_at_the_pretraining_size() {
     forward_matches("dinov2_mlp", "sq32", &["--hidden-states", "--attentions"]);
+}
+
+#[test]
+fn weights_files_alone_original_timm_and_a_training_checkpoint() {
+    let original = golden("original_pth");
+    for file in ["model.pth", "teacher_checkpoint.pth"] {
+        forward_of_matches(
+            &original.join(file),
+            "original_pth",
+            "rect24x40",
+            &["--hidden-states"],
+        );
+    }
+    let timm = golden("registers_timm").join("model.safetensors");
+    forward_of_matches(&timm, "registers_timm", "sq32", &["--hidden-states"]);
+    forward_matches("dinov2_pytorch_bin", "logits", &[]);
+}
+
+#[test]
+fn convert_writes_a_transformers_directory_that_computes_the_same() {
+    let tmp = TempDir::new().unwrap();
+    for (case, file, run) in [
+        ("original_pth", "teacher_checkpoint.pth", "rect24x40"),
+        ("registers_timm", "model.safetensors", "sq32"),
+        ("dinov2_pytorch_bin", "", "logits"),
+    ] {
+        let out = tmp.path().join(case);
+        let source = golden(case).join(file);
+        let r = dinov2(&["convert", "--model", s(&source), "--output", s(&out)]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        for want in [
+            "config.json",
+            "model.safetensors",
+            "preprocessor_config.json",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{case}: {names:?}");
+        }
+        let tensors = read_tensors(&out.join("model.safetensors"));
+        // transformers' names: the registers model gets the mask token its class always holds.
+        assert!(
+            tensors.iter().all(|t| !t.name.contains("blocks.")),
+            "{case}"
+        );
+        if case == "registers_timm" {
+            let mask = tensors
+                .iter()
+                .find(|t| t.name == "embeddings.mask_token")
+                .unwrap();
+            assert!(mask.values().iter().all(|&v| v == 0.0));
+        }
+        let extra: &[&str] = if case == "dinov2_pytorch_bin" {
+            &[]
+        } else {
+            &["--hidden-states"]
+        };
+        forward_of_matches(&out, case, run, extra);
+        // A second time into the same folder is refused.
+        let r = dinov2(&["convert", "--model", s(&source), "--output", s(&out)]);
+        assert_one_line_error(&r, &[s(&out), "not an empty folder"]);
+    }
 }
 
 #[test]
@@ -461,9 +530,9 @@ fn model_directory_missing() {
     let c = Case::new();
     let model = c.path("no-such-model");
     let r = c.forward(&model, &mlp_input(), &[]);
-    assert_one_line_error(&r, &["no-such-model", "does not exist"]);
+    assert_one_line_error(&r, &["no-such-model", "no such directory or weights file"]);
     let r = dinov2(&["info", "--model", s(&model)]);
-    assert_one_line_error(&r, &["no-such-model", "does not exist"]);
+    assert_one_line_error(&r, &["no-such-model", "no such directory or weights file"]);
 }
 
 #[test]

@@ -211,3 +211,31 @@ fn a_sharded_checkpoint_is_downloaded_shard_by_shard() {
         "{requested:?}"
     );
 }
+
+#[test]
+fn a_repository_with_only_pytorch_weights_is_read_from_its_pickle() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/golden/dinov2_pytorch_bin");
+    let files: HashMap<String, Vec<u8>> = ["config.json", "pytorch_model.bin"]
+        .iter()
+        .map(|f| (f.to_string(), std::fs::read(dir.join(f)).unwrap()))
+        .collect();
+    let cache = TempDir::new().unwrap();
+    let (endpoint, seen) = serve("example-org/dinov2-bin", files);
+    let r = dinov2(
+        &["info", "--model", "example-org/dinov2-bin"],
+        cache.path(),
+        &endpoint,
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        stdout.contains("bfloat16") && stdout.contains("classifier weights present"),
+        "{stdout}"
+    );
+    let requested = seen.lock().unwrap().clone();
+    assert!(
+        requested.iter().any(|p| p.ends_with("/pytorch_model.bin")),
+        "{requested:?}"
+    );
+}

@@ -240,6 +240,50 @@ impl PreprocessConfig {
         Ok(self)
     }
 
+    /// The `preprocessor_config.json` text of this config, for transformers' `BitImageProcessor`
+    /// (every field written, so that class defaults do not apply); [`PreprocessConfig::from_json`]
+    /// reads it back equal.
+    pub fn to_json(&self) -> String {
+        let size = match self.size {
+            SizeSpec::ShortestEdge(s) => serde_json::json!({ "shortest_edge": s }),
+            SizeSpec::ShortestLongest {
+                shortest_edge,
+                longest_edge,
+            } => {
+                serde_json::json!({ "shortest_edge": shortest_edge, "longest_edge": longest_edge })
+            }
+            SizeSpec::Exact { height, width } => {
+                serde_json::json!({ "height": height, "width": width })
+            }
+            SizeSpec::MaxHeightWidth {
+                max_height,
+                max_width,
+            } => serde_json::json!({ "max_height": max_height, "max_width": max_width }),
+        };
+        let hw = |s: HeightWidth| serde_json::json!({ "height": s.height, "width": s.width });
+        let mut value = serde_json::json!({
+            "image_processor_type": "BitImageProcessor",
+            "do_convert_rgb": self.do_convert_rgb,
+            "do_resize": self.do_resize,
+            "size": size,
+            "resample": self.resample.code(),
+            "do_center_crop": self.do_center_crop,
+            "crop_size": hw(self.crop_size),
+            "do_rescale": self.do_rescale,
+            "rescale_factor": self.rescale_factor,
+            "do_normalize": self.do_normalize,
+            "image_mean": self.image_mean,
+            "image_std": self.image_std,
+            "do_pad": self.do_pad,
+        });
+        if let Some(pad) = self.pad_size {
+            value["pad_size"] = hw(pad);
+        }
+        let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+
     /// Reads and parses a `preprocessor_config.json` file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();

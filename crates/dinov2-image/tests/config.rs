@@ -47,6 +47,23 @@ fn every_fixture_config_parses() {
 }
 
 #[test]
+fn every_fixture_config_is_written_back_as_it_reads() {
+    for entry in std::fs::read_dir(fixtures().join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        let config = PreprocessConfig::from_file(&path).unwrap();
+        let again = PreprocessConfig::from_json(&config.to_json())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(again, config, "{}", path.display());
+    }
+    let default: serde_json::Value =
+        serde_json::from_str(&PreprocessConfig::default().to_json()).unwrap();
+    let dinov2: serde_json::Value = serde_json::from_str(DINOV2_JSON).unwrap();
+    for (key, value) in dinov2.as_object().unwrap() {
+        assert_eq!(&default[key], value, "{key}");
+    }
+}
+
+#[test]
 fn missing_keys_take_the_bit_image_processor_class_defaults() {
     let config =
         PreprocessConfig::from_json(r#"{"image_processor_type": "BitImageProcessor"}"#).unwrap();

@@ -44,10 +44,11 @@ macro_rules! on_backend {
 ///
 /// `Embedder(model, *, device="cpu", dtype="f32", pooling="cls", normalize=False, layers=None,
 /// layer_norm=True, batch_size=None, resize=None, crop=None, no_crop=False, max_pixels=None,
-/// max_side=None, min_side=None, apply_exif_orientation=False)`: `model` is a directory holding `config.json`
-/// and `model.safetensors` (a Hugging Face snapshot, e.g. from
-/// `huggingface_hub.snapshot_download("facebook/dinov2-small")`), preprocessed as its
-/// `preprocessor_config.json` says, with `resize`/`crop`/`no_crop` overriding the resolution as
+/// max_side=None, min_side=None, apply_exif_orientation=False)`: `model` is a directory holding
+/// `config.json` and `model.safetensors` or `pytorch_model.bin` (a Hugging Face snapshot, e.g.
+/// from `huggingface_hub.snapshot_download("facebook/dinov2-small")`), preprocessed as its
+/// `preprocessor_config.json` says, or a weights file alone (an original facebookresearch `.pth`,
+/// a timm checkpoint; its config told from its tensors, facebook/dinov2's preprocessing), with `resize`/`crop`/`no_crop` overriding the resolution as
 /// `dinov2 embed --resize/--crop/--no-crop` do (`crop` is `224`, `(448, 336)` or `"448x336"`).
 /// `layer_norm=False` is `--no-layer-norm`.
 #[pyclass(frozen, module = "dinov2_rs")]
