@@ -69,18 +69,74 @@ pub fn load(data: &[u8]) -> Result<Value, PickleError> {
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
+        copied: 0,
     }
     .run()
+}
+
+/// Containers nested deeper than this are refused: a state dict nests a few levels, and the
+/// values are dropped and compared recursively.
+const MAX_DEPTH: u32 = 1000;
+
+/// Values copied through the memo (and `DUP`) beyond this many are refused. Python shares a
+/// memoized object; here it is copied, so a pickle that fetches a container into itself over
+/// and over would otherwise grow without bound.
+const MAX_COPIED: u64 = 1 << 22;
+
+/// A value with the depth of its nesting (0 for a scalar) and its number of values, itself
+/// included: what the limits above are checked against.
+#[derive(Debug, Clone)]
+struct Item {
+    value: Value,
+    depth: u32,
+    size: u64,
+}
+
+impl Item {
+    fn leaf(value: Value) -> Self {
+        Item {
+            value,
+            depth: 0,
+            size: 1,
+        }
+    }
+
+    /// A container of `items`, made by `make`.
+    fn of(items: Vec<Item>, make: impl FnOnce(Vec<Value>) -> Value) -> Step<Self> {
+        let depth = 1 + items.iter().map(|i| i.depth).max().unwrap_or(0);
+        if depth > MAX_DEPTH {
+            return Err(format!("values nested more than {MAX_DEPTH} deep"));
+        }
+        let size = 1 + items.iter().map(|i| i.size).sum::<u64>();
+        Ok(Item {
+            value: make(items.into_iter().map(|i| i.value).collect()),
+            depth,
+            size,
+        })
+    }
+
+    /// Takes in the depth and size of `items` put inside this container.
+    fn grow(&mut self, items: &[Item]) -> Step<()> {
+        let inner = items.iter().map(|i| i.depth + 1).max().unwrap_or(0);
+        self.depth = self.depth.max(inner);
+        if self.depth > MAX_DEPTH {
+            return Err(format!("values nested more than {MAX_DEPTH} deep"));
+        }
+        self.size += items.iter().map(|i| i.size).sum::<u64>();
+        Ok(())
+    }
 }
 
 /// The pickle machine: its input, its stack of values, the open marks and the memo.
 struct Machine<'a> {
     data: &'a [u8],
     pos: usize,
-    stack: Vec<Value>,
+    stack: Vec<Item>,
     /// Stack lengths at each open `MARK`.
     marks: Vec<usize>,
-    memo: HashMap<u64, Value>,
+    memo: HashMap<u64, Item>,
+    /// Values copied into or out of the memo so far.
+    copied: u64,
 }
 
 type Step<T> = Result<T, String>;
@@ -97,6 +153,7 @@ impl Machine<'_> {
                 Ok(true) => {
                     return self
                         .pop()
+                        .map(|item| item.value)
                         .map_err(|reason| PickleError { offset: at, reason });
                 }
                 Ok(false) => {}
@@ -126,33 +183,35 @@ impl Machine<'_> {
                 self.pop_mark()?;
             }
             b'2' => {
+                let size = self.top()?.size;
+                self.count(size)?;
                 let top = self.top()?.clone();
                 self.stack.push(top);
             }
-            b'N' => self.stack.push(Value::None),
-            0x88 => self.stack.push(Value::Bool(true)),
-            0x89 => self.stack.push(Value::Bool(false)),
+            b'N' => self.push(Value::None),
+            0x88 => self.push(Value::Bool(true)),
+            0x89 => self.push(Value::Bool(false)),
             b'J' => {
                 let v = i32::from_le_bytes(self.array()?);
-                self.stack.push(Value::Int(v.into()));
+                self.push(Value::Int(v.into()));
             }
             b'K' => {
                 let v = self.take(1)?[0];
-                self.stack.push(Value::Int(v.into()));
+                self.push(Value::Int(v.into()));
             }
             b'M' => {
                 let v = u16::from_le_bytes(self.array()?);
-                self.stack.push(Value::Int(v.into()));
+                self.push(Value::Int(v.into()));
             }
             0x8a => {
                 let n = self.take(1)?[0] as usize;
                 let v = self.long(n)?;
-                self.stack.push(v);
+                self.push(v);
             }
             0x8b => {
                 let n = u32::from_le_bytes(self.array()?) as usize;
                 let v = self.long(n)?;
-                self.stack.push(v);
+                self.push(v);
             }
             b'I' | b'L' => {
                 let line = self.line()?;
@@ -162,75 +221,75 @@ impl Machine<'_> {
                     "01" => Value::Bool(true),
                     _ => Value::Int(text.parse().map_err(|_| format!("bad integer {text:?}"))?),
                 };
-                self.stack.push(v);
+                self.push(v);
             }
             b'G' => {
                 let v = f64::from_be_bytes(self.array()?);
-                self.stack.push(Value::Float(v));
+                self.push(Value::Float(v));
             }
             b'F' => {
                 let line = self.line()?;
                 let v = line.parse().map_err(|_| format!("bad float {line:?}"))?;
-                self.stack.push(Value::Float(v));
+                self.push(Value::Float(v));
             }
             b'X' => {
                 let n = u32::from_le_bytes(self.array()?) as usize;
                 let v = self.utf8(n)?;
-                self.stack.push(v);
+                self.push(v);
             }
             0x8c => {
                 let n = self.take(1)?[0] as usize;
                 let v = self.utf8(n)?;
-                self.stack.push(v);
+                self.push(v);
             }
             0x8d => {
                 let n = self.len64()?;
                 let v = self.utf8(n)?;
-                self.stack.push(v);
+                self.push(v);
             }
             b'T' => {
                 let n = u32::from_le_bytes(self.array()?) as usize;
                 let v = self.latin1(n)?;
-                self.stack.push(v);
+                self.push(v);
             }
             b'U' => {
                 let n = self.take(1)?[0] as usize;
                 let v = self.latin1(n)?;
-                self.stack.push(v);
+                self.push(v);
             }
             b'B' => {
                 let n = u32::from_le_bytes(self.array()?) as usize;
                 let v = self.take(n)?.to_vec();
-                self.stack.push(Value::Bytes(v));
+                self.push(Value::Bytes(v));
             }
             b'C' => {
                 let n = self.take(1)?[0] as usize;
                 let v = self.take(n)?.to_vec();
-                self.stack.push(Value::Bytes(v));
+                self.push(Value::Bytes(v));
             }
             0x8e => {
                 let n = self.len64()?;
                 let v = self.take(n)?.to_vec();
-                self.stack.push(Value::Bytes(v));
+                self.push(Value::Bytes(v));
             }
             b'V' => {
                 let line = self.line()?;
-                self.stack.push(Value::Str(line));
+                self.push(Value::Str(line));
             }
-            b')' => self.stack.push(Value::Tuple(Vec::new())),
+            b')' => self.push(Value::Tuple(Vec::new())),
             b't' => {
                 let items = self.pop_mark()?;
-                self.stack.push(Value::Tuple(items));
+                self.stack.push(Item::of(items, Value::Tuple)?);
             }
             0x85..=0x87 => {
                 let n = (op - 0x84) as usize;
                 let items = self.pop_n(n)?;
-                self.stack.push(Value::Tuple(items));
+                self.stack.push(Item::of(items, Value::Tuple)?);
             }
-            b']' => self.stack.push(Value::List(Vec::new())),
+            b']' => self.push(Value::List(Vec::new())),
             b'l' => {
                 let items = self.pop_mark()?;
-                self.stack.push(Value::List(items));
+                self.stack.push(Item::of(items, Value::List)?);
             }
             b'a' => {
                 let item = self.pop()?;
@@ -240,60 +299,62 @@ impl Machine<'_> {
                 let items = self.pop_mark()?;
                 self.extend(items)?;
             }
-            b'}' => self.stack.push(Value::Dict(Vec::new())),
+            b'}' => self.push(Value::Dict(Vec::new())),
             b'd' => {
                 let items = self.pop_mark()?;
-                let pairs = pairs(items)?;
-                self.stack.push(Value::Dict(pairs));
+                self.push(Value::Dict(Vec::new()));
+                self.set_items(items)?;
             }
             b's' => {
                 let items = self.pop_n(2)?;
-                self.set_items(pairs(items)?)?;
+                self.set_items(items)?;
             }
             b'u' => {
                 let items = self.pop_mark()?;
-                self.set_items(pairs(items)?)?;
+                self.set_items(items)?;
             }
-            0x8f => self.stack.push(Value::List(Vec::new())),
+            0x8f => self.push(Value::List(Vec::new())),
             0x90 => {
                 let items = self.pop_mark()?;
                 self.extend(items)?;
             }
             0x91 => {
                 let items = self.pop_mark()?;
-                self.stack.push(Value::List(items));
+                self.stack.push(Item::of(items, Value::List)?);
             }
             b'c' => {
                 let module = self.line()?;
                 let name = self.line()?;
-                self.stack.push(Value::Global(format!("{module}.{name}")));
+                self.push(Value::Global(format!("{module}.{name}")));
             }
             0x93 => {
-                let name = self.pop()?;
-                let module = self.pop()?;
+                let name = self.pop()?.value;
+                let module = self.pop()?.value;
                 match (module, name) {
-                    (Value::Str(m), Value::Str(n)) => {
-                        self.stack.push(Value::Global(format!("{m}.{n}")))
-                    }
+                    (Value::Str(m), Value::Str(n)) => self.push(Value::Global(format!("{m}.{n}"))),
                     _ => return Err("STACK_GLOBAL of non-strings".into()),
                 }
             }
             b'R' => {
                 let args = self.pop()?;
-                let callable = self.pop()?;
-                let v = reduce(callable, args)?;
-                self.stack.push(v);
+                let callable = self.pop()?.value;
+                let item = Item {
+                    value: reduce(callable, args.value)?,
+                    depth: args.depth,
+                    size: args.size + 1,
+                };
+                self.stack.push(item);
             }
             0x81 => {
                 let _args = self.pop()?;
-                let class = self.pop()?;
-                self.stack.push(Value::Object(class_name(&class)));
+                let class = self.pop()?.value;
+                self.push(Value::Object(class_name(&class)));
             }
             0x92 => {
                 let _kwargs = self.pop()?;
                 let _args = self.pop()?;
-                let class = self.pop()?;
-                self.stack.push(Value::Object(class_name(&class)));
+                let class = self.pop()?.value;
+                self.push(Value::Object(class_name(&class)));
             }
             b'b' => {
                 // BUILD sets an object's state; no object here has state we read.
@@ -301,9 +362,9 @@ impl Machine<'_> {
                 self.top()?;
             }
             b'Q' => {
-                let pid = self.pop()?;
+                let pid = self.pop()?.value;
                 let v = storage(pid)?;
-                self.stack.push(v);
+                self.push(v);
             }
             b'P' => return Err("text persistent ids (protocol 0) are not torch's".into()),
             b'q' => {
@@ -406,7 +467,12 @@ impl Machine<'_> {
         Ok(Value::Int(i64::from_le_bytes(buf)))
     }
 
-    fn pop(&mut self) -> Step<Value> {
+    /// Pushes a scalar (or an empty container).
+    fn push(&mut self, value: Value) {
+        self.stack.push(Item::leaf(value));
+    }
+
+    fn pop(&mut self) -> Step<Item> {
         if self.marks.last().is_some_and(|&m| m >= self.stack.len()) {
             return Err("pop past a mark".into());
         }
@@ -415,7 +481,7 @@ impl Machine<'_> {
             .ok_or_else(|| "pop from an empty stack".into())
     }
 
-    fn pop_n(&mut self, n: usize) -> Step<Vec<Value>> {
+    fn pop_n(&mut self, n: usize) -> Step<Vec<Item>> {
         let floor = self.marks.last().copied().unwrap_or(0);
         if self.stack.len() < floor + n {
             return Err("the stack is too short".into());
@@ -423,21 +489,23 @@ impl Machine<'_> {
         Ok(self.stack.split_off(self.stack.len() - n))
     }
 
-    fn pop_mark(&mut self) -> Step<Vec<Value>> {
+    fn pop_mark(&mut self) -> Step<Vec<Item>> {
         let mark = self.marks.pop().ok_or("no mark to pop to")?;
         Ok(self.stack.split_off(mark))
     }
 
-    fn top(&mut self) -> Step<&mut Value> {
+    fn top(&mut self) -> Step<&mut Item> {
         if self.marks.last().is_some_and(|&m| m >= self.stack.len()) {
             return Err("no value above the mark".into());
         }
         self.stack.last_mut().ok_or_else(|| "empty stack".into())
     }
 
-    fn extend(&mut self, items: Vec<Value>) -> Step<()> {
-        match self.top()? {
-            Value::List(list) => list.extend(items),
+    fn extend(&mut self, items: Vec<Item>) -> Step<()> {
+        let top = self.top()?;
+        top.grow(&items)?;
+        match &mut top.value {
+            Value::List(list) => list.extend(items.into_iter().map(|i| i.value)),
             // Appending to an object we do not model (a set, a custom list): keep the object.
             Value::Object(_) => {}
             other => return Err(format!("APPEND to a {}", kind(other))),
@@ -445,10 +513,17 @@ impl Machine<'_> {
         Ok(())
     }
 
-    fn set_items(&mut self, items: Vec<(Value, Value)>) -> Step<()> {
-        match self.top()? {
+    /// `SETITEM(S)`: `items` are keys and values in turn.
+    fn set_items(&mut self, items: Vec<Item>) -> Step<()> {
+        if !items.len().is_multiple_of(2) {
+            return Err("odd number of dict items".into());
+        }
+        let top = self.top()?;
+        top.grow(&items)?;
+        match &mut top.value {
             Value::Dict(dict) => {
-                for (k, v) in items {
+                let mut it = items.into_iter().map(|i| i.value);
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
                     match dict.iter_mut().find(|(key, _)| *key == k) {
                         Some(slot) => slot.1 = v,
                         None => dict.push((k, v)),
@@ -461,35 +536,37 @@ impl Machine<'_> {
         Ok(())
     }
 
+    /// Counts a copy of `size` values against [`MAX_COPIED`], before it is made.
+    fn count(&mut self, size: u64) -> Step<()> {
+        self.copied += size;
+        if self.copied > MAX_COPIED {
+            return Err(format!(
+                "more than {MAX_COPIED} values copied through the memo: not a checkpoint"
+            ));
+        }
+        Ok(())
+    }
+
     /// Memoizes the top of the stack. The copy is a snapshot: a container changed after it is
     /// memoized and fetched again reads as it was (torch's state dicts do not do that).
     fn put(&mut self, index: u64) -> Step<()> {
-        let v = self.top()?.clone();
-        self.memo.insert(index, v);
+        let size = self.top()?.size;
+        self.count(size)?;
+        let item = self.top()?.clone();
+        self.memo.insert(index, item);
         Ok(())
     }
 
     fn get(&mut self, index: u64) -> Step<()> {
-        let v = self
+        let size = self
             .memo
             .get(&index)
-            .cloned()
+            .map(|i| i.size)
             .ok_or_else(|| format!("memo entry {index} was never stored"))?;
-        self.stack.push(v);
+        self.count(size)?;
+        self.stack.push(self.memo[&index].clone());
         Ok(())
     }
-}
-
-fn pairs(items: Vec<Value>) -> Step<Vec<(Value, Value)>> {
-    if !items.len().is_multiple_of(2) {
-        return Err("odd number of dict items".into());
-    }
-    let mut out = Vec::with_capacity(items.len() / 2);
-    let mut it = items.into_iter();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        out.push((k, v));
-    }
-    Ok(out)
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -664,6 +741,25 @@ mod tests {
             })
         );
         assert_eq!(items[1].1, Value::Object("argparse.Namespace".into()));
+    }
+
+    #[test]
+    fn deep_nesting_and_memo_blow_up_are_refused() {
+        // [[[[...]]]] 2000 deep: an error, not a stack overflow when the value is dropped.
+        let mut p = b"\x80\x02".to_vec();
+        p.extend(std::iter::repeat_n(b']', 2000));
+        p.extend(std::iter::repeat_n(b'a', 1999));
+        p.push(b'.');
+        let e = load(&p).unwrap_err();
+        assert!(e.reason.contains("nested more than 1000"), "{e}");
+        // x = []; then 64 times x = (x, x) through the memo: 2^64 values if copied out.
+        let mut p = b"\x80\x02]q\x00".to_vec();
+        for _ in 0..64 {
+            p.extend(b"h\x00h\x00\x86q\x00");
+        }
+        p.push(b'.');
+        let e = load(&p).unwrap_err();
+        assert!(e.reason.contains("copied through the memo"), "{e}");
     }
 
     #[test]

@@ -262,3 +262,121 @@ pub fn zip_records(b: &[u8]) -> Result<Vec<Record>, String> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-member archive in the ZIP64 form torch writes past 4 GiB (ViT-g/14 in float32): every
+    /// size and offset 0xffffffff in the 32-bit fields, the values in ZIP64 extra fields, and the
+    /// ZIP64 end record with its locator.
+    fn zip64(name: &str, data: &[u8], comment: &[u8]) -> Vec<u8> {
+        let n = data.len() as u64;
+        let mut out = Vec::new();
+        out.extend(0x0403_4b50u32.to_le_bytes());
+        out.extend([45, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // version, flags, method, time, date, crc
+        out.extend([0xff; 8]); // sizes: see the extra field
+        out.extend((name.len() as u16).to_le_bytes());
+        out.extend(20u16.to_le_bytes());
+        out.extend(name.as_bytes());
+        out.extend(1u16.to_le_bytes());
+        out.extend(16u16.to_le_bytes());
+        out.extend(n.to_le_bytes());
+        out.extend(n.to_le_bytes());
+        out.extend(data);
+        let dir = out.len() as u64;
+        out.extend(0x0201_4b50u32.to_le_bytes());
+        out.extend([45, 0, 45, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // versions .. crc
+        out.extend([0xff; 8]);
+        out.extend((name.len() as u16).to_le_bytes());
+        out.extend(28u16.to_le_bytes());
+        out.extend([0; 8]); // comment length, disk, internal and external attributes (part)
+        out.extend([0; 2]);
+        out.extend([0xff; 4]); // local header offset: see the extra field
+        out.extend(name.as_bytes());
+        out.extend(1u16.to_le_bytes());
+        out.extend(24u16.to_le_bytes());
+        out.extend(n.to_le_bytes());
+        out.extend(n.to_le_bytes());
+        out.extend(0u64.to_le_bytes());
+        let dir_len = out.len() as u64 - dir;
+        let end64 = out.len() as u64;
+        out.extend(0x0606_4b50u32.to_le_bytes());
+        out.extend(44u64.to_le_bytes());
+        out.extend([45, 0, 45, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        out.extend(1u64.to_le_bytes());
+        out.extend(1u64.to_le_bytes());
+        out.extend(dir_len.to_le_bytes());
+        out.extend(dir.to_le_bytes());
+        out.extend(0x0706_4b50u32.to_le_bytes());
+        out.extend(0u32.to_le_bytes());
+        out.extend(end64.to_le_bytes());
+        out.extend(1u32.to_le_bytes());
+        out.extend(0x0605_4b50u32.to_le_bytes());
+        out.extend([0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+        out.extend([0xff; 8]);
+        out.extend((comment.len() as u16).to_le_bytes());
+        out.extend(comment);
+        out
+    }
+
+    #[test]
+    fn zip64_records_are_found() {
+        let data = b"the member's bytes";
+        for comment in [&b""[..], b"a comment after the end record"] {
+            let bytes = zip64("archive/data/0", data, comment);
+            let records = zip_records(&bytes).unwrap();
+            assert_eq!(records.len(), 1);
+            let r = &records[0];
+            assert_eq!(r.name, "archive/data/0");
+            assert_eq!(&bytes[r.start..r.start + r.len], data);
+        }
+    }
+
+    #[test]
+    fn damaged_archives_are_errors_not_panics() {
+        let whole = zip64("archive/data/0", b"0123456789", b"");
+        // Every prefix, and every single byte set to 0xff: an error or a record within bounds.
+        for cut in 0..whole.len() {
+            if let Ok(records) = zip_records(&whole[..cut]) {
+                assert!(records.iter().all(|r| r.start + r.len <= cut));
+            }
+        }
+        for i in 0..whole.len() {
+            let mut bytes = whole.clone();
+            bytes[i] = 0xff;
+            if let Ok(records) = zip_records(&bytes) {
+                assert!(records.iter().all(|r| r.start + r.len <= bytes.len()));
+            }
+        }
+    }
+
+    #[test]
+    fn a_damaged_torch_file_is_an_error_not_a_panic() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/golden/original_pth/model.pth"
+        );
+        let whole = std::fs::read(path).unwrap();
+        let good = tensors(&whole).unwrap();
+        assert_eq!(good.len(), 49);
+        let records = zip_records(&whole).unwrap();
+        let pkl = records
+            .iter()
+            .find(|r| r.name.ends_with("data.pkl"))
+            .unwrap();
+        let directory = whole.len() - 22 - 46 * records.len() - 200;
+        // Each byte of the pickle and of the zip directory set to a few values: whatever reads,
+        // reads within the file.
+        let mut bytes = whole.clone();
+        for i in (pkl.start..pkl.start + pkl.len).chain(directory..whole.len()) {
+            for v in [0x00, 0xff, whole[i] ^ 1] {
+                bytes[i] = v;
+                if let Ok(found) = tensors(&bytes) {
+                    assert!(found.iter().all(|t| t.start + t.len <= bytes.len()));
+                }
+            }
+            bytes[i] = whole[i];
+        }
+    }
+}
