@@ -63,6 +63,12 @@ pub enum CheckpointError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
+    /// A fused `attn.qkv` tensor that does not hold three equal parts.
+    #[error(
+        "fused tensor `{name}` has shape {shape:?}: its first dimension must be 3 x hidden_size \
+         (query, key and value)"
+    )]
+    FusedQkv { name: String, shape: Vec<usize> },
     /// A tensor is stored in a dtype we do not read.
     #[error("tensor `{name}` has dtype {dtype}, expected F32, F16 or BF16")]
     UnsupportedDtype { name: String, dtype: String },

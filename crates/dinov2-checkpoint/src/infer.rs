@@ -21,7 +21,7 @@ pub fn config(w: &Weights) -> Result<(Dinov2Config, Value), String> {
             .ok_or_else(|| format!("there is no `{name}` (nor its original or timm name)"))
     };
     let h = match shape("embeddings.cls_token")? {
-        [1, 1, h] => *h,
+        [1, 1, h] => sane("hidden size", *h)?,
         other => {
             return Err(format!(
                 "the CLS token has shape {other:?}, expected [1, 1, hidden]"
@@ -29,7 +29,7 @@ pub fn config(w: &Weights) -> Result<(Dinov2Config, Value), String> {
         }
     };
     let (channels, patch) = match shape("embeddings.patch_embeddings.projection.weight")? {
-        [o, c, p, q] if *o == h && p == q => (*c, *p),
+        [o, c, p, q] if *o == h && p == q => (sane("channel count", *c)?, sane("patch size", *p)?),
         other => {
             return Err(format!(
                 "the patch embedding has shape {other:?}, expected [{h}, channels, patch, patch]"
@@ -37,7 +37,7 @@ pub fn config(w: &Weights) -> Result<(Dinov2Config, Value), String> {
         }
     };
     let positions = match shape("embeddings.position_embeddings")? {
-        [1, n, d] if *d == h && *n > 1 => n - 1,
+        [1, n, d] if *d == h && *n > 1 => sane("position count", n - 1)?,
         other => {
             return Err(format!(
                 "the position embedding has shape {other:?}, expected [1, 1 + grid², {h}]"
@@ -71,7 +71,7 @@ pub fn config(w: &Weights) -> Result<(Dinov2Config, Value), String> {
         "{l0}.mlp.{}.weight",
         if swiglu { "weights_out" } else { "fc2" }
     ))? {
-        [o, f] if *o == h => *f,
+        [o, f] if *o == h => sane("feed-forward width", *f)?,
         other => return Err(format!("the first block's MLP output has shape {other:?}")),
     };
     let mlp_ratio = mlp_ratio(h, ffn, swiglu).ok_or_else(|| {
@@ -79,7 +79,7 @@ pub fn config(w: &Weights) -> Result<(Dinov2Config, Value), String> {
     })?;
     let registers = match w.shape("embeddings.register_tokens") {
         None => 0,
-        Some([1, r, d]) if *d == h => *r,
+        Some([1, r, d]) if *d == h => sane("register count", *r)?,
         Some(other) => {
             return Err(format!(
                 "the register tokens have shape {other:?}, expected [1, registers, {h}]"
@@ -88,7 +88,7 @@ pub fn config(w: &Weights) -> Result<(Dinov2Config, Value), String> {
     };
     let labels = match w.shape("classifier.weight") {
         None => 0,
-        Some([n, _]) => *n,
+        Some([n, _]) => sane("label count", *n)?,
         Some(other) => return Err(format!("the classifier has shape {other:?}")),
     };
     let model_type = if registers > 0 {
@@ -119,6 +119,7 @@ pub fn config(w: &Weights) -> Result<(Dinov2Config, Value), String> {
         "layerscale_value": 1.0,
     });
     if registers > 0 {
+        // The registers family always has a mask token (a zero one where timm dropped it).
         value["num_register_tokens"] = json!(registers);
     } else {
         value["use_mask_token"] = json!(w.shape("embeddings.mask_token").is_some());
@@ -129,11 +130,17 @@ pub fn config(w: &Weights) -> Result<(Dinov2Config, Value), String> {
             .collect();
         value["id2label"] = Value::Object(id2label);
     }
-    let mut config = Dinov2Config::from_json(&value).map_err(|e| e.to_string())?;
-    // transformers always gives the registers family a mask token; DINOv2 never reads it outside
-    // masked pretraining, and timm's checkpoints drop it.
-    config.use_mask_token = w.shape("embeddings.mask_token").is_some();
+    let config = Dinov2Config::from_json(&value).map_err(|e| e.to_string())?;
     Ok((config, value))
+}
+
+/// `n` when it is a size a DINOv2 model can have (1 to 2^20), else the error naming `what`.
+fn sane(what: &str, n: usize) -> Result<usize, String> {
+    if (1..=1 << 20).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("the {what} is {n}: not a size a DINOv2 model has"))
+    }
 }
 
 /// An `mlp_ratio` that gives the feed-forward width `ffn`: a whole one where there is one (4 for

@@ -129,9 +129,10 @@ pub fn backbone_prefix<'a>(
         [] => String::new(),
         [one] => one.clone(),
         _ => {
+            // `teacher.` as any component: `teacher.backbone.`, `model.teacher.backbone.`.
             let teachers: Vec<&String> = candidates
                 .iter()
-                .filter(|p| p.starts_with("teacher."))
+                .filter(|p| p.starts_with("teacher.") || p.contains(".teacher."))
                 .collect();
             match teachers.as_slice() {
                 [one] => (*one).clone(),

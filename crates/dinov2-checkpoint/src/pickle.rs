@@ -1,4 +1,5 @@
-//! A restricted reader of Python pickles, enough for the `data.pkl` of a `torch.save` file.
+//! A restricted reader of Python pickles, enough for the `data.pkl` of a `torch.save` file
+//! (protocol 2; protocol 0 text strings are taken without their escapes).
 //!
 //! Nothing is ever called or imported: a pickle's globals are only names. The handful that build a
 //! state dict (`collections.OrderedDict`, `torch._utils._rebuild_tensor_v2`,
@@ -177,7 +178,12 @@ impl Machine<'_> {
             }
             b'(' => self.marks.push(self.stack.len()),
             b'0' => {
-                self.pop()?;
+                // POP takes the mark itself where nothing is above it, as CPython does.
+                if self.marks.last() == Some(&self.stack.len()) {
+                    self.marks.pop();
+                } else {
+                    self.pop()?;
+                }
             }
             b'1' => {
                 self.pop_mark()?;
@@ -217,8 +223,8 @@ impl Machine<'_> {
                 let line = self.line()?;
                 let text = line.trim_end_matches('L');
                 let v = match text {
-                    "00" => Value::Bool(false),
-                    "01" => Value::Bool(true),
+                    "00" if op == b'I' => Value::Bool(false),
+                    "01" if op == b'I' => Value::Bool(true),
                     _ => Value::Int(text.parse().map_err(|_| format!("bad integer {text:?}"))?),
                 };
                 self.push(v);
@@ -522,12 +528,11 @@ impl Machine<'_> {
         top.grow(&items)?;
         match &mut top.value {
             Value::Dict(dict) => {
+                // Keys are kept as they come: a key given twice (which torch never writes)
+                // reads as two tensors of one name, an error naming it.
                 let mut it = items.into_iter().map(|i| i.value);
                 while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    match dict.iter_mut().find(|(key, _)| *key == k) {
-                        Some(slot) => slot.1 = v,
-                        None => dict.push((k, v)),
-                    }
+                    dict.push((k, v));
                 }
             }
             Value::Object(_) => {}
@@ -665,10 +670,8 @@ fn rebuild_tensor(args: Vec<Value>) -> Step<TensorSpec> {
 fn non_negative(v: &Value) -> Step<usize> {
     match v {
         Value::Int(i) if *i >= 0 => Ok(*i as usize),
-        _ => Err(format!(
-            "expected a non-negative integer, found a {}",
-            kind(v)
-        )),
+        Value::Int(i) => Err(format!("a tensor size or offset of {i}")),
+        _ => Err(format!("a tensor size or offset that is a {}", kind(v))),
     }
 }
 

@@ -16,8 +16,7 @@ impl Checkpoint {
     /// Writes `dir/config.json` and `dir/model.safetensors` as transformers' `save_pretrained`
     /// lays them out: names without prefix, or under `dinov2.` (`dinov2_with_registers.`) beside
     /// `classifier.*` for a classifier. The values are stored in `dtype` (rounded to nearest even),
-    /// or as they are stored now. A registers model without a mask token (timm drops it) gets a
-    /// zero one, which transformers' class always holds and inference never reads.
+    /// or as they are stored now.
     pub fn save_transformers(&self, dir: &Path, dtype: Option<StorageDtype>) -> Result<()> {
         let io = |path: &Path| {
             let path = path.to_owned();
@@ -52,17 +51,6 @@ impl Checkpoint {
                 _ => (t.dtype, t.bytes.to_vec()),
             };
             tensors.push((saved, dtype, t.shape.to_vec(), bytes));
-        }
-        let registers = self.config.num_register_tokens > 0;
-        if registers && self.weights.get("embeddings.mask_token").is_none() {
-            let d = dtype.unwrap_or(StorageDtype::F32);
-            let h = self.config.hidden_size;
-            let name = if classifier {
-                format!("{base}.embeddings.mask_token")
-            } else {
-                "embeddings.mask_token".to_owned()
-            };
-            tensors.push((name, d, vec![1, h], vec![0; h * d.size()]));
         }
         let views: Vec<(String, TensorView<'_>)> = tensors
             .iter()

@@ -5,24 +5,27 @@
 //! values. The pickle is read by the restricted reader of [`crate::pickle`], which runs no code;
 //! each tensor becomes a byte range of the memory-mapped file, as safetensors' do.
 
+use std::collections::HashMap;
+
 use crate::pickle::{self, TensorSpec, Value};
 use crate::weights::StorageDtype;
 
 /// The first bytes of a zip archive's local file header.
 pub const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
 
-/// A tensor of the file: its dotted name in the saved object, and where its values lie.
+/// A tensor of the file, where its values lie.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TorchTensor {
-    pub name: String,
-    /// The element type; `Err` names a type we do not read (`LongStorage`), an error only where the
-    /// model needs the tensor.
-    pub dtype: Result<StorageDtype, String>,
+    pub dtype: StorageDtype,
     pub shape: Vec<usize>,
     /// Byte range in the file.
     pub start: usize,
     pub len: usize,
 }
+
+/// Each tensor of a file by its dotted name in the saved object, or why it cannot be read (a type
+/// we do not read, a strided view, a missing storage): an error only where the model needs it.
+pub type Tensors = Vec<(String, Result<TorchTensor, String>)>;
 
 /// Whether `bytes` start as the pre-1.6 (non-zip) `torch.save` format: a pickled magic number, or
 /// a tar archive.
@@ -33,17 +36,15 @@ pub fn is_legacy_torch(bytes: &[u8]) -> bool {
 
 /// Every tensor of a `torch.save` zip archive, with names joined by `.` through nested dicts
 /// (`{"teacher": {"backbone.cls_token": t}}` gives `teacher.backbone.cls_token`).
-pub fn tensors(bytes: &[u8]) -> Result<Vec<TorchTensor>, String> {
+pub fn tensors(bytes: &[u8]) -> Result<Tensors, String> {
     let records = zip_records(bytes)?;
     let pkl = records
         .iter()
         .find(|r| r.name == "data.pkl" || r.name.ends_with("/data.pkl"))
         .ok_or("the zip archive has no data.pkl: not a torch.save file")?;
+    let by_name: HashMap<&str, &Record> = records.iter().map(|r| (r.name.as_str(), r)).collect();
     let archive = pkl.name.strip_suffix("data.pkl").unwrap_or_default();
-    if let Some(order) = records
-        .iter()
-        .find(|r| r.name == format!("{archive}byteorder"))
-    {
+    if let Some(order) = by_name.get(format!("{archive}byteorder").as_str()) {
         let order = &bytes[order.start..order.start + order.len];
         if order != b"little" {
             return Err(format!(
@@ -65,16 +66,19 @@ pub fn tensors(bytes: &[u8]) -> Result<Vec<TorchTensor>, String> {
         }
         _ => return Err("the file holds no dict of tensors".into()),
     }
-    let mut out = Vec::with_capacity(specs.len());
-    for (name, spec) in specs {
-        let data = format!("{archive}data/{}", spec.key);
-        let record = records
-            .iter()
-            .find(|r| r.name == data)
-            .ok_or_else(|| format!("tensor `{name}`: its storage record {data} is missing"))?;
-        out.push(locate(name, &spec, record)?);
-    }
-    Ok(out)
+    Ok(specs
+        .into_iter()
+        .map(|(name, spec)| {
+            let data = format!("{archive}data/{}", spec.key);
+            let found = match by_name.get(data.as_str()) {
+                Some(record) => locate(&name, &spec, record),
+                None => Err(format!(
+                    "tensor `{name}`: its storage record {data} is missing"
+                )),
+            };
+            (name, found)
+        })
+        .collect())
 }
 
 /// Collects the tensors of a (nested) dict under dotted names; other values are left out.
@@ -95,26 +99,19 @@ fn flatten(items: Vec<(Value, Value)>, prefix: &str, out: &mut Vec<(String, Tens
 }
 
 /// The byte range of a tensor in its storage record; only row-major, gap-free tensors are read.
-fn locate(name: String, spec: &TensorSpec, record: &Record) -> Result<TorchTensor, String> {
-    let (dtype, size) = match spec.kind.as_str() {
-        "FloatStorage" => (Ok(StorageDtype::F32), 4),
-        "HalfStorage" => (Ok(StorageDtype::F16), 2),
-        "BFloat16Storage" => (Ok(StorageDtype::BF16), 2),
-        other => {
-            let size = match other {
-                "DoubleStorage" | "LongStorage" | "ComplexFloatStorage" => 8,
-                "IntStorage" => 4,
-                "ShortStorage" => 2,
-                _ => 1,
-            };
-            (Err(other.to_owned()), size)
-        }
-    };
+fn locate(name: &str, spec: &TensorSpec, record: &Record) -> Result<TorchTensor, String> {
+    let (dtype, size) = storage_kind(&spec.kind)
+        .ok_or_else(|| format!("tensor `{name}` has the unknown storage type {}", spec.kind))?;
     if spec.shape.len() != spec.stride.len() {
         return Err(format!(
             "tensor `{name}`: its shape and strides differ in length"
         ));
     }
+    let numel = spec
+        .shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("tensor `{name}` has the impossible shape {:?}", spec.shape))?;
     let mut expected = 1usize;
     for (&dim, &stride) in spec.shape.iter().zip(&spec.stride).rev() {
         if dim > 1 && stride != expected {
@@ -126,24 +123,52 @@ fn locate(name: String, spec: &TensorSpec, record: &Record) -> Result<TorchTenso
         }
         expected = expected.saturating_mul(dim);
     }
-    let numel: usize = spec.shape.iter().product();
-    let bytes = spec
+    let dtype = dtype.ok_or_else(|| {
+        format!(
+            "tensor `{name}` holds {}, not float32, float16 or bfloat16",
+            spec.kind
+        )
+    })?;
+    let range = spec
         .offset
         .checked_add(numel)
-        .and_then(|n| n.checked_mul(size));
-    match bytes {
-        Some(end) if end <= record.len => Ok(TorchTensor {
-            name,
+        .and_then(|n| n.checked_mul(size))
+        .filter(|&end| end <= record.len);
+    match range {
+        Some(_) => Ok(TorchTensor {
             dtype,
             shape: spec.shape.clone(),
             start: record.start + spec.offset * size,
             len: numel * size,
         }),
-        _ => Err(format!(
+        None => Err(format!(
             "tensor `{name}` (shape {:?}, offset {}) runs past its storage of {} bytes: the file \
              is truncated or damaged",
             spec.shape, spec.offset, record.len
         )),
+    }
+}
+
+/// A torch storage class: the element type when it is one we read, and the element size.
+fn storage_kind(kind: &str) -> Option<(Option<StorageDtype>, usize)> {
+    let read = |d: StorageDtype| Some((Some(d), d.size()));
+    let other = |size: usize| Some((None, size));
+    match kind {
+        "FloatStorage" => read(StorageDtype::F32),
+        "HalfStorage" => read(StorageDtype::F16),
+        "BFloat16Storage" => read(StorageDtype::BF16),
+        "ComplexDoubleStorage" => other(16),
+        "DoubleStorage" | "LongStorage" | "ComplexFloatStorage" => other(8),
+        "IntStorage" | "QInt32Storage" => other(4),
+        "ShortStorage" | "UInt16Storage" => other(2),
+        "CharStorage"
+        | "ByteStorage"
+        | "BoolStorage"
+        | "QInt8Storage"
+        | "QUInt8Storage"
+        | "Float8_e4m3fnStorage"
+        | "Float8_e5m2Storage" => other(1),
+        _ => None,
     }
 }
 
@@ -155,22 +180,29 @@ pub struct Record {
     pub len: usize,
 }
 
-fn u16_at(b: &[u8], at: usize) -> Result<u16, String> {
-    b.get(at..at + 2)
-        .map(|s| u16::from_le_bytes([s[0], s[1]]))
+/// The `N` bytes at `at`, if the file has them.
+fn bytes_at<const N: usize>(b: &[u8], at: usize) -> Result<[u8; N], String> {
+    at.checked_add(N)
+        .and_then(|end| b.get(at..end))
+        .and_then(|s| s.try_into().ok())
         .ok_or_else(truncated)
+}
+
+fn u16_at(b: &[u8], at: usize) -> Result<u16, String> {
+    bytes_at(b, at).map(u16::from_le_bytes)
 }
 
 fn u32_at(b: &[u8], at: usize) -> Result<u32, String> {
-    b.get(at..at + 4)
-        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        .ok_or_else(truncated)
+    bytes_at(b, at).map(u32::from_le_bytes)
 }
 
 fn u64_at(b: &[u8], at: usize) -> Result<u64, String> {
-    b.get(at..at + 8)
-        .map(|s| u64::from_le_bytes(s.try_into().unwrap_or_default()))
-        .ok_or_else(truncated)
+    bytes_at(b, at).map(u64::from_le_bytes)
+}
+
+/// `at + n`, or the truncation error where it overflows.
+fn add(at: usize, n: usize) -> Result<usize, String> {
+    at.checked_add(n).ok_or_else(truncated)
 }
 
 fn truncated() -> String {
@@ -202,8 +234,8 @@ pub fn zip_records(b: &[u8]) -> Result<Vec<Record>, String> {
         if u32_at(b, end64)? != 0x0606_4b50 {
             return Err(truncated());
         }
-        count = u64_at(b, end64 + 32)?;
-        dir = u64_at(b, end64 + 48)?;
+        count = u64_at(b, add(end64, 32)?)?;
+        dir = u64_at(b, add(end64, 48)?)?;
     }
     let mut at = offset(dir)?;
     let mut out = Vec::new();
@@ -211,28 +243,32 @@ pub fn zip_records(b: &[u8]) -> Result<Vec<Record>, String> {
         if u32_at(b, at)? != 0x0201_4b50 {
             return Err(truncated());
         }
-        let method = u16_at(b, at + 10)?;
-        let mut compressed = u64::from(u32_at(b, at + 20)?);
-        let mut uncompressed = u64::from(u32_at(b, at + 24)?);
-        let name_len = usize::from(u16_at(b, at + 28)?);
-        let extra_len = usize::from(u16_at(b, at + 30)?);
-        let comment_len = usize::from(u16_at(b, at + 32)?);
-        let mut local = u64::from(u32_at(b, at + 42)?);
-        let name_bytes = b.get(at + 46..at + 46 + name_len).ok_or_else(truncated)?;
+        let method = u16_at(b, add(at, 10)?)?;
+        let mut compressed = u64::from(u32_at(b, add(at, 20)?)?);
+        let mut uncompressed = u64::from(u32_at(b, add(at, 24)?)?);
+        let name_len = usize::from(u16_at(b, add(at, 28)?)?);
+        let extra_len = usize::from(u16_at(b, add(at, 30)?)?);
+        let comment_len = usize::from(u16_at(b, add(at, 32)?)?);
+        let mut local = u64::from(u32_at(b, add(at, 42)?)?);
+        let name_start = add(at, 46)?;
+        let extra_start = add(name_start, name_len)?;
+        let next = add(add(extra_start, extra_len)?, comment_len)?;
+        let name_bytes = b.get(name_start..extra_start).ok_or_else(truncated)?;
         let name = String::from_utf8_lossy(name_bytes).into_owned();
-        // ZIP64 extra field: the 64-bit values of the fields set to 0xffffffff, in this order.
         let extra = b
-            .get(at + 46 + name_len..at + 46 + name_len + extra_len)
+            .get(extra_start..extra_start + extra_len)
             .ok_or_else(truncated)?;
+        // ZIP64 extra field: the 64-bit values of the fields set to 0xffffffff, in this order.
         let mut e = 0;
         while e + 4 <= extra.len() {
             let id = u16_at(extra, e)?;
             let size = usize::from(u16_at(extra, e + 2)?);
+            let field = extra.get(e + 4..e + 4 + size).ok_or_else(truncated)?;
             if id == 1 {
-                let mut f = e + 4;
-                for field in [&mut uncompressed, &mut compressed, &mut local] {
-                    if *field == 0xffff_ffff {
-                        *field = u64_at(extra, f)?;
+                let mut f = 0;
+                for value in [&mut uncompressed, &mut compressed, &mut local] {
+                    if *value == 0xffff_ffff {
+                        *value = u64_at(field, f)?;
                         f += 8;
                     }
                 }
@@ -249,16 +285,24 @@ pub fn zip_records(b: &[u8]) -> Result<Vec<Record>, String> {
         if u32_at(b, local)? != 0x0403_4b50 {
             return Err(truncated());
         }
-        let start =
-            local + 30 + usize::from(u16_at(b, local + 26)?) + usize::from(u16_at(b, local + 28)?);
-        let len = offset(uncompressed.max(compressed))?;
+        let start = add(
+            add(local, 30)?,
+            usize::from(u16_at(b, add(local, 26)?)?) + usize::from(u16_at(b, add(local, 28)?)?),
+        )?;
+        if compressed != uncompressed {
+            return Err(format!(
+                "member {name} has two sizes ({compressed} and {uncompressed} bytes): the \
+                 archive is damaged"
+            ));
+        }
+        let len = offset(compressed)?;
         if start.checked_add(len).is_none_or(|end| end > b.len()) {
             return Err(format!(
                 "member {name} runs past the end of the file: the file is truncated"
             ));
         }
         out.push(Record { name, start, len });
-        at += 46 + name_len + extra_len + comment_len;
+        at = next;
     }
     Ok(out)
 }
@@ -342,6 +386,13 @@ mod tests {
                 assert!(records.iter().all(|r| r.start + r.len <= cut));
             }
         }
+        // Offsets near the end of the address space: errors, not overflows.
+        let locator = whole.len() - 22 - 20;
+        for far in [u64::MAX, u64::MAX - 1, u64::MAX - 40] {
+            let mut bytes = whole.clone();
+            bytes[locator + 8..locator + 16].copy_from_slice(&far.to_le_bytes());
+            assert!(zip_records(&bytes).is_err());
+        }
         for i in 0..whole.len() {
             let mut bytes = whole.clone();
             bytes[i] = 0xff;
@@ -373,7 +424,9 @@ mod tests {
             for v in [0x00, 0xff, whole[i] ^ 1] {
                 bytes[i] = v;
                 if let Ok(found) = tensors(&bytes) {
-                    assert!(found.iter().all(|t| t.start + t.len <= bytes.len()));
+                    for t in found.iter().filter_map(|(_, t)| t.as_ref().ok()) {
+                        assert!(t.start + t.len <= bytes.len());
+                    }
                 }
             }
             bytes[i] = whole[i];

@@ -47,7 +47,10 @@ impl StorageDtype {
 /// A tensor's place in one of the checkpoint's buffers.
 #[derive(Debug, Clone)]
 struct Entry {
+    /// The buffer holding the values.
     file: usize,
+    /// The file (of [`Weights::paths`]) the tensor was read from.
+    path: usize,
     dtype: StorageDtype,
     shape: Vec<usize>,
     /// Byte offset into the buffer.
@@ -72,8 +75,8 @@ impl std::ops::Deref for Buffer {
     }
 }
 
-/// A tensor as a file stores it, before renaming; `Err` for a dtype we do not read, an error only
-/// if the model needs the tensor.
+/// A tensor as a file stores it, before renaming; `Err` for one that cannot be read (a dtype we do
+/// not read, a strided view), an error only if it lies in the backbone read.
 type Raw = (String, Result<Entry, CheckpointError>);
 
 /// The files of a checkpoint, mapped, with their tensors as stored.
@@ -144,6 +147,12 @@ struct Layout {
     prefix: String,
     /// Tensors outside that prefix, left out (training heads, the student, ...).
     ignored: usize,
+    /// Names given after renaming by their layout rather than by their name alone (timm's packed
+    /// SwiGLU `fc1` read as `weights_in`), from and to.
+    renamed: BTreeMap<String, String>,
+    /// The original names without a mask token (timm drops it): a zero one was put in, as the
+    /// original code initializes it and as transformers fills a missing one.
+    zero_mask_token: bool,
 }
 
 impl std::fmt::Debug for Weights {
@@ -213,7 +222,7 @@ impl Weights {
             let canonical = weights.canonical_stored_name(name, Some(config.model_type));
             let found = canonical.iter().all(|n| {
                 weights.tensors.get(n).is_some_and(|e| {
-                    weights.paths[e.file] == dir.join(file.as_str().unwrap_or_default())
+                    weights.paths[e.path] == dir.join(file.as_str().unwrap_or_default())
                 })
             });
             if !found && !weights.is_ignored(name) {
@@ -255,9 +264,9 @@ impl Weights {
             tensors: BTreeMap::new(),
             layout: Layout {
                 original_naming,
-                timm_no_embed_class: false,
                 prefix,
                 ignored,
+                ..Layout::default()
             },
         };
         let model_type = model_type.unwrap_or_else(|| hf_model_type(names()));
@@ -282,11 +291,15 @@ impl Weights {
     fn canonical_stored_name(&self, name: &str, model_type: Option<ModelType>) -> Vec<String> {
         if self.layout.original_naming {
             let name = name.strip_prefix(&self.layout.prefix).unwrap_or(name);
-            return match from_original(name) {
+            let names = match from_original(name) {
                 Some(Renamed::One(n)) => vec![n],
                 Some(Renamed::SplitQkv(parts)) => parts.to_vec(),
                 None => vec![name.to_owned()],
             };
+            return names
+                .into_iter()
+                .map(|n| self.layout.renamed.get(&n).cloned().unwrap_or(n))
+                .collect();
         }
         let base = model_type.map_or("", ModelType::base_prefix);
         let prefix = format!("{base}.");
@@ -303,14 +316,9 @@ impl Weights {
             Some(Renamed::SplitQkv(parts)) => {
                 let rows = *entry.shape.first().unwrap_or(&0);
                 if !rows.is_multiple_of(3) || rows == 0 {
-                    let cols = entry.shape.get(1).copied().unwrap_or(rows);
-                    return Err(CheckpointError::ShapeMismatch {
+                    return Err(CheckpointError::FusedQkv {
                         name,
-                        expected: [3 * cols]
-                            .into_iter()
-                            .chain(entry.shape.iter().skip(1).copied())
-                            .collect(),
-                        found: entry.shape,
+                        shape: entry.shape,
                     });
                 }
                 let mut shape = entry.shape.clone();
@@ -363,15 +371,19 @@ impl Weights {
             let (fc1, fc2) = (format!("{l}.mlp.fc1.weight"), format!("{l}.mlp.fc2.weight"));
             let rows = self.tensors[&fc1].shape.first().copied();
             let cols = self.tensors.get(&fc2).and_then(|e| e.shape.get(1).copied());
-            if let (Some(rows), Some(cols)) = (rows, cols) {
-                if rows == 2 * cols {
-                    for (from, to) in [("fc1", "weights_in"), ("fc2", "weights_out")] {
-                        for param in ["weight", "bias"] {
-                            if let Some(e) = self.tensors.remove(&format!("{l}.mlp.{from}.{param}"))
-                            {
-                                self.insert(format!("{l}.mlp.{to}.{param}"), e)?;
-                            }
-                        }
+            let (Some(rows), Some(cols)) = (rows, cols) else {
+                continue;
+            };
+            if cols == 0 || Some(rows) != cols.checked_mul(2) {
+                continue;
+            }
+            for (from, to) in [("fc1", "weights_in"), ("fc2", "weights_out")] {
+                for param in ["weight", "bias"] {
+                    let old = format!("{l}.mlp.{from}.{param}");
+                    let new = format!("{l}.mlp.{to}.{param}");
+                    if let Some(e) = self.tensors.remove(&old) {
+                        self.insert(new.clone(), e)?;
+                        self.layout.renamed.insert(old, new);
                     }
                 }
             }
@@ -387,14 +399,35 @@ impl Weights {
                 bytes.extend_from_slice(&self.files[pos.file][pos.start..pos.start + pos.len]);
                 let entry = Entry {
                     file: self.files.len(),
-                    dtype: pos.dtype,
                     shape: vec![pos.shape[0], n + 1, pos.shape[2]],
                     start: 0,
                     len: bytes.len(),
+                    ..pos.clone()
                 };
                 self.files.push(Buffer::Owned(bytes));
                 self.tensors.insert(pos_name.to_owned(), entry);
                 self.layout.timm_no_embed_class = true;
+            }
+        }
+        // timm drops the mask token; the original code initializes it to zeros, and transformers
+        // fills a missing one with zeros. It is read only with `bool_masked_pos`.
+        let mask = "embeddings.mask_token";
+        if let (None, Some(cls)) = (
+            self.tensors.get(mask),
+            self.tensors.get("embeddings.cls_token"),
+        ) {
+            if let [1, 1, h] = cls.shape[..] {
+                let len = h * cls.dtype.size();
+                let entry = Entry {
+                    file: self.files.len(),
+                    shape: vec![1, h],
+                    start: 0,
+                    len,
+                    ..cls.clone()
+                };
+                self.files.push(Buffer::Owned(vec![0; len]));
+                self.tensors.insert(mask.to_owned(), entry);
+                self.layout.zero_mask_token = true;
             }
         }
         Ok(())
@@ -493,6 +526,12 @@ impl Weights {
         self.layout.timm_no_embed_class
     }
 
+    /// Whether the file had the original names but no mask token (timm drops it), so that a zero
+    /// one stands in.
+    pub fn zero_mask_token(&self) -> bool {
+        self.layout.zero_mask_token
+    }
+
     /// The prefix under which the backbone was found in a larger saved object
     /// (`teacher.backbone.`), and how many tensors outside it were left out.
     pub fn backbone_prefix(&self) -> Option<(&str, usize)> {
@@ -524,21 +563,21 @@ fn read_files(paths: &[PathBuf]) -> Result<Read> {
                 path: path.clone(),
                 reason,
             })?;
-            for t in tensors {
-                let entry = match t.dtype {
-                    Ok(dtype) => Ok(Entry {
+            for (name, t) in tensors {
+                let entry = t
+                    .map(|t| Entry {
                         file: file_index,
-                        dtype,
+                        path: file_index,
+                        dtype: t.dtype,
                         shape: t.shape,
                         start: t.start,
                         len: t.len,
-                    }),
-                    Err(kind) => Err(CheckpointError::UnsupportedDtype {
-                        name: t.name.clone(),
-                        dtype: kind,
-                    }),
-                };
-                raw.push((t.name, entry));
+                    })
+                    .map_err(|reason| CheckpointError::Torch {
+                        path: path.clone(),
+                        reason,
+                    });
+                raw.push((name, entry));
             }
         } else if torch_file::is_legacy_torch(&mmap) {
             return Err(CheckpointError::Torch {
@@ -591,6 +630,7 @@ fn read_safetensors(path: &Path, mmap: &[u8], file_index: usize, raw: &mut Vec<R
             name,
             Ok(Entry {
                 file: file_index,
+                path: file_index,
                 dtype,
                 shape: view.shape().to_vec(),
                 start: data.as_ptr() as usize - base,

@@ -570,10 +570,10 @@ fn original_names_with_a_bad_fused_qkv() {
         *qkv = f32_tensor(&qkv.name, vec![95, 32]);
     });
     let (e, msg) = open_err(tmp.path());
-    assert!(matches!(e, CheckpointError::ShapeMismatch { .. }), "{e:?}");
+    assert!(matches!(e, CheckpointError::FusedQkv { .. }), "{e:?}");
     assert_names(
         &msg,
-        &["`blocks.1.attn.qkv.weight`", "[95, 32]", "[96, 32]"],
+        &["`blocks.1.attn.qkv.weight`", "[95, 32]", "3 x hidden_size"],
     );
 }
 

@@ -68,7 +68,10 @@ fn timm_registers_and_swiglu_are_read_as_transformers_names() {
     assert!(c.weights.timm_no_embed_class());
     let k = &c.config;
     assert_eq!((k.num_register_tokens, k.ffn_hidden_size()), (4, 176));
-    assert!(k.use_swiglu_ffn && !k.use_mask_token);
+    // timm drops the mask token: a zero one stands in, as transformers would fill it.
+    assert!(k.use_swiglu_ffn && k.use_mask_token && c.weights.zero_mask_token());
+    let mask = c.weights.get("embeddings.mask_token").unwrap();
+    assert!(mask.to_f32().iter().all(|&v| v == 0.0));
     // The CLS position a timm checkpoint folds into its CLS token comes back as a zero row.
     let pos = c.weights.get("embeddings.position_embeddings").unwrap();
     assert_eq!(pos.shape, [1, 65, 64]);
@@ -206,13 +209,10 @@ fn open_bytes(bytes: &[u8]) -> (CheckpointError, String) {
     std::fs::write(&path, bytes).unwrap();
     let e = Checkpoint::open(&path).unwrap_err();
     let msg = e.to_string();
-    // A tensor's own faults name the tensor; the others name the file.
-    if !matches!(e, CheckpointError::UnsupportedDtype { .. }) {
-        assert!(
-            msg.contains("broken.pth"),
-            "the message names no file: {msg}"
-        );
-    }
+    assert!(
+        msg.contains("broken.pth"),
+        "the message names no file: {msg}"
+    );
     (e, msg)
 }
 
@@ -302,11 +302,24 @@ fn broken_torch_files_are_named_with_their_fault() {
         &[("0", vec![0u8; 512])],
         "little",
     ));
-    assert!(
-        matches!(e, CheckpointError::UnsupportedDtype { .. }),
-        "{e:?}"
-    );
-    assert_says(&msg, &["cls_token", "LongStorage"]);
+    assert!(matches!(e, CheckpointError::Torch { .. }), "{e:?}");
+    assert_says(&msg, &["cls_token", "LongStorage", "not float32"]);
+
+    // A shape whose element count overflows.
+    let huge = Spec {
+        name: "cls_token",
+        kind: "FloatStorage",
+        key: "0",
+        offset: 0,
+        shape: &[1 << 20, 1 << 20, 1 << 20, 1 << 20],
+        stride: &[1, 1, 1, 1],
+    };
+    let (_, msg) = open_bytes(&torch_file(
+        &pickle_of(&[huge]),
+        &[("0", floats.clone())],
+        "little",
+    ));
+    assert_says(&msg, &["cls_token", "impossible shape"]);
 
     // A garbled pickle.
     let (_, msg) = open_bytes(&torch_file(b"\x80\x02}(X\x05\x00\x00", &[], "little"));
@@ -347,4 +360,136 @@ fn a_file_without_blocks_says_what_it_lacks() {
         &msg,
         &["architecture cannot be told", "no `embeddings.cls_token`"],
     );
+}
+
+#[test]
+fn a_wrapped_training_checkpoint_and_a_bad_tensor_outside_the_backbone() {
+    // `{"model": {"teacher.backbone.*", "student.backbone.*"}}`, and a strided view in the
+    // student, which is never read.
+    let spec = |name, shape: &'static [usize], stride: &'static [usize]| Spec {
+        name,
+        kind: "FloatStorage",
+        key: "0",
+        offset: 0,
+        shape,
+        stride,
+    };
+    let file = torch_file(
+        &pickle_of(&[
+            spec(
+                "model.teacher.backbone.pos_embed",
+                &[1, 1, 64],
+                &[64, 64, 1],
+            ),
+            spec("model.student.backbone.pos_embed", &[8, 8], &[1, 8]),
+        ]),
+        &[("0", vec![0u8; 256])],
+        "little",
+    );
+    // The teacher is chosen, the student's view left alone: what fails is the teacher's missing
+    // CLS token.
+    let (e, msg) = open_bytes(&file);
+    assert!(matches!(e, CheckpointError::Infer { .. }), "{e:?}");
+    assert_says(&msg, &["no `embeddings.cls_token`"]);
+}
+
+/// Writes safetensors `tensors` (name, shape; all values zero, f32) to `dir/name`.
+fn safetensors_file(dir: &Path, name: &str, tensors: &[(&str, Vec<usize>)]) -> PathBuf {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, shape)| vec![0u8; 4 * shape.iter().product::<usize>()])
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, shape), b)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                    .unwrap();
+            (n.to_string(), view)
+        })
+        .collect();
+    let path = dir.join(name);
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    path
+}
+
+#[test]
+fn impossible_sizes_are_told_not_computed() {
+    let tmp = TempDir::new().unwrap();
+    let base = |extra: (&'static str, Vec<usize>)| {
+        vec![
+            ("cls_token", vec![1, 1, 64]),
+            ("pos_embed", vec![1, 17, 64]),
+            ("patch_embed.proj.weight", vec![64, 3, 4, 4]),
+            ("blocks.0.norm1.weight", vec![64]),
+            ("blocks.0.mlp.fc2.weight", vec![64, 256]),
+            extra,
+        ]
+    };
+    for (extra, says) in [
+        (
+            ("head.weight", vec![1 << 40, 0]),
+            "label count is 1099511627776",
+        ),
+        (
+            ("patch_embed.proj.bias", vec![0]),
+            "has shape [0], expected [64]",
+        ),
+        (
+            ("blocks.0.attn.qkv.weight", vec![1, 1 << 62, 0]),
+            "must be 3 x hidden_size",
+        ),
+    ] {
+        let path = safetensors_file(tmp.path(), "w.safetensors", &base(extra));
+        let msg = Checkpoint::open(&path).unwrap_err().to_string();
+        assert_says(&msg, &[says]);
+    }
+    let zero = vec![
+        ("cls_token", vec![1, 1, 0]),
+        ("pos_embed", vec![1, 17, 0]),
+        ("patch_embed.proj.weight", vec![0, 0, 1 << 31, 1 << 31]),
+    ];
+    let path = safetensors_file(tmp.path(), "z.safetensors", &zero);
+    let msg = Checkpoint::open(&path).unwrap_err().to_string();
+    assert_says(&msg, &["hidden size is 0"]);
+}
+
+#[test]
+fn sharded_timm_checkpoint_with_its_config() {
+    // The timm registers model split into two shards with an index, beside a config.json: the
+    // index names timm's tensors, found under their transformers names (packed SwiGLU and the
+    // position embedding completed with its CLS row included).
+    let file = golden("registers_timm").join("model.safetensors");
+    let source = Checkpoint::open(&file).unwrap();
+    let ConfigSource::Inferred(json) = &source.config_source else {
+        panic!("{:?}", source.config_source)
+    };
+    let bytes = std::fs::read(&file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tmp = TempDir::new().unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_owned).collect();
+    names.sort();
+    let (a, b) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (shard, part) in [("model-1.safetensors", a), ("model-2.safetensors", b)] {
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = part
+            .iter()
+            .map(|n| (n.clone(), st.tensor(n).unwrap()))
+            .collect();
+        safetensors::serialize_to_file(views, None, &tmp.path().join(shard)).unwrap();
+        for n in part {
+            map.insert(n.clone(), serde_json::json!(shard));
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(
+        tmp.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("config.json"), json.to_string()).unwrap();
+    let sharded = Checkpoint::open(tmp.path()).unwrap();
+    assert_eq!(contents(&sharded), contents(&source));
+    assert!(sharded.weights.timm_no_embed_class() && sharded.weights.zero_mask_token());
 }

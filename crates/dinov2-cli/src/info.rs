@@ -78,6 +78,9 @@ pub fn run(args: InfoArgs) -> Result<()> {
     if w.timm_no_embed_class() {
         naming.push("timm's CLS token with its position folded in".into());
     }
+    if w.zero_mask_token() {
+        naming.push("no mask token (timm drops it): a zero one stands in".into());
+    }
     if let Some((prefix, ignored)) = w.backbone_prefix() {
         naming.push(format!(
             "the backbone under `{prefix}`, {ignored} other tensors left out"
