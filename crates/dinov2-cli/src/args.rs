@@ -461,8 +461,9 @@ pub struct EmbedArgs {
     /// With --layers: pool the hidden states as they are, without the final LayerNorm.
     #[arg(long, requires = "layers")]
     pub no_layer_norm: bool,
-    /// Type of the written values: f32, f16 (half the size; rounded to nearest even), or binary
-    /// (the sign bits, packed: 1/32 of the size, for Hamming search).
+    /// Type of the written values: f32, f16 (half the size; rounded to nearest even), int8 (each
+    /// vector scaled to ±127: a quarter of the size, for cosine search) or binary (the sign bits,
+    /// packed: 1/32 of the size, for Hamming search).
     #[arg(long, value_enum, default_value = "f32")]
     pub output_dtype: crate::embed::ValueType,
     /// Output file: .parquet, .npy (with FILE.paths.txt) or .safetensors (with FILE.paths.txt);

@@ -7,10 +7,11 @@ use dinov2::{preprocess_config, Backend, Checkpoint, CpuBackend, CudaBackend, Di
 
 use crate::args::{with_backend, DecodeArgs, Device, EmbedArgs};
 use crate::embed::{
-    expand_inputs, run as run_job, Format, OnError, Outputs, Settings, TableColumns,
+    expand_inputs, run as run_job, Format, OnError, Outputs, Settings, TableColumns, ValueType,
 };
 use crate::error::{CliError, Result};
 use crate::model_dir::resolve;
+use clap::ValueEnum;
 
 /// Decoding options from the command line, for images preprocessed with `preprocess` (which
 /// `--draft` decodes JPEGs for).
@@ -125,12 +126,21 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             )));
         }
     }
-    if format == Format::ClipRetrieval && args.output_dtype == crate::embed::ValueType::Binary {
-        return Err(CliError(
-            "--output-dtype binary with a folder output: embedding-reader and autofaiss read \
-             float vectors there; write packed bits to .npy, .safetensors or .parquet"
-                .into(),
-        ));
+    let values = args.output_dtype;
+    if format == Format::ClipRetrieval && matches!(values, ValueType::Binary | ValueType::Int8) {
+        return Err(CliError(format!(
+            "--output-dtype {} with a folder output: embedding-reader and autofaiss read float \
+             vectors there; write {} to .npy, .safetensors or .parquet",
+            values
+                .to_possible_value()
+                .map(|v| v.get_name().to_owned())
+                .unwrap_or_default(),
+            if values == ValueType::Binary {
+                "packed bits"
+            } else {
+                "int8 vectors"
+            }
+        )));
     }
     let depth = checkpoint.config.num_hidden_layers;
     if let Some(bad) = args.layers.iter().flatten().find(|&&l| l > depth) {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Float16Type, Float32Type};
+use arrow_array::types::{Float16Type, Float32Type, Int8Type};
 use arrow_array::{
     Array, ArrayRef, BooleanArray, Float32Array, RecordBatch, StringArray, UInt32Array,
 };
@@ -152,8 +152,11 @@ fn read_npy(path: &Path) -> Result<(usize, Vec<f32>)> {
         data.chunks_exact(2)
             .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect()
+    } else if header.contains("'|i1'") {
+        // --output-dtype int8: each vector scaled, which the cosine does not see.
+        data.iter().map(|&b| f32::from(b as i8)).collect()
     } else {
-        return Err(not("values neither float32 nor float16"));
+        return Err(not("values neither float32, float16 nor int8"));
     };
     if rows.checked_mul(dim) != Some(values.len()) {
         return Err(not("fewer values than its shape"));
@@ -161,13 +164,24 @@ fn read_npy(path: &Path) -> Result<(usize, Vec<f32>)> {
     Ok((dim, values))
 }
 
-/// Tensor `name` of a safetensors file: 2-D, floats.
+/// Tensor `name` of a safetensors file: 2-D, floats or int8.
 fn read_safetensors(path: &Path, name: &str) -> Result<(usize, Vec<f32>)> {
-    let t = dinov2::io::read_tensor(path, name)?;
-    let [_, dim] = t.shape[..] else {
-        return Err(bad(path, format!("{name} is not 2-D: {:?}", t.shape)));
+    let bytes = std::fs::read(path).map_err(|e| bad(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(path, e))?;
+    let (shape, data) = match st.tensor(name) {
+        Ok(t) if t.dtype() == safetensors::Dtype::I8 => (
+            t.shape().to_vec(),
+            t.data().iter().map(|&b| f32::from(b as i8)).collect(),
+        ),
+        _ => {
+            let t = dinov2::io::read_tensor(path, name)?;
+            (t.shape, t.data)
+        }
     };
-    Ok((dim, t.data))
+    let [_, dim] = shape[..] else {
+        return Err(bad(path, format!("{name} is not 2-D: {shape:?}")));
+    };
+    Ok((dim, data))
 }
 
 /// The vectors of a Parquet output: the column `column` (or `embedding`) of fixed-size lists
@@ -253,6 +267,8 @@ fn read_parquet(
             values.extend_from_slice(f.values());
         } else if let Some(f) = items.as_primitive_opt::<Float16Type>() {
             values.extend(f.values().iter().map(|v| v.to_f32()));
+        } else if let Some(f) = items.as_primitive_opt::<Int8Type>() {
+            values.extend(f.values().iter().map(|&v| f32::from(v)));
         } else {
             return Err(bad(
                 path,

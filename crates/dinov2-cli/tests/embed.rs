@@ -2245,6 +2245,7 @@ fn a_folder_output_is_clip_retrievals_layout() {
             "--output-dtype=binary",
             "read float vectors",
         ),
+        (as_folder.clone(), "--output-dtype=int8", "int8 vectors"),
     ] {
         let r = dinov2(&[
             "embed",
@@ -2346,6 +2347,119 @@ fn binary_outputs_pack_the_sign_bits() {
         got.extend_from_slice(list.values().as_primitive::<UInt8Type>().values());
     }
     assert_eq!(got, packbits(&full, 48));
+}
+
+/// `--output-dtype int8` as the writer documents it: each `unit` values scaled so that the largest
+/// magnitude is 127, rounded.
+fn int8(values: &[f32], unit: usize) -> Vec<i8> {
+    values
+        .chunks(unit)
+        .flat_map(|v| {
+            let m = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+            v.iter()
+                .map(move |x| (x * 127.0 / m).round() as i8)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot =
+        |x: &[f32], y: &[f32]| -> f64 { x.iter().zip(y).map(|(p, q)| *p as f64 * *q as f64).sum() };
+    dot(a, b) / (dot(a, a) * dot(b, b)).sqrt()
+}
+
+#[test]
+fn int8_outputs_keep_the_cosine() {
+    let dir = TempDir::new().unwrap();
+    let images = root().join("assets/images");
+    let images = images.to_str().unwrap();
+    let run =
+        |name: &str, extra: &[&str]| embed_ok(&model(), dir.path().join(name), extra, &[images]);
+    let (shape, full) = read_npy(&run("f32.npy", &[]));
+    let int8_npy = run("i8.npy", &["--output-dtype", "int8"]);
+    let (header, bytes) = npy_bytes(&int8_npy);
+    assert!(header.contains("'descr': '|i1'"), "{header}");
+    assert!(
+        header.contains(&format!("'shape': ({}, 48)", shape[0])),
+        "{header}"
+    );
+    let q: Vec<i8> = bytes.iter().map(|&b| b as i8).collect();
+    assert_eq!(q, int8(&full, 48));
+    // Every pair's cosine kept to 2e-3 (each value is off by at most half a 1/127 step of its
+    // vector's largest magnitude; 1.3e-3 at worst over these 48-value vectors).
+    let qf: Vec<f32> = q.iter().map(|&v| f32::from(v)).collect();
+    let mut worst = 0f64;
+    for i in 0..shape[0] {
+        for j in 0..shape[0] {
+            let (a, b) = (&full[i * 48..][..48], &full[j * 48..][..48]);
+            let (qa, qb) = (&qf[i * 48..][..48], &qf[j * 48..][..48]);
+            worst = worst.max((cosine(a, b) - cosine(qa, qb)).abs());
+        }
+    }
+    assert!(worst < 2e-3, "{worst}");
+    // Patch grids: each patch token scaled on its own.
+    let (pshape, patches) = read_npy(&run("p32.npy", &["--pooling", "patch"]));
+    let st = std::fs::read(run(
+        "pi8.safetensors",
+        &["--pooling", "patch", "--output-dtype", "int8"],
+    ))
+    .unwrap();
+    let st = SafeTensors::deserialize(&st).unwrap();
+    let t = st.tensor("embeddings").unwrap();
+    assert_eq!(t.dtype(), safetensors::Dtype::I8);
+    assert_eq!(t.shape(), &pshape[..]);
+    let want: Vec<u8> = int8(&patches, 48).iter().map(|&v| v as u8).collect();
+    assert_eq!(t.data(), &want[..]);
+    // Parquet: a fixed-size list of int8.
+    let pq = run("i8.parquet", &["--output-dtype", "int8"]);
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        File::open(&pq).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut got = Vec::new();
+    for batch in reader {
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::Int8Type;
+        let list = batch
+            .unwrap()
+            .column_by_name("embedding")
+            .unwrap()
+            .as_fixed_size_list()
+            .clone();
+        assert_eq!(list.value_length(), 48);
+        got.extend_from_slice(list.values().as_primitive::<Int8Type>().values());
+    }
+    assert_eq!(got, q);
+    // knn reads int8 outputs: the same two neighbours as from the float vectors (their order
+    // may swap where two are nearly tied: the same photo as JPEG and PNG).
+    let f32_npy = dir.path().join("f32.npy");
+    let neighbours = |input: &Path, out: &str| {
+        let out = dir.path().join(out);
+        let r = dinov2(&[
+            "knn",
+            input.to_str().unwrap(),
+            "--k",
+            "2",
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        parquet_rows(&out)
+            .into_iter()
+            .map(|r| (r["query"].to_string(), r["neighbor"].to_string()))
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(
+        neighbours(&int8_npy, "k8.parquet"),
+        neighbours(&f32_npy, "k32.parquet")
+    );
+    assert_eq!(
+        neighbours(&pq, "k8p.parquet"),
+        neighbours(&f32_npy, "k32b.parquet")
+    );
 }
 
 /// Writes `columns` as a Parquet table at `path`, `rows_per_group` rows to a row group, zstd

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    ArrayBuilder, FixedSizeListBuilder, Float16Builder, Float32Builder, ListBuilder, UInt8Builder,
+    ArrayBuilder, FixedSizeListBuilder, Float16Builder, Float32Builder, Int8Builder, ListBuilder,
+    UInt8Builder,
 };
 use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
 use arrow_ipc::writer::StreamWriter;
@@ -95,6 +96,11 @@ pub enum ValueType {
     /// patch grids) padded to whole bytes: uint8, 1/32 of the size, for Hamming-distance search
     /// (FAISS binary indexes, vector databases' binary vectors).
     Binary,
+    /// int8: each vector (each patch token's, for patch grids) scaled so that its largest
+    /// magnitude is 127, then rounded: a quarter of the size, each value within half a step of
+    /// 1/127 of its vector's largest, so that cosine similarities move by about 1e-3 (their
+    /// lengths are not kept), for vector databases' int8 and byte vectors under cosine search.
+    Int8,
 }
 
 impl ValueType {
@@ -103,6 +109,7 @@ impl ValueType {
             ValueType::F32 => DataType::Float32,
             ValueType::F16 => DataType::Float16,
             ValueType::Binary => DataType::UInt8,
+            ValueType::Int8 => DataType::Int8,
         }
     }
 
@@ -141,6 +148,17 @@ impl ValueType {
                     }));
                 }
             }
+            ValueType::Int8 => {
+                for vector in values.chunks(unit.max(1)) {
+                    let largest = vector.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let scale = if largest > 0.0 { 127.0 / largest } else { 0.0 };
+                    out.extend(
+                        vector
+                            .iter()
+                            .map(|&v| ((v * scale).round().clamp(-127.0, 127.0) as i8) as u8),
+                    );
+                }
+            }
         }
     }
 
@@ -149,7 +167,7 @@ impl ValueType {
         match self {
             ValueType::F32 => 4,
             ValueType::F16 => 2,
-            ValueType::Binary => 1,
+            ValueType::Binary | ValueType::Int8 => 1,
         }
     }
 }
@@ -421,6 +439,7 @@ fn write_dense(
         ValueType::F32 => ("<f4", "F32"),
         ValueType::F16 => ("<f2", "F16"),
         ValueType::Binary => ("|u1", "U8"),
+        ValueType::Int8 => ("|i1", "I8"),
     };
     let header = match (format, tensors) {
         (Format::Npy, [(_, shape)]) => npy_header(descr, &stored(shape)),
@@ -497,6 +516,7 @@ fn list_values(values: ValueType) -> Box<dyn ArrayBuilder> {
         ValueType::F32 => Box::new(Float32Builder::new()),
         ValueType::F16 => Box::new(Float16Builder::new()),
         ValueType::Binary => Box::new(UInt8Builder::new()),
+        ValueType::Int8 => Box::new(Int8Builder::new()),
     }
 }
 
@@ -512,6 +532,10 @@ fn append_values(builder: &mut dyn ArrayBuilder, row: &[f32], unit: usize) {
         let mut bytes = Vec::with_capacity(ValueType::Binary.stored_len(row.len()));
         ValueType::Binary.extend_bytes(&mut bytes, row, unit);
         b.append_slice(&bytes);
+    } else if let Some(b) = builder.as_any_mut().downcast_mut::<Int8Builder>() {
+        let mut bytes = Vec::with_capacity(row.len());
+        ValueType::Int8.extend_bytes(&mut bytes, row, unit);
+        b.append_slice(bytemuck::cast_slice(&bytes));
     }
 }
 
