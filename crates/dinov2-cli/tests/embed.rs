@@ -2297,6 +2297,29 @@ fn packbits(values: &[f32], unit: usize) -> Vec<u8> {
         .collect()
 }
 
+/// The values of a Parquet output's `embedding` column, fixed-size lists of `width` values of `T`.
+fn embedding_column<T: arrow_array::ArrowPrimitiveType>(path: &Path, width: i32) -> Vec<T::Native> {
+    use arrow_array::cast::AsArray;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        File::open(path).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut got = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let list = batch
+            .column_by_name("embedding")
+            .unwrap()
+            .as_fixed_size_list()
+            .clone();
+        assert_eq!(list.value_length(), width);
+        got.extend_from_slice(list.values().as_primitive::<T>().values());
+    }
+    got
+}
+
 #[test]
 fn binary_outputs_pack_the_sign_bits() {
     let dir = TempDir::new().unwrap();
@@ -2327,25 +2350,7 @@ fn binary_outputs_pack_the_sign_bits() {
     assert_eq!(t.data(), &packbits(&patches, 48)[..]);
     // Parquet: a fixed-size list of uint8.
     let pq = run("bin.parquet", &["--output-dtype", "binary"]);
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-        File::open(pq).unwrap(),
-    )
-    .unwrap()
-    .build()
-    .unwrap();
-    let mut got = Vec::new();
-    for batch in reader {
-        use arrow_array::cast::AsArray;
-        use arrow_array::types::UInt8Type;
-        let batch = batch.unwrap();
-        let list = batch
-            .column_by_name("embedding")
-            .unwrap()
-            .as_fixed_size_list()
-            .clone();
-        assert_eq!(list.value_length(), 6);
-        got.extend_from_slice(list.values().as_primitive::<UInt8Type>().values());
-    }
+    let got = embedding_column::<arrow_array::types::UInt8Type>(&pq, 6);
     assert_eq!(got, packbits(&full, 48));
 }
 
@@ -2413,25 +2418,7 @@ fn int8_outputs_keep_the_cosine() {
     assert_eq!(t.data(), &want[..]);
     // Parquet: a fixed-size list of int8.
     let pq = run("i8.parquet", &["--output-dtype", "int8"]);
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-        File::open(&pq).unwrap(),
-    )
-    .unwrap()
-    .build()
-    .unwrap();
-    let mut got = Vec::new();
-    for batch in reader {
-        use arrow_array::cast::AsArray;
-        use arrow_array::types::Int8Type;
-        let list = batch
-            .unwrap()
-            .column_by_name("embedding")
-            .unwrap()
-            .as_fixed_size_list()
-            .clone();
-        assert_eq!(list.value_length(), 48);
-        got.extend_from_slice(list.values().as_primitive::<Int8Type>().values());
-    }
+    let got = embedding_column::<arrow_array::types::Int8Type>(&pq, 48);
     assert_eq!(got, q);
     // knn reads int8 outputs: the same two neighbours as from the float vectors (their order
     // may swap where two are nearly tied: the same photo as JPEG and PNG).
