@@ -888,3 +888,98 @@ fn a_stop_signal_drains_the_requests_under_way() {
         "nothing listens any more"
     );
 }
+
+/// A one-thread HTTP server for the URL tests: `/NAME` answers the sample image NAME, anything
+/// else 404. Returns its base URL.
+fn image_host() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut first = String::new();
+            let _ = reader.read_line(&mut first);
+            // The rest of the head, up to the blank line.
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let name = first
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .trim_start_matches('/');
+            let file = root().join("assets/images").join(name);
+            let response = match std::fs::read(&file) {
+                Ok(body) if !name.is_empty() => {
+                    let mut r = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    r.extend(body);
+                    r
+                }
+                _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec(),
+            };
+            let _ = stream.write_all(&response);
+        }
+    });
+    base
+}
+
+#[test]
+fn urls_are_fetched_only_when_allowed() {
+    let host = image_host();
+    let coffee = format!("{host}/coffee.jpg");
+    let want = embedded(&[root().join("assets/images/coffee.jpg")]);
+    // Not allowed: a 422 that says how to allow it.
+    let server = serve(&[]);
+    let (status, v) = post_json(
+        &server,
+        "/embed",
+        &serde_json::json!({ "inputs": [coffee] }),
+    );
+    assert_eq!(status, 422, "{v}");
+    assert!(v.to_string().contains("--allow-urls"), "{v}");
+    drop(server);
+    // Allowed: fetched, the same vector as the file's, beside a base64 input.
+    let server = serve(&["--allow-urls", "--max-request-bytes", "100000"]);
+    let b64 = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(root().join("assets/images/coffee.jpg")).unwrap());
+    let (status, v) = post_json(
+        &server,
+        "/v1/embeddings",
+        &serde_json::json!({ "input": [coffee, b64] }),
+    );
+    assert_eq!(status, 200, "{v}");
+    for i in 0..2 {
+        assert!(close(&floats(&v["data"][i]["embedding"]), &want[0]), "{i}");
+    }
+    let (_, info) = request(&server, "GET", "/info", "", b"");
+    assert!(info.contains("\"allow_urls\":true"), "{info}");
+    // A URL that fails is a 422 naming it and why: missing, too large, nothing listening.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/x.jpg", l.local_addr().unwrap())
+    };
+    for (url, says) in [
+        (format!("{host}/missing.jpg"), "answered 404"),
+        (format!("{host}/astronaut.png"), "larger than 100000 bytes"),
+        (closed, "Connection refused"),
+    ] {
+        let (status, v) = post_json(
+            &server,
+            "/embed",
+            &serde_json::json!({ "inputs": [coffee, url] }),
+        );
+        assert_eq!(status, 422, "{v}");
+        let text = v.to_string();
+        assert!(
+            text.contains("input[1]") && text.contains(&url) && text.contains(says),
+            "{text}"
+        );
+    }
+}

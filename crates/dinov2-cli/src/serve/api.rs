@@ -8,6 +8,8 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::{DecodePaddingMode, Engine};
 use serde_json::Value;
 
+use super::fetch::Fetcher;
+
 /// An error answered with `status` and a JSON body naming it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
@@ -71,14 +73,22 @@ const URL_SAFE: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
+/// Whether an input string is a URL (`http://`, `https://`).
+fn is_url(input: &str) -> bool {
+    let input = input.trim();
+    input.starts_with("http://") || input.starts_with("https://")
+}
+
 /// The image bytes of `input`: a `data:image/...;base64,` URI or a bare base64 string. URLs are
-/// refused: the server fetches nothing.
+/// refused here: they are fetched only by a server started with `--allow-urls` ([`images`]).
 pub fn decode_image_string(input: &str, index: usize) -> Result<Vec<u8>, ApiError> {
     let bad = |why: String| ApiError::new(422, format!("input[{index}]: {why}"));
     let input = input.trim();
-    if input.starts_with("http://") || input.starts_with("https://") {
+    if is_url(input) {
         return Err(bad(
-            "URLs are not fetched: send the image as base64 or a data:image/...;base64, URI".into(),
+            "URLs are not fetched by this server (start it with --allow-urls): send the image as \
+             base64 or a data:image/...;base64, URI"
+                .into(),
         ));
     }
     let payload = match input.strip_prefix("data:") {
@@ -139,7 +149,11 @@ pub fn check_count(n: usize, max_inputs: usize) -> Result<(), ApiError> {
 
 /// Parses a `/v1/embeddings` body: `{"input": ..., "model"?, "encoding_format"?, "dimensions"?,
 /// "pooling"?}`.
-pub fn embeddings_request(body: &[u8], max_inputs: usize) -> Result<EmbeddingsRequest, ApiError> {
+pub fn embeddings_request(
+    body: &[u8],
+    max_inputs: usize,
+    fetch: Option<&Fetcher>,
+) -> Result<EmbeddingsRequest, ApiError> {
     let v = parse_json(body)?;
     let encoding = match v["encoding_format"].as_str() {
         None | Some("float") => Encoding::Float,
@@ -158,7 +172,7 @@ pub fn embeddings_request(body: &[u8], max_inputs: usize) -> Result<EmbeddingsRe
         })?),
     };
     Ok(EmbeddingsRequest {
-        images: images(&v, "input", max_inputs)?,
+        images: images(&v, "input", max_inputs, fetch)?,
         encoding,
         pooling: pooling_field(&v)?,
         dimensions,
@@ -180,14 +194,39 @@ pub fn check_dimensions(asked: Option<u64>, dims: Option<usize>) -> Result<(), A
     }
 }
 
-/// The images of field `field` (one string or a list), counted against `max_inputs`.
-fn images(v: &Value, field: &str, max_inputs: usize) -> Result<Vec<Vec<u8>>, ApiError> {
+/// The images of field `field` (one string or a list), counted against `max_inputs`; URLs
+/// fetched by `fetch` when the server allows them.
+fn images(
+    v: &Value,
+    field: &str,
+    max_inputs: usize,
+    fetch: Option<&Fetcher>,
+) -> Result<Vec<Vec<u8>>, ApiError> {
     let inputs = strings(&v[field], field)?;
     check_count(inputs.len(), max_inputs)?;
+    let Some(fetch) = fetch else {
+        return inputs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| decode_image_string(s, i))
+            .collect();
+    };
+    let urls: Vec<&str> = inputs
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| is_url(s))
+        .collect();
+    let mut fetched = fetch.get_all(&urls).into_iter();
     inputs
         .iter()
         .enumerate()
-        .map(|(i, s)| decode_image_string(s, i))
+        .map(|(i, s)| match is_url(s) {
+            true => fetched
+                .next()
+                .unwrap_or_else(|| Err("not fetched".into()))
+                .map_err(|e| ApiError::new(422, format!("input[{i}]: fetching {}: {e}", s.trim()))),
+            false => decode_image_string(s, i),
+        })
         .collect()
 }
 
@@ -204,10 +243,14 @@ fn pooling_field(v: &Value) -> Result<Option<String>, ApiError> {
 }
 
 /// Parses an `/embed` JSON body: `{"inputs": ..., "pooling"?}`.
-pub fn embed_request(body: &[u8], max_inputs: usize) -> Result<EmbedRequest, ApiError> {
+pub fn embed_request(
+    body: &[u8],
+    max_inputs: usize,
+    fetch: Option<&Fetcher>,
+) -> Result<EmbedRequest, ApiError> {
     let v = parse_json(body)?;
     Ok(EmbedRequest {
-        images: images(&v, "inputs", max_inputs)?,
+        images: images(&v, "inputs", max_inputs, fetch)?,
         pooling: pooling_field(&v)?,
     })
 }
@@ -306,13 +349,13 @@ mod tests {
     fn parses_requests_and_writes_answers() {
         let b64 = base64::engine::general_purpose::STANDARD.encode(b"img");
         let body = format!(r#"{{"input": ["{b64}", "{b64}"], "model": "m"}}"#);
-        let r = embeddings_request(body.as_bytes(), 8).unwrap();
+        let r = embeddings_request(body.as_bytes(), 8, None).unwrap();
         assert_eq!((r.images.len(), r.encoding), (2, Encoding::Float));
         assert_eq!((r.pooling, r.dimensions), (None, None));
         let body = format!(
             r#"{{"input": "{b64}", "encoding_format": "base64", "dimensions": 4, "pooling": "mean"}}"#
         );
-        let r = embeddings_request(body.as_bytes(), 8).unwrap();
+        let r = embeddings_request(body.as_bytes(), 8, None).unwrap();
         assert_eq!((r.images.len(), r.encoding), (1, Encoding::Base64));
         assert_eq!(
             (r.pooling.as_deref(), r.dimensions),
@@ -332,10 +375,10 @@ mod tests {
             (r#"{"input": "aW1n", "pooling": 3}"#, 422),
             (r#"{"input": ["aW1n", "aW1n", "aW1n"]}"#, 413),
         ] {
-            let e = embeddings_request(body.as_bytes(), 2).unwrap_err();
+            let e = embeddings_request(body.as_bytes(), 2, None).unwrap_err();
             assert_eq!(e.status, status, "{body}: {e:?}");
         }
-        let r = embed_request(br#"{"inputs": "aW1n", "pooling": "patch"}"#, 2).unwrap();
+        let r = embed_request(br#"{"inputs": "aW1n", "pooling": "patch"}"#, 2, None).unwrap();
         assert_eq!(
             (r.images, r.pooling.as_deref()),
             (vec![b"img".to_vec()], Some("patch"))

@@ -1,7 +1,8 @@
 //! `dinov2 serve`: embeddings over HTTP for online use.
 //!
-//! - `POST /v1/embeddings`: OpenAI's shape; `input` is an image (a `data:image/...;base64,` URI
-//!   or a base64 string) or a list of them; `encoding_format` `float` or `base64`.
+//! - `POST /v1/embeddings`: OpenAI's shape; `input` is an image (a `data:image/...;base64,` URI,
+//!   a base64 string, or with `--allow-urls` an `http(s)://` URL, [`fetch`]) or a list of them;
+//!   `encoding_format` `float` or `base64`.
 //! - `POST /embed`: `{"inputs": ...}` as Text Embeddings Inference takes it, files as
 //!   `multipart/form-data` (`curl -F image=@cat.jpg`), or one image as the raw body (`image/*`,
 //!   `application/octet-stream`); answers a list of vectors, or with `Accept: application/x-npy`
@@ -19,6 +20,7 @@
 
 mod api;
 mod batcher;
+mod fetch;
 mod http;
 mod metrics;
 mod multipart;
@@ -40,6 +42,7 @@ use crate::error::{CliError, Result};
 use crate::model_dir::resolve;
 use api::ApiError;
 use batcher::{Batching, Queue};
+use fetch::Fetcher;
 use metrics::Metrics;
 
 /// What the HTTP threads need: the model's preprocessing, the queue, the limits and what
@@ -54,6 +57,8 @@ struct State {
     metrics: Arc<Metrics>,
     max_request_bytes: usize,
     max_inputs: usize,
+    /// With `--allow-urls`: fetches inputs given as URLs.
+    fetch: Option<Fetcher>,
     /// The poolings offered (the first is the default). With several, the model threads return
     /// every token and each request's vectors are pooled from them here.
     outputs: Outputs,
@@ -184,6 +189,7 @@ fn start<B: Backend + Reopen + Send + 'static>(
         "max_request_bytes": args.max_request_bytes,
         "model_threads": streams * (1 + more_gpus.len()),
         "request_timeout_s": args.request_timeout.as_secs_f64(),
+        "allow_urls": args.allow_urls,
     })
     .to_string();
     let state = Arc::new(State {
@@ -194,6 +200,9 @@ fn start<B: Backend + Reopen + Send + 'static>(
         metrics,
         max_request_bytes: args.max_request_bytes,
         max_inputs,
+        fetch: args
+            .allow_urls
+            .then(|| Fetcher::new(args.url_timeout, args.max_request_bytes)),
         outputs,
         dims,
         name,
@@ -319,7 +328,8 @@ fn route(state: &State, request: &http::Request) -> std::result::Result<http::Re
             body: state.metrics.render(state.queue.in_flight()).into_bytes(),
         }),
         ("POST", "/v1/embeddings") => {
-            let parsed = api::embeddings_request(&request.body, state.max_inputs)?;
+            let parsed =
+                api::embeddings_request(&request.body, state.max_inputs, state.fetch.as_ref())?;
             let k = state.pooling(chosen(parsed.pooling, request)?)?;
             api::check_dimensions(parsed.dimensions, state.dims[k])?;
             let images: Vec<&[u8]> = parsed.images.iter().map(Vec::as_slice).collect();
@@ -338,7 +348,8 @@ fn route(state: &State, request: &http::Request) -> std::result::Result<http::Re
                 .starts_with("application/json");
             let npy = wants_npy(request)?;
             if is_json {
-                let parsed = api::embed_request(&request.body, state.max_inputs)?;
+                let parsed =
+                    api::embed_request(&request.body, state.max_inputs, state.fetch.as_ref())?;
                 let k = state.pooling(chosen(parsed.pooling, request)?)?;
                 let images: Vec<&[u8]> = parsed.images.iter().map(Vec::as_slice).collect();
                 return answer_embed(state, &images, k, npy);
