@@ -551,8 +551,9 @@ pub struct EmbedArgs {
     #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = parse_seconds)]
     pub progress_every: std::time::Duration,
     /// The column of a Parquet input holding the images (encoded bytes, or a struct with a
-    /// `bytes` field as Hugging Face datasets store an Image); found when there is one such
-    /// column, or one named image, img, jpg, jpeg, png or webp.
+    /// `bytes` field as Hugging Face datasets store an Image), or their http(s) URLs (a text
+    /// column such as img2dataset's `url`, fetched as the job runs); a column of bytes is found
+    /// when there is one such column, or one named image, img, jpg, jpeg, png or webp.
     #[arg(long, value_name = "NAME")]
     pub image_column: Option<String>,
     /// The column of a Parquet input naming each row in the output (strings or integers, e.g.
@@ -561,13 +562,15 @@ pub struct EmbedArgs {
     pub id_column: Option<String>,
     #[command(flatten)]
     pub decode: DecodeArgs,
-    /// Image files, folders (searched recursively, sorted by path), @lists (one path per line),
-    /// .tar archives (webdataset shards: image members read in place, named ARCHIVE.tar/MEMBER),
-    /// .parquet tables of images (each row's image, named TABLE.parquet#ROW from row 0), and
-    /// tar streams read as the job runs (members named STREAM/MEMBER): `pipe:COMMAND` (the
-    /// command's output, e.g. `'pipe:aws s3 cp s3://bucket/00042.tar -'`), `-` (standard input)
-    /// and .tar.gz, .tgz or .tar.zst archives. Brace patterns expand as webdataset's shard
-    /// names do: `'pipe:aws s3 cp s3://bucket/{00000..00999}.tar -'` is a thousand streams.
+    /// Image files, folders (searched recursively, sorted by path), @lists (one path or URL per
+    /// line), .tar archives (webdataset shards: image members read in place, named
+    /// ARCHIVE.tar/MEMBER), .parquet tables of images (each row's image, named TABLE.parquet#ROW
+    /// from row 0), http(s) URLs of images (fetched by the decoding threads: raise --workers for
+    /// many), and tar streams read as the job runs (members named STREAM/MEMBER): `pipe:COMMAND`
+    /// (the command's output, e.g. `'pipe:aws s3 cp s3://bucket/00042.tar -'`), `-` (standard
+    /// input), .tar.gz, .tgz or .tar.zst archives, and the http(s) URLs of tar archives. Brace
+    /// patterns expand as webdataset's shard names do:
+    /// `'https://host/shards/{00000..00999}.tar'` is a thousand streams.
     #[arg(required = true)]
     pub inputs: Vec<String>,
 }

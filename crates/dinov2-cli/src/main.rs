@@ -7,6 +7,7 @@ mod convert;
 mod embed;
 mod embed_verb;
 mod error;
+mod fetch;
 mod forward;
 mod info;
 mod model_dir;

@@ -2977,3 +2977,128 @@ fn knn_and_dedup_find_the_copies() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// A one-thread HTTP server of the files in `dir` (`/NAME`; anything else 404). Returns its base
+/// URL.
+fn file_host(dir: PathBuf) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut first = String::new();
+            let _ = reader.read_line(&mut first);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let path = first.split_whitespace().nth(1).unwrap_or("/");
+            let name = path.split('?').next().unwrap_or("").trim_start_matches('/');
+            let response = match std::fs::read(dir.join(name)) {
+                Ok(body) if !name.is_empty() => {
+                    let mut r = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    r.extend(body);
+                    r
+                }
+                _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec(),
+            };
+            let _ = stream.write_all(&response);
+        }
+    });
+    base
+}
+
+#[test]
+fn urls_are_images_and_tar_streams() {
+    let dir = TempDir::new().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let names = sample_images(&images);
+    let shard = tar_of(&members_of(&images, &names[..2]));
+    std::fs::write(images.join("shard.tar"), &shard).unwrap();
+    let host = file_host(images.clone());
+    let local = embed_ok(
+        &model(),
+        dir.path().join("local.npy"),
+        &[],
+        &[
+            images.join(&names[2]).to_str().unwrap(),
+            images.join(&names[3]).to_str().unwrap(),
+        ],
+    );
+    let (_, local) = read_npy(&local);
+    let (_, in_shard) = read_npy(&embed_ok(
+        &model(),
+        dir.path().join("shard.npy"),
+        &[],
+        &[images.join("shard.tar").to_str().unwrap()],
+    ));
+    // Two image URLs (one with a query), a tar archive's URL, and a URL that is missing.
+    let (a, b) = (
+        format!("{host}/{}", names[2]),
+        format!("{host}/{}?v=1", names[3]),
+    );
+    let (tar, missing) = (format!("{host}/shard.tar"), format!("{host}/missing.jpg"));
+    let out = dir.path().join("urls.npy");
+    let r = dinov2(&[
+        "embed",
+        "--model",
+        &model(),
+        "--max-failures",
+        "1",
+        "--output",
+        out.to_str().unwrap(),
+        &a,
+        &b,
+        &tar,
+        &missing,
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let (_, got) = read_npy(&out);
+    assert_eq!(got, [local.clone(), in_shard].concat());
+    let paths = lines(&PathBuf::from(format!("{}.paths.txt", out.display())));
+    assert_eq!(
+        paths,
+        [
+            a.clone(),
+            b.clone(),
+            format!("{tar}/{}", names[0]),
+            format!("{tar}/{}", names[1])
+        ]
+    );
+    let errors = lines(&PathBuf::from(format!("{}.errors.jsonl", out.display())));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains(&missing) && errors[0].contains("404"),
+        "{}",
+        errors[0]
+    );
+    // The same URLs from a list, and from a Parquet table's text column of URLs.
+    let list = dir.path().join("urls.txt");
+    std::fs::write(&list, format!("{a}\n{b}\n")).unwrap();
+    let (_, from_list) = read_npy(&embed_ok(
+        &model(),
+        dir.path().join("list.npy"),
+        &[],
+        &[&format!("@{}", list.display())],
+    ));
+    assert_eq!(from_list, local);
+    let table = dir.path().join("urls.parquet");
+    let urls: arrow_array::ArrayRef =
+        std::sync::Arc::new(arrow_array::StringArray::from(vec![a.as_str(), b.as_str()]));
+    write_table(&table, vec![("url", urls)], 1);
+    let (_, from_table) = read_npy(&embed_ok(
+        &model(),
+        dir.path().join("table.npy"),
+        &["--image-column", "url"],
+        &[table.to_str().unwrap()],
+    ));
+    assert_eq!(from_table, local);
+}

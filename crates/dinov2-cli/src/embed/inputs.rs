@@ -39,6 +39,8 @@ pub enum Input {
     },
     /// An image member of a tar stream, read: `NAME/MEMBER`.
     Bytes { name: String, bytes: Vec<u8> },
+    /// An image at an `http(s)://` URL, fetched when it is read.
+    Url(String),
     /// An archive, table or stream, or its rest, that cannot be read: reported as a failed input
     /// named `name`.
     Broken { name: String, error: String },
@@ -78,7 +80,9 @@ impl Input {
                 archive, member, ..
             } => format!("{}/{member}", archive.display()),
             Input::Row { table, index, .. } => table.name(*index),
-            Input::Bytes { name, .. } | Input::Broken { name, .. } => name.clone(),
+            Input::Bytes { name, .. } | Input::Broken { name, .. } | Input::Url(name) => {
+                name.clone()
+            }
         }
     }
 
@@ -123,6 +127,7 @@ impl Input {
                 .read(*group, *row, dinov2::image::MAX_FILE_BYTES)
                 .map(Cow::Owned),
             Input::Bytes { bytes, .. } => Ok(Cow::Borrowed(bytes)),
+            Input::Url(url) => crate::fetch::for_jobs().get(url).map(Cow::Owned),
             Input::Broken { error, .. } => Err(error.clone()),
         }
     }
@@ -306,11 +311,12 @@ pub struct TableColumns {
 /// A `.tar` archive, given or found, contributes its image members in archive order. A
 /// `.parquet` table, given or listed (not found in folders, where the embeddings of an earlier
 /// job may be), contributes its rows in order, each the image in `columns.image`, named by
-/// `columns.id`. `pipe:COMMAND`, `-` and compressed archives are tar streams, read as the job
-/// runs ([`Stream`]).
+/// `columns.id`. `pipe:COMMAND`, `-`, compressed archives and the URLs of tar archives are tar
+/// streams, read as the job runs ([`Stream`]); other `http(s)://` URLs, given or listed, are
+/// images fetched when they are read.
 pub fn expand(inputs: &[String], columns: &TableColumns) -> Result<Vec<Source>> {
-    // Paths, and streams in their place among them.
-    let mut paths: Vec<std::result::Result<PathBuf, Stream>> = Vec::new();
+    // Paths, and streams and URLs in their place among them.
+    let mut paths: Vec<std::result::Result<PathBuf, Source>> = Vec::new();
     if inputs.iter().filter(|i| *i == "-").count() > 1 {
         return Err(CliError(
             "- (standard input) is given more than once; it can be read once".into(),
@@ -326,8 +332,8 @@ pub fn expand(inputs: &[String], columns: &TableColumns) -> Result<Vec<Source>> 
         }
     }
     for input in &given {
-        if let Some(stream) = Stream::parse(input) {
-            paths.push(Err(stream));
+        if let Some(source) = remote(input) {
+            paths.push(Err(source));
         } else if let Some(list) = input.strip_prefix('@') {
             let text = std::fs::read_to_string(list)
                 .map_err(|e| CliError(format!("cannot read list {list}: {e}")))?;
@@ -335,7 +341,17 @@ pub fn expand(inputs: &[String], columns: &TableColumns) -> Result<Vec<Source>> 
                 text.lines()
                     .map(str::trim_end)
                     .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-                    .map(|l| Ok(PathBuf::from(l))),
+                    // A list holds paths and URLs (not `pipe:` commands or `-`).
+                    .map(|l| {
+                        crate::fetch::is_url(l)
+                            .then(|| remote(l))
+                            .flatten()
+                            .ok_or_else(|| PathBuf::from(l))
+                    })
+                    .map(|given| match given {
+                        Ok(source) => Err(source),
+                        Err(path) => Ok(path),
+                    }),
             );
         } else {
             let path = PathBuf::from(input);
@@ -353,8 +369,8 @@ pub fn expand(inputs: &[String], columns: &TableColumns) -> Result<Vec<Source>> 
     for path in paths {
         let path = match path {
             Ok(path) => path,
-            Err(stream) => {
-                out.push(Source::Stream(stream));
+            Err(source) => {
+                out.push(source);
                 continue;
             }
         };
@@ -377,6 +393,16 @@ pub fn expand(inputs: &[String], columns: &TableColumns) -> Result<Vec<Source>> 
         )));
     }
     Ok(out)
+}
+
+/// What an argument or list line names that is not a path: a tar stream (`pipe:`, `-`, a tar
+/// archive's URL) or an image's URL.
+fn remote(input: &str) -> Option<Source> {
+    match Stream::parse(input) {
+        Some(stream) => Some(Source::Stream(stream)),
+        None if crate::fetch::is_url(input) => Some(Source::Image(Input::Url(input.trim().into()))),
+        None => None,
+    }
 }
 
 /// Inputs a brace pattern stands for, as webdataset (and the shell) expand shard names:

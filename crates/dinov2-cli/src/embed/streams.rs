@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::inputs::{is_image, Input};
+use crate::fetch::is_url;
 
 /// Where a command's own messages go: its stream's name and each line it wrote to stderr.
 pub type Log = Arc<dyn Fn(&str, &str) + Send + Sync>;
@@ -36,6 +37,8 @@ pub enum Origin {
     Stdin,
     /// A file read front to back (a compressed archive).
     File(PathBuf),
+    /// A tar archive at an `http(s)://` URL, read as it downloads.
+    Url(String),
 }
 
 /// A tar stream among the job's inputs.
@@ -45,10 +48,20 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// The stream an input argument names, if it names one: `pipe:COMMAND` or `-`.
+    /// The stream an input argument names, if it names one: `pipe:COMMAND`, `-`, or the URL
+    /// of a tar archive (`.tar`, `.tar.gz`, `.tgz`, `.tar.zst`, before any `?query`).
     pub fn parse(input: &str) -> Option<Stream> {
         let origin = match input {
             "-" => Origin::Stdin,
+            url if is_url(url) => {
+                let path = url.split(['?', '#']).next().unwrap_or_default();
+                let tar = [".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.zstd"];
+                let lower = path.to_ascii_lowercase();
+                if !tar.iter().any(|t| lower.ends_with(t)) {
+                    return None;
+                }
+                Origin::Url(url.trim().to_owned())
+            }
             _ => Origin::Command(input.strip_prefix("pipe:")?.to_owned()),
         };
         Some(Stream { origin })
@@ -61,6 +74,7 @@ impl Stream {
             Origin::Command(command) => format!("pipe:{command}"),
             Origin::Stdin => "-".into(),
             Origin::File(path) => path.to_string_lossy().into_owned(),
+            Origin::Url(url) => url.clone(),
         }
     }
 
@@ -104,6 +118,10 @@ impl Stream {
                 Err(e) => Ended::failed(format!("cannot open the archive: {e}")),
             },
             Origin::Command(command) => read_command(command, &name, tx, child, log),
+            Origin::Url(url) => match crate::fetch::for_jobs().open(url) {
+                Ok(body) => read_tar(body, &name, tx),
+                Err(e) => Ended::failed(format!("cannot fetch the archive: {e}")),
+            },
         };
         if let Ended::Read {
             error: Some(error), ..

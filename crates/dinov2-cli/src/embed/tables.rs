@@ -179,11 +179,11 @@ impl Table {
                         names()
                     ));
                 };
-                if image_leaf(field.data_type()).is_none() {
+                if image_leaf(field.data_type()).is_none() && !is_text(field.data_type()) {
                     return Err(format!(
-                        "column {name:?} holds {}, not encoded images: a binary column, or a \
-                         struct with a binary `bytes` field (Hugging Face datasets' Image), is \
-                         needed",
+                        "column {name:?} holds {}, not encoded images: a binary column, a \
+                         struct with a binary `bytes` field (Hugging Face datasets' Image), or \
+                         a text column of http(s) URLs is needed",
                         field.data_type()
                     ));
                 }
@@ -194,7 +194,8 @@ impl Table {
                 [] => {
                     return Err(format!(
                         "no column of images: a binary column, or a struct with a binary `bytes` \
-                         field (Hugging Face datasets' Image), is needed; its columns: {}",
+                         field (Hugging Face datasets' Image), is needed, or a column of image \
+                         URLs named with --image-column (img2dataset's `url`); its columns: {}",
                         names()
                     ))
                 }
@@ -338,6 +339,14 @@ impl Table {
         };
         if array.is_null(row) {
             return Err("no image in this row (null)".into());
+        }
+        if let Some(url) = text(array, row) {
+            if !crate::fetch::is_url(url) {
+                return Err(format!("{url:?} is not an http(s) URL"));
+            }
+            return crate::fetch::for_jobs()
+                .get(url)
+                .map_err(|e| format!("fetching {url}: {e}"));
         }
         let bytes = if let Some(a) = array.as_binary_opt::<i32>() {
             a.value(row)
@@ -494,6 +503,25 @@ fn hf_features(metadata: &ArrowReaderMetadata) -> std::collections::HashMap<Stri
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Whether a column of `data_type` holds text (image URLs, when chosen as the image column).
+fn is_text(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    )
+}
+
+/// Row `row` of a text column, if `array` is one.
+fn text(array: &dyn Array, row: usize) -> Option<&str> {
+    if let Some(a) = array.as_string_opt::<i32>() {
+        Some(a.value(row))
+    } else if let Some(a) = array.as_string_opt::<i64>() {
+        Some(a.value(row))
+    } else {
+        array.as_string_view_opt().map(|a| a.value(row))
+    }
 }
 
 /// Whether a column of `data_type` holds encoded images: `Some(None)` for bytes, `Some(Some(child))`

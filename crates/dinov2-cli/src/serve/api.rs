@@ -8,7 +8,7 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::{DecodePaddingMode, Engine};
 use serde_json::Value;
 
-use super::fetch::Fetcher;
+use crate::fetch::{is_url, Fetcher};
 
 /// An error answered with `status` and a JSON body naming it.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,12 +72,6 @@ const URL_SAFE: GeneralPurpose = GeneralPurpose::new(
     &alphabet::URL_SAFE,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
-
-/// Whether an input string is a URL (`http://`, `https://`).
-fn is_url(input: &str) -> bool {
-    let input = input.trim();
-    input.starts_with("http://") || input.starts_with("https://")
-}
 
 /// The image bytes of `input`: a `data:image/...;base64,` URI or a bare base64 string. URLs are
 /// refused here: they are fetched only by a server started with `--allow-urls` ([`images`]).

@@ -1,7 +1,7 @@
 //! `dinov2 serve`: embeddings over HTTP for online use.
 //!
 //! - `POST /v1/embeddings`: OpenAI's shape; `input` is an image (a `data:image/...;base64,` URI,
-//!   a base64 string, or with `--allow-urls` an `http(s)://` URL, [`fetch`]) or a list of them;
+//!   a base64 string, or with `--allow-urls` an `http(s)://` URL) or a list of them;
 //!   `encoding_format` `float` or `base64`.
 //! - `POST /embed`: `{"inputs": ...}` as Text Embeddings Inference takes it, files as
 //!   `multipart/form-data` (`curl -F image=@cat.jpg`), or one image as the raw body (`image/*`,
@@ -20,7 +20,6 @@
 
 mod api;
 mod batcher;
-mod fetch;
 mod http;
 mod metrics;
 mod multipart;
@@ -39,10 +38,10 @@ use crate::args::{with_backend, Device, ServeArgs};
 use crate::embed::Outputs;
 use crate::embed_verb::{check_poolings, decode_options, devices, preprocessing, Reopen};
 use crate::error::{CliError, Result};
+use crate::fetch::Fetcher;
 use crate::model_dir::resolve;
 use api::ApiError;
 use batcher::{Batching, Queue};
-use fetch::Fetcher;
 use metrics::Metrics;
 
 /// What the HTTP threads need: the model's preprocessing, the queue, the limits and what
