@@ -12,7 +12,7 @@ use tempfile::TempDir;
 
 mod common;
 
-use common::{model, root};
+use common::{file_host, model, root};
 
 fn dinov2(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dinov2"))
@@ -2976,43 +2976,6 @@ fn knn_and_dedup_find_the_copies() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
-}
-
-/// A one-thread HTTP server of the files in `dir` (`/NAME`; anything else 404). Returns its base
-/// URL.
-fn file_host(dir: PathBuf) -> String {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut first = String::new();
-            let _ = reader.read_line(&mut first);
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
-            }
-            let path = first.split_whitespace().nth(1).unwrap_or("/");
-            let name = path.split('?').next().unwrap_or("").trim_start_matches('/');
-            let response = match std::fs::read(dir.join(name)) {
-                Ok(body) if !name.is_empty() => {
-                    let mut r = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    )
-                    .into_bytes();
-                    r.extend(body);
-                    r
-                }
-                _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_vec(),
-            };
-            let _ = stream.write_all(&response);
-        }
-    });
-    base
 }
 
 #[test]

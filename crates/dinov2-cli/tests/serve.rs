@@ -14,7 +14,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{model, root};
+use common::{file_host, model, root};
 
 /// The server, killed when dropped.
 struct Server {
@@ -889,50 +889,9 @@ fn a_stop_signal_drains_the_requests_under_way() {
     );
 }
 
-/// A one-thread HTTP server for the URL tests: `/NAME` answers the sample image NAME, anything
-/// else 404. Returns its base URL.
-fn image_host() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut first = String::new();
-            let _ = reader.read_line(&mut first);
-            // The rest of the head, up to the blank line.
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
-            }
-            let name = first
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or("/")
-                .trim_start_matches('/');
-            let file = root().join("assets/images").join(name);
-            let response = match std::fs::read(&file) {
-                Ok(body) if !name.is_empty() => {
-                    let mut r = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    )
-                    .into_bytes();
-                    r.extend(body);
-                    r
-                }
-                _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_vec(),
-            };
-            let _ = stream.write_all(&response);
-        }
-    });
-    base
-}
-
 #[test]
 fn urls_are_fetched_only_when_allowed() {
-    let host = image_host();
+    let host = file_host(root().join("assets/images"));
     let coffee = format!("{host}/coffee.jpg");
     let want = embedded(&[root().join("assets/images/coffee.jpg")]);
     // Not allowed: a 422 that says how to allow it.

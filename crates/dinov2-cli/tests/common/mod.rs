@@ -1,4 +1,5 @@
-//! What the CLI's test files share: where the repository and its sample model are.
+//! What the CLI's test files share: where the repository and its sample model are, and a small
+//! HTTP server of files.
 
 use std::path::{Path, PathBuf};
 
@@ -13,4 +14,42 @@ pub fn model() -> String {
         .join("assets/models/dinov2-tiny-random")
         .display()
         .to_string()
+}
+
+/// A one-thread HTTP server of the files in `dir` (`/NAME`; anything else 404). Returns its base
+/// URL.
+#[allow(dead_code)] // Not every test file serves files.
+pub fn file_host(dir: PathBuf) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut first = String::new();
+            let _ = reader.read_line(&mut first);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let path = first.split_whitespace().nth(1).unwrap_or("/");
+            let name = path.split('?').next().unwrap_or("").trim_start_matches('/');
+            let response = match std::fs::read(dir.join(name)) {
+                Ok(body) if !name.is_empty() => {
+                    let mut r = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    r.extend(body);
+                    r
+                }
+                _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec(),
+            };
+            let _ = stream.write_all(&response);
+        }
+    });
+    base
 }
