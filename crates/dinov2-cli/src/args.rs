@@ -370,13 +370,14 @@ pub struct ServeArgs {
     /// Images one request may hold at most (default 64; more is answered 413).
     #[arg(long)]
     pub max_inputs: Option<usize>,
-    /// Fetch inputs given as http:// or https:// URLs (JSON requests), each within
-    /// --url-timeout and --max-request-bytes, 8 at a time per request; a URL that fails is
-    /// answered 422 naming it. Off by default: the server would fetch whatever its clients name,
+    /// Fetch inputs given as http:// or https:// URLs (JSON requests), 8 at a time per request,
+    /// each within --url-timeout, a request's images together within --max-request-bytes; a URL
+    /// that fails is answered 422 naming it. Off by default: the server would fetch whatever its clients name,
     /// on its own network too, so only for trusted clients.
     #[arg(long)]
     pub allow_urls: bool,
-    /// Seconds one URL may take to fetch, with --allow-urls.
+    /// Seconds one URL may take to fetch in all (connecting, redirects, reading), with
+    /// --allow-urls.
     #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = parse_timeout, requires = "allow_urls")]
     pub url_timeout: std::time::Duration,
     /// Bytes one request's body may hold at most (more is answered 413 before it is read).

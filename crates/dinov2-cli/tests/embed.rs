@@ -3003,25 +3003,27 @@ fn urls_are_images_and_tar_streams() {
         &[],
         &[images.join("shard.tar").to_str().unwrap()],
     ));
-    // Two image URLs (one with a query), a tar archive's URL, and a URL that is missing.
-    let (a, b) = (
-        format!("{host}/{}", names[2]),
-        format!("{host}/{}?v=1", names[3]),
-    );
+    // Two image URLs (one redirected, one that fails once with a 503 and has a query), a tar
+    // archive's URL, a URL that is missing and one that answers a web page.
+    std::fs::write(images.join("page.html"), "<html>no image here</html>").unwrap();
+    let a = format!("{host}/redirect/{}", names[2]);
+    let b = format!("{host}/flaky/{}?v=1", names[3]);
     let (tar, missing) = (format!("{host}/shard.tar"), format!("{host}/missing.jpg"));
+    let page = format!("{host}/page.html");
     let out = dir.path().join("urls.npy");
     let r = dinov2(&[
         "embed",
         "--model",
         &model(),
         "--max-failures",
-        "1",
+        "2",
         "--output",
         out.to_str().unwrap(),
         &a,
         &b,
         &tar,
         &missing,
+        &page,
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let (_, got) = read_npy(&out);
@@ -3037,15 +3039,21 @@ fn urls_are_images_and_tar_streams() {
         ]
     );
     let errors = lines(&PathBuf::from(format!("{}.errors.jsonl", out.display())));
-    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(
         errors[0].contains(&missing) && errors[0].contains("404"),
         "{}",
         errors[0]
     );
+    assert!(
+        errors[1].contains(&page) && errors[1].contains("text/html"),
+        "{}",
+        errors[1]
+    );
     // The same URLs from a list, and from a Parquet table's text column of URLs.
     let list = dir.path().join("urls.txt");
-    std::fs::write(&list, format!("{a}\n{b}\n")).unwrap();
+    let plain = [&names[2], &names[3]].map(|n| format!("{host}/{n}"));
+    std::fs::write(&list, plain.join("\n")).unwrap();
     let (_, from_list) = read_npy(&embed_ok(
         &model(),
         dir.path().join("list.npy"),
@@ -3055,7 +3063,7 @@ fn urls_are_images_and_tar_streams() {
     assert_eq!(from_list, local);
     let table = dir.path().join("urls.parquet");
     let urls: arrow_array::ArrayRef =
-        std::sync::Arc::new(arrow_array::StringArray::from(vec![a.as_str(), b.as_str()]));
+        std::sync::Arc::new(arrow_array::StringArray::from(plain.to_vec()));
     write_table(&table, vec![("url", urls)], 1);
     let (_, from_table) = read_npy(&embed_ok(
         &model(),

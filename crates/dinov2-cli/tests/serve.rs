@@ -926,19 +926,32 @@ fn urls_are_fetched_only_when_allowed() {
     };
     for (url, says) in [
         (format!("{host}/missing.jpg"), "answered 404"),
-        (format!("{host}/astronaut.png"), "larger than 100000 bytes"),
-        (closed, "Connection refused"),
+        (
+            format!("{host}/astronaut.png"),
+            "larger than the limit of 100000 bytes",
+        ),
+        (closed, "Connection Failed"),
     ] {
-        let (status, v) = post_json(
-            &server,
-            "/embed",
-            &serde_json::json!({ "inputs": [coffee, url] }),
-        );
+        let (status, v) = post_json(&server, "/embed", &serde_json::json!({ "inputs": [url] }));
         assert_eq!(status, 422, "{v}");
         let text = v.to_string();
         assert!(
-            text.contains("input[1]") && text.contains(&url) && text.contains(says),
+            text.contains("input[0]") && text.contains(&url) && text.contains(says),
             "{text}"
         );
     }
+    // Two images of 72 and 35 kB, each within the limit, together past it: whichever arrives
+    // second is refused.
+    let chelsea = format!("{host}/chelsea.jpg");
+    let (status, v) = post_json(
+        &server,
+        "/embed",
+        &serde_json::json!({ "inputs": [coffee, chelsea] }),
+    );
+    assert_eq!(status, 422, "{v}");
+    assert!(
+        v.to_string()
+            .contains("the request's images pass its limit of 100000 bytes"),
+        "{v}"
+    );
 }

@@ -342,16 +342,12 @@ pub fn expand(inputs: &[String], columns: &TableColumns) -> Result<Vec<Source>> 
                     .map(str::trim_end)
                     .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
                     // A list holds paths and URLs (not `pipe:` commands or `-`).
-                    .map(|l| {
-                        crate::fetch::is_url(l)
-                            .then(|| remote(l))
-                            .flatten()
-                            .ok_or_else(|| PathBuf::from(l))
-                    })
-                    .map(|given| match given {
-                        Ok(source) => Err(source),
-                        Err(path) => Ok(path),
-                    }),
+                    .map(
+                        |l| match crate::fetch::is_url(l).then(|| remote(l)).flatten() {
+                            Some(source) => Err(source),
+                            None => Ok(PathBuf::from(l)),
+                        },
+                    ),
             );
         } else {
             let path = PathBuf::from(input);

@@ -54,13 +54,14 @@ impl Stream {
         let origin = match input {
             "-" => Origin::Stdin,
             url if is_url(url) => {
+                let url = url.trim();
                 let path = url.split(['?', '#']).next().unwrap_or_default();
                 let tar = [".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.zstd"];
                 let lower = path.to_ascii_lowercase();
                 if !tar.iter().any(|t| lower.ends_with(t)) {
                     return None;
                 }
-                Origin::Url(url.trim().to_owned())
+                Origin::Url(url.to_owned())
             }
             _ => Origin::Command(input.strip_prefix("pipe:")?.to_owned()),
         };
@@ -68,7 +69,7 @@ impl Stream {
     }
 
     /// How outputs and reports name it, and (followed by `/MEMBER`) its members: the argument as
-    /// given (`pipe:COMMAND`, `-`) or the archive's path.
+    /// given (`pipe:COMMAND`, `-`, a URL) or the archive's path.
     pub fn name(&self) -> String {
         match &self.origin {
             Origin::Command(command) => format!("pipe:{command}"),

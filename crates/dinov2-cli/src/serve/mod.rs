@@ -199,9 +199,14 @@ fn start<B: Backend + Reopen + Send + 'static>(
         metrics,
         max_request_bytes: args.max_request_bytes,
         max_inputs,
-        fetch: args
-            .allow_urls
-            .then(|| Fetcher::new(args.url_timeout, args.max_request_bytes)),
+        fetch: args.allow_urls.then(|| {
+            Fetcher::new(
+                args.url_timeout,
+                args.url_timeout,
+                args.url_timeout,
+                args.max_request_bytes,
+            )
+        }),
         outputs,
         dims,
         name,
