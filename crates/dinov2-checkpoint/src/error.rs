@@ -34,6 +34,12 @@ pub enum CheckpointError {
          pytorch_model.bin (or give the weights file itself as the model)"
     )]
     NoWeights { dir: PathBuf },
+    /// A folder of weights without its `config.json`.
+    #[error(
+        "{dir} has no config.json: a weights file is read alone when it is given as the model, \
+         e.g. {example}"
+    )]
+    NoConfig { dir: PathBuf, example: PathBuf },
     /// A PyTorch checkpoint file that cannot be read.
     #[error("{path} is not a PyTorch checkpoint we can read: {reason}")]
     Torch { path: PathBuf, reason: String },

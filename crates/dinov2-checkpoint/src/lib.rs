@@ -64,6 +64,27 @@ impl Checkpoint {
             });
         }
         let config_path = path.join("config.json");
+        if !config_path.exists() {
+            // A folder holding only a weights file (a downloaded `.pth`): name the way to it.
+            let mut weights: Vec<String> = std::fs::read_dir(path)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| {
+                    [".pth", ".pt", ".bin", ".safetensors"]
+                        .iter()
+                        .any(|ext| n.ends_with(ext))
+                })
+                .collect();
+            weights.sort();
+            if let Some(first) = weights.first() {
+                return Err(CheckpointError::NoConfig {
+                    dir: path.to_owned(),
+                    example: path.join(first),
+                });
+            }
+        }
         let config = Dinov2Config::from_file(&config_path)?;
         let weights = Weights::from_dir(path, &config)?;
         Ok(Checkpoint {

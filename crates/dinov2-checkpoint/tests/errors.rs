@@ -145,6 +145,12 @@ fn a_weights_file_alone_needs_heads_64_wide() {
 fn no_config_json() {
     let tmp = copy_case("dinov2_mlp");
     std::fs::remove_file(tmp.path().join("config.json")).unwrap();
+    // Beside weights: the way to read them alone is named.
+    let (e, msg) = open_err(tmp.path());
+    assert!(matches!(e, CheckpointError::NoConfig { .. }), "{e:?}");
+    assert_names(&msg, &["no config.json", "model.safetensors"]);
+    // Without: the missing file.
+    std::fs::remove_file(tmp.path().join("model.safetensors")).unwrap();
     let (e, msg) = open_err(tmp.path());
     assert!(matches!(e, CheckpointError::Io { .. }), "{e:?}");
     assert_names(&msg, &["config.json"]);
