@@ -238,7 +238,12 @@ impl Weights {
     /// Maps one or more weight files holding one checkpoint between them (safetensors, or
     /// PyTorch's `torch.save` files), and validates them.
     pub fn from_files(paths: &[PathBuf], config: &Dinov2Config) -> Result<Self> {
-        let weights = Self::read(paths, Some(config.model_type))?;
+        let mut weights = Self::read(paths, Some(config.model_type))?;
+        // The zero mask token stands in only for a config that has one.
+        if weights.layout.zero_mask_token && !config.use_mask_token {
+            weights.tensors.remove("embeddings.mask_token");
+            weights.layout.zero_mask_token = false;
+        }
         weights.validate(config)?;
         Ok(weights)
     }

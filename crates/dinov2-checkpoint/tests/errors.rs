@@ -658,3 +658,24 @@ fn original_facebookresearch_names_load() {
         .get("encoder.layer.2.layer_scale2.lambda1")
         .is_some());
 }
+
+#[test]
+fn original_names_without_a_mask_token_under_a_config_without_one() {
+    // timm drops the mask token; a config that has none takes the weights as they are.
+    let tmp = copy_case("dinov2_original_names");
+    edit_tensors(tmp.path(), "model.safetensors", |t| {
+        t.retain(|t| t.name != "mask_token")
+    });
+    edit_config(tmp.path(), |c| {
+        c.insert("use_mask_token".into(), serde_json::json!(false));
+    });
+    let ckpt = Checkpoint::open(tmp.path()).unwrap();
+    assert!(!ckpt.config.use_mask_token && !ckpt.weights.zero_mask_token());
+    assert!(ckpt.weights.get("embeddings.mask_token").is_none());
+    // With the config's default (a mask token), a zero one stands in.
+    edit_config(tmp.path(), |c| {
+        c.remove("use_mask_token");
+    });
+    let ckpt = Checkpoint::open(tmp.path()).unwrap();
+    assert!(ckpt.config.use_mask_token && ckpt.weights.zero_mask_token());
+}
